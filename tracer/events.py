@@ -142,6 +142,8 @@ EVENT_SCHEMA = pa.schema(
         pa.field("nat_stage", _DICT_STR),
         pa.field("ifindex", pa.uint32()),
         pa.field("ifname", _DICT_STR),
+        # role of the interface in the path: external, bridge, veth, container, other
+        pa.field("if_role", _DICT_STR),
         pa.field("out_ifindex", pa.uint32()),
         pa.field("netns", pa.uint32()),
         pa.field("container_id", _DICT_STR),
