@@ -3,6 +3,7 @@ one line on stderr."""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -43,6 +44,7 @@ def _one_line(text: str) -> str:
 def cli() -> None:
     """Follow real packets through a Docker host: host port, DNAT, docker0,
     veth, container, and back out through reverse NAT or MASQUERADE."""
+    logging.basicConfig(format="tracer: %(levelname)s: %(message)s", level=logging.WARNING)
 
 
 def _register() -> None:

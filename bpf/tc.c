@@ -1,0 +1,59 @@
+/* tc sensor: veth, bridge and host interfaces, attached with tcx (or clsact).
+ * tc programs do not see the kernel's skb address; the fingerprint in the
+ * packets map joins their sightings to the netfilter sensor's. */
+
+#define ETH_HLEN_ 14
+#define ETH_P_IP_BE 0x0008 /* htons(ETH_P_IP) */
+
+/* Return value that lets other tc/tcx programs and the default action run:
+ * TCX_NEXT for tcx, TC_ACT_UNSPEC for clsact. Both are -1. */
+#define TC_CONTINUE -1
+
+static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
+{
+    if (ctx->protocol != ETH_P_IP_BE)
+        return TC_CONTINUE;
+    u8 ip[20] = {};
+    u8 l4[20] = {};
+    if (bpf_skb_load_bytes(ctx, ETH_HLEN_, ip, sizeof(ip)) < 0)
+        return TC_CONTINUE;
+    u32 ihl = (ip[0] & 0x0f) * 4;
+    if (ihl < 20)
+        return TC_CONTINUE;
+    int l4_ok = 0;
+    if (ip[9] == IPPROTO_TCP)
+        l4_ok = bpf_skb_load_bytes(ctx, ETH_HLEN_ + ihl, l4, 20) == 0;
+    else
+        l4_ok = bpf_skb_load_bytes(ctx, ETH_HLEN_ + ihl, l4, 8) == 0;
+
+    struct pkt p = {};
+    if (!parse_ipv4(&p, ip, l4, l4_ok))
+        return TC_CONTINUE;
+
+    struct flow_val *flow = flows.lookup(&p.key);
+    if (!flow && !filter_match(&p.key))
+        return TC_CONTINUE;
+
+    u64 now = bpf_ktime_get_ns();
+    struct fp_key fp = {};
+    fingerprint(&fp, &p);
+    struct event e = {};
+    e.flags = flags;
+    e.packet_id = packet_identity(&fp, now, &e.flags);
+    e.ktime_ns = now;
+    fill_event(&e, &p, hook);
+    e.ifindex = ctx->ifindex;
+    if (flow) {
+        e.flow_id = flow->flow_id;
+        e.direction = flow->direction;
+    }
+    emit(&e, SENSOR_TC);
+    return TC_CONTINUE;
+}
+
+/* Host-netns interfaces (external NICs, bridges, host-side veths). */
+int trc_tc_in(struct __sk_buff *ctx) { return tc_sense(ctx, HOOK_TC_INGRESS, 0); }
+int trc_tc_eg(struct __sk_buff *ctx) { return tc_sense(ctx, HOOK_TC_EGRESS, 0); }
+/* A container's eth0, inside its netns (its ifindex is only unique there). */
+int trc_tc_in_ct(struct __sk_buff *ctx) { return tc_sense(ctx, HOOK_TC_INGRESS, FLAG_IN_CONTAINER_NS); }
+int trc_tc_eg_ct(struct __sk_buff *ctx) { return tc_sense(ctx, HOOK_TC_EGRESS, FLAG_IN_CONTAINER_NS); }

@@ -1,0 +1,174 @@
+"""Raw ring-buffer records -> the Arrow event table (events.EVENT_SCHEMA).
+
+Vectorised over the batch: codes become dictionary columns, addresses are
+formatted once per distinct value, interfaces and containers are resolved once
+per distinct (netns, ifindex) pair.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from tracer import events
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a sighting happened, as user space knows it."""
+
+    ifname: str | None
+    role: str
+    netns: int
+    container_id: str | None = None
+    container_name: str | None = None
+
+
+UNKNOWN_PLACE = Place(None, "other", 0)
+
+
+@dataclass
+class DecodeContext:
+    host_netns: int
+    # (netns inode, ifindex) -> Place; netns is the host's for host interfaces.
+    places: dict[tuple[int, int], Place] = field(default_factory=dict)
+    # ifindex -> Places of container eth0s (tc events from inside a container
+    # netns do not carry the netns; ifindex plus addresses disambiguate).
+    container_places: dict[int, list[tuple[Place, tuple[str, ...]]]] = field(default_factory=dict)
+    drop_reasons: dict[int, str] = field(default_factory=dict)
+    # Fallback for interfaces that appeared after the table was built.
+    resolve_host_ifindex: Callable[[int], Place | None] | None = None
+    boot_offset_ns: int = field(default_factory=lambda: wall_minus_ktime_ns())
+
+    def place(self, netns: int, ifindex: int, in_container_ns: bool, src: int, dst: int) -> Place:
+        if in_container_ns:
+            candidates = self.container_places.get(ifindex, [])
+            if len(candidates) > 1:
+                for place, ips in candidates:
+                    if ip_text(src) in ips or ip_text(dst) in ips:
+                        return place
+            return candidates[0][0] if candidates else UNKNOWN_PLACE
+        place = self.places.get((netns or self.host_netns, ifindex))
+        if place is None and (netns in (0, self.host_netns)) and self.resolve_host_ifindex:
+            place = self.resolve_host_ifindex(ifindex)
+        if place is None:
+            return Place(None, "other", netns or self.host_netns)
+        return place
+
+
+def wall_minus_ktime_ns() -> int:
+    """Offset from bpf_ktime_get_ns (CLOCK_MONOTONIC) to wall-clock time."""
+    samples = []
+    for _ in range(5):
+        a = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        w = time.time_ns()
+        b = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        samples.append((b - a, w - (a + b) // 2))
+    return min(samples)[1]
+
+
+def ip_text(value: int) -> str:
+    return socket.inet_ntoa(struct.pack("!I", int(value)))
+
+
+def _dict_column(indices: np.ndarray, dictionary: list[str | None]) -> pa.DictionaryArray:
+    """Dictionary array where a None entry in the dictionary means null."""
+    values = [d if d is not None else "" for d in dictionary]
+    nulls = np.array([d is None for d in dictionary], dtype=bool)
+    mask = nulls[indices] if nulls.any() else None
+    return pa.DictionaryArray.from_arrays(
+        pa.array(indices.astype(np.int32), mask=mask), pa.array(values, pa.string())
+    )
+
+
+def _codes(values: np.ndarray, names: tuple | list) -> pa.DictionaryArray:
+    table = list(names)
+    idx = values.astype(np.int64)
+    idx = np.where(idx < len(table), idx, 0)
+    return _dict_column(idx, table)
+
+
+def _addresses(values: np.ndarray) -> pa.DictionaryArray:
+    uniq, inverse = np.unique(values.astype(np.uint32), return_inverse=True)
+    return _dict_column(inverse.reshape(-1), [ip_text(v) for v in uniq])
+
+
+def _by_lookup(keys: np.ndarray, lookup: dict[int, str | None]) -> pa.DictionaryArray:
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    return _dict_column(inverse.reshape(-1), [lookup.get(int(k)) for k in uniq])
+
+
+def decode(raw: np.ndarray, ctx: DecodeContext) -> pa.Table:
+    n = len(raw)
+    if n == 0:
+        return events.EVENT_SCHEMA.empty_table()
+    flags = raw["flags"]
+    in_ct = (flags & events.FLAG_IN_CONTAINER_NS) != 0
+    netns = raw["netns"].astype(np.uint32)
+    ifindex = raw["ifindex"].astype(np.uint32)
+    src = raw["src_ip"].astype(np.uint32)
+    dst = raw["dst_ip"].astype(np.uint32)
+
+    # Resolve places once per distinct (in_ct, netns, ifindex[, addresses]).
+    place_key = np.zeros(n, dtype=[("ct", "u1"), ("ns", "<u4"), ("if", "<u4"), ("s", "<u4"), ("d", "<u4")])
+    place_key["ct"], place_key["ns"], place_key["if"] = in_ct, netns, ifindex
+    place_key["s"] = np.where(in_ct, src, 0)
+    place_key["d"] = np.where(in_ct, dst, 0)
+    uniq, inverse = np.unique(place_key, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    places = [ctx.place(int(k["ns"]), int(k["if"]), bool(k["ct"]), int(k["s"]), int(k["d"])) for k in uniq]
+
+    ktime = raw["ktime_ns"].astype(np.int64)
+    hooks = raw["hook"]
+    reasons = np.where(hooks == events.HOOKS.index("drop"), raw["drop_reason"].astype(np.int64), -1)
+    columns = {
+        "time": pa.array(ktime + ctx.boot_offset_ns, pa.timestamp("ns", tz="UTC")),
+        "ktime_ns": pa.array(raw["ktime_ns"].astype(np.uint64)),
+        "hook": _codes(hooks, events.HOOKS),
+        "nat_stage": _codes(raw["nat_stage"], events.NAT_STAGES),
+        "ifindex": pa.array(ifindex),
+        "ifname": _dict_column(inverse, [p.ifname for p in places]),
+        "if_role": _dict_column(inverse, [p.role for p in places]),
+        "out_ifindex": pa.array(raw["out_ifindex"].astype(np.uint32)),
+        "netns": pa.array(np.array([p.netns for p in places], dtype=np.uint32)[inverse]),
+        "container_id": _dict_column(inverse, [p.container_id for p in places]),
+        "container_name": _dict_column(inverse, [p.container_name for p in places]),
+        "skb": pa.array(raw["skb"].astype(np.uint64)),
+        "packet_id": pa.array(raw["packet_id"].astype(np.uint64)),
+        "flow_id": pa.array(raw["flow_id"].astype(np.uint64)),
+        "direction": _codes(raw["direction"], events.DIRECTIONS),
+        "protocol": _by_lookup(raw["protocol"].astype(np.int64), {k: v for k, v in events.PROTOCOLS.items()} | _other_protocols(raw["protocol"])),
+        "src_ip": _addresses(src),
+        "src_port": pa.array(raw["src_port"].astype(np.uint16)),
+        "dst_ip": _addresses(dst),
+        "dst_port": pa.array(raw["dst_port"].astype(np.uint16)),
+        "ip_id": pa.array(raw["ip_id"].astype(np.uint16)),
+        "ttl": pa.array(raw["ttl"].astype(np.uint8)),
+        "length": pa.array(raw["length"].astype(np.uint16)),
+        "tcp_flags": pa.array(raw["tcp_flags"].astype(np.uint8)),
+        "tcp_seq": pa.array(raw["tcp_seq"].astype(np.uint32)),
+        "tcp_ack": pa.array(raw["tcp_ack"].astype(np.uint32)),
+        "drop_reason": _by_lookup(reasons, {k: v for k, v in ctx.drop_reasons.items()} | _unknown_reasons(reasons, ctx.drop_reasons)),
+        "cpu": pa.array(raw["cpu"].astype(np.uint16)),
+        "flags": pa.array(flags.astype(np.uint8)),
+    }
+    return pa.Table.from_pydict(columns, schema=events.EVENT_SCHEMA)
+
+
+def _other_protocols(protos: np.ndarray) -> dict[int, str]:
+    return {int(p): str(int(p)) for p in np.unique(protos) if int(p) not in events.PROTOCOLS}
+
+
+def _unknown_reasons(reasons: np.ndarray, known: dict[int, str]) -> dict[int, str | None]:
+    out: dict[int, str | None] = {-1: None}
+    for r in np.unique(reasons):
+        r = int(r)
+        if r >= 0 and r not in known:
+            out[r] = f"REASON_{r}"
+    return out

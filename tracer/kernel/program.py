@@ -1,0 +1,204 @@
+"""Build and compile the one BPF module that holds every enabled sensor.
+
+All sensors live in one compilation unit so they share maps (flows, packets,
+skbs, the ring buffer) and clang runs once. The source is assembled from
+``bpf/common.h`` plus each sensor's file, preceded by the generated event
+definitions and ``#define``s for BTF offsets and the filter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from tracer import events
+from tracer.errors import MissingCapability, TracerError
+from tracer.kernel.headers import ensure_bcc_headers
+
+if TYPE_CHECKING:
+    from tracer.inventory import Container
+    from tracer.sensors.base import Sensor
+
+BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+
+# Offsets every sensor may use: macro -> (struct, member path, size the C reads).
+COMMON_OFFSETS: dict[str, tuple[str, str, int]] = {
+    "OFF_SKB_HEAD": ("sk_buff", "head", 8),
+    "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header", 2),
+    "OFF_DEV_IFINDEX": ("net_device", "ifindex", 4),
+    "OFF_NET_INUM": ("net", "ns.inum", 4),
+}
+
+RINGBUF_PAGES = 2048  # 8 MiB: ~95k events of slack before loss
+FLOW_ENTRIES = 65536
+PACKET_ENTRIES = 65536
+# A fingerprint seen again within this window is the same packet (a packet
+# crosses the host in microseconds; TCP retransmits come after >= 200 ms).
+FP_WINDOW_NS = 20_000_000
+
+
+@dataclass
+class Filter:
+    """What to trace; enforced in the kernel (see filter_match in common.h)."""
+
+    ports: tuple[int, ...] = ()
+    hosts: tuple[str, ...] = ()
+    containers: tuple["Container", ...] = ()
+    proto: str | None = None
+
+    def __post_init__(self) -> None:
+        for port in self.ports:
+            if not 0 < port < 65536:
+                raise TracerError(f"port {port} is out of range (1-65535)")
+        if self.proto is not None and self.proto not in events.PROTOCOL_NUMBERS:
+            names = ", ".join(sorted(events.PROTOCOL_NUMBERS))
+            raise TracerError(f"unknown protocol {self.proto!r} (choose one of: {names})")
+        for host in self.hosts:
+            try:
+                socket.inet_aton(host)
+            except OSError:
+                raise TracerError(f"--host {host!r} is not an IPv4 address") from None
+
+    def describe(self) -> str:
+        parts = [f"port {p}" for p in self.ports]
+        parts += [f"host {h}" for h in self.hosts]
+        parts += [f"container {c.name}" for c in self.containers]
+        if self.proto:
+            parts.append(f"proto {self.proto}")
+        return " and ".join(parts) or "all IPv4 traffic"
+
+    def cflags(self) -> list[str]:
+        flags = []
+        if self.proto:
+            flags.append(f"-DFILTER_PROTO={events.PROTOCOL_NUMBERS[self.proto]}")
+        if len(self.ports) == 1:
+            # One port: a constant compare, cheaper than a map lookup.
+            flags.append(f"-DFILTER_PORT={socket.htons(self.ports[0])}")
+        elif self.ports:
+            flags.append("-DFILTER_PORTS")
+        if self.hosts:
+            flags.append("-DFILTER_HOSTS")
+        if self.containers:
+            flags.append("-DFILTER_CONTAINERS")
+        return flags
+
+    def container_ports(self) -> set[int]:
+        return {p.host_port for c in self.containers for p in c.published}
+
+    def container_addrs(self) -> set[str]:
+        return {ip for c in self.containers for ip in c.ips}
+
+    def fill_maps(self, bpf) -> None:
+        one = ctypes.c_uint8(1)
+        if len(self.ports) > 1:
+            _fill(bpf["filter_ports"], (_be16(p) for p in self.ports), one)
+        _fill(bpf["filter_hosts"], (_be32(h) for h in self.hosts), one)
+        self.refresh_containers(bpf)
+
+    def refresh_containers(self, bpf) -> None:
+        """Containers come and go (restarts change the IP): rewrite their maps."""
+        one = ctypes.c_uint8(1)
+        bpf["filter_ctr_addrs"].clear()
+        bpf["filter_ctr_ports"].clear()
+        _fill(bpf["filter_ctr_addrs"], (_be32(a) for a in self.container_addrs()), one)
+        _fill(bpf["filter_ctr_ports"], (_be16(p) for p in self.container_ports()), one)
+
+
+def _be16(port: int) -> int:
+    return socket.htons(port)
+
+
+def _be32(ip: str) -> int:
+    # The C side compares raw network-order bytes read as a host u32.
+    return struct.unpack("=I", socket.inet_aton(ip))[0]
+
+
+def _fill(table, keys: Iterable[int], value) -> None:
+    for key in keys:
+        table[table.Key(key)] = value
+
+
+def resolve_offsets(wanted: dict[str, tuple[str, str, int]]) -> dict[str, int]:
+    """BTF offsets for the C macros, checking the member sizes the C assumes."""
+    from tracer.kernel.btf import kernel_btf
+
+    btf = kernel_btf()
+    out = {}
+    for macro, (struct_name, path, size) in wanted.items():
+        member = btf.member(struct_name, path)
+        if member.bitfield or member.size < size:
+            raise MissingCapability(
+                f"kernel struct {struct_name}.{path} has an unexpected layout "
+                f"({member.size} bytes, bitfield={member.bitfield}); this kernel is not supported"
+            )
+        out[macro] = member.offset
+    return out
+
+
+@dataclass
+class Program:
+    sensors: list["Sensor"]
+    filter: Filter = field(default_factory=Filter)
+    ringbuf_pages: int = RINGBUF_PAGES
+
+    def source(self) -> str:
+        parts = [events.c_definitions(), (BPF_DIR / "common.h").read_text()]
+        for sensor in self.sensors:
+            parts.append(f"/* ---- sensor: {sensor.name} ---- */")
+            parts.append((BPF_DIR / sensor.source_file).read_text())
+        return "\n".join(parts)
+
+    def cflags(self) -> list[str]:
+        wanted = dict(COMMON_OFFSETS)
+        extra: list[str] = []
+        for sensor in self.sensors:
+            wanted.update(sensor.offsets())
+            extra += sensor.cflags()
+        offsets = resolve_offsets(wanted)
+        flags = [f"-D{macro}={value}" for macro, value in sorted(offsets.items())]
+        flags += [
+            f"-DRINGBUF_PAGES={self.ringbuf_pages}",
+            f"-DFLOW_ENTRIES={FLOW_ENTRIES}",
+            f"-DPACKET_ENTRIES={PACKET_ENTRIES}",
+            f"-DFP_WINDOW_NS={FP_WINDOW_NS}ULL",
+        ]
+        return flags + extra + self.filter.cflags()
+
+    def compile(self):
+        """Compile with BCC; returns the bcc.BPF object (maps and programs)."""
+        ensure_bcc_headers()
+        cflags = self.cflags()
+        from bcc import BPF  # noqa: PLC0415 - heavy import, only when tracing
+
+        with _quiet_stderr():
+            try:
+                bpf = BPF(text=self.source(), cflags=cflags)
+            except Exception as exc:  # BCC raises bare Exception on compile errors
+                raise MissingCapability(f"BPF compile failed: {exc} (run with TRACER_DEBUG=1 for clang's output)") from None
+        self.filter.fill_maps(bpf)
+        return bpf
+
+
+class _quiet_stderr:
+    """BCC/clang print header warnings on fd 2; keep them unless debugging."""
+
+    def __enter__(self):
+        self.saved = None
+        if os.environ.get("TRACER_DEBUG"):
+            return self
+        self.saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            os.dup2(self.saved, 2)
+            os.close(self.saved)
+        return False

@@ -1,0 +1,98 @@
+"""Netfilter sensor: BPF netfilter links on the IPv4 hooks of the host netns,
+one just before and one just after the priority where NAT acts."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+from tracer.errors import TracerError
+from tracer.kernel.links import NetfilterLink
+from tracer.sensors.base import Sensor
+
+BPF_PROG_TYPE_NETFILTER = 32
+BPF_NETFILTER = 45
+
+
+@dataclass(frozen=True)
+class NfProbe:
+    function: str
+    hook: str
+    # Priorities to try in order: a priority already taken (another table, or
+    # another tracer) is refused with EBUSY, so we step away from NAT.
+    priorities: range
+
+
+# Conntrack is at -200, DNAT at -100 (PREROUTING, OUTPUT), SNAT at +100
+# (INPUT, POSTROUTING), the filter table at 0. "before" must stay after
+# conntrack so the nf_conn is there; nf_forward runs before the filter table
+# so a packet the filter drops is still seen.
+PROBES = (
+    NfProbe("trc_nf_pre_b", "prerouting", range(-101, -150, -1)),
+    NfProbe("trc_nf_pre_a", "prerouting", range(-99, -50)),
+    NfProbe("trc_nf_in_b", "input", range(99, 50, -1)),
+    NfProbe("trc_nf_in_a", "input", range(101, 150)),
+    NfProbe("trc_nf_fwd", "forward", range(-1, -50, -1)),
+    NfProbe("trc_nf_out_b", "output", range(-101, -150, -1)),
+    NfProbe("trc_nf_out_a", "output", range(-99, -50)),
+    NfProbe("trc_nf_post_b", "postrouting", range(99, 50, -1)),
+    NfProbe("trc_nf_post_a", "postrouting", range(101, 150)),
+)
+
+
+class NetfilterSensor(Sensor):
+    name = "netfilter"
+    source_file = "netfilter.c"
+
+    def __init__(self) -> None:
+        self.links: list[NetfilterLink] = []
+        self.priorities: dict[str, int] = {}
+
+    def offsets(self):
+        return {
+            "OFF_SKB_NFCT": ("sk_buff", "_nfct", 8),
+            "OFF_STATE_IN": ("nf_hook_state", "in", 8),
+            "OFF_STATE_OUT": ("nf_hook_state", "out", 8),
+            "OFF_STATE_NET": ("nf_hook_state", "net", 8),
+            "OFF_CT_TUPLE_ORIG": ("nf_conn", "tuplehash[0].tuple", 40),
+            "OFF_CT_TUPLE_REPLY": ("nf_conn", "tuplehash[1].tuple", 40),
+            "OFF_TUPLE_SRC_U3": ("nf_conntrack_tuple", "src.u3", 4),
+            "OFF_TUPLE_SRC_U": ("nf_conntrack_tuple", "src.u", 2),
+            "OFF_TUPLE_DST_U3": ("nf_conntrack_tuple", "dst.u3", 4),
+            "OFF_TUPLE_DST_U": ("nf_conntrack_tuple", "dst.u", 2),
+            "OFF_TUPLE_DST_PROTONUM": ("nf_conntrack_tuple", "dst.protonum", 1),
+        }
+
+    def cflags(self):
+        from tracer.kernel.btf import kernel_btf
+
+        return [f"-DTUPLE_SIZE={kernel_btf().sizeof('nf_conntrack_tuple')}"]
+
+    def attach(self, bpf) -> None:
+        try:
+            for probe in PROBES:
+                fn = bpf.load_func(probe.function, BPF_PROG_TYPE_NETFILTER, attach_type=BPF_NETFILTER)
+                link, priority = _attach_first_free(fn.fd, probe)
+                self.links.append(link)
+                self.priorities[probe.function] = priority
+        except BaseException:
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        for link in self.links:
+            link.close()
+        self.links.clear()
+
+
+def _attach_first_free(prog_fd: int, probe: NfProbe) -> tuple[NetfilterLink, int]:
+    for priority in probe.priorities:
+        try:
+            return NetfilterLink(prog_fd, probe.hook, priority), priority
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+        except TracerError as exc:
+            if getattr(exc, "errno", None) != errno.EBUSY and "taken" not in str(exc):
+                raise
+    raise TracerError(f"no free netfilter priority for {probe.hook} in {probe.priorities}: is another tracer running?")

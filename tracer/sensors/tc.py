@@ -1,0 +1,101 @@
+"""tc sensor: ingress and egress on host interfaces, Docker bridges, the
+containers' host-side veths and eth0 inside each container's netns.
+
+Targets can be added and removed while tracing (containers restart)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from tracer.kernel.links import attach_tc
+from tracer.sensors.base import Sensor
+
+BPF_PROG_TYPE_SCHED_CLS = 3
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TcTarget:
+    ifindex: int
+    ifname: str
+    role: str  # external, bridge, veth, container (eth0 inside its netns)
+    netns_inode: int
+    netns_path: str | None = None  # None: the host netns
+    container_id: str | None = None
+    container_name: str | None = None
+    container_ips: tuple[str, ...] = field(default=())
+
+    @property
+    def in_container_ns(self) -> bool:
+        return self.netns_path is not None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.netns_inode, self.ifindex)
+
+
+class TcSensor(Sensor):
+    name = "tc"
+    source_file = "tc.c"
+
+    def __init__(self, targets: list[TcTarget], mode: str = "auto") -> None:
+        self.mode = mode
+        self.pending = list(targets)
+        self.links: dict[tuple[int, int], tuple[TcTarget, list]] = {}
+        self.fds: dict[tuple[bool, str], int] = {}
+        self.lock = threading.Lock()
+
+    def attach(self, bpf) -> None:
+        for in_ct, (ingress, egress) in ((False, ("trc_tc_in", "trc_tc_eg")), (True, ("trc_tc_in_ct", "trc_tc_eg_ct"))):
+            self.fds[(in_ct, "ingress")] = bpf.load_func(ingress, BPF_PROG_TYPE_SCHED_CLS).fd
+            self.fds[(in_ct, "egress")] = bpf.load_func(egress, BPF_PROG_TYPE_SCHED_CLS).fd
+        try:
+            for target in self.pending:
+                try:
+                    self.add(target)
+                except Exception as exc:
+                    if target.container_id is None:
+                        raise
+                    # The container stopped between listing and attaching.
+                    log.warning("not tracing %s of container %s: %s", target.ifname, target.container_name, exc)
+        except BaseException:
+            self.detach()
+            raise
+        self.pending = []
+
+    def add(self, target: TcTarget) -> None:
+        with self.lock:
+            if target.key in self.links:
+                return
+            links = []
+            try:
+                for direction in ("ingress", "egress"):
+                    fd = self.fds[(target.in_container_ns, direction)]
+                    links.append(attach_tc(fd, target.ifindex, direction, netns=target.netns_path, mode=self.mode))
+            except BaseException:
+                for link in links:
+                    link.close()
+                raise
+            self.links[target.key] = (target, links)
+
+    def remove(self, predicate) -> list[TcTarget]:
+        """Detach targets matching predicate(target); returns them."""
+        removed = []
+        with self.lock:
+            for key, (target, links) in list(self.links.items()):
+                if predicate(target):
+                    for link in links:
+                        link.close()
+                    del self.links[key]
+                    removed.append(target)
+        return removed
+
+    def targets(self) -> list[TcTarget]:
+        with self.lock:
+            return [target for target, _ in self.links.values()]
+
+    def detach(self) -> None:
+        self.remove(lambda target: True)

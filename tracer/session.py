@@ -1,0 +1,256 @@
+"""A tracing session: pick targets from Docker metadata, compile and attach the
+sensors, drain and decode events, follow containers as they come and go, and
+detach everything on the way out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from tracer import events
+from tracer.decode import DecodeContext, Place, decode
+from tracer.drain import RingBufferDrain
+from tracer.errors import NotRootError, TracerError
+from tracer.kernel.program import Filter, Program
+from tracer.sensors.drops import DropSensor
+from tracer.sensors.netfilter import NetfilterSensor
+from tracer.sensors.tc import TcSensor, TcTarget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TraceOptions:
+    ports: tuple[int, ...] = ()
+    hosts: tuple[str, ...] = ()
+    containers: tuple[str, ...] = ()
+    proto: str | None = None
+    ifaces: tuple[str, ...] = ()
+    tc_mode: str = "auto"
+
+
+@dataclass
+class Counters:
+    emitted: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_lost(self) -> int:
+        return sum(self.lost.values())
+
+
+def host_netns_inode() -> int:
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+class TraceSession:
+    def __init__(self, options: TraceOptions) -> None:
+        self.options = options
+        self.inventory = None
+        self.bpf = None
+        self.drain: RingBufferDrain | None = None
+        self.sensors: list = []
+        self.tc: TcSensor | None = None
+        self.filter: Filter | None = None
+        self.ctx: DecodeContext | None = None
+        self.traced_names: set[str] = set()
+        self.lock = threading.Lock()
+        self.started_at = 0.0
+
+    # ---- setup -----------------------------------------------------------
+    def start(self) -> "TraceSession":
+        if os.geteuid() != 0:
+            raise NotRootError("tracer trace")
+        self.started_at = time.monotonic()
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        opts = self.options
+        # Validate what needs no kernel first, so bad input fails fast.
+        Filter(ports=opts.ports, hosts=opts.hosts, proto=opts.proto)
+        containers = self._containers()
+        self.filter = Filter(ports=opts.ports, hosts=opts.hosts, proto=opts.proto, containers=tuple(
+            c for c in containers if c.name in self.traced_names) if opts.containers else ())
+        targets = self._targets(containers)
+        self.tc = TcSensor(targets, mode=opts.tc_mode)
+        drops = DropSensor()
+        self.sensors = [self.tc, NetfilterSensor(), drops]
+        self.bpf = Program(self.sensors, self.filter).compile()
+        self.ctx = DecodeContext(host_netns=host_netns_inode(), drop_reasons=drops.reasons,
+                                 resolve_host_ifindex=self._host_place)
+        ring = self.bpf["events"]
+        from tracer.kernel.program import RINGBUF_PAGES
+
+        self.drain = RingBufferDrain(ring.map_fd, RINGBUF_PAGES * 4096)
+        for sensor in self.sensors:
+            sensor.attach(self.bpf)
+        self._rebuild_places()
+        if self.inventory is not None:
+            self.inventory.watch(self._on_container_change)
+
+    def _containers(self):
+        opts = self.options
+        try:
+            from tracer.inventory import Inventory
+
+            inventory = Inventory()
+            containers = inventory.refresh()
+            self.inventory = inventory
+        except TracerError:
+            if opts.containers:
+                raise
+            log.warning("no Docker engine: tracing host interfaces only, without container names")
+            return []
+        if opts.containers:
+            chosen = [inventory.find(name) for name in opts.containers]
+            self.traced_names = {c.name for c in chosen}
+        else:
+            self.traced_names = {c.name for c in containers}
+        return [c for c in containers if c.name in self.traced_names]
+
+    def _host_interfaces(self):
+        if self.inventory is not None:
+            return self.inventory.host_interfaces()
+        from tracer.inventory import Interface
+        from pyroute2 import IPRoute
+
+        inode = host_netns_inode()
+        with IPRoute() as ipr:
+            return [Interface(link["index"], link.get_attr("IFLA_IFNAME"),
+                              "external" if link.get_attr("IFLA_IFNAME") != "lo" else "other", inode)
+                    for link in ipr.get_links()]
+
+    def _targets(self, containers) -> list[TcTarget]:
+        host = self._host_interfaces()
+        by_name = {i.name: i for i in host}
+        if self.options.ifaces:
+            missing = [n for n in self.options.ifaces if n not in by_name]
+            if missing:
+                raise TracerError(f"no interface named {missing[0]!r} in the host netns")
+            chosen = [by_name[n] for n in self.options.ifaces]
+        else:
+            chosen = [i for i in host if i.role == "external"]
+        targets = [TcTarget(i.ifindex, i.name, i.role if i.role != "other" else "external", i.netns_inode) for i in chosen]
+        bridges = {c.bridge for c in containers if c.bridge}
+        targets += [TcTarget(i.ifindex, i.name, "bridge", i.netns_inode) for i in host if i.name in bridges and i.name not in self.options.ifaces]
+        for c in containers:
+            targets += container_targets(c)
+        return targets
+
+    # ---- places for decoding ---------------------------------------------
+    def _host_place(self, ifindex: int) -> Place | None:
+        for i in self._host_interfaces():
+            if i.ifindex == ifindex:
+                place = Place(i.name, i.role, i.netns_inode)
+                self.ctx.places[(i.netns_inode, ifindex)] = place
+                return place
+        return None
+
+    def _rebuild_places(self) -> None:
+        ctx = self.ctx
+        places: dict[tuple[int, int], Place] = {}
+        for i in self._host_interfaces():
+            places[(i.netns_inode, i.ifindex)] = Place(i.name, i.role, i.netns_inode)
+        if self.inventory is not None:
+            for c in self.inventory.containers:
+                if c.host_veth_ifindex:
+                    places[(ctx.host_netns, c.host_veth_ifindex)] = Place(c.host_veth, "veth", ctx.host_netns, c.id, c.name)
+        container_places: dict[int, list] = {}
+        for t in self.tc.targets():
+            place = Place(t.ifname, t.role, t.netns_inode, t.container_id, t.container_name)
+            if t.in_container_ns:
+                container_places.setdefault(t.ifindex, []).append((place, t.container_ips))
+            else:
+                places[t.key] = place
+        with self.lock:
+            ctx.places = places
+            ctx.container_places = container_places
+
+    # ---- containers coming and going ---------------------------------------
+    def _on_container_change(self, what: str, container) -> None:
+        if container.name not in self.traced_names and self.options.containers:
+            return
+        try:
+            if what == "die":
+                self.tc.remove(lambda t: t.container_id == container.id)
+            elif what == "start":
+                if not self.options.containers:
+                    self.traced_names.add(container.name)
+                self.tc.remove(lambda t: t.container_id is not None and t.container_name == container.name)
+                for target in container_targets(container):
+                    self.tc.add(target)
+                if container.bridge and container.bridge_ifindex:
+                    self.tc.add(TcTarget(container.bridge_ifindex, container.bridge, "bridge", host_netns_inode()))
+                if self.filter.containers:
+                    self.filter.containers = tuple(c for c in self.filter.containers if c.name != container.name) + (container,)
+                    self.filter.refresh_containers(self.bpf)
+            self._rebuild_places()
+        except Exception as exc:  # keep tracing; say what we could not follow
+            log.warning("could not follow container %s (%s): %s", container.name, what, exc)
+
+    # ---- running -----------------------------------------------------------
+    def read_raw(self, timeout: float) -> np.ndarray:
+        if self.drain.wait(timeout):
+            return self.drain.read()
+        return events.empty_raw()
+
+    def poll(self, timeout: float) -> pa.Table:
+        raw = self.read_raw(timeout)
+        with self.lock:
+            return decode(raw, self.ctx)
+
+    def counters(self) -> Counters:
+        table = self.bpf["counters"]
+        out = Counters()
+        for i, name in enumerate(events.SENSORS):
+            out.emitted[name] = int(sum(table[table.Key(2 * i)]))
+            out.lost[name] = int(sum(table[table.Key(2 * i + 1)]))
+        return out
+
+    @staticmethod
+    def now_ktime() -> int:
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+    # ---- teardown ----------------------------------------------------------
+    def close(self) -> None:
+        if self.inventory is not None:
+            self.inventory.close()
+        for sensor in reversed(self.sensors):
+            try:
+                sensor.detach()
+            except Exception as exc:
+                log.warning("detaching %s: %s", sensor.name, exc)
+        self.sensors = []
+        if self.drain is not None:
+            self.drain.close()
+            self.drain = None
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+    def __enter__(self) -> "TraceSession":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def container_targets(c) -> list[TcTarget]:
+    """The container's host-side veth and its eth0 inside its netns."""
+    targets = []
+    if c.host_veth_ifindex:
+        targets.append(TcTarget(c.host_veth_ifindex, c.host_veth, "veth", host_netns_inode(), None, c.id, c.name, c.ips))
+    if c.eth0_ifindex:
+        targets.append(TcTarget(c.eth0_ifindex, "eth0", "container", c.netns_inode, c.netns_path, c.id, c.name, c.ips))
+    return targets
