@@ -12,6 +12,9 @@
 #define IP_CT_IS_REPLY 3
 #define IP_CT_UNTRACKED 7
 #define NFCT_INFOMASK 7UL
+/* Flow id from the nf_conn address: unique among live entries (they sit in
+ * the kernel's direct map, 8-byte aligned) and below 2^53 for JSON readers. */
+#define FLOW_ID(ct) (((ct) & 0xffffffffffffULL) >> 3)
 
 /* A packet's addresses as seen at one hop (network byte order throughout). */
 struct flow_key {
@@ -112,11 +115,6 @@ static __always_inline int parse_ipv4(struct pkt *p, const u8 *ip, const u8 *l4,
     return 1;
 }
 
-static __always_inline int either(void *a, void *b)
-{
-    return a != 0 || b != 0;
-}
-
 /* The user's filter. Each option given must match (AND across options); an
  * option matches when either end of the packet does. */
 static __always_inline int filter_match(struct flow_key *k)
@@ -130,18 +128,18 @@ static __always_inline int filter_match(struct flow_key *k)
         return 0;
 #endif
 #ifdef FILTER_PORTS
-    if (!either(filter_ports.lookup(&k->sport), filter_ports.lookup(&k->dport)))
+    if (!filter_ports.lookup(&k->sport) && !filter_ports.lookup(&k->dport))
         return 0;
 #endif
 #ifdef FILTER_HOSTS
-    if (!either(filter_hosts.lookup(&k->saddr), filter_hosts.lookup(&k->daddr)))
+    if (!filter_hosts.lookup(&k->saddr) && !filter_hosts.lookup(&k->daddr))
         return 0;
 #endif
 #ifdef FILTER_CONTAINERS
     /* The container's own address (after DNAT, or as a MASQUERADE source) or
      * one of its published host ports (before DNAT). */
-    if (!either(filter_ctr_addrs.lookup(&k->saddr), filter_ctr_addrs.lookup(&k->daddr)) &&
-        !either(filter_ctr_ports.lookup(&k->sport), filter_ctr_ports.lookup(&k->dport)))
+    if (!filter_ctr_addrs.lookup(&k->saddr) && !filter_ctr_addrs.lookup(&k->daddr) &&
+        !filter_ctr_ports.lookup(&k->sport) && !filter_ctr_ports.lookup(&k->dport))
         return 0;
 #endif
     return 1;
@@ -166,8 +164,9 @@ static __always_inline u64 new_packet_id(void)
         *seq += 1;
         n = *seq;
     }
-    /* Per-CPU counters, CPU in the top bits: unique without atomics. */
-    return ((u64)(bpf_get_smp_processor_id() + 1) << 48) | (n & 0xffffffffffffULL);
+    /* Per-CPU counters, CPU above them: unique without atomics, and below
+     * 2^53 so JSON readers that use doubles (jq, JavaScript) keep it exact. */
+    return ((u64)(bpf_get_smp_processor_id() + 1) << 40) | (n & 0xffffffffffULL);
 }
 
 /* The packet's id: the one an earlier sensor gave it, else a new one. */

@@ -41,7 +41,7 @@ static __always_inline void track_flow(struct flow_key *orig, struct flow_key *r
 {
     struct flow_key view = {};
     struct flow_val v = {};
-    v.flow_id = ct;
+    v.flow_id = FLOW_ID(ct);
     v.reply_sig = sig;
     v.direction = DIR_ORIGINAL;
     flows.update(orig, &v);
@@ -75,7 +75,7 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 hook, u8 stage)
         struct flow_val *known = flows.lookup(&orig);
         traced = known || filter_match(&orig) || filter_match(&reply);
         /* Write the views once per NAT setup, not per packet. */
-        if (traced && (!known || known->reply_sig != sig || known->flow_id != ct))
+        if (traced && (!known || known->reply_sig != sig || known->flow_id != FLOW_ID(ct)))
             track_flow(&orig, &reply, ct, sig);
         direction = ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL;
     } else {
@@ -97,7 +97,7 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 hook, u8 stage)
     fill_event(&e, &p, hook);
     e.nat_stage = stage;
     e.skb = skb;
-    e.flow_id = ct;
+    e.flow_id = FLOW_ID(ct);
     e.direction = direction;
 
     u64 in = 0, out = 0, net = 0;

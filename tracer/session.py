@@ -83,6 +83,8 @@ class TraceSession:
         self.filter = Filter(ports=opts.ports, hosts=opts.hosts, proto=opts.proto, containers=tuple(
             c for c in containers if c.name in self.traced_names) if opts.containers else ())
         targets = self._targets(containers)
+        if opts.tc_mode != "tcx":
+            sweep_leftovers(targets)
         self.tc = TcSensor(targets, mode=opts.tc_mode)
         drops = DropSensor()
         self.sensors = [self.tc, NetfilterSensor(), drops]
@@ -244,6 +246,21 @@ class TraceSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def sweep_leftovers(targets: list[TcTarget]) -> None:
+    """Remove clsact filters left by a tracer killed with SIGKILL (tcx and
+    netfilter links die with their process; clsact filters do not)."""
+    from tracer.kernel.links import sweep_clsact_leftovers
+
+    for netns in {t.netns_path for t in targets}:
+        try:
+            removed = sweep_clsact_leftovers(netns)
+        except TracerError as exc:
+            log.warning("could not sweep old tc filters in %s: %s", netns or "the host netns", exc)
+            continue
+        if removed:
+            log.warning("removed %d tc filter(s) left by an earlier tracer that was killed", removed)
 
 
 def container_targets(c) -> list[TcTarget]:

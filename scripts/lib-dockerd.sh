@@ -1,0 +1,57 @@
+# shellcheck shell=bash
+# Docker engine helpers for scripts/setup.sh. Sourced, not run.
+#
+# There is no systemd on the lab machines, so when no engine answers we start
+# dockerd ourselves: in its own session (setsid + nohup), logging to
+# /var/log/tracer-dockerd.log, pid in /run/tracer/dockerd.pid. An engine that
+# already answers (however it was started) is left alone.
+
+TRACER_DOCKERD_LOG=${TRACER_DOCKERD_LOG:-/var/log/tracer-dockerd.log}
+TRACER_DOCKERD_PIDFILE=${TRACER_DOCKERD_PIDFILE:-/run/tracer/dockerd.pid}
+TRACER_DOCKERD_WAIT=${TRACER_DOCKERD_WAIT:-60}
+
+docker_answers() {
+    timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1
+}
+
+wait_for_docker() {
+    local deadline=$((SECONDS + $1))
+    while ((SECONDS < deadline)); do
+        docker_answers && return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+ensure_dockerd() {
+    if docker_answers; then
+        echo "docker: engine $(docker version --format '{{.Server.Version}}' 2>/dev/null) answers (left alone)"
+        return 0
+    fi
+    if ! command -v dockerd >/dev/null; then
+        echo "docker: dockerd is not installed (apt-get install docker.io)" >&2
+        return 1
+    fi
+    if pgrep -x dockerd >/dev/null; then
+        # one is starting (or hung): give it the same grace period before starting another
+        echo "docker: a dockerd process exists but does not answer yet; waiting up to ${TRACER_DOCKERD_WAIT}s"
+        if wait_for_docker "$TRACER_DOCKERD_WAIT"; then
+            echo "docker: engine answers"
+            return 0
+        fi
+        echo "docker: dockerd (pid $(pgrep -x dockerd | tr '\n' ' ')) does not answer; see its log, stop it, rerun" >&2
+        return 1
+    fi
+    mkdir -p "$(dirname "$TRACER_DOCKERD_PIDFILE")"
+    # a dockerd killed with SIGKILL leaves its pid file; dockerd itself handles a stale one
+    echo "docker: starting dockerd (log $TRACER_DOCKERD_LOG)"
+    setsid nohup dockerd >>"$TRACER_DOCKERD_LOG" 2>&1 </dev/null &
+    echo $! >"$TRACER_DOCKERD_PIDFILE"
+    if wait_for_docker "$TRACER_DOCKERD_WAIT"; then
+        echo "docker: dockerd pid $(cat "$TRACER_DOCKERD_PIDFILE") answers"
+        return 0
+    fi
+    echo "docker: dockerd did not answer within ${TRACER_DOCKERD_WAIT}s; last log lines:" >&2
+    tail -n 15 "$TRACER_DOCKERD_LOG" >&2 || true
+    return 1
+}

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# One-command setup for tracer on Debian 12 / Ubuntu 22.04 / 24.04, as root.
+# Idempotent: a second run only checks, and takes a few seconds.
+#   distro packages (BCC, Docker, iproute2, iptables, conntrack, busybox-static, ...)
+#   kernel headers for BCC, bpffs/tracefs/debugfs mounts, forwarding sysctls,
+#   a Docker engine (started here when none answers: no systemd assumed),
+#   .venv (system python + --system-site-packages for bcc), `tracer` on PATH,
+#   and the offline lab image.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+# shellcheck source=scripts/lib-dockerd.sh
+source "$here/lib-dockerd.sh"
+
+setup_log=/var/log/tracer-setup.log
+# quiet commands go to the log; on failure show its tail
+quiet() {
+    if ! "$@" >>"$setup_log" 2>&1; then
+        printf 'setup: error: `%s` failed; last lines of %s:\n' "$*" "$setup_log" >&2
+        tail -n 20 "$setup_log" >&2
+        return 1
+    fi
+}
+step() { printf 'setup: %s\n' "$*"; }
+warn() { printf 'setup: warning: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "run as root: sudo $0"
+start=$SECONDS
+
+# ---------------------------------------------------------------- distro packages
+. /etc/os-release
+distro=${ID:-unknown}
+arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
+kver=$(uname -r)
+case "$distro" in
+    debian|ubuntu) ;;
+    *) case " ${ID_LIKE:-} " in *" debian "*|*" ubuntu "*) ;; *) die "unsupported distro '$distro' (Debian 12, Ubuntu 22.04/24.04)";; esac ;;
+esac
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+required=(python3-bpfcc bpfcc-tools iproute2 iptables conntrack busybox-static python3-venv
+          iperf3 apache2-utils tshark procps kmod util-linux ca-certificates)
+# an engine from docker-ce conflicts with docker.io: keep whichever is there
+if ! installed docker-ce; then required+=(docker.io); fi
+if [[ $distro == ubuntu ]]; then
+    optional=(linux-tools-common "linux-tools-$kver")
+    generic_headers=linux-headers-generic
+else
+    optional=(bpftool)
+    generic_headers=linux-headers-$arch
+fi
+
+missing=()
+for p in "${required[@]}"; do installed "$p" || missing+=("$p"); done
+# headers: the running kernel's when present, else the distro's generic ones
+headers_ok=0
+if installed "linux-headers-$kver" || installed "$generic_headers" || [[ -e /lib/modules/$kver/build ]]; then headers_ok=1; fi
+opt_missing=()
+for p in "${optional[@]}"; do installed "$p" || opt_missing+=("$p"); done
+if [[ $distro == ubuntu ]] && command -v bpftool >/dev/null && bpftool version >/dev/null 2>&1; then opt_missing=(); fi
+if [[ $distro != ubuntu ]] && command -v bpftool >/dev/null; then opt_missing=(); fi
+
+# optional packages and headers that apt could not provide for this kernel are
+# not retried on every run (that would cost an apt-get update each time)
+tried_stamp=/var/lib/tracer/apt-tried-$kver
+if ((${#missing[@]} == 0)) && [[ -f $tried_stamp ]]; then
+    opt_missing=()
+    headers_ok=1
+fi
+
+if ((${#missing[@]} == 0 && headers_ok == 1 && ${#opt_missing[@]} == 0)); then
+    step "packages: all present"
+else
+    step "packages: installing ${missing[*]:-} ${opt_missing[*]:-} $( ((headers_ok)) || echo kernel-headers)"
+    export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 NEEDRESTART_MODE=a
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections
+    quiet apt-get update
+    apt_install() { quiet apt-get install -y --no-install-recommends -o Dpkg::Use-Pty=0 "$@"; }
+    if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
+    if ((headers_ok == 0)); then
+        if apt-cache show "linux-headers-$kver" >/dev/null 2>&1; then
+            apt_install "linux-headers-$kver"
+        elif apt-cache show "$generic_headers" >/dev/null 2>&1; then
+            step "packages: no linux-headers-$kver in apt; using $generic_headers (BCC gets offsets from BTF)"
+            apt_install "$generic_headers"
+        else
+            warn "no kernel headers package found; BCC may refuse to compile"
+        fi
+    fi
+    for p in "${opt_missing[@]}"; do
+        apt_install "$p" 2>/dev/null || warn "optional package $p not available (bpftool is only used for checks)"
+    done
+    mkdir -p "$(dirname "$tried_stamp")" && touch "$tried_stamp"
+fi
+
+# ---------------------------------------------------------------- kernel mounts and sysctls
+mount_if_missing() { # type dir
+    if ! mountpoint -q "$2"; then
+        mount -t "$1" "$1" "$2" && step "mounted $1 on $2" || warn "could not mount $1 on $2"
+    fi
+}
+mount_if_missing debugfs /sys/kernel/debug
+mount_if_missing tracefs /sys/kernel/tracing
+mount_if_missing bpf /sys/fs/bpf
+step "mounts: bpffs, tracefs, debugfs present"
+
+modprobe br_netfilter 2>/dev/null || true
+sysctl -q -w net.ipv4.ip_forward=1
+if [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]]; then
+    sysctl -q -w net.bridge.bridge-nf-call-iptables=1
+else
+    warn "br_netfilter unavailable: bridged traffic will not pass iptables hooks"
+fi
+step "sysctls: ip_forward=1, bridge-nf-call-iptables=$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo n/a)"
+
+# ---------------------------------------------------------------- docker engine
+ensure_dockerd || die "no Docker engine; see ${TRACER_DOCKERD_LOG}"
+
+# ---------------------------------------------------------------- python venv
+venv=$repo/.venv
+sys_python=/usr/bin/python3   # the distro python that has bcc (not pyenv's)
+venv_ok() {
+    [[ -x $venv/bin/python ]] &&
+        grep -q '^include-system-site-packages *= *true' "$venv/pyvenv.cfg" 2>/dev/null &&
+        "$venv/bin/python" -c 'import sys; assert sys.base_prefix == "/usr"' 2>/dev/null
+}
+if ! venv_ok; then
+    step "venv: creating $venv from $sys_python with --system-site-packages"
+    if [[ -e $venv ]]; then  # e.g. a venv made elsewhere (another python, a shared folder's host)
+        mv "$venv" "$venv.replaced.$(date +%s)"
+        warn "moved the existing $venv aside (not made from $sys_python with system site packages)"
+    fi
+    quiet "$sys_python" -m venv --system-site-packages "$venv"
+fi
+stamp_file=$venv/.tracer-install-stamp
+stamp=$(cat "$repo/pyproject.toml" <("$venv/bin/python" -V 2>&1) | sha256sum | cut -d' ' -f1)
+if [[ -x $venv/bin/tracer && -f $stamp_file && $(cat "$stamp_file") == "$stamp" ]]; then
+    step "venv: tracer installed (pyproject unchanged)"
+else
+    step "venv: pip install -e '.[test]'"
+    quiet "$venv/bin/python" -m pip install --disable-pip-version-check -e "$repo[test]"
+    echo "$stamp" >"$stamp_file"
+fi
+"$venv/bin/python" -c 'import bcc' 2>/dev/null || warn "bcc does not import in $venv (python3-bpfcc missing?)"
+ln -sfn "$venv/bin/tracer" /usr/local/bin/tracer
+step "path: /usr/local/bin/tracer -> $venv/bin/tracer"
+
+# ---------------------------------------------------------------- lab image (offline)
+image_id=$("$venv/bin/python" -c 'from tracer.lab import ensure_image; print(ensure_image())')
+step "lab image: tracer-lab:latest ${image_id:7:12}"
+
+step "done in $((SECONDS - start))s"

@@ -1,0 +1,98 @@
+"""Helpers for live tracing tests: run the real `tracer trace` CLI as a
+subprocess, wait until its programs are attached, drive lab traffic, collect
+the JSON journeys, and check that nothing of ours stays in the kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tracer.kernel.bpf_syscall import list_links, list_progs
+
+REPO = Path(__file__).resolve().parents[2]
+OUR_PROG_PREFIX = "trc_"
+
+
+class Tracer:
+    """A `tracer trace --json` process."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        self.args = ["trace", "--json", *args]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tracer", *self.args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.stderr_lines: list[str] = []
+
+    def wait_ready(self, timeout: float = 30) -> float:
+        """Block until the tracer says it is tracing; returns seconds waited."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.stderr_lines.append(line)
+            if "tracing" in line and "Ctrl-C" in line:
+                return time.monotonic() - start
+        self.proc.kill()
+        out, err = self.proc.communicate()
+        raise AssertionError(f"tracer never became ready: {''.join(self.stderr_lines)}{err}")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> list[dict]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.finish(timeout)
+
+    def finish(self, timeout: float = 60) -> list[dict]:
+        out, err = self.proc.communicate(timeout=timeout)
+        self.stderr = "".join(self.stderr_lines) + err
+        self.returncode = self.proc.returncode
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def our_kernel_objects() -> tuple[list, list]:
+    """Programs named like ours and the links that hold them (the kernel's view)."""
+    progs = [p for p in list_progs() if p.name.startswith(OUR_PROG_PREFIX)]
+    ids = {p.id for p in progs}
+    links = [link for link in list_links() if link.prog_id in ids]
+    return progs, links
+
+
+def tc_filters_named_tracer() -> list[str]:
+    found = []
+    for dev in os.listdir("/sys/class/net"):
+        for direction in ("ingress", "egress"):
+            out = subprocess.run(["tc", "filter", "show", "dev", dev, direction], capture_output=True, text=True).stdout
+            if "tracer" in out:
+                found.append(f"{dev} {direction}")
+    return found
+
+
+def wait_gone(timeout: float = 10) -> tuple[list, list]:
+    """Links vanish when their fds close; BCC's programs a moment later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        progs, links = our_kernel_objects()
+        if (not progs and not links) or time.monotonic() > deadline:
+            return progs, links
+        time.sleep(0.2)
+
+
+def hops(journey: dict) -> list[tuple]:
+    return [(h["hook"], h["nat_stage"], h["ifname"]) for h in journey["hops"]]
+
+
+def index_of(journey: dict, hook: str, nat_stage=None, ifname=None, start: int = 0) -> int:
+    for i, h in enumerate(journey["hops"][start:], start):
+        if h["hook"] == hook and (nat_stage is None or h["nat_stage"] == nat_stage) and (ifname is None or h["ifname"] == ifname):
+            return i
+    raise AssertionError(f"no {hook}/{nat_stage}@{ifname} after hop {start} in {hops(journey)}")

@@ -1,0 +1,130 @@
+"""bpf_attr / info layouts and errno messages, checked byte by byte (no kernel)."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+import pytest
+
+from tracer.errors import MissingCapability, TracerError
+from tracer.kernel import bpf_syscall as sc
+from tracer.kernel.links import link_error
+
+
+def u32(buf: bytes, off: int) -> int:
+    return struct.unpack_from("<I", buf, off)[0]
+
+
+def test_syscall_numbers():
+    assert sc.sys_bpf_number("x86_64") == 321
+    assert sc.sys_bpf_number("aarch64") == 280
+    with pytest.raises(OSError):
+        sc.sys_bpf_number("vax")
+
+
+def test_netfilter_link_attr_layout():
+    attr = sc.netfilter_link_attr(prog_fd=7, hooknum=sc.NF_HOOKS["forward"], priority=-101)
+    assert len(attr) == sc.ATTR_SIZE
+    assert u32(attr, 0) == 7          # prog_fd
+    assert u32(attr, 4) == 0          # target_fd unused
+    assert u32(attr, 8) == 45         # BPF_NETFILTER
+    assert u32(attr, 12) == 0         # flags
+    assert u32(attr, 16) == 2         # NFPROTO_IPV4
+    assert u32(attr, 20) == 2         # NF_INET_FORWARD
+    assert struct.unpack_from("<i", attr, 24)[0] == -101  # signed priority
+    assert u32(attr, 28) == 0
+    assert set(attr[32:]) == {0}
+
+
+def test_tcx_link_attr_layout():
+    attr = sc.tcx_link_attr(prog_fd=9, ifindex=42, attach_type=sc.BPF_TCX_EGRESS, relative_fd=3,
+                            expected_revision=0x1122334455667788)
+    assert (u32(attr, 0), u32(attr, 4), u32(attr, 8), u32(attr, 12)) == (9, 42, 47, 0)
+    assert u32(attr, 16) == 3
+    assert u32(attr, 20) == 0  # padding before the 8-aligned u64
+    assert struct.unpack_from("<Q", attr, 24)[0] == 0x1122334455667788
+    with pytest.raises(ValueError):
+        sc.tcx_link_attr(1, 1, sc.BPF_NETFILTER)
+
+
+def test_hook_numbers():
+    assert sc.NF_HOOKS == {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
+
+
+def test_prog_load_attr_layout():
+    attr = sc.prog_load_attr(32, insns_addr=0x1000, insn_cnt=2, license_addr=0x2000, name=b"a_very_long_program_name",
+                             expected_attach_type=45, attach_btf_id=777)
+    assert (u32(attr, 0), u32(attr, 4)) == (32, 2)
+    assert struct.unpack_from("<QQ", attr, 8) == (0x1000, 0x2000)
+    assert attr[48:64] == b"a_very_long_pro\0"  # 15 chars + NUL
+    assert u32(attr, 68) == 45
+    assert u32(attr, 108) == 777
+
+
+def test_trivial_insns():
+    insns = sc.ret_imm_insns(1)
+    assert insns == bytes([0xB7, 0, 0, 0, 1, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
+
+
+def test_map_create_attr_layout():
+    attr = sc.map_create_attr(sc.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, b"rb")
+    assert (u32(attr, 0), u32(attr, 12)) == (27, 4096)
+    assert attr[28:31] == b"rb\0"
+
+
+def test_id_and_fd_attrs():
+    assert sc.get_next_id_attr(5)[:8] == struct.pack("<II", 5, 0)
+    assert sc.fd_by_id_attr(17)[:12] == struct.pack("<III", 17, 0, 0)
+
+
+def test_decode_prog_info():
+    raw = bytearray(sc.PROG_INFO_SIZE)
+    struct.pack_into("<II", raw, 0, 32, 1234)
+    raw[64:80] = b"nf_count".ljust(16, b"\0")
+    info = sc.decode_prog_info(bytes(raw))
+    assert (info.id, info.type, info.name, info.type_name) == (1234, 32, "nf_count", "netfilter")
+
+
+def test_decode_netfilter_link_info():
+    raw = bytearray(sc.LINK_INFO_SIZE)
+    struct.pack_into("<III", raw, 0, sc.BPF_LINK_TYPE_NETFILTER, 55, 1234)
+    struct.pack_into("<IIiI", raw, 16, 2, 4, -99, 0)
+    info = sc.decode_link_info(bytes(raw))
+    assert (info.type_name, info.id, info.prog_id) == ("netfilter", 55, 1234)
+    assert (info.pf, info.hooknum, info.priority, info.nf_flags) == (2, 4, -99, 0)
+    assert info.ifindex is None
+
+
+def test_decode_tcx_link_info():
+    raw = bytearray(sc.LINK_INFO_SIZE)
+    struct.pack_into("<III", raw, 0, sc.BPF_LINK_TYPE_TCX, 56, 99)
+    struct.pack_into("<II", raw, 16, 7, sc.BPF_TCX_INGRESS)
+    info = sc.decode_link_info(bytes(raw))
+    assert (info.type_name, info.ifindex, info.attach_type, info.priority) == ("tcx", 7, 46, None)
+
+
+def test_decode_other_link_info():
+    raw = struct.pack("<III", 1, 3, 4).ljust(sc.LINK_INFO_SIZE, b"\0")
+    info = sc.decode_link_info(raw)
+    assert (info.type_name, info.id, info.prog_id) == ("raw_tracepoint", 3, 4)
+
+
+def test_errno_messages():
+    busy = link_error(OSError(errno.EBUSY, "x"), "netfilter", hook="forward", priority=0)
+    assert isinstance(busy, TracerError)
+    assert "priority 0 on forward is already taken" in str(busy) and "-1" in str(busy)
+
+    perm = link_error(OSError(errno.EPERM, "x"), "tcx")
+    assert isinstance(perm, MissingCapability) and "root" in str(perm)
+
+    nodev = link_error(OSError(errno.ENODEV, "x"), "tcx", ifindex=12, netns="trct-x")
+    assert str(nodev) == "no such interface: ifindex 12 in netns trct-x"
+
+    inval = link_error(OSError(errno.EINVAL, "x"), "netfilter")
+    assert isinstance(inval, MissingCapability) and str(inval).startswith("kernel does not support netfilter")
+
+    other = link_error(OSError(errno.E2BIG, "x"), "tcx")
+    assert "tcx link failed" in str(other)
+    for exc in (busy, perm, nodev, inval, other):
+        assert "\n" not in str(exc)

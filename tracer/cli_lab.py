@@ -1,0 +1,68 @@
+"""`tracer lab`: the offline Docker lab whose packets tracer follows."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from tracer.errors import NotRootError
+
+
+def _print_json(obj: object) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+@click.group()
+def lab() -> None:
+    """Offline Docker lab: a web container on host port 8000 and a client netns
+    (198.18.0.2) whose only route goes to the host (198.18.0.1)."""
+
+
+@lab.command()
+def up() -> None:
+    """Build the image if needed, start the container, client netns and
+    server; verify traffic both ways; print the lab as JSON."""
+    from tracer import lab as lab_mod
+
+    _print_json(lab_mod.up())
+
+
+@lab.command()
+def down() -> None:
+    """Remove the lab's container, netns, veth and server (keeps the image)."""
+    from tracer import lab as lab_mod
+
+    removed = lab_mod.down()
+    click.echo("removed: " + (", ".join(removed) if removed else "nothing (lab was not up)"))
+
+
+@lab.command()
+@click.option("--json", "as_json", is_flag=True, help="print the status as one JSON object")
+def status(as_json: bool) -> int:
+    """Describe the lab; exit 0 when it is fully up, 1 otherwise."""
+    from tracer import lab as lab_mod
+
+    st = lab_mod.status()
+    if as_json:
+        _print_json(st)
+    else:
+        state = "up" if st["up"] else "not up"
+        click.echo(f"lab {state}: client netns {st['netns']} ({st['client_address']}) -> "
+                   f"{st['host_address']}:{st['port']} -> {st['container']} "
+                   f"({st['container_ip'] or '-'}:{st['container_port']}); "
+                   f"server {st['server_address']}:{st['server_port']}")
+        for p in st["problems"]:
+            click.echo(f"  - {p}")
+    return 0 if st["up"] else 1
+
+
+@lab.command()
+def image() -> None:
+    """Build the offline lab image (tracer-lab:latest) unless it is current."""
+    from tracer import lab as lab_mod
+
+    if os.geteuid() != 0:
+        raise NotRootError("tracer lab image")
+    click.echo(f"{lab_mod.IMAGE} {lab_mod.ensure_image()}")

@@ -1,0 +1,269 @@
+"""Raw ``bpf()`` syscall helpers: link creation and the kernel's own view of
+programs and links.
+
+BCC 0.26 predates netfilter and tcx links, so we build ``union bpf_attr`` by
+hand. Layouts follow include/uapi/linux/bpf.h; each builder is a pure function
+returning bytes so unit tests can check offsets without a kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as errno_mod
+import os
+import platform
+import struct
+from dataclasses import dataclass
+
+# --- syscall numbers and commands ---------------------------------------------
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}
+
+BPF_MAP_CREATE = 0
+BPF_PROG_LOAD = 5
+BPF_PROG_GET_NEXT_ID = 11
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_LINK_CREATE = 28
+BPF_LINK_GET_FD_BY_ID = 30
+BPF_LINK_GET_NEXT_ID = 31
+
+# prog types / attach types / link types we name
+BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_PROG_TYPE_TRACING = 26
+BPF_PROG_TYPE_NETFILTER = 32
+BPF_TRACE_FENTRY = 24
+BPF_NETFILTER = 45
+BPF_TCX_INGRESS = 46
+BPF_TCX_EGRESS = 47
+BPF_MAP_TYPE_RINGBUF = 27
+
+BPF_LINK_TYPE_NETFILTER = 10
+BPF_LINK_TYPE_TCX = 11
+
+NFPROTO_IPV4 = 2
+NF_HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
+
+PROG_TYPE_NAMES = {
+    0: "unspec", 1: "socket_filter", 2: "kprobe", 3: "sched_cls", 4: "sched_act",
+    5: "tracepoint", 6: "xdp", 7: "perf_event", 8: "cgroup_skb", 9: "cgroup_sock",
+    10: "lwt_in", 11: "lwt_out", 12: "lwt_xmit", 13: "sock_ops", 14: "sk_skb",
+    15: "cgroup_device", 16: "sk_msg", 17: "raw_tracepoint", 18: "cgroup_sock_addr",
+    19: "lwt_seg6local", 20: "lirc_mode2", 21: "sk_reuseport", 22: "flow_dissector",
+    23: "cgroup_sysctl", 24: "raw_tracepoint_writable", 25: "cgroup_sockopt",
+    26: "tracing", 27: "struct_ops", 28: "ext", 29: "lsm", 30: "sk_lookup",
+    31: "syscall", 32: "netfilter",
+}
+LINK_TYPE_NAMES = {
+    0: "unspec", 1: "raw_tracepoint", 2: "tracing", 3: "cgroup", 4: "iter", 5: "netns",
+    6: "xdp", 7: "perf_event", 8: "kprobe_multi", 9: "struct_ops", 10: "netfilter",
+    11: "tcx", 12: "uprobe_multi", 13: "netkit", 14: "sockmap",
+}
+
+# bpf_attr is 160+ bytes on current kernels; the kernel accepts a larger,
+# zero-padded buffer, so one generous size serves every command.
+ATTR_SIZE = 160
+PROG_INFO_SIZE = 256
+LINK_INFO_SIZE = 96
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def sys_bpf_number(machine: str | None = None) -> int:
+    machine = machine or platform.machine()
+    try:
+        return _SYS_BPF[machine]
+    except KeyError:
+        raise OSError(errno_mod.ENOSYS, f"bpf() syscall number unknown for {machine}") from None
+
+
+def bpf(cmd: int, attr: bytes | bytearray | ctypes.Array) -> int:
+    """Call bpf(cmd, attr); return the result or raise OSError with errno.
+
+    ``attr`` may be a ctypes buffer when the kernel writes back into it."""
+    buf = attr if isinstance(attr, ctypes.Array) else ctypes.create_string_buffer(bytes(attr), max(len(attr), ATTR_SIZE))
+    ret = _libc.syscall(ctypes.c_long(sys_bpf_number()), ctypes.c_long(cmd), buf, ctypes.c_uint(ctypes.sizeof(buf)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf(cmd={cmd}): {os.strerror(err)}")
+    return ret
+
+
+def _pad(b: bytes) -> bytes:
+    return b.ljust(ATTR_SIZE, b"\0")
+
+
+# --- BPF_LINK_CREATE -------------------------------------------------------------
+
+
+def netfilter_link_attr(prog_fd: int, hooknum: int, priority: int, pf: int = NFPROTO_IPV4, nf_flags: int = 0) -> bytes:
+    """prog_fd@0, target_fd@4 (0), attach_type@8, flags@12, netfilter{pf, hooknum, priority(s32), flags}@16."""
+    return _pad(struct.pack("=IIII IIiI", prog_fd, 0, BPF_NETFILTER, 0, pf, hooknum, priority, nf_flags))
+
+
+def tcx_link_attr(prog_fd: int, ifindex: int, attach_type: int, relative_fd: int = 0, expected_revision: int = 0, flags: int = 0) -> bytes:
+    """prog_fd@0, target_ifindex@4, attach_type@8, flags@12, tcx{relative_fd@16, expected_revision u64@24}."""
+    if attach_type not in (BPF_TCX_INGRESS, BPF_TCX_EGRESS):
+        raise ValueError(f"not a tcx attach type: {attach_type}")
+    return _pad(struct.pack("=IIII I4xQ", prog_fd, ifindex, attach_type, flags, relative_fd, expected_revision))
+
+
+def link_create(attr: bytes) -> int:
+    """BPF_LINK_CREATE; returns the link fd (caller owns it)."""
+    return bpf(BPF_LINK_CREATE, attr)
+
+
+# --- tiny programs and maps loaded without BCC (doctor probes, fallbacks) -------
+
+# mov r0, imm ; exit
+def ret_imm_insns(value: int) -> bytes:
+    return struct.pack("<BBhi", 0xB7, 0x00, 0, value) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+
+
+def prog_load_attr(prog_type: int, insns_addr: int, insn_cnt: int, license_addr: int, name: bytes = b"",
+                   expected_attach_type: int = 0, attach_btf_id: int = 0,
+                   log_addr: int = 0, log_size: int = 0, log_level: int = 0) -> bytes:
+    """BPF_PROG_LOAD: prog_type@0 insn_cnt@4 insns@8 license@16 log_level@24 log_size@28
+    log_buf@32 kern_version@40 prog_flags@44 prog_name@48 prog_ifindex@64
+    expected_attach_type@68 ... attach_btf_id@108."""
+    head = struct.pack("=IIQQIIQII16sII", prog_type, insn_cnt, insns_addr, license_addr, log_level, log_size,
+                       log_addr, 0, 0, name[:15], 0, expected_attach_type)
+    attr = bytearray(_pad(head))
+    struct.pack_into("=I", attr, 108, attach_btf_id)
+    return bytes(attr)
+
+
+def load_trivial_prog(prog_type: int, ret: int = 0, expected_attach_type: int = 0, attach_btf_id: int = 0,
+                      name: bytes = b"tracer_probe") -> int:
+    """Load a two-instruction program returning ``ret``; returns its fd."""
+    insns = ctypes.create_string_buffer(ret_imm_insns(ret))
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = prog_load_attr(prog_type, ctypes.addressof(insns), 2, ctypes.addressof(lic), name,
+                          expected_attach_type, attach_btf_id)
+    return bpf(BPF_PROG_LOAD, attr)
+
+
+def map_create_attr(map_type: int, key_size: int, value_size: int, max_entries: int, name: bytes = b"") -> bytes:
+    """BPF_MAP_CREATE: map_type@0 key_size@4 value_size@8 max_entries@12 map_flags@16
+    inner_map_fd@20 numa_node@24 map_name@28."""
+    return _pad(struct.pack("=IIIIIII16s", map_type, key_size, value_size, max_entries, 0, 0, 0, name[:15]))
+
+
+def create_ringbuf(size: int = 4096) -> int:
+    return bpf(BPF_MAP_CREATE, map_create_attr(BPF_MAP_TYPE_RINGBUF, 0, 0, size, b"tracer_probe"))
+
+
+# --- the kernel's view: ids, fds, info ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgInfo:
+    id: int
+    type: int
+    name: str
+
+    @property
+    def type_name(self) -> str:
+        return PROG_TYPE_NAMES.get(self.type, str(self.type))
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    id: int
+    type: int
+    prog_id: int
+    # netfilter
+    pf: int | None = None
+    hooknum: int | None = None
+    priority: int | None = None
+    nf_flags: int | None = None
+    # tcx
+    ifindex: int | None = None
+    attach_type: int | None = None
+
+    @property
+    def type_name(self) -> str:
+        return LINK_TYPE_NAMES.get(self.type, str(self.type))
+
+
+def get_next_id_attr(start_id: int) -> bytes:
+    return _pad(struct.pack("=II", start_id, 0))
+
+
+def _iter_ids(cmd: int):
+    start = 0
+    while True:
+        buf = ctypes.create_string_buffer(get_next_id_attr(start), ATTR_SIZE)
+        try:
+            bpf(cmd, buf)
+        except OSError as exc:
+            if exc.errno == errno_mod.ENOENT:
+                return
+            raise
+        start = struct.unpack_from("=I", buf.raw, 4)[0]
+        yield start
+
+
+def fd_by_id_attr(obj_id: int) -> bytes:
+    return _pad(struct.pack("=III", obj_id, 0, 0))
+
+
+def info_by_fd(fd: int, size: int) -> bytes:
+    """BPF_OBJ_GET_INFO_BY_FD: bpf_fd@0 info_len@4 info@8."""
+    info = ctypes.create_string_buffer(size)
+    bpf(BPF_OBJ_GET_INFO_BY_FD, _pad(struct.pack("=IIQ", fd, size, ctypes.addressof(info))))
+    return info.raw
+
+
+def decode_prog_info(raw: bytes) -> ProgInfo:
+    """type@0 id@4 ... name[16]@64."""
+    ptype, pid = struct.unpack_from("=II", raw, 0)
+    name = raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
+    return ProgInfo(id=pid, type=ptype, name=name)
+
+
+def decode_link_info(raw: bytes) -> LinkInfo:
+    """type@0 id@4 prog_id@8, type-specific union@16 (8-aligned)."""
+    ltype, lid, prog_id = struct.unpack_from("=III", raw, 0)
+    if ltype == BPF_LINK_TYPE_NETFILTER:
+        pf, hooknum, prio, flags = struct.unpack_from("=IIiI", raw, 16)
+        return LinkInfo(lid, ltype, prog_id, pf=pf, hooknum=hooknum, priority=prio, nf_flags=flags)
+    if ltype == BPF_LINK_TYPE_TCX:
+        ifindex, attach_type = struct.unpack_from("=II", raw, 16)
+        return LinkInfo(lid, ltype, prog_id, ifindex=ifindex, attach_type=attach_type)
+    return LinkInfo(lid, ltype, prog_id)
+
+
+def _list(next_cmd: int, fd_cmd: int, size: int, decode):
+    out = []
+    for obj_id in _iter_ids(next_cmd):
+        try:
+            fd = bpf(fd_cmd, fd_by_id_attr(obj_id))
+        except OSError as exc:
+            if exc.errno == errno_mod.ENOENT:  # went away between the two calls
+                continue
+            raise
+        try:
+            out.append(decode(info_by_fd(fd, size)))
+        finally:
+            os.close(fd)
+    return out
+
+
+def list_progs() -> list[ProgInfo]:
+    """Every BPF program loaded in the kernel (needs CAP_SYS_ADMIN)."""
+    return _list(BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, PROG_INFO_SIZE, decode_prog_info)
+
+
+def list_links() -> list[LinkInfo]:
+    """Every BPF link in the kernel, whichever netns it lives in."""
+    return _list(BPF_LINK_GET_NEXT_ID, BPF_LINK_GET_FD_BY_ID, LINK_INFO_SIZE, decode_link_info)
+
+
+def prog_info_by_fd(fd: int) -> ProgInfo:
+    return decode_prog_info(info_by_fd(fd, PROG_INFO_SIZE))
+
+
+def link_info_by_fd(fd: int) -> LinkInfo:
+    return decode_link_info(info_by_fd(fd, LINK_INFO_SIZE))

@@ -1,0 +1,228 @@
+"""Human output: one block per packet journey, a status line, and the summary
+printed at exit. Plain text when ``color`` is False (pipes, tests)."""
+
+from __future__ import annotations
+
+import random
+from array import array
+from collections import Counter
+
+import click
+import numpy as np
+
+from tracer.journeys import Hop, Journey, nat_translation
+
+_ARROW = "→"
+_VERDICT_STYLE = {"delivered": {"fg": "green"}, "dropped": {"fg": "red", "bold": True}, "unknown": {"fg": "yellow"}}
+_NAT_STYLE = {"fg": "magenta", "bold": True}
+
+
+def _style(text: str, color: bool, **style) -> str:
+    return click.style(text, **style) if color and text else text
+
+
+def short_id(value: int | None, width: int = 6) -> str:
+    """Last hex digits: enough to tell packets/flows apart on screen (full ids are in JSON)."""
+    if not value:
+        return "-"
+    return format(value, "x")[-width:].rjust(width, "0")
+
+
+def format_dt(ns: int) -> str:
+    """'+12.3µs', '+1.25ms', '+2.00s': hops on one host are microseconds apart."""
+    if ns < 1_000_000:
+        return f"+{ns / 1e3:.1f}µs"
+    if ns < 1_000_000_000:
+        return f"+{ns / 1e6:.2f}ms"
+    return f"+{ns / 1e9:.2f}s"
+
+
+def _hook_text(hop: Hop) -> str:
+    return f"{hop.hook}/{hop.nat_stage}" if hop.nat_stage else hop.hook
+
+
+def _flow_text(src: str | None, dst: str | None) -> str:
+    return f"{src or '?'} {_ARROW} {dst or '?'}"
+
+
+def render_journey(j: Journey, color: bool) -> str:
+    """One block: a header naming the packet, then its hops in time order."""
+    verdict = j.verdict + (f" {j.drop_reason}" if j.drop_reason else "")
+    header = [
+        f"#{short_id(j.packet_id)}",
+        j.protocol or "?",
+        *([j.tcp_flags] if j.tcp_flags else []),
+        _flow_text(j.src, j.dst),
+    ]
+    parts = [
+        " ".join(header),
+        j.direction or "?",
+        f"flow {short_id(j.flow_id)}",
+        *([f"[{j.container}]"] if j.container else []),
+        _style(verdict, color, **_VERDICT_STYLE.get(j.verdict, {})),
+    ]
+    lines = [_style("  ".join(parts[:1]), color, bold=True) + "  " + "  ".join(parts[1:])]
+
+    w_dt = max(len(format_dt(h.dt_ns)) for h in j.hops)
+    w_hook = max(len(_hook_text(h)) for h in j.hops)
+    w_if = max(len(h.ifname or "-") for h in j.hops)
+    w_ct = max((len(h.container or "") for h in j.hops), default=0)
+    prev: Hop | None = None  # last hop that carried addresses
+    for hop in j.hops:
+        cols = [
+            format_dt(hop.dt_ns).rjust(w_dt),
+            _hook_text(hop).ljust(w_hook),
+            (hop.ifname or "-").ljust(w_if),
+        ]
+        if w_ct:
+            cols.append((hop.container or "").ljust(w_ct))
+        if hop.hook == "drop":
+            seen = f" (last seen {_hook_text(j.last_seen)})" if j.last_seen else ""
+            text = "    " + "  ".join(cols + [f"{hop.drop_reason or 'dropped'}{seen}"])
+            lines.append(_style(text.rstrip(), color, fg="red", bold=True))
+            continue
+        label = nat_translation(prev, hop) if prev is not None else None
+        cols.append(_flow_text(hop.src, hop.dst))
+        if label:
+            cols.append(_style(label, color, **_NAT_STYLE))
+        lines.append(("    " + "  ".join(cols)).rstrip())
+        if hop.src is not None and hop.dst is not None:
+            prev = hop
+    return "\n".join(lines)
+
+
+def status_line(events_per_s: float, lost: int, packets: int) -> str:
+    return f"{_rate(events_per_s)} events/s  {lost:,} lost  {packets:,} packets"
+
+
+def _rate(value: float) -> str:
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.1f}{unit}"
+    return f"{value:.0f}"
+
+
+class _Samples:
+    """Durations of one hop segment: exact up to ``cap`` values, then a uniform
+    reservoir sample, so a long trace keeps a bounded summary."""
+
+    def __init__(self, cap: int, rng: random.Random) -> None:
+        self.values = array("q")
+        self.count = 0
+        self._cap = cap
+        self._rng = rng
+
+    def add(self, value: int) -> None:
+        self.count += 1
+        if len(self.values) < self._cap:
+            self.values.append(value)
+            return
+        i = self._rng.randrange(self.count)
+        if i < self._cap:
+            self.values[i] = value
+
+    def median_ns(self) -> float:
+        return float(np.median(np.frombuffer(self.values, dtype=np.int64)))
+
+
+class Summary:
+    """Totals over a trace, printed at exit and available as a dict for --json."""
+
+    def __init__(self, sample_cap: int = 100_000) -> None:
+        self.packets = 0
+        self.verdicts: Counter[str] = Counter({"delivered": 0, "dropped": 0, "unknown": 0})
+        self.drops: Counter[tuple[str, str]] = Counter()  # (reason, hook last seen) -> packets
+        self._flows: set[int] = set()
+        self._segments: dict[str, _Samples] = {}  # insertion order follows the path
+        self._rng = random.Random(0)
+        self._cap = sample_cap
+        self.lost: dict[str, int] = {}
+        self.events: dict[str, int] = {}
+
+    def add(self, journeys: list[Journey]) -> None:
+        for j in journeys:
+            self.packets += 1
+            self.verdicts[j.verdict] += 1
+            if j.flow_id:
+                self._flows.add(j.flow_id)
+            if j.verdict == "dropped":
+                seen = _hook_text(j.last_seen) if j.last_seen else "-"
+                self.drops[(j.drop_reason or "unknown", seen)] += 1
+            for a, b in zip(j.hops, j.hops[1:]):
+                key = f"{a.label} {_ARROW} {b.label}"
+                samples = self._segments.get(key)
+                if samples is None:
+                    samples = self._segments[key] = _Samples(self._cap, self._rng)
+                samples.add(b.ktime_ns - a.ktime_ns)
+
+    def set_lost(self, lost_by_sensor: dict[str, int], events_by_sensor: dict[str, int]) -> None:
+        self.lost = dict(lost_by_sensor)
+        self.events = dict(events_by_sensor)
+
+    @property
+    def flows(self) -> int:
+        return len(self._flows)
+
+    def segments(self) -> list[dict]:
+        return [
+            {"segment": key, "count": s.count, "p50_us": round(s.median_ns() / 1e3, 3)}
+            for key, s in self._segments.items()
+        ]
+
+    def to_dict(self) -> dict:
+        return {
+            "packets": self.packets,
+            "flows": self.flows,
+            "verdicts": dict(self.verdicts),
+            "drops": [
+                {"reason": reason, "last_seen": seen, "packets": n}
+                for (reason, seen), n in self.drops.most_common()
+            ],
+            "lost_events": {
+                name: {"lost": self.lost.get(name, 0), "events": self.events.get(name, 0)}
+                for name in dict.fromkeys([*self.events, *self.lost])
+            },
+            "segments": self.segments(),
+        }
+
+    def render(self, color: bool) -> str:
+        v = self.verdicts
+        dropped = f"{v['dropped']:,} dropped"
+        lines = [
+            _style("summary", color, bold=True)
+            + f"  {_plural(self.packets, 'packet')}  {_plural(self.flows, 'flow')}  "
+            + f"{v['delivered']:,} delivered  "
+            + (_style(dropped, color, fg="red", bold=True) if v["dropped"] else dropped)
+            + f"  {v['unknown']:,} unknown"
+        ]
+        for (reason, seen), n in self.drops.most_common():
+            lines.append(_style(f"  drop  {reason} ×{n:,}  last seen {seen}", color, fg="red"))
+        lines.append("  " + self._lost_text(color))
+        segs = self.segments()
+        if segs:
+            width = max(len(s["segment"]) for s in segs)
+            w_n = max(len(f"{s['count']:,}") for s in segs)
+            lines.append("  hop segments (count, p50)")
+            for s in segs:
+                lines.append(f"    {s['segment'].ljust(width)}  {s['count']:>{w_n},}  {s['p50_us']:>8.1f}µs")
+        return "\n".join(lines)
+
+    def _lost_text(self, color: bool) -> str:
+        names = list(dict.fromkeys([*self.events, *self.lost]))
+        if not names:
+            return "lost events: not reported"
+        total_lost = sum(self.lost.values())
+        total = sum(self.events.values()) + total_lost
+        if not total_lost:
+            return f"lost events: 0 of {total:,}"
+        # Name only the sensors that lost something: that is where to look.
+        parts = []
+        for name in names:
+            lost, seen = self.lost.get(name, 0), self.events.get(name, 0)
+            if lost:
+                parts.append(f"{name} {lost:,} of {lost + seen:,}, {100 * lost / (lost + seen):.2f}%")
+        return _style(f"lost events: {total_lost:,} of {total:,} ({'; '.join(parts)})", color, fg="red")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
