@@ -169,3 +169,30 @@ EVENT_SCHEMA = pa.schema(
     ]
 )
 SCHEMA_VERSION = "1"
+
+# A capture file (Arrow IPC stream, .arrows) holds the event columns plus two
+# more, so that things other than packet sightings live in the same stream as
+# rows, in time order: `kind` says what a row is, `info` carries its payload
+# as JSON. Packet columns are null on non-event rows (except time/ktime_ns).
+ROW_KINDS = (
+    "event",      # one packet sighting (info null)
+    "container",  # a container started or stopped: info {"action", "id", "name", "ips", ...}
+    "stats",      # end of capture statistics: info {"events", "lost", "packets", "flows", ...}
+    "histogram",  # latency mode interval histogram (see tracer latency): info {...}
+)
+CAPTURE_SCHEMA = EVENT_SCHEMA.append(pa.field("kind", _DICT_STR)).append(pa.field("info", pa.string()))
+
+# Schema metadata keys of a capture (values are UTF-8 strings; JSON where noted).
+META_PREFIX = "tracer."
+META_KEYS = (
+    "schema_version",  # SCHEMA_VERSION; readers refuse other major versions
+    "host",
+    "kernel",          # uname -r
+    "version",         # tracer version
+    "command",         # the command line
+    "filter",          # Filter.describe()
+    "start_time",      # ISO 8601 UTC
+    "ktime_offset_ns", # wall clock minus bpf_ktime_get_ns at start
+    "containers",      # JSON list of containers at start
+    "sample",          # 1-in-N flow sampling (1 = all)
+)
