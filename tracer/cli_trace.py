@@ -148,37 +148,33 @@ def demo(requests, as_json):
     """Bring the lab up, trace it while driving traffic, show the journeys."""
     import threading
 
-    from tracer import lab, traffic
+    from tracer import lab
+    from tracer import traffic as lab_traffic
 
     status = lab.up()
     click.echo(f"tracer: lab up: client {status['client_address']} -> {status['host_address']}:{status['port']} "
                f"-> {status['container']} ({status['container_ip']}:{status['container_port']})", err=True)
     options = options_from((), (status["container"],), (), None, (), "auto")
-    done = threading.Event()
+    traffic_done = threading.Event()
 
-    def drive(session) -> None:
-        def traffic() -> None:
-            try:
-                time.sleep(0.3)
-                for _ in range(requests):
-                    traffic.client_http_get(status)
-                traffic.container_http_get(status)
-            except TracerError as exc:
-                click.echo(f"tracer: demo traffic failed: {exc}", err=True)
-            finally:
-                done.set()
+    def drive_traffic() -> None:
+        try:
+            time.sleep(0.3)
+            for _ in range(requests):
+                lab_traffic.client_http_get(status)
+            lab_traffic.container_http_get(status)
+        except TracerError as exc:
+            click.echo(f"tracer: demo traffic failed: {exc}", err=True)
+        finally:
+            traffic_done.set()
 
-        threading.Thread(target=traffic, daemon=True).start()
-
-    def until_done(session):
-        drive(session)
-
-    limits = Limits(duration=None)
-    # Stop shortly after the traffic finished: journeys complete after IDLE_NS.
-    def stopper():
-        done.wait(30)
-        time.sleep(0.6)
+    def stop_after_traffic() -> None:
+        traffic_done.wait(60)
+        time.sleep(0.6)  # let the last journeys complete (IDLE_NS)
         signal.raise_signal(signal.SIGTERM)
 
-    threading.Thread(target=stopper, daemon=True).start()
-    run_trace(options, limits, as_json, sys.stdout.isatty() and not as_json, on_started=until_done)
+    def on_started(session) -> None:
+        threading.Thread(target=drive_traffic, daemon=True).start()
+        threading.Thread(target=stop_after_traffic, daemon=True).start()
+
+    run_trace(options, Limits(), as_json, sys.stdout.isatty() and not as_json, on_started=on_started)

@@ -150,6 +150,11 @@ def is_terminal(hop: Hop) -> bool:
 def verdict_of(hops: list[Hop]) -> tuple[str, str | None]:
     """(verdict, drop_reason) for hops in journey order (a drop row, if any, last)."""
     if hops and hops[-1].hook == "drop":
+        # Freed after it reached its destination (e.g. QUEUE_PURGE when the
+        # receiving socket closes unread): the network delivered it; the drop
+        # row stays in the hops to show what the endpoint did with it.
+        if len(hops) > 1 and is_terminal(hops[-2]):
+            return "delivered", None
         return "dropped", hops[-1].drop_reason
     if hops and is_terminal(hops[-1]):
         return "delivered", None

@@ -194,6 +194,16 @@ def test_drop_row_ends_the_journey_with_its_reason():
     assert (j.hops[-1].src, j.hops[-1].dst) == (f"{CLIENT}:40000", f"{CONTAINER}:8080")
 
 
+def test_freed_after_delivery_is_delivered_not_dropped():
+    # e.g. QUEUE_PURGE: the container's socket closed with the data unread.
+    rows = inbound_request(pid=6)
+    rows.append({"packet_id": 6, "ktime_ns": rows[-1]["ktime_ns"] + 50_000, "hook": "drop",
+                 "drop_reason": "QUEUE_PURGE", "ifname": "eth0", "netns": HOST_NS})
+    (j,) = build_journeys(events(rows))
+    assert j.verdict == "delivered" and j.drop_reason is None
+    assert j.hops[-1].hook == "drop" and j.hops[-1].drop_reason == "QUEUE_PURGE"
+
+
 def test_journey_that_stops_at_the_bridge_is_unknown():
     rows = inbound_request()[:7]  # ... tc_egress@bridge, then nothing
     (j,) = build_journeys(events(rows))
