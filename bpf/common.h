@@ -44,6 +44,9 @@ struct fp_key {
 struct fp_val {
     u64 packet_id;
     u64 last_seen;
+    u64 first_seen; /* latency mode: end-to-end time */
+    u32 last_hop;   /* latency mode: hop code of the last sighting */
+    u32 _pad;
 };
 
 struct skb_val {
@@ -145,6 +148,21 @@ static __always_inline int filter_match(struct flow_key *k)
     return 1;
 }
 
+/* 1-in-SAMPLE_N flows, chosen by a hash that is the same in both directions
+ * (addresses and ports combined with xor), so a chosen flow is followed whole.
+ * Callers hash the conntrack original tuple where they have it. */
+static __always_inline int sampled(struct flow_key *k)
+{
+#ifdef SAMPLE_N
+    u32 h = (k->saddr ^ k->daddr) * 0x9E3779B1u;
+    h ^= ((u32)(k->sport ^ k->dport) | (k->proto << 16)) * 0x85EBCA6Bu;
+    h ^= h >> 15;
+    return h % SAMPLE_N == 0;
+#else
+    return 1;
+#endif
+}
+
 static __always_inline void fingerprint(struct fp_key *fp, struct pkt *p)
 {
     fp->seq = p->seq;
@@ -180,6 +198,7 @@ static __always_inline u64 packet_identity(struct fp_key *fp, u64 now, u8 *flags
     struct fp_val fresh = {};
     fresh.packet_id = new_packet_id();
     fresh.last_seen = now;
+    fresh.first_seen = now;
     packets.update(fp, &fresh);
     *flags |= FLAG_NEW_PACKET;
     return fresh.packet_id;

@@ -24,6 +24,10 @@ int trc_drop(struct bpf_raw_tracepoint_args *ctx)
         fp.tot_len != seen.fp.tot_len || fp.proto != seen.fp.proto)
         return 0;
 
+#ifdef LATENCY_MODE
+    latency_sighting(&fp, HOP_CODE_DROP, 0, bpf_ktime_get_ns());
+    return 0;
+#endif
     struct event e = {};
     e.ktime_ns = bpf_ktime_get_ns();
     fill_event(&e, &p, HOOK_DROP);

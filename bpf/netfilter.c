@@ -53,6 +53,16 @@ static __always_inline void track_flow(struct flow_key *orig, struct flow_key *r
     flows.update(&view, &v);
 }
 
+/* The drop sensor finds traced packets by skb address. Written once per
+ * packet, not per hook: a lookup is cheaper than an LRU update. */
+static __always_inline void remember_skb(u64 skb, struct skb_val *sv)
+{
+    struct skb_val *old = skbs.lookup(&skb);
+    if (old && old->packet_id == sv->packet_id && old->fp.seq == sv->fp.seq && old->fp.ip_id == sv->fp.ip_id)
+        return;
+    skbs.update(&skb, sv);
+}
+
 static __always_inline int nf_sense(struct nf_ctx *ctx, u8 hook, u8 stage)
 {
     u64 skb = ctx->skb;
@@ -73,14 +83,14 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 hook, u8 stage)
         read_tuple(&reply, ct + OFF_CT_TUPLE_REPLY);
         u32 sig = reply.saddr ^ reply.daddr ^ ((u32)reply.sport << 16 | reply.dport);
         struct flow_val *known = flows.lookup(&orig);
-        traced = known || filter_match(&orig) || filter_match(&reply);
+        traced = known || ((filter_match(&orig) || filter_match(&reply)) && sampled(&orig));
         /* Write the views once per NAT setup, not per packet. */
         if (traced && (!known || known->reply_sig != sig || known->flow_id != FLOW_ID(ct)))
             track_flow(&orig, &reply, ct, sig);
         direction = ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL;
     } else {
         ct = 0;
-        traced = flows.lookup(&p.key) || filter_match(&p.key);
+        traced = flows.lookup(&p.key) || (filter_match(&p.key) && sampled(&p.key));
     }
     if (!traced)
         return 1;
@@ -88,10 +98,15 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 hook, u8 stage)
     u64 now = bpf_ktime_get_ns();
     struct skb_val sv = {};
     fingerprint(&sv.fp, &p);
+#ifdef LATENCY_MODE
+    latency_sighting(&sv.fp, NF_HOP_CODE(hook, stage), direction, now);
+    remember_skb(skb, &sv);
+    return 1;
+#endif
     struct event e = {};
     e.packet_id = packet_identity(&sv.fp, now, &e.flags);
     sv.packet_id = e.packet_id;
-    skbs.update(&skb, &sv);
+    remember_skb(skb, &sv);
 
     e.ktime_ns = now;
     fill_event(&e, &p, hook);

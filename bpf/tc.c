@@ -31,12 +31,22 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
         return TC_CONTINUE;
 
     struct flow_val *flow = flows.lookup(&p.key);
-    if (!flow && !filter_match(&p.key))
+    if (!flow && !(filter_match(&p.key) && sampled(&p.key)))
         return TC_CONTINUE;
 
     u64 now = bpf_ktime_get_ns();
     struct fp_key fp = {};
     fingerprint(&fp, &p);
+#ifdef LATENCY_MODE
+    u32 role = ROLE_CONTAINER;
+    if (!(flags & FLAG_IN_CONTAINER_NS)) {
+        u32 ifindex = ctx->ifindex;
+        u32 *r = if_roles.lookup(&ifindex);
+        role = r ? *r : ROLE_EXTERNAL;
+    }
+    latency_sighting(&fp, tc_hop_code(hook, role), flow ? flow->direction : 0, now);
+    return TC_CONTINUE;
+#endif
     struct event e = {};
     e.flags = flags;
     e.packet_id = packet_identity(&fp, now, &e.flags);

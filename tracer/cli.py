@@ -50,9 +50,14 @@ def cli() -> None:
 def _register() -> None:
     from tracer.cli_doctor import doctor
     from tracer.cli_lab import lab
+    from tracer.cli_latency import latency
     from tracer.cli_trace import demo, trace
 
-    for command in (doctor, lab, trace, demo):
+    for command in (doctor, lab, trace, demo, latency):
+        cli.add_command(command)
+    from tracer.cli_capture import record, show
+
+    for command in (record, show):
         cli.add_command(command)
 
 

@@ -83,25 +83,54 @@ def _dict_column(indices: np.ndarray, dictionary: list[str | None]) -> pa.Dictio
     nulls = np.array([d is None for d in dictionary], dtype=bool)
     mask = nulls[indices] if nulls.any() else None
     return pa.DictionaryArray.from_arrays(
-        pa.array(indices.astype(np.int32), mask=mask), pa.array(values, pa.string())
+        pa.array(indices.astype(np.int32, copy=False), mask=mask), pa.array(values, pa.string())
     )
 
 
 def _codes(values: np.ndarray, names: tuple | list) -> pa.DictionaryArray:
-    table = list(names)
-    idx = values.astype(np.int64)
-    idx = np.where(idx < len(table), idx, 0)
-    return _dict_column(idx, table)
+    """u8 codes -> dictionary column (codes past the table map to entry 0)."""
+    lut = np.zeros(256, dtype=np.int32)
+    lut[: len(names)] = np.arange(len(names), dtype=np.int32)
+    return _dict_column(lut[values], list(names))
+
+
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values (in order of first appearance) and each row's index into
+    them. Hash-based (Arrow's dictionary_encode), O(n): np.unique sorts."""
+    encoded = pa.array(values).dictionary_encode()
+    return encoded.dictionary.to_numpy(zero_copy_only=False), encoded.indices.to_numpy(zero_copy_only=False)
 
 
 def _addresses(values: np.ndarray) -> pa.DictionaryArray:
-    uniq, inverse = np.unique(values.astype(np.uint32), return_inverse=True)
-    return _dict_column(inverse.reshape(-1), [ip_text(v) for v in uniq])
+    uniq, inverse = _factorize(values.astype(np.uint32))
+    return _dict_column(inverse, [ip_text(v) for v in uniq.tolist()])
 
 
-def _by_lookup(keys: np.ndarray, lookup: dict[int, str | None]) -> pa.DictionaryArray:
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    return _dict_column(inverse.reshape(-1), [lookup.get(int(k)) for k in uniq])
+def _by_lookup(keys: np.ndarray, lookup) -> pa.DictionaryArray:
+    """Dictionary column; ``lookup(distinct_keys)`` gives the dict of names."""
+    uniq, inverse = _factorize(keys)
+    names = lookup(uniq) if callable(lookup) else lookup
+    return _dict_column(inverse, [names.get(k) for k in uniq.tolist()])
+
+
+def _places(ctx: DecodeContext, in_ct, netns, ifindex, src, dst) -> tuple[list[Place], np.ndarray]:
+    """Distinct places and each row's index into them, resolved once per
+    distinct (in-container flag, netns, ifindex): integer keys, hashed."""
+    u64 = np.uint64
+    key = (netns.astype(u64) << u64(32)) | (in_ct.astype(u64) << u64(31)) | ifindex.astype(u64)
+    keys, inverse = _factorize(key)
+    inverse = inverse.astype(np.int64)  # writable: ambiguous rows are remapped below
+    places = []
+    for k in keys.tolist():
+        ct, ns, idx = bool((k >> 31) & 1), k >> 32, k & 0x7FFFFFFF
+        places.append(ctx.place(ns, idx, ct, 0, 0))
+    # Rare: two containers whose eth0 share an ifindex; their addresses tell.
+    for i, k in enumerate(keys.tolist()):
+        if (k >> 31) & 1 and len(ctx.container_places.get(k & 0x7FFFFFFF, ())) > 1:
+            for row in np.flatnonzero(inverse == i).tolist():
+                places.append(ctx.place(0, k & 0x7FFFFFFF, True, int(src[row]), int(dst[row])))
+                inverse[row] = len(places) - 1
+    return places, inverse
 
 
 def decode(raw: np.ndarray, ctx: DecodeContext) -> pa.Table:
@@ -115,21 +144,14 @@ def decode(raw: np.ndarray, ctx: DecodeContext) -> pa.Table:
     src = raw["src_ip"].astype(np.uint32)
     dst = raw["dst_ip"].astype(np.uint32)
 
-    # Resolve places once per distinct (in_ct, netns, ifindex[, addresses]).
-    place_key = np.zeros(n, dtype=[("ct", "u1"), ("ns", "<u4"), ("if", "<u4"), ("s", "<u4"), ("d", "<u4")])
-    place_key["ct"], place_key["ns"], place_key["if"] = in_ct, netns, ifindex
-    place_key["s"] = np.where(in_ct, src, 0)
-    place_key["d"] = np.where(in_ct, dst, 0)
-    uniq, inverse = np.unique(place_key, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    places = [ctx.place(int(k["ns"]), int(k["if"]), bool(k["ct"]), int(k["s"]), int(k["d"])) for k in uniq]
+    places, inverse = _places(ctx, in_ct, netns, ifindex, src, dst)
 
     ktime = raw["ktime_ns"].astype(np.int64)
     hooks = raw["hook"]
     reasons = np.where(hooks == events.HOOKS.index("drop"), raw["drop_reason"].astype(np.int64), -1)
     columns = {
         "time": pa.array(ktime + ctx.boot_offset_ns, pa.timestamp("ns", tz="UTC")),
-        "ktime_ns": pa.array(raw["ktime_ns"].astype(np.uint64)),
+        "ktime_ns": pa.array(ktime.view(np.uint64)),
         "hook": _codes(hooks, events.HOOKS),
         "nat_stage": _codes(raw["nat_stage"], events.NAT_STAGES),
         "ifindex": pa.array(ifindex),
@@ -143,7 +165,7 @@ def decode(raw: np.ndarray, ctx: DecodeContext) -> pa.Table:
         "packet_id": pa.array(raw["packet_id"].astype(np.uint64)),
         "flow_id": pa.array(raw["flow_id"].astype(np.uint64)),
         "direction": _codes(raw["direction"], events.DIRECTIONS),
-        "protocol": _by_lookup(raw["protocol"].astype(np.int64), {k: v for k, v in events.PROTOCOLS.items()} | _other_protocols(raw["protocol"])),
+        "protocol": _by_lookup(raw["protocol"].astype(np.int64), lambda u: events.PROTOCOLS | _other_protocols(u)),
         "src_ip": _addresses(src),
         "src_port": pa.array(raw["src_port"].astype(np.uint16)),
         "dst_ip": _addresses(dst),
@@ -154,21 +176,20 @@ def decode(raw: np.ndarray, ctx: DecodeContext) -> pa.Table:
         "tcp_flags": pa.array(raw["tcp_flags"].astype(np.uint8)),
         "tcp_seq": pa.array(raw["tcp_seq"].astype(np.uint32)),
         "tcp_ack": pa.array(raw["tcp_ack"].astype(np.uint32)),
-        "drop_reason": _by_lookup(reasons, {k: v for k, v in ctx.drop_reasons.items()} | _unknown_reasons(reasons, ctx.drop_reasons)),
+        "drop_reason": _by_lookup(reasons, lambda u: ctx.drop_reasons | _unknown_reasons(u, ctx.drop_reasons)),
         "cpu": pa.array(raw["cpu"].astype(np.uint16)),
         "flags": pa.array(flags.astype(np.uint8)),
     }
     return pa.Table.from_pydict(columns, schema=events.EVENT_SCHEMA)
 
 
-def _other_protocols(protos: np.ndarray) -> dict[int, str]:
-    return {int(p): str(int(p)) for p in np.unique(protos) if int(p) not in events.PROTOCOLS}
+def _other_protocols(distinct: np.ndarray) -> dict[int, str]:
+    return {p: str(p) for p in distinct.tolist() if p not in events.PROTOCOLS}
 
 
-def _unknown_reasons(reasons: np.ndarray, known: dict[int, str]) -> dict[int, str | None]:
+def _unknown_reasons(distinct: np.ndarray, known: dict[int, str]) -> dict[int, str | None]:
     out: dict[int, str | None] = {-1: None}
-    for r in np.unique(reasons):
-        r = int(r)
+    for r in distinct.tolist():
         if r >= 0 and r not in known:
             out[r] = f"REASON_{r}"
     return out

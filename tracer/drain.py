@@ -66,18 +66,24 @@ class RingBufferDrain:
         if n <= 0:
             return events.empty_raw()
         start = PAGE_SIZE + (cons & self.mask)
-        view = np.frombuffer(self.producer, dtype=RECORD_DTYPE, count=n, offset=start)
-        lens = view["len"]
+        # Headers first (a strided u32 view, no copy): stop at the first
+        # record still being written.
+        lens = np.frombuffer(self.producer, dtype="<u4", count=n * (RECORD_SIZE // 4), offset=start)[:: RECORD_SIZE // 4]
         busy = (lens & BUSY_BIT) != 0
         if busy.any():
-            n = int(np.argmax(busy))  # stop at the first record still being written
-            view, lens = view[:n], lens[:n]
+            n = int(np.argmax(busy))
+            lens = lens[:n]
         sizes = lens & ~np.uint32(BUSY_BIT | DISCARD_BIT)
         if n and (sizes != events.EVENT_SIZE).any():
             raise RuntimeError("ring buffer holds a record of unexpected size: is another program writing to it?")
-        keep = (lens & DISCARD_BIT) == 0
-        out = view["event"][keep].copy()  # copy before the kernel may reuse the space
-        self.discarded += int(n - keep.sum())
+        # One flat byte copy (a structured-dtype copy is ~15x slower), then a
+        # strided view of the events; drop discarded records only if any.
+        records = np.frombuffer(self.producer, dtype=np.uint8, count=n * RECORD_SIZE, offset=start).copy().view(RECORD_DTYPE)
+        discard = (lens & DISCARD_BIT) != 0
+        out = records["event"]
+        if discard.any():
+            out = out[~discard]
+            self.discarded += int(discard.sum())
         self.records_read += len(out)
         struct.pack_into("<Q", self.consumer, 0, cons + n * RECORD_SIZE)
         return out

@@ -4,11 +4,14 @@ detach everything on the way out."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +20,7 @@ from tracer import events
 from tracer.decode import DecodeContext, Place, decode
 from tracer.drain import RingBufferDrain
 from tracer.errors import NotRootError, TracerError
-from tracer.kernel.program import Filter, Program
+from tracer.kernel.program import RINGBUF_PAGES, Filter, Program
 from tracer.sensors.drops import DropSensor
 from tracer.sensors.netfilter import NetfilterSensor
 from tracer.sensors.tc import TcSensor, TcTarget
@@ -33,6 +36,7 @@ class TraceOptions:
     proto: str | None = None
     ifaces: tuple[str, ...] = ()
     tc_mode: str = "auto"
+    sample: int = 1
 
 
 @dataclass
@@ -50,8 +54,11 @@ def host_netns_inode() -> int:
 
 
 class TraceSession:
-    def __init__(self, options: TraceOptions) -> None:
+    def __init__(self, options: TraceOptions, latency: bool = False) -> None:
         self.options = options
+        # Latency mode: the kernel keeps histograms (tracer/latency.py reads
+        # them); no per-packet events, so no ring-buffer drain.
+        self.latency = latency
         self.inventory = None
         self.bpf = None
         self.drain: RingBufferDrain | None = None
@@ -62,6 +69,9 @@ class TraceSession:
         self.traced_names: set[str] = set()
         self.lock = threading.Lock()
         self.started_at = 0.0
+        # Told of every container start/die (from the Docker events thread),
+        # e.g. so a capture can record it as a row.
+        self.on_container_event: Callable[[str, Any], None] | None = None
 
     # ---- setup -----------------------------------------------------------
     def start(self) -> "TraceSession":
@@ -77,24 +87,31 @@ class TraceSession:
 
     def _start(self) -> None:
         opts = self.options
-        # Validate what needs no kernel first, so bad input fails fast.
-        Filter(ports=opts.ports, hosts=opts.hosts, proto=opts.proto)
-        containers = self._containers()
-        self.filter = Filter(ports=opts.ports, hosts=opts.hosts, proto=opts.proto, containers=tuple(
-            c for c in containers if c.name in self.traced_names) if opts.containers else ())
-        targets = self._targets(containers)
-        if opts.tc_mode != "tcx":
-            sweep_leftovers(targets)
-        self.tc = TcSensor(targets, mode=opts.tc_mode)
+        # Bad input fails before any kernel or Docker work.
+        shape = Filter(ports=opts.ports, hosts=opts.hosts, proto=opts.proto, sample=opts.sample,
+                       container_names=opts.containers)
+        self.tc = TcSensor([], mode=opts.tc_mode, latency=self.latency)
         drops = DropSensor()
         self.sensors = [self.tc, NetfilterSensor(), drops]
-        self.bpf = Program(self.sensors, self.filter).compile()
+        # Compiling is most of the start-up time and needs no Docker metadata
+        # (filter values go into maps afterwards): run clang meanwhile.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            compiling = pool.submit(Program(self.sensors, shape, latency=self.latency).compile)
+            try:
+                containers = self._containers()
+                self.filter = dataclasses.replace(shape, containers=tuple(
+                    c for c in containers if c.name in self.traced_names) if opts.containers else ())
+                targets = self._targets(containers)
+            finally:
+                self.bpf = compiling.result()  # so close() can unload it on any error
+        if opts.tc_mode != "tcx":
+            sweep_leftovers(targets)
+        self.filter.fill_maps(self.bpf)
+        self.tc.pending = targets
         self.ctx = DecodeContext(host_netns=host_netns_inode(), drop_reasons=drops.reasons,
                                  resolve_host_ifindex=self._host_place)
-        ring = self.bpf["events"]
-        from tracer.kernel.program import RINGBUF_PAGES
-
-        self.drain = RingBufferDrain(ring.map_fd, RINGBUF_PAGES * 4096)
+        if not self.latency:
+            self.drain = RingBufferDrain(self.bpf["events"].map_fd, RINGBUF_PAGES * 4096)
         for sensor in self.sensors:
             sensor.attach(self.bpf)
         self._rebuild_places()
@@ -181,6 +198,12 @@ class TraceSession:
 
     # ---- containers coming and going ---------------------------------------
     def _on_container_change(self, what: str, container) -> None:
+        listener = self.on_container_event
+        if listener is not None:
+            try:
+                listener(what, container)
+            except Exception as exc:  # a listener's bug must not stop us following containers
+                log.warning("container %s listener failed: %s", what, exc)
         if container.name not in self.traced_names and self.options.containers:
             return
         try:

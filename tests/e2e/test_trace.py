@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.e2e.tracing import Tracer, index_of, tc_filters_named_tracer, wait_gone
+from tests.e2e.tracing import Tracer, index_of, kernel_snapshot, tc_filters_named_tracer, wait_gone
 from tracer import traffic
 
 
@@ -24,14 +24,23 @@ def _first(journeys, **match):
     raise AssertionError(f"no journey with {match} among {[(j['tcp_flags'], j['direction']) for j in journeys]}")
 
 
-def _nothing_left():
-    progs, links = wait_gone()
-    assert not links, f"links of ours still attached: {links}"
-    assert not progs, f"programs of ours still loaded: {progs}"
-    assert not tc_filters_named_tracer()
+@pytest.fixture
+def nothing_left():
+    """Checker: none of our programs, links or tc filters that appeared
+    during the test remain (a developer's own tracer may run meanwhile)."""
+    before = kernel_snapshot()
+    filters_before = set(tc_filters_named_tracer())
+
+    def check() -> None:
+        progs, links = wait_gone(before)
+        assert not links, f"links of ours still attached: {links}"
+        assert not progs, f"programs of ours still loaded: {progs}"
+        assert not set(tc_filters_named_tracer()) - filters_before
+
+    return check
 
 
-def test_inbound_request_and_reply_journeys(lab):
+def test_inbound_request_and_reply_journeys(lab, nothing_left):
     t = Tracer("--port", str(lab["port"]), "--duration", "30")
     t.wait_ready()
     _client_get(lab)
@@ -71,7 +80,7 @@ def test_inbound_request_and_reply_journeys(lab):
     for j in journeys:
         dts = [h["dt_ns"] for h in j["hops"]]
         assert dts == sorted(dts) and dts[0] == 0
-    _nothing_left()
+    nothing_left()
 
 
 def test_outbound_masquerade(lab):
@@ -137,7 +146,7 @@ def test_other_port_is_absent(lab):
     assert str(lab["iperf_port"]) not in ports
 
 
-def test_count_ends_cleanly(lab):
+def test_count_ends_cleanly(lab, nothing_left):
     t = Tracer("--port", str(lab["port"]), "--count", "3")
     t.wait_ready()
     deadline = time.monotonic() + 20
@@ -147,22 +156,22 @@ def test_count_ends_cleanly(lab):
     journeys = t.finish()
     assert t.returncode == 0, t.stderr
     assert len(journeys) == 3
-    _nothing_left()
+    nothing_left()
 
 
-def test_duration_ends_cleanly(lab):
+def test_duration_ends_cleanly(lab, nothing_left):
     start = time.monotonic()
     t = Tracer("--port", str(lab["port"]), "--duration", "1.5")
     t.wait_ready()
     t.finish()
     assert t.returncode == 0, t.stderr
     assert time.monotonic() - start < 20
-    _nothing_left()
+    nothing_left()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 @pytest.mark.parametrize("tc_mode", ["tcx", "clsact"])
-def test_nothing_left_after_signal(lab, sig, tc_mode):
+def test_nothing_left_after_signal(lab, nothing_left, sig, tc_mode):
     t = Tracer("--port", str(lab["port"]), "--tc-mode", tc_mode)
     t.wait_ready()
     _client_get(lab)
@@ -175,7 +184,7 @@ def test_nothing_left_after_signal(lab, sig, tc_mode):
         t2.finish()
     else:
         assert t.returncode in (0, -signal.SIGKILL), t.stderr
-    _nothing_left()
+    nothing_left()
 
 
 def test_recreated_container_is_followed(lab):
@@ -211,7 +220,7 @@ def test_recreated_container_is_followed(lab):
         (["--container", "web"], {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}, "no Docker engine"),
     ],
 )
-def test_bad_input_one_line_nothing_attached(args, env, message):
+def test_bad_input_one_line_nothing_attached(args, env, message, nothing_left):
     t = Tracer(*args, "--duration", "1", env=env)
     journeys = t.finish()
     assert t.returncode != 0
@@ -219,4 +228,4 @@ def test_bad_input_one_line_nothing_attached(args, env, message):
     assert len(lines) == 1, t.stderr
     assert message in lines[0] and "Traceback" not in t.stderr
     assert journeys == []
-    _nothing_left()
+    nothing_left()

@@ -21,8 +21,8 @@ OUR_PROG_PREFIX = "trc_"
 class Tracer:
     """A `tracer trace --json` process."""
 
-    def __init__(self, *args: str, env: dict | None = None) -> None:
-        self.args = ["trace", "--json", *args]
+    def __init__(self, *args: str, env: dict | None = None, command: str = "trace") -> None:
+        self.args = [command, "--json", *args]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tracer", *self.args],
             cwd=REPO,
@@ -41,7 +41,7 @@ class Tracer:
             if not line:
                 break
             self.stderr_lines.append(line)
-            if "tracing" in line and "Ctrl-C" in line:
+            if "Ctrl-C to stop" in line:
                 return time.monotonic() - start
         self.proc.kill()
         out, err = self.proc.communicate()
@@ -77,11 +77,21 @@ def tc_filters_named_tracer() -> list[str]:
     return found
 
 
-def wait_gone(timeout: float = 10) -> tuple[list, list]:
-    """Links vanish when their fds close; BCC's programs a moment later."""
+def kernel_snapshot() -> tuple[set, set]:
+    """Ids of our programs and links now (another tracer may be running)."""
+    progs, links = our_kernel_objects()
+    return {p.id for p in progs}, {link.id for link in links}
+
+
+def wait_gone(before: tuple[set, set] = (set(), set()), timeout: float = 10) -> tuple[list, list]:
+    """Our programs and links that were not there `before` and are still
+    attached after `timeout`. Links vanish when their fds close; BCC's
+    programs a moment later."""
     deadline = time.monotonic() + timeout
     while True:
         progs, links = our_kernel_objects()
+        progs = [p for p in progs if p.id not in before[0]]
+        links = [link for link in links if link.id not in before[1]]
         if (not progs and not links) or time.monotonic() > deadline:
             return progs, links
         time.sleep(0.2)

@@ -241,7 +241,8 @@ def _list(next_cmd: int, fd_cmd: int, size: int, decode):
         try:
             fd = bpf(fd_cmd, fd_by_id_attr(obj_id))
         except OSError as exc:
-            if exc.errno == errno_mod.ENOENT:  # went away between the two calls
+            # Went away between the two calls, or is being torn down right now.
+            if exc.errno in (errno_mod.ENOENT, errno_mod.EAGAIN):
                 continue
             raise
         try:

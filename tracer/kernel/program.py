@@ -12,6 +12,7 @@ import ctypes
 import os
 import socket
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -40,6 +41,9 @@ PACKET_ENTRIES = 65536
 # A fingerprint seen again within this window is the same packet (a packet
 # crosses the host in microseconds; TCP retransmits come after >= 200 ms).
 FP_WINDOW_NS = 20_000_000
+# Latency mode keeps following a packet across slow hops (a full qdisc can
+# hold it for tens of ms); a fingerprint repeating within 1 s is rare.
+LATENCY_FP_WINDOW_NS = 1_000_000_000
 
 
 @dataclass
@@ -50,8 +54,13 @@ class Filter:
     hosts: tuple[str, ...] = ()
     containers: tuple["Container", ...] = ()
     proto: str | None = None
+    sample: int = 1  # follow 1 in `sample` flows (chosen in the kernel)
+    # Names asked for; `containers` holds them once Docker resolved them.
+    container_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.sample < 1:
+            raise TracerError(f"--sample must be 1 or more, not {self.sample}")
         for port in self.ports:
             if not 0 < port < 65536:
                 raise TracerError(f"port {port} is out of range (1-65535)")
@@ -67,10 +76,11 @@ class Filter:
     def describe(self) -> str:
         parts = [f"port {p}" for p in self.ports]
         parts += [f"host {h}" for h in self.hosts]
-        parts += [f"container {c.name}" for c in self.containers]
+        parts += [f"container {name}" for name in (tuple(c.name for c in self.containers) or self.container_names)]
         if self.proto:
             parts.append(f"proto {self.proto}")
-        return " and ".join(parts) or "all IPv4 traffic"
+        text = " and ".join(parts) or "all IPv4 traffic"
+        return text + (f", 1 in {self.sample} flows" if self.sample > 1 else "")
 
     def cflags(self) -> list[str]:
         flags = []
@@ -83,8 +93,10 @@ class Filter:
             flags.append("-DFILTER_PORTS")
         if self.hosts:
             flags.append("-DFILTER_HOSTS")
-        if self.containers:
+        if self.containers or self.container_names:
             flags.append("-DFILTER_CONTAINERS")
+        if self.sample > 1:
+            flags.append(f"-DSAMPLE_N={self.sample}")
         return flags
 
     def container_ports(self) -> set[int]:
@@ -145,9 +157,13 @@ class Program:
     sensors: list["Sensor"]
     filter: Filter = field(default_factory=Filter)
     ringbuf_pages: int = RINGBUF_PAGES
+    # Latency mode: histograms in the kernel instead of per-packet events.
+    latency: bool = False
 
     def source(self) -> str:
         parts = [events.c_definitions(), (BPF_DIR / "common.h").read_text()]
+        if self.latency:
+            parts.append((BPF_DIR / "latency.h").read_text())
         for sensor in self.sensors:
             parts.append(f"/* ---- sensor: {sensor.name} ---- */")
             parts.append((BPF_DIR / sensor.source_file).read_text())
@@ -165,40 +181,47 @@ class Program:
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
             f"-DFLOW_ENTRIES={FLOW_ENTRIES}",
             f"-DPACKET_ENTRIES={PACKET_ENTRIES}",
-            f"-DFP_WINDOW_NS={FP_WINDOW_NS}ULL",
+            f"-DFP_WINDOW_NS={LATENCY_FP_WINDOW_NS if self.latency else FP_WINDOW_NS}ULL",
         ]
+        if self.latency:
+            flags.append("-DLATENCY_MODE")
         return flags + extra + self.filter.cflags()
 
     def compile(self):
-        """Compile with BCC; returns the bcc.BPF object (maps and programs)."""
+        """Compile with BCC; returns the bcc.BPF object (maps and programs).
+        Filter values are not in it yet: see Filter.fill_maps."""
         ensure_bcc_headers()
         cflags = self.cflags()
         from bcc import BPF  # noqa: PLC0415 - heavy import, only when tracing
 
-        with _quiet_stderr():
+        with _captured_stderr() as captured:
             try:
-                bpf = BPF(text=self.source(), cflags=cflags)
+                return BPF(text=self.source(), cflags=cflags)
             except Exception as exc:  # BCC raises bare Exception on compile errors
-                raise MissingCapability(f"BPF compile failed: {exc} (run with TRACER_DEBUG=1 for clang's output)") from None
-        self.filter.fill_maps(bpf)
-        return bpf
+                first_error = next((line for line in captured.text().splitlines() if "error" in line), str(exc))
+                raise MissingCapability(f"BPF compile failed: {first_error.strip()}") from None
 
 
-class _quiet_stderr:
-    """BCC/clang print header warnings on fd 2; keep them unless debugging."""
+class _captured_stderr:
+    """BCC/clang print header warnings on fd 2: keep them out of the user's
+    terminal (unless TRACER_DEBUG), but keep them to explain a failure."""
 
     def __enter__(self):
         self.saved = None
+        self.file = tempfile.TemporaryFile(mode="w+")
         if os.environ.get("TRACER_DEBUG"):
             return self
         self.saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
+        os.dup2(self.file.fileno(), 2)
         return self
+
+    def text(self) -> str:
+        self.file.seek(0)
+        return self.file.read()
 
     def __exit__(self, *exc):
         if self.saved is not None:
             os.dup2(self.saved, 2)
             os.close(self.saved)
+        self.file.close()
         return False

@@ -15,6 +15,9 @@ from tracer.sensors.base import Sensor
 BPF_PROG_TYPE_SCHED_CLS = 3
 
 log = logging.getLogger(__name__)
+# Interface roles as the latency histograms code them (bpf/latency.h).
+ROLE_CODES = {"external": 0, "bridge": 1, "veth": 2, "container": 3}
+
 
 
 @dataclass(frozen=True)
@@ -41,14 +44,18 @@ class TcSensor(Sensor):
     name = "tc"
     source_file = "tc.c"
 
-    def __init__(self, targets: list[TcTarget], mode: str = "auto") -> None:
+    def __init__(self, targets: list[TcTarget], mode: str = "auto", latency: bool = False) -> None:
         self.mode = mode
+        self.latency = latency
         self.pending = list(targets)
         self.links: dict[tuple[int, int], tuple[TcTarget, list]] = {}
         self.fds: dict[tuple[bool, str], int] = {}
         self.lock = threading.Lock()
+        self.roles = None
 
     def attach(self, bpf) -> None:
+        # Latency mode keys hop codes by interface role (bpf/latency.h).
+        self.roles = bpf["if_roles"] if self.latency else None
         for in_ct, (ingress, egress) in ((False, ("trc_tc_in", "trc_tc_eg")), (True, ("trc_tc_in_ct", "trc_tc_eg_ct"))):
             self.fds[(in_ct, "ingress")] = bpf.load_func(ingress, BPF_PROG_TYPE_SCHED_CLS).fd
             self.fds[(in_ct, "egress")] = bpf.load_func(egress, BPF_PROG_TYPE_SCHED_CLS).fd
@@ -80,6 +87,8 @@ class TcSensor(Sensor):
                     link.close()
                 raise
             self.links[target.key] = (target, links)
+            if self.roles is not None and not target.in_container_ns:
+                self.roles[self.roles.Key(target.ifindex)] = self.roles.Leaf(ROLE_CODES.get(target.role, 0))
 
     def remove(self, predicate) -> list[TcTarget]:
         """Detach targets matching predicate(target); returns them."""

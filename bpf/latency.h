@@ -1,0 +1,113 @@
+/* Latency mode (tracer latency): no per-packet events leave the kernel. Each
+ * sighting adds the time since the packet's previous sighting to a histogram
+ * of that segment (pair of hop codes), in an mmap-able array that user space
+ * reads once per interval. Included only when LATENCY_MODE is defined.
+ *
+ * Hop codes (mirrored in tracer/latency.py):
+ *   0..7   tc: (egress ? 4 : 0) + interface role
+ *   8..16  netfilter: pre/before, pre/after, input/before, input/after,
+ *          forward, output/before, output/after, post/before, post/after
+ *   17     drop
+ */
+#define ROLE_EXTERNAL 0
+#define ROLE_BRIDGE 1
+#define ROLE_VETH 2
+#define ROLE_CONTAINER 3
+#define N_HOPS 18
+#define HOP_CODE_DROP 17
+#define N_SEGMENTS (N_HOPS * N_HOPS)
+/* Rows after the segments: end-to-end time by conntrack direction (1, 2). */
+#define E2E_ROW(dir) (N_SEGMENTS + (dir))
+#define HIST_ROWS (N_SEGMENTS + 3)
+/* log2 buckets split in 2^HIST_SUB_BITS linear sub-buckets: a bucket is at
+ * most 1/16 (6.25%) of its value wide, so percentiles are good to a few %. */
+#define HIST_SUB_BITS 4
+#define HIST_BUCKETS 640
+
+/* Interface role of host-netns tc attachments (container-side is implied). */
+BPF_HASH(if_roles, u32, u32, 4096);
+BPF_F_TABLE("array", u32, u64, hist, HIST_ROWS * HIST_BUCKETS, BPF_F_MMAPABLE);
+/* [hop] = sightings at that hop, [N_HOPS + hop] = packets first seen there. */
+BPF_F_TABLE("array", u32, u64, hop_counts, 2 * N_HOPS, BPF_F_MMAPABLE);
+
+static __always_inline u32 tc_hop_code(u8 hook, u32 role)
+{
+    return (hook == HOOK_TC_EGRESS ? 4 : 0) + (role & 3);
+}
+
+static __always_inline u32 NF_HOP_CODE(u8 hook, u8 stage)
+{
+    u32 s = stage == NAT_AFTER ? 1 : 0;
+    switch (hook) {
+    case HOOK_NF_PREROUTING: return 8 + s;
+    case HOOK_NF_INPUT: return 10 + s;
+    case HOOK_NF_FORWARD: return 12;
+    case HOOK_NF_OUTPUT: return 13 + s;
+    default: return 15 + s; /* HOOK_NF_POSTROUTING */
+    }
+}
+
+/* Where a packet's journey through this host ends (see journeys.py). */
+static __always_inline int terminal_hop(u32 hop)
+{
+    return hop == ROLE_CONTAINER /* tc ingress, container */ || hop == 4 /* tc egress, external */ || hop == 11;
+}
+
+static __always_inline u32 hist_bucket(u64 d)
+{
+    if (d < (1 << HIST_SUB_BITS))
+        return d;
+    u32 msb = 0;
+    u64 v = d;
+    if (v >> 32) { v >>= 32; msb += 32; }
+    if (v >> 16) { v >>= 16; msb += 16; }
+    if (v >> 8) { v >>= 8; msb += 8; }
+    if (v >> 4) { v >>= 4; msb += 4; }
+    if (v >> 2) { v >>= 2; msb += 2; }
+    if (v >> 1) { msb += 1; }
+    u32 sub = (d >> (msb - HIST_SUB_BITS)) & ((1 << HIST_SUB_BITS) - 1);
+    u32 b = (msb - HIST_SUB_BITS + 1) * (1 << HIST_SUB_BITS) + sub;
+    return b < HIST_BUCKETS ? b : HIST_BUCKETS - 1;
+}
+
+static __always_inline void bump(void *map_value)
+{
+    if (map_value)
+        __sync_fetch_and_add((u64 *)map_value, 1);
+}
+
+static __always_inline void hist_add(u32 row, u64 delta)
+{
+    u32 idx = row * HIST_BUCKETS + hist_bucket(delta);
+    bump(hist.lookup(&idx));
+}
+
+static __always_inline void latency_sighting(struct fp_key *fp, u32 hop, u32 dir, u64 now)
+{
+    struct fp_val *seen = packets.lookup(fp);
+    if (seen && now - seen->last_seen < FP_WINDOW_NS) {
+        u32 prev = seen->last_hop;
+        if (prev < N_HOPS)
+            hist_add(prev * N_HOPS + hop, now - seen->last_seen);
+        if (terminal_hop(hop) && (dir == DIR_ORIGINAL || dir == DIR_REPLY))
+            hist_add(E2E_ROW(dir), now - seen->first_seen);
+        seen->last_seen = now;
+        seen->last_hop = hop;
+        if (hop == HOP_CODE_DROP) {
+            /* Gone: a later packet with the same fingerprint starts afresh. */
+            seen->last_seen = 0;
+            seen->last_hop = N_HOPS;
+        }
+    } else {
+        if (hop == HOP_CODE_DROP)
+            return; /* only drops of packets we are following */
+        struct fp_val fresh = {};
+        fresh.last_seen = now;
+        fresh.first_seen = now;
+        fresh.last_hop = hop;
+        packets.update(fp, &fresh);
+        u32 start = N_HOPS + hop;
+        bump(hop_counts.lookup(&start));
+    }
+    bump(hop_counts.lookup(&hop));
+}

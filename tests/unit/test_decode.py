@@ -1,0 +1,75 @@
+"""Raw ring-buffer records -> Arrow event table."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import numpy as np
+
+from tracer import events
+from tracer.decode import DecodeContext, Place, decode
+
+HOST_NS = 4026531840
+CT_NS = 4026532500
+
+
+def ip(text: str) -> int:
+    return struct.unpack("!I", socket.inet_aton(text))[0]
+
+
+def raw(rows: list[dict]) -> np.ndarray:
+    out = events.empty_raw(len(rows))
+    for i, row in enumerate(rows):
+        for key, value in row.items():
+            out[i][key] = value
+    return out
+
+
+def ctx() -> DecodeContext:
+    c = DecodeContext(host_netns=HOST_NS, drop_reasons={12: "NETFILTER_DROP"}, boot_offset_ns=1_000)
+    c.places[(HOST_NS, 7)] = Place("trc-host", "external", HOST_NS)
+    c.places[(HOST_NS, 9)] = Place("veth1", "veth", HOST_NS, "id-a", "web")
+    # Two containers whose eth0 have the same ifindex in their own netns.
+    c.container_places[2] = [(Place("eth0", "container", CT_NS, "id-a", "web"), ("172.17.0.2",)),
+                             (Place("eth0", "container", CT_NS + 1, "id-b", "db"), ("172.17.0.3",))]
+    return c
+
+
+def test_columns_decode_codes_addresses_and_places():
+    hook = events.HOOKS.index
+    table = decode(raw([
+        {"ktime_ns": 10, "hook": hook("tc_ingress"), "ifindex": 7, "src_ip": ip("198.18.0.2"), "dst_ip": ip("198.18.0.1"),
+         "src_port": 40000, "dst_port": 8000, "protocol": 6, "packet_id": 1, "tcp_flags": 2},
+        {"ktime_ns": 20, "hook": hook("nf_prerouting"), "nat_stage": 2, "direction": 1, "ifindex": 7, "netns": HOST_NS,
+         "src_ip": ip("198.18.0.2"), "dst_ip": ip("172.17.0.2"), "protocol": 6, "packet_id": 1, "flow_id": 99},
+        {"ktime_ns": 30, "hook": hook("tc_ingress"), "ifindex": 2, "flags": events.FLAG_IN_CONTAINER_NS,
+         "src_ip": ip("198.18.0.2"), "dst_ip": ip("172.17.0.3"), "protocol": 6, "packet_id": 1},
+        {"ktime_ns": 40, "hook": hook("drop"), "ifindex": 9, "drop_reason": 12, "protocol": 17, "packet_id": 2},
+    ]), ctx())
+    d = table.drop_columns(["time"]).to_pydict()
+    assert table.schema == events.EVENT_SCHEMA
+    assert d["hook"] == ["tc_ingress", "nf_prerouting", "tc_ingress", "drop"]
+    assert d["nat_stage"] == [None, "after", None, None]
+    assert d["direction"] == [None, "original", None, None]
+    assert d["src_ip"][0] == "198.18.0.2" and d["dst_ip"][1] == "172.17.0.2"
+    assert d["src_port"][0] == 40000 and d["dst_port"][0] == 8000
+    assert d["ifname"] == ["trc-host", "trc-host", "eth0", "veth1"]
+    assert d["if_role"] == ["external", "external", "container", "veth"]
+    # The shared ifindex is told apart by the container's address.
+    assert d["container_name"] == [None, None, "db", "web"]
+    assert d["netns"] == [HOST_NS, HOST_NS, CT_NS + 1, HOST_NS]
+    assert d["drop_reason"] == [None, None, None, "NETFILTER_DROP"]
+    assert d["protocol"] == ["tcp", "tcp", "tcp", "udp"]
+    assert table.column("time").cast("int64").to_pylist() == [1_010, 1_020, 1_030, 1_040]
+
+
+def test_unknown_interface_and_reason_still_decode():
+    table = decode(raw([{"hook": events.HOOKS.index("drop"), "ifindex": 55, "drop_reason": 999, "protocol": 47}]), ctx())
+    d = table.drop_columns(["time"]).to_pydict()
+    assert d["ifname"] == [None] and d["if_role"] == ["other"]
+    assert d["drop_reason"] == ["REASON_999"] and d["protocol"] == ["47"]
+
+
+def test_empty_batch_is_an_empty_table():
+    assert decode(events.empty_raw(), ctx()).num_rows == 0
