@@ -59,6 +59,10 @@ def _register() -> None:
 
     for command in (record, show):
         cli.add_command(command)
+    from tracer.cli_analyze import export, report, stats
+
+    for command in (stats, export, report):
+        cli.add_command(command)
 
 
 _register()

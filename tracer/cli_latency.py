@@ -53,8 +53,7 @@ def _raise_stop(signum, frame):
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds between reports.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per interval.")
-@click.option("--sample", type=click.IntRange(min=1), default=1, show_default=True, help="Follow 1 in N flows.")
-def latency(ports, containers, hosts, proto, ifaces, tc_mode, interval, duration, as_json, sample):
+def latency(ports, containers, hosts, proto, ifaces, tc_mode, sample, interval, duration, as_json):
     """Per-segment latency histograms kept in the kernel (no per-packet events)."""
     from tracer.latency import LatencyMaps, report
     from tracer.session import TraceSession

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -28,19 +29,20 @@ def target_options(fn):
             click.option("--proto", type=str, default=None, help="tcp, udp or icmp."),
             click.option("--iface", "ifaces", multiple=True, help="Host interface(s) where outside traffic arrives (default: every non-container interface)."),
             click.option("--tc-mode", type=click.Choice(["auto", "tcx", "clsact"]), default="auto", show_default=True, help="How tc programs attach."),
+            click.option("--sample", type=click.IntRange(min=1), default=1, show_default=True, help="Follow 1 in N flows, chosen in the kernel by a hash of the connection (each chosen flow whole)."),
         ]
     ):
         fn = decorator(fn)
     return fn
 
 
-def options_from(ports, containers, hosts, proto, ifaces, tc_mode):
+def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1):
     from tracer.kernel.program import Filter
     from tracer.session import TraceOptions
 
     proto = proto.lower() if proto else None
-    Filter(ports=tuple(ports), hosts=tuple(hosts), proto=proto)  # bad input fails before any kernel work
-    return TraceOptions(tuple(ports), tuple(hosts), tuple(containers), proto, tuple(ifaces), tc_mode)
+    Filter(ports=tuple(ports), hosts=tuple(hosts), proto=proto, sample=sample)  # bad input fails before any kernel work
+    return TraceOptions(tuple(ports), tuple(hosts), tuple(containers), proto, tuple(ifaces), tc_mode, sample)
 
 
 @dataclass
@@ -49,16 +51,61 @@ class Limits:
     duration: float | None = None
 
 
-class _Stop(Exception):
-    pass
+class _StopFlag:
+    """Set by SIGINT/SIGTERM while tracing. A flag rather than an exception:
+    an exception raised mid-write would leave a torn batch in a capture."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+    def __call__(self, signum, frame) -> None:
+        self.set = True
 
 
-def _raise_stop(signum, frame):
-    raise _Stop()
+def write_options(fn):
+    """Capture file options shared by `trace -w` and `record`."""
+    for decorator in reversed(
+        [
+            click.option("--rotate-size", type=SizeType(), default=None, help="Start a new numbered file (PATH stem.0000.arrows, ...) after this size, e.g. 10M, 1G."),
+            click.option("--rotate-seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="Start a new numbered file after S seconds."),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
 
 
-def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_started=None) -> dict:
-    """Trace until count/duration/Ctrl-C; print journeys; return the summary dict."""
+class SizeType(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        from tracer.capture import parse_size
+
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def make_recorder(path, rotate_size, rotate_seconds):
+    """A capture recorder for PATH (checked before any kernel work), or None."""
+    if path is None:
+        if rotate_size is not None or rotate_seconds is not None:
+            raise click.UsageError("--rotate-size/--rotate-seconds need -w/--write PATH")
+        return None
+    from tracer.capture import Recorder
+
+    recorder = Recorder(path, rotate_size=rotate_size, rotate_seconds=rotate_seconds)
+    recorder.check()
+    return recorder
+
+
+def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_started=None,
+              recorder=None, journeys: bool = True, progress: bool = False) -> dict:
+    """Trace until count/duration/Ctrl-C; print journeys (unless ``journeys``
+    is False: `record`), write them to ``recorder``'s capture if given; return
+    the summary dict."""
     from tracer.journeys import JourneyAssembler
     from tracer.render import Summary, render_journey, status_line
     from tracer.session import TraceSession
@@ -67,22 +114,30 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
     summary = Summary()
     assembler = JourneyAssembler()
     shown = 0
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    stop = _StopFlag()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGTERM during setup still ends us (session.close runs in finally).
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     session = TraceSession(options)
     try:
         session.start()
+        if recorder is not None:
+            recorder.start(session)
+        for sig in previous:
+            signal.signal(sig, stop)
         started = time.monotonic()
+        where = f"; writing {recorder.path}" if recorder is not None else ""
         click.echo(f"tracer: tracing {session.filter.describe()} on {len(session.tc.targets())} interfaces "
-                   f"(ready in {started - session.started_at:.1f}s); Ctrl-C to stop", err=True)
+                   f"(ready in {started - session.started_at:.1f}s){where}; Ctrl-C to stop", err=True)
         if on_started:
             on_started(session)
-        status_tty = sys.stderr.isatty() and not as_json
+        status_tty = sys.stderr.isatty() and not as_json and journeys
         last_status = started
         events_seen = 0
 
-        def show(journeys) -> bool:
+        def show(batch) -> bool:
             nonlocal shown
-            for journey in journeys:
+            for journey in batch:
                 if limits.count is not None and shown >= limits.count:
                     return True
                 if as_json:
@@ -94,38 +149,78 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
                 shown += 1
             return limits.count is not None and shown >= limits.count
 
-        try:
-            while True:
-                table = session.poll(POLL_S)
-                events_seen += table.num_rows
-                if table.num_rows:
-                    assembler.add(table)
-                if show(assembler.pop_complete(IDLE_NS, session.now_ktime())):
-                    break
-                now = time.monotonic()
-                if limits.duration is not None and now - started >= limits.duration:
-                    break
-                if status_tty and now - last_status >= 1.0:
-                    c = session.counters()
+        def take(table) -> None:
+            nonlocal events_seen
+            events_seen += table.num_rows
+            if recorder is not None:
+                recorder.add(table)
+            if journeys and table.num_rows:
+                assembler.add(table)
+
+        while not stop.set:
+            take(session.poll(POLL_S))
+            if recorder is not None:
+                recorder.tick()
+            if journeys and show(assembler.pop_complete(IDLE_NS, session.now_ktime())):
+                break
+            if not journeys and limits.count is not None and recorder.packets >= limits.count:
+                break
+            now = time.monotonic()
+            if limits.duration is not None and now - started >= limits.duration:
+                break
+            if (status_tty or progress) and now - last_status >= 1.0:
+                c = session.counters()
+                if progress:
+                    click.echo("tracer: " + recorder.progress(c.total_lost).text(), err=True)
+                else:
                     click.echo("\r" + status_line(events_seen / (now - started), c.total_lost, shown), err=True, nl=False)
-                    last_status = now
-        except (KeyboardInterrupt, _Stop):
-            pass
-        # Everything already drained belongs in the output and the summary.
-        table = session.poll(0)
-        if table.num_rows:
-            assembler.add(table)
-        show(assembler.flush())
-        c = session.counters()
-        summary.set_lost(c.lost, c.emitted)
+                last_status = now
+        # Everything already in the ring buffer belongs in the output, the
+        # capture and the summary; read the counters only once it is drained,
+        # so the events counted are the events written.
+        counters = _drain(session, take)
+        if journeys:
+            show(assembler.flush())
+        summary.set_lost(counters.lost, counters.emitted)
+        if recorder is not None:
+            stats = recorder.finish(counters)
+            written = recorder.writer
+            click.echo(f"tracer: wrote {written.event_rows:,} events ({written.bytes_written / 1e6:.2f} MB) to "
+                       f"{', '.join(map(str, written.paths))}; {counters.total_lost:,} lost", err=True)
+            if not journeys:
+                return stats
         if status_tty:
             click.echo("", err=True)
         text = summary.render(color)
         click.echo(text, err=as_json, file=None if as_json else out)
         return summary.to_dict()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if recorder is not None:
+            recorder.close()  # no-op after finish; ends the stream after an error
         session.close()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _drain(session, take, rounds: int = 20):
+    """Read what is left in the ring buffer until the kernel's counters stop
+    moving (bounded: a busy host never stops). Returns the last counters."""
+    # final_poll (where the session has one) also empties its drain thread's
+    # queue and stops it, so no record is left in flight.
+    read_rest = getattr(session, "final_poll", None) or (lambda: session.poll(0))
+    counters = session.counters()
+    for _ in range(rounds):
+        while (table := read_rest()).num_rows:
+            take(table)
+        again = session.counters()
+        if again.emitted == counters.emitted and again.lost == counters.lost:
+            break
+        counters = again
+    return counters
 
 
 @click.command()
@@ -134,18 +229,23 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One journey per line as JSON (DESIGN.md contract).")
 @click.option("--color/--no-color", default=None, help="Colour the output (default: when stdout is a terminal).")
-def trace(ports, containers, hosts, proto, ifaces, tc_mode, count, duration, as_json, color):
+@click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), default=None, help="Also record the capture to PATH (Arrow IPC stream, .arrows; see `tracer record`).")
+@write_options
+def trace(ports, containers, hosts, proto, ifaces, tc_mode, sample, count, duration, as_json, color, write_path, rotate_size, rotate_seconds):
     """Follow live packets: one journey per packet, hop by hop."""
-    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode)
+    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample)
+    recorder = make_recorder(write_path, rotate_size, rotate_seconds)
     color = sys.stdout.isatty() if color is None else color
-    run_trace(options, Limits(count, duration), as_json, color and not as_json)
+    run_trace(options, Limits(count, duration), as_json, color and not as_json, recorder=recorder)
 
 
 @click.command()
 @click.option("--requests", type=click.IntRange(min=1), default=3, show_default=True, help="HTTP requests from the client netns.")
 @click.option("--json", "as_json", is_flag=True, help="Journeys as JSON lines.")
-def demo(requests, as_json):
-    """Bring the lab up, trace it while driving traffic, show the journeys."""
+@click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), default="demo.arrows", show_default=True,
+              help="Where the demo's capture goes.")
+def demo(requests, as_json, write_path):
+    """Bring the lab up, trace it while driving traffic, record and show the journeys."""
     import threading
 
     from tracer import lab
@@ -155,6 +255,9 @@ def demo(requests, as_json):
     click.echo(f"tracer: lab up: client {status['client_address']} -> {status['host_address']}:{status['port']} "
                f"-> {status['container']} ({status['container_ip']}:{status['container_port']})", err=True)
     options = options_from((), (status["container"],), (), None, (), "auto")
+    if os.path.exists(write_path):
+        os.unlink(write_path)  # the demo's own capture from an earlier run
+    recorder = make_recorder(write_path, None, None)
     traffic_done = threading.Event()
 
     def drive_traffic() -> None:
@@ -177,4 +280,5 @@ def demo(requests, as_json):
         threading.Thread(target=drive_traffic, daemon=True).start()
         threading.Thread(target=stop_after_traffic, daemon=True).start()
 
-    run_trace(options, Limits(), as_json, sys.stdout.isatty() and not as_json, on_started=on_started)
+    run_trace(options, Limits(), as_json, sys.stdout.isatty() and not as_json, on_started=on_started, recorder=recorder)
+    click.echo(f"tracer: replay it with `tracer show {write_path}`; latency per hop with `tracer stats {write_path}`", err=True)

@@ -15,8 +15,10 @@ Layout (kernel/bpf/ringbuf.c): each record starts with an 8-byte header,
 from __future__ import annotations
 
 import mmap
+import queue
 import select
 import struct
+import threading
 
 import numpy as np
 
@@ -98,3 +100,64 @@ class RingBufferDrain:
         self.poller.close()
         self.consumer.close()
         self.producer.close()
+
+
+class BackgroundDrain:
+    """Empties the ring buffer on its own thread, so a consumer that is busy
+    decoding or printing never lets the kernel's buffer fill up: the kernel
+    drops what does not fit, while this queue only costs memory."""
+
+    def __init__(self, drain: RingBufferDrain, poll_s: float = 0.05, max_queued: int = 1_000_000) -> None:
+        self.drain = drain
+        self.poll_s = poll_s
+        # Memory stays bounded: past this many queued records we stop reading,
+        # the ring fills, and the kernel counts what it drops as lost events.
+        self.max_queued = max_queued
+        self.queued = 0
+        self.lock = threading.Lock()
+        self.batches: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="ringbuf-drain", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            if self.queued >= self.max_queued:
+                self.stopping.wait(self.poll_s)
+                continue
+            if self.drain.wait(self.poll_s):
+                batch = self.drain.read()
+                if len(batch):
+                    with self.lock:
+                        self.queued += len(batch)
+                    self.batches.put(batch)
+
+    def take(self, timeout: float) -> np.ndarray:
+        """Everything drained so far, waiting up to `timeout` for a first batch."""
+        parts = []
+        try:
+            parts.append(self.batches.get(timeout=timeout) if timeout > 0 else self.batches.get_nowait())
+            while True:
+                parts.append(self.batches.get_nowait())
+        except queue.Empty:
+            pass
+        if not parts:
+            return events.empty_raw()
+        with self.lock:
+            self.queued -= sum(len(p) for p in parts)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=2)
+
+    def finish(self) -> np.ndarray:
+        """Stop the thread and return everything left, queued or in the ring."""
+        self.stop()
+        rest = [self.take(0)]
+        while True:
+            batch = self.drain.read()
+            if not len(batch):
+                break
+            rest.append(batch)
+        return np.concatenate(rest)

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from tracer import events
 from tracer.decode import DecodeContext, Place, decode
-from tracer.drain import RingBufferDrain
+from tracer.drain import BackgroundDrain, RingBufferDrain
 from tracer.errors import NotRootError, TracerError
 from tracer.kernel.program import RINGBUF_PAGES, Filter, Program
 from tracer.sensors.drops import DropSensor
@@ -62,6 +62,7 @@ class TraceSession:
         self.inventory = None
         self.bpf = None
         self.drain: RingBufferDrain | None = None
+        self.drainer: BackgroundDrain | None = None
         self.sensors: list = []
         self.tc: TcSensor | None = None
         self.filter: Filter | None = None
@@ -226,12 +227,23 @@ class TraceSession:
 
     # ---- running -----------------------------------------------------------
     def read_raw(self, timeout: float) -> np.ndarray:
-        if self.drain.wait(timeout):
-            return self.drain.read()
-        return events.empty_raw()
+        """Records drained so far (waiting up to `timeout` for the first)."""
+        if self.drainer is None:
+            self.drainer = BackgroundDrain(self.drain)
+        return self.drainer.take(timeout)
 
     def poll(self, timeout: float) -> pa.Table:
-        raw = self.read_raw(timeout)
+        return self._decode(self.read_raw(timeout))
+
+    def final_poll(self) -> pa.Table:
+        """The rest, at the end of a trace: stops draining."""
+        if self.drainer is None:
+            return self._decode(self.drain.read())
+        raw = self.drainer.finish()
+        self.drainer = None
+        return self._decode(raw)
+
+    def _decode(self, raw: np.ndarray) -> pa.Table:
         with self.lock:
             return decode(raw, self.ctx)
 
@@ -257,6 +269,9 @@ class TraceSession:
             except Exception as exc:
                 log.warning("detaching %s: %s", sensor.name, exc)
         self.sensors = []
+        if self.drainer is not None:
+            self.drainer.stop()
+            self.drainer = None
         if self.drain is not None:
             self.drain.close()
             self.drain = None

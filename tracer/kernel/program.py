@@ -35,7 +35,7 @@ COMMON_OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_NET_INUM": ("net", "ns.inum", 4),
 }
 
-RINGBUF_PAGES = 2048  # 8 MiB: ~95k events of slack before loss
+RINGBUF_PAGES = 8192  # 32 MiB: ~350k events of slack while user space is busy
 FLOW_ENTRIES = 65536
 PACKET_ENTRIES = 65536
 # A fingerprint seen again within this window is the same packet (a packet

@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Tracing overhead on the lab path (issue 3, Performance).
+
+From the lab's client netns through DNAT into the container
+(198.18.0.2 -> 198.18.0.1:P -> 172.17.0.2), in one run, three tracer states
+alternate round by round (the order rotates every round):
+
+* untraced:        no tracer;
+* tracing 8000:    ``tracer trace --json --port 8000`` (HTTP traced, the
+                   iperf3 stream to 5201 is traffic to an untraced port);
+* tracing 5201:    ``tracer trace --json --port 5201`` (stream traced, HTTP to
+                   8000 untraced).
+
+In every state both workloads run one after the other:
+
+* HTTP: ``ab -n N -c 8 http://198.18.0.1:8000/`` in the client netns
+  (a new connection per request: busybox httpd closes each one);
+* stream: ``iperf3 -c 198.18.0.1 -p 5201 -t T -J`` in the client netns.
+
+The tracer is a real subprocess, fully attached (its "tracing ... Ctrl-C"
+line seen on stderr) before the workload starts, writing its journeys to a
+file (so its user-space draining, correlation and JSON cost is counted), and
+stopped with SIGINT afterwards; its summary (stderr) gives packets and lost
+events. Medians per (workload, state), ratios against untraced.
+
+Targets: traced/untraced >= 0.95 for HTTP and stream; traffic to an untraced
+port while tracing >= 0.99.
+
+Run as root from the repo with the lab up (``tracer lab up``):
+``.venv/bin/python scripts/bench_overhead.py`` (``--quick`` for a smoke run).
+Nothing is pinned: the tracer competes for CPU with the traffic, as it would
+in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+STATES = ("untraced", "trace8000", "trace5201")
+TRACED_PORT = {"untraced": None, "trace8000": 8000, "trace5201": 5201}
+
+
+def lab_status() -> dict:
+    from tracer import lab
+
+    status = lab.status()
+    if not status.get("up"):
+        raise SystemExit(f"bench_overhead: the lab is not up ({status.get('problems')}): run `tracer lab up`")
+    return status
+
+
+class Tracer:
+    """A `tracer trace --json --port P` subprocess, attached and draining."""
+
+    def __init__(self, port: int, ready_timeout: float = 60) -> None:
+        self.out = tempfile.NamedTemporaryFile(prefix="bench-trace-", suffix=".jsonl", delete=False)
+        self.err = tempfile.NamedTemporaryFile(prefix="bench-trace-", suffix=".err", delete=False)
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, "-m", "tracer", "trace", "--json", "--port", str(port)],
+                                     cwd=REPO, stdout=self.out, stderr=self.err, start_new_session=True)
+        while True:
+            text = Path(self.err.name).read_text(errors="replace")
+            if "Ctrl-C" in text:
+                break
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tracer exited ({self.proc.returncode}) before attaching: {text.strip()}")
+            if time.monotonic() - t0 > ready_timeout:
+                self.stop()
+                raise RuntimeError(f"tracer not ready after {ready_timeout}s: {text.strip()}")
+            time.sleep(0.05)
+        self.ready_s = time.monotonic() - t0
+
+    def stop(self) -> dict:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        err = Path(self.err.name).read_text(errors="replace")
+        with open(self.out.name, "rb") as f:
+            journeys = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+        for f in (self.out, self.err):
+            f.close()
+            os.unlink(f.name)
+        return {"journeys": journeys, "lost": parse_lost(err), "events": parse_events(err), "rc": self.proc.returncode,
+                "stderr": err}
+
+
+def parse_lost(summary: str) -> int | None:
+    m = re.search(r"lost events: ([\d,]+) of", summary)
+    return int(m.group(1).replace(",", "")) if m else None
+
+
+def parse_events(summary: str) -> int | None:
+    m = re.search(r"lost events: [\d,]+ of ([\d,]+)", summary)
+    return int(m.group(1).replace(",", "")) if m else None
+
+
+def other_tracer_progs(mine: int = 0) -> int:
+    """BPF programs named trc_* loaded by someone else (other tracers running:
+    their sensors add cost to every state, "untraced" included)."""
+    try:
+        from tracer.kernel.bpf_syscall import list_progs
+
+        return max(0, sum(1 for p in list_progs() if p.name.startswith("trc_")) - mine)
+    except Exception:
+        return -1
+
+
+def netns_cmd(status: dict, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", status["netns"], *cmd]
+
+
+def run_ab(status: dict, n: int, concurrency: int) -> float:
+    url = f"http://{status['host_address']}:{status['port']}/"
+    for attempt in range(3):
+        done = subprocess.run(netns_cmd(status, "ab", "-q", "-n", str(n), "-c", str(concurrency), "-s", "10", url),
+                              capture_output=True, text=True, timeout=300)
+        m = re.search(r"Requests per second:\s+([\d.]+)", done.stdout)
+        failed = re.search(r"Failed requests:\s+(\d+)", done.stdout)
+        if done.returncode == 0 and m and failed and int(failed.group(1)) == 0:
+            return float(m.group(1))
+        time.sleep(1)
+    raise RuntimeError(f"ab failed: {done.stdout[-500:]} {done.stderr[-500:]}")
+
+
+def run_iperf(status: dict, seconds: float) -> float:
+    port = str(status.get("iperf_port", 5201))
+    last = ""
+    for attempt in range(10):  # the server takes one client at a time: others may be testing
+        done = subprocess.run(netns_cmd(status, "iperf3", "-c", status["host_address"], "-p", port, "-t", str(seconds), "-J"),
+                              capture_output=True, text=True, timeout=seconds + 60)
+        try:
+            data = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            data = {"error": done.stdout[-300:] + done.stderr[-300:]}
+        if "error" not in data:
+            return data["end"]["sum_received"]["bits_per_second"]
+        last = data["error"]
+        time.sleep(1 + attempt)
+    raise RuntimeError(f"iperf3 failed: {last}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--requests", type=int, default=5000, help="ab -n (default 5000)")
+    ap.add_argument("--concurrency", type=int, default=8, help="ab -c (default 8)")
+    ap.add_argument("--seconds", type=float, default=5, help="iperf3 -t (default 5)")
+    ap.add_argument("--quick", action="store_true", help="one short round (smoke test)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench_overhead: needs root (BPF, netns)", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.rounds, args.requests, args.seconds = 1, 300, 1
+    status = lab_status()
+    print(f"bench_overhead: {os.cpu_count()} CPUs, kernel {os.uname().release}; client {status['client_address']} -> "
+          f"{status['host_address']}:{status['port']} -> {status['container']} {status['container_ip']}; "
+          f"{args.rounds} rounds; ab -n {args.requests} -c {args.concurrency}; iperf3 -t {args.seconds:g}", flush=True)
+
+    results: dict[tuple[str, str], list[float]] = {}
+    tracer_stats: dict[str, list[dict]] = {s: [] for s in STATES if TRACED_PORT[s]}
+    for r in range(args.rounds):
+        k = r % len(STATES)
+        order = STATES[k:] + STATES[:k]
+        if r % 2:
+            order = order[::-1]
+        for state in order:
+            tracer = Tracer(TRACED_PORT[state]) if TRACED_PORT[state] else None
+            try:
+                workloads = (("http", lambda: run_ab(status, args.requests, args.concurrency)),
+                             ("stream", lambda: run_iperf(status, args.seconds)))
+                if r % 2:
+                    workloads = workloads[::-1]
+                got = {}
+                got["others"] = other_tracer_progs() if tracer is None else None
+                for name, fn in workloads:
+                    got[name] = fn()
+                    results.setdefault((name, state), []).append(got[name])
+            finally:
+                stats = tracer.stop() if tracer else None
+            line = f"  round {r + 1} {state:9s}: http {got['http']:8.0f} req/s, stream {got['stream'] / 1e9:6.2f} Gbit/s"
+            if got["others"]:
+                line += f" (other tracers attached: {got['others']} trc_ programs)"
+            if stats:
+                stats["ready_s"] = tracer.ready_s
+                tracer_stats[state].append(stats)
+                line += (f"; tracer ready in {tracer.ready_s:.1f}s, {stats['journeys']:,} journeys, "
+                         f"{stats['events'] if stats['events'] is not None else '?'} events, "
+                         f"{stats['lost'] if stats['lost'] is not None else '?'} lost")
+                if stats["rc"] not in (0, -signal.SIGINT, 130):
+                    line += f" (tracer exit {stats['rc']}: {stats['stderr'].strip()[-200:]})"
+            print(line, flush=True)
+
+    med = {key: statistics.median(v) for key, v in results.items()}
+    rows = [
+        ("HTTP req/s, traced (port 8000)", "http", "trace8000", 0.95),
+        ("stream Gbit/s, traced (port 5201)", "stream", "trace5201", 0.95),
+        ("HTTP req/s, untraced port (tracing 5201)", "http", "trace5201", 0.99),
+        ("stream Gbit/s, untraced port (tracing 8000)", "stream", "trace8000", 0.99),
+    ]
+    print()
+    print(f"overhead, medians of {args.rounds} alternating rounds")
+    print(f"  {'':46s} {'untraced':>10s} {'tracing':>10s} {'ratio':>7s} {'target':>7s}")
+    all_met = True
+    for label, workload, state, target in rows:
+        base, traced = med[(workload, "untraced")], med[(workload, state)]
+        scale = 1e9 if workload == "stream" else 1
+        ratio = traced / base
+        met = ratio >= target
+        all_met &= met
+        print(f"  {label:46s} {base / scale:10.2f} {traced / scale:10.2f} {ratio:7.3f} {'>=' + str(target):>7s} {'met' if met else 'NOT met'}")
+    for state, stats in tracer_stats.items():
+        lost = [s["lost"] for s in stats if s["lost"] is not None]
+        print(f"  tracer --port {TRACED_PORT[state]}: lost events {sum(lost):,} in total over {len(stats)} runs, "
+              f"{sum(s['events'] or 0 for s in stats):,} events, {sum(s['journeys'] for s in stats):,} journeys, "
+              f"median ready {statistics.median(s['ready_s'] for s in stats):.1f}s")
+    print(f"  all overhead targets: {'met' if all_met else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

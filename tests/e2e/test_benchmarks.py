@@ -1,0 +1,41 @@
+"""Smoke runs of the benchmark scripts (tiny parameters): each runs, exits 0,
+prints its figures (the scripts stop every tracer they start, by pid). The figures
+themselves are measured by running the scripts in full (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "scripts"
+
+
+def run_script(name: str, *args: str, timeout: float = 90) -> str:
+    done = subprocess.run([sys.executable, str(SCRIPTS / name), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    return done.stdout
+
+
+def test_bench_drain_quick() -> None:
+    out = run_script("bench_drain.py", "--quick")
+    assert re.search(r"events/s \(wall\)\s+[\d.]+ M/s\s+[\d.]+ M/s\s+[\d.]+x", out), out
+    assert re.search(r"events per consumer CPU-s\s+[\d.]+ M/s", out), out
+    assert "highest offered rate with zero loss" in out
+    assert re.search(r"target .*: (met|NOT met)", out)
+
+
+def test_bench_overhead_quick(lab) -> None:
+    out = run_script("bench_overhead.py", "--quick", timeout=120)
+    for label in ("HTTP req/s, traced (port 8000)", "stream Gbit/s, traced (port 5201)",
+                  "HTTP req/s, untraced port", "stream Gbit/s, untraced port"):
+        assert re.search(re.escape(label) + r".*\s[\d.]+\s+[\d.]+\s+[\d.]+\s+>=0\.9\d", out), (label, out)
+    assert re.search(r"tracer --port 8000: lost events [\d,]+", out), out
+
+
+def test_bench_start_quick(lab) -> None:
+    out = run_script("bench_start.py", "--quick")
+    assert re.search(r"spawn -> first journey printed \(--json\)\s+[\d.]+ s", out), out
+    assert re.search(r"start\(\) -> first event drained\s+[\d.]+ s", out), out

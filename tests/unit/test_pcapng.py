@@ -1,0 +1,120 @@
+"""pcapng export: the writer's blocks by hand, and tshark reading the result."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.unit.analysis_data import CLIENT, CONTAINER, HOST, METADATA, capture_table, event_table, lab_capture, write_capture
+from tracer.cli import cli
+from tracer.pcapng import LINKTYPE_IPV4, build_headers, export_pcapng
+
+TSHARK = shutil.which("tshark")
+needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+
+
+@pytest.fixture(scope="module")
+def lab():
+    return lab_capture()
+
+
+def _blocks(data: bytes) -> list[tuple[int, bytes]]:
+    out, pos = [], 0
+    while pos < len(data):
+        btype, length = struct.unpack_from("<II", data, pos)
+        assert length % 4 == 0 and struct.unpack_from("<I", data, pos + length - 4)[0] == length
+        out.append((btype, data[pos + 8: pos + length - 4]))
+        pos += length
+    return out
+
+
+def test_block_structure(tmp_path: Path, lab):
+    rows, _ = lab
+    out = tmp_path / "x.pcapng"
+    n = export_pcapng(capture_table(rows), out, METADATA)
+    assert n == len(rows)  # one packet per sighting; container/stats rows are not packets
+    blocks = _blocks(out.read_bytes())
+    assert blocks[0][0] == 0x0A0D0D0A and struct.unpack_from("<I", blocks[0][1])[0] == 0x1A2B3C4D
+    idbs = [b for t, b in blocks if t == 1]
+    epbs = [b for t, b in blocks if t == 6]
+    assert len(epbs) == len(rows)
+    # (veth-lab-h, docker0, veth, eth0 in the container's netns, and the drop rows without a device)
+    assert len(idbs) == 5
+    assert all(struct.unpack_from("<H", b)[0] == LINKTYPE_IPV4 for b in idbs)
+    stamps = [struct.unpack_from("<II", b, 4) for b in epbs]
+    ns = [(hi << 32) | lo for hi, lo in stamps]
+    assert ns == sorted(ns)  # time order
+
+
+def test_ipv4_header_checksum_and_fields(lab):
+    rows, _ = lab
+    t = event_table(rows[:1])
+    raw, caplen, tot_len = build_headers(t)
+    hdr = raw[0, :20].tobytes()
+    words = struct.unpack("!10H", hdr)
+    s = sum(words)
+    s = (s & 0xFFFF) + (s >> 16)
+    assert s == 0xFFFF  # a correct checksum makes the ones' complement sum all ones
+    assert hdr[9] == 6 and hdr[8] == rows[0]["ttl"]
+    assert struct.unpack("!H", hdr[2:4])[0] == rows[0]["length"] == tot_len[0]
+    assert caplen[0] == 40
+    tcp = raw[0, 20:40].tobytes()
+    sport, dport, seq, ack, off, flags = struct.unpack("!HHIIBB", tcp[:14])
+    assert (sport, dport, seq, ack, off >> 4, flags) == (40000, 8000, rows[0]["tcp_seq"], rows[0]["tcp_ack"], 5, 0x02)
+
+
+def _tshark(path: Path, *fields: str) -> list[list[str]]:
+    cmd = [TSHARK, "-r", str(path), "-T", "fields", "-E", "separator=\t", "-o", "ip.check_checksum:TRUE"]
+    for f in fields:
+        cmd += ["-e", f]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [line.split("\t") for line in proc.stdout.splitlines()]
+
+
+@needs_tshark
+def test_tshark_reads_the_export(tmp_path: Path, lab):
+    rows, _ = lab
+    cap = write_capture(tmp_path / "cap.arrows", capture_table(rows))
+    out = tmp_path / "out.pcapng"
+    result = CliRunner().invoke(cli, ["export", "--pcapng", str(out), str(cap)])
+    assert result.exit_code == 0, result.output
+    lines = _tshark(out, "frame.comment", "ip.src", "tcp.srcport", "ip.dst", "tcp.dstport", "ip.checksum.status",
+                    "frame.len", "frame.cap_len", "frame.interface_name")
+    assert len(lines) == len(rows)
+    first = lines[0]
+    assert first[0] == "hook=tc_ingress if=veth-lab-h container=- packet=101 flow=%d" % rows[2]["flow_id"]
+    assert first[1:5] == [CLIENT, "40000", HOST, "8000"]
+    assert all(line[5] == "1" for line in lines)  # IPv4 checksum good everywhere
+    assert (first[6], first[7]) == ("60", "40")  # original length = IPv4 total length; headers captured
+    # the DNAT is visible: after PREROUTING/after the destination is the container
+    dnat = next(line for line in lines if line[0].startswith("hook=nf_prerouting/after") and "packet=101 " in line[0])
+    assert dnat[3:5] == [CONTAINER, "8080"]
+    inside = next(line for line in lines if line[0].startswith("hook=tc_ingress if=eth0"))
+    assert "container=web" in inside[0] and inside[8] == "eth0"
+    drops = [line for line in lines if line[0].startswith("hook=drop")]
+    assert len(drops) == 3 and all("reason=" in line[0] for line in drops)
+    # packets get their flow from the netfilter rows even where tc could not see it
+    assert all(" flow=0" not in line[0] for line in lines if "packet=101 " in line[0])
+
+
+@needs_tshark
+def test_tshark_filters_on_comments(tmp_path: Path, lab):
+    rows, _ = lab
+    out = tmp_path / "out.pcapng"
+    export_pcapng(event_table(rows), out)
+    proc = subprocess.run([TSHARK, "-r", str(out), "-Y", 'frame.comment contains "hook=tc_egress if=veth3f2a1b"'],
+                          capture_output=True, text=True, timeout=60)
+    expected = sum(1 for r in rows if r["hook"] == "tc_egress" and r["ifname"] == "veth3f2a1b")
+    assert len(proc.stdout.splitlines()) == expected > 0
+
+
+def test_empty_capture_still_valid(tmp_path: Path):
+    out = tmp_path / "e.pcapng"
+    assert export_pcapng(event_table([]), out) == 0
+    assert [t for t, _ in _blocks(out.read_bytes())] == [0x0A0D0D0A]

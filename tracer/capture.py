@@ -1,0 +1,617 @@
+"""Captures on disk: Arrow IPC stream files (``.arrows``) in CAPTURE_SCHEMA.
+
+Writing: ``CaptureWriter`` buffers decoded event tables and writes one record
+batch at least once a second (so a SIGKILL loses at most that second), keeps
+one growing dictionary per dictionary column so the stream only carries
+dictionary *deltas*, compresses with zstd, creates files with mode 0600 and
+rotates into numbered files (``cap.0000.arrows``, ``cap.0001.arrows``...), each
+a complete stream with the full schema and metadata. ``Recorder`` wires a
+writer to a live ``TraceSession``: metadata, container start/stop rows, the
+closing statistics row, progress figures.
+
+Reading: ``read_capture(paths)`` concatenates files, tolerates a torn tail (a
+writer killed mid-batch) and reports what it recovered; anything it cannot
+read raises ``CaptureReadError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracer import __version__, events
+from tracer.errors import TracerError
+
+SUFFIX = ".arrows"
+# Rows reach the OS at most this long after they were added (plus one tick of
+# the trace loop, 0.1 s): a SIGKILL loses at most about a second. Timed from
+# the oldest buffered row, so a burst after a quiet spell is one batch, not a
+# tiny one then another: every batch costs ~3 KB of IPC metadata.
+FLUSH_SECONDS = 0.9
+# Larger batches compress better; at high rates cap the rows held in memory.
+MAX_BATCH_ROWS = 1 << 17
+# zstd level 3: lab HTTP traffic ~12 bytes/event (level 9 saves ~2 more but
+# writes 4x slower, 0.5 M events/s on one core against 2.2 M at level 3).
+ZSTD_LEVEL = 3
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # end-of-stream marker of the IPC stream format
+_CONTINUATION = b"\xff\xff\xff\xff"
+_ARROW_FILE_MAGIC = b"ARROW1"
+
+
+class CaptureReadError(TracerError):
+    """A capture file that cannot be read (missing, empty, not Arrow, wrong version)."""
+
+
+class CaptureWriteError(TracerError):
+    """A capture file that cannot be created or written."""
+
+
+# --- sizes ------------------------------------------------------------------------
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'10M' -> 10 MiB, '1G', '512k', '4096' (bytes). Units are powers of 1024."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"not a size: {text!r} (try 10M or 1G)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def part_path(path: str | os.PathLike, index: int) -> Path:
+    """``cap.arrows`` -> ``cap.0003.arrows``: the names of rotated files."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.{index:04d}{p.suffix}")
+
+
+# --- dictionaries ---------------------------------------------------------------
+
+
+class _GrowingDictionary:
+    """One column's dictionary for the life of a stream: values are only
+    appended, so each batch's dictionary extends the previous one and the IPC
+    writer emits a delta (just the new values) instead of a replacement."""
+
+    def __init__(self, value_type: pa.DataType) -> None:
+        self.value_type = value_type
+        self.index: dict[Any, int] = {}
+        self.values: list[Any] = []
+        self._array: pa.Array | None = None
+
+    def encode(self, chunk: pa.Array, index_type: pa.DataType) -> pa.DictionaryArray:
+        if not isinstance(chunk, pa.DictionaryArray):
+            chunk = chunk.dictionary_encode()
+        lut = np.fromiter(
+            (self._code(v) for v in chunk.dictionary.to_pylist()), dtype=np.int64, count=len(chunk.dictionary)
+        )
+        indices = pc.take(pa.array(lut, index_type), chunk.indices) if len(lut) else chunk.indices.cast(index_type)
+        return pa.DictionaryArray.from_arrays(indices, self.array)
+
+    def _code(self, value: Any) -> int:
+        code = self.index.get(value)
+        if code is None:
+            code = self.index[value] = len(self.values)
+            self.values.append(value)
+            self._array = None
+        return code
+
+    @property
+    def array(self) -> pa.Array:
+        if self._array is None:
+            self._array = pa.array(self.values, self.value_type)
+        return self._array
+
+
+# --- writing --------------------------------------------------------------------
+
+Metadata = Mapping[str, str] | Callable[[], Mapping[str, str]]
+
+
+def _create(path: Path) -> int:
+    """Open for writing with mode 0600 (truncating an old capture), never
+    following a symlink: a root process writing where users can plant links."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its old mode otherwise
+    except OSError as exc:
+        raise CaptureWriteError(f"cannot write {path}: {exc.strerror}") from None
+    return fd
+
+
+def schema_with_metadata(metadata: Mapping[str, str]) -> pa.Schema:
+    meta = {f"{events.META_PREFIX}{k}": str(v) for k, v in metadata.items()}
+    meta.setdefault(f"{events.META_PREFIX}schema_version", events.SCHEMA_VERSION)
+    return events.CAPTURE_SCHEMA.with_metadata(meta)
+
+
+class CaptureWriter:
+    """Writes CAPTURE_SCHEMA rows to ``path`` (or numbered parts when rotating).
+
+    Not thread-safe: one thread adds rows and calls ``tick()`` regularly (the
+    trace loop does, ten times a second); ``tick`` writes the buffered rows once
+    ``flush_seconds`` have passed and rotates files that are big or old enough.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        metadata: Metadata,
+        *,
+        rotate_size: int | None = None,
+        rotate_seconds: float | None = None,
+        flush_seconds: float = FLUSH_SECONDS,
+        max_batch_rows: int = MAX_BATCH_ROWS,
+        zstd_level: int | None = ZSTD_LEVEL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self.rotating = rotate_size is not None or rotate_seconds is not None
+        self.rotate_size = rotate_size
+        self.rotate_seconds = rotate_seconds
+        self.flush_seconds = flush_seconds
+        self.max_batch_rows = max_batch_rows
+        self.clock = clock
+        self._metadata = metadata
+        self._options = pa.ipc.IpcWriteOptions(
+            compression=pa.Codec("zstd", compression_level=zstd_level), emit_dictionary_deltas=True
+        )
+        self.paths: list[Path] = []
+        self.rows_written = 0
+        self.event_rows = 0
+        self.batches_written = 0
+        self._closed_bytes = 0  # bytes in files already rotated away
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._oldest = 0.0  # clock() when the oldest buffered row was added
+        self._file = None
+        self._stream: pa.ipc.RecordBatchStreamWriter | None = None
+        self._opened_at = 0.0
+        self._batches_in_file = 0
+        self._dicts: dict[str, _GrowingDictionary] = {}
+        self._open()  # the first file at once: a bad path fails before any tracing
+
+    # -- rows ------------------------------------------------------------------
+    def add_events(self, table: pa.Table) -> None:
+        """Decoded events (EVENT_SCHEMA) as kind='event' rows."""
+        n = table.num_rows
+        if n == 0:
+            return
+        kind = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["event"]))
+        rows = table.append_column(events.CAPTURE_SCHEMA.field("kind"), kind).append_column(
+            events.CAPTURE_SCHEMA.field("info"), pa.nulls(n, pa.string())
+        )
+        self._buffer(rows)
+        self.event_rows += n
+
+    def add_row(self, kind: str, ktime_ns: int, time_ns: int, info: Mapping[str, Any], **columns: Any) -> None:
+        """One non-event row (container, stats...): packet columns stay null."""
+        if kind not in events.ROW_KINDS:
+            raise ValueError(f"unknown row kind {kind!r}")
+        row = {"time": time_ns, "ktime_ns": ktime_ns, "kind": kind, "info": json.dumps(info, sort_keys=True), **columns}
+        self._buffer(pa.Table.from_pylist([row], schema=events.CAPTURE_SCHEMA))
+
+    def _buffer(self, rows: pa.Table) -> None:
+        if self.closed:
+            raise CaptureWriteError(f"{self.path}: capture already closed")
+        if not self._pending:
+            self._oldest = self.clock()
+        self._pending.append(rows)
+        self._pending_rows += rows.num_rows
+
+    # -- time passing ------------------------------------------------------------
+    def tick(self) -> None:
+        """Write what is buffered if it is time (or plenty), rotate if due."""
+        now = self.clock()
+        if self._pending_rows and (now - self._oldest >= self.flush_seconds or self._pending_rows >= self.max_batch_rows):
+            self.flush()
+        if self._stream is not None and self._batches_in_file and self.rotate_seconds is not None:
+            if now - self._opened_at >= self.rotate_seconds:
+                self._close_file()
+
+    def flush(self) -> None:
+        """Write buffered rows as one record batch and hand it to the OS."""
+        if not self._pending_rows:
+            return
+        table = pa.concat_tables(self._pending)
+        self._pending, self._pending_rows = [], 0
+        if self._stream is None:
+            self._open()
+        for start in range(0, table.num_rows, self.max_batch_rows):
+            self._write(table.slice(start, self.max_batch_rows))
+        if self.rotate_size is not None and self.current_file_bytes >= self.rotate_size:
+            self._close_file()
+
+    def _write(self, table: pa.Table) -> None:
+        arrays = []
+        for f in events.CAPTURE_SCHEMA:
+            col = table.column(f.name)
+            if pa.types.is_dictionary(f.type):
+                state = self._dicts.get(f.name)
+                if state is None:
+                    state = self._dicts[f.name] = _GrowingDictionary(f.type.value_type)
+                chunks = [state.encode(c, f.type.index_type) for c in col.chunks]
+                arrays.append(pa.chunked_array(chunks, f.type).combine_chunks())
+            else:
+                arrays.append(col.combine_chunks())
+        batch = pa.RecordBatch.from_arrays(arrays, schema=events.CAPTURE_SCHEMA)
+        try:
+            self._stream.write_batch(batch)
+            self._file.flush()
+        except OSError as exc:
+            raise CaptureWriteError(f"writing {self._current}: {exc.strerror or exc}") from None
+        self.rows_written += batch.num_rows
+        self.batches_written += 1
+        self._batches_in_file += 1
+
+    # -- files ----------------------------------------------------------------
+    @property
+    def current_file_bytes(self) -> int:
+        return self._file.tell() if self._file is not None else 0
+
+    @property
+    def bytes_written(self) -> int:
+        return self._closed_bytes + self.current_file_bytes
+
+    @property
+    def closed(self) -> bool:
+        return getattr(self, "_is_closed", False)
+
+    def _open(self) -> None:
+        path = part_path(self.path, len(self.paths)) if self.rotating else self.path
+        fd = _create(path)
+        self._current = path
+        self.paths.append(path)
+        self._file = os.fdopen(fd, "wb")
+        metadata = self._metadata() if callable(self._metadata) else self._metadata
+        try:
+            self._stream = pa.ipc.new_stream(self._file, schema_with_metadata(metadata), options=self._options)
+            self._file.flush()
+        except OSError as exc:
+            raise CaptureWriteError(f"writing {path}: {exc.strerror or exc}") from None
+        self._opened_at = self.clock()
+        self._batches_in_file = 0
+        self._dicts = {}  # a new stream starts with empty dictionaries
+
+    def _close_file(self) -> None:
+        if self._stream is None:
+            return
+        try:
+            self._stream.close()  # writes the end-of-stream marker
+            self._file.flush()
+        finally:
+            self._closed_bytes += self._file.tell()
+            self._file.close()
+            self._stream, self._file = None, None
+
+    def close(self) -> None:
+        """Write what is buffered and end the stream properly."""
+        if self.closed:
+            return
+        try:
+            if self._pending_rows:
+                self.flush()
+        finally:
+            self._is_closed = True
+            self._close_file()
+
+    def __enter__(self) -> "CaptureWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- a writer on a live session -------------------------------------------------
+
+
+def container_info(container: Any) -> dict[str, Any]:
+    """The facts about a container a capture keeps (inventory.Container)."""
+    return {
+        "id": container.id,
+        "name": container.name,
+        "ips": list(container.ips),
+        "published": [
+            {"host_ip": p.host_ip, "host_port": p.host_port, "container_port": p.container_port, "proto": p.proto}
+            for p in container.published
+        ],
+        "netns": container.netns_inode,
+        "host_veth": container.host_veth,
+    }
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    argv = sys.argv if argv is None else argv
+    return shlex.join(["tracer", *argv[1:]])
+
+
+@dataclass
+class Progress:
+    events: int
+    bytes: int
+    lost: int
+    elapsed: float
+
+    def text(self) -> str:
+        m, s = divmod(int(self.elapsed), 60)
+        return f"recording: {self.events:,} events  {self.bytes / 1e6:.2f} MB  {self.lost:,} lost  {m:02d}:{s:02d}"
+
+
+class Recorder:
+    """Records a live TraceSession: the trace loop hands it every decoded
+    table and calls ``tick`` often; ``finish`` appends the statistics row.
+
+    Container start/stop arrives on the Docker events thread; it is queued
+    and written from the loop's thread, because the writer is not thread-safe.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        rotate_size: int | None = None,
+        rotate_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self.rotate_size = rotate_size
+        self.rotate_seconds = rotate_seconds
+        self.clock = clock
+        self.writer: CaptureWriter | None = None
+        self.packets = 0
+        self._flows: set[int] = set()
+        self._session: Any = None
+        self._queue: list[tuple[str, Any, int]] = []
+        self._lock = threading.Lock()
+        self._started = 0.0
+
+    def check(self) -> None:
+        """Fail before any kernel work if the file cannot be created there."""
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        if not parent.is_dir():
+            raise CaptureWriteError(f"cannot write {self.path}: no directory {parent}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise CaptureWriteError(f"cannot write {self.path}: {parent} is not writable")
+
+    def start(self, session: Any) -> None:
+        self._session = session
+        self._started = self.clock()
+        self.writer = CaptureWriter(
+            self.path, self._metadata, rotate_size=self.rotate_size, rotate_seconds=self.rotate_seconds, clock=self.clock
+        )
+        session.on_container_event = self._on_container_event
+
+    def _metadata(self) -> dict[str, str]:
+        s = self._session
+        containers = list(s.inventory.containers) if s.inventory is not None else []
+        return {
+            "schema_version": events.SCHEMA_VERSION,
+            "host": socket.gethostname(),
+            "kernel": os.uname().release,
+            "version": __version__,
+            "command": command_line(),
+            "filter": s.filter.describe() if s.filter is not None else "",
+            "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z",
+            "ktime_offset_ns": str(s.ctx.boot_offset_ns),
+            "containers": json.dumps([container_info(c) for c in containers]),
+            "sample": str(getattr(s.options, "sample", 1)),
+        }
+
+    def _on_container_event(self, action: str, container: Any) -> None:
+        with self._lock:
+            self._queue.append((action, container, self._session.now_ktime()))
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self.writer.add_events(table)
+        flags = table.column("flags").to_numpy()
+        self.packets += int(np.count_nonzero(flags & events.FLAG_NEW_PACKET))
+        flows = pc.unique(table.column("flow_id")).to_numpy()
+        self._flows.update(flows[flows != 0].tolist())  # nf_conn addresses: bounded by conntrack's table
+
+    @property
+    def flows(self) -> int:
+        return len(self._flows)
+
+    def tick(self) -> None:
+        self._write_container_rows()
+        self.writer.tick()
+
+    def _write_container_rows(self) -> None:
+        with self._lock:
+            queued, self._queue = self._queue, []
+        offset = self._session.ctx.boot_offset_ns
+        for action, c, ktime in queued:
+            self.writer.add_row(
+                "container", ktime, ktime + offset, {"action": action, **container_info(c)},
+                container_id=c.id, container_name=c.name, netns=c.netns_inode,
+            )
+
+    def progress(self, lost: int) -> Progress:
+        return Progress(self.writer.event_rows, self.writer.bytes_written, lost, self.clock() - self._started)
+
+    def finish(self, counters: Any) -> dict[str, Any]:
+        """Append the statistics row and close the stream; returns the stats."""
+        self._write_container_rows()
+        ktime = self._session.now_ktime()
+        stats = {
+            "events": dict(counters.emitted),
+            "lost": dict(counters.lost),
+            "event_rows": self.writer.event_rows,
+            "packets": self.packets,
+            "flows": self.flows,
+            "duration_s": round(self.clock() - self._started, 3),
+        }
+        self.writer.add_row("stats", ktime, ktime + self._session.ctx.boot_offset_ns, stats)
+        self.close()
+        return stats
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.on_container_event = None
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --- reading --------------------------------------------------------------------
+
+
+@dataclass
+class Capture:
+    """One or more capture files read back, in the order given."""
+
+    paths: list[str]
+    table: pa.Table  # CAPTURE_SCHEMA, every file's rows, dictionaries unified
+    metadata: dict[str, str]  # the first file's, without the 'tracer.' prefix
+    file_metadata: list[dict[str, str]] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)  # warnings about torn/unclosed files
+
+    @cached_property
+    def events(self) -> pa.Table:
+        """Packet sightings only, in EVENT_SCHEMA."""
+        rows = self.table.filter(pc.fill_null(pc.equal(self.table["kind"], "event"), False))
+        return rows.select(events.EVENT_SCHEMA.names)
+
+    @cached_property
+    def stats(self) -> dict[str, Any] | None:
+        """The closing statistics row (the last one if several captures were given)."""
+        found = self._info("stats")
+        return found[-1] if found else None
+
+    @cached_property
+    def containers(self) -> list[dict[str, Any]]:
+        """Container start/die rows during the capture, in file order."""
+        return self._info("container")
+
+    def _info(self, kind: str) -> list[dict[str, Any]]:
+        rows = self.table.filter(pc.fill_null(pc.equal(self.table["kind"], kind), False))
+        return [json.loads(v) for v in rows["info"].to_pylist() if v]
+
+
+def _meta(schema: pa.Schema) -> dict[str, str]:
+    raw = schema.metadata or {}
+    prefix = events.META_PREFIX.encode()
+    return {k[len(prefix):].decode(): v.decode() for k, v in raw.items() if k.startswith(prefix)}
+
+
+def _check_version(path: str, meta: dict[str, str]) -> None:
+    version = meta.get("schema_version")
+    if version is None:
+        raise CaptureReadError(f"{path}: no tracer metadata: not a tracer capture")
+    major = version.split(".")[0]
+    if major != events.SCHEMA_VERSION.split(".")[0]:
+        raise CaptureReadError(
+            f"{path}: capture schema version {version} is incompatible with this tracer (reads version {events.SCHEMA_VERSION})"
+        )
+
+
+def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch in CAPTURE_SCHEMA: columns a newer minor version added are
+    dropped, ones an older writer lacked are null."""
+    if batch.schema.equals(events.CAPTURE_SCHEMA, check_metadata=False):
+        return batch
+    names = batch.schema.names
+    arrays = []
+    for f in events.CAPTURE_SCHEMA:
+        if f.name in names:
+            col = batch.column(f.name)
+            arrays.append(col if col.type == f.type else col.cast(f.type))
+        else:
+            arrays.append(pa.nulls(batch.num_rows, f.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=events.CAPTURE_SCHEMA)
+
+
+def _read_one(path: str) -> tuple[list[pa.RecordBatch], dict[str, str], str | None]:
+    """(batches, metadata, warning or None) of one file."""
+    try:
+        size = os.path.getsize(path)
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise CaptureReadError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CaptureReadError(f"{path}: is a directory, not a capture file") from None
+    except OSError as exc:
+        raise CaptureReadError(f"{path}: {exc.strerror or exc}") from None
+    with f:
+        if size == 0:
+            raise CaptureReadError(f"{path}: empty file")
+        head = f.read(8)
+        f.seek(0)
+        if head.startswith(_ARROW_FILE_MAGIC):
+            return _read_arrow_file(path, f)
+        if not head.startswith(_CONTINUATION):
+            raise CaptureReadError(f"{path}: not an Arrow IPC stream (.arrows) file")
+        try:
+            reader = pa.ipc.open_stream(f)
+        except (pa.ArrowException, OSError):
+            raise CaptureReadError(f"{path}: truncated: the file ends inside its schema header") from None
+        meta = _meta(reader.schema)
+        _check_version(path, meta)
+        batches: list[pa.RecordBatch] = []
+        torn = False
+        while True:
+            try:
+                batches.append(_conform(reader.read_next_batch()))
+            except StopIteration:
+                break
+            except (pa.ArrowException, OSError):
+                torn = True
+                break
+        f.seek(max(0, size - len(_EOS)))
+        clean = not torn and f.read() == _EOS
+    rows = sum(b.num_rows for b in batches)
+    if not batches and not clean:
+        raise CaptureReadError(f"{path}: truncated: no complete record batch")
+    warning = None
+    if torn:
+        warning = f"{path}: recovered {len(batches)} batches ({rows:,} rows); file ends in a torn batch"
+    elif not clean:
+        warning = f"{path}: recovered {len(batches)} batches ({rows:,} rows); the capture was not stopped cleanly (no end-of-stream marker)"
+    return batches, meta, warning
+
+
+def _read_arrow_file(path: str, f: Any) -> tuple[list[pa.RecordBatch], dict[str, str], str | None]:
+    """An Arrow IPC *file* (random-access format): someone converted a capture."""
+    try:
+        reader = pa.ipc.open_file(f)
+        meta = _meta(reader.schema)
+        _check_version(path, meta)
+        return [_conform(reader.get_batch(i)) for i in range(reader.num_record_batches)], meta, None
+    except pa.ArrowException:
+        raise CaptureReadError(f"{path}: truncated or damaged Arrow file") from None
+
+
+def read_capture(paths: list[str] | str) -> Capture:
+    """Read capture files in order into one table (see ``Capture``)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise CaptureReadError("no capture files given")
+    batches: list[pa.RecordBatch] = []
+    metas: list[dict[str, str]] = []
+    warnings: list[str] = []
+    for path in paths:
+        file_batches, meta, warning = _read_one(path)
+        batches += file_batches
+        metas.append(meta)
+        if warning:
+            warnings.append(warning)
+    table = pa.Table.from_batches(batches, schema=events.CAPTURE_SCHEMA).unify_dictionaries()
+    return Capture(paths=paths, table=table, metadata=metas[0], file_metadata=metas, recovered=warnings)

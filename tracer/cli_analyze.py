@@ -1,0 +1,164 @@
+"""`tracer stats`, `tracer export --pcapng`, `tracer report`: reading captures
+after the fact. No root, no kernel: these run anywhere the files are."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import click
+
+from tracer.errors import TracerError
+
+_files = click.argument("files", nargs=-1, required=True, metavar="FILES...")
+_SECTIONS = ("segments", "flows", "drops", "lost")
+
+
+def _read(files: tuple[str, ...]):
+    """The Capture; warnings about recovered (torn, unclosed) files on stderr."""
+    from tracer.capture import read_capture
+
+    capture = read_capture(list(files))
+    for warning in capture.recovered:
+        click.echo(f"tracer: warning: {warning}", err=True)
+    return capture
+
+
+def _load(files: tuple[str, ...]):
+    """(Capture, CaptureAnalysis)."""
+    from tracer.analysis import CaptureAnalysis
+
+    capture = _read(files)
+    return capture, CaptureAnalysis(capture.events, capture.metadata, capture.stats)
+
+
+@click.command()
+@_files
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--section", type=click.Choice(_SECTIONS), default=None,
+              help="Only this part (csv prints one section; default segments).")
+@click.option("--flows", "max_flows", type=int, default=20, show_default=True, help="Flows shown in table format (slowest first).")
+def stats(files: tuple[str, ...], fmt: str, section: str | None, max_flows: int) -> None:
+    """Per hop segment latency (count, p50, p90, p99, max), per-flow summary,
+    drops by reason and hook, and lost events of capture FILES."""
+    _, ca = _load(files)
+    a = ca.analyse()
+    if fmt == "json":
+        data = a.to_dict()
+        if section:
+            key = {"flows": "flow_summary", "lost": "lost_events"}.get(section, section)
+            data = {key: data[key]}
+        click.echo(json.dumps(data, indent=2))
+    elif fmt == "csv":
+        _write_csv(a, section or "segments")
+    else:
+        click.echo(_text(a, section, max_flows))
+
+
+def _write_csv(a, section: str) -> None:
+    from tracer.analysis import DropStats, FlowStats, SegmentStats
+
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    if section == "lost":
+        out.writerow(["sensor", "events", "lost"])
+        for name, v in (a.lost or {}).items():
+            out.writerow([name, v["events"], v["lost"]])
+        return
+    kind, rows = {"segments": (SegmentStats, a.segments), "flows": (FlowStats, a.flows), "drops": (DropStats, a.drops)}[section]
+    names = [f.name for f in fields(kind)]
+    out.writerow(names)
+    for r in rows:
+        d = vars(r)
+        out.writerow([d[n] for n in names])
+
+
+def _us(ns: float) -> str:
+    return f"{ns / 1e3:,.1f}"
+
+
+def _columns(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(headers)] + [line(r) for r in rows]
+
+
+def _text(a, section: str | None, max_flows: int) -> str:
+    show = set(_SECTIONS) if section is None else {section}
+    v = a.verdicts
+    out = []
+    if section is None:
+        m = a.metadata
+        out.append(f"capture  {m.get('host', '?')}  kernel {m.get('kernel', '?')}  filter {m.get('filter') or '-'}")
+        out.append(f"  {a.start} .. {a.end}  ({a.duration_s:.3f} s)")
+        out.append(f"  {a.events:,} events  {a.packets:,} packets  {a.flows_total:,} flows  "
+                   f"{v['delivered']:,} delivered  {v['dropped']:,} dropped  {v['unknown']:,} unknown")
+    if "segments" in show:
+        out += ["", "hop segments (µs)"]
+        rows = [[s.direction, s.segment, f"{s.count:,}", _us(s.p50_ns), _us(s.p90_ns), _us(s.p99_ns), _us(s.max_ns)]
+                for s in a.segments]
+        out += ["  " + x for x in _columns(["dir", "segment", "count", "p50", "p90", "p99", "max"], rows, {2, 3, 4, 5, 6})]
+    if "flows" in show:
+        shown = a.flows[:max_flows]
+        out += ["", f"flows, slowest first ({len(shown):,} of {len(a.flows):,})"]
+        rows = [[f"{f.flow_id:x}", f.container or "-", f.protocol or "?", f.client or "?", f.service or "?",
+                 f"{f.packets:,}", f"{f.bytes:,}", f"{f.requests:,}", f"{f.replies:,}", f"{f.dropped:,}", _us(f.slowest_ns)]
+                for f in shown]
+        out += ["  " + x for x in _columns(
+            ["flow", "container", "proto", "client", "service", "packets", "bytes", "req", "rep", "dropped", "slowest µs"],
+            rows, {5, 6, 7, 8, 9, 10})]
+    if "drops" in show:
+        out += ["", "drops by reason and hook last seen"]
+        if a.drops:
+            out += ["  " + x for x in _columns(["reason", "last seen", "packets"],
+                                               [[d.reason, d.last_seen, f"{d.packets:,}"] for d in a.drops], {2})]
+        else:
+            out.append("  none")
+    if "lost" in show:
+        out += ["", "lost events"]
+        if a.lost is None:
+            out.append("  not reported (the capture has no statistics row: not stopped cleanly?)")
+        else:
+            out += ["  " + x for x in _columns(
+                ["sensor", "events", "lost"], [[k, f"{x['events']:,}", f"{x['lost']:,}"] for k, x in a.lost.items()], {1, 2})]
+    return "\n".join(out).lstrip("\n")
+
+
+@click.command()
+@click.option("--pcapng", "out", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Write a pcapng file here: one packet per sighting, hook/interface/container in the comments.")
+@_files
+def export(out: str, files: tuple[str, ...]) -> None:
+    """Export capture FILES for Wireshark/tshark."""
+    from tracer.pcapng import export_pcapng
+
+    capture = _read(files)
+    try:
+        n = export_pcapng(capture.table, out, capture.metadata)
+    except OSError as exc:
+        raise TracerError(f"{out}: {exc.strerror or exc}") from None
+    click.echo(f"tracer: wrote {n:,} packets to {out}", err=True)
+
+
+
+
+@click.command()
+@_files
+@click.option("-o", "--output", "out", default="report.html", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--slowest", type=int, default=20, show_default=True, help="Journeys in the waterfall.")
+def report(files: tuple[str, ...], out: str, slowest: int) -> None:
+    """One self-contained HTML report (works offline) of capture FILES."""
+    from tracer.report import render_report
+
+    _, ca = _load(files)
+    text = render_report(ca, files=list(files), slowest=slowest)
+    try:
+        Path(out).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise TracerError(f"{out}: {exc.strerror or exc}") from None
+    click.echo(f"tracer: wrote {out} ({len(text) / 1e3:,.0f} kB)", err=True)

@@ -1,0 +1,96 @@
+"""`tracer record` (live capture to Arrow files) and `tracer show` (replay a
+capture's journeys exactly as `trace` printed them live)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracer.cli_trace import Limits, make_recorder, options_from, run_trace, target_options, write_options
+
+
+@click.command()
+@target_options
+@click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), required=True, help="Capture file (Arrow IPC stream, .arrows); numbered PATH stem.NNNN.arrows when rotating.")
+@write_options
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after S seconds.")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N packets.")
+@click.option("--quiet", is_flag=True, help="No progress line on stderr.")
+def record(ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path, rotate_size, rotate_seconds, duration, count, quiet):
+    """Record live packet sightings to Arrow files for later analysis
+    (`tracer show`, `stats`, `report`; pyarrow, polars, DuckDB)."""
+    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample)
+    recorder = make_recorder(write_path, rotate_size, rotate_seconds)
+    run_trace(options, Limits(count, duration), as_json=False, color=False, recorder=recorder,
+              journeys=False, progress=not quiet)
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--port", "ports", type=int, multiple=True, help="Journeys with this port at any hop (either end, before or after NAT). Repeatable.")
+@click.option("--container", "containers", multiple=True, help="Journeys of this container (name or id prefix). Repeatable.")
+@click.option("--host", "hosts", multiple=True, help="Journeys with this IPv4 address at any hop. Repeatable.")
+@click.option("--proto", type=click.Choice(["tcp", "udp", "icmp"], case_sensitive=False), default=None)
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Show only the first N journeys.")
+@click.option("--json", "as_json", is_flag=True, help="One journey per line as JSON, as `trace --json`.")
+@click.option("--color/--no-color", default=None, help="Colour the output (default: when stdout is a terminal).")
+def show(files, ports, containers, hosts, proto, count, as_json, color):
+    """Replay the journeys of capture FILES (in the order given) as `trace` shows them."""
+    from tracer.capture import read_capture
+    from tracer.journeys import build_journeys
+    from tracer.render import Summary, render_journey
+
+    capture = read_capture(list(files))
+    for warning in capture.recovered:
+        click.echo(f"tracer: warning: {warning}", err=True)
+    table = select_packets(capture.events, ports, hosts, containers, proto.lower() if proto else None)
+    color = sys.stdout.isatty() if color is None else color
+    color = color and not as_json
+    out = click.get_text_stream("stdout")
+    summary = Summary()
+    for journey in build_journeys(table)[:count]:
+        out.write((json.dumps(journey.to_json_dict()) if as_json else render_journey(journey, color)) + "\n")
+        summary.add([journey])
+    if capture.stats:
+        summary.set_lost(capture.stats.get("lost", {}), capture.stats.get("events", {}))
+    click.echo(summary.render(color), err=as_json, file=None if as_json else out)
+
+
+def select_packets(table: pa.Table, ports=(), hosts=(), containers=(), proto: str | None = None) -> pa.Table:
+    """Rows of the packets that match every given filter at one hop or
+    another (a filter names a property some hop had, as `trace`'s in-kernel
+    filter matches before or after NAT)."""
+    if table.num_rows == 0 or not (ports or hosts or containers or proto):
+        return table
+    keep = None
+    for row_mask in _row_masks(table, ports, hosts, containers, proto):
+        ids = pc.unique(table["packet_id"].filter(row_mask))
+        packet_mask = pc.is_in(table["packet_id"], value_set=ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
+        keep = packet_mask if keep is None else pc.and_(keep, packet_mask)
+    return table.filter(keep)
+
+
+def _row_masks(table: pa.Table, ports, hosts, containers, proto):
+    def any_of(column: str, values) -> pa.ChunkedArray:
+        # dictionary columns: compare their string values
+        return pc.fill_null(pc.is_in(table[column].cast(pa.string()), value_set=pa.array(values, pa.string())), False)
+
+    if ports:
+        ported = pc.fill_null(pc.is_in(table["protocol"].cast(pa.string()), value_set=pa.array(["tcp", "udp"])), False)
+        values = pa.array(sorted(set(ports)), pa.uint16())
+        hit = pc.or_(pc.is_in(table["src_port"], value_set=values), pc.is_in(table["dst_port"], value_set=values))
+        yield pc.and_(ported, pc.fill_null(hit, False))
+    if hosts:
+        yield pc.or_(any_of("src_ip", list(hosts)), any_of("dst_ip", list(hosts)))
+    if containers:
+        names = any_of("container_name", list(containers))
+        ids = table["container_id"].cast(pa.string())
+        for wanted in containers:
+            names = pc.or_(names, pc.fill_null(pc.starts_with(ids, wanted), False))
+        yield names
+    if proto:
+        yield any_of("protocol", [proto])
