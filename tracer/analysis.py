@@ -1,4 +1,5 @@
-"""Capture analysis: hop segment latencies, flows, drops, lost events, throughput.
+"""Capture analysis: hop segment latencies, flows, drops, lost events, throughput,
+and latency mode's interval histograms (kind='histogram' rows) merged.
 
 Everything is computed on whole columns. The event table is sorted once by
 (packet_id, drop row last, ktime_ns); a row and the next row of the same packet
@@ -69,6 +70,112 @@ class DropStats:
     packets: int
 
 
+@dataclass(frozen=True)
+class LatencySegment:
+    """One segment of latency mode's in-kernel histograms, all intervals merged."""
+    segment: str  # "<hop> → <hop>" (latency.HOP_NAMES), or "end to end request"/"end to end reply"
+    hop_from: str | None  # JSON/CSV "from"; None for end-to-end rows
+    hop_to: str | None  # JSON/CSV "to"
+    packets: int
+    p50_ns: float | None  # interpolated inside buckets (latency.percentile); None = no packets
+    p90_ns: float | None
+    p99_ns: float | None
+    max_ns: float | None  # upper edge of the highest nonzero bucket
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(vars(self))
+        d["from"], d["to"] = d.pop("hop_from"), d.pop("hop_to")
+        return {k: d[k] for k in ("segment", "from", "to", "packets", "p50_ns", "p90_ns", "p99_ns", "max_ns")}
+
+
+E2E_LABELS = {"original": "end to end request", "reply": "end to end reply"}
+LATENCY_COLUMNS = ("segment", "from", "to", "packets", "p50_ns", "p90_ns", "p99_ns", "max_ns")
+
+
+@dataclass
+class LatencySummary:
+    """The capture's histogram rows (`tracer latency -w`) merged exactly."""
+    intervals: int
+    seconds: float  # sum of the intervals' lengths
+    start: str | None  # ISO 8601 UTC: first interval's start
+    end: str | None  # last interval's end
+    packets: int  # packets first seen in the recorded intervals
+    segments: list[LatencySegment]  # most packets first
+    end_to_end: dict[str, LatencySegment]  # "original"/"reply"
+    missing: dict[str, int]  # hop -> packets that never reached a next hop (per recording, summed)
+    sightings: dict[str, int]  # hop -> sightings
+
+    def rows(self) -> list[LatencySegment]:
+        """Segments, then the end-to-end request and reply rows."""
+        return self.segments + [self.end_to_end[d] for d in ("original", "reply") if d in self.end_to_end]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "intervals": self.intervals,
+            "seconds": round(self.seconds, 6),
+            "start": self.start,
+            "end": self.end,
+            "packets": self.packets,
+            "segments": [s.to_dict() for s in self.segments],
+            "end_to_end": {d: s.to_dict() for d, s in self.end_to_end.items()},
+            "missing": self.missing,
+            "sightings": self.sightings,
+        }
+
+
+def _latency_segment(d: Mapping[str, Any], segment: str | None = None) -> LatencySegment:
+    return LatencySegment(segment or d["segment"], d.get("from"), d.get("to"), int(d["packets"]),
+                          d.get("p50_ns"), d.get("p90_ns"), d.get("p99_ns"), d.get("max_ns"))
+
+
+def latency_summary(rows: pa.Table | None) -> LatencySummary | None:
+    """Histogram rows (kind='histogram', with ``info`` and time columns) merged
+    with tracer.latency.merge_intervals; None when there are none."""
+    if rows is None or rows.num_rows == 0 or "info" not in rows.column_names:
+        return None
+    from tracer.latency import merge_intervals
+
+    infos, starts, ends = [], [], []
+    wall = wall_ns(rows)
+    kt = _ints(rows, "ktime_ns")
+    for info, w, k in zip(rows["info"].to_pylist(), wall.tolist(), kt.tolist()):
+        if not info:
+            continue
+        try:
+            d = json.loads(info)
+        except ValueError:
+            continue
+        if not isinstance(d, dict):
+            continue
+        infos.append(d)
+        offset = w - k  # the row's time is the interval's end ktime on the wall clock
+        end_kt = int(d.get("end_ktime_ns") or k)
+        start_kt = int(d.get("start_ktime_ns") or end_kt - int(float(d.get("seconds") or 0) * 1e9))
+        starts.append(start_kt + offset)
+        ends.append(end_kt + offset)
+    if not infos:
+        return None
+    merged = merge_intervals(infos)
+    return LatencySummary(
+        intervals=merged["intervals"],
+        seconds=merged["seconds"],
+        start=iso(min(starts)),
+        end=iso(max(ends)),
+        packets=merged["packets"],
+        segments=[_latency_segment(s) for s in merged["segments"]],
+        end_to_end={d: _latency_segment(v, E2E_LABELS[d]) for d, v in merged["end_to_end"].items()},
+        missing=merged["missing"],
+        sightings=merged["sightings"],
+    )
+
+
+def histogram_rows(table: pa.Table) -> pa.Table | None:
+    """Latency-mode interval rows of a capture table (None if it has no ``kind``)."""
+    if "kind" not in table.column_names:
+        return None
+    return table.filter(pc.fill_null(pc.equal(table["kind"].cast(pa.string()), "histogram"), False))
+
+
 @dataclass
 class Analysis:
     events: int
@@ -84,6 +191,8 @@ class Analysis:
     metadata: dict[str, str]
     # For plots: each segment's latencies (ns, sorted), keyed (direction, segment).
     samples: dict[tuple[str, str], np.ndarray]
+    # Latency mode's histogram rows merged (None: the capture has none).
+    latency: LatencySummary | None = None
 
     @property
     def duration_s(self) -> float:
@@ -104,6 +213,7 @@ class Analysis:
             "drops": [dict(vars(d)) for d in self.drops],
             "lost_events": self.lost,
             "metadata": self.metadata,
+            "latency": self.latency.to_dict() if self.latency is not None else None,
         }
 
 
@@ -301,9 +411,12 @@ def _endpoint(ip: str | None, port: int, protocol: str | None) -> str | None:
 class CaptureAnalysis:
     """All the numbers of one capture (or several files read as one)."""
 
-    def __init__(self, table: pa.Table, metadata: Mapping | None = None, stats: Mapping | None = None) -> None:
+    def __init__(self, table: pa.Table, metadata: Mapping | None = None, stats: Mapping | None = None,
+                 histograms: pa.Table | None = None) -> None:
         self.metadata = clean_metadata(metadata)
         self.stats = dict(stats) if stats else None
+        # Latency-mode rows: given, else whatever the table holds (a full capture table).
+        self.histograms = histograms if histograms is not None else histogram_rows(table)
         self.s = _Sorted(table, self.metadata)
         s, t = self.s, self.s.table
         o = s.order
@@ -319,7 +432,13 @@ class CaptureAnalysis:
         self.p_wall = s.wall[ps]
         self.p_length = _ints(t, "length")[o][ps]
         last = pe - 1
-        self.p_verdict = np.where(s.is_drop[last], 1, np.where(s.terminal[last], 0, 2)) if len(ps) else ps
+        # As journeys.verdict_of: a drop right after a terminal sighting (e.g.
+        # QUEUE_PURGE at the receiving socket) is a delivered packet.
+        self.p_verdict = ps
+        if len(ps):
+            after_delivery = s.is_drop[last] & (last > ps) & s.terminal[np.maximum(last - 1, ps)]
+            dropped = s.is_drop[last] & ~after_delivery
+            self.p_verdict = np.where(dropped, 1, np.where(s.terminal[last] | after_delivery, 0, 2))
         names, name_values = _codes(t, "container_name")
         ids, id_values = _codes(t, "container_id")
         # container name, else short id (codes offset past the names)
@@ -349,7 +468,12 @@ class CaptureAnalysis:
             lost=self.lost(),
             metadata=self.metadata,
             samples=samples,
+            latency=self.latency(),
         )
+
+    def latency(self) -> LatencySummary | None:
+        """Latency mode's interval histograms merged (None without any)."""
+        return latency_summary(self.histograms)
 
     def drops(self) -> list[DropStats]:
         s = self.s
@@ -507,5 +631,6 @@ def _nice_ns(value: float) -> int:
         step *= 10
 
 
-def analyse(table: pa.Table, metadata: Mapping | None = None, stats: Mapping | None = None) -> Analysis:
-    return CaptureAnalysis(table, metadata, stats).analyse()
+def analyse(table: pa.Table, metadata: Mapping | None = None, stats: Mapping | None = None,
+            histograms: pa.Table | None = None) -> Analysis:
+    return CaptureAnalysis(table, metadata, stats, histograms).analyse()

@@ -374,6 +374,7 @@ class Recorder:
         self.clock = clock
         self.writer: CaptureWriter | None = None
         self.packets = 0
+        self.histogram_rows = 0
         self._flows: set[int] = set()
         self._session: Any = None
         self._queue: list[tuple[str, Any, int]] = []
@@ -443,6 +444,12 @@ class Recorder:
                 container_id=c.id, container_name=c.name, netns=c.netns_inode,
             )
 
+    def add_histogram(self, end_ktime_ns: int, info: Mapping[str, Any]) -> None:
+        """One latency-mode interval (`tracer latency -w`) as a kind='histogram'
+        row stamped with the interval's end; see docs/capture-format.md."""
+        self.writer.add_row("histogram", end_ktime_ns, end_ktime_ns + self._session.ctx.boot_offset_ns, info)
+        self.histogram_rows += 1
+
     def progress(self, lost: int) -> Progress:
         return Progress(self.writer.event_rows, self.writer.bytes_written, lost, self.clock() - self._started)
 
@@ -458,6 +465,8 @@ class Recorder:
             "flows": self.flows,
             "duration_s": round(self.clock() - self._started, 3),
         }
+        if self.histogram_rows:
+            stats["histogram_rows"] = self.histogram_rows
         self.writer.add_row("stats", ktime, ktime + self._session.ctx.boot_offset_ns, stats)
         self.close()
         return stats
@@ -493,6 +502,12 @@ class Capture:
         """The closing statistics row (the last one if several captures were given)."""
         found = self._info("stats")
         return found[-1] if found else None
+
+    @cached_property
+    def histograms(self) -> pa.Table:
+        """Latency-mode interval rows (kind='histogram'), all columns; their
+        payload is the JSON in ``info`` (docs/capture-format.md)."""
+        return self.table.filter(pc.fill_null(pc.equal(self.table["kind"], "histogram"), False))
 
     @cached_property
     def containers(self) -> list[dict[str, Any]]:

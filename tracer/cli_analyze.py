@@ -14,7 +14,7 @@ import click
 from tracer.errors import TracerError
 
 _files = click.argument("files", nargs=-1, required=True, metavar="FILES...")
-_SECTIONS = ("segments", "flows", "drops", "lost")
+_SECTIONS = ("segments", "flows", "drops", "lost", "latency")
 
 
 def _read(files: tuple[str, ...]):
@@ -32,7 +32,7 @@ def _load(files: tuple[str, ...]):
     from tracer.analysis import CaptureAnalysis
 
     capture = _read(files)
-    return capture, CaptureAnalysis(capture.events, capture.metadata, capture.stats)
+    return capture, CaptureAnalysis(capture.events, capture.metadata, capture.stats, histograms=capture.histograms)
 
 
 @click.command()
@@ -43,7 +43,8 @@ def _load(files: tuple[str, ...]):
 @click.option("--flows", "max_flows", type=int, default=20, show_default=True, help="Flows shown in table format (slowest first).")
 def stats(files: tuple[str, ...], fmt: str, section: str | None, max_flows: int) -> None:
     """Per hop segment latency (count, p50, p90, p99, max), per-flow summary,
-    drops by reason and hook, and lost events of capture FILES."""
+    drops by reason and hook, and lost events of capture FILES; with
+    `tracer latency -w` histograms, their latency per segment, all intervals merged."""
     _, ca = _load(files)
     a = ca.analyse()
     if fmt == "json":
@@ -62,6 +63,14 @@ def _write_csv(a, section: str) -> None:
     from tracer.analysis import DropStats, FlowStats, SegmentStats
 
     out = csv.writer(sys.stdout, lineterminator="\n")
+    if section == "latency":
+        from tracer.analysis import LATENCY_COLUMNS
+
+        out.writerow(LATENCY_COLUMNS)
+        for r in a.latency.rows() if a.latency else []:
+            d = r.to_dict()
+            out.writerow(["" if d[n] is None else d[n] for n in LATENCY_COLUMNS])
+        return
     if section == "lost":
         out.writerow(["sensor", "events", "lost"])
         for name, v in (a.lost or {}).items():
@@ -75,8 +84,20 @@ def _write_csv(a, section: str) -> None:
         out.writerow([d[n] for n in names])
 
 
-def _us(ns: float) -> str:
-    return f"{ns / 1e3:,.1f}"
+def _us(ns: float | None) -> str:
+    return "-" if ns is None else f"{ns / 1e3:,.1f}"
+
+
+def _latency_text(lat) -> list[str]:
+    if lat is None:
+        return ["latency histograms: none in this capture (record them with `tracer latency -w PATH`)"]
+    out = [f"latency histograms (µs; {lat.intervals:,} intervals, {lat.seconds:,.1f} s, {lat.start} .. {lat.end}; "
+           "in-kernel buckets merged, percentiles within a few %)"]
+    rows = [[s.segment, f"{s.packets:,}", _us(s.p50_ns), _us(s.p90_ns), _us(s.p99_ns), _us(s.max_ns)] for s in lat.rows()]
+    out += ["  " + x for x in _columns(["segment", "packets", "p50", "p90", "p99", "max"], rows, {1, 2, 3, 4, 5})]
+    if lat.missing:
+        out.append("  never reached the next hop: " + ", ".join(f"{hop} {n:,}" for hop, n in lat.missing.items()))
+    return out
 
 
 def _columns(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
@@ -92,17 +113,26 @@ def _text(a, section: str | None, max_flows: int) -> str:
     show = set(_SECTIONS) if section is None else {section}
     v = a.verdicts
     out = []
+    latency_only = a.events == 0 and a.latency is not None  # `tracer latency -w`: no packet events
     if section is None:
         m = a.metadata
         out.append(f"capture  {m.get('host', '?')}  kernel {m.get('kernel', '?')}  filter {m.get('filter') or '-'}")
-        out.append(f"  {a.start} .. {a.end}  ({a.duration_s:.3f} s)")
-        out.append(f"  {a.events:,} events  {a.packets:,} packets  {a.flows_total:,} flows  "
-                   f"{v['delivered']:,} delivered  {v['dropped']:,} dropped  {v['unknown']:,} unknown")
+        if latency_only:
+            lat = a.latency
+            out.append(f"  {lat.start} .. {lat.end}  ({lat.seconds:.3f} s)")
+            out.append(f"  latency histograms only: {lat.intervals:,} intervals  {lat.packets:,} packets  no packet events")
+            show = {"latency", "lost"}
+        else:
+            out.append(f"  {a.start} .. {a.end}  ({a.duration_s:.3f} s)")
+            out.append(f"  {a.events:,} events  {a.packets:,} packets  {a.flows_total:,} flows  "
+                       f"{v['delivered']:,} delivered  {v['dropped']:,} dropped  {v['unknown']:,} unknown")
     if "segments" in show:
         out += ["", "hop segments (µs)"]
         rows = [[s.direction, s.segment, f"{s.count:,}", _us(s.p50_ns), _us(s.p90_ns), _us(s.p99_ns), _us(s.max_ns)]
                 for s in a.segments]
         out += ["  " + x for x in _columns(["dir", "segment", "count", "p50", "p90", "p99", "max"], rows, {2, 3, 4, 5, 6})]
+    if "latency" in show and (a.latency is not None or section == "latency"):
+        out += [""] + _latency_text(a.latency)
     if "flows" in show:
         shown = a.flows[:max_flows]
         out += ["", f"flows, slowest first ({len(shown):,} of {len(a.flows):,})"]

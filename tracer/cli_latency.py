@@ -10,7 +10,7 @@ import time
 
 import click
 
-from tracer.cli_trace import options_from, target_options
+from tracer.cli_trace import make_recorder, options_from, target_options, write_options
 
 
 def _us(ns) -> str:
@@ -48,45 +48,118 @@ def _raise_stop(signum, frame):
     raise _Stop()
 
 
+class _StopFlag:
+    """Set by SIGINT/SIGTERM once running: an exception raised mid-write would
+    leave a torn batch in the capture."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+    def __call__(self, signum, frame) -> None:
+        self.set = True
+
+
+# While waiting for the end of an interval: wake this often to notice a stop
+# and to let the capture writer flush (a few wake-ups a second cost nothing).
+_WAKE_S = 0.1
+
+
+def histogram_info(number: int, rep: dict, start_ktime_ns: int, end_ktime_ns: int) -> dict:
+    """The info JSON of one kind='histogram' capture row (docs/capture-format.md)."""
+    return {"interval": number, "start_ktime_ns": start_ktime_ns, "end_ktime_ns": end_ktime_ns, **rep}
+
+
+def _without_buckets(rep: dict) -> dict:
+    """A report made with include_buckets, as the live output shows it."""
+    return {
+        **rep,
+        "segments": [{k: v for k, v in s.items() if k != "buckets"} for s in rep["segments"]],
+        "end_to_end": {d: {k: v for k, v in e.items() if k != "buckets"} for d, e in rep["end_to_end"].items()},
+    }
+
+
 @click.command()
 @target_options
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds between reports.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per interval.")
-def latency(ports, containers, hosts, proto, ifaces, tc_mode, sample, interval, duration, as_json):
+@click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), default=None,
+              help="Also record each interval's histograms to PATH (Arrow IPC stream, .arrows; kind='histogram' rows, "
+                   "see docs/capture-format.md); read with `tracer stats` / `tracer report`.")
+@write_options
+def latency(ports, containers, hosts, proto, ifaces, tc_mode, sample, interval, duration, as_json,
+            write_path, rotate_size, rotate_seconds):
     """Per-segment latency histograms kept in the kernel (no per-packet events)."""
     from tracer.latency import LatencyMaps, report
     from tracer.session import TraceSession
 
     options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample)
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    recorder = make_recorder(write_path, rotate_size, rotate_seconds)  # a bad path fails before any kernel work
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    signal.signal(signal.SIGTERM, _raise_stop)  # during setup: session.close() runs in finally
     session = TraceSession(options, latency=True)
     maps = None
+    stop = _StopFlag()
     try:
-        session.start()
-        maps = LatencyMaps(session.bpf)
+        try:
+            session.start()
+            if recorder is not None:
+                recorder.start(session)
+            maps = LatencyMaps(session.bpf)
+        except _Stop:
+            return
+        for sig in signals:
+            signal.signal(sig, stop)
+        where = f"; writing {recorder.path}" if recorder is not None else ""
         click.echo(f"tracer: latency of {session.filter.describe()} on {len(session.tc.targets())} interfaces "
-                   f"(ready in {time.monotonic() - session.started_at:.1f}s); Ctrl-C to stop", err=True)
+                   f"(ready in {time.monotonic() - session.started_at:.1f}s){where}; Ctrl-C to stop", err=True)
         start = maps.snapshot(session.now_ktime())
         last = start
         started = time.monotonic()
         number = 0
-        try:
-            while duration is None or time.monotonic() - started < duration:
-                time.sleep(min(interval, duration - (time.monotonic() - started)) if duration else interval)
-                now = maps.snapshot(session.now_ktime())
-                number += 1
-                rep = report(now - last, now - start)
+
+        def take(final: bool) -> None:
+            """Report the interval since `last`; a final (partial) one only into the capture."""
+            nonlocal last, number
+            now = maps.snapshot(session.now_ktime())
+            number += 1
+            rep = report(now - last, now - start, include_buckets=recorder is not None)
+            if recorder is not None:
+                recorder.add_histogram(now.ktime_ns, histogram_info(number, rep, last.ktime_ns, now.ktime_ns))
+                recorder.tick()
+                rep = _without_buckets(rep)
+            if not final:
                 if as_json:
                     click.echo(json.dumps({"interval": number, **rep}))
                 else:
                     click.echo(render_interval(number, rep) + "\n")
                 sys.stdout.flush()
-                last = now
-        except (KeyboardInterrupt, _Stop):
-            pass
+            last = now
+
+        stopped = False
+        while duration is None or time.monotonic() - started < duration:
+            end = min((number + 1) * interval, duration) if duration else (number + 1) * interval
+            while not stop.set and (left := end - (time.monotonic() - started)) > 0:
+                time.sleep(min(_WAKE_S, left))
+                if recorder is not None:
+                    recorder.tick()
+            if stop.set:
+                stopped = True
+                break
+            take(final=False)
+        if recorder is not None:
+            if stopped and session.now_ktime() - last.ktime_ns > 1_000_000:
+                take(final=True)  # the part of an interval before Ctrl-C: kept in the capture
+            recorder.finish(session.counters())
+            written = recorder.writer
+            click.echo(f"tracer: wrote {recorder.histogram_rows:,} histogram rows ({written.bytes_written / 1e3:,.1f} kB) "
+                       f"to {', '.join(map(str, written.paths))}", err=True)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if recorder is not None:
+            recorder.close()  # no-op after finish; ends the stream after an error
         if maps is not None:
             maps.close()
         session.close()

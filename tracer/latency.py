@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -119,15 +120,41 @@ class Snapshot:
         return Snapshot(self.hist - other.hist, self.hops - other.hops, self.ktime_ns - other.ktime_ns)
 
 
-def report(delta: Snapshot, total: Snapshot) -> dict:
+def sparse_buckets(counts: np.ndarray) -> list[list[int]]:
+    """A bucket histogram as [[bucket_index, count], ...], nonzero buckets only
+    (the form a capture's histogram rows keep)."""
+    nonzero = np.flatnonzero(counts)
+    return [[int(b), int(counts[b])] for b in nonzero]
+
+
+def dense_buckets(pairs, out: np.ndarray | None = None) -> np.ndarray:
+    """[[bucket_index, count], ...] back to a HIST_BUCKETS array; added to
+    ``out`` if given (so many intervals merge exactly by summing)."""
+    if out is None:
+        out = np.zeros(HIST_BUCKETS, dtype=np.int64)
+    if pairs:
+        arr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        np.add.at(out, arr[:, 0], arr[:, 1])
+    return out
+
+
+def _stats_dict(counts: np.ndarray, include_buckets: bool) -> dict:
+    d = Stats.of(counts).to_dict()
+    if include_buckets:
+        d["buckets"] = sparse_buckets(counts)
+    return d
+
+
+def report(delta: Snapshot, total: Snapshot, include_buckets: bool = False) -> dict:
     """One interval: per-segment stats of `delta`; missing counts from `total`
-    (since start, so packets in flight at an interval edge do not count)."""
+    (since start, so packets in flight at an interval edge do not count).
+    With ``include_buckets`` each segment and end-to-end entry also carries
+    its nonzero buckets (``sparse_buckets``): what `latency -w` records."""
     segments = []
     for row in np.flatnonzero(delta.hist[:N_SEGMENTS].sum(axis=1)):
-        stats = Stats.of(delta.hist[row])
         segments.append({"segment": segment_name(int(row)), "from": HOP_NAMES[row // N_HOPS],
-                         "to": HOP_NAMES[row % N_HOPS], **stats.to_dict()})
-    end_to_end = {d: Stats.of(delta.hist[r]).to_dict() for d, r in E2E_ROWS.items() if delta.hist[r].sum()}
+                         "to": HOP_NAMES[row % N_HOPS], **_stats_dict(delta.hist[row], include_buckets)})
+    end_to_end = {d: _stats_dict(delta.hist[r], include_buckets) for d, r in E2E_ROWS.items() if delta.hist[r].sum()}
     return {
         "seconds": delta.ktime_ns / 1e9,
         "packets": int(delta.hops[1].sum()),
@@ -135,6 +162,62 @@ def report(delta: Snapshot, total: Snapshot) -> dict:
         "end_to_end": end_to_end,
         "missing": missing_after(total),
         "sightings": {HOP_NAMES[h]: int(n) for h, n in enumerate(total.hops[0]) if n},
+    }
+
+
+def merge_intervals(infos: Iterable[Mapping[str, Any]]) -> dict:
+    """The info dicts of a capture's histogram rows (in capture order) as one
+    report: each segment's buckets summed over every interval (exact, the
+    same as one long interval), then packets/p50/p90/p99/max from the sum.
+
+    ``missing`` and ``sightings`` count since the start of a recording, so a
+    recording's last row holds its totals; rows of several recordings (the
+    interval number starts again at 1) add up their last rows."""
+    segments: dict[str, tuple[str, str, np.ndarray]] = {}
+    end_to_end: dict[str, np.ndarray] = {}
+    missing: dict[str, int] = {}
+    sightings: dict[str, int] = {}
+    last_of_run: dict | None = None
+    previous_number = None
+    intervals, seconds, packets = 0, 0.0, 0
+
+    def close_run() -> None:
+        if last_of_run is not None:
+            for out, key in ((missing, "missing"), (sightings, "sightings")):
+                for hop, n in (last_of_run.get(key) or {}).items():
+                    out[hop] = out.get(hop, 0) + int(n)
+
+    for info in infos:
+        number = info.get("interval")
+        if previous_number is not None and number is not None and number <= previous_number:
+            close_run()
+        previous_number = number
+        last_of_run = info
+        intervals += 1
+        seconds += float(info.get("seconds") or 0.0)
+        packets += int(info.get("packets") or 0)
+        for seg in info.get("segments") or ():
+            name = seg["segment"]
+            if name not in segments:
+                segments[name] = (seg.get("from"), seg.get("to"), np.zeros(HIST_BUCKETS, dtype=np.int64))
+            dense_buckets(seg.get("buckets"), segments[name][2])
+        for direction, e2e in (info.get("end_to_end") or {}).items():
+            counts = end_to_end.setdefault(direction, np.zeros(HIST_BUCKETS, dtype=np.int64))
+            dense_buckets(e2e.get("buckets"), counts)
+    close_run()
+
+    seg_out = [{"segment": name, "from": a, "to": b, **Stats.of(counts).to_dict()}
+               for name, (a, b, counts) in segments.items() if counts.any()]
+    seg_out.sort(key=lambda s: (-s["packets"], s["segment"]))
+    return {
+        "intervals": intervals,
+        "seconds": seconds,
+        "packets": packets,
+        "segments": seg_out,
+        "end_to_end": {d: Stats.of(end_to_end[d]).to_dict()
+                       for d in ("original", "reply") if d in end_to_end and end_to_end[d].any()},
+        "missing": missing,
+        "sightings": sightings,
     }
 
 

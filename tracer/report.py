@@ -4,7 +4,9 @@ Plots are drawn with matplotlib (Agg, no display) and embedded as inline SVG,
 styles are inline too: the file opens offline, from a mail attachment or a
 ticket, with no CDN or script. Four plots people look at rather than read:
 latency per hop segment, a waterfall of the slowest journeys, drops by reason,
-throughput over time; then small tables for the numbers.
+throughput over time; then small tables for the numbers. A capture with
+latency mode's interval histograms (`tracer latency -w`) gets a fifth: p50,
+p90 and p99 per segment from the merged in-kernel buckets.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import re
 
 import numpy as np
 
-from tracer.analysis import Analysis, CaptureAnalysis
+from tracer.analysis import Analysis, CaptureAnalysis, LatencySummary
 from tracer.journeys import Journey
 
 _SAMPLE_CAP = 20_000  # points per segment in the latency plot: enough for its shape
@@ -80,6 +82,38 @@ def latency_plot(a: Analysis) -> str:
     ax.set_xscale("log")
     ax.set_xlabel("µs between the two sightings (box: p25-p75, whiskers: p1-p99, red: p99)")
     ax.set_title(f"{title} (o = request, r = reply)", loc="left")
+    ax.grid(axis="x", which="both", alpha=0.25)
+    return _svg(fig)
+
+
+HISTOGRAM_TITLE = "Latency per segment (in-kernel histograms)"
+
+
+def histogram_plot(lat: LatencySummary | None) -> str:
+    """Latency mode's merged histograms: a bar to p50 per segment, p90 and p99
+    marked, log x; busiest segments on top, end-to-end totals last."""
+    title = HISTOGRAM_TITLE
+    rows = [r for r in (lat.rows() if lat else []) if r.packets and r.p50_ns is not None]
+    if not rows:
+        return _empty(title, "no latency histograms (record them with `tracer latency -w PATH`)")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 0.3 * len(rows) + 1.3))
+    y = np.arange(len(rows))[::-1]
+    p50 = np.array([max(r.p50_ns, 1.0) for r in rows]) / 1e3  # µs; the log axis needs > 0
+    p90 = np.array([max(r.p90_ns or 1.0, 1.0) for r in rows]) / 1e3
+    p99 = np.array([max(r.p99_ns or 1.0, 1.0) for r in rows]) / 1e3
+    colors = ["#9467bd" if r.hop_from is None else "#1f77b4" for r in rows]
+    floor = max(min(p50.min(), 1.0) / 2, 1e-3)
+    ax.barh(y, p50 - floor, left=floor, color=colors, alpha=0.75, height=0.6, label="p50")
+    ax.hlines(y, p50, p99, color="#555", linewidth=0.8)
+    ax.scatter(p90, y, marker="|", color="#ff7f0e", s=70, zorder=3, label="p90")
+    ax.scatter(p99, y, marker="|", color="red", s=70, zorder=3, label="p99")
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{r.segment}  ({r.packets:,})" for r in rows], fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("µs (bar: p50, orange: p90, red: p99; in parentheses: packets)")
+    ax.set_title(f"{title}: {lat.intervals:,} intervals, {lat.seconds:,.1f} s", loc="left")
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
     ax.grid(axis="x", which="both", alpha=0.25)
     return _svg(fig)
 
@@ -210,10 +244,14 @@ def render_report(ca: CaptureAnalysis, files: list[str] | None = None, slowest: 
         f"<b>{html.escape(k)}</b> {html.escape(v)}"
         for k, v in (
             ("host", m.get("host")), ("kernel", m.get("kernel")), ("filter", m.get("filter")),
-            ("from", a.start), ("to", a.end), ("duration", f"{a.duration_s:.3f} s"),
+            ("from", a.start or (a.latency.start if a.latency else None)),
+            ("to", a.end or (a.latency.end if a.latency else None)),
+            ("duration", f"{a.duration_s:.3f} s" if a.start else (f"{a.latency.seconds:.3f} s" if a.latency else None)),
         )
         if v
     )
+    # `tracer latency -w`: histograms and no packet events; they lead the report.
+    latency_only = a.events == 0 and a.latency is not None
     lost_total = sum(v["lost"] for v in a.lost.values()) if a.lost else None
     cards = [
         ("events", f"{a.events:,}", False),
@@ -251,6 +289,7 @@ def render_report(ca: CaptureAnalysis, files: list[str] | None = None, slowest: 
         )
     else:
         lost_table = "<p class=\"note\">The capture has no statistics (not stopped cleanly?): lost events unknown.</p>"
+    histogram_section = _histogram_section(a.latency) if a.latency is not None else []
     meta_rows = [[k, _short(v)] for k, v in sorted(m.items()) if k != "containers"]
     if files:
         meta_rows.insert(0, ["files", ", ".join(files)])
@@ -262,8 +301,10 @@ def render_report(ca: CaptureAnalysis, files: list[str] | None = None, slowest: 
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1><p class=\"meta\">{meta_line}</p>",
         f"<div class=\"cards\">{cards_html}</div>",
+        *(histogram_section if latency_only else []),
         "<h2 id=\"latency\">Latency per hop segment</h2>", f"<figure class=\"plot\" id=\"plot-latency\">{latency_plot(a)}</figure>",
         seg_table,
+        *([] if latency_only else histogram_section),
         "<h2 id=\"waterfall\">Slowest journeys</h2>", f"<figure class=\"plot\" id=\"plot-waterfall\">{waterfall_plot(ca.slowest_journeys(slowest))}</figure>",
         "<h2 id=\"drops\">Drops</h2>", f"<figure class=\"plot\" id=\"plot-drops\">{drops_plot(a)}</figure>", drop_table,
         "<h2 id=\"throughput\">Throughput</h2>", f"<figure class=\"plot\" id=\"plot-throughput\">{throughput_plot(ca)}</figure>",
@@ -274,6 +315,31 @@ def render_report(ca: CaptureAnalysis, files: list[str] | None = None, slowest: 
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _histogram_section(lat: LatencySummary) -> list[str]:
+    table = _table(
+        ["segment", "from", "to", "packets", "p50 µs", "p90 µs", "p99 µs", "max µs"],
+        [[r.segment, r.hop_from or "", r.hop_to or "", f"{r.packets:,}", _us_or_dash(r.p50_ns), _us_or_dash(r.p90_ns),
+          _us_or_dash(r.p99_ns), _us_or_dash(r.max_ns)] for r in lat.rows()],
+        {3, 4, 5, 6, 7},
+    )
+    missing = ""
+    if lat.missing:
+        gone = ", ".join(f"{html.escape(hop)} {n:,}" for hop, n in lat.missing.items())
+        missing = f"<p class=\"note\">Never reached the next hop: {gone}.</p>"
+    note = (f"<p class=\"note\">{lat.intervals:,} intervals of <code>tracer latency -w</code> ({html.escape(str(lat.start))} .. "
+            f"{html.escape(str(lat.end))}), bucket counts summed over all of them; percentiles are interpolated inside "
+            "buckets 1/16 of a power of two wide.</p>")
+    return [
+        f"<h2 id=\"latency-histograms\">{html.escape(HISTOGRAM_TITLE)}</h2>",
+        f"<figure class=\"plot\" id=\"plot-latency-histograms\">{histogram_plot(lat)}</figure>",
+        note, table, missing,
+    ]
+
+
+def _us_or_dash(ns: float | None) -> str:
+    return "-" if ns is None else _us(ns)
 
 
 def _short(value: str, width: int = 140) -> str:

@@ -165,3 +165,19 @@ def test_stats_on_a_million_events_is_fast(tmp_path: Path, lab):
     elapsed = time.perf_counter() - started
     assert a.events == big.num_rows
     assert elapsed < 10, f"analysis of {big.num_rows:,} rows took {elapsed:.1f}s"
+
+
+def test_verdicts_agree_with_journeys_for_a_drop_after_delivery():
+    # A packet freed by the receiving socket after arriving (QUEUE_PURGE) is
+    # delivered in `trace`/`show`; `stats` must count it the same way.
+    from tests.unit.test_journeys import events, inbound_request
+    from tracer.analysis import analyse
+    from tracer.journeys import build_journeys
+
+    rows = inbound_request(pid=6)
+    rows.append({"packet_id": 6, "ktime_ns": rows[-1]["ktime_ns"] + 50_000, "hook": "drop",
+                 "drop_reason": "QUEUE_PURGE", "ifname": "eth0"})
+    table = events(rows)
+    (journey,) = build_journeys(table)
+    assert journey.verdict == "delivered"
+    assert analyse(table).verdicts == {"delivered": 1, "dropped": 0, "unknown": 0}
