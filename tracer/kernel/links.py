@@ -55,7 +55,27 @@ def link_error(exc: OSError, kind: str, *, hook: str | None = None, priority: in
     return TracerError(f"attaching a {kind} link failed: {os.strerror(err or 0)} (errno {err})")
 
 
-class _FdLink:
+class _Detaching:
+    """Detach on close, at the end of a with-block, and when garbage collected
+    (a dropped reference must not leave a program attached)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: os may be gone
+            pass
+
+
+class _FdLink(_Detaching):
     """Owns one link fd; closing it detaches."""
 
     kind = "bpf"
@@ -81,17 +101,6 @@ class _FdLink:
         if fd is not None:
             os.close(fd)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: os may be gone
-            pass
 
 
 class NetfilterLink(_FdLink):
@@ -182,7 +191,7 @@ def _has_clsact(ipr, ifindex: int) -> bool:
     return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
 
 
-class ClsactFilter:
+class ClsactFilter(_Detaching):
     """A direct-action ``bpf`` filter under clsact, named so a sweep can find it."""
 
     kind = "clsact"
@@ -243,17 +252,6 @@ class ClsactFilter:
         finally:
             ipr.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         return f"ClsactFilter({self.name}, ifindex={self.ifindex}, {self.direction}, netns={self.netns})"
