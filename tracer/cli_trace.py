@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 import click
 
 from tracer.errors import TracerError
+from tracer.output import write_out
 
 # A packet whose last sighting is this old is complete: a packet crosses the
 # host in well under a millisecond; the margin covers batching.
@@ -106,7 +106,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
     """Trace until count/duration/Ctrl-C; print journeys (unless ``journeys``
     is False: `record`), write them to ``recorder``'s capture if given; return
     the summary dict."""
-    from tracer.journeys import JourneyAssembler
+    from tracer.journeys import JourneyAssembler, first_journeys, journey_json_lines, journeys_of_table
     from tracer.render import Summary, render_journey, status_line
     from tracer.session import TraceSession
 
@@ -135,18 +135,22 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         last_status = started
         events_seen = 0
 
-        def show(batch) -> bool:
+        def show(table) -> bool:
+            """Print the journeys of a pop_complete_table batch (column-wise:
+            per-journey Python only to render the human text)."""
             nonlocal shown
-            for journey in batch:
-                if limits.count is not None and shown >= limits.count:
+            if limits.count is not None:
+                if shown >= limits.count:
                     return True
-                if as_json:
-                    out.write(json.dumps(journey.to_json_dict()) + "\n")
-                else:
-                    out.write(render_journey(journey, color) + "\n")
-                out.flush()
-                summary.add([journey])
-                shown += 1
+                table = first_journeys(table, limits.count - shown)
+            if as_json:
+                texts = journey_json_lines(table)
+            else:
+                texts = [render_journey(j, color) for j in journeys_of_table(table)]
+            if texts:
+                write_out("\n".join(texts) + "\n", out)
+            summary.add_table(table)
+            shown += len(texts)
             return limits.count is not None and shown >= limits.count
 
         def take(table) -> None:
@@ -161,7 +165,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             take(session.poll(POLL_S))
             if recorder is not None:
                 recorder.tick()
-            if journeys and show(assembler.pop_complete(IDLE_NS, session.now_ktime())):
+            if journeys and show(assembler.pop_complete_table(IDLE_NS, session.now_ktime())):
                 break
             if not journeys and limits.count is not None and recorder.packets >= limits.count:
                 break
@@ -180,7 +184,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         # so the events counted are the events written.
         counters = _drain(session, take)
         if journeys:
-            show(assembler.flush())
+            show(assembler.flush_table())
         summary.set_lost(counters.lost, counters.emitted)
         if recorder is not None:
             stats = recorder.finish(counters)

@@ -15,7 +15,7 @@ may still be moving until they have been quiet for a while.
 from __future__ import annotations
 
 import gc
-from collections import deque
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -55,11 +55,16 @@ class Hop:
     @property
     def label(self) -> str:
         """'nf_prerouting/after', 'tc_egress@bridge', 'drop': the hop's place in the path."""
-        if self.hook in _NF_HOOKS and self.nat_stage:
-            return f"{self.hook}/{self.nat_stage}"
-        if self.hook.startswith("tc_") and self.if_role:
-            return f"{self.hook}@{self.if_role}"
-        return self.hook
+        return hop_label(self.hook, self.nat_stage, self.if_role)
+
+
+def hop_label(hook: str, nat_stage: str | None, if_role: str | None) -> str:
+    """Hop.label from its parts (also used on columns, once per distinct hop)."""
+    if hook in _NF_HOOKS and nat_stage:
+        return f"{hook}/{nat_stage}"
+    if hook.startswith("tc_") and if_role:
+        return f"{hook}@{if_role}"
+    return hook
 
 
 @dataclass(slots=True)
@@ -223,18 +228,37 @@ _DIRECTION_NAMES = np.array([None, "original", "reply"], dtype=object)
 def _normalise(table: pa.Table) -> pa.Table:
     """Only the columns journeys need, in the types above; rows without a
     packet id (no sensor could tie them to a packet) left out."""
+    if table.schema.equals(_WORK_SCHEMA):
+        work = table  # already normalised (pop_complete_table's output)
+    else:
+        work = _conform(table)
+    pid = work["packet_id"]
+    known = _numpy(pid) != 0
+    return work if known.all() else work.filter(pa.array(known))
+
+
+_WORK_NAMES = tuple(_WORK_SCHEMA.names)
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    names = set(table.column_names)
+    if names.issuperset(_WORK_NAMES):
+        picked = table.select(_WORK_NAMES)
+        if picked.schema.equals(_WORK_SCHEMA):  # EVENT_SCHEMA input: no cast needed
+            return picked
     cols = []
     for f in _WORK_SCHEMA:
-        if f.name not in table.column_names:
+        if f.name not in names:
             cols.append(pa.nulls(table.num_rows, f.type))
             continue
         col = table.column(f.name)
         cols.append(col if col.type == f.type else col.cast(f.type))
-    work = pa.Table.from_arrays(cols, schema=_WORK_SCHEMA)
-    return work.filter(pc.fill_null(pc.not_equal(work["packet_id"], 0), False))
+    return pa.Table.from_arrays(cols, schema=_WORK_SCHEMA)
 
 
 def _numpy(col: pa.ChunkedArray | pa.Array, fill: int = 0) -> np.ndarray:
+    if col.null_count == 0:  # the common case: skip fill_null's copy
+        return col.to_numpy()
     return pc.fill_null(col, fill).to_numpy()
 
 
@@ -381,6 +405,11 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
+def _sort_order(pid: np.ndarray, ktime: np.ndarray) -> np.ndarray:
+    """Stable (packet_id, ktime_ns) order, as _sort."""
+    return np.lexsort((ktime, pid))
+
+
 def _sort(work: pa.Table) -> pa.Table:
     # Arrow's sort is stable: sightings with equal timestamps keep ring-buffer order.
     return work.take(pc.sort_indices(work, [("packet_id", "ascending"), ("ktime_ns", "ascending")]))
@@ -441,24 +470,25 @@ class JourneyAssembler:
         self.recent_ids = recent_ids
         self.late_rows = 0
         self._pending: list[pa.Table] = []
-        self._emitted: deque[int] = deque()
-        self._emitted_array: np.ndarray | None = None
+        # Per pending table, which rows are still held (None: all). The fast
+        # path marks emitted rows here instead of copying the held ones out.
+        self._held: list[np.ndarray | None] = []
+        self._emitted = np.zeros(0, np.uint64)  # ids of the last recent_ids emitted packets
 
     def add(self, table: pa.Table) -> None:
         work = _normalise(table).combine_chunks()
-        if work.num_rows and self._emitted:
-            if self._emitted_array is None:
-                self._emitted_array = np.fromiter(self._emitted, dtype=np.uint64, count=len(self._emitted))
-            late = np.isin(_numpy(work["packet_id"]), self._emitted_array)
+        if work.num_rows and len(self._emitted):
+            late = np.isin(_numpy(work["packet_id"]), self._emitted)
             if late.any():
                 self.late_rows += int(late.sum())
                 work = work.filter(pa.array(~late))
         if work.num_rows:
             self._pending.append(work)
+            self._held.append(None)
 
     @property
     def pending_rows(self) -> int:
-        return sum(t.num_rows for t in self._pending)
+        return sum(t.num_rows if m is None else int(m.sum()) for t, m in zip(self._pending, self._held))
 
     def pop_complete(self, idle_ns: int, now_ktime: int) -> list[Journey]:
         """Journeys of packets not seen for at least ``idle_ns`` before
@@ -468,25 +498,73 @@ class JourneyAssembler:
             return []
         cutoff = now_ktime - idle_ns
         if cutoff < 0:
-            self._pending = [work]
+            self._set_pending([work])
             return []
         last = work.group_by("packet_id").aggregate([("ktime_ns", "max")])
         quiet = pc.less_equal(last["ktime_ns_max"], pa.scalar(cutoff, pa.uint64()))
         done_ids = last["packet_id"].filter(quiet)
         if len(done_ids) == 0:
-            self._pending = [work]
+            self._set_pending([work])
             return []
         done_mask = pc.is_in(work["packet_id"], value_set=done_ids.combine_chunks())
         rest = work.filter(pc.invert(done_mask))
-        self._pending = [rest] if rest.num_rows else []
+        self._set_pending([rest] if rest.num_rows else [])
         journeys = _build_sorted(_sort(work.filter(done_mask)))
         self._remember(j.packet_id for j in journeys)
         return journeys
 
+    def pop_complete_table(self, idle_ns: int, now_ktime: int) -> pa.Table:
+        """Like pop_complete, as rows rather than Journey objects: the complete
+        packets' rows (normalised columns, sorted by packet_id, ktime_ns, flow
+        and direction filled) for journey_json_lines / Summary.add_table."""
+        cutoff = now_ktime - idle_ns
+        if not self._pending or cutoff < 0:
+            return _WORK_SCHEMA.empty_table()
+        work = pa.concat_tables(self._pending).combine_chunks()
+        held = np.concatenate([np.ones(t.num_rows, bool) if m is None else m for t, m in zip(self._pending, self._held)])
+        rows = np.flatnonzero(held)
+        pid = _numpy(work["packet_id"])[rows]
+        ktime = _numpy(work["ktime_ns"])[rows]
+        # One sort permutation of the held rows: quiet packets are whole runs
+        # of it, and only their rows are copied out.
+        order = _sort_order(pid, ktime)
+        spid, skt = pid[order], ktime[order]
+        starts = np.concatenate(([0], np.flatnonzero(spid[1:] != spid[:-1]) + 1))
+        ends = np.append(starts[1:], len(spid))
+        quiet = skt[ends - 1] <= cutoff  # sorted by time within a packet: the last is the latest
+        if not quiet.any():
+            return _WORK_SCHEMA.empty_table()
+        done = rows[order[np.repeat(quiet, ends - starts)]]
+        held[done] = False
+        self._keep_held(held)
+        self._remember_array(spid[starts[quiet]])
+        return _fill_sorted(work.take(pa.array(done)))
+
+    def _keep_held(self, held: np.ndarray) -> None:
+        """Store the held-row mask back per table; drop tables fully emitted."""
+        pending, masks, at = [], [], 0
+        for t in self._pending:
+            m = held[at : at + t.num_rows]
+            at += t.num_rows
+            if m.any():
+                pending.append(t)
+                masks.append(None if m.all() else m)
+        self._pending, self._held = pending, masks
+
+    def flush_table(self) -> pa.Table:
+        """Everything still held, as pop_complete_table rows."""
+        work = self._take()
+        self._set_pending([])
+        if work is None:
+            return _WORK_SCHEMA.empty_table()
+        work = _sort(work)
+        self._remember_array(np.unique(_numpy(work["packet_id"])))
+        return _fill_sorted(work)
+
     def flush(self) -> list[Journey]:
         """Everything still held (at exit), complete or not."""
         work = self._take()
-        self._pending = []
+        self._set_pending([])
         if work is None:
             return []
         journeys = _build_sorted(_sort(work))
@@ -496,11 +574,548 @@ class JourneyAssembler:
     def _take(self) -> pa.Table | None:
         if not self._pending:
             return None
-        return pa.concat_tables(self._pending).combine_chunks()
+        tables = [t if m is None else t.filter(pa.array(m)) for t, m in zip(self._pending, self._held)]
+        return pa.concat_tables(tables).combine_chunks()
+
+    def _set_pending(self, tables: list[pa.Table]) -> None:
+        self._pending, self._held = tables, [None] * len(tables)
+
+    def _remember_array(self, ids: np.ndarray) -> None:
+        self._emitted = np.concatenate((self._emitted, ids.astype(np.uint64)))[-self.recent_ids :]
 
     def _remember(self, ids: Iterable[int]) -> None:
-        for pid in ids:
-            self._emitted.append(pid)
-        while len(self._emitted) > self.recent_ids:
-            self._emitted.popleft()
-        self._emitted_array = None
+        self._remember_array(np.fromiter(ids, dtype=np.uint64))
+
+
+# --- vectorised journeys (the live --json path) -------------------------------
+#
+# Building one Journey/Hop object per sighting and json.dumps-ing it costs
+# ~10 µs per event: too slow for 100k events/s. The functions below compute
+# the same journeys on whole columns: per-packet facts with reduceat over
+# packet groups, and the JSON text by formatting each *distinct* value once
+# (a handful of hooks, interfaces, endpoints) and gluing per-row fragments
+# with Arrow string kernels. One packet's JSON line is then a contiguous
+# slice of the glued buffer.
+
+
+@dataclass(slots=True)
+class _Codes:
+    """A dictionary column as integer codes: ``codes`` index ``values``; the
+    last slot of ``values`` is None (null rows point there)."""
+
+    codes: np.ndarray
+    values: list
+
+
+def _codes(col: pa.ChunkedArray | pa.Array) -> _Codes:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    values = arr.dictionary.to_pylist()
+    return _Codes(_numpy(arr.indices, len(values)).astype(np.int64), values + [None])
+
+
+def _lut(values: list, fn: Callable[[object], object], dtype=bool) -> np.ndarray:
+    return np.array([fn(v) for v in values], dtype=dtype)
+
+
+def _factorize(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct keys, index of each row's key), for non-negative int64 keys.
+    Small key ranges go through a lookup table, others through Arrow's hash
+    kernel: both avoid np.unique's sort."""
+    if len(key) and 0 <= key.min() and key.max() < 4 * len(key) + 4096:
+        present = np.bincount(key)
+        uniq = np.flatnonzero(present)
+        lut = np.zeros(len(present), np.int64)
+        lut[uniq] = np.arange(len(uniq))
+        return uniq, lut[key]
+    enc = pa.array(key).dictionary_encode()
+    return enc.dictionary.to_numpy(), enc.indices.to_numpy().astype(np.int64)
+
+
+def _dumps(v) -> str:
+    return json.dumps(v)
+
+
+@dataclass(slots=True)
+class JourneyRows:
+    """Journeys of a table as columns, hops in journey order (packets by first
+    sighting, hops by time, one drop row last). Row arrays index ``work``
+    through ``rows``; packet arrays have one entry per journey."""
+
+    work: pa.Table
+    rows: np.ndarray  # row of work for each hop, journey order
+    starts: np.ndarray  # first hop of each packet (into rows), plus a final end
+    packet_id: np.ndarray
+    flow_id: np.ndarray  # 0 = unknown
+    direction: np.ndarray  # index into _DIRECTION_NAMES
+    verdict: np.ndarray  # index into VERDICTS
+    reason: np.ndarray  # drop_reason code of the journey (null slot when not dropped)
+    last_seen: np.ndarray  # hop index (into rows) of the last hop before the drop, -1 if none
+    ktime: np.ndarray  # per hop
+    dt: np.ndarray  # per hop
+    hook: _Codes
+    stage: _Codes
+    role: _Codes  # with the in-container-netns fill; per hop
+    drop_reason: _Codes
+    src: tuple[np.ndarray, np.ndarray, np.ndarray]  # (ip code, port, icmp) per hop, drop rows filled
+    dst: tuple[np.ndarray, np.ndarray, np.ndarray]
+    src_ip: list
+    dst_ip: list
+    container: _Codes  # per hop: name, else id[:12]
+    container_of: np.ndarray  # per packet: container code of the first named hop
+    protocol: _Codes  # per packet
+    tcp_flags: np.ndarray  # per packet
+    length: np.ndarray  # per packet
+    netns: np.ndarray  # per hop
+    ifname: _Codes  # per hop
+    container_id: _Codes  # per hop
+
+    def __len__(self) -> int:
+        return len(self.packet_id)
+
+
+def _journey_rows(work: pa.Table) -> JourneyRows:
+    """JourneyRows of a normalised table sorted by (packet_id, ktime_ns)."""
+    n = work.num_rows
+    pid = _numpy(work["packet_id"])
+    ktime = _numpy(work["ktime_ns"]).astype(np.int64)
+    starts0 = np.flatnonzero(np.diff(pid)) + 1 if n else np.zeros(0, np.int64)
+    starts0 = np.concatenate(([0], starts0)).astype(np.int64) if n else starts0
+    sizes0 = np.diff(np.append(starts0, n))
+    group = np.repeat(np.arange(len(starts0)), sizes0)
+
+    # Facts some rows know, over all of a packet's rows (as _build_sorted).
+    flow = np.maximum.reduceat(_numpy(work["flow_id"]), starts0) if n else np.zeros(0, np.uint64)
+    dcodes = _codes(work["direction"])
+    dir_row = _lut(dcodes.values, lambda v: _DIRECTION_CODES.get(v, 0), np.int8)[dcodes.codes]
+    direction = np.maximum.reduceat(dir_row, starts0) if n else np.zeros(0, np.int8)
+    dt_all = ktime - ktime[starts0][group] if n else ktime
+    proto_all = _codes(work["protocol"])
+    tflags_all = _numpy(work["tcp_flags"])
+
+    # The drop row ends the journey; later drop rows of the same packet go.
+    hook = _codes(work["hook"])
+    is_drop_all = _lut(hook.values, lambda v: v == "drop")[hook.codes]
+    rows = np.arange(n)
+    if is_drop_all.any():
+        drops = np.flatnonzero(is_drop_all)
+        dup = np.zeros(n, bool)
+        dup[drops[1:][group[drops[1:]] == group[drops[:-1]]]] = True
+        rows = np.flatnonzero(~dup)
+        key = group[rows] * 2 + is_drop_all[rows]
+        rows = rows[np.argsort(key, kind="stable")]
+    sizes = np.bincount(group[rows], minlength=len(starts0))
+    first = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)[: len(sizes)]
+
+    # Journeys in order of first sighting (ties by packet id), as build_journeys.
+    order = np.lexsort((pid[starts0], ktime[rows[first]])) if n else first
+    if not np.array_equal(order, np.arange(len(order))):
+        sizes_o = sizes[order]
+        new_first = np.concatenate(([0], np.cumsum(sizes_o)[:-1])).astype(np.int64)
+        rows = rows[np.repeat(first[order] - new_first, sizes_o) + np.arange(len(rows))]
+        sizes, first = sizes_o, new_first
+    else:
+        order = np.arange(len(order))
+    starts = np.append(first, len(rows)).astype(np.int64)
+    last = starts[1:] - 1
+
+    # Per-hop columns in journey order.
+    hook = _Codes(hook.codes[rows], hook.values)
+    is_drop = is_drop_all[rows]
+    stage = _codes(work["nat_stage"])
+    stage = _Codes(stage.codes[rows], stage.values)
+    role = _codes(work["if_role"])
+    in_ns = ((_numpy(work["flags"]) & FLAG_IN_CONTAINER_NS) != 0)[rows]
+    role_values = role.values + ["container"]  # extra slot: a tc program inside a container netns
+    role_codes = role.codes[rows]
+    role_codes[in_ns & (role_codes == len(role.values) - 1)] = len(role_values) - 1
+    role = _Codes(role_codes, role_values)
+
+    terminal = _terminal(hook, stage, role)
+    two = sizes > 1
+    prev = np.where(two, last - 1, last)
+    last_drop = is_drop[last]
+    delivered = np.where(last_drop, two & terminal[prev], terminal[last])
+    dropped = last_drop & ~delivered
+    verdict = np.where(delivered, 0, np.where(dropped, 1, 2)).astype(np.int8)
+    reasons = _codes(work["drop_reason"])
+    reason_hop = reasons.codes[rows]
+    null_reason = len(reasons.values) - 1
+    reason = np.where(dropped, reason_hop[last], null_reason)
+    last_seen = np.where(last_drop & two, last - 1, -1)
+
+    # Endpoints as codes; a drop row without addresses shows its last sighting's.
+    protocol_row = proto_all.codes[rows]
+    icmp_row = _lut(proto_all.values, lambda v: v == "icmp")[protocol_row]
+    s_ip, d_ip = _codes(work["src_ip"]), _codes(work["dst_ip"])
+    src = [s_ip.codes[rows], _numpy(work["src_port"])[rows].astype(np.int64), icmp_row.copy()]
+    dst = [d_ip.codes[rows], _numpy(work["dst_port"])[rows].astype(np.int64), icmp_row.copy()]
+    s_null, d_null = len(s_ip.values) - 1, len(d_ip.values) - 1
+    fill = last[(last_seen >= 0) & (src[0][last] == s_null) & (dst[0][last] == d_null)]
+    for arr in (*src, *dst):
+        arr[fill] = arr[fill - 1]
+
+    # Container: the name, else the short id; a journey's is its first named hop's.
+    names, ids = _codes(work["container_name"]), _codes(work["container_id"])
+    c_values = names.values[:-1] + [v[:12] if v else None for v in ids.values]
+    c_codes = np.where(names.codes == len(names.values) - 1, len(names.values) - 1 + ids.codes, names.codes)[rows]
+    truthy = _lut(c_values, bool)[c_codes]
+    pos = np.where(truthy, np.arange(len(rows)), len(rows))
+    firstnamed = np.minimum.reduceat(pos, first) if len(rows) else pos
+    named = firstnamed < starts[1:]
+    container_of = np.where(named, c_codes[np.minimum(firstnamed, max(len(rows) - 1, 0))], len(c_values) - 1)
+
+    ifn = _codes(work["ifname"])
+    p_first = starts0[order]  # the packet's earliest row (before drop reordering), as _build_sorted
+    return JourneyRows(
+        work=work,
+        rows=rows,
+        starts=starts,
+        packet_id=pid[p_first],
+        flow_id=flow[order],
+        direction=direction[order],
+        verdict=verdict,
+        reason=reason,
+        last_seen=last_seen,
+        ktime=ktime[rows],
+        dt=dt_all[rows],
+        hook=hook,
+        stage=stage,
+        role=role,
+        drop_reason=_Codes(reason_hop, reasons.values),
+        src=tuple(src),
+        dst=tuple(dst),
+        src_ip=s_ip.values,
+        dst_ip=d_ip.values,
+        container=_Codes(c_codes, c_values),
+        container_of=container_of,
+        protocol=_Codes(proto_all.codes[p_first], proto_all.values),
+        tcp_flags=tflags_all[p_first],
+        length=_numpy(work["length"])[p_first],
+        netns=_numpy(work["netns"])[rows].astype(np.int64),
+        ifname=_Codes(ifn.codes[rows], ifn.values),
+        container_id=_Codes(ids.codes[rows], ids.values),
+    )
+
+
+_DIRECTION_CODES = {"original": 1, "reply": 2}
+
+
+def _terminal(hook: _Codes, stage: _Codes, role: _Codes) -> np.ndarray:
+    """is_terminal for every hop, rule by rule over the small dictionaries."""
+    out = np.zeros(len(hook.codes), bool)
+    for name, stages, roles, _ in TERMINAL_SIGHTINGS:
+        m = _lut(hook.values, lambda v: v == name)[hook.codes]
+        if stages is not None:
+            m &= _lut(stage.values, lambda v: v in stages)[stage.codes]
+        if roles is not None:
+            m &= _lut(role.values, lambda v: v in roles)[role.codes]
+        out |= m
+    return out
+
+
+# One-entry cache: the --json loop computes journey rows for the JSON lines
+# and again for the summary of the same table.
+_last_rows: tuple[pa.Table, JourneyRows] | None = None
+
+
+def journey_rows(table: pa.Table) -> JourneyRows:
+    """JourneyRows of an event table (EVENT_SCHEMA, or a table from
+    ``pop_complete_table``)."""
+    global _last_rows
+    if _last_rows is not None and _last_rows[0] is table:
+        return _last_rows[1]
+    work = _normalise(table)
+    if not _is_sorted(work):
+        work = _sort(work)
+    jr = _journey_rows(work.combine_chunks())
+    _last_rows = (table, jr)
+    return jr
+
+
+def _is_sorted(work: pa.Table) -> bool:
+    """Already in (packet_id, ktime_ns) order (pop_complete_table's output)?"""
+    if work.num_rows < 2:
+        return True
+    pid = _numpy(work["packet_id"])
+    kt = _numpy(work["ktime_ns"])
+    same = pid[1:] == pid[:-1]
+    return bool(np.all(pid[1:] >= pid[:-1]) and np.all(~same | (kt[1:] >= kt[:-1])))
+
+
+def journey_json_lines(table: pa.Table) -> list[str]:
+    """One JSON line per journey, in order of first sighting: for each packet
+    exactly ``json.dumps(journey.to_json_dict())`` of build_journeys(table)."""
+    jr = journey_rows(table)
+    if not len(jr):
+        return []
+    hops = _glued_hops(jr).to_pylist()
+    bounds = jr.starts.tolist()
+    return ["".join(hops[s:e]) for s, e in zip(bounds[:-1], bounds[1:])]
+
+
+def _glued_hops(jr: JourneyRows) -> pa.Array:
+    """Per hop a JSON fragment such that a packet's line is its hops'
+    fragments back to back: [packet header] + [previous hop's end + ', '] +
+    hop up to dt_ns + dt + [last hop's end + ']}']. The text around dt is one
+    value per distinct (previous container_id, hook..dst); only dt is
+    formatted per row."""
+    n, npk = len(jr.rows), len(jr)
+    first = jr.starts[:-1]
+    last = jr.starts[1:] - 1
+    is_first = np.zeros(n, bool)
+    is_first[first] = True
+
+    # hook .. container: one formatted prefix per distinct combination.
+    cid, ifn = jr.container_id, jr.ifname
+    cid_codes = cid.codes
+    ku, kidx = _factorize(
+        _mixed_radix(
+            [(jr.hook.codes, None), (jr.stage.codes, len(jr.stage.values)),
+             (jr.container.codes, len(jr.container.values)), (ifn.codes, len(ifn.values))]
+        )
+    )
+    nu, nidx = _factorize(jr.netns)
+    hu, hidx = _factorize(kidx * len(nu) + nidx)
+    n_if, n_c, n_st = len(ifn.values), len(jr.container.values), len(jr.stage.values)
+    heads = []
+    for h in hu.tolist():
+        k, ns = divmod(h, len(nu))
+        k, i = divmod(int(ku[k]), n_if)
+        k, c = divmod(k, n_c)
+        hk, st = divmod(k, n_st)
+        heads.append(_head_text(jr.hook.values[hk], jr.stage.values[st], ifn.values[i], int(nu[ns]), jr.container.values[c]))
+    # src, dst: once per distinct endpoint, then per distinct pair.
+    su, sidx = _factorize(_endpoint_key(jr.src))
+    du, didx = _factorize(_endpoint_key(jr.dst))
+    pu, pidx = _factorize(sidx * len(du) + didx)
+    s_text = [_endpoint_json(k, jr.src_ip) for k in su.tolist()]
+    d_text = [_endpoint_json(k, jr.dst_ip) for k in du.tolist()]
+    nd = len(du)
+    pairs = [f'{s_text[p // nd]}, "dst": {d_text[p % nd]}, "dt_ns": ' for p in pu.tolist()]
+    # What closes the previous hop: nothing on a journey's first hop.
+    ends = [_end_text(v) for v in cid.values]
+    prev_end = np.empty(n, np.int64)
+    prev_end[1:] = cid_codes[:-1]
+    prev_end[is_first] = len(ends)
+    ends_sep = [e + ", " for e in ends] + [""]
+
+    # (previous end, head) has few distinct values; pairs many (ephemeral
+    # ports): two columns, each formatted once per distinct value.
+    eu, eidx = _factorize(prev_end * len(hu) + hidx)
+    e_end, e_head = np.divmod(eu, len(hu))
+    lead_head = pa.array([ends_sep[e] + heads[h] for e, h in zip(e_end.tolist(), e_head.tolist())], pa.string())
+    head = lead_head.take(pa.array(eidx))
+    addrs = pa.array(pairs, pa.string()).take(pa.array(pidx))
+    dt = pc.cast(pa.array(jr.dt), pa.string())
+    closing = pa.array([e + "]}" for e in ends], pa.string()).take(pa.array(cid_codes[last]))
+    lead = _spread(_headers(jr), first, n)
+    tail = _spread(closing, last, n)
+    return pc.binary_join_element_wise(lead, head, addrs, dt, tail, "")
+
+
+def _spread(values: pa.Array, at: np.ndarray, n: int) -> pa.StringArray:
+    """A length-n string array with values[i] at row at[i] and '' elsewhere."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    indices = np.full(n, len(values), dtype=np.int64)  # -> the '' appended below
+    indices[at] = np.arange(len(values))
+    padded = pa.concat_arrays([values.cast(pa.string()), pa.array([""], pa.string())])
+    return padded.take(pa.array(indices))
+
+
+def _mixed_radix(parts: list[tuple[np.ndarray, int | None]]) -> np.ndarray:
+    """One int64 key from several small codes (the radix of the first is unused)."""
+    key = parts[0][0].astype(np.int64)
+    for codes, radix in parts[1:]:
+        key = key * radix + codes
+    return key
+
+
+def _endpoint_key(ep: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    ip, port, icmp = ep
+    return (ip << 17) | (port << 1) | icmp
+
+
+def _endpoint_json(key: int, ips: list) -> str:
+    return _endpoint_text(ips[key >> 17], (key >> 1) & 0xFFFF, key & 1)
+
+
+# Formatted texts are cached across batches: the same few hooks, interfaces
+# and endpoints recur in every poll.
+@lru_cache(maxsize=1 << 16)
+def _endpoint_text(ip: str | None, port: int, icmp: int) -> str:
+    if ip is None:
+        return "null"
+    return _dumps(ip if icmp else f"{ip}:{port}")
+
+
+@lru_cache(maxsize=1 << 12)
+def _head_text(hook, stage, ifname, netns: int, container) -> str:
+    return (
+        f'{{"hook": {_dumps(hook)}, "nat_stage": {_dumps(stage)}, "ifname": {_dumps(ifname)}, '
+        f'"netns": {netns}, "container": {_dumps(container)}, "src": '
+    )
+
+
+@lru_cache(maxsize=1 << 12)
+def _header_text(direction, protocol, flags: int, container, verdict: str, reason) -> str:
+    return (
+        f', "direction": {_dumps(direction)}, "protocol": {_dumps(protocol)}, '
+        f'"tcp_flags": {_dumps(None if flags == 256 else _flags_text(flags))}, '
+        f'"container": {_dumps(container)}, "verdict": {_dumps(verdict)}, '
+        f'"drop_reason": {_dumps(reason)}, "hops": ['
+    )
+
+
+@lru_cache(maxsize=1 << 12)
+def _end_text(container_id) -> str:
+    return f', "container_id": {_dumps(container_id)}}}'
+
+
+
+_HEADER_KEYS = ("direction", "protocol", "tcp_flags", "container", "verdict", "drop_reason")
+
+
+def _headers(jr: JourneyRows) -> pa.Array:
+    """'{"packet_id": ..., "hops": [' per journey."""
+    npk = len(jr)
+    tcp = _lut(jr.protocol.values, lambda v: v == "tcp")[jr.protocol.codes]
+    flags = np.where(tcp, jr.tcp_flags.astype(np.int64), 256)  # 256: not TCP -> null
+    key = _mixed_radix(
+        [(jr.direction.astype(np.int64), None), (jr.protocol.codes, len(jr.protocol.values)), (flags, 257),
+         (jr.container_of, len(jr.container.values)), (jr.verdict.astype(np.int64), 3),
+         (jr.reason, len(jr.drop_reason.values))]
+    )
+    ku, kidx = _factorize(key)
+    texts = []
+    for k in ku.tolist():
+        k, r = divmod(k, len(jr.drop_reason.values))
+        k, v = divmod(k, 3)
+        k, c = divmod(k, len(jr.container.values))
+        k, f = divmod(k, 257)
+        d, p = divmod(k, len(jr.protocol.values))
+        texts.append(
+            _header_text(_DIRECTION_NAMES[d], jr.protocol.values[p], f, jr.container.values[c], VERDICTS[v], jr.drop_reason.values[r])
+        )
+    rest = pa.array(texts, pa.string()).take(pa.array(kidx))
+    flow = pa.array(jr.flow_id, pa.uint64(), mask=jr.flow_id == 0)  # 0: unknown -> null
+    flow_text = pc.fill_null(pc.cast(flow, pa.string()), "null")
+    return pc.binary_join_element_wise(
+        pa.scalar('{"packet_id": '), pc.cast(pa.array(jr.packet_id, pa.uint64()), pa.string()),
+        pa.scalar(', "flow_id": '), flow_text, rest, "",
+    )
+
+
+def _fill_sorted(work: pa.Table) -> pa.Table:
+    """A sorted work table with flow_id/direction spread over each packet's rows."""
+    if work.num_rows == 0:
+        return work
+    work = work.combine_chunks()
+    pid = _numpy(work["packet_id"])
+    starts = np.concatenate(([0], np.flatnonzero(pid[1:] != pid[:-1]) + 1))
+    sizes = np.diff(np.append(starts, len(pid)))
+    flow = np.repeat(np.maximum.reduceat(_numpy(work["flow_id"]), starts), sizes)
+    d = _codes(work["direction"])
+    code = np.repeat(np.maximum.reduceat(_lut(d.values, lambda v: _DIRECTION_CODES.get(v, 0), np.int8)[d.codes], starts), sizes)
+    direction = pa.DictionaryArray.from_arrays(
+        pa.array(code.astype(np.int32) - 1, mask=code == 0), pa.array(["original", "reply"])
+    )
+    work = work.set_column(work.schema.get_field_index("flow_id"), "flow_id", pa.array(flow, pa.uint64()))
+    return work.set_column(work.schema.get_field_index("direction"), "direction", direction)
+
+
+def journey_count(table: pa.Table) -> int:
+    """Number of journeys (packets) in a pop_complete_table table."""
+    pid = _numpy(_normalise(table)["packet_id"])
+    return int(len(np.unique(pid)))
+
+
+def first_journeys(table: pa.Table, n: int) -> pa.Table:
+    """The rows of the first ``n`` journeys (by first sighting, as
+    journey_json_lines orders them): for --count."""
+    jr = journey_rows(table)
+    if n >= len(jr):
+        return table
+    keep = np.zeros(jr.work.num_rows, bool)
+    keep[np.isin(_numpy(jr.work["packet_id"]), jr.packet_id[:n])] = True
+    return jr.work.filter(pa.array(keep))
+
+
+def journeys_of_table(table: pa.Table) -> list[Journey]:
+    """build_journeys(table), built from JourneyRows: the per-packet work is
+    done on columns, Python only creates the objects (the human path)."""
+    jr = journey_rows(table)
+    if not len(jr):
+        return []
+    with _no_gc():
+        return _journeys_of_rows(jr)
+
+
+def _journeys_of_rows(jr: JourneyRows) -> list[Journey]:
+    def objects(c: _Codes) -> list:
+        lut = np.empty(len(c.values), dtype=object)
+        lut[:] = c.values
+        return lut[c.codes].tolist()
+
+    sizes = np.diff(jr.starts)
+    src, dst = _endpoint_strings(jr.src, jr.src_ip), _endpoint_strings(jr.dst, jr.dst_ip)
+    hops = list(
+        map(
+            Hop,
+            objects(jr.hook),
+            objects(jr.stage),
+            objects(jr.ifname),
+            objects(jr.role),
+            jr.netns.tolist(),
+            objects(jr.container),
+            src,
+            dst,
+            jr.ktime.tolist(),
+            jr.dt.tolist(),
+            objects(jr.drop_reason),
+            _DIRECTION_NAMES[np.repeat(jr.direction, sizes)].tolist(),
+            objects(jr.container_id),
+        )
+    )
+    tcp = _lut(jr.protocol.values, lambda v: v == "tcp")[jr.protocol.codes].tolist()
+    protocol = objects(jr.protocol)
+    container = objects(_Codes(jr.container_of, jr.container.values))
+    reason = objects(_Codes(jr.reason, jr.drop_reason.values))
+    direction = _DIRECTION_NAMES[jr.direction].tolist()
+    starts = jr.starts.tolist()
+    out = []
+    for g, (pid, flow, flags, length, verdict, seen) in enumerate(
+        zip(jr.packet_id.tolist(), jr.flow_id.tolist(), jr.tcp_flags.tolist(), jr.length.tolist(),
+            jr.verdict.tolist(), jr.last_seen.tolist())
+    ):
+        out.append(
+            Journey(
+                packet_id=pid,
+                flow_id=flow or None,
+                direction=direction[g],
+                protocol=protocol[g],
+                tcp_flags=_flags_text(flags) if tcp[g] else None,
+                length=length,
+                container=container[g],
+                verdict=VERDICTS[verdict],
+                drop_reason=reason[g],
+                hops=hops[starts[g] : starts[g + 1]],
+                last_seen=hops[seen] if seen >= 0 else None,
+            )
+        )
+    return out
+
+
+def _endpoint_strings(ep: tuple[np.ndarray, np.ndarray, np.ndarray], ips: list) -> list:
+    """Hop.src/dst text per hop, formatted once per distinct endpoint."""
+    keys, idx = _factorize(_endpoint_key(ep))
+    lut = np.empty(len(keys), dtype=object)
+    lut[:] = [_endpoint_plain(ips[k >> 17], (k >> 1) & 0xFFFF, k & 1) for k in keys.tolist()]
+    return lut[idx].tolist()
+
+
+@lru_cache(maxsize=1 << 16)
+def _endpoint_plain(ip: str | None, port: int, icmp: int) -> str | None:
+    if ip is None:
+        return None
+    return ip if icmp else f"{ip}:{port}"

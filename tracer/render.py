@@ -3,14 +3,15 @@ printed at exit. Plain text when ``color`` is False (pipes, tests)."""
 
 from __future__ import annotations
 
-import random
 from array import array
 from collections import Counter
 
 import click
 import numpy as np
 
-from tracer.journeys import Hop, Journey, nat_translation
+import pyarrow as pa
+
+from tracer.journeys import VERDICTS, Hop, Journey, JourneyRows, hop_label, journey_rows, nat_translation
 
 _ARROW = "→"
 _VERDICT_STYLE = {"delivered": {"fg": "green"}, "dropped": {"fg": "red", "bold": True}, "unknown": {"fg": "yellow"}}
@@ -30,6 +31,20 @@ def short_id(value: int | None, width: int = 6) -> str:
 
 def format_dt(ns: int) -> str:
     """'+12.3µs', '+1.25ms', '+2.00s': hops on one host are microseconds apart."""
+    # Integer rounding (a hot path in the human output); a value exactly
+    # half-way takes the float path, which rounds the binary double.
+    if 0 <= ns < 1_000_000:
+        q, r = divmod(ns, 100)
+        if r != 50:
+            q += r > 50
+            return f"+{q // 10}.{q % 10}µs"
+        return f"+{ns / 1e3:.1f}µs"
+    if 0 <= ns < 1_000_000_000:
+        q, r = divmod(ns, 10_000)
+        if r != 5_000:
+            q += r > 5_000
+            return f"+{q // 100}.{q % 100:02d}ms"
+        return f"+{ns / 1e6:.2f}ms"
     if ns < 1_000_000:
         return f"+{ns / 1e3:.1f}µs"
     if ns < 1_000_000_000:
@@ -63,30 +78,33 @@ def render_journey(j: Journey, color: bool) -> str:
     ]
     lines = [_style("  ".join(parts[:1]), color, bold=True) + "  " + "  ".join(parts[1:])]
 
-    w_dt = max(len(format_dt(h.dt_ns)) for h in j.hops)
-    w_hook = max(len(_hook_text(h)) for h in j.hops)
-    w_if = max(len(h.ifname or "-") for h in j.hops)
-    w_ct = max((len(h.container or "") for h in j.hops), default=0)
+    # Each hop's texts once (widths and rows both need them): this runs per
+    # hop, and the human path's cost is mostly here.
+    hops = j.hops
+    dts = [format_dt(h.dt_ns) for h in hops]
+    hooks = [f"{h.hook}/{h.nat_stage}" if h.nat_stage else h.hook for h in hops]
+    ifs = [h.ifname or "-" for h in hops]
+    cts = [h.container or "" for h in hops]
+    w_dt, w_hook, w_if = max(map(len, dts)), max(map(len, hooks)), max(map(len, ifs))
+    w_ct = max(map(len, cts), default=0)
     prev: Hop | None = None  # last hop that carried addresses
-    for hop in j.hops:
-        cols = [
-            format_dt(hop.dt_ns).rjust(w_dt),
-            _hook_text(hop).ljust(w_hook),
-            (hop.ifname or "-").ljust(w_if),
-        ]
+    for hop, dt, hook, ifname, ct in zip(hops, dts, hooks, ifs, cts):
+        head = f"    {dt.rjust(w_dt)}  {hook.ljust(w_hook)}  {ifname.ljust(w_if)}"
         if w_ct:
-            cols.append((hop.container or "").ljust(w_ct))
+            head += "  " + ct.ljust(w_ct)
         if hop.hook == "drop":
             seen = f" (last seen {_hook_text(j.last_seen)})" if j.last_seen else ""
-            text = "    " + "  ".join(cols + [f"{hop.drop_reason or 'dropped'}{seen}"])
+            text = f"{head}  {hop.drop_reason or 'dropped'}{seen}"
             lines.append(_style(text.rstrip(), color, fg="red", bold=True))
             continue
-        label = nat_translation(prev, hop) if prev is not None else None
-        cols.append(_flow_text(hop.src, hop.dst))
-        if label:
-            cols.append(_style(label, color, **_NAT_STYLE))
-        lines.append(("    " + "  ".join(cols)).rstrip())
-        if hop.src is not None and hop.dst is not None:
+        src, dst = hop.src, hop.dst
+        text = f"{head}  {src or '?'} {_ARROW} {dst or '?'}"
+        if prev is not None:
+            label = nat_translation(prev, hop)
+            if label:
+                text += "  " + _style(label, color, **_NAT_STYLE)
+        lines.append(text.rstrip())
+        if src is not None and dst is not None:
             prev = hop
     return "\n".join(lines)
 
@@ -104,22 +122,53 @@ def _rate(value: float) -> str:
 
 class _Samples:
     """Durations of one hop segment: exact up to ``cap`` values, then a uniform
-    reservoir sample, so a long trace keeps a bounded summary."""
+    reservoir sample, so a long trace keeps a bounded summary.
 
-    def __init__(self, cap: int, rng: random.Random) -> None:
+    Each segment draws from its own generator (seeded by the segment's
+    creation order), one uniform per value past the cap, so adding values one
+    at a time (Summary.add) or a batch at once (Summary.add_table) keeps the
+    same sample."""
+
+    def __init__(self, cap: int, seed: int) -> None:
         self.values = array("q")
         self.count = 0
         self._cap = cap
-        self._rng = rng
+        self._seed = seed
+        self._gen: np.random.Generator | None = None
+
+    def _rng(self) -> np.random.Generator:
+        if self._gen is None:
+            self._gen = np.random.default_rng(self._seed)
+        return self._gen
 
     def add(self, value: int) -> None:
         self.count += 1
         if len(self.values) < self._cap:
             self.values.append(value)
             return
-        i = self._rng.randrange(self.count)
+        i = int(self._rng().random() * self.count)
         if i < self._cap:
             self.values[i] = value
+
+    def add_many(self, values: np.ndarray) -> None:
+        """``add`` for each value in order, vectorised."""
+        room = self._cap - len(self.values)
+        if room > 0:
+            head = values[:room]
+            self.values.frombytes(np.ascontiguousarray(head, dtype=np.int64).tobytes())
+            self.count += len(head)
+            values = values[room:]
+        if not len(values):
+            return
+        counts = self.count + 1 + np.arange(len(values))
+        slots = (self._rng().random(len(values)) * counts).astype(np.int64)
+        self.count += len(values)
+        hit = slots < self._cap
+        if hit.any():
+            # A later value replaces an earlier one drawn for the same slot.
+            rev_slots, rev_values = slots[hit][::-1], values[hit][::-1]
+            uniq, last = np.unique(rev_slots, return_index=True)
+            np.frombuffer(self.values, dtype=np.int64)[uniq] = rev_values[last]
 
     def median_ns(self) -> float:
         return float(np.median(np.frombuffer(self.values, dtype=np.int64)))
@@ -134,7 +183,6 @@ class Summary:
         self.drops: Counter[tuple[str, str]] = Counter()  # (reason, hook last seen) -> packets
         self._flows: set[int] = set()
         self._segments: dict[str, _Samples] = {}  # insertion order follows the path
-        self._rng = random.Random(0)
         self._cap = sample_cap
         self.lost: dict[str, int] = {}
         self.events: dict[str, int] = {}
@@ -149,11 +197,71 @@ class Summary:
                 seen = _hook_text(j.last_seen) if j.last_seen else "-"
                 self.drops[(j.drop_reason or "unknown", seen)] += 1
             for a, b in zip(j.hops, j.hops[1:]):
-                key = f"{a.label} {_ARROW} {b.label}"
-                samples = self._segments.get(key)
-                if samples is None:
-                    samples = self._segments[key] = _Samples(self._cap, self._rng)
-                samples.add(b.ktime_ns - a.ktime_ns)
+                self._samples(f"{a.label} {_ARROW} {b.label}").add(b.ktime_ns - a.ktime_ns)
+
+    def _samples(self, key: str) -> _Samples:
+        samples = self._segments.get(key)
+        if samples is None:
+            samples = self._segments[key] = _Samples(self._cap, len(self._segments))
+        return samples
+
+    def add_table(self, table: pa.Table) -> None:
+        """``add`` of the journeys of an event table (pop_complete_table's
+        rows), on columns: same totals, same segment samples."""
+        jr = journey_rows(table)
+        if not len(jr):
+            return
+        self.packets += len(jr)
+        for name, n in zip(VERDICTS, np.bincount(jr.verdict, minlength=len(VERDICTS)).tolist()):
+            self.verdicts[name] += n
+        self._flows.update(np.unique(jr.flow_id[jr.flow_id != 0]).tolist())
+        self._add_drops(jr)
+        self._add_segments(jr)
+
+    def _add_drops(self, jr: JourneyRows) -> None:
+        reasons, hooks, stages = jr.drop_reason.values, jr.hook.values, jr.stage.values
+        keys = []
+        for p in np.flatnonzero(jr.verdict == VERDICTS.index("dropped")).tolist():
+            seen = int(jr.last_seen[p])
+            where = "-"
+            if seen >= 0:
+                hook, stage = hooks[jr.hook.codes[seen]], stages[jr.stage.codes[seen]]
+                where = f"{hook}/{stage}" if stage else hook
+            keys.append((reasons[jr.reason[p]] or "unknown", where))
+        self.drops.update(keys)
+
+    def _add_segments(self, jr: JourneyRows) -> None:
+        """Consecutive hops of each journey, grouped by their label pair."""
+        n = len(jr.rows)
+        inner = np.ones(max(n - 1, 0), bool)
+        inner[jr.starts[1:-1] - 1] = False  # last hop of a journey -> first of the next
+        a = np.flatnonzero(inner)
+        if not len(a):
+            return
+        # Label of each hop: formatted once per distinct (hook, stage, role).
+        nst, nro = len(jr.stage.values), len(jr.role.values)
+        combo = (jr.hook.codes * nst + jr.stage.codes) * nro + jr.role.codes
+        names: dict[str, int] = {}
+        label_of = np.zeros(len(jr.hook.values) * nst * nro, np.int64)
+        for c in np.flatnonzero(np.bincount(combo)).tolist():
+            h, rest = divmod(c, nst * nro)
+            st, ro = divmod(rest, nro)
+            text = hop_label(jr.hook.values[h], jr.stage.values[st], jr.role.values[ro])
+            label_of[c] = names.setdefault(text, len(names))
+        label = label_of[combo]
+        texts = list(names)
+        pair = label[a] * len(texts) + label[a + 1]
+        dur = jr.ktime[a + 1] - jr.ktime[a]
+        # Group by segment keeping journey order within each (stable; a radix
+        # sort when the keys fit 16 bits).
+        order = np.argsort(pair.astype(np.uint16) if len(texts) ** 2 < 1 << 16 else pair, kind="stable")
+        spair = pair[order]
+        bounds = np.flatnonzero(spair[1:] != spair[:-1]) + 1
+        heads = np.concatenate(([0], bounds))
+        chunks = np.split(dur[order], bounds)
+        for k in np.argsort(order[heads]).tolist():  # new segments in order of first appearance
+            la, lb = divmod(int(spair[heads[k]]), len(texts))
+            self._samples(f"{texts[la]} {_ARROW} {texts[lb]}").add_many(chunks[k])
 
     def set_lost(self, lost_by_sensor: dict[str, int], events_by_sensor: dict[str, int]) -> None:
         self.lost = dict(lost_by_sensor)
