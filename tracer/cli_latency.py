@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
 
 import click
 
 from tracer.cli_trace import make_recorder, options_from, target_options, write_options
+from tracer.output import write_out
 
 
 def _us(ns) -> str:
@@ -131,10 +131,9 @@ def latency(ports, containers, hosts, proto, ifaces, tc_mode, sample, interval, 
                 rep = _without_buckets(rep)
             if not final:
                 if as_json:
-                    click.echo(json.dumps({"interval": number, **rep}))
+                    write_out(json.dumps({"interval": number, **rep}) + "\n")
                 else:
-                    click.echo(render_interval(number, rep) + "\n")
-                sys.stdout.flush()
+                    write_out(render_interval(number, rep) + "\n\n")
             last = now
 
         stopped = False

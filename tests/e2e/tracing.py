@@ -56,7 +56,14 @@ class Tracer:
         out, err = self.proc.communicate(timeout=timeout)
         self.stderr = "".join(self.stderr_lines) + err
         self.returncode = self.proc.returncode
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+        return [_json(line) for line in out.splitlines() if line.strip()]
+
+
+def _json(line: str) -> dict:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"not a JSON line ({exc}): {line!r}") from None
 
 
 def our_kernel_objects() -> tuple[list, list]:

@@ -1,0 +1,35 @@
+"""Output survives a signal arriving in the middle of a large write to a
+full pipe (Python's buffered stdout can lose the rest of such a write)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+CHILD = r"""
+import signal, sys, time
+from tracer.output import write_out
+stop = []
+signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+n = 0
+while not stop:
+    write_out("".join(f'{{"n": {n + i}, "pad": "{"x" * 3000}"}}\n' for i in range(20)))
+    n += 20
+    time.sleep(0.01)
+sys.stderr.write(f"{n}\n")
+"""
+
+
+def test_nothing_lost_when_a_signal_interrupts_a_blocked_write():
+    # The parent reads nothing until after the signal: the pipe is full and
+    # the child is blocked in a write when SIGINT arrives.
+    for _ in range(3):
+        child = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+        lines = out.splitlines()
+        assert [json.loads(line)["n"] for line in lines] == list(range(int(err)))
