@@ -67,10 +67,12 @@ struct pkt {
 /* Tracked connections: every view of a traced flow (both directions, both
  * sides of NAT) -> flow id. Filled by the netfilter sensor from conntrack. */
 BPF_TABLE("lru_hash", struct flow_key, struct flow_val, flows, FLOW_ENTRIES);
-/* Fingerprint -> packet id, so later sensors reuse the first sensor's id. */
-BPF_TABLE("lru_hash", struct fp_key, struct fp_val, packets, PACKET_ENTRIES);
+/* Fingerprint -> packet id, so later sensors reuse the first sensor's id.
+ * Written once per traced packet: per-CPU LRU lists avoid a shared lock. */
+#define BPF_F_NO_COMMON_LRU_ 2
+BPF_F_TABLE("lru_hash", struct fp_key, struct fp_val, packets, PACKET_ENTRIES, BPF_F_NO_COMMON_LRU_);
 /* skb address -> packet id, for the drop sensor (only traced skbs land here). */
-BPF_TABLE("lru_hash", u64, struct skb_val, skbs, PACKET_ENTRIES);
+BPF_F_TABLE("lru_hash", u64, struct skb_val, skbs, PACKET_ENTRIES, BPF_F_NO_COMMON_LRU_);
 /* Filter values, written by user space before attaching. */
 BPF_HASH(filter_ports, u16, u8, 64);
 BPF_HASH(filter_hosts, u32, u8, 256);
@@ -184,7 +186,7 @@ static __always_inline u64 new_packet_id(void)
     }
     /* Per-CPU counters, CPU above them: unique without atomics, and below
      * 2^53 so JSON readers that use doubles (jq, JavaScript) keep it exact. */
-    return ((u64)(bpf_get_smp_processor_id() + 1) << 40) | (n & 0xffffffffffULL);
+    return ((u64)(bpf_get_smp_processor_id() + 1) << PACKET_ID_CPU_SHIFT) | (n & ((1ULL << PACKET_ID_CPU_SHIFT) - 1));
 }
 
 /* The packet's id: the one an earlier sensor gave it, else a new one. */

@@ -63,37 +63,51 @@ static __always_inline void remember_skb(u64 skb, struct skb_val *sv)
     skbs.update(&skb, sv);
 }
 
+/* Is this conntrack entry's connection traced? Decided from the entry alone
+ * (2 kernel reads and a map lookup for untraced traffic); a new match gets
+ * its views written to the flows map. */
+static __always_inline int ct_traced(u64 ct)
+{
+    struct flow_key orig = {}, reply = {};
+    read_tuple(&orig, ct + OFF_CT_TUPLE_ORIG);
+#ifdef FILTER_PROTO
+    if (orig.proto != FILTER_PROTO)
+        return 0;
+#endif
+    struct flow_val *known = flows.lookup(&orig);
+    read_tuple(&reply, ct + OFF_CT_TUPLE_REPLY);
+    if (!known && !((filter_match(&orig) || filter_match(&reply)) && sampled(&orig)))
+        return 0;
+    /* Write the views once per NAT setup (the reply tuple changes when NAT
+     * binds), not per packet. */
+    u32 sig = reply.saddr ^ reply.daddr ^ ((u32)reply.sport << 16 | reply.dport);
+    if (!known || known->reply_sig != sig || known->flow_id != FLOW_ID(ct))
+        track_flow(&orig, &reply, ct, sig);
+    return 1;
+}
+
 static __always_inline int nf_sense(struct nf_ctx *ctx, u8 hook, u8 stage)
 {
     u64 skb = ctx->skb;
     u64 state = ctx->state;
-    struct pkt p = {};
-    if (!parse_kernel_skb(&p, skb))
-        return 1;
-
     u64 nfct = 0;
     bpf_probe_read_kernel(&nfct, sizeof(nfct), (void *)(skb + OFF_SKB_NFCT));
     u64 ct = nfct & ~NFCT_INFOMASK;
     u32 ctinfo = nfct & NFCT_INFOMASK;
     u32 direction = 0;
-    int traced = 0;
+    struct pkt p = {};
     if (ct && ctinfo != IP_CT_UNTRACKED) {
-        struct flow_key orig = {}, reply = {};
-        read_tuple(&orig, ct + OFF_CT_TUPLE_ORIG);
-        read_tuple(&reply, ct + OFF_CT_TUPLE_REPLY);
-        u32 sig = reply.saddr ^ reply.daddr ^ ((u32)reply.sport << 16 | reply.dport);
-        struct flow_val *known = flows.lookup(&orig);
-        traced = known || ((filter_match(&orig) || filter_match(&reply)) && sampled(&orig));
-        /* Write the views once per NAT setup, not per packet. */
-        if (traced && (!known || known->reply_sig != sig || known->flow_id != FLOW_ID(ct)))
-            track_flow(&orig, &reply, ct, sig);
+        /* Untraced connections leave before the packet is even parsed. */
+        if (!ct_traced(ct) || !parse_kernel_skb(&p, skb))
+            return 1;
         direction = ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL;
     } else {
         ct = 0;
-        traced = flows.lookup(&p.key) || (filter_match(&p.key) && sampled(&p.key));
+        if (!parse_kernel_skb(&p, skb))
+            return 1;
+        if (!flows.lookup(&p.key) && !(filter_match(&p.key) && sampled(&p.key)))
+            return 1;
     }
-    if (!traced)
-        return 1;
 
     u64 now = bpf_ktime_get_ns();
     struct skb_val sv = {};

@@ -29,10 +29,18 @@ Figures:
 * burst: the producer fills the ring while the consumer sleeps, then the
   consumer drains it flat out (large batches), repeated;
 * a throttled sweep (producer rate capped with batches + sleeps) showing the
-  rates at which ours loses nothing.
+  rates at which ours loses nothing; then (``--what-if``, on by default) the
+  same sweep with one change to the drain, made here and not in tracer/: the
+  consumer position is stored with one aligned 8-byte write (a numpy uint64
+  view of the consumer page) instead of ``struct.pack_into``, which zero-fills
+  the 8 bytes before writing them: a producer that reads the position in that
+  window sees consumer_pos == 0, i.e. a full ring, and drops its event.
 
 ``--minutes M`` then runs ours at ``--memory-rate`` for M minutes and prints
-the peak RSS (``resource.getrusage``) and the RSS over time.
+the peak RSS (``resource.getrusage``) and the RSS over time; with
+``--capture`` the decoded tables also go through the real ``CaptureWriter``
+(zstd Arrow IPC, rotated every 256 MB into a temporary directory, rotated parts
+deleted as they close), i.e. a capture as ``tracer record`` writes it.
 
 Run as root from the repo: ``.venv/bin/python scripts/bench_drain.py``
 (``--quick`` for a few-second smoke run).
@@ -41,6 +49,7 @@ Run as root from the repo: ``.venv/bin/python scripts/bench_drain.py``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import multiprocessing as mp
 import os
@@ -58,6 +67,7 @@ import numpy as np  # noqa: E402
 
 from tracer import events  # noqa: E402
 from tracer.decode import DecodeContext, Place, decode  # noqa: E402
+from tracer import drain as drain_module  # noqa: E402
 from tracer.drain import RingBufferDrain  # noqa: E402
 from tracer.kernel import bpf_syscall  # noqa: E402
 from tracer.kernel.program import RINGBUF_PAGES, Filter, Program  # noqa: E402
@@ -160,6 +170,32 @@ class Producer:
         return self.result
 
 
+# --- what-if: the consumer position stored with one aligned write -------------
+
+class _AlignedStore:
+    """Stands in for the ``struct`` module inside tracer.drain: ``pack_into``
+    of one u64 becomes a single aligned 8-byte store (no zero-fill first)."""
+
+    def __getattr__(self, name):
+        return getattr(struct, name)
+
+    @staticmethod
+    def pack_into(fmt, buffer, offset, *values):
+        if fmt == "<Q" and len(values) == 1 and offset % 8 == 0:
+            np.frombuffer(buffer, dtype="<u8", count=1, offset=offset)[0] = values[0]
+        else:
+            struct.pack_into(fmt, buffer, offset, *values)
+
+
+@contextlib.contextmanager
+def aligned_consumer_store():
+    drain_module.struct = _AlignedStore()
+    try:
+        yield
+    finally:
+        drain_module.struct = struct
+
+
 # --- the bench ------------------------------------------------------------------
 
 class Bench:
@@ -193,7 +229,7 @@ class Bench:
         return self.drain.pending_bytes() < 8
 
     # ours: one poll step, returns events decoded
-    def ours_step(self, timeout: float) -> int:
+    def ours_step(self, timeout: float, writer=None) -> int:
         if not self.drain.wait(timeout):
             return 0
         raw = self.drain.read()
@@ -201,6 +237,8 @@ class Bench:
             return 0
         table = decode(raw, self.ctx)
         self.rows += table.num_rows
+        if writer is not None:
+            writer.add_events(table)
         return len(raw)
 
     # baseline: BCC per-record callback
@@ -298,6 +336,9 @@ def main() -> int:
     ap.add_argument("--sweep", default="0.5,1,1.5,2,2.5,3", help="producer rates (M events/s) for the zero-loss sweep")
     ap.add_argument("--minutes", type=float, default=0, help="then run ours for this long and report peak RSS")
     ap.add_argument("--memory-rate", type=float, default=2.0, help="producer rate (M events/s) for --minutes")
+    ap.add_argument("--capture", action="store_true", help="with --minutes: also write the tables through CaptureWriter")
+    ap.add_argument("--no-what-if", dest="what_if", action="store_false",
+                    help="skip the sweep with an aligned consumer-position store")
     ap.add_argument("--no-pin", action="store_true", help="do not pin producer/consumer to CPUs 1/0")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = ap.parse_args()
@@ -305,7 +346,7 @@ def main() -> int:
         print("bench_drain: needs root (BPF)", file=sys.stderr)
         return 2
     if args.quick:
-        args.events, args.rounds, args.sweep = 100_000, 1, "1"
+        args.events, args.rounds, args.sweep, args.what_if = 100_000, 1, "1", False
 
     pin = not args.no_pin and os.cpu_count() and os.cpu_count() >= 2
     if pin:
@@ -332,18 +373,34 @@ def main() -> int:
         print(f"  burst (ring pre-filled with {min(RING_RECORDS * 9 // 10, args.events):,}, drained flat out): "
               f"{fmt_rate(burst['rate'])}, {burst['lost']:,} lost", flush=True)
 
-        sweep = []
-        for mrate in [float(x) for x in args.sweep.split(",") if x]:
-            res = bench.run("ours", args.events, rate=mrate * 1e6)
-            sweep.append(res)
-            print(f"  sweep ours at {mrate:4.2f} M/s offered: producer {fmt_rate(res['producer_rate'])}, "
-                  f"drained {fmt_rate(res['rate'])}, {res['lost']:,} lost, consumer CPU {100 * res['cpu_s'] / res['wall_s']:.0f}%",
-                  flush=True)
+        def do_sweep(label: str) -> list[dict]:
+            out = []
+            for mrate in [float(x) for x in args.sweep.split(",") if x]:
+                res = bench.run("ours", args.events, rate=mrate * 1e6)
+                out.append(res)
+                print(f"  sweep {label} at {mrate:4.2f} M/s offered: producer {fmt_rate(res['producer_rate'])}, "
+                      f"drained {fmt_rate(res['rate'])}, {res['lost']:,} lost, consumer CPU {100 * res['cpu_s'] / res['wall_s']:.0f}%",
+                      flush=True)
+            return out
+
+        sweep = do_sweep("ours")
+        sweep_fixed = []
+        if args.what_if:
+            with aligned_consumer_store():
+                sweep_fixed = do_sweep("ours+aligned store")
 
         ours_w, base_w = med("ours", "rate"), med("baseline", "rate")
         ours_c, base_c = med("ours", "cpu_rate"), med("baseline", "cpu_rate")
-        zero_loss = [s for s in sweep if s["lost"] == 0]
-        best_zero = max((s["producer_rate"] for s in zero_loss), default=0.0)
+        def best_zero_loss(runs: list[dict]) -> float:
+            """Highest offered rate such that it and every lower rate lost nothing."""
+            best = 0.0
+            for s in sorted(runs, key=lambda s: s["target_rate"]):
+                if s["lost"]:
+                    break
+                best = s["producer_rate"]
+            return best
+
+        best_zero = best_zero_loss(sweep)
         print()
         print(f"drain kernel -> Arrow, one consumer core, medians of {args.rounds} alternating rounds")
         print(f"  {'':28s} {'ours':>12s} {'baseline':>12s} {'ratio':>7s}")
@@ -353,18 +410,28 @@ def main() -> int:
         print(f"  {'producer rate (median)':28s} {fmt_rate(med('ours', 'producer_rate')):>12s} {fmt_rate(med('baseline', 'producer_rate')):>12s}")
         print(f"  burst drain of a full ring (ours): {fmt_rate(burst['rate'])}")
         print(f"  highest offered rate with zero loss (ours): {fmt_rate(best_zero)}")
+        if sweep_fixed:
+            print(f"  highest offered rate with zero loss (ours, aligned consumer-position store): "
+                  f"{fmt_rate(best_zero_loss(sweep_fixed))}")
         target_ok = ours_w >= 2e6 and ours_w / base_w >= 4 and best_zero >= min(2e6, ours_w * 0.9)
         print(f"  target >= 2.00 M/s and >= 4x baseline, zero loss below the sustained rate: {'met' if target_ok else 'NOT met'}")
 
         if args.minutes > 0:
-            memory(bench, args.minutes, args.memory_rate * 1e6)
+            memory(bench, args.minutes, args.memory_rate * 1e6, args.capture)
     finally:
         bench.close()
     return 0
 
 
-def memory(bench: Bench, minutes: float, rate: float) -> None:
+def memory(bench: Bench, minutes: float, rate: float, capture: bool = False) -> None:
     """Ours at ``rate`` for ``minutes``: RSS over time and peak."""
+    import shutil
+    import tempfile
+
+    from tracer.capture import CaptureWriter
+
+    tmpdir = tempfile.mkdtemp(prefix="bench-drain-capture-") if capture else None
+    writer = CaptureWriter(Path(tmpdir) / "bench.arrows", {"command": "bench_drain"}, rotate_size=256 << 20) if capture else None
     seconds = minutes * 60
     total = int(rate * seconds)
     bench.settle()
@@ -375,19 +442,32 @@ def memory(bench: Bench, minutes: float, rate: float) -> None:
     t0 = time.perf_counter()
     next_sample = t0
     prod.go()
+    c0 = time.process_time()
     while True:
-        drained += bench.ours_step(0.01)
+        drained += bench.ours_step(0.01, writer)
         now = time.perf_counter()
+        if writer is not None:
+            writer.tick()
+            for old in writer.paths[:-1]:  # rotated away: keep the disk use bounded too
+                with contextlib.suppress(FileNotFoundError):
+                    old.unlink()
         if now >= next_sample:
             samples.append((now - t0, rss_kb()))
             next_sample += max(1.0, seconds / 20)
         if prod.done() and bench.empty():
             break
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    written = 0
+    if writer is not None:
+        writer.close()
+        written = writer.bytes_written
+        shutil.rmtree(tmpdir, ignore_errors=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print()
-    print(f"memory: ours for {wall:.0f} s at {fmt_rate(rate)} offered: {drained:,} events drained "
-          f"({fmt_rate(drained / wall)}), {bench.lost() - lost0:,} lost")
+    print(f"memory: ours{' + CaptureWriter' if writer else ''} for {wall:.0f} s at {fmt_rate(rate)} offered: {drained:,} "
+          f"events drained ({fmt_rate(drained / wall)}), {bench.lost() - lost0:,} lost, consumer CPU {100 * cpu / wall:.0f}%"
+          + (f", {written / 1e6:,.0f} MB written ({written / max(drained, 1):.2f} B/event)" if writer else ""))
     print("  RSS over time (s: MiB): " + ", ".join(f"{t:.0f}: {kb / 1024:.0f}" for t, kb in samples))
     print(f"  RSS at start {start_rss / 1024:.0f} MiB, at end {rss_kb() / 1024:.0f} MiB, peak (ru_maxrss) {peak / 1024:.0f} MiB")
 

@@ -44,6 +44,10 @@ class RingBufferDrain:
         self.mask = size - 1
         self.max_batch = max_batch
         self.consumer = mmap.mmap(map_fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        # The consumer position must change in one aligned 8-byte store:
+        # struct.pack_into zeroes the bytes before writing them, and a
+        # producer reading 0 in between sees a full ring and drops its event.
+        self._consumer_word = np.frombuffer(self.consumer, dtype="<u8", count=1)
         # Producer page followed by the data area, mapped twice by the kernel.
         self.producer = mmap.mmap(map_fd, PAGE_SIZE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE_SIZE)
         self.poller = select.epoll()
@@ -52,7 +56,7 @@ class RingBufferDrain:
         self.discarded = 0
 
     def _consumer_pos(self) -> int:
-        return struct.unpack_from("<Q", self.consumer, 0)[0]
+        return int(self._consumer_word[0])
 
     def _producer_pos(self) -> int:
         return struct.unpack_from("<Q", self.producer, 0)[0]
@@ -62,11 +66,16 @@ class RingBufferDrain:
 
     def read(self) -> np.ndarray:
         """All committed records available now (up to max_batch), as RAW_DTYPE."""
+        return self.read_records()["event"]
+
+    def read_records(self) -> np.ndarray:
+        """The same as whole ring-buffer records (RECORD_DTYPE, contiguous):
+        batches of these concatenate as plain bytes."""
         cons = self._consumer_pos()
         prod = self._producer_pos()
         n = min((prod - cons) // RECORD_SIZE, self.max_batch)
         if n <= 0:
-            return events.empty_raw()
+            return np.zeros(0, RECORD_DTYPE)
         start = PAGE_SIZE + (cons & self.mask)
         # Headers first (a strided u32 view, no copy): stop at the first
         # record still being written.
@@ -78,17 +87,16 @@ class RingBufferDrain:
         sizes = lens & ~np.uint32(BUSY_BIT | DISCARD_BIT)
         if n and (sizes != events.EVENT_SIZE).any():
             raise RuntimeError("ring buffer holds a record of unexpected size: is another program writing to it?")
-        # One flat byte copy (a structured-dtype copy is ~15x slower), then a
-        # strided view of the events; drop discarded records only if any.
+        # One flat byte copy (a structured-dtype copy is ~15x slower); drop
+        # discarded records only if there are any.
         records = np.frombuffer(self.producer, dtype=np.uint8, count=n * RECORD_SIZE, offset=start).copy().view(RECORD_DTYPE)
         discard = (lens & DISCARD_BIT) != 0
-        out = records["event"]
         if discard.any():
-            out = out[~discard]
+            records = records[~discard]
             self.discarded += int(discard.sum())
-        self.records_read += len(out)
-        struct.pack_into("<Q", self.consumer, 0, cons + n * RECORD_SIZE)
-        return out
+        self.records_read += len(records)
+        self._consumer_word[0] = cons + n * RECORD_SIZE
+        return records
 
     def wait(self, timeout: float) -> bool:
         """Block until the kernel signals data (or timeout); True if data may be there."""
@@ -98,6 +106,7 @@ class RingBufferDrain:
 
     def close(self) -> None:
         self.poller.close()
+        del self._consumer_word  # the view must go before its mapping
         self.consumer.close()
         self.producer.close()
 
@@ -107,9 +116,11 @@ class BackgroundDrain:
     decoding or printing never lets the kernel's buffer fill up: the kernel
     drops what does not fit, while this queue only costs memory."""
 
-    def __init__(self, drain: RingBufferDrain, poll_s: float = 0.05, max_queued: int = 1_000_000) -> None:
+    def __init__(self, drain: RingBufferDrain, poll_s: float = 0.05, max_queued: int = 1_000_000,
+                 batch_s: float = 0.005) -> None:
         self.drain = drain
         self.poll_s = poll_s
+        self.batch_s = batch_s
         # Memory stays bounded: past this many queued records we stop reading,
         # the ring fills, and the kernel counts what it drops as lost events.
         self.max_queued = max_queued
@@ -126,11 +137,14 @@ class BackgroundDrain:
                 self.stopping.wait(self.poll_s)
                 continue
             if self.drain.wait(self.poll_s):
-                batch = self.drain.read()
+                batch = self.drain.read_records()
                 if len(batch):
                     with self.lock:
                         self.queued += len(batch)
                     self.batches.put(batch)
+                # Let records accumulate: one read per few ms costs far less
+                # than one per wake-up, and the ring holds ~350k events.
+                self.stopping.wait(self.batch_s)
 
     def take(self, timeout: float) -> np.ndarray:
         """Everything drained so far, waiting up to `timeout` for a first batch."""
@@ -145,7 +159,9 @@ class BackgroundDrain:
             return events.empty_raw()
         with self.lock:
             self.queued -= sum(len(p) for p in parts)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if len(parts) > 1:  # as bytes: numpy's structured concatenate is slow
+            parts = [np.concatenate([p.view(np.uint8) for p in parts]).view(RECORD_DTYPE)]
+        return parts[0]["event"]
 
     def stop(self) -> None:
         self.stopping.set()
@@ -155,9 +171,6 @@ class BackgroundDrain:
         """Stop the thread and return everything left, queued or in the ring."""
         self.stop()
         rest = [self.take(0)]
-        while True:
-            batch = self.drain.read()
-            if not len(batch):
-                break
+        while len(batch := self.drain.read()):
             rest.append(batch)
-        return np.concatenate(rest)
+        return np.concatenate(rest) if len(rest) > 1 else rest[0]

@@ -37,6 +37,10 @@ PROTOCOL_NUMBERS = {name: num for num, name in PROTOCOLS.items()}
 # Sensors count emitted and lost events per sensor (index into the counters map).
 SENSORS = ("tc", "netfilter", "drop")
 
+# packet_id = (cpu + 1) << PACKET_ID_CPU_SHIFT | per-CPU counter (bpf/common.h):
+# unique without atomics, growing per CPU, below 2^53 for JSON readers.
+PACKET_ID_CPU_SHIFT = 40
+
 # Bits of the ``flags`` field.
 FLAG_IN_CONTAINER_NS = 1  # tc program attached inside a container's netns
 FLAG_NEW_PACKET = 2  # this sighting gave the packet its id
@@ -109,6 +113,7 @@ def c_definitions() -> str:
     lines.append(f"#define FLAG_IN_CONTAINER_NS {FLAG_IN_CONTAINER_NS}")
     lines.append(f"#define FLAG_NEW_PACKET {FLAG_NEW_PACKET}")
     lines.append(f"#define EVENT_SIZE {EVENT_SIZE}")
+    lines.append(f"#define PACKET_ID_CPU_SHIFT {PACKET_ID_CPU_SHIFT}")
     return "\n".join(lines) + "\n"
 
 

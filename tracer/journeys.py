@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer.events import FLAG_IN_CONTAINER_NS, tcp_flags_text
+from tracer.events import FLAG_IN_CONTAINER_NS, PACKET_ID_CPU_SHIFT, tcp_flags_text
 
 VERDICTS = ("delivered", "dropped", "unknown")
 _NF_HOOKS = frozenset({"nf_prerouting", "nf_input", "nf_forward", "nf_output", "nf_postrouting"})
@@ -474,11 +474,12 @@ class JourneyAssembler:
         # path marks emitted rows here instead of copying the held ones out.
         self._held: list[np.ndarray | None] = []
         self._emitted = np.zeros(0, np.uint64)  # ids of the last recent_ids emitted packets
+        self._highest = np.zeros(1025, np.uint64)  # per CPU: the highest id emitted
 
     def add(self, table: pa.Table) -> None:
         work = _normalise(table).combine_chunks()
         if work.num_rows and len(self._emitted):
-            late = np.isin(_numpy(work["packet_id"]), self._emitted)
+            late = self._already_emitted(_numpy(work["packet_id"]).astype(np.uint64))
             if late.any():
                 self.late_rows += int(late.sum())
                 work = work.filter(pa.array(~late))
@@ -580,8 +581,22 @@ class JourneyAssembler:
     def _set_pending(self, tables: list[pa.Table]) -> None:
         self._pending, self._held = tables, [None] * len(tables)
 
+    def _already_emitted(self, ids: np.ndarray) -> np.ndarray:
+        # Ids grow per CPU (bpf/common.h new_packet_id): only an id at or
+        # below its CPU's highest emitted one can be a straggler; the set
+        # lookup runs on those few.
+        cpu = np.minimum(ids >> np.uint64(PACKET_ID_CPU_SHIFT), np.uint64(len(self._highest) - 1)).astype(np.intp)
+        maybe = ids <= self._highest[cpu]
+        late = np.zeros(len(ids), bool)
+        if maybe.any():
+            late[maybe] = np.isin(ids[maybe], self._emitted)
+        return late
+
     def _remember_array(self, ids: np.ndarray) -> None:
-        self._emitted = np.concatenate((self._emitted, ids.astype(np.uint64)))[-self.recent_ids :]
+        ids = ids.astype(np.uint64)
+        self._emitted = np.concatenate((self._emitted, ids))[-self.recent_ids :]
+        cpu = np.minimum(ids >> np.uint64(PACKET_ID_CPU_SHIFT), np.uint64(len(self._highest) - 1)).astype(np.intp)
+        np.maximum.at(self._highest, cpu, ids)
 
     def _remember(self, ids: Iterable[int]) -> None:
         self._remember_array(np.fromiter(ids, dtype=np.uint64))

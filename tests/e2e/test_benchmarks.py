@@ -23,19 +23,28 @@ def test_bench_drain_quick() -> None:
     out = run_script("bench_drain.py", "--quick")
     assert re.search(r"events/s \(wall\)\s+[\d.]+ M/s\s+[\d.]+ M/s\s+[\d.]+x", out), out
     assert re.search(r"events per consumer CPU-s\s+[\d.]+ M/s", out), out
-    assert "highest offered rate with zero loss" in out
+    assert "highest offered rate with zero loss (ours):" in out
     assert re.search(r"target .*: (met|NOT met)", out)
 
 
 def test_bench_overhead_quick(lab) -> None:
-    out = run_script("bench_overhead.py", "--quick", timeout=120)
+    out = run_script("bench_overhead.py", "--quick", timeout=180)
     for label in ("HTTP req/s, traced (port 8000)", "stream Gbit/s, traced (port 5201)",
-                  "HTTP req/s, untraced port", "stream Gbit/s, untraced port"):
+                  "HTTP req/s, untraced port", "stream Gbit/s, untraced port",
+                  "HTTP req/s, tracer latency", "stream Gbit/s, tracer latency"):
         assert re.search(re.escape(label) + r".*\s[\d.]+\s+[\d.]+\s+[\d.]+\s+>=0\.9\d", out), (label, out)
-    assert re.search(r"tracer --port 8000: lost events [\d,]+", out), out
+    assert re.search(r"tracer trace --port 8000: CPU % of one core .*; lost events [\d,]+", out), out
+    assert re.search(r"tracer latency --port 8000 --port 5201: CPU % of one core during the workloads: median [\d.]+", out), out
+    assert re.search(r"tracer latency user-space CPU < 2% of one core: (met|NOT met)", out), out
 
 
 def test_bench_start_quick(lab) -> None:
     out = run_script("bench_start.py", "--quick")
     assert re.search(r"spawn -> first journey printed \(--json\)\s+[\d.]+ s", out), out
     assert re.search(r"start\(\) -> first event drained\s+[\d.]+ s", out), out
+
+
+def test_bench_capture_size_quick(lab) -> None:
+    out = run_script("bench_capture_size.py", "--quick")
+    assert re.search(r"demo --requests +default: [\d,]+ bytes, [\d,]+ event rows .*: [\d.]+ bytes/event", out), out
+    assert re.search(r"target <= 40: (met|NOT met)", out), out

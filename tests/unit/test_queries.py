@@ -70,3 +70,11 @@ def test_drops_by_reason(answers):
     got = {(r["drop_reason"], r["last_seen"]): r["packets"] for r in ns["drops"].to_dicts()}
     assert got == dict(exp.drops)
     assert ns["drops"]["drop_reason"][0] == "NETFILTER_DROP"
+
+
+def test_readme_shows_the_same_queries():
+    readme = (QUERIES.parents[1] / "README.md").read_text()
+    blocks = code_blocks()
+    assert len(blocks) >= 4
+    for block in blocks:
+        assert block in readme, "README.md and docs/queries.md differ: paste docs/queries.md into the README"
