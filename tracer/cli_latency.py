@@ -4,13 +4,13 @@ histograms, at a cost that does not depend on the packet rate."""
 from __future__ import annotations
 
 import json
-import signal
 import time
 
 import click
 
 from tracer.cli_trace import make_recorder, options_from, target_options, write_options
 from tracer.output import write_out
+from tracer.stopping import StopSignals
 
 
 def _us(ns) -> str:
@@ -38,25 +38,6 @@ def render_interval(number: int, rep: dict) -> str:
         gone = ", ".join(f"{hop} {n}" for hop, n in rep["missing"].items())
         lines.append(f"  never reached the next hop (since start): {gone}")
     return "\n".join(lines)
-
-
-class _Stop(Exception):
-    pass
-
-
-def _raise_stop(signum, frame):
-    raise _Stop()
-
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM once running: an exception raised mid-write would
-    leave a torn batch in the capture."""
-
-    def __init__(self) -> None:
-        self.set = False
-
-    def __call__(self, signum, frame) -> None:
-        self.set = True
 
 
 # While waiting for the end of an interval: wake this often to notice a stop
@@ -95,22 +76,15 @@ def latency(ports, containers, hosts, proto, ifaces, tc_mode, sample, interval, 
 
     options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds)  # a bad path fails before any kernel work
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.getsignal(sig) for sig in signals}
-    signal.signal(signal.SIGTERM, _raise_stop)  # during setup: session.close() runs in finally
+    stop = StopSignals()
     session = TraceSession(options, latency=True)
     maps = None
-    stop = _StopFlag()
     try:
-        try:
-            session.start()
-            if recorder is not None:
-                recorder.start(session)
-            maps = LatencyMaps(session.bpf)
-        except _Stop:
-            return
-        for sig in signals:
-            signal.signal(sig, stop)
+        session.start()
+        if recorder is not None:
+            recorder.start(session)
+        maps = LatencyMaps(session.bpf)
+        stop.running()
         where = f"; writing {recorder.path}" if recorder is not None else ""
         click.echo(f"tracer: latency of {session.filter.describe()} on {len(session.tc.targets())} interfaces "
                    f"(ready in {time.monotonic() - session.started_at:.1f}s){where}; Ctrl-C to stop", err=True)
@@ -139,11 +113,11 @@ def latency(ports, containers, hosts, proto, ifaces, tc_mode, sample, interval, 
         stopped = False
         while duration is None or time.monotonic() - started < duration:
             end = min((number + 1) * interval, duration) if duration else (number + 1) * interval
-            while not stop.set and (left := end - (time.monotonic() - started)) > 0:
+            while not stop.requested and (left := end - (time.monotonic() - started)) > 0:
                 time.sleep(min(_WAKE_S, left))
                 if recorder is not None:
                     recorder.tick()
-            if stop.set:
+            if stop.requested:
                 stopped = True
                 break
             take(final=False)
@@ -155,8 +129,7 @@ def latency(ports, containers, hosts, proto, ifaces, tc_mode, sample, interval, 
             click.echo(f"tracer: wrote {recorder.histogram_rows:,} histogram rows ({written.bytes_written / 1e3:,.1f} kB) "
                        f"to {', '.join(map(str, written.paths))}", err=True)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        stop.restore()
         if recorder is not None:
             recorder.close()  # no-op after finish; ends the stream after an error
         if maps is not None:

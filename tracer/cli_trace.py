@@ -12,6 +12,7 @@ import click
 
 from tracer.errors import TracerError
 from tracer.output import write_out
+from tracer.stopping import StopSignals
 
 # A packet whose last sighting is this old is complete: a packet crosses the
 # host in well under a millisecond; the margin covers batching.
@@ -49,17 +50,6 @@ def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1):
 class Limits:
     count: int | None = None
     duration: float | None = None
-
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM while tracing. A flag rather than an exception:
-    an exception raised mid-write would leave a torn batch in a capture."""
-
-    def __init__(self) -> None:
-        self.set = False
-
-    def __call__(self, signum, frame) -> None:
-        self.set = True
 
 
 def write_options(fn):
@@ -114,17 +104,13 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
     summary = Summary()
     assembler = JourneyAssembler()
     shown = 0
-    stop = _StopFlag()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    # SIGTERM during setup still ends us (session.close runs in finally).
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    stop = StopSignals()
     session = TraceSession(options)
     try:
         session.start()
         if recorder is not None:
             recorder.start(session)
-        for sig in previous:
-            signal.signal(sig, stop)
+        stop.running()
         started = time.monotonic()
         where = f"; writing {recorder.path}" if recorder is not None else ""
         click.echo(f"tracer: tracing {session.filter.describe()} on {len(session.tc.targets())} interfaces "
@@ -161,7 +147,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             if journeys and table.num_rows:
                 assembler.add(table)
 
-        while not stop.set:
+        while not stop.requested:
             take(session.poll(POLL_S))
             if recorder is not None:
                 recorder.tick()
@@ -199,15 +185,10 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         click.echo(text, err=as_json, file=None if as_json else out)
         return summary.to_dict()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        stop.restore()
         if recorder is not None:
             recorder.close()  # no-op after finish; ends the stream after an error
         session.close()
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def _drain(session, take, rounds: int = 20):
