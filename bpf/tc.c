@@ -15,16 +15,30 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
         return TC_CONTINUE;
     u8 ip[20] = {};
     u8 l4[20] = {};
-    if (bpf_skb_load_bytes(ctx, ETH_HLEN_, ip, sizeof(ip)) < 0)
+    int l4_ok = 0;
+    /* Headers in the linear part (almost always): plain loads, cheaper than
+     * helper calls on a path every packet takes; the helper otherwise. */
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    u8 *pip = data + ETH_HLEN_;
+    if ((void *)(pip + 20) <= end)
+        __builtin_memcpy(ip, pip, 20);
+    else if (bpf_skb_load_bytes(ctx, ETH_HLEN_, ip, sizeof(ip)) < 0)
         return TC_CONTINUE;
     u32 ihl = (ip[0] & 0x0f) * 4;
     if (ihl < 20)
         return TC_CONTINUE;
-    int l4_ok = 0;
-    if (ip[9] == IPPROTO_TCP)
-        l4_ok = bpf_skb_load_bytes(ctx, ETH_HLEN_ + ihl, l4, 20) == 0;
-    else
-        l4_ok = bpf_skb_load_bytes(ctx, ETH_HLEN_ + ihl, l4, 8) == 0;
+    u32 l4_len = ip[9] == IPPROTO_TCP ? 20 : 8;
+    u8 *pl4 = pip + ihl;
+    if ((void *)(pl4 + 20) <= end) {
+        __builtin_memcpy(l4, pl4, 20);
+        l4_ok = 1;
+    } else if (l4_len == 8 && (void *)(pl4 + 8) <= end) {
+        __builtin_memcpy(l4, pl4, 8);
+        l4_ok = 1;
+    } else {
+        l4_ok = bpf_skb_load_bytes(ctx, ETH_HLEN_ + ihl, l4, l4_len) == 0;
+    }
 
     struct pkt p = {};
     if (!parse_ipv4(&p, ip, l4, l4_ok))
