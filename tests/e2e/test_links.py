@@ -176,6 +176,20 @@ def test_clsact_counts_and_detaches(pair, counter, direction):
     assert "clsact" not in tc_qdiscs(pair), "the clsact qdisc we created was left behind"
 
 
+@pytest.mark.parametrize("first", ["ingress", "egress"])
+def test_clsact_qdisc_shared_by_both_directions_is_removed(pair, counter, first):
+    # A tracer attaches ingress and egress on each interface: the qdisc the
+    # first filter added must go when the last of the two closes.
+    fn = counter.load_func("tc_count", counter.SCHED_CLS)
+    ingress = links.ClsactFilter(fn.fd, pair.ifindex_a, "ingress", netns=pair.ns_a)
+    egress = links.ClsactFilter(fn.fd, pair.ifindex_a, "egress", netns=pair.ns_a)
+    order = [ingress, egress] if first == "ingress" else [egress, ingress]
+    order[0].close()
+    assert "clsact" in tc_qdiscs(pair), "still used by the other direction"
+    order[1].close()
+    assert "clsact" not in tc_qdiscs(pair), "the clsact qdisc we created was left behind"
+
+
 def test_clsact_keeps_foreign_qdisc_and_filters(pair, counter):
     fn = counter.load_func("tc_count", counter.SCHED_CLS)
     run("ip", "netns", "exec", pair.ns_a, "tc", "qdisc", "add", "dev", pair.dev_a, "clsact")

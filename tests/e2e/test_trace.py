@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.e2e.tracing import Tracer, index_of, kernel_snapshot, tc_filters_named_tracer, wait_gone
+from tests.e2e.tracing import Tracer, clsact_devices, index_of, kernel_snapshot, tc_filters_named_tracer, wait_gone
 from tracer import traffic
 
 
@@ -30,12 +30,14 @@ def nothing_left():
     during the test remain (a developer's own tracer may run meanwhile)."""
     before = kernel_snapshot()
     filters_before = set(tc_filters_named_tracer())
+    qdiscs_before = clsact_devices()
 
     def check() -> None:
         progs, links = wait_gone(before)
         assert not links, f"links of ours still attached: {links}"
         assert not progs, f"programs of ours still loaded: {progs}"
         assert not set(tc_filters_named_tracer()) - filters_before
+        assert not clsact_devices() - qdiscs_before, "clsact qdiscs left behind"
 
     return check
 

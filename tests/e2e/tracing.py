@@ -84,6 +84,12 @@ def tc_filters_named_tracer() -> list[str]:
     return found
 
 
+def clsact_devices() -> set[str]:
+    """Interfaces of the host netns that have a clsact qdisc."""
+    out = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
+    return {line.split(" dev ")[1].split()[0] for line in out.splitlines() if line.startswith("qdisc clsact")}
+
+
 def kernel_snapshot() -> tuple[set, set]:
     """Ids of our programs and links now (another tracer may be running)."""
     progs, links = our_kernel_objects()

@@ -191,6 +191,12 @@ def _has_clsact(ipr, ifindex: int) -> bool:
     return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
 
 
+# clsact qdiscs this process added, per (netns, ifindex): the ingress and the
+# egress filter share one, and whichever of them closes last removes it.
+_OUR_QDISCS: set[tuple[str | None, int]] = set()
+_QDISC_LOCK = threading.Lock()
+
+
 class ClsactFilter(_Detaching):
     """A direct-action ``bpf`` filter under clsact, named so a sweep can find it."""
 
@@ -212,15 +218,18 @@ class ClsactFilter(_Detaching):
 
         ipr = _ipr(netns)
         try:
-            if not _has_clsact(ipr, ifindex):
-                ipr.tc("add", "clsact", ifindex)
-                self.created_qdisc = True
+            with _QDISC_LOCK:
+                if not _has_clsact(ipr, ifindex):
+                    ipr.tc("add", "clsact", ifindex)
+                    self.created_qdisc = True
+                    _OUR_QDISCS.add((netns, ifindex))
             ipr.tc("add-filter", "bpf", ifindex, ":1", fd=prog_fd, name=name, parent=self.parent,
                    classid=1, direct_action=True)
             self._closed = False
         except NetlinkError as exc:
             if self.created_qdisc:
                 _quiet(lambda: ipr.tc("del", "clsact", ifindex))
+                _OUR_QDISCS.discard((netns, ifindex))
             raise link_error(OSError(exc.code, str(exc)), "clsact", ifindex=ifindex, netns=netns) from None
         finally:
             ipr.close()
@@ -244,8 +253,11 @@ class ClsactFilter(_Detaching):
             for f in _filters(ipr, self.ifindex, self.parent):
                 if _bpf_filter_name(f) == self.name:
                     _del_filter(ipr, self.ifindex, self.parent, f)
-            if self.created_qdisc and not any(_filters(ipr, self.ifindex, p) for p in CLSACT_PARENT.values()):
-                ipr.tc("del", "clsact", self.ifindex)
+            with _QDISC_LOCK:
+                ours = (self.netns, self.ifindex) in _OUR_QDISCS
+                if ours and not any(_filters(ipr, self.ifindex, p) for p in CLSACT_PARENT.values()):
+                    ipr.tc("del", "clsact", self.ifindex)
+                    _OUR_QDISCS.discard((self.netns, self.ifindex))
         except NetlinkError as exc:
             if exc.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):  # interface already gone
                 raise
