@@ -31,20 +31,6 @@ def short_id(value: int | None, width: int = 6) -> str:
 
 def format_dt(ns: int) -> str:
     """'+12.3µs', '+1.25ms', '+2.00s': hops on one host are microseconds apart."""
-    # Integer rounding (a hot path in the human output); a value exactly
-    # half-way takes the float path, which rounds the binary double.
-    if 0 <= ns < 1_000_000:
-        q, r = divmod(ns, 100)
-        if r != 50:
-            q += r > 50
-            return f"+{q // 10}.{q % 10}µs"
-        return f"+{ns / 1e3:.1f}µs"
-    if 0 <= ns < 1_000_000_000:
-        q, r = divmod(ns, 10_000)
-        if r != 5_000:
-            q += r > 5_000
-            return f"+{q // 100}.{q % 100:02d}ms"
-        return f"+{ns / 1e6:.2f}ms"
     if ns < 1_000_000:
         return f"+{ns / 1e3:.1f}µs"
     if ns < 1_000_000_000:
