@@ -9,7 +9,7 @@ import sys
 import click
 
 from tracer import __version__
-from tracer.errors import TracerError
+from tracer.errors import TracerError, one_line
 
 
 class TracerGroup(click.Group):
@@ -23,20 +23,16 @@ class TracerGroup(click.Group):
             click.echo("tracer: aborted", err=True)
             sys.exit(130)
         except click.ClickException as exc:
-            click.echo(f"tracer: error: {_one_line(exc.format_message())}", err=True)
+            click.echo(f"tracer: error: {one_line(exc.format_message())}", err=True)
             sys.exit(exc.exit_code)
         except TracerError as exc:
-            click.echo(f"tracer: error: {_one_line(str(exc))}", err=True)
+            click.echo(f"tracer: error: {one_line(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
         if isinstance(rv, int):
             sys.exit(rv)
         sys.exit(0)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 @click.group(cls=TracerGroup)

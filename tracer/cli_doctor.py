@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
 
-from tracer.errors import NotRootError
+from tracer.errors import require_root
 
 
 def _table(rows: list[tuple[str, str, str]]) -> str:
@@ -20,8 +19,7 @@ def _table(rows: list[tuple[str, str, str]]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def doctor(as_json: bool) -> None:
     """Probe BPF, netfilter/tc attach points, headers and Docker; exit 1 if tracing cannot work."""
-    if os.geteuid() != 0:
-        raise NotRootError("tracer doctor")
+    require_root("tracer doctor")
     from tracer.kernel.probes import run_probes  # imports bcc lazily, after the root check
 
     report = run_probes()

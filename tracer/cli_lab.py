@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
-from tracer.errors import NotRootError
+from tracer.errors import require_root
 
 
 def _print_json(obj: object) -> None:
@@ -63,6 +62,5 @@ def image() -> None:
     """Build the offline lab image (tracer-lab:latest) unless it is current."""
     from tracer import lab as lab_mod
 
-    if os.geteuid() != 0:
-        raise NotRootError("tracer lab image")
+    require_root("tracer lab image")
     click.echo(f"{lab_mod.IMAGE} {lab_mod.ensure_image()}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from tracer.errors import TracerError
+from tracer.errors import TracerError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import docker
@@ -38,16 +38,10 @@ def client(timeout: int = 60) -> "docker.DockerClient":
         c = docker.from_env(timeout=timeout)
         c.ping()
     except Exception as exc:  # DockerException, requests errors, socket errors
-        reason = " ".join(str(exc).split())[:160]
+        reason = one_line(exc, 160)
         raise DockerUnavailable(
             f"no Docker engine answers at {engine_address()} ({reason}); {FIX_HINT}"
         ) from exc
     return c
 
 
-def answers() -> bool:
-    try:
-        client(timeout=5).close()
-    except DockerUnavailable:
-        return False
-    return True

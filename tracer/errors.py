@@ -12,5 +12,19 @@ class NotRootError(TracerError):
         super().__init__(f"{what} needs root (BPF and network namespaces); run it with sudo")
 
 
+def one_line(text: str, limit: int | None = None) -> str:
+    """Whitespace (newlines included) collapsed: errors print as one line."""
+    flat = " ".join(str(text).split())
+    return flat[:limit] if limit else flat
+
+
+def require_root(what: str) -> None:
+    """Raise NotRootError unless running as root."""
+    import os
+
+    if os.geteuid() != 0:
+        raise NotRootError(what)
+
+
 class MissingCapability(TracerError):
     exit_code = 1

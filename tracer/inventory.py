@@ -8,7 +8,6 @@ ports. The events stream keeps the picture current.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import threading
@@ -16,11 +15,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping
 
 from tracer.errors import TracerError
+from tracer.kernel.netns import setns
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
-CLONE_NEWNET = 0x40000000
 IFF_UP = 0x1
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 
@@ -162,6 +161,13 @@ def _guess_network(name: str, endpoint: Mapping[str, Any]) -> dict[str, Any]:
     return {"Name": name, "Id": endpoint.get("NetworkID") or "", "Driver": driver}
 
 
+def host_interfaces_without_docker() -> list[Interface]:
+    """Host links and their roles when no Docker engine answers (no bridges
+    or veths known: every up link but lo is external)."""
+    host_inode, links, _ = _snapshot(())
+    return classify_interfaces(links, (), (), host_inode)
+
+
 def classify_interfaces(
     links: Iterable[LinkInfo],
     bridge_names: Iterable[str],
@@ -192,16 +198,6 @@ def classify_interfaces(
 
 # --------------------------------------------------------------------------
 # Netlink, namespace by namespace
-
-
-def _setns(fd: int) -> None:
-    if hasattr(os, "setns"):  # Python >= 3.12
-        os.setns(fd, CLONE_NEWNET)
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def _link_info(msg: Any) -> LinkInfo:
@@ -240,7 +236,7 @@ def _snapshot(pids: Iterable[int]) -> tuple[int, list[LinkInfo], dict[int, _Netn
             if os.stat("/proc/thread-self/ns/net").st_ino != host:
                 fd = os.open("/proc/self/ns/net", os.O_RDONLY)
                 try:
-                    _setns(fd)
+                    setns(fd)
                 finally:
                     os.close(fd)
             with IPRoute() as ipr:
@@ -254,7 +250,7 @@ def _snapshot(pids: Iterable[int]) -> tuple[int, list[LinkInfo], dict[int, _Netn
                 try:
                     inode = os.fstat(fd).st_ino
                     if inode != host:
-                        _setns(fd)
+                        setns(fd)
                 finally:
                     os.close(fd)
                 eth0 = None

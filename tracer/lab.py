@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from tracer.errors import NotRootError, TracerError
+from tracer.errors import TracerError, one_line, require_root
 
 # --- names and addresses (the lab contract; other code and tests rely on them)
 NETNS = "tracer-client"
@@ -100,8 +100,7 @@ class LabError(TracerError):
 
 
 def _require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise NotRootError(f"tracer lab {what}")
+    require_root(f"tracer lab {what}")
 
 
 def _log(msg: str) -> None:
@@ -120,7 +119,7 @@ def _run(cmd: list[str], *, check: bool = True, timeout: float = 30, input: str 
     except subprocess.TimeoutExpired as exc:
         raise LabError(f"`{' '.join(cmd)}` timed out after {timeout:.0f}s") from exc
     if check and cp.returncode != 0:
-        err = " ".join((cp.stderr or cp.stdout).split())[:200]
+        err = one_line(cp.stderr or cp.stdout, 200)
         raise LabError(f"`{' '.join(cmd)}` failed: {err}")
     return cp
 
@@ -133,7 +132,8 @@ def _ip_json(*args: str, netns: str | None = None) -> list[dict]:
     return json.loads(cp.stdout)
 
 
-def _busybox() -> str:
+def busybox() -> str:
+    """Path of the host's busybox (busybox-static), used by the lab and its traffic."""
     for cand in ("/bin/busybox", "/usr/bin/busybox"):
         if os.access(cand, os.X_OK):
             return cand
@@ -175,15 +175,15 @@ def _sha256_file(path: str) -> str:
 
 
 def _recipe() -> _Recipe:
-    busybox = _busybox()
-    files: list[tuple[str, str]] = [("/bin/busybox", busybox)]
-    files += [(d, d) for d in _elf_deps(busybox)]
+    host_busybox = busybox()
+    files: list[tuple[str, str]] = [("/bin/busybox", host_busybox)]
+    files += [(d, d) for d in _elf_deps(host_busybox)]
     iperf3 = shutil.which("iperf3", path="/usr/bin:/usr/local/bin:/bin")
     if iperf3:
         files.append(("/usr/bin/iperf3", iperf3))
         files += [(d, d) for d in _elf_deps(iperf3)]
     files = sorted(dict(files).items())
-    out = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([host_busybox, "--list"], capture_output=True, text=True, check=True).stdout
     applets = tuple(sorted(a for a in out.split() if a and "/" not in a and a != "busybox"))
     h = hashlib.sha256()
     h.update(f"recipe {RECIPE_VERSION}\n".encode())
@@ -394,7 +394,7 @@ def _sysctl_write(path: str, value: str, netns: str | None = None) -> None:
             Path(path).write_text(value + "\n")
         return
     # /proc/sys/net shows the netns of the process that opens it
-    _run(["ip", "netns", "exec", netns, _busybox(), "sh", "-c", f"echo '{value}' > {path}"], check=False)
+    _run(["ip", "netns", "exec", netns, busybox(), "sh", "-c", f"echo '{value}' > {path}"], check=False)
 
 
 def _create_netns() -> None:
@@ -434,7 +434,7 @@ def _delete_netns() -> list[str]:
 def _start_server() -> dict:
     SERVER_ROOT.mkdir(parents=True, exist_ok=True)
     (SERVER_ROOT / "index.html").write_text(SERVER_INDEX)
-    bb = _busybox()
+    bb = busybox()
     # the sh exits at once, so the server is never our child (no zombie, no wait)
     cp = _run([
         "sh", "-c",
@@ -500,7 +500,7 @@ def _ensure_container(dc: Any, image_id: str) -> Any:
             _log(f"container {CONTAINER} was {c.status}: starting it")
             c.start()
     except APIError as exc:
-        raise LabError(f"docker could not run {CONTAINER}: {' '.join(str(exc.explanation or exc).split())[:200]}") from exc
+        raise LabError(f"docker could not run {CONTAINER}: {one_line(exc.explanation or exc, 200)}") from exc
     deadline = time.monotonic() + 15
     while True:
         c.reload()
@@ -534,7 +534,7 @@ def _container_veth(c: Any) -> str | None:
 
 # NB: busybox 1.35 (Debian 12 busybox-static) wget segfaults with -T; bound it with timeout(1)
 def _client_get(url: str, timeout: int = 2) -> subprocess.CompletedProcess:
-    return _run(["ip", "netns", "exec", NETNS, "timeout", str(timeout), _busybox(), "wget", "-q", "-O-", url],
+    return _run(["ip", "netns", "exec", NETNS, "timeout", str(timeout), busybox(), "wget", "-q", "-O-", url],
                 check=False, timeout=timeout + 5)
 
 
@@ -552,7 +552,7 @@ def _verify(c: Any, timeout: float = VERIFY_TIMEOUT) -> None:
             break
         if time.monotonic() > deadline:
             raise LabError(f"from netns {NETNS}, GET {url} did not return the lab page "
-                           f"({' '.join(cp.stderr.split())[:120] or 'no answer'}); check DNAT/FORWARD rules (iptables -t nat -S DOCKER)")
+                           f"({one_line(cp.stderr, 120) or 'no answer'}); check DNAT/FORWARD rules (iptables -t nat -S DOCKER)")
         time.sleep(0.2)
     url = f"http://{CLIENT_ADDRESS}:{SERVER_PORT}/"
     while True:
@@ -560,7 +560,7 @@ def _verify(c: Any, timeout: float = VERIFY_TIMEOUT) -> None:
         if rc == 0 and SERVER_MARKER in out:
             break
         if time.monotonic() > deadline:
-            raise LabError(f"from {CONTAINER}, GET {url} failed ({' '.join(out.split())[:120] or rc}); "
+            raise LabError(f"from {CONTAINER}, GET {url} failed ({one_line(out, 120) or rc}); "
                            "check ip_forward, FORWARD and MASQUERADE rules")
         time.sleep(0.2)
 

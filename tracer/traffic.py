@@ -3,14 +3,10 @@ client netns and the lab container), used by the demo, tests and benchmarks."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 from tracer.errors import TracerError
-
-
-def _busybox() -> str:
-    return shutil.which("busybox") or "/bin/busybox"
+from tracer.lab import busybox
 
 
 def _run(cmd: list[str], timeout: float) -> str:
@@ -26,7 +22,7 @@ def _run(cmd: list[str], timeout: float) -> str:
 def client_http_get(status: dict, path: str = "/", port: int | None = None, timeout: float = 10) -> str:
     """GET host:port from the lab's client netns (goes through DNAT)."""
     url = f"http://{status['host_address']}:{port or status['port']}{path}"
-    return _run(["ip", "netns", "exec", status["netns"], _busybox(), "wget", "-q", "-O-", url], timeout)
+    return _run(["ip", "netns", "exec", status["netns"], busybox(), "wget", "-q", "-O-", url], timeout)
 
 
 def container_http_get(status: dict, timeout: float = 10) -> str:

@@ -18,7 +18,8 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    """Move the calling thread (only) into the namespace open at fd."""
     # os.setns only exists from Python 3.12; Debian 12 ships 3.11.
     if hasattr(os, "setns"):
         os.setns(fd, nstype)
@@ -53,11 +54,11 @@ def in_netns(path: str | None) -> Iterator[None]:
         os.close(target)
         raise
     try:
-        _setns(target)
+        setns(target)
         try:
             yield
         finally:
-            _setns(original)
+            setns(original)
     finally:
         os.close(target)
         os.close(original)
@@ -82,6 +83,6 @@ def in_fresh_netns() -> Iterator[None]:
         try:
             yield
         finally:
-            _setns(original)
+            setns(original)
     finally:
         os.close(original)

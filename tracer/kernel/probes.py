@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from tracer.errors import TracerError
+from tracer.errors import TracerError, one_line
 from tracer.kernel import bpf_syscall as sc
 from tracer.kernel import links
 from tracer.kernel.netns import in_fresh_netns
@@ -83,7 +83,7 @@ def _err(exc: BaseException) -> str:
         import errno
 
         return f"{errno.errorcode.get(exc.errno, exc.errno)}: {os.strerror(exc.errno)}"
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return one_line(exc) or type(exc).__name__
 
 
 def _mounts() -> dict[str, str]:
