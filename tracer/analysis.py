@@ -25,11 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer.events import FLAG_IN_CONTAINER_NS, META_PREFIX
-from tracer.journeys import Hop, Journey, build_journeys, is_terminal
+from tracer.journeys import _DIRECTION_CODES as _DIR_CODES
+from tracer.journeys import VERDICTS, Hop, Journey, _endpoint_plain, build_journeys, is_terminal
 
 ARROW = "→"
-VERDICTS = ("delivered", "dropped", "unknown")
-_DIR_CODES = {"original": 1, "reply": 2}
 
 
 @dataclass(frozen=True)
@@ -402,12 +401,6 @@ def _segments(s: _Sorted, direction: np.ndarray) -> tuple[list[SegmentStats], di
     return out, samples
 
 
-def _endpoint(ip: str | None, port: int, protocol: str | None) -> str | None:
-    if ip is None:
-        return None
-    return ip if protocol == "icmp" else f"{ip}:{port}"
-
-
 class CaptureAnalysis:
     """All the numbers of one capture (or several files read as one)."""
 
@@ -547,7 +540,7 @@ class CaptureAnalysis:
             out.append(
                 FlowStats(
                     flow_id=int(fid), container=container[g], protocol=p,
-                    client=_endpoint(sip[g], int(sport[g]), p), service=_endpoint(dip[g], int(dport[g]), p),
+                    client=_endpoint_plain(sip[g], int(sport[g]), p == "icmp"), service=_endpoint_plain(dip[g], int(dport[g]), p == "icmp"),
                     packets=cols["packets"][g], bytes=cols["bytes"][g],
                     first_time=iso(cols["first"][g]), last_time=iso(cols["last"][g]),
                     requests=cols["requests"][g], replies=cols["replies"][g],

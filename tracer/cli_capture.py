@@ -3,7 +3,6 @@ capture's journeys exactly as `trace` printed them live)."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -41,7 +40,8 @@ def record(ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path,
 def show(files, ports, containers, hosts, proto, count, as_json, color):
     """Replay the journeys of capture FILES (in the order given) as `trace` shows them."""
     from tracer.capture import read_capture
-    from tracer.journeys import build_journeys
+    from tracer.journeys import first_journeys, journey_json_lines, journeys_of_table
+    from tracer.output import write_out
     from tracer.render import Summary, render_journey
 
     capture = read_capture(list(files))
@@ -51,10 +51,14 @@ def show(files, ports, containers, hosts, proto, count, as_json, color):
     color = sys.stdout.isatty() if color is None else color
     color = color and not as_json
     out = click.get_text_stream("stdout")
+    # The same column-wise path as `trace`, so replayed output is identical.
+    if count is not None:
+        table = first_journeys(table, count)
+    texts = journey_json_lines(table) if as_json else [render_journey(j, color) for j in journeys_of_table(table)]
+    if texts:
+        write_out("\n".join(texts) + "\n", out)
     summary = Summary()
-    for journey in build_journeys(table)[:count]:
-        out.write((json.dumps(journey.to_json_dict()) if as_json else render_journey(journey, color)) + "\n")
-        summary.add([journey])
+    summary.add_table(table)
     if capture.stats:
         summary.set_lost(capture.stats.get("lost", {}), capture.stats.get("events", {}))
     click.echo(summary.render(color), err=as_json, file=None if as_json else out)

@@ -19,7 +19,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -494,28 +494,10 @@ class JourneyAssembler:
     def pop_complete(self, idle_ns: int, now_ktime: int) -> list[Journey]:
         """Journeys of packets not seen for at least ``idle_ns`` before
         ``now_ktime`` (CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns)."""
-        work = self._take()
-        if work is None:
-            return []
-        cutoff = now_ktime - idle_ns
-        if cutoff < 0:
-            self._set_pending([work])
-            return []
-        last = work.group_by("packet_id").aggregate([("ktime_ns", "max")])
-        quiet = pc.less_equal(last["ktime_ns_max"], pa.scalar(cutoff, pa.uint64()))
-        done_ids = last["packet_id"].filter(quiet)
-        if len(done_ids) == 0:
-            self._set_pending([work])
-            return []
-        done_mask = pc.is_in(work["packet_id"], value_set=done_ids.combine_chunks())
-        rest = work.filter(pc.invert(done_mask))
-        self._set_pending([rest] if rest.num_rows else [])
-        journeys = _build_sorted(_sort(work.filter(done_mask)))
-        self._remember(j.packet_id for j in journeys)
-        return journeys
+        return journeys_of_table(self.pop_complete_table(idle_ns, now_ktime))
 
     def pop_complete_table(self, idle_ns: int, now_ktime: int) -> pa.Table:
-        """Like pop_complete, as rows rather than Journey objects: the complete
+        """The complete packets as rows rather than Journey objects: the complete
         packets' rows (normalised columns, sorted by packet_id, ktime_ns, flow
         and direction filled) for journey_json_lines / Summary.add_table."""
         cutoff = now_ktime - idle_ns
@@ -553,33 +535,12 @@ class JourneyAssembler:
         self._pending, self._held = pending, masks
 
     def flush_table(self) -> pa.Table:
-        """Everything still held, as pop_complete_table rows."""
-        work = self._take()
-        self._set_pending([])
-        if work is None:
-            return _WORK_SCHEMA.empty_table()
-        work = _sort(work)
-        self._remember_array(np.unique(_numpy(work["packet_id"])))
-        return _fill_sorted(work)
+        """Everything still held (at exit), complete or not, as pop_complete_table rows."""
+        return self.pop_complete_table(0, np.iinfo(np.int64).max)
 
     def flush(self) -> list[Journey]:
         """Everything still held (at exit), complete or not."""
-        work = self._take()
-        self._set_pending([])
-        if work is None:
-            return []
-        journeys = _build_sorted(_sort(work))
-        self._remember(j.packet_id for j in journeys)
-        return journeys
-
-    def _take(self) -> pa.Table | None:
-        if not self._pending:
-            return None
-        tables = [t if m is None else t.filter(pa.array(m)) for t, m in zip(self._pending, self._held)]
-        return pa.concat_tables(tables).combine_chunks()
-
-    def _set_pending(self, tables: list[pa.Table]) -> None:
-        self._pending, self._held = tables, [None] * len(tables)
+        return journeys_of_table(self.flush_table())
 
     def _already_emitted(self, ids: np.ndarray) -> np.ndarray:
         # Ids grow per CPU (bpf/common.h new_packet_id): only an id at or
@@ -597,9 +558,6 @@ class JourneyAssembler:
         self._emitted = np.concatenate((self._emitted, ids))[-self.recent_ids :]
         cpu = np.minimum(ids >> np.uint64(PACKET_ID_CPU_SHIFT), np.uint64(len(self._highest) - 1)).astype(np.intp)
         np.maximum.at(self._highest, cpu, ids)
-
-    def _remember(self, ids: Iterable[int]) -> None:
-        self._remember_array(np.fromiter(ids, dtype=np.uint64))
 
 
 # --- vectorised journeys (the live --json path) -------------------------------
@@ -728,8 +686,6 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
         new_first = np.concatenate(([0], np.cumsum(sizes_o)[:-1])).astype(np.int64)
         rows = rows[np.repeat(first[order] - new_first, sizes_o) + np.arange(len(rows))]
         sizes, first = sizes_o, new_first
-    else:
-        order = np.arange(len(order))
     starts = np.append(first, len(rows)).astype(np.int64)
     last = starts[1:] - 1
 
@@ -874,7 +830,7 @@ def _glued_hops(jr: JourneyRows) -> pa.Array:
     hop up to dt_ns + dt + [last hop's end + ']}']. The text around dt is one
     value per distinct (previous container_id, hook..dst); only dt is
     formatted per row."""
-    n, npk = len(jr.rows), len(jr)
+    n = len(jr.rows)
     first = jr.starts[:-1]
     last = jr.starts[1:] - 1
     is_first = np.zeros(n, bool)
@@ -930,8 +886,6 @@ def _glued_hops(jr: JourneyRows) -> pa.Array:
 
 def _spread(values: pa.Array, at: np.ndarray, n: int) -> pa.StringArray:
     """A length-n string array with values[i] at row at[i] and '' elsewhere."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
     indices = np.full(n, len(values), dtype=np.int64)  # -> the '' appended below
     indices[at] = np.arange(len(values))
     padded = pa.concat_arrays([values.cast(pa.string()), pa.array([""], pa.string())])
@@ -988,12 +942,10 @@ def _end_text(container_id) -> str:
 
 
 
-_HEADER_KEYS = ("direction", "protocol", "tcp_flags", "container", "verdict", "drop_reason")
 
 
 def _headers(jr: JourneyRows) -> pa.Array:
     """'{"packet_id": ..., "hops": [' per journey."""
-    npk = len(jr)
     tcp = _lut(jr.protocol.values, lambda v: v == "tcp")[jr.protocol.codes]
     flags = np.where(tcp, jr.tcp_flags.astype(np.int64), 256)  # 256: not TCP -> null
     key = _mixed_radix(
