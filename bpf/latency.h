@@ -35,7 +35,7 @@ static __always_inline u32 tc_hop_code(u8 hook, u32 role)
     return (hook == HOOK_TC_EGRESS ? 4 : 0) + (role & 3);
 }
 
-static __always_inline u32 NF_HOP_CODE(u8 hook, u8 stage)
+static __always_inline u32 nf_hop_code(u8 hook, u8 stage)
 {
     u32 s = stage == NAT_AFTER ? 1 : 0;
     switch (hook) {
@@ -50,7 +50,8 @@ static __always_inline u32 NF_HOP_CODE(u8 hook, u8 stage)
 /* Where a packet's journey through this host ends (see journeys.py). */
 static __always_inline int terminal_hop(u32 hop)
 {
-    return hop == ROLE_CONTAINER /* tc ingress, container */ || hop == 4 /* tc egress, external */ || hop == 11;
+    return hop == tc_hop_code(HOOK_TC_INGRESS, ROLE_CONTAINER) || hop == tc_hop_code(HOOK_TC_EGRESS, ROLE_EXTERNAL) ||
+           hop == nf_hop_code(HOOK_NF_INPUT, NAT_AFTER);
 }
 
 static __always_inline u32 hist_bucket(u64 d)

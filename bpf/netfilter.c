@@ -113,7 +113,7 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 hook, u8 stage)
     struct skb_val sv = {};
     fingerprint(&sv.fp, &p);
 #ifdef LATENCY_MODE
-    latency_sighting(&sv.fp, NF_HOP_CODE(hook, stage), direction, now);
+    latency_sighting(&sv.fp, nf_hop_code(hook, stage), direction, now);
     remember_skb(skb, &sv);
     return 1;
 #endif

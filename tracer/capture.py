@@ -172,7 +172,6 @@ class CaptureWriter:
             compression=pa.Codec("zstd", compression_level=zstd_level), emit_dictionary_deltas=True
         )
         self.paths: list[Path] = []
-        self.rows_written = 0
         self.event_rows = 0
         self.batches_written = 0
         self._closed_bytes = 0  # bytes in files already rotated away
@@ -254,8 +253,7 @@ class CaptureWriter:
             self._stream.write_batch(batch)
             self._file.flush()
         except OSError as exc:
-            raise CaptureWriteError(f"writing {self._current}: {exc.strerror or exc}") from None
-        self.rows_written += batch.num_rows
+            raise CaptureWriteError(f"writing {self.paths[-1]}: {exc.strerror or exc}") from None
         self.batches_written += 1
         self._batches_in_file += 1
 
@@ -275,7 +273,6 @@ class CaptureWriter:
     def _open(self) -> None:
         path = part_path(self.path, len(self.paths)) if self.rotating else self.path
         fd = _create(path)
-        self._current = path
         self.paths.append(path)
         self._file = os.fdopen(fd, "wb")
         metadata = self._metadata() if callable(self._metadata) else self._metadata

@@ -52,8 +52,6 @@ class RingBufferDrain:
         self.producer = mmap.mmap(map_fd, PAGE_SIZE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE_SIZE)
         self.poller = select.epoll()
         self.poller.register(map_fd, select.EPOLLIN)
-        self.records_read = 0
-        self.discarded = 0
 
     def _consumer_pos(self) -> int:
         return int(self._consumer_word[0])
@@ -93,8 +91,6 @@ class RingBufferDrain:
         discard = (lens & DISCARD_BIT) != 0
         if discard.any():
             records = records[~discard]
-            self.discarded += int(discard.sum())
-        self.records_read += len(records)
         self._consumer_word[0] = cons + n * RECORD_SIZE
         return records
 

@@ -18,9 +18,9 @@ import pyarrow as pa
 
 from tracer import events
 from tracer.decode import DecodeContext, Place, decode
-from tracer.drain import BackgroundDrain, RingBufferDrain
-from tracer.errors import NotRootError, TracerError
-from tracer.kernel.program import RINGBUF_PAGES, Filter, Program
+from tracer.drain import PAGE_SIZE, BackgroundDrain, RingBufferDrain
+from tracer.errors import TracerError, require_root
+from tracer.kernel.program import Filter, Program
 from tracer.sensors.drops import DropSensor
 from tracer.sensors.netfilter import NetfilterSensor
 from tracer.sensors.tc import TcSensor, TcTarget
@@ -76,8 +76,7 @@ class TraceSession:
 
     # ---- setup -----------------------------------------------------------
     def start(self) -> "TraceSession":
-        if os.geteuid() != 0:
-            raise NotRootError("tracer trace")
+        require_root("tracer trace")
         self.started_at = time.monotonic()
         try:
             self._start()
@@ -97,7 +96,8 @@ class TraceSession:
         # Compiling is most of the start-up time and needs no Docker metadata
         # (filter values go into maps afterwards): run clang meanwhile.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            compiling = pool.submit(Program(self.sensors, shape, latency=self.latency).compile)
+            program = Program(self.sensors, shape, latency=self.latency)
+            compiling = pool.submit(program.compile)
             try:
                 containers = self._containers()
                 self.filter = dataclasses.replace(shape, containers=tuple(
@@ -112,7 +112,7 @@ class TraceSession:
         self.ctx = DecodeContext(host_netns=host_netns_inode(), drop_reasons=drops.reasons,
                                  resolve_host_ifindex=self._host_place)
         if not self.latency:
-            self.drain = RingBufferDrain(self.bpf["events"].map_fd, RINGBUF_PAGES * 4096)
+            self.drain = RingBufferDrain(self.bpf["events"].map_fd, program.ringbuf_pages * PAGE_SIZE)
         for sensor in self.sensors:
             sensor.attach(self.bpf)
         self._rebuild_places()
@@ -142,14 +142,9 @@ class TraceSession:
     def _host_interfaces(self):
         if self.inventory is not None:
             return self.inventory.host_interfaces()
-        from tracer.inventory import Interface
-        from pyroute2 import IPRoute
+        from tracer.inventory import host_interfaces_without_docker
 
-        inode = host_netns_inode()
-        with IPRoute() as ipr:
-            return [Interface(link["index"], link.get_attr("IFLA_IFNAME"),
-                              "external" if link.get_attr("IFLA_IFNAME") != "lo" else "other", inode)
-                    for link in ipr.get_links()]
+        return host_interfaces_without_docker()
 
     def _targets(self, containers) -> list[TcTarget]:
         host = self._host_interfaces()
