@@ -41,17 +41,14 @@ struct fp_key {
     u16 tcp_flags;
 };
 
-struct fp_val {
+/* A packet followed across sensors: one slot of the packet cache. */
+struct pkt_slot {
+    struct fp_key fp;
     u64 packet_id;
     u64 last_seen;
     u64 first_seen; /* latency mode: end-to-end time */
     u32 last_hop;   /* latency mode: hop code of the last sighting */
     u32 _pad;
-};
-
-struct skb_val {
-    u64 packet_id;
-    struct fp_key fp;
 };
 
 struct pkt {
@@ -67,12 +64,16 @@ struct pkt {
 /* Tracked connections: every view of a traced flow (both directions, both
  * sides of NAT) -> flow id. Filled by the netfilter sensor from conntrack. */
 BPF_TABLE("lru_hash", struct flow_key, struct flow_val, flows, FLOW_ENTRIES);
-/* Fingerprint -> packet id, so later sensors reuse the first sensor's id.
- * Written once per traced packet: per-CPU LRU lists avoid a shared lock. */
-#define BPF_F_NO_COMMON_LRU_ 2
-BPF_F_TABLE("lru_hash", struct fp_key, struct fp_val, packets, PACKET_ENTRIES, BPF_F_NO_COMMON_LRU_);
-/* skb address -> packet id, for the drop sensor (only traced skbs land here). */
-BPF_F_TABLE("lru_hash", u64, struct skb_val, skbs, PACKET_ENTRIES, BPF_F_NO_COMMON_LRU_);
+/* Packet cache: fingerprint -> packet id (and latency state), so later
+ * sensors, the drop sensor included, reuse the first sighting's id. A 2-way
+ * set-associative array, not an LRU hash: an LRU insert costs ~0.5 us under
+ * load (free-list refill, eviction, bucket locks) and every traced packet
+ * needs one; an array slot costs a few loads and stores. A set holds two
+ * packets in flight; a third evicts the older one (its journey splits), which
+ * at PACKET_ENTRIES slots and microsecond transit times is rare. Concurrent
+ * writers to one slot may tear it: the fingerprint check catches most of it,
+ * and the rest is one mis-joined sighting, never a fault. */
+BPF_ARRAY(pcache, struct pkt_slot, PACKET_ENTRIES);
 /* Filter values, written by user space before attaching. */
 BPF_HASH(filter_ports, u16, u8, 64);
 BPF_HASH(filter_hosts, u32, u8, 256);
@@ -175,6 +176,59 @@ static __always_inline void fingerprint(struct fp_key *fp, struct pkt *p)
     fp->tcp_flags = p->tcp_flags;
 }
 
+static __always_inline int fp_equal(struct fp_key *a, struct fp_key *b)
+{
+    u64 a0, a1, b0, b1;
+    __builtin_memcpy(&a0, a, 8);
+    __builtin_memcpy(&a1, (u8 *)a + 8, 8);
+    __builtin_memcpy(&b0, b, 8);
+    __builtin_memcpy(&b1, (u8 *)b + 8, 8);
+    return a0 == b0 && a1 == b1;
+}
+
+/* The two slots of a fingerprint's set (NULL only if the verifier's bounds
+ * fail, never in practice). */
+static __always_inline struct pkt_slot *pcache_set(struct fp_key *fp, struct pkt_slot **other)
+{
+    u64 a, b;
+    __builtin_memcpy(&a, fp, 8);
+    __builtin_memcpy(&b, (u8 *)fp + 8, 8);
+    u64 h = (a ^ (b * 0x9E3779B97F4A7C15ULL)) * 0xC2B2AE3D27D4EB4FULL;
+    u32 i = (u32)(h >> 32) & (PACKET_ENTRIES - 2);
+    u32 j = i + 1;
+    *other = pcache.lookup(&j);
+    return pcache.lookup(&i);
+}
+
+/* A live slot for this fingerprint (seen within the window), or NULL. */
+static __always_inline struct pkt_slot *pcache_find(struct fp_key *fp, u64 now)
+{
+    struct pkt_slot *b = NULL;
+    struct pkt_slot *a = pcache_set(fp, &b);
+    if (!a || !b)
+        return NULL;
+    /* Signed: another CPU may have just written a slightly later time. */
+    if (fp_equal(&a->fp, fp) && (s64)(now - a->last_seen) < (s64)FP_WINDOW_NS)
+        return a;
+    if (fp_equal(&b->fp, fp) && (s64)(now - b->last_seen) < (s64)FP_WINDOW_NS)
+        return b;
+    return NULL;
+}
+
+/* A slot for a packet not in the cache: the older of its set's two. */
+static __always_inline struct pkt_slot *pcache_claim(struct fp_key *fp, u64 now)
+{
+    struct pkt_slot *b = NULL;
+    struct pkt_slot *a = pcache_set(fp, &b);
+    if (!a || !b)
+        return NULL;
+    struct pkt_slot *s = (s64)(a->last_seen - b->last_seen) <= 0 ? a : b;
+    s->fp = *fp;
+    s->last_seen = now;
+    s->first_seen = now;
+    return s;
+}
+
 static __always_inline u64 new_packet_id(void)
 {
     int zero = 0;
@@ -192,18 +246,17 @@ static __always_inline u64 new_packet_id(void)
 /* The packet's id: the one an earlier sensor gave it, else a new one. */
 static __always_inline u64 packet_identity(struct fp_key *fp, u64 now, u8 *flags)
 {
-    struct fp_val *seen = packets.lookup(fp);
-    if (seen && now - seen->last_seen < FP_WINDOW_NS) {
+    struct pkt_slot *seen = pcache_find(fp, now);
+    if (seen) {
         seen->last_seen = now;
         return seen->packet_id;
     }
-    struct fp_val fresh = {};
-    fresh.packet_id = new_packet_id();
-    fresh.last_seen = now;
-    fresh.first_seen = now;
-    packets.update(fp, &fresh);
+    u64 id = new_packet_id();
+    struct pkt_slot *fresh = pcache_claim(fp, now);
+    if (fresh)
+        fresh->packet_id = id;
     *flags |= FLAG_NEW_PACKET;
-    return fresh.packet_id;
+    return id;
 }
 
 static __always_inline void fill_event(struct event *e, struct pkt *p, u8 hook)
@@ -238,22 +291,35 @@ static __always_inline void emit(struct event *e, int sensor)
         count(sensor * 2 + 1);
 }
 
-/* Read IPv4 + L4 headers of a kernel sk_buff (netfilter and tracepoints). */
+/* Read IPv4 + L4 headers of a kernel sk_buff, given skb->head and
+ * skb->network_header (netfilter and tracepoints). One read covers both
+ * headers when the IP header has no options (nearly always). */
+static __always_inline int parse_kernel_headers(struct pkt *p, u64 head, u16 nh)
+{
+    u8 h[40] = {};
+    if (!head || nh == 0xffff)
+        return 0;
+    if (bpf_probe_read_kernel(h, sizeof(h), (void *)(head + nh)) < 0) {
+        /* The buffer may end sooner than 40 bytes after the header. */
+        if (bpf_probe_read_kernel(h, 28, (void *)(head + nh)) < 0)
+            return 0;
+    }
+    u32 ihl = (h[0] & 0x0f) * 4;
+    if (ihl == 20)
+        return parse_ipv4(p, h, h + 20, 1);
+    u8 l4[20] = {};
+    int l4_ok = bpf_probe_read_kernel(l4, sizeof(l4), (void *)(head + nh + ihl)) == 0;
+    return parse_ipv4(p, h, l4, l4_ok);
+}
+
+/* The same from an untyped skb address (raw tracepoint arguments). */
 static __always_inline int parse_kernel_skb(struct pkt *p, u64 skb)
 {
     u64 head = 0;
     u16 nh = 0;
-    u8 ip[20] = {};
-    u8 l4[20] = {};
     bpf_probe_read_kernel(&head, sizeof(head), (void *)(skb + OFF_SKB_HEAD));
     bpf_probe_read_kernel(&nh, sizeof(nh), (void *)(skb + OFF_SKB_NETWORK_HEADER));
-    if (!head || nh == 0xffff)
-        return 0;
-    if (bpf_probe_read_kernel(ip, sizeof(ip), (void *)(head + nh)) < 0)
-        return 0;
-    u32 ihl = (ip[0] & 0x0f) * 4;
-    int l4_ok = bpf_probe_read_kernel(l4, sizeof(l4), (void *)(head + nh + ihl)) == 0;
-    return parse_ipv4(p, ip, l4, l4_ok);
+    return parse_kernel_headers(p, head, nh);
 }
 
 static __always_inline u32 dev_ifindex(u64 dev)

@@ -1,37 +1,34 @@
-/* Drop sensor: raw tracepoint skb:kfree_skb, for skbs already being traced.
- * Unrelated drops cost one map miss. Raw tracepoint args (kernel >= 5.17):
+/* Drop sensor: raw tracepoint skb:kfree_skb, for packets being traced: the
+ * packet cache knows them by fingerprint. Drops are rare next to packets, so
+ * reading each dropped skb's headers costs little. Raw tracepoint args
+ * (kernel >= 5.17):
  * (struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...). */
 
 int trc_drop(struct bpf_raw_tracepoint_args *ctx)
 {
     u64 skb = ctx->args[0];
     u32 reason = (u32)ctx->args[2];
-    struct skb_val *sv = skbs.lookup(&skb);
-    if (!sv)
-        return 0;
-    struct skb_val seen = *sv;
-    skbs.delete(&skb);
     if (reason == DROP_REASON_CONSUMED)
         return 0;
-
-    /* The address may have been reused by an untraced packet: check. */
     struct pkt p = {};
     if (!parse_kernel_skb(&p, skb))
         return 0;
     struct fp_key fp = {};
     fingerprint(&fp, &p);
-    if (fp.seq != seen.fp.seq || fp.ack != seen.fp.ack || fp.ip_id != seen.fp.ip_id ||
-        fp.tot_len != seen.fp.tot_len || fp.proto != seen.fp.proto)
-        return 0;
-
+    u64 now = bpf_ktime_get_ns();
 #ifdef LATENCY_MODE
-    latency_sighting(&fp, HOP_CODE_DROP, 0, bpf_ktime_get_ns());
+    latency_sighting(&fp, HOP_CODE_DROP, 0, now);
     return 0;
 #endif
+    struct pkt_slot *seen = pcache_find(&fp, now);
+    if (!seen)
+        return 0;
     struct event e = {};
-    e.ktime_ns = bpf_ktime_get_ns();
+    e.ktime_ns = now;
     fill_event(&e, &p, HOOK_DROP);
-    e.packet_id = seen.packet_id;
+    e.packet_id = seen->packet_id;
+    /* Gone: the same fingerprint later is another packet. */
+    seen->last_seen = 0;
     e.skb = skb;
     e.drop_reason = reason;
     u64 dev = 0;

@@ -24,11 +24,35 @@
 #define HIST_SUB_BITS 4
 #define HIST_BUCKETS 640
 
-/* Interface role of host-netns tc attachments (container-side is implied). */
-BPF_HASH(if_roles, u32, u32, 4096);
-BPF_F_TABLE("array", u32, u64, hist, HIST_ROWS * HIST_BUCKETS, BPF_F_MMAPABLE);
-/* [hop] = sightings at that hop, [N_HOPS + hop] = packets first seen there. */
-BPF_F_TABLE("array", u32, u64, hop_counts, 2 * N_HOPS, BPF_F_MMAPABLE);
+/* Interface role + 1 of host-netns tc attachments by ifindex (container-side
+ * is implied; 0 = not attached = external). An array: read on every tc
+ * sighting, and an array lookup is a bounds check and a load. Interfaces
+ * numbered beyond it (rare) are in the hash. */
+#define IF_ROLE_SLOTS 65536
+BPF_ARRAY(if_roles, u32, IF_ROLE_SLOTS);
+BPF_HASH(if_roles_high, u32, u32, 4096);
+
+static __always_inline u32 if_role(u32 ifindex)
+{
+    u32 *r = ifindex < IF_ROLE_SLOTS ? if_roles.lookup(&ifindex) : if_roles_high.lookup(&ifindex);
+    return r && *r ? *r - 1 : ROLE_EXTERNAL;
+}
+/* HIST_SLICES copies of the histograms (and of hop_counts): CPU c adds to
+ * copy c % HIST_SLICES, so CPUs do not bounce the cache lines of the busiest
+ * buckets between them; user space sums the copies. Atomic adds remain for
+ * CPUs that share a copy (more CPUs than slices). Set from user space:
+ * min(CPUs, 8), at most ~13 MiB. */
+#define HIST_SLICE (HIST_ROWS * HIST_BUCKETS)
+BPF_F_TABLE("array", u32, u64, hist, HIST_SLICES * HIST_SLICE, BPF_F_MMAPABLE);
+/* [N_HOPS + hop] = packets first seen at that hop. [hop], sightings there, is
+ * left 0: user space derives it from the histograms (arrivals) plus the
+ * starts, which saves a shared atomic add per sighting. */
+BPF_F_TABLE("array", u32, u64, hop_counts, HIST_SLICES * 2 * N_HOPS, BPF_F_MMAPABLE);
+
+static __always_inline u32 hist_slice(void)
+{
+    return bpf_get_smp_processor_id() % HIST_SLICES;
+}
 
 static __always_inline u32 tc_hop_code(u8 hook, u32 role)
 {
@@ -77,21 +101,22 @@ static __always_inline void bump(void *map_value)
         __sync_fetch_and_add((u64 *)map_value, 1);
 }
 
-static __always_inline void hist_add(u32 row, u64 delta)
+static __always_inline void hist_add(u32 slice, u32 row, u64 delta)
 {
-    u32 idx = row * HIST_BUCKETS + hist_bucket(delta);
+    u32 idx = slice * HIST_SLICE + row * HIST_BUCKETS + hist_bucket(delta);
     bump(hist.lookup(&idx));
 }
 
 static __always_inline void latency_sighting(struct fp_key *fp, u32 hop, u32 dir, u64 now)
 {
-    struct fp_val *seen = packets.lookup(fp);
-    if (seen && now - seen->last_seen < FP_WINDOW_NS) {
+    u32 slice = hist_slice();
+    struct pkt_slot *seen = pcache_find(fp, now);
+    if (seen) {
         u32 prev = seen->last_hop;
         if (prev < N_HOPS)
-            hist_add(prev * N_HOPS + hop, now - seen->last_seen);
+            hist_add(slice, prev * N_HOPS + hop, now - seen->last_seen);
         if (terminal_hop(hop) && (dir == DIR_ORIGINAL || dir == DIR_REPLY))
-            hist_add(E2E_ROW(dir), now - seen->first_seen);
+            hist_add(slice, E2E_ROW(dir), now - seen->first_seen);
         seen->last_seen = now;
         seen->last_hop = hop;
         if (hop == HOP_CODE_DROP) {
@@ -102,13 +127,10 @@ static __always_inline void latency_sighting(struct fp_key *fp, u32 hop, u32 dir
     } else {
         if (hop == HOP_CODE_DROP)
             return; /* only drops of packets we are following */
-        struct fp_val fresh = {};
-        fresh.last_seen = now;
-        fresh.first_seen = now;
-        fresh.last_hop = hop;
-        packets.update(fp, &fresh);
-        u32 start = N_HOPS + hop;
+        struct pkt_slot *fresh = pcache_claim(fp, now);
+        if (fresh)
+            fresh->last_hop = hop;
+        u32 start = slice * 2 * N_HOPS + N_HOPS + hop;
         bump(hop_counts.lookup(&start));
     }
-    bump(hop_counts.lookup(&hop));
 }

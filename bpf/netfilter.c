@@ -7,11 +7,18 @@ struct nf_ctx {
     u64 skb;   /* struct sk_buff * */
 };
 
-/* One conntrack tuple read into flow_key form. */
-static __always_inline void read_tuple(struct flow_key *k, u64 tuple)
+/* For the verifier ctx->skb and ctx->state are typed kernel pointers (BTF),
+ * and so are the net_device and net pointers read from them: their fields
+ * are read with plain loads, which the JIT guards like a probe read, at a
+ * fraction of a bpf_probe_read_kernel call's cost. Constant offsets only. */
+#define BTF_LOAD(type, base, off) (*(volatile type *)((base) + (off)))
+
+/* Both conntrack tuples (orig, reply) in one read: they sit 56 bytes apart. */
+#define CT_TUPLES_SIZE (OFF_CT_TUPLE_REPLY - OFF_CT_TUPLE_ORIG + TUPLE_SIZE)
+
+/* One conntrack tuple (bytes t of the tuples read) into flow_key form. */
+static __always_inline void read_tuple(struct flow_key *k, u8 *t)
 {
-    u8 t[TUPLE_SIZE] = {};
-    bpf_probe_read_kernel(t, sizeof(t), (void *)tuple);
     __builtin_memcpy(&k->saddr, t + OFF_TUPLE_SRC_U3, 4);
     __builtin_memcpy(&k->sport, t + OFF_TUPLE_SRC_U, 2);
     __builtin_memcpy(&k->daddr, t + OFF_TUPLE_DST_U3, 4);
@@ -53,29 +60,22 @@ static __always_inline void track_flow(struct flow_key *orig, struct flow_key *r
     flows.update(&view, &v);
 }
 
-/* The drop sensor finds traced packets by skb address. Written once per
- * packet, not per hook: a lookup is cheaper than an LRU update. */
-static __always_inline void remember_skb(u64 skb, struct skb_val *sv)
-{
-    struct skb_val *old = skbs.lookup(&skb);
-    if (old && old->packet_id == sv->packet_id && old->fp.seq == sv->fp.seq && old->fp.ip_id == sv->fp.ip_id)
-        return;
-    skbs.update(&skb, sv);
-}
-
 /* Is this conntrack entry's connection traced? Decided from the entry alone
- * (2 kernel reads and a map lookup for untraced traffic); a new match gets
+ * (one kernel read and a map lookup for untraced traffic); a new match gets
  * its views written to the flows map. */
 static __always_inline int ct_traced(u64 ct)
 {
     struct flow_key orig = {}, reply = {};
-    read_tuple(&orig, ct + OFF_CT_TUPLE_ORIG);
+    u8 t[CT_TUPLES_SIZE] = {};
+    if (bpf_probe_read_kernel(t, sizeof(t), (void *)(ct + OFF_CT_TUPLE_ORIG)) < 0)
+        return 0;
+    read_tuple(&orig, t);
 #ifdef FILTER_PROTO
     if (orig.proto != FILTER_PROTO)
         return 0;
 #endif
     struct flow_val *known = flows.lookup(&orig);
-    read_tuple(&reply, ct + OFF_CT_TUPLE_REPLY);
+    read_tuple(&reply, t + (OFF_CT_TUPLE_REPLY - OFF_CT_TUPLE_ORIG));
     if (!known && !((filter_match(&orig) || filter_match(&reply)) && sampled(&orig)))
         return 0;
     /* Write the views once per NAT setup (the reply tuple changes when NAT
@@ -86,41 +86,42 @@ static __always_inline int ct_traced(u64 ct)
     return 1;
 }
 
+static __always_inline int parse_nf_skb(struct pkt *p, u64 skb)
+{
+    return parse_kernel_headers(p, BTF_LOAD(u64, skb, OFF_SKB_HEAD), BTF_LOAD(u16, skb, OFF_SKB_NETWORK_HEADER));
+}
+
 static __always_inline int nf_sense(struct nf_ctx *ctx, u8 hook, u8 stage)
 {
     u64 skb = ctx->skb;
     u64 state = ctx->state;
-    u64 nfct = 0;
-    bpf_probe_read_kernel(&nfct, sizeof(nfct), (void *)(skb + OFF_SKB_NFCT));
+    u64 nfct = BTF_LOAD(u64, skb, OFF_SKB_NFCT);
     u64 ct = nfct & ~NFCT_INFOMASK;
     u32 ctinfo = nfct & NFCT_INFOMASK;
     u32 direction = 0;
     struct pkt p = {};
     if (ct && ctinfo != IP_CT_UNTRACKED) {
         /* Untraced connections leave before the packet is even parsed. */
-        if (!ct_traced(ct) || !parse_kernel_skb(&p, skb))
+        if (!ct_traced(ct) || !parse_nf_skb(&p, skb))
             return 1;
         direction = ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL;
     } else {
         ct = 0;
-        if (!parse_kernel_skb(&p, skb))
+        if (!parse_nf_skb(&p, skb))
             return 1;
         if (!flows.lookup(&p.key) && !(filter_match(&p.key) && sampled(&p.key)))
             return 1;
     }
 
     u64 now = bpf_ktime_get_ns();
-    struct skb_val sv = {};
-    fingerprint(&sv.fp, &p);
+    struct fp_key fp = {};
+    fingerprint(&fp, &p);
 #ifdef LATENCY_MODE
-    latency_sighting(&sv.fp, nf_hop_code(hook, stage), direction, now);
-    remember_skb(skb, &sv);
+    latency_sighting(&fp, nf_hop_code(hook, stage), direction, now);
     return 1;
 #endif
     struct event e = {};
-    e.packet_id = packet_identity(&sv.fp, now, &e.flags);
-    sv.packet_id = e.packet_id;
-    remember_skb(skb, &sv);
+    e.packet_id = packet_identity(&fp, now, &e.flags);
 
     e.ktime_ns = now;
     fill_event(&e, &p, hook);
@@ -129,15 +130,16 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 hook, u8 stage)
     e.flow_id = FLOW_ID(ct);
     e.direction = direction;
 
-    u64 in = 0, out = 0, net = 0;
-    bpf_probe_read_kernel(&in, sizeof(in), (void *)(state + OFF_STATE_IN));
-    bpf_probe_read_kernel(&out, sizeof(out), (void *)(state + OFF_STATE_OUT));
-    bpf_probe_read_kernel(&net, sizeof(net), (void *)(state + OFF_STATE_NET));
-    e.out_ifindex = dev_ifindex(out);
-    e.ifindex = in ? dev_ifindex(in) : e.out_ifindex;
-    if (hook == HOOK_NF_POSTROUTING || hook == HOOK_NF_OUTPUT)
-        e.ifindex = e.out_ifindex;
-    e.netns = net_inum(net);
+    u64 in = BTF_LOAD(u64, state, OFF_STATE_IN);
+    u64 out = BTF_LOAD(u64, state, OFF_STATE_OUT);
+    u64 net = BTF_LOAD(u64, state, OFF_STATE_NET);
+    if (out)
+        e.out_ifindex = BTF_LOAD(u32, out, OFF_DEV_IFINDEX);
+    e.ifindex = e.out_ifindex;
+    if (in && hook != HOOK_NF_POSTROUTING && hook != HOOK_NF_OUTPUT)
+        e.ifindex = BTF_LOAD(u32, in, OFF_DEV_IFINDEX);
+    if (net)
+        e.netns = BTF_LOAD(u32, net, OFF_NET_INUM);
     emit(&e, SENSOR_NETFILTER);
     return 1; /* NF_ACCEPT: we only watch */
 }

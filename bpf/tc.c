@@ -1,6 +1,6 @@
 /* tc sensor: veth, bridge and host interfaces, attached with tcx (or clsact).
  * tc programs do not see the kernel's skb address; the fingerprint in the
- * packets map joins their sightings to the netfilter sensor's. */
+ * packet cache joins their sightings to the netfilter sensor's. */
 
 #define ETH_HLEN_ 14
 #define ETH_P_IP_BE 0x0008 /* htons(ETH_P_IP) */
@@ -52,12 +52,7 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
     struct fp_key fp = {};
     fingerprint(&fp, &p);
 #ifdef LATENCY_MODE
-    u32 role = ROLE_CONTAINER;
-    if (!(flags & FLAG_IN_CONTAINER_NS)) {
-        u32 ifindex = ctx->ifindex;
-        u32 *r = if_roles.lookup(&ifindex);
-        role = r ? *r : ROLE_EXTERNAL;
-    }
+    u32 role = (flags & FLAG_IN_CONTAINER_NS) ? ROLE_CONTAINER : if_role(ctx->ifindex);
     latency_sighting(&fp, tc_hop_code(hook, role), flow ? flow->direction : 0, now);
     return TC_CONTINUE;
 #endif

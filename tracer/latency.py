@@ -239,14 +239,20 @@ def missing_after(total: Snapshot) -> dict[str, int]:
 class LatencyMaps:
     """The kernel's histogram arrays, mapped read-only."""
 
-    def __init__(self, bpf) -> None:
-        self._hist = _map_array(bpf["hist"].map_fd, HIST_ROWS * HIST_BUCKETS)
-        self._hops = _map_array(bpf["hop_counts"].map_fd, 2 * N_HOPS)
+    def __init__(self, bpf, slices: int) -> None:
+        self.slices = slices  # per-CPU copies, summed here (hist_slice in latency.h)
+        self._hist = _map_array(bpf["hist"].map_fd, slices * HIST_ROWS * HIST_BUCKETS)
+        self._hops = _map_array(bpf["hop_counts"].map_fd, slices * 2 * N_HOPS)
 
     def snapshot(self, ktime_ns: int) -> Snapshot:
-        hist = np.frombuffer(self._hist, dtype="<u8", count=HIST_ROWS * HIST_BUCKETS).astype(np.int64)
-        hops = np.frombuffer(self._hops, dtype="<u8", count=2 * N_HOPS).astype(np.int64)
-        return Snapshot(hist.reshape(HIST_ROWS, HIST_BUCKETS), hops.reshape(2, N_HOPS), ktime_ns)
+        n = self.slices
+        hist = np.frombuffer(self._hist, dtype="<u8", count=n * HIST_ROWS * HIST_BUCKETS)
+        hist = hist.reshape(n, HIST_ROWS, HIST_BUCKETS).sum(axis=0, dtype=np.int64)
+        hops = np.frombuffer(self._hops, dtype="<u8", count=n * 2 * N_HOPS).reshape(n, 2, N_HOPS).sum(axis=0, dtype=np.int64)
+        # The kernel counts only starts; sightings at a hop = starts there +
+        # arrivals from any previous hop (bpf/latency.h).
+        hops[0] = hops[1] + hist[:N_SEGMENTS].sum(axis=1).reshape(N_HOPS, N_HOPS).sum(axis=0)
+        return Snapshot(hist, hops, ktime_ns)
 
     def close(self) -> None:
         self._hist.close()

@@ -48,3 +48,16 @@ def test_bench_capture_size_quick(lab) -> None:
     out = run_script("bench_capture_size.py", "--quick")
     assert re.search(r"demo --requests +default: [\d,]+ bytes, [\d,]+ event rows .*: [\d.]+ bytes/event", out), out
     assert re.search(r"target <= 40: (met|NOT met)", out), out
+
+
+def test_bench_bpf_quick() -> None:
+    out = run_script("bench_bpf.py", "--quick")
+    for mode in ("trace", "latency"):
+        assert re.search(rf"  {mode} +\d+ +\d+ +\d+   \(\+-?\d+ / \+-?\d+\)", out), out
+
+
+def test_bench_bpf_live_quick(lab) -> None:
+    out = run_script("bench_bpf.py", "--live", "--quick", timeout=120)
+    # The tracer's own programs, found by its fds, ran under the traffic.
+    assert re.search(r"trc_nf_fwd +[1-9]\d* +\d+ +[\d.]+", out), out
+    assert re.search(r"trc_tc_eg +[1-9]\d* +\d+ +[\d.]+", out), out

@@ -1,7 +1,7 @@
 """Build and compile the one BPF module that holds every enabled sensor.
 
-All sensors live in one compilation unit so they share maps (flows, packets,
-skbs, the ring buffer) and clang runs once. The source is assembled from
+All sensors live in one compilation unit so they share maps (flows, the
+packet cache, the ring buffer) and clang runs once. The source is assembled from
 ``bpf/common.h`` plus each sensor's file, preceded by the generated event
 definitions and ``#define``s for BTF offsets and the filter.
 """
@@ -44,6 +44,11 @@ FP_WINDOW_NS = 20_000_000
 # Latency mode keeps following a packet across slow hops (a full qdisc can
 # hold it for tens of ms); a fingerprint repeating within 1 s is rare.
 LATENCY_FP_WINDOW_NS = 1_000_000_000
+
+
+def hist_slices() -> int:
+    """Copies of the latency histograms (bpf/latency.h): one per CPU, up to 8."""
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
 @dataclass
@@ -184,7 +189,7 @@ class Program:
             f"-DFP_WINDOW_NS={LATENCY_FP_WINDOW_NS if self.latency else FP_WINDOW_NS}ULL",
         ]
         if self.latency:
-            flags.append("-DLATENCY_MODE")
+            flags += ["-DLATENCY_MODE", f"-DHIST_SLICES={hist_slices()}"]
         return flags + extra + self.filter.cflags()
 
     def compile(self):

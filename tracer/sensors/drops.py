@@ -1,5 +1,6 @@
-"""Drop sensor: raw tracepoint skb:kfree_skb, reporting drops of traced skbs
-with the kernel's drop reason."""
+"""Drop sensor: raw tracepoint skb:kfree_skb, reporting drops of traced
+packets (known to the packet cache by fingerprint) with the kernel's drop
+reason."""
 
 from __future__ import annotations
 

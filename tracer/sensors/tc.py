@@ -17,6 +17,7 @@ BPF_PROG_TYPE_SCHED_CLS = 3
 log = logging.getLogger(__name__)
 # Interface roles as the latency histograms code them (bpf/latency.h).
 ROLE_CODES = {"external": 0, "bridge": 1, "veth": 2, "container": 3}
+IF_ROLE_SLOTS = 65536  # bpf/latency.h: roles of lower ifindexes are in an array
 
 
 
@@ -55,7 +56,7 @@ class TcSensor(Sensor):
 
     def attach(self, bpf) -> None:
         # Latency mode keys hop codes by interface role (bpf/latency.h).
-        self.roles = bpf["if_roles"] if self.latency else None
+        self.roles = (bpf["if_roles"], bpf["if_roles_high"]) if self.latency else None
         for in_ct, (ingress, egress) in ((False, ("trc_tc_in", "trc_tc_eg")), (True, ("trc_tc_in_ct", "trc_tc_eg_ct"))):
             self.fds[(in_ct, "ingress")] = bpf.load_func(ingress, BPF_PROG_TYPE_SCHED_CLS).fd
             self.fds[(in_ct, "egress")] = bpf.load_func(egress, BPF_PROG_TYPE_SCHED_CLS).fd
@@ -88,7 +89,14 @@ class TcSensor(Sensor):
                 raise
             self.links[target.key] = (target, links)
             if self.roles is not None and not target.in_container_ns:
-                self.roles[self.roles.Key(target.ifindex)] = self.roles.Leaf(ROLE_CODES.get(target.role, 0))
+                self._set_role(target.ifindex, ROLE_CODES.get(target.role, 0) + 1)
+
+    def _set_role(self, ifindex: int, value: int) -> None:
+        """Role + 1 of a host interface (0: none) in the array, or in the
+        hash for interfaces numbered beyond it (see if_role in latency.h)."""
+        low, high = self.roles
+        table = low if ifindex < IF_ROLE_SLOTS else high
+        table[table.Key(ifindex)] = table.Leaf(value)
 
     def remove(self, predicate) -> list[TcTarget]:
         """Detach targets matching predicate(target); returns them."""
@@ -98,6 +106,8 @@ class TcSensor(Sensor):
                 if predicate(target):
                     for link in links:
                         link.close()
+                    if self.roles is not None and not target.in_container_ns:
+                        self._set_role(target.ifindex, 0)
                     del self.links[key]
                     removed.append(target)
         return removed
