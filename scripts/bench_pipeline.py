@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cost of the live trace pipeline after decode, per event: the object path
 (pop_complete -> json.dumps(to_json_dict) / render_journey -> Summary.add)
-against the vectorised path (pop_complete_table -> journey_json_lines ->
+against the vectorised path (pop_complete_table -> journey_json_block ->
 Summary.add_table), on the same synthetic stream, side by side.
 
 Usage: scripts/bench_pipeline.py [N_EVENTS] [--rate EVENTS_PER_S]
@@ -16,9 +16,10 @@ from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tracer.events import EVENT_SCHEMA
-from tracer.journeys import JourneyAssembler, journey_json_lines, journeys_of_table
+from tracer.journeys import JourneyAssembler, journey_json_block, journeys_of_table
 from tracer.render import Summary, render_journey
 
 IDLE_NS = 150_000_000  # as cli_trace
@@ -116,9 +117,17 @@ def polls(table: pa.Table) -> list[tuple[pa.Table, int]]:
     cuts = np.searchsorted(kt, edges[1:])
     out, start = [], 0
     for cut, now in zip(cuts.tolist(), edges[1:].tolist()):
-        out.append((table.slice(start, cut - start), now))
+        out.append((own_dictionaries(table.slice(start, cut - start)), now))
         start = cut
     return out
+
+
+def own_dictionaries(batch: pa.Table) -> pa.Table:
+    """The batch with dictionaries of its own, as decode gives each poll:
+    combining batches then has to unify them, as it does live."""
+    cols = [pc.dictionary_encode(c.cast(pa.string())).cast(c.type) if pa.types.is_dictionary(c.type) else c
+            for c in batch.columns]
+    return pa.Table.from_arrays(cols, schema=batch.schema)
 
 
 def run_old(batches, human: bool) -> tuple[dict[str, float], list[str], Summary]:
@@ -182,13 +191,13 @@ def run_new(batches) -> tuple[dict[str, float], list[str], Summary]:
 
     def emit(tab) -> None:
         t0 = time.process_time()
-        out = journey_json_lines(tab)
+        block, _ = journey_json_block(tab)  # as `trace --json` writes it
         t1 = time.process_time()
         summary.add_table(tab)
         t2 = time.process_time()
         times["json"] += t1 - t0
         times["summary"] += t2 - t1
-        lines.extend(out)
+        lines.extend(bytes(block).decode().splitlines())
 
     for batch, now in batches:
         t0 = time.process_time()

@@ -18,6 +18,11 @@ from tracer.stopping import StopSignals
 # host in well under a millisecond; the margin covers batching.
 IDLE_NS = 150_000_000
 POLL_S = 0.1
+# Each pass of the loop has fixed costs (sorting the held rows, a few dozen
+# Arrow and numpy kernels, a write): under load, let events gather for this
+# long rather than cycling on the few the drain thread queued since the last
+# pass. Small next to IDLE_NS, so journeys show barely later.
+MIN_PASS_S = 0.05
 
 
 def target_options(fn):
@@ -96,7 +101,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
     """Trace until count/duration/Ctrl-C; print journeys (unless ``journeys``
     is False: `record`), write them to ``recorder``'s capture if given; return
     the summary dict."""
-    from tracer.journeys import JourneyAssembler, first_journeys, journey_json_lines, journeys_of_table
+    from tracer.journeys import JourneyAssembler, first_journeys, journey_json_block, journeys_of_table
     from tracer.render import Summary, render_journey, status_line
     from tracer.session import TraceSession
 
@@ -130,13 +135,16 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
                     return True
                 table = first_journeys(table, limits.count - shown)
             if as_json:
-                texts = journey_json_lines(table)
+                block, count = journey_json_block(table)
+                if count:
+                    write_out(block, out)
             else:
                 texts = [render_journey(j, color) for j in journeys_of_table(table)]
-            if texts:
-                write_out("\n".join(texts) + "\n", out)
+                count = len(texts)
+                if texts:
+                    write_out("\n".join(texts) + "\n", out)
             summary.add_table(table)
-            shown += len(texts)
+            shown += count
             return limits.count is not None and shown >= limits.count
 
         def take(table) -> None:
@@ -147,7 +155,12 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             if journeys and table.num_rows:
                 assembler.add(table)
 
+        pass_started = 0.0
         while not stop.requested:
+            rest = MIN_PASS_S - (time.monotonic() - pass_started)
+            if rest > 0:
+                time.sleep(rest)
+            pass_started = time.monotonic()
             take(session.poll(POLL_S))
             if recorder is not None:
                 recorder.tick()

@@ -55,7 +55,9 @@ class DecodeContext:
                         return place
             return candidates[0][0] if candidates else UNKNOWN_PLACE
         place = self.places.get((netns or self.host_netns, ifindex))
-        if place is None and (netns in (0, self.host_netns)) and self.resolve_host_ifindex:
+        # ifindex 0 (e.g. a drop after the skb lost its device) names no
+        # interface: asking would re-read every host link on each poll.
+        if place is None and ifindex and netns in (0, self.host_netns) and self.resolve_host_ifindex:
             place = self.resolve_host_ifindex(ifindex)
         if place is None:
             return Place(None, "other", netns or self.host_netns)

@@ -469,9 +469,13 @@ class JourneyAssembler:
     def __init__(self, recent_ids: int = 1 << 16) -> None:
         self.recent_ids = recent_ids
         self.late_rows = 0
+        # Held tables stay as they came (each with its own dictionaries);
+        # their packet_id/ktime_ns columns are kept as numpy arrays, so a
+        # poll decides what is complete without combining the held rows.
         self._pending: list[pa.Table] = []
-        # Per pending table, which rows are still held (None: all). The fast
-        # path marks emitted rows here instead of copying the held ones out.
+        self._keys: list[tuple[np.ndarray, np.ndarray]] = []  # (packet_id, ktime_ns) per pending table
+        # Per pending table, which rows are still held (None: all). Emitted
+        # rows are marked here instead of copying the held ones out.
         self._held: list[np.ndarray | None] = []
         self._emitted = np.zeros(0, np.uint64)  # ids of the last recent_ids emitted packets
         self._highest = np.zeros(1025, np.uint64)  # per CPU: the highest id emitted
@@ -485,6 +489,7 @@ class JourneyAssembler:
                 work = work.filter(pa.array(~late))
         if work.num_rows:
             self._pending.append(work)
+            self._keys.append((_numpy(work["packet_id"]), _numpy(work["ktime_ns"])))
             self._held.append(None)
 
     @property
@@ -498,16 +503,15 @@ class JourneyAssembler:
 
     def pop_complete_table(self, idle_ns: int, now_ktime: int) -> pa.Table:
         """The complete packets as rows rather than Journey objects: the complete
-        packets' rows (normalised columns, sorted by packet_id, ktime_ns, flow
-        and direction filled) for journey_json_lines / Summary.add_table."""
+        packets' rows (normalised columns, sorted by packet_id, ktime_ns) for
+        journey_json_lines / Summary.add_table."""
         cutoff = now_ktime - idle_ns
         if not self._pending or cutoff < 0:
             return _WORK_SCHEMA.empty_table()
-        work = pa.concat_tables(self._pending).combine_chunks()
         held = np.concatenate([np.ones(t.num_rows, bool) if m is None else m for t, m in zip(self._pending, self._held)])
         rows = np.flatnonzero(held)
-        pid = _numpy(work["packet_id"])[rows]
-        ktime = _numpy(work["ktime_ns"])[rows]
+        pid = np.concatenate([k[0] for k in self._keys])[rows]
+        ktime = np.concatenate([k[1] for k in self._keys])[rows]
         # One sort permutation of the held rows: quiet packets are whole runs
         # of it, and only their rows are copied out.
         order = _sort_order(pid, ktime)
@@ -518,21 +522,39 @@ class JourneyAssembler:
         if not quiet.any():
             return _WORK_SCHEMA.empty_table()
         done = rows[order[np.repeat(quiet, ends - starts)]]
+        out = self._take_rows(done)
         held[done] = False
         self._keep_held(held)
         self._remember_array(spid[starts[quiet]])
-        return _fill_sorted(work.take(pa.array(done)))
+        return out
+
+    def _take_rows(self, done: np.ndarray) -> pa.Table:
+        """Rows ``done`` (indices over the pending tables back to back), in
+        that order. Each table gives up only its own rows before they are
+        combined: combining every held row on each poll costs far more."""
+        asc = np.sort(done)
+        bounds = np.cumsum([0] + [t.num_rows for t in self._pending])
+        cut = np.searchsorted(asc, bounds)
+        pieces = []
+        for t, lo, hi, base in zip(self._pending, cut[:-1], cut[1:], bounds[:-1]):
+            if hi - lo == t.num_rows:
+                pieces.append(t)  # every row of it: no copy
+            elif hi > lo:
+                pieces.append(t.take(pa.array(asc[lo:hi] - base)))
+        picked = pa.concat_tables(pieces).combine_chunks() if len(pieces) > 1 else pieces[0]
+        return picked.take(pa.array(np.searchsorted(asc, done)))
 
     def _keep_held(self, held: np.ndarray) -> None:
         """Store the held-row mask back per table; drop tables fully emitted."""
-        pending, masks, at = [], [], 0
-        for t in self._pending:
+        pending, keys, masks, at = [], [], [], 0
+        for t, k in zip(self._pending, self._keys):
             m = held[at : at + t.num_rows]
             at += t.num_rows
             if m.any():
                 pending.append(t)
+                keys.append(k)
                 masks.append(None if m.all() else m)
-        self._pending, self._held = pending, masks
+        self._pending, self._keys, self._held = pending, keys, masks
 
     def flush_table(self) -> pa.Table:
         """Everything still held (at exit), complete or not, as pop_complete_table rows."""
@@ -819,26 +841,88 @@ def journey_json_lines(table: pa.Table) -> list[str]:
     jr = journey_rows(table)
     if not len(jr):
         return []
-    hops = _glued_hops(jr).to_pylist()
-    bounds = jr.starts.tolist()
-    return ["".join(hops[s:e]) for s, e in zip(bounds[:-1], bounds[1:])]
+    pieces, line_starts = _json_pieces(jr, newline=False)
+    data, offsets = _string_buffer(pieces)
+    at = offsets[line_starts].tolist()
+    text = bytes(data[at[0] : at[-1]])
+    return [text[s - at[0] : e - at[0]].decode() for s, e in zip(at[:-1], at[1:])]
 
 
-def _glued_hops(jr: JourneyRows) -> pa.Array:
-    """Per hop a JSON fragment such that a packet's line is its hops'
-    fragments back to back: [packet header] + [previous hop's end + ', '] +
-    hop up to dt_ns + dt + [last hop's end + ']}']. The text around dt is one
-    value per distinct (previous container_id, hook..dst); only dt is
-    formatted per row."""
+def journey_json_block(table: pa.Table) -> tuple[memoryview, int]:
+    """The same lines, each ended by a newline, as one UTF-8 buffer (and how
+    many lines): for writing straight out, without a Python str per hop or
+    per line."""
+    jr = journey_rows(table)
+    if not len(jr):
+        return memoryview(b""), 0
+    pieces, _ = _json_pieces(jr, newline=True)
+    data, offsets = _string_buffer(pieces)
+    return data[int(offsets[0]) : int(offsets[-1])], len(jr)
+
+
+def _string_buffer(arr: pa.StringArray) -> tuple[memoryview, np.ndarray]:
+    """A string array's data buffer and its offsets (one per element, plus the end)."""
+    offsets = np.frombuffer(arr.buffers()[1], np.int32, count=len(arr) + 1, offset=4 * arr.offset)
+    return memoryview(arr.buffers()[2]), offsets
+
+
+_PACKET_ID_KEY, _FLOW_ID_KEY = '{"packet_id": ', ', "flow_id": '
+
+
+def _json_pieces(jr: JourneyRows, newline: bool) -> tuple[pa.StringArray, np.ndarray]:
+    """The JSON lines as string pieces which, back to back, are the text: per
+    journey '{"packet_id": ', id, ', "flow_id": ', flow, the rest of its
+    header; per hop its head (the previous hop's end, then hook .. "src": ),
+    its addresses up to "dt_ns": , dt; then the last hop's end and ']}'.
+    Everything but the numbers is formatted once per distinct value; one
+    take of a pool of all the texts lays the pieces out. Also returns the
+    piece where each line starts (plus the end)."""
+    n, count = len(jr.rows), len(jr)
+    heads, head_idx = _hop_heads(jr)
+    pairs, pair_idx = _hop_addresses(jr)
+    rests, rest_idx = _header_rests(jr)
+    close = "]}\n" if newline else "]}"
+    closings = [_end_text(v) + close for v in jr.container_id.values]
+    # The pool: the distinct texts, then the numbers formatted per row/journey.
+    texts = [_PACKET_ID_KEY, _FLOW_ID_KEY, *heads, *pairs, *closings, *rests]
+    head_at = 2
+    pair_at = head_at + len(heads)
+    close_at = pair_at + len(pairs)
+    rest_at = close_at + len(closings)
+    dt_at = rest_at + len(rests)
+    pid_at = dt_at + n
+    flow_at = pid_at + count
+    flow = pa.array(jr.flow_id, pa.uint64(), mask=jr.flow_id == 0)  # 0: unknown -> null
+    pool = pa.concat_arrays([
+        pa.array(texts, pa.string()),
+        pc.cast(pa.array(jr.dt), pa.string()),
+        pc.cast(pa.array(jr.packet_id, pa.uint64()), pa.string()),
+        pc.fill_null(pc.cast(flow, pa.string()), "null"),
+    ])
+    # Six pieces per journey (header: 5, closing: 1) and three per hop.
+    journeys = np.arange(count)
+    line_starts = 6 * np.arange(count + 1) + 3 * jr.starts
+    idx = np.empty(line_starts[-1], np.int64)
+    at = line_starts[:-1]
+    idx[at] = 0
+    idx[at + 1] = pid_at + journeys
+    idx[at + 2] = 1
+    idx[at + 3] = flow_at + journeys
+    idx[at + 4] = rest_at + rest_idx
+    hop = 6 * np.repeat(journeys, np.diff(jr.starts)) + 5 + 3 * np.arange(n)
+    idx[hop] = head_at + head_idx
+    idx[hop + 1] = pair_at + pair_idx
+    idx[hop + 2] = dt_at + np.arange(n)
+    idx[line_starts[1:] - 1] = close_at + jr.container_id.codes[jr.starts[1:] - 1]
+    return pool.take(pa.array(idx)), line_starts
+
+
+def _hop_heads(jr: JourneyRows) -> tuple[list[str], np.ndarray]:
+    """Per hop: the previous hop's end (none on a journey's first hop) and
+    its own text up to "src": , as distinct texts and each hop's index."""
     n = len(jr.rows)
-    first = jr.starts[:-1]
-    last = jr.starts[1:] - 1
-    is_first = np.zeros(n, bool)
-    is_first[first] = True
-
     # hook .. container: one formatted prefix per distinct combination.
-    cid, ifn = jr.container_id, jr.ifname
-    cid_codes = cid.codes
+    ifn = jr.ifname
     ku, kidx = _factorize(
         _mixed_radix(
             [(jr.hook.codes, None), (jr.stage.codes, len(jr.stage.values)),
@@ -855,41 +939,28 @@ def _glued_hops(jr: JourneyRows) -> pa.Array:
         k, c = divmod(k, n_c)
         hk, st = divmod(k, n_st)
         heads.append(_head_text(jr.hook.values[hk], jr.stage.values[st], ifn.values[i], int(nu[ns]), jr.container.values[c]))
-    # src, dst: once per distinct endpoint, then per distinct pair.
+    # What closes the previous hop: nothing on a journey's first hop.
+    cid_codes = jr.container_id.codes
+    ends_sep = [_end_text(v) + ", " for v in jr.container_id.values] + [""]
+    prev_end = np.empty(n, np.int64)
+    prev_end[1:] = cid_codes[:-1]
+    prev_end[jr.starts[:-1]] = len(ends_sep) - 1
+    # (previous end, head) has few distinct values: formatted once each.
+    eu, eidx = _factorize(prev_end * len(hu) + hidx)
+    e_end, e_head = np.divmod(eu, len(hu))
+    return [ends_sep[e] + heads[h] for e, h in zip(e_end.tolist(), e_head.tolist())], eidx
+
+
+def _hop_addresses(jr: JourneyRows) -> tuple[list[str], np.ndarray]:
+    """Per hop 'src, "dst": dst, "dt_ns": ', as distinct texts (once per
+    distinct endpoint, then per distinct pair) and each hop's index."""
     su, sidx = _factorize(_endpoint_key(jr.src))
     du, didx = _factorize(_endpoint_key(jr.dst))
     pu, pidx = _factorize(sidx * len(du) + didx)
     s_text = [_endpoint_json(k, jr.src_ip) for k in su.tolist()]
     d_text = [_endpoint_json(k, jr.dst_ip) for k in du.tolist()]
     nd = len(du)
-    pairs = [f'{s_text[p // nd]}, "dst": {d_text[p % nd]}, "dt_ns": ' for p in pu.tolist()]
-    # What closes the previous hop: nothing on a journey's first hop.
-    ends = [_end_text(v) for v in cid.values]
-    prev_end = np.empty(n, np.int64)
-    prev_end[1:] = cid_codes[:-1]
-    prev_end[is_first] = len(ends)
-    ends_sep = [e + ", " for e in ends] + [""]
-
-    # (previous end, head) has few distinct values; pairs many (ephemeral
-    # ports): two columns, each formatted once per distinct value.
-    eu, eidx = _factorize(prev_end * len(hu) + hidx)
-    e_end, e_head = np.divmod(eu, len(hu))
-    lead_head = pa.array([ends_sep[e] + heads[h] for e, h in zip(e_end.tolist(), e_head.tolist())], pa.string())
-    head = lead_head.take(pa.array(eidx))
-    addrs = pa.array(pairs, pa.string()).take(pa.array(pidx))
-    dt = pc.cast(pa.array(jr.dt), pa.string())
-    closing = pa.array([e + "]}" for e in ends], pa.string()).take(pa.array(cid_codes[last]))
-    lead = _spread(_headers(jr), first, n)
-    tail = _spread(closing, last, n)
-    return pc.binary_join_element_wise(lead, head, addrs, dt, tail, "")
-
-
-def _spread(values: pa.Array, at: np.ndarray, n: int) -> pa.StringArray:
-    """A length-n string array with values[i] at row at[i] and '' elsewhere."""
-    indices = np.full(n, len(values), dtype=np.int64)  # -> the '' appended below
-    indices[at] = np.arange(len(values))
-    padded = pa.concat_arrays([values.cast(pa.string()), pa.array([""], pa.string())])
-    return padded.take(pa.array(indices))
+    return [f'{s_text[p // nd]}, "dst": {d_text[p % nd]}, "dt_ns": ' for p in pu.tolist()], pidx
 
 
 def _mixed_radix(parts: list[tuple[np.ndarray, int | None]]) -> np.ndarray:
@@ -941,11 +1012,9 @@ def _end_text(container_id) -> str:
     return f', "container_id": {_dumps(container_id)}}}'
 
 
-
-
-
-def _headers(jr: JourneyRows) -> pa.Array:
-    """'{"packet_id": ..., "hops": [' per journey."""
+def _header_rests(jr: JourneyRows) -> tuple[list[str], np.ndarray]:
+    """Per journey its header after the flow id (direction .. '"hops": ['),
+    as distinct texts and each journey's index."""
     tcp = _lut(jr.protocol.values, lambda v: v == "tcp")[jr.protocol.codes]
     flags = np.where(tcp, jr.tcp_flags.astype(np.int64), 256)  # 256: not TCP -> null
     key = _mixed_radix(
@@ -964,31 +1033,7 @@ def _headers(jr: JourneyRows) -> pa.Array:
         texts.append(
             _header_text(_DIRECTION_NAMES[d], jr.protocol.values[p], f, jr.container.values[c], VERDICTS[v], jr.drop_reason.values[r])
         )
-    rest = pa.array(texts, pa.string()).take(pa.array(kidx))
-    flow = pa.array(jr.flow_id, pa.uint64(), mask=jr.flow_id == 0)  # 0: unknown -> null
-    flow_text = pc.fill_null(pc.cast(flow, pa.string()), "null")
-    return pc.binary_join_element_wise(
-        pa.scalar('{"packet_id": '), pc.cast(pa.array(jr.packet_id, pa.uint64()), pa.string()),
-        pa.scalar(', "flow_id": '), flow_text, rest, "",
-    )
-
-
-def _fill_sorted(work: pa.Table) -> pa.Table:
-    """A sorted work table with flow_id/direction spread over each packet's rows."""
-    if work.num_rows == 0:
-        return work
-    work = work.combine_chunks()
-    pid = _numpy(work["packet_id"])
-    starts = np.concatenate(([0], np.flatnonzero(pid[1:] != pid[:-1]) + 1))
-    sizes = np.diff(np.append(starts, len(pid)))
-    flow = np.repeat(np.maximum.reduceat(_numpy(work["flow_id"]), starts), sizes)
-    d = _codes(work["direction"])
-    code = np.repeat(np.maximum.reduceat(_lut(d.values, lambda v: _DIRECTION_CODES.get(v, 0), np.int8)[d.codes], starts), sizes)
-    direction = pa.DictionaryArray.from_arrays(
-        pa.array(code.astype(np.int32) - 1, mask=code == 0), pa.array(["original", "reply"])
-    )
-    work = work.set_column(work.schema.get_field_index("flow_id"), "flow_id", pa.array(flow, pa.uint64()))
-    return work.set_column(work.schema.get_field_index("direction"), "direction", direction)
+    return texts, kidx
 
 
 def journey_count(table: pa.Table) -> int:

@@ -15,15 +15,17 @@ import sys
 from typing import TextIO
 
 
-def write_out(text: str, stream: TextIO | None = None) -> None:
+def write_out(text: str | bytes | memoryview, stream: TextIO | None = None) -> None:
+    """Write text, or text already encoded as UTF-8 (e.g. the --json block,
+    straight from Arrow's buffer, without a copy)."""
     stream = stream or sys.stdout
     try:
         fd = stream.fileno()
     except (AttributeError, io.UnsupportedOperation):
-        stream.write(text)  # not a file (a test's StringIO, say)
+        stream.write(text if isinstance(text, str) else bytes(text).decode())  # not a file (a test's StringIO, say)
         stream.flush()
         return
     stream.flush()  # anything written the ordinary way goes first
-    view = memoryview(text.encode())
+    view = memoryview(text.encode() if isinstance(text, str) else text)
     while view:
         view = view[os.write(fd, view):]  # os.write retries on EINTR itself (PEP 475)

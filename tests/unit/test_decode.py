@@ -73,3 +73,16 @@ def test_unknown_interface_and_reason_still_decode():
 
 def test_empty_batch_is_an_empty_table():
     assert decode(events.empty_raw(), ctx()).num_rows == 0
+
+
+def test_ifindex_zero_is_not_looked_up():
+    # Drop rows of an skb without a device carry ifindex 0: no interface to
+    # ask the host about (a netlink dump per poll), still an 'other' place.
+    asked = []
+    c = ctx()
+    c.resolve_host_ifindex = lambda ifindex: asked.append(ifindex)
+    table = decode(raw([{"hook": events.HOOKS.index("drop"), "ifindex": 0, "drop_reason": 12},
+                        {"hook": events.HOOKS.index("tc_ingress"), "ifindex": 55}]), c)
+    d = table.to_pydict()
+    assert asked == [55]
+    assert d["ifname"] == [None, None] and d["if_role"] == ["other", "other"]

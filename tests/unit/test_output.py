@@ -9,25 +9,30 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 CHILD = r"""
 import signal, sys, time
 from tracer.output import write_out
+encoded = sys.argv[1] == "bytes"  # the --json block: already UTF-8
 stop = []
 signal.signal(signal.SIGINT, lambda *a: stop.append(1))
 n = 0
 while not stop:
-    write_out("".join(f'{{"n": {n + i}, "pad": "{"x" * 3000}"}}\n' for i in range(20)))
+    text = "".join(f'{{"n": {n + i}, "pad": "{"x" * 3000}"}}\n' for i in range(20))
+    write_out(memoryview(text.encode()) if encoded else text)
     n += 20
     time.sleep(0.01)
 sys.stderr.write(f"{n}\n")
 """
 
 
-def test_nothing_lost_when_a_signal_interrupts_a_blocked_write():
+@pytest.mark.parametrize("kind", ["text", "bytes"])
+def test_nothing_lost_when_a_signal_interrupts_a_blocked_write(kind):
     # The parent reads nothing until after the signal: the pipe is full and
     # the child is blocked in a write when SIGINT arrives.
     for _ in range(3):
-        child = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen([sys.executable, "-c", CHILD, kind], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(1.0)
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=30)

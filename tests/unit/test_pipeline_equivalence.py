@@ -17,6 +17,7 @@ from tracer.journeys import (
     build_journeys,
     first_journeys,
     journey_count,
+    journey_json_block,
     journey_json_lines,
     journeys_of_table,
 )
@@ -137,17 +138,19 @@ def test_assembler_tables_match_journeys_across_batches(seed):
     assert s_new.render(color=False) == s_old.render(color=False)
 
 
-def test_table_is_sorted_and_flows_filled():
+def test_table_is_sorted_across_batches():
+    # flow_id/direction are left as the rows had them: journey_rows fills
+    # them per packet (the equivalence tests above check the result).
     rng = random.Random(7)
+    rows = random_rows(rng, 50)
     a = JourneyAssembler()
-    a.add(pa.Table.from_pylist(random_rows(rng, 50), schema=EVENT_SCHEMA))
+    for part in batches(rows, rng, 4):
+        a.add(part)
     tab = a.pop_complete_table(0, 10**12)
     pid, kt = tab["packet_id"].to_numpy(), tab["ktime_ns"].to_numpy()
     assert np.all((pid[1:] > pid[:-1]) | ((pid[1:] == pid[:-1]) & (kt[1:] >= kt[:-1])))
-    by_packet: dict[int, set] = {}
-    for p, f, d in zip(pid.tolist(), tab["flow_id"].to_pylist(), tab["direction"].to_pylist()):
-        by_packet.setdefault(p, set()).add((f, d))
-    assert all(len(v) == 1 for v in by_packet.values())
+    assert tab.num_rows == sum(1 for r in rows if r["packet_id"])
+    assert a.pending_rows == 0
 
 
 def test_summary_add_table_matches_add_past_the_sample_cap():
@@ -178,3 +181,18 @@ def test_empty_tables():
     s = Summary()
     s.add_table(a.flush_table())
     assert s.to_dict() == Summary().to_dict()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_json_block_is_the_lines_with_newlines(seed):
+    rng = random.Random(300 + seed)
+    table = pa.concat_tables(batches(random_rows(rng, 120), rng, 3))
+    block, count = journey_json_block(table)
+    lines = journey_json_lines(table)
+    assert count == len(lines)
+    assert bytes(block).decode() == "".join(line + "\n" for line in lines)
+
+
+def test_json_block_of_nothing():
+    block, count = journey_json_block(EVENT_SCHEMA.empty_table())
+    assert (bytes(block), count) == (b"", 0)
