@@ -91,10 +91,25 @@ static __always_inline int parse_nf_skb(struct pkt *p, u64 skb)
     return parse_kernel_headers(p, BTF_LOAD(u64, skb, OFF_SKB_HEAD), BTF_LOAD(u16, skb, OFF_SKB_NETWORK_HEADER));
 }
 
-static __always_inline int nf_sense(struct nf_ctx *ctx, u8 hook, u8 stage)
+/* Kernel hook numbers (enum nf_inet_hooks) -> ours. */
+static __always_inline u8 nf_hook_of(u8 kernel_hook)
+{
+    switch (kernel_hook) {
+    case 0: return HOOK_NF_PREROUTING;
+    case 1: return HOOK_NF_INPUT;
+    case 2: return HOOK_NF_FORWARD;
+    case 3: return HOOK_NF_OUTPUT;
+    default: return HOOK_NF_POSTROUTING;
+    }
+}
+
+static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
 {
     u64 skb = ctx->skb;
     u64 state = ctx->state;
+    u8 hook = nf_hook_of(BTF_LOAD(u8, state, OFF_STATE_HOOK));
+    if (hook == HOOK_NF_FORWARD)
+        stage = 0; /* no NAT on FORWARD */
     u64 nfct = BTF_LOAD(u64, skb, OFF_SKB_NFCT);
     u64 ct = nfct & ~NFCT_INFOMASK;
     u32 ctinfo = nfct & NFCT_INFOMASK;
@@ -144,14 +159,8 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 hook, u8 stage)
     return 1; /* NF_ACCEPT: we only watch */
 }
 
-/* One program per (hook, side of NAT); priorities are chosen in
- * tracer/sensors/netfilter.py next to, never on, the tables' own. */
-int trc_nf_pre_b(struct nf_ctx *ctx) { return nf_sense(ctx, HOOK_NF_PREROUTING, NAT_BEFORE); }
-int trc_nf_pre_a(struct nf_ctx *ctx) { return nf_sense(ctx, HOOK_NF_PREROUTING, NAT_AFTER); }
-int trc_nf_in_b(struct nf_ctx *ctx) { return nf_sense(ctx, HOOK_NF_INPUT, NAT_BEFORE); }
-int trc_nf_in_a(struct nf_ctx *ctx) { return nf_sense(ctx, HOOK_NF_INPUT, NAT_AFTER); }
-int trc_nf_fwd(struct nf_ctx *ctx) { return nf_sense(ctx, HOOK_NF_FORWARD, 0); }
-int trc_nf_out_b(struct nf_ctx *ctx) { return nf_sense(ctx, HOOK_NF_OUTPUT, NAT_BEFORE); }
-int trc_nf_out_a(struct nf_ctx *ctx) { return nf_sense(ctx, HOOK_NF_OUTPUT, NAT_AFTER); }
-int trc_nf_post_b(struct nf_ctx *ctx) { return nf_sense(ctx, HOOK_NF_POSTROUTING, NAT_BEFORE); }
-int trc_nf_post_a(struct nf_ctx *ctx) { return nf_sense(ctx, HOOK_NF_POSTROUTING, NAT_AFTER); }
+/* One program per side of NAT, linked on every hook (the hook is read from
+ * nf_hook_state); priorities are chosen in tracer/sensors/netfilter.py next
+ * to, never on, the tables' own. FORWARD uses the "before" program. */
+int trc_nf_b(struct nf_ctx *ctx) { return nf_sense(ctx, NAT_BEFORE); }
+int trc_nf_a(struct nf_ctx *ctx) { return nf_sense(ctx, NAT_AFTER); }

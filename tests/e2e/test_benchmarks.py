@@ -59,5 +59,5 @@ def test_bench_bpf_quick() -> None:
 def test_bench_bpf_live_quick(lab) -> None:
     out = run_script("bench_bpf.py", "--live", "--quick", timeout=120)
     # The tracer's own programs, found by its fds, ran under the traffic.
-    assert re.search(r"trc_nf_fwd +[1-9]\d* +\d+ +[\d.]+", out), out
+    assert re.search(r"trc_nf_b +[1-9]\d* +\d+ +[\d.]+", out), out
     assert re.search(r"trc_tc_eg +[1-9]\d* +\d+ +[\d.]+", out), out

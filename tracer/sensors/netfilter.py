@@ -16,7 +16,8 @@ BPF_NETFILTER = 45
 
 @dataclass(frozen=True)
 class NfProbe:
-    function: str
+    name: str
+    function: str  # the hook comes from nf_hook_state at run time
     hook: str
     # Priorities to try in order: a priority already taken (another table, or
     # another tracer) is refused with EBUSY, so we step away from NAT.
@@ -26,17 +27,20 @@ class NfProbe:
 # Conntrack is at -200, DNAT at -100 (PREROUTING, OUTPUT), SNAT at +100
 # (INPUT, POSTROUTING), the filter table at 0. "before" must stay after
 # conntrack so the nf_conn is there; nf_forward runs before the filter table
-# so a packet the filter drops is still seen.
+# so a packet the filter drops is still seen. Two programs serve all nine
+# links (each reads its hook from nf_hook_state): one program per link made
+# clang compile the same body nine times, about a second of start-up.
+BEFORE, AFTER = "trc_nf_b", "trc_nf_a"
 PROBES = (
-    NfProbe("trc_nf_pre_b", "prerouting", range(-101, -150, -1)),
-    NfProbe("trc_nf_pre_a", "prerouting", range(-99, -50)),
-    NfProbe("trc_nf_in_b", "input", range(99, 50, -1)),
-    NfProbe("trc_nf_in_a", "input", range(101, 150)),
-    NfProbe("trc_nf_fwd", "forward", range(-1, -50, -1)),
-    NfProbe("trc_nf_out_b", "output", range(-101, -150, -1)),
-    NfProbe("trc_nf_out_a", "output", range(-99, -50)),
-    NfProbe("trc_nf_post_b", "postrouting", range(99, 50, -1)),
-    NfProbe("trc_nf_post_a", "postrouting", range(101, 150)),
+    NfProbe("pre_b", BEFORE, "prerouting", range(-101, -150, -1)),
+    NfProbe("pre_a", AFTER, "prerouting", range(-99, -50)),
+    NfProbe("in_b", BEFORE, "input", range(99, 50, -1)),
+    NfProbe("in_a", AFTER, "input", range(101, 150)),
+    NfProbe("fwd", BEFORE, "forward", range(-1, -50, -1)),  # no NAT here: stage 0 (netfilter.c)
+    NfProbe("out_b", BEFORE, "output", range(-101, -150, -1)),
+    NfProbe("out_a", AFTER, "output", range(-99, -50)),
+    NfProbe("post_b", BEFORE, "postrouting", range(99, 50, -1)),
+    NfProbe("post_a", AFTER, "postrouting", range(101, 150)),
 )
 
 
@@ -54,6 +58,7 @@ class NetfilterSensor(Sensor):
             "OFF_STATE_IN": ("nf_hook_state", "in", 8),
             "OFF_STATE_OUT": ("nf_hook_state", "out", 8),
             "OFF_STATE_NET": ("nf_hook_state", "net", 8),
+            "OFF_STATE_HOOK": ("nf_hook_state", "hook", 1),
             "OFF_CT_TUPLE_ORIG": ("nf_conn", "tuplehash[0].tuple", 40),
             "OFF_CT_TUPLE_REPLY": ("nf_conn", "tuplehash[1].tuple", 40),
             "OFF_TUPLE_SRC_U3": ("nf_conntrack_tuple", "src.u3", 4),
@@ -74,7 +79,7 @@ class NetfilterSensor(Sensor):
                 fn = bpf.load_func(probe.function, BPF_PROG_TYPE_NETFILTER, attach_type=BPF_NETFILTER)
                 link, priority = _attach_first_free(fn.fd, probe)
                 self.links.append(link)
-                self.priorities[probe.function] = priority
+                self.priorities[probe.name] = priority
         except BaseException:
             self.detach()
             raise
