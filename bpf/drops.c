@@ -6,6 +6,9 @@
 
 int trc_drop(struct bpf_raw_tracepoint_args *ctx)
 {
+#ifdef TRACER_NOOP
+    return 0;
+#endif
     u64 skb = ctx->args[0];
     u32 reason = (u32)ctx->args[2];
     if (reason == DROP_REASON_CONSUMED)

@@ -11,6 +11,9 @@
 
 static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
 {
+#ifdef TRACER_NOOP
+    return TC_CONTINUE;
+#endif
     if (ctx->protocol != ETH_P_IP_BE)
         return TC_CONTINUE;
     u8 ip[20] = {};

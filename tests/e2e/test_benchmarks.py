@@ -32,7 +32,9 @@ def test_bench_overhead_quick(lab) -> None:
     for label in ("HTTP req/s, traced (port 8000)", "stream Gbit/s, traced (port 5201)",
                   "HTTP req/s, untraced port", "stream Gbit/s, untraced port",
                   "HTTP req/s, tracer latency", "stream Gbit/s, tracer latency"):
-        assert re.search(re.escape(label) + r".*\s[\d.]+\s+[\d.]+\s+[\d.]+\s+>=0\.9\d", out), (label, out)
+        assert re.search(re.escape(label) + r".*\s[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+ \([\d.]+-[\d.]+\)\s+>=0\.9\d", out), (label, out)
+    # The floor: programs attached that return at once (no target).
+    assert re.search(r"HTTP req/s, no-op programs attached \(floor\)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+ \(", out), out
     assert re.search(r"tracer trace --port 8000: CPU % of one core .*; lost events [\d,]+", out), out
     assert re.search(r"tracer latency --port 8000 --port 5201: CPU % of one core during the workloads: median [\d.]+", out), out
     assert re.search(r"tracer latency user-space CPU < 2% of one core: (met|NOT met)", out), out

@@ -190,6 +190,9 @@ class Program:
         ]
         if self.latency:
             flags += ["-DLATENCY_MODE", f"-DHIST_SLICES={hist_slices()}"]
+        # Extra clang flags for experiments and benchmarks (e.g. -DTRACER_NOOP:
+        # every program returns at once, to measure what attaching alone costs).
+        flags += os.environ.get("TRACER_BPF_CFLAGS", "").split()
         return flags + extra + self.filter.cflags()
 
     def compile(self):
