@@ -41,14 +41,18 @@ struct fp_key {
     u16 tcp_flags;
 };
 
-/* A packet followed across sensors: one slot of the packet cache. */
+/* A packet followed across sensors: one slot of the packet cache. 32 bytes,
+ * so a set of two is one cache line: a first sighting costs one miss. */
 struct pkt_slot {
     struct fp_key fp;
-    u64 packet_id;
     u64 last_seen;
-    u64 first_seen; /* latency mode: end-to-end time */
-    u32 last_hop;   /* latency mode: hop code of the last sighting */
-    u32 _pad;
+    union {
+        u64 packet_id; /* trace mode */
+        struct {       /* latency mode */
+            u32 first_seen; /* low 32 bits of ktime: end-to-end times are far below 4 s */
+            u32 last_hop;   /* hop code of the last sighting */
+        };
+    };
 };
 
 struct pkt {
@@ -225,7 +229,7 @@ static __always_inline struct pkt_slot *pcache_claim(struct fp_key *fp, u64 now)
     struct pkt_slot *s = (s64)(a->last_seen - b->last_seen) <= 0 ? a : b;
     s->fp = *fp;
     s->last_seen = now;
-    s->first_seen = now;
+    s->first_seen = (u32)now;
     return s;
 }
 

@@ -116,7 +116,7 @@ static __always_inline void latency_sighting(struct fp_key *fp, u32 hop, u32 dir
         if (prev < N_HOPS)
             hist_add(slice, prev * N_HOPS + hop, now - seen->last_seen);
         if (terminal_hop(hop) && (dir == DIR_ORIGINAL || dir == DIR_REPLY))
-            hist_add(slice, E2E_ROW(dir), now - seen->first_seen);
+            hist_add(slice, E2E_ROW(dir), (u32)((u32)now - seen->first_seen));
         seen->last_seen = now;
         seen->last_hop = hop;
         if (hop == HOP_CODE_DROP) {
