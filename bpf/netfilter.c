@@ -19,10 +19,10 @@ struct nf_ctx {
 /* One conntrack tuple (bytes t of the tuples read) into flow_key form. */
 static __always_inline void read_tuple(struct flow_key *k, u8 *t)
 {
-    __builtin_memcpy(&k->saddr, t + OFF_TUPLE_SRC_U3, 4);
-    __builtin_memcpy(&k->sport, t + OFF_TUPLE_SRC_U, 2);
-    __builtin_memcpy(&k->daddr, t + OFF_TUPLE_DST_U3, 4);
-    __builtin_memcpy(&k->dport, t + OFF_TUPLE_DST_U, 2);
+    k->saddr = LD32(t + OFF_TUPLE_SRC_U3);
+    k->sport = LD16(t + OFF_TUPLE_SRC_U);
+    k->daddr = LD32(t + OFF_TUPLE_DST_U3);
+    k->dport = LD16(t + OFF_TUPLE_DST_U);
     k->proto = t[OFF_TUPLE_DST_PROTONUM];
     if (k->proto == IPPROTO_ICMP)
         k->dport = 0; /* type/code: not part of our ICMP key (see parse_ipv4) */
@@ -66,7 +66,7 @@ static __always_inline void track_flow(struct flow_key *orig, struct flow_key *r
 static __always_inline int ct_traced(u64 ct)
 {
     struct flow_key orig = {}, reply = {};
-    u8 t[CT_TUPLES_SIZE] = {};
+    u8 t[CT_TUPLES_SIZE] __attribute__((aligned(8))) = {}; /* aligned: word loads in read_tuple */
     if (bpf_probe_read_kernel(t, sizeof(t), (void *)(ct + OFF_CT_TUPLE_ORIG)) < 0)
         return 0;
     read_tuple(&orig, t);
