@@ -231,3 +231,32 @@ def test_bad_input_one_line_nothing_attached(args, env, message, nothing_left):
     assert message in lines[0] and "Traceback" not in t.stderr
     assert journeys == []
     nothing_left()
+
+
+def test_tiny_icmp_is_joined_across_sensors(lab):
+    """Echo requests with no payload (8 bytes of ICMP: too short to parse in
+    place, so tc copies the headers out with a helper) to the lab's host
+    address: the tc sighting and the netfilter ones are one packet (same
+    fingerprint on both paths), delivered at nf_input."""
+    t = Tracer("--proto", "icmp", "--host", lab["client_address"], "--duration", "30")
+    t.wait_ready()
+    subprocess.run(["ip", "netns", "exec", lab["netns"], lab_busybox(), "ping", "-c", "3", "-s", "0", "-W", "1",
+                    lab["host_address"]], capture_output=True, timeout=20)
+    time.sleep(0.5)
+    journeys = t.stop()
+    requests = [j for j in journeys if j["protocol"] == "icmp" and j["hops"][0]["src"].startswith(lab["client_address"])]
+    assert len(requests) >= 3, journeys
+    for j in requests:
+        where = [(h["hook"], h["nat_stage"]) for h in j["hops"]]
+        assert where[0] == ("tc_ingress", None), where
+        assert ("nf_prerouting", "before") in where and ("nf_input", "after") in where, where
+        assert j["verdict"] == "delivered", j
+    replies = [j for j in journeys if j["protocol"] == "icmp" and j["hops"][0]["src"].startswith(lab["host_address"])]
+    assert replies and all("tc_egress" in [h["hook"] for h in j["hops"]] for j in replies), \
+        [[(h["hook"], h["nat_stage"]) for h in j["hops"]] for j in replies]
+
+
+def lab_busybox() -> str:
+    from tracer.lab import busybox
+
+    return busybox()
