@@ -15,6 +15,9 @@
 /* Flow id from the nf_conn address: unique among live entries (they sit in
  * the kernel's direct map, 8-byte aligned) and below 2^53 for JSON readers. */
 #define FLOW_ID(ct) (((ct) & 0xffffffffffffULL) >> 3)
+/* A drop may come long after a packet's last sighting: a packet waiting for
+ * ARP is dropped (NEIGH_FAILED) after ~3 s. */
+#define DROP_WINDOW_NS 5000000000LL
 
 /* A packet's addresses as seen at one hop (network byte order throughout). */
 struct flow_key {
@@ -70,14 +73,16 @@ struct pkt {
 BPF_TABLE("lru_hash", struct flow_key, struct flow_val, flows, FLOW_ENTRIES);
 /* Packet cache: fingerprint -> packet id (and latency state), so later
  * sensors, the drop sensor included, reuse the first sighting's id. A 2-way
- * set-associative array, not an LRU hash: an LRU insert costs ~0.5 us under
+ * set-associative array, not LRU hashes: an LRU insert costs ~0.5 us under
  * load (free-list refill, eviction, bucket locks) and every traced packet
- * needs one; an array slot costs a few loads and stores. A set holds two
+ * needed two (fingerprint and skb maps); an array slot costs a few loads and
+ * stores. A set holds two
  * packets in flight; a third evicts the older one (its journey splits), which
  * at PACKET_ENTRIES slots and microsecond transit times is rare. Concurrent
  * writers to one slot may tear it: the fingerprint check catches most of it,
  * and the rest is one mis-joined sighting, never a fault. */
 BPF_ARRAY(pcache, struct pkt_slot, PACKET_ENTRIES);
+_Static_assert((PACKET_ENTRIES & (PACKET_ENTRIES - 1)) == 0, "PACKET_ENTRIES: a power of two (set index mask)");
 /* Filter values, written by user space before attaching. */
 BPF_HASH(filter_ports, u16, u8, 64);
 BPF_HASH(filter_hosts, u32, u8, 256);
@@ -109,7 +114,9 @@ static __always_inline int parse_ipv4(struct pkt *p, const u8 *ip, const u8 *l4,
     p->key.saddr = LD32(ip + 12);
     p->key.daddr = LD32(ip + 16);
     /* Non-first fragments carry no L4 header. */
-    if ((LD16(ip + 6) & 0xff1f) != 0 || !l4_ok) /* fragment offset, network order */
+    /* Fragment offset: the low 5 bits of byte 6 and all of byte 7, i.e. mask
+     * 0xff1f of a little-endian load (x86-64 and arm64, where this runs). */
+    if ((LD16(ip + 6) & 0xff1f) != 0 || !l4_ok)
         return 1;
     if (p->key.proto == IPPROTO_TCP) {
         p->key.sport = LD16(l4);
@@ -213,33 +220,47 @@ static __always_inline struct pkt_slot *pcache_set(struct fp_key *fp, struct pkt
     return pcache.lookup(&i);
 }
 
-/* A live slot for this fingerprint (seen within the window), or NULL. */
-static __always_inline struct pkt_slot *pcache_find(struct fp_key *fp, u64 now)
+/* A live slot for this fingerprint (seen within `window` ns), or NULL. */
+static __always_inline struct pkt_slot *pcache_find_within(struct fp_key *fp, u64 now, s64 window)
 {
     struct pkt_slot *b = NULL;
     struct pkt_slot *a = pcache_set(fp, &b);
     if (!a || !b)
         return NULL;
     /* Signed: another CPU may have just written a slightly later time. */
-    if (fp_equal(&a->fp, fp) && (s64)(now - a->last_seen) < (s64)FP_WINDOW_NS)
+    if (fp_equal(&a->fp, fp) && (s64)(now - a->last_seen) < window)
         return a;
-    if (fp_equal(&b->fp, fp) && (s64)(now - b->last_seen) < (s64)FP_WINDOW_NS)
+    if (fp_equal(&b->fp, fp) && (s64)(now - b->last_seen) < window)
         return b;
     return NULL;
 }
 
-/* A slot for a packet not in the cache: the older of its set's two. */
-static __always_inline struct pkt_slot *pcache_claim(struct fp_key *fp, u64 now)
+static __always_inline struct pkt_slot *pcache_find(struct fp_key *fp, u64 now)
+{
+    return pcache_find_within(fp, now, (s64)FP_WINDOW_NS);
+}
+
+/* Take a slot for a packet not in the cache, the older of its set's two,
+ * and fill it: packet id (trace mode) or first hop (latency mode). The
+ * fingerprint goes in last, so a reader on another CPU that matches it sees
+ * the rest (x86 keeps stores in order; the compiler barrier keeps clang
+ * from reordering them; elsewhere a rare race mis-joins one sighting). */
+static __always_inline void pcache_claim(struct fp_key *fp, u64 now, u64 packet_id, u32 hop)
 {
     struct pkt_slot *b = NULL;
     struct pkt_slot *a = pcache_set(fp, &b);
     if (!a || !b)
-        return NULL;
+        return;
     struct pkt_slot *s = (s64)(a->last_seen - b->last_seen) <= 0 ? a : b;
-    s->fp = *fp;
     s->last_seen = now;
+#ifdef LATENCY_MODE
     s->first_seen = (u32)now;
-    return s;
+    s->last_hop = hop;
+#else
+    s->packet_id = packet_id;
+#endif
+    asm volatile("" ::: "memory");
+    s->fp = *fp;
 }
 
 static __always_inline u64 new_packet_id(void)
@@ -265,9 +286,7 @@ static __always_inline u64 packet_identity(struct fp_key *fp, u64 now, u8 *flags
         return seen->packet_id;
     }
     u64 id = new_packet_id();
-    struct pkt_slot *fresh = pcache_claim(fp, now);
-    if (fresh)
-        fresh->packet_id = id;
+    pcache_claim(fp, now, id, 0);
     *flags |= FLAG_NEW_PACKET;
     return id;
 }

@@ -1,6 +1,9 @@
 /* Drop sensor: raw tracepoint skb:kfree_skb, for packets being traced: the
- * packet cache knows them by fingerprint. Drops are rare next to packets, so
- * reading each dropped skb's headers costs little. Raw tracepoint args
+ * packet's addresses belong to a traced flow (or match the filter) and the
+ * packet cache knows its fingerprint. The fingerprint alone is weak for UDP
+ * and ICMP (IP id 0 with DF, length), hence the address check. Drops are
+ * rare next to packets, so reading each dropped skb's headers costs little.
+ * Raw tracepoint args
  * (kernel >= 5.17):
  * (struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...). */
 
@@ -16,6 +19,8 @@ int trc_drop(struct bpf_raw_tracepoint_args *ctx)
     struct pkt p = {};
     if (!parse_kernel_skb(&p, skb))
         return 0;
+    if (!flows.lookup(&p.key) && !(filter_match(&p.key) && sampled(&p.key)))
+        return 0;
     struct fp_key fp = {};
     fingerprint(&fp, &p);
     u64 now = bpf_ktime_get_ns();
@@ -23,7 +28,7 @@ int trc_drop(struct bpf_raw_tracepoint_args *ctx)
     latency_sighting(&fp, HOP_CODE_DROP, 0, now);
     return 0;
 #endif
-    struct pkt_slot *seen = pcache_find(&fp, now);
+    struct pkt_slot *seen = pcache_find_within(&fp, now, DROP_WINDOW_NS);
     if (!seen)
         return 0;
     struct event e = {};

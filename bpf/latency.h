@@ -110,13 +110,17 @@ static __always_inline void hist_add(u32 slice, u32 row, u64 delta)
 static __always_inline void latency_sighting(struct fp_key *fp, u32 hop, u32 dir, u64 now)
 {
     u32 slice = hist_slice();
-    struct pkt_slot *seen = pcache_find(fp, now);
+    s64 window = hop == HOP_CODE_DROP ? DROP_WINDOW_NS : (s64)FP_WINDOW_NS;
+    struct pkt_slot *seen = pcache_find_within(fp, now, window);
     if (seen) {
         u32 prev = seen->last_hop;
+        /* Another CPU may have stamped the slot a little after `now`: 0. */
+        s64 d = now - seen->last_seen;
+        s32 e2e = (u32)now - seen->first_seen;
         if (prev < N_HOPS)
-            hist_add(slice, prev * N_HOPS + hop, now - seen->last_seen);
+            hist_add(slice, prev * N_HOPS + hop, d > 0 ? d : 0);
         if (terminal_hop(hop) && (dir == DIR_ORIGINAL || dir == DIR_REPLY))
-            hist_add(slice, E2E_ROW(dir), (u32)((u32)now - seen->first_seen));
+            hist_add(slice, E2E_ROW(dir), e2e > 0 ? e2e : 0);
         seen->last_seen = now;
         seen->last_hop = hop;
         if (hop == HOP_CODE_DROP) {
@@ -127,9 +131,7 @@ static __always_inline void latency_sighting(struct fp_key *fp, u32 hop, u32 dir
     } else {
         if (hop == HOP_CODE_DROP)
             return; /* only drops of packets we are following */
-        struct pkt_slot *fresh = pcache_claim(fp, now);
-        if (fresh)
-            fresh->last_hop = hop;
+        pcache_claim(fp, now, 0, hop);
         u32 start = slice * 2 * N_HOPS + N_HOPS + hop;
         bump(hop_counts.lookup(&start));
     }

@@ -18,7 +18,7 @@ Two measurements, each beside its baseline in the same run:
   BPF statistics (``kernel.bpf_stats_enabled``, restored afterwards) give runs
   per second and mean ns per run of every ``trc_`` program of that tracer.
   The statistics themselves add clock reads around each run: on this VM a
-  program that returns at once showed about 100 ns per run this way (35 ns
+  program that returns at once showed about 100 ns per run this way (32 ns
   by test_run), so live figures are upper bounds.
 
 Run as root from the repo: ``.venv/bin/python scripts/bench_bpf.py``

@@ -25,12 +25,16 @@ In every state both workloads run one after the other:
 
 The tracer is a real subprocess, fully attached (its "tracing ... Ctrl-C"
 line seen on stderr) before the workload starts, writing its journeys to a
-file (so its user-space draining, correlation and JSON cost is counted), and
-stopped with SIGINT afterwards; its summary (stderr) gives packets and lost
+file (so its user-space draining, correlation and JSON cost is counted). It
+is caught up (its CPU back near idle) before the second workload starts, so
+traffic to an untraced port is not measured against the previous workload's
+backlog. It is stopped with SIGINT afterwards; its summary (stderr) gives packets and lost
 events. The tracer's CPU use (utime + stime of the process, all threads, from
 /proc/PID/stat) is sampled when the workload starts and when it ends and
-reported as % of one core over that window. Medians per (workload, state),
-ratios against untraced.
+reported as % of one core over that window. Per (workload, state): the
+ratio of medians against untraced, and the median (min-max) of each round's
+ratio to that round's untraced run; targets are judged on the latter, which
+pairs runs taken minutes apart at most.
 
 Targets: issue 3: traced/untraced >= 0.95 for HTTP and stream; traffic to an
 untraced port while tracing >= 0.99. Issue 5: ``tracer latency``/untraced
@@ -113,6 +117,19 @@ class Tracer:
     def cpu_mark(self) -> None:
         """Start of the measured window (the workload)."""
         self.cpu0, self.wall0 = cpu_seconds(self.proc.pid), time.monotonic()
+
+    def wait_quiet(self, below_pct: float = 6.0, window: float = 0.5, limit: float = 20.0) -> float:
+        """Wait until the tracer has caught up with what the last workload
+        made it queue (its CPU over `window` s below `below_pct`% of a core),
+        so the next workload does not pay for the previous one's events.
+        Returns the seconds waited."""
+        start = time.monotonic()
+        while time.monotonic() - start < limit and self.proc.poll() is None:
+            c0, t0 = cpu_seconds(self.proc.pid), time.monotonic()
+            time.sleep(window)
+            if 100 * (cpu_seconds(self.proc.pid) - c0) / (time.monotonic() - t0) < below_pct:
+                break
+        return time.monotonic() - start
 
     def cpu_percent(self) -> float:
         """% of one core used by the tracer since cpu_mark()."""
@@ -202,7 +219,10 @@ def main() -> int:
     ap.add_argument("--states", default=",".join(STATES),
                     help=f"comma-separated subset of {','.join(STATES)} (untraced is always run)")
     args = ap.parse_args()
-    states = tuple(s for s in STATES if s == "untraced" or s in args.states.split(","))
+    asked = {s for s in args.states.split(",") if s}
+    if asked - set(STATES):
+        ap.error(f"unknown --states {','.join(sorted(asked - set(STATES)))} (choose from {','.join(STATES)})")
+    states = tuple(s for s in STATES if s == "untraced" or s in asked)
     if os.geteuid() != 0:
         print("bench_overhead: needs root (BPF, netns)", file=sys.stderr)
         return 2
@@ -233,7 +253,9 @@ def main() -> int:
                 got["others"] = other_tracer_progs() if tracer is None else None
                 if tracer is not None:
                     tracer.cpu_mark()
-                for name, fn in workloads:
+                for i, (name, fn) in enumerate(workloads):
+                    if i and tracer is not None:
+                        tracer.wait_quiet()
                     got[name] = fn()
                     results.setdefault((name, state), []).append(got[name])
             finally:

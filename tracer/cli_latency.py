@@ -71,7 +71,6 @@ def _without_buckets(rep: dict) -> dict:
 def latency(ports, containers, hosts, proto, ifaces, tc_mode, sample, interval, duration, as_json,
             write_path, rotate_size, rotate_seconds):
     """Per-segment latency histograms kept in the kernel (no per-packet events)."""
-    from tracer.kernel.program import hist_slices
     from tracer.latency import LatencyMaps, report
     from tracer.session import TraceSession
 
@@ -84,7 +83,7 @@ def latency(ports, containers, hosts, proto, ifaces, tc_mode, sample, interval, 
         session.start()
         if recorder is not None:
             recorder.start(session)
-        maps = LatencyMaps(session.bpf, hist_slices())  # as the program was built
+        maps = LatencyMaps(session.bpf, session.program.hist_slices)
         stop.running()
         where = f"; writing {recorder.path}" if recorder is not None else ""
         click.echo(f"tracer: latency of {session.filter.describe()} on {len(session.tc.targets())} interfaces "

@@ -61,6 +61,7 @@ class TraceSession:
         self.latency = latency
         self.inventory = None
         self.bpf = None
+        self.program = None
         self.drain: RingBufferDrain | None = None
         self.drainer: BackgroundDrain | None = None
         self.sensors: list = []
@@ -96,7 +97,7 @@ class TraceSession:
         # Compiling is most of the start-up time and needs no Docker metadata
         # (filter values go into maps afterwards): run clang meanwhile.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            program = Program(self.sensors, shape, latency=self.latency)
+            program = self.program = Program(self.sensors, shape, latency=self.latency)
             compiling = pool.submit(program.compile)
             try:
                 containers = self._containers()

@@ -12,6 +12,7 @@ import ctypes
 import os
 import socket
 import struct
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,9 @@ class Program:
     ringbuf_pages: int = RINGBUF_PAGES
     # Latency mode: histograms in the kernel instead of per-packet events.
     latency: bool = False
+    # Per-CPU copies of the latency histograms (bpf/latency.h); user space
+    # reads them back with the same count.
+    hist_slices: int = field(default_factory=lambda: hist_slices())
 
     def source(self) -> str:
         parts = [events.c_definitions(), (BPF_DIR / "common.h").read_text()]
@@ -189,10 +193,13 @@ class Program:
             f"-DFP_WINDOW_NS={LATENCY_FP_WINDOW_NS if self.latency else FP_WINDOW_NS}ULL",
         ]
         if self.latency:
-            flags += ["-DLATENCY_MODE", f"-DHIST_SLICES={hist_slices()}"]
+            flags += ["-DLATENCY_MODE", f"-DHIST_SLICES={self.hist_slices}"]
         # Extra clang flags for experiments and benchmarks (e.g. -DTRACER_NOOP:
         # every program returns at once, to measure what attaching alone costs).
-        flags += os.environ.get("TRACER_BPF_CFLAGS", "").split()
+        extra_env = os.environ.get("TRACER_BPF_CFLAGS", "").split()
+        if extra_env:  # say so: -DTRACER_NOOP left set makes the tracer see nothing
+            print(f"tracer: building the BPF programs with TRACER_BPF_CFLAGS={' '.join(extra_env)}", file=sys.stderr)
+        flags += extra_env
         return flags + extra + self.filter.cflags()
 
     def compile(self):
