@@ -33,14 +33,17 @@ def container_get(url: str) -> str:
     return sh("docker", "exec", lab_mod.CONTAINER, "timeout", "5", "wget", "-q", "-O-", url).stdout
 
 
-def conntrack(*filters: str) -> list[tuple[dict, dict]]:
-    """(original, reply) tuples of conntrack entries matching the filters."""
-    out = sh("conntrack", "-L", *filters, check=False).stdout
+def conntrack(*filters: str) -> list[tuple[dict, dict, str]]:
+    """(original, reply, entry id) of conntrack entries matching the filters.
+    New entries are told apart by id: after heavy traffic a new connection
+    may reuse the source port of an entry still in TIME_WAIT."""
+    out = sh("conntrack", "-L", "-o", "id", *filters, check=False).stdout
     entries = []
     for line in out.splitlines():
         pairs = re.findall(r"(src|dst|sport|dport)=(\S+)", line)
-        if len(pairs) >= 8:
-            entries.append((dict(pairs[:4]), dict(pairs[4:8])))
+        entry_id = re.search(r"\bid=(\d+)", line)
+        if len(pairs) >= 8 and entry_id:
+            entries.append((dict(pairs[:4]), dict(pairs[4:8]), entry_id.group(1)))
     return entries
 
 
@@ -74,10 +77,10 @@ def test_client_netns_only_route_is_the_host(lab):
 
 def test_client_reaches_container_through_dnat(lab):
     flt = ["-p", "tcp", "--orig-src", lab["client_address"], "--orig-dst", lab["host_address"], "--dport", str(lab["port"])]
-    before = {o["sport"] for o, _ in conntrack(*flt)}
+    before = {i for _, _, i in conntrack(*flt)}
     page = client_get(f"http://{lab['host_address']}:{lab['port']}/")
     assert lab_mod.INDEX_MARKER in page
-    new = [(o, r) for o, r in conntrack(*flt) if o["sport"] not in before]
+    new = [(o, r) for o, r, i in conntrack(*flt) if i not in before]
     assert new, "no new conntrack entry for the client's connection to host:8000"
     for orig, reply in new:
         # DNAT: the reply comes from the container's address and port
@@ -87,10 +90,10 @@ def test_client_reaches_container_through_dnat(lab):
 
 def test_container_reaches_client_server_through_masquerade(lab):
     flt = ["-p", "tcp", "--orig-src", lab["container_ip"], "--orig-dst", lab["server_address"], "--dport", str(lab["server_port"])]
-    before = {o["sport"] for o, _ in conntrack(*flt)}
+    before = {i for _, _, i in conntrack(*flt)}
     body = container_get(f"http://{lab['server_address']}:{lab['server_port']}/")
     assert lab_mod.SERVER_MARKER in body
-    new = [(o, r) for o, r in conntrack(*flt) if o["sport"] not in before]
+    new = [(o, r) for o, r, i in conntrack(*flt) if i not in before]
     assert new, "no new conntrack entry for the container's connection to the client server"
     for orig, reply in new:
         # MASQUERADE: the server answers the host's address on the veth
