@@ -130,6 +130,8 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             """Print the journeys of a pop_complete_table batch (column-wise:
             per-journey Python only to render the human text)."""
             nonlocal shown
+            if table.num_rows == 0:  # most passes when idle: no Arrow work at all
+                return limits.count is not None and shown >= limits.count
             if limits.count is not None:
                 if shown >= limits.count:
                     return True
