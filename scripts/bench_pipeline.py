@@ -130,86 +130,67 @@ def own_dictionaries(batch: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=batch.schema)
 
 
-def run_old(batches, human: bool) -> tuple[dict[str, float], list[str], Summary]:
+def _run(batches, table_api: bool, render) -> tuple[dict[str, float], list[str], Summary]:
+    """Drive one path over the polls, timing assembly, output and summary.
+    table_api: pop_complete_table/flush_table (else the Journey-object API);
+    render(popped) -> (output stage name, lines or an untimed callable giving
+    them, summary update)."""
     times: dict[str, float] = defaultdict(float)
     asm, summary, lines = JourneyAssembler(), Summary(), []
 
-    def emit(js) -> None:
+    def emit(popped) -> None:
         t0 = time.process_time()
-        out = [render_journey(j, False) for j in js] if human else [json.dumps(j.to_json_dict()) for j in js]
+        stage, out, add_to = render(popped)
         t1 = time.process_time()
-        for j in js:
-            summary.add([j])  # as run_trace does, per journey
-        t2 = time.process_time()
-        times["render" if human else "json"] += t1 - t0
-        times["summary"] += t2 - t1
-        lines.extend(out)
+        add_to(summary)
+        times[stage] += t1 - t0
+        times["summary"] += time.process_time() - t1
+        lines.extend(out() if callable(out) else out)
 
+    pop = asm.pop_complete_table if table_api else asm.pop_complete
+    flush = asm.flush_table if table_api else asm.flush
     for batch, now in batches:
         t0 = time.process_time()
         asm.add(batch)
-        js = asm.pop_complete(IDLE_NS, now)
+        popped = pop(IDLE_NS, now)
         times["assemble"] += time.process_time() - t0
-        emit(js)
+        emit(popped)
     t0 = time.process_time()
-    js = asm.flush()
+    popped = flush()
     times["assemble"] += time.process_time() - t0
-    emit(js)
+    emit(popped)
     return times, lines, summary
+
+
+def _per_journey(js) -> "callable":
+    def add(summary: Summary) -> None:
+        for j in js:
+            summary.add([j])  # as run_trace did, per journey
+    return add
+
+
+def run_old(batches, human: bool) -> tuple[dict[str, float], list[str], Summary]:
+    """The Journey-object path (before the column-wise one)."""
+    def render(js):
+        if human:
+            return "render", [render_journey(j, False) for j in js], _per_journey(js)
+        return "json", [json.dumps(j.to_json_dict()) for j in js], _per_journey(js)
+    return _run(batches, False, render)
 
 
 def run_new_human(batches) -> tuple[dict[str, float], list[str], Summary]:
     """The human path on the table API: Journey objects only for rendering."""
-    times: dict[str, float] = defaultdict(float)
-    asm, summary, lines = JourneyAssembler(), Summary(), []
-
-    def emit(tab) -> None:
-        t0 = time.process_time()
-        out = [render_journey(j, False) for j in journeys_of_table(tab)]
-        t1 = time.process_time()
-        summary.add_table(tab)
-        times["render"] += t1 - t0
-        times["summary"] += time.process_time() - t1
-        lines.extend(out)
-
-    for batch, now in batches:
-        t0 = time.process_time()
-        asm.add(batch)
-        tab = asm.pop_complete_table(IDLE_NS, now)
-        times["assemble"] += time.process_time() - t0
-        emit(tab)
-    t0 = time.process_time()
-    tab = asm.flush_table()
-    times["assemble"] += time.process_time() - t0
-    emit(tab)
-    return times, lines, summary
+    return _run(batches, True, lambda tab: ("render", [render_journey(j, False) for j in journeys_of_table(tab)],
+                                            lambda summary: summary.add_table(tab)))
 
 
 def run_new(batches) -> tuple[dict[str, float], list[str], Summary]:
-    times: dict[str, float] = defaultdict(float)
-    asm, summary, lines = JourneyAssembler(), Summary(), []
-
-    def emit(tab) -> None:
-        t0 = time.process_time()
-        block, _ = journey_json_block(tab)  # as `trace --json` writes it
-        t1 = time.process_time()
-        summary.add_table(tab)
-        t2 = time.process_time()
-        times["json"] += t1 - t0
-        times["summary"] += t2 - t1
-        lines.extend(bytes(block).decode().splitlines())
-
-    for batch, now in batches:
-        t0 = time.process_time()
-        asm.add(batch)
-        tab = asm.pop_complete_table(IDLE_NS, now)
-        times["assemble"] += time.process_time() - t0
-        emit(tab)
-    t0 = time.process_time()
-    tab = asm.flush_table()
-    times["assemble"] += time.process_time() - t0
-    emit(tab)
-    return times, lines, summary
+    """`trace --json` as it runs: one UTF-8 block per poll."""
+    def render(tab):
+        block, _ = journey_json_block(tab)
+        # Splitting the block into lines is only for the comparison: untimed.
+        return "json", lambda: bytes(block).decode().splitlines(), lambda summary: summary.add_table(tab)
+    return _run(batches, True, render)
 
 
 def main() -> None:

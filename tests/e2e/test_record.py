@@ -26,12 +26,17 @@ class Recording(Tracer):
     """A `tracer record` process (Tracer's readiness and stop helpers)."""
 
     def __init__(self, *args: str) -> None:
-        self.args = ["record", *args]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tracer", *self.args],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        self.stderr_lines = []
+        super().__init__(*args, command="record", json_out=False)
+
+
+def record_under_traffic(lab: dict, *args: str) -> "Recording":
+    """`tracer record ARGS` to its end while lab traffic runs; it must succeed."""
+    r = Recording(*args)
+    r.wait_ready()
+    with Traffic(lab):
+        r.finish()
+    assert r.returncode == 0, r.stderr
+    return r
 
 
 def show(*args: str) -> subprocess.CompletedProcess:
@@ -140,11 +145,7 @@ def _batches(f):
 
 def test_rotation_mode_and_metadata(lab, tmp_path):
     path = tmp_path / "rot.arrows"
-    r = Recording("--port", str(lab["port"]), "-w", str(path), "--rotate-seconds", "1", "--duration", "6", "--quiet")
-    r.wait_ready()
-    with Traffic(lab):
-        r.finish()
-    assert r.returncode == 0, r.stderr
+    r = record_under_traffic(lab, "--port", str(lab["port"]), "-w", str(path), "--rotate-seconds", "1", "--duration", "6", "--quiet")
     assert "recording:" not in r.stderr  # --quiet
     files = sorted(tmp_path.glob("rot.*.arrows"))
     assert len(files) >= 3, (files, r.stderr)
@@ -176,11 +177,7 @@ def test_rotation_mode_and_metadata(lab, tmp_path):
 
     # by size: a tiny limit gives a file per flushed batch
     sized = tmp_path / "size.arrows"
-    r = Recording("--port", str(lab["port"]), "-w", str(sized), "--rotate-size", "1K", "--duration", "4", "--quiet")
-    r.wait_ready()
-    with Traffic(lab):
-        r.finish()
-    assert r.returncode == 0, r.stderr
+    record_under_traffic(lab, "--port", str(lab["port"]), "-w", str(sized), "--rotate-size", "1K", "--duration", "4", "--quiet")
     parts = sorted(tmp_path.glob("size.*.arrows"))
     assert len(parts) >= 2
     assert read_capture([str(p) for p in parts]).recovered == []

@@ -19,10 +19,11 @@ OUR_PROG_PREFIX = "trc_"
 
 
 class Tracer:
-    """A `tracer trace --json` process."""
+    """A `tracer trace --json` process (or another command: `command`, and
+    json_out=False for one without --json, such as `record`)."""
 
-    def __init__(self, *args: str, env: dict | None = None, command: str = "trace") -> None:
-        self.args = [command, "--json", *args]
+    def __init__(self, *args: str, env: dict | None = None, command: str = "trace", json_out: bool = True) -> None:
+        self.args = [command, *(["--json"] if json_out else []), *args]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tracer", *self.args],
             cwd=REPO,

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from tests.unit.event_rows import CONTAINER_NS, HOST_NS, event_defaults
 from tracer.events import CAPTURE_SCHEMA, EVENT_SCHEMA, SCHEMA_VERSION
 
 CLIENT, HOST, CONTAINER = "198.18.0.2", "198.18.0.1", "172.17.0.2"
-HOST_NS, CONTAINER_NS = 4026531840, 4026532500
 WALL0 = 1_750_000_000_000_000_000  # 2025-06-15T15:06:40Z
 KT0 = 5_000_000_000
 FLOW_BASE = 0xFFFF8880_1234_0000
@@ -53,13 +53,7 @@ REPLY_PATH = [
     ("tc_egress", None, EXT, True, 3_000),
 ]
 
-_DEFAULTS = {
-    "time": None, "ktime_ns": 0, "hook": None, "nat_stage": None, "ifindex": 0, "ifname": None,
-    "if_role": None, "out_ifindex": 0, "netns": HOST_NS, "container_id": None, "container_name": None,
-    "skb": 0, "packet_id": 0, "flow_id": 0, "direction": None, "protocol": "tcp", "src_ip": None,
-    "src_port": 0, "dst_ip": None, "dst_port": 0, "ip_id": 0, "ttl": 64, "length": 60,
-    "tcp_flags": 0, "tcp_seq": 0, "tcp_ack": 0, "drop_reason": None, "cpu": 0, "flags": 0,
-}
+_DEFAULTS = event_defaults()
 
 
 @dataclass

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from tests.unit.event_rows import CONTAINER_NS, HOST_NS, event_defaults
 from tracer.events import EVENT_SCHEMA, FLAG_IN_CONTAINER_NS
 from tracer.journeys import Hop, JourneyAssembler, build_journeys, fill_flows, nat_translation
 
 CLIENT, HOST, CONTAINER = "198.18.0.2", "198.18.0.1", "172.17.0.2"
 FLOW = 0xFFFF8880_1234_5600
-HOST_NS, CONTAINER_NS = 4026531840, 4026532500
 
 # Interfaces of the lab: (ifname, if_role, netns, container name)
 EXT = ("veth-lab-h", "external", HOST_NS, None)
@@ -23,13 +23,7 @@ BRIDGE = ("docker0", "bridge", HOST_NS, None)
 VETH = ("veth3f2a1b", "veth", HOST_NS, "web")
 ETH0 = ("eth0", "container", CONTAINER_NS, "web")
 
-_DEFAULTS = {
-    "time": None, "ktime_ns": 0, "hook": None, "nat_stage": None, "ifindex": 1, "ifname": None,
-    "if_role": None, "out_ifindex": 0, "netns": HOST_NS, "container_id": None, "container_name": None,
-    "skb": 0, "packet_id": 0, "flow_id": 0, "direction": None, "protocol": "tcp", "src_ip": None,
-    "src_port": 0, "dst_ip": None, "dst_port": 0, "ip_id": 7, "ttl": 64, "length": 60,
-    "tcp_flags": 0x02, "tcp_seq": 1000, "tcp_ack": 0, "drop_reason": None, "cpu": 0, "flags": 0,
-}
+_DEFAULTS = event_defaults(ifindex=1, ip_id=7, tcp_flags=0x02, tcp_seq=1000)
 
 
 def events(rows: list[dict]) -> pa.Table:
