@@ -13,8 +13,9 @@ struct nf_ctx {
  * fraction of a bpf_probe_read_kernel call's cost. Constant offsets only. */
 #define BTF_LOAD(type, base, off) (*(volatile type *)((base) + (off)))
 
-/* Both conntrack tuples (orig, reply) in one read: they sit 56 bytes apart. */
-#define CT_TUPLES_SIZE (OFF_CT_TUPLE_REPLY - OFF_CT_TUPLE_ORIG + TUPLE_SIZE)
+/* Both conntrack tuples (orig, reply) in one read, up to the last byte
+ * read_tuple uses (dst.protonum of the reply tuple). */
+#define CT_TUPLES_SIZE (OFF_CT_TUPLE_REPLY - OFF_CT_TUPLE_ORIG + OFF_TUPLE_DST_PROTONUM + 1)
 
 /* One conntrack tuple (bytes t of the tuples read) into flow_key form. */
 static __always_inline void read_tuple(struct flow_key *k, u8 *t)

@@ -20,7 +20,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 from tracer.errors import MissingCapability
 
@@ -458,31 +458,62 @@ def _store_cache(path: Path, offsets: dict[str, int]) -> None:
 
 
 def resolve_offsets(
-    wanted: Mapping[str, tuple[str, str]],
+    wanted: Mapping[str, tuple[str, str] | tuple[str, str, int]],
     btf_path: str | os.PathLike[str] = VMLINUX_BTF,
 ) -> dict[str, int]:
     """Byte offsets for ``{"OFF_SKB_HEAD": ("sk_buff", "head"), ...}``.
 
-    Answers come from the per-kernel-build cache when it has them all; BTF is
-    parsed only for a miss. Every missing member is named in one error.
+    An entry may name the bytes the BPF C reads there, ``("sk_buff", "head",
+    8)``: the member must then be a plain field at least that wide, not a
+    bitfield. Answers come from the per-kernel-build cache when it has them
+    all (an entry is cached only after passing its check); BTF is parsed only
+    for a miss. Every missing or unfit member is named in one error.
     """
+    return _resolve(
+        {name: (":".join(map(str, spec)), lambda btf, spec=spec: _checked_offset(btf, *spec)) for name, spec in wanted.items()},
+        btf_path,
+    )
+
+
+def resolve_enum_value(enum_name: str, member: str, default: int,
+                       btf_path: str | os.PathLike[str] = VMLINUX_BTF) -> int:
+    """A kernel enum constant's value (``default`` if the enum lacks it),
+    through the same per-build cache as resolve_offsets."""
+    return _resolve(
+        {"v": (f"enum:{enum_name}:{member}", lambda btf: btf.enum_values(enum_name).get(member, default))}, btf_path
+    )["v"]
+
+
+def _resolve(wanted: Mapping[str, tuple[str, Callable[[Btf], int]]], btf_path) -> dict[str, int]:
+    """name -> (cache key, compute from the parsed BTF): cached answers, BTF
+    parsed only for a miss, every failure named in one error."""
     data = _read_btf_file(Path(btf_path))
     btf_key = _cache_key(data)
     cache_path = _cache_file(btf_key)
     known = _load_cache(cache_path)
-    keys = {name: f"{struct_name}:{path}" for name, (struct_name, path) in wanted.items()}
-    misses = [k for k in keys.values() if k not in known]
+    misses = {key: compute for key, compute in wanted.values() if key not in known}
     if misses:
         btf = _parse_once(data, btf_key)
         errors: list[str] = []
-        for key in dict.fromkeys(misses):
-            struct_name, path = key.split(":", 1)
+        for key, compute in misses.items():
             try:
-                known[key] = btf.offsetof(struct_name, path)
+                known[key] = compute(btf)
             except MissingCapability as exc:
                 errors.append(str(exc))
-        if len(errors) < len(set(misses)):
+        if len(errors) < len(misses):
             _store_cache(cache_path, known)
         if errors:
             raise MissingCapability("; ".join(errors))
-    return {name: known[key] for name, key in keys.items()}
+    return {name: known[key] for name, (key, _) in wanted.items()}
+
+
+def _checked_offset(btf: Btf, struct_name: str, path: str, size: int | None = None) -> int:
+    if size is None:
+        return btf.offsetof(struct_name, path)
+    member = btf.member(struct_name, path)
+    if member.bitfield or member.size < size:
+        raise MissingCapability(
+            f"kernel struct {struct_name}.{path} has an unexpected layout "
+            f"({member.size} bytes, bitfield={member.bitfield}); this kernel is not supported"
+        )
+    return member.offset

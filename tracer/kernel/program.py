@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from tracer import events
 from tracer.errors import MissingCapability, TracerError
+from tracer.kernel.btf import resolve_offsets
 from tracer.kernel.headers import ensure_bcc_headers
 
 if TYPE_CHECKING:
@@ -139,23 +140,6 @@ def _be32(ip: str) -> int:
 def _fill(table, keys: Iterable[int], value) -> None:
     for key in keys:
         table[table.Key(key)] = value
-
-
-def resolve_offsets(wanted: dict[str, tuple[str, str, int]]) -> dict[str, int]:
-    """BTF offsets for the C macros, checking the member sizes the C assumes."""
-    from tracer.kernel.btf import kernel_btf
-
-    btf = kernel_btf()
-    out = {}
-    for macro, (struct_name, path, size) in wanted.items():
-        member = btf.member(struct_name, path)
-        if member.bitfield or member.size < size:
-            raise MissingCapability(
-                f"kernel struct {struct_name}.{path} has an unexpected layout "
-                f"({member.size} bytes, bitfield={member.bitfield}); this kernel is not supported"
-            )
-        out[macro] = member.offset
-    return out
 
 
 @dataclass

@@ -52,9 +52,9 @@ class DropSensor(Sensor):
         # kernels leave it out of the tracepoint's symbol list: ask BTF.
         consumed = next((num for num, name in self.reasons.items() if name == "CONSUMED"), None)
         if consumed is None:
-            from tracer.kernel.btf import kernel_btf
+            from tracer.kernel.btf import resolve_enum_value
 
-            consumed = kernel_btf().enum_values("skb_drop_reason").get("SKB_CONSUMED", 0xFFFFFFFF)
+            consumed = resolve_enum_value("skb_drop_reason", "SKB_CONSUMED", 0xFFFFFFFF)
         return [f"-DDROP_REASON_CONSUMED={consumed}"]
 
     def attach(self, bpf) -> None:

@@ -68,11 +68,6 @@ class NetfilterSensor(Sensor):
             "OFF_TUPLE_DST_PROTONUM": ("nf_conntrack_tuple", "dst.protonum", 1),
         }
 
-    def cflags(self):
-        from tracer.kernel.btf import kernel_btf
-
-        return [f"-DTUPLE_SIZE={kernel_btf().sizeof('nf_conntrack_tuple')}"]
-
     def attach(self, bpf) -> None:
         try:
             for probe in PROBES:
