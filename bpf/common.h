@@ -220,13 +220,11 @@ static __always_inline struct pkt_slot *pcache_set(struct fp_key *fp, struct pkt
     return pcache.lookup(&i);
 }
 
-/* A live slot for this fingerprint (seen within `window` ns), or NULL. */
-static __always_inline struct pkt_slot *pcache_find_within(struct fp_key *fp, u64 now, s64 window)
+/* Of a set's two slots, the live one for this fingerprint (seen within
+ * `window` ns), or NULL. */
+static __always_inline struct pkt_slot *pcache_match(struct pkt_slot *a, struct pkt_slot *b, struct fp_key *fp,
+                                                     u64 now, s64 window)
 {
-    struct pkt_slot *b = NULL;
-    struct pkt_slot *a = pcache_set(fp, &b);
-    if (!a || !b)
-        return NULL;
     /* Signed: another CPU may have just written a slightly later time. */
     if (fp_equal(&a->fp, fp) && (s64)(now - a->last_seen) < window)
         return a;
@@ -235,22 +233,21 @@ static __always_inline struct pkt_slot *pcache_find_within(struct fp_key *fp, u6
     return NULL;
 }
 
-static __always_inline struct pkt_slot *pcache_find(struct fp_key *fp, u64 now)
-{
-    return pcache_find_within(fp, now, (s64)FP_WINDOW_NS);
-}
-
-/* Take a slot for a packet not in the cache, the older of its set's two,
- * and fill it: packet id (trace mode) or first hop (latency mode). The
- * fingerprint goes in last, so a reader on another CPU that matches it sees
- * the rest (x86 keeps stores in order; the compiler barrier keeps clang
- * from reordering them; elsewhere a rare race mis-joins one sighting). */
-static __always_inline void pcache_claim(struct fp_key *fp, u64 now, u64 packet_id, u32 hop)
+static __always_inline struct pkt_slot *pcache_find_within(struct fp_key *fp, u64 now, s64 window)
 {
     struct pkt_slot *b = NULL;
     struct pkt_slot *a = pcache_set(fp, &b);
-    if (!a || !b)
-        return;
+    return a && b ? pcache_match(a, b, fp, now, window) : NULL;
+}
+
+/* Take the older of a set's two slots for a packet not in the cache and
+ * fill it: packet id (trace mode) or first hop (latency mode). The
+ * fingerprint goes in last, so a reader on another CPU that matches it sees
+ * the rest (x86 keeps stores in order; the compiler barrier keeps clang
+ * from reordering them; elsewhere a rare race mis-joins one sighting). */
+static __always_inline void pcache_claim(struct pkt_slot *a, struct pkt_slot *b, struct fp_key *fp, u64 now,
+                                         u64 packet_id, u32 hop)
+{
     struct pkt_slot *s = (s64)(a->last_seen - b->last_seen) <= 0 ? a : b;
     s->last_seen = now;
 #ifdef LATENCY_MODE
@@ -280,13 +277,16 @@ static __always_inline u64 new_packet_id(void)
 /* The packet's id: the one an earlier sensor gave it, else a new one. */
 static __always_inline u64 packet_identity(struct fp_key *fp, u64 now, u8 *flags)
 {
-    struct pkt_slot *seen = pcache_find(fp, now);
+    struct pkt_slot *b = NULL;
+    struct pkt_slot *a = pcache_set(fp, &b); /* once: a miss claims from the same set */
+    struct pkt_slot *seen = a && b ? pcache_match(a, b, fp, now, (s64)FP_WINDOW_NS) : NULL;
     if (seen) {
         seen->last_seen = now;
         return seen->packet_id;
     }
     u64 id = new_packet_id();
-    pcache_claim(fp, now, id, 0);
+    if (a && b)
+        pcache_claim(a, b, fp, now, id, 0);
     *flags |= FLAG_NEW_PACKET;
     return id;
 }

@@ -111,7 +111,11 @@ static __always_inline void latency_sighting(struct fp_key *fp, u32 hop, u32 dir
 {
     u32 slice = hist_slice();
     s64 window = hop == HOP_CODE_DROP ? DROP_WINDOW_NS : (s64)FP_WINDOW_NS;
-    struct pkt_slot *seen = pcache_find_within(fp, now, window);
+    struct pkt_slot *b = NULL;
+    struct pkt_slot *a = pcache_set(fp, &b); /* once: a miss claims from the same set */
+    if (!a || !b)
+        return;
+    struct pkt_slot *seen = pcache_match(a, b, fp, now, window);
     if (seen) {
         u32 prev = seen->last_hop;
         /* Another CPU may have stamped the slot a little after `now`: 0. */
@@ -121,17 +125,13 @@ static __always_inline void latency_sighting(struct fp_key *fp, u32 hop, u32 dir
             hist_add(slice, prev * N_HOPS + hop, d > 0 ? d : 0);
         if (terminal_hop(hop) && (dir == DIR_ORIGINAL || dir == DIR_REPLY))
             hist_add(slice, E2E_ROW(dir), e2e > 0 ? e2e : 0);
-        seen->last_seen = now;
-        seen->last_hop = hop;
-        if (hop == HOP_CODE_DROP) {
-            /* Gone: a later packet with the same fingerprint starts afresh. */
-            seen->last_seen = 0;
-            seen->last_hop = N_HOPS;
-        }
+        /* A drop ends the packet: a later one with its fingerprint starts afresh. */
+        seen->last_seen = hop == HOP_CODE_DROP ? 0 : now;
+        seen->last_hop = hop == HOP_CODE_DROP ? N_HOPS : hop;
     } else {
         if (hop == HOP_CODE_DROP)
             return; /* only drops of packets we are following */
-        pcache_claim(fp, now, 0, hop);
+        pcache_claim(a, b, fp, now, 0, hop);
         u32 start = slice * 2 * N_HOPS + N_HOPS + hop;
         bump(hop_counts.lookup(&start));
     }
