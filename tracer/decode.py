@@ -44,6 +44,10 @@ class DecodeContext:
     drop_reasons: dict[int, str] = field(default_factory=dict)
     # Fallback for interfaces that appeared after the table was built.
     resolve_host_ifindex: Callable[[int], Place | None] | None = None
+    # Host ifindexes the fallback could not name (a veth already gone, say):
+    # asked once, not on every poll, since each ask re-reads every host link.
+    # Emptied when the places are rebuilt.
+    unresolved: set[int] = field(default_factory=set)
     boot_offset_ns: int = field(default_factory=lambda: wall_minus_ktime_ns())
 
     def place(self, netns: int, ifindex: int, in_container_ns: bool, src: int, dst: int) -> Place:
@@ -55,10 +59,12 @@ class DecodeContext:
                         return place
             return candidates[0][0] if candidates else UNKNOWN_PLACE
         place = self.places.get((netns or self.host_netns, ifindex))
-        # ifindex 0 (e.g. a drop after the skb lost its device) names no
-        # interface: asking would re-read every host link on each poll.
-        if place is None and ifindex and netns in (0, self.host_netns) and self.resolve_host_ifindex:
+        # ifindex 0 means no device at all: nothing to ask about.
+        if (place is None and ifindex and netns in (0, self.host_netns) and self.resolve_host_ifindex
+                and ifindex not in self.unresolved):
             place = self.resolve_host_ifindex(ifindex)
+            if place is None:
+                self.unresolved.add(ifindex)
         if place is None:
             return Place(None, "other", netns or self.host_netns)
         return place

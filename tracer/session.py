@@ -169,8 +169,7 @@ class TraceSession:
     def _host_place(self, ifindex: int) -> Place | None:
         for i in self._host_interfaces():
             if i.ifindex == ifindex:
-                place = Place(i.name, i.role, i.netns_inode)
-                self.ctx.places[(i.netns_inode, ifindex)] = place
+                place = self.ctx.places[(i.netns_inode, ifindex)] = _host_interface_place(i)
                 return place
         return None
 
@@ -178,7 +177,7 @@ class TraceSession:
         ctx = self.ctx
         places: dict[tuple[int, int], Place] = {}
         for i in self._host_interfaces():
-            places[(i.netns_inode, i.ifindex)] = Place(i.name, i.role, i.netns_inode)
+            places[(i.netns_inode, i.ifindex)] = _host_interface_place(i)
         if self.inventory is not None:
             for c in self.inventory.containers:
                 if c.host_veth_ifindex:
@@ -193,6 +192,7 @@ class TraceSession:
         with self.lock:
             ctx.places = places
             ctx.container_places = container_places
+            ctx.unresolved = set()
 
     # ---- containers coming and going ---------------------------------------
     def _on_container_change(self, what: str, container) -> None:
@@ -286,6 +286,10 @@ class TraceSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _host_interface_place(i) -> Place:
+    return Place(i.name, i.role, i.netns_inode)
 
 
 def sweep_leftovers(targets: list[TcTarget]) -> None:

@@ -86,3 +86,18 @@ def test_ifindex_zero_is_not_looked_up():
     d = table.to_pydict()
     assert asked == [55]
     assert d["ifname"] == [None, None] and d["if_role"] == ["other", "other"]
+
+
+def test_unknown_ifindex_is_asked_once_until_places_change():
+    # Each ask re-reads every host link: an interface the host cannot name
+    # (gone already) must not cost that on every poll.
+    asked = []
+    c = ctx()
+    c.resolve_host_ifindex = lambda ifindex: asked.append(ifindex)
+    row = [{"hook": events.HOOKS.index("tc_ingress"), "ifindex": 77}]
+    decode(raw(row), c)
+    decode(raw(row), c)
+    assert asked == [77]
+    c.unresolved = set()  # what TraceSession does when it rebuilds the places
+    decode(raw(row), c)
+    assert asked == [77, 77]
