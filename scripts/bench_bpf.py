@@ -28,7 +28,6 @@ Run as root from the repo: ``.venv/bin/python scripts/bench_bpf.py``
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import socket
@@ -42,7 +41,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-BPF_PROG_TEST_RUN = 10
 EMPTY_TC = "\nint trc_bench_empty(struct __sk_buff *ctx) { return -1; }\n"
 
 
@@ -54,21 +52,8 @@ def frame(dport: int) -> bytes:
     return b"\x02" * 12 + b"\x08\x00" + ip + tcp + b"x" * 64
 
 
-def test_run_ns(prog_fd: int, data: bytes, repeat: int) -> int:
-    """Mean ns per run over `repeat` runs (the kernel's own timing)."""
-    from tracer.kernel.bpf_syscall import ATTR_SIZE, bpf
-
-    buf = ctypes.create_string_buffer(data, len(data))
-    out = ctypes.create_string_buffer(len(data) + 256)
-    head = struct.pack("=IIIIQQII", prog_fd, 0, len(data), len(out), ctypes.addressof(buf), ctypes.addressof(out),
-                       repeat, 0)
-    attr = ctypes.create_string_buffer(head + bytes(ATTR_SIZE - len(head)), ATTR_SIZE)
-    bpf(BPF_PROG_TEST_RUN, attr)
-    return struct.unpack_from("=I", attr.raw, 36)[0]  # test.duration
-
-
 def bench_test_run(repeat: int, rounds: int) -> None:
-    from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS
+    from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
     from tracer.kernel.program import Filter, Program
     from tracer.sensors.drops import DropSensor
     from tracer.sensors.netfilter import NetfilterSensor
@@ -88,7 +73,7 @@ def bench_test_run(repeat: int, rounds: int) -> None:
             # Interleaved, so a busy moment hurts all three alike.
             for _ in range(rounds):
                 for name, fd, port in (("empty", empty, 8000), ("untraced", ours, 5201), ("traced", ours, 8000)):
-                    ns = test_run_ns(fd, frame(port), repeat)
+                    ns = ProgTestRun(fd, frame(port)).run(repeat)
                     res[name] = min(res.get(name, ns), ns)
         finally:
             bpf.cleanup()

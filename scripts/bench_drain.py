@@ -73,7 +73,6 @@ from tracer.kernel import bpf_syscall  # noqa: E402
 from tracer.kernel.program import RINGBUF_PAGES, Filter, Program  # noqa: E402
 from tracer.sensors.tc import TcSensor  # noqa: E402
 
-BPF_PROG_TEST_RUN = 10
 SENSOR_TC = events.SENSORS.index("tc")
 PRODUCER_CPU = 1
 CONSUMER_CPU = 0
@@ -97,26 +96,6 @@ def packets(variants: int = 8) -> list[bytes]:
     return out
 
 
-class TestRun:
-    """BPF_PROG_TEST_RUN of one program on one packet, ``repeat`` times."""
-
-    def __init__(self, prog_fd: int, packet: bytes) -> None:
-        self.prog_fd = prog_fd
-        self.data_in = ctypes.create_string_buffer(packet, len(packet))
-        self.data_out = ctypes.create_string_buffer(len(packet) + 256)
-        self.attr = ctypes.create_string_buffer(bpf_syscall.ATTR_SIZE)
-
-    def run(self, repeat: int) -> int:
-        """Returns the kernel's average ns per run."""
-        # union bpf_attr.test: prog_fd, retval, data_size_in, data_size_out,
-        # data_in, data_out, repeat, duration (include/uapi/linux/bpf.h)
-        ctypes.memset(self.attr, 0, len(self.attr))
-        struct.pack_into("<IIIIQQII", self.attr, 0, self.prog_fd, 0, len(self.data_in), len(self.data_out),
-                         ctypes.addressof(self.data_in), ctypes.addressof(self.data_out), repeat, 0)
-        bpf_syscall.bpf(BPF_PROG_TEST_RUN, self.attr)
-        return struct.unpack_from("<I", self.attr, 36)[0]
-
-
 def _pin(cpu: int) -> bool:
     try:
         os.sched_setaffinity(0, {cpu})
@@ -129,7 +108,7 @@ def _producer(prog_fd: int, total: int, batch: int, rate: float | None, cpu: int
     """Child process: run the program ``total`` times in batches of ``batch``,
     at most ``rate`` runs/s if given. Sends (runs, seconds) back."""
     _pin(cpu)
-    runners = [TestRun(prog_fd, p) for p in packets()]
+    runners = [bpf_syscall.ProgTestRun(prog_fd, p) for p in packets()]
     conn.recv()  # go
     sent, i = 0, 0
     t0 = time.perf_counter()

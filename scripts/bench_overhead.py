@@ -81,7 +81,7 @@ def lab_status() -> dict:
 
     status = lab.status()
     if not status.get("up"):
-        raise SystemExit(f"bench_overhead: the lab is not up ({status.get('problems')}): run `tracer lab up`")
+        raise SystemExit(f"{Path(sys.argv[0]).stem}: the lab is not up ({status.get('problems')}): run `tracer lab up`")
     return status
 
 
@@ -150,18 +150,17 @@ class Tracer:
         for f in (self.out, self.err):
             f.close()
             os.unlink(f.name)
-        return {"journeys": journeys, "lost": parse_lost(err), "events": parse_events(err), "rc": self.proc.returncode,
+        lost, n_events = parse_lost_events(err)
+        return {"journeys": journeys, "lost": lost, "events": n_events, "rc": self.proc.returncode,
                 "stderr": err, "cpu_pct": cpu}
 
 
-def parse_lost(summary: str) -> int | None:
-    m = re.search(r"lost events: ([\d,]+) of", summary)
-    return int(m.group(1).replace(",", "")) if m else None
-
-
-def parse_events(summary: str) -> int | None:
-    m = re.search(r"lost events: [\d,]+ of ([\d,]+)", summary)
-    return int(m.group(1).replace(",", "")) if m else None
+def parse_lost_events(summary: str) -> tuple[int | None, int | None]:
+    """(lost, events) from the summary's "lost events: L of N" line."""
+    m = re.search(r"lost events: ([\d,]+) of ([\d,]+)", summary)
+    if not m:
+        return None, None
+    return int(m.group(1).replace(",", "")), int(m.group(2).replace(",", ""))
 
 
 def other_tracer_progs(mine: int = 0) -> int:

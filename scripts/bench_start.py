@@ -31,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))  # sibling benchmark helpers
 
 TARGET_S = 3.0
 
@@ -39,9 +40,10 @@ class TrafficLoop:
     """busybox wget in a loop in the client netns, ~20 requests/s."""
 
     def __init__(self, status: dict) -> None:
-        url = f"http://{status['host_address']}:{status['port']}/"
-        loop = f"while :; do timeout 5 busybox wget -q -O /dev/null {url}; sleep 0.05; done"
-        self.proc = subprocess.Popen(["ip", "netns", "exec", status["netns"], "sh", "-c", loop],
+        from bench_overhead import netns_cmd
+
+        loop = f"while :; do timeout 5 busybox wget -q -O /dev/null {status['url']}; sleep 0.05; done"
+        self.proc = subprocess.Popen(netns_cmd(status, "sh", "-c", loop),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def stop(self) -> None:
@@ -122,11 +124,9 @@ def main() -> int:
         return 2
     if args.quick:
         args.repeat = 1
-    from tracer import lab
+    from bench_overhead import lab_status
 
-    status = lab.status()
-    if not status.get("up"):
-        raise SystemExit(f"bench_start: the lab is not up ({status.get('problems')}): run `tracer lab up`")
+    status = lab_status()
     print(f"bench_start: {args.repeat} repetitions while the client netns requests {status['url']} ~20/s", flush=True)
     traffic = TrafficLoop(status)
     cli_ready, cli_first, ip_ready, ip_first = [], [], [], []

@@ -209,9 +209,9 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
 def _drain(session, take, rounds: int = 20):
     """Read what is left in the ring buffer until the kernel's counters stop
     moving (bounded: a busy host never stops). Returns the last counters."""
-    # final_poll (where the session has one) also empties its drain thread's
-    # queue and stops it, so no record is left in flight.
-    read_rest = getattr(session, "final_poll", None) or (lambda: session.poll(0))
+    # final_poll also empties the drain thread's queue and stops it, so no
+    # record is left in flight.
+    read_rest = session.final_poll
     counters = session.counters()
     for _ in range(rounds):
         while (table := read_rest()).num_rows:

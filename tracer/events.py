@@ -45,7 +45,6 @@ PACKET_ID_CPU_SHIFT = 40
 FLAG_IN_CONTAINER_NS = 1  # tc program attached inside a container's netns
 FLAG_NEW_PACKET = 2  # this sighting gave the packet its id
 
-TCP_FLAG_NAMES = "FSRPAUEC"  # bit 0 = FIN ... bit 7 = CWR
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping
 
-from tracer.errors import TracerError
+from tracer.errors import TracerError, one_line
 from tracer.kernel.netns import setns
 
 log = logging.getLogger(__name__)
@@ -548,5 +548,4 @@ def _quiet_close(obj: Any) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return one_line(f"{type(exc).__name__}: {exc}")
