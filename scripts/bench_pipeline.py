@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer.events import EVENT_SCHEMA
-from tracer.journeys import JourneyAssembler, journey_json_block, journeys_of_table
+from tracer.journeys import JourneyAssembler, journey_json_block, journey_rows, journeys_of_table
 from tracer.render import Summary, render_journey
 
 IDLE_NS = 150_000_000  # as cli_trace
@@ -180,16 +180,19 @@ def run_old(batches, human: bool) -> tuple[dict[str, float], list[str], Summary]
 
 def run_new_human(batches) -> tuple[dict[str, float], list[str], Summary]:
     """The human path on the table API: Journey objects only for rendering."""
-    return _run(batches, True, lambda tab: ("render", [render_journey(j, False) for j in journeys_of_table(tab)],
-                                            lambda summary: summary.add_table(tab)))
+    def render(tab):
+        rows = journey_rows(tab)  # once for output and summary, as the CLI does
+        return "render", [render_journey(j, False) for j in journeys_of_table(rows)], lambda summary: summary.add_table(rows)
+    return _run(batches, True, render)
 
 
 def run_new(batches) -> tuple[dict[str, float], list[str], Summary]:
     """`trace --json` as it runs: one UTF-8 block per poll."""
     def render(tab):
-        block, _ = journey_json_block(tab)
+        rows = journey_rows(tab)  # once for output and summary, as the CLI does
+        block, _ = journey_json_block(rows)
         # Splitting the block into lines is only for the comparison: untimed.
-        return "json", lambda: bytes(block).decode().splitlines(), lambda summary: summary.add_table(tab)
+        return "json", lambda: bytes(block).decode().splitlines(), lambda summary: summary.add_table(rows)
     return _run(batches, True, render)
 
 

@@ -40,7 +40,7 @@ def record(ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path,
 def show(files, ports, containers, hosts, proto, count, as_json, color):
     """Replay the journeys of capture FILES (in the order given) as `trace` shows them."""
     from tracer.capture import read_capture
-    from tracer.journeys import first_journeys, journey_json_lines, journeys_of_table
+    from tracer.journeys import first_journeys, journey_json_lines, journey_rows, journeys_of_table
     from tracer.output import write_out
     from tracer.render import Summary, render_journey
 
@@ -54,11 +54,12 @@ def show(files, ports, containers, hosts, proto, count, as_json, color):
     # The same column-wise path as `trace`, so replayed output is identical.
     if count is not None:
         table = first_journeys(table, count)
-    texts = journey_json_lines(table) if as_json else [render_journey(j, color) for j in journeys_of_table(table)]
+    rows = journey_rows(table)  # once for the output and the summary
+    texts = journey_json_lines(rows) if as_json else [render_journey(j, color) for j in journeys_of_table(rows)]
     if texts:
         write_out("\n".join(texts) + "\n", out)
     summary = Summary()
-    summary.add_table(table)
+    summary.add_table(rows)
     if capture.stats:
         summary.set_lost(capture.stats.get("lost", {}), capture.stats.get("events", {}))
     click.echo(summary.render(color), err=as_json, file=None if as_json else out)

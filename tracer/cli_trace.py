@@ -101,7 +101,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
     """Trace until count/duration/Ctrl-C; print journeys (unless ``journeys``
     is False: `record`), write them to ``recorder``'s capture if given; return
     the summary dict."""
-    from tracer.journeys import JourneyAssembler, first_journeys, journey_json_block, journeys_of_table
+    from tracer.journeys import JourneyAssembler, first_journeys, journey_json_block, journey_rows, journeys_of_table
     from tracer.render import Summary, render_journey, status_line
     from tracer.session import TraceSession
 
@@ -136,16 +136,17 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
                 if shown >= limits.count:
                     return True
                 table = first_journeys(table, limits.count - shown)
+            rows = journey_rows(table)  # once for the output and the summary
             if as_json:
-                block, count = journey_json_block(table)
+                block, count = journey_json_block(rows)
                 if count:
                     write_out(block, out)
             else:
-                texts = [render_journey(j, color) for j in journeys_of_table(table)]
+                texts = [render_journey(j, color) for j in journeys_of_table(rows)]
                 count = len(texts)
                 if texts:
                     write_out("\n".join(texts) + "\n", out)
-            summary.add_table(table)
+            summary.add_table(rows)
             shown += count
             return limits.count is not None and shown >= limits.count
 

@@ -808,21 +808,16 @@ def _terminal(hook: _Codes, stage: _Codes, role: _Codes) -> np.ndarray:
 
 # One-entry cache: the --json loop computes journey rows for the JSON lines
 # and again for the summary of the same table.
-_last_rows: tuple[pa.Table, JourneyRows] | None = None
-
-
-def journey_rows(table: pa.Table) -> JourneyRows:
+def journey_rows(table: "pa.Table | JourneyRows") -> JourneyRows:
     """JourneyRows of an event table (EVENT_SCHEMA, or a table from
-    ``pop_complete_table``)."""
-    global _last_rows
-    if _last_rows is not None and _last_rows[0] is table:
-        return _last_rows[1]
+    ``pop_complete_table``). Given JourneyRows, returns them: a caller that
+    needs several views of one batch (JSON, summary) computes them once."""
+    if isinstance(table, JourneyRows):
+        return table
     work = _normalise(table)
     if not _is_sorted(work):
         work = _sort(work)
-    jr = _journey_rows(work.combine_chunks())
-    _last_rows = (table, jr)
-    return jr
+    return _journey_rows(work.combine_chunks())
 
 
 def _is_sorted(work: pa.Table) -> bool:

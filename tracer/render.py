@@ -191,9 +191,10 @@ class Summary:
             samples = self._segments[key] = _Samples(self._cap, len(self._segments))
         return samples
 
-    def add_table(self, table: pa.Table) -> None:
+    def add_table(self, table) -> None:
         """``add`` of the journeys of an event table (pop_complete_table's
-        rows), on columns: same totals, same segment samples."""
+        rows) or of its JourneyRows, on columns: same totals, same segment
+        samples."""
         jr = journey_rows(table)
         if not len(jr):
             return
