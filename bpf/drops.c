@@ -25,7 +25,7 @@ int trc_drop(struct bpf_raw_tracepoint_args *ctx)
     fingerprint(&fp, &p);
     u64 now = bpf_ktime_get_ns();
 #ifdef LATENCY_MODE
-    latency_sighting(&fp, HOP_CODE_DROP, 0, now);
+    latency_sighting(&fp, HOP_DROP, 0, now);
     return 0;
 #endif
     struct pkt_slot *seen = pcache_find_within(&fp, now, DROP_WINDOW_NS);

@@ -3,32 +3,22 @@
  * of that segment (pair of hop codes), in an mmap-able array that user space
  * reads once per interval. Included only when LATENCY_MODE is defined.
  *
- * Hop codes (mirrored in tracer/latency.py):
- *   0..7   tc: (egress ? 4 : 0) + interface role
- *   8..16  netfilter: pre/before, pre/after, input/before, input/after,
- *          forward, output/before, output/after, post/before, post/after
- *   17     drop
+ * Hop codes, roles, N_HOPS and the histogram layout are generated from
+ * tracer/latency.py (latency.c_definitions): HOP_<NAME>, ROLE_<ROLE>. The tc
+ * codes of one direction are contiguous by role, the netfilter "after" code
+ * follows its "before" one.
  */
-#define ROLE_EXTERNAL 0
-#define ROLE_BRIDGE 1
-#define ROLE_VETH 2
-#define ROLE_CONTAINER 3
-#define N_HOPS 18
-#define HOP_CODE_DROP 17
 #define N_SEGMENTS (N_HOPS * N_HOPS)
 /* Rows after the segments: end-to-end time by conntrack direction (1, 2). */
 #define E2E_ROW(dir) (N_SEGMENTS + (dir))
 #define HIST_ROWS (N_SEGMENTS + 3)
-/* log2 buckets split in 2^HIST_SUB_BITS linear sub-buckets: a bucket is at
+/* Buckets: log2 split in 2^HIST_SUB_BITS linear sub-buckets: a bucket is at
  * most 1/16 (6.25%) of its value wide, so percentiles are good to a few %. */
-#define HIST_SUB_BITS 4
-#define HIST_BUCKETS 640
 
 /* Interface role + 1 of host-netns tc attachments by ifindex (container-side
  * is implied; 0 = not attached = external). An array: read on every tc
  * sighting, and an array lookup is a bounds check and a load. Interfaces
  * numbered beyond it (rare) are in the hash. */
-#define IF_ROLE_SLOTS 65536
 BPF_ARRAY(if_roles, u32, IF_ROLE_SLOTS);
 BPF_HASH(if_roles_high, u32, u32, 4096);
 
@@ -56,26 +46,25 @@ static __always_inline u32 hist_slice(void)
 
 static __always_inline u32 tc_hop_code(u8 hook, u32 role)
 {
-    return (hook == HOOK_TC_EGRESS ? 4 : 0) + (role & 3);
+    return (hook == HOOK_TC_EGRESS ? HOP_TC_EGRESS_EXTERNAL : HOP_TC_INGRESS_EXTERNAL) + (role & 3);
 }
 
 static __always_inline u32 nf_hop_code(u8 hook, u8 stage)
 {
     u32 s = stage == NAT_AFTER ? 1 : 0;
     switch (hook) {
-    case HOOK_NF_PREROUTING: return 8 + s;
-    case HOOK_NF_INPUT: return 10 + s;
-    case HOOK_NF_FORWARD: return 12;
-    case HOOK_NF_OUTPUT: return 13 + s;
-    default: return 15 + s; /* HOOK_NF_POSTROUTING */
+    case HOOK_NF_PREROUTING: return HOP_NF_PREROUTING_BEFORE + s;
+    case HOOK_NF_INPUT: return HOP_NF_INPUT_BEFORE + s;
+    case HOOK_NF_FORWARD: return HOP_NF_FORWARD;
+    case HOOK_NF_OUTPUT: return HOP_NF_OUTPUT_BEFORE + s;
+    default: return HOP_NF_POSTROUTING_BEFORE + s; /* HOOK_NF_POSTROUTING */
     }
 }
 
 /* Where a packet's journey through this host ends (see journeys.py). */
 static __always_inline int terminal_hop(u32 hop)
 {
-    return hop == tc_hop_code(HOOK_TC_INGRESS, ROLE_CONTAINER) || hop == tc_hop_code(HOOK_TC_EGRESS, ROLE_EXTERNAL) ||
-           hop == nf_hop_code(HOOK_NF_INPUT, NAT_AFTER);
+    return hop == HOP_TC_INGRESS_CONTAINER || hop == HOP_TC_EGRESS_EXTERNAL || hop == HOP_NF_INPUT_AFTER;
 }
 
 static __always_inline u32 hist_bucket(u64 d)
@@ -110,7 +99,7 @@ static __always_inline void hist_add(u32 slice, u32 row, u64 delta)
 static __always_inline void latency_sighting(struct fp_key *fp, u32 hop, u32 dir, u64 now)
 {
     u32 slice = hist_slice();
-    s64 window = hop == HOP_CODE_DROP ? DROP_WINDOW_NS : (s64)FP_WINDOW_NS;
+    s64 window = hop == HOP_DROP ? DROP_WINDOW_NS : (s64)FP_WINDOW_NS;
     struct pkt_slot *b = NULL;
     struct pkt_slot *a = pcache_set(fp, &b); /* once: a miss claims from the same set */
     if (!a || !b)
@@ -126,10 +115,10 @@ static __always_inline void latency_sighting(struct fp_key *fp, u32 hop, u32 dir
         if (terminal_hop(hop) && (dir == DIR_ORIGINAL || dir == DIR_REPLY))
             hist_add(slice, E2E_ROW(dir), e2e > 0 ? e2e : 0);
         /* A drop ends the packet: a later one with its fingerprint starts afresh. */
-        seen->last_seen = hop == HOP_CODE_DROP ? 0 : now;
-        seen->last_hop = hop == HOP_CODE_DROP ? N_HOPS : hop;
+        seen->last_seen = hop == HOP_DROP ? 0 : now;
+        seen->last_hop = hop == HOP_DROP ? N_HOPS : hop;
     } else {
-        if (hop == HOP_CODE_DROP)
+        if (hop == HOP_DROP)
             return; /* only drops of packets we are following */
         pcache_claim(a, b, fp, now, 0, hop);
         u32 start = slice * 2 * N_HOPS + N_HOPS + hop;

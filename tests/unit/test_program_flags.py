@@ -25,3 +25,13 @@ def test_extra_flags_from_the_environment(monkeypatch):
     monkeypatch.setenv("TRACER_BPF_CFLAGS", "-DTRACER_NOOP  -DOTHER=1")
     flags = P.Program([]).cflags()
     assert "-DTRACER_NOOP" in flags and "-DOTHER=1" in flags
+
+
+def test_latency_codes_reach_the_c_from_python():
+    from tracer.latency import HOP_NAMES, ROLES
+
+    source = P.Program([], latency=True).source()
+    assert "#define HOP_NF_INPUT_AFTER %d" % HOP_NAMES.index("nf_input/after") in source
+    assert "#define HOP_DROP %d" % HOP_NAMES.index("drop") in source
+    assert "#define ROLE_CONTAINER %d" % ROLES.index("container") in source
+    assert source.index("#define N_HOPS") < source.index("static __always_inline u32 nf_hop_code")

@@ -156,7 +156,9 @@ class Program:
     def source(self) -> str:
         parts = [events.c_definitions(), (BPF_DIR / "common.h").read_text()]
         if self.latency:
-            parts.append((BPF_DIR / "latency.h").read_text())
+            from tracer.latency import c_definitions as latency_definitions
+
+            parts += [latency_definitions(), (BPF_DIR / "latency.h").read_text()]
         for sensor in self.sensors:
             parts.append(f"/* ---- sensor: {sensor.name} ---- */")
             parts.append((BPF_DIR / sensor.source_file).read_text())

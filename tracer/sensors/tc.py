@@ -10,14 +10,14 @@ import threading
 from dataclasses import dataclass, field
 
 from tracer.kernel.links import attach_tc
+from tracer.latency import IF_ROLE_SLOTS, ROLES
 from tracer.sensors.base import Sensor
 
 BPF_PROG_TYPE_SCHED_CLS = 3
 
 log = logging.getLogger(__name__)
 # Interface roles as the latency histograms code them (bpf/latency.h).
-ROLE_CODES = {"external": 0, "bridge": 1, "veth": 2, "container": 3}
-IF_ROLE_SLOTS = 65536  # bpf/latency.h: roles of lower ifindexes are in an array
+ROLE_CODES = {role: code for code, role in enumerate(ROLES)}  # ROLE_* in bpf/latency.h
 
 
 
