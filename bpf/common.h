@@ -88,12 +88,26 @@ BPF_HASH(filter_ports, u16, u8, 64);
 BPF_HASH(filter_hosts, u32, u8, 256);
 BPF_HASH(filter_ctr_addrs, u32, u8, 1024);
 BPF_HASH(filter_ctr_ports, u16, u8, 1024);
-/* [sensor*2] = events emitted, [sensor*2+1] = events lost (ring buffer full). */
+/* [sensor*2] = records emitted, [sensor*2+1] = records lost (ring buffer full). */
 BPF_PERCPU_ARRAY(counters, u64, 2 * N_SENSORS);
 BPF_PERCPU_ARRAY(id_seq, u64, 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
-/* Parse an IPv4 header and the start of its L4 header from byte buffers. */
+/* Interface role + 1 of host-netns tc attachments by ifindex (container-side
+ * is implied; 0 = not attached = external): journeys end where a packet leaves
+ * by an external interface, and latency mode keys its hop codes by role. An
+ * array: read on every tc sighting, and an array lookup is a bounds check and
+ * a load. Interfaces numbered beyond it (rare) are in the hash. ROLE_* and
+ * IF_ROLE_SLOTS come from tracer/latency.py. */
+BPF_ARRAY(if_roles, u32, IF_ROLE_SLOTS);
+BPF_HASH(if_roles_high, u32, u32, 4096);
+
+static __always_inline u32 if_role(u32 ifindex)
+{
+    u32 *r = ifindex < IF_ROLE_SLOTS ? if_roles.lookup(&ifindex) : if_roles_high.lookup(&ifindex);
+    return r && *r ? *r - 1 : ROLE_EXTERNAL;
+}
+
 /* Typed loads: one instruction each, where byte-wise __builtin_memcpy from a
  * u8 pointer costs a load and a shift per byte. Packet pointers may be
  * unaligned: fine for BPF on the architectures with efficient unaligned
@@ -206,9 +220,9 @@ static __always_inline int fp_equal(struct fp_key *a, struct fp_key *b)
     return a0 == b0 && a1 == b1;
 }
 
-/* The two slots of a fingerprint's set (NULL only if the verifier's bounds
- * fail, never in practice). */
-static __always_inline struct pkt_slot *pcache_set(struct fp_key *fp, struct pkt_slot **other)
+/* The two slots of a fingerprint's set; *index is the first one's (NULL only
+ * if the verifier's bounds fail, never in practice). */
+static __always_inline struct pkt_slot *pcache_set(struct fp_key *fp, struct pkt_slot **other, u32 *index)
 {
     u64 a, b;
     __builtin_memcpy(&a, fp, 8);
@@ -216,6 +230,7 @@ static __always_inline struct pkt_slot *pcache_set(struct fp_key *fp, struct pkt
     u64 h = (a ^ (b * 0x9E3779B97F4A7C15ULL)) * 0xC2B2AE3D27D4EB4FULL;
     u32 i = (u32)(h >> 32) & (PACKET_ENTRIES - 2);
     u32 j = i + 1;
+    *index = i;
     *other = pcache.lookup(&j);
     return pcache.lookup(&i);
 }
@@ -236,7 +251,8 @@ static __always_inline struct pkt_slot *pcache_match(struct pkt_slot *a, struct 
 static __always_inline struct pkt_slot *pcache_find_within(struct fp_key *fp, u64 now, s64 window)
 {
     struct pkt_slot *b = NULL;
-    struct pkt_slot *a = pcache_set(fp, &b);
+    u32 i;
+    struct pkt_slot *a = pcache_set(fp, &b, &i);
     return a && b ? pcache_match(a, b, fp, now, window) : NULL;
 }
 
@@ -278,7 +294,8 @@ static __always_inline u64 new_packet_id(void)
 static __always_inline u64 packet_identity(struct fp_key *fp, u64 now, u8 *flags)
 {
     struct pkt_slot *b = NULL;
-    struct pkt_slot *a = pcache_set(fp, &b); /* once: a miss claims from the same set */
+    u32 i;
+    struct pkt_slot *a = pcache_set(fp, &b, &i); /* once: a miss claims from the same set */
     struct pkt_slot *seen = a && b ? pcache_match(a, b, fp, now, (s64)FP_WINDOW_NS) : NULL;
     if (seen) {
         seen->last_seen = now;

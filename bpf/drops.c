@@ -28,6 +28,15 @@ int trc_drop(struct bpf_raw_tracepoint_args *ctx)
     latency_sighting(&fp, HOP_DROP, 0, now);
     return 0;
 #endif
+    u64 dev = 0;
+    bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(skb + OFF_SKB_DEV));
+    u32 netns = 0;
+    if (dev) {
+        u64 net = 0;
+        bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + OFF_DEV_ND_NET));
+        netns = net_inum(net);
+    }
+#if defined(SIGHTING_EVENTS) || defined(LATENCY_MODE) /* latency mode returned above */
     struct pkt_slot *seen = pcache_find_within(&fp, now, DROP_WINDOW_NS);
     if (!seen)
         return 0;
@@ -39,14 +48,17 @@ int trc_drop(struct bpf_raw_tracepoint_args *ctx)
     seen->last_seen = 0;
     e.skb = skb;
     e.drop_reason = reason;
-    u64 dev = 0;
-    bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(skb + OFF_SKB_DEV));
     e.ifindex = dev_ifindex(dev);
-    if (dev) {
-        u64 net = 0;
-        bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + OFF_DEV_ND_NET));
-        e.netns = net_inum(net);
-    }
+    e.netns = netns;
     emit(&e, SENSOR_DROP);
+#else
+    struct sighting s = {};
+    s.skb = skb;
+    s.ifindex = dev_ifindex(dev);
+    s.drop_netns = netns;
+    s.drop_reason = reason;
+    s.code = HOOK_DROP;
+    journey_sighting(&fp, &p, &s, now, SENSOR_DROP);
+#endif
     return 0;
 }

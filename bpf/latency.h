@@ -15,18 +15,6 @@
 /* Buckets: log2 split in 2^HIST_SUB_BITS linear sub-buckets: a bucket is at
  * most 1/16 (6.25%) of its value wide, so percentiles are good to a few %. */
 
-/* Interface role + 1 of host-netns tc attachments by ifindex (container-side
- * is implied; 0 = not attached = external). An array: read on every tc
- * sighting, and an array lookup is a bounds check and a load. Interfaces
- * numbered beyond it (rare) are in the hash. */
-BPF_ARRAY(if_roles, u32, IF_ROLE_SLOTS);
-BPF_HASH(if_roles_high, u32, u32, 4096);
-
-static __always_inline u32 if_role(u32 ifindex)
-{
-    u32 *r = ifindex < IF_ROLE_SLOTS ? if_roles.lookup(&ifindex) : if_roles_high.lookup(&ifindex);
-    return r && *r ? *r - 1 : ROLE_EXTERNAL;
-}
 /* HIST_SLICES copies of the histograms (and of hop_counts): CPU c adds to
  * copy c % HIST_SLICES, so CPUs do not bounce the cache lines of the busiest
  * buckets between them; user space sums the copies. Atomic adds remain for
@@ -101,7 +89,8 @@ static __always_inline void latency_sighting(struct fp_key *fp, u32 hop, u32 dir
     u32 slice = hist_slice();
     s64 window = hop == HOP_DROP ? DROP_WINDOW_NS : (s64)FP_WINDOW_NS;
     struct pkt_slot *b = NULL;
-    struct pkt_slot *a = pcache_set(fp, &b); /* once: a miss claims from the same set */
+    u32 i;
+    struct pkt_slot *a = pcache_set(fp, &b, &i); /* once: a miss claims from the same set */
     if (!a || !b)
         return;
     struct pkt_slot *seen = pcache_match(a, b, fp, now, window);

@@ -139,27 +139,41 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
     latency_sighting(&fp, nf_hop_code(hook, stage), direction, now);
     return 1;
 #endif
+    u64 in = BTF_LOAD(u64, state, OFF_STATE_IN);
+    u64 out = BTF_LOAD(u64, state, OFF_STATE_OUT);
+    u32 out_ifindex = out ? BTF_LOAD(u32, out, OFF_DEV_IFINDEX) : 0;
+    u32 ifindex = out_ifindex;
+    if (in && hook != HOOK_NF_POSTROUTING && hook != HOOK_NF_OUTPUT)
+        ifindex = BTF_LOAD(u32, in, OFF_DEV_IFINDEX);
+#if defined(SIGHTING_EVENTS) || defined(LATENCY_MODE) /* latency mode returned above */
     struct event e = {};
     e.packet_id = packet_identity(&fp, now, &e.flags);
-
     e.ktime_ns = now;
     fill_event(&e, &p, hook);
     e.nat_stage = stage;
     e.skb = skb;
     e.flow_id = FLOW_ID(ct);
     e.direction = direction;
-
-    u64 in = BTF_LOAD(u64, state, OFF_STATE_IN);
-    u64 out = BTF_LOAD(u64, state, OFF_STATE_OUT);
+    e.out_ifindex = out_ifindex;
+    e.ifindex = ifindex;
     u64 net = BTF_LOAD(u64, state, OFF_STATE_NET);
-    if (out)
-        e.out_ifindex = BTF_LOAD(u32, out, OFF_DEV_IFINDEX);
-    e.ifindex = e.out_ifindex;
-    if (in && hook != HOOK_NF_POSTROUTING && hook != HOOK_NF_OUTPUT)
-        e.ifindex = BTF_LOAD(u32, in, OFF_DEV_IFINDEX);
     if (net)
         e.netns = BTF_LOAD(u32, net, OFF_NET_INUM);
     emit(&e, SENSOR_NETFILTER);
+#else
+    /* The links are in the host netns: user space knows its inode. */
+    struct sighting s = {};
+    s.skb = skb;
+    s.flow_id = FLOW_ID(ct);
+    s.direction = direction;
+    s.ifindex = ifindex;
+    s.out_ifindex = out_ifindex;
+    s.code = hop_code(hook, stage, 0);
+    /* Delivered to the host itself ('before' INPUT is not the end: replies
+     * of DNATed connections get their source translated back there). */
+    s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;
+    journey_sighting(&fp, &p, &s, now, SENSOR_NETFILTER);
+#endif
     return 1; /* NF_ACCEPT: we only watch */
 }
 

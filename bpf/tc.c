@@ -58,6 +58,7 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
     latency_sighting(&fp, tc_hop_code(hook, role), flow ? flow->direction : 0, now);
     return TC_CONTINUE;
 #endif
+#if defined(SIGHTING_EVENTS) || defined(LATENCY_MODE) /* latency mode returned above */
     struct event e = {};
     e.flags = flags;
     e.packet_id = packet_identity(&fp, now, &e.flags);
@@ -69,6 +70,20 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
         e.direction = flow->direction;
     }
     emit(&e, SENSOR_TC);
+#else
+    int in_ct = flags & FLAG_IN_CONTAINER_NS;
+    struct sighting s = {};
+    s.ifindex = ctx->ifindex;
+    s.code = hop_code(hook, 0, in_ct);
+    /* Ends here: arrived in a container's netns, or leaving by an external
+     * interface (any host interface not marked bridge or veth). */
+    s.terminal = hook == HOOK_TC_INGRESS ? in_ct != 0 : !in_ct && if_role(ctx->ifindex) == ROLE_EXTERNAL;
+    if (flow) {
+        s.flow_id = flow->flow_id;
+        s.direction = flow->direction;
+    }
+    journey_sighting(&fp, &p, &s, now, SENSOR_TC);
+#endif
     return TC_CONTINUE;
 }
 

@@ -455,8 +455,12 @@ class Recorder:
         self._write_container_rows()
         ktime = self._session.now_ktime()
         stats = {
+            # The kernel's records per emitting sensor: journeys (one per
+            # packet, or per part of one), or events in the per-sighting build.
             "events": dict(counters.emitted),
             "lost": dict(counters.lost),
+            "record": getattr(counters, "record", "event"),
+            "journey_ends": dict(getattr(counters, "journey_ends", {})),
             "event_rows": self.writer.event_rows,
             "packets": self.packets,
             "flows": self.flows,

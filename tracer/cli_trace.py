@@ -187,7 +187,8 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         counters = _drain(session, take)
         if journeys:
             show(assembler.flush_table())
-        summary.set_lost(counters.lost, counters.emitted)
+        summary.set_lost(counters.lost, counters.emitted, unit=f"{counters.record}s")
+        summary.set_journey_ends(counters.journey_ends)
         if recorder is not None:
             stats = recorder.finish(counters)
             written = recorder.writer

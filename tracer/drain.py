@@ -10,6 +10,10 @@ copied out in one go.
 Layout (kernel/bpf/ringbuf.c): each record starts with an 8-byte header,
 ``u32 len`` (bit 31 = BUSY, not yet committed; bit 30 = DISCARD) and
 ``u32 pg_off``, followed by the sample, padded to 8 bytes.
+
+The sample is one numpy dtype per drain: ``struct journey`` in trace and
+record mode (one record per packet), ``struct event`` for the per-sighting
+build and the drain benchmark.
 """
 
 from __future__ import annotations
@@ -19,30 +23,46 @@ import queue
 import select
 import struct
 import threading
+import time
+import logging
 
 import numpy as np
 
 from tracer import events
+
+log = logging.getLogger(__name__)
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER_SIZE = 8
 PAGE_SIZE = mmap.PAGESIZE
 
-RECORD_DTYPE = np.dtype([("len", "<u4"), ("pg_off", "<u4"), ("event", events.RAW_DTYPE)])
-RECORD_SIZE = RECORD_DTYPE.itemsize  # header + event; event size is a multiple of 8
-assert RECORD_SIZE % 8 == 0
+
+
+def record_dtype(sample: np.dtype) -> np.dtype:
+    """Header + sample; the sample's size is a multiple of 8."""
+    dtype = np.dtype([("len", "<u4"), ("pg_off", "<u4"), ("event", sample)])
+    assert dtype.itemsize % 8 == 0
+    return dtype
+
+
+RECORD_DTYPE = record_dtype(events.RAW_DTYPE)
+RECORD_SIZE = RECORD_DTYPE.itemsize
 
 
 class RingBufferDrain:
-    """Consumer of one BPF ring buffer whose records are all ``struct event``."""
+    """Consumer of one BPF ring buffer whose records all have one dtype
+    (``sample``: events.RAW_DTYPE or events.JOURNEY_DTYPE)."""
 
-    def __init__(self, map_fd: int, size: int, max_batch: int = 65536) -> None:
+    def __init__(self, map_fd: int, size: int, max_batch: int = 65536, sample: np.dtype = events.RAW_DTYPE) -> None:
         if size & (size - 1) or size % PAGE_SIZE:
             raise ValueError("ring buffer size must be a power-of-two number of pages")
         self.size = size
         self.mask = size - 1
         self.max_batch = max_batch
+        self.sample = sample
+        self.record_dtype = record_dtype(sample)
+        self.record_size = self.record_dtype.itemsize
         self.consumer = mmap.mmap(map_fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         # The consumer position must change in one aligned 8-byte store:
         # struct.pack_into zeroes the bytes before writing them, and a
@@ -63,40 +83,41 @@ class RingBufferDrain:
         return self._producer_pos() - self._consumer_pos()
 
     def read(self) -> np.ndarray:
-        """All committed records available now (up to max_batch), as RAW_DTYPE."""
+        """All committed records available now (up to max_batch), as the sample dtype."""
         return self.read_records()["event"]
 
     def read_records(self) -> np.ndarray:
-        """The same as whole ring-buffer records (RECORD_DTYPE, contiguous):
+        """The same as whole ring-buffer records (record_dtype, contiguous):
         batches of these concatenate as plain bytes."""
+        size = self.record_size
         cons = self._consumer_pos()
         prod = self._producer_pos()
-        n = min((prod - cons) // RECORD_SIZE, self.max_batch)
+        n = min((prod - cons) // size, self.max_batch)
         if n <= 0:
-            return np.zeros(0, RECORD_DTYPE)
+            return np.zeros(0, self.record_dtype)
         start = PAGE_SIZE + (cons & self.mask)
         # Headers first (a strided u32 view, no copy): stop at the first
         # record still being written.
-        lens = np.frombuffer(self.producer, dtype="<u4", count=n * (RECORD_SIZE // 4), offset=start)[:: RECORD_SIZE // 4]
+        lens = np.frombuffer(self.producer, dtype="<u4", count=n * (size // 4), offset=start)[:: size // 4]
         busy = (lens & BUSY_BIT) != 0
         if busy.any():
             n = int(np.argmax(busy))
             lens = lens[:n]
         sizes = lens & ~np.uint32(BUSY_BIT | DISCARD_BIT)
-        if n and (sizes != events.EVENT_SIZE).any():
+        if n and (sizes != self.sample.itemsize).any():
             raise RuntimeError("ring buffer holds a record of unexpected size: is another program writing to it?")
         # One flat byte copy (a structured-dtype copy is ~15x slower); drop
         # discarded records only if there are any.
-        records = np.frombuffer(self.producer, dtype=np.uint8, count=n * RECORD_SIZE, offset=start).copy().view(RECORD_DTYPE)
+        records = np.frombuffer(self.producer, dtype=np.uint8, count=n * size, offset=start).copy().view(self.record_dtype)
         discard = (lens & DISCARD_BIT) != 0
         if discard.any():
             records = records[~discard]
-        self._consumer_word[0] = cons + n * RECORD_SIZE
+        self._consumer_word[0] = cons + n * size
         return records
 
     def wait(self, timeout: float) -> bool:
         """Block until the kernel signals data (or timeout); True if data may be there."""
-        if self.pending_bytes() >= RECORD_SIZE:
+        if self.pending_bytes() >= self.record_size:
             return True
         return bool(self.poller.poll(timeout))
 
@@ -112,14 +133,19 @@ class BackgroundDrain:
     decoding or printing never lets the kernel's buffer fill up: the kernel
     drops what does not fit, while this queue only costs memory."""
 
-    def __init__(self, drain: RingBufferDrain, poll_s: float = 0.05, max_queued: int = 1_000_000,
-                 batch_s: float = 0.005) -> None:
+    def __init__(self, drain: RingBufferDrain, poll_s: float = 0.05, max_queued_bytes: int = 100_000_000,
+                 batch_s: float = 0.005, tick=None, tick_s: float = 0.05) -> None:
         self.drain = drain
         self.poll_s = poll_s
         self.batch_s = batch_s
+        # Called on this thread every tick_s (the journey sweep): kernel work
+        # that must go on while the consumer is busy.
+        self.tick = tick
+        self.tick_s = tick_s
+        self._last_tick = 0.0
         # Memory stays bounded: past this many queued records we stop reading,
-        # the ring fills, and the kernel counts what it drops as lost events.
-        self.max_queued = max_queued
+        # the ring fills, and the kernel counts what it drops as lost records.
+        self.max_queued = max(1, max_queued_bytes // drain.record_size)
         self.queued = 0
         self.lock = threading.Lock()
         self.batches: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
@@ -129,6 +155,12 @@ class BackgroundDrain:
 
     def _run(self) -> None:
         while not self.stopping.is_set():
+            if self.tick is not None and time.monotonic() - self._last_tick >= self.tick_s:
+                self._last_tick = time.monotonic()
+                try:
+                    self.tick()
+                except Exception as exc:  # keep draining; the sweep is retried next tick
+                    log.warning("journey sweep failed: %s", exc)
             if self.queued >= self.max_queued:
                 self.stopping.wait(self.poll_s)
                 continue
@@ -152,11 +184,11 @@ class BackgroundDrain:
         except queue.Empty:
             pass
         if not parts:
-            return events.empty_raw()
+            return np.zeros(0, self.drain.sample)
         with self.lock:
             self.queued -= sum(len(p) for p in parts)
         if len(parts) > 1:  # as bytes: numpy's structured concatenate is slow
-            parts = [np.concatenate([p.view(np.uint8) for p in parts]).view(RECORD_DTYPE)]
+            parts = [np.concatenate([p.view(np.uint8) for p in parts]).view(self.drain.record_dtype)]
         return parts[0]["event"]
 
     def stop(self) -> None:

@@ -34,8 +34,10 @@ DIRECTIONS = (None, "original", "reply")
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp"}
 PROTOCOL_NUMBERS = {name: num for num, name in PROTOCOLS.items()}
 
-# Sensors count emitted and lost events per sensor (index into the counters map).
-SENSORS = ("tc", "netfilter", "drop")
+# Sensors count emitted and lost records per sensor (index into the counters
+# map). "sweep" is the program user space runs to emit journeys that went
+# quiet without ending (bpf/journey.h).
+SENSORS = ("tc", "netfilter", "drop", "sweep")
 
 # packet_id = (cpu + 1) << PACKET_ID_CPU_SHIFT | per-CPU counter (bpf/common.h):
 # unique without atomics, growing per CPU, below 2^53 for JSON readers.
@@ -44,6 +46,7 @@ PACKET_ID_CPU_SHIFT = 40
 # Bits of the ``flags`` field.
 FLAG_IN_CONTAINER_NS = 1  # tc program attached inside a container's netns
 FLAG_NEW_PACKET = 2  # this sighting gave the packet its id
+FLAG_INCOMPLETE = 4  # sighting of a journey the kernel emitted without seeing it end
 
 
 
@@ -111,6 +114,7 @@ def c_definitions() -> str:
     lines.append(f"#define N_SENSORS {len(SENSORS)}")
     lines.append(f"#define FLAG_IN_CONTAINER_NS {FLAG_IN_CONTAINER_NS}")
     lines.append(f"#define FLAG_NEW_PACKET {FLAG_NEW_PACKET}")
+    lines.append(f"#define FLAG_INCOMPLETE {FLAG_INCOMPLETE}")
     lines.append(f"#define EVENT_SIZE {EVENT_SIZE}")
     lines.append(f"#define PACKET_ID_CPU_SHIFT {PACKET_ID_CPU_SHIFT}")
     return "\n".join(lines) + "\n"
@@ -128,6 +132,136 @@ RAW_DTYPE = np.dtype(
 
 def empty_raw(n: int = 0) -> np.ndarray:
     return np.zeros(n, dtype=RAW_DTYPE)
+
+
+# --- the journey record ---------------------------------------------------------
+#
+# In trace/record mode the kernel assembles each packet's journey in a slot of
+# its own (bpf/journey.h) and emits one record per packet: the facts NAT does
+# not change once, the addresses once per NAT step (``tuples``), and per
+# sighting a compact hop. The slot and the record are the same struct.
+# tracer/expand.py turns records back into the sighting rows above.
+
+MAX_HOPS = 16  # sightings one record holds; a longer way is emitted in parts
+MAX_TUPLES = 4  # distinct address tuples per record (first hop + NAT steps)
+
+# Hop code byte: hook index | NAT stage << 4 | in-container-netns << 6.
+HOP_STAGE_SHIFT = 4
+HOP_IN_CT_BIT = 0x40
+
+# Why the kernel emitted a journey (the record's ``end``). Only the first two
+# are complete journeys; the others are counted and shown as incomplete.
+JOURNEY_ENDS = (
+    None,        # 0: never emitted with this
+    "terminal",  # a sighting that ends the way through the host (see journey_terminal)
+    "drop",      # freed by the kernel (skb:kfree_skb)
+    "evicted",   # its slot was taken by a newer packet before it ended
+    "full",      # MAX_HOPS sightings: emitted, and a later one starts a continuation
+    "quiet",     # no sighting within the joining window: it left the sensors' view
+    "flushed",   # still open when tracing stopped
+)
+COMPLETE_ENDS = frozenset({1, 2})
+
+# Bit of pkt_slot.packet_id: the slot's journey is open (not yet emitted).
+# Packet ids stay below 2^53.
+JOURNEY_OPEN_BIT = 1 << 63
+
+TUPLE_FIELDS: tuple[RawField, ...] = (
+    RawField("saddr", "u32", ">u4", "IPv4 source"),
+    RawField("daddr", "u32", ">u4", "IPv4 destination"),
+    RawField("sport", "u16", ">u2", "source port (ICMP: echo id)"),
+    RawField("dport", "u16", ">u2", "destination port"),
+)
+HOP_FIELDS: tuple[RawField, ...] = (
+    RawField("dt_ns", "u32", "<u4", "ns since the journey's first_ktime (saturates at 4.29 s)"),
+    RawField("ifindex", "u32", "<u4", "device, as ifindex in the sighting rows"),
+    RawField("code", "u8", "u1", "hook | NAT stage << 4 | in-container-netns << 6"),
+    RawField("ttl", "u8", "u1", "IPv4 TTL at this hop"),
+    RawField("tuple", "u8", "u1", "index into tuples: the addresses at this hop"),
+    RawField("_pad", "u8", "u1", ""),
+)
+JOURNEY_FIELDS: tuple[RawField, ...] = (
+    RawField("packet_id", "u64", "<u8", "id given by the first sensor (no open bit)"),
+    RawField("flow_id", "u64", "<u8", "conntrack entry's flow id (0 = not seen)"),
+    RawField("first_ktime", "u64", "<u8", "bpf_ktime_get_ns() at the first hop"),
+    RawField("last_ktime", "u64", "<u8", "at the last hop (exact where dt_ns saturates)"),
+    RawField("skb", "u64", "<u8", "sk_buff address at the last netfilter/drop hop"),
+    RawField("tcp_seq", "u32", ">u4", "TCP sequence number"),
+    RawField("tcp_ack", "u32", ">u4", "TCP acknowledgement number"),
+    RawField("drop_reason", "u32", "<u4", "skb_drop_reason of a drop hop"),
+    RawField("drop_netns", "u32", "<u4", "netns inode of the drop hop's device"),
+    RawField("fwd_out_ifindex", "u32", "<u4", "out-device at nf_forward"),
+    RawField("tuples", f"struct jtuple[{MAX_TUPLES}]", "", "addresses: [0] at the first hop, then after each change"),
+    RawField("ip_id", "u16", ">u2", "IPv4 identification"),
+    RawField("length", "u16", ">u2", "IPv4 total length"),
+    RawField("cpu", "u16", "<u2", "CPU of the first hop"),
+    RawField("protocol", "u8", "u1", "IP protocol number"),
+    RawField("tcp_flags", "u8", "u1", "TCP flags byte"),
+    RawField("direction", "u8", "u1", "index into DIRECTIONS"),
+    RawField("n_hops", "u8", "u1", "hops used"),
+    RawField("n_tuples", "u8", "u1", "tuples used"),
+    RawField("end", "u8", "u1", "index into JOURNEY_ENDS"),
+    RawField("hops", f"struct jhop[{MAX_HOPS}]", "", "the sightings, in order"),
+)
+
+
+def _struct_dtype(fields: tuple[RawField, ...], nested: dict[str, tuple[np.dtype, int]], align: int) -> np.dtype:
+    names, formats, offsets, at = [], [], [], 0
+    for f in fields:
+        if f.ctype.startswith("struct "):
+            kind = f.ctype.split()[1].split("[")[0]
+            sub, count = nested[kind]
+            fmt, size = (sub, count), sub.itemsize * count
+        else:
+            fmt, size = f.dtype, _C_SIZES[f.ctype]
+        names.append(f.name)
+        formats.append(fmt)
+        offsets.append(at)
+        at += size
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": -(-at // align) * align})
+
+
+TUPLE_DTYPE = _struct_dtype(TUPLE_FIELDS, {}, 4)
+HOP_DTYPE = _struct_dtype(HOP_FIELDS, {}, 4)
+JOURNEY_DTYPE = _struct_dtype(JOURNEY_FIELDS, {"jtuple": (TUPLE_DTYPE, MAX_TUPLES), "jhop": (HOP_DTYPE, MAX_HOPS)}, 8)
+JOURNEY_SIZE = JOURNEY_DTYPE.itemsize
+assert TUPLE_DTYPE.itemsize == 12 and HOP_DTYPE.itemsize == 12
+
+
+def _c_struct(name: str, fields: tuple[RawField, ...], size: int) -> list[str]:
+    lines = [f"struct {name} {{"]
+    used = 0
+    for f in fields:
+        if f.ctype.startswith("struct "):
+            kind, count = f.ctype.split()[1].split("[")
+            lines.append(f"    struct {kind} {f.name}[{count};")
+            used += (TUPLE_DTYPE if kind == "jtuple" else HOP_DTYPE).itemsize * int(count.rstrip("]"))
+        else:
+            lines.append(f"    {f.ctype} {f.name};")
+            used += _C_SIZES[f.ctype]
+    if size > used:
+        lines.append(f"    u8 _tail[{size - used}];")
+    lines.append("};")
+    lines.append(f'_Static_assert(sizeof(struct {name}) == {size}, "struct {name}: tracer/events.py");')
+    return lines
+
+
+def journey_c_definitions() -> str:
+    """C text for bpf/journey.h: the slot/record structs and their codes."""
+    lines = ["/* generated by tracer/events.py: do not edit */"]
+    lines += _c_struct("jtuple", TUPLE_FIELDS, TUPLE_DTYPE.itemsize)
+    lines += _c_struct("jhop", HOP_FIELDS, HOP_DTYPE.itemsize)
+    lines += _c_struct("journey", JOURNEY_FIELDS, JOURNEY_SIZE)
+    lines += [f"#define MAX_HOPS {MAX_HOPS}", f"#define MAX_TUPLES {MAX_TUPLES}",
+              f"#define HOP_STAGE_SHIFT {HOP_STAGE_SHIFT}", f"#define HOP_IN_CT_BIT {HOP_IN_CT_BIT:#x}",
+              f"#define JOURNEY_OPEN_BIT {JOURNEY_OPEN_BIT:#x}ULL"]
+    lines += [f"#define END_{e.upper()} {i}" for i, e in enumerate(JOURNEY_ENDS) if e]
+    lines.append(f"#define N_ENDS {len(JOURNEY_ENDS)}")
+    return "\n".join(lines) + "\n"
+
+
+def empty_journeys(n: int = 0) -> np.ndarray:
+    return np.zeros(n, dtype=JOURNEY_DTYPE)
 
 
 def tcp_flags_text(flags: int) -> str:

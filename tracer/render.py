@@ -172,6 +172,8 @@ class Summary:
         self._cap = sample_cap
         self.lost: dict[str, int] = {}
         self.events: dict[str, int] = {}
+        self.unit = "events"  # what the kernel's records are: journeys, or events (per-sighting build)
+        self.journey_ends: dict[str, int] = {}
 
     def add(self, journeys: list[Journey]) -> None:
         for j in journeys:
@@ -250,9 +252,15 @@ class Summary:
             la, lb = divmod(int(spair[heads[k]]), len(texts))
             self._samples(f"{texts[la]} {_ARROW} {texts[lb]}").add_many(chunks[k])
 
-    def set_lost(self, lost_by_sensor: dict[str, int], events_by_sensor: dict[str, int]) -> None:
+    def set_lost(self, lost_by_sensor: dict[str, int], events_by_sensor: dict[str, int], unit: str = "events") -> None:
+        """The kernel's counts of records emitted and lost, per sensor."""
         self.lost = dict(lost_by_sensor)
         self.events = dict(events_by_sensor)
+        self.unit = unit
+
+    def set_journey_ends(self, ends: dict[str, int]) -> None:
+        """Journeys the kernel emitted, by why (events.JOURNEY_ENDS)."""
+        self.journey_ends = dict(ends)
 
     @property
     def flows(self) -> int:
@@ -277,6 +285,8 @@ class Summary:
                 name: {"lost": self.lost.get(name, 0), "events": self.events.get(name, 0)}
                 for name in dict.fromkeys([*self.events, *self.lost])
             },
+            "lost_unit": self.unit,
+            "journey_ends": dict(self.journey_ends),
             "segments": self.segments(),
         }
 
@@ -293,6 +303,11 @@ class Summary:
         for (reason, seen), n in self.drops.most_common():
             lines.append(_style(f"  drop  {reason} ×{n:,}  last seen {seen}", color, fg="red"))
         lines.append("  " + self._lost_text(color))
+        incomplete = {k: n for k, n in self.journey_ends.items() if k not in ("terminal", "drop") and n}
+        if incomplete:
+            # Not lost: emitted and shown, but their packet left the sensors' view (or a slot ran out).
+            parts = ", ".join(f"{k} {n:,}" for k, n in incomplete.items())
+            lines.append(f"  incomplete journeys: {sum(incomplete.values()):,} ({parts})")
         segs = self.segments()
         if segs:
             width = max(len(s["segment"]) for s in segs)
@@ -304,19 +319,20 @@ class Summary:
 
     def _lost_text(self, color: bool) -> str:
         names = list(dict.fromkeys([*self.events, *self.lost]))
+        what = f"lost {self.unit}"
         if not names:
-            return "lost events: not reported"
+            return f"{what}: not reported"
         total_lost = sum(self.lost.values())
         total = sum(self.events.values()) + total_lost
         if not total_lost:
-            return f"lost events: 0 of {total:,}"
+            return f"{what}: 0 of {total:,}"
         # Name only the sensors that lost something: that is where to look.
         parts = []
         for name in names:
             lost, seen = self.lost.get(name, 0), self.events.get(name, 0)
             if lost:
                 parts.append(f"{name} {lost:,} of {lost + seen:,}, {100 * lost / (lost + seen):.2f}%")
-        return _style(f"lost events: {total_lost:,} of {total:,} ({'; '.join(parts)})", color, fg="red")
+        return _style(f"{what}: {total_lost:,} of {total:,} ({'; '.join(parts)})", color, fg="red")
 
 
 def _plural(n: int, word: str) -> str:

@@ -20,7 +20,8 @@ from tracer import events
 from tracer.decode import DecodeContext, Place, decode
 from tracer.drain import PAGE_SIZE, BackgroundDrain, RingBufferDrain
 from tracer.errors import TracerError, require_root
-from tracer.kernel.program import Filter, Program
+from tracer.expand import expand
+from tracer.kernel.program import FP_WINDOW_NS, PACKET_ENTRIES, SWEEP_CHUNK, Filter, Program
 from tracer.sensors.drops import DropSensor
 from tracer.sensors.netfilter import NetfilterSensor
 from tracer.sensors.tc import TcSensor, TcTarget
@@ -41,8 +42,12 @@ class TraceOptions:
 
 @dataclass
 class Counters:
+    """The kernel's counts of the records it emitted and lost, per sensor."""
+
     emitted: dict[str, int] = field(default_factory=dict)
     lost: dict[str, int] = field(default_factory=dict)
+    record: str = "journey"  # what a record is: "journey", or "event" (per-sighting build, latency mode)
+    journey_ends: dict[str, int] = field(default_factory=dict)  # journeys by why they were emitted
 
     @property
     def total_lost(self) -> int:
@@ -54,11 +59,16 @@ def host_netns_inode() -> int:
 
 
 class TraceSession:
-    def __init__(self, options: TraceOptions, latency: bool = False) -> None:
+    def __init__(self, options: TraceOptions, latency: bool = False, sightings: bool = False) -> None:
         self.options = options
         # Latency mode: the kernel keeps histograms (tracer/latency.py reads
         # them); no per-packet events, so no ring-buffer drain.
         self.latency = latency
+        # One record per sighting instead of one journey per packet (the
+        # oracle build, see Program.sightings; TRACER_SIGHTING_EVENTS=1 picks
+        # it for a whole CLI run, for the equivalence test and benchmarks).
+        self.sightings = sightings or os.environ.get("TRACER_SIGHTING_EVENTS") == "1"
+        self.sweeper = None
         self.inventory = None
         self.bpf = None
         self.program = None
@@ -89,6 +99,8 @@ class TraceSession:
 
     def _start(self) -> None:
         opts = self.options
+        if self.sightings and not self.latency:  # said aloud, like TRACER_BPF_CFLAGS
+            log.warning("one ring-buffer record per sighting (TRACER_SIGHTING_EVENTS): the pre-journey design")
         # Bad input fails before any kernel or Docker work.
         shape = Filter(ports=opts.ports, hosts=opts.hosts, proto=opts.proto, sample=opts.sample,
                        container_names=opts.containers)
@@ -98,7 +110,7 @@ class TraceSession:
         # Compiling is most of the start-up time and needs no Docker metadata
         # (filter values go into maps afterwards): run clang meanwhile.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            program = self.program = Program(self.sensors, shape, latency=self.latency)
+            program = self.program = Program(self.sensors, shape, latency=self.latency, sightings=self.sightings)
             compiling = pool.submit(program.compile)
             try:
                 containers = self._containers()
@@ -114,7 +126,14 @@ class TraceSession:
         self.ctx = DecodeContext(host_netns=host_netns_inode(), drop_reasons=drops.reasons,
                                  resolve_host_ifindex=self._host_place)
         if not self.latency:
-            self.drain = RingBufferDrain(self.bpf["events"].map_fd, program.ringbuf_pages * PAGE_SIZE)
+            self.drain = RingBufferDrain(self.bpf["events"].map_fd, program.ringbuf_pages * PAGE_SIZE,
+                                         sample=program.record_dtype)
+            if not self.sightings:
+                from tracer.kernel.sweep import JourneySweeper
+
+                # Journeys quiet for longer than the packet cache joins
+                # sightings can never end: out they go, marked incomplete.
+                self.sweeper = JourneySweeper(self.bpf, PACKET_ENTRIES, SWEEP_CHUNK, FP_WINDOW_NS)
         for sensor in self.sensors:
             sensor.attach(self.bpf)
         self._rebuild_places()
@@ -224,21 +243,49 @@ class TraceSession:
 
     # ---- running -----------------------------------------------------------
     def read_raw(self, timeout: float) -> np.ndarray:
-        """Records drained so far (waiting up to `timeout` for the first)."""
+        """Sighting rows drained so far (waiting up to `timeout` for the first)."""
         if self.drainer is None:
-            self.drainer = BackgroundDrain(self.drain)
-        return self.drainer.take(timeout)
+            self.drainer = BackgroundDrain(self.drain, tick=self.sweeper.sweep if self.sweeper else None)
+        return self._sightings(self.drainer.take(timeout))
+
+    def _sightings(self, records: np.ndarray) -> np.ndarray:
+        return records if self.sightings else expand(records)
 
     def poll(self, timeout: float) -> pa.Table:
         return self._decode(self.read_raw(timeout))
 
     def final_poll(self) -> pa.Table:
-        """The rest, at the end of a trace: stops draining."""
+        """The rest, at the end of a trace: stops the sensors and the
+        draining; journeys still open are emitted, marked incomplete."""
+        self.stop_sensors()
+        if self.drainer is not None:
+            self.drainer.stop()
+        if self.sweeper is not None:
+            self.sweeper.flush()
         if self.drainer is None:
-            return self._decode(self.drain.read())
-        raw = self.drainer.finish()
+            return self._decode(self._sightings(self.drain.read()))
+        records = self.drainer.finish()
         self.drainer = None
-        return self._decode(raw)
+        return self._decode(self._sightings(records))
+
+    def stop_sensors(self) -> None:
+        """Detach every sensor: nothing new is seen, what was seen stays to
+        be read."""
+        if self.inventory is not None:
+            self.inventory.close()
+        for sensor in reversed(self.sensors):
+            try:
+                sensor.detach()
+            except Exception as exc:
+                log.warning("detaching %s: %s", sensor.name, exc)
+
+    def journey_ends(self) -> dict[str, int]:
+        """Journeys the kernel emitted, by why (events.JOURNEY_ENDS)."""
+        if self.bpf is None or self.latency or self.sightings:
+            return {}
+        table = self.bpf["journey_ends"]
+        return {name: n for i, name in enumerate(events.JOURNEY_ENDS)
+                if name and (n := int(sum(table[table.Key(i)])))}
 
     def _decode(self, raw: np.ndarray) -> pa.Table:
         if not len(raw) and self._empty is not None:
@@ -251,7 +298,8 @@ class TraceSession:
 
     def counters(self) -> Counters:
         table = self.bpf["counters"]
-        out = Counters()
+        journeys = not (self.sightings or self.latency)
+        out = Counters(record="journey" if journeys else "event", journey_ends=self.journey_ends())
         for i, name in enumerate(events.SENSORS):
             out.emitted[name] = int(sum(table[table.Key(2 * i)]))
             out.lost[name] = int(sum(table[table.Key(2 * i + 1)]))
@@ -263,13 +311,7 @@ class TraceSession:
 
     # ---- teardown ----------------------------------------------------------
     def close(self) -> None:
-        if self.inventory is not None:
-            self.inventory.close()
-        for sensor in reversed(self.sensors):
-            try:
-                sensor.detach()
-            except Exception as exc:
-                log.warning("detaching %s: %s", sensor.name, exc)
+        self.stop_sensors()
         self.sensors = []
         if self.drainer is not None:
             self.drainer.stop()

@@ -35,7 +35,7 @@ def test_bench_overhead_quick(lab) -> None:
         assert re.search(re.escape(label) + r".*\s[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+ \([\d.]+-[\d.]+\)\s+>=0\.9\d", out), (label, out)
     # The floor: programs attached that return at once (no target).
     assert re.search(r"HTTP req/s, no-op programs attached \(floor\)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+ \(", out), out
-    assert re.search(r"tracer trace --port 8000: CPU % of one core .*; lost events [\d,]+", out), out
+    assert re.search(r"tracer trace --port 8000: CPU % of one core .*; lost (events|journeys) [\d,]+", out), out
     assert re.search(r"tracer latency --port 8000 --port 5201: CPU % of one core during the workloads: median [\d.]+", out), out
     assert re.search(r"tracer latency user-space CPU < 2% of one core: (met|NOT met)", out), out
 

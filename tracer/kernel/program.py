@@ -46,6 +46,9 @@ FP_WINDOW_NS = 20_000_000
 # Latency mode keeps following a packet across slow hops (a full qdisc can
 # hold it for tens of ms); a fingerprint repeating within 1 s is rare.
 LATENCY_FP_WINDOW_NS = 1_000_000_000
+# Packet-cache slots trc_sweep looks at per run (bpf/journey.h): a bounded
+# loop the verifier walks once; PACKET_ENTRIES / SWEEP_CHUNK runs cover all.
+SWEEP_CHUNK = 1024
 
 
 def hist_slices() -> int:
@@ -149,16 +152,27 @@ class Program:
     ringbuf_pages: int = RINGBUF_PAGES
     # Latency mode: histograms in the kernel instead of per-packet events.
     latency: bool = False
+    # One ring-buffer record per sighting (struct event) instead of one per
+    # packet (struct journey): the design before journeys were assembled in
+    # the kernel, kept as the oracle the journey path is tested against.
+    sightings: bool = False
     # Per-CPU copies of the latency histograms (bpf/latency.h); user space
     # reads them back with the same count.
     hist_slices: int = field(default_factory=lambda: hist_slices())
 
-    def source(self) -> str:
-        parts = [events.c_definitions(), (BPF_DIR / "common.h").read_text()]
-        if self.latency:
-            from tracer.latency import c_definitions as latency_definitions
+    @property
+    def record_dtype(self):
+        """What one ring-buffer record is (tracer/drain.py reads them)."""
+        return events.RAW_DTYPE if self.sightings else events.JOURNEY_DTYPE
 
-            parts += [latency_definitions(), (BPF_DIR / "latency.h").read_text()]
+    def source(self) -> str:
+        from tracer.latency import c_definitions as latency_definitions  # roles and hop codes
+
+        parts = [events.c_definitions(), latency_definitions(), (BPF_DIR / "common.h").read_text()]
+        if self.latency:
+            parts.append((BPF_DIR / "latency.h").read_text())
+        else:
+            parts += [events.journey_c_definitions(), (BPF_DIR / "journey.h").read_text()]
         for sensor in self.sensors:
             parts.append(f"/* ---- sensor: {sensor.name} ---- */")
             parts.append((BPF_DIR / sensor.source_file).read_text())
@@ -180,6 +194,10 @@ class Program:
         ]
         if self.latency:
             flags += ["-DLATENCY_MODE", f"-DHIST_SLICES={self.hist_slices}"]
+        else:
+            flags.append(f"-DSWEEP_CHUNK={SWEEP_CHUNK}")
+        if self.sightings:
+            flags.append("-DSIGHTING_EVENTS")
         # Extra clang flags for experiments and benchmarks (e.g. -DTRACER_NOOP:
         # every program returns at once, to measure what attaching alone costs).
         extra_env = os.environ.get("TRACER_BPF_CFLAGS", "").split()

@@ -16,7 +16,7 @@ from tracer.sensors.base import Sensor
 BPF_PROG_TYPE_SCHED_CLS = 3
 
 log = logging.getLogger(__name__)
-# Interface roles as the latency histograms code them (bpf/latency.h).
+# Interface roles as the kernel codes them (ROLE_* from tracer/latency.py).
 ROLE_CODES = {role: code for code, role in enumerate(ROLES)}  # ROLE_* in bpf/latency.h
 
 
@@ -55,8 +55,9 @@ class TcSensor(Sensor):
         self.roles = None
 
     def attach(self, bpf) -> None:
-        # Latency mode keys hop codes by interface role (bpf/latency.h).
-        self.roles = (bpf["if_roles"], bpf["if_roles_high"]) if self.latency else None
+        # Interface roles in the kernel (bpf/common.h if_role): journeys end
+        # at external interfaces; latency mode keys hop codes by role.
+        self.roles = (bpf["if_roles"], bpf["if_roles_high"])
         for in_ct, (ingress, egress) in ((False, ("trc_tc_in", "trc_tc_eg")), (True, ("trc_tc_in_ct", "trc_tc_eg_ct"))):
             self.fds[(in_ct, "ingress")] = bpf.load_func(ingress, BPF_PROG_TYPE_SCHED_CLS).fd
             self.fds[(in_ct, "egress")] = bpf.load_func(egress, BPF_PROG_TYPE_SCHED_CLS).fd

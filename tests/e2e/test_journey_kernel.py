@@ -1,0 +1,182 @@
+"""Journeys assembled in the kernel (bpf/journey.h), driven packet by packet.
+
+The real tc programs, built as `tracer trace --port 8000` builds them, run on
+crafted frames through BPF_PROG_TEST_RUN (which runs them on the loopback
+device: a host interface with no role, so `trc_tc_in` is a sighting that does
+not end a journey and `trc_tc_in_ct`, a container's eth0 ingress, is one that
+does). Records are read from the real ring buffer. Each outcome the issue
+names has a case: a journey that ends, one with more hops than a slot holds,
+one that goes quiet, one whose slot is taken by another packet, and the flush
+when tracing stops.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from tracer import events
+from tracer.expand import expand
+
+PAGES = 64
+HOOK_TC_INGRESS = events.HOOKS.index("tc_ingress")
+
+
+def frame(ip_id: int, seq: int, dport: int = 8000) -> bytes:
+    tcp = struct.pack("!HHIIBBHHH", 40000, dport, seq, 0, 5 << 4, 0x10, 65535, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, ip_id, 0, 64, 6, 0,
+                     socket.inet_aton("198.18.0.2"), socket.inet_aton("198.18.0.1"))
+    return b"\x02" * 12 + b"\x08\x00" + ip + tcp
+
+
+def pcache_set_index(ip_id: int, seq: int, entries: int) -> int:
+    """The set pcache_set (bpf/common.h) picks for frame(ip_id, seq)."""
+    a = struct.unpack("<Q", struct.pack("!II", seq, 0))[0]
+    b = struct.unpack("<Q", struct.pack("!HH", ip_id, 40) + struct.pack("<HH", 6, 0x10))[0]
+    m = (1 << 64) - 1
+    h = ((a ^ (b * 0x9E3779B97F4A7C15 & m)) * 0xC2B2AE3D27D4EB4F) & m
+    return (h >> 32) & (entries - 2)
+
+
+class Kernel:
+    def __init__(self) -> None:
+        from tracer.drain import RingBufferDrain
+        from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
+        from tracer.kernel.program import FP_WINDOW_NS, PACKET_ENTRIES, SWEEP_CHUNK, Filter, Program
+        from tracer.kernel.sweep import JourneySweeper
+        from tracer.sensors.drops import DropSensor
+        from tracer.sensors.netfilter import NetfilterSensor
+        from tracer.sensors.tc import TcSensor
+
+        self.entries = PACKET_ENTRIES
+        self.window_ns = FP_WINDOW_NS
+        program = Program([TcSensor([]), NetfilterSensor(), DropSensor()], Filter(ports=(8000,)), ringbuf_pages=PAGES)
+        self.bpf = program.compile()
+        program.filter.fill_maps(self.bpf)
+        self.fd = {name: self.bpf.load_func(name, BPF_PROG_TYPE_SCHED_CLS).fd for name in ("trc_tc_in", "trc_tc_in_ct")}
+        self.run_cls = ProgTestRun
+        self.drain = RingBufferDrain(self.bpf["events"].map_fd, PAGES * 4096, sample=events.JOURNEY_DTYPE)
+        self.sweeper = JourneySweeper(self.bpf, PACKET_ENTRIES, SWEEP_CHUNK, FP_WINDOW_NS)
+
+    def see(self, prog: str, packet: bytes, times: int = 1) -> None:
+        for _ in range(times):
+            self.run_cls(self.fd[prog], packet).run(1)
+
+    def records(self) -> np.ndarray:
+        return self.drain.read()
+
+    def ends(self) -> dict[str, int]:
+        table = self.bpf["journey_ends"]
+        return {name: int(sum(table[table.Key(i)])) for i, name in enumerate(events.JOURNEY_ENDS) if name}
+
+    def close(self) -> None:
+        self.drain.close()
+        self.bpf.cleanup()
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k = Kernel()
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def clean(kernel):
+    """Start and end each case with no open journey and an empty ring."""
+    kernel.sweeper.flush()
+    kernel.records()
+    yield kernel
+    kernel.sweeper.flush()
+    kernel.records()
+
+
+def end_name(record) -> str:
+    return events.JOURNEY_ENDS[int(record["end"])]
+
+
+def test_a_journey_is_one_record_emitted_where_it_ends(clean):
+    k = clean
+    packet = frame(101, 1001)
+    k.see("trc_tc_in", packet, 3)
+    assert len(k.records()) == 0, "a journey that has not ended stays in the kernel"
+    k.see("trc_tc_in_ct", packet)
+    recs = k.records()
+    assert len(recs) == 1
+    r = recs[0]
+    assert end_name(r) == "terminal" and r["n_hops"] == 4 and r["packet_id"] != 0
+    codes = r["hops"]["code"][:4]
+    assert [c & 0x0F for c in codes] == [HOOK_TC_INGRESS] * 4
+    assert [bool(c & events.HOP_IN_CT_BIT) for c in codes] == [False, False, False, True]
+    dts = r["hops"]["dt_ns"][:4].astype(int)
+    assert dts[0] == 0 and all(np.diff(dts) >= 0)
+    assert r["n_tuples"] == 1 and socket.inet_ntoa(struct.pack("!I", int(r["tuples"]["daddr"][0]))) == "198.18.0.1"
+    rows = expand(recs)
+    assert len(rows) == 4 and set(rows["packet_id"]) == {r["packet_id"]}
+    assert rows["flags"][0] & events.FLAG_NEW_PACKET and not rows["flags"][1] & events.FLAG_NEW_PACKET
+    assert not (rows["flags"] & events.FLAG_INCOMPLETE).any()
+    assert list(rows["dst_port"]) == [8000] * 4
+
+
+def test_untraced_packets_leave_nothing(clean):
+    k = clean
+    k.see("trc_tc_in_ct", frame(102, 2002, dport=5201), 3)
+    k.sweeper.flush()
+    assert len(k.records()) == 0
+
+
+def test_more_hops_than_a_slot_holds_is_emitted_in_parts(clean):
+    k = clean
+    packet = frame(103, 3003)
+    k.see("trc_tc_in", packet, events.MAX_HOPS)
+    first = k.records()
+    assert len(first) == 1 and end_name(first[0]) == "full" and first[0]["n_hops"] == events.MAX_HOPS
+    k.see("trc_tc_in_ct", packet)
+    rest = k.records()
+    assert len(rest) == 1 and end_name(rest[0]) == "terminal" and rest[0]["n_hops"] == 1
+    assert rest[0]["packet_id"] == first[0]["packet_id"], "the continuation keeps the packet's id"
+    rows = expand(np.concatenate([first, rest]))
+    assert len(rows) == events.MAX_HOPS + 1
+    assert (rows["flags"][: events.MAX_HOPS] & events.FLAG_INCOMPLETE).all()
+    assert not rows["flags"][-1] & (events.FLAG_NEW_PACKET | events.FLAG_INCOMPLETE)
+
+
+def test_a_journey_that_goes_quiet_is_swept_out_incomplete(clean):
+    k = clean
+    k.see("trc_tc_in", frame(104, 4004), 2)
+    k.sweeper.sweep()
+    assert len(k.records()) == 0, "not quiet yet: a later sighting could still join it"
+    time.sleep(2 * k.window_ns / 1e9)
+    before = k.ends()["quiet"]
+    k.sweeper.sweep()
+    recs = k.records()
+    assert len(recs) == 1 and end_name(recs[0]) == "quiet" and recs[0]["n_hops"] == 2
+    assert k.ends()["quiet"] == before + 1
+    k.sweeper.sweep()
+    assert len(k.records()) == 0, "emitted once"
+
+
+def test_a_stolen_slot_emits_the_journey_it_held(clean):
+    k = clean
+    by_set: dict[int, list[int]] = {}
+    for ip_id in range(1, 65536):
+        ids = by_set.setdefault(pcache_set_index(ip_id, 5005, k.entries), [])
+        ids.append(ip_id)
+        if len(ids) == 3:
+            break
+    a, b, c = (frame(i, 5005) for i in ids)
+    k.see("trc_tc_in", a)
+    k.see("trc_tc_in", b)
+    assert len(k.records()) == 0
+    k.see("trc_tc_in", c)  # a set holds two packets: the oldest (a) goes out
+    recs = k.records()
+    assert len(recs) == 1 and end_name(recs[0]) == "evicted"
+    assert int(recs[0]["ip_id"]) == ids[0] and recs[0]["n_hops"] == 1
+    k.sweeper.flush()
+    flushed = k.records()
+    assert sorted(int(r["ip_id"]) for r in flushed) == sorted(ids[1:])
+    assert {end_name(r) for r in flushed} == {"flushed"}

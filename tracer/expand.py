@@ -1,0 +1,97 @@
+"""The kernel's journey records -> sighting rows (events.RAW_DTYPE).
+
+The kernel emits one ``struct journey`` per packet (bpf/journey.h). Everything
+downstream (decode, captures, journeys, stats, pcapng, report) reads sighting
+rows, one per hop, so a record is laid out as its hops here: on whole arrays,
+no Python per record or per hop. What a record holds once (the fingerprint,
+flow, direction, CPU) is repeated on each of its rows; the addresses come
+from the tuple each hop points at.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracer import events
+
+_HOOK_DROP = events.HOOKS.index("drop")
+_HOOK_FORWARD = events.HOOKS.index("nf_forward")
+_OUT_IS_IFINDEX = np.zeros(16, bool)  # hooks whose sighting device is the out-device
+_OUT_IS_IFINDEX[[events.HOOKS.index("nf_postrouting"), events.HOOKS.index("nf_output")]] = True
+_IS_NF = np.zeros(16, bool)
+_IS_NF[[i for i, h in enumerate(events.HOOKS) if h and h.startswith("nf_")]] = True
+_NEW_PACKET_BIT = 0x80  # HOP_NEW_PACKET_BIT in bpf/journey.h
+_COMPLETE = np.zeros(256, bool)
+_COMPLETE[list(events.COMPLETE_ENDS)] = True
+
+
+def expand(journeys: np.ndarray) -> np.ndarray:
+    """Sighting rows of journey records, record by record, hops in order."""
+    n_hops = np.minimum(journeys["n_hops"].astype(np.int64), events.MAX_HOPS)
+    total = int(n_hops.sum())
+    raw = events.empty_raw(total)
+    if total == 0:
+        return raw
+    rec = np.repeat(np.arange(len(journeys)), n_hops)
+    first = np.concatenate(([0], np.cumsum(n_hops)[:-1]))
+    hop_i = np.arange(total) - first[rec]
+    j = _Gather(journeys, rec)  # a record's field, once per row
+    hops = journeys["hops"][rec, hop_i]
+    tuples = journeys["tuples"][rec, np.minimum(hops["tuple"], events.MAX_TUPLES - 1)]
+
+    code = hops["code"]
+    hook = code & 0x0F
+    in_ct = (code & events.HOP_IN_CT_BIT) != 0
+    ktime = j["first_ktime"] + hops["dt_ns"].astype(np.uint64)
+    last = first + n_hops - 1
+    last = last[n_hops > 0]
+    ktime[last] = journeys["last_ktime"][n_hops > 0]  # exact where dt_ns saturated (a late drop)
+    is_drop = hook == _HOOK_DROP
+    ifindex = hops["ifindex"]
+
+    raw["ktime_ns"] = ktime
+    raw["skb"] = np.where(_IS_NF[hook] | is_drop, j["skb"], 0)
+    raw["packet_id"] = j["packet_id"]
+    raw["flow_id"] = j["flow_id"]
+    raw["drop_reason"] = np.where(is_drop, j["drop_reason"], 0)
+    raw["netns"] = np.where(is_drop, j["drop_netns"], 0)  # 0: the attachment's (host) netns
+    raw["ifindex"] = ifindex
+    raw["out_ifindex"] = np.where(hook == _HOOK_FORWARD, j["fwd_out_ifindex"], np.where(_OUT_IS_IFINDEX[hook], ifindex, 0))
+    raw["src_ip"] = tuples["saddr"]
+    raw["dst_ip"] = tuples["daddr"]
+    raw["src_port"] = tuples["sport"]
+    raw["dst_port"] = tuples["dport"]
+    raw["tcp_seq"] = j["tcp_seq"]
+    raw["tcp_ack"] = j["tcp_ack"]
+    raw["ip_id"] = j["ip_id"]
+    raw["length"] = j["length"]
+    raw["cpu"] = j["cpu"]
+    raw["hook"] = hook
+    raw["nat_stage"] = (code >> events.HOP_STAGE_SHIFT) & 0x03
+    raw["direction"] = j["direction"]
+    raw["protocol"] = j["protocol"]
+    raw["ttl"] = hops["ttl"]
+    raw["tcp_flags"] = j["tcp_flags"]
+    raw["flags"] = (
+        np.where(in_ct, events.FLAG_IN_CONTAINER_NS, 0)
+        | np.where((code & _NEW_PACKET_BIT) != 0, events.FLAG_NEW_PACKET, 0)
+        | np.where(_COMPLETE[j["end"]], 0, events.FLAG_INCOMPLETE)
+    ).astype(np.uint8)
+    return raw
+
+
+class _Gather:
+    """``g[name]`` is the record field repeated for each row: field by field
+    (a whole-record gather would copy every record's 16 hops per row)."""
+
+    def __init__(self, journeys: np.ndarray, rec: np.ndarray) -> None:
+        self.journeys, self.rec = journeys, rec
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.journeys[name][self.rec]
+
+
+def end_counts(journeys: np.ndarray) -> dict[str, int]:
+    """Records by why the kernel emitted them (events.JOURNEY_ENDS)."""
+    counts = np.bincount(journeys["end"], minlength=len(events.JOURNEY_ENDS))
+    return {name: int(counts[i]) for i, name in enumerate(events.JOURNEY_ENDS) if name and counts[i]}
