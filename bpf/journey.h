@@ -15,8 +15,18 @@
  * tracer/events.py (journey_c_definitions). */
 
 BPF_ARRAY(journeys, struct journey, PACKET_ENTRIES);
-/* Records emitted by why they were emitted (END_*): complete or not. */
+/* [0]: journeys opened (claims and continuations); [END_*]: records
+ * emitted by why, complete or not. Opened minus emitted is what is open:
+ * user space sweeps only then. */
 BPF_PERCPU_ARRAY(journey_ends, u64, N_ENDS);
+
+static __always_inline void journey_opened(void)
+{
+    u32 k = 0;
+    u64 *c = journey_ends.lookup(&k);
+    if (c)
+        *c += 1;
+}
 
 /* What one sensor saw at one hop, beyond the packet's headers. */
 struct sighting {
@@ -169,6 +179,7 @@ static __always_inline void journey_sighting(struct fp_key *fp, struct pkt *p, s
             journey_emit(j, END_EVICTED, sensor); /* ours now: out before it is overwritten */
         slot->last_seen = now;
         journey_start(j, id, p, now);
+        journey_opened();
         int full = journey_add(j, p, s, now, s->code | HOP_NEW_PACKET_BIT);
         /* The fingerprint last: a sensor on another CPU that matches it
          * finds the journey started (see pcache_claim). */
@@ -193,6 +204,7 @@ static __always_inline void journey_sighting(struct fp_key *fp, struct pkt *p, s
         if (__sync_val_compare_and_swap(&seen->packet_id, pid, pid | JOURNEY_OPEN_BIT) != pid)
             return;
         journey_start(j, id, p, now);
+        journey_opened();
     }
     int full = journey_add(j, p, s, now, s->code);
     if (is_drop || s->terminal || full)

@@ -42,7 +42,7 @@ esac
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 required=(python3-bpfcc bpfcc-tools iproute2 iptables conntrack busybox-static python3-venv
-          iperf3 apache2-utils tshark procps kmod util-linux ca-certificates)
+          iperf3 apache2-utils tshark tcpdump procps kmod util-linux ca-certificates)
 # an engine from docker-ce conflicts with docker.io: keep whichever is there
 if ! installed docker-ce; then required+=(docker.io); fi
 if [[ $distro == ubuntu ]]; then

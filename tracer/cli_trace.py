@@ -101,13 +101,12 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
     """Trace until count/duration/Ctrl-C; print journeys (unless ``journeys``
     is False: `record`), write them to ``recorder``'s capture if given; return
     the summary dict."""
-    from tracer.journeys import JourneyAssembler, first_journeys, journey_json_block, journey_rows, journeys_of_table
+    from tracer.journeys import first_journeys, journey_json_block, journey_rows, journeys_of_table
     from tracer.render import Summary, render_journey, status_line
     from tracer.session import TraceSession
 
     out = out or sys.stdout
     summary = Summary()
-    assembler = JourneyAssembler()
     shown = 0
     stop = StopSignals()
     session = TraceSession(options)
@@ -115,6 +114,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         session.start()
         if recorder is not None:
             recorder.start(session)
+        feed = (SightingFeed if session.sightings else JourneyFeed)(session, recorder, journeys)
         stop.running()
         started = time.monotonic()
         where = f"; writing {recorder.path}" if recorder is not None else ""
@@ -123,12 +123,10 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         if on_started:
             on_started(session)
         status_tty = sys.stderr.isatty() and not as_json and journeys
-        last_status = started
-        events_seen = 0
 
         def show(table) -> bool:
-            """Print the journeys of a pop_complete_table batch (column-wise:
-            per-journey Python only to render the human text)."""
+            """Print the journeys of a batch of complete packets' rows
+            (column-wise: per-journey Python only to render the human text)."""
             nonlocal shown
             if table.num_rows == 0:  # most passes when idle: no Arrow work at all
                 return limits.count is not None and shown >= limits.count
@@ -150,24 +148,17 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             shown += count
             return limits.count is not None and shown >= limits.count
 
-        def take(table) -> None:
-            nonlocal events_seen
-            events_seen += table.num_rows
-            if recorder is not None:
-                recorder.add(table)
-            if journeys and table.num_rows:
-                assembler.add(table)
-
+        last_status = started
         pass_started = 0.0
         while not stop.requested:
             rest = MIN_PASS_S - (time.monotonic() - pass_started)
             if rest > 0:
                 time.sleep(rest)
             pass_started = time.monotonic()
-            take(session.poll(POLL_S))
+            feed.take(session.read_records(POLL_S))
             if recorder is not None:
                 recorder.tick()
-            if journeys and show(assembler.pop_complete_table(IDLE_NS, session.now_ktime())):
+            if journeys and show(feed.complete(IDLE_NS, session.now_ktime())):
                 break
             if not journeys and limits.count is not None and recorder.packets >= limits.count:
                 break
@@ -179,14 +170,14 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
                 if progress:
                     click.echo("tracer: " + recorder.progress(c.total_lost).text(), err=True)
                 else:
-                    click.echo("\r" + status_line(events_seen / (now - started), c.total_lost, shown), err=True, nl=False)
+                    click.echo("\r" + status_line(feed.sightings / (now - started), c.total_lost, shown), err=True, nl=False)
                 last_status = now
         # Everything already in the ring buffer belongs in the output, the
         # capture and the summary; read the counters only once it is drained,
-        # so the events counted are the events written.
-        counters = _drain(session, take)
+        # so the records counted are the records written.
+        counters = _drain(session, feed.take)
         if journeys:
-            show(assembler.flush_table())
+            show(feed.flush())
         summary.set_lost(counters.lost, counters.emitted, unit=f"{counters.record}s")
         summary.set_journey_ends(counters.journey_ends)
         if recorder is not None:
@@ -208,16 +199,80 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         session.close()
 
 
+class JourneyFeed:
+    """The kernel's journey records into the capture and the output. With
+    journeys shown, records are held per packet until it is quiet (its
+    continuations joined, see tracer/hold.py) and decoded once, for both;
+    a `record` run decodes and writes them as they come."""
+
+    def __init__(self, session, recorder, showing: bool) -> None:
+        from tracer.hold import RecordHold
+
+        self.session, self.recorder, self.showing = session, recorder, showing
+        self.hold = RecordHold()
+        self.sightings = 0
+
+    def take(self, records) -> None:
+        if not len(records):
+            return
+        self.sightings += int(records["n_hops"].sum())
+        if not self.showing:
+            self.recorder.add(self.session.decode_records(records))
+            return
+        late = self.hold.add(records)
+        if len(late) and self.recorder is not None:  # its packet was shown: the capture still gets it
+            self.recorder.add(self.session.decode_records(late))
+
+    def complete(self, idle_ns: int, now_ktime: int):
+        return self._out(self.hold.pop_complete(idle_ns, now_ktime))
+
+    def flush(self):
+        return self._out(self.hold.flush())
+
+    def _out(self, records):
+        table = self.session.decode_records(records)
+        if self.recorder is not None and table.num_rows:
+            self.recorder.add(table)
+        return table
+
+
+class SightingFeed:
+    """The per-sighting build (TRACER_SIGHTING_EVENTS=1, the oracle the
+    journey records are tested against): sightings joined into journeys in
+    user space, as before journeys were assembled in the kernel."""
+
+    def __init__(self, session, recorder, showing: bool) -> None:
+        from tracer.journeys import JourneyAssembler
+
+        self.session, self.recorder, self.showing = session, recorder, showing
+        self.assembler = JourneyAssembler()
+        self.sightings = 0
+
+    def take(self, records) -> None:
+        table = self.session.decode_records(records)
+        self.sightings += table.num_rows
+        if self.recorder is not None:
+            self.recorder.add(table)
+        if self.showing and table.num_rows:
+            self.assembler.add(table)
+
+    def complete(self, idle_ns: int, now_ktime: int):
+        return self.assembler.pop_complete_table(idle_ns, now_ktime)
+
+    def flush(self):
+        return self.assembler.flush_table()
+
+
 def _drain(session, take, rounds: int = 20):
     """Read what is left in the ring buffer until the kernel's counters stop
     moving (bounded: a busy host never stops). Returns the last counters."""
-    # final_poll also empties the drain thread's queue and stops it, so no
-    # record is left in flight.
-    read_rest = session.final_poll
+    # final_records also detaches the sensors, emits the journeys still open
+    # and empties the drain thread's queue, so no record is left in flight.
+    read_rest = session.final_records
     counters = session.counters()
     for _ in range(rounds):
-        while (table := read_rest()).num_rows:
-            take(table)
+        while len(records := read_rest()):
+            take(records)
         again = session.counters()
         if again.emitted == counters.emitted and again.lost == counters.lost:
             break

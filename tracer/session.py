@@ -242,19 +242,33 @@ class TraceSession:
             log.warning("could not follow container %s (%s): %s", container.name, what, exc)
 
     # ---- running -----------------------------------------------------------
-    def read_raw(self, timeout: float) -> np.ndarray:
-        """Sighting rows drained so far (waiting up to `timeout` for the first)."""
+    def read_records(self, timeout: float) -> np.ndarray:
+        """The kernel's records drained so far (waiting up to `timeout` for
+        the first): journeys (events.JOURNEY_DTYPE), or sightings
+        (events.RAW_DTYPE) in the per-sighting build."""
         if self.drainer is None:
-            self.drainer = BackgroundDrain(self.drain, tick=self.sweeper.sweep if self.sweeper else None)
-        return self._sightings(self.drainer.take(timeout))
+            self.drainer = BackgroundDrain(self.drain, tick=self._sweep if self.sweeper else None)
+        return self.drainer.take(timeout)
 
-    def _sightings(self, records: np.ndarray) -> np.ndarray:
-        return records if self.sightings else expand(records)
+    def _sweep(self) -> None:
+        # Only while some journey is open: an idle tracer costs nothing here.
+        if self.open_journeys():
+            self.sweeper.sweep()
+
+    def open_journeys(self) -> int:
+        """Journeys the kernel has opened and not emitted (bpf/journey.h
+        counts openings in journey_ends[0])."""
+        counts = self._journey_counts()
+        return int(counts[0] - counts[1:].sum()) if len(counts) else 0
+
+    def decode_records(self, records: np.ndarray) -> pa.Table:
+        """Records -> the event table (one row per sighting)."""
+        return self._decode(records if self.sightings else expand(records))
 
     def poll(self, timeout: float) -> pa.Table:
-        return self._decode(self.read_raw(timeout))
+        return self.decode_records(self.read_records(timeout))
 
-    def final_poll(self) -> pa.Table:
+    def final_records(self) -> np.ndarray:
         """The rest, at the end of a trace: stops the sensors and the
         draining; journeys still open are emitted, marked incomplete."""
         self.stop_sensors()
@@ -263,10 +277,10 @@ class TraceSession:
         if self.sweeper is not None:
             self.sweeper.flush()
         if self.drainer is None:
-            return self._decode(self._sightings(self.drain.read()))
+            return self.drain.read()
         records = self.drainer.finish()
         self.drainer = None
-        return self._decode(self._sightings(records))
+        return records
 
     def stop_sensors(self) -> None:
         """Detach every sensor: nothing new is seen, what was seen stays to
@@ -281,11 +295,15 @@ class TraceSession:
 
     def journey_ends(self) -> dict[str, int]:
         """Journeys the kernel emitted, by why (events.JOURNEY_ENDS)."""
+        counts = self._journey_counts()
+        return {name: int(counts[i]) for i, name in enumerate(events.JOURNEY_ENDS) if name and len(counts) and counts[i]}
+
+    def _journey_counts(self) -> np.ndarray:
+        """journey_ends summed over CPUs ([0]: journeys opened)."""
         if self.bpf is None or self.latency or self.sightings:
-            return {}
+            return np.zeros(0, np.int64)
         table = self.bpf["journey_ends"]
-        return {name: n for i, name in enumerate(events.JOURNEY_ENDS)
-                if name and (n := int(sum(table[table.Key(i)])))}
+        return np.array([sum(table[table.Key(i)]) for i in range(len(events.JOURNEY_ENDS))], np.int64)
 
     def _decode(self, raw: np.ndarray) -> pa.Table:
         if not len(raw) and self._empty is not None:

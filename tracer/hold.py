@@ -1,0 +1,94 @@
+"""Holding the kernel's journey records until each packet is whole.
+
+The kernel emits a packet's journey when it ends, but a packet can come back
+as a continuation record with the same id: freed after delivery (a drop hop,
+e.g. QUEUE_PURGE when the receiving socket closes unread: about one packet in
+twenty on the lab's HTTP traffic) or more hops than a slot holds. So `trace`
+shows a packet once nothing more has come of it for a short while. That is
+done per record (one per packet), not per sighting: the records are a few
+hundred bytes each, kept as numpy arrays, and what is complete is found with
+one sort of the held records' packet ids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracer import events
+from tracer.events import PACKET_ID_CPU_SHIFT
+
+
+def sort_records(records: np.ndarray) -> np.ndarray:
+    """Records by (packet id, first sighting): a packet's parts adjacent and
+    in order, so their sighting rows come out sorted by (packet_id, ktime)."""
+    if len(records) < 2:
+        return records
+    return records[np.lexsort((records["first_ktime"], records["packet_id"]))]
+
+
+class RecordHold:
+    """Journey records waiting until their packet has been quiet for
+    ``idle_ns``. Ids of the last ``recent_ids`` packets let go are kept, so a
+    part that arrives after its packet was shown is counted (``late``) and
+    returned apart, rather than shown as a journey of its own."""
+
+    def __init__(self, recent_ids: int = 1 << 16) -> None:
+        self.recent_ids = recent_ids
+        self.late = 0
+        self._held = events.empty_journeys()
+        self._emitted = np.zeros(0, np.uint64)
+        self._highest = np.zeros(1025, np.uint64)  # per CPU: the highest id let go (ids grow per CPU)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def add(self, records: np.ndarray) -> np.ndarray:
+        """Hold ``records``; returns the late parts among them (not held)."""
+        if not len(records):
+            return records
+        late = self._already_emitted(records["packet_id"])
+        if late.any():
+            self.late += int(late.sum())
+            out, records = records[late], records[~late]
+        else:
+            out = records[:0]
+        self._held = np.concatenate((self._held, records)) if len(self._held) else records
+        return out
+
+    def pop_complete(self, idle_ns: int, now_ktime: int) -> np.ndarray:
+        """Records of packets whose last sighting is at least ``idle_ns``
+        before ``now_ktime`` (CLOCK_MONOTONIC), sorted by sort_records."""
+        held = self._held
+        if not len(held):
+            return held
+        order = np.lexsort((held["first_ktime"], held["packet_id"]))
+        held = held[order]
+        pid = held["packet_id"]
+        starts = np.concatenate(([0], np.flatnonzero(pid[1:] != pid[:-1]) + 1))
+        latest = np.maximum.reduceat(held["last_ktime"], starts)
+        quiet = latest.astype(np.int64) <= now_ktime - idle_ns
+        sizes = np.diff(np.append(starts, len(held)))
+        done = np.repeat(quiet, sizes)
+        out, self._held = held[done], held[~done]
+        self._remember(pid[starts[quiet]])
+        return out
+
+    def flush(self) -> np.ndarray:
+        """Everything held (tracing stops)."""
+        return self.pop_complete(0, np.iinfo(np.int64).max)
+
+    def _already_emitted(self, ids: np.ndarray) -> np.ndarray:
+        cpu = np.minimum(ids >> np.uint64(PACKET_ID_CPU_SHIFT), np.uint64(len(self._highest) - 1)).astype(np.intp)
+        maybe = ids <= self._highest[cpu]
+        late = np.zeros(len(ids), bool)
+        if maybe.any():
+            late[maybe] = np.isin(ids[maybe], self._emitted)
+        return late
+
+    def _remember(self, ids: np.ndarray) -> None:
+        if not len(ids):
+            return
+        ids = ids.astype(np.uint64)
+        self._emitted = np.concatenate((self._emitted, ids))[-self.recent_ids :]
+        cpu = np.minimum(ids >> np.uint64(PACKET_ID_CPU_SHIFT), np.uint64(len(self._highest) - 1)).astype(np.intp)
+        np.maximum.at(self._highest, cpu, ids)
