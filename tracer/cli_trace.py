@@ -101,7 +101,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
     """Trace until count/duration/Ctrl-C; print journeys (unless ``journeys``
     is False: `record`), write them to ``recorder``'s capture if given; return
     the summary dict."""
-    from tracer.journeys import first_journeys, journey_json_block, journey_rows, journeys_of_table
+    from tracer.journeys import JourneyRows, journey_json_block, journey_rows, journeys_of_table
     from tracer.render import Summary, render_journey, status_line
     from tracer.session import TraceSession
 
@@ -124,17 +124,19 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             on_started(session)
         status_tty = sys.stderr.isatty() and not as_json and journeys
 
-        def show(table) -> bool:
-            """Print the journeys of a batch of complete packets' rows
-            (column-wise: per-journey Python only to render the human text)."""
+        def show(batch) -> bool:
+            """Print the journeys of a batch of complete packets (JourneyRows,
+            or the per-sighting build's rows): column-wise, per-journey
+            Python only to render the human text."""
             nonlocal shown
-            if table.num_rows == 0:  # most passes when idle: no Arrow work at all
+            empty = len(batch) == 0 if isinstance(batch, JourneyRows) else batch.num_rows == 0
+            if empty:  # most passes when idle: no work at all
                 return limits.count is not None and shown >= limits.count
+            if limits.count is not None and shown >= limits.count:
+                return True
+            rows = journey_rows(batch)  # once for the output and the summary
             if limits.count is not None:
-                if shown >= limits.count:
-                    return True
-                table = first_journeys(table, limits.count - shown)
-            rows = journey_rows(table)  # once for the output and the summary
+                rows = rows.head(limits.count - shown)
             if as_json:
                 block, count = journey_json_block(rows)
                 if count:
@@ -202,8 +204,9 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
 class JourneyFeed:
     """The kernel's journey records into the capture and the output. With
     journeys shown, records are held per packet until it is quiet (its
-    continuations joined, see tracer/hold.py) and decoded once, for both;
-    a `record` run decodes and writes them as they come."""
+    continuations joined, see tracer/hold.py), then read as JourneyRows
+    straight from the records (and decoded into sighting rows only for a
+    capture); a `record` run decodes and writes them as they come."""
 
     def __init__(self, session, recorder, showing: bool) -> None:
         from tracer.hold import RecordHold
@@ -230,10 +233,9 @@ class JourneyFeed:
         return self._out(self.hold.flush())
 
     def _out(self, records):
-        table = self.session.decode_records(records)
-        if self.recorder is not None and table.num_rows:
-            self.recorder.add(table)
-        return table
+        if self.recorder is not None and len(records):
+            self.recorder.add(self.session.decode_records(records))
+        return self.session.journey_rows(records)
 
 
 class SightingFeed:

@@ -636,7 +636,7 @@ class JourneyRows:
     sighting, hops by time, one drop row last). Row arrays index ``work``
     through ``rows``; packet arrays have one entry per journey."""
 
-    work: pa.Table
+    work: pa.Table | None  # None when built from the kernel's journey records
     rows: np.ndarray  # row of work for each hop, journey order
     starts: np.ndarray  # first hop of each packet (into rows), plus a final end
     packet_id: np.ndarray
@@ -666,6 +666,24 @@ class JourneyRows:
 
     def __len__(self) -> int:
         return len(self.packet_id)
+
+    def head(self, n: int) -> "JourneyRows":
+        """The first ``n`` journeys (for --count)."""
+        if n >= len(self):
+            return self
+        h = int(self.starts[n])
+        per_hop = {f: getattr(self, f)[:h] for f in ("rows", "ktime", "dt", "netns")}
+        codes = {f: _Codes(getattr(self, f).codes[:h], getattr(self, f).values)
+                 for f in ("hook", "stage", "role", "drop_reason", "container", "ifname", "container_id")}
+        per_journey = {f: getattr(self, f)[:n] for f in ("packet_id", "flow_id", "direction", "verdict", "reason",
+                                                         "last_seen", "container_of", "tcp_flags", "length")}
+        return JourneyRows(
+            work=self.work, starts=self.starts[: n + 1],
+            src=tuple(a[:h] for a in self.src), dst=tuple(a[:h] for a in self.dst),
+            src_ip=self.src_ip, dst_ip=self.dst_ip,
+            protocol=_Codes(self.protocol.codes[:n], self.protocol.values),
+            **per_hop, **codes, **per_journey,
+        )
 
 
 def _journey_rows(work: pa.Table) -> JourneyRows:
@@ -723,18 +741,11 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
     role_codes[in_ns & (role_codes == len(role.values) - 1)] = len(role_values) - 1
     role = _Codes(role_codes, role_values)
 
-    terminal = _terminal(hook, stage, role)
-    two = sizes > 1
-    prev = np.where(two, last - 1, last)
-    last_drop = is_drop[last]
-    delivered = np.where(last_drop, two & terminal[prev], terminal[last])
-    dropped = last_drop & ~delivered
-    verdict = np.where(delivered, 0, np.where(dropped, 1, 2)).astype(np.int8)
+    verdict, dropped, last_seen = verdicts(hook, stage, role, is_drop, starts)
     reasons = _codes(work["drop_reason"])
     reason_hop = reasons.codes[rows]
     null_reason = len(reasons.values) - 1
     reason = np.where(dropped, reason_hop[last], null_reason)
-    last_seen = np.where(last_drop & two, last - 1, -1)
 
     # Endpoints as codes; a drop row without addresses shows its last sighting's.
     protocol_row = proto_all.codes[rows]
@@ -791,6 +802,23 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
 
 
 _DIRECTION_CODES = {"original": 1, "reply": 2}
+
+
+def verdicts(hook: _Codes, stage: _Codes, role: _Codes, is_drop: np.ndarray,
+             starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """verdict_of on columns, for hops in journey order (a drop hop last)
+    with journeys starting at ``starts`` (plus a final end): per journey the
+    index into VERDICTS, whether it was dropped, and the hop last seen
+    before the drop (-1 if none)."""
+    terminal = _terminal(hook, stage, role)
+    last = starts[1:] - 1
+    two = np.diff(starts) > 1
+    prev = np.where(two, last - 1, last)
+    last_drop = is_drop[last]
+    delivered = np.where(last_drop, two & terminal[prev], terminal[last])
+    dropped = last_drop & ~delivered
+    verdict = np.where(delivered, 0, np.where(dropped, 1, 2)).astype(np.int8)
+    return verdict, dropped, np.where(last_drop & two, last - 1, -1)
 
 
 def _terminal(hook: _Codes, stage: _Codes, role: _Codes) -> np.ndarray:

@@ -265,6 +265,13 @@ class TraceSession:
         """Records -> the event table (one row per sighting)."""
         return self._decode(records if self.sightings else expand(records))
 
+    def journey_rows(self, records: np.ndarray):
+        """Journey records (a batch of whole packets) -> JourneyRows."""
+        from tracer.journey_records import journey_rows_of_records
+
+        with self.lock:  # the places may be rebuilt meanwhile (Docker thread)
+            return journey_rows_of_records(records, self.ctx)
+
     def poll(self, timeout: float) -> pa.Table:
         return self.decode_records(self.read_records(timeout))
 

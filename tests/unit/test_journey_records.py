@@ -1,0 +1,135 @@
+"""The kernel's journey records, read two ways that must agree.
+
+`trace` reads JourneyRows straight from the records (tracer/journey_records.py);
+a capture holds the same records laid out as sighting rows (tracer/expand.py)
+and decoded, which the journey builder groups again. On the same records both
+give the same JSON lines, human text and summary, including packets that come
+in parts (a drop after delivery, more hops than a record holds), drops,
+incomplete journeys, ICMP, and two containers whose eth0 share an ifindex.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import numpy as np
+
+from tests.unit.test_decode import CT_NS, HOST_NS, ctx
+from tracer import events
+from tracer.decode import decode
+from tracer.expand import expand
+from tracer.hold import RecordHold, sort_records
+from tracer.journey_records import journey_rows_of_records
+from tracer.journeys import journey_json_lines, journey_rows, journeys_of_table
+from tracer.render import Summary, render_journey
+
+H = {name: i for i, name in enumerate(events.HOOKS) if name}
+BEFORE, AFTER = 1, 2
+CLIENT, HOST, WEB, DB = "198.18.0.2", "198.18.0.1", "172.17.0.2", "172.17.0.3"
+
+
+def ip(text: str) -> int:
+    return struct.unpack("!I", socket.inet_aton(text))[0]
+
+
+def hop(hook: str, ifindex: int, tuple_idx: int = 0, stage: int = 0, in_ct: bool = False, dt: int = 0) -> tuple:
+    return (H[hook] | stage << events.HOP_STAGE_SHIFT | (events.HOP_IN_CT_BIT if in_ct else 0), ifindex, tuple_idx, dt)
+
+
+def record(pid: int, t0: int, hops: list[tuple], tuples: list[tuple], end: str = "terminal", flow: int = 0,
+           direction: int = 0, protocol: int = 6, new: bool = True, reason: int = 0, drop_netns: int = 0) -> np.ndarray:
+    r = events.empty_journeys(1)
+    r["packet_id"], r["first_ktime"], r["flow_id"], r["direction"] = pid, t0, flow, direction
+    r["protocol"], r["tcp_flags"], r["length"], r["ip_id"], r["cpu"] = protocol, 0x12, 60, pid & 0xFFFF, 1
+    r["drop_reason"], r["drop_netns"], r["end"] = reason, drop_netns, events.JOURNEY_ENDS.index(end)
+    for i, (s, d, sp, dp) in enumerate(tuples):
+        r["tuples"][0, i] = (ip(s), ip(d), sp, dp)
+    r["n_tuples"] = len(tuples)
+    for i, (code, ifindex, t, dt) in enumerate(hops):
+        r["hops"][0, i] = (dt or 1000 * i, ifindex, code | (0x80 if new and i == 0 else 0), 64, t, 0)
+    r["n_hops"] = len(hops)
+    r["last_ktime"] = t0 + int(r["hops"]["dt_ns"][0, len(hops) - 1])
+    return r
+
+
+REQUEST = [hop("tc_ingress", 7), hop("nf_prerouting", 7, 0, BEFORE), hop("nf_prerouting", 7, 1, AFTER),
+           hop("nf_forward", 7, 1), hop("tc_egress", 9, 1), hop("tc_ingress", 2, 1, in_ct=True)]
+REQ_TUPLES = [(CLIENT, HOST, 40000, 8000), (CLIENT, WEB, 40000, 8080)]
+
+
+def records() -> np.ndarray:
+    parts = [
+        # delivered request through DNAT, then freed by the socket (a one-hop continuation)
+        record(101, 10_000, REQUEST, REQ_TUPLES, flow=5, direction=1),
+        record(101, 90_000, [hop("drop", 2, in_ct=True)], [REQ_TUPLES[1]], end="drop", new=False, reason=12, drop_netns=CT_NS),
+        # reply with reverse DNAT, leaving by the external interface
+        record(202, 20_000, [hop("tc_egress", 2, in_ct=True), hop("tc_ingress", 9), hop("nf_postrouting", 7, 0, BEFORE),
+                             hop("nf_postrouting", 7, 1, AFTER), hop("tc_egress", 7, 1)],
+               [(WEB, CLIENT, 8080, 40000), (HOST, CLIENT, 8000, 40000)], flow=5, direction=2),
+        # dropped in FORWARD
+        record(303, 30_000, REQUEST[:4] + [hop("drop", 7, 1)], REQ_TUPLES, end="drop", flow=6, direction=1, reason=12),
+        # went quiet after two hops: incomplete
+        record(404, 5_000, REQUEST[:2], REQ_TUPLES[:1], end="quiet"),
+        # ICMP to the second container (same eth0 ifindex, told apart by address)
+        record(505, 40_000, [hop("tc_egress", 9), hop("tc_ingress", 2, in_ct=True)], [(CLIENT, DB, 7, 0)], protocol=1),
+        # more hops than a record holds: a full part, then the rest
+        record(606, 50_000, [hop("tc_ingress", 7)] * events.MAX_HOPS, REQ_TUPLES[:1], end="full"),
+        record(606, 70_000, [hop("tc_ingress", 2, in_ct=True)], REQ_TUPLES[:1], new=False),
+    ]
+    return np.concatenate(parts)
+
+
+def both(recs: np.ndarray):
+    c = ctx()
+    recs = sort_records(recs)
+    return journey_rows_of_records(recs, c), journey_rows(decode(expand(recs), c))
+
+
+def test_records_read_directly_equal_their_sighting_rows():
+    direct, rows = both(records())
+    assert len(direct) == len(rows) == 6
+    assert journey_json_lines(direct) == journey_json_lines(rows)
+    assert [render_journey(j, False) for j in journeys_of_table(direct)] == \
+           [render_journey(j, False) for j in journeys_of_table(rows)]
+    shuffled = records()[np.random.default_rng(1).permutation(len(records()))]
+    assert journey_json_lines(journey_rows_of_records(shuffled, ctx())) == journey_json_lines(rows), "any order in"
+    a, b = Summary(), Summary()
+    a.add_table(direct)
+    b.add_table(rows)
+    assert a.to_dict() == b.to_dict()
+
+
+def test_what_the_journeys_say():
+    direct, _ = both(records())
+    js = {j.packet_id: j for j in journeys_of_table(direct)}
+    assert [j.packet_id for j in journeys_of_table(direct)] == [404, 101, 202, 303, 505, 606]  # by first sighting
+    req = js[101]
+    assert req.verdict == "delivered" and req.hops[-1].hook == "drop" and req.drop_reason is None
+    assert req.hops[2].dst == f"{WEB}:8080" and req.hops[1].dst == f"{HOST}:8000"
+    assert req.hops[-1].dt_ns == 80_000 and req.container == "web"
+    assert js[202].verdict == "delivered" and js[202].hops[-1].src == f"{HOST}:8000" and js[202].direction == "reply"
+    assert js[303].verdict == "dropped" and js[303].drop_reason == "NETFILTER_DROP" and js[303].last_seen.hook == "nf_forward"
+    assert js[404].verdict == "unknown"
+    assert js[505].hops[-1].container == "db" and js[505].hops[0].dst == DB and js[505].protocol == "icmp"
+    assert len(js[606].hops) == events.MAX_HOPS + 1 and js[606].verdict == "delivered"
+
+
+def test_head_keeps_the_first_journeys():
+    direct, rows = both(records())
+    assert journey_json_lines(direct.head(2)) == journey_json_lines(rows)[:2]
+    assert direct.head(99) is direct
+
+
+def test_hold_joins_parts_and_counts_late_ones():
+    recs = records()
+    hold = RecordHold()
+    assert len(hold.add(recs[:1])) == 0
+    assert len(hold.pop_complete(idle_ns=1_000_000, now_ktime=20_000)) == 0, "101 was seen 5 µs ago"
+    hold.add(recs[1:2])  # its continuation, before it was let go
+    out = hold.pop_complete(idle_ns=1_000, now_ktime=200_000)
+    assert list(out["packet_id"]) == [101, 101] and len(hold) == 0
+    late = hold.add(record(101, 300_000, [hop("drop", 2, in_ct=True)], [REQ_TUPLES[1]], end="drop", new=False))
+    assert len(late) == 1 and hold.late == 1 and len(hold) == 0
+    hold.add(recs[2:])
+    assert len(hold.flush()) == len(recs) - 2

@@ -1,0 +1,178 @@
+"""The kernel's journey records -> JourneyRows, without sighting rows.
+
+`trace` prints journeys the kernel already assembled (bpf/journey.h): a
+record holds the packet's facts once and its hops in order. Laying them out
+as sighting rows, decoding those into an Arrow table and grouping it again by
+packet id (what a capture replay does) would redo in Python what the kernel
+did. Here the hops are gathered once into per-hop arrays and everything that
+needs names (interfaces, containers, addresses, protocols, drop reasons) is
+resolved once per distinct value. The result is the JourneyRows the JSON,
+human and summary outputs read; the journey rules themselves (terminal
+sightings, verdicts) are tracer.journeys'.
+
+Records come in any order, a packet's parts (continuations, see
+tracer/hold.py) all among them: ordered by index here (packets by first
+sighting, a packet's parts by theirs), its hops are in journey order with a
+drop hop last, as the kernel appended them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracer import events
+from tracer.decode import DecodeContext, _factorize, _places, ip_text
+from tracer.journeys import JourneyRows, _Codes, verdicts
+
+_HOOK_VALUES = list(events.HOOKS) + [None]
+_STAGE_VALUES = list(events.NAT_STAGES) + [None]
+_HOOK_DROP = events.HOOKS.index("drop")
+
+
+def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyRows:
+    records = records[records["n_hops"] > 0] if not (records["n_hops"] > 0).all() else records
+    # Order without moving the 312-byte records: by the packet's first
+    # sighting (ties by id), its parts adjacent and in time order.
+    pid_all = records["packet_id"]
+    fk_all = records["first_ktime"].astype(np.int64)
+    o = _journey_order(pid_all, fk_all)
+    pid_r, fk_r = pid_all[o], fk_all[o]
+    n_hops = np.minimum(records["n_hops"][o].astype(np.int64), events.MAX_HOPS)
+    rstart = np.concatenate(([0], np.flatnonzero(pid_r[1:] != pid_r[:-1]) + 1)) if len(o) else np.zeros(0, np.int64)
+    rsizes = np.diff(np.append(rstart, len(o)))
+
+    def field(name: str) -> np.ndarray:
+        return records[name][o]
+
+    # Hops, record by record.
+    total = int(n_hops.sum())
+    rec = np.repeat(np.arange(len(o)), n_hops)
+    src_rec = o[rec]  # the record each hop is in, as stored
+    rec_first = np.concatenate(([0], np.cumsum(n_hops)[:-1]))
+    hop_i = np.arange(total) - rec_first[rec]
+    hops = records["hops"]
+    code = hops["code"][src_rec, hop_i]
+    ifindex = hops["ifindex"][src_rec, hop_i]
+    ktime = fk_r[rec] + hops["dt_ns"][src_rec, hop_i].astype(np.int64)
+    ktime[rec_first + n_hops - 1] = field("last_ktime").astype(np.int64)  # exact where dt_ns saturated
+    t_idx = np.minimum(hops["tuple"][src_rec, hop_i], events.MAX_TUPLES - 1)
+    tuples = records["tuples"]
+    src_u32 = tuples["saddr"][src_rec, t_idx].astype(np.uint32)
+    dst_u32 = tuples["daddr"][src_rec, t_idx].astype(np.uint32)
+    sport = tuples["sport"][src_rec, t_idx].astype(np.int64)
+    dport = tuples["dport"][src_rec, t_idx].astype(np.int64)
+
+    # Journeys over hops.
+    packet_of_rec = np.repeat(np.arange(len(rstart)), rsizes)
+    hop_sizes = np.bincount(packet_of_rec, weights=n_hops, minlength=len(rstart)).astype(np.int64)
+    starts = np.concatenate(([0], np.cumsum(hop_sizes))).astype(np.int64)
+    first_hop = starts[:-1]
+    group = np.repeat(np.arange(len(rstart)), hop_sizes)
+    dt = ktime - ktime[first_hop][group]
+
+    hook_idx = (code & 0x0F).astype(np.int64)
+    is_drop = hook_idx == _HOOK_DROP
+    hook = _Codes(hook_idx, _HOOK_VALUES)
+    stage = _Codes(((code >> events.HOP_STAGE_SHIFT) & 0x03).astype(np.int64), _STAGE_VALUES)
+    in_ct = (code & events.HOP_IN_CT_BIT) != 0
+    netns_raw = np.where(is_drop, records["drop_netns"][src_rec], 0).astype(np.uint32)
+
+    # Places: resolved once per distinct (in container netns, netns, ifindex).
+    places, where = _places(ctx, in_ct, netns_raw, ifindex.astype(np.uint32), src_u32, dst_u32)
+    where = np.asarray(where, np.int64)
+    role = _place_codes(where, [p.role for p in places])
+    ifname = _place_codes(where, [p.ifname for p in places])
+    container_id = _place_codes(where, [p.container_id for p in places])
+    container = _place_codes(where, [p.container_name or (p.container_id[:12] if p.container_id else None) for p in places])
+    netns = np.array([p.netns for p in places], np.int64)[where] if places else np.zeros(0, np.int64)
+
+    # Per-packet facts: from the packet's first record; flow and direction
+    # the largest any part knew (as the sighting path fills them).
+    p_first = o[rstart]  # a packet's first record, as stored
+    protocol_num = records["protocol"][p_first].astype(np.int64)
+    proto_values, proto_codes = _names(protocol_num, lambda v: events.PROTOCOLS.get(v, str(v)))
+    flow = np.maximum.reduceat(field("flow_id"), rstart) if len(rstart) else np.zeros(0, np.uint64)
+    direction = np.maximum.reduceat(field("direction"), rstart).astype(np.int8) if len(rstart) else np.zeros(0, np.int8)
+
+    verdict, dropped, last_seen = verdicts(hook, stage, role, is_drop, starts)
+
+    reason_num = np.where(is_drop, records["drop_reason"][src_rec].astype(np.int64), -1)
+    reason_values, reason_hop = _names(reason_num, lambda v: None if v < 0 else ctx.drop_reasons.get(v, f"REASON_{v}"))
+    null_reason = len(reason_values) - 1
+    reason_hop = np.where(is_drop, reason_hop, null_reason)
+    last = starts[1:] - 1
+    reason = np.where(dropped, reason_hop[last], null_reason)
+
+    icmp = records["protocol"][src_rec] == 1
+    src_values, src_codes = _names(src_u32.astype(np.int64), ip_text)
+    dst_values, dst_codes = _names(dst_u32.astype(np.int64), ip_text)
+
+    truthy = np.array([bool(v) for v in container.values], bool)[container.codes]
+    pos = np.where(truthy, np.arange(total), total)
+    firstnamed = np.minimum.reduceat(pos, first_hop) if total else pos
+    named = firstnamed < starts[1:]
+    container_of = np.where(named, container.codes[np.minimum(firstnamed, max(total - 1, 0))], len(container.values) - 1)
+
+    return JourneyRows(
+        work=None,
+        rows=np.arange(total),
+        starts=starts,
+        packet_id=pid_r[rstart],
+        flow_id=flow,
+        direction=direction,
+        verdict=verdict,
+        reason=reason,
+        last_seen=last_seen,
+        ktime=ktime,
+        dt=dt,
+        hook=hook,
+        stage=stage,
+        role=role,
+        drop_reason=_Codes(reason_hop, reason_values),
+        src=(src_codes, sport, icmp.copy()),
+        dst=(dst_codes, dport, icmp.copy()),
+        src_ip=src_values,
+        dst_ip=dst_values,
+        container=container,
+        container_of=container_of,
+        protocol=_Codes(proto_codes, proto_values),
+        tcp_flags=records["tcp_flags"][p_first].astype(np.int64),
+        length=records["length"][p_first].astype(np.int64),
+        netns=netns,
+        ifname=ifname,
+        container_id=container_id,
+    )
+
+
+def _journey_order(pid: np.ndarray, fk: np.ndarray) -> np.ndarray:
+    """Record order: packets by first sighting (ties by id), a packet's
+    parts adjacent and by their own first sighting."""
+    if len(pid) < 2:
+        return np.arange(len(pid))
+    uniq, inverse = np.unique(pid, return_inverse=True)
+    if len(uniq) == len(pid):  # one part per packet (the common case)
+        return np.lexsort((pid, fk))
+    first = np.full(len(uniq), np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first, inverse, fk)
+    return np.lexsort((fk, pid, first[inverse]))
+
+
+def _place_codes(where: np.ndarray, per_place: list) -> _Codes:
+    """A per-place value as codes over its distinct values (+ a None slot)."""
+    values: list = []
+    index: dict = {}
+    lut = np.array([index.setdefault(v, len(index)) for v in per_place], np.int64) if per_place else np.zeros(0, np.int64)
+    values = list(index) + [None]
+    null = len(values) - 1
+    if None in index:  # None values point at the null slot, as in a dictionary column
+        lut[lut == index[None]] = null
+    return _Codes(lut[where] if len(where) else np.zeros(0, np.int64), values)
+
+
+def _names(keys: np.ndarray, name) -> tuple[list, np.ndarray]:
+    """Distinct keys named once each: (values + a None slot, code per element)."""
+    if not len(keys):
+        return [None], np.zeros(0, np.int64)
+    uniq, inverse = _factorize(keys)
+    values = [name(int(k)) for k in uniq.tolist()]
+    return values + [None], inverse.astype(np.int64)
