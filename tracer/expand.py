@@ -25,59 +25,74 @@ _COMPLETE = np.zeros(256, bool)
 _COMPLETE[list(events.COMPLETE_ENDS)] = True
 
 
-def expand(journeys: np.ndarray) -> np.ndarray:
+class Sightings:
+    """Sighting rows as one contiguous array per field of events.RAW_DTYPE:
+    what decode() reads (``rows[name]``, ``len(rows)``), without packing them
+    into the 88-byte ring-buffer struct first."""
+
+    def __init__(self, n: int, columns: dict[str, np.ndarray]) -> None:
+        self.n = n
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+
+def expand(journeys: np.ndarray) -> Sightings:
     """Sighting rows of journey records, record by record, hops in order."""
     n_hops = np.minimum(journeys["n_hops"].astype(np.int64), events.MAX_HOPS)
     total = int(n_hops.sum())
-    raw = events.empty_raw(total)
     if total == 0:
-        return raw
+        empty = events.empty_raw()
+        return Sightings(0, {name: empty[name] for name in events.RAW_DTYPE.names})
     rec = np.repeat(np.arange(len(journeys)), n_hops)
     first = np.concatenate(([0], np.cumsum(n_hops)[:-1]))
     hop_i = np.arange(total) - first[rec]
     j = _Gather(journeys, rec)  # a record's field, once per row
-    hops = journeys["hops"][rec, hop_i]
-    tuples = journeys["tuples"][rec, np.minimum(hops["tuple"], events.MAX_TUPLES - 1)]
+    hops = journeys["hops"]
+    code = hops["code"][rec, hop_i]
+    t_idx = np.minimum(hops["tuple"][rec, hop_i], events.MAX_TUPLES - 1)
+    tuples = journeys["tuples"]
 
-    code = hops["code"]
     hook = code & 0x0F
     in_ct = (code & events.HOP_IN_CT_BIT) != 0
-    ktime = j["first_ktime"] + hops["dt_ns"].astype(np.uint64)
-    last = first + n_hops - 1
-    last = last[n_hops > 0]
-    ktime[last] = journeys["last_ktime"][n_hops > 0]  # exact where dt_ns saturated (a late drop)
+    ktime = j["first_ktime"] + hops["dt_ns"][rec, hop_i].astype(np.uint64)
+    ends = first + n_hops - 1
+    ktime[ends] = journeys["last_ktime"]  # exact where dt_ns saturated (a late drop)
     is_drop = hook == _HOOK_DROP
-    ifindex = hops["ifindex"]
-
-    raw["ktime_ns"] = ktime
-    raw["skb"] = np.where(_IS_NF[hook] | is_drop, j["skb"], 0)
-    raw["packet_id"] = j["packet_id"]
-    raw["flow_id"] = j["flow_id"]
-    raw["drop_reason"] = np.where(is_drop, j["drop_reason"], 0)
-    raw["netns"] = np.where(is_drop, j["drop_netns"], 0)  # 0: the attachment's (host) netns
-    raw["ifindex"] = ifindex
-    raw["out_ifindex"] = np.where(hook == _HOOK_FORWARD, j["fwd_out_ifindex"], np.where(_OUT_IS_IFINDEX[hook], ifindex, 0))
-    raw["src_ip"] = tuples["saddr"]
-    raw["dst_ip"] = tuples["daddr"]
-    raw["src_port"] = tuples["sport"]
-    raw["dst_port"] = tuples["dport"]
-    raw["tcp_seq"] = j["tcp_seq"]
-    raw["tcp_ack"] = j["tcp_ack"]
-    raw["ip_id"] = j["ip_id"]
-    raw["length"] = j["length"]
-    raw["cpu"] = j["cpu"]
-    raw["hook"] = hook
-    raw["nat_stage"] = (code >> events.HOP_STAGE_SHIFT) & 0x03
-    raw["direction"] = j["direction"]
-    raw["protocol"] = j["protocol"]
-    raw["ttl"] = hops["ttl"]
-    raw["tcp_flags"] = j["tcp_flags"]
-    raw["flags"] = (
-        np.where(in_ct, events.FLAG_IN_CONTAINER_NS, 0)
-        | np.where((code & _NEW_PACKET_BIT) != 0, events.FLAG_NEW_PACKET, 0)
-        | np.where(_COMPLETE[j["end"]], 0, events.FLAG_INCOMPLETE)
-    ).astype(np.uint8)
-    return raw
+    ifindex = hops["ifindex"][rec, hop_i]
+    flags = (np.where(in_ct, events.FLAG_IN_CONTAINER_NS, 0)
+             | np.where((code & _NEW_PACKET_BIT) != 0, events.FLAG_NEW_PACKET, 0)
+             | np.where(_COMPLETE[j["end"]], 0, events.FLAG_INCOMPLETE)).astype(np.uint8)
+    return Sightings(total, {
+        "ktime_ns": ktime,
+        "skb": np.where(_IS_NF[hook] | is_drop, j["skb"], 0),
+        "packet_id": j["packet_id"],
+        "flow_id": j["flow_id"],
+        "drop_reason": np.where(is_drop, j["drop_reason"], 0),
+        "netns": np.where(is_drop, j["drop_netns"], 0),  # 0: the attachment's (host) netns
+        "ifindex": ifindex,
+        "out_ifindex": np.where(hook == _HOOK_FORWARD, j["fwd_out_ifindex"], np.where(_OUT_IS_IFINDEX[hook], ifindex, 0)),
+        "src_ip": tuples["saddr"][rec, t_idx],
+        "dst_ip": tuples["daddr"][rec, t_idx],
+        "src_port": tuples["sport"][rec, t_idx],
+        "dst_port": tuples["dport"][rec, t_idx],
+        "tcp_seq": j["tcp_seq"],
+        "tcp_ack": j["tcp_ack"],
+        "ip_id": j["ip_id"],
+        "length": j["length"],
+        "cpu": j["cpu"],
+        "hook": hook,
+        "nat_stage": (code >> events.HOP_STAGE_SHIFT) & 0x03,
+        "direction": j["direction"],
+        "protocol": j["protocol"],
+        "ttl": hops["ttl"][rec, hop_i],
+        "tcp_flags": j["tcp_flags"],
+        "flags": flags,
+    })
 
 
 class _Gather:
