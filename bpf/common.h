@@ -9,6 +9,7 @@
 #include <uapi/linux/pkt_cls.h>
 #include <uapi/linux/in.h>
 
+#define IP_CT_NEW 2
 #define IP_CT_IS_REPLY 3
 #define IP_CT_UNTRACKED 7
 #define NFCT_INFOMASK 7UL

@@ -121,8 +121,9 @@ static __always_inline u8 journey_tuple(struct journey *j, struct pkt *p)
     return n;
 }
 
-/* Append one hop; 1 when the hop array is now full. */
-static __always_inline int journey_add(struct journey *j, struct pkt *p, struct sighting *s, u64 now, u8 code)
+/* Append one hop with its addresses' tuple index; 1 when the hop array is
+ * now full. */
+static __always_inline int journey_add_hop(struct journey *j, struct sighting *s, u64 now, u8 code, u8 ttl, u8 tuple)
 {
     u32 n = j->n_hops;
     if (n >= MAX_HOPS)
@@ -132,8 +133,8 @@ static __always_inline int journey_add(struct journey *j, struct pkt *p, struct 
     h->dt_ns = dt < 0 ? 0 : dt > 0xffffffffLL ? 0xffffffff : (u32)dt;
     h->ifindex = s->ifindex;
     h->code = code;
-    h->ttl = p->ttl;
-    h->tuple = journey_tuple(j, p);
+    h->ttl = ttl;
+    h->tuple = tuple;
     j->n_hops = n + 1;
     j->last_ktime = now;
     /* As user space filled them from a packet's rows: the largest seen. */
@@ -152,27 +153,33 @@ static __always_inline int journey_add(struct journey *j, struct pkt *p, struct 
     return n + 1 >= MAX_HOPS;
 }
 
+static __always_inline int journey_add(struct journey *j, struct pkt *p, struct sighting *s, u64 now, u8 code)
+{
+    return journey_add_hop(j, s, now, code, p->ttl, journey_tuple(j, p));
+}
+
 /* One sighting of a traced packet: find or claim its journey, append the
- * hop, emit the journey where it ends. */
-static __always_inline void journey_sighting(struct fp_key *fp, struct pkt *p, struct sighting *s, u64 now,
-                                             int sensor)
+ * hop, emit the journey where it ends. Returns the slot index while the
+ * journey stays open (the netfilter sensor's fast path keeps it), else -1. */
+static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, struct sighting *s, u64 now,
+                                            int sensor)
 {
     u32 idx;
     struct pkt_slot *b = NULL;
     struct pkt_slot *a = pcache_set(fp, &b, &idx);
     if (!a || !b)
-        return;
+        return -1;
     int is_drop = (s->code & 0xf) == HOOK_DROP;
     struct pkt_slot *seen = pcache_match(a, b, fp, now, is_drop ? DROP_WINDOW_NS : (s64)FP_WINDOW_NS);
     if (!seen) {
         if (is_drop)
-            return; /* only drops of packets we are following */
+            return -1; /* only drops of packets we are following */
         /* Claim the older slot of the set. */
         struct pkt_slot *slot = (s64)(a->last_seen - b->last_seen) <= 0 ? a : b;
         u32 k = slot == a ? idx : idx + 1;
         struct journey *j = journeys.lookup(&k);
         if (!j)
-            return;
+            return -1;
         u64 id = new_packet_id();
         u64 old = __sync_lock_test_and_set(&slot->packet_id, id | JOURNEY_OPEN_BIT);
         if (old & JOURNEY_OPEN_BIT)
@@ -185,14 +192,16 @@ static __always_inline void journey_sighting(struct fp_key *fp, struct pkt *p, s
          * finds the journey started (see pcache_claim). */
         asm volatile("" ::: "memory");
         slot->fp = *fp;
-        if (s->terminal || full)
+        if (s->terminal || full) {
             journey_close(slot, j, id, s->terminal ? END_TERMINAL : END_FULL, sensor);
-        return;
+            return -1;
+        }
+        return k;
     }
     u32 k = seen == a ? idx : idx + 1;
     struct journey *j = journeys.lookup(&k);
     if (!j)
-        return;
+        return -1;
     u64 pid = seen->packet_id;
     u64 id = pid & ~JOURNEY_OPEN_BIT;
     /* A drop ends the packet: the same fingerprint later is another one. */
@@ -202,13 +211,16 @@ static __always_inline void journey_sighting(struct fp_key *fp, struct pkt *p, s
          * e.g. freed after delivery (QUEUE_PURGE): a continuation record
          * with the same packet id, which user space joins to the first. */
         if (__sync_val_compare_and_swap(&seen->packet_id, pid, pid | JOURNEY_OPEN_BIT) != pid)
-            return;
+            return -1;
         journey_start(j, id, p, now);
         journey_opened();
     }
     int full = journey_add(j, p, s, now, s->code);
-    if (is_drop || s->terminal || full)
+    if (is_drop || s->terminal || full) {
         journey_close(seen, j, id, is_drop ? END_DROP : s->terminal ? END_TERMINAL : END_FULL, sensor);
+        return -1;
+    }
+    return k;
 }
 
 /* Run by user space (BPF_PROG_TEST_RUN, tracer/sweep.py) every few tens of

@@ -104,6 +104,86 @@ static __always_inline u8 nf_hook_of(u8 kernel_hook)
     }
 }
 
+/* The devices of a sighting: ifindex is the in-device at PREROUTING, INPUT
+ * and FORWARD, the out-device at OUTPUT and POSTROUTING. */
+static __always_inline void nf_devices(u64 state, u8 hook, u32 *ifindex, u32 *out_ifindex)
+{
+    u64 in = BTF_LOAD(u64, state, OFF_STATE_IN);
+    u64 out = BTF_LOAD(u64, state, OFF_STATE_OUT);
+    *out_ifindex = out ? BTF_LOAD(u32, out, OFF_DEV_IFINDEX) : 0;
+    *ifindex = *out_ifindex;
+    if (in && hook != HOOK_NF_POSTROUTING && hook != HOOK_NF_OUTPUT)
+        *ifindex = BTF_LOAD(u32, in, OFF_DEV_IFINDEX);
+}
+
+#if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE)
+/* Fast path. One packet passes the netfilter hooks one after the other on
+ * one CPU (PREROUTING, FORWARD, POSTROUTING; or INPUT), so the sensor keeps,
+ * per CPU, the skb and conntrack pointers of its last sighting and the slot
+ * of that packet's journey. The next hook of the same skb, still in the same
+ * open journey, skips what only the first sighting needs: the conntrack
+ * tuples read and flows lookup (is it traced?), the fingerprint hash and
+ * packet-cache lookup (which journey?), and at hooks where NAT cannot have
+ * acted since (the "before" stages) the header parse: the addresses are the
+ * last hop's. A new connection's packets (IP_CT_NEW, where NAT binds and the
+ * flow's views are written) always take the full path. */
+struct nf_last {
+    u64 skb;
+    u64 nfct;
+    u64 packet_id; /* the slot's, open bit included: the slot still holds this journey */
+    u32 slot;
+    u32 _pad;
+};
+BPF_PERCPU_ARRAY(nf_last, struct nf_last, 1);
+
+static __always_inline int nf_fast(struct nf_last *last, u64 skb, u64 state, u8 hook, u8 stage, u64 ct, u32 ctinfo)
+{
+    u32 k = last->slot & (PACKET_ENTRIES - 1);
+    struct pkt_slot *slot = pcache.lookup(&k);
+    struct journey *j = journeys.lookup(&k);
+    if (!slot || !j || slot->packet_id != last->packet_id)
+        return 0;
+    u8 ttl, tuple;
+    if (stage == NAT_AFTER) {
+        struct pkt p = {};
+        if (!parse_nf_skb(&p, skb) || p.ip_id != j->ip_id || p.tot_len != j->length)
+            return 0;
+        ttl = p.ttl;
+        tuple = journey_tuple(j, &p);
+    } else {
+        /* The first 12 bytes of the IPv4 header: the same packet (IP id
+         * and length: the skb may have been freed and reused by the next
+         * packet of the connection) and its TTL (routing decrements it
+         * before FORWARD; bridging does not). */
+        u8 h[12] __attribute__((aligned(4))) = {};
+        u64 head = BTF_LOAD(u64, skb, OFF_SKB_HEAD);
+        u16 nh = BTF_LOAD(u16, skb, OFF_SKB_NETWORK_HEADER);
+        if (!head || nh == 0xffff || bpf_probe_read_kernel(h, sizeof(h), (void *)(head + nh)) < 0)
+            return 0;
+        if (LD16(h + 4) != j->ip_id || LD16(h + 2) != j->length)
+            return 0;
+        ttl = h[8];
+        u32 n = j->n_tuples;
+        tuple = n > 0 && n <= MAX_TUPLES ? n - 1 : 0;
+    }
+    u64 now = bpf_ktime_get_ns();
+    struct sighting s = {};
+    s.skb = skb;
+    s.flow_id = FLOW_ID(ct);
+    s.direction = ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL;
+    nf_devices(state, hook, &s.ifindex, &s.out_ifindex);
+    s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;
+    slot->last_seen = now;
+    int full = journey_add_hop(j, &s, now, hop_code(hook, stage, 0), ttl, tuple);
+    if (s.terminal || full) {
+        journey_close(slot, j, last->packet_id & ~JOURNEY_OPEN_BIT, s.terminal ? END_TERMINAL : END_FULL,
+                      SENSOR_NETFILTER);
+        last->skb = 0;
+    }
+    return 1;
+}
+#endif
+
 static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
 {
 #ifdef TRACER_NOOP
@@ -117,6 +197,15 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
     u64 nfct = BTF_LOAD(u64, skb, OFF_SKB_NFCT);
     u64 ct = nfct & ~NFCT_INFOMASK;
     u32 ctinfo = nfct & NFCT_INFOMASK;
+#if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE)
+    int zero = 0;
+    struct nf_last *last = nf_last.lookup(&zero);
+    if (!last)
+        return 1;
+    if (last->skb == skb && last->nfct == nfct && ct && ctinfo != IP_CT_NEW && ctinfo != IP_CT_UNTRACKED &&
+        nf_fast(last, skb, state, hook, stage, ct, ctinfo))
+        return 1;
+#endif
     u32 direction = 0;
     struct pkt p = {};
     if (ct && ctinfo != IP_CT_UNTRACKED) {
@@ -139,12 +228,8 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
     latency_sighting(&fp, nf_hop_code(hook, stage), direction, now);
     return 1;
 #endif
-    u64 in = BTF_LOAD(u64, state, OFF_STATE_IN);
-    u64 out = BTF_LOAD(u64, state, OFF_STATE_OUT);
-    u32 out_ifindex = out ? BTF_LOAD(u32, out, OFF_DEV_IFINDEX) : 0;
-    u32 ifindex = out_ifindex;
-    if (in && hook != HOOK_NF_POSTROUTING && hook != HOOK_NF_OUTPUT)
-        ifindex = BTF_LOAD(u32, in, OFF_DEV_IFINDEX);
+    u32 ifindex, out_ifindex;
+    nf_devices(state, hook, &ifindex, &out_ifindex);
 #if defined(SIGHTING_EVENTS) || defined(LATENCY_MODE) /* latency mode returned above */
     struct event e = {};
     e.packet_id = packet_identity(&fp, now, &e.flags);
@@ -172,7 +257,19 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
     /* Delivered to the host itself ('before' INPUT is not the end: replies
      * of DNATed connections get their source translated back there). */
     s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;
-    journey_sighting(&fp, &p, &s, now, SENSOR_NETFILTER);
+    s64 k = journey_sighting(&fp, &p, &s, now, SENSOR_NETFILTER);
+    /* Remember it for the next hook of this skb (nf_fast). */
+    last->skb = 0;
+    if (k >= 0) {
+        u32 i = k;
+        struct pkt_slot *slot = pcache.lookup(&i);
+        if (slot) {
+            last->skb = skb;
+            last->nfct = nfct;
+            last->slot = i;
+            last->packet_id = slot->packet_id;
+        }
+    }
 #endif
     return 1; /* NF_ACCEPT: we only watch */
 }

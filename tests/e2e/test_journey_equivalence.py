@@ -17,6 +17,8 @@ from collections import Counter
 
 from tests.e2e.tracing import Tracer
 from tracer import traffic
+from tracer.capture import read_capture
+from tracer.journeys import build_journeys
 
 
 def signature(j: dict) -> tuple:
@@ -26,11 +28,22 @@ def signature(j: dict) -> tuple:
     )
 
 
-def test_kernel_journeys_match_the_per_sighting_oracle(lab):
+def captured(path) -> Counter:
+    """Per packet, its sightings as a capture holds them: hook, stage,
+    interface, addresses and the TTL there (not in the JSON)."""
+    cap = read_capture([str(path)])
+    ttl = {(r["packet_id"], r["ktime_ns"]): r["ttl"] for r in cap.events.select(["packet_id", "ktime_ns", "ttl"]).to_pylist()}
+    return Counter(
+        tuple((h.hook, h.nat_stage, h.ifname, h.src, h.dst, ttl[(j.packet_id, h.ktime_ns)]) for h in j.hops)
+        for j in build_journeys(cap.events)
+    )
+
+
+def test_kernel_journeys_match_the_per_sighting_oracle(lab, tmp_path):
     ports = ("--port", str(lab["port"]), "--port", str(lab["server_port"]), "--duration", "60")
-    oracle = Tracer(*ports, env={"TRACER_SIGHTING_EVENTS": "1"})
+    oracle = Tracer(*ports, "-w", str(tmp_path / "oracle.arrows"), env={"TRACER_SIGHTING_EVENTS": "1"})
     oracle.wait_ready()
-    shipped = Tracer(*ports)
+    shipped = Tracer(*ports, "-w", str(tmp_path / "shipped.arrows"))
     shipped.wait_ready()
     for _ in range(5):
         traffic.client_http_get(lab)
@@ -49,3 +62,6 @@ def test_kernel_journeys_match_the_per_sighting_oracle(lab):
         f"oracle's; first of each: {next(iter(only_ours), None)} / {next(iter(only_oracle), None)}"
     )
     assert {j["verdict"] for j in ours} == {"delivered"}
+    # The captures agree too, TTL at each hop included (the netfilter
+    # sensor's fast path reads it rather than parsing the packet again).
+    assert captured(tmp_path / "shipped.arrows") == captured(tmp_path / "oracle.arrows")
