@@ -21,7 +21,7 @@ from tracer.decode import DecodeContext, Place, decode
 from tracer.drain import PAGE_SIZE, BackgroundDrain, RingBufferDrain
 from tracer.errors import TracerError, require_root
 from tracer.expand import expand
-from tracer.kernel.program import FP_WINDOW_NS, PACKET_ENTRIES, SWEEP_CHUNK, Filter, Program
+from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program
 from tracer.sensors.drops import DropSensor
 from tracer.sensors.netfilter import NetfilterSensor
 from tracer.sensors.tc import TcSensor, TcTarget
@@ -133,7 +133,7 @@ class TraceSession:
 
                 # Journeys quiet for longer than the packet cache joins
                 # sightings can never end: out they go, marked incomplete.
-                self.sweeper = JourneySweeper(self.bpf, PACKET_ENTRIES, SWEEP_CHUNK, FP_WINDOW_NS)
+                self.sweeper = JourneySweeper(self.bpf, program.packet_entries, SWEEP_CHUNK, FP_WINDOW_NS)
         for sensor in self.sensors:
             sensor.attach(self.bpf)
         self._rebuild_places()

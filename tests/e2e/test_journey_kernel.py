@@ -46,21 +46,21 @@ class Kernel:
     def __init__(self) -> None:
         from tracer.drain import RingBufferDrain
         from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
-        from tracer.kernel.program import FP_WINDOW_NS, PACKET_ENTRIES, SWEEP_CHUNK, Filter, Program
+        from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program
         from tracer.kernel.sweep import JourneySweeper
         from tracer.sensors.drops import DropSensor
         from tracer.sensors.netfilter import NetfilterSensor
         from tracer.sensors.tc import TcSensor
 
-        self.entries = PACKET_ENTRIES
         self.window_ns = FP_WINDOW_NS
         program = Program([TcSensor([]), NetfilterSensor(), DropSensor()], Filter(ports=(8000,)), ringbuf_pages=PAGES)
+        self.entries = program.packet_entries
         self.bpf = program.compile()
         program.filter.fill_maps(self.bpf)
         self.fd = {name: self.bpf.load_func(name, BPF_PROG_TYPE_SCHED_CLS).fd for name in ("trc_tc_in", "trc_tc_in_ct")}
         self.run_cls = ProgTestRun
         self.drain = RingBufferDrain(self.bpf["events"].map_fd, PAGES * 4096, sample=events.JOURNEY_DTYPE)
-        self.sweeper = JourneySweeper(self.bpf, PACKET_ENTRIES, SWEEP_CHUNK, FP_WINDOW_NS)
+        self.sweeper = JourneySweeper(self.bpf, self.entries, SWEEP_CHUNK, FP_WINDOW_NS)
 
     def see(self, prog: str, packet: bytes, times: int = 1) -> None:
         for _ in range(times):

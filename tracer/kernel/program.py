@@ -40,6 +40,12 @@ COMMON_OFFSETS: dict[str, tuple[str, str, int]] = {
 RINGBUF_PAGES = 8192  # 32 MiB: ~350k events of slack while user space is busy
 FLOW_ENTRIES = 65536
 PACKET_ENTRIES = 65536
+# Trace/record mode: each packet-cache slot has a 312-byte journey slot.
+# Slots are picked by a hash, so a first sighting touches a cold one: 16384
+# of them (5 MiB) miss the CPU caches less than 65536 (20 MiB) and still hold
+# far more packets than are ever in flight; a closed journey's slot is only
+# kept for a late drop (freed after delivery), which comes within ms.
+JOURNEY_ENTRIES = 16384
 # A fingerprint seen again within this window is the same packet (a packet
 # crosses the host in microseconds; TCP retransmits come after >= 200 ms).
 FP_WINDOW_NS = 20_000_000
@@ -161,6 +167,11 @@ class Program:
     hist_slices: int = field(default_factory=lambda: hist_slices())
 
     @property
+    def packet_entries(self) -> int:
+        """Packet-cache slots (latency mode keeps no journeys: more, smaller slots)."""
+        return PACKET_ENTRIES if self.latency else JOURNEY_ENTRIES
+
+    @property
     def record_dtype(self):
         """What one ring-buffer record is (tracer/drain.py reads them)."""
         return events.RAW_DTYPE if self.sightings else events.JOURNEY_DTYPE
@@ -189,7 +200,7 @@ class Program:
         flags += [
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
             f"-DFLOW_ENTRIES={FLOW_ENTRIES}",
-            f"-DPACKET_ENTRIES={PACKET_ENTRIES}",
+            f"-DPACKET_ENTRIES={self.packet_entries}",
             f"-DFP_WINDOW_NS={LATENCY_FP_WINDOW_NS if self.latency else FP_WINDOW_NS}ULL",
         ]
         if self.latency:
