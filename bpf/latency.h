@@ -84,33 +84,43 @@ static __always_inline void hist_add(u32 slice, u32 row, u64 delta)
     bump(hist.lookup(&idx));
 }
 
-static __always_inline void latency_sighting(struct fp_key *fp, u32 hop, u32 dir, u64 now)
+/* A sighting of the packet in `seen`: the segment from its last hop. */
+static __always_inline void latency_hop(struct pkt_slot *seen, u32 hop, u32 dir, u64 now)
 {
     u32 slice = hist_slice();
+    u32 prev = seen->last_hop;
+    /* Another CPU may have stamped the slot a little after `now`: 0. */
+    s64 d = now - seen->last_seen;
+    s32 e2e = (u32)now - seen->first_seen;
+    if (prev < N_HOPS)
+        hist_add(slice, prev * N_HOPS + hop, d > 0 ? d : 0);
+    if (terminal_hop(hop) && (dir == DIR_ORIGINAL || dir == DIR_REPLY))
+        hist_add(slice, E2E_ROW(dir), e2e > 0 ? e2e : 0);
+    /* A drop ends the packet: a later one with its fingerprint starts afresh. */
+    seen->last_seen = hop == HOP_DROP ? 0 : now;
+    seen->last_hop = hop == HOP_DROP ? N_HOPS : hop;
+}
+
+/* Returns the packet-cache slot index of the packet (for the netfilter
+ * sensor's fast path), or -1. */
+static __always_inline s64 latency_sighting(struct fp_key *fp, u32 hop, u32 dir, u64 now)
+{
     s64 window = hop == HOP_DROP ? DROP_WINDOW_NS : (s64)FP_WINDOW_NS;
     struct pkt_slot *b = NULL;
     u32 i;
     struct pkt_slot *a = pcache_set(fp, &b, &i); /* once: a miss claims from the same set */
     if (!a || !b)
-        return;
+        return -1;
     struct pkt_slot *seen = pcache_match(a, b, fp, now, window);
     if (seen) {
-        u32 prev = seen->last_hop;
-        /* Another CPU may have stamped the slot a little after `now`: 0. */
-        s64 d = now - seen->last_seen;
-        s32 e2e = (u32)now - seen->first_seen;
-        if (prev < N_HOPS)
-            hist_add(slice, prev * N_HOPS + hop, d > 0 ? d : 0);
-        if (terminal_hop(hop) && (dir == DIR_ORIGINAL || dir == DIR_REPLY))
-            hist_add(slice, E2E_ROW(dir), e2e > 0 ? e2e : 0);
-        /* A drop ends the packet: a later one with its fingerprint starts afresh. */
-        seen->last_seen = hop == HOP_DROP ? 0 : now;
-        seen->last_hop = hop == HOP_DROP ? N_HOPS : hop;
-    } else {
-        if (hop == HOP_DROP)
-            return; /* only drops of packets we are following */
-        pcache_claim(a, b, fp, now, 0, hop);
-        u32 start = slice * 2 * N_HOPS + N_HOPS + hop;
-        bump(hop_counts.lookup(&start));
+        latency_hop(seen, hop, dir, now);
+        return seen == a ? i : i + 1;
     }
+    if (hop == HOP_DROP)
+        return -1; /* only drops of packets we are following */
+    s64 k = (s64)(a->last_seen - b->last_seen) <= 0 ? i : i + 1; /* the slot pcache_claim takes */
+    pcache_claim(a, b, fp, now, 0, hop);
+    u32 start = hist_slice() * 2 * N_HOPS + N_HOPS + hop;
+    bump(hop_counts.lookup(&start));
+    return k;
 }

@@ -116,32 +116,65 @@ static __always_inline void nf_devices(u64 state, u8 hook, u32 *ifindex, u32 *ou
         *ifindex = BTF_LOAD(u32, in, OFF_DEV_IFINDEX);
 }
 
-#if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE)
+#ifndef SIGHTING_EVENTS
 /* Fast path. One packet passes the netfilter hooks one after the other on
  * one CPU (PREROUTING, FORWARD, POSTROUTING; or INPUT), so the sensor keeps,
- * per CPU, the skb and conntrack pointers of its last sighting and the slot
- * of that packet's journey. The next hook of the same skb, still in the same
- * open journey, skips what only the first sighting needs: the conntrack
- * tuples read and flows lookup (is it traced?), the fingerprint hash and
- * packet-cache lookup (which journey?), and at hooks where NAT cannot have
- * acted since (the "before" stages) the header parse: the addresses are the
- * last hop's. A new connection's packets (IP_CT_NEW, where NAT binds and the
- * flow's views are written) always take the full path. */
+ * per CPU, the skb and conntrack pointers of its last sighting and the
+ * packet-cache slot of that packet. The next hook of the same skb, still the
+ * same packet in that slot, skips what only the first sighting needs: the
+ * conntrack tuples read and flows lookup (is it traced?), the fingerprint
+ * hash and packet-cache search (which packet?), and at hooks where NAT cannot
+ * have acted since (the "before" stages) the header parse: the addresses are
+ * the last hop's. 12 header bytes are read to confirm the packet (IP id and
+ * length: a freed skb may carry the connection's next packet) and take its
+ * TTL. A new connection's packets (IP_CT_NEW, where NAT binds and the flow's
+ * views are written) always take the full path. */
 struct nf_last {
     u64 skb;
     u64 nfct;
-    u64 packet_id; /* the slot's, open bit included: the slot still holds this journey */
+    /* trace: the slot's packet id, open bit included (the slot still holds
+     * this journey); latency: the hop code this sensor left in the slot */
+    u64 check;
     u32 slot;
     u32 _pad;
 };
 BPF_PERCPU_ARRAY(nf_last, struct nf_last, 1);
 
+/* The first 12 bytes of the skb's IPv4 header into h; 0 if unreadable. */
+static __always_inline int nf_head12(u64 skb, u8 *h)
+{
+    u64 head = BTF_LOAD(u64, skb, OFF_SKB_HEAD);
+    u16 nh = BTF_LOAD(u16, skb, OFF_SKB_NETWORK_HEADER);
+    return head && nh != 0xffff && bpf_probe_read_kernel(h, 12, (void *)(head + nh)) == 0;
+}
+#endif
+
+#ifdef LATENCY_MODE
+static __always_inline int nf_fast(struct nf_last *last, u64 skb, u64 state, u8 hook, u8 stage, u64 ct, u32 ctinfo)
+{
+    u32 k = last->slot & (PACKET_ENTRIES - 1);
+    struct pkt_slot *slot = pcache.lookup(&k);
+    u8 h[12] __attribute__((aligned(4))) = {};
+    if (!slot || slot->last_hop != last->check || !nf_head12(skb, h))
+        return 0;
+    if (slot->fp.ip_id != LD16(h + 4) || slot->fp.tot_len != LD16(h + 2))
+        return 0;
+    u32 hop = nf_hop_code(hook, stage);
+    latency_hop(slot, hop, ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL, bpf_ktime_get_ns());
+    last->check = hop;
+    if (terminal_hop(hop))
+        last->skb = 0;
+    return 1;
+}
+#endif
+
+#if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE)
 static __always_inline int nf_fast(struct nf_last *last, u64 skb, u64 state, u8 hook, u8 stage, u64 ct, u32 ctinfo)
 {
     u32 k = last->slot & (PACKET_ENTRIES - 1);
     struct pkt_slot *slot = pcache.lookup(&k);
     struct journey *j = journeys.lookup(&k);
-    if (!slot || !j || slot->packet_id != last->packet_id)
+    if (!slot || !j || slot->packet_id != last->check)
         return 0;
     u8 ttl, tuple;
     if (stage == NAT_AFTER) {
@@ -151,14 +184,10 @@ static __always_inline int nf_fast(struct nf_last *last, u64 skb, u64 state, u8 
         ttl = p.ttl;
         tuple = journey_tuple(j, &p);
     } else {
-        /* The first 12 bytes of the IPv4 header: the same packet (IP id
-         * and length: the skb may have been freed and reused by the next
-         * packet of the connection) and its TTL (routing decrements it
-         * before FORWARD; bridging does not). */
+        /* Routing decrements the TTL before FORWARD (bridging does not):
+         * read, not guessed. */
         u8 h[12] __attribute__((aligned(4))) = {};
-        u64 head = BTF_LOAD(u64, skb, OFF_SKB_HEAD);
-        u16 nh = BTF_LOAD(u16, skb, OFF_SKB_NETWORK_HEADER);
-        if (!head || nh == 0xffff || bpf_probe_read_kernel(h, sizeof(h), (void *)(head + nh)) < 0)
+        if (!nf_head12(skb, h))
             return 0;
         if (LD16(h + 4) != j->ip_id || LD16(h + 2) != j->length)
             return 0;
@@ -176,7 +205,7 @@ static __always_inline int nf_fast(struct nf_last *last, u64 skb, u64 state, u8 
     slot->last_seen = now;
     int full = journey_add_hop(j, &s, now, hop_code(hook, stage, 0), ttl, tuple);
     if (s.terminal || full) {
-        journey_close(slot, j, last->packet_id & ~JOURNEY_OPEN_BIT, s.terminal ? END_TERMINAL : END_FULL,
+        journey_close(slot, j, last->check & ~JOURNEY_OPEN_BIT, s.terminal ? END_TERMINAL : END_FULL,
                       SENSOR_NETFILTER);
         last->skb = 0;
     }
@@ -197,14 +226,16 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
     u64 nfct = BTF_LOAD(u64, skb, OFF_SKB_NFCT);
     u64 ct = nfct & ~NFCT_INFOMASK;
     u32 ctinfo = nfct & NFCT_INFOMASK;
-#if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE)
+#ifndef SIGHTING_EVENTS
     int zero = 0;
     struct nf_last *last = nf_last.lookup(&zero);
     if (!last)
         return 1;
+#ifndef TRACER_NO_NF_FAST /* -DTRACER_NO_NF_FAST (TRACER_BPF_CFLAGS): measure without it */
     if (last->skb == skb && last->nfct == nfct && ct && ctinfo != IP_CT_NEW && ctinfo != IP_CT_UNTRACKED &&
         nf_fast(last, skb, state, hook, stage, ct, ctinfo))
         return 1;
+#endif
 #endif
     u32 direction = 0;
     struct pkt p = {};
@@ -225,7 +256,16 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
     struct fp_key fp = {};
     fingerprint(&fp, &p);
 #ifdef LATENCY_MODE
-    latency_sighting(&fp, nf_hop_code(hook, stage), direction, now);
+    u32 hop = nf_hop_code(hook, stage);
+    s64 k = latency_sighting(&fp, hop, direction, now);
+    /* Remember it for the next hook of this skb (nf_fast). */
+    last->skb = 0;
+    if (k >= 0 && ct && !terminal_hop(hop)) {
+        last->skb = skb;
+        last->nfct = nfct;
+        last->slot = k;
+        last->check = hop;
+    }
     return 1;
 #endif
     u32 ifindex, out_ifindex;
@@ -267,7 +307,7 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
             last->skb = skb;
             last->nfct = nfct;
             last->slot = i;
-            last->packet_id = slot->packet_id;
+            last->check = slot->packet_id;
         }
     }
 #endif
