@@ -6,8 +6,8 @@ device: a host interface with no role, so `trc_tc_in` is a sighting that does
 not end a journey and `trc_tc_in_ct`, a container's eth0 ingress, is one that
 does). Records are read from the real ring buffer. Each outcome the issue
 names has a case: a journey that ends, one with more hops than a slot holds,
-one that goes quiet, one whose slot is taken by another packet, and the flush
-when tracing stops.
+one that goes quiet, one whose slot is taken by another packet, the flush
+when tracing stops, and a ring buffer nobody reads.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def pcache_set_index(ip_id: int, seq: int, entries: int) -> int:
 
 
 class Kernel:
-    def __init__(self) -> None:
+    def __init__(self, pages: int = PAGES) -> None:
         from tracer.drain import RingBufferDrain
         from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
         from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program
@@ -53,13 +53,13 @@ class Kernel:
         from tracer.sensors.tc import TcSensor
 
         self.window_ns = FP_WINDOW_NS
-        program = Program([TcSensor([]), NetfilterSensor(), DropSensor()], Filter(ports=(8000,)), ringbuf_pages=PAGES)
+        program = Program([TcSensor([]), NetfilterSensor(), DropSensor()], Filter(ports=(8000,)), ringbuf_pages=pages)
         self.entries = program.packet_entries
         self.bpf = program.compile()
         program.filter.fill_maps(self.bpf)
         self.fd = {name: self.bpf.load_func(name, BPF_PROG_TYPE_SCHED_CLS).fd for name in ("trc_tc_in", "trc_tc_in_ct")}
         self.run_cls = ProgTestRun
-        self.drain = RingBufferDrain(self.bpf["events"].map_fd, PAGES * 4096, sample=events.JOURNEY_DTYPE)
+        self.drain = RingBufferDrain(self.bpf["events"].map_fd, pages * 4096, sample=events.JOURNEY_DTYPE)
         self.sweeper = JourneySweeper(self.bpf, self.entries, SWEEP_CHUNK, FP_WINDOW_NS)
 
     def see(self, prog: str, packet: bytes, times: int = 1) -> None:
@@ -180,3 +180,22 @@ def test_a_stolen_slot_emits_the_journey_it_held(clean):
     flushed = k.records()
     assert sorted(int(r["ip_id"]) for r in flushed) == sorted(ids[1:])
     assert {end_name(r) for r in flushed} == {"flushed"}
+
+
+def test_a_full_ring_buffer_counts_lost_journeys():
+    """Nobody reading for a while: what does not fit is counted per sensor,
+    what fits reads back whole."""
+    k = Kernel(pages=1)  # 4 KiB: a dozen 320-byte records
+    try:
+        n = 40
+        for i in range(n):
+            k.see("trc_tc_in_ct", frame(1000 + i, 9009 + i))  # each ends at once (container ingress)
+        table = k.bpf["counters"]
+        tc = events.SENSORS.index("tc")
+        emitted, lost = (int(sum(table[table.Key(2 * tc + x)])) for x in (0, 1))
+        recs = k.records()
+        assert emitted + lost == n and lost > 0 and emitted == len(recs) > 0
+        assert {end_name(r) for r in recs} == {"terminal"} and all(r["n_hops"] == 1 for r in recs)
+        assert k.ends()["terminal"] == n, "counted by why it ended, queued or not"
+    finally:
+        k.close()
