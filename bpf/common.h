@@ -2,9 +2,13 @@
  * flow identity, and the ring buffer.
  *
  * Prepended at load time (see tracer/kernel/program.py):
- *   - struct event and the HOOK_/NAT_/DIR_/SENSOR_ codes (tracer/events.py)
- *   - OFF_* macros: struct member offsets read from the running kernel's BTF
- *   - FILTER_* macros: which filters are on (the values live in maps)
+ *   - struct event and the HOOK_/NAT_/DIR_/SENSOR_/FLAG_ codes (tracer/events.py)
+ *   - ROLE_*, HOP_* and the histogram layout (tracer/latency.py)
+ *   - -D flags: OFF_* struct member offsets read from the running kernel's
+ *     BTF, FILTER_* (which filters are on; the values live in maps), table
+ *     sizes, the mode (LATENCY_MODE, SIGHTING_EVENTS)
+ * Followed by journey.h (trace/record: struct journey from tracer/events.py)
+ * or latency.h, then the sensors.
  */
 #include <uapi/linux/pkt_cls.h>
 #include <uapi/linux/in.h>

@@ -136,9 +136,22 @@ struct nf_last {
      * this journey); latency: the hop code this sensor left in the slot */
     u64 check;
     u32 slot;
-    u32 _pad;
+    u32 rank; /* nf_rank of that sighting */
 };
 BPF_PERCPU_ARRAY(nf_last, struct nf_last, 1);
+
+/* Where a hook comes in one pass of a packet through the stack: PREROUTING
+ * (or OUTPUT), then FORWARD or INPUT, then POSTROUTING; before NAT, then
+ * after. The fast path only follows a packet forward: the first hook of a
+ * pass (a freed skb reused by the connection's next packet starts there)
+ * always takes the full path. */
+static __always_inline u32 nf_rank(u8 hook, u8 stage)
+{
+    u32 r = hook == HOOK_NF_PREROUTING || hook == HOOK_NF_OUTPUT ? 0
+          : hook == HOOK_NF_POSTROUTING                          ? 4
+                                                                 : 2; /* FORWARD, INPUT */
+    return r + (stage == NAT_AFTER);
+}
 
 /* The first 12 bytes of the skb's IPv4 header into h; 0 if unreadable. */
 static __always_inline int nf_head12(u64 skb, u8 *h)
@@ -162,6 +175,7 @@ static __always_inline int nf_fast(struct nf_last *last, u64 skb, u64 state, u8 
     u32 hop = nf_hop_code(hook, stage);
     latency_hop(slot, hop, ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL, bpf_ktime_get_ns());
     last->check = hop;
+    last->rank = nf_rank(hook, stage);
     if (terminal_hop(hop))
         last->skb = 0;
     return 1;
@@ -204,6 +218,7 @@ static __always_inline int nf_fast(struct nf_last *last, u64 skb, u64 state, u8 
     s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;
     slot->last_seen = now;
     int full = journey_add_hop(j, &s, now, hop_code(hook, stage, 0), ttl, tuple);
+    last->rank = nf_rank(hook, stage);
     if (s.terminal || full) {
         journey_close(slot, j, last->check & ~JOURNEY_OPEN_BIT, s.terminal ? END_TERMINAL : END_FULL,
                       SENSOR_NETFILTER);
@@ -233,7 +248,7 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
         return 1;
 #ifndef TRACER_NO_NF_FAST /* -DTRACER_NO_NF_FAST (TRACER_BPF_CFLAGS): measure without it */
     if (last->skb == skb && last->nfct == nfct && ct && ctinfo != IP_CT_NEW && ctinfo != IP_CT_UNTRACKED &&
-        nf_fast(last, skb, state, hook, stage, ct, ctinfo))
+        nf_rank(hook, stage) > last->rank && nf_fast(last, skb, state, hook, stage, ct, ctinfo))
         return 1;
 #endif
 #endif
@@ -265,6 +280,7 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
         last->nfct = nfct;
         last->slot = k;
         last->check = hop;
+        last->rank = nf_rank(hook, stage);
     }
     return 1;
 #endif
@@ -308,6 +324,7 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
             last->nfct = nfct;
             last->slot = i;
             last->check = slot->packet_id;
+            last->rank = nf_rank(hook, stage);
         }
     }
 #endif

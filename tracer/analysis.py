@@ -192,6 +192,8 @@ class Analysis:
     samples: dict[tuple[str, str], np.ndarray]
     # Latency mode's histogram rows merged (None: the capture has none).
     latency: LatencySummary | None = None
+    # What `lost` counts: "journeys", or "events" (per-sighting and older captures).
+    record_unit: str = "events"
 
     @property
     def duration_s(self) -> float:
@@ -459,6 +461,7 @@ class CaptureAnalysis:
             flows=flows,
             drops=self.drops(),
             lost=self.lost(),
+            record_unit=self.record_unit,
             metadata=self.metadata,
             samples=samples,
             latency=self.latency(),
@@ -550,6 +553,12 @@ class CaptureAnalysis:
             )
         out.sort(key=lambda f: (-f.slowest_ns, f.flow_id))
         return out
+
+    @property
+    def record_unit(self) -> str:
+        """What the kernel's counted records are: 'journeys', or 'events'
+        (per-sighting captures, latency mode, captures written before)."""
+        return f"{(self.stats or {}).get('record', 'event')}s"
 
     def lost(self) -> dict[str, dict[str, int]] | None:
         """Events and lost events per sensor, from the capture's closing stats

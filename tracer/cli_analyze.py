@@ -150,12 +150,12 @@ def _text(a, section: str | None, max_flows: int) -> str:
         else:
             out.append("  none")
     if "lost" in show:
-        out += ["", "lost events"]
+        out += ["", f"lost {a.record_unit}"]
         if a.lost is None:
             out.append("  not reported (the capture has no statistics row: not stopped cleanly?)")
         else:
             out += ["  " + x for x in _columns(
-                ["sensor", "events", "lost"], [[k, f"{x['events']:,}", f"{x['lost']:,}"] for k, x in a.lost.items()], {1, 2})]
+                ["sensor", a.record_unit, "lost"], [[k, f"{x['events']:,}", f"{x['lost']:,}"] for k, x in a.lost.items()], {1, 2})]
     return "\n".join(out).lstrip("\n")
 
 

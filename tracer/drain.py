@@ -171,7 +171,7 @@ class BackgroundDrain:
                         self.queued += len(batch)
                     self.batches.put(batch)
                 # Let records accumulate: one read per few ms costs far less
-                # than one per wake-up, and the ring holds ~350k events.
+                # than one per wake-up, and the ring holds ~100k journeys.
                 self.stopping.wait(self.batch_s)
 
     def take(self, timeout: float) -> np.ndarray:

@@ -153,7 +153,7 @@ HOP_IN_CT_BIT = 0x40
 # are complete journeys; the others are counted and shown as incomplete.
 JOURNEY_ENDS = (
     None,        # 0: never emitted with this
-    "terminal",  # a sighting that ends the way through the host (see journey_terminal)
+    "terminal",  # a sighting that ends the way through the host (journeys.TERMINAL_SIGHTINGS)
     "drop",      # freed by the kernel (skb:kfree_skb)
     "evicted",   # its slot was taken by a newer packet before it ended
     "full",      # MAX_HOPS sightings: emitted, and a later one starts a continuation

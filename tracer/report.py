@@ -260,7 +260,7 @@ def render_report(ca: CaptureAnalysis, files: list[str] | None = None, slowest: 
         ("delivered", f"{a.verdicts['delivered']:,}", False),
         ("dropped", f"{a.verdicts['dropped']:,}", a.verdicts["dropped"] > 0),
         ("unknown", f"{a.verdicts['unknown']:,}", False),
-        ("lost events", "not reported" if lost_total is None else f"{lost_total:,}", bool(lost_total)),
+        (f"lost {a.record_unit}", "not reported" if lost_total is None else f"{lost_total:,}", bool(lost_total)),
     ]
     cards_html = "".join(
         f"<div class=\"card{' bad' if bad else ''}\"><div class=\"v\">{v}</div><div class=\"k\">{k}</div></div>"
@@ -283,12 +283,12 @@ def render_report(ca: CaptureAnalysis, files: list[str] | None = None, slowest: 
     drop_table = _table(["reason", "last seen", "packets"], [[d.reason, d.last_seen, f"{d.packets:,}"] for d in a.drops], {2}) if a.drops else "<p class=\"note\">none</p>"
     if a.lost:
         lost_table = _table(
-            ["sensor", "events", "lost", "lost %"],
+            ["sensor", a.record_unit, "lost", "lost %"],
             [[k, f"{v['events']:,}", f"{v['lost']:,}", f"{100 * v['lost'] / max(1, v['events'] + v['lost']):.2f}"] for k, v in a.lost.items()],
             {1, 2, 3},
         )
     else:
-        lost_table = "<p class=\"note\">The capture has no statistics (not stopped cleanly?): lost events unknown.</p>"
+        lost_table = "<p class=\"note\">The capture has no statistics (not stopped cleanly?): lost records unknown.</p>"
     histogram_section = _histogram_section(a.latency) if a.latency is not None else []
     meta_rows = [[k, _short(v)] for k, v in sorted(m.items()) if k != "containers"]
     if files:

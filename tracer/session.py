@@ -67,7 +67,7 @@ class TraceSession:
         # One record per sighting instead of one journey per packet (the
         # oracle build, see Program.sightings; TRACER_SIGHTING_EVENTS=1 picks
         # it for a whole CLI run, for the equivalence test and benchmarks).
-        self.sightings = sightings or os.environ.get("TRACER_SIGHTING_EVENTS") == "1"
+        self.sightings = (sightings or os.environ.get("TRACER_SIGHTING_EVENTS") == "1") and not latency
         self.sweeper = None
         self.inventory = None
         self.bpf = None

@@ -215,6 +215,10 @@ def test_stats_row_counts_equal_the_kernels(lab, tmp_path):
     assert stats["events"]["tc"] >= 10 * 6 and stats["events"]["netfilter"] == 0
     assert stats["packets"] >= 10 * 6 and stats["flows"] >= 10
     assert stats["duration_s"] > 0
+    # and `tracer stats` names what it counted
+    shown = subprocess.run([sys.executable, "-m", "tracer", "stats", str(path), "--section", "lost"],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and "lost journeys" in shown.stdout, shown.stdout + shown.stderr
     # the last row is the statistics row
     assert cap.table["kind"][-1].as_py() == "stats"
 

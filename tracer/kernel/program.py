@@ -37,14 +37,15 @@ COMMON_OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_NET_INUM": ("net", "ns.inum", 4),
 }
 
-RINGBUF_PAGES = 8192  # 32 MiB: ~350k events of slack while user space is busy
+RINGBUF_PAGES = 8192  # 32 MiB: ~100k journeys (~350k per-sighting events) of slack while user space is busy
 FLOW_ENTRIES = 65536
 PACKET_ENTRIES = 65536
 # Trace/record mode: each packet-cache slot has a 312-byte journey slot.
 # Slots are picked by a hash, so a first sighting touches a cold one: 16384
 # of them (5 MiB) miss the CPU caches less than 65536 (20 MiB) and still hold
 # far more packets than are ever in flight; a closed journey's slot is only
-# kept for a late drop (freed after delivery), which comes within ms.
+# kept for a late drop (freed after delivery: on the lab's HTTP within ms;
+# drops are matched up to 5 s), and a busy host reuses it sooner than that.
 JOURNEY_ENTRIES = 16384
 # A fingerprint seen again within this window is the same packet (a packet
 # crosses the host in microseconds; TCP retransmits come after >= 200 ms).
@@ -168,8 +169,9 @@ class Program:
 
     @property
     def packet_entries(self) -> int:
-        """Packet-cache slots (latency mode keeps no journeys: more, smaller slots)."""
-        return PACKET_ENTRIES if self.latency else JOURNEY_ENTRIES
+        """Packet-cache slots (latency mode and the per-sighting build keep
+        no journeys: more, smaller slots, as before journeys)."""
+        return PACKET_ENTRIES if self.latency or self.sightings else JOURNEY_ENTRIES
 
     @property
     def record_dtype(self):
@@ -207,7 +209,7 @@ class Program:
             flags += ["-DLATENCY_MODE", f"-DHIST_SLICES={self.hist_slices}"]
         else:
             flags.append(f"-DSWEEP_CHUNK={SWEEP_CHUNK}")
-        if self.sightings:
+        if self.sightings and not self.latency:  # latency mode has no per-packet records at all
             flags.append("-DSIGHTING_EVENTS")
         # Extra clang flags for experiments and benchmarks (e.g. -DTRACER_NOOP:
         # every program returns at once, to measure what attaching alone costs).

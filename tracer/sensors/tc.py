@@ -17,7 +17,7 @@ BPF_PROG_TYPE_SCHED_CLS = 3
 
 log = logging.getLogger(__name__)
 # Interface roles as the kernel codes them (ROLE_* from tracer/latency.py).
-ROLE_CODES = {role: code for code, role in enumerate(ROLES)}  # ROLE_* in bpf/latency.h
+ROLE_CODES = {role: code for code, role in enumerate(ROLES)}  # ROLE_*, generated into the C by tracer/latency.py
 
 
 
@@ -80,6 +80,11 @@ class TcSensor(Sensor):
             if target.key in self.links:
                 return
             links = []
+            # The role first: until it is set, a bridge or veth would read as
+            # external, where journeys end (bpf/tc.c).
+            host_side = self.roles is not None and not target.in_container_ns
+            if host_side:
+                self._set_role(target.ifindex, ROLE_CODES.get(target.role, 0) + 1)
             try:
                 for direction in ("ingress", "egress"):
                     fd = self.fds[(target.in_container_ns, direction)]
@@ -87,14 +92,14 @@ class TcSensor(Sensor):
             except BaseException:
                 for link in links:
                     link.close()
+                if host_side:
+                    self._set_role(target.ifindex, 0)
                 raise
             self.links[target.key] = (target, links)
-            if self.roles is not None and not target.in_container_ns:
-                self._set_role(target.ifindex, ROLE_CODES.get(target.role, 0) + 1)
 
     def _set_role(self, ifindex: int, value: int) -> None:
         """Role + 1 of a host interface (0: none) in the array, or in the
-        hash for interfaces numbered beyond it (see if_role in latency.h)."""
+        hash for interfaces numbered beyond it (see if_role in bpf/common.h)."""
         low, high = self.roles
         table = low if ifindex < IF_ROLE_SLOTS else high
         table[table.Key(ifindex)] = table.Leaf(value)
