@@ -73,9 +73,10 @@ class RecordHold:
         uniq, inverse = np.unique(pid, return_inverse=True)
         latest = np.full(len(uniq), np.iinfo(np.int64).min, np.int64)
         np.maximum.at(latest, inverse, last)
-        done = (latest <= now_ktime - idle_ns)[inverse]
-        if not done.any():
+        quiet = latest <= now_ktime - idle_ns
+        if not quiet.any():
             return events.empty_journeys()
+        done = quiet[inverse]
         out, keep, at = [], [], 0
         for b in self._batches:
             d = done[at : at + len(b)]
@@ -88,7 +89,7 @@ class RecordHold:
             else:
                 keep.append(b)
         self._batches = keep
-        self._remember(uniq[np.unique(inverse[done])])
+        self._remember(uniq[quiet])
         return np.concatenate(out) if len(out) > 1 else out[0]
 
     def flush(self) -> np.ndarray:
