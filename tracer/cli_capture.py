@@ -40,9 +40,10 @@ def record(ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path,
 def show(files, ports, containers, hosts, proto, count, as_json, color):
     """Replay the journeys of capture FILES (in the order given) as `trace` shows them."""
     from tracer.capture import read_capture
-    from tracer.journeys import first_journeys, journey_json_lines, journey_rows, journeys_of_table
+    from tracer.journeys import first_journeys, journey_json_block, journey_rows
     from tracer.output import write_out
-    from tracer.render import Summary, render_journey
+    from tracer.render import Summary
+    from tracer.render_rows import render_rows
 
     capture = read_capture(list(files))
     for warning in capture.recovered:
@@ -55,13 +56,15 @@ def show(files, ports, containers, hosts, proto, count, as_json, color):
     if count is not None:
         table = first_journeys(table, count)
     rows = journey_rows(table)  # once for the output and the summary
-    texts = journey_json_lines(rows) if as_json else [render_journey(j, color) for j in journeys_of_table(rows)]
-    if texts:
-        write_out("\n".join(texts) + "\n", out)
+    block = journey_json_block(rows)[0] if as_json else render_rows(rows, color)
+    if len(block):
+        write_out(block, out)
     summary = Summary()
     summary.add_table(rows)
     if capture.stats:
-        summary.set_lost(capture.stats.get("lost", {}), capture.stats.get("events", {}))
+        summary.set_lost(capture.stats.get("lost", {}), capture.stats.get("events", {}),
+                         unit=f"{capture.stats.get('record', 'event')}s")
+        summary.set_journey_ends(capture.stats.get("journey_ends", {}))
     click.echo(summary.render(color), err=as_json, file=None if as_json else out)
 
 

@@ -101,8 +101,9 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
     """Trace until count/duration/Ctrl-C; print journeys (unless ``journeys``
     is False: `record`), write them to ``recorder``'s capture if given; return
     the summary dict."""
-    from tracer.journeys import JourneyRows, journey_json_block, journey_rows, journeys_of_table
-    from tracer.render import Summary, render_journey, status_line
+    from tracer.journeys import JourneyRows, journey_json_block, journey_rows
+    from tracer.render import Summary, status_line
+    from tracer.render_rows import render_rows
     from tracer.session import TraceSession
 
     out = out or sys.stdout
@@ -126,8 +127,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
 
         def show(batch) -> bool:
             """Print the journeys of a batch of complete packets (JourneyRows,
-            or the per-sighting build's rows): column-wise, per-journey
-            Python only to render the human text."""
+            or the per-sighting build's rows), column-wise, JSON or text."""
             nonlocal shown
             empty = len(batch) == 0 if isinstance(batch, JourneyRows) else batch.num_rows == 0
             if empty:  # most passes when idle: no work at all
@@ -142,10 +142,9 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
                 if count:
                     write_out(block, out)
             else:
-                texts = [render_journey(j, color) for j in journeys_of_table(rows)]
-                count = len(texts)
-                if texts:
-                    write_out("\n".join(texts) + "\n", out)
+                block, count = render_rows(rows, color), len(rows)
+                if count:
+                    write_out(block, out)
             summary.add_table(rows)
             shown += count
             return limits.count is not None and shown >= limits.count

@@ -23,6 +23,7 @@ from tracer.hold import RecordHold, sort_records
 from tracer.journey_records import journey_rows_of_records
 from tracer.journeys import journey_json_lines, journey_rows, journeys_of_table
 from tracer.render import Summary, render_journey
+from tracer.render_rows import render_rows
 
 H = {name: i for i, name in enumerate(events.HOOKS) if name}
 BEFORE, AFTER = 1, 2
@@ -73,6 +74,9 @@ def records() -> np.ndarray:
         record(404, 5_000, REQUEST[:2], REQ_TUPLES[:1], end="quiet"),
         # ICMP to the second container (same eth0 ifindex, told apart by address)
         record(505, 40_000, [hop("tc_egress", 9), hop("tc_ingress", 2, in_ct=True)], [(CLIENT, DB, 7, 0)], protocol=1),
+        # ICMP whose echo id NAT rewrote: not shown, so no NAT label either
+        record(707, 45_000, [hop("tc_ingress", 7), hop("nf_prerouting", 7, 1, AFTER)], [(CLIENT, HOST, 7, 0), (CLIENT, HOST, 9, 0)],
+               end="quiet", protocol=1),
         # more hops than a record holds: a full part, then the rest
         record(606, 50_000, [hop("tc_ingress", 7)] * events.MAX_HOPS, REQ_TUPLES[:1], end="full"),
         record(606, 70_000, [hop("tc_ingress", 2, in_ct=True)], REQ_TUPLES[:1], new=False),
@@ -88,10 +92,14 @@ def both(recs: np.ndarray):
 
 def test_records_read_directly_equal_their_sighting_rows():
     direct, rows = both(records())
-    assert len(direct) == len(rows) == 6
+    assert len(direct) == len(rows) == 7
     assert journey_json_lines(direct) == journey_json_lines(rows)
     assert [render_journey(j, False) for j in journeys_of_table(direct)] == \
            [render_journey(j, False) for j in journeys_of_table(rows)]
+    for color in (False, True):  # the column-wise text is render_journey's, byte for byte
+        expected = "".join(render_journey(j, color) + "\n" for j in journeys_of_table(direct))
+        assert bytes(render_rows(direct, color)).decode() == expected
+        assert bytes(render_rows(rows, color)).decode() == expected
     shuffled = records()[np.random.default_rng(1).permutation(len(records()))]
     assert journey_json_lines(journey_rows_of_records(shuffled, ctx())) == journey_json_lines(rows), "any order in"
     a, b = Summary(), Summary()
@@ -103,7 +111,7 @@ def test_records_read_directly_equal_their_sighting_rows():
 def test_what_the_journeys_say():
     direct, _ = both(records())
     js = {j.packet_id: j for j in journeys_of_table(direct)}
-    assert [j.packet_id for j in journeys_of_table(direct)] == [404, 101, 202, 303, 505, 606]  # by first sighting
+    assert [j.packet_id for j in journeys_of_table(direct)] == [404, 101, 202, 303, 505, 707, 606]  # by first sighting
     req = js[101]
     assert req.verdict == "delivered" and req.hops[-1].hook == "drop" and req.drop_reason is None
     assert req.hops[2].dst == f"{WEB}:8080" and req.hops[1].dst == f"{HOST}:8000"
@@ -113,6 +121,7 @@ def test_what_the_journeys_say():
     assert js[404].verdict == "unknown"
     assert js[505].hops[-1].container == "db" and js[505].hops[0].dst == DB and js[505].protocol == "icmp"
     assert len(js[606].hops) == events.MAX_HOPS + 1 and js[606].verdict == "delivered"
+    assert "NAT" not in bytes(render_rows(direct, False)).decode().split("#0002c3")[1].split("#")[0]  # 707
 
 
 def test_head_keeps_the_first_journeys():

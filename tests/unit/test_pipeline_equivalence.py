@@ -196,3 +196,20 @@ def test_json_block_is_the_lines_with_newlines(seed):
 def test_json_block_of_nothing():
     block, count = journey_json_block(EVENT_SCHEMA.empty_table())
     assert (bytes(block), count) == (b"", 0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_column_wise_text_is_render_journey(seed):
+    """render_rows (trace's and show's human output) against render_journey,
+    on random journeys: drops without addresses, ICMP, unnamed containers,
+    null protocols, with and without colour."""
+    from tracer.journeys import journey_rows
+    from tracer.render import render_journey
+    from tracer.render_rows import render_rows
+
+    rng = random.Random(90 + seed)
+    table = pa.concat_tables(batches(random_rows(rng, 300), rng, 3))
+    rows = journey_rows(table)
+    for color in (False, True):
+        expected = "".join(render_journey(j, color) + "\n" for j in build_journeys(table))
+        assert bytes(render_rows(rows, color)).decode() == expected

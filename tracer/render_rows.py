@@ -1,0 +1,256 @@
+"""The human journey text of many journeys at once, column-wise.
+
+``render.render_journey`` builds one journey's block from Journey and Hop
+objects: clear, and about 20 µs per packet, which under load is most of what
+`trace` costs. This renders the same text, byte for byte, from JourneyRows:
+every distinct piece (a hook label, an interface, an address pair, a padding
+run, a colour code) is formatted once, each line is a run of indices into
+that pool, and one Arrow ``take`` lays the whole batch out. Per journey,
+Python only formats the two short ids. ``render_journey`` stays the
+definition (tests compare the two on real records).
+"""
+
+from __future__ import annotations
+
+import click
+import numpy as np
+import pyarrow as pa
+
+from tracer.journeys import VERDICTS, JourneyRows, _endpoint_key, _factorize, _flags_text, _lut, _string_buffer
+from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt
+
+_ARROW = " → "
+_MAX_PAD = 256
+
+
+def _style_parts(color: bool, **style) -> tuple[str, str]:
+    """(prefix, suffix) click.style puts around a text."""
+    if not color:
+        return "", ""
+    styled = click.style("\0", **style)
+    head, tail = styled.split("\0")
+    return head, tail
+
+
+class _Pool:
+    """Distinct texts, each added once; ``at(text)`` is its index."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.index: dict[str, int] = {}
+
+    def at(self, text: str) -> int:
+        i = self.index.get(text)
+        if i is None:
+            i = self.index[text] = len(self.texts)
+            self.texts.append(text)
+        return i
+
+    def many(self, texts: list[str]) -> np.ndarray:
+        return np.array([self.at(t) for t in texts], np.int64)
+
+
+def _dt_texts(dt: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """format_dt of every hop, formatted once per distinct rounded value.
+    The rounding is done on integers, exactly as Python rounds the float;
+    values exactly half-way (where the float's own error decides) are
+    formatted by format_dt itself."""
+    dt = dt.astype(np.int64)
+    unit = np.where(dt < 1_000_000, 0, np.where(dt < 1_000_000_000, 1, 2))
+    step = np.array([100, 10_000, 10_000_000], np.int64)[unit]  # 0.1 µs, 0.01 ms, 0.01 s
+    q, r = np.divmod(dt, step)
+    half = r * 2 == step
+    rounded = q + (r * 2 > step)
+    key = rounded * 3 + unit
+    key[half] = -1 - np.arange(int(half.sum()))  # each its own key, formatted exactly
+    uniq, inverse = _factorize_signed(key)
+    texts = []
+    half_values = dt[half].tolist()
+    for k in uniq.tolist():
+        if k < 0:
+            texts.append(format_dt(half_values[-1 - k]))
+            continue
+        v, u = divmod(k, 3)
+        if u == 0:
+            texts.append(f"+{v // 10}.{v % 10}µs")
+        elif u == 1:
+            texts.append(f"+{v // 100}.{v % 100:02d}ms")
+        else:
+            texts.append(f"+{v // 100}.{v % 100:02d}s")
+    return texts, inverse
+
+
+def _factorize_signed(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    enc = pa.array(key).dictionary_encode()
+    return enc.dictionary.to_numpy(), enc.indices.to_numpy().astype(np.int64)
+
+
+def _short_ids(values: np.ndarray) -> list[str]:
+    """render.short_id of each: the last 6 hex digits, '-' for none."""
+    return [f"{v & 0xFFFFFF:06x}" if v else "-" for v in values.tolist()]
+
+
+def render_rows(jr: JourneyRows, color: bool) -> memoryview:
+    """The text of ``"".join(render_journey(j, color) + "\\n" for j in
+    journeys)``, encoded as UTF-8: for writing straight out, without a
+    Python string per piece."""
+    count, n = len(jr), len(jr.rows)
+    if not count:
+        return memoryview(b"")
+    pool = _Pool()
+    bold = _style_parts(color, bold=True)
+    red = _style_parts(color, fg="red", bold=True)
+    nat_style = _style_parts(color, **_NAT_STYLE)
+    starts = jr.starts
+    journey_of_hop = np.repeat(np.arange(count), np.diff(starts))
+    first, last = starts[:-1], starts[1:] - 1
+
+    # --- per hop: the texts and their widths -----------------------------------
+    dt_texts, dt_idx = _dt_texts(jr.dt)
+    hook_values = jr.hook.values
+    stage_values = jr.stage.values
+    n_st = len(stage_values)
+    hook_key = jr.hook.codes * n_st + jr.stage.codes
+    hk_uniq, hk_idx = _factorize(hook_key)
+    hook_texts = []
+    for k in hk_uniq.tolist():
+        h, st = divmod(k, n_st)
+        hook, stage = hook_values[h], stage_values[st]
+        hook_texts.append(f"{hook}/{stage}" if stage else hook)
+    if_texts = [v or "-" for v in jr.ifname.values]
+    ct_texts = [v or "" for v in jr.container.values]
+
+    def lengths(texts: list[str], idx: np.ndarray) -> np.ndarray:
+        return np.array([len(t) for t in texts], np.int64)[idx] if len(idx) else np.zeros(0, np.int64)
+
+    l_dt = lengths(dt_texts, dt_idx)
+    l_hook = lengths(hook_texts, hk_idx)
+    l_if = lengths(if_texts, jr.ifname.codes)
+    l_ct = lengths(ct_texts, jr.container.codes)
+    w_dt = np.maximum.reduceat(l_dt, first)
+    w_hook = np.maximum.reduceat(l_hook, first)
+    w_if = np.maximum.reduceat(l_if, first)
+    w_ct = np.maximum.reduceat(l_ct, first)
+    has_ct = (w_ct > 0)[journey_of_hop]
+
+    pad = pool.many([" " * k for k in range(_MAX_PAD)])
+    dt_p = pool.many(dt_texts)[dt_idx]
+    hook_p = pool.many(hook_texts)[hk_idx]
+    if_p = pool.many(if_texts)[jr.ifname.codes]
+    ct_p = pool.many(ct_texts)[jr.container.codes]
+
+    def pad_to(width: np.ndarray, length: np.ndarray) -> np.ndarray:
+        return pad[np.minimum(width[journey_of_hop] - length, _MAX_PAD - 1)]
+
+    # Addresses: 'src → dst' per distinct pair; '?' for none.
+    su, sidx = _factorize(_endpoint_key(jr.src))
+    du, didx = _factorize(_endpoint_key(jr.dst))
+    s_text = [_endpoint(k, jr.src_ip) for k in su.tolist()]
+    d_text = [_endpoint(k, jr.dst_ip) for k in du.tolist()]
+    pu, pidx = _factorize(sidx * len(du) + didx)
+    pair_p = pool.many([f"{s_text[p // len(du)]}{_ARROW}{d_text[p % len(du)]}" for p in pu.tolist()])[pidx]
+
+    # NAT between a hop and the previous one with addresses (drop hops say
+    # nothing and are passed over: nat_translation).
+    is_drop = _lut(hook_values, lambda v: v == "drop")[jr.hook.codes]
+    s_known = np.array([jr.src_ip[k >> 17] is not None for k in su.tolist()], bool)[sidx]
+    d_known = np.array([jr.dst_ip[k >> 17] is not None for k in du.tolist()], bool)[didx]
+    carries = ~is_drop & s_known & d_known
+    pos = np.where(carries, np.arange(n), -1)
+    prev_all = np.maximum.accumulate(np.concatenate(([-1], pos[:-1]))) if n else pos
+    prev = np.where(prev_all >= first[journey_of_hop], prev_all, -1)  # within the journey only
+    has_prev = (prev >= 0) & ~is_drop & s_known & d_known
+    p = np.maximum(prev, 0)
+    # Compared as shown (ICMP shows no ids, so an id NAT rewrote is no change).
+    s_shown = _text_ids(s_text)[sidx]
+    d_shown = _text_ids(d_text)[didx]
+    dst_changed = has_prev & (d_shown != d_shown[p])
+    src_changed = has_prev & (s_shown != s_shown[p])
+    reply = (jr.direction == 2)[journey_of_hop]
+    nat_code = dst_changed * 1 + src_changed * 2 + reply * 4 * (dst_changed | src_changed)
+    nat_names = {1: "DNAT", 2: "SNAT", 3: "DNAT + SNAT", 5: "reverse SNAT", 6: "reverse DNAT", 7: "reverse SNAT + reverse DNAT"}
+    nat_lut = np.full(8, pool.at(""), np.int64)
+    for code, name in nat_names.items():
+        nat_lut[code] = pool.at("  " + nat_style[0] + name + nat_style[1])
+    nat_p = nat_lut[nat_code]
+
+    # Drop hops: the reason and where the packet was last seen.
+    reason_values = [v or "dropped" for v in jr.drop_reason.values]
+    seen = jr.last_seen
+    seen_hook = np.where(seen >= 0, hk_idx[np.maximum(seen, 0)], -1)
+    seen_texts = {-1: ""} | {k: f" (last seen {hook_texts[k]})" for k in set(seen_hook.tolist()) if k >= 0}
+    drop_tail = [pool.at(f"{reason_values[r]}{seen_texts[s]}") for r, s in
+                 zip(jr.drop_reason.codes[is_drop].tolist(), seen_hook[journey_of_hop[is_drop]].tolist())]
+    drop_p = np.full(n, -1, np.int64)
+    drop_p[is_drop] = drop_tail
+
+    # --- per journey: the header ------------------------------------------------
+    # The short ids are the only per-journey texts: they go after the pool.
+    ids = pa.array(["#" + t for t in _short_ids(jr.packet_id)] + ["flow " + t for t in _short_ids(jr.flow_id)], pa.string())
+    tcp = _lut(jr.protocol.values, lambda v: v == "tcp")[jr.protocol.codes]
+    flags = np.where(tcp, jr.tcp_flags.astype(np.int64), 256)  # 256: not TCP
+    proto_names = [v or "?" for v in jr.protocol.values]
+    pf_u, pf_idx = _factorize(jr.protocol.codes * 257 + flags)
+    pf_texts = []
+    for k in pf_u.tolist():
+        c, f = divmod(k, 257)
+        ft = _flags_text(f) if f < 256 else ""
+        pf_texts.append(f"{proto_names[c]} {ft}" if ft else proto_names[c])
+    pf_p = pool.many(pf_texts)[pf_idx]
+    first_pair_p = pair_p[first]
+    directions = {0: "?", 1: "original", 2: "reply"}
+    n_c, n_r = len(jr.container.values), len(jr.drop_reason.values)
+    rk_u, rk_idx = _factorize(((jr.direction.astype(np.int64) * n_c + jr.container_of) * 3 + jr.verdict) * n_r + jr.reason)
+    rest_texts = []
+    for k in rk_u.tolist():
+        k, r = divmod(k, n_r)
+        k, v = divmod(k, 3)
+        d, c = divmod(k, n_c)
+        verdict, reason, container = VERDICTS[v], jr.drop_reason.values[r], jr.container.values[c]
+        vs = _style_parts(color, **_VERDICT_STYLE.get(verdict, {}))
+        rest_texts.append(f"  {directions[d]}  \0{'  [' + container + ']' if container else ''}  "
+                          f"{vs[0]}{verdict}{' ' + reason if reason else ''}{vs[1]}")
+    # "  direction  " + flow id + "  [container]  verdict": split around the flow id.
+    rest_a = pool.many([t.split("\0")[0] for t in rest_texts])[rk_idx]
+    rest_b = pool.many([t.split("\0")[1] for t in rest_texts])[rk_idx]
+
+    # --- lay it out: a fixed number of pieces per line, "" where unused ------------
+    sp, space2, nl, empty = pool.at(" "), pool.at("  "), pool.at("\n"), pool.at("")
+    indent = pool.at("    ")
+    b_on, b_off = pool.at(bold[0]), pool.at(bold[1])
+    r_on, r_off = pool.at(red[0]), pool.at(red[1])
+    base = len(pool.texts)
+    pid_text, flow_text = base + np.arange(count), base + count + np.arange(count)
+    header = (b_on, pid_text, sp, pf_p, sp, first_pair_p, b_off, rest_a, flow_text, rest_b, nl)
+    on = np.where(is_drop, r_on, empty)
+    off = np.where(is_drop, r_off, empty)
+    hop = (
+        on, indent, pad_to(w_dt, l_dt), dt_p, space2, hook_p, pad_to(w_hook, l_hook), space2, if_p,
+        pad_to(w_if, l_if), np.where(has_ct, space2, empty), np.where(has_ct, ct_p, empty),
+        np.where(has_ct, pad_to(w_ct, l_ct), empty), space2, np.where(is_drop, drop_p, pair_p),
+        np.where(is_drop, empty, nat_p), off, nl,
+    )
+    H, P = len(header), len(hop)
+    line_at = np.arange(count) * H + first * P
+    idx = np.empty(count * H + n * P, np.int64)
+    for i, piece in enumerate(header):
+        idx[line_at + i] = piece
+    hop_at = line_at[journey_of_hop] + H + (np.arange(n) - first[journey_of_hop]) * P
+    for i, col in enumerate(hop):
+        idx[hop_at + i] = col
+    texts = pa.concat_arrays([pa.array(pool.texts, pa.string()), ids])
+    data, offsets = _string_buffer(texts.take(pa.array(idx)))
+    return data[int(offsets[0]) : int(offsets[-1])]
+
+
+def _text_ids(texts: list[str]) -> np.ndarray:
+    """One id per distinct text."""
+    seen: dict[str, int] = {}
+    return np.array([seen.setdefault(t, len(seen)) for t in texts], np.int64)
+
+
+def _endpoint(key: int, ips: list) -> str:
+    ip = ips[key >> 17]
+    if ip is None:
+        return "?"
+    return ip if key & 1 else f"{ip}:{(key >> 1) & 0xFFFF}"
