@@ -37,6 +37,18 @@ def conntrack(*filters: str) -> list[tuple[dict, dict, str]]:
     """(original, reply, entry id) of conntrack entries matching the filters.
     New entries are told apart by id: after heavy traffic a new connection
     may reuse the source port of an entry still in TIME_WAIT."""
+    return _conntrack_list(*filters)
+
+
+def forget_old_entries(*filters: str) -> None:
+    """Delete the lab's own earlier entries for these filters. A connection
+    that reuses a TIME_WAIT port (tcp_tw_reuse in the client netns) makes
+    conntrack replace that entry, often at the same address, so with the same
+    id: with none left from before, every entry after the request is new."""
+    sh("conntrack", "-D", *filters, check=False)
+
+
+def _conntrack_list(*filters: str) -> list[tuple[dict, dict, str]]:
     out = sh("conntrack", "-L", "-o", "id", *filters, check=False).stdout
     entries = []
     for line in out.splitlines():
@@ -77,6 +89,7 @@ def test_client_netns_only_route_is_the_host(lab):
 
 def test_client_reaches_container_through_dnat(lab):
     flt = ["-p", "tcp", "--orig-src", lab["client_address"], "--orig-dst", lab["host_address"], "--dport", str(lab["port"])]
+    forget_old_entries(*flt)
     before = {i for _, _, i in conntrack(*flt)}
     page = client_get(f"http://{lab['host_address']}:{lab['port']}/")
     assert lab_mod.INDEX_MARKER in page
@@ -90,6 +103,7 @@ def test_client_reaches_container_through_dnat(lab):
 
 def test_container_reaches_client_server_through_masquerade(lab):
     flt = ["-p", "tcp", "--orig-src", lab["container_ip"], "--orig-dst", lab["server_address"], "--dport", str(lab["server_port"])]
+    forget_old_entries(*flt)
     before = {i for _, _, i in conntrack(*flt)}
     body = container_get(f"http://{lab['server_address']}:{lab['server_port']}/")
     assert lab_mod.SERVER_MARKER in body
