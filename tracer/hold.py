@@ -18,6 +18,40 @@ from tracer import events
 from tracer.events import PACKET_ID_CPU_SHIFT
 
 
+class RecentIds:
+    """Ids of the last ``size`` packets let go, to tell a straggling part of
+    one from a new packet. Ids grow per CPU (bpf/common.h new_packet_id):
+    only an id at or below its CPU's highest one can be a straggler, and the
+    set lookup runs on those few."""
+
+    def __init__(self, size: int = 1 << 16) -> None:
+        self.size = size
+        self._ids = np.zeros(0, np.uint64)
+        self._highest = np.zeros(1025, np.uint64)  # per CPU
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _cpu(self, ids: np.ndarray) -> np.ndarray:
+        return np.minimum(ids >> np.uint64(PACKET_ID_CPU_SHIFT), np.uint64(len(self._highest) - 1)).astype(np.intp)
+
+    def seen(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` were let go already."""
+        ids = ids.astype(np.uint64)
+        maybe = ids <= self._highest[self._cpu(ids)]
+        out = np.zeros(len(ids), bool)
+        if maybe.any():
+            out[maybe] = np.isin(ids[maybe], self._ids)
+        return out
+
+    def add(self, ids: np.ndarray) -> None:
+        if not len(ids):
+            return
+        ids = ids.astype(np.uint64)
+        self._ids = np.concatenate((self._ids, ids))[-self.size :]
+        np.maximum.at(self._highest, self._cpu(ids), ids)
+
+
 def sort_records(records: np.ndarray) -> np.ndarray:
     """Records by (packet id, first sighting): a packet's parts adjacent and
     in order, so their sighting rows come out sorted by (packet_id, ktime)."""
@@ -38,11 +72,9 @@ class RecordHold:
     held one on every pass cost more than everything else in `trace`)."""
 
     def __init__(self, recent_ids: int = 1 << 16) -> None:
-        self.recent_ids = recent_ids
         self.late = 0
         self._batches: list[np.ndarray] = []
-        self._emitted = np.zeros(0, np.uint64)
-        self._highest = np.zeros(1025, np.uint64)  # per CPU: the highest id let go (ids grow per CPU)
+        self._let_go = RecentIds(recent_ids)
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._batches)
@@ -51,7 +83,7 @@ class RecordHold:
         """Hold ``records``; returns the late parts among them (not held)."""
         if not len(records):
             return records
-        late = self._already_emitted(records["packet_id"])
+        late = self._let_go.seen(records["packet_id"])
         if late.any():
             self.late += int(late.sum())
             out, records = records[late], records[~late]
@@ -89,25 +121,9 @@ class RecordHold:
             else:
                 keep.append(b)
         self._batches = keep
-        self._remember(uniq[quiet])
+        self._let_go.add(uniq[quiet])
         return np.concatenate(out) if len(out) > 1 else out[0]
 
     def flush(self) -> np.ndarray:
         """Everything held (tracing stops)."""
         return self.pop_complete(0, np.iinfo(np.int64).max)
-
-    def _already_emitted(self, ids: np.ndarray) -> np.ndarray:
-        cpu = np.minimum(ids >> np.uint64(PACKET_ID_CPU_SHIFT), np.uint64(len(self._highest) - 1)).astype(np.intp)
-        maybe = ids <= self._highest[cpu]
-        late = np.zeros(len(ids), bool)
-        if maybe.any():
-            late[maybe] = np.isin(ids[maybe], self._emitted)
-        return late
-
-    def _remember(self, ids: np.ndarray) -> None:
-        if not len(ids):
-            return
-        ids = ids.astype(np.uint64)
-        self._emitted = np.concatenate((self._emitted, ids))[-self.recent_ids :]
-        cpu = np.minimum(ids >> np.uint64(PACKET_ID_CPU_SHIFT), np.uint64(len(self._highest) - 1)).astype(np.intp)
-        np.maximum.at(self._highest, cpu, ids)

@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer.events import FLAG_IN_CONTAINER_NS, PACKET_ID_CPU_SHIFT, tcp_flags_text
+from tracer.events import FLAG_IN_CONTAINER_NS, tcp_flags_text
+from tracer.hold import RecentIds
 
 VERDICTS = ("delivered", "dropped", "unknown")
 _NF_HOOKS = frozenset({"nf_prerouting", "nf_input", "nf_forward", "nf_output", "nf_postrouting"})
@@ -467,7 +468,6 @@ class JourneyAssembler:
     """
 
     def __init__(self, recent_ids: int = 1 << 16) -> None:
-        self.recent_ids = recent_ids
         self.late_rows = 0
         # Held tables stay as they came (each with its own dictionaries);
         # their packet_id/ktime_ns columns are kept as numpy arrays, so a
@@ -477,13 +477,12 @@ class JourneyAssembler:
         # Per pending table, which rows are still held (None: all). Emitted
         # rows are marked here instead of copying the held ones out.
         self._held: list[np.ndarray | None] = []
-        self._emitted = np.zeros(0, np.uint64)  # ids of the last recent_ids emitted packets
-        self._highest = np.zeros(1025, np.uint64)  # per CPU: the highest id emitted
+        self._emitted = RecentIds(recent_ids)
 
     def add(self, table: pa.Table) -> None:
         work = _normalise(table).combine_chunks()
         if work.num_rows and len(self._emitted):
-            late = self._already_emitted(_numpy(work["packet_id"]).astype(np.uint64))
+            late = self._emitted.seen(_numpy(work["packet_id"]))
             if late.any():
                 self.late_rows += int(late.sum())
                 work = work.filter(pa.array(~late))
@@ -525,7 +524,7 @@ class JourneyAssembler:
         out = self._take_rows(done)
         held[done] = False
         self._keep_held(held)
-        self._remember_array(spid[starts[quiet]])
+        self._emitted.add(spid[starts[quiet]])
         return out
 
     def _take_rows(self, done: np.ndarray) -> pa.Table:
@@ -563,23 +562,6 @@ class JourneyAssembler:
     def flush(self) -> list[Journey]:
         """Everything still held (at exit), complete or not."""
         return journeys_of_table(self.flush_table())
-
-    def _already_emitted(self, ids: np.ndarray) -> np.ndarray:
-        # Ids grow per CPU (bpf/common.h new_packet_id): only an id at or
-        # below its CPU's highest emitted one can be a straggler; the set
-        # lookup runs on those few.
-        cpu = np.minimum(ids >> np.uint64(PACKET_ID_CPU_SHIFT), np.uint64(len(self._highest) - 1)).astype(np.intp)
-        maybe = ids <= self._highest[cpu]
-        late = np.zeros(len(ids), bool)
-        if maybe.any():
-            late[maybe] = np.isin(ids[maybe], self._emitted)
-        return late
-
-    def _remember_array(self, ids: np.ndarray) -> None:
-        ids = ids.astype(np.uint64)
-        self._emitted = np.concatenate((self._emitted, ids))[-self.recent_ids :]
-        cpu = np.minimum(ids >> np.uint64(PACKET_ID_CPU_SHIFT), np.uint64(len(self._highest) - 1)).astype(np.intp)
-        np.maximum.at(self._highest, cpu, ids)
 
 
 # --- vectorised journeys (the live --json path) -------------------------------
