@@ -53,13 +53,13 @@ class _Pool:
 def _dt_texts(dt: np.ndarray) -> tuple[list[str], np.ndarray]:
     """format_dt of every hop, formatted once per distinct rounded value.
     The rounding is done on integers, exactly as Python rounds the float;
-    values exactly half-way (where the float's own error decides) are
-    formatted by format_dt itself."""
+    values exactly half-way (where the float's own error decides) and
+    negative ones are formatted by format_dt itself."""
     dt = dt.astype(np.int64)
     unit = np.where(dt < 1_000_000, 0, np.where(dt < 1_000_000_000, 1, 2))
     step = np.array([100, 10_000, 10_000_000], np.int64)[unit]  # 0.1 µs, 0.01 ms, 0.01 s
     q, r = np.divmod(dt, step)
-    half = r * 2 == step
+    half = (r * 2 == step) | (dt < 0)  # and a drop stamped before a later hop (another CPU's clock)
     rounded = q + (r * 2 > step)
     key = rounded * 3 + unit
     key[half] = -1 - np.arange(int(half.sum()))  # each its own key, formatted exactly

@@ -140,3 +140,21 @@ def test_empty_summary_renders():
     s = Summary()
     s.set_lost({"tc": 0}, {"tc": 10})
     assert "lost events: 0 of 10" in s.render(color=False)
+
+
+def test_column_wise_dt_text_is_format_dt():
+    """render_rows rounds on integers: the same text as format_dt's floats,
+    half-way and negative values included."""
+    import numpy as np
+
+    from tracer.render_rows import _dt_texts
+
+    rng = np.random.default_rng(3)
+    values = np.concatenate([
+        np.array([-500, -1, 0, 49, 50, 150, 12_350, 999_950, 999_960, 999_999, 1_000_000, 1_234_567, 999_995_000,
+                  1_000_000_000, 3_456_789_012]),
+        rng.integers(0, 2_000_000_000, 20_000),
+        rng.integers(0, 1_000_000, 20_000) // 50 * 50,  # many exact halves
+    ])
+    texts, index = _dt_texts(values)
+    assert [texts[i] for i in index.tolist()] == [format_dt(int(v)) for v in values.tolist()]
