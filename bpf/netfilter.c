@@ -173,7 +173,10 @@ static __always_inline int nf_fast(struct nf_last *last, u64 skb, u64 state, u8 
     if (slot->fp.ip_id != LD16(h + 4) || slot->fp.tot_len != LD16(h + 2))
         return 0;
     u32 hop = nf_hop_code(hook, stage);
-    latency_hop(slot, hop, ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL, bpf_ktime_get_ns());
+    u64 now = bpf_ktime_get_ns();
+    if ((s64)(now - slot->last_seen) >= (s64)FP_WINDOW_NS)
+        return 0; /* past the joining window: the full path decides, as before */
+    latency_hop(slot, hop, ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL, now);
     last->check = hop;
     last->rank = nf_rank(hook, stage);
     if (terminal_hop(hop))
@@ -210,6 +213,8 @@ static __always_inline int nf_fast(struct nf_last *last, u64 skb, u64 state, u8 
         tuple = n > 0 && n <= MAX_TUPLES ? n - 1 : 0;
     }
     u64 now = bpf_ktime_get_ns();
+    if ((s64)(now - slot->last_seen) >= (s64)FP_WINDOW_NS)
+        return 0; /* past the joining window: the full path decides, as before */
     struct sighting s = {};
     s.skb = skb;
     s.flow_id = FLOW_ID(ct);

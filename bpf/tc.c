@@ -1,6 +1,9 @@
 /* tc sensor: veth, bridge and host interfaces, attached with tcx (or clsact).
- * tc programs do not see the kernel's skb address; the fingerprint in the
- * packet cache joins their sightings to the netfilter sensor's. */
+ * tc programs cannot read the sk_buff's fields the netfilter sensor reads
+ * (its context is the __sk_buff view), so the fingerprint in the packet
+ * cache joins their sightings to the netfilter sensor's. The context's own
+ * address is the sk_buff's, though (a root program may compare it): the
+ * fast path below uses it to recognise the next tc hook of the same skb. */
 
 #define ETH_HLEN_ 14
 #define ETH_P_IP_BE 0x0008 /* htons(ETH_P_IP) */
@@ -35,6 +38,57 @@ static __always_inline int tc_parse(struct __sk_buff *ctx, struct pkt *p)
     return parse_ipv4(p, ip, l4, l4_ok);
 }
 
+/* Ends here: arrived in a container's netns, or leaving by an external
+ * interface (any host interface not marked bridge or veth). */
+static __always_inline int tc_terminal(u8 hook, int in_ct, u32 ifindex)
+{
+    return hook == HOOK_TC_INGRESS ? in_ct != 0 : !in_ct && if_role(ifindex) == ROLE_EXTERNAL;
+}
+
+#if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE)
+/* Fast path, as the netfilter sensor's (bpf/netfilter.c): one skb crosses
+ * several tc hooks in a row on one CPU (host ingress, then after routing the
+ * bridge's and the veth's egress; the veth's and the bridge's ingress on the
+ * way back), and the tc context is the sk_buff itself, so its address tells
+ * a sighting of the same skb as the last one on this CPU. The packet is then
+ * confirmed by its whole fingerprint against the slot it has, which skips
+ * the flows lookup and the packet-cache search. */
+struct tc_last {
+    u64 skb;
+    u64 check; /* the slot's packet id, open bit included */
+    u32 slot;
+    u32 _pad;
+};
+BPF_PERCPU_ARRAY(tc_last, struct tc_last, 1);
+
+static __always_inline int tc_fast(struct tc_last *last, struct pkt *p, u8 hook, int in_ct, u32 ifindex)
+{
+    u32 k = last->slot & (PACKET_ENTRIES - 1);
+    struct pkt_slot *slot = pcache.lookup(&k);
+    struct journey *j = journeys.lookup(&k);
+    if (!slot || !j || slot->packet_id != last->check)
+        return 0;
+    struct fp_key fp = {};
+    fingerprint(&fp, p);
+    if (!fp_equal(&slot->fp, &fp))
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    if ((s64)(now - slot->last_seen) >= (s64)FP_WINDOW_NS)
+        return 0; /* past the joining window: the full path decides, as before */
+    struct sighting s = {};
+    s.ifindex = ifindex;
+    s.code = hop_code(hook, 0, in_ct);
+    s.terminal = tc_terminal(hook, in_ct, ifindex);
+    slot->last_seen = now;
+    int full = journey_add(j, p, &s, now, s.code);
+    if (s.terminal || full) {
+        journey_close(slot, j, last->check & ~JOURNEY_OPEN_BIT, s.terminal ? END_TERMINAL : END_FULL, SENSOR_TC);
+        last->skb = 0;
+    }
+    return 1;
+}
+#endif
+
 static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
 {
 #ifdef TRACER_NOOP
@@ -45,6 +99,17 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
     struct pkt p = {};
     if (!tc_parse(ctx, &p))
         return TC_CONTINUE;
+#if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE)
+    int zero = 0;
+    struct tc_last *last = tc_last.lookup(&zero);
+    if (!last)
+        return TC_CONTINUE;
+    u64 skb = (u64)(long)ctx;
+#ifndef TRACER_NO_TC_FAST /* -DTRACER_NO_TC_FAST (TRACER_BPF_CFLAGS): measure without it */
+    if (last->skb == skb && tc_fast(last, &p, hook, flags & FLAG_IN_CONTAINER_NS, ctx->ifindex))
+        return TC_CONTINUE;
+#endif
+#endif
 
     struct flow_val *flow = flows.lookup(&p.key);
     if (!flow && !(filter_match(&p.key) && sampled(&p.key)))
@@ -75,14 +140,23 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
     struct sighting s = {};
     s.ifindex = ctx->ifindex;
     s.code = hop_code(hook, 0, in_ct);
-    /* Ends here: arrived in a container's netns, or leaving by an external
-     * interface (any host interface not marked bridge or veth). */
-    s.terminal = hook == HOOK_TC_INGRESS ? in_ct != 0 : !in_ct && if_role(ctx->ifindex) == ROLE_EXTERNAL;
+    s.terminal = tc_terminal(hook, in_ct, ctx->ifindex);
     if (flow) {
         s.flow_id = flow->flow_id;
         s.direction = flow->direction;
     }
-    journey_sighting(&fp, &p, &s, now, SENSOR_TC);
+    s64 k = journey_sighting(&fp, &p, &s, now, SENSOR_TC);
+    /* Remember it for the next tc hook of this skb (tc_fast). */
+    last->skb = 0;
+    if (k >= 0) {
+        u32 i = k;
+        struct pkt_slot *slot = pcache.lookup(&i);
+        if (slot) {
+            last->skb = skb;
+            last->slot = i;
+            last->check = slot->packet_id;
+        }
+    }
 #endif
     return TC_CONTINUE;
 }
