@@ -142,3 +142,23 @@ def test_hold_joins_parts_and_counts_late_ones():
     assert len(late) == 1 and hold.late == 1 and len(hold) == 0
     hold.add(recs[2:])
     assert len(hold.flush()) == len(recs) - 2
+
+
+def test_packet_ids_that_wrap_are_new_packets():
+    """Ids are a per-CPU 40-bit counter under the CPU number: after 2^40
+    packets on one CPU they start again from 0. A wrapped id is a new
+    packet, not a straggler of one shown long ago."""
+    from tracer.hold import RecentIds
+
+    cpu = np.uint64(2 << events.PACKET_ID_CPU_SHIFT)
+    top = cpu + np.uint64((1 << events.PACKET_ID_CPU_SHIFT) - 3)
+    recent = RecentIds(size=4)
+    recent.add(np.array([top, top + np.uint64(1), top + np.uint64(2)], np.uint64))
+    wrapped = np.array([cpu + np.uint64(0), cpu + np.uint64(1)], np.uint64)
+    assert not recent.seen(wrapped).any()
+    assert recent.seen(np.array([top + np.uint64(1)], np.uint64)).all()
+    hold = RecordHold()
+    hold.add(record(int(top), 10, [hop("tc_ingress", 7)], REQ_TUPLES[:1]))
+    assert len(hold.pop_complete(0, 1 << 40)) == 1
+    assert len(hold.add(record(int(cpu) + 1, 20, [hop("tc_ingress", 7)], REQ_TUPLES[:1]))) == 0, "not late"
+    assert hold.late == 0 and len(hold) == 1
