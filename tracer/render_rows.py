@@ -103,7 +103,7 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     nat_style = _style_parts(color, **_NAT_STYLE)
     starts = jr.starts
     journey_of_hop = np.repeat(np.arange(count), np.diff(starts))
-    first, last = starts[:-1], starts[1:] - 1
+    first = starts[:-1]
 
     # --- per hop: the texts and their widths -----------------------------------
     dt_texts, dt_idx = _dt_texts(jr.dt)

@@ -15,7 +15,7 @@ import struct
 
 import numpy as np
 
-from tests.unit.test_decode import CT_NS, HOST_NS, ctx
+from tests.unit.test_decode import CT_NS, ctx
 from tracer import events
 from tracer.decode import decode
 from tracer.expand import expand
