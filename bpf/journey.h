@@ -165,7 +165,7 @@ static __always_inline int journey_add(struct journey *j, struct pkt *p, struct 
 
 /* One sighting of a traced packet: find or claim its journey, append the
  * hop, emit the journey where it ends. Returns the slot index while the
- * journey stays open (the netfilter sensor's fast path keeps it), else -1. */
+ * journey stays open (the sensors' fast paths keep it), else -1. */
 static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, struct sighting *s, u64 now,
                                             int sensor)
 {
