@@ -168,8 +168,13 @@ class CaptureWriter:
         self.max_batch_rows = max_batch_rows
         self.clock = clock
         self._metadata = metadata
+        # One thread: Arrow compresses a batch's buffers on its thread pool
+        # by default, which on the lab's HTTP capture cost 3.7 µs of CPU per
+        # packet against 2.3 on one thread (offline, docs/benchmarks.md;
+        # live `record` runs differ by less than their noise). A live capture
+        # competes with the traffic for CPU, not for time.
         self._options = pa.ipc.IpcWriteOptions(
-            compression=pa.Codec("zstd", compression_level=zstd_level), emit_dictionary_deltas=True
+            compression=pa.Codec("zstd", compression_level=zstd_level), emit_dictionary_deltas=True, use_threads=False
         )
         self.paths: list[Path] = []
         self.event_rows = 0
