@@ -281,6 +281,30 @@ static __always_inline void pcache_claim(struct pkt_slot *a, struct pkt_slot *b,
     s->fp = *fp;
 }
 
+/* A sensor's last sighting on this CPU, kept per CPU for its fast path
+ * (bpf/netfilter.c, bpf/tc.c): the next hook of the same skb finds the
+ * packet's slot here instead of searching the cache. */
+struct last_sighting {
+    u64 skb;
+    u64 nfct;  /* netfilter: the conntrack pointer and info bits */
+    u64 check; /* what the slot must still hold: the journey's packet id
+                * (open bit included) or, in latency mode, the last hop code */
+    u32 slot;
+    u32 rank;  /* netfilter: where that hook comes in a pass (nf_rank) */
+};
+
+/* The packet-cache slot of a last sighting, if it saw the packet within the
+ * joining window: a fast path never joins what the full path would not. The
+ * caller checks it still holds the same packet. */
+static __always_inline struct pkt_slot *last_slot(struct last_sighting *last, u64 now)
+{
+    u32 k = last->slot & (PACKET_ENTRIES - 1);
+    struct pkt_slot *slot = pcache.lookup(&k);
+    if (!slot || (s64)(now - slot->last_seen) >= (s64)FP_WINDOW_NS)
+        return NULL;
+    return slot;
+}
+
 static __always_inline u64 new_packet_id(void)
 {
     int zero = 0;

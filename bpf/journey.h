@@ -233,6 +233,45 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
     return k;
 }
 
+/* The open journey of a last sighting (the fast paths append to it), or
+ * NULL if its slot moved on: emitted, taken by another packet, quiet. */
+static __always_inline struct journey *last_journey(struct last_sighting *last, u64 now, struct pkt_slot **slot)
+{
+    *slot = last_slot(last, now);
+    if (!*slot || (*slot)->packet_id != last->check)
+        return NULL;
+    u32 k = last->slot & (PACKET_ENTRIES - 1);
+    return journeys.lookup(&k);
+}
+
+/* A fast path's hop: appended, and the journey emitted where it ends. */
+static __always_inline void journey_fast_hop(struct last_sighting *last, struct pkt_slot *slot, struct journey *j,
+                                             struct sighting *s, u64 now, u8 ttl, u8 tuple, int sensor)
+{
+    slot->last_seen = now;
+    int full = journey_add_hop(j, s, now, s->code, ttl, tuple);
+    if (s->terminal || full) {
+        journey_close(slot, j, last->check & ~JOURNEY_OPEN_BIT, s->terminal ? END_TERMINAL : END_FULL, sensor);
+        last->skb = 0;
+    }
+}
+
+/* After a full-path sighting of skb: its journey (slot k, while open) is
+ * what the next hook's fast path looks for. */
+static __always_inline void remember_journey(struct last_sighting *last, u64 skb, s64 k)
+{
+    last->skb = 0;
+    if (k < 0)
+        return;
+    u32 i = k;
+    struct pkt_slot *slot = pcache.lookup(&i);
+    if (!slot)
+        return;
+    last->skb = skb;
+    last->slot = i;
+    last->check = slot->packet_id;
+}
+
 /* Run by user space (BPF_PROG_TEST_RUN, tracer/kernel/sweep.py) every 50 ms
  * while journeys are open: emits the open journeys of SWEEP_CHUNK slots from
  * the cursor on that saw nothing for idle_ns (they left the sensors' view:

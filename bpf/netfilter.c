@@ -129,16 +129,7 @@ static __always_inline void nf_devices(u64 state, u8 hook, u32 *ifindex, u32 *ou
  * length: a freed skb may carry the connection's next packet) and take its
  * TTL. A new connection's packets (IP_CT_NEW, where NAT binds and the flow's
  * views are written) always take the full path. */
-struct nf_last {
-    u64 skb;
-    u64 nfct;
-    /* trace: the slot's packet id, open bit included (the slot still holds
-     * this journey); latency: the hop code this sensor left in the slot */
-    u64 check;
-    u32 slot;
-    u32 rank; /* nf_rank of that sighting */
-};
-BPF_PERCPU_ARRAY(nf_last, struct nf_last, 1);
+BPF_PERCPU_ARRAY(nf_last, struct last_sighting, 1);
 
 /* Where a hook comes in one pass of a packet through the stack: PREROUTING
  * (or OUTPUT), then FORWARD or INPUT, then POSTROUTING; before NAT, then
@@ -163,19 +154,16 @@ static __always_inline int nf_head12(u64 skb, u8 *h)
 #endif
 
 #ifdef LATENCY_MODE
-static __always_inline int nf_fast(struct nf_last *last, u64 skb, u64 state, u8 hook, u8 stage, u64 ct, u32 ctinfo)
+static __always_inline int nf_fast(struct last_sighting *last, u64 skb, u64 state, u8 hook, u8 stage, u64 ct, u32 ctinfo)
 {
-    u32 k = last->slot & (PACKET_ENTRIES - 1);
-    struct pkt_slot *slot = pcache.lookup(&k);
+    u64 now = bpf_ktime_get_ns();
+    struct pkt_slot *slot = last_slot(last, now);
     u8 h[12] __attribute__((aligned(4))) = {};
     if (!slot || slot->last_hop != last->check || !nf_head12(skb, h))
         return 0;
     if (slot->fp.ip_id != LD16(h + 4) || slot->fp.tot_len != LD16(h + 2))
         return 0;
     u32 hop = nf_hop_code(hook, stage);
-    u64 now = bpf_ktime_get_ns();
-    if ((s64)(now - slot->last_seen) >= (s64)FP_WINDOW_NS)
-        return 0; /* past the joining window: the full path decides, as before */
     latency_hop(slot, hop, ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL, now);
     last->check = hop;
     last->rank = nf_rank(hook, stage);
@@ -186,12 +174,12 @@ static __always_inline int nf_fast(struct nf_last *last, u64 skb, u64 state, u8 
 #endif
 
 #if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE)
-static __always_inline int nf_fast(struct nf_last *last, u64 skb, u64 state, u8 hook, u8 stage, u64 ct, u32 ctinfo)
+static __always_inline int nf_fast(struct last_sighting *last, u64 skb, u64 state, u8 hook, u8 stage, u64 ct, u32 ctinfo)
 {
-    u32 k = last->slot & (PACKET_ENTRIES - 1);
-    struct pkt_slot *slot = pcache.lookup(&k);
-    struct journey *j = journeys.lookup(&k);
-    if (!slot || !j || slot->packet_id != last->check)
+    u64 now = bpf_ktime_get_ns();
+    struct pkt_slot *slot;
+    struct journey *j = last_journey(last, now, &slot);
+    if (!j)
         return 0;
     u8 ttl, tuple;
     if (stage == NAT_AFTER) {
@@ -212,23 +200,15 @@ static __always_inline int nf_fast(struct nf_last *last, u64 skb, u64 state, u8 
         u32 n = j->n_tuples;
         tuple = n > 0 && n <= MAX_TUPLES ? n - 1 : 0;
     }
-    u64 now = bpf_ktime_get_ns();
-    if ((s64)(now - slot->last_seen) >= (s64)FP_WINDOW_NS)
-        return 0; /* past the joining window: the full path decides, as before */
     struct sighting s = {};
     s.skb = skb;
     s.flow_id = FLOW_ID(ct);
     s.direction = ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL;
     nf_devices(state, hook, &s.ifindex, &s.out_ifindex);
+    s.code = hop_code(hook, stage, 0);
     s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;
-    slot->last_seen = now;
-    int full = journey_add_hop(j, &s, now, hop_code(hook, stage, 0), ttl, tuple);
     last->rank = nf_rank(hook, stage);
-    if (s.terminal || full) {
-        journey_close(slot, j, last->check & ~JOURNEY_OPEN_BIT, s.terminal ? END_TERMINAL : END_FULL,
-                      SENSOR_NETFILTER);
-        last->skb = 0;
-    }
+    journey_fast_hop(last, slot, j, &s, now, ttl, tuple, SENSOR_NETFILTER);
     return 1;
 }
 #endif
@@ -248,7 +228,7 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
     u32 ctinfo = nfct & NFCT_INFOMASK;
 #ifndef SIGHTING_EVENTS
     int zero = 0;
-    struct nf_last *last = nf_last.lookup(&zero);
+    struct last_sighting *last = nf_last.lookup(&zero);
     if (!last)
         return 1;
 #ifndef TRACER_NO_NF_FAST /* -DTRACER_NO_NF_FAST (TRACER_BPF_CFLAGS): measure without it */
@@ -319,19 +299,9 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
      * of DNATed connections get their source translated back there). */
     s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;
     s64 k = journey_sighting(&fp, &p, &s, now, SENSOR_NETFILTER);
-    /* Remember it for the next hook of this skb (nf_fast). */
-    last->skb = 0;
-    if (k >= 0) {
-        u32 i = k;
-        struct pkt_slot *slot = pcache.lookup(&i);
-        if (slot) {
-            last->skb = skb;
-            last->nfct = nfct;
-            last->slot = i;
-            last->check = slot->packet_id;
-            last->rank = nf_rank(hook, stage);
-        }
-    }
+    remember_journey(last, skb, k); /* for the next hook of this skb (nf_fast) */
+    last->nfct = nfct;
+    last->rank = nf_rank(hook, stage);
 #endif
     return 1; /* NF_ACCEPT: we only watch */
 }

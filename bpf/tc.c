@@ -53,38 +53,24 @@ static __always_inline int tc_terminal(u8 hook, int in_ct, u32 ifindex)
  * a sighting of the same skb as the last one on this CPU. The packet is then
  * confirmed by its whole fingerprint against the slot it has, which skips
  * the flows lookup and the packet-cache search. */
-struct tc_last {
-    u64 skb;
-    u64 check; /* the slot's packet id, open bit included */
-    u32 slot;
-    u32 _pad;
-};
-BPF_PERCPU_ARRAY(tc_last, struct tc_last, 1);
+BPF_PERCPU_ARRAY(tc_last, struct last_sighting, 1);
 
-static __always_inline int tc_fast(struct tc_last *last, struct pkt *p, u8 hook, int in_ct, u32 ifindex)
+static __always_inline int tc_fast(struct last_sighting *last, struct pkt *p, u8 hook, int in_ct, u32 ifindex)
 {
-    u32 k = last->slot & (PACKET_ENTRIES - 1);
-    struct pkt_slot *slot = pcache.lookup(&k);
-    struct journey *j = journeys.lookup(&k);
-    if (!slot || !j || slot->packet_id != last->check)
+    u64 now = bpf_ktime_get_ns();
+    struct pkt_slot *slot;
+    struct journey *j = last_journey(last, now, &slot);
+    if (!j)
         return 0;
     struct fp_key fp = {};
     fingerprint(&fp, p);
     if (!fp_equal(&slot->fp, &fp))
         return 0;
-    u64 now = bpf_ktime_get_ns();
-    if ((s64)(now - slot->last_seen) >= (s64)FP_WINDOW_NS)
-        return 0; /* past the joining window: the full path decides, as before */
     struct sighting s = {};
     s.ifindex = ifindex;
     s.code = hop_code(hook, 0, in_ct);
     s.terminal = tc_terminal(hook, in_ct, ifindex);
-    slot->last_seen = now;
-    int full = journey_add(j, p, &s, now, s.code);
-    if (s.terminal || full) {
-        journey_close(slot, j, last->check & ~JOURNEY_OPEN_BIT, s.terminal ? END_TERMINAL : END_FULL, SENSOR_TC);
-        last->skb = 0;
-    }
+    journey_fast_hop(last, slot, j, &s, now, p->ttl, journey_tuple(j, p), SENSOR_TC);
     return 1;
 }
 #endif
@@ -101,7 +87,7 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
         return TC_CONTINUE;
 #if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE)
     int zero = 0;
-    struct tc_last *last = tc_last.lookup(&zero);
+    struct last_sighting *last = tc_last.lookup(&zero);
     if (!last)
         return TC_CONTINUE;
     u64 skb = (u64)(long)ctx;
@@ -146,17 +132,7 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
         s.direction = flow->direction;
     }
     s64 k = journey_sighting(&fp, &p, &s, now, SENSOR_TC);
-    /* Remember it for the next tc hook of this skb (tc_fast). */
-    last->skb = 0;
-    if (k >= 0) {
-        u32 i = k;
-        struct pkt_slot *slot = pcache.lookup(&i);
-        if (slot) {
-            last->skb = skb;
-            last->slot = i;
-            last->check = slot->packet_id;
-        }
-    }
+    remember_journey(last, skb, k); /* for the next tc hook of this skb (tc_fast) */
 #endif
     return TC_CONTINUE;
 }
