@@ -66,18 +66,24 @@ class RecordHold:
     part that arrives after its packet was shown is counted (``late``) and
     returned apart, rather than shown as a journey of its own.
 
-    Records stay in the batches they came in; only their packet ids and
-    times are combined to decide what is complete, and a batch is copied
-    only when part of it must stay (records are 312 bytes: moving every
-    held one on every pass cost more than everything else in `trace`)."""
+    Records stay in the batches they came in, with a mask of the ones still
+    held; only their packet ids and times are combined to decide what is
+    complete, and a record is copied once, when it is let go (records are
+    312 bytes: moving every held one on every pass cost more than everything
+    else in `trace`)."""
 
     def __init__(self, recent_ids: int = 1 << 16) -> None:
         self.late = 0
         self._batches: list[np.ndarray] = []
+        self._held: list[np.ndarray | None] = []  # per batch: which records are still held (None: all)
         self._let_go = RecentIds(recent_ids)
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self._batches)
+        return sum(len(b) if m is None else int(m.sum()) for b, m in zip(self._batches, self._held))
+
+    def _field(self, name: str) -> np.ndarray:
+        """A field of every held record, batch by batch."""
+        return np.concatenate([b[name] if m is None else b[name][m] for b, m in zip(self._batches, self._held)])
 
     def add(self, records: np.ndarray) -> np.ndarray:
         """Hold ``records``; returns the late parts among them (not held)."""
@@ -91,6 +97,7 @@ class RecordHold:
             out = records[:0]
         if len(records):
             self._batches.append(records)
+            self._held.append(None)
         return out
 
     def pop_complete(self, idle_ns: int, now_ktime: int) -> np.ndarray:
@@ -99,8 +106,8 @@ class RecordHold:
         packet's parts all together in one pop)."""
         if not self._batches:
             return events.empty_journeys()
-        pid = np.concatenate([b["packet_id"] for b in self._batches])
-        last = np.concatenate([b["last_ktime"] for b in self._batches]).astype(np.int64)
+        pid = self._field("packet_id")
+        last = self._field("last_ktime").astype(np.int64)
         # A packet's latest sighting over all its parts, spread back to each part.
         uniq, inverse = np.unique(pid, return_inverse=True)
         latest = np.full(len(uniq), np.iinfo(np.int64).min, np.int64)
@@ -109,18 +116,22 @@ class RecordHold:
         if not quiet.any():
             return events.empty_journeys()
         done = quiet[inverse]
-        out, keep, at = [], [], 0
-        for b in self._batches:
-            d = done[at : at + len(b)]
-            at += len(b)
-            if d.all():
-                out.append(b)
-            elif d.any():
-                out.append(b[d])
-                keep.append(b[~d])
-            else:
-                keep.append(b)
-        self._batches = keep
+        out, batches, held, at = [], [], [], 0
+        for b, m in zip(self._batches, self._held):
+            rows = np.arange(len(b)) if m is None else np.flatnonzero(m)
+            d = done[at : at + len(rows)]
+            at += len(rows)
+            if d.all() and m is None:
+                out.append(b)  # the whole batch: no copy
+                continue
+            if d.any():
+                out.append(b[rows[d]])
+            if not d.all():
+                still = np.zeros(len(b), bool)
+                still[rows[~d]] = True
+                batches.append(b)
+                held.append(still)
+        self._batches, self._held = batches, held
         self._let_go.add(uniq[quiet])
         return np.concatenate(out) if len(out) > 1 else out[0]
 

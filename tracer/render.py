@@ -9,8 +9,6 @@ from collections import Counter
 import click
 import numpy as np
 
-import pyarrow as pa
-
 from tracer.journeys import VERDICTS, Hop, Journey, JourneyRows, hop_label, journey_rows, nat_translation
 
 _ARROW = "→"

@@ -16,8 +16,10 @@ import click
 import numpy as np
 import pyarrow as pa
 
-from tracer.journeys import VERDICTS, JourneyRows, _endpoint_key, _factorize, _flags_text, _lut, _string_buffer
-from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt
+from tracer.decode import _factorize as _factorize_any
+from tracer.journeys import (VERDICTS, JourneyRows, _endpoint_key, _endpoint_plain, _factorize, _flags_text, _lut,
+                             _string_buffer)
+from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt, short_id
 
 _ARROW = " → "
 _MAX_PAD = 256
@@ -63,7 +65,7 @@ def _dt_texts(dt: np.ndarray) -> tuple[list[str], np.ndarray]:
     rounded = q + (r * 2 > step)
     key = rounded * 3 + unit
     key[half] = -1 - np.arange(int(half.sum()))  # each its own key, formatted exactly
-    uniq, inverse = _factorize_signed(key)
+    uniq, inverse = _factorize_any(key)  # negative keys too
     texts = []
     half_values = dt[half].tolist()
     for k in uniq.tolist():
@@ -78,16 +80,6 @@ def _dt_texts(dt: np.ndarray) -> tuple[list[str], np.ndarray]:
         else:
             texts.append(f"+{v // 100}.{v % 100:02d}s")
     return texts, inverse
-
-
-def _factorize_signed(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    enc = pa.array(key).dictionary_encode()
-    return enc.dictionary.to_numpy(), enc.indices.to_numpy().astype(np.int64)
-
-
-def _short_ids(values: np.ndarray) -> list[str]:
-    """render.short_id of each: the last 6 hex digits, '-' for none."""
-    return [f"{v & 0xFFFFFF:06x}" if v else "-" for v in values.tolist()]
 
 
 def render_rows(jr: JourneyRows, color: bool) -> memoryview:
@@ -145,8 +137,8 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     # Addresses: 'src → dst' per distinct pair; '?' for none.
     su, sidx = _factorize(_endpoint_key(jr.src))
     du, didx = _factorize(_endpoint_key(jr.dst))
-    s_text = [_endpoint(k, jr.src_ip) for k in su.tolist()]
-    d_text = [_endpoint(k, jr.dst_ip) for k in du.tolist()]
+    s_text = [_endpoint_plain(jr.src_ip[k >> 17], (k >> 1) & 0xFFFF, k & 1) or "?" for k in su.tolist()]
+    d_text = [_endpoint_plain(jr.dst_ip[k >> 17], (k >> 1) & 0xFFFF, k & 1) or "?" for k in du.tolist()]
     pu, pidx = _factorize(sidx * len(du) + didx)
     pair_p = pool.many([f"{s_text[p // len(du)]}{_ARROW}{d_text[p % len(du)]}" for p in pu.tolist()])[pidx]
 
@@ -186,7 +178,8 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
 
     # --- per journey: the header ------------------------------------------------
     # The short ids are the only per-journey texts: they go after the pool.
-    ids = pa.array(["#" + t for t in _short_ids(jr.packet_id)] + ["flow " + t for t in _short_ids(jr.flow_id)], pa.string())
+    ids = pa.array([f"#{short_id(v)}" for v in jr.packet_id.tolist()] + [f"flow {short_id(v)}" for v in jr.flow_id.tolist()],
+                   pa.string())
     tcp = _lut(jr.protocol.values, lambda v: v == "tcp")[jr.protocol.codes]
     flags = np.where(tcp, jr.tcp_flags.astype(np.int64), 256)  # 256: not TCP
     proto_names = [v or "?" for v in jr.protocol.values]
@@ -247,10 +240,3 @@ def _text_ids(texts: list[str]) -> np.ndarray:
     """One id per distinct text."""
     seen: dict[str, int] = {}
     return np.array([seen.setdefault(t, len(seen)) for t in texts], np.int64)
-
-
-def _endpoint(key: int, ips: list) -> str:
-    ip = ips[key >> 17]
-    if ip is None:
-        return "?"
-    return ip if key & 1 else f"{ip}:{(key >> 1) & 0xFFFF}"

@@ -162,3 +162,13 @@ def test_packet_ids_that_wrap_are_new_packets():
     assert len(hold.pop_complete(0, 1 << 40)) == 1
     assert len(hold.add(record(int(cpu) + 1, 20, [hop("tc_ingress", 7)], REQ_TUPLES[:1]))) == 0, "not late"
     assert hold.late == 0 and len(hold) == 1
+
+
+def test_hold_lets_go_part_of_a_batch_and_keeps_the_rest():
+    recs = records()  # one batch; first sightings between 5 µs and 90 µs
+    hold = RecordHold()
+    hold.add(recs)
+    first = hold.pop_complete(idle_ns=0, now_ktime=30_000)  # quiet by then: packets whose parts all ended before 30 µs
+    assert 0 < len(first) < len(recs) and len(hold) == len(recs) - len(first)
+    assert not set(first["packet_id"]) & set(hold.flush()["packet_id"]), "a packet is let go once, whole"
+    assert len(hold) == 0
