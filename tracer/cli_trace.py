@@ -285,7 +285,7 @@ def _drain(session, take, rounds: int = 20):
 @target_options
 @click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N packets.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after S seconds.")
-@click.option("--json", "as_json", is_flag=True, help="One journey per line as JSON (DESIGN.md contract).")
+@click.option("--json", "as_json", is_flag=True, help="One journey per line as JSON (the README's journey contract).")
 @click.option("--color/--no-color", default=None, help="Colour the output (default: when stdout is a terminal).")
 @click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), default=None, help="Also record the capture to PATH (Arrow IPC stream, .arrows; see `tracer record`).")
 @write_options

@@ -270,7 +270,7 @@ def tcp_flags_text(flags: int) -> str:
     return "".join(ch for ch, bit in order if flags & bit)
 
 
-# Decoded event table: the columns of an Arrow capture (DESIGN.md contract).
+# Decoded event table: the columns of an Arrow capture (docs/capture-format.md).
 _DICT_STR = pa.dictionary(pa.int32(), pa.string())
 EVENT_SCHEMA = pa.schema(
     [

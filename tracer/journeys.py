@@ -101,7 +101,7 @@ class Journey:
         return self.hops[0].dst
 
     def to_json_dict(self) -> dict:
-        """The DESIGN.md journey contract, key for key."""
+        """The journey JSON contract (README, Contracts), key for key."""
         return {
             "packet_id": self.packet_id,
             "flow_id": self.flow_id,

@@ -3,8 +3,9 @@
 Every test under tests/e2e needs root and is skipped without it.
 The ``lab`` fixture brings the lab up once per session (idempotent, about
 0.3 s when it is already up) and yields ``tracer lab status --json``'s dict.
-The lab is left up afterwards: other sessions and engineers share it, and
-``tracer lab down`` removes it.
+Afterwards the lab is left as the session found it: taken down again if the
+tests brought it up (netns, veth, container, client server), left up if it
+was up already (someone's `tracer lab up` or demo, which they share).
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture(scope="session")
-def lab() -> dict:
+def lab():
     require_root("the lab")
     from tracer import lab as lab_mod
 
+    was_up = lab_mod.status()["up"]
     status = lab_mod.up()
     assert status["up"], status["problems"]
-    return status
+    yield status
+    if not was_up:
+        lab_mod.down()

@@ -40,7 +40,7 @@ def test_doctor_matches_this_kernel_and_leaves_nothing():
     report = json.loads(res.stdout)
     status = {c["name"]: c["status"] for c in report["capabilities"]}
     assert report["ok"] is True and report["missing"] == []
-    # this kernel (DESIGN.md): no kprobes, fentry refused; tcx, netfilter links, BTF fine
+    # this kernel (README, How it works): no kprobes, fentry refused; tcx, netfilter links, BTF fine
     assert status["kprobes"] == "missing"
     assert status["fentry"] == "missing"
     for name in ("root", "btf", "tcx", "clsact", "tc", "netfilter_links", "tracepoints", "raw_tracepoints",
