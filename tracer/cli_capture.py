@@ -9,6 +9,7 @@ import click
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tracer.cli_params import IPV4, PORT, PROTOCOL, color_option, count_option, use_color
 from tracer.cli_trace import Limits, make_recorder, options_from, run_trace, target_options, write_options
 
 
@@ -17,7 +18,7 @@ from tracer.cli_trace import Limits, make_recorder, options_from, run_trace, tar
 @click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), required=True, help="Capture file (Arrow IPC stream, .arrows); numbered PATH stem.NNNN.arrows when rotating.")
 @write_options
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after S seconds.")
-@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N packets.")
+@count_option
 @click.option("--quiet", is_flag=True, help="No progress line on stderr.")
 def record(ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path, rotate_size, rotate_seconds, duration, count, quiet):
     """Record live packet sightings to Arrow files for later analysis
@@ -30,13 +31,13 @@ def record(ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path,
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--port", "ports", type=int, multiple=True, help="Journeys with this port at any hop (either end, before or after NAT). Repeatable.")
+@click.option("--port", "ports", type=PORT, multiple=True, help="Journeys with this port at any hop (either end, before or after NAT). Repeatable.")
 @click.option("--container", "containers", multiple=True, help="Journeys of this container (name or id prefix). Repeatable.")
-@click.option("--host", "hosts", multiple=True, help="Journeys with this IPv4 address at any hop. Repeatable.")
-@click.option("--proto", type=click.Choice(["tcp", "udp", "icmp"], case_sensitive=False), default=None)
-@click.option("--count", type=click.IntRange(min=1), default=None, help="Show only the first N journeys.")
+@click.option("--host", "hosts", type=IPV4, multiple=True, help="Journeys with this IPv4 address at any hop. Repeatable.")
+@click.option("--proto", type=PROTOCOL, default=None, help="Journeys of this protocol.")
+@click.option("-c", "--count", type=click.IntRange(min=1), default=None, help="Show only the first N journeys.")
 @click.option("--json", "as_json", is_flag=True, help="One journey per line as JSON, as `trace --json`.")
-@click.option("--color/--no-color", default=None, help="Colour the output (default: when stdout is a terminal).")
+@color_option
 def show(files, ports, containers, hosts, proto, count, as_json, color):
     """Replay the journeys of capture FILES (in the order given) as `trace` shows them."""
     from tracer.capture import read_capture
@@ -49,9 +50,9 @@ def show(files, ports, containers, hosts, proto, count, as_json, color):
     for warning in capture.recovered:
         click.echo(f"tracer: warning: {warning}", err=True)
     table = select_packets(capture.events, ports, hosts, containers, proto.lower() if proto else None)
-    color = sys.stdout.isatty() if color is None else color
-    color = color and not as_json
-    out = click.get_text_stream("stdout")
+    summary_color = use_color(color, sys.stderr)
+    color = use_color(color, sys.stdout) and not as_json
+    out = sys.stdout
     # The same column-wise path as `trace`, so replayed output is identical.
     if count is not None:
         table = first_journeys(table, count)
@@ -65,7 +66,7 @@ def show(files, ports, containers, hosts, proto, count, as_json, color):
         summary.set_lost(capture.stats.get("lost", {}), capture.stats.get("events", {}),
                          unit=f"{capture.stats.get('record', 'event')}s")
         summary.set_journey_ends(capture.stats.get("journey_ends", {}))
-    click.echo(summary.render(color), err=as_json, file=None if as_json else out)
+    click.echo(summary.render(summary_color), err=True)  # about the replay, not a result: stderr, as trace
 
 
 def select_packets(table: pa.Table, ports=(), hosts=(), containers=(), proto: str | None = None) -> pa.Table:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import click
 
+from tracer.cli_params import IPV4, PORT, PROTOCOL, color_option, count_option, use_color
 from tracer.errors import TracerError
 from tracer.output import write_out
 from tracer.stopping import StopSignals
@@ -29,10 +30,10 @@ def target_options(fn):
     """Options shared by every command that picks traffic to trace."""
     for decorator in reversed(
         [
-            click.option("--port", "ports", type=int, multiple=True, help="Trace connections with this port (either end, before or after NAT). Repeatable."),
+            click.option("--port", "ports", type=PORT, multiple=True, help="Trace connections with this port (either end, before or after NAT). Repeatable."),
             click.option("--container", "containers", multiple=True, help="Trace a container's traffic (its address and published ports). Repeatable."),
-            click.option("--host", "hosts", multiple=True, help="Trace traffic to or from this IPv4 address. Repeatable."),
-            click.option("--proto", type=str, default=None, help="tcp, udp or icmp."),
+            click.option("--host", "hosts", type=IPV4, multiple=True, help="Trace traffic to or from this IPv4 address. Repeatable."),
+            click.option("--proto", type=PROTOCOL, default=None, help="Only this protocol."),
             click.option("--iface", "ifaces", multiple=True, help="Host interface(s) where outside traffic arrives (default: every non-container interface)."),
             click.option("--tc-mode", type=click.Choice(["auto", "tcx", "clsact"]), default="auto", show_default=True, help="How tc programs attach."),
             click.option("--sample", type=click.IntRange(min=1), default=1, show_default=True, help="Follow 1 in N flows, chosen in the kernel by a hash of the connection (each chosen flow whole)."),
@@ -97,7 +98,7 @@ def make_recorder(path, rotate_size, rotate_seconds):
 
 
 def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_started=None,
-              recorder=None, journeys: bool = True, progress: bool = False) -> dict:
+              recorder=None, journeys: bool = True, progress: bool = False, summary_color: bool = False) -> dict:
     """Trace until count/duration/Ctrl-C; print journeys (unless ``journeys``
     is False: `record`), write them to ``recorder``'s capture if given; return
     the summary dict."""
@@ -190,8 +191,9 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
                 return stats
         if status_tty:
             click.echo("", err=True)
-        text = summary.render(color)
-        click.echo(text, err=as_json, file=None if as_json else out)
+        # The summary is about the run, not a result: stderr, as tcpdump's,
+        # so `trace | grep` and `trace --json | jq` see journeys only.
+        click.echo(summary.render(summary_color), err=True)
         return summary.to_dict()
     finally:
         stop.restore()
@@ -283,18 +285,18 @@ def _drain(session, take, rounds: int = 20):
 
 @click.command()
 @target_options
-@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N packets.")
+@count_option
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One journey per line as JSON (the README's journey contract).")
-@click.option("--color/--no-color", default=None, help="Colour the output (default: when stdout is a terminal).")
+@color_option
 @click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), default=None, help="Also record the capture to PATH (Arrow IPC stream, .arrows; see `tracer record`).")
 @write_options
 def trace(ports, containers, hosts, proto, ifaces, tc_mode, sample, count, duration, as_json, color, write_path, rotate_size, rotate_seconds):
     """Follow live packets: one journey per packet, hop by hop."""
     options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds)
-    color = sys.stdout.isatty() if color is None else color
-    run_trace(options, Limits(count, duration), as_json, color and not as_json, recorder=recorder)
+    run_trace(options, Limits(count, duration), as_json, use_color(color, sys.stdout) and not as_json, recorder=recorder,
+              summary_color=use_color(color, sys.stderr))
 
 
 @click.command()
@@ -338,5 +340,6 @@ def demo(requests, as_json, write_path):
         threading.Thread(target=drive_traffic, daemon=True).start()
         threading.Thread(target=stop_after_traffic, daemon=True).start()
 
-    run_trace(options, Limits(), as_json, sys.stdout.isatty() and not as_json, on_started=on_started, recorder=recorder)
+    run_trace(options, Limits(), as_json, use_color(None, sys.stdout) and not as_json, on_started=on_started,
+              recorder=recorder, summary_color=use_color(None, sys.stderr))
     click.echo(f"tracer: replay it with `tracer show {write_path}`; latency per hop with `tracer stats {write_path}`", err=True)

@@ -1,0 +1,109 @@
+"""Bad input on the command line: one line on stderr, a non-zero exit, no
+traceback, for every command that takes it (the live commands refuse it
+before any kernel work, so these run without touching the kernel)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from tests.unit.test_capture import table_of, write
+from tracer.cli import cli
+
+LIVE = ("trace", "record -w {tmp}/x.arrows", "latency")
+
+
+def run(args: list[str], env: dict | None = None):
+    return CliRunner().invoke(cli, args, env=env)
+
+
+def assert_one_line_error(result, *words: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code != 0, result.output
+    assert len(lines) == 1 and lines[0].startswith("tracer: error:"), result.stderr
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.fixture
+def capture(tmp_path):
+    path = tmp_path / "cap.arrows"
+    write(path, [table_of(3)])
+    return path
+
+
+BAD_TARGETS = [
+    (["--port", "70000"], "70000"),
+    (["--port", "-1"], "-1"),
+    (["--port", "0"], "0"),
+    (["--port", "http"], "http"),
+    (["--host", "nothost"], "nothost"),
+    (["--host", "1.2.3"], "1.2.3"),
+    (["--host", "198.18.0.256"], "198.18.0.256"),
+    (["--proto", "sctp"], "sctp"),
+    (["--proto", ""], "--proto"),
+]
+
+
+@pytest.mark.parametrize("args,word", BAD_TARGETS)
+def test_show_refuses_bad_targets(capture, args, word):
+    assert_one_line_error(run(["show", *args, str(capture)]), word)
+
+
+@pytest.mark.parametrize("args,word", BAD_TARGETS)
+@pytest.mark.parametrize("command", LIVE)
+def test_live_commands_refuse_bad_targets(tmp_path, command, args, word):
+    assert_one_line_error(run([*command.format(tmp=tmp_path).split(), *args]), word)
+
+
+def test_proto_is_the_same_choice_everywhere(capture):
+    """--proto takes tcp/udp/icmp in any case in trace and show alike."""
+    result = run(["show", "--json", "--proto", "TCP", str(capture)])
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+    for command in ("trace", "latency", "show"):
+        help_text = run([command, "--help"]).stdout
+        assert "[tcp|udp|icmp]" in help_text, command
+
+
+@pytest.mark.parametrize("args", [["--count", "0"], ["-c", "-3"], ["-c", "many"]])
+def test_bad_counts(capture, tmp_path, args):
+    assert_one_line_error(run(["show", *args, str(capture)]))
+    assert_one_line_error(run(["trace", *args]))
+
+
+def test_show_host_is_matched_not_silently_empty(capture):
+    """A valid host that is in the capture finds its packets; one that is
+    not finds none (and says so in the summary)."""
+    hit = run(["show", "--json", "--host", "198.18.0.2", str(capture)])
+    assert hit.exit_code == 0 and len(hit.stdout.splitlines()) == 3
+    miss = run(["show", "--json", "--host", "198.18.0.9", str(capture)])
+    assert miss.exit_code == 0 and miss.stdout == "" and "0 packets" in miss.stderr
+
+
+def test_no_color_and_summary_on_stderr(capture):
+    forced = run(["show", "--color", str(capture)], env={"NO_COLOR": "1"})
+    assert "\x1b[" in forced.stdout  # an explicit flag beats NO_COLOR
+    from tracer.cli_params import use_color
+
+    class Tty:
+        def isatty(self):
+            return True
+
+    assert use_color(None, Tty()) is True
+    import os
+
+    saved = os.environ.get("NO_COLOR")
+    os.environ["NO_COLOR"] = "1"
+    try:
+        assert use_color(None, Tty()) is False
+        assert use_color(True, Tty()) is True
+    finally:
+        if saved is None:
+            del os.environ["NO_COLOR"]
+        else:
+            os.environ["NO_COLOR"] = saved
+    plain = run(["show", str(capture)])
+    assert "summary" not in plain.stdout and "summary" in plain.stderr
