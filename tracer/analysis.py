@@ -16,9 +16,10 @@ the numbers here agree with what ``trace``/``show`` print per journey.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +27,8 @@ import pyarrow.compute as pc
 
 from tracer.events import FLAG_IN_CONTAINER_NS, META_PREFIX
 from tracer.journeys import _DIRECTION_CODES as _DIR_CODES
-from tracer.journeys import VERDICTS, Hop, Journey, _endpoint_plain, build_journeys, is_terminal
+from tracer.journeys import VERDICTS, Hop, Journey, _endpoint_plain, _factorize, build_journeys, is_terminal
+from tracer.render import _Samples
 
 ARROW = "→"
 
@@ -108,7 +110,9 @@ class LatencySummary:
         """Segments, then the end-to-end request and reply rows."""
         return self.segments + [self.end_to_end[d] for d in ("original", "reply") if d in self.end_to_end]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, flows: bool = True) -> dict[str, Any]:
+        """Everything as plain data; ``flows=False`` leaves ``flow_summary``
+        empty, for a caller that writes the flows as it reads them."""
         return {
             "intervals": self.intervals,
             "seconds": round(self.seconds, 6),
@@ -184,7 +188,7 @@ class Analysis:
     start: str | None
     end: str | None
     segments: list[SegmentStats]
-    flows: list[FlowStats]  # slowest first
+    flows: Sequence[FlowStats]  # slowest first (aggregate.FlowRows: read lazily)
     drops: list[DropStats]  # most packets first
     lost: dict[str, dict[str, int]] | None  # sensor -> {"events", "lost"}; None = not reported
     metadata: dict[str, str]
@@ -201,7 +205,9 @@ class Analysis:
             return 0.0
         return (datetime.fromisoformat(self.end) - datetime.fromisoformat(self.start)).total_seconds()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, flows: bool = True) -> dict[str, Any]:
+        """Everything as plain data; ``flows=False`` leaves ``flow_summary``
+        empty, for a caller that writes the flows as it reads them."""
         return {
             "events": self.events,
             "packets": self.packets,
@@ -210,7 +216,7 @@ class Analysis:
             "start": self.start,
             "end": self.end,
             "segments": [dict(vars(s)) for s in self.segments],
-            "flow_summary": [dict(vars(f)) for f in self.flows],
+            "flow_summary": [dict(vars(f)) for f in self.flows] if flows else [],
             "drops": [dict(vars(d)) for d in self.drops],
             "lost_events": self.lost,
             "metadata": self.metadata,
@@ -224,7 +230,10 @@ class Analysis:
 def _ints(table: pa.Table, name: str, dtype=np.int64) -> np.ndarray:
     if name not in table.column_names:
         return np.zeros(table.num_rows, dtype=dtype)
-    return pc.fill_null(table[name], 0).to_numpy().astype(dtype, copy=False)
+    col = table[name]
+    if col.null_count:
+        col = pc.fill_null(col, 0)
+    return col.to_numpy().astype(dtype, copy=False)
 
 
 def _codes(table: pa.Table, name: str) -> tuple[np.ndarray, list]:
@@ -288,14 +297,40 @@ def event_rows(table: pa.Table) -> pa.Table:
 # --- the vectorised pass -------------------------------------------------------
 
 
+_ANALYSIS_COLUMNS = ("time", "ktime_ns", "hook", "nat_stage", "if_role", "flags", "packet_id", "flow_id", "direction",
+                     "length", "container_name", "container_id", "protocol", "src_ip", "src_port", "dst_ip", "dst_port",
+                     "drop_reason")
+
+
+def _journey_order(pid: np.ndarray, kt: np.ndarray, is_drop: np.ndarray) -> np.ndarray:
+    """Row order by packet, then drop rows last, then time. A capture lays a
+    packet's rows out together and in that order already: then the rows
+    stay where they are (packets in the order they came) and nothing is
+    sorted."""
+    n = len(pid)
+    if n > 1:
+        same = pid[1:] == pid[:-1]
+        runs = pid[np.flatnonzero(np.r_[True, ~same])]
+        in_order = (is_drop[1:] > is_drop[:-1]) | ((is_drop[1:] == is_drop[:-1]) & (kt[1:] >= kt[:-1]))
+        if np.all(in_order | ~same) and len(np.unique(runs)) == len(runs):
+            return np.arange(n)
+    return np.lexsort((kt, is_drop, pid))
+
+
 class _Sorted:
     """Event rows of identified packets, sorted by (packet_id, drop last, ktime),
     plus per-packet arrays. The shared first step of every analysis."""
 
     def __init__(self, table: pa.Table, metadata: Mapping[str, str]) -> None:
         table = event_rows(table)
-        table = table.filter(pc.fill_null(pc.not_equal(table["packet_id"], 0), False)) if table.num_rows else table
-        table = table.unify_dictionaries().combine_chunks() if table.num_rows else table
+        # Only the columns the analysis reads are combined into one chunk.
+        table = table.select([c for c in _ANALYSIS_COLUMNS if c in table.column_names])
+        if table.num_rows:
+            pid = table["packet_id"]
+            if pid.null_count or not pc.all(pc.not_equal(pid, 0)).as_py():
+                table = table.filter(pc.fill_null(pc.not_equal(pid, 0), False))
+        if table.num_rows:
+            table = table.unify_dictionaries().combine_chunks() if table["hook"].num_chunks > 1 else table.combine_chunks()
         self.table = table
         n = table.num_rows
 
@@ -312,7 +347,7 @@ class _Sorted:
         # Label each distinct (hook, stage, role) once with Hop.label / is_terminal.
         ns_, nr = len(stages) + 1, len(roles) + 1
         combo = (hook + 1) * ns_ * nr + (stage + 1) * nr + (role + 1)
-        ucombo, inverse = np.unique(combo, return_inverse=True)
+        ucombo, inverse = _factorize(combo)
         labels: list[str] = []
         combo_label = np.empty(len(ucombo), dtype=np.int64)
         combo_terminal = np.zeros(len(ucombo), dtype=bool)
@@ -335,7 +370,7 @@ class _Sorted:
 
         pid = _ints(table, "packet_id", np.uint64)
         kt = _ints(table, "ktime_ns")
-        order = np.lexsort((kt, is_drop, pid))
+        order = _journey_order(pid, kt, is_drop)
         # Only the first drop row of a packet counts (journeys do the same).
         pid_o, drop_o = pid[order], is_drop[order]
         dup = np.zeros(n, dtype=bool)
@@ -357,109 +392,206 @@ def _reduce(func: np.ufunc, values: np.ndarray, starts: np.ndarray) -> np.ndarra
     return func.reduceat(values, starts) if len(starts) else values[:0]
 
 
-def _quantiles(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, q: float) -> np.ndarray:
-    """Per group quantile of ``values`` sorted within groups (numpy 'linear')."""
-    pos = starts + q * (counts - 1)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.ceil(pos).astype(np.int64)
-    v = values.astype(np.float64)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
-def _segments(s: _Sorted, direction: np.ndarray) -> tuple[list[SegmentStats], dict[tuple[str, str], np.ndarray]]:
-    """Per (direction, label pair): the same two hooks are different places in
-    the path for requests and replies (PREROUTING on the NIC vs on docker0)."""
-    if len(s.pid) < 2:
-        return [], {}
-    idx = np.flatnonzero(s.pid[1:] == s.pid[:-1])
-    if not len(idx):
-        return [], {}
-    nl = len(s.labels)
-    row_packet = np.repeat(np.arange(len(s.pstart)), s.psize)[idx]
-    dir_rank = np.array([2, 0, 1])[direction[row_packet]]  # original, reply, unknown
-    key = (dir_rank * nl + s.label[idx]) * nl + s.label[idx + 1]
-    dt = s.kt[idx + 1] - s.kt[idx]
-    order = np.lexsort((dt, key))
-    key, dt, idx, row_packet = key[order], dt[order], idx[order], row_packet[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    counts = np.diff(np.append(starts, len(key)))
-    q = {p: _quantiles(dt, starts, counts, p) for p in (0.5, 0.9, 0.99)}
-    maxes = dt[starts + counts - 1]
-
-    # Order along the path: by direction, then by the segment's average
-    # position within its packets' journeys.
-    position = (idx - s.pstart[row_packet]).astype(np.float64)
-    mean_pos = np.add.reduceat(position, starts) / counts
-    rank = np.lexsort((-counts, mean_pos, key[starts] // (nl * nl)))
-
-    out, samples = [], {}
-    for g in rank.tolist():
-        d, rest = divmod(int(key[starts[g]]), nl * nl)
-        a, b = divmod(rest, nl)
-        name = f"{s.labels[a]} {ARROW} {s.labels[b]}"
-        dname = ("original", "reply", "-")[d]
-        out.append(SegmentStats(dname, name, int(counts[g]), float(q[0.5][g]), float(q[0.9][g]), float(q[0.99][g]), int(maxes[g])))
-        samples[(dname, name)] = dt[starts[g]: starts[g] + counts[g]]
-    return out, samples
+QUANTILES = (0.5, 0.9, 0.99)
+_SAMPLE_CAP = 20_000  # latencies kept per segment for plots (a uniform sample past that)
+_DIR_NAMES = ("original", "reply", "-")  # segment direction by rank: requests, replies, unknown
+_LABEL_BITS = 10  # labels per capture: a handful of hooks x stages x roles
 
 
 class CaptureAnalysis:
-    """All the numbers of one capture (or several files read as one)."""
+    """All the numbers of one capture (or several files read as one).
 
-    def __init__(self, table: pa.Table, metadata: Mapping | None = None, stats: Mapping | None = None,
-                 histograms: pa.Table | None = None) -> None:
+    One pass over chunks of whole packets (``add``; ``of_capture`` streams a
+    capture through tracer.packet_window): per chunk, numpy does the
+    per-packet work on columns (``_Sorted``), small totals (verdicts, drops,
+    plot samples, the slowest journeys) are kept here, and hop segments and
+    packets go to DuckDB (tracer.aggregate), which reduces them at
+    ``finish`` in bounded memory. An in-memory table is one chunk."""
+
+    def __init__(self, table: pa.Table | None = None, metadata: Mapping | None = None, stats: Mapping | None = None,
+                 histograms: pa.Table | None = None, *, slowest: int = 20) -> None:
+        from tracer.aggregate import Store, Strings
+
         self.metadata = clean_metadata(metadata)
         self.stats = dict(stats) if stats else None
         # Latency-mode rows: given, else whatever the table holds (a full capture table).
-        self.histograms = histograms if histograms is not None else histogram_rows(table)
-        self.s = _Sorted(table, self.metadata)
-        s, t = self.s, self.s.table
-        o = s.order
-        ps, pe = s.pstart, s.pend
+        self.histograms = histograms if histograms is not None or table is None else histogram_rows(table)
+        self._keep_slowest = max(slowest, 20)
+        self._store = Store()
+        self._labels: list[str] = []
+        self._label_ids: dict[str, int] = {}
+        self._protocols, self._ips, self._containers = Strings(), Strings(), Strings()
+        self.events = 0
+        self.packets = 0
+        self._verdicts = np.zeros(3, np.int64)
+        self._drops: Counter[tuple[str, str]] = Counter()
+        self._wall = (None, None)
+        self._samples: dict[int, Any] = {}
+        self._slow: list[tuple[int, int, pa.Table]] = []  # (duration, packet id, rows), slowest first
+        self._result: Analysis | None = None
+        if table is not None:
+            self.add(table)
+
+    @classmethod
+    def of_capture(cls, capture: Any, *, slowest: int = 20) -> "CaptureAnalysis":
+        """Stream a capture (tracer.capture.CaptureStream) through the analysis."""
+        from tracer.packet_window import PacketWindow
+
+        ca = cls(None, capture.metadata, slowest=slowest)
+        for chunk in PacketWindow().packets(capture.sightings()):
+            ca.add(chunk)
+        ca.stats = capture.stats
+        ca.histograms = capture.histograms
+        return ca
+
+    # -- one chunk of whole packets ----------------------------------------------
+
+    def add(self, table: pa.Table) -> None:
+        """Rows of whole packets (EVENT_SCHEMA, or a capture table)."""
+        if self._result is not None:
+            raise RuntimeError("analysis already finished")
+        s = _Sorted(table, self.metadata)
+        if not len(s.pid):
+            return
+        t, o, ps, pe = s.table, s.order, s.pstart, s.pend
+        self.events += len(s.pid)
+        self.packets += len(ps)
+        lo, hi = int(s.wall.min()), int(s.wall.max())
+        self._wall = (lo if self._wall[0] is None else min(lo, self._wall[0]),
+                      hi if self._wall[1] is None else max(hi, self._wall[1]))
 
         # Per-packet facts (as journeys: taken from whichever row knows them).
         dcodes, dvalues = _codes(t, "direction")
         dmap = np.array([_DIR_CODES.get(v, 0) for v in dvalues] + [0], dtype=np.int8)
-        self.p_direction = _reduce(np.maximum, dmap[dcodes][o], ps).astype(np.int64)
-        self.p_flow = _reduce(np.maximum, _ints(t, "flow_id", np.uint64)[o], ps)
-        self.p_first_kt = s.kt[ps]
-        self.p_duration = _reduce(np.maximum, s.kt, ps) - self.p_first_kt if len(ps) else s.kt[:0]
-        self.p_wall = s.wall[ps]
-        self.p_length = _ints(t, "length")[o][ps]
+        direction = _reduce(np.maximum, dmap[dcodes][o], ps).astype(np.int64)
+        flow = _reduce(np.maximum, _ints(t, "flow_id", np.uint64)[o], ps)
+        duration = _reduce(np.maximum, s.kt, ps) - s.kt[ps]
         last = pe - 1
         # As journeys.verdict_of: a drop right after a terminal sighting (e.g.
         # QUEUE_PURGE at the receiving socket) is a delivered packet.
-        self.p_verdict = ps
-        if len(ps):
-            after_delivery = s.is_drop[last] & (last > ps) & s.terminal[np.maximum(last - 1, ps)]
-            dropped = s.is_drop[last] & ~after_delivery
-            self.p_verdict = np.where(dropped, 1, np.where(s.terminal[last] | after_delivery, 0, 2))
+        after_delivery = s.is_drop[last] & (last > ps) & s.terminal[np.maximum(last - 1, ps)]
+        dropped = s.is_drop[last] & ~after_delivery
+        verdict = np.where(dropped, 1, np.where(s.terminal[last] | after_delivery, 0, 2))
+        self._verdicts += np.bincount(verdict, minlength=3)
+        label_ids = np.array([self._label_id(x) for x in s.labels], np.int64)
+        self._add_drops(s, verdict, label_ids)
+        segments = self._segments(s, direction, label_ids)
+
         names, name_values = _codes(t, "container_name")
         ids, id_values = _codes(t, "container_id")
         # container name, else short id (codes offset past the names)
         ccode = np.where(names >= 0, names, np.where(ids >= 0, ids + len(name_values), -1))
-        self.container_values = name_values + [v[:12] if v else None for v in id_values]
-        self.p_container = _reduce(np.maximum, ccode[o], ps)
-        self._drop_reason = _codes(t, "drop_reason")
+        container = self._containers.codes(name_values + [v[:12] if v else None for v in id_values])
+        rows = o[ps]  # each packet's first sighting, in table rows
+        packets = pa.table({
+            "packet_id": s.pid[ps], "flow_id": flow, "first_wall": s.wall[ps], "duration": duration,
+            "length": _ints(t, "length")[rows].astype(np.int32), "sightings": s.psize.astype(np.int32),
+            "direction": direction.astype(np.int8), "verdict": verdict.astype(np.int8),
+            "protocol": self._coded(t, "protocol", self._protocols, rows),
+            "src_ip": self._coded(t, "src_ip", self._ips, rows), "src_port": _ints(t, "src_port")[rows].astype(np.int32),
+            "dst_ip": self._coded(t, "dst_ip", self._ips, rows), "dst_port": _ints(t, "dst_port")[rows].astype(np.int32),
+            "container": container[_reduce(np.maximum, ccode[o], ps)],
+        })
+        self._store.add(segments, packets)
+        self._keep_slow(s, duration)
+
+    def _label_id(self, label: str) -> int:
+        i = self._label_ids.get(label)
+        if i is None:
+            i = self._label_ids[label] = len(self._labels)
+            self._labels.append(label)
+        return i
+
+    @staticmethod
+    def _coded(t: pa.Table, name: str, strings: Any, rows: np.ndarray) -> np.ndarray:
+        codes, values = _codes(t, name)
+        return strings.codes(values)[codes[rows]]
+
+    def _segments(self, s: "_Sorted", direction: np.ndarray, label_ids: np.ndarray) -> pa.Table:
+        """Consecutive sightings of a packet, keyed per (direction, label
+        pair): the same two hooks are different places in the path for
+        requests and replies (PREROUTING on the NIC vs on docker0)."""
+        idx = np.flatnonzero(s.pid[1:] == s.pid[:-1])
+        row_packet = np.repeat(np.arange(len(s.pstart)), s.psize)[idx]
+        dir_rank = np.array([2, 0, 1])[direction[row_packet]]  # original, reply, unknown
+        key = (dir_rank << (2 * _LABEL_BITS)) | (label_ids[s.label[idx]] << _LABEL_BITS) | label_ids[s.label[idx + 1]]
+        dt = s.kt[idx + 1] - s.kt[idx]
+        if len(key):
+            order = np.argsort(key, kind="stable")
+            skey = key[order]
+            heads = np.flatnonzero(np.r_[True, skey[1:] != skey[:-1]])
+            for k, values in zip(skey[heads].tolist(), np.split(dt[order], heads[1:])):
+                samples = self._samples.get(k)
+                if samples is None:
+                    samples = self._samples[k] = _Samples(_SAMPLE_CAP, len(self._samples))
+                samples.add_many(values)
+        position = idx - s.pstart[row_packet]
+        return pa.table({"k": key.astype(np.int32), "dt": dt, "pos": position.astype(np.int32)})
+
+    def _add_drops(self, s: "_Sorted", verdict: np.ndarray, label_ids: np.ndarray) -> None:
+        dropped = np.flatnonzero(verdict == 1)
+        if not len(dropped):
+            return
+        codes, values = _codes(s.table, "drop_reason")
+        reason = codes[s.order][s.pend[dropped] - 1]
+        before = s.pend[dropped] - 2
+        seen = np.where(s.psize[dropped] > 1, s.label[np.maximum(before, 0)], -1)
+        for r, l in zip(reason.tolist(), seen.tolist()):
+            self._drops[(values[r] if r >= 0 else "unknown", s.labels[l] if l >= 0 else "-")] += 1
+
+    def _keep_slow(self, s: "_Sorted", duration: np.ndarray) -> None:
+        """The packets with the longest first-to-last sighting so far, with their rows."""
+        n = min(self._keep_slowest, len(duration))
+        top = np.argpartition(-duration, n - 1)[:n]
+        floor = self._slow[-1][0] if len(self._slow) >= self._keep_slowest else -1
+        top = top[duration[top] >= floor]
+        if not len(top):
+            return
+        pids = s.pid[s.pstart[top]]
+        rows = s.table.filter(pc.is_in(s.table["packet_id"], value_set=pa.array(pids, pa.uint64())))
+        rows_pid = _ints(rows, "packet_id", np.uint64)
+        for p, d in zip(pids.tolist(), duration[top].tolist()):
+            self._slow.append((int(d), int(p), rows.filter(pa.array(rows_pid == p))))
+        self._slow.sort(key=lambda x: (-x[0], x[1]))
+        del self._slow[self._keep_slowest:]
 
     # -- the summary ------------------------------------------------------------
 
     def analyse(self) -> Analysis:
-        s = self.s
-        segments, samples = _segments(s, self.p_direction)
-        counts = np.bincount(self.p_verdict, minlength=3) if len(self.p_verdict) else np.zeros(3, int)
-        flows = self.flows()
-        wall = s.wall
+        """The numbers (computed once, when first asked for)."""
+        if self._result is None:
+            self._result = self._finish()
+        return self._result
+
+    def _finish(self) -> Analysis:
+        stats = self._store.segment_stats(QUANTILES)
+        keys = list(stats)
+        # Order along the path: by direction, then by the segment's average
+        # position within its packets' journeys, busiest first.
+        keys.sort(key=lambda k: (k >> (2 * _LABEL_BITS), stats[k]["mean_pos"], -stats[k]["count"], k))
+        segments, samples = [], {}
+        mask = (1 << _LABEL_BITS) - 1
+        for k in keys:
+            v = stats[k]
+            name = f"{self._labels[(k >> _LABEL_BITS) & mask]} {ARROW} {self._labels[k & mask]}"
+            dname = _DIR_NAMES[k >> (2 * _LABEL_BITS)]
+            q = v["q"]
+            segments.append(SegmentStats(dname, name, int(v["count"]), q[0.5], q[0.9], q[0.99], int(v["max"])))
+            samples[(dname, name)] = np.sort(np.frombuffer(self._samples[k].values, dtype=np.int64))
+        flows = self._store.flows()
+        flows.make = self._flow_stats
+        lo, hi = self._wall
         return Analysis(
-            events=int(len(s.pid)),
-            packets=int(len(s.pstart)),
+            events=self.events,
+            packets=self.packets,
             flows_total=len(flows),
-            verdicts={v: int(c) for v, c in zip(VERDICTS, counts)},
-            start=iso(int(wall.min())) if len(wall) else None,
-            end=iso(int(wall.max())) if len(wall) else None,
+            verdicts={v: int(c) for v, c in zip(VERDICTS, self._verdicts.tolist())},
+            start=iso(lo) if lo is not None else None,
+            end=iso(hi) if hi is not None else None,
             segments=segments,
             flows=flows,
-            drops=self.drops(),
+            drops=sorted((DropStats(r, l, n) for (r, l), n in self._drops.items()),
+                         key=lambda d: (-d.packets, d.reason, d.last_seen)),
             lost=self.lost(),
             record_unit=self.record_unit,
             metadata=self.metadata,
@@ -467,92 +599,29 @@ class CaptureAnalysis:
             latency=self.latency(),
         )
 
+    def _flow_stats(self, r: dict) -> FlowStats:
+        p = self._protocols.get(r["protocol"])
+        icmp = p == "icmp"
+        return FlowStats(
+            flow_id=int(r["flow_id"]), container=self._containers.get(r["container"]), protocol=p,
+            client=_endpoint_plain(self._ips.get(r["src_ip"]), int(r["src_port"]), icmp),
+            service=_endpoint_plain(self._ips.get(r["dst_ip"]), int(r["dst_port"]), icmp),
+            packets=int(r["packets"]), bytes=int(r["bytes"]),
+            first_time=iso(r["first_wall"]), last_time=iso(r["last_wall"]),
+            requests=int(r["requests"]), replies=int(r["replies"]),
+            delivered=int(r["delivered"]), dropped=int(r["dropped"]), unknown=int(r["unknown"]),
+            slowest_ns=int(r["slowest_ns"]), slowest_packet_id=int(r["slowest_packet_id"]),
+        )
+
     def latency(self) -> LatencySummary | None:
         """Latency mode's interval histograms merged (None without any)."""
         return latency_summary(self.histograms)
 
     def drops(self) -> list[DropStats]:
-        s = self.s
-        dropped = np.flatnonzero(self.p_verdict == 1)
-        if not len(dropped):
-            return []
-        codes, values = self._drop_reason
-        reason = codes[s.order][s.pend[dropped] - 1]
-        before = s.pend[dropped] - 2
-        seen = np.where(s.psize[dropped] > 1, s.label[np.maximum(before, 0)], -1)
-        key = (reason + 1) * (len(s.labels) + 1) + (seen + 1)
-        ukey, count = np.unique(key, return_counts=True)
-        out = []
-        for k, c in zip(ukey.tolist(), count.tolist()):
-            r, l = divmod(k, len(s.labels) + 1)
-            out.append(DropStats(values[r - 1] if r else "unknown", s.labels[l - 1] if l else "-", int(c)))
-        return sorted(out, key=lambda d: (-d.packets, d.reason, d.last_seen))
+        return self.analyse().drops
 
-    def flows(self) -> list[FlowStats]:
-        s, t = self.s, self.s.table
-        has = np.flatnonzero(self.p_flow != 0)
-        if not len(has):
-            return []
-        flow = self.p_flow[has]
-        first = self.p_wall[has]
-        # Sort packets by (flow, not original, time): a group's first packet
-        # is then the flow's first request, which names client and service.
-        not_orig = self.p_direction[has] != 1
-        order = np.lexsort((first, not_orig, flow))
-        has, flow, first = has[order], flow[order], first[order]
-        starts = np.flatnonzero(np.r_[True, flow[1:] != flow[:-1]])
-        counts = np.diff(np.append(starts, len(flow)))
-        last_wall = first + self.p_duration[has]
-
-        direction = self.p_direction[has]
-        verdict = self.p_verdict[has]
-        dur = self.p_duration[has]
-        # slowest packet per flow: position of the max duration inside each group
-        group = np.repeat(np.arange(len(starts)), counts)
-        by_dur = np.lexsort((dur, group))
-        slowest_at = by_dur[starts + counts - 1]
-
-        rows = s.order[s.pstart[has[starts]]]  # first request's first sighting, in table rows
-        protocol_c, protocol_v = _codes(t, "protocol")
-        sip_c, sip_v = _codes(t, "src_ip")
-        dip_c, dip_v = _codes(t, "dst_ip")
-        sport, dport = _ints(t, "src_port")[rows], _ints(t, "dst_port")[rows]
-        protocol = _lut(protocol_v)[protocol_c[rows]]
-        sip, dip = _lut(sip_v)[sip_c[rows]], _lut(dip_v)[dip_c[rows]]
-        container = _lut(self.container_values)[_reduce(np.maximum, self.p_container[has], starts)]
-
-        def per_flow(values: np.ndarray, func: np.ufunc = np.add) -> list[int]:
-            return _reduce(func, values.astype(np.int64), starts).tolist()
-
-        cols = dict(
-            packets=counts.tolist(),
-            bytes=per_flow(self.p_length[has]),
-            first=per_flow(first, np.minimum),
-            last=per_flow(last_wall, np.maximum),
-            requests=per_flow(direction == 1),
-            replies=per_flow(direction == 2),
-            delivered=per_flow(verdict == 0),
-            dropped=per_flow(verdict == 1),
-            unknown=per_flow(verdict == 2),
-        )
-        slow_ns = dur[slowest_at].tolist()
-        slow_pid = s.pid[s.pstart[has[slowest_at]]].tolist()
-        out = []
-        for g, fid in enumerate(flow[starts].tolist()):
-            p = protocol[g]
-            out.append(
-                FlowStats(
-                    flow_id=int(fid), container=container[g], protocol=p,
-                    client=_endpoint_plain(sip[g], int(sport[g]), p == "icmp"), service=_endpoint_plain(dip[g], int(dport[g]), p == "icmp"),
-                    packets=cols["packets"][g], bytes=cols["bytes"][g],
-                    first_time=iso(cols["first"][g]), last_time=iso(cols["last"][g]),
-                    requests=cols["requests"][g], replies=cols["replies"][g],
-                    delivered=cols["delivered"][g], dropped=cols["dropped"][g], unknown=cols["unknown"][g],
-                    slowest_ns=int(slow_ns[g]), slowest_packet_id=int(slow_pid[g]),
-                )
-            )
-        out.sort(key=lambda f: (-f.slowest_ns, f.flow_id))
-        return out
+    def flows(self) -> Any:
+        return self.analyse().flows
 
     @property
     def record_unit(self) -> str:
@@ -587,19 +656,17 @@ class CaptureAnalysis:
     # -- for plots ----------------------------------------------------------------
 
     def throughput(self, bins: int = 120) -> dict[str, np.ndarray]:
-        """Events/s, packets/s and bytes/s over time (packets and bytes counted
-        at each packet's first sighting). ``t`` is seconds since the first event."""
-        s = self.s
-        if not len(s.wall):
+        """Sightings/s, packets/s and bytes/s over time, each packet counted at
+        its first sighting (with its sightings). ``t`` is seconds since the
+        first sighting."""
+        self.analyse()
+        lo, hi = self._wall
+        if lo is None:
             return {k: np.zeros(0) for k in ("t", "events_per_s", "packets_per_s", "bytes_per_s")}
-        t0 = int(s.wall.min())
-        span = max(int(s.wall.max()) - t0, 1)
+        span = max(hi - lo, 1)
         width = _nice_ns(span / bins)
         nb = span // width + 1
-        ev = np.bincount((s.wall - t0) // width, minlength=nb)
-        pk_bin = (self.p_wall - t0) // width
-        pk = np.bincount(pk_bin, minlength=nb)
-        by = np.bincount(pk_bin, weights=self.p_length, minlength=nb)
+        ev, pk, by = self._store.throughput(lo, width, nb)
         scale = 1e9 / width
         if nb > 2:  # the last bin is partial: its rate would read as a sudden fall
             ev, pk, by, nb = ev[:-1], pk[:-1], by[:-1], nb - 1
@@ -613,13 +680,10 @@ class CaptureAnalysis:
 
     def slowest_journeys(self, n: int = 20) -> list[Journey]:
         """The n packets with the longest first-to-last sighting, slowest first."""
-        if not len(self.p_duration):
+        kept = self._slow[:n]
+        if not kept:
             return []
-        n = min(n, len(self.p_duration))
-        top = np.argpartition(-self.p_duration, n - 1)[:n]
-        ids = pa.array(self.s.pid[self.s.pstart[top]], pa.uint64())
-        t = self.s.table
-        journeys = build_journeys(t.filter(pc.is_in(t["packet_id"], value_set=ids)))
+        journeys = build_journeys(pa.concat_tables([t for _, _, t in kept]).unify_dictionaries())
         return sorted(journeys, key=lambda j: (-(j.last_ktime - j.first_ktime), j.packet_id))
 
 
@@ -635,4 +699,5 @@ def _nice_ns(value: float) -> int:
 
 def analyse(table: pa.Table, metadata: Mapping | None = None, stats: Mapping | None = None,
             histograms: pa.Table | None = None) -> Analysis:
+    """The numbers of an in-memory table (one chunk)."""
     return CaptureAnalysis(table, metadata, stats, histograms).analyse()

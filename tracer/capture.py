@@ -9,9 +9,12 @@ a complete stream with the full schema and metadata. ``Recorder`` wires a
 writer to a live ``TraceSession``: metadata, container start/stop rows, the
 closing statistics row, progress figures.
 
-Reading: ``read_capture(paths)`` concatenates files, tolerates a torn tail (a
-writer killed mid-batch) and reports what it recovered; anything it cannot
-read raises ``CaptureReadError`` with a one-line message.
+Reading: ``open_capture(paths)`` streams files batch by batch in bounded
+memory (every batch through ``_conform``, the one place a stored batch
+becomes rows of CAPTURE_SCHEMA); ``read_capture(paths)`` collects that into
+one table for captures that fit in memory. Both tolerate a torn tail (a
+writer killed mid-batch) and report what they recovered; anything they
+cannot read raises ``CaptureReadError`` with a one-line message.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -558,81 +561,200 @@ def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=events.CAPTURE_SCHEMA)
 
 
-def _read_one(path: str) -> tuple[list[pa.RecordBatch], dict[str, str], str | None]:
-    """(batches, metadata, warning or None) of one file."""
-    try:
-        size = os.path.getsize(path)
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise CaptureReadError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CaptureReadError(f"{path}: is a directory, not a capture file") from None
-    except OSError as exc:
-        raise CaptureReadError(f"{path}: {exc.strerror or exc}") from None
-    with f:
+class _FileRows:
+    """One capture file opened for a single pass: its metadata at once (so
+    bad input fails before any output), its batches on demand, and at the
+    end a warning if it was torn or not closed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.batches = 0
+        self.rows = 0
+        self.warning: str | None = None
+        f = self._open()
+        try:
+            self.is_file_format, reader = self._reader(f)
+            self.metadata = _meta(reader.schema)
+            _check_version(path, meta=self.metadata)
+        finally:
+            f.close()
+
+    def _open(self):
+        try:
+            size = os.path.getsize(self.path)
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            raise CaptureReadError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise CaptureReadError(f"{self.path}: is a directory, not a capture file") from None
+        except OSError as exc:
+            raise CaptureReadError(f"{self.path}: {exc.strerror or exc}") from None
         if size == 0:
-            raise CaptureReadError(f"{path}: empty file")
+            f.close()
+            raise CaptureReadError(f"{self.path}: empty file")
+        self.size = size
+        return f
+
+    def _reader(self, f: Any) -> tuple[bool, Any]:
         head = f.read(8)
         f.seek(0)
         if head.startswith(_ARROW_FILE_MAGIC):
-            return _read_arrow_file(path, f)
-        if not head.startswith(_CONTINUATION):
-            raise CaptureReadError(f"{path}: not an Arrow IPC stream (.arrows) file")
-        try:
-            reader = pa.ipc.open_stream(f)
-        except (pa.ArrowException, OSError):
-            raise CaptureReadError(f"{path}: truncated: the file ends inside its schema header") from None
-        meta = _meta(reader.schema)
-        _check_version(path, meta)
-        batches: list[pa.RecordBatch] = []
-        torn = False
-        while True:
             try:
-                batches.append(_conform(reader.read_next_batch()))
-            except StopIteration:
-                break
-            except (pa.ArrowException, OSError):
-                torn = True
-                break
-        f.seek(max(0, size - len(_EOS)))
-        clean = not torn and f.read() == _EOS
-    rows = sum(b.num_rows for b in batches)
-    if not batches and not clean:
-        raise CaptureReadError(f"{path}: truncated: no complete record batch")
-    warning = None
-    if torn:
-        warning = f"{path}: recovered {len(batches)} batches ({rows:,} rows); file ends in a torn batch"
-    elif not clean:
-        warning = f"{path}: recovered {len(batches)} batches ({rows:,} rows); the capture was not stopped cleanly (no end-of-stream marker)"
-    return batches, meta, warning
+                return True, pa.ipc.open_file(f)
+            except pa.ArrowException:
+                raise CaptureReadError(f"{self.path}: truncated or damaged Arrow file") from None
+        if not head.startswith(_CONTINUATION):
+            raise CaptureReadError(f"{self.path}: not an Arrow IPC stream (.arrows) file")
+        try:
+            return False, pa.ipc.open_stream(f)
+        except (pa.ArrowException, OSError):
+            raise CaptureReadError(f"{self.path}: truncated: the file ends inside its schema header") from None
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        """The file's batches, each through ``_conform``; a torn tail ends
+        the file (what came before is kept) and sets ``warning``."""
+        f = self._open()
+        with f:
+            file_format, reader = self._reader(f)
+            if file_format:
+                try:
+                    for i in range(reader.num_record_batches):
+                        yield self._count(_conform(reader.get_batch(i)))
+                except pa.ArrowException:
+                    raise CaptureReadError(f"{self.path}: truncated or damaged Arrow file") from None
+                return
+            torn = False
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except (pa.ArrowException, OSError):
+                    torn = True
+                    break
+                yield self._count(_conform(batch))
+            f.seek(max(0, self.size - len(_EOS)))
+            clean = not torn and f.read() == _EOS
+        if not self.batches and not clean:
+            raise CaptureReadError(f"{self.path}: truncated: no complete record batch")
+        recovered = f"{self.path}: recovered {self.batches} batches ({self.rows:,} rows)"
+        if torn:
+            self.warning = f"{recovered}; file ends in a torn batch"
+        elif not clean:
+            self.warning = f"{recovered}; the capture was not stopped cleanly (no end-of-stream marker)"
+
+    def _count(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        self.batches += 1
+        self.rows += batch.num_rows
+        return batch
 
 
-def _read_arrow_file(path: str, f: Any) -> tuple[list[pa.RecordBatch], dict[str, str], str | None]:
-    """An Arrow IPC *file* (random-access format): someone converted a capture."""
-    try:
-        reader = pa.ipc.open_file(f)
-        meta = _meta(reader.schema)
-        _check_version(path, meta)
-        return [_conform(reader.get_batch(i)) for i in range(reader.num_record_batches)], meta, None
-    except pa.ArrowException:
-        raise CaptureReadError(f"{path}: truncated or damaged Arrow file") from None
+class CaptureStream:
+    """Capture files read in one pass, batch by batch, in bounded memory
+    (``read_capture`` is this, collected into one table).
+
+    Every file's header is checked when the stream is made, so bad input
+    fails before any output. ``sightings()`` yields the packet sightings
+    (EVENT_SCHEMA batches, each converted by ``_conform``) and keeps the few
+    other rows (container, stats, histogram) aside: ``stats``, ``containers``
+    and ``histograms`` are complete once the sightings are consumed.
+    Warnings about torn or unclosed files go to ``on_warning`` as each file
+    ends and are kept in ``recovered``."""
+
+    def __init__(self, paths: list[str] | str, on_warning: Callable[[str], None] | None = None) -> None:
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.paths = [str(p) for p in paths]
+        if not self.paths:
+            raise CaptureReadError("no capture files given")
+        self._files = [_FileRows(p) for p in self.paths]
+        self.file_metadata = [f.metadata for f in self._files]
+        self.metadata = self.file_metadata[0]
+        self.recovered: list[str] = []
+        self.on_warning = on_warning
+        self.rows = 0
+        self._other: list[pa.RecordBatch] = []
+        self._consumed = False
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """Every row of every file, in order, in CAPTURE_SCHEMA."""
+        if self._consumed:
+            raise RuntimeError("a CaptureStream is read once")
+        self._consumed = True
+        for f in self._files:
+            for batch in f:
+                self.rows += batch.num_rows
+                yield batch
+            if f.warning:
+                self.recovered.append(f.warning)
+                if self.on_warning is not None:
+                    self.on_warning(f.warning)
+
+    def sightings(self) -> Iterator[pa.RecordBatch]:
+        """Packet sightings (kind 'event') as EVENT_SCHEMA batches; the other
+        rows are kept for ``stats``, ``containers`` and ``histograms``."""
+        names = events.EVENT_SCHEMA.names
+        for batch in self.batches():
+            is_event = _is_event(batch.column("kind"))
+            if is_event is None:  # every row is a sighting (the common case)
+                yield batch.select(names)
+                continue
+            if not is_event.all():
+                self._other.append(batch.filter(pa.array(~is_event)))
+            if is_event.any():
+                yield batch.filter(pa.array(is_event)).select(names)
+
+    def reader(self) -> pa.RecordBatchReader:
+        """``sightings()`` as a pyarrow RecordBatchReader (DuckDB, polars and
+        pyarrow consume it streaming)."""
+        return pa.RecordBatchReader.from_batches(events.EVENT_SCHEMA, self.sightings())
+
+    def other_rows(self) -> pa.Table:
+        """The rows that are not sightings, read so far."""
+        return pa.Table.from_batches(self._other, schema=events.CAPTURE_SCHEMA).unify_dictionaries()
+
+    @property
+    def stats(self) -> dict[str, Any] | None:
+        found = _infos(self.other_rows(), "stats")
+        return found[-1] if found else None
+
+    @property
+    def containers(self) -> list[dict[str, Any]]:
+        return _infos(self.other_rows(), "container")
+
+    @property
+    def histograms(self) -> pa.Table:
+        rows = self.other_rows()
+        return rows.filter(pc.fill_null(pc.equal(rows["kind"], "histogram"), False))
+
+
+def _is_event(kind: pa.Array) -> np.ndarray | None:
+    """Which rows are sightings; None when all of them are."""
+    if isinstance(kind, pa.DictionaryArray):
+        values = kind.dictionary.to_pylist()
+        code = values.index("event") if "event" in values else -1
+        if kind.null_count == 0 and len(values) == 1 and code == 0:
+            return None
+        idx = pc.fill_null(kind.indices, -1).to_numpy()
+        return idx == code
+    return pc.fill_null(pc.equal(kind, "event"), False).to_numpy(zero_copy_only=False)
+
+
+def _infos(rows: pa.Table, kind: str) -> list[dict[str, Any]]:
+    picked = rows.filter(pc.fill_null(pc.equal(rows["kind"], kind), False))
+    return [json.loads(v) for v in picked["info"].to_pylist() if v]
+
+
+def open_capture(paths: list[str] | str, on_warning: Callable[[str], None] | None = None) -> CaptureStream:
+    """Capture files for one streaming pass (see ``CaptureStream``)."""
+    return CaptureStream(paths, on_warning)
 
 
 def read_capture(paths: list[str] | str) -> Capture:
-    """Read capture files in order into one table (see ``Capture``)."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    paths = [str(p) for p in paths]
-    if not paths:
-        raise CaptureReadError("no capture files given")
-    batches: list[pa.RecordBatch] = []
-    metas: list[dict[str, str]] = []
-    warnings: list[str] = []
-    for path in paths:
-        file_batches, meta, warning = _read_one(path)
-        batches += file_batches
-        metas.append(meta)
-        if warning:
-            warnings.append(warning)
+    """Read capture files in order into one table (see ``Capture``): for
+    captures that fit in memory; ``open_capture`` streams any size."""
+    stream = CaptureStream(paths)
+    batches = list(stream.batches())
     table = pa.Table.from_batches(batches, schema=events.CAPTURE_SCHEMA).unify_dictionaries()
-    return Capture(paths=paths, table=table, metadata=metas[0], file_metadata=metas, recovered=warnings)
+    return Capture(paths=stream.paths, table=table, metadata=stream.metadata, file_metadata=stream.file_metadata,
+                   recovered=stream.recovered)

@@ -17,22 +17,19 @@ _files = click.argument("files", nargs=-1, required=True, metavar="FILES...")
 _SECTIONS = ("segments", "flows", "drops", "lost", "latency")
 
 
-def _read(files: tuple[str, ...]):
-    """The Capture; warnings about recovered (torn, unclosed) files on stderr."""
-    from tracer.capture import read_capture
+def _open(files: tuple[str, ...]):
+    """The capture, opened for one streaming pass; warnings about recovered
+    (torn, unclosed) files on stderr as they are found."""
+    from tracer.capture import open_capture
 
-    capture = read_capture(list(files))
-    for warning in capture.recovered:
-        click.echo(f"tracer: warning: {warning}", err=True)
-    return capture
+    return open_capture(list(files), on_warning=lambda w: click.echo(f"tracer: warning: {w}", err=True))
 
 
-def _load(files: tuple[str, ...]):
-    """(Capture, CaptureAnalysis)."""
+def _load(files: tuple[str, ...], slowest: int = 20):
+    """CaptureAnalysis of the files, streamed in bounded memory."""
     from tracer.analysis import CaptureAnalysis
 
-    capture = _read(files)
-    return capture, CaptureAnalysis(capture.events, capture.metadata, capture.stats, histograms=capture.histograms)
+    return CaptureAnalysis.of_capture(_open(files), slowest=slowest)
 
 
 @click.command()
@@ -45,18 +42,35 @@ def stats(files: tuple[str, ...], fmt: str, section: str | None, max_flows: int)
     """Per hop segment latency (count, p50, p90, p99, max), per-flow summary,
     drops by reason and hook, and lost events of capture FILES; with
     `tracer latency -w` histograms, their latency per segment, all intervals merged."""
-    _, ca = _load(files)
-    a = ca.analyse()
+    a = _load(files).analyse()
     if fmt == "json":
-        data = a.to_dict()
-        if section:
-            key = {"flows": "flow_summary", "lost": "lost_events"}.get(section, section)
-            data = {key: data[key]}
-        click.echo(json.dumps(data, indent=2))
+        _write_json(a, section)
     elif fmt == "csv":
         _write_csv(a, section or "segments")
     else:
         click.echo(_text(a, section, max_flows))
+
+
+def _write_json(a, section: str | None) -> None:
+    """The JSON document, flows written as they are read back (there may be
+    millions): the text is what json.dumps(a.to_dict(), indent=2) gives."""
+    key = {"flows": "flow_summary", "lost": "lost_events"}.get(section, section)
+    data = a.to_dict(flows=False)
+    if key is not None and key != "flow_summary":
+        click.echo(json.dumps({key: data[key]}, indent=2))
+        return
+    if key == "flow_summary":
+        data = {"flow_summary": []}
+    text = json.dumps(data, indent=2)
+    at = text.index('"flow_summary": [') + len('"flow_summary": [')
+    out = sys.stdout
+    out.write(text[:at])
+    first = True
+    for f in a.flows:
+        body = json.dumps(dict(vars(f)), indent=2).replace("\n", "\n    ")
+        out.write(("\n    " if first else ",\n    ") + body)
+        first = False
+    out.write(("\n  " if not first else "") + text[at:] + "\n")
 
 
 def _write_csv(a, section: str) -> None:
@@ -167,9 +181,9 @@ def export(out: str, files: tuple[str, ...]) -> None:
     """Export capture FILES for Wireshark/tshark."""
     from tracer.pcapng import export_pcapng
 
-    capture = _read(files)
+    capture = _open(files)
     try:
-        n = export_pcapng(capture.table, out, capture.metadata)
+        n = export_pcapng(capture.sightings(), out, capture.metadata)
     except OSError as exc:
         raise TracerError(f"{out}: {exc.strerror or exc}") from None
     click.echo(f"tracer: wrote {n:,} packets to {out}", err=True)
@@ -185,7 +199,7 @@ def report(files: tuple[str, ...], out: str, slowest: int) -> None:
     """One self-contained HTML report (works offline) of capture FILES."""
     from tracer.report import render_report
 
-    _, ca = _load(files)
+    ca = _load(files, slowest=slowest)
     text = render_report(ca, files=list(files), slowest=slowest)
     try:
         Path(out).write_text(text, encoding="utf-8")

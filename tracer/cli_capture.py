@@ -40,32 +40,41 @@ def record(ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path,
 @color_option
 def show(files, ports, containers, hosts, proto, count, as_json, color):
     """Replay the journeys of capture FILES (in the order given) as `trace` shows them."""
-    from tracer.capture import read_capture
+    from tracer.capture import open_capture
     from tracer.journeys import first_journeys, journey_json_block, journey_rows
     from tracer.output import write_out
+    from tracer.packet_window import PacketWindow
     from tracer.render import Summary
     from tracer.render_rows import render_rows
 
-    capture = read_capture(list(files))
-    for warning in capture.recovered:
-        click.echo(f"tracer: warning: {warning}", err=True)
-    table = select_packets(capture.events, ports, hosts, containers, proto.lower() if proto else None)
+    capture = open_capture(list(files), on_warning=lambda w: click.echo(f"tracer: warning: {w}", err=True))
     summary_color = use_color(color, sys.stderr)
     color = use_color(color, sys.stdout) and not as_json
     out = sys.stdout
-    # The same column-wise path as `trace`, so replayed output is identical.
-    if count is not None:
-        table = first_journeys(table, count)
-    rows = journey_rows(table)  # once for the output and the summary
-    block = journey_json_block(rows)[0] if as_json else render_rows(rows, color)
-    if len(block):
-        write_out(block, out)
     summary = Summary()
-    summary.add_table(rows)
-    if capture.stats:
-        summary.set_lost(capture.stats.get("lost", {}), capture.stats.get("events", {}),
-                         unit=f"{capture.stats.get('record', 'event')}s")
-        summary.set_journey_ends(capture.stats.get("journey_ends", {}))
+    shown = 0
+    # Whole packets a window at a time (tracer/packet_window.py), in order of
+    # first sighting: the output is that of the whole capture at once, in
+    # bounded memory. The same column-wise path as `trace`.
+    sightings = capture.sightings()
+    for chunk in PacketWindow().packets(sightings):
+        table = select_packets(chunk, ports, hosts, containers, proto.lower() if proto else None)
+        if count is not None:
+            table = first_journeys(table, count - shown)
+        rows = journey_rows(table)  # once for the output and the summary
+        block = journey_json_block(rows)[0] if as_json else render_rows(rows, color)
+        if len(block):
+            write_out(block, out)
+        summary.add_table(rows)
+        shown += len(rows)
+        if count is not None and shown >= count:
+            for _ in sightings:  # the closing statistics row is the capture's last
+                pass
+            break
+    stats = capture.stats
+    if stats:
+        summary.set_lost(stats.get("lost", {}), stats.get("events", {}), unit=f"{stats.get('record', 'event')}s")
+        summary.set_journey_ends(stats.get("journey_ends", {}))
     click.echo(summary.render(summary_color), err=True)  # about the replay, not a result: stderr, as trace
 
 

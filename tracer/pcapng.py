@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import BinaryIO, Mapping
+from typing import BinaryIO, Iterable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +29,7 @@ from tracer import __version__
 from tracer.analysis import event_rows, wall_ns
 from tracer.events import PROTOCOL_NUMBERS
 from tracer.journeys import fill_flows
+from tracer.packet_window import PacketWindow
 
 LINKTYPE_IPV4 = 228  # raw IPv4, no link-layer header
 
@@ -208,41 +209,84 @@ def interfaces(table: pa.Table) -> tuple[list[tuple[str, str]], np.ndarray]:
     return out, np.asarray(index).ravel()
 
 
-def export_pcapng(table: pa.Table, out: BinaryIO | str | Path, metadata: Mapping[str, str] | None = None) -> int:
-    """Write every sighting of ``table`` (a capture or EVENT_SCHEMA table) to
-    ``out`` as pcapng, in time order. Returns the number of packets written."""
-    events = event_rows(table)
-    if events.num_rows:
-        events = fill_flows(events)  # tc rows learn their packet's conntrack entry
-    wall = wall_ns(events, metadata)
-    order = np.lexsort((_col(events, "ktime_ns", np.uint64), wall))
-    events = events.take(pa.array(order))
-    wall = wall[order]
-
+def export_pcapng(source: pa.Table | Iterable[pa.RecordBatch | pa.Table], out: BinaryIO | str | Path,
+                  metadata: Mapping[str, str] | None = None) -> int:
+    """Write every sighting of ``source`` to ``out`` as pcapng, in time order.
+    ``source`` is a table (a capture or EVENT_SCHEMA) or sighting batches
+    (``CaptureStream.sightings()``), streamed in bounded memory: whole
+    packets a window at a time (their flow filled in from their netfilter
+    rows), rows put in time order over twice that window. Returns the
+    number of packets written."""
+    chunks = [source] if isinstance(source, pa.Table) else source
     meta = metadata or {}
     if isinstance(out, (str, Path)):
         with open(out, "wb") as f:
-            return _write(f, events, wall, meta)
-    return _write(out, events, wall, meta)
+            return _write(f, chunks, meta)
+    return _write(out, chunks, meta)
 
 
-def _write(f: BinaryIO, events: pa.Table, wall: np.ndarray, meta: Mapping[str, str]) -> int:
+def _time_ordered(chunks: Iterable[pa.RecordBatch | pa.Table], meta: Mapping[str, str]) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """(rows, wall clock ns) in (time, ktime) order, a piece at a time."""
+    window = PacketWindow()
+    held: list[pa.Table] = []
+    newest = None
+    for packets in window.packets(event_rows(_table(c)) for c in chunks):
+        packets = fill_flows(packets.unify_dictionaries().combine_chunks())  # tc rows learn their packet's conntrack entry
+        held.append(packets)
+        wall = wall_ns(packets, meta)
+        newest = int(wall.max()) if newest is None else max(newest, int(wall.max()))
+        rows = pa.concat_tables(held).unify_dictionaries().combine_chunks() if len(held) > 1 else held[0]
+        ready, rest = _split_before(rows, meta, newest - 2 * window.window_ns)
+        held = [rest] if rest.num_rows else []
+        if ready is not None:
+            yield ready
+    if held:
+        ready, _ = _split_before(held[0], meta, None)
+        if ready is not None:
+            yield ready
+
+
+def _table(chunk: pa.RecordBatch | pa.Table) -> pa.Table:
+    return chunk if isinstance(chunk, pa.Table) else pa.Table.from_batches([chunk])
+
+
+def _split_before(rows: pa.Table, meta: Mapping[str, str], horizon: int | None) -> tuple[tuple[pa.Table, np.ndarray] | None, pa.Table]:
+    """Rows up to ``horizon`` (wall ns; None: all) sorted by time, and the rest."""
+    wall = wall_ns(rows, meta)
+    kt = _col(rows, "ktime_ns", np.uint64)
+    ready = np.ones(len(wall), bool) if horizon is None else wall <= horizon
+    if not ready.any():
+        return None, rows
+    idx = np.flatnonzero(ready)
+    order = idx[np.lexsort((kt[idx], wall[idx]))]
+    rest = rows.filter(pa.array(~ready)) if not ready.all() else rows.slice(0, 0)
+    return (rows.take(pa.array(order)), wall[order]), rest
+
+
+def _write(f: BinaryIO, chunks: Iterable[pa.RecordBatch | pa.Table], meta: Mapping[str, str]) -> int:
     app = f"tracer {__version__}" + (f" ({meta['command']})" if meta.get("command") else "")
     os_name = f"Linux {meta['kernel']}" if meta.get("kernel") else ""
     f.write(section_header(app, os_name, meta.get("host", "")))
-    if not events.num_rows:
-        return 0
-    descs, ifidx = interfaces(events)
-    for name, description in descs:
-        f.write(interface_description(name, description))
-    raw, caplen, tot_len = build_headers(events)
-    notes = comments(events)
-    offsets = np.frombuffer(notes.buffers()[1], dtype=np.int64)[notes.offset: notes.offset + len(notes) + 1]
-    text = np.frombuffer(notes.buffers()[2], dtype=np.uint8) if len(notes) else np.zeros(0, np.uint8)
-    for a in range(0, events.num_rows, _CHUNK):
-        b = min(a + _CHUNK, events.num_rows)
-        f.write(_packet_blocks(ifidx[a:b], wall[a:b], raw[a:b], caplen[a:b], tot_len[a:b], offsets[a: b + 1], text))
-    return events.num_rows
+    known: dict[tuple[str, str], int] = {}  # interface -> its IDB's index, in order of first use
+    written = 0
+    for events, wall in _time_ordered(chunks, meta):
+        descs, local = interfaces(events)
+        index = np.empty(len(descs), np.int64)
+        for i, desc in enumerate(descs):
+            if desc not in known:
+                known[desc] = len(known)
+                f.write(interface_description(*desc))
+            index[i] = known[desc]
+        ifidx = index[local]
+        raw, caplen, tot_len = build_headers(events)
+        notes = comments(events)
+        offsets = np.frombuffer(notes.buffers()[1], dtype=np.int64)[notes.offset: notes.offset + len(notes) + 1]
+        text = np.frombuffer(notes.buffers()[2], dtype=np.uint8) if len(notes) else np.zeros(0, np.uint8)
+        for a in range(0, events.num_rows, _CHUNK):
+            b = min(a + _CHUNK, events.num_rows)
+            f.write(_packet_blocks(ifidx[a:b], wall[a:b], raw[a:b], caplen[a:b], tot_len[a:b], offsets[a: b + 1], text))
+        written += events.num_rows
+    return written
 
 
 _CHUNK = 1 << 16  # rows per write: bounds the index arrays below to tens of MB

@@ -1,0 +1,232 @@
+"""The aggregations of `tracer stats` and `tracer report` that outgrow memory,
+in DuckDB (embedded, offline): its buffer manager spills to disk, so a capture
+of any size is reduced within a fixed memory limit.
+
+``analysis`` hands over, chunk by chunk, one row per hop segment (segment
+key, latency, position in its journey) and one row per packet (flow, times,
+length, verdict, first sighting's endpoints as codes of ``Strings``). At the
+end:
+
+- segment percentiles are exact and match numpy's default ('linear')
+  quantiles: DuckDB counts each distinct latency per segment
+  (``GROUP BY k, dt``, which spills), then one pass over those counts in
+  order reads the ranks off the running totals. DuckDB's own
+  ``quantile_cont`` keeps every value of a group in memory, which is the
+  thing to avoid.
+- flows are a ``GROUP BY flow_id`` over packets, read back lazily
+  (``FlowRows``), so even millions of flows never sit in memory as objects.
+- throughput is a ``GROUP BY`` over packet first-sighting times.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+# DuckDB's own memory (its buffer manager spills past it); the rest of the
+# process (a chunk of rows, the packet window) stays well under 1 GB with it.
+MEMORY_LIMIT = os.environ.get("TRACER_DUCKDB_MEMORY", "256MB")
+THREADS = 2
+
+SEGMENT_SCHEMA = pa.schema([("k", pa.int32()), ("dt", pa.int64()), ("pos", pa.int32())])
+PACKET_SCHEMA = pa.schema([
+    ("packet_id", pa.uint64()), ("flow_id", pa.uint64()), ("first_wall", pa.int64()), ("duration", pa.int64()),
+    ("length", pa.int32()), ("sightings", pa.int32()), ("direction", pa.int8()), ("verdict", pa.int8()),
+    ("protocol", pa.int32()), ("src_ip", pa.int32()), ("src_port", pa.int32()), ("dst_ip", pa.int32()),
+    ("dst_port", pa.int32()), ("container", pa.int32()),
+])
+
+
+def connect(temp_dir: str) -> Any:
+    """An in-memory DuckDB that spills to ``temp_dir``."""
+    import duckdb
+
+    return duckdb.connect(config={
+        "memory_limit": MEMORY_LIMIT, "threads": THREADS, "temp_directory": temp_dir,
+        "preserve_insertion_order": False,
+    })
+
+
+class Strings:
+    """Distinct strings as small ints, the same across chunks (each chunk has
+    its own Arrow dictionaries). Code -1 is null."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def codes(self, values: list) -> np.ndarray:
+        """Global code per value of a chunk's dictionary, plus -1 for a
+        trailing null slot."""
+        out = np.empty(len(values) + 1, np.int32)
+        for i, v in enumerate(values):
+            if v is None:
+                out[i] = -1
+                continue
+            code = self._index.get(v)
+            if code is None:
+                code = self._index[v] = len(self.values)
+                self.values.append(v)
+            out[i] = code
+        out[-1] = -1
+        return out
+
+    def get(self, code: int | None) -> str | None:
+        return None if code is None or code < 0 else self.values[code]
+
+
+class Store:
+    """Segment and packet rows in DuckDB, and the queries over them."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="tracer-duckdb-")
+        self.con = connect(self._dir)
+        # The spill directory goes with the last user of the store (an
+        # Analysis's FlowRows may outlive the analysis), or at exit.
+        self.close = weakref.finalize(self, _close, self.con, self._dir)
+        self.con.execute("CREATE TABLE seg (k INTEGER, dt BIGINT, pos INTEGER)")
+        cols = ", ".join(f"{f.name} {_SQL_TYPES[f.type]}" for f in PACKET_SCHEMA)
+        self.con.execute(f"CREATE TABLE pkt ({cols})")
+
+    def add(self, segments: pa.Table, packets: pa.Table) -> None:
+        for name, rows in (("seg", segments), ("pkt", packets)):
+            if rows.num_rows:
+                self.con.register("chunk_rows", rows)
+                self.con.execute(f"INSERT INTO {name} SELECT * FROM chunk_rows")
+                self.con.unregister("chunk_rows")
+
+    # -- segments --------------------------------------------------------------
+
+    def segment_stats(self, quantiles: tuple[float, ...]) -> dict[int, dict[str, Any]]:
+        """Per segment key: count, max, mean position and the exact quantiles
+        (numpy's 'linear' method)."""
+        self.con.execute("CREATE TABLE segc AS SELECT k, dt, count(*) AS c, sum(pos) AS sp FROM seg GROUP BY k, dt")
+        self.con.execute("DROP TABLE seg")
+        heads = self.con.execute(
+            "SELECT k, sum(c)::BIGINT, max(dt), sum(sp)::DOUBLE FROM segc GROUP BY k ORDER BY k").fetchall()
+        out = {k: {"count": n, "max": mx, "mean_pos": sp / n, "q": {}} for k, n, mx, sp in heads}
+        # Ranks wanted per key: floor and ceil of q * (n - 1).
+        wanted = {k: sorted({int(np.floor(q * (v["count"] - 1))) for q in quantiles}
+                            | {int(np.ceil(q * (v["count"] - 1))) for q in quantiles}) for k, v in out.items()}
+        found: dict[int, dict[int, int]] = {k: {} for k in out}
+        reader = self.con.sql("SELECT k, dt, c FROM segc ORDER BY k, dt").to_arrow_reader(1 << 16)
+        key, seen = None, 0
+        for batch in reader:
+            ks = batch.column(0).to_numpy()
+            dts = batch.column(1).to_numpy()
+            cs = batch.column(2).to_numpy().astype(np.int64)
+            for k in np.unique(ks).tolist():  # a few keys per batch at most
+                m = ks == k
+                if k != key:
+                    key, seen = k, 0
+                ends = seen + np.cumsum(cs[m])  # rank just past each distinct value
+                vals = dts[m]
+                for rank in wanted[k]:
+                    if rank not in found[k] and rank < ends[-1]:
+                        found[k][rank] = int(vals[np.searchsorted(ends, rank, side="right")])
+                seen = int(ends[-1])
+        for k, v in out.items():
+            n = v["count"]
+            for q in quantiles:
+                pos = q * (n - 1)
+                lo, hi = int(np.floor(pos)), int(np.ceil(pos))
+                a, b = float(found[k][lo]), float(found[k][hi])
+                v["q"][q] = a + (b - a) * (pos - lo)
+        return out
+
+    # -- packets ---------------------------------------------------------------
+
+    def flows(self) -> "FlowRows":
+        # A flow's first request (original direction first, then time, then
+        # packet id) names its client and service.
+        first = "struct_pack(o := direction != 1, w := first_wall, p := packet_id)"
+        self.con.execute(f"""
+            CREATE TABLE flows AS SELECT
+              flow_id, max(container) AS container,
+              arg_min(protocol, {first}) AS protocol, arg_min(src_ip, {first}) AS src_ip,
+              arg_min(src_port, {first}) AS src_port, arg_min(dst_ip, {first}) AS dst_ip,
+              arg_min(dst_port, {first}) AS dst_port,
+              count(*) AS packets, sum(length)::BIGINT AS bytes,
+              min(first_wall) AS first_wall, max(first_wall + duration) AS last_wall,
+              count(*) FILTER (direction = 1) AS requests, count(*) FILTER (direction = 2) AS replies,
+              count(*) FILTER (verdict = 0) AS delivered, count(*) FILTER (verdict = 1) AS dropped,
+              count(*) FILTER (verdict = 2) AS unknown,
+              max(duration) AS slowest_ns, arg_max(packet_id, struct_pack(d := duration, p := -packet_id::HUGEINT)) AS slowest_packet_id
+            FROM pkt WHERE flow_id != 0 GROUP BY flow_id""")
+        (n,) = self.con.execute("SELECT count(*) FROM flows").fetchone()
+        return FlowRows(self, n)
+
+    def throughput(self, t0: int, width: int, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sightings, packets and bytes per bin of ``width`` ns from ``t0``, by
+        each packet's first sighting."""
+        rows = self.con.execute(
+            "SELECT (first_wall - $t0) // $w AS b, sum(sightings)::BIGINT, count(*), sum(length)::BIGINT "
+            "FROM pkt GROUP BY b", {"t0": t0, "w": width}).fetchnumpy()
+        ev, pk, by = (np.zeros(bins) for _ in range(3))
+        b = rows["b"].astype(np.int64)
+        keep = (b >= 0) & (b < bins)
+        for out, col in zip((ev, pk, by), list(rows)[1:]):
+            np.add.at(out, b[keep], rows[col][keep].astype(np.float64))
+        return ev, pk, by
+
+
+
+def _close(con: Any, path: str) -> None:
+    try:
+        con.close()
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+FLOW_COLUMNS = ("flow_id", "container", "protocol", "src_ip", "src_port", "dst_ip", "dst_port", "packets", "bytes",
+                "first_wall", "last_wall", "requests", "replies", "delivered", "dropped", "unknown", "slowest_ns",
+                "slowest_packet_id")
+
+
+class FlowRows:
+    """The flows table, slowest first, read back lazily: ``len``, slices and
+    iteration fetch rows in batches; ``make`` turns a row dict into what the
+    caller wants (analysis.FlowStats)."""
+
+    def __init__(self, store: Store, count: int, make: Callable[[dict], Any] = dict) -> None:
+        self.store, self.count, self.make = store, count, make
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _query(self, limit: int | None = None, offset: int = 0) -> str:
+        tail = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
+        return f"SELECT {', '.join(FLOW_COLUMNS)} FROM flows ORDER BY slowest_ns DESC, flow_id{tail}"
+
+    def __iter__(self) -> Iterator[Any]:
+        reader = self.store.con.cursor().sql(self._query()).to_arrow_reader(1 << 14)
+        for batch in reader:
+            for row in batch.to_pylist():
+                yield self.make(row)
+
+    def __getitem__(self, item: int | slice) -> Any:
+        if isinstance(item, slice):
+            start, stop, step = item.indices(self.count)
+            if step != 1:
+                return list(self)[item]
+            rows = self.store.con.cursor().sql(self._query(max(0, stop - start), start)).to_arrow_table().to_pylist()
+            return [self.make(r) for r in rows]
+        index = item + self.count if item < 0 else item
+        if not 0 <= index < self.count:
+            raise IndexError(item)
+        return self[index: index + 1][0]
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, FlowRows)) else NotImplemented
+
+
+_SQL_TYPES = {pa.uint64(): "UBIGINT", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.int8(): "TINYINT"}

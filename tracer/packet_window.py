@@ -1,0 +1,161 @@
+"""A capture's sightings grouped into whole packets, over a bounded window.
+
+`show`, `stats`, `report` and `export` read a capture of any size batch by
+batch (``capture.open_capture``). What they compute is per packet (a journey,
+its hop segments, its verdict), and a packet's rows sit close together in a
+capture: the writer lays out each journey record at once, and a part that
+comes later (a continuation, a drop after delivery) comes within seconds of
+capture time. So rows are held until the capture's clock (the highest
+``ktime_ns`` read so far) has moved ``window_ns`` past a packet's last
+sighting; then the packet is whole and its rows are handed on. Memory is the
+capture's rate times the window, never its size; ``max_held_rows`` caps it
+for captures recorded faster than that allows (the oldest packets are handed
+on early, and ``forced`` counts the cuts that did so).
+
+Packets leave in order of first sighting (a complete packet waits while an
+earlier one is still open), so journeys replayed chunk by chunk come out in
+the same order as from the whole table at once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Half a second of capture time: parts of one packet arrive within the
+# kernel's 20 ms joining window plus the drain's (50 ms) and the writer's
+# (`trace -w` holds a packet 150 ms) delays. A later part (a drop long after
+# delivery) is read as a packet of its own, as `trace` leaves it out.
+WINDOW_NS = 500_000_000
+# Rows handed on at a time: big enough that per-chunk work is vectorised.
+MIN_CHUNK_ROWS = 1 << 17
+# At most this many rows held (about 100 B each in Arrow plus 16 B of keys).
+MAX_HELD_ROWS = 1 << 22
+
+
+class PacketWindow:
+    """Sighting batches in (``add``), tables of whole packets' rows out."""
+
+    def __init__(self, window_ns: int = WINDOW_NS, min_chunk_rows: int = MIN_CHUNK_ROWS,
+                 max_held_rows: int = MAX_HELD_ROWS) -> None:
+        self.window_ns = window_ns
+        self.min_chunk_rows = min_chunk_rows
+        self.max_held_rows = max_held_rows
+        self.forced = 0  # cuts that handed packets on early (max_held_rows)
+        self.now: int | None = None  # highest ktime_ns read
+        self._tables: list[pa.Table] = []
+        # Per held table, its runs (rows of one packet in a row): packet id,
+        # first and last ktime, length. A capture lays each packet's rows
+        # out together, so there are about a ninth as many runs as rows, and
+        # deciding what is whole works on runs, not rows.
+        self._runs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._held = 0
+        self._since_cut = 0
+        self._after_cut = 0  # rows held right after the last cut
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> Iterator[pa.Table]:
+        """Hold ``batch`` (EVENT_SCHEMA columns); yield the rows of packets
+        that are now whole, a chunk at a time."""
+        if batch.num_rows == 0:
+            return
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        pid = _numpy(table["packet_id"]).astype(np.uint64, copy=False)
+        kt = _numpy(table["ktime_ns"]).astype(np.int64, copy=False)
+        top = int(kt.max())
+        if self.now is not None and top < self.now - self.window_ns:
+            # The clock went back: another capture (or boot) follows. What is
+            # held belongs to the one before.
+            yield from self.flush()
+            self.now = None
+        self.now = top if self.now is None else max(self.now, top)
+        self._tables.append(table)
+        self._runs.append(_runs(pid, kt))
+        self._held += table.num_rows
+        self._since_cut += table.num_rows
+        # Cut when a chunk is new (each cut sorts the held runs' keys).
+        if self._since_cut >= self.min_chunk_rows or self._held > self.max_held_rows:
+            out = self._cut(self.now - self.window_ns)
+            if out is not None:
+                yield out
+
+    def flush(self) -> Iterator[pa.Table]:
+        """Everything still held (at the end of the capture)."""
+        if self._held:
+            out = self._cut(None)
+            if out is not None:
+                yield out
+
+    def packets(self, batches: Iterable[pa.RecordBatch | pa.Table]) -> Iterator[pa.Table]:
+        """Every batch through ``add``, then ``flush``."""
+        for batch in batches:
+            yield from self.add(batch)
+        yield from self.flush()
+
+    def _cut(self, cutoff: int | None) -> pa.Table | None:
+        self._since_cut = 0
+        run_pid = np.concatenate([r[0] for r in self._runs])
+        run_len = np.concatenate([r[3] for r in self._runs])
+        if cutoff is None:
+            release = np.ones(len(run_pid), bool)
+        else:
+            order = np.argsort(run_pid, kind="stable")
+            spid = run_pid[order]
+            starts = np.flatnonzero(np.r_[True, spid[1:] != spid[:-1]])
+            first = np.minimum.reduceat(np.concatenate([r[1] for r in self._runs])[order], starts)
+            last = np.maximum.reduceat(np.concatenate([r[2] for r in self._runs])[order], starts)
+            if self._held > self.max_held_rows:
+                # Too much held: the oldest packets go now, whole or not.
+                cutoff = max(cutoff, int(np.median(last)))
+                self.forced += 1
+            whole = last <= cutoff
+            whole |= spid[starts] == 0  # rows without a packet id are no packet's: they go at once
+            open_first = first[~whole]
+            if len(open_first):
+                whole &= first < open_first.min()  # keep first-sighting order
+            release = np.empty(len(run_pid), bool)
+            release[order] = np.repeat(whole, np.diff(np.append(starts, len(spid))))
+        if not release.any():
+            self._after_cut = self._held
+            return None
+        out, tables, runs, at = [], [], [], 0
+        for t, r in zip(self._tables, self._runs):
+            m = release[at: at + len(r[0])]
+            at += len(r[0])
+            if m.all():
+                out.append(t)
+            elif m.any():
+                k = int(m.sum())
+                if m[:k].all():  # a prefix goes (the usual case): slices, no copy
+                    n = int(r[3][:k].sum())
+                    out.append(t.slice(0, n))
+                    tables.append(t.slice(n))
+                else:
+                    rows = np.repeat(m, r[3])
+                    out.append(t.filter(pa.array(rows)))
+                    tables.append(t.filter(pa.array(~rows)))
+                runs.append(tuple(a[~m] for a in r))
+            else:
+                tables.append(t)
+                runs.append(r)
+        self._tables, self._runs = tables, runs
+        self._held = sum(t.num_rows for t in tables)
+        self._after_cut = self._held
+        return pa.concat_tables(out) if len(out) > 1 else out[0]
+
+
+def _runs(pid: np.ndarray, kt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(packet id, first ktime, last ktime, rows) of each run of equal ids."""
+    starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
+    return (pid[starts], np.minimum.reduceat(kt, starts), np.maximum.reduceat(kt, starts),
+            np.diff(np.append(starts, len(pid))))
+
+
+def _numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    if col.null_count:
+        col = pc.fill_null(col, 0)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return col.to_numpy()
