@@ -673,6 +673,7 @@ class CaptureStream:
         self.recovered: list[str] = []
         self.on_warning = on_warning
         self.rows = 0
+        self.current = 0  # index of the file the last batch came from
         self._other: list[pa.RecordBatch] = []
         self._consumed = False
 
@@ -681,7 +682,8 @@ class CaptureStream:
         if self._consumed:
             raise RuntimeError("a CaptureStream is read once")
         self._consumed = True
-        for f in self._files:
+        for i, f in enumerate(self._files):
+            self.current = i
             for batch in f:
                 self.rows += batch.num_rows
                 yield batch
@@ -708,6 +710,14 @@ class CaptureStream:
         """``sightings()`` as a pyarrow RecordBatchReader (DuckDB, polars and
         pyarrow consume it streaming)."""
         return pa.RecordBatchReader.from_batches(events.EVENT_SCHEMA, self.sightings())
+
+    def presented(self) -> Iterator[pa.RecordBatch]:
+        """``sightings()`` in PRESENTED_SCHEMA (signed times, NULL for unknown)."""
+        for batch in self.sightings():
+            yield presented(batch)
+
+    def presented_reader(self) -> pa.RecordBatchReader:
+        return pa.RecordBatchReader.from_batches(PRESENTED_SCHEMA, self.presented())
 
     def other_rows(self) -> pa.Table:
         """The rows that are not sightings, read so far."""
@@ -758,3 +768,31 @@ def read_capture(paths: list[str] | str) -> Capture:
     table = pa.Table.from_batches(batches, schema=events.CAPTURE_SCHEMA).unify_dictionaries()
     return Capture(paths=stream.paths, table=table, metadata=stream.metadata, file_metadata=stream.file_metadata,
                    recovered=stream.recovered)
+
+
+# --- sightings as other tools should see them -----------------------------------
+
+# What `tracer export --parquet` and `tracer sql` present: the sighting
+# columns with plain strings (no dictionaries: polars cannot read a stream's
+# dictionary deltas, and Spark/Trino want plain columns), the monotonic clock
+# as signed 64-bit (DuckDB's `max - min` of a UBIGINT overflows below zero;
+# ktime stays below 2^63), and NULL where the capture writes 0 for "unknown"
+# (packet_id, flow_id, skb). Ids stay unsigned: captures written before flow
+# ids were shortened hold raw kernel addresses, above 2^63, as skb does.
+_SIGNED = ("ktime_ns",)
+_ZERO_IS_NULL = ("packet_id", "flow_id", "skb")
+PRESENTED_SCHEMA = pa.schema([
+    pa.field(f.name, pa.string() if pa.types.is_dictionary(f.type) else pa.int64() if f.name in _SIGNED else f.type)
+    for f in events.EVENT_SCHEMA
+])
+
+
+def presented(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A sighting batch (EVENT_SCHEMA) in PRESENTED_SCHEMA."""
+    arrays = []
+    for f in PRESENTED_SCHEMA:
+        col = batch.column(f.name)
+        if f.name in _ZERO_IS_NULL:
+            col = pc.if_else(pc.equal(col, pa.scalar(0, col.type)), pa.scalar(None, col.type), col)
+        arrays.append(col if col.type == f.type else col.cast(f.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=PRESENTED_SCHEMA)

@@ -59,6 +59,9 @@ def _register() -> None:
 
     for command in (stats, export, report):
         cli.add_command(command)
+    from tracer.cli_sql import sql
+
+    cli.add_command(sql)
 
 
 _register()

@@ -174,21 +174,36 @@ def _text(a, section: str | None, max_flows: int) -> str:
 
 
 @click.command()
-@click.option("--pcapng", "out", required=True, type=click.Path(dir_okay=False, writable=True),
+@click.option("--pcapng", "pcapng_out", type=click.Path(dir_okay=False, writable=True),
               help="Write a pcapng file here: one packet per sighting, hook/interface/container in the comments.")
+@click.option("--parquet", "parquet_out", type=click.Path(),
+              help="Write the sightings as Parquet: OUT.parquet is one file (host and date as columns); any other "
+                   "OUT is a directory of Hive partitions OUT/host=H/date=D/ that many hosts' exports share.")
 @_files
-def export(out: str, files: tuple[str, ...]) -> None:
-    """Export capture FILES for Wireshark/tshark."""
+def export(pcapng_out: str | None, parquet_out: str | None, files: tuple[str, ...]) -> None:
+    """Export capture FILES for Wireshark/tshark (--pcapng) or for DuckDB,
+    polars, Spark, Trino (--parquet), streamed in bounded memory."""
+    if not pcapng_out and not parquet_out:
+        raise click.UsageError("give --pcapng OUT or --parquet OUT")
+    if pcapng_out and parquet_out:
+        raise click.UsageError("give one of --pcapng and --parquet")
+    capture = _open(files)
+    if parquet_out:
+        from tracer.parquet import export_parquet
+
+        try:
+            n, paths = export_parquet(capture, parquet_out)
+        except OSError as exc:
+            raise TracerError(f"{parquet_out}: {exc.strerror or exc}") from None
+        click.echo(f"tracer: wrote {n:,} sightings to {len(paths)} Parquet file(s) under {parquet_out}", err=True)
+        return
     from tracer.pcapng import export_pcapng
 
-    capture = _open(files)
     try:
-        n = export_pcapng(capture.sightings(), out, capture.metadata)
+        n = export_pcapng(capture.sightings(), pcapng_out, capture.metadata)
     except OSError as exc:
-        raise TracerError(f"{out}: {exc.strerror or exc}") from None
-    click.echo(f"tracer: wrote {n:,} packets to {out}", err=True)
-
-
+        raise TracerError(f"{pcapng_out}: {exc.strerror or exc}") from None
+    click.echo(f"tracer: wrote {n:,} packets to {pcapng_out}", err=True)
 
 
 @click.command()

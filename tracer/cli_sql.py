@@ -1,0 +1,137 @@
+"""`tracer sql QUERY FILES`: DuckDB SQL over captures, offline.
+
+The sightings of FILES are the table ``sightings`` in the columns of
+``capture.PRESENTED_SCHEMA`` (plain strings, signed ``ktime_ns`` and ids,
+NULL for unknown). FILES are captures (``.arrows``, streamed: DuckDB scans
+them batch by batch) or Parquet files and directories written by ``tracer
+export --parquet`` (read with Hive partitions, so ``host`` and ``date`` are
+columns). A query that reads ``sightings`` more than once gets a copy in
+DuckDB, which spills to disk past its memory limit.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import tempfile
+from decimal import Decimal
+from pathlib import Path
+
+import click
+
+from tracer.errors import TracerError, one_line
+
+
+def _is_parquet(path: str) -> bool:
+    p = Path(path)
+    return p.suffix == ".parquet" or p.is_dir()
+
+
+@click.command()
+@click.argument("query")
+@click.argument("files", nargs=-1, required=True, metavar="FILES...")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="json: one object per line.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Rows printed in table format (csv and json print all).")
+def sql(query: str, files: tuple[str, ...], fmt: str, max_rows: int) -> None:
+    """Run a DuckDB SQL QUERY over capture FILES (offline); the sightings are
+    the table `sightings`, e.g.
+    tracer sql "SELECT hook, count(*) FROM sightings GROUP BY hook" cap.arrows"""
+    import duckdb
+
+    from tracer.aggregate import connect
+
+    parquet = [f for f in files if _is_parquet(f)]
+    captures = [f for f in files if not _is_parquet(f)]
+    if parquet and captures:
+        raise click.UsageError("give captures (.arrows) or Parquet exports, not both")
+    with tempfile.TemporaryDirectory(prefix="tracer-duckdb-") as spill:
+        con = connect(spill)
+        try:
+            if parquet:
+                sources = [str(Path(p) / "**" / "*.parquet") if Path(p).is_dir() else p for p in parquet]
+                for p in parquet:
+                    if not Path(p).exists():
+                        raise TracerError(f"{p}: no such file or directory")
+                listed = ", ".join("'" + p.replace("'", "''") + "'" for p in sources)
+                con.execute(f"CREATE VIEW sightings AS SELECT * FROM read_parquet([{listed}], hive_partitioning = true, "
+                            "union_by_name = true)")
+                rel = con.sql(query)
+                result = None if rel is None else rel.to_arrow_reader(1 << 16)
+            else:
+                result = _over_captures(con, query, captures)
+            if result is None:
+                return  # a statement without rows
+            _print(result, fmt, max_rows)
+        except duckdb.Error as exc:
+            raise TracerError(f"sql: {one_line(str(exc))}") from None
+        finally:
+            con.close()
+
+
+def _over_captures(con, query: str, files: list[str]):
+    """The query over the captures' sightings, streamed when it scans them
+    once, over a copy in DuckDB when it needs them twice."""
+    import duckdb
+
+    from tracer.capture import open_capture
+
+    def warn(w: str) -> None:
+        click.echo(f"tracer: warning: {w}", err=True)
+
+    con.register("sightings", open_capture(files, on_warning=warn).presented_reader())
+    try:
+        rel = con.sql(query)
+        return None if rel is None else rel.to_arrow_reader(1 << 16)
+    except duckdb.InvalidInputException as exc:
+        if "already been consumed" not in str(exc):
+            raise
+    con.unregister("sightings")
+    con.register("capture_reader", open_capture(files).presented_reader())
+    con.execute("CREATE TABLE sightings AS SELECT * FROM capture_reader")
+    con.unregister("capture_reader")
+    rel = con.sql(query)
+    return None if rel is None else rel.to_arrow_reader(1 << 16)
+
+
+def _print(result, fmt: str, max_rows: int) -> None:
+    reader = result
+    names = reader.schema.names
+    out = sys.stdout
+    if fmt == "csv":
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(names)
+        for batch in reader:
+            for row in batch.to_pylist():
+                w.writerow(["" if row[n] is None else row[n] for n in names])
+        return
+    if fmt == "json":
+        for batch in reader:
+            for row in batch.to_pylist():
+                out.write(json.dumps(row, default=_json_value) + "\n")
+        return
+    rows, more = [], False
+    for batch in reader:
+        for row in batch.to_pylist():
+            if len(rows) == max_rows:
+                more = True
+                break
+            rows.append(["NULL" if row[n] is None else str(row[n]) for n in names])
+        if more:
+            break
+    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+    out.write("  ".join(n.ljust(w) for n, w in zip(names, widths)).rstrip() + "\n")
+    for r in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
+    if more:
+        click.echo(f"tracer: more than {max_rows:,} rows; --max-rows N or --format csv for all", err=True)
+
+
+def _json_value(value):
+    """JSON for what json cannot write: DuckDB's sums (HUGEINT, DECIMAL) as
+    numbers, times and anything else as text."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
