@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Reading big captures: `tracer stats` and `tracer report` (and `show
+--json`) on a synthetic capture (scripts/synth_capture.py), peak RSS and
+sightings per second, beside the in-memory reader this replaced (the code
+of a given git revision, run from an extracted copy) on a capture it can
+still hold.
+
+Usage: scripts/bench_analysis.py [--sightings 100M] [--baseline-sightings 10M]
+       [--baseline-rev d1598c0] [--dir /var/tmp] [--rounds 1] [--keep]
+Targets: stats and report at <= 1 GB peak RSS and >= 5 M sightings/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from synth_capture import parse_count  # noqa: E402
+
+
+def run(cmd: list[str], env: dict | None = None, stdout=subprocess.DEVNULL, cwd: Path | None = None) -> tuple[float, float, int]:
+    """(seconds, peak RSS in MiB, exit code) of a command, from GNU time."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as t:
+        started = time.perf_counter()
+        # cwd elsewhere than the repository: `python -m` puts the cwd first on sys.path
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", t.name, *cmd], env=env, stdout=stdout,
+                              stderr=subprocess.PIPE, text=True, cwd=cwd)
+        took = time.perf_counter() - started
+        text = Path(t.name).read_text().strip().splitlines()
+    rss = int(text[-1]) / 1024 if text and text[-1].isdigit() else float("nan")
+    if proc.returncode:
+        print(f"  ({' '.join(cmd[-3:])} exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]})")
+    return took, rss, proc.returncode
+
+
+def make(path: Path, n: int) -> int:
+    if not path.exists():
+        out = subprocess.run([sys.executable, str(ROOT / "scripts" / "synth_capture.py"), str(path), "--sightings", str(n)],
+                             check=True, capture_output=True, text=True).stdout
+        print("  made", out.strip())
+    return n
+
+
+def baseline_tree(rev: str, where: Path) -> Path:
+    """The tracer package of ``rev``, extracted (the reader before streaming)."""
+    where.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "tracer"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    return where
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sightings", default="100M")
+    ap.add_argument("--baseline-sightings", default="10M")
+    ap.add_argument("--baseline-rev", default="d1598c0")
+    ap.add_argument("--dir", default="/var/tmp")
+    ap.add_argument("--capture", help="use this capture instead of making one (its sightings: --sightings)")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--keep", action="store_true", help="keep the generated captures")
+    ap.add_argument("--quick", action="store_true", help="1M and 200k sightings (a smoke test)")
+    args = ap.parse_args()
+    if args.quick:
+        args.sightings, args.baseline_sightings = "1M", "200k"
+    big_n, base_n = parse_count(args.sightings), parse_count(args.baseline_sightings)
+    work = Path(tempfile.mkdtemp(prefix="tracer-bench-analysis-", dir=args.dir))
+    tracer = [sys.executable, "-m", "tracer"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        free = shutil.disk_usage(work).free
+        print(f"disk free under {work}: {free / 1e9:.1f} GB (a synthetic capture takes about 8-11 B per sighting)")
+        big = Path(args.capture) if args.capture else work / "big.arrows"
+        make(big, big_n)
+        small = work / "small.arrows"
+        make(small, base_n)
+        old = baseline_tree(args.baseline_rev, work / "baseline")
+        old_env = {**os.environ, "PYTHONPATH": str(old)}
+        rows = []
+        for r in range(args.rounds):
+            for label, cmd, n, e in (
+                (f"stats {args.sightings}", [*tracer, "stats", str(big), "--format", "json"], big_n, env),
+                (f"report {args.sightings}", [*tracer, "report", str(big), "-o", str(work / "r.html")], big_n, env),
+                (f"show --json {args.sightings}", [*tracer, "show", "--json", str(big)], big_n, env),
+                (f"stats {args.baseline_sightings}", [*tracer, "stats", str(small), "--format", "json"], base_n, env),
+                (f"stats {args.baseline_sightings}, baseline {args.baseline_rev}",
+                 [*tracer, "stats", str(small), "--format", "json"], base_n, old_env),
+            ):
+                took, rss, rc = run(cmd, e, cwd=work)
+                rows.append((label, took, rss, n / took / 1e6 if not rc else float("nan")))
+                print(f"  round {r + 1}: {label:<40} {took:8.1f} s  peak RSS {rss:8.0f} MiB  "
+                      f"{rows[-1][3]:5.2f} M sightings/s", flush=True)
+        print()
+        print(f"{'case':<42}{'seconds':>9}{'peak RSS MiB':>14}{'M sightings/s':>15}")
+        for label, took, rss, rate in rows:
+            print(f"{label:<42}{took:9.1f}{rss:14.0f}{rate:15.2f}")
+        for label, took, rss, rate in rows:
+            if label.startswith(("stats", "report")) and "baseline" not in label and args.sightings in label:
+                print(f"target {label}: peak RSS <= 1024 MiB: {'met' if rss <= 1024 else 'NOT met'}; "
+                      f">= 5 M sightings/s: {'met' if rate >= 5 else 'NOT met'} ({rate:.2f})")
+        base = [r for r in rows if "baseline" in r[0]]
+        ours = [r for r in rows if r[0] == f"stats {args.baseline_sightings}"]
+        if base and ours:
+            print(f"baseline/ours at {args.baseline_sightings}: peak RSS {base[0][2] / ours[0][2]:.1f}x, "
+                  f"time {base[0][1] / ours[0][1]:.2f}x")
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
