@@ -71,6 +71,7 @@ struct pkt {
     u16 tot_len;
     u8 ttl;
     u8 tcp_flags;
+    u8 tcp_doff; /* TCP data offset (header length / 4): payload = tot_len - ihl*4 - doff*4 */
 };
 
 /* Tracked connections: every view of a traced flow (both directions, both
@@ -143,6 +144,7 @@ static __always_inline int parse_ipv4(struct pkt *p, const u8 *ip, const u8 *l4,
         p->seq = LD32(l4 + 4);
         p->ack = LD32(l4 + 8);
         p->tcp_flags = l4[13];
+        p->tcp_doff = l4[12] >> 4;
     } else if (p->key.proto == IPPROTO_UDP) {
         p->key.sport = LD16(l4);
         p->key.dport = LD16(l4 + 2);
@@ -349,6 +351,7 @@ static __always_inline void fill_event(struct event *e, struct pkt *p, u8 hook)
     e->length = p->tot_len;
     e->ttl = p->ttl;
     e->tcp_flags = p->tcp_flags;
+    e->tcp_doff = p->tcp_doff;
     e->tcp_seq = p->seq;
     e->tcp_ack = p->ack;
     e->cpu = bpf_get_smp_processor_id();

@@ -96,6 +96,7 @@ static __always_inline void journey_start(struct journey *j, u64 id, struct pkt 
     j->cpu = bpf_get_smp_processor_id();
     j->protocol = p->key.proto;
     j->tcp_flags = p->tcp_flags;
+    j->tcp_doff = p->tcp_doff;
     j->direction = 0;
     j->n_hops = 0;
     j->n_tuples = 1;

@@ -175,18 +175,31 @@ def _text(a, section: str | None, max_flows: int) -> str:
 
 @click.command()
 @click.option("--pcapng", "pcapng_out", type=click.Path(dir_okay=False, writable=True),
-              help="Write a pcapng file here: one packet per sighting, hook/interface/container in the comments.")
+              help="Write a pcapng file here: one packet per sighting; hook and NAT stage in the interface name, "
+                   "direction in the packet flags, packet id, hook/interface/container in the comment.")
+@click.option("--at", "at", multiple=True, metavar="PLACE",
+              help="With --pcapng: only the sightings at PLACE (repeatable): a hop label as `tracer stats` prints it "
+                   "(nf_prerouting/after, tc_egress@veth), or an interface name or role (trc-host, external, "
+                   "container) for its tc hooks: what tcpdump there would show, one copy per packet, so "
+                   "Wireshark's TCP analysis holds.")
 @click.option("--parquet", "parquet_out", type=click.Path(),
               help="Write the sightings as Parquet: OUT.parquet is one file (host and date as columns); any other "
                    "OUT is a directory of Hive partitions OUT/host=H/date=D/ that many hosts' exports share.")
 @_files
-def export(pcapng_out: str | None, parquet_out: str | None, files: tuple[str, ...]) -> None:
+def export(pcapng_out: str | None, at: tuple[str, ...], parquet_out: str | None, files: tuple[str, ...]) -> None:
     """Export capture FILES for Wireshark/tshark (--pcapng) or for DuckDB,
-    polars, Spark, Trino (--parquet), streamed in bounded memory."""
+    polars, Spark, Trino (--parquet), streamed in bounded memory.
+
+    In a pcapng export every sighting is a packet, so a packet appears once per
+    hook that saw it; Wireshark's TCP sequence analysis then calls the copies
+    retransmissions: open such a file with `-o tcp.analyze_sequence_numbers:FALSE`,
+    or export one place with --at."""
     if not pcapng_out and not parquet_out:
         raise click.UsageError("give --pcapng OUT or --parquet OUT")
     if pcapng_out and parquet_out:
         raise click.UsageError("give one of --pcapng and --parquet")
+    if at and not pcapng_out:
+        raise click.UsageError("--at goes with --pcapng")
     capture = _open(files)
     if parquet_out:
         from tracer.parquet import export_parquet
@@ -200,7 +213,7 @@ def export(pcapng_out: str | None, parquet_out: str | None, files: tuple[str, ..
     from tracer.pcapng import export_pcapng
 
     try:
-        n = export_pcapng(capture.sightings(), pcapng_out, capture.metadata)
+        n = export_pcapng(capture.sightings(), pcapng_out, capture.metadata, at=at)
     except OSError as exc:
         raise TracerError(f"{pcapng_out}: {exc.strerror or exc}") from None
     click.echo(f"tracer: wrote {n:,} packets to {pcapng_out}", err=True)

@@ -187,6 +187,7 @@ def decode(raw: np.ndarray, ctx: DecodeContext) -> pa.Table:
         "drop_reason": _by_lookup(reasons, lambda u: ctx.drop_reasons | _unknown_reasons(u, ctx.drop_reasons)),
         "cpu": pa.array(raw["cpu"].astype(np.uint16)),
         "flags": pa.array(flags.astype(np.uint8)),
+        "tcp_doff": pa.array(raw["tcp_doff"].astype(np.uint8)),
     }
     return pa.Table.from_pydict(columns, schema=events.EVENT_SCHEMA)
 

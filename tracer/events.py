@@ -85,6 +85,7 @@ RAW_FIELDS: tuple[RawField, ...] = (
     RawField("ttl", "u8", "u1", "IPv4 TTL"),
     RawField("tcp_flags", "u8", "u1", "TCP flags byte (FIN=1 ... CWR=128)"),
     RawField("flags", "u8", "u1", "FLAG_* bits"),
+    RawField("tcp_doff", "u8", "u1", "TCP data offset: header length in 32-bit words (0 = not TCP)"),
 )
 
 _C_SIZES = {"u64": 8, "u32": 4, "u16": 2, "u8": 1}
@@ -202,6 +203,7 @@ JOURNEY_FIELDS: tuple[RawField, ...] = (
     RawField("n_tuples", "u8", "u1", "tuples used"),
     RawField("end", "u8", "u1", "index into JOURNEY_ENDS"),
     RawField("hops", f"struct jhop[{MAX_HOPS}]", "", "the sightings, in order"),
+    RawField("tcp_doff", "u8", "u1", "TCP data offset (header length in 32-bit words)"),
 )
 
 
@@ -304,6 +306,8 @@ EVENT_SCHEMA = pa.schema(
         pa.field("drop_reason", _DICT_STR),
         pa.field("cpu", pa.uint16()),
         pa.field("flags", pa.uint8()),
+        # TCP header length in 32-bit words (null in captures written before it was recorded)
+        pa.field("tcp_doff", pa.uint8()),
     ]
 )
 SCHEMA_VERSION = "1"

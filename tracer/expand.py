@@ -93,6 +93,7 @@ def expand(journeys: np.ndarray) -> Sightings:
         "protocol": j["protocol"],
         "ttl": hops["ttl"][rec, hop_i],
         "tcp_flags": j["tcp_flags"],
+        "tcp_doff": j["tcp_doff"],
         "flags": flags,
     })
 

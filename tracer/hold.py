@@ -69,7 +69,7 @@ class RecordHold:
     Records stay in the batches they came in, with a mask of the ones still
     held; only their packet ids and times are combined to decide what is
     complete, and a record is copied once, when it is let go (records are
-    312 bytes: moving every held one on every pass cost more than everything
+    320 bytes: moving every held one on every pass cost more than everything
     else in `trace`)."""
 
     def __init__(self, recent_ids: int = 1 << 16) -> None:

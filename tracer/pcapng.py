@@ -1,15 +1,29 @@
-"""Export a capture as pcapng: one packet per sighting, for Wireshark/tshark.
+"""Export a capture as pcapng, for Wireshark/tshark.
 
 tracer records header fields, not packet bytes, so each sighting becomes a
 synthesised IPv4 + TCP/UDP/ICMP header built from its row (addresses and ports
-as seen at that hop, ids, TTL, TCP seq/ack/flags). The captured length is the
-headers only; the original length is the packet's IPv4 total length, so
-Wireshark shows the real size and marks the payload as not captured.
+as seen at that hop, ids, TTL, TCP seq/ack/flags and data offset). The
+captured length is the headers only; the original length is the packet's IPv4
+total length, so Wireshark shows the real size and payload length (a SYN with
+options has Len=0) and marks the payload as not captured. TCP options are not
+recorded: their bytes are zeros (End of Option List, then padding), so the
+header has its real length. (NOPs would read as "a router may have removed
+some options", a warning.)
 
-Each distinct (ifname, netns) gets an Interface Description Block (raw IPv4
-link type, nanosecond timestamps); each sighting's hook, interface, container,
-packet and flow ids go in the packet's comment, so a Wireshark filter such as
-``frame.comment contains "hook=tc_egress"`` selects one place in the path.
+Each distinct place (interface, netns, hook and NAT stage) gets its own
+Interface Description Block, named ``IFNAME:HOOK[/STAGE]`` (``docker0:
+nf_postrouting/after``, ``eth0:tc_ingress``), raw IPv4 link type, nanosecond
+timestamps. Every packet block carries the direction in ``epb_flags``
+(inbound at tc ingress, PREROUTING and INPUT; outbound at tc egress, OUTPUT
+and POSTROUTING), tracer's packet id in ``epb_packetid`` (the same for every
+sighting of one packet: Wireshark's ``frame.packet_id``), and a comment with
+hook, interface, container, packet and flow.
+
+A packet is seen at up to a dozen places, so an export of every sighting
+holds each TCP segment many times and Wireshark's sequence analysis calls the
+copies retransmissions: open it with ``-o tcp.analyze_sequence_numbers:FALSE``,
+or export the packets of one place (``places``: what tcpdump on that
+interface would have shown), which analyse cleanly.
 
 Headers are built for all rows at once with numpy; the per-row Python work is
 only joining bytes. Format: https://www.ietf.org/archive/id/draft-ietf-opsawg-pcapng
@@ -27,8 +41,9 @@ import pyarrow.compute as pc
 
 from tracer import __version__
 from tracer.analysis import event_rows, wall_ns
+from tracer.errors import TracerError
 from tracer.events import PROTOCOL_NUMBERS
-from tracer.journeys import fill_flows
+from tracer.journeys import fill_flows, hop_label
 from tracer.packet_window import PacketWindow
 
 LINKTYPE_IPV4 = 228  # raw IPv4, no link-layer header
@@ -38,10 +53,20 @@ _BYTE_ORDER_MAGIC = 0x1A2B3C4D
 _OPT_END, _OPT_COMMENT = 0, 1
 _SHB_HARDWARE, _SHB_OS, _SHB_USERAPPL = 2, 3, 4
 _IF_NAME, _IF_DESCRIPTION, _IF_TSRESOL = 2, 3, 9
+_EPB_FLAGS, _EPB_PACKETID = 2, 5
+FLAGS_INBOUND, FLAGS_OUTBOUND = 1, 2  # epb_flags bits 0-1
+
+# Direction of a sighting at its hook (epb_flags); FORWARD and drops have none.
+_INBOUND_HOOKS = frozenset({"tc_ingress", "nf_prerouting", "nf_input"})
+_OUTBOUND_HOOKS = frozenset({"tc_egress", "nf_output", "nf_postrouting"})
 
 _IP_LEN = 20
-_L4_LEN = {6: 20, 17: 8, 1: 8}  # TCP without options, UDP, ICMP echo
+_MAX_HDR = _IP_LEN + 60  # IPv4 without options + the longest TCP header
+_L4_LEN = {17: 8, 1: 8}  # UDP, ICMP echo; TCP: its data offset
 _ICMP_ECHO_REQUEST, _ICMP_ECHO_REPLY = 8, 0
+
+ANALYSIS_NOTE = ("one packet per sighting: each packet appears at every hook that saw it; "
+                 "open with -o tcp.analyze_sequence_numbers:FALSE, or export one place (--at) for TCP analysis")
 
 
 def _pad4(n: int) -> int:
@@ -57,8 +82,10 @@ def _block(block_type: int, body: bytes) -> bytes:
     return struct.pack("<II", block_type, total) + body + struct.pack("<I", total)
 
 
-def section_header(app: str, os_name: str = "", hardware: str = "") -> bytes:
+def section_header(app: str, os_name: str = "", hardware: str = "", comment: str = "") -> bytes:
     opts = b""
+    if comment:
+        opts += _option(_OPT_COMMENT, comment.encode())
     if hardware:
         opts += _option(_SHB_HARDWARE, hardware.encode())
     if os_name:
@@ -85,9 +112,10 @@ _HDR = np.dtype(
         # L4, laid out as TCP; UDP and ICMP reuse the first 8 bytes
         ("sport", ">u2"), ("dport", ">u2"), ("seq", ">u4"), ("ack", ">u4"),
         ("off", "u1"), ("flags", "u1"), ("win", ">u2"), ("l4csum", ">u2"), ("urg", ">u2"),
+        ("options", "u1", (_MAX_HDR - 40,)),
     ]
 )
-assert _HDR.itemsize == 40
+assert _HDR.itemsize == _MAX_HDR
 
 
 def _ipv4_numbers(col: pa.ChunkedArray) -> np.ndarray:
@@ -114,15 +142,33 @@ def _col(table: pa.Table, name: str, dtype) -> np.ndarray:
     return pc.fill_null(table[name], 0).to_numpy().astype(dtype)
 
 
+def _strings(table: pa.Table, name: str) -> tuple[np.ndarray, list]:
+    """(code per row, distinct values) of a string column; null is a value."""
+    if name not in table.column_names:
+        return np.zeros(table.num_rows, dtype=np.int64), [None]
+    encoded = pc.dictionary_encode(table[name].cast(pa.string())).combine_chunks()
+    values = encoded.dictionary.to_pylist()
+    return pc.fill_null(encoded.indices, len(values)).to_numpy().astype(np.int64), values + [None]
+
+
+def tcp_header_len(table: pa.Table) -> np.ndarray:
+    """Bytes of each row's TCP header: its data offset, 20 where a capture
+    did not record it (written before tcp_doff existed) or it is bogus."""
+    doff = _col(table, "tcp_doff", np.int64)
+    return np.where((doff >= 5) & (doff <= 15), doff, 5) * 4
+
+
 def build_headers(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n x 40 header bytes, captured length per row, original length per row)."""
+    """(n x 80 header bytes, captured length per row, original length per row)."""
     n = table.num_rows
-    encoded = pc.dictionary_encode(table["protocol"].cast(pa.string())).combine_chunks()
-    numbers = [PROTOCOL_NUMBERS.get(p, 0) for p in encoded.dictionary.to_pylist()]
-    proto = np.array(numbers + [0], dtype=np.uint8)[pc.fill_null(encoded.indices, len(numbers)).to_numpy()]
+    codes, values = _strings(table, "protocol")
+    proto = np.array([PROTOCOL_NUMBERS.get(p, 0) for p in values], dtype=np.uint8)[codes]
+    tcp, udp, icmp = proto == 6, proto == 17, proto == 1
     l4 = np.zeros(n, dtype=np.int64)
     for num, size in _L4_LEN.items():
         l4[proto == num] = size
+    tcp_len = tcp_header_len(table)
+    l4[tcp] = tcp_len[tcp]
     caplen = _IP_LEN + l4
     length = _col(table, "length", np.int64)
     tot_len = np.where(length >= caplen, length, caplen)  # 0 = unknown: claim the headers
@@ -136,16 +182,16 @@ def build_headers(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     h["src"] = _ipv4_numbers(table["src_ip"])
     h["dst"] = _ipv4_numbers(table["dst_ip"])
     sport, dport = _col(table, "src_port", np.uint16), _col(table, "dst_port", np.uint16)
-    tcp, udp, icmp = proto == 6, proto == 17, proto == 1
     h["sport"] = np.where(icmp, 0, sport)
     h["dport"] = np.where(icmp, 0, dport)
     h["seq"] = np.where(tcp, _col(table, "tcp_seq", np.uint32), 0)
     h["ack"] = np.where(tcp, _col(table, "tcp_ack", np.uint32), 0)
-    h["off"] = np.where(tcp, 5 << 4, 0)
+    h["off"] = np.where(tcp, (tcp_len // 4) << 4, 0)
     h["flags"] = np.where(tcp, _col(table, "tcp_flags", np.uint8), 0)
     h["win"] = np.where(tcp, 65535, 0)  # not recorded; 0 would read as a zero-window alert
+    # h["options"] stays zeros: End of Option List + padding (the options are not recorded)
 
-    raw = h.view(np.uint8).reshape(n, 40)
+    raw = h.view(np.uint8).reshape(n, _MAX_HDR)
     # UDP: length, checksum 0 (= none). ICMP echo: type, code, csum, id, seq.
     udp_len = (tot_len - _IP_LEN).astype(">u2")
     raw[udp, 24:26] = udp_len[udp].view(np.uint8).reshape(-1, 2)
@@ -190,48 +236,126 @@ def comments(table: pa.Table) -> pa.Array:
     return line.cast(pa.large_string()).combine_chunks()
 
 
-def interfaces(table: pa.Table) -> tuple[list[tuple[str, str]], np.ndarray]:
-    """One (if_name, if_description) per distinct (ifname, netns), and each
-    row's interface index. Two containers' 'eth0' differ by netns."""
-    encoded = pc.dictionary_encode(pc.fill_null(table["ifname"].cast(pa.string()), "")).combine_chunks()
-    names = np.array(encoded.dictionary.to_pylist(), dtype=object)[encoded.indices.to_numpy()] if len(encoded) else []
-    name_code = encoded.indices.to_numpy().astype(np.int64)
-    netns = _col(table, "netns", np.int64)
-    _, first, index = np.unique((name_code << 32) | netns, return_index=True, return_inverse=True)
-    has_ct = "container_name" in table.column_names
-    containers = table["container_name"].take(pa.array(first)).cast(pa.string()).to_pylist() if has_ct else []
-    out = []
-    for i, row in enumerate(first.tolist()):
-        ifname = str(names[row])
-        container = containers[i] if has_ct else None
-        description = f"netns {int(netns[row])}" + (f" container {container}" if container else "")
-        out.append((ifname or "(no device)", description))  # drop rows: the drop tracepoint has no device
-    return out, np.asarray(index).ravel()
+class Places:
+    """Each row's place: (interface, netns, hook, NAT stage). ``names`` and
+    ``descriptions`` are one per distinct place, ``index`` is each row's."""
+
+    def __init__(self, table: pa.Table) -> None:
+        parts = [_strings(table, c) for c in ("ifname", "hook", "nat_stage", "if_role", "container_name")]
+        netns = _col(table, "netns", np.int64)
+        _, key = np.unique(netns, return_inverse=True)  # small codes keep the key below 2^63
+        key = np.asarray(key, dtype=np.int64).ravel()
+        for codes, values in parts:
+            key = key * len(values) + codes  # a mixed-radix key: distinct per combination
+        _, first, index = np.unique(key, return_index=True, return_inverse=True)
+        self.index = np.asarray(index).ravel()
+        self.names: list[str] = []
+        self.descriptions: list[str] = []
+        self.labels: list[str] = []  # tracer's label of the place: 'tc_egress@veth', 'nf_prerouting/after'
+        self.ifnames: list[str | None] = []
+        self.roles: list[str | None] = []
+        self.hooks: list[str] = []
+        for row in first.tolist():
+            ifname, hook, stage, role, container = (values[codes[row]] for codes, values in parts)
+            hook = hook or "?"
+            place = f"{hook}/{stage}" if stage else hook
+            self.names.append(f"{ifname}:{place}" if ifname else place)  # drop rows: the tracepoint has no device
+            where = f"on {ifname}" + (f" ({role})" if role else "") if ifname else "no device"
+            self.descriptions.append(f"{place} {where}, netns {int(netns[row])}" + (f", container {container}" if container else ""))
+            self.labels.append(hop_label(hook, stage, role))
+            self.ifnames.append(ifname)
+            self.roles.append(role)
+            self.hooks.append(hook)
+
+    def direction_flags(self) -> np.ndarray:
+        """epb_flags of each row: inbound/outbound by its hook (0: FORWARD, drops)."""
+        per_place = [FLAGS_INBOUND if h in _INBOUND_HOOKS else FLAGS_OUTBOUND if h in _OUTBOUND_HOOKS else 0
+                     for h in self.hooks]
+        return np.array(per_place, dtype=np.uint32)[self.index]
+
+    def matching(self, at: str) -> np.ndarray:
+        """Place numbers ``at`` names: a hop label as `tracer stats` prints it
+        (``nf_prerouting/after``, ``tc_egress@veth``), or an interface name or
+        role (``trc-host``, ``external``, ``container``): its tc hooks, both
+        directions, i.e. what a packet capture on that interface shows."""
+        return np.array([i for i in range(len(self.names))
+                         if at in (self.labels[i], self.names[i])
+                         or (self.labels[i].startswith("tc_") and at in (self.ifnames[i], self.roles[i]))], dtype=np.int64)
+
+
+class PlaceFilter:
+    """``--at``: keeps the rows of a chunk at the places the names give (see
+    Places.matching) and remembers every place seen, so that a name that
+    matched nothing in the whole capture is an error listing the places."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = list(names)
+        self.matched: set[str] = set()
+        self.known: set[str] = set()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        if not self.names or not table.num_rows:
+            return table
+        places = Places(table)
+        self.known |= set(places.labels) | {n for n in places.ifnames if n} | {r for r in places.roles if r}
+        chosen = []
+        for name in self.names:
+            found = places.matching(name)
+            if len(found):
+                self.matched.add(name)
+                chosen.append(found)
+        keep = np.isin(places.index, np.concatenate(chosen)) if chosen else np.zeros(table.num_rows, bool)
+        return table.filter(pa.array(keep))
+
+    def check(self) -> None:
+        for name in self.names:
+            if name not in self.matched:
+                raise TracerError(f"--at {name}: no sighting there; places in this capture: {', '.join(sorted(self.known)) or 'none'}")
+
+
+def select_places(table: pa.Table, at: Iterable[str]) -> pa.Table:
+    """Rows of ``table`` (event rows) at any of the places ``at`` names;
+    a name that matches no place is an error that lists the places there are."""
+    keep = PlaceFilter(at)
+    out = keep(table)
+    keep.check()
+    return out
 
 
 def export_pcapng(source: pa.Table | Iterable[pa.RecordBatch | pa.Table], out: BinaryIO | str | Path,
-                  metadata: Mapping[str, str] | None = None) -> int:
-    """Write every sighting of ``source`` to ``out`` as pcapng, in time order.
+                  metadata: Mapping[str, str] | None = None, at: Iterable[str] = ()) -> int:
+    """Write every sighting of ``source`` to ``out`` as pcapng, in time order;
+    with ``at``, only the sightings at those places (see Places.matching).
     ``source`` is a table (a capture or EVENT_SCHEMA) or sighting batches
     (``CaptureStream.sightings()``), streamed in bounded memory: whole
     packets a window at a time (their flow filled in from their netfilter
     rows), rows put in time order over twice that window. Returns the
-    number of packets written."""
+    number of packets written; a place in ``at`` that the capture never
+    saw is a TracerError (after the file is written: the caller removes it)."""
     chunks = [source] if isinstance(source, pa.Table) else source
     meta = metadata or {}
+    keep = PlaceFilter(at)
+    note = f"sightings at {', '.join(keep.names)} only" if keep.names else ANALYSIS_NOTE
     if isinstance(out, (str, Path)):
         with open(out, "wb") as f:
-            return _write(f, chunks, meta)
-    return _write(out, chunks, meta)
+            n = _write(f, chunks, meta, keep, note)
+    else:
+        n = _write(out, chunks, meta, keep, note)
+    keep.check()
+    return n
 
 
-def _time_ordered(chunks: Iterable[pa.RecordBatch | pa.Table], meta: Mapping[str, str]) -> Iterator[tuple[pa.Table, np.ndarray]]:
-    """(rows, wall clock ns) in (time, ktime) order, a piece at a time."""
+def _time_ordered(chunks: Iterable[pa.RecordBatch | pa.Table], meta: Mapping[str, str],
+                  keep: PlaceFilter) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """(rows at the kept places, wall clock ns) in (time, ktime) order, a piece at a time."""
     window = PacketWindow()
     held: list[pa.Table] = []
     newest = None
     for packets in window.packets(event_rows(_table(c)) for c in chunks):
         packets = fill_flows(packets.unify_dictionaries().combine_chunks())  # tc rows learn their packet's conntrack entry
+        packets = keep(packets)
+        if not packets.num_rows:
+            continue
         held.append(packets)
         wall = wall_ns(packets, meta)
         newest = int(wall.max()) if newest is None else max(newest, int(wall.max()))
@@ -263,43 +387,49 @@ def _split_before(rows: pa.Table, meta: Mapping[str, str], horizon: int | None) 
     return (rows.take(pa.array(order)), wall[order]), rest
 
 
-def _write(f: BinaryIO, chunks: Iterable[pa.RecordBatch | pa.Table], meta: Mapping[str, str]) -> int:
+def _write(f: BinaryIO, chunks: Iterable[pa.RecordBatch | pa.Table], meta: Mapping[str, str], keep: PlaceFilter,
+           note: str) -> int:
     app = f"tracer {__version__}" + (f" ({meta['command']})" if meta.get("command") else "")
     os_name = f"Linux {meta['kernel']}" if meta.get("kernel") else ""
-    f.write(section_header(app, os_name, meta.get("host", "")))
-    known: dict[tuple[str, str], int] = {}  # interface -> its IDB's index, in order of first use
+    f.write(section_header(app, os_name, meta.get("host", ""), note))
+    known: dict[tuple[str, str], int] = {}  # place (name, description) -> its IDB's index, in order of first use
     written = 0
-    for events, wall in _time_ordered(chunks, meta):
-        descs, local = interfaces(events)
-        index = np.empty(len(descs), np.int64)
-        for i, desc in enumerate(descs):
+    for events, wall in _time_ordered(chunks, meta, keep):
+        places = Places(events)
+        index = np.empty(len(places.names), np.int64)
+        for i, desc in enumerate(zip(places.names, places.descriptions)):
             if desc not in known:
                 known[desc] = len(known)
                 f.write(interface_description(*desc))
             index[i] = known[desc]
-        ifidx = index[local]
+        ifidx = index[places.index]
+        direction = places.direction_flags()
+        packet_ids = _col(events, "packet_id", np.uint64)
         raw, caplen, tot_len = build_headers(events)
         notes = comments(events)
         offsets = np.frombuffer(notes.buffers()[1], dtype=np.int64)[notes.offset: notes.offset + len(notes) + 1]
         text = np.frombuffer(notes.buffers()[2], dtype=np.uint8) if len(notes) else np.zeros(0, np.uint8)
         for a in range(0, events.num_rows, _CHUNK):
             b = min(a + _CHUNK, events.num_rows)
-            f.write(_packet_blocks(ifidx[a:b], wall[a:b], raw[a:b], caplen[a:b], tot_len[a:b], offsets[a: b + 1], text))
+            f.write(_packet_blocks(ifidx[a:b], wall[a:b], raw[a:b], caplen[a:b], tot_len[a:b],
+                                   direction[a:b], packet_ids[a:b], offsets[a: b + 1], text))
         written += events.num_rows
     return written
 
 
 _CHUNK = 1 << 16  # rows per write: bounds the index arrays below to tens of MB
+_FIXED_OPTS = 8 + 12  # epb_flags (4-byte head + 4), epb_packetid (4-byte head + 8)
 
 
-def _packet_blocks(ifidx, ts, raw, caplen, tot_len, offsets, text) -> bytes:
+def _packet_blocks(ifidx, ts, raw, caplen, tot_len, direction, packet_ids, offsets, text) -> bytes:
     """Enhanced Packet Blocks of a chunk of rows, laid out with numpy:
-    28-byte head, headers (20/28/40 bytes, already 4-aligned), comment option
-    (4-byte head + text padded to 4), end-of-options, trailing total length."""
+    28-byte head, headers (20 to 80 bytes, all 4-aligned), epb_flags,
+    epb_packetid, comment option (4-byte head + text padded to 4),
+    end-of-options, trailing total length."""
     n = len(ifidx)
     clen = np.diff(offsets)
     cpad = (clen + 3) // 4 * 4
-    total = 28 + caplen + 4 + cpad + 4 + 4
+    total = 28 + caplen + _FIXED_OPTS + 4 + cpad + 4 + 4
     start = np.concatenate(([0], np.cumsum(total)[:-1]))
     out = np.zeros(int(total.sum()), dtype=np.uint8)
 
@@ -317,16 +447,21 @@ def _packet_blocks(ifidx, ts, raw, caplen, tot_len, offsets, text) -> bytes:
         rows = caplen == cap
         out[start[rows, None] + 28 + np.arange(cap)] = raw[rows, :cap]
     opt = start + 28 + caplen
-    opt_head = np.zeros((n, 2), dtype="<u2")
-    opt_head[:, 0] = _OPT_COMMENT
-    opt_head[:, 1] = clen
-    out[opt[:, None] + np.arange(4)] = opt_head.view(np.uint8).reshape(n, 4)
+    fixed = np.zeros(n, dtype=[("fcode", "<u2"), ("flen", "<u2"), ("flags", "<u4"),
+                               ("pcode", "<u2"), ("plen", "<u2"), ("pid", "<u8"),
+                               ("ccode", "<u2"), ("clen", "<u2")])
+    fixed["fcode"], fixed["flen"], fixed["flags"] = _EPB_FLAGS, 4, direction
+    fixed["pcode"], fixed["plen"], fixed["pid"] = _EPB_PACKETID, 8, packet_ids
+    fixed["ccode"], fixed["clen"] = _OPT_COMMENT, clen
+    width = fixed.dtype.itemsize
+    out[opt[:, None] + np.arange(width)] = fixed.view(np.uint8).reshape(n, width)
     # Comment bytes, in row order, fill exactly the comment slots in block
     # order: mark the slots (+1 at each start, -1 at each end, running sum)
     # and assign the text through the mask in one pass.
+    text_at = opt + width
     edges = np.zeros(len(out) + 1, dtype=np.int8)
-    np.add.at(edges, opt + 4, 1)
-    np.add.at(edges, opt + 4 + clen, -1)
+    np.add.at(edges, text_at, 1)
+    np.add.at(edges, text_at + clen, -1)
     slots = np.cumsum(edges[:-1], dtype=np.int8).view(bool)
     out[slots] = text[offsets[0]: offsets[-1]]
     # end-of-options is already zeros; the trailing total length:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from tests.unit.analysis_data import CLIENT, CONTAINER, HOST, METADATA, capture_table, event_table, lab_capture, write_capture
 from tracer.cli import cli
+from tests.unit.event_rows import CONTAINER_NS, event_defaults
 from tracer.pcapng import LINKTYPE_IPV4, build_headers, export_pcapng
 
 TSHARK = shutil.which("tshark")
@@ -43,8 +44,9 @@ def test_block_structure(tmp_path: Path, lab):
     idbs = [b for t, b in blocks if t == 1]
     epbs = [b for t, b in blocks if t == 6]
     assert len(epbs) == len(rows)
-    # (veth-lab-h, docker0, veth, eth0 in the container's netns, and the drop rows without a device)
-    assert len(idbs) == 5
+    # one per place: interface, netns, hook and NAT stage (distinct in the lab's paths) + drop
+    places = {(r["ifname"], r["netns"], r["hook"], r["nat_stage"]) for r in rows}
+    assert len(idbs) == len(places) == 18
     assert all(struct.unpack_from("<H", b)[0] == LINKTYPE_IPV4 for b in idbs)
     stamps = [struct.unpack_from("<II", b, 4) for b in epbs]
     ns = [(hi << 32) | lo for hi, lo in stamps]
@@ -62,7 +64,7 @@ def test_ipv4_header_checksum_and_fields(lab):
     assert s == 0xFFFF  # a correct checksum makes the ones' complement sum all ones
     assert hdr[9] == 6 and hdr[8] == rows[0]["ttl"]
     assert struct.unpack("!H", hdr[2:4])[0] == rows[0]["length"] == tot_len[0]
-    assert caplen[0] == 40
+    assert caplen[0] == 40  # tcp_doff 0: not recorded (an older capture), so no options
     tcp = raw[0, 20:40].tobytes()
     sport, dport, seq, ack, off, flags = struct.unpack("!HHIIBB", tcp[:14])
     assert (sport, dport, seq, ack, off >> 4, flags) == (40000, 8000, rows[0]["tcp_seq"], rows[0]["tcp_ack"], 5, 0x02)
@@ -85,7 +87,8 @@ def test_tshark_reads_the_export(tmp_path: Path, lab):
     result = CliRunner().invoke(cli, ["export", "--pcapng", str(out), str(cap)])
     assert result.exit_code == 0, result.output
     lines = _tshark(out, "frame.comment", "ip.src", "tcp.srcport", "ip.dst", "tcp.dstport", "ip.checksum.status",
-                    "frame.len", "frame.cap_len", "frame.interface_name")
+                    "frame.len", "frame.cap_len", "frame.interface_name", "frame.packet_flags_direction",
+                    "frame.packet_id", "frame.interface_description")
     assert len(lines) == len(rows)
     first = lines[0]
     assert first[0] == "hook=tc_ingress if=veth-lab-h container=- packet=101 flow=%d" % rows[2]["flow_id"]
@@ -96,7 +99,15 @@ def test_tshark_reads_the_export(tmp_path: Path, lab):
     dnat = next(line for line in lines if line[0].startswith("hook=nf_prerouting/after") and "packet=101 " in line[0])
     assert dnat[3:5] == [CONTAINER, "8080"]
     inside = next(line for line in lines if line[0].startswith("hook=tc_ingress if=eth0"))
-    assert "container=web" in inside[0] and inside[8] == "eth0"
+    assert "container=web" in inside[0] and inside[8] == "eth0:tc_ingress"
+    assert inside[11] == f"tc_ingress on eth0 (container), netns {CONTAINER_NS}, container web"
+    # the hook and NAT stage name the interface; the direction is in epb_flags (1 in, 2 out, 0 unknown)
+    expected_dir = {"tc_ingress": 1, "nf_prerouting": 1, "tc_egress": 2, "nf_postrouting": 2, "nf_forward": 0, "drop": 0}
+    for line in lines:
+        hook = line[0].split()[0].removeprefix("hook=")
+        assert line[8].endswith(":" + hook) or line[8] == hook == "drop", line
+        assert int(line[9], 16) == expected_dir[hook.split("/")[0]], line
+        assert line[10] == line[0].split(" packet=")[1].split()[0]  # epb_packetid: tracer's packet id
     drops = [line for line in lines if line[0].startswith("hook=drop")]
     assert len(drops) == 3 and all("reason=" in line[0] for line in drops)
     # packets get their flow from the netfilter rows even where tc could not see it
@@ -118,3 +129,52 @@ def test_empty_capture_still_valid(tmp_path: Path):
     out = tmp_path / "e.pcapng"
     assert export_pcapng(event_table([]), out) == 0
     assert [t for t, _ in _blocks(out.read_bytes())] == [0x0A0D0D0A]
+
+
+@needs_tshark
+def test_tcp_header_length_from_the_data_offset(tmp_path: Path):
+    """A SYN with 20 bytes of options (Linux's) is Len=0, a data segment with
+    timestamps (doff 8) carries tot_len - 52 bytes; a capture without
+    tcp_doff (written before it was recorded) keeps the 20-byte header."""
+    base = dict(src_ip=CLIENT, dst_ip=HOST, src_port=40000, dst_port=8000, hook="tc_ingress", ifname="veth-lab-h",
+                if_role="external", packet_id=1)
+    rows = [
+        event_defaults(**base, ktime_ns=1, tcp_flags=0x02, length=60, tcp_doff=10, tcp_seq=1000, tcp_ack=0),
+        event_defaults(**base, ktime_ns=2, tcp_flags=0x18, length=152, tcp_doff=8, tcp_seq=1001, tcp_ack=5),
+        event_defaults(**base, ktime_ns=3, tcp_flags=0x10, length=52, tcp_doff=None, tcp_seq=1101, tcp_ack=5),
+    ]
+    out = tmp_path / "o.pcapng"
+    export_pcapng(event_table(rows), out)
+    lines = _tshark(out, "tcp.hdr_len", "tcp.len", "frame.cap_len", "frame.len", "tcp.option_kind")
+    assert [line[:4] for line in lines] == [["40", "0", "60", "60"], ["32", "100", "52", "152"], ["20", "12", "40", "52"]]
+    assert set(lines[0][4].split(",")) == {"0"}  # options not recorded: End of Option List + padding
+
+
+def test_at_selects_places(tmp_path: Path, lab):
+    from tracer.errors import TracerError
+    from tracer.pcapng import select_places
+
+    rows, _ = lab
+    table = event_table(rows)
+    ext = select_places(table, ["external"])  # a role: its tc hooks, both directions
+    assert set(zip(ext["hook"].to_pylist(), ext["ifname"].to_pylist())) == {("tc_ingress", "veth-lab-h"), ("tc_egress", "veth-lab-h")}
+    assert select_places(table, ["veth-lab-h"]).num_rows == ext.num_rows  # the interface's name: the same rows
+    nat = select_places(table, ["nf_prerouting/after", "tc_egress@veth"])
+    assert set(zip(nat["hook"].to_pylist(), nat["nat_stage"].to_pylist())) == {("nf_prerouting", "after"), ("tc_egress", None)}
+    assert nat.num_rows == sum(1 for r in rows if (r["hook"], r["nat_stage"]) == ("nf_prerouting", "after")
+                               or (r["hook"], r["ifname"]) == ("tc_egress", "veth3f2a1b"))
+    with pytest.raises(TracerError, match="--at nowhere: no sighting there; places in this capture: .*tc_egress@veth"):
+        select_places(table, ["nowhere"])
+
+
+def test_export_at_cli(tmp_path: Path, lab):
+    rows, _ = lab
+    cap = write_capture(tmp_path / "cap.arrows", capture_table(rows))
+    out = tmp_path / "c.pcapng"
+    result = CliRunner().invoke(cli, ["export", "--pcapng", str(out), "--at", "container", str(cap)])
+    assert result.exit_code == 0, result.output
+    epbs = [b for t, b in _blocks(out.read_bytes()) if t == 6]
+    assert len(epbs) == sum(1 for r in rows if r["ifname"] == "eth0")
+    bad = CliRunner().invoke(cli, ["export", "--pcapng", str(out), "--at", "nowhere", str(cap)])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert bad.output.strip().splitlines() == [bad.output.strip()]  # one line
