@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 
 from tracer import __version__, events
 from tracer.errors import TracerError
+from tracer.journey_capture import BadJourneyRows, JourneyRowReader, PlaceIds, journey_rows
 
 SUFFIX = ".arrows"
 # Rows reach the OS at most this long after they were added (plus one tick of
@@ -50,6 +51,10 @@ MAX_BATCH_ROWS = 1 << 17
 # zstd level 3: lab HTTP traffic ~12 bytes/event (level 9 saves ~2 more but
 # writes 4x slower, 0.5 M events/s on one core against 2.2 M at level 3).
 ZSTD_LEVEL = 3
+# Journey rows (schema 2) are few and dense: level 1 writes them in 0.4 µs
+# per packet against 0.5-0.8 at level 3, for 7 % more bytes (44 B/packet on
+# the lab's HTTP traffic against 41; sighting rows took ~70).
+JOURNEY_ZSTD_LEVEL = 1
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # end-of-stream marker of the IPC stream format
 _CONTINUATION = b"\xff\xff\xff\xff"
 _ARROW_FILE_MAGIC = b"ARROW1"
@@ -137,14 +142,19 @@ def _create(path: Path) -> int:
     return fd
 
 
-def schema_with_metadata(metadata: Mapping[str, str]) -> pa.Schema:
+def schema_with_metadata(metadata: Mapping[str, str], journeys: bool = False) -> pa.Schema:
+    """The file's schema: sighting rows (version 1), or journey rows
+    (version 2, what `record` writes; tracer/journey_capture.py)."""
     meta = {f"{events.META_PREFIX}{k}": str(v) for k, v in metadata.items()}
-    meta.setdefault(f"{events.META_PREFIX}schema_version", events.SCHEMA_VERSION)
-    return events.CAPTURE_SCHEMA.with_metadata(meta)
+    version = events.JOURNEY_SCHEMA_VERSION if journeys else events.SCHEMA_VERSION
+    meta.setdefault(f"{events.META_PREFIX}schema_version", version)
+    return (events.JOURNEY_CAPTURE_SCHEMA if journeys else events.CAPTURE_SCHEMA).with_metadata(meta)
 
 
 class CaptureWriter:
-    """Writes CAPTURE_SCHEMA rows to ``path`` (or numbered parts when rotating).
+    """Writes CAPTURE_SCHEMA rows to ``path`` (or numbered parts when rotating);
+    with ``journeys=True`` the kernel's journey records as JOURNEY_CAPTURE_SCHEMA
+    rows (``add_journeys``) instead of sighting rows (``add_events``).
 
     Not thread-safe: one thread adds rows and calls ``tick()`` regularly (the
     trace loop does, ten times a second); ``tick`` writes the buffered rows once
@@ -160,10 +170,14 @@ class CaptureWriter:
         rotate_seconds: float | None = None,
         flush_seconds: float = FLUSH_SECONDS,
         max_batch_rows: int = MAX_BATCH_ROWS,
-        zstd_level: int | None = ZSTD_LEVEL,
+        zstd_level: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        journeys: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.journeys = journeys
+        self.schema = events.JOURNEY_CAPTURE_SCHEMA if journeys else events.CAPTURE_SCHEMA
+        self.place_ids = PlaceIds()
         self.rotating = rotate_size is not None or rotate_seconds is not None
         self.rotate_size = rotate_size
         self.rotate_seconds = rotate_seconds
@@ -176,11 +190,14 @@ class CaptureWriter:
         # packet against 2.3 on one thread (offline, docs/benchmarks.md;
         # live `record` runs differ by less than their noise). A live capture
         # competes with the traffic for CPU, not for time.
+        if zstd_level is None:
+            zstd_level = JOURNEY_ZSTD_LEVEL if journeys else ZSTD_LEVEL
         self._options = pa.ipc.IpcWriteOptions(
             compression=pa.Codec("zstd", compression_level=zstd_level), emit_dictionary_deltas=True, use_threads=False
         )
         self.paths: list[Path] = []
-        self.event_rows = 0
+        self.event_rows = 0  # sightings (a journey row counts its hops)
+        self.journey_rows = 0
         self.batches_written = 0
         self._closed_bytes = 0  # bytes in files already rotated away
         self._pending: list[pa.Table] = []
@@ -206,12 +223,24 @@ class CaptureWriter:
         self._buffer(rows)
         self.event_rows += n
 
+    def add_journeys(self, records: np.ndarray, ctx: Any) -> None:
+        """The kernel's journey records (events.JOURNEY_DTYPE) as `journey`
+        rows; ``ctx`` (decode.DecodeContext) names their hops' places."""
+        if not self.journeys:
+            raise ValueError("add_journeys on a sighting-row capture")
+        if not len(records):
+            return
+        rows = journey_rows(records, ctx, self.place_ids)
+        self._buffer(rows)
+        self.journey_rows += rows.num_rows
+        self.event_rows += int(np.minimum(records["n_hops"], events.MAX_HOPS).sum())
+
     def add_row(self, kind: str, ktime_ns: int, time_ns: int, info: Mapping[str, Any], **columns: Any) -> None:
         """One non-event row (container, stats...): packet columns stay null."""
         if kind not in events.ROW_KINDS:
             raise ValueError(f"unknown row kind {kind!r}")
         row = {"time": time_ns, "ktime_ns": ktime_ns, "kind": kind, "info": json.dumps(info, sort_keys=True), **columns}
-        self._buffer(pa.Table.from_pylist([row], schema=events.CAPTURE_SCHEMA))
+        self._buffer(pa.Table.from_pylist([row], schema=self.schema))
 
     def _buffer(self, rows: pa.Table) -> None:
         if self.closed:
@@ -235,10 +264,14 @@ class CaptureWriter:
         """Write buffered rows as one record batch and hand it to the OS."""
         if not self._pending_rows:
             return
-        table = pa.concat_tables(self._pending)
-        self._pending, self._pending_rows = [], 0
         if self._stream is None:
             self._open()
+        places = self.place_ids.take_unwritten()  # before the rows that point at them
+        if places:
+            self._pending.insert(0, pa.Table.from_pylist(
+                [{"kind": "place", "info": json.dumps(p, sort_keys=True)} for p in places], schema=self.schema))
+        table = pa.concat_tables(self._pending)
+        self._pending, self._pending_rows = [], 0
         for start in range(0, table.num_rows, self.max_batch_rows):
             self._write(table.slice(start, self.max_batch_rows))
         if self.rotate_size is not None and self.current_file_bytes >= self.rotate_size:
@@ -246,7 +279,7 @@ class CaptureWriter:
 
     def _write(self, table: pa.Table) -> None:
         arrays = []
-        for f in events.CAPTURE_SCHEMA:
+        for f in self.schema:
             col = table.column(f.name)
             if pa.types.is_dictionary(f.type):
                 state = self._dicts.get(f.name)
@@ -256,7 +289,7 @@ class CaptureWriter:
                 arrays.append(pa.chunked_array(chunks, f.type).combine_chunks())
             else:
                 arrays.append(col.combine_chunks())
-        batch = pa.RecordBatch.from_arrays(arrays, schema=events.CAPTURE_SCHEMA)
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
         try:
             self._stream.write_batch(batch)
             self._file.flush()
@@ -285,13 +318,15 @@ class CaptureWriter:
         self._file = os.fdopen(fd, "wb")
         metadata = self._metadata() if callable(self._metadata) else self._metadata
         try:
-            self._stream = pa.ipc.new_stream(self._file, schema_with_metadata(metadata), options=self._options)
+            self._stream = pa.ipc.new_stream(self._file, schema_with_metadata(metadata, self.journeys),
+                                             options=self._options)
             self._file.flush()
         except OSError as exc:
             raise CaptureWriteError(f"writing {path}: {exc.strerror or exc}") from None
         self._opened_at = self.clock()
         self._batches_in_file = 0
         self._dicts = {}  # a new stream starts with empty dictionaries
+        self.place_ids.new_file()  # and knows no places yet
 
     def _close_file(self) -> None:
         if self._stream is None:
@@ -397,8 +432,12 @@ class Recorder:
     def start(self, session: Any) -> None:
         self._session = session
         self._started = self.clock()
+        # The kernel's journey records are stored as they come (schema 2);
+        # the per-sighting build and latency mode write sighting rows.
+        journeys = not (getattr(session, "sightings", True) or getattr(session, "latency", False))
         self.writer = CaptureWriter(
-            self.path, self._metadata, rotate_size=self.rotate_size, rotate_seconds=self.rotate_seconds, clock=self.clock
+            self.path, self._metadata, rotate_size=self.rotate_size, rotate_seconds=self.rotate_seconds, clock=self.clock,
+            journeys=journeys,
         )
         session.on_container_event = self._on_container_event
 
@@ -406,7 +445,6 @@ class Recorder:
         s = self._session
         containers = list(s.inventory.containers) if s.inventory is not None else []
         return {
-            "schema_version": events.SCHEMA_VERSION,
             "host": socket.gethostname(),
             "kernel": os.uname().release,
             "version": __version__,
@@ -430,6 +468,19 @@ class Recorder:
         self.packets += int(np.count_nonzero(flags & events.FLAG_NEW_PACKET))
         flows = pc.unique(table.column("flow_id")).to_numpy()
         self._flows.update(flows[flows != 0].tolist())  # nf_conn addresses: bounded by conntrack's table
+
+    def add_records(self, records: np.ndarray) -> None:
+        """The kernel's journey records, stored as they are (``add`` takes
+        decoded sighting rows)."""
+        if not len(records):
+            return
+        with self._session.lock:  # the places may be rebuilt meanwhile (Docker thread)
+            self.writer.add_journeys(records, self._session.ctx)
+        n_hops = np.minimum(records["n_hops"], events.MAX_HOPS)
+        codes = records["hops"]["code"][np.arange(events.MAX_HOPS) < n_hops[:, None]]
+        self.packets += int(np.count_nonzero(codes & 0x80))  # HOP_NEW_PACKET_BIT: the hop that gave the id
+        flows = np.unique(records["flow_id"])
+        self._flows.update(flows[flows != 0].tolist())
 
     @property
     def flows(self) -> int:
@@ -469,7 +520,8 @@ class Recorder:
             "lost": dict(counters.lost),
             "record": getattr(counters, "record", "event"),
             "journey_ends": dict(getattr(counters, "journey_ends", {})),
-            "event_rows": self.writer.event_rows,
+            "event_rows": self.writer.event_rows,  # sightings
+            "journey_rows": self.writer.journey_rows,
             "packets": self.packets,
             "flows": self.flows,
             "duration_s": round(self.clock() - self._started, 3),
@@ -539,10 +591,22 @@ def _check_version(path: str, meta: dict[str, str]) -> None:
     if version is None:
         raise CaptureReadError(f"{path}: no tracer metadata: not a tracer capture")
     major = version.split(".")[0]
-    if major != events.SCHEMA_VERSION.split(".")[0]:
+    if major not in READABLE_MAJORS:
         raise CaptureReadError(
-            f"{path}: capture schema version {version} is incompatible with this tracer (reads version {events.SCHEMA_VERSION})"
+            f"{path}: capture schema version {version} is incompatible with this tracer "
+            f"(reads versions {' and '.join(READABLE_MAJORS)})"
         )
+
+
+# Sighting rows (1) and journey rows (2); both read as sighting rows.
+READABLE_MAJORS = (events.SCHEMA_VERSION.split(".")[0], events.JOURNEY_SCHEMA_VERSION.split(".")[0])
+
+
+def _rows_of(meta: dict[str, str]) -> Callable[[pa.RecordBatch], pa.Table | pa.RecordBatch]:
+    """What turns one file's batches, in order, into CAPTURE_SCHEMA rows."""
+    if meta.get("schema_version", "").split(".")[0] == events.JOURNEY_SCHEMA_VERSION.split(".")[0]:
+        return JourneyRowReader().convert
+    return _conform
 
 
 def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -611,15 +675,17 @@ class _FileRows:
             raise CaptureReadError(f"{self.path}: truncated: the file ends inside its schema header") from None
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
-        """The file's batches, each through ``_conform``; a torn tail ends
-        the file (what came before is kept) and sets ``warning``."""
+        """The file's batches as CAPTURE_SCHEMA rows (``_rows_of``: journey
+        rows laid out as sightings); a torn tail ends the file (what came
+        before is kept) and sets ``warning``."""
+        rows_of = _rows_of(self.metadata)
         f = self._open()
         with f:
             file_format, reader = self._reader(f)
             if file_format:
                 try:
                     for i in range(reader.num_record_batches):
-                        yield self._count(_conform(reader.get_batch(i)))
+                        yield from self._converted(rows_of, reader.get_batch(i))
                 except pa.ArrowException:
                     raise CaptureReadError(f"{self.path}: truncated or damaged Arrow file") from None
                 return
@@ -632,7 +698,7 @@ class _FileRows:
                 except (pa.ArrowException, OSError):
                     torn = True
                     break
-                yield self._count(_conform(batch))
+                yield from self._converted(rows_of, batch)
             f.seek(max(0, self.size - len(_EOS)))
             clean = not torn and f.read() == _EOS
         if not self.batches and not clean:
@@ -643,10 +709,15 @@ class _FileRows:
         elif not clean:
             self.warning = f"{recovered}; the capture was not stopped cleanly (no end-of-stream marker)"
 
-    def _count(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def _converted(self, rows_of, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        try:
+            rows = rows_of(batch)
+        except BadJourneyRows as exc:
+            raise CaptureReadError(f"{self.path}: {exc}") from None
         self.batches += 1
-        self.rows += batch.num_rows
-        return batch
+        for out in (rows.to_batches() if isinstance(rows, pa.Table) else [rows]):
+            self.rows += out.num_rows
+            yield out
 
 
 class CaptureStream:

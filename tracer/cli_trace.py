@@ -221,11 +221,11 @@ class JourneyFeed:
             return
         self.sightings += int(records["n_hops"].sum())
         if not self.showing:
-            self.recorder.add(self.session.decode_records(records))
+            self.recorder.add_records(records)
             return
         late = self.hold.add(records)
         if len(late) and self.recorder is not None:  # its packet was shown: the capture still gets it
-            self.recorder.add(self.session.decode_records(late))
+            self.recorder.add_records(late)
 
     def complete(self, idle_ns: int, now_ktime: int):
         return self._out(self.hold.pop_complete(idle_ns, now_ktime))
@@ -235,7 +235,7 @@ class JourneyFeed:
 
     def _out(self, records):
         if self.recorder is not None and len(records):
-            self.recorder.add(self.session.decode_records(records))
+            self.recorder.add_records(records)
         return self.session.journey_rows(records)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from tracer import events
-from tracer.decode import DecodeContext, _factorize, _places, ip_text
+from tracer.decode import DecodeContext, _factorize, ip_text, resolve_places
 from tracer.journeys import JourneyRows, _Codes, verdicts
 
 _HOOK_VALUES = list(events.HOOKS) + [None]
@@ -78,7 +78,7 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
     netns_raw = np.where(is_drop, records["drop_netns"][src_rec], 0).astype(np.uint32)
 
     # Places: resolved once per distinct (in container netns, netns, ifindex).
-    places, where = _places(ctx, in_ct, netns_raw, ifindex.astype(np.uint32), src_u32, dst_u32)
+    places, where = resolve_places(ctx, in_ct, netns_raw, ifindex.astype(np.uint32), src_u32, dst_u32)
     where = np.asarray(where, np.int64)
     role = _place_codes(where, [p.role for p in places])
     ifname = _place_codes(where, [p.ifname for p in places])

@@ -161,7 +161,7 @@ def test_rotation_mode_and_metadata(lab, tmp_path):
     cap = read_capture([str(f) for f in files])
     assert cap.table.num_rows == total and cap.stats is not None
     meta = cap.metadata
-    assert meta["schema_version"] == events.SCHEMA_VERSION
+    assert meta["schema_version"] == events.JOURNEY_SCHEMA_VERSION  # `record` stores journey rows
     assert meta["kernel"] == os.uname().release and meta["host"] == os.uname().nodename
     assert meta["filter"] == f"port {lab['port']}"
     assert "record" in meta["command"] and "--rotate-seconds" in meta["command"]

@@ -9,7 +9,7 @@ import pytest
 
 from tracer.errors import MissingCapability, TracerError
 from tracer.kernel import bpf_syscall as sc
-from tracer.kernel.links import link_error
+from tracer.kernel.links import TargetGone, link_error
 
 
 def u32(buf: bytes, off: int) -> int:
@@ -120,6 +120,9 @@ def test_errno_messages():
 
     nodev = link_error(OSError(errno.ENODEV, "x"), "tcx", ifindex=12, netns="trct-x")
     assert str(nodev) == "no such interface: ifindex 12 in netns trct-x"
+    assert isinstance(nodev, TargetGone)  # an interface gone while starting is skipped, not fatal (sensors/tc.py)
+    assert isinstance(link_error(OSError(errno.ENOENT, "x"), "tcx", netns="trct-x"), TargetGone)
+    assert not isinstance(perm, TargetGone)
 
     inval = link_error(OSError(errno.EINVAL, "x"), "netfilter")
     assert isinstance(inval, MissingCapability) and str(inval).startswith("kernel does not support netfilter")

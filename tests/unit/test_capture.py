@@ -391,8 +391,8 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     empty.write_bytes(b"")
     text = tmp / "notes.arrows"
     text.write_text("GET / HTTP/1.1\r\nHost: example\r\n\r\n")
-    future = tmp / "v2.arrows"
-    meta = schema_with_metadata({**META, "schema_version": "2.0"})
+    future = tmp / "v9.arrows"
+    meta = schema_with_metadata({**META, "schema_version": "9.0"})
     with pa.ipc.new_stream(str(future), meta) as s:
         s.write_table(read_capture(str(good)).table)
     plain = tmp / "plain.arrows"

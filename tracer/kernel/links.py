@@ -31,6 +31,10 @@ class Link(Protocol):
     def close(self) -> None: ...
 
 
+class TargetGone(TracerError):
+    """The interface or network namespace went away before it was attached."""
+
+
 def link_error(exc: OSError, kind: str, *, hook: str | None = None, priority: int | None = None,
                ifindex: int | None = None, netns: str | None = None) -> TracerError:
     """Turn an errno from attaching into a message a user can act on."""
@@ -46,12 +50,12 @@ def link_error(exc: OSError, kind: str, *, hook: str | None = None, priority: in
         return MissingCapability(f"attaching a {kind} link was refused ({errno.errorcode[err]}): "
                                  "needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
     if err == errno.ENODEV or (err == errno.ENXIO and ifindex is not None):
-        return TracerError(f"no such interface: ifindex {ifindex}{where}")
+        return TargetGone(f"no such interface: ifindex {ifindex}{where}")
     if err == errno.EINVAL:
         need = {"netfilter": "netfilter BPF links (Linux >= 6.4)", "tcx": "tcx links (Linux >= 6.6)"}.get(kind, f"{kind} links")
         return MissingCapability(f"kernel does not support {need}, or the program type does not match (EINVAL)")
     if err == errno.ENOENT and netns:
-        return TracerError(f"no such network namespace: {netns}")
+        return TargetGone(f"no such network namespace: {netns}")
     return TracerError(f"attaching a {kind} link failed: {os.strerror(err or 0)} (errno {err})")
 
 

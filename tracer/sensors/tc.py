@@ -9,7 +9,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from tracer.kernel.links import attach_tc
+from tracer.kernel.links import TargetGone, attach_tc
 from tracer.latency import IF_ROLE_SLOTS, ROLES
 from tracer.sensors.base import Sensor
 
@@ -65,6 +65,11 @@ class TcSensor(Sensor):
             for target in self.pending:
                 try:
                     self.add(target)
+                except TargetGone as exc:
+                    # Removed between listing and attaching (a container
+                    # stopped, a veth deleted): nothing left there to trace.
+                    owner = f" of container {target.container_name}" if target.container_id else ""
+                    log.warning("not tracing %s%s: %s", target.ifname, owner, exc)
                 except Exception as exc:
                     if target.container_id is None:
                         raise

@@ -1,0 +1,172 @@
+"""Captures of journey records (schema version 2): what the kernel emitted is
+stored as one row per record, and reading it back gives exactly the sighting
+rows live decoding gives for the same records, whatever the batching, the
+rotation or the places learnt on the way."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from tests.unit.test_decode import ctx
+from tests.unit.test_journey_records import records
+from tracer import events
+from tracer.capture import CaptureWriter, read_capture
+from tracer.decode import decode
+from tracer.expand import expand
+
+META = {"host": "testhost", "kernel": "6.1.0", "version": "0", "command": "tracer record", "filter": "",
+        "start_time": "2026-11-30T00:00:00Z", "ktime_offset_ns": "0", "containers": "[]", "sample": "1"}
+
+
+def live_rows(recs: np.ndarray) -> pa.Table:
+    """What decoding the records live gives (the version 1 capture's rows)."""
+    return decode(expand(recs), ctx())
+
+
+def comparable(table: pa.Table) -> list[dict]:
+    cols = [c for c in events.EVENT_SCHEMA.names]
+    return table.select(cols).to_pylist()
+
+
+def write(path, batches, **kw) -> CaptureWriter:
+    c = ctx()
+    with CaptureWriter(path, META, journeys=True, **kw) as w:
+        for recs in batches:
+            w.add_journeys(recs, c)
+            w.flush()
+    return w
+
+
+def test_journey_rows_read_back_as_their_sighting_rows(tmp_path):
+    recs = records()
+    path = tmp_path / "cap.arrows"
+    w = write(path, [recs[:3], recs[3:]])
+    capture = read_capture(str(path))
+    assert capture.metadata["schema_version"] == events.JOURNEY_SCHEMA_VERSION
+    assert comparable(capture.events) == comparable(live_rows(recs))
+    assert w.journey_rows == len(recs)
+    assert w.event_rows == capture.events.num_rows == int(recs["n_hops"].sum())
+
+
+def test_the_file_holds_one_row_per_record_and_each_place_once(tmp_path):
+    recs = records()
+    path = tmp_path / "cap.arrows"
+    write(path, [recs[:3], recs[3:], recs])
+    table = pa.ipc.open_stream(str(path)).read_all()
+    kinds = table.column("kind").to_pylist()
+    assert kinds.count("journey") == 2 * len(recs)
+    places = [json.loads(i) for i, k in zip(table.column("info").to_pylist(), kinds) if k == "place"]
+    assert len({p["id"] for p in places}) == len(places), "a place is written once per file"
+    first_use = {}
+    for row, k in enumerate(kinds):
+        if k == "journey":
+            for h in table.column("hops")[row].as_py():
+                first_use.setdefault(h["place"], row)
+    place_rows = {json.loads(table.column("info")[r].as_py())["id"]: r for r, k in enumerate(kinds) if k == "place"}
+    assert all(place_rows[p] < r for p, r in first_use.items()), "a place row comes before the rows that use it"
+    hops = pc.list_flatten(table.column("hops"))
+    assert pc.max(pc.struct_field(hops, "hook")).as_py() < len(events.HOOKS)
+
+
+def test_each_rotated_file_reads_on_its_own(tmp_path):
+    recs = records()
+    path = tmp_path / "cap.arrows"
+    w = write(path, [recs[:4], recs[4:]], rotate_size=1)
+    assert len(w.paths) == 2
+    for part, expected in zip(w.paths, (recs[:4], recs[4:])):
+        assert comparable(read_capture(str(part)).events) == comparable(live_rows(expected))
+
+
+def test_more_hops_than_a_record_holds_are_cut_not_crashed(tmp_path):
+    """A hand-made capture whose hop list is longer than MAX_HOPS reads as a
+    record would hold it (the first MAX_HOPS hops)."""
+    recs = records()[:1]
+    path = tmp_path / "cap.arrows"
+    write(path, [recs])
+    table = pa.ipc.open_stream(str(path)).read_all()
+    schema = table.schema
+    rows = table.to_pylist()
+    for row in rows:
+        if row["kind"] == "journey":
+            row["hops"] = row["hops"] * 4
+    long = tmp_path / "long.arrows"
+    with pa.ipc.new_stream(str(long), schema) as s:
+        s.write_table(pa.Table.from_pylist(rows, schema=schema))
+    events_read = read_capture(str(long)).events
+    assert events_read.num_rows == events.MAX_HOPS
+
+
+@pytest.mark.parametrize("column", ["hops", "tuples", "end", "drop_reason"])
+def test_null_columns_read_as_empty_not_a_traceback(tmp_path, column):
+    recs = records()
+    path = tmp_path / "cap.arrows"
+    write(path, [recs])
+    table = pa.ipc.open_stream(str(path)).read_all()
+    i = table.schema.get_field_index(column)
+    table = table.set_column(i, table.schema.field(column), pa.nulls(table.num_rows, table.schema.field(column).type))
+    broken = tmp_path / "nulls.arrows"
+    with pa.ipc.new_stream(str(broken), table.schema) as s:
+        s.write_table(table)
+    read_capture(str(broken)).events  # reads; what is missing is missing
+
+
+def test_records_as_the_kernel_lays_them_out_and_as_numpy_reorders_them(tmp_path):
+    """Kernel records keep addresses in network byte order (events.JOURNEY_DTYPE);
+    np.concatenate (the hold) gives them back in native order: both are stored alike."""
+    native = records()
+    kernel = native.astype(events.JOURNEY_DTYPE)
+    assert kernel.dtype["tuples"].base["saddr"].byteorder == ">" and native.dtype != kernel.dtype
+    for recs, name in ((native, "native"), (kernel, "kernel")):
+        path = tmp_path / f"{name}.arrows"
+        write(path, [recs])
+        assert comparable(read_capture(str(path)).events) == comparable(live_rows(native)), name
+
+
+def test_a_strided_view_of_records_is_stored_alike(tmp_path):
+    """The drain hands over views into its buffer, not always contiguous."""
+    recs = records()
+    doubled = np.repeat(recs, 2)[::2]
+    assert not doubled.flags.c_contiguous
+    path = tmp_path / "strided.arrows"
+    write(path, [doubled])
+    assert comparable(read_capture(str(path)).events) == comparable(live_rows(recs))
+
+
+def _rewrite(tmp_path, change) -> str:
+    recs = records()
+    path = tmp_path / "cap.arrows"
+    write(path, [recs])
+    reader = pa.ipc.open_stream(str(path))
+    table = change(reader.read_all())
+    out = tmp_path / "changed.arrows"
+    with pa.ipc.new_stream(str(out), table.schema.with_metadata(reader.schema.metadata)) as s:
+        s.write_table(table)
+    return str(out)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.drop_columns(["hops"]), "no 'hops' column"),
+    (lambda t: t.set_column(t.schema.get_field_index("hops"), "hops", pa.array(["x"] * t.num_rows)), "column 'hops' is string"),
+    (lambda t: t.set_column(t.schema.get_field_index("info"), "info",
+                            pa.array(["{" if k == "place" else None for k in t.column("kind").to_pylist()])),
+     "a place row's info is not a place"),
+])
+def test_broken_journey_columns_are_one_line(tmp_path, change, message):
+    from tracer.capture import CaptureReadError
+
+    path = _rewrite(tmp_path, change)
+    with pytest.raises(CaptureReadError, match=message) as err:
+        read_capture(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_missing_optional_column_reads_as_null(tmp_path):
+    path = _rewrite(tmp_path, lambda t: t.drop_columns(["tcp_seq", "end"]))
+    table = read_capture(path).events
+    assert table.num_rows == int(records()["n_hops"].sum())
+    assert set(table.column("tcp_seq").to_pylist()) == {0}

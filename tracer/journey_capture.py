@@ -1,0 +1,353 @@
+"""Journey records <-> the rows of a capture on disk (schema version 2).
+
+A capture stores what the kernel emitted: one `journey` row per record, its
+hops and address tuples as list columns, in events.JOURNEY_CAPTURE_SCHEMA.
+What only the live host knows (a hop's interface name, role and container)
+is resolved while recording into `place` rows, each written once per file
+before the rows that point at it. Readers get the sighting rows every
+analysis reads (events.CAPTURE_SCHEMA) from ``JourneyRowReader``, laid out
+by the same code that lays out live records (tracer/expand.py, decode).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracer import events
+from tracer.decode import UNKNOWN_PLACE, DecodeContext, Place, _by_lookup, _codes, decode, resolve_places
+from tracer.expand import expand
+
+_HOOK_DROP = events.HOOKS.index("drop")
+_NEW_PACKET_BIT = 0x80  # HOP_NEW_PACKET_BIT in bpf/journey.h
+_HEADER = ("packet_id", "flow_id", "skb", "drop_netns", "fwd_out_ifindex", "ip_id", "length", "cpu",
+           "tcp_flags", "tcp_seq", "tcp_ack")  # record fields stored as they are (columns of the same name)
+
+
+class PlaceIds:
+    """Capture-wide ids of the places hops happened at. Ids only grow; each
+    file of a rotated capture starts by writing every place known so far, so
+    any file reads on its own."""
+
+    def __init__(self) -> None:
+        self.ids: dict[Place, int] = {}
+        self.places: list[Place] = []
+        self._unwritten: list[int] = []
+
+    def ids_of(self, places: list[Place]) -> np.ndarray:
+        out = np.empty(len(places), np.uint32)
+        for i, place in enumerate(places):
+            pid = self.ids.get(place)
+            if pid is None:
+                pid = self.ids[place] = len(self.places)
+                self.places.append(place)
+                self._unwritten.append(pid)
+            out[i] = pid
+        return out
+
+    def new_file(self) -> None:
+        self._unwritten = list(range(len(self.places)))
+
+    def take_unwritten(self) -> list[dict]:
+        """The `place` rows' info objects the current file still lacks."""
+        taken, self._unwritten = self._unwritten, []
+        return [place_info(pid, self.places[pid]) for pid in taken]
+
+
+def place_info(pid: int, place: Place) -> dict:
+    return {"id": pid, "ifname": place.ifname, "role": place.role, "netns": place.netns,
+            "container_id": place.container_id, "container_name": place.container_name}
+
+
+def place_of_info(info: dict) -> Place:
+    return Place(info.get("ifname"), info.get("role") or "other", int(info.get("netns") or 0),
+                 info.get("container_id"), info.get("container_name"))
+
+
+# --- writing ------------------------------------------------------------------
+
+
+def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -> pa.Table:
+    """Kernel journey records -> `journey` rows (JOURNEY_CAPTURE_SCHEMA)."""
+    if not (records["n_hops"] > 0).all():  # a record copied mid-restart: nothing to keep (as expand)
+        records = records[records["n_hops"] > 0]
+    n = len(records)
+    n_hops = np.minimum(records["n_hops"].astype(np.int64), events.MAX_HOPS)
+    n_tuples = np.clip(records["n_tuples"].astype(np.int64), 1, events.MAX_TUPLES)
+    dt_ns, ifindex, code, ttl, t_idx = _used_hops(records, n_hops)
+    rec = np.repeat(np.arange(n), n_hops)
+    hook = code & 0x0F
+    in_ct = (code & events.HOP_IN_CT_BIT) != 0
+    is_drop = hook == _HOOK_DROP
+    t_idx = np.minimum(t_idx, events.MAX_TUPLES - 1)
+    tuples = records["tuples"]
+
+    # Where each hop was: resolved as live decoding does, once per distinct
+    # place (a drop hop's netns is the record's; the others' the host's).
+    netns = np.zeros(len(code), np.uint32)
+    drops = np.flatnonzero(is_drop)
+    netns[drops] = records["drop_netns"][rec[drops]]
+
+    def addresses():
+        return tuples["saddr"][rec, t_idx].astype(np.uint32), tuples["daddr"][rec, t_idx].astype(np.uint32)
+
+    places, inverse = resolve_places(ctx, in_ct, netns, ifindex, addresses, None)
+    place = place_ids.ids_of(places)[inverse] if len(places) else np.zeros(0, np.uint32)
+
+    # HOP_FLAG_IN_CONTAINER_NS from HOP_IN_CT_BIT (0x40), HOP_FLAG_NEW_PACKET from 0x80
+    hop_flags = (code >> 6) & 0x03
+    hop_values = pa.StructArray.from_arrays(
+        [pa.array(dt_ns), pa.array(hook), pa.array((code >> events.HOP_STAGE_SHIFT) & 0x03), pa.array(hop_flags),
+         pa.array(ifindex), pa.array(ttl), pa.array(t_idx), pa.array(place)],
+        fields=list(events.HOP_ROW_TYPE))
+    tuple_values = pa.StructArray.from_arrays(list(_used_tuples(records, n_tuples)), fields=list(events.TUPLE_ROW_TYPE))
+
+    has_drop = np.zeros(n, bool)
+    has_drop[rec[drops]] = True
+    reasons = np.where(has_drop, records["drop_reason"].astype(np.int64), -1)
+    ktime = records["first_ktime"].astype(np.uint64)
+    columns = {
+        "time": pa.array(ktime.astype(np.int64) + ctx.boot_offset_ns, pa.timestamp("ns", tz="UTC")),
+        "ktime_ns": pa.array(ktime),
+        "kind": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["journey"])),
+        "last_ktime_ns": pa.array(records["last_ktime"].astype(np.uint64)),
+        "end": _codes(records["end"], events.JOURNEY_ENDS),
+        "direction": _codes(records["direction"], events.DIRECTIONS),
+        "protocol": _by_lookup(records["protocol"].astype(np.int64),
+                               lambda u: events.PROTOCOLS | {p: str(p) for p in u.tolist() if p not in events.PROTOCOLS}),
+        "drop_reason": _by_lookup(reasons, lambda u: {r: (None if r < 0 else ctx.drop_reasons.get(r, f"REASON_{r}"))
+                                                      for r in u.tolist()}),
+        "tuples": pa.ListArray.from_arrays(pa.array(_offsets(n_tuples)), tuple_values),
+        "hops": pa.ListArray.from_arrays(pa.array(_offsets(n_hops)), hop_values),
+    }
+    for name in _HEADER:
+        columns[name] = pa.array(records[name].astype(records.dtype[name].newbyteorder("=")))
+    schema = events.JOURNEY_CAPTURE_SCHEMA
+    return pa.Table.from_arrays(
+        [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in schema], schema=schema)
+
+
+# The used hops and tuples of records, gathered as 32-bit words: numpy copies
+# a structured field's elements one by one (~30 ns a hop), plain words in
+# bulk (~4). The words' layout is the structs' (checked here, little-endian).
+assert events.HOP_DTYPE.fields["dt_ns"][1] == 0 and events.HOP_DTYPE.fields["ifindex"][1] == 4
+assert all(events.HOP_DTYPE[f].byteorder in "<|=" for f in events.HOP_DTYPE.names)
+assert [events.HOP_DTYPE.fields[f][1] for f in ("code", "ttl", "tuple")] == [8, 9, 10]
+assert [events.TUPLE_DTYPE.fields[f][1] for f in ("saddr", "daddr", "sport", "dport")] == [0, 4, 8, 10]
+assert np.little_endian
+
+
+def _used_words(records: np.ndarray, name: str, used: np.ndarray) -> np.ndarray:
+    """(sum(used), 3) u32: the first ``used[i]`` 12-byte elements of record
+    i's array field ``name``, record by record."""
+    count = records.dtype[name].shape[0]
+    offset = records.dtype.fields[name][1]
+    if not records.flags.c_contiguous:  # e.g. a drained batch's view into its buffer
+        records = np.ascontiguousarray(records)
+    raw = records.view(np.uint8).reshape(len(records), records.dtype.itemsize)
+    words = np.ascontiguousarray(raw[:, offset:offset + 12 * count]).view(np.uint32).reshape(-1, 3)
+    return np.take(words, np.flatnonzero(np.arange(count) < used[:, None]), axis=0)
+
+
+def _used_hops(records: np.ndarray, n_hops: np.ndarray):
+    """dt_ns, ifindex, code, ttl, tuple of every used hop."""
+    w = _used_words(records, "hops", n_hops)
+    last = w[:, 2]
+    return (w[:, 0].copy(), w[:, 1].copy(), (last & 0xFF).astype(np.uint8), ((last >> 8) & 0xFF).astype(np.uint8),
+            ((last >> 16) & 0xFF).astype(np.uint8))
+
+
+def _used_tuples(records: np.ndarray, n_tuples: np.ndarray):
+    """saddr, daddr, sport, dport (numbers, from network byte order) of every used tuple."""
+    w = _used_words(records, "tuples", n_tuples)
+    ports = w[:, 2].copy().view(np.uint16).reshape(-1, 2)
+    # As the kernel wrote them: network byte order. Records that went through
+    # np.concatenate (the hold) come back in native order.
+    if records.dtype["tuples"].base["saddr"].byteorder == ">":
+        return w[:, 0].byteswap(), w[:, 1].byteswap(), ports[:, 0].byteswap(), ports[:, 1].byteswap()
+    return w[:, 0].copy(), w[:, 1].copy(), ports[:, 0].copy(), ports[:, 1].copy()
+
+
+def _offsets(sizes: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(sizes) + 1, np.int32)
+    np.cumsum(sizes, out=out[1:])
+    return out
+
+
+# --- reading ------------------------------------------------------------------
+
+
+class BadJourneyRows(ValueError):
+    """A version 2 batch whose columns are not what the format says."""
+
+
+_REQUIRED = ("time", "ktime_ns", "kind", "hops", "tuples")
+
+
+def conform(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch in JOURNEY_CAPTURE_SCHEMA: columns a newer minor version added
+    are dropped, optional ones an older writer lacked are null; a required
+    column missing or of a type that does not cast is BadJourneyRows."""
+    schema = events.JOURNEY_CAPTURE_SCHEMA
+    if batch.schema.equals(schema, check_metadata=False):
+        return batch
+    names = batch.schema.names
+    arrays = []
+    for f in schema:
+        if f.name not in names:
+            if f.name in _REQUIRED:
+                raise BadJourneyRows(f"no {f.name!r} column")
+            arrays.append(pa.nulls(batch.num_rows, f.type))
+            continue
+        col = batch.column(f.name)
+        if col.type != f.type:
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowException, ValueError, TypeError):
+                raise BadJourneyRows(f"column {f.name!r} is {col.type}, not {f.type}") from None
+        arrays.append(col)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+class JourneyRowReader:
+    """One capture stream's rows -> CAPTURE_SCHEMA tables: `journey` rows as
+    their sighting rows, `place` rows remembered (not shown), the other kinds
+    as they are. Batches must come in file order."""
+
+    def __init__(self) -> None:
+        self.places: dict[int, Place] = {}
+
+    def convert(self, batch: pa.RecordBatch) -> pa.Table:
+        batch = conform(batch)
+        kind = batch.column("kind")
+        kinds = pc.fill_null(kind.cast(pa.string()) if pa.types.is_dictionary(kind.type) else kind, "")
+        is_place = pc.equal(kinds, "place")
+        if pc.any(is_place).as_py():
+            for text in batch.filter(is_place).column("info").to_pylist():
+                try:
+                    info = json.loads(text)
+                    self.places[int(info["id"])] = place_of_info(info)
+                except (TypeError, ValueError, KeyError, AttributeError):
+                    raise BadJourneyRows(f"a place row's info is not a place: {str(text)[:60]!r}") from None
+        is_journey = pc.equal(kinds, "journey")
+        parts = []
+        if pc.any(is_journey).as_py():
+            parts.append(self._sightings(batch.filter(is_journey)))
+        other = pc.invert(pc.or_(is_place, is_journey))
+        if pc.any(other).as_py():
+            parts.append(_as_capture_rows(batch.filter(other)))
+        if not parts:
+            return events.CAPTURE_SCHEMA.empty_table()
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    def _sightings(self, rows: pa.RecordBatch) -> pa.Table:
+        records, place = _records(rows)
+        ktime = rows.column("ktime_ns").to_numpy(zero_copy_only=False).astype(np.int64)
+        wall = rows.column("time").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        reasons = rows.column("drop_reason")
+        names = reasons.dictionary.to_pylist() if pa.types.is_dictionary(reasons.type) else []
+        ctx = DecodeContext(host_netns=0, drop_reasons=dict(enumerate(names)),
+                            boot_offset_ns=int(wall[0] - ktime[0]) if len(wall) else 0)
+        distinct, inverse = np.unique(place, return_inverse=True)
+        known = [self.places.get(int(p), UNKNOWN_PLACE) for p in distinct.tolist()]
+        table = decode(expand(records), ctx, places=(known, inverse))
+        n = table.num_rows
+        kind = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["event"]))
+        return table.append_column(events.CAPTURE_SCHEMA.field("kind"), kind).append_column(
+            events.CAPTURE_SCHEMA.field("info"), pa.nulls(n, pa.string()))
+
+
+def _records(rows: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+    """`journey` rows -> kernel journey records (events.JOURNEY_DTYPE) and
+    the place id of each of their hops, in expand()'s order."""
+    n = rows.num_rows
+    out = events.empty_journeys(n)
+    for name in _HEADER:
+        out[name] = _numbers(rows.column(name))
+    out["first_ktime"] = _numbers(rows.column("ktime_ns"))
+    out["last_ktime"] = _numbers(rows.column("last_ktime_ns"))
+    out["end"] = _indices(rows.column("end"), events.JOURNEY_ENDS)
+    out["direction"] = _indices(rows.column("direction"), events.DIRECTIONS)
+    protocol = rows.column("protocol")
+    out["protocol"] = _indices(protocol, None, lambda name: events.PROTOCOL_NUMBERS.get(name) or _int(name))
+    reasons = rows.column("drop_reason")  # its dictionary's positions are the codes the reader's context names
+    if pa.types.is_dictionary(reasons.type):
+        out["drop_reason"] = pc.fill_null(reasons.indices, 0).to_numpy(zero_copy_only=False)
+
+    hop_lists, tuple_lists = rows.column("hops"), rows.column("tuples")
+    n_hops = np.minimum(pc.fill_null(pc.list_value_length(hop_lists), 0).to_numpy(zero_copy_only=False), events.MAX_HOPS)
+    n_tuples = np.minimum(pc.fill_null(pc.list_value_length(tuple_lists), 0).to_numpy(zero_copy_only=False), events.MAX_TUPLES)
+    out["n_hops"], out["n_tuples"] = n_hops, n_tuples
+    hops = _flat(hop_lists, n_hops)
+    rec, hop_i = _positions(n_hops)
+    slots = out["hops"]
+    hook = _numbers(hops.field("hook")).astype(np.uint8)
+    stage = _numbers(hops.field("nat_stage")).astype(np.uint8)
+    flags = _numbers(hops.field("flags")).astype(np.uint8)
+    slots["code"][rec, hop_i] = (hook & 0x0F) | ((stage & 0x03) << events.HOP_STAGE_SHIFT) \
+        | np.where(flags & events.HOP_FLAG_IN_CONTAINER_NS, events.HOP_IN_CT_BIT, 0) \
+        | np.where(flags & events.HOP_FLAG_NEW_PACKET, _NEW_PACKET_BIT, 0)
+    for name in ("dt_ns", "ifindex", "ttl", "tuple"):
+        slots[name][rec, hop_i] = _numbers(hops.field(name))
+    tuples = _flat(tuple_lists, n_tuples)
+    t_rec, t_i = _positions(n_tuples)
+    for f in events.TUPLE_FIELDS:
+        out["tuples"][f.name][t_rec, t_i] = _numbers(tuples.field(f.name))
+    return out, _numbers(hops.field("place")).astype(np.int64)
+
+
+def _flat(lists: pa.Array, kept: np.ndarray) -> pa.StructArray:
+    """A list column's values, at most ``kept`` per row (slices and nulls honoured)."""
+    lists = pc.fill_null(lists, pa.scalar([], lists.type)) if lists.null_count else lists
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    values = lists.flatten()
+    if (lengths != kept).any():  # a hand-made capture with more hops than a record holds
+        rec, i = _positions(lengths)
+        values = values.filter(pa.array(i < kept[rec]))
+    return values
+
+
+def _positions(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sizes = sizes.astype(np.int64)
+    rec = np.repeat(np.arange(len(sizes)), sizes)
+    first = np.concatenate(([0], np.cumsum(sizes)[:-1])) if len(sizes) else np.zeros(0, np.int64)
+    return rec, np.arange(len(rec)) - first[rec]
+
+
+def _numbers(column: pa.Array) -> np.ndarray:
+    return pc.fill_null(column, 0).to_numpy(zero_copy_only=False) if column.null_count else \
+        column.to_numpy(zero_copy_only=False)
+
+
+def _indices(column: pa.Array, names, convert=None) -> np.ndarray:
+    """A dictionary<string> column -> the codes its names stand for
+    (position in ``names``, or ``convert(name)``); unknown or null: 0."""
+    if not pa.types.is_dictionary(column.type):
+        column = column.cast(pa.string()).dictionary_encode()
+    values = column.dictionary.to_pylist()
+    lut = np.array([(convert(v) if convert else (names.index(v) if v in names else 0)) or 0 for v in values] or [0],
+                   np.int64)
+    return lut[pc.fill_null(column.indices, 0).to_numpy(zero_copy_only=False)]
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _as_capture_rows(rows: pa.RecordBatch) -> pa.Table:
+    """Non-packet rows (container, stats, histogram) in CAPTURE_SCHEMA."""
+    names = rows.schema.names
+    arrays = []
+    for f in events.CAPTURE_SCHEMA:
+        if f.name in names:
+            col = rows.column(f.name)
+            arrays.append(col if col.type == f.type else col.cast(f.type))
+        else:
+            arrays.append(pa.nulls(rows.num_rows, f.type))
+    return pa.Table.from_arrays(arrays, schema=events.CAPTURE_SCHEMA)
