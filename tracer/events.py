@@ -373,6 +373,7 @@ JOURNEY_CAPTURE_SCHEMA = pa.schema(
         pa.field("length", pa.uint16()),
         pa.field("cpu", pa.uint16()),
         pa.field("tcp_flags", pa.uint8()),
+        pa.field("tcp_doff", pa.uint8()),
         pa.field("tcp_seq", pa.uint32()),
         pa.field("tcp_ack", pa.uint32()),
         pa.field("tuples", pa.list_(TUPLE_ROW_TYPE)),

@@ -24,7 +24,7 @@ from tracer.expand import expand
 _HOOK_DROP = events.HOOKS.index("drop")
 _NEW_PACKET_BIT = 0x80  # HOP_NEW_PACKET_BIT in bpf/journey.h
 _HEADER = ("packet_id", "flow_id", "skb", "drop_netns", "fwd_out_ifindex", "ip_id", "length", "cpu",
-           "tcp_flags", "tcp_seq", "tcp_ack")  # record fields stored as they are (columns of the same name)
+           "tcp_flags", "tcp_doff", "tcp_seq", "tcp_ack")  # record fields stored as they are (columns of the same name)
 
 
 class PlaceIds:

@@ -44,6 +44,9 @@ def write(path, batches, **kw) -> CaptureWriter:
 
 def test_journey_rows_read_back_as_their_sighting_rows(tmp_path):
     recs = records()
+    recs["tcp_doff"] = 5 + np.arange(len(recs)) % 6  # every record field travels, not only what the helper sets
+    recs["tcp_seq"], recs["tcp_ack"], recs["skb"] = 7 * np.arange(len(recs)), 1 << 31, 0xFFFF8880_0000_0000
+    recs["fwd_out_ifindex"] = 9
     path = tmp_path / "cap.arrows"
     w = write(path, [recs[:3], recs[3:]])
     capture = read_capture(str(path))
