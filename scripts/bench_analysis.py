@@ -27,19 +27,27 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from synth_capture import parse_count  # noqa: E402
 
 
-def run(cmd: list[str], env: dict | None = None, stdout=subprocess.DEVNULL, cwd: Path | None = None) -> tuple[float, float, int]:
-    """(seconds, peak RSS in MiB, exit code) of a command, from GNU time."""
+def run(cmd: list[str], env: dict | None = None, stdout=subprocess.DEVNULL, cwd: Path | None = None) -> tuple[float, float, float, int]:
+    """(seconds, peak RSS in MiB, CPU seconds, exit code) of a command, from GNU time."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as t:
         started = time.perf_counter()
         # cwd elsewhere than the repository: `python -m` puts the cwd first on sys.path
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", t.name, *cmd], env=env, stdout=stdout,
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", t.name, *cmd], env=env, stdout=stdout,
                               stderr=subprocess.PIPE, text=True, cwd=cwd)
         took = time.perf_counter() - started
         text = Path(t.name).read_text().strip().splitlines()
-    rss = int(text[-1]) / 1024 if text and text[-1].isdigit() else float("nan")
+    fields = text[-1].split() if text else []
+    try:
+        rss, cpu = int(fields[0]) / 1024, float(fields[1]) + float(fields[2])
+    except (IndexError, ValueError):
+        rss = cpu = float("nan")
     if proc.returncode:
         print(f"  ({' '.join(cmd[-3:])} exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]})")
-    return took, rss, proc.returncode
+    return took, rss, cpu, proc.returncode
+
+
+def load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def make(path: Path, n: int) -> int:
@@ -94,19 +102,23 @@ def main() -> None:
                 (f"stats {args.baseline_sightings}, baseline {args.baseline_rev}",
                  [*tracer, "stats", str(small), "--format", "json"], base_n, old_env),
             ):
-                took, rss, rc = run(cmd, e, cwd=work)
-                rows.append((label, took, rss, n / took / 1e6 if not rc else float("nan")))
+                took, rss, cpu, rc = run(cmd, e, cwd=work)
+                rows.append((label, took, rss, n / took / 1e6 if not rc else float("nan"), cpu, load()))
                 print(f"  round {r + 1}: {label:<40} {took:8.1f} s  peak RSS {rss:8.0f} MiB  "
-                      f"{rows[-1][3]:5.2f} M sightings/s", flush=True)
+                      f"{rows[-1][3]:5.2f} M sightings/s  CPU {cpu:6.1f} s  load {rows[-1][5]}", flush=True)
         print()
-        print(f"{'case':<42}{'seconds':>9}{'peak RSS MiB':>14}{'M sightings/s':>15}")
-        for label, took, rss, rate in rows:
-            print(f"{label:<42}{took:9.1f}{rss:14.0f}{rate:15.2f}")
-        for label, took, rss, rate in rows:
+        print(f"{'case':<42}{'seconds':>9}{'peak RSS MiB':>14}{'M sightings/s':>15}{'CPU s':>8}{'M/CPU-s':>9}  load")
+        for label, took, rss, rate, cpu, ld in rows:
+            n = big_n if args.sightings in label and "baseline" not in label else base_n
+            print(f"{label:<42}{took:9.1f}{rss:14.0f}{rate:15.2f}{cpu:8.1f}{n / cpu / 1e6:9.2f}  {ld}")
+        print("(M/CPU-s: sightings per CPU-second of the process, user + system: steadier than wall time on a shared VM;"
+              " load: the host's 1-minute load average at the end of the run, on 2 vCPUs)")
+        for label, took, rss, rate, cpu, ld in rows:
             if label.startswith(("stats", "report")) and "baseline" not in label and args.sightings in label:
                 print(f"target {label}: peak RSS <= 1024 MiB: {'met' if rss <= 1024 else 'NOT met'}; "
                       f">= 5 M sightings/s: {'met' if rate >= 5 else 'NOT met'} ({rate:.2f})")
         base = [r for r in rows if "baseline" in r[0]]
+        # (label, seconds, rss, rate, cpu, load)
         ours = [r for r in rows if r[0] == f"stats {args.baseline_sightings}"]
         if base and ours:
             print(f"baseline/ours at {args.baseline_sightings}: peak RSS {base[0][2] / ours[0][2]:.1f}x, "

@@ -21,7 +21,9 @@ end:
 from __future__ import annotations
 
 import os
+import queue
 import shutil
+import threading
 import tempfile
 import weakref
 from typing import Any, Callable, Iterator
@@ -34,7 +36,7 @@ import pyarrow as pa
 MEMORY_LIMIT = os.environ.get("TRACER_DUCKDB_MEMORY", "256MB")
 THREADS = 2
 
-SEGMENT_SCHEMA = pa.schema([("k", pa.int32()), ("dt", pa.int64()), ("pos", pa.int32())])
+SEGMENT_SCHEMA = pa.schema([("key", pa.int64()), ("dt", pa.int64())])
 PACKET_SCHEMA = pa.schema([
     ("packet_id", pa.uint64()), ("flow_id", pa.uint64()), ("first_wall", pa.int64()), ("duration", pa.int64()),
     ("length", pa.int32()), ("sightings", pa.int32()), ("direction", pa.int8()), ("verdict", pa.int8()),
@@ -82,7 +84,9 @@ class Strings:
 
 
 class Store:
-    """Segment and packet rows in DuckDB, and the queries over them."""
+    """Segment and packet rows in DuckDB, and the queries over them. Rows
+    are inserted on a thread of the store's own (DuckDB releases the GIL),
+    so the next chunk is worked on meanwhile; ``wait`` before querying."""
 
     def __init__(self) -> None:
         self._dir = tempfile.mkdtemp(prefix="tracer-duckdb-")
@@ -90,74 +94,79 @@ class Store:
         # The spill directory goes with the last user of the store (an
         # Analysis's FlowRows may outlive the analysis), or at exit.
         self.close = weakref.finalize(self, _close, self.con, self._dir)
-        self.con.execute("CREATE TABLE seg (k INTEGER, dt BIGINT, pos INTEGER)")
+        self.con.execute("CREATE TABLE seg (key BIGINT, dt BIGINT)")
         cols = ", ".join(f"{f.name} {_SQL_TYPES[f.type]}" for f in PACKET_SCHEMA)
         self.con.execute(f"CREATE TABLE pkt ({cols})")
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
 
     def add(self, segments: pa.Table, packets: pa.Table) -> None:
-        for name, rows in (("seg", segments), ("pkt", packets)):
-            if rows.num_rows:
-                self.con.register("chunk_rows", rows)
-                self.con.execute(f"INSERT INTO {name} SELECT * FROM chunk_rows")
-                self.con.unregister("chunk_rows")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._insert_loop, args=(self.con.cursor(),), daemon=True,
+                                            name="tracer-duckdb-insert")
+            self._thread.start()
+        if self._error is not None:
+            self.wait()
+        self._queue.put((segments, packets))
+
+    def _insert_loop(self, cur: Any) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                for name, rows in zip(("seg", "pkt"), item):
+                    if rows.num_rows:
+                        cur.register("chunk_rows", rows)
+                        cur.execute(f"INSERT INTO {name} SELECT * FROM chunk_rows")
+                        cur.unregister("chunk_rows")
+            except BaseException as exc:  # re-raised by wait()
+                self._error = exc
+
+    def wait(self) -> None:
+        """Every row added is in the tables (or the insert's error is raised)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
 
     # -- segments --------------------------------------------------------------
 
-    def segment_stats(self, quantiles: tuple[float, ...]) -> dict[int, dict[str, Any]]:
-        """Per segment key: count, max, mean position and the exact quantiles
-        (numpy's 'linear' method)."""
-        self.con.execute("CREATE TABLE segc AS SELECT k, dt, count(*) AS c, sum(pos) AS sp FROM seg GROUP BY k, dt")
-        self.con.execute("DROP TABLE seg")
-        heads = self.con.execute(
-            "SELECT k, sum(c)::BIGINT, max(dt), sum(sp)::DOUBLE FROM segc GROUP BY k ORDER BY k").fetchall()
-        out = {k: {"count": n, "max": mx, "mean_pos": sp / n, "q": {}} for k, n, mx, sp in heads}
-        # Ranks wanted per key: floor and ceil of q * (n - 1).
-        wanted = {k: sorted({int(np.floor(q * (v["count"] - 1))) for q in quantiles}
-                            | {int(np.ceil(q * (v["count"] - 1))) for q in quantiles}) for k, v in out.items()}
-        found: dict[int, dict[int, int]] = {k: {} for k in out}
-        reader = self.con.sql("SELECT k, dt, c FROM segc ORDER BY k, dt").to_arrow_reader(1 << 16)
-        key, seen = None, 0
-        for batch in reader:
-            ks = batch.column(0).to_numpy()
-            dts = batch.column(1).to_numpy()
-            cs = batch.column(2).to_numpy().astype(np.int64)
-            for k in np.unique(ks).tolist():  # a few keys per batch at most
-                m = ks == k
-                if k != key:
-                    key, seen = k, 0
-                ends = seen + np.cumsum(cs[m])  # rank just past each distinct value
-                vals = dts[m]
-                for rank in wanted[k]:
-                    if rank not in found[k] and rank < ends[-1]:
-                        found[k][rank] = int(vals[np.searchsorted(ends, rank, side="right")])
-                seen = int(ends[-1])
-        for k, v in out.items():
-            n = v["count"]
-            for q in quantiles:
-                pos = q * (n - 1)
-                lo, hi = int(np.floor(pos)), int(np.ceil(pos))
-                a, b = float(found[k][lo]), float(found[k][hi])
-                v["q"][q] = a + (b - a) * (pos - lo)
-        return out
+    def latencies(self, keys: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(key, dt) of every segment latency stored under one of ``keys``."""
+        self.wait()
+        wanted = pa.table({"key": pa.array(keys, pa.int64())})
+        self.con.register("wanted_keys", wanted)
+        got = self.con.sql("SELECT key, dt FROM seg SEMI JOIN wanted_keys USING (key)").fetchnumpy()
+        self.con.unregister("wanted_keys")
+        return np.asarray(got["key"], np.int64), np.asarray(got["dt"], np.int64)
+
+    def latencies_between(self, lo: int, hi: int) -> np.ndarray:
+        self.wait()
+        got = self.con.execute("SELECT dt FROM seg WHERE key BETWEEN $lo AND $hi", {"lo": lo, "hi": hi}).fetchnumpy()
+        return np.asarray(got["dt"], np.int64)
 
     # -- packets ---------------------------------------------------------------
 
     def flows(self) -> "FlowRows":
-        # A flow's first request (original direction first, then time, then
-        # packet id) names its client and service.
-        first = "struct_pack(o := direction != 1, w := first_wall, p := packet_id)"
+        self.wait()
+        # A flow's first request (original direction first, then time) names
+        # its client and service: one arg_min over a packed key.
+        first = "((direction != 1)::BIGINT << 62) | first_wall"
         self.con.execute(f"""
-            CREATE TABLE flows AS SELECT
-              flow_id, max(container) AS container,
-              arg_min(protocol, {first}) AS protocol, arg_min(src_ip, {first}) AS src_ip,
-              arg_min(src_port, {first}) AS src_port, arg_min(dst_ip, {first}) AS dst_ip,
-              arg_min(dst_port, {first}) AS dst_port,
+            CREATE TABLE flows AS SELECT flow_id, max(container) AS container,
+              arg_min(struct_pack(protocol, src_ip, src_port, dst_ip, dst_port), {first}) AS f,
               count(*) AS packets, sum(length)::BIGINT AS bytes,
               min(first_wall) AS first_wall, max(first_wall + duration) AS last_wall,
               count(*) FILTER (direction = 1) AS requests, count(*) FILTER (direction = 2) AS replies,
               count(*) FILTER (verdict = 0) AS delivered, count(*) FILTER (verdict = 1) AS dropped,
               count(*) FILTER (verdict = 2) AS unknown,
-              max(duration) AS slowest_ns, arg_max(packet_id, struct_pack(d := duration, p := -packet_id::HUGEINT)) AS slowest_packet_id
+              max(duration) AS slowest_ns, arg_max(packet_id, duration) AS slowest_packet_id
             FROM pkt WHERE flow_id != 0 GROUP BY flow_id""")
         (n,) = self.con.execute("SELECT count(*) FROM flows").fetchone()
         return FlowRows(self, n)
@@ -165,6 +174,7 @@ class Store:
     def throughput(self, t0: int, width: int, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sightings, packets and bytes per bin of ``width`` ns from ``t0``, by
         each packet's first sighting."""
+        self.wait()
         rows = self.con.execute(
             "SELECT (first_wall - $t0) // $w AS b, sum(sightings)::BIGINT, count(*), sum(length)::BIGINT "
             "FROM pkt GROUP BY b", {"t0": t0, "w": width}).fetchnumpy()
@@ -184,7 +194,7 @@ def _close(con: Any, path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-FLOW_COLUMNS = ("flow_id", "container", "protocol", "src_ip", "src_port", "dst_ip", "dst_port", "packets", "bytes",
+FLOW_COLUMNS = ("flow_id", "container", "f.protocol", "f.src_ip", "f.src_port", "f.dst_ip", "f.dst_port", "packets", "bytes",
                 "first_wall", "last_wall", "requests", "replies", "delivered", "dropped", "unknown", "slowest_ns",
                 "slowest_packet_id")
 

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from tracer.events import FLAG_IN_CONTAINER_NS, META_PREFIX
 from tracer.journeys import _DIRECTION_CODES as _DIR_CODES
 from tracer.journeys import VERDICTS, Hop, Journey, _endpoint_plain, _factorize, build_journeys, is_terminal
-from tracer.render import _Samples
+from tracer.segment_latency import SegmentLatencies
 
 ARROW = "→"
 
@@ -233,7 +233,7 @@ def _ints(table: pa.Table, name: str, dtype=np.int64) -> np.ndarray:
     col = table[name]
     if col.null_count:
         col = pc.fill_null(col, 0)
-    return col.to_numpy().astype(dtype, copy=False)
+    return col.to_numpy().astype(dtype, copy=False)  # chunks concatenated, no Arrow copy
 
 
 def _codes(table: pa.Table, name: str) -> tuple[np.ndarray, list]:
@@ -241,11 +241,26 @@ def _codes(table: pa.Table, name: str) -> tuple[np.ndarray, list]:
     if name not in table.column_names:
         return np.full(table.num_rows, -1, dtype=np.int64), []
     col = table[name]
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    if chunks and all(pa.types.is_dictionary(c.type) for c in chunks):
+        # A capture's dictionaries only grow (deltas): each chunk's is a
+        # prefix of the longest, whose codes then hold for every chunk.
+        longest = max(chunks, key=lambda c: len(c.dictionary)).dictionary
+        if all(c.dictionary.equals(longest.slice(0, len(c.dictionary))) for c in chunks):
+            idx = np.concatenate([_indices(c) for c in chunks]) if len(chunks) > 1 else _indices(chunks[0])
+            return idx, longest.to_pylist()
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if not pa.types.is_dictionary(col.type):
         col = pc.dictionary_encode(col)
-    idx = pc.fill_null(col.indices, -1).to_numpy().astype(np.int64)
-    return idx, col.dictionary.to_pylist()
+    return _indices(col), col.dictionary.to_pylist()
+
+
+def _indices(arr: pa.DictionaryArray) -> np.ndarray:
+    """Dictionary codes, -1 for null."""
+    ind = arr.indices
+    if ind.null_count:
+        ind = pc.fill_null(ind, -1)
+    return ind.to_numpy().astype(np.int64)
 
 
 def _lut(values: list, default: Any = None) -> np.ndarray:
@@ -329,8 +344,8 @@ class _Sorted:
             pid = table["packet_id"]
             if pid.null_count or not pc.all(pc.not_equal(pid, 0)).as_py():
                 table = table.filter(pc.fill_null(pc.not_equal(pid, 0), False))
-        if table.num_rows:
-            table = table.unify_dictionaries().combine_chunks() if table["hook"].num_chunks > 1 else table.combine_chunks()
+        # Chunks stay as they are: columns are read chunk by chunk (_ints,
+        # _codes), which saves copying every column into one.
         self.table = table
         n = table.num_rows
 
@@ -426,7 +441,9 @@ class CaptureAnalysis:
         self._verdicts = np.zeros(3, np.int64)
         self._drops: Counter[tuple[str, str]] = Counter()
         self._wall = (None, None)
-        self._samples: dict[int, Any] = {}
+        self._segment_ids: dict[int, int] = {}  # segment key -> index in self._latencies
+        self._segment_keys: list[int] = []
+        self._latencies = SegmentLatencies()
         self._slow: list[tuple[int, int, pa.Table]] = []  # (duration, packet id, rows), slowest first
         self._result: Analysis | None = None
         if table is not None:
@@ -438,7 +455,7 @@ class CaptureAnalysis:
         from tracer.packet_window import PacketWindow
 
         ca = cls(None, capture.metadata, slowest=slowest)
-        for chunk in PacketWindow().packets(capture.sightings()):
+        for chunk in PacketWindow().packets(capture.sightings(read_ahead=4)):
             ca.add(chunk)
         ca.stats = capture.stats
         ca.histograms = capture.histograms
@@ -510,23 +527,24 @@ class CaptureAnalysis:
     def _segments(self, s: "_Sorted", direction: np.ndarray, label_ids: np.ndarray) -> pa.Table:
         """Consecutive sightings of a packet, keyed per (direction, label
         pair): the same two hooks are different places in the path for
-        requests and replies (PREROUTING on the NIC vs on docker0)."""
+        requests and replies (PREROUTING on the NIC vs on docker0). Counted
+        in the latency histograms; the rows for DuckDB returned."""
         idx = np.flatnonzero(s.pid[1:] == s.pid[:-1])
         row_packet = np.repeat(np.arange(len(s.pstart)), s.psize)[idx]
         dir_rank = np.array([2, 0, 1])[direction[row_packet]]  # original, reply, unknown
         key = (dir_rank << (2 * _LABEL_BITS)) | (label_ids[s.label[idx]] << _LABEL_BITS) | label_ids[s.label[idx + 1]]
+        uniq, local = _factorize(key)
+        ids = np.empty(len(uniq), np.int64)
+        for i, k in enumerate(uniq.tolist()):
+            g = self._segment_ids.get(k)
+            if g is None:
+                g = self._segment_ids[k] = len(self._segment_keys)
+                self._segment_keys.append(k)
+            ids[i] = g
         dt = s.kt[idx + 1] - s.kt[idx]
-        if len(key):
-            order = np.argsort(key, kind="stable")
-            skey = key[order]
-            heads = np.flatnonzero(np.r_[True, skey[1:] != skey[:-1]])
-            for k, values in zip(skey[heads].tolist(), np.split(dt[order], heads[1:])):
-                samples = self._samples.get(k)
-                if samples is None:
-                    samples = self._samples[k] = _Samples(_SAMPLE_CAP, len(self._samples))
-                samples.add_many(values)
         position = idx - s.pstart[row_packet]
-        return pa.table({"k": key.astype(np.int32), "dt": dt, "pos": position.astype(np.int32)})
+        stored = self._latencies.add(ids[local], dt, position)
+        return pa.table({"key": stored, "dt": dt})
 
     def _add_drops(self, s: "_Sorted", verdict: np.ndarray, label_ids: np.ndarray) -> None:
         dropped = np.flatnonzero(verdict == 1)
@@ -564,20 +582,24 @@ class CaptureAnalysis:
         return self._result
 
     def _finish(self) -> Analysis:
-        stats = self._store.segment_stats(QUANTILES)
-        keys = list(stats)
+        lat = self._latencies
+        quantiles = lat.quantiles(self._store.latencies, QUANTILES)
         # Order along the path: by direction, then by the segment's average
         # position within its packets' journeys, busiest first.
-        keys.sort(key=lambda k: (k >> (2 * _LABEL_BITS), stats[k]["mean_pos"], -stats[k]["count"], k))
+        keys = self._segment_keys
+        order = sorted(range(len(keys)), key=lambda i: (keys[i] >> (2 * _LABEL_BITS), lat.pos_sum[i] / lat.count[i],
+                                                         -lat.count[i], keys[i]))
         segments, samples = [], {}
         mask = (1 << _LABEL_BITS) - 1
-        for k in keys:
-            v = stats[k]
+        rng = np.random.default_rng(0)
+        for i in order:
+            k = keys[i]
             name = f"{self._labels[(k >> _LABEL_BITS) & mask]} {ARROW} {self._labels[k & mask]}"
             dname = _DIR_NAMES[k >> (2 * _LABEL_BITS)]
-            q = v["q"]
-            segments.append(SegmentStats(dname, name, int(v["count"]), q[0.5], q[0.9], q[0.99], int(v["max"])))
-            samples[(dname, name)] = np.sort(np.frombuffer(self._samples[k].values, dtype=np.int64))
+            q = quantiles[i]
+            segments.append(SegmentStats(dname, name, int(lat.count[i]), q[0.5], q[0.9], q[0.99], int(lat.max[i])))
+            samples[(dname, name)] = lat.sample(
+                i, _SAMPLE_CAP, lambda j: self._store.latencies_between(*lat.key_range(j)), rng)
         flows = self._store.flows()
         flows.make = self._flow_stats
         lo, hi = self._wall

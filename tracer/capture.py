@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shlex
 import socket
@@ -763,11 +764,14 @@ class CaptureStream:
                 if self.on_warning is not None:
                     self.on_warning(f.warning)
 
-    def sightings(self) -> Iterator[pa.RecordBatch]:
+    def sightings(self, read_ahead: int = 0) -> Iterator[pa.RecordBatch]:
         """Packet sightings (kind 'event') as EVENT_SCHEMA batches; the other
-        rows are kept for ``stats``, ``containers`` and ``histograms``."""
+        rows are kept for ``stats``, ``containers`` and ``histograms``.
+        ``read_ahead`` batches are read and decompressed on a thread of
+        their own meanwhile (Arrow releases the GIL while it does)."""
         names = events.EVENT_SCHEMA.names
-        for batch in self.batches():
+        batches = self.batches() if read_ahead <= 0 else _read_ahead(self.batches(), read_ahead)
+        for batch in batches:
             is_event = _is_event(batch.column("kind"))
             if is_event is None:  # every row is a sighting (the common case)
                 yield batch.select(names)
@@ -807,6 +811,42 @@ class CaptureStream:
     def histograms(self) -> pa.Table:
         rows = self.other_rows()
         return rows.filter(pc.fill_null(pc.equal(rows["kind"], "histogram"), False))
+
+
+def _read_ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``items``, produced on another thread up to ``depth`` ahead; an
+    exception there is raised here, in order."""
+    q: "queue.Queue[tuple[str, Any]]" = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 (handed to the reader)
+            q.put(("error", exc))
+
+    thread = threading.Thread(target=produce, daemon=True, name="tracer-read-ahead")
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _is_event(kind: pa.Array) -> np.ndarray | None:

@@ -57,8 +57,8 @@ def show(files, ports, containers, hosts, proto, count, as_json, color):
     # first sighting: the output is that of the whole capture at once, in
     # bounded memory. The same column-wise path as `trace`.
     sightings = capture.sightings()
-    for chunk in PacketWindow().packets(sightings):
-        table = select_packets(chunk, ports, hosts, containers, proto.lower() if proto else None)
+    for table in _journey_slices(PacketWindow().packets(sightings)):
+        table = select_packets(table, ports, hosts, containers, proto.lower() if proto else None)
         if count is not None:
             table = first_journeys(table, count - shown)
         rows = journey_rows(table)  # once for the output and the summary
@@ -76,6 +76,36 @@ def show(files, ports, containers, hosts, proto, count, as_json, color):
         summary.set_lost(stats.get("lost", {}), stats.get("events", {}), unit=f"{stats.get('record', 'event')}s")
         summary.set_journey_ends(stats.get("journey_ends", {}))
     click.echo(summary.render(summary_color), err=True)  # about the replay, not a result: stderr, as trace
+
+
+SLICE_ROWS = 1 << 14  # rows turned into text at a time: the text of a row is a few hundred bytes
+
+
+def _journey_slices(chunks):
+    """Each chunk of whole packets in slices of about SLICE_ROWS rows, whole
+    packets in order of first sighting (as journey_rows orders them), so
+    the text made at once stays small."""
+    import numpy as np
+
+    for chunk in chunks:
+        if chunk.num_rows <= SLICE_ROWS:
+            yield chunk
+            continue
+        pid = pc.fill_null(chunk["packet_id"], 0).to_numpy()
+        kt = pc.fill_null(chunk["ktime_ns"], 0).to_numpy().astype(np.int64)
+        order = np.lexsort((kt, pid))
+        spid = pid[order]
+        starts = np.flatnonzero(np.r_[True, spid[1:] != spid[:-1]])
+        first = np.empty(len(pid), np.int64)
+        first[order] = np.repeat(kt[order][starts], np.diff(np.append(starts, len(pid))))
+        rows = np.lexsort((kt, pid, first))  # packets by first sighting, then id; hops by time
+        table = chunk.take(pa.array(rows))
+        spid = pid[rows]
+        bounds = np.flatnonzero(np.r_[True, spid[1:] != spid[:-1]])  # where packets start
+        cuts = bounds[np.searchsorted(bounds, np.arange(SLICE_ROWS, len(rows), SLICE_ROWS))]
+        for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(rows)].tolist()):
+            if b > a:
+                yield table.slice(a, b - a)
 
 
 def select_packets(table: pa.Table, ports=(), hosts=(), containers=(), proto: str | None = None) -> pa.Table:
