@@ -256,11 +256,18 @@ def _codes(table: pa.Table, name: str) -> tuple[np.ndarray, list]:
 
 
 def _indices(arr: pa.DictionaryArray) -> np.ndarray:
-    """Dictionary codes, -1 for null."""
+    """Dictionary codes, -1 for null (read from the buffers: fill_null
+    would copy the column first)."""
     ind = arr.indices
-    if ind.null_count:
-        ind = pc.fill_null(ind, -1)
-    return ind.to_numpy().astype(np.int64)
+    n = len(ind)
+    width = ind.type.bit_width // 8
+    if ind.null_count == 0 or width not in (1, 2, 4, 8):
+        return (pc.fill_null(ind, -1) if ind.null_count else ind).to_numpy().astype(np.int64)
+    validity, data = ind.buffers()[0], ind.buffers()[1]
+    out = np.frombuffer(data, dtype=f"i{width}", count=n, offset=ind.offset * width).astype(np.int64)
+    bits = np.unpackbits(np.frombuffer(validity, np.uint8), bitorder="little")[ind.offset: ind.offset + n]
+    out[bits == 0] = -1
+    return out
 
 
 def _lut(values: list, default: Any = None) -> np.ndarray:

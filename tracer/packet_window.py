@@ -127,16 +127,17 @@ class PacketWindow:
             if m.all():
                 out.append(t)
             elif m.any():
-                k = int(m.sum())
-                if m[:k].all():  # a prefix goes (the usual case): slices, no copy
-                    n = int(r[3][:k].sum())
-                    out.append(t.slice(0, n))
-                    tables.append(t.slice(n))
-                else:
-                    rows = np.repeat(m, r[3])
-                    out.append(t.filter(pa.array(rows)))
-                    tables.append(t.filter(pa.array(~rows)))
-                runs.append(tuple(a[~m] for a in r))
+                # What goes is mostly a prefix, what stays a suffix, with a
+                # few runs mixed around the cut: slices (no copy) and a
+                # filter of just the mixed part.
+                a, b = int(np.argmin(m)), len(m) - int(np.argmax(m[::-1]))  # first kept run, past the last released
+                offsets = np.concatenate(([0], np.cumsum(r[3])))
+                ra, rb = int(offsets[a]), int(offsets[b]) if b > a else int(offsets[a])
+                mixed = t.slice(ra, rb - ra)
+                rows = np.repeat(m[a:b], r[3][a:b]) if b > a else np.zeros(0, bool)
+                out.append(pa.concat_tables([t.slice(0, ra), mixed.filter(pa.array(rows))]) if b > a else t.slice(0, ra))
+                tables.append(pa.concat_tables([mixed.filter(pa.array(~rows)), t.slice(rb)]) if b > a else t.slice(ra))
+                runs.append(tuple(x[~m] for x in r))
             else:
                 tables.append(t)
                 runs.append(r)
