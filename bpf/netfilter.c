@@ -62,9 +62,10 @@ static __always_inline void track_flow(struct flow_key *orig, struct flow_key *r
 }
 
 /* Is this conntrack entry's connection traced? Decided from the entry alone
+ * (and the packet, for a filter expression: pcap_filter.h)
  * (one kernel read and a map lookup for untraced traffic); a new match gets
  * its views written to the flows map. */
-static __always_inline int ct_traced(u64 ct)
+static __always_inline int ct_traced(u64 ct, u64 skb)
 {
     struct flow_key orig = {}, reply = {};
     u8 t[CT_TUPLES_SIZE] __attribute__((aligned(8))) = {}; /* aligned: word loads in read_tuple */
@@ -77,7 +78,7 @@ static __always_inline int ct_traced(u64 ct)
 #endif
     struct flow_val *known = flows.lookup(&orig);
     read_tuple(&reply, t + (OFF_CT_TUPLE_REPLY - OFF_CT_TUPLE_ORIG));
-    if (!known && !((filter_match(&orig) || filter_match(&reply)) && sampled(&orig)))
+    if (!known && !((filter_match(&orig) || filter_match(&reply)) && sampled(&orig) && pcap_match_skb(skb)))
         return 0;
     /* Write the views once per NAT setup (the reply tuple changes when NAT
      * binds), not per packet. */
@@ -241,14 +242,14 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
     struct pkt p = {};
     if (ct && ctinfo != IP_CT_UNTRACKED) {
         /* Untraced connections leave before the packet is even parsed. */
-        if (!ct_traced(ct) || !parse_nf_skb(&p, skb))
+        if (!ct_traced(ct, skb) || !parse_nf_skb(&p, skb))
             return 1;
         direction = ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL;
     } else {
         ct = 0;
         if (!parse_nf_skb(&p, skb))
             return 1;
-        if (!flows.lookup(&p.key) && !(filter_match(&p.key) && sampled(&p.key)))
+        if (!flows.lookup(&p.key) && !(filter_match(&p.key) && sampled(&p.key) && pcap_match_skb(skb)))
             return 1;
     }
 

@@ -98,7 +98,7 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
 #endif
 
     struct flow_val *flow = flows.lookup(&p.key);
-    if (!flow && !(filter_match(&p.key) && sampled(&p.key)))
+    if (!flow && !(filter_match(&p.key) && sampled(&p.key) && pcap_match_tc(ctx)))
         return TC_CONTINUE;
 
     u64 now = bpf_ktime_get_ns();

@@ -43,6 +43,10 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 
 required=(python3-bpfcc bpfcc-tools iproute2 iptables conntrack busybox-static python3-venv
           iperf3 apache2-utils tshark tcpdump procps kmod util-linux ca-certificates)
+# libpcap compiles filter expressions (tracer/pcap.py); renamed libpcap0.8t64
+# with the 64-bit time_t transition (Ubuntu 24.04, Debian 13)
+ver=${VERSION_ID:-0}; ver=${ver%%.*}
+if [[ $distro == ubuntu && $ver -ge 24 || $distro == debian && $ver -ge 13 ]]; then required+=(libpcap0.8t64); else required+=(libpcap0.8); fi
 # an engine from docker-ce conflicts with docker.io: keep whichever is there
 if ! installed docker-ce; then required+=(docker.io); fi
 if [[ $distro == ubuntu ]]; then

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from tracer.errors import TracerError
+from tracer.ids import format_id
 
 _files = click.argument("files", nargs=-1, required=True, metavar="FILES...")
 _SECTIONS = ("segments", "flows", "drops", "lost", "latency")
@@ -150,7 +151,7 @@ def _text(a, section: str | None, max_flows: int) -> str:
     if "flows" in show:
         shown = a.flows[:max_flows]
         out += ["", f"flows, slowest first ({len(shown):,} of {len(a.flows):,})"]
-        rows = [[f"{f.flow_id:x}", f.container or "-", f.protocol or "?", f.client or "?", f.service or "?",
+        rows = [[format_id(f.flow_id), f.container or "-", f.protocol or "?", f.client or "?", f.service or "?",
                  f"{f.packets:,}", f"{f.bytes:,}", f"{f.requests:,}", f"{f.replies:,}", f"{f.dropped:,}", _us(f.slowest_ns)]
                 for f in shown]
         out += ["  " + x for x in _columns(

@@ -3,13 +3,14 @@ capture's journeys exactly as `trace` printed them live)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer.cli_params import IPV4, PORT, PROTOCOL, color_option, count_option, use_color
+from tracer.cli_params import ID, IPV4, PORT, PROTOCOL, color_option, count_option, use_color
 from tracer.cli_trace import Limits, make_recorder, options_from, run_trace, target_options, write_options
 
 
@@ -30,16 +31,24 @@ def record(ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path,
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("args", nargs=-1, metavar="FILES... [EXPRESSION]")
+@click.option("-r", "--read", "read_files", multiple=True, metavar="FILE",
+              help="A capture to read ('-': standard input), as tcpdump -r; then every argument is the EXPRESSION. Repeatable.")
 @click.option("--port", "ports", type=PORT, multiple=True, help="Journeys with this port at any hop (either end, before or after NAT). Repeatable.")
 @click.option("--container", "containers", multiple=True, help="Journeys of this container (name or id prefix). Repeatable.")
 @click.option("--host", "hosts", type=IPV4, multiple=True, help="Journeys with this IPv4 address at any hop. Repeatable.")
 @click.option("--proto", type=PROTOCOL, default=None, help="Journeys of this protocol.")
+@click.option("--packet", "packets", type=ID, multiple=True, help="This packet (its id as shown: hex, or the JSON's integer). Repeatable.")
+@click.option("--flow", "flows", type=ID, multiple=True, help="Packets of this flow (its id as shown: hex, or the JSON's integer). Repeatable.")
 @click.option("-c", "--count", type=click.IntRange(min=1), default=None, help="Show only the first N journeys.")
 @click.option("--json", "as_json", is_flag=True, help="One journey per line as JSON, as `trace --json`.")
 @color_option
-def show(files, ports, containers, hosts, proto, count, as_json, color):
-    """Replay the journeys of capture FILES (in the order given) as `trace` shows them."""
+def show(args, read_files, ports, containers, hosts, proto, packets, flows, count, as_json, color):
+    """Replay the journeys of capture FILES (in the order given) as `trace`
+    shows them. EXPRESSION, a pcap-filter expression as tcpdump's, keeps the
+    packets it matches at one hop or another (applied to the headers the
+    capture recorded: addresses, ports, protocol, IP id, TTL, length, TCP
+    flags, seq and ack; no options or payload)."""
     from tracer.capture import open_capture
     from tracer.journeys import first_journeys, journey_json_block, journey_rows
     from tracer.output import write_out
@@ -47,6 +56,15 @@ def show(files, ports, containers, hosts, proto, count, as_json, color):
     from tracer.render import Summary
     from tracer.render_rows import render_rows
 
+    files, expression = split_files(args, read_files)
+    compiled = None
+    if expression is not None:
+        from tracer.cbpf import check
+        from tracer.pcap import compile_filter
+
+        compiled = compile_filter(expression)  # a bad expression fails before reading anything
+        check(compiled)
+    packets, flows = set().union(*packets), set().union(*flows)
     capture = open_capture(list(files), on_warning=lambda w: click.echo(f"tracer: warning: {w}", err=True))
     summary_color = use_color(color, sys.stderr)
     color = use_color(color, sys.stdout) and not as_json
@@ -58,7 +76,8 @@ def show(files, ports, containers, hosts, proto, count, as_json, color):
     # bounded memory. The same column-wise path as `trace`.
     sightings = capture.sightings()
     for table in _journey_slices(PacketWindow().packets(sightings)):
-        table = select_packets(table, ports, hosts, containers, proto.lower() if proto else None)
+        table = select_packets(table, ports, hosts, containers, proto.lower() if proto else None, compiled,
+                               packets=packets, flows=flows)
         if count is not None:
             table = first_journeys(table, count - shown)
         rows = journey_rows(table)  # once for the output and the summary
@@ -108,21 +127,43 @@ def _journey_slices(chunks):
                 yield table.slice(a, b - a)
 
 
-def select_packets(table: pa.Table, ports=(), hosts=(), containers=(), proto: str | None = None) -> pa.Table:
+def split_files(args: tuple[str, ...], read_files: tuple[str, ...] = ()) -> tuple[list[str], str | None]:
+    """(capture files, pcap-filter expression or None) from `show`'s
+    arguments. With -r, every argument is the expression (tcpdump's way);
+    otherwise an argument is a file when it is '-', ends in .arrows or names
+    something that exists, and the other words are the expression, in
+    either order (`show cap.arrows tcp port 80`, `show 'tcp port 80' cap.arrows`)."""
+    from tracer.pcap import expression_of
+
+    if read_files:
+        files, words = list(read_files), list(args)
+    else:
+        is_file = lambda a: a == "-" or a.lower().endswith(".arrows") or os.path.exists(a)
+        files = [a for a in args if is_file(a)]
+        words = [a for a in args if not is_file(a)]
+    if not files:
+        hint = f" ({' '.join(words)!r} is not a file)" if words else ""
+        raise click.UsageError(f"no capture FILES given{hint}: name .arrows files, or -r FILE")
+    return files, expression_of(words)
+
+
+def select_packets(table: pa.Table, ports=(), hosts=(), containers=(), proto: str | None = None,
+                   expression=None, packets=(), flows=()) -> pa.Table:
     """Rows of the packets that match every given filter at one hop or
     another (a filter names a property some hop had, as `trace`'s in-kernel
-    filter matches before or after NAT)."""
-    if table.num_rows == 0 or not (ports or hosts or containers or proto):
+    filter matches before or after NAT). ``expression``: a CompiledFilter,
+    run over each row's synthesised headers."""
+    if table.num_rows == 0 or not (ports or hosts or containers or proto or expression or packets or flows):
         return table
     keep = None
-    for row_mask in _row_masks(table, ports, hosts, containers, proto):
+    for row_mask in _row_masks(table, ports, hosts, containers, proto, expression, packets, flows):
         ids = pc.unique(table["packet_id"].filter(row_mask))
         packet_mask = pc.is_in(table["packet_id"], value_set=ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
         keep = packet_mask if keep is None else pc.and_(keep, packet_mask)
     return table.filter(keep)
 
 
-def _row_masks(table: pa.Table, ports, hosts, containers, proto):
+def _row_masks(table: pa.Table, ports, hosts, containers, proto, expression=None, packets=(), flows=()):
     def any_of(column: str, values) -> pa.ChunkedArray:
         # dictionary columns: compare their string values
         return pc.fill_null(pc.is_in(table[column].cast(pa.string()), value_set=pa.array(values, pa.string())), False)
@@ -142,3 +183,12 @@ def _row_masks(table: pa.Table, ports, hosts, containers, proto):
         yield names
     if proto:
         yield any_of("protocol", [proto])
+    for column, ids in (("packet_id", packets), ("flow_id", flows)):
+        if ids:
+            yield pc.fill_null(pc.is_in(table[column], value_set=pa.array(sorted(ids), pa.uint64())), False)
+    if expression is not None:
+        from tracer.cbpf_numpy import run
+        from tracer.pcapng import build_headers
+
+        headers, caplen, wirelen = build_headers(table)
+        yield pa.array(run(expression, headers, caplen, wirelen))

@@ -68,13 +68,14 @@ def _without_buckets(rep: dict) -> dict:
               help="Also record each interval's histograms to PATH (Arrow IPC stream, .arrows; kind='histogram' rows, "
                    "see docs/capture-format.md); read with `tracer stats` / `tracer report`.")
 @write_options
-def latency(ports, containers, hosts, proto, ifaces, tc_mode, sample, interval, duration, as_json,
+def latency(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, interval, duration, as_json,
             write_path, rotate_size, rotate_seconds):
-    """Per-segment latency histograms kept in the kernel (no per-packet events)."""
+    """Per-segment latency histograms kept in the kernel (no per-packet
+    events). EXPRESSION: a pcap-filter expression, as `tracer trace`."""
     from tracer.latency import LatencyMaps, report
     from tracer.session import TraceSession
 
-    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample)
+    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds)  # a bad path fails before any kernel work
     stop = StopSignals()
     session = TraceSession(options, latency=True)

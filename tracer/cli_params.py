@@ -50,3 +50,23 @@ def color_option(fn):
 def count_option(fn, what: str = "packets"):
     return click.option("-c", "--count", type=click.IntRange(min=1), default=None,
                         help=f"Stop after N {what} (as tcpdump -c).")(fn)
+
+
+class IdType(click.ParamType):
+    """A packet or flow id as trace/show/stats print it (hex), or the JSON's
+    integer: the set of ids it may mean (tracer/ids.py)."""
+
+    name = "ID"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, set):
+            return value
+        from tracer.ids import parse_id
+
+        try:
+            return parse_id(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+ID = IdType()

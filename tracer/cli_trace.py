@@ -27,9 +27,11 @@ MIN_PASS_S = 0.05
 
 
 def target_options(fn):
-    """Options shared by every command that picks traffic to trace."""
+    """Options shared by every command that picks traffic to trace, and the
+    pcap-filter expression (tcpdump's: the words after the options)."""
     for decorator in reversed(
         [
+            click.argument("expression", nargs=-1, metavar="[EXPRESSION]"),
             click.option("--port", "ports", type=PORT, multiple=True, help="Trace connections with this port (either end, before or after NAT). Repeatable."),
             click.option("--container", "containers", multiple=True, help="Trace a container's traffic (its address and published ports). Repeatable."),
             click.option("--host", "hosts", type=IPV4, multiple=True, help="Trace traffic to or from this IPv4 address. Repeatable."),
@@ -43,13 +45,16 @@ def target_options(fn):
     return fn
 
 
-def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1):
+def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, expression=()):
     from tracer.kernel.program import Filter
+    from tracer.pcap import expression_of
     from tracer.session import TraceOptions
 
     proto = proto.lower() if proto else None
-    Filter(ports=tuple(ports), hosts=tuple(hosts), proto=proto, sample=sample)  # bad input fails before any kernel work
-    return TraceOptions(tuple(ports), tuple(hosts), tuple(containers), proto, tuple(ifaces), tc_mode, sample)
+    text = expression_of(expression)
+    # bad input (an expression libpcap or the translation refuses too) fails before any kernel work
+    Filter(ports=tuple(ports), hosts=tuple(hosts), proto=proto, sample=sample, expression=text)
+    return TraceOptions(tuple(ports), tuple(hosts), tuple(containers), proto, tuple(ifaces), tc_mode, sample, text)
 
 
 @dataclass
@@ -291,9 +296,13 @@ def _drain(session, take, rounds: int = 20):
 @color_option
 @click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), default=None, help="Also record the capture to PATH (Arrow IPC stream, .arrows; see `tracer record`).")
 @write_options
-def trace(ports, containers, hosts, proto, ifaces, tc_mode, sample, count, duration, as_json, color, write_path, rotate_size, rotate_seconds):
-    """Follow live packets: one journey per packet, hop by hop."""
-    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample)
+def trace(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, count, duration, as_json, color, write_path,
+          rotate_size, rotate_seconds):
+    """Follow live packets: one journey per packet, hop by hop. EXPRESSION is
+    a pcap-filter expression, as tcpdump's (`'tcp port 8000 and not host
+    198.18.0.9'`), applied where a connection is first recognised; the
+    options narrow it further."""
+    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds)
     run_trace(options, Limits(count, duration), as_json, use_color(color, sys.stdout) and not as_json, recorder=recorder,
               summary_color=use_color(color, sys.stderr))

@@ -43,6 +43,7 @@ from tracer import __version__
 from tracer.analysis import event_rows, wall_ns
 from tracer.errors import TracerError
 from tracer.events import PROTOCOL_NUMBERS
+from tracer.ids import format_ids
 from tracer.journeys import fill_flows, hop_label
 from tracer.packet_window import PacketWindow
 
@@ -211,8 +212,13 @@ def build_headers(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return raw, caplen, tot_len
 
 
+def _id_texts(col: pa.ChunkedArray) -> pa.Array:
+    """Ids as everywhere else (tracer/ids.py: hex, '-' when unknown)."""
+    return pa.array(format_ids(pc.fill_null(col, 0).to_numpy()), pa.string())
+
+
 def comments(table: pa.Table) -> pa.Array:
-    """'hook=nf_prerouting/after if=veth-lab-h container=web packet=12 flow=34'
+    """'hook=nf_prerouting/after if=veth-lab-h container=web packet=2000000000c flow=22' (ids as tracer/ids.py prints them)
     per row (plus ' reason=...' on drop rows), built with Arrow string kernels."""
 
     def text(name: str) -> pa.ChunkedArray:
@@ -227,8 +233,8 @@ def comments(table: pa.Table) -> pa.Array:
         "hook=", pc.fill_null(hook, "?"),
         " if=", pc.fill_null(text("ifname"), "-"),
         " container=", pc.fill_null(container, "-"),
-        " packet=", pc.fill_null(table["packet_id"].cast(pa.string()), "0"),
-        " flow=", pc.fill_null(table["flow_id"].cast(pa.string()), "0"),
+        " packet=", _id_texts(table["packet_id"]),
+        " flow=", _id_texts(table["flow_id"]),
     ]
     line = pc.binary_join_element_wise(*parts, "")
     reason = text("drop_reason")

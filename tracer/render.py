@@ -9,6 +9,7 @@ from collections import Counter
 import click
 import numpy as np
 
+from tracer.ids import format_id
 from tracer.journeys import VERDICTS, Hop, Journey, JourneyRows, hop_label, journey_rows, nat_translation
 
 _ARROW = "→"
@@ -20,11 +21,9 @@ def _style(text: str, color: bool, **style) -> str:
     return click.style(text, **style) if color and text else text
 
 
-def short_id(value: int | None, width: int = 6) -> str:
-    """Last hex digits: enough to tell packets/flows apart on screen (full ids are in JSON)."""
-    if not value:
-        return "-"
-    return format(value, "x")[-width:].rjust(width, "0")
+def short_id(value: int | None) -> str:
+    """The id as printed everywhere (tracer/ids.py): whole, so unique on screen."""
+    return format_id(value)
 
 
 def format_dt(ns: int) -> str:

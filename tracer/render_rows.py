@@ -19,7 +19,8 @@ import pyarrow as pa
 from tracer.decode import _factorize as _factorize_any
 from tracer.journeys import (VERDICTS, JourneyRows, _endpoint_key, _endpoint_plain, _factorize, _flags_text, _lut,
                              _string_buffer)
-from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt, short_id
+from tracer.ids import format_ids
+from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt
 
 _ARROW = " → "
 _MAX_PAD = 256
@@ -178,7 +179,7 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
 
     # --- per journey: the header ------------------------------------------------
     # The short ids are the only per-journey texts: they go after the pool.
-    ids = pa.array([f"#{short_id(v)}" for v in jr.packet_id.tolist()] + [f"flow {short_id(v)}" for v in jr.flow_id.tolist()],
+    ids = pa.array([f"#{t}" for t in format_ids(jr.packet_id)] + [f"flow {t}" for t in format_ids(jr.flow_id)],
                    pa.string())
     tcp = _lut(jr.protocol.values, lambda v: v == "tcp")[jr.protocol.codes]
     flags = np.where(tcp, jr.tcp_flags.astype(np.int64), 256)  # 256: not TCP

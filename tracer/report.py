@@ -19,6 +19,7 @@ import re
 import numpy as np
 
 from tracer.analysis import Analysis, CaptureAnalysis, LatencySummary
+from tracer.ids import format_id
 from tracer.journeys import Journey
 
 _SAMPLE_CAP = 20_000  # points per segment in the latency plot: enough for its shape
@@ -136,7 +137,7 @@ def waterfall_plot(journeys: list[Journey]) -> str:
                     edgecolor="white", linewidth=0.3)
         ax.plot([h.dt_ns / 1e3 for h in j.hops], [y] * len(j.hops), "|", color="black", markersize=6)
     names = [
-        f"#{j.packet_id:x} {j.protocol or '?'} {j.tcp_flags or ''} {j.direction or '?'} {j.verdict}"
+        f"#{format_id(j.packet_id)} {j.protocol or '?'} {j.tcp_flags or ''} {j.direction or '?'} {j.verdict}"
         + (f" [{j.container}]" if j.container else "")
         for j in journeys
     ]
@@ -275,7 +276,7 @@ def render_report(ca: CaptureAnalysis, files: list[str] | None = None, slowest: 
     )
     flow_table = _table(
         ["flow", "container", "proto", "client", "service", "packets", "bytes", "req", "rep", "dropped", "slowest µs", "first seen"],
-        [[f"{f.flow_id:x}"[-8:], f.container or "-", f.protocol, f.client, f.service, f"{f.packets:,}", f"{f.bytes:,}",
+        [[format_id(f.flow_id), f.container or "-", f.protocol, f.client, f.service, f"{f.packets:,}", f"{f.bytes:,}",
           f.requests, f.replies, f.dropped, _us(f.slowest_ns), f.first_time] for f in a.flows[:max_flows]],
         {5, 6, 7, 8, 9, 10},
     )

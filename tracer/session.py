@@ -38,6 +38,7 @@ class TraceOptions:
     ifaces: tuple[str, ...] = ()
     tc_mode: str = "auto"
     sample: int = 1
+    expression: str | None = None  # pcap-filter expression
 
 
 @dataclass
@@ -103,7 +104,7 @@ class TraceSession:
             log.warning("one ring-buffer record per sighting (TRACER_SIGHTING_EVENTS): the pre-journey design")
         # Bad input fails before any kernel or Docker work.
         shape = Filter(ports=opts.ports, hosts=opts.hosts, proto=opts.proto, sample=opts.sample,
-                       container_names=opts.containers)
+                       container_names=opts.containers, expression=opts.expression)
         self.tc = TcSensor([], mode=opts.tc_mode, latency=self.latency)
         drops = DropSensor()
         self.sensors = [self.tc, NetfilterSensor(), drops]

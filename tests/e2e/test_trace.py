@@ -215,9 +215,11 @@ def test_recreated_container_is_followed(lab):
     "args, env, message",
     [
         (["--container", "no-such-container-xyz"], {}, "no running container"),
-        (["--port", "70000"], {}, "out of range"),
-        (["--proto", "sctpx"], {}, "unknown protocol"),
+        (["--port", "70000"], {}, "70000 is not in the range 1<=x<=65535"),
+        (["--proto", "sctpx"], {}, "'sctpx' is not one of 'tcp', 'udp', 'icmp'"),
         (["--host", "not-an-ip"], {}, "not an IPv4 address"),
+        (["tcp prot 80"], {}, "syntax error"),
+        (["inbound"], {}, "metadata"),
         (["--iface", "nosuchif0"], {}, "no interface"),
         (["--container", "web"], {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}, "no Docker engine"),
     ],

@@ -91,12 +91,12 @@ def test_tshark_reads_the_export(tmp_path: Path, lab):
                     "frame.packet_id", "frame.interface_description")
     assert len(lines) == len(rows)
     first = lines[0]
-    assert first[0] == "hook=tc_ingress if=veth-lab-h container=- packet=101 flow=%d" % rows[2]["flow_id"]
+    assert first[0] == "hook=tc_ingress if=veth-lab-h container=- packet=%x flow=%x" % (101, rows[2]["flow_id"])
     assert first[1:5] == [CLIENT, "40000", HOST, "8000"]
     assert all(line[5] == "1" for line in lines)  # IPv4 checksum good everywhere
     assert (first[6], first[7]) == ("60", "40")  # original length = IPv4 total length; headers captured
     # the DNAT is visible: after PREROUTING/after the destination is the container
-    dnat = next(line for line in lines if line[0].startswith("hook=nf_prerouting/after") and "packet=101 " in line[0])
+    dnat = next(line for line in lines if line[0].startswith("hook=nf_prerouting/after") and "packet=65 " in line[0])
     assert dnat[3:5] == [CONTAINER, "8080"]
     inside = next(line for line in lines if line[0].startswith("hook=tc_ingress if=eth0"))
     assert "container=web" in inside[0] and inside[8] == "eth0:tc_ingress"
@@ -111,7 +111,7 @@ def test_tshark_reads_the_export(tmp_path: Path, lab):
     drops = [line for line in lines if line[0].startswith("hook=drop")]
     assert len(drops) == 3 and all("reason=" in line[0] for line in drops)
     # packets get their flow from the netfilter rows even where tc could not see it
-    assert all(" flow=0" not in line[0] for line in lines if "packet=101 " in line[0])
+    assert all(" flow=0" not in line[0] for line in lines if "packet=65 " in line[0])
 
 
 @needs_tshark

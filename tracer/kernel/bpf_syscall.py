@@ -290,3 +290,8 @@ class ProgTestRun:
                          ctypes.addressof(self.data_in), ctypes.addressof(self.data_out), repeat, 0)
         bpf(BPF_PROG_TEST_RUN, self.attr)
         return struct.unpack_from("<I", self.attr, 36)[0]
+
+    @property
+    def retval(self) -> int:
+        """What the program returned on the last run."""
+        return struct.unpack_from("<I", self.attr, 4)[0]

@@ -35,6 +35,7 @@ COMMON_OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header", 2),
     "OFF_DEV_IFINDEX": ("net_device", "ifindex", 4),
     "OFF_NET_INUM": ("net", "ns.inum", 4),
+    "OFF_SKB_TAIL": ("sk_buff", "tail", 4),  # bpf/pcap_filter.h: linear bytes of the packet
 }
 
 RINGBUF_PAGES = 8192  # 32 MiB: ~100k journeys (~350k per-sighting events) of slack while user space is busy
@@ -76,6 +77,8 @@ class Filter:
     sample: int = 1  # follow 1 in `sample` flows (chosen in the kernel)
     # Names asked for; `containers` holds them once Docker resolved them.
     container_names: tuple[str, ...] = ()
+    # A pcap-filter expression (tracer/pcap.py, tracer/cbpf.py), ANDed with the options.
+    expression: str | None = None
 
     def __post_init__(self) -> None:
         if self.sample < 1:
@@ -91,6 +94,17 @@ class Filter:
                 socket.inet_aton(host)
             except OSError:
                 raise TracerError(f"--host {host!r} is not an IPv4 address") from None
+        if self.expression is not None:
+            self.c_filter()  # a bad expression fails here, before any kernel work
+
+    def c_filter(self) -> str:
+        """The expression as C for the BCC programs ('' without one)."""
+        if self.expression is None:
+            return ""
+        from tracer.cbpf import to_c
+        from tracer.pcap import compile_filter
+
+        return to_c(compile_filter(self.expression))
 
     def describe(self) -> str:
         parts = [f"port {p}" for p in self.ports]
@@ -98,6 +112,8 @@ class Filter:
         parts += [f"container {name}" for name in (tuple(c.name for c in self.containers) or self.container_names)]
         if self.proto:
             parts.append(f"proto {self.proto}")
+        if self.expression:
+            parts.insert(0, f"'{self.expression}'")
         text = " and ".join(parts) or "all IPv4 traffic"
         return text + (f", 1 in {self.sample} flows" if self.sample > 1 else "")
 
@@ -116,6 +132,8 @@ class Filter:
             flags.append("-DFILTER_CONTAINERS")
         if self.sample > 1:
             flags.append(f"-DSAMPLE_N={self.sample}")
+        if self.expression is not None:
+            flags.append("-DPCAP_FILTER")
         return flags
 
     def container_ports(self) -> set[int]:
@@ -183,7 +201,8 @@ class Program:
     def source(self) -> str:
         from tracer.latency import c_definitions as latency_definitions  # roles and hop codes
 
-        parts = [events.c_definitions(), latency_definitions(), (BPF_DIR / "common.h").read_text()]
+        parts = [events.c_definitions(), latency_definitions(), (BPF_DIR / "common.h").read_text(),
+                 self.filter.c_filter(), (BPF_DIR / "pcap_filter.h").read_text()]
         if self.latency:
             parts.append((BPF_DIR / "latency.h").read_text())
         else:
