@@ -21,10 +21,12 @@ from tracer.cli_trace import Limits, make_recorder, options_from, run_trace, tar
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after S seconds.")
 @count_option
 @click.option("--quiet", is_flag=True, help="No progress line on stderr.")
-def record(ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path, rotate_size, rotate_seconds, duration, count, quiet):
+def record(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path, rotate_size, rotate_seconds,
+           duration, count, quiet):
     """Record live packet sightings to Arrow files for later analysis
-    (`tracer show`, `stats`, `report`; pyarrow, polars, DuckDB)."""
-    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample)
+    (`tracer show`, `stats`, `report`; pyarrow, polars, DuckDB). EXPRESSION:
+    a pcap-filter expression, as `tracer trace`."""
+    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds)
     run_trace(options, Limits(count, duration), as_json=False, color=False, recorder=recorder,
               journeys=False, progress=not quiet)
