@@ -50,11 +50,14 @@ if [[ $distro == ubuntu && $ver -ge 24 || $distro == debian && $ver -ge 13 ]]; t
 # an engine from docker-ce conflicts with docker.io: keep whichever is there
 if ! installed docker-ce; then required+=(docker.io); fi
 if [[ $distro == ubuntu ]]; then
+    # (Ubuntu's chromium is a snap: the report's browser test says so and skips there)
     optional=(linux-tools-common "linux-tools-$kver")
     generic_headers=linux-headers-generic
 else
     optional=(bpftool)
     generic_headers=linux-headers-$arch
+    # headless Chromium: the tests look at `tracer report` as a person would (tests/browser.py)
+    required+=(chromium)
 fi
 
 missing=()

@@ -82,11 +82,12 @@ class LatencySegment:
     p90_ns: float | None
     p99_ns: float | None
     max_ns: float | None  # upper edge of the highest nonzero bucket
+    hdr: str | None = None  # the merged buckets in HdrHistogram's encoding (tracer/hdr.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(vars(self))
         d["from"], d["to"] = d.pop("hop_from"), d.pop("hop_to")
-        return {k: d[k] for k in ("segment", "from", "to", "packets", "p50_ns", "p90_ns", "p99_ns", "max_ns")}
+        return {k: d[k] for k in ("segment", "from", "to", "packets", "p50_ns", "p90_ns", "p99_ns", "max_ns", "hdr")}
 
 
 E2E_LABELS = {"original": "end to end request", "reply": "end to end reply"}
@@ -128,7 +129,7 @@ class LatencySummary:
 
 def _latency_segment(d: Mapping[str, Any], segment: str | None = None) -> LatencySegment:
     return LatencySegment(segment or d["segment"], d.get("from"), d.get("to"), int(d["packets"]),
-                          d.get("p50_ns"), d.get("p90_ns"), d.get("p99_ns"), d.get("max_ns"))
+                          d.get("p50_ns"), d.get("p90_ns"), d.get("p99_ns"), d.get("max_ns"), d.get("hdr"))
 
 
 def latency_summary(rows: pa.Table | None) -> LatencySummary | None:
@@ -457,13 +458,17 @@ class CaptureAnalysis:
             self.add(table)
 
     @classmethod
-    def of_capture(cls, capture: Any, *, slowest: int = 20) -> "CaptureAnalysis":
-        """Stream a capture (tracer.capture.CaptureStream) through the analysis."""
+    def of_capture(cls, capture: Any, *, slowest: int = 20, also: tuple = ()) -> "CaptureAnalysis":
+        """Stream a capture (tracer.capture.CaptureStream) through the analysis;
+        each chunk of whole packets also goes to the ``add`` of every object in
+        ``also`` (e.g. tracer.paths.PathStats), in the same single pass."""
         from tracer.packet_window import PacketWindow
 
         ca = cls(None, capture.metadata, slowest=slowest)
         for chunk in PacketWindow().packets(capture.sightings(read_ahead=4)):
             ca.add(chunk)
+            for other in also:
+                other.add(chunk)
         ca.stats = capture.stats
         ca.histograms = capture.histograms
         return ca

@@ -215,6 +215,9 @@ def export(pcapng_out: str | None, at: tuple[str, ...], parquet_out: str | None,
 
     try:
         n = export_pcapng(capture.sightings(), pcapng_out, capture.metadata, at=at)
+    except TracerError:
+        Path(pcapng_out).unlink(missing_ok=True)  # --at named a place the capture never saw: no half a file
+        raise
     except OSError as exc:
         raise TracerError(f"{pcapng_out}: {exc.strerror or exc}") from None
     click.echo(f"tracer: wrote {n:,} packets to {pcapng_out}", err=True)
@@ -226,10 +229,14 @@ def export(pcapng_out: str | None, at: tuple[str, ...], parquet_out: str | None,
 @click.option("--slowest", type=int, default=20, show_default=True, help="Journeys in the waterfall.")
 def report(files: tuple[str, ...], out: str, slowest: int) -> None:
     """One self-contained HTML report (works offline) of capture FILES."""
+    from tracer.analysis import CaptureAnalysis
+    from tracer.paths import PathStats
     from tracer.report import render_report
 
-    ca = _load(files, slowest=slowest)
-    text = render_report(ca, files=list(files), slowest=slowest)
+    capture = _open(files)
+    paths = PathStats(capture.metadata)  # journeys grouped by path, from the same pass over the capture
+    ca = CaptureAnalysis.of_capture(capture, slowest=slowest, also=(paths,))
+    text = render_report(ca, paths.finish(), files=list(files), slowest=slowest)
     try:
         Path(out).write_text(text, encoding="utf-8")
     except OSError as exc:

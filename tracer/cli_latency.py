@@ -50,12 +50,15 @@ def histogram_info(number: int, rep: dict, start_ktime_ns: int, end_ktime_ns: in
     return {"interval": number, "start_ktime_ns": start_ktime_ns, "end_ktime_ns": end_ktime_ns, **rep}
 
 
+_RECORDED_ONLY = ("buckets", "hdr")  # what `-w` records per segment beyond the live output
+
+
 def _without_buckets(rep: dict) -> dict:
     """A report made with include_buckets, as the live output shows it."""
     return {
         **rep,
-        "segments": [{k: v for k, v in s.items() if k != "buckets"} for s in rep["segments"]],
-        "end_to_end": {d: {k: v for k, v in e.items() if k != "buckets"} for d, e in rep["end_to_end"].items()},
+        "segments": [{k: v for k, v in s.items() if k not in _RECORDED_ONLY} for s in rep["segments"]],
+        "end_to_end": {d: {k: v for k, v in e.items() if k not in _RECORDED_ONLY} for d, e in rep["end_to_end"].items()},
     }
 
 

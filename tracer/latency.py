@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from tracer import hdr
+
 # Mirrors bpf/latency.h.
 HIST_SUB_BITS = 4
 SUB = 1 << HIST_SUB_BITS
@@ -158,6 +160,7 @@ def _stats_dict(counts: np.ndarray, include_buckets: bool) -> dict:
     d = Stats.of(counts).to_dict()
     if include_buckets:
         d["buckets"] = sparse_buckets(counts)
+        d["hdr"] = hdr.encode_buckets(counts)  # the same counts, readable by HdrHistogram's own tools
     return d
 
 
@@ -222,7 +225,7 @@ def merge_intervals(infos: Iterable[Mapping[str, Any]]) -> dict:
             dense_buckets(e2e.get("buckets"), counts)
     close_run()
 
-    seg_out = [{"segment": name, "from": a, "to": b, **Stats.of(counts).to_dict()}
+    seg_out = [{"segment": name, "from": a, "to": b, **Stats.of(counts).to_dict(), "hdr": hdr.encode_buckets(counts)}
                for name, (a, b, counts) in segments.items() if counts.any()]
     seg_out.sort(key=lambda s: (-s["packets"], s["segment"]))
     return {
@@ -230,7 +233,7 @@ def merge_intervals(infos: Iterable[Mapping[str, Any]]) -> dict:
         "seconds": seconds,
         "packets": packets,
         "segments": seg_out,
-        "end_to_end": {d: Stats.of(end_to_end[d]).to_dict()
+        "end_to_end": {d: {**Stats.of(end_to_end[d]).to_dict(), "hdr": hdr.encode_buckets(end_to_end[d])}
                        for d in ("original", "reply") if d in end_to_end and end_to_end[d].any()},
         "missing": missing,
         "sightings": sightings,

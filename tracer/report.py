@@ -1,18 +1,26 @@
 """`tracer report`: one self-contained HTML file about a capture.
 
 Plots are drawn with matplotlib (Agg, no display) and embedded as inline SVG,
-styles are inline too: the file opens offline, from a mail attachment or a
-ticket, with no CDN or script. Four plots people look at rather than read:
-latency per hop segment, a waterfall of the slowest journeys, drops by reason,
-throughput over time; then small tables for the numbers. A capture with
-latency mode's interval histograms (`tracer latency -w`) gets a fifth: p50,
-p90 and p99 per segment from the merged in-kernel buckets.
+the path picture is SVG drawn by hand, styles are inline too: the file opens
+offline, from a mail attachment or a ticket, with no CDN or script.
+
+The page tells the capture's story in the order people ask: the host's path
+as packets took it (one column per path group: inbound DNAT, its replies, a
+container's connections out through MASQUERADE, theirs, and anything else),
+each step labelled with packets, p50 and p99 and drops marked where they
+happened; then per path the latency of each step along it, and over time;
+the end-to-end distribution per path; CPU per hop; the slowest journeys; drops;
+throughput; flows. A capture with latency mode's interval histograms
+(`tracer latency -w`) gets p50, p90 and p99 per segment from the merged
+in-kernel buckets.
+
+This module only lays the page out and draws: the numbers come from
+tracer.analysis (CaptureAnalysis) and tracer.paths (PathSummary).
 """
 
 from __future__ import annotations
 
 import html
-import io
 import json
 import re
 
@@ -21,113 +29,65 @@ import numpy as np
 from tracer.analysis import Analysis, CaptureAnalysis, LatencySummary
 from tracer.ids import format_id
 from tracer.journeys import Journey
+from tracer.paths import Group, PathSummary
+from tracer.report_path import duration, path_svg
+from tracer.report_plots import box_plot, cpu_plot, end_to_end_plot, plt as _plt, series_plot, svg as _svg
 
-_SAMPLE_CAP = 20_000  # points per segment in the latency plot: enough for its shape
-_PALETTE = {"original": "#1f77b4", "reply": "#ff7f0e", "-": "#7f7f7f"}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
-    return plt
-
-
-def _svg(fig) -> str:
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    _plt().close(fig)
-    text = buf.getvalue()
-    # inline: drop the XML prolog/doctype, keep <svg ...>...</svg>
-    return text[text.index("<svg"):]
-
-
-def _empty(title: str, message: str) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 1.2))
-    ax.set_axis_off()
-    ax.set_title(title, loc="left")
-    ax.text(0.0, 0.3, message, transform=ax.transAxes, color="#666")
-    return _svg(fig)
-
-
-def latency_plot(a: Analysis) -> str:
-    """Box plot per hop segment (whiskers 1st-99th percentile), log x, in path order."""
-    title = "Latency per hop segment"
-    keys = [(s.direction, s.segment) for s in a.segments]
-    if not keys:
-        return _empty(title, "no packet was seen at two hooks")
-    plt = _plt()
-    rng = np.random.default_rng(0)
-    data = []
-    for key in keys:
-        v = a.samples[key]
-        if len(v) > _SAMPLE_CAP:
-            v = rng.choice(v, _SAMPLE_CAP, replace=False)
-        data.append(np.maximum(v, 1) / 1e3)  # µs; log axis needs > 0
-    fig, ax = plt.subplots(figsize=(10, 0.32 * len(keys) + 1.2))
-    box = ax.boxplot(
-        data[::-1], orientation="horizontal", whis=(1, 99), showfliers=False, patch_artist=True, widths=0.6,
-        medianprops={"color": "black"},
-    )
-    for patch, (direction, _) in zip(box["boxes"], keys[::-1]):
-        patch.set_facecolor(_PALETTE.get(direction, "#999"))
-        patch.set_alpha(0.7)
-    p99 = [s.p99_ns / 1e3 for s in a.segments][::-1]
-    ax.scatter(np.maximum(p99, 1e-3), np.arange(1, len(keys) + 1), marker="|", color="red", s=60, zorder=3, label="p99")
-    ax.set_yticks(np.arange(1, len(keys) + 1))
-    ax.set_yticklabels([f"{d[0] if d != '-' else '?'}  {seg}" for d, seg in keys[::-1]], fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("µs between the two sightings (box: p25-p75, whiskers: p1-p99, red: p99)")
-    ax.set_title(f"{title} (o = request, r = reply)", loc="left")
-    ax.grid(axis="x", which="both", alpha=0.25)
-    return _svg(fig)
+MAX_PATH_SECTIONS = 6  # path groups with a section of their own; the rest are a table
 
 
 HISTOGRAM_TITLE = "Latency per segment (in-kernel histograms)"
 
 
-def histogram_plot(lat: LatencySummary | None) -> str:
+def histogram_plot(lat: LatencySummary) -> str:
     """Latency mode's merged histograms: a bar to p50 per segment, p90 and p99
-    marked, log x; busiest segments on top, end-to-end totals last."""
-    title = HISTOGRAM_TITLE
-    rows = [r for r in (lat.rows() if lat else []) if r.packets and r.p50_ns is not None]
-    if not rows:
-        return _empty(title, "no latency histograms (record them with `tracer latency -w PATH`)")
+    marked, log x; busiest segments on top, end-to-end totals last. Callers
+    leave it out when there are no histogram rows with packets."""
+    rows = [r for r in lat.rows() if r.packets and r.p50_ns is not None]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 0.3 * len(rows) + 1.3))
     y = np.arange(len(rows))[::-1]
     p50 = np.array([max(r.p50_ns, 1.0) for r in rows]) / 1e3  # µs; the log axis needs > 0
     p90 = np.array([max(r.p90_ns or 1.0, 1.0) for r in rows]) / 1e3
     p99 = np.array([max(r.p99_ns or 1.0, 1.0) for r in rows]) / 1e3
-    colors = ["#9467bd" if r.hop_from is None else "#1f77b4" for r in rows]
+    e2e = np.array([r.hop_from is None for r in rows])
     floor = max(min(p50.min(), 1.0) / 2, 1e-3)
-    ax.barh(y, p50 - floor, left=floor, color=colors, alpha=0.75, height=0.6, label="p50")
-    ax.hlines(y, p50, p99, color="#555", linewidth=0.8)
+    ax.barh(y[~e2e], (p50 - floor)[~e2e], left=floor, color="#1f77b4", alpha=0.75, height=0.6, label="p50, one segment")
+    if e2e.any():
+        ax.barh(y[e2e], (p50 - floor)[e2e], left=floor, color="#9467bd", alpha=0.75, height=0.6, label="p50, end to end")
+    ax.hlines(y, p50, p99, color="#555", linewidth=0.8, label="p50 to p99")
     ax.scatter(p90, y, marker="|", color="#ff7f0e", s=70, zorder=3, label="p90")
     ax.scatter(p99, y, marker="|", color="red", s=70, zorder=3, label="p99")
     ax.set_yticks(y)
     ax.set_yticklabels([f"{r.segment}  ({r.packets:,})" for r in rows], fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("µs (bar: p50, orange: p90, red: p99; in parentheses: packets)")
-    ax.set_title(f"{title}: {lat.intervals:,} intervals, {lat.seconds:,.1f} s", loc="left")
+    ax.set_xlabel("µs (in parentheses: packets)")
+    ax.set_title(f"{HISTOGRAM_TITLE}: {lat.intervals:,} intervals, {lat.seconds:,.1f} s", loc="left")
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
     ax.grid(axis="x", which="both", alpha=0.25)
     return _svg(fig)
 
 
-def waterfall_plot(journeys: list[Journey]) -> str:
-    """One row per slow packet; a bar from each sighting to the next, labelled by segment."""
-    title = "Slowest journeys"
-    if not journeys:
-        return _empty(title, "no journeys")
+def _segment_colors(labels: list[str]) -> dict[str, tuple]:
+    """A distinct colour per segment (tab20, then tab20b and tab20c: 60)."""
     plt = _plt()
-    labels = sorted({f"{a.label} → {b.label}" for j in journeys for a, b in zip(j.hops, j.hops[1:])})
-    cmap = plt.get_cmap("tab20")
-    color = {lab: cmap(i % 20) for i, lab in enumerate(labels)}
+    maps = [plt.get_cmap(n) for n in ("tab20", "tab20b", "tab20c")]
+    return {lab: maps[(i // 20) % 3](i % 20) for i, lab in enumerate(labels)}
+
+
+def waterfall_plot(journeys: list[Journey]) -> str:
+    """One row per slow packet; a bar from each sighting to the next, coloured
+    by segment; the legend names every colour used. Callers leave it out when
+    there are no journeys."""
+    plt = _plt()
+    # Segments in the order they first appear along the slowest packets' ways: a legend read top to bottom follows a path.
+    labels: list[str] = []
+    for j in journeys:
+        for a, b in zip(j.hops, j.hops[1:]):
+            lab = f"{a.label} → {b.label}"
+            if lab not in labels:
+                labels.append(lab)
+    color = _segment_colors(labels)
     fig, ax = plt.subplots(figsize=(10, 0.35 * len(journeys) + 1.6))
     for row, j in enumerate(journeys):
         y = len(journeys) - 1 - row
@@ -143,54 +103,41 @@ def waterfall_plot(journeys: list[Journey]) -> str:
     ]
     ax.set_yticks(range(len(journeys)))
     ax.set_yticklabels(names[::-1], fontsize=7.5)
-    ax.set_xlabel("µs since the packet's first sighting")
-    ax.set_title(f"{title} (top {len(journeys)}): where the time went", loc="left")
-    # Legend: only the segments that take a visible share of the slowest packets.
-    share: dict[str, float] = {}
-    for j in journeys:
-        for a, b in zip(j.hops, j.hops[1:]):
-            lab = f"{a.label} → {b.label}"
-            share[lab] = share.get(lab, 0) + (b.dt_ns - a.dt_ns)
-    top = sorted(share, key=share.get, reverse=True)[:8]
-    handles = [plt.Rectangle((0, 0), 1, 1, color=color[lab]) for lab in top]
+    ax.set_xlabel("µs since the packet's first sighting (ticks: sightings)")
+    ax.set_title(f"Slowest journeys (top {len(journeys)}): where the time went", loc="left")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=color[lab]) for lab in labels]
     # below the axes: bars span the full width, a legend inside would hide them
-    ax.legend(handles, top, fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.12), ncol=2, frameon=False)
+    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.12), ncol=2, frameon=False)
     ax.grid(axis="x", alpha=0.25)
     return _svg(fig)
 
 
 def drops_plot(a: Analysis) -> str:
-    title = "Drops by reason"
-    if not a.drops:
-        return _empty(title, "no packet was dropped")
+    """Dropped packets by reason and by the place they were last seen.
+    Callers leave it out when nothing was dropped."""
     plt = _plt()
-    by_reason: dict[str, int] = {}
-    for d in a.drops:
-        by_reason[d.reason] = by_reason.get(d.reason, 0) + d.packets
-    reasons = sorted(by_reason, key=by_reason.get)
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(reasons) + 1.0))
-    bars = ax.barh(reasons, [by_reason[r] for r in reasons], color="#d62728")
-    ax.bar_label(bars, labels=[f"{by_reason[r]:,}" for r in reasons], padding=3, fontsize=8)
+    rows = sorted(a.drops, key=lambda d: (d.packets, d.reason, d.last_seen))
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.0))
+    names = [f"{d.reason}  (after {d.last_seen})" for d in rows]
+    bars = ax.barh(names, [d.packets for d in rows], color="#d62728")
+    ax.bar_label(bars, labels=[f"{d.packets:,}" for d in rows], padding=3, fontsize=8)
     ax.set_xlabel("packets")
-    ax.set_title(title, loc="left")
+    ax.set_title("Drops by reason and where the packet was last seen", loc="left")
     return _svg(fig)
 
 
-def throughput_plot(ca: CaptureAnalysis) -> str:
-    title = "Throughput over time"
-    tp = ca.throughput()
-    if not len(tp["t"]):
-        return _empty(title, "no events")
+def throughput_plot(tp: dict) -> str:
     plt = _plt()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.2), sharex=True)
-    top.plot(tp["t"], tp["events_per_s"], label="events/s", color="#1f77b4", drawstyle="steps-post")
+    top.plot(tp["t"], tp["events_per_s"], label="sightings/s", color="#1f77b4", drawstyle="steps-post")
     top.plot(tp["t"], tp["packets_per_s"], label="packets/s", color="#2ca02c", drawstyle="steps-post")
     top.set_ylabel("per second")
     top.legend(fontsize=8, frameon=False)
-    top.set_title(f"{title} (bins of {_seconds(float(tp['bin_s'][0]))})", loc="left")
-    bottom.plot(tp["t"], tp["bytes_per_s"] * 8 / 1e6, color="#9467bd", drawstyle="steps-post")
+    top.set_title(f"Throughput over time (bins of {_seconds(float(tp['bin_s'][0]))})", loc="left")
+    bottom.plot(tp["t"], tp["bytes_per_s"] * 8 / 1e6, color="#9467bd", drawstyle="steps-post", label="Mbit/s (IP)")
     bottom.set_ylabel("Mbit/s (IP)")
     bottom.set_xlabel("seconds since the first event")
+    bottom.legend(fontsize=8, frameon=False)
     for ax in (top, bottom):
         ax.grid(alpha=0.25)
         ax.set_ylim(bottom=0)
@@ -221,9 +168,18 @@ def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset()
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _figure(plot_id: str, svg: str) -> str:
+    return f"<figure class=\"plot\" id=\"{plot_id}\">{svg}</figure>"
+
+
+def _note(text: str) -> str:
+    return f"<p class=\"note\">{text}</p>"
+
+
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:15px;margin:20px 0 6px}
 .meta{color:#555;margin:0 0 12px} .meta b{color:#222}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin:12px 0}
 .card{border:1px solid #ddd;border-radius:6px;padding:8px 14px;min-width:110px}
@@ -233,11 +189,103 @@ table{border-collapse:collapse;font-size:12.5px;margin:6px 0 12px;width:100%}
 th,td{border-bottom:1px solid #eee;padding:3px 8px;text-align:left;white-space:nowrap}
 th{background:#f6f6f6} td.num{text-align:right;font-variant-numeric:tabular-nums}
 svg{max-width:100%;height:auto}
+figure{margin:8px 0}
 .note{color:#666;font-size:12px}
+nav{font-size:12.5px;color:#555} nav a{color:#1565c0;margin-right:10px}
 """
 
 
-def render_report(ca: CaptureAnalysis, files: list[str] | None = None, slowest: int = 20, max_flows: int = 25) -> str:
+def _percentile_cells(h, qs=(50, 90, 99)) -> list[str]:
+    return [duration(v) for v in h.values_at(qs)] + [duration(h.max)]
+
+
+def _path_section(paths: PathSummary) -> list[str]:
+    picture = path_svg(paths)
+    if not picture:
+        return ["<h2 id=\"path\">The path</h2>", _note("No packet of a known path in this capture.")]
+    shown = [g for g in paths.groups if g.path][:8]
+    more = len([g for g in paths.groups if g.path]) - len(shown)
+    return [
+        "<h2 id=\"path\">The path</h2>",
+        _note("One column per group of packets that took the same way through the host (its direction, where it "
+              "came in, the NAT it went through). Boxes are the places in the order the group's packets passed them "
+              "(blue: a tc hook on an interface, green: a netfilter hook, orange: the container's eth0); each arrow: "
+              "packets that made that step · median · p99 from one place to the next; purple: the NAT and the new "
+              "address; red: packets dropped there (last seen at that place)."),
+        _figure("plot-path", picture),
+        *( [_note(f"{more:,} smaller groups are in the table under “End to end”.")] if more > 0 else []),
+    ]
+
+
+def _group_section(g: Group, paths: PathSummary, anchor: str) -> list[str]:
+    segs = g.path_segments()
+    out = [f"<h3 id=\"{anchor}\">{html.escape(g.name)}</h3>"]
+    verdicts = ", ".join(f"{n:,} {v}" for v, n in g.verdicts.most_common())
+    out.append(_note(f"{g.packets:,} packets ({html.escape(verdicts)}); path: {html.escape(' → '.join(g.path))}"
+                     + (f"; {g.off_path:,} took another way" if g.off_path else "") + "."))
+    if segs:
+        out.append(_figure(f"plot-{anchor}", box_plot(g)))
+        out.append(_table(
+            ["segment", "packets", "p50", "p90", "p99", "max"],
+            [[f"{s.src} → {s.dst}", f"{s.packets:,}", *_percentile_cells(s.latency)] for s in segs],
+            {1, 2, 3, 4, 5},
+        ))
+        bins = {b for s in segs for b in s.series}
+        if len(bins) >= 2:
+            out.append(_figure(f"plot-{anchor}-time", series_plot(g, paths)))
+        else:
+            out.append(_note(f"Latency over time: every packet of this path fell in one time bin of {_seconds(paths.bin_ns / 1e9)}."))
+    others = g.other_segments()
+    if others:
+        out.append(_note("Steps of packets that took another way: " + html.escape("; ".join(
+            f"{s.src} → {s.dst} ({s.packets:,})" for s in others[:8])) + ("; …" if len(others) > 8 else "") + "."))
+    if g.drops:
+        out.append(_table(["last seen", "reason", "packets"], [[w, r, f"{n:,}"] for (w, r), n in g.drops.most_common()], {2}))
+    return out
+
+
+def _end_to_end_section(paths: PathSummary) -> list[str]:
+    groups = [g for g in paths.groups if g.end_to_end.total]
+    out = ["<h2 id=\"end-to-end\">End to end</h2>"]
+    if not groups:
+        return out + [_note("No packet was delivered, so no way through the host was timed end to end.")]
+    drawn = groups[:10]
+    out.append(_note("Delivered packets, first to last sighting, per path: the percentile distribution the way "
+                     "HdrHistogram draws it (the tail stretched to the right)."))
+    out.append(_figure("plot-end-to-end", end_to_end_plot(drawn)))
+    rows = [[g.name, f"{g.packets:,}", f"{g.verdicts.get('delivered', 0):,}", f"{g.verdicts.get('dropped', 0):,}",
+             *(_percentile_cells(g.end_to_end, (50, 90, 99, 99.9)) if g.end_to_end.total else ["-"] * 5)]
+            for g in paths.groups]
+    out.append(_table(["path", "packets", "delivered", "dropped", "p50", "p90", "p99", "p99.9", "max"], rows,
+                      {1, 2, 3, 4, 5, 6, 7, 8}))
+    return out
+
+
+def _cpu_section(paths: PathSummary, sections: list[tuple[Group, str]]) -> list[str]:
+    out = ["<h2 id=\"cpu\">CPU per hop</h2>"]
+    if paths.cpu_per_hop:
+        out.append(_note("Which CPU saw each place's sightings, per path (a packet handed to another CPU, by RPS or "
+                         "a backlog, changes CPU between two places)."))
+        for g, anchor in sections:
+            if len(g.path) and g.cpus:
+                out += [f"<h3>{html.escape(g.name)}</h3>", _figure(f"plot-cpu-{anchor}", cpu_plot(g))]
+        return out
+    out.append(_note("This capture records the CPU of each packet's first sighting only (the kernel assembles each "
+                     "journey and keeps its first CPU), not of every hop: packets per CPU where they entered."))
+    cpus = sorted({c for g in paths.groups if g.path for c in g.cpus.get(g.path[0], {})})
+    rows = []
+    for g in paths.groups:
+        if not g.path:
+            continue
+        counts = g.cpus.get(g.path[0], {})
+        total = sum(counts.values()) or 1
+        rows.append([g.name, *(f"{100 * counts.get(c, 0) / total:.0f} %" for c in cpus)])
+    out.append(_table(["path", *(f"cpu{c}" for c in cpus)], rows, set(range(1, len(cpus) + 1))))
+    return out
+
+
+def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | None = None, slowest: int = 20,
+                  max_flows: int = 25) -> str:
     a = ca.analyse()
     m = a.metadata
     title = f"tracer capture report: {m.get('host') or 'unknown host'}"
@@ -268,12 +316,36 @@ def render_report(ca: CaptureAnalysis, files: list[str] | None = None, slowest: 
         for k, v, bad in cards
     )
 
-    seg_table = _table(
-        ["direction", "segment", "count", "p50 µs", "p90 µs", "p99 µs", "max µs"],
-        [[s.direction, s.segment, f"{s.count:,}", _us(s.p50_ns), _us(s.p90_ns), _us(s.p99_ns), _us(s.max_ns)]
-         for s in a.segments],
-        {2, 3, 4, 5, 6},
-    )
+    histogram_section = _histogram_section(a.latency) if a.latency is not None else []
+    if a.events == 0:
+        event_sections = ["<h2 id=\"path\">The path</h2>",
+                          _note("This capture holds no packet sightings" + (" (a `tracer latency -w` capture: its "
+                                "in-kernel histograms are above)." if a.latency is not None else "."))]
+    else:
+        groups = [g for g in paths.groups if g.path][:MAX_PATH_SECTIONS]
+        sections = [(g, f"path-{i + 1}") for i, g in enumerate(groups)]
+        journeys = ca.slowest_journeys(slowest)
+        tp = ca.throughput()
+        event_sections = [
+            *_path_section(paths),
+            "<h2 id=\"latency\">Latency along each path</h2>",
+            _note("Per path, each step from one place to the next in path order: box p25-p75, median, whiskers from "
+                  "p1 to p99 with the p99 marked in red, max as a dot; then the p99 of each step over time. "
+                  "Percentiles come from HdrHistograms with 3 significant digits (within 0.1 %), as HdrHistogram "
+                  "reads them; <code>tracer stats</code> gives exact interpolated ones per direction."),
+            *[x for g, anchor in sections for x in _group_section(g, paths, anchor)],
+            *_end_to_end_section(paths),
+            *_cpu_section(paths, sections),
+            "<h2 id=\"waterfall\">Slowest journeys</h2>",
+            *([_figure("plot-waterfall", waterfall_plot(journeys))] if journeys else [_note("No journey.")]),
+            "<h2 id=\"drops\">Drops</h2>",
+            *([_figure("plot-drops", drops_plot(a)),
+               _table(["reason", "last seen", "packets"], [[d.reason, d.last_seen, f"{d.packets:,}"] for d in a.drops], {2})]
+              if a.drops else [_note("No packet was dropped.")]),
+            "<h2 id=\"throughput\">Throughput</h2>",
+            *([_figure("plot-throughput", throughput_plot(tp))] if len(tp["t"]) else [_note("No events.")]),
+        ]
+
     flow_table = _table(
         ["flow", "container", "proto", "client", "service", "packets", "bytes", "req", "rep", "dropped", "slowest µs", "first seen"],
         [[format_id(f.flow_id), f.container or "-", f.protocol, f.client, f.service, f"{f.packets:,}", f"{f.bytes:,}",
@@ -281,7 +353,6 @@ def render_report(ca: CaptureAnalysis, files: list[str] | None = None, slowest: 
         {5, 6, 7, 8, 9, 10},
     )
     more = f"<p class=\"note\">{len(a.flows) - max_flows:,} more flows: see <code>tracer stats --format csv --section flows</code>.</p>" if len(a.flows) > max_flows else ""
-    drop_table = _table(["reason", "last seen", "packets"], [[d.reason, d.last_seen, f"{d.packets:,}"] for d in a.drops], {2}) if a.drops else "<p class=\"note\">none</p>"
     if a.lost:
         lost_table = _table(
             ["sensor", a.record_unit, "lost", "lost %"],
@@ -290,26 +361,25 @@ def render_report(ca: CaptureAnalysis, files: list[str] | None = None, slowest: 
         )
     else:
         lost_table = "<p class=\"note\">The capture has no statistics (not stopped cleanly?): lost records unknown.</p>"
-    histogram_section = _histogram_section(a.latency) if a.latency is not None else []
     meta_rows = [[k, _short(v)] for k, v in sorted(m.items()) if k != "containers"]
     if files:
         meta_rows.insert(0, ["files", ", ".join(files)])
     containers = _containers(m.get("containers"))
+    nav = ("<nav>" + "".join(f"<a href=\"#{i}\">{t}</a>" for i, t in (
+        ("path", "path"), ("latency", "latency"), ("end-to-end", "end to end"), ("cpu", "CPU"), ("waterfall", "slowest"),
+        ("drops", "drops"), ("throughput", "throughput"), ("flows", "flows")) if a.events) + "</nav>")
 
     parts = [
         "<!DOCTYPE html>",
         "<html lang=\"en\"><head><meta charset=\"utf-8\">",
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1><p class=\"meta\">{meta_line}</p>",
+        nav,
         f"<div class=\"cards\">{cards_html}</div>",
         *(histogram_section if latency_only else []),
-        "<h2 id=\"latency\">Latency per hop segment</h2>", f"<figure class=\"plot\" id=\"plot-latency\">{latency_plot(a)}</figure>",
-        seg_table,
+        *event_sections,
         *([] if latency_only else histogram_section),
-        "<h2 id=\"waterfall\">Slowest journeys</h2>", f"<figure class=\"plot\" id=\"plot-waterfall\">{waterfall_plot(ca.slowest_journeys(slowest))}</figure>",
-        "<h2 id=\"drops\">Drops</h2>", f"<figure class=\"plot\" id=\"plot-drops\">{drops_plot(a)}</figure>", drop_table,
-        "<h2 id=\"throughput\">Throughput</h2>", f"<figure class=\"plot\" id=\"plot-throughput\">{throughput_plot(ca)}</figure>",
-        "<h2 id=\"flows\">Flows (slowest first)</h2>", flow_table, more,
+        "<h2 id=\"flows\">Flows (slowest first)</h2>", flow_table if a.flows else _note("No flow."), more,
         "<h2 id=\"lost\">Lost events</h2>", lost_table,
         "<h2 id=\"capture\">Capture</h2>", _table(["key", "value"], meta_rows),
         containers,
@@ -319,6 +389,9 @@ def render_report(ca: CaptureAnalysis, files: list[str] | None = None, slowest: 
 
 
 def _histogram_section(lat: LatencySummary) -> list[str]:
+    if not any(r.packets and r.p50_ns is not None for r in lat.rows()):
+        return [f"<h2 id=\"latency-histograms\">{html.escape(HISTOGRAM_TITLE)}</h2>",
+                _note(f"{lat.intervals:,} intervals of <code>tracer latency -w</code> without a packet.")]
     table = _table(
         ["segment", "from", "to", "packets", "p50 µs", "p90 µs", "p99 µs", "max µs"],
         [[r.segment, r.hop_from or "", r.hop_to or "", f"{r.packets:,}", _us_or_dash(r.p50_ns), _us_or_dash(r.p90_ns),

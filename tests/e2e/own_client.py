@@ -11,11 +11,13 @@ filtered on them sees only our packets. Everything is removed afterwards.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from tests.e2e.tracing import Tracer
 from tracer import traffic
 from tracer.lab import busybox
 
@@ -95,3 +97,17 @@ class OwnClient:
         # deleting the netns removes the veth pair with it
         subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, timeout=30)
         subprocess.run(["ip", "link", "del", HOST_IF], capture_output=True, timeout=30)
+
+
+def record_demo(lab: dict, path: Path, requests: int = 5) -> Path:
+    """A capture of the demo's traffic from our own client only (`tracer
+    record --host` on its address): requests through DNAT, one connection
+    out through MASQUERADE."""
+    with OwnClient(lab) as client:
+        rec = Tracer("--host", CLIENT_ADDR, "-w", str(path), "--duration", "60", command="record", json_out=False)
+        rec.wait_ready()
+        client.requests(requests)
+        time.sleep(0.6)  # journeys complete after the joining window
+        rec.stop(signal.SIGINT)
+    assert rec.returncode == 0, rec.stderr
+    return path

@@ -5,16 +5,14 @@ the real tracer on the real kernel, exported and opened in tshark."""
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.own_client import CLIENT_ADDR, HOST_IF, OwnClient
-from tests.e2e.tracing import REPO, Tracer
+from tests.e2e.own_client import HOST_IF, record_demo
+from tests.e2e.tracing import REPO
 
 TSHARK = shutil.which("tshark")
 WARNING = 0x00600000  # _ws.expert.severity of a warning; errors are higher
@@ -23,15 +21,7 @@ WARNING = 0x00600000  # _ws.expert.severity of a warning; errors are higher
 @pytest.fixture(scope="module")
 def demo_capture(lab, tmp_path_factory) -> Path:
     """A capture of our own client's demo traffic only (see own_client)."""
-    path = tmp_path_factory.mktemp("pcapng") / "demo.arrows"
-    with OwnClient(lab) as client:
-        rec = Tracer("--host", CLIENT_ADDR, "-w", str(path), "--duration", "60", command="record", json_out=False)
-        rec.wait_ready()
-        client.requests(5)
-        time.sleep(0.6)  # journeys complete after the joining window
-        rec.stop(signal.SIGINT)
-    assert rec.returncode == 0, rec.stderr
-    return path
+    return record_demo(lab, tmp_path_factory.mktemp("pcapng") / "demo.arrows")
 
 
 def export(capture: Path, out: Path, *args: str) -> None:

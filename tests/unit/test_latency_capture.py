@@ -23,6 +23,7 @@ from tracer import latency as L
 from tracer.analysis import CaptureAnalysis, histogram_rows, latency_summary
 from tracer.capture import CaptureWriter, Recorder, read_capture
 from tracer.cli import cli
+from tracer import hdr
 from tracer.cli_latency import _without_buckets, histogram_info
 
 OFFSET = 1_750_000_000_000_000_000 - 5_000_000_000  # wall clock minus ktime
@@ -133,6 +134,7 @@ def test_include_buckets_only_adds_buckets(recording: Recording):
         assert L.dense_buckets(seg["buckets"]).sum() == seg["packets"]
         assert all(c > 0 for _, c in seg["buckets"])
         assert [b for b, _ in seg["buckets"]] == sorted(b for b, _ in seg["buckets"])
+        assert hdr.decode(seg["hdr"]).total == seg["packets"]
     assert set(full["end_to_end"]) == {"original", "reply"} and "buckets" in full["end_to_end"]["original"]
 
 
@@ -156,7 +158,9 @@ def test_rows_read_back_with_their_info(hist_file: Path, recording: Recording):
     assert first["end_ktime_ns"] - first["start_ktime_ns"] == INTERVAL_NS and first["seconds"] == 1.0
     seg = {s["segment"]: s for s in first["segments"]}["nf_prerouting/before → nf_prerouting/after"]
     assert seg["from"] == "nf_prerouting/before" and seg["to"] == "nf_prerouting/after"
-    assert set(seg) == {"segment", "from", "to", "packets", "p50_ns", "p90_ns", "p99_ns", "max_ns", "buckets"}
+    assert set(seg) == {"segment", "from", "to", "packets", "p50_ns", "p90_ns", "p99_ns", "max_ns", "buckets", "hdr"}
+    # the same histogram in HdrHistogram's standard encoding
+    assert np.array_equal(hdr.decode(seg["hdr"]).counts, L.dense_buckets(seg["buckets"])[: len(hdr.decode(seg["hdr"]).counts)])
     assert first["missing"] == {"nf_forward": 3}
 
 
@@ -180,6 +184,7 @@ def test_stats_latency_equals_percentiles_of_the_merged_histogram(hist_file: Pat
         for q in (50, 90, 99):
             assert s[f"p{q}_ns"] == pytest.approx(np.percentile(exact, q), rel=0.08), (name, q)
         assert s["max_ns"] >= exact.max()
+        assert np.array_equal(hdr.decode(s["hdr"]).counts, counts[: len(hdr.decode(s["hdr"]).counts)])  # merged, encoded
     names = [s["segment"] for s in lat["segments"]]
     assert names[0] == "tc_egress@veth → tc_ingress@container"  # most packets first
     assert [s["packets"] for s in lat["segments"]] == sorted((s["packets"] for s in lat["segments"]), reverse=True)
@@ -279,10 +284,11 @@ def test_report_of_a_histogram_only_capture_has_the_latency_plot(tmp_path: Path,
     assert "Latency per segment (in-kernel histograms)" in text
     assert "tc_egress@veth → tc_ingress@container" in section.group(1)
     assert "end to end request" in text
-    # the histograms lead when there are no packet events; the other plots say there is nothing
-    assert text.index("plot-latency-histograms") < text.index("plot-latency\"")
-    for plot in ("plot-latency", "plot-waterfall", "plot-drops", "plot-throughput"):
-        assert f'id="{plot}"' in text
+    # the histograms lead when there are no packet events; no empty plot stands for the missing events
+    assert "holds no packet sightings" in text
+    figures = re.findall(r'<figure class="plot" id="([^"]+)">(.*?)</figure>', text, re.S)
+    assert [f for f, _ in figures] == ["plot-latency-histograms"] and "<svg" in figures[0][1]
+    assert text.index("plot-latency-histograms") < text.index('id="path"')
 
 
 def test_report_with_events_and_histograms(tmp_path: Path, recording: Recording):
@@ -294,7 +300,7 @@ def test_report_with_events_and_histograms(tmp_path: Path, recording: Recording)
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert text.count("<svg") >= 5
-    assert text.index('id="plot-latency"') < text.index('id="plot-latency-histograms"')
+    assert text.index('id="plot-path"') < text.index('id="plot-latency-histograms"')
 
 
 def test_report_without_histograms_has_no_histogram_plot(tmp_path: Path):

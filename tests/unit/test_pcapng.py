@@ -179,3 +179,4 @@ def test_export_at_cli(tmp_path: Path, lab):
     bad = CliRunner().invoke(cli, ["export", "--pcapng", str(out), "--at", "nowhere", str(cap)])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
     assert bad.output.strip().splitlines() == [bad.output.strip()]  # one line
+    assert not out.exists()  # and no half-written file
