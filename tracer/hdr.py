@@ -160,17 +160,22 @@ class Histogram:
     equivalent to the count at that rank), so what tracer draws from it and
     what HdrHistogram's tools say about its encoding agree."""
 
+    _layouts: dict[int, tuple[int, int]] = {}  # digits -> (sub-bucket count magnitude, counts length)
+
     def __init__(self, digits: int = 3) -> None:
         self.digits = digits
-        magnitude = int(np.ceil(np.log2(2 * 10 ** digits)))
+        if digits not in self._layouts:
+            magnitude = int(np.ceil(np.log2(2 * 10 ** digits)))
+            buckets, untrackable = 1, 1 << magnitude
+            while untrackable <= HIGHEST:
+                untrackable <<= 1
+                buckets += 1
+            self._layouts[digits] = (magnitude, (buckets + 1) << (magnitude - 1))
+        magnitude, length = self._layouts[digits]
         self._mag = magnitude
         self._half_mag = magnitude - 1
         self._half = 1 << (magnitude - 1)
-        buckets, untrackable = 1, 1 << magnitude
-        while untrackable <= HIGHEST:
-            untrackable <<= 1
-            buckets += 1
-        self.counts = np.zeros((buckets + 1) * self._half, dtype=np.int64)
+        self.counts = np.zeros(length, dtype=np.int64)
 
     def index(self, values: np.ndarray) -> np.ndarray:
         """Counts index of each value (AbstractHistogram.countsArrayIndex)."""

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from tracer.analysis import event_rows, wall_ns
 from tracer.events import FLAG_IN_CONTAINER_NS
 from tracer.hdr import Histogram
-from tracer.journeys import Hop, _endpoint_plain, hop_label, is_terminal
+from tracer.journeys import Hop, hop_label, is_terminal
 
 MAX_BINS = 90  # time bins per segment series: bins double in width as the capture grows
 FIRST_BIN_NS = 10_000_000  # 10 ms to start with
@@ -142,11 +142,60 @@ class PathSummary:
 
 
 def _codes(table: pa.Table, name: str) -> tuple[np.ndarray, list]:
-    """(code per row, -1 for null; distinct values) of a column."""
+    """(code per row, -1 for null; distinct values) of a column. Dictionary
+    columns (a capture's strings) are read as their indices: no string is
+    made per row."""
     if name not in table.column_names:
         return np.full(table.num_rows, -1, dtype=np.int64), []
-    enc = pc.dictionary_encode(table[name].cast(pa.string())).combine_chunks()
+    col = table[name]
+    if pa.types.is_dictionary(col.type):  # the table's dictionaries are unified (PathStats.add)
+        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        values = arr.dictionary.cast(pa.string()).to_pylist()
+        return pc.fill_null(arr.indices, -1).to_numpy().astype(np.int64), values
+    enc = pc.dictionary_encode(col.cast(pa.string())).combine_chunks()
     return pc.fill_null(enc.indices, -1).to_numpy().astype(np.int64), enc.dictionary.to_pylist()
+
+
+def _journey_order(pid: np.ndarray, kt: np.ndarray, is_drop: np.ndarray) -> np.ndarray:
+    """Rows in (packet, drop last, time) order: a journey a packet. Captures
+    that hold the kernel's journey records already come that way: checked,
+    not sorted again."""
+    n = len(pid)
+    if n < 2:
+        return np.arange(n)
+    same = pid[1:] == pid[:-1]
+    in_order = (pid[1:] >= pid[:-1]) & (~same | (is_drop[1:] > is_drop[:-1])
+                                         | ((is_drop[1:] == is_drop[:-1]) & (kt[1:] >= kt[:-1])))
+    if in_order.all():
+        return np.arange(n)
+    # Rows in time order (the usual other case): a stable sort by packet keeps
+    # each packet's rows in time order; checked, else the full sort.
+    order = np.argsort(pid, kind="stable")
+    p, k, d = pid[order], kt[order], is_drop[order]
+    same = p[1:] == p[:-1]
+    if ((~same) | (d[1:] > d[:-1]) | ((d[1:] == d[:-1]) & (k[1:] >= k[:-1]))).all():
+        return order
+    return np.lexsort((kt, is_drop, pid))
+
+
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first row of each distinct value, its count, code of each row), by
+    hashing (Arrow's dictionary_encode), not sorting."""
+    enc = pc.dictionary_encode(pa.array(values))
+    codes = enc.indices.to_numpy().astype(np.int64)
+    k = len(enc.dictionary)
+    first = np.empty(k, dtype=np.int64)
+    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)
+    return first, np.bincount(codes, minlength=k), codes
+
+
+def _compact(key: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct keys, code of each row) for keys in [0, size): a count and a
+    lookup table instead of a sort."""
+    present = np.flatnonzero(np.bincount(key, minlength=size))
+    lut = np.zeros(max(size, 1), dtype=np.int64)
+    lut[present] = np.arange(len(present))
+    return present, lut[key]
 
 
 def _ints(table: pa.Table, name: str, dtype=np.int64) -> np.ndarray:
@@ -190,9 +239,12 @@ class PathStats:
         t = event_rows(table)
         if not t.num_rows:
             return
-        t = t.filter(pc.fill_null(pc.not_equal(t["packet_id"], 0), False))
+        known = pc.fill_null(pc.not_equal(t["packet_id"], 0), False)
+        if not pc.all(known).as_py():  # rows without a packet id: not a journey's
+            t = t.filter(known)
         if not t.num_rows:
             return
+        t = t.unify_dictionaries()
         hook_c, hooks = _codes(t, "hook")
         stage_c, stages = _codes(t, "nat_stage")
         role_c, roles = _codes(t, "if_role")
@@ -205,54 +257,55 @@ class PathStats:
         # Label each distinct (hook, stage, role) once.
         nr, ns_ = len(roles) + 1, len(stages) + 1
         combo = ((hook_c + 1) * ns_ + (stage_c + 1)) * nr + (role_c + 1)
-        ucombo, inverse = np.unique(combo, return_inverse=True)
-        inverse = np.asarray(inverse).ravel()
+        ucombo, label = _compact(combo, (len(hooks) + 1) * ns_ * nr)
         labels, entries, terminal, exits, drop_combo = [], [], [], [], []
         for c in ucombo.tolist():
             h, rest = divmod(c, ns_ * nr)
-            s, r = divmod(rest, nr)
+            st, r = divmod(rest, nr)
             hook = hooks[h - 1] if h else "?"
-            stage = stages[s - 1] if s else None
+            stage = stages[st - 1] if st else None
             role = roles[r - 1] if r else None
-            label = hop_label(hook, stage, role)
-            labels.append(label)
+            lab = hop_label(hook, stage, role)
+            labels.append(lab)
             entries.append(_entry_of(hook, role))
             terminal.append(is_terminal(Hop(hook, stage, None, role, 0, None, None, None, 0, 0, None)))
-            exits.append(_exit_of(label))
+            exits.append(_exit_of(lab))
             drop_combo.append(hook == "drop")
-        label = inverse  # row -> index into labels
+        nl = len(labels)
         is_drop = np.array(drop_combo, dtype=bool)[label]
         term = np.array(terminal, dtype=bool)[label]
 
         pid = _ints(t, "packet_id", np.uint64)
         kt = _ints(t, "ktime_ns")
-        order = np.lexsort((kt, is_drop, pid))
+        order = _journey_order(pid, kt, is_drop)
         pid, kt, label, is_drop, term = pid[order], kt[order], label[order], is_drop[order], term[order]
-        wall = wall_ns(t, self.metadata)[order]
         rows = order  # table row of each sorted row
         n = len(pid)
         starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
         ends = np.append(starts[1:], n)
-        packet = np.repeat(np.arange(len(starts)), ends - starts)
+        npk = len(starts)
+        packet = np.repeat(np.arange(npk), ends - starts)
 
         # Per packet: direction, entry, NAT, verdict, exit.
         dcodes, dvalues = _codes(t, "direction")
         dmap = np.array([DIRECTIONS.index(v) if v in DIRECTIONS else 0 for v in dvalues] + [0], dtype=np.int64)
         direction = np.maximum.reduceat(dmap[dcodes[rows]], starts)
-        entry = np.array([entries[i] for i in range(len(labels))], dtype=object)[label[starts]]
+        entry_names = sorted(set(entries))
+        entry = np.array([entry_names.index(e) for e in entries], dtype=np.int64)[label[starts]]
         sip_c, sips = _codes(t, "src_ip")
         dip_c, dips = _codes(t, "dst_ip")
+        sip_c, dip_c = sip_c[rows], dip_c[rows]
         sport, dport = _ints(t, "src_port")[rows], _ints(t, "dst_port")[rows]
-        src = sip_c[rows] * 65536 + sport
-        dst = dip_c[rows] * 65536 + dport
+        src = sip_c * 65536 + sport
+        dst = dip_c * 65536 + dport
         pair = np.zeros(n, dtype=bool)  # row and the next row: one packet, neither a drop
         if n > 1:
             pair[:-1] = (packet[1:] == packet[:-1]) & ~is_drop[1:] & ~is_drop[:-1]
         nxt = np.flatnonzero(pair)
         dchg = np.zeros(n, dtype=bool)
         schg = np.zeros(n, dtype=bool)
-        dchg[nxt] = (dst[nxt + 1] != dst[nxt]) & (dip_c[rows][nxt] >= 0) & (dip_c[rows][nxt + 1] >= 0)
-        schg[nxt] = (src[nxt + 1] != src[nxt]) & (sip_c[rows][nxt] >= 0) & (sip_c[rows][nxt + 1] >= 0)
+        dchg[nxt] = (dst[nxt + 1] != dst[nxt]) & (dip_c[nxt] >= 0) & (dip_c[nxt + 1] >= 0)
+        schg[nxt] = (src[nxt + 1] != src[nxt]) & (sip_c[nxt] >= 0) & (sip_c[nxt + 1] >= 0)
         p_d = np.maximum.reduceat(dchg, starts)
         p_s = np.maximum.reduceat(schg, starts)
 
@@ -265,25 +318,20 @@ class PathStats:
 
         # Group key per packet (a handful of distinct ones).
         nat_code = p_d.astype(np.int64) * 2 + p_s.astype(np.int64)
-        entry_names, entry_codes = np.unique(entry, return_inverse=True)
-        entry_names = entry_names.tolist()
-        gkey = (direction * 4 + nat_code) * len(entry_names) + np.asarray(entry_codes).ravel()
-        ukeys, ginv = np.unique(gkey, return_inverse=True)
-        ginv = np.asarray(ginv).ravel()
+        gkey = (direction * 4 + nat_code) * len(entry_names) + entry
+        ukeys, ginv = _compact(gkey, 3 * 4 * len(entry_names))
         groups = []
         for k in ukeys.tolist():
             rest, e = divmod(k, len(entry_names))
             d, nc = divmod(rest, 4)
             groups.append(self._group(DIRECTIONS[d], entry_names[e], _nat_name(DIRECTIONS[d], nc)))
+        ng = len(groups)
         row_group = ginv[packet]
 
         # Sequences of places (no drop rows), hashed per packet.
         pos = np.arange(n) - starts[packet]
         weight = np.power(_PRIME, pos.astype(np.uint64))
         seq_hash = np.add.reduceat(np.where(is_drop, np.uint64(0), (label.astype(np.uint64) + np.uint64(1)) * weight), starts)
-        ifname_c, ifnames = _codes(t, "ifname")
-        cname_c, cnames = _codes(t, "container_name")
-        ifname_c, cname_c = ifname_c[rows], cname_c[rows]
         cpu = _ints(t, "cpu")[rows]
         if n > 1 and not self.cpu_varies:
             same = packet[1:] == packet[:-1]
@@ -291,89 +339,102 @@ class PathStats:
         reason_c, reasons = _codes(t, "drop_reason")
         reason_c = reason_c[rows]
 
+        wall_first = wall_ns(t.take(pa.array(rows[starts])), self.metadata)  # only the packets' first rows
         if self.t0 is None:
-            self.t0 = int(wall.min())
-        p_wall = wall[starts]
-        self._rebin(int(p_wall.max()))
-        p_bin = (p_wall - self.t0) // self.bin_ns
+            self.t0 = int(wall_first.min())
+        self._rebin(int(wall_first.max()))
+        p_bin = (wall_first - self.t0) // self.bin_ns
 
+        # Per group: packets, verdicts, exits, end to end, sequences, drops.
+        counts = np.bincount(ginv * 3 + verdict, minlength=ng * 3).reshape(ng, 3)
+        delivered = verdict == 0
+        exit_counts = np.bincount(ginv[delivered] * nl + label[last_real[delivered]], minlength=ng * nl).reshape(ng, nl)
+        by_group = np.argsort(ginv, kind="stable")
+        bounds = np.r_[0, np.cumsum(np.bincount(ginv, minlength=ng))]
         for g, grp in enumerate(groups):
-            pk = np.flatnonzero(ginv == g)
+            pk = by_group[bounds[g]: bounds[g + 1]]
             grp.packets += len(pk)
-            vc = np.bincount(verdict[pk], minlength=3)
-            grp.verdicts.update({v: int(c) for v, c in zip(("delivered", "dropped", "unknown"), vc) if c})
-            delivered = pk[verdict[pk] == 0]
-            grp.end_to_end.record(e2e[delivered])
-            ex, cnt = np.unique(label[last_real[delivered]], return_counts=True)
-            for li, c in zip(ex.tolist(), cnt.tolist()):
-                grp.exits[exits[li]] += c
-            # sequences: count per hash, labels from one packet each
-            hs, first_at, cnt = np.unique(seq_hash[pk], return_index=True, return_counts=True)
-            for h, fa, c in zip(hs.tolist(), first_at.tolist(), cnt.tolist()):
+            grp.verdicts.update({v: int(c) for v, c in zip(("delivered", "dropped", "unknown"), counts[g]) if c})
+            for li in np.flatnonzero(exit_counts[g]).tolist():
+                grp.exits[exits[li]] += int(exit_counts[g, li])
+            grp.end_to_end.record(e2e[pk[delivered[pk]]])
+            first_at, cnt, _ = _factorize(seq_hash[pk])
+            for fa, c in zip(first_at.tolist(), cnt.tolist()):
                 p = pk[fa]
-                seq = tuple(labels[i] for i, dr in zip(label[starts[p]:ends[p]], is_drop[starts[p]:ends[p]]) if not dr)
+                seq = tuple(labels[i] for i, dr in zip(label[starts[p]:ends[p]].tolist(), is_drop[starts[p]:ends[p]].tolist()) if not dr)
                 grp.sequences[seq] += c
-            # drops: where last seen, why
             dp = pk[dropped[pk]]
             if len(dp):
                 seen = np.where(last[dp] > starts[dp], label[np.maximum(last[dp] - 1, starts[dp])], -1)
                 why = reason_c[last[dp]]
-                for (s, r), c in Counter(zip(seen.tolist(), why.tolist())).items():
-                    grp.drops[(labels[s] if s >= 0 else "-", reasons[r] if r >= 0 else "unknown")] += c
+                for (sn, r), c in Counter(zip(seen.tolist(), why.tolist())).items():
+                    grp.drops[(labels[sn] if sn >= 0 else "-", reasons[r] if r >= 0 else "unknown")] += c
 
-        # Segments: rows with a next row of the same packet (no drops), per group.
-        seg_group = row_group[nxt]
-        a, b = label[nxt], label[nxt + 1]
-        dt = kt[nxt + 1] - kt[nxt]
-        key = (seg_group * len(labels) + a) * len(labels) + b
-        ukey, sinv = np.unique(key, return_inverse=True)
-        sinv = np.asarray(sinv).ravel()
-        seg_bin = p_bin[packet[nxt]]
-        for s, k in enumerate(ukey.tolist()):
-            rest, bl = divmod(k, len(labels))
-            g, al = divmod(rest, len(labels))
-            grp = groups[g]
-            seg = grp.segments.get((labels[al], labels[bl]))
-            if seg is None:
-                seg = grp.segments[(labels[al], labels[bl])] = Segment(labels[al], labels[bl], Histogram(3))
-            sel = sinv == s
-            values = dt[sel]
-            seg.latency.record(values)
-            bins = seg_bin[sel]
-            for bnum in np.unique(bins).tolist():
-                hist = seg.series.get(bnum)
-                if hist is None:
-                    hist = seg.series[bnum] = Histogram(1)
-                hist.record(values[bins == bnum])
+        # Segments: rows with a next row of the same packet (no drops), per
+        # group: one sort by segment, then one histogram per segment and one
+        # count over (segment, time bin, bucket) for the series.
+        if len(nxt):
+            skey = (row_group[nxt] * nl + label[nxt]) * nl + label[nxt + 1]
+            useg, scode = _compact(skey, ng * nl * nl)
+            dt = kt[nxt + 1] - kt[nxt]
+            by_seg = np.argsort(scode, kind="stable")
+            sb = np.r_[0, np.cumsum(np.bincount(scode, minlength=len(useg)))]
+            seg_bin = p_bin[packet[nxt]]
+            lo_bin = int(seg_bin.min())
+            nbins = int(seg_bin.max()) - lo_bin + 1
+            coarse = Histogram(1)
+            idx1 = coarse.index(dt)
+            width = len(coarse.counts)
+            for s_i, k in enumerate(useg.tolist()):
+                rest, bl = divmod(k, nl)
+                g, al = divmod(rest, nl)
+                key = (labels[al], labels[bl])
+                seg = groups[g].segments.get(key)
+                if seg is None:
+                    seg = groups[g].segments[key] = Segment(key[0], key[1], Histogram(3))
+                sel = by_seg[sb[s_i]: sb[s_i + 1]]
+                seg.latency.record(dt[sel])
+                grid = np.bincount((seg_bin[sel] - lo_bin) * width + idx1[sel], minlength=nbins * width).reshape(nbins, width)
+                for b in np.flatnonzero(grid.any(axis=1)).tolist():
+                    hist = seg.series.get(b + lo_bin)
+                    if hist is None:
+                        hist = seg.series[b + lo_bin] = Histogram(1)
+                    hist.counts += grid[b]
 
-        # Devices, containers, translations and CPUs per (group, label): over distinct combinations.
+        # Devices, containers and CPUs per (group, label): counts over compact keys.
         real = ~is_drop
-        for codes, values, out in ((ifname_c, ifnames, "devices"), (cname_c, cnames, "containers")):
-            dkey = (row_group * len(labels) + label) * (len(values) + 1) + (codes + 1)
-            for k, c in zip(*np.unique(dkey[real], return_counts=True)):
-                rest, d = divmod(int(k), len(values) + 1)
-                g, li = divmod(rest, len(labels))
+        gl = (row_group * nl + label)[real]
+        ifname_c, ifnames = _codes(t, "ifname")
+        cname_c, cnames = _codes(t, "container_name")
+        for codes, values, out in ((ifname_c[rows][real], ifnames, "devices"), (cname_c[rows][real], cnames, "containers")):
+            m = len(values) + 1
+            tally = np.bincount(gl * m + (codes + 1), minlength=ng * nl * m)
+            for k in np.flatnonzero(tally).tolist():
+                rest, d = divmod(k, m)
                 if d:
-                    getattr(groups[g], out)[labels[li]][values[d - 1]] += int(c)
-        ckey = (row_group * len(labels) + label) * 4096 + np.clip(cpu, 0, 4095)
-        for k, c in zip(*np.unique(ckey[real], return_counts=True)):
-            rest, cp = divmod(int(k), 4096)
-            g, li = divmod(rest, len(labels))
-            groups[g].cpus[labels[li]][cp] += int(c)
-        changed = nxt[dchg[nxt] | schg[nxt]]
-        if len(changed):
-            # the addresses before and after each translation, as codes; text once per distinct one
-            sc, dc = sip_c[rows], dip_c[rows]
-            tkey = np.stack([row_group[changed], label[changed + 1], sc[changed], sport[changed], dc[changed],
-                             dport[changed], sc[changed + 1], sport[changed + 1], dc[changed + 1], dport[changed + 1]], axis=1)
-            uniq, cnt = np.unique(tkey, axis=0, return_counts=True)
-            for (g, li, s0, sp0, d0, dp0, s1, sp1, d1, dp1), c in zip(uniq.tolist(), cnt.tolist()):
-                parts = []
-                if (d0, dp0) != (d1, dp1):
-                    parts.append(f"dst {_ep(dips, d0, dp0)} → {_ep(dips, d1, dp1)}")
-                if (s0, sp0) != (s1, sp1):
-                    parts.append(f"src {_ep(sips, s0, sp0)} → {_ep(sips, s1, sp1)}")
-                groups[g].translations[labels[li]][", ".join(parts)] += c
+                    g, li = divmod(rest, nl)
+                    getattr(groups[g], out)[labels[li]][values[d - 1]] += int(tally[k])
+        ucpu, cpu_code = _compact(np.clip(cpu[real], 0, 65535), int(cpu.max()) + 1 if n else 1)
+        tally = np.bincount(gl * len(ucpu) + cpu_code, minlength=ng * nl * len(ucpu))
+        for k in np.flatnonzero(tally).tolist():
+            rest, ci = divmod(k, len(ucpu))
+            g, li = divmod(rest, nl)
+            groups[g].cpus[labels[li]][int(ucpu[ci])] += int(tally[k])
+
+        # Translations: where addresses changed, the new address; a port only
+        # where it changed too (DNAT's service port), not MASQUERADE's kept ports.
+        for changed_mask, side, codes, ports, values in ((dchg, "dst", dip_c, dport, dips), (schg, "src", sip_c, sport, sips)):
+            at = np.flatnonzero(changed_mask)
+            if not len(at):
+                continue
+            newport = np.where(ports[at + 1] != ports[at], ports[at + 1], -1)
+            tkey = ((row_group[at] * nl + label[at + 1]) * (len(values) + 1) + (codes[at + 1] + 1)) * 65537 + (newport + 1)
+            first_at, cnt, _ = _factorize(tkey)
+            for i, c in zip(first_at.tolist(), cnt.tolist()):
+                g, li, ip, port = int(row_group[at[i]]), int(label[at[i] + 1]), int(codes[at[i] + 1]), int(newport[i])
+                where = values[ip] if ip >= 0 else "?"
+                new = f"{where}:{port}" if port >= 0 else where
+                groups[g].translations[labels[li]][f"{side} → {new}"] += c
 
     def _group(self, direction: str, entry: str, nat: str | None) -> Group:
         key = (direction, entry, nat)
@@ -401,10 +462,6 @@ class PathStats:
     def finish(self) -> PathSummary:
         groups = sorted(self.groups.values(), key=Group.order_key)
         return PathSummary(groups, self.bin_ns, self.t0 or 0, self.cpu_varies)
-
-
-def _ep(values: list, code: int, port: int) -> str | None:
-    return _endpoint_plain(values[code] if code >= 0 else None, port, False)
 
 
 def _nat_name(direction: str, code: int) -> str | None:

@@ -99,7 +99,7 @@ def _lane(group: Group, x0: float, y0: float) -> tuple[list[str], float]:
             named.add(nat)
             notes += [(line, "#6a1b9a") for line in _nat_lines(group, nat)]
         for reason, n in drops_at.pop(label, []):
-            notes.append((f"✕ {n:,} dropped here", "#c62828"))
+            notes.append((f"✕ {n:,} dropped", "#c62828"))
             notes.append((f"  {reason}", "#c62828"))
         for j, (line, color) in enumerate(notes[:4]):
             out.append(_text(x0 + NODE_W + 9, y + 11 + 11 * j, _fit(line, 19), 9, fill=color, class_="note"))
@@ -126,14 +126,9 @@ def _lane(group: Group, x0: float, y0: float) -> tuple[list[str], float]:
 
 
 def _nat_lines(group: Group, nat: str) -> list[str]:
-    """'DNAT' and the new address: 'dst 198.18.0.1:8000 → 172.17.0.2:8080' -> ['DNAT', '→ 172.17.0.2:8080']."""
-    lines = []
-    for part in nat.split(", "):
-        side, _, change = part.partition(" ")
-        new = change.split(" → ")[-1]
-        name = _nat_name(group.direction, side)
-        lines += [name, f"→ {new}"]
-    return lines
+    """'dst → 172.17.0.2:8080' -> ['DNAT', '→ 172.17.0.2:8080'] (the name by the group's direction)."""
+    side, _, new = nat.partition(" ")
+    return [_nat_name(group.direction, side), new]
 
 
 def _nat_name(direction: str, side: str) -> str:

@@ -72,4 +72,4 @@ def test_report_with_drops_renders_without_errors(tmp_path):
     text = report(capture, page)
     c = look(page, tmp_path / "report.png")
     assert "plot-drops" in c["figures"]
-    assert "✕ 2 dropped here" in text and "NETFILTER_DROP" in text
+    assert "✕ 2 dropped" in text and "NETFILTER_DROP" in text

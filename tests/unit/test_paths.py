@@ -37,8 +37,8 @@ def test_groups_paths_and_order():
     assert inbound.off_path == 0  # the dropped ones stopped short of the path: not another way
     assert inbound.exit == "container" and replies.exit == "external"
     assert inbound.device("nf_prerouting/after") == "veth-lab-h" and inbound.container("tc_ingress@container") == "web"
-    assert inbound.translation("nf_prerouting/after") == "dst 198.18.0.1:8000 → 172.17.0.2:8080"
-    assert replies.translation("nf_postrouting/after") == "src 172.17.0.2:8080 → 198.18.0.1:8000"
+    assert inbound.translation("nf_prerouting/after") == "dst → 172.17.0.2:8080"
+    assert replies.translation("nf_postrouting/after") == "src → 198.18.0.1:8000"
 
 
 def test_segments_in_path_order_with_their_latencies():

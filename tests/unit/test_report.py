@@ -43,7 +43,7 @@ def test_report_is_self_contained_and_shows_the_path(tmp_path: Path):
     # the picture: inbound DNAT and its replies in their own columns, NAT where it happened, drops where last seen
     path = figures["plot-path"]
     for word in ("external → container", "DNAT · requests", "reverse DNAT · replies", "PREROUTING after NAT",
-                 "→ 172.17.0.2:8080", "reverse DNAT", "→ 198.18.0.1:8000", "✕ 2 dropped here", "NETFILTER_DROP",
+                 "→ 172.17.0.2:8080", "reverse DNAT", "→ 198.18.0.1:8000", "✕ 2 dropped", "NETFILTER_DROP",
                  "veth-lab-h", "docker0", "veth3f2a1b"):
         assert html.escape(word) in path, word
     # every arrow along the inbound path is labelled with packets, p50 and p99
