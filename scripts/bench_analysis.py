@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Reading big captures: `tracer stats` and `tracer report` (and `show
---json`) on a synthetic capture (scripts/synth_capture.py), peak RSS and
+"""Reading big captures: `tracer stats` and `tracer report` on a big
+synthetic capture, `stats --format json` (every flow) and `show --json` on a
+smaller one (scripts/synth_capture.py), peak RSS and
 sightings per second, beside the in-memory reader this replaced (the code
 of a given git revision, run from an extracted copy) on a capture it can
 still hold.
@@ -95,12 +96,14 @@ def main() -> None:
         rows = []
         for r in range(args.rounds):
             for label, cmd, n, e in (
-                (f"stats {args.sightings}", [*tracer, "stats", str(big), "--format", "json"], big_n, env),
+                (f"stats {args.sightings}", [*tracer, "stats", str(big)], big_n, env),
                 (f"report {args.sightings}", [*tracer, "report", str(big), "-o", str(work / "r.html")], big_n, env),
-                (f"show --json {args.sightings}", [*tracer, "show", "--json", str(big)], big_n, env),
-                (f"stats {args.baseline_sightings}", [*tracer, "stats", str(small), "--format", "json"], base_n, env),
-                (f"stats {args.baseline_sightings}, baseline {args.baseline_rev}",
-                 [*tracer, "stats", str(small), "--format", "json"], base_n, old_env),
+                (f"stats {args.baseline_sightings}", [*tracer, "stats", str(small)], base_n, env),
+                (f"stats {args.baseline_sightings}, baseline {args.baseline_rev}", [*tracer, "stats", str(small)],
+                 base_n, old_env),
+                (f"stats --format json {args.baseline_sightings}", [*tracer, "stats", "--format", "json", str(small)],
+                 base_n, env),
+                (f"show --json {args.baseline_sightings}", [*tracer, "show", "--json", str(small)], base_n, env),
             ):
                 took, rss, cpu, rc = run(cmd, e, cwd=work)
                 rows.append((label, took, rss, n / took / 1e6 if not rc else float("nan"), cpu, load()))
@@ -109,12 +112,12 @@ def main() -> None:
         print()
         print(f"{'case':<42}{'seconds':>9}{'peak RSS MiB':>14}{'M sightings/s':>15}{'CPU s':>8}{'M/CPU-s':>9}  load")
         for label, took, rss, rate, cpu, ld in rows:
-            n = big_n if args.sightings in label and "baseline" not in label else base_n
+            n = big_n if label.endswith(f" {args.sightings}") else base_n
             print(f"{label:<42}{took:9.1f}{rss:14.0f}{rate:15.2f}{cpu:8.1f}{n / cpu / 1e6:9.2f}  {ld}")
         print("(M/CPU-s: sightings per CPU-second of the process, user + system: steadier than wall time on a shared VM;"
               " load: the host's 1-minute load average at the end of the run, on 2 vCPUs)")
         for label, took, rss, rate, cpu, ld in rows:
-            if label.startswith(("stats", "report")) and "baseline" not in label and args.sightings in label:
+            if label in (f"stats {args.sightings}", f"report {args.sightings}"):
                 print(f"target {label}: peak RSS <= 1024 MiB: {'met' if rss <= 1024 else 'NOT met'}; "
                       f">= 5 M sightings/s: {'met' if rate >= 5 else 'NOT met'} ({rate:.2f})")
         base = [r for r in rows if "baseline" in r[0]]

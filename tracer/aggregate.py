@@ -26,6 +26,7 @@ import shutil
 import threading
 import tempfile
 import weakref
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -49,10 +50,32 @@ def connect(temp_dir: str) -> Any:
     """An in-memory DuckDB that spills to ``temp_dir``."""
     import duckdb
 
-    return duckdb.connect(config={
+    con = duckdb.connect(config={
         "memory_limit": MEMORY_LIMIT, "threads": THREADS, "temp_directory": temp_dir,
         "preserve_insertion_order": False,
     })
+    return quiet(con)
+
+
+SPILL_PREFIX = "tracer-duckdb-"
+
+
+def spill_dir() -> str:
+    """A new directory for DuckDB to spill into (under TMPDIR), named after
+    this process; ones left by processes that died without cleaning up
+    (SIGKILL) are removed first."""
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(f"{SPILL_PREFIX}*-*"):
+        pid = old.name[len(SPILL_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
+
+
+def quiet(con: Any) -> Any:
+    """No progress bar on the terminal (a session setting: each cursor too)."""
+    con.execute("SET enable_progress_bar = false")
+    return con
 
 
 class Strings:
@@ -89,7 +112,7 @@ class Store:
     so the next chunk is worked on meanwhile; ``wait`` before querying."""
 
     def __init__(self) -> None:
-        self._dir = tempfile.mkdtemp(prefix="tracer-duckdb-")
+        self._dir = spill_dir()
         self.con = connect(self._dir)
         # The spill directory goes with the last user of the store (an
         # Analysis's FlowRows may outlive the analysis), or at exit.
@@ -103,7 +126,7 @@ class Store:
 
     def add(self, segments: pa.Table, packets: pa.Table) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._insert_loop, args=(self.con.cursor(),), daemon=True,
+            self._thread = threading.Thread(target=self._insert_loop, args=(quiet(self.con.cursor()),), daemon=True,
                                             name="tracer-duckdb-insert")
             self._thread.start()
         if self._error is not None:
@@ -215,7 +238,7 @@ class FlowRows:
         return f"SELECT {', '.join(FLOW_COLUMNS)} FROM flows ORDER BY slowest_ns DESC, flow_id{tail}"
 
     def __iter__(self) -> Iterator[Any]:
-        reader = self.store.con.cursor().sql(self._query()).to_arrow_reader(1 << 14)
+        reader = quiet(self.store.con.cursor()).sql(self._query()).to_arrow_reader(1 << 14)
         for batch in reader:
             for row in batch.to_pylist():
                 yield self.make(row)
@@ -225,7 +248,7 @@ class FlowRows:
             start, stop, step = item.indices(self.count)
             if step != 1:
                 return list(self)[item]
-            rows = self.store.con.cursor().sql(self._query(max(0, stop - start), start)).to_arrow_table().to_pylist()
+            rows = quiet(self.store.con.cursor()).sql(self._query(max(0, stop - start), start)).to_arrow_table().to_pylist()
             return [self.make(r) for r in rows]
         index = item + self.count if item < 0 else item
         if not 0 <= index < self.count:

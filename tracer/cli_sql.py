@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import tempfile
+import shutil
 from decimal import Decimal
 from pathlib import Path
 
@@ -41,13 +41,14 @@ def sql(query: str, files: tuple[str, ...], fmt: str, max_rows: int) -> None:
     tracer sql "SELECT hook, count(*) FROM sightings GROUP BY hook" cap.arrows"""
     import duckdb
 
-    from tracer.aggregate import connect
+    from tracer.aggregate import connect, spill_dir
 
     parquet = [f for f in files if _is_parquet(f)]
     captures = [f for f in files if not _is_parquet(f)]
     if parquet and captures:
         raise click.UsageError("give captures (.arrows) or Parquet exports, not both")
-    with tempfile.TemporaryDirectory(prefix="tracer-duckdb-") as spill:
+    spill = spill_dir()
+    try:
         con = connect(spill)
         try:
             if parquet:
@@ -69,6 +70,8 @@ def sql(query: str, files: tuple[str, ...], fmt: str, max_rows: int) -> None:
             raise TracerError(f"sql: {one_line(str(exc))}") from None
         finally:
             con.close()
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def _over_captures(con, query: str, files: list[str]):
