@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracer import events
+from tracer import events, record_words
 
 _HOOK_DROP = events.HOOKS.index("drop")
 _HOOK_FORWARD = events.HOOKS.index("nf_forward")
@@ -52,20 +52,19 @@ def expand(journeys: np.ndarray) -> Sightings:
         return Sightings(0, {name: empty[name] for name in events.RAW_DTYPE.names})
     rec = np.repeat(np.arange(len(journeys)), n_hops)
     first = np.concatenate(([0], np.cumsum(n_hops)[:-1]))
-    hop_i = np.arange(total) - first[rec]
     j = _Gather(journeys, rec)  # a record's field, once per row
-    hops = journeys["hops"]
-    code = hops["code"][rec, hop_i]
-    t_idx = np.minimum(hops["tuple"][rec, hop_i], events.MAX_TUPLES - 1)
-    tuples = journeys["tuples"]
+    hops = record_words.hops(journeys, n_hops)  # plain words, not struct fields: ~8x cheaper
+    code = hops.code
+    t_idx = np.minimum(hops.tuple, events.MAX_TUPLES - 1)
+    src_ip, dst_ip, src_port, dst_port = record_words.tuples_at(journeys, rec, t_idx)
 
     hook = code & 0x0F
     in_ct = (code & events.HOP_IN_CT_BIT) != 0
-    ktime = j["first_ktime"] + hops["dt_ns"][rec, hop_i].astype(np.uint64)
+    ktime = j["first_ktime"] + hops.dt_ns.astype(np.uint64)
     ends = first + n_hops - 1
     ktime[ends] = journeys["last_ktime"]  # exact where dt_ns saturated (a late drop)
     is_drop = hook == _HOOK_DROP
-    ifindex = hops["ifindex"][rec, hop_i]
+    ifindex = hops.ifindex
     flags = (np.where(in_ct, events.FLAG_IN_CONTAINER_NS, 0)
              | np.where((code & _NEW_PACKET_BIT) != 0, events.FLAG_NEW_PACKET, 0)
              | np.where(_COMPLETE[j["end"]], 0, events.FLAG_INCOMPLETE)).astype(np.uint8)
@@ -78,10 +77,10 @@ def expand(journeys: np.ndarray) -> Sightings:
         "netns": np.where(is_drop, j["drop_netns"], 0),  # 0: the attachment's (host) netns
         "ifindex": ifindex,
         "out_ifindex": np.where(hook == _HOOK_FORWARD, j["fwd_out_ifindex"], np.where(_OUT_IS_IFINDEX[hook], ifindex, 0)),
-        "src_ip": tuples["saddr"][rec, t_idx],
-        "dst_ip": tuples["daddr"][rec, t_idx],
-        "src_port": tuples["sport"][rec, t_idx],
-        "dst_port": tuples["dport"][rec, t_idx],
+        "src_ip": src_ip,
+        "dst_ip": dst_ip,
+        "src_port": src_port,
+        "dst_port": dst_port,
         "tcp_seq": j["tcp_seq"],
         "tcp_ack": j["tcp_ack"],
         "ip_id": j["ip_id"],
@@ -91,7 +90,7 @@ def expand(journeys: np.ndarray) -> Sightings:
         "nat_stage": (code >> events.HOP_STAGE_SHIFT) & 0x03,
         "direction": j["direction"],
         "protocol": j["protocol"],
-        "ttl": hops["ttl"][rec, hop_i],
+        "ttl": hops.ttl,
         "tcp_flags": j["tcp_flags"],
         "tcp_doff": j["tcp_doff"],
         "flags": flags,

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer import events
+from tracer import events, record_words
 from tracer.decode import UNKNOWN_PLACE, DecodeContext, Place, _by_lookup, _codes, decode, resolve_places
 from tracer.expand import expand
 
@@ -77,13 +77,13 @@ def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -
     n = len(records)
     n_hops = np.minimum(records["n_hops"].astype(np.int64), events.MAX_HOPS)
     n_tuples = np.clip(records["n_tuples"].astype(np.int64), 1, events.MAX_TUPLES)
-    dt_ns, ifindex, code, ttl, t_idx = _used_hops(records, n_hops)
+    h = record_words.hops(records, n_hops)
+    code, ifindex = h.code, h.ifindex
     rec = np.repeat(np.arange(n), n_hops)
     hook = code & 0x0F
     in_ct = (code & events.HOP_IN_CT_BIT) != 0
     is_drop = hook == _HOOK_DROP
-    t_idx = np.minimum(t_idx, events.MAX_TUPLES - 1)
-    tuples = records["tuples"]
+    t_idx = np.minimum(h.tuple, events.MAX_TUPLES - 1)
 
     # Where each hop was: resolved as live decoding does, once per distinct
     # place (a drop hop's netns is the record's; the others' the host's).
@@ -92,7 +92,7 @@ def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -
     netns[drops] = records["drop_netns"][rec[drops]]
 
     def addresses():
-        return tuples["saddr"][rec, t_idx].astype(np.uint32), tuples["daddr"][rec, t_idx].astype(np.uint32)
+        return record_words.tuples_at(records, rec, t_idx)[:2]
 
     places, inverse = resolve_places(ctx, in_ct, netns, ifindex, addresses, None)
     place = place_ids.ids_of(places)[inverse] if len(places) else np.zeros(0, np.uint32)
@@ -100,10 +100,11 @@ def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -
     # HOP_FLAG_IN_CONTAINER_NS from HOP_IN_CT_BIT (0x40), HOP_FLAG_NEW_PACKET from 0x80
     hop_flags = (code >> 6) & 0x03
     hop_values = pa.StructArray.from_arrays(
-        [pa.array(dt_ns), pa.array(hook), pa.array((code >> events.HOP_STAGE_SHIFT) & 0x03), pa.array(hop_flags),
-         pa.array(ifindex), pa.array(ttl), pa.array(t_idx), pa.array(place)],
+        [pa.array(h.dt_ns), pa.array(hook), pa.array((code >> events.HOP_STAGE_SHIFT) & 0x03), pa.array(hop_flags),
+         pa.array(ifindex), pa.array(h.ttl), pa.array(t_idx), pa.array(place)],
         fields=list(events.HOP_ROW_TYPE))
-    tuple_values = pa.StructArray.from_arrays(list(_used_tuples(records, n_tuples)), fields=list(events.TUPLE_ROW_TYPE))
+    tuple_values = pa.StructArray.from_arrays(list(record_words.used_tuples(records, n_tuples)),
+                                              fields=list(events.TUPLE_ROW_TYPE))
 
     has_drop = np.zeros(n, bool)
     has_drop[rec[drops]] = True
@@ -128,47 +129,6 @@ def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -
     schema = events.JOURNEY_CAPTURE_SCHEMA
     return pa.Table.from_arrays(
         [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in schema], schema=schema)
-
-
-# The used hops and tuples of records, gathered as 32-bit words: numpy copies
-# a structured field's elements one by one (~30 ns a hop), plain words in
-# bulk (~4). The words' layout is the structs' (checked here, little-endian).
-assert events.HOP_DTYPE.fields["dt_ns"][1] == 0 and events.HOP_DTYPE.fields["ifindex"][1] == 4
-assert all(events.HOP_DTYPE[f].byteorder in "<|=" for f in events.HOP_DTYPE.names)
-assert [events.HOP_DTYPE.fields[f][1] for f in ("code", "ttl", "tuple")] == [8, 9, 10]
-assert [events.TUPLE_DTYPE.fields[f][1] for f in ("saddr", "daddr", "sport", "dport")] == [0, 4, 8, 10]
-assert np.little_endian
-
-
-def _used_words(records: np.ndarray, name: str, used: np.ndarray) -> np.ndarray:
-    """(sum(used), 3) u32: the first ``used[i]`` 12-byte elements of record
-    i's array field ``name``, record by record."""
-    count = records.dtype[name].shape[0]
-    offset = records.dtype.fields[name][1]
-    if not records.flags.c_contiguous:  # e.g. a drained batch's view into its buffer
-        records = np.ascontiguousarray(records)
-    raw = records.view(np.uint8).reshape(len(records), records.dtype.itemsize)
-    words = np.ascontiguousarray(raw[:, offset:offset + 12 * count]).view(np.uint32).reshape(-1, 3)
-    return np.take(words, np.flatnonzero(np.arange(count) < used[:, None]), axis=0)
-
-
-def _used_hops(records: np.ndarray, n_hops: np.ndarray):
-    """dt_ns, ifindex, code, ttl, tuple of every used hop."""
-    w = _used_words(records, "hops", n_hops)
-    last = w[:, 2]
-    return (w[:, 0].copy(), w[:, 1].copy(), (last & 0xFF).astype(np.uint8), ((last >> 8) & 0xFF).astype(np.uint8),
-            ((last >> 16) & 0xFF).astype(np.uint8))
-
-
-def _used_tuples(records: np.ndarray, n_tuples: np.ndarray):
-    """saddr, daddr, sport, dport (numbers, from network byte order) of every used tuple."""
-    w = _used_words(records, "tuples", n_tuples)
-    ports = w[:, 2].copy().view(np.uint16).reshape(-1, 2)
-    # As the kernel wrote them: network byte order. Records that went through
-    # np.concatenate (the hold) come back in native order.
-    if records.dtype["tuples"].base["saddr"].byteorder == ">":
-        return w[:, 0].byteswap(), w[:, 1].byteswap(), ports[:, 0].byteswap(), ports[:, 1].byteswap()
-    return w[:, 0].copy(), w[:, 1].copy(), ports[:, 0].copy(), ports[:, 1].copy()
 
 
 def _offsets(sizes: np.ndarray) -> np.ndarray:

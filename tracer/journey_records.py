@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracer import events
+from tracer import events, record_words
 from tracer.decode import DecodeContext, _factorize, ip_text, resolve_places
 from tracer.journeys import JourneyRows, _Codes, verdicts
 
@@ -47,20 +47,15 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
     # Hops, record by record.
     total = int(n_hops.sum())
     rec = np.repeat(np.arange(len(o)), n_hops)
-    src_rec = o[rec]  # the record each hop is in, as stored
     rec_first = np.concatenate(([0], np.cumsum(n_hops)[:-1]))
-    hop_i = np.arange(total) - rec_first[rec]
-    hops = records["hops"]
-    code = hops["code"][src_rec, hop_i]
-    ifindex = hops["ifindex"][src_rec, hop_i]
-    ktime = fk_r[rec] + hops["dt_ns"][src_rec, hop_i].astype(np.int64)
+    hops = record_words.hops(records, n_hops, o)  # plain words, not struct fields: ~8x cheaper
+    code = hops.code
+    ifindex = hops.ifindex
+    ktime = fk_r[rec] + hops.dt_ns.astype(np.int64)
     ktime[rec_first + n_hops - 1] = field("last_ktime").astype(np.int64)  # exact where dt_ns saturated
-    t_idx = np.minimum(hops["tuple"][src_rec, hop_i], events.MAX_TUPLES - 1)
-    tuples = records["tuples"]
-    src_u32 = tuples["saddr"][src_rec, t_idx].astype(np.uint32)
-    dst_u32 = tuples["daddr"][src_rec, t_idx].astype(np.uint32)
-    sport = tuples["sport"][src_rec, t_idx].astype(np.int64)
-    dport = tuples["dport"][src_rec, t_idx].astype(np.int64)
+    t_idx = np.minimum(hops.tuple, events.MAX_TUPLES - 1)
+    src_u32, dst_u32, sport, dport = record_words.tuples_at(records, rec, t_idx, o)
+    sport, dport = sport.astype(np.int64), dport.astype(np.int64)
 
     # Journeys over hops.
     packet_of_rec = np.repeat(np.arange(len(rstart)), rsizes)
@@ -75,7 +70,7 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
     hook = _Codes(hook_idx, _HOOK_VALUES)
     stage = _Codes(((code >> events.HOP_STAGE_SHIFT) & 0x03).astype(np.int64), _STAGE_VALUES)
     in_ct = (code & events.HOP_IN_CT_BIT) != 0
-    netns_raw = np.where(is_drop, records["drop_netns"][src_rec], 0).astype(np.uint32)
+    netns_raw = np.where(is_drop, field("drop_netns")[rec], 0).astype(np.uint32)
 
     # Places: resolved once per distinct (in container netns, netns, ifindex).
     places, where = resolve_places(ctx, in_ct, netns_raw, ifindex.astype(np.uint32), src_u32, dst_u32)
@@ -96,14 +91,14 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
 
     verdict, dropped, last_seen = verdicts(hook, stage, role, is_drop, starts)
 
-    reason_num = np.where(is_drop, records["drop_reason"][src_rec].astype(np.int64), -1)
+    reason_num = np.where(is_drop, field("drop_reason")[rec].astype(np.int64), -1)
     reason_values, reason_hop = _names(reason_num, lambda v: None if v < 0 else ctx.drop_reasons.get(v, f"REASON_{v}"))
     null_reason = len(reason_values) - 1
     reason_hop = np.where(is_drop, reason_hop, null_reason)
     last = starts[1:] - 1
     reason = np.where(dropped, reason_hop[last], null_reason)
 
-    icmp = records["protocol"][src_rec] == 1
+    icmp = field("protocol")[rec] == 1
     src_values, src_codes = _names(src_u32.astype(np.int64), ip_text)
     dst_values, dst_codes = _names(dst_u32.astype(np.int64), ip_text)
 
