@@ -41,7 +41,7 @@ esac
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
-required=(python3-bpfcc bpfcc-tools iproute2 iptables conntrack busybox-static python3-venv
+required=(python3-bpfcc bpfcc-tools iproute2 iptables nftables python3-nftables conntrack busybox-static python3-venv
           iperf3 apache2-utils tshark tcpdump procps kmod util-linux ca-certificates)
 # libpcap compiles filter expressions (tracer/pcap.py); renamed libpcap0.8t64
 # with the 64-bit time_t transition (Ubuntu 24.04, Debian 13)

@@ -199,6 +199,7 @@ class CaptureWriter:
         self.paths: list[Path] = []
         self.event_rows = 0  # sightings (a journey row counts its hops)
         self.journey_rows = 0
+        self.rule_rows = 0
         self.batches_written = 0
         self._closed_bytes = 0  # bytes in files already rotated away
         self._pending: list[pa.Table] = []
@@ -242,6 +243,24 @@ class CaptureWriter:
             raise ValueError(f"unknown row kind {kind!r}")
         row = {"time": time_ns, "ktime_ns": ktime_ns, "kind": kind, "info": json.dumps(info, sort_keys=True), **columns}
         self._buffer(pa.Table.from_pylist([row], schema=self.schema))
+
+    def add_rule_rows(self, rows: list[tuple[int, int, str, Mapping[str, Any]]], offset_ns: int) -> None:
+        """Rule hits joined to packets, (ktime_ns, packet_id, hook, info)
+        each, as kind='rule' rows (docs/capture-format.md)."""
+        if not rows:
+            return
+        ktime = [r[0] for r in rows]
+        # The hook goes in info: journey-row files (version 2) have no hook column.
+        columns = {
+            "time": pa.array([k + offset_ns for k in ktime], pa.timestamp("ns", tz="UTC")),
+            "ktime_ns": pa.array(ktime, pa.uint64()),
+            "packet_id": pa.array([r[1] for r in rows], pa.uint64()),
+            "kind": pa.array(["rule"] * len(rows), pa.string()).dictionary_encode(),
+            "info": pa.array([json.dumps({"hook": r[2], **r[3]}, sort_keys=True) for r in rows], pa.string()),
+        }
+        full = [columns[f.name] if f.name in columns else pa.nulls(len(rows), f.type) for f in self.schema]
+        self._buffer(pa.Table.from_arrays(full, schema=self.schema))
+        self.rule_rows += len(rows)
 
     def _buffer(self, rows: pa.Table) -> None:
         if self.closed:
@@ -455,6 +474,7 @@ class Recorder:
             "ktime_offset_ns": str(s.ctx.boot_offset_ns),
             "containers": json.dumps([container_info(c) for c in containers]),
             "sample": str(getattr(s.options, "sample", 1)),
+            "rules": "1" if getattr(s.options, "rules", False) else "0",
         }
 
     def _on_container_event(self, action: str, container: Any) -> None:
@@ -501,6 +521,12 @@ class Recorder:
                 container_id=c.id, container_name=c.name, netns=c.netns_inode,
             )
 
+    def add_rules(self, pairs) -> None:
+        """Rule hits joined to packets ((packet_id, RuleHit) pairs,
+        tracer/rule_join.py) as kind='rule' rows."""
+        self.writer.add_rule_rows([(hit.ktime, pid, hit.hook, hit.rule) for pid, hit in pairs],
+                                  self._session.ctx.boot_offset_ns)
+
     def add_histogram(self, end_ktime_ns: int, info: Mapping[str, Any]) -> None:
         """One latency-mode interval (`tracer latency -w`) as a kind='histogram'
         row stamped with the interval's end; see docs/capture-format.md."""
@@ -523,6 +549,7 @@ class Recorder:
             "journey_ends": dict(getattr(counters, "journey_ends", {})),
             "event_rows": self.writer.event_rows,  # sightings
             "journey_rows": self.writer.journey_rows,
+            **({"rule_rows": self.writer.rule_rows} if self.writer.rule_rows else {}),
             "packets": self.packets,
             "flows": self.flows,
             "duration_s": round(self.clock() - self._started, 3),
@@ -570,6 +597,17 @@ class Capture:
         """Latency-mode interval rows (kind='histogram'), all columns; their
         payload is the JSON in ``info`` (docs/capture-format.md)."""
         return self.table.filter(pc.fill_null(pc.equal(self.table["kind"], "histogram"), False))
+
+    @cached_property
+    def rules(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """Rule hits (kind='rule' rows of a capture recorded with --rules):
+        (packet_id, hook, info) each, in file order."""
+        return _rule_hits(self.table.filter(pc.fill_null(pc.equal(self.table["kind"], "rule"), False)))
+
+    @property
+    def has_rules(self) -> bool:
+        """Recorded with --rules (rule rows may still be none)."""
+        return self.metadata.get("rules") == "1" or bool(self.rules)
 
     @cached_property
     def containers(self) -> list[dict[str, Any]]:
@@ -747,6 +785,7 @@ class CaptureStream:
         self.rows = 0
         self.current = 0  # index of the file the last batch came from
         self._other: list[pa.RecordBatch] = []
+        self._rules: list[pa.RecordBatch] = []  # rule rows (--rules) not yet taken
         self._consumed = False
 
     def batches(self) -> Iterator[pa.RecordBatch]:
@@ -777,7 +816,13 @@ class CaptureStream:
                 yield batch.select(names)
                 continue
             if not is_event.all():
-                self._other.append(batch.filter(pa.array(~is_event)))
+                other = batch.filter(pa.array(~is_event))
+                is_rule = pc.fill_null(pc.equal(other.column("kind"), "rule"), False)
+                if pc.any(is_rule).as_py():
+                    self._rules.append(other.filter(is_rule))
+                    other = other.filter(pc.invert(is_rule))
+                if other.num_rows:
+                    self._other.append(other)
             if is_event.any():
                 yield batch.filter(pa.array(is_event)).select(names)
 
@@ -797,6 +842,17 @@ class CaptureStream:
     def other_rows(self) -> pa.Table:
         """The rows that are not sightings, read so far."""
         return pa.Table.from_batches(self._other, schema=events.CAPTURE_SCHEMA).unify_dictionaries()
+
+    @property
+    def has_rules(self) -> bool:
+        """Recorded with --rules: `rule` rows come with the sightings."""
+        return self.metadata.get("rules") == "1"
+
+    def take_rules(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """The rule rows read since the last call, (packet_id, hook, info)
+        each, in file order (they are not kept: memory stays bounded)."""
+        batches, self._rules = self._rules, []
+        return [hit for b in batches for hit in _rule_hits(b)]
 
     @property
     def stats(self) -> dict[str, Any] | None:
@@ -859,6 +915,14 @@ def _is_event(kind: pa.Array) -> np.ndarray | None:
         idx = pc.fill_null(kind.indices, -1).to_numpy()
         return idx == code
     return pc.fill_null(pc.equal(kind, "event"), False).to_numpy(zero_copy_only=False)
+
+
+def _rule_hits(rows: pa.Table | pa.RecordBatch) -> list[tuple[int, str, dict[str, Any]]]:
+    out = []
+    for pid, info in zip(rows.column("packet_id").to_pylist(), rows.column("info").to_pylist()):
+        info = json.loads(info)
+        out.append((pid, info.pop("hook", None), info))
+    return out
 
 
 def _infos(rows: pa.Table, kind: str) -> list[dict[str, Any]]:

@@ -62,6 +62,9 @@ def _register() -> None:
     from tracer.cli_sql import sql
 
     cli.add_command(sql)
+    from tracer.cli_explain import explain
+
+    cli.add_command(explain)
 
 
 _register()

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer.cli_params import ID, IPV4, PORT, PROTOCOL, color_option, count_option, use_color
-from tracer.cli_trace import Limits, make_recorder, options_from, run_trace, target_options, write_options
+from tracer.cli_trace import Limits, make_recorder, options_from, rules_option, run_trace, target_options, write_options
 
 
 @click.command()
@@ -21,12 +21,13 @@ from tracer.cli_trace import Limits, make_recorder, options_from, run_trace, tar
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after S seconds.")
 @count_option
 @click.option("--quiet", is_flag=True, help="No progress line on stderr.")
+@rules_option
 def record(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path, rotate_size, rotate_seconds,
-           duration, count, quiet):
+           duration, count, quiet, rules):
     """Record live packet sightings to Arrow files for later analysis
     (`tracer show`, `stats`, `report`; pyarrow, polars, DuckDB). EXPRESSION:
     a pcap-filter expression, as `tracer trace`."""
-    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression)
+    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds)
     run_trace(options, Limits(count, duration), as_json=False, color=False, recorder=recorder,
               journeys=False, progress=not quiet)
@@ -77,6 +78,11 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     # first sighting: the output is that of the whole capture at once, in
     # bounded memory. The same column-wise path as `trace`.
     sightings = capture.sightings()
+    book = None
+    if capture.has_rules:  # recorded with --rules: each hop's rules, as `trace --rules` showed them
+        from tracer.rule_render import RuleBook, hop_rules, with_rules_json, with_rules_text
+
+        book = RuleBook()
     for table in _journey_slices(PacketWindow().packets(sightings)):
         table = select_packets(table, ports, hosts, containers, proto.lower() if proto else None, compiled,
                                packets=packets, flows=flows)
@@ -84,6 +90,12 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
             table = first_journeys(table, count - shown)
         rows = journey_rows(table)  # once for the output and the summary
         block = journey_json_block(rows)[0] if as_json else render_rows(rows, color)
+        if book is not None:
+            # a packet's rule rows are written within a moment of its sightings: read by the time it is whole
+            book.add(capture.take_rules())
+            per_hop = hop_rules(rows, book.pop(rows.packet_id.tolist()))
+            block = with_rules_json(block, rows, per_hop) if as_json else with_rules_text(block, rows, per_hop, color)
+            book.forget_older()
         if len(block):
             write_out(block, out)
         summary.add_table(rows)

@@ -45,7 +45,7 @@ def target_options(fn):
     return fn
 
 
-def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, expression=()):
+def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, expression=(), rules=False):
     from tracer.kernel.program import Filter
     from tracer.pcap import expression_of
     from tracer.session import TraceOptions
@@ -54,7 +54,12 @@ def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, exp
     text = expression_of(expression)
     # bad input (an expression libpcap or the translation refuses too) fails before any kernel work
     Filter(ports=tuple(ports), hosts=tuple(hosts), proto=proto, sample=sample, expression=text)
-    return TraceOptions(tuple(ports), tuple(hosts), tuple(containers), proto, tuple(ifaces), tc_mode, sample, text)
+    return TraceOptions(tuple(ports), tuple(hosts), tuple(containers), proto, tuple(ifaces), tc_mode, sample, text, rules)
+
+
+def rules_option(fn):
+    return click.option("--rules", is_flag=True, help="Name the netfilter rules each packet met at each hook (table/chain #N, "
+                        "as iptables -S prints the rule): nf_tables tracing of the traced traffic only, through a table of our own.")(fn)
 
 
 @dataclass
@@ -122,6 +127,13 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         if recorder is not None:
             recorder.start(session)
         feed = (SightingFeed if session.sightings else JourneyFeed)(session, recorder, journeys)
+        rule_feed = RuleFeed(session, recorder, journeys) if session.rules is not None else None
+        if rule_feed is not None:
+            if session.sightings:
+                click.echo("tracer: warning: --rules joins rules to the kernel's journey records; "
+                           "not with TRACER_SIGHTING_EVENTS", err=True)
+            else:
+                feed.on_records = rule_feed.records
         stop.running()
         started = time.monotonic()
         where = f"; writing {recorder.path}" if recorder is not None else ""
@@ -145,12 +157,12 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
                 rows = rows.head(limits.count - shown)
             if as_json:
                 block, count = journey_json_block(rows)
-                if count:
-                    write_out(block, out)
             else:
                 block, count = render_rows(rows, color), len(rows)
-                if count:
-                    write_out(block, out)
+            if rule_feed is not None:
+                block = rule_feed.annotate(block, rows, as_json, color)
+            if count:
+                write_out(block, out)
             summary.add_table(rows)
             shown += count
             return limits.count is not None and shown >= limits.count
@@ -163,6 +175,8 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
                 time.sleep(rest)
             pass_started = time.monotonic()
             feed.take(session.read_records(POLL_S))
+            if rule_feed is not None:
+                rule_feed.tick(session.now_ktime())
             if recorder is not None:
                 recorder.tick()
             if journeys and show(feed.complete(IDLE_NS, session.now_ktime())):
@@ -183,6 +197,9 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         # capture and the summary; read the counters only once it is drained,
         # so the records counted are the records written.
         counters = _drain(session, feed.take)
+        if rule_feed is not None:
+            rule_feed.finish()
+            summary.rules = rule_feed.counts()
         if journeys:
             show(feed.flush())
         summary.set_lost(counters.lost, counters.emitted, unit=f"{counters.record}s")
@@ -220,10 +237,13 @@ class JourneyFeed:
         self.session, self.recorder, self.showing = session, recorder, showing
         self.hold = RecordHold()
         self.sightings = 0
+        self.on_records = None  # told of every record as it comes (rule attribution joins on them)
 
     def take(self, records) -> None:
         if not len(records):
             return
+        if self.on_records is not None:
+            self.on_records(records)
         self.sightings += int(records["n_hops"].sum())
         if not self.showing:
             self.recorder.add_records(records)
@@ -242,6 +262,48 @@ class JourneyFeed:
         if self.recorder is not None and len(records):
             self.recorder.add_records(records)
         return self.session.journey_rows(records)
+
+
+class RuleFeed:
+    """Rule hits (--rules) joined to the journey records as they come: to the
+    capture as rule rows, and held per packet until `trace` shows it."""
+
+    def __init__(self, session, recorder, showing: bool) -> None:
+        from tracer.rule_join import RuleJoiner
+        from tracer.rule_render import RuleBook
+
+        self.session, self.recorder = session, recorder
+        self.joiner = RuleJoiner()
+        self.book = RuleBook() if showing else None
+
+    def records(self, records) -> None:
+        self.joiner.add_records(records)
+
+    def tick(self, now_ktime: int) -> None:
+        self.joiner.add_hits(self.session.rules.take())
+        self._out(self.joiner.match(now_ktime))
+
+    def finish(self) -> None:
+        self.joiner.add_hits(self.session.rules.stop())
+        self._out(self.joiner.flush())
+
+    def _out(self, pairs) -> None:
+        if not pairs:
+            return
+        if self.recorder is not None:
+            self.recorder.add_rules(pairs)
+        if self.book is not None:
+            self.book.add(pairs)
+            self.book.forget_older()
+
+    def annotate(self, block, rows, as_json: bool, color: bool):
+        from tracer.rule_render import hop_rules, with_rules_json, with_rules_text
+
+        per_hop = hop_rules(rows, self.book.pop(rows.packet_id.tolist()))
+        return with_rules_json(block, rows, per_hop) if as_json else with_rules_text(block, rows, per_hop, color)
+
+    def counts(self) -> dict:
+        return {"joined": self.joiner.matched, "unmatched": self.joiner.unmatched, **self.session.rules.stats()}
 
 
 class SightingFeed:
@@ -296,13 +358,14 @@ def _drain(session, take, rounds: int = 20):
 @color_option
 @click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), default=None, help="Also record the capture to PATH (Arrow IPC stream, .arrows; see `tracer record`).")
 @write_options
+@rules_option
 def trace(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, count, duration, as_json, color, write_path,
-          rotate_size, rotate_seconds):
+          rotate_size, rotate_seconds, rules):
     """Follow live packets: one journey per packet, hop by hop. EXPRESSION is
     a pcap-filter expression, as tcpdump's (`'tcp port 8000 and not host
     198.18.0.9'`), applied where a connection is first recognised; the
     options narrow it further."""
-    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression)
+    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds)
     run_trace(options, Limits(count, duration), as_json, use_color(color, sys.stdout) and not as_json, recorder=recorder,
               summary_color=use_color(color, sys.stderr))

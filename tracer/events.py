@@ -323,6 +323,7 @@ ROW_KINDS = (
     "histogram",  # latency mode interval histogram (see tracer latency): info {...}
     "journey",    # on disk since version 2: one kernel journey record (readers present its sighting rows)
     "place",      # on disk since version 2: info {"id", "ifname", "role", "netns", "container_id", "container_name"}
+    "rule",       # a netfilter rule a traced packet met (--rules): packet_id, hook; info {"table", "chain", ...}
 )
 CAPTURE_SCHEMA = EVENT_SCHEMA.append(pa.field("kind", _DICT_STR)).append(pa.field("info", pa.string()))
 
@@ -398,4 +399,5 @@ META_KEYS = (
     "ktime_offset_ns", # wall clock minus bpf_ktime_get_ns at start
     "containers",      # JSON list of containers at start
     "sample",          # 1-in-N flow sampling (1 = all)
+    "rules",           # "1" when recorded with --rules (rule rows follow the packets), else "0"
 )

@@ -171,6 +171,7 @@ class Summary:
         self.events: dict[str, int] = {}
         self.unit = "events"  # what the kernel's records are: journeys, or events (per-sighting build)
         self.journey_ends: dict[str, int] = {}
+        self.rules: dict[str, int] | None = None  # rule attribution's counts (--rules)
 
     def add(self, journeys: list[Journey]) -> None:
         for j in journeys:
@@ -285,6 +286,7 @@ class Summary:
             "lost_unit": self.unit,
             "journey_ends": dict(self.journey_ends),
             "segments": self.segments(),
+            **({"rules": dict(self.rules)} if self.rules is not None else {}),
         }
 
     def render(self, color: bool) -> str:
@@ -305,6 +307,10 @@ class Summary:
             # Not lost: emitted and shown, but their packet left the sensors' view (or a slot ran out).
             parts = ", ".join(f"{k} {n:,}" for k, n in incomplete.items())
             lines.append(f"  incomplete journeys: {sum(incomplete.values()):,} ({parts})")
+        if self.rules is not None:
+            r = self.rules
+            lines.append(f"  rules: {r.get('joined', 0):,} rule hits on journeys, {r.get('unmatched', 0):,} on untraced packets"
+                         + (f", {r['overruns']:,} report bursts lost" if r.get("overruns") else ""))
         segs = self.segments()
         if segs:
             width = max(len(s["segment"]) for s in segs)

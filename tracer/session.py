@@ -39,6 +39,7 @@ class TraceOptions:
     tc_mode: str = "auto"
     sample: int = 1
     expression: str | None = None  # pcap-filter expression
+    rules: bool = False  # name the netfilter rules traced packets meet (nf_tables tracing)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class TraceSession:
         # it for a whole CLI run, for the equivalence test and benchmarks).
         self.sightings = (sightings or os.environ.get("TRACER_SIGHTING_EVENTS") == "1") and not latency
         self.sweeper = None
+        self.rules = None  # tracer.rule_trace.RuleTracer with --rules
         self.inventory = None
         self.bpf = None
         self.program = None
@@ -105,6 +107,10 @@ class TraceSession:
         # Bad input fails before any kernel or Docker work.
         shape = Filter(ports=opts.ports, hosts=opts.hosts, proto=opts.proto, sample=opts.sample,
                        container_names=opts.containers, expression=opts.expression)
+        if opts.rules:  # a host whose iptables rules nf_tables cannot see fails here, before any work
+            from tracer.kernel.ruleset import check_rule_attribution
+
+            check_rule_attribution()
         self.tc = TcSensor([], mode=opts.tc_mode, latency=self.latency)
         drops = DropSensor()
         self.sensors = [self.tc, NetfilterSensor(), drops]
@@ -135,6 +141,17 @@ class TraceSession:
                 # Journeys quiet for longer than the packet cache joins
                 # sightings can never end: out they go, marked incomplete.
                 self.sweeper = JourneySweeper(self.bpf, program.packet_entries, SWEEP_CHUNK, FP_WINDOW_NS)
+        if opts.rules:
+            from tracer.rule_trace import RuleTracer, match_for
+
+            # Before the netfilter links: registering the table's hooks after
+            # them made the BPF hooks miss packets for a moment here.
+            match = match_for(self.filter)
+            if match.is_everything():
+                log.warning("--rules without --port/--host/--container/--proto marks all IPv4 traffic for nf_tables "
+                            "tracing (a filter expression is not translated to nft): the kernel reports every rule "
+                            "every packet meets")
+            self.rules = RuleTracer(match).start()
         for sensor in self.sensors:
             sensor.attach(self.bpf)
         self._rebuild_places()
@@ -238,6 +255,10 @@ class TraceSession:
                 if self.filter.containers:
                     self.filter.containers = tuple(c for c in self.filter.containers if c.name != container.name) + (container,)
                     self.filter.refresh_containers(self.bpf)
+                    if self.rules is not None:
+                        from tracer.rule_trace import match_for
+
+                        self.rules.update(match_for(self.filter))
             self._rebuild_places()
         except Exception as exc:  # keep tracing; say what we could not follow
             log.warning("could not follow container %s (%s): %s", container.name, what, exc)
@@ -339,6 +360,9 @@ class TraceSession:
     def close(self) -> None:
         self.stop_sensors()
         self.sensors = []
+        if self.rules is not None:
+            self.rules.close()  # our nft table goes
+            self.rules = None
         if self.drainer is not None:
             self.drainer.stop()
             self.drainer = None

@@ -304,6 +304,56 @@ def probe_kprobes(bcc_module) -> Capability:
         return Capability("kprobes", False, f"kprobe on {FENTRY_TARGET}: {_err(exc)}", False, fix)
 
 
+def probe_nftables_trace() -> Capability:
+    """nf_tables tracing, for real, in a fresh netns: a table marks one UDP
+    datagram to 127.0.0.1 with `meta nftrace set 1`; its trace must arrive
+    on an NFNLGRP_NFTRACE socket (what `--rules` stands on)."""
+    import select
+    import socket
+
+    fix = "rule attribution (--rules) needs nf_tables tracing and libnftables: apt-get install nftables python3-nftables"
+    try:
+        from tracer.kernel.nft_table import libnftables, run
+        from tracer.kernel.nft_trace import TraceSocket
+
+        with in_fresh_netns():
+            from pyroute2 import IPRoute
+
+            with IPRoute() as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            nft = libnftables()  # its netlink socket lives in this netns
+            run(nft, "table inet tracer_doctor {\n chain out {\n type filter hook output priority -350; policy accept;\n"
+                     " udp dport 9 meta nftrace set 1\n }\n}\n")
+            traces = TraceSocket(rcvbuf=1 << 20)
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.sendto(b"tracer doctor", ("127.0.0.1", 9))
+                deadline = time.monotonic() + 2
+                while time.monotonic() < deadline:
+                    select.select([traces], [], [], 0.1)
+                    got = [e for e in traces.read(time.monotonic_ns) if e is not None and e.table == "tracer_doctor"]
+                    if got:
+                        return Capability("nftables_trace", True, f"a marked packet's trace arrived ({got[0].chain}, "
+                                          f"{got[0].type})", False, fix)
+            finally:
+                traces.close()
+        return Capability("nftables_trace", False, "no trace event arrived for a marked packet", False, fix)
+    except Exception as exc:
+        return Capability("nftables_trace", False, f"nf_tables trace: {_err(exc)}", False, fix)
+
+
+def probe_iptables_backend() -> Capability:
+    """Docker's rules are nf_tables rules only with iptables' nf_tables backend."""
+    from tracer.kernel.ruleset import iptables_state
+
+    backend, detail = iptables_state()
+    ok = backend == "nf_tables"
+    why = detail if ok else f"{detail or 'unknown'}: rules there are invisible to nf_tables tracing"
+    return Capability("iptables_nft", ok, why, False,
+                      "rule attribution (--rules) needs iptables' nf_tables backend (update-alternatives --set iptables "
+                      "/usr/sbin/iptables-nft, then restart dockerd so it re-creates its rules)")
+
+
 def _compile_probe_module() -> tuple[object | None, Capability]:
     fix = "install BCC: apt-get install python3-bpfcc (scripts/setup.sh)"
     try:
@@ -349,4 +399,6 @@ def run_probes() -> Report:
         if module is not None:
             module.cleanup()  # detaches anything BCC attached and closes its program fds
     add(probe_docker())
+    add(probe_nftables_trace())
+    add(probe_iptables_backend())
     return report

@@ -1,0 +1,380 @@
+"""Rule attribution (`--rules`) on the real kernel, dockerd's real iptables
+rules and the lab (issue 10): the rules named are the rules that acted, at
+the positions and in the text `iptables -S` shows.
+
+Rules these tests insert into DOCKER-USER match only their own connections:
+the lab client's address, a fixed source port above the client netns's
+ephemeral range (1024-65000), and a comment naming the test; fixtures always
+delete them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.e2e.tracing import REPO, Tracer, index_of
+from tracer import traffic
+
+COMMENT = "tracer-test-issue10"
+
+
+def _nft_tables() -> list[str]:
+    return subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout.split("\n")
+
+
+def _our_tables() -> set[str]:
+    return {line.split()[-1] for line in _nft_tables() if line.startswith("table inet tracer_")}
+
+
+def _ruleset() -> str:
+    """`nft list ruleset` without counter values (-s)."""
+    return subprocess.run(["nft", "-s", "list", "ruleset"], capture_output=True, text=True, check=True).stdout
+
+
+def _assert_same_ruleset(before: str, after: str, lab) -> None:
+    """`nft list ruleset` unchanged, but for Docker's own rules for other
+    containers and networks (engineers start and remove theirs on this host
+    meanwhile): lines naming another container address or a user-defined
+    bridge may come and go."""
+    if before == after:
+        return
+    from collections import Counter
+
+    def theirs(line: str) -> bool:
+        addrs = set(re.findall(r"\b172\.\d+\.\d+\.\d+\b", line)) - {lab["container_ip"]}
+        return bool(addrs - {a for a in addrs if a.endswith(".0.0")}) or "br-" in line
+
+    a, b = Counter(before.splitlines()), Counter(after.splitlines())
+    changed = [line for line in (a - b) + (b - a) if not theirs(line)]
+    assert not changed, f"the ruleset changed beyond Docker's rules for other containers: {changed}"
+
+
+def _iptables_lines(table: str, chain: str) -> list[str]:
+    """The chain's `-A` lines as `iptables -S` prints them, in order."""
+    out = subprocess.run(["iptables", "-t", table, "-S", chain], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.startswith("-A ")]
+
+
+def _rules(journey: dict, hook: str, stage=None) -> list[dict]:
+    return journey["hops"][index_of(journey, hook, stage)]["rules"]
+
+
+def _seen_by_netfilter(journey: dict) -> bool:
+    hooks = {(h["hook"], h["nat_stage"]) for h in journey["hops"]}
+    return ("nf_forward", None) in hooks and ("nf_prerouting", "after") in hooks
+
+
+def _first(journeys, **match):
+    """The first journey with these fields whose netfilter hops are all there
+    (other tracers attaching and detaching on this shared host can make ours
+    miss a packet's netfilter hooks now and then: tests send a few)."""
+    for j in journeys:
+        if all(j.get(k) == v for k, v in match.items()) and _seen_by_netfilter(j):
+            return j
+    raise AssertionError(f"no journey with {match} among {[(j['tcp_flags'], j['direction'], j['verdict']) for j in journeys]}")
+
+
+def _requests(lab, n: int = 3, get=traffic.client_http_get) -> None:
+    for _ in range(n):
+        get(lab)
+        time.sleep(0.1)
+
+
+def _assert_position(rule: dict) -> None:
+    """Its position is where `iptables -S` lists its text."""
+    lines = _iptables_lines(rule["table"], rule["chain"])
+    assert rule["position"] is not None and 1 <= rule["position"] <= len(lines), (rule, lines)
+    assert lines[rule["position"] - 1] == rule["iptables"], (rule, lines)
+
+
+def _ports(n: int) -> list[int]:
+    """Source ports above the client netns's ephemeral range (1024-65000):
+    only this test's connections use them; random, so a rerun does not meet
+    the conntrack entries of the last run."""
+    return random.sample(range(65001, 65536), n)
+
+
+def _connect(lab, sport: int, seconds: float = 2, request: bool = True) -> None:
+    """A connection to the published port from a fixed source port (so the
+    test knows its packets, and a rule can match them alone): a GET, or just
+    the handshake; a dropped SYN just times out."""
+    code = ("import socket, sys\n"
+            "s = socket.socket()\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "s.bind(('', int(sys.argv[1])))\n"
+            "s.settimeout(float(sys.argv[4]))\n"
+            "try:\n"
+            "    s.connect((sys.argv[2], int(sys.argv[3])))\n"
+            "    if sys.argv[5] == '1':\n"
+            "        s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+            "        while s.recv(65536):\n"
+            "            pass\n"
+            "except OSError:\n"
+            "    pass\n"
+            "s.close()\n")
+    subprocess.run(["ip", "netns", "exec", lab["netns"], sys.executable, "-c", code, str(sport), lab["host_address"],
+                    str(lab["port"]), str(seconds), "1" if request else "0"], capture_output=True, timeout=seconds + 10)
+
+
+def _syn_from(journeys, sport: int, verdict: str | None = None) -> dict:
+    """The SYN of this test's connection from ``sport`` (seen at its netfilter hooks)."""
+    for j in journeys:
+        if (j["tcp_flags"] == "S" and j["direction"] in ("original", None) and j["hops"][0]["src"].endswith(f":{sport}")
+                and any(h["hook"] == "nf_forward" for h in j["hops"]) and (verdict is None or j["verdict"] == verdict)):
+            return j
+    raise AssertionError(f"no SYN from port {sport} among {[(j['tcp_flags'], j['hops'][0]['src'], j['verdict']) for j in journeys]}")
+
+
+class DropRule:
+    """A DROP rule at the top of DOCKER-USER for one source port of the lab client."""
+
+    def __init__(self, lab, sport: int) -> None:
+        self.spec = ["DOCKER-USER", "-s", lab["client_address"], "-p", "tcp", "--sport", str(sport), "--dport",
+                     str(lab["container_port"]), "-m", "comment", "--comment", COMMENT, "-j", "DROP"]
+        self.inserted = False
+
+    def insert(self) -> None:
+        subprocess.run(["iptables", "-I", *self.spec], check=True)
+        self.inserted = True
+
+    def delete(self) -> None:
+        while subprocess.run(["iptables", "-D", *self.spec], capture_output=True).returncode == 0:
+            pass  # every copy, even one a crashed earlier run left
+        self.inserted = False
+
+
+@pytest.fixture
+def drop_rule(lab):
+    rules = []
+
+    def make(sport: int) -> DropRule:
+        rule = DropRule(lab, sport)
+        rules.append(rule)
+        return rule
+
+    try:
+        yield make
+    finally:
+        for rule in rules:
+            rule.delete()
+        assert not any(COMMENT in line for line in _iptables_lines("filter", "DOCKER-USER"))
+
+
+@pytest.fixture
+def no_leftovers():
+    """Checker: no nft table of ours that appeared during the test is left
+    (test_trace.py checks the BPF side; other engineers' tracers load
+    programs of the same names meanwhile)."""
+    tables = _our_tables()
+
+    def check() -> None:
+        assert not _our_tables() - tables, f"nft tables of ours left: {_our_tables() - tables}"
+
+    return check
+
+
+def test_inbound_dnat_and_forward_rules(lab, no_leftovers, tmp_path):
+    capture = tmp_path / "rules.arrows"
+    t = Tracer("--port", str(lab["port"]), "--rules", "--duration", "30", "-w", str(capture))
+    t.wait_ready()
+    assert len(_our_tables()) >= 1
+    sport = _ports(1)[0]
+    _connect(lab, sport)
+    time.sleep(0.5)
+    journeys = t.stop()
+    assert t.returncode == 0, t.stderr
+    dest = f"{lab['container_ip']}:{lab['container_port']}"
+
+    syn = _syn_from(journeys, sport)
+    assert syn["verdict"] == "delivered" and _seen_by_netfilter(syn), syn
+    pre = _rules(syn, "nf_prerouting", "after")
+    dnat = [r for r in pre if r["table"] == "nat" and r["verdict"] == "accept"]
+    assert len(dnat) == 1, pre
+    assert f"--dport {lab['port']}" in dnat[0]["iptables"] and f"--to-destination {dest}" in dnat[0]["iptables"], dnat
+    assert dnat[0]["chain"] == "DOCKER" and dnat[0]["nft"] and "dnat to" in dnat[0]["nft"]
+    _assert_position(dnat[0])
+    jump = [r for r in pre if r["chain"] == "PREROUTING" and r["verdict"] == "jump"]
+    assert jump and jump[0]["target"] == "DOCKER"
+
+    fwd = _rules(syn, "nf_forward")
+    accepted = [r for r in fwd if r["verdict"] == "accept"]
+    assert len(accepted) == 1, fwd
+    rule = accepted[0]
+    assert rule["table"] == "filter" and rule["chain"] == "DOCKER", rule
+    assert f"-d {lab['container_ip']}/32" in rule["iptables"] and "-j ACCEPT" in rule["iptables"]
+    _assert_position(rule)
+    assert syn["drop_rule"] is None
+    # rules only on netfilter hops
+    assert all(not h["rules"] for h in syn["hops"] if not h["hook"].startswith("nf_"))
+
+    synack = _first(journeys, tcp_flags="SA", direction="reply", flow_id=syn["flow_id"])
+    reply_accept = [r for r in _rules(synack, "nf_forward") if r["verdict"] == "accept"]
+    assert len(reply_accept) == 1 and reply_accept[0]["chain"] == "FORWARD", reply_accept
+    _assert_position(reply_accept[0])
+
+    # the capture holds the rules: `show` replays them as trace showed them
+    shown = subprocess.run([sys.executable, "-m", "tracer", "show", "--json", str(capture)], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    replayed = {j["packet_id"]: j for j in map(json.loads, shown.stdout.splitlines())}
+    assert replayed[syn["packet_id"]] == syn
+    assert replayed[synack["packet_id"]] == synack
+    text = subprocess.run([sys.executable, "-m", "tracer", "show", "--no-color", "--port", str(sport), str(capture)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    assert f"nat/DOCKER #{dnat[0]['position']}  {dnat[0]['iptables']}  ⇒ accept" in text, text
+    no_leftovers()
+
+
+def test_masquerade_rule_for_the_containers_connection(lab, no_leftovers):
+    t = Tracer("--port", str(lab["server_port"]), "--rules", "--duration", "30")
+    t.wait_ready()
+    _requests(lab, get=traffic.container_http_get)
+    time.sleep(0.5)
+    journeys = t.stop()
+    assert t.returncode == 0, t.stderr
+    # the last such SYN: this test's (connections made before our table existed carry no rules)
+    syn = [j for j in journeys if j["tcp_flags"] == "S" and j["direction"] == "original" and _seen_by_netfilter(j)
+           and j["hops"][0]["dst"] == f"{lab['server_address']}:{lab['server_port']}"][-1]
+    post = _rules(syn, "nf_postrouting", "after")
+    masq = [r for r in post if r["table"] == "nat" and r["iptables"] and "-j MASQUERADE" in r["iptables"]]
+    assert len(masq) == 1, post
+    assert masq[0]["chain"] == "POSTROUTING" and masq[0]["verdict"] == "accept"
+    assert re.search(r"-s 172\.\d+\.0\.0/16 ! -o docker0", masq[0]["iptables"]), masq
+    _assert_position(masq[0])
+    no_leftovers()
+
+
+def test_drop_names_the_docker_user_rule(lab, drop_rule, no_leftovers):
+    sport = _ports(1)[0]
+    rule = drop_rule(sport)
+    rule.insert()
+    t = Tracer("--port", str(lab["port"]), "--rules", "--duration", "30")
+    t.wait_ready()
+    _connect(lab, sport, seconds=2)  # the SYN (and a retransmission), each dropped
+    time.sleep(0.3)
+    journeys = t.stop()
+    assert t.returncode == 0, t.stderr
+    j = _syn_from(journeys, sport, verdict="dropped")
+    assert j["drop_reason"] == "NETFILTER_DROP"
+    named = j["drop_rule"]
+    assert named is not None, j
+    assert named["table"] == "filter" and named["chain"] == "DOCKER-USER" and named["verdict"] == "drop"
+    assert f"--comment {COMMENT}" in named["iptables"] and f"--sport {sport}" in named["iptables"]
+    _assert_position(named)
+    assert named in _rules(j, "nf_forward")
+    no_leftovers()
+
+
+def test_rule_added_while_tracing_is_named(lab, drop_rule, no_leftovers):
+    early, dropped_port, late = _ports(3)
+    t = Tracer("--port", str(lab["port"]), "--rules", "--duration", "40")
+    t.wait_ready()
+    _connect(lab, early)  # DOCKER-USER's RETURN rule, at its position before the insert
+    time.sleep(0.5)
+    rule = drop_rule(dropped_port)
+    rule.insert()  # at the top: every rule below moves down one
+    time.sleep(0.2)
+    _connect(lab, dropped_port, seconds=2)
+    _connect(lab, late)  # not dropped: passes the new rule, then RETURN at its new position
+    time.sleep(0.5)
+    journeys = t.stop()
+    assert t.returncode == 0, t.stderr
+    named = _syn_from(journeys, dropped_port, verdict="dropped")["drop_rule"]
+    assert named and f"--sport {dropped_port}" in named["iptables"] and named["chain"] == "DOCKER-USER", named
+    _assert_position(named)
+    returns = [[r for r in _rules(_syn_from(journeys, p, "delivered"), "nf_forward") if r["chain"] == "DOCKER-USER"]
+               for p in (early, late)]
+    before, after = returns[0][-1], returns[1][-1]
+    assert before["iptables"] == after["iptables"] == "-A DOCKER-USER -j RETURN", returns
+    assert after["position"] == before["position"] + 1, (before, after)
+    no_leftovers()
+
+
+def test_sigkill_leaves_a_table_the_next_run_sweeps(lab, no_leftovers):
+    before = _ruleset()
+    tables_before = _our_tables()
+    t = Tracer("--port", str(lab["port"]), "--rules", "--duration", "60")
+    t.wait_ready()
+    mine = f"tracer_{t.proc.pid}"
+    assert mine in _our_tables()
+    t.proc.send_signal(signal.SIGKILL)
+    t.proc.wait(10)
+    assert mine in _our_tables(), "a SIGKILLed run cannot remove its table"
+    nxt = Tracer("--port", str(lab["port"]), "--rules", "--duration", "30")
+    nxt.wait_ready()
+    assert mine not in _our_tables(), "the next run sweeps the dead run's table"
+    assert any("nft table(s) tracer_" in line for line in nxt.stderr_lines), nxt.stderr_lines
+    nxt.stop()
+    assert nxt.returncode == 0, nxt.stderr
+    assert _our_tables() == tables_before
+    _assert_same_ruleset(before, _ruleset(), lab)
+    no_leftovers()
+
+
+def test_legacy_iptables_fails_with_one_line(lab, tmp_path, no_leftovers):
+    fake = tmp_path / "iptables"
+    fake.write_text("#!/bin/sh\necho 'iptables v1.8.9 (legacy)'\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-m", "tracer", "trace", "--rules", "--port", str(lab["port"]), "--duration", "5"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "iptables-legacy" in lines[0] and "Traceback" not in done.stderr, done.stderr
+    no_leftovers()
+
+
+def test_doctor_says_whether_rule_attribution_can_work(tmp_path):
+    def doctor(env=None) -> dict:
+        done = subprocess.run([sys.executable, "-m", "tracer", "doctor", "--json"], cwd=REPO, capture_output=True,
+                              text=True, timeout=180, env=env)
+        assert done.returncode == 0, done.stderr  # optional capabilities: never a failure
+        return {c["name"]: c for c in json.loads(done.stdout)["capabilities"]}
+
+    caps = doctor()
+    assert caps["nftables_trace"]["status"] == "ok", caps["nftables_trace"]
+    assert caps["iptables_nft"]["status"] == "ok" and "(nf_tables)" in caps["iptables_nft"]["detail"]
+    assert not caps["nftables_trace"]["required"]
+    assert "tracer_doctor" not in "".join(_nft_tables()), "the probe's table lives in a netns of its own"
+    fake = tmp_path / "iptables"
+    fake.write_text("#!/bin/sh\necho 'iptables v1.8.9 (legacy)'\n")
+    fake.chmod(0o755)
+    legacy = doctor({**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})["iptables_nft"]
+    assert legacy["status"] == "missing" and "legacy" in legacy["detail"] and "iptables-nft" in legacy["fix"]
+
+
+def test_explain_the_next_connection(lab, no_leftovers):
+    sport = _ports(1)[0]  # --port matches either end: this test's connection, not others' to the lab
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "explain", "--port", str(sport), "--timeout", "60"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while "Ctrl-C" not in (line := proc.stderr.readline()):
+        assert line, proc.communicate()
+    _connect(lab, sport)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    dest = f"{lab['container_ip']}:{lab['container_port']}"
+    assert f"Arrived on {lab['host_iface']} from {lab['client_address']}:{sport} for {lab['host_address']}:{lab['port']}." in out, out
+    assert re.search(rf"PREROUTING: nat/DOCKER #\d+ \(-A DOCKER .*--dport {lab['port']} .*--to-destination {dest}\) "
+                     rf"translated its destination to {dest}", out), out
+    assert re.search(r"FORWARD: accepted by filter/DOCKER #\d+ \(-A DOCKER -d ", out), out
+    assert f"to container {lab['container']}'s eth0 at {dest}." in out, out
+    assert "The reply (tcp SYN-ACK):" in out and f"source back to {lab['host_address']}:{lab['port']}" in out, out
+    no_leftovers()
+
+
+def test_explain_gives_up_in_one_line(lab, no_leftovers):
+    done = subprocess.run([sys.executable, "-m", "tracer", "explain", "--port", "65431", "--timeout", "1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=90)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("tracer: waiting")]
+    assert len(lines) == 1 and "no connection (port 65431) started within 1 s" in lines[0], done.stderr
+    no_leftovers()

@@ -1,0 +1,252 @@
+"""Rule attribution while tracing (`--rules`): our nft table marks the
+traced traffic, nf_tables reports every rule those packets meet, and each
+report becomes a RuleHit: the packet's fingerprint and addresses there, the
+hook, and the rule named as iptables and nft name it (tracer/kernel/ruleset.py).
+tracer/rule_join.py joins hits to the journeys of the same packets.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from tracer.kernel.nft_table import FAMILY as OWN_FAMILY, Match, TraceTable, libnftables
+from tracer.kernel.nft_trace import NEW_GENERATION, TraceEvent, TraceSocket
+from tracer.kernel.ruleset import FAMILIES, IPTABLES_TABLES, Ruleset, check_rule_attribution, read_ruleset
+
+log = logging.getLogger(__name__)
+
+HOOK_NAMES = {"prerouting": "nf_prerouting", "input": "nf_input", "forward": "nf_forward",
+              "output": "nf_output", "postrouting": "nf_postrouting"}
+_IP = struct.Struct(">BBHHHBBH4s4s")
+
+
+@dataclass(slots=True)
+class RuleHit:
+    """One rule (or chain policy, or chain end) a traced packet met."""
+
+    ktime: int  # when user space read the report (CLOCK_MONOTONIC)
+    hook: str  # nf_prerouting ... (the base chain's hook)
+    key: tuple  # (protocol, ip_id, length, seq, ack): the journey fingerprint's NAT-invariant part
+    saddr: int  # addresses there (network order as integers, like the journey tuples)
+    daddr: int
+    sport: int
+    dport: int
+    rule: dict  # JSON-ready: family, table, chain, position, handle, type, verdict, target, iptables, nft
+
+
+def packet_facts(network: bytes, transport: bytes) -> tuple | None:
+    """(key, saddr, daddr, sport, dport) of an IPv4 header as nf_tables
+    reported it; None for anything else. The key is what tracer's kernel
+    fingerprint holds (tracer/kernel: bpf/common.h parse_ipv4): TCP seq/ack;
+    UDP length; ICMP type/code and sequence; echo id as the source port."""
+    if len(network) < 20 or network[0] >> 4 != 4:
+        return None
+    _vihl, _tos, length, ip_id, frag, _ttl, proto, _csum, src, dst = _IP.unpack_from(network)
+    saddr, daddr = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
+    seq = ack = sport = dport = 0
+    t = transport
+    if frag & 0x1FFF == 0 and len(t) >= 8:
+        if proto == 6 and len(t) >= 14:
+            sport, dport, seq, ack = struct.unpack_from(">HHII", t)
+        elif proto == 17:
+            sport, dport, seq = struct.unpack_from(">HHH", t)
+        elif proto == 1:
+            seq, sport, ack = struct.unpack_from(">H2xHH", t)
+    return (proto, ip_id, length, seq, ack), saddr, daddr, sport, dport
+
+
+def rule_info(ev: TraceEvent, ruleset: Ruleset) -> dict:
+    """The JSON-ready description of what an event names."""
+    family = FAMILIES.get(ev.family, str(ev.family))
+    rule = ruleset.rule(family, ev.table, ev.handle) if ev.handle else None
+    verdict = ev.verdict or ev.policy or ("return" if ev.type == "return" else None)
+    iptables = rule.iptables if rule else None
+    if ev.type == "policy" and family == "ip" and ev.table in IPTABLES_TABLES and verdict:
+        iptables = f"-P {ev.chain} {verdict.upper()}"
+    return {"family": family, "table": ev.table, "chain": ev.chain, "type": ev.type,
+            "position": rule.position if rule else None, "handle": ev.handle or None,
+            "verdict": verdict, "target": ev.target, "iptables": iptables, "nft": rule.nft if rule else None}
+
+
+class HitResolver:
+    """Trace events -> RuleHits. The kernel sends a packet's headers, iif and
+    oif with the first event of each base chain it evaluates, under an id
+    per skb: later events of that id (rules in chains it jumped to) take
+    them, and the hook of that base chain, from here."""
+
+    MAX_IDS = 1 << 16
+
+    def __init__(self, load: Callable[[], Ruleset], own_table: tuple[str, str] | None = None) -> None:
+        self.load = load
+        self.own = own_table
+        self.ruleset = load()
+        self.stale = False
+        self.missed: set[tuple] = set()  # rules not found even after a reload, this generation
+        self.packets: dict[int, tuple] = {}  # trace id -> (hook, facts)
+        self.infos: dict[tuple, dict] = {}  # one dict per distinct rule+verdict, shared
+        self.events = self.unresolved = self.reloads = 0
+
+    def feed(self, items: list) -> list[RuleHit]:
+        hits = []
+        for ev in items:
+            if ev is NEW_GENERATION:
+                self.stale = True
+                continue
+            self.events += 1
+            family = FAMILIES.get(ev.family, str(ev.family))
+            if (family, ev.table) == self.own:
+                continue  # our own marking rules (the next base chain sends the headers again)
+            if ev.network:
+                facts = packet_facts(ev.network, ev.transport)
+                chain = self._chain(family, ev.table, ev.chain)
+                hook = HOOK_NAMES.get(chain.hook) if chain is not None and chain.hook else None
+                if len(self.packets) >= self.MAX_IDS:
+                    self.packets.clear()
+                self.packets[ev.trace_id] = (hook, facts)
+            if ev.type == "rule" and not ev.handle:
+                continue  # the kernel's handle-0 entries name no rule
+            hook, facts = self.packets.get(ev.trace_id, (None, None))
+            if hook is None or facts is None:
+                self.unresolved += 1
+                continue
+            hits.append(RuleHit(ev.ktime, hook, *facts, self._info(ev, family)))
+        return hits
+
+    def _fresh(self) -> None:
+        if self.stale:
+            self._reload()
+
+    def _reload(self) -> None:
+        try:
+            self.ruleset = self.load()
+        except Exception as exc:  # keep naming rules from the last good read
+            log.warning("could not read the ruleset again: %s", exc)
+        self.stale = False
+        self.missed.clear()
+        self.infos.clear()
+        self.reloads += 1
+
+    def _chain(self, family: str, table: str, name: str):
+        self._fresh()
+        chain = self.ruleset.chain(family, table, name)
+        if chain is None and (family, table, name) not in self.missed:
+            self._reload()  # a chain made since we last looked
+            chain = self.ruleset.chain(family, table, name)
+            if chain is None:
+                self.missed.add((family, table, name))
+        return chain
+
+    def _info(self, ev: TraceEvent, family: str) -> dict:
+        self._fresh()
+        key = (family, ev.table, ev.chain, ev.type, ev.handle, ev.verdict, ev.target, ev.policy)
+        info = self.infos.get(key)
+        if info is None:
+            if ev.handle and self.ruleset.rule(family, ev.table, ev.handle) is None and key not in self.missed:
+                self._reload()  # a rule added since we last looked
+                if self.ruleset.rule(family, ev.table, ev.handle) is None:
+                    self.missed.add(key)
+            info = self.infos[key] = rule_info(ev, self.ruleset)
+        return info
+
+
+class RuleTracer:
+    """Our table plus the trace subscription: `start()`, `take()` the hits
+    so far, `update(match)` when containers change, `close()` (removes the
+    table). A thread of its own reads and parses the reports as they come (so
+    the socket's buffer does not overflow); `take()` names their rules, on
+    the caller's thread, so a hit is never later than the caller's next look
+    even while the ruleset is being read again after a change."""
+
+    def __init__(self, match: Match) -> None:
+        self.match = match
+        self.table: TraceTable | None = None
+        self.sock: TraceSocket | None = None
+        self.resolver: HitResolver | None = None
+        self._items: list = []  # parsed reports (and NEW_GENERATION marks) not yet taken
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    def start(self) -> "RuleTracer":
+        check_rule_attribution()
+        try:
+            self.sock = TraceSocket()  # subscribed before our rules exist: no report is missed
+            self.table = TraceTable(self.match).create()
+            self.sock.read(time.monotonic_ns)  # our own commit's notice: the ruleset read next includes it
+            reader = libnftables()
+            self.resolver = HitResolver(lambda: read_ruleset(reader), (OWN_FAMILY, self.table.name))
+        except BaseException:
+            self.close()
+            raise
+        self._thread = threading.Thread(target=self._run, name="tracer-rules", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        now = time.monotonic_ns
+        try:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([self.sock], [], [], 0.05)
+                if not ready:
+                    continue
+                items = self.sock.read(now)
+                if items:
+                    with self._lock:
+                        self._items += items
+        except Exception as exc:  # say it once; tracing goes on without rules
+            self.error = str(exc)
+            log.warning("rule attribution stopped: %s", exc)
+
+    def take(self) -> list[RuleHit]:
+        with self._lock:
+            items, self._items = self._items, []
+        return self.resolver.feed(items) if items else []
+
+    def update(self, match: Match) -> None:
+        self.match = match
+        if self.table is not None:
+            self.table.update(match)
+
+    def stop(self) -> list[RuleHit]:
+        """Stop marking and reading; the hits not yet taken."""
+        if self.table is not None:
+            self.table.remove()
+        if self._thread is not None:
+            # what the kernel sent before the table went is still to be read
+            time.sleep(0.05)
+            self._stop.set()
+            self._thread.join(2)
+            self._thread = None
+            if self.sock is not None:
+                try:
+                    items = self.sock.read(time.monotonic_ns)
+                    with self._lock:
+                        self._items += items
+                except OSError as exc:
+                    log.warning("rule attribution: %s", exc)
+        return self.take() if self.resolver is not None else []
+
+    def stats(self) -> dict:
+        r = self.resolver
+        return {"reports": r.events if r else 0, "unresolved": r.unresolved if r else 0,
+                "ruleset_reads": (r.reloads + 1) if r else 0, "overruns": self.sock.overruns if self.sock else 0}
+
+    def close(self) -> None:
+        self.stop()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def match_for(filter_) -> Match:
+    """The nft marking for a tracer.kernel.program.Filter."""
+    return Match(ports=tuple(filter_.ports), hosts=tuple(filter_.hosts),
+                 container_addrs=tuple(sorted(filter_.container_addrs())),
+                 container_ports=tuple(sorted(filter_.container_ports())), proto=filter_.proto)
