@@ -43,6 +43,20 @@ class _PktHdr(ctypes.Structure):
 
 
 @lru_cache(maxsize=1)
+def _names_from_files_only() -> None:
+    """Host names in an expression (`host web`) are looked up by libpcap with
+    getaddrinfo: from /etc/hosts, and then by DNS. tracer sends nothing to the
+    network of its own accord, so this process looks names up in files only
+    (glibc's per-process override of nsswitch.conf's `hosts:` line); a name
+    not there is a one-line error, as any unknown name."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.__nss_configure_lookup(b"hosts", b"files")
+    except (OSError, AttributeError):  # not glibc: nothing to configure
+        pass
+
+
+@lru_cache(maxsize=1)
 def libpcap() -> ctypes.CDLL:
     """The system's libpcap (Debian/Ubuntu package libpcap0.8; scripts/setup.sh installs it)."""
     for name in (ctypes.util.find_library("pcap"), "libpcap.so.1", "libpcap.so.0.8", "libpcap.so"):
@@ -95,6 +109,7 @@ def compile_filter(expression: str) -> CompiledFilter:
     if "\0" in expression:
         raise FilterError("filter expression: contains a NUL byte")
     lib = libpcap()
+    _names_from_files_only()
     handle = lib.pcap_open_dead(DLT_RAW, SNAPLEN)
     if not handle:
         raise MissingCapability("libpcap: pcap_open_dead failed")

@@ -78,10 +78,10 @@ def test_translation_is_straight_line_with_forward_gotos():
     ("port 70000", "port"),
     ("host nothost", "nothost"),
 ])
-def test_expressions_that_cannot_be_taken(expression, words):
+def test_expressions_that_cannot_be_taken(expression, words, tmp_path):
     with pytest.raises(FilterError, match=words):
         check(compile_filter(expression))
-    for command in (["trace"], ["latency"], ["record", "-w", "/tmp/x13.arrows"], ["show", "any.arrows"]):
+    for command in (["trace"], ["latency"], ["record", "-w", str(tmp_path / "x.arrows")], ["show", "any.arrows"]):
         result = CliRunner().invoke(cli, [*command, *expression.split()])
         lines = result.stderr.strip().splitlines()
         assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("tracer: error:"), (command, result.stderr)
