@@ -133,6 +133,7 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
         protocol=_Codes(proto_codes, proto_values),
         tcp_flags=records["tcp_flags"][p_first].astype(np.int64),
         length=records["length"][p_first].astype(np.int64),
+        wall_ns=ktime[first_hop] + ctx.boot_offset_ns,  # the first hop's, on the wall clock
         netns=netns,
         ifname=ifname,
         container_id=container_id,

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from tracer.events import FLAG_IN_CONTAINER_NS, tcp_flags_text
 from tracer.hold import RecentIds
+from tracer.wallclock import rfc3339, rfc3339_array
 
 VERDICTS = ("delivered", "dropped", "unknown")
 _NF_HOOKS = frozenset({"nf_prerouting", "nf_input", "nf_forward", "nf_output", "nf_postrouting"})
@@ -82,6 +83,7 @@ class Journey:
     hops: list[Hop]
     # For dropped packets: the last hop before the drop row (where it was last seen alive).
     last_seen: Hop | None = None
+    time_ns: int | None = None  # wall clock (UTC ns) of the first hop; None when unknown
 
     @property
     def first_ktime(self) -> int:
@@ -105,6 +107,8 @@ class Journey:
         return {
             "packet_id": self.packet_id,
             "flow_id": self.flow_id,
+            "time": rfc3339(self.time_ns),
+            "ktime_ns": self.first_ktime,
             "direction": self.direction,
             "protocol": self.protocol,
             "tcp_flags": self.tcp_flags,
@@ -201,6 +205,7 @@ def nat_translation(prev: Hop, hop: Hop) -> str | None:
 _DICT_STR = pa.dictionary(pa.int32(), pa.string())
 _WORK_SCHEMA = pa.schema(
     [
+        ("time", pa.timestamp("ns", tz="UTC")),
         ("ktime_ns", pa.uint64()),
         ("packet_id", pa.uint64()),
         ("flow_id", pa.uint64()),
@@ -342,22 +347,33 @@ def _build_sorted_inner(work: pa.Table) -> list[Journey]:
     )
     tcp_flags = _numpy(work["tcp_flags"]).tolist()
     length = _numpy(work["length"]).tolist()
+    offset = wall_offsets(work)  # wall clock minus ktime per row; None where unknown
 
     journeys = []
     for g, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
-        journeys.append(
-            _journey(
-                packet_id=int(pid[s]),
-                flow_id=int(flow[g]) or None,
-                direction=_DIRECTION_NAMES[direction[g]],
-                protocol=protocol[s],
-                tcp_flags=tcp_flags[s],
-                length=length[s],
-                hops=hops[s:e],
-            )
+        j = _journey(
+            packet_id=int(pid[s]),
+            flow_id=int(flow[g]) or None,
+            direction=_DIRECTION_NAMES[direction[g]],
+            protocol=protocol[s],
+            tcp_flags=tcp_flags[s],
+            length=length[s],
+            hops=hops[s:e],
         )
+        if offset[s] is not None:
+            j.time_ns = j.first_ktime + offset[s]
+        journeys.append(j)
     journeys.sort(key=lambda j: (j.first_ktime, j.packet_id))
     return journeys
+
+
+def wall_offsets(work: pa.Table) -> list:
+    """Per row, its wall clock (the `time` column) minus its ktime_ns, None
+    where the row has no time: a journey's time is its first hop's ktime
+    plus its first row's offset (one clock for all rows of a run)."""
+    time = pc.cast(work["time"], pa.int64())
+    diff = pc.subtract(time, pc.cast(work["ktime_ns"], pa.int64()))
+    return diff.to_pylist()
 
 
 def _journey(*, packet_id, flow_id, direction, protocol, tcp_flags, length, hops: list[Hop]) -> Journey:
@@ -645,6 +661,7 @@ class JourneyRows:
     netns: np.ndarray  # per hop
     ifname: _Codes  # per hop
     container_id: _Codes  # per hop
+    wall_ns: np.ndarray  # per packet: wall clock (UTC ns) of the first hop; 0 unknown
 
     def __len__(self) -> int:
         return len(self.packet_id)
@@ -658,7 +675,8 @@ class JourneyRows:
         codes = {f: _Codes(getattr(self, f).codes[:h], getattr(self, f).values)
                  for f in ("hook", "stage", "role", "drop_reason", "container", "ifname", "container_id")}
         per_journey = {f: getattr(self, f)[:n] for f in ("packet_id", "flow_id", "direction", "verdict", "reason",
-                                                         "last_seen", "container_of", "tcp_flags", "length")}
+                                                         "last_seen", "container_of", "tcp_flags", "length",
+                                                         "wall_ns")}
         return JourneyRows(
             work=self.work, starts=self.starts[: n + 1],
             src=tuple(a[:h] for a in self.src), dst=tuple(a[:h] for a in self.dst),
@@ -752,6 +770,11 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
 
     ifn = _codes(work["ifname"])
     p_first = starts0[order]  # the packet's earliest row (before drop reordering), as _build_sorted
+    # Wall clock of the first hop: its ktime plus the packet's first row's offset (as _build_sorted).
+    time = pc.cast(work["time"], pa.int64())
+    offset = pc.fill_null(pc.subtract(time, pc.cast(work["ktime_ns"], pa.int64())), 0).to_numpy(zero_copy_only=False)
+    known = pc.is_valid(time).to_numpy(zero_copy_only=False)
+    wall = np.where(known[p_first], ktime[rows[first]] + offset[p_first], 0) if n else np.zeros(0, np.int64)
     return JourneyRows(
         work=work,
         rows=rows,
@@ -780,6 +803,7 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
         netns=_numpy(work["netns"])[rows].astype(np.int64),
         ifname=_Codes(ifn.codes[rows], ifn.values),
         container_id=_Codes(ids.codes[rows], ids.values),
+        wall_ns=wall.astype(np.int64),
     )
 
 
@@ -872,16 +896,19 @@ def _string_buffer(arr: pa.StringArray) -> tuple[memoryview, np.ndarray]:
 
 
 _PACKET_ID_KEY, _FLOW_ID_KEY = '{"packet_id": ', ', "flow_id": '
+_TIME_KEY, _KTIME_KEY = ', "time": ', ', "ktime_ns": '
+_HEADER_PIECES = 9  # '{"packet_id": ', id, flow key, flow, time key, time, ktime key, ktime, the rest
 
 
 def _json_pieces(jr: JourneyRows, newline: bool) -> tuple[pa.StringArray, np.ndarray]:
     """The JSON lines as string pieces which, back to back, are the text: per
-    journey '{"packet_id": ', id, ', "flow_id": ', flow, the rest of its
-    header; per hop its head (the previous hop's end, then hook .. "src": ),
-    its addresses up to "dt_ns": , dt; then the last hop's end and ']}'.
-    Everything but the numbers is formatted once per distinct value; one
-    take of a pool of all the texts lays the pieces out. Also returns the
-    piece where each line starts (plus the end)."""
+    journey '{"packet_id": ', id, ', "flow_id": ', flow, ', "time": ', time,
+    ', "ktime_ns": ', ktime, the rest of its header; per hop its head (the
+    previous hop's end, then hook .. "src": ), its addresses up to "dt_ns": ,
+    dt; then the last hop's end and ']}'. Everything but the numbers and
+    times is formatted once per distinct value; one take of a pool of all the
+    texts lays the pieces out. Also returns the piece where each line starts
+    (plus the end)."""
     n, count = len(jr.rows), len(jr)
     heads, head_idx = _hop_heads(jr)
     pairs, pair_idx = _hop_addresses(jr)
@@ -889,32 +916,42 @@ def _json_pieces(jr: JourneyRows, newline: bool) -> tuple[pa.StringArray, np.nda
     close = "]}\n" if newline else "]}"
     closings = [_end_text(v) + close for v in jr.container_id.values]
     # The pool: the distinct texts, then the numbers formatted per row/journey.
-    texts = [_PACKET_ID_KEY, _FLOW_ID_KEY, *heads, *pairs, *closings, *rests]
-    head_at = 2
+    texts = [_PACKET_ID_KEY, _FLOW_ID_KEY, _TIME_KEY, _KTIME_KEY, *heads, *pairs, *closings, *rests]
+    head_at = 4
     pair_at = head_at + len(heads)
     close_at = pair_at + len(pairs)
     rest_at = close_at + len(closings)
     dt_at = rest_at + len(rests)
     pid_at = dt_at + n
     flow_at = pid_at + count
+    time_at = flow_at + count
+    ktime_at = time_at + count
     flow = pa.array(jr.flow_id, pa.uint64(), mask=jr.flow_id == 0)  # 0: unknown -> null
+    times = pc.fill_null(pc.binary_join_element_wise('"', rfc3339_array(jr.wall_ns), '"', ""), "null")
     pool = pa.concat_arrays([
         pa.array(texts, pa.string()),
         pc.cast(pa.array(jr.dt), pa.string()),
         pc.cast(pa.array(jr.packet_id, pa.uint64()), pa.string()),
         pc.fill_null(pc.cast(flow, pa.string()), "null"),
+        times,
+        pc.cast(pa.array(jr.ktime[jr.starts[:-1]], pa.int64()), pa.string()),
     ])
-    # Six pieces per journey (header: 5, closing: 1) and three per hop.
+    # Ten pieces per journey (header: 9, closing: 1) and three per hop.
+    H = _HEADER_PIECES
     journeys = np.arange(count)
-    line_starts = 6 * np.arange(count + 1) + 3 * jr.starts
+    line_starts = (H + 1) * np.arange(count + 1) + 3 * jr.starts
     idx = np.empty(line_starts[-1], np.int64)
     at = line_starts[:-1]
     idx[at] = 0
     idx[at + 1] = pid_at + journeys
     idx[at + 2] = 1
     idx[at + 3] = flow_at + journeys
-    idx[at + 4] = rest_at + rest_idx
-    hop = 6 * np.repeat(journeys, np.diff(jr.starts)) + 5 + 3 * np.arange(n)
+    idx[at + 4] = 2
+    idx[at + 5] = time_at + journeys
+    idx[at + 6] = 3
+    idx[at + 7] = ktime_at + journeys
+    idx[at + 8] = rest_at + rest_idx
+    hop = (H + 1) * np.repeat(journeys, np.diff(jr.starts)) + H + 3 * np.arange(n)
     idx[hop] = head_at + head_idx
     idx[hop + 1] = pair_at + pair_idx
     idx[hop + 2] = dt_at + np.arange(n)
@@ -1101,9 +1138,9 @@ def _journeys_of_rows(jr: JourneyRows) -> list[Journey]:
     direction = _DIRECTION_NAMES[jr.direction].tolist()
     starts = jr.starts.tolist()
     out = []
-    for g, (pid, flow, flags, length, verdict, seen) in enumerate(
+    for g, (pid, flow, flags, length, verdict, seen, wall) in enumerate(
         zip(jr.packet_id.tolist(), jr.flow_id.tolist(), jr.tcp_flags.tolist(), jr.length.tolist(),
-            jr.verdict.tolist(), jr.last_seen.tolist())
+            jr.verdict.tolist(), jr.last_seen.tolist(), jr.wall_ns.tolist())
     ):
         out.append(
             Journey(
@@ -1118,6 +1155,7 @@ def _journeys_of_rows(jr: JourneyRows) -> list[Journey]:
                 drop_reason=reason[g],
                 hops=hops[starts[g] : starts[g + 1]],
                 last_seen=hops[seen] if seen >= 0 else None,
+                time_ns=wall or None,
             )
         )
     return out

@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from tracer.ids import format_id
+from tracer.wallclock import clock
 from tracer.journeys import VERDICTS, Hop, Journey, JourneyRows, hop_label, journey_rows, nat_translation
 
 _ARROW = "→"
@@ -47,6 +48,7 @@ def render_journey(j: Journey, color: bool) -> str:
     """One block: a header naming the packet, then its hops in time order."""
     verdict = j.verdict + (f" {j.drop_reason}" if j.drop_reason else "")
     header = [
+        clock(j.time_ns) or "-",
         f"#{short_id(j.packet_id)}",
         j.protocol or "?",
         *([j.tcp_flags] if j.tcp_flags else []),

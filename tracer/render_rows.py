@@ -15,11 +15,13 @@ from __future__ import annotations
 import click
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tracer.decode import _factorize as _factorize_any
 from tracer.journeys import (VERDICTS, JourneyRows, _endpoint_key, _endpoint_plain, _factorize, _flags_text, _lut,
                              _string_buffer)
 from tracer.ids import format_ids
+from tracer.wallclock import clock_array
 from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt
 
 _ARROW = " → "
@@ -181,6 +183,7 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     # The short ids are the only per-journey texts: they go after the pool.
     ids = pa.array([f"#{t}" for t in format_ids(jr.packet_id)] + [f"flow {t}" for t in format_ids(jr.flow_id)],
                    pa.string())
+    clocks = pc.fill_null(clock_array(jr.wall_ns), "-")  # the time of day the journey started
     tcp = _lut(jr.protocol.values, lambda v: v == "tcp")[jr.protocol.codes]
     flags = np.where(tcp, jr.tcp_flags.astype(np.int64), 256)  # 256: not TCP
     proto_names = [v or "?" for v in jr.protocol.values]
@@ -215,7 +218,8 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     r_on, r_off = pool.at(red[0]), pool.at(red[1])
     base = len(pool.texts)
     pid_text, flow_text = base + np.arange(count), base + count + np.arange(count)
-    header = (b_on, pid_text, sp, pf_p, sp, first_pair_p, b_off, rest_a, flow_text, rest_b, nl)
+    clock_text = base + 2 * count + np.arange(count)
+    header = (b_on, clock_text, sp, pid_text, sp, pf_p, sp, first_pair_p, b_off, rest_a, flow_text, rest_b, nl)
     on = np.where(is_drop, r_on, empty)
     off = np.where(is_drop, r_off, empty)
     hop = (
@@ -232,7 +236,7 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     hop_at = line_at[journey_of_hop] + H + (np.arange(n) - first[journey_of_hop]) * P
     for i, col in enumerate(hop):
         idx[hop_at + i] = col
-    texts = pa.concat_arrays([pa.array(pool.texts, pa.string()), ids])
+    texts = pa.concat_arrays([pa.array(pool.texts, pa.string()), ids, clocks])
     data, offsets = _string_buffer(texts.take(pa.array(idx)))
     return data[int(offsets[0]) : int(offsets[-1])]
 

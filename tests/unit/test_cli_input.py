@@ -115,8 +115,8 @@ def test_ids_print_one_way_and_filter_show(capture):
     import json
 
     shown = run(["show", "--no-color", str(capture)]).stdout
-    headers = [line for line in shown.splitlines() if line.startswith("#")]
-    texts = [line.split()[0][1:] for line in headers]
+    headers = [line for line in shown.splitlines() if not line.startswith(" ")]
+    texts = [line.split()[1][1:] for line in headers]  # after the time of day
     assert len(set(texts)) == len(texts) == 3
     as_json = [json.loads(x) for x in run(["show", "--json", str(capture)]).stdout.splitlines()]
     assert [format(j["packet_id"], "x") for j in as_json] == texts

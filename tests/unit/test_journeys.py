@@ -7,6 +7,8 @@ port 8000.
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pytest
 
@@ -233,8 +235,9 @@ def test_in_container_flag_stands_in_for_a_missing_role():
 def test_json_dict_has_the_contract_keys():
     (j,) = build_journeys(events(inbound_request()))
     d = j.to_json_dict()
-    assert set(d) == {"packet_id", "flow_id", "direction", "protocol", "tcp_flags", "container",
+    assert set(d) == {"packet_id", "flow_id", "time", "ktime_ns", "direction", "protocol", "tcp_flags", "container",
                       "verdict", "drop_reason", "hops"}
+    assert d["ktime_ns"] == 1_000_000 and d["time"] is None  # these rows carry no wall clock
     # container_id is an extra beside the contract's hop keys.
     assert all(set(h) == {"hook", "nat_stage", "ifname", "netns", "container", "src", "dst", "dt_ns", "container_id"}
                for h in d["hops"])
@@ -334,3 +337,25 @@ def test_plain_string_columns_are_accepted():
                                   for f in table.schema]))
     (j,) = build_journeys(plain)
     assert j.verdict == "delivered" and nat_labels(j) == {"nf_prerouting/after": "DNAT"}
+
+
+def test_absolute_time_of_a_journey():
+    """`time` (RFC 3339, ns, UTC) is the first hop's wall clock, `ktime_ns`
+    its kernel clock; both paths (objects, columns) and the header agree."""
+    from tracer.journeys import journey_json_lines, journey_rows, journeys_of_table
+    from tracer.render import render_journey
+    from tracer.render_rows import render_rows
+
+    wall0 = 1_764_468_448_123_456_789  # 2025-11-30T02:07:28.123456789Z
+    offset = wall0 - 1_000_000
+    rows = [{**r, "time": r["ktime_ns"] + offset} for r in inbound_request()]
+    rows += [{**r, "time": r["ktime_ns"] + offset} for r in inbound_request(pid=2, t0=3_000_000_000)]
+    table = events(rows)
+    js = build_journeys(table)
+    assert [j.to_json_dict()["time"] for j in js] == ["2025-11-30T02:07:28.123456789Z", "2025-11-30T02:07:31.122456789Z"]
+    assert [j.to_json_dict()["ktime_ns"] for j in js] == [1_000_000, 3_000_000_000]
+    assert journey_json_lines(table) == [json.dumps(j.to_json_dict()) for j in js]
+    assert [j.time_ns for j in journeys_of_table(table)] == [j.time_ns for j in js]
+    header = render_journey(js[0], color=False).splitlines()[0]
+    assert header.startswith("02:07:28.123456 #1 tcp S ")
+    assert bytes(render_rows(journey_rows(table), False)).decode() == "".join(render_journey(j, False) + "\n" for j in js)

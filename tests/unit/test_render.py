@@ -19,7 +19,7 @@ def test_inbound_block_reads_like_the_path():
     lines = text.splitlines()
     assert len(lines) == 1 + 9
     header = lines[0]
-    assert header.startswith("#1 tcp S ")
+    assert header.startswith("- #1 tcp S ")  # no wall clock in these rows: the time of day is "-"
     assert f"{CLIENT}:40000 → {HOST}:8000" in header
     assert "original" in header and "flow ffff888012345600" in header and "[web]" in header
     assert header.endswith("delivered")
@@ -62,7 +62,7 @@ def test_icmp_block_has_no_ports():
          "protocol": "icmp", "tcp_flags": 0, "src_ip": CLIENT, "dst_ip": HOST, "src_port": 3, "dst_port": 1},
     ]
     header = render_journey(_one(rows), color=False).splitlines()[0]
-    assert header.startswith("#7 icmp ") and f"{CLIENT} → {HOST}" in header
+    assert header.startswith("- #7 icmp ") and f"{CLIENT} → {HOST}" in header
     assert "flow -" in header and "unknown" in header
 
 
