@@ -152,6 +152,31 @@ def schema_with_metadata(metadata: Mapping[str, str], journeys: bool = False) ->
     return (events.JOURNEY_CAPTURE_SCHEMA if journeys else events.CAPTURE_SCHEMA).with_metadata(meta)
 
 
+class _CountingPipe:
+    """A pipe that says how much was written to it (a pipe cannot tell())."""
+
+    def __init__(self, f: Any) -> None:
+        self._f, self._n = f, 0
+
+    def write(self, data) -> int:
+        n = self._f.write(data)
+        self._n += len(data) if n is None else n
+        return n
+
+    def tell(self) -> int:
+        return self._n
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
+
 class CaptureWriter:
     """Writes CAPTURE_SCHEMA rows to ``path`` (or numbered parts when rotating);
     with ``journeys=True`` the kernel's journey records as JOURNEY_CAPTURE_SCHEMA
@@ -333,9 +358,11 @@ class CaptureWriter:
 
     def _open(self) -> None:
         path = part_path(self.path, len(self.paths)) if self.rotating else self.path
-        fd = _create(path)
         self.paths.append(path)
-        self._file = os.fdopen(fd, "wb")
+        if str(self.path) == STDIN:  # `-w -`: the stream on stdout, a pipe (no tell())
+            self._file = _CountingPipe(os.fdopen(os.dup(1), "wb"))
+        else:
+            self._file = os.fdopen(_create(path), "wb")
         metadata = self._metadata() if callable(self._metadata) else self._metadata
         try:
             self._stream = pa.ipc.new_stream(self._file, schema_with_metadata(metadata, self.journeys),
@@ -443,6 +470,12 @@ class Recorder:
 
     def check(self) -> None:
         """Fail before any kernel work if the file cannot be created there."""
+        if str(self.path) == STDIN:
+            if self.rotate_size is not None or self.rotate_seconds is not None:
+                raise CaptureWriteError("-w -: a stream on standard output cannot be rotated")
+            if sys.stdout.isatty():
+                raise CaptureWriteError("-w -: standard output is a terminal; pipe it (tracer record -w - | tracer show -)")
+            return
         parent = self.path.parent if str(self.path.parent) else Path(".")
         if not parent.is_dir():
             raise CaptureWriteError(f"cannot write {self.path}: no directory {parent}")
@@ -664,6 +697,9 @@ def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=events.CAPTURE_SCHEMA)
 
 
+STDIN = "-"  # as a capture path: standard input (reading) or output (writing)
+
+
 class _FileRows:
     """One capture file opened for a single pass: its metadata at once (so
     bad input fails before any output), its batches on demand, and at the
@@ -674,6 +710,13 @@ class _FileRows:
         self.batches = 0
         self.rows = 0
         self.warning: str | None = None
+        self._stdin = None
+        if path == STDIN:  # a pipe is read once, as it comes: `tracer record -w - | tracer show -`
+            self._stdin = self._stdin_reader()
+            self.is_file_format = False
+            self.metadata = _meta(self._stdin.schema)
+            _check_version("standard input", meta=self.metadata)
+            return
         f = self._open()
         try:
             self.is_file_format, reader = self._reader(f)
@@ -698,6 +741,32 @@ class _FileRows:
         self.size = size
         return f
 
+    def _stdin_reader(self) -> Any:
+        stream = sys.stdin.buffer
+        if stream.isatty():
+            raise CaptureReadError("-: standard input is a terminal, not a capture (pipe one in: tracer record -w - | tracer show -)")
+        try:
+            return pa.ipc.open_stream(stream)
+        except (pa.ArrowException, OSError):
+            raise CaptureReadError("-: standard input is not an Arrow IPC stream (.arrows) capture") from None
+
+    def _stdin_batches(self, rows_of) -> Iterator[pa.RecordBatch]:
+        reader, self._stdin = self._stdin, None
+        if reader is None:
+            raise CaptureReadError("-: standard input can be read only once (save it to a file for this)")
+        torn = False
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except (pa.ArrowException, OSError):
+                torn = True  # the writer was killed: keep what came before
+                break
+            yield from self._converted(rows_of, batch)
+        if torn:
+            self.warning = f"standard input: recovered {self.batches} batches ({self.rows:,} rows); it ends in a torn batch"
+
     def _reader(self, f: Any) -> tuple[bool, Any]:
         head = f.read(8)
         f.seek(0)
@@ -718,6 +787,9 @@ class _FileRows:
         rows laid out as sightings); a torn tail ends the file (what came
         before is kept) and sets ``warning``."""
         rows_of = _rows_of(self.metadata)
+        if self.path == STDIN:
+            yield from self._stdin_batches(rows_of)
+            return
         f = self._open()
         with f:
             file_format, reader = self._reader(f)
@@ -777,6 +849,8 @@ class CaptureStream:
         self.paths = [str(p) for p in paths]
         if not self.paths:
             raise CaptureReadError("no capture files given")
+        if self.paths.count(STDIN) > 1:
+            raise CaptureReadError("-: standard input can be read only once")
         self._files = [_FileRows(p) for p in self.paths]
         self.file_metadata = [f.metadata for f in self._files]
         self.metadata = self.file_metadata[0]

@@ -213,14 +213,22 @@ def export(pcapng_out: str | None, at: tuple[str, ...], parquet_out: str | None,
         return
     from tracer.pcapng import export_pcapng
 
+    out, where = pcapng_out, pcapng_out
+    if pcapng_out == "-":  # `tracer export --pcapng - cap.arrows | tshark -r -`
+        if sys.stdout.isatty():
+            raise click.UsageError("--pcapng -: standard output is a terminal; pipe it (| tshark -r -) or name a file")
+        out, where = sys.stdout.buffer, "standard output"
     try:
-        n = export_pcapng(capture.sightings(), pcapng_out, capture.metadata, at=at)
+        n = export_pcapng(capture.sightings(), out, capture.metadata, at=at)
+        if out is not pcapng_out:
+            out.flush()
     except TracerError:
-        Path(pcapng_out).unlink(missing_ok=True)  # --at named a place the capture never saw: no half a file
+        if out is pcapng_out:
+            Path(pcapng_out).unlink(missing_ok=True)  # --at named a place the capture never saw: no half a file
         raise
     except OSError as exc:
-        raise TracerError(f"{pcapng_out}: {exc.strerror or exc}") from None
-    click.echo(f"tracer: wrote {n:,} packets to {pcapng_out}", err=True)
+        raise TracerError(f"{where}: {exc.strerror or exc}") from None
+    click.echo(f"tracer: wrote {n:,} packets to {where}", err=True)
 
 
 @click.command()

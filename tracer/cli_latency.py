@@ -79,7 +79,7 @@ def latency(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample
     from tracer.session import TraceSession
 
     options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression)
-    recorder = make_recorder(write_path, rotate_size, rotate_seconds)  # a bad path fails before any kernel work
+    recorder = make_recorder(write_path, rotate_size, rotate_seconds, stdout_busy="intervals")  # a bad path fails before any kernel work
     stop = StopSignals()
     session = TraceSession(options, latency=True)
     maps = None

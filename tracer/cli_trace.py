@@ -94,8 +94,12 @@ class SizeType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-def make_recorder(path, rotate_size, rotate_seconds):
-    """A capture recorder for PATH (checked before any kernel work), or None."""
+def make_recorder(path, rotate_size, rotate_seconds, stdout_busy: str | None = None):
+    """A capture recorder for PATH (checked before any kernel work), or None.
+    PATH '-' is standard output, unless the command prints there itself
+    (``stdout_busy`` says what it prints)."""
+    if path == "-" and stdout_busy:
+        raise click.UsageError(f"-w -: standard output has the {stdout_busy}; use `tracer record -w -` for a capture on a pipe")
     if path is None:
         if rotate_size is not None or rotate_seconds is not None:
             raise click.UsageError("--rotate-size/--rotate-seconds need -w/--write PATH")
@@ -208,7 +212,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             stats = recorder.finish(counters)
             written = recorder.writer
             click.echo(f"tracer: wrote {written.event_rows:,} events ({written.bytes_written / 1e6:.2f} MB) to "
-                       f"{', '.join(map(str, written.paths))}; {counters.total_lost:,} lost", err=True)
+                       f"{', '.join('standard output' if str(p) == '-' else str(p) for p in written.paths)}; {counters.total_lost:,} lost", err=True)
             if not journeys:
                 return stats
         if status_tty:
@@ -366,7 +370,7 @@ def trace(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, 
     198.18.0.9'`), applied where a connection is first recognised; the
     options narrow it further."""
     options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules)
-    recorder = make_recorder(write_path, rotate_size, rotate_seconds)
+    recorder = make_recorder(write_path, rotate_size, rotate_seconds, stdout_busy="journeys")
     run_trace(options, Limits(count, duration), as_json, use_color(color, sys.stdout) and not as_json, recorder=recorder,
               summary_color=use_color(color, sys.stderr))
 

@@ -1,0 +1,39 @@
+"""`tracer record -w - | tracer show -`: a live capture on a pipe, replayed
+by the reader as it comes, the same journeys `trace` would print."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from tests.e2e.tracing import REPO
+from tracer import traffic
+
+
+def test_record_to_a_pipe_and_show_from_it(lab):
+    record = subprocess.Popen([sys.executable, "-m", "tracer", "record", "-w", "-", "--port", str(lab["port"]),
+                               "--duration", "60"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    show = subprocess.Popen([sys.executable, "-m", "tracer", "show", "--json", "-"], cwd=REPO, stdin=record.stdout,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    record.stdout.close()  # the reader owns the pipe now
+    err = b""
+    deadline = time.monotonic() + 60
+    while b"Ctrl-C" not in err and time.monotonic() < deadline:
+        err += record.stderr.readline()
+    assert b"Ctrl-C" in err, err
+    for _ in range(3):
+        traffic.client_http_get(lab)
+    time.sleep(1.0)
+    record.send_signal(signal.SIGINT)
+    rec_err = err + record.stderr.read()
+    assert record.wait(30) == 0, rec_err
+    out, show_err = show.communicate(timeout=60)
+    assert show.returncode == 0, show_err
+    journeys = [json.loads(line) for line in out.splitlines()]
+    assert len(journeys) >= 3 * 8, (rec_err, show_err)
+    assert {j["direction"] for j in journeys} == {"original", "reply"}
+    assert all(j["time"] and j["ktime_ns"] for j in journeys)
+    assert b"to standard output" in rec_err and b"summary" in show_err
