@@ -682,19 +682,8 @@ def _rows_of(meta: dict[str, str]) -> Callable[[pa.RecordBatch], pa.Table | pa.R
 
 
 def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """A batch in CAPTURE_SCHEMA: columns a newer minor version added are
-    dropped, ones an older writer lacked are null."""
-    if batch.schema.equals(events.CAPTURE_SCHEMA, check_metadata=False):
-        return batch
-    names = batch.schema.names
-    arrays = []
-    for f in events.CAPTURE_SCHEMA:
-        if f.name in names:
-            col = batch.column(f.name)
-            arrays.append(col if col.type == f.type else col.cast(f.type))
-        else:
-            arrays.append(pa.nulls(batch.num_rows, f.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=events.CAPTURE_SCHEMA)
+    """A version 1 batch in CAPTURE_SCHEMA (events.conform)."""
+    return events.conform(batch, events.CAPTURE_SCHEMA)
 
 
 STDIN = "-"  # as a capture path: standard input (reading) or output (writing)

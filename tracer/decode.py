@@ -95,7 +95,7 @@ def _dict_column(indices: np.ndarray, dictionary: list[str | None]) -> pa.Dictio
     )
 
 
-def _codes(values: np.ndarray, names: tuple | list) -> pa.DictionaryArray:
+def code_column(values: np.ndarray, names: tuple | list) -> pa.DictionaryArray:
     """u8 codes -> dictionary column (codes past the table map to entry 0)."""
     lut = np.zeros(256, dtype=np.int32)
     lut[: len(names)] = np.arange(len(names), dtype=np.int32)
@@ -192,8 +192,8 @@ def decode(raw: np.ndarray, ctx: DecodeContext, places: tuple[list[Place], np.nd
     columns = {
         "time": pa.array(ktime + ctx.boot_offset_ns, pa.timestamp("ns", tz="UTC")),
         "ktime_ns": pa.array(ktime.view(np.uint64)),
-        "hook": _codes(hooks, events.HOOKS),
-        "nat_stage": _codes(raw["nat_stage"], events.NAT_STAGES),
+        "hook": code_column(hooks, events.HOOKS),
+        "nat_stage": code_column(raw["nat_stage"], events.NAT_STAGES),
         "ifindex": pa.array(ifindex),
         "ifname": _dict_column(inverse, [p.ifname for p in places]),
         "if_role": _dict_column(inverse, [p.role for p in places]),
@@ -204,8 +204,8 @@ def decode(raw: np.ndarray, ctx: DecodeContext, places: tuple[list[Place], np.nd
         "skb": pa.array(raw["skb"].astype(np.uint64)),
         "packet_id": pa.array(raw["packet_id"].astype(np.uint64)),
         "flow_id": pa.array(raw["flow_id"].astype(np.uint64)),
-        "direction": _codes(raw["direction"], events.DIRECTIONS),
-        "protocol": _by_lookup(raw["protocol"].astype(np.int64), lambda u: events.PROTOCOLS | _other_protocols(u)),
+        "direction": code_column(raw["direction"], events.DIRECTIONS),
+        "protocol": protocol_column(raw["protocol"]),
         "src_ip": _addresses(src),
         "src_port": pa.array(raw["src_port"].astype(np.uint16)),
         "dst_ip": _addresses(dst),
@@ -216,12 +216,22 @@ def decode(raw: np.ndarray, ctx: DecodeContext, places: tuple[list[Place], np.nd
         "tcp_flags": pa.array(raw["tcp_flags"].astype(np.uint8)),
         "tcp_seq": pa.array(raw["tcp_seq"].astype(np.uint32)),
         "tcp_ack": pa.array(raw["tcp_ack"].astype(np.uint32)),
-        "drop_reason": _by_lookup(reasons, lambda u: ctx.drop_reasons | _unknown_reasons(u, ctx.drop_reasons)),
+        "drop_reason": drop_reason_column(reasons, ctx),
         "cpu": pa.array(raw["cpu"].astype(np.uint16)),
         "flags": pa.array(flags.astype(np.uint8)),
         "tcp_doff": pa.array(raw["tcp_doff"].astype(np.uint8)),
     }
     return pa.Table.from_pydict(columns, schema=events.EVENT_SCHEMA)
+
+
+def protocol_column(numbers: np.ndarray) -> pa.DictionaryArray:
+    """IP protocol numbers -> names (`tcp`; an unnamed one as its number)."""
+    return _by_lookup(numbers.astype(np.int64), lambda u: events.PROTOCOLS | _other_protocols(u))
+
+
+def drop_reason_column(reasons: np.ndarray, ctx: DecodeContext) -> pa.DictionaryArray:
+    """skb_drop_reason codes (-1: no drop) -> the kernel's names (null for -1)."""
+    return _by_lookup(reasons, lambda u: ctx.drop_reasons | _unknown_reasons(u, ctx.drop_reasons))
 
 
 def _other_protocols(distinct: np.ndarray) -> dict[int, str]:

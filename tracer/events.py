@@ -386,6 +386,37 @@ JOURNEY_CAPTURE_SCHEMA = pa.schema(
     ]
 )
 
+class ColumnError(ValueError):
+    """A stored batch's column is missing where required, or of a type that does not cast."""
+
+
+def conform(batch: pa.RecordBatch | pa.Table, schema: pa.Schema, required: tuple[str, ...] = ()) -> pa.RecordBatch:
+    """A stored batch in ``schema``: columns a newer minor version added are
+    dropped, ones an older writer lacked are null (ColumnError if one of
+    ``required``), others cast to the type the schema says."""
+    if batch.schema.equals(schema, check_metadata=False):
+        return batch if isinstance(batch, pa.RecordBatch) else pa.RecordBatch.from_arrays(
+            [batch.column(i).combine_chunks() for i in range(batch.num_columns)], schema=schema)
+    names = batch.schema.names
+    arrays = []
+    for f in schema:
+        if f.name not in names:
+            if f.name in required:
+                raise ColumnError(f"no {f.name!r} column")
+            arrays.append(pa.nulls(batch.num_rows, f.type))
+            continue
+        col = batch.column(f.name)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        if col.type != f.type:
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowException, ValueError, TypeError):
+                raise ColumnError(f"column {f.name!r} is {col.type}, not {f.type}") from None
+        arrays.append(col)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
 # Schema metadata keys of a capture (values are UTF-8 strings; JSON where noted).
 META_PREFIX = "tracer."
 META_KEYS = (

@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer import events, record_words
-from tracer.decode import UNKNOWN_PLACE, DecodeContext, Place, _by_lookup, _codes, decode, resolve_places
+from tracer.decode import (UNKNOWN_PLACE, DecodeContext, Place, code_column, decode, drop_reason_column,
+                           protocol_column, resolve_places)
 from tracer.expand import expand
 
 _HOOK_DROP = events.HOOKS.index("drop")
@@ -115,12 +116,10 @@ def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -
         "ktime_ns": pa.array(ktime),
         "kind": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["journey"])),
         "last_ktime_ns": pa.array(records["last_ktime"].astype(np.uint64)),
-        "end": _codes(records["end"], events.JOURNEY_ENDS),
-        "direction": _codes(records["direction"], events.DIRECTIONS),
-        "protocol": _by_lookup(records["protocol"].astype(np.int64),
-                               lambda u: events.PROTOCOLS | {p: str(p) for p in u.tolist() if p not in events.PROTOCOLS}),
-        "drop_reason": _by_lookup(reasons, lambda u: {r: (None if r < 0 else ctx.drop_reasons.get(r, f"REASON_{r}"))
-                                                      for r in u.tolist()}),
+        "end": code_column(records["end"], events.JOURNEY_ENDS),
+        "direction": code_column(records["direction"], events.DIRECTIONS),
+        "protocol": protocol_column(records["protocol"]),
+        "drop_reason": drop_reason_column(reasons, ctx),
         "tuples": pa.ListArray.from_arrays(pa.array(_offsets(n_tuples)), tuple_values),
         "hops": pa.ListArray.from_arrays(pa.array(_offsets(n_hops)), hop_values),
     }
@@ -140,36 +139,20 @@ def _offsets(sizes: np.ndarray) -> np.ndarray:
 # --- reading ------------------------------------------------------------------
 
 
-class BadJourneyRows(ValueError):
-    """A version 2 batch whose columns are not what the format says."""
+class BadJourneyRows(events.ColumnError):
+    """A version 2 batch whose columns or place rows are not what the format says."""
 
 
 _REQUIRED = ("time", "ktime_ns", "kind", "hops", "tuples")
 
 
 def conform(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """A batch in JOURNEY_CAPTURE_SCHEMA: columns a newer minor version added
-    are dropped, optional ones an older writer lacked are null; a required
-    column missing or of a type that does not cast is BadJourneyRows."""
-    schema = events.JOURNEY_CAPTURE_SCHEMA
-    if batch.schema.equals(schema, check_metadata=False):
-        return batch
-    names = batch.schema.names
-    arrays = []
-    for f in schema:
-        if f.name not in names:
-            if f.name in _REQUIRED:
-                raise BadJourneyRows(f"no {f.name!r} column")
-            arrays.append(pa.nulls(batch.num_rows, f.type))
-            continue
-        col = batch.column(f.name)
-        if col.type != f.type:
-            try:
-                col = col.cast(f.type)
-            except (pa.ArrowException, ValueError, TypeError):
-                raise BadJourneyRows(f"column {f.name!r} is {col.type}, not {f.type}") from None
-        arrays.append(col)
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+    """A version 2 batch in JOURNEY_CAPTURE_SCHEMA (events.conform; the
+    columns without which nothing can be laid out are required)."""
+    try:
+        return events.conform(batch, events.JOURNEY_CAPTURE_SCHEMA, _REQUIRED)
+    except events.ColumnError as exc:
+        raise BadJourneyRows(str(exc)) from None
 
 
 class JourneyRowReader:
@@ -198,7 +181,7 @@ class JourneyRowReader:
             parts.append(self._sightings(batch.filter(is_journey)))
         other = pc.invert(pc.or_(is_place, is_journey))
         if pc.any(other).as_py():
-            parts.append(_as_capture_rows(batch.filter(other)))
+            parts.append(pa.Table.from_batches([events.conform(batch.filter(other), events.CAPTURE_SCHEMA)]))
         if not parts:
             return events.CAPTURE_SCHEMA.empty_table()
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
@@ -298,16 +281,3 @@ def _int(text: str) -> int:
         return int(text)
     except (TypeError, ValueError):
         return 0
-
-
-def _as_capture_rows(rows: pa.RecordBatch) -> pa.Table:
-    """Non-packet rows (container, stats, histogram) in CAPTURE_SCHEMA."""
-    names = rows.schema.names
-    arrays = []
-    for f in events.CAPTURE_SCHEMA:
-        if f.name in names:
-            col = rows.column(f.name)
-            arrays.append(col if col.type == f.type else col.cast(f.type))
-        else:
-            arrays.append(pa.nulls(rows.num_rows, f.type))
-    return pa.Table.from_arrays(arrays, schema=events.CAPTURE_SCHEMA)
