@@ -90,8 +90,8 @@ BPF_TABLE("lru_hash", struct flow_key, struct flow_val, flows, FLOW_ENTRIES);
 BPF_ARRAY(pcache, struct pkt_slot, PACKET_ENTRIES);
 _Static_assert((PACKET_ENTRIES & (PACKET_ENTRIES - 1)) == 0, "PACKET_ENTRIES: a power of two (set index mask)");
 /* Filter values, written by user space before attaching. */
-BPF_HASH(filter_ports, u16, u8, 64);
-BPF_HASH(filter_hosts, u32, u8, 256);
+BPF_HASH(filter_ports, u16, u8, FILTER_PORT_ENTRIES);
+BPF_HASH(filter_hosts, u32, u8, FILTER_HOST_ENTRIES);
 BPF_HASH(filter_ctr_addrs, u32, u8, 1024);
 BPF_HASH(filter_ctr_ports, u16, u8, 1024);
 /* [sensor*2] = records emitted, [sensor*2+1] = records lost (ring buffer full). */

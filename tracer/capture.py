@@ -25,6 +25,7 @@ import queue
 import re
 import shlex
 import socket
+import stat
 import sys
 import threading
 import time
@@ -38,8 +39,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer import __version__, events
-from tracer.errors import TracerError
+from tracer.errors import TracerError, one_line
 from tracer.journey_capture import BadJourneyRows, JourneyRowReader, PlaceIds, journey_rows
+from tracer.outfiles import create_fd
 
 SUFFIX = ".arrows"
 # Rows reach the OS at most this long after they were added (plus one tick of
@@ -134,13 +136,10 @@ Metadata = Mapping[str, str] | Callable[[], Mapping[str, str]]
 def _create(path: Path) -> int:
     """Open for writing with mode 0600 (truncating an old capture), never
     following a symlink: a root process writing where users can plant links."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
-        fd = os.open(path, flags, 0o600)
-        os.fchmod(fd, 0o600)  # an existing file keeps its old mode otherwise
+        return create_fd(path)
     except OSError as exc:
         raise CaptureWriteError(f"cannot write {path}: {exc.strerror}") from None
-    return fd
 
 
 def schema_with_metadata(metadata: Mapping[str, str], journeys: bool = False) -> pa.Schema:
@@ -338,10 +337,40 @@ class CaptureWriter:
         try:
             self._stream.write_batch(batch)
             self._file.flush()
-        except OSError as exc:
-            raise CaptureWriteError(f"writing {self.paths[-1]}: {exc.strerror or exc}") from None
+        except (OSError, pa.ArrowException) as exc:
+            raise self._abandon(exc) from None
+        self._good_bytes = self._file.tell()
         self.batches_written += 1
         self._batches_in_file += 1
+
+    def _abandon(self, exc: BaseException) -> CaptureWriteError:
+        """A write failed (disk full, I/O error): stop writing for good, cut
+        the file back to its last whole batch (a reader recovers those and
+        says the capture was not stopped cleanly) and return the one-line
+        error to raise. Closing never raises a second error on top."""
+        path = self.paths[-1] if self.paths else self.path
+        self._is_closed = True
+        self._pending, self._pending_rows = [], 0
+        f, self._stream, self._file = self._file, None, None
+        if f is not None:
+            keep = os.dup(f.fileno()) if hasattr(f, "fileno") else None  # `-w -` (a pipe): nothing to cut
+            try:
+                f.close()  # may try to flush the torn batch's bytes again: ignored, cut below
+            except (OSError, ValueError):
+                pass
+            if keep is not None:
+                try:
+                    if stat.S_ISREG(os.fstat(keep).st_mode):
+                        os.ftruncate(keep, self._good_bytes)
+                except OSError:
+                    pass
+                finally:
+                    os.close(keep)
+            self._closed_bytes += self._good_bytes
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(str(exc), 200)
+        kept = (f"the capture keeps the {self._batches_in_file:,} batches written before" if self._batches_in_file
+                else "nothing of it could be written")
+        return CaptureWriteError(f"writing {path}: {reason}; {kept}")
 
     # -- files ----------------------------------------------------------------
     @property
@@ -363,13 +392,16 @@ class CaptureWriter:
             self._file = _CountingPipe(os.fdopen(os.dup(1), "wb"))
         else:
             self._file = os.fdopen(_create(path), "wb")
+        self._good_bytes = 0
+        self._batches_in_file = 0
         metadata = self._metadata() if callable(self._metadata) else self._metadata
         try:
             self._stream = pa.ipc.new_stream(self._file, schema_with_metadata(metadata, self.journeys),
                                              options=self._options)
             self._file.flush()
-        except OSError as exc:
-            raise CaptureWriteError(f"writing {path}: {exc.strerror or exc}") from None
+        except (OSError, pa.ArrowException) as exc:
+            raise self._abandon(exc) from None
+        self._good_bytes = self._file.tell()
         self._opened_at = self.clock()
         self._batches_in_file = 0
         self._dicts = {}  # a new stream starts with empty dictionaries
@@ -381,10 +413,12 @@ class CaptureWriter:
         try:
             self._stream.close()  # writes the end-of-stream marker
             self._file.flush()
-        finally:
-            self._closed_bytes += self._file.tell()
+            size = self._file.tell()
             self._file.close()
-            self._stream, self._file = None, None
+        except (OSError, pa.ArrowException) as exc:
+            raise self._abandon(exc) from None
+        self._closed_bytes += size
+        self._stream, self._file = None, None
 
     def close(self) -> None:
         """Write what is buffered and end the stream properly."""
@@ -394,8 +428,9 @@ class CaptureWriter:
             if self._pending_rows:
                 self.flush()
         finally:
-            self._is_closed = True
-            self._close_file()
+            if not self.closed:  # a failed write has closed it already
+                self._is_closed = True
+                self._close_file()
 
     def __enter__(self) -> "CaptureWriter":
         return self

@@ -10,29 +10,53 @@ import click
 
 from tracer import __version__
 from tracer.errors import TracerError, one_line
+from tracer.text import printable
 
 
 class TracerGroup(click.Group):
     """Click group whose usage errors and TracerErrors print one line, no traceback."""
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # our reader went away (`tracer show --json FILE | head -1`): not an error
+            from tracer.output import quiet_stdout
+
+            quiet_stdout()
+            return 0
+
     def main(self, *args, **kwargs):  # type: ignore[override]
         kwargs["standalone_mode"] = False
+        from tracer.stopping import watch_from_start
+
+        watch_from_start()
         try:
             rv = super().main(*args, **kwargs)
         except click.exceptions.Abort:
             click.echo("tracer: aborted", err=True)
             sys.exit(130)
         except click.ClickException as exc:
-            click.echo(f"tracer: error: {one_line(exc.format_message())}", err=True)
+            click.echo(f"tracer: error: {printable(one_line(exc.format_message()))}", err=True)
             sys.exit(exc.exit_code)
         except TracerError as exc:
-            click.echo(f"tracer: error: {one_line(str(exc))}", err=True)
+            click.echo(f"tracer: error: {printable(one_line(str(exc)))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
+        except OSError as exc:  # an I/O failure nothing above turned into a TracerError (disk full, EIO)
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"tracer: error: {printable(where + one_line(exc.strerror or str(exc)))}", err=True)
+            sys.exit(1)
         if isinstance(rv, int):
             sys.exit(rv)
         sys.exit(0)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Warnings name interfaces and containers: escape what could steer the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
 
 
 @click.group(cls=TracerGroup)
@@ -40,7 +64,9 @@ class TracerGroup(click.Group):
 def cli() -> None:
     """Follow real packets through a Docker host: host port, DNAT, docker0,
     veth, container, and back out through reverse NAT or MASQUERADE."""
-    logging.basicConfig(format="tracer: %(levelname)s: %(message)s", level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_PrintableFormatter("tracer: %(levelname)s: %(message)s"))
 
 
 def _register() -> None:

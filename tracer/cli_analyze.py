@@ -7,12 +7,13 @@ import csv
 import json
 import sys
 from dataclasses import fields
-from pathlib import Path
 
 import click
 
 from tracer.errors import TracerError
 from tracer.ids import format_id
+from tracer.outfiles import open_output
+from tracer.text import printable
 
 _files = click.argument("files", nargs=-1, required=True, metavar="FILES...")
 _SECTIONS = ("segments", "flows", "drops", "lost", "latency")
@@ -116,6 +117,7 @@ def _latency_text(lat) -> list[str]:
 
 
 def _columns(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    rows = [[printable(c) for c in r] for r in rows]  # names from the system: escaped for the terminal
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
@@ -171,7 +173,7 @@ def _text(a, section: str | None, max_flows: int) -> str:
         else:
             out += ["  " + x for x in _columns(
                 ["sensor", a.record_unit, "lost"], [[k, f"{x['events']:,}", f"{x['lost']:,}"] for k, x in a.lost.items()], {1, 2})]
-    return "\n".join(out).lstrip("\n")
+    return "\n".join(map(printable, out)).lstrip("\n")  # metadata too: a capture may come from anywhere
 
 
 @click.command()
@@ -246,7 +248,8 @@ def report(files: tuple[str, ...], out: str, slowest: int) -> None:
     ca = CaptureAnalysis.of_capture(capture, slowest=slowest, also=(paths,))
     text = render_report(ca, paths.finish(), files=list(files), slowest=slowest)
     try:
-        Path(out).write_text(text, encoding="utf-8")
+        with open_output(out, text=True) as f:  # 0600: a report names hosts, containers and addresses
+            f.write(text)
     except OSError as exc:
         raise TracerError(f"{out}: {exc.strerror or exc}") from None
     click.echo(f"tracer: wrote {out} ({len(text) / 1e3:,.0f} kB)", err=True)

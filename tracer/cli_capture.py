@@ -10,7 +10,7 @@ import click
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer.cli_params import ID, IPV4, PORT, PROTOCOL, color_option, count_option, use_color
+from tracer.cli_params import ID, IPV4, PORT, PROTOCOL, SECONDS, color_option, count_option, use_color
 from tracer.cli_trace import Limits, make_recorder, options_from, rules_option, run_trace, target_options, write_options
 
 
@@ -18,7 +18,7 @@ from tracer.cli_trace import Limits, make_recorder, options_from, rules_option, 
 @target_options
 @click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), required=True, help="Capture file (Arrow IPC stream, .arrows); numbered PATH stem.NNNN.arrows when rotating.")
 @write_options
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after S seconds.")
+@click.option("--duration", type=SECONDS, default=None, help="Stop after S seconds.")
 @count_option
 @click.option("--quiet", is_flag=True, help="No progress line on stderr.")
 @rules_option

@@ -8,8 +8,9 @@ import time
 
 import click
 
+from tracer.cli_params import SECONDS, Seconds
 from tracer.cli_trace import make_recorder, options_from, target_options, write_options
-from tracer.output import write_out
+from tracer.output import Reader, say
 from tracer.stopping import StopSignals
 
 
@@ -64,8 +65,8 @@ def _without_buckets(rep: dict) -> dict:
 
 @click.command()
 @target_options
-@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds between reports.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after S seconds.")
+@click.option("--interval", type=Seconds(0.1, inclusive=True), default=1.0, show_default=True, help="Seconds between reports.")
+@click.option("--duration", type=SECONDS, default=None, help="Stop after S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per interval.")
 @click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), default=None,
               help="Also record each interval's histograms to PATH (Arrow IPC stream, .arrows; kind='histogram' rows, "
@@ -80,6 +81,7 @@ def latency(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample
 
     options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds, stdout_busy="intervals")  # a bad path fails before any kernel work
+    reader = Reader()
     stop = StopSignals()
     session = TraceSession(options, latency=True)
     maps = None
@@ -90,8 +92,8 @@ def latency(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample
         maps = LatencyMaps(session.bpf, session.program.hist_slices)
         stop.running()
         where = f"; writing {recorder.path}" if recorder is not None else ""
-        click.echo(f"tracer: latency of {session.filter.describe()} on {len(session.tc.targets())} interfaces "
-                   f"(ready in {time.monotonic() - session.started_at:.1f}s){where}; Ctrl-C to stop", err=True)
+        say(f"tracer: latency of {session.filter.describe()} on {len(session.tc.targets())} interfaces "
+            f"(ready in {time.monotonic() - session.started_at:.1f}s){where}; Ctrl-C to stop")
         start = maps.snapshot(session.now_ktime())
         last = start
         started = time.monotonic()
@@ -109,29 +111,32 @@ def latency(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample
                 rep = _without_buckets(rep)
             if not final:
                 if as_json:
-                    write_out(json.dumps({"interval": number, **rep}) + "\n")
+                    reader.write(json.dumps({"interval": number, **rep}) + "\n")
                 else:
-                    write_out(render_interval(number, rep) + "\n\n")
+                    reader.write(render_interval(number, rep) + "\n\n")
             last = now
 
         stopped = False
         while duration is None or time.monotonic() - started < duration:
             end = min((number + 1) * interval, duration) if duration else (number + 1) * interval
-            while not stop.requested and (left := end - (time.monotonic() - started)) > 0:
+            while not stop.requested and not reader.check() and (left := end - (time.monotonic() - started)) > 0:
                 time.sleep(min(_WAKE_S, left))
                 if recorder is not None:
                     recorder.tick()
-            if stop.requested:
+            if stop.requested or reader.gone:
                 stopped = True
                 break
             take(final=False)
+            if reader.gone:  # `tracer latency --json | head -1`: stop as if told to
+                stopped = True
+                break
         if recorder is not None:
             if stopped and session.now_ktime() - last.ktime_ns > 1_000_000:
                 take(final=True)  # the part of an interval before Ctrl-C: kept in the capture
             recorder.finish(session.counters())
             written = recorder.writer
-            click.echo(f"tracer: wrote {recorder.histogram_rows:,} histogram rows ({written.bytes_written / 1e3:,.1f} kB) "
-                       f"to {', '.join(map(str, written.paths))}", err=True)
+            say(f"tracer: wrote {recorder.histogram_rows:,} histogram rows ({written.bytes_written / 1e3:,.1f} kB) "
+                f"to {', '.join(map(str, written.paths))}")
     finally:
         stop.restore()
         if recorder is not None:

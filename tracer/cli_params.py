@@ -5,6 +5,7 @@ bad input is one line on stderr and a non-zero exit (click's usage error)."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 
 import click
@@ -27,6 +28,32 @@ class IPv4Type(click.ParamType):
 
 
 IPV4 = IPv4Type()
+
+
+class Seconds(click.ParamType):
+    """A duration in seconds: finite, above ``minimum`` (NaN and inf would
+    run forever or fail deep inside; ten years is more than anyone means)."""
+
+    name = "SECONDS"
+    MAXIMUM = 10 * 365 * 86400.0
+
+    def __init__(self, minimum: float = 0.0, inclusive: bool = False) -> None:
+        self.minimum, self.inclusive = minimum, inclusive
+
+    def convert(self, value, param, ctx):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds > self.MAXIMUM:
+            self.fail(f"{value!r} is not a usable number of seconds (finite, at most {self.MAXIMUM:.0f})", param, ctx)
+        if seconds < self.minimum or (seconds == self.minimum and not self.inclusive):
+            bound = ">=" if self.inclusive else ">"
+            self.fail(f"{value!r} must be {bound} {self.minimum:g} seconds", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
 
 
 def use_color(flag: bool | None, stream) -> bool:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import click
 
-from tracer.cli_params import IPV4, PORT, PROTOCOL, color_option, count_option, use_color
+from tracer.cli_params import IPV4, PORT, PROTOCOL, SECONDS, color_option, count_option, use_color
 from tracer.errors import TracerError
-from tracer.output import write_out
+from tracer.output import Reader, say
 from tracer.stopping import StopSignals
 
 # A packet whose last sighting is this old is complete: a packet crosses the
@@ -38,7 +38,7 @@ def target_options(fn):
             click.option("--proto", type=PROTOCOL, default=None, help="Only this protocol."),
             click.option("--iface", "ifaces", multiple=True, help="Host interface(s) where outside traffic arrives (default: every non-container interface)."),
             click.option("--tc-mode", type=click.Choice(["auto", "tcx", "clsact"]), default="auto", show_default=True, help="How tc programs attach."),
-            click.option("--sample", type=click.IntRange(min=1), default=1, show_default=True, help="Follow 1 in N flows, chosen in the kernel by a hash of the connection (each chosen flow whole)."),
+            click.option("--sample", type=click.IntRange(min=1, max=(1 << 32) - 1), default=1, show_default=True, help="Follow 1 in N flows, chosen in the kernel by a hash of the connection (each chosen flow whole)."),
         ]
     ):
         fn = decorator(fn)
@@ -73,7 +73,7 @@ def write_options(fn):
     for decorator in reversed(
         [
             click.option("--rotate-size", type=SizeType(), default=None, help="Start a new numbered file (PATH stem.0000.arrows, ...) after this size, e.g. 10M, 1G."),
-            click.option("--rotate-seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="Start a new numbered file after S seconds."),
+            click.option("--rotate-seconds", type=SECONDS, default=None, help="Start a new numbered file after S seconds."),
         ]
     ):
         fn = decorator(fn)
@@ -122,6 +122,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
     from tracer.session import TraceSession
 
     out = out or sys.stdout
+    reader = Reader(out)
     summary = Summary()
     shown = 0
     stop = StopSignals()
@@ -141,8 +142,8 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         stop.running()
         started = time.monotonic()
         where = f"; writing {recorder.path}" if recorder is not None else ""
-        click.echo(f"tracer: tracing {session.filter.describe()} on {len(session.tc.targets())} interfaces "
-                   f"(ready in {started - session.started_at:.1f}s){where}; Ctrl-C to stop", err=True)
+        say(f"tracer: tracing {session.filter.describe()} on {len(session.tc.targets())} interfaces "
+            f"(ready in {started - session.started_at:.1f}s){where}; Ctrl-C to stop")
         if on_started:
             on_started(session)
         status_tty = sys.stderr.isatty() and not as_json and journeys
@@ -165,11 +166,11 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
                 block, count = render_rows(rows, color), len(rows)
             if rule_feed is not None:
                 block = rule_feed.annotate(block, rows, as_json, color)
-            if count:
-                write_out(block, out)
+            if count and not reader.gone:
+                reader.write(block)
             summary.add_table(rows)
             shown += count
-            return limits.count is not None and shown >= limits.count
+            return reader.gone or (limits.count is not None and shown >= limits.count)
 
         last_status = started
         pass_started = 0.0
@@ -187,15 +188,17 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
                 break
             if not journeys and limits.count is not None and recorder.packets >= limits.count:
                 break
+            if journeys and reader.check():
+                break
             now = time.monotonic()
             if limits.duration is not None and now - started >= limits.duration:
                 break
             if (status_tty or progress) and now - last_status >= 1.0:
                 c = session.counters()
                 if progress:
-                    click.echo("tracer: " + recorder.progress(c.total_lost).text(), err=True)
+                    say("tracer: " + recorder.progress(c.total_lost).text())
                 else:
-                    click.echo("\r" + status_line(feed.sightings / (now - started), c.total_lost, shown), err=True, nl=False)
+                    say("\r" + status_line(feed.sightings / (now - started), c.total_lost, shown), nl=False)
                 last_status = now
         # Everything already in the ring buffer belongs in the output, the
         # capture and the summary; read the counters only once it is drained,
@@ -211,15 +214,15 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         if recorder is not None:
             stats = recorder.finish(counters)
             written = recorder.writer
-            click.echo(f"tracer: wrote {written.event_rows:,} events ({written.bytes_written / 1e6:.2f} MB) to "
-                       f"{', '.join('standard output' if str(p) == '-' else str(p) for p in written.paths)}; {counters.total_lost:,} lost", err=True)
+            say(f"tracer: wrote {written.event_rows:,} events ({written.bytes_written / 1e6:.2f} MB) to "
+                f"{', '.join('standard output' if str(p) == '-' else str(p) for p in written.paths)}; {counters.total_lost:,} lost")
             if not journeys:
                 return stats
         if status_tty:
-            click.echo("", err=True)
+            say("")
         # The summary is about the run, not a result: stderr, as tcpdump's,
         # so `trace | grep` and `trace --json | jq` see journeys only.
-        click.echo(summary.render(summary_color), err=True)
+        say(summary.render(summary_color))
         return summary.to_dict()
     finally:
         stop.restore()
@@ -357,7 +360,7 @@ def _drain(session, take, rounds: int = 20):
 @click.command()
 @target_options
 @count_option
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after S seconds.")
+@click.option("--duration", type=SECONDS, default=None, help="Stop after S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One journey per line as JSON (the README's journey contract).")
 @color_option
 @click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), default=None, help="Also record the capture to PATH (Arrow IPC stream, .arrows; see `tracer record`).")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import sys
 from typing import TextIO
 
@@ -29,3 +30,61 @@ def write_out(text: str | bytes | memoryview, stream: TextIO | None = None) -> N
     view = memoryview(text.encode() if isinstance(text, str) else text)
     while view:
         view = view[os.write(fd, view):]  # os.write retries on EINTR itself (PEP 475)
+
+
+class Reader:
+    """Whoever reads our stdout. It may go away (`tracer trace --json | head
+    -1`): then ``gone`` is set and nothing more is written, so the command
+    stops as if told to (its capture finished, exit 0), not with an error."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+        self.gone = False
+
+    def check(self) -> bool:
+        """Whether the reader has gone, found without writing: a pipe whose
+        reading end closed polls as an error (so `| head -1` stops a quiet
+        trace too, not only at its next journey)."""
+        if not self.gone:
+            try:
+                fd = (self.stream or sys.stdout).fileno()
+                poller = select.poll()
+                poller.register(fd, select.POLLOUT)
+                if any(ev & select.POLLERR for _, ev in poller.poll(0)):
+                    self.gone = True
+                    quiet_stdout()
+            except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+                pass
+        return self.gone
+
+    def write(self, text: str | bytes | memoryview) -> bool:
+        if self.gone:
+            return False
+        try:
+            write_out(text, self.stream)
+        except BrokenPipeError:
+            self.gone = True
+            quiet_stdout()
+        return not self.gone
+
+
+def quiet_stdout() -> None:
+    """stdout's reader is gone: point fd 1 at /dev/null so nothing later (an
+    interpreter-exit flush) fails on it with 'Exception ignored ...'."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+
+
+def say(text: str, nl: bool = True) -> None:
+    """A line for the user on stderr; a terminal that hung up (SIGHUP: EIO)
+    or a closed pipe must not turn a clean stop into a traceback."""
+    import click
+
+    try:
+        click.echo(text, err=True, nl=nl)
+    except OSError:
+        pass

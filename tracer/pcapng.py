@@ -45,6 +45,7 @@ from tracer.errors import TracerError
 from tracer.events import PROTOCOL_NUMBERS
 from tracer.ids import format_ids
 from tracer.journeys import fill_flows, hop_label
+from tracer.outfiles import open_output
 from tracer.packet_window import PacketWindow
 
 LINKTYPE_IPV4 = 228  # raw IPv4, no link-layer header
@@ -343,7 +344,7 @@ def export_pcapng(source: pa.Table | Iterable[pa.RecordBatch | pa.Table], out: B
     keep = PlaceFilter(at)
     note = f"sightings at {', '.join(keep.names)} only" if keep.names else ANALYSIS_NOTE
     if isinstance(out, (str, Path)):
-        with open(out, "wb") as f:
+        with open_output(out) as f:  # 0600 like captures
             n = _write(f, chunks, meta, keep, note)
     else:
         n = _write(out, chunks, meta, keep, note)

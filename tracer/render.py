@@ -12,6 +12,7 @@ import numpy as np
 from tracer.ids import format_id
 from tracer.wallclock import clock
 from tracer.journeys import VERDICTS, Hop, Journey, JourneyRows, hop_label, journey_rows, nat_translation
+from tracer.text import printable
 
 _ARROW = "→"
 _VERDICT_STYLE = {"delivered": {"fg": "green"}, "dropped": {"fg": "red", "bold": True}, "unknown": {"fg": "yellow"}}
@@ -46,7 +47,7 @@ def _flow_text(src: str | None, dst: str | None) -> str:
 
 def render_journey(j: Journey, color: bool) -> str:
     """One block: a header naming the packet, then its hops in time order."""
-    verdict = j.verdict + (f" {j.drop_reason}" if j.drop_reason else "")
+    verdict = j.verdict + (f" {printable(j.drop_reason)}" if j.drop_reason else "")
     header = [
         clock(j.time_ns) or "-",
         f"#{short_id(j.packet_id)}",
@@ -58,7 +59,7 @@ def render_journey(j: Journey, color: bool) -> str:
         " ".join(header),
         j.direction or "?",
         f"flow {short_id(j.flow_id)}",
-        *([f"[{j.container}]"] if j.container else []),
+        *([f"[{printable(j.container)}]"] if j.container else []),
         _style(verdict, color, **_VERDICT_STYLE.get(j.verdict, {})),
     ]
     lines = [_style("  ".join(parts[:1]), color, bold=True) + "  " + "  ".join(parts[1:])]
@@ -68,8 +69,8 @@ def render_journey(j: Journey, color: bool) -> str:
     hops = j.hops
     dts = [format_dt(h.dt_ns) for h in hops]
     hooks = [f"{h.hook}/{h.nat_stage}" if h.nat_stage else h.hook for h in hops]
-    ifs = [h.ifname or "-" for h in hops]
-    cts = [h.container or "" for h in hops]
+    ifs = [printable(h.ifname) if h.ifname else "-" for h in hops]  # names from the system: escaped for the terminal
+    cts = [printable(h.container) if h.container else "" for h in hops]
     w_dt, w_hook, w_if = max(map(len, dts)), max(map(len, hooks)), max(map(len, ifs))
     w_ct = max(map(len, cts), default=0)
     prev: Hop | None = None  # last hop that carried addresses
@@ -79,7 +80,7 @@ def render_journey(j: Journey, color: bool) -> str:
             head += "  " + ct.ljust(w_ct)
         if hop.hook == "drop":
             seen = f" (last seen {_hook_text(j.last_seen)})" if j.last_seen else ""
-            text = f"{head}  {hop.drop_reason or 'dropped'}{seen}"
+            text = f"{head}  {printable(hop.drop_reason) if hop.drop_reason else 'dropped'}{seen}"
             lines.append(_style(text.rstrip(), color, fg="red", bold=True))
             continue
         src, dst = hop.src, hop.dst
@@ -302,7 +303,7 @@ class Summary:
             + f"  {v['unknown']:,} unknown"
         ]
         for (reason, seen), n in self.drops.most_common():
-            lines.append(_style(f"  drop  {reason} ×{n:,}  last seen {seen}", color, fg="red"))
+            lines.append(_style(f"  drop  {printable(reason)} ×{n:,}  last seen {seen}", color, fg="red"))
         lines.append("  " + self._lost_text(color))
         incomplete = {k: n for k, n in self.journey_ends.items() if k not in ("terminal", "drop") and n}
         if incomplete:

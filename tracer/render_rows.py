@@ -23,6 +23,7 @@ from tracer.journeys import (VERDICTS, JourneyRows, _endpoint_key, _endpoint_pla
 from tracer.ids import format_ids
 from tracer.wallclock import clock_array
 from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt
+from tracer.text import printable
 
 _ARROW = " → "
 _MAX_PAD = 256
@@ -112,8 +113,11 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
         h, st = divmod(k, n_st)
         hook, stage = hook_values[h], stage_values[st]
         hook_texts.append(f"{hook}/{stage}" if stage else hook)
-    if_texts = [v or "-" for v in jr.ifname.values]
-    ct_texts = [v or "" for v in jr.container.values]
+    # Names from the system, escaped for the terminal (tracer/text.py).
+    ct_values = [printable(v) if v else v for v in jr.container.values]
+    reason_names = [printable(v) if v else v for v in jr.drop_reason.values]
+    if_texts = [printable(v) if v else "-" for v in jr.ifname.values]
+    ct_texts = [v or "" for v in ct_values]
 
     def lengths(texts: list[str], idx: np.ndarray) -> np.ndarray:
         return np.array([len(t) for t in texts], np.int64)[idx] if len(idx) else np.zeros(0, np.int64)
@@ -170,7 +174,7 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     nat_p = nat_lut[nat_code]
 
     # Drop hops: the reason and where the packet was last seen.
-    reason_values = [v or "dropped" for v in jr.drop_reason.values]
+    reason_values = [v or "dropped" for v in reason_names]
     seen = jr.last_seen
     seen_hook = np.where(seen >= 0, hk_idx[np.maximum(seen, 0)], -1)
     seen_texts = {-1: ""} | {k: f" (last seen {hook_texts[k]})" for k in set(seen_hook.tolist()) if k >= 0}
@@ -203,7 +207,7 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
         k, r = divmod(k, n_r)
         k, v = divmod(k, 3)
         d, c = divmod(k, n_c)
-        verdict, reason, container = VERDICTS[v], jr.drop_reason.values[r], jr.container.values[c]
+        verdict, reason, container = VERDICTS[v], reason_names[r], ct_values[c]
         vs = _style_parts(color, **_VERDICT_STYLE.get(verdict, {}))
         rest_texts.append(f"  {directions[d]}  \0{'  [' + container + ']' if container else ''}  "
                           f"{vs[0]}{verdict}{' ' + reason if reason else ''}{vs[1]}")

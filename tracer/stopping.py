@@ -1,16 +1,36 @@
-"""Stopping a command that runs until told to: SIGINT (Ctrl-C) and SIGTERM.
+"""Stopping a command that runs until told to: SIGINT (Ctrl-C), SIGTERM,
+SIGHUP (the terminal went away) and SIGPIPE (a reader went away) all stop
+it the same way: summary, the capture's statistics row, its end-of-stream
+marker.
 
-While setting up (compile, attach), SIGTERM raises KeyboardInterrupt like
-SIGINT, so the `finally` blocks detach whatever is attached. Once running, a
-signal only sets a flag the loop checks: an exception raised in the middle of
-a write would tear a capture's batch or lose output.
+While setting up (compile, attach), a signal raises KeyboardInterrupt, so the
+`finally` blocks detach whatever is attached; it also sets the flag, so a
+KeyboardInterrupt swallowed by library code on the way cannot let the start
+go on into tracing. Once running, a signal only sets a flag the loop checks:
+an exception raised in the middle of a write would tear a capture's batch or
+lose output.
 """
 
 from __future__ import annotations
 
 import signal
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
+
+
+_early: dict[str, int] = {}
+
+
+def watch_from_start() -> None:
+    """Python ignores SIGPIPE from its start, so one that comes before a
+    command installs its handlers would be lost: note it, and let StopSignals
+    act on it. (SIGTERM, SIGHUP and SIGINT already end a process that has
+    not installed its handlers yet: nothing is attached then.)"""
+    signal.signal(signal.SIGPIPE, _note_early)
+
+
+def _note_early(signum, frame) -> None:
+    _early.setdefault("signal", signum)
 
 
 class StopSignals:
@@ -18,21 +38,30 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal: int | None = _early.get("signal")  # the first signal that asked to stop
+        self.requested = self.signal is not None
         self._previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
-        signal.signal(signal.SIGTERM, _interrupt)
+        for sig in SIGNALS:
+            signal.signal(sig, self._interrupt)
 
     def running(self) -> None:
-        """From now on a signal asks the loop to stop."""
+        """From now on a signal asks the loop to stop. A signal that came
+        while setting up stops the start here, even if its KeyboardInterrupt
+        was lost."""
+        if self.requested:
+            raise KeyboardInterrupt
         for sig in SIGNALS:
             signal.signal(sig, self._request)
 
     def _request(self, signum, frame) -> None:
         self.requested = True
+        if self.signal is None:
+            self.signal = signum
+
+    def _interrupt(self, signum, frame):
+        self._request(signum, frame)
+        raise KeyboardInterrupt
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

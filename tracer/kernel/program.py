@@ -59,6 +59,12 @@ LATENCY_FP_WINDOW_NS = 1_000_000_000
 # start-up time (1024: 0.17 s; 256: 0.04 s, at 0.3 ms for the 64 runs of a
 # whole sweep); packet_entries / SWEEP_CHUNK runs cover the cache.
 SWEEP_CHUNK = 256
+# Filter maps (--port, --host) are sized to the values given, at least this.
+FILTER_MAP_MIN = 64
+# --host values: each is a map entry the kernel allocates up front.
+MAX_FILTER_HOSTS = 65536
+# --sample N: a flow is followed when a 32-bit hash of it is 0 mod N.
+MAX_SAMPLE = (1 << 32) - 1
 
 
 def hist_slices() -> int:
@@ -81,11 +87,13 @@ class Filter:
     expression: str | None = None
 
     def __post_init__(self) -> None:
-        if self.sample < 1:
-            raise TracerError(f"--sample must be 1 or more, not {self.sample}")
+        if not 1 <= self.sample <= MAX_SAMPLE:
+            raise TracerError(f"--sample must be between 1 and {MAX_SAMPLE}, not {self.sample}")
         for port in self.ports:
             if not 0 < port < 65536:
                 raise TracerError(f"port {port} is out of range (1-65535)")
+        if len(set(self.hosts)) > MAX_FILTER_HOSTS:
+            raise TracerError(f"{len(set(self.hosts)):,} --host values: at most {MAX_FILTER_HOSTS:,} (the kernel's filter map)")
         if self.proto is not None and self.proto not in events.PROTOCOL_NUMBERS:
             names = ", ".join(sorted(events.PROTOCOL_NUMBERS))
             raise TracerError(f"unknown protocol {self.proto!r} (choose one of: {names})")
@@ -131,9 +139,13 @@ class Filter:
         if self.containers or self.container_names:
             flags.append("-DFILTER_CONTAINERS")
         if self.sample > 1:
-            flags.append(f"-DSAMPLE_N={self.sample}")
+            flags.append(f"-DSAMPLE_N={self.sample}u")
         if self.expression is not None:
             flags.append("-DPCAP_FILTER")
+        # The filter maps hold what was asked for, however much (any number
+        # of ports fits: there are 65535).
+        flags.append(f"-DFILTER_PORT_ENTRIES={max(FILTER_MAP_MIN, len(set(self.ports)))}")
+        flags.append(f"-DFILTER_HOST_ENTRIES={max(FILTER_MAP_MIN, len(set(self.hosts)))}")
         return flags
 
     def container_ports(self) -> set[int]:

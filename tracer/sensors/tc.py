@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass, field
 
 from tracer.kernel.links import TargetGone, attach_tc
+from tracer.text import printable
 from tracer.latency import IF_ROLE_SLOTS, ROLES
 from tracer.sensors.base import Sensor
 
@@ -69,12 +70,12 @@ class TcSensor(Sensor):
                     # Removed between listing and attaching (a container
                     # stopped, a veth deleted): nothing left there to trace.
                     owner = f" of container {target.container_name}" if target.container_id else ""
-                    log.warning("not tracing %s%s: %s", target.ifname, owner, exc)
+                    log.warning("not tracing %s%s: %s", printable(target.ifname), printable(owner), exc)
                 except Exception as exc:
                     if target.container_id is None:
                         raise
                     # The container stopped between listing and attaching.
-                    log.warning("not tracing %s of container %s: %s", target.ifname, target.container_name, exc)
+                    log.warning("not tracing %s of container %s: %s", printable(target.ifname), printable(target.container_name), exc)
         except BaseException:
             self.detach()
             raise

@@ -1,0 +1,279 @@
+"""Faults without root: write errors, output files' modes, closed pipes,
+signals while starting, NaN/inf/huge numbers, too many filter values,
+control characters in names."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.unit.test_capture import META, table_of
+from tracer.capture import CaptureWriteError, CaptureWriter, read_capture
+from tracer.cli import cli
+from tracer.errors import TracerError
+from tracer.kernel.program import MAX_FILTER_HOSTS, Filter
+from tracer.outfiles import create_fd, file_mode, open_output
+from tracer.output import Reader
+from tracer.stopping import StopSignals
+from tracer.text import printable
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --- write errors ------------------------------------------------------------------
+
+
+def test_dev_full_is_one_error_and_close_raises_nothing_more():
+    before = os.stat("/dev/full").st_mode
+    w = CaptureWriter("/dev/full", META)
+    w.add_events(table_of(50))
+    with pytest.raises(CaptureWriteError, match="No space left on device") as info:
+        w.flush()
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # one line, not chained
+    w.close()  # nothing more: no second traceback from close()
+    w.close()
+    assert w.closed
+    with pytest.raises(CaptureWriteError, match="closed"):
+        w.add_events(table_of(5))
+    assert os.stat("/dev/full").st_mode == before  # a device's own mode is never changed
+
+
+_FILL_UNTIL_EFBIG = r"""
+import os, resource, signal, sys
+sys.path.insert(0, {repo!r})
+from tests.unit.test_capture import META, table_of
+from tracer.capture import CaptureWriteError, CaptureWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as a full disk does with ENOSPC
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+w = CaptureWriter({path!r}, META)
+try:
+    for i in range(200):
+        w.add_events(table_of(300, first_id=1 + i * 300, t0=10**10 + i * 10**8))
+        w.flush()
+    print("never full")
+except CaptureWriteError as exc:
+    w.close()
+    print("ERROR", exc)
+"""
+
+
+def test_a_full_file_keeps_its_whole_batches_and_reads_back_partial(tmp_path):
+    """A file that cannot grow (RLIMIT_FSIZE: EFBIG, the same path as ENOSPC)
+    is cut back to its last whole batch; the reader says it recovered them."""
+    path = tmp_path / "cap.arrows"
+    script = _FILL_UNTIL_EFBIG.format(repo=str(REPO), limit=60_000, path=str(path))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr and out.stdout.startswith("ERROR"), out
+    assert "the capture keeps the" in out.stdout and "\n" not in out.stdout.strip()
+    cap = read_capture(path)
+    assert cap.table.num_rows > 0 and cap.table.num_rows % 300 == 0  # whole batches only
+    assert len(cap.recovered) == 1 and "not stopped cleanly" in cap.recovered[0]
+    assert path.stat().st_size <= 60_000
+
+
+# --- modes of output files ------------------------------------------------------------
+
+
+def test_outputs_are_0600_whatever_the_umask(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRACER_FILE_MODE", raising=False)
+    old = os.umask(0)
+    try:
+        with open_output(tmp_path / "r.html", text=True) as f:
+            f.write("x")
+        existing = tmp_path / "old.pcapng"
+        existing.write_bytes(b"")
+        existing.chmod(0o666)
+        os.close(create_fd(existing))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "r.html").stat().st_mode) == 0o600
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o600
+
+
+def test_file_mode_asked_for_and_bad_values(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACER_FILE_MODE", "0640")
+    assert file_mode() == 0o640
+    os.close(create_fd(tmp_path / "a"))
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o640
+    for bad in ("rw", "999", "-1", "0o1000"):
+        monkeypatch.setenv("TRACER_FILE_MODE", bad)
+        with pytest.raises(TracerError, match="TRACER_FILE_MODE"):
+            file_mode()
+
+
+def test_never_writes_through_a_symlink(tmp_path):
+    target = tmp_path / "target"
+    target.write_text("keep")
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(OSError):
+        create_fd(tmp_path / "link")
+    assert target.read_text() == "keep"
+
+
+def test_report_and_export_files_are_0600(tmp_path, monkeypatch):
+    from tests.unit.test_capture import write
+
+    monkeypatch.delenv("TRACER_FILE_MODE", raising=False)
+    cap = tmp_path / "c.arrows"
+    write(cap, [table_of(20)])
+    old = os.umask(0)
+    try:
+        runner = CliRunner()
+        r1 = runner.invoke(cli, ["report", str(cap), "-o", str(tmp_path / "r.html")])
+        r2 = runner.invoke(cli, ["export", "--pcapng", str(tmp_path / "e.pcapng"), str(cap)])
+    finally:
+        os.umask(old)
+    assert r1.exit_code == 0 and r2.exit_code == 0, (r1.output, r2.output)
+    assert stat.S_IMODE((tmp_path / "r.html").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "e.pcapng").stat().st_mode) == 0o600
+
+
+# --- closed pipes ------------------------------------------------------------------------
+
+
+def test_reader_gone_is_noticed_by_polling_and_by_writing():
+    r, w = os.pipe()
+    with os.fdopen(w, "w") as stream:
+        reader = Reader(stream)
+        assert not reader.check()
+        assert reader.write("one\n")
+        os.close(r)
+        saved = os.dup(1)  # quiet_stdout points fd 1 at /dev/null: keep pytest's
+        try:
+            previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+            try:
+                assert reader.check()  # POLLERR, before any write
+            finally:
+                signal.signal(signal.SIGPIPE, previous)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        assert not reader.write("two\n")
+
+
+def test_show_into_a_closed_pipe_exits_0_without_a_traceback(tmp_path):
+    from tests.unit.test_capture import write
+
+    cap = tmp_path / "c.arrows"
+    write(cap, [table_of(3000)])
+    show = subprocess.Popen([sys.executable, "-m", "tracer", "show", "--json", str(cap)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = show.stdout.readline()
+    show.stdout.close()
+    err = show.stderr.read().decode()
+    assert show.wait(30) == 0, err
+    assert first.startswith(b"{") and "Traceback" not in err and "Exception ignored" not in err
+
+
+# --- signals while starting ------------------------------------------------------------------
+
+
+def test_a_signal_while_starting_stops_the_start_even_if_its_interrupt_was_swallowed():
+    stop = StopSignals()
+    try:
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            signal.sigtimedwait([], 0)  # let the handler run
+        except KeyboardInterrupt:
+            pass  # e.g. swallowed by a library's finaliser
+        assert stop.requested and stop.signal == signal.SIGHUP
+        with pytest.raises(KeyboardInterrupt):
+            stop.running()
+    finally:
+        stop.restore()
+
+
+def test_sighup_and_sigpipe_stop_a_running_loop_like_sigterm():
+    for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM):
+        stop = StopSignals()
+        try:
+            stop.running()
+            os.kill(os.getpid(), sig)
+            signal.sigtimedwait([], 0)
+            assert stop.requested and stop.signal == sig
+        finally:
+            stop.restore()
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+
+
+# --- numbers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ["trace", "--duration", "nan"], ["trace", "--duration", "inf"], ["trace", "--duration", "-1"],
+    ["record", "-w", "x.arrows", "--rotate-seconds", "nan"], ["record", "-w", "x.arrows", "--duration", "1e300"],
+    ["latency", "--interval", "nan"], ["latency", "--interval", "inf"], ["latency", "--interval", "0.01"],
+    ["trace", "--sample", "99999999999999999999"], ["trace", "--sample", "0"],
+])
+def test_unusable_numbers_are_one_line_before_any_kernel_work(args):
+    out = subprocess.run([sys.executable, "-m", "tracer", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tracer: error: Invalid value for"), out.stderr
+
+
+def test_largest_sample_fits_the_kernel_hash():
+    f = Filter(sample=(1 << 32) - 1)
+    assert f"-DSAMPLE_N={(1 << 32) - 1}u" in f.cflags()
+    with pytest.raises(TracerError, match="--sample"):
+        Filter(sample=1 << 32)
+
+
+# --- filter sizes -------------------------------------------------------------------------
+
+
+def test_filter_maps_are_sized_to_what_was_asked():
+    ports = tuple(range(1000, 1500))
+    hosts = tuple(f"10.{i >> 8}.{i & 255}.1" for i in range(3000))
+    flags = Filter(ports=ports, hosts=hosts).cflags()
+    assert "-DFILTER_PORT_ENTRIES=500" in flags and "-DFILTER_HOST_ENTRIES=3000" in flags
+    assert "-DFILTER_PORT_ENTRIES=64" in Filter(ports=(1, 2)).cflags()
+
+
+def test_too_many_hosts_is_one_line_naming_the_limit():
+    hosts = tuple(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(MAX_FILTER_HOSTS + 1))
+    with pytest.raises(TracerError, match=f"at most {MAX_FILTER_HOSTS:,}"):
+        Filter(hosts=hosts)
+
+
+# --- names from the system on a terminal ---------------------------------------------------------
+
+
+def test_printable_escapes_what_steers_a_terminal():
+    assert printable("eth0") == "eth0"
+    assert printable("ev\x1b[7mil") == "ev\\x1b[7mil"
+    assert printable("a\nb\rc\x07\x9b") == "a\\x0ab\\x0dc\\x07\\x9b"
+    assert printable("x\u202ey") == "x\\u202ey"
+    assert printable("caf\u00e9 \u2192") == "caf\u00e9 \u2192"  # ordinary text stays
+
+
+def test_human_journeys_escape_names_and_json_keeps_them():
+    """Both renderers (render_journey, the definition, and render_rows, the
+    fast path) escape interface and container names and drop reasons alike."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tracer.journeys import build_journeys, journey_json_block, journey_rows
+    from tracer.render import render_journey
+    from tracer.render_rows import render_rows
+
+    table = table_of(2)
+    evil_if, evil_ct = "ev\x1b[7mil", "web\x1b]0;pwned\x07"
+    table = table.set_column(table.schema.get_field_index("ifname"), "ifname",
+                             pa.array([evil_if] * table.num_rows).dictionary_encode())
+    names = pc.if_else(pc.is_null(table["container_name"].cast(pa.string())), None, evil_ct)
+    table = table.set_column(table.schema.get_field_index("container_name"), "container_name", names.dictionary_encode())
+    text = "".join(render_journey(j, False) + "\n" for j in build_journeys(table))
+    assert "\x1b" not in text and "\x07" not in text
+    assert "ev\\x1b[7mil" in text and "web\\x1b]0;pwned\\x07" in text
+    assert bytes(render_rows(journey_rows(table), False)).decode() == text
+    block = bytes(journey_json_block(journey_rows(table))[0]).decode()
+    assert "\\u001b[7m" in block and "\x1b" not in block
