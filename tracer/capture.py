@@ -624,6 +624,8 @@ class Recorder:
         }
         if self.histogram_rows:
             stats["histogram_rows"] = self.histogram_rows
+        if getattr(counters, "before_start", 0):
+            stats["before_start"] = counters.before_start
         self.writer.add_row("stats", ktime, ktime + self._session.ctx.boot_offset_ns, stats)
         self.close()
         return stats

@@ -211,6 +211,8 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             show(feed.flush())
         summary.set_lost(counters.lost, counters.emitted, unit=f"{counters.record}s")
         summary.set_journey_ends(counters.journey_ends)
+        if counters.before_start:  # traffic already flowing while the sensors attached one by one
+            say(f"tracer: left out {counters.before_start:,} packets first seen before every sensor was attached")
         if recorder is not None:
             stats = recorder.finish(counters)
             written = recorder.writer

@@ -54,13 +54,23 @@ class RingBufferDrain:
     """Consumer of one BPF ring buffer whose records all have one dtype
     (``sample``: events.RAW_DTYPE or events.JOURNEY_DTYPE)."""
 
-    def __init__(self, map_fd: int, size: int, max_batch: int = 65536, sample: np.dtype = events.RAW_DTYPE) -> None:
+    def __init__(self, map_fd: int, size: int, max_batch: int = 65536, sample: np.dtype = events.RAW_DTYPE,
+                 addresses=None) -> None:
         if size & (size - 1) or size % PAGE_SIZE:
             raise ValueError("ring buffer size must be a power-of-two number of pages")
         self.size = size
         self.mask = size - 1
         self.max_batch = max_batch
         self.sample = sample
+        # Kernel addresses in the records (flow_id, skb) become keyed ids
+        # here, where records leave the kernel, so no consumer sees one
+        # (tracer/opaque_ids.py). None: raw (benchmarks, tests of the ring).
+        self.addresses = addresses
+        # Packets first seen before every sensor was attached miss hops:
+        # their records are left out (and counted) once arm() was called.
+        self.armed_ktime = 0
+        self.before_start = 0  # packets left out
+        self._early_ids = np.zeros(0, np.uint64)
         self.record_dtype = record_dtype(sample)
         self.record_size = self.record_dtype.itemsize
         self.consumer = mmap.mmap(map_fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
@@ -113,7 +123,30 @@ class RingBufferDrain:
         if discard.any():
             records = records[~discard]
         self._consumer_word[0] = cons + n * size
+        if self.armed_ktime and len(records):
+            records = self._without_early(records)
+        if self.addresses is not None and len(records):
+            self.addresses.hide(records["event"])
         return records
+
+    def arm(self, ktime_ns: int) -> None:
+        """Every sensor is attached since ``ktime_ns`` (CLOCK_MONOTONIC, the
+        kernel's bpf_ktime_get_ns): records of packets first seen before it
+        are left out from now on, with any later part of the same packet."""
+        self.armed_ktime = ktime_ns
+
+    def _without_early(self, records: np.ndarray) -> np.ndarray:
+        ev = records["event"]
+        first = ev["first_ktime"] if "first_ktime" in ev.dtype.names else ev["ktime_ns"]
+        early = first < self.armed_ktime
+        if len(self._early_ids):
+            early |= np.isin(ev["packet_id"], self._early_ids)
+        if not early.any():
+            return records
+        ids = np.union1d(self._early_ids, ev["packet_id"][early])
+        self.before_start += len(ids) - len(self._early_ids)
+        self._early_ids = ids
+        return records[~early]
 
     def wait(self, timeout: float) -> bool:
         """Block until the kernel signals data (or timeout); True if data may be there."""

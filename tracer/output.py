@@ -28,8 +28,37 @@ def write_out(text: str | bytes | memoryview, stream: TextIO | None = None) -> N
         return
     stream.flush()  # anything written the ordinary way goes first
     view = memoryview(text.encode() if isinstance(text, str) else text)
-    while view:
-        view = view[os.write(fd, view):]  # os.write retries on EINTR itself (PEP 475)
+    global writing
+    writing = True  # a stop signal now raises WriteInterrupted (tracer/stopping.py)
+    try:
+        while view:
+            view = view[os.write(fd, view):]  # os.write retries on EINTR itself (PEP 475)
+    finally:
+        writing = False
+        _end_deadline()
+
+
+def _end_deadline() -> None:
+    """The write that a stop signal gave a deadline to is over: cancel it
+    (it must not cut a later write short)."""
+    global deadline_armed
+    if deadline_armed:
+        import signal
+
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        deadline_armed = False
+
+
+# True while write_out writes: a reader that stopped reading (but did not
+# close the pipe) blocks the write forever, and a stop signal whose handler
+# only set a flag would be lost in os.write's retries: the tracer would go
+# on tracing. The handler raises WriteInterrupted instead.
+writing = False
+deadline_armed = False  # set by tracer/stopping.py with its SIGALRM deadline
+
+
+class WriteInterrupted(Exception):
+    """A stop signal came while a write to stdout was blocked (or under way)."""
 
 
 class Reader:
@@ -65,6 +94,8 @@ class Reader:
         except BrokenPipeError:
             self.gone = True
             quiet_stdout()
+        except WriteInterrupted:  # told to stop while the reader was not reading: write no more
+            self.gone = True
         return not self.gone
 
 

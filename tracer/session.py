@@ -25,6 +25,7 @@ from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program
 from tracer.sensors.drops import DropSensor
 from tracer.sensors.netfilter import NetfilterSensor
 from tracer.sensors.tc import TcSensor, TcTarget
+from tracer.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Counters:
     lost: dict[str, int] = field(default_factory=dict)
     record: str = "journey"  # what a record is: "journey", or "event" (per-sighting build, latency mode)
     journey_ends: dict[str, int] = field(default_factory=dict)  # journeys by why they were emitted
+    before_start: int = 0  # packets first seen before every sensor was attached: left out
 
     @property
     def total_lost(self) -> int:
@@ -83,6 +85,9 @@ class TraceSession:
         self.filter: Filter | None = None
         self.ctx: DecodeContext | None = None
         self.traced_names: set[str] = set()
+        self.link_events = None  # kernel.link_events.LinkEvents, while tracing
+        self._host_keys: set[tuple[int, int]] = set()  # tc targets that are host interfaces (followed by link events)
+        self._host_lock = threading.Lock()
         self.lock = threading.Lock()
         self.started_at = 0.0
         # Told of every container start/die (from the Docker events thread),
@@ -133,8 +138,10 @@ class TraceSession:
         self.ctx = DecodeContext(host_netns=host_netns_inode(), drop_reasons=drops.reasons,
                                  resolve_host_ifindex=self._host_place)
         if not self.latency:
+            from tracer.opaque_ids import AddressHasher
+
             self.drain = RingBufferDrain(self.bpf["events"].map_fd, program.ringbuf_pages * PAGE_SIZE,
-                                         sample=program.record_dtype)
+                                         sample=program.record_dtype, addresses=AddressHasher())
             if not self.sightings:
                 from tracer.kernel.sweep import JourneySweeper
 
@@ -154,9 +161,14 @@ class TraceSession:
             self.rules = RuleTracer(match).start()
         for sensor in self.sensors:
             sensor.attach(self.bpf)
+        if self.drain is not None:
+            # Traffic already flowing met some sensors before others: those
+            # packets' journeys miss hops, so they are left out (and counted).
+            self.drain.arm(self.now_ktime())
         self._rebuild_places()
         if self.inventory is not None:
             self.inventory.watch(self._on_container_change)
+        self._follow_host_interfaces()
 
     def _containers(self):
         opts = self.options
@@ -191,16 +203,66 @@ class TraceSession:
         if self.options.ifaces:
             missing = [n for n in self.options.ifaces if n not in by_name]
             if missing:
-                raise TracerError(f"no interface named {missing[0]!r} in the host netns")
-            chosen = [by_name[n] for n in self.options.ifaces]
-        else:
-            chosen = [i for i in host if i.role == "external"]
-        targets = [TcTarget(i.ifindex, i.name, i.role if i.role != "other" else "external", i.netns_inode) for i in chosen]
+                raise TracerError(f"no interface named {printable(missing[0])!r} in the host netns")
+        targets = self._host_targets(host)
+        self._host_keys = {t.key for t in targets}
         bridges = {c.bridge for c in containers if c.bridge}
         targets += [TcTarget(i.ifindex, i.name, "bridge", i.netns_inode) for i in host if i.name in bridges and i.name not in self.options.ifaces]
         for c in containers:
             targets += container_targets(c)
         return targets
+
+    def _host_targets(self, host) -> list[TcTarget]:
+        """Where outside traffic arrives: the --iface interfaces, or every
+        external one (up, not a bridge or a container's veth, not lo)."""
+        if self.options.ifaces:
+            chosen = [i for i in host if i.name in self.options.ifaces]
+        else:
+            chosen = [i for i in host if i.role == "external"]
+        return [TcTarget(i.ifindex, i.name, i.role if i.role != "other" else "external", i.netns_inode) for i in chosen]
+
+    # ---- host interfaces coming and going ----------------------------------
+    def _follow_host_interfaces(self) -> None:
+        """As containers through Docker events, host interfaces through
+        netlink link events: a new (or re-created: new ifindex) interface is
+        attached, a deleted one let go, a renamed one shown by its new name."""
+        from tracer.kernel.link_events import LinkEvents
+
+        try:
+            self.link_events = LinkEvents(self._sync_host_interfaces)
+        except OSError as exc:
+            log.warning("not following host interfaces (netlink: %s)", exc)
+
+    def _sync_host_interfaces(self) -> None:
+        from tracer.kernel.links import InterfaceGone
+
+        with self._host_lock:
+            wanted = {t.key: t for t in self._host_targets(self._host_interfaces())}
+            attached = {t.key: t for t in self.tc.targets()}
+            changed = False
+            for key in list(self._host_keys):
+                now, was = wanted.get(key), attached.get(key)
+                if was is None or now is None or now.role != was.role:
+                    self.tc.remove(lambda t, key=key: t.key == key)  # gone (its links went with it) or another role
+                    self._host_keys.discard(key)
+                    changed = True
+                elif now.ifname != was.ifname:  # renamed: same links, new name
+                    self.tc.replace_target(now)
+                    changed = True
+            for key, target in wanted.items():
+                if key in self._host_keys or key in attached:  # attached already (a container's bridge, say)
+                    continue
+                try:
+                    self.tc.add(target)
+                except InterfaceGone:
+                    continue  # came and went again
+                except TracerError as exc:
+                    log.warning("could not attach to %s: %s", target.ifname, exc)
+                    continue
+                self._host_keys.add(key)
+                changed = True
+            if changed:
+                self._rebuild_places()
 
     # ---- places for decoding ---------------------------------------------
     def _host_place(self, ifindex: int) -> Place | None:
@@ -251,7 +313,12 @@ class TraceSession:
                 for target in container_targets(container):
                     self.tc.add(target)
                 if container.bridge and container.bridge_ifindex:
-                    self.tc.add(TcTarget(container.bridge_ifindex, container.bridge, "bridge", host_netns_inode()))
+                    bridge = TcTarget(container.bridge_ifindex, container.bridge, "bridge", host_netns_inode())
+                    with self._host_lock:  # a new network's bridge may have been taken for an external interface
+                        if bridge.key in self._host_keys:
+                            self.tc.remove(lambda t: t.key == bridge.key)
+                            self._host_keys.discard(bridge.key)
+                    self.tc.add(bridge)
                 if self.filter.containers:
                     self.filter.containers = tuple(c for c in self.filter.containers if c.name != container.name) + (container,)
                     self.filter.refresh_containers(self.bpf)
@@ -314,6 +381,9 @@ class TraceSession:
     def stop_sensors(self) -> None:
         """Detach every sensor: nothing new is seen, what was seen stays to
         be read."""
+        if self.link_events is not None:
+            self.link_events.close()
+            self.link_events = None
         if self.inventory is not None:
             self.inventory.close()
         for sensor in reversed(self.sensors):
@@ -346,7 +416,8 @@ class TraceSession:
     def counters(self) -> Counters:
         table = self.bpf["counters"]
         journeys = not (self.sightings or self.latency)
-        out = Counters(record="journey" if journeys else "event", journey_ends=self.journey_ends())
+        out = Counters(record="journey" if journeys else "event", journey_ends=self.journey_ends(),
+                       before_start=self.drain.before_start if self.drain is not None else 0)
         for i, name in enumerate(events.SENSORS):
             out.emitted[name] = int(sum(table[table.Key(2 * i)]))
             out.lost[name] = int(sum(table[table.Key(2 * i + 1)]))

@@ -8,7 +8,8 @@ While setting up (compile, attach), a signal raises KeyboardInterrupt, so the
 KeyboardInterrupt swallowed by library code on the way cannot let the start
 go on into tracing. Once running, a signal only sets a flag the loop checks:
 an exception raised in the middle of a write would tear a capture's batch or
-lose output.
+lose output. Only a write to stdout still blocked a second after the signal
+(a reader that stopped reading) is given up, so the stop is never lost.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
 
 
 _early: dict[str, int] = {}
+# How long a write to stdout under way when a stop signal came may go on.
+WRITE_GRACE_S = 1.0
+
+
+def _write_deadline(signum, frame) -> None:
+    from tracer import output
+
+    if output.writing:
+        raise output.WriteInterrupted
 
 
 def watch_from_start() -> None:
@@ -54,14 +64,25 @@ class StopSignals:
             signal.signal(sig, self._request)
 
     def _request(self, signum, frame) -> None:
+        from tracer import output
+
         self.requested = True
         if self.signal is None:
             self.signal = signum
+        if output.writing:
+            # A write to stdout is under way: let it finish (a torn line
+            # is lost output), but a reader that stopped reading blocks it
+            # forever and os.write retries after this handler: give it a
+            # second, then give up the write, not the stop.
+            signal.signal(signal.SIGALRM, _write_deadline)
+            output.deadline_armed = True
+            signal.setitimer(signal.ITIMER_REAL, WRITE_GRACE_S)
 
     def _interrupt(self, signum, frame):
         self._request(signum, frame)
         raise KeyboardInterrupt
 
     def restore(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

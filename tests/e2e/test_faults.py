@@ -164,16 +164,17 @@ def test_reader_closing_the_pipe_stops_trace_cleanly(lab, tmp_path):
     with its statistics row, and without waiting for another journey."""
     before = kernel_snapshot()
     path = tmp_path / "cap.arrows"
-    proc = subprocess.Popen([sys.executable, "-m", "tracer", "trace", "--json", "--port", str(lab["port"]), "-w", str(path)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ready = proc.stderr.readline()
-    assert "Ctrl-C to stop" in ready, ready + proc.stderr.read()
-    traffic.client_http_get(lab)
-    first = proc.stdout.readline()
-    assert first.startswith("{")
-    proc.stdout.close()  # what `head -1` does after its line
-    rc = proc.wait(timeout=20)
-    err = proc.stderr.read()
+    t = Tracer("--port", str(lab["port"]), "-w", str(path))
+    try:
+        t.wait_ready()
+        traffic.client_http_get(lab)
+        first = t.proc.stdout.readline()
+        assert first.startswith("{")
+        t.proc.stdout.close()  # what `head -1` does after its line
+        rc = t.proc.wait(timeout=20)
+        err = "".join(t.stderr_lines) + t.proc.stderr.read()
+    finally:
+        t.proc.kill()
     assert rc == 0, err
     assert "Traceback" not in err and "Exception ignored" not in err
     cap = read_capture(path)
@@ -181,13 +182,35 @@ def test_reader_closing_the_pipe_stops_trace_cleanly(lab, tmp_path):
     _nothing_left(before)
 
 
+def test_a_reader_that_stops_reading_does_not_keep_trace_from_stopping(lab):
+    """A reader that neither reads nor closes (the pipe fills, our write
+    blocks): SIGTERM still stops the tracer, within seconds."""
+    t = Tracer("--port", str(lab["port"]))
+    try:
+        t.wait_ready()
+        for _ in range(150):  # ~1800 journeys, ~700 KB of JSON: far more than a pipe holds
+            traffic.client_http_get(lab)
+        time.sleep(1)
+        assert t.proc.poll() is None
+        t.proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        rc = t.proc.wait(timeout=20)  # never read: stdout still full
+        assert time.monotonic() - start < 10
+    finally:
+        t.proc.kill()
+    assert rc == 0
+
+
 def test_latency_reader_closing_the_pipe_exits_0(lab):
-    proc = subprocess.Popen([sys.executable, "-m", "tracer", "latency", "--json", "--interval", "0.2", "--port", str(lab["port"])],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().startswith("{")
-    proc.stdout.close()
-    assert proc.wait(timeout=20) == 0
-    assert "Traceback" not in proc.stderr.read()
+    t = Tracer("--port", str(lab["port"]), "--interval", "0.2", command="latency")
+    try:
+        t.wait_ready()
+        assert t.proc.stdout.readline().startswith("{")
+        t.proc.stdout.close()
+        assert t.proc.wait(timeout=20) == 0
+        assert "Traceback" not in t.proc.stderr.read()
+    finally:
+        t.proc.kill()
 
 
 def test_a_signal_at_any_moment_of_the_start_stops_it(lab):
@@ -273,3 +296,100 @@ def test_control_characters_in_an_interface_name_are_escaped(evil_interface):
     time.sleep(0.5)
     journeys = t2.stop()
     assert any(h["ifname"] == EVIL for j in journeys for h in j["hops"]), journeys
+
+
+def _ip(*args, check=True):
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+@pytest.fixture
+def own_link():
+    """A veth pair of our own for link events: host side t12L-h
+    (198.18.12.5/30), other end in netns trc12-link as 198.18.12.6."""
+    ns, host, peer = "trc12-link", "t12L-h", "t12L-c"
+
+    def create(name=host):
+        _ip("link", "add", name, "type", "veth", "peer", "name", peer, "netns", ns)
+        _ip("addr", "add", "198.18.12.5/30", "dev", name)
+        _ip("link", "set", name, "up")
+        _ip("-n", ns, "addr", "add", "198.18.12.6/30", "dev", peer)
+        _ip("-n", ns, "link", "set", peer, "up")
+
+    def ping():
+        subprocess.run(["ip", "netns", "exec", ns, "busybox", "ping", "-c", "2", "-W", "1", "198.18.12.5"], capture_output=True)
+
+    _ip("netns", "del", ns, check=False)
+    for name in (host, "t12L-renamed"):
+        _ip("link", "del", name, check=False)
+    _ip("netns", "add", ns)
+    _ip("-n", ns, "link", "set", "lo", "up")
+    try:
+        yield create, ping, host
+    finally:
+        for name in (host, "t12L-renamed"):
+            _ip("link", "del", name, check=False)
+        _ip("netns", "del", ns, check=False)
+
+
+def _ifindex(name: str) -> int:
+    return int(Path(f"/sys/class/net/{name}/ifindex").read_text())
+
+
+def _tc_hops(journeys, ifname):
+    return [h for j in journeys for h in j["hops"] if h["hook"].startswith("tc_") and h["ifname"] == ifname]
+
+
+def test_host_interfaces_are_followed_new_recreated_and_renamed(own_link):
+    """Like containers through Docker events, host interfaces through link
+    events: one created after the start is attached; deleted and created
+    again (a new ifindex, as `tracer lab down; lab up` does to trc-host) it
+    is attached again; renamed, it is shown by its new name."""
+    create, ping, host = own_link
+    t = Tracer("--host", "198.18.12.6", "--proto", "icmp")
+    try:
+        t.wait_ready()
+        create()  # new, after the start
+        time.sleep(1.5)  # the event, the settle time, the attach
+        ping()
+        first_index = _ifindex(host)
+        _ip("link", "del", host)  # re-created: same name, new ifindex
+        create()
+        assert _ifindex(host) != first_index
+        time.sleep(1.5)
+        ping()
+        _ip("link", "set", host, "down")
+        _ip("link", "set", host, "name", "t12L-renamed")
+        _ip("link", "set", "t12L-renamed", "up")
+        time.sleep(1.5)
+        ping()
+        time.sleep(0.5)
+        journeys = t.stop()
+    finally:
+        t.proc.kill()
+    assert t.returncode == 0, t.stderr
+    seen = _tc_hops(journeys, host)
+    requests = [j for j in journeys if j["direction"] == "original" and any(h["hook"] == "nf_input" for h in j["hops"])]
+    # Every echo request was seen by tc on the host interface before netfilter:
+    # the first two on the new interface, two on its re-creation, two renamed.
+    assert len(requests) >= 6, [(j["packet_id"], [(h["hook"], h["ifname"]) for h in j["hops"]]) for j in journeys]
+    with_tc = [j for j in requests if j["hops"][0]["hook"] == "tc_ingress"]
+    assert len(with_tc) == len(requests), [[(h["hook"], h["ifname"]) for h in j["hops"]] for j in requests]
+    assert len(seen) >= 4 and len(_tc_hops(journeys, "t12L-renamed")) >= 2, t.stderr
+    assert all(j["verdict"] == "delivered" for j in requests)
+
+
+def test_no_journey_from_before_every_sensor_was_attached(lab):
+    """Traffic already flowing while the sensors attach one by one: packets
+    seen by the first sensors only are left out (and said so), never shown
+    or counted as journeys without their netfilter hops and flow."""
+    load = _Bursts(lab, per_burst=1000)  # back to back, from before the start to the end
+    try:
+        for _ in range(4):
+            t = Tracer("--port", str(lab["port"]), "--count", "12")
+            journeys = t.finish(timeout=60)
+            assert t.returncode == 0, t.stderr
+            assert len(journeys) == 12
+            partial = [[(h["hook"], h["ifname"]) for h in j["hops"]] for j in journeys if not j["flow_id"]]
+            assert not partial, partial
+    finally:
+        load.close()

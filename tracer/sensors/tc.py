@@ -124,6 +124,12 @@ class TcSensor(Sensor):
                     removed.append(target)
         return removed
 
+    def replace_target(self, target: TcTarget) -> None:
+        """The same attachment under new facts (a renamed interface)."""
+        with self.lock:
+            if target.key in self.links:
+                self.links[target.key] = (target, self.links[target.key][1])
+
     def targets(self) -> list[TcTarget]:
         with self.lock:
             return [target for target, _ in self.links.values()]

@@ -1,0 +1,75 @@
+"""Link events of the host netns (rtnetlink's RTMGRP_LINK): interfaces
+created, deleted, renamed, brought up or down. A thread listens and calls
+back, at most once per ``settle_s`` however many events came in a burst
+(`ip link add` alone sends several), so the caller re-reads the links once.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import struct
+import threading
+import time
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+NETLINK_ROUTE = 0
+RTMGRP_LINK = 1
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+_NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+
+
+def link_message_types(data: bytes) -> list[int]:
+    """The nlmsg types in one datagram (several messages may share it)."""
+    types, at = [], 0
+    while at + _NLMSG_HDR.size <= len(data):
+        length, kind, _, _, _ = _NLMSG_HDR.unpack_from(data, at)
+        if length < _NLMSG_HDR.size:
+            break
+        types.append(kind)
+        at += (length + 3) & ~3
+    return types
+
+
+class LinkEvents:
+    """Calls ``on_change()`` on its own thread after links change."""
+
+    def __init__(self, on_change: Callable[[], None], settle_s: float = 0.2) -> None:
+        self.on_change = on_change
+        self.settle_s = settle_s
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind((0, RTMGRP_LINK))
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="tracer-link-events", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        pending_since: float | None = None
+        while not self._stop.is_set():
+            timeout = 0.5 if pending_since is None else max(0.0, pending_since + self.settle_s - time.monotonic())
+            ready, _, _ = select.select([self.sock], [], [], timeout)
+            if self._stop.is_set():
+                break
+            if ready:
+                try:
+                    data = self.sock.recv(1 << 16)
+                except OSError as exc:  # ENOBUFS: events were lost; a re-read catches up
+                    log.debug("link events: %s", exc)
+                    data = struct.pack("=IHHII", 16, RTM_NEWLINK, 0, 0, 0)
+                if any(t in (RTM_NEWLINK, RTM_DELLINK) for t in link_message_types(data)) and pending_since is None:
+                    pending_since = time.monotonic()
+            if pending_since is not None and time.monotonic() - pending_since >= self.settle_s:
+                pending_since = None
+                try:
+                    self.on_change()
+                except Exception as exc:  # keep listening; the next change retries
+                    log.warning("following host interfaces: %s", exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=2)
+        self.sock.close()
