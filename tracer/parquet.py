@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from tracer.capture import PRESENTED_SCHEMA, CaptureStream, presented
 from tracer.errors import TracerError
+from tracer.outfiles import create_fd
 
 FLAT_SCHEMA = PRESENTED_SCHEMA.append(pa.field("host", pa.string())).append(pa.field("date", pa.string()))
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -81,8 +82,7 @@ def _dates(batch: pa.RecordBatch) -> np.ndarray:
 def _writer(path: Path, schema: pa.Schema, meta: dict[str, str]) -> pq.ParquetWriter:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        os.fchmod(fd, 0o600)
+        fd = create_fd(path)  # 0600 (or TRACER_FILE_MODE), never through a symlink
     except OSError as exc:
         raise TracerError(f"cannot write {path}: {exc.strerror or exc}") from None
     schema = schema.with_metadata({f"tracer.{k}": v for k, v in meta.items()})
