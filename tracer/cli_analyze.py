@@ -7,6 +7,7 @@ import csv
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 import click
 

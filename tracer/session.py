@@ -234,7 +234,7 @@ class TraceSession:
             log.warning("not following host interfaces (netlink: %s)", exc)
 
     def _sync_host_interfaces(self) -> None:
-        from tracer.kernel.links import InterfaceGone
+        from tracer.kernel.links import TargetGone
 
         with self._host_lock:
             wanted = {t.key: t for t in self._host_targets(self._host_interfaces())}
@@ -254,7 +254,7 @@ class TraceSession:
                     continue
                 try:
                     self.tc.add(target)
-                except InterfaceGone:
+                except TargetGone:
                     continue  # came and went again
                 except TracerError as exc:
                     log.warning("could not attach to %s: %s", target.ifname, exc)
