@@ -198,9 +198,14 @@ class CaptureWriter:
         zstd_level: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         journeys: bool = False,
+        max_files: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.journeys = journeys
+        # tcpdump's -W: a ring of at most this many rotated files, the oldest removed
+        self.max_files = max_files
+        self.removed: list[Path] = []
+        self._parts = 0
         self.schema = events.JOURNEY_CAPTURE_SCHEMA if journeys else events.CAPTURE_SCHEMA
         self.place_ids = PlaceIds()
         self.rotating = rotate_size is not None or rotate_seconds is not None
@@ -386,7 +391,8 @@ class CaptureWriter:
         return getattr(self, "_is_closed", False)
 
     def _open(self) -> None:
-        path = part_path(self.path, len(self.paths)) if self.rotating else self.path
+        path = part_path(self.path, self._parts) if self.rotating else self.path
+        self._parts += 1
         self.paths.append(path)
         if str(self.path) == STDIN:  # `-w -`: the stream on stdout, a pipe (no tell())
             self._file = _CountingPipe(os.fdopen(os.dup(1), "wb"))
@@ -404,6 +410,15 @@ class CaptureWriter:
         self._good_bytes = self._file.tell()
         self._opened_at = self.clock()
         self._batches_in_file = 0
+        while self.max_files is not None and len(self.paths) > self.max_files:
+            oldest = self.paths.pop(0)  # closed already: only the current file is open
+            try:
+                oldest.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise CaptureWriteError(f"cannot remove {oldest} (-W): {exc.strerror or exc}") from None
+            self.removed.append(oldest)
         self._dicts = {}  # a new stream starts with empty dictionaries
         self.place_ids.new_file()  # and knows no places yet
 
@@ -489,10 +504,12 @@ class Recorder:
         rotate_size: int | None = None,
         rotate_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rotate_files: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.rotate_size = rotate_size
         self.rotate_seconds = rotate_seconds
+        self.rotate_files = rotate_files
         self.clock = clock
         self.writer: CaptureWriter | None = None
         self.packets = 0
@@ -506,7 +523,7 @@ class Recorder:
     def check(self) -> None:
         """Fail before any kernel work if the file cannot be created there."""
         if str(self.path) == STDIN:
-            if self.rotate_size is not None or self.rotate_seconds is not None:
+            if self.rotate_size is not None or self.rotate_seconds is not None or self.rotate_files is not None:
                 raise CaptureWriteError("-w -: a stream on standard output cannot be rotated")
             if sys.stdout.isatty():
                 raise CaptureWriteError("-w -: standard output is a terminal; pipe it (tracer record -w - | tracer show -)")
@@ -525,7 +542,7 @@ class Recorder:
         journeys = not (getattr(session, "sightings", True) or getattr(session, "latency", False))
         self.writer = CaptureWriter(
             self.path, self._metadata, rotate_size=self.rotate_size, rotate_seconds=self.rotate_seconds, clock=self.clock,
-            journeys=journeys,
+            journeys=journeys, max_files=self.rotate_files,
         )
         session.on_container_event = self._on_container_event
 

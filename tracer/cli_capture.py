@@ -22,13 +22,13 @@ from tracer.cli_trace import Limits, make_recorder, options_from, rules_option, 
 @count_option
 @click.option("--quiet", is_flag=True, help="No progress line on stderr.")
 @rules_option
-def record(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path, rotate_size, rotate_seconds,
+def record(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path, rotate_size, rotate_seconds, rotate_mb, rotate_files,
            duration, count, quiet, rules):
     """Record live packet sightings to Arrow files for later analysis
     (`tracer show`, `stats`, `report`; pyarrow, polars, DuckDB). EXPRESSION:
     a pcap-filter expression, as `tracer trace`."""
     options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules)
-    recorder = make_recorder(write_path, rotate_size, rotate_seconds)
+    recorder = make_recorder(write_path, rotate_size, rotate_seconds, rotate_mb=rotate_mb, rotate_files=rotate_files)
     run_trace(options, Limits(count, duration), as_json=False, color=False, recorder=recorder,
               journeys=False, progress=not quiet)
 

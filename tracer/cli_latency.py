@@ -73,14 +73,15 @@ def _without_buckets(rep: dict) -> dict:
                    "see docs/capture-format.md); read with `tracer stats` / `tracer report`.")
 @write_options
 def latency(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, interval, duration, as_json,
-            write_path, rotate_size, rotate_seconds):
+            write_path, rotate_size, rotate_seconds, rotate_mb, rotate_files):
     """Per-segment latency histograms kept in the kernel (no per-packet
     events). EXPRESSION: a pcap-filter expression, as `tracer trace`."""
     from tracer.latency import LatencyMaps, report
     from tracer.session import TraceSession
 
     options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression)
-    recorder = make_recorder(write_path, rotate_size, rotate_seconds, stdout_busy="intervals")  # a bad path fails before any kernel work
+    recorder = make_recorder(write_path, rotate_size, rotate_seconds, stdout_busy="intervals", rotate_mb=rotate_mb,
+                             rotate_files=rotate_files)  # a bad path fails before any kernel work
     reader = Reader()
     stop = StopSignals()
     session = TraceSession(options, latency=True)

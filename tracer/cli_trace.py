@@ -36,7 +36,7 @@ def target_options(fn):
             click.option("--container", "containers", multiple=True, help="Trace a container's traffic (its address and published ports). Repeatable."),
             click.option("--host", "hosts", type=IPV4, multiple=True, help="Trace traffic to or from this IPv4 address. Repeatable."),
             click.option("--proto", type=PROTOCOL, default=None, help="Only this protocol."),
-            click.option("--iface", "ifaces", multiple=True, help="Host interface(s) where outside traffic arrives (default: every non-container interface)."),
+            click.option("-i", "--iface", "ifaces", multiple=True, help="Host interface(s) where outside traffic arrives (default: every non-container interface)."),
             click.option("--tc-mode", type=click.Choice(["auto", "tcx", "clsact"]), default="auto", show_default=True, help="How tc programs attach."),
             click.option("--sample", type=click.IntRange(min=1, max=(1 << 32) - 1), default=1, show_default=True, help="Follow 1 in N flows, chosen in the kernel by a hash of the connection (each chosen flow whole)."),
         ]
@@ -74,6 +74,9 @@ def write_options(fn):
         [
             click.option("--rotate-size", type=SizeType(), default=None, help="Start a new numbered file (PATH stem.0000.arrows, ...) after this size, e.g. 10M, 1G."),
             click.option("--rotate-seconds", type=SECONDS, default=None, help="Start a new numbered file after S seconds."),
+            click.option("-C", "rotate_mb", type=MegabytesType(), default=None, help="tcpdump's -C: --rotate-size in millions of bytes (-C 100), or with a unit (-C 10M)."),
+            click.option("-W", "--rotate-files", "rotate_files", type=click.IntRange(min=1), default=None,
+                         help="Keep at most N rotated files, removing the oldest as a new one starts (tcpdump's -W ring)."),
         ]
     ):
         fn = decorator(fn)
@@ -94,19 +97,43 @@ class SizeType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-def make_recorder(path, rotate_size, rotate_seconds, stdout_busy: str | None = None):
+class MegabytesType(SizeType):
+    """tcpdump's -C: a bare number is millions of bytes; a unit (10M, 1G) is as --rotate-size."""
+
+    name = "MB"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(str(value))
+        except ValueError:
+            return super().convert(value, param, ctx)
+        if not number > 0:
+            self.fail(f"not a size: {value!r} (millions of bytes, as tcpdump -C)", param, ctx)
+        return int(number * 1_000_000)
+
+
+def make_recorder(path, rotate_size, rotate_seconds, stdout_busy: str | None = None, rotate_mb=None, rotate_files=None):
     """A capture recorder for PATH (checked before any kernel work), or None.
     PATH '-' is standard output, unless the command prints there itself
-    (``stdout_busy`` says what it prints)."""
+    (``stdout_busy`` says what it prints). ``rotate_mb`` is -C (another way
+    to say rotate_size), ``rotate_files`` -W (a ring of that many files)."""
+    if rotate_mb is not None:
+        if rotate_size is not None:
+            raise click.UsageError("give one of -C and --rotate-size")
+        rotate_size = rotate_mb
+    if rotate_files is not None and rotate_size is None and rotate_seconds is None:
+        raise click.UsageError("-W/--rotate-files needs rotation: -C/--rotate-size or --rotate-seconds")
     if path == "-" and stdout_busy:
         raise click.UsageError(f"-w -: standard output has the {stdout_busy}; use `tracer record -w -` for a capture on a pipe")
     if path is None:
         if rotate_size is not None or rotate_seconds is not None:
-            raise click.UsageError("--rotate-size/--rotate-seconds need -w/--write PATH")
+            raise click.UsageError("--rotate-size/--rotate-seconds/-C/-W need -w/--write PATH")
         return None
     from tracer.capture import Recorder
 
-    recorder = Recorder(path, rotate_size=rotate_size, rotate_seconds=rotate_seconds)
+    recorder = Recorder(path, rotate_size=rotate_size, rotate_seconds=rotate_seconds, rotate_files=rotate_files)
     recorder.check()
     return recorder
 
@@ -369,13 +396,14 @@ def _drain(session, take, rounds: int = 20):
 @write_options
 @rules_option
 def trace(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, count, duration, as_json, color, write_path,
-          rotate_size, rotate_seconds, rules):
+          rotate_size, rotate_seconds, rotate_mb, rotate_files, rules):
     """Follow live packets: one journey per packet, hop by hop. EXPRESSION is
     a pcap-filter expression, as tcpdump's (`'tcp port 8000 and not host
     198.18.0.9'`), applied where a connection is first recognised; the
     options narrow it further."""
     options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules)
-    recorder = make_recorder(write_path, rotate_size, rotate_seconds, stdout_busy="journeys")
+    recorder = make_recorder(write_path, rotate_size, rotate_seconds, stdout_busy="journeys", rotate_mb=rotate_mb,
+                             rotate_files=rotate_files)
     run_trace(options, Limits(count, duration), as_json, use_color(color, sys.stdout) and not as_json, recorder=recorder,
               summary_color=use_color(color, sys.stderr))
 

@@ -81,3 +81,38 @@ def test_write_to_standard_output_is_refused_where_it_is_taken(tmp_path):
         done = tracer(*args)
         lines = done.stderr.decode().strip().splitlines()
         assert done.returncode != 0 and len(lines) == 1 and words in lines[0], (args, done.stderr)
+
+
+def test_rotation_ring_keeps_the_newest_files(tmp_path):
+    """-W N: at most N rotated files, the oldest removed as a new one starts;
+    what is left reads back as the newest rows."""
+    from tracer.capture import read_capture
+
+    w = write(tmp_path / "cap.arrows", [table_of(5, first_id=10 * i + 1, t0=i * 10**9) for i in range(5)],
+              rotate_size=1, max_files=2)
+    assert [p.name for p in w.paths] == ["cap.0003.arrows", "cap.0004.arrows"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cap.0003.arrows", "cap.0004.arrows"]
+    assert [p.name for p in w.removed] == ["cap.0000.arrows", "cap.0001.arrows", "cap.0002.arrows"]
+    ids = set(read_capture([str(p) for p in w.paths]).events["packet_id"].to_pylist())
+    assert ids == set(range(31, 36)) | set(range(41, 46))
+
+
+def test_tcpdump_rotation_flags():
+    from click.testing import CliRunner
+
+    from tracer.cli import cli
+    from tracer.cli_trace import MegabytesType
+
+    assert MegabytesType().convert("100", None, None) == 100_000_000  # tcpdump -C: millions of bytes
+    assert MegabytesType().convert("10M", None, None) == 10 << 20
+    for args, words in (
+        (["-C", "0"], "not a size"),
+        (["-C", "lots"], "not a size"),
+        (["-W", "3"], "needs rotation"),
+        (["-W", "0"], "-W"),
+        (["-C", "10", "--rotate-size", "1M"], "one of -C and --rotate-size"),
+    ):
+        result = CliRunner().invoke(cli, ["record", "-w", "/nonexistent-dir/x.arrows", *args])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code != 0 and len(lines) == 1 and words in lines[0], (args, result.stderr)
+    assert "-i, --iface" in CliRunner().invoke(cli, ["trace", "--help"]).stdout
