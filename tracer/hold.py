@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracer import events
+from tracer import events, record_words
 from tracer.events import PACKET_ID_CPU_SHIFT
 
 
@@ -133,7 +133,7 @@ class RecordHold:
                 held.append(still)
         self._batches, self._held = batches, held
         self._let_go.add(uniq[quiet])
-        return np.concatenate(out) if len(out) > 1 else out[0]
+        return record_words.concat(out)
 
     def flush(self) -> np.ndarray:
         """Everything held (tracing stops)."""

@@ -175,13 +175,19 @@ class JourneyRowReader:
                     self.places[int(info["id"])] = place_of_info(info)
                 except (TypeError, ValueError, KeyError, AttributeError):
                     raise BadJourneyRows(f"a place row's info is not a place: {str(text)[:60]!r}") from None
-        is_journey = pc.equal(kinds, "journey")
+        # Runs of journey rows and of other rows, in file order (a container
+        # row stays between the packets before and after it); places out.
+        journey = pc.equal(kinds, "journey").to_numpy(zero_copy_only=False)
+        kept = ~pc.equal(kinds, "place").to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(kept)
+        cuts = np.flatnonzero(np.diff(journey[rows].astype(np.int8))) + 1
         parts = []
-        if pc.any(is_journey).as_py():
-            parts.append(self._sightings(batch.filter(is_journey)))
-        other = pc.invert(pc.or_(is_place, is_journey))
-        if pc.any(other).as_py():
-            parts.append(pa.Table.from_batches([events.conform(batch.filter(other), events.CAPTURE_SCHEMA)]))
+        for run in np.split(rows, cuts) if len(rows) else []:
+            part = batch.take(pa.array(run)) if len(run) != batch.num_rows else batch
+            if journey[run[0]]:
+                parts.append(self._sightings(part))
+            else:
+                parts.append(pa.Table.from_batches([events.conform(part, events.CAPTURE_SCHEMA)]))
         if not parts:
             return events.CAPTURE_SCHEMA.empty_table()
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]

@@ -173,3 +173,27 @@ def test_a_missing_optional_column_reads_as_null(tmp_path):
     table = read_capture(path).events
     assert table.num_rows == int(records()["n_hops"].sum())
     assert set(table.column("tcp_seq").to_pylist()) == {0}
+
+
+def test_records_added_a_few_at_a_time_keep_their_order_around_other_rows(tmp_path):
+    """The writer lays records out in batches (JOURNEY_BATCH or at the
+    flush), but a row of another kind still comes after the records added
+    before it and before those added after."""
+    recs = records()
+    path = tmp_path / "cap.arrows"
+    c = ctx()
+    with CaptureWriter(path, META, journeys=True) as w:
+        for r in recs[:4]:
+            w.add_journeys(r[None], c)
+        w.add_row("container", 1, 1, {"action": "start", "id": "x", "name": "x"})
+        for r in recs[4:]:
+            w.add_journeys(r[None], c)
+        assert w.journey_rows == len(recs)
+    table = read_capture(str(path)).table
+    kinds = table.column("kind").to_pylist()
+    packet_ids = table.column("packet_id").to_pylist()
+    container_at = kinds.index("container")
+    before = {p for p, k in zip(packet_ids[:container_at], kinds) if k == "event"}
+    after = {p for p, k in zip(packet_ids[container_at:], kinds[container_at:]) if k == "event"}
+    assert before == set(recs["packet_id"][:4].tolist()) and after == set(recs["packet_id"][4:].tolist())
+    assert comparable(read_capture(str(path)).events) == comparable(live_rows(recs))
