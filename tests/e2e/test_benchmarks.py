@@ -55,6 +55,19 @@ def test_bench_capture_size_quick(lab) -> None:
     assert re.search(r"target <= 40: (met|NOT met)", out), out
 
 
+def test_bench_capture_write_quick(lab) -> None:
+    out = run_script("bench_capture_write.py", "--requests", "200", "--rounds", "1", timeout=180)
+    figures = {}
+    for layout in ("journey rows", "sighting rows"):
+        m = re.search(re.escape(layout) + r" \(schema \d\): write ([\d.]+) µs/packet .*, ([\d.]+) B/packet", out)
+        assert m, (layout, out)
+        figures[layout] = float(m.group(1)), float(m.group(2))
+    # What the change is for: the record path writes journeys cheaper and smaller.
+    assert figures["journey rows"][0] < figures["sighting rows"][0], out
+    assert figures["journey rows"][1] < figures["sighting rows"][1], out
+    assert re.search(r"target \(issue 9, record\) <= 1 µs", out), out
+
+
 def test_bench_bpf_quick() -> None:
     out = run_script("bench_bpf.py", "--quick")
     for mode in ("trace", "latency"):
