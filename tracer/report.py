@@ -165,7 +165,8 @@ def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset()
             for i, v in enumerate(r)
         )
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # a wide table scrolls in its own box instead of widening the page
+    return f"<div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def _figure(plot_id: str, svg: str) -> str:
@@ -186,6 +187,7 @@ h3{font-size:15px;margin:20px 0 6px}
 .card .v{font-size:20px;font-weight:600} .card .k{color:#666;font-size:12px}
 .card.bad .v{color:#c62828}
 table{border-collapse:collapse;font-size:12.5px;margin:6px 0 12px;width:100%}
+.scroll{overflow-x:auto;max-width:100%}
 th,td{border-bottom:1px solid #eee;padding:3px 8px;text-align:left;white-space:nowrap}
 th{background:#f6f6f6} td.num{text-align:right;font-variant-numeric:tabular-nums}
 svg{max-width:100%;height:auto}

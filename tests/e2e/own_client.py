@@ -11,6 +11,7 @@ filtered on them sees only our packets. Everything is removed afterwards.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import tempfile
@@ -21,9 +22,12 @@ from tests.e2e.tracing import Tracer
 from tracer import traffic
 from tracer.lab import busybox
 
-NETNS = "tracer13-pcap"
-HOST_IF, CLIENT_IF = "tr13pc-h", "tr13pc-c"
-HOST_ADDR, CLIENT_ADDR = "198.18.13.1", "198.18.13.2"
+# Names and a /30 of this test process's own: other engineers may run these
+# tests at the same time on the same machine (the lab's is 198.18.0.0/30).
+_K = 2 + os.getpid() % 250
+NETNS = f"tracer13-{_K}"
+HOST_IF, CLIENT_IF = f"tr13-{_K}h", f"tr13-{_K}c"
+HOST_ADDR, CLIENT_ADDR = f"198.18.{_K}.1", f"198.18.{_K}.2"
 SERVER_PORT = 9013
 
 
