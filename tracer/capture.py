@@ -741,10 +741,13 @@ class Capture:
         return [json.loads(v) for v in rows["info"].to_pylist() if v]
 
 
-def _meta(schema: pa.Schema) -> dict[str, str]:
+def _meta(schema: pa.Schema, path: str = "") -> dict[str, str]:
     raw = schema.metadata or {}
     prefix = events.META_PREFIX.encode()
-    return {k[len(prefix):].decode(): v.decode() for k, v in raw.items() if k.startswith(prefix)}
+    try:
+        return {k[len(prefix):].decode(): v.decode() for k, v in raw.items() if k.startswith(prefix)}
+    except UnicodeDecodeError:
+        raise CaptureReadError(f"{path or 'capture'}: damaged: its metadata is not UTF-8 text") from None
 
 
 def _check_version(path: str, meta: dict[str, str]) -> None:
@@ -770,12 +773,46 @@ def _rows_of(meta: dict[str, str]) -> Callable[[pa.RecordBatch], pa.Table | pa.R
     return _conform
 
 
+# Version 1 files have had every column from the start but these.
+_V1_LATER = ("tcp_doff",)
+_V1_REQUIRED = tuple(n for n in events.CAPTURE_SCHEMA.names if n not in _V1_LATER)
+
+
 def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
     """A version 1 batch in CAPTURE_SCHEMA (events.conform)."""
-    return events.conform(batch, events.CAPTURE_SCHEMA)
+    return events.conform(batch, events.CAPTURE_SCHEMA, _V1_REQUIRED)
 
 
 STDIN = "-"  # as a capture path: standard input (reading) or output (writing)
+
+
+def _check_schema(path: str, schema: pa.Schema, meta: dict[str, str]) -> None:
+    """A file's columns against the one definition of them (events.py, via
+    the same conversion every batch takes), when the file is opened: a
+    column missing or of a type that does not convert is one line naming
+    it, before any output. Batches are checked again as they are read."""
+    try:
+        schema.names  # noqa: B018 - decodes every column name
+    except UnicodeDecodeError:
+        raise CaptureReadError(f"{path}: damaged: its column names are not UTF-8 text") from None
+    try:
+        _rows_of(meta)(pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema))
+    except events.ColumnError as exc:
+        raise CaptureReadError(f"{path}: {exc}") from None
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise CaptureReadError(f"{path}: columns not as a capture has them ({one_line(str(exc), 120)})") from None
+
+
+def _valid(batch: pa.RecordBatch) -> bool:
+    """Whether a batch's data agrees with its layout (offsets, dictionary
+    indices, lengths). A damaged file can hold a batch that parses but
+    points outside its buffers, and Arrow's kernels trust what they are
+    given: reading that would crash, not fail."""
+    try:
+        batch.validate(full=True)
+    except (pa.ArrowException, ValueError):
+        return False
+    return True
 
 
 class _FileRows:
@@ -792,14 +829,16 @@ class _FileRows:
         if path == STDIN:  # a pipe is read once, as it comes: `tracer record -w - | tracer show -`
             self._stdin = self._stdin_reader()
             self.is_file_format = False
-            self.metadata = _meta(self._stdin.schema)
+            self.metadata = _meta(self._stdin.schema, "standard input")
             _check_version("standard input", meta=self.metadata)
+            _check_schema("standard input", self._stdin.schema, self.metadata)
             return
         f = self._open()
         try:
             self.is_file_format, reader = self._reader(f)
-            self.metadata = _meta(reader.schema)
+            self.metadata = _meta(reader.schema, path)
             _check_version(path, meta=self.metadata)
+            _check_schema(path, reader.schema, self.metadata)
         finally:
             f.close()
 
@@ -838,8 +877,11 @@ class _FileRows:
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
-            except (pa.ArrowException, OSError):
+            except (pa.ArrowException, OSError, ValueError, MemoryError):
                 torn = True  # the writer was killed: keep what came before
+                break
+            if not _valid(batch):
+                torn = True
                 break
             yield from self._converted(rows_of, batch)
         if torn:
@@ -874,18 +916,24 @@ class _FileRows:
             if file_format:
                 try:
                     for i in range(reader.num_record_batches):
-                        yield from self._converted(rows_of, reader.get_batch(i))
-                except pa.ArrowException:
+                        batch = reader.get_batch(i)
+                        if not _valid(batch):
+                            raise CaptureReadError(f"{self.path}: batch {i} is damaged")
+                        yield from self._converted(rows_of, batch)
+                except (pa.ArrowException, ValueError, MemoryError):
                     raise CaptureReadError(f"{self.path}: truncated or damaged Arrow file") from None
                 return
-            torn = False
+            torn = damaged = False
             while True:
                 try:
                     batch = reader.read_next_batch()
                 except StopIteration:
                     break
-                except (pa.ArrowException, OSError):
+                except (pa.ArrowException, OSError, ValueError, MemoryError):  # damaged text or lengths in a batch
                     torn = True
+                    break
+                if not _valid(batch):
+                    damaged = True
                     break
                 yield from self._converted(rows_of, batch)
             f.seek(max(0, self.size - len(_EOS)))
@@ -893,7 +941,9 @@ class _FileRows:
         if not self.batches and not clean:
             raise CaptureReadError(f"{self.path}: truncated: no complete record batch")
         recovered = f"{self.path}: recovered {self.batches} batches ({self.rows:,} rows)"
-        if torn:
+        if damaged:
+            self.warning = f"{recovered}; the next batch is damaged (its data contradicts its own layout): read no further"
+        elif torn:
             self.warning = f"{recovered}; file ends in a torn batch"
         elif not clean:
             self.warning = f"{recovered}; the capture was not stopped cleanly (no end-of-stream marker)"
@@ -901,7 +951,7 @@ class _FileRows:
     def _converted(self, rows_of, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         try:
             rows = rows_of(batch)
-        except BadJourneyRows as exc:
+        except events.ColumnError as exc:  # a column missing or of another type (BadJourneyRows too)
             raise CaptureReadError(f"{self.path}: {exc}") from None
         self.batches += 1
         for out in (rows.to_batches() if isinstance(rows, pa.Table) else [rows]):

@@ -9,6 +9,7 @@ import time
 
 import click
 
+from tracer.cli_params import SECONDS
 from tracer.cli_trace import IDLE_NS, MIN_PASS_S, POLL_S, JourneyFeed, RuleFeed, options_from, target_options
 from tracer.errors import TracerError
 from tracer.stopping import StopSignals
@@ -23,7 +24,7 @@ class NoConnection(TracerError):
 
 @click.command()
 @target_options
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60, show_default=True,
+@click.option("--timeout", type=SECONDS, default=60, show_default=True,
               help="Give up when no connection starts within S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="The two journeys (first packet, reply) with their rules, as JSON lines.")
 def explain(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, timeout, as_json):

@@ -277,3 +277,40 @@ def test_human_journeys_escape_names_and_json_keeps_them():
     assert bytes(render_rows(journey_rows(table), False)).decode() == text
     block = bytes(journey_json_block(journey_rows(table))[0]).decode()
     assert "\\u001b[7m" in block and "\x1b" not in block
+
+
+# --- a capture's columns against the one definition -----------------------------------
+
+
+def _rewritten(src, dst, change):
+    """The capture ``src`` rewritten with ``change`` made to its table."""
+    import pyarrow as pa
+
+    with pa.ipc.open_stream(src.read_bytes()) as reader:
+        table = change(reader.read_all())
+    with pa.ipc.new_stream(str(dst), table.schema) as w:
+        w.write_table(table)
+    return dst
+
+
+@pytest.mark.parametrize("command", [["show"], ["show", "--json"], ["stats"], ["stats", "--format", "json"]])
+def test_a_missing_or_mistyped_column_is_one_line_naming_it(tmp_path, command):
+    import pyarrow as pa
+
+    from tests.unit.test_capture import write
+
+    good = tmp_path / "good.arrows"
+    write(good, [table_of(30)])
+    missing = _rewritten(good, tmp_path / "missing.arrows", lambda t: t.remove_column(t.schema.get_field_index("hook")))
+
+    def retype(t):
+        i = t.schema.get_field_index("src_port")
+        return t.set_column(i, pa.field("src_port", pa.string()), pa.array(["not a port"] * t.num_rows))
+
+    mistyped = _rewritten(good, tmp_path / "mistyped.arrows", retype)
+    for path, name in ((missing, "'hook'"), (mistyped, "'src_port'")):
+        r = CliRunner().invoke(cli, [*command, str(path)])
+        assert r.exit_code == 2, (path.name, r.output)
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tracer: error:") and name in lines[0], r.output
+        assert "truncated" not in lines[0]
