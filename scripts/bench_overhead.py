@@ -17,7 +17,14 @@ alternate round by round (the order rotates every round):
               every program attached but returning at once. Not a product
               state: the floor any tracer on these hooks pays;
 * trace8000 / trace5201 (only with ``--states``): one port traced, so the
-              other workload is traffic to an untraced port while tracing.
+              other workload is traffic to an untraced port while tracing;
+* rules:      ``tracer trace --json --rules --port 8000 --port 5201``: rule
+              attribution (issue 10) on both flows (nf_tables traces every
+              rule each packet meets);
+* rules8000 (only with ``--states``): ``--rules`` with port 8000 only, so the
+              stream is untraced traffic while our nft table marks the
+              traced one: compare with trace8000 (the issue: untraced
+              traffic pays nothing beyond the normal trace floor).
 
 In every state both workloads run one after the other:
 
@@ -67,13 +74,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-STATES = ("untraced", "tcpdump", "trace", "record", "latency", "noop", "trace8000", "trace5201")
+STATES = ("untraced", "tcpdump", "trace", "record", "latency", "noop", "trace8000", "trace5201", "rules", "rules8000")
 DEFAULT_STATES = ("untraced", "tcpdump", "trace", "record", "latency", "noop")
 BOTH = (8000, 5201)
 TRACED_PORT = {"untraced": None, "tcpdump": BOTH, "trace": BOTH, "record": BOTH, "latency": BOTH, "noop": BOTH,
-               "trace8000": (8000,), "trace5201": (5201,)}
+               "trace8000": (8000,), "trace5201": (5201,), "rules": BOTH, "rules8000": (8000,)}
 MODE = {"tcpdump": "tcpdump", "trace": "trace", "record": "record", "latency": "latency", "noop": "latency",
-        "trace8000": "trace", "trace5201": "trace"}
+        "trace8000": "trace", "trace5201": "trace", "rules": "rules", "rules8000": "rules"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -111,7 +118,7 @@ class Tracer:
             cmd = ["tcpdump", "-i", "any", "-nn", "-s", "256", "-w", self.capture, expr]
         else:
             args = {"trace": ["trace", "--json"], "record": ["record", "--quiet", "-w", self.capture],
-                    "latency": ["latency", "--interval", "1"]}[mode]
+                    "latency": ["latency", "--interval", "1"], "rules": ["trace", "--json", "--rules"]}[mode]
             cmd = [sys.executable, "-m", "tracer", *args, *port_args]
         t0 = time.monotonic()
         env = dict(os.environ, TRACER_BPF_CFLAGS="-DTRACER_NOOP") if noop else None
@@ -165,7 +172,7 @@ class Tracer:
                 self.proc.wait()
         err = Path(self.err.name).read_text(errors="replace")
         packets = None
-        if self.mode == "trace":
+        if self.mode in ("trace", "rules"):
             with open(self.out.name, "rb") as f:
                 packets = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
         elif self.mode == "record":
@@ -182,8 +189,10 @@ class Tracer:
         if os.path.exists(self.capture):
             os.unlink(self.capture)
         lost, records = parse_lost(err)
+        m = re.search(r"rules: ([\d,]+) rule hits on journeys", err)
         return {"packets": packets, "lost": lost, "records": records, "rc": self.proc.returncode,
-                "stderr": err, "cpu_pct": cpu, "cpu_s": cpu_s}
+                "stderr": err, "cpu_pct": cpu, "cpu_s": cpu_s,
+                "rule_hits": int(m.group(1).replace(",", "")) if m else None}
 
 
 def _capture_packets(path: str) -> int | None:
@@ -349,7 +358,7 @@ def main() -> int:
                 tracer_stats[state].append(stats)
                 what = {"tcpdump": "frames", "latency": "output lines"}.get(MODE[state], "packets")
                 line += f"; ready in {tracer.ready_s:.1f}s, {stats['packets'] if stats['packets'] is not None else '?'} {what}"
-                if MODE[state] in ("trace", "record"):
+                if MODE[state] in ("trace", "record", "rules"):
                     line += f", {stats['lost'] if stats['lost'] is not None else '?'} lost"
                 line += f", CPU {stats['cpu_pct']:.1f}% of a core" if stats["cpu_pct"] is not None else ""
                 if stats["rc"] not in (0, -signal.SIGINT, 130):
@@ -382,14 +391,17 @@ def main() -> int:
         cpu = f"CPU % of a core: median {statistics.median(cpus):.1f}, max {max(cpus):.1f}" if cpus else "CPU n/a"
         extra = ""
         usable = [s for s in stats if s["cpu_s"] is not None and s["packets"]]
-        if MODE[state] in ("trace", "record", "tcpdump") and usable:
+        if MODE[state] in ("trace", "record", "tcpdump", "rules") and usable:
             per = statistics.median(1e6 * s["cpu_s"] / s["packets"] for s in usable)
             cpu_per_packet[state] = per
             unit = "captured frame" if state == "tcpdump" else "traced packet"
             extra = f"; {per:.2f} µs CPU per {unit}"
-        if MODE[state] in ("trace", "record"):
+        if MODE[state] in ("trace", "record", "rules"):
             lost = [s["lost"] for s in stats if s["lost"] is not None]
             extra += f"; lost journeys {sum(lost):,} over {len(stats)} runs"
+        hits = [s["rule_hits"] / s["packets"] for s in stats if s.get("rule_hits") is not None and s["packets"]]
+        if hits:
+            extra += f"; {statistics.median(hits):.1f} rule hits per traced packet"
         print(f"    {state:9s}: {cpu}{extra}, median ready {statistics.median(s['ready_s'] for s in stats):.1f}s")
 
     bpf = {}

@@ -67,7 +67,7 @@ def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]
             time.sleep(MIN_PASS_S)
             feed.take(session.read_records(POLL_S))
             rules.tick(session.now_ktime())
-            rows = journey_rows(feed.complete(IDLE_NS, session.now_ktime()))
+            rows = journey_rows(feed.complete(IDLE_NS, rules.caught_up(session.now_ktime())))
             if len(rows):
                 per_hop = hop_rules(rows, rules.book.pop(rows.packet_id.tolist()))
                 block = with_rules_json(journey_json_block(rows)[0], rows, per_hop)

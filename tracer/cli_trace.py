@@ -211,7 +211,8 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
                 rule_feed.tick(session.now_ktime())
             if recorder is not None:
                 recorder.tick()
-            if journeys and show(feed.complete(IDLE_NS, session.now_ktime())):
+            now_ktime = session.now_ktime() if rule_feed is None else rule_feed.caught_up(session.now_ktime())
+            if journeys and show(feed.complete(IDLE_NS, now_ktime)):
                 break
             if not journeys and limits.count is not None and recorder.packets >= limits.count:
                 break
@@ -318,6 +319,11 @@ class RuleFeed:
     def tick(self, now_ktime: int) -> None:
         self.joiner.add_hits(self.session.rules.take())
         self._out(self.joiner.match(now_ktime))
+
+    def caught_up(self, now_ktime: int) -> int:
+        """The time up to which every report was read and joined: a packet
+        is shown only once its rules are in, even when the reader lags."""
+        return min(now_ktime, self.session.rules.watermark)
 
     def finish(self) -> None:
         self.joiner.add_hits(self.session.rules.stop())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from tracer.kernel.nft_table import FAMILY as OWN_FAMILY, Match, TraceTable, libnftables
-from tracer.kernel.nft_trace import NEW_GENERATION, TraceEvent, TraceSocket
+from tracer.kernel.nft_trace import NEW_GENERATION, OVERRUN, TraceEvent, TraceSocket
 from tracer.kernel.ruleset import FAMILIES, IPTABLES_TABLES, Ruleset, check_rule_attribution, read_ruleset
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,10 @@ class HitResolver:
             if ev is NEW_GENERATION:
                 self.stale = True
                 continue
+            if ev is OVERRUN:  # reports lost: a packet's headers among them, perhaps a commit
+                self.stale = True
+                self.packets.clear()
+                continue
             self.events += 1
             family = FAMILIES.get(ev.family, str(ev.family))
             if (family, ev.table) == self.own:
@@ -169,6 +173,10 @@ class RuleTracer:
         self.sock: TraceSocket | None = None
         self.resolver: HitResolver | None = None
         self._items: list = []  # parsed reports (and NEW_GENERATION marks) not yet taken
+        # Every report of a packet that passed before this (CLOCK_MONOTONIC
+        # ns) is among the items read: the socket was empty then.
+        self._watermark = time.monotonic_ns()
+        self.watermark = self._watermark  # as of the last take()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -193,20 +201,21 @@ class RuleTracer:
         now = time.monotonic_ns
         try:
             while not self._stop.is_set():
+                mark = now()
                 ready, _, _ = select.select([self.sock], [], [], 0.05)
-                if not ready:
-                    continue
-                items = self.sock.read(now)
-                if items:
-                    with self._lock:
-                        self._items += items
+                items = self.sock.read(now) if ready else []
+                with self._lock:  # read until empty: whatever came before `mark` is in
+                    self._items += items
+                    self._watermark = mark
         except Exception as exc:  # say it once; tracing goes on without rules
             self.error = str(exc)
             log.warning("rule attribution stopped: %s", exc)
 
     def take(self) -> list[RuleHit]:
+        """The hits read so far; ``watermark`` says up to when they are all in."""
         with self._lock:
             items, self._items = self._items, []
+            self.watermark = self._watermark
         return self.resolver.feed(items) if items else []
 
     def update(self, match: Match) -> None:

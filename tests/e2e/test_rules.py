@@ -291,8 +291,9 @@ def test_rule_added_while_tracing_is_named(lab, drop_rule, no_leftovers):
     named = _syn_from(journeys, dropped_port, verdict="dropped")["drop_rule"]
     assert named and f"--sport {dropped_port}" in named["iptables"] and named["chain"] == "DOCKER-USER", named
     _assert_position(named)
-    returns = [[r for r in _rules(_syn_from(journeys, p, "delivered"), "nf_forward") if r["chain"] == "DOCKER-USER"]
-               for p in (early, late)]
+    syns = [_syn_from(journeys, p, "delivered") for p in (early, late)]
+    returns = [[r for r in _rules(j, "nf_forward") if r["chain"] == "DOCKER-USER"] for j in syns]
+    assert returns[0] and returns[1], (syns, t.stderr)
     before, after = returns[0][-1], returns[1][-1]
     assert before["iptables"] == after["iptables"] == "-A DOCKER-USER -j RETURN", returns
     assert after["position"] == before["position"] + 1, (before, after)

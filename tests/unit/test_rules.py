@@ -13,7 +13,7 @@ import numpy as np
 
 from tracer import events
 from tracer.kernel import nft_table, nft_trace, ruleset
-from tracer.rule_join import RuleJoiner
+from tracer.rule_join import LATE_NS, WAIT_NS, RuleJoiner
 from tracer.rule_render import RuleBook, hop_rules, rule_line, with_rules_json, with_rules_text
 from tracer.rule_trace import HitResolver, RuleHit, packet_facts
 
@@ -228,10 +228,16 @@ def test_join_by_fingerprint_addresses_and_time():
     j.add_records(np.concatenate([_record(5, 1_000_000, 1_100_000, tuples=nat),
                                   _record(6, 1_000_000, 1_100_000, tuples=((1, 2, 3, 4),))]))
     assert j.match(2_100_000) == [(5, hit)]  # same fingerprint, the addresses after DNAT fit packet 5 only
-    assert j.match(2_000_000 + 4_000_000_000) == [] and j.unmatched == 1  # the other waited long enough
+    assert j.match(2_000_000 + WAIT_NS + 1) == [] and j.unmatched == 1  # the other waited long enough
     # too early for a journey: a hit read before the packet's first sighting
-    j.add_records(_record(7, 9_000_000_000, 9_000_100_000, ip_id=0x777, tuples=nat))
-    j.add_hits([_hit(8_000_000_000, ip_id=0x777)])
+    t = 3 * WAIT_NS
+    j.add_records(_record(7, t, t + 100_000, ip_id=0x777, tuples=nat))
+    j.add_hits([_hit(t - 1_000_000_000, ip_id=0x777)])
+    assert j.match(t) == []
+    # read late (a lagging reader), still within LATE_NS: joined
+    late = _hit(t + LATE_NS - 1, ip_id=0x777)
+    j.add_hits([late])
+    assert j.match(t + LATE_NS) == [(7, late)]
     assert j.flush() == [] and j.unmatched == 2
 
 

@@ -116,9 +116,11 @@ def parse_trace(buf: bytes, start: int, end: int, ktime: int = 0) -> TraceEvent:
     )
 
 
-# In the list read() returns, where the ruleset changed (a commit, or
-# messages lost: a commit may have been among them).
+# In the list read() returns, where the ruleset changed (a commit), and where
+# messages were lost (the socket's buffer overflowed: a commit may have been
+# among them, and the first report of a chain, which carries the headers).
 NEW_GENERATION = None
+OVERRUN = False
 
 
 def parse_messages(buf: bytes, ktime: int = 0, out: list | None = None) -> list:
@@ -141,7 +143,7 @@ def parse_messages(buf: bytes, ktime: int = 0, out: list | None = None) -> list:
 class TraceSocket:
     """A netlink socket subscribed to nf_tables traces and ruleset commits."""
 
-    def __init__(self, rcvbuf: int = 16 << 20) -> None:
+    def __init__(self, rcvbuf: int = 64 << 20) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         try:
             try:  # root may exceed rmem_max: a burst of traces must not overflow it
@@ -171,7 +173,7 @@ class TraceSocket:
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
                     self.overruns += 1
-                    out.append(NEW_GENERATION)
+                    out.append(OVERRUN)
                     continue
                 raise
             parse_messages(buf, now(), out)

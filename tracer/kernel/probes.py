@@ -314,7 +314,7 @@ def probe_nftables_trace() -> Capability:
     fix = "rule attribution (--rules) needs nf_tables tracing and libnftables: apt-get install nftables python3-nftables"
     try:
         from tracer.kernel.nft_table import libnftables, run
-        from tracer.kernel.nft_trace import TraceSocket
+        from tracer.kernel.nft_trace import TraceEvent, TraceSocket
 
         with in_fresh_netns():
             from pyroute2 import IPRoute
@@ -331,7 +331,7 @@ def probe_nftables_trace() -> Capability:
                 deadline = time.monotonic() + 2
                 while time.monotonic() < deadline:
                     select.select([traces], [], [], 0.1)
-                    got = [e for e in traces.read(time.monotonic_ns) if e is not None and e.table == "tracer_doctor"]
+                    got = [e for e in traces.read(time.monotonic_ns) if isinstance(e, TraceEvent) and e.table == "tracer_doctor"]
                     if got:
                         return Capability("nftables_trace", True, f"a marked packet's trace arrived ({got[0].chain}, "
                                           f"{got[0].type})", False, fix)
