@@ -306,6 +306,7 @@ class CaptureWriter:
         each, as kind='rule' rows (docs/capture-format.md)."""
         if not rows:
             return
+        self._lay_out_records()  # rows stay in the order they came
         ktime = [r[0] for r in rows]
         # The hook goes in info: journey-row files (version 2) have no hook column.
         columns = {
