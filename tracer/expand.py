@@ -10,6 +10,8 @@ from the tuple each hop points at.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from tracer import events, record_words
@@ -46,28 +48,41 @@ def expand(journeys: np.ndarray) -> Sightings:
     if not (journeys["n_hops"] > 0).all():  # a record copied mid-restart (bpf/journey.h): nothing to show
         journeys = journeys[journeys["n_hops"] > 0]
     n_hops = np.minimum(journeys["n_hops"].astype(np.int64), events.MAX_HOPS)
-    total = int(n_hops.sum())
-    if total == 0:
-        empty = events.empty_raw()
-        return Sightings(0, {name: empty[name] for name in events.RAW_DTYPE.names})
+    if int(n_hops.sum()) == 0:
+        return empty()
     rec = np.repeat(np.arange(len(journeys)), n_hops)
-    first = np.concatenate(([0], np.cumsum(n_hops)[:-1]))
-    j = _Gather(journeys, rec)  # a record's field, once per row
     hops = record_words.hops(journeys, n_hops)  # plain words, not struct fields: ~8x cheaper
-    code = hops.code
     t_idx = np.minimum(hops.tuple, events.MAX_TUPLES - 1)
-    src_ip, dst_ip, src_port, dst_port = record_words.tuples_at(journeys, rec, t_idx)
+    addresses = record_words.tuples_at(journeys, rec, t_idx)
+    return lay_out(n_hops, rec, hops.code, hops.dt_ns, hops.ifindex, hops.ttl, addresses,
+                   lambda name: journeys[name])
 
+
+def empty() -> Sightings:
+    raw = events.empty_raw()
+    return Sightings(0, {name: raw[name] for name in events.RAW_DTYPE.names})
+
+
+def lay_out(n_hops: np.ndarray, rec: np.ndarray, code: np.ndarray, dt_ns: np.ndarray, ifindex: np.ndarray,
+            ttl: np.ndarray, addresses: tuple, record: Callable[[str], np.ndarray]) -> Sightings:
+    """Sighting rows of records given as per-hop arrays (record by record,
+    hops in order; ``rec`` is each hop's record) and ``record(name)``, a
+    journey field of every record (events.JOURNEY_FIELDS names, numbers):
+    the one layout of a journey as sightings, for live records (expand) and
+    stored journey rows (tracer/journey_capture.py) alike."""
+    total = len(rec)
+    first = np.concatenate(([0], np.cumsum(n_hops)[:-1]))
+    j = _Gather(record, rec)  # a record's field, once per row
     hook = code & 0x0F
     in_ct = (code & events.HOP_IN_CT_BIT) != 0
-    ktime = j["first_ktime"] + hops.dt_ns.astype(np.uint64)
-    ends = first + n_hops - 1
-    ktime[ends] = journeys["last_ktime"]  # exact where dt_ns saturated (a late drop)
+    ktime = j["first_ktime"].astype(np.uint64) + dt_ns.astype(np.uint64)
+    ends = first[n_hops > 0] + n_hops[n_hops > 0] - 1
+    ktime[ends] = record("last_ktime")[n_hops > 0]  # exact where dt_ns saturated (a late drop)
     is_drop = hook == _HOOK_DROP
-    ifindex = hops.ifindex
     flags = (np.where(in_ct, events.FLAG_IN_CONTAINER_NS, 0)
              | np.where((code & _NEW_PACKET_BIT) != 0, events.FLAG_NEW_PACKET, 0)
              | np.where(_COMPLETE[j["end"]], 0, events.FLAG_INCOMPLETE)).astype(np.uint8)
+    src_ip, dst_ip, src_port, dst_port = addresses
     return Sightings(total, {
         "ktime_ns": ktime,
         "skb": np.where(_IS_NF[hook] | is_drop, j["skb"], 0),
@@ -90,7 +105,7 @@ def expand(journeys: np.ndarray) -> Sightings:
         "nat_stage": (code >> events.HOP_STAGE_SHIFT) & 0x03,
         "direction": j["direction"],
         "protocol": j["protocol"],
-        "ttl": hops.ttl,
+        "ttl": ttl,
         "tcp_flags": j["tcp_flags"],
         "tcp_doff": j["tcp_doff"],
         "flags": flags,
@@ -101,11 +116,11 @@ class _Gather:
     """``g[name]`` is the record field repeated for each row: field by field
     (a whole-record gather would copy every record's 16 hops per row)."""
 
-    def __init__(self, journeys: np.ndarray, rec: np.ndarray) -> None:
-        self.journeys, self.rec = journeys, rec
+    def __init__(self, record: Callable[[str], np.ndarray], rec: np.ndarray) -> None:
+        self.record, self.rec = record, rec
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self.journeys[name][self.rec]
+        return self.record(name)[self.rec]
 
 
 def end_counts(journeys: np.ndarray) -> dict[str, int]:

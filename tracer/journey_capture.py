@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from tracer import events, record_words
 from tracer.decode import (UNKNOWN_PLACE, DecodeContext, Place, code_column, decode, drop_reason_column,
                            protocol_column, resolve_places)
-from tracer.expand import expand
+from tracer.expand import Sightings, empty, lay_out
 
 _HOOK_DROP = events.HOOKS.index("drop")
 _NEW_PACKET_BIT = 0x80  # HOP_NEW_PACKET_BIT in bpf/journey.h
@@ -193,59 +193,69 @@ class JourneyRowReader:
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
     def _sightings(self, rows: pa.RecordBatch) -> pa.Table:
-        records, place = _records(rows)
+        sightings, place = _laid_out(rows)
         ktime = rows.column("ktime_ns").to_numpy(zero_copy_only=False).astype(np.int64)
         wall = rows.column("time").cast(pa.int64()).to_numpy(zero_copy_only=False)
         reasons = rows.column("drop_reason")
         names = reasons.dictionary.to_pylist() if pa.types.is_dictionary(reasons.type) else []
         ctx = DecodeContext(host_netns=0, drop_reasons=dict(enumerate(names)),
                             boot_offset_ns=int(wall[0] - ktime[0]) if len(wall) else 0)
-        distinct, inverse = np.unique(place, return_inverse=True)
-        known = [self.places.get(int(p), UNKNOWN_PLACE) for p in distinct.tolist()]
-        table = decode(expand(records), ctx, places=(known, inverse))
+        # Place ids are small numbers: their distinct values by counting, not
+        # sorting (a damaged file's huge ids: sorted after all).
+        if len(place) and int(place.max()) < 1 << 20:
+            present = np.flatnonzero(np.bincount(place))
+            position = np.zeros(int(present[-1]) + 1, np.int64)
+            position[present] = np.arange(len(present))
+            inverse = position[place]
+        else:
+            present, inverse = np.unique(place, return_inverse=True)
+        known = [self.places.get(int(p), UNKNOWN_PLACE) for p in present.tolist()]
+        table = decode(sightings, ctx, places=(known, inverse))
         n = table.num_rows
         kind = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["event"]))
         return table.append_column(events.CAPTURE_SCHEMA.field("kind"), kind).append_column(
             events.CAPTURE_SCHEMA.field("info"), pa.nulls(n, pa.string()))
 
 
-def _records(rows: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
-    """`journey` rows -> kernel journey records (events.JOURNEY_DTYPE) and
-    the place id of each of their hops, in expand()'s order."""
+def _laid_out(rows: pa.RecordBatch) -> tuple[Sightings, np.ndarray]:
+    """`journey` rows -> their sighting rows (expand.lay_out, as live
+    records) and the place id of each."""
     n = rows.num_rows
-    out = events.empty_journeys(n)
-    for name in _HEADER:
-        out[name] = _numbers(rows.column(name))
-    out["first_ktime"] = _numbers(rows.column("ktime_ns"))
-    out["last_ktime"] = _numbers(rows.column("last_ktime_ns"))
-    out["end"] = _indices(rows.column("end"), events.JOURNEY_ENDS)
-    out["direction"] = _indices(rows.column("direction"), events.DIRECTIONS)
-    protocol = rows.column("protocol")
-    out["protocol"] = _indices(protocol, None, lambda name: events.PROTOCOL_NUMBERS.get(name) or _int(name))
-    reasons = rows.column("drop_reason")  # its dictionary's positions are the codes the reader's context names
-    if pa.types.is_dictionary(reasons.type):
-        out["drop_reason"] = pc.fill_null(reasons.indices, 0).to_numpy(zero_copy_only=False)
-
     hop_lists, tuple_lists = rows.column("hops"), rows.column("tuples")
     n_hops = np.minimum(pc.fill_null(pc.list_value_length(hop_lists), 0).to_numpy(zero_copy_only=False), events.MAX_HOPS)
-    n_tuples = np.minimum(pc.fill_null(pc.list_value_length(tuple_lists), 0).to_numpy(zero_copy_only=False), events.MAX_TUPLES)
-    out["n_hops"], out["n_tuples"] = n_hops, n_tuples
+    n_tuples = np.minimum(pc.fill_null(pc.list_value_length(tuple_lists), 0).to_numpy(zero_copy_only=False),
+                          events.MAX_TUPLES).astype(np.int64)
     hops = _flat(hop_lists, n_hops)
-    rec, hop_i = _positions(n_hops)
-    slots = out["hops"]
+    if not len(hops):
+        return empty(), np.zeros(0, np.int64)
+    rec = np.repeat(np.arange(n), n_hops)
     hook = _numbers(hops.field("hook")).astype(np.uint8)
     stage = _numbers(hops.field("nat_stage")).astype(np.uint8)
     flags = _numbers(hops.field("flags")).astype(np.uint8)
-    slots["code"][rec, hop_i] = (hook & 0x0F) | ((stage & 0x03) << events.HOP_STAGE_SHIFT) \
-        | np.where(flags & events.HOP_FLAG_IN_CONTAINER_NS, events.HOP_IN_CT_BIT, 0) \
-        | np.where(flags & events.HOP_FLAG_NEW_PACKET, _NEW_PACKET_BIT, 0)
-    for name in ("dt_ns", "ifindex", "ttl", "tuple"):
-        slots[name][rec, hop_i] = _numbers(hops.field(name))
+    code = (hook & 0x0F) | ((stage & 0x03) << events.HOP_STAGE_SHIFT) \
+        | np.where(flags & events.HOP_FLAG_IN_CONTAINER_NS, events.HOP_IN_CT_BIT, 0).astype(np.uint8) \
+        | np.where(flags & events.HOP_FLAG_NEW_PACKET, _NEW_PACKET_BIT, 0).astype(np.uint8)
+    # A hop's addresses: its tuple among its row's (a tuple index past them, or no tuples: zeros).
     tuples = _flat(tuple_lists, n_tuples)
-    t_rec, t_i = _positions(n_tuples)
-    for f in events.TUPLE_FIELDS:
-        out["tuples"][f.name][t_rec, t_i] = _numbers(tuples.field(f.name))
-    return out, _numbers(hops.field("place")).astype(np.int64)
+    numbers = [np.append(_numbers(tuples.field(f.name)), 0) for f in events.TUPLE_FIELDS]
+    first_tuple = np.concatenate(([0], np.cumsum(n_tuples)[:-1]))
+    t_idx = _numbers(hops.field("tuple")).astype(np.int64)
+    at = np.where(t_idx < n_tuples[rec], first_tuple[rec] + t_idx, len(numbers[0]) - 1)
+    addresses = tuple(column[at] for column in numbers)
+
+    fields = {name: _numbers(rows.column(name)) for name in _HEADER}
+    fields["first_ktime"] = _numbers(rows.column("ktime_ns"))
+    fields["last_ktime"] = _numbers(rows.column("last_ktime_ns"))
+    fields["end"] = _indices(rows.column("end"), events.JOURNEY_ENDS)
+    fields["direction"] = _indices(rows.column("direction"), events.DIRECTIONS)
+    fields["protocol"] = _indices(rows.column("protocol"), None,
+                                  lambda name: events.PROTOCOL_NUMBERS.get(name) or _int(name))
+    reasons = rows.column("drop_reason")  # its dictionary's positions are the codes the reader's context names
+    fields["drop_reason"] = (pc.fill_null(reasons.indices, 0).to_numpy(zero_copy_only=False)
+                             if pa.types.is_dictionary(reasons.type) else np.zeros(n, np.int64))
+    sightings = lay_out(n_hops.astype(np.int64), rec, code, _numbers(hops.field("dt_ns")), _numbers(hops.field("ifindex")),
+                        _numbers(hops.field("ttl")), addresses, fields.__getitem__)
+    return sightings, _numbers(hops.field("place")).astype(np.int64)
 
 
 def _flat(lists: pa.Array, kept: np.ndarray) -> pa.StructArray:

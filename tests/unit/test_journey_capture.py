@@ -197,3 +197,18 @@ def test_records_added_a_few_at_a_time_keep_their_order_around_other_rows(tmp_pa
     after = {p for p, k in zip(packet_ids[container_at:], kinds[container_at:]) if k == "event"}
     assert before == set(recs["packet_id"][:4].tolist()) and after == set(recs["packet_id"][4:].tolist())
     assert comparable(read_capture(str(path)).events) == comparable(live_rows(recs))
+
+
+def test_unknown_or_huge_place_ids_read_as_unknown_places(tmp_path):
+    """A damaged file's place ids (none written, or 2^32-1) give hops at an
+    unknown place, not a crash or an allocation the size of the id."""
+    def damage(t):
+        hops = t.column("hops").combine_chunks()
+        values = hops.values
+        place = pa.array(np.full(len(values), 2**32 - 1, np.uint32))
+        fields = [values.field(i) if f.name != "place" else place for i, f in enumerate(values.type)]
+        broken = pa.ListArray.from_arrays(hops.offsets, pa.StructArray.from_arrays(fields, fields=list(values.type)))
+        return t.set_column(t.schema.get_field_index("hops"), "hops", broken)
+    table = read_capture(_rewrite(tmp_path, damage)).events
+    assert table.num_rows == int(records()["n_hops"].sum())
+    assert set(table.column("ifname").to_pylist()) == {None}
