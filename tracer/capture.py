@@ -73,6 +73,13 @@ class CaptureWriteError(TracerError):
     """A capture file that cannot be created or written."""
 
 
+class CaptureReaderGone(CaptureWriteError):
+    """`-w -`: whoever read the capture from our stdout closed the pipe.
+    Not an error (as `| head` is not): the command stops, exit 0."""
+
+    exit_code = 0
+
+
 # --- sizes ------------------------------------------------------------------------
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -408,6 +415,8 @@ class CaptureWriter:
                 finally:
                     os.close(keep)
             self._closed_bytes += self._good_bytes
+        if isinstance(exc, BrokenPipeError) and str(self.path) == STDIN:
+            return CaptureReaderGone("the capture's reader closed the pipe")
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(str(exc), 200)
         kept = (f"the capture keeps the {self._batches_in_file:,} batches written before" if self._batches_in_file
                 else "nothing of it could be written")

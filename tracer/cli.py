@@ -39,6 +39,11 @@ class TracerGroup(click.Group):
             click.echo(f"tracer: error: {printable(one_line(exc.format_message()))}", err=True)
             sys.exit(exc.exit_code)
         except TracerError as exc:
+            if exc.exit_code == 0:  # a reader that closed our pipe: stop quietly (CaptureReaderGone)
+                from tracer.output import quiet_stdout
+
+                quiet_stdout()
+                sys.exit(0)
             click.echo(f"tracer: error: {printable(one_line(str(exc)))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:

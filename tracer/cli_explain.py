@@ -13,6 +13,7 @@ from tracer.cli_params import SECONDS
 from tracer.cli_trace import IDLE_NS, MIN_PASS_S, POLL_S, JourneyFeed, RuleFeed, options_from, target_options
 from tracer.errors import TracerError
 from tracer.stopping import StopSignals
+from tracer.text import printable
 
 # After a first packet was delivered, how long to wait for its reply.
 REPLY_WAIT_S = 5.0
@@ -41,7 +42,8 @@ def explain(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample
         return
     from tracer.explain import explain as words
 
-    click.echo(words(request, reply, waited))
+    # Interface, container and chain names, rule comments: escaped for the terminal, line by line.
+    click.echo("\n".join(map(printable, words(request, reply, waited).split("\n"))))
 
 
 def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]:

@@ -15,6 +15,7 @@ import json
 import click
 
 from tracer.journeys import JourneyRows
+from tracer.text import printable
 
 
 class RuleBook:
@@ -94,7 +95,8 @@ def rule_line(info: dict, color: bool) -> str:
     verdict = verdict_text(info)
     if color and info.get("verdict") == "drop":
         verdict = click.style(verdict, fg="red", bold=True)
-    return f"{rule_label(info)}  {text + '  ' if text else ''}⇒ {verdict}"
+    # Chain names and rule comments are anyone's text: escaped for the terminal.
+    return f"{printable(rule_label(info))}  {printable(text) + '  ' if text else ''}⇒ {verdict}"
 
 
 RULE_INDENT = " " * 15

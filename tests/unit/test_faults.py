@@ -314,3 +314,27 @@ def test_a_missing_or_mistyped_column_is_one_line_naming_it(tmp_path, command):
         lines = r.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("tracer: error:") and name in lines[0], r.output
         assert "truncated" not in lines[0]
+
+
+def test_capture_on_stdout_whose_reader_left_is_not_an_error():
+    """`tracer record -w - | head -c 100`: the reader closing the pipe ends
+    the capture with CaptureReaderGone (exit status 0), not a write error."""
+    from tracer.capture import CaptureReaderGone
+
+    r, w = os.pipe()
+    os.close(r)
+    saved = os.dup(1)
+    previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        os.dup2(w, 1)
+        writer = CaptureWriter("-", META)
+        writer.add_events(table_of(20))
+        with pytest.raises(CaptureReaderGone) as info:
+            writer.flush()
+        writer.close()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(w)
+        signal.signal(signal.SIGPIPE, previous)
+    assert info.value.exit_code == 0
