@@ -46,7 +46,7 @@ class Sightings:
 def expand(journeys: np.ndarray) -> Sightings:
     """Sighting rows of journey records, record by record, hops in order."""
     if not (journeys["n_hops"] > 0).all():  # a record copied mid-restart (bpf/journey.h): nothing to show
-        journeys = journeys[journeys["n_hops"] > 0]
+        journeys = record_words.take(journeys, journeys["n_hops"] > 0)
     n_hops = np.minimum(journeys["n_hops"].astype(np.int64), events.MAX_HOPS)
     if int(n_hops.sum()) == 0:
         return empty()

@@ -57,7 +57,7 @@ def sort_records(records: np.ndarray) -> np.ndarray:
     in order, so their sighting rows come out sorted by (packet_id, ktime)."""
     if len(records) < 2:
         return records
-    return records[np.lexsort((records["first_ktime"], records["packet_id"]))]
+    return record_words.take(records, np.lexsort((records["first_ktime"], records["packet_id"])))
 
 
 class RecordHold:
@@ -92,7 +92,7 @@ class RecordHold:
         late = self._let_go.seen(records["packet_id"])
         if late.any():
             self.late += int(late.sum())
-            out, records = records[late], records[~late]
+            out, records = record_words.take(records, late), record_words.take(records, ~late)
         else:
             out = records[:0]
         if len(records):
@@ -125,7 +125,7 @@ class RecordHold:
                 out.append(b)  # the whole batch: no copy
                 continue
             if d.any():
-                out.append(b[rows[d]])
+                out.append(record_words.take(b, rows[d]))
             if not d.all():
                 still = np.zeros(len(b), bool)
                 still[rows[~d]] = True

@@ -74,7 +74,7 @@ def place_of_info(info: dict) -> Place:
 def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -> pa.Table:
     """Kernel journey records -> `journey` rows (JOURNEY_CAPTURE_SCHEMA)."""
     if not (records["n_hops"] > 0).all():  # a record copied mid-restart: nothing to keep (as expand)
-        records = records[records["n_hops"] > 0]
+        records = record_words.take(records, records["n_hops"] > 0)
     n = len(records)
     n_hops = np.minimum(records["n_hops"].astype(np.int64), events.MAX_HOPS)
     n_tuples = np.clip(records["n_tuples"].astype(np.int64), 1, events.MAX_TUPLES)
