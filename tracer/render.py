@@ -167,7 +167,11 @@ class Summary:
         self.packets = 0
         self.verdicts: Counter[str] = Counter({"delivered": 0, "dropped": 0, "unknown": 0})
         self.drops: Counter[tuple[str, str]] = Counter()  # (reason, hook last seen) -> packets
-        self._flows: set[int] = set()
+        # Distinct flow ids: a sorted array (8 bytes a flow, not a set's ~70:
+        # `show` of a capture with millions of flows), new ids merged in batches.
+        self._flow_ids = np.zeros(0, np.uint64)
+        self._flow_new: list[np.ndarray] = []
+        self._flow_new_rows = 0
         self._segments: dict[str, _Samples] = {}  # insertion order follows the path
         self._cap = sample_cap
         self.lost: dict[str, int] = {}
@@ -177,16 +181,19 @@ class Summary:
         self.rules: dict[str, int] | None = None  # rule attribution's counts (--rules)
 
     def add(self, journeys: list[Journey]) -> None:
+        flows = []
         for j in journeys:
             self.packets += 1
             self.verdicts[j.verdict] += 1
             if j.flow_id:
-                self._flows.add(j.flow_id)
+                flows.append(j.flow_id)
             if j.verdict == "dropped":
                 seen = _hook_text(j.last_seen) if j.last_seen else "-"
                 self.drops[(j.drop_reason or "unknown", seen)] += 1
             for a, b in zip(j.hops, j.hops[1:]):
                 self._samples(f"{a.label} {_ARROW} {b.label}").add(b.ktime_ns - a.ktime_ns)
+        if flows:
+            self._add_flows(np.array(flows, np.uint64))
 
     def _samples(self, key: str) -> _Samples:
         samples = self._segments.get(key)
@@ -204,7 +211,7 @@ class Summary:
         self.packets += len(jr)
         for name, n in zip(VERDICTS, np.bincount(jr.verdict, minlength=len(VERDICTS)).tolist()):
             self.verdicts[name] += n
-        self._flows.update(np.unique(jr.flow_id[jr.flow_id != 0]).tolist())
+        self._add_flows(jr.flow_id[jr.flow_id != 0])
         self._add_drops(jr)
         self._add_segments(jr)
 
@@ -263,9 +270,21 @@ class Summary:
         """Journeys the kernel emitted, by why (events.JOURNEY_ENDS)."""
         self.journey_ends = dict(ends)
 
+    def _add_flows(self, ids: np.ndarray) -> None:
+        self._flow_new.append(ids.astype(np.uint64, copy=False))
+        self._flow_new_rows += len(ids)
+        if self._flow_new_rows > max(1 << 16, len(self._flow_ids)):
+            self._merge_flows()
+
+    def _merge_flows(self) -> None:
+        if self._flow_new:
+            self._flow_ids = np.union1d(self._flow_ids, np.concatenate(self._flow_new)).astype(np.uint64)
+            self._flow_new, self._flow_new_rows = [], 0
+
     @property
     def flows(self) -> int:
-        return len(self._flows)
+        self._merge_flows()
+        return len(self._flow_ids)
 
     def segments(self) -> list[dict]:
         return [
