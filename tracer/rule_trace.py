@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from tracer.kernel.nft_table import FAMILY as OWN_FAMILY, Match, TraceTable, libnftables
+from tracer.kernel.nft_table import FAMILY as OWN_FAMILY, TABLE_PREFIX, Match, TraceTable, libnftables
 from tracer.kernel.nft_trace import NEW_GENERATION, OVERRUN, TraceEvent, TraceSocket
 from tracer.kernel.ruleset import FAMILIES, IPTABLES_TABLES, Ruleset, check_rule_attribution, read_ruleset
 
@@ -104,8 +104,10 @@ class HitResolver:
                 continue
             self.events += 1
             family = FAMILIES.get(ev.family, str(ev.family))
-            if (family, ev.table) == self.own:
-                continue  # our own marking rules (the next base chain sends the headers again)
+            if (family, ev.table) == self.own or (family == OWN_FAMILY and ev.table.startswith(TABLE_PREFIX)):
+                # Marking rules, ours or another tracer's (nf_tables sends every
+                # listener every report); the next base chain sends the headers again.
+                continue
             if ev.network:
                 facts = packet_facts(ev.network, ev.transport)
                 chain = self._chain(family, ev.table, ev.chain)

@@ -189,6 +189,8 @@ def test_resolver_carries_headers_and_hook_to_jumped_chains_and_rereads_after_co
     net, tr = _ip(), _tcp()
     buf = (_trace_msg(table="tracer_1", chain="early_prerouting", handle=5, verdict=-1, target=None, family=1,
                       network=net, transport=tr)
+           + _trace_msg(table="tracer_77", chain="ct_prerouting", handle=3, verdict=-1, target=None, family=1,
+                        network=net, transport=tr)  # another tracer's marking table: not a rule of the host
            + _trace_msg(chain="FORWARD", table="filter", handle=387, verdict=-3, target="DOCKER-USER", network=net, transport=tr)
            + _trace_msg(chain="DOCKER-USER", table="filter", handle=7, verdict=-5, target=None)
            + _trace_msg(chain="DOCKER-USER", table="filter", handle=0, verdict=-1, target=None))
