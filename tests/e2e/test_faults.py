@@ -16,18 +16,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.tracing import REPO, Tracer, kernel_snapshot, wait_gone
+from tests.e2e.tracing import REPO, Tracer, kernel_snapshot, our_kernel_objects, wait_gone
 from tracer import traffic
 from tracer.capture import read_capture
 
 
-def _nothing_left(before) -> None:
+def _nothing_left(before, timeout: float = 15) -> None:
     """None of the links that appeared since ``before`` remain, apart from
     those a live process holds (another engineer's tracer started meanwhile:
     ours have all exited by now)."""
-    progs, links = wait_gone(before)
-    held = _links_held_by_live_processes()
-    left = [link for link in links if link.id not in held]
+    deadline = time.monotonic() + timeout
+    while True:
+        _, links = wait_gone(before, timeout=1)
+        held = _links_held_by_live_processes()
+        _, still = our_kernel_objects()  # listed after the holders: a link let go meanwhile is gone
+        left = [link for link in still if link.id in {x.id for x in links} and link.id not in held]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert not left, left
 
 
@@ -252,14 +258,21 @@ def test_many_filter_values(lab):
     assert any(j["protocol"] == "tcp" and j["tcp_flags"] == "S" for j in journeys), t.stderr
 
 
-NS = "trc12-ns"
-EVIL = "t12\x1b[7mh"  # ESC [ 7 m: reverse video, were it written raw
+# Names and /30s of this test process's own (other engineers run these
+# tests at the same time); 198.19.K.0/24 is used by nobody else here.
+_K = 1 + os.getpid() % 250
+NS = f"trc12-{_K}-ns"
+EVIL = f"t12e{_K}\x1b[7m"  # ESC [ 7 m: reverse video, were it written raw
+EVIL_SHOWN = f"t12e{_K}\\x1b[7m"
+HOST_IP, NS_IP = f"198.19.{_K}.1", f"198.19.{_K}.2"
+LINK_NS, LINK_HOST, LINK_RENAMED = f"trc12-{_K}-link", f"t12L{_K}h", f"t12R{_K}h"
+LINK_HOST_IP, LINK_NS_IP = f"198.19.{_K}.5", f"198.19.{_K}.6"
 
 
 @pytest.fixture
 def evil_interface():
     """A veth pair of our own: host side named with an escape sequence,
-    198.18.12.1/30; the other end in netns trc12-ns as 198.18.12.2."""
+    HOST_IP/30; the other end in netns NS as NS_IP."""
     def ip(*args, check=True):
         return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
 
@@ -268,12 +281,12 @@ def evil_interface():
     ip("netns", "add", NS)
     try:
         ip("link", "add", EVIL, "type", "veth", "peer", "name", "t12c", "netns", NS)
-        ip("addr", "add", "198.18.12.1/30", "dev", EVIL)
+        ip("addr", "add", f"{HOST_IP}/30", "dev", EVIL)
         ip("link", "set", EVIL, "up")
-        ip("-n", NS, "addr", "add", "198.18.12.2/30", "dev", "t12c")
+        ip("-n", NS, "addr", "add", f"{NS_IP}/30", "dev", "t12c")
         ip("-n", NS, "link", "set", "t12c", "up")
         ip("-n", NS, "link", "set", "lo", "up")
-        yield "198.18.12.1", "198.18.12.2"
+        yield HOST_IP, NS_IP
     finally:
         ip("link", "del", EVIL, check=False)
         ip("netns", "del", NS, check=False)
@@ -289,7 +302,7 @@ def test_control_characters_in_an_interface_name_are_escaped(evil_interface):
     out, err = t.proc.communicate(timeout=30)
     assert t.proc.returncode == 0, err
     assert "\x1b" not in out and "\x1b" not in err
-    assert "t12\\x1b[7mh" in out, out  # shown, escaped
+    assert EVIL_SHOWN in out, out  # shown, escaped
     t2 = Tracer("--host", ns_ip, "--proto", "icmp")  # JSON keeps the real name
     t2.wait_ready()
     subprocess.run(["ip", "netns", "exec", NS, "busybox", "ping", "-c", "1", "-W", "1", host_ip], capture_output=True)
@@ -304,29 +317,29 @@ def _ip(*args, check=True):
 
 @pytest.fixture
 def own_link():
-    """A veth pair of our own for link events: host side t12L-h
-    (198.18.12.5/30), other end in netns trc12-link as 198.18.12.6."""
-    ns, host, peer = "trc12-link", "t12L-h", "t12L-c"
+    """A veth pair of our own for link events: host side LINK_HOST
+    (LINK_HOST_IP/30), other end in netns LINK_NS as LINK_NS_IP."""
+    ns, host, peer = LINK_NS, LINK_HOST, "t12L-c"
 
     def create(name=host):
         _ip("link", "add", name, "type", "veth", "peer", "name", peer, "netns", ns)
-        _ip("addr", "add", "198.18.12.5/30", "dev", name)
+        _ip("addr", "add", f"{LINK_HOST_IP}/30", "dev", name)
         _ip("link", "set", name, "up")
-        _ip("-n", ns, "addr", "add", "198.18.12.6/30", "dev", peer)
+        _ip("-n", ns, "addr", "add", f"{LINK_NS_IP}/30", "dev", peer)
         _ip("-n", ns, "link", "set", peer, "up")
 
     def ping():
-        subprocess.run(["ip", "netns", "exec", ns, "busybox", "ping", "-c", "2", "-W", "1", "198.18.12.5"], capture_output=True)
+        subprocess.run(["ip", "netns", "exec", ns, "busybox", "ping", "-c", "2", "-W", "1", LINK_HOST_IP], capture_output=True)
 
     _ip("netns", "del", ns, check=False)
-    for name in (host, "t12L-renamed"):
+    for name in (host, LINK_RENAMED):
         _ip("link", "del", name, check=False)
     _ip("netns", "add", ns)
     _ip("-n", ns, "link", "set", "lo", "up")
     try:
         yield create, ping, host
     finally:
-        for name in (host, "t12L-renamed"):
+        for name in (host, LINK_RENAMED):
             _ip("link", "del", name, check=False)
         _ip("netns", "del", ns, check=False)
 
@@ -345,7 +358,7 @@ def test_host_interfaces_are_followed_new_recreated_and_renamed(own_link):
     again (a new ifindex, as `tracer lab down; lab up` does to trc-host) it
     is attached again; renamed, it is shown by its new name."""
     create, ping, host = own_link
-    t = Tracer("--host", "198.18.12.6", "--proto", "icmp")
+    t = Tracer("--host", LINK_NS_IP, "--proto", "icmp")
     try:
         t.wait_ready()
         create()  # new, after the start
@@ -358,8 +371,8 @@ def test_host_interfaces_are_followed_new_recreated_and_renamed(own_link):
         time.sleep(1.5)
         ping()
         _ip("link", "set", host, "down")
-        _ip("link", "set", host, "name", "t12L-renamed")
-        _ip("link", "set", "t12L-renamed", "up")
+        _ip("link", "set", host, "name", LINK_RENAMED)
+        _ip("link", "set", LINK_RENAMED, "up")
         time.sleep(1.5)
         ping()
         time.sleep(0.5)
@@ -374,7 +387,7 @@ def test_host_interfaces_are_followed_new_recreated_and_renamed(own_link):
     assert len(requests) >= 6, [(j["packet_id"], [(h["hook"], h["ifname"]) for h in j["hops"]]) for j in journeys]
     with_tc = [j for j in requests if j["hops"][0]["hook"] == "tc_ingress"]
     assert len(with_tc) == len(requests), [[(h["hook"], h["ifname"]) for h in j["hops"]] for j in requests]
-    assert len(seen) >= 4 and len(_tc_hops(journeys, "t12L-renamed")) >= 2, t.stderr
+    assert len(seen) >= 4 and len(_tc_hops(journeys, LINK_RENAMED)) >= 2, t.stderr
     assert all(j["verdict"] == "delivered" for j in requests)
 
 
