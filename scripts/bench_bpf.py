@@ -44,11 +44,11 @@ sys.path.insert(0, str(REPO / "scripts"))
 EMPTY_TC = "\nint trc_bench_empty(struct __sk_buff *ctx) { return -1; }\n"
 
 
-def frame(dport: int) -> bytes:
-    """Ethernet + IPv4 + TCP (ACK) + 64 bytes, 198.18.0.2:40000 -> 198.18.0.1:dport."""
-    tcp = struct.pack("!HHIIBBHHH", 40000, dport, 1000, 0, 5 << 4, 0x10, 65535, 0, 0)
+def frame(dport: int, src: str = "198.18.0.2", flags: int = 0x10) -> bytes:
+    """Ethernet + IPv4 + TCP (ACK unless flags) + 64 bytes, src:40000 -> 198.18.0.1:dport."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, dport, 1000, 0, 5 << 4, flags, 65535, 0, 0)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + 64, 7, 0, 64, 6, 0,
-                     socket.inet_aton("198.18.0.2"), socket.inet_aton("198.18.0.1"))
+                     socket.inet_aton(src), socket.inet_aton("198.18.0.1"))
     return b"\x02" * 12 + b"\x08\x00" + ip + tcp + b"x" * 64
 
 
@@ -80,6 +80,58 @@ def bench_test_run(repeat: int, rounds: int) -> None:
         e = res["empty"]
         print(f"  {'latency' if latency else 'trace':8s} {e:14d} {res['untraced']:9d} {res['traced']:7d}   "
               f"(+{res['untraced'] - e} / +{res['traced'] - e})")
+
+
+# Filters as options and as pcap-filter expressions (bpf/pcap_filter.h): what
+# an untraced packet pays for the expression (its bytes copied, the
+# translated classic BPF run) and what a traced one does.
+FILTERS = (
+    ("--port 8000", {"ports": (8000,)}),
+    ("'tcp port 8000'", {"expression": "tcp port 8000"}),
+    ("'tcp port 8000 and not host 198.18.0.9'", {"expression": "tcp port 8000 and not host 198.18.0.9"}),
+    ("'tcp[tcpflags] & tcp-syn != 0 and dst port 8000'", {"expression": "tcp[tcpflags] & tcp-syn != 0 and dst port 8000"}),
+    ("'host A or .. host E or port 53 or port 9999 or port 8000'", {"expression": " or ".join(
+        [f"host 10.9.9.{i}" for i in range(1, 6)] + ["port 53", "port 9999", "port 8000"])}),
+)
+
+
+def bench_filters(repeat: int, rounds: int) -> None:
+    """trc_tc_eg (trace mode) as built for each filter, on an untraced frame
+    (to port 5201 from 198.18.0.2: the last filter matches it) and a traced
+    one (port 8000, SYN for the SYN-only expression), interleaved."""
+    from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
+    from tracer.kernel.program import Filter, Program
+    from tracer.sensors.drops import DropSensor
+    from tracer.sensors.netfilter import NetfilterSensor
+    from tracer.sensors.tc import TcSensor
+
+    print(f"bench_bpf --filters: BPF_PROG_TEST_RUN of trc_tc_eg (trace mode), {repeat:,} runs per call, best of {rounds}")
+    built = []
+    try:
+        for label, kw in FILTERS:
+            program = Program([TcSensor([]), NetfilterSensor(), DropSensor()], Filter(**kw), ringbuf_pages=16)
+            bpf = _compile(program, EMPTY_TC)
+            program.filter.fill_maps(bpf)
+            built.append((label, bpf, bpf.load_func("trc_bench_empty", BPF_PROG_TYPE_SCHED_CLS).fd,
+                          bpf.load_func("trc_tc_eg", BPF_PROG_TYPE_SCHED_CLS).fd))
+        res: dict = {}
+        frames = {"untraced": frame(5201), "traced": frame(8000, flags=0x02)}
+        for _ in range(rounds):
+            for label, _bpf, empty, ours in built:
+                for name, fd, f in (("empty", empty, frames["traced"]), *((k, ours, v) for k, v in frames.items())):
+                    ns = ProgTestRun(fd, f).run(repeat)
+                    res[(label, name)] = min(res.get((label, name), ns), ns)
+    finally:
+        for _label, bpf, _e, _o in built:
+            bpf.cleanup()
+    print(f"  {'filter':60s} {'insns':>5s} {'empty':>6s} {'untraced':>8s} {'traced':>7s}   (ns per run)")
+    from tracer.pcap import compile_filter
+
+    for (label, kw), _b in zip(FILTERS, built):
+        r = {k: res[(label, k)] for k in ("empty", "untraced", "traced")}
+        insns = len(compile_filter(kw["expression"]).insns) if "expression" in kw else "-"
+        print(f"  {label:60s} {insns:>5} {r['empty']:6d} {r['untraced']:8d} {r['traced']:7d}")
+    print("  untraced: 198.18.0.2:40000 -> 198.18.0.1:5201 (ACK); traced: -> :8000 (SYN)")
 
 
 def _compile(program, extra: str):
@@ -160,13 +212,16 @@ def main() -> int:
     ap.add_argument("--mode", choices=("trace", "latency"), default="latency", help="with --live")
     ap.add_argument("--workload", choices=("http", "stream"), default="stream", help="with --live")
     ap.add_argument("--quick", action="store_true", help="smoke run")
+    ap.add_argument("--filters", action="store_true", help="options against pcap-filter expressions (test_run)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_bpf: needs root (BPF)", file=sys.stderr)
         return 2
     if args.quick:
         args.repeat, args.rounds = 10_000, 2
-    if args.live:
+    if args.filters:
+        bench_filters(args.repeat, args.rounds)
+    elif args.live:
         bench_live(args.mode, args.workload, args.quick)
     else:
         bench_test_run(args.repeat, args.rounds)
