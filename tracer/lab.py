@@ -129,7 +129,9 @@ def _ip_json(*args: str, netns: str | None = None) -> list[dict]:
     cp = _run(cmd, check=False)
     if cp.returncode != 0 or not cp.stdout.strip():
         return []
-    return json.loads(cp.stdout)
+    # strict=False: iproute2 writes an interface name's control characters
+    # raw into its JSON strings (any user can name a link `a\x1b[7m`).
+    return json.loads(cp.stdout, strict=False)
 
 
 def busybox() -> str:
@@ -520,7 +522,7 @@ def _container_veth(c: Any) -> str | None:
     out = _run(["nsenter", "-t", str(pid), "-n", "ip", "-j", "link", "show", "eth0"], check=False).stdout
     iflink = 0
     with contextlib.suppress(ValueError, IndexError, KeyError, TypeError):
-        iflink = int(json.loads(out)[0]["link_index"])
+        iflink = int(json.loads(out, strict=False)[0]["link_index"])
     if not iflink:
         return None
     for link in _ip_json("link", "show"):
