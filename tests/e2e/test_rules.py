@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from tests.e2e.tracing import REPO, Tracer, index_of
+from tests.e2e.tracing import REPO, Tracer, connect_from, index_of, own_source_ports
 from tracer import traffic
 
 COMMENT = "tracer-test-issue10"
@@ -102,35 +102,6 @@ def _assert_position(rule: dict) -> None:
     assert lines[rule["position"] - 1] == rule["iptables"], (rule, lines)
 
 
-def _ports(n: int) -> list[int]:
-    """Source ports above the client netns's ephemeral range (1024-65000):
-    only this test's connections use them; random, so a rerun does not meet
-    the conntrack entries of the last run."""
-    return random.sample(range(65001, 65536), n)
-
-
-def _connect(lab, sport: int, seconds: float = 2, request: bool = True) -> None:
-    """A connection to the published port from a fixed source port (so the
-    test knows its packets, and a rule can match them alone): a GET, or just
-    the handshake; a dropped SYN just times out."""
-    code = ("import socket, sys\n"
-            "s = socket.socket()\n"
-            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-            "s.bind(('', int(sys.argv[1])))\n"
-            "s.settimeout(float(sys.argv[4]))\n"
-            "try:\n"
-            "    s.connect((sys.argv[2], int(sys.argv[3])))\n"
-            "    if sys.argv[5] == '1':\n"
-            "        s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
-            "        while s.recv(65536):\n"
-            "            pass\n"
-            "except OSError:\n"
-            "    pass\n"
-            "s.close()\n")
-    subprocess.run(["ip", "netns", "exec", lab["netns"], sys.executable, "-c", code, str(sport), lab["host_address"],
-                    str(lab["port"]), str(seconds), "1" if request else "0"], capture_output=True, timeout=seconds + 10)
-
-
 def _syn_from(journeys, sport: int, verdict: str | None = None) -> dict:
     """The SYN of this test's connection from ``sport`` (seen at its netfilter hooks)."""
     for j in journeys:
@@ -200,8 +171,8 @@ def test_inbound_dnat_and_forward_rules(lab, no_leftovers, tmp_path):
     t = Tracer("--port", str(lab["port"]), "--rules", "--duration", "30", "-w", str(capture))
     t.wait_ready()
     assert len(_our_tables()) >= 1
-    sport = _ports(1)[0]
-    _connect(lab, sport)
+    sport = own_source_ports(1)[0]
+    connect_from(lab, sport)
     time.sleep(0.5)
     journeys = t.stop()
     assert t.returncode == 0, t.stderr
@@ -267,12 +238,12 @@ def test_masquerade_rule_for_the_containers_connection(lab, no_leftovers):
 
 
 def test_drop_names_the_docker_user_rule(lab, drop_rule, no_leftovers):
-    sport = _ports(1)[0]
+    sport = own_source_ports(1)[0]
     rule = drop_rule(sport)
     rule.insert()
     t = Tracer("--port", str(lab["port"]), "--rules", "--duration", "30")
     t.wait_ready()
-    _connect(lab, sport, seconds=2)  # the SYN (and a retransmission), each dropped
+    connect_from(lab, sport, seconds=2)  # the SYN (and a retransmission), each dropped
     time.sleep(0.3)
     journeys = t.stop()
     assert t.returncode == 0, t.stderr
@@ -288,16 +259,16 @@ def test_drop_names_the_docker_user_rule(lab, drop_rule, no_leftovers):
 
 
 def test_rule_added_while_tracing_is_named(lab, drop_rule, no_leftovers):
-    early, dropped_port, late = _ports(3)
+    early, dropped_port, late = own_source_ports(3)
     t = Tracer("--port", str(lab["port"]), "--rules", "--duration", "40")
     t.wait_ready()
-    _connect(lab, early)  # DOCKER-USER's RETURN rule, at its position before the insert
+    connect_from(lab, early)  # DOCKER-USER's RETURN rule, at its position before the insert
     time.sleep(0.5)
     rule = drop_rule(dropped_port)
     rule.insert()  # at the top: every rule below moves down one
     time.sleep(0.2)
-    _connect(lab, dropped_port, seconds=2)
-    _connect(lab, late)  # not dropped: passes the new rule, then RETURN at its new position
+    connect_from(lab, dropped_port, seconds=2)
+    connect_from(lab, late)  # not dropped: passes the new rule, then RETURN at its new position
     time.sleep(0.5)
     journeys = t.stop()
     assert t.returncode == 0, t.stderr
@@ -366,12 +337,12 @@ def test_doctor_says_whether_rule_attribution_can_work(tmp_path):
 
 
 def test_explain_the_next_connection(lab, no_leftovers):
-    sport = _ports(1)[0]  # --port matches either end: this test's connection, not others' to the lab
+    sport = own_source_ports(1)[0]  # --port matches either end: this test's connection, not others' to the lab
     proc = subprocess.Popen([sys.executable, "-m", "tracer", "explain", "--port", str(sport), "--timeout", "60"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while "Ctrl-C" not in (line := proc.stderr.readline()):
         assert line, proc.communicate()
-    _connect(lab, sport)
+    connect_from(lab, sport)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     dest = f"{lab['container_ip']}:{lab['container_port']}"

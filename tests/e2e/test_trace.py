@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.e2e.tracing import Tracer, clsact_devices, index_of, kernel_snapshot, tc_filters_named_tracer, wait_gone
+from tests.e2e.tracing import (Tracer, clsact_devices, connect_from, index_of, kernel_snapshot, own_source_ports,
+                               tc_filters_named_tracer, wait_gone)
 from tracer import traffic
 
 
@@ -112,10 +113,14 @@ def test_outbound_masquerade(lab):
 
 @pytest.fixture
 def drop_rule(lab):
-    rule = ["DOCKER-USER", "-s", lab["client_address"], "-p", "tcp", "--dport", str(lab["container_port"]), "-j", "DROP"]
+    """A DROP in DOCKER-USER for this test's own connection only (a source
+    port no other connection uses): the lab is shared with other tests."""
+    sport = own_source_ports(1)[0]
+    rule = ["DOCKER-USER", "-s", lab["client_address"], "-p", "tcp", "--sport", str(sport),
+            "--dport", str(lab["container_port"]), "-j", "DROP"]
     subprocess.run(["iptables", "-I", *rule], check=True)
     try:
-        yield
+        yield sport
     finally:
         subprocess.run(["iptables", "-D", *rule], check=True)
 
@@ -123,8 +128,7 @@ def drop_rule(lab):
 def test_drop_in_docker_user(lab, drop_rule):
     t = Tracer("--port", str(lab["port"]), "--duration", "30")
     t.wait_ready()
-    subprocess.run(["ip", "netns", "exec", lab["netns"], "busybox", "timeout", "2", "busybox", "wget", "-q", "-O-",
-                    f"http://{lab['host_address']}:{lab['port']}/"], capture_output=True)
+    connect_from(lab, drop_rule, seconds=2)
     journeys = t.stop()
     dropped = [j for j in journeys if j["verdict"] == "dropped"]
     assert dropped, [j["verdict"] for j in journeys]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -120,3 +121,32 @@ def index_of(journey: dict, hook: str, nat_stage=None, ifname=None, start: int =
         if h["hook"] == hook and (nat_stage is None or h["nat_stage"] == nat_stage) and (ifname is None or h["ifname"] == ifname):
             return i
     raise AssertionError(f"no {hook}/{nat_stage}@{ifname} after hop {start} in {hops(journey)}")
+
+
+def own_source_ports(n: int) -> list[int]:
+    """Source ports above the client netns's ephemeral range (1024-65000):
+    only this test's connections use them; random, so a rerun does not meet
+    the conntrack entries of the last run."""
+    return random.sample(range(65001, 65536), n)
+
+
+def connect_from(lab, sport: int, seconds: float = 2, request: bool = True) -> None:
+    """A connection to the published port from a fixed source port (so the
+    test knows its packets, and a rule can match them alone): a GET, or just
+    the handshake; a dropped SYN just times out."""
+    code = ("import socket, sys\n"
+            "s = socket.socket()\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "s.bind(('', int(sys.argv[1])))\n"
+            "s.settimeout(float(sys.argv[4]))\n"
+            "try:\n"
+            "    s.connect((sys.argv[2], int(sys.argv[3])))\n"
+            "    if sys.argv[5] == '1':\n"
+            "        s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+            "        while s.recv(65536):\n"
+            "            pass\n"
+            "except OSError:\n"
+            "    pass\n"
+            "s.close()\n")
+    subprocess.run(["ip", "netns", "exec", lab["netns"], sys.executable, "-c", code, str(sport), lab["host_address"],
+                    str(lab["port"]), str(seconds), "1" if request else "0"], capture_output=True, timeout=seconds + 10)
