@@ -1087,20 +1087,25 @@ def _read_ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
     q: "queue.Queue[tuple[str, Any]]" = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(message: tuple[str, Any]) -> bool:
+        # Never block for good: the reader may have stopped with the queue
+        # full (an exception, Ctrl-C), and its close() joins this thread.
+        while not stop.is_set():
+            try:
+                q.put(message, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(("item", item)):
                     return
-            q.put(("end", None))
+            put(("end", None))
         except BaseException as exc:  # noqa: BLE001 (handed to the reader)
-            q.put(("error", exc))
+            put(("error", exc))
 
     thread = threading.Thread(target=produce, daemon=True, name="tracer-read-ahead")
     thread.start()

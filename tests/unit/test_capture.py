@@ -460,3 +460,51 @@ def test_show_human_output_and_torn_warning(tmp_path):
     assert "summary  2 packets" in done.stderr  # the summary is about the run: stderr, as tcpdump's
     assert "tracer: warning:" in done.stderr and "recovered 1 batches" in done.stderr and "torn" in done.stderr
     w.close()
+
+
+def _closes_promptly(gen) -> bool:
+    import threading
+
+    done = threading.Event()
+    threading.Thread(target=lambda: (gen.close(), done.set()), daemon=True).start()
+    return done.wait(5)
+
+
+def test_read_ahead_close_returns_when_the_reader_stops_early_with_the_queue_full():
+    import time
+
+    from tracer.capture import _read_ahead
+
+    gen = _read_ahead(iter(range(5)), 4)
+    assert next(gen) == 0
+    time.sleep(0.3)  # the producer has filled the queue and waits to put "end"
+    assert _closes_promptly(gen)
+
+
+def test_read_ahead_close_returns_when_the_producer_fails_with_the_queue_full():
+    import time
+
+    from tracer.capture import _read_ahead
+
+    def items():
+        yield from range(5)
+        raise ValueError("torn")
+
+    gen = _read_ahead(items(), 4)
+    assert next(gen) == 0
+    time.sleep(0.3)
+    assert _closes_promptly(gen)
+
+
+def test_read_ahead_still_yields_everything_then_the_error():
+    from tracer.capture import _read_ahead
+
+    def items():
+        yield from range(10)
+        raise ValueError("torn")
+
+    got = []
+    with pytest.raises(ValueError, match="torn"):
+        for x in _read_ahead(items(), 2):
+            got.append(x)
+    assert got == list(range(10))
