@@ -191,3 +191,14 @@ def to_c(compiled: CompiledFilter, snap: int = DEFAULT_SNAP, name: str = "pcap_f
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def expression_c(expression: str | None) -> str:
+    """A pcap-filter expression as the C the BCC programs include ('' for
+    none): compiled by libpcap, translated here. A bad expression raises
+    FilterError (one line), before any kernel work."""
+    if expression is None:
+        return ""
+    from tracer.pcap import compile_filter
+
+    return to_c(compile_filter(expression))

@@ -46,6 +46,7 @@ def target_options(fn):
 
 
 def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, expression=(), rules=False):
+    from tracer.cbpf import expression_c
     from tracer.kernel.program import Filter
     from tracer.pcap import expression_of
     from tracer.session import TraceOptions
@@ -53,7 +54,8 @@ def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, exp
     proto = proto.lower() if proto else None
     text = expression_of(expression)
     # bad input (an expression libpcap or the translation refuses too) fails before any kernel work
-    Filter(ports=tuple(ports), hosts=tuple(hosts), proto=proto, sample=sample, expression=text)
+    Filter(ports=tuple(ports), hosts=tuple(hosts), proto=proto, sample=sample, expression=text,
+           expression_c=expression_c(text))
     return TraceOptions(tuple(ports), tuple(hosts), tuple(containers), proto, tuple(ifaces), tc_mode, sample, text, rules)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracer import events
+from tracer.cbpf import expression_c
 from tracer.decode import DecodeContext, Place, decode
 from tracer.drain import PAGE_SIZE, BackgroundDrain, RingBufferDrain
 from tracer.errors import TracerError, require_root
@@ -111,7 +112,8 @@ class TraceSession:
             log.warning("one ring-buffer record per sighting (TRACER_SIGHTING_EVENTS): the pre-journey design")
         # Bad input fails before any kernel or Docker work.
         shape = Filter(ports=opts.ports, hosts=opts.hosts, proto=opts.proto, sample=opts.sample,
-                       container_names=opts.containers, expression=opts.expression)
+                       container_names=opts.containers, expression=opts.expression,
+                       expression_c=expression_c(opts.expression))
         if opts.rules:  # a host whose iptables rules nf_tables cannot see fails here, before any work
             from tracer.kernel.ruleset import check_rule_attribution
 

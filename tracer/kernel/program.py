@@ -83,8 +83,11 @@ class Filter:
     sample: int = 1  # follow 1 in `sample` flows (chosen in the kernel)
     # Names asked for; `containers` holds them once Docker resolved them.
     container_names: tuple[str, ...] = ()
-    # A pcap-filter expression (tracer/pcap.py, tracer/cbpf.py), ANDed with the options.
+    # A pcap-filter expression, ANDed with the options: its text (for the UI)
+    # and the C the BCC programs include, made from it above this layer
+    # (tracer/cbpf.py expression_c: libpcap's classic BPF translated).
     expression: str | None = None
+    expression_c: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= self.sample <= MAX_SAMPLE:
@@ -102,17 +105,12 @@ class Filter:
                 socket.inet_aton(host)
             except OSError:
                 raise TracerError(f"--host {host!r} is not an IPv4 address") from None
-        if self.expression is not None:
-            self.c_filter()  # a bad expression fails here, before any kernel work
+        if (self.expression is None) != (not self.expression_c):
+            raise ValueError("Filter: an expression comes with its C (tracer.cbpf.expression_c)")
 
     def c_filter(self) -> str:
         """The expression as C for the BCC programs ('' without one)."""
-        if self.expression is None:
-            return ""
-        from tracer.cbpf import to_c
-        from tracer.pcap import compile_filter
-
-        return to_c(compile_filter(self.expression))
+        return self.expression_c
 
     def describe(self) -> str:
         parts = [f"port {p}" for p in self.ports]

@@ -1,0 +1,42 @@
+"""tracer/kernel is the bottom layer: it loads programs, attaches links and
+reads maps, and imports nothing from the layers above it (what to filter
+arrives as plain values and C text). Imports only under TYPE_CHECKING
+(annotations) do not count."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+KERNEL = Path(__file__).resolve().parents[2] / "tracer" / "kernel"
+# Below tracer/kernel or beside it: shared definitions only.
+ALLOWED = {"tracer.kernel", "tracer.events", "tracer.errors", "tracer"}
+# Known exceptions, to be moved down (issue 14): nothing new joins this list.
+KNOWN = {("program.py", "tracer.latency")}
+
+
+def runtime_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tracer"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("tracer")}
+    return found
+
+
+def test_kernel_imports_nothing_above_itself():
+    bad = []
+    for path in sorted(KERNEL.glob("*.py")):
+        for module in runtime_imports(path):
+            top = module if module in ALLOWED else ".".join(module.split(".")[:2])
+            if top not in ALLOWED and (path.name, module) not in KNOWN:
+                bad.append(f"{path.name} imports {module}")
+    assert not bad, bad
