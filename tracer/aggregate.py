@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import threading
 import tempfile
@@ -32,10 +33,26 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from tracer.errors import TracerError, one_line
+
 # DuckDB's own memory (its buffer manager spills past it); the rest of the
 # process (a chunk of rows, the packet window) stays well under 1 GB with it.
-MEMORY_LIMIT = os.environ.get("TRACER_DUCKDB_MEMORY", "256MB")
+MEMORY_ENV = "TRACER_DUCKDB_MEMORY"
+DEFAULT_MEMORY = "256MB"
 THREADS = 2
+
+# A size as DuckDB spells it: a number and a unit (no unit is rejected by
+# DuckDB too), e.g. 256MB, 1.5GB, 512MiB, 2g, 50%.
+_MEMORY_SIZE = re.compile(r"\d+(\.\d+)?\s*([kmgt]i?b?|b|bytes?|%)", re.IGNORECASE)
+
+
+def memory_limit() -> str:
+    """DuckDB's memory limit from TRACER_DUCKDB_MEMORY, checked here so a
+    typo is one line naming the variable, not a DuckDB parser traceback."""
+    value = os.environ.get(MEMORY_ENV, DEFAULT_MEMORY).strip()
+    if not _MEMORY_SIZE.fullmatch(value):
+        raise TracerError(f"{MEMORY_ENV}={value!r} is not a memory size (e.g. {DEFAULT_MEMORY} or 2GB)")
+    return value
 
 SEGMENT_SCHEMA = pa.schema([("key", pa.int64()), ("dt", pa.int64())])
 PACKET_SCHEMA = pa.schema([
@@ -50,10 +67,14 @@ def connect(temp_dir: str) -> Any:
     """An in-memory DuckDB that spills to ``temp_dir``."""
     import duckdb
 
-    con = duckdb.connect(config={
-        "memory_limit": MEMORY_LIMIT, "threads": THREADS, "temp_directory": temp_dir,
-        "preserve_insertion_order": False,
-    })
+    limit = memory_limit()
+    try:
+        con = duckdb.connect(config={
+            "memory_limit": limit, "threads": THREADS, "temp_directory": temp_dir,
+            "preserve_insertion_order": False,
+        })
+    except duckdb.Error as exc:  # a size the pattern lets through but DuckDB does not take
+        raise TracerError(f"{MEMORY_ENV}={limit!r}: {one_line(str(exc))} (e.g. {DEFAULT_MEMORY})") from None
     return quiet(con)
 
 
@@ -113,7 +134,11 @@ class Store:
 
     def __init__(self) -> None:
         self._dir = spill_dir()
-        self.con = connect(self._dir)
+        try:
+            self.con = connect(self._dir)
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
         # The spill directory goes with the last user of the store (an
         # Analysis's FlowRows may outlive the analysis), or at exit.
         self.close = weakref.finalize(self, _close, self.con, self._dir)

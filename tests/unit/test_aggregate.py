@@ -71,3 +71,28 @@ def test_stats_leaves_no_spill_directory(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert "%" not in proc.stderr  # no DuckDB progress bar
         assert not list(tmp_path.glob(f"{SPILL_PREFIX}*")), args
+
+
+@pytest.mark.parametrize("value", ["256MB", "1.5GB", "512 MiB", "2g", "50%"])
+def test_memory_limit_takes_sizes_duckdb_takes(monkeypatch, value):
+    from tracer.aggregate import connect, memory_limit
+
+    monkeypatch.setenv("TRACER_DUCKDB_MEMORY", value)
+    assert memory_limit() == value
+    connect(tempfile.gettempdir()).close()  # DuckDB agrees
+
+
+def test_bad_memory_limit_is_one_line_and_leaves_no_spill_directory(tmp_path):
+    from tests.unit.analysis_data import capture_table, lab_capture, write_capture
+
+    rows, _ = lab_capture()
+    cap = write_capture(tmp_path / "cap.arrows", capture_table(rows))
+    env = {**os.environ, "TMPDIR": str(tmp_path), "TRACER_DUCKDB_MEMORY": "lots"}
+    for args in (["stats", str(cap)], ["report", str(cap), "-o", str(tmp_path / "r.html")],
+                 ["sql", "SELECT count(*) FROM sightings", str(cap)]):
+        proc = subprocess.run([sys.executable, "-m", "tracer", *args], capture_output=True, text=True, env=env)
+        assert proc.returncode != 0, args
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "TRACER_DUCKDB_MEMORY" in proc.stderr and "256MB" in proc.stderr, proc.stderr
+        assert not list(tmp_path.glob(f"{SPILL_PREFIX}*")), args
+        assert not (tmp_path / "r.html").exists()
