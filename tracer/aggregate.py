@@ -20,10 +20,12 @@ end:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
 import re
 import shutil
+import stat
 import threading
 import tempfile
 import weakref
@@ -81,16 +83,56 @@ def connect(temp_dir: str) -> Any:
 SPILL_PREFIX = "tracer-duckdb-"
 
 
+SPILL_LOCK = "owner.lock"
+_held_locks: dict[str, int] = {}  # spill directory -> fd of its flocked lock file
+
+
 def spill_dir() -> str:
-    """A new directory for DuckDB to spill into (under TMPDIR), named after
-    this process; ones left by processes that died without cleaning up
-    (SIGKILL) are removed first."""
+    """A new directory for DuckDB to spill into (under TMPDIR). This process
+    holds an flock on its lock file until ``remove_spill_dir``; ones left by
+    processes that died without cleaning up (SIGKILL) are removed first."""
     base = Path(tempfile.gettempdir())
-    for old in base.glob(f"{SPILL_PREFIX}*-*"):
-        pid = old.name[len(SPILL_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+    _sweep_abandoned(base)
+    path = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
+    # Locked under another name, then renamed: a sweeper never sees the lock
+    # file before it is held.
+    fd = os.open(os.path.join(path, SPILL_LOCK + ".new"), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(os.path.join(path, SPILL_LOCK + ".new"), os.path.join(path, SPILL_LOCK))
+    _held_locks[path] = fd
+    return path
+
+
+def remove_spill_dir(path: str) -> None:
+    """The spill directory removed, then its lock released."""
+    shutil.rmtree(path, ignore_errors=True)
+    fd = _held_locks.pop(path, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _sweep_abandoned(base: Path) -> None:
+    """Remove spill directories nobody holds. Ownership is the flock, not a
+    pid: a tracer in another PID namespace sharing TMPDIR has pids this
+    /proc does not show. A directory without a lock file (being created, or
+    by an older tracer) or of another user is left alone."""
+    for old in base.glob(f"{SPILL_PREFIX}*"):
+        try:
+            st = os.lstat(old)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            fd = os.open(old / SPILL_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # held: its owner is alive
+            continue
+        try:
             shutil.rmtree(old, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
+        finally:
+            os.close(fd)
 
 
 def quiet(con: Any) -> Any:
@@ -137,7 +179,7 @@ class Store:
         try:
             self.con = connect(self._dir)
         except BaseException:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            remove_spill_dir(self._dir)
             raise
         # The spill directory goes with the last user of the store (an
         # Analysis's FlowRows may outlive the analysis), or at exit.
@@ -239,7 +281,7 @@ def _close(con: Any, path: str) -> None:
     try:
         con.close()
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_spill_dir(path)
 
 
 FLOW_COLUMNS = ("flow_id", "container", "f.protocol", "f.src_ip", "f.src_port", "f.dst_ip", "f.dst_port", "packets", "bytes",

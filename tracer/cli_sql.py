@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import shutil
 from decimal import Decimal
 from pathlib import Path
 
@@ -41,7 +40,7 @@ def sql(query: str, files: tuple[str, ...], fmt: str, max_rows: int) -> None:
     tracer sql "SELECT hook, count(*) FROM sightings GROUP BY hook" cap.arrows"""
     import duckdb
 
-    from tracer.aggregate import connect, spill_dir
+    from tracer.aggregate import connect, remove_spill_dir, spill_dir
 
     parquet = [f for f in files if _is_parquet(f)]
     captures = [f for f in files if not _is_parquet(f)]
@@ -71,7 +70,7 @@ def sql(query: str, files: tuple[str, ...], fmt: str, max_rows: int) -> None:
         finally:
             con.close()
     finally:
-        shutil.rmtree(spill, ignore_errors=True)
+        remove_spill_dir(spill)
 
 
 def _over_captures(con, query: str, files: list[str]):

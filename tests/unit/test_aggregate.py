@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tracer.aggregate import SPILL_PREFIX, Store, spill_dir
+from tracer.aggregate import SPILL_LOCK, SPILL_PREFIX, Store, remove_spill_dir, spill_dir
 from tracer.segment_latency import SegmentLatencies, buckets
 
 
@@ -49,14 +49,77 @@ def test_percentiles_are_numpys_exactly(seed):
             assert got[s][q] == pytest.approx(np.percentile(allv, q * 100), rel=1e-12, abs=1e-9), (s, q)
 
 
-def test_spill_directories_of_dead_processes_are_removed():
-    dead = Path(tempfile.gettempdir()) / f"{SPILL_PREFIX}999999999-test"
-    dead.mkdir(exist_ok=True)
+@pytest.fixture
+def own_tmpdir(tmp_path, monkeypatch):
+    """spill_dir() under a TMPDIR of this test's own, not the real /tmp."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def _abandoned(base: Path, name: str, lock: bool = True) -> Path:
+    d = base / f"{SPILL_PREFIX}{name}"
+    d.mkdir()
+    (d / "spill.tmp").write_bytes(b"x")
+    if lock:
+        (d / SPILL_LOCK).touch()
+    return d
+
+
+def test_spill_directories_nobody_holds_are_removed(own_tmpdir):
+    dead = _abandoned(own_tmpdir, "999999999-test")
+    reused_pid = _abandoned(own_tmpdir, f"{os.getpid()}-test")  # the pid says alive; the free lock says not
     mine = spill_dir()
     try:
-        assert not dead.exists() and Path(mine).name.startswith(f"{SPILL_PREFIX}{os.getpid()}-")
+        assert not dead.exists() and not reused_pid.exists()
+        assert Path(mine).parent == own_tmpdir and (Path(mine) / SPILL_LOCK).exists()
     finally:
-        os.rmdir(mine)
+        remove_spill_dir(mine)
+    assert not Path(mine).exists()
+
+
+def test_a_live_spill_directory_survives_a_sweep_whatever_its_pid(own_tmpdir):
+    # A tracer in another PID namespace: its pid is not in this /proc, but it
+    # holds its lock.
+    other = spill_dir()
+    foreign = own_tmpdir / f"{SPILL_PREFIX}999999999-live"
+    os.rename(other, foreign)
+    from tracer import aggregate
+
+    aggregate._held_locks[str(foreign)] = aggregate._held_locks.pop(other)
+    mine = spill_dir()
+    try:
+        assert foreign.exists() and (foreign / SPILL_LOCK).exists()
+    finally:
+        remove_spill_dir(mine)
+        remove_spill_dir(str(foreign))
+    # released: the next sweep may take it (it is gone already) and finds nothing else
+    assert not list(own_tmpdir.glob(f"{SPILL_PREFIX}*"))
+
+
+def test_spill_directories_without_a_lock_file_or_of_another_user_are_left(own_tmpdir):
+    unlocked = _abandoned(own_tmpdir, "999999999-creating", lock=False)
+    foreign_user = _abandoned(own_tmpdir, "999999998-otheruser")
+    chowned = os.geteuid() == 0
+    if chowned:
+        os.chown(foreign_user, 65534, 65534)
+    mine = spill_dir()
+    remove_spill_dir(mine)
+    assert unlocked.exists()
+    assert foreign_user.exists() == chowned
+
+
+def test_a_spill_directory_lock_is_held_until_removed(own_tmpdir):
+    import fcntl
+
+    mine = spill_dir()
+    fd = os.open(Path(mine) / SPILL_LOCK, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        remove_spill_dir(mine)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
+    finally:
+        os.close(fd)
 
 
 def test_stats_leaves_no_spill_directory(tmp_path):
