@@ -24,10 +24,58 @@
  * ARP is dropped (NEIGH_FAILED) after ~3 s. */
 #define DROP_WINDOW_NS 5000000000LL
 
+#define AF_INET6_ 10
+#define IPPROTO_ICMPV6_ 58
+
+/* Typed loads: one instruction each, where byte-wise __builtin_memcpy from a
+ * u8 pointer costs a load and a shift per byte. Packet pointers may be
+ * unaligned: fine for BPF on the architectures with efficient unaligned
+ * access that the kernel's verifier accepts them on (x86-64, arm64). */
+#define LD16(ptr) (*(const u16 *)(ptr))
+#define LD32(ptr) (*(const u32 *)(ptr))
+#define LD64(ptr) (*(const u64 *)(ptr))
+
+/* struct trc_addr (tracer/events.py): an IPv6 address, or an IPv4 one as
+ * IPv4-mapped IPv6 (::ffff:a.b.c.d), so one key, one record and one filter
+ * serve both families. Two words, compared and copied as u64. The words are
+ * the address's bytes as loaded on a little-endian machine (x86-64, arm64). */
+static __always_inline void addr_v4(struct trc_addr *a, u32 ip)
+{
+    a->hi = 0;
+    a->lo = 0xffff0000ULL | ((u64)ip << 32); /* bytes 8..15: 00 00 ff ff a b c d */
+}
+
+static __always_inline void addr_v6(struct trc_addr *a, const u8 *p)
+{
+    a->hi = LD64(p);
+    a->lo = LD64(p + 8);
+}
+
+/* The same from stack memory only 4-byte aligned (the verifier refuses
+ * misaligned stack loads): a conntrack tuple's dst.u3 is at offset 20. */
+static __always_inline void addr_v6_words(struct trc_addr *a, const u8 *p)
+{
+    a->hi = LD32(p) | (u64)LD32(p + 4) << 32;
+    a->lo = LD32(p + 8) | (u64)LD32(p + 12) << 32;
+}
+
+static __always_inline int addr_eq(const struct trc_addr *a, const struct trc_addr *b)
+{
+    return a->hi == b->hi && a->lo == b->lo;
+}
+
+/* 32 bits of an address for hashing (the IPv4 address, xor a constant, for
+ * a mapped one). */
+static __always_inline u32 addr_fold(const struct trc_addr *a)
+{
+    u64 x = a->hi ^ a->lo;
+    return (u32)x ^ (u32)(x >> 32);
+}
+
 /* A packet's addresses as seen at one hop (network byte order throughout). */
 struct flow_key {
-    u32 saddr;
-    u32 daddr;
+    struct trc_addr saddr;
+    struct trc_addr daddr;
     u16 sport;
     u16 dport;
     u32 proto;
@@ -91,9 +139,32 @@ BPF_ARRAY(pcache, struct pkt_slot, PACKET_ENTRIES);
 _Static_assert((PACKET_ENTRIES & (PACKET_ENTRIES - 1)) == 0, "PACKET_ENTRIES: a power of two (set index mask)");
 /* Filter values, written by user space before attaching. */
 BPF_HASH(filter_ports, u16, u8, FILTER_PORT_ENTRIES);
-BPF_HASH(filter_hosts, u32, u8, FILTER_HOST_ENTRIES);
-BPF_HASH(filter_ctr_addrs, u32, u8, 1024);
+BPF_HASH(filter_hosts, struct trc_addr, u8, FILTER_HOST_ENTRIES);
+BPF_HASH(filter_ctr_addrs, struct trc_addr, u8, 1024);
 BPF_HASH(filter_ctr_ports, u16, u8, 1024);
+#ifdef FILTER_PROXY_BACKENDS
+/* Container address and port of each docker-proxy whose host port (or
+ * container) the filter names: the proxy's own connection to the container
+ * (its backend leg, bpf/proxy.c) is traced because its client leg is. */
+struct backend_key {
+    struct trc_addr addr;
+    u16 port;
+    u16 _pad[3];
+};
+BPF_HASH(filter_proxy_backends, struct backend_key, u8, 256);
+
+static __always_inline int proxy_backend(struct flow_key *k)
+{
+    struct backend_key b = {};
+    b.addr = k->daddr;
+    b.port = k->dport;
+    if (filter_proxy_backends.lookup(&b))
+        return 1;
+    b.addr = k->saddr;
+    b.port = k->sport;
+    return filter_proxy_backends.lookup(&b) != NULL;
+}
+#endif
 /* [sensor*2] = records emitted, [sensor*2+1] = records lost (ring buffer full). */
 BPF_PERCPU_ARRAY(counters, u64, 2 * N_SENSORS);
 BPF_PERCPU_ARRAY(id_seq, u64, 1);
@@ -114,30 +185,10 @@ static __always_inline u32 if_role(u32 ifindex)
     return r && *r ? *r - 1 : ROLE_EXTERNAL;
 }
 
-/* Typed loads: one instruction each, where byte-wise __builtin_memcpy from a
- * u8 pointer costs a load and a shift per byte. Packet pointers may be
- * unaligned: fine for BPF on the architectures with efficient unaligned
- * access that the kernel's verifier accepts them on (x86-64, arm64). */
-#define LD16(ptr) (*(const u16 *)(ptr))
-#define LD32(ptr) (*(const u32 *)(ptr))
-
-/* Parse an IPv4 header and the start of its L4 header (20 bytes readable
- * at l4 when l4_ok), from packet or stack memory. */
-static __always_inline int parse_ipv4(struct pkt *p, const u8 *ip, const u8 *l4, int l4_ok)
+/* The start of an L4 header (20 bytes readable at l4) into the packet's key
+ * and fingerprint. */
+static __always_inline void parse_l4(struct pkt *p, const u8 *l4)
 {
-    if ((ip[0] >> 4) != 4)
-        return 0;
-    p->key.proto = ip[9];
-    p->ttl = ip[8];
-    p->tot_len = LD16(ip + 2);
-    p->ip_id = LD16(ip + 4);
-    p->key.saddr = LD32(ip + 12);
-    p->key.daddr = LD32(ip + 16);
-    /* Non-first fragments carry no L4 header. */
-    /* Fragment offset: the low 5 bits of byte 6 and all of byte 7, i.e. mask
-     * 0xff1f of a little-endian load (x86-64 and arm64, where this runs). */
-    if ((LD16(ip + 6) & 0xff1f) != 0 || !l4_ok)
-        return 1;
     if (p->key.proto == IPPROTO_TCP) {
         p->key.sport = LD16(l4);
         p->key.dport = LD16(l4 + 2);
@@ -151,15 +202,68 @@ static __always_inline int parse_ipv4(struct pkt *p, const u8 *ip, const u8 *l4,
         /* UDP length + checksum are not rewritten by NAT... the checksum is,
          * so only the length goes into the fingerprint. */
         *(u16 *)&p->seq = LD16(l4 + 4);
-    } else if (p->key.proto == IPPROTO_ICMP) {
+    } else if (p->key.proto == IPPROTO_ICMP || p->key.proto == IPPROTO_ICMPV6_) {
         /* Conntrack keys echo by id alone (src.u.icmp.id), so the key has
          * the id as "source port" and no destination port; NAT may rewrite
-         * the id, so the fingerprint uses type, code and sequence instead. */
+         * the id, so the fingerprint uses type, code and sequence instead.
+         * ICMPv6 echo has the same layout. */
         p->key.sport = LD16(l4 + 4);
         *(u16 *)&p->seq = LD16(l4);
         *(u16 *)&p->ack = LD16(l4 + 6);
     }
+}
+
+/* Parse an IPv4 header and the start of its L4 header (20 bytes readable
+ * at l4 when l4_ok), from packet or stack memory. */
+static __always_inline int parse_ipv4(struct pkt *p, const u8 *ip, const u8 *l4, int l4_ok)
+{
+    if ((ip[0] >> 4) != 4)
+        return 0;
+    p->key.proto = ip[9];
+    p->ttl = ip[8];
+    p->tot_len = LD16(ip + 2);
+    p->ip_id = LD16(ip + 4);
+    addr_v4(&p->key.saddr, LD32(ip + 12));
+    addr_v4(&p->key.daddr, LD32(ip + 16));
+    /* Non-first fragments carry no L4 header. */
+    /* Fragment offset: the low 5 bits of byte 6 and all of byte 7, i.e. mask
+     * 0xff1f of a little-endian load (x86-64 and arm64, where this runs). */
+    if ((LD16(ip + 6) & 0xff1f) != 0 || !l4_ok)
+        return 1;
+    parse_l4(p, l4);
     return 1;
+}
+
+/* IPv6 payload length -> total length (network order), as IPv4 counts it. */
+static __always_inline u16 ipv6_total_len(const u8 *ip)
+{
+    return __builtin_bswap16(__builtin_bswap16(LD16(ip + 4)) + 40);
+}
+
+/* Parse an IPv6 header (40 bytes) and, when the next header is TCP, UDP or
+ * ICMPv6 and l4_ok, the start of its L4 header (20 bytes at l4). Extension
+ * headers are not followed: such packets are keyed by addresses alone. No
+ * IP id exists in IPv6: the low 16 bits of the flow label (the sender's, per
+ * connection; NAT and forwarding keep it) stand in for it, and the hop
+ * limit for the TTL. */
+static __always_inline int parse_ipv6(struct pkt *p, const u8 *ip, const u8 *l4, int l4_ok)
+{
+    if ((ip[0] >> 4) != 6)
+        return 0;
+    p->key.proto = ip[6];
+    p->ttl = ip[7];
+    p->tot_len = ipv6_total_len(ip);
+    p->ip_id = LD16(ip + 2);
+    addr_v6(&p->key.saddr, ip + 8);
+    addr_v6(&p->key.daddr, ip + 24);
+    if (l4_ok)
+        parse_l4(p, l4);
+    return 1;
+}
+
+static __always_inline int l4_follows_ipv6(u8 next)
+{
+    return next == IPPROTO_TCP || next == IPPROTO_UDP || next == IPPROTO_ICMPV6_;
 }
 
 /* The user's filter. Each option given must match (AND across options); an
@@ -169,6 +273,10 @@ static __always_inline int filter_match(struct flow_key *k)
 #ifdef FILTER_PROTO
     if (k->proto != FILTER_PROTO)
         return 0;
+#endif
+#ifdef FILTER_PROXY_BACKENDS
+    if (proxy_backend(k))
+        return 1;
 #endif
 #ifdef FILTER_PORT
     if (k->sport != FILTER_PORT && k->dport != FILTER_PORT)
@@ -198,7 +306,7 @@ static __always_inline int filter_match(struct flow_key *k)
 static __always_inline int sampled(struct flow_key *k)
 {
 #ifdef SAMPLE_N
-    u32 h = (k->saddr ^ k->daddr) * 0x9E3779B1u;
+    u32 h = (addr_fold(&k->saddr) ^ addr_fold(&k->daddr)) * 0x9E3779B1u;
     h ^= ((u32)(k->sport ^ k->dport) | (k->proto << 16)) * 0x85EBCA6Bu;
     h ^= h >> 15;
     return h % SAMPLE_N == 0;
@@ -372,7 +480,7 @@ static __always_inline void emit(struct event *e, int sensor)
         count(sensor * 2 + 1);
 }
 
-/* Read IPv4 + L4 headers of a kernel sk_buff, given skb->head and
+/* Read IPv4 or IPv6 + L4 headers of a kernel sk_buff, given skb->head and
  * skb->network_header (netfilter and tracepoints). One read covers both
  * headers when the IP header has no options (nearly always). */
 static __always_inline int parse_kernel_headers(struct pkt *p, u64 head, u16 nh)
@@ -384,6 +492,12 @@ static __always_inline int parse_kernel_headers(struct pkt *p, u64 head, u16 nh)
         /* The buffer may end sooner than 40 bytes after the header. */
         if (bpf_probe_read_kernel(h, 28, (void *)(head + nh)) < 0)
             return 0;
+    }
+    if ((h[0] >> 4) == 6) {
+        /* The whole IPv6 header is in h; the L4 header follows it. */
+        u8 l4[20] __attribute__((aligned(8))) = {};
+        int l4_ok = l4_follows_ipv6(h[6]) && bpf_probe_read_kernel(l4, sizeof(l4), (void *)(head + nh + 40)) == 0;
+        return parse_ipv6(p, h, l4, l4_ok);
     }
     u32 ihl = (h[0] & 0x0f) * 4;
     if (ihl == 20)

@@ -113,7 +113,7 @@ static __always_inline u8 journey_tuple(struct journey *j, struct pkt *p)
         return 0;
     u32 last = (n - 1) & (MAX_TUPLES - 1);
     struct jtuple *t = &j->tuples[last];
-    if (t->saddr == p->key.saddr && t->daddr == p->key.daddr && t->sport == p->key.sport &&
+    if (addr_eq(&t->saddr, &p->key.saddr) && addr_eq(&t->daddr, &p->key.daddr) && t->sport == p->key.sport &&
         t->dport == p->key.dport)
         return last;
     if (n == MAX_TUPLES)

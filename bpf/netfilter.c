@@ -1,4 +1,4 @@
-/* Netfilter sensor: BPF netfilter links on the IPv4 hooks of the host netns,
+/* Netfilter sensor: BPF netfilter links on the IPv4 and IPv6 hooks of the host netns,
  * at priorities just before and just after NAT. Sees the skb address and the
  * conntrack entry, whose tuples give the NAT mapping exactly. */
 
@@ -20,12 +20,17 @@ struct nf_ctx {
 /* One conntrack tuple (bytes t of the tuples read) into flow_key form. */
 static __always_inline void read_tuple(struct flow_key *k, u8 *t)
 {
-    k->saddr = LD32(t + OFF_TUPLE_SRC_U3);
+    if (LD16(t + OFF_TUPLE_SRC_L3NUM) == AF_INET6_) {
+        addr_v6_words(&k->saddr, t + OFF_TUPLE_SRC_U3);
+        addr_v6_words(&k->daddr, t + OFF_TUPLE_DST_U3);
+    } else {
+        addr_v4(&k->saddr, LD32(t + OFF_TUPLE_SRC_U3));
+        addr_v4(&k->daddr, LD32(t + OFF_TUPLE_DST_U3));
+    }
     k->sport = LD16(t + OFF_TUPLE_SRC_U);
-    k->daddr = LD32(t + OFF_TUPLE_DST_U3);
     k->dport = LD16(t + OFF_TUPLE_DST_U);
     k->proto = t[OFF_TUPLE_DST_PROTONUM];
-    if (k->proto == IPPROTO_ICMP)
+    if (k->proto == IPPROTO_ICMP || k->proto == IPPROTO_ICMPV6_)
         k->dport = 0; /* type/code: not part of our ICMP key (see parse_ipv4) */
 }
 
@@ -34,7 +39,7 @@ static __always_inline void invert(struct flow_key *out, struct flow_key *in)
     out->saddr = in->daddr;
     out->daddr = in->saddr;
     out->proto = in->proto;
-    if (in->proto == IPPROTO_ICMP) {
+    if (in->proto == IPPROTO_ICMP || in->proto == IPPROTO_ICMPV6_) {
         out->sport = in->sport; /* echo id: same in both directions */
         return;
     }
@@ -82,7 +87,7 @@ static __always_inline int ct_traced(u64 ct, u64 skb)
         return 0;
     /* Write the views once per NAT setup (the reply tuple changes when NAT
      * binds), not per packet. */
-    u32 sig = reply.saddr ^ reply.daddr ^ ((u32)reply.sport << 16 | reply.dport);
+    u32 sig = addr_fold(&reply.saddr) ^ addr_fold(&reply.daddr) ^ ((u32)reply.sport << 16 | reply.dport);
     if (!known || known->reply_sig != sig || known->flow_id != FLOW_ID(ct))
         track_flow(&orig, &reply, ct, sig);
     return 1;
@@ -145,12 +150,27 @@ static __always_inline u32 nf_rank(u8 hook, u8 stage)
     return r + (stage == NAT_AFTER);
 }
 
-/* The first 12 bytes of the skb's IPv4 header into h; 0 if unreadable. */
+/* The first 12 bytes of the skb's IP header into h; 0 if unreadable. */
 static __always_inline int nf_head12(u64 skb, u8 *h)
 {
     u64 head = BTF_LOAD(u64, skb, OFF_SKB_HEAD);
     u16 nh = BTF_LOAD(u16, skb, OFF_SKB_NETWORK_HEADER);
     return head && nh != 0xffff && bpf_probe_read_kernel(h, 12, (void *)(head + nh)) == 0;
+}
+
+/* IP id, total length and TTL from the first 12 bytes of an IP header, as
+ * parse_ipv4/parse_ipv6 put them in the fingerprint. */
+static __always_inline void head_facts(const u8 *h, u16 *id, u16 *len, u8 *ttl)
+{
+    if ((h[0] >> 4) == 6) {
+        *id = LD16(h + 2);
+        *len = ipv6_total_len(h);
+        *ttl = h[7];
+    } else {
+        *id = LD16(h + 4);
+        *len = LD16(h + 2);
+        *ttl = h[8];
+    }
 }
 #endif
 
@@ -162,7 +182,10 @@ static __always_inline int nf_fast(struct last_sighting *last, u64 skb, u64 stat
     u8 h[12] __attribute__((aligned(4))) = {};
     if (!slot || slot->last_hop != last->check || !nf_head12(skb, h))
         return 0;
-    if (slot->fp.ip_id != LD16(h + 4) || slot->fp.tot_len != LD16(h + 2))
+    u16 id, len;
+    u8 ttl;
+    head_facts(h, &id, &len, &ttl);
+    if (slot->fp.ip_id != id || slot->fp.tot_len != len)
         return 0;
     u32 hop = nf_hop_code(hook, stage);
     latency_hop(slot, hop, ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL, now);
@@ -195,9 +218,10 @@ static __always_inline int nf_fast(struct last_sighting *last, u64 skb, u64 stat
         u8 h[12] __attribute__((aligned(4))) = {};
         if (!nf_head12(skb, h))
             return 0;
-        if (LD16(h + 4) != j->ip_id || LD16(h + 2) != j->length)
+        u16 id, len;
+        head_facts(h, &id, &len, &ttl);
+        if (id != j->ip_id || len != j->length)
             return 0;
-        ttl = h[8];
         u32 n = j->n_tuples;
         tuple = n > 0 && n <= MAX_TUPLES ? n - 1 : 0;
     }

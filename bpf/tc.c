@@ -6,7 +6,8 @@
  * fast path below uses it to recognise the next tc hook of the same skb. */
 
 #define ETH_HLEN_ 14
-#define ETH_P_IP_BE 0x0008 /* htons(ETH_P_IP) */
+#define ETH_P_IP_BE 0x0008   /* htons(ETH_P_IP) */
+#define ETH_P_IPV6_BE 0xDD86 /* htons(ETH_P_IPV6) */
 
 /* Return value that lets other tc/tcx programs and the default action run:
  * TCX_NEXT for tcx, TC_ACT_UNSPEC for clsact. Both are -1. */
@@ -16,8 +17,27 @@
  * loads. Copying them to the stack first cost ~120 instructions of byte
  * loads and shifts on every packet, traced or not. Otherwise copied out with
  * the helper. */
+static __always_inline int tc_parse_ipv6(struct __sk_buff *ctx, struct pkt *p)
+{
+    u8 *pip = (u8 *)(long)ctx->data + ETH_HLEN_;
+    void *end = (void *)(long)ctx->data_end;
+    if ((void *)(pip + 60) <= end)
+        return parse_ipv6(p, pip, pip + 40, l4_follows_ipv6(pip[6]));
+    u8 ip[40] __attribute__((aligned(8))) = {};
+    u8 l4[20] __attribute__((aligned(8))) = {};
+    if (bpf_skb_load_bytes(ctx, ETH_HLEN_, ip, sizeof(ip)) < 0)
+        return 0;
+    int l4_ok = l4_follows_ipv6(ip[6]) && (bpf_skb_load_bytes(ctx, ETH_HLEN_ + 40, l4, 20) == 0 ||
+                                           bpf_skb_load_bytes(ctx, ETH_HLEN_ + 40, l4, 8) == 0);
+    return parse_ipv6(p, ip, l4, l4_ok);
+}
+
 static __always_inline int tc_parse(struct __sk_buff *ctx, struct pkt *p)
 {
+    if (ctx->protocol == ETH_P_IPV6_BE)
+        return tc_parse_ipv6(ctx, p);
+    if (ctx->protocol != ETH_P_IP_BE)
+        return 0;
     u8 *pip = (u8 *)(long)ctx->data + ETH_HLEN_;
     void *end = (void *)(long)ctx->data_end;
     if ((void *)(pip + 20) <= end) {
@@ -80,8 +100,6 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
 #ifdef TRACER_NOOP
     return TC_CONTINUE;
 #endif
-    if (ctx->protocol != ETH_P_IP_BE)
-        return TC_CONTINUE;
     struct pkt p = {};
     if (!tc_parse(ctx, &p))
         return TC_CONTINUE;

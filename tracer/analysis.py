@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer.events import FLAG_IN_CONTAINER_NS, META_PREFIX
+from tracer.events import FLAG_IN_CONTAINER_NS, ICMP_NAMES, META_PREFIX
 from tracer.journeys import _DIRECTION_CODES as _DIR_CODES
 from tracer.journeys import VERDICTS, Hop, Journey, _endpoint_plain, _factorize, build_journeys, is_terminal
 from tracer.segment_latency import SegmentLatencies
@@ -635,7 +635,7 @@ class CaptureAnalysis:
 
     def _flow_stats(self, r: dict) -> FlowStats:
         p = self._protocols.get(r["protocol"])
-        icmp = p == "icmp"
+        icmp = p in ICMP_NAMES
         return FlowStats(
             flow_id=int(r["flow_id"]), container=self._containers.get(r["container"]), protocol=p,
             client=_endpoint_plain(self._ips.get(r["src_ip"]), int(r["src_port"]), icmp),

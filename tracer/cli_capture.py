@@ -10,7 +10,7 @@ import click
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer.cli_params import ID, IPV4, PORT, PROTOCOL, SECONDS, color_option, count_option, use_color
+from tracer.cli_params import ID, HOST, PORT, PROTOCOL, SECONDS, color_option, count_option, use_color
 from tracer.cli_trace import Limits, make_recorder, options_from, rules_option, run_trace, target_options, write_options
 
 
@@ -39,7 +39,7 @@ def record(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample,
               help="A capture to read ('-': standard input), as tcpdump -r; then every argument is the EXPRESSION. Repeatable.")
 @click.option("--port", "ports", type=PORT, multiple=True, help="Journeys with this port at any hop (either end, before or after NAT). Repeatable.")
 @click.option("--container", "containers", multiple=True, help="Journeys of this container (name or id prefix). Repeatable.")
-@click.option("--host", "hosts", type=IPV4, multiple=True, help="Journeys with this IPv4 address at any hop. Repeatable.")
+@click.option("--host", "hosts", type=HOST, multiple=True, help="Journeys with this IPv4 or IPv6 address at any hop. Repeatable.")
 @click.option("--proto", type=PROTOCOL, default=None, help="Journeys of this protocol.")
 @click.option("--packet", "packets", type=ID, multiple=True, help="This packet (its id as shown: hex, or the JSON's integer). Repeatable.")
 @click.option("--flow", "flows", type=ID, multiple=True, help="Packets of this flow (its id as shown: hex, or the JSON's integer). Repeatable.")
@@ -188,6 +188,7 @@ def _row_masks(table: pa.Table, ports, hosts, containers, proto, expression=None
         hit = pc.or_(pc.is_in(table["src_port"], value_set=values), pc.is_in(table["dst_port"], value_set=values))
         yield pc.and_(ported, pc.fill_null(hit, False))
     if hosts:
+        # --host (cli_params.HOST) spells them as captures do: fd00::1, not fd00:0::1
         yield pc.or_(any_of("src_ip", list(hosts)), any_of("dst_ip", list(hosts)))
     if containers:
         names = any_of("container_name", list(containers))

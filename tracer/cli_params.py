@@ -4,30 +4,33 @@ bad input is one line on stderr and a non-zero exit (click's usage error)."""
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 
 import click
 
+from tracer.addresses import host_text
+from tracer.errors import TracerError
+
 PORT = click.IntRange(1, 65535)
-PROTOCOL = click.Choice(["tcp", "udp", "icmp"], case_sensitive=False)
+PROTOCOL = click.Choice(["tcp", "udp", "icmp", "icmp6"], case_sensitive=False)
 
 
-class IPv4Type(click.ParamType):
-    """A dotted-quad IPv4 address (strict: `1.2.3` or a host name are refused,
-    rather than silently matching nothing)."""
+class HostType(click.ParamType):
+    """An IPv4 or IPv6 address, as captures and journeys spell it (strict:
+    `1.2.3`, a host name or a prefix are refused, rather than silently
+    matching nothing; `fd00:0::1` becomes `fd00::1`)."""
 
-    name = "IPV4"
+    name = "ADDRESS"
 
     def convert(self, value, param, ctx):
         try:
-            return str(ipaddress.IPv4Address(str(value).strip()))
-        except ValueError:
-            self.fail(f"{value!r} is not an IPv4 address (e.g. 198.18.0.2)", param, ctx)
+            return host_text(str(value).strip())
+        except TracerError:
+            self.fail(f"{value!r} is not an IPv4 or IPv6 address (e.g. 198.18.0.2, fd00:198:18::2)", param, ctx)
 
 
-IPV4 = IPv4Type()
+HOST = HostType()
 
 
 class Seconds(click.ParamType):

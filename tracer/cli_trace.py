@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 import click
 
-from tracer.cli_params import IPV4, PORT, PROTOCOL, SECONDS, color_option, count_option, use_color
+from tracer.cli_params import HOST, PORT, PROTOCOL, SECONDS, color_option, count_option, use_color
 from tracer.errors import TracerError
 from tracer.output import Reader, say
 from tracer.stopping import StopSignals
@@ -34,7 +35,7 @@ def target_options(fn):
             click.argument("expression", nargs=-1, metavar="[EXPRESSION]"),
             click.option("--port", "ports", type=PORT, multiple=True, help="Trace connections with this port (either end, before or after NAT). Repeatable."),
             click.option("--container", "containers", multiple=True, help="Trace a container's traffic (its address and published ports). Repeatable."),
-            click.option("--host", "hosts", type=IPV4, multiple=True, help="Trace traffic to or from this IPv4 address. Repeatable."),
+            click.option("--host", "hosts", type=HOST, multiple=True, help="Trace traffic to or from this IPv4 or IPv6 address. Repeatable."),
             click.option("--proto", type=PROTOCOL, default=None, help="Only this protocol."),
             click.option("-i", "--iface", "ifaces", multiple=True, help="Host interface(s) where outside traffic arrives (default: every non-container interface)."),
             click.option("--tc-mode", type=click.Choice(["auto", "tcx", "clsact"]), default="auto", show_default=True, help="How tc programs attach."),
@@ -146,6 +147,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
     is False: `record`), write them to ``recorder``'s capture if given; return
     the summary dict."""
     from tracer.journeys import JourneyRows, journey_json_block, journey_rows
+    from tracer.proxy_output import annotate_json, annotate_text, journey_notes
     from tracer.render import Summary, status_line
     from tracer.render_rows import render_rows
     from tracer.session import TraceSession
@@ -189,12 +191,16 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             rows = journey_rows(batch)  # once for the output and the summary
             if limits.count is not None:
                 rows = rows.head(limits.count - shown)
+            session.read_proxy_links()  # before the journeys that may be on a proxy leg
+            notes = journey_notes(rows, session.proxy_links)
             if as_json:
                 block, count = journey_json_block(rows)
             else:
                 block, count = render_rows(rows, color), len(rows)
             if rule_feed is not None:
                 block = rule_feed.annotate(block, rows, as_json, color)
+            if notes and count:  # the proxy hop of journeys on a docker-proxy leg
+                block = annotate_json(block, notes) if as_json else annotate_text(block, rows, notes)
             if count and not reader.gone:
                 reader.write(block)
             summary.add_table(rows)
@@ -403,13 +409,17 @@ def _drain(session, take, rounds: int = 20):
 @click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), default=None, help="Also record the capture to PATH (Arrow IPC stream, .arrows; see `tracer record`).")
 @write_options
 @rules_option
+@click.option("--proxy-links/--no-proxy-links", default=True, show_default=True,
+              help="Join docker-proxy's two connections (client -> host port, proxy -> container) and show the proxy hop. "
+                   "Its syscall tracepoints cost every process on the host some time per syscall (README: Performance).")
 def trace(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, count, duration, as_json, color, write_path,
-          rotate_size, rotate_seconds, rotate_mb, rotate_files, rules):
+          rotate_size, rotate_seconds, rotate_mb, rotate_files, rules, proxy_links):
     """Follow live packets: one journey per packet, hop by hop. EXPRESSION is
     a pcap-filter expression, as tcpdump's (`'tcp port 8000 and not host
     198.18.0.9'`), applied where a connection is first recognised; the
     options narrow it further."""
-    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules)
+    options = dataclasses.replace(options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules),
+                                  proxy_links=proxy_links)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds, stdout_busy="journeys", rotate_mb=rotate_mb,
                              rotate_files=rotate_files)
     run_trace(options, Limits(count, duration), as_json, use_color(color, sys.stdout) and not as_json, recorder=recorder,

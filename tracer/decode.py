@@ -7,8 +7,6 @@ per distinct (netns, ifindex) pair.
 
 from __future__ import annotations
 
-import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,7 +14,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from tracer import events
+from tracer import addresses, events
 
 
 @dataclass(frozen=True)
@@ -50,12 +48,14 @@ class DecodeContext:
     unresolved: set[int] = field(default_factory=set)
     boot_offset_ns: int = field(default_factory=lambda: wall_minus_ktime_ns())
 
-    def place(self, netns: int, ifindex: int, in_container_ns: bool, src: int, dst: int) -> Place:
+    def place(self, netns: int, ifindex: int, in_container_ns: bool, src: str | None, dst: str | None) -> Place:
+        """src/dst: the sighting's addresses as text (only asked for when two
+        containers' eth0 share an ifindex)."""
         if in_container_ns:
             candidates = self.container_places.get(ifindex, [])
             if len(candidates) > 1:
                 for place, ips in candidates:
-                    if ip_text(src) in ips or ip_text(dst) in ips:
+                    if src in ips or dst in ips:
                         return place
             return candidates[0][0] if candidates else UNKNOWN_PLACE
         place = self.places.get((netns or self.host_netns, ifindex))
@@ -79,10 +79,6 @@ def wall_minus_ktime_ns() -> int:
         b = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         samples.append((b - a, w - (a + b) // 2))
     return min(samples)[1]
-
-
-def ip_text(value: int) -> str:
-    return socket.inet_ntoa(struct.pack("!I", int(value)))
 
 
 def _dict_column(indices: np.ndarray, dictionary: list[str | None]) -> pa.DictionaryArray:
@@ -110,8 +106,9 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _addresses(values: np.ndarray) -> pa.DictionaryArray:
-    uniq, inverse = _factorize(values.astype(np.uint32))
-    return _dict_column(inverse, [ip_text(v) for v in uniq.tolist()])
+    """(n, 16) recorded addresses -> dictionary column of their text."""
+    uniq, inverse = addresses.factorize(values)
+    return _dict_column(inverse, uniq)
 
 
 def _by_lookup(keys: np.ndarray, lookup) -> pa.DictionaryArray:
@@ -158,14 +155,15 @@ def resolve_places(ctx: DecodeContext, in_ct, netns, ifindex, src, dst) -> tuple
     places = []
     for k in keys.tolist():
         ct, ns, idx = bool((k >> 31) & 1), k >> 32, k & 0x7FFFFFFF
-        places.append(ctx.place(ns, idx, ct, 0, 0))
+        places.append(ctx.place(ns, idx, ct, None, None))
     # Rare: two containers whose eth0 share an ifindex; their addresses tell.
     for i, k in enumerate(keys.tolist()):
         if (k >> 31) & 1 and len(ctx.container_places.get(k & 0x7FFFFFFF, ())) > 1:
             if callable(src):
                 src, dst = src()
             for row in np.flatnonzero(inverse == i).tolist():
-                places.append(ctx.place(0, k & 0x7FFFFFFF, True, int(src[row]), int(dst[row])))
+                places.append(ctx.place(0, k & 0x7FFFFFFF, True, addresses.text_of(bytes(src[row])),
+                                        addresses.text_of(bytes(dst[row]))))
                 inverse[row] = len(places) - 1
     return places, inverse
 
@@ -181,8 +179,8 @@ def decode(raw: np.ndarray, ctx: DecodeContext, places: tuple[list[Place], np.nd
     in_ct = (flags & events.FLAG_IN_CONTAINER_NS) != 0
     netns = raw["netns"].astype(np.uint32)
     ifindex = raw["ifindex"].astype(np.uint32)
-    src = raw["src_ip"].astype(np.uint32)
-    dst = raw["dst_ip"].astype(np.uint32)
+    src = addresses.as_rows(raw["src_ip"])
+    dst = addresses.as_rows(raw["dst_ip"])
 
     places, inverse = places if places is not None else resolve_places(ctx, in_ct, netns, ifindex, src, dst)
 

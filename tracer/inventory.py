@@ -135,6 +135,8 @@ def parse_container(
     for name, endpoint in attached.items():
         if endpoint.get("IPAddress"):
             ips.append(endpoint["IPAddress"])
+        if endpoint.get("GlobalIPv6Address"):  # networks with IPv6 enabled
+            ips.append(endpoint["GlobalIPv6Address"])
         network = by_id.get(endpoint.get("NetworkID", "")) or _guess_network(name, endpoint)
         # with several networks, the kernel (eth0's veth master) picks the real one later
         bridge = bridge or bridge_name(network)

@@ -104,7 +104,8 @@ def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -
         [pa.array(h.dt_ns), pa.array(hook), pa.array((code >> events.HOP_STAGE_SHIFT) & 0x03), pa.array(hop_flags),
          pa.array(ifindex), pa.array(h.ttl), pa.array(t_idx), pa.array(place)],
         fields=list(events.HOP_ROW_TYPE))
-    tuple_values = pa.StructArray.from_arrays(list(record_words.used_tuples(records, n_tuples)),
+    saddr, daddr, sport, dport = record_words.used_tuples(records, n_tuples)
+    tuple_values = pa.StructArray.from_arrays([_binary16(saddr), _binary16(daddr), pa.array(sport), pa.array(dport)],
                                               fields=list(events.TUPLE_ROW_TYPE))
 
     has_drop = np.zeros(n, bool)
@@ -149,10 +150,55 @@ _REQUIRED = ("time", "ktime_ns", "kind", "hops", "tuples")
 def conform(batch: pa.RecordBatch) -> pa.RecordBatch:
     """A version 2 batch in JOURNEY_CAPTURE_SCHEMA (events.conform; the
     columns without which nothing can be laid out are required)."""
+    if "tuples" in batch.schema.names and batch.schema.field("tuples").type != events.JOURNEY_CAPTURE_SCHEMA.field("tuples").type:
+        i = batch.schema.get_field_index("tuples")
+        col = batch.column(i)
+        widened = _widened_tuples(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+        batch = batch.set_column(i, pa.field("tuples", widened.type), widened) if isinstance(batch, pa.Table) else \
+            pa.RecordBatch.from_arrays([widened if j == i else batch.column(j) for j in range(batch.num_columns)],
+                                       names=batch.schema.names)
     try:
         return events.conform(batch, events.JOURNEY_CAPTURE_SCHEMA, _REQUIRED)
     except events.ColumnError as exc:
         raise BadJourneyRows(str(exc)) from None
+
+
+def _binary16(rows: np.ndarray) -> pa.Array:
+    """(n, 16) bytes (or (n, 4) u32 words) -> fixed_size_binary(16), byte for byte."""
+    data = np.ascontiguousarray(rows).tobytes()
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(rows), [None, pa.py_buffer(data)])
+
+
+def _address_rows(column: pa.Array) -> np.ndarray:
+    """A tuple's address column -> (n, 16) recorded bytes: fixed_size_binary
+    as written since IPv6, or (captures from before) IPv4 as uint32."""
+    if pa.types.is_integer(column.type):
+        v4 = _numbers(column).astype(">u4").view(np.uint8).reshape(-1, 4)
+        out = np.zeros((len(v4), 16), np.uint8)
+        out[:, 10:12] = 0xFF
+        out[:, 12:] = v4
+        return out
+    column = column.cast(pa.binary(16)) if column.type != pa.binary(16) else column
+    if column.null_count:
+        column = pc.fill_null(column, pa.scalar(bytes(16), pa.binary(16)))
+    return np.frombuffer(column.buffers()[1], np.uint8, count=16 * len(column), offset=16 * column.offset).reshape(-1, 16)
+
+
+def _widened_tuples(col: pa.Array) -> pa.Array:
+    """Tuples of a capture written before IPv6 (addresses as uint32) with
+    16-byte addresses, as written now; anything else as it is (the cast
+    then says what is wrong)."""
+    try:
+        values = col.flatten()
+        if not all(pa.types.is_integer(values.type.field(n).type) for n in ("saddr", "daddr")):
+            return col
+        fields = [_binary16(_address_rows(values.field(n))) if n in ("saddr", "daddr")
+                  else values.field(n) for n in ("saddr", "daddr", "sport", "dport")]
+        struct = pa.StructArray.from_arrays(fields, names=["saddr", "daddr", "sport", "dport"])
+        offsets = pc.subtract(col.offsets, col.offsets[0])  # flatten() starts at the first used value
+        return pa.ListArray.from_arrays(offsets, struct)
+    except (KeyError, pa.ArrowException, ValueError, TypeError, AttributeError):
+        return col
 
 
 class JourneyRowReader:
@@ -237,7 +283,8 @@ def _laid_out(rows: pa.RecordBatch) -> tuple[Sightings, np.ndarray]:
         | np.where(flags & events.HOP_FLAG_NEW_PACKET, _NEW_PACKET_BIT, 0).astype(np.uint8)
     # A hop's addresses: its tuple among its row's (a tuple index past them, or no tuples: zeros).
     tuples = _flat(tuple_lists, n_tuples)
-    numbers = [np.append(_numbers(tuples.field(f.name)), 0) for f in events.TUPLE_FIELDS]
+    numbers = [np.concatenate((_address_rows(tuples.field(f.name)), np.zeros((1, 16), np.uint8))) if f.ctype == "addr"
+               else np.append(_numbers(tuples.field(f.name)), 0) for f in events.TUPLE_FIELDS]
     first_tuple = np.concatenate(([0], np.cumsum(n_tuples)[:-1]))
     t_idx = _numbers(hops.field("tuple")).astype(np.int64)
     at = np.where(t_idx < n_tuples[rec], first_tuple[rec] + t_idx, len(numbers[0]) - 1)

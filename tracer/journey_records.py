@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracer import events, record_words
-from tracer.decode import DecodeContext, _factorize, ip_text, resolve_places
+from tracer import addresses, events, record_words
+from tracer.decode import DecodeContext, _factorize, resolve_places
 from tracer.journeys import JourneyRows, _Codes, verdicts
 
 _HOOK_VALUES = list(events.HOOKS) + [None]
@@ -54,7 +54,7 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
     ktime = fk_r[rec] + hops.dt_ns.astype(np.int64)
     ktime[rec_first + n_hops - 1] = field("last_ktime").astype(np.int64)  # exact where dt_ns saturated
     t_idx = np.minimum(hops.tuple, events.MAX_TUPLES - 1)
-    src_u32, dst_u32, sport, dport = record_words.tuples_at(records, rec, t_idx, o)
+    src_a, dst_a, sport, dport = record_words.tuples_at(records, rec, t_idx, o)
     sport, dport = sport.astype(np.int64), dport.astype(np.int64)
 
     # Journeys over hops.
@@ -73,7 +73,7 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
     netns_raw = np.where(is_drop, field("drop_netns")[rec], 0).astype(np.uint32)
 
     # Places: resolved once per distinct (in container netns, netns, ifindex).
-    places, where = resolve_places(ctx, in_ct, netns_raw, ifindex.astype(np.uint32), src_u32, dst_u32)
+    places, where = resolve_places(ctx, in_ct, netns_raw, ifindex.astype(np.uint32), src_a, dst_a)
     where = np.asarray(where, np.int64)
     role = _place_codes(where, [p.role for p in places])
     ifname = _place_codes(where, [p.ifname for p in places])
@@ -98,9 +98,9 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
     last = starts[1:] - 1
     reason = np.where(dropped, reason_hop[last], null_reason)
 
-    icmp = field("protocol")[rec] == 1
-    src_values, src_codes = _names(src_u32.astype(np.int64), ip_text)
-    dst_values, dst_codes = _names(dst_u32.astype(np.int64), ip_text)
+    icmp = np.isin(field("protocol")[rec], list(events.ICMP_NUMBERS))
+    src_values, src_codes = _address_names(src_a)
+    dst_values, dst_codes = _address_names(dst_a)
 
     truthy = np.array([bool(v) for v in container.values], bool)[container.codes]
     pos = np.where(truthy, np.arange(total), total)
@@ -163,6 +163,12 @@ def _place_codes(where: np.ndarray, per_place: list) -> _Codes:
     if None in index:  # None values point at the null slot, as in a dictionary column
         lut[lut == index[None]] = null
     return _Codes(lut[where] if len(where) else np.zeros(0, np.int64), values)
+
+
+def _address_names(values: np.ndarray) -> tuple[list, np.ndarray]:
+    """As _names, for (n, 16) recorded addresses."""
+    texts, inverse = addresses.factorize(values)
+    return texts + [None], inverse
 
 
 def _names(keys: np.ndarray, name) -> tuple[list, np.ndarray]:

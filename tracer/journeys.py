@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tracer import events
+from tracer.addresses import endpoint
 from tracer.events import FLAG_IN_CONTAINER_NS, tcp_flags_text
 from tracer.hold import RecentIds
 from tracer.wallclock import rfc3339, rfc3339_array
@@ -281,10 +283,12 @@ def _objects(col: pa.ChunkedArray, fn: Callable[[str], str | None] | None = None
 
 
 def _endpoints(ip: np.ndarray, port: np.ndarray, icmp: np.ndarray) -> list:
-    """'ip:port' per row, plain 'ip' for ICMP (its 'ports' are echo id/seq)."""
+    """'ip:port' per row ('[ip]:port' for IPv6), plain 'ip' for ICMP (its
+    'ports' are echo id/seq)."""
     # Through Arrow's string kernels: vectorised, unlike an f-string per row.
     ips = pa.array(ip, pa.string())
-    joined = pc.binary_join_element_wise(ips, pc.cast(pa.array(port), pa.string()), ":")
+    bracketed = pc.if_else(pc.match_substring(ips, ":"), pc.binary_join_element_wise("[", ips, "]", ""), ips)
+    joined = pc.binary_join_element_wise(bracketed, pc.cast(pa.array(port), pa.string()), ":")
     return pc.if_else(pa.array(icmp), ips, joined).to_pylist()
 
 
@@ -312,7 +316,7 @@ def _build_sorted_inner(work: pa.Table) -> list[Journey]:
     dt = ktime - np.repeat(ktime[starts], sizes)
 
     protocol = _objects(work["protocol"])
-    icmp = protocol == "icmp"
+    icmp = np.isin(protocol, list(events.ICMP_NAMES))
     src = _endpoints(_objects(work["src_ip"]), _numpy(work["src_port"]), icmp)
     dst = _endpoints(_objects(work["dst_ip"]), _numpy(work["dst_port"]), icmp)
     container = _objects(work["container_name"])
@@ -749,7 +753,7 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
 
     # Endpoints as codes; a drop row without addresses shows its last sighting's.
     protocol_row = proto_all.codes[rows]
-    icmp_row = _lut(proto_all.values, lambda v: v == "icmp")[protocol_row]
+    icmp_row = _lut(proto_all.values, lambda v: v in events.ICMP_NAMES)[protocol_row]
     s_ip, d_ip = _codes(work["src_ip"]), _codes(work["dst_ip"])
     src = [s_ip.codes[rows], _numpy(work["src_port"])[rows].astype(np.int64), icmp_row.copy()]
     dst = [d_ip.codes[rows], _numpy(work["dst_port"])[rows].astype(np.int64), icmp_row.copy()]
@@ -1028,7 +1032,7 @@ def _endpoint_json(key: int, ips: list) -> str:
 def _endpoint_text(ip: str | None, port: int, icmp: int) -> str:
     if ip is None:
         return "null"
-    return _dumps(ip if icmp else f"{ip}:{port}")
+    return _dumps(ip if icmp else endpoint(ip, port))
 
 
 @lru_cache(maxsize=1 << 12)
@@ -1173,4 +1177,4 @@ def _endpoint_strings(ep: tuple[np.ndarray, np.ndarray, np.ndarray], ips: list) 
 def _endpoint_plain(ip: str | None, port: int, icmp: int) -> str | None:
     if ip is None:
         return None
-    return ip if icmp else f"{ip}:{port}"
+    return ip if icmp else endpoint(ip, port)

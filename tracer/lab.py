@@ -2,6 +2,7 @@
 
     client netns ``tracer-client``            host                      container ``tracer-lab-web``
     trc-client 198.18.0.2/30  <-- veth -->  trc-host 198.18.0.1/30
+               fd00:198:18::2/64                 fd00:198:18::1/64 (docker-proxy listens on [::]:8000)
                                             :8000 --DNAT--> docker0 --> veth --> eth0 :8080 (busybox httpd)
     :9000 busybox httpd  <--MASQUERADE (src 198.18.0.1)-- docker0 <-- veth <-- eth0 (wget)
 
@@ -50,6 +51,12 @@ CLIENT_IFACE = "trc-client"
 HOST_ADDRESS = "198.18.0.1"
 CLIENT_ADDRESS = "198.18.0.2"
 PREFIX_LEN = 30
+# IPv6 on the same veth (unique local addresses): reaches the published port
+# through docker-proxy, which listens on [::]:8000 (no IPv6 NAT in Docker's
+# default configuration).
+HOST_ADDRESS6 = "fd00:198:18::1"
+CLIENT_ADDRESS6 = "fd00:198:18::2"
+PREFIX_LEN6 = 64
 PORT = 8000  # published on the host
 CONTAINER = "tracer-lab-web"
 CONTAINER_PORT = 8080
@@ -369,6 +376,29 @@ def _has_addr(links: list[dict], addr: str) -> bool:
     return False
 
 
+def _has_addr6(links: list[dict], addr: str) -> bool:
+    return any(a.get("family") == "inet6" and a.get("local") == addr and a.get("prefixlen") == PREFIX_LEN6
+               for link in links for a in link.get("addr_info", []))
+
+
+def _ipv6_ready() -> bool:
+    return (_netns_exists() and _has_addr6(_ip_json("addr", "show", "dev", HOST_IFACE), HOST_ADDRESS6)
+            and _has_addr6(_ip_json("addr", "show", "dev", CLIENT_IFACE, netns=NETNS), CLIENT_ADDRESS6))
+
+
+def _ensure_ipv6() -> None:
+    """The IPv6 addresses on the lab veth, added in place (a running lab gets
+    them without being rebuilt). Static, without DAD, no link-local address,
+    no autoconfiguration: no router solicitations or DAD probes in traces."""
+    for netns, iface, addr in ((None, HOST_IFACE, HOST_ADDRESS6), (NETNS, CLIENT_IFACE, CLIENT_ADDRESS6)):
+        if _has_addr6(_ip_json("addr", "show", "dev", iface, netns=netns), addr):
+            continue
+        _log(f"adding {addr}/{PREFIX_LEN6} to {iface}" + (f" in {netns}" if netns else ""))
+        for key, value in (("accept_ra", "0"), ("autoconf", "0"), ("addr_gen_mode", "1"), ("disable_ipv6", "0")):
+            _sysctl_write(f"/proc/sys/net/ipv6/conf/{iface}/{key}", value, netns)
+        _run((["ip", "-n", netns] if netns else ["ip"]) + ["addr", "add", f"{addr}/{PREFIX_LEN6}", "dev", iface, "nodad"])
+
+
 def _netns_problems() -> list[str]:
     if not _netns_exists():
         return [f"netns {NETNS} missing"]
@@ -593,6 +623,7 @@ def up() -> dict:
             _log(f"creating netns {NETNS}: {CLIENT_IFACE} {CLIENT_ADDRESS}/{PREFIX_LEN} <-> {HOST_IFACE} {HOST_ADDRESS}/{PREFIX_LEN}")
             _create_netns()
         _tune_client_netns()
+        _ensure_ipv6()
         if not _server_alive(state):
             _kill_server(state)
             _log(f"starting server {CLIENT_ADDRESS}:{SERVER_PORT} in netns {NETNS}")
@@ -629,12 +660,17 @@ def status(dc: Any = None) -> dict:
     running = c is not None and c.status == "running"
     host_link = _ip_json("link", "show", "dev", HOST_IFACE)
     bridge = _ip_json("link", "show", "dev", BRIDGE)
+    ipv6 = _ipv6_ready()
     return {
         "up": not problems,
         "netns": NETNS,
         "host_address": HOST_ADDRESS,
         "client_address": CLIENT_ADDRESS,
         "prefix_len": PREFIX_LEN,
+        # IPv6 is reported, not required: a lab brought up by an older version
+        # has none until the next `lab up` adds it.
+        "host_address6": HOST_ADDRESS6 if ipv6 else None,
+        "client_address6": CLIENT_ADDRESS6 if ipv6 else None,
         "port": PORT,
         "url": f"http://{HOST_ADDRESS}:{PORT}/",
         "container": CONTAINER,

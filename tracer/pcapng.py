@@ -1,7 +1,7 @@
 """Export a capture as pcapng, for Wireshark/tshark.
 
 tracer records header fields, not packet bytes, so each sighting becomes a
-synthesised IPv4 + TCP/UDP/ICMP header built from its row (addresses and ports
+synthesised IPv4 or IPv6 + TCP/UDP/ICMP header built from its row (addresses and ports
 as seen at that hop, ids, TTL, TCP seq/ack/flags and data offset). The
 captured length is the headers only; the original length is the packet's IPv4
 total length, so Wireshark shows the real size and payload length (a SYN with
@@ -12,7 +12,7 @@ some options", a warning.)
 
 Each distinct place (interface, netns, hook and NAT stage) gets its own
 Interface Description Block, named ``IFNAME:HOOK[/STAGE]`` (``docker0:
-nf_postrouting/after``, ``eth0:tc_ingress``), raw IPv4 link type, nanosecond
+nf_postrouting/after``, ``eth0:tc_ingress``), raw IP link type (IPv4 or IPv6 by each packet's version), nanosecond
 timestamps. Every packet block carries the direction in ``epb_flags``
 (inbound at tc ingress, PREROUTING and INPUT; outbound at tc egress, OUTPUT
 and POSTROUTING), tracer's packet id in ``epb_packetid`` (the same for every
@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer import __version__
+from tracer.addresses import packed
 from tracer.analysis import event_rows, wall_ns
 from tracer.errors import TracerError
 from tracer.events import PROTOCOL_NUMBERS
@@ -49,6 +50,7 @@ from tracer.outfiles import open_output
 from tracer.packet_window import PacketWindow
 
 LINKTYPE_IPV4 = 228  # raw IPv4, no link-layer header
+LINKTYPE_RAW = 101  # raw IP: IPv4 or IPv6 by the version nibble
 
 _SHB, _IDB, _EPB = 0x0A0D0D0A, 0x00000001, 0x00000006
 _BYTE_ORDER_MAGIC = 0x1A2B3C4D
@@ -64,8 +66,11 @@ _OUTBOUND_HOOKS = frozenset({"tc_egress", "nf_output", "nf_postrouting"})
 
 _IP_LEN = 20
 _MAX_HDR = _IP_LEN + 60  # IPv4 without options + the longest TCP header
-_L4_LEN = {17: 8, 1: 8}  # UDP, ICMP echo; TCP: its data offset
+_IP6_LEN = 40
+_ROW = _IP6_LEN + 60  # header bytes per row: room for IPv6 + the longest TCP header
+_L4_LEN = {17: 8, 1: 8, 58: 8}  # UDP, ICMP/ICMPv6 echo; TCP: its data offset
 _ICMP_ECHO_REQUEST, _ICMP_ECHO_REPLY = 8, 0
+_ICMP6_ECHO_REQUEST, _ICMP6_ECHO_REPLY = 128, 129
 
 ANALYSIS_NOTE = ("one packet per sighting: each packet appears at every hook that saw it; "
                  "open with -o tcp.analyze_sequence_numbers:FALSE, or export one place (--at) for TCP analysis")
@@ -97,7 +102,7 @@ def section_header(app: str, os_name: str = "", hardware: str = "", comment: str
     return _block(_SHB, struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1) + opts)
 
 
-def interface_description(name: str, description: str, linktype: int = LINKTYPE_IPV4) -> bytes:
+def interface_description(name: str, description: str, linktype: int = LINKTYPE_RAW) -> bytes:
     opts = _option(_IF_NAME, name.encode())
     if description:
         opts += _option(_IF_DESCRIPTION, description.encode())
@@ -120,22 +125,22 @@ _HDR = np.dtype(
 assert _HDR.itemsize == _MAX_HDR
 
 
-def _ipv4_numbers(col: pa.ChunkedArray) -> np.ndarray:
-    """Dotted-quad strings as uint32 (0 for null or non-IPv4)."""
+def _address_bytes(col: pa.ChunkedArray) -> np.ndarray:
+    """Address strings as (n, 16) bytes, IPv4 as IPv4-mapped (zeros for null
+    or unreadable), formatted once per distinct value."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if pa.types.is_dictionary(arr.type):
-        values = arr.dictionary.to_pylist()
-        lut = np.array([_ip(v) for v in values] + [0], dtype=np.uint32)
-        return lut[pc.fill_null(arr.indices, len(values)).to_numpy()]
-    return np.array([_ip(v) for v in arr.to_pylist()], dtype=np.uint32)
+    if not pa.types.is_dictionary(arr.type):
+        arr = pc.dictionary_encode(arr.cast(pa.string()))
+    values = arr.dictionary.to_pylist()
+    lut = np.frombuffer(b"".join(_packed(v) for v in values) + bytes(16), np.uint8).reshape(-1, 16)
+    return lut[pc.fill_null(arr.indices, len(values)).to_numpy()]
 
 
-def _ip(text: str | None) -> int:
+def _packed(text: str | None) -> bytes:
     try:
-        a, b, c, d = (int(x) for x in (text or "").split("."))
-        return (a << 24) | (b << 16) | (c << 8) | d
-    except ValueError:
-        return 0
+        return packed(text or "")
+    except TracerError:
+        return bytes(16)
 
 
 def _col(table: pa.Table, name: str, dtype) -> np.ndarray:
@@ -161,17 +166,23 @@ def tcp_header_len(table: pa.Table) -> np.ndarray:
 
 
 def build_headers(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n x 80 header bytes, captured length per row, original length per row)."""
+    """(n x 100 header bytes, captured length per row, original length per
+    row): IPv4 rows use the first 80 at most, IPv6 rows (either address
+    IPv6) all."""
     n = table.num_rows
     codes, values = _strings(table, "protocol")
     proto = np.array([PROTOCOL_NUMBERS.get(p, 0) for p in values], dtype=np.uint8)[codes]
-    tcp, udp, icmp = proto == 6, proto == 17, proto == 1
+    tcp, udp, icmp = proto == 6, proto == 17, (proto == 1) | (proto == 58)
+    src16, dst16 = _address_bytes(table["src_ip"]), _address_bytes(table["dst_ip"])
+    v4_prefix = np.frombuffer(b"\0" * 10 + b"\xff\xff", np.uint8)
+    v6 = ~((src16[:, :12] == v4_prefix).all(axis=1) & (dst16[:, :12] == v4_prefix).all(axis=1))
+    v6 &= src16.any(axis=1) | dst16.any(axis=1)  # no addresses at all: shown as IPv4 0.0.0.0
     l4 = np.zeros(n, dtype=np.int64)
     for num, size in _L4_LEN.items():
         l4[proto == num] = size
     tcp_len = tcp_header_len(table)
     l4[tcp] = tcp_len[tcp]
-    caplen = _IP_LEN + l4
+    caplen = np.where(v6, _IP6_LEN, _IP_LEN) + l4
     length = _col(table, "length", np.int64)
     tot_len = np.where(length >= caplen, length, caplen)  # 0 = unknown: claim the headers
 
@@ -181,8 +192,8 @@ def build_headers(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     h["id"] = _col(table, "ip_id", np.uint16)
     h["ttl"] = _col(table, "ttl", np.uint8)
     h["proto"] = proto
-    h["src"] = _ipv4_numbers(table["src_ip"])
-    h["dst"] = _ipv4_numbers(table["dst_ip"])
+    h["src"] = src16[:, 12:16].copy().view(">u4").ravel()
+    h["dst"] = dst16[:, 12:16].copy().view(">u4").ravel()
     sport, dport = _col(table, "src_port", np.uint16), _col(table, "dst_port", np.uint16)
     h["sport"] = np.where(icmp, 0, sport)
     h["dport"] = np.where(icmp, 0, dport)
@@ -193,7 +204,8 @@ def build_headers(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     h["win"] = np.where(tcp, 65535, 0)  # not recorded; 0 would read as a zero-window alert
     # h["options"] stays zeros: End of Option List + padding (the options are not recorded)
 
-    raw = h.view(np.uint8).reshape(n, _MAX_HDR)
+    raw = np.zeros((n, _ROW), np.uint8)
+    raw[:, :_MAX_HDR] = h.view(np.uint8).reshape(n, _MAX_HDR)
     # UDP: length, checksum 0 (= none). ICMP echo: type, code, csum, id, seq.
     udp_len = (tot_len - _IP_LEN).astype(">u2")
     raw[udp, 24:26] = udp_len[udp].view(np.uint8).reshape(-1, 2)
@@ -210,7 +222,30 @@ def build_headers(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     words = (words & 0xFFFF) + (words >> 16)
     csum = (~words & 0xFFFF).astype(">u2")
     raw[:, 10:12] = csum.view(np.uint8).reshape(n, 2)
+    if v6.any():
+        raw[v6] = _ipv6_rows(raw[v6], src16[v6], dst16[v6], tot_len[v6], icmp[v6])
     return raw, caplen, tot_len
+
+
+def _ipv6_rows(v4: np.ndarray, src16: np.ndarray, dst16: np.ndarray, tot_len: np.ndarray, icmp: np.ndarray) -> np.ndarray:
+    """IPv6 headers for rows first laid out as IPv4: the L4 part moves behind
+    a 40-byte IPv6 header (the flow label's low 16 bits from ip_id, hop limit
+    from the TTL, payload length = total length - 40; ICMP echo types as
+    ICMPv6)."""
+    m = len(v4)
+    out = np.zeros((m, _ROW), np.uint8)
+    out[:, 0] = 0x60
+    out[:, 2:4] = v4[:, 4:6]  # ip_id -> the flow label's low 16 bits
+    out[:, 4:6] = np.maximum(tot_len - _IP6_LEN, 0).astype(">u2").view(np.uint8).reshape(m, 2)
+    proto = v4[:, 9]
+    out[:, 6] = np.where(proto == 1, 58, proto)
+    out[:, 7] = v4[:, 8]  # hop limit
+    out[:, 8:24], out[:, 24:40] = src16, dst16
+    out[:, _IP6_LEN:] = v4[:, _IP_LEN:_MAX_HDR]
+    udp = proto == 17
+    out[udp, 44:46] = np.maximum(tot_len[udp] - _IP6_LEN, 0).astype(">u2").view(np.uint8).reshape(-1, 2)
+    out[icmp, 40] = np.where(out[icmp, 40] == _ICMP_ECHO_REPLY, _ICMP6_ECHO_REPLY, _ICMP6_ECHO_REQUEST)
+    return out
 
 
 def _id_texts(col: pa.ChunkedArray) -> pa.Array:

@@ -1,9 +1,10 @@
 """Whole-array reads of the kernel's journey records (events.JOURNEY_DTYPE).
 
-Hops and address tuples are 12-byte structs inside 320-byte records. numpy
-gathers a structured field's elements one by one through its generic field
-transfer (~30 ns a hop, the largest cost left in `trace`'s user space); the
-same bytes read as plain 32-bit words, three per struct, move in bulk (~4 ns).
+Hops (12 bytes) and address tuples (40: two 16-byte addresses and two
+ports) are structs inside 432-byte records. numpy gathers a structured
+field's elements one by one through its generic field transfer (~30 ns a hop,
+the largest cost left in `trace`'s user space); the same bytes read as plain
+32-bit words move in bulk (~4 ns).
 The words' layout is the structs' (asserted below; little-endian host).
 """
 
@@ -18,26 +19,27 @@ from tracer import events
 assert np.little_endian
 assert [events.HOP_DTYPE.fields[f][1] for f in ("dt_ns", "ifindex", "code", "ttl", "tuple")] == [0, 4, 8, 9, 10]
 assert all(events.HOP_DTYPE[f].byteorder in "<|=" for f in events.HOP_DTYPE.names)
-assert [events.TUPLE_DTYPE.fields[f][1] for f in ("saddr", "daddr", "sport", "dport")] == [0, 4, 8, 10]
-assert events.HOP_DTYPE.itemsize == events.TUPLE_DTYPE.itemsize == 12
+assert [events.TUPLE_DTYPE.fields[f][1] for f in ("saddr", "daddr", "sport", "dport")] == [0, 16, 32, 34]
+assert events.HOP_DTYPE.itemsize == 12 and events.TUPLE_DTYPE.itemsize == 40
 
 
 def words(records: np.ndarray, name: str, order: np.ndarray | None = None) -> np.ndarray:
-    """Field ``name`` (hops or tuples) of every record as (n, count, 3)
+    """Field ``name`` (hops or tuples) of every record as (n, count, size/4)
     contiguous u32 words, records in ``order`` if given."""
     count = records.dtype[name].shape[0]
+    per = records.dtype[name].base.itemsize // 4
     offset = records.dtype.fields[name][1]
     if not records.flags.c_contiguous:  # e.g. a drained batch's view into its buffer
         records = np.ascontiguousarray(records)
-    raw = records.view(np.uint8).reshape(len(records), records.dtype.itemsize)[:, offset:offset + 12 * count]
+    raw = records.view(np.uint8).reshape(len(records), records.dtype.itemsize)[:, offset:offset + 4 * per * count]
     raw = raw[order] if order is not None else np.ascontiguousarray(raw)
-    return raw.view(np.uint32).reshape(len(raw), count, 3)
+    return raw.view(np.uint32).reshape(len(raw), count, per)
 
 
 def used(w: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """(sum(sizes), 3): the first ``sizes[i]`` structs of record i, record by record."""
-    count = w.shape[1]
-    return np.take(w.reshape(-1, 3), np.flatnonzero(np.arange(count) < sizes[:, None]), axis=0)
+    """(sum(sizes), words per struct): the first ``sizes[i]`` structs of record i, record by record."""
+    count, per = w.shape[1], w.shape[2]
+    return np.take(w.reshape(-1, per), np.flatnonzero(np.arange(count) < sizes[:, None]), axis=0)
 
 
 @dataclass
@@ -59,27 +61,31 @@ def hops(records: np.ndarray, n_hops: np.ndarray, order: np.ndarray | None = Non
                 ((last >> 8) & 0xFF).astype(np.uint8), ((last >> 16) & 0xFF).astype(np.uint8))
 
 
-def _numbers(w: np.ndarray, network_order: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    ports = np.ascontiguousarray(w[:, 2]).view(np.uint16).reshape(-1, 2)
-    saddr, daddr, sport, dport = w[:, 0], w[:, 1], ports[:, 0], ports[:, 1]
+def _fields(w: np.ndarray, network_order: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """saddr, daddr ((n, 16) bytes, as recorded: tracer/addresses.py), sport,
+    dport (numbers) of tuples read as words."""
+    saddr = np.ascontiguousarray(w[:, 0:4]).view(np.uint8).reshape(-1, 16)
+    daddr = np.ascontiguousarray(w[:, 4:8]).view(np.uint8).reshape(-1, 16)
+    ports = np.ascontiguousarray(w[:, 8]).view(np.uint16).reshape(-1, 2)
+    sport, dport = ports[:, 0], ports[:, 1]
     if network_order:  # as the kernel wrote them; records that went through np.concatenate come back native
-        return saddr.byteswap(), daddr.byteswap(), sport.byteswap(), dport.byteswap()
-    return saddr.copy(), daddr.copy(), sport.copy(), dport.copy()
+        return saddr, daddr, sport.byteswap(), dport.byteswap()
+    return saddr, daddr, sport.copy(), dport.copy()
 
 
 def _network_order(records: np.ndarray) -> bool:
-    return records.dtype["tuples"].base["saddr"].byteorder == ">"
+    return records.dtype["tuples"].base["sport"].byteorder == ">"
 
 
 def used_tuples(records: np.ndarray, n_tuples: np.ndarray):
-    """saddr, daddr, sport, dport (numbers) of the first ``n_tuples[i]`` tuples of record i."""
-    return _numbers(used(words(records, "tuples"), n_tuples), _network_order(records))
+    """saddr, daddr (bytes), sport, dport of the first ``n_tuples[i]`` tuples of record i."""
+    return _fields(used(words(records, "tuples"), n_tuples), _network_order(records))
 
 
 def tuples_at(records: np.ndarray, rec: np.ndarray, index: np.ndarray, order: np.ndarray | None = None):
-    """saddr, daddr, sport, dport (numbers) of tuple ``index[k]`` of record
+    """saddr, daddr (bytes), sport, dport of tuple ``index[k]`` of record
     ``rec[k]`` (of ``records[order]``): a hop's addresses."""
-    return _numbers(words(records, "tuples", order)[rec, index], _network_order(records))
+    return _fields(words(records, "tuples", order)[rec, index], _network_order(records))
 
 
 def concat(parts: list[np.ndarray]) -> np.ndarray:

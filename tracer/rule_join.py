@@ -49,7 +49,8 @@ class RuleJoiner:
         cols = zip(records["packet_id"].tolist(), records["first_ktime"].tolist(), records["last_ktime"].tolist(),
                    records["protocol"].tolist(), records["ip_id"].tolist(), records["length"].tolist(),
                    seq.tolist(), ack.tolist(), records["n_tuples"].tolist(),
-                   tuples["saddr"].tolist(), tuples["daddr"].tolist(), tuples["sport"].tolist(), tuples["dport"].tolist())
+                   _address_ints(tuples["saddr"]), _address_ints(tuples["daddr"]),
+                   tuples["sport"].tolist(), tuples["dport"].tolist())
         for pid, first, last, proto, ip_id, length, s, a, nt, sa, da, sp, dp in cols:
             key = (proto, ip_id, length, s, a)
             nt = max(1, min(nt, len(sa)))
@@ -104,3 +105,20 @@ class RuleJoiner:
                 entries[:] = [e for e in entries if e[2] + LATE_NS >= before]
                 if not entries:
                     del self.index[key]
+
+
+def _address_ints(addrs: np.ndarray) -> list[list[int]]:
+    """Recorded 16-byte addresses ((n, tuples, 16) bytes) as the integers a
+    rule hit holds (rule_trace.packet_facts): an IPv4 address's 32 bits (the
+    last four bytes of its IPv4-mapped form), an IPv6 address's 128."""
+    out = []
+    for rec in np.ascontiguousarray(addrs, np.uint8):
+        row = []
+        for a in rec:
+            raw = a.tobytes()
+            row.append(int.from_bytes(raw[12:] if raw[:12] == _V4_PREFIX else raw, "big"))
+        out.append(row)
+    return out
+
+
+_V4_PREFIX = b"\0" * 10 + b"\xff\xff"

@@ -23,8 +23,10 @@ from tracer.drain import PAGE_SIZE, BackgroundDrain, RingBufferDrain
 from tracer.errors import TracerError, require_root
 from tracer.expand import expand
 from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program
+from tracer.proxies import ProxyLinks, find_proxies, proxies_by_pid, read_links
 from tracer.sensors.drops import DropSensor
 from tracer.sensors.netfilter import NetfilterSensor
+from tracer.sensors.proxy import ProxySensor
 from tracer.sensors.tc import TcSensor, TcTarget
 from tracer.text import printable
 
@@ -42,6 +44,9 @@ class TraceOptions:
     sample: int = 1
     expression: str | None = None  # pcap-filter expression
     rules: bool = False  # name the netfilter rules traced packets meet (nf_tables tracing)
+    # Link docker-proxy's two connections (bpf/proxy.c): `trace` shows the
+    # links; off elsewhere (its syscall tracepoints cost every process).
+    proxy_links: bool = False
 
 
 @dataclass
@@ -91,6 +96,9 @@ class TraceSession:
         self._host_lock = threading.Lock()
         self.lock = threading.Lock()
         self.started_at = 0.0
+        self.proxies: dict = {}
+        self.proxy = None
+        self.proxy_links = ProxyLinks()
         # Told of every container start/die (from the Docker events thread),
         # e.g. so a capture can record it as a row.
         self.on_container_event: Callable[[str, Any], None] | None = None
@@ -111,16 +119,21 @@ class TraceSession:
         if self.sightings and not self.latency:  # said aloud, like TRACER_BPF_CFLAGS
             log.warning("one ring-buffer record per sighting (TRACER_SIGHTING_EVENTS): the pre-journey design")
         # Bad input fails before any kernel or Docker work.
+        # docker-proxy relays host ports to containers as a second TCP
+        # connection: the proxy sensor links the two (trace and record only).
+        self.proxies = {} if self.latency or self.sightings else proxies_by_pid(self._relevant(find_proxies()))
         shape = Filter(ports=opts.ports, hosts=opts.hosts, proto=opts.proto, sample=opts.sample,
                        container_names=opts.containers, expression=opts.expression,
-                       expression_c=expression_c(opts.expression))
+                       expression_c=expression_c(opts.expression),
+                       follow_proxies=bool(self.proxies) and bool(opts.ports or opts.containers))
         if opts.rules:  # a host whose iptables rules nf_tables cannot see fails here, before any work
             from tracer.kernel.ruleset import check_rule_attribution
 
             check_rule_attribution()
         self.tc = TcSensor([], mode=opts.tc_mode, latency=self.latency)
         drops = DropSensor()
-        self.sensors = [self.tc, NetfilterSensor(), drops]
+        self.proxy = ProxySensor() if self.proxies and opts.proxy_links else None
+        self.sensors = [self.tc, NetfilterSensor(), drops] + ([self.proxy] if self.proxy else [])
         # Compiling is most of the start-up time and needs no Docker metadata
         # (filter values go into maps afterwards): run clang meanwhile.
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -130,6 +143,7 @@ class TraceSession:
                 containers = self._containers()
                 self.filter = dataclasses.replace(shape, containers=tuple(
                     c for c in containers if c.name in self.traced_names) if opts.containers else ())
+                self.filter.proxy_backends = self._proxy_backends()
                 targets = self._targets(containers)
             finally:
                 self.bpf = compiling.result()  # so close() can unload it on any error
@@ -167,6 +181,8 @@ class TraceSession:
             # Traffic already flowing met some sensors before others: those
             # packets' journeys miss hops, so they are left out (and counted).
             self.drain.arm(self.now_ktime())
+        if self.proxy is not None:
+            self.proxy.set_pids(self.proxies)
         self._rebuild_places()
         if self.inventory is not None:
             self.inventory.watch(self._on_container_change)
@@ -191,6 +207,43 @@ class TraceSession:
         else:
             self.traced_names = {c.name for c in containers}
         return [c for c in containers if c.name in self.traced_names]
+
+    # ---- docker-proxy ----------------------------------------------------
+    def _relevant(self, proxies):
+        """Proxies of the traced host ports (every proxy without --port:
+        --container's are picked once Docker named its addresses)."""
+        ports = self.options.ports
+        return [p for p in proxies if not ports or p.host_port in ports or self.options.containers]
+
+    def _proxy_backends(self) -> tuple[tuple[str, int], ...]:
+        """Backends of the proxies whose host port or container the filter
+        names (all, when neither is named: then everything is traced)."""
+        opts, f = self.options, self.filter
+        addrs = f.container_addrs() if f is not None else set()
+        return tuple(sorted({(p.container_ip, p.container_port) for p in self.proxies.values()
+                             if p.host_port in opts.ports or p.container_ip in addrs}))
+
+    def _refresh_proxies(self) -> None:
+        """Proxies restart with their containers: new pids, maybe new backends."""
+        if not self.filter.follow_proxies and self.proxy is None:
+            return
+        self.proxies = proxies_by_pid(self._relevant(find_proxies()))
+        if self.proxy is not None:
+            self.proxy.set_pids(self.proxies)
+        self.filter.proxy_backends = self._proxy_backends()
+        self.filter.refresh_proxies(self.bpf)
+
+    def read_proxy_links(self) -> int:
+        """New links between proxy legs the kernel saw (bpf/proxy.c); returns how many."""
+        if self.proxy is None or self.bpf is None:
+            return 0
+        inventory = self.inventory
+
+        def container_of(ip: str) -> str | None:
+            c = inventory.by_ip(ip) if inventory is not None else None
+            return c.name if c is not None else None
+
+        return read_links(self.bpf["proxy_links"], self.proxies, self.proxy_links, container_of)
 
     def _host_interfaces(self):
         if self.inventory is not None:
@@ -329,6 +382,7 @@ class TraceSession:
 
                         self.rules.update(match_for(self.filter))
             self._rebuild_places()
+            self._refresh_proxies()
         except Exception as exc:  # keep tracing; say what we could not follow
             log.warning("could not follow container %s (%s): %s", container.name, what, exc)
 

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from tracer import events
+from tracer import addresses, events
 from tracer.expand import expand
 
 PAGES = 64
@@ -31,6 +31,16 @@ def frame(ip_id: int, seq: int, dport: int = 8000) -> bytes:
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, ip_id, 0, 64, 6, 0,
                      socket.inet_aton("198.18.0.2"), socket.inet_aton("198.18.0.1"))
     return b"\x02" * 12 + b"\x08\x00" + ip + tcp
+
+
+def frame6(flow: int, seq: int, dport: int = 8000, next_header: int = 6) -> bytes:
+    """Ethernet + IPv6 + TCP: [fd00:198:18::2]:40000 -> [fd00:198:18::1]:dport
+    (next_header 0 puts a hop-by-hop options header before the TCP header)."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, dport, seq, 0, 5 << 4, 0x10, 65535, 0, 0)
+    ext = b"\x06\x00" + b"\x01\x04\x00\x00\x00\x00" if next_header == 0 else b""
+    ip = struct.pack("!IHBB16s16s", 6 << 28 | flow, len(ext) + len(tcp), next_header, 64,
+                     addresses.packed("fd00:198:18::2")[:16], addresses.packed("fd00:198:18::1"))
+    return b"\x02" * 12 + b"\x86\xdd" + ip + ext + tcp
 
 
 def pcache_set_index(ip_id: int, seq: int, entries: int) -> int:
@@ -114,12 +124,38 @@ def test_a_journey_is_one_record_emitted_where_it_ends(clean):
     assert [bool(c & events.HOP_IN_CT_BIT) for c in codes] == [False, False, False, True]
     dts = r["hops"]["dt_ns"][:4].astype(int)
     assert dts[0] == 0 and all(np.diff(dts) >= 0)
-    assert r["n_tuples"] == 1 and socket.inet_ntoa(struct.pack("!I", int(r["tuples"]["daddr"][0]))) == "198.18.0.1"
+    assert r["n_tuples"] == 1 and addresses.text_of(r["tuples"]["daddr"][0].tobytes()) == "198.18.0.1"
     rows = expand(recs)
     assert len(rows) == 4 and set(rows["packet_id"]) == {r["packet_id"]}
     assert rows["flags"][0] & events.FLAG_NEW_PACKET and not rows["flags"][1] & events.FLAG_NEW_PACKET
     assert not (rows["flags"] & events.FLAG_INCOMPLETE).any()
     assert list(rows["dst_port"]) == [8000] * 4
+
+
+def test_an_ipv6_journey_carries_its_addresses(clean):
+    k = clean
+    packet = frame6(0x5A123, 2001)
+    k.see("trc_tc_in", packet, 2)
+    k.see("trc_tc_in_ct", packet)
+    recs = k.records()
+    assert len(recs) == 1 and end_name(recs[0]) == "terminal" and recs[0]["n_hops"] == 3
+    r = recs[0]
+    assert addresses.text_of(r["tuples"]["saddr"][0].tobytes()) == "fd00:198:18::2"
+    assert addresses.text_of(r["tuples"]["daddr"][0].tobytes()) == "fd00:198:18::1"
+    # No IP id in IPv6: the flow label's low 16 bits; length as IPv4 counts it.
+    assert r["ip_id"] == 0xA123 and r["length"] == 40 + 20 and r["hops"]["ttl"][0] == 64
+    rows = expand(recs)
+    assert list(rows["dst_port"]) == [8000] * 3 and list(rows["src_port"]) == [40000] * 3
+    assert addresses.texts(rows["src_ip"]) == ["fd00:198:18::2"] * 3
+
+
+def test_ipv6_behind_an_extension_header_is_keyed_by_addresses_alone(clean):
+    """Extension headers are not followed: no ports, so a port filter does
+    not match it (and nothing is misread as a port)."""
+    k = clean
+    k.see("trc_tc_in", frame6(0x1, 3001, next_header=0))
+    k.see("trc_tc_in_ct", frame6(0x1, 3001, next_header=0))
+    assert len(k.records()) == 0
 
 
 def test_untraced_packets_leave_nothing(clean):

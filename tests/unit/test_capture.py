@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tracer import events
+from tracer import addresses, events
 from tracer.capture import (
     CaptureReadError,
     CaptureWriter,
@@ -37,9 +37,9 @@ CLIENT, HOST, CONTAINER = "198.18.0.2", "198.18.0.1", "172.17.0.2"
 META = {"host": "testhost", "filter": "port 8000", "command": "tracer record -w x"}
 
 
-def _ip(text: str) -> int:
-    a, b, c, d = map(int, text.split("."))
-    return (a << 24) | (b << 16) | (c << 8) | d
+def _ip(text: str) -> np.ndarray:
+    """The 16 bytes the kernel records (IPv4-mapped for IPv4)."""
+    return np.frombuffer(addresses.packed(text), np.uint8)
 
 
 def context() -> DecodeContext:

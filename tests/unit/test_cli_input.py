@@ -42,6 +42,9 @@ BAD_TARGETS = [
     (["--host", "nothost"], "nothost"),
     (["--host", "1.2.3"], "1.2.3"),
     (["--host", "198.18.0.256"], "198.18.0.256"),
+    (["--host", "fd00::1::2"], "fd00::1::2"),
+    (["--host", "fd00:198:18::1/64"], "fd00:198:18::1/64"),
+    (["--host", "[fd00::1"], "[fd00::1"),
     (["--proto", "sctp"], "sctp"),
     (["--proto", ""], "--proto"),
 ]
@@ -59,13 +62,13 @@ def test_live_commands_refuse_bad_targets(tmp_path, command, args, word):
 
 
 def test_proto_is_the_same_choice_everywhere(capture):
-    """--proto takes tcp/udp/icmp in any case in trace and show alike."""
+    """--proto takes tcp/udp/icmp/icmp6 in any case in trace and show alike."""
     result = run(["show", "--json", "--proto", "TCP", str(capture)])
     assert result.exit_code == 0, result.stderr
     assert len(result.stdout.splitlines()) == 3
     for command in ("trace", "latency", "show"):
         help_text = run([command, "--help"]).stdout
-        assert "[tcp|udp|icmp]" in help_text, command
+        assert "[tcp|udp|icmp|icmp6]" in help_text, command
 
 
 @pytest.mark.parametrize("args", [["--count", "0"], ["-c", "-3"], ["-c", "many"]])

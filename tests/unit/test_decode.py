@@ -7,15 +7,16 @@ import struct
 
 import numpy as np
 
-from tracer import events
+from tracer import addresses, events
 from tracer.decode import DecodeContext, Place, decode
 
 HOST_NS = 4026531840
 CT_NS = 4026532500
 
 
-def ip(text: str) -> int:
-    return struct.unpack("!I", socket.inet_aton(text))[0]
+def ip(text: str) -> np.ndarray:
+    """The 16 bytes the kernel records (IPv4-mapped for IPv4)."""
+    return np.frombuffer(addresses.packed(text), np.uint8)
 
 
 def raw(rows: list[dict]) -> np.ndarray:

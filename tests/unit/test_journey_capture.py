@@ -119,11 +119,11 @@ def test_null_columns_read_as_empty_not_a_traceback(tmp_path, column):
 
 
 def test_records_as_the_kernel_lays_them_out_and_as_numpy_reorders_them(tmp_path):
-    """Kernel records keep addresses in network byte order (events.JOURNEY_DTYPE);
+    """Kernel records keep ports in network byte order (events.JOURNEY_DTYPE);
     np.concatenate (the hold) gives them back in native order: both are stored alike."""
     native = records()
     kernel = native.astype(events.JOURNEY_DTYPE)
-    assert kernel.dtype["tuples"].base["saddr"].byteorder == ">" and native.dtype != kernel.dtype
+    assert kernel.dtype["tuples"].base["sport"].byteorder == ">" and native.dtype != kernel.dtype
     for recs, name in ((native, "native"), (kernel, "kernel")):
         path = tmp_path / f"{name}.arrows"
         write(path, [recs])
@@ -212,3 +212,31 @@ def test_unknown_or_huge_place_ids_read_as_unknown_places(tmp_path):
     table = read_capture(_rewrite(tmp_path, damage)).events
     assert table.num_rows == int(records()["n_hops"].sum())
     assert set(table.column("ifname").to_pylist()) == {None}
+
+
+def test_ipv6_addresses_are_stored_and_read_back(tmp_path):
+    from tests.unit.test_journey_records import ip
+
+    recs = records()
+    recs["tuples"]["saddr"][0, 0] = ip("fd00:198:18::2")
+    path = tmp_path / "v6.arrows"
+    write(path, [recs])
+    back = read_capture(str(path)).events
+    assert comparable(back) == comparable(live_rows(recs))
+    assert "fd00:198:18::2" in back["src_ip"].cast(pa.string()).to_pylist()
+
+
+def test_captures_from_before_ipv6_still_read(tmp_path):
+    """Version 2 captures written before addresses were 16 bytes hold IPv4
+    addresses as uint32 in the tuples: they read as they did."""
+    from tracer.addresses import text_of
+    from tracer.journey_capture import _widened_tuples
+
+    legacy_type = pa.list_(pa.struct([("saddr", pa.uint32()), ("daddr", pa.uint32()),
+                                      ("sport", pa.uint16()), ("dport", pa.uint16())]))
+    old = pa.array([[{"saddr": 0xC6120002, "daddr": 0xC6120001, "sport": 40000, "dport": 8000}], []], legacy_type)
+    new = _widened_tuples(old.slice(0, 2))
+    assert new.type == pa.list_(events.TUPLE_ROW_TYPE)
+    first = new.to_pylist()[0][0]
+    assert text_of(first["saddr"]) == "198.18.0.2" and text_of(first["daddr"]) == "198.18.0.1"
+    assert first["dport"] == 8000 and new.to_pylist()[1] == []

@@ -16,7 +16,7 @@ import struct
 import numpy as np
 
 from tests.unit.test_decode import CT_NS, ctx
-from tracer import events
+from tracer import addresses, events
 from tracer.decode import decode
 from tracer.expand import expand
 from tracer.hold import RecordHold, sort_records
@@ -30,8 +30,9 @@ BEFORE, AFTER = 1, 2
 CLIENT, HOST, WEB, DB = "198.18.0.2", "198.18.0.1", "172.17.0.2", "172.17.0.3"
 
 
-def ip(text: str) -> int:
-    return struct.unpack("!I", socket.inet_aton(text))[0]
+def ip(text: str) -> np.ndarray:
+    """The 16 bytes the kernel records (IPv4-mapped for IPv4)."""
+    return np.frombuffer(addresses.packed(text), np.uint8)
 
 
 def hop(hook: str, ifindex: int, tuple_idx: int = 0, stage: int = 0, in_ct: bool = False, dt: int = 0) -> tuple:

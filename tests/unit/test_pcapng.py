@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from tests.unit.analysis_data import CLIENT, CONTAINER, HOST, METADATA, capture_table, event_table, lab_capture, write_capture
 from tracer.cli import cli
 from tests.unit.event_rows import CONTAINER_NS, event_defaults
-from tracer.pcapng import LINKTYPE_IPV4, build_headers, export_pcapng
+from tracer.pcapng import LINKTYPE_RAW, build_headers, export_pcapng
 
 TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
@@ -47,7 +47,7 @@ def test_block_structure(tmp_path: Path, lab):
     # one per place: interface, netns, hook and NAT stage (distinct in the lab's paths) + drop
     places = {(r["ifname"], r["netns"], r["hook"], r["nat_stage"]) for r in rows}
     assert len(idbs) == len(places) == 18
-    assert all(struct.unpack_from("<H", b)[0] == LINKTYPE_IPV4 for b in idbs)
+    assert all(struct.unpack_from("<H", b)[0] == LINKTYPE_RAW for b in idbs)
     stamps = [struct.unpack_from("<II", b, 4) for b in epbs]
     ns = [(hi << 32) | lo for hi, lo in stamps]
     assert ns == sorted(ns)  # time order

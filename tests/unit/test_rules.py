@@ -206,13 +206,18 @@ def test_resolver_carries_headers_and_hook_to_jumped_chains_and_rereads_after_co
     assert hits[1].rule["position"] == 3 and len(calls) == 2
 
 
+def _v4(value: int) -> np.ndarray:
+    """An IPv4 address (as an integer) as the kernel records it: IPv4-mapped IPv6."""
+    return np.frombuffer(b"\0" * 10 + b"\xff\xff" + value.to_bytes(4, "big"), np.uint8)
+
+
 def _record(pid, first, last, ip_id=0x1234, seq=1000, tuples=((0xC6120002, 0xC6120001, 40000, 8000),)):
     r = events.empty_journeys(1)
     r["packet_id"], r["first_ktime"], r["last_ktime"] = pid, first, last
     r["protocol"], r["ip_id"], r["length"], r["tcp_seq"] = 6, ip_id, 60, seq
     r["n_tuples"] = len(tuples)
     for i, (s, d, sp, dp) in enumerate(tuples):
-        r["tuples"]["saddr"][0, i], r["tuples"]["daddr"][0, i] = s, d
+        r["tuples"]["saddr"][0, i], r["tuples"]["daddr"][0, i] = _v4(s), _v4(d)
         r["tuples"]["sport"][0, i], r["tuples"]["dport"][0, i] = sp, dp
     return r
 

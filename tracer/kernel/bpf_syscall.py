@@ -43,6 +43,7 @@ BPF_LINK_TYPE_NETFILTER = 10
 BPF_LINK_TYPE_TCX = 11
 
 NFPROTO_IPV4 = 2
+NFPROTO_IPV6 = 10
 NF_HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
 
 PROG_TYPE_NAMES = {

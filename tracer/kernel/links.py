@@ -108,16 +108,18 @@ class _FdLink(_Detaching):
 
 
 class NetfilterLink(_FdLink):
-    """An IPv4 netfilter hook at an exact priority, in ``netns`` (default: ours)."""
+    """A netfilter hook of one family (``pf``: NFPROTO_IPV4 or NFPROTO_IPV6)
+    at an exact priority, in ``netns`` (default: ours)."""
 
     kind = "netfilter"
 
-    def __init__(self, prog_fd: int, hook: str, priority: int, netns: str | None = None) -> None:
+    def __init__(self, prog_fd: int, hook: str, priority: int, netns: str | None = None,
+                 pf: int = sc.NFPROTO_IPV4) -> None:
         super().__init__()
         if hook not in sc.NF_HOOKS:
             raise TracerError(f"unknown netfilter hook {hook!r}; one of {', '.join(sc.NF_HOOKS)}")
-        self.hook, self.priority, self.netns = hook, priority, netns
-        attr = sc.netfilter_link_attr(prog_fd, sc.NF_HOOKS[hook], priority)
+        self.hook, self.priority, self.netns, self.pf = hook, priority, netns, pf
+        attr = sc.netfilter_link_attr(prog_fd, sc.NF_HOOKS[hook], priority, pf=pf)
         try:
             with in_netns(netns):  # the link binds to the creating thread's netns
                 self._fd = sc.link_create(attr)
@@ -127,7 +129,8 @@ class NetfilterLink(_FdLink):
             raise link_error(exc, "netfilter", hook=hook, priority=priority, netns=netns) from None
 
     def __repr__(self) -> str:
-        return f"NetfilterLink(hook={self.hook}, priority={self.priority}, netns={self.netns}, fd={self._fd})"
+        return (f"NetfilterLink(hook={self.hook}, pf={self.pf}, priority={self.priority}, netns={self.netns}, "
+                f"fd={self._fd})")
 
 
 class TcxLink(_FdLink):

@@ -9,6 +9,7 @@ definitions and ``#define``s for BTF offsets and the filter.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import os
 import socket
 import struct
@@ -88,6 +89,11 @@ class Filter:
     # (tracer/cbpf.py expression_c: libpcap's classic BPF translated).
     expression: str | None = None
     expression_c: str = ""
+    # docker-proxy backends (container address, port) whose client leg the
+    # filter names: their connections are traced too (bpf/proxy.c). Whether
+    # the kernel checks them at all is fixed at compile time.
+    follow_proxies: bool = False
+    proxy_backends: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.sample <= MAX_SAMPLE:
@@ -102,9 +108,9 @@ class Filter:
             raise TracerError(f"unknown protocol {self.proto!r} (choose one of: {names})")
         for host in self.hosts:
             try:
-                socket.inet_aton(host)
-            except OSError:
-                raise TracerError(f"--host {host!r} is not an IPv4 address") from None
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise TracerError(f"--host {host!r} is not an IPv4 or IPv6 address") from None
         if (self.expression is None) != (not self.expression_c):
             raise ValueError("Filter: an expression comes with its C (tracer.cbpf.expression_c)")
 
@@ -120,7 +126,7 @@ class Filter:
             parts.append(f"proto {self.proto}")
         if self.expression:
             parts.insert(0, f"'{self.expression}'")
-        text = " and ".join(parts) or "all IPv4 traffic"
+        text = " and ".join(parts) or "all IPv4 and IPv6 traffic"
         return text + (f", 1 in {self.sample} flows" if self.sample > 1 else "")
 
     def cflags(self) -> list[str]:
@@ -144,6 +150,8 @@ class Filter:
         # of ports fits: there are 65535).
         flags.append(f"-DFILTER_PORT_ENTRIES={max(FILTER_MAP_MIN, len(set(self.ports)))}")
         flags.append(f"-DFILTER_HOST_ENTRIES={max(FILTER_MAP_MIN, len(set(self.hosts)))}")
+        if self.follow_proxies:
+            flags.append("-DFILTER_PROXY_BACKENDS")
         return flags
 
     def container_ports(self) -> set[int]:
@@ -156,7 +164,7 @@ class Filter:
         one = ctypes.c_uint8(1)
         if len(self.ports) > 1:
             _fill(bpf["filter_ports"], (_be16(p) for p in self.ports), one)
-        _fill(bpf["filter_hosts"], (_be32(h) for h in self.hosts), one)
+        _fill_addrs(bpf["filter_hosts"], self.hosts, one)
         self.refresh_containers(bpf)
 
     def refresh_containers(self, bpf) -> None:
@@ -164,17 +172,38 @@ class Filter:
         one = ctypes.c_uint8(1)
         bpf["filter_ctr_addrs"].clear()
         bpf["filter_ctr_ports"].clear()
-        _fill(bpf["filter_ctr_addrs"], (_be32(a) for a in self.container_addrs()), one)
+        _fill_addrs(bpf["filter_ctr_addrs"], self.container_addrs(), one)
         _fill(bpf["filter_ctr_ports"], (_be16(p) for p in self.container_ports()), one)
+        self.refresh_proxies(bpf)
+
+    def refresh_proxies(self, bpf) -> None:
+        if not self.follow_proxies:
+            return
+        table = bpf["filter_proxy_backends"]
+        table.clear()
+        for ip, port in self.proxy_backends:
+            key = table.Key()
+            key.addr.hi, key.addr.lo = _addr_words(ip)
+            key.port = _be16(port)
+            table[key] = ctypes.c_uint8(1)
 
 
 def _be16(port: int) -> int:
     return socket.htons(port)
 
 
-def _be32(ip: str) -> int:
-    # The C side compares raw network-order bytes read as a host u32.
-    return struct.unpack("=I", socket.inet_aton(ip))[0]
+def _addr_words(ip: str) -> tuple[int, int]:
+    """struct trc_addr of an address (tracer/events.py): its 16 recorded
+    bytes, IPv4 as IPv4-mapped IPv6, as the two u64 words the map keys hold."""
+    a = ipaddress.ip_address(ip)
+    raw = b"\0" * 10 + b"\xff\xff" + a.packed if a.version == 4 else a.packed
+    return struct.unpack("<QQ", raw)
+
+
+def _fill_addrs(table, ips: Iterable[str], value) -> None:
+    """Address keys (struct trc_addr: the 16 recorded bytes as two u64 words)."""
+    for ip in ips:
+        table[table.Key(*_addr_words(ip))] = value
 
 
 def _fill(table, keys: Iterable[int], value) -> None:

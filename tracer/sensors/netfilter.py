@@ -1,12 +1,15 @@
-"""Netfilter sensor: BPF netfilter links on the IPv4 hooks of the host netns,
-one just before and one just after the priority where NAT acts."""
+"""Netfilter sensor: BPF netfilter links on the IPv4 and IPv6 hooks of the
+host netns, one just before and one just after the priority where NAT acts
+(the same priorities in both families: conntrack -200, DNAT -100, SNAT +100)."""
 
 from __future__ import annotations
 
 import errno
+import sys
 from dataclasses import dataclass
 
 from tracer.errors import TracerError
+from tracer.kernel.bpf_syscall import NFPROTO_IPV4, NFPROTO_IPV6
 from tracer.kernel.links import NetfilterLink
 from tracer.sensors.base import Sensor
 
@@ -50,7 +53,8 @@ class NetfilterSensor(Sensor):
 
     def __init__(self) -> None:
         self.links: list[NetfilterLink] = []
-        self.priorities: dict[str, int] = {}
+        self.priorities: dict[str, int] = {}  # probe name (+ "6" for IPv6) -> priority
+        self.ipv6 = False
 
     def offsets(self):
         return {
@@ -61,23 +65,48 @@ class NetfilterSensor(Sensor):
             "OFF_STATE_HOOK": ("nf_hook_state", "hook", 1),
             "OFF_CT_TUPLE_ORIG": ("nf_conn", "tuplehash[0].tuple", 40),
             "OFF_CT_TUPLE_REPLY": ("nf_conn", "tuplehash[1].tuple", 40),
-            "OFF_TUPLE_SRC_U3": ("nf_conntrack_tuple", "src.u3", 4),
+            "OFF_TUPLE_SRC_U3": ("nf_conntrack_tuple", "src.u3", 16),
             "OFF_TUPLE_SRC_U": ("nf_conntrack_tuple", "src.u", 2),
-            "OFF_TUPLE_DST_U3": ("nf_conntrack_tuple", "dst.u3", 4),
+            "OFF_TUPLE_SRC_L3NUM": ("nf_conntrack_tuple", "src.l3num", 2),
+            "OFF_TUPLE_DST_U3": ("nf_conntrack_tuple", "dst.u3", 16),
             "OFF_TUPLE_DST_U": ("nf_conntrack_tuple", "dst.u", 2),
             "OFF_TUPLE_DST_PROTONUM": ("nf_conntrack_tuple", "dst.protonum", 1),
         }
 
     def attach(self, bpf) -> None:
+        """The IPv4 hooks are required; the IPv6 ones are attached where the
+        kernel has them (a kernel without IPv6 says so once on stderr)."""
         try:
             for probe in PROBES:
                 fn = bpf.load_func(probe.function, BPF_PROG_TYPE_NETFILTER, attach_type=BPF_NETFILTER)
-                link, priority = _attach_first_free(fn.fd, probe)
+                link, priority = _attach_first_free(fn.fd, probe, NFPROTO_IPV4)
                 self.links.append(link)
                 self.priorities[probe.name] = priority
+            self.ipv6 = self._attach_ipv6(bpf)
         except BaseException:
             self.detach()
             raise
+
+    def _attach_ipv6(self, bpf) -> bool:
+        v6: list[NetfilterLink] = []
+        try:
+            for probe in PROBES:
+                fn = bpf.load_func(probe.function, BPF_PROG_TYPE_NETFILTER, attach_type=BPF_NETFILTER)
+                link, priority = _attach_first_free(fn.fd, probe, NFPROTO_IPV6)
+                v6.append(link)
+                self.priorities[probe.name + "6"] = priority
+        except TracerError as exc:
+            if "priority" in str(exc):  # taken: as for IPv4, a real conflict
+                for link in v6:
+                    link.close()
+                raise
+            for link in v6:
+                link.close()
+            print(f"tracer: IPv6 netfilter hooks not available ({exc}); following IPv4 only at netfilter",
+                  file=sys.stderr)
+            return False
+        self.links += v6
+        return True
 
     def detach(self) -> None:
         for link in self.links:
@@ -85,14 +114,16 @@ class NetfilterSensor(Sensor):
         self.links.clear()
 
 
-def _attach_first_free(prog_fd: int, probe: NfProbe) -> tuple[NetfilterLink, int]:
+def _attach_first_free(prog_fd: int, probe: NfProbe, pf: int) -> tuple[NetfilterLink, int]:
     for priority in probe.priorities:
         try:
-            return NetfilterLink(prog_fd, probe.hook, priority), priority
+            return NetfilterLink(prog_fd, probe.hook, priority, pf=pf), priority
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 raise
         except TracerError as exc:
             if getattr(exc, "errno", None) != errno.EBUSY and "taken" not in str(exc):
                 raise
-    raise TracerError(f"no free netfilter priority for {probe.hook} in {probe.priorities}: is another tracer running?")
+    family = "IPv6" if pf == NFPROTO_IPV6 else "IPv4"
+    raise TracerError(f"no free {family} netfilter priority for {probe.hook} in {probe.priorities}: "
+                      "is another tracer running?")

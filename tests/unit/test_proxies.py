@@ -1,0 +1,99 @@
+"""docker-proxy discovery and the links between its legs (no root, no kernel)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from tracer.proxies import DockerProxy, ProxyLinks, find_proxies, parse_cmdline
+from tracer.proxy_output import annotate_json, annotate_text, journey_notes
+
+ARGV = ["/usr/sbin/docker-proxy", "-proto", "tcp", "-host-ip", "0.0.0.0", "-host-port", "8000",
+        "-container-ip", "172.17.0.2", "-container-port", "8080"]
+PROXY = DockerProxy(41, "tcp", "0.0.0.0", 8000, "172.17.0.2", 8080)
+CLIENT = (("127.0.0.1", 40992), ("127.0.0.1", 8000))
+BACKEND = (("172.17.0.1", 47410), ("172.17.0.2", 8080))
+
+
+def test_cmdline_parsed():
+    assert parse_cmdline(41, ARGV) == PROXY
+    assert parse_cmdline(41, ["/usr/sbin/docker-proxy", "-proto", "tcp"]) is None
+
+
+def test_find_proxies_reads_proc(tmp_path: Path):
+    for pid, comm, argv in ((41, "docker-proxy", ARGV), (42, "bash", ["bash"]),
+                            (43, "docker-proxy", [*ARGV[:2], "udp", *ARGV[3:]])):
+        d = tmp_path / str(pid)
+        d.mkdir()
+        (d / "comm").write_text(comm + "\n")
+        (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (tmp_path / "self").mkdir()
+    assert find_proxies(tmp_path) == [PROXY]  # udp proxies are not linked
+
+
+def test_a_link_is_found_from_either_leg_in_either_direction():
+    links = ProxyLinks()
+    # The request relay: bytes in from the client, out to the container.
+    link = links.add(41, CLIENT, BACKEND, {41: PROXY}, lambda ip: "web")
+    assert link.client == CLIENT and link.backend == BACKEND and link.container == "web"
+    # The reply relay of the same connection is the same link.
+    again = links.add(41, (BACKEND[1], BACKEND[0]), (CLIENT[1], CLIENT[0]), {41: PROXY})
+    assert again is link and len(links) == 1
+    assert links.find(*CLIENT) == (link, "client") and links.find(CLIENT[1], CLIENT[0]) == (link, "client")
+    assert links.find(*BACKEND) == (link, "backend")
+    assert links.find(("127.0.0.1", 1), ("127.0.0.1", 8000)) is None
+
+
+def test_links_of_unknown_processes_or_other_peers_are_ignored():
+    links = ProxyLinks()
+    assert links.add(99, CLIENT, BACKEND, {41: PROXY}) is None
+    assert links.add(41, CLIENT, (("172.17.0.1", 1), ("10.0.0.9", 80)), {41: PROXY}) is None
+    assert len(links) == 0
+
+
+def _rows(endpoints):
+    """Just what journey_notes and annotate_text read of JourneyRows: one
+    journey per (src, dst), two hops each."""
+    ips = sorted({ip for s, d in endpoints for ip in (s[0], d[0])}) + [None]
+    code = {ip: i for i, ip in enumerate(ips)}
+    s_codes, s_ports, d_codes, d_ports = [], [], [], []
+    for s, d in endpoints:
+        s_codes += [code[s[0]]] * 2
+        s_ports += [s[1]] * 2
+        d_codes += [code[d[0]]] * 2
+        d_ports += [d[1]] * 2
+    n = len(s_codes)
+    return _Rows(starts=np.arange(0, n + 1, 2), src=(np.array(s_codes), np.array(s_ports), np.zeros(n, bool)),
+                 dst=(np.array(d_codes), np.array(d_ports), np.zeros(n, bool)), src_ip=ips, dst_ip=ips)
+
+
+class _Rows(SimpleNamespace):
+    def __len__(self):
+        return len(self.starts) - 1
+
+
+def test_notes_place_the_proxy_hop_where_the_packet_meets_the_proxy():
+    links = ProxyLinks()
+    link = links.add(41, CLIENT, BACKEND, {41: PROXY})
+    jr = _rows([CLIENT, (CLIENT[1], CLIENT[0]), BACKEND, (BACKEND[1], BACKEND[0]),
+                (("198.18.0.2", 5), ("198.18.0.1", 8000))])
+    notes = journey_notes(jr, links)
+    # request into the proxy (after), reply out of it (before); backend request out (before), reply in (after)
+    assert [(k, leg, after) for k, _, leg, after in notes] == [
+        (0, "client", True), (1, "client", False), (2, "backend", False), (3, "backend", True)]
+    assert all(n[1] is link for n in notes)
+
+    block = b"".join(b'{"packet_id": %d, "hops": []}\n' % k for k in range(5))
+    out = annotate_json(block, notes).decode().splitlines()
+    parsed = [json.loads(line) for line in out]
+    assert parsed[0]["proxy"]["leg"] == "client" and parsed[2]["proxy"]["leg"] == "backend"
+    assert "proxy" not in parsed[4] and parsed[1]["proxy"]["backend"] == "172.17.0.1:47410 → 172.17.0.2:8080"
+
+    text = "".join(f"#{k}\n  hop a\n  hop b\n" for k in range(5)).encode()
+    lines = annotate_text(text, jr, notes).decode().splitlines()
+    assert lines[:4] == ["#0", "  hop a", "  hop b", lines[3]] and "proxy  docker-proxy pid 41" in lines[3]
+    assert lines[4] == "#1" and "proxy" in lines[5] and lines[6] == "  hop a"
+    assert lines[-3:] == ["#4", "  hop a", "  hop b"]

@@ -1,0 +1,175 @@
+"""Docker's userland proxy: which docker-proxy processes exist, and which two
+TCP connections each one relays between (the links bpf/proxy.c records).
+
+``curl 127.0.0.1:8000`` on the host, a container reaching a published port
+and any IPv6 client of a published port reach the container through
+docker-proxy: one TCP connection from the client to the proxy on the host
+port (the client leg), a second from the proxy to the container port (the
+backend leg). The kernel tells which client leg each backend leg relays
+(bpf/proxy.c); here the link gets an id, names its proxy and container, and
+is found again from either leg's addresses, so a journey on either leg can
+say where it continues.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer import addresses
+
+COMM = "docker-proxy"
+
+
+@dataclass(frozen=True)
+class DockerProxy:
+    """One docker-proxy process: `-proto tcp -host-ip 0.0.0.0 -host-port 8000
+    -container-ip 172.17.0.2 -container-port 8080` (one per port and family)."""
+
+    pid: int
+    proto: str
+    host_ip: str
+    host_port: int
+    container_ip: str
+    container_port: int
+
+
+def parse_cmdline(pid: int, argv: list[str]) -> DockerProxy | None:
+    """A docker-proxy from its arguments; None if they are not a proxy's."""
+    opts = {}
+    for flag, value in zip(argv[1:], argv[2:]):
+        if flag.startswith("-"):
+            opts[flag.lstrip("-")] = value
+    try:
+        return DockerProxy(pid, opts.get("proto", "tcp"), opts["host-ip"], int(opts["host-port"]),
+                           opts["container-ip"], int(opts["container-port"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def find_proxies(proc: Path = Path("/proc")) -> list[DockerProxy]:
+    """The running docker-proxy processes (TCP ones: the only kind linked)."""
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != COMM:
+                continue
+            argv = (entry / "cmdline").read_bytes().rstrip(b"\0").decode(errors="replace").split("\0")
+        except OSError:  # gone meanwhile
+            continue
+        proxy = parse_cmdline(int(entry.name), argv)
+        if proxy is not None and proxy.proto == "tcp":
+            found.append(proxy)
+    return sorted(found, key=lambda p: p.pid)
+
+
+Endpoint = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class ProxyLink:
+    """Two legs of one relayed connection, each as its packets go from the
+    side that connected: client -> host port, proxy -> container port."""
+
+    link_id: int
+    pid: int
+    client: tuple[Endpoint, Endpoint]
+    backend: tuple[Endpoint, Endpoint]
+    container: str | None
+
+    def to_json(self, leg: str) -> dict:
+        (c, h), (p, b) = self.client, self.backend
+        return {"link": self.link_id, "pid": self.pid, "leg": leg, "container": self.container,
+                "client": f"{addresses.endpoint(*c)} → {addresses.endpoint(*h)}",
+                "backend": f"{addresses.endpoint(*p)} → {addresses.endpoint(*b)}"}
+
+    def text(self) -> str:
+        (c, h), (p, b) = self.client, self.backend
+        where = f"  [{self.container}]" if self.container else ""
+        return (f"docker-proxy pid {self.pid}  {addresses.endpoint(*c)} → {addresses.endpoint(*h)}  ⇒  "
+                f"{addresses.endpoint(*p)} → {addresses.endpoint(*b)}{where}  link {self.link_id}")
+
+
+def _endpoints(words: tuple[int, ...]) -> tuple[Endpoint, Endpoint]:
+    """(src, dst) of a flow_key read from the map: 2+2 address words, ports
+    in network order."""
+    s_hi, s_lo, d_hi, d_lo, sport, dport = words
+    src = addresses.text_of(struct.pack("<QQ", s_hi, s_lo))
+    dst = addresses.text_of(struct.pack("<QQ", d_hi, d_lo))
+    return (src, _ntohs(sport)), (dst, _ntohs(dport))
+
+
+def _ntohs(v: int) -> int:
+    return ((v & 0xFF) << 8) | (v >> 8)
+
+
+class ProxyLinks:
+    """Links seen so far, found by either leg's two endpoints (in any order)."""
+
+    def __init__(self) -> None:
+        self.by_leg: dict[frozenset, tuple[ProxyLink, str]] = {}
+        self.links: list[ProxyLink] = []
+        self._ids = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self.links)
+
+    def add(self, pid: int, inbound: tuple[Endpoint, Endpoint], outbound: tuple[Endpoint, Endpoint],
+            proxies: dict[int, DockerProxy], container_of=lambda ip: None) -> ProxyLink | None:
+        """One relay the kernel saw: bytes came in on `inbound` (peer -> proxy)
+        and went out on `outbound` (proxy -> peer). Which leg is the backend
+        is told by the proxy's container address."""
+        proxy = proxies.get(pid)
+        if proxy is None:
+            return None
+        backend_end = (proxy.container_ip, proxy.container_port)
+        if outbound[1] == backend_end:  # a request: client -> proxy -> container
+            client, backend = inbound, outbound
+        elif inbound[0] == backend_end:  # a reply: container -> proxy -> client
+            client, backend = (outbound[1], outbound[0]), (inbound[1], inbound[0])
+        else:
+            return None
+        key_c, key_b = frozenset(client), frozenset(backend)
+        known = self.by_leg.get(key_c)
+        if known is not None and known[0].backend == backend:
+            return known[0]
+        link = ProxyLink(next(self._ids), pid, client, backend, container_of(proxy.container_ip))
+        self.links.append(link)
+        self.by_leg[key_c] = (link, "client")
+        self.by_leg[key_b] = (link, "backend")
+        return link
+
+    def find(self, a: Endpoint, b: Endpoint) -> tuple[ProxyLink, str] | None:
+        return self.by_leg.get(frozenset((a, b)))
+
+
+def read_links(table, proxies: dict[int, DockerProxy], links: ProxyLinks, container_of=lambda ip: None) -> int:
+    """Move the kernel's new link records (bpf/proxy.c proxy_links) into
+    `links`; returns how many links are new."""
+    before = len(links)
+    items = list(table.items())
+    for key, value in items:
+        inbound = _endpoints((key.inb.saddr.hi, key.inb.saddr.lo, key.inb.daddr.hi, key.inb.daddr.lo,
+                              key.inb.sport, key.inb.dport))
+        outbound = _endpoints((key.out.saddr.hi, key.out.saddr.lo, key.out.daddr.hi, key.out.daddr.lo,
+                               key.out.sport, key.out.dport))
+        links.add(int(value.pid), inbound, outbound, proxies, container_of)
+    for key, _ in items:
+        try:
+            del table[key]
+        except KeyError:
+            pass
+    return len(links) - before
+
+
+def proxies_by_pid(proxies: list[DockerProxy]) -> dict[int, DockerProxy]:
+    return {p.pid: p for p in proxies}
+
+
+def alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")

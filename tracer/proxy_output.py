@@ -1,0 +1,70 @@
+"""Journeys of docker-proxy legs, told in the output: a journey on either leg
+of a relayed connection gets a `proxy` object in its JSON and, in the human
+text, a line for the proxy hop, after the journey when the packet goes into
+the proxy and before its hops when it comes out of it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from tracer.journeys import JourneyRows
+from tracer.proxies import ProxyLink, ProxyLinks
+
+Note = tuple[int, ProxyLink, str, bool]  # journey index, link, leg, proxy hop after the hops
+
+
+def journey_notes(jr: JourneyRows, links: ProxyLinks) -> list[Note]:
+    """The journeys of `jr` that are on a known proxy leg."""
+    if not len(links) or not len(jr):
+        return []
+    first = jr.starts[:-1]
+    s_codes, s_ports, _ = jr.src
+    d_codes, d_ports, _ = jr.dst
+    notes = []
+    for k, h in enumerate(first.tolist()):
+        src = (jr.src_ip[s_codes[h]], int(s_ports[h]))
+        dst = (jr.dst_ip[d_codes[h]], int(d_ports[h]))
+        if src[0] is None or dst[0] is None:
+            continue
+        found = links.find(src, dst)
+        if found is None:
+            continue
+        link, leg = found
+        # Into the proxy: a request on the client leg, a reply on the backend leg.
+        into = src == link.client[0] if leg == "client" else dst == link.backend[0]
+        notes.append((k, link, leg, into))
+    return notes
+
+
+def annotate_json(block: bytes | memoryview, notes: list[Note]) -> bytes:
+    """JSON lines with `"proxy": {...}` added to the noted journeys' objects."""
+    data = bytes(block)
+    if not notes:
+        return data
+    lines = data.split(b"\n")
+    for k, link, leg, _ in notes:
+        line = lines[k]
+        extra = json.dumps(link.to_json(leg), ensure_ascii=False).encode()
+        lines[k] = line[:-1] + b', "proxy": ' + extra + b"}"
+    return b"\n".join(lines)
+
+
+def annotate_text(block: bytes | memoryview, jr: JourneyRows, notes: list[Note]) -> bytes:
+    """Human text with the proxy hop's line in the noted journeys."""
+    data = bytes(block)
+    if not notes:
+        return data
+    lines = data.decode().split("\n")
+    hops = np.diff(jr.starts)
+    if len(lines) < len(hops) + int(hops.sum()):  # not one line per header and hop: leave it be
+        return data
+    header = np.arange(len(hops)) + jr.starts[:-1]  # line of each journey's header
+    inserts = []
+    for k, link, _leg, after in notes:
+        at = int(header[k]) + (1 + int(hops[k]) if after else 1)
+        inserts.append((at, f"{'':>12s}  proxy  {link.text()}"))
+    for at, text in sorted(inserts, reverse=True):
+        lines.insert(at, text)
+    return "\n".join(lines).encode()
