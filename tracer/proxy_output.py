@@ -6,12 +6,12 @@ the proxy and before its hops when it comes out of it."""
 from __future__ import annotations
 
 import json
-
-import numpy as np
+import re
 
 from tracer.journeys import JourneyRows
 from tracer.proxies import ProxyLink, ProxyLinks
 
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 Note = tuple[int, ProxyLink, str, bool]  # journey index, link, leg, proxy hop after the hops
 
 
@@ -52,19 +52,20 @@ def annotate_json(block: bytes | memoryview, notes: list[Note]) -> bytes:
 
 
 def annotate_text(block: bytes | memoryview, jr: JourneyRows, notes: list[Note]) -> bytes:
-    """Human text with the proxy hop's line in the noted journeys."""
+    """Human text with the proxy hop's line in the noted journeys. A
+    journey's text is its header line ('#' and the packet id, after any
+    colour codes) and then its hop lines, whatever their number."""
     data = bytes(block)
     if not notes:
         return data
     lines = data.decode().split("\n")
-    hops = np.diff(jr.starts)
-    if len(lines) < len(hops) + int(hops.sum()):  # not one line per header and hop: leave it be
+    header = [i for i, line in enumerate(lines) if _COLOUR.sub("", line).startswith("#")]
+    if len(header) != len(jr):  # not the layout this expects: leave it be
         return data
-    header = np.arange(len(hops)) + jr.starts[:-1]  # line of each journey's header
+    ends = header[1:] + [len(lines) - 1 if lines[-1] == "" else len(lines)]
     inserts = []
     for k, link, _leg, after in notes:
-        at = int(header[k]) + (1 + int(hops[k]) if after else 1)
-        inserts.append((at, f"{'':>12s}  proxy  {link.text()}"))
-    for at, text in sorted(inserts, reverse=True):
+        inserts.append((ends[k] if after else header[k] + 1, f"{'':>12s}  proxy  {link.text()}"))
+    for at, text in sorted(inserts, key=lambda x: x[0], reverse=True):
         lines.insert(at, text)
     return "\n".join(lines).encode()
