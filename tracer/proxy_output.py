@@ -12,6 +12,7 @@ from tracer.journeys import JourneyRows
 from tracer.proxies import ProxyLink, ProxyLinks
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+_HEADER = re.compile(r"(\S+ )?#")  # '#id ...', or after the wall-clock time ('03:38:15.856443 #id ...')
 Note = tuple[int, ProxyLink, str, bool]  # journey index, link, leg, proxy hop after the hops
 
 
@@ -54,12 +55,12 @@ def annotate_json(block: bytes | memoryview, notes: list[Note]) -> bytes:
 def annotate_text(block: bytes | memoryview, jr: JourneyRows, notes: list[Note]) -> bytes:
     """Human text with the proxy hop's line in the noted journeys. A
     journey's text is its header line ('#' and the packet id, after any
-    colour codes) and then its hop lines, whatever their number."""
+    colour codes and the time) and then its hop lines, whatever their number."""
     data = bytes(block)
     if not notes:
         return data
     lines = data.decode().split("\n")
-    header = [i for i, line in enumerate(lines) if _COLOUR.sub("", line).startswith("#")]
+    header = [i for i, line in enumerate(lines) if _HEADER.match(_COLOUR.sub("", line))]
     if len(header) != len(jr):  # not the layout this expects: leave it be
         return data
     ends = header[1:] + [len(lines) - 1 if lines[-1] == "" else len(lines)]
