@@ -6,8 +6,10 @@ unknown). Two layouts:
 
 - ``OUT.parquet``: one file, with ``host`` and ``date`` as columns.
 - ``OUT`` (a directory): Hive partitions ``OUT/host=H/date=YYYY-MM-DD/``,
-  one file per capture export in each (named after the first capture file),
-  so exports of many hosts' captures into one directory are one dataset for
+  one file per capture export in each, named after the first capture file,
+  the capture's start time and a random suffix (rotated captures all start
+  ``cap.0000.arrows``: a later export adds a file, never replaces one), so
+  exports of many captures into one directory are one dataset for
   DuckDB (``read_parquet('OUT/**/*.parquet', hive_partitioning = true)``),
   polars (``pl.scan_parquet('OUT/**/*.parquet', hive_partitioning=True)``),
   Spark or Trino. ``host`` is the capture's host metadata, ``date`` the UTC
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +47,7 @@ def export_parquet(capture: CaptureStream, out: str | os.PathLike) -> tuple[int,
     writers: dict[Any, pq.ParquetWriter] = {}
     paths: list[Path] = []
     rows = 0
-    stem = _UNSAFE.sub("_", Path(capture.paths[0]).name.removesuffix(".arrows")) or "capture"
+    name = None  # of this export's file in each partition
     try:
         for batch in capture.sightings():
             meta = capture.file_metadata[capture.current]
@@ -56,7 +59,8 @@ def export_parquet(capture: CaptureStream, out: str | os.PathLike) -> tuple[int,
                 key = None if flat else (host, date)
                 writer = writers.get(key)
                 if writer is None:
-                    path = out if flat else out / f"host={_UNSAFE.sub('_', host)}" / f"date={date}" / f"{stem}.parquet"
+                    name = name or _file_name(capture, meta)
+                    path = out if flat else out / f"host={_UNSAFE.sub('_', host)}" / f"date={date}" / name
                     writer = writers[key] = _writer(path, FLAT_SCHEMA if flat else PRESENTED_SCHEMA, meta)
                     paths.append(path)
                 if flat:
@@ -71,6 +75,14 @@ def export_parquet(capture: CaptureStream, out: str | os.PathLike) -> tuple[int,
             writer.close()
             writer.sink.close()
     return rows, paths
+
+
+def _file_name(capture: CaptureStream, meta: dict[str, str]) -> str:
+    """``<first capture file>-<start time>-<random>.parquet``: unique per
+    export, so exports into one dataset add up."""
+    stem = _UNSAFE.sub("_", Path(capture.paths[0]).name.removesuffix(".arrows")) or "capture"
+    start = _UNSAFE.sub("_", meta.get("start_time", "").replace(":", ""))
+    return "-".join(p for p in (stem, start, secrets.token_hex(4)) if p) + ".parquet"
 
 
 def _dates(batch: pa.RecordBatch) -> np.ndarray:

@@ -142,8 +142,8 @@ def test_parquet_export_flat_and_hive(lab, tmp_path):
     hive = tmp_path / "dataset"
     for path in (cap, other):
         assert runner.invoke(cli, ["export", "--parquet", str(hive), str(path)]).exit_code == 0
-    assert (hive / "host=lab-host" / "date=2025-06-15" / "lab.parquet").exists()
-    assert (hive / "host=other-host" / "date=2025-06-15" / "other.parquet").exists()
+    assert len(list((hive / "host=lab-host" / "date=2025-06-15").glob("lab-2025-06-15T150640Z-*.parquet"))) == 1
+    assert len(list((hive / "host=other-host" / "date=2025-06-15").glob("other-*.parquet"))) == 1
     got = run_sql("SELECT host, date, count(*) AS n FROM sightings GROUP BY ALL ORDER BY host", hive)
     assert got == [{"host": "lab-host", "date": "2025-06-15", "n": len(rows)},
                    {"host": "other-host", "date": "2025-06-15", "n": len(rows)}]
@@ -152,6 +152,33 @@ def test_parquet_export_flat_and_hive(lab, tmp_path):
     # the README's SQL runs on the dataset too
     segs = {r["segment"]: r["packets"] for r in run_sql(sql_blocks()["p99 latency per hop segment"], flat)}
     assert segs == {k: len(v) for k, v in exp.by_segment().items()}
+
+
+def test_parquet_exports_of_the_same_host_and_date_add_up(lab, tmp_path):
+    # Rotated captures all start cap.0000.arrows: two of them, one host,
+    # one date, exported into one dataset, keep both captures' rows.
+    import pyarrow.dataset as ds
+
+    rows, _ = lab
+    table = event_table(rows)
+    caps = []
+    for i, (start, part) in enumerate([("2025-06-15T15:06:40Z", table),
+                                        ("2025-06-15T18:00:00Z", table.slice(0, 100))]):
+        path = tmp_path / f"run{i}" / "cap.0000.arrows"
+        path.parent.mkdir()
+        with CaptureWriter(path, {**METADATA, "start_time": start}) as w:
+            w.add_events(part)
+        caps.append(path)
+    hive = tmp_path / "dataset"
+    runner = CliRunner()
+    for path in caps:
+        result = runner.invoke(cli, ["export", "--parquet", str(hive), str(path)])
+        assert result.exit_code == 0, result.output
+    files = sorted((hive / "host=lab-host" / "date=2025-06-15").iterdir())
+    assert len(files) == 2, files
+    assert run_sql("SELECT count(*) AS n FROM sightings", hive) == [{"n": len(rows) + 100}]
+    dataset = ds.dataset(str(hive), format="parquet", partitioning="hive")
+    assert dataset.count_rows() == len(rows) + 100
 
 
 @pytest.mark.parametrize("args", [
