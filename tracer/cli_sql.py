@@ -1,8 +1,8 @@
 """`tracer sql QUERY FILES`: DuckDB SQL over captures, offline.
 
 The sightings of FILES are the table ``sightings`` in the columns of
-``capture.PRESENTED_SCHEMA`` (plain strings, signed ``ktime_ns`` and ids,
-NULL for unknown). FILES are captures (``.arrows``, streamed: DuckDB scans
+``capture.PRESENTED_SCHEMA`` (plain strings, signed ``ktime_ns``, unsigned
+ids, NULL for unknown). FILES are captures (``.arrows``, streamed: DuckDB scans
 them batch by batch) or Parquet files and directories written by ``tracer
 export --parquet`` (read with Hive partitions, so ``host`` and ``date`` are
 columns). A query that reads ``sightings`` more than once gets a copy in

@@ -1,8 +1,8 @@
 """`tracer export --parquet`: a capture's sightings as Parquet, streamed.
 
 Rows are the capture's sightings as other tools should see them
-(``capture.PRESENTED_SCHEMA``: plain strings, signed ids and times, NULL for
-unknown). Two layouts:
+(``capture.PRESENTED_SCHEMA``: plain strings, signed ``ktime_ns``, unsigned
+ids, NULL for unknown). Two layouts:
 
 - ``OUT.parquet``: one file, with ``host`` and ``date`` as columns.
 - ``OUT`` (a directory): Hive partitions ``OUT/host=H/date=YYYY-MM-DD/``,
