@@ -330,8 +330,11 @@ class RuleFeed:
 
     def caught_up(self, now_ktime: int) -> int:
         """The time up to which every report was read and joined: a packet
-        is shown only once its rules are in, even when the reader lags."""
-        return min(now_ktime, self.session.rules.watermark)
+        is shown only once its rules are in, even when the reader lags; never
+        held longer than the reader may lag (it drops older reports)."""
+        from tracer.rule_trace import MAX_LAG_NS
+
+        return min(now_ktime, max(self.session.rules.watermark, now_ktime - MAX_LAG_NS - 500_000_000))
 
     def finish(self) -> None:
         self.joiner.add_hits(self.session.rules.stop())

@@ -332,7 +332,10 @@ class Summary:
         if self.rules is not None:
             r = self.rules
             lines.append(f"  rules: {r.get('joined', 0):,} rule hits on journeys, {r.get('unmatched', 0):,} on untraced packets"
-                         + (f", {r['overruns']:,} report bursts lost" if r.get("overruns") else ""))
+                         + (f", {r['overruns']:,} report bursts lost" if r.get("overruns") else "")
+                         + (f", {r['dropped']:,} reports dropped unread (the reader fell behind)" if r.get("dropped") else "")
+                         + (f", {'at least ' if r.get('unread_more') else ''}{r['unread']:,} reports left unread at the stop"
+                            if r.get("unread") else ""))
         segs = self.segments()
         if segs:
             width = max(len(s["segment"]) for s in segs)

@@ -25,6 +25,20 @@ HOOK_NAMES = {"prerouting": "nf_prerouting", "input": "nf_input", "forward": "nf
               "output": "nf_output", "postrouting": "nf_postrouting"}
 _IP = struct.Struct(">BBHHHBBH4s4s")
 
+# Decoding reports is slower than a busy host sends them: when the reader
+# is this far behind (time since it last found the socket empty), it throws
+# the oldest away unread, so memory and the wait of the journeys shown only
+# once their rules are in (cli_trace.py) stay bounded.
+MAX_LAG_NS = 2_000_000_000
+# Decoded reports waiting for the trace loop: past this many the oldest go.
+MAX_ITEMS = 50_000
+# Datagrams per read: the reader sees the stop flag between reads.
+BATCH = 256
+# At the stop: read what is waiting for this long, then count and throw
+# away the rest (for at most STOP_SKIP_S), so a backlog never delays exit.
+STOP_READ_S = 0.2
+STOP_SKIP_S = 0.3
+
 
 @dataclass(slots=True)
 class RuleHit:
@@ -183,6 +197,9 @@ class RuleTracer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: str | None = None
+        self.dropped = 0  # reports thrown away unread while running (the reader was behind)
+        self.unread = 0  # reports still waiting at the stop, thrown away
+        self.unread_more = False  # ... and the socket was still not empty
 
     def start(self) -> "RuleTracer":
         check_rule_attribution()
@@ -195,20 +212,43 @@ class RuleTracer:
         except BaseException:
             self.close()
             raise
+        self._watermark = self.watermark = time.monotonic_ns()
         self._thread = threading.Thread(target=self._run, name="tracer-rules", daemon=True)
         self._thread.start()
         return self
 
     def _run(self) -> None:
         now = time.monotonic_ns
+        sock = self.sock
         try:
             while not self._stop.is_set():
                 mark = now()
-                ready, _, _ = select.select([self.sock], [], [], 0.05)
-                items = self.sock.read(now) if ready else []
-                with self._lock:  # read until empty: whatever came before `mark` is in
+                dropped = 0
+                if mark - self._watermark > MAX_LAG_NS:
+                    # Behind the kernel by more than MAX_LAG_NS: throw the
+                    # oldest reports away unread (far cheaper than decoding
+                    # them) rather than let the backlog and the journeys
+                    # waiting on it grow without limit.
+                    dropped = sock.skip(0.05)
+                    items = [OVERRUN] if dropped else []
+                else:
+                    if sock.empty:  # nothing was left at the last look: wait for more
+                        ready, _, _ = select.select([sock], [], [], 0.05)
+                        if not ready:
+                            with self._lock:
+                                self._watermark = mark
+                            continue
+                        mark = now()
+                    items = sock.read(now, BATCH)  # bounded: the stop flag is seen between batches
+                with self._lock:
+                    self.dropped += dropped
                     self._items += items
-                    self._watermark = mark
+                    if len(self._items) > MAX_ITEMS:  # the trace loop is behind: the oldest go
+                        cut = len(self._items) - MAX_ITEMS
+                        self.dropped += sum(1 for item in self._items[:cut] if item)
+                        self._items = [OVERRUN] + self._items[cut:]  # headers and a commit may be among them
+                    if sock.empty:  # whatever came before `mark` is in
+                        self._watermark = mark
         except Exception as exc:  # say it once; tracing goes on without rules
             self.error = str(exc)
             log.warning("rule attribution stopped: %s", exc)
@@ -226,20 +266,28 @@ class RuleTracer:
             self.table.update(match)
 
     def stop(self) -> list[RuleHit]:
-        """Stop marking and reading; the hits not yet taken."""
+        """Stop marking and reading; the hits not yet taken. Bounded in time
+        whatever the backlog: what is still waiting after a short last read
+        is thrown away and counted (``unread``)."""
         if self.table is not None:
             self.table.remove()
         if self._thread is not None:
-            # what the kernel sent before the table went is still to be read
-            time.sleep(0.05)
+            time.sleep(0.05)  # reports of packets in flight as the table went
             self._stop.set()
-            self._thread.join(2)
+            self._thread.join(1)  # it looks at the flag between batches
+            reader_gone = not self._thread.is_alive()
             self._thread = None
-            if self.sock is not None:
+            if self.sock is not None and reader_gone:  # never two readers at once
                 try:
-                    items = self.sock.read(time.monotonic_ns)
-                    with self._lock:
-                        self._items += items
+                    deadline = time.monotonic() + STOP_READ_S
+                    while time.monotonic() < deadline and not self.sock.empty:
+                        items = self.sock.read(time.monotonic_ns, BATCH)
+                        with self._lock:
+                            self._items += items
+                    if not self.sock.empty:
+                        self.unread += self.sock.skip(STOP_SKIP_S)
+                        # other tracers' marking may keep it from emptying: "at least"
+                        self.unread_more = not self.sock.empty
                 except OSError as exc:
                     log.warning("rule attribution: %s", exc)
         return self.take() if self.resolver is not None else []
@@ -247,7 +295,8 @@ class RuleTracer:
     def stats(self) -> dict:
         r = self.resolver
         return {"reports": r.events if r else 0, "unresolved": r.unresolved if r else 0,
-                "ruleset_reads": (r.reloads + 1) if r else 0, "overruns": self.sock.overruns if self.sock else 0}
+                "ruleset_reads": (r.reloads + 1) if r else 0, "overruns": self.sock.overruns if self.sock else 0,
+                "dropped": self.dropped, "unread": self.unread, "unread_more": self.unread_more}
 
     def close(self) -> None:
         self.stop()

@@ -150,3 +150,29 @@ def connect_from(lab, sport: int, seconds: float = 2, request: bool = True) -> N
             "s.close()\n")
     subprocess.run(["ip", "netns", "exec", lab["netns"], sys.executable, "-c", code, str(sport), lab["host_address"],
                     str(lab["port"]), str(seconds), "1" if request else "0"], capture_output=True, timeout=seconds + 10)
+
+
+def burst_from(lab, sports: list[int], seconds: float = 5) -> subprocess.Popen:
+    """Connections to the published port from each of ``sports`` at once
+    (one process in the lab client's netns, a GET on each): a burst the
+    test knows as its own. Returns the running process."""
+    code = ("import socket, sys, threading\n"
+            "def one(sport):\n"
+            "    s = socket.socket()\n"
+            "    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "    s.settimeout(float(sys.argv[3]))\n"
+            "    try:\n"
+            "        s.bind(('', sport))\n"
+            "        s.connect((sys.argv[1], int(sys.argv[2])))\n"
+            "        s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+            "        while s.recv(65536):\n"
+            "            pass\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "    s.close()\n"
+            "ts = [threading.Thread(target=one, args=(int(p),)) for p in sys.argv[4:]]\n"
+            "for t in ts: t.start()\n"
+            "for t in ts: t.join()\n")
+    return subprocess.Popen(["ip", "netns", "exec", lab["netns"], sys.executable, "-c", code, lab["host_address"],
+                             str(lab["port"]), str(seconds), *map(str, sports)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import time
 from dataclasses import dataclass
 
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, NFNLGRP_NFTABLES, NFNLGRP_NFTRACE
@@ -140,6 +141,18 @@ def parse_messages(buf: bytes, ktime: int = 0, out: list | None = None) -> list:
     return out
 
 
+def count_reports(buf: bytes) -> int:
+    """How many NFT_MSG_TRACE messages a datagram holds (headers only)."""
+    n = off = 0
+    while off + _NLMSG.size <= len(buf):
+        length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(buf, off)
+        if length < _NLMSG.size:
+            break
+        n += kind == MSG_TRACE
+        off += (length + 3) & ~3
+    return n
+
+
 class TraceSocket:
     """A netlink socket subscribed to nf_tables traces and ruleset commits."""
 
@@ -157,18 +170,24 @@ class TraceSocket:
             self.sock.close()
             raise
         self.overruns = 0  # ENOBUFS: the kernel dropped messages for us
+        self.empty = False  # the last read()/skip() found no datagram left
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def read(self, now) -> list:
-        """Every datagram waiting (non-blocking): trace events in order, with
-        NEW_GENERATION where the ruleset changed."""
+    def read(self, now, max_datagrams: int | None = None) -> list:
+        """The datagrams waiting (non-blocking), at most ``max_datagrams``:
+        trace events in order, with NEW_GENERATION where the ruleset
+        changed. ``empty`` says whether the socket was found empty (every
+        report sent before the call is then in the list)."""
         out: list = []
-        while True:
+        self.empty = False
+        n = 0
+        while max_datagrams is None or n < max_datagrams:
             try:
                 buf = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
             except BlockingIOError:
+                self.empty = True
                 return out
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
@@ -176,7 +195,32 @@ class TraceSocket:
                     out.append(OVERRUN)
                     continue
                 raise
+            n += 1
             parse_messages(buf, now(), out)
+        return out
+
+    def skip(self, seconds: float) -> int:
+        """Read and throw away the oldest waiting reports, without decoding
+        them, until the socket is empty or ``seconds`` have passed (``empty``
+        says which); returns how many trace reports were thrown away."""
+        deadline = time.monotonic() + seconds
+        self.empty = False
+        dropped = 0
+        while True:
+            for _ in range(256):
+                try:
+                    buf = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    self.empty = True
+                    return dropped
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    self.overruns += 1
+                    continue
+                dropped += count_reports(buf)
+            if time.monotonic() >= deadline:
+                return dropped
 
     def close(self) -> None:
         self.sock.close()
