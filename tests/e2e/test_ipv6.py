@@ -76,8 +76,14 @@ def test_ipv6_request_and_reply_through_the_proxy_port(lab6, tmp_path: Path):
     client_end = syn["hops"][index_of(syn, "tc_ingress", ifname=lab["host_iface"])]["src"]
     this = [j for j in mine if any(client_end in (h["src"], h["dst"]) for h in j["hops"])]
     assert len(this) >= 5, [[h["hook"] for h in j["hops"]] for j in mine]
-    assert all({h["hook"][:3] for h in j["hops"]} == {"tc_", "nf_"} for j in this), \
-        [[h["hook"] for h in j["hops"]] for j in this]
+    both = [j for j in this if {h["hook"][:3] for h in j["hops"]} == {"tc_", "nf_"}]
+    # IPv6 has no IP id: the fingerprint uses the flow label, constant per
+    # connection, so two pure ACKs with the same seq/ack/length close together
+    # (a window update) look alike and one may be left apart (issue 11 note).
+    # Packets with their own sequence numbers (SYN, SYN-ACK) always join.
+    for flags in ("S", "SA"):
+        assert all(j in both for j in this if j["tcp_flags"] == flags), (flags, [[h["hook"] for h in j["hops"]] for j in this])
+    assert len(both) >= 0.75 * len(this), [[h["hook"] for h in j["hops"]] for j in this]
 
     # The capture says the same: show --host with the address spelled another way.
     spelled = lab["client_address6"].replace("::", ":0::")
