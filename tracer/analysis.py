@@ -27,7 +27,8 @@ import pyarrow.compute as pc
 
 from tracer.events import FLAG_IN_CONTAINER_NS, ICMP_NAMES, META_PREFIX
 from tracer.journeys import _DIRECTION_CODES as _DIR_CODES
-from tracer.journeys import VERDICTS, Hop, Journey, _endpoint_plain, _factorize, build_journeys, is_terminal
+from tracer.journeys import (VERDICTS, Hop, Journey, _endpoint_plain, _factorize, build_journeys, is_terminal,
+                             verdict_codes)
 from tracer.segment_latency import SegmentLatencies
 
 ARROW = "→"
@@ -325,18 +326,40 @@ _ANALYSIS_COLUMNS = ("time", "ktime_ns", "hook", "nat_stage", "if_role", "flags"
                      "drop_reason")
 
 
-def _journey_order(pid: np.ndarray, kt: np.ndarray, is_drop: np.ndarray) -> np.ndarray:
+def place_codes(table: pa.Table) -> tuple[np.ndarray, list, np.ndarray, list, np.ndarray, list]:
+    """(hook, stage, role) of sighting rows as codes and their values. A tc
+    program inside a container's netns is a container sighting (as in journeys)."""
+    hook, hooks = _codes(table, "hook")
+    stage, stages = _codes(table, "nat_stage")
+    role, roles = _codes(table, "if_role")
+    in_ns = (_ints(table, "flags") & FLAG_IN_CONTAINER_NS) != 0
+    if in_ns.any():
+        if "container" not in roles:
+            roles = roles + ["container"]
+        role = np.where(in_ns & (role < 0), roles.index("container"), role)
+    return hook, hooks, stage, stages, role, roles
+
+
+def journey_order(pid: np.ndarray, kt: np.ndarray, is_drop: np.ndarray) -> np.ndarray:
     """Row order by packet, then drop rows last, then time. A capture lays a
     packet's rows out together and in that order already: then the rows
     stay where they are (packets in the order they came) and nothing is
-    sorted."""
+    sorted. Rows in time order (the usual other case): a stable sort by
+    packet keeps each packet's rows in time order (checked); else the full sort."""
     n = len(pid)
-    if n > 1:
-        same = pid[1:] == pid[:-1]
-        runs = pid[np.flatnonzero(np.r_[True, ~same])]
-        in_order = (is_drop[1:] > is_drop[:-1]) | ((is_drop[1:] == is_drop[:-1]) & (kt[1:] >= kt[:-1]))
-        if np.all(in_order | ~same) and len(np.unique(runs)) == len(runs):
+    if n < 2:
+        return np.arange(n)
+
+    def in_order(p, k, d) -> np.ndarray:  # per adjacent pair: not the same packet, or drop last then time
+        return (p[1:] != p[:-1]) | (d[1:] > d[:-1]) | ((d[1:] == d[:-1]) & (k[1:] >= k[:-1]))
+
+    if in_order(pid, kt, is_drop).all():
+        runs = pid[np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])]
+        if len(np.unique(runs)) == len(runs):
             return np.arange(n)
+    order = np.argsort(pid, kind="stable")
+    if in_order(pid[order], kt[order], is_drop[order]).all():
+        return order
     return np.lexsort((kt, is_drop, pid))
 
 
@@ -357,15 +380,7 @@ class _Sorted:
         self.table = table
         n = table.num_rows
 
-        hook, hooks = _codes(table, "hook")
-        stage, stages = _codes(table, "nat_stage")
-        role, roles = _codes(table, "if_role")
-        # A tc program inside a container's netns is a container sighting (as in journeys).
-        in_ns = (_ints(table, "flags") & FLAG_IN_CONTAINER_NS) != 0
-        if in_ns.any():
-            if "container" not in roles:
-                roles = roles + ["container"]
-            role = np.where(in_ns & (role < 0), roles.index("container"), role)
+        hook, hooks, stage, stages, role, roles = place_codes(table)
 
         # Label each distinct (hook, stage, role) once with Hop.label / is_terminal.
         ns_, nr = len(stages) + 1, len(roles) + 1
@@ -393,7 +408,7 @@ class _Sorted:
 
         pid = _ints(table, "packet_id", np.uint64)
         kt = _ints(table, "ktime_ns")
-        order = _journey_order(pid, kt, is_drop)
+        order = journey_order(pid, kt, is_drop)
         # Only the first drop row of a packet counts (journeys do the same).
         pid_o, drop_o = pid[order], is_drop[order]
         dup = np.zeros(n, dtype=bool)
@@ -496,11 +511,7 @@ class CaptureAnalysis:
         flow = _reduce(np.maximum, _ints(t, "flow_id", np.uint64)[o], ps)
         duration = _reduce(np.maximum, s.kt, ps) - s.kt[ps]
         last = pe - 1
-        # As journeys.verdict_of: a drop right after a terminal sighting (e.g.
-        # QUEUE_PURGE at the receiving socket) is a delivered packet.
-        after_delivery = s.is_drop[last] & (last > ps) & s.terminal[np.maximum(last - 1, ps)]
-        dropped = s.is_drop[last] & ~after_delivery
-        verdict = np.where(dropped, 1, np.where(s.terminal[last] | after_delivery, 0, 2))
+        verdict, _ = verdict_codes(s.terminal, s.is_drop, ps, last)
         self._verdicts += np.bincount(verdict, minlength=3)
         label_ids = np.array([self._label_id(x) for x in s.labels], np.int64)
         self._add_drops(s, verdict, label_ids)

@@ -820,15 +820,22 @@ def verdicts(hook: _Codes, stage: _Codes, role: _Codes, is_drop: np.ndarray,
     with journeys starting at ``starts`` (plus a final end): per journey the
     index into VERDICTS, whether it was dropped, and the hop last seen
     before the drop (-1 if none)."""
-    terminal = _terminal(hook, stage, role)
     last = starts[1:] - 1
-    two = np.diff(starts) > 1
-    prev = np.where(two, last - 1, last)
+    verdict, dropped = verdict_codes(_terminal(hook, stage, role), is_drop, starts[:-1], last)
+    return verdict, dropped, np.where(is_drop[last] & (last > starts[:-1]), last - 1, -1)
+
+
+def verdict_codes(terminal: np.ndarray, is_drop: np.ndarray, first: np.ndarray,
+                  last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """verdict_of over rows: journey i is rows first[i]..last[i] in journey
+    order (a drop row last), ``terminal`` per row. Per journey the index into
+    VERDICTS and whether it was dropped. A drop right after a terminal
+    sighting (QUEUE_PURGE at the receiving socket) is a delivered packet."""
+    two = last > first
     last_drop = is_drop[last]
-    delivered = np.where(last_drop, two & terminal[prev], terminal[last])
+    delivered = np.where(last_drop, two & terminal[np.where(two, last - 1, last)], terminal[last])
     dropped = last_drop & ~delivered
-    verdict = np.where(delivered, 0, np.where(dropped, 1, 2)).astype(np.int8)
-    return verdict, dropped, np.where(last_drop & two, last - 1, -1)
+    return np.where(delivered, 0, np.where(dropped, 1, 2)).astype(np.int8), dropped
 
 
 def _terminal(hook: _Codes, stage: _Codes, role: _Codes) -> np.ndarray:

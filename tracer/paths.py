@@ -32,10 +32,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer.analysis import event_rows, wall_ns
-from tracer.events import FLAG_IN_CONTAINER_NS
+from tracer.analysis import _codes, _ints, event_rows, journey_order, place_codes, wall_ns
 from tracer.hdr import Histogram
-from tracer.journeys import Hop, hop_label, is_terminal
+from tracer.journeys import Hop, hop_label, is_terminal, verdict_codes
 
 MAX_BINS = 90  # time bins per segment series: bins double in width as the capture grows
 FIRST_BIN_NS = 10_000_000  # 10 ms to start with
@@ -141,43 +140,6 @@ class PathSummary:
         return sum(g.packets for g in self.groups)
 
 
-def _codes(table: pa.Table, name: str) -> tuple[np.ndarray, list]:
-    """(code per row, -1 for null; distinct values) of a column. Dictionary
-    columns (a capture's strings) are read as their indices: no string is
-    made per row."""
-    if name not in table.column_names:
-        return np.full(table.num_rows, -1, dtype=np.int64), []
-    col = table[name]
-    if pa.types.is_dictionary(col.type):  # the table's dictionaries are unified (PathStats.add)
-        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-        values = arr.dictionary.cast(pa.string()).to_pylist()
-        return pc.fill_null(arr.indices, -1).to_numpy().astype(np.int64), values
-    enc = pc.dictionary_encode(col.cast(pa.string())).combine_chunks()
-    return pc.fill_null(enc.indices, -1).to_numpy().astype(np.int64), enc.dictionary.to_pylist()
-
-
-def _journey_order(pid: np.ndarray, kt: np.ndarray, is_drop: np.ndarray) -> np.ndarray:
-    """Rows in (packet, drop last, time) order: a journey a packet. Captures
-    that hold the kernel's journey records already come that way: checked,
-    not sorted again."""
-    n = len(pid)
-    if n < 2:
-        return np.arange(n)
-    same = pid[1:] == pid[:-1]
-    in_order = (pid[1:] >= pid[:-1]) & (~same | (is_drop[1:] > is_drop[:-1])
-                                         | ((is_drop[1:] == is_drop[:-1]) & (kt[1:] >= kt[:-1])))
-    if in_order.all():
-        return np.arange(n)
-    # Rows in time order (the usual other case): a stable sort by packet keeps
-    # each packet's rows in time order; checked, else the full sort.
-    order = np.argsort(pid, kind="stable")
-    p, k, d = pid[order], kt[order], is_drop[order]
-    same = p[1:] == p[:-1]
-    if ((~same) | (d[1:] > d[:-1]) | ((d[1:] == d[:-1]) & (k[1:] >= k[:-1]))).all():
-        return order
-    return np.lexsort((kt, is_drop, pid))
-
-
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(first row of each distinct value, its count, code of each row), by
     hashing (Arrow's dictionary_encode), not sorting."""
@@ -196,12 +158,6 @@ def _compact(key: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     lut = np.zeros(max(size, 1), dtype=np.int64)
     lut[present] = np.arange(len(present))
     return present, lut[key]
-
-
-def _ints(table: pa.Table, name: str, dtype=np.int64) -> np.ndarray:
-    if name not in table.column_names:
-        return np.zeros(table.num_rows, dtype=dtype)
-    return pc.fill_null(table[name], 0).to_numpy().astype(dtype)
 
 
 _ENTRY = {"external": "external", "bridge": "bridge", "veth": "veth", "container": "container"}
@@ -245,14 +201,7 @@ class PathStats:
         if not t.num_rows:
             return
         t = t.unify_dictionaries()
-        hook_c, hooks = _codes(t, "hook")
-        stage_c, stages = _codes(t, "nat_stage")
-        role_c, roles = _codes(t, "if_role")
-        in_ns = (_ints(t, "flags") & FLAG_IN_CONTAINER_NS) != 0
-        if in_ns.any():
-            if "container" not in roles:
-                roles = roles + ["container"]
-            role_c = np.where(in_ns & (role_c < 0), roles.index("container"), role_c)
+        hook_c, hooks, stage_c, stages, role_c, roles = place_codes(t)
 
         # Label each distinct (hook, stage, role) once.
         nr, ns_ = len(roles) + 1, len(stages) + 1
@@ -277,7 +226,7 @@ class PathStats:
 
         pid = _ints(t, "packet_id", np.uint64)
         kt = _ints(t, "ktime_ns")
-        order = _journey_order(pid, kt, is_drop)
+        order = journey_order(pid, kt, is_drop)
         pid, kt, label, is_drop, term = pid[order], kt[order], label[order], is_drop[order], term[order]
         rows = order  # table row of each sorted row
         n = len(pid)
@@ -311,9 +260,7 @@ class PathStats:
 
         last = ends - 1
         last_real = last - (is_drop[last] & (last > starts))  # the last sighting that is not a drop
-        after_delivery = is_drop[last] & (last > starts) & term[last_real]
-        dropped = is_drop[last] & ~after_delivery
-        verdict = np.where(dropped, 1, np.where(term[last] | after_delivery, 0, 2))
+        verdict, dropped = verdict_codes(term, is_drop, starts, last)
         e2e = kt[last_real] - kt[starts]
 
         # Group key per packet (a handful of distinct ones).
