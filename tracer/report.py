@@ -32,6 +32,7 @@ from tracer.journeys import Journey
 from tracer.paths import Group, PathSummary
 from tracer.report_path import duration, path_svg
 from tracer.report_plots import box_plot, cpu_plot, end_to_end_plot, plt as _plt, series_plot, svg as _svg
+from tracer.report_plots import seconds_text as _seconds
 
 MAX_PATH_SECTIONS = 6  # path groups with a section of their own; the rest are a table
 
@@ -142,14 +143,6 @@ def throughput_plot(tp: dict) -> str:
         ax.grid(alpha=0.25)
         ax.set_ylim(bottom=0)
     return _svg(fig)
-
-
-def _seconds(s: float) -> str:
-    if s >= 1:
-        return f"{s:g} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:g} ms"
-    return f"{s * 1e6:g} µs"
 
 
 def _us(ns: float) -> str:

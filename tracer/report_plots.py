@@ -130,7 +130,7 @@ def series_plot(group: Group, summary: PathSummary) -> str:
                          norm=LogNorm(vmin=np.nanmin(grid), vmax=max(np.nanmax(grid), np.nanmin(grid) * 1.01)))
     ax.set_yticks(np.arange(len(segs)) + 0.5)
     ax.set_yticklabels([f"{s.src} → {s.dst}" for s in segs][::-1], fontsize=8)
-    ax.set_xlabel(f"seconds since the first packet (bins of {_seconds(width_s)})")
+    ax.set_xlabel(f"seconds since the first packet (bins of {seconds_text(width_s)})")
     bar = fig.colorbar(mesh, ax=ax, pad=0.01)
     bar.set_label("p99 in the bin, µs (log)")
     return svg(fig)
@@ -162,7 +162,8 @@ def cpu_plot(group: Group) -> str:
     return svg(fig)
 
 
-def _seconds(s: float) -> str:
+def seconds_text(s: float) -> str:
+    """A bin width as people write it: 2 s, 50 ms, 500 µs."""
     if s >= 1:
         return f"{s:g} s"
     if s >= 1e-3:

@@ -184,20 +184,29 @@ class TraceSocket:
         self.empty = False
         n = 0
         while max_datagrams is None or n < max_datagrams:
-            try:
-                buf = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                self.empty = True
+            buf = self._recv()
+            if buf is None:
                 return out
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.overruns += 1
-                    out.append(OVERRUN)
-                    continue
-                raise
+            if buf is OVERRUN:
+                out.append(OVERRUN)
+                continue
             n += 1
             parse_messages(buf, now(), out)
         return out
+
+    def _recv(self):
+        """One datagram; None once the socket is empty (``empty`` set), or
+        OVERRUN where the kernel dropped reports (ENOBUFS, counted)."""
+        try:
+            return self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            self.empty = True
+            return None
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            self.overruns += 1
+            return OVERRUN
 
     def skip(self, seconds: float) -> int:
         """Read and throw away the oldest waiting reports, without decoding
@@ -208,17 +217,11 @@ class TraceSocket:
         dropped = 0
         while True:
             for _ in range(256):
-                try:
-                    buf = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    self.empty = True
+                buf = self._recv()
+                if buf is None:
                     return dropped
-                except OSError as exc:
-                    if exc.errno != errno.ENOBUFS:
-                        raise
-                    self.overruns += 1
-                    continue
-                dropped += count_reports(buf)
+                if buf is not OVERRUN:
+                    dropped += count_reports(buf)
             if time.monotonic() >= deadline:
                 return dropped
 
