@@ -146,11 +146,12 @@ def _place_keys(netns, in_ct, ifindex) -> tuple[np.ndarray, np.ndarray]:
     return keys, inverse.astype(np.int64)
 
 
-def resolve_places(ctx: DecodeContext, in_ct, netns, ifindex, src, dst) -> tuple[list[Place], np.ndarray]:
+def resolve_places(ctx: DecodeContext, in_ct, netns, ifindex,
+                   addresses_of: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[list[Place], np.ndarray]:
     """Distinct places and each row's index into them, resolved once per
-    distinct (in-container flag, netns, ifindex). ``src``/``dst`` may be a
-    callable giving both: they are needed only where two containers' eth0
-    share an ifindex."""
+    distinct (in-container flag, netns, ifindex). ``addresses_of()`` gives
+    every row's (src, dst): asked only where two containers' eth0 share an
+    ifindex, so callers need not gather addresses for nothing."""
     keys, inverse = _place_keys(netns, in_ct, ifindex)
     places = []
     for k in keys.tolist():
@@ -159,8 +160,7 @@ def resolve_places(ctx: DecodeContext, in_ct, netns, ifindex, src, dst) -> tuple
     # Rare: two containers whose eth0 share an ifindex; their addresses tell.
     for i, k in enumerate(keys.tolist()):
         if (k >> 31) & 1 and len(ctx.container_places.get(k & 0x7FFFFFFF, ())) > 1:
-            if callable(src):
-                src, dst = src()
+            src, dst = addresses_of()
             for row in np.flatnonzero(inverse == i).tolist():
                 places.append(ctx.place(0, k & 0x7FFFFFFF, True, addresses.text_of(bytes(src[row])),
                                         addresses.text_of(bytes(dst[row]))))
@@ -182,7 +182,7 @@ def decode(raw: np.ndarray, ctx: DecodeContext, places: tuple[list[Place], np.nd
     src = addresses.as_rows(raw["src_ip"])
     dst = addresses.as_rows(raw["dst_ip"])
 
-    places, inverse = places if places is not None else resolve_places(ctx, in_ct, netns, ifindex, src, dst)
+    places, inverse = places if places is not None else resolve_places(ctx, in_ct, netns, ifindex, lambda: (src, dst))
 
     ktime = raw["ktime_ns"].astype(np.int64)
     hooks = raw["hook"]

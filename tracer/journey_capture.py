@@ -95,7 +95,7 @@ def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -
     def addresses():
         return record_words.tuples_at(records, rec, t_idx)[:2]
 
-    places, inverse = resolve_places(ctx, in_ct, netns, ifindex, addresses, None)
+    places, inverse = resolve_places(ctx, in_ct, netns, ifindex, addresses)
     place = place_ids.ids_of(places)[inverse] if len(places) else np.zeros(0, np.uint32)
 
     # HOP_FLAG_IN_CONTAINER_NS from HOP_IN_CT_BIT (0x40), HOP_FLAG_NEW_PACKET from 0x80

@@ -73,7 +73,7 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
     netns_raw = np.where(is_drop, field("drop_netns")[rec], 0).astype(np.uint32)
 
     # Places: resolved once per distinct (in container netns, netns, ifindex).
-    places, where = resolve_places(ctx, in_ct, netns_raw, ifindex.astype(np.uint32), src_a, dst_a)
+    places, where = resolve_places(ctx, in_ct, netns_raw, ifindex.astype(np.uint32), lambda: (src_a, dst_a))
     where = np.asarray(where, np.int64)
     role = _place_codes(where, [p.role for p in places])
     ifname = _place_codes(where, [p.ifname for p in places])
