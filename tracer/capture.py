@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from tracer import __version__, events, record_words
 from tracer.errors import TracerError, one_line
-from tracer.journey_capture import BadJourneyRows, JourneyRowReader, PlaceIds, journey_rows
+from tracer.journey_capture import JourneyRowReader, PlaceIds, journey_rows
 from tracer.outfiles import create_fd
 
 SUFFIX = ".arrows"
@@ -283,7 +283,7 @@ class CaptureWriter:
         self._records.append(records)
         self._records_held += len(records)
         self._journey_ctx, self._journey_lock = ctx, lock
-        self.journey_rows += len(records)
+        self.journey_rows += int(np.count_nonzero(records["n_hops"]))  # records without hops are not stored
         self.event_rows += int(np.minimum(records["n_hops"], events.MAX_HOPS).sum())
         if self._records_held >= JOURNEY_BATCH:
             self._lay_out_records()
@@ -881,21 +881,24 @@ class _FileRows:
         reader, self._stdin = self._stdin, None
         if reader is None:
             raise CaptureReadError("-: standard input can be read only once (save it to a file for this)")
-        torn = False
+        end = yield from self._stream(reader, rows_of)
+        if end != "clean":  # the writer was killed: what came before is kept
+            self.warning = f"standard input: recovered {self.batches} batches ({self.rows:,} rows); it ends in a torn batch"
+
+    def _stream(self, reader: Any, rows_of) -> Iterator[pa.RecordBatch]:
+        """An IPC stream's batches as CAPTURE_SCHEMA rows, up to its end; returns
+        how it ended: "clean", "torn" (a batch cut short) or "damaged" (a
+        batch whose data contradicts its own layout: read no further)."""
         while True:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
-                break
-            except (pa.ArrowException, OSError, ValueError, MemoryError):
-                torn = True  # the writer was killed: keep what came before
-                break
+                return "clean"
+            except (pa.ArrowException, OSError, ValueError, MemoryError):  # damaged text or lengths in a batch
+                return "torn"
             if not _valid(batch):
-                torn = True
-                break
+                return "damaged"
             yield from self._converted(rows_of, batch)
-        if torn:
-            self.warning = f"standard input: recovered {self.batches} batches ({self.rows:,} rows); it ends in a torn batch"
 
     def _reader(self, f: Any) -> tuple[bool, Any]:
         head = f.read(8)
@@ -933,19 +936,8 @@ class _FileRows:
                 except (pa.ArrowException, ValueError, MemoryError):
                     raise CaptureReadError(f"{self.path}: truncated or damaged Arrow file") from None
                 return
-            torn = damaged = False
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    break
-                except (pa.ArrowException, OSError, ValueError, MemoryError):  # damaged text or lengths in a batch
-                    torn = True
-                    break
-                if not _valid(batch):
-                    damaged = True
-                    break
-                yield from self._converted(rows_of, batch)
+            end = yield from self._stream(reader, rows_of)
+            torn, damaged = end == "torn", end == "damaged"
             f.seek(max(0, self.size - len(_EOS)))
             clean = not torn and f.read() == _EOS
         if not self.batches and not clean:

@@ -4,7 +4,6 @@ words, which way it went and which rules sent it there (tracer/explain.py)."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import click

@@ -97,7 +97,6 @@ class PacketWindow:
     def _cut(self, cutoff: int | None) -> pa.Table | None:
         self._since_cut = 0
         run_pid = np.concatenate([r[0] for r in self._runs])
-        run_len = np.concatenate([r[3] for r in self._runs])
         if cutoff is None:
             release = np.ones(len(run_pid), bool)
         else:
