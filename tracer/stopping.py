@@ -35,8 +35,14 @@ def watch_from_start() -> None:
     """Python ignores SIGPIPE from its start, so one that comes before a
     command installs its handlers would be lost: note it, and let StopSignals
     act on it. (SIGTERM, SIGHUP and SIGINT already end a process that has
-    not installed its handlers yet: nothing is attached then.)"""
+    not installed its handlers yet: nothing is attached then.)
+
+    SIGUSR1 prints every thread's stack to stderr and goes on (README:
+    Troubleshooting): a tracer that seems stuck says where."""
+    import faulthandler
+
     signal.signal(signal.SIGPIPE, _note_early)
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
 
 
 def _note_early(signum, frame) -> None:

@@ -55,10 +55,24 @@ class Tracer:
         return self.finish(timeout)
 
     def finish(self, timeout: float = 60) -> list[dict]:
-        out, err = self.proc.communicate(timeout=timeout)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"tracer {' '.join(self.args)} did not end within {timeout} s; "
+                                 f"its threads:\n{self.stacks()}") from None
         self.stderr = "".join(self.stderr_lines) + err
         self.returncode = self.proc.returncode
         return [_json(line) for line in out.splitlines() if line.strip()]
+
+
+    def stacks(self) -> str:
+        """A stuck tracer's thread stacks (SIGUSR1, tracer/stopping.py), then
+        it is killed."""
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        self.proc.kill()
+        _, err = self.proc.communicate()
+        return "".join(self.stderr_lines) + err
 
 
 def _json(line: str) -> dict:
