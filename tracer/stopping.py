@@ -42,7 +42,10 @@ def watch_from_start() -> None:
     import faulthandler
 
     signal.signal(signal.SIGPIPE, _note_early)
-    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    except (AttributeError, ValueError, OSError):  # stderr without a file descriptor (an embedding, a test runner)
+        pass
 
 
 def _note_early(signum, frame) -> None:
