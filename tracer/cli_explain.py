@@ -85,9 +85,12 @@ def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]
             if request is None and now - started >= timeout:
                 break
         waited = time.monotonic() - request_at if request_at else 0.0
+        stop.finishing()
     finally:
-        stop.restore()
-        session.close()
+        try:
+            session.close()
+        finally:
+            stop.restore()
     if request is None:
         raise NoConnection(f"no connection ({session.filter.describe() if session.filter else 'traced'}) "
                            f"started within {timeout:g} s")

@@ -131,6 +131,7 @@ def latency(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample
             if reader.gone:  # `tracer latency --json | head -1`: stop as if told to
                 stopped = True
                 break
+        stop.finishing()
         if recorder is not None:
             if stopped and session.now_ktime() - last.ktime_ns > 1_000_000:
                 take(final=True)  # the part of an interval before Ctrl-C: kept in the capture
@@ -139,9 +140,11 @@ def latency(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample
             say(f"tracer: wrote {recorder.histogram_rows:,} histogram rows ({written.bytes_written / 1e3:,.1f} kB) "
                 f"to {', '.join(map(str, written.paths))}")
     finally:
-        stop.restore()
-        if recorder is not None:
-            recorder.close()  # no-op after finish; ends the stream after an error
-        if maps is not None:
-            maps.close()
-        session.close()
+        try:
+            if recorder is not None:
+                recorder.close()  # no-op after finish; ends the stream after an error
+            if maps is not None:
+                maps.close()
+            session.close()
+        finally:
+            stop.restore()

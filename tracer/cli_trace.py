@@ -239,6 +239,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         # Everything already in the ring buffer belongs in the output, the
         # capture and the summary; read the counters only once it is drained,
         # so the records counted are the records written.
+        stop.finishing()  # ended by itself (count, duration): the stop is bounded too
         counters = _drain(session, feed.take)
         if rule_feed is not None:
             rule_feed.finish()
@@ -263,10 +264,12 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         say(summary.render(summary_color))
         return summary.to_dict()
     finally:
-        stop.restore()
-        if recorder is not None:
-            recorder.close()  # no-op after finish; ends the stream after an error
-        session.close()
+        try:
+            if recorder is not None:
+                recorder.close()  # no-op after finish; ends the stream after an error
+            session.close()
+        finally:
+            stop.restore()
 
 
 class JourneyFeed:

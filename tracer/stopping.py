@@ -10,11 +10,21 @@ go on into tracing. Once running, a signal only sets a flag the loop checks:
 an exception raised in the middle of a write would tear a capture's batch or
 lose output. Only a write to stdout still blocked a second after the signal
 (a reader that stopped reading) is given up, so the stop is never lost.
+
+Stopping itself is bounded too: from the first stop signal, or from the
+moment the loop ends by itself (`finishing`), the command has STOP_GRACE_S
+to detach and finish. Past that, whatever is stuck (a library call that
+never returns), it prints where every thread is and exits 1: a tracer told
+to stop never goes on tracing. Its BPF links are held by file descriptors,
+so the exit detaches them.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
 
@@ -22,6 +32,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
 _early: dict[str, int] = {}
 # How long a write to stdout under way when a stop signal came may go on.
 WRITE_GRACE_S = 1.0
+# How long detaching, draining and writing the last output may take.
+STOP_GRACE_S = float(os.environ.get("TRACER_STOP_GRACE_S", "20"))
 
 
 def _write_deadline(signum, frame) -> None:
@@ -59,6 +71,7 @@ class StopSignals:
         self.requested = False
         self.signal: int | None = _early.get("signal")  # the first signal that asked to stop
         self.requested = self.signal is not None
+        self._watchdog: threading.Timer | None = None
         self._previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
         for sig in SIGNALS:
             signal.signal(sig, self._interrupt)
@@ -78,6 +91,7 @@ class StopSignals:
         self.requested = True
         if self.signal is None:
             self.signal = signum
+        self.finishing()
         if output.writing:
             # A write to stdout is under way: let it finish (a torn line
             # is lost output), but a reader that stopped reading blocks it
@@ -91,7 +105,31 @@ class StopSignals:
         self._request(signum, frame)
         raise KeyboardInterrupt
 
+    def finishing(self) -> None:
+        """From now on the command has STOP_GRACE_S to end (see above)."""
+        if self._watchdog is None:
+            self._watchdog = threading.Timer(STOP_GRACE_S, _give_up)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+
     def restore(self) -> None:
+        """Last, once everything is detached and closed."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _give_up() -> None:
+    import faulthandler
+
+    err = sys.__stderr__
+    try:
+        err.write(f"tracer: error: still not stopped {STOP_GRACE_S:g} s after being asked to; giving up "
+                  "(please report: where each thread was follows)\n")
+        err.flush()
+        faulthandler.dump_traceback(file=err, all_threads=True)
+    finally:
+        os._exit(1)

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -202,6 +203,52 @@ def test_sighup_and_sigpipe_stop_a_running_loop_like_sigterm():
         finally:
             stop.restore()
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+
+
+_STUCK_AFTER_STOP = r"""
+import os, signal, sys, threading, time
+sys.path.insert(0, {repo!r})
+from tracer.stopping import StopSignals
+stop = StopSignals()
+stop.running()
+os.kill(os.getpid(), signal.SIGTERM)
+while not stop.requested:
+    time.sleep(0.01)
+threading.Event().wait()  # stuck for good while stopping (a call that never returns)
+"""
+
+
+@pytest.mark.parametrize("how", ["signal", "ended by itself"])
+def test_a_stop_that_gets_stuck_ends_the_process_and_says_where(how):
+    """Told to stop (or ended by its count/duration) and then stuck: after the
+    grace period it says so in one line, shows where each thread was, exits 1."""
+    script = _STUCK_AFTER_STOP.format(repo=str(REPO))
+    if how == "ended by itself":
+        script = script.replace("os.kill(os.getpid(), signal.SIGTERM)\nwhile not stop.requested:\n    time.sleep(0.01)\n",
+                                "stop.finishing()\n")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "TRACER_STOP_GRACE_S": "1.5"})
+    took = time.monotonic() - started
+    assert out.returncode == 1, out
+    assert 1.5 <= took < 15, took
+    first = out.stderr.splitlines()[0]
+    assert first == "tracer: error: still not stopped 1.5 s after being asked to; giving up " \
+                    "(please report: where each thread was follows)", out.stderr
+    assert "Current thread" in out.stderr or "Thread 0x" in out.stderr, out.stderr
+    assert "wait" in out.stderr  # the stuck call is named
+
+
+def test_a_stop_that_ends_in_time_is_not_cut_short():
+    stop = StopSignals()
+    try:
+        stop.running()
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0)
+        assert stop._watchdog is not None and stop._watchdog.is_alive()
+    finally:
+        stop.restore()
+    assert stop._watchdog is None
 
 
 # --- numbers --------------------------------------------------------------------------
