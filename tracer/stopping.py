@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
 
@@ -71,7 +72,12 @@ class StopSignals:
         self.requested = False
         self.signal: int | None = _early.get("signal")  # the first signal that asked to stop
         self.requested = self.signal is not None
-        self._watchdog: threading.Timer | None = None
+        # Started here, not in a signal handler: starting a thread takes
+        # threading's locks, which the interrupted code may be holding.
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = threading.Thread(
+            target=self._watch, name="tracer-stop-watchdog", daemon=True)
+        self._watchdog.start()
         self._previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
         for sig in SIGNALS:
             signal.signal(sig, self._interrupt)
@@ -107,16 +113,20 @@ class StopSignals:
 
     def finishing(self) -> None:
         """From now on the command has STOP_GRACE_S to end (see above)."""
-        if self._watchdog is None:
-            self._watchdog = threading.Timer(STOP_GRACE_S, _give_up)
-            self._watchdog.daemon = True
-            self._watchdog.start()
+        self._stopping.set()
+
+    def _watch(self) -> None:
+        self._stopping.wait()
+        if self._watchdog is None:  # restored: ended in time
+            return
+        time.sleep(STOP_GRACE_S)
+        if self._watchdog is not None:
+            _give_up()
 
     def restore(self) -> None:
         """Last, once everything is detached and closed."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._watchdog = None
+        self._stopping.set()  # lets the watchdog thread end
         signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

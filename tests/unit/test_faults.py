@@ -240,15 +240,11 @@ def test_a_stop_that_gets_stuck_ends_the_process_and_says_where(how):
 
 
 def test_a_stop_that_ends_in_time_is_not_cut_short():
-    stop = StopSignals()
-    try:
-        stop.running()
-        os.kill(os.getpid(), signal.SIGTERM)
-        signal.sigtimedwait([], 0)
-        assert stop._watchdog is not None and stop._watchdog.is_alive()
-    finally:
-        stop.restore()
-    assert stop._watchdog is None
+    script = _STUCK_AFTER_STOP.format(repo=str(REPO)).replace(
+        "threading.Event().wait()", "stop.restore()\ntime.sleep(3)\nprint('still here')")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "TRACER_STOP_GRACE_S": "1"})
+    assert out.returncode == 0 and out.stdout == "still here\n" and out.stderr == "", out
 
 
 # --- numbers --------------------------------------------------------------------------
