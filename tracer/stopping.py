@@ -51,7 +51,7 @@ def watch_from_start() -> None:
     not installed its handlers yet: nothing is attached then.)
 
     SIGUSR1 prints every thread's stack to stderr and goes on (README:
-    Troubleshooting): a tracer that seems stuck says where."""
+    Stopping): a tracer that seems stuck says where."""
     import faulthandler
 
     signal.signal(signal.SIGPIPE, _note_early)
@@ -72,11 +72,12 @@ class StopSignals:
         self.requested = False
         self.signal: int | None = _early.get("signal")  # the first signal that asked to stop
         self.requested = self.signal is not None
-        # Started here, not in a signal handler: starting a thread takes
-        # threading's locks, which the interrupted code may be holding.
-        self._stopping = threading.Event()
-        self._watchdog: threading.Thread | None = threading.Thread(
-            target=self._watch, name="tracer-stop-watchdog", daemon=True)
+        # A thread started here that looks at plain flags: a signal handler
+        # must not start threads or take locks (the code it interrupted may
+        # hold them).
+        self._finishing = False
+        self._restored = False
+        self._watchdog = threading.Thread(target=self._watch, name="tracer-stop-watchdog", daemon=True)
         self._watchdog.start()
         self._previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
         for sig in SIGNALS:
@@ -97,7 +98,6 @@ class StopSignals:
         self.requested = True
         if self.signal is None:
             self.signal = signum
-        self.finishing()
         if output.writing:
             # A write to stdout is under way: let it finish (a torn line
             # is lost output), but a reader that stopped reading blocks it
@@ -113,20 +113,20 @@ class StopSignals:
 
     def finishing(self) -> None:
         """From now on the command has STOP_GRACE_S to end (see above)."""
-        self._stopping.set()
+        self._finishing = True
 
     def _watch(self) -> None:
-        self._stopping.wait()
-        if self._watchdog is None:  # restored: ended in time
-            return
-        time.sleep(STOP_GRACE_S)
-        if self._watchdog is not None:
-            _give_up()
+        while not (self._restored or self.requested or self._finishing):
+            time.sleep(0.2)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while not self._restored:
+            if time.monotonic() >= deadline:
+                _give_up()
+            time.sleep(0.2)
 
     def restore(self) -> None:
         """Last, once everything is detached and closed."""
-        self._watchdog = None
-        self._stopping.set()  # lets the watchdog thread end
+        self._restored = True
         signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
