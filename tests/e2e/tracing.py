@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from tracer.kernel.bpf_syscall import list_links, list_progs
@@ -62,6 +63,8 @@ class Tracer:
                                  f"its threads:\n{self.stacks()}") from None
         self.stderr = "".join(self.stderr_lines) + err
         self.returncode = self.proc.returncode
+        if "still not stopped" in self.stderr:  # the stop watchdog (tracer/stopping.py) fired: show where it hung
+            warnings.warn(f"tracer {' '.join(self.args)}: {self.stderr}")
         return [_json(line) for line in out.splitlines() if line.strip()]
 
 
