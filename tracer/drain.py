@@ -96,9 +96,11 @@ class RingBufferDrain:
         """All committed records available now (up to max_batch), as the sample dtype."""
         return self.read_records()["event"]
 
-    def read_records(self) -> np.ndarray:
+    def read_records(self, release: bool = True) -> np.ndarray:
         """The same as whole ring-buffer records (record_dtype, contiguous):
-        batches of these concatenate as plain bytes."""
+        batches of these concatenate as plain bytes. ``release=False``: as
+        the kernel wrote them, for a caller that release()s them later, in
+        bigger batches."""
         size = self.record_size
         cons = self._consumer_pos()
         prod = self._producer_pos()
@@ -123,6 +125,14 @@ class RingBufferDrain:
         if discard.any():
             records = records[~discard]
         self._consumer_word[0] = cons + n * size
+        return self.release(records) if release else records
+
+    def release(self, records: np.ndarray) -> np.ndarray:
+        """Records as they may leave the drain (record_dtype, in the order
+        read): packets first seen before arm() left out, kernel addresses
+        replaced by ids. Its cost is mostly per call (a few dozen numpy
+        kernels, ~0.3 ms), so the background drain releases what it queued
+        once per take, not per ring-buffer read every few ms."""
         if self.armed_ktime and len(records):
             records = self._without_early(records)
         if self.addresses is not None and len(records):
@@ -198,7 +208,7 @@ class BackgroundDrain:
                 self.stopping.wait(self.poll_s)
                 continue
             if self.drain.wait(self.poll_s):
-                batch = self.drain.read_records()
+                batch = self.drain.read_records(release=False)  # released in take()
                 if len(batch):
                     with self.lock:
                         self.queued += len(batch)
@@ -222,7 +232,7 @@ class BackgroundDrain:
             self.queued -= sum(len(p) for p in parts)
         if len(parts) > 1:  # as bytes: numpy's structured concatenate is slow
             parts = [np.concatenate([p.view(np.uint8) for p in parts]).view(self.drain.record_dtype)]
-        return parts[0]["event"]
+        return self.drain.release(parts[0])["event"]
 
     def stop(self) -> None:
         self.stopping.set()
