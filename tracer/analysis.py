@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer.events import FLAG_IN_CONTAINER_NS, ICMP_NAMES, META_PREFIX
+from tracer.ids import format_id
 from tracer.journeys import _DIRECTION_CODES as _DIR_CODES
 from tracer.journeys import (VERDICTS, Hop, Journey, _endpoint_plain, _factorize, build_journeys, is_terminal,
                              verdict_codes)
@@ -63,6 +64,12 @@ class FlowStats:
     unknown: int
     slowest_ns: int  # slowest packet's first-to-last sighting
     slowest_packet_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/CSV fields: the ids as every output prints them (tracer/ids.py)."""
+        d = dict(vars(self))
+        d["flow_id"], d["slowest_packet_id"] = format_id(self.flow_id), format_id(self.slowest_packet_id)
+        return d
 
 
 @dataclass(frozen=True)
@@ -218,7 +225,7 @@ class Analysis:
             "start": self.start,
             "end": self.end,
             "segments": [dict(vars(s)) for s in self.segments],
-            "flow_summary": [dict(vars(f)) for f in self.flows] if flows else [],
+            "flow_summary": [f.to_dict() for f in self.flows] if flows else [],
             "drops": [dict(vars(d)) for d in self.drops],
             "lost_events": self.lost,
             "metadata": self.metadata,

@@ -70,7 +70,7 @@ def _write_json(a, section: str | None) -> None:
     out.write(text[:at])
     first = True
     for f in a.flows:
-        body = json.dumps(dict(vars(f)), indent=2).replace("\n", "\n    ")
+        body = json.dumps(f.to_dict(), indent=2).replace("\n", "\n    ")
         out.write(("\n    " if first else ",\n    ") + body)
         first = False
     out.write(("\n  " if not first else "") + text[at:] + "\n")
@@ -97,7 +97,7 @@ def _write_csv(a, section: str) -> None:
     names = [f.name for f in fields(kind)]
     out.writerow(names)
     for r in rows:
-        d = vars(r)
+        d = r.to_dict() if kind is FlowStats else vars(r)
         out.writerow([d[n] for n in names])
 
 

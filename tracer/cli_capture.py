@@ -41,8 +41,8 @@ def record(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample,
 @click.option("--container", "containers", multiple=True, help="Journeys of this container (name or id prefix). Repeatable.")
 @click.option("--host", "hosts", type=HOST, multiple=True, help="Journeys with this IPv4 or IPv6 address at any hop. Repeatable.")
 @click.option("--proto", type=PROTOCOL, default=None, help="Journeys of this protocol.")
-@click.option("--packet", "packets", type=ID, multiple=True, help="This packet (its id as shown: hex, or the JSON's integer). Repeatable.")
-@click.option("--flow", "flows", type=ID, multiple=True, help="Packets of this flow (its id as shown: hex, or the JSON's integer). Repeatable.")
+@click.option("--packet", "packets", type=ID, multiple=True, help="This packet (its id as printed: hex, or a capture column's integer). Repeatable.")
+@click.option("--flow", "flows", type=ID, multiple=True, help="Packets of this flow (its id as printed: hex, or a capture column's integer). Repeatable.")
 @click.option("-c", "--count", type=click.IntRange(min=1), default=None, help="Show only the first N journeys.")
 @click.option("--json", "as_json", is_flag=True, help="One journey per line as JSON, as `trace --json`.")
 @color_option

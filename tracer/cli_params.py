@@ -83,7 +83,7 @@ def count_option(fn, what: str = "packets"):
 
 
 class IdType(click.ParamType):
-    """A packet or flow id as trace/show/stats print it (hex), or the JSON's
+    """A packet or flow id as every output prints it (hex), or a capture's
     integer: the set of ids it may mean (tracer/ids.py)."""
 
     name = "ID"

@@ -29,6 +29,7 @@ from tracer import events
 from tracer.addresses import endpoint
 from tracer.events import FLAG_IN_CONTAINER_NS, tcp_flags_text
 from tracer.hold import RecentIds
+from tracer.ids import format_id, id_texts
 from tracer.wallclock import rfc3339, rfc3339_array
 
 VERDICTS = ("delivered", "dropped", "unknown")
@@ -107,8 +108,8 @@ class Journey:
     def to_json_dict(self) -> dict:
         """The journey JSON contract (README, Contracts), key for key."""
         return {
-            "packet_id": self.packet_id,
-            "flow_id": self.flow_id,
+            "packet_id": format_id(self.packet_id),
+            "flow_id": format_id(self.flow_id) if self.flow_id else None,
             "time": rfc3339(self.time_ns),
             "ktime_ns": self.first_ktime,
             "direction": self.direction,
@@ -937,13 +938,12 @@ def _json_pieces(jr: JourneyRows, newline: bool) -> tuple[pa.StringArray, np.nda
     flow_at = pid_at + count
     time_at = flow_at + count
     ktime_at = time_at + count
-    flow = pa.array(jr.flow_id, pa.uint64(), mask=jr.flow_id == 0)  # 0: unknown -> null
     times = pc.fill_null(pc.binary_join_element_wise('"', rfc3339_array(jr.wall_ns), '"', ""), "null")
     pool = pa.concat_arrays([
         pa.array(texts, pa.string()),
         pc.cast(pa.array(jr.dt), pa.string()),
-        pc.cast(pa.array(jr.packet_id, pa.uint64()), pa.string()),
-        pc.fill_null(pc.cast(flow, pa.string()), "null"),
+        id_texts(jr.packet_id, json=True),  # ids as everywhere: hex text (tracer/ids.py)
+        id_texts(jr.flow_id, json=True),  # 0: unknown -> null
         times,
         pc.cast(pa.array(jr.ktime[jr.starts[:-1]], pa.int64()), pa.string()),
     ])

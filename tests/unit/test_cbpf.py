@@ -101,7 +101,7 @@ def test_show_applies_the_expression_to_recorded_headers(tmp_path):
     def show(*args):
         result = CliRunner().invoke(cli, ["show", "--json", *args])
         assert result.exit_code == 0, result.stderr
-        return [json.loads(x)["packet_id"] for x in result.stdout.splitlines()]
+        return [int(json.loads(x)["packet_id"], 16) for x in result.stdout.splitlines()]
 
     everything = show(str(path))
     assert len(everything) == 5

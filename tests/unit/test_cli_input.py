@@ -113,8 +113,8 @@ def test_no_color_and_summary_on_stderr(capture):
 
 
 def test_ids_print_one_way_and_filter_show(capture):
-    """The id a journey header shows is what --packet/--flow take (as is
-    the JSON's integer); ids are whole, so unique on screen."""
+    """The id a journey header shows is the JSON's, and what --packet/--flow
+    take (as is a capture column's integer); ids are whole, so unique on screen."""
     import json
 
     shown = run(["show", "--no-color", str(capture)]).stdout
@@ -122,15 +122,15 @@ def test_ids_print_one_way_and_filter_show(capture):
     texts = [line.split()[1][1:] for line in headers]  # after the time of day
     assert len(set(texts)) == len(texts) == 3
     as_json = [json.loads(x) for x in run(["show", "--json", str(capture)]).stdout.splitlines()]
-    assert [format(j["packet_id"], "x") for j in as_json] == texts
+    assert [j["packet_id"] for j in as_json] == texts
     flow = headers[0].split("flow ")[1].split()[0]
-    assert flow == format(as_json[0]["flow_id"], "x")
+    assert flow == as_json[0]["flow_id"]
 
     def ids(*args):
         return [json.loads(x)["packet_id"] for x in run(["show", "--json", *args, str(capture)]).stdout.splitlines()]
 
     assert ids("--packet", texts[1]) == [as_json[1]["packet_id"]]
-    assert ids("--packet", f"#{texts[1]}") == ids("--packet", str(as_json[1]["packet_id"])) == [as_json[1]["packet_id"]]
+    assert ids("--packet", f"#{texts[1]}") == ids("--packet", str(int(as_json[1]["packet_id"], 16))) == [as_json[1]["packet_id"]]
     assert ids("--packet", texts[0], "--packet", texts[2]) == [as_json[0]["packet_id"], as_json[2]["packet_id"]]
     assert ids("--flow", flow) == [j["packet_id"] for j in as_json if j["flow_id"] == as_json[0]["flow_id"]]
     assert ids("--packet", "fffffff") == []
