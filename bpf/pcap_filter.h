@@ -6,7 +6,9 @@
  * classic BPF for the expression, translated to C by tracer/cbpf.py. It
  * reads the packet from its IP header (DLT_RAW) out of a per-CPU buffer
  * holding the first PCAP_SNAP bytes; a load beyond them rejects the packet,
- * as libpcap does beyond its captured length. `len` is the IP total length.
+ * as libpcap does beyond its captured length. `len` is the packet's length
+ * from its IP header: IPv4's total length, IPv6's payload length + 40 (what
+ * the capture's `length` column holds, so `show` answers the same).
  * Self-contained (no struct pkt): tests load it alone (tests/e2e/test_pcap_filter.py). */
 #ifdef PCAP_FILTER
 struct pcap_buf {
@@ -30,12 +32,14 @@ static __always_inline int pcap_bounded(u64 *len)
     return 1;
 }
 
-/* Caplen and wirelen from the copied bytes: the IP total length bounds both. */
+/* Caplen and wirelen from the copied bytes (at least 20): the packet's
+ * length from its IP header bounds both. IPv6 bytes 2-3 are the flow
+ * label's: its payload length is at 4-5. */
 static __always_inline int pcap_run_copied(struct pcap_buf *buf, u32 caplen)
 {
-    if (caplen < 4)
+    if (caplen < 20)
         return 0;
-    u32 wirelen = (u32)buf->b[2] << 8 | buf->b[3];
+    u32 wirelen = (buf->b[0] >> 4) == 6 ? ((u32)buf->b[4] << 8 | buf->b[5]) + 40 : (u32)buf->b[2] << 8 | buf->b[3];
     if (caplen > wirelen)
         caplen = wirelen;
     return pcap_filter_run(buf->b, caplen, wirelen);

@@ -147,3 +147,50 @@ def _tracer() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "tracer"]
+
+
+def _curl6(lab, *extra: str) -> int:
+    """One request from the client netns to the host's IPv6 address on the
+    published port; returns curl's local port (this connection's client end)."""
+    url = f"http://[{lab['host_address6']}]:{lab['port']}/"
+    out = subprocess.run(["ip", "netns", "exec", lab["netns"], "curl", "-s", "-g", "-m", "5", "-o", "/dev/null",
+                          "-w", "%{http_code} %{local_port}", *extra, url], capture_output=True, text=True, timeout=10)
+    code, port = out.stdout.split()
+    assert code != "000", (out.stdout, out.stderr)  # an HTTP answer (the lab's server may refuse a POST: fine)
+    return int(port)
+
+
+def _connection(journeys, lab, client_port: int) -> list[dict]:
+    end = f"[{lab['client_address6']}]:{client_port}"
+    return [j for j in journeys if any(end in (h["src"], h["dst"]) for h in j["hops"])]
+
+
+def test_expression_length_of_ipv6_packets(lab6):
+    """`less`/`greater`/`len` in an expression are the IPv6 packet's length
+    (payload length + 40) in the kernel filter, not the flow label that sits
+    where IPv4 keeps its total length: a SYN (80 bytes) is `less 100` and
+    never `greater 1000`; of a 3000-byte POST, the full-sized segments
+    match (without conntrack for IPv6 here, README, a connection is followed
+    only where the filter matches its packets)."""
+    lab = lab6
+    port = lab["port"]
+    t = Tracer(f"ip6 and tcp port {port} and less 100", "--duration", "30")
+    t.wait_ready()
+    small = _curl6(lab)
+    time.sleep(0.5)
+    journeys = t.stop()
+    assert t.returncode == 0, t.stderr
+    mine = _connection(journeys, lab, small)
+    assert {"S", "SA"} <= {j["tcp_flags"] for j in mine}, [(j["direction"], j["tcp_flags"]) for j in mine]
+
+    t = Tracer(f"ip6 and tcp port {port} and greater 1000", "--duration", "30")
+    t.wait_ready()
+    small = _curl6(lab)
+    big = _curl6(lab, "--data-binary", "x" * 3000)
+    time.sleep(0.5)
+    journeys = t.stop()
+    assert t.returncode == 0, t.stderr
+    assert _connection(journeys, lab, small) == [], "no packet of a small GET is greater than 1000"
+    followed = _connection(journeys, lab, big)
+    flags = [j["tcp_flags"] for j in followed]
+    assert followed and "S" not in flags and "SA" not in flags, flags  # the big segments only

@@ -1,4 +1,4 @@
-"""Generated IPv4 packets and pcap-filter expressions for testing the filter
+"""Generated IPv4 and IPv6 packets and pcap-filter expressions for testing the filter
 translations against libpcap's own interpreter (the oracle)."""
 
 from __future__ import annotations
@@ -48,6 +48,18 @@ EXPRESSIONS = [
     "ip6",
     "tcp[100] = 1",
     "ip[250:4] != 0",
+    # IPv6: `len` is the payload length + 40 (not bytes 2-3, the flow label's)
+    "ip6 and len > 100",
+    "ip6 and greater 1000",
+    "ip6 and less 90",
+    "less 90",
+    "greater 300 and tcp port 8000",
+    "ip6 src host fd00:198:18::2 and tcp",
+    "ip6 and tcp port 8000",
+    "ip6 net fd00:198:18::/64 and (udp or icmp6)",
+    "ip6[6] = 58 and ip6[40] = 128",
+    "ip6[4:2] + 40 = len",
+    "ip6[6] = 6 and ip6[53] & 2 != 0",  # a SYN (libpcap has no tcp[] over IPv6)
 ]
 
 HOSTS = ["198.18.0.1", "198.18.0.2", "198.18.0.9", "172.17.0.2", "10.1.2.3", "192.168.7.7", "224.0.0.251"]
@@ -95,9 +107,63 @@ def packet(rng: random.Random) -> bytes:
     return header + options + l4 + payload
 
 
+HOSTS6 = ["fd00:198:18::1", "fd00:198:18::2", "fd00:198:18::9", "fd00:172:17::2", "::1", "fe80::1", "ff02::1"]
+
+
+def _addr6(rng: random.Random) -> bytes:
+    import ipaddress
+
+    if rng.random() < 0.8:
+        return ipaddress.IPv6Address(rng.choice(HOSTS6)).packed
+    return bytes(rng.randrange(256) for _ in range(16))
+
+
+def packet6(rng: random.Random) -> bytes:
+    """One IPv6 packet: TCP, UDP, ICMPv6 or another next header, sometimes
+    behind a hop-by-hop or fragment header, a random flow label (bytes 2-3
+    of the header, where IPv4 keeps its total length), and now and then a
+    payload length that disagrees with the bytes."""
+    nxt = rng.choice([6, 6, 6, 17, 17, 58, 0, 44, rng.randrange(256)])
+    port = lambda: rng.choice(PORTS) if rng.random() < 0.8 else rng.randrange(65536)
+    ext, inner = b"", nxt
+    if nxt in (0, 44):  # one extension header (8 bytes) before TCP or UDP
+        inner = rng.choice([6, 17])
+        ext = struct.pack(">BB6s", inner, 0, bytes(rng.randrange(256) for _ in range(6)) if nxt == 0 else b"\0" * 6)
+    if inner == 6:
+        doff = 5 if rng.random() < 0.5 else rng.randrange(5, 16)
+        flags = rng.choice([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, rng.randrange(256)])
+        l4 = struct.pack(">HHIIBBHHH", port(), port(), rng.getrandbits(32), rng.getrandbits(32), doff << 4, flags,
+                         rng.randrange(65536), 0, 0) + bytes(rng.randrange(256) for _ in range((doff - 5) * 4))
+    elif inner == 17:
+        l4 = struct.pack(">HHHH", port(), port(), rng.randrange(65536), 0)
+    elif inner == 58:
+        l4 = struct.pack(">BBHHH", rng.choice([128, 129, 135, 136, 1, rng.randrange(256)]), 0, 0,
+                         rng.randrange(65536), rng.randrange(65536))
+    else:
+        l4 = b""
+    payload = bytes(rng.randrange(256) for _ in range(rng.choice([0, 0, 4, 20, 100, 300, 1000, rng.randrange(1500)])))
+    plen = len(ext) + len(l4) + len(payload)
+    if rng.random() < 0.1:
+        plen = rng.randrange(65536)
+    header = struct.pack(">IHBB16s16s", 6 << 28 | rng.randrange(256) << 20 | rng.getrandbits(20), plen, nxt,
+                         rng.choice([64, 63, 1, 255]), _addr6(rng), _addr6(rng))
+    return header + ext + l4 + payload
+
+
+def ip_length(packet: bytes) -> int:
+    """What `len` is for a packet (the kernel filter's wirelen, and what a
+    capture's `length` holds): IPv4's total length, IPv6's payload length + 40
+    (by the version nibble, as the kernel filter reads it)."""
+    if packet[0] >> 4 == 6:
+        return struct.unpack_from(">H", packet, 4)[0] + 40
+    return struct.unpack_from(">H", packet, 2)[0]
+
+
 def packets(count: int, seed: int = 13) -> list[bytes]:
+    """``count`` IPv4 packets, then a quarter as many IPv6 ones."""
     rng = random.Random(seed)
-    return [packet(rng) for _ in range(count)]
+    v4 = [packet(rng) for _ in range(count)]
+    return v4 + [packet6(rng) for _ in range(count // 4)]
 
 
 def handmade():

@@ -94,6 +94,32 @@ def test_expression_words_join_as_tcpdump():
     assert expression_of([]) is None and expression_of(["  "]) is None
 
 
+def test_show_takes_len_of_ipv6_rows_as_their_length(tmp_path):
+    """`len`/`greater`/`less` on IPv6 rows: the recorded length (payload + 40),
+    as on IPv4 rows; the flow label (IPv6 bytes 2-3) plays no part."""
+    from tests.unit.test_capture import _ip, context, raw_packets
+    from tracer.decode import decode
+
+    raw = raw_packets(4)
+    for r in raw:
+        r["src_ip"], r["dst_ip"] = _ip("fd00:198:18::2"), _ip("fd00:198:18::1")
+        r["length"] = 1200 if r["packet_id"] % 2 == 0 else 80
+        r["ip_id"] = 7  # what the sensors record of the flow label: small, below every length here
+    path = tmp_path / "v6.arrows"
+    write(path, [decode(raw, context())])
+
+    def show(expression):
+        result = CliRunner().invoke(cli, ["show", "--json", str(path), expression])
+        assert result.exit_code == 0, result.stderr
+        return [int(json.loads(x)["packet_id"], 16) for x in result.stdout.splitlines()]
+
+    assert show("ip6") == [1, 2, 3, 4]
+    assert show("len > 1000") == show("greater 1000") == show("ip6 and greater 1199") == [2, 4]
+    assert show("less 80") == show("len < 100") == [1, 3]
+    assert show("ip6[4:2] + 40 = len") == [1, 2, 3, 4]  # payload length + 40
+    assert show("greater 1201") == []
+
+
 def test_show_applies_the_expression_to_recorded_headers(tmp_path):
     path = tmp_path / "cap.arrows"
     write(path, [table_of(3), table_of(2, first_id=50, client_port=50000, t0=20 * 10**9)])
