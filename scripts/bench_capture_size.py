@@ -37,7 +37,7 @@ def event_rows(path: Path) -> tuple[int, int, int]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from tracer.capture import read_capture
+    from tracer.capture.reader import read_capture
 
     with pa.OSFile(str(path)) as f:
         table = pa.ipc.open_stream(f).read_all()

@@ -62,7 +62,7 @@ def collect(requests: int) -> tuple[np.ndarray, object]:
 
 
 def write(records: np.ndarray, ctx, path: Path, journeys: bool, batch: int) -> float:
-    from tracer.capture import CaptureWriter
+    from tracer.capture.writer import CaptureWriter
     from tracer.decode import decode
     from tracer.expand import expand
 
@@ -86,7 +86,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_capture_write: needs root (BPF, netns)", file=sys.stderr)
         return 2
-    from tracer.capture import read_capture
+    from tracer.capture.reader import read_capture
 
     records, ctx = collect(args.requests)
     n = len(records)

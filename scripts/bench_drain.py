@@ -408,7 +408,7 @@ def memory(bench: Bench, minutes: float, rate: float, capture: bool = False) -> 
     import shutil
     import tempfile
 
-    from tracer.capture import CaptureWriter
+    from tracer.capture.writer import CaptureWriter
 
     tmpdir = tempfile.mkdtemp(prefix="bench-drain-capture-") if capture else None
     writer = CaptureWriter(Path(tmpdir) / "bench.arrows", {"command": "bench_drain"}, rotate_size=256 << 20) if capture else None

@@ -197,7 +197,7 @@ class Tracer:
 
 def _capture_packets(path: str) -> int | None:
     """Packets in a capture (its closing statistics row)."""
-    from tracer.capture import read_capture
+    from tracer.capture.reader import read_capture
 
     try:
         stats = read_capture([path]).stats or {}

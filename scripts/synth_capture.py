@@ -24,7 +24,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tracer.capture import CaptureWriter  # noqa: E402
+from tracer.capture.writer import CaptureWriter  # noqa: E402
 from tracer.events import EVENT_SCHEMA, SCHEMA_VERSION  # noqa: E402
 
 HOST_NS, WEB_NS = 4026531840, 4026532500

@@ -481,7 +481,7 @@ class CaptureAnalysis:
 
     @classmethod
     def of_capture(cls, capture: Any, *, slowest: int = 20, also: tuple = ()) -> "CaptureAnalysis":
-        """Stream a capture (tracer.capture.CaptureStream) through the analysis;
+        """Stream a capture (tracer.capture.reader.CaptureStream) through the analysis;
         each chunk of whole packets also goes to the ``add`` of every object in
         ``also`` (e.g. tracer.paths.PathStats), in the same single pass."""
         from tracer.packet_window import PacketWindow

@@ -23,7 +23,7 @@ _SECTIONS = ("segments", "flows", "drops", "lost", "latency")
 def _open(files: tuple[str, ...]):
     """The capture, opened for one streaming pass; warnings about recovered
     (torn, unclosed) files on stderr as they are found."""
-    from tracer.capture import open_capture
+    from tracer.capture.reader import open_capture
 
     return open_capture(list(files), on_warning=lambda w: click.echo(f"tracer: warning: {w}", err=True))
 

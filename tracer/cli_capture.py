@@ -52,7 +52,7 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     packets it matches at one hop or another (applied to the headers the
     capture recorded: addresses, ports, protocol, IP id, TTL, length, TCP
     flags, seq and ack; no options or payload)."""
-    from tracer.capture import open_capture
+    from tracer.capture.reader import open_capture
     from tracer.journeys import first_journeys, journey_json_block, journey_rows
     from tracer.output import write_out
     from tracer.packet_window import PacketWindow

@@ -1,7 +1,7 @@
 """`tracer sql QUERY FILES`: DuckDB SQL over captures, offline.
 
 The sightings of FILES are the table ``sightings`` in the columns of
-``capture.PRESENTED_SCHEMA`` (plain strings, signed ``ktime_ns``, unsigned
+``capture.reader.PRESENTED_SCHEMA`` (plain strings, signed ``ktime_ns``, unsigned
 ids, NULL for unknown). FILES are captures (``.arrows``, streamed: DuckDB scans
 them batch by batch) or Parquet files and directories written by ``tracer
 export --parquet`` (read with Hive partitions, so ``host`` and ``date`` are
@@ -78,7 +78,7 @@ def _over_captures(con, query: str, files: list[str]):
     once, over a copy in DuckDB when it needs them twice."""
     import duckdb
 
-    from tracer.capture import open_capture
+    from tracer.capture.reader import open_capture
 
     def warn(w: str) -> None:
         click.echo(f"tracer: warning: {w}", err=True)

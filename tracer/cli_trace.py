@@ -92,7 +92,7 @@ class SizeType(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
-        from tracer.capture import parse_size
+        from tracer.capture.writer import parse_size
 
         try:
             return parse_size(value)
@@ -134,7 +134,7 @@ def make_recorder(path, rotate_size, rotate_seconds, stdout_busy: str | None = N
         if rotate_size is not None or rotate_seconds is not None:
             raise click.UsageError("--rotate-size/--rotate-seconds/-C/-W need -w/--write PATH")
         return None
-    from tracer.capture import Recorder
+    from tracer.capture.recorder import Recorder
 
     recorder = Recorder(path, rotate_size=rotate_size, rotate_seconds=rotate_seconds, rotate_files=rotate_files)
     recorder.check()

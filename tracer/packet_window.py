@@ -1,7 +1,7 @@
 """A capture's sightings grouped into whole packets, over a bounded window.
 
 `show`, `stats`, `report` and `export` read a capture of any size batch by
-batch (``capture.open_capture``). What they compute is per packet (a journey,
+batch (``capture.reader.open_capture``). What they compute is per packet (a journey,
 its hop segments, its verdict), and a packet's rows sit close together in a
 capture: the writer lays out each journey record at once, and a part that
 comes later (a continuation, a drop after delivery) comes within seconds of

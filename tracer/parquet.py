@@ -1,7 +1,7 @@
 """`tracer export --parquet`: a capture's sightings as Parquet, streamed.
 
 Rows are the capture's sightings as other tools should see them
-(``capture.PRESENTED_SCHEMA``: plain strings, signed ``ktime_ns``, unsigned
+(``capture.reader.PRESENTED_SCHEMA``: plain strings, signed ``ktime_ns``, unsigned
 ids, NULL for unknown). Two layouts:
 
 - ``OUT.parquet``: one file, with ``host`` and ``date`` as columns.
@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tracer.capture import PRESENTED_SCHEMA, CaptureStream, presented
+from tracer.capture.reader import PRESENTED_SCHEMA, CaptureStream, presented
 from tracer.errors import TracerError
 from tracer.outfiles import create_fd
 

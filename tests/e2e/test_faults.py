@@ -18,7 +18,7 @@ import pytest
 
 from tests.e2e.tracing import REPO, Tracer, kernel_snapshot, our_kernel_objects, wait_gone
 from tracer import traffic
-from tracer.capture import read_capture
+from tracer.capture.reader import read_capture
 
 
 def _nothing_left(before, timeout: float = 15) -> None:

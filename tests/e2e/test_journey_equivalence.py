@@ -17,7 +17,7 @@ from collections import Counter
 
 from tests.e2e.tracing import Tracer
 from tracer import traffic
-from tracer.capture import read_capture
+from tracer.capture.reader import read_capture
 from tracer.journeys import build_journeys
 
 

@@ -12,7 +12,7 @@ import time
 
 from tests.e2e.tracing import REPO, Tracer, kernel_snapshot, wait_gone
 from tracer import traffic
-from tracer.capture import read_capture
+from tracer.capture.reader import read_capture
 
 SEGMENT = "nf_prerouting/before → nf_prerouting/after"
 

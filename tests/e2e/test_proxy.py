@@ -123,7 +123,7 @@ def test_concurrent_clients_are_not_cross_linked(lab, tmp_path: Path):
     """Two clients at once through the same proxy, requests of 700 and 5000
     bytes, both connected before either sends: each client's connection is
     linked to the proxy connection that carried its own bytes."""
-    from tracer.capture import read_capture
+    from tracer.capture.reader import read_capture
 
     port = lab["port"]
     cap = tmp_path / "two.arrows"

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from tests.e2e.tracing import REPO, Tracer
 from tracer import events, traffic
-from tracer.capture import read_capture
+from tracer.capture.reader import read_capture
 
 
 class Recording(Tracer):

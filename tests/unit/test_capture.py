@@ -17,15 +17,10 @@ import pyarrow as pa
 import pytest
 
 from tracer import addresses, events
-from tracer.capture import (
-    CaptureReadError,
-    CaptureWriter,
-    Recorder,
-    parse_size,
-    part_path,
-    read_capture,
-    schema_with_metadata,
-)
+from tracer.capture import CaptureReadError
+from tracer.capture.reader import read_capture
+from tracer.capture.recorder import Recorder
+from tracer.capture.writer import CaptureWriter, parse_size, part_path, schema_with_metadata
 from tracer.decode import DecodeContext, Place, decode
 from tracer.errors import TracerError
 from tracer.journeys import build_journeys
@@ -473,7 +468,7 @@ def _closes_promptly(gen) -> bool:
 def test_read_ahead_close_returns_when_the_reader_stops_early_with_the_queue_full():
     import time
 
-    from tracer.capture import _read_ahead
+    from tracer.capture.reader import _read_ahead
 
     gen = _read_ahead(iter(range(5)), 4)
     assert next(gen) == 0
@@ -484,7 +479,7 @@ def test_read_ahead_close_returns_when_the_reader_stops_early_with_the_queue_ful
 def test_read_ahead_close_returns_when_the_producer_fails_with_the_queue_full():
     import time
 
-    from tracer.capture import _read_ahead
+    from tracer.capture.reader import _read_ahead
 
     def items():
         yield from range(5)
@@ -497,7 +492,7 @@ def test_read_ahead_close_returns_when_the_producer_fails_with_the_queue_full():
 
 
 def test_read_ahead_still_yields_everything_then_the_error():
-    from tracer.capture import _read_ahead
+    from tracer.capture.reader import _read_ahead
 
     def items():
         yield from range(10)
@@ -508,3 +503,13 @@ def test_read_ahead_still_yields_everything_then_the_error():
         for x in _read_ahead(items(), 2):
             got.append(x)
     assert got == list(range(10))
+
+
+def test_documented_readers_by_the_package_name():
+    """README and docs/capture-format.md name tracer.capture.read_capture and
+    open_capture: the package keeps them."""
+    import tracer.capture
+    import tracer.capture.reader
+
+    assert tracer.capture.read_capture is tracer.capture.reader.read_capture
+    assert tracer.capture.open_capture is tracer.capture.reader.open_capture

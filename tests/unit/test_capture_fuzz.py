@@ -112,7 +112,8 @@ _WORKER = r"""
 import json, sys, traceback
 sys.path.insert(0, sys.argv[1])
 from click.testing import CliRunner
-from tracer.capture import CaptureReadError, read_capture
+from tracer.capture import CaptureReadError
+from tracer.capture.reader import read_capture
 from tracer.cli import cli
 from tracer.journeys import journey_json_block, journey_rows
 

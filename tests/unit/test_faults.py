@@ -16,7 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from tests.unit.test_capture import META, table_of
-from tracer.capture import CaptureWriteError, CaptureWriter, read_capture
+from tracer.capture import CaptureWriteError
+from tracer.capture.reader import read_capture
+from tracer.capture.writer import CaptureWriter
 from tracer.cli import cli
 from tracer.errors import TracerError
 from tracer.kernel.program import MAX_FILTER_HOSTS, Filter
@@ -50,7 +52,8 @@ _FILL_UNTIL_EFBIG = r"""
 import os, resource, signal, sys
 sys.path.insert(0, {repo!r})
 from tests.unit.test_capture import META, table_of
-from tracer.capture import CaptureWriteError, CaptureWriter
+from tracer.capture import CaptureWriteError
+from tracer.capture.writer import CaptureWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as a full disk does with ENOSPC
 resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 w = CaptureWriter({path!r}, META)

@@ -15,7 +15,8 @@ import pytest
 from tests.unit.test_decode import ctx
 from tests.unit.test_journey_records import records
 from tracer import events
-from tracer.capture import CaptureWriter, read_capture
+from tracer.capture.reader import read_capture
+from tracer.capture.writer import CaptureWriter
 from tracer.decode import decode
 from tracer.expand import expand
 

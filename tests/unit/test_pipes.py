@@ -86,7 +86,7 @@ def test_write_to_standard_output_is_refused_where_it_is_taken(tmp_path):
 def test_rotation_ring_keeps_the_newest_files(tmp_path):
     """-W N: at most N rotated files, the oldest removed as a new one starts;
     what is left reads back as the newest rows."""
-    from tracer.capture import read_capture
+    from tracer.capture.reader import read_capture
 
     w = write(tmp_path / "cap.arrows", [table_of(5, first_id=10 * i + 1, t0=i * 10**9) for i in range(5)],
               rotate_size=1, max_files=2)

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.unit.analysis_data import METADATA, capture_table, event_table, lab_capture, write_capture
-from tracer.capture import CaptureWriter
+from tracer.capture.writer import CaptureWriter
 from tracer.cli import cli
 
 pl = pytest.importorskip("polars")
@@ -207,7 +207,7 @@ def test_sql_reads_a_table_twice(capture):
 def test_docs_say_only_ktime_ns_is_signed():
     # Ids stay unsigned: older captures hold kernel addresses above 2^63.
     from tracer import cli_sql, parquet
-    from tracer.capture import PRESENTED_SCHEMA
+    from tracer.capture.reader import PRESENTED_SCHEMA
 
     assert PRESENTED_SCHEMA.field("ktime_ns").type == pa.int64()
     assert {PRESENTED_SCHEMA.field(n).type for n in ("packet_id", "flow_id", "skb")} == {pa.uint64()}

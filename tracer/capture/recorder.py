@@ -1,0 +1,219 @@
+"""A capture writer on a live trace session: ``Recorder``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracer import __version__, events
+from tracer.capture import STDIN, CaptureWriteError
+from tracer.capture.writer import CaptureWriter
+
+
+def container_info(container: Any) -> dict[str, Any]:
+    """The facts about a container a capture keeps (inventory.Container)."""
+    return {
+        "id": container.id,
+        "name": container.name,
+        "ips": list(container.ips),
+        "published": [
+            {"host_ip": p.host_ip, "host_port": p.host_port, "container_port": p.container_port, "proto": p.proto}
+            for p in container.published
+        ],
+        "netns": container.netns_inode,
+        "host_veth": container.host_veth,
+    }
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    argv = sys.argv if argv is None else argv
+    return shlex.join(["tracer", *argv[1:]])
+
+
+@dataclass
+class Progress:
+    events: int
+    bytes: int
+    lost: int
+    elapsed: float
+
+    def text(self) -> str:
+        m, s = divmod(int(self.elapsed), 60)
+        return f"recording: {self.events:,} events  {self.bytes / 1e6:.2f} MB  {self.lost:,} lost  {m:02d}:{s:02d}"
+
+
+class Recorder:
+    """Records a live TraceSession: the trace loop hands it every decoded
+    table and calls ``tick`` often; ``finish`` appends the statistics row.
+
+    Container start/stop arrives on the Docker events thread; it is queued
+    and written from the loop's thread, because the writer is not thread-safe.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        rotate_size: int | None = None,
+        rotate_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rotate_files: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.rotate_size = rotate_size
+        self.rotate_seconds = rotate_seconds
+        self.rotate_files = rotate_files
+        self.clock = clock
+        self.writer: CaptureWriter | None = None
+        self.packets = 0
+        self.histogram_rows = 0
+        self._flows: set[int] = set()
+        self._session: Any = None
+        self._queue: list[tuple[str, Any, int]] = []
+        self._lock = threading.Lock()
+        self._started = 0.0
+
+    def check(self) -> None:
+        """Fail before any kernel work if the file cannot be created there."""
+        if str(self.path) == STDIN:
+            if self.rotate_size is not None or self.rotate_seconds is not None or self.rotate_files is not None:
+                raise CaptureWriteError("-w -: a stream on standard output cannot be rotated")
+            if sys.stdout.isatty():
+                raise CaptureWriteError("-w -: standard output is a terminal; pipe it (tracer record -w - | tracer show -)")
+            return
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        if not parent.is_dir():
+            raise CaptureWriteError(f"cannot write {self.path}: no directory {parent}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise CaptureWriteError(f"cannot write {self.path}: {parent} is not writable")
+
+    def start(self, session: Any) -> None:
+        self._session = session
+        self._started = self.clock()
+        # The kernel's journey records are stored as they come (schema 2);
+        # the per-sighting build and latency mode write sighting rows.
+        journeys = not (getattr(session, "sightings", True) or getattr(session, "latency", False))
+        self.writer = CaptureWriter(
+            self.path, self._metadata, rotate_size=self.rotate_size, rotate_seconds=self.rotate_seconds, clock=self.clock,
+            journeys=journeys, max_files=self.rotate_files,
+        )
+        session.on_container_event = self._on_container_event
+
+    def _metadata(self) -> dict[str, str]:
+        s = self._session
+        containers = list(s.inventory.containers) if s.inventory is not None else []
+        return {
+            "host": socket.gethostname(),
+            "kernel": os.uname().release,
+            "version": __version__,
+            "command": command_line(),
+            "filter": s.filter.describe() if s.filter is not None else "",
+            "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z",
+            "ktime_offset_ns": str(s.ctx.boot_offset_ns),
+            "containers": json.dumps([container_info(c) for c in containers]),
+            "sample": str(getattr(s.options, "sample", 1)),
+            "rules": "1" if getattr(s.options, "rules", False) else "0",
+        }
+
+    def _on_container_event(self, action: str, container: Any) -> None:
+        with self._lock:
+            self._queue.append((action, container, self._session.now_ktime()))
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self.writer.add_events(table)
+        flags = table.column("flags").to_numpy()
+        self.packets += int(np.count_nonzero(flags & events.FLAG_NEW_PACKET))
+        flows = pc.unique(table.column("flow_id")).to_numpy()
+        self._flows.update(flows[flows != 0].tolist())  # nf_conn addresses: bounded by conntrack's table
+
+    def add_records(self, records: np.ndarray) -> None:
+        """The kernel's journey records, stored as they are (``add`` takes
+        decoded sighting rows)."""
+        if not len(records):
+            return
+        # The session's lock: the places may be rebuilt meanwhile (Docker thread).
+        self.writer.add_journeys(records, self._session.ctx, self._session.lock)
+        # HOP_NEW_PACKET_BIT is on the hop that gave the packet its id: a
+        # record's first (a continuation's first hop is not new).
+        self.packets += int(np.count_nonzero(records["hops"]["code"][:, 0] & 0x80))
+        flows = np.unique(records["flow_id"])
+        self._flows.update(flows[flows != 0].tolist())
+
+    @property
+    def flows(self) -> int:
+        return len(self._flows)
+
+    def tick(self) -> None:
+        self._write_container_rows()
+        self.writer.tick()
+
+    def _write_container_rows(self) -> None:
+        with self._lock:
+            queued, self._queue = self._queue, []
+        offset = self._session.ctx.boot_offset_ns
+        for action, c, ktime in queued:
+            self.writer.add_row(
+                "container", ktime, ktime + offset, {"action": action, **container_info(c)},
+                container_id=c.id, container_name=c.name, netns=c.netns_inode,
+            )
+
+    def add_rules(self, pairs) -> None:
+        """Rule hits joined to packets ((packet_id, RuleHit) pairs,
+        tracer/rule_join.py) as kind='rule' rows."""
+        self.writer.add_rule_rows([(hit.ktime, pid, hit.hook, hit.rule) for pid, hit in pairs],
+                                  self._session.ctx.boot_offset_ns)
+
+    def add_histogram(self, end_ktime_ns: int, info: Mapping[str, Any]) -> None:
+        """One latency-mode interval (`tracer latency -w`) as a kind='histogram'
+        row stamped with the interval's end; see docs/capture-format.md."""
+        self.writer.add_row("histogram", end_ktime_ns, end_ktime_ns + self._session.ctx.boot_offset_ns, info)
+        self.histogram_rows += 1
+
+    def progress(self, lost: int) -> Progress:
+        return Progress(self.writer.event_rows, self.writer.bytes_written, lost, self.clock() - self._started)
+
+    def finish(self, counters: Any) -> dict[str, Any]:
+        """Append the statistics row and close the stream; returns the stats."""
+        self._write_container_rows()
+        ktime = self._session.now_ktime()
+        stats = {
+            # The kernel's records per emitting sensor: journeys (one per
+            # packet, or per part of one), or events in the per-sighting build.
+            "events": dict(counters.emitted),
+            "lost": dict(counters.lost),
+            "record": getattr(counters, "record", "event"),
+            "journey_ends": dict(getattr(counters, "journey_ends", {})),
+            "event_rows": self.writer.event_rows,  # sightings
+            "journey_rows": self.writer.journey_rows,
+            **({"rule_rows": self.writer.rule_rows} if self.writer.rule_rows else {}),
+            "packets": self.packets,
+            "flows": self.flows,
+            "duration_s": round(self.clock() - self._started, 3),
+        }
+        if self.histogram_rows:
+            stats["histogram_rows"] = self.histogram_rows
+        if getattr(counters, "before_start", 0):
+            stats["before_start"] = counters.before_start
+        self.writer.add_row("stats", ktime, ktime + self._session.ctx.boot_offset_ns, stats)
+        self.close()
+        return stats
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.on_container_event = None
+        if self.writer is not None:
+            self.writer.close()
