@@ -3,7 +3,7 @@
  *
  * Prepended at load time (see tracer/kernel/program.py):
  *   - struct event and the HOOK_/NAT_/DIR_/SENSOR_/FLAG_ codes (tracer/events.py)
- *   - ROLE_*, HOP_* and the histogram layout (tracer/latency.py)
+ *   - ROLE_*, HOP_* and the histogram layout (tracer/kernel/hop_codes.py)
  *   - -D flags: OFF_* struct member offsets read from the running kernel's
  *     BTF, FILTER_* (which filters are on; the values live in maps), table
  *     sizes, the mode (LATENCY_MODE, SIGHTING_EVENTS)
@@ -175,7 +175,7 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
  * by an external interface, and latency mode keys its hop codes by role. An
  * array: read on every tc sighting, and an array lookup is a bounds check and
  * a load. Interfaces numbered beyond it (rare) are in the hash. ROLE_* and
- * IF_ROLE_SLOTS come from tracer/latency.py. */
+ * IF_ROLE_SLOTS come from tracer/kernel/hop_codes.py. */
 BPF_ARRAY(if_roles, u32, IF_ROLE_SLOTS);
 BPF_HASH(if_roles_high, u32, u32, 4096);
 

@@ -4,7 +4,7 @@
  * reads once per interval. Included only when LATENCY_MODE is defined.
  *
  * Hop codes, roles, N_HOPS and the histogram layout are generated from
- * tracer/latency.py (latency.c_definitions): HOP_<NAME>, ROLE_<ROLE>. The tc
+ * tracer/kernel/hop_codes.py (c_definitions): HOP_<NAME>, ROLE_<ROLE>. The tc
  * codes of one direction are contiguous by role, the netfilter "after" code
  * follows its "before" one.
  */

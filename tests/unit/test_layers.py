@@ -11,8 +11,8 @@ from pathlib import Path
 KERNEL = Path(__file__).resolve().parents[2] / "tracer" / "kernel"
 # Below tracer/kernel or beside it: shared definitions only.
 ALLOWED = {"tracer.kernel", "tracer.events", "tracer.errors", "tracer"}
-# Known exceptions, to be moved down (issue 14): nothing new joins this list.
-KNOWN = {("program.py", "tracer.latency")}
+# Known exceptions: none (nothing joins this list).
+KNOWN: set[tuple[str, str]] = set()
 
 
 def runtime_imports(path: Path) -> set[str]:

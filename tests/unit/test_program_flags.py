@@ -28,7 +28,7 @@ def test_extra_flags_from_the_environment(monkeypatch):
 
 
 def test_latency_codes_reach_the_c_from_python():
-    from tracer.latency import HOP_NAMES, ROLES
+    from tracer.kernel.hop_codes import HOP_NAMES, ROLES
 
     source = P.Program([], latency=True).source()
     assert "#define HOP_NF_INPUT_AFTER %d" % HOP_NAMES.index("nf_input/after") in source

@@ -23,6 +23,7 @@ from tracer import events
 from tracer.errors import MissingCapability, TracerError
 from tracer.kernel.btf import resolve_offsets
 from tracer.kernel.headers import ensure_bcc_headers
+from tracer.kernel.hop_codes import c_definitions as hop_definitions
 
 if TYPE_CHECKING:
     from tracer.inventory import Container
@@ -238,9 +239,7 @@ class Program:
         return events.RAW_DTYPE if self.sightings else events.JOURNEY_DTYPE
 
     def source(self) -> str:
-        from tracer.latency import c_definitions as latency_definitions  # roles and hop codes
-
-        parts = [events.c_definitions(), latency_definitions(), (BPF_DIR / "common.h").read_text(),
+        parts = [events.c_definitions(), hop_definitions(), (BPF_DIR / "common.h").read_text(),
                  self.filter.c_filter(), (BPF_DIR / "pcap_filter.h").read_text()]
         if self.latency:
             parts.append((BPF_DIR / "latency.h").read_text())

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 
 from tracer.kernel.links import TargetGone, attach_tc
 from tracer.text import printable
-from tracer.latency import IF_ROLE_SLOTS, ROLES
+from tracer.kernel.hop_codes import IF_ROLE_SLOTS, ROLES
 from tracer.sensors.base import Sensor
 
 BPF_PROG_TYPE_SCHED_CLS = 3
 
 log = logging.getLogger(__name__)
-# Interface roles as the kernel codes them (ROLE_* from tracer/latency.py).
-ROLE_CODES = {role: code for code, role in enumerate(ROLES)}  # ROLE_*, generated into the C by tracer/latency.py
+# Interface roles as the kernel codes them (ROLE_* from tracer/kernel/hop_codes.py).
+ROLE_CODES = {role: code for code, role in enumerate(ROLES)}  # ROLE_*, generated into the C by tracer/kernel/hop_codes.py
 
 
 
