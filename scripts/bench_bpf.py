@@ -100,16 +100,17 @@ def bench_filters(repeat: int, rounds: int) -> None:
     (to port 5201 from 198.18.0.2: the last filter matches it) and a traced
     one (port 8000, SYN for the SYN-only expression), interleaved."""
     from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
-    from tracer.kernel.program import Filter, Program
+    from tracer.kernel.program import Program
     from tracer.sensors.drops import DropSensor
     from tracer.sensors.netfilter import NetfilterSensor
     from tracer.sensors.tc import TcSensor
+    from tracer.targets import Targets
 
     print(f"bench_bpf --filters: BPF_PROG_TEST_RUN of trc_tc_eg (trace mode), {repeat:,} runs per call, best of {rounds}")
     built = []
     try:
         for label, kw in FILTERS:
-            program = Program([TcSensor([]), NetfilterSensor(), DropSensor()], Filter(**kw), ringbuf_pages=16)
+            program = Program([TcSensor([]), NetfilterSensor(), DropSensor()], Targets(**kw).kernel_filter(), ringbuf_pages=16)
             bpf = _compile(program, EMPTY_TC)
             program.filter.fill_maps(bpf)
             built.append((label, bpf, bpf.load_func("trc_bench_empty", BPF_PROG_TYPE_SCHED_CLS).fd,

@@ -40,11 +40,12 @@ def collect(requests: int) -> tuple[np.ndarray, object]:
     from tracer import lab
     from tracer.record_words import concat
     from tracer.session import TraceOptions, TraceSession
+    from tracer.targets import Targets
 
     status = lab.status()
     if not status["up"]:
         raise SystemExit(f"bench_capture_write: the lab is not up ({status.get('problems')}): run `tracer lab up`")
-    session = TraceSession(TraceOptions(ports=(status["port"],)))
+    session = TraceSession(TraceOptions(Targets(ports=(status["port"],))))
     session.start()
     try:
         url = f"http://{status['host_address']}:{status['port']}/"

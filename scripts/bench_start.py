@@ -8,7 +8,7 @@ While a loop in the lab's client netns keeps making HTTP requests to
   wall time from spawn to its "tracing ... Ctrl-C" line on stderr (attached)
   and to the first JSON journey on stdout (printed; a journey is printed only
   once its packet has been idle for IDLE_NS, ~150 ms, see cli_trace.py);
-* in-process: ``TraceSession(TraceOptions(ports=(8000,)))``: time from the
+* in-process: ``TraceSession(TraceOptions(Targets(ports=(8000,))))``: time from the
   ``start()`` call to its return (attached) and to the first non-empty
   ``poll()`` (first event drained and decoded), without Python start-up and
   imports.
@@ -95,9 +95,10 @@ def cli_once(timeout: float = 60) -> tuple[float | None, float | None]:
 
 def in_process_once(timeout: float = 30) -> tuple[float, float | None]:
     from tracer.session import TraceOptions, TraceSession
+    from tracer.targets import Targets
 
     t0 = time.monotonic()
-    session = TraceSession(TraceOptions(ports=(8000,)))
+    session = TraceSession(TraceOptions(Targets(ports=(8000,))))
     session.start()
     try:
         ready = time.monotonic() - t0

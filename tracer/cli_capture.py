@@ -59,14 +59,11 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     from tracer.render import Summary
     from tracer.render_rows import render_rows
 
-    files, expression = split_files(args, read_files)
-    compiled = None
-    if expression is not None:
-        from tracer.cbpf import check
-        from tracer.pcap import compile_filter
+    from tracer.targets import Targets
 
-        compiled = compile_filter(expression)  # a bad expression fails before reading anything
-        check(compiled)
+    files, expression = split_files(args, read_files)
+    # a bad expression fails before reading anything
+    targets = Targets.from_cli(ports, containers, hosts, proto, expression=(expression or "",), live=False)
     packets, flows = set().union(*packets), set().union(*flows)
     capture = open_capture(list(files), on_warning=lambda w: click.echo(f"tracer: warning: {w}", err=True))
     summary_color = use_color(color, sys.stderr)
@@ -84,8 +81,7 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
 
         book = RuleBook()
     for table in _journey_slices(PacketWindow().packets(sightings)):
-        table = select_packets(table, ports, hosts, containers, proto.lower() if proto else None, compiled,
-                               packets=packets, flows=flows)
+        table = targets.select(table, packets=packets, flows=flows)
         if count is not None:
             table = first_journeys(table, count - shown)
         rows = journey_rows(table)  # once for the output and the summary
@@ -159,51 +155,3 @@ def split_files(args: tuple[str, ...], read_files: tuple[str, ...] = ()) -> tupl
         hint = f" ({' '.join(words)!r} is not a file)" if words else ""
         raise click.UsageError(f"no capture FILES given{hint}: name .arrows files, or -r FILE")
     return files, expression_of(words)
-
-
-def select_packets(table: pa.Table, ports=(), hosts=(), containers=(), proto: str | None = None,
-                   expression=None, packets=(), flows=()) -> pa.Table:
-    """Rows of the packets that match every given filter at one hop or
-    another (a filter names a property some hop had, as `trace`'s in-kernel
-    filter matches before or after NAT). ``expression``: a CompiledFilter,
-    run over each row's synthesised headers."""
-    if table.num_rows == 0 or not (ports or hosts or containers or proto or expression or packets or flows):
-        return table
-    keep = None
-    for row_mask in _row_masks(table, ports, hosts, containers, proto, expression, packets, flows):
-        ids = pc.unique(table["packet_id"].filter(row_mask))
-        packet_mask = pc.is_in(table["packet_id"], value_set=ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
-        keep = packet_mask if keep is None else pc.and_(keep, packet_mask)
-    return table.filter(keep)
-
-
-def _row_masks(table: pa.Table, ports, hosts, containers, proto, expression=None, packets=(), flows=()):
-    def any_of(column: str, values) -> pa.ChunkedArray:
-        # dictionary columns: compare their string values
-        return pc.fill_null(pc.is_in(table[column].cast(pa.string()), value_set=pa.array(values, pa.string())), False)
-
-    if ports:
-        ported = pc.fill_null(pc.is_in(table["protocol"].cast(pa.string()), value_set=pa.array(["tcp", "udp"])), False)
-        values = pa.array(sorted(set(ports)), pa.uint16())
-        hit = pc.or_(pc.is_in(table["src_port"], value_set=values), pc.is_in(table["dst_port"], value_set=values))
-        yield pc.and_(ported, pc.fill_null(hit, False))
-    if hosts:
-        # --host (cli_params.HOST) spells them as captures do: fd00::1, not fd00:0::1
-        yield pc.or_(any_of("src_ip", list(hosts)), any_of("dst_ip", list(hosts)))
-    if containers:
-        names = any_of("container_name", list(containers))
-        ids = table["container_id"].cast(pa.string())
-        for wanted in containers:
-            names = pc.or_(names, pc.fill_null(pc.starts_with(ids, wanted), False))
-        yield names
-    if proto:
-        yield any_of("protocol", [proto])
-    for column, ids in (("packet_id", packets), ("flow_id", flows)):
-        if ids:
-            yield pc.fill_null(pc.is_in(table[column], value_set=pa.array(sorted(ids), pa.uint64())), False)
-    if expression is not None:
-        from tracer.cbpf_numpy import run
-        from tracer.pcapng import build_headers
-
-        headers, caplen, wirelen = build_headers(table)
-        yield pa.array(run(expression, headers, caplen, wirelen))

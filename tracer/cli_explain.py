@@ -61,7 +61,7 @@ def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]
         rules = RuleFeed(session, None, True)
         feed.on_records = rules.records
         stop.running()
-        click.echo(f"tracer: waiting for a connection ({session.filter.describe()}); Ctrl-C to stop", err=True)
+        click.echo(f"tracer: waiting for a connection ({session.describe()}); Ctrl-C to stop", err=True)
         started = time.monotonic()
         request_at = None
         while not stop.requested:
@@ -92,7 +92,7 @@ def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]
         finally:
             stop.restore()
     if request is None:
-        raise NoConnection(f"no connection ({session.filter.describe() if session.filter else 'traced'}) "
+        raise NoConnection(f"no connection ({session.describe() if session.filter else 'traced'}) "
                            f"started within {timeout:g} s")
     return request, reply, waited
 

@@ -93,7 +93,7 @@ def latency(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample
         maps = LatencyMaps(session.bpf, session.program.hist_slices)
         stop.running()
         where = f"; writing {recorder.path}" if recorder is not None else ""
-        say(f"tracer: latency of {session.filter.describe()} on {len(session.tc.targets())} interfaces "
+        say(f"tracer: latency of {session.describe()} on {len(session.tc.targets())} interfaces "
             f"(ready in {time.monotonic() - session.started_at:.1f}s){where}; Ctrl-C to stop")
         start = maps.snapshot(session.now_ktime())
         last = start

@@ -47,17 +47,12 @@ def target_options(fn):
 
 
 def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, expression=(), rules=False):
-    from tracer.cbpf import expression_c
-    from tracer.kernel.program import Filter
-    from tracer.pcap import expression_of
     from tracer.session import TraceOptions
+    from tracer.targets import Targets
 
-    proto = proto.lower() if proto else None
-    text = expression_of(expression)
     # bad input (an expression libpcap or the translation refuses too) fails before any kernel work
-    Filter(ports=tuple(ports), hosts=tuple(hosts), proto=proto, sample=sample, expression=text,
-           expression_c=expression_c(text))
-    return TraceOptions(tuple(ports), tuple(hosts), tuple(containers), proto, tuple(ifaces), tc_mode, sample, text, rules)
+    targets = Targets.from_cli(ports, containers, hosts, proto, sample, expression)
+    return TraceOptions(targets, tuple(ifaces), tc_mode, rules)
 
 
 def rules_option(fn):
@@ -173,7 +168,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         stop.running()
         started = time.monotonic()
         where = f"; writing {recorder.path}" if recorder is not None else ""
-        say(f"tracer: tracing {session.filter.describe()} on {len(session.tc.targets())} interfaces "
+        say(f"tracer: tracing {session.describe()} on {len(session.tc.targets())} interfaces "
             f"(ready in {started - session.started_at:.1f}s){where}; Ctrl-C to stop")
         if on_started:
             on_started(session)

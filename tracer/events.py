@@ -435,7 +435,7 @@ META_KEYS = (
     "kernel",          # uname -r
     "version",         # tracer version
     "command",         # the command line
-    "filter",          # Filter.describe()
+    "filter",          # Targets.describe()
     "start_time",      # ISO 8601 UTC
     "ktime_offset_ns", # wall clock minus bpf_ktime_get_ns at start
     "containers",      # JSON list of containers at start

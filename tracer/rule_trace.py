@@ -305,8 +305,9 @@ class RuleTracer:
             self.sock = None
 
 
-def match_for(filter_) -> Match:
-    """The nft marking for a tracer.kernel.program.Filter."""
-    return Match(ports=tuple(filter_.ports), hosts=tuple(filter_.hosts),
-                 container_addrs=tuple(sorted(filter_.container_addrs())),
-                 container_ports=tuple(sorted(filter_.container_ports())), proto=filter_.proto)
+def match_for(targets, container_addrs=(), container_ports=()) -> Match:
+    """The nft marking for tracer.targets.Targets, with the traced
+    containers' addresses and published host ports (--container)."""
+    return Match(ports=tuple(targets.ports), hosts=tuple(targets.hosts),
+                 container_addrs=tuple(sorted(container_addrs)),
+                 container_ports=tuple(sorted(container_ports)), proto=targets.proto)

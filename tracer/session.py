@@ -4,7 +4,6 @@ detach everything on the way out."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -17,17 +16,17 @@ import numpy as np
 import pyarrow as pa
 
 from tracer import events
-from tracer.cbpf import expression_c
 from tracer.decode import DecodeContext, Place, decode
 from tracer.drain import PAGE_SIZE, BackgroundDrain, RingBufferDrain
 from tracer.errors import TracerError, require_root
 from tracer.expand import expand
-from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program
+from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program, write_containers, write_proxy_backends
 from tracer.proxies import ProxyLinks, find_proxies, proxies_by_pid, read_links
 from tracer.sensors.drops import DropSensor
 from tracer.sensors.netfilter import NetfilterSensor
 from tracer.sensors.proxy import ProxySensor
 from tracer.sensors.tc import TcSensor, TcTarget
+from tracer.targets import Targets
 from tracer.text import printable
 
 log = logging.getLogger(__name__)
@@ -35,14 +34,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TraceOptions:
-    ports: tuple[int, ...] = ()
-    hosts: tuple[str, ...] = ()
-    containers: tuple[str, ...] = ()
-    proto: str | None = None
+    targets: Targets = field(default_factory=Targets)  # what to trace
     ifaces: tuple[str, ...] = ()
     tc_mode: str = "auto"
-    sample: int = 1
-    expression: str | None = None  # pcap-filter expression
     rules: bool = False  # name the netfilter rules traced packets meet (nf_tables tracing)
     # Link docker-proxy's two connections (bpf/proxy.c): `trace` shows the
     # links; off elsewhere (its syscall tracepoints cost every process).
@@ -88,7 +82,8 @@ class TraceSession:
         self.drainer: BackgroundDrain | None = None
         self.sensors: list = []
         self.tc: TcSensor | None = None
-        self.filter: Filter | None = None
+        self.filter: Filter | None = None  # what the kernel matches
+        self.containers: tuple = ()  # with --container: the containers traced (inventory.Container)
         self.ctx: DecodeContext | None = None
         self.traced_names: set[str] = set()
         self.link_events = None  # kernel.link_events.LinkEvents, while tracing
@@ -122,10 +117,8 @@ class TraceSession:
         # docker-proxy relays host ports to containers as a second TCP
         # connection: the proxy sensor links the two (trace and record only).
         self.proxies = {} if self.latency or self.sightings else proxies_by_pid(self._relevant(find_proxies()))
-        shape = Filter(ports=opts.ports, hosts=opts.hosts, proto=opts.proto, sample=opts.sample,
-                       container_names=opts.containers, expression=opts.expression,
-                       expression_c=expression_c(opts.expression),
-                       follow_proxies=bool(self.proxies) and bool(opts.ports or opts.containers))
+        targets = opts.targets
+        self.filter = targets.kernel_filter(follow_proxies=bool(self.proxies) and bool(targets.ports or targets.containers))
         if opts.rules:  # a host whose iptables rules nf_tables cannot see fails here, before any work
             from tracer.kernel.ruleset import check_rule_attribution
 
@@ -137,20 +130,19 @@ class TraceSession:
         # Compiling is most of the start-up time and needs no Docker metadata
         # (filter values go into maps afterwards): run clang meanwhile.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            program = self.program = Program(self.sensors, shape, latency=self.latency, sightings=self.sightings)
+            program = self.program = Program(self.sensors, self.filter, latency=self.latency, sightings=self.sightings)
             compiling = pool.submit(program.compile)
             try:
                 containers = self._containers()
-                self.filter = dataclasses.replace(shape, containers=tuple(
-                    c for c in containers if c.name in self.traced_names) if opts.containers else ())
-                self.filter.proxy_backends = self._proxy_backends()
-                targets = self._targets(containers)
+                self.containers = tuple(c for c in containers if c.name in self.traced_names) if targets.containers else ()
+                tc_targets = self._targets(containers)
             finally:
                 self.bpf = compiling.result()  # so close() can unload it on any error
         if opts.tc_mode != "tcx":
-            sweep_leftovers(targets)
+            sweep_leftovers(tc_targets)
         self.filter.fill_maps(self.bpf)
-        self.tc.pending = targets
+        self._write_container_maps()
+        self.tc.pending = tc_targets
         self.ctx = DecodeContext(host_netns=host_netns_inode(), drop_reasons=drops.reasons,
                                  resolve_host_ifindex=self._host_place)
         if not self.latency:
@@ -169,7 +161,7 @@ class TraceSession:
 
             # Before the netfilter links: registering the table's hooks after
             # them made the BPF hooks miss packets for a moment here.
-            match = match_for(self.filter)
+            match = match_for(targets, *self._container_values())
             if match.is_everything():
                 log.warning("--rules without --port/--host/--container/--proto marks all IPv4 traffic for nf_tables "
                             "tracing (a filter expression is not translated to nft): the kernel reports every rule "
@@ -188,8 +180,22 @@ class TraceSession:
             self.inventory.watch(self._on_container_change)
         self._follow_host_interfaces()
 
+    def describe(self) -> str:
+        """What is traced, for the UI and a capture's metadata."""
+        return self.options.targets.describe(c.name for c in self.containers)
+
+    def _container_values(self) -> tuple[set[str], set[int]]:
+        """The traced containers' addresses and published host ports (--container)."""
+        return ({ip for c in self.containers for ip in c.ips},
+                {p.host_port for c in self.containers for p in c.published})
+
+    def _write_container_maps(self) -> None:
+        write_containers(self.bpf, *self._container_values())
+        if self.filter.follow_proxies:
+            write_proxy_backends(self.bpf, self._proxy_backends())
+
     def _containers(self):
-        opts = self.options
+        opts = self.options.targets
         try:
             from tracer.inventory import Inventory
 
@@ -212,16 +218,15 @@ class TraceSession:
     def _relevant(self, proxies):
         """Proxies of the traced host ports (every proxy without --port:
         --container's are picked once Docker named its addresses)."""
-        ports = self.options.ports
-        return [p for p in proxies if not ports or p.host_port in ports or self.options.containers]
+        ports = self.options.targets.ports
+        return [p for p in proxies if not ports or p.host_port in ports or self.options.targets.containers]
 
     def _proxy_backends(self) -> tuple[tuple[str, int], ...]:
         """Backends of the proxies whose host port or container the filter
         names (all, when neither is named: then everything is traced)."""
-        opts, f = self.options, self.filter
-        addrs = f.container_addrs() if f is not None else set()
+        ports, addrs = self.options.targets.ports, self._container_values()[0]
         return tuple(sorted({(p.container_ip, p.container_port) for p in self.proxies.values()
-                             if p.host_port in opts.ports or p.container_ip in addrs}))
+                             if p.host_port in ports or p.container_ip in addrs}))
 
     def _refresh_proxies(self) -> None:
         """Proxies restart with their containers: new pids, maybe new backends."""
@@ -230,8 +235,8 @@ class TraceSession:
         self.proxies = proxies_by_pid(self._relevant(find_proxies()))
         if self.proxy is not None:
             self.proxy.set_pids(self.proxies)
-        self.filter.proxy_backends = self._proxy_backends()
-        self.filter.refresh_proxies(self.bpf)
+        if self.filter.follow_proxies:
+            write_proxy_backends(self.bpf, self._proxy_backends())
 
     def read_proxy_links(self) -> int:
         """New links between proxy legs the kernel saw (bpf/proxy.c); returns how many."""
@@ -356,13 +361,13 @@ class TraceSession:
                 listener(what, container)
             except Exception as exc:  # a listener's bug must not stop us following containers
                 log.warning("container %s listener failed: %s", what, exc)
-        if container.name not in self.traced_names and self.options.containers:
+        if container.name not in self.traced_names and self.options.targets.containers:
             return
         try:
             if what == "die":
                 self.tc.remove(lambda t: t.container_id == container.id)
             elif what == "start":
-                if not self.options.containers:
+                if not self.options.targets.containers:
                     self.traced_names.add(container.name)
                 self.tc.remove(lambda t: t.container_id is not None and t.container_name == container.name)
                 for target in container_targets(container):
@@ -374,13 +379,13 @@ class TraceSession:
                             self.tc.remove(lambda t: t.key == bridge.key)
                             self._host_keys.discard(bridge.key)
                     self.tc.add(bridge)
-                if self.filter.containers:
-                    self.filter.containers = tuple(c for c in self.filter.containers if c.name != container.name) + (container,)
-                    self.filter.refresh_containers(self.bpf)
+                if self.containers:
+                    self.containers = tuple(c for c in self.containers if c.name != container.name) + (container,)
+                    self._write_container_maps()
                     if self.rules is not None:
                         from tracer.rule_trace import match_for
 
-                        self.rules.update(match_for(self.filter))
+                        self.rules.update(match_for(self.options.targets, *self._container_values()))
             self._rebuild_places()
             self._refresh_proxies()
         except Exception as exc:  # keep tracing; say what we could not follow

@@ -318,11 +318,14 @@ def _container(name="web", cid="c0ffee" * 10):
 class FakeSession:
     def __init__(self) -> None:
         self.ctx = context()
-        self.filter = SimpleNamespace(describe=lambda: "port 8000")
+        self.filter = SimpleNamespace()
         self.inventory = SimpleNamespace(containers=[_container()])
-        self.options = SimpleNamespace()
+        self.options = SimpleNamespace(targets=SimpleNamespace(sample=1))
         self.on_container_event = None
         self.ktime = 50_000_000_000
+
+    def describe(self) -> str:
+        return "port 8000"
 
     def now_ktime(self) -> int:
         self.ktime += 1000

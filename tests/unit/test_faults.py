@@ -21,10 +21,11 @@ from tracer.capture.reader import read_capture
 from tracer.capture.writer import CaptureWriter
 from tracer.cli import cli
 from tracer.errors import TracerError
-from tracer.kernel.program import MAX_FILTER_HOSTS, Filter
+from tracer.kernel.program import MAX_FILTER_HOSTS
 from tracer.outfiles import create_fd, file_mode, open_output
 from tracer.output import Reader
 from tracer.stopping import StopSignals
+from tracer.targets import Targets
 from tracer.text import printable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -267,10 +268,10 @@ def test_unusable_numbers_are_one_line_before_any_kernel_work(args):
 
 
 def test_largest_sample_fits_the_kernel_hash():
-    f = Filter(sample=(1 << 32) - 1)
+    f = Targets(sample=(1 << 32) - 1).kernel_filter()
     assert f"-DSAMPLE_N={(1 << 32) - 1}u" in f.cflags()
     with pytest.raises(TracerError, match="--sample"):
-        Filter(sample=1 << 32)
+        Targets(sample=1 << 32)
 
 
 # --- filter sizes -------------------------------------------------------------------------
@@ -279,15 +280,15 @@ def test_largest_sample_fits_the_kernel_hash():
 def test_filter_maps_are_sized_to_what_was_asked():
     ports = tuple(range(1000, 1500))
     hosts = tuple(f"10.{i >> 8}.{i & 255}.1" for i in range(3000))
-    flags = Filter(ports=ports, hosts=hosts).cflags()
+    flags = Targets(ports=ports, hosts=hosts).kernel_filter().cflags()
     assert "-DFILTER_PORT_ENTRIES=500" in flags and "-DFILTER_HOST_ENTRIES=3000" in flags
-    assert "-DFILTER_PORT_ENTRIES=64" in Filter(ports=(1, 2)).cflags()
+    assert "-DFILTER_PORT_ENTRIES=64" in Targets(ports=(1, 2)).kernel_filter().cflags()
 
 
 def test_too_many_hosts_is_one_line_naming_the_limit():
     hosts = tuple(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(MAX_FILTER_HOSTS + 1))
     with pytest.raises(TracerError, match=f"at most {MAX_FILTER_HOSTS:,}"):
-        Filter(hosts=hosts)
+        Targets(hosts=hosts)
 
 
 # --- names from the system on a terminal ---------------------------------------------------------

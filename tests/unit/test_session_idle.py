@@ -15,7 +15,7 @@ def test_empty_polls_decode_once(monkeypatch):
         return real(raw, ctx)
 
     monkeypatch.setattr(S, "decode", counting)
-    s = S.TraceSession(S.TraceOptions(ports=(8000,)))
+    s = S.TraceSession(S.TraceOptions(S.Targets(ports=(8000,))))
     s.ctx = DecodeContext(host_netns=1, drop_reasons={})
     first = s._decode(events.empty_raw())
     again = s._decode(events.empty_raw())

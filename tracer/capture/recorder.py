@@ -119,11 +119,11 @@ class Recorder:
             "kernel": os.uname().release,
             "version": __version__,
             "command": command_line(),
-            "filter": s.filter.describe() if s.filter is not None else "",
+            "filter": s.describe() if s.filter is not None else "",
             "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z",
             "ktime_offset_ns": str(s.ctx.boot_offset_ns),
             "containers": json.dumps([container_info(c) for c in containers]),
-            "sample": str(getattr(s.options, "sample", 1)),
+            "sample": str(s.options.targets.sample),
             "rules": "1" if getattr(s.options, "rules", False) else "0",
         }
 

@@ -77,7 +77,7 @@ def process_start(pid: int) -> int | None:
 
 @dataclass
 class Match:
-    """What marks traced traffic, in nft terms (tracer.kernel.program.Filter's
+    """What marks traced traffic, in nft terms (tracer.targets.Targets'
     options: each given option must match; an option matches when either end
     does, at any view of the connection)."""
 

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from tracer import events
-from tracer.errors import MissingCapability, TracerError
+from tracer.errors import MissingCapability
 from tracer.kernel.btf import resolve_offsets
 from tracer.kernel.headers import ensure_bcc_headers
 from tracer.kernel.hop_codes import c_definitions as hop_definitions
 
 if TYPE_CHECKING:
-    from tracer.inventory import Container
     from tracer.sensors.base import Sensor
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
@@ -74,61 +73,27 @@ def hist_slices() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Filter:
-    """What to trace; enforced in the kernel (see filter_match in common.h)."""
+    """What the kernel matches (filter_match in bpf/common.h), as plain
+    values checked above this layer (tracer/targets.py): ports, addresses, a
+    protocol, 1 in ``sample`` flows, and the C of a filter expression.
+    Whether container addresses/ports and docker-proxy backends are matched
+    is fixed at compile time; their values come and go with containers
+    (``write_containers``, ``write_proxy_backends``)."""
 
     ports: tuple[int, ...] = ()
     hosts: tuple[str, ...] = ()
-    containers: tuple["Container", ...] = ()
     proto: str | None = None
-    sample: int = 1  # follow 1 in `sample` flows (chosen in the kernel)
-    # Names asked for; `containers` holds them once Docker resolved them.
-    container_names: tuple[str, ...] = ()
-    # A pcap-filter expression, ANDed with the options: its text (for the UI)
-    # and the C the BCC programs include, made from it above this layer
-    # (tracer/cbpf.py expression_c: libpcap's classic BPF translated).
-    expression: str | None = None
+    sample: int = 1
+    containers: bool = False
+    # tracer/cbpf.py expression_c: libpcap's classic BPF translated ('' for none).
     expression_c: str = ""
-    # docker-proxy backends (container address, port) whose client leg the
-    # filter names: their connections are traced too (bpf/proxy.c). Whether
-    # the kernel checks them at all is fixed at compile time.
     follow_proxies: bool = False
-    proxy_backends: tuple[tuple[str, int], ...] = ()
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.sample <= MAX_SAMPLE:
-            raise TracerError(f"--sample must be between 1 and {MAX_SAMPLE}, not {self.sample}")
-        for port in self.ports:
-            if not 0 < port < 65536:
-                raise TracerError(f"port {port} is out of range (1-65535)")
-        if len(set(self.hosts)) > MAX_FILTER_HOSTS:
-            raise TracerError(f"{len(set(self.hosts)):,} --host values: at most {MAX_FILTER_HOSTS:,} (the kernel's filter map)")
-        if self.proto is not None and self.proto not in events.PROTOCOL_NUMBERS:
-            names = ", ".join(sorted(events.PROTOCOL_NUMBERS))
-            raise TracerError(f"unknown protocol {self.proto!r} (choose one of: {names})")
-        for host in self.hosts:
-            try:
-                ipaddress.ip_address(host)
-            except ValueError:
-                raise TracerError(f"--host {host!r} is not an IPv4 or IPv6 address") from None
-        if (self.expression is None) != (not self.expression_c):
-            raise ValueError("Filter: an expression comes with its C (tracer.cbpf.expression_c)")
 
     def c_filter(self) -> str:
         """The expression as C for the BCC programs ('' without one)."""
         return self.expression_c
-
-    def describe(self) -> str:
-        parts = [f"port {p}" for p in self.ports]
-        parts += [f"host {h}" for h in self.hosts]
-        parts += [f"container {name}" for name in (tuple(c.name for c in self.containers) or self.container_names)]
-        if self.proto:
-            parts.append(f"proto {self.proto}")
-        if self.expression:
-            parts.insert(0, f"'{self.expression}'")
-        text = " and ".join(parts) or "all IPv4 and IPv6 traffic"
-        return text + (f", 1 in {self.sample} flows" if self.sample > 1 else "")
 
     def cflags(self) -> list[str]:
         flags = []
@@ -141,11 +106,11 @@ class Filter:
             flags.append("-DFILTER_PORTS")
         if self.hosts:
             flags.append("-DFILTER_HOSTS")
-        if self.containers or self.container_names:
+        if self.containers:
             flags.append("-DFILTER_CONTAINERS")
         if self.sample > 1:
             flags.append(f"-DSAMPLE_N={self.sample}u")
-        if self.expression is not None:
+        if self.expression_c:
             flags.append("-DPCAP_FILTER")
         # The filter maps hold what was asked for, however much (any number
         # of ports fits: there are 65535).
@@ -155,38 +120,34 @@ class Filter:
             flags.append("-DFILTER_PROXY_BACKENDS")
         return flags
 
-    def container_ports(self) -> set[int]:
-        return {p.host_port for c in self.containers for p in c.published}
-
-    def container_addrs(self) -> set[str]:
-        return {ip for c in self.containers for ip in c.ips}
-
     def fill_maps(self, bpf) -> None:
+        """The ports and addresses asked for (containers' come separately)."""
         one = ctypes.c_uint8(1)
         if len(self.ports) > 1:
             _fill(bpf["filter_ports"], (_be16(p) for p in self.ports), one)
         _fill_addrs(bpf["filter_hosts"], self.hosts, one)
-        self.refresh_containers(bpf)
 
-    def refresh_containers(self, bpf) -> None:
-        """Containers come and go (restarts change the IP): rewrite their maps."""
-        one = ctypes.c_uint8(1)
-        bpf["filter_ctr_addrs"].clear()
-        bpf["filter_ctr_ports"].clear()
-        _fill_addrs(bpf["filter_ctr_addrs"], self.container_addrs(), one)
-        _fill(bpf["filter_ctr_ports"], (_be16(p) for p in self.container_ports()), one)
-        self.refresh_proxies(bpf)
 
-    def refresh_proxies(self, bpf) -> None:
-        if not self.follow_proxies:
-            return
-        table = bpf["filter_proxy_backends"]
-        table.clear()
-        for ip, port in self.proxy_backends:
-            key = table.Key()
-            key.addr.hi, key.addr.lo = _addr_words(ip)
-            key.port = _be16(port)
-            table[key] = ctypes.c_uint8(1)
+def write_containers(bpf, addrs: Iterable[str], ports: Iterable[int]) -> None:
+    """The traced containers' addresses and published host ports (containers
+    come and go, restarts change the address): the maps rewritten whole."""
+    one = ctypes.c_uint8(1)
+    bpf["filter_ctr_addrs"].clear()
+    bpf["filter_ctr_ports"].clear()
+    _fill_addrs(bpf["filter_ctr_addrs"], addrs, one)
+    _fill(bpf["filter_ctr_ports"], (_be16(p) for p in ports), one)
+
+
+def write_proxy_backends(bpf, backends: Iterable[tuple[str, int]]) -> None:
+    """docker-proxy backends (container address, port) whose client leg is
+    traced too (bpf/proxy.c), rewritten whole."""
+    table = bpf["filter_proxy_backends"]
+    table.clear()
+    for ip, port in backends:
+        key = table.Key()
+        key.addr.hi, key.addr.lo = _addr_words(ip)
+        key.port = _be16(port)
+        table[key] = ctypes.c_uint8(1)
 
 
 def _be16(port: int) -> int:
@@ -280,7 +241,7 @@ class Program:
 
     def compile(self):
         """Compile with BCC; returns the bcc.BPF object (maps and programs).
-        Filter values are not in it yet: see Filter.fill_maps."""
+        Filter values are not in it yet: see Filter.fill_maps, write_containers."""
         ensure_bcc_headers()
         cflags = self.cflags()
         from bcc import BPF  # noqa: PLC0415 - heavy import, only when tracing
