@@ -20,9 +20,10 @@ def _table(rows: list[tuple[str, str, str]]) -> str:
 def doctor(as_json: bool) -> None:
     """Probe BPF, netfilter/tc attach points, headers and Docker; exit 1 if tracing cannot work."""
     require_root("tracer doctor")
+    from tracer.dockerd import probe
     from tracer.kernel.probes import run_probes  # imports bcc lazily, after the root check
 
-    report = run_probes()
+    report = run_probes(probe_docker=probe)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -16,6 +16,8 @@ from tracer.errors import TracerError, one_line
 if TYPE_CHECKING:  # pragma: no cover
     import docker
 
+    from tracer.kernel.probes import Capability
+
 DEFAULT_SOCKET = "/var/run/docker.sock"
 FIX_HINT = "run `sudo scripts/setup.sh` (it starts dockerd when none answers) or start dockerd yourself"
 
@@ -28,20 +30,44 @@ def engine_address() -> str:
     return os.environ.get("DOCKER_HOST") or f"unix://{DEFAULT_SOCKET}"
 
 
-def client(timeout: int = 60) -> "docker.DockerClient":
-    """A docker SDK client whose engine answered a ping."""
+def client(timeout: int = 60, base_url: str | None = None) -> "docker.DockerClient":
+    """The one way tracer reaches the engine (inventory, lab, doctor): a
+    docker SDK client whose engine answered a ping, at ``base_url`` or as
+    the environment says (DOCKER_HOST, else the default socket), or
+    DockerUnavailable in one line. ``timeout`` is the caller's: seconds a
+    request may take (the lab pulls and builds; tracing and doctor must not
+    hang on a stuck engine)."""
     try:
-        import docker
+        import docker  # imported late: the CLI's --help should not pay for it
     except ImportError as exc:  # pragma: no cover - the package depends on it
-        raise DockerUnavailable(f"the docker Python package is missing ({exc}); reinstall tracer") from exc
+        raise DockerUnavailable(f"the docker Python package is missing ({exc}); reinstall tracer") from None
+    c = None
     try:
-        c = docker.from_env(timeout=timeout)
+        c = docker.DockerClient(base_url=base_url, timeout=timeout) if base_url else docker.from_env(timeout=timeout)
         c.ping()
-    except Exception as exc:  # DockerException, requests errors, socket errors
+    except Exception as exc:  # DockerException, requests errors, socket errors, a bad URL scheme
+        if c is not None:
+            c.close()
         reason = one_line(exc, 160)
-        raise DockerUnavailable(
-            f"no Docker engine answers at {engine_address()} ({reason}); {FIX_HINT}"
-        ) from exc
+        raise DockerUnavailable(f"no Docker engine answers at {base_url or engine_address()} ({reason}); {FIX_HINT}") from None
     return c
 
 
+
+
+def probe() -> "Capability":
+    """`tracer doctor`'s docker row: the engine reached as tracing reaches it."""
+    from tracer.kernel.probes import Capability
+
+    fix = "start the engine: dockerd & (scripts/setup.sh does it)"
+    try:
+        c = client(timeout=3)
+    except DockerUnavailable as exc:
+        return Capability("docker", False, f"engine not reachable: {exc}"[:160], True, fix)
+    try:
+        version = c.version().get("Version", "?")
+    except Exception as exc:  # noqa: BLE001 - the engine went away between the ping and this
+        return Capability("docker", False, f"engine not reachable: {one_line(exc, 120)}", True, fix)
+    finally:
+        c.close()
+    return Capability("docker", True, f"engine {version} reachable", True, fix)

@@ -55,12 +55,24 @@ FLAG_INCOMPLETE = 4  # sighting of a journey the kernel emitted without seeing i
 
 
 
+_DICT_STR = pa.dictionary(pa.int32(), pa.string())
+_ARROW_INTS = {"u1": pa.uint8(), "u2": pa.uint16(), "u4": pa.uint32(), "u8": pa.uint64()}
+
+
 @dataclass(frozen=True)
 class RawField:
     name: str
     ctype: str
     dtype: str  # numpy type string; '>' = network byte order in the struct
     doc: str
+    # The capture column holds the value decoded to text (an index's name,
+    # an address), dictionary-encoded, instead of the number.
+    decoded: bool = False
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        """The type of its column in EVENT_SCHEMA."""
+        return _DICT_STR if self.decoded else _ARROW_INTS[self.dtype[-2:]]
 
 
 # Ordered for natural alignment (8-byte, then 4, 2, 1); the struct is padded to
@@ -70,9 +82,9 @@ RAW_FIELDS: tuple[RawField, ...] = (
     RawField("skb", "u64", "<u8", "sk_buff address (0 where the sensor cannot see it: tc)"),
     RawField("packet_id", "u64", "<u8", "id given in the kernel by the first sensor that saw the packet"),
     RawField("flow_id", "u64", "<u8", "nf_conn address of the packet's connection (0 = not known at this hop)"),
-    RawField("src_ip", "addr", "(16,)u1", "source as seen at this hop (IPv4-mapped for IPv4)"),
-    RawField("dst_ip", "addr", "(16,)u1", "destination as seen at this hop"),
-    RawField("drop_reason", "u32", "<u4", "skb_drop_reason for drop rows"),
+    RawField("src_ip", "addr", "(16,)u1", "source as seen at this hop (IPv4-mapped for IPv4)", decoded=True),
+    RawField("dst_ip", "addr", "(16,)u1", "destination as seen at this hop", decoded=True),
+    RawField("drop_reason", "u32", "<u4", "skb_drop_reason for drop rows", decoded=True),
     RawField("netns", "u32", "<u4", "network namespace inode (0 = resolve from the attachment)"),
     RawField("ifindex", "u32", "<u4", "device of the sighting (nf: in-device at PRE/INPUT/FORWARD, out-device at OUTPUT/POST)"),
     RawField("out_ifindex", "u32", "<u4", "nf: out-device where known"),
@@ -83,10 +95,10 @@ RAW_FIELDS: tuple[RawField, ...] = (
     RawField("ip_id", "u16", ">u2", "IPv4 identification (IPv6: the flow label's low 16 bits)"),
     RawField("length", "u16", ">u2", "IP total length (IPv6: payload length + 40)"),
     RawField("cpu", "u16", "<u2", "CPU that saw the packet"),
-    RawField("hook", "u8", "u1", "index into HOOKS"),
-    RawField("nat_stage", "u8", "u1", "index into NAT_STAGES"),
-    RawField("direction", "u8", "u1", "index into DIRECTIONS (conntrack direction)"),
-    RawField("protocol", "u8", "u1", "IP protocol number"),
+    RawField("hook", "u8", "u1", "index into HOOKS", decoded=True),
+    RawField("nat_stage", "u8", "u1", "index into NAT_STAGES", decoded=True),
+    RawField("direction", "u8", "u1", "index into DIRECTIONS (conntrack direction)", decoded=True),
+    RawField("protocol", "u8", "u1", "IP protocol number", decoded=True),
     RawField("ttl", "u8", "u1", "IPv4 TTL (IPv6: hop limit)"),
     RawField("tcp_flags", "u8", "u1", "TCP flags byte (FIN=1 ... CWR=128)"),
     RawField("flags", "u8", "u1", "FLAG_* bits"),
@@ -280,44 +292,35 @@ def tcp_flags_text(flags: int) -> str:
     return "".join(ch for ch, bit in order if flags & bit)
 
 
-# Decoded event table: the columns of an Arrow capture (docs/capture-format.md).
-_DICT_STR = pa.dictionary(pa.int32(), pa.string())
-EVENT_SCHEMA = pa.schema(
-    [
-        pa.field("time", pa.timestamp("ns", tz="UTC")),
-        pa.field("ktime_ns", pa.uint64()),
-        pa.field("hook", _DICT_STR),
-        pa.field("nat_stage", _DICT_STR),
-        pa.field("ifindex", pa.uint32()),
-        pa.field("ifname", _DICT_STR),
-        # role of the interface in the path: external, bridge, veth, container, other
-        pa.field("if_role", _DICT_STR),
-        pa.field("out_ifindex", pa.uint32()),
-        pa.field("netns", pa.uint32()),
-        pa.field("container_id", _DICT_STR),
-        pa.field("container_name", _DICT_STR),
-        pa.field("skb", pa.uint64()),
-        pa.field("packet_id", pa.uint64()),
-        pa.field("flow_id", pa.uint64()),
-        pa.field("direction", _DICT_STR),
-        pa.field("protocol", _DICT_STR),
-        pa.field("src_ip", _DICT_STR),
-        pa.field("src_port", pa.uint16()),
-        pa.field("dst_ip", _DICT_STR),
-        pa.field("dst_port", pa.uint16()),
-        pa.field("ip_id", pa.uint16()),
-        pa.field("ttl", pa.uint8()),
-        pa.field("length", pa.uint16()),
-        pa.field("tcp_flags", pa.uint8()),
-        pa.field("tcp_seq", pa.uint32()),
-        pa.field("tcp_ack", pa.uint32()),
-        pa.field("drop_reason", _DICT_STR),
-        pa.field("cpu", pa.uint16()),
-        pa.field("flags", pa.uint8()),
-        # TCP header length in 32-bit words (null in captures written before it was recorded)
-        pa.field("tcp_doff", pa.uint8()),
-    ]
+# Decoded event table: the columns of an Arrow capture (docs/capture-format.md),
+# generated from RAW_FIELDS (a raw field's column: its integer, or its value
+# decoded to text) and the columns the decoder resolves in user space.
+RESOLVED_COLUMNS: dict[str, pa.DataType] = {
+    "time": pa.timestamp("ns", tz="UTC"),  # ktime_ns on the wall clock
+    "ifname": _DICT_STR,
+    "if_role": _DICT_STR,  # role of the interface in the path: external, bridge, veth, container, other
+    "container_id": _DICT_STR,
+    "container_name": _DICT_STR,
+}
+# The columns' order: fixed on disk. tcp_doff is null in captures written
+# before it was recorded.
+EVENT_COLUMNS = (
+    "time", "ktime_ns", "hook", "nat_stage", "ifindex", "ifname", "if_role", "out_ifindex", "netns",
+    "container_id", "container_name", "skb", "packet_id", "flow_id", "direction", "protocol", "src_ip",
+    "src_port", "dst_ip", "dst_port", "ip_id", "ttl", "length", "tcp_flags", "tcp_seq", "tcp_ack",
+    "drop_reason", "cpu", "flags", "tcp_doff",
 )
+
+
+def _event_schema() -> pa.Schema:
+    raw = {f.name: f for f in RAW_FIELDS}
+    if sorted(EVENT_COLUMNS) != sorted([*raw, *RESOLVED_COLUMNS]):
+        raise AssertionError("EVENT_COLUMNS must name every raw field and resolved column once")
+    return pa.schema([pa.field(n, RESOLVED_COLUMNS[n] if n in RESOLVED_COLUMNS else raw[n].arrow_type)
+                      for n in EVENT_COLUMNS])
+
+
+EVENT_SCHEMA = _event_schema()
 SCHEMA_VERSION = "1"  # sighting rows (CAPTURE_SCHEMA): what readers present, and older captures
 
 # A capture file (Arrow IPC stream, .arrows) holds the event columns plus two

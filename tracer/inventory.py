@@ -19,7 +19,9 @@ from tracer.kernel.netns import setns
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
+# Seconds a Docker request may take while tracing: a stuck engine must not
+# hold up the trace (the lab's pulls and builds wait longer).
+DOCKER_TIMEOUT = 5
 IFF_UP = 0x1
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 
@@ -74,24 +76,6 @@ class LinkInfo:
 
 # --------------------------------------------------------------------------
 # Docker engine
-
-
-def docker_client(timeout: int = 5, base_url: str | None = None) -> Any:
-    """A connected docker.DockerClient, or a one-line TracerError."""
-    import docker  # imported late: the CLI's --help should not pay for it
-
-    url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL
-    client = None
-    try:
-        client = docker.DockerClient(base_url=url, timeout=timeout)
-        client.ping()
-    except Exception:  # DockerException, requests' ConnectionError, bad URL scheme...
-        if client is not None:
-            client.close()
-        raise TracerError(
-            f"no Docker engine answering at {url}: start dockerd (scripts/setup.sh does)"
-        ) from None
-    return client
 
 
 # --------------------------------------------------------------------------
@@ -338,7 +322,9 @@ class Inventory:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = docker_client()
+            from tracer.dockerd import client
+
+            self._client = client(timeout=DOCKER_TIMEOUT)
         return self._client
 
     # -- refresh and lookups ---------------------------------------------

@@ -852,8 +852,6 @@ def _terminal(hook: _Codes, stage: _Codes, role: _Codes) -> np.ndarray:
     return out
 
 
-# One-entry cache: the --json loop computes journey rows for the JSON lines
-# and again for the summary of the same table.
 def journey_rows(table: "pa.Table | JourneyRows") -> JourneyRows:
     """JourneyRows of an event table (EVENT_SCHEMA, or a table from
     ``pop_complete_table``). Given JourneyRows, returns them: a caller that

@@ -20,7 +20,8 @@ from typing import Any, Iterator
 import pytest
 
 from tracer.errors import TracerError
-from tracer.inventory import Container, Inventory, Published, docker_client
+from tracer.dockerd import client as docker_client
+from tracer.inventory import Container, Inventory, Published
 
 pytestmark = pytest.mark.root
 

@@ -9,7 +9,7 @@ import pytest
 
 from tracer.errors import MissingCapability, TracerError
 from tracer.kernel import bpf_syscall as sc
-from tracer.kernel.links import TargetGone, link_error
+from tracer.kernel.links import PriorityTaken, TargetGone, link_error
 
 
 def u32(buf: bytes, off: int) -> int:
@@ -114,6 +114,7 @@ def test_errno_messages():
     busy = link_error(OSError(errno.EBUSY, "x"), "netfilter", hook="forward", priority=0)
     assert isinstance(busy, TracerError)
     assert "priority 0 on forward is already taken" in str(busy) and "-1" in str(busy)
+    assert isinstance(busy, PriorityTaken) and busy.errno == errno.EBUSY  # typed: callers match the type, not the words
 
     perm = link_error(OSError(errno.EPERM, "x"), "tcx")
     assert isinstance(perm, MissingCapability) and "root" in str(perm)

@@ -19,7 +19,6 @@ from tracer.inventory import (
     Published,
     bridge_name,
     classify_interfaces,
-    docker_client,
     parse_container,
     parse_published,
 )
@@ -257,12 +256,14 @@ def test_find_errors() -> None:
 
 
 def test_docker_client_bogus_url_is_one_line(tmp_path: Any) -> None:
+    from tracer.dockerd import FIX_HINT, DockerUnavailable, client
+
     url = f"unix://{tmp_path}/no-docker.sock"
-    with pytest.raises(TracerError) as info:
-        docker_client(timeout=1, base_url=url)
+    with pytest.raises(DockerUnavailable) as info:
+        client(timeout=1, base_url=url)
     message = str(info.value)
-    assert message == f"no Docker engine answering at {url}: start dockerd (scripts/setup.sh does)"
-    assert "\n" not in message
+    assert message.startswith(f"no Docker engine answers at {url} (") and message.endswith(f"); {FIX_HINT}")
+    assert "\n" not in message and info.value.exit_code == 1
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 

@@ -35,13 +35,23 @@ class TargetGone(TracerError):
     """The interface or network namespace went away before it was attached."""
 
 
+class PriorityTaken(TracerError):
+    """A netfilter priority another hook holds (EBUSY): the caller may try
+    another one (tracer/sensors/netfilter.py steps away from NAT)."""
+
+
 def link_error(exc: OSError, kind: str, *, hook: str | None = None, priority: int | None = None,
                ifindex: int | None = None, netns: str | None = None) -> TracerError:
-    """Turn an errno from attaching into a message a user can act on."""
-    where = f" in netns {netns}" if netns else ""
-    err = exc.errno
+    """Turn an errno from attaching into a message a user can act on; the
+    error keeps the errno (``.errno``)."""
+    error = _link_error(exc.errno, kind, hook, priority, ifindex, f" in netns {netns}" if netns else "", netns)
+    error.errno = exc.errno
+    return error
+
+
+def _link_error(err: int | None, kind: str, hook, priority, ifindex, where: str, netns) -> TracerError:
     if err == errno.EBUSY and kind == "netfilter":
-        return TracerError(
+        return PriorityTaken(
             f"netfilter priority {priority} on {hook} is already taken by another hook{where}; "
             f"pick a neighbouring priority (e.g. {priority - 1 if priority is not None else '?'} "
             f"or {priority + 1 if priority is not None else '?'})"

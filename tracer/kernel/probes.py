@@ -21,8 +21,6 @@ from tracer.kernel import bpf_syscall as sc
 from tracer.kernel import links
 from tracer.kernel.netns import in_fresh_netns
 
-BTF_PATH = "/sys/kernel/btf/vmlinux"
-BTF_MAGIC = 0xEB9F
 PROBE_TRACEPOINT = ("net", "netif_receive_skb")
 FENTRY_TARGET = "tcp_v4_rcv"
 # no table in a fresh netns uses this, but stay off the tables' own numbers anyway
@@ -122,23 +120,20 @@ def probe_mounts() -> list[Capability]:
 
 
 def probe_btf() -> Capability:
+    """The kernel's BTF read as tracing reads it (tracer/kernel/btf.py):
+    the same parser, and the struct offsets every program is built with."""
+    from tracer.kernel.btf import VMLINUX_BTF, kernel_btf, resolve_offsets
+    from tracer.kernel.program import COMMON_OFFSETS
+
     fix = "boot a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     try:
-        with open(BTF_PATH, "rb") as f:
-            magic, version = struct.unpack("<HB", f.read(3))
-        size = os.path.getsize(BTF_PATH)
-    except OSError as exc:
-        return Capability("btf", False, f"{BTF_PATH}: {_err(exc)}", True, fix)
-    if magic != BTF_MAGIC:
-        return Capability("btf", False, f"{BTF_PATH}: bad magic {magic:#x}", True, fix)
-    detail = f"{BTF_PATH} v{version}, {size // 1024} KiB"
-    lib = _libbpf()
-    if lib is not None:  # a real parse: find a function by name
-        btf_id = lib.libbpf_find_vmlinux_btf_id(FENTRY_TARGET.encode(), sc.BPF_TRACE_FENTRY)
-        if btf_id <= 0:
-            return Capability("btf", False, f"{detail}; libbpf could not find {FENTRY_TARGET} in it", True, fix)
-        detail += f", parsed by libbpf ({FENTRY_TARGET} is id {btf_id})"
-    return Capability("btf", True, detail, True, fix)
+        kernel_btf()
+        offsets = resolve_offsets(COMMON_OFFSETS)
+        size = os.path.getsize(VMLINUX_BTF)
+    except Exception as exc:  # MissingCapability (absent, unreadable, malformed, a member missing), OSError
+        return Capability("btf", False, _err(exc)[:200], True, fix)
+    return Capability("btf", True, f"{VMLINUX_BTF}, {size // 1024} KiB, parsed; the {len(offsets)} struct offsets "
+                      "every program uses resolved", True, fix)
 
 
 def probe_ringbuf() -> Capability:
@@ -180,22 +175,6 @@ def probe_headers() -> Capability:
         return Capability("headers", True, src.describe(), True)
     except TracerError as exc:
         return Capability("headers", False, str(exc), True, "run scripts/setup.sh (installs linux-headers)")
-
-
-def probe_docker() -> Capability:
-    fix = "start the engine: dockerd & (scripts/setup.sh does it)"
-    try:
-        import docker
-
-        client = docker.from_env(timeout=3)
-        try:
-            client.ping()
-            version = client.version().get("Version", "?")
-        finally:
-            client.close()
-        return Capability("docker", True, f"engine {version} reachable", True, fix)
-    except Exception as exc:  # DockerException, connection errors, missing SDK
-        return Capability("docker", False, f"engine not reachable: {_err(exc)}"[:160], True, fix)
 
 
 def _prog_fd(bcc_module, func: str, prog_type: int, attach_type: int = -1, ret: int = 0,
@@ -370,8 +349,10 @@ def _compile_probe_module() -> tuple[object | None, Capability]:
     return module, Capability("bcc", True, f"bcc {bcc.__version__}, probe module compiled in {took:.1f}s", True, fix)
 
 
-def run_probes() -> Report:
-    """Probe everything; leaves nothing attached or loaded."""
+def run_probes(probe_docker: Callable[[], Capability] | None = None) -> Report:
+    """Probe everything; leaves nothing attached or loaded. The Docker
+    engine is probed above this layer (tracer/dockerd.py), its row given
+    here in its place."""
     report = Report()
     add = report.capabilities.append
     add(probe_root())
@@ -398,7 +379,8 @@ def run_probes() -> Report:
     finally:
         if module is not None:
             module.cleanup()  # detaches anything BCC attached and closes its program fds
-    add(probe_docker())
+    if probe_docker is not None:
+        add(probe_docker())
     add(probe_nftables_trace())
     add(probe_iptables_backend())
     return report

@@ -4,13 +4,12 @@ host netns, one just before and one just after the priority where NAT acts
 
 from __future__ import annotations
 
-import errno
 import sys
 from dataclasses import dataclass
 
 from tracer.errors import TracerError
 from tracer.kernel.bpf_syscall import NFPROTO_IPV4, NFPROTO_IPV6
-from tracer.kernel.links import NetfilterLink
+from tracer.kernel.links import NetfilterLink, PriorityTaken
 from tracer.sensors.base import Sensor
 
 BPF_PROG_TYPE_NETFILTER = 32
@@ -95,11 +94,11 @@ class NetfilterSensor(Sensor):
                 link, priority = _attach_first_free(fn.fd, probe, NFPROTO_IPV6)
                 v6.append(link)
                 self.priorities[probe.name + "6"] = priority
+        except PriorityTaken:  # taken: as for IPv4, a real conflict
+            for link in v6:
+                link.close()
+            raise
         except TracerError as exc:
-            if "priority" in str(exc):  # taken: as for IPv4, a real conflict
-                for link in v6:
-                    link.close()
-                raise
             for link in v6:
                 link.close()
             print(f"tracer: IPv6 netfilter hooks not available ({exc}); following IPv4 only at netfilter",
@@ -118,12 +117,8 @@ def _attach_first_free(prog_fd: int, probe: NfProbe, pf: int) -> tuple[Netfilter
     for priority in probe.priorities:
         try:
             return NetfilterLink(prog_fd, probe.hook, priority, pf=pf), priority
-        except OSError as exc:
-            if exc.errno != errno.EBUSY:
-                raise
-        except TracerError as exc:
-            if getattr(exc, "errno", None) != errno.EBUSY and "taken" not in str(exc):
-                raise
+        except PriorityTaken:
+            continue
     family = "IPv6" if pf == NFPROTO_IPV6 else "IPv4"
-    raise TracerError(f"no free {family} netfilter priority for {probe.hook} in {probe.priorities}: "
+    raise PriorityTaken(f"no free {family} netfilter priority for {probe.hook} in {probe.priorities}: "
                       "is another tracer running?")
