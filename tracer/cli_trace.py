@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import sys
@@ -40,19 +39,32 @@ def target_options(fn):
             click.option("-i", "--iface", "ifaces", multiple=True, help="Host interface(s) where outside traffic arrives (default: every non-container interface)."),
             click.option("--tc-mode", type=click.Choice(["auto", "tcx", "clsact"]), default="auto", show_default=True, help="How tc programs attach."),
             click.option("--sample", type=click.IntRange(min=1, max=(1 << 32) - 1), default=1, show_default=True, help="Follow 1 in N flows, chosen in the kernel by a hash of the connection (each chosen flow whole)."),
+            click.option("--ebpf", is_flag=True, expose_value=False, callback=_remember_ebpf,
+                         help="Print the BPF C program these options build, with its clang flags, and exit "
+                              "(as bcc's tools do): nothing is loaded or attached."),
         ]
     ):
         fn = decorator(fn)
     return fn
 
 
-def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, expression=(), rules=False):
-    from tracer.session import TraceOptions
+def _remember_ebpf(ctx, param, value):
+    ctx.meta["tracer.ebpf"] = value
+
+
+def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, expression=(), rules=False,
+                 proxy_links=False):
+    from tracer.session import TraceOptions, TraceSession
     from tracer.targets import Targets
 
     # bad input (an expression libpcap or the translation refuses too) fails before any kernel work
     targets = Targets.from_cli(ports, containers, hosts, proto, sample, expression)
-    return TraceOptions(targets, tuple(ifaces), tc_mode, rules)
+    options = TraceOptions(targets, tuple(ifaces), tc_mode, rules, proxy_links)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get("tracer.ebpf"):  # --ebpf: the program, not a trace
+        click.echo(TraceSession(options, latency=ctx.command.name == "latency").ebpf_source(), nl=False)
+        ctx.exit(0)
+    return options
 
 
 def rules_option(fn):
@@ -419,8 +431,7 @@ def trace(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, 
     a pcap-filter expression, as tcpdump's (`'tcp port 8000 and not host
     198.18.0.9'`), applied where a connection is first recognised; the
     options narrow it further."""
-    options = dataclasses.replace(options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules),
-                                  proxy_links=proxy_links)
+    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules, proxy_links)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds, stdout_busy="journeys", rotate_mb=rotate_mb,
                              rotate_files=rotate_files)
     run_trace(options, Limits(count, duration), as_json, use_color(color, sys.stdout) and not as_json, recorder=recorder,

@@ -114,23 +114,16 @@ class TraceSession:
         if self.sightings and not self.latency:  # said aloud, like TRACER_BPF_CFLAGS
             log.warning("one ring-buffer record per sighting (TRACER_SIGHTING_EVENTS): the pre-journey design")
         # Bad input fails before any kernel or Docker work.
-        # docker-proxy relays host ports to containers as a second TCP
-        # connection: the proxy sensor links the two (trace and record only).
-        self.proxies = {} if self.latency or self.sightings else proxies_by_pid(self._relevant(find_proxies()))
+        program = self._plan()
         targets = opts.targets
-        self.filter = targets.kernel_filter(follow_proxies=bool(self.proxies) and bool(targets.ports or targets.containers))
+        drops = next(s for s in self.sensors if isinstance(s, DropSensor))
         if opts.rules:  # a host whose iptables rules nf_tables cannot see fails here, before any work
             from tracer.kernel.ruleset import check_rule_attribution
 
             check_rule_attribution()
-        self.tc = TcSensor([], mode=opts.tc_mode, latency=self.latency)
-        drops = DropSensor()
-        self.proxy = ProxySensor() if self.proxies and opts.proxy_links else None
-        self.sensors = [self.tc, NetfilterSensor(), drops] + ([self.proxy] if self.proxy else [])
         # Compiling is most of the start-up time and needs no Docker metadata
         # (filter values go into maps afterwards): run clang meanwhile.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            program = self.program = Program(self.sensors, self.filter, latency=self.latency, sightings=self.sightings)
             compiling = pool.submit(program.compile)
             try:
                 containers = self._containers()
@@ -179,6 +172,29 @@ class TraceSession:
         if self.inventory is not None:
             self.inventory.watch(self._on_container_change)
         self._follow_host_interfaces()
+
+    def _plan(self) -> Program:
+        """The sensors and the program to build for the options: no kernel
+        or Docker work yet."""
+        opts, targets = self.options, self.options.targets
+        # docker-proxy relays host ports to containers as a second TCP
+        # connection: the proxy sensor links the two (trace and record only).
+        self.proxies = {} if self.latency or self.sightings else proxies_by_pid(self._relevant(find_proxies()))
+        self.filter = targets.kernel_filter(follow_proxies=bool(self.proxies) and bool(targets.ports or targets.containers))
+        self.tc = TcSensor([], mode=opts.tc_mode, latency=self.latency)
+        self.proxy = ProxySensor() if self.proxies and opts.proxy_links else None
+        self.sensors = [self.tc, NetfilterSensor(), DropSensor()] + ([self.proxy] if self.proxy else [])
+        self.program = Program(self.sensors, self.filter, latency=self.latency, sightings=self.sightings)
+        return self.program
+
+    def ebpf_source(self) -> str:
+        """The BPF C these options build, after the clang flags it is built
+        with (as bcc's tools print with --ebpf): nothing is loaded."""
+        program = self._plan()
+        flags = program.cflags()
+        head = ["/* tracer: the BPF program as clang compiles it, with these flags:"]
+        head += [f" *   {flag}" for flag in flags]
+        return "\n".join(head) + "\n */\n" + program.source()
 
     def describe(self) -> str:
         """What is traced, for the UI and a capture's metadata."""
