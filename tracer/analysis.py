@@ -19,7 +19,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -443,6 +443,23 @@ _DIR_NAMES = ("original", "reply", "-")  # segment direction by rank: requests, 
 _LABEL_BITS = 10  # labels per capture: a handful of hooks x stages x roles
 
 
+@dataclass
+class PacketFacts:
+    """One value per packet of a chunk (codes are the analysis's ``Strings``),
+    what CaptureAnalysis takes from sighting rows or journey rows alike."""
+    direction: np.ndarray  # int64: 0 unknown, 1 original, 2 reply
+    flow: np.ndarray  # uint64
+    length: np.ndarray  # int32, the first sighting's
+    protocol: np.ndarray  # int32 codes
+    src_ip: np.ndarray  # first sighting's endpoints: int32 codes and ports
+    src_port: np.ndarray
+    dst_ip: np.ndarray
+    dst_port: np.ndarray
+    container: np.ndarray  # int32 codes
+    reasons: Callable[[np.ndarray], list[str]]  # drop reason of each of these packets (indices)
+    rows_of: Callable[[np.ndarray], pa.Table]  # sighting rows (_ANALYSIS_COLUMNS) of these packet ids
+
+
 class CaptureAnalysis:
     """All the numbers of one capture (or several files read as one).
 
@@ -480,17 +497,48 @@ class CaptureAnalysis:
             self.add(table)
 
     @classmethod
-    def of_capture(cls, capture: Any, *, slowest: int = 20, also: tuple = ()) -> "CaptureAnalysis":
+    def of_capture(cls, capture: Any, *, slowest: int = 20, also: tuple = (), journeys: bool = True) -> "CaptureAnalysis":
         """Stream a capture (tracer.capture.reader.CaptureStream) through the analysis;
         each chunk of whole packets also goes to the ``add`` of every object in
-        ``also`` (e.g. tracer.paths.PathStats), in the same single pass."""
-        from tracer.packet_window import PacketWindow
+        ``also`` (e.g. tracer.paths.PathStats) as sighting rows, in the same
+        single pass. Journey rows (schema 2) are analysed as they are stored
+        (``add_journeys``), not laid out as sightings unless ``also`` needs them;
+        ``journeys=False`` lays everything out (the sighting path: the tests' oracle)."""
+        from tracer.journey_capture import JourneyBatch, journey_sightings
+        from tracer.packet_window import MAX_HELD_ROWS, MIN_CHUNK_ROWS, PacketWindow
 
         ca = cls(None, capture.metadata, slowest=slowest)
-        for chunk in PacketWindow().packets(capture.sightings(read_ahead=4)):
+        sightings = PacketWindow()
+        # About 9 sightings a journey row: chunks and the cap of about the same sightings.
+        journeys = PacketWindow(min_chunk_rows=MIN_CHUNK_ROWS // 8, max_held_rows=MAX_HELD_ROWS // 8,
+                                last_column="last_ktime_ns")
+        registry = None
+
+        def journey_chunk(chunk: pa.Table) -> None:
+            ca.add_journeys(chunk, registry)
+            if also:
+                rows = journey_sightings(chunk, registry)
+                for other in also:
+                    other.add(rows)
+
+        def sighting_chunk(chunk: pa.Table) -> None:
             ca.add(chunk)
             for other in also:
                 other.add(chunk)
+
+        items = capture.sightings_or_journeys(read_ahead=4) if journeys else capture.sightings(read_ahead=4)
+        for item in items:
+            if isinstance(item, JourneyBatch):
+                registry = item.registry
+                for chunk in journeys.add(item.rows):
+                    journey_chunk(chunk)
+            else:
+                for chunk in sightings.add(item):
+                    sighting_chunk(chunk)
+        for chunk in journeys.flush():
+            journey_chunk(chunk)
+        for chunk in sightings.flush():
+            sighting_chunk(chunk)
         ca.stats = capture.stats
         ca.histograms = capture.histograms
         return ca
@@ -504,43 +552,78 @@ class CaptureAnalysis:
         s = _Sorted(table, self.metadata)
         if not len(s.pid):
             return
-        t, o, ps, pe = s.table, s.order, s.pstart, s.pend
-        self.events += len(s.pid)
-        self.packets += len(ps)
-        lo, hi = int(s.wall.min()), int(s.wall.max())
-        self._wall = (lo if self._wall[0] is None else min(lo, self._wall[0]),
-                      hi if self._wall[1] is None else max(hi, self._wall[1]))
-
+        t, o, ps = s.table, s.order, s.pstart
         # Per-packet facts (as journeys: taken from whichever row knows them).
         dcodes, dvalues = _codes(t, "direction")
         dmap = np.array([_DIR_CODES.get(v, 0) for v in dvalues] + [0], dtype=np.int8)
-        direction = _reduce(np.maximum, dmap[dcodes][o], ps).astype(np.int64)
-        flow = _reduce(np.maximum, _ints(t, "flow_id", np.uint64)[o], ps)
-        duration = _reduce(np.maximum, s.kt, ps) - s.kt[ps]
-        last = pe - 1
-        verdict, _ = verdict_codes(s.terminal, s.is_drop, ps, last)
-        self._verdicts += np.bincount(verdict, minlength=3)
-        label_ids = np.array([self._label_id(x) for x in s.labels], np.int64)
-        self._add_drops(s, verdict, label_ids)
-        segments = self._segments(s, direction, label_ids)
-
         names, name_values = _codes(t, "container_name")
         ids, id_values = _codes(t, "container_id")
         # container name, else short id (codes offset past the names)
         ccode = np.where(names >= 0, names, np.where(ids >= 0, ids + len(name_values), -1))
         container = self._containers.codes(name_values + [v[:12] if v else None for v in id_values])
         rows = o[ps]  # each packet's first sighting, in table rows
+
+        def reasons(dropped: np.ndarray) -> list[str]:
+            codes, values = _codes(t, "drop_reason")
+            return [values[r] if r >= 0 else "unknown" for r in codes[o][s.pend[dropped] - 1].tolist()]
+
+        def rows_of(pids: np.ndarray) -> pa.Table:
+            return t.filter(pc.is_in(t["packet_id"], value_set=pa.array(pids, pa.uint64())))
+
+        self._add_packets(s, PacketFacts(
+            direction=_reduce(np.maximum, dmap[dcodes][o], ps).astype(np.int64),
+            flow=_reduce(np.maximum, _ints(t, "flow_id", np.uint64)[o], ps),
+            length=_ints(t, "length")[rows].astype(np.int32),
+            protocol=self._coded(t, "protocol", self._protocols, rows),
+            src_ip=self._coded(t, "src_ip", self._ips, rows), src_port=_ints(t, "src_port")[rows].astype(np.int32),
+            dst_ip=self._coded(t, "dst_ip", self._ips, rows), dst_port=_ints(t, "dst_port")[rows].astype(np.int32),
+            container=container[_reduce(np.maximum, ccode[o], ps)],
+            reasons=reasons, rows_of=rows_of))
+
+    def add_journeys(self, rows: pa.Table, registry: Any) -> pa.Table | None:
+        """Journey rows (schema 2, whole packets; their places ids of
+        ``registry``, a journey_capture.PlaceRegistry) without laying them
+        out as sightings: tracer/journey_analysis.py reads hops off the list
+        columns. Packets it does not take that way (in parts, hops out of
+        order, more than one container) go through ``add`` as sighting
+        rows. Returns those sighting rows when ``sightings`` is asked for
+        (None otherwise)."""
+        from tracer.journey_analysis import journey_packets
+        from tracer.journey_capture import journey_sightings
+
+        if self._result is not None:
+            raise RuntimeError("analysis already finished")
+        hops, facts, rest = journey_packets(rows, registry, self)
+        if hops is not None:
+            self._add_packets(hops, facts)
+        if rest is not None and rest.num_rows:
+            self.add(journey_sightings(rest, registry))
+
+    def _add_packets(self, s: Any, f: "PacketFacts") -> None:
+        """One chunk of packets: ``s`` their sightings in journey order
+        (``_Sorted``'s arrays: pid, kt, label into labels, is_drop, terminal,
+        wall, pstart, pend, psize), ``f`` one fact per packet."""
+        ps, pe = s.pstart, s.pend
+        self.events += len(s.pid)
+        self.packets += len(ps)
+        lo, hi = int(s.wall.min()), int(s.wall.max())
+        self._wall = (lo if self._wall[0] is None else min(lo, self._wall[0]),
+                      hi if self._wall[1] is None else max(hi, self._wall[1]))
+        duration = _reduce(np.maximum, s.kt, ps) - s.kt[ps]
+        verdict, _ = verdict_codes(s.terminal, s.is_drop, ps, pe - 1)
+        self._verdicts += np.bincount(verdict, minlength=3)
+        label_ids = np.array([self._label_id(x) for x in s.labels], np.int64)
+        self._add_drops(s, verdict, f.reasons)
+        segments = self._segments(s, f.direction, label_ids)
         packets = pa.table({
-            "packet_id": s.pid[ps], "flow_id": flow, "first_wall": s.wall[ps], "duration": duration,
-            "length": _ints(t, "length")[rows].astype(np.int32), "sightings": s.psize.astype(np.int32),
-            "direction": direction.astype(np.int8), "verdict": verdict.astype(np.int8),
-            "protocol": self._coded(t, "protocol", self._protocols, rows),
-            "src_ip": self._coded(t, "src_ip", self._ips, rows), "src_port": _ints(t, "src_port")[rows].astype(np.int32),
-            "dst_ip": self._coded(t, "dst_ip", self._ips, rows), "dst_port": _ints(t, "dst_port")[rows].astype(np.int32),
-            "container": container[_reduce(np.maximum, ccode[o], ps)],
+            "packet_id": s.pid[ps], "flow_id": f.flow, "first_wall": s.wall[ps], "duration": duration,
+            "length": f.length, "sightings": s.psize.astype(np.int32),
+            "direction": f.direction.astype(np.int8), "verdict": verdict.astype(np.int8),
+            "protocol": f.protocol, "src_ip": f.src_ip, "src_port": f.src_port,
+            "dst_ip": f.dst_ip, "dst_port": f.dst_port, "container": f.container,
         })
         self._store.add(segments, packets)
-        self._keep_slow(s, duration)
+        self._keep_slow(s, duration, f.rows_of)
 
     def _label_id(self, label: str) -> int:
         i = self._label_ids.get(label)
@@ -576,27 +659,32 @@ class CaptureAnalysis:
         stored = self._latencies.add(ids[local], dt, position)
         return pa.table({"key": stored, "dt": dt})
 
-    def _add_drops(self, s: "_Sorted", verdict: np.ndarray, label_ids: np.ndarray) -> None:
+    def _add_drops(self, s: Any, verdict: np.ndarray, reasons: Callable[[np.ndarray], list[str]]) -> None:
         dropped = np.flatnonzero(verdict == 1)
         if not len(dropped):
             return
-        codes, values = _codes(s.table, "drop_reason")
-        reason = codes[s.order][s.pend[dropped] - 1]
         before = s.pend[dropped] - 2
         seen = np.where(s.psize[dropped] > 1, s.label[np.maximum(before, 0)], -1)
-        for r, l in zip(reason.tolist(), seen.tolist()):
-            self._drops[(values[r] if r >= 0 else "unknown", s.labels[l] if l >= 0 else "-")] += 1
+        for r, l in zip(reasons(dropped), seen.tolist()):
+            self._drops[(r, s.labels[l] if l >= 0 else "-")] += 1
 
-    def _keep_slow(self, s: "_Sorted", duration: np.ndarray) -> None:
-        """The packets with the longest first-to-last sighting so far, with their rows."""
+    def _keep_slow(self, s: Any, duration: np.ndarray, rows_of: Callable[[np.ndarray], pa.Table]) -> None:
+        """The packets with the longest first-to-last sighting so far, with
+        their rows (``rows_of(packet ids)``). Ties go to the lower packet id,
+        whatever the chunks: the same journeys whichever way they were read."""
         n = min(self._keep_slowest, len(duration))
-        top = np.argpartition(-duration, n - 1)[:n]
+        kth = np.partition(duration, len(duration) - n)[len(duration) - n]
+        top = np.flatnonzero(duration > kth)
+        tied = np.flatnonzero(duration == kth)
+        if len(top) + len(tied) > n:
+            tied = tied[np.argsort(s.pid[s.pstart[tied]], kind="stable")[: n - len(top)]]
+        top = np.concatenate([top, tied])
         floor = self._slow[-1][0] if len(self._slow) >= self._keep_slowest else -1
         top = top[duration[top] >= floor]
         if not len(top):
             return
         pids = s.pid[s.pstart[top]]
-        rows = s.table.filter(pc.is_in(s.table["packet_id"], value_set=pa.array(pids, pa.uint64())))
+        rows = rows_of(pids)
         rows_pid = _ints(rows, "packet_id", np.uint64)
         for p, d in zip(pids.tolist(), duration[top].tolist()):
             self._slow.append((int(d), int(p), rows.filter(pa.array(rows_pid == p))))
@@ -617,10 +705,13 @@ class CaptureAnalysis:
         # Order along the path: by direction, then by the segment's average
         # position within its packets' journeys, busiest first.
         keys = self._segment_keys
-        order = sorted(range(len(keys)), key=lambda i: (keys[i] >> (2 * _LABEL_BITS), lat.pos_sum[i] / lat.count[i],
-                                                         -lat.count[i], keys[i]))
-        segments, samples = [], {}
         mask = (1 << _LABEL_BITS) - 1
+        # Ties by the labels' text, not their ids: ids are in the order labels
+        # were first met, which depends on how the capture was read.
+        order = sorted(range(len(keys)), key=lambda i: (keys[i] >> (2 * _LABEL_BITS), lat.pos_sum[i] / lat.count[i],
+                                                         -lat.count[i], self._labels[(keys[i] >> _LABEL_BITS) & mask],
+                                                         self._labels[keys[i] & mask]))
+        segments, samples = [], {}
         rng = np.random.default_rng(0)
         for i in order:
             k = keys[i]

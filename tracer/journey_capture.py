@@ -201,15 +201,100 @@ def _widened_tuples(col: pa.Array) -> pa.Array:
         return col
 
 
+class PlaceRegistry:
+    """Places of every file a reader has read, in one id space: each file
+    numbers its own (a rotated capture's parts alike, another recording
+    not), so journey rows from several files can be worked on together."""
+
+    def __init__(self) -> None:
+        self.places: list[Place] = []
+        self._ids: dict[Place, int] = {}
+
+    def id_of(self, place: Place) -> int:
+        i = self._ids.get(place)
+        if i is None:
+            i = self._ids[place] = len(self.places)
+            self.places.append(place)
+        return i
+
+    def lookup(self, ids: list[int]) -> list[Place]:
+        return [self.places[i] if 0 <= i < len(self.places) else UNKNOWN_PLACE for i in ids]
+
+    def remap(self, local: dict[int, Place], hops: pa.Array) -> pa.Array:
+        """A `hops` list column with its file's place ids as ids of this
+        registry (an id no place row names: UNKNOWN_PLACE, as laying out
+        reads it). Unchanged where they already are (a capture's first file,
+        and every part of a rotated one)."""
+        top = max(local) if local else -1
+        lut = np.full(top + 2, -1, np.int64)  # the last slot: any id past the file's
+        for i, place in sorted(local.items()):
+            lut[i] = self.id_of(place)
+        if hops.null_count:
+            hops = pc.fill_null(hops, pa.scalar([], hops.type))
+        start, stop = (hops.offsets[0].as_py(), hops.offsets[-1].as_py()) if len(hops) else (0, 0)
+        values = hops.values.slice(start, stop - start)
+        place = _numbers(values.field("place")).astype(np.int64)
+        if not len(place):
+            return hops
+        place = np.minimum(place, len(lut) - 1)
+        used = np.flatnonzero(np.bincount(place))
+        if (lut[used] == used).all():
+            return hops
+        lut[lut < 0] = self.id_of(UNKNOWN_PLACE)
+        mapped = lut[place]
+        children = [pa.array(mapped.astype(np.uint32)) if f.name == "place" else values.field(f.name)
+                    for f in values.type]
+        struct = pa.StructArray.from_arrays(children, fields=list(values.type))
+        offsets = pc.subtract(hops.offsets, hops.offsets[0])
+        return pa.ListArray.from_arrays(offsets, struct, type=hops.type)
+
+
+class JourneyBatch:
+    """`journey` rows of one file, not laid out: their hops' places are
+    ids of a PlaceRegistry (tracer/journey_analysis.py reads them as they
+    are; ``sightings`` lays them out)."""
+
+    def __init__(self, rows: pa.RecordBatch, registry: PlaceRegistry) -> None:
+        self.rows = rows
+        self.registry = registry
+        self.num_rows = rows.num_rows
+
+
 class JourneyRowReader:
     """One capture stream's rows -> CAPTURE_SCHEMA tables: `journey` rows as
     their sighting rows, `place` rows remembered (not shown), the other kinds
-    as they are. Batches must come in file order."""
+    as they are. Batches must come in file order. With a ``registry``,
+    ``parts`` hands journey rows on as JourneyBatch instead of laying them out."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry: PlaceRegistry | None = None) -> None:
         self.places: dict[int, Place] = {}
+        self.registry = registry
 
     def convert(self, batch: pa.RecordBatch) -> pa.Table:
+        parts = [self._sightings(rows, self._known) if journey else rows for journey, rows in self._runs(batch)]
+        if not parts:
+            return events.CAPTURE_SCHEMA.empty_table()
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    def parts(self, batch: pa.RecordBatch) -> list:
+        """The batch as CAPTURE_SCHEMA tables (other kinds) and JourneyBatch
+        (journey rows, places as the registry's ids), in file order."""
+        out = []
+        for journey, rows in self._runs(batch):
+            if journey:
+                i = rows.schema.get_field_index("hops")
+                hops = self.registry.remap(self.places, rows.column(i))
+                if hops is not rows.column(i):
+                    rows = rows.set_column(i, rows.schema.field(i), hops)
+                out.append(JourneyBatch(rows, self.registry))
+            else:
+                out.append(rows)
+        return out
+
+    def _known(self, ids: list[int]) -> list[Place]:
+        return [self.places.get(int(p), UNKNOWN_PLACE) for p in ids]
+
+    def _runs(self, batch: pa.RecordBatch) -> list[tuple[bool, pa.RecordBatch | pa.Table]]:
         batch = conform(batch)
         kind = batch.column("kind")
         kinds = pc.fill_null(kind.cast(pa.string()) if pa.types.is_dictionary(kind.type) else kind, "")
@@ -224,25 +309,28 @@ class JourneyRowReader:
         # Runs of journey rows and of other rows, in file order (a container
         # row stays between the packets before and after it); places out.
         journey = pc.equal(kinds, "journey").to_numpy(zero_copy_only=False)
-        kept = ~pc.equal(kinds, "place").to_numpy(zero_copy_only=False)
+        kept = ~is_place.to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(kept)
         cuts = np.flatnonzero(np.diff(journey[rows].astype(np.int8))) + 1
-        parts = []
+        out = []
         for run in np.split(rows, cuts) if len(rows) else []:
             part = batch.take(pa.array(run)) if len(run) != batch.num_rows else batch
             if journey[run[0]]:
-                parts.append(self._sightings(part))
+                out.append((True, part))
             else:
-                parts.append(pa.Table.from_batches([events.conform(part, events.CAPTURE_SCHEMA)]))
-        if not parts:
-            return events.CAPTURE_SCHEMA.empty_table()
-        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+                out.append((False, pa.Table.from_batches([events.conform(part, events.CAPTURE_SCHEMA)])))
+        return out
 
-    def _sightings(self, rows: pa.RecordBatch) -> pa.Table:
+    @staticmethod
+    def _sightings(rows: pa.RecordBatch | pa.Table, places_of) -> pa.Table:
+        """Sighting rows (CAPTURE_SCHEMA) of journey rows; ``places_of(ids)``
+        names their hops' places."""
         sightings, place = _laid_out(rows)
         ktime = rows.column("ktime_ns").to_numpy(zero_copy_only=False).astype(np.int64)
         wall = rows.column("time").cast(pa.int64()).to_numpy(zero_copy_only=False)
         reasons = rows.column("drop_reason")
+        if isinstance(reasons, pa.ChunkedArray):
+            reasons = reasons.combine_chunks()
         names = reasons.dictionary.to_pylist() if pa.types.is_dictionary(reasons.type) else []
         ctx = DecodeContext(host_netns=0, drop_reasons=dict(enumerate(names)),
                             boot_offset_ns=int(wall[0] - ktime[0]) if len(wall) else 0)
@@ -255,12 +343,22 @@ class JourneyRowReader:
             inverse = position[place]
         else:
             present, inverse = np.unique(place, return_inverse=True)
-        known = [self.places.get(int(p), UNKNOWN_PLACE) for p in present.tolist()]
+        known = places_of(present.tolist())
         table = decode(sightings, ctx, places=(known, inverse))
         n = table.num_rows
         kind = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["event"]))
         return table.append_column(events.CAPTURE_SCHEMA.field("kind"), kind).append_column(
             events.CAPTURE_SCHEMA.field("info"), pa.nulls(n, pa.string()))
+
+
+def journey_sightings(rows: pa.Table, registry: PlaceRegistry) -> pa.Table:
+    """Sighting rows (CAPTURE_SCHEMA) of journey rows whose places are
+    ``registry`` ids (JourneyBatch rows, one file's or several files')."""
+    if not rows.num_rows:
+        return events.CAPTURE_SCHEMA.empty_table()
+    if isinstance(rows, pa.Table):
+        rows = rows.combine_chunks().to_batches()[0] if rows.num_rows else rows
+    return JourneyRowReader._sightings(rows, registry.lookup)
 
 
 def _laid_out(rows: pa.RecordBatch) -> tuple[Sightings, np.ndarray]:

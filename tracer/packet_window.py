@@ -40,8 +40,10 @@ class PacketWindow:
     """Sighting batches in (``add``), tables of whole packets' rows out."""
 
     def __init__(self, window_ns: int = WINDOW_NS, min_chunk_rows: int = MIN_CHUNK_ROWS,
-                 max_held_rows: int = MAX_HELD_ROWS) -> None:
+                 max_held_rows: int = MAX_HELD_ROWS, last_column: str | None = None) -> None:
         self.window_ns = window_ns
+        # Journey rows (schema 2) end at `last_ktime_ns`; a sighting row at its `ktime_ns`.
+        self.last_column = last_column
         self.min_chunk_rows = min_chunk_rows
         self.max_held_rows = max_held_rows
         self.forced = 0  # cuts that handed packets on early (max_held_rows)
@@ -64,7 +66,8 @@ class PacketWindow:
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
         pid = _numpy(table["packet_id"]).astype(np.uint64, copy=False)
         kt = _numpy(table["ktime_ns"]).astype(np.int64, copy=False)
-        top = int(kt.max())
+        last = _numpy(table[self.last_column]).astype(np.int64, copy=False) if self.last_column else kt
+        top = int(last.max())
         if self.now is not None and top < self.now - self.window_ns:
             # The clock went back: another capture (or boot) follows. What is
             # held belongs to the one before.
@@ -72,7 +75,7 @@ class PacketWindow:
             self.now = None
         self.now = top if self.now is None else max(self.now, top)
         self._tables.append(table)
-        self._runs.append(_runs(pid, kt))
+        self._runs.append(_runs(pid, kt, last))
         self._held += table.num_rows
         self._since_cut += table.num_rows
         # Cut when a chunk is new (each cut sorts the held runs' keys).
@@ -146,10 +149,10 @@ class PacketWindow:
         return pa.concat_tables(out) if len(out) > 1 else out[0]
 
 
-def _runs(pid: np.ndarray, kt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _runs(pid: np.ndarray, kt: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(packet id, first ktime, last ktime, rows) of each run of equal ids."""
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
-    return (pid[starts], np.minimum.reduceat(kt, starts), np.maximum.reduceat(kt, starts),
+    return (pid[starts], np.minimum.reduceat(kt, starts), np.maximum.reduceat(last, starts),
             np.diff(np.append(starts, len(pid))))
 
 

@@ -243,3 +243,49 @@ def test_container_start_and_stop_are_rows(lab, tmp_path):
     rows = cap.table.filter(pc.equal(cap.table["kind"], "container")).drop_columns(["time"]).to_pylist()
     assert any(row["container_name"] == name and row["container_id"] == mine[0]["id"] and row["ktime_ns"] for row in rows)
     assert cap.stats is not None
+
+
+def test_stats_and_report_from_journey_rows_equal_the_sighting_path(lab, tmp_path):
+    """A real capture (the lab's HTTP from outside and from the container,
+    rotated into parts): `tracer stats` reads the journey rows' list columns
+    (tracer/journey_analysis.py); laying them out as sighting rows and
+    analysing those (the path before) must give the same text, JSON, CSV
+    and report, and `tracer stats` must print exactly that text."""
+    from tracer.analysis import CaptureAnalysis
+    from tracer.capture.reader import open_capture
+    from tracer.cli_analyze import _text
+    from tracer.paths import PathStats
+    from tracer.report import render_report
+
+    path = tmp_path / "real.arrows"
+    r = Recording("-w", str(path), "--rotate-size", "20k", "--quiet")
+    r.wait_ready()
+    with Traffic(lab, container_too=True) as t:
+        while t.requests < 30:
+            time.sleep(0.2)
+    time.sleep(0.6)
+    r.stop()
+    assert r.returncode == 0, r.stderr
+    parts = sorted(str(p) for p in tmp_path.glob("real.*.arrows"))
+    assert len(parts) > 1
+
+    def analysed(journeys: bool):
+        capture = open_capture(parts)
+        paths = PathStats(capture.metadata)
+        ca = CaptureAnalysis.of_capture(capture, also=(paths,), journeys=journeys)
+        return ca, re.sub(r"<dc:date>[^<]*</dc:date>", "", render_report(ca, paths.finish(), files=parts))
+
+    (new, new_html), (old, old_html) = analysed(True), analysed(False)
+    a, b = new.analyse(), old.analyse()
+    assert a.packets > 30 * 6 and a.flows_total >= 30
+    assert a.to_dict() == b.to_dict()
+    assert new_html == old_html
+    printed = subprocess.run([sys.executable, "-m", "tracer", "stats", *parts], cwd=REPO, capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == _text(b, None, 20) + "\n"
+    for fmt in ("json", "csv"):
+        out = subprocess.run([sys.executable, "-m", "tracer", "stats", "--format", fmt, *parts], cwd=REPO,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+    assert json.loads(subprocess.run([sys.executable, "-m", "tracer", "stats", "--format", "json", *parts], cwd=REPO,
+                                     capture_output=True, text=True).stdout) == json.loads(json.dumps(b.to_dict()))

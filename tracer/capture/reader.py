@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from tracer import events
 from tracer.capture import STDIN, CaptureReadError
 from tracer.errors import one_line
-from tracer.journey_capture import JourneyRowReader
+from tracer.journey_capture import JourneyBatch, JourneyRowReader, PlaceRegistry
 
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # end-of-stream marker of the IPC stream format
 _CONTINUATION = b"\xff\xff\xff\xff"
@@ -101,10 +101,12 @@ def _check_version(path: str, meta: dict[str, str]) -> None:
 READABLE_MAJORS = (events.SCHEMA_VERSION.split(".")[0], events.JOURNEY_SCHEMA_VERSION.split(".")[0])
 
 
-def _rows_of(meta: dict[str, str]) -> Callable[[pa.RecordBatch], pa.Table | pa.RecordBatch]:
-    """What turns one file's batches, in order, into CAPTURE_SCHEMA rows."""
+def _rows_of(meta: dict[str, str], registry: PlaceRegistry | None = None) -> Callable[[pa.RecordBatch], Any]:
+    """What turns one file's batches, in order, into CAPTURE_SCHEMA rows
+    (with a ``registry``: journey rows as JourneyBatch, not laid out)."""
     if meta.get("schema_version", "").split(".")[0] == events.JOURNEY_SCHEMA_VERSION.split(".")[0]:
-        return JourneyRowReader().convert
+        reader = JourneyRowReader(registry)
+        return reader.parts if registry is not None else reader.convert
     return _conform
 
 
@@ -240,10 +242,13 @@ class _FileRows:
             raise CaptureReadError(f"{self.path}: truncated: the file ends inside its schema header") from None
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
+        return self.read()
+
+    def read(self, registry: PlaceRegistry | None = None) -> Iterator[Any]:
         """The file's batches as CAPTURE_SCHEMA rows (``_rows_of``: journey
-        rows laid out as sightings); a torn tail ends the file (what came
-        before is kept) and sets ``warning``."""
-        rows_of = _rows_of(self.metadata)
+        rows laid out as sightings, or with a ``registry`` as JourneyBatch);
+        a torn tail ends the file (what came before is kept) and sets ``warning``."""
+        rows_of = _rows_of(self.metadata, registry)
         if self.path == STDIN:
             yield from self._stdin_batches(rows_of)
             return
@@ -280,9 +285,10 @@ class _FileRows:
         except events.ColumnError as exc:  # a column missing or of another type (BadJourneyRows too)
             raise CaptureReadError(f"{self.path}: {exc}") from None
         self.batches += 1
-        for out in (rows.to_batches() if isinstance(rows, pa.Table) else [rows]):
-            self.rows += out.num_rows
-            yield out
+        for part in rows if isinstance(rows, list) else [rows]:
+            for out in (part.to_batches() if isinstance(part, pa.Table) else [part]):
+                self.rows += out.num_rows
+                yield out
 
 
 class CaptureStream:
@@ -315,15 +321,17 @@ class CaptureStream:
         self._other: list[pa.RecordBatch] = []
         self._rules: list[pa.RecordBatch] = []  # rule rows (--rules) not yet taken
         self._consumed = False
+        self.places = PlaceRegistry()  # journey rows' places, every file's (sightings_or_journeys)
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        """Every row of every file, in order, in CAPTURE_SCHEMA."""
+    def batches(self, journeys: bool = False) -> Iterator[Any]:
+        """Every row of every file, in order, in CAPTURE_SCHEMA (with
+        ``journeys``, journey rows as JourneyBatch of ``self.places``)."""
         if self._consumed:
             raise RuntimeError("a CaptureStream is read once")
         self._consumed = True
         for i, f in enumerate(self._files):
             self.current = i
-            for batch in f:
+            for batch in f.read(self.places if journeys else None):
                 self.rows += batch.num_rows
                 yield batch
             if f.warning:
@@ -336,9 +344,22 @@ class CaptureStream:
         rows are kept for ``stats``, ``containers`` and ``histograms``.
         ``read_ahead`` batches are read and decompressed on a thread of
         their own meanwhile (Arrow releases the GIL while it does)."""
+        yield from self._sightings(read_ahead, False)
+
+    def sightings_or_journeys(self, read_ahead: int = 0) -> Iterator[Any]:
+        """``sightings()``, except that journey rows (version 2 files) come
+        as they are stored, as JourneyBatch (tracer/journey_analysis.py
+        reads their list columns without laying them out)."""
+        yield from self._sightings(read_ahead, True)
+
+    def _sightings(self, read_ahead: int, journeys: bool) -> Iterator[Any]:
         names = events.EVENT_SCHEMA.names
-        batches = self.batches() if read_ahead <= 0 else _read_ahead(self.batches(), read_ahead)
+        batches = self.batches(journeys)
+        batches = batches if read_ahead <= 0 else _read_ahead(batches, read_ahead)
         for batch in batches:
+            if isinstance(batch, JourneyBatch):
+                yield batch
+                continue
             is_event = _is_event(batch.column("kind"))
             if is_event is None:  # every row is a sighting (the common case)
                 yield batch.select(names)

@@ -1,0 +1,224 @@
+"""`tracer stats` straight from journey rows (capture schema 2).
+
+A journey row holds one packet's hops in order, with each hop's time since
+the first (``dt_ns``) and its place: the hop segments, verdict, drop and the
+per-packet facts the analysis needs are all on the row. So instead of laying
+rows out as sightings (tracer/expand.py, decode: addresses as text, one
+dictionary column per field) and sorting them back into journeys, this
+reads the flattened ``hops`` list columns as numpy arrays and hands
+CaptureAnalysis the same arrays ``_Sorted`` would have made of the sighting
+rows (``CaptureAnalysis._add_packets``).
+
+Only packets read exactly as their sighting rows would be are taken here:
+one record per packet in the chunk (a packet in parts, a `full` record and
+its continuation, goes the sighting way), hops already in journey order
+(time, a drop last), and at most one container along the way (which one
+the sighting path names otherwise depends on dictionary order). The rest,
+rare in any capture, are returned to be laid out and analysed as sighting
+rows, so every number is what the sighting path gives
+(tests/unit/test_journey_analysis.py).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracer import addresses, events
+from tracer.analysis import _ANALYSIS_COLUMNS, PacketFacts, _codes, _ints
+from tracer.journey_capture import _address_rows, journey_sightings
+from tracer.journeys import _DIRECTION_CODES, Hop, hop_label, is_terminal
+
+_DROP = events.HOOKS.index("drop")
+_N_HOOKS = len(events.HOOKS)
+_N_STAGES = len(events.NAT_STAGES)
+_BIG = np.iinfo(np.int64).max
+
+
+def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, PacketFacts | None, pa.Table | None]:
+    """(hops, facts, rest) of a chunk of journey rows holding whole packets:
+    ``hops`` the sightings of the packets taken here in journey order (the
+    arrays of analysis._Sorted), ``facts`` one value per such packet, ``rest``
+    the journey rows of the other packets (None: none), for the sighting path.
+    ``ca`` is the CaptureAnalysis (its Strings give codes)."""
+    n = rows.num_rows
+    pid = _ints(rows, "packet_id", np.uint64)
+    lists = rows.column("hops")
+    n_hops = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
+    flat = pc.list_flatten(lists)
+    hook = _field(flat, "hook").astype(np.int64) & 0x0F
+    hook[hook >= _N_HOOKS] = 0  # a code the hooks do not name reads as null ("?"), as decode has it
+    stage = _field(flat, "nat_stage").astype(np.int64) & 0x03
+    stage[stage >= _N_STAGES] = 0
+    dt = _field(flat, "dt_ns").astype(np.uint64)
+    place = _field(flat, "place").astype(np.int64)
+    rec = np.repeat(np.arange(n), n_hops)
+    first = np.zeros(n, np.int64)
+    np.cumsum(n_hops[:-1], out=first[1:])
+    last = first + n_hops - 1
+    has = n_hops > 0
+
+    # The clock of each hop, as laying out gives it (the last hop: last_ktime_ns, exact past dt's range).
+    kt0 = _ints(rows, "ktime_ns", np.uint64)
+    kt = (kt0[rec] + dt).astype(np.int64)
+    kt[last[has]] = _ints(rows, "last_ktime_ns")[has]
+    is_drop = hook == _DROP
+
+    # Which packets this path takes (see the module's docstring).
+    simple = (pid != 0) & has & (n_hops <= events.MAX_HOPS)
+    ids = pid[simple]
+    if len(ids) > 1:
+        s_ids = np.sort(ids)
+        twice = s_ids[1:][s_ids[1:] == s_ids[:-1]]
+        if len(twice):
+            simple &= ~np.isin(pid, twice)
+    if len(rec) > 1:
+        same = rec[1:] == rec[:-1]
+        bad = same & (is_drop[:-1] | (~is_drop[1:] & (kt[1:] < kt[:-1])))
+        if bad.any():
+            simple[rec[1:][bad]] = False
+    drop_rec = rec[is_drop]
+    reason_codes, reason_values = _codes(rows, "drop_reason")
+    if len(drop_rec):
+        simple[drop_rec[reason_codes[drop_rec] < 0]] = False  # no reason named: the sighting path's guess
+
+    places = registry.places
+    cnames = ca._containers.codes([p.container_name for p in places] + [p.container_id[:12] if p.container_id else None
+                                                                      for p in places])
+    np_ = len(places)
+    per_place = np.where(cnames[:np_] >= 0, cnames[:np_], cnames[np_: 2 * np_])
+    # Place ids past the registry (never, as read) are unknown places: no container.
+    per_place = np.append(per_place, -1)
+    cval = per_place[np.minimum(place, np_)].astype(np.int64)
+    container = np.full(n, -1, np.int64)
+    if len(rec):
+        starts = first[has]
+        container[has] = np.maximum.reduceat(cval, starts)
+        low = np.full(n, _BIG, np.int64)
+        low[has] = np.minimum.reduceat(np.where(cval >= 0, cval, _BIG), starts)
+        simple &= ~((container >= 0) & (low != container))
+
+    rest_mask = ~simple & (pid != 0) & has
+    rest = rows.filter(pa.array(rest_mask)) if rest_mask.any() else None
+    take = np.flatnonzero(simple)
+    if not len(take):
+        return None, None, rest
+
+    # Sightings of the packets taken, in journey order (record by record, hops in order).
+    sel = simple[rec]
+    h_rec = rec[sel]
+    sizes = n_hops[take]
+    pstart = np.zeros(len(take), np.int64)
+    np.cumsum(sizes[:-1], out=pstart[1:])
+    offset = (_ints(rows, "time") - kt0.astype(np.int64))  # wall clock minus ktime, per row
+    h_kt = kt[sel]
+    combo, labels, terminal_of = _labels(hook[sel], stage[sel], place[sel], places)
+    h_is_drop = is_drop[sel]
+    hops = SimpleNamespace(
+        pid=pid[h_rec], kt=h_kt, label=combo, labels=labels, is_drop=h_is_drop, terminal=terminal_of[combo],
+        wall=h_kt + offset[h_rec], pstart=pstart, pend=pstart + sizes, psize=sizes)
+
+    # Per packet: its record's facts, and the first hop's addresses.
+    dcodes, dvalues = _codes(rows, "direction")
+    dmap = np.array([_DIRECTION_CODES.get(v, 0) for v in dvalues] + [0], np.int64)
+    dcodes = np.where(dcodes < 0, 0 if dvalues else -1, dcodes)  # null reads as the dictionary's first name
+    pcodes, pvalues = _codes(rows, "protocol")
+    pcodes = np.where(pcodes < 0, 0 if pvalues else -1, pcodes)
+    proto_names = [_protocol_name(v) for v in pvalues] + ["0"]
+    src_ip, src_port, dst_ip, dst_port = _first_endpoints(rows, flat, first[take], take, ca)
+
+    def reasons(dropped: np.ndarray) -> list[str]:
+        return [reason_values[c] for c in reason_codes[take[dropped]].tolist()]
+
+    def rows_of(packet_ids: np.ndarray) -> pa.Table:
+        picked = rows.filter(pc.is_in(rows["packet_id"], value_set=pa.array(packet_ids, pa.uint64())))
+        return journey_sightings(picked, registry).select(list(_ANALYSIS_COLUMNS))
+
+    facts = PacketFacts(
+        direction=dmap[dcodes[take]], flow=_ints(rows, "flow_id", np.uint64)[take],
+        length=_ints(rows, "length")[take].astype(np.int32),
+        protocol=ca._protocols.codes(proto_names)[pcodes[take]],
+        src_ip=src_ip, src_port=src_port, dst_ip=dst_ip, dst_port=dst_port,
+        container=container[take].astype(np.int32), reasons=reasons, rows_of=rows_of)
+    return hops, facts, rest
+
+
+def _field(flat: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
+    col = pc.struct_field(flat, name)
+    if col.null_count:
+        col = pc.fill_null(col, 0)
+    return col.to_numpy() if isinstance(col, pa.ChunkedArray) else col.to_numpy(zero_copy_only=False)
+
+
+def _labels(hook: np.ndarray, stage: np.ndarray, place: np.ndarray, places: list) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Per hop the index of its label (Hop.label of hook, NAT stage and the
+    place's role) in the returned labels, and per label whether it ends a
+    journey (is_terminal)."""
+    roles = sorted({p.role for p in places} | {"other"})
+    role_of = np.array([roles.index(p.role) for p in places] + [roles.index("other")], np.int64)
+    role = role_of[np.minimum(place, len(places))]
+    key = (hook * _N_STAGES + stage) * len(roles) + role
+    present = np.flatnonzero(np.bincount(key, minlength=1))
+    labels: list[str] = []
+    terminal: list[bool] = []
+    lut = np.zeros(len(present) and int(present[-1]) + 1, np.int64)
+    for k in present.tolist():
+        rest, r = divmod(k, len(roles))
+        h, st = divmod(rest, _N_STAGES)
+        name = events.HOOKS[h] or "?"
+        hop = Hop(hook=name, nat_stage=events.NAT_STAGES[st], ifname=None, if_role=roles[r], netns=0, container=None,
+                  src=None, dst=None, ktime_ns=0, dt_ns=0, drop_reason=None)
+        label = hop_label(name, events.NAT_STAGES[st], roles[r])
+        if label not in labels:
+            labels.append(label)
+            terminal.append(is_terminal(hop))
+        lut[k] = labels.index(label)
+    return lut[key], labels, np.array(terminal, bool)
+
+
+def _protocol_name(name: str | None) -> str:
+    """A stored protocol name as laying out and decoding give it back
+    (a number it does not name: the number)."""
+    number = events.PROTOCOL_NUMBERS.get(name) if name else None
+    if number is None:
+        try:
+            number = int(name)
+        except (TypeError, ValueError):
+            number = 0
+    return events.PROTOCOLS.get(number, str(number))
+
+
+def _first_endpoints(rows: pa.Table, flat: Any, first_hop: np.ndarray, take: np.ndarray, ca: Any):
+    """Address codes (ca._ips) and ports of each taken packet's first hop:
+    the tuple it points at (past the record's tuples: zeros, as laid out)."""
+    lists = rows.column("tuples")
+    n_tuples = np.minimum(pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64), events.MAX_TUPLES)
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
+    tstart = np.zeros(len(lengths), np.int64)
+    np.cumsum(lengths[:-1], out=tstart[1:])
+    t_idx = _field(flat, "tuple").astype(np.int64)[first_hop]
+    ok = t_idx < n_tuples[take]
+    at = np.where(ok, tstart[take] + t_idx, 0)
+    tuples = pc.list_flatten(lists)
+    tuples = tuples.combine_chunks() if isinstance(tuples, pa.ChunkedArray) else tuples
+    m = len(take)
+    out = []
+    for name in ("saddr", "daddr"):
+        raw = np.zeros((m, 16), np.uint8)
+        if len(tuples):
+            raw[ok] = _address_rows(tuples.field(name))[at[ok]]
+        texts, inverse = addresses.factorize(raw)
+        out.append(ca._ips.codes(texts)[inverse])
+    ports = []
+    for name in ("sport", "dport"):
+        p = np.zeros(m, np.int32)
+        if len(tuples):
+            col = tuples.field(name)
+            values = (pc.fill_null(col, 0) if col.null_count else col).to_numpy(zero_copy_only=False)
+            p[ok] = values[at[ok]]
+        ports.append(p)
+    return out[0], ports[0], out[1], ports[1]
