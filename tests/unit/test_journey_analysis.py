@@ -179,3 +179,11 @@ def test_report_content_is_the_same(tmp_path):
         text = render_report(ca, paths.finish(), files=[str(path)])
         html.append(re.sub(r"<dc:date>[^<]*</dc:date>", "", text))  # when the plots were drawn
     assert html[0] == html[1]
+
+
+def test_a_capture_recorded_on_the_lab_as_the_sighting_path():
+    """tests/data/lab-http.arrows: real journey records of the lab's HTTP."""
+    path = ROOT / "tests" / "data" / "lab-http.arrows"
+    new, old = analyses([path])
+    assert new.packets > 30
+    assert_same(new, old)
