@@ -70,7 +70,7 @@ class RingBufferDrain:
         # their records are left out (and counted) once arm() was called.
         self.armed_ktime = 0
         self.before_start = 0  # packets left out
-        self._early_ids = np.zeros(0, np.uint64)
+        self._early = None  # tracer.hold.RecentIds of the packets left out, once there are any
         self.record_dtype = record_dtype(sample)
         self.record_size = self.record_dtype.itemsize
         self.consumer = mmap.mmap(map_fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
@@ -149,13 +149,18 @@ class RingBufferDrain:
         ev = records["event"]
         first = ev["first_ktime"] if "first_ktime" in ev.dtype.names else ev["ktime_ns"]
         early = first < self.armed_ktime
-        if len(self._early_ids):
-            early |= np.isin(ev["packet_id"], self._early_ids)
+        if self._early is not None:  # a later part of a packet left out; ids above
+            early |= self._early.seen(ev["packet_id"])  # their CPU's highest early one skip the set lookup
         if not early.any():
             return records
-        ids = np.union1d(self._early_ids, ev["packet_id"][early])
-        self.before_start += len(ids) - len(self._early_ids)
-        self._early_ids = ids
+        from tracer.hold import RecentIds
+
+        if self._early is None:
+            self._early = RecentIds(1 << 20)
+        ids = np.unique(ev["packet_id"][early])
+        new = ids[~self._early.seen(ids)]
+        self.before_start += len(new)
+        self._early.add(new)
         return records[~early]
 
     def wait(self, timeout: float) -> bool:
@@ -214,7 +219,11 @@ class BackgroundDrain:
                         self.queued += len(batch)
                     self.batches.put(batch)
                 # Let records accumulate: one read per few ms costs far less
-                # than one per wake-up, and the ring holds ~100k journeys.
+                # than one per wake-up, and the ring holds ~75k journeys. Not
+                # longer: a record the sweep emits must reach `trace`'s hold
+                # within its IDLE_NS (20 ms quiet + up to ~55 ms to the next
+                # sweep + this + a 50 ms pass), or a packet's later part would
+                # come after the packet was shown.
                 self.stopping.wait(self.batch_s)
 
     def take(self, timeout: float) -> np.ndarray:
