@@ -3,6 +3,7 @@ capture's journeys exactly as `trace` printed them live)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -11,7 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer.cli_params import ID, HOST, PORT, PROTOCOL, SECONDS, color_option, count_option, use_color
-from tracer.cli_trace import Limits, make_recorder, options_from, rules_option, run_trace, target_options, write_options
+from tracer.cli_trace import (Limits, make_recorder, options_from, proxy_links_option, rules_option, run_trace, target_options,
+                              write_options)
 
 
 @click.command()
@@ -22,12 +24,14 @@ from tracer.cli_trace import Limits, make_recorder, options_from, rules_option, 
 @count_option
 @click.option("--quiet", is_flag=True, help="No progress line on stderr.")
 @rules_option
+@proxy_links_option
 def record(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, write_path, rotate_size, rotate_seconds, rotate_mb, rotate_files,
-           duration, count, quiet, rules):
+           duration, count, quiet, rules, proxy_links):
     """Record live packet sightings to Arrow files for later analysis
     (`tracer show`, `stats`, `report`; pyarrow, polars, DuckDB). EXPRESSION:
     a pcap-filter expression, as `tracer trace`."""
-    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules)
+    options = dataclasses.replace(options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules),
+                                  proxy_links=proxy_links)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds, rotate_mb=rotate_mb, rotate_files=rotate_files)
     run_trace(options, Limits(count, duration), as_json=False, color=False, recorder=recorder,
               journeys=False, progress=not quiet)
@@ -56,6 +60,8 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     from tracer.journeys import first_journeys, journey_json_block, journey_rows
     from tracer.output import write_out
     from tracer.packet_window import PacketWindow
+    from tracer.proxies import ProxyLinks
+    from tracer.proxy_output import annotate, recorded_links
     from tracer.render import Summary
     from tracer.render_rows import render_rows
 
@@ -80,6 +86,7 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
         from tracer.rule_render import RuleBook, hop_rules, with_rules_json, with_rules_text
 
         book = RuleBook()
+    links = ProxyLinks()  # docker-proxy links the capture recorded: the proxy hop, as `trace` showed it
     for table in _journey_slices(PacketWindow().packets(sightings)):
         table = targets.select(table, packets=packets, flows=flows)
         if count is not None:
@@ -92,6 +99,9 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
             per_hop = hop_rules(rows, book.pop(rows.packet_id.tolist()))
             block = with_rules_json(block, rows, per_hop) if as_json else with_rules_text(block, rows, per_hop, color)
             book.forget_older()
+        recorded_links(links, capture.take_proxy_links())  # written before the journeys they link, read by now
+        if len(links):
+            block = annotate(block, rows, links, as_json)
         if len(block):
             write_out(block, out)
         summary.add_table(rows)

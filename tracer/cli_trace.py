@@ -186,6 +186,12 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             on_started(session)
         status_tty = sys.stderr.isatty() and not as_json and journeys
 
+        def take_proxy_links() -> None:
+            """The kernel's new docker-proxy links: for the output, and into the capture."""
+            new = session.read_proxy_links()
+            if new and recorder is not None:
+                recorder.add_proxy_links(session.proxy_links.links[-new:])
+
         def show(batch) -> bool:
             """Print the journeys of a batch of complete packets (JourneyRows,
             or the per-sighting build's rows), column-wise, JSON or text."""
@@ -198,7 +204,6 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             rows = journey_rows(batch)  # once for the output and the summary
             if limits.count is not None:
                 rows = rows.head(limits.count - shown)
-            session.read_proxy_links()  # before the journeys that may be on a proxy leg
             notes = journey_notes(rows, session.proxy_links)
             if as_json:
                 block, count = journey_json_block(rows)
@@ -224,6 +229,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             feed.take(session.read_records(POLL_S))
             if rule_feed is not None:
                 rule_feed.tick(session.now_ktime())
+            take_proxy_links()  # before the journeys that may be on a proxy leg (output and capture)
             if recorder is not None:
                 recorder.tick()
             now_ktime = session.now_ktime() if rule_feed is None else rule_feed.caught_up(session.now_ktime())
@@ -248,6 +254,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
         # so the records counted are the records written.
         stop.finishing()  # ended by itself (count, duration): the stop is bounded too
         counters = _drain(session, feed.take)
+        take_proxy_links()
         if rule_feed is not None:
             rule_feed.finish()
             summary.rules = rule_feed.counts()
@@ -413,6 +420,13 @@ def _drain(session, take, rounds: int = 20):
     return counters
 
 
+proxy_links_option = click.option(
+    "--proxy-links/--no-proxy-links", default=True, show_default=True,
+    help="Join docker-proxy's two connections (client -> host port, proxy -> container) and show the proxy hop "
+         "(a capture keeps the links). Its syscall tracepoints cost every process on the host some time per syscall "
+         "(README: Performance).")
+
+
 @click.command()
 @target_options
 @count_option
@@ -422,9 +436,7 @@ def _drain(session, take, rounds: int = 20):
 @click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False), default=None, help="Also record the capture to PATH (Arrow IPC stream, .arrows; see `tracer record`).")
 @write_options
 @rules_option
-@click.option("--proxy-links/--no-proxy-links", default=True, show_default=True,
-              help="Join docker-proxy's two connections (client -> host port, proxy -> container) and show the proxy hop. "
-                   "Its syscall tracepoints cost every process on the host some time per syscall (README: Performance).")
+@proxy_links_option
 def trace(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, count, duration, as_json, color, write_path,
           rotate_size, rotate_seconds, rotate_mb, rotate_files, rules, proxy_links):
     """Follow live packets: one journey per packet, hop by hop. EXPRESSION is

@@ -335,6 +335,7 @@ ROW_KINDS = (
     "journey",    # on disk since version 2: one kernel journey record (readers present its sighting rows)
     "place",      # on disk since version 2: info {"id", "ifname", "role", "netns", "container_id", "container_name"}
     "rule",       # a netfilter rule a traced packet met (--rules): packet_id, hook; info {"table", "chain", ...}
+    "proxy",      # since 2.1: docker-proxy relays two connections: info {"link", "pid", "container", "client", "backend"}
 )
 CAPTURE_SCHEMA = EVENT_SCHEMA.append(pa.field("kind", _DICT_STR)).append(pa.field("info", pa.string()))
 
@@ -348,7 +349,7 @@ CAPTURE_SCHEMA = EVENT_SCHEMA.append(pa.field("kind", _DICT_STR)).append(pa.fiel
 # places: `place` rows, each written before the first row that points at it
 # (and again at the head of each rotated file). tracer/journey_capture.py
 # writes these rows and lays them out as the sighting rows above for readers.
-JOURNEY_SCHEMA_VERSION = "2"
+JOURNEY_SCHEMA_VERSION = "2.1"  # 2.1: `proxy` rows
 HOP_FLAG_IN_CONTAINER_NS = 1  # the hop's tc program is attached in a container's netns
 HOP_FLAG_NEW_PACKET = 2  # this hop gave the packet its id
 # Addresses on disk are the 16 recorded bytes (IPv4-mapped for IPv4);

@@ -88,6 +88,21 @@ class ProxyLink:
                 "client": f"{addresses.endpoint(*c)} → {addresses.endpoint(*h)}",
                 "backend": f"{addresses.endpoint(*p)} → {addresses.endpoint(*b)}"}
 
+    def to_record(self) -> dict:
+        """The link as a capture's `proxy` row holds it (docs/capture-format.md)."""
+        return {"link": self.link_id, "pid": self.pid, "container": self.container,
+                "client": [list(e) for e in self.client], "backend": [list(e) for e in self.backend]}
+
+    @classmethod
+    def from_record(cls, info: dict) -> "ProxyLink":
+        """A link read back from a `proxy` row; ValueError/KeyError/TypeError if it is not one."""
+        def leg(ends) -> tuple[Endpoint, Endpoint]:
+            (a, pa_), (b, pb) = ends
+            return (str(a), int(pa_)), (str(b), int(pb))
+
+        return cls(int(info["link"]), int(info["pid"]), leg(info["client"]), leg(info["backend"]),
+                   info.get("container"))
+
     def text(self) -> str:
         (c, h), (p, b) = self.client, self.backend
         where = f"  [{self.container}]" if self.container else ""
@@ -134,14 +149,21 @@ class ProxyLinks:
             client, backend = (outbound[1], outbound[0]), (inbound[1], inbound[0])
         else:
             return None
-        key_c, key_b = frozenset(client), frozenset(backend)
-        known = self.by_leg.get(key_c)
+        known = self.by_leg.get(frozenset(client))
         if known is not None and known[0].backend == backend:
             return known[0]
-        link = ProxyLink(next(self._ids), pid, client, backend, container_of(proxy.container_ip))
+        return self._keep(ProxyLink(next(self._ids), pid, client, backend, container_of(proxy.container_ip)))
+
+    def add_recorded(self, link: ProxyLink) -> None:
+        """A link read from a capture (its id as recorded)."""
+        known = self.by_leg.get(frozenset(link.client))
+        if known is None or known[0].backend != link.backend:
+            self._keep(link)
+
+    def _keep(self, link: ProxyLink) -> ProxyLink:
         self.links.append(link)
-        self.by_leg[key_c] = (link, "client")
-        self.by_leg[key_b] = (link, "backend")
+        self.by_leg[frozenset(link.client)] = (link, "client")
+        self.by_leg[frozenset(link.backend)] = (link, "backend")
         return link
 
     def find(self, a: Endpoint, b: Endpoint) -> tuple[ProxyLink, str] | None:

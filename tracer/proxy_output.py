@@ -39,6 +39,25 @@ def journey_notes(jr: JourneyRows, links: ProxyLinks) -> list[Note]:
     return notes
 
 
+def annotate(block: bytes | memoryview, jr: JourneyRows, links: ProxyLinks, as_json: bool) -> bytes | memoryview:
+    """The output block (JSON lines or text) with the proxy hop of every
+    journey on a known proxy leg."""
+    notes = journey_notes(jr, links)
+    if not notes:
+        return block
+    return annotate_json(block, notes) if as_json else annotate_text(block, jr, notes)
+
+
+def recorded_links(links: ProxyLinks, infos: list[dict]) -> None:
+    """Links read back from a capture's `proxy` rows into ``links`` (a row
+    that is not a link, in a damaged file, is left out)."""
+    for info in infos:
+        try:
+            links.add_recorded(ProxyLink.from_record(info))
+        except (KeyError, ValueError, TypeError):
+            continue
+
+
 def annotate_json(block: bytes | memoryview, notes: list[Note]) -> bytes:
     """JSON lines with `"proxy": {...}` added to the noted journeys' objects."""
     data = bytes(block)

@@ -39,7 +39,8 @@ class TraceOptions:
     tc_mode: str = "auto"
     rules: bool = False  # name the netfilter rules traced packets meet (nf_tables tracing)
     # Link docker-proxy's two connections (bpf/proxy.c): `trace` shows the
-    # links; off elsewhere (its syscall tracepoints cost every process).
+    # links, `trace -w` and `record` keep them in the capture; off elsewhere
+    # (its syscall tracepoints cost every process).
     proxy_links: bool = False
 
 

@@ -5,6 +5,7 @@ container removed while a connection through its proxy is open."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -161,6 +162,54 @@ def test_concurrent_clients_are_not_cross_linked(lab, tmp_path: Path):
         assert client_bytes - size in (0, 1) and backend_bytes - size in (0, 1), (p, client_bytes, backend_bytes)
         seen.add(size)
     assert seen == set(sizes), "each client's bytes on its own proxy connection"
+
+
+def _show(*args: str) -> subprocess.CompletedProcess:
+    import sys
+
+    from tests.e2e.tracing import REPO
+
+    return subprocess.run([sys.executable, "-m", "tracer", "show", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_captures_keep_the_proxy_link(lab, tmp_path: Path):
+    """`trace -w` and `record` write the links (`proxy` rows): `show` of the
+    capture gives each journey on a proxy leg the proxy object `trace` gave
+    it live, and the proxy hop line in the text."""
+    port = lab["port"]
+    cap = tmp_path / "traced.arrows"
+    t = Tracer("--port", str(port), "--duration", "30", "-w", str(cap))
+    t.wait_ready()
+    _request(("127.0.0.1", port), 300)
+    time.sleep(0.5)
+    live = t.stop()
+    assert t.returncode == 0, t.stderr
+    linked = {j["packet_id"]: j["proxy"] for j in live if j.get("proxy") and j["proxy"]["client"].startswith("127.0.0.1:")}
+    assert linked and {p["leg"] for p in linked.values()} == {"client", "backend"}, [j.get("proxy") for j in live][:5]
+    shown = _show("--json", str(cap))
+    assert shown.returncode == 0, shown.stderr
+    replayed = {j["packet_id"]: j.get("proxy") for j in map(json.loads, shown.stdout.splitlines())}
+    assert {pid: replayed.get(pid) for pid in linked} == linked
+
+    rec = tmp_path / "recorded.arrows"
+    r = Tracer("--port", str(port), "--duration", "30", "-w", str(rec), command="record", json_out=False)
+    r.wait_ready()
+    _request(("127.0.0.1", port), 300)
+    time.sleep(0.5)
+    r.stop()
+    assert r.returncode == 0, r.stderr
+    shown = _show("--json", str(rec))
+    assert shown.returncode == 0, shown.stderr
+    legs = _links([j for j in map(json.loads, shown.stdout.splitlines())
+                   if j.get("proxy") and j["proxy"]["client"].startswith("127.0.0.1:")])
+    assert len(legs) == 1, legs.keys()
+    (_, journeys), = legs.items()
+    assert {j["proxy"]["leg"] for j in journeys} == {"client", "backend"}
+    assert {j["tcp_flags"] for j in journeys if j["proxy"]["leg"] == "backend"} >= {"S", "SA"}
+    assert journeys[0]["proxy"]["container"] == lab["container"]
+    text = _show("--no-color", str(rec)).stdout
+    assert re.search(r"proxy  docker-proxy pid \d+  127\.0\.0\.1:\d+ → ", text), text[-2000:]
 
 
 def test_container_to_published_port_goes_through_the_proxy(lab):

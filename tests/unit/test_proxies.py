@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from tracer.proxies import DockerProxy, ProxyLinks, find_proxies, parse_cmdline
+from tracer.proxies import DockerProxy, ProxyLink, ProxyLinks, find_proxies, parse_cmdline
 from tracer.proxy_output import annotate_json, annotate_text, journey_notes
 
 ARGV = ["/usr/sbin/docker-proxy", "-proto", "tcp", "-host-ip", "0.0.0.0", "-host-port", "8000",
@@ -97,3 +97,49 @@ def test_notes_place_the_proxy_hop_where_the_packet_meets_the_proxy():
     assert lines[:4] == ["#0", "  hop a", "  hop b", lines[3]] and "proxy  docker-proxy pid 41" in lines[3]
     assert lines[4] == "#1" and "proxy" in lines[5] and lines[6] == "  hop a"
     assert lines[-3:] == ["#4", "  hop a", "  hop b"]
+
+
+def test_a_link_round_trips_through_a_capture_row():
+    links = ProxyLinks()
+    link = links.add(41, CLIENT, BACKEND, {41: PROXY}, lambda ip: "web")
+    again = ProxyLink.from_record(json.loads(json.dumps(link.to_record())))
+    assert again == link
+    other = ProxyLinks()
+    other.add_recorded(again)
+    other.add_recorded(again)  # the same link twice (a rotated capture, two readers): kept once
+    assert other.links == [link] and other.find(*BACKEND) == (link, "backend")
+
+
+def test_show_of_a_capture_shows_the_recorded_proxy_hop(tmp_path: Path):
+    """A capture's `proxy` rows give `show` the proxy hop `trace` showed
+    live: the `proxy` object in the JSON and the hop line in the text; a
+    capture without them (older, or --no-proxy-links) shows none, and a
+    damaged row is left out."""
+    from click.testing import CliRunner
+
+    from tests.unit.test_capture import table_of, write
+    from tracer.cli import cli
+
+    client = (("198.18.0.2", 40000), ("198.18.0.1", 8000))  # the first journey of table_of's capture
+    link = ProxyLink(7, 41, client, BACKEND, "web")
+    with_links = tmp_path / "linked.arrows"
+    w = write(with_links, [], close=False)
+    w.add_row("proxy", 1, 1, {"link": "not a number"})
+    w.add_row("proxy", 1, 1, link.to_record())
+    w.add_events(table_of(2))
+    w.close()
+    plain = tmp_path / "plain.arrows"
+    write(plain, [table_of(2)])
+
+    def show(path, *args):
+        result = CliRunner().invoke(cli, ["show", "--no-color", *args, str(path)])
+        assert result.exit_code == 0, result.stderr
+        return result.stdout
+
+    journeys = [json.loads(x) for x in show(with_links, "--json").splitlines()]
+    assert journeys[0]["proxy"] == link.to_json("client") and journeys[0]["proxy"]["link"] == 7
+    assert "proxy" not in journeys[1]  # another client port: not on this link
+    text = show(with_links)
+    assert text.count("proxy  docker-proxy pid 41") == 1 and "link 7" in text
+    assert all("proxy" not in json.loads(x) for x in show(plain, "--json").splitlines())
+    assert "docker-proxy" not in show(plain)

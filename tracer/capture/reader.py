@@ -320,6 +320,7 @@ class CaptureStream:
         self.current = 0  # index of the file the last batch came from
         self._other: list[pa.RecordBatch] = []
         self._rules: list[pa.RecordBatch] = []  # rule rows (--rules) not yet taken
+        self._proxies: list[pa.RecordBatch] = []  # proxy rows (docker-proxy links) not yet taken
         self._consumed = False
         self.places = PlaceRegistry()  # journey rows' places, every file's (sightings_or_journeys)
 
@@ -370,6 +371,10 @@ class CaptureStream:
                 if pc.any(is_rule).as_py():
                     self._rules.append(other.filter(is_rule))
                     other = other.filter(pc.invert(is_rule))
+                is_proxy = pc.fill_null(pc.equal(other.column("kind"), "proxy"), False)
+                if pc.any(is_proxy).as_py():
+                    self._proxies.append(other.filter(is_proxy))
+                    other = other.filter(pc.invert(is_proxy))
                 if other.num_rows:
                     self._other.append(other)
             if is_event.any():
@@ -402,6 +407,12 @@ class CaptureStream:
         each, in file order (they are not kept: memory stays bounded)."""
         batches, self._rules = self._rules, []
         return [hit for b in batches for hit in _rule_hits(b)]
+
+    def take_proxy_links(self) -> list[dict[str, Any]]:
+        """The `proxy` rows' infos read since the last call, in file order
+        (not kept: a capture of many proxied connections stays bounded)."""
+        batches, self._proxies = self._proxies, []
+        return [json.loads(i) for b in batches for i in b.column("info").to_pylist() if i]
 
     @property
     def stats(self) -> dict[str, Any] | None:

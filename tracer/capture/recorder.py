@@ -79,6 +79,7 @@ class Recorder:
         self.writer: CaptureWriter | None = None
         self.packets = 0
         self.histogram_rows = 0
+        self.proxy_rows = 0
         self._flows: set[int] = set()
         self._session: Any = None
         self._queue: list[tuple[str, Any, int]] = []
@@ -177,6 +178,15 @@ class Recorder:
         self.writer.add_rule_rows([(hit.ktime, pid, hit.hook, hit.rule) for pid, hit in pairs],
                                   self._session.ctx.boot_offset_ns)
 
+    def add_proxy_links(self, links) -> None:
+        """docker-proxy links (tracer/proxies.py ProxyLink) as kind='proxy'
+        rows, written as the kernel makes them: before the first relayed
+        bytes' journeys, so `show` has them when it gets there."""
+        ktime = self._session.now_ktime()
+        for link in links:
+            self.writer.add_row("proxy", ktime, ktime + self._session.ctx.boot_offset_ns, link.to_record())
+        self.proxy_rows += len(links)
+
     def add_histogram(self, end_ktime_ns: int, info: Mapping[str, Any]) -> None:
         """One latency-mode interval (`tracer latency -w`) as a kind='histogram'
         row stamped with the interval's end; see docs/capture-format.md."""
@@ -200,6 +210,7 @@ class Recorder:
             "event_rows": self.writer.event_rows,  # sightings
             "journey_rows": self.writer.journey_rows,
             **({"rule_rows": self.writer.rule_rows} if self.writer.rule_rows else {}),
+            **({"proxy_rows": self.proxy_rows} if self.proxy_rows else {}),
             "packets": self.packets,
             "flows": self.flows,
             "duration_s": round(self.clock() - self._started, 3),
