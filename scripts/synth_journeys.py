@@ -146,9 +146,10 @@ def main() -> None:
     ctx = context()
     rotate = None
     if args.files > 1:
-        rotate = max(4096, int(total * 6.5 / args.files))  # about 6.5 B per sighting on disk
+        rotate = 1  # a new file after every chunk (as a small -C does)
     with CaptureWriter(args.out, meta, journeys=True, rotate_size=rotate) as w:
-        for recs in chunks(total, rate):
+        per_chunk = 1 << 14 if args.files <= 1 else max(16, total // 9 // args.files)
+        for recs in chunks(total, rate, records_per_chunk=per_chunk):
             w.add_journeys(recs, ctx)
             w.flush()
             if rotate:

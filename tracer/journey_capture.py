@@ -314,7 +314,12 @@ class JourneyRowReader:
         cuts = np.flatnonzero(np.diff(journey[rows].astype(np.int8))) + 1
         out = []
         for run in np.split(rows, cuts) if len(rows) else []:
-            part = batch.take(pa.array(run)) if len(run) != batch.num_rows else batch
+            if len(run) == batch.num_rows:
+                part = batch
+            elif run[-1] - run[0] + 1 == len(run):  # contiguous (place rows lead a batch): a slice, no copy
+                part = batch.slice(int(run[0]), len(run))
+            else:
+                part = batch.take(pa.array(run))
             if journey[run[0]]:
                 out.append((True, part))
             else:

@@ -279,6 +279,15 @@ def _cpu_section(paths: PathSummary, sections: list[tuple[Group, str]]) -> list[
     return out
 
 
+def _files_text(files: list[str], shown: int = 10) -> str:
+    """The capture's files, or for a long rotation (`record -C`: thousands
+    of parts) how many and the first and last few: the report stays small."""
+    if len(files) <= shown:
+        return ", ".join(files)
+    half = shown // 2
+    return f"{len(files):,} files: " + ", ".join(files[:half]) + ", … " + ", ".join(files[-half:])
+
+
 def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | None = None, slowest: int = 20,
                   max_flows: int = 25) -> str:
     a = ca.analyse()
@@ -358,7 +367,7 @@ def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | No
         lost_table = "<p class=\"note\">The capture has no statistics (not stopped cleanly?): lost records unknown.</p>"
     meta_rows = [[k, _short(v)] for k, v in sorted(m.items()) if k != "containers"]
     if files:
-        meta_rows.insert(0, ["files", ", ".join(files)])
+        meta_rows.insert(0, ["files", _files_text(files)])
     containers = _containers(m.get("containers"))
     nav = ("<nav>" + "".join(f"<a href=\"#{i}\">{t}</a>" for i, t in (
         ("path", "path"), ("latency", "latency"), ("end-to-end", "end to end"), ("cpu", "CPU"), ("waterfall", "slowest"),

@@ -105,3 +105,50 @@ def test_stats_on_a_capture_bigger_than_its_memory(tmp_path, cgroup):
     assert len(data["flow_summary"]) == data["flows"] > 0
     peak = cgroup.peak()
     assert peak is None or peak <= LIMIT
+
+
+REPORT_LIMIT = 1 << 30  # the issue's bound for `stats` and `report`
+PARTS = 3000
+
+
+@pytest.fixture
+def report_cgroup():
+    try:
+        group = MemoryCgroup(f"tracer-test-12b-{os.getpid()}", REPORT_LIMIT)
+    except RuntimeError as exc:
+        pytest.fail(f"cannot limit memory on this kernel: {exc}")
+    yield group
+    group.remove()
+    assert not group.path.exists()
+
+
+def test_report_over_thousands_of_rotated_parts(tmp_path, report_cgroup):
+    """`record -C` with a small size makes thousands of parts (the issue's
+    5,000 files took 132 s and 55 MB of HTML): `report` reads them in one
+    streaming pass within the memory bound, says in one line how many files
+    it read, and counts every sighting."""
+    import re
+    import time
+
+    (tmp_path / "parts").mkdir()
+    made = subprocess.run([sys.executable, str(ROOT / "scripts" / "synth_journeys.py"), str(tmp_path / "parts" / "cap.arrows"),
+                           "--sightings", "600k", "--files", str(PARTS)], capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stderr
+    info = json.loads(made.stdout)
+    parts = sorted(str(p) for p in (tmp_path / "parts").glob("cap.*.arrows"))
+    assert len(parts) == info["files"] >= PARTS
+    out = tmp_path / "r.html"
+    started = time.monotonic()
+    proc = report_cgroup.run([sys.executable, "-m", "tracer", "report", "-o", str(out), *parts])
+    took = time.monotonic() - started
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert report_cgroup.killed() == 0
+    peak = report_cgroup.peak()
+    assert peak is None or peak <= REPORT_LIMIT
+    html = out.read_text()
+    print(f"\nreport over {len(parts):,} files: {took:.1f} s, peak {peak and peak >> 20} MiB, {len(html) / 1e3:,.0f} kB")
+    assert len(html) < 2_000_000
+    assert f"{len(parts):,} files: {parts[0]}" in html and parts[len(parts) // 2] not in html
+    events = re.search(r'<div class="v">([\d,]+)</div><div class="k">events</div>', html)
+    assert events and int(events.group(1).replace(",", "")) == info["sightings"]
+    assert took < 300

@@ -187,3 +187,41 @@ def test_a_capture_recorded_on_the_lab_as_the_sighting_path():
     new, old = analyses([path])
     assert new.packets > 30
     assert_same(new, old)
+
+
+def test_a_capture_rotated_into_hundreds_of_parts_reads_as_one_file(tmp_path):
+    """`record -C` with a tiny size: every part a complete stream repeating
+    the schema, metadata and places. Stats and report over the parts are
+    those of the same records in one file (the report names the files in
+    a line, not a list of thousands)."""
+    from tracer.paths import PathStats
+    from tracer.report import render_report
+
+    batches = list(synth.chunks(40_000, 1e6, records_per_chunk=20))
+    one = tmp_path / "one.arrows"
+    c = synth.context()
+    with CaptureWriter(one, META, journeys=True) as w:
+        for recs in batches:
+            w.add_journeys(recs, c)
+    (tmp_path / "parts").mkdir()
+    with CaptureWriter(tmp_path / "parts" / "cap.arrows", META, journeys=True, rotate_size=1) as w:
+        for recs in batches:
+            w.add_journeys(recs, c)
+            w.flush()
+            w.tick()
+    parts = [str(p) for p in w.paths]
+    assert len(parts) > 200
+
+    def report(files):
+        capture = open_capture(files)
+        paths = PathStats(capture.metadata)
+        ca = CaptureAnalysis.of_capture(capture, also=(paths,))
+        text = render_report(ca, paths.finish(), files=files)
+        return ca, re.sub(r"<dc:date>[^<]*</dc:date>", "", text)
+
+    (a, html_one), (b, html_parts) = report([str(one)]), report(parts)
+    assert a.analyse().to_dict() == b.analyse().to_dict()
+    files_row = re.compile(r"<tr><td class=\"\">files</td><td class=\"\">[^<]*</td></tr>")
+    assert f"{len(parts):,} files: {parts[0]}" in html_parts and parts[len(parts) // 2] not in html_parts
+    assert len(files_row.findall(html_parts)) == 1
+    assert files_row.sub("", html_one) == files_row.sub("", html_parts)
