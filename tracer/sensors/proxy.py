@@ -44,7 +44,7 @@ class ProxySensor(Sensor):
 
     def offsets(self):
         regs = {"OFF_REGS_ARG0": ("pt_regs", "di", 8), "OFF_REGS_ARG2": ("pt_regs", "dx", 8),
-                "OFF_REGS_ARG4": ("pt_regs", "r8", 8)} if RAW else {}
+                "OFF_REGS_ARG4": ("pt_regs", "r8", 8), "OFF_REGS_ORIG_AX": ("pt_regs", "orig_ax", 8)} if RAW else {}
         return {**regs,
             "OFF_TASK_FILES": ("task_struct", "files", 8),
             "OFF_FILES_FDT": ("files_struct", "fdt", 8),
