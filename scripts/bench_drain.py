@@ -66,7 +66,9 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from tracer import events  # noqa: E402
-from tracer.decode import DecodeContext, Place, decode  # noqa: E402
+from tracer.decode import DecodeContext, decode  # noqa: E402
+from tracer.inventory import host_interfaces_without_docker  # noqa: E402
+from tracer.places import PlaceBook  # noqa: E402
 from tracer import drain as drain_module  # noqa: E402
 from tracer.drain import RingBufferDrain  # noqa: E402
 from tracer.kernel import bpf_syscall  # noqa: E402
@@ -188,7 +190,7 @@ class Bench:
         self.ring = self.bpf["events"]
         self.drain = RingBufferDrain(self.ring.map_fd, RINGBUF_PAGES * 4096)
         netns = os.stat("/proc/self/ns/net").st_ino
-        self.ctx = DecodeContext(host_netns=netns, drop_reasons={}, resolve_host_ifindex=lambda i: Place("lo", "other", netns))
+        self.ctx = DecodeContext(host_netns=netns, drop_reasons={}, book=PlaceBook(netns, host_interfaces_without_docker))
         self._baseline_list: list[bytes] = []
         self._baseline_open = False
         self.rows = 0  # rows of Arrow produced (checked against events drained)

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synth_capture import CID, CLIENT, CONTAINER, HOST, HOST_NS, PACKET_GAP_NS, WEB_NS, parse_count  # noqa: E402
 from tracer import addresses, events  # noqa: E402
 from tracer.capture.writer import CaptureWriter  # noqa: E402
-from tracer.decode import DecodeContext, Place  # noqa: E402
+from tracer.decode import DecodeContext  # noqa: E402
+from tracer.places import Place  # noqa: E402
 
 H = {name: i for i, name in enumerate(events.HOOKS) if name}
 BEFORE, AFTER = 1, 2
@@ -49,10 +50,10 @@ NETFILTER_DROP = 12
 
 def context() -> DecodeContext:
     c = DecodeContext(host_netns=HOST_NS, drop_reasons={NETFILTER_DROP: "NETFILTER_DROP"}, boot_offset_ns=0)
-    c.places[(HOST_NS, EXT)] = Place("trc-host", "external", HOST_NS)
-    c.places[(HOST_NS, BRIDGE)] = Place("docker0", "bridge", HOST_NS)
-    c.places[(HOST_NS, VETH)] = Place("veth16619c8", "veth", HOST_NS, CID, "tracer-lab-web")
-    c.container_places[ETH0] = [(Place("eth0", "container", WEB_NS, CID, "tracer-lab-web"), (CONTAINER,))]
+    c.book.places[(HOST_NS, EXT)] = Place("trc-host", "external", HOST_NS)
+    c.book.places[(HOST_NS, BRIDGE)] = Place("docker0", "bridge", HOST_NS)
+    c.book.places[(HOST_NS, VETH)] = Place("veth16619c8", "veth", HOST_NS, CID, "tracer-lab-web")
+    c.book.container_places[ETH0] = [(Place("eth0", "container", WEB_NS, CID, "tracer-lab-web"), (CONTAINER,))]
     return c
 
 

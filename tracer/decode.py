@@ -15,59 +15,24 @@ import numpy as np
 import pyarrow as pa
 
 from tracer import addresses, events
-
-
-@dataclass(frozen=True)
-class Place:
-    """Where a sighting happened, as user space knows it."""
-
-    ifname: str | None
-    role: str
-    netns: int
-    container_id: str | None = None
-    container_name: str | None = None
-
-
-UNKNOWN_PLACE = Place(None, "other", 0)
+from tracer.places import Place, PlaceBook
 
 
 @dataclass
 class DecodeContext:
     host_netns: int
-    # (netns inode, ifindex) -> Place; netns is the host's for host interfaces.
-    places: dict[tuple[int, int], Place] = field(default_factory=dict)
-    # ifindex -> Places of container eth0s (tc events from inside a container
-    # netns do not carry the netns; ifindex plus addresses disambiguate).
-    container_places: dict[int, list[tuple[Place, tuple[str, ...]]]] = field(default_factory=dict)
     drop_reasons: dict[int, str] = field(default_factory=dict)
-    # Fallback for interfaces that appeared after the table was built.
-    resolve_host_ifindex: Callable[[int], Place | None] | None = None
-    # Host ifindexes the fallback could not name (a veth already gone, say):
-    # asked once, not on every poll, since each ask re-reads every host link.
-    # Emptied when the places are rebuilt.
-    unresolved: set[int] = field(default_factory=set)
     boot_offset_ns: int = field(default_factory=lambda: wall_minus_ktime_ns())
+    # Where sightings happened (tracer/places.py): looked up here, built by
+    # whoever knows the host.
+    book: PlaceBook | None = None
+
+    def __post_init__(self) -> None:
+        if self.book is None:
+            self.book = PlaceBook(self.host_netns)
 
     def place(self, netns: int, ifindex: int, in_container_ns: bool, src: str | None, dst: str | None) -> Place:
-        """src/dst: the sighting's addresses as text (only asked for when two
-        containers' eth0 share an ifindex)."""
-        if in_container_ns:
-            candidates = self.container_places.get(ifindex, [])
-            if len(candidates) > 1:
-                for place, ips in candidates:
-                    if src in ips or dst in ips:
-                        return place
-            return candidates[0][0] if candidates else UNKNOWN_PLACE
-        place = self.places.get((netns or self.host_netns, ifindex))
-        # ifindex 0 means no device at all: nothing to ask about.
-        if (place is None and ifindex and netns in (0, self.host_netns) and self.resolve_host_ifindex
-                and ifindex not in self.unresolved):
-            place = self.resolve_host_ifindex(ifindex)
-            if place is None:
-                self.unresolved.add(ifindex)
-        if place is None:
-            return Place(None, "other", netns or self.host_netns)
-        return place
+        return self.book.place(netns, ifindex, in_container_ns, src, dst)
 
 
 def wall_minus_ktime_ns() -> int:
@@ -159,7 +124,7 @@ def resolve_places(ctx: DecodeContext, in_ct, netns, ifindex,
         places.append(ctx.place(ns, idx, ct, None, None))
     # Rare: two containers whose eth0 share an ifindex; their addresses tell.
     for i, k in enumerate(keys.tolist()):
-        if (k >> 31) & 1 and len(ctx.container_places.get(k & 0x7FFFFFFF, ())) > 1:
+        if (k >> 31) & 1 and ctx.book.shared(k & 0x7FFFFFFF):
             src, dst = addresses_of()
             for row in np.flatnonzero(inverse == i).tolist():
                 places.append(ctx.place(0, k & 0x7FFFFFFF, True, addresses.text_of(bytes(src[row])),

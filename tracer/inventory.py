@@ -154,6 +154,25 @@ def host_interfaces_without_docker() -> list[Interface]:
     return classify_interfaces(links, (), (), host_inode)
 
 
+class NoDocker:
+    """The inventory when no Docker engine answers: no containers, the host's
+    interfaces without Docker's bridges and veths, nothing to watch."""
+
+    containers: tuple = ()
+
+    def host_interfaces(self) -> list[Interface]:
+        return host_interfaces_without_docker()
+
+    def by_ip(self, ip: str) -> None:
+        return None
+
+    def watch(self, on_change: Callable[[str, "Container"], None]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def classify_interfaces(
     links: Iterable[LinkInfo],
     bridge_names: Iterable[str],

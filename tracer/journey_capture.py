@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer import events, record_words
-from tracer.decode import (UNKNOWN_PLACE, DecodeContext, Place, code_column, decode, drop_reason_column,
-                           protocol_column, resolve_places)
+from tracer.decode import DecodeContext, code_column, decode, drop_reason_column, protocol_column, resolve_places
 from tracer.expand import Sightings, empty, lay_out
+from tracer.places import UNKNOWN_PLACE, Place
 
 _HOOK_DROP = events.HOOKS.index("drop")
 _NEW_PACKET_BIT = 0x80  # HOP_NEW_PACKET_BIT in bpf/journey.h

@@ -16,10 +16,12 @@ import numpy as np
 import pyarrow as pa
 
 from tracer import events
-from tracer.decode import DecodeContext, Place, decode
+from tracer.decode import DecodeContext, decode
 from tracer.drain import PAGE_SIZE, BackgroundDrain, RingBufferDrain
 from tracer.errors import TracerError, require_root
 from tracer.expand import expand
+from tracer.inventory import Inventory, NoDocker
+from tracer.places import PlaceBook
 from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program, write_containers, write_proxy_backends
 from tracer.proxies import ProxyLinks, find_proxies, proxies_by_pid, read_links
 from tracer.sensors.drops import DropSensor
@@ -75,7 +77,7 @@ class TraceSession:
         self.sightings = (sightings or os.environ.get("TRACER_SIGHTING_EVENTS") == "1") and not latency
         self.sweeper = None
         self.rules = None  # tracer.rule_trace.RuleTracer with --rules
-        self.inventory = None
+        self.inventory: Inventory | NoDocker = NoDocker()  # Docker's containers, or none without an engine
         self.bpf = None
         self.program = None
         self._empty: pa.Table | None = None  # decode() of no records, kept
@@ -138,7 +140,7 @@ class TraceSession:
         self._write_container_maps()
         self.tc.pending = tc_targets
         self.ctx = DecodeContext(host_netns=host_netns_inode(), drop_reasons=drops.reasons,
-                                 resolve_host_ifindex=self._host_place)
+                                 book=PlaceBook(host_netns_inode(), self._host_interfaces))
         if not self.latency:
             from tracer.opaque_ids import AddressHasher
 
@@ -170,8 +172,7 @@ class TraceSession:
         if self.proxy is not None:
             self.proxy.set_pids(self.proxies)
         self._rebuild_places()
-        if self.inventory is not None:
-            self.inventory.watch(self._on_container_change)
+        self.inventory.watch(self._on_container_change)
         self._follow_host_interfaces()
 
     def _plan(self) -> Program:
@@ -214,8 +215,6 @@ class TraceSession:
     def _containers(self):
         opts = self.options.targets
         try:
-            from tracer.inventory import Inventory
-
             inventory = Inventory()
             containers = inventory.refresh()
             self.inventory = inventory
@@ -262,17 +261,13 @@ class TraceSession:
         inventory = self.inventory
 
         def container_of(ip: str) -> str | None:
-            c = inventory.by_ip(ip) if inventory is not None else None
+            c = inventory.by_ip(ip)
             return c.name if c is not None else None
 
         return read_links(self.bpf["proxy_links"], self.proxies, self.proxy_links, container_of)
 
     def _host_interfaces(self):
-        if self.inventory is not None:
-            return self.inventory.host_interfaces()
-        from tracer.inventory import host_interfaces_without_docker
-
-        return host_interfaces_without_docker()
+        return self.inventory.host_interfaces()
 
     def _targets(self, containers) -> list[TcTarget]:
         host = self._host_interfaces()
@@ -342,33 +337,8 @@ class TraceSession:
                 self._rebuild_places()
 
     # ---- places for decoding ---------------------------------------------
-    def _host_place(self, ifindex: int) -> Place | None:
-        for i in self._host_interfaces():
-            if i.ifindex == ifindex:
-                place = self.ctx.places[(i.netns_inode, ifindex)] = _host_interface_place(i)
-                return place
-        return None
-
     def _rebuild_places(self) -> None:
-        ctx = self.ctx
-        places: dict[tuple[int, int], Place] = {}
-        for i in self._host_interfaces():
-            places[(i.netns_inode, i.ifindex)] = _host_interface_place(i)
-        if self.inventory is not None:
-            for c in self.inventory.containers:
-                if c.host_veth_ifindex:
-                    places[(ctx.host_netns, c.host_veth_ifindex)] = Place(c.host_veth, "veth", ctx.host_netns, c.id, c.name)
-        container_places: dict[int, list] = {}
-        for t in self.tc.targets():
-            place = Place(t.ifname, t.role, t.netns_inode, t.container_id, t.container_name)
-            if t.in_container_ns:
-                container_places.setdefault(t.ifindex, []).append((place, t.container_ips))
-            else:
-                places[t.key] = place
-        with self.lock:
-            ctx.places = places
-            ctx.container_places = container_places
-            ctx.unresolved = set()
+        self.ctx.book.rebuild(self._host_interfaces(), self.inventory.containers, self.tc.targets(), self.lock)
 
     # ---- containers coming and going ---------------------------------------
     def _on_container_change(self, what: str, container) -> None:
@@ -462,8 +432,7 @@ class TraceSession:
         if self.link_events is not None:
             self.link_events.close()
             self.link_events = None
-        if self.inventory is not None:
-            self.inventory.close()
+        self.inventory.close()
         for sensor in reversed(self.sensors):
             try:
                 sensor.detach()
@@ -527,10 +496,6 @@ class TraceSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _host_interface_place(i) -> Place:
-    return Place(i.name, i.role, i.netns_inode)
 
 
 def sweep_leftovers(targets: list[TcTarget]) -> None:

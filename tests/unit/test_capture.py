@@ -21,7 +21,8 @@ from tracer.capture import CaptureReadError
 from tracer.capture.reader import read_capture
 from tracer.capture.recorder import Recorder
 from tracer.capture.writer import CaptureWriter, parse_size, part_path, schema_with_metadata
-from tracer.decode import DecodeContext, Place, decode
+from tracer.decode import DecodeContext, decode
+from tracer.places import Place
 from tracer.errors import TracerError
 from tracer.journeys import build_journeys
 
@@ -43,8 +44,9 @@ def context() -> DecodeContext:
         (HOST_NS, 3): Place("docker0", "bridge", HOST_NS),
         (HOST_NS, 9): Place("veth3f2a1b", "veth", HOST_NS, "c0ffee" * 10, "web"),
     }
-    ctx = DecodeContext(host_netns=HOST_NS, places=places, boot_offset_ns=OFFSET)
-    ctx.container_places = {4: [(Place("eth0", "container", CT_NS, "c0ffee" * 10, "web"), (CONTAINER,))]}
+    ctx = DecodeContext(host_netns=HOST_NS, boot_offset_ns=OFFSET)
+    ctx.book.places = places
+    ctx.book.container_places = {4: [(Place("eth0", "container", CT_NS, "c0ffee" * 10, "web"), (CONTAINER,))]}
     return ctx
 
 

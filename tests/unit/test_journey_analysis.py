@@ -27,7 +27,7 @@ from tracer.analysis import CaptureAnalysis
 from tracer.capture.reader import open_capture
 from tracer.capture.writer import CaptureWriter
 from tracer.cli_analyze import _text, _write_csv, _write_json
-from tracer.decode import Place
+from tracer.places import Place
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,7 +90,7 @@ def synthetic(path: Path, sightings: int, mess: bool = False, seed: int = 0) -> 
     containers, no drop reason, a packet id 0."""
     rng = np.random.default_rng(seed)
     c = synth.context()
-    c.places[(HOST_NS, 11)] = Place("veth-db", "veth", HOST_NS, "id-db", "db")
+    c.book.places[(HOST_NS, 11)] = Place("veth-db", "veth", HOST_NS, "id-db", "db")
     n = 0
     with CaptureWriter(path, META, journeys=True) as w:
         for recs in synth.chunks(sightings, 1e6, seed=seed, records_per_chunk=2000):

@@ -318,7 +318,7 @@ def test_report_without_histograms_has_no_histogram_plot(tmp_path: Path):
 
 def test_recorder_writes_histogram_rows_and_the_stats_row(tmp_path: Path, recording: Recording):
     session = SimpleNamespace(
-        ctx=SimpleNamespace(boot_offset_ns=OFFSET), inventory=None, filter=None, options=SimpleNamespace(targets=SimpleNamespace(sample=1)),
+        ctx=SimpleNamespace(boot_offset_ns=OFFSET), inventory=SimpleNamespace(containers=()), filter=None, options=SimpleNamespace(targets=SimpleNamespace(sample=1)),
         on_container_event=None, now_ktime=lambda: KT0 + 9 * INTERVAL_NS,
     )
     path = tmp_path / "rec.arrows"

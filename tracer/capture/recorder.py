@@ -114,7 +114,7 @@ class Recorder:
 
     def _metadata(self) -> dict[str, str]:
         s = self._session
-        containers = list(s.inventory.containers) if s.inventory is not None else []
+        containers = list(s.inventory.containers)
         return {
             "host": socket.gethostname(),
             "kernel": os.uname().release,
