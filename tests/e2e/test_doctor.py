@@ -46,6 +46,9 @@ def test_doctor_matches_this_kernel_and_leaves_nothing():
     for name in ("root", "btf", "tcx", "clsact", "tc", "netfilter_links", "tracepoints", "raw_tracepoints",
                  "ring_buffer", "headers", "bcc", "docker", "bpffs", "tracefs"):
         assert status[name] == "ok", (name, report)
+    # the sensors say what they need; here every one of them can attach
+    assert {x["name"]: x["ok"] for x in report["sensors"]} == {"tc": True, "netfilter": True, "drop": True, "proxy": True}
+    assert next(c for c in report["capabilities"] if c["name"] == "raw_tracepoints")["required"]  # the drop sensor's
     fentry = next(c for c in report["capabilities"] if c["name"] == "fentry")
     assert "EPERM" in fentry["detail"]
 

@@ -4,11 +4,22 @@ needs, and attach/detach. Adding a sensor does not touch the others."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Mapping
 
 
 class Sensor(ABC):
     name: str
     source_file: str  # under bpf/
+    # What it cannot attach without: `tracer doctor`'s capability names
+    # (tracer/kernel/probes.py). Doctor asks the sensors (tracer/sensors/all.py).
+    needs: tuple[str, ...] = ()
+    # Tracing goes on without it (the proxy sensor: only where docker-proxy runs).
+    optional: bool = False
+
+    @classmethod
+    def missing(cls, have: Mapping[str, bool]) -> list[str]:
+        """The capabilities it needs that ``have`` (name -> ok) lacks."""
+        return [name for name in cls.needs if not have.get(name, False)]
 
     def offsets(self) -> dict[str, tuple[str, str, int]]:
         """Extra BTF offsets: macro -> (struct, member path, bytes the C reads)."""

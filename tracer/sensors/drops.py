@@ -35,6 +35,7 @@ def drop_reasons() -> dict[int, str]:
 class DropSensor(Sensor):
     name = "drop"
     source_file = "drops.c"
+    needs = ("raw_tracepoints",)  # skb:kfree_skb
     tracepoint = "kfree_skb"
 
     def __init__(self) -> None:

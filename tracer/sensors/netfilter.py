@@ -49,6 +49,7 @@ PROBES = (
 class NetfilterSensor(Sensor):
     name = "netfilter"
     source_file = "netfilter.c"
+    needs = ("netfilter_links",)
 
     def __init__(self) -> None:
         self.links: list[NetfilterLink] = []

@@ -34,6 +34,8 @@ TRACEPOINTS = (
 class ProxySensor(Sensor):
     name = "proxy"
     source_file = "proxy.c"
+    needs = ("raw_tracepoints",) if RAW else ("tracepoints",)  # sys_enter/sys_exit, or syscalls:*
+    optional = True
 
     def __init__(self) -> None:
         self.bpf = None

@@ -45,6 +45,7 @@ class TcTarget:
 class TcSensor(Sensor):
     name = "tc"
     source_file = "tc.c"
+    needs = ("tc",)  # tcx links or clsact filters
 
     def __init__(self, targets: list[TcTarget], mode: str = "auto", latency: bool = False) -> None:
         self.mode = mode
