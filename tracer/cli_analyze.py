@@ -15,6 +15,7 @@ from tracer.errors import TracerError
 from tracer.ids import format_id
 from tracer.outfiles import open_output
 from tracer.text import printable
+from tracer.units import micros_text
 
 _files = click.argument("files", nargs=-1, required=True, metavar="FILES...")
 _SECTIONS = ("segments", "flows", "drops", "lost", "latency")
@@ -101,8 +102,7 @@ def _write_csv(a, section: str) -> None:
         out.writerow([d[n] for n in names])
 
 
-def _us(ns: float | None) -> str:
-    return "-" if ns is None else f"{ns / 1e3:,.1f}"
+_us = micros_text
 
 
 def _latency_text(lat) -> list[str]:

@@ -12,14 +12,11 @@ from tracer.cli_params import SECONDS, Seconds
 from tracer.cli_trace import make_recorder, options_from, target_options, write_options
 from tracer.output import Reader, say
 from tracer.stopping import StopSignals
+from tracer.units import duration_text
 
 
 def _us(ns) -> str:
-    if ns is None:
-        return "-"
-    if ns >= 1_000_000:
-        return f"{ns / 1e6:.2f}ms"
-    return f"{ns / 1e3:.1f}µs"
+    return "-" if ns is None else duration_text(ns, largest="ms")
 
 
 def render_interval(number: int, rep: dict) -> str:

@@ -13,6 +13,7 @@ from tracer.ids import format_id
 from tracer.wallclock import clock
 from tracer.journeys import VERDICTS, Hop, Journey, JourneyRows, hop_label, journey_rows, nat_translation
 from tracer.text import printable
+from tracer.units import duration_text
 
 _ARROW = "→"
 _VERDICT_STYLE = {"delivered": {"fg": "green"}, "dropped": {"fg": "red", "bold": True}, "unknown": {"fg": "yellow"}}
@@ -30,11 +31,7 @@ def short_id(value: int | None) -> str:
 
 def format_dt(ns: int) -> str:
     """'+12.3µs', '+1.25ms', '+2.00s': hops on one host are microseconds apart."""
-    if ns < 1_000_000:
-        return f"+{ns / 1e3:.1f}µs"
-    if ns < 1_000_000_000:
-        return f"+{ns / 1e6:.2f}ms"
-    return f"+{ns / 1e9:.2f}s"
+    return duration_text(ns, sign="+")
 
 
 def _hook_text(hop: Hop) -> str:

@@ -160,3 +160,13 @@ def test_column_wise_dt_text_is_format_dt():
     ])
     texts, index = _dt_texts(values)
     assert [texts[i] for i in index.tolist()] == [format_dt(int(v)) for v in values.tolist()]
+
+
+def test_one_units_helper_for_durations():
+    from tracer.cli_analyze import _us as stats_us
+    from tracer.cli_latency import _us as latency_us
+    from tracer.units import duration_text, micros_text
+
+    assert [latency_us(v) for v in (None, 999_949, 1_000_000, 2_500_000_000)] == ["-", "999.9µs", "1.00ms", "2500.00ms"]
+    assert duration_text(2_500_000_000) == "2.50s" and format_dt(2_500_000_000) == "+2.50s"
+    assert [stats_us(v) for v in (None, 1_234_567)] == ["-", "1,234.6"] and micros_text(500) == "0.5"
