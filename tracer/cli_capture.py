@@ -3,7 +3,6 @@ capture's journeys exactly as `trace` printed them live)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
@@ -30,8 +29,7 @@ def record(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample,
     """Record live packet sightings to Arrow files for later analysis
     (`tracer show`, `stats`, `report`; pyarrow, polars, DuckDB). EXPRESSION:
     a pcap-filter expression, as `tracer trace`."""
-    options = dataclasses.replace(options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules),
-                                  proxy_links=proxy_links)
+    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules, proxy_links)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds, rotate_mb=rotate_mb, rotate_files=rotate_files)
     run_trace(options, Limits(count, duration), as_json=False, color=False, recorder=recorder,
               journeys=False, progress=not quiet)

@@ -48,3 +48,20 @@ def test_each_command_its_own_program():
 def test_a_bad_expression_is_still_one_line():
     out = CliRunner().invoke(cli, ["trace", "--ebpf", "tcp prot 80"])
     assert out.exit_code != 0 and "syntax error" in out.output and "struct event" not in out.output
+
+
+def test_the_dump_has_the_sensors_the_options_attach(monkeypatch):
+    """docker-proxy found: trace and record (--proxy-links by default) add the
+    proxy sensor, --no-proxy-links and latency do not."""
+    from types import SimpleNamespace
+
+    from tracer import session
+
+    proxy = SimpleNamespace(pid=4242, host_port=8000, container_ip="172.17.0.2", container_port=8080)
+    monkeypatch.setattr(session, "find_proxies", lambda: [proxy])
+    monkeypatch.setattr(session, "proxies_by_pid", lambda found: {p.pid: p for p in found})
+    marker = "/* ---- sensor: proxy ---- */"
+    assert marker in dump("trace", "--port", "8000").output
+    assert marker in dump("record", "-w", "x.arrows", "--port", "8000").output
+    assert marker not in dump("record", "-w", "x.arrows", "--port", "8000", "--no-proxy-links").output
+    assert marker not in dump("latency", "--port", "8000").output
