@@ -1,7 +1,7 @@
 """tracer/kernel is the bottom layer: it loads programs, attaches links and
 reads maps, and imports nothing from the layers above it (what to filter
-arrives as plain values and C text). Imports only under TYPE_CHECKING
-(annotations) do not count."""
+arrives as plain values and C text); tracer/sensors sits on it alone.
+Imports only under TYPE_CHECKING (annotations) do not count."""
 
 from __future__ import annotations
 
@@ -39,4 +39,19 @@ def test_kernel_imports_nothing_above_itself():
             top = module if module in ALLOWED else ".".join(module.split(".")[:2])
             if top not in ALLOWED and (path.name, module) not in KNOWN:
                 bad.append(f"{path.name} imports {module}")
+    assert not bad, bad
+
+
+SENSORS = KERNEL.parent / "sensors"
+# Sensors sit on tracer/kernel: they attach what it loads, nothing above.
+SENSOR_ALLOWED = ALLOWED | {"tracer.sensors", "tracer.text"}
+
+
+def test_sensors_import_only_the_kernel_layer_and_shared_definitions():
+    bad = []
+    for path in sorted(SENSORS.glob("*.py")):
+        for module in runtime_imports(path):
+            top = module if module in SENSOR_ALLOWED else ".".join(module.split(".")[:2])
+            if top not in SENSOR_ALLOWED:
+                bad.append(f"sensors/{path.name} imports {module}")
     assert not bad, bad
