@@ -196,6 +196,29 @@ def test_a_journey_that_goes_quiet_is_swept_out_incomplete(clean):
     assert len(k.records()) == 0, "emitted once"
 
 
+def test_one_sweep_reaches_every_slot(clean):
+    """A sweep is one BPF_PROG_TEST_RUN repeated over the cache's chunks:
+    quiet journeys in the first and the last chunk, and in between, all go
+    out in one sweep."""
+    from tracer.kernel.program import SWEEP_CHUNK
+
+    k = clean
+    chunks = k.entries // SWEEP_CHUNK
+    wanted, seq = {}, 9000  # chunk -> a frame's seq whose set falls in it
+    while not ({0, chunks - 1} <= wanted.keys() and len(wanted) >= 6):  # the first, the last, four others
+        seq += 1
+        chunk = pcache_set_index(300, seq, k.entries) // SWEEP_CHUNK
+        if chunk in (0, chunks - 1) or len(wanted) < 4:
+            wanted.setdefault(chunk, seq)
+    for seq in wanted.values():
+        k.see("trc_tc_in", frame(300, seq), 2)
+    time.sleep(2 * k.window_ns / 1e9)
+    k.sweeper.sweep()
+    recs = k.records()
+    assert sorted(end_name(r) for r in recs) == ["quiet"] * len(wanted), sorted(wanted)
+    assert all(r["n_hops"] == 2 for r in recs)
+
+
 def test_a_stolen_slot_emits_the_journey_it_held(clean):
     k = clean
     by_set: dict[int, list[int]] = {}

@@ -35,13 +35,15 @@ class JourneySweeper:
             self._set = idle_ns
 
     def sweep(self) -> None:
-        """One pass over every slot: journeys quiet for idle_ns go out."""
+        """One pass over every slot: journeys quiet for idle_ns go out.
+        One syscall: the kernel repeats the program ``runs`` times, each run
+        sweeping the next chunk from the cursor it left in sweep_args (a
+        test run per chunk cost more in syscalls and skb set-up than the
+        chunk's slots did)."""
         self._arm(self.idle_ns)
-        for _ in range(self.runs):
-            self.runner.run(1)
+        self.runner.run(self.runs)
 
     def flush(self) -> None:
         """Every open journey goes out (tracing stops)."""
         self._arm(0)
-        for _ in range(self.runs):
-            self.runner.run(1)
+        self.runner.run(self.runs)
