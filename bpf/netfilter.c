@@ -66,6 +66,59 @@ static __always_inline void track_flow(struct flow_key *orig, struct flow_key *r
     flows.update(&view, &v);
 }
 
+/* splitmix64's finaliser: every input bit moves every output bit. */
+static __always_inline u64 mix64(u64 x)
+{
+    x ^= x >> 31;
+    x *= 0xBF58476D1CE4E5B9ULL;
+    x ^= x >> 27;
+    x *= 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+}
+
+static __always_inline u64 endpoint_hash(const struct trc_addr *a, u16 port)
+{
+    return mix64(a->hi ^ mix64(a->lo ^ ((u64)port << 48)));
+}
+
+/* A flow id of a 5-tuple, the same for both directions (the endpoints'
+ * hashes in order; an ICMP echo's id is its own part), below 2^44: FLOW_ID
+ * of a kernel address (direct map, vmalloc) is at least 2^44, so the two
+ * kinds never meet and journey.h's max prefers conntrack's. The same on
+ * every tracer: two at once, and the parts of a rotated capture, agree. */
+static __always_inline u64 tuple_flow_id(const struct flow_key *k)
+{
+    u16 sport = k->sport, dport = k->dport;
+    u64 extra = (u64)k->proto << 32;
+    if (k->proto == IPPROTO_ICMP || k->proto == IPPROTO_ICMPV6_) {
+        extra |= k->sport;
+        sport = dport = 0;
+    }
+    u64 a = endpoint_hash(&k->saddr, sport), b = endpoint_hash(&k->daddr, dport);
+    u64 id = mix64((a < b ? a : b) ^ mix64((a < b ? b : a) ^ extra)) & ((1ULL << 44) - 1);
+    return id ? id : 1;
+}
+
+/* A connection conntrack does not track: IPv6 where no IPv6 table uses
+ * conntrack (Docker's default: no IPv6 NAT, no ip6tables rules, so the
+ * kernel keeps no IPv6 entries), or a packet conntrack found invalid. Its
+ * 5-tuple gets a flow id of its own (tuple_flow_id) at the first packet
+ * traced, which is its `original` direction, and both directions' views,
+ * as track_flow writes for a conntrack entry (a later packet with an
+ * entry rewrites them with its id). */
+static __always_inline struct flow_val *track_untracked(struct flow_key *key)
+{
+    struct flow_key view = {};
+    struct flow_val v = {};
+    v.flow_id = tuple_flow_id(key);
+    v.direction = DIR_ORIGINAL;
+    flows.update(key, &v);
+    invert(&view, key);
+    v.direction = DIR_REPLY;
+    flows.update(&view, &v);
+    return flows.lookup(key);
+}
+
 /* Is this conntrack entry's connection traced? Decided from the entry alone
  * (and the packet, for a filter expression: pcap_filter.h)
  * (one kernel read and a map lookup for untraced traffic); a new match gets
@@ -263,18 +316,28 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
 #endif
 #endif
     u32 direction = 0;
+    u64 flow_id = 0;
     struct pkt p = {};
     if (ct && ctinfo != IP_CT_UNTRACKED) {
         /* Untraced connections leave before the packet is even parsed. */
         if (!ct_traced(ct, skb) || !parse_nf_skb(&p, skb))
             return 1;
         direction = ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL;
+        flow_id = FLOW_ID(ct);
     } else {
         ct = 0;
         if (!parse_nf_skb(&p, skb))
             return 1;
-        if (!flows.lookup(&p.key) && !(filter_match(&p.key) && sampled(&p.key) && pcap_match_skb(skb)))
-            return 1;
+        struct flow_val *known = flows.lookup(&p.key);
+        if (!known) {
+            if (!(filter_match(&p.key) && sampled(&p.key) && pcap_match_skb(skb)))
+                return 1;
+            known = track_untracked(&p.key);
+        }
+        if (known) {
+            flow_id = known->flow_id;
+            direction = known->direction;
+        }
     }
 
     u64 now = bpf_ktime_get_ns();
@@ -303,7 +366,7 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
     fill_event(&e, &p, hook);
     e.nat_stage = stage;
     e.skb = skb;
-    e.flow_id = FLOW_ID(ct);
+    e.flow_id = flow_id;
     e.direction = direction;
     e.out_ifindex = out_ifindex;
     e.ifindex = ifindex;
@@ -315,7 +378,7 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
     /* The links are in the host netns: user space knows its inode. */
     struct sighting s = {};
     s.skb = skb;
-    s.flow_id = FLOW_ID(ct);
+    s.flow_id = flow_id;
     s.direction = direction;
     s.ifindex = ifindex;
     s.out_ifindex = out_ifindex;

@@ -64,7 +64,11 @@ def test_ipv6_request_and_reply_through_the_proxy_port(lab6, tmp_path: Path):
     i = index_of(syn, "nf_input", "after", start=i)
     assert i == len(syn["hops"]) - 1, "delivered to the host (docker-proxy) at INPUT"
 
-    synack = next(j for j in mine if j["tcp_flags"] == "SA")
+    synack = next(j for j in mine if j["tcp_flags"] == "SA" and j["hops"][-1]["dst"] == syn["hops"][0]["src"])
+    # No IPv6 conntrack here (no IPv6 table uses it): the netfilter sensor
+    # gives the 5-tuple a flow id of its own, shared by request and reply.
+    assert syn["flow_id"] and syn["flow_id"] == synack["flow_id"], (syn["flow_id"], synack["flow_id"])
+    assert (syn["direction"], synack["direction"]) == ("original", "reply")
     i = index_of(synack, "nf_output", "before")
     i = index_of(synack, "nf_postrouting", "after", start=i)
     i = index_of(synack, "tc_egress", ifname=lab["host_iface"], start=i)
@@ -169,12 +173,12 @@ def test_expression_length_of_ipv6_packets(lab6):
     """`less`/`greater`/`len` in an expression are the IPv6 packet's length
     (payload length + 40) in the kernel filter, not the flow label that sits
     where IPv4 keeps its total length: a SYN (80 bytes) is `less 100` and
-    never `greater 1000`; of a 3000-byte POST, the full-sized segments
-    match (without conntrack for IPv6 here, README, a connection is followed
-    only where the filter matches its packets)."""
+    never `greater 1000`; a connection first matched by a 3000-byte POST's
+    full-sized segment is followed from that segment on, replies included
+    (no IPv6 conntrack here: the tuple's own flow, README)."""
     lab = lab6
     port = lab["port"]
-    t = Tracer(f"ip6 and tcp port {port} and less 100", "--duration", "30")
+    t = Tracer(f"ip6 and tcp dst port {port} and less 100", "--duration", "30")
     t.wait_ready()
     small = _curl6(lab)
     time.sleep(0.5)
@@ -183,7 +187,7 @@ def test_expression_length_of_ipv6_packets(lab6):
     mine = _connection(journeys, lab, small)
     assert {"S", "SA"} <= {j["tcp_flags"] for j in mine}, [(j["direction"], j["tcp_flags"]) for j in mine]
 
-    t = Tracer(f"ip6 and tcp port {port} and greater 1000", "--duration", "30")
+    t = Tracer(f"ip6 and tcp dst port {port} and greater 1000", "--duration", "30")
     t.wait_ready()
     small = _curl6(lab)
     big = _curl6(lab, "--data-binary", "x" * 3000)
@@ -193,4 +197,26 @@ def test_expression_length_of_ipv6_packets(lab6):
     assert _connection(journeys, lab, small) == [], "no packet of a small GET is greater than 1000"
     followed = _connection(journeys, lab, big)
     flags = [j["tcp_flags"] for j in followed]
-    assert followed and "S" not in flags and "SA" not in flags, flags  # the big segments only
+    assert followed and "S" not in flags and "SA" not in flags, flags  # picked up at the big segment, then followed
+    assert any(j["direction"] == "reply" for j in followed), flags
+    assert len({j["flow_id"] for j in followed}) == 1 and followed[0]["flow_id"], [j["flow_id"] for j in followed]
+
+
+def test_untracked_ipv6_flow_id_is_the_same_in_two_tracers(lab6):
+    """Without IPv6 conntrack the flow id is made of the 5-tuple: two
+    tracers at once give one IPv6 connection the same id, both directions."""
+    lab = lab6
+    port = lab["port"]
+    a = Tracer(f"ip6 and tcp port {port}", "--duration", "30")
+    b = Tracer("--host", lab["client_address6"], "--duration", "30")
+    a.wait_ready()
+    b.wait_ready()
+    client_port = _curl6(lab)
+    time.sleep(0.5)
+    ja, jb = a.stop(), b.stop()
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
+    ids_a = {j["flow_id"] for j in _connection(ja, lab, client_port)}
+    ids_b = {j["flow_id"] for j in _connection(jb, lab, client_port)}
+    assert len(ids_a) == 1 and ids_a == ids_b and None not in ids_a, (ids_a, ids_b)
+    directions = {(j["tcp_flags"], j["direction"]) for j in _connection(ja, lab, client_port)}
+    assert {("S", "original"), ("SA", "reply")} <= directions, directions
