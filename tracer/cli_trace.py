@@ -190,7 +190,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             """The kernel's new docker-proxy links: for the output, and into the capture."""
             new = session.read_proxy_links()
             if new and recorder is not None:
-                recorder.add_proxy_links(session.proxy_links.links[-new:])
+                recorder.add_proxy_links(new)
 
         def show(batch) -> bool:
             """Print the journeys of a batch of complete packets (JourneyRows,

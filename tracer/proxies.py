@@ -124,15 +124,29 @@ def _ntohs(v: int) -> int:
 
 
 class ProxyLinks:
-    """Links seen so far, found by either leg's two endpoints (in any order)."""
+    """Links seen so far, found by either leg's two endpoints (in any order).
+    The newest ``keep`` links are kept (a long `record` or `show` of many
+    proxied connections stays bounded); an older one is forgotten, and a
+    packet of its connection seen after that is shown without the hop."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 1 << 16) -> None:
         self.by_leg: dict[frozenset, tuple[ProxyLink, str]] = {}
-        self.links: list[ProxyLink] = []
+        self._kept: dict[int, ProxyLink] = {}  # by insertion: oldest first
+        self._keep_at_most = keep
+        self._new: list[ProxyLink] = []  # made by add() since take_new()
         self._ids = itertools.count(1)
 
     def __len__(self) -> int:
-        return len(self.links)
+        return len(self._kept)
+
+    @property
+    def links(self) -> list[ProxyLink]:
+        return list(self._kept.values())
+
+    def take_new(self) -> list[ProxyLink]:
+        """The links add() made since the last call (to write into a capture)."""
+        new, self._new = self._new, []
+        return new
 
     def add(self, pid: int, inbound: tuple[Endpoint, Endpoint], outbound: tuple[Endpoint, Endpoint],
             proxies: dict[int, DockerProxy], container_of=lambda ip: None) -> ProxyLink | None:
@@ -152,7 +166,9 @@ class ProxyLinks:
         known = self.by_leg.get(frozenset(client))
         if known is not None and known[0].backend == backend:
             return known[0]
-        return self._keep(ProxyLink(next(self._ids), pid, client, backend, container_of(proxy.container_ip)))
+        link = self._keep(ProxyLink(next(self._ids), pid, client, backend, container_of(proxy.container_ip)))
+        self._new.append(link)
+        return link
 
     def add_recorded(self, link: ProxyLink) -> None:
         """A link read from a capture (its id as recorded)."""
@@ -161,19 +177,24 @@ class ProxyLinks:
             self._keep(link)
 
     def _keep(self, link: ProxyLink) -> ProxyLink:
-        self.links.append(link)
+        self._kept.pop(id(link), None)
+        self._kept[id(link)] = link
         self.by_leg[frozenset(link.client)] = (link, "client")
         self.by_leg[frozenset(link.backend)] = (link, "backend")
+        while len(self._kept) > self._keep_at_most:
+            old = self._kept.pop(next(iter(self._kept)))
+            for leg in (old.client, old.backend):
+                if self.by_leg.get(frozenset(leg), (None,))[0] is old:
+                    del self.by_leg[frozenset(leg)]
         return link
 
     def find(self, a: Endpoint, b: Endpoint) -> tuple[ProxyLink, str] | None:
         return self.by_leg.get(frozenset((a, b)))
 
 
-def read_links(table, proxies: dict[int, DockerProxy], links: ProxyLinks, container_of=lambda ip: None) -> int:
+def read_links(table, proxies: dict[int, DockerProxy], links: ProxyLinks, container_of=lambda ip: None) -> list[ProxyLink]:
     """Move the kernel's new link records (bpf/proxy.c proxy_links) into
-    `links`; returns how many links are new."""
-    before = len(links)
+    `links`; returns the links that are new."""
     items = list(table.items())
     for key, value in items:
         inbound = _endpoints((key.inb.saddr.hi, key.inb.saddr.lo, key.inb.daddr.hi, key.inb.daddr.lo,
@@ -186,7 +207,7 @@ def read_links(table, proxies: dict[int, DockerProxy], links: ProxyLinks, contai
             del table[key]
         except KeyError:
             pass
-    return len(links) - before
+    return links.take_new()
 
 
 def proxies_by_pid(proxies: list[DockerProxy]) -> dict[int, DockerProxy]:

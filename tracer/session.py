@@ -254,10 +254,10 @@ class TraceSession:
         if self.filter.follow_proxies:
             write_proxy_backends(self.bpf, self._proxy_backends())
 
-    def read_proxy_links(self) -> int:
-        """New links between proxy legs the kernel saw (bpf/proxy.c); returns how many."""
+    def read_proxy_links(self) -> list:
+        """New links between proxy legs the kernel saw (bpf/proxy.c)."""
         if self.proxy is None or self.bpf is None:
-            return 0
+            return []
         inventory = self.inventory
 
         def container_of(ip: str) -> str | None:

@@ -143,3 +143,15 @@ def test_show_of_a_capture_shows_the_recorded_proxy_hop(tmp_path: Path):
     assert text.count("proxy  docker-proxy pid 41") == 1 and "link 7" in text
     assert all("proxy" not in json.loads(x) for x in show(plain, "--json").splitlines())
     assert "docker-proxy" not in show(plain)
+
+
+def test_links_are_bounded_and_new_ones_taken_once():
+    links = ProxyLinks(keep=2)
+    legs = [((("127.0.0.1", 40000 + i), ("127.0.0.1", 8000)), (("172.17.0.1", 50000 + i), ("172.17.0.2", 8080)))
+            for i in range(3)]
+    made = [links.add(41, c, b, {41: PROXY}) for c, b in legs]
+    assert links.add(41, *legs[2], {41: PROXY}) is made[2]  # the same relay again: the same link
+    assert links.take_new() == made and links.take_new() == []
+    assert len(links) == 2 and links.links == made[1:]
+    assert links.find(*legs[0][0]) is None and links.find(*legs[0][1]) is None  # the oldest is forgotten
+    assert links.find(*legs[2][1]) == (made[2], "backend")
