@@ -509,8 +509,9 @@ class CaptureAnalysis:
 
         ca = cls(None, capture.metadata, slowest=slowest)
         sightings = PacketWindow()
-        # About 9 sightings a journey row: chunks and the cap of about the same sightings.
-        journeys = PacketWindow(min_chunk_rows=MIN_CHUNK_ROWS // 8, max_held_rows=MAX_HELD_ROWS // 8,
+        # About 9 sightings a journey row: twice the sightings a chunk (each cut sorts
+        # what is held), and about the same held at most.
+        journeys = PacketWindow(min_chunk_rows=MIN_CHUNK_ROWS // 4, max_held_rows=MAX_HELD_ROWS // 8,
                                 last_column="last_ktime_ns")
         registry = None
 
@@ -643,19 +644,25 @@ class CaptureAnalysis:
         requests and replies (PREROUTING on the NIC vs on docker0). Counted
         in the latency histograms; the rows for DuckDB returned."""
         idx = np.flatnonzero(s.pid[1:] == s.pid[:-1])
-        row_packet = np.repeat(np.arange(len(s.pstart)), s.psize)[idx]
-        dir_rank = np.array([2, 0, 1])[direction[row_packet]]  # original, reply, unknown
-        key = (dir_rank << (2 * _LABEL_BITS)) | (label_ids[s.label[idx]] << _LABEL_BITS) | label_ids[s.label[idx + 1]]
-        uniq, local = _factorize(key)
+        first_of_row = np.repeat(s.pstart, s.psize)
+        dir_rank = np.repeat(np.array([2, 0, 1])[direction], s.psize)  # original, reply, unknown
+        # A chunk has a handful of labels: keyed by their chunk indices (a
+        # small range: counted, not hashed), then named once per distinct key.
+        nl = len(s.labels)
+        small = (dir_rank[idx] * nl + s.label[idx]) * nl + s.label[idx + 1]
+        uniq, local = _factorize(small)
         ids = np.empty(len(uniq), np.int64)
-        for i, k in enumerate(uniq.tolist()):
+        for i, sk in enumerate(uniq.tolist()):
+            rest, b = divmod(sk, nl)
+            d, a = divmod(rest, nl)
+            k = (d << (2 * _LABEL_BITS)) | (int(label_ids[a]) << _LABEL_BITS) | int(label_ids[b])
             g = self._segment_ids.get(k)
             if g is None:
                 g = self._segment_ids[k] = len(self._segment_keys)
                 self._segment_keys.append(k)
             ids[i] = g
         dt = s.kt[idx + 1] - s.kt[idx]
-        position = idx - s.pstart[row_packet]
+        position = idx - first_of_row[idx]
         stored = self._latencies.add(ids[local], dt, position)
         return pa.table({"key": stored, "dt": dt})
 

@@ -37,6 +37,9 @@ _DROP = events.HOOKS.index("drop")
 _N_HOOKS = len(events.HOOKS)
 _N_STAGES = len(events.NAT_STAGES)
 _BIG = np.iinfo(np.int64).max
+# Stored hook and stage codes -> what decode names: a code past the names reads as null.
+_HOOK_CODE = np.array([h if h < _N_HOOKS else 0 for h in range(16)], np.int64)
+_STAGE_CODE = np.array([st if st < _N_STAGES else 0 for st in range(4)], np.int64)
 
 
 def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, PacketFacts | None, pa.Table | None]:
@@ -50,12 +53,15 @@ def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, Packet
     lists = rows.column("hops")
     n_hops = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
     flat = pc.list_flatten(lists)
-    hook = _field(flat, "hook").astype(np.int64) & 0x0F
-    hook[hook >= _N_HOOKS] = 0  # a code the hooks do not name reads as null ("?"), as decode has it
-    stage = _field(flat, "nat_stage").astype(np.int64) & 0x03
-    stage[stage >= _N_STAGES] = 0
-    dt = _field(flat, "dt_ns").astype(np.uint64)
-    place = _field(flat, "place").astype(np.int64)
+    places = registry.places
+    np_ = len(places)
+    # (hook, NAT stage, place) of each hop as one small key: its label,
+    # drop and terminal flags and container come from a table over keys.
+    hook = _HOOK_CODE[_field(flat, "hook") & 0x0F]
+    stage = _STAGE_CODE[_field(flat, "nat_stage") & 0x03]
+    place = np.minimum(_field(flat, "place"), np_).astype(np.int64)  # past the registry: unknown (never, as read)
+    hop_key = (hook * _N_STAGES + stage) * (np_ + 1) + place
+    dt = _field(flat, "dt_ns")
     rec = np.repeat(np.arange(n), n_hops)
     first = np.zeros(n, np.int64)
     np.cumsum(n_hops[:-1], out=first[1:])
@@ -63,8 +69,9 @@ def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, Packet
     has = n_hops > 0
 
     # The clock of each hop, as laying out gives it (the last hop: last_ktime_ns, exact past dt's range).
-    kt0 = _ints(rows, "ktime_ns", np.uint64)
-    kt = (kt0[rec] + dt).astype(np.int64)
+    kt0 = _ints(rows, "ktime_ns")  # ktime stays below 2^63: int64 as the sighting path reads it
+    kt = kt0[rec]
+    kt += dt
     kt[last[has]] = _ints(rows, "last_ktime_ns")[has]
     is_drop = hook == _DROP
 
@@ -86,14 +93,11 @@ def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, Packet
     if len(drop_rec):
         simple[drop_rec[reason_codes[drop_rec] < 0]] = False  # no reason named: the sighting path's guess
 
-    places = registry.places
     cnames = ca._containers.codes([p.container_name for p in places] + [p.container_id[:12] if p.container_id else None
                                                                       for p in places])
-    np_ = len(places)
     per_place = np.where(cnames[:np_] >= 0, cnames[:np_], cnames[np_: 2 * np_])
-    # Place ids past the registry (never, as read) are unknown places: no container.
-    per_place = np.append(per_place, -1)
-    cval = per_place[np.minimum(place, np_)].astype(np.int64)
+    per_place = np.append(per_place, -1).astype(np.int64)  # the unknown place: no container
+    cval = per_place[place]
     container = np.full(n, -1, np.int64)
     if len(rec):
         starts = first[has]
@@ -109,18 +113,21 @@ def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, Packet
         return None, None, rest
 
     # Sightings of the packets taken, in journey order (record by record, hops in order).
-    sel = simple[rec]
-    h_rec = rec[sel]
-    sizes = n_hops[take]
-    pstart = np.zeros(len(take), np.int64)
-    np.cumsum(sizes[:-1], out=pstart[1:])
-    offset = (_ints(rows, "time") - kt0.astype(np.int64))  # wall clock minus ktime, per row
-    h_kt = kt[sel]
-    combo, labels, terminal_of = _labels(hook[sel], stage[sel], place[sel], places)
-    h_is_drop = is_drop[sel]
+    if len(take) == n:  # every row taken (the usual case): no selection to copy through
+        h_rec, h_kt, h_key, h_is_drop, sizes, pstart = rec, kt, hop_key, is_drop, n_hops, first
+    else:
+        sel = simple[rec]
+        h_rec, h_kt, h_key, h_is_drop = rec[sel], kt[sel], hop_key[sel], is_drop[sel]
+        sizes = n_hops[take]
+        pstart = np.zeros(len(take), np.int64)
+        np.cumsum(sizes[:-1], out=pstart[1:])
+    offset = _ints(rows, "time") - kt0  # wall clock minus ktime, per row
+    label, labels, terminal_of = _labels(h_key, places)
+    wall = offset[h_rec]
+    wall += h_kt
     hops = SimpleNamespace(
-        pid=pid[h_rec], kt=h_kt, label=combo, labels=labels, is_drop=h_is_drop, terminal=terminal_of[combo],
-        wall=h_kt + offset[h_rec], pstart=pstart, pend=pstart + sizes, psize=sizes)
+        pid=pid[h_rec], kt=h_kt, label=label, labels=labels, is_drop=h_is_drop, terminal=terminal_of[label],
+        wall=wall, pstart=pstart, pend=pstart + sizes, psize=sizes)
 
     # Per packet: its record's facts, and the first hop's addresses.
     dcodes, dvalues = _codes(rows, "direction")
@@ -151,31 +158,28 @@ def _field(flat: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
     col = pc.struct_field(flat, name)
     if col.null_count:
         col = pc.fill_null(col, 0)
-    return col.to_numpy() if isinstance(col, pa.ChunkedArray) else col.to_numpy(zero_copy_only=False)
+    out = col.to_numpy() if isinstance(col, pa.ChunkedArray) else col.to_numpy(zero_copy_only=False)
+    return out.astype(np.int64)
 
 
-def _labels(hook: np.ndarray, stage: np.ndarray, place: np.ndarray, places: list) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Per hop the index of its label (Hop.label of hook, NAT stage and the
-    place's role) in the returned labels, and per label whether it ends a
-    journey (is_terminal)."""
-    roles = sorted({p.role for p in places} | {"other"})
-    role_of = np.array([roles.index(p.role) for p in places] + [roles.index("other")], np.int64)
-    role = role_of[np.minimum(place, len(places))]
-    key = (hook * _N_STAGES + stage) * len(roles) + role
+def _labels(key: np.ndarray, places: list) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Per hop the index of its label (Hop.label of its hook, NAT stage and
+    its place's role; ``key`` as journey_packets makes it) in the returned
+    labels, and per label whether it ends a journey (is_terminal)."""
+    roles = [p.role for p in places] + ["other"]
     present = np.flatnonzero(np.bincount(key, minlength=1))
     labels: list[str] = []
     terminal: list[bool] = []
     lut = np.zeros(len(present) and int(present[-1]) + 1, np.int64)
     for k in present.tolist():
-        rest, r = divmod(k, len(roles))
+        rest, place = divmod(k, len(roles))
         h, st = divmod(rest, _N_STAGES)
-        name = events.HOOKS[h] or "?"
-        hop = Hop(hook=name, nat_stage=events.NAT_STAGES[st], ifname=None, if_role=roles[r], netns=0, container=None,
-                  src=None, dst=None, ktime_ns=0, dt_ns=0, drop_reason=None)
-        label = hop_label(name, events.NAT_STAGES[st], roles[r])
+        name, stage, role = events.HOOKS[h] or "?", events.NAT_STAGES[st], roles[place]
+        label = hop_label(name, stage, role)
         if label not in labels:
             labels.append(label)
-            terminal.append(is_terminal(hop))
+            terminal.append(is_terminal(Hop(hook=name, nat_stage=stage, ifname=None, if_role=role, netns=0,
+                                            container=None, src=None, dst=None, ktime_ns=0, dt_ns=0, drop_reason=None)))
         lut[k] = labels.index(label)
     return lut[key], labels, np.array(terminal, bool)
 
@@ -196,29 +200,35 @@ def _first_endpoints(rows: pa.Table, flat: Any, first_hop: np.ndarray, take: np.
     """Address codes (ca._ips) and ports of each taken packet's first hop:
     the tuple it points at (past the record's tuples: zeros, as laid out)."""
     lists = rows.column("tuples")
-    n_tuples = np.minimum(pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64), events.MAX_TUPLES)
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
     tstart = np.zeros(len(lengths), np.int64)
     np.cumsum(lengths[:-1], out=tstart[1:])
-    t_idx = _field(flat, "tuple").astype(np.int64)[first_hop]
-    ok = t_idx < n_tuples[take]
-    at = np.where(ok, tstart[take] + t_idx, 0)
+    t_idx = pc.take(pc.struct_field(flat, "tuple"), pa.array(first_hop))
+    t_idx = pc.fill_null(t_idx, 0).to_numpy().astype(np.int64)
+    ok = t_idx < np.minimum(lengths, events.MAX_TUPLES)[take]
+    at = pa.array(np.where(ok, tstart[take] + t_idx, 0))
     tuples = pc.list_flatten(lists)
-    tuples = tuples.combine_chunks() if isinstance(tuples, pa.ChunkedArray) else tuples
     m = len(take)
+    if not len(tuples):
+        ok[:] = False
     out = []
     for name in ("saddr", "daddr"):
-        raw = np.zeros((m, 16), np.uint8)
-        if len(tuples):
-            raw[ok] = _address_rows(tuples.field(name))[at[ok]]
-        texts, inverse = addresses.factorize(raw)
+        if ok.all():  # the first hop's tuple, gathered as Arrow binaries and named once per distinct address
+            enc = pc.take(pc.struct_field(tuples, name), at).combine_chunks().dictionary_encode()
+            texts = [addresses.text_of(b) for b in enc.dictionary.to_pylist()]
+            inverse = enc.indices.to_numpy(zero_copy_only=False)
+        else:
+            raw = np.zeros((m, 16), np.uint8)
+            if ok.any():
+                got = pc.take(pc.struct_field(tuples, name), pa.array(at.to_numpy()[ok])).combine_chunks()
+                raw[ok] = _address_rows(got)
+            texts, inverse = addresses.factorize(raw)
         out.append(ca._ips.codes(texts)[inverse])
     ports = []
     for name in ("sport", "dport"):
         p = np.zeros(m, np.int32)
-        if len(tuples):
-            col = tuples.field(name)
-            values = (pc.fill_null(col, 0) if col.null_count else col).to_numpy(zero_copy_only=False)
-            p[ok] = values[at[ok]]
+        if ok.any():
+            got = pc.take(pc.struct_field(tuples, name), at)
+            p[ok] = pc.fill_null(got, 0).to_numpy()[ok]
         ports.append(p)
     return out[0], ports[0], out[1], ports[1]

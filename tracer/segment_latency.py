@@ -53,7 +53,10 @@ class SegmentLatencies:
             self.hist += np.bincount(key, minlength=self.hist.size).reshape(self.hist.shape)
             self.count += np.bincount(seg, minlength=len(self.count))
             self.pos_sum += np.bincount(seg, weights=pos, minlength=len(self.count))
-            np.maximum.at(self.max, seg, dt)
+            # Only latencies above their segment's max so far can move it:
+            # after the first chunk, a handful (ufunc.at is slow per element).
+            above = np.flatnonzero(dt > self.max[seg])
+            np.maximum.at(self.max, seg[above], dt[above])
         return key
 
     def quantiles(self, fetch: Any, qs: tuple[float, ...]) -> dict[int, dict[float, float]]:
