@@ -8,7 +8,14 @@ still hold.
 
 Usage: scripts/bench_analysis.py [--sightings 100M] [--baseline-sightings 10M]
        [--baseline-rev d1598c0] [--dir /var/tmp] [--rounds 1] [--keep]
+       [--schema 2] [--baseline-big] [--files 5000]
 Targets: stats and report at <= 1 GB peak RSS and >= 5 M sightings/s.
+
+--schema 2 makes journey-row captures (scripts/synth_journeys.py, what
+`tracer record` writes now) instead of sighting rows (1, synth_capture.py);
+--baseline-big also runs the baseline's stats and report on the big capture
+(before/after on the same file); --files N adds `report` over the small
+capture's sightings rotated into about N parts, ours and the baseline's.
 """
 
 from __future__ import annotations
@@ -51,9 +58,11 @@ def load() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
 
 
-def make(path: Path, n: int) -> int:
+def make(path: Path, n: int, schema: int = 1, files: int = 1) -> int:
     if not path.exists():
-        out = subprocess.run([sys.executable, str(ROOT / "scripts" / "synth_capture.py"), str(path), "--sightings", str(n)],
+        script = "synth_journeys.py" if schema == 2 else "synth_capture.py"
+        extra = ["--files", str(files)] if files > 1 else []
+        out = subprocess.run([sys.executable, str(ROOT / "scripts" / script), str(path), "--sightings", str(n), *extra],
                              check=True, capture_output=True, text=True).stdout
         print("  made", out.strip())
     return n
@@ -77,6 +86,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the generated captures")
     ap.add_argument("--quick", action="store_true", help="1M and 200k sightings (a smoke test)")
+    ap.add_argument("--schema", type=int, choices=(1, 2), default=1, help="captures of sighting (1) or journey (2) rows")
+    ap.add_argument("--baseline-big", action="store_true", help="the baseline's stats and report on the big capture too")
+    ap.add_argument("--files", type=int, default=0, help="report over the small capture rotated into about N parts")
     args = ap.parse_args()
     if args.quick:
         args.sightings, args.baseline_sightings = "1M", "200k"
@@ -88,16 +100,33 @@ def main() -> None:
         free = shutil.disk_usage(work).free
         print(f"disk free under {work}: {free / 1e9:.1f} GB (a synthetic capture takes about 8-11 B per sighting)")
         big = Path(args.capture) if args.capture else work / "big.arrows"
-        make(big, big_n)
+        make(big, big_n, args.schema)
         small = work / "small.arrows"
-        make(small, base_n)
+        make(small, base_n, args.schema)
+        parts: list[str] = []
+        if args.files:
+            (work / "parts").mkdir(exist_ok=True)
+            make(work / "parts" / "cap.arrows", base_n, args.schema, args.files)
+            parts = sorted(str(p) for p in (work / "parts").glob("cap.*.arrows"))
         old = baseline_tree(args.baseline_rev, work / "baseline")
         old_env = {**os.environ, "PYTHONPATH": str(old)}
         rows = []
+        base_label = f"baseline {args.baseline_rev}"
+        cases = [
+            (f"stats {args.sightings}", [*tracer, "stats", str(big)], big_n, env),
+            *([(f"stats {args.sightings}, {base_label}", [*tracer, "stats", str(big)], big_n, old_env)]
+              if args.baseline_big else []),
+            (f"report {args.sightings}", [*tracer, "report", str(big), "-o", str(work / "r.html")], big_n, env),
+            *([(f"report {args.sightings}, {base_label}", [*tracer, "report", str(big), "-o", str(work / "r0.html")],
+                big_n, old_env)] if args.baseline_big else []),
+            *([(f"report {len(parts)} files, {args.baseline_sightings}", [*tracer, "report", *parts, "-o",
+                                                                         str(work / "rf.html")], base_n, env),
+               (f"report {len(parts)} files, {args.baseline_sightings}, {base_label}",
+                [*tracer, "report", *parts, "-o", str(work / "rf0.html")], base_n, old_env)] if parts else []),
+        ]
         for r in range(args.rounds):
             for label, cmd, n, e in (
-                (f"stats {args.sightings}", [*tracer, "stats", str(big)], big_n, env),
-                (f"report {args.sightings}", [*tracer, "report", str(big), "-o", str(work / "r.html")], big_n, env),
+                *cases,
                 (f"stats {args.baseline_sightings}", [*tracer, "stats", str(small)], base_n, env),
                 (f"stats {args.baseline_sightings}, baseline {args.baseline_rev}", [*tracer, "stats", str(small)],
                  base_n, old_env),
@@ -112,7 +141,7 @@ def main() -> None:
         print()
         print(f"{'case':<42}{'seconds':>9}{'peak RSS MiB':>14}{'M sightings/s':>15}{'CPU s':>8}{'M/CPU-s':>9}  load")
         for label, took, rss, rate, cpu, ld in rows:
-            n = big_n if label.endswith(f" {args.sightings}") else base_n
+            n = big_n if f" {args.sightings}" in label and "files" not in label else base_n
             print(f"{label:<42}{took:9.1f}{rss:14.0f}{rate:15.2f}{cpu:8.1f}{n / cpu / 1e6:9.2f}  {ld}")
         print("(M/CPU-s: sightings per CPU-second of the process, user + system: steadier than wall time on a shared VM;"
               " load: the host's 1-minute load average at the end of the run, on 2 vCPUs)")
@@ -120,12 +149,19 @@ def main() -> None:
             if label in (f"stats {args.sightings}", f"report {args.sightings}"):
                 print(f"target {label}: peak RSS <= 1024 MiB: {'met' if rss <= 1024 else 'NOT met'}; "
                       f">= 5 M sightings/s: {'met' if rate >= 5 else 'NOT met'} ({rate:.2f})")
-        base = [r for r in rows if "baseline" in r[0]]
+        base = [r for r in rows if r[0] == f"stats {args.baseline_sightings}, baseline {args.baseline_rev}"]
         # (label, seconds, rss, rate, cpu, load)
         ours = [r for r in rows if r[0] == f"stats {args.baseline_sightings}"]
         if base and ours:
             print(f"baseline/ours at {args.baseline_sightings}: peak RSS {base[0][2] / ours[0][2]:.1f}x, "
                   f"time {base[0][1] / ours[0][1]:.2f}x")
+        suffix = f", baseline {args.baseline_rev}"
+        for label, took, rss, rate, cpu, ld in rows:
+            if label.endswith(suffix):
+                mine = [r for r in rows if r[0] == label[: -len(suffix)]]
+                if mine:
+                    print(f"{label[: -len(suffix)]}: baseline/ours CPU {cpu / mine[0][4]:.2f}x, wall {took / mine[0][1]:.2f}x, "
+                          f"peak RSS {rss:.0f} / {mine[0][2]:.0f} MiB")
     finally:
         if args.keep:
             print(f"kept {work}")
