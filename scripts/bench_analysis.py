@@ -80,7 +80,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sightings", default="100M")
     ap.add_argument("--baseline-sightings", default="10M")
-    ap.add_argument("--baseline-rev", default="d1598c0")
+    ap.add_argument("--baseline-rev", default=None,
+                    help="default: d1598c0 (the in-memory reader) with --schema 1, 05469e3 (journey rows laid out "
+                         "as sightings, before tracer/journey_analysis.py) with --schema 2")
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--capture", help="use this capture instead of making one (its sightings: --sightings)")
     ap.add_argument("--rounds", type=int, default=1)
@@ -92,6 +94,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.sightings, args.baseline_sightings = "1M", "200k"
+    if args.baseline_rev is None:
+        args.baseline_rev = "05469e3" if args.schema == 2 else "d1598c0"
     big_n, base_n = parse_count(args.sightings), parse_count(args.baseline_sightings)
     work = Path(tempfile.mkdtemp(prefix="tracer-bench-analysis-", dir=args.dir))
     tracer = [sys.executable, "-m", "tracer"]

@@ -8,11 +8,10 @@ length, verdict, first sighting's endpoints as codes of ``Strings``). At the
 end:
 
 - segment percentiles are exact and match numpy's default ('linear')
-  quantiles: DuckDB counts each distinct latency per segment
-  (``GROUP BY k, dt``, which spills), then one pass over those counts in
-  order reads the ranks off the running totals. DuckDB's own
-  ``quantile_cont`` keeps every value of a group in memory, which is the
-  thing to avoid.
+  quantiles (tracer/segment_latency.py): each latency is stored with its
+  histogram bucket in flat files beside DuckDB's spill files (sequential
+  writes, no table: they are only ever read back by key), and one scan at
+  the end fetches the few buckets that hold the wanted ranks.
 - flows are a ``GROUP BY flow_id`` over packets, read back lazily
   (``FlowRows``), so even millions of flows never sit in memory as objects.
 - throughput is a ``GROUP BY`` over packet first-sighting times.
@@ -170,7 +169,7 @@ class Strings:
 
 
 class Store:
-    """Segment and packet rows in DuckDB, and the queries over them. Rows
+    """Segment latencies (flat files) and packet rows (DuckDB), and the queries over them. Rows
     are inserted on a thread of the store's own (DuckDB releases the GIL),
     so the next chunk is worked on meanwhile; ``wait`` before querying."""
 
@@ -181,10 +180,18 @@ class Store:
         except BaseException:
             remove_spill_dir(self._dir)
             raise
+        # Segment latencies: one (key, dt) per hop segment, the most rows by
+        # far (9 a packet), and only ever read back by key. Appended to two
+        # flat files in the spill directory instead of a DuckDB table: 12
+        # bytes a row, written sequentially, and read back by one scan with a
+        # lookup table of the wanted keys (a DuckDB insert and semi join of
+        # them cost about a quarter of `stats`).
+        self._seg_keys = open(os.path.join(self._dir, "seg.keys"), "w+b")
+        self._seg_dts = open(os.path.join(self._dir, "seg.dts"), "w+b")
+        self._seg_rows = 0
         # The spill directory goes with the last user of the store (an
         # Analysis's FlowRows may outlive the analysis), or at exit.
-        self.close = weakref.finalize(self, _close, self.con, self._dir)
-        self.con.execute("CREATE TABLE seg (key BIGINT, dt BIGINT)")
+        self.close = weakref.finalize(self, _close, self.con, self._dir, (self._seg_keys, self._seg_dts))
         cols = ", ".join(f"{f.name} {_SQL_TYPES[f.type]}" for f in PACKET_SCHEMA)
         self.con.execute(f"CREATE TABLE pkt ({cols})")
         self._queue: queue.Queue = queue.Queue(maxsize=2)
@@ -208,11 +215,15 @@ class Store:
             if self._error is not None:
                 continue
             try:
-                for name, rows in zip(("seg", "pkt"), item):
-                    if rows.num_rows:
-                        cur.register("chunk_rows", rows)
-                        cur.execute(f"INSERT INTO {name} SELECT * FROM chunk_rows")
-                        cur.unregister("chunk_rows")
+                segments, packets = item
+                if segments.num_rows:
+                    self._seg_keys.write(_column(segments, "key").astype(np.int32).data)
+                    self._seg_dts.write(np.ascontiguousarray(_column(segments, "dt"), np.int64).data)
+                    self._seg_rows += segments.num_rows
+                if packets.num_rows:
+                    cur.register("chunk_rows", packets)
+                    cur.execute("INSERT INTO pkt SELECT * FROM chunk_rows")
+                    cur.unregister("chunk_rows")
             except BaseException as exc:  # re-raised by wait()
                 self._error = exc
 
@@ -229,17 +240,37 @@ class Store:
 
     def latencies(self, keys: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(key, dt) of every segment latency stored under one of ``keys``."""
-        self.wait()
-        wanted = pa.table({"key": pa.array(keys, pa.int64())})
-        self.con.register("wanted_keys", wanted)
-        got = self.con.sql("SELECT key, dt FROM seg SEMI JOIN wanted_keys USING (key)").fetchnumpy()
-        self.con.unregister("wanted_keys")
-        return np.asarray(got["key"], np.int64), np.asarray(got["dt"], np.int64)
+        return self._scan(np.asarray(keys, np.int64))
 
     def latencies_between(self, lo: int, hi: int) -> np.ndarray:
+        return self._scan(np.arange(lo, hi + 1, dtype=np.int64))[1]
+
+    def _scan(self, wanted: np.ndarray, block: int = 1 << 23) -> tuple[np.ndarray, np.ndarray]:
+        """The stored (key, dt) whose key is one of ``wanted``, in one pass
+        over the files, a block at a time (bounded memory)."""
         self.wait()
-        got = self.con.execute("SELECT dt FROM seg WHERE key BETWEEN $lo AND $hi", {"lo": lo, "hi": hi}).fetchnumpy()
-        return np.asarray(got["dt"], np.int64)
+        wanted = wanted[(wanted >= 0) & (wanted < 1 << 31)]
+        if not self._seg_rows or not len(wanted):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        lut = np.zeros(int(wanted.max()) + 2, bool)
+        lut[wanted] = True
+        self._seg_keys.flush()
+        self._seg_dts.flush()
+        keys_out, dts_out = [], []
+        for at in range(0, self._seg_rows, block):
+            n = min(block, self._seg_rows - at)
+            self._seg_keys.seek(at * 4)
+            k = np.fromfile(self._seg_keys, np.int32, n)
+            hit = np.flatnonzero(lut[np.minimum(k, len(lut) - 1)])
+            if not len(hit):
+                continue
+            self._seg_dts.seek(at * 8)
+            d = np.fromfile(self._seg_dts, np.int64, n)
+            keys_out.append(k[hit].astype(np.int64))
+            dts_out.append(d[hit])
+        if not keys_out:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(keys_out), np.concatenate(dts_out)
 
     # -- packets ---------------------------------------------------------------
 
@@ -277,8 +308,15 @@ class Store:
 
 
 
-def _close(con: Any, path: str) -> None:
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    col = table[name]
+    return col.to_numpy() if isinstance(col, pa.ChunkedArray) else col.to_numpy(zero_copy_only=False)
+
+
+def _close(con: Any, path: str, files: tuple = ()) -> None:
     try:
+        for f in files:
+            f.close()
         con.close()
     finally:
         remove_spill_dir(path)

@@ -79,3 +79,15 @@ def test_bench_bpf_live_quick(lab) -> None:
     # The tracer's own programs, found by its fds, ran under the traffic.
     assert re.search(r"trc_nf_b +[1-9]\d* +\d+ +[\d.]+", out), out
     assert re.search(r"trc_tc_eg +[1-9]\d* +\d+ +[\d.]+", out), out
+
+
+def test_bench_analysis_quick() -> None:
+    """Journey-row captures (schema 2), ours beside the baseline on the same
+    files, and report over a capture rotated into parts."""
+    out = run_script("bench_analysis.py", "--quick", "--schema", "2", "--baseline-big", "--files", "20", timeout=300)
+    assert re.search(r"^stats 1M\s+[\d.]+\s+\d+\s+[\d.]+", out, re.M), out
+    assert re.search(r"^stats 1M, baseline 05469e3\s+[\d.]+\s+\d+\s+[\d.]+", out, re.M), out
+    assert re.search(r"^report \d+ files, 200k\s+[\d.]+", out, re.M), out
+    assert re.search(r"stats 1M: baseline/ours CPU [\d.]+x", out), out
+    assert "nan" not in out.lower().replace("nanosecond", ""), out  # every run exited 0
+    assert re.search(r"target stats 1M: peak RSS <= 1024 MiB: (met|NOT met)", out)
