@@ -46,7 +46,7 @@ def _hex_digits(v: np.ndarray) -> np.ndarray:
 def id_texts(values: np.ndarray, json: bool = False) -> pa.StringArray:
     """format_id of every id, vectorised (no Python per id): '-' for 0, or
     with ``json`` the quoted hex ('"20000000001"') and 'null' for 0."""
-    v = np.asarray(values).astype("<u8", copy=False)
+    v = np.ascontiguousarray(values, dtype="<u8")  # a field of a structured array is strided
     n = len(v)
     q = 1 if json else 0
     chars = np.empty((n, 16 + 2 * q), np.uint8)

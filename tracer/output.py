@@ -54,6 +54,11 @@ def _end_deadline() -> None:
 # only set a flag would be lost in os.write's retries: the tracer would go
 # on tracing. The handler raises WriteInterrupted instead.
 writing = False
+# True while a capture streams to stdout (`-w -`) and its pipe takes the
+# bytes: like `writing`, time the reader sets the pace of (the stop
+# watchdog in tracer/stopping.py does not count it: a slow reader is not a
+# hang).
+pipe_writing = False
 deadline_armed = False  # set by tracer/stopping.py with its SIGALRM deadline
 
 

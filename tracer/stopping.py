@@ -13,7 +13,8 @@ lose output. Only a write to stdout still blocked a second after the signal
 
 Stopping itself is bounded too: from the first stop signal, or from the
 moment the loop ends by itself (`finishing`), the command has STOP_GRACE_S
-to detach and finish. Past that, whatever is stuck (a library call that
+to detach and finish (time blocked writing to a reader that reads slowly,
+a pager, does not count). Past that, whatever is stuck (a library call that
 never returns), it prints where every thread is and exits 1: a tracer told
 to stop never goes on tracing. Its BPF links are held by file descriptors,
 so the exit detaches them.
@@ -116,11 +117,15 @@ class StopSignals:
         self._finishing = True
 
     def _watch(self) -> None:
+        from tracer import output
+
         while not (self._restored or self.requested or self._finishing):
             time.sleep(0.2)
         deadline = time.monotonic() + STOP_GRACE_S
         while not self._restored:
-            if time.monotonic() >= deadline:
+            if output.writing or output.pipe_writing:  # our reader sets the pace: not stuck
+                deadline = time.monotonic() + STOP_GRACE_S
+            elif time.monotonic() >= deadline:
                 _give_up()
             time.sleep(0.2)
 

@@ -251,6 +251,18 @@ def test_a_stop_that_ends_in_time_is_not_cut_short():
     assert out.returncode == 0 and out.stdout == "still here\n" and out.stderr == "", out
 
 
+def test_time_blocked_on_a_slow_reader_is_not_a_stuck_stop():
+    """`trace -d 10 | less`: the last journeys wait on a reader who reads
+    slowly; the watchdog counts only time not spent writing to it."""
+    script = _STUCK_AFTER_STOP.format(repo=str(REPO)).replace(
+        "threading.Event().wait()",
+        "from tracer import output\noutput.pipe_writing = True\ntime.sleep(3)\noutput.pipe_writing = False\n"
+        "stop.restore()\nprint('still here')")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "TRACER_STOP_GRACE_S": "1"})
+    assert out.returncode == 0 and out.stdout == "still here\n" and out.stderr == "", out
+
+
 # --- numbers --------------------------------------------------------------------------
 
 

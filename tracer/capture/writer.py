@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer import events, record_words
+from tracer import events, output, record_words
 from tracer.capture import STDIN, CaptureReaderGone, CaptureWriteError
 from tracer.errors import one_line
 from tracer.journey_capture import PlaceIds, journey_rows
@@ -124,7 +124,11 @@ class _CountingPipe:
         self._f, self._n = f, 0
 
     def write(self, data) -> int:
-        n = self._f.write(data)
+        output.pipe_writing = True
+        try:
+            n = self._f.write(data)
+        finally:
+            output.pipe_writing = False
         self._n += len(data) if n is None else n
         return n
 
@@ -132,7 +136,11 @@ class _CountingPipe:
         return self._n
 
     def flush(self) -> None:
-        self._f.flush()
+        output.pipe_writing = True
+        try:
+            self._f.flush()
+        finally:
+            output.pipe_writing = False
 
     def close(self) -> None:
         self._f.close()

@@ -41,9 +41,22 @@ class JourneySweeper:
         test run per chunk cost more in syscalls and skb set-up than the
         chunk's slots did)."""
         self._arm(self.idle_ns)
-        self.runner.run(self.runs)
+        self._run()
 
     def flush(self) -> None:
         """Every open journey goes out (tracing stops)."""
         self._arm(0)
+        self._run()
+
+    def _run(self) -> None:
+        # With repeat > 1 the kernel stops between runs when a signal is
+        # pending (EINTR): a second Ctrl-C, the write-grace alarm. The
+        # cursor stays in sweep_args, so running again goes on from there
+        # (a few chunks swept twice do no harm).
+        for _ in range(5):
+            try:
+                self.runner.run(self.runs)
+                return
+            except InterruptedError:
+                continue
         self.runner.run(self.runs)
