@@ -18,8 +18,10 @@
 #define IP_CT_UNTRACKED 7
 #define NFCT_INFOMASK 7UL
 /* Flow id from the nf_conn address: unique among live entries (they sit in
- * the kernel's direct map, 8-byte aligned) and below 2^53 for JSON readers. */
-#define FLOW_ID(ct) (((ct) & 0xffffffffffffULL) >> 3)
+ * the kernel's direct map, 8-byte aligned), below 2^53 for JSON readers,
+ * and tagged with bit 45 so it is above every tuple flow id (below 2^44,
+ * netfilter.c tuple_flow_id) whatever the architecture's address layout. */
+#define FLOW_ID(ct) ((((ct) & 0xffffffffffffULL) >> 3) | (1ULL << 45))
 /* A drop may come long after a packet's last sighting: a packet waiting for
  * ARP is dropped (NEIGH_FAILED) after ~3 s. */
 #define DROP_WINDOW_NS 5000000000LL

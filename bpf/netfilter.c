@@ -83,8 +83,8 @@ static __always_inline u64 endpoint_hash(const struct trc_addr *a, u16 port)
 
 /* A flow id of a 5-tuple, the same for both directions (the endpoints'
  * hashes in order; an ICMP echo's id is its own part), below 2^44: FLOW_ID
- * of a kernel address (direct map, vmalloc) is at least 2^44, so the two
- * kinds never meet and journey.h's max prefers conntrack's. The same on
+ * of a conntrack entry carries bit 45 (common.h), so the two kinds never
+ * meet and journey.h's max prefers conntrack's. The same on
  * every tracer: two at once, and the parts of a rotated capture, agree. */
 static __always_inline u64 tuple_flow_id(const struct flow_key *k)
 {
