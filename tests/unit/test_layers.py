@@ -10,7 +10,7 @@ from pathlib import Path
 
 KERNEL = Path(__file__).resolve().parents[2] / "tracer" / "kernel"
 # Below tracer/kernel or beside it: shared definitions only.
-ALLOWED = {"tracer.kernel", "tracer.events", "tracer.errors", "tracer"}
+ALLOWED = {"tracer.kernel", "tracer.events", "tracer.errors"}
 # Known exceptions: none (nothing joins this list).
 KNOWN: set[tuple[str, str]] = set()
 
@@ -25,7 +25,9 @@ def runtime_imports(path: Path) -> set[str]:
     for node in ast.walk(tree):
         if id(node) in skip:
             continue
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tracer"):
+        if isinstance(node, ast.ImportFrom) and node.module == "tracer":  # `from tracer import session`
+            found |= {f"tracer.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tracer"):
             found.add(node.module)
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("tracer")}
@@ -55,3 +57,9 @@ def test_sensors_import_only_the_kernel_layer_and_shared_definitions():
             if top not in SENSOR_ALLOWED:
                 bad.append(f"sensors/{path.name} imports {module}")
     assert not bad, bad
+
+
+def test_from_tracer_import_counts_the_module_it_names(tmp_path):
+    source = tmp_path / "x.py"
+    source.write_text("from tracer import session, events\nfrom tracer.kernel import links\n")
+    assert runtime_imports(source) == {"tracer.session", "tracer.events", "tracer.kernel"}
