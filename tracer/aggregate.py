@@ -217,7 +217,13 @@ class Store:
             try:
                 segments, packets = item
                 if segments.num_rows:
-                    self._seg_keys.write(_column(segments, "key").astype(np.int32).data)
+                    keys = _column(segments, "key")
+                    if keys.min() < 0 or keys.max() >= 1 << 31:  # stored as int32: never wrap silently
+                        raise ValueError(f"segment key {int(keys.max())} outside the store's 32-bit range")
+                    # At the end: a scan (_scan) moves the files' positions.
+                    self._seg_keys.seek(0, os.SEEK_END)
+                    self._seg_dts.seek(0, os.SEEK_END)
+                    self._seg_keys.write(keys.astype(np.int32).data)
                     self._seg_dts.write(np.ascontiguousarray(_column(segments, "dt"), np.int64).data)
                     self._seg_rows += segments.num_rows
                 if packets.num_rows:

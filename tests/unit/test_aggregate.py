@@ -49,6 +49,23 @@ def test_percentiles_are_numpys_exactly(seed):
             assert got[s][q] == pytest.approx(np.percentile(allv, q * 100), rel=1e-12, abs=1e-9), (s, q)
 
 
+def test_segment_rows_added_after_a_scan_are_appended_not_written_over():
+    store = Store()
+    store.add(pa.table({"key": np.array([1, 1, 2, 2], np.int64), "dt": np.array([10, 20, 30, 40], np.int64)}), pa.table({}))
+    # A scan in blocks of two whose last block has no hit leaves the dt file's position mid-file.
+    assert sorted(store._scan(np.array([1]), block=2)[1].tolist()) == [10, 20]
+    store.add(pa.table({"key": np.array([1, 3], np.int64), "dt": np.array([50, 60], np.int64)}), pa.table({}))
+    keys, dts = store.latencies([1, 2, 3])
+    assert sorted(zip(keys.tolist(), dts.tolist())) == [(1, 10), (1, 20), (1, 50), (2, 30), (2, 40), (3, 60)]
+
+
+def test_a_segment_key_beyond_32_bits_is_an_error_not_a_wrap():
+    store = Store()
+    store.add(pa.table({"key": np.array([1 << 31], np.int64), "dt": np.array([1], np.int64)}), pa.table({}))
+    with pytest.raises(ValueError, match="32-bit"):
+        store.wait()
+
+
 @pytest.fixture
 def own_tmpdir(tmp_path, monkeypatch):
     """spill_dir() under a TMPDIR of this test's own, not the real /tmp."""
