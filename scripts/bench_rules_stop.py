@@ -14,7 +14,6 @@ figures print side by side. Run as root with the lab up.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import statistics

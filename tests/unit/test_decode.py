@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import threading
-import struct
 
 import numpy as np
 

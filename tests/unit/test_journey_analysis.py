@@ -21,7 +21,7 @@ import pytest
 
 from tests.unit.test_decode import HOST_NS, ctx
 from tests.unit.test_journey_capture import META, write
-from tests.unit.test_journey_records import H, hop, record, records
+from tests.unit.test_journey_records import H, records
 from tracer import events
 from tracer.analysis import CaptureAnalysis
 from tracer.capture.reader import open_capture

@@ -10,8 +10,6 @@ incomplete journeys, ICMP, and two containers whose eth0 share an ifindex.
 
 from __future__ import annotations
 
-import socket
-import struct
 
 import numpy as np
 
