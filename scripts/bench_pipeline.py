@@ -22,7 +22,7 @@ from tracer.events import EVENT_SCHEMA
 from tracer.journeys import JourneyAssembler, journey_json_block, journey_rows, journeys_of_table
 from tracer.render import Summary, render_journey
 
-IDLE_NS = 150_000_000  # as cli_trace
+IDLE_NS = 150_000_000  # as tracer/cli/trace.py
 POLL_NS = 100_000_000
 HOST_NS, WEB_NS = 4026531840, 4026532500
 # (hook, nat_stage, ifname, if_role, netns, container, address phase) per hop;

@@ -131,7 +131,7 @@ class Targets:
             hit = pc.or_(pc.is_in(table["src_port"], value_set=values), pc.is_in(table["dst_port"], value_set=values))
             yield pc.and_(ported, pc.fill_null(hit, False))
         if self.hosts:
-            # --host (cli_params.HOST) spells them as captures do: fd00::1, not fd00:0::1
+            # --host (cli/options.py HOST) spells them as captures do: fd00::1, not fd00:0::1
             yield pc.or_(any_of("src_ip", list(self.hosts)), any_of("dst_ip", list(self.hosts)))
         if self.containers:
             names = any_of("container_name", list(self.containers))

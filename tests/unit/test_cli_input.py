@@ -89,7 +89,7 @@ def test_show_host_is_matched_not_silently_empty(capture):
 def test_no_color_and_summary_on_stderr(capture):
     forced = run(["show", "--color", str(capture)], env={"NO_COLOR": "1"})
     assert "\x1b[" in forced.stdout  # an explicit flag beats NO_COLOR
-    from tracer.cli_params import use_color
+    from tracer.cli.options import use_color
 
     class Tty:
         def isatty(self):

@@ -26,7 +26,7 @@ from tracer import events
 from tracer.analysis import CaptureAnalysis
 from tracer.capture.reader import open_capture
 from tracer.capture.writer import CaptureWriter
-from tracer.cli_analyze import _text, _write_csv, _write_json
+from tracer.cli.analyze import _text, _write_csv, _write_json
 from tracer.places import Place
 
 ROOT = Path(__file__).resolve().parents[2]

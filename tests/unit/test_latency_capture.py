@@ -26,7 +26,7 @@ from tracer.capture.recorder import Recorder
 from tracer.capture.writer import CaptureWriter
 from tracer.cli import cli
 from tracer import hdr
-from tracer.cli_latency import _without_buckets, histogram_info
+from tracer.cli.latency import _without_buckets, histogram_info
 
 OFFSET = 1_750_000_000_000_000_000 - 5_000_000_000  # wall clock minus ktime
 KT0 = 5_000_000_000

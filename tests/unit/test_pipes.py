@@ -101,7 +101,7 @@ def test_tcpdump_rotation_flags():
     from click.testing import CliRunner
 
     from tracer.cli import cli
-    from tracer.cli_trace import MegabytesType
+    from tracer.cli.options import MegabytesType
 
     assert MegabytesType().convert("100", None, None) == 100_000_000  # tcpdump -C: millions of bytes
     assert MegabytesType().convert("10M", None, None) == 10 << 20

@@ -206,14 +206,15 @@ def test_sql_reads_a_table_twice(capture):
 
 def test_docs_say_only_ktime_ns_is_signed():
     # Ids stay unsigned: older captures hold kernel addresses above 2^63.
-    from tracer import cli_sql, parquet
+    from tracer import parquet
+    from tracer.cli import sql as cli_sql
     from tracer.capture.reader import PRESENTED_SCHEMA
 
     assert PRESENTED_SCHEMA.field("ktime_ns").type == pa.int64()
     assert {PRESENTED_SCHEMA.field(n).type for n in ("packet_id", "flow_id", "skb")} == {pa.uint64()}
     root = Path(__file__).resolve().parents[2]
     for name, text in [("README.md", (root / "README.md").read_text()), ("docs/queries.md", QUERIES.read_text()),
-                       ("parquet.py", parquet.__doc__), ("cli_sql.py", cli_sql.__doc__)]:
+                       ("parquet.py", parquet.__doc__), ("cli/sql.py", cli_sql.__doc__)]:
         flat = " ".join(text.split())
         assert not re.search(r"signed (``)?ktime_ns(``)? and ids|ktime_ns` and ids as signed|(?<!un)signed ids", flat), name
         assert "unsigned" in flat, name

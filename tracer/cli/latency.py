@@ -8,8 +8,7 @@ import time
 
 import click
 
-from tracer.cli_params import SECONDS, Seconds
-from tracer.cli_trace import make_recorder, options_from, target_options, write_options
+from tracer.cli.options import SECONDS, Seconds, make_recorder, options_from, target_options, write_options
 from tracer.output import Reader, say
 from tracer.stopping import StopSignals
 from tracer.units import duration_text

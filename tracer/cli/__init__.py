@@ -75,25 +75,26 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from tracer.cli_doctor import doctor
-    from tracer.cli_lab import lab
-    from tracer.cli_latency import latency
-    from tracer.cli_trace import demo, trace
+    from tracer.cli.doctor import doctor
+    from tracer.cli.lab import lab
+    from tracer.cli.latency import latency
+    from tracer.cli.trace import demo, trace
 
     for command in (doctor, lab, trace, demo, latency):
         cli.add_command(command)
-    from tracer.cli_capture import record, show
+    from tracer.cli.record import record
+    from tracer.cli.show import show
 
     for command in (record, show):
         cli.add_command(command)
-    from tracer.cli_analyze import export, report, stats
+    from tracer.cli.analyze import export, report, stats
 
     for command in (stats, export, report):
         cli.add_command(command)
-    from tracer.cli_sql import sql
+    from tracer.cli.sql import sql
 
     cli.add_command(sql)
-    from tracer.cli_explain import explain
+    from tracer.cli.explain import explain
 
     cli.add_command(explain)
 

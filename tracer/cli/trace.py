@@ -6,11 +6,11 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 
 import click
 
-from tracer.cli_params import HOST, PORT, PROTOCOL, SECONDS, color_option, count_option, use_color
+from tracer.cli.options import (SECONDS, Limits, color_option, count_option, make_recorder, options_from,
+                                proxy_links_option, rules_option, target_options, use_color, write_options)
 from tracer.errors import TracerError
 from tracer.output import Reader, say
 from tracer.stopping import StopSignals
@@ -24,128 +24,6 @@ POLL_S = 0.1
 # long rather than cycling on the few the drain thread queued since the last
 # pass. Small next to IDLE_NS, so journeys show barely later.
 MIN_PASS_S = 0.05
-
-
-def target_options(fn):
-    """Options shared by every command that picks traffic to trace, and the
-    pcap-filter expression (tcpdump's: the words after the options)."""
-    for decorator in reversed(
-        [
-            click.argument("expression", nargs=-1, metavar="[EXPRESSION]"),
-            click.option("--port", "ports", type=PORT, multiple=True, help="Trace connections with this port (either end, before or after NAT). Repeatable."),
-            click.option("--container", "containers", multiple=True, help="Trace a container's traffic (its address and published ports). Repeatable."),
-            click.option("--host", "hosts", type=HOST, multiple=True, help="Trace traffic to or from this IPv4 or IPv6 address. Repeatable."),
-            click.option("--proto", type=PROTOCOL, default=None, help="Only this protocol."),
-            click.option("-i", "--iface", "ifaces", multiple=True, help="Host interface(s) where outside traffic arrives (default: every non-container interface)."),
-            click.option("--tc-mode", type=click.Choice(["auto", "tcx", "clsact"]), default="auto", show_default=True, help="How tc programs attach."),
-            click.option("--sample", type=click.IntRange(min=1, max=(1 << 32) - 1), default=1, show_default=True, help="Follow 1 in N flows, chosen in the kernel by a hash of the connection (each chosen flow whole)."),
-            click.option("--ebpf", is_flag=True, expose_value=False, callback=_remember_ebpf,
-                         help="Print the BPF C program these options build, with its clang flags, and exit "
-                              "(as bcc's tools do): nothing is loaded or attached."),
-        ]
-    ):
-        fn = decorator(fn)
-    return fn
-
-
-def _remember_ebpf(ctx, param, value):
-    ctx.meta["tracer.ebpf"] = value
-
-
-def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, expression=(), rules=False,
-                 proxy_links=False):
-    from tracer.session import TraceOptions, TraceSession
-    from tracer.targets import Targets
-
-    # bad input (an expression libpcap or the translation refuses too) fails before any kernel work
-    targets = Targets.from_cli(ports, containers, hosts, proto, sample, expression)
-    options = TraceOptions(targets, tuple(ifaces), tc_mode, rules, proxy_links)
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.meta.get("tracer.ebpf"):  # --ebpf: the program, not a trace
-        click.echo(TraceSession(options, latency=ctx.command.name == "latency").ebpf_source(), nl=False)
-        ctx.exit(0)
-    return options
-
-
-def rules_option(fn):
-    return click.option("--rules", is_flag=True, help="Name the netfilter rules each packet met at each hook (table/chain #N, "
-                        "as iptables -S prints the rule): nf_tables tracing of the traced traffic only, through a table of our own.")(fn)
-
-
-@dataclass
-class Limits:
-    count: int | None = None
-    duration: float | None = None
-
-
-def write_options(fn):
-    """Capture file options shared by `trace -w` and `record`."""
-    for decorator in reversed(
-        [
-            click.option("--rotate-size", type=SizeType(), default=None, help="Start a new numbered file (PATH stem.0000.arrows, ...) after this size, e.g. 10M, 1G."),
-            click.option("--rotate-seconds", type=SECONDS, default=None, help="Start a new numbered file after S seconds."),
-            click.option("-C", "rotate_mb", type=MegabytesType(), default=None, help="tcpdump's -C: --rotate-size in millions of bytes (-C 100), or with a unit (-C 10M)."),
-            click.option("-W", "--rotate-files", "rotate_files", type=click.IntRange(min=1), default=None,
-                         help="Keep at most N rotated files, removing the oldest as a new one starts (tcpdump's -W ring)."),
-        ]
-    ):
-        fn = decorator(fn)
-    return fn
-
-
-class SizeType(click.ParamType):
-    name = "SIZE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        from tracer.capture.writer import parse_size
-
-        try:
-            return parse_size(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class MegabytesType(SizeType):
-    """tcpdump's -C: a bare number is millions of bytes; a unit (10M, 1G) is as --rotate-size."""
-
-    name = "MB"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            number = float(str(value))
-        except ValueError:
-            return super().convert(value, param, ctx)
-        if not number > 0:
-            self.fail(f"not a size: {value!r} (millions of bytes, as tcpdump -C)", param, ctx)
-        return int(number * 1_000_000)
-
-
-def make_recorder(path, rotate_size, rotate_seconds, stdout_busy: str | None = None, rotate_mb=None, rotate_files=None):
-    """A capture recorder for PATH (checked before any kernel work), or None.
-    PATH '-' is standard output, unless the command prints there itself
-    (``stdout_busy`` says what it prints). ``rotate_mb`` is -C (another way
-    to say rotate_size), ``rotate_files`` -W (a ring of that many files)."""
-    if rotate_mb is not None:
-        if rotate_size is not None:
-            raise click.UsageError("give one of -C and --rotate-size")
-        rotate_size = rotate_mb
-    if rotate_files is not None and rotate_size is None and rotate_seconds is None:
-        raise click.UsageError("-W/--rotate-files needs rotation: -C/--rotate-size or --rotate-seconds")
-    if path == "-" and stdout_busy:
-        raise click.UsageError(f"-w -: standard output has the {stdout_busy}; use `tracer record -w -` for a capture on a pipe")
-    if path is None:
-        if rotate_size is not None or rotate_seconds is not None:
-            raise click.UsageError("--rotate-size/--rotate-seconds/-C/-W need -w/--write PATH")
-        return None
-    from tracer.capture.recorder import Recorder
-
-    recorder = Recorder(path, rotate_size=rotate_size, rotate_seconds=rotate_seconds, rotate_files=rotate_files)
-    recorder.check()
-    return recorder
 
 
 def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_started=None,
@@ -418,13 +296,6 @@ def _drain(session, take, rounds: int = 20):
             break
         counters = again
     return counters
-
-
-proxy_links_option = click.option(
-    "--proxy-links/--no-proxy-links", default=True, show_default=True,
-    help="Join docker-proxy's two connections (client -> host port, proxy -> container) and show the proxy hop "
-         "(a capture keeps the links). Its syscall tracepoints cost every process on the host some time per syscall "
-         "(README: Performance).")
 
 
 @click.command()

@@ -8,8 +8,8 @@ import time
 
 import click
 
-from tracer.cli_params import SECONDS
-from tracer.cli_trace import IDLE_NS, MIN_PASS_S, POLL_S, JourneyFeed, RuleFeed, options_from, target_options
+from tracer.cli.options import SECONDS, options_from, target_options
+from tracer.cli.trace import IDLE_NS, MIN_PASS_S, POLL_S, JourneyFeed, RuleFeed
 from tracer.errors import TracerError
 from tracer.stopping import StopSignals
 from tracer.text import printable
