@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import tracer.journeys as journeys
+import tracer.journey_json as journey_json
 from tracer.capture import read_capture
 
 LAB = Path(__file__).resolve().parents[1] / "tests" / "data" / "lab-http.arrows"
@@ -48,18 +48,18 @@ def main() -> None:
     for r in range(copies):  # each copy its own packets
         pid[r * events.num_rows:(r + 1) * events.num_rows] += np.uint64(r) << np.uint64(32)
     table = table.set_column(table.schema.get_field_index("packet_id"), "packet_id", pa.array(pid, pa.uint64()))
-    rows = journeys.journey_rows(table)
+    rows = journey_json.journey_rows(table)
     n = len(rows)
     ids = np.concatenate([rows.packet_id, rows.flow_id])
-    hex_texts = journeys.id_texts
+    hex_texts = journey_json.id_texts
     per = {"ids integer": [], "ids hex": [], "json integer": [], "json hex": []}
     for _ in range(args.rounds):
         per["ids integer"].append(timed(lambda: integer_texts(ids, json=True)) / len(ids))
         per["ids hex"].append(timed(lambda: hex_texts(ids, json=True)) / len(ids))
-        journeys.id_texts = integer_texts
-        per["json integer"].append(timed(lambda: journeys.journey_json_block(rows)) / n)
-        journeys.id_texts = hex_texts
-        per["json hex"].append(timed(lambda: journeys.journey_json_block(rows)) / n)
+        journey_json.id_texts = integer_texts
+        per["json integer"].append(timed(lambda: journey_json.journey_json_block(rows)) / n)
+        journey_json.id_texts = hex_texts
+        per["json hex"].append(timed(lambda: journey_json.journey_json_block(rows)) / n)
     print(f"{table.num_rows:,} sightings, {n:,} journeys, {args.rounds} rounds (alternating)")
     for what, unit in (("ids", "per id"), ("json", "per journey")):
         old, new = np.array(per[f"{what} integer"]), np.array(per[f"{what} hex"])

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer.events import EVENT_SCHEMA
-from tracer.journeys import JourneyAssembler, journey_json_block, journey_rows, journeys_of_table
+from tracer.journey_json import journey_json_block
+from tracer.journey_rows import JourneyAssembler, journey_rows, journeys_of_table
 from tracer.render import Summary, render_journey
 
 IDLE_NS = 150_000_000  # as tracer/cli/trace.py

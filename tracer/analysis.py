@@ -27,9 +27,9 @@ import pyarrow.compute as pc
 
 from tracer.events import FLAG_IN_CONTAINER_NS, ICMP_NAMES, META_PREFIX
 from tracer.ids import format_id
-from tracer.journeys import _DIRECTION_CODES as _DIR_CODES
-from tracer.journeys import (VERDICTS, Hop, Journey, _endpoint_plain, _factorize, build_journeys, is_terminal,
-                             verdict_codes)
+from tracer.journey_rows import _DIRECTION_CODES as _DIR_CODES
+from tracer.journey_rows import _endpoint_plain, _factorize, verdict_codes
+from tracer.journeys import VERDICTS, Hop, Journey, build_journeys, is_terminal
 from tracer.segment_latency import SegmentLatencies
 
 ARROW = "→"

@@ -31,7 +31,8 @@ import pyarrow.compute as pc
 from tracer import addresses, events
 from tracer.analysis import _ANALYSIS_COLUMNS, PacketFacts, _codes, _ints
 from tracer.journey_capture import _address_rows, journey_sightings
-from tracer.journeys import _DIRECTION_CODES, Hop, hop_label, is_terminal
+from tracer.journey_rows import _DIRECTION_CODES
+from tracer.journeys import Hop, hop_label, is_terminal
 
 _DROP = events.HOOKS.index("drop")
 _N_HOOKS = len(events.HOOKS)

@@ -22,7 +22,7 @@ import numpy as np
 
 from tracer import addresses, events, record_words
 from tracer.decode import DecodeContext, _factorize, resolve_places
-from tracer.journeys import JourneyRows, _Codes, verdicts
+from tracer.journey_rows import _Codes, JourneyRows, verdicts
 
 _HOOK_VALUES = list(events.HOOKS) + [None]
 _STAGE_VALUES = list(events.NAT_STAGES) + [None]

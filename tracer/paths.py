@@ -34,7 +34,8 @@ import pyarrow.compute as pc
 
 from tracer.analysis import _codes, _ints, event_rows, journey_order, place_codes, wall_ns
 from tracer.hdr import Histogram
-from tracer.journeys import Hop, hop_label, is_terminal, verdict_codes
+from tracer.journey_rows import verdict_codes
+from tracer.journeys import Hop, hop_label, is_terminal
 
 MAX_BINS = 90  # time bins per segment series: bins double in width as the capture grows
 FIRST_BIN_NS = 10_000_000  # 10 ms to start with

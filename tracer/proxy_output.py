@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 
-from tracer.journeys import JourneyRows
+from tracer.journey_rows import JourneyRows
 from tracer.proxies import ProxyLink, ProxyLinks
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")

@@ -11,7 +11,8 @@ import numpy as np
 
 from tracer.ids import format_id
 from tracer.wallclock import clock
-from tracer.journeys import VERDICTS, Hop, Journey, JourneyRows, hop_label, journey_rows, nat_translation
+from tracer.journey_rows import JourneyRows, journey_rows
+from tracer.journeys import VERDICTS, Hop, Journey, hop_label, nat_translation
 from tracer.text import printable
 from tracer.units import duration_text
 

@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer.decode import _factorize as _factorize_any
-from tracer.journeys import (VERDICTS, JourneyRows, _endpoint_key, _endpoint_plain, _factorize, _flags_text, _lut,
-                             _string_buffer)
+from tracer.journey_json import _string_buffer
+from tracer.journey_rows import JourneyRows, _endpoint_key, _endpoint_plain, _factorize, _lut
+from tracer.journeys import VERDICTS, _flags_text
 from tracer.ids import format_ids
 from tracer.wallclock import clock_array
 from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt

@@ -14,7 +14,7 @@ import json
 
 import click
 
-from tracer.journeys import JourneyRows
+from tracer.journey_rows import JourneyRows
 from tracer.text import printable
 
 

@@ -114,7 +114,8 @@ from click.testing import CliRunner
 from tracer.capture import CaptureReadError
 from tracer.capture.reader import read_capture
 from tracer.cli import cli
-from tracer.journeys import journey_json_block, journey_rows
+from tracer.journey_json import journey_json_block
+from tracer.journey_rows import journey_rows
 
 paths = json.loads(open(sys.argv[2]).read())
 cli_every = int(sys.argv[3])

@@ -320,7 +320,9 @@ def test_human_journeys_escape_names_and_json_keeps_them():
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from tracer.journeys import build_journeys, journey_json_block, journey_rows
+    from tracer.journey_json import journey_json_block
+    from tracer.journey_rows import journey_rows
+    from tracer.journeys import build_journeys
     from tracer.render import render_journey
     from tracer.render_rows import render_rows
 

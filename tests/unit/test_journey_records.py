@@ -19,7 +19,8 @@ from tracer.decode import decode
 from tracer.expand import expand
 from tracer.hold import RecordHold, sort_records
 from tracer.journey_records import journey_rows_of_records
-from tracer.journeys import journey_json_lines, journey_rows, journeys_of_table
+from tracer.journey_json import journey_json_lines
+from tracer.journey_rows import journey_rows, journeys_of_table
 from tracer.render import Summary, render_journey
 from tracer.render_rows import render_rows
 

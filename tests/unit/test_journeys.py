@@ -14,7 +14,8 @@ import pytest
 
 from tests.unit.event_rows import CONTAINER_NS, HOST_NS, event_defaults
 from tracer.events import EVENT_SCHEMA, FLAG_IN_CONTAINER_NS
-from tracer.journeys import Hop, JourneyAssembler, build_journeys, fill_flows, nat_translation
+from tracer.journey_rows import JourneyAssembler
+from tracer.journeys import Hop, build_journeys, fill_flows, nat_translation
 
 CLIENT, HOST, CONTAINER = "198.18.0.2", "198.18.0.1", "172.17.0.2"
 FLOW = 0xFFFF8880_1234_5600
@@ -342,7 +343,8 @@ def test_plain_string_columns_are_accepted():
 def test_absolute_time_of_a_journey():
     """`time` (RFC 3339, ns, UTC) is the first hop's wall clock, `ktime_ns`
     its kernel clock; both paths (objects, columns) and the header agree."""
-    from tracer.journeys import journey_json_lines, journey_rows, journeys_of_table
+    from tracer.journey_json import journey_json_lines
+    from tracer.journey_rows import journey_rows, journeys_of_table
     from tracer.render import render_journey
     from tracer.render_rows import render_rows
 

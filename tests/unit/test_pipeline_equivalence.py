@@ -12,15 +12,9 @@ import pyarrow as pa
 import pytest
 
 from tracer.events import EVENT_SCHEMA, FLAG_IN_CONTAINER_NS
-from tracer.journeys import (
-    JourneyAssembler,
-    build_journeys,
-    first_journeys,
-    journey_count,
-    journey_json_block,
-    journey_json_lines,
-    journeys_of_table,
-)
+from tracer.journey_json import journey_json_block, journey_json_lines
+from tracer.journey_rows import JourneyAssembler, first_journeys, journey_count, journeys_of_table
+from tracer.journeys import build_journeys
 from tracer.render import Summary
 
 HOOKS = ["tc_ingress", "tc_egress", "nf_prerouting", "nf_input", "nf_forward", "nf_output", "nf_postrouting", "drop"]
@@ -203,7 +197,7 @@ def test_column_wise_text_is_render_journey(seed):
     """render_rows (trace's and show's human output) against render_journey,
     on random journeys: drops without addresses, ICMP, unnamed containers,
     null protocols, with and without colour."""
-    from tracer.journeys import journey_rows
+    from tracer.journey_rows import journey_rows
     from tracer.render import render_journey
     from tracer.render_rows import render_rows
 

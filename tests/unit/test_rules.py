@@ -255,7 +255,7 @@ def _rows():
 
 
 def test_rules_on_hops_text_and_json():
-    from tracer.journeys import journey_json_block
+    from tracer.journey_json import journey_json_block
     from tracer.render_rows import render_rows
 
     jr = _rows()

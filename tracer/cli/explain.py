@@ -48,7 +48,8 @@ def explain(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample
 def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]:
     """The journeys (JSON dicts with rules per hop) of the first packet of
     the next connection and of its first reply."""
-    from tracer.journeys import journey_json_block, journey_rows
+    from tracer.journey_json import journey_json_block
+    from tracer.journey_rows import journey_rows
     from tracer.rule_render import hop_rules, with_rules_json
     from tracer.session import TraceSession
 

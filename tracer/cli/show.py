@@ -33,7 +33,8 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     capture recorded: addresses, ports, protocol, IP id, TTL, length, TCP
     flags, seq and ack; no options or payload)."""
     from tracer.capture.reader import open_capture
-    from tracer.journeys import first_journeys, journey_json_block, journey_rows
+    from tracer.journey_json import journey_json_block
+    from tracer.journey_rows import first_journeys, journey_rows
     from tracer.output import write_out
     from tracer.packet_window import PacketWindow
     from tracer.proxies import ProxyLinks

@@ -31,7 +31,8 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
     """Trace until count/duration/Ctrl-C; print journeys (unless ``journeys``
     is False: `record`), write them to ``recorder``'s capture if given; return
     the summary dict."""
-    from tracer.journeys import JourneyRows, journey_json_block, journey_rows
+    from tracer.journey_json import journey_json_block
+    from tracer.journey_rows import JourneyRows, journey_rows
     from tracer.proxy_output import annotate_json, annotate_text, journey_notes
     from tracer.render import Summary, status_line
     from tracer.render_rows import render_rows
@@ -260,7 +261,7 @@ class SightingFeed:
     user space, as before journeys were assembled in the kernel."""
 
     def __init__(self, session, recorder, showing: bool) -> None:
-        from tracer.journeys import JourneyAssembler
+        from tracer.journey_rows import JourneyAssembler
 
         self.session, self.recorder, self.showing = session, recorder, showing
         self.assembler = JourneyAssembler()

@@ -1,0 +1,218 @@
+"""Journeys as JSON lines (the README's journey contract): the text of a
+batch's journeys glued from per-distinct-value fragments, one contiguous
+slice per packet (tracer/journey_rows.py computes the columns)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracer.addresses import endpoint
+from tracer.ids import id_texts
+from tracer.wallclock import rfc3339_array
+from tracer.journey_rows import JourneyRows, _dumps, _endpoint_key, _factorize, _lut, _mixed_radix, journey_rows
+from tracer.journeys import _DIRECTION_NAMES, VERDICTS, _flags_text
+
+
+def journey_json_lines(table: pa.Table) -> list[str]:
+    """One JSON line per journey, in order of first sighting: for each packet
+    exactly ``json.dumps(journey.to_json_dict())`` of build_journeys(table)."""
+    jr = journey_rows(table)
+    if not len(jr):
+        return []
+    pieces, line_starts = _json_pieces(jr, newline=False)
+    data, offsets = _string_buffer(pieces)
+    at = offsets[line_starts].tolist()
+    text = bytes(data[at[0] : at[-1]])
+    return [text[s - at[0] : e - at[0]].decode() for s, e in zip(at[:-1], at[1:])]
+
+
+def journey_json_block(table: pa.Table) -> tuple[memoryview, int]:
+    """The same lines, each ended by a newline, as one UTF-8 buffer (and how
+    many lines): for writing straight out, without a Python str per hop or
+    per line."""
+    jr = journey_rows(table)
+    if not len(jr):
+        return memoryview(b""), 0
+    pieces, _ = _json_pieces(jr, newline=True)
+    data, offsets = _string_buffer(pieces)
+    return data[int(offsets[0]) : int(offsets[-1])], len(jr)
+
+
+def _string_buffer(arr: pa.StringArray) -> tuple[memoryview, np.ndarray]:
+    """A string array's data buffer and its offsets (one per element, plus the end)."""
+    offsets = np.frombuffer(arr.buffers()[1], np.int32, count=len(arr) + 1, offset=4 * arr.offset)
+    return memoryview(arr.buffers()[2]), offsets
+
+
+_PACKET_ID_KEY, _FLOW_ID_KEY = '{"packet_id": ', ', "flow_id": '
+_TIME_KEY, _KTIME_KEY = ', "time": ', ', "ktime_ns": '
+_HEADER_PIECES = 9  # '{"packet_id": ', id, flow key, flow, time key, time, ktime key, ktime, the rest
+
+
+def _json_pieces(jr: JourneyRows, newline: bool) -> tuple[pa.StringArray, np.ndarray]:
+    """The JSON lines as string pieces which, back to back, are the text: per
+    journey '{"packet_id": ', id, ', "flow_id": ', flow, ', "time": ', time,
+    ', "ktime_ns": ', ktime, the rest of its header; per hop its head (the
+    previous hop's end, then hook .. "src": ), its addresses up to "dt_ns": ,
+    dt; then the last hop's end and ']}'. Everything but the numbers and
+    times is formatted once per distinct value; one take of a pool of all the
+    texts lays the pieces out. Also returns the piece where each line starts
+    (plus the end)."""
+    n, count = len(jr.rows), len(jr)
+    heads, head_idx = _hop_heads(jr)
+    pairs, pair_idx = _hop_addresses(jr)
+    rests, rest_idx = _header_rests(jr)
+    close = "]}\n" if newline else "]}"
+    closings = [_end_text(v) + close for v in jr.container_id.values]
+    # The pool: the distinct texts, then the numbers formatted per row/journey.
+    texts = [_PACKET_ID_KEY, _FLOW_ID_KEY, _TIME_KEY, _KTIME_KEY, *heads, *pairs, *closings, *rests]
+    head_at = 4
+    pair_at = head_at + len(heads)
+    close_at = pair_at + len(pairs)
+    rest_at = close_at + len(closings)
+    dt_at = rest_at + len(rests)
+    pid_at = dt_at + n
+    flow_at = pid_at + count
+    time_at = flow_at + count
+    ktime_at = time_at + count
+    times = pc.fill_null(pc.binary_join_element_wise('"', rfc3339_array(jr.wall_ns), '"', ""), "null")
+    pool = pa.concat_arrays([
+        pa.array(texts, pa.string()),
+        pc.cast(pa.array(jr.dt), pa.string()),
+        id_texts(jr.packet_id, json=True),  # ids as everywhere: hex text (tracer/ids.py)
+        id_texts(jr.flow_id, json=True),  # 0: unknown -> null
+        times,
+        pc.cast(pa.array(jr.ktime[jr.starts[:-1]], pa.int64()), pa.string()),
+    ])
+    # Ten pieces per journey (header: 9, closing: 1) and three per hop.
+    H = _HEADER_PIECES
+    journeys = np.arange(count)
+    line_starts = (H + 1) * np.arange(count + 1) + 3 * jr.starts
+    idx = np.empty(line_starts[-1], np.int64)
+    at = line_starts[:-1]
+    idx[at] = 0
+    idx[at + 1] = pid_at + journeys
+    idx[at + 2] = 1
+    idx[at + 3] = flow_at + journeys
+    idx[at + 4] = 2
+    idx[at + 5] = time_at + journeys
+    idx[at + 6] = 3
+    idx[at + 7] = ktime_at + journeys
+    idx[at + 8] = rest_at + rest_idx
+    hop = (H + 1) * np.repeat(journeys, np.diff(jr.starts)) + H + 3 * np.arange(n)
+    idx[hop] = head_at + head_idx
+    idx[hop + 1] = pair_at + pair_idx
+    idx[hop + 2] = dt_at + np.arange(n)
+    idx[line_starts[1:] - 1] = close_at + jr.container_id.codes[jr.starts[1:] - 1]
+    return pool.take(pa.array(idx)), line_starts
+
+
+def _hop_heads(jr: JourneyRows) -> tuple[list[str], np.ndarray]:
+    """Per hop: the previous hop's end (none on a journey's first hop) and
+    its own text up to "src": , as distinct texts and each hop's index."""
+    n = len(jr.rows)
+    # hook .. container: one formatted prefix per distinct combination.
+    ifn = jr.ifname
+    ku, kidx = _factorize(
+        _mixed_radix(
+            [(jr.hook.codes, None), (jr.stage.codes, len(jr.stage.values)),
+             (jr.container.codes, len(jr.container.values)), (ifn.codes, len(ifn.values))]
+        )
+    )
+    nu, nidx = _factorize(jr.netns)
+    hu, hidx = _factorize(kidx * len(nu) + nidx)
+    n_if, n_c, n_st = len(ifn.values), len(jr.container.values), len(jr.stage.values)
+    heads = []
+    for h in hu.tolist():
+        k, ns = divmod(h, len(nu))
+        k, i = divmod(int(ku[k]), n_if)
+        k, c = divmod(k, n_c)
+        hk, st = divmod(k, n_st)
+        heads.append(_head_text(jr.hook.values[hk], jr.stage.values[st], ifn.values[i], int(nu[ns]), jr.container.values[c]))
+    # What closes the previous hop: nothing on a journey's first hop.
+    cid_codes = jr.container_id.codes
+    ends_sep = [_end_text(v) + ", " for v in jr.container_id.values] + [""]
+    prev_end = np.empty(n, np.int64)
+    prev_end[1:] = cid_codes[:-1]
+    prev_end[jr.starts[:-1]] = len(ends_sep) - 1
+    # (previous end, head) has few distinct values: formatted once each.
+    eu, eidx = _factorize(prev_end * len(hu) + hidx)
+    e_end, e_head = np.divmod(eu, len(hu))
+    return [ends_sep[e] + heads[h] for e, h in zip(e_end.tolist(), e_head.tolist())], eidx
+
+
+def _hop_addresses(jr: JourneyRows) -> tuple[list[str], np.ndarray]:
+    """Per hop 'src, "dst": dst, "dt_ns": ', as distinct texts (once per
+    distinct endpoint, then per distinct pair) and each hop's index."""
+    su, sidx = _factorize(_endpoint_key(jr.src))
+    du, didx = _factorize(_endpoint_key(jr.dst))
+    pu, pidx = _factorize(sidx * len(du) + didx)
+    s_text = [_endpoint_json(k, jr.src_ip) for k in su.tolist()]
+    d_text = [_endpoint_json(k, jr.dst_ip) for k in du.tolist()]
+    nd = len(du)
+    return [f'{s_text[p // nd]}, "dst": {d_text[p % nd]}, "dt_ns": ' for p in pu.tolist()], pidx
+
+
+def _endpoint_json(key: int, ips: list) -> str:
+    return _endpoint_text(ips[key >> 17], (key >> 1) & 0xFFFF, key & 1)
+
+
+# Formatted texts are cached across batches: the same few hooks, interfaces
+# and endpoints recur in every poll.
+@lru_cache(maxsize=1 << 16)
+def _endpoint_text(ip: str | None, port: int, icmp: int) -> str:
+    if ip is None:
+        return "null"
+    return _dumps(ip if icmp else endpoint(ip, port))
+
+
+@lru_cache(maxsize=1 << 12)
+def _head_text(hook, stage, ifname, netns: int, container) -> str:
+    return (
+        f'{{"hook": {_dumps(hook)}, "nat_stage": {_dumps(stage)}, "ifname": {_dumps(ifname)}, '
+        f'"netns": {netns}, "container": {_dumps(container)}, "src": '
+    )
+
+
+@lru_cache(maxsize=1 << 12)
+def _header_text(direction, protocol, flags: int, container, verdict: str, reason) -> str:
+    return (
+        f', "direction": {_dumps(direction)}, "protocol": {_dumps(protocol)}, '
+        f'"tcp_flags": {_dumps(None if flags == 256 else _flags_text(flags))}, '
+        f'"container": {_dumps(container)}, "verdict": {_dumps(verdict)}, '
+        f'"drop_reason": {_dumps(reason)}, "hops": ['
+    )
+
+
+@lru_cache(maxsize=1 << 12)
+def _end_text(container_id) -> str:
+    return f', "container_id": {_dumps(container_id)}}}'
+
+
+def _header_rests(jr: JourneyRows) -> tuple[list[str], np.ndarray]:
+    """Per journey its header after the flow id (direction .. '"hops": ['),
+    as distinct texts and each journey's index."""
+    tcp = _lut(jr.protocol.values, lambda v: v == "tcp")[jr.protocol.codes]
+    flags = np.where(tcp, jr.tcp_flags.astype(np.int64), 256)  # 256: not TCP -> null
+    key = _mixed_radix(
+        [(jr.direction.astype(np.int64), None), (jr.protocol.codes, len(jr.protocol.values)), (flags, 257),
+         (jr.container_of, len(jr.container.values)), (jr.verdict.astype(np.int64), 3),
+         (jr.reason, len(jr.drop_reason.values))]
+    )
+    ku, kidx = _factorize(key)
+    texts = []
+    for k in ku.tolist():
+        k, r = divmod(k, len(jr.drop_reason.values))
+        k, v = divmod(k, 3)
+        k, c = divmod(k, len(jr.container.values))
+        k, f = divmod(k, 257)
+        d, p = divmod(k, len(jr.protocol.values))
+        texts.append(
+            _header_text(_DIRECTION_NAMES[d], jr.protocol.values[p], f, jr.container.values[c], VERDICTS[v], jr.drop_reason.values[r])
+        )
+    return texts, kidx
