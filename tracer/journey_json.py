@@ -4,7 +4,6 @@ slice per packet (tracer/journey_rows.py computes the columns)."""
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 
 import numpy as np

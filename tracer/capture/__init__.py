@@ -47,4 +47,6 @@ class CaptureReaderGone(CaptureWriteError):
 
 # The documented Python API (README, docs/capture-format.md) reads captures
 # by the package's name; inside tracer, import from the module that owns a name.
-from tracer.capture.reader import open_capture, read_capture  # noqa: E402,F401
+from tracer.capture.reader import open_capture, read_capture  # noqa: E402
+
+__all__ = ["STDIN", "CaptureReadError", "CaptureReaderGone", "CaptureWriteError", "open_capture", "read_capture"]
