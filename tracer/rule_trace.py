@@ -28,7 +28,7 @@ _IP = struct.Struct(">BBHHHBBH4s4s")
 # Decoding reports is slower than a busy host sends them: when the reader
 # is this far behind (time since it last found the socket empty), it throws
 # the oldest away unread, so memory and the wait of the journeys shown only
-# once their rules are in (tracer/cli/trace.py) stay bounded.
+# once their rules are in (tracer/live.py) stay bounded.
 MAX_LAG_NS = 2_000_000_000
 # Decoded reports waiting for the trace loop: past this many the oldest go.
 MAX_ITEMS = 50_000

@@ -63,3 +63,29 @@ def test_from_tracer_import_counts_the_module_it_names(tmp_path):
     source = tmp_path / "x.py"
     source.write_text("from tracer import session, events\nfrom tracer.kernel import links\n")
     assert runtime_imports(source) == {"tracer.session", "tracer.events", "tracer.kernel"}
+
+
+CLI = KERNEL.parent / "cli"
+# Commands share only their options (cli/options.py); the run loop, feeds and
+# everything else they use sit below the CLI. cli/__init__.py registers the
+# commands, so it alone imports the command modules.
+CLI_SHARED = {"tracer.cli.options"}
+
+
+def test_cli_commands_import_no_other_command():
+    bad = []
+    modules = sorted(CLI.glob("*.py"))
+    assert {"trace.py", "record.py", "options.py", "__init__.py"} <= {p.name for p in modules}
+    for path in modules:
+        if path.name == "__init__.py":
+            continue
+        for module in runtime_imports(path):
+            if (module == "tracer.cli" or module.startswith("tracer.cli.")) and module not in CLI_SHARED:
+                bad.append(f"cli/{path.name} imports {module}")
+    assert not bad, bad
+
+
+def test_cli_init_imports_only_command_modules_of_its_own():
+    for module in runtime_imports(CLI / "__init__.py"):
+        if module.startswith("tracer.cli."):
+            assert (CLI / (module.split(".")[2] + ".py")).exists(), module

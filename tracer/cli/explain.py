@@ -9,8 +9,8 @@ import time
 import click
 
 from tracer.cli.options import SECONDS, options_from, target_options
-from tracer.cli.trace import IDLE_NS, MIN_PASS_S, POLL_S, JourneyFeed, RuleFeed
 from tracer.errors import TracerError
+from tracer.live import IDLE_NS, MIN_PASS_S, POLL_S, JourneyFeed, RuleFeed
 from tracer.stopping import StopSignals
 from tracer.text import printable
 

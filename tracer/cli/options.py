@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 
 import click
 
@@ -153,12 +152,6 @@ def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, exp
 def rules_option(fn):
     return click.option("--rules", is_flag=True, help="Name the netfilter rules each packet met at each hook (table/chain #N, "
                         "as iptables -S prints the rule): nf_tables tracing of the traced traffic only, through a table of our own.")(fn)
-
-
-@dataclass
-class Limits:
-    count: int | None = None
-    duration: float | None = None
 
 
 def write_options(fn):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from tracer.cli.options import (SECONDS, Limits, count_option, make_recorder, options_from, proxy_links_option,
-                                rules_option, target_options, write_options)
-from tracer.cli.trace import run_trace
+from tracer.cli.options import (SECONDS, count_option, make_recorder, options_from, proxy_links_option, rules_option,
+                                target_options, write_options)
+from tracer.live import Limits, run_trace
 
 
 @click.command()
