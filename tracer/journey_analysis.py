@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer import addresses, events
-from tracer.analysis import _ANALYSIS_COLUMNS, PacketFacts, _codes, _ints
+from tracer.analysis import PacketFacts
+from tracer.analysis_rows import _ANALYSIS_COLUMNS, _codes, _ints
 from tracer.journey_capture import _address_rows, journey_sightings
 from tracer.journey_rows import _DIRECTION_CODES
 from tracer.journeys import Hop, hop_label, is_terminal
@@ -46,7 +47,7 @@ _STAGE_CODE = np.array([st if st < _N_STAGES else 0 for st in range(4)], np.int6
 def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, PacketFacts | None, pa.Table | None]:
     """(hops, facts, rest) of a chunk of journey rows holding whole packets:
     ``hops`` the sightings of the packets taken here in journey order (the
-    arrays of analysis._Sorted), ``facts`` one value per such packet, ``rest``
+    arrays of analysis_rows._Sorted), ``facts`` one value per such packet, ``rest``
     the journey rows of the other packets (None: none), for the sighting path.
     ``ca`` is the CaptureAnalysis (its Strings give codes)."""
     n = rows.num_rows

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer.analysis import _codes, _ints, event_rows, journey_order, place_codes, wall_ns
+from tracer.analysis_rows import _codes, _ints, event_rows, journey_order, place_codes, wall_ns
 from tracer.hdr import Histogram
 from tracer.journey_rows import verdict_codes
 from tracer.journeys import Hop, hop_label, is_terminal

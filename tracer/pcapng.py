@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 
 from tracer import __version__
 from tracer.addresses import packed
-from tracer.analysis import event_rows, wall_ns
+from tracer.analysis_rows import event_rows, wall_ns
 from tracer.errors import TracerError
 from tracer.events import PROTOCOL_NUMBERS
 from tracer.ids import format_ids

@@ -26,7 +26,8 @@ import re
 
 import numpy as np
 
-from tracer.analysis import Analysis, CaptureAnalysis, LatencySummary
+from tracer.analysis import CaptureAnalysis
+from tracer.analysis_result import Analysis, LatencySummary
 from tracer.ids import format_id
 from tracer.journeys import Journey
 from tracer.paths import Group, PathSummary

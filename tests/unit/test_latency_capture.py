@@ -20,7 +20,8 @@ from click.testing import CliRunner
 
 from tests.unit.analysis_data import METADATA, capture_table, event_table, lab_capture, write_capture
 from tracer import latency as L
-from tracer.analysis import CaptureAnalysis, histogram_rows, latency_summary
+from tracer.analysis import CaptureAnalysis
+from tracer.analysis_result import histogram_rows, latency_summary
 from tracer.capture.reader import read_capture
 from tracer.capture.recorder import Recorder
 from tracer.capture.writer import CaptureWriter

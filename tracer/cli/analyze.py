@@ -78,11 +78,11 @@ def _write_json(a, section: str | None) -> None:
 
 
 def _write_csv(a, section: str) -> None:
-    from tracer.analysis import DropStats, FlowStats, SegmentStats
+    from tracer.analysis_result import DropStats, FlowStats, SegmentStats
 
     out = csv.writer(sys.stdout, lineterminator="\n")
     if section == "latency":
-        from tracer.analysis import LATENCY_COLUMNS
+        from tracer.analysis_result import LATENCY_COLUMNS
 
         out.writerow(LATENCY_COLUMNS)
         for r in a.latency.rows() if a.latency else []:
