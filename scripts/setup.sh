@@ -157,7 +157,7 @@ ln -sfn "$venv/bin/tracer" /usr/local/bin/tracer
 step "path: /usr/local/bin/tracer -> $venv/bin/tracer"
 
 # ---------------------------------------------------------------- lab image (offline)
-image_id=$("$venv/bin/python" -c 'from tracer.lab import ensure_image; print(ensure_image())')
+image_id=$("$venv/bin/python" -c 'from tracer.lab_image import ensure_image; print(ensure_image())')
 step "lab image: tracer-lab:latest ${image_id:7:12}"
 
 step "done in $((SECONDS - start))s"

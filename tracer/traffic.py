@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 
 from tracer.errors import TracerError
-from tracer.lab import busybox
+from tracer.lab_base import busybox
 
 
 def _run(cmd: list[str], timeout: float) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tests.e2e.tracing import Tracer
 from tracer import traffic
-from tracer.lab import busybox
+from tracer.lab_base import busybox
 
 # Names and a /30 of this test process's own: other engineers may run these
 # tests at the same time on the same machine (the lab's is 198.18.0.0/30).

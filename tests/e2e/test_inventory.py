@@ -79,7 +79,7 @@ def dc() -> Iterator[Any]:
 def image(dc: Any) -> Iterator[str]:
     built = False
     try:
-        from tracer.lab import ensure_image  # the lab's image, if that module is there
+        from tracer.lab_image import ensure_image  # the lab's image, if that module is there
     except ImportError:
         ensure_image = None
     image_id = None

@@ -127,7 +127,7 @@ def test_ipv6_echo_is_icmp6(lab6):
     lab = lab6
     t = Tracer("--proto", "icmp6", "--host", lab["client_address6"], "--duration", "30")
     t.wait_ready()
-    from tracer.lab import busybox
+    from tracer.lab_base import busybox
 
     subprocess.run(["ip", "netns", "exec", lab["netns"], busybox(), "ping", "-6", "-c", "2", "-W", "1",
                     lab["host_address6"]], capture_output=True, timeout=20)

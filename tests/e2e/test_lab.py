@@ -16,6 +16,7 @@ import sys
 import time
 
 from tracer import lab as lab_mod
+from tracer import lab_base, lab_image
 
 BUSYBOX = "/bin/busybox"
 
@@ -26,11 +27,11 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def client_get(url: str) -> str:
     # (busybox 1.35's wget -T segfaults: bound it with timeout(1) instead)
-    return sh("ip", "netns", "exec", lab_mod.NETNS, "timeout", "5", BUSYBOX, "wget", "-q", "-O-", url).stdout
+    return sh("ip", "netns", "exec", lab_base.NETNS, "timeout", "5", BUSYBOX, "wget", "-q", "-O-", url).stdout
 
 
 def container_get(url: str) -> str:
-    return sh("docker", "exec", lab_mod.CONTAINER, "timeout", "5", "wget", "-q", "-O-", url).stdout
+    return sh("docker", "exec", lab_base.CONTAINER, "timeout", "5", "wget", "-q", "-O-", url).stdout
 
 
 def conntrack(*filters: str) -> list[tuple[dict, dict, str]]:
@@ -92,7 +93,7 @@ def test_client_reaches_container_through_dnat(lab):
     forget_old_entries(*flt)
     before = {i for _, _, i in conntrack(*flt)}
     page = client_get(f"http://{lab['host_address']}:{lab['port']}/")
-    assert lab_mod.INDEX_MARKER in page
+    assert lab_base.INDEX_MARKER in page
     new = [(o, r) for o, r, i in conntrack(*flt) if i not in before]
     assert new, "no new conntrack entry for the client's connection to host:8000"
     for orig, reply in new:
@@ -106,7 +107,7 @@ def test_container_reaches_client_server_through_masquerade(lab):
     forget_old_entries(*flt)
     before = {i for _, _, i in conntrack(*flt)}
     body = container_get(f"http://{lab['server_address']}:{lab['server_port']}/")
-    assert lab_mod.SERVER_MARKER in body
+    assert lab_base.SERVER_MARKER in body
     new = [(o, r) for o, r, i in conntrack(*flt) if i not in before]
     assert new, "no new conntrack entry for the container's connection to the client server"
     for orig, reply in new:
@@ -138,10 +139,10 @@ def test_image_is_not_rebuilt(lab):
     from tracer import dockerd
 
     dc = dockerd.client()
-    image_id = dc.images.get(lab_mod.IMAGE).id
-    assert lab_mod.ensure_image(dc) == image_id
-    img = dc.images.get(lab_mod.IMAGE)
-    assert img.labels.get(lab_mod.RECIPE_LABEL)
+    image_id = dc.images.get(lab_base.IMAGE).id
+    assert lab_image.ensure_image(dc) == image_id
+    img = dc.images.get(lab_base.IMAGE)
+    assert img.labels.get(lab_base.RECIPE_LABEL)
 
 
 def test_iperf3_server_in_container(lab):
@@ -150,20 +151,20 @@ def test_iperf3_server_in_container(lab):
 
 
 def test_up_recovers_a_stopped_container(lab):
-    sh("docker", "stop", "-t", "2", lab_mod.CONTAINER)
+    sh("docker", "stop", "-t", "2", lab_base.CONTAINER)
     st = lab_mod.status()
     assert not st["up"] and any("tracer-lab-web" in p for p in st["problems"])
     assert lab_mod.up()["up"]
-    assert lab_mod.INDEX_MARKER in client_get(f"http://{lab_mod.HOST_ADDRESS}:{lab_mod.PORT}/")
+    assert lab_base.INDEX_MARKER in client_get(f"http://{lab_base.HOST_ADDRESS}:{lab_base.PORT}/")
     refresh(lab)
 
 
 def test_up_repairs_a_broken_client_netns(lab):
-    sh("ip", "link", "del", lab_mod.HOST_IFACE)
+    sh("ip", "link", "del", lab_base.HOST_IFACE)
     assert not lab_mod.status()["up"]
     st = lab_mod.up()
     assert st["up"], st["problems"]
-    assert lab_mod.SERVER_MARKER in container_get(f"http://{lab_mod.CLIENT_ADDRESS}:{lab_mod.SERVER_PORT}/")
+    assert lab_base.SERVER_MARKER in container_get(f"http://{lab_base.CLIENT_ADDRESS}:{lab_base.SERVER_PORT}/")
     refresh(lab)
 
 
@@ -184,10 +185,10 @@ def test_down_leaves_nothing_then_up_again(lab):
         assert any("tracer-lab-web" in r for r in removed)
         names = sh("docker", "ps", "-a", "--format", "{{.Names}}").stdout.split()
         assert not [n for n in names if n.startswith("tracer-lab-")]
-        assert lab_mod.NETNS not in sh("ip", "netns", "list").stdout.split()
-        assert sh("ip", "link", "show", "dev", lab_mod.HOST_IFACE, check=False).returncode != 0
+        assert lab_base.NETNS not in sh("ip", "netns", "list").stdout.split()
+        assert sh("ip", "link", "show", "dev", lab_base.HOST_IFACE, check=False).returncode != 0
         assert not _pid_alive(server_pid)
-        assert not lab_mod.STATE_FILE.exists()
+        assert not lab_base.STATE_FILE.exists()
         rules = sh("iptables-save").stdout
         assert "198.18." not in rules
         assert not re.search(r"--dport 8000 .*DNAT", rules), "docker's DNAT for the lab outlived its container"

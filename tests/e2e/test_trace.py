@@ -266,6 +266,6 @@ def test_tiny_icmp_is_joined_across_sensors(lab):
 
 
 def lab_busybox() -> str:
-    from tracer.lab import busybox
+    from tracer.lab_base import busybox
 
     return busybox()

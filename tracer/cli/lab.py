@@ -60,7 +60,8 @@ def status(as_json: bool) -> int:
 @lab.command()
 def image() -> None:
     """Build the offline lab image (tracer-lab:latest) unless it is current."""
-    from tracer import lab as lab_mod
+    from tracer.lab_base import IMAGE
+    from tracer.lab_image import ensure_image
 
     require_root("tracer lab image")
-    click.echo(f"{lab_mod.IMAGE} {lab_mod.ensure_image()}")
+    click.echo(f"{IMAGE} {ensure_image()}")
