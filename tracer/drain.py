@@ -196,7 +196,13 @@ class BackgroundDrain:
         self.max_queued = max(1, max_queued_bytes // drain.record_size)
         self.queued = 0
         self.lock = threading.Lock()
-        self.batches: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue: CPython 3.11's SimpleQueue.get(timeout)
+        # waits forever when a signal interrupts it at its deadline (the
+        # remaining time comes out negative, which its lock reads as "no
+        # timeout"), and the main thread waits here when Ctrl-C comes:
+        # a stop that never ended. Queue waits through threading's locks,
+        # which treat that case as a timeout.
+        self.batches: queue.Queue[np.ndarray] = queue.Queue()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="ringbuf-drain", daemon=True)
         self.thread.start()

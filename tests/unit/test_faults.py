@@ -263,6 +263,39 @@ def test_time_blocked_on_a_slow_reader_is_not_a_stuck_stop():
     assert out.returncode == 0 and out.stdout == "still here\n" and out.stderr == "", out
 
 
+_TAKE_UNDER_A_SLOW_SIGNAL = r"""
+import signal, sys, time
+import numpy as np
+sys.path.insert(0, {repo!r})
+from tracer.drain import BackgroundDrain
+
+class QuietRing:  # a ring buffer nothing is written to
+    record_size = 64
+    sample = np.dtype([("x", "u8")])
+    def wait(self, timeout):
+        time.sleep(timeout)
+        return False
+
+d = BackgroundDrain(QuietRing())
+# A signal whose handling outlasts the wait's deadline (a loaded machine
+# hands the GIL back late): the wait must still end.
+signal.signal(signal.SIGALRM, lambda *a: time.sleep(0.3))
+signal.setitimer(signal.ITIMER_REAL, 0.05)
+got = d.take(0.1)
+d.stop()
+print("returned", len(got))
+"""
+
+
+def test_the_main_loops_wait_for_records_ends_when_a_signal_outlasts_it():
+    """The CI hang of a stopped trace: the main thread waits for the drain
+    thread's records with a timeout; a stop signal handled past that
+    timeout made CPython 3.11's SimpleQueue wait forever."""
+    out = subprocess.run([sys.executable, "-c", _TAKE_UNDER_A_SLOW_SIGNAL.format(repo=str(REPO))],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout == "returned 0\n", out
+
+
 # --- numbers --------------------------------------------------------------------------
 
 
