@@ -67,15 +67,20 @@ def _read(path: Path) -> str:
         return ""
 
 
-@pytest.fixture
-def cgroup():
+def _limited(name: str, limit: int):
+    """A memory cgroup of our own for one test, removed after it."""
     try:
-        group = MemoryCgroup(f"tracer-test-12a-{os.getpid()}", LIMIT)
+        group = MemoryCgroup(f"{name}-{os.getpid()}", limit)
     except RuntimeError as exc:
         pytest.fail(f"cannot limit memory on this kernel: {exc}")
     yield group
     group.remove()
     assert not group.path.exists()
+
+
+@pytest.fixture
+def cgroup():
+    yield from _limited("tracer-test-12a", LIMIT)
 
 
 def test_memory_cgroup_detection(tmp_path):
@@ -113,13 +118,7 @@ PARTS = 3000
 
 @pytest.fixture
 def report_cgroup():
-    try:
-        group = MemoryCgroup(f"tracer-test-12b-{os.getpid()}", REPORT_LIMIT)
-    except RuntimeError as exc:
-        pytest.fail(f"cannot limit memory on this kernel: {exc}")
-    yield group
-    group.remove()
-    assert not group.path.exists()
+    yield from _limited("tracer-test-12b", REPORT_LIMIT)
 
 
 def test_report_over_thousands_of_rotated_parts(tmp_path, report_cgroup):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.tracing import REPO, Tracer, kernel_snapshot, our_kernel_objects, wait_gone
+from tests.e2e.tracing import REPO, Tracer, kernel_snapshot, link_ids_held_by, our_kernel_objects, wait_gone
 from tracer import traffic
 from tracer.capture.reader import read_capture
 
@@ -38,17 +38,7 @@ def _nothing_left(before, timeout: float = 15) -> None:
 
 
 def _links_held_by_live_processes() -> set[int]:
-    held = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                    for line in f:
-                        if line.startswith("link_id:"):
-                            held.add(int(line.split()[1]))
-        except OSError:
-            continue
-    return held
+    return set().union(*(link_ids_held_by(int(pid)) for pid in filter(str.isdigit, os.listdir("/proc"))))
 
 
 def _one_error_line(stderr: str) -> str:

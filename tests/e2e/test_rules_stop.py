@@ -8,12 +8,11 @@ lab's published port, from source ports above the client's ephemeral range.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
 
-from tests.e2e.tracing import Tracer, burst_from, kernel_snapshot, own_source_ports, wait_gone
+from tests.e2e.tracing import Tracer, burst_from, kernel_snapshot, link_ids_held_by, own_source_ports, wait_gone
 from tracer.kernel.bpf_syscall import list_links
 
 # The target is ~2 s; the margin covers a loaded 2-vCPU machine (Python
@@ -26,29 +25,13 @@ def _our_tables() -> set[str]:
     return {line.split()[-1] for line in out.splitlines() if line.startswith("table inet tracer_")}
 
 
-def _link_ids_of(pid: int) -> set[int]:
-    """The BPF links the process holds (its fds' fdinfo): exactly this
-    run's, whatever other tracers attach meanwhile."""
-    ids = set()
-    fdinfo = f"/proc/{pid}/fdinfo"
-    for fd in os.listdir(fdinfo):
-        try:
-            with open(f"{fdinfo}/{fd}") as f:
-                for line in f:
-                    if line.startswith("link_id:"):
-                        ids.add(int(line.split()[1]))
-        except OSError:
-            continue
-    return ids
-
-
 def test_sigterm_during_a_burst_stops_within_seconds(lab):
     before = kernel_snapshot()
     t = Tracer("--port", str(lab["port"]), "--rules", "--duration", "120")
     t.wait_ready()
     mine = f"tracer_{t.proc.pid}"
     assert mine in _our_tables()
-    links = _link_ids_of(t.proc.pid)
+    links = link_ids_held_by(t.proc.pid)
     assert links, "the tracer holds no BPF link"
     burst = burst_from(lab, own_source_ports(400))
     try:

@@ -93,6 +93,26 @@ def our_kernel_objects() -> tuple[list, list]:
     return progs, links
 
 
+def link_ids_held_by(pid: int) -> set[int]:
+    """The BPF links a process holds (its fds' fdinfo): exactly its own,
+    whatever other tracers attach meanwhile. Empty for a process gone."""
+    ids = set()
+    fdinfo = f"/proc/{pid}/fdinfo"
+    try:
+        fds = os.listdir(fdinfo)
+    except OSError:
+        return ids
+    for fd in fds:
+        try:
+            with open(f"{fdinfo}/{fd}") as f:
+                for line in f:
+                    if line.startswith("link_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
+
+
 def tc_filters_named_tracer() -> list[str]:
     found = []
     for dev in os.listdir("/sys/class/net"):
