@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracer.errors import TracerError, one_line
+from tracer.interning import Interner
 
 # DuckDB's own memory (its buffer manager spills past it); the rest of the
 # process (a chunk of rows, the packet window) stays well under 1 GB with it.
@@ -140,29 +141,14 @@ def quiet(con: Any) -> Any:
     return con
 
 
-class Strings:
+class Strings(Interner[str]):
     """Distinct strings as small ints, the same across chunks (each chunk has
     its own Arrow dictionaries). Code -1 is null."""
-
-    def __init__(self) -> None:
-        self.values: list[str] = []
-        self._index: dict[str, int] = {}
 
     def codes(self, values: list) -> np.ndarray:
         """Global code per value of a chunk's dictionary, plus -1 for a
         trailing null slot."""
-        out = np.empty(len(values) + 1, np.int32)
-        for i, v in enumerate(values):
-            if v is None:
-                out[i] = -1
-                continue
-            code = self._index.get(v)
-            if code is None:
-                code = self._index[v] = len(self.values)
-                self.values.append(v)
-            out[i] = code
-        out[-1] = -1
-        return out
+        return np.array([-1 if v is None else self.id_of(v) for v in values] + [-1], np.int32)
 
     def get(self, code: int | None) -> str | None:
         return None if code is None or code < 0 else self.values[code]

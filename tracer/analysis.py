@@ -28,6 +28,7 @@ from tracer.analysis_result import (ARROW, Analysis, DropStats, FlowStats, Laten
                                     latency_summary)
 from tracer.analysis_rows import _codes, _ints, _reduce, _Sorted, clean_metadata, iso
 from tracer.events import ICMP_NAMES
+from tracer.interning import Interner
 from tracer.journey_rows import _DIRECTION_CODES as _DIR_CODES
 from tracer.journey_rows import _endpoint_plain, _factorize, verdict_codes
 from tracer.journeys import VERDICTS, Journey, build_journeys
@@ -79,8 +80,7 @@ class CaptureAnalysis:
         self.histograms = histograms if histograms is not None or table is None else histogram_rows(table)
         self._keep_slowest = max(slowest, 20)
         self._store = Store()
-        self._labels: list[str] = []
-        self._label_ids: dict[str, int] = {}
+        self._labels: Interner[str] = Interner()  # hop labels of every chunk, in one id space
         self._protocols, self._ips, self._containers = Strings(), Strings(), Strings()
         self.events = 0
         self.packets = 0
@@ -212,7 +212,7 @@ class CaptureAnalysis:
         duration = _reduce(np.maximum, s.kt, ps) - s.kt[ps]
         verdict, _ = verdict_codes(s.terminal, s.is_drop, ps, pe - 1)
         self._verdicts += np.bincount(verdict, minlength=3)
-        label_ids = np.array([self._label_id(x) for x in s.labels], np.int64)
+        label_ids = np.array([self._labels.id_of(x) for x in s.labels], np.int64)
         self._add_drops(s, verdict, f.reasons)
         segments = self._segments(s, f.direction, label_ids)
         packets = pa.table({
@@ -224,13 +224,6 @@ class CaptureAnalysis:
         })
         self._store.add(segments, packets)
         self._keep_slow(s, duration, f.rows_of)
-
-    def _label_id(self, label: str) -> int:
-        i = self._label_ids.get(label)
-        if i is None:
-            i = self._label_ids[label] = len(self._labels)
-            self._labels.append(label)
-        return i
 
     @staticmethod
     def _coded(t: pa.Table, name: str, strings: Any, rows: np.ndarray) -> np.ndarray:
@@ -315,13 +308,13 @@ class CaptureAnalysis:
         # Ties by the labels' text, not their ids: ids are in the order labels
         # were first met, which depends on how the capture was read.
         order = sorted(range(len(keys)), key=lambda i: (keys[i] >> (2 * _LABEL_BITS), lat.pos_sum[i] / lat.count[i],
-                                                         -lat.count[i], self._labels[(keys[i] >> _LABEL_BITS) & mask],
-                                                         self._labels[keys[i] & mask]))
+                                                         -lat.count[i], self._labels.values[(keys[i] >> _LABEL_BITS) & mask],
+                                                         self._labels.values[keys[i] & mask]))
         segments, samples = [], {}
         rng = np.random.default_rng(0)
         for i in order:
             k = keys[i]
-            name = f"{self._labels[(k >> _LABEL_BITS) & mask]} {ARROW} {self._labels[k & mask]}"
+            name = f"{self._labels.values[(k >> _LABEL_BITS) & mask]} {ARROW} {self._labels.values[k & mask]}"
             dname = _DIR_NAMES[k >> (2 * _LABEL_BITS)]
             q = quantiles[i]
             segments.append(SegmentStats(dname, name, int(lat.count[i]), q[0.5], q[0.9], q[0.99], int(lat.max[i])))

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from tracer import events, record_words
 from tracer.decode import DecodeContext, code_column, decode, drop_reason_column, protocol_column, resolve_places
 from tracer.expand import Sightings, empty, lay_out
+from tracer.interning import Interner
 from tracer.places import UNKNOWN_PLACE, Place
 
 _HOOK_DROP = events.HOOKS.index("drop")
@@ -34,28 +35,25 @@ class PlaceIds:
     any file reads on its own."""
 
     def __init__(self) -> None:
-        self.ids: dict[Place, int] = {}
-        self.places: list[Place] = []
+        self._places: Interner[Place] = Interner()
         self._unwritten: list[int] = []
 
     def ids_of(self, places: list[Place]) -> np.ndarray:
         out = np.empty(len(places), np.uint32)
         for i, place in enumerate(places):
-            pid = self.ids.get(place)
-            if pid is None:
-                pid = self.ids[place] = len(self.places)
-                self.places.append(place)
+            known = len(self._places)
+            out[i] = pid = self._places.id_of(place)
+            if pid == known:  # new: the current file still lacks its row
                 self._unwritten.append(pid)
-            out[i] = pid
         return out
 
     def new_file(self) -> None:
-        self._unwritten = list(range(len(self.places)))
+        self._unwritten = list(range(len(self._places)))
 
     def take_unwritten(self) -> list[dict]:
         """The `place` rows' info objects the current file still lacks."""
         taken, self._unwritten = self._unwritten, []
-        return [place_info(pid, self.places[pid]) for pid in taken]
+        return [place_info(pid, self._places.values[pid]) for pid in taken]
 
 
 def place_info(pid: int, place: Place) -> dict:
@@ -201,21 +199,14 @@ def _widened_tuples(col: pa.Array) -> pa.Array:
         return col
 
 
-class PlaceRegistry:
+class PlaceRegistry(Interner[Place]):
     """Places of every file a reader has read, in one id space: each file
     numbers its own (a rotated capture's parts alike, another recording
     not), so journey rows from several files can be worked on together."""
 
-    def __init__(self) -> None:
-        self.places: list[Place] = []
-        self._ids: dict[Place, int] = {}
-
-    def id_of(self, place: Place) -> int:
-        i = self._ids.get(place)
-        if i is None:
-            i = self._ids[place] = len(self.places)
-            self.places.append(place)
-        return i
+    @property
+    def places(self) -> list[Place]:
+        return self.values
 
     def lookup(self, ids: list[int]) -> list[Place]:
         return [self.places[i] if 0 <= i < len(self.places) else UNKNOWN_PLACE for i in ids]

@@ -25,6 +25,7 @@ from tracer.ids import format_ids
 from tracer.wallclock import clock_array
 from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt
 from tracer.text import printable
+from tracer.interning import Interner
 
 _ARROW = " → "
 _MAX_PAD = 256
@@ -39,19 +40,10 @@ def _style_parts(color: bool, **style) -> tuple[str, str]:
     return head, tail
 
 
-class _Pool:
+class _Pool(Interner[str]):
     """Distinct texts, each added once; ``at(text)`` is its index."""
 
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.index: dict[str, int] = {}
-
-    def at(self, text: str) -> int:
-        i = self.index.get(text)
-        if i is None:
-            i = self.index[text] = len(self.texts)
-            self.texts.append(text)
-        return i
+    at = Interner.id_of
 
     def many(self, texts: list[str]) -> np.ndarray:
         return np.array([self.at(t) for t in texts], np.int64)
@@ -221,7 +213,7 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     indent = pool.at("    ")
     b_on, b_off = pool.at(bold[0]), pool.at(bold[1])
     r_on, r_off = pool.at(red[0]), pool.at(red[1])
-    base = len(pool.texts)
+    base = len(pool)
     pid_text, flow_text = base + np.arange(count), base + count + np.arange(count)
     clock_text = base + 2 * count + np.arange(count)
     header = (b_on, clock_text, sp, pid_text, sp, pf_p, sp, first_pair_p, b_off, rest_a, flow_text, rest_b, nl)
@@ -241,7 +233,7 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     hop_at = line_at[journey_of_hop] + H + (np.arange(n) - first[journey_of_hop]) * P
     for i, col in enumerate(hop):
         idx[hop_at + i] = col
-    texts = pa.concat_arrays([pa.array(pool.texts, pa.string()), ids, clocks])
+    texts = pa.concat_arrays([pa.array(pool.values, pa.string()), ids, clocks])
     data, offsets = _string_buffer(texts.take(pa.array(idx)))
     return data[int(offsets[0]) : int(offsets[-1])]
 
