@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer.events import FLAG_IN_CONTAINER_NS, META_PREFIX
+from tracer.interning import Interner
 from tracer.journey_rows import _factorize
-from tracer.journeys import Hop, is_terminal
+from tracer.journeys import ends_journey, hop_label
 
 
 # --- column helpers ------------------------------------------------------------
@@ -179,22 +180,16 @@ class _Sorted:
         ns_, nr = len(stages) + 1, len(roles) + 1
         combo = (hook + 1) * ns_ * nr + (stage + 1) * nr + (role + 1)
         ucombo, inverse = _factorize(combo)
-        labels: list[str] = []
+        labels: Interner[str] = Interner()
         combo_label = np.empty(len(ucombo), dtype=np.int64)
         combo_terminal = np.zeros(len(ucombo), dtype=bool)
         for i, c in enumerate(ucombo.tolist()):
             h, rest = divmod(c, ns_ * nr)
             s, r = divmod(rest, nr)
-            hop = Hop(
-                hook=hooks[h - 1] if h else "?", nat_stage=stages[s - 1] if s else None, ifname=None,
-                if_role=roles[r - 1] if r else None, netns=0, container=None, src=None, dst=None,
-                ktime_ns=0, dt_ns=0, drop_reason=None,
-            )
-            if hop.label not in labels:
-                labels.append(hop.label)
-            combo_label[i] = labels.index(hop.label)
-            combo_terminal[i] = is_terminal(hop)
-        self.labels = labels
+            parts = (hooks[h - 1] if h else "?", stages[s - 1] if s else None, roles[r - 1] if r else None)
+            combo_label[i] = labels.id_of(hop_label(*parts))
+            combo_terminal[i] = ends_journey(*parts)
+        self.labels = labels.values
         label = combo_label[inverse] if n else np.zeros(0, dtype=np.int64)
         terminal = combo_terminal[inverse] if n else np.zeros(0, dtype=bool)
         is_drop = hook == (hooks.index("drop") if "drop" in hooks else -2)

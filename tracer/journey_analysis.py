@@ -31,9 +31,10 @@ import pyarrow.compute as pc
 from tracer import addresses, events
 from tracer.analysis import PacketFacts
 from tracer.analysis_rows import _ANALYSIS_COLUMNS, _codes, _ints
+from tracer.interning import Interner
 from tracer.journey_capture import _address_rows, journey_sightings
 from tracer.journey_rows import _DIRECTION_CODES
-from tracer.journeys import Hop, hop_label, is_terminal
+from tracer.journeys import ends_journey, hop_label
 
 _DROP = events.HOOKS.index("drop")
 _N_HOOKS = len(events.HOOKS)
@@ -170,20 +171,17 @@ def _labels(key: np.ndarray, places: list) -> tuple[np.ndarray, list[str], np.nd
     labels, and per label whether it ends a journey (is_terminal)."""
     roles = [p.role for p in places] + ["other"]
     present = np.flatnonzero(np.bincount(key, minlength=1))
-    labels: list[str] = []
+    labels: Interner[str] = Interner()
     terminal: list[bool] = []
     lut = np.zeros(len(present) and int(present[-1]) + 1, np.int64)
     for k in present.tolist():
         rest, place = divmod(k, len(roles))
         h, st = divmod(rest, _N_STAGES)
         name, stage, role = events.HOOKS[h] or "?", events.NAT_STAGES[st], roles[place]
-        label = hop_label(name, stage, role)
-        if label not in labels:
-            labels.append(label)
-            terminal.append(is_terminal(Hop(hook=name, nat_stage=stage, ifname=None, if_role=role, netns=0,
-                                            container=None, src=None, dst=None, ktime_ns=0, dt_ns=0, drop_reason=None)))
-        lut[k] = labels.index(label)
-    return lut[key], labels, np.array(terminal, bool)
+        lut[k] = i = labels.id_of(hop_label(name, stage, role))
+        if i == len(terminal):
+            terminal.append(ends_journey(name, stage, role))
+    return lut[key], labels.values, np.array(terminal, bool)
 
 
 def _protocol_name(name: str | None) -> str:

@@ -151,11 +151,14 @@ TERMINAL_SIGHTINGS: tuple[tuple[str, frozenset | None, frozenset | None, str], .
 
 
 def is_terminal(hop: Hop) -> bool:
+    return ends_journey(hop.hook, hop.nat_stage, hop.if_role)
+
+
+def ends_journey(hook: str, nat_stage: str | None, if_role: str | None) -> bool:
+    """is_terminal from a hop's parts (on columns: once per distinct hop)."""
     return any(
-        hop.hook == hook
-        and (stages is None or hop.nat_stage in stages)
-        and (roles is None or hop.if_role in roles)
-        for hook, stages, roles, _ in TERMINAL_SIGHTINGS
+        hook == h and (stages is None or nat_stage in stages) and (roles is None or if_role in roles)
+        for h, stages, roles, _ in TERMINAL_SIGHTINGS
     )
 
 

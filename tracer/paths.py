@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from tracer.analysis_rows import _codes, _ints, event_rows, journey_order, place_codes, wall_ns
 from tracer.hdr import Histogram
 from tracer.journey_rows import verdict_codes
-from tracer.journeys import Hop, hop_label, is_terminal
+from tracer.journeys import ends_journey, hop_label
 
 MAX_BINS = 90  # time bins per segment series: bins double in width as the capture grows
 FIRST_BIN_NS = 10_000_000  # 10 ms to start with
@@ -218,7 +218,7 @@ class PathStats:
             lab = hop_label(hook, stage, role)
             labels.append(lab)
             entries.append(_entry_of(hook, role))
-            terminal.append(is_terminal(Hop(hook, stage, None, role, 0, None, None, None, 0, 0, None)))
+            terminal.append(ends_journey(hook, stage, role))
             exits.append(_exit_of(lab))
             drop_combo.append(hook == "drop")
         nl = len(labels)
