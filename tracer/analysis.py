@@ -180,14 +180,13 @@ class CaptureAnalysis:
             container=container[_reduce(np.maximum, ccode[o], ps)],
             reasons=reasons, rows_of=rows_of))
 
-    def add_journeys(self, rows: pa.Table, registry: Any) -> pa.Table | None:
+    def add_journeys(self, rows: pa.Table, registry: Any) -> None:
         """Journey rows (schema 2, whole packets; their places ids of
         ``registry``, a journey_capture.PlaceRegistry) without laying them
         out as sightings: tracer/journey_analysis.py reads hops off the list
         columns. Packets it does not take that way (in parts, hops out of
         order, more than one container) go through ``add`` as sighting
-        rows. Returns those sighting rows when ``sightings`` is asked for
-        (None otherwise)."""
+        rows."""
         from tracer.journey_analysis import journey_packets
         from tracer.journey_capture import journey_sightings
 

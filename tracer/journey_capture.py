@@ -248,7 +248,10 @@ class JourneyBatch:
     def __init__(self, rows: pa.RecordBatch, registry: PlaceRegistry) -> None:
         self.rows = rows
         self.registry = registry
-        self.num_rows = rows.num_rows
+
+    @property
+    def num_rows(self) -> int:
+        return self.rows.num_rows
 
 
 class JourneyRowReader:
@@ -353,7 +356,7 @@ def journey_sightings(rows: pa.Table, registry: PlaceRegistry) -> pa.Table:
     if not rows.num_rows:
         return events.CAPTURE_SCHEMA.empty_table()
     if isinstance(rows, pa.Table):
-        rows = rows.combine_chunks().to_batches()[0] if rows.num_rows else rows
+        rows = rows.combine_chunks().to_batches()[0]
     return JourneyRowReader._sightings(rows, registry.lookup)
 
 

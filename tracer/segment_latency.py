@@ -3,9 +3,9 @@ bounded memory.
 
 Every latency is counted, as it streams past, in a histogram per segment
 whose buckets are 1/64 of a power of two wide (numpy ``bincount``: no sort),
-and stored with its bucket in DuckDB (tracer.aggregate; it spills to disk).
+and stored with its bucket in flat files (tracer.aggregate.Store; on disk).
 At the end the histogram says in which bucket each wanted rank lies and how
-far into it; one scan of DuckDB fetches just the latencies of those few
+far into it; one scan of the store fetches just the latencies of those few
 buckets, and sorting them gives the exact values. The result is numpy's
 default ('linear') quantile of all the latencies, as if they had all been in
 memory. Plot samples come from the same histograms.
@@ -31,7 +31,7 @@ def buckets(dt: np.ndarray) -> np.ndarray:
 
 class SegmentLatencies:
     """Per segment (a small int, in order of first appearance): count, sum of
-    positions in the journey, max, histogram; rows for DuckDB."""
+    positions in the journey, max, histogram; keys for the segment store."""
 
     def __init__(self) -> None:
         self.hist = np.zeros((0, _SPAN), np.int64)
@@ -40,7 +40,7 @@ class SegmentLatencies:
         self.max = np.zeros(0, np.int64)
 
     def add(self, seg: np.ndarray, dt: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """Count a chunk; returns each latency's key for DuckDB (segment and bucket)."""
+        """Count a chunk; returns each latency's key for the segment store (segment and bucket)."""
         n_seg = int(seg.max()) + 1 if len(seg) else 0
         if n_seg > len(self.count):
             grow = n_seg - len(self.count)
