@@ -28,7 +28,7 @@ import logging
 
 import numpy as np
 
-from tracer import events
+from tracer import events, record_words
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +245,7 @@ class BackgroundDrain:
             return np.zeros(0, self.drain.sample)
         with self.lock:
             self.queued -= sum(len(p) for p in parts)
-        if len(parts) > 1:  # as bytes: numpy's structured concatenate is slow
-            parts = [np.concatenate([p.view(np.uint8) for p in parts]).view(self.drain.record_dtype)]
-        return self.drain.release(parts[0])["event"]
+        return self.drain.release(record_words.concat(parts))["event"]
 
     def stop(self) -> None:
         self.stopping.set()
@@ -259,4 +257,4 @@ class BackgroundDrain:
         rest = [self.take(0)]
         while len(batch := self.drain.read()):
             rest.append(batch)
-        return np.concatenate(rest) if len(rest) > 1 else rest[0]
+        return record_words.concat(rest)

@@ -30,7 +30,8 @@ _HOOK_DROP = events.HOOKS.index("drop")
 
 
 def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyRows:
-    records = record_words.take(records, records["n_hops"] > 0) if not (records["n_hops"] > 0).all() else records
+    has_hops = records["n_hops"] > 0
+    records = records if has_hops.all() else record_words.take(records, has_hops)
     # Order without moving the 320-byte records: by the packet's first
     # sighting (ties by id), its parts adjacent and in time order.
     pid_all = records["packet_id"]

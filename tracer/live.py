@@ -39,7 +39,7 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
     the summary dict."""
     from tracer.journey_json import journey_json_block
     from tracer.journey_rows import JourneyRows, journey_rows
-    from tracer.proxy_output import annotate_json, annotate_text, journey_notes
+    from tracer.proxy_output import annotate
     from tracer.render import Summary, status_line
     from tracer.render_rows import render_rows
     from tracer.session import TraceSession
@@ -89,15 +89,14 @@ def run_trace(options, limits: Limits, as_json: bool, color: bool, out=None, on_
             rows = journey_rows(batch)  # once for the output and the summary
             if limits.count is not None:
                 rows = rows.head(limits.count - shown)
-            notes = journey_notes(rows, session.proxy_links)
             if as_json:
                 block, count = journey_json_block(rows)
             else:
                 block, count = render_rows(rows, color), len(rows)
             if rule_feed is not None:
                 block = rule_feed.annotate(block, rows, as_json, color)
-            if notes and count:  # the proxy hop of journeys on a docker-proxy leg
-                block = annotate_json(block, notes) if as_json else annotate_text(block, rows, notes)
+            if count:  # the proxy hop of journeys on a docker-proxy leg
+                block = annotate(block, rows, session.proxy_links, as_json)
             if count and not reader.gone:
                 reader.write(block)
             summary.add_table(rows)
