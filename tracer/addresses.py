@@ -9,7 +9,6 @@ and ``ss`` do.
 from __future__ import annotations
 
 import ipaddress
-import struct
 from functools import lru_cache
 
 import numpy as np
@@ -27,11 +26,6 @@ def packed(text: str) -> bytes:
     except ValueError:
         raise TracerError(f"{text!r} is not an IPv4 or IPv6 address") from None
     return V4_PREFIX + addr.packed if addr.version == 4 else addr.packed
-
-
-def key_words(text: str) -> tuple[int, int]:
-    """The two u64 words of struct trc_addr (as the BPF maps' keys hold them)."""
-    return struct.unpack("<QQ", packed(text))
 
 
 @lru_cache(maxsize=1 << 14)

@@ -18,6 +18,8 @@ from collections import deque
 
 import numpy as np
 
+from tracer import addresses
+
 # A hit is read after its packet's sighting (nf_tables runs between our
 # hooks): allow clock skew between the two only.
 EARLY_NS = 10_000_000
@@ -113,7 +115,7 @@ def _address_ints(addrs: np.ndarray) -> list[list[int]]:
     last four bytes of its IPv4-mapped form), an IPv6 address's 128.
     Vectorised for IPv4; IPv6 ones (never in a hit) one by one."""
     raw = np.ascontiguousarray(addrs, np.uint8)
-    flat = raw.reshape(-1, 16)
+    flat = addresses.as_rows(raw)
     v4 = (flat[:, :12] == _V4_PREFIX).all(axis=1) | ~flat[:, :12].any(axis=1)  # unused tuples are zeros: 0 either way
     ints = flat[:, 12:].copy().view(">u4").ravel().astype(object)
     for i in np.flatnonzero(~v4).tolist():
@@ -121,4 +123,4 @@ def _address_ints(addrs: np.ndarray) -> list[list[int]]:
     return ints.reshape(raw.shape[:-1]).tolist()
 
 
-_V4_PREFIX = np.frombuffer(b"\0" * 10 + b"\xff\xff", np.uint8)
+_V4_PREFIX = np.frombuffer(addresses.V4_PREFIX, np.uint8)

@@ -34,7 +34,7 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     flags, seq and ack; no options or payload)."""
     from tracer.capture.reader import open_capture
     from tracer.journey_json import journey_json_block
-    from tracer.journey_rows import first_journeys, journey_rows
+    from tracer.journey_rows import journey_rows
     from tracer.output import write_out
     from tracer.packet_window import PacketWindow
     from tracer.proxies import ProxyLinks
@@ -66,9 +66,9 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     links = ProxyLinks()  # docker-proxy links the capture recorded: the proxy hop, as `trace` showed it
     for table in _journey_slices(PacketWindow().packets(sightings)):
         table = targets.select(table, packets=packets, flows=flows)
-        if count is not None:
-            table = first_journeys(table, count - shown)
         rows = journey_rows(table)  # once for the output and the summary
+        if count is not None:
+            rows = rows.head(count - shown)
         block = journey_json_block(rows)[0] if as_json else render_rows(rows, color)
         if book is not None:
             # a packet's rule rows are written within a moment of its sightings: read by the time it is whole
