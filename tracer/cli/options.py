@@ -80,9 +80,9 @@ def color_option(fn):
                         help="Colour the output (default: when writing to a terminal and NO_COLOR is not set).")(fn)
 
 
-def count_option(fn, what: str = "packets"):
+def count_option(fn):
     return click.option("-c", "--count", type=click.IntRange(min=1), default=None,
-                        help=f"Stop after N {what} (as tcpdump -c).")(fn)
+                        help="Stop after N packets (as tcpdump -c).")(fn)
 
 
 class IdType(click.ParamType):
