@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
+
 from tracer.journey_rows import JourneyRows
 from tracer.proxies import ProxyLink, ProxyLinks
 
@@ -17,26 +19,29 @@ Note = tuple[int, ProxyLink, str, bool]  # journey index, link, leg, proxy hop a
 
 
 def journey_notes(jr: JourneyRows, links: ProxyLinks) -> list[Note]:
-    """The journeys of `jr` that are on a known proxy leg."""
+    """The journeys of `jr` that are on a known proxy leg. Looked up once
+    per distinct (src, dst) of a first hop, not per journey: a connection's
+    packets share them."""
     if not len(links) or not len(jr):
         return []
     first = jr.starts[:-1]
     s_codes, s_ports, _ = jr.src
     d_codes, d_ports, _ = jr.dst
-    notes = []
-    for k, h in enumerate(first.tolist()):
-        src = (jr.src_ip[s_codes[h]], int(s_ports[h]))
-        dst = (jr.dst_ip[d_codes[h]], int(d_ports[h]))
-        if src[0] is None or dst[0] is None:
+    pairs = np.stack([np.asarray(c)[first].astype(np.int64) for c in (s_codes, s_ports, d_codes, d_ports)], axis=1)
+    distinct, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    found: list[tuple[ProxyLink, str, bool] | None] = []
+    for sc, sp, dc, dp in distinct.tolist():
+        src, dst = (jr.src_ip[sc], sp), (jr.dst_ip[dc], dp)
+        hit = links.find(src, dst) if src[0] is not None and dst[0] is not None else None
+        if hit is None:
+            found.append(None)
             continue
-        found = links.find(src, dst)
-        if found is None:
-            continue
-        link, leg = found
+        link, leg = hit
         # Into the proxy: a request on the client leg, a reply on the backend leg.
-        into = src == link.client[0] if leg == "client" else dst == link.backend[0]
-        notes.append((k, link, leg, into))
-    return notes
+        found.append((link, leg, src == link.client[0] if leg == "client" else dst == link.backend[0]))
+    inverse = np.ravel(inverse)
+    on_leg = np.array([f is not None for f in found])[inverse]
+    return [(k, *found[inverse[k]]) for k in np.flatnonzero(on_leg).tolist()]
 
 
 def annotate(block: bytes | memoryview, jr: JourneyRows, links: ProxyLinks, as_json: bool) -> bytes | memoryview:
