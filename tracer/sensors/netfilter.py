@@ -77,36 +77,34 @@ class NetfilterSensor(Sensor):
         """The IPv4 hooks are required; the IPv6 ones are attached where the
         kernel has them (a kernel without IPv6 says so once on stderr)."""
         try:
-            for probe in PROBES:
-                fn = bpf.load_func(probe.function, BPF_PROG_TYPE_NETFILTER, attach_type=BPF_NETFILTER)
-                link, priority = _attach_first_free(fn.fd, probe, NFPROTO_IPV4)
-                self.links.append(link)
-                self.priorities[probe.name] = priority
-            self.ipv6 = self._attach_ipv6(bpf)
+            self.links += self._attach_family(bpf, NFPROTO_IPV4, "")
+            try:
+                self.links += self._attach_family(bpf, NFPROTO_IPV6, "6")
+                self.ipv6 = True
+            except PriorityTaken:  # taken: as for IPv4, a real conflict
+                raise
+            except TracerError as exc:
+                print(f"tracer: IPv6 netfilter hooks not available ({exc}); following IPv4 only at netfilter",
+                      file=sys.stderr)
+                self.ipv6 = False
         except BaseException:
             self.detach()
             raise
 
-    def _attach_ipv6(self, bpf) -> bool:
-        v6: list[NetfilterLink] = []
+    def _attach_family(self, bpf, pf: int, suffix: str) -> list[NetfilterLink]:
+        """Every probe on one protocol family's hooks; all or none."""
+        links: list[NetfilterLink] = []
         try:
             for probe in PROBES:
                 fn = bpf.load_func(probe.function, BPF_PROG_TYPE_NETFILTER, attach_type=BPF_NETFILTER)
-                link, priority = _attach_first_free(fn.fd, probe, NFPROTO_IPV6)
-                v6.append(link)
-                self.priorities[probe.name + "6"] = priority
-        except PriorityTaken:  # taken: as for IPv4, a real conflict
-            for link in v6:
+                link, priority = _attach_first_free(fn.fd, probe, pf)
+                links.append(link)
+                self.priorities[probe.name + suffix] = priority
+        except BaseException:
+            for link in links:
                 link.close()
             raise
-        except TracerError as exc:
-            for link in v6:
-                link.close()
-            print(f"tracer: IPv6 netfilter hooks not available ({exc}); following IPv4 only at netfilter",
-                  file=sys.stderr)
-            return False
-        self.links += v6
-        return True
+        return links
 
     def detach(self) -> None:
         for link in self.links:
