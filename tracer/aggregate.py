@@ -183,6 +183,8 @@ class Store:
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._flows_made = False  # the whole flows table (flow_table)
+        self._subsets = 0
 
     def add(self, segments: pa.Table, packets: pa.Table) -> None:
         if self._thread is None:
@@ -268,11 +270,52 @@ class Store:
 
     def flows(self) -> "FlowRows":
         self.wait()
+        return FlowRows(self)
+
+    def flow_count(self) -> int:
+        """Distinct flows (a packet without a flow id is in none)."""
+        self.wait()
+        (n,) = self.con.execute("SELECT count(DISTINCT flow_id) FROM pkt WHERE flow_id != 0").fetchone()
+        return int(n)
+
+    def slowest_flow_ids(self, k: int) -> np.ndarray:
+        """The ids of the ``k`` flows that come first slowest first (by their
+        slowest packet, ties by id), without grouping every packet by flow:
+        packets ordered by (duration descending, flow id) meet each flow
+        first at its slowest packet, so the first ``k`` distinct flow ids
+        met are those flows, in that order. A top-N of packets (a heap in
+        DuckDB), widened until it holds ``k`` flows or every packet."""
+        self.wait()
+        limit = max(4 * k, 1024)
+        while True:
+            rows = self.con.execute(
+                "SELECT flow_id FROM pkt WHERE flow_id != 0 ORDER BY duration DESC, flow_id LIMIT $n",
+                {"n": limit}).fetchnumpy()["flow_id"]
+            ids = np.asarray(rows, np.uint64)
+            _, first = np.unique(ids, return_index=True)
+            distinct = ids[np.sort(first)]
+            if len(distinct) >= k or len(ids) < limit:
+                return distinct[:k]
+            limit *= 4
+
+    def flow_table(self, only: np.ndarray | None = None) -> str:
+        """The flows table's name: every flow (made once, the first time it is
+        asked for), or with ``only`` a new table of just those flows."""
+        self.wait()
+        where = "flow_id != 0"
+        name = "flows"
+        if only is not None:
+            self._subsets += 1
+            name = f"flows_{self._subsets}"
+            self.con.register("wanted_flows", pa.table({"flow_id": pa.array(only, pa.uint64())}))
+            where = "flow_id IN (SELECT flow_id FROM wanted_flows)"
+        elif self._flows_made:
+            return name
         # A flow's first request (original direction first, then time) names
         # its client and service: one arg_min over a packed key.
         first = "((direction != 1)::BIGINT << 62) | first_wall"
         self.con.execute(f"""
-            CREATE TABLE flows AS SELECT flow_id, max(container) AS container,
+            CREATE TABLE {name} AS SELECT flow_id, max(container) AS container,
               arg_min(struct_pack(protocol, src_ip, src_port, dst_ip, dst_port), {first}) AS f,
               count(*) AS packets, sum(length)::BIGINT AS bytes,
               min(first_wall) AS first_wall, max(first_wall + duration) AS last_wall,
@@ -280,9 +323,12 @@ class Store:
               count(*) FILTER (verdict = 0) AS delivered, count(*) FILTER (verdict = 1) AS dropped,
               count(*) FILTER (verdict = 2) AS unknown,
               max(duration) AS slowest_ns, arg_max(packet_id, duration) AS slowest_packet_id
-            FROM pkt WHERE flow_id != 0 GROUP BY flow_id""")
-        (n,) = self.con.execute("SELECT count(*) FROM flows").fetchone()
-        return FlowRows(self, n)
+            FROM pkt WHERE {where} GROUP BY flow_id""")
+        if only is not None:
+            self.con.unregister("wanted_flows")
+        else:
+            self._flows_made = True
+        return name
 
     def throughput(self, t0: int, width: int, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sightings, packets and bytes per bin of ``width`` ns from ``t0``, by
@@ -320,40 +366,59 @@ FLOW_COLUMNS = ("flow_id", "container", "f.protocol", "f.src_ip", "f.src_port", 
 
 
 class FlowRows:
-    """The flows table, slowest first, read back lazily: ``len``, slices and
-    iteration fetch rows in batches; ``make`` turns a row dict into what the
-    caller wants (analysis.FlowStats)."""
+    """The flows, slowest first, read back lazily: ``make`` turns a row dict
+    into what the caller wants (analysis.FlowStats). Grouping millions of
+    packets by flow is most of what `stats` costs at the end on a big
+    capture, and the text and the report show only the slowest few: ``len``
+    counts distinct flows, a slice from the start (``flows[:20]``) groups just
+    the flows it holds (Store.slowest_flow_ids); iterating, or any other
+    slice, groups them all once (Store.flow_table)."""
 
-    def __init__(self, store: Store, count: int, make: Callable[[dict], Any] = dict) -> None:
-        self.store, self.count, self.make = store, count, make
+    HEAD = 10_000  # slices that end within this many flows: grouped alone
+
+    def __init__(self, store: Store, make: Callable[[dict], Any] = dict) -> None:
+        self.store, self.make = store, make
+        self._count: int | None = None
 
     def __len__(self) -> int:
-        return self.count
+        if self._count is None:
+            self._count = self.store.flow_count()
+        return self._count
 
-    def _query(self, limit: int | None = None, offset: int = 0) -> str:
+    def _query(self, table: str, limit: int | None = None, offset: int = 0) -> str:
         tail = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
-        return f"SELECT {', '.join(FLOW_COLUMNS)} FROM flows ORDER BY slowest_ns DESC, flow_id{tail}"
+        return f"SELECT {', '.join(FLOW_COLUMNS)} FROM {table} ORDER BY slowest_ns DESC, flow_id{tail}"
+
+    def _rows(self, sql: str) -> list[dict]:
+        return quiet(self.store.con.cursor()).sql(sql).to_arrow_table().to_pylist()
 
     def __iter__(self) -> Iterator[Any]:
-        reader = quiet(self.store.con.cursor()).sql(self._query()).to_arrow_reader(1 << 14)
+        reader = quiet(self.store.con.cursor()).sql(self._query(self.store.flow_table())).to_arrow_reader(1 << 14)
         for batch in reader:
             for row in batch.to_pylist():
                 yield self.make(row)
 
     def __getitem__(self, item: int | slice) -> Any:
         if isinstance(item, slice):
-            start, stop, step = item.indices(self.count)
+            start, stop, step = item.indices(len(self))
             if step != 1:
                 return list(self)[item]
-            rows = quiet(self.store.con.cursor()).sql(self._query(max(0, stop - start), start)).to_arrow_table().to_pylist()
+            if stop <= start:
+                return []
+            if stop <= self.HEAD:
+                table = self.store.flow_table(self.store.slowest_flow_ids(stop))
+                rows = self._rows(self._query(table, stop - start, start))
+                self.store.con.execute(f"DROP TABLE {table}")
+            else:
+                rows = self._rows(self._query(self.store.flow_table(), stop - start, start))
             return [self.make(r) for r in rows]
-        index = item + self.count if item < 0 else item
-        if not 0 <= index < self.count:
+        index = item + len(self) if item < 0 else item
+        if not 0 <= index < len(self):
             raise IndexError(item)
         return self[index: index + 1][0]
 
     def __bool__(self) -> bool:
-        return self.count > 0
+        return len(self) > 0
 
     def __eq__(self, other: object) -> bool:
         return list(self) == list(other) if isinstance(other, (list, FlowRows)) else NotImplemented

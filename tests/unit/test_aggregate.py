@@ -176,3 +176,40 @@ def test_bad_memory_limit_is_one_line_and_leaves_no_spill_directory(tmp_path):
         assert "TRACER_DUCKDB_MEMORY" in proc.stderr and "256MB" in proc.stderr, proc.stderr
         assert not list(tmp_path.glob(f"{SPILL_PREFIX}*")), args
         assert not (tmp_path / "r.html").exists()
+
+
+def _packets(rng, n: int, flows: int) -> pa.Table:
+    from tracer.aggregate import PACKET_SCHEMA
+    cols = {
+        "packet_id": np.arange(1, n + 1, dtype=np.uint64), "flow_id": rng.integers(0, flows, n).astype(np.uint64),
+        "first_wall": rng.integers(0, 10**9, n), "duration": rng.integers(0, 50, n),  # many ties
+        "length": rng.integers(40, 1500, n).astype(np.int32), "sightings": np.full(n, 9, np.int32),
+        "direction": rng.integers(0, 3, n).astype(np.int8), "verdict": rng.integers(0, 3, n).astype(np.int8),
+    }
+    for name in ("protocol", "src_ip", "src_port", "dst_ip", "dst_port", "container"):
+        cols[name] = rng.integers(-1, 5, n).astype(np.int32)
+    return pa.table({f.name: pa.array(cols[f.name], f.type) for f in PACKET_SCHEMA})
+
+
+@pytest.mark.parametrize("flows", [1, 7, 3000])
+def test_the_slowest_flows_alone_are_the_head_of_all_of_them(flows):
+    """``flows[:k]`` groups only the flows it shows (the top packets by
+    duration); it is exactly the first k of every flow grouped, whatever the
+    ties in duration, the flow id 0 (no flow) and k past the end."""
+    rng = np.random.default_rng(flows)
+    store = Store()
+    for _ in range(3):
+        store.add(pa.table({"key": np.zeros(0, np.int64), "dt": np.zeros(0, np.int64)}), _packets(rng, 4000, flows))
+    head = store.flows()
+    every = list(store.flows())
+    assert len(head) == len(every) == len({r["flow_id"] for r in every}) and 0 not in {r["flow_id"] for r in every}
+    assert [r["slowest_ns"] for r in every] == sorted((r["slowest_ns"] for r in every), reverse=True)
+    for k in (1, 5, 20, 1500, len(every) + 3):
+        assert head[:k] == every[:k], k
+    assert head[3:9] == every[3:9] and head[5:5] == []
+    if flows == 1:  # every packet without a flow (id 0): none
+        assert not head and len(head) == 0 and head[:20] == []
+        with pytest.raises(IndexError):
+            head[0]
+    else:
+        assert head[-1] == every[-1] and head[2] == every[2] and len(every) > 3
