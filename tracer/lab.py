@@ -22,9 +22,14 @@ MASQUERADE do all the NAT. ``up`` is idempotent and verifies reachability end
 to end before it reports success; ``down`` removes everything it made (the
 image stays as a cache).
 
+``up --no-userland-proxy`` restarts dockerd with ``--userland-proxy=false``
+(Docker's hairpin NAT instead of docker-proxy); a plain ``up`` or ``down``
+gives it back its arguments from before (lab_dockerd).
+
 This module holds ``up``, ``status``, ``down`` and the state file; the parts
 are lab_base (names, addresses, shell helpers), lab_image, lab_netns (client
-netns, veth, server) and lab_container (container, end-to-end check).
+netns, veth, server), lab_container (container, end-to-end check) and
+lab_dockerd (the engine's mode).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from tracer import lab_dockerd
 from tracer.errors import TracerError
 from tracer.lab_base import (BRIDGE, CLIENT_ADDRESS, CLIENT_ADDRESS6, CLIENT_IFACE, CONTAINER, CONTAINER_PORT,
                              HOST_ADDRESS, HOST_ADDRESS6, HOST_IFACE, IMAGE, IPERF_PORT, LAB_DIR, LOCK_FILE, LabError,
@@ -47,6 +53,7 @@ from tracer.lab_image import ensure_image
 from tracer.lab_netns import (_create_netns, _delete_netns, _ensure_ipv6, _ipv6_ready, _kill_server, _netns_exists,
                               _netns_inode, _netns_problems, _server_alive, _start_server, _sysctl_write,
                               _tune_client_netns)
+from tracer.proxies import find_proxies
 
 # --------------------------------------------------------------------------- state
 
@@ -80,20 +87,34 @@ def _locked() -> Iterator[None]:
 # --------------------------------------------------------------------------- public API
 
 
-def up() -> dict:
-    """Bring the lab up (idempotent), verify it end to end, return its status."""
+def up(userland_proxy: bool | None = None) -> dict:
+    """Bring the lab up (idempotent), verify it end to end, return its status.
+
+    ``userland_proxy``: False restarts dockerd with ``--userland-proxy=false``
+    (hairpin NAT) unless it already runs so; True restarts it with the
+    arguments it had before, if the lab switched it; None (plain ``lab up``)
+    is True when the lab switched it, and leaves an engine the lab did not
+    touch as it is (lab_dockerd)."""
     _require_root("up")
     from tracer import dockerd
 
-    dc = dockerd.client()
     with _locked():
+        state = _read_state()
+        want = userland_proxy
+        if want is None and state.get("dockerd"):
+            want = True  # plain `lab up` restores what `lab up --no-userland-proxy` changed
+        if want is not None:
+            try:
+                lab_dockerd.switch(state, want)
+            finally:
+                _write_state(state)  # what restoring needs, even when the restart failed half way
+        dc = dockerd.client()
         image_id = ensure_image(dc)
         if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
             _log("enabling net.ipv4.ip_forward")
             _sysctl_write("/proc/sys/net/ipv4/ip_forward", "1")
         c = _ensure_container(dc, image_id)
 
-        state = _read_state()
         problems = _netns_problems()
         if problems:
             if _netns_exists() or _ip_json("link", "show", "dev", HOST_IFACE):
@@ -141,6 +162,14 @@ def status(dc: Any = None) -> dict:
     host_link = _ip_json("link", "show", "dev", HOST_IFACE)
     bridge = _ip_json("link", "show", "dev", BRIDGE)
     ipv6 = _ipv6_ready()
+    userland_proxy = _engine_userland_proxy()
+    if running:
+        proxied = any(p.host_port == PORT for p in find_proxies())
+        if userland_proxy is None:  # dockerd not readable here (another pid namespace, say): what it does
+            userland_proxy = proxied
+        elif proxied != userland_proxy:
+            problems.append(f"dockerd runs with the userland proxy {'on' if userland_proxy else 'off'} but "
+                            f"docker-proxy for :{PORT} is {'missing' if userland_proxy else 'running'}")
     return {
         "up": not problems,
         "netns": NETNS,
@@ -170,8 +199,20 @@ def status(dc: Any = None) -> dict:
         "host_ifindex": host_link[0]["ifindex"] if host_link else None,
         "client_iface": CLIENT_IFACE,
         "state_file": str(STATE_FILE),
+        # The engine's mode: docker-proxy (true, Docker's default) or hairpin
+        # NAT (false); null when dockerd could not be read. `dockerd_switched`:
+        # `lab up --no-userland-proxy` restarted it so, and `lab up` restores it.
+        "userland_proxy": userland_proxy,
+        "dockerd_switched": bool(state.get("dockerd")),
         "problems": problems,
     }
+
+
+def _engine_userland_proxy() -> bool | None:
+    try:
+        return lab_dockerd.current()[2]
+    except LabError:
+        return None
 
 
 def down() -> list[str]:
@@ -182,7 +223,15 @@ def down() -> list[str]:
 
     removed: list[str] = []
     engine_error: TracerError | None = None
+    restore_error: LabError | None = None
     with _locked():
+        state = _read_state()
+        if state.get("dockerd"):  # the lab restarted dockerd without the proxy: give it back as it was
+            try:
+                lab_dockerd.switch(state, True)
+                removed.append("dockerd's --userland-proxy=false (restarted with its arguments from before)")
+            except LabError as exc:
+                restore_error = exc
         try:
             dc = dockerd.client(timeout=30)
             # by name only: containers others run from the lab image inherit its labels
@@ -193,7 +242,6 @@ def down() -> list[str]:
                 removed.append(f"container {c.name}")
         except TracerError as exc:
             engine_error = exc
-        state = _read_state()
         pid = _kill_server(state)
         if pid:
             removed.append(f"server pid {pid}")
@@ -203,7 +251,9 @@ def down() -> list[str]:
             stragglers = [p for p in _pids() if _netns_inode(f"/proc/{p}/ns/net") == ns_ino]
             if stragglers:
                 _log(f"processes not started by the lab still run in the deleted netns: {stragglers}")
-        if STATE_FILE.exists():
+        if restore_error:
+            _write_state({"dockerd": state["dockerd"]})  # kept: what a later `lab up`/`down` restores
+        elif STATE_FILE.exists():
             STATE_FILE.unlink()
             removed.append(str(STATE_FILE))
         with contextlib.suppress(FileNotFoundError):
@@ -211,6 +261,8 @@ def down() -> list[str]:
         for d in (SERVER_ROOT, LAB_DIR):
             with contextlib.suppress(OSError):
                 d.rmdir()
+    if restore_error:
+        raise LabError(f"lab removed, but dockerd was not restored to its arguments from before: {restore_error}")
     if engine_error:
         raise LabError(f"lab partly removed; containers could not be: {engine_error}")
     return removed

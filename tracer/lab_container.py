@@ -1,7 +1,7 @@
 """The lab's container, ``tracer-lab-web`` (created again when its config
 changes), its address and host-side veth, and the end-to-end check that
-both paths (client -> DNAT -> container, container -> MASQUERADE ->
-client) answer."""
+its paths (client -> DNAT -> container, container -> MASQUERADE ->
+client, container -> host port -> itself) answer."""
 
 from __future__ import annotations
 
@@ -131,4 +131,16 @@ def _verify(c: Any, timeout: float = VERIFY_TIMEOUT) -> None:
         if time.monotonic() > deadline:
             raise LabError(f"from {CONTAINER}, GET {url} failed ({one_line(out, 120) or rc}); "
                            "check ip_forward, FORWARD and MASQUERADE rules")
+        time.sleep(0.2)
+    # The container back to itself through the host's published port:
+    # docker-proxy relays it, or (userland proxy off) hairpin NAT on docker0.
+    url = f"http://{HOST_ADDRESS}:{PORT}/"
+    while True:
+        rc, out = _container_get(c, url)
+        if rc == 0 and INDEX_MARKER in out:
+            break
+        if time.monotonic() > deadline:
+            raise LabError(f"from {CONTAINER}, GET {url} failed ({one_line(out, 120) or rc}); "
+                           "check docker-proxy, or with the userland proxy off hairpin_mode on its veth "
+                           "and the MASQUERADE for it")
         time.sleep(0.2)

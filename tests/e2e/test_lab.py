@@ -1,9 +1,11 @@
 """The lab end to end: client netns -> host:8000 -> DNAT -> container, the
-container -> client server through MASQUERADE, recovery, and a clean down.
+container -> client server through MASQUERADE, recovery, the engine without
+the userland proxy (hairpin NAT), and a clean down.
 
 Traffic goes only to the lab's own addresses (198.18.0.0/30 and the container).
-The down test runs last in this file and brings the lab back up, refreshing the
-session ``lab`` dict in place for whoever uses it next.
+The hairpin tests restart dockerd and the down test takes the lab down; each
+brings the default lab back and refreshes the session ``lab`` dict in place
+for whoever uses it next (the down test runs last in this file).
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from tests.e2e.tracing import Tracer, index_of
 from tracer import lab as lab_mod
-from tracer import lab_base, lab_image
+from tracer import lab_base, lab_dockerd, lab_image
+from tracer.proxies import find_proxies
 
 BUSYBOX = "/bin/busybox"
 
@@ -166,6 +172,144 @@ def test_up_repairs_a_broken_client_netns(lab):
     assert st["up"], st["problems"]
     assert lab_base.SERVER_MARKER in container_get(f"http://{lab_base.CLIENT_ADDRESS}:{lab_base.SERVER_PORT}/")
     refresh(lab)
+
+
+# --------------------------------------------------------------------------- hairpin NAT (userland proxy off)
+
+
+@pytest.fixture(scope="class")
+def hairpin_lab(lab):
+    """The lab with dockerd restarted with --userland-proxy=false; the
+    default engine and lab restored afterwards whatever happens, and the
+    session's ``lab`` refreshed (a restarted container has a new veth and
+    pid), so every later test sees the default lab."""
+    try:
+        yield lab_mod.up(userland_proxy=False)
+    finally:
+        try:
+            restored = lab_mod.up()
+        finally:
+            refresh(lab)
+        assert restored["up"] and restored["userland_proxy"] is True and not restored["dockerd_switched"], restored
+
+
+def _bridge_address(bridge: str) -> str:
+    addrs = json.loads(sh("ip", "-j", "-4", "addr", "show", "dev", bridge).stdout)
+    return addrs[0]["addr_info"][0]["local"]
+
+
+def _show(*args: str) -> str:
+    cp = sh(sys.executable, "-m", "tracer", "show", "--no-color", *args, check=False)
+    assert cp.returncode == 0, cp.stderr
+    return cp.stdout
+
+
+class TestWithoutUserlandProxy:
+    """`lab up --no-userland-proxy`: Docker's hairpin NAT instead of
+    docker-proxy, and what tracer shows of a container reaching a published
+    port (its own) through the host."""
+
+    def test_mode_is_stated_and_switching_again_restarts_nothing(self, hairpin_lab):
+        st = hairpin_lab
+        assert st["up"], st["problems"]
+        assert st["userland_proxy"] is False and st["dockerd_switched"] is True
+        assert not [p for p in find_proxies() if p.host_port == st["port"]]
+        nat = sh("iptables", "-t", "nat", "-S").stdout
+        # Docker's hairpin NAT: no RETURN for docker0's own traffic, a DNAT that takes it too
+        assert "-A DOCKER -i docker0 -j RETURN" not in nat
+        dnat = [line for line in nat.splitlines()
+                if f"--dport {st['port']} " in line and "-j DNAT" in line and "-A DOCKER" in line]
+        assert dnat and not [line for line in dnat if "! -i docker0" in line], dnat
+        with open(f"/sys/class/net/{st['container_veth']}/brport/hairpin_mode") as f:
+            assert f.read().strip() == "1"
+        pid = lab_dockerd.dockerd_pid()
+        again = lab_mod.up(userland_proxy=False)
+        assert lab_dockerd.dockerd_pid() == pid and again["container_id"] == st["container_id"]
+        text = sh(sys.executable, "-m", "tracer", "lab", "status").stdout
+        assert "userland proxy off (hairpin NAT; dockerd restarted by" in text, text
+
+    @pytest.mark.parametrize("to", ["host_address", "bridge_address"])
+    def test_container_to_host_port_is_one_hairpin_journey(self, hairpin_lab, to, tmp_path):
+        """The container to a published port of the host (the client-side
+        address, or docker0's own) and so back to itself: DNAT at PREROUTING
+        and MASQUERADE at POSTROUTING on the same bridge, one journey from its
+        eth0 out to its eth0 in; the reply back through reverse NAT."""
+        st = hairpin_lab
+        bridge, ctr, port, cport = st["bridge"], st["container_ip"], st["port"], st["container_port"]
+        gateway = _bridge_address(bridge)
+        target = st["host_address"] if to == "host_address" else gateway
+        cap = tmp_path / "hairpin.arrows"
+        t = Tracer("--port", str(port), "--duration", "30", "-w", str(cap))
+        t.wait_ready()
+        assert lab_base.INDEX_MARKER in container_get(f"http://{target}:{port}/")
+        time.sleep(0.5)
+        journeys = t.stop()
+        assert t.returncode == 0, t.stderr
+        assert len({j["packet_id"] for j in journeys}) == len(journeys), "a packet in two journeys"
+        syns = [j for j in journeys if j["tcp_flags"] == "S" and j["hops"][0]["src"].startswith(ctr + ":")
+                and j["hops"][0]["dst"] == f"{target}:{port}"]
+        assert len(syns) == 1, [(j["tcp_flags"], j["hops"][0]["src"], j["hops"][0]["dst"]) for j in journeys]
+        syn = syns[0]
+        h = syn["hops"]
+        assert (syn["direction"], syn["verdict"], syn["container"]) == ("original", "delivered", st["container"])
+        assert "proxy" not in syn, "no docker-proxy on this path"
+        assert (h[0]["hook"], h[0]["ifname"], h[0]["container"]) == ("tc_egress", "eth0", st["container"])
+        i = index_of(syn, "nf_prerouting", "before", ifname=bridge)
+        i = index_of(syn, "nf_prerouting", "after", ifname=bridge, start=i)
+        assert (h[i]["src"], h[i]["dst"]) == (h[0]["src"], f"{ctr}:{cport}"), "DNAT to the container port"
+        i = index_of(syn, "nf_forward", start=i)
+        i = index_of(syn, "nf_postrouting", "after", ifname=bridge, start=i)
+        masq = h[i]["src"]
+        assert masq.rpartition(":")[0] == gateway and h[i]["dst"] == f"{ctr}:{cport}", "MASQUERADE to docker0's address"
+        assert (h[-1]["hook"], h[-1]["ifname"], h[-1]["container"], h[-1]["dst"]) == \
+            ("tc_ingress", "eth0", st["container"], f"{ctr}:{cport}"), "ends at the container's eth0"
+
+        replies = [j for j in journeys if j["tcp_flags"] == "SA" and j["flow_id"] == syn["flow_id"]]
+        assert len(replies) == 1, [(j["tcp_flags"], j["flow_id"]) for j in journeys]
+        sa = replies[0]
+        r = sa["hops"]
+        assert (sa["direction"], sa["verdict"]) == ("reply", "delivered")
+        assert (r[0]["hook"], r[0]["ifname"], r[0]["src"], r[0]["dst"]) == ("tc_egress", "eth0", f"{ctr}:{cport}", masq)
+        i = index_of(sa, "nf_prerouting", "after", ifname=bridge)
+        assert r[i]["dst"] == h[0]["src"], "reverse MASQUERADE: back to the connecting socket"
+        i = index_of(sa, "nf_postrouting", "after", ifname=bridge, start=i)
+        assert r[i]["src"] == f"{target}:{port}", "reverse DNAT: from the address it connected to"
+        assert (r[-1]["hook"], r[-1]["ifname"], r[-1]["dst"]) == ("tc_ingress", "eth0", h[0]["src"])
+
+        # The text names both translations at the bridge (from the capture trace -w wrote).
+        text = _show("--packet", syn["packet_id"], str(cap))
+        assert re.search(rf"nf_prerouting/after\s+{bridge}\s.*→ {re.escape(ctr)}:{cport}\s+DNAT$", text, re.M), text
+        assert re.search(rf"nf_postrouting/after\s+{bridge}\s+{re.escape(masq)} → .*SNAT$", text, re.M), text
+        text = _show("--packet", sa["packet_id"], str(cap))
+        assert re.search(r"nf_prerouting/after\s.*reverse SNAT$", text, re.M), text
+        assert re.search(r"nf_postrouting/after\s.*reverse DNAT$", text, re.M), text
+
+
+    def test_host_loopback_is_dnat_and_masquerade_without_the_proxy(self, hairpin_lab):
+        """`127.0.0.1:8000` on the host with the proxy off: OUTPUT DNAT (Docker
+        sets route_localnet on docker0) and a MASQUERADE of the loopback
+        source at POSTROUTING, one journey into the container; the reply is
+        delivered back to the host at INPUT with its source translated back."""
+        st = hairpin_lab
+        bridge, ctr, port, cport = st["bridge"], st["container_ip"], st["port"], st["container_port"]
+        t = Tracer("--port", str(port), "--duration", "30")
+        t.wait_ready()
+        page = sh(BUSYBOX, "wget", "-q", "-O-", f"http://127.0.0.1:{port}/").stdout
+        assert lab_base.INDEX_MARKER in page
+        time.sleep(0.5)
+        journeys = t.stop()
+        assert t.returncode == 0, t.stderr
+        syn = next(j for j in journeys if j["tcp_flags"] == "S" and j["hops"][0]["dst"] == f"127.0.0.1:{port}")
+        h = syn["hops"]
+        assert (syn["verdict"], syn["container"]) == ("delivered", st["container"]) and "proxy" not in syn
+        i = index_of(syn, "nf_output", "after")
+        assert h[i]["dst"] == f"{ctr}:{cport}", "DNAT in OUTPUT"
+        i = index_of(syn, "nf_postrouting", "after", ifname=bridge, start=i)
+        assert h[i]["src"].rpartition(":")[0] == _bridge_address(bridge), "the loopback source MASQUERADEd"
+        assert (h[-1]["hook"], h[-1]["ifname"]) == ("tc_ingress", "eth0")
+        sa = next(j for j in journeys if j["tcp_flags"] == "SA" and j["flow_id"] == syn["flow_id"])
+        assert sa["verdict"] == "delivered" and sa["hops"][-1]["hook"] == "nf_input"
+        assert (sa["hops"][-1]["src"], sa["hops"][-1]["dst"]) == (f"127.0.0.1:{port}", h[0]["src"])
 
 
 def _pid_alive(pid: int) -> bool:

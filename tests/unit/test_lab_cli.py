@@ -57,3 +57,21 @@ def test_lab_help_lists_commands():
     assert cp.returncode == 0
     for sub in ("up", "down", "status"):
         assert sub in cp.stdout
+
+
+@pytest.mark.parametrize("flag", ["--no-userland-proxy", "--userland-proxy"])
+def test_lab_up_mode_needs_root(monkeypatch, capsys, flag):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    code, out, err = invoke(capsys, "lab", "up", flag)
+    assert_one_line_error(code, err, "needs root", "lab up")
+    assert out == ""
+
+
+def test_lab_status_says_the_mode():
+    from tracer.cli.lab import _mode
+
+    assert _mode({"userland_proxy": True, "dockerd_switched": False}) == "userland proxy on (docker-proxy)"
+    off = _mode({"userland_proxy": False, "dockerd_switched": True})
+    assert off.startswith("userland proxy off (hairpin NAT;") and "`lab up` restores it" in off
+    assert "own configuration" in _mode({"userland_proxy": False, "dockerd_switched": False})
+    assert _mode({"userland_proxy": None, "dockerd_switched": False}) == "userland proxy unknown"

@@ -20,12 +20,16 @@ def lab() -> None:
 
 
 @lab.command()
-def up() -> None:
+@click.option("--userland-proxy/--no-userland-proxy", "userland_proxy", default=None,
+              help="--no-userland-proxy restarts dockerd with --userland-proxy=false (hairpin NAT "
+                   "instead of docker-proxy); a plain `lab up` (or --userland-proxy) restarts it with "
+                   "its arguments from before. An engine the lab did not switch is left as it is.")
+def up(userland_proxy: bool | None) -> None:
     """Build the image if needed, start the container, client netns and
     server; verify traffic both ways; print the lab as JSON."""
     from tracer import lab as lab_mod
 
-    _print_json(lab_mod.up())
+    _print_json(lab_mod.up(userland_proxy))
 
 
 @lab.command()
@@ -51,10 +55,21 @@ def status(as_json: bool) -> int:
         click.echo(f"lab {state}: client netns {st['netns']} ({st['client_address']}) -> "
                    f"{st['host_address']}:{st['port']} -> {st['container']} "
                    f"({st['container_ip'] or '-'}:{st['container_port']}); "
-                   f"server {st['server_address']}:{st['server_port']}")
+                   f"server {st['server_address']}:{st['server_port']}; {_mode(st)}")
         for p in st["problems"]:
             click.echo(f"  - {p}")
     return 0 if st["up"] else 1
+
+
+def _mode(st: dict) -> str:
+    """'userland proxy on (docker-proxy)' / '... off (hairpin NAT; ...)'."""
+    if st["userland_proxy"] is None:
+        return "userland proxy unknown"
+    if st["userland_proxy"]:
+        return "userland proxy on (docker-proxy)"
+    how = "dockerd restarted by `lab up --no-userland-proxy`; `lab up` restores it" if st["dockerd_switched"] \
+        else "dockerd's own configuration"
+    return f"userland proxy off (hairpin NAT; {how})"
 
 
 @lab.command()
