@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from tracer.addresses import endpoint
 from tracer.ids import id_texts
 from tracer.wallclock import rfc3339_array
-from tracer.journey_rows import JourneyRows, _dumps, _endpoint_key, _factorize, _lut, _mixed_radix, journey_rows
+from tracer.journey_rows import JourneyRows, _dumps, _factorize, _lut, _mixed_radix, journey_rows
 from tracer.journeys import _DIRECTION_NAMES, VERDICTS, _flags_text
 
 
@@ -148,13 +148,9 @@ def _hop_heads(jr: JourneyRows) -> tuple[list[str], np.ndarray]:
 def _hop_addresses(jr: JourneyRows) -> tuple[list[str], np.ndarray]:
     """Per hop 'src, "dst": dst, "dt_ns": ', as distinct texts (once per
     distinct endpoint, then per distinct pair) and each hop's index."""
-    su, sidx = _factorize(_endpoint_key(jr.src))
-    du, didx = _factorize(_endpoint_key(jr.dst))
-    pu, pidx = _factorize(sidx * len(du) + didx)
-    s_text = [_endpoint_json(k, jr.src_ip) for k in su.tolist()]
-    d_text = [_endpoint_json(k, jr.dst_ip) for k in du.tolist()]
-    nd = len(du)
-    return [f'{s_text[p // nd]}, "dst": {d_text[p % nd]}, "dt_ns": ' for p in pu.tolist()], pidx
+    pair, (s_keys, d_keys) = jr.pairs()
+    return [f'{_endpoint_json(s, jr.src_ip)}, "dst": {_endpoint_json(d, jr.dst_ip)}, "dt_ns": '
+            for s, d in zip(s_keys.tolist(), d_keys.tolist())], pair
 
 
 def _endpoint_json(key: int, ips: list) -> str:

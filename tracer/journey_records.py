@@ -22,7 +22,8 @@ import numpy as np
 
 from tracer import addresses, events, record_words
 from tracer.decode import DecodeContext, _factorize, resolve_places
-from tracer.journey_rows import _Codes, JourneyRows, verdicts
+from tracer.journey_rows import _Codes, JourneyRows, _endpoint_key, verdicts
+from tracer.journey_rows import _factorize as _factorize_codes
 
 _HOOK_VALUES = list(events.HOOKS) + [None]
 _STAGE_VALUES = list(events.NAT_STAGES) + [None]
@@ -54,9 +55,14 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
     ifindex = hops.ifindex
     ktime = fk_r[rec] + hops.dt_ns.astype(np.int64)
     ktime[rec_first + n_hops - 1] = field("last_ktime").astype(np.int64)  # exact where dt_ns saturated
-    t_idx = np.minimum(hops.tuple, events.MAX_TUPLES - 1)
-    src_a, dst_a, sport, dport = record_words.tuples_at(records, rec, t_idx, o)
-    sport, dport = sport.astype(np.int64), dport.astype(np.int64)
+    # Addresses per tuple a hop points at (a record holds 1-4, its ~9 hops
+    # share them), not per hop: gathered, named and paired once each.
+    slot = rec * events.MAX_TUPLES + np.minimum(hops.tuple, events.MAX_TUPLES - 1)
+    pointed = np.zeros(len(o) * events.MAX_TUPLES, bool)
+    pointed[slot] = True
+    tuple_of_hop = (np.cumsum(pointed) - 1)[slot]
+    used = np.flatnonzero(pointed)
+    t_src, t_dst, t_sport, t_dport = record_words.tuple_slots(records, used, o)
 
     # Journeys over hops.
     packet_of_rec = np.repeat(np.arange(len(rstart)), rsizes)
@@ -74,7 +80,8 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
     netns_raw = np.where(is_drop, field("drop_netns")[rec], 0).astype(np.uint32)
 
     # Places: resolved once per distinct (in container netns, netns, ifindex).
-    places, where = resolve_places(ctx, in_ct, netns_raw, ifindex.astype(np.uint32), lambda: (src_a, dst_a))
+    places, where = resolve_places(ctx, in_ct, netns_raw, ifindex.astype(np.uint32),
+                                   lambda: (t_src[tuple_of_hop], t_dst[tuple_of_hop]))
     where = np.asarray(where, np.int64)
     role = _place_codes(where, [p.role for p in places])
     ifname = _place_codes(where, [p.ifname for p in places])
@@ -99,9 +106,14 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
     last = starts[1:] - 1
     reason = np.where(dropped, reason_hop[last], null_reason)
 
-    icmp = np.isin(field("protocol")[rec], list(events.ICMP_NUMBERS))
-    src_values, src_codes = _address_names(src_a)
-    dst_values, dst_codes = _address_names(dst_a)
+    t_icmp = np.isin(field("protocol")[used // events.MAX_TUPLES], list(events.ICMP_NUMBERS))
+    src_values, t_src_codes = _address_names(t_src)
+    dst_values, t_dst_codes = _address_names(t_dst)
+    t_src_ep = (t_src_codes, t_sport.astype(np.int64), t_icmp)
+    t_dst_ep = (t_dst_codes, t_dport.astype(np.int64), t_icmp)
+    su, sidx = _factorize_codes(_endpoint_key(t_src_ep))
+    du, didx = _factorize_codes(_endpoint_key(t_dst_ep))
+    pu, t_pair = _factorize_codes(sidx * len(du) + didx)
 
     truthy = np.array([bool(v) for v in container.values], bool)[container.codes]
     pos = np.where(truthy, np.arange(total), total)
@@ -125,8 +137,8 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
         stage=stage,
         role=role,
         drop_reason=_Codes(reason_hop, reason_values),
-        src=(src_codes, sport, icmp.copy()),
-        dst=(dst_codes, dport, icmp.copy()),
+        src=tuple(a[tuple_of_hop] for a in t_src_ep),
+        dst=tuple(a[tuple_of_hop] for a in t_dst_ep),
         src_ip=src_values,
         dst_ip=dst_values,
         container=container,
@@ -138,6 +150,8 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
         netns=netns,
         ifname=ifname,
         container_id=container_id,
+        pair=t_pair[tuple_of_hop],
+        pair_keys=(su[pu // len(du)], du[pu % len(du)]),
     )
 
 

@@ -218,9 +218,25 @@ class JourneyRows:
     ifname: _Codes  # per hop
     container_id: _Codes  # per hop
     wall_ns: np.ndarray  # per packet: wall clock (UTC ns) of the first hop; 0 unknown
+    # Per hop: its (src, dst) as an index into the distinct pairs, whose
+    # endpoint keys (_endpoint_key) are ``pair_keys``: the outputs format
+    # each distinct pair once. None until ``pairs()`` computes them (the
+    # kernel's records give them per address tuple, far fewer than hops).
+    pair: np.ndarray | None = None
+    pair_keys: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.packet_id)
+
+    def pairs(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """(per hop: index of its (src, dst) pair, (src keys, dst keys) of
+        the distinct pairs): keys as _endpoint_key, the outputs' texts."""
+        if self.pair is None:
+            su, sidx = _factorize(_endpoint_key(self.src))
+            du, didx = _factorize(_endpoint_key(self.dst))
+            pu, self.pair = _factorize(sidx * len(du) + didx)
+            self.pair_keys = (su[pu // len(du)], du[pu % len(du)])
+        return self.pair, self.pair_keys
 
     def head(self, n: int) -> "JourneyRows":
         """The first ``n`` journeys (for --count)."""
@@ -238,6 +254,7 @@ class JourneyRows:
             src=tuple(a[:h] for a in self.src), dst=tuple(a[:h] for a in self.dst),
             src_ip=self.src_ip, dst_ip=self.dst_ip,
             protocol=_Codes(self.protocol.codes[:n], self.protocol.values),
+            pair=self.pair[:h] if self.pair is not None else None, pair_keys=self.pair_keys,
             **per_hop, **codes, **per_journey,
         )
 

@@ -88,6 +88,13 @@ def tuples_at(records: np.ndarray, rec: np.ndarray, index: np.ndarray, order: np
     return _fields(words(records, "tuples", order)[rec, index], _network_order(records))
 
 
+def tuple_slots(records: np.ndarray, slots: np.ndarray, order: np.ndarray | None = None):
+    """saddr, daddr (bytes), sport, dport of tuple ``slots[k] % MAX_TUPLES``
+    of record ``slots[k] // MAX_TUPLES`` (of ``records[order]``)."""
+    w = words(records, "tuples", order)
+    return _fields(w.reshape(-1, w.shape[2])[slots], _network_order(records))
+
+
 def concat(parts: list[np.ndarray]) -> np.ndarray:
     """Record arrays back to back, as bytes. np.concatenate promotes a
     structured dtype to native byte order first, converting the kernel's

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from tracer.decode import _factorize as _factorize_any
 from tracer.journey_json import _string_buffer
-from tracer.journey_rows import JourneyRows, _endpoint_key, _endpoint_plain, _factorize, _lut
+from tracer.journey_rows import JourneyRows, _endpoint_plain, _factorize, _lut
 from tracer.journeys import VERDICTS, _flags_text
 from tracer.ids import format_ids
 from tracer.wallclock import clock_array
@@ -135,18 +135,17 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
         return pad[np.minimum(width[journey_of_hop] - length, _MAX_PAD - 1)]
 
     # Addresses: 'src → dst' per distinct pair; '?' for none.
-    su, sidx = _factorize(_endpoint_key(jr.src))
-    du, didx = _factorize(_endpoint_key(jr.dst))
-    s_text = [_endpoint_plain(jr.src_ip[k >> 17], (k >> 1) & 0xFFFF, k & 1) or "?" for k in su.tolist()]
-    d_text = [_endpoint_plain(jr.dst_ip[k >> 17], (k >> 1) & 0xFFFF, k & 1) or "?" for k in du.tolist()]
-    pu, pidx = _factorize(sidx * len(du) + didx)
-    pair_p = pool.many([f"{s_text[p // len(du)]}{_ARROW}{d_text[p % len(du)]}" for p in pu.tolist()])[pidx]
+    pidx, (s_keys, d_keys) = jr.pairs()
+    s_keys, d_keys = s_keys.tolist(), d_keys.tolist()
+    s_text = [_endpoint_plain(jr.src_ip[k >> 17], (k >> 1) & 0xFFFF, k & 1) or "?" for k in s_keys]
+    d_text = [_endpoint_plain(jr.dst_ip[k >> 17], (k >> 1) & 0xFFFF, k & 1) or "?" for k in d_keys]
+    pair_p = pool.many([f"{s}{_ARROW}{d}" for s, d in zip(s_text, d_text)])[pidx]
 
     # NAT between a hop and the previous one with addresses (drop hops say
     # nothing and are passed over: nat_translation).
     is_drop = _lut(hook_values, lambda v: v == "drop")[jr.hook.codes]
-    s_known = np.array([jr.src_ip[k >> 17] is not None for k in su.tolist()], bool)[sidx]
-    d_known = np.array([jr.dst_ip[k >> 17] is not None for k in du.tolist()], bool)[didx]
+    s_known = np.array([jr.src_ip[k >> 17] is not None for k in s_keys], bool)[pidx]
+    d_known = np.array([jr.dst_ip[k >> 17] is not None for k in d_keys], bool)[pidx]
     carries = ~is_drop & s_known & d_known
     pos = np.where(carries, np.arange(n), -1)
     prev_all = np.maximum.accumulate(np.concatenate(([-1], pos[:-1]))) if n else pos
@@ -154,8 +153,8 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     has_prev = (prev >= 0) & ~is_drop & s_known & d_known
     p = np.maximum(prev, 0)
     # Compared as shown (ICMP shows no ids, so an id NAT rewrote is no change).
-    s_shown = _text_ids(s_text)[sidx]
-    d_shown = _text_ids(d_text)[didx]
+    s_shown = _text_ids(s_text)[pidx]
+    d_shown = _text_ids(d_text)[pidx]
     dst_changed = has_prev & (d_shown != d_shown[p])
     src_changed = has_prev & (s_shown != s_shown[p])
     reply = (jr.direction == 2)[journey_of_hop]
