@@ -22,7 +22,7 @@ import numpy as np
 
 from tracer import addresses, events, record_words
 from tracer.decode import DecodeContext, _factorize, resolve_places
-from tracer.journey_rows import _Codes, JourneyRows, _endpoint_key, verdicts
+from tracer.journey_rows import _Codes, JourneyRows, _endpoint_key, journey_containers, verdicts
 from tracer.journey_rows import _factorize as _factorize_codes
 
 _HOOK_VALUES = list(events.HOOKS) + [None]
@@ -115,11 +115,7 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
     du, didx = _factorize_codes(_endpoint_key(t_dst_ep))
     pu, t_pair = _factorize_codes(sidx * len(du) + didx)
 
-    truthy = np.array([bool(v) for v in container.values], bool)[container.codes]
-    pos = np.where(truthy, np.arange(total), total)
-    firstnamed = np.minimum.reduceat(pos, first_hop) if total else pos
-    named = firstnamed < starts[1:]
-    container_of = np.where(named, container.codes[np.minimum(firstnamed, max(total - 1, 0))], len(container.values) - 1)
+    container_of, container_to = journey_containers(container.codes, container.values, starts, container_id)
 
     return JourneyRows(
         work=None,
@@ -143,6 +139,7 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
         dst_ip=dst_values,
         container=container,
         container_of=container_of,
+        container_to=container_to,
         protocol=_Codes(proto_codes, proto_values),
         tcp_flags=records["tcp_flags"][p_first].astype(np.int64),
         length=records["length"][p_first].astype(np.int64),

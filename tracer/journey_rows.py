@@ -211,6 +211,7 @@ class JourneyRows:
     dst_ip: list
     container: _Codes  # per hop: name, else id[:12]
     container_of: np.ndarray  # per packet: container code of the first named hop
+    container_to: np.ndarray  # per packet: the last named hop's, where that is another container (null slot else)
     protocol: _Codes  # per packet
     tcp_flags: np.ndarray  # per packet
     length: np.ndarray  # per packet
@@ -247,7 +248,8 @@ class JourneyRows:
         codes = {f: _Codes(getattr(self, f).codes[:h], getattr(self, f).values)
                  for f in ("hook", "stage", "role", "drop_reason", "container", "ifname", "container_id")}
         per_journey = {f: getattr(self, f)[:n] for f in ("packet_id", "flow_id", "direction", "verdict", "reason",
-                                                         "last_seen", "container_of", "tcp_flags", "length",
+                                                         "last_seen", "container_of", "container_to",
+                                                         "tcp_flags", "length",
                                                          "wall_ns")}
         return JourneyRows(
             work=self.work, starts=self.starts[: n + 1],
@@ -257,6 +259,46 @@ class JourneyRows:
             pair=self.pair[:h] if self.pair is not None else None, pair_keys=self.pair_keys,
             **per_hop, **codes, **per_journey,
         )
+
+
+def journey_containers(codes: np.ndarray, values: list, starts: np.ndarray,
+                       ids: "_Codes | None" = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per journey (hops ``starts[g]:starts[g+1]``), the code of its
+    container: its first hop's that names one; and the container it ends
+    in where that is another one (a packet from one container to another,
+    through a published port say), else the null slot (the last value).
+    Two hops are in different containers when their container ids differ
+    (``ids``, per hop), or without ids, their names."""
+    null = len(values) - 1
+    n = len(codes)
+    if not n:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    truthy = _lut(values, bool)[codes]
+    first = starts[:-1]
+    at = np.arange(n)
+    firstnamed = np.minimum.reduceat(np.where(truthy, at, n), first)
+    lastnamed = np.maximum.reduceat(np.where(truthy, at, -1), first)
+    named = firstnamed < starts[1:]
+    container_of = np.where(named, codes[np.minimum(firstnamed, n - 1)], null)
+    fi, li = np.minimum(firstnamed, n - 1), np.maximum(lastnamed, 0)
+    last = np.where(lastnamed >= first, codes[li], null)
+    # Compared by value: a dictionary built from several chunks repeats values.
+    same = _canonical(values)
+    other = same[last] != same[container_of]
+    if ids is not None:
+        id_same = _canonical(ids.values)
+        a, b = id_same[ids.codes[fi]], id_same[ids.codes[li]]
+        known = _lut(ids.values, bool)
+        both = known[ids.codes[fi]] & known[ids.codes[li]]
+        other = np.where(both, a != b, other)
+    container_to = np.where(named & other, last, null)
+    return container_of, container_to
+
+
+def _canonical(values: list) -> np.ndarray:
+    """Per code, the first code of an equal value."""
+    first: dict = {}
+    return np.array([first.setdefault(v, i) for i, v in enumerate(values)], np.int64)
 
 
 def _journey_rows(work: pa.Table) -> JourneyRows:
@@ -335,11 +377,7 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
     names, ids = _codes(work["container_name"]), _codes(work["container_id"])
     c_values = names.values[:-1] + [v[:12] if v else None for v in ids.values]
     c_codes = np.where(names.codes == len(names.values) - 1, len(names.values) - 1 + ids.codes, names.codes)[rows]
-    truthy = _lut(c_values, bool)[c_codes]
-    pos = np.where(truthy, np.arange(len(rows)), len(rows))
-    firstnamed = np.minimum.reduceat(pos, first) if len(rows) else pos
-    named = firstnamed < starts[1:]
-    container_of = np.where(named, c_codes[np.minimum(firstnamed, max(len(rows) - 1, 0))], len(c_values) - 1)
+    container_of, container_to = journey_containers(c_codes, c_values, starts, _Codes(ids.codes[rows], ids.values))
 
     ifn = _codes(work["ifname"])
     p_first = starts0[order]  # the packet's earliest row (before drop reordering), as _build_sorted
@@ -370,6 +408,7 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
         dst_ip=d_ip.values,
         container=_Codes(c_codes, c_values),
         container_of=container_of,
+        container_to=container_to,
         protocol=_Codes(proto_all.codes[p_first], proto_all.values),
         tcp_flags=tflags_all[p_first],
         length=_numpy(work["length"])[p_first],

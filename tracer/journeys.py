@@ -96,6 +96,18 @@ class Journey:
         return max(h.ktime_ns for h in self.hops)
 
     @property
+    def to_container(self) -> str | None:
+        """The container the packet ends in, where that is not ``container``
+        (one container to another, e.g. through a published port of the
+        host); None otherwise (journeyrows.journey_containers column-wise)."""
+        named = [h for h in self.hops if h.container]
+        if not named:
+            return None
+        a, b = named[0], named[-1]
+        other = a.container_id != b.container_id if a.container_id and b.container_id else a.container != b.container
+        return b.container if other else None
+
+    @property
     def src(self) -> str | None:
         """Source as the packet entered (before any NAT)."""
         return self.hops[0].src

@@ -57,7 +57,8 @@ def render_journey(j: Journey, color: bool) -> str:
         " ".join(header),
         j.direction or "?",
         f"flow {short_id(j.flow_id)}",
-        *([f"[{printable(j.container)}]"] if j.container else []),
+        *([f"[{printable(j.container)}{' → ' + printable(j.to_container) if j.to_container else ''}]"]
+          if j.container else []),
         _style(verdict, color, **_VERDICT_STYLE.get(j.verdict, {})),
     ]
     lines = [_style("  ".join(parts[:1]), color, bold=True) + "  " + "  ".join(parts[1:])]

@@ -193,13 +193,17 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     first_pair_p = pair_p[first]
     directions = {0: "?", 1: "original", 2: "reply"}
     n_c, n_r = len(jr.container.values), len(jr.drop_reason.values)
-    rk_u, rk_idx = _factorize(((jr.direction.astype(np.int64) * n_c + jr.container_of) * 3 + jr.verdict) * n_r + jr.reason)
+    rk_u, rk_idx = _factorize((((jr.direction.astype(np.int64) * n_c + jr.container_of) * n_c + jr.container_to) * 3
+                               + jr.verdict) * n_r + jr.reason)
     rest_texts = []
     for k in rk_u.tolist():
         k, r = divmod(k, n_r)
         k, v = divmod(k, 3)
+        k, to = divmod(k, n_c)
         d, c = divmod(k, n_c)
         verdict, reason, container = VERDICTS[v], reason_names[r], ct_values[c]
+        if container and ct_values[to]:  # from one container to another
+            container += " → " + ct_values[to]
         vs = _style_parts(color, **_VERDICT_STYLE.get(verdict, {}))
         rest_texts.append(f"  {directions[d]}  \0{'  [' + container + ']' if container else ''}  "
                           f"{vs[0]}{verdict}{' ' + reason if reason else ''}{vs[1]}")

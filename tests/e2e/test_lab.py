@@ -312,6 +312,42 @@ class TestWithoutUserlandProxy:
         assert (sa["hops"][-1]["src"], sa["hops"][-1]["dst"]) == (f"127.0.0.1:{port}", h[0]["src"])
 
 
+    def test_container_to_another_containers_published_port(self, hairpin_lab, tmp_path):
+        """The lab's container to another container's port published on the
+        host: DNAT on the bridge (no MASQUERADE: Docker masquerades only a
+        container reaching itself), one journey from one eth0 to the other,
+        whose header names both containers; the reply likewise back."""
+        st = hairpin_lab
+        name, port = "tracer-lab-issue11-db", 18011  # tracer-lab-*: `lab down` removes it too, should this test die
+        sh("docker", "rm", "-f", name, check=False)
+        sh("docker", "run", "-d", "--name", name, "-p", f"{port}:8080", lab_base.IMAGE, "httpd", "-f", "-p", "8080",
+           "-h", "/www")
+        try:
+            db_ip = json.loads(sh("docker", "inspect", name).stdout)[0]["NetworkSettings"]["IPAddress"]
+            cap = tmp_path / "two.arrows"
+            t = Tracer("--port", str(port), "--duration", "30", "-w", str(cap))
+            t.wait_ready()
+            assert lab_base.INDEX_MARKER in container_get(f"http://{st['host_address']}:{port}/")
+            time.sleep(0.5)
+            journeys = t.stop()
+            assert t.returncode == 0, t.stderr
+        finally:
+            sh("docker", "rm", "-f", name, check=False)
+        syn = next(j for j in journeys if j["tcp_flags"] == "S")
+        h = syn["hops"]
+        assert (h[0]["hook"], h[0]["container"]) == ("tc_egress", st["container"])
+        i = index_of(syn, "nf_prerouting", "after", ifname=st["bridge"])
+        assert h[i]["dst"] == f"{db_ip}:8080" and h[i]["src"] == h[0]["src"], "DNAT, and no MASQUERADE after"
+        assert (h[-1]["hook"], h[-1]["ifname"], h[-1]["container"], h[-1]["src"]) == ("tc_ingress", "eth0", name, h[0]["src"])
+        assert syn["verdict"] == "delivered" and syn["container"] == st["container"]
+        sa = next(j for j in journeys if j["tcp_flags"] == "SA" and j["flow_id"] == syn["flow_id"])
+        assert (sa["hops"][0]["container"], sa["hops"][-1]["container"], sa["verdict"]) == (name, st["container"], "delivered")
+        assert sa["hops"][-1]["src"] == f"{st['host_address']}:{port}", "reverse DNAT"
+        text = _show(str(cap))
+        assert re.search(rf"tcp S .*  \[{st['container']} → {name}\]  delivered", text), text[:3000]
+        assert re.search(rf"tcp SA .*  \[{name} → {st['container']}\]  delivered", text), text[:3000]
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

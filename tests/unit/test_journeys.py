@@ -361,3 +361,64 @@ def test_absolute_time_of_a_journey():
     header = render_journey(js[0], color=False).splitlines()[0]
     assert header.startswith("02:07:28.123456 #1 tcp S ")
     assert bytes(render_rows(journey_rows(table), False)).decode() == "".join(render_journey(j, False) + "\n" for j in js)
+
+
+# Docker's hairpin NAT (dockerd --userland-proxy=false): a container reaching a
+# published port of the host goes out of its eth0, is DNATed at PREROUTING and
+# (reaching itself) MASQUERADEd at POSTROUTING on the bridge, and comes back
+# in through the same veth, as the lab shows it (README, The lab).
+DB = "172.17.0.3"
+GATEWAY = "172.17.0.1"
+DB_VETH = ("veth9d98f5d", "veth", HOST_NS, "db")
+DB_ETH0 = ("eth0", "container", CONTAINER_NS + 1, "db")
+IDS = {"web": "a" * 64, "db": "d" * 64}
+
+
+def hairpin(src_where: tuple, dst_where: tuple, src_ip: str, dst_ip: str, masquerade: bool, pid: int = 9) -> list[dict]:
+    (sv, se), (dv, de) = src_where, dst_where
+    c, h, k = f"{src_ip}:46326", f"{HOST}:8000", f"{dst_ip}:8080"
+    m = f"{GATEWAY}:46326" if masquerade else c
+    rows = [
+        ev(pid, 0, "tc_egress", se, c, h), ev(pid, 1_000, "tc_ingress", sv, c, h),
+        ev(pid, 2_000, "nf_prerouting", BRIDGE, c, h, "before"), ev(pid, 3_000, "nf_prerouting", BRIDGE, c, k, "after"),
+        ev(pid, 4_000, "nf_forward", BRIDGE, c, k), ev(pid, 5_000, "nf_postrouting", BRIDGE, c, k, "before"),
+        ev(pid, 6_000, "nf_postrouting", BRIDGE, m, k, "after"),
+        ev(pid, 7_000, "tc_egress", dv, m, k), ev(pid, 8_000, "tc_ingress", de, m, k),
+    ]
+    for r in rows:
+        r["container_id"] = IDS.get(r["container_name"])
+    return rows
+
+
+def test_hairpin_to_itself_is_one_journey_with_dnat_and_snat_at_the_bridge():
+    (j,) = build_journeys(events(hairpin((VETH, ETH0), (VETH, ETH0), CONTAINER, CONTAINER, masquerade=True)))
+    assert j.verdict == "delivered" and j.hops[-1].label == "tc_ingress@container"
+    assert nat_labels(j) == {"nf_prerouting/after": "DNAT", "nf_postrouting/after": "SNAT"}
+    assert j.container == "web" and j.to_container is None, "to itself: one container"
+    from tracer.render import render_journey
+
+    assert "[web]" in render_journey(j, False).splitlines()[0]
+
+
+def test_hairpin_to_another_container_names_both():
+    (j,) = build_journeys(events(hairpin((VETH, ETH0), (DB_VETH, DB_ETH0), CONTAINER, DB, masquerade=False)))
+    assert j.verdict == "delivered" and nat_labels(j) == {"nf_prerouting/after": "DNAT"}
+    assert (j.container, j.to_container) == ("web", "db")
+    from tracer.journey_rows import journey_rows
+    from tracer.render import render_journey
+    from tracer.render_rows import render_rows
+
+    text = render_journey(j, False)
+    assert "  [web → db]  delivered" in text.splitlines()[0]
+    table = events(hairpin((VETH, ETH0), (DB_VETH, DB_ETH0), CONTAINER, DB, masquerade=False))
+    assert bytes(render_rows(journey_rows(table), False)).decode() == text + "\n"
+
+
+def test_same_name_other_container_is_told_apart_by_id():
+    """A container recreated under the same name is another container."""
+    rows = hairpin((VETH, ETH0), (VETH, ETH0), CONTAINER, CONTAINER, masquerade=True)
+    for r in rows[-2:]:
+        r["container_id"] = "e" * 64
+    (j,) = build_journeys(events(rows))
+    assert (j.container, j.to_container) == ("web", "web")
+    assert (build_journeys(events(inbound_request()))[0].to_container) is None  # from outside: one container
