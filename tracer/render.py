@@ -14,7 +14,7 @@ from tracer.wallclock import clock
 from tracer.journey_rows import JourneyRows, journey_rows
 from tracer.journeys import VERDICTS, Hop, Journey, hop_label, nat_translation
 from tracer.text import printable
-from tracer.units import duration_text
+from tracer.units import duration_text, size_text
 
 _ARROW = "→"
 _VERDICT_STYLE = {"delivered": {"fg": "green"}, "dropped": {"fg": "red", "bold": True}, "unknown": {"fg": "yellow"}}
@@ -96,6 +96,58 @@ def render_journey(j: Journey, color: bool) -> str:
 
 def status_line(events_per_s: float, lost: int, packets: int) -> str:
     return f"{_rate(events_per_s)} events/s  {lost:,} lost  {packets:,} packets"
+
+
+def run_started(what: str, describe: str, interfaces: int, ready_s: float, writing=None) -> str:
+    """The line a live run starts with (``what``: 'tracing', 'latency of')."""
+    where = f"; writing {writing}" if writing is not None else ""
+    return f"tracer: {what} {describe} on {interfaces} interfaces (ready in {ready_s:.1f}s){where}; Ctrl-C to stop"
+
+
+def left_out(packets: int) -> str:
+    return f"tracer: left out {packets:,} packets first seen before every sensor was attached"
+
+
+def _paths_text(paths) -> str:
+    return ", ".join("standard output" if str(p) == "-" else str(p) for p in paths)
+
+
+def capture_written(event_rows: int, size: int, paths, lost: int) -> str:
+    return f"tracer: wrote {event_rows:,} events ({size_text(size, 'MB')}) to {_paths_text(paths)}; {lost:,} lost"
+
+
+def histograms_written(rows: int, size: int, paths) -> str:
+    return f"tracer: wrote {rows:,} histogram rows ({size_text(size, 'kB')}) to {_paths_text(paths)}"
+
+
+def recording_progress(event_rows: int, size: int, lost: int, elapsed_s: float) -> str:
+    m, s = divmod(int(elapsed_s), 60)
+    return f"recording: {event_rows:,} events  {size_text(size, 'MB')}  {lost:,} lost  {m:02d}:{s:02d}"
+
+
+def latency_cell(ns) -> str:
+    return "-" if ns is None else duration_text(ns, largest="ms")
+
+
+def render_interval(number: int, rep: dict) -> str:
+    """One `tracer latency` interval (tracer/latency.py report())."""
+    cell = latency_cell
+    lines = [f"interval {number}  ({rep['seconds']:.2f} s)  {rep['packets']} packets"]
+    if rep["segments"]:
+        width = max(len(s["segment"]) for s in rep["segments"])
+        lines.append(f"  {'segment':<{width}}  {'packets':>8}  {'p50':>9}  {'p90':>9}  {'p99':>9}  {'max':>9}")
+        for s in sorted(rep["segments"], key=lambda s: -s["packets"]):
+            lines.append(f"  {s['segment']:<{width}}  {s['packets']:>8}  {cell(s['p50_ns']):>9}  "
+                         f"{cell(s['p90_ns']):>9}  {cell(s['p99_ns']):>9}  {cell(s['max_ns']):>9}")
+    for direction, label in (("original", "request"), ("reply", "reply")):
+        e2e = rep["end_to_end"].get(direction)
+        if e2e:
+            lines.append(f"  end to end {label:<8} {e2e['packets']:>8} packets  p50 {cell(e2e['p50_ns'])}  "
+                         f"p90 {cell(e2e['p90_ns'])}  p99 {cell(e2e['p99_ns'])}  max {cell(e2e['max_ns'])}")
+    if rep["missing"]:
+        gone = ", ".join(f"{hop} {n}" for hop, n in rep["missing"].items())
+        lines.append(f"  never reached the next hop (since start): {gone}")
+    return "\n".join(lines)
 
 
 def _rate(value: float) -> str:

@@ -22,6 +22,7 @@ from tracer.errors import TracerError, require_root
 from tracer.expand import expand
 from tracer.inventory import Inventory, NoDocker
 from tracer.places import PlaceBook
+from tracer.sinks import RunInfo
 from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program, write_containers, write_proxy_backends
 from tracer.proxies import ProxyLinks, find_proxies, proxies_by_pid, read_links
 from tracer.sensors.drops import DropSensor
@@ -97,9 +98,9 @@ class TraceSession:
         self.proxies: dict = {}
         self.proxy = None
         self.proxy_links = ProxyLinks()
-        # Told of every container start/die (from the Docker events thread),
-        # e.g. so a capture can record it as a row.
-        self.on_container_event: Callable[[str, Any], None] | None = None
+        # Told of every container start/die, with the kernel's time (from the
+        # Docker events thread): the run's sinks, e.g. a capture's rows.
+        self._container_listeners: list[Callable[[str, Any, int], None]] = []
 
     # ---- setup -----------------------------------------------------------
     def start(self) -> "TraceSession":
@@ -197,6 +198,21 @@ class TraceSession:
         head = ["/* tracer: the BPF program as clang compiles it, with these flags:"]
         head += [f" *   {flag}" for flag in flags]
         return "\n".join(head) + "\n */\n" + program.source()
+
+    def on_containers(self, listener: Callable[[str, Any, int], None]) -> None:
+        """Tell ``listener`` of every container start/die from now on:
+        (action, inventory.Container, kernel time), on the Docker events thread."""
+        self._container_listeners.append(listener)
+
+    def run_info(self) -> RunInfo:
+        """What the run's sinks may know of it, once started."""
+        return RunInfo(
+            describe=self.describe(), interfaces=len(self.tc.targets()),
+            records="histogram" if self.latency else "event" if self.sightings else "journey",
+            boot_offset_ns=self.ctx.boot_offset_ns, containers=lambda: list(self.inventory.containers),
+            sample=self.options.targets.sample, rules=self.options.rules,
+            places=self.ctx, places_lock=self.lock, now_ktime=self.now_ktime,
+        )
 
     def describe(self) -> str:
         """What is traced, for the UI and a capture's metadata."""
@@ -342,10 +358,10 @@ class TraceSession:
 
     # ---- containers coming and going ---------------------------------------
     def _on_container_change(self, what: str, container) -> None:
-        listener = self.on_container_event
-        if listener is not None:
+        ktime = self.now_ktime()
+        for listener in self._container_listeners:
             try:
-                listener(what, container)
+                listener(what, container, ktime)
             except Exception as exc:  # a listener's bug must not stop us following containers
                 log.warning("container %s listener failed: %s", what, exc)
         if container.name not in self.traced_names and self.options.targets.containers:

@@ -1,5 +1,5 @@
-"""Durations as people read them: the one place a nanosecond count becomes
-text (trace's hop offsets, latency's percentiles, stats' and report's µs
+"""Durations and sizes as people read them: the one place a nanosecond
+count or a byte count becomes text (trace's hop offsets, latency's percentiles, stats' and report's µs
 columns). render_rows formats whole columns the same way, vectorised."""
 
 from __future__ import annotations
@@ -18,3 +18,12 @@ def duration_text(ns: float, sign: str = "", largest: str = "s") -> str:
 def micros_text(ns: float | None) -> str:
     """Microseconds for a column headed µs: '1,234.5'; '-' for none."""
     return "-" if ns is None else f"{ns / 1e3:,.1f}"
+
+
+_SIZE_UNITS = {"kB": (1e3, ",.1f"), "MB": (1e6, ".2f")}
+
+
+def size_text(size: int, unit: str = "MB") -> str:
+    """Bytes in decimal units: '1.25 MB', '12,345.6 kB'."""
+    scale, spec = _SIZE_UNITS[unit]
+    return f"{size / scale:{spec}} {unit}"

@@ -20,6 +20,7 @@ from tracer import addresses, events
 from tracer.capture import CaptureReadError
 from tracer.capture.reader import read_capture
 from tracer.capture.recorder import Recorder
+from tracer.sinks import Batch, RunEnd, RunInfo
 from tracer.capture.writer import CaptureWriter, parse_size, part_path, schema_with_metadata
 from tracer.decode import DecodeContext, decode
 from tracer.places import Place
@@ -309,7 +310,7 @@ def test_torn_middle_file_of_a_rotation_still_reads_the_others(tmp_path):
         read_capture([str(p) for p in w.paths])
 
 
-# --- the recorder on a (fake) session ------------------------------------------------
+# --- the recorder as a run's sink (tracer/sinks.py), without a session ---------------------
 
 
 def _container(name="web", cid="c0ffee" * 10):
@@ -317,38 +318,35 @@ def _container(name="web", cid="c0ffee" * 10):
     return SimpleNamespace(id=cid, name=name, ips=(CONTAINER,), published=published, netns_inode=CT_NS, host_veth="veth3f2a1b")
 
 
-class FakeSession:
+class FakeKernelClock:
     def __init__(self) -> None:
-        self.ctx = context()
-        self.filter = SimpleNamespace()
-        self.inventory = SimpleNamespace(containers=[_container()])
-        self.options = SimpleNamespace(targets=SimpleNamespace(sample=1))
-        self.on_container_event = None
         self.ktime = 50_000_000_000
 
-    def describe(self) -> str:
-        return "port 8000"
-
-    def now_ktime(self) -> int:
+    def __call__(self) -> int:
         self.ktime += 1000
         return self.ktime
 
 
+def _run_info(records: str = "event") -> RunInfo:
+    ctx = context()
+    return RunInfo(describe="port 8000", interfaces=3, records=records, boot_offset_ns=ctx.boot_offset_ns,
+                   containers=lambda: [_container()], sample=1, places=ctx, now_ktime=FakeKernelClock())
+
+
 def test_recorder_metadata_container_rows_and_stats(tmp_path):
     clock = FakeClock()
-    session = FakeSession()
+    run = _run_info()
     rec = Recorder(tmp_path / "cap.arrows", clock=clock)
     rec.check()
-    rec.start(session)
-    rec.add(table_of(3))
-    session.on_container_event("start", _container("db", "dbdbdb" * 10))  # from the Docker thread
+    rec.on_start(run)
+    rec.on_batch(Batch(arrived=table_of(3)))
+    rec.on_containers("start", _container("db", "dbdbdb" * 10), run.now_ktime())  # from the Docker thread
     clock.now += 1.5
-    rec.tick()
-    rec.add(table_of(2, first_id=50))
-    session.on_container_event("die", _container("db", "dbdbdb" * 10))
+    rec.on_batch(Batch())  # writes the queued container row
+    rec.on_batch(Batch(arrived=table_of(2, first_id=50), final=True))
+    rec.on_containers("die", _container("db", "dbdbdb" * 10), run.now_ktime())
     counters = SimpleNamespace(emitted={"tc": 20, "netfilter": 20, "drop": 0}, lost={"tc": 0, "netfilter": 3, "drop": 0})
-    stats = rec.finish(counters)
-    assert session.on_container_event is None
+    stats = rec.finish(RunEnd(counters))
 
     cap = read_capture(str(tmp_path / "cap.arrows"))
     assert cap.recovered == []
@@ -369,6 +367,15 @@ def test_recorder_metadata_container_rows_and_stats(tmp_path):
     assert stats["events"]["tc"] == 20 and stats["event_rows"] == 40
     assert stats["packets"] == 5 and stats["flows"] == 3 and stats["duration_s"] == 1.5
     assert cap.events.num_rows == 40
+
+
+def test_recorder_has_enough_at_its_count(tmp_path):
+    """`record -c N`: the recorder says so once N packets are in the capture."""
+    rec = Recorder(tmp_path / "cap.arrows", count=5)
+    rec.on_start(_run_info())
+    assert rec.on_batch(Batch(arrived=table_of(3))) is False
+    assert rec.on_batch(Batch(arrived=table_of(2, first_id=50))) is True
+    rec.close()
 
 
 # --- bad input: one line, non-zero exit ------------------------------------------------

@@ -24,10 +24,12 @@ from tracer.analysis import CaptureAnalysis
 from tracer.analysis_result import histogram_rows, latency_summary
 from tracer.capture.reader import read_capture
 from tracer.capture.recorder import Recorder
+from tracer.sinks import Batch, Interval, RunEnd, RunInfo
 from tracer.capture.writer import CaptureWriter
 from tracer.cli import cli
 from tracer import hdr
-from tracer.cli.latency import _without_buckets, histogram_info
+from tracer.capture.recorder import histogram_info
+from tracer.live_output import without_buckets as _without_buckets
 
 OFFSET = 1_750_000_000_000_000_000 - 5_000_000_000  # wall clock minus ktime
 KT0 = 5_000_000_000
@@ -318,19 +320,17 @@ def test_report_without_histograms_has_no_histogram_plot(tmp_path: Path):
 
 
 def test_recorder_writes_histogram_rows_and_the_stats_row(tmp_path: Path, recording: Recording):
-    session = SimpleNamespace(
-        ctx=SimpleNamespace(boot_offset_ns=OFFSET), inventory=SimpleNamespace(containers=()), filter=None, options=SimpleNamespace(targets=SimpleNamespace(sample=1)),
-        on_container_event=None, now_ktime=lambda: KT0 + 9 * INTERVAL_NS,
-    )
+    run = RunInfo(describe="port 8000", interfaces=3, records="histogram", boot_offset_ns=OFFSET,
+                  now_ktime=lambda: KT0 + 9 * INTERVAL_NS)
     path = tmp_path / "rec.arrows"
     recorder = Recorder(path)
     recorder.check()
-    recorder.start(session)
-    for info in recording.infos():
-        recorder.add_histogram(info["end_ktime_ns"], info)
-        recorder.tick()
+    recorder.on_start(run)
+    for n, info in enumerate(recording.infos(), 1):
+        rep = {k: v for k, v in info.items() if k not in ("interval", "start_ktime_ns", "end_ktime_ns")}
+        recorder.on_batch(Batch(interval=Interval(n, info["start_ktime_ns"], info["end_ktime_ns"], rep)))
     counters = SimpleNamespace(emitted={"tc": 0, "netfilter": 0, "drop": 0}, lost={"tc": 0, "netfilter": 0, "drop": 0})
-    stats = recorder.finish(counters)
+    stats = recorder.finish(RunEnd(counters))
     assert stats["histogram_rows"] == 4 and stats["event_rows"] == 0
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     capture = read_capture(path)

@@ -164,7 +164,7 @@ def test_column_wise_dt_text_is_format_dt():
 
 def test_one_units_helper_for_durations():
     from tracer.cli.analyze import _us as stats_us
-    from tracer.cli.latency import _us as latency_us
+    from tracer.render import latency_cell as latency_us
     from tracer.units import duration_text, micros_text
 
     assert [latency_us(v) for v in (None, 999_949, 1_000_000, 2_500_000_000)] == ["-", "999.9µs", "1.00ms", "2500.00ms"]

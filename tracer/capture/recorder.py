@@ -1,4 +1,4 @@
-"""A capture writer on a live trace session: ``Recorder``."""
+"""The capture as a sink of a live run (tracer/sinks.py): ``Recorder``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -20,6 +19,9 @@ import pyarrow.compute as pc
 from tracer import __version__, events
 from tracer.capture import STDIN, CaptureWriteError
 from tracer.capture.writer import CaptureWriter
+from tracer.output import say
+from tracer.render import capture_written, histograms_written, recording_progress
+from tracer.sinks import Batch, RunEnd, RunInfo
 
 
 def container_info(container: Any) -> dict[str, Any]:
@@ -42,25 +44,17 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join(["tracer", *argv[1:]])
 
 
-@dataclass
-class Progress:
-    events: int
-    bytes: int
-    lost: int
-    elapsed: float
-
-    def text(self) -> str:
-        m, s = divmod(int(self.elapsed), 60)
-        return f"recording: {self.events:,} events  {self.bytes / 1e6:.2f} MB  {self.lost:,} lost  {m:02d}:{s:02d}"
-
-
 class Recorder:
-    """Records a live TraceSession: the trace loop hands it every decoded
-    table and calls ``tick`` often; ``finish`` appends the statistics row.
+    """Records a live run into a capture: a sink of the run loop
+    (tracer/sinks.py) that writes every batch's records, rule hits, proxy
+    links and latency intervals as they come; ``finish`` appends the
+    statistics row.
 
     Container start/stop arrives on the Docker events thread; it is queued
     and written from the loop's thread, because the writer is not thread-safe.
     """
+
+    keeps_buckets = True  # latency mode: each interval's histogram buckets, not just its percentiles
 
     def __init__(
         self,
@@ -70,18 +64,22 @@ class Recorder:
         rotate_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         rotate_files: int | None = None,
+        count: int | None = None,
+        progress: bool = False,
     ) -> None:
         self.path = Path(path)
         self.rotate_size = rotate_size
         self.rotate_seconds = rotate_seconds
         self.rotate_files = rotate_files
         self.clock = clock
+        self.count = count  # `record -c N`: enough once N packets are in the capture
+        self.progress = progress  # a progress line on stderr every status pass (`record` without --quiet)
         self.writer: CaptureWriter | None = None
         self.packets = 0
         self.histogram_rows = 0
         self.proxy_rows = 0
         self._flows: set[int] = set()
-        self._session: Any = None
+        self._run: RunInfo | None = None
         self._queue: list[tuple[str, Any, int]] = []
         self._lock = threading.Lock()
         self._started = 0.0
@@ -100,37 +98,55 @@ class Recorder:
         if not os.access(parent, os.W_OK | os.X_OK):
             raise CaptureWriteError(f"cannot write {self.path}: {parent} is not writable")
 
-    def start(self, session: Any) -> None:
-        self._session = session
+    # ---- the sink (tracer/sinks.py) -----------------------------------------
+    def on_start(self, run: RunInfo) -> None:
+        self._run = run
         self._started = self.clock()
         # The kernel's journey records are stored as they come (schema 2);
         # the per-sighting build and latency mode write sighting rows.
-        journeys = not (getattr(session, "sightings", True) or getattr(session, "latency", False))
         self.writer = CaptureWriter(
             self.path, self._metadata, rotate_size=self.rotate_size, rotate_seconds=self.rotate_seconds, clock=self.clock,
-            journeys=journeys, max_files=self.rotate_files,
+            journeys=run.records == "journey", max_files=self.rotate_files,
         )
-        session.on_container_event = self._on_container_event
+
+    def on_batch(self, batch: Batch) -> bool:
+        """Everything of one pass, in the order the capture keeps it."""
+        if isinstance(batch.arrived, pa.Table):
+            self.add(batch.arrived)
+        elif batch.arrived is not None:
+            self.add_records(batch.arrived)
+        self.add_rules(batch.rules)
+        self.add_proxy_links(batch.proxy_links)
+        if batch.interval is not None:
+            i = batch.interval
+            self.add_histogram(i.end_ktime_ns, histogram_info(i.number, i.report, i.start_ktime_ns, i.end_ktime_ns))
+        if not batch.final:
+            self.tick()
+        if batch.complete is not None:
+            self.add_records(batch.complete)
+        if self.progress and batch.status is not None:
+            say("tracer: " + recording_progress(self.writer.event_rows, self.writer.bytes_written, batch.status.lost,
+                                                self.clock() - self._started))
+        return self.count is not None and self.packets >= self.count
+
+    def on_containers(self, action: str, container: Any, ktime_ns: int) -> None:
+        with self._lock:
+            self._queue.append((action, container, ktime_ns))
 
     def _metadata(self) -> dict[str, str]:
-        s = self._session
-        containers = list(s.inventory.containers)
+        run = self._run
         return {
             "host": socket.gethostname(),
             "kernel": os.uname().release,
             "version": __version__,
             "command": command_line(),
-            "filter": s.describe() if s.filter is not None else "",
+            "filter": run.describe,
             "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z",
-            "ktime_offset_ns": str(s.ctx.boot_offset_ns),
-            "containers": json.dumps([container_info(c) for c in containers]),
-            "sample": str(s.options.targets.sample),
-            "rules": "1" if getattr(s.options, "rules", False) else "0",
+            "ktime_offset_ns": str(run.boot_offset_ns),
+            "containers": json.dumps([container_info(c) for c in run.containers()]),
+            "sample": str(run.sample),
+            "rules": "1" if run.rules else "0",
         }
-
-    def _on_container_event(self, action: str, container: Any) -> None:
-        with self._lock:
-            self._queue.append((action, container, self._session.now_ktime()))
 
     def add(self, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -146,8 +162,8 @@ class Recorder:
         decoded sighting rows)."""
         if not len(records):
             return
-        # The session's lock: the places may be rebuilt meanwhile (Docker thread).
-        self.writer.add_journeys(records, self._session.ctx, self._session.lock)
+        # Under the run's lock: the places may be rebuilt meanwhile (Docker thread).
+        self.writer.add_journeys(records, self._run.places, self._run.places_lock)
         # HOP_NEW_PACKET_BIT is on the hop that gave the packet its id: a
         # record's first (a continuation's first hop is not new).
         self.packets += int(np.count_nonzero(records["hops"]["code"][:, 0] & 0x80))
@@ -165,7 +181,7 @@ class Recorder:
     def _write_container_rows(self) -> None:
         with self._lock:
             queued, self._queue = self._queue, []
-        offset = self._session.ctx.boot_offset_ns
+        offset = self._run.boot_offset_ns
         for action, c, ktime in queued:
             self.writer.add_row(
                 "container", ktime, ktime + offset, {"action": action, **container_info(c)},
@@ -175,31 +191,32 @@ class Recorder:
     def add_rules(self, pairs) -> None:
         """Rule hits joined to packets ((packet_id, RuleHit) pairs,
         tracer/rule_join.py) as kind='rule' rows."""
-        self.writer.add_rule_rows([(hit.ktime, pid, hit.hook, hit.rule) for pid, hit in pairs],
-                                  self._session.ctx.boot_offset_ns)
+        if pairs:
+            self.writer.add_rule_rows([(hit.ktime, pid, hit.hook, hit.rule) for pid, hit in pairs], self._run.boot_offset_ns)
 
     def add_proxy_links(self, links) -> None:
         """docker-proxy links (tracer/proxies.py ProxyLink) as kind='proxy'
         rows, written as the kernel makes them: before the first relayed
         bytes' journeys, so `show` has them when it gets there."""
-        ktime = self._session.now_ktime()
+        if not links:
+            return
+        ktime = self._run.now_ktime()
         for link in links:
-            self.writer.add_row("proxy", ktime, ktime + self._session.ctx.boot_offset_ns, link.to_record())
+            self.writer.add_row("proxy", ktime, ktime + self._run.boot_offset_ns, link.to_record())
         self.proxy_rows += len(links)
 
     def add_histogram(self, end_ktime_ns: int, info: Mapping[str, Any]) -> None:
         """One latency-mode interval (`tracer latency -w`) as a kind='histogram'
         row stamped with the interval's end; see docs/capture-format.md."""
-        self.writer.add_row("histogram", end_ktime_ns, end_ktime_ns + self._session.ctx.boot_offset_ns, info)
+        self.writer.add_row("histogram", end_ktime_ns, end_ktime_ns + self._run.boot_offset_ns, info)
         self.histogram_rows += 1
 
-    def progress(self, lost: int) -> Progress:
-        return Progress(self.writer.event_rows, self.writer.bytes_written, lost, self.clock() - self._started)
-
-    def finish(self, counters: Any) -> dict[str, Any]:
-        """Append the statistics row and close the stream; returns the stats."""
+    def finish(self, end: RunEnd) -> dict[str, Any]:
+        """Append the statistics row, close the stream and say what was
+        written; returns the stats."""
+        counters = end.counters
         self._write_container_rows()
-        ktime = self._session.now_ktime()
+        ktime = self._run.now_ktime()
         stats = {
             # The kernel's records per emitting sensor: journeys (one per
             # packet, or per part of one), or events in the per-sighting build.
@@ -219,12 +236,20 @@ class Recorder:
             stats["histogram_rows"] = self.histogram_rows
         if getattr(counters, "before_start", 0):
             stats["before_start"] = counters.before_start
-        self.writer.add_row("stats", ktime, ktime + self._session.ctx.boot_offset_ns, stats)
+        self.writer.add_row("stats", ktime, ktime + self._run.boot_offset_ns, stats)
         self.close()
+        if self._run.records == "histogram":
+            say(histograms_written(self.histogram_rows, self.writer.bytes_written, self.writer.paths))
+        else:
+            say(capture_written(self.writer.event_rows, self.writer.bytes_written, self.writer.paths,
+                                sum(counters.lost.values())))
         return stats
 
     def close(self) -> None:
-        if self._session is not None:
-            self._session.on_container_event = None
         if self.writer is not None:
             self.writer.close()
+
+
+def histogram_info(number: int, rep: dict, start_ktime_ns: int, end_ktime_ns: int) -> dict:
+    """The info JSON of one kind='histogram' capture row (docs/capture-format.md)."""
+    return {"interval": number, "start_ktime_ns": start_ktime_ns, "end_ktime_ns": end_ktime_ns, **rep}

@@ -10,7 +10,6 @@ import click
 
 from tracer.cli.options import SECONDS, options_from, target_options
 from tracer.errors import TracerError
-from tracer.live import IDLE_NS, MIN_PASS_S, POLL_S, JourneyFeed, RuleFeed
 from tracer.stopping import StopSignals
 from tracer.text import printable
 
@@ -48,9 +47,10 @@ def explain(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample
 def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]:
     """The journeys (JSON dicts with rules per hop) of the first packet of
     the next connection and of its first reply."""
+    from tracer.feeds import JourneyFeed
     from tracer.journey_json import journey_json_block
     from tracer.journey_rows import journey_rows
-    from tracer.rule_render import hop_rules, with_rules_json
+    from tracer.rule_render import RuleBook, hop_rules, with_rules_json
     from tracer.session import TraceSession
 
     stop = StopSignals()
@@ -58,20 +58,20 @@ def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]
     request = reply = None
     try:
         session.start()
-        feed = JourneyFeed(session, None, True)
-        rules = RuleFeed(session, None, True)
-        feed.on_records = rules.records
+        feed = JourneyFeed(session, showing=True)  # with the rule hits (options_from rules=True)
+        book = RuleBook()
         stop.running()
         click.echo(f"tracer: waiting for a connection ({session.describe()}); Ctrl-C to stop", err=True)
         started = time.monotonic()
         request_at = None
         while not stop.requested:
-            time.sleep(MIN_PASS_S)
-            feed.take(session.read_records(POLL_S))
-            rules.tick(session.now_ktime())
-            rows = journey_rows(feed.complete(IDLE_NS, rules.caught_up(session.now_ktime())))
+            batch = feed.take_pass()
+            if batch.rules:
+                book.add(batch.rules)
+                book.forget_older()
+            rows = journey_rows(batch.journeys)
             if len(rows):
-                per_hop = hop_rules(rows, rules.book.pop(rows.packet_id.tolist()))
+                per_hop = hop_rules(rows, book.pop(rows.packet_id.tolist()))
                 block = with_rules_json(journey_json_block(rows)[0], rows, per_hop)
                 for j in map(json.loads, block.decode().splitlines()):
                     if request is None and _opens(j):

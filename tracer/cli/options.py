@@ -200,11 +200,13 @@ class MegabytesType(SizeType):
         return int(number * 1_000_000)
 
 
-def make_recorder(path, rotate_size, rotate_seconds, stdout_busy: str | None = None, rotate_mb=None, rotate_files=None):
+def make_recorder(path, rotate_size, rotate_seconds, stdout_busy: str | None = None, rotate_mb=None, rotate_files=None,
+                  count=None, progress=False):
     """A capture recorder for PATH (checked before any kernel work), or None.
     PATH '-' is standard output, unless the command prints there itself
     (``stdout_busy`` says what it prints). ``rotate_mb`` is -C (another way
-    to say rotate_size), ``rotate_files`` -W (a ring of that many files)."""
+    to say rotate_size), ``rotate_files`` -W (a ring of that many files);
+    ``count``: `record -c`, ``progress``: a progress line each second."""
     if rotate_mb is not None:
         if rotate_size is not None:
             raise click.UsageError("give one of -C and --rotate-size")
@@ -219,7 +221,8 @@ def make_recorder(path, rotate_size, rotate_seconds, stdout_busy: str | None = N
         return None
     from tracer.capture.recorder import Recorder
 
-    recorder = Recorder(path, rotate_size=rotate_size, rotate_seconds=rotate_seconds, rotate_files=rotate_files)
+    recorder = Recorder(path, rotate_size=rotate_size, rotate_seconds=rotate_seconds, rotate_files=rotate_files,
+                        count=count, progress=progress)
     recorder.check()
     return recorder
 

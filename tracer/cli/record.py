@@ -6,7 +6,7 @@ import click
 
 from tracer.cli.options import (SECONDS, count_option, make_recorder, options_from, proxy_links_option, rules_option,
                                 target_options, write_options)
-from tracer.live import Limits, run_trace
+from tracer.live import run
 
 
 @click.command()
@@ -24,6 +24,6 @@ def record(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample,
     (`tracer show`, `stats`, `report`; pyarrow, polars, DuckDB). EXPRESSION:
     a pcap-filter expression, as `tracer trace`."""
     options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules, proxy_links)
-    recorder = make_recorder(write_path, rotate_size, rotate_seconds, rotate_mb=rotate_mb, rotate_files=rotate_files)
-    run_trace(options, Limits(count, duration), as_json=False, color=False, recorder=recorder,
-              journeys=False, progress=not quiet)
+    recorder = make_recorder(write_path, rotate_size, rotate_seconds, rotate_mb=rotate_mb, rotate_files=rotate_files,
+                             count=count, progress=not quiet)
+    run(options, [recorder], duration=duration, showing=False, writing=recorder.path)

@@ -12,7 +12,8 @@ import click
 from tracer.cli.options import (SECONDS, color_option, count_option, make_recorder, options_from, proxy_links_option,
                                 rules_option, target_options, use_color, write_options)
 from tracer.errors import TracerError
-from tracer.live import Limits, run_trace
+from tracer.live import run
+from tracer.live_output import JourneyOutput
 
 
 @click.command()
@@ -34,8 +35,10 @@ def trace(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, 
     options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules, proxy_links)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds, stdout_busy="journeys", rotate_mb=rotate_mb,
                              rotate_files=rotate_files)
-    run_trace(options, Limits(count, duration), as_json, use_color(color, sys.stdout) and not as_json, recorder=recorder,
-              summary_color=use_color(color, sys.stderr))
+    output = JourneyOutput(as_json, use_color(color, sys.stdout) and not as_json, count=count,
+                           summary_color=use_color(color, sys.stderr))
+    run(options, [recorder, output] if recorder else [output], duration=duration,
+        writing=recorder.path if recorder else None)
 
 
 @click.command()
@@ -72,13 +75,13 @@ def demo(requests, as_json, write_path):
 
     def stop_after_traffic() -> None:
         traffic_done.wait(60)
-        time.sleep(0.6)  # let the last journeys complete (IDLE_NS, tracer/live.py)
+        time.sleep(0.6)  # let the last journeys complete (IDLE_NS, tracer/feeds.py)
         signal.raise_signal(signal.SIGTERM)
 
     def on_started(session) -> None:
         threading.Thread(target=drive_traffic, daemon=True).start()
         threading.Thread(target=stop_after_traffic, daemon=True).start()
 
-    run_trace(options, Limits(), as_json, use_color(None, sys.stdout) and not as_json, on_started=on_started,
-              recorder=recorder, summary_color=use_color(None, sys.stderr))
+    output = JourneyOutput(as_json, use_color(None, sys.stdout) and not as_json, summary_color=use_color(None, sys.stderr))
+    run(options, [recorder, output], writing=recorder.path, on_started=on_started)
     click.echo(f"tracer: replay it with `tracer show {write_path}`; latency per hop with `tracer stats {write_path}`", err=True)

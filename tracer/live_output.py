@@ -1,0 +1,147 @@
+"""What a live run shows, as text or JSON lines: the output sinks
+(tracer/sinks.py). ``JourneyOutput`` prints the complete packets of each
+batch (`trace`) with their rules (--rules) and proxy hops, a status line on
+a terminal and the summary at the end; ``IntervalOutput`` prints `latency`'s
+intervals. Neither knows the session."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from tracer.output import Reader, say
+from tracer.render import Summary, render_interval, status_line
+from tracer.sinks import Batch, RunEnd, RunInfo
+
+
+class JourneyOutput:
+    """``count``: show at most this many journeys (then want no more)."""
+
+    def __init__(self, as_json: bool, color: bool, out=None, count: int | None = None,
+                 summary_color: bool = False) -> None:
+        from tracer.proxies import ProxyLinks
+
+        self.as_json, self.color, self.count = as_json, color, count
+        self.summary_color = summary_color
+        self.reader = Reader(out or sys.stdout)
+        self.summary = Summary()
+        self.shown = 0
+        self.status_tty = sys.stderr.isatty() and not as_json
+        self.rules = None  # rule_render.RuleBook with --rules: hits held until their packet shows
+        self.proxy_links = ProxyLinks()  # docker-proxy links seen so far: the proxy hop of journeys on a leg
+
+    def on_start(self, run: RunInfo) -> None:
+        if run.rules and run.records == "journey":
+            from tracer.rule_render import RuleBook
+
+            self.rules = RuleBook()
+
+    def on_batch(self, batch: Batch) -> bool:
+        if self.rules is not None and batch.rules:
+            self.rules.add(batch.rules)
+            self.rules.forget_older()
+        for link in batch.proxy_links:
+            self.proxy_links.add_recorded(link)
+        if batch.journeys is not None:
+            self._show(batch.journeys)
+        if batch.status is not None and self.status_tty:
+            rate = batch.status.sightings / batch.status.elapsed_s if batch.status.elapsed_s else 0.0
+            say("\r" + status_line(rate, batch.status.lost, self.shown), nl=False)
+        return self._enough() or (not batch.final and self.reader.check())
+
+    def _enough(self) -> bool:
+        return self.reader.gone or (self.count is not None and self.shown >= self.count)
+
+    def _show(self, batch) -> None:
+        """Print the journeys of a batch of complete packets (JourneyRows,
+        or the per-sighting build's rows), column-wise, JSON or text."""
+        from tracer.journey_json import journey_json_block
+        from tracer.journey_rows import JourneyRows, journey_rows
+        from tracer.proxy_output import annotate
+        from tracer.render_rows import render_rows
+
+        empty = len(batch) == 0 if isinstance(batch, JourneyRows) else batch.num_rows == 0
+        if empty or (self.count is not None and self.shown >= self.count):  # most passes when idle: no work at all
+            return
+        rows = journey_rows(batch)  # once for the output and the summary
+        if self.count is not None:
+            rows = rows.head(self.count - self.shown)
+        if self.as_json:
+            block, count = journey_json_block(rows)
+        else:
+            block, count = render_rows(rows, self.color), len(rows)
+        if self.rules is not None:
+            from tracer.rule_render import hop_rules, with_rules_json, with_rules_text
+
+            per_hop = hop_rules(rows, self.rules.pop(rows.packet_id.tolist()))
+            block = (with_rules_json(block, rows, per_hop) if self.as_json
+                     else with_rules_text(block, rows, per_hop, self.color))
+        if count:  # the proxy hop of journeys on a docker-proxy leg
+            block = annotate(block, rows, self.proxy_links, self.as_json)
+        if count and not self.reader.gone:
+            self.reader.write(block)
+        self.summary.add_table(rows)
+        self.shown += count
+
+    def on_containers(self, action: str, container: Any, ktime_ns: int) -> None:
+        pass
+
+    def finish(self, end: RunEnd) -> dict:
+        counters = end.counters
+        if end.rules:
+            self.summary.rules = end.rules
+        self.summary.set_lost(counters.lost, counters.emitted, unit=f"{counters.record}s")
+        self.summary.set_journey_ends(counters.journey_ends)
+        if self.status_tty:
+            say("")
+        # The summary is about the run, not a result: stderr, as tcpdump's,
+        # so `trace | grep` and `trace --json | jq` see journeys only.
+        say(self.summary.render(self.summary_color))
+        return self.summary.to_dict()
+
+    def close(self) -> None:
+        pass
+
+
+_RECORDED_ONLY = ("buckets", "hdr")  # what a capture keeps per segment beyond the live output
+
+
+def without_buckets(rep: dict) -> dict:
+    """A report made with include_buckets, as the live output shows it."""
+    return {
+        **rep,
+        "segments": [{k: v for k, v in s.items() if k not in _RECORDED_ONLY} for s in rep["segments"]],
+        "end_to_end": {d: {k: v for k, v in e.items() if k not in _RECORDED_ONLY} for d, e in rep["end_to_end"].items()},
+    }
+
+
+class IntervalOutput:
+    """`tracer latency`'s intervals shown live, as text or JSON lines."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.reader = Reader()
+
+    def on_start(self, run: RunInfo) -> None:
+        pass
+
+    def on_batch(self, batch: Batch) -> bool:
+        interval = batch.interval
+        if interval is not None and not interval.final:
+            rep = without_buckets(interval.report)
+            if self.as_json:
+                self.reader.write(json.dumps({"interval": interval.number, **rep}) + "\n")
+            else:
+                self.reader.write(render_interval(interval.number, rep) + "\n\n")
+        # `tracer latency --json | head -1`: stop as if told to
+        return self.reader.gone or (not batch.final and self.reader.check())
+
+    def on_containers(self, action: str, container: Any, ktime_ns: int) -> None:
+        pass
+
+    def finish(self, end: RunEnd) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
