@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer.events import FLAG_IN_CONTAINER_NS, META_PREFIX
+from tracer.events import CONTAINER, FLAG_IN_CONTAINER_NS, META_PREFIX
 from tracer.interning import Interner
 from tracer.journey_rows import _factorize
 from tracer.journeys import ends_journey, hop_label
@@ -128,9 +128,9 @@ def place_codes(table: pa.Table) -> tuple[np.ndarray, list, np.ndarray, list, np
     role, roles = _codes(table, "if_role")
     in_ns = (_ints(table, "flags") & FLAG_IN_CONTAINER_NS) != 0
     if in_ns.any():
-        if "container" not in roles:
-            roles = roles + ["container"]
-        role = np.where(in_ns & (role < 0), roles.index("container"), role)
+        if CONTAINER not in roles:
+            roles = roles + [CONTAINER]
+        role = np.where(in_ns & (role < 0), roles.index(CONTAINER), role)
     return hook, hooks, stage, stages, role, roles
 
 

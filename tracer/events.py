@@ -32,6 +32,12 @@ HOOKS = (
     "drop",
 )
 NAT_STAGES = (None, "before", "after")
+# Interface roles, where a sighting happened (the if_role column): the words
+# are defined here and nowhere else. The kernel codes the first four
+# (ROLE_*, tracer/kernel/hop_codes.py); OTHER is any other interface (lo, one
+# that is down, one user space could not name).
+EXTERNAL, BRIDGE, VETH, CONTAINER, OTHER = "external", "bridge", "veth", "container", "other"
+ROLES = (EXTERNAL, BRIDGE, VETH, CONTAINER)
 DIRECTIONS = (None, "original", "reply")
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}
 # Protocols whose "ports" are an echo id and sequence (shown without ports).

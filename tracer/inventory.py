@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping
 
 from tracer.errors import TracerError, one_line
+from tracer.events import BRIDGE, EXTERNAL, OTHER, VETH
 from tracer.kernel.netns import setns
 
 log = logging.getLogger(__name__)
@@ -188,15 +189,15 @@ def classify_interfaces(
     out = []
     for l in sorted(links, key=lambda l: l.ifindex):
         if l.name == "lo":
-            role = "other"
+            role = OTHER
         elif l.ifindex in bridge_idx:
-            role = "bridge"
+            role = BRIDGE
         elif l.ifindex in veths or (l.kind == "veth" and l.master in bridge_idx):
-            role = "veth"  # the second test catches a container seen by netlink before Docker
+            role = VETH  # the second test catches a container seen by netlink before Docker
         elif l.up:
-            role = "external"
+            role = EXTERNAL
         else:
-            role = "other"
+            role = OTHER
         out.append(Interface(l.ifindex, l.name, role, netns_inode))
     return out
 

@@ -169,7 +169,7 @@ def _labels(key: np.ndarray, places: list) -> tuple[np.ndarray, list[str], np.nd
     """Per hop the index of its label (Hop.label of its hook, NAT stage and
     its place's role; ``key`` as journey_packets makes it) in the returned
     labels, and per label whether it ends a journey (is_terminal)."""
-    roles = [p.role for p in places] + ["other"]
+    roles = [p.role for p in places] + [events.OTHER]
     present = np.flatnonzero(np.bincount(key, minlength=1))
     labels: Interner[str] = Interner()
     terminal: list[bool] = []

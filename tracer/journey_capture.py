@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer import events, record_words
+from tracer.events import OTHER
 from tracer.decode import DecodeContext, code_column, decode, drop_reason_column, protocol_column, resolve_places
 from tracer.expand import Sightings, empty, lay_out
 from tracer.interning import Interner
@@ -62,7 +63,7 @@ def place_info(pid: int, place: Place) -> dict:
 
 
 def place_of_info(info: dict) -> Place:
-    return Place(info.get("ifname"), info.get("role") or "other", int(info.get("netns") or 0),
+    return Place(info.get("ifname"), info.get("role") or OTHER, int(info.get("netns") or 0),
                  info.get("container_id"), info.get("container_name"))
 
 

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from tracer import events
 from tracer.addresses import endpoint
-from tracer.events import FLAG_IN_CONTAINER_NS
+from tracer.events import CONTAINER, FLAG_IN_CONTAINER_NS
 from tracer.hold import RecentIds
 from tracer.journeys import (_DIRECTION_NAMES, Hop, Journey, TERMINAL_SIGHTINGS, VERDICTS, _WORK_SCHEMA, _flags_text,
                              _no_gc, _normalise, _numpy, _sort, _sort_order)
@@ -351,7 +351,7 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
     stage = _Codes(stage.codes[rows], stage.values)
     role = _codes(work["if_role"])
     in_ns = ((_numpy(work["flags"]) & FLAG_IN_CONTAINER_NS) != 0)[rows]
-    role_values = role.values + ["container"]  # extra slot: a tc program inside a container netns
+    role_values = role.values + [CONTAINER]  # extra slot: a tc program inside a container netns
     role_codes = role.codes[rows]
     role_codes[in_ns & (role_codes == len(role.values) - 1)] = len(role_values) - 1
     role = _Codes(role_codes, role_values)

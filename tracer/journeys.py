@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer import events
-from tracer.events import FLAG_IN_CONTAINER_NS, tcp_flags_text
+from tracer.events import CONTAINER, EXTERNAL, FLAG_IN_CONTAINER_NS, tcp_flags_text
 from tracer.ids import format_id
 from tracer.wallclock import rfc3339
 
@@ -154,8 +154,8 @@ class Journey:
 # as a last hop ('unknown') means the packet left our sensors' view on the way:
 # a missing sensor, lost events, or a drop the drop sensor did not catch.
 TERMINAL_SIGHTINGS: tuple[tuple[str, frozenset | None, frozenset | None, str], ...] = (
-    ("tc_ingress", None, frozenset({"container"}), "arrived in the container's netns"),
-    ("tc_egress", None, frozenset({"external"}), "left the host toward the outside"),
+    ("tc_ingress", None, frozenset({CONTAINER}), "arrived in the container's netns"),
+    ("tc_egress", None, frozenset({EXTERNAL}), "left the host toward the outside"),
     # INPUT 'before' is not the end: replies of DNATed connections get their
     # source translated back at INPUT (nat priority 100), after which comes 'after'.
     ("nf_input", frozenset({"after", None}), None, "delivered to the host itself"),
@@ -343,7 +343,7 @@ def _build_sorted_inner(work: pa.Table) -> list[Journey]:
     # enrichment could not name the interface's role.
     role = _objects(work["if_role"])
     in_ns = (_numpy(work["flags"]) & FLAG_IN_CONTAINER_NS) != 0
-    role[in_ns & (role == None)] = "container"  # noqa: E711
+    role[in_ns & (role == None)] = CONTAINER  # noqa: E711
     protocol = protocol.tolist()
 
     hops = list(

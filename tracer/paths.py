@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer.analysis_rows import _codes, _ints, event_rows, journey_order, place_codes, wall_ns
+from tracer.events import CONTAINER, EXTERNAL, OTHER, ROLES
 from tracer.hdr import Histogram
 from tracer.journey_rows import verdict_codes
 from tracer.journeys import ends_journey, hop_label
@@ -161,20 +162,20 @@ def _compact(key: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return present, lut[key]
 
 
-_ENTRY = {"external": "external", "bridge": "bridge", "veth": "veth", "container": "container"}
+_ENTRY = {role: role for role in ROLES}  # entered at an interface of this role
 
 
 def _entry_of(hook: str, role: str | None) -> str:
     if hook == "nf_output":
         return "host"  # made by the host itself
-    return _ENTRY.get(role or "", "other")
+    return _ENTRY.get(role or "", OTHER)
 
 
 def _exit_of(label: str) -> str:
-    if label == "tc_ingress@container":
-        return "container"
-    if label == "tc_egress@external":
-        return "external"
+    if label == f"tc_ingress@{CONTAINER}":
+        return CONTAINER
+    if label == f"tc_egress@{EXTERNAL}":
+        return EXTERNAL
     if label.startswith("nf_input"):
         return "host"
     return "?"

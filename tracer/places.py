@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from tracer.events import OTHER, VETH
+
 
 @dataclass(frozen=True)
 class Place:
@@ -25,7 +27,7 @@ class Place:
     container_name: str | None = None
 
 
-UNKNOWN_PLACE = Place(None, "other", 0)
+UNKNOWN_PLACE = Place(None, OTHER, 0)
 
 
 class PlaceBook:
@@ -62,7 +64,7 @@ class PlaceBook:
             if place is None:
                 self.unresolved.add(ifindex)
         if place is None:
-            return Place(None, "other", netns or self.host_netns)
+            return Place(None, OTHER, netns or self.host_netns)
         return place
 
     def shared(self, ifindex: int) -> bool:
@@ -85,7 +87,7 @@ class PlaceBook:
             places[(i.netns_inode, i.ifindex)] = host_place(i)
         for c in containers:
             if c.host_veth_ifindex:
-                places[(self.host_netns, c.host_veth_ifindex)] = Place(c.host_veth, "veth", self.host_netns, c.id, c.name)
+                places[(self.host_netns, c.host_veth_ifindex)] = Place(c.host_veth, VETH, self.host_netns, c.id, c.name)
         container_places: dict[int, list] = {}
         for t in targets:
             place = Place(t.ifname, t.role, t.netns_inode, t.container_id, t.container_name)

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracer import events
+from tracer.events import BRIDGE, CONTAINER, EXTERNAL, OTHER, VETH
 from tracer.decode import DecodeContext, decode
 from tracer.drain import PAGE_SIZE, BackgroundDrain, RingBufferDrain
 from tracer.errors import TracerError, require_root
@@ -295,7 +296,7 @@ class TraceSession:
         targets = self._host_targets(host)
         self._host_keys = {t.key for t in targets}
         bridges = {c.bridge for c in containers if c.bridge}
-        targets += [TcTarget(i.ifindex, i.name, "bridge", i.netns_inode) for i in host if i.name in bridges and i.name not in self.options.ifaces]
+        targets += [TcTarget(i.ifindex, i.name, BRIDGE, i.netns_inode) for i in host if i.name in bridges and i.name not in self.options.ifaces]
         for c in containers:
             targets += container_targets(c)
         return targets
@@ -306,8 +307,8 @@ class TraceSession:
         if self.options.ifaces:
             chosen = [i for i in host if i.name in self.options.ifaces]
         else:
-            chosen = [i for i in host if i.role == "external"]
-        return [TcTarget(i.ifindex, i.name, i.role if i.role != "other" else "external", i.netns_inode) for i in chosen]
+            chosen = [i for i in host if i.role == EXTERNAL]
+        return [TcTarget(i.ifindex, i.name, i.role if i.role != OTHER else EXTERNAL, i.netns_inode) for i in chosen]
 
     # ---- host interfaces coming and going ----------------------------------
     def _follow_host_interfaces(self) -> None:
@@ -376,7 +377,7 @@ class TraceSession:
                 for target in container_targets(container):
                     self.tc.add(target)
                 if container.bridge and container.bridge_ifindex:
-                    bridge = TcTarget(container.bridge_ifindex, container.bridge, "bridge", host_netns_inode())
+                    bridge = TcTarget(container.bridge_ifindex, container.bridge, BRIDGE, host_netns_inode())
                     with self._host_lock:  # a new network's bridge may have been taken for an external interface
                         if bridge.key in self._host_keys:
                             self.tc.remove(lambda t: t.key == bridge.key)
@@ -536,7 +537,7 @@ def container_targets(c) -> list[TcTarget]:
     """The container's host-side veth and its eth0 inside its netns."""
     targets = []
     if c.host_veth_ifindex:
-        targets.append(TcTarget(c.host_veth_ifindex, c.host_veth, "veth", host_netns_inode(), None, c.id, c.name, c.ips))
+        targets.append(TcTarget(c.host_veth_ifindex, c.host_veth, VETH, host_netns_inode(), None, c.id, c.name, c.ips))
     if c.eth0_ifindex:
-        targets.append(TcTarget(c.eth0_ifindex, "eth0", "container", c.netns_inode, c.netns_path, c.id, c.name, c.ips))
+        targets.append(TcTarget(c.eth0_ifindex, "eth0", CONTAINER, c.netns_inode, c.netns_path, c.id, c.name, c.ips))
     return targets

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import re
 
+from tracer.events import ROLES  # noqa: F401  (the roles the kernel codes, ROLE_*)
+
 # Mirrors bpf/latency.h.
 HIST_SUB_BITS = 4
 SUB = 1 << HIST_SUB_BITS
 HIST_BUCKETS = 640
-ROLES = ("external", "bridge", "veth", "container")
 HOP_NAMES: tuple[str, ...] = (
     *(f"tc_ingress@{r}" for r in ROLES),
     *(f"tc_egress@{r}" for r in ROLES),
