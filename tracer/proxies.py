@@ -195,19 +195,24 @@ class ProxyLinks:
 def read_links(table, proxies: dict[int, DockerProxy], links: ProxyLinks, container_of=lambda ip: None) -> list[ProxyLink]:
     """Move the kernel's new link records (bpf/proxy.c proxy_links) into
     `links`; returns the links that are new."""
-    items = list(table.items())
-    for key, value in items:
+    for key, value in _take(table):
         inbound = _endpoints((key.inb.saddr.hi, key.inb.saddr.lo, key.inb.daddr.hi, key.inb.daddr.lo,
                               key.inb.sport, key.inb.dport))
         outbound = _endpoints((key.out.saddr.hi, key.out.saddr.lo, key.out.daddr.hi, key.out.daddr.lo,
                                key.out.sport, key.out.dport))
         links.add(int(value.pid), inbound, outbound, proxies, container_of)
-    for key, _ in items:
-        try:
-            del table[key]
-        except KeyError:
-            pass
     return links.take_new()
+
+
+def _take(table) -> list:
+    """Every record of a BCC hash table, taken out of it by batch
+    lookup-and-delete (one bpf() call, not three per record)."""
+    import ctypes
+
+    from tracer.kernel.bpf_syscall import take_all
+
+    return [(table.Key.from_buffer_copy(k), table.Leaf.from_buffer_copy(v))
+            for k, v in take_all(table.map_fd, ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf))]
 
 
 def proxies_by_pid(proxies: list[DockerProxy]) -> dict[int, DockerProxy]:

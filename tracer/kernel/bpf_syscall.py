@@ -25,6 +25,7 @@ BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_NEXT_ID = 11
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
 BPF_LINK_CREATE = 28
 BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
@@ -154,6 +155,48 @@ def map_create_attr(map_type: int, key_size: int, value_size: int, max_entries: 
 
 def create_ringbuf(size: int = 4096) -> int:
     return bpf(BPF_MAP_CREATE, map_create_attr(BPF_MAP_TYPE_RINGBUF, 0, 0, size, b"tracer_probe"))
+
+
+# --- maps: take every entry in a few calls -----------------------------------------
+
+def batch_attr(in_batch: int, out_batch: int, keys: int, values: int, count: int, map_fd: int) -> bytes:
+    """BPF_MAP_*_BATCH: in_batch@0 out_batch@8 keys@16 values@24 (pointers),
+    count@32 map_fd@36 elem_flags@40 flags@48."""
+    return _pad(struct.pack("=QQQQIIQQ", in_batch, out_batch, keys, values, count, map_fd, 0, 0))
+
+
+def take_all(map_fd: int, key_size: int, value_size: int, chunk: int = 64) -> list[tuple[bytes, bytes]]:
+    """Look up and delete every entry of a hash map (BPF_MAP_LOOKUP_AND_DELETE_BATCH):
+    one bpf() call per `chunk` entries instead of a lookup, a delete and a
+    next-key per entry; an entry added meanwhile is taken now or next time,
+    never lost. (key, value) bytes."""
+    token_in, token_out = ctypes.c_uint64(0), ctypes.c_uint64(0)  # hash maps' batch token: a bucket index
+    keys = ctypes.create_string_buffer(key_size * chunk)
+    values = ctypes.create_string_buffer(value_size * chunk)
+    out: list[tuple[bytes, bytes]] = []
+    started = False
+    while True:
+        attr = ctypes.create_string_buffer(batch_attr(ctypes.addressof(token_in) if started else 0,
+                                                      ctypes.addressof(token_out), ctypes.addressof(keys),
+                                                      ctypes.addressof(values), chunk, map_fd), ATTR_SIZE)
+        done = False
+        try:
+            bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, attr)
+        except OSError as exc:
+            if exc.errno == errno_mod.ENOSPC and chunk < 1 << 16:  # one bucket holds more than `chunk`
+                chunk *= 4
+                keys = ctypes.create_string_buffer(key_size * chunk)
+                values = ctypes.create_string_buffer(value_size * chunk)
+                continue
+            if exc.errno != errno_mod.ENOENT:  # ENOENT: the last entries (count says how many) or none
+                raise
+            done = True
+        count = struct.unpack_from("=I", attr, 32)[0]
+        for i in range(count):
+            out.append((keys.raw[i * key_size:(i + 1) * key_size], values.raw[i * value_size:(i + 1) * value_size]))
+        if done:
+            return out
+        token_in.value, started = token_out.value, True
 
 
 # --- the kernel's view: ids, fds, info ------------------------------------------

@@ -22,6 +22,9 @@ from tracer.kernel import links
 from tracer.kernel.netns import in_fresh_netns
 
 PROBE_TRACEPOINT = ("net", "netif_receive_skb")
+# The docker-proxy link sensor's raw tracepoints (bpf/proxy.c): a TCP
+# reader took bytes, a socket send gave bytes.
+SOCKET_TRACEPOINTS = ("tcp_rcv_space_adjust", "sock_send_length")
 FENTRY_TARGET = "tcp_v4_rcv"
 # no table in a fresh netns uses this, but stay off the tables' own numbers anyway
 NF_PROBE_PRIORITY = -98
@@ -243,26 +246,38 @@ def probe_netfilter(bcc_module) -> Capability:
 
 
 def probe_tracepoints(bcc_module, why_not: str) -> list[Capability]:
+    """Perf tracepoints (no sensor attaches them now: informational), raw
+    tracepoints, and the raw tracepoints the proxy sensor attaches."""
     cat, name = PROBE_TRACEPOINT
     tp_fix = "needs CONFIG_TRACEPOINTS and tracefs (mount -t tracefs tracefs /sys/kernel/tracing)"
+    sock_fix = (f"optional: docker-proxy links need the {' and '.join(SOCKET_TRACEPOINTS)} tracepoints; "
+                "tracer works without them")
     if bcc_module is None:
-        return [Capability("tracepoints", False, why_not, True, tp_fix),
-                Capability("raw_tracepoints", False, why_not, False, tp_fix)]
+        return [Capability("tracepoints", False, why_not, False, tp_fix),
+                Capability("raw_tracepoints", False, why_not, False, tp_fix),
+                Capability("socket_tracepoints", False, why_not, False, sock_fix)]
     out = []
     tp = f"{cat}:{name}".encode()
     try:
         bcc_module.attach_tracepoint(tp=tp, fn_name=b"doctor_tp")
         bcc_module.detach_tracepoint(tp=tp)
-        out.append(Capability("tracepoints", True, f"{cat}:{name} attached and detached", True, tp_fix))
+        out.append(Capability("tracepoints", True, f"{cat}:{name} attached and detached", False, tp_fix))
     except Exception as exc:
-        out.append(Capability("tracepoints", False, f"{cat}:{name}: {_err(exc)}", True, tp_fix))
-    try:
-        bcc_module.attach_raw_tracepoint(tp=name.encode(), fn_name=b"doctor_raw")
-        bcc_module.detach_raw_tracepoint(tp=name.encode())
-        out.append(Capability("raw_tracepoints", True, f"raw {name} attached and detached", False, tp_fix))
-    except Exception as exc:
-        out.append(Capability("raw_tracepoints", False, f"raw {name}: {_err(exc)}", False, tp_fix))
+        out.append(Capability("tracepoints", False, f"{cat}:{name}: {_err(exc)}", False, tp_fix))
+    out.append(_probe_raw(bcc_module, "raw_tracepoints", (name,), tp_fix))
+    out.append(_probe_raw(bcc_module, "socket_tracepoints", SOCKET_TRACEPOINTS, sock_fix))
     return out
+
+
+def _probe_raw(bcc_module, capability: str, names: tuple[str, ...], fix: str) -> Capability:
+    """Each raw tracepoint of `names` attached and detached."""
+    for name in names:
+        try:
+            bcc_module.attach_raw_tracepoint(tp=name.encode(), fn_name=b"doctor_raw")
+            bcc_module.detach_raw_tracepoint(tp=name.encode())
+        except Exception as exc:
+            return Capability(capability, False, f"raw {name}: {_err(exc)}", False, fix)
+    return Capability(capability, True, f"raw {', '.join(names)} attached and detached", False, fix)
 
 
 def probe_kprobes(bcc_module) -> Capability:
