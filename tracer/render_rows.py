@@ -21,7 +21,7 @@ from tracer.decode import _factorize as _factorize_any
 from tracer.journey_json import _string_buffer
 from tracer.journey_rows import JourneyRows, _endpoint_plain, _factorize, _lut
 from tracer.journeys import VERDICTS, _flags_text
-from tracer.ids import format_ids
+from tracer.ids import id_texts
 from tracer.wallclock import clock_array
 from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt
 from tracer.text import printable
@@ -86,7 +86,6 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     count, n = len(jr), len(jr.rows)
     if not count:
         return memoryview(b"")
-    pool = _Pool()
     bold = _style_parts(color, bold=True)
     red = _style_parts(color, fg="red", bold=True)
     nat_style = _style_parts(color, **_NAT_STYLE)
@@ -125,21 +124,18 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     w_ct = np.maximum.reduceat(l_ct, first)
     has_ct = (w_ct > 0)[journey_of_hop]
 
-    pad = pool.many([" " * k for k in range(_MAX_PAD)])
-    dt_p = pool.many(dt_texts)[dt_idx]
-    hook_p = pool.many(hook_texts)[hk_idx]
-    if_p = pool.many(if_texts)[jr.ifname.codes]
-    ct_p = pool.many(ct_texts)[jr.container.codes]
-
-    def pad_to(width: np.ndarray, length: np.ndarray) -> np.ndarray:
-        return pad[np.minimum(width[journey_of_hop] - length, _MAX_PAD - 1)]
+    pad_dt = np.minimum(w_dt[journey_of_hop] - l_dt, _MAX_PAD - 1)
+    pad_hook = np.minimum(w_hook[journey_of_hop] - l_hook, _MAX_PAD - 1)
+    pad_if = np.minimum(w_if[journey_of_hop] - l_if, _MAX_PAD - 1)
+    pad_ct = np.where(has_ct, np.minimum(w_ct[journey_of_hop] - l_ct, _MAX_PAD - 1), 0)
+    ct_code = np.where(has_ct, jr.container.codes, 0)
 
     # Addresses: 'src → dst' per distinct pair; '?' for none.
     pidx, (s_keys, d_keys) = jr.pairs()
     s_keys, d_keys = s_keys.tolist(), d_keys.tolist()
     s_text = [_endpoint_plain(jr.src_ip[k >> 17], (k >> 1) & 0xFFFF, k & 1) or "?" for k in s_keys]
     d_text = [_endpoint_plain(jr.dst_ip[k >> 17], (k >> 1) & 0xFFFF, k & 1) or "?" for k in d_keys]
-    pair_p = pool.many([f"{s}{_ARROW}{d}" for s, d in zip(s_text, d_text)])[pidx]
+    pair_texts = [f"{s}{_ARROW}{d}" for s, d in zip(s_text, d_text)]
 
     # NAT between a hop and the previous one with addresses (drop hops say
     # nothing and are passed over: nat_translation).
@@ -160,26 +156,21 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     reply = (jr.direction == 2)[journey_of_hop]
     nat_code = dst_changed * 1 + src_changed * 2 + reply * 4 * (dst_changed | src_changed)
     nat_names = {1: "DNAT", 2: "SNAT", 3: "DNAT + SNAT", 5: "reverse SNAT", 6: "reverse DNAT", 7: "reverse SNAT + reverse DNAT"}
-    nat_lut = np.full(8, pool.at(""), np.int64)
+    nat_texts = [""] * 8
     for code, name in nat_names.items():
-        nat_lut[code] = pool.at("  " + nat_style[0] + name + nat_style[1])
-    nat_p = nat_lut[nat_code]
+        nat_texts[code] = "  " + nat_style[0] + name + nat_style[1]
 
     # Drop hops: the reason and where the packet was last seen.
     reason_values = [v or "dropped" for v in reason_names]
     seen = jr.last_seen
     seen_hook = np.where(seen >= 0, hk_idx[np.maximum(seen, 0)], -1)
     seen_texts = {-1: ""} | {k: f" (last seen {hook_texts[k]})" for k in set(seen_hook.tolist()) if k >= 0}
-    drop_tail = [pool.at(f"{reason_values[r]}{seen_texts[s]}") for r, s in
-                 zip(jr.drop_reason.codes[is_drop].tolist(), seen_hook[journey_of_hop[is_drop]].tolist())]
-    drop_p = np.full(n, -1, np.int64)
-    drop_p[is_drop] = drop_tail
+    drop_texts = _Pool()
+    drop_of_hop = np.zeros(n, np.int64)
+    drop_of_hop[is_drop] = [drop_texts.at(f"{reason_values[r]}{seen_texts[s]}") for r, s in
+                            zip(jr.drop_reason.codes[is_drop].tolist(), seen_hook[journey_of_hop[is_drop]].tolist())]
 
     # --- per journey: the header ------------------------------------------------
-    # The short ids are the only per-journey texts: they go after the pool.
-    ids = pa.array([f"#{t}" for t in format_ids(jr.packet_id)] + [f"flow {t}" for t in format_ids(jr.flow_id)],
-                   pa.string())
-    clocks = pc.fill_null(clock_array(jr.wall_ns), "-")  # the time of day the journey started
     tcp = _lut(jr.protocol.values, lambda v: v == "tcp")[jr.protocol.codes]
     flags = np.where(tcp, jr.tcp_flags.astype(np.int64), 256)  # 256: not TCP
     proto_names = [v or "?" for v in jr.protocol.values]
@@ -189,13 +180,11 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
         c, f = divmod(k, 257)
         ft = _flags_text(f) if f < 256 else ""
         pf_texts.append(f"{proto_names[c]} {ft}" if ft else proto_names[c])
-    pf_p = pool.many(pf_texts)[pf_idx]
-    first_pair_p = pair_p[first]
     directions = {0: "?", 1: "original", 2: "reply"}
     n_c, n_r = len(jr.container.values), len(jr.drop_reason.values)
     rk_u, rk_idx = _factorize((((jr.direction.astype(np.int64) * n_c + jr.container_of) * n_c + jr.container_to) * 3
                                + jr.verdict) * n_r + jr.reason)
-    rest_texts = []
+    rest_a, rest_b = [], []  # "  direction  " + flow id + "  [container]  verdict": split around the flow id
     for k in rk_u.tolist():
         k, r = divmod(k, n_r)
         k, v = divmod(k, 3)
@@ -205,39 +194,71 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
         if container and ct_values[to]:  # from one container to another
             container += " → " + ct_values[to]
         vs = _style_parts(color, **_VERDICT_STYLE.get(verdict, {}))
-        rest_texts.append(f"  {directions[d]}  \0{'  [' + container + ']' if container else ''}  "
-                          f"{vs[0]}{verdict}{' ' + reason if reason else ''}{vs[1]}")
-    # "  direction  " + flow id + "  [container]  verdict": split around the flow id.
-    rest_a = pool.many([t.split("\0")[0] for t in rest_texts])[rk_idx]
-    rest_b = pool.many([t.split("\0")[1] for t in rest_texts])[rk_idx]
+        rest_a.append(f"  {directions[d]}  ")
+        rest_b.append(f"{'  [' + container + ']' if container else ''}  {vs[0]}{verdict}{' ' + reason if reason else ''}{vs[1]}\n")
 
-    # --- lay it out: a fixed number of pieces per line, "" where unused ------------
-    sp, space2, nl, empty = pool.at(" "), pool.at("  "), pool.at("\n"), pool.at("")
-    indent = pool.at("    ")
-    b_on, b_off = pool.at(bold[0]), pool.at(bold[1])
-    r_on, r_off = pool.at(red[0]), pool.at(red[1])
-    base = len(pool)
-    pid_text, flow_text = base + np.arange(count), base + count + np.arange(count)
-    clock_text = base + 2 * count + np.arange(count)
-    header = (b_on, clock_text, sp, pid_text, sp, pf_p, sp, first_pair_p, b_off, rest_a, flow_text, rest_b, nl)
-    on = np.where(is_drop, r_on, empty)
-    off = np.where(is_drop, r_off, empty)
-    hop = (
-        on, indent, pad_to(w_dt, l_dt), dt_p, space2, hook_p, pad_to(w_hook, l_hook), space2, if_p,
-        pad_to(w_if, l_if), np.where(has_ct, space2, empty), np.where(has_ct, ct_p, empty),
-        np.where(has_ct, pad_to(w_ct, l_ct), empty), space2, np.where(is_drop, drop_p, pair_p),
-        np.where(is_drop, empty, nat_p), off, nl,
-    )
+    # --- lay it out ---------------------------------------------------------------
+    # Seven pieces per header (bold on, clock, " #", packet id, the middle up to
+    # "flow ", flow id, the rest) and four per hop (indent, dt, hook ..
+    # container, addresses or drop reason to the newline): each piece but
+    # the clock, ids and dt is one of few distinct texts, formatted once.
+    texts: list[str] = [bold[0], " #"]
+    # Indent: red on a drop hop, padding to the journey's widest dt.
+    lead_u, lead_idx = _factorize(is_drop * _MAX_PAD + pad_dt)
+    lead_at = len(texts)
+    texts += [(red[0] if k >= _MAX_PAD else "") + "    " + " " * (k % _MAX_PAD) for k in lead_u.tolist()]
+    dt_at = len(texts)
+    texts += dt_texts
+    # Hook, interface and container, each padded to the journey's widest.
+    n_hk, n_if, n_ct = len(hook_texts), len(if_texts), len(ct_texts)
+    mid_key = ((((hk_idx * _MAX_PAD + pad_hook) * n_if + jr.ifname.codes) * _MAX_PAD + pad_if) * 2 + has_ct) * n_ct
+    mid_key = (mid_key + ct_code) * _MAX_PAD + pad_ct
+    mid_u, mid_idx = _factorize_any(mid_key)
+    mid_at = len(texts)
+    for k in mid_u.tolist():
+        k, pc_ = divmod(k, _MAX_PAD)
+        k, c = divmod(k, n_ct)
+        k, with_ct = divmod(k, 2)
+        k, pi = divmod(k, _MAX_PAD)
+        k, i = divmod(k, n_if)
+        hk, ph = divmod(k, _MAX_PAD)
+        ct_part = f"  {ct_texts[c]}{' ' * pc_}" if with_ct else ""
+        texts.append(f"  {hook_texts[hk]}{' ' * ph}  {if_texts[i]}{' ' * pi}{ct_part}  ")
+    # Addresses and NAT, or the drop's reason (red off), to the end of the line.
+    tail_key = np.where(is_drop, len(pair_texts) * 8 + drop_of_hop, pidx * 8 + nat_code)
+    tail_u, tail_idx = _factorize(tail_key)
+    tail_at = len(texts)
+    for k in tail_u.tolist():
+        if k >= len(pair_texts) * 8:
+            texts.append(drop_texts.values[k - len(pair_texts) * 8] + red[1] + "\n")
+        else:
+            texts.append(pair_texts[k // 8] + nat_texts[k % 8] + "\n")
+    # The header from the protocol to "flow ", and after the flow id.
+    head_key = (pf_idx * len(pair_texts) + pidx[first]) * len(rest_a) + rk_idx
+    head_u, head_idx = _factorize_any(head_key)
+    head_at = len(texts)
+    for k in head_u.tolist():
+        k, rk = divmod(k, len(rest_a))
+        pf, pr = divmod(k, len(pair_texts))
+        texts.append(f" {pf_texts[pf]} {pair_texts[pr]}{bold[1]}{rest_a[rk]}flow ")
+    rest_at = len(texts)
+    texts += rest_b
+    pid_at = len(texts)
+    flow_at, clock_at = pid_at + count, pid_at + 2 * count
+    journeys = np.arange(count)
+    header = (0, clock_at + journeys, 1, pid_at + journeys, head_at + head_idx, flow_at + journeys, rest_at + rk_idx)
+    hop = (lead_at + lead_idx, dt_at + dt_idx, mid_at + mid_idx, tail_at + tail_idx)
     H, P = len(header), len(hop)
-    line_at = np.arange(count) * H + first * P
+    line_at = journeys * H + first * P
     idx = np.empty(count * H + n * P, np.int64)
     for i, piece in enumerate(header):
         idx[line_at + i] = piece
     hop_at = line_at[journey_of_hop] + H + (np.arange(n) - first[journey_of_hop]) * P
     for i, col in enumerate(hop):
         idx[hop_at + i] = col
-    texts = pa.concat_arrays([pa.array(pool.values, pa.string()), ids, clocks])
-    data, offsets = _string_buffer(texts.take(pa.array(idx)))
+    clocks = pc.fill_null(clock_array(jr.wall_ns), "-")  # the time of day the journey started
+    pool = pa.concat_arrays([pa.array(texts, pa.string()), id_texts(jr.packet_id), id_texts(jr.flow_id), clocks])
+    data, offsets = _string_buffer(pool.take(pa.array(idx)))
     return data[int(offsets[0]) : int(offsets[-1])]
 
 
