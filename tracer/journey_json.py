@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from tracer.addresses import endpoint
 from tracer.ids import id_texts
-from tracer.wallclock import rfc3339_array
+from tracer.wallclock import split_times
 from tracer.journey_rows import JourneyRows, _dumps, _factorize, _lut, _mixed_radix, journey_rows
 from tracer.journeys import _DIRECTION_NAMES, VERDICTS, _flags_text
 
@@ -48,44 +48,50 @@ def _string_buffer(arr: pa.StringArray) -> tuple[memoryview, np.ndarray]:
     return memoryview(arr.buffers()[2]), offsets
 
 
-_PACKET_ID_KEY, _FLOW_ID_KEY = '{"packet_id": ', ', "flow_id": '
-_TIME_KEY, _KTIME_KEY = ', "time": ', ', "ktime_ns": '
-_HEADER_PIECES = 9  # '{"packet_id": ', id, flow key, flow, time key, time, ktime key, ktime, the rest
+_PACKET_ID_KEY, _FLOW_ID_KEY, _NO_TIME = '{"packet_id": ', ', "flow_id": ', ""
+_TIME_KEY, _KTIME_KEY = 'Z", "ktime_ns": ', ', "ktime_ns": '  # after a time, after none
+_HEADER_PIECES = 9  # '{"packet_id": ', id, flow key, flow, time key + second, fraction, ktime key, ktime, the rest
 
 
 def _json_pieces(jr: JourneyRows, newline: bool) -> tuple[pa.StringArray, np.ndarray]:
     """The JSON lines as string pieces which, back to back, are the text: per
-    journey '{"packet_id": ', id, ', "flow_id": ', flow, ', "time": ', time,
-    ', "ktime_ns": ', ktime, the rest of its header; per hop its head (the
-    previous hop's end, then hook .. "src": ), its addresses up to "dt_ns": ,
-    dt; then the last hop's end and ']}'. Everything but the numbers and
-    times is formatted once per distinct value; one take of a pool of all the
-    texts lays the pieces out. Also returns the piece where each line starts
-    (plus the end)."""
+    journey '{"packet_id": ', id, ', "flow_id": ', flow, ', "time": "' and
+    its second (or ', "time": null'), its nanoseconds (or nothing), 'Z",
+    "ktime_ns": ' (or without 'Z"'), ktime, the rest of its header; per hop
+    its head (the previous hop's end, then hook .. "src": ), its addresses up
+    to "dt_ns": , dt; then the last hop's end and ']}'. Everything but the
+    numbers is formatted once per distinct value; one take of a pool of all
+    the texts lays the pieces out. Also returns the piece where each line
+    starts (plus the end)."""
     n, count = len(jr.rows), len(jr)
     heads, head_idx = _hop_heads(jr)
     pairs, pair_idx = _hop_addresses(jr)
     rests, rest_idx = _header_rests(jr)
     close = "]}\n" if newline else "]}"
     closings = [_end_text(v) + close for v in jr.container_id.values]
+    # Times: '"2026-11-30T08:01:07.' once per distinct second, then 9 digits.
+    known = jr.wall_ns != 0
+    seconds, second_idx, fractions = split_times(jr.wall_ns, "%Y-%m-%dT%H:%M:%S.", 9)
+    seconds = [f', "time": "{t}' for t in seconds] + [', "time": null']
+    second_idx = np.where(known, second_idx, len(seconds) - 1)
     # The pool: the distinct texts, then the numbers formatted per row/journey.
-    texts = [_PACKET_ID_KEY, _FLOW_ID_KEY, _TIME_KEY, _KTIME_KEY, *heads, *pairs, *closings, *rests]
-    head_at = 4
+    texts = [_PACKET_ID_KEY, _FLOW_ID_KEY, _TIME_KEY, _KTIME_KEY, _NO_TIME, *heads, *pairs, *closings, *rests, *seconds]
+    head_at = 5
     pair_at = head_at + len(heads)
     close_at = pair_at + len(pairs)
     rest_at = close_at + len(closings)
-    dt_at = rest_at + len(rests)
+    second_at = rest_at + len(rests)
+    dt_at = second_at + len(seconds)
     pid_at = dt_at + n
     flow_at = pid_at + count
-    time_at = flow_at + count
-    ktime_at = time_at + count
-    times = pc.fill_null(pc.binary_join_element_wise('"', rfc3339_array(jr.wall_ns), '"', ""), "null")
+    fraction_at = flow_at + count
+    ktime_at = fraction_at + count
     pool = pa.concat_arrays([
         pa.array(texts, pa.string()),
         pc.cast(pa.array(jr.dt), pa.string()),
         id_texts(jr.packet_id, json=True),  # ids as everywhere: hex text (tracer/ids.py)
         id_texts(jr.flow_id, json=True),  # 0: unknown -> null
-        times,
+        fractions,
         pc.cast(pa.array(jr.ktime[jr.starts[:-1]], pa.int64()), pa.string()),
     ])
     # Ten pieces per journey (header: 9, closing: 1) and three per hop.
@@ -98,9 +104,9 @@ def _json_pieces(jr: JourneyRows, newline: bool) -> tuple[pa.StringArray, np.nda
     idx[at + 1] = pid_at + journeys
     idx[at + 2] = 1
     idx[at + 3] = flow_at + journeys
-    idx[at + 4] = 2
-    idx[at + 5] = time_at + journeys
-    idx[at + 6] = 3
+    idx[at + 4] = second_at + second_idx
+    idx[at + 5] = np.where(known, fraction_at + journeys, 4)
+    idx[at + 6] = np.where(known, 2, 3)
     idx[at + 7] = ktime_at + journeys
     idx[at + 8] = rest_at + rest_idx
     hop = (H + 1) * np.repeat(journeys, np.diff(jr.starts)) + H + 3 * np.arange(n)

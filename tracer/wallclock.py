@@ -41,6 +41,24 @@ def clock_array(ns) -> pa.Array:
     return _formatted(ns, "%H:%M:%S.", 6, "")
 
 
+def split_times(ns, format: str, digits: int) -> tuple[list[str], np.ndarray, pa.StringArray]:
+    """Times as pieces, for text laid out by index: strftime(format) of each
+    distinct whole second, each value's index into them, and each value's
+    fraction as ``digits`` zero-padded digits (a fixed width: numpy writes
+    the digits, no formatting kernel per value)."""
+    ns = np.asarray(ns, np.int64)
+    seconds, fraction = np.divmod(ns, _NS_PER_S)
+    distinct, which = np.unique(seconds, return_inverse=True)
+    heads = pc.strftime(pa.array(distinct, _SECONDS), format=format).to_pylist()
+    rest = fraction // 10 ** (9 - digits)
+    chars = np.empty((len(ns), digits), np.uint8)
+    for col in range(digits - 1, -1, -1):
+        rest, digit = np.divmod(rest, 10)
+        chars[:, col] = digit + 48
+    offsets = np.arange(0, digits * (len(ns) + 1), digits, dtype=np.int32)
+    return heads, which.reshape(-1), pa.StringArray.from_buffers(len(ns), pa.py_buffer(offsets), pa.py_buffer(chars))
+
+
 def rfc3339(ns: int | None) -> str | None:
     return rfc3339_array([ns or 0])[0].as_py()
 
