@@ -104,22 +104,28 @@ class CaptureAnalysis:
         (``add_journeys``), not laid out as sightings unless ``also`` needs them;
         ``journeys=False`` lays everything out (the sighting path: the tests' oracle)."""
         from tracer.journey_capture import JourneyBatch, journey_sightings
+        from tracer.journey_paths import path_rows as journey_path_rows
         from tracer.packet_window import MAX_HELD_ROWS, MIN_CHUNK_ROWS, PacketWindow
 
         ca = cls(None, capture.metadata, slowest=slowest)
         sightings = PacketWindow()
         # About 9 sightings a journey row: twice the sightings a chunk (each cut sorts
         # what is held), and about the same held at most.
-        journeys = PacketWindow(min_chunk_rows=MIN_CHUNK_ROWS // 4, max_held_rows=MAX_HELD_ROWS // 8,
-                                last_column="last_ktime_ns")
+        journey_window = PacketWindow(min_chunk_rows=MIN_CHUNK_ROWS // 4, max_held_rows=MAX_HELD_ROWS // 8,
+                                      last_column="last_ktime_ns")
         registry = None
 
         def journey_chunk(chunk: pa.Table) -> None:
-            ca.add_journeys(chunk, registry)
+            taken, rest = ca.add_journeys(chunk, registry)
             if also:
-                rows = journey_sightings(chunk, registry)
+                path_rows = None
                 for other in also:
-                    other.add(rows)
+                    if hasattr(other, "add_journeys"):  # takes the packets read off the list columns as they are
+                        if path_rows is None and taken is not None:
+                            path_rows = journey_path_rows(*taken)
+                        other.add_journeys(path_rows, rest)
+                    else:
+                        other.add(journey_sightings(chunk, registry))
 
         def sighting_chunk(chunk: pa.Table) -> None:
             ca.add(chunk)
@@ -130,12 +136,12 @@ class CaptureAnalysis:
         for item in items:
             if isinstance(item, JourneyBatch):
                 registry = item.registry
-                for chunk in journeys.add(item.rows):
+                for chunk in journey_window.add(item.rows):
                     journey_chunk(chunk)
             else:
                 for chunk in sightings.add(item):
                     sighting_chunk(chunk)
-        for chunk in journeys.flush():
+        for chunk in journey_window.flush():
             journey_chunk(chunk)
         for chunk in sightings.flush():
             sighting_chunk(chunk)
@@ -180,13 +186,14 @@ class CaptureAnalysis:
             container=container[_reduce(np.maximum, ccode[o], ps)],
             reasons=reasons, rows_of=rows_of))
 
-    def add_journeys(self, rows: pa.Table, registry: Any) -> None:
+    def add_journeys(self, rows: pa.Table, registry: Any) -> tuple[tuple | None, pa.Table | None]:
         """Journey rows (schema 2, whole packets; their places ids of
         ``registry``, a journey_capture.PlaceRegistry) without laying them
         out as sightings: tracer/journey_analysis.py reads hops off the list
         columns. Packets it does not take that way (in parts, hops out of
         order, more than one container) go through ``add`` as sighting
-        rows."""
+        rows. Returns what it took, (hops, facts) of journey_packets or None,
+        and the sighting rows of the rest (None: none), for the path pass."""
         from tracer.journey_analysis import journey_packets
         from tracer.journey_capture import journey_sightings
 
@@ -195,8 +202,11 @@ class CaptureAnalysis:
         hops, facts, rest = journey_packets(rows, registry, self)
         if hops is not None:
             self._add_packets(hops, facts)
+        rest_rows = None
         if rest is not None and rest.num_rows:
-            self.add(journey_sightings(rest, registry))
+            rest_rows = journey_sightings(rest, registry)
+            self.add(rest_rows)
+        return ((hops, facts) if hops is not None else None), rest_rows
 
     def _add_packets(self, s: Any, f: "PacketFacts") -> None:
         """One chunk of packets: ``s`` their sightings in journey order

@@ -116,6 +116,7 @@ def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, Packet
         return None, None, rest
 
     # Sightings of the packets taken, in journey order (record by record, hops in order).
+    sel = None
     if len(take) == n:  # every row taken (the usual case): no selection to copy through
         h_rec, h_kt, h_key, h_is_drop, sizes, pstart = rec, kt, hop_key, is_drop, n_hops, first
     else:
@@ -125,12 +126,18 @@ def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, Packet
         pstart = np.zeros(len(take), np.int64)
         np.cumsum(sizes[:-1], out=pstart[1:])
     offset = _ints(rows, "time") - kt0  # wall clock minus ktime, per row
-    label, labels, terminal_of = _labels(h_key, places)
+    label, labels, terminal_of, parts = _labels(h_key, places)
     wall = offset[h_rec]
     wall += h_kt
     hops = SimpleNamespace(
         pid=pid[h_rec], kt=h_kt, label=label, labels=labels, is_drop=h_is_drop, terminal=terminal_of[label],
-        wall=wall, pstart=pstart, pend=pstart + sizes, psize=sizes)
+        wall=wall, pstart=pstart, pend=pstart + sizes, psize=sizes,
+        # for the report's path pass (tracer/journey_paths.py): each label's
+        # (hook, role), each hop's record (a row of ``rows``) and place, the
+        # flattened hops and which of them were taken (None: all)
+        label_hooks=[h for h, _ in parts], label_roles=[r for _, r in parts], rec=h_rec,
+        place=place if sel is None else place[sel], rows=rows, flat=flat, sel=sel, places=places,
+        reason_codes=reason_codes)
 
     # Per packet: its record's facts, and the first hop's addresses.
     dcodes, dvalues = _codes(rows, "direction")
@@ -165,14 +172,16 @@ def _field(flat: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
     return out.astype(np.int64)
 
 
-def _labels(key: np.ndarray, places: list) -> tuple[np.ndarray, list[str], np.ndarray]:
+def _labels(key: np.ndarray, places: list) -> tuple[np.ndarray, list[str], np.ndarray, list[tuple[str, str]]]:
     """Per hop the index of its label (Hop.label of its hook, NAT stage and
     its place's role; ``key`` as journey_packets makes it) in the returned
-    labels, and per label whether it ends a journey (is_terminal)."""
+    labels, per label whether it ends a journey (is_terminal), and per label
+    its (hook, role)."""
     roles = [p.role for p in places] + [events.OTHER]
     present = np.flatnonzero(np.bincount(key, minlength=1))
     labels: Interner[str] = Interner()
     terminal: list[bool] = []
+    parts: list[tuple[str, str]] = []
     lut = np.zeros(len(present) and int(present[-1]) + 1, np.int64)
     for k in present.tolist():
         rest, place = divmod(k, len(roles))
@@ -181,7 +190,8 @@ def _labels(key: np.ndarray, places: list) -> tuple[np.ndarray, list[str], np.nd
         lut[k] = i = labels.id_of(hop_label(name, stage, role))
         if i == len(terminal):
             terminal.append(ends_journey(name, stage, role))
-    return lut[key], labels.values, np.array(terminal, bool)
+            parts.append((name, role))
+    return lut[key], labels.values, np.array(terminal, bool), parts
 
 
 def _protocol_name(name: str | None) -> str:

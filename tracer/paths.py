@@ -42,6 +42,33 @@ MAX_BINS = 90  # time bins per segment series: bins double in width as the captu
 FIRST_BIN_NS = 10_000_000  # 10 ms to start with
 DIRECTIONS = ("-", "original", "reply")
 _PRIME = np.uint64(1_000_003)
+_MAX_GRID = 1 << 23  # counts per chunk counted at once for the segments' histograms (8 B each)
+
+
+def _weights(n: int, _cache: list = []) -> np.ndarray:  # noqa: B006 - the cache
+    """_PRIME ** position (uint64, wrapping) for positions 0..n-1: a sequence's hash weights."""
+    if len(_cache) < 1 or len(_cache[0]) < n:
+        _cache[:] = [np.power(_PRIME, np.arange(max(n, 64), dtype=np.uint64))]
+    return _cache[0]
+
+
+class Tally(Counter):
+    """A Counter whose ties go by key, not by which was counted first: the
+    report is the same however the capture was read (in which chunks, which
+    packets off the journey rows and which as sighting rows)."""
+
+    def most_common(self, n: int | None = None) -> list:
+        ranked = sorted(self.items(), key=lambda kv: (-kv[1], _sort_key(kv[0])))
+        return ranked if n is None else ranked[:n]
+
+
+def _sort_key(key) -> tuple:
+    parts = key if isinstance(key, tuple) else (key,)
+    return tuple((0, p) if isinstance(p, (int, float)) else (1, "" if p is None else str(p)) for p in parts)
+
+
+def _tallies() -> defaultdict:
+    return defaultdict(Tally)
 
 
 @dataclass
@@ -63,16 +90,16 @@ class Group:
     entry: str  # where packets entered: 'external', 'container', 'host', 'bridge', 'veth'
     nat: str | None  # 'DNAT', 'SNAT', 'reverse DNAT', 'reverse SNAT', combinations, or None
     packets: int = 0
-    verdicts: Counter = field(default_factory=Counter)  # delivered / dropped / unknown
-    exits: Counter = field(default_factory=Counter)  # where delivered packets left: container, external, host
-    sequences: Counter = field(default_factory=Counter)  # tuple of labels (no drop) -> packets
+    verdicts: Tally = field(default_factory=Tally)  # delivered / dropped / unknown
+    exits: Tally = field(default_factory=Tally)  # where delivered packets left: container, external, host
+    sequences: Tally = field(default_factory=Tally)  # tuple of labels (no drop) -> packets
     segments: dict[tuple[str, str], Segment] = field(default_factory=dict)
     end_to_end: Histogram = field(default_factory=Histogram)  # delivered packets, first to last sighting
-    drops: Counter = field(default_factory=Counter)  # (last label seen, reason) -> packets
-    devices: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # label -> ifname -> sightings
-    containers: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # label -> container name
-    translations: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # label -> 'a → b'
-    cpus: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # label -> cpu -> sightings
+    drops: Tally = field(default_factory=Tally)  # (last label seen, reason) -> packets
+    devices: dict[str, Tally] = field(default_factory=_tallies)  # label -> ifname -> sightings
+    containers: dict[str, Tally] = field(default_factory=_tallies)  # label -> container name
+    translations: dict[str, Tally] = field(default_factory=_tallies)  # label -> 'a → b'
+    cpus: dict[str, Tally] = field(default_factory=_tallies)  # label -> cpu -> sightings
 
     @property
     def exit(self) -> str:
@@ -101,7 +128,7 @@ class Group:
     def other_segments(self) -> list[Segment]:
         """Segments of packets that took another way (a hook skipped, a variant)."""
         on = {(s.src, s.dst) for s in self.path_segments()}
-        return sorted((s for k, s in self.segments.items() if k not in on), key=lambda s: -s.packets)
+        return sorted((s for k, s in self.segments.items() if k not in on), key=lambda s: (-s.packets, s.src, s.dst))
 
     @property
     def off_path(self) -> int:
@@ -181,6 +208,89 @@ def _exit_of(label: str) -> str:
     return "?"
 
 
+@dataclass
+class PathRows:
+    """One chunk's sightings of whole packets in journey order (by packet, a
+    drop last, then time), as the path pass reads them: made of sighting rows
+    (``sighting_rows``) or of journey rows as stored (tracer/journey_paths.py).
+    Strings are codes into small per-chunk lists (-1: none)."""
+    labels: list[str]  # each label's name (hop_label) ...
+    hooks: list[str]  # ... hook ('?' unknown) ...
+    roles: list  # ... interface role (None unknown) ...
+    terminal: np.ndarray  # ... and whether a journey ends there (ends_journey)
+    label: np.ndarray  # per row
+    kt: np.ndarray  # per row, ktime ns
+    starts: np.ndarray  # per packet: its first row
+    direction: np.ndarray  # per packet: index into DIRECTIONS
+    wall_first: np.ndarray  # per packet: wall clock ns of its first row
+    src_ip: np.ndarray  # per row: codes into src_ips
+    src_ips: list
+    src_port: np.ndarray
+    dst_ip: np.ndarray  # per row: codes into dst_ips
+    dst_ips: list
+    dst_port: np.ndarray
+    cpu: np.ndarray  # per row
+    reason: np.ndarray  # per row: drop reason, codes into reasons (read at a dropped packet's last row)
+    reasons: list
+    ifname: np.ndarray  # per row: codes into ifnames
+    ifnames: list
+    container: np.ndarray  # per row: container name, codes into containers
+    containers: list
+
+
+def sighting_rows(table: pa.Table, metadata=None) -> PathRows | None:
+    """PathRows of sighting rows of whole packets (rows without a packet id left out)."""
+    t = event_rows(table)
+    if not t.num_rows:
+        return None
+    known = pc.fill_null(pc.not_equal(t["packet_id"], 0), False)
+    if not pc.all(known).as_py():  # rows without a packet id: not a journey's
+        t = t.filter(known)
+    if not t.num_rows:
+        return None
+    t = t.unify_dictionaries()
+    hook_c, hooks, stage_c, stages, role_c, roles = place_codes(t)
+
+    # Label each distinct (hook, stage, role) once.
+    nr, ns_ = len(roles) + 1, len(stages) + 1
+    combo = ((hook_c + 1) * ns_ + (stage_c + 1)) * nr + (role_c + 1)
+    ucombo, label = _compact(combo, (len(hooks) + 1) * ns_ * nr)
+    labels, label_hooks, label_roles, terminal = [], [], [], []
+    for c in ucombo.tolist():
+        h, rest = divmod(c, ns_ * nr)
+        st, r = divmod(rest, nr)
+        hook = hooks[h - 1] if h else "?"
+        stage = stages[st - 1] if st else None
+        role = roles[r - 1] if r else None
+        labels.append(hop_label(hook, stage, role))
+        label_hooks.append(hook)
+        label_roles.append(role)
+        terminal.append(ends_journey(hook, stage, role))
+    is_drop = np.array([h == "drop" for h in label_hooks], dtype=bool)[label]
+
+    pid = _ints(t, "packet_id", np.uint64)
+    kt = _ints(t, "ktime_ns")
+    rows = journey_order(pid, kt, is_drop)  # table row of each sorted row
+    pid = pid[rows]
+    starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
+    dcodes, dvalues = _codes(t, "direction")
+    dmap = np.array([DIRECTIONS.index(v) if v in DIRECTIONS else 0 for v in dvalues] + [0], dtype=np.int64)
+    sip_c, sips = _codes(t, "src_ip")
+    dip_c, dips = _codes(t, "dst_ip")
+    reason_c, reasons = _codes(t, "drop_reason")
+    ifname_c, ifnames = _codes(t, "ifname")
+    cname_c, cnames = _codes(t, "container_name")
+    return PathRows(
+        labels=labels, hooks=label_hooks, roles=label_roles, terminal=np.array(terminal, dtype=bool),
+        label=label[rows], kt=kt[rows], starts=starts,
+        direction=np.maximum.reduceat(dmap[dcodes[rows]], starts),
+        wall_first=wall_ns(t.take(pa.array(rows[starts])), metadata),  # only the packets' first rows
+        src_ip=sip_c[rows], src_ips=sips, src_port=_ints(t, "src_port")[rows],
+        dst_ip=dip_c[rows], dst_ips=dips, dst_port=_ints(t, "dst_port")[rows],
+        cpu=_ints(t, "cpu")[rows], reason=reason_c[rows], reasons=reasons,
+        ifname=ifname_c[rows], ifnames=ifnames, container=cname_c[rows], containers=cnames)
+
+
 class PathStats:
     """Accumulates PathSummary's numbers over chunks of whole packets."""
 
@@ -194,59 +304,41 @@ class PathStats:
     # -- one chunk ---------------------------------------------------------------
 
     def add(self, table: pa.Table) -> None:
-        t = event_rows(table)
-        if not t.num_rows:
-            return
-        known = pc.fill_null(pc.not_equal(t["packet_id"], 0), False)
-        if not pc.all(known).as_py():  # rows without a packet id: not a journey's
-            t = t.filter(known)
-        if not t.num_rows:
-            return
-        t = t.unify_dictionaries()
-        hook_c, hooks, stage_c, stages, role_c, roles = place_codes(t)
+        """Sighting rows of whole packets (any order)."""
+        rows = sighting_rows(table, self.metadata)
+        if rows is not None:
+            self.add_rows(rows)
 
-        # Label each distinct (hook, stage, role) once.
-        nr, ns_ = len(roles) + 1, len(stages) + 1
-        combo = ((hook_c + 1) * ns_ + (stage_c + 1)) * nr + (role_c + 1)
-        ucombo, label = _compact(combo, (len(hooks) + 1) * ns_ * nr)
-        labels, entries, terminal, exits, drop_combo = [], [], [], [], []
-        for c in ucombo.tolist():
-            h, rest = divmod(c, ns_ * nr)
-            st, r = divmod(rest, nr)
-            hook = hooks[h - 1] if h else "?"
-            stage = stages[st - 1] if st else None
-            role = roles[r - 1] if r else None
-            lab = hop_label(hook, stage, role)
-            labels.append(lab)
-            entries.append(_entry_of(hook, role))
-            terminal.append(ends_journey(hook, stage, role))
-            exits.append(_exit_of(lab))
-            drop_combo.append(hook == "drop")
+    def add_journeys(self, rows: "PathRows | None", rest: pa.Table | None) -> None:
+        """A chunk of journey rows as CaptureAnalysis.add_journeys read it:
+        the packets it took off the list columns (tracer/journey_paths.py
+        made their PathRows) and the sighting rows of the others."""
+        parts = [rows, sighting_rows(rest, self.metadata) if rest is not None and rest.num_rows else None]
+        parts = [p for p in parts if p is not None and len(p.starts)]
+        if self.t0 is None and parts:  # time bins start at the chunk's first packet, whichever part it is in
+            self.t0 = int(min(p.wall_first.min() for p in parts))
+        for p in parts:
+            self.add_rows(p)
+
+    def add_rows(self, r: "PathRows") -> None:
+        labels, label, kt, starts = r.labels, r.label, r.kt, r.starts
         nl = len(labels)
-        is_drop = np.array(drop_combo, dtype=bool)[label]
-        term = np.array(terminal, dtype=bool)[label]
-
-        pid = _ints(t, "packet_id", np.uint64)
-        kt = _ints(t, "ktime_ns")
-        order = journey_order(pid, kt, is_drop)
-        pid, kt, label, is_drop, term = pid[order], kt[order], label[order], is_drop[order], term[order]
-        rows = order  # table row of each sorted row
-        n = len(pid)
-        starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
+        if not nl or not len(starts):
+            return
+        entries = [_entry_of(h, role) for h, role in zip(r.hooks, r.roles)]
+        exits = [_exit_of(lab) for lab in labels]
+        label_drop = np.array([h == "drop" for h in r.hooks], dtype=bool)
+        is_drop = label_drop[label]
+        term = r.terminal[label]
+        n = len(label)
         ends = np.append(starts[1:], n)
-        npk = len(starts)
-        packet = np.repeat(np.arange(npk), ends - starts)
+        packet = np.repeat(np.arange(len(starts)), ends - starts)
 
         # Per packet: direction, entry, NAT, verdict, exit.
-        dcodes, dvalues = _codes(t, "direction")
-        dmap = np.array([DIRECTIONS.index(v) if v in DIRECTIONS else 0 for v in dvalues] + [0], dtype=np.int64)
-        direction = np.maximum.reduceat(dmap[dcodes[rows]], starts)
+        direction = r.direction
         entry_names = sorted(set(entries))
         entry = np.array([entry_names.index(e) for e in entries], dtype=np.int64)[label[starts]]
-        sip_c, sips = _codes(t, "src_ip")
-        dip_c, dips = _codes(t, "dst_ip")
-        sip_c, dip_c = sip_c[rows], dip_c[rows]
-        sport, dport = _ints(t, "src_port")[rows], _ints(t, "dst_port")[rows]
+        sip_c, dip_c, sport, dport = r.src_ip, r.dst_ip, r.src_port, r.dst_port
         src = sip_c * 65536 + sport
         dst = dip_c * 65536 + dport
         pair = np.zeros(n, dtype=bool)  # row and the next row: one packet, neither a drop
@@ -279,16 +371,15 @@ class PathStats:
 
         # Sequences of places (no drop rows), hashed per packet.
         pos = np.arange(n) - starts[packet]
-        weight = np.power(_PRIME, pos.astype(np.uint64))
+        weight = _weights(int(pos.max()) + 1 if n else 1)[pos]
         seq_hash = np.add.reduceat(np.where(is_drop, np.uint64(0), (label.astype(np.uint64) + np.uint64(1)) * weight), starts)
-        cpu = _ints(t, "cpu")[rows]
+        cpu = r.cpu
         if n > 1 and not self.cpu_varies:
             same = packet[1:] == packet[:-1]
             self.cpu_varies = bool((same & (cpu[1:] != cpu[:-1]) & ~is_drop[1:]).any())
-        reason_c, reasons = _codes(t, "drop_reason")
-        reason_c = reason_c[rows]
+        reason_c, reasons = r.reason, r.reasons
 
-        wall_first = wall_ns(t.take(pa.array(rows[starts])), self.metadata)  # only the packets' first rows
+        wall_first = r.wall_first
         if self.t0 is None:
             self.t0 = int(wall_first.min())
         self._rebin(int(wall_first.max()))
@@ -298,7 +389,7 @@ class PathStats:
         counts = np.bincount(ginv * 3 + verdict, minlength=ng * 3).reshape(ng, 3)
         delivered = verdict == 0
         exit_counts = np.bincount(ginv[delivered] * nl + label[last_real[delivered]], minlength=ng * nl).reshape(ng, nl)
-        by_group = np.argsort(ginv, kind="stable")
+        by_group = np.argsort(ginv.astype(np.int16) if ng < 1 << 15 else ginv, kind="stable")  # small ints: a radix sort
         bounds = np.r_[0, np.cumsum(np.bincount(ginv, minlength=ng))]
         for g, grp in enumerate(groups):
             pk = by_group[bounds[g]: bounds[g + 1]]
@@ -316,8 +407,8 @@ class PathStats:
             if len(dp):
                 seen = np.where(last[dp] > starts[dp], label[np.maximum(last[dp] - 1, starts[dp])], -1)
                 why = reason_c[last[dp]]
-                for (sn, r), c in Counter(zip(seen.tolist(), why.tolist())).items():
-                    grp.drops[(labels[sn] if sn >= 0 else "-", reasons[r] if r >= 0 else "unknown")] += c
+                for (sn, rc), c in Counter(zip(seen.tolist(), why.tolist())).items():
+                    grp.drops[(labels[sn] if sn >= 0 else "-", reasons[rc] if rc >= 0 else "unknown")] += c
 
         # Segments: rows with a next row of the same packet (no drops), per
         # group: one sort by segment, then one histogram per segment and one
@@ -325,42 +416,17 @@ class PathStats:
         if len(nxt):
             skey = (row_group[nxt] * nl + label[nxt]) * nl + label[nxt + 1]
             useg, scode = _compact(skey, ng * nl * nl)
-            dt = kt[nxt + 1] - kt[nxt]
-            by_seg = np.argsort(scode, kind="stable")
-            sb = np.r_[0, np.cumsum(np.bincount(scode, minlength=len(useg)))]
-            seg_bin = p_bin[packet[nxt]]
-            lo_bin = int(seg_bin.min())
-            nbins = int(seg_bin.max()) - lo_bin + 1
-            coarse = Histogram(1)
-            idx1 = coarse.index(dt)
-            width = len(coarse.counts)
-            for s_i, k in enumerate(useg.tolist()):
-                rest, bl = divmod(k, nl)
-                g, al = divmod(rest, nl)
-                key = (labels[al], labels[bl])
-                seg = groups[g].segments.get(key)
-                if seg is None:
-                    seg = groups[g].segments[key] = Segment(key[0], key[1], Histogram(3))
-                sel = by_seg[sb[s_i]: sb[s_i + 1]]
-                seg.latency.record(dt[sel])
-                grid = np.bincount((seg_bin[sel] - lo_bin) * width + idx1[sel], minlength=nbins * width).reshape(nbins, width)
-                for b in np.flatnonzero(grid.any(axis=1)).tolist():
-                    hist = seg.series.get(b + lo_bin)
-                    if hist is None:
-                        hist = seg.series[b + lo_bin] = Histogram(1)
-                    hist.counts += grid[b]
+            self._add_segments(groups, labels, useg, scode, kt[nxt + 1] - kt[nxt], p_bin[packet[nxt]])
 
         # Devices, containers and CPUs per (group, label): counts over compact keys.
         real = ~is_drop
         gl = (row_group * nl + label)[real]
-        ifname_c, ifnames = _codes(t, "ifname")
-        cname_c, cnames = _codes(t, "container_name")
-        for codes, values, out in ((ifname_c[rows][real], ifnames, "devices"), (cname_c[rows][real], cnames, "containers")):
+        for codes, values, out in ((r.ifname[real], r.ifnames, "devices"), (r.container[real], r.containers, "containers")):
             m = len(values) + 1
             tally = np.bincount(gl * m + (codes + 1), minlength=ng * nl * m)
             for k in np.flatnonzero(tally).tolist():
                 rest, d = divmod(k, m)
-                if d:
+                if d and values[d - 1] is not None:
                     g, li = divmod(rest, nl)
                     getattr(groups[g], out)[labels[li]][values[d - 1]] += int(tally[k])
         ucpu, cpu_code = _compact(np.clip(cpu[real], 0, 65535), int(cpu.max()) + 1 if n else 1)
@@ -372,7 +438,8 @@ class PathStats:
 
         # Translations: where addresses changed, the new address; a port only
         # where it changed too (DNAT's service port), not MASQUERADE's kept ports.
-        for changed_mask, side, codes, ports, values in ((dchg, "dst", dip_c, dport, dips), (schg, "src", sip_c, sport, sips)):
+        for changed_mask, side, codes, ports, values in ((dchg, "dst", dip_c, dport, r.dst_ips),
+                                                         (schg, "src", sip_c, sport, r.src_ips)):
             at = np.flatnonzero(changed_mask)
             if not len(at):
                 continue
@@ -384,6 +451,47 @@ class PathStats:
                 where = values[ip] if ip >= 0 else "?"
                 new = f"{where}:{port}" if port >= 0 else where
                 groups[g].translations[labels[li]][f"{side} → {new}"] += c
+
+    def _add_segments(self, groups: list, labels: list[str], useg: np.ndarray, scode: np.ndarray, dt: np.ndarray,
+                      seg_bin: np.ndarray) -> None:
+        """Hop segments of a chunk (``scode`` into ``useg``, keys of (group,
+        label, next label)) into each segment's latency histogram and its
+        per-time-bin coarse one. Counted for every segment at once (one
+        bincount over segment x bucket), not segment by segment after a sort."""
+        nl = len(labels)
+        fine, coarse = Histogram(3), Histogram(1)
+        w3, w1 = len(fine.counts), len(coarse.counts)
+        idx3, idx1 = fine.index(dt), coarse.index(dt)
+        lo_bin = int(seg_bin.min())
+        nbins = int(seg_bin.max()) - lo_bin + 1
+        ns = len(useg)
+        if ns * max(w3, nbins * w1) <= _MAX_GRID:
+            lat = np.bincount(scode * w3 + idx3, minlength=ns * w3).reshape(ns, w3)
+            grids = np.bincount((scode * nbins + (seg_bin - lo_bin)) * w1 + idx1,
+                                minlength=ns * nbins * w1).reshape(ns, nbins, w1)
+            per_segment = ((lat[i], grids[i]) for i in range(ns))
+        else:  # many segments or time bins in one chunk: one segment at a time
+            by_seg = np.argsort(scode, kind="stable")
+            sb = np.r_[0, np.cumsum(np.bincount(scode, minlength=ns))]
+
+            def one(i: int) -> tuple[np.ndarray, np.ndarray]:
+                sel = by_seg[sb[i]: sb[i + 1]]
+                return (np.bincount(idx3[sel], minlength=w3),
+                        np.bincount((seg_bin[sel] - lo_bin) * w1 + idx1[sel], minlength=nbins * w1).reshape(nbins, w1))
+            per_segment = (one(i) for i in range(ns))
+        for k, (counts, grid) in zip(useg.tolist(), per_segment):
+            rest, bl = divmod(k, nl)
+            g, al = divmod(rest, nl)
+            key = (labels[al], labels[bl])
+            seg = groups[g].segments.get(key)
+            if seg is None:
+                seg = groups[g].segments[key] = Segment(key[0], key[1], Histogram(3))
+            seg.latency.counts += counts
+            for b in np.flatnonzero(grid.any(axis=1)).tolist():
+                hist = seg.series.get(b + lo_bin)
+                if hist is None:
+                    hist = seg.series[b + lo_bin] = Histogram(1)
+                hist.counts += grid[b]
 
     def _group(self, direction: str, entry: str, nat: str | None) -> Group:
         key = (direction, entry, nat)
