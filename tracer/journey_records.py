@@ -147,6 +147,8 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
         netns=netns,
         ifname=ifname,
         container_id=container_id,
+        tcp_seq=records["tcp_seq"][p_first].astype(np.int64),
+        tcp_doff=records["tcp_doff"][p_first].astype(np.int64),
         pair=t_pair[tuple_of_hop],
         pair_keys=(su[pu // len(du)], du[pu % len(du)]),
     )

@@ -225,6 +225,10 @@ class JourneyRows:
     # kernel's records give them per address tuple, far fewer than hops).
     pair: np.ndarray | None = None
     pair_keys: tuple[np.ndarray, np.ndarray] | None = None
+    # Per packet, TCP sequence number and data offset (words; 0 unknown):
+    # where a packet's payload sits in its stream (proxy_output's byte ranges).
+    tcp_seq: np.ndarray | None = None
+    tcp_doff: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.packet_id)
@@ -257,6 +261,8 @@ class JourneyRows:
             src_ip=self.src_ip, dst_ip=self.dst_ip,
             protocol=_Codes(self.protocol.codes[:n], self.protocol.values),
             pair=self.pair[:h] if self.pair is not None else None, pair_keys=self.pair_keys,
+            tcp_seq=self.tcp_seq[:n] if self.tcp_seq is not None else None,
+            tcp_doff=self.tcp_doff[:n] if self.tcp_doff is not None else None,
             **per_hop, **codes, **per_journey,
         )
 
@@ -416,6 +422,8 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
         ifname=_Codes(ifn.codes[rows], ifn.values),
         container_id=_Codes(ids.codes[rows], ids.values),
         wall_ns=wall.astype(np.int64),
+        tcp_seq=_numpy(work["tcp_seq"])[p_first].astype(np.int64),
+        tcp_doff=_numpy(work["tcp_doff"])[p_first].astype(np.int64),
     )
 
 

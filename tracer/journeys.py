@@ -241,6 +241,8 @@ _WORK_SCHEMA = pa.schema(
         ("dst_port", pa.uint16()),
         ("length", pa.uint16()),
         ("tcp_flags", pa.uint8()),
+        ("tcp_seq", pa.uint32()),
+        ("tcp_doff", pa.uint8()),
         ("drop_reason", _DICT_STR),
         ("flags", pa.uint8()),
     ]

@@ -135,6 +135,8 @@ class ProxyLinks:
         self._keep_at_most = keep
         self._new: list[ProxyLink] = []  # made by add() since take_new()
         self._ids = itertools.count(1)
+        # where each relayed stream starts (proxy_output.StreamStarts), kept with the links it serves
+        self.streams = None
 
     def __len__(self) -> int:
         return len(self._kept)

@@ -1,16 +1,24 @@
 """Journeys of docker-proxy legs, told in the output: a journey on either leg
 of a relayed connection gets a `proxy` object in its JSON and, in the human
 text, a line for the proxy hop, after the journey when the packet goes into
-the proxy and before its hops when it comes out of it."""
+the proxy and before its hops when it comes out of it.
+
+A packet that carries payload also gets the bytes it carries, as offsets in
+its direction's stream on its leg (StreamStarts): docker-proxy copies the
+bytes in order, so byte k of a leg's request (or reply) is byte k of the
+other leg's, and a packet on one leg carries the same bytes as the packets
+of the other leg whose ranges overlap its own, however the proxy
+re-segments them."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
 import numpy as np
 
-from tracer.journey_rows import JourneyRows
+from tracer.journey_rows import JourneyRows, _lut
 from tracer.proxies import ProxyLink, ProxyLinks
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
@@ -44,13 +52,90 @@ def journey_notes(jr: JourneyRows, links: ProxyLinks) -> list[Note]:
     return [(k, *found[inverse[k]]) for k in np.flatnonzero(on_leg).tolist()]
 
 
+_TCP_SYN = 0x02
+_SEQ = 1 << 32
+
+
+class StreamStarts:
+    """The initial sequence number of every TCP direction seen opening (its
+    SYN or SYN-ACK), by the first hop's (src, dst) of its packets: a later
+    packet of that direction carries bytes [seq - isn - 1, that + payload)
+    of it. A connection opened before the tracer started has no start, and
+    its packets no range. About the newest ``keep`` directions are kept.
+
+    Every traced connection's opening is noted (its link comes later), so
+    this is column-wise: a direction is one integer key (ids of its two
+    addresses and its two ports), and a batch's openings go into the dict
+    in one update."""
+
+    def __init__(self, keep: int = 1 << 16) -> None:
+        self._isn: dict[int, int] = {}
+        self._keep = keep
+        self._ip_ids: dict[str | None, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._isn)
+
+    def observe(self, jr: JourneyRows) -> None:
+        """Remember the starts of the directions opened in ``jr``."""
+        if jr.tcp_seq is None or not len(jr):
+            return
+        tcp = _lut(jr.protocol.values, lambda v: v == "tcp")[jr.protocol.codes]
+        syn = np.flatnonzero(tcp & ((np.asarray(jr.tcp_flags) & _TCP_SYN) != 0))
+        if not len(syn):
+            return
+        keys = self._keys(jr, syn)
+        self._isn.update(zip(keys.tolist(), np.asarray(jr.tcp_seq)[syn].tolist()))
+        if len(self._isn) > self._keep:  # the oldest first (insertion order)
+            for key in list(itertools.islice(self._isn, len(self._isn) - self._keep)):
+                del self._isn[key]
+
+    def payload_range(self, jr: JourneyRows, k: int) -> tuple[int, int] | None:
+        """[start, end) of the bytes journey ``k`` carries in its direction's
+        stream; None without payload, a seen start or the TCP header length
+        (captures written before it was recorded). IPv4 headers are taken to
+        have no options (Linux's TCP sends none)."""
+        if jr.tcp_seq is None or jr.tcp_doff is None or not jr.tcp_doff[k]:
+            return None
+        isn = self._isn.get(int(self._keys(jr, np.array([k]))[0]))
+        src_ip = jr.src_ip[int(jr.src[0][int(jr.starts[k])])]
+        if isn is None or src_ip is None:
+            return None
+        payload = int(jr.length[k]) - (40 if ":" in src_ip else 20) - 4 * int(jr.tcp_doff[k])
+        if payload <= 0:
+            return None
+        start = (int(jr.tcp_seq[k]) - isn - 1) % _SEQ
+        return start, start + payload
+
+    def _keys(self, jr: JourneyRows, ks: np.ndarray) -> np.ndarray:
+        """(src address id, src port, dst address id, dst port) of the first
+        hops of journeys ``ks``, packed into one integer each."""
+        if len(self._ip_ids) > 0xFFFF:  # ids must fit in 16 bits: start over
+            self._ip_ids.clear()
+            self._isn.clear()
+        ids = self._ip_ids
+        h = np.asarray(jr.starts)[ks]
+        s_codes, d_codes = np.asarray(jr.src[0])[h], np.asarray(jr.dst[0])[h]
+        s_lut = np.array([ids.setdefault(jr.src_ip[c], len(ids)) for c in range(max(s_codes.max(), 0) + 1)], np.uint64)
+        d_lut = np.array([ids.setdefault(jr.dst_ip[c], len(ids)) for c in range(max(d_codes.max(), 0) + 1)], np.uint64)
+        sport = np.asarray(jr.src[1])[h].astype(np.uint64)
+        dport = np.asarray(jr.dst[1])[h].astype(np.uint64)
+        return (s_lut[s_codes] << np.uint64(48)) | (sport << np.uint64(32)) | (d_lut[d_codes] << np.uint64(16)) | dport
+
+
 def annotate(block: bytes | memoryview, jr: JourneyRows, links: ProxyLinks, as_json: bool) -> bytes | memoryview:
     """The output block (JSON lines or text) with the proxy hop of every
-    journey on a known proxy leg."""
+    journey on a known proxy leg, and the bytes it carries. Every block
+    goes through here, linked or not: a connection's opening comes before
+    its link (made by the first bytes the proxy relays)."""
+    if links.streams is None:
+        links.streams = StreamStarts()
+    links.streams.observe(jr)
     notes = journey_notes(jr, links)
     if not notes:
         return block
-    return annotate_json(block, notes) if as_json else annotate_text(block, jr, notes)
+    ranges = [links.streams.payload_range(jr, k) for k, *_ in notes]
+    return annotate_json(block, notes, ranges) if as_json else annotate_text(block, jr, notes, ranges)
 
 
 def recorded_links(links: ProxyLinks, infos: list[dict]) -> None:
@@ -63,20 +148,24 @@ def recorded_links(links: ProxyLinks, infos: list[dict]) -> None:
             continue
 
 
-def annotate_json(block: bytes | memoryview, notes: list[Note]) -> bytes:
-    """JSON lines with `"proxy": {...}` added to the noted journeys' objects."""
+def annotate_json(block: bytes | memoryview, notes: list[Note], ranges: list | None = None) -> bytes:
+    """JSON lines with `"proxy": {...}` added to the noted journeys' objects
+    (with `"bytes": [start, end]` where ``ranges`` has the note's)."""
     data = bytes(block)
     if not notes:
         return data
     lines = data.split(b"\n")
-    for k, link, leg, _ in notes:
+    for i, (k, link, leg, _) in enumerate(notes):
         line = lines[k]
-        extra = json.dumps(link.to_json(leg), ensure_ascii=False).encode()
+        obj = link.to_json(leg)
+        if ranges is not None:
+            obj["bytes"] = list(ranges[i]) if ranges[i] else None
+        extra = json.dumps(obj, ensure_ascii=False).encode()
         lines[k] = line[:-1] + b', "proxy": ' + extra + b"}"
     return b"\n".join(lines)
 
 
-def annotate_text(block: bytes | memoryview, jr: JourneyRows, notes: list[Note]) -> bytes:
+def annotate_text(block: bytes | memoryview, jr: JourneyRows, notes: list[Note], ranges: list | None = None) -> bytes:
     """Human text with the proxy hop's line in the noted journeys. A
     journey's text is its header line ('#' and the packet id, after any
     colour codes and the time) and then its hop lines, whatever their number."""
@@ -89,8 +178,10 @@ def annotate_text(block: bytes | memoryview, jr: JourneyRows, notes: list[Note])
         return data
     ends = header[1:] + [len(lines) - 1 if lines[-1] == "" else len(lines)]
     inserts = []
-    for k, link, _leg, after in notes:
-        inserts.append((ends[k] if after else header[k] + 1, f"{'':>12s}  proxy  {link.text()}"))
+    for i, (k, link, _leg, after) in enumerate(notes):
+        span = ranges[i] if ranges is not None else None
+        carried = f"  bytes {span[0]}-{span[1]}" if span else ""
+        inserts.append((ends[k] if after else header[k] + 1, f"{'':>12s}  proxy  {link.text()}{carried}"))
     for at, text in sorted(inserts, key=lambda x: x[0], reverse=True):
         lines.insert(at, text)
     return "\n".join(lines).encode()

@@ -137,7 +137,8 @@ def test_show_of_a_capture_shows_the_recorded_proxy_hop(tmp_path: Path):
         return result.stdout
 
     journeys = [json.loads(x) for x in show(with_links, "--json").splitlines()]
-    assert journeys[0]["proxy"] == link.to_json("client") and journeys[0]["proxy"]["link"] == 7
+    # (no SYN in this capture: where its bytes start is unknown)
+    assert journeys[0]["proxy"] == {**link.to_json("client"), "bytes": None} and journeys[0]["proxy"]["link"] == 7
     assert "proxy" not in journeys[1]  # another client port: not on this link
     text = show(with_links)
     assert text.count("proxy  docker-proxy pid 41") == 1 and "link 7" in text
@@ -155,3 +156,72 @@ def test_links_are_bounded_and_new_ones_taken_once():
     assert len(links) == 2 and links.links == made[1:]
     assert links.find(*legs[0][0]) is None and links.find(*legs[0][1]) is None  # the oldest is forgotten
     assert links.find(*legs[2][1]) == (made[2], "backend")
+
+
+def _leg_packets(pid0: int, src, dst, isn: int, sizes: list[int], v6: bool = False) -> list[dict]:
+    """One direction of a TCP connection as event rows (one hop a packet):
+    its SYN, then data packets of these payload sizes, in order."""
+    from tests.unit.event_rows import event_defaults
+
+    rows, seq = [], isn
+    base = {"hook": "tc_ingress", "ifname": "lo", "src_ip": src[0], "src_port": src[1],
+            "dst_ip": dst[0], "dst_port": dst[1], "tcp_doff": 8}
+    rows.append(event_defaults(**{**base, "tcp_doff": 10}, packet_id=pid0, ktime_ns=pid0 * 1000, tcp_flags=0x02,
+                               tcp_seq=isn, length=(40 if v6 else 20) + 40))
+    seq = isn + 1
+    for i, n in enumerate(sizes, 1):
+        rows.append(event_defaults(**base, packet_id=pid0 + i, ktime_ns=(pid0 + i) * 1000, tcp_flags=0x18,
+                                   tcp_seq=seq % (1 << 32), length=(40 if v6 else 20) + 32 + n))
+        seq += n
+    return rows
+
+
+def test_byte_ranges_join_packets_the_proxy_resegmented():
+    """The client sends 100 + 100 + 56 bytes, the proxy relays them as
+    150 + 106: each packet's bytes, as offsets in its leg's stream, and so
+    which packets of the other leg carry them. The client's ISN wraps."""
+    import pyarrow as pa
+
+    from tracer.events import EVENT_SCHEMA
+    from tracer.journey_rows import journey_rows
+    from tracer.proxy_output import annotate
+
+    links = ProxyLinks()
+    link = links.add(41, CLIENT, BACKEND, {41: PROXY})
+    rows = _leg_packets(10, *CLIENT, isn=(1 << 32) - 50, sizes=[100, 100, 56]) + \
+        _leg_packets(20, *BACKEND, isn=7, sizes=[150, 106])
+    jr = journey_rows(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
+    out = [json.loads(line) for line in bytes(annotate(b"".join(b'{"packet_id": %d}\n' % i for i in range(len(jr))),
+                                                        jr, links, True)).decode().splitlines()]
+    spans = {(j["proxy"]["leg"], i): j["proxy"]["bytes"] for i, j in enumerate(out) if "proxy" in j}
+    assert [spans[("client", i)] for i in range(4)] == [None, [0, 100], [100, 200], [200, 256]]
+    assert [spans[("backend", i)] for i in range(4, 7)] == [None, [0, 150], [150, 256]]
+    assert all(j["proxy"]["link"] == link.link_id for j in out)
+    text = bytes(annotate(b"".join(b"#%d\n  hop\n" % i for i in range(len(jr))), jr, links, False)).decode()
+    assert "link 1  bytes 100-200" in text and "link 1  bytes 150-256" in text
+
+
+def test_byte_ranges_need_the_opening_and_the_header_length():
+    import pyarrow as pa
+
+    from tracer.events import EVENT_SCHEMA
+    from tracer.journey_rows import journey_rows
+    from tracer.proxy_output import StreamStarts
+
+    rows = _leg_packets(10, *CLIENT, isn=1000, sizes=[10])
+    starts = StreamStarts(keep=1)
+    data_only = journey_rows(pa.Table.from_pylist(rows[1:], schema=EVENT_SCHEMA))
+    starts.observe(data_only)
+    assert starts.payload_range(data_only, 0) is None, "no SYN seen: unknown"
+    jr = journey_rows(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
+    starts.observe(jr)
+    assert starts.payload_range(jr, 1) == (0, 10) and starts.payload_range(jr, 0) is None  # the SYN carries none
+    old = journey_rows(pa.Table.from_pylist([{**r, "tcp_doff": None} for r in rows], schema=EVENT_SCHEMA))
+    assert starts.payload_range(old, 1) is None, "a capture without tcp_doff: unknown"
+    other = journey_rows(pa.Table.from_pylist(_leg_packets(30, *BACKEND, isn=5, sizes=[3]), schema=EVENT_SCHEMA))
+    starts.observe(other)
+    assert len(starts) == 1 and starts.payload_range(jr, 1) is None, "bounded: the oldest start forgotten"
+    six = _leg_packets(40, ("fd00::2", 40000), ("fd00::1", 8000), isn=9, sizes=[5], v6=True)
+    jr6 = journey_rows(pa.Table.from_pylist(six, schema=EVENT_SCHEMA))
+    starts.observe(jr6)
+    assert starts.payload_range(jr6, 1) == (0, 5), "IPv6: a 40-byte header"

@@ -77,8 +77,7 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
             block = with_rules_json(block, rows, per_hop) if as_json else with_rules_text(block, rows, per_hop, color)
             book.forget_older()
         recorded_links(links, capture.take_proxy_links())  # written before the journeys they link, read by now
-        if len(links):
-            block = annotate(block, rows, links, as_json)
+        block = annotate(block, rows, links, as_json)  # (linked or not: it notes where connections start)
         if len(block):
             write_out(block, out)
         summary.add_table(rows)
