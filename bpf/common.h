@@ -509,13 +509,25 @@ static __always_inline int parse_kernel_headers(struct pkt *p, u64 head, u16 nh)
     return parse_ipv4(p, h, l4, l4_ok);
 }
 
-/* The same from an untyped skb address (raw tracepoint arguments). */
+/* The same from an untyped skb address (raw tracepoint arguments). head
+ * and network_header are a few bytes apart in struct sk_buff (180 and 192
+ * on 6.18): one read for both where they are, two elsewhere. */
+#define SKB_NH_HEAD_SPAN (OFF_SKB_HEAD + 8 - OFF_SKB_NETWORK_HEADER)
 static __always_inline int parse_kernel_skb(struct pkt *p, u64 skb)
 {
     u64 head = 0;
     u16 nh = 0;
+#if OFF_SKB_HEAD > OFF_SKB_NETWORK_HEADER && SKB_NH_HEAD_SPAN <= 32
+    u8 b[32] __attribute__((aligned(8))) = {};
+    if (bpf_probe_read_kernel(b, SKB_NH_HEAD_SPAN, (void *)(skb + OFF_SKB_NETWORK_HEADER)) < 0)
+        return 0;
+    /* memcpy: the compiler picks loads the offset's alignment allows */
+    __builtin_memcpy(&nh, b, sizeof(nh));
+    __builtin_memcpy(&head, b + (OFF_SKB_HEAD - OFF_SKB_NETWORK_HEADER), sizeof(head));
+#else
     bpf_probe_read_kernel(&head, sizeof(head), (void *)(skb + OFF_SKB_HEAD));
     bpf_probe_read_kernel(&nh, sizeof(nh), (void *)(skb + OFF_SKB_NETWORK_HEADER));
+#endif
     return parse_kernel_headers(p, head, nh);
 }
 

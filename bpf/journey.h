@@ -257,6 +257,16 @@ static __always_inline void journey_fast_hop(struct last_sighting *last, struct 
     }
 }
 
+/* Each sensor's last sighting on this CPU (struct last_sighting, common.h),
+ * for its fast path (bpf/tc.c tc_known, bpf/netfilter.c nf_known), and for the
+ * other sensor's: one skb goes tc ingress -> netfilter -> tc egress on one
+ * CPU, so the first netfilter hook of a packet tc has just seen (and the
+ * first tc hook after netfilter) finds its journey here instead of paying
+ * the full path a second time per packet. Here, not in the sensors' files,
+ * so each sensor sees the other's whether or not it is loaded. */
+BPF_PERCPU_ARRAY(tc_last, struct last_sighting, 1);
+BPF_PERCPU_ARRAY(nf_last, struct last_sighting, 1);
+
 /* After a full-path sighting of skb: its journey (slot k, while open) is
  * what the next hook's fast path looks for. */
 static __always_inline void remember_journey(struct last_sighting *last, u64 skb, s64 k)

@@ -187,8 +187,11 @@ static __always_inline void nf_devices(u64 state, u8 hook, u32 *ifindex, u32 *ou
  * the last hop's. 12 header bytes are read to confirm the packet (IP id and
  * length: a freed skb may carry the connection's next packet) and take its
  * TTL. A new connection's packets (IP_CT_NEW, where NAT binds and the flow's
- * views are written) always take the full path. */
+ * views are written) always take the full path. nf_last: bpf/journey.h
+ * (trace mode), here in latency mode. */
+#ifdef LATENCY_MODE
 BPF_PERCPU_ARRAY(nf_last, struct last_sighting, 1);
+#endif
 
 /* Where a hook comes in one pass of a packet through the stack: PREROUTING
  * (or OUTPUT), then FORWARD or INPUT, then POSTROUTING; before NAT, then
@@ -251,12 +254,23 @@ static __always_inline int nf_fast(struct last_sighting *last, u64 skb, u64 stat
 #endif
 
 #if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE)
-static __always_inline int nf_fast(struct last_sighting *last, u64 skb, u64 state, u8 hook, u8 stage, u64 ct, u32 ctinfo)
+/* Append this hook's hop to the open journey of `from` (this sensor's last
+ * sighting, or the tc sensor's: see nf_known) and make it this sensor's
+ * last sighting. */
+static __always_inline int nf_append(struct last_sighting *from, struct last_sighting *last, u64 skb, u64 state,
+                                     u8 hook, u8 stage, u64 nfct, int from_tc)
 {
+    u64 ct = nfct & ~NFCT_INFOMASK;
+    u32 ctinfo = nfct & NFCT_INFOMASK;
     u64 now = bpf_ktime_get_ns();
     struct pkt_slot *slot;
-    struct journey *j = last_journey(last, now, &slot);
+    struct journey *j = last_journey(from, now, &slot);
     if (!j)
+        return 0;
+    /* From tc: the journey's flow id came from the flows map at its claim.
+     * It is this entry's only if ct_traced wrote this connection's views
+     * already (the full path would find it traced and write nothing). */
+    if (from_tc && j->flow_id != FLOW_ID(ct))
         return 0;
     u8 ttl, tuple;
     if (stage == NAT_AFTER) {
@@ -267,7 +281,8 @@ static __always_inline int nf_fast(struct last_sighting *last, u64 skb, u64 stat
         tuple = journey_tuple(j, &p);
     } else {
         /* Routing decrements the TTL before FORWARD (bridging does not):
-         * read, not guessed. */
+         * read, not guessed. NAT has not acted since the last hop: its
+         * addresses. */
         u8 h[12] __attribute__((aligned(4))) = {};
         if (!nf_head12(skb, h))
             return 0;
@@ -285,9 +300,33 @@ static __always_inline int nf_fast(struct last_sighting *last, u64 skb, u64 stat
     nf_devices(state, hook, &s.ifindex, &s.out_ifindex);
     s.code = hop_code(hook, stage, 0);
     s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;
+    if (from_tc) {
+        last->slot = from->slot;
+        last->check = from->check;
+        last->skb = skb;
+        last->nfct = nfct;
+    }
     last->rank = nf_rank(hook, stage);
     journey_fast_hop(last, slot, j, &s, now, ttl, tuple, SENSOR_NETFILTER);
     return 1;
+}
+
+/* Whose last sighting has this packet's journey: this sensor's, for the
+ * next hook of the same skb, forward in the pass; else the tc sensor's, for
+ * the first netfilter hook of a packet tc saw last on this CPU (PREROUTING
+ * after a tc ingress; a reply's, after the container's egress and the
+ * veth's ingress): the tc sighting already found or claimed its journey, so
+ * the conntrack tuples, the flows lookup, the header parse and the
+ * packet-cache search of the full path are not paid twice per packet. */
+static __always_inline struct last_sighting *nf_known(struct last_sighting *last, u64 skb, u8 hook, u8 stage,
+                                                      u64 nfct, int *from_tc)
+{
+    if (last->skb == skb && last->nfct == nfct && nf_rank(hook, stage) > last->rank)
+        return last;
+    int zero = 0;
+    struct last_sighting *tl = tc_last.lookup(&zero);
+    *from_tc = 1;
+    return tl && tl->skb == skb ? tl : NULL;
 }
 #endif
 
@@ -310,9 +349,18 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
     if (!last)
         return 1;
 #ifndef TRACER_NO_NF_FAST /* -DTRACER_NO_NF_FAST (TRACER_BPF_CFLAGS): measure without it */
-    if (last->skb == skb && last->nfct == nfct && ct && ctinfo != IP_CT_NEW && ctinfo != IP_CT_UNTRACKED &&
-        nf_rank(hook, stage) > last->rank && nf_fast(last, skb, state, hook, stage, ct, ctinfo))
-        return 1;
+    if (ct && ctinfo != IP_CT_NEW && ctinfo != IP_CT_UNTRACKED) {
+#ifdef LATENCY_MODE
+        if (last->skb == skb && last->nfct == nfct && nf_rank(hook, stage) > last->rank &&
+            nf_fast(last, skb, state, hook, stage, ct, ctinfo))
+            return 1;
+#else
+        int from_tc = 0;
+        struct last_sighting *from = nf_known(last, skb, hook, stage, nfct, &from_tc);
+        if (from && nf_append(from, last, skb, state, hook, stage, nfct, from_tc))
+            return 1;
+#endif
+    }
 #endif
 #endif
     u32 direction = 0;
@@ -346,7 +394,7 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
 #ifdef LATENCY_MODE
     u32 hop = nf_hop_code(hook, stage);
     s64 k = latency_sighting(&fp, hop, direction, now);
-    /* Remember it for the next hook of this skb (nf_fast). */
+    /* Remember it for the next hook of this skb (nf_fast, latency mode). */
     last->skb = 0;
     if (k >= 0 && ct && !terminal_hop(hop)) {
         last->skb = skb;
@@ -387,7 +435,7 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
      * of DNATed connections get their source translated back there). */
     s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;
     s64 k = journey_sighting(&fp, &p, &s, now, SENSOR_NETFILTER);
-    remember_journey(last, skb, k); /* for the next hook of this skb (nf_fast) */
+    remember_journey(last, skb, k); /* for the next hook of this skb (nf_known) */
     last->nfct = nfct;
     last->rank = nf_rank(hook, stage);
 #endif

@@ -72,14 +72,14 @@ static __always_inline int tc_terminal(u8 hook, int in_ct, u32 ifindex)
  * way back), and the tc context is the sk_buff itself, so its address tells
  * a sighting of the same skb as the last one on this CPU. The packet is then
  * confirmed by its whole fingerprint against the slot it has, which skips
- * the flows lookup and the packet-cache search. */
-BPF_PERCPU_ARRAY(tc_last, struct last_sighting, 1);
+ * the flows lookup and the packet-cache search (tc_last: bpf/journey.h). */
 
-static __always_inline int tc_fast(struct last_sighting *last, struct pkt *p, u8 hook, int in_ct, u32 ifindex)
+static __always_inline int tc_fast(struct last_sighting *from, struct last_sighting *last, struct pkt *p, u8 hook,
+                                   int in_ct, u32 ifindex, u64 skb)
 {
     u64 now = bpf_ktime_get_ns();
     struct pkt_slot *slot;
-    struct journey *j = last_journey(last, now, &slot);
+    struct journey *j = last_journey(from, now, &slot);
     if (!j)
         return 0;
     struct fp_key fp = {};
@@ -90,8 +90,26 @@ static __always_inline int tc_fast(struct last_sighting *last, struct pkt *p, u8
     s.ifindex = ifindex;
     s.code = hop_code(hook, 0, in_ct);
     s.terminal = tc_terminal(hook, in_ct, ifindex);
+    if (from != last) {
+        last->slot = from->slot;
+        last->check = from->check;
+        last->skb = skb;
+    }
     journey_fast_hop(last, slot, j, &s, now, p->ttl, journey_tuple(j, p), SENSOR_TC);
     return 1;
+}
+
+/* Whose last sighting has this packet's journey: this sensor's, for the
+ * next tc hook of the same skb; else the netfilter sensor's, for the first
+ * tc hook after netfilter hooks of an skb tc did not see last (a packet the
+ * host sends: OUTPUT, POSTROUTING, then the egress device). */
+static __always_inline struct last_sighting *tc_known(struct last_sighting *last, u64 skb)
+{
+    if (last->skb == skb)
+        return last;
+    int zero = 0;
+    struct last_sighting *nl = nf_last.lookup(&zero);
+    return nl && nl->skb == skb ? nl : NULL;
 }
 #endif
 
@@ -110,7 +128,8 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
         return TC_CONTINUE;
     u64 skb = (u64)(long)ctx;
 #ifndef TRACER_NO_TC_FAST /* -DTRACER_NO_TC_FAST (TRACER_BPF_CFLAGS): measure without it */
-    if (last->skb == skb && tc_fast(last, &p, hook, flags & FLAG_IN_CONTAINER_NS, ctx->ifindex))
+    struct last_sighting *from = tc_known(last, skb);
+    if (from && tc_fast(from, last, &p, hook, flags & FLAG_IN_CONTAINER_NS, ctx->ifindex, skb))
         return TC_CONTINUE;
 #endif
 #endif

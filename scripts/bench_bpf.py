@@ -20,6 +20,14 @@ Two measurements, each beside its baseline in the same run:
   The statistics themselves add clock reads around each run: on this VM a
   program that returns at once showed about 100 ns per run this way (32 ns
   by test_run), so live figures are upper bounds.
+* ``--live --base DIR``: the same, for this tree and for another checkout of
+  the project (``git archive REV | tar -x -C DIR``), alternating round by
+  round (``--rounds``), each side's tracer started from its own tree and
+  ``--no-proxy-links`` (the proxy sensor's syscall programs are not the
+  traced path). Per side: ns per run and runs per HTTP request of each
+  program, BPF ns per request, sightings (hops of the journeys printed) per
+  request and BPF ns per sighting; the per-round ratio new/base as a median
+  with a bootstrap 95 % interval.
 
 Run as root from the repo: ``.venv/bin/python scripts/bench_bpf.py``
 (``--live`` needs ``tracer lab up``; ``--quick`` for a smoke run).
@@ -30,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -177,6 +186,134 @@ def bench_live(mode: str, workload: str, quick: bool) -> None:
     print(f"  {'all':14s} {'':9s} {'':7s} {100 * total / 1e9 / wall:11.2f}")
 
 
+class TreeTracer:
+    """`tracer trace --json --port 8000 --no-proxy-links` run from a given
+    tree (its own bpf/ and tracer/), output kept to count journey hops."""
+
+    def __init__(self, tree: Path, timeout: float = 60, noop: bool = False) -> None:
+        import tempfile
+
+        self.out = tempfile.NamedTemporaryFile(prefix="bench-bpf-", suffix=".json", delete=False)
+        self.err = tempfile.NamedTemporaryFile(prefix="bench-bpf-", suffix=".err", delete=False)
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        env.pop("TRACER_BPF_CFLAGS", None)
+        if noop:  # every program returns at once: the floor (dispatch and the statistics' own clock reads)
+            env["TRACER_BPF_CFLAGS"] = "-DTRACER_NOOP"
+        cmd = [sys.executable, "-m", "tracer", "trace", "--json", "--port", "8000", "--no-proxy-links"]
+        self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=self.out, stderr=self.err, start_new_session=True)
+        t0 = time.monotonic()
+        while "Ctrl-C" not in Path(self.err.name).read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() - t0 > timeout:
+                self.stop()
+                raise RuntimeError(f"tracer from {tree} did not start: {Path(self.err.name).read_text()[-500:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> tuple[int, int]:
+        """Stop it; (journeys, hops) it printed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        journeys = hops = 0
+        with open(self.out.name) as f:
+            for line in f:
+                if line.startswith("{"):
+                    journeys += 1
+                    hops += len(json.loads(line).get("hops", ()))
+        for f in (self.out, self.err):
+            f.close()
+            os.unlink(f.name)
+        return journeys, hops
+
+
+def bench_live_ab(base: Path, rounds: int, requests: int, floor: bool = False) -> None:
+    """This tree against `base`, alternating, under the lab's HTTP workload
+    (and, with `floor`, this tree's programs built to return at once)."""
+    import bench_overhead as bo
+
+    status = bo.lab_status()
+    sides = {"base": base, "new": REPO, **({"noop": REPO} if floor else {})}
+    stats_file = Path("/proc/sys/kernel/bpf_stats_enabled")
+    was = stats_file.read_text().strip()
+    res: dict[str, list[dict]] = {k: [] for k in sides}
+    print(f"bench_bpf --live --base {base}: {rounds} rounds of ab -n {requests} -c 8 to :8000, "
+          f"alternating; load {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
+    try:
+        stats_file.write_text("1")
+        for r in range(rounds):
+            order = ("base", "new") if r % 2 == 0 else ("new", "base")
+            for side in order + (("noop",) if floor else ()):
+                tracer = TreeTracer(sides[side], noop=side == "noop")
+                try:
+                    before = _prog_stats(tracer.proc.pid)
+                    rate = bo.run_ab(status, requests, 8)
+                    time.sleep(0.3)  # journeys of the last packets: swept and printed
+                    after = _prog_stats(tracer.proc.pid)
+                except RuntimeError as exc:  # ab failed: the lab was busy; the round is left out
+                    print(f"  round {r + 1} {side:4s}: left out ({str(exc)[:80]})")
+                    tracer.stop()
+                    res[side].append(None)
+                    continue
+                journeys, hops = tracer.stop()
+                progs = {n: (after[n][0] - before.get(n, (0, 0))[0], after[n][1] - before.get(n, (0, 0))[1])
+                         for n in after}
+                res[side].append({"progs": progs, "rate": rate, "journeys": journeys, "hops": hops})
+                ns = sum(v[0] for v in progs.values())
+                print(f"  round {r + 1} {side:4s}: {rate:6.0f} req/s, {ns / requests / 1e3:5.1f} us BPF per request, "
+                      f"{hops / requests:5.1f} sightings per request, {ns / max(hops, 1):4.0f} ns per sighting")
+    finally:
+        stats_file.write_text(was)
+    both = [i for i in range(rounds) if res["base"][i] and res["new"][i]]
+    _report_ab({k: [v[i] for i in both] for k, v in res.items() if k != "noop"}, requests)
+    if floor:
+        import numpy as np
+
+        per_run = [sum(v[0] for v in x["progs"].values()) / max(sum(v[1] for v in x["progs"].values()), 1)
+                   for x in res["noop"] if x]
+        print(f"  floor (programs that return at once, same hooks): {np.median(per_run):.0f} ns per run")
+    print(f"  load after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+def _report_ab(res: dict[str, list[dict]], requests: int) -> None:
+    import numpy as np
+    import bench_overhead as bo
+
+    names = sorted({n for side in res.values() for rnd in side for n in rnd["progs"]})
+    print(f"  {'program':14s} | {'base ns/run':>11s} {'runs/req':>8s} | {'new ns/run':>10s} {'runs/req':>8s}   (medians over rounds)")
+    for n in names:
+        cells = []
+        for side in ("base", "new"):
+            per = [rnd["progs"].get(n, (0, 0)) for rnd in res[side]]
+            ns_run = np.median([ns / cnt for ns, cnt in per if cnt]) if any(c for _, c in per) else float("nan")
+            runs = np.median([cnt / requests for _, cnt in per])
+            cells.append((ns_run, runs))
+        print(f"  {n:14s} | {cells[0][0]:11.0f} {cells[0][1]:8.1f} | {cells[1][0]:10.0f} {cells[1][1]:8.1f}")
+
+    def per_sighting(rnd):
+        return sum(v[0] for v in rnd["progs"].values()) / max(rnd["hops"], 1)
+
+    def per_run(rnd):
+        return sum(v[0] for v in rnd["progs"].values()) / max(sum(v[1] for v in rnd["progs"].values()), 1)
+
+    def per_request(rnd):
+        return sum(v[0] for v in rnd["progs"].values()) / requests / 1e3
+
+    for label, fn in (("BPF ns per sighting", per_sighting), ("BPF ns per run", per_run),
+                      ("BPF us per request", per_request)):
+        b = [fn(x) for x in res["base"]]
+        n = [fn(x) for x in res["new"]]
+        ratios = [y / x for x, y in zip(b, n) if x]
+        lo, hi = bo.bootstrap_median(ratios)
+        print(f"  {label:20s}: base {np.median(b):7.1f}  new {np.median(n):7.1f}  "
+              f"new/base {np.median(ratios):.3f} [{lo:.3f}-{hi:.3f}]")
+    for side in ("base", "new"):
+        hops = np.median([x["hops"] / requests for x in res[side]])
+        print(f"  {side}: {hops:.1f} sightings per request, {np.median([x['rate'] for x in res[side]]):.0f} req/s")
+
+
 def _prog_ids(pid: int) -> set[int]:
     """Ids of the BPF programs process `pid` holds fds of (its fdinfo)."""
     ids = set()
@@ -212,6 +349,9 @@ def main() -> int:
     ap.add_argument("--live", action="store_true", help="per-program statistics under real traffic (lab up)")
     ap.add_argument("--mode", choices=("trace", "latency"), default="latency", help="with --live")
     ap.add_argument("--workload", choices=("http", "stream"), default="stream", help="with --live")
+    ap.add_argument("--base", type=Path, help="with --live: another checkout to compare with, alternating rounds")
+    ap.add_argument("--requests", type=int, default=5000, help="with --live --base: ab requests per round")
+    ap.add_argument("--floor", action="store_true", help="with --live --base: also no-op programs (the floor)")
     ap.add_argument("--quick", action="store_true", help="smoke run")
     ap.add_argument("--filters", action="store_true", help="options against pcap-filter expressions (test_run)")
     args = ap.parse_args()
@@ -222,6 +362,12 @@ def main() -> int:
         args.repeat, args.rounds = 10_000, 2
     if args.filters:
         bench_filters(args.repeat, args.rounds)
+    elif args.live and args.base:
+        if not (args.base / "tracer" / "__main__.py").exists():
+            print(f"bench_bpf: --base {args.base}: not a tracer checkout", file=sys.stderr)
+            return 2
+        bench_live_ab(args.base.resolve(), 2 if args.quick else args.rounds, 300 if args.quick else args.requests,
+                      args.floor)
     elif args.live:
         bench_live(args.mode, args.workload, args.quick)
     else:
