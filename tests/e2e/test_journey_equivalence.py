@@ -18,13 +18,12 @@ a port it picks as well).
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 import time
 from collections import Counter
 
-from tests.e2e.tracing import Tracer, burst_from, connect_from
+from tests.e2e.tracing import Tracer, burst_from, connect_from, own_source_ports
 from tracer.capture.reader import read_capture
 from tracer.journeys import build_journeys
 
@@ -55,9 +54,7 @@ def captured(path, ports: set[int]) -> Counter:
 
 
 def test_kernel_journeys_match_the_per_sighting_oracle(lab, tmp_path):
-    first = random.randrange(50000, 59000, 100)
-    sports = list(range(first, first + 25))
-    out_port = first + 50  # the container's own connection, out through MASQUERADE, to a server of the test's
+    *sports, out_port = own_source_ports(26)  # out_port: the container's connection (MASQUERADE) to a server of the test's
     server = subprocess.Popen(["ip", "netns", "exec", lab["netns"], sys.executable, "-m", "http.server", str(out_port),
                                "--bind", lab["server_address"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -76,7 +73,7 @@ def _run_both(lab, tmp_path, sports: list[int], out_port: int) -> tuple[list, li
     shipped.wait_ready()
     # Five connections one after the other, then twenty at once (each
     # tracer's fast paths see packets interleave on a CPU), from source
-    # ports of the test's own.
+    # ports no other test's connections use (tracing.own_source_ports).
     for sport in sports[:5]:
         connect_from(lab, sport)
     burst_from(lab, sports[5:]).wait(30)
