@@ -165,8 +165,10 @@ def bench_live(mode: str, workload: str, quick: bool) -> None:
     try:
         stats_file.write_text("1")
         before, t0 = _prog_stats(tracer.proc.pid), time.monotonic()
+        requests = 0
         if workload == "http":
-            rate = f"{bo.run_ab(status, 300 if quick else 5000, 8):.0f} req/s"
+            requests = 300 if quick else 5000
+            rate = f"{bo.run_ab(status, requests, 8):.0f} req/s"
         else:
             rate = f"{bo.run_iperf(status, 1 if quick else 5) / 1e9:.2f} Gbit/s"
         after, wall = _prog_stats(tracer.proc.pid), time.monotonic() - t0
@@ -175,15 +177,19 @@ def bench_live(mode: str, workload: str, quick: bool) -> None:
         tracer.stop()
     print(f"bench_bpf --live: tracer {mode} {' '.join('--port ' + str(p) for p in ports)}, {workload} {rate}, "
           f"{wall:.1f} s (kernel.bpf_stats_enabled: upper bounds, its clock reads included)")
-    print(f"  {'program':14s} {'runs/s':>9s} {'ns/run':>7s} {'% of a core':>11s}")
-    total = 0.0
+    per_request = f" {'runs/req':>8s}" if requests else ""
+    print(f"  {'program':14s} {'runs/s':>9s} {'ns/run':>7s} {'% of a core':>11s}{per_request}")
+    total, total_runs = 0.0, 0
     for name in sorted(after):
         ns = after[name][0] - before.get(name, (0, 0))[0]
         runs = after[name][1] - before.get(name, (0, 0))[1]
         if runs:
             total += ns
-            print(f"  {name:14s} {runs / wall:9.0f} {ns / runs:7.0f} {100 * ns / 1e9 / wall:11.2f}")
-    print(f"  {'all':14s} {'':9s} {'':7s} {100 * total / 1e9 / wall:11.2f}")
+            total_runs += runs
+            per_request = f" {runs / requests:8.1f}" if requests else ""
+            print(f"  {name:14s} {runs / wall:9.0f} {ns / runs:7.0f} {100 * ns / 1e9 / wall:11.2f}{per_request}")
+    per_request = f" {total_runs / requests:8.1f}" if requests else ""
+    print(f"  {'all':14s} {'':9s} {total / max(total_runs, 1):7.0f} {100 * total / 1e9 / wall:11.2f}{per_request}")
 
 
 class TreeTracer:
