@@ -99,7 +99,7 @@ class _RecordFeed:
         if self.rules is not None:
             now_ktime = self.rules.caught_up(now_ktime)
         if self.showing:
-            self._complete(batch, self._pop_complete(IDLE_NS, now_ktime))
+            self._complete(batch, now_ktime)
         return batch
 
     def drain(self, stopped: bool) -> Iterator[Batch]:
@@ -113,7 +113,7 @@ class _RecordFeed:
         if self.rules is not None:
             batch.rules = self.rules.finish()
         if self.showing:
-            self._complete(batch, self._flush())
+            self._complete(batch, None)  # every packet held: the end
         yield batch
 
     def end(self) -> RunEnd:
@@ -152,13 +152,8 @@ class JourneyFeed(_RecordFeed):
     def _joined(parts):
         return record_words.concat(parts) if parts else None
 
-    def _pop_complete(self, idle_ns: int, now_ktime: int):
-        return self.hold.pop_complete(idle_ns, now_ktime)
-
-    def _flush(self):
-        return self.hold.flush()
-
-    def _complete(self, batch: Batch, records) -> None:
+    def _complete(self, batch: Batch, now_ktime: int | None) -> None:
+        records = self.hold.flush() if now_ktime is None else self.hold.pop_complete(IDLE_NS, now_ktime)
         batch.complete = records if len(records) else None
         batch.journeys = self.session.journey_rows(records)
 
@@ -191,14 +186,9 @@ class SightingFeed(_RecordFeed):
         parts = [p for p in parts if p.num_rows]
         return pa.concat_tables(parts) if parts else None
 
-    def _pop_complete(self, idle_ns: int, now_ktime: int):
-        return self.assembler.pop_complete_table(idle_ns, now_ktime)
-
-    def _flush(self):
-        return self.assembler.flush_table()
-
-    def _complete(self, batch: Batch, table) -> None:
-        batch.journeys = table
+    def _complete(self, batch: Batch, now_ktime: int | None) -> None:
+        a = self.assembler
+        batch.journeys = a.flush_table() if now_ktime is None else a.pop_complete_table(IDLE_NS, now_ktime)
 
 
 def record_feed(session, showing: bool) -> _RecordFeed:

@@ -1,6 +1,9 @@
-"""A tracing session: pick targets from Docker metadata, compile and attach the
-sensors, drain and decode events, follow containers as they come and go, and
-detach everything on the way out."""
+"""A tracing session: the wiring of a run's kernel side. It picks the
+containers from Docker metadata, compiles and attaches the sensors, drains
+the kernel's records and names their places, follows containers and host
+interfaces as they come and go (tracer/follow.py, tracer/docker_proxies.py),
+and detaches everything on the way out. It formats nothing: what a run shows
+or writes is the sinks' (tracer/sinks.py), fed by tracer/live.py."""
 
 from __future__ import annotations
 
@@ -15,23 +18,23 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from tracer import events
-from tracer.events import BRIDGE, CONTAINER, EXTERNAL, OTHER, VETH
 from tracer.decode import DecodeContext, decode
+from tracer.docker_proxies import DockerProxies
 from tracer.drain import PAGE_SIZE, BackgroundDrain, RingBufferDrain
 from tracer.errors import TracerError, require_root
 from tracer.expand import expand
+from tracer.follow import Attachments, host_netns_inode, sweep_leftovers
 from tracer.inventory import Inventory, NoDocker
+from tracer.kernel import counts
+from tracer.kernel.counts import Counters
+from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program, write_containers
 from tracer.places import PlaceBook
-from tracer.sinks import RunInfo
-from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program, write_containers, write_proxy_backends
-from tracer.proxies import ProxyLinks, find_proxies, proxies_by_pid, read_links
 from tracer.sensors.drops import DropSensor
 from tracer.sensors.netfilter import NetfilterSensor
 from tracer.sensors.proxy import ProxySensor
-from tracer.sensors.tc import TcSensor, TcTarget
+from tracer.sensors.tc import TcSensor
+from tracer.sinks import RunInfo
 from tracer.targets import Targets
-from tracer.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +49,6 @@ class TraceOptions:
     # links, `trace -w` and `record` keep them in the capture; off elsewhere
     # (its syscall tracepoints cost every process).
     proxy_links: bool = False
-
-
-@dataclass
-class Counters:
-    """The kernel's counts of the records it emitted and lost, per sensor."""
-
-    emitted: dict[str, int] = field(default_factory=dict)
-    lost: dict[str, int] = field(default_factory=dict)
-    record: str = "journey"  # what a record is: "journey", or "event" (per-sighting build, latency mode)
-    journey_ends: dict[str, int] = field(default_factory=dict)  # journeys by why they were emitted
-    before_start: int = 0  # packets first seen before every sensor was attached: left out
-
-    @property
-    def total_lost(self) -> int:
-        return sum(self.lost.values())
-
-
-def host_netns_inode() -> int:
-    return os.stat("/proc/self/ns/net").st_ino
 
 
 class TraceSession:
@@ -92,13 +76,11 @@ class TraceSession:
         self.ctx: DecodeContext | None = None
         self.traced_names: set[str] = set()
         self.link_events = None  # kernel.link_events.LinkEvents, while tracing
-        self._host_keys: set[tuple[int, int]] = set()  # tc targets that are host interfaces (followed by link events)
-        self._host_lock = threading.Lock()
+        self.attachments: Attachments | None = None  # the tc sensor's interfaces, following the host
         self.lock = threading.Lock()
         self.started_at = 0.0
-        self.proxies: dict = {}
-        self.proxy = None
-        self.proxy_links = ProxyLinks()
+        self.proxies: DockerProxies | None = None
+        self.proxy = None  # the proxy sensor, when linking docker-proxy's legs
         # Told of every container start/die, with the kernel's time (from the
         # Docker events thread): the run's sinks, e.g. a capture's rows.
         self._container_listeners: list[Callable[[str, Any, int], None]] = []
@@ -133,7 +115,7 @@ class TraceSession:
             try:
                 containers = self._containers()
                 self.containers = tuple(c for c in containers if c.name in self.traced_names) if targets.containers else ()
-                tc_targets = self._targets(containers)
+                tc_targets = self.attachments.initial(containers)
             finally:
                 self.bpf = compiling.result()  # so close() can unload it on any error
         if opts.tc_mode != "tcx":
@@ -172,7 +154,7 @@ class TraceSession:
             # packets' journeys miss hops, so they are left out (and counted).
             self.drain.arm(self.now_ktime())
         if self.proxy is not None:
-            self.proxy.set_pids(self.proxies)
+            self.proxy.set_pids(self.proxies.by_pid)
         self._rebuild_places()
         self.inventory.watch(self._on_container_change)
         self._follow_host_interfaces()
@@ -183,9 +165,10 @@ class TraceSession:
         opts, targets = self.options, self.options.targets
         # docker-proxy relays host ports to containers as a second TCP
         # connection: the proxy sensor links the two (trace and record only).
-        self.proxies = {} if self.latency or self.sightings else proxies_by_pid(self._relevant(find_proxies()))
+        self.proxies = DockerProxies(targets, enabled=not (self.latency or self.sightings))
         self.filter = targets.kernel_filter(follow_proxies=bool(self.proxies) and bool(targets.ports or targets.containers))
         self.tc = TcSensor([], mode=opts.tc_mode, latency=self.latency)
+        self.attachments = Attachments(self.tc, self._host_interfaces, opts.ifaces)
         self.proxy = ProxySensor() if self.proxies and opts.proxy_links else None
         self.sensors = [self.tc, NetfilterSensor(), DropSensor()] + ([self.proxy] if self.proxy else [])
         self.program = Program(self.sensors, self.filter, latency=self.latency, sightings=self.sightings)
@@ -194,11 +177,7 @@ class TraceSession:
     def ebpf_source(self) -> str:
         """The BPF C these options build, after the clang flags it is built
         with (as bcc's tools print with --ebpf): nothing is loaded."""
-        program = self._plan()
-        flags = program.cflags()
-        head = ["/* tracer: the BPF program as clang compiles it, with these flags:"]
-        head += [f" *   {flag}" for flag in flags]
-        return "\n".join(head) + "\n */\n" + program.source()
+        return self._plan().annotated_source()
 
     def on_containers(self, listener: Callable[[str, Any, int], None]) -> None:
         """Tell ``listener`` of every container start/die from now on:
@@ -227,7 +206,7 @@ class TraceSession:
     def _write_container_maps(self) -> None:
         write_containers(self.bpf, *self._container_values())
         if self.filter.follow_proxies:
-            write_proxy_backends(self.bpf, self._proxy_backends())
+            self.proxies.write_backends(self.bpf, self._container_values()[0])
 
     def _containers(self):
         opts = self.options.targets
@@ -247,68 +226,14 @@ class TraceSession:
             self.traced_names = {c.name for c in containers}
         return [c for c in containers if c.name in self.traced_names]
 
-    # ---- docker-proxy ----------------------------------------------------
-    def _relevant(self, proxies):
-        """Proxies of the traced host ports (every proxy without --port:
-        --container's are picked once Docker named its addresses)."""
-        ports = self.options.targets.ports
-        return [p for p in proxies if not ports or p.host_port in ports or self.options.targets.containers]
-
-    def _proxy_backends(self) -> tuple[tuple[str, int], ...]:
-        """Backends of the proxies whose host port or container the filter
-        names (all, when neither is named: then everything is traced)."""
-        ports, addrs = self.options.targets.ports, self._container_values()[0]
-        return tuple(sorted({(p.container_ip, p.container_port) for p in self.proxies.values()
-                             if p.host_port in ports or p.container_ip in addrs}))
-
-    def _refresh_proxies(self) -> None:
-        """Proxies restart with their containers: new pids, maybe new backends."""
-        if not self.filter.follow_proxies and self.proxy is None:
-            return
-        self.proxies = proxies_by_pid(self._relevant(find_proxies()))
-        if self.proxy is not None:
-            self.proxy.set_pids(self.proxies)
-        if self.filter.follow_proxies:
-            write_proxy_backends(self.bpf, self._proxy_backends())
-
     def read_proxy_links(self) -> list:
         """New links between proxy legs the kernel saw (bpf/proxy.c)."""
         if self.proxy is None or self.bpf is None:
             return []
-        inventory = self.inventory
-
-        def container_of(ip: str) -> str | None:
-            c = inventory.by_ip(ip)
-            return c.name if c is not None else None
-
-        return read_links(self.bpf["proxy_links"], self.proxies, self.proxy_links, container_of)
+        return self.proxies.read_links(self.bpf, self.inventory)
 
     def _host_interfaces(self):
         return self.inventory.host_interfaces()
-
-    def _targets(self, containers) -> list[TcTarget]:
-        host = self._host_interfaces()
-        by_name = {i.name: i for i in host}
-        if self.options.ifaces:
-            missing = [n for n in self.options.ifaces if n not in by_name]
-            if missing:
-                raise TracerError(f"no interface named {printable(missing[0])!r} in the host netns")
-        targets = self._host_targets(host)
-        self._host_keys = {t.key for t in targets}
-        bridges = {c.bridge for c in containers if c.bridge}
-        targets += [TcTarget(i.ifindex, i.name, BRIDGE, i.netns_inode) for i in host if i.name in bridges and i.name not in self.options.ifaces]
-        for c in containers:
-            targets += container_targets(c)
-        return targets
-
-    def _host_targets(self, host) -> list[TcTarget]:
-        """Where outside traffic arrives: the --iface interfaces, or every
-        external one (up, not a bridge or a container's veth, not lo)."""
-        if self.options.ifaces:
-            chosen = [i for i in host if i.name in self.options.ifaces]
-        else:
-            chosen = [i for i in host if i.role == EXTERNAL]
-        return [TcTarget(i.ifindex, i.name, i.role if i.role != OTHER else EXTERNAL, i.netns_inode) for i in chosen]
 
     # ---- host interfaces coming and going ----------------------------------
     def _follow_host_interfaces(self) -> None:
@@ -323,35 +248,8 @@ class TraceSession:
             log.warning("not following host interfaces (netlink: %s)", exc)
 
     def _sync_host_interfaces(self) -> None:
-        from tracer.kernel.links import TargetGone
-
-        with self._host_lock:
-            wanted = {t.key: t for t in self._host_targets(self._host_interfaces())}
-            attached = {t.key: t for t in self.tc.targets()}
-            changed = False
-            for key in list(self._host_keys):
-                now, was = wanted.get(key), attached.get(key)
-                if was is None or now is None or now.role != was.role:
-                    self.tc.remove(lambda t, key=key: t.key == key)  # gone (its links went with it) or another role
-                    self._host_keys.discard(key)
-                    changed = True
-                elif now.ifname != was.ifname:  # renamed: same links, new name
-                    self.tc.replace_target(now)
-                    changed = True
-            for key, target in wanted.items():
-                if key in self._host_keys or key in attached:  # attached already (a container's bridge, say)
-                    continue
-                try:
-                    self.tc.add(target)
-                except TargetGone:
-                    continue  # came and went again
-                except TracerError as exc:
-                    log.warning("could not attach to %s: %s", target.ifname, exc)
-                    continue
-                self._host_keys.add(key)
-                changed = True
-            if changed:
-                self._rebuild_places()
+        if self.attachments.sync_host_interfaces():
+            self._rebuild_places()
 
     # ---- places for decoding ---------------------------------------------
     def _rebuild_places(self) -> None:
@@ -369,20 +267,11 @@ class TraceSession:
             return
         try:
             if what == "die":
-                self.tc.remove(lambda t: t.container_id == container.id)
+                self.attachments.container_died(container)
             elif what == "start":
                 if not self.options.targets.containers:
                     self.traced_names.add(container.name)
-                self.tc.remove(lambda t: t.container_id is not None and t.container_name == container.name)
-                for target in container_targets(container):
-                    self.tc.add(target)
-                if container.bridge and container.bridge_ifindex:
-                    bridge = TcTarget(container.bridge_ifindex, container.bridge, BRIDGE, host_netns_inode())
-                    with self._host_lock:  # a new network's bridge may have been taken for an external interface
-                        if bridge.key in self._host_keys:
-                            self.tc.remove(lambda t: t.key == bridge.key)
-                            self._host_keys.discard(bridge.key)
-                    self.tc.add(bridge)
+                self.attachments.container_started(container)
                 if self.containers:
                     self.containers = tuple(c for c in self.containers if c.name != container.name) + (container,)
                     self._write_container_maps()
@@ -391,7 +280,7 @@ class TraceSession:
 
                         self.rules.update(match_for(self.options.targets, *self._container_values()))
             self._rebuild_places()
-            self._refresh_proxies()
+            self.proxies.refresh(self.bpf, self.proxy, self.filter.follow_proxies, self._container_values()[0])
         except Exception as exc:  # keep tracing; say what we could not follow
             log.warning("could not follow container %s (%s): %s", container.name, what, exc)
 
@@ -409,14 +298,8 @@ class TraceSession:
 
     def _sweep(self) -> None:
         # Only while some journey is open: an idle tracer costs nothing here.
-        if self.open_journeys():
+        if counts.open_journeys(self._journey_counts()):
             self.sweeper.sweep()
-
-    def open_journeys(self) -> int:
-        """Journeys the kernel has opened and not emitted (bpf/journey.h
-        counts openings in journey_ends[0])."""
-        counts = self._journey_counts()
-        return int(counts[0] - counts[1:].sum()) if len(counts) else 0
 
     def decode_records(self, records: np.ndarray) -> pa.Table:
         """Records -> the event table (one row per sighting)."""
@@ -459,17 +342,12 @@ class TraceSession:
             except Exception as exc:
                 log.warning("detaching %s: %s", sensor.name, exc)
 
-    def journey_ends(self) -> dict[str, int]:
-        """Journeys the kernel emitted, by why (events.JOURNEY_ENDS)."""
-        counts = self._journey_counts()
-        return {name: int(counts[i]) for i, name in enumerate(events.JOURNEY_ENDS) if name and len(counts) and counts[i]}
-
     def _journey_counts(self) -> np.ndarray:
-        """journey_ends summed over CPUs ([0]: journeys opened)."""
+        """journey_ends summed over CPUs ([0]: journeys opened); none
+        without journeys."""
         if self.bpf is None or self.latency or self.sightings:
             return np.zeros(0, np.int64)
-        table = self.bpf["journey_ends"]
-        return np.array([sum(table[table.Key(i)]) for i in range(len(events.JOURNEY_ENDS))], np.int64)
+        return counts.journey_counts(self.bpf)
 
     def _decode(self, raw: np.ndarray) -> pa.Table:
         if not len(raw) and self._empty is not None:
@@ -481,14 +359,12 @@ class TraceSession:
         return table
 
     def counters(self) -> Counters:
-        table = self.bpf["counters"]
+        """The kernel's counts so far (kernel/counts.py)."""
+        emitted, lost = counts.sensor_counts(self.bpf)
         journeys = not (self.sightings or self.latency)
-        out = Counters(record="journey" if journeys else "event", journey_ends=self.journey_ends(),
-                       before_start=self.drain.before_start if self.drain is not None else 0)
-        for i, name in enumerate(events.SENSORS):
-            out.emitted[name] = int(sum(table[table.Key(2 * i)]))
-            out.lost[name] = int(sum(table[table.Key(2 * i + 1)]))
-        return out
+        return Counters(emitted, lost, record="journey" if journeys else "event",
+                        journey_ends=counts.journey_ends(self._journey_counts()),
+                        before_start=self.drain.before_start if self.drain is not None else 0)
 
     @staticmethod
     def now_ktime() -> int:
@@ -516,28 +392,3 @@ class TraceSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def sweep_leftovers(targets: list[TcTarget]) -> None:
-    """Remove clsact filters left by a tracer killed with SIGKILL (tcx and
-    netfilter links die with their process; clsact filters do not)."""
-    from tracer.kernel.links import sweep_clsact_leftovers
-
-    for netns in {t.netns_path for t in targets}:
-        try:
-            removed = sweep_clsact_leftovers(netns)
-        except TracerError as exc:
-            log.warning("could not sweep old tc filters in %s: %s", netns or "the host netns", exc)
-            continue
-        if removed:
-            log.warning("removed %d tc filter(s) left by an earlier tracer that was killed", removed)
-
-
-def container_targets(c) -> list[TcTarget]:
-    """The container's host-side veth and its eth0 inside its netns."""
-    targets = []
-    if c.host_veth_ifindex:
-        targets.append(TcTarget(c.host_veth_ifindex, c.host_veth, VETH, host_netns_inode(), None, c.id, c.name, c.ips))
-    if c.eth0_ifindex:
-        targets.append(TcTarget(c.eth0_ifindex, "eth0", CONTAINER, c.netns_inode, c.netns_path, c.id, c.name, c.ips))
-    return targets

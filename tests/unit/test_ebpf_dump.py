@@ -55,11 +55,11 @@ def test_the_dump_has_the_sensors_the_options_attach(monkeypatch):
     proxy sensor, --no-proxy-links and latency do not."""
     from types import SimpleNamespace
 
-    from tracer import session
+    from tracer import docker_proxies
 
     proxy = SimpleNamespace(pid=4242, host_port=8000, container_ip="172.17.0.2", container_port=8080)
-    monkeypatch.setattr(session, "find_proxies", lambda: [proxy])
-    monkeypatch.setattr(session, "proxies_by_pid", lambda found: {p.pid: p for p in found})
+    monkeypatch.setattr(docker_proxies, "find_proxies", lambda: [proxy])
+    monkeypatch.setattr(docker_proxies, "proxies_by_pid", lambda found: {p.pid: p for p in found})
     marker = "/* ---- sensor: proxy ---- */"
     assert marker in dump("trace", "--port", "8000").output
     assert marker in dump("record", "-w", "x.arrows", "--port", "8000").output

@@ -211,6 +211,13 @@ class Program:
             parts.append((BPF_DIR / sensor.source_file).read_text())
         return "\n".join(parts)
 
+    def annotated_source(self) -> str:
+        """The source after the clang flags it is built with, as a C comment
+        (what --ebpf prints, as bcc's tools do)."""
+        head = ["/* tracer: the BPF program as clang compiles it, with these flags:"]
+        head += [f" *   {flag}" for flag in self.cflags()]
+        return "\n".join(head) + "\n */\n" + self.source()
+
     def cflags(self) -> list[str]:
         wanted = dict(COMMON_OFFSETS)
         extra: list[str] = []
