@@ -65,6 +65,34 @@ PACKET_SCHEMA = pa.schema([
 ])
 
 
+# How packet rows are stored: DuckDB's insert costs about the same per column
+# whatever its width, so the narrow columns go packed in three BIGINTs
+# (codes + 1, so that -1, none, packs as 0; every field non-negative).
+_STORED = (("packet_id", "UBIGINT"), ("flow_id", "UBIGINT"), ("first_wall", "BIGINT"), ("duration", "BIGINT"),
+           ("sightings", "INTEGER"),
+           ("ends", "BIGINT"),  # src_ip + 1 << 32 | dst_ip + 1
+           ("ports", "BIGINT"),  # protocol + 1 << 32 | src_port << 16 | dst_port
+           ("info", "BIGINT"))  # container + 1 << 32 | length << 16 | direction << 8 | verdict
+_LENGTH = "((info >> 16) & 65535)"
+_DIRECTION = "((info >> 8) & 255)"
+_VERDICT = "(info & 255)"
+
+
+def _packed(packets: pa.Table) -> pa.Table:
+    """PACKET_SCHEMA rows as stored (_STORED)."""
+    def col(name: str) -> np.ndarray:
+        return _column(packets, name).astype(np.int64)
+
+    return pa.table({
+        "packet_id": packets["packet_id"], "flow_id": packets["flow_id"], "first_wall": packets["first_wall"],
+        "duration": packets["duration"], "sightings": packets["sightings"],
+        "ends": (col("src_ip") + 1) << 32 | (col("dst_ip") + 1),
+        "ports": (col("protocol") + 1) << 32 | (col("src_port") & 0xFFFF) << 16 | (col("dst_port") & 0xFFFF),
+        "info": (col("container") + 1) << 32 | (col("length") & 0xFFFF) << 16 | (col("direction") & 0xFF) << 8
+        | (col("verdict") & 0xFF),
+    })
+
+
 def connect(temp_dir: str) -> Any:
     """An in-memory DuckDB that spills to ``temp_dir``."""
     import duckdb
@@ -178,8 +206,7 @@ class Store:
         # The spill directory goes with the last user of the store (an
         # Analysis's FlowRows may outlive the analysis), or at exit.
         self.close = weakref.finalize(self, _close, self.con, self._dir, (self._seg_keys, self._seg_dts))
-        cols = ", ".join(f"{f.name} {_SQL_TYPES[f.type]}" for f in PACKET_SCHEMA)
-        self.con.execute(f"CREATE TABLE pkt ({cols})")
+        self.con.execute(f"CREATE TABLE pkt ({', '.join(f'{n} {t}' for n, t in _STORED)})")
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -215,6 +242,7 @@ class Store:
                     self._seg_dts.write(np.ascontiguousarray(_column(segments, "dt"), np.int64).data)
                     self._seg_rows += segments.num_rows
                 if packets.num_rows:
+                    packets = _packed(packets)
                     cur.register("chunk_rows", packets)
                     cur.execute("INSERT INTO pkt SELECT * FROM chunk_rows")
                     cur.unregister("chunk_rows")
@@ -313,15 +341,15 @@ class Store:
             return name
         # A flow's first request (original direction first, then time) names
         # its client and service: one arg_min over a packed key.
-        first = "((direction != 1)::BIGINT << 62) | first_wall"
+        first = f"(({_DIRECTION} != 1)::BIGINT << 62) | first_wall"
         self.con.execute(f"""
-            CREATE TABLE {name} AS SELECT flow_id, max(container) AS container,
-              arg_min(struct_pack(protocol, src_ip, src_port, dst_ip, dst_port), {first}) AS f,
-              count(*) AS packets, sum(length)::BIGINT AS bytes,
+            CREATE TABLE {name} AS SELECT flow_id, max(info >> 32) - 1 AS container,
+              arg_min(struct_pack(ends, ports), {first}) AS f,
+              count(*) AS packets, sum({_LENGTH})::BIGINT AS bytes,
               min(first_wall) AS first_wall, max(first_wall + duration) AS last_wall,
-              count(*) FILTER (direction = 1) AS requests, count(*) FILTER (direction = 2) AS replies,
-              count(*) FILTER (verdict = 0) AS delivered, count(*) FILTER (verdict = 1) AS dropped,
-              count(*) FILTER (verdict = 2) AS unknown,
+              count(*) FILTER ({_DIRECTION} = 1) AS requests, count(*) FILTER ({_DIRECTION} = 2) AS replies,
+              count(*) FILTER ({_VERDICT} = 0) AS delivered, count(*) FILTER ({_VERDICT} = 1) AS dropped,
+              count(*) FILTER ({_VERDICT} = 2) AS unknown,
               max(duration) AS slowest_ns, arg_max(packet_id, duration) AS slowest_packet_id
             FROM pkt WHERE {where} GROUP BY flow_id""")
         if only is not None:
@@ -335,7 +363,7 @@ class Store:
         each packet's first sighting."""
         self.wait()
         rows = self.con.execute(
-            "SELECT (first_wall - $t0) // $w AS b, sum(sightings)::BIGINT, count(*), sum(length)::BIGINT "
+            f"SELECT (first_wall - $t0) // $w AS b, sum(sightings)::BIGINT, count(*), sum({_LENGTH})::BIGINT "
             "FROM pkt GROUP BY b", {"t0": t0, "w": width}).fetchnumpy()
         ev, pk, by = (np.zeros(bins) for _ in range(3))
         b = rows["b"].astype(np.int64)
@@ -360,7 +388,9 @@ def _close(con: Any, path: str, files: tuple = ()) -> None:
         remove_spill_dir(path)
 
 
-FLOW_COLUMNS = ("flow_id", "container", "f.protocol", "f.src_ip", "f.src_port", "f.dst_ip", "f.dst_port", "packets", "bytes",
+FLOW_COLUMNS = ("flow_id", "container", "(f.ports >> 32) - 1 AS protocol", "(f.ends >> 32) - 1 AS src_ip",
+                "(f.ports >> 16) & 65535 AS src_port", "(f.ends & 4294967295) - 1 AS dst_ip", "f.ports & 65535 AS dst_port",
+                "packets", "bytes",
                 "first_wall", "last_wall", "requests", "replies", "delivered", "dropped", "unknown", "slowest_ns",
                 "slowest_packet_id")
 
@@ -424,4 +454,3 @@ class FlowRows:
         return list(self) == list(other) if isinstance(other, (list, FlowRows)) else NotImplemented
 
 
-_SQL_TYPES = {pa.uint64(): "UBIGINT", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.int8(): "TINYINT"}
