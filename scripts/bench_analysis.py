@@ -8,7 +8,7 @@ still hold.
 
 Usage: scripts/bench_analysis.py [--sightings 100M] [--baseline-sightings 10M]
        [--baseline-rev d1598c0] [--dir /var/tmp] [--rounds 1] [--keep]
-       [--schema 2] [--baseline-big] [--files 5000]
+       [--schema 2] [--baseline-big] [--files 5000] [--no-extra] [--small-only]
 Targets: stats and report at <= 1 GB peak RSS and >= 5 M sightings/s.
 
 --schema 2 makes journey-row captures (scripts/synth_journeys.py, what
@@ -91,6 +91,8 @@ def main() -> None:
     ap.add_argument("--schema", type=int, choices=(1, 2), default=1, help="captures of sighting (1) or journey (2) rows")
     ap.add_argument("--baseline-big", action="store_true", help="the baseline's stats and report on the big capture too")
     ap.add_argument("--files", type=int, default=0, help="report over the small capture rotated into about N parts")
+    ap.add_argument("--no-extra", action="store_true", help="leave out stats --format json and show --json")
+    ap.add_argument("--small-only", action="store_true", help="only the small capture's cases (rounds of them: intervals)")
     args = ap.parse_args()
     if args.quick:
         args.sightings, args.baseline_sightings = "1M", "200k"
@@ -104,7 +106,8 @@ def main() -> None:
         free = shutil.disk_usage(work).free
         print(f"disk free under {work}: {free / 1e9:.1f} GB (a synthetic capture takes about 8-11 B per sighting)")
         big = Path(args.capture) if args.capture else work / "big.arrows"
-        make(big, big_n, args.schema)
+        if not args.small_only:
+            make(big, big_n, args.schema)
         small = work / "small.arrows"
         make(small, base_n, args.schema)
         parts: list[str] = []
@@ -116,7 +119,7 @@ def main() -> None:
         old_env = {**os.environ, "PYTHONPATH": str(old)}
         rows = []
         base_label = f"baseline {args.baseline_rev}"
-        cases = [
+        cases = [] if args.small_only else [
             (f"stats {args.sightings}", [*tracer, "stats", str(big)], big_n, env),
             *([(f"stats {args.sightings}, {base_label}", [*tracer, "stats", str(big)], big_n, old_env)]
               if args.baseline_big else []),
@@ -134,9 +137,14 @@ def main() -> None:
                 (f"stats {args.baseline_sightings}", [*tracer, "stats", str(small)], base_n, env),
                 (f"stats {args.baseline_sightings}, baseline {args.baseline_rev}", [*tracer, "stats", str(small)],
                  base_n, old_env),
-                (f"stats --format json {args.baseline_sightings}", [*tracer, "stats", "--format", "json", str(small)],
+                (f"report {args.baseline_sightings}", [*tracer, "report", str(small), "-o", str(work / "s.html")],
                  base_n, env),
-                (f"show --json {args.baseline_sightings}", [*tracer, "show", "--json", str(small)], base_n, env),
+                (f"report {args.baseline_sightings}, baseline {args.baseline_rev}",
+                 [*tracer, "report", str(small), "-o", str(work / "s0.html")], base_n, old_env),
+                *([] if args.no_extra else [
+                    (f"stats --format json {args.baseline_sightings}", [*tracer, "stats", "--format", "json", str(small)],
+                     base_n, env),
+                    (f"show --json {args.baseline_sightings}", [*tracer, "show", "--json", str(small)], base_n, env)]),
             ):
                 took, rss, cpu, rc = run(cmd, e, cwd=work)
                 rows.append((label, took, rss, n / took / 1e6 if not rc else float("nan"), cpu, load()))
@@ -160,12 +168,21 @@ def main() -> None:
             print(f"baseline/ours at {args.baseline_sightings}: peak RSS {base[0][2] / ours[0][2]:.1f}x, "
                   f"time {base[0][1] / ours[0][1]:.2f}x")
         suffix = f", baseline {args.baseline_rev}"
-        for label, took, rss, rate, cpu, ld in rows:
-            if label.endswith(suffix):
-                mine = [r for r in rows if r[0] == label[: -len(suffix)]]
-                if mine:
-                    print(f"{label[: -len(suffix)]}: baseline/ours CPU {cpu / mine[0][4]:.2f}x, wall {took / mine[0][1]:.2f}x, "
-                          f"peak RSS {rss:.0f} / {mine[0][2]:.0f} MiB")
+        for label in dict.fromkeys(r[0] for r in rows):
+            if not label.endswith(suffix):
+                continue
+            # rounds pair up in order: each round ran the baseline right after ours (same load)
+            base_r = [r for r in rows if r[0] == label]
+            mine = [r for r in rows if r[0] == label[: -len(suffix)]]
+            pairs = list(zip(base_r, mine))
+            if not pairs:
+                continue
+            cpu_ratio = sorted(b[4] / m[4] for b, m in pairs)
+            wall_ratio = sorted(b[1] / m[1] for b, m in pairs)
+            mid = len(pairs) // 2
+            print(f"{label[: -len(suffix)]}: baseline/ours CPU {cpu_ratio[mid]:.2f}x [{cpu_ratio[0]:.2f}-{cpu_ratio[-1]:.2f}], "
+                  f"wall {wall_ratio[mid]:.2f}x [{wall_ratio[0]:.2f}-{wall_ratio[-1]:.2f}] over {len(pairs)} round(s); "
+                  f"peak RSS {max(b[2] for b in base_r):.0f} / {max(m[2] for m in mine):.0f} MiB")
     finally:
         if args.keep:
             print(f"kept {work}")
