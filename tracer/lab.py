@@ -105,7 +105,7 @@ def up(userland_proxy: bool | None = None) -> dict:
             want = True  # plain `lab up` restores what `lab up --no-userland-proxy` changed
         if want is not None:
             try:
-                lab_dockerd.switch(state, want)
+                lab_dockerd.switch(state, want, save=_write_state)
             finally:
                 _write_state(state)  # what restoring needs, even when the restart failed half way
         dc = dockerd.client()
@@ -228,7 +228,7 @@ def down() -> list[str]:
         state = _read_state()
         if state.get("dockerd"):  # the lab restarted dockerd without the proxy: give it back as it was
             try:
-                lab_dockerd.switch(state, True)
+                lab_dockerd.switch(state, True, save=_write_state)
                 removed.append("dockerd's --userland-proxy=false (restarted with its arguments from before)")
             except LabError as exc:
                 restore_error = exc

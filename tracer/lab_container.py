@@ -10,7 +10,7 @@ import hashlib
 import json
 import subprocess
 import time
-from typing import Any
+from typing import Any, Callable
 
 from tracer.errors import one_line
 from tracer.lab_base import (CLIENT_ADDRESS, CONFIG_LABEL, CONTAINER, CONTAINER_CMD, CONTAINER_PORT, CONTAINER_PORTS,
@@ -112,35 +112,42 @@ def _container_get(c: Any, url: str, timeout: int = 2) -> tuple[int, str]:
     return res.exit_code, (res.output or b"").decode(errors="replace")
 
 
+def _until(deadline: float, attempt: Callable[[], tuple[bool, str]], failure: Callable[[str], str]) -> None:
+    """Call ``attempt`` (ok, what it got) every 0.2 s until it succeeds; past
+    ``deadline``, a LabError of ``failure(what it got last)``."""
+    while True:
+        ok, got = attempt()
+        if ok:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(failure(got))
+        time.sleep(0.2)
+
+
 def _verify(c: Any, timeout: float = VERIFY_TIMEOUT) -> None:
-    url = f"http://{HOST_ADDRESS}:{PORT}/"
     deadline = time.monotonic() + timeout
-    while True:
-        cp = _client_get(url)
-        if cp.returncode == 0 and INDEX_MARKER in cp.stdout:
-            break
-        if time.monotonic() > deadline:
-            raise LabError(f"from netns {NETNS}, GET {url} did not return the lab page "
-                           f"({one_line(cp.stderr, 120) or 'no answer'}); check DNAT/FORWARD rules (iptables -t nat -S DOCKER)")
-        time.sleep(0.2)
-    url = f"http://{CLIENT_ADDRESS}:{SERVER_PORT}/"
-    while True:
-        rc, out = _container_get(c, url)
-        if rc == 0 and SERVER_MARKER in out:
-            break
-        if time.monotonic() > deadline:
-            raise LabError(f"from {CONTAINER}, GET {url} failed ({one_line(out, 120) or rc}); "
-                           "check ip_forward, FORWARD and MASQUERADE rules")
-        time.sleep(0.2)
+
+    def from_client(url: str, marker: str) -> Callable[[], tuple[bool, str]]:
+        def attempt() -> tuple[bool, str]:
+            cp = _client_get(url)
+            return cp.returncode == 0 and marker in cp.stdout, one_line(cp.stderr, 120) or "no answer"
+        return attempt
+
+    def from_container(url: str, marker: str) -> Callable[[], tuple[bool, str]]:
+        def attempt() -> tuple[bool, str]:
+            rc, out = _container_get(c, url)
+            return rc == 0 and marker in out, one_line(out, 120) or str(rc)
+        return attempt
+
+    url = f"http://{HOST_ADDRESS}:{PORT}/"
+    _until(deadline, from_client(url, INDEX_MARKER),
+           lambda got: f"from netns {NETNS}, GET {url} did not return the lab page ({got}); "
+                       "check DNAT/FORWARD rules (iptables -t nat -S DOCKER)")
+    back = f"http://{CLIENT_ADDRESS}:{SERVER_PORT}/"
+    _until(deadline, from_container(back, SERVER_MARKER),
+           lambda got: f"from {CONTAINER}, GET {back} failed ({got}); check ip_forward, FORWARD and MASQUERADE rules")
     # The container back to itself through the host's published port:
     # docker-proxy relays it, or (userland proxy off) hairpin NAT on docker0.
-    url = f"http://{HOST_ADDRESS}:{PORT}/"
-    while True:
-        rc, out = _container_get(c, url)
-        if rc == 0 and INDEX_MARKER in out:
-            break
-        if time.monotonic() > deadline:
-            raise LabError(f"from {CONTAINER}, GET {url} failed ({one_line(out, 120) or rc}); "
-                           "check docker-proxy, or with the userland proxy off hairpin_mode on its veth "
-                           "and the MASQUERADE for it")
-        time.sleep(0.2)
+    _until(deadline, from_container(url, INDEX_MARKER),
+           lambda got: f"from {CONTAINER}, GET {url} failed ({got}); check docker-proxy, or with the userland "
+                       "proxy off hairpin_mode on its veth and the MASQUERADE for it")

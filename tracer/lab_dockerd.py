@@ -9,7 +9,8 @@ bridge ports). Switching means restarting dockerd with other arguments:
 ``lab up --no-userland-proxy`` does it and records dockerd's arguments from
 before in the lab's state, so ``lab up`` (and ``lab down``) restart it with
 exactly those again. An engine configured without the proxy by its owner
-(not by the lab) is left alone.
+(not by the lab) is left alone, and so is one the scripts did not start
+(systemd's, say: it has to be reconfigured and restarted by its owner).
 
 Pure parts (the flag's parsing, the arguments for a mode) are separate from
 the restart so they are tested without root.
@@ -24,15 +25,20 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
-from tracer.lab_base import LabError, RUN_DIR, _log
+from tracer.lab_base import LabError, RUN_DIR, STATE_FILE, _log
+
+
+class NoDockerd(LabError):
+    """No dockerd process runs at all."""
 
 FLAG = "--userland-proxy"
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 PID_FILES = (Path("/var/run/docker.pid"), Path("/run/docker.pid"))
-# as scripts/lib-dockerd.sh starts it
+# as scripts/lib-dockerd.sh starts it (TRACER_DOCKERD_PIDFILE overrides the pid file there and here)
 LOG_FILE = Path("/var/log/tracer-dockerd.log")
-OUR_PID_FILE = RUN_DIR / "dockerd.pid"
+DEFAULT_PID_FILE = RUN_DIR / "dockerd.pid"
 STOP_TIMEOUT = 60.0
 START_TIMEOUT = 60.0
 
@@ -97,6 +103,35 @@ def args_for(argv: list[str], on: bool, config: bool | None) -> list[str]:
     return kept if on else kept + [f"{FLAG}=false"]
 
 
+def pid_file() -> Path:
+    """Where scripts/lib-dockerd.sh (and the lab after a restart) keeps the
+    pid of the dockerd it started."""
+    return Path(os.environ.get("TRACER_DOCKERD_PIDFILE") or DEFAULT_PID_FILE)
+
+
+def pid_file_names(text: str | None, pid: int) -> bool:
+    """Whether a pid file's text names ``pid``."""
+    try:
+        return int((text or "").split()[0]) == pid
+    except (ValueError, IndexError):
+        return False
+
+
+def stopped_for_good(containers: list[dict], live_restore: bool) -> list[str]:
+    """The running containers (docker inspect's dicts) a dockerd restart
+    stops and does not start again: stopping dockerd stops every container
+    (unless live-restore keeps them), and only a restart policy of
+    ``always`` or ``unless-stopped`` brings one back."""
+    if live_restore:
+        return []
+    names = []
+    for c in containers:
+        policy = ((c.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "no"
+        if (c.get("State") or {}).get("Running") and policy not in ("always", "unless-stopped"):
+            names.append((c.get("Name") or c.get("Id", "")[:12]).lstrip("/"))
+    return sorted(names)
+
+
 # --------------------------------------------------------------------------- the running engine
 
 
@@ -115,6 +150,10 @@ def _comm(pid: int) -> str | None:
         return None
 
 
+def _dockerd_processes() -> list[int]:
+    return sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and _comm(int(p)) == "dockerd")
+
+
 def dockerd_pid() -> int:
     """The pid of the engine dockerd: its pid file, else the one dockerd process."""
     for f in PID_FILES:
@@ -124,12 +163,12 @@ def dockerd_pid() -> int:
             continue
         if _comm(pid) == "dockerd":
             return pid
-    found = [int(p) for p in os.listdir("/proc") if p.isdigit() and _comm(int(p)) == "dockerd"]
+    found = _dockerd_processes()
     if len(found) == 1:
         return found[0]
     if not found:
-        raise LabError("no dockerd process runs; run `sudo scripts/setup.sh` to start one")
-    raise LabError(f"several dockerd processes ({', '.join(map(str, sorted(found)))}) and no pid file names one")
+        raise NoDockerd("no dockerd process runs; run `sudo scripts/setup.sh` to start one")
+    raise LabError(f"several dockerd processes ({', '.join(map(str, found))}) and no pid file names one")
 
 
 def read_config() -> bool | None:
@@ -151,6 +190,19 @@ def current() -> tuple[int, list[str], bool]:
     return pid, argv, engine_value(argv, read_config())
 
 
+def started_by_tracer(pid: int) -> bool:
+    """Whether dockerd ``pid`` is the one scripts/lib-dockerd.sh or the lab
+    started (its pid file names it). Only such an engine is restarted: one a
+    service manager runs may need what only it provides (systemd's socket
+    activation for ``-H fd://``, its environment and limits) and would race
+    our copy with its own restart."""
+    try:
+        text = pid_file().read_text()
+    except OSError:
+        return False
+    return pid_file_names(text, pid)
+
+
 def _local_engine_only() -> None:
     host = os.environ.get("DOCKER_HOST", "")
     if host and host not in ("unix:///var/run/docker.sock", "unix:///run/docker.sock"):
@@ -167,12 +219,29 @@ def _start_ticks(pid: int) -> int | None:
     return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
-def restart(pid: int, argv: list[str]) -> int:
-    """Stop dockerd ``pid`` (SIGTERM: it stops its containers and removes its
-    iptables rules as on any shutdown), start ``argv`` in its own session as
-    scripts/lib-dockerd.sh does, wait until it answers; the new pid."""
+def warn_stopped_containers() -> None:
+    """One line on stderr naming the running containers the restart stops
+    for good (no restart policy brings them back); nothing when there are
+    none or the engine cannot be asked."""
     from tracer import dockerd
 
+    try:
+        dc = dockerd.client(timeout=10)
+        try:
+            live_restore = bool(dc.info().get("LiveRestoreEnabled"))
+            names = stopped_for_good([c.attrs for c in dc.containers.list()], live_restore)
+        finally:
+            dc.close()
+    except Exception:  # a warning only: never a reason not to switch
+        return
+    if names:
+        _log(f"warning: restarting dockerd stops {len(names)} running container(s) without a restart policy "
+             f"that brings them back: {', '.join(names)} (`docker start` them afterwards)")
+
+
+def stop(pid: int) -> None:
+    """Stop dockerd ``pid`` (SIGTERM: it stops its containers and removes its
+    iptables rules as on any shutdown) and wait until it is gone."""
     started = _start_ticks(pid)
     _log(f"stopping dockerd pid {pid}")
     try:
@@ -186,6 +255,13 @@ def restart(pid: int, argv: list[str]) -> int:
         time.sleep(0.2)
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)  # a dockerd an earlier switch in this process started (normally init's)
+
+
+def start(argv: list[str]) -> int:
+    """Start dockerd ``argv`` in its own session as scripts/lib-dockerd.sh
+    does, wait until it answers, note its pid in its pid file; its pid."""
+    from tracer import dockerd
+
     _log(f"starting {' '.join(argv)} (log {LOG_FILE})")
     LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
     with open(LOG_FILE, "ab") as log, open(os.devnull, "rb") as null:
@@ -196,29 +272,51 @@ def restart(pid: int, argv: list[str]) -> int:
                            check=True, timeout=10)
         except (OSError, subprocess.SubprocessError) as exc:
             raise LabError(f"cannot start {argv[0]}: {exc}") from None
-    deadline = time.monotonic() + START_TIMEOUT
+    began = time.monotonic()
     while True:
         try:
             dockerd.client(timeout=5).close()
             break
         except dockerd.DockerUnavailable:
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - began
+            if waited > 3 and not _dockerd_processes():  # it exited (bad arguments, say): no use waiting
+                raise LabError(f"dockerd exited right after its start; see {LOG_FILE}") from None
+            if waited > START_TIMEOUT:
                 raise LabError(f"dockerd did not answer within {START_TIMEOUT:.0f}s of its start; see {LOG_FILE}") from None
             time.sleep(0.5)
     new_pid = dockerd_pid()
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    OUR_PID_FILE.write_text(f"{new_pid}\n")
+    f = pid_file()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(f"{new_pid}\n")
     return new_pid
 
 
-def switch(state: dict, on: bool) -> bool:
+def restart(pid: int, argv: list[str]) -> int:
+    """Stop dockerd ``pid``, start ``argv``; the new pid."""
+    stop(pid)
+    return start(argv)
+
+
+def _not_ours(pid: int, what: str) -> LabError:
+    return LabError(f"dockerd (pid {pid}) is not started by tracer's scripts (systemd?), so the lab does not restart it; "
+                    f"{what} in {DAEMON_JSON} and restart it yourself")
+
+
+def switch(state: dict, on: bool, save: Callable[[dict], None] = lambda state: None) -> bool:
     """Make the engine run with the userland proxy ``on`` (restarting dockerd
-    when it does not), keeping in ``state`` what restoring needs; True when
-    dockerd was restarted. Turning it on again is only done for an engine the
-    lab switched off (``state['dockerd']``); one configured off by its owner
-    is an error."""
-    pid, argv, now = current()
+    when it does not), keeping in ``state`` what restoring needs and handing
+    it to ``save`` before any restart (a `lab up` killed during the restart
+    must not lose it); True when dockerd was (re)started. Turning it on again
+    is only done for an engine the lab switched off (``state['dockerd']``);
+    one configured off by its owner is an error, and so is one the scripts
+    did not start."""
     switched = state.get("dockerd")
+    try:
+        pid, argv, now = current()
+    except NoDockerd:
+        if not switched:
+            raise
+        return _start_from_record(state, on, save)
     if now == on:
         if on and switched:
             state.pop("dockerd", None)  # someone restarted it in the default mode meanwhile
@@ -227,12 +325,50 @@ def switch(state: dict, on: bool) -> bool:
         if not switched:
             raise LabError("dockerd runs with the userland proxy off by its own configuration "
                            f"({' '.join(argv[1:]) or DAEMON_JSON}); the lab leaves it so")
+        if not started_by_tracer(pid):
+            raise _not_ours(pid, 'remove "userland-proxy": false (or the flag)')
+        warn_stopped_containers()
         restart(pid, switched.get("argv_before") or args_for(argv, True, read_config()))
         state.pop("dockerd", None)
         return True
     new_argv = args_for(argv, False, read_config())
-    # Kept before the restart (a restart that fails half way still has to be
-    # undone): the arguments from before the first switch, given back as they were.
-    state["dockerd"] = {"argv_before": (switched or {}).get("argv_before") or argv, "userland_proxy": False}
-    state["dockerd"]["pid"] = restart(pid, new_argv)
+    if not started_by_tracer(pid):
+        raise _not_ours(pid, 'set "userland-proxy": false')
+    # Kept before the restart (a restart that fails half way, or a `lab up`
+    # killed during it, still has to be undone): the arguments from before
+    # the first switch, given back as they were.
+    before = (switched or {}).get("argv_before") or argv
+    state["dockerd"] = {"argv_before": before, "userland_proxy": False}
+    save(state)
+    warn_stopped_containers()
+    stop(pid)
+    try:
+        state["dockerd"]["pid"] = start(new_argv)
+    except LabError as exc:
+        if _dockerd_processes():
+            raise  # one runs, if slowly: the record stays, `lab up` restores it
+        _log("dockerd did not start without the userland proxy; starting it again with its arguments from before")
+        start(before)
+        state.pop("dockerd", None)
+        raise LabError(f"{exc}; dockerd runs again with its arguments from before") from None
+    return True
+
+
+def _start_from_record(state: dict, on: bool, save: Callable[[dict], None]) -> bool:
+    """No dockerd runs, but the lab had switched it (its restart failed, or
+    was cut short): start it from the arguments kept then, not bare."""
+    switched = state["dockerd"]
+    before = switched.get("argv_before")
+    if not before:
+        raise NoDockerd("no dockerd process runs, and the lab's record of its arguments is empty; "
+                        "run `sudo scripts/setup.sh` to start one")
+    argv = before if on else args_for(before, False, read_config())
+    _log(f"no dockerd runs; starting it {'with its arguments from before the lab switched it' if on else 'without the userland proxy'}"
+         f" (from {STATE_FILE})")
+    pid = start(argv)
+    if on:
+        state.pop("dockerd", None)
+    else:
+        switched["pid"] = pid
+    save(state)
     return True

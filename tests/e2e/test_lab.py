@@ -193,6 +193,27 @@ def hairpin_lab(lab):
         assert restored["up"] and restored["userland_proxy"] is True and not restored["dockerd_switched"], restored
 
 
+def _first_per_source(journeys: list[dict]) -> list[dict]:
+    """The first journey of each source address and port (a SYN
+    retransmitted on a loaded machine repeats its connection's)."""
+    first: dict[str, dict] = {}
+    for j in sorted(journeys, key=lambda j: j["ktime_ns"]):
+        first.setdefault(j["hops"][0]["src"], j)
+    return list(first.values())
+
+
+def _try_container_get(url: str) -> str:
+    cp = sh("docker", "exec", lab_base.CONTAINER, "timeout", "2", "wget", "-q", "-O-", url, check=False)
+    return cp.stdout if cp.returncode == 0 else ""
+
+
+def _wait_until(ready, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, f"{what} not ready within {timeout:.0f}s"
+        time.sleep(0.2)
+
+
 def _bridge_address(bridge: str) -> str:
     addrs = json.loads(sh("ip", "-j", "-4", "addr", "show", "dev", bridge).stdout)
     return addrs[0]["addr_info"][0]["local"]
@@ -223,6 +244,7 @@ class TestWithoutUserlandProxy:
         with open(f"/sys/class/net/{st['container_veth']}/brport/hairpin_mode") as f:
             assert f.read().strip() == "1"
         pid = lab_dockerd.dockerd_pid()
+        assert lab_dockerd.started_by_tracer(pid), "the pid file names the engine the lab started"
         again = lab_mod.up(userland_proxy=False)
         assert lab_dockerd.dockerd_pid() == pid and again["container_id"] == st["container_id"]
         text = sh(sys.executable, "-m", "tracer", "lab", "status").stdout
@@ -246,10 +268,10 @@ class TestWithoutUserlandProxy:
         journeys = t.stop()
         assert t.returncode == 0, t.stderr
         assert len({j["packet_id"] for j in journeys}) == len(journeys), "a packet in two journeys"
-        syns = [j for j in journeys if j["tcp_flags"] == "S" and j["hops"][0]["src"].startswith(ctr + ":")
-                and j["hops"][0]["dst"] == f"{target}:{port}"]
+        syns = _first_per_source([j for j in journeys if j["tcp_flags"] == "S" and j["hops"][0]["src"].startswith(ctr + ":")
+                                  and j["hops"][0]["dst"] == f"{target}:{port}"])
         assert len(syns) == 1, [(j["tcp_flags"], j["hops"][0]["src"], j["hops"][0]["dst"]) for j in journeys]
-        syn = syns[0]
+        syn = syns[0]  # (a SYN retransmitted on a loaded machine is the same connection's: its first is taken)
         h = syn["hops"]
         assert (syn["direction"], syn["verdict"], syn["container"]) == ("original", "delivered", st["container"])
         assert "proxy" not in syn, "no docker-proxy on this path"
@@ -265,8 +287,8 @@ class TestWithoutUserlandProxy:
             ("tc_ingress", "eth0", st["container"], f"{ctr}:{cport}"), "ends at the container's eth0"
 
         replies = [j for j in journeys if j["tcp_flags"] == "SA" and j["flow_id"] == syn["flow_id"]]
-        assert len(replies) == 1, [(j["tcp_flags"], j["flow_id"]) for j in journeys]
-        sa = replies[0]
+        assert replies, [(j["tcp_flags"], j["flow_id"]) for j in journeys]
+        sa = min(replies, key=lambda j: j["ktime_ns"])  # the first, should a retransmitted SYN get a second
         r = sa["hops"]
         assert (sa["direction"], sa["verdict"]) == ("reply", "delivered")
         assert (r[0]["hook"], r[0]["ifname"], r[0]["src"], r[0]["dst"]) == ("tc_egress", "eth0", f"{ctr}:{cport}", masq)
@@ -318,12 +340,17 @@ class TestWithoutUserlandProxy:
         container reaching itself), one journey from one eth0 to the other,
         whose header names both containers; the reply likewise back."""
         st = hairpin_lab
-        name, port = "tracer-lab-issue11-db", 18011  # tracer-lab-*: `lab down` removes it too, should this test die
+        name = "tracer-lab-issue11-db"  # tracer-lab-*: `lab down` removes it too, should this test die
         sh("docker", "rm", "-f", name, check=False)
-        sh("docker", "run", "-d", "--name", name, "-p", f"{port}:8080", lab_base.IMAGE, "httpd", "-f", "-p", "8080",
+        # a host port Docker picks (free by construction), read back once published
+        sh("docker", "run", "-d", "--name", name, "-p", "8080", lab_base.IMAGE, "httpd", "-f", "-p", "8080",
            "-h", "/www")
         try:
-            db_ip = json.loads(sh("docker", "inspect", name).stdout)[0]["NetworkSettings"]["IPAddress"]
+            info = json.loads(sh("docker", "inspect", name).stdout)[0]["NetworkSettings"]
+            db_ip, port = info["IPAddress"], int(info["Ports"]["8080/tcp"][0]["HostPort"])
+            # httpd listens a moment after `docker run` returns: wait for it before tracing
+            _wait_until(lambda: lab_base.INDEX_MARKER in _try_container_get(f"http://{st['host_address']}:{port}/"),
+                        f"{name}'s httpd on :{port}")
             cap = tmp_path / "two.arrows"
             t = Tracer("--port", str(port), "--duration", "30", "-w", str(cap))
             t.wait_ready()
@@ -333,7 +360,9 @@ class TestWithoutUserlandProxy:
             assert t.returncode == 0, t.stderr
         finally:
             sh("docker", "rm", "-f", name, check=False)
-        syn = next(j for j in journeys if j["tcp_flags"] == "S")
+        syns = _first_per_source([j for j in journeys if j["tcp_flags"] == "S"])
+        assert len(syns) == 1, [(j["tcp_flags"], j["hops"][0]["src"], j["hops"][0]["dst"]) for j in journeys]
+        syn = syns[0]
         h = syn["hops"]
         assert (h[0]["hook"], h[0]["container"]) == ("tc_egress", st["container"])
         i = index_of(syn, "nf_prerouting", "after", ifname=st["bridge"])
@@ -346,6 +375,18 @@ class TestWithoutUserlandProxy:
         text = _show(str(cap))
         assert re.search(rf"tcp S .*  \[{st['container']} → {name}\]  delivered", text), text[:3000]
         assert re.search(rf"tcp SA .*  \[{name} → {st['container']}\]  delivered", text), text[:3000]
+
+    # keep last in this class: it takes the lab down (the fixture brings it up again)
+    def test_down_gives_dockerd_back_its_arguments(self, hairpin_lab):
+        before = lab_mod._read_state()["dockerd"]["argv_before"]
+        removed = lab_mod.down()
+        assert any("--userland-proxy=false" in r for r in removed), removed
+        pid, argv, on = lab_dockerd.current()
+        assert (argv, on) == (before, True)
+        assert lab_dockerd.started_by_tracer(pid), "the pid file names the restored engine"
+        assert not lab_base.STATE_FILE.exists(), "nothing left to restore"
+        st = lab_mod.status()
+        assert not st["up"] and st["userland_proxy"] is True and not st["dockerd_switched"]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -5,6 +5,9 @@ tests/e2e/test_lab.py's hairpin test."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from tracer import lab_dockerd as ld
@@ -81,19 +84,47 @@ def test_args_for_leaves_a_mode_daemon_json_sets_to_it():
 
 
 class _Engine:
-    """dockerd as switch() sees it: current() and restart() replaced."""
+    """dockerd as switch() sees it: the process (current, stop, start) and
+    its pid file replaced; ``ours`` is whether tracer's scripts started it."""
 
-    def __init__(self, monkeypatch, argv, config=None):
-        self.argv, self.config, self.restarts = list(argv), config, []
-        monkeypatch.setattr(ld, "current", lambda: (100 + len(self.restarts), self.argv,
-                                                    ld.engine_value(self.argv, self.config)))
+    def __init__(self, monkeypatch, argv, config=None, ours=True):
+        self.argv, self.config, self.ours = list(argv), config, ours
+        self.running, self.pid = True, 100
+        self.events: list = []  # ("stop", pid) / ("start", argv) / ("save", state) / ("warn",)
+        self.fail_start: list[bool] = []  # per start: True = it exits at once
+        self.restarts: list = []
+        monkeypatch.setattr(ld, "current", self._current)
         monkeypatch.setattr(ld, "read_config", lambda: self.config)
-        monkeypatch.setattr(ld, "restart", self._restart)
+        monkeypatch.setattr(ld, "stop", self._stop)
+        monkeypatch.setattr(ld, "start", self._start)
+        monkeypatch.setattr(ld, "started_by_tracer", lambda pid: self.ours and pid == self.pid)
+        monkeypatch.setattr(ld, "warn_stopped_containers", lambda: self.events.append(("warn",)))
+        monkeypatch.setattr(ld, "_dockerd_processes", lambda: [self.pid] if self.running else [])
 
-    def _restart(self, pid, argv):
+    def save(self, state):
+        self.events.append(("save", json.loads(json.dumps(state))))
+
+    def _current(self):
+        if not self.running:
+            raise ld.NoDockerd("no dockerd process runs; run `sudo scripts/setup.sh` to start one")
+        return self.pid, self.argv, ld.engine_value(self.argv, self.config)
+
+    def _stop(self, pid):
+        assert self.running and pid == self.pid
+        self.events.append(("stop", pid))
+        self.running = False
+
+    def _start(self, argv):
+        assert not self.running, "two engines"
+        self.events.append(("start", list(argv)))
+        if self.fail_start and self.fail_start.pop(0):
+            raise LabError("dockerd exited right after its start; see /var/log/tracer-dockerd.log")
         self.restarts.append(list(argv))
-        self.argv = list(argv)
-        return 200 + len(self.restarts)
+        self.argv, self.running, self.pid = list(argv), True, 200 + len(self.restarts)
+        return self.pid
+
+    def kinds(self):
+        return [e[0] for e in self.events]
 
 
 def test_switch_off_then_on_gives_the_arguments_back(monkeypatch):
@@ -110,6 +141,78 @@ def test_switch_off_then_on_gives_the_arguments_back(monkeypatch):
     assert len(engine.restarts) == 2
 
 
+def test_switch_off_saves_the_record_before_stopping_dockerd(monkeypatch):
+    """A `lab up --no-userland-proxy` killed during the restart has already
+    written what restoring needs."""
+    engine = _Engine(monkeypatch, ["dockerd", "--debug"])
+    ld.switch({"server_pid": 7}, False, save=engine.save)
+    kinds = engine.kinds()
+    assert kinds.index("save") < kinds.index("stop"), kinds
+    saved = engine.events[kinds.index("save")][1]
+    assert saved == {"server_pid": 7, "dockerd": {"argv_before": ["dockerd", "--debug"], "userland_proxy": False}}
+    assert kinds.index("warn") < kinds.index("stop"), "the warning comes before anything is stopped"
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_switch_refuses_an_engine_tracer_did_not_start(monkeypatch, on):
+    argv = ["/usr/bin/dockerd", "-H", "fd://", "--containerd=/run/containerd/containerd.sock"]
+    engine = _Engine(monkeypatch, argv if not on else argv + ["--userland-proxy=false"], ours=False)
+    state = {} if not on else {"dockerd": {"argv_before": argv, "userland_proxy": False, "pid": 100}}
+    before = json.loads(json.dumps(state))
+    with pytest.raises(LabError, match=r"not started by tracer's scripts \(systemd\?\).*daemon\.json.*restart it yourself"):
+        ld.switch(state, on, save=engine.save)
+    assert engine.events == [] and state == before, "nothing stopped, nothing recorded"
+
+
+def test_switch_off_that_fails_to_start_gives_the_engine_back(monkeypatch):
+    engine = _Engine(monkeypatch, ["dockerd", "--debug"])
+    engine.fail_start = [True]
+    state: dict = {}
+    with pytest.raises(LabError, match="exited right after its start.*runs again with its arguments from before"):
+        ld.switch(state, False, save=engine.save)
+    assert engine.running and engine.argv == ["dockerd", "--debug"]
+    assert "dockerd" not in state
+
+
+def test_switch_off_keeps_the_record_when_a_slow_dockerd_still_runs(monkeypatch):
+    engine = _Engine(monkeypatch, ["dockerd"])
+
+    def slow(argv):
+        engine.running = True  # a process, but not answering
+        raise LabError("dockerd did not answer within 60s of its start")
+
+    monkeypatch.setattr(ld, "start", slow)
+    state: dict = {}
+    with pytest.raises(LabError, match="did not answer"):
+        ld.switch(state, False, save=engine.save)
+    assert state["dockerd"]["argv_before"] == ["dockerd"]
+
+
+@pytest.mark.parametrize("on, expect", [
+    (True, ["dockerd", "--debug"]),
+    (False, ["dockerd", "--debug", "--userland-proxy=false"]),
+])
+def test_no_dockerd_with_a_record_starts_it_from_the_record(monkeypatch, capsys, on, expect):
+    """The switched dockerd died (or its start failed): `lab up` starts it
+    from the arguments kept then, not a bare dockerd."""
+    engine = _Engine(monkeypatch, ["dockerd", "--debug", "--userland-proxy=false"])
+    engine.running = False
+    state = {"dockerd": {"argv_before": ["dockerd", "--debug"], "userland_proxy": False, "pid": 5}}
+    assert ld.switch(state, on, save=engine.save)
+    assert engine.restarts == [expect]
+    assert ("dockerd" in state) is (not on)
+    assert engine.events[-1] == ("save", state)
+    assert "no dockerd runs; starting it" in capsys.readouterr().err
+
+
+def test_no_dockerd_without_a_record_is_an_error(monkeypatch):
+    engine = _Engine(monkeypatch, ["dockerd"])
+    engine.running = False
+    with pytest.raises(ld.NoDockerd, match="no dockerd process runs"):
+        ld.switch({}, True)
+    assert engine.events == []
+
+
 def test_switch_on_leaves_an_engine_the_lab_did_not_switch(monkeypatch):
     engine = _Engine(monkeypatch, ["dockerd", "--userland-proxy=false"])
     with pytest.raises(LabError, match="by its own configuration"):
@@ -124,19 +227,6 @@ def test_switch_on_when_someone_restarted_it_in_the_default_mode(monkeypatch):
     assert engine.restarts == [] and "dockerd" not in state
 
 
-def test_switch_off_keeps_what_restoring_needs_when_the_restart_fails(monkeypatch):
-    _Engine(monkeypatch, ["dockerd"])
-
-    def fails(pid, argv):
-        raise LabError("dockerd exited with status 1 at start")
-
-    monkeypatch.setattr(ld, "restart", fails)
-    state: dict = {}
-    with pytest.raises(LabError):
-        ld.switch(state, False)
-    assert state["dockerd"]["argv_before"] == ["dockerd"]
-
-
 def test_switch_with_daemon_json_deciding(monkeypatch):
     engine = _Engine(monkeypatch, ["dockerd"], config=True)
     with pytest.raises(LabError, match="does not override"):
@@ -148,3 +238,66 @@ def test_remote_engine_is_refused(monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2375")
     with pytest.raises(LabError, match="only this machine's dockerd"):
         ld.current()
+
+
+# --------------------------------------------------------------------------- whose engine
+
+
+def test_pid_file_honours_the_scripts_override(monkeypatch, tmp_path):
+    monkeypatch.delenv("TRACER_DOCKERD_PIDFILE", raising=False)
+    assert ld.pid_file() == Path("/run/tracer/dockerd.pid")
+    monkeypatch.setenv("TRACER_DOCKERD_PIDFILE", str(tmp_path / "d.pid"))
+    assert ld.pid_file() == tmp_path / "d.pid"
+
+
+def test_started_by_tracer_reads_the_pid_file(monkeypatch, tmp_path):
+    f = tmp_path / "d.pid"
+    monkeypatch.setenv("TRACER_DOCKERD_PIDFILE", str(f))
+    assert not ld.started_by_tracer(4242), "no pid file: not ours"
+    f.write_text("4242\n")
+    assert ld.started_by_tracer(4242)
+    assert not ld.started_by_tracer(4243), "a stale pid file names another process"
+    f.write_text("garbage")
+    assert not ld.started_by_tracer(4242)
+
+
+def test_the_scripts_and_the_lab_use_the_same_pid_file():
+    text = (Path(__file__).parents[2] / "scripts" / "lib-dockerd.sh").read_text()
+    assert f"TRACER_DOCKERD_PIDFILE=${{TRACER_DOCKERD_PIDFILE:-{ld.DEFAULT_PID_FILE}}}" in text
+
+
+# --------------------------------------------------------------------------- containers a restart stops
+
+
+def _ctr(name, policy, running=True):
+    return {"Name": "/" + name, "State": {"Running": running}, "HostConfig": {"RestartPolicy": {"Name": policy}}}
+
+
+def test_stopped_for_good_lists_running_containers_no_policy_restarts():
+    containers = [_ctr("db", ""), _ctr("web", "always"), _ctr("lab", "unless-stopped"), _ctr("job", "on-failure"),
+                  _ctr("cache", "no"), _ctr("old", "", running=False), {"Id": "0123456789abcdef", "State": {"Running": True}}]
+    assert ld.stopped_for_good(containers, live_restore=False) == ["0123456789ab", "cache", "db", "job"]
+    assert ld.stopped_for_good(containers, live_restore=True) == [], "live-restore keeps them running"
+
+
+def test_lab_up_writes_the_record_to_disk_before_dockerd_stops(monkeypatch, tmp_path):
+    """`lab up --no-userland-proxy` killed while dockerd restarts (no
+    `finally` runs on SIGKILL): the state file already says what to restore."""
+    from tracer import lab
+
+    engine = _Engine(monkeypatch, ["dockerd", "--debug"])
+    monkeypatch.setattr(lab, "_require_root", lambda what: None)
+    monkeypatch.setattr(lab, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(lab, "LOCK_FILE", tmp_path / "lab.lock")
+    monkeypatch.setattr(lab, "STATE_FILE", tmp_path / "lab.json")
+    on_disk = []
+
+    def killed(pid):
+        on_disk.append(json.loads((tmp_path / "lab.json").read_text()))
+        raise KeyboardInterrupt  # the process ends here
+
+    monkeypatch.setattr(ld, "stop", killed)
+    with pytest.raises(KeyboardInterrupt):
+        lab.up(userland_proxy=False)
+    assert on_disk == [{"dockerd": {"argv_before": ["dockerd", "--debug"], "userland_proxy": False}}]
+    assert engine.restarts == []

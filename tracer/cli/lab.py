@@ -23,7 +23,9 @@ def lab() -> None:
 @click.option("--userland-proxy/--no-userland-proxy", "userland_proxy", default=None,
               help="--no-userland-proxy restarts dockerd with --userland-proxy=false (hairpin NAT "
                    "instead of docker-proxy); a plain `lab up` (or --userland-proxy) restarts it with "
-                   "its arguments from before. An engine the lab did not switch is left as it is.")
+                   "its arguments from before. An engine the lab did not switch is left as it is, and one "
+                   "tracer's scripts did not start (systemd's) is never restarted. Running containers "
+                   "without an always/unless-stopped restart policy stay stopped (named in a warning).")
 def up(userland_proxy: bool | None) -> None:
     """Build the image if needed, start the container, client netns and
     server; verify traffic both ways; print the lab as JSON."""
