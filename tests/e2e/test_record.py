@@ -253,7 +253,7 @@ def test_stats_and_report_from_journey_rows_equal_the_sighting_path(lab, tmp_pat
     and report, and `tracer stats` must print exactly that text."""
     from tracer.analysis import CaptureAnalysis
     from tracer.capture.reader import open_capture
-    from tracer.cli.analyze import _text
+    from tracer.render import stats_text as _text
     from tracer.paths import PathStats
     from tracer.report import render_report
 

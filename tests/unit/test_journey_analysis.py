@@ -26,7 +26,8 @@ from tracer import events
 from tracer.analysis import CaptureAnalysis
 from tracer.capture.reader import open_capture
 from tracer.capture.writer import CaptureWriter
-from tracer.cli.analyze import _text, _write_csv, _write_json
+from tracer.cli.analyze import _write_csv, _write_json
+from tracer.render import stats_text as _text
 from tracer.places import Place
 
 ROOT = Path(__file__).resolve().parents[2]

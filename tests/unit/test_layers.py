@@ -89,3 +89,23 @@ def test_cli_init_imports_only_command_modules_of_its_own():
     for module in runtime_imports(CLI / "__init__.py"):
         if module.startswith("tracer.cli."):
             assert (CLI / (module.split(".")[2] + ".py")).exists(), module
+
+
+TRACER = KERNEL.parent
+# The outputs of a run (tracer/sinks.py) get what they may know of it in
+# RunInfo, Batch and RunEnd: none of them reaches into the session.
+SINKS = ("sinks.py", "live_output.py", "feeds.py", "capture/recorder.py")
+
+
+def test_sinks_and_feeds_never_import_the_session():
+    bad = [f"{name} imports {module}" for name in SINKS for module in runtime_imports(TRACER / name)
+           if module in ("tracer.session", "tracer.live")]
+    assert not bad, bad
+
+
+def test_the_session_imports_no_output():
+    """The session wires the kernel side; it formats and writes nothing."""
+    outputs = {"tracer.render", "tracer.render_rows", "tracer.live_output", "tracer.journey_json", "tracer.output",
+               "tracer.capture", "tracer.capture.recorder", "tracer.capture.writer", "tracer.cli"}
+    found = runtime_imports(TRACER / "session.py") & outputs
+    assert not found, found

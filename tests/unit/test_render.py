@@ -163,7 +163,7 @@ def test_column_wise_dt_text_is_format_dt():
 
 
 def test_one_units_helper_for_durations():
-    from tracer.cli.analyze import _us as stats_us
+    from tracer.render import _us as stats_us
     from tracer.render import latency_cell as latency_us
     from tracer.units import duration_text, micros_text
 

@@ -12,13 +12,10 @@ from pathlib import Path
 import click
 
 from tracer.errors import TracerError
-from tracer.ids import format_id
 from tracer.outfiles import open_output
-from tracer.text import printable
-from tracer.units import micros_text
+from tracer.render import STATS_SECTIONS, stats_text
 
 _files = click.argument("files", nargs=-1, required=True, metavar="FILES...")
-_SECTIONS = ("segments", "flows", "drops", "lost", "latency")
 
 
 def _open(files: tuple[str, ...]):
@@ -39,7 +36,7 @@ def _load(files: tuple[str, ...], slowest: int = 20):
 @click.command()
 @_files
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-@click.option("--section", type=click.Choice(_SECTIONS), default=None,
+@click.option("--section", type=click.Choice(STATS_SECTIONS), default=None,
               help="Only this part (csv prints one section; default segments).")
 @click.option("--flows", "max_flows", type=int, default=20, show_default=True, help="Flows shown in table format (slowest first).")
 def stats(files: tuple[str, ...], fmt: str, section: str | None, max_flows: int) -> None:
@@ -52,7 +49,7 @@ def stats(files: tuple[str, ...], fmt: str, section: str | None, max_flows: int)
     elif fmt == "csv":
         _write_csv(a, section or "segments")
     else:
-        click.echo(_text(a, section, max_flows))
+        click.echo(stats_text(a, section, max_flows))
 
 
 def _write_json(a, section: str | None) -> None:
@@ -100,81 +97,6 @@ def _write_csv(a, section: str) -> None:
     for r in rows:
         d = r.to_dict() if kind is FlowStats else vars(r)
         out.writerow([d[n] for n in names])
-
-
-_us = micros_text
-
-
-def _latency_text(lat) -> list[str]:
-    if lat is None:
-        return ["latency histograms: none in this capture (record them with `tracer latency -w PATH`)"]
-    out = [f"latency histograms (µs; {lat.intervals:,} intervals, {lat.seconds:,.1f} s, {lat.start} .. {lat.end}; "
-           "in-kernel buckets merged, percentiles within a few %)"]
-    rows = [[s.segment, f"{s.packets:,}", _us(s.p50_ns), _us(s.p90_ns), _us(s.p99_ns), _us(s.max_ns)] for s in lat.rows()]
-    out += ["  " + x for x in _columns(["segment", "packets", "p50", "p90", "p99", "max"], rows, {1, 2, 3, 4, 5})]
-    if lat.missing:
-        out.append("  never reached the next hop: " + ", ".join(f"{hop} {n:,}" for hop, n in lat.missing.items()))
-    return out
-
-
-def _columns(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
-    rows = [[printable(c) for c in r] for r in rows]  # names from the system: escaped for the terminal
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    return [line(headers)] + [line(r) for r in rows]
-
-
-def _text(a, section: str | None, max_flows: int) -> str:
-    show = set(_SECTIONS) if section is None else {section}
-    v = a.verdicts
-    out = []
-    latency_only = a.events == 0 and a.latency is not None  # `tracer latency -w`: no packet events
-    if section is None:
-        m = a.metadata
-        out.append(f"capture  {m.get('host', '?')}  kernel {m.get('kernel', '?')}  filter {m.get('filter') or '-'}")
-        if latency_only:
-            lat = a.latency
-            out.append(f"  {lat.start} .. {lat.end}  ({lat.seconds:.3f} s)")
-            out.append(f"  latency histograms only: {lat.intervals:,} intervals  {lat.packets:,} packets  no packet events")
-            show = {"latency", "lost"}
-        else:
-            out.append(f"  {a.start} .. {a.end}  ({a.duration_s:.3f} s)")
-            out.append(f"  {a.events:,} events  {a.packets:,} packets  {a.flows_total:,} flows  "
-                       f"{v['delivered']:,} delivered  {v['dropped']:,} dropped  {v['unknown']:,} unknown")
-    if "segments" in show:
-        out += ["", "hop segments (µs)"]
-        rows = [[s.direction, s.segment, f"{s.count:,}", _us(s.p50_ns), _us(s.p90_ns), _us(s.p99_ns), _us(s.max_ns)]
-                for s in a.segments]
-        out += ["  " + x for x in _columns(["dir", "segment", "count", "p50", "p90", "p99", "max"], rows, {2, 3, 4, 5, 6})]
-    if "latency" in show and (a.latency is not None or section == "latency"):
-        out += [""] + _latency_text(a.latency)
-    if "flows" in show:
-        shown = a.flows[:max_flows]
-        out += ["", f"flows, slowest first ({len(shown):,} of {len(a.flows):,})"]
-        rows = [[format_id(f.flow_id), f.container or "-", f.protocol or "?", f.client or "?", f.service or "?",
-                 f"{f.packets:,}", f"{f.bytes:,}", f"{f.requests:,}", f"{f.replies:,}", f"{f.dropped:,}", _us(f.slowest_ns)]
-                for f in shown]
-        out += ["  " + x for x in _columns(
-            ["flow", "container", "proto", "client", "service", "packets", "bytes", "req", "rep", "dropped", "slowest µs"],
-            rows, {5, 6, 7, 8, 9, 10})]
-    if "drops" in show:
-        out += ["", "drops by reason and hook last seen"]
-        if a.drops:
-            out += ["  " + x for x in _columns(["reason", "last seen", "packets"],
-                                               [[d.reason, d.last_seen, f"{d.packets:,}"] for d in a.drops], {2})]
-        else:
-            out.append("  none")
-    if "lost" in show:
-        out += ["", f"lost {a.record_unit}"]
-        if a.lost is None:
-            out.append("  not reported (the capture has no statistics row: not stopped cleanly?)")
-        else:
-            out += ["  " + x for x in _columns(
-                ["sensor", a.record_unit, "lost"], [[k, f"{x['events']:,}", f"{x['lost']:,}"] for k, x in a.lost.items()], {1, 2})]
-    return "\n".join(map(printable, out)).lstrip("\n")  # metadata too: a capture may come from anywhere
 
 
 @click.command()
