@@ -26,7 +26,8 @@
  *
  * Not seen: bytes a proxy moves without reading them into user space or a
  * pipe (sockmap/sk_msg redirects, tcp_read_skb / tcp_read_sock_noack
- * readers), MPTCP sockets (no tcp_rcv_space_adjust on the MPTCP socket).
+ * readers), MPTCP sockets (no tcp_rcv_space_adjust on the MPTCP socket:
+ * a proxy's sends on one are counted in px_unseen, and user space warns).
  * docker-proxy does none of these.
  *
  * Only the pids user space put in proxy_pids are looked at: every other
@@ -38,9 +39,14 @@
  * common.h). */
 
 #define AF_INET_ 2
+#define IPPROTO_MPTCP_ 262
 #define PX_RCV_SHUTDOWN 1
 
 BPF_HASH(proxy_pids, u32, u8, 256);
+
+/* Sends by a proxy on MPTCP sockets, which this sensor cannot follow (no
+ * tcp_rcv_space_adjust on the MPTCP socket): user space says so. */
+BPF_ARRAY(px_unseen, u64, 1);
 
 /* A proxy's socket: how many bytes of its stream its reader has taken so
  * far (data only), as of this sensor's last event on it. `isn` (the
@@ -211,15 +217,22 @@ int trc_px_send(struct bpf_raw_tracepoint_args *ctx)
     s32 ret = (s32)ctx->args[1];
     if (ret <= 0)
         return 0;
+    u64 sk = ctx->args[0];
+    u16 protocol = 0;
+    bpf_probe_read_kernel(&protocol, 2, (void *)(sk + OFF_SK_PROTOCOL));
+    if (protocol != IPPROTO_TCP) {
+        if (protocol == IPPROTO_MPTCP_) {
+            int zero = 0;
+            u64 *unseen = px_unseen.lookup(&zero);
+            if (unseen)
+                __sync_fetch_and_add(unseen, 1);
+        }
+        return 0; /* a log line to a unix socket: not part of the relay */
+    }
     u32 tid = bpf_get_current_pid_tgid();
     struct px_relay *r = px_relays.lookup(&tid);
     if (!r)
         return 0;
-    u64 sk = ctx->args[0];
-    u16 protocol = 0;
-    bpf_probe_read_kernel(&protocol, 2, (void *)(sk + OFF_SK_PROTOCOL));
-    if (protocol != IPPROTO_TCP)
-        return 0; /* a log line to a unix socket: not part of the relay */
     if (sk == r->in || (r->given && r->out != sk)) {
         px_relays.delete(&tid); /* an answer on the same socket, or a third socket: no relay */
         return 0;

@@ -230,6 +230,7 @@ class TraceSession:
         """New links between proxy legs the kernel saw (bpf/proxy.c)."""
         if self.proxy is None or self.bpf is None:
             return []
+        self.proxy.warn_unseen()
         return self.proxies.read_links(self.bpf, self.inventory)
 
     def _host_interfaces(self):

@@ -10,6 +10,7 @@ tracepoints is told, and nothing stays attached."""
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -33,8 +35,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loads and
 RELAY = r"""
 import os, socket, sys, threading
 mode, family, backend_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+proto = 262 if mode == "mptcp" else 0  # IPPROTO_MPTCP, relayed with recv/send
 host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-srv = socket.socket(family)
+srv = socket.socket(family, socket.SOCK_STREAM, proto)
 srv.bind((host, 0))
 srv.listen(16)
 print(srv.getsockname()[1], flush=True)
@@ -60,7 +63,8 @@ def copy(src, dst):
         pass
 
 def serve(client):
-    back = socket.create_connection((host, backend_port))
+    back = socket.socket(family, socket.SOCK_STREAM, proto)
+    back.connect((host, backend_port))
     ts = [threading.Thread(target=copy, args=(client, back)), threading.Thread(target=copy, args=(back, client))]
     for t in ts:
         t.start()
@@ -318,6 +322,33 @@ def test_concurrent_clients_are_each_linked_to_their_own_backend_connection(sens
         backend.close()
 
 
+def test_a_proxy_on_mptcp_sockets_is_told_not_linked(sensor, caplog):
+    """MPTCP sockets (which the hooks cannot follow: no tcp_rcv_space_adjust
+    on them) give no link, and the sensor says so, once."""
+    if not Path("/proc/sys/net/mptcp/enabled").exists() or Path("/proc/sys/net/mptcp/enabled").read_text().strip() != "1":
+        pytest.skip("no MPTCP on this kernel")
+    backend = Backend(socket.AF_INET)
+    relay = Relay("mptcp", socket.AF_INET, backend)
+    try:
+        sensor.set_pids([relay.proc.pid])
+        read_links(sensor.bpf["proxy_links"], {}, ProxyLinks())
+        sensor.bpf["px_unseen"].clear()
+        sensor._warned_unseen = False
+        _, reply = _exchange(relay.host, relay.port, 3000, 200)
+        assert reply == b"r" * 200
+        time.sleep(0.2)
+        assert len(sensor.bpf["proxy_links"]) == 0
+        with caplog.at_level(logging.WARNING):
+            sensor.warn_unseen()
+            sensor.warn_unseen()
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 1 and "MPTCP" in warnings[0], warnings
+    finally:
+        sensor.set_pids([])
+        relay.close()
+        backend.close()
+
+
 def test_batch_take_reads_and_empties_a_full_map(sensor):
     """take_all on the real proxy_links map with more records than one
     batch: every record once, none left."""
@@ -353,3 +384,71 @@ def test_a_kernel_without_the_tracepoint_is_told_and_nothing_stays(monkeypatch, 
         s.detach()
         bpf.cleanup()
     assert _held_by_me() == before
+
+
+def test_an_attach_that_fails_is_told_and_undone(monkeypatch, caplog):
+    """The first tracepoint attached, the second refused (here: a program
+    the module does not have): the first is taken off again, one warning,
+    and attach returns."""
+    from tracer.kernel.program import Program
+    from tracer.sensors import proxy as proxy_mod
+
+    before = _held_by_me()
+    monkeypatch.setattr(proxy_mod, "RAW_TRACEPOINTS", (("tcp_rcv_space_adjust", "trc_px_recv"),
+                                                       ("sock_send_length", "trc_px_no_such_program")))
+    s = proxy_mod.ProxySensor()
+    bpf = Program([s]).compile()
+    try:
+        with caplog.at_level(logging.WARNING):
+            s.attach(bpf)
+        assert s.attached == [] and "cannot attach to sock_send_length" in s.unavailable
+        assert [r.getMessage() for r in caplog.records] == [f"proxy links: {s.unavailable}"]
+        assert len(_held_by_me()[0]) == len(before[0]), "the first attachment taken off"
+    finally:
+        s.detach()
+        bpf.cleanup()
+    assert _held_by_me() == before
+
+
+def test_trace_goes_on_without_the_tracepoint(lab):
+    """`tracer trace` on a kernel without sock:sock_send_length (a name no
+    kernel has stands in for it): one warning line saying so, exit 0, and
+    the journeys still come: the host's request to 127.0.0.1:PORT through
+    docker-proxy, both legs traced, unlinked."""
+    from tests.e2e.tracing import REPO
+
+    code = ("import sys; import tracer.sensors.proxy as p; "
+            "p.RAW_TRACEPOINTS = (('tcp_rcv_space_adjust', 'trc_px_recv'), ('sock_send_length_of_no_kernel', 'trc_px_send')); "
+            "from tracer.cli import main; sys.argv[0] = 'tracer'; main()")
+    port = lab["port"]
+    proc = subprocess.Popen([sys.executable, "-c", code, "trace", "--json", "--port", str(port), "--duration", "30"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            err.append(line)
+            if "Ctrl-C to stop" in line:
+                break
+        assert any("Ctrl-C to stop" in line for line in err), "".join(err)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            while s.recv(65536):
+                pass
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(2)
+        out, rest = proc.communicate(timeout=60)
+    stderr = "".join(err) + rest
+    assert proc.returncode == 0, stderr
+    warned = [line for line in stderr.splitlines() if "sock_send_length_of_no_kernel" in line]
+    assert len(warned) == 1 and "not joined" in warned[0], stderr
+    assert "Traceback" not in stderr
+    journeys = [json.loads(line) for line in out.splitlines() if line.strip()]
+    backend_leg = [j for j in journeys if any(h["dst"].endswith(f":{lab['container_port']}") for h in j["hops"])]
+    client_leg = [j for j in journeys if any(h["dst"] == f"127.0.0.1:{port}" for h in j["hops"])]
+    assert client_leg and backend_leg, [j["hops"][0] for j in journeys][:5]
+    assert not any(j.get("proxy") for j in journeys), "no links without the sensor"

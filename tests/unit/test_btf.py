@@ -15,7 +15,7 @@ from tracer.kernel import btf as btf_mod
 from tracer.kernel.btf import (
     ARRAY, CONST, DATASEC, DECL_TAG, ENUM, ENUM64, FLOAT, FUNC, FUNC_PROTO, FWD, INT,
     PTR, RESTRICT, STRUCT, TYPE_TAG, TYPEDEF, UNION, VAR, VOLATILE,
-    BitfieldOffsetError, Btf, Member, kernel_btf, resolve_offsets,
+    BitfieldOffsetError, Btf, Member, has_type, kernel_btf, resolve_offsets,
 )
 
 
@@ -312,3 +312,19 @@ def test_resolve_offsets_names_every_missing_entry(tmp_path: Path, monkeypatch: 
         resolve_offsets(wanted, vmlinux)
     assert "sock" in str(err.value) and "nope" in str(err.value) and "bitfield" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_has_type_answers_from_the_blob_and_caches(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+    """has_type (the proxy sensor's "does this kernel have tracepoint X":
+    a btf_trace_X typedef) answers, then answers again without parsing."""
+    vmlinux = tmp_path / "vmlinux"
+    vmlinux.write_bytes(sample().build())
+    monkeypatch.setenv("TRACER_CACHE", str(tmp_path / "cache"))
+    assert has_type("__be16", vmlinux) and has_type("sk_buff", vmlinux)
+    assert not has_type("btf_trace_sock_send_length", vmlinux)
+
+    def no_parse(_: bytes, __: str) -> Btf:
+        raise AssertionError("parsed although the answer was cached")
+
+    monkeypatch.setattr(btf_mod, "_parse_once", no_parse)
+    assert has_type("__be16", vmlinux) and not has_type("btf_trace_sock_send_length", vmlinux)

@@ -484,6 +484,12 @@ def resolve_enum_value(enum_name: str, member: str, default: int,
     )["v"]
 
 
+def has_type(name: str, btf_path: str | os.PathLike[str] = VMLINUX_BTF) -> bool:
+    """Whether the kernel's BTF names a type `name` (a tracepoint NAME has
+    the typedef btf_trace_NAME), through the same per-build cache."""
+    return bool(_resolve({"v": (f"type:{name}", lambda btf: int(name in btf))}, btf_path)["v"])
+
+
 def _resolve(wanted: Mapping[str, tuple[str, Callable[[Btf], int]]], btf_path) -> dict[str, int]:
     """name -> (cache key, compute from the parsed BTF): cached answers, BTF
     parsed only for a miss, every failure named in one error."""

@@ -29,6 +29,7 @@ class ProxySensor(Sensor):
         self.bpf = None
         self.attached: list[str] = []
         self.unavailable: str | None = None  # why no link can be seen here (a tracepoint missing)
+        self._warned_unseen = False
 
     def offsets(self):
         return {
@@ -48,26 +49,28 @@ class ProxySensor(Sensor):
         }
 
     def attach(self, bpf) -> None:
-        """Both tracepoints or none. A kernel without one of them (a raw
-        tracepoint that does not exist) gets a warning and no proxy links;
-        any other failure is raised."""
+        """Both tracepoints or none. The sensor is optional: a kernel without
+        one of them, or an attach that fails, gets a warning and no proxy
+        links, and tracing goes on."""
         self.bpf = bpf
+        missing = [tp for tp, _ in RAW_TRACEPOINTS if not tracepoint_exists(tp)]
+        if missing:
+            self._unavailable(f"this kernel has no {' or '.join(missing)} tracepoint")
+            return
         try:
             for tp, fn in RAW_TRACEPOINTS:
-                try:
-                    bpf.attach_raw_tracepoint(tp=tp, fn_name=fn)
-                except Exception as exc:  # BCC raises bare Exception
-                    if tracepoint_exists(tp):
-                        raise
-                    self.detach()
-                    self.unavailable = (f"this kernel has no {tp} tracepoint ({exc}): docker-proxy's two "
-                                        "connections are not joined")
-                    log.warning("proxy links: %s", self.unavailable)
-                    return
+                bpf.attach_raw_tracepoint(tp=tp, fn_name=fn)
                 self.attached.append(tp)
+        except Exception as exc:  # BCC raises bare Exception
+            self.detach()
+            self._unavailable(f"cannot attach to {tp}: {exc}")
         except BaseException:
             self.detach()
             raise
+
+    def _unavailable(self, why: str) -> None:
+        self.unavailable = f"{why}: docker-proxy's two connections are not joined"
+        log.warning("proxy links: %s", self.unavailable)
 
     def set_pids(self, pids) -> None:
         """The processes whose relaying is looked at."""
@@ -75,6 +78,17 @@ class ProxySensor(Sensor):
         table.clear()
         for pid in pids:
             table[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+
+    def warn_unseen(self) -> None:
+        """Once, if a proxy sent on MPTCP sockets, which the hooks cannot
+        follow: its connections are not joined, and the user is told why."""
+        if self.bpf is None or self._warned_unseen or not self.attached:
+            return
+        sends = self.bpf["px_unseen"][ctypes.c_int(0)].value
+        if sends:
+            self._warned_unseen = True
+            log.warning("proxy links: a docker-proxy sends over MPTCP sockets (%d sends so far), which the proxy "
+                        "sensor cannot follow (it sees TCP sockets only): those connections are not joined", sends)
 
     def detach(self) -> None:
         for tp in self.attached:
@@ -86,11 +100,13 @@ class ProxySensor(Sensor):
 
 
 def tracepoint_exists(name: str) -> bool:
-    """Whether the running kernel has tracepoint `name`: every tracepoint
-    has a btf_trace_<name> typedef in the kernel's BTF."""
-    from tracer.kernel.btf import Btf
+    """Whether the running kernel has tracepoint `name` (BTF names a
+    btf_trace_NAME typedef for each); True when BTF cannot tell, so the
+    attach's own error speaks."""
+    from tracer.errors import MissingCapability
+    from tracer.kernel.btf import has_type
 
     try:
-        return f"btf_trace_{name}" in Btf.from_file()
-    except OSError:
-        return True  # cannot tell: let the attach error speak
+        return has_type(f"btf_trace_{name}")
+    except MissingCapability:
+        return True
