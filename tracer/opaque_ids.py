@@ -91,12 +91,21 @@ def siphash24(key: bytes, words: np.ndarray) -> np.ndarray:
     """SipHash-2-4 (Aumasson and Bernstein's keyed PRF, the one behind
     Python's and Linux's hash tables) of each 8-byte little-endian word,
     vectorised: about 40 ns per value, so every record can afford it."""
-    k0, k1 = (np.uint64(int.from_bytes(key[i:i + 8], "little")) for i in (0, 8))
-    m = words.astype(np.uint64)
-    v0 = np.full_like(m, k0 ^ np.uint64(0x736F6D6570736575))
-    v1 = np.full_like(m, k1 ^ np.uint64(0x646F72616E646F6D))
-    v2 = np.full_like(m, k0 ^ np.uint64(0x6C7967656E657261))
-    v3 = np.full_like(m, k1 ^ np.uint64(0x7465646279746573))
+    k0, k1 = _key_words(key)
+    return _siphash24(np.uint64(k0), np.uint64(k1), words.astype(np.uint64))
+
+
+def _key_words(key: bytes) -> tuple[int, int]:
+    return int.from_bytes(key[0:8], "little"), int.from_bytes(key[8:16], "little")
+
+
+def _siphash24(k0, k1, m: np.ndarray) -> np.ndarray:
+    """siphash24 with the key's words ``k0``, ``k1`` as numbers or as arrays
+    (a key per value: two kinds of address hashed in one pass)."""
+    v0 = (k0 ^ np.uint64(0x736F6D6570736575)) | np.zeros_like(m)
+    v1 = (k1 ^ np.uint64(0x646F72616E646F6D)) | np.zeros_like(m)
+    v2 = (k0 ^ np.uint64(0x6C7967656E657261)) | np.zeros_like(m)
+    v3 = (k1 ^ np.uint64(0x7465646279746573)) | np.zeros_like(m)
 
     def rounds(n: int) -> None:
         nonlocal v0, v1, v2, v3
@@ -129,23 +138,41 @@ class AddressHasher:
 
     def column(self, values: np.ndarray, domain: bytes) -> np.ndarray:
         """Ids of a column of addresses; 0 stays 0."""
-        if not len(values):
-            return values
-        # Each distinct address once: a batch holds few flows, and the
-        # kernel's allocator reuses sk_buff addresses all the time.
-        # (Arrow's hash-based dictionary encoding: np.unique sorts, 5x slower.)
-        encoded = pa.array(np.ascontiguousarray(values)).dictionary_encode()
-        uniq = encoded.dictionary.to_numpy(zero_copy_only=False)
-        ids = siphash24(self._keys[domain], uniq) & np.uint64(_MASK)
-        ids[ids == 0] = 1
-        ids[uniq == 0] = 0
-        return ids[encoded.indices.to_numpy(zero_copy_only=False)].astype(values.dtype, copy=False)
+        return self._ids([(values, domain)])[0]
 
     def hide(self, records: np.ndarray) -> None:
         """In place: ``flow_id`` and ``skb`` of kernel records (journeys or
         sightings: events.JOURNEY_DTYPE / RAW_DTYPE)."""
         names = records.dtype.names or ()
-        if "flow_id" in names:
-            records["flow_id"] = self.column(records["flow_id"], b"tracer-flow")
-        if "skb" in names:
-            records["skb"] = self.column(records["skb"], b"tracer-skb")
+        columns = [(name, domain) for name, domain in (("flow_id", b"tracer-flow"), ("skb", b"tracer-skb"))
+                   if name in names]
+        for (name, _), ids in zip(columns, self._ids([(records[name], domain) for name, domain in columns])):
+            records[name] = ids
+
+    def _ids(self, columns: list[tuple[np.ndarray, bytes]]) -> list[np.ndarray]:
+        """Ids of each (addresses, domain) column. Each distinct address
+        once: a batch holds few flows, and the kernel's allocator reuses
+        sk_buff addresses all the time (Arrow's hash-based dictionary
+        encoding: np.unique sorts, 5x slower); all columns' in one SipHash
+        pass, each value with its domain's key (the pass is ~100 numpy
+        operations whatever its length: per batch, not per column)."""
+        if not columns or not len(columns[0][0]):
+            return [values for values, _ in columns]
+        distinct, indices, k0, k1 = [], [], [], []
+        for values, domain in columns:
+            encoded = pa.array(np.ascontiguousarray(values)).dictionary_encode()
+            uniq = encoded.dictionary.to_numpy(zero_copy_only=False).astype(np.uint64)
+            distinct.append(uniq)
+            indices.append(encoded.indices.to_numpy(zero_copy_only=False))
+            w0, w1 = _key_words(self._keys[domain])
+            k0.append(np.full(len(uniq), w0, np.uint64))
+            k1.append(np.full(len(uniq), w1, np.uint64))
+        uniq = np.concatenate(distinct)
+        ids = _siphash24(np.concatenate(k0), np.concatenate(k1), uniq) & np.uint64(_MASK)
+        ids[ids == 0] = 1
+        ids[uniq == 0] = 0
+        out, at = [], 0
+        for (values, _), u, idx in zip(columns, distinct, indices):
+            out.append(ids[at:at + len(u)][idx].astype(values.dtype, copy=False))
+            at += len(u)
+        return out

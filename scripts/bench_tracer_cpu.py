@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""The tracing process's CPU per traced packet (issue 9), this tree side by
+side with a baseline revision (``git archive`` into a temporary directory,
+run with the same Python).
+
+Two parts:
+
+* ``--offline``: per stage, on real journey records (``--collect`` saves
+  them from the lab first: ab and iperf3 from the client netns, both ports
+  traced): journey rows from records, the JSON text, the human text, the
+  summary, the capture writer; µs of CPU per packet (process time, best of
+  ``--repeat`` per round), batches of ``--batch`` records as a busy pass
+  hands them.
+* ``--live``: `trace --json`, `record -w` and human `trace` as real
+  subprocesses on the lab (``ab -n N -c 8`` to :8000, then ``iperf3 -t S``
+  to :5201, both traced), baseline and this tree alternating round by round;
+  the tracer's utime + stime (and utime alone) over the workloads per traced
+  packet.
+
+Per case: the median over rounds of each side, and the median of the
+per-round ratios (this tree / baseline) with its range.
+
+Usage (root, lab up for --collect and --live):
+  scripts/bench_tracer_cpu.py --collect /tmp/rec.pkl
+  scripts/bench_tracer_cpu.py --offline /tmp/rec.pkl --baseline-rev 657dd81 --rounds 5
+  scripts/bench_tracer_cpu.py --live --baseline-rev 657dd81 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+STAGES = ("rows", "json", "text", "summary", "capture")
+MODES = {"json": ["trace", "--json"], "record": ["record", "--quiet", "-w", "{capture}"], "text": ["trace"]}
+
+
+def collect(path: str, requests: int) -> None:
+    """Journey records of the lab's traffic, released as the drain does, with their DecodeContext."""
+    import copy
+
+    import numpy as np
+
+    sys.path.insert(0, str(REPO))
+    from bench_overhead import lab_status, netns_cmd
+    from tracer.record_words import concat
+    from tracer.session import TraceOptions, TraceSession
+    from tracer.targets import Targets
+
+    status = lab_status()
+    session = TraceSession(TraceOptions(targets=Targets(ports=(8000, 5201))))
+    session.start()
+    try:
+        parts = []
+        url = f"http://{status['host_address']}:{status['port']}/"
+        for cmd in (["ab", "-q", "-n", str(requests), "-c", "8", url],
+                    ["iperf3", "-c", status["host_address"], "-p", str(status.get("iperf_port", 5201)), "-t", "1"]):
+            proc = subprocess.Popen(netns_cmd(status, *cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while proc.poll() is None:
+                parts.append(session.read_records(0.05))
+        time.sleep(0.4)
+        parts.append(session.read_records(0.05))
+        records = np.array(concat([p for p in parts if len(p)]))
+        ctx = copy.copy(session.ctx)
+        book = copy.copy(ctx.book)
+        book.host_interfaces = None  # a bound method of the session: not needed offline
+        ctx.book = book
+        with open(path, "wb") as f:
+            pickle.dump((records.tobytes(), records.dtype, ctx), f)
+        print(f"{len(records):,} journey records ({int(records['n_hops'].sum()):,} hops) -> {path}")
+    finally:
+        session.close()
+
+
+def stage_worker(path: str, batch: int, repeat: int) -> dict:
+    """Per stage, best-of-``repeat`` µs of CPU per packet, with the tracer on sys.path[0]."""
+    import numpy as np
+
+    from tracer.capture.writer import CaptureWriter
+    from tracer.journey_json import journey_json_block
+    from tracer.journey_records import journey_rows_of_records
+    from tracer.render import Summary
+    from tracer.render_rows import render_rows
+
+    with open(path, "rb") as f:
+        raw, dtype, ctx = pickle.load(f)
+    records = np.frombuffer(raw, dtype).copy()
+    n = len(records)
+    batches = [records[i:i + batch] for i in range(0, n, batch)]
+    rows = [journey_rows_of_records(b, ctx) for b in batches]
+    out = tempfile.NamedTemporaryFile(suffix=".arrows", delete=False).name
+
+    def capture() -> None:
+        with CaptureWriter(out, {}, journeys=True) as w:
+            for b in batches:
+                w.add_journeys(b, ctx)
+
+    summary = Summary()
+    cases = {
+        "rows": lambda: [journey_rows_of_records(b, ctx) for b in batches],
+        "json": lambda: [journey_json_block(r) for r in rows],
+        "text": lambda: [render_rows(r, False) for r in rows],
+        "summary": lambda: [summary.add_table(r) for r in rows],
+        "capture": capture,
+    }
+    result = {}
+    for name, fn in cases.items():
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.process_time()
+            fn()
+            best = min(best, time.process_time() - t0)
+        result[name] = 1e6 * best / n
+    os.unlink(out)
+    return result
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float) -> dict:
+    """One tracer subprocess of ``tree`` under the workloads: CPU per traced packet."""
+    from bench_overhead import parse_lost, run_ab, run_iperf
+
+    work = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
+    capture = work / "cap.arrows"
+    args = [a.format(capture=capture) for a in MODES[mode]]
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    with open(work / "out", "wb") as out, open(work / "err", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "tracer", *args, "--port", "8000", "--port", "5201"], cwd=tree,
+                                env=env, stdout=out, stderr=err, start_new_session=True)
+        t0 = time.monotonic()
+        while b"Ctrl-C" not in (work / "err").read_bytes():
+            if proc.poll() is not None or time.monotonic() - t0 > 60:
+                proc.kill()
+                raise RuntimeError(f"{mode} did not start: {(work / 'err').read_text()[-300:]}")
+            time.sleep(0.05)
+        time.sleep(0.3)
+        u0, s0 = cpu_times(proc.pid)
+        run_ab(status, requests, 8)
+        time.sleep(0.5)
+        run_iperf(status, seconds)
+        time.sleep(0.6)  # the last journeys leave the hold (IDLE_NS)
+        u1, s1 = cpu_times(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(120)
+    text = (work / "out").read_bytes()
+    if mode == "record":
+        from tracer.capture.reader import read_capture
+
+        packets = (read_capture([str(capture)]).stats or {}).get("packets", 0)
+    elif mode == "json":
+        packets = text.count(b"\n")
+    else:
+        packets = len(re.findall(rb"^\S+ #", text, re.M))
+    lost, _ = parse_lost((work / "err").read_text(errors="replace"))
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()
+    return {"packets": packets, "cpu_us": 1e6 * (u1 - u0 + s1 - s0) / max(packets, 1),
+            "user_us": 1e6 * (u1 - u0) / max(packets, 1), "lost": lost}
+
+
+def baseline_tree(rev: str) -> Path:
+    tree = Path(tempfile.mkdtemp(prefix=f"bench-base-{rev}-"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def report(title: str, cases: list[str], per_round: dict[str, list[tuple[float, float]]], unit: str) -> None:
+    print(f"\n{title}")
+    print(f"  {'case':22s} {'baseline':>10s} {'this tree':>10s} {'ratio (median of rounds) [range]':>34s}")
+    for case in cases:
+        pairs = per_round.get(case, [])
+        if not pairs:
+            continue
+        base = statistics.median(b for b, _ in pairs)
+        new = statistics.median(n for _, n in pairs)
+        ratios = [n / b for b, n in pairs if b]
+        print(f"  {case:22s} {base:10.2f} {new:10.2f} {statistics.median(ratios):14.2f} "
+              f"[{min(ratios):.2f}-{max(ratios):.2f}]  {unit}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--collect", metavar="FILE", help="save the lab's journey records to FILE (root, lab up)")
+    ap.add_argument("--offline", metavar="FILE", help="per-stage CPU on the records in FILE")
+    ap.add_argument("--live", action="store_true", help="trace --json, record, trace as subprocesses on the lab")
+    ap.add_argument("--baseline-rev", default="657dd81")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1500, help="records per pass (offline; default 1500)")
+    ap.add_argument("--repeat", type=int, default=5, help="offline: best of this many runs per round")
+    ap.add_argument("--requests", type=int, default=5000, help="live: ab -n (default 5000)")
+    ap.add_argument("--seconds", type=float, default=3, help="live: iperf3 -t (default 3)")
+    ap.add_argument("--modes", default="json,record,text", help="live: of json,record,text")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(stage_worker(args.offline, args.batch, args.repeat)))
+        return 0
+    if args.collect:
+        collect(args.collect, args.requests)
+        if not (args.offline or args.live):
+            return 0
+    if not (args.offline or args.live):
+        ap.error("say --collect FILE, --offline FILE or --live")
+    base = baseline_tree(args.baseline_rev)
+    print(f"bench_tracer_cpu: baseline {args.baseline_rev} in {base}; this tree {REPO}; {args.rounds} rounds; "
+          f"load {os.getloadavg()[0]:.1f}")
+    if args.offline:
+        per_round: dict[str, list[tuple[float, float]]] = {}
+        for r in range(args.rounds):
+            got = {}
+            for side, tree in (("base", base), ("new", REPO)) if r % 2 == 0 else (("new", REPO), ("base", base)):
+                done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "--offline",
+                                       args.offline, "--batch", str(args.batch), "--repeat", str(args.repeat)],
+                                      env=dict(os.environ, PYTHONPATH=str(tree)), cwd=tree, capture_output=True,
+                                      text=True, check=True)
+                got[side] = json.loads(done.stdout.strip().splitlines()[-1])
+            for stage in STAGES:
+                per_round.setdefault(stage, []).append((got["base"][stage], got["new"][stage]))
+            print(f"  round {r + 1}: " + ", ".join(f"{s} {got['base'][s]:.2f} -> {got['new'][s]:.2f}" for s in STAGES),
+                  flush=True)
+        report(f"offline, µs of CPU per packet (batches of {args.batch}, best of {args.repeat} per round)",
+               list(STAGES), per_round, "µs")
+    if args.live:
+        from bench_overhead import lab_status
+
+        status = lab_status()
+        modes = [m for m in args.modes.split(",") if m]
+        cpu: dict[str, list[tuple[float, float]]] = {}
+        user: dict[str, list[tuple[float, float]]] = {}
+        for r in range(args.rounds):
+            for mode in modes:
+                got = {}
+                for side, tree in (("base", base), ("new", REPO)) if r % 2 == 0 else (("new", REPO), ("base", base)):
+                    got[side] = live_run(tree, mode, status, args.requests, args.seconds)
+                cpu.setdefault(mode, []).append((got["base"]["cpu_us"], got["new"]["cpu_us"]))
+                user.setdefault(mode, []).append((got["base"]["user_us"], got["new"]["user_us"]))
+                print(f"  round {r + 1} {mode:6s}: base {got['base']['cpu_us']:.2f} (user {got['base']['user_us']:.2f}) "
+                      f"-> {got['new']['cpu_us']:.2f} (user {got['new']['user_us']:.2f}) µs per packet; packets "
+                      f"{got['base']['packets']:,} / {got['new']['packets']:,}; lost {got['base']['lost']} / "
+                      f"{got['new']['lost']}; load {os.getloadavg()[0]:.1f}", flush=True)
+        report("live, the tracer's utime + stime per traced packet", modes, cpu, "µs")
+        report("live, utime alone", modes, user, "µs")
+    subprocess.run(["rm", "-rf", str(base)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
