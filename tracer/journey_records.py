@@ -99,10 +99,13 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
 
     verdict, dropped, last_seen = verdicts(hook, stage, role, is_drop, starts)
 
-    reason_num = np.where(is_drop, field("drop_reason")[rec].astype(np.int64), -1)
-    reason_values, reason_hop = _names(reason_num, lambda v: None if v < 0 else ctx.drop_reasons.get(v, f"REASON_{v}"))
+    # Drop reasons named on the drop hops only (a few in a batch); the others point at the null slot.
+    drops = np.flatnonzero(is_drop)
+    reason_values, drop_codes = _names(field("drop_reason")[rec[drops]].astype(np.int64),
+                                       lambda v: ctx.drop_reasons.get(v, f"REASON_{v}"))
     null_reason = len(reason_values) - 1
-    reason_hop = np.where(is_drop, reason_hop, null_reason)
+    reason_hop = np.full(total, null_reason, np.int64)
+    reason_hop[drops] = drop_codes
     last = starts[1:] - 1
     reason = np.where(dropped, reason_hop[last], null_reason)
 
