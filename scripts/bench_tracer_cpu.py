@@ -204,6 +204,7 @@ def main() -> int:
     ap.add_argument("--offline", metavar="FILE", help="per-stage CPU on the records in FILE")
     ap.add_argument("--live", action="store_true", help="trace --json, record, trace as subprocesses on the lab")
     ap.add_argument("--baseline-rev", default="657dd81")
+    ap.add_argument("--rev", help="measure this revision (git archive) instead of the working tree")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=1500, help="records per pass (offline; default 1500)")
     ap.add_argument("--repeat", type=int, default=5, help="offline: best of this many runs per round")
@@ -222,13 +223,14 @@ def main() -> int:
     if not (args.offline or args.live):
         ap.error("say --collect FILE, --offline FILE or --live")
     base = baseline_tree(args.baseline_rev)
-    print(f"bench_tracer_cpu: baseline {args.baseline_rev} in {base}; this tree {REPO}; {args.rounds} rounds; "
+    this = baseline_tree(args.rev) if args.rev else REPO
+    print(f"bench_tracer_cpu: baseline {args.baseline_rev} in {base}; this tree {args.rev or ''} {this}; {args.rounds} rounds; "
           f"load {os.getloadavg()[0]:.1f}")
     if args.offline:
         per_round: dict[str, list[tuple[float, float]]] = {}
         for r in range(args.rounds):
             got = {}
-            for side, tree in (("base", base), ("new", REPO)) if r % 2 == 0 else (("new", REPO), ("base", base)):
+            for side, tree in (("base", base), ("new", this)) if r % 2 == 0 else (("new", this), ("base", base)):
                 done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "--offline",
                                        args.offline, "--batch", str(args.batch), "--repeat", str(args.repeat)],
                                       env=dict(os.environ, PYTHONPATH=str(tree)), cwd=tree, capture_output=True,
@@ -250,7 +252,7 @@ def main() -> int:
         for r in range(args.rounds):
             for mode in modes:
                 got = {}
-                for side, tree in (("base", base), ("new", REPO)) if r % 2 == 0 else (("new", REPO), ("base", base)):
+                for side, tree in (("base", base), ("new", this)) if r % 2 == 0 else (("new", this), ("base", base)):
                     got[side] = live_run(tree, mode, status, args.requests, args.seconds)
                 cpu.setdefault(mode, []).append((got["base"]["cpu_us"], got["new"]["cpu_us"]))
                 user.setdefault(mode, []).append((got["base"]["user_us"], got["new"]["user_us"]))
@@ -260,7 +262,8 @@ def main() -> int:
                       f"{got['new']['lost']}; load {os.getloadavg()[0]:.1f}", flush=True)
         report("live, the tracer's utime + stime per traced packet", modes, cpu, "µs")
         report("live, utime alone", modes, user, "µs")
-    subprocess.run(["rm", "-rf", str(base)], check=False)
+    for tree in {base, this} - {REPO}:
+        subprocess.run(["rm", "-rf", str(tree)], check=False)
     return 0
 
 

@@ -91,3 +91,15 @@ def test_bench_analysis_quick() -> None:
     assert re.search(r"stats 1M: baseline/ours CPU [\d.]+x", out), out
     assert "nan" not in out.lower().replace("nanosecond", ""), out  # every run exited 0
     assert re.search(r"target stats 1M: peak RSS <= 1024 MiB: (met|NOT met)", out)
+
+
+def test_bench_tracer_cpu_quick(lab, tmp_path) -> None:
+    records = tmp_path / "records.pkl"
+    out = run_script("bench_tracer_cpu.py", "--collect", str(records), "--requests", "200", "--offline", str(records),
+                     "--live", "--modes", "json", "--baseline-rev", "HEAD", "--rounds", "1", "--repeat", "1",
+                     "--seconds", "1", timeout=300)
+    assert re.search(r"[\d,]+ journey records \([\d,]+ hops\)", out), out
+    for stage in ("rows", "json", "text", "summary", "capture"):
+        assert re.search(rf"\n  {stage}\s+[\d.]+\s+[\d.]+\s+[\d.]+ \[[\d.]+-[\d.]+\]  µs", out), (stage, out)
+    assert re.search(r"round 1 json\s*: base [\d.]+ \(user [\d.]+\) -> [\d.]+ \(user [\d.]+\) µs per packet", out), out
+    assert re.search(r"\n  json\s+[\d.]+\s+[\d.]+\s+[\d.]+ \[[\d.]+-[\d.]+\]  µs", out), out
