@@ -60,8 +60,9 @@ struct px_sock {
 };
 BPF_TABLE("lru_hash", u64, struct px_sock, px_socks, 4096);
 
-/* A relay in progress on a thread: bytes taken from socket `in`, and
- * given so far to socket `out` (0 until the first give). */
+/* A relay in progress on a thread: bytes taken from socket `in` (0: none
+ * in progress), and given so far to socket `out` (0 until the first give).
+ * One entry per thread, rewritten in place relay after relay. */
 struct px_relay {
     u64 in;
     u64 out;
@@ -143,14 +144,22 @@ int trc_px_recv(struct bpf_raw_tracepoint_args *ctx)
         return 0; /* nothing taken (EAGAIN, MSG_PEEK, only the FIN) */
     u32 tid = bpf_get_current_pid_tgid();
     struct px_relay *r = px_relays.lookup(&tid);
-    if (r && r->in == sk && r->given == 0) {
+    if (!r) {
+        struct px_relay fresh = {};
+        fresh.in = sk;
+        fresh.taken = n;
+        px_relays.update(&tid, &fresh); /* a thread's first: later relays reuse its entry */
+        return 0;
+    }
+    if (r->in == sk && r->given == 0) {
         r->taken += n; /* one take in several copies (per skb, per splice loop) */
         return 0;
     }
-    struct px_relay fresh = {};
-    fresh.in = sk;
-    fresh.taken = n;
-    px_relays.update(&tid, &fresh);
+    /* A new take, in place: an LRU insert per relay costs far more. */
+    r->in = sk;
+    r->out = 0;
+    r->taken = n;
+    r->given = 0;
     return 0;
 }
 
@@ -231,10 +240,10 @@ int trc_px_send(struct bpf_raw_tracepoint_args *ctx)
     }
     u32 tid = bpf_get_current_pid_tgid();
     struct px_relay *r = px_relays.lookup(&tid);
-    if (!r)
-        return 0;
+    if (!r || !r->in)
+        return 0; /* nothing taken and not given on yet */
     if (sk == r->in || (r->given && r->out != sk)) {
-        px_relays.delete(&tid); /* an answer on the same socket, or a third socket: no relay */
+        r->in = 0; /* an answer on the same socket, or a third socket: no relay */
         return 0;
     }
     r->out = sk;
@@ -243,6 +252,6 @@ int trc_px_send(struct bpf_raw_tracepoint_args *ctx)
         return 0; /* the rest comes in the next sends */
     if (r->given == r->taken)
         px_link(r->in, sk, pid);
-    px_relays.delete(&tid);
+    r->in = 0; /* done (or more given than taken: not a relay) */
     return 0;
 }
