@@ -104,6 +104,19 @@ def run_started(what: str, describe: str, interfaces: int, ready_s: float, writi
     return f"tracer: {what} {describe} on {interfaces} interfaces (ready in {ready_s:.1f}s){where}; Ctrl-C to stop"
 
 
+def waiting_for_connection(describe: str) -> str:
+    return f"tracer: waiting for a connection ({describe}); Ctrl-C to stop"
+
+
+def demo_lab_up(status: dict) -> str:
+    return (f"tracer: lab up: client {status['client_address']} -> {status['host_address']}:{status['port']} "
+            f"-> {status['container']} ({status['container_ip']}:{status['container_port']})")
+
+
+def demo_next_steps(path: str) -> str:
+    return f"tracer: replay it with `tracer show {path}`; latency per hop with `tracer stats {path}`"
+
+
 def left_out(packets: int) -> str:
     return f"tracer: left out {packets:,} packets first seen before every sensor was attached"
 

@@ -50,6 +50,7 @@ def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]
     from tracer.feeds import JourneyFeed
     from tracer.journey_json import journey_json_block
     from tracer.journey_rows import journey_rows
+    from tracer.render import waiting_for_connection
     from tracer.rule_render import RuleBook, hop_rules, with_rules_json
     from tracer.session import TraceSession
 
@@ -61,7 +62,7 @@ def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]
         feed = JourneyFeed(session, showing=True)  # with the rule hits (options_from rules=True)
         book = RuleBook()
         stop.running()
-        click.echo(f"tracer: waiting for a connection ({session.describe()}); Ctrl-C to stop", err=True)
+        click.echo(waiting_for_connection(session.describe()), err=True)
         started = time.monotonic()
         request_at = None
         while not stop.requested:

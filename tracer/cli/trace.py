@@ -14,6 +14,7 @@ from tracer.cli.options import (SECONDS, color_option, count_option, make_record
 from tracer.errors import TracerError
 from tracer.live import run
 from tracer.live_output import JourneyOutput
+from tracer.render import demo_lab_up, demo_next_steps
 
 
 @click.command()
@@ -54,8 +55,7 @@ def demo(requests, as_json, write_path):
     from tracer import traffic as lab_traffic
 
     status = lab.up()
-    click.echo(f"tracer: lab up: client {status['client_address']} -> {status['host_address']}:{status['port']} "
-               f"-> {status['container']} ({status['container_ip']}:{status['container_port']})", err=True)
+    click.echo(demo_lab_up(status), err=True)
     options = options_from((), (status["container"],), (), None, (), "auto")
     if os.path.exists(write_path):
         os.unlink(write_path)  # the demo's own capture from an earlier run
@@ -84,4 +84,4 @@ def demo(requests, as_json, write_path):
 
     output = JourneyOutput(as_json, use_color(None, sys.stdout) and not as_json, summary_color=use_color(None, sys.stderr))
     run(options, [recorder, output], writing=recorder.path, on_started=on_started)
-    click.echo(f"tracer: replay it with `tracer show {write_path}`; latency per hop with `tracer stats {write_path}`", err=True)
+    click.echo(demo_next_steps(write_path), err=True)
