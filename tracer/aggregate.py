@@ -341,7 +341,9 @@ class Store:
             return name
         # A flow's first request (original direction first, then time) names
         # its client and service: one arg_min over a packed key.
-        first = f"(({_DIRECTION} != 1)::BIGINT << 62) | first_wall"
+        # Ties (the same time, the same duration) go to the lower packet id:
+        # the same row whichever way, and however DuckDB's threads met them.
+        first = f"((((({_DIRECTION} != 1)::BIGINT << 62) | first_wall)::HUGEINT << 64) + packet_id::HUGEINT)"
         self.con.execute(f"""
             CREATE TABLE {name} AS SELECT flow_id, max(info >> 32) - 1 AS container,
               arg_min(struct_pack(ends, ports), {first}) AS f,
@@ -350,7 +352,8 @@ class Store:
               count(*) FILTER ({_DIRECTION} = 1) AS requests, count(*) FILTER ({_DIRECTION} = 2) AS replies,
               count(*) FILTER ({_VERDICT} = 0) AS delivered, count(*) FILTER ({_VERDICT} = 1) AS dropped,
               count(*) FILTER ({_VERDICT} = 2) AS unknown,
-              max(duration) AS slowest_ns, arg_max(packet_id, duration) AS slowest_packet_id
+              max(duration) AS slowest_ns, arg_max(packet_id, (duration::HUGEINT << 64) + (18446744073709551615 - packet_id)::HUGEINT)
+                AS slowest_packet_id
             FROM pkt WHERE {where} GROUP BY flow_id""")
         if only is not None:
             self.con.unregister("wanted_flows")

@@ -213,3 +213,24 @@ def test_the_slowest_flows_alone_are_the_head_of_all_of_them(flows):
             head[0]
     else:
         assert head[-1] == every[-1] and head[2] == every[2] and len(every) > 3
+
+
+def test_ties_within_a_flow_go_to_the_lower_packet_id():
+    """Two packets of a flow equally slow, or first at the same time: the
+    flow names the lower packet id, whether its flows are grouped all or alone."""
+    rng = np.random.default_rng(9)
+    rows = _packets(rng, 6, 2).to_pydict()
+    rows["flow_id"] = [5, 5, 5, 6, 6, 6]
+    rows["packet_id"] = [30, 10, 20, 61, 62, 60]
+    rows["duration"] = [7, 7, 3, 4, 9, 9]
+    rows["first_wall"] = [100, 100, 100, 50, 50, 50]
+    rows["direction"] = [1, 1, 1, 1, 1, 1]
+    rows["src_port"] = [1, 2, 3, 4, 5, 6]
+    from tracer.aggregate import PACKET_SCHEMA
+    store = Store()
+    store.add(pa.table({"key": np.zeros(0, np.int64), "dt": np.zeros(0, np.int64)}),
+              pa.table({f.name: pa.array(rows[f.name], f.type) for f in PACKET_SCHEMA}))
+    for got in (list(store.flows()), store.flows()[:2]):
+        by_flow = {r["flow_id"]: r for r in got}
+        assert by_flow[5]["slowest_packet_id"] == 10 and by_flow[6]["slowest_packet_id"] == 60
+        assert by_flow[5]["src_port"] == 2 and by_flow[6]["src_port"] == 6  # the first request: packet 10, packet 60
