@@ -30,10 +30,21 @@ int trc_drop(struct bpf_raw_tracepoint_args *ctx)
 #endif
     u64 dev = 0;
     bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(skb + OFF_SKB_DEV));
-    u32 netns = 0;
+    u32 netns = 0, ifindex = 0;
     if (dev) {
         u64 net = 0;
+#if OFF_DEV_ND_NET > OFF_DEV_IFINDEX && OFF_DEV_ND_NET + 8 - OFF_DEV_IFINDEX <= 64
+        /* ifindex and nd_net are a few words apart in struct net_device
+         * (224 and 264 on 6.18): one read for both. */
+        u8 b[64] __attribute__((aligned(8))) = {};
+        if (bpf_probe_read_kernel(b, OFF_DEV_ND_NET + 8 - OFF_DEV_IFINDEX, (void *)(dev + OFF_DEV_IFINDEX)) == 0) {
+            __builtin_memcpy(&ifindex, b, sizeof(ifindex));
+            __builtin_memcpy(&net, b + (OFF_DEV_ND_NET - OFF_DEV_IFINDEX), sizeof(net));
+        }
+#else
+        ifindex = dev_ifindex(dev);
         bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + OFF_DEV_ND_NET));
+#endif
         netns = net_inum(net);
     }
 #if defined(SIGHTING_EVENTS) || defined(LATENCY_MODE) /* latency mode returned above */
@@ -48,13 +59,13 @@ int trc_drop(struct bpf_raw_tracepoint_args *ctx)
     seen->last_seen = 0;
     e.skb = skb;
     e.drop_reason = reason;
-    e.ifindex = dev_ifindex(dev);
+    e.ifindex = ifindex;
     e.netns = netns;
     emit(&e, SENSOR_DROP);
 #else
     struct sighting s = {};
     s.skb = skb;
-    s.ifindex = dev_ifindex(dev);
+    s.ifindex = ifindex;
     s.drop_netns = netns;
     s.drop_reason = reason;
     s.code = HOOK_DROP;
