@@ -268,8 +268,10 @@ def bench_live_ab(base: Path, rounds: int, requests: int, floor: bool = False) -
                          for n in after}
                 res[side].append({"progs": progs, "rate": rate, "journeys": journeys, "hops": hops})
                 ns = sum(v[0] for v in progs.values())
+                runs = sum(v[1] for v in progs.values())
+                per = f"{ns / hops:4.0f} ns per sighting" if hops else f"{ns / max(runs, 1):4.0f} ns per run"
                 print(f"  round {r + 1} {side:4s}: {rate:6.0f} req/s, {ns / requests / 1e3:5.1f} us BPF per request, "
-                      f"{hops / requests:5.1f} sightings per request, {ns / max(hops, 1):4.0f} ns per sighting")
+                      f"{hops / requests:5.1f} sightings per request, {per}")
     finally:
         stats_file.write_text(was)
     both = [i for i in range(rounds) if res["base"][i] and res["new"][i]]

@@ -81,6 +81,16 @@ def test_bench_bpf_live_quick(lab) -> None:
     assert re.search(r"trc_tc_eg +[1-9]\d* +\d+ +[\d.]+", out), out
 
 
+def test_bench_bpf_live_base_quick(lab) -> None:
+    """This tree against itself (a checkout given as --base), alternating,
+    with the no-op floor: the A/B machinery runs and reports every figure."""
+    out = run_script("bench_bpf.py", "--live", "--base", str(REPO), "--floor", "--quick", timeout=300)
+    assert re.search(r"trc_nf_b +\| +\d+ +[\d.]+ \| +\d+ +[\d.]+", out), out
+    assert re.search(r"BPF ns per sighting +: base +[\d.]+ +new +[\d.]+ +new/base [\d.]+ \[[\d.]+-[\d.]+\]", out), out
+    assert re.search(r"new: [1-9][\d.]* sightings per request", out), out
+    assert re.search(r"floor \(programs that return at once, same hooks\): \d+ ns per run", out), out
+
+
 def test_bench_analysis_quick() -> None:
     """Journey-row captures (schema 2), ours beside the baseline on the same
     files, and report over a capture rotated into parts."""
