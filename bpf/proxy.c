@@ -56,6 +56,13 @@ BPF_ARRAY(px_unseen, u64, 1);
 struct px_sock {
     u64 taken;
     u32 isn;
+    /* Where this socket's outgoing stream stood (write_seq) when the
+     * relayed bytes given to it were as many as its source had taken:
+     * set at the first relay seen (wbase_set), so every later relay can
+     * check that the socket it took from is the one this stream mirrors
+     * (see px_mirrors). */
+    u32 wbase;
+    u32 wbase_set;
     u32 _pad;
 };
 BPF_TABLE("lru_hash", u64, struct px_sock, px_socks, 4096);
@@ -217,6 +224,44 @@ static __always_inline void px_link(u64 in, u64 out, u32 pid)
     proxy_links.update(&key, &link);
 }
 
+/* A relay from `in` to `out` just completed on this thread: is `out`'s
+ * stream the mirror of `in`'s? A proxy gives each backend socket exactly
+ * the bytes it took from one client socket, so the bytes written to out
+ * (write_seq from where it stood at its first relay) equal the bytes taken
+ * from in (since its connection began) after every relay. A thread's take
+ * and give can belong to two different relays: a Go proxy's goroutine
+ * that took bytes, then blocked on a full send buffer, resumes on another
+ * OS thread, whose last take was another goroutine's. Then the counts of
+ * the two streams differ (save for streams at the very same position), and
+ * no link is made. The first relay a socket is seen in is trusted (as the
+ * thread-and-count join alone did) and sets the base. */
+static __always_inline int px_mirrors(u64 in, u64 out)
+{
+    struct px_sock *from = px_socks.lookup(&in);
+    if (!from)
+        return 0; /* evicted between take and give: unsure */
+    u32 written = 0, isn = 0;
+    bpf_probe_read_kernel(&written, 4, (void *)(out + OFF_TP_WRITE_SEQ));
+    u64 read_pos = px_read_pos(out, &isn);
+    u32 base = written - (u32)from->taken;
+    struct px_sock *to = px_socks.lookup(&out);
+    if (!to || to->isn != isn) {
+        struct px_sock fresh = {};
+        fresh.taken = read_pos; /* its own reads count from here on */
+        fresh.isn = isn;
+        fresh.wbase = base;
+        fresh.wbase_set = 1;
+        px_socks.update(&out, &fresh);
+        return 1;
+    }
+    if (!to->wbase_set) {
+        to->wbase = base;
+        to->wbase_set = 1;
+        return 1;
+    }
+    return to->wbase == base;
+}
+
 /* sock_send_length(sk, ret, flags): the current thread gave ret bytes to sk. */
 int trc_px_send(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -250,7 +295,7 @@ int trc_px_send(struct bpf_raw_tracepoint_args *ctx)
     r->given += ret;
     if (r->given < r->taken)
         return 0; /* the rest comes in the next sends */
-    if (r->given == r->taken)
+    if (r->given == r->taken && px_mirrors(r->in, sk))
         px_link(r->in, sk, pid);
     r->in = 0; /* done (or more given than taken: not a relay) */
     return 0;

@@ -322,6 +322,64 @@ def test_concurrent_clients_are_each_linked_to_their_own_backend_connection(sens
         backend.close()
 
 
+# A proxy whose relays cross threads, as a Go proxy's do when a goroutine
+# that took bytes blocks on a full send buffer and resumes on another OS
+# thread: thread 2 relays A -> B once (10 bytes), then takes 5 more from A;
+# thread 1 takes 5 from X and gives thread 2's 5 bytes (A's) to B. Thread
+# 1's take (X) and give (B) match in count but belong to two relays.
+CROSSED = r"""
+import json, socket, sys, threading
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(8)
+def pair():
+    near = socket.create_connection(srv.getsockname())
+    far, _ = srv.accept()
+    return near, far
+(a_peer, a), (b, b_peer), (x_peer, x) = pair(), pair(), pair()
+def on_thread(fn):
+    t = threading.Thread(target=fn)
+    t.start()
+    t.join()
+held = {}
+print("ready", flush=True)
+sys.stdin.readline()
+a_peer.sendall(b"a" * 10)
+on_thread(lambda: b.sendall(a.recv(10)))                  # thread 2's first relay: A -> B
+a_peer.sendall(b"a" * 5)
+x_peer.sendall(b"x" * 5)
+on_thread(lambda: held.update(a=a.recv(5)))               # thread 2 takes 5 from A ...
+on_thread(lambda: (x.recv(5), b.sendall(held["a"])))      # ... thread 1 takes 5 from X, gives A's to B
+print(json.dumps({"a": a_peer.getsockname(), "b": b.getsockname(), "x": x_peer.getsockname(),
+                  "server": srv.getsockname()}), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_take_and_a_give_of_two_relays_on_one_thread_are_not_linked(sensor):
+    """Thread 1's take from X and give to B have the same count but B's
+    stream mirrors A's, not X's: A -> B is linked, X -> B is not."""
+    proc = subprocess.Popen([sys.executable, "-c", CROSSED], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        sensor.set_pids([proc.pid])
+        read_links(sensor.bpf["proxy_links"], {}, ProxyLinks())
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        ends = {k: tuple(v) for k, v in json.loads(proc.stdout.readline()).items()}
+        server = ends["server"]
+        proxies = {proc.pid: DockerProxy(proc.pid, "tcp", *server, *server)}
+        links = ProxyLinks()
+        read_links(sensor.bpf["proxy_links"], proxies, links)
+        pairs = {(link.client[0], link.backend[0]) for link in links.links}
+        assert (ends["a"], ends["b"]) in pairs
+        assert (ends["x"], ends["b"]) not in pairs, pairs
+    finally:
+        sensor.set_pids([])
+        proc.kill()
+        proc.wait()
+
+
 def test_a_proxy_on_mptcp_sockets_is_told_not_linked(sensor, caplog):
     """MPTCP sockets (which the hooks cannot follow: no tcp_rcv_space_adjust
     on them) give no link, and the sensor says so, once."""

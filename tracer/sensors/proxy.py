@@ -46,6 +46,7 @@ class ProxySensor(Sensor):
             "OFF_TP_COPIED_SEQ": ("tcp_sock", "copied_seq", 4),
             "OFF_TP_RCV_NXT": ("tcp_sock", "rcv_nxt", 4),
             "OFF_TP_BYTES_RECEIVED": ("tcp_sock", "bytes_received", 8),
+            "OFF_TP_WRITE_SEQ": ("tcp_sock", "write_seq", 4),
         }
 
     def attach(self, bpf) -> None:
