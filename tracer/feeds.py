@@ -14,6 +14,7 @@ from typing import Iterator
 import click
 
 from tracer import record_words
+from tracer.render_commands import warning_line
 from tracer.sinks import Batch, Interval, RunEnd
 
 # A packet whose last sighting is this old is complete: a packet crosses the
@@ -179,8 +180,8 @@ class SightingFeed(_RecordFeed):
         super().__init__(session, showing)
         self.assembler = JourneyAssembler()
         if self.rules is not None:
-            click.echo("tracer: warning: --rules joins rules to the kernel's journey records; "
-                       "not with TRACER_SIGHTING_EVENTS", err=True)
+            click.echo(warning_line("--rules joins rules to the kernel's journey records; "
+                                    "not with TRACER_SIGHTING_EVENTS"), err=True)
 
     def _take(self, records):
         table = self.session.decode_records(records)

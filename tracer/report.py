@@ -33,7 +33,8 @@ from tracer.journeys import Journey
 from tracer.paths import Group, PathSummary
 from tracer.report_path import duration, path_svg
 from tracer.report_plots import box_plot, cpu_plot, end_to_end_plot, plt as _plt, series_plot, svg as _svg
-from tracer.report_plots import seconds_text as _seconds
+from tracer.units import seconds_text as _seconds
+from tracer.units import micros_text
 
 MAX_PATH_SECTIONS = 6  # path groups with a section of their own; the rest are a table
 
@@ -146,8 +147,7 @@ def throughput_plot(tp: dict) -> str:
     return _svg(fig)
 
 
-def _us(ns: float) -> str:
-    return f"{ns / 1e3:,.1f}"
+_us = micros_text  # a column headed µs
 
 
 def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 
 from tracer.paths import Group, PathSummary
+from tracer.units import spaced_duration_text
 
 LANE_W = 275
 NODE_W = 160
@@ -31,17 +32,7 @@ _FILL = {"tc": "#e8f1fb", "nf": "#eaf6ea", "drop": "#fdecea", "container": "#fff
 _STROKE = {"tc": "#5b8fc9", "nf": "#5aa35a", "drop": "#c62828", "container": "#e08a1e"}
 
 
-def duration(ns: float) -> str:
-    """'850 ns', '2.1 µs', '21.3 ms', '1.20 s'."""
-    if ns != ns:
-        return "-"
-    if ns < 1_000:
-        return f"{ns:.0f} ns"
-    if ns < 1_000_000:
-        return f"{ns / 1e3:.1f} µs"
-    if ns < 1_000_000_000:
-        return f"{ns / 1e6:.1f} ms"
-    return f"{ns / 1e9:.2f} s"
+duration = spaced_duration_text  # the report's durations, from the one units helper
 
 
 def place_text(group: Group, label: str) -> tuple[str, str, str]:

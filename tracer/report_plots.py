@@ -15,6 +15,7 @@ import io
 import numpy as np
 
 from tracer.paths import Group, PathSummary
+from tracer.units import seconds_text
 
 BOX_PERCENTILES = (1, 25, 50, 75, 99)  # whisker, box, median, box, whisker (= the p99 tick)
 
@@ -160,12 +161,3 @@ def cpu_plot(group: Group) -> str:
                     color="white" if grid[r, k] > 60 else "black")
     fig.colorbar(mesh, ax=ax, pad=0.02).set_label("% of the place's sightings")
     return svg(fig)
-
-
-def seconds_text(s: float) -> str:
-    """A bin width as people write it: 2 s, 50 ms, 500 µs."""
-    if s >= 1:
-        return f"{s:g} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:g} ms"
-    return f"{s * 1e6:g} µs"

@@ -68,7 +68,7 @@ def test_lab_up_mode_needs_root(monkeypatch, capsys, flag):
 
 
 def test_lab_status_says_the_mode():
-    from tracer.cli.lab import _mode
+    from tracer.render_commands import lab_mode_text as _mode
 
     assert _mode({"userland_proxy": True, "dockerd_switched": False}) == "userland proxy on (docker-proxy)"
     off = _mode({"userland_proxy": False, "dockerd_switched": True})

@@ -9,7 +9,8 @@ import sys
 import click
 
 from tracer import __version__
-from tracer.errors import TracerError, one_line
+from tracer.errors import TracerError
+from tracer.render_commands import ABORTED, error_line, os_error_line
 from tracer.text import printable
 
 
@@ -33,10 +34,10 @@ class TracerGroup(click.Group):
         try:
             rv = super().main(*args, **kwargs)
         except click.exceptions.Abort:
-            click.echo("tracer: aborted", err=True)
+            click.echo(ABORTED, err=True)
             sys.exit(130)
         except click.ClickException as exc:
-            click.echo(f"tracer: error: {printable(one_line(exc.format_message()))}", err=True)
+            click.echo(error_line(exc.format_message()), err=True)
             sys.exit(exc.exit_code)
         except TracerError as exc:
             if exc.exit_code == 0:  # a reader that closed our pipe: stop quietly (CaptureReaderGone)
@@ -44,13 +45,12 @@ class TracerGroup(click.Group):
 
                 quiet_stdout()
                 sys.exit(0)
-            click.echo(f"tracer: error: {printable(one_line(str(exc)))}", err=True)
+            click.echo(error_line(str(exc)), err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
         except OSError as exc:  # an I/O failure nothing above turned into a TracerError (disk full, EIO)
-            where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"tracer: error: {printable(where + one_line(exc.strerror or str(exc)))}", err=True)
+            click.echo(os_error_line(exc), err=True)
             sys.exit(1)
         if isinstance(rv, int):
             sys.exit(rv)

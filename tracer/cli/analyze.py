@@ -14,6 +14,7 @@ import click
 from tracer.errors import TracerError
 from tracer.outfiles import open_output
 from tracer.render import STATS_SECTIONS, stats_text
+from tracer.render_commands import parquet_written_line, pcapng_written_line, report_written_line, warning_line
 
 _files = click.argument("files", nargs=-1, required=True, metavar="FILES...")
 
@@ -23,7 +24,7 @@ def _open(files: tuple[str, ...]):
     (torn, unclosed) files on stderr as they are found."""
     from tracer.capture.reader import open_capture
 
-    return open_capture(list(files), on_warning=lambda w: click.echo(f"tracer: warning: {w}", err=True))
+    return open_capture(list(files), on_warning=lambda w: click.echo(warning_line(w), err=True))
 
 
 def _load(files: tuple[str, ...], slowest: int = 20):
@@ -134,7 +135,7 @@ def export(pcapng_out: str | None, at: tuple[str, ...], parquet_out: str | None,
             n, paths = export_parquet(capture, parquet_out)
         except OSError as exc:
             raise TracerError(f"{parquet_out}: {exc.strerror or exc}") from None
-        click.echo(f"tracer: wrote {n:,} sightings to {len(paths)} Parquet file(s) under {parquet_out}", err=True)
+        click.echo(parquet_written_line(n, len(paths), parquet_out), err=True)
         return
     from tracer.pcapng import export_pcapng
 
@@ -153,7 +154,7 @@ def export(pcapng_out: str | None, at: tuple[str, ...], parquet_out: str | None,
         raise
     except OSError as exc:
         raise TracerError(f"{where}: {exc.strerror or exc}") from None
-    click.echo(f"tracer: wrote {n:,} packets to {where}", err=True)
+    click.echo(pcapng_written_line(n, where), err=True)
 
 
 @click.command()
@@ -175,4 +176,4 @@ def report(files: tuple[str, ...], out: str, slowest: int) -> None:
             f.write(text)
     except OSError as exc:
         raise TracerError(f"{out}: {exc.strerror or exc}") from None
-    click.echo(f"tracer: wrote {out} ({len(text) / 1e3:,.0f} kB)", err=True)
+    click.echo(report_written_line(out, len(text)), err=True)

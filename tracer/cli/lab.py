@@ -39,8 +39,9 @@ def down() -> None:
     """Remove the lab's container, netns, veth and server (keeps the image)."""
     from tracer import lab as lab_mod
 
-    removed = lab_mod.down()
-    click.echo("removed: " + (", ".join(removed) if removed else "nothing (lab was not up)"))
+    from tracer.render_commands import lab_removed_text
+
+    click.echo(lab_removed_text(lab_mod.down()))
 
 
 @lab.command()
@@ -48,30 +49,14 @@ def down() -> None:
 def status(as_json: bool) -> int:
     """Describe the lab; exit 0 when it is fully up, 1 otherwise."""
     from tracer import lab as lab_mod
+    from tracer.render_commands import lab_status_text
 
     st = lab_mod.status()
     if as_json:
         _print_json(st)
     else:
-        state = "up" if st["up"] else "not up"
-        click.echo(f"lab {state}: client netns {st['netns']} ({st['client_address']}) -> "
-                   f"{st['host_address']}:{st['port']} -> {st['container']} "
-                   f"({st['container_ip'] or '-'}:{st['container_port']}); "
-                   f"server {st['server_address']}:{st['server_port']}; {_mode(st)}")
-        for p in st["problems"]:
-            click.echo(f"  - {p}")
+        click.echo(lab_status_text(st))
     return 0 if st["up"] else 1
-
-
-def _mode(st: dict) -> str:
-    """'userland proxy on (docker-proxy)' / '... off (hairpin NAT; ...)'."""
-    if st["userland_proxy"] is None:
-        return "userland proxy unknown"
-    if st["userland_proxy"]:
-        return "userland proxy on (docker-proxy)"
-    how = "dockerd restarted by `lab up --no-userland-proxy`; `lab up` restores it" if st["dockerd_switched"] \
-        else "dockerd's own configuration"
-    return f"userland proxy off (hairpin NAT; {how})"
 
 
 @lab.command()
@@ -79,6 +64,7 @@ def image() -> None:
     """Build the offline lab image (tracer-lab:latest) unless it is current."""
     from tracer.lab_base import IMAGE
     from tracer.lab_image import ensure_image
+    from tracer.render_commands import lab_image_line
 
     require_root("tracer lab image")
-    click.echo(f"{IMAGE} {ensure_image()}")
+    click.echo(lab_image_line(IMAGE, ensure_image()))

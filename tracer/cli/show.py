@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer.cli.options import ID, HOST, PORT, PROTOCOL, color_option, use_color
+from tracer.render_commands import warning_line
 
 
 @click.command()
@@ -48,7 +49,7 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     # a bad expression fails before reading anything
     targets = Targets.from_cli(ports, containers, hosts, proto, expression=(expression or "",), live=False)
     packets, flows = set().union(*packets), set().union(*flows)
-    capture = open_capture(list(files), on_warning=lambda w: click.echo(f"tracer: warning: {w}", err=True))
+    capture = open_capture(list(files), on_warning=lambda w: click.echo(warning_line(w), err=True))
     summary_color = use_color(color, sys.stderr)
     color = use_color(color, sys.stdout) and not as_json
     out = sys.stdout

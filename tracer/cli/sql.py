@@ -80,10 +80,10 @@ def _over_captures(con, query: str, files: list[str]):
 
     from tracer.capture.reader import open_capture
 
-    def warn(w: str) -> None:
-        click.echo(f"tracer: warning: {w}", err=True)
+    from tracer.render_commands import warning_line
 
-    con.register("sightings", open_capture(files, on_warning=warn).presented_reader())
+    con.register("sightings", open_capture(files, on_warning=lambda w: click.echo(warning_line(w), err=True))
+                 .presented_reader())
     try:
         rel = con.sql(query)
         return None if rel is None else rel.to_arrow_reader(1 << 16)
@@ -114,21 +114,20 @@ def _print(result, fmt: str, max_rows: int) -> None:
             for row in batch.to_pylist():
                 out.write(json.dumps(row, default=_json_value) + "\n")
         return
+    from tracer.render_commands import columns_text, sql_cell, sql_more_rows_line
+
     rows, more = [], False
     for batch in reader:
         for row in batch.to_pylist():
             if len(rows) == max_rows:
                 more = True
                 break
-            rows.append(["NULL" if row[n] is None else str(row[n]) for n in names])
+            rows.append([sql_cell(row[n]) for n in names])
         if more:
             break
-    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
-    out.write("  ".join(n.ljust(w) for n, w in zip(names, widths)).rstrip() + "\n")
-    for r in rows:
-        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
+    out.write(columns_text([names] + rows) + "\n")
     if more:
-        click.echo(f"tracer: more than {max_rows:,} rows; --max-rows N or --format csv for all", err=True)
+        click.echo(sql_more_rows_line(max_rows), err=True)
 
 
 def _json_value(value):

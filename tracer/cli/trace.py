@@ -15,6 +15,7 @@ from tracer.errors import TracerError
 from tracer.live import run
 from tracer.live_output import JourneyOutput
 from tracer.render import demo_lab_up, demo_next_steps
+from tracer.render_commands import demo_traffic_failed_line
 
 
 @click.command()
@@ -69,7 +70,7 @@ def demo(requests, as_json, write_path):
                 lab_traffic.client_http_get(status)
             lab_traffic.container_http_get(status)
         except TracerError as exc:
-            click.echo(f"tracer: demo traffic failed: {exc}", err=True)
+            click.echo(demo_traffic_failed_line(exc), err=True)
         finally:
             traffic_done.set()
 
