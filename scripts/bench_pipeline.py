@@ -23,7 +23,7 @@ from tracer.journey_json import journey_json_block
 from tracer.journey_rows import JourneyAssembler, journey_rows, journeys_of_table
 from tracer.render import Summary, render_journey
 
-IDLE_NS = 150_000_000  # as tracer/live.py
+IDLE_NS = 150_000_000  # as tracer/feeds.py
 POLL_NS = 100_000_000
 HOST_NS, WEB_NS = 4026531840, 4026532500
 # (hook, nat_stage, ifname, if_role, netns, container, address phase) per hop;

@@ -88,13 +88,13 @@ class Holder:
         self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tree), str(proxy_pid)], cwd=tree,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
-            raise SystemExit(f"bench_proxy_sensor: the {name} sensor did not compile")
+            raise SystemExit(f"bench_proxy_sensor: the {self.name} sensor did not compile")
 
     def set(self, on: bool) -> None:
         self.proc.stdin.write("on\n" if on else "off\n")
         self.proc.stdin.flush()
         if self.proc.stdout.readline().strip() != "ok":
-            raise SystemExit(f"bench_proxy_sensor: the {name} sensor did not {'attach' if on else 'detach'}")
+            raise SystemExit(f"bench_proxy_sensor: the {self.name} sensor did not {'attach' if on else 'detach'}")
 
     def close(self) -> None:
         self.proc.stdin.close()

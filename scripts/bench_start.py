@@ -7,7 +7,7 @@ While a loop in the lab's client netns keeps making HTTP requests to
 * CLI: spawn ``tracer trace --json --port 8000 --count 1`` and measure the
   wall time from spawn to its "tracing ... Ctrl-C" line on stderr (attached)
   and to the first JSON journey on stdout (printed; a journey is printed only
-  once its packet has been idle for IDLE_NS, ~150 ms, see tracer/live.py);
+  once its packet has been idle for IDLE_NS, ~150 ms, see tracer/feeds.py);
 * in-process: ``TraceSession(TraceOptions(Targets(ports=(8000,))))``: time from the
   ``start()`` call to its return (attached) and to the first non-empty
   ``poll()`` (first event drained and decoded), without Python start-up and

@@ -9,10 +9,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from tracer.feeds import IDLE_NS, MIN_PASS_S, POLL_S  # noqa: F401  (the pacing, named where the loop is)
 from tracer.output import say
 from tracer.render import left_out, run_started
-from tracer.sinks import RunInfo, Sink, Status
+from tracer.sinks import Sink, Status
 from tracer.stopping import StopSignals
 
 STATUS_EVERY_S = 1.0

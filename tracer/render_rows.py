@@ -210,7 +210,7 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     dt_at = len(texts)
     texts += dt_texts
     # Hook, interface and container, each padded to the journey's widest.
-    n_hk, n_if, n_ct = len(hook_texts), len(if_texts), len(ct_texts)
+    n_if, n_ct = len(if_texts), len(ct_texts)
     mid_key = ((((hk_idx * _MAX_PAD + pad_hook) * n_if + jr.ifname.codes) * _MAX_PAD + pad_if) * 2 + has_ct) * n_ct
     mid_key = (mid_key + ct_code) * _MAX_PAD + pad_ct
     mid_u, mid_idx = _factorize_any(mid_key)

@@ -12,7 +12,20 @@ the run is in these records, so a sink can be driven by a test without one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
+
+if TYPE_CHECKING:  # types only: a sink is handed these, it imports none of their modules at run time
+    import threading
+
+    import numpy as np
+    import pyarrow as pa
+
+    from tracer.decode import DecodeContext
+    from tracer.inventory import Container
+    from tracer.journey_rows import JourneyRows
+    from tracer.kernel.counts import Counters
+    from tracer.proxies import ProxyLink
+    from tracer.rule_trace import RuleHit
 
 
 @dataclass(frozen=True)
@@ -26,13 +39,13 @@ class RunInfo:
     # but histograms ("histogram", latency mode).
     records: str
     boot_offset_ns: int  # CLOCK_MONOTONIC -> wall clock
-    containers: Callable[[], Any] = tuple  # Docker's containers now (inventory.Container)
+    containers: Callable[[], Iterable[Container]] = tuple  # Docker's containers now
     sample: int = 1
     rules: bool = False  # --rules: rule hits come with the records
     # Names the hops of journey records (decode.DecodeContext), read under
     # ``places_lock`` (the Docker thread rebuilds the places meanwhile).
-    places: Any = None
-    places_lock: Any = None
+    places: DecodeContext | None = None
+    places_lock: threading.Lock | None = None
     now_ktime: Callable[[], int] = lambda: 0  # the kernel's clock now (CLOCK_MONOTONIC ns)
 
 
@@ -64,11 +77,11 @@ class Batch:
     # Records stored as they come: every record in `record`; in `trace`,
     # continuations of packets already shown. A pyarrow Table of sighting
     # rows in the per-sighting build.
-    arrived: Any = None
-    rules: Sequence = ()  # (packet_id, rule_trace.RuleHit) pairs joined this pass
-    proxy_links: Sequence = ()  # new docker-proxy links (proxies.ProxyLink)
-    complete: Any = None  # journey records of packets complete this pass (the ones shown)
-    journeys: Any = None  # what to show: JourneyRows, or the per-sighting build's rows (pa.Table)
+    arrived: np.ndarray | pa.Table | None = None
+    rules: Sequence[tuple[int, RuleHit]] = ()  # (packet_id, hit) pairs joined this pass
+    proxy_links: Sequence[ProxyLink] = ()  # new docker-proxy links
+    complete: np.ndarray | None = None  # journey records of packets complete this pass (the ones shown)
+    journeys: JourneyRows | pa.Table | None = None  # what to show (pa.Table: the per-sighting build's rows)
     interval: Interval | None = None  # latency mode
     status: Status | None = None  # about once a second: for a progress or status line
     final: bool = False  # the last batch: what was left when the sensors were detached
@@ -78,7 +91,7 @@ class Batch:
 class RunEnd:
     """How a run ended: the kernel's counters once everything was drained."""
 
-    counters: Any  # session.Counters
+    counters: Counters  # the kernel's counters (kernel/counts.py)
     rules: dict = field(default_factory=dict)  # --rules: joined/unmatched counts and the tracer's stats
 
 
@@ -90,7 +103,7 @@ class Sink(Protocol):
         count reached, its reader gone)."""
         ...
 
-    def on_containers(self, action: str, container: Any, ktime_ns: int) -> None:
+    def on_containers(self, action: str, container: Container, ktime_ns: int) -> None:
         """A container started or died (from the Docker events thread)."""
         ...
 

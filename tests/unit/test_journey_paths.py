@@ -15,7 +15,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.unit.test_decode import CT_NS, HOST_NS, ctx
+from tests.unit.test_decode import HOST_NS, ctx
 from tests.unit.test_journey_capture import META
 from tests.unit.test_journey_records import AFTER, BEFORE, hop, record
 from tracer.analysis import CaptureAnalysis
