@@ -118,5 +118,22 @@ def sql_cell(value: object) -> str:
     return "NULL" if value is None else str(value)
 
 
+def sql_times_as_text(batch):
+    """``batch`` with its nanosecond timestamps (the sightings' ``time``) as
+    text, '2026-11-30T05:29:35.209749850Z' (as the report writes them):
+    Python's datetime holds microseconds, so pyarrow will not turn them into
+    values. Other columns are left as they are."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for i, f in enumerate(batch.schema):
+        if pa.types.is_timestamp(f.type) and f.type.unit == "ns":
+            column, suffix = batch.column(i), ""
+            if f.type.tz is not None:  # Arrow keeps instants in UTC whatever the zone: write them so
+                column, suffix = column.cast(pa.timestamp("ns", tz="UTC")), "Z"
+            batch = batch.set_column(i, f.name, pc.strftime(column, format="%Y-%m-%dT%H:%M:%S" + suffix, locale="C"))
+    return batch
+
+
 def sql_more_rows_line(max_rows: int) -> str:
     return f"tracer: more than {max_rows:,} rows; --max-rows N or --format csv for all"

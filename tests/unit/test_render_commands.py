@@ -77,3 +77,32 @@ def test_units_of_the_report():
     assert [spaced_duration_text(v) for v in (850, 2_100, 21_300_000, 1.2e9, float("nan"))] == \
         ["850 ns", "2.1 µs", "21.3 ms", "1.20 s", "-"]
     assert [seconds_text(v) for v in (2, 0.05, 0.0005)] == ["2 s", "50 ms", "500 µs"]
+
+
+def test_sql_times_as_text_keeps_the_nanoseconds():
+    import pyarrow as pa
+
+    from tracer.render_commands import sql_times_as_text
+
+    batch = pa.record_batch({"time": pa.array([1796016575209749850, None], pa.timestamp("ns", tz="Etc/UTC")),
+                             "naive": pa.array([1796016575209749850, 0], pa.timestamp("ns")),
+                             "n": pa.array([1, 2])})
+    out = sql_times_as_text(batch).to_pylist()
+    assert out == [{"time": "2026-11-30T05:29:35.209749850Z", "naive": "2026-11-30T05:29:35.209749850", "n": 1},
+                   {"time": None, "naive": "1970-01-01T00:00:00.000000000", "n": 2}]
+
+
+def test_sql_prints_the_time_column_of_a_real_capture():
+    """`time` (ns, UTC) used to end in a pyarrow traceback: datetime holds µs."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from tracer.cli import cli
+
+    capture = Path(__file__).parent.parent / "data" / "lab-http.arrows"
+    for fmt in ("table", "csv", "json"):
+        result = CliRunner().invoke(cli, ["sql", "--format", fmt, "SELECT time FROM sightings ORDER BY ktime_ns LIMIT 1",
+                                          str(capture)])
+        assert result.exit_code == 0, result.output
+        assert "2026-11-30T05:29:35.209749850Z" in result.output

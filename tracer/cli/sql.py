@@ -99,25 +99,27 @@ def _over_captures(con, query: str, files: list[str]):
 
 
 def _print(result, fmt: str, max_rows: int) -> None:
+    from tracer.render_commands import sql_times_as_text
+
     reader = result
     names = reader.schema.names
     out = sys.stdout
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
         w.writerow(names)
-        for batch in reader:
+        for batch in map(sql_times_as_text, reader):
             for row in batch.to_pylist():
                 w.writerow(["" if row[n] is None else row[n] for n in names])
         return
     if fmt == "json":
-        for batch in reader:
+        for batch in map(sql_times_as_text, reader):
             for row in batch.to_pylist():
                 out.write(json.dumps(row, default=_json_value) + "\n")
         return
     from tracer.render_commands import columns_text, sql_cell, sql_more_rows_line
 
     rows, more = [], False
-    for batch in reader:
+    for batch in map(sql_times_as_text, reader):
         for row in batch.to_pylist():
             if len(rows) == max_rows:
                 more = True
