@@ -75,6 +75,7 @@ _STORED = (("packet_id", "UBIGINT"), ("flow_id", "UBIGINT"), ("first_wall", "BIG
            ("info", "BIGINT"))  # container + 1 << 32 | length << 16 | direction << 8 | verdict
 _LENGTH = "((info >> 16) & 65535)"
 _DIRECTION = "((info >> 8) & 255)"
+_TWO_64 = "18446744073709551616::HUGEINT"  # a multiply, not << 64: DuckDB refuses to shift a negative number
 _VERDICT = "(info & 255)"
 
 
@@ -336,7 +337,7 @@ class Store:
         # its client and service: one arg_min over a packed key.
         # Ties (the same time, the same duration) go to the lower packet id:
         # the same row whichever way, and however DuckDB's threads met them.
-        first = f"((((({_DIRECTION} != 1)::BIGINT << 62) | first_wall)::HUGEINT << 64) + packet_id::HUGEINT)"
+        first = f"((((({_DIRECTION} != 1)::BIGINT << 62) | first_wall)::HUGEINT * {_TWO_64}) + packet_id::HUGEINT)"
         self.con.execute(f"""
             CREATE TABLE {name} AS SELECT flow_id, max(info >> 32) - 1 AS container,
               arg_min(struct_pack(ends, ports), {first}) AS f,
@@ -345,7 +346,7 @@ class Store:
               count(*) FILTER ({_DIRECTION} = 1) AS requests, count(*) FILTER ({_DIRECTION} = 2) AS replies,
               count(*) FILTER ({_VERDICT} = 0) AS delivered, count(*) FILTER ({_VERDICT} = 1) AS dropped,
               count(*) FILTER ({_VERDICT} = 2) AS unknown,
-              max(duration) AS slowest_ns, arg_max(packet_id, (duration::HUGEINT << 64) + (18446744073709551615 - packet_id)::HUGEINT)
+              max(duration) AS slowest_ns, arg_max(packet_id, (duration::HUGEINT * {_TWO_64}) + (18446744073709551615 - packet_id)::HUGEINT)
                 AS slowest_packet_id
             FROM pkt WHERE {where} GROUP BY flow_id""")
         if only is not None:

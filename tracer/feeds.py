@@ -80,8 +80,10 @@ class _RecordFeed:
     """What the journey and the per-sighting feeds share: pacing, rule hits,
     docker-proxy links, the final drain."""
 
-    def __init__(self, session, showing: bool) -> None:
+    def __init__(self, session, showing: bool, show_every: float = SHOW_EVERY_S) -> None:
         self.session, self.showing = session, showing
+        # complete packets taken for showing at most this often (explain: every pass)
+        self.show_every = show_every
         self.rules = RuleFeed(session) if session.rules is not None else None
         self.sightings = 0  # hop sightings so far (the status line's rate)
         self._pass_started = 0.0
@@ -106,7 +108,7 @@ class _RecordFeed:
         now_ktime = self.session.now_ktime()
         if self.rules is not None:
             now_ktime = self.rules.caught_up(now_ktime)
-        if self.showing and (self._shown_at is None or self._pass_started - self._shown_at >= SHOW_EVERY_S):
+        if self.showing and (self._shown_at is None or self._pass_started - self._shown_at >= self.show_every):
             self._complete(batch, now_ktime)
             some = batch.complete is not None or getattr(batch.journeys, "num_rows", 0) > 0
             if self._shown_at is not None or some:  # the first ones as soon as they are complete
@@ -140,10 +142,10 @@ class JourneyFeed(_RecordFeed):
     tracer/hold.py), then read as JourneyRows straight from the records; a
     `record` run passes them on as they come."""
 
-    def __init__(self, session, showing: bool) -> None:
+    def __init__(self, session, showing: bool, show_every: float = SHOW_EVERY_S) -> None:
         from tracer.hold import RecordHold
 
-        super().__init__(session, showing)
+        super().__init__(session, showing, show_every)
         self.hold = RecordHold()
 
     def _take(self, records):

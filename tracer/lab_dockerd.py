@@ -203,6 +203,28 @@ def started_by_tracer(pid: int) -> bool:
     return pid_file_names(text, pid)
 
 
+def service_unit(pid: int) -> str | None:
+    """The service manager's unit that runs process ``pid`` (systemd's
+    ``docker.service``, from its cgroup path), or None when none does."""
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        unit = line.rsplit("/", 1)[-1]
+        if unit.endswith(".service"):
+            return unit
+    return None
+
+
+def restartable(pid: int) -> bool:
+    """Whether the lab may restart dockerd ``pid``: one tracer's scripts
+    started (the pid file), or one no service manager runs (started by
+    hand or by an init script with nothing to restart it behind our back,
+    as docker.io's package may do on a machine without systemd)."""
+    return started_by_tracer(pid) or service_unit(pid) is None
+
+
 def _local_engine_only() -> None:
     host = os.environ.get("DOCKER_HOST", "")
     if host and host not in ("unix:///var/run/docker.sock", "unix:///run/docker.sock"):
@@ -298,7 +320,8 @@ def restart(pid: int, argv: list[str]) -> int:
 
 
 def _not_ours(pid: int, what: str) -> LabError:
-    return LabError(f"dockerd (pid {pid}) is not started by tracer's scripts (systemd?), so the lab does not restart it; "
+    return LabError(f"dockerd (pid {pid}) runs under a service manager ({service_unit(pid) or 'systemd?'}), "
+                    "so the lab does not restart it; "
                     f"{what} in {DAEMON_JSON} and restart it yourself")
 
 
@@ -325,14 +348,14 @@ def switch(state: dict, on: bool, save: Callable[[dict], None] = lambda state: N
         if not switched:
             raise LabError("dockerd runs with the userland proxy off by its own configuration "
                            f"({' '.join(argv[1:]) or DAEMON_JSON}); the lab leaves it so")
-        if not started_by_tracer(pid):
+        if not restartable(pid):
             raise _not_ours(pid, 'remove "userland-proxy": false (or the flag)')
         warn_stopped_containers()
         restart(pid, switched.get("argv_before") or args_for(argv, True, read_config()))
         state.pop("dockerd", None)
         return True
     new_argv = args_for(argv, False, read_config())
-    if not started_by_tracer(pid):
+    if not restartable(pid):
         raise _not_ours(pid, 'set "userland-proxy": false')
     # Kept before the restart (a restart that fails half way, or a `lab up`
     # killed during it, still has to be undone): the arguments from before

@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 # Half a second of capture time: parts of one packet arrive within the
-# kernel's 20 ms joining window plus the drain's (50 ms) and the writer's
-# (`trace -w` holds a packet 150 ms) delays. A later part (a drop long after
+# kernel's 20 ms joining window plus the drain's (5-25 ms reads, passes of
+# 50-250 ms) and the writer's (`trace -w` holds a packet 150 ms, then shows
+# complete ones at most every 150 ms: up to ~350 ms) delays. A later part (a drop long after
 # delivery) is read as a packet of its own, as `trace` leaves it out.
 WINDOW_NS = 500_000_000
 # Rows handed on at a time: big enough that per-chunk work is vectorised.

@@ -234,3 +234,25 @@ def test_ties_within_a_flow_go_to_the_lower_packet_id():
         by_flow = {r["flow_id"]: r for r in got}
         assert by_flow[5]["slowest_packet_id"] == 10 and by_flow[6]["slowest_packet_id"] == 60
         assert by_flow[5]["src_port"] == 2 and by_flow[6]["src_port"] == 6  # the first request: packet 10, packet 60
+
+
+def test_times_before_1970_and_negative_durations_are_grouped_not_an_error():
+    """A capture whose clock says 1969 (or a mutated one with a negative
+    duration): the flows are grouped, the earliest request first, no DuckDB
+    range error (a negative number shifted)."""
+    rng = np.random.default_rng(3)
+    rows = _packets(rng, 4, 1).to_pydict()
+    rows["flow_id"] = [5, 5, 6, 6]
+    rows["packet_id"] = [1, 2, 3, 4]
+    rows["first_wall"] = [-2_000_000_000, -1_000_000_000, 10, 20]
+    rows["duration"] = [-5, 8, 3, -1]
+    rows["direction"] = [1, 1, 1, 1]
+    rows["src_port"] = [1, 2, 3, 4]
+    from tracer.aggregate import PACKET_SCHEMA
+    store = Store()
+    store.add(pa.table({"key": np.zeros(0, np.int64), "dt": np.zeros(0, np.int64)}),
+              pa.table({f.name: pa.array(rows[f.name], f.type) for f in PACKET_SCHEMA}))
+    for got in (list(store.flows()), store.flows()[:2]):
+        by_flow = {r["flow_id"]: r for r in got}
+        assert by_flow[5]["src_port"] == 1 and by_flow[5]["slowest_packet_id"] == 2
+        assert by_flow[6]["slowest_packet_id"] == 3

@@ -97,7 +97,7 @@ class _Engine:
         monkeypatch.setattr(ld, "read_config", lambda: self.config)
         monkeypatch.setattr(ld, "stop", self._stop)
         monkeypatch.setattr(ld, "start", self._start)
-        monkeypatch.setattr(ld, "started_by_tracer", lambda pid: self.ours and pid == self.pid)
+        monkeypatch.setattr(ld, "restartable", lambda pid: self.ours and pid == self.pid)
         monkeypatch.setattr(ld, "warn_stopped_containers", lambda: self.events.append(("warn",)))
         monkeypatch.setattr(ld, "_dockerd_processes", lambda: [self.pid] if self.running else [])
 
@@ -159,7 +159,7 @@ def test_switch_refuses_an_engine_tracer_did_not_start(monkeypatch, on):
     engine = _Engine(monkeypatch, argv if not on else argv + ["--userland-proxy=false"], ours=False)
     state = {} if not on else {"dockerd": {"argv_before": argv, "userland_proxy": False, "pid": 100}}
     before = json.loads(json.dumps(state))
-    with pytest.raises(LabError, match=r"not started by tracer's scripts \(systemd\?\).*daemon\.json.*restart it yourself"):
+    with pytest.raises(LabError, match=r"runs under a service manager.*daemon\.json.*restart it yourself"):
         ld.switch(state, on, save=engine.save)
     assert engine.events == [] and state == before, "nothing stopped, nothing recorded"
 
@@ -301,3 +301,25 @@ def test_lab_up_writes_the_record_to_disk_before_dockerd_stops(monkeypatch, tmp_
         lab.up(userland_proxy=False)
     assert on_disk == [{"dockerd": {"argv_before": ["dockerd", "--debug"], "userland_proxy": False}}]
     assert engine.restarts == []
+
+
+def test_an_engine_a_service_manager_runs_is_not_restartable(monkeypatch, tmp_path):
+    """systemd's docker.service is refused; an engine with no service unit
+    (started by hand or by an init script, as on these machines) or the
+    one the scripts' pid file names is restartable."""
+    cgroups = {1: "0::/system.slice/docker.service\n", 2: "0::/\n", 3: "0::/user.slice/session-2.scope\n"}
+    real = Path.read_text
+
+    def read_text(self, *a, **k):
+        parts = self.parts
+        if len(parts) == 4 and parts[1] == "proc" and parts[3] == "cgroup":
+            return cgroups[int(parts[2])]
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setenv("TRACER_DOCKERD_PIDFILE", str(tmp_path / "none.pid"))
+    assert ld.service_unit(1) == "docker.service" and not ld.restartable(1)
+    assert ld.service_unit(2) is None and ld.restartable(2)
+    assert ld.restartable(3)
+    (tmp_path / "none.pid").write_text("1\n")
+    assert ld.restartable(1), "the pid file names it: tracer's scripts started it"

@@ -59,7 +59,8 @@ def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]
     request = reply = None
     try:
         session.start()
-        feed = JourneyFeed(session, showing=True)  # with the rule hits (options_from rules=True)
+        # with the rule hits (options_from rules=True); every pass, the reply as soon as it is whole
+        feed = JourneyFeed(session, showing=True, show_every=0)
         book = RuleBook()
         stop.running()
         click.echo(waiting_for_connection(session.describe()), err=True)
@@ -70,8 +71,8 @@ def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]
             if batch.rules:
                 book.add(batch.rules)
                 book.forget_older()
-            rows = journey_rows(batch.journeys)
-            if len(rows):
+            rows = journey_rows(batch.journeys) if batch.journeys is not None else None
+            if rows is not None and len(rows):
                 per_hop = hop_rules(rows, book.pop(rows.packet_id.tolist()))
                 block = with_rules_json(journey_json_block(rows)[0], rows, per_hop)
                 for j in map(json.loads, block.decode().splitlines()):
