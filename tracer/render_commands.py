@@ -19,6 +19,12 @@ def error_line(message: str) -> str:
     return f"tracer: error: {printable(one_line(message))}"
 
 
+def gave_up_line(grace_s: float) -> str:
+    """A stop that did not finish in time (tracer/stopping.py); the threads' stacks follow."""
+    return (f"tracer: error: still not stopped {grace_s:g} s after being asked to; giving up "
+            "(please report: where each thread was follows)")
+
+
 def warning_line(message: str) -> str:
     """A warning a reader gives (a capture cut short, say), on stderr."""
     return f"tracer: warning: {message}"

@@ -28,6 +28,8 @@ import sys
 import threading
 import time
 
+from tracer.render_commands import gave_up_line  # imported now: the stop that gives up must not wait on an import
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
 
 
@@ -142,8 +144,7 @@ def _give_up() -> None:
 
     err = sys.__stderr__
     try:
-        err.write(f"tracer: error: still not stopped {STOP_GRACE_S:g} s after being asked to; giving up "
-                  "(please report: where each thread was follows)\n")
+        err.write(gave_up_line(STOP_GRACE_S) + "\n")
         err.flush()
         faulthandler.dump_traceback(file=err, all_threads=True)
     finally:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from tracer.render_commands import (columns_text, doctor_missing_line, doctor_text, error_line, lab_removed_text,
-                                    lab_status_text, os_error_line, report_written_line, sql_cell, warning_line)
+from tracer.render_commands import (columns_text, doctor_missing_line, doctor_text, error_line, gave_up_line,
+                                    lab_removed_text, lab_status_text, os_error_line, report_written_line, sql_cell,
+                                    warning_line)
 from tracer.units import seconds_text, size_text, spaced_duration_text
 
 LAB = {"up": True, "netns": "tracer-client", "client_address": "198.18.0.2", "host_address": "198.18.0.1",
@@ -69,6 +70,8 @@ def test_error_lines_are_one_escaped_line():
     assert os_error_line(OSError(28, "No space left on device", "/tmp/x")) == \
         "tracer: error: /tmp/x: No space left on device"
     assert warning_line("cut short") == "tracer: warning: cut short"
+    assert gave_up_line(10.0) == ("tracer: error: still not stopped 10 s after being asked to; giving up "
+                                  "(please report: where each thread was follows)")
 
 
 def test_units_of_the_report():
