@@ -84,8 +84,10 @@ class StreamStarts:
         syn = np.flatnonzero(tcp & ((np.asarray(jr.tcp_flags) & _TCP_SYN) != 0))
         if not len(syn):
             return
-        keys = self._keys(jr, syn)
-        self._isn.update(zip(keys.tolist(), np.asarray(jr.tcp_seq)[syn].tolist()))
+        keys = self._keys(jr, syn).tolist()
+        for key in keys:  # a re-opened direction (its ports reused) is the newest again, not evicted first
+            self._isn.pop(key, None)
+        self._isn.update(zip(keys, np.asarray(jr.tcp_seq)[syn].tolist()))
         if len(self._isn) > self._keep:  # the oldest first (insertion order)
             for key in list(itertools.islice(self._isn, len(self._isn) - self._keep)):
                 del self._isn[key]
@@ -110,14 +112,20 @@ class StreamStarts:
     def _keys(self, jr: JourneyRows, ks: np.ndarray) -> np.ndarray:
         """(src address id, src port, dst address id, dst port) of the first
         hops of journeys ``ks``, packed into one integer each."""
-        if len(self._ip_ids) > 0xFFFF:  # ids must fit in 16 bits: start over
-            self._ip_ids.clear()
-            self._isn.clear()
-        ids = self._ip_ids
         h = np.asarray(jr.starts)[ks]
         s_codes, d_codes = np.asarray(jr.src[0])[h], np.asarray(jr.dst[0])[h]
-        s_lut = np.array([ids.setdefault(jr.src_ip[c], len(ids)) for c in range(max(s_codes.max(), 0) + 1)], np.uint64)
-        d_lut = np.array([ids.setdefault(jr.dst_ip[c], len(ids)) for c in range(max(d_codes.max(), 0) + 1)], np.uint64)
+        for _ in range(2):
+            ids = self._ip_ids
+            s_lut = np.array([ids.setdefault(jr.src_ip[c], len(ids)) for c in range(max(s_codes.max(), 0) + 1)],
+                             np.uint64)
+            d_lut = np.array([ids.setdefault(jr.dst_ip[c], len(ids)) for c in range(max(d_codes.max(), 0) + 1)],
+                             np.uint64)
+            if len(ids) <= 0x10000:
+                break
+            # ids must fit in 16 bits (checked after naming this batch's
+            # addresses, which may pass the bound): start over with them
+            self._ip_ids.clear()
+            self._isn.clear()
         sport = np.asarray(jr.src[1])[h].astype(np.uint64)
         dport = np.asarray(jr.dst[1])[h].astype(np.uint64)
         return (s_lut[s_codes] << np.uint64(48)) | (sport << np.uint64(32)) | (d_lut[d_codes] << np.uint64(16)) | dport

@@ -225,3 +225,46 @@ def test_byte_ranges_need_the_opening_and_the_header_length():
     jr6 = journey_rows(pa.Table.from_pylist(six, schema=EVENT_SCHEMA))
     starts.observe(jr6)
     assert starts.payload_range(jr6, 1) == (0, 5), "IPv6: a 40-byte header"
+
+
+def test_a_reopened_direction_is_the_newest_start_not_the_first_forgotten():
+    """A connection whose ports are reused after the first one closed: its
+    new start is kept as the newest, so a later opening evicts the other,
+    older direction, not it."""
+    import pyarrow as pa
+
+    from tracer.events import EVENT_SCHEMA
+    from tracer.journey_rows import journey_rows
+    from tracer.proxy_output import StreamStarts
+
+    def leg(pid0, src, isn):
+        return journey_rows(pa.Table.from_pylist(_leg_packets(pid0, src, ("127.0.0.1", 8000), isn=isn, sizes=[4]),
+                                                 schema=EVENT_SCHEMA))
+
+    starts = StreamStarts(keep=2)
+    a, b = ("127.0.0.1", 40001), ("127.0.0.1", 40002)
+    starts.observe(leg(10, a, 100))
+    starts.observe(leg(20, b, 200))
+    again = leg(30, a, 5000)  # a's ports reused by a new connection
+    starts.observe(again)
+    starts.observe(leg(40, ("127.0.0.1", 40003), 300))
+    assert starts.payload_range(again, 1) == (0, 4), "the re-opened direction is kept"
+    assert starts.payload_range(leg(20, b, 200), 1) is None, "the oldest (b) is the one forgotten"
+
+
+def test_address_ids_past_16_bits_within_one_batch_start_over_not_collide():
+    """Addresses named past 2^16 within one call would overflow the packed
+    key: the names start over with this batch's, and its ranges are right."""
+    import pyarrow as pa
+
+    from tracer.events import EVENT_SCHEMA
+    from tracer.journey_rows import journey_rows
+    from tracer.proxy_output import StreamStarts
+
+    starts = StreamStarts()
+    starts._ip_ids.update({f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}": i for i in range(0xFFFF)})
+    rows = _leg_packets(10, ("198.18.0.7", 40000), ("198.18.0.9", 8000), isn=77, sizes=[6])
+    jr = journey_rows(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
+    starts.observe(jr)
+    assert len(starts._ip_ids) <= 0x10000
+    assert starts.payload_range(jr, 1) == (0, 6)
