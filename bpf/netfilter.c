@@ -195,9 +195,11 @@ BPF_PERCPU_ARRAY(nf_last, struct last_sighting, 1);
 
 /* Where a hook comes in one pass of a packet through the stack: PREROUTING
  * (or OUTPUT), then FORWARD or INPUT, then POSTROUTING; before NAT, then
- * after. The fast path only follows a packet forward: the first hook of a
- * pass (a freed skb reused by the connection's next packet starts there)
- * always takes the full path. */
+ * after. The fast path on this sensor's own last sighting only follows a
+ * packet forward: the first hook of a pass (a freed skb reused by the
+ * connection's next packet starts there) does not take it. It may take the
+ * tc sensor's (nf_known) when tc saw this skb under a millisecond before,
+ * with this conntrack entry's flow id and the same IP id and length. */
 static __always_inline u32 nf_rank(u8 hook, u8 stage)
 {
     u32 r = hook == HOOK_NF_PREROUTING || hook == HOOK_NF_OUTPUT ? 0
@@ -254,6 +256,8 @@ static __always_inline int nf_fast(struct last_sighting *last, u64 skb, u64 stat
 #endif
 
 #if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE)
+#define NF_FROM_TC_NS 1000000
+
 /* Append this hook's hop to the open journey of `from` (this sensor's last
  * sighting, or the tc sensor's: see nf_known) and make it this sensor's
  * last sighting. */
@@ -271,6 +275,13 @@ static __always_inline int nf_append(struct last_sighting *from, struct last_sig
      * It is this entry's only if ct_traced wrote this connection's views
      * already (the full path would find it traced and write nothing). */
     if (from_tc && j->flow_id != FLOW_ID(ct))
+        return 0;
+    /* From tc, and not within a millisecond: not this packet's way through
+     * the stack in one go (tc ingress -> PREROUTING is one call chain, a few
+     * microseconds) but an skb freed after its tc sighting and reused by
+     * the connection's next packet, which may carry the same IP id and
+     * length (IPv6's flow label, an id of 0): the full path decides. */
+    if (from_tc && (s64)(now - slot->last_seen) >= NF_FROM_TC_NS)
         return 0;
     u8 ttl, tuple;
     if (stage == NAT_AFTER) {
