@@ -197,6 +197,8 @@ def test_a_signal_while_starting_stops_the_start_even_if_its_interrupt_was_swall
 
 
 def test_sighup_and_sigpipe_stop_a_running_loop_like_sigterm():
+    # what the handlers were before (SIG_IGN for SIGHUP under nohup): restored as they were
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM)}
     for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM):
         stop = StopSignals()
         try:
@@ -206,7 +208,7 @@ def test_sighup_and_sigpipe_stop_a_running_loop_like_sigterm():
             assert stop.requested and stop.signal == sig
         finally:
             stop.restore()
-    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
 _STUCK_AFTER_STOP = r"""
