@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -216,13 +215,9 @@ class TreeTracer:
 
     def stop(self) -> tuple[int, int]:
         """Stop it; (journeys, hops) it printed."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        import bench_overhead as bo
+
+        bo.interrupt(self.proc)
         journeys = hops = 0
         with open(self.out.name) as f:
             for line in f:

@@ -91,6 +91,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
 
 
+def interrupt(proc: subprocess.Popen, wait_s: float = 60) -> None:
+    """Stop a tracer (or tcpdump) as a user does, with Ctrl-C; killed if it
+    has not ended within wait_s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def lab_status() -> dict:
     from tracer import lab
 
@@ -163,13 +175,7 @@ class Tracer:
         (journeys; captured frames for tcpdump), lost records, exit code."""
         cpu = self.cpu_percent() if self.proc.poll() is None else None
         cpu_s = cpu_seconds(self.proc.pid) - self.cpu0 if self.proc.poll() is None else None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        interrupt(self.proc)
         err = Path(self.err.name).read_text(errors="replace")
         packets = None
         if self.mode in ("trace", "rules"):

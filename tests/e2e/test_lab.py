@@ -193,6 +193,18 @@ def hairpin_lab(lab):
         assert restored["up"] and restored["userland_proxy"] is True and not restored["dockerd_switched"], restored
 
 
+def _traced_container_get(port: int, url: str, capture) -> list[dict]:
+    """The lab container fetches ``url`` (the lab's page) while a tracer of
+    ``port`` records to ``capture``: the journeys it printed."""
+    t = Tracer("--port", str(port), "--duration", "30", "-w", str(capture))
+    t.wait_ready()
+    assert lab_base.INDEX_MARKER in container_get(url)
+    time.sleep(0.5)
+    journeys = t.stop()
+    assert t.returncode == 0, t.stderr
+    return journeys
+
+
 def _first_per_source(journeys: list[dict]) -> list[dict]:
     """The first journey of each source address and port (a SYN
     retransmitted on a loaded machine repeats its connection's)."""
@@ -261,12 +273,7 @@ class TestWithoutUserlandProxy:
         gateway = _bridge_address(bridge)
         target = st["host_address"] if to == "host_address" else gateway
         cap = tmp_path / "hairpin.arrows"
-        t = Tracer("--port", str(port), "--duration", "30", "-w", str(cap))
-        t.wait_ready()
-        assert lab_base.INDEX_MARKER in container_get(f"http://{target}:{port}/")
-        time.sleep(0.5)
-        journeys = t.stop()
-        assert t.returncode == 0, t.stderr
+        journeys = _traced_container_get(port, f"http://{target}:{port}/", cap)
         assert len({j["packet_id"] for j in journeys}) == len(journeys), "a packet in two journeys"
         syns = _first_per_source([j for j in journeys if j["tcp_flags"] == "S" and j["hops"][0]["src"].startswith(ctr + ":")
                                   and j["hops"][0]["dst"] == f"{target}:{port}"])
@@ -352,12 +359,7 @@ class TestWithoutUserlandProxy:
             _wait_until(lambda: lab_base.INDEX_MARKER in _try_container_get(f"http://{st['host_address']}:{port}/"),
                         f"{name}'s httpd on :{port}")
             cap = tmp_path / "two.arrows"
-            t = Tracer("--port", str(port), "--duration", "30", "-w", str(cap))
-            t.wait_ready()
-            assert lab_base.INDEX_MARKER in container_get(f"http://{st['host_address']}:{port}/")
-            time.sleep(0.5)
-            journeys = t.stop()
-            assert t.returncode == 0, t.stderr
+            journeys = _traced_container_get(port, f"http://{st['host_address']}:{port}/", cap)
         finally:
             sh("docker", "rm", "-f", name, check=False)
         syns = _first_per_source([j for j in journeys if j["tcp_flags"] == "S"])

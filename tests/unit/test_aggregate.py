@@ -215,6 +215,16 @@ def test_the_slowest_flows_alone_are_the_head_of_all_of_them(flows):
         assert head[-1] == every[-1] and head[2] == every[2] and len(every) > 3
 
 
+def _flows_all_and_head(rows: dict, k: int):
+    """Packet ``rows`` (column -> values) in a Store: its flows grouped all
+    at once, then the first ``k`` grouped alone."""
+    from tracer.aggregate import PACKET_SCHEMA
+    store = Store()
+    store.add(pa.table({"key": np.zeros(0, np.int64), "dt": np.zeros(0, np.int64)}),
+              pa.table({f.name: pa.array(rows[f.name], f.type) for f in PACKET_SCHEMA}))
+    return list(store.flows()), store.flows()[:k]
+
+
 def test_ties_within_a_flow_go_to_the_lower_packet_id():
     """Two packets of a flow equally slow, or first at the same time: the
     flow names the lower packet id, whether its flows are grouped all or alone."""
@@ -226,11 +236,7 @@ def test_ties_within_a_flow_go_to_the_lower_packet_id():
     rows["first_wall"] = [100, 100, 100, 50, 50, 50]
     rows["direction"] = [1, 1, 1, 1, 1, 1]
     rows["src_port"] = [1, 2, 3, 4, 5, 6]
-    from tracer.aggregate import PACKET_SCHEMA
-    store = Store()
-    store.add(pa.table({"key": np.zeros(0, np.int64), "dt": np.zeros(0, np.int64)}),
-              pa.table({f.name: pa.array(rows[f.name], f.type) for f in PACKET_SCHEMA}))
-    for got in (list(store.flows()), store.flows()[:2]):
+    for got in _flows_all_and_head(rows, 2):
         by_flow = {r["flow_id"]: r for r in got}
         assert by_flow[5]["slowest_packet_id"] == 10 and by_flow[6]["slowest_packet_id"] == 60
         assert by_flow[5]["src_port"] == 2 and by_flow[6]["src_port"] == 6  # the first request: packet 10, packet 60
@@ -248,11 +254,7 @@ def test_times_before_1970_and_negative_durations_are_grouped_not_an_error():
     rows["duration"] = [-5, 8, 3, -1]
     rows["direction"] = [1, 1, 1, 1]
     rows["src_port"] = [1, 2, 3, 4]
-    from tracer.aggregate import PACKET_SCHEMA
-    store = Store()
-    store.add(pa.table({"key": np.zeros(0, np.int64), "dt": np.zeros(0, np.int64)}),
-              pa.table({f.name: pa.array(rows[f.name], f.type) for f in PACKET_SCHEMA}))
-    for got in (list(store.flows()), store.flows()[:2]):
+    for got in _flows_all_and_head(rows, 2):
         by_flow = {r["flow_id"]: r for r in got}
         assert by_flow[5]["src_port"] == 1 and by_flow[5]["slowest_packet_id"] == 2
         assert by_flow[6]["slowest_packet_id"] == 3
