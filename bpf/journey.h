@@ -267,6 +267,17 @@ static __always_inline void journey_fast_hop(struct last_sighting *last, struct 
 BPF_PERCPU_ARRAY(tc_last, struct last_sighting, 1);
 BPF_PERCPU_ARRAY(nf_last, struct last_sighting, 1);
 
+/* A fast path that took the other sensor's last sighting (from != last)
+ * makes it its own: the next hook of this skb in this sensor follows on. */
+static __always_inline void adopt_last(struct last_sighting *last, const struct last_sighting *from, u64 skb)
+{
+    if (from == last)
+        return;
+    last->slot = from->slot;
+    last->check = from->check;
+    last->skb = skb;
+}
+
 /* After a full-path sighting of skb: its journey (slot k, while open) is
  * what the next hook's fast path looks for. */
 static __always_inline void remember_journey(struct last_sighting *last, u64 skb, s64 k)

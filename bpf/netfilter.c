@@ -262,8 +262,9 @@ static __always_inline int nf_fast(struct last_sighting *last, u64 skb, u64 stat
  * sighting, or the tc sensor's: see nf_known) and make it this sensor's
  * last sighting. */
 static __always_inline int nf_append(struct last_sighting *from, struct last_sighting *last, u64 skb, u64 state,
-                                     u8 hook, u8 stage, u64 nfct, int from_tc)
+                                     u8 hook, u8 stage, u64 nfct)
 {
+    int from_tc = from != last;
     u64 ct = nfct & ~NFCT_INFOMASK;
     u32 ctinfo = nfct & NFCT_INFOMASK;
     u64 now = bpf_ktime_get_ns();
@@ -311,12 +312,8 @@ static __always_inline int nf_append(struct last_sighting *from, struct last_sig
     nf_devices(state, hook, &s.ifindex, &s.out_ifindex);
     s.code = hop_code(hook, stage, 0);
     s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;
-    if (from_tc) {
-        last->slot = from->slot;
-        last->check = from->check;
-        last->skb = skb;
-        last->nfct = nfct;
-    }
+    adopt_last(last, from, skb);
+    last->nfct = nfct;
     last->rank = nf_rank(hook, stage);
     journey_fast_hop(last, slot, j, &s, now, ttl, tuple, SENSOR_NETFILTER);
     return 1;
@@ -330,13 +327,12 @@ static __always_inline int nf_append(struct last_sighting *from, struct last_sig
  * the conntrack tuples, the flows lookup, the header parse and the
  * packet-cache search of the full path are not paid twice per packet. */
 static __always_inline struct last_sighting *nf_known(struct last_sighting *last, u64 skb, u8 hook, u8 stage,
-                                                      u64 nfct, int *from_tc)
+                                                      u64 nfct)
 {
     if (last->skb == skb && last->nfct == nfct && nf_rank(hook, stage) > last->rank)
         return last;
     int zero = 0;
     struct last_sighting *tl = tc_last.lookup(&zero);
-    *from_tc = 1;
     return tl && tl->skb == skb ? tl : NULL;
 }
 #endif
@@ -366,9 +362,8 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
             nf_fast(last, skb, state, hook, stage, ct, ctinfo))
             return 1;
 #else
-        int from_tc = 0;
-        struct last_sighting *from = nf_known(last, skb, hook, stage, nfct, &from_tc);
-        if (from && nf_append(from, last, skb, state, hook, stage, nfct, from_tc))
+        struct last_sighting *from = nf_known(last, skb, hook, stage, nfct);
+        if (from && nf_append(from, last, skb, state, hook, stage, nfct))
             return 1;
 #endif
     }

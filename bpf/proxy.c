@@ -96,6 +96,15 @@ static __always_inline u32 px_proxy_pid(void)
     return proxy_pids.lookup(&pid) ? pid : 0;
 }
 
+/* The peer's first sequence number (+1) of TCP socket sk, rcv_nxt -
+ * bytes_received: the same for a connection's whole life. */
+static __always_inline u32 px_isn(u64 sk, u32 *rcv_nxt, u64 *received)
+{
+    bpf_probe_read_kernel(rcv_nxt, 4, (void *)(sk + OFF_TP_RCV_NXT));
+    bpf_probe_read_kernel(received, 8, (void *)(sk + OFF_TP_BYTES_RECEIVED));
+    return *rcv_nxt - (u32)*received;
+}
+
 /* Bytes of data the reader of TCP socket sk has taken since its connection
  * began. copied_seq counts the peer's FIN once the reader consumed it
  * (tcp_read_sock does so in the same call as the data before it), which is
@@ -105,11 +114,9 @@ static __always_inline u64 px_read_pos(u64 sk, u32 *isn)
     u32 copied = 0, rcv_nxt = 0;
     u64 received = 0;
     u8 shutdown = 0;
+    *isn = px_isn(sk, &rcv_nxt, &received);
     bpf_probe_read_kernel(&copied, 4, (void *)(sk + OFF_TP_COPIED_SEQ));
-    bpf_probe_read_kernel(&rcv_nxt, 4, (void *)(sk + OFF_TP_RCV_NXT));
-    bpf_probe_read_kernel(&received, 8, (void *)(sk + OFF_TP_BYTES_RECEIVED));
     bpf_probe_read_kernel(&shutdown, 1, (void *)(sk + OFF_SK_SHUTDOWN));
-    *isn = rcv_nxt - (u32)received;
     u64 pos = received - (u32)(rcv_nxt - copied);
     if ((shutdown & PX_RCV_SHUTDOWN) && copied == rcv_nxt && pos)
         pos -= 1;
@@ -217,11 +224,9 @@ static __always_inline void px_link(u64 in, u64 out, u32 pid)
     u16 p = key.out.sport;
     key.out.sport = key.out.dport;
     key.out.dport = p;
-    if (proxy_links.lookup(&key))
-        return; /* not taken by user space yet */
     struct px_link link = {};
     link.pid = pid;
-    proxy_links.update(&key, &link);
+    proxy_links.insert(&key, &link); /* BPF_NOEXIST: one not taken by user space yet stays */
 }
 
 /* A relay from `in` to `out` just completed on this thread: is `out`'s
@@ -240,14 +245,15 @@ static __always_inline int px_mirrors(u64 in, u64 out)
     struct px_sock *from = px_socks.lookup(&in);
     if (!from)
         return 0; /* evicted between take and give: unsure */
-    u32 written = 0, isn = 0;
+    u32 written = 0, rcv_nxt = 0;
+    u64 received = 0;
     bpf_probe_read_kernel(&written, 4, (void *)(out + OFF_TP_WRITE_SEQ));
-    u64 read_pos = px_read_pos(out, &isn);
+    u32 isn = px_isn(out, &rcv_nxt, &received); /* the reads' position only for a fresh entry */
     u32 base = written - (u32)from->taken;
     struct px_sock *to = px_socks.lookup(&out);
     if (!to || to->isn != isn) {
         struct px_sock fresh = {};
-        fresh.taken = read_pos; /* its own reads count from here on */
+        fresh.taken = px_read_pos(out, &isn); /* its own reads count from here on */
         fresh.isn = isn;
         fresh.wbase = base;
         fresh.wbase_set = 1;
