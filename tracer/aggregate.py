@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from tracer.analysis_rows import _ints
 from tracer.errors import TracerError, one_line
 from tracer.interning import Interner
 
@@ -82,7 +83,7 @@ _VERDICT = "(info & 255)"
 def _packed(packets: pa.Table) -> pa.Table:
     """PACKET_SCHEMA rows as stored (_STORED)."""
     def col(name: str) -> np.ndarray:
-        return _column(packets, name).astype(np.int64)
+        return _ints(packets, name)
 
     return pa.table({
         "packet_id": packets["packet_id"], "flow_id": packets["flow_id"], "first_wall": packets["first_wall"],
@@ -233,14 +234,14 @@ class Store:
             try:
                 segments, packets = item
                 if segments.num_rows:
-                    keys = _column(segments, "key")
+                    keys = _ints(segments, "key")
                     if keys.min() < 0 or keys.max() >= 1 << 31:  # stored as int32: never wrap silently
                         raise ValueError(f"segment key {int(keys.max())} outside the store's 32-bit range")
                     # At the end: a scan (_scan) moves the files' positions.
                     self._seg_keys.seek(0, os.SEEK_END)
                     self._seg_dts.seek(0, os.SEEK_END)
                     self._seg_keys.write(keys.astype(np.int32).data)
-                    self._seg_dts.write(np.ascontiguousarray(_column(segments, "dt"), np.int64).data)
+                    self._seg_dts.write(_ints(segments, "dt").data)
                     self._seg_rows += segments.num_rows
                 if packets.num_rows:
                     packets = _packed(packets)
@@ -369,11 +370,6 @@ class Store:
             np.add.at(out, b[keep], rows[col][keep].astype(np.float64))
         return ev, pk, by
 
-
-
-def _column(table: pa.Table, name: str) -> np.ndarray:
-    col = table[name]
-    return col.to_numpy() if isinstance(col, pa.ChunkedArray) else col.to_numpy(zero_copy_only=False)
 
 
 def _close(con: Any, path: str, files: tuple = ()) -> None:

@@ -118,14 +118,16 @@ class CaptureAnalysis:
         def journey_chunk(chunk: pa.Table) -> None:
             taken, rest = ca.add_journeys(chunk, registry)
             if also:
-                path_rows = None
+                path_rows = sightings_of_chunk = None  # each made once, for whichever consumer asks first
                 for other in also:
                     if hasattr(other, "add_journeys"):  # takes the packets read off the list columns as they are
                         if path_rows is None and taken is not None:
                             path_rows = journey_path_rows(*taken)
                         other.add_journeys(path_rows, rest)
                     else:
-                        other.add(journey_sightings(chunk, registry))
+                        if sightings_of_chunk is None:
+                            sightings_of_chunk = journey_sightings(chunk, registry)
+                        other.add(sightings_of_chunk)
 
         def sighting_chunk(chunk: pa.Table) -> None:
             ca.add(chunk)

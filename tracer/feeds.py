@@ -168,7 +168,8 @@ class JourneyFeed(_RecordFeed):
     def _complete(self, batch: Batch, now_ktime: int | None) -> None:
         records = self.hold.flush() if now_ktime is None else self.hold.pop_complete(IDLE_NS, now_ktime)
         batch.complete = records if len(records) else None
-        batch.journeys = self.session.journey_rows(records)
+        # nothing complete (most passes when idle): no rows built to be thrown away
+        batch.journeys = self.session.journey_rows(records) if len(records) else None
 
 
 class SightingFeed(_RecordFeed):

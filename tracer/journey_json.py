@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from tracer.addresses import endpoint
 from tracer.ids import id_texts
 from tracer.wallclock import split_times
-from tracer.journey_rows import JourneyRows, _dumps, _factorize, _lut, _mixed_radix, journey_rows
+from tracer.journey_rows import JourneyRows, _dumps, _factorize, _mixed_radix, journey_rows
 from tracer.journeys import _DIRECTION_NAMES, VERDICTS, _flags_text
 
 
@@ -198,8 +198,7 @@ def _end_text(container_id) -> str:
 def _header_rests(jr: JourneyRows) -> tuple[list[str], np.ndarray]:
     """Per journey its header after the flow id (direction .. '"hops": ['),
     as distinct texts and each journey's index."""
-    tcp = _lut(jr.protocol.values, lambda v: v == "tcp")[jr.protocol.codes]
-    flags = np.where(tcp, jr.tcp_flags.astype(np.int64), 256)  # 256: not TCP -> null
+    flags = jr.tcp_flags_key()  # 256: not TCP -> null
     key = _mixed_radix(
         [(jr.direction.astype(np.int64), None), (jr.protocol.codes, len(jr.protocol.values)), (flags, 257),
          (jr.container_of, len(jr.container.values)), (jr.verdict.astype(np.int64), 3),

@@ -22,8 +22,7 @@ import numpy as np
 
 from tracer import addresses, events, record_words
 from tracer.decode import DecodeContext, _factorize, resolve_places
-from tracer.journey_rows import _Codes, JourneyRows, _endpoint_key, journey_containers, verdicts
-from tracer.journey_rows import _factorize as _factorize_codes
+from tracer.journey_rows import _Codes, JourneyRows, journey_containers, pair_index, verdicts
 
 _HOOK_VALUES = list(events.HOOKS) + [None]
 _STAGE_VALUES = list(events.NAT_STAGES) + [None]
@@ -114,9 +113,7 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
     dst_values, t_dst_codes = _address_names(t_dst)
     t_src_ep = (t_src_codes, t_sport.astype(np.int64), t_icmp)
     t_dst_ep = (t_dst_codes, t_dport.astype(np.int64), t_icmp)
-    su, sidx = _factorize_codes(_endpoint_key(t_src_ep))
-    du, didx = _factorize_codes(_endpoint_key(t_dst_ep))
-    pu, t_pair = _factorize_codes(sidx * len(du) + didx)
+    t_pair, pair_keys = pair_index(t_src_ep, t_dst_ep)
 
     container_of, container_to = journey_containers(container.codes, container.values, starts, container_id)
 
@@ -153,7 +150,7 @@ def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyR
         tcp_seq=records["tcp_seq"][p_first].astype(np.int64),
         tcp_doff=records["tcp_doff"][p_first].astype(np.int64),
         pair=t_pair[tuple_of_hop],
-        pair_keys=(su[pu // len(du)], du[pu % len(du)]),
+        pair_keys=pair_keys,
     )
 
 

@@ -147,6 +147,15 @@ class JourneyAssembler:
 # slice of the glued buffer.
 
 
+def pair_index(src: tuple, dst: tuple) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Per item of two endpoint columns its (src, dst) pair's index, and
+    the (src keys, dst keys) of the distinct pairs (keys as _endpoint_key)."""
+    su, sidx = _factorize(_endpoint_key(src))
+    du, didx = _factorize(_endpoint_key(dst))
+    pu, pair = _factorize(sidx * len(du) + didx)
+    return pair, (su[pu // len(du)], du[pu % len(du)])
+
+
 @dataclass(slots=True)
 class _Codes:
     """A dictionary column as integer codes: ``codes`` index ``values``; the
@@ -237,11 +246,13 @@ class JourneyRows:
         """(per hop: index of its (src, dst) pair, (src keys, dst keys) of
         the distinct pairs): keys as _endpoint_key, the outputs' texts."""
         if self.pair is None:
-            su, sidx = _factorize(_endpoint_key(self.src))
-            du, didx = _factorize(_endpoint_key(self.dst))
-            pu, self.pair = _factorize(sidx * len(du) + didx)
-            self.pair_keys = (su[pu // len(du)], du[pu % len(du)])
+            self.pair, self.pair_keys = pair_index(self.src, self.dst)
         return self.pair, self.pair_keys
+
+    def tcp_flags_key(self) -> np.ndarray:
+        """Per journey its TCP flags, or 256 when not TCP (the headers' key)."""
+        tcp = _lut(self.protocol.values, lambda v: v == "tcp")[self.protocol.codes]
+        return np.where(tcp, self.tcp_flags.astype(np.int64), 256)
 
     def head(self, n: int) -> "JourneyRows":
         """The first ``n`` journeys (for --count)."""

@@ -93,21 +93,31 @@ class StreamStarts:
                 del self._isn[key]
 
     def payload_range(self, jr: JourneyRows, k: int) -> tuple[int, int] | None:
-        """[start, end) of the bytes journey ``k`` carries in its direction's
-        stream; None without payload, a seen start or the TCP header length
-        (captures written before it was recorded). IPv4 headers are taken to
-        have no options (Linux's TCP sends none)."""
-        if jr.tcp_seq is None or jr.tcp_doff is None or not jr.tcp_doff[k]:
-            return None
-        isn = self._isn.get(int(self._keys(jr, np.array([k]))[0]))
-        src_ip = jr.src_ip[int(jr.src[0][int(jr.starts[k])])]
-        if isn is None or src_ip is None:
-            return None
-        payload = int(jr.length[k]) - (40 if ":" in src_ip else 20) - 4 * int(jr.tcp_doff[k])
-        if payload <= 0:
-            return None
-        start = (int(jr.tcp_seq[k]) - isn - 1) % _SEQ
-        return start, start + payload
+        """payload_ranges of the one journey ``k``."""
+        return self.payload_ranges(jr, [k])[0]
+
+    def payload_ranges(self, jr: JourneyRows, ks: list[int]) -> list[tuple[int, int] | None]:
+        """[start, end) of the bytes each journey of ``ks`` carries in its
+        direction's stream; None without payload, a seen start or the TCP
+        header length (captures written before it was recorded). IPv4
+        headers are taken to have no options (Linux's TCP sends none). The
+        journeys' keys are made in one pass (address names looked up once)."""
+        if jr.tcp_seq is None or jr.tcp_doff is None or not len(ks):
+            return [None] * len(ks)
+        keys = self._keys(jr, np.asarray(ks)).tolist()
+        out: list[tuple[int, int] | None] = []
+        for k, key in zip(ks, keys):
+            isn = self._isn.get(key)
+            src_ip = jr.src_ip[int(jr.src[0][int(jr.starts[k])])]
+            payload = 0
+            if jr.tcp_doff[k] and isn is not None and src_ip is not None:
+                payload = int(jr.length[k]) - (40 if ":" in src_ip else 20) - 4 * int(jr.tcp_doff[k])
+            if payload <= 0:
+                out.append(None)
+                continue
+            start = (int(jr.tcp_seq[k]) - isn - 1) % _SEQ
+            out.append((start, start + payload))
+        return out
 
     def _keys(self, jr: JourneyRows, ks: np.ndarray) -> np.ndarray:
         """(src address id, src port, dst address id, dst port) of the first
@@ -142,7 +152,7 @@ def annotate(block: bytes | memoryview, jr: JourneyRows, links: ProxyLinks, as_j
     notes = journey_notes(jr, links)
     if not notes:
         return block
-    ranges = [links.streams.payload_range(jr, k) for k, *_ in notes]
+    ranges = links.streams.payload_ranges(jr, [k for k, *_ in notes])
     return annotate_json(block, notes, ranges) if as_json else annotate_text(block, jr, notes, ranges)
 
 

@@ -40,15 +40,6 @@ def _style_parts(color: bool, **style) -> tuple[str, str]:
     return head, tail
 
 
-class _Pool(Interner[str]):
-    """Distinct texts, each added once; ``at(text)`` is its index."""
-
-    at = Interner.id_of
-
-    def many(self, texts: list[str]) -> np.ndarray:
-        return np.array([self.at(t) for t in texts], np.int64)
-
-
 def _dt_texts(dt: np.ndarray) -> tuple[list[str], np.ndarray]:
     """format_dt of every hop, formatted once per distinct rounded value.
     The rounding is done on integers, exactly as Python rounds the float;
@@ -165,14 +156,13 @@ def render_rows(jr: JourneyRows, color: bool) -> memoryview:
     seen = jr.last_seen
     seen_hook = np.where(seen >= 0, hk_idx[np.maximum(seen, 0)], -1)
     seen_texts = {-1: ""} | {k: f" (last seen {hook_texts[k]})" for k in set(seen_hook.tolist()) if k >= 0}
-    drop_texts = _Pool()
+    drop_texts: Interner[str] = Interner()
     drop_of_hop = np.zeros(n, np.int64)
-    drop_of_hop[is_drop] = [drop_texts.at(f"{reason_values[r]}{seen_texts[s]}") for r, s in
+    drop_of_hop[is_drop] = [drop_texts.id_of(f"{reason_values[r]}{seen_texts[s]}") for r, s in
                             zip(jr.drop_reason.codes[is_drop].tolist(), seen_hook[journey_of_hop[is_drop]].tolist())]
 
     # --- per journey: the header ------------------------------------------------
-    tcp = _lut(jr.protocol.values, lambda v: v == "tcp")[jr.protocol.codes]
-    flags = np.where(tcp, jr.tcp_flags.astype(np.int64), 256)  # 256: not TCP
+    flags = jr.tcp_flags_key()  # 256: not TCP
     proto_names = [v or "?" for v in jr.protocol.values]
     pf_u, pf_idx = _factorize(jr.protocol.codes * 257 + flags)
     pf_texts = []
