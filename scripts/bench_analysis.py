@@ -70,10 +70,9 @@ def make(path: Path, n: int, schema: int = 1, files: int = 1) -> int:
 
 def baseline_tree(rev: str, where: Path) -> Path:
     """The tracer package of ``rev``, extracted (the reader before streaming)."""
-    where.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "tracer"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
-    return where
+    from bench_overhead import archive_tree
+
+    return archive_tree(rev, where, "tracer")
 
 
 def main() -> None:

@@ -105,9 +105,9 @@ def old_tree() -> Path:
     """The first design's tree, from git (cached in /tmp)."""
     path = Path(f"/tmp/tracer-proxy-bench-{OLD_COMMIT}")
     if not (path / "tracer").is_dir():
-        path.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", OLD_COMMIT], check=True, capture_output=True)
-        subprocess.run(["tar", "-x", "-C", str(path)], input=archive.stdout, check=True)
+        from bench_overhead import archive_tree
+
+        archive_tree(OLD_COMMIT, path)
     return path
 
 

@@ -127,16 +127,9 @@ def stage_worker(path: str, batch: int, repeat: int) -> dict:
     return result
 
 
-def cpu_times(pid: int) -> tuple[float, float]:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
 def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float) -> dict:
     """One tracer subprocess of ``tree`` under the workloads: CPU per traced packet."""
-    from bench_overhead import parse_lost, run_ab, run_iperf
+    from bench_overhead import cpu_times, parse_lost, run_ab, run_iperf
 
     work = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
     capture = work / "cap.arrows"
@@ -178,10 +171,9 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float)
 
 
 def baseline_tree(rev: str) -> Path:
-    tree = Path(tempfile.mkdtemp(prefix=f"bench-base-{rev}-"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return tree
+    from bench_overhead import archive_tree
+
+    return archive_tree(rev, Path(tempfile.mkdtemp(prefix=f"bench-base-{rev}-")))
 
 
 def report(title: str, cases: list[str], per_round: dict[str, list[tuple[float, float]]], unit: str) -> None:
