@@ -133,9 +133,10 @@ def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, Packet
         pid=pid[h_rec], kt=h_kt, label=label, labels=labels, is_drop=h_is_drop, terminal=terminal_of[label],
         wall=wall, pstart=pstart, pend=pstart + sizes, psize=sizes,
         # for the report's path pass (tracer/journey_paths.py): each label's
-        # (hook, role), each hop's record (a row of ``rows``) and place, the
-        # flattened hops and which of them were taken (None: all)
-        label_hooks=[h for h, _ in parts], label_roles=[r for _, r in parts], rec=h_rec,
+        # (hook, role) and whether a journey ends there, each hop's record
+        # (a row of ``rows``) and place, the flattened hops and which of them
+        # were taken (None: all)
+        label_hooks=[h for h, _ in parts], label_roles=[r for _, r in parts], label_terminal=terminal_of, rec=h_rec,
         place=place if sel is None else place[sel], rows=rows, flat=flat, sel=sel, places=places,
         reason_codes=reason_codes)
 
@@ -206,18 +207,24 @@ def _protocol_name(name: str | None) -> str:
     return events.PROTOCOLS.get(number, str(number))
 
 
-def _first_endpoints(rows: pa.Table, flat: Any, first_hop: np.ndarray, take: np.ndarray, ca: Any):
-    """Address codes (ca._ips) and ports of each taken packet's first hop:
-    the tuple it points at (past the record's tuples: zeros, as laid out)."""
+def tuple_layout(rows: pa.Table) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The records' tuples flattened, and per record how many it has and
+    where its first one is in the flattened list."""
     lists = rows.column("tuples")
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
     tstart = np.zeros(len(lengths), np.int64)
     np.cumsum(lengths[:-1], out=tstart[1:])
+    return pc.list_flatten(lists), lengths, tstart
+
+
+def _first_endpoints(rows: pa.Table, flat: Any, first_hop: np.ndarray, take: np.ndarray, ca: Any):
+    """Address codes (ca._ips) and ports of each taken packet's first hop:
+    the tuple it points at (past the record's tuples: zeros, as laid out)."""
+    tuples, lengths, tstart = tuple_layout(rows)
     t_idx = pc.take(pc.struct_field(flat, "tuple"), pa.array(first_hop))
     t_idx = pc.fill_null(t_idx, 0).to_numpy().astype(np.int64)
     ok = t_idx < np.minimum(lengths, events.MAX_TUPLES)[take]
     at = pa.array(np.where(ok, tstart[take] + t_idx, 0))
-    tuples = pc.list_flatten(lists)
     m = len(take)
     if not len(tuples):
         ok[:] = False

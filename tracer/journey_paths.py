@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from tracer import addresses, events
 from tracer.analysis_rows import _ints
-from tracer.journey_analysis import _field
+from tracer.journey_analysis import _field, tuple_layout
 from tracer.journey_capture import _address_rows
 from tracer.paths import PathRows
 
@@ -41,7 +41,7 @@ def path_rows(hops: Any, facts: Any) -> PathRows:
     ifnames = [p.ifname for p in places] + [None]
     containers = [p.container_name for p in places] + [None]
     return PathRows(
-        labels=hops.labels, hooks=hops.label_hooks, roles=hops.label_roles, terminal=_terminal(hops),
+        labels=hops.labels, hooks=hops.label_hooks, roles=hops.label_roles, terminal=hops.label_terminal,
         label=hops.label, kt=hops.kt, starts=hops.pstart, direction=facts.direction,
         wall_first=hops.wall[hops.pstart],
         src_ip=src_ip, src_ips=src_ips, src_port=src_port, dst_ip=dst_ip, dst_ips=dst_ips, dst_port=dst_port,
@@ -49,25 +49,14 @@ def path_rows(hops: Any, facts: Any) -> PathRows:
         ifname=hops.place, ifnames=ifnames, container=hops.place, containers=containers)
 
 
-def _terminal(hops: Any) -> np.ndarray:
-    """Per label whether a journey ends there (from the per-hop flags journey_packets gives)."""
-    out = np.zeros(len(hops.labels), bool)
-    out[hops.label] = hops.terminal
-    return out
-
-
 def _hop_endpoints(rows: pa.Table, flat: Any, sel: np.ndarray | None, rec: np.ndarray):
     """Each taken hop's source and destination as codes into one list of
     address texts (per chunk) and its ports: the tuple its ``tuple`` field
     points at among its record's; past them, or none, zeros (as laid out)."""
-    lists = rows.column("tuples")
-    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
-    tstart = np.zeros(len(lengths), np.int64)
-    np.cumsum(lengths[:-1], out=tstart[1:])
+    tuples, lengths, tstart = tuple_layout(rows)
     t_idx = _field(flat, "tuple")
     if sel is not None:
         t_idx = t_idx[sel]
-    tuples = pc.list_flatten(lists)
     if isinstance(tuples, pa.ChunkedArray):
         tuples = tuples.combine_chunks()
     nt = len(tuples)
