@@ -1,7 +1,8 @@
 """Stopping a command that runs until told to: SIGINT (Ctrl-C), SIGTERM,
 SIGHUP (the terminal went away) and SIGPIPE (a reader went away) all stop
 it the same way: summary, the capture's statistics row, its end-of-stream
-marker.
+marker. A SIGHUP the command was started with ignored (`nohup tracer record
+-w f &`) stays ignored: the user asked it to outlive the terminal.
 
 While setting up (compile, attach), a signal raises KeyboardInterrupt, so the
 `finally` blocks detach whatever is attached; it also sets the flag, so a
@@ -38,6 +39,15 @@ _early: dict[str, int] = {}
 WRITE_GRACE_S = 1.0
 # How long detaching, draining and writing the last output may take.
 STOP_GRACE_S = float(os.environ.get("TRACER_STOP_GRACE_S", "20"))
+
+
+def stop_signals() -> tuple[int, ...]:
+    """The signals that stop the command: SIGNALS, less SIGHUP when it is
+    ignored now (inherited so from nohup; Python itself leaves SIGHUP as it
+    found it)."""
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        return tuple(sig for sig in SIGNALS if sig != signal.SIGHUP)
+    return SIGNALS
 
 
 def _write_deadline(signum, frame) -> None:
@@ -82,8 +92,9 @@ class StopSignals:
         self._restored = False
         self._watchdog = threading.Thread(target=self._watch, name="tracer-stop-watchdog", daemon=True)
         self._watchdog.start()
-        self._previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
-        for sig in SIGNALS:
+        self._signals = stop_signals()
+        self._previous = {sig: signal.getsignal(sig) for sig in self._signals}
+        for sig in self._signals:
             signal.signal(sig, self._interrupt)
 
     def running(self) -> None:
@@ -92,7 +103,7 @@ class StopSignals:
         was lost."""
         if self.requested:
             raise KeyboardInterrupt
-        for sig in SIGNALS:
+        for sig in self._signals:
             signal.signal(sig, self._request)
 
     def _request(self, signum, frame) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.tracing import REPO, Tracer, kernel_snapshot, link_ids_held_by, our_kernel_objects, wait_gone
+from tests.e2e.tracing import (REPO, Tracer, kernel_snapshot, link_ids_held_by, our_kernel_objects, sighup_default,
+                               wait_gone)
 from tracer import traffic
 from tracer.capture.reader import read_capture
 
@@ -220,7 +221,8 @@ def test_a_signal_at_any_moment_of_the_start_stops_it(lab):
     for i, delay in enumerate(delays):
         sig = signal.SIGHUP if i % 3 == 2 else signal.SIGTERM
         proc = subprocess.Popen([sys.executable, "-m", "tracer", "trace", "--json", "--port", str(lab["port"])],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=sighup_default)
         time.sleep(delay)
         proc.send_signal(sig)
         try:

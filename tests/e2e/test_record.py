@@ -223,6 +223,25 @@ def test_stats_row_counts_equal_the_kernels(lab, tmp_path):
     assert cap.table["kind"][-1].as_py() == "stats"
 
 
+def test_record_under_nohup_outlives_the_terminal(lab, tmp_path):
+    """`nohup tracer record -w f &`: SIGHUP (the terminal closing) does not
+    stop it, it goes on recording; SIGTERM then stops it cleanly."""
+    path = tmp_path / "nohup.arrows"
+    r = Tracer("--port", str(lab["port"]), "-w", str(path), command="record", json_out=False, nohup=True)
+    r.wait_ready()
+    r.proc.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    assert r.proc.poll() is None, "record stopped on SIGHUP under nohup"
+    for _ in range(3):
+        traffic.client_http_get(lab)
+    time.sleep(0.5)
+    r.stop(signal.SIGTERM)
+    assert r.returncode == 0, r.stderr
+    cap = read_capture([str(path)])
+    assert cap.recovered == [] and cap.stats is not None
+    assert cap.stats["packets"] >= 3 * 6  # the requests after the SIGHUP were recorded
+
+
 def test_container_start_and_stop_are_rows(lab, tmp_path):
     path = tmp_path / "ct.arrows"
     name = f"tracer-rec-test-{os.getpid()}"

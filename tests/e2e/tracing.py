@@ -20,19 +20,30 @@ REPO = Path(__file__).resolve().parents[2]
 OUR_PROG_PREFIX = "trc_"
 
 
+def sighup_default() -> None:
+    """preexec_fn for a tracer child: SIGHUP at its default, whether or not
+    these tests run under nohup (which would hand the child an ignored
+    SIGHUP, and the tracer keeps an ignored SIGHUP ignored)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class Tracer:
     """A `tracer trace --json` process (or another command: `command`, and
-    json_out=False for one without --json, such as `record`)."""
+    json_out=False for one without --json, such as `record`); nohup=True:
+    started by the real nohup (SIGHUP ignored), else with SIGHUP at its
+    default."""
 
-    def __init__(self, *args: str, env: dict | None = None, command: str = "trace", json_out: bool = True) -> None:
+    def __init__(self, *args: str, env: dict | None = None, command: str = "trace", json_out: bool = True,
+                 nohup: bool = False) -> None:
         self.args = [command, *(["--json"] if json_out else []), *args]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tracer", *self.args],
+            [*(["nohup"] if nohup else []), sys.executable, "-m", "tracer", *self.args],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, **(env or {})},
+            preexec_fn=sighup_default,
         )
         self.stderr_lines: list[str] = []
 

@@ -181,7 +181,17 @@ def test_show_into_a_closed_pipe_exits_0_without_a_traceback(tmp_path):
 # --- signals while starting ------------------------------------------------------------------
 
 
-def test_a_signal_while_starting_stops_the_start_even_if_its_interrupt_was_swallowed():
+@pytest.fixture
+def sighup():
+    """Sets SIGHUP's disposition for a test (these tests may run under nohup,
+    SIGHUP ignored, or not), and puts back the runner's afterwards."""
+    before = signal.getsignal(signal.SIGHUP)
+    yield lambda disposition: signal.signal(signal.SIGHUP, disposition)
+    signal.signal(signal.SIGHUP, before)
+
+
+def test_a_signal_while_starting_stops_the_start_even_if_its_interrupt_was_swallowed(sighup):
+    sighup(signal.SIG_DFL)
     stop = StopSignals()
     try:
         try:
@@ -196,8 +206,9 @@ def test_a_signal_while_starting_stops_the_start_even_if_its_interrupt_was_swall
         stop.restore()
 
 
-def test_sighup_and_sigpipe_stop_a_running_loop_like_sigterm():
-    # what the handlers were before (SIG_IGN for SIGHUP under nohup): restored as they were
+def test_sighup_and_sigpipe_stop_a_running_loop_like_sigterm(sighup):
+    sighup(signal.SIG_DFL)
+    # what the handlers were before: restored as they were
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM)}
     for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM):
         stop = StopSignals()
@@ -209,6 +220,26 @@ def test_sighup_and_sigpipe_stop_a_running_loop_like_sigterm():
         finally:
             stop.restore()
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_an_ignored_sighup_stays_ignored_as_under_nohup(sighup):
+    """`nohup tracer record -w f &`: the terminal closing does not stop it;
+    SIGTERM still does, and SIGHUP is ignored again afterwards."""
+    sighup(signal.SIG_IGN)
+    stop = StopSignals()
+    try:
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN  # while starting
+        stop.running()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN  # and while running
+        os.kill(os.getpid(), signal.SIGHUP)
+        signal.sigtimedwait([], 0)
+        assert not stop.requested and stop.signal is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0)
+        assert stop.requested and stop.signal == signal.SIGTERM
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
 
 
 _STUCK_AFTER_STOP = r"""
