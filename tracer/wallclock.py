@@ -16,19 +16,12 @@ _NS_PER_S = 1_000_000_000
 
 def _formatted(ns, format: str, digits: int, suffix: str) -> pa.Array:
     """strftime(format) of each value's whole second, then its fraction to
-    ``digits`` digits and ``suffix`` (null where 0). A batch of journeys
-    spans a few distinct seconds: the calendar formatting (Arrow's strftime,
-    about 0.5 µs a value) runs once per second, the fraction is a number
-    cast to text."""
-    ns = np.asarray(ns, np.int64)
-    seconds, fraction = np.divmod(ns, _NS_PER_S)
-    distinct, which = np.unique(seconds, return_inverse=True)
-    heads = pc.strftime(pa.array(distinct, _SECONDS), format=format).take(pa.array(which.reshape(-1)))
-    scale = 10 ** (9 - digits)
-    # 10^digits + fraction: digits+1 characters, the first (1) cut off keeps the zero padding
-    padded = pc.utf8_slice_codeunits(pc.cast(pa.array(fraction // scale + 10**digits), pa.string()), 1)
-    text = pc.binary_join_element_wise(heads, padded, suffix, "")
-    return pc.if_else(pa.array(ns == 0), pa.nulls(len(ns), pa.string()), text) if (ns == 0).any() else text
+    ``digits`` digits and ``suffix`` (null where 0): split_times' pieces
+    joined by Arrow."""
+    heads, which, fractions = split_times(ns, format, digits)
+    text = pc.binary_join_element_wise(pa.array(heads, pa.string()).take(pa.array(which)), fractions, suffix, "")
+    unknown = np.asarray(ns, np.int64) == 0
+    return pc.if_else(pa.array(unknown), pa.nulls(len(unknown), pa.string()), text) if unknown.any() else text
 
 
 def rfc3339_array(ns) -> pa.Array:
@@ -45,7 +38,9 @@ def split_times(ns, format: str, digits: int) -> tuple[list[str], np.ndarray, pa
     """Times as pieces, for text laid out by index: strftime(format) of each
     distinct whole second, each value's index into them, and each value's
     fraction as ``digits`` zero-padded digits (a fixed width: numpy writes
-    the digits, no formatting kernel per value)."""
+    the digits, no formatting kernel per value). A batch of journeys spans a
+    few distinct seconds: the calendar formatting (Arrow's strftime, about
+    0.5 µs a value) runs once per second."""
     ns = np.asarray(ns, np.int64)
     seconds, fraction = np.divmod(ns, _NS_PER_S)
     distinct, which = np.unique(seconds, return_inverse=True)
