@@ -56,10 +56,8 @@ class JourneyOutput:
     def _show(self, batch) -> None:
         """Print the journeys of a batch of complete packets (JourneyRows,
         or the per-sighting build's rows), column-wise, JSON or text."""
-        from tracer.journey_json import journey_json_block
+        from tracer.journey_block import journey_block
         from tracer.journey_rows import JourneyRows, journey_rows
-        from tracer.proxy_output import annotate
-        from tracer.render_rows import render_rows
 
         empty = len(batch) == 0 if isinstance(batch, JourneyRows) else batch.num_rows == 0
         if empty or (self.count is not None and self.shown >= self.count):  # most passes when idle: no work at all
@@ -67,18 +65,7 @@ class JourneyOutput:
         rows = journey_rows(batch)  # once for the output and the summary
         if self.count is not None:
             rows = rows.head(self.count - self.shown)
-        if self.as_json:
-            block, count = journey_json_block(rows)
-        else:
-            block, count = render_rows(rows, self.color), len(rows)
-        if self.rules is not None:
-            from tracer.rule_render import hop_rules, with_rules_json, with_rules_text
-
-            per_hop = hop_rules(rows, self.rules.pop(rows.packet_id.tolist()))
-            block = (with_rules_json(block, rows, per_hop) if self.as_json
-                     else with_rules_text(block, rows, per_hop, self.color))
-        if count:  # the proxy hop of journeys on a docker-proxy leg
-            block = annotate(block, rows, self.proxy_links, self.as_json)
+        block, count = journey_block(rows, self.as_json, self.color, self.rules, self.proxy_links)
         if count and not self.reader.gone:
             self.reader.write(block)
         self.summary.add_table(rows)

@@ -268,3 +268,28 @@ def test_address_ids_past_16_bits_within_one_batch_start_over_not_collide():
     starts.observe(jr)
     assert len(starts._ip_ids) <= 0x10000
     assert starts.payload_range(jr, 1) == (0, 6)
+
+
+def test_an_empty_chunk_is_no_output_and_changes_no_link():
+    """journey_block (trace's live output, show's replay) skips annotating an
+    empty chunk: annotate does nothing with one either (same block, no
+    connection start noted), so the two callers' ways agree."""
+    import pyarrow as pa
+
+    from tracer.events import EVENT_SCHEMA
+    from tracer.journey_block import journey_block
+    from tracer.journey_rows import journey_rows
+    from tracer.proxy_output import annotate
+
+    links = ProxyLinks()
+    links.add(41, CLIENT, BACKEND, {41: PROXY})
+    empty = journey_rows(pa.Table.from_pylist([], schema=EVENT_SCHEMA))
+    for as_json in (True, False):
+        assert bytes(annotate(b"kept\n", empty, links, as_json)) == b"kept\n"
+        block, count = journey_block(empty, as_json, False, None, links)
+        assert bytes(block) == b"" and count == 0
+    assert links.streams._isn == {}
+    # and a chunk that opens a connection is annotated: its start is noted
+    opening = journey_rows(pa.Table.from_pylist(_leg_packets(10, *CLIENT, isn=5, sizes=[]), schema=EVENT_SCHEMA))
+    block, count = journey_block(opening, True, False, None, links)
+    assert count == 1 and len(links.streams._isn) == 1 and b'"proxy"' in bytes(block)

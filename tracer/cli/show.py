@@ -34,15 +34,13 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     capture recorded: addresses, ports, protocol, IP id, TTL, length, TCP
     flags, seq and ack; no options or payload)."""
     from tracer.capture.reader import open_capture
-    from tracer.journey_json import journey_json_block
+    from tracer.journey_block import journey_block
     from tracer.journey_rows import journey_rows
     from tracer.output import write_out
     from tracer.packet_window import PacketWindow
     from tracer.proxies import ProxyLinks
-    from tracer.proxy_output import annotate, recorded_links
+    from tracer.proxy_output import recorded_links
     from tracer.render import Summary
-    from tracer.render_rows import render_rows
-
     from tracer.targets import Targets
 
     files, expression = split_files(args, read_files)
@@ -61,7 +59,7 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     sightings = capture.sightings()
     book = None
     if capture.has_rules:  # recorded with --rules: each hop's rules, as `trace --rules` showed them
-        from tracer.rule_render import RuleBook, hop_rules, with_rules_json, with_rules_text
+        from tracer.rule_render import RuleBook
 
         book = RuleBook()
     links = ProxyLinks()  # docker-proxy links the capture recorded: the proxy hop, as `trace` showed it
@@ -70,15 +68,13 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
         rows = journey_rows(table)  # once for the output and the summary
         if count is not None:
             rows = rows.head(count - shown)
-        block = journey_json_block(rows)[0] if as_json else render_rows(rows, color)
         if book is not None:
             # a packet's rule rows are written within a moment of its sightings: read by the time it is whole
             book.add(capture.take_rules())
-            per_hop = hop_rules(rows, book.pop(rows.packet_id.tolist()))
-            block = with_rules_json(block, rows, per_hop) if as_json else with_rules_text(block, rows, per_hop, color)
-            book.forget_older()
         recorded_links(links, capture.take_proxy_links())  # written before the journeys they link, read by now
-        block = annotate(block, rows, links, as_json)  # (linked or not: it notes where connections start)
+        block, _ = journey_block(rows, as_json, color, book, links)
+        if book is not None:
+            book.forget_older()
         if len(block):
             write_out(block, out)
         summary.add_table(rows)
