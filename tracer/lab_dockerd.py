@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from tracer import procfs
 from tracer.lab_base import LabError, RUN_DIR, STATE_FILE, _log
 
 
@@ -135,23 +136,8 @@ def stopped_for_good(containers: list[dict], live_restore: bool) -> list[str]:
 # --------------------------------------------------------------------------- the running engine
 
 
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return raw.rstrip(b"\0").decode(errors="replace").split("\0") if raw else None
-
-
-def _comm(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return None
-
-
 def _dockerd_processes() -> list[int]:
-    return sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and _comm(int(p)) == "dockerd")
+    return procfs.pids_named("dockerd")
 
 
 def dockerd_pid() -> int:
@@ -161,7 +147,7 @@ def dockerd_pid() -> int:
             pid = int(f.read_text().strip())
         except (OSError, ValueError):
             continue
-        if _comm(pid) == "dockerd":
+        if procfs.comm(pid) == "dockerd":
             return pid
     found = _dockerd_processes()
     if len(found) == 1:
@@ -184,7 +170,7 @@ def current() -> tuple[int, list[str], bool]:
     """(pid, argv, userland proxy on) of the running dockerd."""
     _local_engine_only()
     pid = dockerd_pid()
-    argv = _cmdline(pid)
+    argv = procfs.cmdline(pid)
     if not argv:
         raise LabError(f"dockerd pid {pid} exited while it was being read")
     return pid, argv, engine_value(argv, read_config())

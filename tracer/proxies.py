@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracer import addresses
+from tracer import addresses, procfs
 
 COMM = "docker-proxy"
 
@@ -50,22 +50,15 @@ def parse_cmdline(pid: int, argv: list[str]) -> DockerProxy | None:
         return None
 
 
-def find_proxies(proc: Path = Path("/proc")) -> list[DockerProxy]:
+def find_proxies(proc: Path = procfs.PROC) -> list[DockerProxy]:
     """The running docker-proxy processes (TCP ones: the only kind linked)."""
     found = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() != COMM:
-                continue
-            argv = (entry / "cmdline").read_bytes().rstrip(b"\0").decode(errors="replace").split("\0")
-        except OSError:  # gone meanwhile
-            continue
-        proxy = parse_cmdline(int(entry.name), argv)
+    for pid in procfs.pids_named(COMM, proc):
+        argv = procfs.cmdline(pid, proc)
+        proxy = parse_cmdline(pid, argv) if argv else None  # None: gone meanwhile
         if proxy is not None and proxy.proto == "tcp":
             found.append(proxy)
-    return sorted(found, key=lambda p: p.pid)
+    return found
 
 
 Endpoint = tuple[str, int]
