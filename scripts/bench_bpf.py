@@ -49,6 +49,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
+import bench_overhead as bo  # noqa: E402 (scripts/ is on the path from here)
+
 EMPTY_TC = "\nint trc_bench_empty(struct __sk_buff *ctx) { return -1; }\n"
 
 
@@ -154,7 +156,6 @@ def _compile(program, extra: str):
 
 
 def bench_live(mode: str, workload: str, quick: bool) -> None:
-    import bench_overhead as bo
 
     status = bo.lab_status()
     ports = (8000,) if mode == "trace" else (8000, 5201)
@@ -191,49 +192,31 @@ def bench_live(mode: str, workload: str, quick: bool) -> None:
     print(f"  {'all':14s} {'':9s} {total / max(total_runs, 1):7.0f} {100 * total / 1e9 / wall:11.2f}{per_request}")
 
 
-class TreeTracer:
+class TreeTracer(bo.Tracer):
     """`tracer trace --json --port 8000 --no-proxy-links` run from a given
     tree (its own bpf/ and tracer/), output kept to count journey hops."""
 
     def __init__(self, tree: Path, timeout: float = 60, noop: bool = False) -> None:
-        import tempfile
+        self.hops = 0
+        super().__init__((8000,), "trace", ready_timeout=timeout, noop=noop, tree=tree, extra=("--no-proxy-links",))
 
-        self.out = tempfile.NamedTemporaryFile(prefix="bench-bpf-", suffix=".json", delete=False)
-        self.err = tempfile.NamedTemporaryFile(prefix="bench-bpf-", suffix=".err", delete=False)
-        env = dict(os.environ, PYTHONPATH=str(tree))
-        env.pop("TRACER_BPF_CFLAGS", None)
-        if noop:  # every program returns at once: the floor (dispatch and the statistics' own clock reads)
-            env["TRACER_BPF_CFLAGS"] = "-DTRACER_NOOP"
-        cmd = [sys.executable, "-m", "tracer", "trace", "--json", "--port", "8000", "--no-proxy-links"]
-        self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=self.out, stderr=self.err, start_new_session=True)
-        t0 = time.monotonic()
-        while "Ctrl-C" not in Path(self.err.name).read_text(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() - t0 > timeout:
-                self.stop()
-                raise RuntimeError(f"tracer from {tree} did not start: {Path(self.err.name).read_text()[-500:]}")
-            time.sleep(0.05)
-
-    def stop(self) -> tuple[int, int]:
-        """Stop it; (journeys, hops) it printed."""
-        import bench_overhead as bo
-
-        bo.interrupt(self.proc)
-        journeys = hops = 0
+    def journeys(self) -> int:
+        journeys = 0
         with open(self.out.name) as f:
             for line in f:
                 if line.startswith("{"):
                     journeys += 1
-                    hops += len(json.loads(line).get("hops", ()))
-        for f in (self.out, self.err):
-            f.close()
-            os.unlink(f.name)
-        return journeys, hops
+                    self.hops += len(json.loads(line).get("hops", ()))
+        return journeys
+
+    def stop(self) -> tuple[int, int]:
+        """Stop it; (journeys, hops) it printed."""
+        return super().stop()["packets"], self.hops
 
 
 def bench_live_ab(base: Path, rounds: int, requests: int, floor: bool = False) -> None:
     """This tree against `base`, alternating, under the lab's HTTP workload
     (and, with `floor`, this tree's programs built to return at once)."""
-    import bench_overhead as bo
 
     status = bo.lab_status()
     sides = {"base": base, "new": REPO, **({"noop": REPO} if floor else {})}
@@ -282,7 +265,6 @@ def bench_live_ab(base: Path, rounds: int, requests: int, floor: bool = False) -
 
 def _report_ab(res: dict[str, list[dict]], requests: int) -> None:
     import numpy as np
-    import bench_overhead as bo
 
     names = sorted({n for side in res.values() for rnd in side for n in rnd["progs"]})
     print(f"  {'program':14s} | {'base ns/run':>11s} {'runs/req':>8s} | {'new ns/run':>10s} {'runs/req':>8s}   (medians over rounds)")

@@ -128,12 +128,14 @@ def lab_status() -> dict:
 
 class Tracer:
     """A tracing subprocess, attached and writing to a file: ``tracer trace
-    --json``, ``tracer record -w``, ``tracer latency`` or ``tcpdump -w``."""
+    --json``, ``tracer record -w``, ``tracer latency`` or ``tcpdump -w``;
+    the tracer of ``tree`` (this one, or a baseline's checkout), with
+    ``extra`` arguments."""
 
     READY = {"tcpdump": "listening on"}
 
     def __init__(self, ports: tuple[int, ...], mode: str = "trace", ready_timeout: float = 60,
-                 noop: bool = False) -> None:
+                 noop: bool = False, tree: Path = REPO, extra: tuple[str, ...] = ()) -> None:
         self.out = tempfile.NamedTemporaryFile(prefix="bench-trace-", suffix=".out", delete=False)
         self.err = tempfile.NamedTemporaryFile(prefix="bench-trace-", suffix=".err", delete=False)
         self.mode = mode
@@ -145,10 +147,13 @@ class Tracer:
         else:
             args = {"trace": ["trace", "--json"], "record": ["record", "--quiet", "-w", self.capture],
                     "latency": ["latency", "--interval", "1"], "rules": ["trace", "--json", "--rules"]}[mode]
-            cmd = [sys.executable, "-m", "tracer", *args, *port_args]
+            cmd = [sys.executable, "-m", "tracer", *args, *port_args, *extra]
         t0 = time.monotonic()
-        env = dict(os.environ, TRACER_BPF_CFLAGS="-DTRACER_NOOP") if noop else None
-        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=self.out, stderr=self.err, start_new_session=True)
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        env.pop("TRACER_BPF_CFLAGS", None)  # the programs as shipped, whatever this shell has set
+        if noop:  # every program returns at once: the floor (dispatch and the statistics' own clock reads)
+            env["TRACER_BPF_CFLAGS"] = "-DTRACER_NOOP"
+        self.proc = subprocess.Popen(cmd, env=env, cwd=tree, stdout=self.out, stderr=self.err, start_new_session=True)
         ready = self.READY.get(mode, "Ctrl-C")
         while True:
             text = Path(self.err.name).read_text(errors="replace")
@@ -193,8 +198,7 @@ class Tracer:
         err = Path(self.err.name).read_text(errors="replace")
         packets = None
         if self.mode in ("trace", "rules"):
-            with open(self.out.name, "rb") as f:
-                packets = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+            packets = self.journeys()
         elif self.mode == "record":
             packets = _capture_packets(self.capture)
         elif self.mode == "tcpdump":
@@ -213,6 +217,12 @@ class Tracer:
         return {"packets": packets, "lost": lost, "records": records, "rc": self.proc.returncode,
                 "stderr": err, "cpu_pct": cpu, "cpu_s": cpu_s,
                 "rule_hits": int(m.group(1).replace(",", "")) if m else None}
+
+
+    def journeys(self) -> int:
+        """Journeys `trace --json` printed (its output lines), once stopped."""
+        with open(self.out.name, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 def _capture_packets(path: str) -> int | None:
