@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 
 from tracer.events import EVENT_SCHEMA
 from tracer.journey_json import journey_json_block
-from tracer.journey_rows import JourneyAssembler, journey_rows, journeys_of_table
+from tracer.journey_assembler import JourneyAssembler
+from tracer.journey_rows import journey_rows, journeys_of_table
 from tracer.render import Summary, render_journey
 
 IDLE_NS = 150_000_000  # as tracer/feeds.py

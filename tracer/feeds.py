@@ -178,7 +178,7 @@ class SightingFeed(_RecordFeed):
     user space, as before journeys were assembled in the kernel."""
 
     def __init__(self, session, showing: bool) -> None:
-        from tracer.journey_rows import JourneyAssembler
+        from tracer.journey_assembler import JourneyAssembler
 
         super().__init__(session, showing)
         self.assembler = JourneyAssembler()

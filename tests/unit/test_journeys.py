@@ -14,7 +14,7 @@ import pytest
 
 from tests.unit.event_rows import CONTAINER_NS, HOST_NS, event_defaults
 from tracer.events import EVENT_SCHEMA, FLAG_IN_CONTAINER_NS
-from tracer.journey_rows import JourneyAssembler
+from tracer.journey_assembler import JourneyAssembler
 from tracer.journeys import Hop, build_journeys, fill_flows, nat_translation
 
 CLIENT, HOST, CONTAINER = "198.18.0.2", "198.18.0.1", "172.17.0.2"

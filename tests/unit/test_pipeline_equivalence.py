@@ -13,7 +13,8 @@ import pytest
 
 from tracer.events import EVENT_SCHEMA, FLAG_IN_CONTAINER_NS
 from tracer.journey_json import journey_json_block, journey_json_lines
-from tracer.journey_rows import JourneyAssembler, first_journeys, journey_count, journeys_of_table
+from tracer.journey_assembler import JourneyAssembler
+from tracer.journey_rows import first_journeys, journey_count, journeys_of_table
 from tracer.journeys import build_journeys
 from tracer.render import Summary
 
