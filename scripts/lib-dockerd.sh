@@ -4,11 +4,16 @@
 # There is no systemd on the lab machines, so when no engine answers we start
 # dockerd ourselves: in its own session (setsid + nohup), logging to
 # /var/log/tracer-dockerd.log, pid in /run/tracer/dockerd.pid. An engine that
-# already answers (however it was started) is left alone.
+# already answers (however it was started) is left alone. If the lab had
+# switched the engine's userland proxy off (`tracer lab up
+# --no-userland-proxy` keeps dockerd's arguments in the lab's state), dockerd
+# is started as that record says, so the lab's record stays true.
 
 TRACER_DOCKERD_LOG=${TRACER_DOCKERD_LOG:-/var/log/tracer-dockerd.log}
 TRACER_DOCKERD_PIDFILE=${TRACER_DOCKERD_PIDFILE:-/run/tracer/dockerd.pid}
 TRACER_DOCKERD_WAIT=${TRACER_DOCKERD_WAIT:-60}
+TRACER_LAB_STATE=${TRACER_LAB_STATE:-}  # the lab's state file (empty: the lab's own; tests give another)
+tracer_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 docker_answers() {
     timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1
@@ -44,8 +49,10 @@ ensure_dockerd() {
     fi
     mkdir -p "$(dirname "$TRACER_DOCKERD_PIDFILE")"
     # a dockerd killed with SIGKILL leaves its pid file; dockerd itself handles a stale one
-    echo "docker: starting dockerd (log $TRACER_DOCKERD_LOG)"
-    setsid nohup dockerd >>"$TRACER_DOCKERD_LOG" 2>&1 </dev/null &
+    local dockerd_cmd=(dockerd)
+    recorded_dockerd_cmd
+    echo "docker: starting ${dockerd_cmd[*]} (log $TRACER_DOCKERD_LOG)"
+    setsid nohup "${dockerd_cmd[@]}" >>"$TRACER_DOCKERD_LOG" 2>&1 </dev/null &
     echo $! >"$TRACER_DOCKERD_PIDFILE"
     if wait_for_docker "$TRACER_DOCKERD_WAIT"; then
         echo "docker: dockerd pid $(cat "$TRACER_DOCKERD_PIDFILE") answers"
@@ -54,4 +61,23 @@ ensure_dockerd() {
     echo "docker: dockerd did not answer within ${TRACER_DOCKERD_WAIT}s; last log lines:" >&2
     tail -n 15 "$TRACER_DOCKERD_LOG" >&2 || true
     return 1
+}
+
+# dockerd_cmd (the caller's array) as the lab's record says dockerd runs, if
+# the lab switched it; a record that cannot be used is said, and left out.
+recorded_dockerd_cmd() {
+    local out
+    out=$(mktemp)
+    if PYTHONPATH="$tracer_repo" python3 -c 'import sys; from tracer.lab_dockerd import print_recorded_argv
+sys.exit(print_recorded_argv(*sys.argv[1:]))' ${TRACER_LAB_STATE:+"$TRACER_LAB_STATE"} >"$out"; then
+        if [[ -s $out ]]; then
+            mapfile -d '' -t dockerd_cmd <"$out"
+            echo "docker: the lab had switched dockerd's userland proxy off (tracer lab up --no-userland-proxy);" \
+                "starting dockerd as the lab recorded it"
+        fi
+    else
+        echo "docker: the lab's record of dockerd's arguments cannot be used (above): starting plain dockerd," \
+            "userland proxy on, not as the lab recorded (\`tracer lab up\` sets the record right)" >&2
+    fi
+    rm -f "$out"
 }

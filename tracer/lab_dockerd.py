@@ -8,7 +8,8 @@ docker0, a MASQUERADE for a container reaching itself, hairpin_mode on the
 bridge ports). Switching means restarting dockerd with other arguments:
 ``lab up --no-userland-proxy`` does it and records dockerd's arguments from
 before in the lab's state, so ``lab up`` (and ``lab down``) restart it with
-exactly those again. An engine configured without the proxy by its owner
+exactly those again; scripts/setup.sh, when no dockerd runs, starts it as
+that record says (print_recorded_argv). An engine configured without the proxy by its owner
 (not by the lab) is left alone, and so is one the scripts did not start
 (systemd's, say: it has to be reconfigured and restarted by its owner).
 
@@ -371,7 +372,7 @@ def _start_from_record(state: dict, on: bool, save: Callable[[dict], None]) -> b
     if not before:
         raise NoDockerd("no dockerd process runs, and the lab's record of its arguments is empty; "
                         "run `sudo scripts/setup.sh` to start one")
-    argv = before if on else args_for(before, False, read_config())
+    argv = before if on else recorded_argv(state, read_config())
     _log(f"no dockerd runs; starting it {'with its arguments from before the lab switched it' if on else 'without the userland proxy'}"
          f" (from {STATE_FILE})")
     pid = start(argv)
@@ -381,3 +382,35 @@ def _start_from_record(state: dict, on: bool, save: Callable[[dict], None]) -> b
         switched["pid"] = pid
     save(state)
     return True
+
+
+def recorded_argv(state: dict, config: bool | None) -> list[str] | None:
+    """The arguments the lab's record says dockerd runs with: with the lab
+    having switched the userland proxy off (``state['dockerd']``), its
+    arguments from before without the proxy; None when the lab switched
+    nothing (or kept no arguments)."""
+    before = (state.get("dockerd") or {}).get("argv_before")
+    return args_for(before, False, config) if before else None
+
+
+def print_recorded_argv(state_file: str | None = None) -> int:
+    """For scripts/lib-dockerd.sh, which starts dockerd when none runs:
+    recorded_argv of the lab's state (``state_file``, else the lab's own),
+    each argument ended by a NUL; nothing when the lab switched nothing. A
+    record it cannot use is one line on stderr and exit status 1."""
+    import sys
+
+    path = Path(state_file) if state_file else STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+        argv = recorded_argv(state, read_config())
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, TypeError, LabError) as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
+    if argv:
+        sys.stdout.write("".join(f"{a}\0" for a in argv))
+    return 0
