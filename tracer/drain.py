@@ -36,6 +36,10 @@ BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER_SIZE = 8
 PAGE_SIZE = mmap.PAGESIZE
+# Parts of packets first seen before arm() arrive within milliseconds of it
+# (a journey the kernel does not end goes out with the next sweeps): after
+# this long, records are no longer checked for them (~0.7 ms a release).
+EARLY_WINDOW_NS = 10_000_000_000
 
 
 
@@ -94,19 +98,22 @@ class RingBufferDrain:
 
     def read(self) -> np.ndarray:
         """All committed records available now (up to max_batch), as the sample dtype."""
-        return self.read_records()["event"]
+        return self.read_records()
 
     def read_records(self, release: bool = True) -> np.ndarray:
-        """The same as whole ring-buffer records (record_dtype, contiguous):
-        batches of these concatenate as plain bytes. ``release=False``: as
-        the kernel wrote them, for a caller that release()s them later, in
+        """The same, as contiguous sample-dtype arrays: batches of these
+        concatenate as plain bytes, and every later read of their fields
+        and words is a plain one (a field view of the ring's records,
+        header and all, would not be contiguous: numpy then copies it field
+        by field, ~0.5 µs a journey record). ``release=False``: as the
+        kernel wrote them, for a caller that release()s them later, in
         bigger batches."""
         size = self.record_size
         cons = self._consumer_pos()
         prod = self._producer_pos()
         n = min((prod - cons) // size, self.max_batch)
         if n <= 0:
-            return np.zeros(0, self.record_dtype)
+            return np.zeros(0, self.sample)
         start = PAGE_SIZE + (cons & self.mask)
         # Headers first (a strided u32 view, no copy): stop at the first
         # record still being written.
@@ -118,25 +125,30 @@ class RingBufferDrain:
         sizes = lens & ~np.uint32(BUSY_BIT | DISCARD_BIT)
         if n and (sizes != self.sample.itemsize).any():
             raise RuntimeError("ring buffer holds a record of unexpected size: is another program writing to it?")
-        # One flat byte copy (a structured-dtype copy is ~15x slower); drop
-        # discarded records only if there are any.
-        records = np.frombuffer(self.producer, dtype=np.uint8, count=n * size, offset=start).copy().view(self.record_dtype)
+        # One copy of the samples without their ring headers, row by row (a
+        # structured-dtype copy is ~15x slower); drop discarded records only
+        # if there are any.
+        rows = np.frombuffer(self.producer, dtype=np.uint8, count=n * size, offset=start).reshape(n, size)
+        records = rows[:, HEADER_SIZE:HEADER_SIZE + self.sample.itemsize].copy().view(self.sample).reshape(n)
         discard = (lens & DISCARD_BIT) != 0
         if discard.any():
-            records = records[~discard]
+            records = record_words.take(records, ~discard)
         self._consumer_word[0] = cons + n * size
         return self.release(records) if release else records
 
     def release(self, records: np.ndarray) -> np.ndarray:
-        """Records as they may leave the drain (record_dtype, in the order
-        read): packets first seen before arm() left out, kernel addresses
-        replaced by ids. Its cost is mostly per call (a few dozen numpy
-        kernels, ~0.3 ms), so the background drain releases what it queued
-        once per take, not per ring-buffer read every few ms."""
+        """Records as they may leave the drain (the sample dtype, in the
+        order read): packets first seen before arm() left out, kernel
+        addresses replaced by ids. Its cost is mostly per call (a few dozen
+        numpy kernels, ~0.3 ms), so the background drain releases what it
+        queued once per take, not per ring-buffer read every few ms."""
         if self.armed_ktime and len(records):
-            records = self._without_early(records)
+            if time.clock_gettime_ns(time.CLOCK_MONOTONIC) - self.armed_ktime > EARLY_WINDOW_NS:
+                self.armed_ktime = 0  # no part of a packet seen before arm() can still come
+            else:
+                records = self._without_early(records)
         if self.addresses is not None and len(records):
-            self.addresses.hide(records["event"])
+            self.addresses.hide(records)
         return records
 
     def arm(self, ktime_ns: int) -> None:
@@ -146,7 +158,7 @@ class RingBufferDrain:
         self.armed_ktime = ktime_ns
 
     def _without_early(self, records: np.ndarray) -> np.ndarray:
-        ev = records["event"]
+        ev = records
         first = ev["first_ktime"] if "first_ktime" in ev.dtype.names else ev["ktime_ns"]
         early = first < self.armed_ktime
         if self._early is not None:  # a later part of a packet left out; ids above
@@ -161,7 +173,7 @@ class RingBufferDrain:
         new = ids[~self._early.seen(ids)]
         self.before_start += len(new)
         self._early.add(new)
-        return records[~early]
+        return record_words.take(records, ~early)
 
     def wait(self, timeout: float) -> bool:
         """Block until the kernel signals data (or timeout); True if data may be there."""
@@ -245,7 +257,7 @@ class BackgroundDrain:
             return np.zeros(0, self.drain.sample)
         with self.lock:
             self.queued -= sum(len(p) for p in parts)
-        return self.drain.release(record_words.concat(parts))["event"]
+        return self.drain.release(record_words.concat(parts))
 
     def stop(self) -> None:
         self.stopping.set()

@@ -3,26 +3,40 @@ seen before every sensor was attached are left out with every later part,
 counted once each; kernel addresses become ids. No kernel needed: release
 works on records already copied out of the ring."""
 
+import time
+
 import numpy as np
+import pytest
 
 from tracer import events
-from tracer.drain import RingBufferDrain, record_dtype
+from tracer.drain import EARLY_WINDOW_NS, RingBufferDrain
 from tracer.events import PACKET_ID_CPU_SHIFT
 from tracer.opaque_ids import AddressHasher
 
 
+# Times relative to the test's start on the monotonic clock (the kernel's):
+# release() checks for early packets only within EARLY_WINDOW_NS of arming.
+NOW = 0
+
+
+@pytest.fixture(autouse=True)
+def _now():
+    global NOW
+    NOW = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
 def _drain(armed_ktime: int, addresses=None) -> RingBufferDrain:
     d = object.__new__(RingBufferDrain)  # no ring buffer: release() alone
-    d.armed_ktime, d.before_start, d._early, d.addresses = armed_ktime, 0, None, addresses
+    d.armed_ktime, d.before_start, d._early, d.addresses = (NOW + armed_ktime if armed_ktime else 0), 0, None, addresses
     return d
 
 
 def _records(ids, first_ktimes, flow_ids=None) -> np.ndarray:
-    r = np.zeros(len(ids), record_dtype(events.JOURNEY_DTYPE))
-    r["event"]["packet_id"] = ids
-    r["event"]["first_ktime"] = first_ktimes
+    r = np.zeros(len(ids), events.JOURNEY_DTYPE)
+    r["packet_id"] = ids
+    r["first_ktime"] = [NOW + t for t in first_ktimes]
     if flow_ids is not None:
-        r["event"]["flow_id"] = flow_ids
+        r["flow_id"] = flow_ids
     return r
 
 
@@ -33,24 +47,34 @@ def _id(cpu: int, n: int) -> int:
 def test_early_packets_and_their_later_parts_are_left_out_and_counted_once():
     d = _drain(armed_ktime=1000)
     out = d.release(_records([_id(0, 5), _id(1, 7), _id(0, 6), _id(0, 5)], [900, 950, 1100, 990]))
-    assert out["event"]["packet_id"].tolist() == [_id(0, 6)]
+    assert out["packet_id"].tolist() == [_id(0, 6)]
     assert d.before_start == 2
     # Later parts of the packets left out (first seen after arming: a
     # continuation) go too; new packets, on any CPU, stay.
     out = d.release(_records([_id(1, 7), _id(0, 5), _id(1, 8), _id(0, 4), _id(2, 1)], [1200, 1300, 1400, 1500, 1600]))
-    assert out["event"]["packet_id"].tolist() == [_id(1, 8), _id(0, 4), _id(2, 1)]
+    assert out["packet_id"].tolist() == [_id(1, 8), _id(0, 4), _id(2, 1)]
     assert d.before_start == 2
+
+
+def test_release_stops_looking_for_early_packets_after_the_window():
+    """Long after arming no part of an early packet can come: records are
+    no longer checked (a record of an old first_ktime is kept)."""
+    d = _drain(armed_ktime=1000)
+    d.armed_ktime -= EARLY_WINDOW_NS + 1  # armed longer ago than the window
+    out = d.release(_records([_id(0, 5), _id(1, 7)], [-EARLY_WINDOW_NS - 5, 1100]))
+    assert out["packet_id"].tolist() == [_id(0, 5), _id(1, 7)]
+    assert d.armed_ktime == 0 and d.before_start == 0
 
 
 def test_release_without_arming_keeps_everything():
     d = _drain(armed_ktime=0)
     out = d.release(_records([1, 2], [5, 6]))
-    assert out["event"]["packet_id"].tolist() == [1, 2] and d.before_start == 0
+    assert out["packet_id"].tolist() == [1, 2] and d.before_start == 0
 
 
 def test_release_hides_kernel_addresses():
     d = _drain(armed_ktime=0, addresses=AddressHasher(b"k" * 32))
     addr = 0xFFFF888012345678
     out = d.release(_records([1, 2, 3], [5, 6, 7], flow_ids=[addr, addr, 0]))
-    flows = out["event"]["flow_id"].tolist()
+    flows = out["flow_id"].tolist()
     assert flows[0] == flows[1] != addr and 0 < flows[0] < 1 << 48 and flows[2] == 0
