@@ -1,20 +1,28 @@
 #!/usr/bin/env python3
-"""Time from command start to the first event (issue 3 target: <= 3 s).
+"""Time from command start to the first journey (issue 9 target: <= 2 s),
+this tree side by side with a baseline revision.
 
 While a loop in the lab's client netns keeps making HTTP requests to
-198.18.0.1:8000, repeat N times:
+198.18.0.1:8000, each round runs, in alternating order:
 
-* CLI: spawn ``tracer trace --json --port 8000 --count 1`` and measure the
-  wall time from spawn to its "tracing ... Ctrl-C" line on stderr (attached)
-  and to the first JSON journey on stdout (printed; a journey is printed only
-  once its packet has been idle for IDLE_NS, ~150 ms, see tracer/feeds.py);
-* in-process: ``TraceSession(TraceOptions(Targets(ports=(8000,))))``: time from the
-  ``start()`` call to its return (attached) and to the first non-empty
-  ``poll()`` (first event drained and decoded), without Python start-up and
+* CLI, baseline and this tree: spawn ``tracer trace --json --port 8000
+  --count 1`` and measure the wall time from spawn to its "tracing ...
+  Ctrl-C" line on stderr (attached), to the first JSON journey on stdout
+  (printed; a journey is printed only once its packet has been idle for
+  IDLE_NS, ~150 ms, see tracer/feeds.py), and the process's CPU (user +
+  system, all threads) when that journey arrived: steadier than wall time
+  on a loaded machine;
+* in-process, this tree: ``TraceSession(TraceOptions(Targets(ports=(8000,))))``:
+  ``start()`` to its return (attached), to the first non-empty ``poll()``,
+  and the end of each start-up phase (``TraceSession.startup``: Docker
+  inventory, BPF compile, verifier, attach), without Python start-up and
   imports.
 
-Prints the median of each. Run as root with the lab up:
-``.venv/bin/python scripts/bench_start.py`` (``--quick`` for a smoke run).
+Prints per tree the median of each figure with a 95 % bootstrap interval,
+the median of the per-round ratios (this tree / baseline), the start-up
+phases, and the load average. Run as root with the lab up:
+``.venv/bin/python scripts/bench_start.py`` (``--quick`` for a smoke run,
+``--baseline-rev REV``, ``--no-baseline``).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))  # sibling benchmark helpers
 
-TARGET_S = 3.0
+TARGET_S = 2.0
 
 
 class TrafficLoop:
@@ -54,12 +63,16 @@ class TrafficLoop:
         self.proc.wait(10)
 
 
-def cli_once(timeout: float = 60) -> tuple[float | None, float | None]:
-    """(seconds to the 'tracing' line, seconds to the first journey line)."""
+def cli_once(tree: Path, timeout: float = 60) -> tuple[float | None, float | None, float | None]:
+    """(seconds to the 'tracing' line, seconds to the first journey line,
+    CPU seconds the process had used by then) for the tracer in ``tree``."""
+    from bench_overhead import cpu_seconds
+
+    env = dict(os.environ, PYTHONPATH=str(tree))
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "tracer", "trace", "--json", "--port", "8000", "--count", "1"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    ready = first = None
+                            cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    ready = first = cpu = None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, "out")
     sel.register(proc.stderr, selectors.EVENT_READ, "err")
@@ -77,6 +90,10 @@ def cli_once(timeout: float = 60) -> tuple[float | None, float | None]:
                     ready = now
                 if key.data == "out" and first is None and b"\n" in buf["out"]:
                     first = now
+                    try:  # still running: --count 1 stops, detaches and exits after this
+                        cpu = cpu_seconds(proc.pid)
+                    except (OSError, IndexError, ValueError):
+                        cpu = None
             if not sel.get_map():
                 break
     finally:
@@ -90,10 +107,11 @@ def cli_once(timeout: float = 60) -> tuple[float | None, float | None]:
         sel.close()
     if first is None:
         print(f"  (no journey: exit {proc.returncode}: {buf['err'].decode(errors='replace').strip()[-300:]})", file=sys.stderr)
-    return ready, first
+    return ready, first, cpu
 
 
-def in_process_once(timeout: float = 30) -> tuple[float, float | None]:
+def in_process_once(timeout: float = 30) -> tuple[float, float | None, dict[str, float]]:
+    """(start() -> attached, start() -> first event drained, phase ends)."""
     from tracer.session import TraceOptions, TraceSession
     from tracer.targets import Targets
 
@@ -102,58 +120,107 @@ def in_process_once(timeout: float = 30) -> tuple[float, float | None]:
     session.start()
     try:
         ready = time.monotonic() - t0
+        phases = dict(getattr(session, "startup", {}))
         while time.monotonic() - t0 < timeout:
             if session.poll(0.05).num_rows:
-                return ready, time.monotonic() - t0
-        return ready, None
+                return ready, time.monotonic() - t0, phases
+        return ready, None, phases
     finally:
         session.close()
 
 
-def med(values: list[float | None]) -> str:
+def summary(values: list[float | None], unit: str = "s") -> str:
+    """Median [95 % bootstrap interval] of the values measured."""
+    from bench_overhead import bootstrap_median
+
     got = [v for v in values if v is not None]
-    return f"{statistics.median(got):5.2f} s" if got else "  n/a"
+    if not got:
+        return "n/a"
+    lo, hi = bootstrap_median(got)
+    return f"{statistics.median(got):.2f} {unit} [{lo:.2f}-{hi:.2f}]"
+
+
+def ratios(this: list[float | None], base: list[float | None]) -> str:
+    """Median of the per-round ratios this / baseline, with its interval."""
+    from bench_overhead import bootstrap_median
+
+    got = [t / b for t, b in zip(this, base) if t is not None and b]
+    if not got:
+        return "n/a"
+    lo, hi = bootstrap_median(got)
+    return f"{statistics.median(got):.3f} [{lo:.3f}-{hi:.3f}]"
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="one repetition (smoke test)")
+    ap.add_argument("--rounds", "--repeat", type=int, default=8, dest="rounds")
+    ap.add_argument("--baseline-rev", default="main", help="git revision run side by side (default: main)")
+    ap.add_argument("--no-baseline", action="store_true", help="this tree only")
+    ap.add_argument("--quick", action="store_true", help="one round (smoke test)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_start: needs root (BPF, netns)", file=sys.stderr)
         return 2
     if args.quick:
-        args.repeat = 1
-    from bench_overhead import lab_status
+        args.rounds = 1
+    from bench_overhead import archive_tree, lab_status
 
     status = lab_status()
-    print(f"bench_start: {args.repeat} repetitions while the client netns requests {status['url']} ~20/s", flush=True)
+    trees = {"this tree": REPO}
+    if not args.no_baseline:
+        where = Path(tempfile.mkdtemp(prefix="bench-start-base-"))
+        trees = {f"baseline {args.baseline_rev}": archive_tree(args.baseline_rev, where), **trees}
+    names = list(trees)
+    print(f"bench_start: {args.rounds} rounds ({', '.join(f'{n}: {p}' for n, p in trees.items())}) while the "
+          f"client netns requests {status['url']} ~20/s; load average {load()}", flush=True)
+    fmt = lambda v: f"{v:.2f}" if v is not None else "n/a"  # noqa: E731
+    cli = {name: {"ready": [], "first": [], "cpu": []} for name in names}
+    ip_ready, ip_first, phases = [], [], []
     traffic = TrafficLoop(status)
-    cli_ready, cli_first, ip_ready, ip_first = [], [], [], []
     try:
         time.sleep(0.5)
-        for i in range(args.repeat):
-            r, f = cli_once()
-            cli_ready.append(r)
-            cli_first.append(f)
-            r2, f2 = in_process_once()
+        for i in range(args.rounds):
+            order = names if i % 2 == 0 else names[::-1]
+            line = []
+            for name in order:
+                r, f, c = cli_once(trees[name])
+                cli[name]["ready"].append(r)
+                cli[name]["first"].append(f)
+                cli[name]["cpu"].append(c)
+                line.append(f"{name}: attached {fmt(r)} s, journey {fmt(f)} s, CPU {fmt(c)} s")
+            r2, f2, ph = in_process_once()
             ip_ready.append(r2)
             ip_first.append(f2)
-            fmt = lambda v: f"{v:.2f}s" if v is not None else "n/a"  # noqa: E731
-            print(f"  run {i + 1}: CLI attached {fmt(r)}, first journey printed {fmt(f)}; "
-                  f"in-process attached {fmt(r2)}, first event drained {fmt(f2)}", flush=True)
+            phases.append(ph)
+            print(f"  round {i + 1}: " + "; ".join(line) + f"; in-process attached {fmt(r2)} s, first event {fmt(f2)} s"
+                  f" (load {load()})", flush=True)
     finally:
         traffic.stop()
     print()
-    print(f"time to first event, medians of {args.repeat}")
-    print(f"  CLI: spawn -> 'tracing ... Ctrl-C' (attached)        {med(cli_ready)}")
-    print(f"  CLI: spawn -> first journey printed (--json)        {med(cli_first)}")
-    print(f"  in-process: start() -> attached                      {med(ip_ready)}")
-    print(f"  in-process: start() -> first event drained           {med(ip_first)}")
-    got = [v for v in cli_first if v is not None]
+    print(f"start to first journey, medians of {args.rounds} rounds [95 % bootstrap interval]; load average now {load()}")
+    width = max(len(n) for n in names) + 2
+    for label, key in (("CLI: spawn -> 'tracing ... Ctrl-C' (attached)", "ready"),
+                       ("CLI: spawn -> first journey printed (--json)", "first"),
+                       ("CLI: process CPU at the first journey", "cpu")):
+        print(f"  {label}")
+        for name in names:
+            print(f"    {name:{width}s} {summary(cli[name][key])}")
+        if len(names) == 2:
+            print(f"    {'ratio, this tree / baseline (median of rounds)':{width}s} {ratios(cli[names[1]][key], cli[names[0]][key])}")
+    print(f"  in-process: start() -> attached                      {summary(ip_ready)}")
+    print(f"  in-process: start() -> first event drained           {summary(ip_first)}")
+    if any(phases):
+        print("  in-process start-up phases (this tree), seconds from start() to the phase's end, medians:")
+        for phase in phases[0]:
+            print(f"    {phase:20s} {statistics.median(p[phase] for p in phases if phase in p):5.2f} s")
+    got = [v for v in cli["this tree"]["first"] if v is not None]
     ok = bool(got) and statistics.median(got) <= TARGET_S
-    print(f"  target: command start -> first event <= {TARGET_S:.0f} s: {'met' if ok else 'NOT met'} (CLI, first journey printed)")
+    print(f"  target: command start -> first journey <= {TARGET_S:.0f} s: {'met' if ok else 'NOT met'} "
+          "(CLI, this tree, first journey printed)")
     return 0
 
 

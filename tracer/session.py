@@ -27,7 +27,7 @@ from tracer.follow import Attachments, host_netns_inode, sweep_leftovers
 from tracer.inventory import Inventory, NoDocker
 from tracer.kernel import counts
 from tracer.kernel.counts import Counters
-from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program, write_containers
+from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program, load_programs, write_containers
 from tracer.places import PlaceBook
 from tracer.sensors.drops import DropSensor
 from tracer.sensors.netfilter import NetfilterSensor
@@ -79,6 +79,7 @@ class TraceSession:
         self.attachments: Attachments | None = None  # the tc sensor's interfaces, following the host
         self.lock = threading.Lock()
         self.started_at = 0.0
+        self.startup: dict[str, float] = {}  # start-up phase -> seconds from start() to its end
         self.proxies: DockerProxies | None = None
         self.proxy = None  # the proxy sensor, when linking docker-proxy's legs
         # Told of every container start/die, with the kernel's time (from the
@@ -111,13 +112,18 @@ class TraceSession:
         # Compiling is most of the start-up time and needs no Docker metadata
         # (filter values go into maps afterwards): run clang meanwhile.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            compiling = pool.submit(program.compile)
+            compiling = pool.submit(self._timed, "compiled", program.compile)
             try:
                 containers = self._containers()
                 self.containers = tuple(c for c in containers if c.name in self.traced_names) if targets.containers else ()
                 tc_targets = self.attachments.initial(containers)
+                self._mark("docker inventory")
             finally:
                 self.bpf = compiling.result()  # so close() can unload it on any error
+        # The verifier next (tenths of a second per netfilter program): all
+        # programs at once, before anything is attached.
+        load_programs(self.bpf, self._programs())
+        self._mark("programs loaded")
         if opts.tc_mode != "tcx":
             sweep_leftovers(tc_targets)
         self.filter.fill_maps(self.bpf)
@@ -155,9 +161,31 @@ class TraceSession:
             self.drain.arm(self.now_ktime())
         if self.proxy is not None:
             self.proxy.set_pids(self.proxies.by_pid)
+        self._mark("attached")
         self._rebuild_places()
         self.inventory.watch(self._on_container_change)
         self._follow_host_interfaces()
+        self._mark("started")
+
+    def _programs(self) -> list[tuple[str, int, int]]:
+        """Every program this run loads: the sensors', and the sweep's."""
+        programs = [p for sensor in self.sensors for p in sensor.programs()]
+        if not (self.latency or self.sightings):
+            from tracer.kernel.sweep import SWEEP_PROGRAM
+
+            programs.append(SWEEP_PROGRAM)
+        return programs
+
+    def _mark(self, phase: str) -> None:
+        """When a start-up phase ended, in seconds from start() (for
+        scripts/bench_start.py --phases; a phase run in a thread ends in
+        parallel with the others)."""
+        self.startup[phase] = time.monotonic() - self.started_at
+
+    def _timed(self, phase: str, work: Callable[[], Any]) -> Any:
+        result = work()
+        self._mark(phase)
+        return result
 
     def _plan(self) -> Program:
         """The sensors and the program to build for the options: no kernel

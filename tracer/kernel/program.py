@@ -244,7 +244,7 @@ class Program:
         if extra_env:  # say so: -DTRACER_NOOP left set makes the tracer see nothing
             print(f"tracer: building the BPF programs with TRACER_BPF_CFLAGS={' '.join(extra_env)}", file=sys.stderr)
         flags += extra_env
-        return flags + extra + self.filter.cflags()
+        return flags + extra + self.filter.cflags() + _debug_info_flags()
 
     def compile(self):
         """Compile with BCC; returns the bcc.BPF object (maps and programs).
@@ -259,6 +259,48 @@ class Program:
             except Exception as exc:  # BCC raises bare Exception on compile errors
                 first_error = next((line for line in captured.text().splitlines() if "error" in line), str(exc))
                 raise MissingCapability(f"BPF compile failed: {first_error.strip()}") from None
+
+
+def _debug_info_flags() -> list[str]:
+    """BCC compiles with -g to give the programs BTF (source lines in
+    verifier messages, typed bpftool map dumps). Nothing here uses it and
+    it is about 15 % of the compile's CPU, on the start-up's critical path:
+    -g0 (after BCC's -g, so it wins) unless TRACER_DEBUG asks for detail."""
+    return [] if os.environ.get("TRACER_DEBUG") else ["-g0"]
+
+
+def load_programs(bpf, programs: Iterable[tuple[str, int, int]], workers: int | None = None) -> None:
+    """Have the kernel verify ``programs`` ((function, program type, attach
+    type or -1)) from a compiled module, several at once: BCC's load is a
+    ctypes call, which releases the GIL, and the verifier (tenths of a
+    second for the netfilter programs) runs on whichever CPUs are free.
+    BCC keeps each loaded program, so the sensors' own ``load_func`` calls
+    then find them. Best effort: a program that fails here is loaded again
+    by its sensor, which reports the failure as it always did."""
+    from bcc import lib  # noqa: PLC0415 - only once a module is compiled
+
+    wanted: dict[bytes, tuple[int, int]] = {}
+    for name, prog_type, attach_type in programs:
+        wanted.setdefault(name.encode(), (prog_type, attach_type))
+    # Longest first: the longest verification bounds the whole.
+    order = sorted(wanted, key=lambda name: -int(lib.bpf_function_size(bpf.module, name) or 0))
+
+    def load(name: bytes) -> None:
+        prog_type, attach_type = wanted[name]
+        try:
+            bpf.load_func(name, prog_type, attach_type=attach_type)
+        except Exception:  # BCC raises bare Exception; the sensor's load says why
+            pass
+
+    workers = max(1, min(len(order), workers or os.cpu_count() or 1))
+    if workers == 1:
+        for name in order:
+            load(name)
+        return
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bpf-load") as pool:
+        list(pool.map(load, order))
 
 
 class _captured_stderr:

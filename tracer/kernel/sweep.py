@@ -13,6 +13,8 @@ import ctypes
 
 from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
 
+# The program, as load_programs (tracer/kernel/program.py) takes it.
+SWEEP_PROGRAM = ("trc_sweep", BPF_PROG_TYPE_SCHED_CLS, -1)
 # A test run needs a packet; trc_sweep does not look at it.
 _PACKET = bytes(64)
 
@@ -23,7 +25,7 @@ class _SweepArgs(ctypes.Structure):
 
 class JourneySweeper:
     def __init__(self, bpf, packet_entries: int, chunk: int, idle_ns: int) -> None:
-        self.runner = ProgTestRun(bpf.load_func("trc_sweep", BPF_PROG_TYPE_SCHED_CLS).fd, _PACKET)
+        self.runner = ProgTestRun(bpf.load_func(SWEEP_PROGRAM[0], BPF_PROG_TYPE_SCHED_CLS).fd, _PACKET)
         self.args = bpf["sweep_args"]
         self.runs = max(1, packet_entries // chunk)
         self.idle_ns = idle_ns

@@ -28,6 +28,13 @@ class Sensor(ABC):
     def cflags(self) -> list[str]:
         return []
 
+    def programs(self) -> list[tuple[str, int, int]]:
+        """The programs attach() loads: (function, BPF program type, attach
+        type or -1). The session has the kernel verify them all at once,
+        in parallel, before attaching (tracer/kernel/program.py
+        load_programs); attach() then finds them loaded."""
+        return []
+
     @abstractmethod
     def attach(self, bpf) -> None:
         """Load this sensor's programs from the compiled module and attach them."""

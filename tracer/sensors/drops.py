@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_RAW_TRACEPOINT  # what BCC's attach_raw_tracepoint loads
 from tracer.sensors.base import Sensor
 
 FORMAT_FILE = Path("/sys/kernel/tracing/events/skb/kfree_skb/format")
@@ -57,6 +58,9 @@ class DropSensor(Sensor):
 
             consumed = resolve_enum_value("skb_drop_reason", "SKB_CONSUMED", 0xFFFFFFFF)
         return [f"-DDROP_REASON_CONSUMED={consumed}"]
+
+    def programs(self):
+        return [("trc_drop", BPF_PROG_TYPE_RAW_TRACEPOINT, -1)]
 
     def attach(self, bpf) -> None:
         bpf.attach_raw_tracepoint(tp=self.tracepoint, fn_name="trc_drop")

@@ -73,6 +73,9 @@ class NetfilterSensor(Sensor):
             "OFF_TUPLE_DST_PROTONUM": ("nf_conntrack_tuple", "dst.protonum", 1),
         }
 
+    def programs(self):
+        return [(name, BPF_PROG_TYPE_NETFILTER, BPF_NETFILTER) for name in (BEFORE, AFTER)]
+
     def attach(self, bpf) -> None:
         """The IPv4 hooks are required; the IPv6 ones are attached where the
         kernel has them (a kernel without IPv6 says so once on stderr)."""

@@ -10,6 +10,7 @@ import ctypes
 import logging
 
 from tracer.kernel.probes import SOCKET_TRACEPOINTS
+from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_RAW_TRACEPOINT  # what BCC's attach_raw_tracepoint loads
 from tracer.sensors.base import Sensor
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ class ProxySensor(Sensor):
             "OFF_TP_BYTES_RECEIVED": ("tcp_sock", "bytes_received", 8),
             "OFF_TP_WRITE_SEQ": ("tcp_sock", "write_seq", 4),
         }
+
+    def programs(self):
+        return [(fn, BPF_PROG_TYPE_RAW_TRACEPOINT, -1) for _, fn in RAW_TRACEPOINTS]
 
     def attach(self, bpf) -> None:
         """Both tracepoints or none. The sensor is optional: a kernel without

@@ -18,6 +18,8 @@ BPF_PROG_TYPE_SCHED_CLS = 3
 
 log = logging.getLogger(__name__)
 # Interface roles as the kernel codes them (ROLE_* from tracer/kernel/hop_codes.py).
+# (ingress, egress) programs: on host interfaces, and on eth0 inside a container's netns.
+PROGRAMS = {False: ("trc_tc_in", "trc_tc_eg"), True: ("trc_tc_in_ct", "trc_tc_eg_ct")}
 ROLE_CODES = {role: code for code, role in enumerate(ROLES)}  # ROLE_*, generated into the C by tracer/kernel/hop_codes.py
 
 
@@ -56,11 +58,14 @@ class TcSensor(Sensor):
         self.lock = threading.Lock()
         self.roles = None
 
+    def programs(self):
+        return [(name, BPF_PROG_TYPE_SCHED_CLS, -1) for pair in PROGRAMS.values() for name in pair]
+
     def attach(self, bpf) -> None:
         # Interface roles in the kernel (bpf/common.h if_role): journeys end
         # at external interfaces; latency mode keys hop codes by role.
         self.roles = (bpf["if_roles"], bpf["if_roles_high"])
-        for in_ct, (ingress, egress) in ((False, ("trc_tc_in", "trc_tc_eg")), (True, ("trc_tc_in_ct", "trc_tc_eg_ct"))):
+        for in_ct, (ingress, egress) in PROGRAMS.items():
             self.fds[(in_ct, "ingress")] = bpf.load_func(ingress, BPF_PROG_TYPE_SCHED_CLS).fd
             self.fds[(in_ct, "egress")] = bpf.load_func(egress, BPF_PROG_TYPE_SCHED_CLS).fd
         try:
