@@ -407,6 +407,29 @@ def _cache_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+# Per process: a file's content key by its identity and stamp, so a run's
+# several lookups (offsets, enum values, tracepoint types) read and hash the
+# 5 MB of vmlinux BTF once (~15 ms each time). A rewritten file (a test's)
+# has a new size or mtime and is read again.
+_file_keys: dict[tuple, str] = {}
+
+
+def _file_key(path: Path) -> tuple[str, bytes | None]:
+    """(content key, the bytes if they were read for it, else None)."""
+    try:
+        st = path.stat()
+        stamp = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        stamp = None  # _read_btf_file says why
+    if stamp is not None and stamp in _file_keys:
+        return _file_keys[stamp], None
+    data = _read_btf_file(path)
+    key = _cache_key(data)
+    if stamp is not None:
+        _file_keys[stamp] = key
+    return key, data
+
+
 def _parse_once(data: bytes, key: str) -> Btf:
     if key not in _parsed:
         _parsed[key] = Btf.from_bytes(data)
@@ -493,13 +516,12 @@ def has_type(name: str, btf_path: str | os.PathLike[str] = VMLINUX_BTF) -> bool:
 def _resolve(wanted: Mapping[str, tuple[str, Callable[[Btf], int]]], btf_path) -> dict[str, int]:
     """name -> (cache key, compute from the parsed BTF): cached answers, BTF
     parsed only for a miss, every failure named in one error."""
-    data = _read_btf_file(Path(btf_path))
-    btf_key = _cache_key(data)
+    btf_key, data = _file_key(Path(btf_path))
     cache_path = _cache_file(btf_key)
     known = _load_cache(cache_path)
     misses = {key: compute for key, compute in wanted.values() if key not in known}
     if misses:
-        btf = _parse_once(data, btf_key)
+        btf = _parse_once(data if data is not None else _read_btf_file(Path(btf_path)), btf_key)
         errors: list[str] = []
         for key, compute in misses.items():
             try:
