@@ -6,8 +6,9 @@ device: a host interface with no role, so `trc_tc_in` is a sighting that does
 not end a journey and `trc_tc_in_ct`, a container's eth0 ingress, is one that
 does). Records are read from the real ring buffer. Each outcome the issue
 names has a case: a journey that ends, one with more hops than a slot holds,
-one that goes quiet, one whose slot is taken by another packet, the flush
-when tracing stops, and a ring buffer nobody reads.
+one that goes quiet, one whose slot is taken by another packet, one whose
+packet id wraps, the flush when tracing stops, and a ring buffer nobody
+reads.
 """
 
 from __future__ import annotations
@@ -239,6 +240,49 @@ def test_a_stolen_slot_emits_the_journey_it_held(clean):
     flushed = k.records()
     assert sorted(int(r["ip_id"]) for r in flushed) == sorted(ids[1:])
     assert {end_name(r) for r in flushed} == {"flushed"}
+
+
+def test_a_packet_id_that_wraps_starts_a_new_journey(clean):
+    """Packet ids are a per-CPU 40-bit counter under the CPU number
+    (new_packet_id, bpf/common.h). Set the counter just below the wrap: the
+    packet that takes the last id and the one after it (the counter again
+    at 0) are two whole journeys with the same CPU bits, and user space
+    shows the second as a packet of its own, not a late part of the first."""
+    import os
+
+    from tracer.hold import RecordHold
+
+    k = clean
+    low = (1 << events.PACKET_ID_CPU_SHIFT) - 1
+    table = k.bpf["id_seq"]
+    saved = list(table[table.Key(0)])
+    affinity = os.sched_getaffinity(0)
+    cpu = min(affinity)
+    os.sched_setaffinity(0, {cpu})  # BPF_PROG_TEST_RUN runs on this CPU: its counter is the one used
+    try:
+        table[table.Key(0)] = table.Leaf(*([low - 1] * len(saved)))
+        a, b, c = frame(401, 7007), frame(402, 7008), frame(403, 7009)
+        for packet in (a, b, c):
+            k.see("trc_tc_in", packet)
+        for packet in (a, b, c):
+            k.see("trc_tc_in_ct", packet)
+        recs = k.records()
+    finally:
+        os.sched_setaffinity(0, affinity)
+        table[table.Key(0)] = table.Leaf(*saved)
+    assert [int(r["ip_id"]) for r in recs] == [401, 402, 403]
+    assert {end_name(r) for r in recs} == {"terminal"} and all(r["n_hops"] == 2 for r in recs)
+    ids = [int(r["packet_id"]) for r in recs]
+    cpu_bits = (cpu + 1) << events.PACKET_ID_CPU_SHIFT
+    assert ids == [cpu_bits | low, cpu_bits | 0, cpu_bits | 1], [hex(i) for i in ids]
+    rows = expand(recs)
+    assert len(rows) == 6 and [len(set(rows["packet_id"][i:i + 2])) for i in (0, 2, 4)] == [1, 1, 1]
+    assert all(rows["flags"][i] & events.FLAG_NEW_PACKET for i in (0, 2, 4))
+    hold = RecordHold()
+    hold.add(recs[:1])
+    assert len(hold.pop_complete(0, 1 << 62)) == 1
+    assert len(hold.add(recs[1:])) == 0 and hold.late == 0, "after the wrap: new packets, not late parts"
+    assert sorted(int(i) for i in hold.pop_complete(0, 1 << 62)["packet_id"]) == sorted(ids[1:])
 
 
 def test_a_full_ring_buffer_counts_lost_journeys():
