@@ -509,34 +509,41 @@ static __always_inline int parse_kernel_headers(struct pkt *p, u64 head, u16 nh)
     return parse_ipv4(p, h, l4, l4_ok);
 }
 
-/* The same from an untyped skb address (raw tracepoint arguments). head
- * and network_header are a few bytes apart in struct sk_buff (180 and 192
- * on 6.18): one read for both where they are, two elsewhere. */
-#define SKB_NH_HEAD_SPAN (OFF_SKB_HEAD + 8 - OFF_SKB_NETWORK_HEADER)
+/* Two fields of one kernel struct, `lo` at base + off_lo and `hi` at base +
+ * off_hi: one bpf_probe_read_kernel for both where they lie within
+ * PAIR_SPAN_MAX bytes in that order (a probe read costs far more than the
+ * bytes it copies), two elsewhere (the offsets are constants: the branch
+ * not taken is compiled out). < 0: the one read failed (both left as they
+ * were); the two reads are not checked (a failed one zeroes its field). */
+#define PAIR_SPAN_MAX 64
+#define PROBE_READ_PAIR(lo, off_lo, hi, off_hi, base)                                               \
+    ({                                                                                              \
+        long pair_err = 0;                                                                          \
+        if ((off_hi) > (off_lo) && (off_hi) + sizeof(hi) - (off_lo) <= PAIR_SPAN_MAX) {             \
+            u8 pair_b[PAIR_SPAN_MAX] __attribute__((aligned(8))); /* written by the read */         \
+            pair_err = bpf_probe_read_kernel(pair_b, (off_hi) + sizeof(hi) - (off_lo),              \
+                                             (void *)((base) + (off_lo)));                          \
+            if (pair_err == 0) { /* memcpy: loads the offsets' alignment allows */                  \
+                __builtin_memcpy(&(lo), pair_b, sizeof(lo));                                        \
+                __builtin_memcpy(&(hi), pair_b + ((off_hi) - (off_lo)), sizeof(hi));                \
+            }                                                                                       \
+        } else {                                                                                    \
+            bpf_probe_read_kernel(&(lo), sizeof(lo), (void *)((base) + (off_lo)));                  \
+            bpf_probe_read_kernel(&(hi), sizeof(hi), (void *)((base) + (off_hi)));                  \
+        }                                                                                           \
+        pair_err;                                                                                   \
+    })
+
+/* parse_kernel_headers from an untyped skb address (raw tracepoint
+ * arguments). head and network_header are a few bytes apart in struct
+ * sk_buff (180 and 192 on 6.18): one read for both. */
 static __always_inline int parse_kernel_skb(struct pkt *p, u64 skb)
 {
     u64 head = 0;
     u16 nh = 0;
-#if OFF_SKB_HEAD > OFF_SKB_NETWORK_HEADER && SKB_NH_HEAD_SPAN <= 32
-    u8 b[32] __attribute__((aligned(8))) = {};
-    if (bpf_probe_read_kernel(b, SKB_NH_HEAD_SPAN, (void *)(skb + OFF_SKB_NETWORK_HEADER)) < 0)
+    if (PROBE_READ_PAIR(nh, OFF_SKB_NETWORK_HEADER, head, OFF_SKB_HEAD, skb) < 0)
         return 0;
-    /* memcpy: the compiler picks loads the offset's alignment allows */
-    __builtin_memcpy(&nh, b, sizeof(nh));
-    __builtin_memcpy(&head, b + (OFF_SKB_HEAD - OFF_SKB_NETWORK_HEADER), sizeof(head));
-#else
-    bpf_probe_read_kernel(&head, sizeof(head), (void *)(skb + OFF_SKB_HEAD));
-    bpf_probe_read_kernel(&nh, sizeof(nh), (void *)(skb + OFF_SKB_NETWORK_HEADER));
-#endif
     return parse_kernel_headers(p, head, nh);
-}
-
-static __always_inline u32 dev_ifindex(u64 dev)
-{
-    u32 ifindex = 0;
-    if (dev)
-        bpf_probe_read_kernel(&ifindex, sizeof(ifindex), (void *)(dev + OFF_DEV_IFINDEX));
-    return ifindex;
 }
 
 static __always_inline u32 net_inum(u64 net)

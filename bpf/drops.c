@@ -33,18 +33,9 @@ int trc_drop(struct bpf_raw_tracepoint_args *ctx)
     u32 netns = 0, ifindex = 0;
     if (dev) {
         u64 net = 0;
-#if OFF_DEV_ND_NET > OFF_DEV_IFINDEX && OFF_DEV_ND_NET + 8 - OFF_DEV_IFINDEX <= 64
         /* ifindex and nd_net are a few words apart in struct net_device
          * (224 and 264 on 6.18): one read for both. */
-        u8 b[64] __attribute__((aligned(8))) = {};
-        if (bpf_probe_read_kernel(b, OFF_DEV_ND_NET + 8 - OFF_DEV_IFINDEX, (void *)(dev + OFF_DEV_IFINDEX)) == 0) {
-            __builtin_memcpy(&ifindex, b, sizeof(ifindex));
-            __builtin_memcpy(&net, b + (OFF_DEV_ND_NET - OFF_DEV_IFINDEX), sizeof(net));
-        }
-#else
-        ifindex = dev_ifindex(dev);
-        bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + OFF_DEV_ND_NET));
-#endif
+        PROBE_READ_PAIR(ifindex, OFF_DEV_IFINDEX, net, OFF_DEV_ND_NET, dev);
         netns = net_inum(net);
     }
 #if defined(SIGHTING_EVENTS) || defined(LATENCY_MODE) /* latency mode returned above */
