@@ -302,3 +302,43 @@ def test_a_full_ring_buffer_counts_lost_journeys():
         assert k.ends()["terminal"] == n, "counted by why it ended, queued or not"
     finally:
         k.close()
+
+
+def test_a_ring_buffer_full_while_a_long_journey_runs_loses_whole_records_and_recovers():
+    """The reader stalls with a packet's journey in parts: its first part
+    (a full slot) gets out, then the ring fills and its continuation is
+    lost. Counted per sensor; what is read is whole records only, the first
+    part marked incomplete (never shown as a complete journey); once the
+    reader catches up, journeys flow again."""
+    k = Kernel(pages=1)  # 4 KiB: a dozen 320-byte records
+    try:
+        table = k.bpf["counters"]
+        tc = events.SENSORS.index("tc")
+
+        def lost() -> int:
+            return int(sum(table[table.Key(2 * tc + 1)]))
+
+        long = frame(2000, 12000)
+        k.see("trc_tc_in", long, events.MAX_HOPS)  # its first part: out, ring not full yet
+        i = 0
+        while lost() == 0:  # nobody reads: fill the ring
+            k.see("trc_tc_in_ct", frame(2100 + i, 12100 + i))
+            i += 1
+            assert i < 100, "a 4 KiB ring holds a dozen records"
+        k.see("trc_tc_in_ct", long)  # its continuation: the ring is full
+        assert lost() == 2, "the filler that did not fit and the continuation"
+        recs = k.records()
+        assert len(recs) == 1 + i - 1, (len(recs), i)
+        first = recs[0]
+        assert int(first["ip_id"]) == 2000 and end_name(first) == "full" and first["n_hops"] == events.MAX_HOPS
+        assert {end_name(r) for r in recs[1:]} == {"terminal"} and all(r["n_hops"] == 1 for r in recs[1:])
+        rows = expand(recs)
+        ids = rows["packet_id"] == first["packet_id"]
+        assert ids.sum() == events.MAX_HOPS and (rows["flags"][ids] & events.FLAG_INCOMPLETE).all()
+        assert not (rows["flags"][~ids] & events.FLAG_INCOMPLETE).any()
+        k.see("trc_tc_in_ct", frame(3000, 13000))
+        again = k.records()
+        assert len(again) == 1 and end_name(again[0]) == "terminal" and int(again[0]["ip_id"]) == 3000
+        assert lost() == 2
+    finally:
+        k.close()
