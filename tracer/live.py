@@ -31,8 +31,11 @@ def run(options, sinks: list[Sink], *, duration: float | None = None, showing: b
     records are held until a packet is quiet). ``writing``: the capture a
     sink writes, named when the run starts. Returns what the last sink's
     finish returned (its stats or summary)."""
+    from tracer.allocator import keep_heap_memory
     from tracer.feeds import LatencyFeed, record_feed
     from tracer.session import TraceSession
+
+    keep_heap_memory()  # every pass frees what the next allocates again
 
     stop = StopSignals()
     session = TraceSession(options, latency=latency is not None)

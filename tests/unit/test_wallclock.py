@@ -37,3 +37,20 @@ def test_split_times_pieces_make_the_same_text():
     assert len(heads) == len(set(v // 1_000_000_000 for v in VALUES))  # one head per distinct second
     joined = [heads[w] + f for w, f in zip(which.tolist(), fractions.to_pylist())]
     assert [t for t, v in zip(joined, VALUES) if v] == [t for t in clock_array(VALUES).to_pylist() if t]
+
+
+def test_clock_array_over_many_instants():
+    """clock_array writes its digits with numpy (no calendar for a time of
+    day): any instant up to 2096 and this year's, as datetime says."""
+    rng = np.random.default_rng(7)
+    values = np.concatenate([
+        rng.integers(1, 4_000_000_000 * 10**9, 5_000),
+        rng.integers(1_764_000_000 * 10**9, 1_765_000_000 * 10**9, 5_000),
+        [999, 10**9 - 1, 10**9, 86_399 * 10**9 + 999_999_999, 86_400 * 10**9],
+    ]).astype(np.int64)
+    assert clock_array(values).to_pylist() == [_expected(int(v), "%H:%M:%S.", 6, "") for v in values]
+
+
+def test_clock_array_unknown_times_are_nulls_among_known_ones():
+    got = clock_array(np.array([0, 1_764_489_600 * 10**9 + 5_000, 0], np.int64))
+    assert got.to_pylist() == [None, "08:00:00.000005", None] and got.null_count == 2

@@ -6,6 +6,11 @@ from __future__ import annotations
 import logging
 import sys
 
+from tracer import allocator
+
+if allocator.is_live(sys.argv):  # before anything imports pyarrow
+    allocator.keep_arrow_memory()
+
 import click
 
 from tracer import __version__
