@@ -198,7 +198,8 @@ class TreeTracer(bo.Tracer):
 
     def __init__(self, tree: Path, timeout: float = 60, noop: bool = False) -> None:
         self.hops = 0
-        super().__init__((8000,), "trace", ready_timeout=timeout, noop=noop, tree=tree, extra=("--no-proxy-links",))
+        super().__init__((8000,), "trace", ready_timeout=timeout, noop=noop, tree=tree, extra=("--no-proxy-links",),
+                         shell_cflags=False)
 
     def journeys(self) -> int:
         journeys = 0

@@ -130,12 +130,13 @@ class Tracer:
     """A tracing subprocess, attached and writing to a file: ``tracer trace
     --json``, ``tracer record -w``, ``tracer latency`` or ``tcpdump -w``;
     the tracer of ``tree`` (this one, or a baseline's checkout), with
-    ``extra`` arguments."""
+    ``extra`` arguments; ``shell_cflags``: this shell's TRACER_BPF_CFLAGS
+    apply (False: the programs as shipped, as a comparison of trees wants)."""
 
     READY = {"tcpdump": "listening on"}
 
     def __init__(self, ports: tuple[int, ...], mode: str = "trace", ready_timeout: float = 60,
-                 noop: bool = False, tree: Path = REPO, extra: tuple[str, ...] = ()) -> None:
+                 noop: bool = False, tree: Path = REPO, extra: tuple[str, ...] = (), shell_cflags: bool = True) -> None:
         self.out = tempfile.NamedTemporaryFile(prefix="bench-trace-", suffix=".out", delete=False)
         self.err = tempfile.NamedTemporaryFile(prefix="bench-trace-", suffix=".err", delete=False)
         self.mode = mode
@@ -150,7 +151,8 @@ class Tracer:
             cmd = [sys.executable, "-m", "tracer", *args, *port_args, *extra]
         t0 = time.monotonic()
         env = dict(os.environ, PYTHONPATH=str(tree))
-        env.pop("TRACER_BPF_CFLAGS", None)  # the programs as shipped, whatever this shell has set
+        if not shell_cflags:
+            env.pop("TRACER_BPF_CFLAGS", None)
         if noop:  # every program returns at once: the floor (dispatch and the statistics' own clock reads)
             env["TRACER_BPF_CFLAGS"] = "-DTRACER_NOOP"
         self.proc = subprocess.Popen(cmd, env=env, cwd=tree, stdout=self.out, stderr=self.err, start_new_session=True)
