@@ -15,6 +15,7 @@ the numbers here agree with what ``trace``/``show`` print per journey.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from tracer.journey_rows import _DIRECTION_CODES as _DIR_CODES
 from tracer.journey_rows import _endpoint_plain, _factorize, verdict_codes
 from tracer.journeys import VERDICTS, Journey, build_journeys
 from tracer.segment_latency import SegmentLatencies
+from tracer.side_thread import SideThread
 
 # --- the vectorised pass -------------------------------------------------------
 
@@ -103,8 +105,7 @@ class CaptureAnalysis:
         single pass. Journey rows (schema 2) are analysed as they are stored
         (``add_journeys``), not laid out as sightings unless ``also`` needs them;
         ``journeys=False`` lays everything out (the sighting path: the tests' oracle)."""
-        from tracer.journey_capture import JourneyBatch, journey_sightings
-        from tracer.journey_paths import path_rows as journey_path_rows
+        from tracer.journey_capture import JourneyBatch
         from tracer.packet_window import MAX_HELD_ROWS, MIN_CHUNK_ROWS, PacketWindow
 
         ca = cls(None, capture.metadata, slowest=slowest)
@@ -115,38 +116,34 @@ class CaptureAnalysis:
                                       last_column="last_ktime_ns")
         registry = None
 
+        # The other consumers' work on a chunk (the report's path pass) runs
+        # on a thread of its own beside the analysis of the next chunk.
+        side = SideThread() if also else None
+
         def journey_chunk(chunk: pa.Table) -> None:
             taken, rest = ca.add_journeys(chunk, registry)
-            if also:
-                path_rows = sightings_of_chunk = None  # each made once, for whichever consumer asks first
-                for other in also:
-                    if hasattr(other, "add_journeys"):  # takes the packets read off the list columns as they are
-                        if path_rows is None and taken is not None:
-                            path_rows = journey_path_rows(*taken)
-                        other.add_journeys(path_rows, rest)
-                    else:
-                        if sightings_of_chunk is None:
-                            sightings_of_chunk = journey_sightings(chunk, registry)
-                        other.add(sightings_of_chunk)
+            if side is not None:
+                side.submit(_journeys_beside, also, taken, rest, chunk, registry)
 
         def sighting_chunk(chunk: pa.Table) -> None:
             ca.add(chunk)
-            for other in also:
-                other.add(chunk)
+            if side is not None:
+                side.submit(_sightings_beside, also, chunk)
 
         items = capture.sightings_or_journeys(read_ahead=4) if journeys else capture.sightings(read_ahead=4)
-        for item in items:
-            if isinstance(item, JourneyBatch):
-                registry = item.registry
-                for chunk in journey_window.add(item.rows):
-                    journey_chunk(chunk)
-            else:
-                for chunk in sightings.add(item):
-                    sighting_chunk(chunk)
-        for chunk in journey_window.flush():
-            journey_chunk(chunk)
-        for chunk in sightings.flush():
-            sighting_chunk(chunk)
+        with side if side is not None else contextlib.nullcontext():
+            for item in items:
+                if isinstance(item, JourneyBatch):
+                    registry = item.registry
+                    for chunk in journey_window.add(item.rows):
+                        journey_chunk(chunk)
+                else:
+                    for chunk in sightings.add(item):
+                        sighting_chunk(chunk)
+            for chunk in journey_window.flush():
+                journey_chunk(chunk)
+            for chunk in sightings.flush():
+                sighting_chunk(chunk)
         ca.stats = capture.stats
         ca.histograms = capture.histograms
         return ca
@@ -438,6 +435,31 @@ class CaptureAnalysis:
             return []
         journeys = build_journeys(pa.concat_tables([t for _, _, t in kept]).unify_dictionaries())
         return sorted(journeys, key=lambda j: (-(j.last_ktime - j.first_ktime), j.packet_id))
+
+
+def _journeys_beside(also: tuple, taken: tuple | None, rest: pa.Table | None, chunk: pa.Table, registry: Any) -> None:
+    """A chunk of journey rows to ``also``'s consumers, as ``add_journeys``
+    read it: the PathRows of the packets it took (made once, for whichever
+    consumer asks first) and the sighting rows of the rest; sighting rows of
+    the whole chunk to a consumer without ``add_journeys``."""
+    from tracer.journey_capture import journey_sightings
+    from tracer.journey_paths import path_rows
+
+    rows = sightings = None
+    for other in also:
+        if hasattr(other, "add_journeys"):
+            if rows is None and taken is not None:
+                rows = path_rows(*taken)
+            other.add_journeys(rows, rest)
+        else:
+            if sightings is None:
+                sightings = journey_sightings(chunk, registry)
+            other.add(sightings)
+
+
+def _sightings_beside(also: tuple, chunk: pa.Table) -> None:
+    for other in also:
+        other.add(chunk)
 
 
 def _nice_ns(value: float) -> int:
