@@ -159,6 +159,12 @@ for _b in range(1, 21):
     _BIT_LENGTH[1 << (_b - 1): 1 << _b] = _b
 
 
+# Histogram.index of 0 .. _DIRECT - 1 per digits, made when first needed (8 MB).
+_DIRECT = 1 << 20
+_INDEX: dict[int, np.ndarray] = {}
+_COARSER: dict[tuple[int, int], np.ndarray] = {}  # Histogram.coarser_index, per (digits, other's digits)
+
+
 class Histogram:
     """An HdrHistogram counts array (lowest discernible value 1, ``digits``
     significant digits, values up to HIGHEST ns), recorded with numpy and
@@ -185,7 +191,16 @@ class Histogram:
 
     def index(self, values: np.ndarray) -> np.ndarray:
         """Counts index of each value (AbstractHistogram.countsArrayIndex)."""
-        v = np.clip(np.asarray(values, dtype=np.int64), 0, HIGHEST)
+        v = np.asarray(values, dtype=np.int64)
+        if len(v) and int(v.min()) >= 0 and int(v.max()) < _DIRECT:  # hop latencies: a gather
+            table = _INDEX.get(self.digits)
+            if table is None:
+                table = _INDEX[self.digits] = self._index(np.arange(_DIRECT, dtype=np.int64))
+            return table[v]
+        return self._index(v)
+
+    def _index(self, values: np.ndarray) -> np.ndarray:
+        v = np.clip(values, 0, HIGHEST)
         # The bucket is the bit length of v >> magnitude: looked up in a
         # table below 2^20 (every latency under a second or so; a gather
         # costs a fifth of frexp's float conversion), frexp past it.
@@ -196,6 +211,19 @@ class Histogram:
             bits = np.frexp((v[big] | ((1 << self._mag) - 1)).astype(np.float64))[1]  # bit length: exact below 2^53
             bucket[big] = bits.astype(np.int64) - self._mag
         return bucket * self._half + (v >> bucket)
+
+    def coarser_index(self, other: "Histogram") -> np.ndarray:
+        """Per counts index of this histogram, ``other``'s index of the same
+        values (``other`` of fewer digits): each bucket here lies inside one
+        there (both are power-of-two ranges aligned on their width), so
+        ``coarser_index(other)[self.index(v)] == other.index(v)``, one gather
+        instead of a second ``index``."""
+        key = (self.digits, other.digits)
+        lut = _COARSER.get(key)
+        if lut is None:
+            low, _ = self._lowest(np.arange(len(self.counts)))
+            lut = _COARSER[key] = other.index(np.minimum(low, HIGHEST))
+        return lut
 
     def record(self, values: np.ndarray) -> None:
         if len(values):

@@ -321,6 +321,10 @@ class PathStats:
             self.add_rows(p)
 
     def add_rows(self, r: "PathRows") -> None:
+        # Every per-row step is a pass over contiguous arrays (a row against
+        # the next, a mask, a repeat of per-packet values) rather than a
+        # gather through row indices: the pass costs about what numpy takes
+        # to read each column a few times.
         labels, label, kt, starts = r.labels, r.label, r.kt, r.starts
         nl = len(labels)
         if not nl or not len(starts):
@@ -328,33 +332,50 @@ class PathStats:
         entries = [_entry_of(h, role) for h, role in zip(r.hooks, r.roles)]
         exits = [_exit_of(lab) for lab in labels]
         label_drop = np.array([h == "drop" for h in r.hooks], dtype=bool)
-        is_drop = label_drop[label]
-        term = r.terminal[label]
         n = len(label)
+        npk = len(starts)
         ends = np.append(starts[1:], n)
-        packet = np.repeat(np.arange(len(starts)), ends - starts)
+        sizes = ends - starts
+        drop_at = np.flatnonzero(label_drop[label]) if label_drop.any() else np.zeros(0, np.int64)
+        is_drop = np.zeros(n, dtype=bool)
+        is_drop[drop_at] = True
+        real = None if not len(drop_at) else ~is_drop  # rows that are not drops (None: all)
 
         # Per packet: direction, entry, NAT, verdict, exit.
         direction = r.direction
         entry_names = sorted(set(entries))
         entry = np.array([entry_names.index(e) for e in entries], dtype=np.int64)[label[starts]]
         sip_c, dip_c, sport, dport = r.src_ip, r.dst_ip, r.src_port, r.dst_port
-        src = sip_c * 65536 + sport
-        dst = dip_c * 65536 + dport
-        pair = np.zeros(n, dtype=bool)  # row and the next row: one packet, neither a drop
-        if n > 1:
-            pair[:-1] = (packet[1:] == packet[:-1]) & ~is_drop[1:] & ~is_drop[:-1]
-        nxt = np.flatnonzero(pair)
-        dchg = np.zeros(n, dtype=bool)
-        schg = np.zeros(n, dtype=bool)
-        dchg[nxt] = (dst[nxt + 1] != dst[nxt]) & (dip_c[nxt] >= 0) & (dip_c[nxt + 1] >= 0)
-        schg[nxt] = (src[nxt + 1] != src[nxt]) & (sip_c[nxt] >= 0) & (sip_c[nxt + 1] >= 0)
-        p_d = np.maximum.reduceat(dchg, starts)
-        p_s = np.maximum.reduceat(schg, starts)
+        # A row and the next row: one packet (the next is no packet's start), neither a drop.
+        same = np.ones(max(n - 1, 0), dtype=bool)
+        same[starts[1:] - 1] = False
+        pair = same.copy()
+        if len(drop_at):
+            pair &= real[1:] & real[:-1]
+
+        def changed(codes: np.ndarray, ports: np.ndarray) -> np.ndarray:
+            """Rows whose next row (a pair) has another address or port, both addresses known."""
+            out = np.zeros(n, dtype=bool)
+            if n > 1:
+                ends_ = codes * 65536 + ports
+                c = ends_[1:] != ends_[:-1]
+                c &= pair
+                known = codes >= 0
+                if not known.all():
+                    c &= known[1:] & known[:-1]
+                out[:-1] = c
+            return out
+
+        dchg, schg = changed(dip_c, dport), changed(sip_c, sport)
+        d_at, s_at = np.flatnonzero(dchg), np.flatnonzero(schg)
+        p_d = np.zeros(npk, dtype=bool)
+        p_s = np.zeros(npk, dtype=bool)
+        p_d[np.searchsorted(starts, d_at, side="right") - 1] = True
+        p_s[np.searchsorted(starts, s_at, side="right") - 1] = True
 
         last = ends - 1
         last_real = last - (is_drop[last] & (last > starts))  # the last sighting that is not a drop
-        verdict, dropped = verdict_codes(term, is_drop, starts, last)
+        verdict, dropped = verdict_codes(r.terminal[label], is_drop, starts, last)
         e2e = kt[last_real] - kt[starts]
 
         # Group key per packet (a handful of distinct ones).
@@ -367,16 +388,24 @@ class PathStats:
             d, nc = divmod(rest, 4)
             groups.append(self._group(DIRECTIONS[d], entry_names[e], _nat_name(DIRECTIONS[d], nc)))
         ng = len(groups)
-        row_group = ginv[packet]
+        # (group, label) of each row: the key of devices, containers and CPUs, and half a segment's.
+        glabel = np.repeat(ginv * nl, sizes)
+        glabel += label
 
         # Sequences of places (no drop rows), hashed per packet.
-        pos = np.arange(n) - starts[packet]
-        weight = _weights(int(pos.max()) + 1 if n else 1)[pos]
-        seq_hash = np.add.reduceat(np.where(is_drop, np.uint64(0), (label.astype(np.uint64) + np.uint64(1)) * weight), starts)
+        pos = np.arange(n) - np.repeat(starts, sizes)
+        weighted = label.astype(np.uint64)
+        weighted += np.uint64(1)
+        weighted *= _weights(int(sizes.max()))[pos]
+        weighted[drop_at] = 0
+        seq_hash = np.add.reduceat(weighted, starts)
         cpu = r.cpu
         if n > 1 and not self.cpu_varies:
-            same = packet[1:] == packet[:-1]
-            self.cpu_varies = bool((same & (cpu[1:] != cpu[:-1]) & ~is_drop[1:]).any())
+            differs = cpu[1:] != cpu[:-1]
+            differs &= same
+            if len(drop_at):
+                differs &= real[1:]
+            self.cpu_varies = bool(differs.any())
         reason_c, reasons = r.reason, r.reasons
 
         wall_first = r.wall_first
@@ -410,27 +439,42 @@ class PathStats:
                 for (sn, rc), c in Counter(zip(seen.tolist(), why.tolist())).items():
                     grp.drops[(labels[sn] if sn >= 0 else "-", reasons[rc] if rc >= 0 else "unknown")] += c
 
-        # Segments: rows with a next row of the same packet (no drops), per
-        # group: one sort by segment, then one histogram per segment and one
-        # count over (segment, time bin, bucket) for the series.
-        if len(nxt):
-            skey = (row_group[nxt] * nl + label[nxt]) * nl + label[nxt + 1]
+        # Segments: rows with a next row of the same packet (no drops), keyed
+        # (group, label, next label), counted into histograms at once.
+        if pair.any():
+            skey = glabel[:-1] * nl
+            skey += label[1:]
+            skey = skey[pair]
             useg, scode = _compact(skey, ng * nl * nl)
-            self._add_segments(groups, labels, useg, scode, kt[nxt + 1] - kt[nxt], p_bin[packet[nxt]])
+            dt = np.diff(kt)[pair]
+            seg_bin = np.repeat(p_bin, sizes)[:-1][pair]
+            self._add_segments(groups, labels, useg, scode, dt, seg_bin)
 
         # Devices, containers and CPUs per (group, label): counts over compact keys.
-        real = ~is_drop
-        gl = (row_group * nl + label)[real]
-        for codes, values, out in ((r.ifname[real], r.ifnames, "devices"), (r.container[real], r.containers, "containers")):
+        gl = glabel if real is None else glabel[real]
+        tallies: dict[int, np.ndarray] = {}  # the same codes (journey rows: a place for both): counted once
+        for codes, values, out in ((r.ifname, r.ifnames, "devices"), (r.container, r.containers, "containers")):
             m = len(values) + 1
-            tally = np.bincount(gl * m + (codes + 1), minlength=ng * nl * m)
+            tally = tallies.get(id(codes))
+            if tally is None or len(tally) != ng * nl * m:
+                c = codes if real is None else codes[real]
+                key = gl * m
+                key += c
+                key += 1
+                tally = tallies[id(codes)] = np.bincount(key, minlength=ng * nl * m)
             for k in np.flatnonzero(tally).tolist():
                 rest, d = divmod(k, m)
                 if d and values[d - 1] is not None:
                     g, li = divmod(rest, nl)
                     getattr(groups[g], out)[labels[li]][values[d - 1]] += int(tally[k])
-        ucpu, cpu_code = _compact(np.clip(cpu[real], 0, 65535), int(cpu.max()) + 1 if n else 1)
-        tally = np.bincount(gl * len(ucpu) + cpu_code, minlength=ng * nl * len(ucpu))
+        cpus = cpu if real is None else cpu[real]
+        top = int(cpus.max()) if len(cpus) else 0
+        if len(cpus) and 0 <= int(cpus.min()) and top < 4096:  # a machine's CPU numbers: counted directly
+            ucpu = np.arange(top + 1)
+            tally = np.bincount(gl * (top + 1) + cpus, minlength=ng * nl * (top + 1))
+        else:
+            ucpu, cpu_code = _compact(np.clip(cpus, 0, 65535), int(cpu.max()) + 1 if n else 1)
+            tally = np.bincount(gl * len(ucpu) + cpu_code, minlength=ng * nl * len(ucpu))
         for k in np.flatnonzero(tally).tolist():
             rest, ci = divmod(k, len(ucpu))
             g, li = divmod(rest, nl)
@@ -438,16 +482,16 @@ class PathStats:
 
         # Translations: where addresses changed, the new address; a port only
         # where it changed too (DNAT's service port), not MASQUERADE's kept ports.
-        for changed_mask, side, codes, ports, values in ((dchg, "dst", dip_c, dport, r.dst_ips),
-                                                         (schg, "src", sip_c, sport, r.src_ips)):
-            at = np.flatnonzero(changed_mask)
+        for at, side, codes, ports, values in ((d_at, "dst", dip_c, dport, r.dst_ips),
+                                               (s_at, "src", sip_c, sport, r.src_ips)):
             if not len(at):
                 continue
+            row_group = glabel[at] // nl
             newport = np.where(ports[at + 1] != ports[at], ports[at + 1], -1)
-            tkey = ((row_group[at] * nl + label[at + 1]) * (len(values) + 1) + (codes[at + 1] + 1)) * 65537 + (newport + 1)
+            tkey = ((row_group * nl + label[at + 1]) * (len(values) + 1) + (codes[at + 1] + 1)) * 65537 + (newport + 1)
             first_at, cnt, _ = _factorize(tkey)
             for i, c in zip(first_at.tolist(), cnt.tolist()):
-                g, li, ip, port = int(row_group[at[i]]), int(label[at[i] + 1]), int(codes[at[i] + 1]), int(newport[i])
+                g, li, ip, port = int(row_group[i]), int(label[at[i] + 1]), int(codes[at[i] + 1]), int(newport[i])
                 where = values[ip] if ip >= 0 else "?"
                 new = f"{where}:{port}" if port >= 0 else where
                 groups[g].translations[labels[li]][f"{side} → {new}"] += c
@@ -461,7 +505,8 @@ class PathStats:
         nl = len(labels)
         fine, coarse = Histogram(3), Histogram(1)
         w3, w1 = len(fine.counts), len(coarse.counts)
-        idx3, idx1 = fine.index(dt), coarse.index(dt)
+        idx3 = fine.index(dt)
+        idx1 = fine.coarser_index(coarse)[idx3]
         lo_bin = int(seg_bin.min())
         nbins = int(seg_bin.max()) - lo_bin + 1
         ns = len(useg)

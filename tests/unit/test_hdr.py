@@ -105,3 +105,24 @@ def test_histogram_records_as_hdrhistogram_does(digits):
     theirs = hdrh.HdrHistogram.decode(ours.encode())
     assert theirs.get_total_count() == len(values)
     assert hdr.Histogram(digits).value_at(50) != hdr.Histogram(digits).value_at(50)  # empty: NaN
+
+
+@pytest.mark.parametrize("digits", [1, 2, 3])
+def test_index_by_table_and_coarser_index_are_the_formula(digits):
+    """Values below 2^20 (hop latencies) get their index from a table, the
+    rest from the formula the test above pins to HdrHistogram: the same
+    indexes, at the table's edges too; and a finer histogram's index mapped
+    through coarser_index is the coarser histogram's own index of the value."""
+    ours = hdr.Histogram(digits)
+    small = np.arange(1 << 20)
+    assert (ours.index(small) == ours._index(small)).all()
+    rng = np.random.default_rng(digits)
+    mixed = np.concatenate([rng.integers(-5, 1 << 45, 100_000), rng.integers(0, 1 << 21, 100_000),
+                            [-1, 0, (1 << 20) - 1, 1 << 20, hdr.HIGHEST, hdr.HIGHEST + 1, 1 << 62],
+                            1 << np.arange(62), (1 << np.arange(1, 62)) - 1])
+    assert (ours.index(mixed) == ours._index(mixed)).all()
+    assert (ours.index(mixed[mixed >= 0] % (1 << 20)) == ours._index(mixed[mixed >= 0] % (1 << 20))).all()
+    for coarse in range(1, digits):
+        lut = ours.coarser_index(hdr.Histogram(coarse))
+        assert (lut[ours.index(mixed)] == hdr.Histogram(coarse).index(mixed)).all()
+        assert (lut[ours.index(small)] == hdr.Histogram(coarse).index(small)).all()
