@@ -243,13 +243,20 @@ class CaptureAnalysis:
         pair): the same two hooks are different places in the path for
         requests and replies (PREROUTING on the NIC vs on docker0). Counted
         in the latency histograms; the rows for DuckDB returned."""
-        idx = np.flatnonzero(s.pid[1:] == s.pid[:-1])
-        first_of_row = np.repeat(s.pstart, s.psize)
+        # A row and the next (one packet: the next starts none), as masks over
+        # contiguous arrays rather than gathers through their indices.
+        n = len(s.pid)
+        pair = np.ones(max(n - 1, 0), bool)
+        pair[s.pstart[1:] - 1] = False
         dir_rank = np.repeat(np.array([2, 0, 1])[direction], s.psize)  # original, reply, unknown
         # A chunk has a handful of labels: keyed by their chunk indices (a
         # small range: counted, not hashed), then named once per distinct key.
         nl = len(s.labels)
-        small = (dir_rank[idx] * nl + s.label[idx]) * nl + s.label[idx + 1]
+        small = dir_rank[:-1] * nl
+        small += s.label[:-1]
+        small *= nl
+        small += s.label[1:]
+        small = small[pair]
         uniq, local = _factorize(small)
         ids = np.empty(len(uniq), np.int64)
         for i, sk in enumerate(uniq.tolist()):
@@ -261,8 +268,8 @@ class CaptureAnalysis:
                 g = self._segment_ids[k] = len(self._segment_keys)
                 self._segment_keys.append(k)
             ids[i] = g
-        dt = s.kt[idx + 1] - s.kt[idx]
-        position = idx - first_of_row[idx]
+        dt = np.diff(s.kt)[pair]
+        position = (np.arange(n - 1) - np.repeat(s.pstart, s.psize)[:-1])[pair] if n else dt
         stored = self._latencies.add(ids[local], dt, position)
         return pa.table({"key": stored, "dt": dt})
 

@@ -60,11 +60,16 @@ def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, Packet
     np_ = len(places)
     # (hook, NAT stage, place) of each hop as one small key: its label,
     # drop and terminal flags and container come from a table over keys.
-    hook = _HOOK_CODE[_field(flat, "hook") & 0x0F]
-    stage = _STAGE_CODE[_field(flat, "nat_stage") & 0x03]
-    place = np.minimum(_field(flat, "place"), np_).astype(np.int64)  # past the registry: unknown (never, as read)
-    hop_key = (hook * _N_STAGES + stage) * (np_ + 1) + place
-    dt = _field(flat, "dt_ns")
+    # (Fields as stored, narrow, until a table lookup or a sum widens them.)
+    hook = _HOOK_CODE[_field(flat, "hook", stored=True) & 0x0F]
+    stage = _STAGE_CODE[_field(flat, "nat_stage", stored=True) & 0x03]
+    # past the registry: unknown (never, as read)
+    place = np.minimum(_field(flat, "place", stored=True), np_).astype(np.int64)
+    hop_key = hook * _N_STAGES
+    hop_key += stage
+    hop_key *= np_ + 1
+    hop_key += place
+    dt = _field(flat, "dt_ns", stored=True)
     rec = np.repeat(np.arange(n), n_hops)
     first = np.zeros(n, np.int64)
     np.cumsum(n_hops[:-1], out=first[1:])
@@ -165,12 +170,13 @@ def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, Packet
     return hops, facts, rest
 
 
-def _field(flat: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
+def _field(flat: pa.ChunkedArray | pa.Array, name: str, stored: bool = False) -> np.ndarray:
+    """A field of the flattened hops as int64 (``stored``: its stored type, no copy)."""
     col = pc.struct_field(flat, name)
     if col.null_count:
         col = pc.fill_null(col, 0)
     out = col.to_numpy() if isinstance(col, pa.ChunkedArray) else col.to_numpy(zero_copy_only=False)
-    return out.astype(np.int64)
+    return out if stored else out.astype(np.int64)
 
 
 def _labels(key: np.ndarray, places: list) -> tuple[np.ndarray, list[str], np.ndarray, list[tuple[str, str]]]:

@@ -31,6 +31,15 @@ def plt():
     return pyplot
 
 
+def preload() -> None:
+    """Import matplotlib ahead (on a thread of its own, while the capture is
+    read); a failure is left for the drawing itself to report."""
+    try:
+        plt()
+    except Exception:  # noqa: BLE001 - raised again, as one line, where the report draws
+        pass
+
+
 def svg(fig) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")

@@ -36,9 +36,9 @@ def buckets(dt: np.ndarray) -> np.ndarray:
     """Order-preserving bucket of each latency (ns, may be negative: a drop
     row is put last whatever its time)."""
     dt = np.asarray(dt, np.int64)
-    inside = (dt >= 0) & (dt < len(_SMALL))
-    if inside.all():
+    if not len(dt) or (int(dt.min()) >= 0 and int(dt.max()) < len(_SMALL)):
         return _SMALL[dt].astype(np.int64)
+    inside = (dt >= 0) & (dt < len(_SMALL))
     out = np.empty(len(dt), np.int64)
     out[inside] = _SMALL[dt[inside]]
     out[~inside] = _buckets(dt[~inside])
@@ -64,10 +64,13 @@ class SegmentLatencies:
             self.count = np.append(self.count, np.zeros(grow, np.int64))
             self.pos_sum = np.append(self.pos_sum, np.zeros(grow))
             self.max = np.append(self.max, np.full(grow, np.iinfo(np.int64).min))
-        key = seg * _SPAN + (buckets(dt) + _OFFSET)
+        key = seg * _SPAN
+        key += buckets(dt)
+        key += _OFFSET
         if len(key):
-            self.hist += np.bincount(key, minlength=self.hist.size).reshape(self.hist.shape)
-            self.count += np.bincount(seg, minlength=len(self.count))
+            counted = np.bincount(key, minlength=self.hist.size).reshape(self.hist.shape)
+            self.hist += counted
+            self.count += counted.sum(axis=1)
             self.pos_sum += np.bincount(seg, weights=pos, minlength=len(self.count))
             # Only latencies above their segment's max so far can move it:
             # after the first chunk, a handful (ufunc.at is slow per element).

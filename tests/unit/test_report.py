@@ -111,3 +111,21 @@ def test_is_self_contained_catches_a_cdn():
     assert not is_self_contained('<script src="https://cdn.example/x.js"></script>')
     assert not is_self_contained('<link rel="stylesheet" href="//cdn.example/x.css">')
     assert is_self_contained('<svg xmlns="http://www.w3.org/2000/svg"></svg>')
+
+
+def test_matplotlib_preloaded_on_a_thread_is_quiet_when_it_fails(monkeypatch, capsys):
+    """`report` imports matplotlib on a thread while the capture is read
+    (report_plots.preload): it works, and a failure there prints nothing
+    (no thread traceback): the drawing raises it again where it is reported."""
+    from tracer import report_plots
+
+    report_plots.preload()
+    assert "matplotlib.pyplot" in __import__("sys").modules
+
+    def broken():
+        raise ImportError("no matplotlib here")
+
+    monkeypatch.setattr(report_plots, "plt", broken)
+    assert report_plots.preload() is None
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import threading
 from dataclasses import fields
 from pathlib import Path
 
@@ -166,8 +167,11 @@ def report(files: tuple[str, ...], out: str, slowest: int) -> None:
     from tracer.analysis import CaptureAnalysis
     from tracer.paths import PathStats
     from tracer.report import render_report
+    from tracer.report_plots import preload
 
     capture = _open(files)
+    # matplotlib takes a second or two to import: done while the capture is read, not after.
+    threading.Thread(target=preload, name="tracer-plots-import", daemon=True).start()
     paths = PathStats(capture.metadata)  # journeys grouped by path, from the same pass over the capture
     ca = CaptureAnalysis.of_capture(capture, slowest=slowest, also=(paths,))
     text = render_report(ca, paths.finish(), files=list(files), slowest=slowest)
