@@ -35,3 +35,52 @@ def test_latency_codes_reach_the_c_from_python():
     assert "#define HOP_DROP %d" % HOP_NAMES.index("drop") in source
     assert "#define ROLE_CONTAINER %d" % ROLES.index("container") in source
     assert source.index("#define N_HOPS") < source.index("static __always_inline u32 nf_hop_code")
+
+
+def test_no_program_btf_unless_debugging(monkeypatch):
+    """-g0 comes after BCC's own -g, so it wins: no debug info, no program
+    BTF (15 % of the compile); TRACER_DEBUG keeps BCC's -g."""
+    monkeypatch.delenv("TRACER_DEBUG", raising=False)
+    flags = P.Program([]).cflags()
+    assert flags[-1] == "-g0"
+    monkeypatch.setenv("TRACER_DEBUG", "1")
+    assert "-g0" not in P.Program([]).cflags()
+
+
+class _Module:
+    """Stands in for a compiled bcc.BPF: load_func as BCC's (it keeps each
+    program it loaded), with `module` None (libbcc sizes it 0)."""
+
+    def __init__(self, load) -> None:
+        self.module = None
+        self.funcs: dict[bytes, object] = {}
+        self.loads: list[tuple[bytes, int, int]] = []
+        self._load = load
+
+    def load_func(self, name, prog_type, attach_type=-1):
+        self.loads.append((name, prog_type, attach_type))
+        self._load(name)
+        self.funcs[name] = object()
+        return self.funcs[name]
+
+
+def test_programs_are_verified_side_by_side_once_each_and_a_failure_is_left_to_the_sensor():
+    import threading
+
+    both = threading.Barrier(2, timeout=10)  # passes only if two loads run at once
+    met = []
+
+    def load(name: bytes) -> None:
+        if name == b"trc_bad":
+            raise Exception("Failed to load BPF program trc_bad: Permission denied")  # BCC's bare Exception
+        if name in (b"trc_nf_a", b"trc_nf_b"):
+            both.wait()
+            met.append(name)
+
+    bpf = _Module(load)
+    P.load_programs(bpf, [("trc_nf_a", 32, 45), ("trc_nf_b", 32, 45), ("trc_nf_a", 32, 45), ("trc_bad", 3, -1)],
+                    workers=2)
+    assert sorted(met) == [b"trc_nf_a", b"trc_nf_b"], "the two loads ran at the same time"
+    assert sorted(name for name, _, _ in bpf.loads) == [b"trc_bad", b"trc_nf_a", b"trc_nf_b"], "each name once"
+    assert (b"trc_nf_a", 32, 45) in bpf.loads, "with its program and attach types"
+    assert set(bpf.funcs) == {b"trc_nf_a", b"trc_nf_b"}, "a failed one is not kept: its sensor loads it and says why"
