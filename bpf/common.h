@@ -137,7 +137,11 @@ BPF_TABLE("lru_hash", struct flow_key, struct flow_val, flows, FLOW_ENTRIES);
  * at PACKET_ENTRIES slots and microsecond transit times is rare. Concurrent
  * writers to one slot may tear it: the fingerprint check catches most of it,
  * and the rest is one mis-joined sighting, never a fault. */
-BPF_ARRAY(pcache, struct pkt_slot, PACKET_ENTRIES);
+/* BPF_F_MMAPABLE for its layout, not for mmap: the values then start on a
+ * page, so a set (two slots, 64 bytes) is one cache line and no slot
+ * straddles two. A plain array's values start 312 bytes into struct
+ * bpf_array (6.18), 56 bytes into a line: every set spanned two lines. */
+BPF_F_TABLE("array", int, struct pkt_slot, pcache, PACKET_ENTRIES, BPF_F_MMAPABLE);
 _Static_assert((PACKET_ENTRIES & (PACKET_ENTRIES - 1)) == 0, "PACKET_ENTRIES: a power of two (set index mask)");
 /* Filter values, written by user space before attaching. */
 BPF_HASH(filter_ports, u16, u8, FILTER_PORT_ENTRIES);
@@ -183,7 +187,13 @@ BPF_HASH(if_roles_high, u32, u32, 4096);
 
 static __always_inline u32 if_role(u32 ifindex)
 {
-    u32 *r = ifindex < IF_ROLE_SLOTS ? if_roles.lookup(&ifindex) : if_roles_high.lookup(&ifindex);
+    /* Two calls, each on its own map: one call on either map (a pointer
+     * chosen at run time) is not inlined by the verifier, and costs an
+     * indirect call through the map's ops (~30 ns with retpolines). */
+    u32 k = ifindex < IF_ROLE_SLOTS ? ifindex : 0;
+    u32 *r = if_roles.lookup(&k);
+    if (ifindex >= IF_ROLE_SLOTS)
+        r = if_roles_high.lookup(&ifindex);
     return r && *r ? *r - 1 : ROLE_EXTERNAL;
 }
 
@@ -337,15 +347,38 @@ static __always_inline int fp_equal(struct fp_key *a, struct fp_key *b)
     return a0 == b0 && a1 == b1;
 }
 
-/* The two slots of a fingerprint's set; *index is the first one's (NULL only
- * if the verifier's bounds fail, never in practice). */
-static __always_inline struct pkt_slot *pcache_set(struct fp_key *fp, struct pkt_slot **other, u32 *index)
+/* A TCP connection's packets in one group of PACKET_GROUP slots (one
+ * kilobyte of the cache, and the group's journey slots a few pages): a
+ * packet's first sighting writes cold slots, and on this VM a TLB miss in
+ * a large vmalloc'ed map (4 KiB pages, nested paging) cost more than the
+ * cache miss; the connection's next packets then find the group's pages
+ * mapped. The group follows the connection's sequence numbers to 4 KiB (seq
+ * xor ack: the same both ways), the set within it the whole fingerprint;
+ * other protocols, whose fingerprints carry nothing per connection, spread
+ * over the whole cache as before. */
+#define PACKET_GROUP 32
+_Static_assert(PACKET_ENTRIES % PACKET_GROUP == 0, "PACKET_ENTRIES: whole groups");
+
+/* Index of the first slot of a fingerprint's set. tests/e2e/test_journey_kernel.py
+ * (pcache_set_index) computes the same. */
+static __always_inline u32 pcache_index(struct fp_key *fp)
 {
     u64 a, b;
     __builtin_memcpy(&a, fp, 8);
     __builtin_memcpy(&b, (u8 *)fp + 8, 8);
     u64 h = (a ^ (b * 0x9E3779B97F4A7C15ULL)) * 0xC2B2AE3D27D4EB4FULL;
-    u32 i = (u32)(h >> 32) & (PACKET_ENTRIES - 2);
+    u32 set = (u32)(h >> 32);
+    u32 group = set;
+    if (fp->proto == IPPROTO_TCP)
+        group = (u32)(((u64)(__builtin_bswap32(fp->seq ^ fp->ack) >> 12) * 0x9E3779B97F4A7C15ULL) >> 32);
+    return (group & (PACKET_ENTRIES - 1) & ~(PACKET_GROUP - 1)) | (set & (PACKET_GROUP - 2));
+}
+
+/* The two slots of a fingerprint's set; *index is the first one's (NULL only
+ * if the verifier's bounds fail, never in practice). */
+static __always_inline struct pkt_slot *pcache_set(struct fp_key *fp, struct pkt_slot **other, u32 *index)
+{
+    u32 i = pcache_index(fp);
     u32 j = i + 1;
     *index = i;
     *other = pcache.lookup(&j);

@@ -164,15 +164,23 @@ static __always_inline u8 nf_hook_of(u8 kernel_hook)
 }
 
 /* The devices of a sighting: ifindex is the in-device at PREROUTING, INPUT
- * and FORWARD, the out-device at OUTPUT and POSTROUTING. */
+ * and FORWARD, the out-device at OUTPUT and POSTROUTING; out_ifindex the
+ * out-device (none at PREROUTING and INPUT: the kernel passes none there,
+ * so it is not read; the in-device is not read where it is not kept). */
 static __always_inline void nf_devices(u64 state, u8 hook, u32 *ifindex, u32 *out_ifindex)
 {
-    u64 in = BTF_LOAD(u64, state, OFF_STATE_IN);
-    u64 out = BTF_LOAD(u64, state, OFF_STATE_OUT);
-    *out_ifindex = out ? BTF_LOAD(u32, out, OFF_DEV_IFINDEX) : 0;
+    *out_ifindex = 0;
+    if (hook != HOOK_NF_PREROUTING && hook != HOOK_NF_INPUT) {
+        u64 out = BTF_LOAD(u64, state, OFF_STATE_OUT);
+        if (out)
+            *out_ifindex = BTF_LOAD(u32, out, OFF_DEV_IFINDEX);
+    }
     *ifindex = *out_ifindex;
-    if (in && hook != HOOK_NF_POSTROUTING && hook != HOOK_NF_OUTPUT)
-        *ifindex = BTF_LOAD(u32, in, OFF_DEV_IFINDEX);
+    if (hook != HOOK_NF_POSTROUTING && hook != HOOK_NF_OUTPUT) {
+        u64 in = BTF_LOAD(u64, state, OFF_STATE_IN);
+        if (in)
+            *ifindex = BTF_LOAD(u32, in, OFF_DEV_IFINDEX);
+    }
 }
 
 #ifndef SIGHTING_EVENTS
@@ -187,7 +195,8 @@ static __always_inline void nf_devices(u64 state, u8 hook, u32 *ifindex, u32 *ou
  * the last hop's. 12 header bytes are read to confirm the packet (IP id and
  * length: a freed skb may carry the connection's next packet) and take its
  * TTL. A new connection's packets (IP_CT_NEW, where NAT binds and the flow's
- * views are written) always take the full path. nf_last: bpf/journey.h
+ * views are written) take the full path at the NAT hooks ("after" stages)
+ * and, in latency mode, everywhere. nf_last: bpf/journey.h
  * (trace mode), here in latency mode. */
 #ifdef LATENCY_MODE
 BPF_PERCPU_ARRAY(nf_last, struct last_sighting, 1);
@@ -329,8 +338,17 @@ static __always_inline int nf_append(struct last_sighting *from, struct last_sig
 static __always_inline struct last_sighting *nf_known(struct last_sighting *last, u64 skb, u8 hook, u8 stage,
                                                       u64 nfct)
 {
-    if (last->skb == skb && last->nfct == nfct && nf_rank(hook, stage) > last->rank)
+    /* A new connection's packet (IP_CT_NEW: its views are written, and its
+     * NAT binds, as it goes) follows on only from this sensor's own last
+     * sighting and only at a hook no NAT comes before since (a "before"
+     * stage, FORWARD): NAT binds at the NAT hooks alone, so the views the
+     * full path wrote at the last hop are still this entry's, and the full
+     * path here would write nothing. */
+    int fresh = (nfct & NFCT_INFOMASK) == IP_CT_NEW;
+    if (last->skb == skb && last->nfct == nfct && nf_rank(hook, stage) > last->rank && !(fresh && stage == NAT_AFTER))
         return last;
+    if (fresh)
+        return NULL;
     int zero = 0;
     struct last_sighting *tl = tc_last.lookup(&zero);
     return tl && tl->skb == skb ? tl : NULL;
@@ -356,17 +374,17 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
     if (!last)
         return 1;
 #ifndef TRACER_NO_NF_FAST /* -DTRACER_NO_NF_FAST (TRACER_BPF_CFLAGS): measure without it */
-    if (ct && ctinfo != IP_CT_NEW && ctinfo != IP_CT_UNTRACKED) {
 #ifdef LATENCY_MODE
-        if (last->skb == skb && last->nfct == nfct && nf_rank(hook, stage) > last->rank &&
-            nf_fast(last, skb, state, hook, stage, ct, ctinfo))
-            return 1;
+    if (ct && ctinfo != IP_CT_NEW && ctinfo != IP_CT_UNTRACKED && last->skb == skb && last->nfct == nfct &&
+        nf_rank(hook, stage) > last->rank && nf_fast(last, skb, state, hook, stage, ct, ctinfo))
+        return 1;
 #else
+    if (ct && ctinfo != IP_CT_UNTRACKED) { /* IP_CT_NEW: see nf_known */
         struct last_sighting *from = nf_known(last, skb, hook, stage, nfct);
         if (from && nf_append(from, last, skb, state, hook, stage, nfct))
             return 1;
-#endif
     }
+#endif
 #endif
 #endif
     u32 direction = 0;

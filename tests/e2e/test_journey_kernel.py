@@ -44,13 +44,17 @@ def frame6(flow: int, seq: int, dport: int = 8000, next_header: int = 6) -> byte
     return b"\x02" * 12 + b"\x86\xdd" + ip + ext + tcp
 
 
+PACKET_GROUP = 32  # bpf/common.h
+
+
 def pcache_set_index(ip_id: int, seq: int, entries: int) -> int:
     """The set pcache_set (bpf/common.h) picks for frame(ip_id, seq)."""
     a = struct.unpack("<Q", struct.pack("!II", seq, 0))[0]
     b = struct.unpack("<Q", struct.pack("!HH", ip_id, 40) + struct.pack("<HH", 6, 0x10))[0]
     m = (1 << 64) - 1
     h = ((a ^ (b * 0x9E3779B97F4A7C15 & m)) * 0xC2B2AE3D27D4EB4F) & m
-    return (h >> 32) & (entries - 2)
+    group = ((seq >> 12) * 0x9E3779B97F4A7C15 & m) >> 32  # TCP: seq xor ack (0 here), to 4 KiB
+    return (group & (entries - 1) & ~(PACKET_GROUP - 1)) | ((h >> 32) & (PACKET_GROUP - 2))
 
 
 class Kernel:

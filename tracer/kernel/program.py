@@ -42,7 +42,7 @@ COMMON_OFFSETS: dict[str, tuple[str, str, int]] = {
 RINGBUF_PAGES = 8192  # 32 MiB: ~100k journeys (~350k per-sighting events) of slack while user space is busy
 FLOW_ENTRIES = 65536
 PACKET_ENTRIES = 65536
-# Trace/record mode: each packet-cache slot has a 320-byte journey slot.
+# Trace/record mode: each packet-cache slot has a 432-byte journey slot.
 # Slots are picked by a hash, so a first sighting touches a cold one: 16384
 # of them (5 MiB) miss the CPU caches less than 65536 (20 MiB) and still hold
 # far more packets than are ever in flight; a closed journey's slot is only
