@@ -240,6 +240,8 @@ def test_a_stolen_slot_emits_the_journey_it_held(clean):
     recs = k.records()
     assert len(recs) == 1 and end_name(recs[0]) == "evicted"
     assert int(recs[0]["ip_id"]) == ids[0] and recs[0]["n_hops"] == 1
+    assert expand(recs)["flags"][0] & events.FLAG_INCOMPLETE, "shown as a journey cut short, not a whole one"
+    assert k.ends()["evicted"] >= 1
     k.sweeper.flush()
     flushed = k.records()
     assert sorted(int(r["ip_id"]) for r in flushed) == sorted(ids[1:])
