@@ -200,6 +200,37 @@ def test_records_added_a_few_at_a_time_keep_their_order_around_other_rows(tmp_pa
     assert comparable(read_capture(str(path)).events) == comparable(live_rows(recs))
 
 
+def test_held_records_are_copied_and_their_rows_outlive_the_reused_buffer(tmp_path, monkeypatch):
+    """The writer copies records into one buffer it reuses: a caller may
+    change its records after adding them, and rows laid out from the buffer
+    stay as they were when later records overwrite it."""
+    import tracer.capture.writer as writer
+
+    monkeypatch.setattr(writer, "JOURNEY_BATCH", 3)  # laid out every 3 records, into the same buffer
+    recs = records()
+    path = tmp_path / "cap.arrows"
+    with CaptureWriter(path, META, journeys=True) as w:
+        for i in range(0, len(recs), 2):
+            part = recs[i:i + 2].copy()
+            w.add_journeys(part, ctx())
+            part["packet_id"] = 0  # the caller's array, not the writer's copy
+    assert comparable(read_capture(str(path)).events) == comparable(live_rows(recs))
+
+
+def test_record_buffer_grows_and_keeps_records_in_order():
+    from tracer.record_words import RecordBuffer
+
+    recs = records()
+    buf = RecordBuffer(2)
+    for r in recs:
+        buf.add(r[None])
+    assert len(buf) == len(recs) and buf.view().tobytes() == recs.tobytes()
+    buf.clear()
+    buf.add(recs[1:3])
+    assert buf.view().tobytes() == recs[1:3].tobytes()
+    assert buf.fits(recs) and not buf.fits(np.zeros(1, [("x", "u8")]))
+
+
 def test_unknown_or_huge_place_ids_read_as_unknown_places(tmp_path):
     """A damaged file's place ids (none written, or 2^32-1) give hops at an
     unknown place, not a crash or an allocation the size of the id."""

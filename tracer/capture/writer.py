@@ -217,8 +217,8 @@ class CaptureWriter:
         self._closed_bytes = 0  # bytes in files already rotated away
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
-        self._records: list[np.ndarray] = []  # journey records not laid out as rows yet (add_journeys)
-        self._records_held = 0
+        # journey records not laid out as rows yet (add_journeys)
+        self._records = record_words.RecordBuffer(JOURNEY_BATCH + (JOURNEY_BATCH >> 2))
         self._journey_ctx: Any = None
         self._journey_lock: Any = None
         self._oldest = 0.0  # clock() when the oldest buffered row was added
@@ -253,21 +253,22 @@ class CaptureWriter:
             raise ValueError("add_journeys on a sighting-row capture")
         if not len(records):
             return
-        if self._records_held == 0:
+        if not self._records.fits(records):
+            self._lay_out_records()
+        if not len(self._records):
             self._buffer_started()
-        self._records.append(records)
-        self._records_held += len(records)
+        self._records.add(records)
         self._journey_ctx, self._journey_lock = ctx, lock
         self.journey_rows += int(np.count_nonzero(records["n_hops"]))  # records without hops are not stored
         self.event_rows += int(np.minimum(records["n_hops"], events.MAX_HOPS).sum())
-        if self._records_held >= JOURNEY_BATCH:
+        if len(self._records) >= JOURNEY_BATCH:
             self._lay_out_records()
 
     def _lay_out_records(self) -> None:
-        if not self._records:
+        if not len(self._records):
             return
-        records = record_words.concat(self._records)
-        self._records, self._records_held = [], 0
+        records = self._records.view()  # laid out before the buffer is written again
+        self._records.clear()
         if self._journey_lock is not None:
             with self._journey_lock:
                 rows = journey_rows(records, self._journey_ctx, self.place_ids)
@@ -312,14 +313,14 @@ class CaptureWriter:
         """Rows are about to be held: the flush clock starts with the oldest."""
         if self.closed:
             raise CaptureWriteError(f"{self.path}: capture already closed")
-        if not self._pending and not self._records_held:
+        if not self._pending and not len(self._records):
             self._oldest = self.clock()
 
     # -- time passing ------------------------------------------------------------
     def tick(self) -> None:
         """Write what is buffered if it is time (or plenty), rotate if due."""
         now = self.clock()
-        held = self._pending_rows + self._records_held
+        held = self._pending_rows + len(self._records)
         if held and (now - self._oldest >= self.flush_seconds or held >= self.max_batch_rows):
             self.flush()
         if self._stream is not None and self._batches_in_file and self.rotate_seconds is not None:
@@ -460,7 +461,7 @@ class CaptureWriter:
         if self.closed:
             return
         try:
-            if self._pending_rows or self._records_held:
+            if self._pending_rows or len(self._records):
                 self.flush()
         finally:
             if not self.closed:  # a failed write has closed it already
