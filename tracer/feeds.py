@@ -29,8 +29,12 @@ MIN_PASS_S = 0.05
 # Complete packets are shown (rows, text, summary: most of `trace`'s CPU,
 # much of it per call) at most this often once the first have been shown:
 # at the lab's rates a 50 ms pass holds a few hundred, and three passes'
-# worth cost ~1 µs a packet less. Records still reach the hold every pass,
-# so IDLE_NS's budget is unchanged; packets show up to this much later.
+# worth cost ~1 µs a packet less. From then on a pass runs only this often
+# too: a pass that shows nothing still pays its own fixed costs (the drain's
+# queue taken and its kernel addresses hidden, docker-proxy links read:
+# ~1 ms). IDLE_NS's budget does not depend on the pace: a pass reads what
+# the drain thread queued before it asks the hold what is complete, and the
+# drain thread reads the ring every 5 ms. Packets show up to this much later.
 SHOW_EVERY_S = 0.15
 # `record` shows nothing, so nothing waits on IDLE_NS: it takes what the
 # drain queued a few times a second and pays each pass's fixed costs (hiding
@@ -101,6 +105,8 @@ class _RecordFeed:
 
     def take_pass(self) -> Batch:
         pass_s, read_s, sweep_s = (MIN_PASS_S, None, None) if self.showing else (RECORD_PASS_S, RECORD_READ_S, RECORD_SWEEP_S)
+        if self.showing and self._shown_at is not None:  # the first journeys as soon as they are complete
+            pass_s = max(pass_s, self.show_every)
         rest = pass_s - (time.monotonic() - self._pass_started)
         if rest > 0:
             time.sleep(rest)
