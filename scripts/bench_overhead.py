@@ -156,12 +156,14 @@ class Tracer:
         if noop:  # every program returns at once: the floor (dispatch and the statistics' own clock reads)
             env["TRACER_BPF_CFLAGS"] = "-DTRACER_NOOP"
         self.proc = subprocess.Popen(cmd, env=env, cwd=tree, stdout=self.out, stderr=self.err, start_new_session=True)
+        self.cpu0, self.wall0 = cpu_seconds(self.proc.pid), time.monotonic()  # stop() works before it is ready
         ready = self.READY.get(mode, "Ctrl-C")
         while True:
             text = Path(self.err.name).read_text(errors="replace")
             if ready in text:
                 break
             if self.proc.poll() is not None:
+                self.stop()  # its temporary files
                 raise RuntimeError(f"{mode} exited ({self.proc.returncode}) before attaching: {text.strip()}")
             if time.monotonic() - t0 > ready_timeout:
                 self.stop()
