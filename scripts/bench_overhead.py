@@ -150,7 +150,8 @@ class Tracer:
                     "latency": ["latency", "--interval", "1"], "rules": ["trace", "--json", "--rules"]}[mode]
             cmd = [sys.executable, "-m", "tracer", *args, *port_args, *extra]
         t0 = time.monotonic()
-        env = dict(os.environ, PYTHONPATH=str(tree))
+        # the tree first; a caller's own PYTHONPATH (extra modules) still applies
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH")) if p))
         if not shell_cflags:
             env.pop("TRACER_BPF_CFLAGS", None)
         if noop:  # every program returns at once: the floor (dispatch and the statistics' own clock reads)

@@ -1,7 +1,8 @@
 """scripts/bench_overhead.py's Tracer with a stand-in `tracer` package (a
 Python process with a `sleep` child; no BPF, no root): a tracer that never
-becomes ready is stopped and its temporary files removed, and one that
-exits before attaching leaves no temporary files."""
+becomes ready is stopped and its temporary files removed, one that exits
+before attaching leaves no temporary files, and the caller's PYTHONPATH is
+kept after the tree's."""
 
 from __future__ import annotations
 
@@ -88,3 +89,21 @@ def test_exit_before_attaching_leaves_no_files(bench, fake, monkeypatch) -> None
         bench.Tracer((8000,), tree=tree, ready_timeout=20)
     assert list(temp.iterdir()) == []
 
+
+def test_ready_keeps_callers_pythonpath(bench, fake, monkeypatch) -> None:
+    tree, log, temp = fake
+    monkeypatch.setenv("FAKE_TRACER_DOES", "ready")
+    monkeypatch.setenv("PYTHONPATH", "/nonexistent/callers-path")
+    tracer = bench.Tracer((8000,), tree=tree, ready_timeout=20)
+    result = tracer.stop()
+    assert result["rc"] == 0
+    assert log.read_text().split("\n")[1] == f"{tree}{os.pathsep}/nonexistent/callers-path"
+    assert list(temp.iterdir()) == []
+
+
+def test_ready_without_callers_pythonpath(bench, fake, monkeypatch) -> None:
+    tree, log, temp = fake
+    monkeypatch.setenv("FAKE_TRACER_DOES", "ready")
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    bench.Tracer((8000,), tree=tree, ready_timeout=20).stop()
+    assert log.read_text().split("\n")[1] == str(tree)
