@@ -367,6 +367,11 @@ def switch(state: dict, on: bool, save: Callable[[dict], None] = lambda state: N
 def _start_from_record(state: dict, on: bool, save: Callable[[dict], None]) -> bool:
     """No dockerd runs, but the lab had switched it (its restart failed, or
     was cut short): start it from the arguments kept then, not bare."""
+    try:
+        recorded_argv(state, None)  # the record's shape, before anything of it is used
+    except ValueError as exc:
+        raise NoDockerd(f"no dockerd process runs, and the lab's record of its arguments ({STATE_FILE}) "
+                        f"cannot be used: {exc}; run `sudo scripts/setup.sh` to start one") from None
     switched = state["dockerd"]
     before = switched.get("argv_before")
     if not before:
@@ -388,8 +393,18 @@ def recorded_argv(state: dict, config: bool | None) -> list[str] | None:
     """The arguments the lab's record says dockerd runs with: with the lab
     having switched the userland proxy off (``state['dockerd']``), its
     arguments from before without the proxy; None when the lab switched
-    nothing (or kept no arguments)."""
-    before = (state.get("dockerd") or {}).get("argv_before")
+    nothing (or kept no arguments). A record of another shape (hand-edited,
+    or from another version) is a ValueError: its arguments cannot be told."""
+    if "dockerd" not in state:
+        return None
+    switched = state["dockerd"]
+    if not isinstance(switched, dict):
+        raise ValueError(f'"dockerd" is {type(switched).__name__}, not an object')
+    before = switched.get("argv_before")
+    if before is None:
+        return None
+    if not isinstance(before, list) or not all(isinstance(a, str) for a in before):
+        raise ValueError('"dockerd": "argv_before" is not a list of strings')
     return args_for(before, False, config) if before else None
 
 

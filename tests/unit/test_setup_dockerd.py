@@ -27,6 +27,16 @@ def test_recorded_argv_is_the_engine_as_the_lab_switched_it():
     assert ld.recorded_argv({}, None) is None and ld.recorded_argv({"dockerd": {}}, None) is None
 
 
+@pytest.mark.parametrize("record", [{"dockerd": "x"}, {"dockerd": ["dockerd"]},
+                                    {"dockerd": {"argv_before": "/usr/bin/dockerd --debug"}},
+                                    {"dockerd": {"argv_before": ["/usr/bin/dockerd", 1, None]}}])
+def test_recorded_argv_of_another_shape_is_refused(record):
+    with pytest.raises(ValueError, match="dockerd"):
+        ld.recorded_argv(record, None)
+    with pytest.raises(ld.NoDockerd, match="cannot be used"):  # `lab up` with no dockerd: one line, nothing started
+        ld._start_from_record(record, False, lambda state: None)
+
+
 @pytest.fixture
 def no_daemon_json(monkeypatch, tmp_path):
     monkeypatch.setattr(ld, "DAEMON_JSON", tmp_path / "daemon.json")
@@ -47,6 +57,13 @@ def test_print_recorded_argv(no_daemon_json, tmp_path, capsys):
     assert "lab.json" in err and "userland-proxy" in err and len(err.splitlines()) == 1
     state.write_text("{not json")
     assert ld.print_recorded_argv(str(state)) == 1 and len(capsys.readouterr().err.splitlines()) == 1
+    for shape in ({"dockerd": "x"}, {"dockerd": {"argv_before": "dockerd --debug"}},
+                  {"dockerd": {"argv_before": [["dockerd"], 2]}}):  # valid JSON, not a record
+        state.write_text(json.dumps(shape))
+        assert ld.print_recorded_argv(str(state)) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and "lab.json" in err and ("argv_before" in err or '"dockerd" is' in err)
+        assert len(err.splitlines()) == 1
 
 
 _DOCKER = """#!/bin/sh
