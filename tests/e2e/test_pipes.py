@@ -20,10 +20,10 @@ def test_record_to_a_pipe_and_show_from_it(lab):
     show = subprocess.Popen([sys.executable, "-m", "tracer", "show", "--json", "-"], cwd=REPO, stdin=record.stdout,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     record.stdout.close()  # the reader owns the pipe now
-    # show's output read as it comes: the shared lab's other traffic on the
-    # port can fill show's stdout, and a show blocked on it blocks record
-    shown: list[bytes] = []
-    reader = threading.Thread(target=lambda: shown.append(show.stdout.read()), daemon=True)
+    # show's output and stderr read as they come: the shared lab's other
+    # traffic on the port can fill either pipe, and a show blocked on one blocks record
+    shown: list[tuple[bytes, bytes]] = []
+    reader = threading.Thread(target=lambda: shown.append(show.communicate()), daemon=True)
     reader.start()
     err = b""
     deadline = time.monotonic() + 60
@@ -34,11 +34,14 @@ def test_record_to_a_pipe_and_show_from_it(lab):
         traffic.client_http_get(lab)
     time.sleep(1.0)
     record.send_signal(signal.SIGINT)
-    rec_err = err + record.stderr.read()
-    assert record.wait(30) == 0, rec_err
-    assert show.wait(60) == 0, show.stderr.read()
-    reader.join(30)
-    out, show_err = shown[0], show.stderr.read()
+    rec_err = err + record.communicate(timeout=30)[1]
+    assert record.returncode == 0, rec_err
+    reader.join(60)
+    if not shown:
+        show.kill()
+    assert shown, "tracer show had not ended 60 s after record did"
+    out, show_err = shown[0]
+    assert show.returncode == 0, show_err
     journeys = [json.loads(line) for line in out.splitlines()]
     assert len(journeys) >= 3 * 8, (rec_err, show_err)
     assert {"original", "reply"} <= {j["direction"] for j in journeys}  # (a stray packet of the shared lab may have none)
