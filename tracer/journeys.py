@@ -8,7 +8,7 @@ at netfilter hooks, not at tc) from the packet's other rows. All of that is
 done on whole columns; Python only touches each hop once to build its ``Hop``.
 
 ``build_journeys`` works on a complete table (a capture replay);
-tracer/journey_rows.py's ``JourneyAssembler`` does the same on a live stream,
+tracer/journey_assembler.py's ``JourneyAssembler`` does the same on a live stream,
 holding back packets that may still be moving until they have been quiet for
 a while, and computes journeys column-wise; tracer/journey_json.py writes
 them as JSON lines.
