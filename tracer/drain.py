@@ -241,8 +241,12 @@ class BackgroundDrain:
                 # longer: a record the sweep emits must reach `trace`'s hold
                 # within its IDLE_NS (20 ms quiet + up to ~55 ms to the next
                 # sweep + this + a 50 ms pass), or a packet's later part would
-                # come after the packet was shown.
-                self.stopping.wait(self.batch_s)
+                # come after the packet was shown. A read that found the ring
+                # a quarter full is followed by another at once, whatever
+                # batch_s says (`record` reads once a pass), so a burst
+                # fills it no faster than it is read.
+                if len(batch) * self.drain.record_size < self.drain.size // 4:
+                    self.stopping.wait(self.batch_s)
 
     def take(self, timeout: float) -> np.ndarray:
         """Everything drained so far, waiting up to `timeout` for a first batch."""

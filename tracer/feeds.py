@@ -42,13 +42,15 @@ SHOW_EVERY_S = 0.15
 # The writer still hands rows to the OS within about a second (FLUSH_SECONDS
 # from the oldest, checked every pass).
 RECORD_PASS_S = 0.25
-# ...its drain thread reads the ring buffer every 100 ms instead of 5 (the
-# ring holds ~75k journeys: seconds of records at the lab's rates, 0.1 s
-# at 750k packets a second), and sweeps quiet journeys out of the kernel
-# once a pass instead of every 50 ms: a journey the sweep emits only has to
-# reach the capture, which waits up to FLUSH_SECONDS anyway. Each read and
-# each sweep costs ~0.15 ms whatever it brings.
-RECORD_READ_S = 0.1
+# ...its drain thread reads the ring buffer once a pass instead of every
+# 5 ms (a pass then takes one read's records as they are, not copied into
+# one array), at once again after a read that found the ring a quarter
+# full (BackgroundDrain: the ring holds ~75k journeys, seconds of records at
+# the lab's rates), and sweeps quiet journeys out of the kernel once a pass
+# instead of every 50 ms: a journey the sweep emits only has to reach the
+# capture, which waits up to FLUSH_SECONDS anyway. Each read and each sweep
+# costs ~0.15-0.3 ms whatever it brings.
+RECORD_READ_S = RECORD_PASS_S
 RECORD_SWEEP_S = RECORD_PASS_S
 
 

@@ -78,3 +78,33 @@ def test_release_hides_kernel_addresses():
     out = d.release(_records([1, 2, 3], [5, 6, 7], flow_ids=[addr, addr, 0]))
     flows = out["flow_id"].tolist()
     assert flows[0] == flows[1] != addr and 0 < flows[0] < 1 << 48 and flows[2] == 0
+
+
+def test_a_read_that_finds_the_ring_a_quarter_full_is_followed_by_another_at_once():
+    """`record` reads the ring once a pass; a burst that fills a quarter of
+    it between two reads is read again without waiting the read interval."""
+    from tracer.drain import BackgroundDrain
+
+    class BusyRing:  # three reads' worth of records queued, each over a quarter of the ring
+        record_size, size, sample = 10, 1000, np.dtype([("x", "u8"), ("y", "u2")])
+
+        def __init__(self):
+            self.left = [np.zeros(30, self.sample) for _ in range(3)]
+
+        def wait(self, timeout):
+            return bool(self.left) or time.sleep(timeout)
+
+        def read_records(self, release=False):
+            return self.left.pop() if self.left else np.zeros(0, self.sample)
+
+        def release(self, records):
+            return records
+
+    d = BackgroundDrain(BusyRing(), batch_s=30)
+    try:
+        got, deadline = 0, time.monotonic() + 5
+        while got < 90 and time.monotonic() < deadline:
+            got += len(d.take(0.1))
+    finally:
+        d.stopping.set()
+    assert got == 90
