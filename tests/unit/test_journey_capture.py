@@ -200,6 +200,31 @@ def test_records_added_a_few_at_a_time_keep_their_order_around_other_rows(tmp_pa
     assert comparable(read_capture(str(path)).events) == comparable(live_rows(recs))
 
 
+def test_big_journey_tables_are_batches_of_their_own_in_order(tmp_path, monkeypatch):
+    """Journey rows laid out together are written as their own record batch
+    (not copied into one with the rows around them): the file reads back
+    the same rows in the same order, around a container row."""
+    import tracer.capture.writer as writer
+
+    monkeypatch.setattr(writer, "JOURNEY_BATCH", 2)
+    monkeypatch.setattr(writer, "OWN_BATCH_ROWS", 2)
+    recs = records()
+    path = tmp_path / "cap.arrows"
+    with CaptureWriter(path, META, journeys=True) as w:
+        w.add_journeys(recs[:4], ctx())
+        w.add_row("container", 1, 1, {"action": "start", "id": "x", "name": "x"})
+        w.add_journeys(recs[4:], ctx())
+        w.flush()
+        assert w.batches_written >= 3
+    table = read_capture(str(path)).table
+    kinds = table.column("kind").to_pylist()
+    at = kinds.index("container")
+    ids = table.column("packet_id").to_pylist()
+    assert set(ids[:at]) == set(recs["packet_id"][:4].tolist())
+    assert set(ids[at + 1:]) - {None} == set(recs["packet_id"][4:].tolist())
+    assert comparable(read_capture(str(path)).events) == comparable(live_rows(recs))
+
+
 def test_held_records_are_copied_and_their_rows_outlive_the_reused_buffer(tmp_path, monkeypatch):
     """The writer copies records into one buffer it reuses: a caller may
     change its records after adding them, and rows laid out from the buffer
