@@ -44,7 +44,7 @@ def frame6(flow: int, seq: int, dport: int = 8000, next_header: int = 6) -> byte
     return b"\x02" * 12 + b"\x86\xdd" + ip + ext + tcp
 
 
-PACKET_GROUP = 32  # bpf/common.h
+PACKET_GROUP = 64  # bpf/common.h
 
 
 def pcache_set_index(ip_id: int, seq: int, entries: int) -> int:

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Where the live BPF time per sighting goes, step by step (issue 9, item 4).
+
+``bench_bpf.py --live`` gives ns per run of each program; this script
+splits it. It builds copies of this tree's programs that stop early at one
+step (a cut), runs each copy's ``tracer trace --json --port 8000
+--no-proxy-links`` under ``ab -n N -c 8`` to the lab's :8000 with
+``kernel.bpf_stats_enabled`` (the variants alternating, round after round,
+the order reversed every other round) and prints every program's median ns
+per run per variant. The difference between two neighbouring cuts is what
+that step costs live, cache misses and all.
+
+Variants (each a copy of bpf/ with the cut compiled in):
+
+* ``noop``: every program returns at once (dispatch + the statistics' own
+  clock reads: the floor);
+* fast path (a later hook of a packet already followed; tc_fast and
+  nf_append): ``f0`` returns before its clock read, ``f1`` after it,
+  ``f2`` after finding the journey and confirming the packet (tc: the
+  fingerprint; netfilter: the header read), ``f3`` before appending the hop
+  (tc: also the interface role and the tuple; netfilter: also the devices).
+  Cut fast paths append nothing, so journeys end quiet, by the sweep;
+* first sightings on tc (the claim, tc_sense's full path): ``c0`` returns
+  after the flows lookup and the filter, ``c1`` after the clock read and
+  the fingerprint, ``c2`` after the packet-cache set is found and searched.
+  No journey is claimed, so every tc run of these is a full path:
+  trc_tc_eg_ct (the reply's claim at the container's egress) reads as the
+  claim's cost to that step;
+* ``noemit``: everything but the ring-buffer copy of the finished journey
+  (tracer prints nothing; the programs' statistics stand);
+* ``full``: this tree as it is.
+
+The cuts are text substitutions on the sources; a source that no longer
+has the text they expect stops the script (update the anchors below).
+Run as root with the lab up: ``.venv/bin/python scripts/bench_bpf_breakdown.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+# Each cut: (source file, text it expects, the same text with the cut in).
+# The early returns use what the step computed, so the compiler keeps it.
+CLOCK = "    u64 now = bpf_ktime_get_ns();\n"
+CUTS: tuple[tuple[str, str, str], ...] = (
+    ("tc.c", CLOCK + "    struct pkt_slot *slot;\n",
+     "#if CUT == 0\n    return 1;\n#endif\n" + CLOCK + "#if CUT == 1\n    return now != 1;\n#endif\n"
+     "    struct pkt_slot *slot;\n"),
+    ("tc.c", "    struct sighting s = {};\n    s.ifindex = ifindex;\n",
+     "#if CUT == 2\n    return 1;\n#endif\n    struct sighting s = {};\n    s.ifindex = ifindex;\n"),
+    ("tc.c", "    adopt_last(last, from, skb);\n    journey_fast_hop(last, slot, j, &s, now, p->ttl, journey_tuple(j, p), SENSOR_TC);",
+     "#if CUT == 3\n    return journey_tuple(j, p) != 77 && s.terminal != 5;\n#endif\n"
+     "    adopt_last(last, from, skb);\n    journey_fast_hop(last, slot, j, &s, now, p->ttl, journey_tuple(j, p), SENSOR_TC);"),
+    ("tc.c", CLOCK + "    struct fp_key fp = {};\n    fingerprint(&fp, &p);\n",
+     "#if CUT == 10\n    return TC_CONTINUE;\n#endif\n" + CLOCK + "    struct fp_key fp = {};\n    fingerprint(&fp, &p);\n"
+     "#if CUT == 11\n    return now == 5 && fp.seq == 7 ? 1 : TC_CONTINUE;\n#endif\n"),
+    ("netfilter.c", CLOCK + "    struct pkt_slot *slot;\n    struct journey *j = last_journey(from, now, &slot);\n",
+     "#if CUT == 0\n    return 1;\n#endif\n" + CLOCK + "#if CUT == 1\n    return now != 1;\n#endif\n"
+     "    struct pkt_slot *slot;\n    struct journey *j = last_journey(from, now, &slot);\n"),
+    ("netfilter.c", "    struct sighting s = {};\n    s.skb = skb;\n    s.flow_id = FLOW_ID(ct);\n",
+     "#if CUT == 2\n    return ttl != 0 || tuple != 9;\n#endif\n    struct sighting s = {};\n    s.skb = skb;\n    s.flow_id = FLOW_ID(ct);\n"),
+    ("netfilter.c", "    s.code = hop_code(hook, stage, 0);\n    s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;\n    adopt_last",
+     "#if CUT == 3\n    return s.ifindex != 0 || s.out_ifindex != 1;\n#endif\n"
+     "    s.code = hop_code(hook, stage, 0);\n    s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;\n    adopt_last"),
+    ("journey.h", "is_drop ? DROP_WINDOW_NS : (s64)FP_WINDOW_NS);\n",
+     "is_drop ? DROP_WINDOW_NS : (s64)FP_WINDOW_NS);\n#if CUT == 12\n    if (sensor == SENSOR_TC)\n        return seen ? -1 : -2;\n#endif\n"),
+)
+EMIT = "events.ringbuf_output(j, sizeof(*j), BPF_RB_NO_WAKEUP)"
+CUT_NUMBERS = {"f0": 0, "f1": 1, "f2": 2, "f3": 3, "c0": 10, "c1": 11, "c2": 12}
+VARIANTS = ("noop", "f0", "f1", "f2", "f3", "c0", "c1", "c2", "noemit", "full")
+
+
+def _sub(text: str, old: str, new: str) -> str:
+    if text.count(old) != 1:
+        raise SystemExit(f"bench_bpf_breakdown: the sources changed; expected once:\n{old}")
+    return text.replace(old, new)
+
+
+def build(variant: str, where: Path) -> Path:
+    """A copy of this tree whose bpf/ stops at `variant`'s cut."""
+    tree = where / variant
+    for part in ("bpf", "tracer"):
+        shutil.copytree(REPO / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    src = {name: (tree / "bpf" / name).read_text() for name in ("tc.c", "netfilter.c", "journey.h")}
+    for name, old, new in CUTS:
+        src[name] = _sub(src[name], old, new)
+    if variant == "noemit":
+        src["journey.h"] = src["journey.h"].replace(EMIT, "(j->end == 99)")  # 0 = "written": counted as emitted
+    for name, text in src.items():
+        (tree / "bpf" / name).write_text(text)
+    head = f"#define CUT {CUT_NUMBERS.get(variant, -1)}\n" + ("#define TRACER_NOOP 1\n" if variant == "noop" else "")
+    common = tree / "bpf" / "common.h"
+    common.write_text(head + common.read_text())
+    return tree
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=3000, help="ab requests per variant per round")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {','.join(VARIANTS)}")
+    args = ap.parse_args()
+    import numpy as np
+
+    import bench_bpf as bb
+    import bench_overhead as bo
+
+    names = [v for v in args.variants.split(",") if v]
+    if unknown := set(names) - set(VARIANTS):
+        raise SystemExit(f"bench_bpf_breakdown: unknown variants {sorted(unknown)}")
+    status = bo.lab_status()
+    stats_file = Path("/proc/sys/kernel/bpf_stats_enabled")
+    was = stats_file.read_text().strip()
+    res: dict[str, list[dict]] = {v: [] for v in names}
+    with tempfile.TemporaryDirectory(prefix="bench-bpf-cuts-") as tmp:
+        trees = {v: build(v, Path(tmp)) for v in names}
+        print(f"bench_bpf_breakdown: {args.rounds} rounds of ab -n {args.requests} -c 8 per variant; "
+              f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        try:
+            stats_file.write_text("1")
+            for r in range(args.rounds):
+                for v in names if r % 2 == 0 else names[::-1]:
+                    tracer = bb.TreeTracer(trees[v])
+                    try:
+                        before = bb._prog_stats(tracer.proc.pid)
+                        bo.run_ab(status, args.requests, 8)
+                        time.sleep(0.3)
+                        after = bb._prog_stats(tracer.proc.pid)
+                    except RuntimeError as exc:  # ab failed: the lab was busy; left out
+                        print(f"  round {r + 1} {v}: left out ({str(exc)[:80]})")
+                        tracer.stop()
+                        continue
+                    tracer.stop()
+                    res[v].append({p: (after[p][0] - before.get(p, (0, 0))[0], after[p][1] - before.get(p, (0, 0))[1])
+                                   for p in after})
+        finally:
+            stats_file.write_text(was)
+    progs = sorted({p for rounds in res.values() for rnd in rounds for p in rnd})
+    print(f"  {'program':13s} {'runs/req':>8s} " + " ".join(f"{v:>7s}" for v in names) + "   (median ns per run)")
+    for p in progs:
+        cells = []
+        for v in names:
+            per = [rnd.get(p, (0, 0)) for rnd in res[v]]
+            cells.append(np.median([ns / c for ns, c in per if c]) if any(c for _, c in per) else float("nan"))
+        runs = np.median([rnd.get(p, (0, 0))[1] / args.requests for rnd in res.get("full", res[names[-1]])] or [0])
+        print(f"  {p:13s} {runs:8.1f} " + " ".join(f"{c:7.0f}" for c in cells))
+    print(f"  load after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
