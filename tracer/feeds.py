@@ -45,8 +45,9 @@ RECORD_PASS_S = 0.25
 # ...its drain thread reads the ring buffer once a pass instead of every
 # 5 ms (a pass then takes one read's records as they are, not copied into
 # one array), at once again after a read that found the ring a quarter
-# full (BackgroundDrain: the ring holds ~75k journeys, seconds of records at
-# the lab's rates), and sweeps quiet journeys out of the kernel once a pass
+# full, and early as soon as the ring is a quarter full (BackgroundDrain
+# looks every 25 ms: the ring holds ~75k journeys, seconds of records at the
+# lab's rates, a burst of >300k/s fills it within a pass), and sweeps quiet journeys out of the kernel once a pass
 # instead of every 50 ms: a journey the sweep emits only has to reach the
 # capture, which waits up to FLUSH_SECONDS anyway. Each read and each sweep
 # costs ~0.15-0.3 ms whatever it brings.
