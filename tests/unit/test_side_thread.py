@@ -50,7 +50,12 @@ def test_a_failing_caller_stops_the_thread_and_keeps_its_own_error():
             side.submit(gate.wait)
             for i in range(4):
                 side.submit(ran.append, i)
-            gate.set()
+            # The gate opens only after the caller has failed (its __exit__
+            # marks the thread stopped at once, then waits for it): every
+            # queued call comes after the failure and none may run.
+            opener = threading.Timer(0.2, gate.set)
+            opener.start()
             raise KeyError("caller")
     assert not side._thread.is_alive()
-    assert len(ran) < 4  # what was still queued was skipped
+    assert gate.is_set()  # the thread waited for the gate, then skipped the rest
+    assert ran == []  # what was still queued was skipped
