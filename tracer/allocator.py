@@ -21,6 +21,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from tracer import own_env
+
 LIVE_COMMANDS = ("trace", "record", "latency", "demo")
 # mimalloc reads its options once, when libarrow loads: before `import pyarrow`.
 MIMALLOC_PURGE = "MIMALLOC_PURGE_DELAY"
@@ -37,10 +39,11 @@ def is_live(argv: list[str]) -> bool:
     return len(argv) > 1 and argv[1] in LIVE_COMMANDS
 
 
-def keep_arrow_memory(environ=os.environ) -> None:
+def keep_arrow_memory(environ=os.environ, own: set[str] | None = None) -> None:
     """Arrow's mimalloc keeps freed pages (a user's own setting wins). Must
-    run before pyarrow is imported; a no-op after."""
-    environ.setdefault(MIMALLOC_PURGE, "-1")
+    run before pyarrow is imported; a no-op after. Noted as tracer's own
+    (tracer/own_env.py): a dockerd `demo` restarts does not inherit it."""
+    own_env.set_default(MIMALLOC_PURGE, "-1", environ, own)
 
 
 def keep_heap_memory() -> bool:

@@ -87,9 +87,10 @@ def _log(msg: str) -> None:
 # --------------------------------------------------------------------------- shell
 
 
-def _run(cmd: list[str], *, check: bool = True, timeout: float = 30, input: str | None = None) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], *, check: bool = True, timeout: float = 30, input: str | None = None,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     try:
-        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input, env=env)
     except FileNotFoundError as exc:
         raise LabError(f"{cmd[0]} is not installed; run `sudo scripts/setup.sh`") from exc
     except subprocess.TimeoutExpired as exc:

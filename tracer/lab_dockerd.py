@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tracer import procfs
+from tracer import own_env, procfs
 from tracer.lab_base import LabError, RUN_DIR, STATE_FILE, _log
 
 
@@ -277,8 +277,9 @@ def start(argv: list[str]) -> int:
         try:
             # setsid --fork: dockerd in a session of its own whose parent is
             # init, not this process (which would leave a zombie when it stops)
+            # without the variables tracer set for itself: dockerd outlives us
             subprocess.run(["setsid", "--fork", *argv], stdin=null, stdout=log, stderr=log, close_fds=True,
-                           check=True, timeout=10)
+                           check=True, timeout=10, env=own_env.child_env())
         except (OSError, subprocess.SubprocessError) as exc:
             raise LabError(f"cannot start {argv[0]}: {exc}") from None
     began = time.monotonic()

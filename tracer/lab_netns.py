@@ -10,6 +10,7 @@ import signal
 import time
 from pathlib import Path
 
+from tracer import own_env
 from tracer.lab_base import (CLIENT_ADDRESS, CLIENT_ADDRESS6, CLIENT_IFACE, HOST_ADDRESS, HOST_ADDRESS6, HOST_IFACE,
                              LabError, NETNS, PREFIX_LEN, PREFIX_LEN6, SERVER_INDEX, SERVER_PORT, SERVER_ROOT, _ip_json,
                              _log, _run, busybox)
@@ -173,7 +174,7 @@ def _start_server() -> dict:
         "sh", "-c",
         f"setsid ip netns exec {NETNS} {bb} httpd -f -p {CLIENT_ADDRESS}:{SERVER_PORT} -h {SERVER_ROOT} "
         "</dev/null >/dev/null 2>&1 & echo $!",
-    ])
+    ], env=own_env.child_env())  # it outlives us: without tracer's own variables
     pid = int(cp.stdout.strip())
     start = _proc_start_time(pid)
     if start is None:

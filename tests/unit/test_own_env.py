@@ -1,0 +1,81 @@
+"""tracer/own_env.py: variables tracer sets for itself are kept out of the
+children that outlive it (the lab's dockerd and server); a user's own
+settings of the same names stay, in tracer and in those children."""
+
+import os
+import subprocess
+import sys
+
+from tracer import allocator, own_env
+
+
+def test_a_key_tracer_sets_is_dropped_from_a_long_lived_childs_env():
+    env, own = {"PATH": "/bin"}, set()
+    assert own_env.set_default("OPENBLAS_NUM_THREADS", "1", env, own)
+    assert env == {"PATH": "/bin", "OPENBLAS_NUM_THREADS": "1"}
+    assert own_env.child_env(env, own) == {"PATH": "/bin"}
+
+
+def test_a_key_the_user_set_stays_and_is_passed_on():
+    env, own = {"OPENBLAS_NUM_THREADS": "4"}, set()
+    assert not own_env.set_default("OPENBLAS_NUM_THREADS", "1", env, own)
+    assert env["OPENBLAS_NUM_THREADS"] == "4" and own == set()
+    assert own_env.child_env(env, own) == {"OPENBLAS_NUM_THREADS": "4"}
+
+
+def test_arrow_memory_setting_is_noted_as_tracers_own():
+    env, own = {}, set()
+    allocator.keep_arrow_memory(env, own)
+    assert env == {"MIMALLOC_PURGE_DELAY": "-1"} and own == {"MIMALLOC_PURGE_DELAY"}
+    env, own = {"MIMALLOC_PURGE_DELAY": "10"}, set()
+    allocator.keep_arrow_memory(env, own)
+    assert env == {"MIMALLOC_PURGE_DELAY": "10"} and own == set()
+
+
+_PROBE = r"""
+import os, sys
+sys.argv = ["tracer", "record"]
+import tracer.cli
+from tracer import own_env
+print(os.environ.get("OPENBLAS_NUM_THREADS"), os.environ.get("MIMALLOC_PURGE_DELAY"),
+      "OPENBLAS_NUM_THREADS" in own_env.child_env(), "MIMALLOC_PURGE_DELAY" in own_env.child_env())
+"""
+
+
+def _probe(**extra) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "MIMALLOC_PURGE_DELAY")}
+    done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120,
+                          env={**env, **extra})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_live_command_sets_both_for_itself_and_not_for_long_lived_children():
+    assert _probe() == "1 -1 False False"
+
+
+def test_what_the_user_exported_reaches_the_children():
+    assert _probe(OPENBLAS_NUM_THREADS="2", MIMALLOC_PURGE_DELAY="5") == "2 5 True True"
+
+
+def test_the_lab_starts_dockerd_without_tracers_own_variables(monkeypatch, tmp_path):
+    import pytest
+
+    from tracer import lab_dockerd
+    from tracer.lab_base import LabError
+
+    monkeypatch.setattr(lab_dockerd, "LOG_FILE", tmp_path / "dockerd.log")
+    monkeypatch.setattr(own_env, "OWN", {"TRACER_TEST_OWN"})
+    monkeypatch.setenv("TRACER_TEST_OWN", "1")
+    monkeypatch.setenv("TRACER_TEST_USERS", "2")
+    seen = {}
+
+    def run(argv, **kw):  # the start itself is not wanted here: only what it would be given
+        seen.update(argv=argv, env=kw.get("env"))
+        raise OSError("not started in a unit test")
+
+    monkeypatch.setattr(lab_dockerd.subprocess, "run", run)
+    with pytest.raises(LabError):
+        lab_dockerd.start(["dockerd"])
+    assert seen["argv"][-1] == "dockerd"
+    assert seen["env"] is not None and "TRACER_TEST_OWN" not in seen["env"] and seen["env"]["TRACER_TEST_USERS"] == "2"
