@@ -133,12 +133,32 @@ def _bpf_ids_held_by(pid: int) -> tuple[set[int], set[int]]:
     return progs, links
 
 
-def held_by_others() -> tuple[set[int], set[int]]:
+# held_by_others looks twice this far apart: an id counts only if held both times.
+HELD_GAP_S = 0.2
+
+
+def held_by_others(gap: float = HELD_GAP_S) -> tuple[set[int], set[int]]:
     """(program ids, link ids) held by live processes outside this test
     process and its children: another engineer's tracer on the shared
     machine, started after a test's snapshot. Ours have exited when a test
     checks; a program of ours left behind without an fd (a clsact filter
-    holding it) is held by no process, so it still counts."""
+    holding it) is held by no process, so it still counts. Only ids held in
+    two looks `gap` apart count (held_both_times): a process that opens an
+    fd to every program for a moment (bpftool, another test's listing)
+    would otherwise make a leaked program of ours look like someone else's."""
+    first = _held_by_others_now()
+    time.sleep(gap)
+    return held_both_times(first, _held_by_others_now())
+
+
+def held_both_times(first: tuple[set[int], set[int]], second: tuple[set[int], set[int]]) -> tuple[set[int], set[int]]:
+    """(program ids, link ids) held in both looks: a steady holder's."""
+    return first[0] & second[0], first[1] & second[1]
+
+
+def _held_by_others_now() -> tuple[set[int], set[int]]:
+    """(program ids, link ids) that processes outside this test process and
+    its children hold at this moment."""
     parents: dict[int, int] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
