@@ -241,10 +241,13 @@ class BackgroundDrain:
                     self.batches.put(batch)
                 # Let records accumulate: one read per few ms costs far less
                 # than one per wake-up, and the ring holds ~75k journeys. Not
-                # longer: a record the sweep emits must reach `trace`'s hold
-                # within its IDLE_NS (20 ms quiet + up to ~55 ms to the next
-                # sweep + this + a 50 ms pass), or a packet's later part would
-                # come after the packet was shown. A read that found the ring
+                # longer: a record the sweep emits must be queued before
+                # `trace`'s hold finds its packet quiet for IDLE_NS (150 ms),
+                # or a packet's later part would come after the packet was
+                # shown: 20 ms quiet + up to ~55 ms to the next sweep + this
+                # 5 ms. The pace of passes (150 ms once packets are shown)
+                # does not count: a pass takes what was queued before it
+                # asks the hold what is complete (feeds.SHOW_EVERY_S). A read that found the ring
                 # a quarter full is followed by another at once, whatever
                 # batch_s says (`record` reads once a pass), and a wait ends
                 # early when the ring fills to a quarter, so a burst fills

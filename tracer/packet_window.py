@@ -25,10 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Half a second of capture time: parts of one packet arrive within the
-# kernel's 20 ms joining window plus the drain's (5-25 ms reads, passes of
-# 50-250 ms) and the writer's (`trace -w` holds a packet 150 ms, then shows
-# complete ones at most every 150 ms: up to ~350 ms) delays. A later part (a drop long after
+# Half a second of capture time: a later part of a packet reaches the capture
+# within the kernel's 20 ms joining window plus the wait for the next sweep
+# that emits it (50 ms; `record` sweeps once a 250 ms pass: up to ~270 ms
+# after the packet's other records, which its reads may bring at once) or
+# the writer's delay (`trace -w` holds a packet 150 ms, then shows complete
+# ones at most every 150 ms: up to ~350 ms). A later part (a drop long after
 # delivery) is read as a packet of its own, as `trace` leaves it out.
 WINDOW_NS = 500_000_000
 # Rows handed on at a time: big enough that per-chunk work is vectorised.

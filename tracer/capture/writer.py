@@ -37,7 +37,11 @@ JOURNEY_ZSTD_LEVEL = 1
 # Journey records laid out as rows together, at least this many (or at the
 # flush, FLUSH_SECONDS): one table a flush at the lab's rates, whose columns
 # go to the IPC writer as they are (several would be copied into one), and
-# the layout's per-call costs paid once; at most ~14 MB of records held.
+# the layout's per-call costs paid once. A pass's records join whole, though:
+# one drain read brings up to 65,536 (RingBufferDrain.max_batch), so up to
+# ~98k records (~42 MB at 432 B) can be held, more when a burst brings
+# several reads to one pass; the buffer is kept for reuse and grows by
+# doubling (from 40,960 records, ~18 MB: ~35 MB, then ~71 MB).
 JOURNEY_BATCH = 32768
 # Journey rows laid out together, at least this many, are a record batch of
 # their own (CaptureWriter._batch_groups).
