@@ -37,8 +37,9 @@ DISCARD_BIT = 1 << 30
 HEADER_SIZE = 8
 PAGE_SIZE = mmap.PAGESIZE
 # Parts of packets first seen before arm() arrive within milliseconds of it
-# (a journey the kernel does not end goes out with the next sweeps): after
-# this long, records are no longer checked for them (~0.7 ms a release).
+# (a journey the kernel does not end goes out with the next sweeps): once
+# this long has passed since arm() when records are released (whatever
+# their own times), they are no longer checked for them (~0.7 ms a release).
 EARLY_WINDOW_NS = 10_000_000_000
 # Between two reads the drain thread looks at the ring this often, to read
 # early when a burst has filled a quarter of it (BackgroundDrain._pause).
@@ -142,7 +143,11 @@ class RingBufferDrain:
     def release(self, records: np.ndarray) -> np.ndarray:
         """Records as they may leave the drain (the sample dtype, in the
         order read): packets first seen before arm() left out, kernel
-        addresses replaced by ids. Its cost is mostly per call (a few dozen
+        addresses replaced by ids. Early packets are looked for during
+        EARLY_WINDOW_NS counted from arm() to when records are released, not
+        to the records' own times: a later part of a packet left out as
+        "before start" that is released after those 10 s stays in, and shows
+        as a one-hop incomplete journey. Its cost is mostly per call (a few dozen
         numpy kernels, ~0.3 ms), so the background drain releases what it
         queued once per take, not per ring-buffer read every few ms."""
         if self.armed_ktime and len(records):
