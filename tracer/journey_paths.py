@@ -33,7 +33,7 @@ def path_rows(hops: Any, facts: Any) -> PathRows:
     """PathRows of the packets journey_packets took (``hops``, ``facts``: what it returned)."""
     rows, places = hops.rows, hops.places
     rec = hops.rec
-    src_ip, src_ips, src_port, dst_ip, dst_ips, dst_port = _hop_endpoints(rows, hops.flat, hops.sel, rec)
+    src_ip, src_ips, src_port, dst_ip, dst_ips, dst_port, at = _hop_endpoints(rows, hops.flat, hops.sel, rec)
     reason_col = rows.column("drop_reason")
     reason_col = reason_col.combine_chunks() if isinstance(reason_col, pa.ChunkedArray) else reason_col
     reasons = reason_col.dictionary.to_pylist() if pa.types.is_dictionary(reason_col.type) else []
@@ -46,13 +46,14 @@ def path_rows(hops: Any, facts: Any) -> PathRows:
         wall_first=hops.wall[hops.pstart],
         src_ip=src_ip, src_ips=src_ips, src_port=src_port, dst_ip=dst_ip, dst_ips=dst_ips, dst_port=dst_port,
         cpu=_ints(rows, "cpu")[rec], reason=hops.reason_codes[rec], reasons=reasons,
-        ifname=hops.place, ifnames=ifnames, container=hops.place, containers=containers)
+        ifname=hops.place, ifnames=ifnames, container=hops.place, containers=containers, tuple_id=at)
 
 
 def _hop_endpoints(rows: pa.Table, flat: Any, sel: np.ndarray | None, rec: np.ndarray):
     """Each taken hop's source and destination as codes into one list of
     address texts (per chunk) and its ports: the tuple its ``tuple`` field
-    points at among its record's; past them, or none, zeros (as laid out)."""
+    points at among its record's; past them, or none, zeros (as laid out);
+    and which tuple that is (hops of one tuple: the same endpoints)."""
     tuples, lengths, tstart = tuple_layout(rows)
     t_idx = _field(flat, "tuple")
     if sel is not None:
@@ -75,4 +76,4 @@ def _hop_endpoints(rows: pa.Table, flat: Any, sel: np.ndarray | None, rec: np.nd
             col = pc.struct_field(tuples, name)
             p[:nt] = (pc.fill_null(col, 0) if col.null_count else col).to_numpy(zero_copy_only=False)
         ports.append(p[at])
-    return s_code[at], texts, ports[0], d_code[at], texts, ports[1]
+    return s_code[at], texts, ports[0], d_code[at], texts, ports[1], at

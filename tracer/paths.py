@@ -37,12 +37,12 @@ from tracer.events import CONTAINER, EXTERNAL, OTHER, ROLES
 from tracer.hdr import Histogram
 from tracer.journey_rows import verdict_codes
 from tracer.journeys import ends_journey, hop_label
+from tracer.path_segments import segment_counts
 
 MAX_BINS = 90  # time bins per segment series: bins double in width as the capture grows
 FIRST_BIN_NS = 10_000_000  # 10 ms to start with
 DIRECTIONS = ("-", "original", "reply")
 _PRIME = np.uint64(1_000_003)
-_MAX_GRID = 1 << 23  # counts per chunk counted at once for the segments' histograms (8 B each)
 
 
 def _weights(n: int, _cache: list = []) -> np.ndarray:  # noqa: B006 - the cache
@@ -236,6 +236,7 @@ class PathRows:
     ifnames: list
     container: np.ndarray  # per row: container name, codes into containers
     containers: list
+    tuple_id: np.ndarray | None = None  # per row: equal ids, equal addresses and ports (None: not known)
 
 
 def sighting_rows(table: pa.Table, metadata=None) -> PathRows | None:
@@ -366,8 +367,23 @@ class PathStats:
                 out[:-1] = c
             return out
 
-        dchg, schg = changed(dip_c, dport), changed(sip_c, sport)
-        d_at, s_at = np.flatnonzero(dchg), np.flatnonzero(schg)
+        def changed_at(codes: np.ndarray, ports: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            """``changed`` of these rows only (each a pair's first row)."""
+            a, b = codes[rows], codes[rows + 1]
+            c = (a != b) | (ports[rows] != ports[rows + 1])
+            c &= (a >= 0) & (b >= 0)
+            return rows[c]
+
+        if r.tuple_id is not None and n > 1:
+            # Journey rows: addresses can only change where the hop's tuple
+            # does (a few hops a packet), so only those are compared.
+            tid = r.tuple_id
+            maybe = tid[1:] != tid[:-1]
+            maybe &= pair
+            maybe = np.flatnonzero(maybe)
+            d_at, s_at = changed_at(dip_c, dport, maybe), changed_at(sip_c, sport, maybe)
+        else:
+            d_at, s_at = np.flatnonzero(changed(dip_c, dport)), np.flatnonzero(changed(sip_c, sport))
         p_d = np.zeros(npk, dtype=bool)
         p_s = np.zeros(npk, dtype=bool)
         p_d[np.searchsorted(starts, d_at, side="right") - 1] = True
@@ -447,8 +463,9 @@ class PathStats:
             skey = skey[pair]
             useg, scode = _compact(skey, ng * nl * nl)
             dt = np.diff(kt)[pair]
-            seg_bin = np.repeat(p_bin, sizes)[:-1][pair]
-            self._add_segments(groups, labels, useg, scode, dt, seg_bin)
+            one_bin = int(p_bin.min()) == int(p_bin.max())  # the usual chunk: no per-hop bins needed
+            seg_bin = None if one_bin else np.repeat(p_bin, sizes)[:-1][pair]
+            self._add_segments(groups, labels, useg, scode, dt, seg_bin, int(p_bin[0]))
 
         # Devices, containers and CPUs per (group, label): counts over compact keys.
         gl = glabel if real is None else glabel[real]
@@ -497,33 +514,18 @@ class PathStats:
                 groups[g].translations[labels[li]][f"{side} → {new}"] += c
 
     def _add_segments(self, groups: list, labels: list[str], useg: np.ndarray, scode: np.ndarray, dt: np.ndarray,
-                      seg_bin: np.ndarray) -> None:
+                      seg_bin: np.ndarray | None, only_bin: int) -> None:
         """Hop segments of a chunk (``scode`` into ``useg``, keys of (group,
         label, next label)) into each segment's latency histogram and its
-        per-time-bin coarse one. Counted for every segment at once (one
-        bincount over segment x bucket), not segment by segment after a sort."""
-        nl = len(labels)
-        fine, coarse = Histogram(3), Histogram(1)
-        w3, w1 = len(fine.counts), len(coarse.counts)
-        idx3 = fine.index(dt)
-        idx1 = fine.coarser_index(coarse)[idx3]
-        lo_bin = int(seg_bin.min())
-        nbins = int(seg_bin.max()) - lo_bin + 1
-        ns = len(useg)
-        if ns * max(w3, nbins * w1) <= _MAX_GRID:
-            lat = np.bincount(scode * w3 + idx3, minlength=ns * w3).reshape(ns, w3)
-            grids = np.bincount((scode * nbins + (seg_bin - lo_bin)) * w1 + idx1,
-                                minlength=ns * nbins * w1).reshape(ns, nbins, w1)
-            per_segment = ((lat[i], grids[i]) for i in range(ns))
-        else:  # many segments or time bins in one chunk: one segment at a time
-            by_seg = np.argsort(scode, kind="stable")
-            sb = np.r_[0, np.cumsum(np.bincount(scode, minlength=ns))]
+        per-time-bin coarse one (tracer/path_segments.py counts them)."""
+        per_segment, lo_bin, lo3 = segment_counts(len(useg), scode, dt, seg_bin, only_bin)
+        self._segments_into(groups, labels, useg, per_segment, lo_bin, lo3)
 
-            def one(i: int) -> tuple[np.ndarray, np.ndarray]:
-                sel = by_seg[sb[i]: sb[i + 1]]
-                return (np.bincount(idx3[sel], minlength=w3),
-                        np.bincount((seg_bin[sel] - lo_bin) * w1 + idx1[sel], minlength=nbins * w1).reshape(nbins, w1))
-            per_segment = (one(i) for i in range(ns))
+    def _segments_into(self, groups: list, labels: list[str], useg: np.ndarray, per_segment: Iterable,
+                       lo_bin: int, lo3: int = 0) -> None:
+        """Each segment's counts (latency buckets from ``lo3`` on, time bin x
+        coarse buckets) into its group's Segment."""
+        nl = len(labels)
         for k, (counts, grid) in zip(useg.tolist(), per_segment):
             rest, bl = divmod(k, nl)
             g, al = divmod(rest, nl)
@@ -531,7 +533,7 @@ class PathStats:
             seg = groups[g].segments.get(key)
             if seg is None:
                 seg = groups[g].segments[key] = Segment(key[0], key[1], Histogram(3))
-            seg.latency.counts += counts
+            seg.latency.counts[lo3: lo3 + len(counts)] += counts
             for b in np.flatnonzero(grid.any(axis=1)).tolist():
                 hist = seg.series.get(b + lo_bin)
                 if hist is None:
