@@ -50,10 +50,10 @@ def path_rows(hops: Any, facts: Any) -> PathRows:
 
 
 def _hop_endpoints(rows: pa.Table, flat: Any, sel: np.ndarray | None, rec: np.ndarray):
-    """Each taken hop's source and destination as codes into one list of
-    address texts (per chunk) and its ports: the tuple its ``tuple`` field
-    points at among its record's; past them, or none, zeros (as laid out);
-    and which tuple that is (hops of one tuple: the same endpoints)."""
+    """Each tuple's source and destination as codes into one list of
+    address texts (per chunk) and its ports, one more tuple of zeros, and
+    each taken hop's tuple among them: the one its ``tuple`` field points
+    at among its record's; past them, or none, the zeros (as laid out)."""
     tuples, lengths, tstart = tuple_layout(rows)
     t_idx = _field(flat, "tuple")
     if sel is not None:
@@ -75,5 +75,5 @@ def _hop_endpoints(rows: pa.Table, flat: Any, sel: np.ndarray | None, rec: np.nd
         if nt:
             col = pc.struct_field(tuples, name)
             p[:nt] = (pc.fill_null(col, 0) if col.null_count else col).to_numpy(zero_copy_only=False)
-        ports.append(p[at])
-    return s_code[at], texts, ports[0], d_code[at], texts, ports[1], at
+        ports.append(p)
+    return s_code, texts, ports[0], d_code, texts, ports[1], at

@@ -223,12 +223,12 @@ class PathRows:
     starts: np.ndarray  # per packet: its first row
     direction: np.ndarray  # per packet: index into DIRECTIONS
     wall_first: np.ndarray  # per packet: wall clock ns of its first row
-    src_ip: np.ndarray  # per row: codes into src_ips
+    src_ip: np.ndarray  # per row (per tuple with tuple_id, below): codes into src_ips
     src_ips: list
-    src_port: np.ndarray
-    dst_ip: np.ndarray  # per row: codes into dst_ips
+    src_port: np.ndarray  # per row (per tuple with tuple_id)
+    dst_ip: np.ndarray  # per row (per tuple with tuple_id): codes into dst_ips
     dst_ips: list
-    dst_port: np.ndarray
+    dst_port: np.ndarray  # per row (per tuple with tuple_id)
     cpu: np.ndarray  # per row
     reason: np.ndarray  # per row: drop reason, codes into reasons (read at a dropped packet's last row)
     reasons: list
@@ -236,7 +236,9 @@ class PathRows:
     ifnames: list
     container: np.ndarray  # per row: container name, codes into containers
     containers: list
-    tuple_id: np.ndarray | None = None  # per row: equal ids, equal addresses and ports (None: not known)
+    # Per row, or None: the row's tuple, an index into the four arrays above,
+    # which are then per tuple (journey rows: a packet's hops share a few).
+    tuple_id: np.ndarray | None = None
 
 
 def sighting_rows(table: pa.Table, metadata=None) -> PathRows | None:
@@ -367,17 +369,22 @@ class PathStats:
                 out[:-1] = c
             return out
 
+        tid = r.tuple_id
+
+        def at_rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            """An address or port array's values at these rows."""
+            return values[rows] if tid is None else values[tid[rows]]
+
         def changed_at(codes: np.ndarray, ports: np.ndarray, rows: np.ndarray) -> np.ndarray:
             """``changed`` of these rows only (each a pair's first row)."""
-            a, b = codes[rows], codes[rows + 1]
-            c = (a != b) | (ports[rows] != ports[rows + 1])
+            a, b = at_rows(codes, rows), at_rows(codes, rows + 1)
+            c = (a != b) | (at_rows(ports, rows) != at_rows(ports, rows + 1))
             c &= (a >= 0) & (b >= 0)
             return rows[c]
 
-        if r.tuple_id is not None and n > 1:
+        if tid is not None:
             # Journey rows: addresses can only change where the hop's tuple
             # does (a few hops a packet), so only those are compared.
-            tid = r.tuple_id
             maybe = tid[1:] != tid[:-1]
             maybe &= pair
             maybe = np.flatnonzero(maybe)
@@ -504,11 +511,13 @@ class PathStats:
             if not len(at):
                 continue
             row_group = glabel[at] // nl
-            newport = np.where(ports[at + 1] != ports[at], ports[at + 1], -1)
-            tkey = ((row_group * nl + label[at + 1]) * (len(values) + 1) + (codes[at + 1] + 1)) * 65537 + (newport + 1)
+            new_port = at_rows(ports, at + 1)
+            new_ip = at_rows(codes, at + 1)
+            newport = np.where(new_port != at_rows(ports, at), new_port, -1)
+            tkey = ((row_group * nl + label[at + 1]) * (len(values) + 1) + (new_ip + 1)) * 65537 + (newport + 1)
             first_at, cnt, _ = _factorize(tkey)
             for i, c in zip(first_at.tolist(), cnt.tolist()):
-                g, li, ip, port = int(row_group[i]), int(label[at[i] + 1]), int(codes[at[i] + 1]), int(newport[i])
+                g, li, ip, port = int(row_group[i]), int(label[at[i] + 1]), int(new_ip[i]), int(newport[i])
                 where = values[ip] if ip >= 0 else "?"
                 new = f"{where}:{port}" if port >= 0 else where
                 groups[g].translations[labels[li]][f"{side} → {new}"] += c
