@@ -31,6 +31,7 @@ import argparse
 import os
 import selectors
 import signal
+import shutil
 import statistics
 import subprocess
 import sys
@@ -171,6 +172,7 @@ def main() -> int:
 
     status = lab_status()
     trees = {"this tree": REPO}
+    where = None
     if not args.no_baseline:
         where = Path(tempfile.mkdtemp(prefix="bench-start-base-"))
         trees = {f"baseline {args.baseline_rev}": archive_tree(args.baseline_rev, where), **trees}
@@ -200,6 +202,8 @@ def main() -> int:
                   f" (load {load()})", flush=True)
     finally:
         traffic.stop()
+        if where is not None:  # the baseline's extracted copy
+            shutil.rmtree(where, ignore_errors=True)
     print()
     print(f"start to first journey, medians of {args.rounds} rounds [95 % bootstrap interval]; load average now {load()}")
     width = max(len(n) for n in names) + 2
