@@ -348,14 +348,18 @@ static __always_inline int fp_equal(struct fp_key *a, struct fp_key *b)
 }
 
 /* A TCP connection's packets in one group of PACKET_GROUP slots (two
- * kilobytes of the cache, and the group's journey slots seven pages): a
+ * kilobytes of the cache, and the group's journey slots seven or eight
+ * pages): a
  * packet's first sighting writes cold slots, and on this VM a TLB miss in
  * a large vmalloc'ed map (4 KiB pages, nested paging) cost more than the
  * cache miss; the connection's next packets then find the group's pages
  * mapped. The group follows the connection's sequence numbers to 4 KiB (seq
  * xor ack: the same both ways), the set within it the whole fingerprint;
  * other protocols, whose fingerprints carry nothing per connection, spread
- * over the whole cache as before. Smaller groups cost less (32: ~70 ns less
+ * over the whole cache as before, and so do TCP fingerprints without sequence
+ * numbers (non-first fragments: seq and ack 0) and the latency and sighting
+ * modes' (no journey slots: grouping would only crowd a connection's packets
+ * into fewer sets). Smaller groups cost less (32: ~70 ns less
  * per first sighting here) but a connection's own packets then take each
  * other's sets sooner: of a 12-packet exchange, ~0.2 slots are reused
  * within the exchange at 64 (~0.9 at 32), and a packet whose slot was
@@ -373,8 +377,10 @@ static __always_inline u32 pcache_index(struct fp_key *fp)
     u64 h = (a ^ (b * 0x9E3779B97F4A7C15ULL)) * 0xC2B2AE3D27D4EB4FULL;
     u32 set = (u32)(h >> 32);
     u32 group = set;
-    if (fp->proto == IPPROTO_TCP)
+#if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE) /* only journeys' slots have the pages to share */
+    if (fp->proto == IPPROTO_TCP && (fp->seq | fp->ack)) /* not a non-first fragment (no TCP header read) */
         group = (u32)(((u64)(__builtin_bswap32(fp->seq ^ fp->ack) >> 12) * 0x9E3779B97F4A7C15ULL) >> 32);
+#endif
     return (group & (PACKET_ENTRIES - 1) & ~(PACKET_GROUP - 1)) | (set & (PACKET_GROUP - 2));
 }
 

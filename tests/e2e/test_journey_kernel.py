@@ -13,9 +13,11 @@ reads.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,17 +46,34 @@ def frame6(flow: int, seq: int, dport: int = 8000, next_header: int = 6) -> byte
     return b"\x02" * 12 + b"\x86\xdd" + ip + ext + tcp
 
 
-PACKET_GROUP = 64  # bpf/common.h
+def _packet_group() -> int:
+    """bpf/common.h's PACKET_GROUP, read from the source (a copy could drift)."""
+    text = (Path(__file__).resolve().parents[2] / "bpf" / "common.h").read_text()
+    return int(re.search(r"^#define PACKET_GROUP (\d+)$", text, re.M).group(1))
+
+
+PACKET_GROUP = _packet_group()
 
 
 def pcache_set_index(ip_id: int, seq: int, entries: int) -> int:
-    """The set pcache_set (bpf/common.h) picks for frame(ip_id, seq)."""
+    """The set pcache_set (bpf/common.h) picks for frame(ip_id, seq); the
+    tests that use it check the kernel agrees (pcache_holds)."""
     a = struct.unpack("<Q", struct.pack("!II", seq, 0))[0]
     b = struct.unpack("<Q", struct.pack("!HH", ip_id, 40) + struct.pack("<HH", 6, 0x10))[0]
     m = (1 << 64) - 1
     h = ((a ^ (b * 0x9E3779B97F4A7C15 & m)) * 0xC2B2AE3D27D4EB4F) & m
-    group = ((seq >> 12) * 0x9E3779B97F4A7C15 & m) >> 32  # TCP: seq xor ack (0 here), to 4 KiB
+    group = ((seq >> 12) * 0x9E3779B97F4A7C15 & m) >> 32 if seq else h >> 32  # TCP: seq xor ack (0 here), to 4 KiB
     return (group & (entries - 1) & ~(PACKET_GROUP - 1)) | ((h >> 32) & (PACKET_GROUP - 2))
+
+
+def pcache_holds(k, index: int, seq: int, ip_ids: list[int] | None = None) -> bool:
+    """Whether the kernel's packet-cache set at ``index`` holds frames of
+    ``seq`` (and, if given, exactly the IP ids ``ip_ids``)."""
+    slots = [k.bpf["pcache"][k.bpf["pcache"].Key(i)] for i in (index, index + 1)]
+    held = [s for s in slots if socket.ntohl(s.fp.seq) == seq]
+    if ip_ids is None:
+        return bool(held)
+    return sorted(socket.ntohs(s.fp.ip_id) for s in held) == sorted(ip_ids)
 
 
 class Kernel:
@@ -217,6 +236,7 @@ def test_one_sweep_reaches_every_slot(clean):
             wanted.setdefault(chunk, seq)
     for seq in wanted.values():
         k.see("trc_tc_in", frame(300, seq), 2)
+        assert pcache_holds(k, pcache_set_index(300, seq, k.entries), seq), "the kernel's set is the one computed here"
     time.sleep(2 * k.window_ns / 1e9)
     k.sweeper.sweep()
     recs = k.records()
@@ -235,6 +255,7 @@ def test_a_stolen_slot_emits_the_journey_it_held(clean):
     a, b, c = (frame(i, 5005) for i in ids)
     k.see("trc_tc_in", a)
     k.see("trc_tc_in", b)
+    assert pcache_holds(k, pcache_set_index(ids[0], 5005, k.entries), 5005, ids[:2]), "a and b share a set"
     assert len(k.records()) == 0
     k.see("trc_tc_in", c)  # a set holds two packets: the oldest (a) goes out
     recs = k.records()
