@@ -12,8 +12,21 @@ from tracer import allocator, own_env
 def test_a_key_tracer_sets_is_dropped_from_a_long_lived_childs_env():
     env, own = {"PATH": "/bin"}, set()
     assert own_env.set_default("OPENBLAS_NUM_THREADS", "1", env, own)
-    assert env == {"PATH": "/bin", "OPENBLAS_NUM_THREADS": "1"}
+    assert env == {"PATH": "/bin", "OPENBLAS_NUM_THREADS": "1", own_env.MARK: "OPENBLAS_NUM_THREADS=1"}
     assert own_env.child_env(env, own) == {"PATH": "/bin"}
+
+
+def test_a_tracer_started_by_a_tracer_process_still_knows_the_keys_as_tracers():
+    parent_env, parent_own = {"PATH": "/bin"}, set()
+    own_env.set_default("OPENBLAS_NUM_THREADS", "1", parent_env, parent_own)
+    own_env.set_default("MIMALLOC_PURGE_DELAY", "-1", parent_env, parent_own)
+    env, own = dict(parent_env), set()  # what a child tracer inherits
+    assert not own_env.set_default("OPENBLAS_NUM_THREADS", "1", env, own)
+    assert own == {"OPENBLAS_NUM_THREADS"}
+    assert own_env.child_env(env, own) == {"PATH": "/bin"}, "neither key nor the mark reaches dockerd"
+    env, own = dict(parent_env, OPENBLAS_NUM_THREADS="4"), set()  # the user's, for this child
+    assert not own_env.set_default("OPENBLAS_NUM_THREADS", "1", env, own) and own == set()
+    assert own_env.child_env(env, own) == {"PATH": "/bin", "OPENBLAS_NUM_THREADS": "4"}
 
 
 def test_a_key_the_user_set_stays_and_is_passed_on():
@@ -26,7 +39,7 @@ def test_a_key_the_user_set_stays_and_is_passed_on():
 def test_arrow_memory_setting_is_noted_as_tracers_own():
     env, own = {}, set()
     allocator.keep_arrow_memory(env, own)
-    assert env == {"MIMALLOC_PURGE_DELAY": "-1"} and own == {"MIMALLOC_PURGE_DELAY"}
+    assert env == {"MIMALLOC_PURGE_DELAY": "-1", own_env.MARK: "MIMALLOC_PURGE_DELAY=-1"} and own == {"MIMALLOC_PURGE_DELAY"}
     env, own = {"MIMALLOC_PURGE_DELAY": "10"}, set()
     allocator.keep_arrow_memory(env, own)
     assert env == {"MIMALLOC_PURGE_DELAY": "10"} and own == set()
