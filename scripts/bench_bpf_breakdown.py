@@ -94,7 +94,7 @@ def build(variant: str, where: Path) -> Path:
     for name, old, new in CUTS:
         src[name] = _sub(src[name], old, new)
     if variant == "noemit":
-        src["journey.h"] = src["journey.h"].replace(EMIT, "(j->end == 99)")  # 0 = "written": counted as emitted
+        src["journey.h"] = _sub(src["journey.h"], EMIT, "(j->end == 99)")  # 0 = "written": counted as emitted
     for name, text in src.items():
         (tree / "bpf" / name).write_text(text)
     head = f"#define CUT {CUT_NUMBERS.get(variant, -1)}\n" + ("#define TRACER_NOOP 1\n" if variant == "noop" else "")
