@@ -105,11 +105,11 @@ def archive_tree(rev: str, where: Path, *paths: str) -> Path:
     return where
 
 
-def interrupt(proc: subprocess.Popen, wait_s: float = 60) -> None:
-    """Stop a tracer (or tcpdump) as a user does, with Ctrl-C; killed if it
-    has not ended within wait_s."""
+def interrupt(proc: subprocess.Popen, wait_s: float = 60, sig: int = signal.SIGINT) -> None:
+    """Stop a tracer (or tcpdump) as a user does, with Ctrl-C (or ``sig``);
+    killed if it has not ended within wait_s."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         try:
             proc.wait(wait_s)
         except subprocess.TimeoutExpired:

@@ -25,7 +25,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))  # sibling benchmark helpers
 
+from bench_overhead import interrupt  # noqa: E402
 from tests.e2e.tracing import burst_from  # noqa: E402
 
 
@@ -58,12 +60,7 @@ def one_round(repo: Path, lab: dict, connections: int, count: int, after: float,
     burst = bursts(lab, connections, count)
     time.sleep(after)
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    interrupt(proc, timeout, signal.SIGTERM)
     took = time.monotonic() - t0
     burst.join(120)
     errs.join(5)
