@@ -54,10 +54,6 @@ def record_dtype(sample: np.dtype) -> np.dtype:
     return dtype
 
 
-RECORD_DTYPE = record_dtype(events.RAW_DTYPE)
-RECORD_SIZE = RECORD_DTYPE.itemsize
-
-
 class RingBufferDrain:
     """Consumer of one BPF ring buffer whose records all have one dtype
     (``sample``: events.RAW_DTYPE or events.JOURNEY_DTYPE)."""
@@ -79,8 +75,7 @@ class RingBufferDrain:
         self.armed_ktime = 0
         self.before_start = 0  # packets left out
         self._early = None  # tracer.hold.RecentIds of the packets left out, once there are any
-        self.record_dtype = record_dtype(sample)
-        self.record_size = self.record_dtype.itemsize
+        self.record_size = record_dtype(sample).itemsize
         self.consumer = mmap.mmap(map_fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         # The consumer position must change in one aligned 8-byte store:
         # struct.pack_into zeroes the bytes before writing them, and a
@@ -166,18 +161,17 @@ class RingBufferDrain:
         self.armed_ktime = ktime_ns
 
     def _without_early(self, records: np.ndarray) -> np.ndarray:
-        ev = records
-        first = ev["first_ktime"] if "first_ktime" in ev.dtype.names else ev["ktime_ns"]
+        first = records["first_ktime"] if "first_ktime" in records.dtype.names else records["ktime_ns"]
         early = first < self.armed_ktime
         if self._early is not None:  # a later part of a packet left out; ids above
-            early |= self._early.seen(ev["packet_id"])  # their CPU's highest early one skip the set lookup
+            early |= self._early.seen(records["packet_id"])  # their CPU's highest early one skip the set lookup
         if not early.any():
             return records
         from tracer.hold import RecentIds
 
         if self._early is None:
             self._early = RecentIds(1 << 20)
-        ids = np.unique(ev["packet_id"][early])
+        ids = np.unique(records["packet_id"][early])
         new = ids[~self._early.seen(ids)]
         self.before_start += len(new)
         self._early.add(new)

@@ -14,7 +14,6 @@ say where it continues.
 from __future__ import annotations
 
 import itertools
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +211,3 @@ def _take(table) -> list:
 
 def proxies_by_pid(proxies: list[DockerProxy]) -> dict[int, DockerProxy]:
     return {p.pid: p for p in proxies}
-
-
-def alive(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")

@@ -136,7 +136,7 @@ class TraceSession:
 
             self.drain = RingBufferDrain(self.bpf["events"].map_fd, program.ringbuf_pages * PAGE_SIZE,
                                          sample=program.record_dtype, addresses=AddressHasher())
-            if not self.sightings:
+            if self._sweeps():
                 from tracer.kernel.sweep import JourneySweeper
 
                 # Journeys quiet for longer than the packet cache joins
@@ -170,11 +170,16 @@ class TraceSession:
     def _programs(self) -> list[tuple[str, int, int]]:
         """Every program this run loads: the sensors', and the sweep's."""
         programs = [p for sensor in self.sensors for p in sensor.programs()]
-        if not (self.latency or self.sightings):
+        if self._sweeps():
             from tracer.kernel.sweep import SWEEP_PROGRAM
 
             programs.append(SWEEP_PROGRAM)
         return programs
+
+    def _sweeps(self) -> bool:
+        """Whether open journeys are swept from the kernel (journey records:
+        not latency mode, not the per-sighting oracle)."""
+        return not (self.latency or self.sightings)
 
     def _mark(self, phase: str) -> None:
         """When a start-up phase ended, in seconds from start() (for

@@ -25,7 +25,7 @@ class _SweepArgs(ctypes.Structure):
 
 class JourneySweeper:
     def __init__(self, bpf, packet_entries: int, chunk: int, idle_ns: int) -> None:
-        self.runner = ProgTestRun(bpf.load_func(SWEEP_PROGRAM[0], BPF_PROG_TYPE_SCHED_CLS).fd, _PACKET)
+        self.runner = ProgTestRun(bpf.load_func(*SWEEP_PROGRAM[:2]).fd, _PACKET)
         self.args = bpf["sweep_args"]
         self.runs = max(1, packet_entries // chunk)
         self.idle_ns = idle_ns
