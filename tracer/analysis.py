@@ -31,7 +31,7 @@ from tracer.analysis_rows import _codes, _ints, _reduce, _Sorted, clean_metadata
 from tracer.events import ICMP_NAMES
 from tracer.interning import Interner
 from tracer.journey_rows import _DIRECTION_CODES as _DIR_CODES
-from tracer.journey_rows import _endpoint_plain, _factorize, verdict_codes
+from tracer.journey_rows import _endpoint_plain, _factorize, next_in_packet, verdict_codes
 from tracer.journeys import VERDICTS, Journey, build_journeys
 from tracer.segment_latency import SegmentLatencies
 from tracer.side_thread import SideThread
@@ -246,8 +246,7 @@ class CaptureAnalysis:
         # A row and the next (one packet: the next starts none), as masks over
         # contiguous arrays rather than gathers through their indices.
         n = len(s.pid)
-        pair = np.ones(max(n - 1, 0), bool)
-        pair[s.pstart[1:] - 1] = False
+        pair = next_in_packet(n, s.pstart)
         dir_rank = np.repeat(np.array([2, 0, 1])[direction], s.psize)  # original, reply, unknown
         # A chunk has a handful of labels: keyed by their chunk indices (a
         # small range: counted, not hashed), then named once per distinct key.

@@ -339,6 +339,14 @@ def verdicts(hook: _Codes, stage: _Codes, role: _Codes, is_drop: np.ndarray,
     return verdict, dropped, np.where(is_drop[last] & (last > starts[:-1]), last - 1, -1)
 
 
+def next_in_packet(n: int, starts: np.ndarray) -> np.ndarray:
+    """Of n rows grouped by packet (each packet's first row at ``starts``),
+    whether row i and row i + 1 are one packet's: a mask of n - 1."""
+    pair = np.ones(max(n - 1, 0), dtype=bool)
+    pair[starts[1:] - 1] = False
+    return pair
+
+
 def verdict_codes(terminal: np.ndarray, is_drop: np.ndarray, first: np.ndarray,
                   last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """verdict_of over rows: journey i is rows first[i]..last[i] in journey

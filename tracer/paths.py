@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from tracer.analysis_rows import _codes, _ints, event_rows, journey_order, place_codes, wall_ns
 from tracer.events import CONTAINER, EXTERNAL, OTHER, ROLES
 from tracer.hdr import Histogram
-from tracer.journey_rows import verdict_codes
+from tracer.journey_rows import next_in_packet, verdict_codes
 from tracer.journeys import ends_journey, hop_label
 from tracer.path_segments import segment_counts
 
@@ -350,24 +350,10 @@ class PathStats:
         entry = np.array([entry_names.index(e) for e in entries], dtype=np.int64)[label[starts]]
         sip_c, dip_c, sport, dport = r.src_ip, r.dst_ip, r.src_port, r.dst_port
         # A row and the next row: one packet (the next is no packet's start), neither a drop.
-        same = np.ones(max(n - 1, 0), dtype=bool)
-        same[starts[1:] - 1] = False
+        same = next_in_packet(n, starts)
         pair = same.copy()
         if len(drop_at):
             pair &= real[1:] & real[:-1]
-
-        def changed(codes: np.ndarray, ports: np.ndarray) -> np.ndarray:
-            """Rows whose next row (a pair) has another address or port, both addresses known."""
-            out = np.zeros(n, dtype=bool)
-            if n > 1:
-                ends_ = codes * 65536 + ports
-                c = ends_[1:] != ends_[:-1]
-                c &= pair
-                known = codes >= 0
-                if not known.all():
-                    c &= known[1:] & known[:-1]
-                out[:-1] = c
-            return out
 
         tid = r.tuple_id
 
@@ -376,7 +362,8 @@ class PathStats:
             return values[rows] if tid is None else values[tid[rows]]
 
         def changed_at(codes: np.ndarray, ports: np.ndarray, rows: np.ndarray) -> np.ndarray:
-            """``changed`` of these rows only (each a pair's first row)."""
+            """Those of these rows (each a pair's first row) whose next row has
+            another address or port, both addresses known."""
             a, b = at_rows(codes, rows), at_rows(codes, rows + 1)
             c = (a != b) | (at_rows(ports, rows) != at_rows(ports, rows + 1))
             c &= (a >= 0) & (b >= 0)
@@ -385,12 +372,10 @@ class PathStats:
         if tid is not None:
             # Journey rows: addresses can only change where the hop's tuple
             # does (a few hops a packet), so only those are compared.
-            maybe = tid[1:] != tid[:-1]
-            maybe &= pair
-            maybe = np.flatnonzero(maybe)
-            d_at, s_at = changed_at(dip_c, dport, maybe), changed_at(sip_c, sport, maybe)
+            maybe = np.flatnonzero((tid[1:] != tid[:-1]) & pair)
         else:
-            d_at, s_at = np.flatnonzero(changed(dip_c, dport)), np.flatnonzero(changed(sip_c, sport))
+            maybe = np.flatnonzero(pair)
+        d_at, s_at = changed_at(dip_c, dport, maybe), changed_at(sip_c, sport, maybe)
         p_d = np.zeros(npk, dtype=bool)
         p_s = np.zeros(npk, dtype=bool)
         p_d[np.searchsorted(starts, d_at, side="right") - 1] = True
