@@ -159,21 +159,18 @@ def bench_live(mode: str, workload: str, quick: bool) -> None:
 
     status = bo.lab_status()
     ports = (8000,) if mode == "trace" else (8000, 5201)
-    stats_file = Path("/proc/sys/kernel/bpf_stats_enabled")
-    was = stats_file.read_text().strip()
     tracer = bo.Tracer(ports, mode)
     try:
-        stats_file.write_text("1")
-        before, t0 = _prog_stats(tracer.proc.pid), time.monotonic()
-        requests = 0
-        if workload == "http":
-            requests = 300 if quick else 5000
-            rate = f"{bo.run_ab(status, requests, 8):.0f} req/s"
-        else:
-            rate = f"{bo.run_iperf(status, 1 if quick else 5) / 1e9:.2f} Gbit/s"
-        after, wall = _prog_stats(tracer.proc.pid), time.monotonic() - t0
+        with bo.bpf_stats_on():
+            before, t0 = _prog_stats(tracer.proc.pid), time.monotonic()
+            requests = 0
+            if workload == "http":
+                requests = 300 if quick else 5000
+                rate = f"{bo.run_ab(status, requests, 8):.0f} req/s"
+            else:
+                rate = f"{bo.run_iperf(status, 1 if quick else 5) / 1e9:.2f} Gbit/s"
+            after, wall = _prog_stats(tracer.proc.pid), time.monotonic() - t0
     finally:
-        stats_file.write_text(was)
         tracer.stop()
     print(f"bench_bpf --live: tracer {mode} {' '.join('--port ' + str(p) for p in ports)}, {workload} {rate}, "
           f"{wall:.1f} s (kernel.bpf_stats_enabled: upper bounds, its clock reads included)")
@@ -221,13 +218,10 @@ def bench_live_ab(base: Path, rounds: int, requests: int, floor: bool = False) -
 
     status = bo.lab_status()
     sides = {"base": base, "new": REPO, **({"noop": REPO} if floor else {})}
-    stats_file = Path("/proc/sys/kernel/bpf_stats_enabled")
-    was = stats_file.read_text().strip()
     res: dict[str, list[dict]] = {k: [] for k in sides}
     print(f"bench_bpf --live --base {base}: {rounds} rounds of ab -n {requests} -c 8 to :8000, "
           f"alternating; load {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
-    try:
-        stats_file.write_text("1")
+    with bo.bpf_stats_on():
         for r in range(rounds):
             order = ("base", "new") if r % 2 == 0 else ("new", "base")
             for side in order + (("noop",) if floor else ()):
@@ -243,16 +237,13 @@ def bench_live_ab(base: Path, rounds: int, requests: int, floor: bool = False) -
                     res[side].append(None)
                     continue
                 journeys, hops = tracer.stop()
-                progs = {n: (after[n][0] - before.get(n, (0, 0))[0], after[n][1] - before.get(n, (0, 0))[1])
-                         for n in after}
+                progs = _prog_delta(before, after)
                 res[side].append({"progs": progs, "rate": rate, "journeys": journeys, "hops": hops})
                 ns = sum(v[0] for v in progs.values())
                 runs = sum(v[1] for v in progs.values())
                 per = f"{ns / hops:4.0f} ns per sighting" if hops else f"{ns / max(runs, 1):4.0f} ns per run"
                 print(f"  round {r + 1} {side:4s}: {rate:6.0f} req/s, {ns / requests / 1e3:5.1f} us BPF per request, "
                       f"{hops / requests:5.1f} sightings per request, {per}")
-    finally:
-        stats_file.write_text(was)
     both = [i for i in range(rounds) if res["base"][i] and res["new"][i]]
     _report_ab({k: [v[i] for i in both] for k, v in res.items() if k != "noop"}, requests)
     if floor:
@@ -326,6 +317,11 @@ def _prog_stats(pid: int) -> dict[str, tuple[int, int]]:
             ns, cnt = out.get(p["name"], (0, 0))
             out[p["name"]] = (ns + p.get("run_time_ns", 0), cnt + p.get("run_cnt", 0))
     return out
+
+
+def _prog_delta(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """(run_time_ns, run_cnt) per program between two _prog_stats."""
+    return {n: (after[n][0] - before.get(n, (0, 0))[0], after[n][1] - before.get(n, (0, 0))[1]) for n in after}
 
 
 def main() -> int:

@@ -118,15 +118,12 @@ def main() -> int:
     if unknown := set(names) - set(VARIANTS):
         raise SystemExit(f"bench_bpf_breakdown: unknown variants {sorted(unknown)}")
     status = bo.lab_status()
-    stats_file = Path("/proc/sys/kernel/bpf_stats_enabled")
-    was = stats_file.read_text().strip()
     res: dict[str, list[dict]] = {v: [] for v in names}
     with tempfile.TemporaryDirectory(prefix="bench-bpf-cuts-") as tmp:
         trees = {v: build(v, Path(tmp)) for v in names}
         print(f"bench_bpf_breakdown: {args.rounds} rounds of ab -n {args.requests} -c 8 per variant; "
               f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-        try:
-            stats_file.write_text("1")
+        with bo.bpf_stats_on():
             for r in range(args.rounds):
                 for v in names if r % 2 == 0 else names[::-1]:
                     tracer = bb.TreeTracer(trees[v])
@@ -140,10 +137,7 @@ def main() -> int:
                         tracer.stop()
                         continue
                     tracer.stop()
-                    res[v].append({p: (after[p][0] - before.get(p, (0, 0))[0], after[p][1] - before.get(p, (0, 0))[1])
-                                   for p in after})
-        finally:
-            stats_file.write_text(was)
+                    res[v].append(bb._prog_delta(before, after))
     progs = sorted({p for rounds in res.values() for rnd in rounds for p in rnd})
     print(f"  {'program':13s} {'runs/req':>8s} " + " ".join(f"{v:>7s}" for v in names) + "   (median ns per run)")
     for p in progs:

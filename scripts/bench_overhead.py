@@ -60,6 +60,7 @@ in production.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -157,7 +158,7 @@ class Tracer:
         if noop:  # every program returns at once: the floor (dispatch and the statistics' own clock reads)
             env["TRACER_BPF_CFLAGS"] = "-DTRACER_NOOP"
         self.proc = subprocess.Popen(cmd, env=env, cwd=tree, stdout=self.out, stderr=self.err, start_new_session=True)
-        self.cpu0, self.wall0 = cpu_seconds(self.proc.pid), time.monotonic()  # stop() works before it is ready
+        self.cpu_mark()  # stop() works before it is ready
         ready = self.READY.get(mode, "Ctrl-C")
         while True:
             text = Path(self.err.name).read_text(errors="replace")
@@ -308,28 +309,38 @@ def bootstrap_median(values: list[float], n: int = 4000, seed: int = 7) -> tuple
     return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
 
 
+@contextlib.contextmanager
+def bpf_stats_on():
+    """kernel.bpf_stats_enabled on for the block; its setting before put back."""
+    stats_file = Path("/proc/sys/kernel/bpf_stats_enabled")
+    was = stats_file.read_text().strip()
+    stats_file.write_text("1")
+    try:
+        yield
+    finally:
+        stats_file.write_text(was)
+
+
 def bpf_cost(status: dict, mode: str, requests: int) -> dict | None:
     """BPF ns per program run of a tracer in `mode` (both ports) under ab,
     with kernel.bpf_stats_enabled on for this phase only."""
     sys.path.insert(0, str(REPO / "scripts"))
-    from bench_bpf import _prog_stats
+    from bench_bpf import _prog_delta, _prog_stats
 
-    stats_file = Path("/proc/sys/kernel/bpf_stats_enabled")
-    was = stats_file.read_text().strip()
     tracer = Tracer(BOTH, mode)
     try:
-        stats_file.write_text("1")
-        before = _prog_stats(tracer.proc.pid)
-        run_ab(status, requests, 8)
-        after = _prog_stats(tracer.proc.pid)
+        with bpf_stats_on():
+            before = _prog_stats(tracer.proc.pid)
+            run_ab(status, requests, 8)
+            after = _prog_stats(tracer.proc.pid)
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"  BPF cost of {mode}: not measured ({exc})")
         return None
     finally:
-        stats_file.write_text(was)
         tracer.stop()
-    ns = sum(after[k][0] - before.get(k, (0, 0))[0] for k in after)
-    runs = sum(after[k][1] - before.get(k, (0, 0))[1] for k in after)
+    progs = _prog_delta(before, after)
+    ns = sum(v[0] for v in progs.values())
+    runs = sum(v[1] for v in progs.values())
     return {"ns_per_run": ns / runs if runs else None, "runs_per_request": runs / requests, "ns_per_request": ns / requests}
 
 

@@ -160,8 +160,8 @@ def main() -> int:
         return 2
     if args.quick:
         args.rounds, args.calls = 2, 10_000
-    from bench_bpf import _prog_stats
-    from bench_overhead import bootstrap_median
+    from bench_bpf import _prog_delta, _prog_stats
+    from bench_overhead import bootstrap_median, bpf_stats_on
 
     counts = {"syscall": args.calls * 5, "tcp": args.calls // 8, "relay": args.calls // 8}
     runs = {"syscall": lambda: _syscalls(counts["syscall"]), "tcp": lambda: _tcp(counts["tcp"]),
@@ -169,8 +169,6 @@ def main() -> int:
     unit = {"syscall": "syscall", "tcp": "round trip", "relay": "relayed msg"}
     holders: list[Holder] = []
     socks = _pairs()
-    stats_file = Path("/proc/sys/kernel/bpf_stats_enabled")
-    stats_was = stats_file.read_text().strip()
     try:
         if not args.no_old:
             holders.append(Holder(f"old ({OLD_COMMIT}: sys_enter/sys_exit)", old_tree(), os.getpid()))
@@ -187,19 +185,18 @@ def main() -> int:
             h.set(False)
         # One more round per sensor with BPF statistics on: runs and ns per run.
         bpf = {}
-        stats_file.write_text("1")
-        for h in holders:
-            h.set(True)
-            for w, run in runs.items():
-                before = _prog_stats(h.proc.pid)
-                run()
-                after = _prog_stats(h.proc.pid)
-                ns = sum(after[p][0] - before.get(p, (0, 0))[0] for p in after)
-                cnt = sum(after[p][1] - before.get(p, (0, 0))[1] for p in after)
-                bpf[(h.name, w)] = (cnt / counts[w], ns / cnt if cnt else 0.0)
-            h.set(False)
+        with bpf_stats_on():
+            for h in holders:
+                h.set(True)
+                for w, run in runs.items():
+                    before = _prog_stats(h.proc.pid)
+                    run()
+                    progs = _prog_delta(before, _prog_stats(h.proc.pid))
+                    ns = sum(v[0] for v in progs.values())
+                    cnt = sum(v[1] for v in progs.values())
+                    bpf[(h.name, w)] = (cnt / counts[w], ns / cnt if cnt else 0.0)
+                h.set(False)
     finally:
-        stats_file.write_text(stats_was)
         for h in holders:
             h.close()
         for s in socks:
