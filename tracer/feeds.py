@@ -41,8 +41,7 @@ SHOW_EVERY_S = 0.15
 # kernel addresses, laying records out as capture rows) on ~5x more records.
 # The writer still hands rows to the OS within about a second (FLUSH_SECONDS
 # from the oldest, checked every pass).
-RECORD_PASS_S = 0.25
-# ...its drain thread reads the ring buffer once a pass instead of every
+# Its drain thread also reads the ring buffer once a pass instead of every
 # 5 ms (a pass then takes one read's records as they are, not copied into
 # one array), at once again after a read that found the ring a quarter
 # full, and early as soon as the ring is a quarter full (BackgroundDrain
@@ -51,8 +50,7 @@ RECORD_PASS_S = 0.25
 # instead of every 50 ms: a journey the sweep emits only has to reach the
 # capture, which waits up to FLUSH_SECONDS anyway. Each read and each sweep
 # costs ~0.15-0.3 ms whatever it brings.
-RECORD_READ_S = RECORD_PASS_S
-RECORD_SWEEP_S = RECORD_PASS_S
+RECORD_PASS_S = 0.25
 
 
 class RuleFeed:
@@ -107,14 +105,14 @@ class _RecordFeed:
         self.started = time.monotonic()
 
     def take_pass(self) -> Batch:
-        pass_s, read_s, sweep_s = (MIN_PASS_S, None, None) if self.showing else (RECORD_PASS_S, RECORD_READ_S, RECORD_SWEEP_S)
+        pass_s, drain_every_s = (MIN_PASS_S, None) if self.showing else (RECORD_PASS_S, RECORD_PASS_S)
         if self.showing and self._shown_at is not None:  # the first journeys as soon as they are complete
             pass_s = max(pass_s, self.show_every)
         rest = pass_s - (time.monotonic() - self._pass_started)
         if rest > 0:
             time.sleep(rest)
         self._pass_started = time.monotonic()
-        batch = Batch(arrived=self._take(self.session.read_records(POLL_S, read_s, sweep_s)))
+        batch = Batch(arrived=self._take(self.session.read_records(POLL_S, drain_every_s)))
         if self.rules is not None:
             batch.rules = self.rules.tick(self.session.now_ktime())
         # Read before the journeys that may be on a proxy leg (output and capture).

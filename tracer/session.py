@@ -319,15 +319,14 @@ class TraceSession:
             log.warning("could not follow container %s (%s): %s", container.name, what, exc)
 
     # ---- running -----------------------------------------------------------
-    def read_records(self, timeout: float, read_s: float | None = None, sweep_s: float | None = None) -> np.ndarray:
+    def read_records(self, timeout: float, every_s: float | None = None) -> np.ndarray:
         """The kernel's records drained so far (waiting up to `timeout` for
         the first): journeys (events.JOURNEY_DTYPE), or sightings
-        (events.RAW_DTYPE) in the per-sighting build. ``read_s``, ``sweep_s``:
-        how often the drain thread reads the ring buffer and sweeps quiet
-        journeys (its defaults if None), set by the first call."""
+        (events.RAW_DTYPE) in the per-sighting build. ``every_s``: how often
+        the drain thread reads the ring buffer and sweeps quiet journeys (its
+        defaults if None), set by the first call."""
         if self.drainer is None:
-            every = {} if read_s is None else {"batch_s": read_s}
-            every.update({} if sweep_s is None else {"tick_s": sweep_s})
+            every = {} if every_s is None else {"batch_s": every_s, "tick_s": every_s}
             self.drainer = BackgroundDrain(self.drain, tick=self._sweep if self.sweeper else None, **every)
         return self.drainer.take(timeout)
 
