@@ -43,6 +43,8 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 
 required=(python3-bpfcc bpfcc-tools iproute2 iptables nftables python3-nftables conntrack busybox-static python3-venv
           iperf3 apache2-utils tshark tcpdump procps kmod util-linux ca-certificates)
+# the compiler and Python headers build tracer._native (native/*.c, setup.py)
+required+=(gcc libc6-dev python3-dev)
 # libpcap compiles filter expressions (tracer/pcap.py); renamed libpcap0.8t64
 # with the 64-bit time_t transition (Ubuntu 24.04, Debian 13)
 ver=${VERSION_ID:-0}; ver=${ver%%.*}
@@ -144,15 +146,22 @@ if ! venv_ok; then
     quiet "$sys_python" -m venv --system-site-packages "$venv"
 fi
 stamp_file=$venv/.tracer-install-stamp
-stamp=$(cat "$repo/pyproject.toml" <("$venv/bin/python" -V 2>&1) | sha256sum | cut -d' ' -f1)
-if [[ -x $venv/bin/tracer && -f $stamp_file && $(cat "$stamp_file") == "$stamp" ]]; then
-    step "venv: tracer installed (pyproject unchanged)"
+# the install builds tracer._native in place: its sources are part of the stamp
+native_so=("$repo"/tracer/_native.*.so)
+stamp=$(cat "$repo/pyproject.toml" "$repo/setup.py" "$repo"/native/* <("$venv/bin/python" -V 2>&1) | sha256sum | cut -d' ' -f1)
+if [[ -x $venv/bin/tracer && -f $stamp_file && $(cat "$stamp_file") == "$stamp" && -e ${native_so[0]} ]]; then
+    step "venv: tracer installed (pyproject and native sources unchanged)"
 else
     step "venv: pip install -e '.[test]'"
     quiet "$venv/bin/python" -m pip install --disable-pip-version-check -e "$repo[test]"
     echo "$stamp" >"$stamp_file"
 fi
 "$venv/bin/python" -c 'import bcc' 2>/dev/null || warn "bcc does not import in $venv (python3-bpfcc missing?)"
+if "$venv/bin/python" -c 'import tracer._native' 2>/dev/null; then
+    step "native: tracer._native built (compiled journey text)"
+else
+    warn "tracer._native did not build (see $setup_log): trace falls back to its slower Python text path"
+fi
 ln -sfn "$venv/bin/tracer" /usr/local/bin/tracer
 step "path: /usr/local/bin/tracer -> $venv/bin/tracer"
 

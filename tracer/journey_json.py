@@ -15,6 +15,7 @@ from tracer.ids import id_texts
 from tracer.wallclock import split_times
 from tracer.journey_rows import JourneyRows, _dumps, _factorize, _mixed_radix, journey_rows
 from tracer.journeys import _DIRECTION_NAMES, VERDICTS, _flags_text
+from tracer.native import native
 
 
 def journey_json_lines(table: pa.Table) -> list[str]:
@@ -30,13 +31,20 @@ def journey_json_lines(table: pa.Table) -> list[str]:
     return [text[s - at[0] : e - at[0]].decode() for s, e in zip(at[:-1], at[1:])]
 
 
-def journey_json_block(table: pa.Table) -> tuple[memoryview, int]:
+def journey_json_block(table: pa.Table, compiled: bool = True) -> tuple[memoryview, int]:
     """The same lines, each ended by a newline, as one UTF-8 buffer (and how
     many lines): for writing straight out, without a Python str per hop or
-    per line."""
+    per line. By the compiled loop where it was built (tracer/native.py,
+    ``compiled``: unless False), else by the Python path below: the same
+    bytes."""
     jr = journey_rows(table)
     if not len(jr):
         return memoryview(b""), 0
+    module = native() if compiled else None
+    if module is not None:
+        from tracer.native_json import native_json_block
+
+        return memoryview(native_json_block(jr, module)), len(jr)
     pieces, _ = _json_pieces(jr, newline=True)
     data, offsets = _string_buffer(pieces)
     return data[int(offsets[0]) : int(offsets[-1])], len(jr)

@@ -1,0 +1,16 @@
+/* tracer._native: the few hot loops of a live run that Python cannot make
+ * cheap enough (issue 9: CPU per traced packet). One extension module; each
+ * job in its own source file, registered in module.c. Every function here
+ * has a Python twin that stays the reference and the fallback (see
+ * tracer/native.py): the tests compare their bytes. */
+#ifndef TRACER_NATIVE_H
+#define TRACER_NATIVE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* journey_json.c */
+PyObject *native_journey_json(PyObject *self, PyObject *args);
+extern const char native_journey_json_doc[];
+
+#endif

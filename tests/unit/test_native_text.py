@@ -1,0 +1,120 @@
+"""The compiled journey text (native/journey_json.c, tracer._native) and
+the Python path it stands in for write the same bytes.
+
+Both run on the same JourneyRows: from the kernel's records and from
+sighting rows, with hostile names (control characters, quotes, backslashes,
+DEL, non-ASCII and astral characters) where interface,
+container and drop-reason names go, unknown times and flows, and ids of
+every width. The extension is optional (tracer/native.py): when it is not
+built these tests fail rather than skip, since scripts/setup.sh builds it
+and CI runs setup first; TRACER_NATIVE=0 turns it off on purpose."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.unit.test_decode import CT_NS, HOST_NS, ctx
+from tests.unit.test_journey_records import records
+from tracer import native
+from tracer.decode import decode
+from tracer.expand import expand
+from tracer.hold import sort_records
+from tracer.journey_json import journey_json_block, journey_json_lines
+from tracer.journey_records import journey_rows_of_records
+from tracer.journey_rows import journey_rows
+from tracer.native_json import native_json_block
+from tracer.places import Place
+
+HOSTILE = ["eth\n0\t\"x\"\\", "c\x00\x01\x1f\x7f", "caf\u00e9-\u4e2d", "emoji-\U0001F600", "sp ace/\u0085nel", "\u2028\u2029"]
+
+
+def module():
+    m = native.native()
+    assert m is not None, f"tracer._native is not built: {native.why_not()}"
+    return m
+
+
+def hostile_ctx(boot_offset_ns: int):
+    c = ctx()
+    c.boot_offset_ns = boot_offset_ns
+    c.drop_reasons = {12: "NETFILTER\x07DROP\u00ff"}
+    c.book.places[(HOST_NS, 7)] = Place(HOSTILE[0], "external", HOST_NS)
+    c.book.places[(HOST_NS, 9)] = Place(HOSTILE[2], "veth", HOST_NS, "id-\x1b[31m", HOSTILE[1])
+    c.book.container_places[2] = [(Place(HOSTILE[3], "container", CT_NS, "id-a\"", HOSTILE[4]), ("172.17.0.2",)),
+                                  (Place("eth0", "container", CT_NS + 1, "id-b", HOSTILE[5]), ("172.17.0.3",))]
+    return c
+
+
+def python_block(jr) -> bytes:
+    block, count = journey_json_block(jr, compiled=False)
+    assert count == len(jr)
+    return bytes(block)
+
+
+def both_ways(c):
+    recs = sort_records(records())
+    return journey_rows_of_records(recs, c), journey_rows(decode(expand(recs), c))
+
+
+@pytest.mark.parametrize("boot_offset_ns", [1_000, 1_796_000_000_123_456_789, 0])
+def test_compiled_json_is_the_python_json_byte_for_byte(boot_offset_ns):
+    m = module()
+    for jr in both_ways(hostile_ctx(boot_offset_ns)):
+        expected = python_block(jr)
+        assert native_json_block(jr, m) == expected
+        assert bytes(journey_json_block(jr)[0]) == expected  # the path trace takes picks the compiled one
+        lines = expected.decode().splitlines()
+        assert len(lines) == len(jr) == 7
+        parsed = [json.loads(line) for line in lines]
+        names = {h["ifname"] for j in parsed for h in j["hops"]} | {h["container"] for j in parsed for h in j["hops"]}
+        assert {HOSTILE[0], HOSTILE[2], HOSTILE[3], HOSTILE[4]} <= names  # the hostile names made it, escaped
+        assert all(ord(ch) < 128 for ch in expected.decode()), "json.dumps' ASCII escapes"
+
+
+def test_unknown_times_flows_and_ids_of_every_width():
+    m = module()
+    jr, _ = both_ways(hostile_ctx(1_796_000_000_000_000_000))
+    jr.wall_ns[::2] = 0  # unknown wall clock: "time": null
+    jr.wall_ns[1] = 1_796_000_000_999_999_999  # the last nanosecond of a second
+    jr.flow_id[:] = [0, 1, 0xF, 0x10, 0xFFFFFFFF, 1 << 63, 0xFFFFFFFFFFFFFFFF]
+    jr.packet_id[:] = [1, 0xABCDEF, 1 << 32, 0x123456789ABCDEF0, 0xFFFFFFFFFFFFFFFF, 0, 42]
+    jr.dt[3] = -5  # a hop before the first (clock skew between CPUs): printed as it is
+    expected = python_block(jr)
+    assert native_json_block(jr, m) == expected
+    first = json.loads(expected.decode().splitlines()[0])
+    assert first["time"] is None and first["flow_id"] is None and first["packet_id"] == "1"
+
+
+def test_head_and_empty_batches():
+    m = module()
+    jr, _ = both_ways(hostile_ctx(1_000))
+    assert native_json_block(jr.head(3), m) == python_block(jr.head(3))
+    assert journey_json_lines(jr.head(3)) == python_block(jr.head(3)).decode().splitlines()
+    block, count = journey_json_block(jr.head(0))
+    assert count == 0 and bytes(block) == b""
+
+
+def test_bad_arguments_are_errors_not_crashes():
+    m = module()
+    jr, _ = both_ways(hostile_ctx(1_000))
+    jr.hook.codes[0] = len(jr.hook.values)  # a code past its table
+    with pytest.raises(ValueError, match="hook code"):
+        native_json_block(jr, m)
+    with pytest.raises(TypeError):
+        m.journey_json((np.zeros(3, np.float64),) * 10, (), ())
+    with pytest.raises(TypeError, match="64-bit"):
+        m.journey_json((np.zeros(3, np.float64),) * 10, (np.zeros(0, np.int64),) * 9, ([],) * 11)
+
+
+def test_turned_off_it_says_why_and_the_python_path_writes():
+    code = ("from tracer import native; from tracer.journey_json import journey_json_block; "
+            "print(native.native() is None, native.why_not())")
+    env = {**os.environ, "TRACER_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True turned off by TRACER_NATIVE=0"

@@ -1,0 +1,44 @@
+"""tracer._native, the compiled twins of a few hot loops (native/*.c, built
+by setup.py when `scripts/setup.sh` installs the package), or None.
+
+The extension is optional: every function in it has a Python twin that is
+the reference (the tests compare their bytes) and the fallback where it was
+not built (no compiler or Python headers, a source tree run without
+installing). ``TRACER_NATIVE=0`` in the environment turns it off, to compare
+or to rule it out."""
+
+from __future__ import annotations
+
+import os
+
+_loaded = False
+_module = None
+_why_not = ""
+
+
+def native():
+    """The extension module, or None (then ``why_not()`` says why)."""
+    global _loaded, _module, _why_not
+    if not _loaded:
+        _loaded = True
+        if os.environ.get("TRACER_NATIVE", "1") == "0":
+            _why_not = "turned off by TRACER_NATIVE=0"
+        else:
+            try:
+                from tracer import _native
+            except ImportError as e:
+                _why_not = f"not built ({e}); run scripts/setup.sh"
+            else:
+                _module = _native
+    return _module
+
+
+def why_not() -> str:
+    """Why native() is None ('' when it is not)."""
+    native()
+    return _why_not
+
+
+def describe() -> str:
+    """One line for --verbose: which text path a live run uses."""
+    return "compiled text output (tracer._native)" if native() is not None else f"Python text output: compiled part {why_not()}"
