@@ -18,8 +18,13 @@ typedef struct {
     Py_ssize_t n;
 } frag;
 
+/* A table's texts, each copied into one arena at a 16-byte boundary with
+ * at least 16 bytes after it: put_frag then copies whole 16-byte blocks
+ * (inlined vector moves, not a memcpy call per fragment; a journey has
+ * about a hundred fragments). The output has room for the overshoot. */
 typedef struct {
     frag *f;
+    char *arena;
     Py_ssize_t n, max;
 } table;
 
@@ -33,9 +38,11 @@ typedef struct {
 /* journey columns, then hop columns, then the text tables, as passed */
 enum { J_PACKET_ID, J_FLOW_ID, J_WALL_NS, J_DIRECTION, J_PROTOCOL, J_TCP_KEY, J_CONTAINER, J_VERDICT, J_REASON,
        J_STARTS, N_JOURNEY };
-enum { H_HOOK, H_STAGE, H_IFNAME, H_NETNS, H_CONTAINER, H_PAIR, H_DT, H_CONTAINER_ID, H_KTIME, N_HOP };
-enum { T_DIRECTION, T_PROTOCOL, T_FLAGS, T_CONTAINER, T_VERDICT, T_REASON, T_HOOK, T_STAGE, T_IFNAME, T_PAIR,
-       T_CONTAINER_ID, N_TABLE };
+enum { H_HOOK, H_STAGE, H_IFNAME, H_NETNS, H_CONTAINER, H_SRC_IP, H_SRC_PORT, H_SRC_ICMP, H_DST_IP, H_DST_PORT,
+       H_DST_ICMP, H_DT,
+       H_CONTAINER_ID, H_KTIME, N_HOP };
+enum { T_DIRECTION, T_PROTOCOL, T_FLAGS, T_CONTAINER, T_VERDICT, T_REASON, T_HOOK, T_STAGE, T_IFNAME, T_SRC_IP,
+       T_DST_IP, T_CONTAINER_ID, N_TABLE };
 
 static int load_column(PyObject *obj, column *c, const char *what) {
     if (PyObject_GetBuffer(obj, &c->view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
@@ -63,13 +70,31 @@ static int load_table(PyObject *list, table *t, const char *what) {
         PyErr_NoMemory();
         return -1;
     }
+    size_t size = 0;
     for (Py_ssize_t i = 0; i < t->n; i++) {
-        char *s;
-        Py_ssize_t n;
-        if (PyBytes_AsStringAndSize(PyList_GET_ITEM(list, i), &s, &n) < 0) return -1;
-        t->f[i].s = s;
-        t->f[i].n = n;
+        PyObject *item = PyList_GET_ITEM(list, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "journey_json: %s texts must be bytes", what);
+            return -1;
+        }
+        Py_ssize_t n = PyBytes_GET_SIZE(item);
+        size += ((size_t)n + 31) & ~(size_t)15;
         if (n > t->max) t->max = n;
+    }
+    t->arena = PyMem_Malloc(size + 16);
+    if (!t->arena) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    char *a = (char *)(((uintptr_t)t->arena + 15) & ~(uintptr_t)15);
+    for (Py_ssize_t i = 0; i < t->n; i++) {
+        PyObject *item = PyList_GET_ITEM(list, i);
+        Py_ssize_t n = PyBytes_GET_SIZE(item);
+        memcpy(a, PyBytes_AS_STRING(item), (size_t)n);
+        memset(a + n, 0, 16);
+        t->f[i].s = a;
+        t->f[i].n = n;
+        a += ((size_t)n + 31) & ~(size_t)15;
     }
     return 0;
 }
@@ -86,11 +111,6 @@ static int check_codes(const column *c, const table *t, const char *what) {
 }
 
 #define PUT(p, lit) (memcpy((p), (lit), sizeof(lit) - 1), (p) += sizeof(lit) - 1)
-
-static inline char *put_frag(char *p, const frag *f) {
-    memcpy(p, f->s, (size_t)f->n);
-    return p + f->n;
-}
 
 static inline char *put_int(char *p, int64_t v) {
     char tmp[24];
@@ -120,6 +140,27 @@ static inline char *put_id(char *p, uint64_t v) {
     return p;
 }
 
+static inline char *put_frag(char *p, const frag *f) {
+    for (Py_ssize_t k = 0; k < f->n; k += 16) memcpy(p + k, f->s + k, 16);
+    return p + f->n;
+}
+
+/* An endpoint as tracer/journey_json.py's _endpoint_text writes it, from
+ * its address' JSON text ('"10.0.0.1"', or null): the address alone for
+ * ICMP, else '"ip:port"', '"[ip6]:port"'. Only the closing quote moves:
+ * ':', '[', ']' and digits need no escaping. */
+static inline char *put_endpoint(char *p, const frag *ip, int64_t port, int64_t icmp) {
+    if (icmp || ip->n < 2 || ip->s[0] != '"') return put_frag(p, ip);
+    int v6 = memchr(ip->s, ':', (size_t)ip->n) != NULL;
+    if (v6) *p++ = '"', *p++ = '[';
+    p = put_frag(p, &(frag){ip->s + v6, ip->n - 1 - v6});
+    if (v6) *p++ = ']';
+    *p++ = ':';
+    p = put_int(p, port);
+    *p++ = '"';
+    return p;
+}
+
 /* per line: fixed keys and punctuation, the time and four numbers */
 #define JOURNEY_BOUND 400
 /* per hop: fixed keys and punctuation and two numbers */
@@ -136,10 +177,10 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
     }
     static const char *jnames[N_JOURNEY] = {"packet_id", "flow_id", "wall_ns", "direction", "protocol",
                                             "tcp_key", "container_of", "verdict", "reason", "starts"};
-    static const char *hnames[N_HOP] = {"hook", "stage", "ifname", "netns", "container",
-                                        "pair", "dt", "container_id", "ktime"};
+    static const char *hnames[N_HOP] = {"hook", "stage", "ifname", "netns", "container", "src_ip", "src_port",
+                                        "src_icmp", "dst_ip", "dst_port", "dst_icmp", "dt", "container_id", "ktime"};
     static const char *tnames[N_TABLE] = {"direction", "protocol", "flags", "container", "verdict", "reason",
-                                          "hook", "stage", "ifname", "pair", "container_id"};
+                                          "hook", "stage", "ifname", "src_ip", "dst_ip", "container_id"};
     column j[N_JOURNEY] = {0}, h[N_HOP] = {0};
     table t[N_TABLE] = {0};
     PyObject *result = NULL;
@@ -175,7 +216,7 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
     static const struct { int col, tab; } jcodes[] = {{J_DIRECTION, T_DIRECTION}, {J_PROTOCOL, T_PROTOCOL},
         {J_TCP_KEY, T_FLAGS}, {J_CONTAINER, T_CONTAINER}, {J_VERDICT, T_VERDICT}, {J_REASON, T_REASON}};
     static const struct { int col, tab; } hcodes[] = {{H_HOOK, T_HOOK}, {H_STAGE, T_STAGE}, {H_IFNAME, T_IFNAME},
-        {H_CONTAINER, T_CONTAINER}, {H_PAIR, T_PAIR}, {H_CONTAINER_ID, T_CONTAINER_ID}};
+        {H_CONTAINER, T_CONTAINER}, {H_SRC_IP, T_SRC_IP}, {H_DST_IP, T_DST_IP}, {H_CONTAINER_ID, T_CONTAINER_ID}};
     for (size_t i = 0; i < sizeof jcodes / sizeof *jcodes; i++)
         if (check_codes(&j[jcodes[i].col], &t[jcodes[i].tab], jnames[jcodes[i].col]) < 0) goto done;
     for (size_t i = 0; i < sizeof hcodes / sizeof *hcodes; i++)
@@ -185,7 +226,8 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
     Py_ssize_t per_journey = JOURNEY_BOUND, per_hop = HOP_BOUND;
     for (size_t i = 0; i < sizeof jcodes / sizeof *jcodes; i++) per_journey += t[jcodes[i].tab].max;
     for (size_t i = 0; i < sizeof hcodes / sizeof *hcodes; i++) per_hop += t[hcodes[i].tab].max;
-    Py_ssize_t bound = count * per_journey + n * per_hop;
+    per_hop += 2 * 24;  /* the ports, and the brackets and quotes of endpoints */
+    Py_ssize_t bound = count * per_journey + n * per_hop + 64;  /* + a 16-byte block's overshoot */
     out = PyBytes_FromStringAndSize(NULL, bound);
     if (!out) goto done;
 
@@ -251,7 +293,9 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
             PUT(p, ", \"container\": ");
             p = put_frag(p, &t[T_CONTAINER].f[h[H_CONTAINER].v[i]]);
             PUT(p, ", \"src\": ");
-            p = put_frag(p, &t[T_PAIR].f[h[H_PAIR].v[i]]);
+            p = put_endpoint(p, &t[T_SRC_IP].f[h[H_SRC_IP].v[i]], h[H_SRC_PORT].v[i], h[H_SRC_ICMP].v[i]);
+            PUT(p, ", \"dst\": ");
+            p = put_endpoint(p, &t[T_DST_IP].f[h[H_DST_IP].v[i]], h[H_DST_PORT].v[i], h[H_DST_ICMP].v[i]);
             PUT(p, ", \"dt_ns\": ");
             p = put_int(p, h[H_DT].v[i]);
             PUT(p, ", \"container_id\": ");
@@ -270,7 +314,7 @@ done:
         if (j[i].held) PyBuffer_Release(&j[i].view);
     for (int i = 0; i < N_HOP; i++)
         if (h[i].held) PyBuffer_Release(&h[i].view);
-    for (int i = 0; i < N_TABLE; i++) PyMem_Free(t[i].f);
+    for (int i = 0; i < N_TABLE; i++) PyMem_Free(t[i].f), PyMem_Free(t[i].arena);
     Py_XDECREF(out);
     return result;
 }

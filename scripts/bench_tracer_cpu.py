@@ -85,8 +85,17 @@ def collect(path: str, requests: int) -> None:
 
 
 def stage_worker(path: str, batch: int, repeat: int) -> dict:
-    """Per stage, best-of-``repeat`` µs of CPU per packet, with the tracer on sys.path[0]."""
+    """Per stage, best-of-``repeat`` µs of CPU per packet, with the tracer on
+    sys.path[0]; freed memory kept for the next pass, as a live run keeps it
+    (tracer/allocator.py; MIMALLOC_PURGE_DELAY set by main)."""
     import numpy as np
+
+    try:
+        from tracer.allocator import keep_heap_memory
+    except ImportError:  # a baseline from before it
+        pass
+    else:
+        keep_heap_memory()
 
     from tracer.capture.writer import CaptureWriter
     from tracer.journey_json import journey_json_block
@@ -171,9 +180,24 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float)
 
 
 def baseline_tree(rev: str) -> Path:
+    """``rev``'s files, with its compiled part (tracer._native, setup.py)
+    built in place as scripts/setup.sh's install builds it."""
     from bench_overhead import archive_tree
 
-    return archive_tree(rev, Path(tempfile.mkdtemp(prefix=f"bench-base-{rev}-")))
+    tree = archive_tree(rev, Path(tempfile.mkdtemp(prefix=f"bench-base-{rev}-")))
+    if (tree / "setup.py").exists():
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--build-temp", str(tree / "build")],
+                       cwd=tree, check=True, stdout=subprocess.DEVNULL)
+    return tree
+
+
+def _text_path(tree: Path) -> str:
+    """Which journey text a tree's tracer writes: compiled or Python."""
+    if not (tree / "tracer" / "native.py").exists():
+        return "Python text"
+    done = subprocess.run([sys.executable, "-c", "from tracer.native import describe; print(describe())"], cwd=tree,
+                          env=dict(os.environ, PYTHONPATH=str(tree)), capture_output=True, text=True)
+    return done.stdout.strip() or done.stderr.strip()[-200:]
 
 
 def report(title: str, cases: list[str], per_round: dict[str, list[tuple[float, float]]], unit: str) -> None:
@@ -216,8 +240,8 @@ def main() -> int:
         ap.error("say --collect FILE, --offline FILE or --live")
     base = baseline_tree(args.baseline_rev)
     this = baseline_tree(args.rev) if args.rev else REPO
-    print(f"bench_tracer_cpu: baseline {args.baseline_rev} in {base}; this tree {args.rev or ''} {this}; {args.rounds} rounds; "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(f"bench_tracer_cpu: baseline {args.baseline_rev} in {base} ({_text_path(base)}); this tree {args.rev or ''} {this} "
+          f"({_text_path(this)}); {args.rounds} rounds; load {os.getloadavg()[0]:.1f}")
     if args.offline:
         per_round: dict[str, list[tuple[float, float]]] = {}
         for r in range(args.rounds):
@@ -225,7 +249,8 @@ def main() -> int:
             for side, tree in (("base", base), ("new", this)) if r % 2 == 0 else (("new", this), ("base", base)):
                 done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "--offline",
                                        args.offline, "--batch", str(args.batch), "--repeat", str(args.repeat)],
-                                      env=dict(os.environ, PYTHONPATH=str(tree)), cwd=tree, capture_output=True,
+                                      env=dict(os.environ, PYTHONPATH=str(tree), MIMALLOC_PURGE_DELAY="-1"), cwd=tree,
+                                      capture_output=True,
                                       text=True, check=True)
                 got[side] = json.loads(done.stdout.strip().splitlines()[-1])
             for stage in STAGES:

@@ -1,8 +1,9 @@
 """The journey JSON lines by the compiled loop (native/journey_json.c):
 the arguments it takes, from JourneyRows. Every string is JSON-encoded here
-once per distinct value, by the same functions the Python path
+once per distinct value, by the same json.dumps the Python path
 (tracer/journey_json.py) uses, so escaping has one author; the C copies
-those texts and formats the numbers (ids, times, netns, dt)."""
+those texts and formats the numbers (ids, times, netns, ports, dt) and the
+endpoints ('ip:port', '[ip6]:port', the address alone for ICMP)."""
 
 from __future__ import annotations
 
@@ -17,23 +18,18 @@ from tracer.journeys import _DIRECTION_NAMES, VERDICTS, _flags_text
 def native_json_block(jr: JourneyRows, module) -> bytes:
     """The JSON lines of ``jr``'s journeys, each ended by a newline, as
     journey_json.journey_json_block's Python path writes them."""
-    from tracer.journey_json import _endpoint_json
-
-    pair, (s_keys, d_keys) = jr.pairs()
-    pairs = [f'{_endpoint_json(s, jr.src_ip)}, "dst": {_endpoint_json(d, jr.dst_ip)}'.encode()
-             for s, d in zip(s_keys.tolist(), d_keys.tolist())]
     journeys = (
         _u64(jr.packet_id), _u64(jr.flow_id), _i64(jr.wall_ns), _i64(jr.direction), _i64(jr.protocol.codes),
         _i64(jr.tcp_flags_key()), _i64(jr.container_of), _i64(jr.verdict), _i64(jr.reason), _i64(jr.starts),
     )
     hops = (
         _i64(jr.hook.codes), _i64(jr.stage.codes), _i64(jr.ifname.codes), _i64(jr.netns), _i64(jr.container.codes),
-        _i64(pair), _i64(jr.dt), _i64(jr.container_id.codes), _i64(jr.ktime),
+        *map(_i64, jr.src), *map(_i64, jr.dst), _i64(jr.dt), _i64(jr.container_id.codes), _i64(jr.ktime),
     )
     texts = (
         _DIRECTIONS, _texts(jr.protocol.values), _flag_texts(), _texts(jr.container.values), _VERDICTS,
         _texts(jr.drop_reason.values), _texts(jr.hook.values), _texts(jr.stage.values), _texts(jr.ifname.values),
-        pairs, _texts(jr.container_id.values),
+        _texts(jr.src_ip), _texts(jr.dst_ip), _texts(jr.container_id.values),
     )
     return module.journey_json(journeys, hops, texts)
 

@@ -109,7 +109,7 @@ def test_bad_arguments_are_errors_not_crashes():
     with pytest.raises(TypeError):
         m.journey_json((np.zeros(3, np.float64),) * 10, (), ())
     with pytest.raises(TypeError, match="64-bit"):
-        m.journey_json((np.zeros(3, np.float64),) * 10, (np.zeros(0, np.int64),) * 9, ([],) * 11)
+        m.journey_json((np.zeros(3, np.float64),) * 10, (np.zeros(0, np.int64),) * 14, ([],) * 12)
 
 
 def test_turned_off_it_says_why_and_the_python_path_writes():
