@@ -7,35 +7,10 @@
  * reference: every string here arrives already JSON-encoded by Python's
  * json.dumps (once per distinct value), so escaping is Python's, and the
  * tests compare both paths' bytes. */
-#include "native.h"
+#include "parts.h"
 
-#include <stdint.h>
-#include <string.h>
 #include <time.h>
 
-typedef struct {
-    const char *s;
-    Py_ssize_t n;
-} frag;
-
-/* A table's texts, each copied into one arena at a 16-byte boundary with
- * at least 16 bytes after it: put_frag then copies whole 16-byte blocks
- * (inlined vector moves, not a memcpy call per fragment; a journey has
- * about a hundred fragments). The output has room for the overshoot. */
-typedef struct {
-    frag *f;
-    char *arena;
-    Py_ssize_t n, max;
-} table;
-
-typedef struct {
-    Py_buffer view;
-    const int64_t *v;
-    Py_ssize_t n;
-    int held;
-} column;
-
-/* journey columns, then hop columns, then the text tables, as passed */
 enum { J_PACKET_ID, J_FLOW_ID, J_WALL_NS, J_DIRECTION, J_PROTOCOL, J_TCP_KEY, J_CONTAINER, J_VERDICT, J_REASON,
        J_STARTS, N_JOURNEY };
 enum { H_HOOK, H_STAGE, H_IFNAME, H_NETNS, H_CONTAINER, H_SRC_IP, H_SRC_PORT, H_SRC_ICMP, H_DST_IP, H_DST_PORT,
@@ -43,123 +18,6 @@ enum { H_HOOK, H_STAGE, H_IFNAME, H_NETNS, H_CONTAINER, H_SRC_IP, H_SRC_PORT, H_
        H_CONTAINER_ID, H_KTIME, N_HOP };
 enum { T_DIRECTION, T_PROTOCOL, T_FLAGS, T_CONTAINER, T_VERDICT, T_REASON, T_HOOK, T_STAGE, T_IFNAME, T_SRC_IP,
        T_DST_IP, T_CONTAINER_ID, N_TABLE };
-
-static int load_column(PyObject *obj, column *c, const char *what) {
-    if (PyObject_GetBuffer(obj, &c->view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
-    c->held = 1;
-    const char *fmt = c->view.format ? c->view.format : "B";
-    while (*fmt == '@' || *fmt == '=' || *fmt == '<') fmt++;
-    if (c->view.itemsize != 8 || strlen(fmt) != 1 || !strchr("qQlL", *fmt)) {
-        PyErr_Format(PyExc_TypeError, "journey_json: %s must be a contiguous 64-bit integer array", what);
-        return -1;
-    }
-    c->v = (const int64_t *)c->view.buf;
-    c->n = c->view.len / 8;
-    return 0;
-}
-
-static int load_table(PyObject *list, table *t, const char *what) {
-    if (!PyList_Check(list)) {
-        PyErr_Format(PyExc_TypeError, "journey_json: %s texts must be a list of bytes", what);
-        return -1;
-    }
-    t->n = PyList_GET_SIZE(list);
-    t->max = 0;
-    t->f = PyMem_Malloc((size_t)(t->n ? t->n : 1) * sizeof(frag));
-    if (!t->f) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    size_t size = 0;
-    for (Py_ssize_t i = 0; i < t->n; i++) {
-        PyObject *item = PyList_GET_ITEM(list, i);
-        if (!PyBytes_Check(item)) {
-            PyErr_Format(PyExc_TypeError, "journey_json: %s texts must be bytes", what);
-            return -1;
-        }
-        Py_ssize_t n = PyBytes_GET_SIZE(item);
-        size += ((size_t)n + 31) & ~(size_t)15;
-        if (n > t->max) t->max = n;
-    }
-    t->arena = PyMem_Malloc(size + 16);
-    if (!t->arena) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    char *a = (char *)(((uintptr_t)t->arena + 15) & ~(uintptr_t)15);
-    for (Py_ssize_t i = 0; i < t->n; i++) {
-        PyObject *item = PyList_GET_ITEM(list, i);
-        Py_ssize_t n = PyBytes_GET_SIZE(item);
-        memcpy(a, PyBytes_AS_STRING(item), (size_t)n);
-        memset(a + n, 0, 16);
-        t->f[i].s = a;
-        t->f[i].n = n;
-        a += ((size_t)n + 31) & ~(size_t)15;
-    }
-    return 0;
-}
-
-/* every code of a column indexes its table */
-static int check_codes(const column *c, const table *t, const char *what) {
-    for (Py_ssize_t i = 0; i < c->n; i++)
-        if (c->v[i] < 0 || c->v[i] >= t->n) {
-            PyErr_Format(PyExc_ValueError, "journey_json: %s code %lld out of range (%zd texts)", what,
-                         (long long)c->v[i], t->n);
-            return -1;
-        }
-    return 0;
-}
-
-#define PUT(p, lit) (memcpy((p), (lit), sizeof(lit) - 1), (p) += sizeof(lit) - 1)
-
-static inline char *put_int(char *p, int64_t v) {
-    char tmp[24];
-    int k = 0;
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do {
-        tmp[k++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v < 0) *p++ = '-';
-    while (k) *p++ = tmp[--k];
-    return p;
-}
-
-/* an id as tracer/ids.py prints it in JSON: quoted lower-case hex, null for 0 */
-static inline char *put_id(char *p, uint64_t v) {
-    if (!v) return PUT(p, "null"), p;
-    char tmp[16];
-    int k = 0;
-    while (v) {
-        tmp[k++] = "0123456789abcdef"[v & 15];
-        v >>= 4;
-    }
-    *p++ = '"';
-    while (k) *p++ = tmp[--k];
-    *p++ = '"';
-    return p;
-}
-
-static inline char *put_frag(char *p, const frag *f) {
-    for (Py_ssize_t k = 0; k < f->n; k += 16) memcpy(p + k, f->s + k, 16);
-    return p + f->n;
-}
-
-/* An endpoint as tracer/journey_json.py's _endpoint_text writes it, from
- * its address' JSON text ('"10.0.0.1"', or null): the address alone for
- * ICMP, else '"ip:port"', '"[ip6]:port"'. Only the closing quote moves:
- * ':', '[', ']' and digits need no escaping. */
-static inline char *put_endpoint(char *p, const frag *ip, int64_t port, int64_t icmp) {
-    if (icmp || ip->n < 2 || ip->s[0] != '"') return put_frag(p, ip);
-    int v6 = memchr(ip->s, ':', (size_t)ip->n) != NULL;
-    if (v6) *p++ = '"', *p++ = '[';
-    p = put_frag(p, &(frag){ip->s + v6, ip->n - 1 - v6});
-    if (v6) *p++ = ']';
-    *p++ = ':';
-    p = put_int(p, port);
-    *p++ = '"';
-    return p;
-}
 
 /* per line: fixed keys and punctuation, the time and four numbers */
 #define JOURNEY_BOUND 400

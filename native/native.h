@@ -12,5 +12,8 @@
 /* journey_json.c */
 PyObject *native_journey_json(PyObject *self, PyObject *args);
 extern const char native_journey_json_doc[];
+/* journey_text.c */
+PyObject *native_journey_text(PyObject *self, PyObject *args);
+extern const char native_journey_text_doc[];
 
 #endif

@@ -26,6 +26,7 @@ from tracer.wallclock import clock_array
 from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt
 from tracer.text import printable
 from tracer.interning import Interner
+from tracer.native import native
 
 _ARROW = " → "
 _MAX_PAD = 256
@@ -70,13 +71,20 @@ def _dt_texts(dt: np.ndarray) -> tuple[list[str], np.ndarray]:
     return texts, inverse
 
 
-def render_rows(jr: JourneyRows, color: bool) -> memoryview:
+def render_rows(jr: JourneyRows, color: bool, compiled: bool = True) -> memoryview:
     """The text of ``"".join(render_journey(j, color) + "\\n" for j in
     journeys)``, encoded as UTF-8: for writing straight out, without a
-    Python string per piece."""
+    Python string per piece. By the compiled loop where it was built
+    (tracer/native.py; ``compiled``: unless False), else below: the same
+    bytes."""
     count, n = len(jr), len(jr.rows)
     if not count:
         return memoryview(b"")
+    module = native() if compiled else None
+    if module is not None:
+        from tracer.native_render import native_text_block
+
+        return memoryview(native_text_block(jr, color, module))
     bold = _style_parts(color, bold=True)
     red = _style_parts(color, fg="red", bold=True)
     nat_style = _style_parts(color, **_NAT_STYLE)

@@ -1,5 +1,6 @@
-"""The compiled journey text (native/journey_json.c, tracer._native) and
-the Python path it stands in for write the same bytes.
+"""The compiled journey texts (native/journey_json.c and journey_text.c,
+tracer._native) and the Python paths they stand in for (journey_json.py,
+render_rows.py) write the same bytes.
 
 Both run on the same JourneyRows: from the kernel's records and from
 sighting rows, with hostile names (control characters, quotes, backslashes,
@@ -29,6 +30,8 @@ from tracer.journey_json import journey_json_block, journey_json_lines
 from tracer.journey_records import journey_rows_of_records
 from tracer.journey_rows import journey_rows
 from tracer.native_json import native_json_block
+from tracer.native_render import native_text_block
+from tracer.render_rows import render_rows
 from tracer.places import Place
 
 HOSTILE = ["eth\n0\t\"x\"\\", "c\x00\x01\x1f\x7f", "caf\u00e9-\u4e2d", "emoji-\U0001F600", "sp ace/\u0085nel", "\u2028\u2029"]
@@ -118,3 +121,55 @@ def test_turned_off_it_says_why_and_the_python_path_writes():
     env = {**os.environ, "TRACER_NATIVE": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True turned off by TRACER_NATIVE=0"
+
+
+# --- the human text (native/journey_text.c, tracer/render_rows.py) ---------------
+
+
+def python_text(jr, color: bool) -> bytes:
+    return bytes(render_rows(jr, color, compiled=False))
+
+
+@pytest.mark.parametrize("color", [False, True])
+@pytest.mark.parametrize("boot_offset_ns", [1_000, 1_796_000_000_123_456_789])
+def test_compiled_text_is_the_python_text_byte_for_byte(color, boot_offset_ns):
+    m = module()
+    for jr in both_ways(hostile_ctx(boot_offset_ns)):
+        expected = python_text(jr, color)
+        assert native_text_block(jr, color, m) == expected
+        assert bytes(render_rows(jr, color)) == expected  # the path trace takes picks the compiled one
+        text = expected.decode()
+        assert "DNAT" in text and "NETFILTER\\x07DROP" in text and "(last seen" in text
+        for raw in ("\x00", "\x07", "\x7f", "eth\n0"):
+            assert raw not in text, "names escaped for the terminal"
+
+
+def test_text_times_widths_and_unknowns():
+    m = module()
+    jr, _ = both_ways(hostile_ctx(1_796_000_000_000_000_000))
+    # dt in every unit, rounding up, down and exactly half-way (format_dt's
+    # own float rounding), negative (a drop stamped on another CPU's clock)
+    jr.dt[:] = np.resize(np.array([0, 49, 50, 150, 250, 999_949, 999_950, 999_999, 1_000_000, 1_005_000, 1_234_567,
+                                   999_995_000, 1_000_000_000, 12_345_678_901, -50, -1_234_567], np.int64), len(jr.dt))
+    jr.wall_ns[::3] = 0
+    jr.wall_ns[1] = -1  # before the epoch: the day's last microsecond
+    jr.flow_id[:] = [0, 1, 0xF, 0x10, 0xFFFFFFFF, 1 << 63, 0xFFFFFFFFFFFFFFFF]
+    jr.packet_id[:] = [1, 0xABCDEF, 1 << 32, 0x123456789ABCDEF0, 0xFFFFFFFFFFFFFFFF, 0, 42]
+    for color in (False, True):
+        assert native_text_block(jr, color, m) == python_text(jr, color)
+    assert native_text_block(jr.head(2), False, m) == python_text(jr.head(2), False)
+    assert bytes(render_rows(jr.head(0), False)) == b""
+
+
+def test_text_bad_arguments_are_errors_not_crashes():
+    m = module()
+    jr, _ = both_ways(hostile_ctx(1_000))
+    jr.last_seen[0] = len(jr.dt) + 5  # a hop outside its journey
+    with pytest.raises(ValueError, match="last_seen"):
+        native_text_block(jr, False, m)
+    jr, _ = both_ways(hostile_ctx(1_000))
+    jr.stage.codes[1] = 99
+    with pytest.raises(ValueError, match="stage"):
+        native_text_block(jr, False, m)
+    with pytest.raises(TypeError):
+        m.journey_text((), (), (), (), 1, None)

@@ -1,0 +1,91 @@
+/* What the text writers share (journey_json.c, journey_text.c): integer
+ * columns taken from numpy arrays without copies, tables of pre-formatted
+ * texts, and the inline writers of fragments and numbers. */
+#ifndef TRACER_NATIVE_PARTS_H
+#define TRACER_NATIVE_PARTS_H
+
+#include "native.h"
+
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} frag;
+
+/* A table's texts, each copied into one arena at a 16-byte boundary with
+ * at least 16 bytes after it: put_frag then copies whole 16-byte blocks
+ * (inlined vector moves, not a memcpy call per fragment; a journey has
+ * about a hundred fragments). The output has room for the overshoot. */
+typedef struct {
+    frag *f;
+    char *arena;
+    Py_ssize_t n, max;
+} table;
+
+typedef struct {
+    Py_buffer view;
+    const int64_t *v;
+    Py_ssize_t n;
+    int held;
+} column;
+
+/* journey columns, then hop columns, then the text tables, as passed */
+
+int load_column(PyObject *obj, column *c, const char *what);
+int load_table(PyObject *list, table *t, const char *what);
+int check_codes(const column *c, const table *t, const char *what);
+
+#define PUT(p, lit) (memcpy((p), (lit), sizeof(lit) - 1), (p) += sizeof(lit) - 1)
+
+static inline char *put_int(char *p, int64_t v) {
+    char tmp[24];
+    int k = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[k++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) *p++ = '-';
+    while (k) *p++ = tmp[--k];
+    return p;
+}
+
+/* an id as tracer/ids.py prints it in JSON: quoted lower-case hex, null for 0 */
+static inline char *put_id(char *p, uint64_t v) {
+    if (!v) return PUT(p, "null"), p;
+    char tmp[16];
+    int k = 0;
+    while (v) {
+        tmp[k++] = "0123456789abcdef"[v & 15];
+        v >>= 4;
+    }
+    *p++ = '"';
+    while (k) *p++ = tmp[--k];
+    *p++ = '"';
+    return p;
+}
+
+static inline char *put_frag(char *p, const frag *f) {
+    for (Py_ssize_t k = 0; k < f->n; k += 16) memcpy(p + k, f->s + k, 16);
+    return p + f->n;
+}
+
+/* An endpoint as tracer/journey_json.py's _endpoint_text writes it, from
+ * its address' JSON text ('"10.0.0.1"', or null): the address alone for
+ * ICMP, else '"ip:port"', '"[ip6]:port"'. Only the closing quote moves:
+ * ':', '[', ']' and digits need no escaping. */
+static inline char *put_endpoint(char *p, const frag *ip, int64_t port, int64_t icmp) {
+    if (icmp || ip->n < 2 || ip->s[0] != '"') return put_frag(p, ip);
+    int v6 = memchr(ip->s, ':', (size_t)ip->n) != NULL;
+    if (v6) *p++ = '"', *p++ = '[';
+    p = put_frag(p, &(frag){ip->s + v6, ip->n - 1 - v6});
+    if (v6) *p++ = ']';
+    *p++ = ':';
+    p = put_int(p, port);
+    *p++ = '"';
+    return p;
+}
+
+#endif
