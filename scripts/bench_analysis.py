@@ -21,7 +21,6 @@ capture's sightings rotated into about N parts, ours and the baseline's.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from bench_figures import load_average, tree_env  # noqa: E402
 from synth_capture import parse_count  # noqa: E402
 
 
@@ -52,10 +52,6 @@ def run(cmd: list[str], env: dict | None = None, stdout=subprocess.DEVNULL, cwd:
     if proc.returncode:
         print(f"  ({' '.join(cmd[-3:])} exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]})")
     return took, rss, cpu, proc.returncode
-
-
-def load() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def make(path: Path, n: int, schema: int = 1, files: int = 1) -> int:
@@ -100,7 +96,7 @@ def main() -> None:
     big_n, base_n = parse_count(args.sightings), parse_count(args.baseline_sightings)
     work = Path(tempfile.mkdtemp(prefix="tracer-bench-analysis-", dir=args.dir))
     tracer = [sys.executable, "-m", "tracer"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = tree_env(ROOT)
     try:
         free = shutil.disk_usage(work).free
         print(f"disk free under {work}: {free / 1e9:.1f} GB (a synthetic capture takes about 8-11 B per sighting)")
@@ -115,7 +111,7 @@ def main() -> None:
             make(work / "parts" / "cap.arrows", base_n, args.schema, args.files)
             parts = sorted(str(p) for p in (work / "parts").glob("cap.*.arrows"))
         old = baseline_tree(args.baseline_rev, work / "baseline")
-        old_env = {**os.environ, "PYTHONPATH": str(old)}
+        old_env = tree_env(old)
         rows = []
         base_label = f"baseline {args.baseline_rev}"
         cases = [] if args.small_only else [
@@ -146,7 +142,7 @@ def main() -> None:
                     (f"show --json {args.baseline_sightings}", [*tracer, "show", "--json", str(small)], base_n, env)]),
             ):
                 took, rss, cpu, rc = run(cmd, e, cwd=work)
-                rows.append((label, took, rss, n / took / 1e6 if not rc else float("nan"), cpu, load()))
+                rows.append((label, took, rss, n / took / 1e6 if not rc else float("nan"), cpu, load_average()))
                 print(f"  round {r + 1}: {label:<40} {took:8.1f} s  peak RSS {rss:8.0f} MiB  "
                       f"{rows[-1][3]:5.2f} M sightings/s  CPU {cpu:6.1f} s  load {rows[-1][5]}", flush=True)
         print()
@@ -155,7 +151,7 @@ def main() -> None:
             n = big_n if f" {args.sightings}" in label and "files" not in label else base_n
             print(f"{label:<42}{took:9.1f}{rss:14.0f}{rate:15.2f}{cpu:8.1f}{n / cpu / 1e6:9.2f}  {ld}")
         print("(M/CPU-s: sightings per CPU-second of the process, user + system: steadier than wall time on a shared VM;"
-              " load: the host's 1-minute load average at the end of the run, on 2 vCPUs)")
+              " load: the host's 1/5/15-minute load averages at the end of the run, on 2 vCPUs)")
         for label, took, rss, rate, cpu, ld in rows:
             if label in (f"stats {args.sightings}", f"report {args.sightings}"):
                 print(f"target {label}: peak RSS <= 1024 MiB: {'met' if rss <= 1024 else 'NOT met'}; "

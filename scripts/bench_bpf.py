@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_overhead as bo  # noqa: E402 (scripts/ is on the path from here)
+from bench_figures import bootstrap_median, load_average  # noqa: E402
 
 EMPTY_TC = "\nint trc_bench_empty(struct __sk_buff *ctx) { return -1; }\n"
 
@@ -212,6 +213,39 @@ class TreeTracer(bo.Tracer):
         return super().stop()["packets"], self.hops
 
 
+def live_round(tree: Path, status: dict, requests: int, noop: bool = False) -> dict | str:
+    """`tree`'s tracer (TreeTracer) under ab -n `requests` -c 8 to :8000:
+    {"progs": (ns, runs) per program, "rate": req/s, "journeys", "hops"};
+    or, when ab failed (the lab was busy), why, and the round is left out."""
+    tracer = TreeTracer(tree, noop=noop)
+    try:
+        before = _prog_stats(tracer.proc.pid)
+        rate = bo.run_ab(status, requests, 8)
+        time.sleep(0.3)  # journeys of the last packets: swept and printed
+        after = _prog_stats(tracer.proc.pid)
+    except RuntimeError as exc:
+        tracer.stop()
+        return str(exc)[:80]
+    journeys, hops = tracer.stop()
+    return {"progs": _prog_delta(before, after), "rate": rate, "journeys": journeys, "hops": hops}
+
+
+def live_rounds(status: dict, trees: dict[str, Path], rounds: int, requests: int, order=None, noop=()):
+    """live_round of each tree, round after round, with kernel.bpf_stats_enabled
+    on: in the order of `trees`, reversed every other round (or `order(r)`),
+    trees named in `noop` built to return at once. Yields (round, name,
+    result), result None for a round left out (said)."""
+    with bo.bpf_stats_on():
+        for r in range(rounds):
+            names = order(r) if order else (list(trees) if r % 2 == 0 else list(trees)[::-1])
+            for name in names:
+                got = live_round(trees[name], status, requests, noop=name in noop)
+                if isinstance(got, str):
+                    print(f"  round {r + 1} {name:4s}: left out ({got})")
+                    got = None
+                yield r, name, got
+
+
 def bench_live_ab(base: Path, rounds: int, requests: int, floor: bool = False) -> None:
     """This tree against `base`, alternating, under the lab's HTTP workload
     (and, with `floor`, this tree's programs built to return at once)."""
@@ -220,30 +254,21 @@ def bench_live_ab(base: Path, rounds: int, requests: int, floor: bool = False) -
     sides = {"base": base, "new": REPO, **({"noop": REPO} if floor else {})}
     res: dict[str, list[dict]] = {k: [] for k in sides}
     print(f"bench_bpf --live --base {base}: {rounds} rounds of ab -n {requests} -c 8 to :8000, "
-          f"alternating; load {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
-    with bo.bpf_stats_on():
-        for r in range(rounds):
-            order = ("base", "new") if r % 2 == 0 else ("new", "base")
-            for side in order + (("noop",) if floor else ()):
-                tracer = TreeTracer(sides[side], noop=side == "noop")
-                try:
-                    before = _prog_stats(tracer.proc.pid)
-                    rate = bo.run_ab(status, requests, 8)
-                    time.sleep(0.3)  # journeys of the last packets: swept and printed
-                    after = _prog_stats(tracer.proc.pid)
-                except RuntimeError as exc:  # ab failed: the lab was busy; the round is left out
-                    print(f"  round {r + 1} {side:4s}: left out ({str(exc)[:80]})")
-                    tracer.stop()
-                    res[side].append(None)
-                    continue
-                journeys, hops = tracer.stop()
-                progs = _prog_delta(before, after)
-                res[side].append({"progs": progs, "rate": rate, "journeys": journeys, "hops": hops})
-                ns = sum(v[0] for v in progs.values())
-                runs = sum(v[1] for v in progs.values())
-                per = f"{ns / hops:4.0f} ns per sighting" if hops else f"{ns / max(runs, 1):4.0f} ns per run"
-                print(f"  round {r + 1} {side:4s}: {rate:6.0f} req/s, {ns / requests / 1e3:5.1f} us BPF per request, "
-                      f"{hops / requests:5.1f} sightings per request, {per}")
+          f"alternating; load {load_average()}")
+
+    def order(r: int) -> tuple[str, ...]:  # the floor last in every round
+        return (("base", "new") if r % 2 == 0 else ("new", "base")) + (("noop",) if floor else ())
+
+    for r, side, got in live_rounds(status, sides, rounds, requests, order, noop=("noop",)):
+        res[side].append(got)
+        if got is None:
+            continue
+        ns = sum(v[0] for v in got["progs"].values())
+        runs = sum(v[1] for v in got["progs"].values())
+        hops = got["hops"]
+        per = f"{ns / hops:4.0f} ns per sighting" if hops else f"{ns / max(runs, 1):4.0f} ns per run"
+        print(f"  round {r + 1} {side:4s}: {got['rate']:6.0f} req/s, {ns / requests / 1e3:5.1f} us BPF per request, "
+              f"{hops / requests:5.1f} sightings per request, {per}")
     both = [i for i in range(rounds) if res["base"][i] and res["new"][i]]
     _report_ab({k: [v[i] for i in both] for k, v in res.items() if k != "noop"}, requests)
     if floor:
@@ -252,7 +277,7 @@ def bench_live_ab(base: Path, rounds: int, requests: int, floor: bool = False) -
         per_run = [sum(v[0] for v in x["progs"].values()) / max(sum(v[1] for v in x["progs"].values()), 1)
                    for x in res["noop"] if x]
         print(f"  floor (programs that return at once, same hooks): {np.median(per_run):.0f} ns per run")
-    print(f"  load after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"  load after: {load_average()}")
 
 
 def _report_ab(res: dict[str, list[dict]], requests: int) -> None:
@@ -283,7 +308,7 @@ def _report_ab(res: dict[str, list[dict]], requests: int) -> None:
         b = [fn(x) for x in res["base"]]
         n = [fn(x) for x in res["new"]]
         ratios = [y / x for x, y in zip(b, n) if x]
-        lo, hi = bo.bootstrap_median(ratios)
+        lo, hi = bootstrap_median(ratios)
         print(f"  {label:20s}: base {np.median(b):7.1f}  new {np.median(n):7.1f}  "
               f"new/base {np.median(ratios):.3f} [{lo:.3f}-{hi:.3f}]")
     for side in ("base", "new"):

@@ -38,15 +38,15 @@ Run as root with the lab up: ``.venv/bin/python scripts/bench_bpf_breakdown.py``
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_figures import load_average  # noqa: E402
 
 # Each cut: (source file, text it expects, the same text with the cut in).
 # The early returns use what the step computed, so the compiler keeps it.
@@ -122,22 +122,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-bpf-cuts-") as tmp:
         trees = {v: build(v, Path(tmp)) for v in names}
         print(f"bench_bpf_breakdown: {args.rounds} rounds of ab -n {args.requests} -c 8 per variant; "
-              f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-        with bo.bpf_stats_on():
-            for r in range(args.rounds):
-                for v in names if r % 2 == 0 else names[::-1]:
-                    tracer = bb.TreeTracer(trees[v])
-                    try:
-                        before = bb._prog_stats(tracer.proc.pid)
-                        bo.run_ab(status, args.requests, 8)
-                        time.sleep(0.3)
-                        after = bb._prog_stats(tracer.proc.pid)
-                    except RuntimeError as exc:  # ab failed: the lab was busy; left out
-                        print(f"  round {r + 1} {v}: left out ({str(exc)[:80]})")
-                        tracer.stop()
-                        continue
-                    tracer.stop()
-                    res[v].append(bb._prog_delta(before, after))
+              f"load {load_average()}")
+        for _r, v, got in bb.live_rounds(status, trees, args.rounds, args.requests):
+            if got is not None:
+                res[v].append(got["progs"])
     progs = sorted({p for rounds in res.values() for rnd in rounds for p in rnd})
     print(f"  {'program':13s} {'runs/req':>8s} " + " ".join(f"{v:>7s}" for v in names) + "   (median ns per run)")
     for p in progs:
@@ -147,7 +135,7 @@ def main() -> int:
             cells.append(np.median([ns / c for ns, c in per if c]) if any(c for _, c in per) else float("nan"))
         runs = np.median([rnd.get(p, (0, 0))[1] / args.requests for rnd in res.get("full", res[names[-1]])] or [0])
         print(f"  {p:13s} {runs:8.1f} " + " ".join(f"{c:7.0f}" for c in cells))
-    print(f"  load after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"  load after: {load_average()}")
     return 0
 
 

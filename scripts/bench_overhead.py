@@ -74,6 +74,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))  # sibling benchmark helpers (also when loaded by path, as tests do)
+
+from bench_figures import bootstrap_median, tree_env  # noqa: E402
 
 STATES = ("untraced", "tcpdump", "trace", "record", "latency", "noop", "trace8000", "trace5201", "rules", "rules8000")
 DEFAULT_STATES = ("untraced", "tcpdump", "trace", "record", "latency", "noop")
@@ -151,8 +154,7 @@ class Tracer:
                     "latency": ["latency", "--interval", "1"], "rules": ["trace", "--json", "--rules"]}[mode]
             cmd = [sys.executable, "-m", "tracer", *args, *port_args, *extra]
         t0 = time.monotonic()
-        # the tree first; a caller's own PYTHONPATH (extra modules) still applies
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH")) if p))
+        env = tree_env(tree)
         if not shell_cflags:
             env.pop("TRACER_BPF_CFLAGS", None)
         if noop:  # every program returns at once: the floor (dispatch and the statistics' own clock reads)
@@ -295,18 +297,6 @@ def run_iperf(status: dict, seconds: float) -> float:
         last = data["error"]
         time.sleep(1 + attempt)
     raise RuntimeError(f"iperf3 failed: {last}")
-
-
-def bootstrap_median(values: list[float], n: int = 4000, seed: int = 7) -> tuple[float, float]:
-    """95 % bootstrap interval of the median of `values`."""
-    import numpy as np
-
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return float(v[0]), float(v[0])
-    rng = np.random.default_rng(seed)
-    meds = np.median(v[rng.integers(0, len(v), size=(n, len(v)))], axis=1)
-    return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
 
 
 @contextlib.contextmanager

@@ -41,6 +41,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
+from bench_figures import bootstrap_median, load_average  # noqa: E402
+
 OLD_COMMIT = "657dd81"  # main before the socket hooks: raw sys_enter/sys_exit
 
 # Compiles the proxy sensor of the tree on sys.path[0], marks the pid in
@@ -161,7 +163,7 @@ def main() -> int:
     if args.quick:
         args.rounds, args.calls = 2, 10_000
     from bench_bpf import _prog_delta, _prog_stats
-    from bench_overhead import bootstrap_median, bpf_stats_on
+    from bench_overhead import bpf_stats_on
 
     counts = {"syscall": args.calls * 5, "tcp": args.calls // 8, "relay": args.calls // 8}
     runs = {"syscall": lambda: _syscalls(counts["syscall"]), "tcp": lambda: _tcp(counts["tcp"]),
@@ -203,7 +205,7 @@ def main() -> int:
             s.close()
     print(f"bench_proxy_sensor: {args.rounds} rounds; per round {counts['syscall'] * 2:,} dd syscalls, "
           f"{counts['tcp']:,} TCP round trips (another process), {counts['relay']:,} relayed messages (this process, "
-          f"marked a proxy); load {os.getloadavg()[0]:.1f}")
+          f"marked a proxy); load {load_average()}")
     for w in runs:
         base = results[w]["none"]
         print(f"  {w} (ns per {unit[w]})")

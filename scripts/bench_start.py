@@ -43,6 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))  # sibling benchmark helpers
 
+from bench_figures import load_average, median_interval, ratio_interval, tree_env  # noqa: E402
+
 TARGET_S = 2.0
 
 
@@ -69,7 +71,7 @@ def cli_once(tree: Path, timeout: float = 60) -> tuple[float | None, float | Non
     CPU seconds the process had used by then) for the tracer in ``tree``."""
     from bench_overhead import cpu_seconds
 
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    env = tree_env(tree)
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "tracer", "trace", "--json", "--port", "8000", "--count", "1"],
                             cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -130,32 +132,6 @@ def in_process_once(timeout: float = 30) -> tuple[float, float | None, dict[str,
         session.close()
 
 
-def summary(values: list[float | None], unit: str = "s") -> str:
-    """Median [95 % bootstrap interval] of the values measured."""
-    from bench_overhead import bootstrap_median
-
-    got = [v for v in values if v is not None]
-    if not got:
-        return "n/a"
-    lo, hi = bootstrap_median(got)
-    return f"{statistics.median(got):.2f} {unit} [{lo:.2f}-{hi:.2f}]"
-
-
-def ratios(this: list[float | None], base: list[float | None]) -> str:
-    """Median of the per-round ratios this / baseline, with its interval."""
-    from bench_overhead import bootstrap_median
-
-    got = [t / b for t, b in zip(this, base) if t is not None and b]
-    if not got:
-        return "n/a"
-    lo, hi = bootstrap_median(got)
-    return f"{statistics.median(got):.3f} [{lo:.3f}-{hi:.3f}]"
-
-
-def load() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", "--repeat", type=int, default=8, dest="rounds")
@@ -178,7 +154,7 @@ def main() -> int:
         trees = {f"baseline {args.baseline_rev}": archive_tree(args.baseline_rev, where), **trees}
     names = list(trees)
     print(f"bench_start: {args.rounds} rounds ({', '.join(f'{n}: {p}' for n, p in trees.items())}) while the "
-          f"client netns requests {status['url']} ~20/s; load average {load()}", flush=True)
+          f"client netns requests {status['url']} ~20/s; load average {load_average()}", flush=True)
     fmt = lambda v: f"{v:.2f}" if v is not None else "n/a"  # noqa: E731
     cli = {name: {"ready": [], "first": [], "cpu": []} for name in names}
     ip_ready, ip_first, phases = [], [], []
@@ -199,24 +175,24 @@ def main() -> int:
             ip_first.append(f2)
             phases.append(ph)
             print(f"  round {i + 1}: " + "; ".join(line) + f"; in-process attached {fmt(r2)} s, first event {fmt(f2)} s"
-                  f" (load {load()})", flush=True)
+                  f" (load {load_average()})", flush=True)
     finally:
         traffic.stop()
         if where is not None:  # the baseline's extracted copy
             shutil.rmtree(where, ignore_errors=True)
     print()
-    print(f"start to first journey, medians of {args.rounds} rounds [95 % bootstrap interval]; load average now {load()}")
+    print(f"start to first journey, medians of {args.rounds} rounds [95 % bootstrap interval]; load average now {load_average()}")
     width = max(len(n) for n in names) + 2
     for label, key in (("CLI: spawn -> 'tracing ... Ctrl-C' (attached)", "ready"),
                        ("CLI: spawn -> first journey printed (--json)", "first"),
                        ("CLI: process CPU at the first journey", "cpu")):
         print(f"  {label}")
         for name in names:
-            print(f"    {name:{width}s} {summary(cli[name][key])}")
+            print(f"    {name:{width}s} {median_interval(cli[name][key])}")
         if len(names) == 2:
-            print(f"    {'ratio, this tree / baseline (median of rounds)':{width}s} {ratios(cli[names[1]][key], cli[names[0]][key])}")
-    print(f"  in-process: start() -> attached                      {summary(ip_ready)}")
-    print(f"  in-process: start() -> first event drained           {summary(ip_first)}")
+            print(f"    {'ratio, this tree / baseline (median of rounds)':{width}s} {ratio_interval(cli[names[1]][key], cli[names[0]][key])}")
+    print(f"  in-process: start() -> attached                      {median_interval(ip_ready)}")
+    print(f"  in-process: start() -> first event drained           {median_interval(ip_first)}")
     if any(phases):
         print("  in-process start-up phases (this tree), seconds from start() to the phase's end, medians:")
         for phase in phases[0]:

@@ -43,6 +43,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_figures import load_average, tree_env  # noqa: E402
 STAGES = ("rows", "json", "text", "summary", "capture")
 MODES = {"json": ["trace", "--json"], "record": ["record", "--quiet", "-w", "{capture}"], "text": ["trace"]}
 
@@ -143,7 +145,7 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float)
     work = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
     capture = work / "cap.arrows"
     args = [a.format(capture=capture) for a in MODES[mode]]
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    env = tree_env(tree)
     with open(work / "out", "wb") as out, open(work / "err", "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "tracer", *args, "--port", "8000", "--port", "5201"], cwd=tree,
                                 env=env, stdout=out, stderr=err, start_new_session=True)
@@ -196,7 +198,7 @@ def _text_path(tree: Path) -> str:
     if not (tree / "tracer" / "native.py").exists():
         return "Python text"
     done = subprocess.run([sys.executable, "-c", "from tracer.native import describe; print(describe())"], cwd=tree,
-                          env=dict(os.environ, PYTHONPATH=str(tree)), capture_output=True, text=True)
+                          env=tree_env(tree), capture_output=True, text=True)
     return done.stdout.strip() or done.stderr.strip()[-200:]
 
 
@@ -241,7 +243,7 @@ def main() -> int:
     base = baseline_tree(args.baseline_rev)
     this = baseline_tree(args.rev) if args.rev else REPO
     print(f"bench_tracer_cpu: baseline {args.baseline_rev} in {base} ({_text_path(base)}); this tree {args.rev or ''} {this} "
-          f"({_text_path(this)}); {args.rounds} rounds; load {os.getloadavg()[0]:.1f}")
+          f"({_text_path(this)}); {args.rounds} rounds; load {load_average()}")
     if args.offline:
         per_round: dict[str, list[tuple[float, float]]] = {}
         for r in range(args.rounds):
@@ -249,7 +251,7 @@ def main() -> int:
             for side, tree in (("base", base), ("new", this)) if r % 2 == 0 else (("new", this), ("base", base)):
                 done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "--offline",
                                        args.offline, "--batch", str(args.batch), "--repeat", str(args.repeat)],
-                                      env=dict(os.environ, PYTHONPATH=str(tree), MIMALLOC_PURGE_DELAY="-1"), cwd=tree,
+                                      env=dict(tree_env(tree), MIMALLOC_PURGE_DELAY="-1"), cwd=tree,
                                       capture_output=True,
                                       text=True, check=True)
                 got[side] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -276,7 +278,7 @@ def main() -> int:
                 print(f"  round {r + 1} {mode:6s}: base {got['base']['cpu_us']:.2f} (user {got['base']['user_us']:.2f}) "
                       f"-> {got['new']['cpu_us']:.2f} (user {got['new']['user_us']:.2f}) µs per packet; packets "
                       f"{got['base']['packets']:,} / {got['new']['packets']:,}; lost {got['base']['lost']} / "
-                      f"{got['new']['lost']}; load {os.getloadavg()[0]:.1f}", flush=True)
+                      f"{got['new']['lost']}; load {load_average()}", flush=True)
         report("live, the tracer's utime + stime per traced packet", modes, cpu, "µs")
         report("live, utime alone", modes, user, "µs")
     for tree in {base, this} - {REPO}:

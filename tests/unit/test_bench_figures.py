@@ -1,0 +1,64 @@
+"""The figures every benchmark prints (scripts/bench_figures.py) and the
+live rounds bench_bpf and bench_bpf_breakdown share (bench_bpf.live_rounds):
+pure logic, no BPF."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str):
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def figures():
+    return _load("bench_figures")
+
+
+def test_tree_env_puts_the_tree_first_and_keeps_the_callers_pythonpath(figures):
+    env = figures.tree_env(Path("/t/tree"), {"PYTHONPATH": "/extra:/more", "HOME": "/root"})
+    assert env["PYTHONPATH"] == "/t/tree:/extra:/more" and env["HOME"] == "/root"
+    assert figures.tree_env(Path("/t/tree"), {})["PYTHONPATH"] == "/t/tree"
+
+
+def test_rounds_that_measured_nothing_are_left_out(figures):
+    assert figures.median_interval([None, None]) == "n/a"
+    assert figures.median_interval([1.0, None, 3.0, 2.0]).startswith("2.00 s [")
+    assert figures.median_interval([5.0], unit="") == "5.00 [5.00-5.00]"
+    # a round either side missed, or a zero baseline, has no ratio
+    assert figures.round_ratios([2.0, None, 3.0, 4.0], [1.0, 1.0, None, 0.0]) == [2.0]
+    assert figures.ratio_interval([None], [1.0]) == "n/a"
+    assert figures.ratio_interval([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]) == "2.000 [2.000-2.000]"
+
+
+def test_live_rounds_alternate_and_say_what_was_left_out(monkeypatch, capsys):
+    bb = _load("bench_bpf")
+    ran = []
+
+    def live_round(tree, status, requests, noop=False):
+        ran.append((tree, noop))
+        return "ab failed" if len(ran) == 2 else {"progs": {}, "rate": 1.0, "journeys": 0, "hops": 0}
+
+    monkeypatch.setattr(bb, "live_round", live_round)
+    monkeypatch.setattr(bb.bo, "bpf_stats_on", contextlib.nullcontext)
+    trees = {"a": Path("/a"), "b": Path("/b"), "c": Path("/c")}
+    got = list(bb.live_rounds({}, trees, 2, 10, noop=("c",)))
+    assert [(r, name) for r, name, _ in got] == [(0, "a"), (0, "b"), (0, "c"), (1, "c"), (1, "b"), (1, "a")]
+    assert [res is None for *_, res in got] == [False, True, False, False, False, False]
+    assert "round 1 b   : left out (ab failed)" in capsys.readouterr().out
+    assert [noop for _, noop in ran] == [False, False, True, True, False, False]
+    ordered = list(bb.live_rounds({}, trees, 1, 10, order=lambda r: ("b",)))
+    assert [name for _, name, _ in ordered] == ["b"]
