@@ -2,7 +2,8 @@
 processes it leaves running.
 
 tracer tunes its own libraries through the environment (OPENBLAS_NUM_THREADS
-on import, MIMALLOC_PURGE_DELAY for live commands), and every child inherits
+on import, MIMALLOC_PURGE_DELAY for live commands, BCC_KERNEL_SOURCE before
+the first BPF compile), and every child inherits
 os.environ. That is harmless for a command that ends with the run, but the
 lab's dockerd (`tracer lab up` may restart it) and its client-netns server
 outlive it, and must not keep tracer's settings. Only keys tracer set are

@@ -9,8 +9,10 @@ import ast
 from pathlib import Path
 
 KERNEL = Path(__file__).resolve().parents[2] / "tracer" / "kernel"
-# Below tracer/kernel or beside it: shared definitions only.
-ALLOWED = {"tracer.kernel", "tracer.events", "tracer.errors"}
+# Below tracer/kernel or beside it: shared definitions only (own_env: which
+# environment variables are tracer's own, so its children do not inherit
+# BCC_KERNEL_SOURCE; it imports nothing of tracer).
+ALLOWED = {"tracer.kernel", "tracer.events", "tracer.errors", "tracer.own_env"}
 # Known exceptions: none (nothing joins this list).
 KNOWN: set[tuple[str, str]] = set()
 

@@ -45,6 +45,28 @@ def test_arrow_memory_setting_is_noted_as_tracers_own():
     assert env == {"MIMALLOC_PURGE_DELAY": "10"} and own == set()
 
 
+def test_the_header_tree_bcc_is_pointed_at_is_tracers_own(monkeypatch):
+    """BCC_KERNEL_SOURCE, set before the first compile, does not reach the
+    lab's dockerd or server; a user's own setting does, and a set but empty
+    one (no tree for BCC) is replaced."""
+    from pathlib import Path
+
+    from tracer.kernel import headers
+
+    tree = headers.HeaderSource(Path("/var/cache/tracer/kheaders/x"), "distro:x")
+    monkeypatch.setattr(headers, "header_source", lambda: tree)
+    for start in ({"PATH": "/bin"}, {"PATH": "/bin", "BCC_KERNEL_SOURCE": ""}):
+        env, own = dict(start), set()
+        assert headers.ensure_bcc_headers(env, own) == tree
+        assert env["BCC_KERNEL_SOURCE"] == str(tree.path) and own == {"BCC_KERNEL_SOURCE"}
+        assert own_env.child_env(env, own) == {"PATH": "/bin"}
+    mine = headers.HeaderSource(Path("/mine"), "env")
+    monkeypatch.setattr(headers, "header_source", lambda: mine)
+    env, own = {"BCC_KERNEL_SOURCE": "/mine"}, set()
+    headers.ensure_bcc_headers(env, own)
+    assert env == {"BCC_KERNEL_SOURCE": "/mine"} and own_env.child_env(env, own) == env
+
+
 _PROBE = r"""
 import os, sys
 sys.argv = ["tracer", "record"]

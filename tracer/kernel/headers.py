@@ -23,8 +23,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracer import own_env
 from tracer.errors import MissingCapability
 
+BCC_KERNEL_SOURCE = "BCC_KERNEL_SOURCE"  # where BCC looks for the header tree
 SRC_ROOT = Path("/usr/src")
 CACHE_ROOT = Path(os.environ.get("TRACER_CACHE", "/var/cache/tracer"))
 
@@ -80,7 +82,7 @@ def _assemble(arch_tree: Path, common: Path, dest: Path) -> None:
 
 def header_source(release: str | None = None, src_root: Path = SRC_ROOT, cache_root: Path = CACHE_ROOT) -> HeaderSource:
     """Find (and if needed assemble) a header tree for BCC."""
-    env = os.environ.get("BCC_KERNEL_SOURCE")
+    env = os.environ.get(BCC_KERNEL_SOURCE)
     if env:
         return HeaderSource(Path(env), "env")
     release = release or platform.release()
@@ -103,8 +105,13 @@ def header_source(release: str | None = None, src_root: Path = SRC_ROOT, cache_r
     return HeaderSource(dest, f"distro:{best.name}")
 
 
-def ensure_bcc_headers() -> HeaderSource:
-    """Point BCC at a usable header tree; call before the first BPF() compile."""
+def ensure_bcc_headers(environ=os.environ, own: set[str] | None = None) -> HeaderSource:
+    """Point BCC at a usable header tree; call before the first BPF() compile.
+    Set as tracer's own variable (tracer/own_env.py): the processes tracer
+    leaves running (the lab's dockerd and server) do not inherit it; a
+    user's own setting is used and stays."""
     src = header_source()
-    os.environ["BCC_KERNEL_SOURCE"] = str(src.path)
+    if not environ.get(BCC_KERNEL_SOURCE):  # set but empty: BCC would take it as no tree at all
+        environ.pop(BCC_KERNEL_SOURCE, None)
+    own_env.set_default(BCC_KERNEL_SOURCE, str(src.path), environ, own)
     return src
