@@ -153,13 +153,9 @@ def decode(text: str) -> Decoded:
     return Decoded(np.array(counts, dtype=np.int64), digits, lowest, highest)
 
 
-# Bit length of 0 .. 2^20 - 1 (Histogram.index).
-_BIT_LENGTH = np.zeros(1 << 20, np.int8)
-for _b in range(1, 21):
-    _BIT_LENGTH[1 << (_b - 1): 1 << _b] = _b
-
-
-# Histogram.index of 0 .. _DIRECT - 1 per digits, made when first needed (8 MB).
+# Histogram.index of 0 .. _DIRECT - 1 per digits, made when first needed (8 MB):
+# hop latencies (below a millisecond or so) are one gather; larger values
+# take frexp (_index). The one table: nothing is built on import.
 _DIRECT = 1 << 20
 _INDEX: dict[int, np.ndarray] = {}
 _COARSER: dict[tuple[int, int], np.ndarray] = {}  # Histogram.coarser_index, per (digits, other's digits)
@@ -201,15 +197,12 @@ class Histogram:
 
     def _index(self, values: np.ndarray) -> np.ndarray:
         v = np.clip(values, 0, HIGHEST)
-        # The bucket is the bit length of v >> magnitude: looked up in a
-        # table below 2^20 (every latency under a second or so; a gather
-        # costs a fifth of frexp's float conversion), frexp past it.
-        high = v >> self._mag
-        bucket = _BIT_LENGTH[np.minimum(high, len(_BIT_LENGTH) - 1)].astype(np.int64)
-        big = np.flatnonzero(high >= len(_BIT_LENGTH))
-        if len(big):
-            bits = np.frexp((v[big] | ((1 << self._mag) - 1)).astype(np.float64))[1]  # bit length: exact below 2^53
-            bucket[big] = bits.astype(np.int64) - self._mag
+        # The bucket is the bit length of v >> magnitude, which is the bit
+        # length of v with its low magnitude bits set, less magnitude:
+        # frexp's exponent (exact below 2^53). Values below _DIRECT come
+        # from the table instead (index).
+        bits = np.frexp((v | ((1 << self._mag) - 1)).astype(np.float64))[1]
+        bucket = bits.astype(np.int64) - self._mag
         return bucket * self._half + (v >> bucket)
 
     def coarser_index(self, other: "Histogram") -> np.ndarray:

@@ -126,3 +126,21 @@ def test_index_by_table_and_coarser_index_are_the_formula(digits):
         lut = ours.coarser_index(hdr.Histogram(coarse))
         assert (lut[ours.index(mixed)] == hdr.Histogram(coarse).index(mixed)).all()
         assert (lut[ours.index(small)] == hdr.Histogram(coarse).index(small)).all()
+
+
+@pytest.mark.parametrize("digits", [1, 3])
+def test_index_is_hdrhistograms_counts_array_index_at_every_power_of_two(digits):
+    """AbstractHistogram.countsArrayIndex written out with Python integers
+    (bucket from the leading zeros of value | subBucketMask) against the
+    table and frexp paths, at each power of two and either side of it."""
+    ours = hdr.Histogram(digits)
+    mag, half = ours._mag, ours._half
+    values = sorted({max(0, min(p + d, hdr.HIGHEST)) for p in (1 << k for k in range(44)) for d in (-1, 0, 1)})
+
+    def java(v: int) -> int:
+        bucket = (v | ((1 << mag) - 1)).bit_length() - mag
+        return ((bucket + 1) << (mag - 1)) + ((v >> bucket) - half)
+
+    assert ours.index(np.array(values)).tolist() == [java(v) for v in values]
+    assert not any(isinstance(v, np.ndarray) and v.nbytes > 1 << 16 for v in vars(hdr).values()), \
+        "a table built on import"
