@@ -168,19 +168,24 @@ def recorded_links(links: ProxyLinks, infos: list[dict]) -> None:
 
 def annotate_json(block: bytes | memoryview, notes: list[Note], ranges: list | None = None) -> bytes:
     """JSON lines with `"proxy": {...}` added to the noted journeys' objects
-    (with `"bytes": [start, end]` where ``ranges`` has the note's)."""
+    (with `"bytes": [start, end]` where ``ranges`` has the note's). The
+    block's line ends are found once, in one pass; only the noted lines are
+    cut out and rebuilt, the text between them is copied as it is."""
     data = bytes(block)
     if not notes:
         return data
-    lines = data.split(b"\n")
-    for i, (k, link, leg, _) in enumerate(notes):
-        line = lines[k]
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 0x0A).tolist() + [len(data)]  # line k: up to ends[k]
+    out, copied = [], 0
+    for i, (k, link, leg, _) in sorted(enumerate(notes), key=lambda note: note[1][0]):
+        start, end = (ends[k - 1] + 1 if k else 0), ends[k]
         obj = link.to_json(leg)
         if ranges is not None:
             obj["bytes"] = list(ranges[i]) if ranges[i] else None
-        extra = json.dumps(obj, ensure_ascii=False).encode()
-        lines[k] = line[:-1] + b', "proxy": ' + extra + b"}"
-    return b"\n".join(lines)
+        out += [data[copied:start], data[start:end][:-1], b', "proxy": ', json.dumps(obj, ensure_ascii=False).encode(),
+                b"}"]
+        copied = end
+    out.append(data[copied:])
+    return b"".join(out)
 
 
 def annotate_text(block: bytes | memoryview, jr: JourneyRows, notes: list[Note], ranges: list | None = None) -> bytes:

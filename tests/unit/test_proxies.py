@@ -99,6 +99,26 @@ def test_notes_place_the_proxy_hop_where_the_packet_meets_the_proxy():
     assert lines[-3:] == ["#4", "  hop a", "  hop b"]
 
 
+def test_json_annotation_rebuilds_only_the_noted_lines():
+    """The noted lines (in any order, the last one without its newline, a
+    line of UTF-8) get their proxy object; every other byte is as it was:
+    the same text as splitting the block into lines and rewriting those."""
+    links = ProxyLinks()
+    link = links.add(41, CLIENT, BACKEND, {41: PROXY})
+    lines = [b'{"packet_id": %d, "ifname": "\xc3\xa9th%d", "hops": []}' % (k, k) for k in range(7)]
+    for block in (b"\n".join(lines) + b"\n", b"\n".join(lines)):
+        notes = [(6, link, "backend", False), (0, link, "client", True), (3, link, "client", False)]
+        ranges = [(5, 9), None, (0, 4)]
+        expected = block.split(b"\n")
+        for i, (k, lk, leg, _) in enumerate(notes):
+            obj = {**lk.to_json(leg), "bytes": list(ranges[i]) if ranges[i] else None}
+            expected[k] = expected[k][:-1] + b', "proxy": ' + json.dumps(obj, ensure_ascii=False).encode() + b"}"
+        assert annotate_json(memoryview(block), notes, ranges) == b"\n".join(expected)
+        parsed = [json.loads(line) for line in annotate_json(block, notes, ranges).splitlines()]
+        assert [("proxy" in p) for p in parsed] == [True, False, False, True, False, False, True]
+        assert parsed[6]["proxy"]["bytes"] == [5, 9] and parsed[0]["proxy"]["bytes"] is None
+
+
 def test_a_link_round_trips_through_a_capture_row():
     links = ProxyLinks()
     link = links.add(41, CLIENT, BACKEND, {41: PROXY}, lambda ip: "web")
