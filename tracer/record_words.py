@@ -150,7 +150,12 @@ class RecordBuffer:
     reused: a fresh multi-megabyte array per batch costs page faults
     (numpy asks for transparent huge pages from 4 MB: 2 MB zeroed per
     fault), about as much as the copy itself. ``view()`` is valid until the
-    next ``add`` after a ``clear``."""
+    next ``add`` after a ``clear``.
+
+    A burst grows it (doubling) past ``capacity``; the first quiet fill
+    after it (one that held no more than ``capacity`` records) gives that
+    memory back, so one burst does not keep tens of megabytes for the rest
+    of the run."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -177,7 +182,14 @@ class RecordBuffer:
     def view(self) -> np.ndarray:
         return self._buf[:self.n] if self._buf is not None else np.zeros(0)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for records, used or not."""
+        return self._buf.nbytes if self._buf is not None else 0
+
     def clear(self) -> None:
+        if self._buf is not None and len(self._buf) > self.capacity and self.n <= self.capacity:
+            self._buf = None  # a view taken before still holds the old array, as long as it is used
         self.n = 0
 
 

@@ -256,6 +256,27 @@ def test_record_buffer_grows_and_keeps_records_in_order():
     assert buf.fits(recs) and not buf.fits(np.zeros(1, [("x", "u8")]))
 
 
+def test_record_buffer_gives_back_what_a_burst_took_after_a_quiet_fill():
+    from tracer.record_words import RecordBuffer
+
+    recs = records()
+    buf = RecordBuffer(2)
+    buf.add(recs[:1])
+    base = buf.nbytes
+    for _ in range(4):  # a burst: grown well past capacity
+        buf.add(recs)
+    assert buf.nbytes >= (4 * len(recs) + 1) * recs.itemsize > base
+    buf.clear()
+    assert buf.nbytes > base, "kept through the burst's own clear: the next fill may be a burst too"
+    buf.add(recs[:2])
+    quiet = buf.view()
+    buf.clear()  # a quiet fill: the burst's memory goes back
+    assert buf.nbytes == 0
+    assert quiet.tobytes() == recs[:2].tobytes(), "a view taken before stays readable"
+    buf.add(recs[1:3])
+    assert buf.nbytes == base and buf.view().tobytes() == recs[1:3].tobytes()
+
+
 def test_unknown_or_huge_place_ids_read_as_unknown_places(tmp_path):
     """A damaged file's place ids (none written, or 2^32-1) give hops at an
     unknown place, not a crash or an allocation the size of the id."""
