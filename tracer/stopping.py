@@ -4,6 +4,15 @@ it the same way: summary, the capture's statistics row, its end-of-stream
 marker. A SIGHUP the command was started with ignored (`nohup tracer record
 -w f &`) stays ignored: the user asked it to outlive the terminal.
 
+A SIGINT it was started with ignored is handled all the same, on purpose. A
+shell without job control (a script) starts every background command so,
+`nohup ... &` included, only to keep the terminal's Ctrl-C off it: nobody
+asked for that tracer to be unstoppable by SIGINT, and a SIGINT that reaches
+it is someone stopping it as a user would with Ctrl-C (`kill -INT`, a test,
+a supervisor, the script's own Ctrl-C). Stopping it cleanly (summary,
+capture finished) is what they want; ignoring it would leave a tracer
+attached that only SIGTERM or SIGKILL ends.
+
 While setting up (compile, attach), a signal raises KeyboardInterrupt, so the
 `finally` blocks detach whatever is attached; it also sets the flag, so a
 KeyboardInterrupt swallowed by library code on the way cannot let the start
@@ -44,7 +53,7 @@ STOP_GRACE_S = float(os.environ.get("TRACER_STOP_GRACE_S", "20"))
 def stop_signals() -> tuple[int, ...]:
     """The signals that stop the command: SIGNALS, less SIGHUP when it is
     ignored now (inherited so from nohup; Python itself leaves SIGHUP as it
-    found it)."""
+    found it). SIGINT stays even when inherited ignored (see above)."""
     if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
         return tuple(sig for sig in SIGNALS if sig != signal.SIGHUP)
     return SIGNALS

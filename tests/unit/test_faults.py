@@ -24,7 +24,7 @@ from tracer.errors import TracerError
 from tracer.kernel.program import MAX_FILTER_HOSTS
 from tracer.outfiles import create_fd, file_mode, open_output
 from tracer.output import Reader
-from tracer.stopping import StopSignals
+from tracer.stopping import StopSignals, stop_signals
 from tracer.targets import Targets
 from tracer.text import printable
 
@@ -242,10 +242,30 @@ def test_an_ignored_sighup_stays_ignored_as_under_nohup(sighup):
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
 
 
+def test_an_inherited_ignored_sigint_still_stops_it():
+    """A script's `tracer record -w f &` starts with SIGINT ignored (a shell
+    without job control does that to background commands): a SIGINT sent
+    to it still stops it cleanly; the ignored disposition is put back."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert signal.SIGINT in stop_signals()
+        stop = StopSignals()
+        try:
+            stop.running()
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0)
+            assert stop.requested and stop.signal == signal.SIGINT
+        finally:
+            stop.restore()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 _STUCK_AFTER_STOP = r"""
 import os, signal, sys, threading, time
 sys.path.insert(0, {repo!r})
-from tracer.stopping import StopSignals
+from tracer.stopping import StopSignals, stop_signals
 stop = StopSignals()
 stop.running()
 os.kill(os.getpid(), signal.SIGTERM)
