@@ -213,7 +213,12 @@ def wait_gone(before: tuple[set, set] = (set(), set()), timeout: float = 10) -> 
     """Our programs and links that were not there `before` and are still
     attached after `timeout`, apart from those a live process outside this
     test holds (held_by_others: programs share our names whoever loads
-    them). Links vanish when their fds close; BCC's programs a moment later."""
+    them). Links vanish when their fds close; BCC's programs a moment later.
+
+    Each pass lists the new objects first and looks for their holders after;
+    the listing after the holders only drops what was let go meanwhile: an
+    object that appears then (another engineer's tracer starting) was never
+    a candidate, and its holder was not looked for."""
     deadline = time.monotonic() + timeout
     while True:
         progs, links = our_kernel_objects()
@@ -221,9 +226,9 @@ def wait_gone(before: tuple[set, set] = (set(), set()), timeout: float = 10) -> 
         links = [link for link in links if link.id not in before[1]]
         if progs or links:
             others_progs, others_links = held_by_others()
-            progs, links = our_kernel_objects()  # listed after the holders: one let go meanwhile is gone
-            progs = [p for p in progs if p.id not in before[0] and p.id not in others_progs]
-            links = [link for link in links if link.id not in before[1] and link.id not in others_links]
+            still_progs, still_links = (set(ids) for ids in kernel_snapshot())  # one let go meanwhile is gone
+            progs = [p for p in progs if p.id in still_progs and p.id not in others_progs]
+            links = [link for link in links if link.id in still_links and link.id not in others_links]
         if (not progs and not links) or time.monotonic() > deadline:
             return progs, links
         time.sleep(0.2)
