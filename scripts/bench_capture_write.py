@@ -36,15 +36,12 @@ sys.path.insert(0, str(REPO / "scripts"))
 def collect(requests: int) -> tuple[np.ndarray, object]:
     """Journey records of ab's traffic through the lab, and the session's
     decode context (stopped, so its places are frozen)."""
-    from bench_overhead import netns_cmd
-    from tracer import lab
+    from bench_overhead import lab_status, netns_cmd
     from tracer.record_words import concat
     from tracer.session import TraceOptions, TraceSession
     from tracer.targets import Targets
 
-    status = lab.status()
-    if not status["up"]:
-        raise SystemExit(f"bench_capture_write: the lab is not up ({status.get('problems')}): run `tracer lab up`")
+    status = lab_status()
     session = TraceSession(TraceOptions(Targets(ports=(status["port"],))))
     session.start()
     try:

@@ -96,11 +96,7 @@ def main() -> None:
             runs[name].append(took)
             print(f"round {i + 1} {name:8s} stop took {took:6.2f} s  ({note})", flush=True)
     if other is not None:
-        other.send_signal(signal.SIGTERM)
-        try:
-            other.wait(120)
-        except subprocess.TimeoutExpired:
-            other.kill()
+        interrupt(other, 120, signal.SIGTERM)
     for name, times in runs.items():
         print(f"{name:8s} stop after SIGTERM: median {statistics.median(times):.2f} s, "
               f"min {min(times):.2f}, max {max(times):.2f} (n={len(times)}, {args.bursts}x{args.connections} connections, "

@@ -69,7 +69,7 @@ class TrafficLoop:
 def cli_once(tree: Path, timeout: float = 60) -> tuple[float | None, float | None, float | None]:
     """(seconds to the 'tracing' line, seconds to the first journey line,
     CPU seconds the process had used by then) for the tracer in ``tree``."""
-    from bench_overhead import cpu_seconds
+    from bench_overhead import cpu_seconds, interrupt
 
     env = tree_env(tree)
     t0 = time.monotonic()
@@ -100,13 +100,7 @@ def cli_once(tree: Path, timeout: float = 60) -> tuple[float | None, float | Non
             if not sel.get_map():
                 break
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        interrupt(proc, 20)
         sel.close()
     if first is None:
         print(f"  (no journey: exit {proc.returncode}: {buf['err'].decode(errors='replace').strip()[-300:]})", file=sys.stderr)
