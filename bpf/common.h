@@ -189,7 +189,9 @@ static __always_inline u32 if_role(u32 ifindex)
 {
     /* Two calls, each on its own map: one call on either map (a pointer
      * chosen at run time) is not inlined by the verifier, and costs an
-     * indirect call through the map's ops (~30 ns with retpolines). */
+     * indirect call through the map's ops (~30 ns with retpolines). An
+     * ifindex past the array (rare) also reads its slot 0 and drops it: one
+     * inlined array load, correct either way. */
     u32 k = ifindex < IF_ROLE_SLOTS ? ifindex : 0;
     u32 *r = if_roles.lookup(&k);
     if (ifindex >= IF_ROLE_SLOTS)
