@@ -170,10 +170,12 @@ def annotate_json(block: bytes | memoryview, notes: list[Note], ranges: list | N
     """JSON lines with `"proxy": {...}` added to the noted journeys' objects
     (with `"bytes": [start, end]` where ``ranges`` has the note's). The
     block's line ends are found once, in one pass; only the noted lines are
-    cut out and rebuilt, the text between them is copied as it is."""
+    cut out and rebuilt, the text between them is copied as it is. Each
+    journey has one line, so a line is noted at most once."""
     data = bytes(block)
     if not notes:
         return data
+    assert len({note[0] for note in notes}) == len(notes), "a journey's line noted twice"
     ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 0x0A).tolist() + [len(data)]  # line k: up to ends[k]
     out, copied = [], 0
     for i, (k, link, leg, _) in sorted(enumerate(notes), key=lambda note: note[1][0]):
