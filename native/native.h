@@ -12,6 +12,9 @@
 /* journey_json.c */
 PyObject *native_journey_json(PyObject *self, PyObject *args);
 extern const char native_journey_json_doc[];
+/* address_ids.c */
+PyObject *native_address_ids(PyObject *self, PyObject *args);
+extern const char native_address_ids_doc[];
 /* journey_text.c */
 PyObject *native_journey_text(PyObject *self, PyObject *args);
 extern const char native_journey_text_doc[];

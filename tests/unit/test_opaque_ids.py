@@ -8,14 +8,39 @@ import stat
 
 import numpy as np
 
-from tracer import events
-from tracer.opaque_ids import AddressHasher, boot_key, siphash24
+from tracer import events, native
+from tracer.opaque_ids import AddressHasher, _key_words, boot_key, siphash24
 
 
 def test_siphash24_matches_the_reference_vector():
     key = bytes(range(16))
     word = np.array([int.from_bytes(bytes(range(8)), "little")], np.uint64)  # message 00 01 .. 07
     assert int(siphash24(key, word)[0]) == 0x93F5F5799A932462  # vectors[8] of the SipHash paper's code
+
+
+def test_compiled_ids_are_the_numpy_ids():
+    """native/address_ids.c (what a tracer uses where it was built) and the
+    numpy SipHash give the same ids: the reference vector unmasked, and
+    records with zeros, repeats and every bit set."""
+    m = native.native()
+    assert m is not None, f"tracer._native is not built: {native.why_not()}"
+    k0, k1 = _key_words(bytes(range(16)))
+    word = np.array([int.from_bytes(bytes(range(8)), "little")], np.uint64)
+    out = np.empty(1, np.uint64)
+    m.address_ids(word, out, k0, k1, 64)
+    assert int(out[0]) == 0x93F5F5799A932462
+    rng = np.random.default_rng(9)
+    for dtype in (events.JOURNEY_DTYPE, events.RAW_DTYPE):
+        records = np.zeros(5000, dtype)
+        records["flow_id"] = rng.choice(np.array([0, 1, 2**64 - 1, 0xFFFF8881_0A2B3C40, *rng.integers(1, 2**63, 50)],
+                                                 np.uint64), 5000)
+        records["skb"] = rng.integers(0, 2**64 - 1, 5000, dtype=np.uint64, endpoint=True)
+        records["skb"][::7] = 0
+        compiled, numpy = records.copy(), records.copy()
+        AddressHasher(b"k" * 32).hide(compiled)
+        AddressHasher(b"k" * 32, compiled=False).hide(numpy)
+        assert (compiled["flow_id"] == numpy["flow_id"]).all() and (compiled["skb"] == numpy["skb"]).all()
+        assert (compiled["skb"][::7] == 0).all() and (compiled["flow_id"] != records["flow_id"]).any()
 
 
 def test_ids_keep_equality_and_zero_and_hide_the_address():
