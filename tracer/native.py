@@ -42,3 +42,13 @@ def why_not() -> str:
 def describe() -> str:
     """One line for --verbose: which text path a live run uses."""
     return "compiled text output (tracer._native)" if native() is not None else f"Python text output: compiled part {why_not()}"
+
+
+def capability():
+    """`tracer doctor`'s line for the extension (optional: without it the
+    Python paths write the same text, at more CPU per packet)."""
+    from tracer.kernel.probes import Capability
+
+    ok = native() is not None
+    return Capability("native_text", ok, "tracer._native: compiled journey text and address ids" if ok else why_not(),
+                      required=False, fix="" if ok else "bash scripts/setup.sh (builds it with gcc and python3-dev)")

@@ -173,3 +173,12 @@ def test_text_bad_arguments_are_errors_not_crashes():
         native_text_block(jr, False, m)
     with pytest.raises(TypeError):
         m.journey_text((), (), (), (), 1, None)
+
+
+def test_doctor_says_whether_it_is_built():
+    cap = native.capability()
+    assert cap.ok and cap.status == "ok" and not cap.required and "tracer._native" in cap.detail
+    code = "from tracer import native; c = native.capability(); print(c.status, c.required, '|', c.detail, '|', c.fix)"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRACER_NATIVE": "0"}, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "missing False | turned off by TRACER_NATIVE=0 | bash scripts/setup.sh (builds it with gcc and python3-dev)"

@@ -17,11 +17,13 @@ def doctor(as_json: bool) -> None:
     require_root("tracer doctor")
     from tracer.dockerd import probe
     from tracer.kernel.probes import run_probes  # imports bcc lazily, after the root check
+    from tracer.native import capability as native_capability
     from tracer.render_commands import doctor_missing_line, doctor_text
 
     from tracer.sensors.all import needed, readiness
 
     report = run_probes(probe_docker=probe)
+    report.capabilities.append(native_capability())
     for cap in report.capabilities:  # what the sensors need is theirs to say
         required = needed(cap.name)
         if required is not None:
