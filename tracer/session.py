@@ -27,7 +27,7 @@ from tracer.follow import Attachments, host_netns_inode, sweep_leftovers
 from tracer.inventory import Inventory, NoDocker
 from tracer.kernel import counts
 from tracer.kernel.counts import Counters
-from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program, load_programs, write_containers
+from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program, write_containers
 from tracer.places import PlaceBook
 from tracer.sensors.drops import DropSensor
 from tracer.sensors.netfilter import NetfilterSensor
@@ -109,21 +109,18 @@ class TraceSession:
             from tracer.kernel.ruleset import check_rule_attribution
 
             check_rule_attribution()
-        # Compiling is most of the start-up time and needs no Docker metadata
-        # (filter values go into maps afterwards): run clang meanwhile.
+        # Compiling (or taking the programs from the program cache) and the
+        # verifier are most of the start-up time and need no Docker metadata
+        # (filter values go into maps afterwards): they run meanwhile.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            compiling = pool.submit(self._timed, "compiled", program.compile)
+            building = pool.submit(program.build, self._programs(), self._mark)
             try:
                 containers = self._containers()
                 self.containers = tuple(c for c in containers if c.name in self.traced_names) if targets.containers else ()
                 tc_targets = self.attachments.initial(containers)
                 self._mark("docker inventory")
             finally:
-                self.bpf = compiling.result()  # so close() can unload it on any error
-        # The verifier next (tenths of a second per netfilter program): all
-        # programs at once, before anything is attached.
-        load_programs(self.bpf, self._programs())
-        self._mark("programs loaded")
+                self.bpf = building.result()  # so close() can unload it on any error
         if opts.tc_mode != "tcx":
             sweep_leftovers(tc_targets)
         self.filter.fill_maps(self.bpf)
@@ -186,11 +183,6 @@ class TraceSession:
         scripts/bench_start.py --phases; a phase run in a thread ends in
         parallel with the others)."""
         self.startup[phase] = time.monotonic() - self.started_at
-
-    def _timed(self, phase: str, work: Callable[[], Any]) -> Any:
-        result = work()
-        self._mark(phase)
-        return result
 
     def _plan(self) -> Program:
         """The sensors and the program to build for the options: no kernel

@@ -20,10 +20,15 @@ from dataclasses import dataclass
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}
 
 BPF_MAP_CREATE = 0
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_LOAD = 5
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_NEXT_ID = 11
 BPF_PROG_GET_FD_BY_ID = 13
+BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
 BPF_LINK_CREATE = 28
@@ -127,12 +132,12 @@ def ret_imm_insns(value: int) -> bytes:
 
 def prog_load_attr(prog_type: int, insns_addr: int, insn_cnt: int, license_addr: int, name: bytes = b"",
                    expected_attach_type: int = 0, attach_btf_id: int = 0,
-                   log_addr: int = 0, log_size: int = 0, log_level: int = 0) -> bytes:
+                   log_addr: int = 0, log_size: int = 0, log_level: int = 0, kern_version: int = 0) -> bytes:
     """BPF_PROG_LOAD: prog_type@0 insn_cnt@4 insns@8 license@16 log_level@24 log_size@28
     log_buf@32 kern_version@40 prog_flags@44 prog_name@48 prog_ifindex@64
     expected_attach_type@68 ... attach_btf_id@108."""
     head = struct.pack("=IIQQIIQII16sII", prog_type, insn_cnt, insns_addr, license_addr, log_level, log_size,
-                       log_addr, 0, 0, name[:15], 0, expected_attach_type)
+                       log_addr, kern_version, 0, name[:15], 0, expected_attach_type)
     attr = bytearray(_pad(head))
     struct.pack_into("=I", attr, 108, attach_btf_id)
     return bytes(attr)
@@ -148,10 +153,113 @@ def load_trivial_prog(prog_type: int, ret: int = 0, expected_attach_type: int = 
     return bpf(BPF_PROG_LOAD, attr)
 
 
-def map_create_attr(map_type: int, key_size: int, value_size: int, max_entries: int, name: bytes = b"") -> bytes:
+def map_create_attr(map_type: int, key_size: int, value_size: int, max_entries: int, name: bytes = b"",
+                    flags: int = 0) -> bytes:
     """BPF_MAP_CREATE: map_type@0 key_size@4 value_size@8 max_entries@12 map_flags@16
     inner_map_fd@20 numa_node@24 map_name@28."""
-    return _pad(struct.pack("=IIIIIII16s", map_type, key_size, value_size, max_entries, 0, 0, 0, name[:15]))
+    return _pad(struct.pack("=IIIIIII16s", map_type, key_size, value_size, max_entries, flags, 0, 0, name[:15]))
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: bytes = b"",
+               flags: int = 0) -> int:
+    """A new map; returns its fd (the caller owns it)."""
+    return bpf(BPF_MAP_CREATE, map_create_attr(map_type, key_size, value_size, max_entries, name, flags))
+
+
+def prog_load(prog_type: int, insns: bytes, license: bytes, name: bytes = b"", expected_attach_type: int = 0,
+              kern_version: int = 0) -> int:
+    """Have the kernel verify and load ``insns``; returns the program fd.
+    A refusal is an OSError whose message ends with the verifier's last
+    lines (the load is repeated with a log to get them)."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license)
+    args = (prog_type, ctypes.addressof(code), len(insns) // 8, ctypes.addressof(lic), name, expected_attach_type)
+    try:
+        return bpf(BPF_PROG_LOAD, prog_load_attr(*args, kern_version=kern_version))
+    except OSError as exc:
+        log = ctypes.create_string_buffer(1 << 20)
+        try:
+            return bpf(BPF_PROG_LOAD, prog_load_attr(*args, log_addr=ctypes.addressof(log), log_size=len(log),
+                                                      log_level=1, kern_version=kern_version))
+        except OSError:
+            tail = " | ".join(log.value.decode(errors="replace").strip().splitlines()[-3:])
+            raise OSError(exc.errno, f"{os.strerror(exc.errno or 0)}: {tail}" if tail else os.strerror(exc.errno or 0)) from None
+
+
+def raw_tracepoint_open(name: bytes, prog_fd: int) -> int:
+    """BPF_RAW_TRACEPOINT_OPEN: name@0 (pointer), prog_fd@8; the attachment
+    lasts as long as the returned fd."""
+    tp = ctypes.create_string_buffer(name)
+    return bpf(BPF_RAW_TRACEPOINT_OPEN, _pad(struct.pack("=QI", ctypes.addressof(tp), prog_fd)))
+
+
+# --- map elements ------------------------------------------------------------------
+
+
+def _elem_attr(map_fd: int, key, value, flags: int = 0) -> bytes:
+    """map_fd@0 key@8 value/next_key@16 flags@24 (key, value: ctypes objects or None)."""
+    addr = lambda obj: ctypes.addressof(obj) if obj is not None else 0  # noqa: E731
+    return _pad(struct.pack("=I4xQQQ", map_fd, addr(key), addr(value), flags))
+
+
+def map_lookup(map_fd: int, key, value) -> bool:
+    """Read ``key``'s value into ``value``; False if there is none."""
+    try:
+        bpf(BPF_MAP_LOOKUP_ELEM, _elem_attr(map_fd, key, value))
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def map_update(map_fd: int, key, value, flags: int = 0) -> None:
+    bpf(BPF_MAP_UPDATE_ELEM, _elem_attr(map_fd, key, value, flags))
+
+
+def map_delete(map_fd: int, key) -> bool:
+    """False if the key was not there."""
+    try:
+        bpf(BPF_MAP_DELETE_ELEM, _elem_attr(map_fd, key, None))
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def map_next_key(map_fd: int, key, next_key) -> bool:
+    """The key after ``key`` (the first with None) into ``next_key``;
+    False at the end."""
+    try:
+        bpf(BPF_MAP_GET_NEXT_KEY, _elem_attr(map_fd, key, next_key))
+        return True
+    except FileNotFoundError:
+        return False
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """What BPF_OBJ_GET_INFO_BY_FD says of a map (struct bpf_map_info)."""
+
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    name: bytes
+    btf_id: int
+
+
+MAP_INFO_SIZE = 88
+
+
+def decode_map_info(raw: bytes) -> MapInfo:
+    """type@0 id@4 key_size@8 value_size@12 max_entries@16 map_flags@20
+    name[16]@24 ... btf_id@64."""
+    mtype, _, key_size, value_size, max_entries, flags = struct.unpack_from("=6I", raw, 0)
+    return MapInfo(mtype, key_size, value_size, max_entries, flags, raw[24:40].split(b"\0", 1)[0],
+                   struct.unpack_from("=I", raw, 64)[0])
+
+
+def map_info_by_fd(fd: int) -> MapInfo:
+    return decode_map_info(info_by_fd(fd, MAP_INFO_SIZE))
 
 
 def create_ringbuf(size: int = 4096) -> int:

@@ -430,6 +430,12 @@ def _file_key(path: Path) -> tuple[str, bytes | None]:
     return key, data
 
 
+def kernel_btf_key(path: str | os.PathLike[str] = VMLINUX_BTF) -> str:
+    """The running kernel's BTF, as a short content hash (read once per
+    process): what a cache of anything built for this kernel is keyed by."""
+    return _file_key(Path(path))[0]
+
+
 def _parse_once(data: bytes, key: str) -> Btf:
     if key not in _parsed:
         _parsed[key] = Btf.from_bytes(data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import logging
 import os
 import socket
 import struct
@@ -17,18 +18,20 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from tracer import events
 from tracer.errors import MissingCapability
 from tracer.kernel.btf import resolve_offsets
 from tracer.kernel.headers import ensure_bcc_headers
 from tracer.kernel.hop_codes import c_definitions as hop_definitions
+from tracer.kernel import program_cache
 
 if TYPE_CHECKING:
     from tracer.sensors.base import Sensor
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+log = logging.getLogger(__name__)
 
 # Offsets every sensor may use: macro -> (struct, member path, size the C reads).
 COMMON_OFFSETS: dict[str, tuple[str, str, int]] = {
@@ -246,19 +249,71 @@ class Program:
         flags += extra_env
         return flags + extra + self.filter.cflags() + _debug_info_flags()
 
-    def compile(self):
+    def compile(self, source: str | None = None, cflags: list[str] | None = None):
         """Compile with BCC; returns the bcc.BPF object (maps and programs).
         Filter values are not in it yet: see Filter.fill_maps, write_containers."""
         ensure_bcc_headers()
-        cflags = self.cflags()
+        cflags = self.cflags() if cflags is None else cflags
         from bcc import BPF  # noqa: PLC0415 - heavy import, only when tracing
 
         with _captured_stderr() as captured:
             try:
-                return BPF(text=self.source(), cflags=cflags)
+                return BPF(text=self.source() if source is None else source, cflags=cflags)
             except Exception as exc:  # BCC raises bare Exception on compile errors
                 first_error = next((line for line in captured.text().splitlines() if "error" in line), str(exc))
                 raise MissingCapability(f"BPF compile failed: {first_error.strip()}") from None
+
+    def build(self, programs: Iterable[tuple[str, int, int]], mark: Callable[[str], Any] = lambda phase: None,
+              cache: "program_cache.ProgramCache | None" = None):
+        """The module with ``programs`` verified (load_programs): from the
+        program cache when it holds this exact build (no clang), else
+        compiled by BCC and then kept there. An entry the kernel refuses is
+        discarded and the program compiled. ``mark`` is told when each
+        phase ends ("compiled" or "from cache", then "programs loaded")."""
+        programs = list(programs)
+        source, cflags = self.source(), self.cflags()
+        if cache is None and program_cache.enabled():
+            cache = program_cache.ProgramCache()
+        key = self.cache_key(source, cflags) if cache is not None else ""
+        compiled = cache.load(key) if cache is not None else None
+        if compiled is not None:
+            from tracer.kernel.cached_module import CachedModule  # noqa: PLC0415
+
+            module = None
+            try:
+                module = CachedModule(compiled)
+                mark("from cache")
+                failed = load_programs(module, programs)
+            except OSError as exc:  # maps refused (e.g. memory): BCC's own attempt says why, if it fails too
+                failed = [f"maps: {exc}"]
+            if not failed:
+                mark("programs loaded")
+                return module
+            log.warning("program cache entry not loadable here (%s): compiling", "; ".join(failed)[:300])
+            if module is not None:
+                module.cleanup()
+            cache.discard(key)
+        bpf = self.compile(source, cflags)
+        mark("compiled")
+        failed = load_programs(bpf, programs)
+        mark("programs loaded")
+        if cache is not None and not failed:
+            try:
+                cache.store(key, program_cache.snapshot(bpf))
+            except program_cache.NotCacheable as exc:
+                log.debug("program not cached: %s", exc)
+        return bpf
+
+    def cache_key(self, source: str, cflags: list[str]) -> str:
+        """The program cache's key for this build (see program_cache.cache_key)."""
+        import bcc  # noqa: PLC0415 - its version only; no compile
+
+        from tracer.kernel.btf import kernel_btf_key
+
+        headers = ensure_bcc_headers()
+        uname = os.uname()
+        return program_cache.cache_key(source, cflags, bcc.__version__, str(headers.path),
+                                       f"{uname.release} {uname.version} {uname.machine} {kernel_btf_key()}")
 
 
 def _debug_info_flags() -> list[str]:
@@ -269,38 +324,48 @@ def _debug_info_flags() -> list[str]:
     return [] if os.environ.get("TRACER_DEBUG") else ["-g0"]
 
 
-def load_programs(bpf, programs: Iterable[tuple[str, int, int]], workers: int | None = None) -> None:
+def load_programs(bpf, programs: Iterable[tuple[str, int, int]], workers: int | None = None) -> list[str]:
     """Have the kernel verify ``programs`` ((function, program type, attach
     type or -1)) from a compiled module, several at once: BCC's load is a
     ctypes call, which releases the GIL, and the verifier (tenths of a
     second for the netfilter programs) runs on whichever CPUs are free.
     BCC keeps each loaded program, so the sensors' own ``load_func`` calls
     then find them. Best effort: a program that fails here is loaded again
-    by its sensor, which reports the failure as it always did."""
-    from bcc import lib  # noqa: PLC0415 - only once a module is compiled
-
+    by its sensor, which reports the failure as it always did. Returns
+    what failed ("name: why"), for the program cache."""
     wanted: dict[bytes, tuple[int, int]] = {}
     for name, prog_type, attach_type in programs:
         wanted.setdefault(name.encode(), (prog_type, attach_type))
     # Longest first: the longest verification bounds the whole.
-    order = sorted(wanted, key=lambda name: -int(lib.bpf_function_size(bpf.module, name) or 0))
+    order = sorted(wanted, key=lambda name: -_function_size(bpf, name))
+    failed: list[str] = []
 
     def load(name: bytes) -> None:
         prog_type, attach_type = wanted[name]
         try:
             bpf.load_func(name, prog_type, attach_type=attach_type)
-        except Exception:  # BCC raises bare Exception; the sensor's load says why
-            pass
+        except Exception as exc:  # BCC raises bare Exception; the sensor's load says why
+            failed.append(f"{name.decode()}: {exc}")
 
     workers = max(1, min(len(order), workers or os.cpu_count() or 1))
     if workers == 1:
         for name in order:
             load(name)
-        return
+        return failed
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bpf-load") as pool:
         list(pool.map(load, order))
+    return failed
+
+
+def _function_size(bpf, name: bytes) -> int:
+    """A program's size in bytes, from BCC's module or a cached one."""
+    if hasattr(bpf, "function_size"):
+        return bpf.function_size(name)
+    from bcc import lib  # noqa: PLC0415 - only once a module is compiled
+
+    return int(lib.bpf_function_size(bpf.module, name) or 0)
 
 
 class _captured_stderr:

@@ -1,0 +1,271 @@
+"""The compiled programs kept on disk, so a start with the same program skips
+clang (about 1.5 s of a 2.4 s start here).
+
+After BCC compiles a module, ``snapshot`` keeps each program's instructions
+and where they load a map's fd (``ld_imm64`` with ``BPF_PSEUDO_MAP_FD``), and
+each map's kernel attributes (from the kernel's own view of BCC's maps) and
+BCC's description of its key and value types. A later run with the same key
+(the source, the clang flags, BCC's version, the header tree and the
+kernel's BTF) creates the maps itself, writes their fds into the
+instructions and loads them (tracer/kernel/cached_module.py).
+
+The cache is a directory only root may read or write (programs from it run
+in the kernel): one file per key, ``<key>.prog``, its first line the SHA-256
+of the rest. A file that does not check out is removed and the program
+compiled again; so is one whose programs the kernel refuses (the caller
+discards it). At most MAX_ENTRIES files are kept, the least recently used
+removed first.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the entry's shape or meaning changes
+MAX_ENTRIES = 16
+SUFFIX = ".prog"
+LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
+BPF_PSEUDO_MAP_FD = 1
+
+
+class CorruptEntry(ValueError):
+    """A cache file that is not a whole, consistent entry."""
+
+
+class NotCacheable(ValueError):
+    """A module this cache cannot reproduce (map BTF, other relocations)."""
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    name: str
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    key_desc: str  # BCC's JSON description of the key type ('' when it has none)
+    leaf_desc: str
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    name: str
+    insns: bytes
+    relocs: tuple[tuple[int, int], ...]  # (instruction index, index into maps) whose imm is the map's fd
+
+
+@dataclass(frozen=True)
+class Compiled:
+    license: bytes
+    kern_version: int
+    maps: tuple[MapSpec, ...]
+    programs: tuple[ProgramSpec, ...]
+
+    def program(self, name: str) -> ProgramSpec | None:
+        return next((p for p in self.programs if p.name == name), None)
+
+
+def cache_key(source: str, cflags: list[str], bcc_version: str, headers: str, kernel: str) -> str:
+    """What the compiled programs depend on, hashed: any change compiles again."""
+    h = hashlib.sha256()
+    for part in (f"tracer-program-cache-{FORMAT}", source, "\0".join(cflags), bcc_version, headers, kernel):
+        h.update(part.encode())
+        h.update(b"\0\1")
+    return h.hexdigest()[:32]
+
+
+# -- taking a compiled BCC module apart -----------------------------------------
+
+
+def relocations(insns: bytes, map_of_fd: dict[int, int]) -> tuple[tuple[int, int], ...]:
+    """(instruction index, map index) of each map-fd load; anything else
+    needing relocation (map values, other pseudo sources) is NotCacheable."""
+    if len(insns) % 8:
+        raise NotCacheable("instructions are not 8-byte aligned")
+    out = []
+    for i in range(0, len(insns), 8):
+        if insns[i] != LD_IMM64:
+            continue
+        src = insns[i + 1] >> 4
+        if src == 0:
+            continue
+        if src != BPF_PSEUDO_MAP_FD:
+            raise NotCacheable(f"ld_imm64 with pseudo source {src}")
+        fd = struct.unpack_from("<i", insns, i + 4)[0]
+        if fd not in map_of_fd:
+            raise NotCacheable(f"a map fd {fd} that is not one of the module's tables")
+        out.append((i // 8, map_of_fd[fd]))
+    return tuple(out)
+
+
+def snapshot(bpf) -> Compiled:
+    """A compiled bcc.BPF as a Compiled; NotCacheable if it cannot be
+    reproduced from one."""
+    import ctypes
+
+    from bcc import lib  # noqa: PLC0415 - only after a BCC compile
+
+    from tracer.kernel.bpf_syscall import map_info_by_fd
+
+    lib.bpf_num_tables.restype, lib.bpf_num_tables.argtypes = ctypes.c_ulonglong, [ctypes.c_void_p]
+    lib.bpf_table_name.restype, lib.bpf_table_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_ulonglong]
+    lib.bpf_table_fd_id.restype, lib.bpf_table_fd_id.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_ulonglong]
+    module = bpf.module
+    maps, map_of_fd = [], {}
+    for i in range(lib.bpf_num_tables(module)):
+        name = lib.bpf_table_name(module, i)
+        fd = lib.bpf_table_fd_id(module, i)
+        info = map_info_by_fd(fd)
+        if info.btf_id:
+            raise NotCacheable(f"map {name.decode()} has BTF")
+        map_of_fd[fd] = len(maps)
+        maps.append(MapSpec(name.decode(), info.type, info.key_size, info.value_size, info.max_entries, info.flags,
+                            (lib.bpf_table_key_desc(module, name) or b"").decode(),
+                            (lib.bpf_table_leaf_desc(module, name) or b"").decode()))
+    programs = []
+    for i in range(lib.bpf_num_functions(module)):
+        name = lib.bpf_function_name(module, i)
+        insns = ctypes.string_at(lib.bpf_function_start(module, name), lib.bpf_function_size(module, name))
+        programs.append(ProgramSpec(name.decode(), insns, relocations(insns, map_of_fd)))
+    return Compiled(lib.bpf_module_license(module), int(lib.bpf_module_kern_version(module)), tuple(maps),
+                    tuple(programs))
+
+
+# -- on disk ---------------------------------------------------------------------
+
+
+def encode(compiled: Compiled, key: str) -> bytes:
+    body = json.dumps({
+        "format": FORMAT, "key": key, "license": compiled.license.decode(), "kern_version": compiled.kern_version,
+        "maps": [vars(m) for m in compiled.maps],
+        "programs": [{"name": p.name, "insns": base64.b64encode(p.insns).decode(), "relocs": p.relocs}
+                     for p in compiled.programs],
+    }, separators=(",", ":")).encode()
+    return hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+
+
+def decode(data: bytes, key: str) -> Compiled:
+    """The entry in ``data``, checked whole; CorruptEntry says what is wrong."""
+    digest, _, body = data.partition(b"\n")
+    if hashlib.sha256(body).hexdigest().encode() != digest:
+        raise CorruptEntry("checksum does not match")
+    try:
+        raw = json.loads(body)
+        if raw["format"] != FORMAT or raw["key"] != key:
+            raise CorruptEntry("another format or key")
+        maps = tuple(MapSpec(**m) for m in raw["maps"])
+        programs = tuple(ProgramSpec(p["name"], base64.b64decode(p["insns"], validate=True),
+                                     tuple((int(i), int(m)) for i, m in p["relocs"])) for p in raw["programs"])
+        compiled = Compiled(raw["license"].encode(), int(raw["kern_version"]), maps, programs)
+    except CorruptEntry:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptEntry(f"malformed: {exc}") from None
+    _check(compiled)
+    return compiled
+
+
+def _check(compiled: Compiled) -> None:
+    """Every relocation points at a map-fd load of a map that exists."""
+    for p in compiled.programs:
+        if not p.insns or len(p.insns) % 8:
+            raise CorruptEntry(f"{p.name}: instructions are not whole")
+        for index, map_index in p.relocs:
+            at = index * 8
+            if not (0 <= map_index < len(compiled.maps)) or not (0 <= at < len(p.insns) - 8) \
+                    or p.insns[at] != LD_IMM64 or p.insns[at + 1] >> 4 != BPF_PSEUDO_MAP_FD:
+                raise CorruptEntry(f"{p.name}: relocation {index} is not a map load")
+
+
+def default_dir() -> Path:
+    """TRACER_PROGRAM_CACHE_DIR, else programs/ under the tracer's cache
+    (TRACER_CACHE, /var/cache/tracer)."""
+    where = os.environ.get("TRACER_PROGRAM_CACHE_DIR")
+    return Path(where) if where else Path(os.environ.get("TRACER_CACHE", "/var/cache/tracer")) / "programs"
+
+
+def enabled() -> bool:
+    """TRACER_PROGRAM_CACHE=0 compiles every time; TRACER_DEBUG does too (it
+    keeps BCC's debug info, which the cache does not reproduce)."""
+    return os.environ.get("TRACER_PROGRAM_CACHE", "1") != "0" and not os.environ.get("TRACER_DEBUG")
+
+
+class ProgramCache:
+    def __init__(self, directory: Path | None = None, max_entries: int = MAX_ENTRIES) -> None:
+        self.directory = directory or default_dir()
+        self.max_entries = max_entries
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{key}{SUFFIX}"
+
+    def _safe(self) -> bool:
+        """Only a directory of ours that nobody else may write: what is in
+        it runs in the kernel."""
+        try:
+            st = os.stat(self.directory)
+        except OSError:
+            return False
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            log.warning("not using the program cache %s: it must belong to uid %d and be writable by it alone",
+                        self.directory, os.geteuid())
+            return False
+        return True
+
+    def load(self, key: str) -> Compiled | None:
+        """The entry for ``key``, or None (absent, unsafe, or corrupt: then removed)."""
+        path = self._path(key)
+        if not path.exists() or not self._safe():
+            return None
+        try:
+            compiled = decode(path.read_bytes(), key)
+        except (OSError, CorruptEntry) as exc:
+            log.warning("program cache entry %s unusable (%s): compiling again", path.name, exc)
+            self.discard(key)
+            return None
+        try:
+            os.utime(path)  # recently used: evicted last
+        except OSError:
+            pass
+        return compiled
+
+    def store(self, key: str, compiled: Compiled) -> None:
+        """Write atomically; a cache we cannot write is only a missed speed-up."""
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not self._safe():
+                return
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".prog-", suffix=".tmp")
+        except OSError as exc:
+            log.debug("program cache not written: %s", exc)
+            return
+        try:
+            with os.fdopen(fd, "wb") as out:  # mkstemp: mode 0600
+                out.write(encode(compiled, key))
+            os.replace(tmp, self._path(key))
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            log.debug("program cache not written: %s", exc)
+            return
+        self._evict()
+
+    def discard(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def _evict(self) -> None:
+        try:
+            entries = sorted(self.directory.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+            for old in entries[self.max_entries:]:
+                old.unlink(missing_ok=True)
+        except OSError:
+            pass
