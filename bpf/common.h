@@ -95,9 +95,14 @@ struct fp_key {
     u32 ack;
     u16 ip_id;
     u16 tot_len;
-    u16 proto;
-    u16 tcp_flags;
+    u8 proto;
+    u8 tcp_flags;
+    /* Not part of the fingerprint (0 in a packet's, masked out by
+     * fp_equal): in a trace-mode packet-cache slot, the journey slot of the
+     * packet's journey (bpf/journey.h, journey_take). */
+    u16 jslot;
 };
+#define FP_MATCH_MASK 0x0000ffffffffffffULL /* the second word without jslot */
 
 /* A packet followed across sensors: one slot of the packet cache. 32 bytes,
  * so a set of two is one cache line: a first sighting costs one miss. */
@@ -346,7 +351,7 @@ static __always_inline int fp_equal(struct fp_key *a, struct fp_key *b)
     __builtin_memcpy(&a1, (u8 *)a + 8, 8);
     __builtin_memcpy(&b0, b, 8);
     __builtin_memcpy(&b1, (u8 *)b + 8, 8);
-    return a0 == b0 && a1 == b1;
+    return a0 == b0 && ((a1 ^ b1) & FP_MATCH_MASK) == 0;
 }
 
 /* A TCP connection's packets in one group of PACKET_GROUP slots (two

@@ -230,6 +230,9 @@ JOURNEY_FIELDS: tuple[RawField, ...] = (
     RawField("end", "u8", "u1", "index into JOURNEY_ENDS"),
     RawField("hops", f"struct jhop[{MAX_HOPS}]", "", "the sightings, in order"),
     RawField("tcp_doff", "u8", "u1", "TCP data offset (header length in 32-bit words)"),
+    RawField("_pad1", "u8", "u1", ""),
+    RawField("_pad2", "u16", "<u2", ""),
+    RawField("pcache_slot", "u32", "<u4", "packet-cache slot that held the journey (the kernel's bookkeeping)"),
 )
 
 

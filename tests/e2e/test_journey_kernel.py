@@ -59,7 +59,7 @@ def pcache_set_index(ip_id: int, seq: int, entries: int) -> int:
     """The set pcache_set (bpf/common.h) picks for frame(ip_id, seq); the
     tests that use it check the kernel agrees (pcache_holds)."""
     a = struct.unpack("<Q", struct.pack("!II", seq, 0))[0]
-    b = struct.unpack("<Q", struct.pack("!HH", ip_id, 40) + struct.pack("<HH", 6, 0x10))[0]
+    b = struct.unpack("<Q", struct.pack("!HH", ip_id, 40) + struct.pack("<BBH", 6, 0x10, 0))[0]  # proto, flags, jslot 0
     m = (1 << 64) - 1
     h = ((a ^ (b * 0x9E3779B97F4A7C15 & m)) * 0xC2B2AE3D27D4EB4F) & m
     group = ((seq >> 12) * 0x9E3779B97F4A7C15 & m) >> 32 if seq else h >> 32  # TCP: seq xor ack (0 here), to 4 KiB
@@ -267,6 +267,45 @@ def test_a_stolen_slot_emits_the_journey_it_held(clean):
     flushed = k.records()
     assert sorted(int(r["ip_id"]) for r in flushed) == sorted(ids[1:])
     assert {end_name(r) for r in flushed} == {"flushed"}
+
+
+def test_a_pool_slot_that_comes_round_emits_the_journey_it_held(clean):
+    """Journey slots are a pool per CPU taken in turn (journey_take,
+    bpf/journey.h). A journey still open when its slot comes round is
+    emitted then, as evicted; the packet seen again after that is a
+    continuation with the same packet id, in a slot of its own."""
+    import os
+
+    from tracer.kernel.program import journey_pool, possible_cpus
+
+    k = clean
+    pool = journey_pool(possible_cpus())
+    before = k.ends()["evicted"]
+    first = pcache_set_index(500, 8101, k.entries)
+    fillers = []
+    for n in range(1, 100_000):  # other packets, none in the first one's packet-cache set
+        seq = 8101 + n * 4096
+        if pcache_set_index(500, seq, k.entries) != first:
+            fillers.append(frame(500, seq))
+            if len(fillers) == pool:
+                break
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(affinity)})  # BPF_PROG_TEST_RUN runs here: one CPU's pool
+    try:
+        k.see("trc_tc_in", frame(500, 8101))
+        for packet in fillers[:-1]:
+            k.see("trc_tc_in", packet)
+        assert not any(int(r["ip_id"]) == 500 and int(r["tcp_seq"]) == 8101 for r in k.records())
+        k.see("trc_tc_in", fillers[-1])  # takes the first journey's pool slot again
+        recs = [r for r in k.records() if int(r["tcp_seq"]) == 8101]
+        k.see("trc_tc_in_ct", frame(500, 8101))
+        later = [r for r in k.records() if int(r["tcp_seq"]) == 8101]
+    finally:
+        os.sched_setaffinity(0, affinity)
+    assert len(recs) == 1 and end_name(recs[0]) == "evicted" and recs[0]["n_hops"] == 1
+    assert k.ends()["evicted"] >= before + 1
+    assert len(later) == 1 and end_name(later[0]) == "terminal" and later[0]["n_hops"] == 1
+    assert int(later[0]["packet_id"]) == int(recs[0]["packet_id"]), "a continuation of the same packet"
 
 
 def test_a_packet_id_that_wraps_starts_a_new_journey(clean):

@@ -45,13 +45,19 @@ COMMON_OFFSETS: dict[str, tuple[str, str, int]] = {
 RINGBUF_PAGES = 8192  # 32 MiB: ~100k journeys (~350k per-sighting events) of slack while user space is busy
 FLOW_ENTRIES = 65536
 PACKET_ENTRIES = 65536
-# Trace/record mode: each packet-cache slot has a 432-byte journey slot.
-# Slots are picked by a hash, so a first sighting touches a cold one: 16384
-# of them (5 MiB) miss the CPU caches less than 65536 (20 MiB) and still hold
-# far more packets than are ever in flight; a closed journey's slot is only
-# kept for a late drop (freed after delivery: on the lab's HTTP within ms;
-# drops are matched up to 5 s), and a busy host reuses it sooner than that.
+# Trace/record mode's packet cache: slots are picked by a hash, so a first
+# sighting touches a cold one: 16384 of them (512 KiB) miss the CPU caches
+# less than 65536 and still hold far more packets than are ever in flight; a
+# closed journey's slot is only kept for a late drop (freed after delivery: on
+# the lab's HTTP within ms; drops are matched up to 5 s), and a busy host
+# reuses it sooner than that.
 JOURNEY_ENTRIES = 16384
+# Journey slots (432 bytes) per CPU, taken in turn (bpf/journey.h
+# journey_take): ~110 KB a CPU, near in the caches when a claim comes back
+# to one; a journey still open when its slot comes round (256 claims later on
+# that CPU) is emitted as evicted. All CPUs' pools together stay below 2^16
+# slots (the packet cache holds a slot's index in 16 bits).
+JOURNEY_POOL = 256
 # A fingerprint seen again within this window is the same packet (a packet
 # crosses the host in microseconds; TCP retransmits come after >= 200 ms).
 FP_WINDOW_NS = 20_000_000
@@ -69,6 +75,24 @@ FILTER_MAP_MIN = 64
 MAX_FILTER_HOSTS = 65536
 # --sample N: a flow is followed when a 32-bit hash of it is 0 mod N.
 MAX_SAMPLE = (1 << 32) - 1
+
+
+def possible_cpus() -> int:
+    """CPU numbers the kernel may run a program on (0 .. n-1)."""
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
+def journey_pool(cpus: int) -> int:
+    """Journey slots per CPU: JOURNEY_POOL, fewer (a power of two) where
+    that many CPUs' pools would pass 2^16 slots."""
+    pool = JOURNEY_POOL
+    while pool > 1 and pool * cpus > 65536:
+        pool //= 2
+    return pool
 
 
 def hist_slices() -> int:
@@ -238,7 +262,9 @@ class Program:
         if self.latency:
             flags += ["-DLATENCY_MODE", f"-DHIST_SLICES={self.hist_slices}"]
         else:
-            flags.append(f"-DSWEEP_CHUNK={SWEEP_CHUNK}")
+            cpus = possible_cpus()
+            pool = journey_pool(cpus)
+            flags += [f"-DSWEEP_CHUNK={SWEEP_CHUNK}", f"-DJOURNEY_POOL={pool}", f"-DJOURNEY_SLOTS={pool * cpus}"]
         if self.sightings and not self.latency:  # latency mode has no per-packet records at all
             flags.append("-DSIGHTING_EVENTS")
         # Extra clang flags for experiments and benchmarks (e.g. -DTRACER_NOOP:
