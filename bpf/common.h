@@ -450,9 +450,10 @@ struct last_sighting {
     u64 skb;
     u64 nfct;  /* netfilter: the conntrack pointer and info bits */
     u64 check; /* what the slot must still hold: the journey's packet id
-                * (open bit included) or, in latency mode, the last hop code */
+                * (open bit included) or, in latency mode, latency_check */
     u32 slot;
-    u32 rank;  /* netfilter: where that hook comes in a pass (nf_rank) */
+    u16 rank;  /* netfilter: where that hook comes in a pass (nf_rank) */
+    u16 dir;   /* latency mode: the packet's conntrack direction */
 };
 
 /* The packet-cache slot of a last sighting, if it saw the packet within the

@@ -101,8 +101,38 @@ static __always_inline void latency_hop(struct pkt_slot *seen, u32 hop, u32 dir,
     seen->last_hop = hop == HOP_DROP ? N_HOPS : hop;
 }
 
-/* Returns the packet-cache slot index of the packet (for the netfilter
- * sensor's fast path), or -1. */
+/* Each sensor's last sighting on this CPU (struct last_sighting, common.h),
+ * for the fast paths as in trace mode (bpf/journey.h): the next hook of the
+ * same skb on this CPU, in this sensor or the other, finds the packet's slot
+ * here instead of the flows lookup and the packet-cache search. Here, not in
+ * the sensors' files, so each sees the other's whether or not it is loaded. */
+BPF_PERCPU_ARRAY(tc_last, struct last_sighting, 1);
+BPF_PERCPU_ARRAY(nf_last, struct last_sighting, 1);
+
+/* What a last sighting's slot must still hold: the packet's first time
+ * (claims rewrite it, hops do not) and, above it, the low 32 bits of the
+ * flow id its first sighting found (0: none; the netfilter sensor follows
+ * on from tc only for the conntrack entry whose views are written). */
+static __always_inline u64 latency_check(u32 first_seen, u64 flow_id)
+{
+    return first_seen | (flow_id << 32);
+}
+
+/* After a sighting at `hop` of the packet in slot k (-1: none): the next
+ * hook of this skb follows on, unless the way through the host ends here. */
+static __always_inline void latency_remember(struct last_sighting *last, u64 skb, s64 k, u32 hop, u64 check, u32 dir)
+{
+    last->skb = 0;
+    if (k < 0 || terminal_hop(hop))
+        return;
+    last->skb = skb;
+    last->slot = k;
+    last->check = check;
+    last->dir = dir;
+}
+
+/* Returns the packet-cache slot index of the packet (for the sensors' fast
+ * paths), or -1. */
 static __always_inline s64 latency_sighting(struct fp_key *fp, u32 hop, u32 dir, u64 now)
 {
     s64 window = hop == HOP_DROP ? DROP_WINDOW_NS : (s64)FP_WINDOW_NS;

@@ -197,10 +197,7 @@ static __always_inline void nf_devices(u64 state, u8 hook, u32 *ifindex, u32 *ou
  * TTL. A new connection's packets (IP_CT_NEW, where NAT binds and the flow's
  * views are written) take the full path at the NAT hooks ("after" stages)
  * and, in latency mode, everywhere. nf_last: bpf/journey.h
- * (trace mode), here in latency mode. */
-#ifdef LATENCY_MODE
-BPF_PERCPU_ARRAY(nf_last, struct last_sighting, 1);
-#endif
+ * (trace mode), bpf/latency.h (latency mode). */
 
 /* Where a hook comes in one pass of a packet through the stack: PREROUTING
  * (or OUTPUT), then FORWARD or INPUT, then POSTROUTING; before NAT, then
@@ -241,13 +238,25 @@ static __always_inline void head_facts(const u8 *h, u16 *id, u16 *len, u8 *ttl)
 }
 #endif
 
+#define NF_FROM_TC_NS 1000000
+
 #ifdef LATENCY_MODE
-static __always_inline int nf_fast(struct last_sighting *last, u64 skb, u64 state, u8 hook, u8 stage, u64 ct, u32 ctinfo)
+/* Latency mode's fast path: the segment from the slot's last hop, for the
+ * packet of `from` (this sensor's last sighting, or the tc sensor's: as
+ * nf_append, from tc only within a millisecond and for the conntrack entry
+ * tc's flows lookup found), confirmed by its IP id and length. */
+static __always_inline int nf_fast(struct last_sighting *from, struct last_sighting *last, u64 skb, u8 hook, u8 stage,
+                                   u64 nfct)
 {
+    u64 ct = nfct & ~NFCT_INFOMASK;
     u64 now = bpf_ktime_get_ns();
-    struct pkt_slot *slot = last_slot(last, now);
+    struct pkt_slot *slot = last_slot(from, now);
+    if (!slot || slot->first_seen != (u32)from->check)
+        return 0;
+    if (from != last && ((u32)(from->check >> 32) != (u32)FLOW_ID(ct) || (s64)(now - slot->last_seen) >= NF_FROM_TC_NS))
+        return 0;
     u8 h[12] __attribute__((aligned(4))) = {};
-    if (!slot || slot->last_hop != last->check || !nf_head12(skb, h))
+    if (!nf_head12(skb, h))
         return 0;
     u16 id, len;
     u8 ttl;
@@ -255,17 +264,34 @@ static __always_inline int nf_fast(struct last_sighting *last, u64 skb, u64 stat
     if (slot->fp.ip_id != id || slot->fp.tot_len != len)
         return 0;
     u32 hop = nf_hop_code(hook, stage);
-    latency_hop(slot, hop, ctinfo >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL, now);
-    last->check = hop;
+    u32 dir = (nfct & NFCT_INFOMASK) >= IP_CT_IS_REPLY ? DIR_REPLY : DIR_ORIGINAL;
+    u32 k = from->slot;
+    u64 check = latency_check(slot->first_seen, FLOW_ID(ct));
+    latency_hop(slot, hop, dir, now);
+    latency_remember(last, skb, k, hop, check, dir);
+    last->nfct = nfct;
     last->rank = nf_rank(hook, stage);
-    if (terminal_hop(hop))
-        last->skb = 0;
     return 1;
+}
+
+/* Whose last sighting has this packet: this sensor's, for the next hook of
+ * the same skb, forward in the pass; else the tc sensor's (see nf_known in
+ * trace mode). A new connection's packets take the full path (ct_traced
+ * writes its views as NAT binds). */
+static __always_inline struct last_sighting *nf_known(struct last_sighting *last, u64 skb, u8 hook, u8 stage,
+                                                      u64 nfct)
+{
+    if ((nfct & NFCT_INFOMASK) == IP_CT_NEW)
+        return NULL;
+    if (last->skb == skb && last->nfct == nfct && nf_rank(hook, stage) > last->rank)
+        return last;
+    int zero = 0;
+    struct last_sighting *tl = tc_last.lookup(&zero);
+    return tl && tl->skb == skb ? tl : NULL;
 }
 #endif
 
 #if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE)
-#define NF_FROM_TC_NS 1000000
 
 /* Append this hook's hop to the open journey of `from` (this sensor's last
  * sighting, or the tc sensor's: see nf_known) and make it this sensor's
@@ -375,9 +401,11 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
         return 1;
 #ifndef TRACER_NO_NF_FAST /* -DTRACER_NO_NF_FAST (TRACER_BPF_CFLAGS): measure without it */
 #ifdef LATENCY_MODE
-    if (ct && ctinfo != IP_CT_NEW && ctinfo != IP_CT_UNTRACKED && last->skb == skb && last->nfct == nfct &&
-        nf_rank(hook, stage) > last->rank && nf_fast(last, skb, state, hook, stage, ct, ctinfo))
-        return 1;
+    if (ct && ctinfo != IP_CT_UNTRACKED) {
+        struct last_sighting *from = nf_known(last, skb, hook, stage, nfct);
+        if (from && nf_fast(from, last, skb, hook, stage, nfct))
+            return 1;
+    }
 #else
     if (ct && ctinfo != IP_CT_UNTRACKED) { /* IP_CT_NEW: see nf_known */
         struct last_sighting *from = nf_known(last, skb, hook, stage, nfct);
@@ -418,15 +446,15 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
 #ifdef LATENCY_MODE
     u32 hop = nf_hop_code(hook, stage);
     s64 k = latency_sighting(&fp, hop, direction, now);
-    /* Remember it for the next hook of this skb (nf_fast, latency mode). */
-    last->skb = 0;
-    if (k >= 0 && ct && !terminal_hop(hop)) {
-        last->skb = skb;
-        last->nfct = nfct;
-        last->slot = k;
-        last->check = hop;
-        last->rank = nf_rank(hook, stage);
+    /* Remember it for the next hook of this skb (nf_fast, tc_fast). */
+    struct pkt_slot *held = NULL;
+    if (k >= 0 && ct) {
+        u32 i = k;
+        held = pcache.lookup(&i);
     }
+    latency_remember(last, skb, held ? k : -1, hop, held ? latency_check(held->first_seen, flow_id) : 0, direction);
+    last->nfct = nfct;
+    last->rank = nf_rank(hook, stage);
     return 1;
 #endif
     u32 ifindex, out_ifindex;

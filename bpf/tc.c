@@ -95,6 +95,33 @@ static __always_inline int tc_fast(struct last_sighting *from, struct last_sight
     return 1;
 }
 
+#endif
+
+#ifdef LATENCY_MODE
+/* The fast path of latency mode: as tc_fast, the segment from the slot's
+ * last hop added instead of a hop appended. */
+static __always_inline int tc_fast(struct last_sighting *from, struct last_sighting *last, struct pkt *p, u8 hook,
+                                   int in_ct, u32 ifindex, u64 skb)
+{
+    u64 now = bpf_ktime_get_ns();
+    struct pkt_slot *slot = last_slot(from, now);
+    if (!slot || slot->first_seen != (u32)from->check)
+        return 0;
+    struct fp_key fp = {};
+    fingerprint(&fp, p);
+    if (!fp_equal(&slot->fp, &fp))
+        return 0;
+    u32 hop = tc_hop_code(hook, in_ct ? ROLE_CONTAINER : if_role(ifindex));
+    u32 k = from->slot;
+    u64 check = from->check;
+    u32 dir = from->dir;
+    latency_hop(slot, hop, dir, now);
+    latency_remember(last, skb, k, hop, check, dir);
+    return 1;
+}
+#endif
+
+#ifndef SIGHTING_EVENTS
 /* Whose last sighting has this packet's journey: this sensor's, for the
  * next tc hook of the same skb; else the netfilter sensor's, for the first
  * tc hook after netfilter hooks of an skb tc did not see last (a packet the
@@ -117,7 +144,7 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
     struct pkt p = {};
     if (!tc_parse(ctx, &p))
         return TC_CONTINUE;
-#if !defined(SIGHTING_EVENTS) && !defined(LATENCY_MODE)
+#ifndef SIGHTING_EVENTS
     int zero = 0;
     struct last_sighting *last = tc_last.lookup(&zero);
     if (!last)
@@ -139,7 +166,17 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
     fingerprint(&fp, &p);
 #ifdef LATENCY_MODE
     u32 role = (flags & FLAG_IN_CONTAINER_NS) ? ROLE_CONTAINER : if_role(ctx->ifindex);
-    latency_sighting(&fp, tc_hop_code(hook, role), flow ? flow->direction : 0, now);
+    u32 hop = tc_hop_code(hook, role);
+    u32 dir = flow ? flow->direction : 0;
+    s64 k = latency_sighting(&fp, hop, dir, now);
+    /* For the next hook of this skb (tc_fast, nf_known). */
+    struct pkt_slot *held = NULL;
+    if (k >= 0) {
+        u32 i = k;
+        held = pcache.lookup(&i);
+    }
+    latency_remember(last, skb, held ? k : -1, hop, held ? latency_check(held->first_seen, flow ? flow->flow_id : 0) : 0,
+                     dir);
     return TC_CONTINUE;
 #endif
 #if defined(SIGHTING_EVENTS) || defined(LATENCY_MODE) /* latency mode returned above */
