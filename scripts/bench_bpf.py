@@ -191,13 +191,23 @@ def bench_live(mode: str, workload: str, quick: bool) -> None:
 
 
 class TreeTracer(bo.Tracer):
-    """`tracer trace --json --port 8000 --no-proxy-links` run from a given
-    tree (its own bpf/ and tracer/), output kept to count journey hops."""
+    """`tracer trace --json --port 8000 --no-proxy-links` (or `tracer latency
+    --json --port 8000`) run from a given tree (its own bpf/ and tracer/),
+    output kept to count journey hops (latency: sightings since the start,
+    which each interval line counts)."""
 
-    def __init__(self, tree: Path, timeout: float = 60, noop: bool = False) -> None:
+    def __init__(self, tree: Path, timeout: float = 60, noop: bool = False, mode: str = "trace") -> None:
         self.hops = 0
-        super().__init__((8000,), "trace", ready_timeout=timeout, noop=noop, tree=tree, extra=("--no-proxy-links",),
-                         shell_cflags=False)
+        super().__init__((8000,), mode, ready_timeout=timeout, noop=noop, tree=tree,
+                         extra=("--no-proxy-links",) if mode == "trace" else ("--json",), shell_cflags=False)
+
+    def latency_sightings(self) -> int:
+        n = 0
+        with open(self.out.name) as f:
+            for line in f:
+                if line.startswith("{"):
+                    n = sum(json.loads(line).get("sightings", {}).values())
+        return n
 
     def journeys(self) -> int:
         journeys = 0
@@ -209,19 +219,24 @@ class TreeTracer(bo.Tracer):
         return journeys
 
     def stop(self) -> tuple[int, int]:
-        """Stop it; (journeys, hops) it printed."""
+        """Stop it; (journeys, hops) it printed (latency: (0, sightings))."""
+        if self.mode == "latency":
+            bo.interrupt(self.proc)  # its last interval printed; stop() then removes the output
+            sightings = self.latency_sightings()
+            super().stop()
+            return 0, sightings
         return super().stop()["packets"], self.hops
 
 
-def live_round(tree: Path, status: dict, requests: int, noop: bool = False) -> dict | str:
+def live_round(tree: Path, status: dict, requests: int, noop: bool = False, mode: str = "trace") -> dict | str:
     """`tree`'s tracer (TreeTracer) under ab -n `requests` -c 8 to :8000:
     {"progs": (ns, runs) per program, "rate": req/s, "journeys", "hops"};
     or, when ab failed (the lab was busy), why, and the round is left out."""
-    tracer = TreeTracer(tree, noop=noop)
+    tracer = TreeTracer(tree, noop=noop, mode=mode)
     try:
         before = _prog_stats(tracer.proc.pid)
         rate = bo.run_ab(status, requests, 8)
-        time.sleep(0.3)  # journeys of the last packets: swept and printed
+        time.sleep(1.2 if mode == "latency" else 0.3)  # journeys swept and printed; latency: the interval printed
         after = _prog_stats(tracer.proc.pid)
     except RuntimeError as exc:
         tracer.stop()
@@ -230,36 +245,39 @@ def live_round(tree: Path, status: dict, requests: int, noop: bool = False) -> d
     return {"progs": _prog_delta(before, after), "rate": rate, "journeys": journeys, "hops": hops}
 
 
-def live_rounds(status: dict, trees: dict[str, Path], rounds: int, requests: int, order=None, noop=()):
+def live_rounds(status: dict, trees: dict[str, Path], rounds: int, requests: int, order=None, noop=(),
+                mode: str = "trace"):
     """live_round of each tree, round after round, with kernel.bpf_stats_enabled
     on: in the order of `trees`, reversed every other round (or `order(r)`),
-    trees named in `noop` built to return at once. Yields (round, name,
-    result), result None for a round left out (said)."""
+    trees named in `noop` built to return at once, `tracer trace` or `tracer
+    latency` (mode). Yields (round, name, result), result None for a round
+    left out (said)."""
     with bo.bpf_stats_on():
         for r in range(rounds):
             names = order(r) if order else (list(trees) if r % 2 == 0 else list(trees)[::-1])
             for name in names:
-                got = live_round(trees[name], status, requests, noop=name in noop)
+                got = live_round(trees[name], status, requests, noop=name in noop, mode=mode)
                 if isinstance(got, str):
                     print(f"  round {r + 1} {name:4s}: left out ({got})")
                     got = None
                 yield r, name, got
 
 
-def bench_live_ab(base: Path, rounds: int, requests: int, floor: bool = False) -> None:
+def bench_live_ab(base: Path, rounds: int, requests: int, floor: bool = False, mode: str = "trace") -> None:
     """This tree against `base`, alternating, under the lab's HTTP workload
-    (and, with `floor`, this tree's programs built to return at once)."""
+    (and, with `floor`, this tree's programs built to return at once), with
+    `tracer trace` or `tracer latency`."""
 
     status = bo.lab_status()
     sides = {"base": base, "new": REPO, **({"noop": REPO} if floor else {})}
     res: dict[str, list[dict]] = {k: [] for k in sides}
-    print(f"bench_bpf --live --base {base}: {rounds} rounds of ab -n {requests} -c 8 to :8000, "
+    print(f"bench_bpf --live --base {base} --mode {mode}: {rounds} rounds of ab -n {requests} -c 8 to :8000, "
           f"alternating; load {load_average()}")
 
     def order(r: int) -> tuple[str, ...]:  # the floor last in every round
         return (("base", "new") if r % 2 == 0 else ("new", "base")) + (("noop",) if floor else ())
 
-    for r, side, got in live_rounds(status, sides, rounds, requests, order, noop=("noop",)):
+    for r, side, got in live_rounds(status, sides, rounds, requests, order, noop=("noop",), mode=mode):
         res[side].append(got)
         if got is None:
             continue
@@ -354,7 +372,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=200_000, help="runs per BPF_PROG_TEST_RUN call")
     ap.add_argument("--rounds", type=int, default=7, help="calls per case (best is kept)")
     ap.add_argument("--live", action="store_true", help="per-program statistics under real traffic (lab up)")
-    ap.add_argument("--mode", choices=("trace", "latency"), default="latency", help="with --live")
+    ap.add_argument("--mode", choices=("trace", "latency"), default=None,
+                    help="with --live (default latency; with --base, trace)")
     ap.add_argument("--workload", choices=("http", "stream"), default="stream", help="with --live")
     ap.add_argument("--base", type=Path, help="with --live: another checkout to compare with, alternating rounds")
     ap.add_argument("--requests", type=int, default=5000, help="with --live --base: ab requests per round")
@@ -374,9 +393,9 @@ def main() -> int:
             print(f"bench_bpf: --base {args.base}: not a tracer checkout", file=sys.stderr)
             return 2
         bench_live_ab(args.base.resolve(), 2 if args.quick else args.rounds, 300 if args.quick else args.requests,
-                      args.floor)
+                      args.floor, args.mode or "trace")
     elif args.live:
-        bench_live(args.mode, args.workload, args.quick)
+        bench_live(args.mode or "latency", args.workload, args.quick)
     else:
         bench_test_run(args.repeat, args.rounds)
     return 0

@@ -97,6 +97,14 @@ def test_bench_bpf_live_base_quick(lab) -> None:
     assert re.search(r"floor \(programs that return at once, same hooks\): \d+ ns per run", out), out
 
 
+def test_bench_bpf_live_base_latency_quick(lab) -> None:
+    """The same with `tracer latency`: sightings counted from its intervals."""
+    out = run_script("bench_bpf.py", "--live", "--base", str(REPO), "--mode", "latency", "--quick", timeout=300)
+    assert re.search(r"trc_tc_eg +\| +\d+ +[\d.]+ \| +\d+ +[\d.]+", out), out
+    assert re.search(r"BPF ns per run +: base +[\d.]+ +new +[\d.]+ +new/base [\d.]+ \[[\d.]+-[\d.]+\]", out), out
+    assert re.search(r"new: [1-9][\d.]* sightings per request", out), out
+
+
 def test_bench_analysis_quick() -> None:
     """Journey-row captures (schema 2), ours beside the baseline on the same
     files, and report over a capture rotated into parts."""

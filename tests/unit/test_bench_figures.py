@@ -48,8 +48,9 @@ def test_live_rounds_alternate_and_say_what_was_left_out(monkeypatch, capsys):
     bb = _load("bench_bpf")
     ran = []
 
-    def live_round(tree, status, requests, noop=False):
+    def live_round(tree, status, requests, noop=False, mode="trace"):
         ran.append((tree, noop))
+        assert mode == "trace"
         return "ab failed" if len(ran) == 2 else {"progs": {}, "rate": 1.0, "journeys": 0, "hops": 0}
 
     monkeypatch.setattr(bb, "live_round", live_round)
