@@ -44,7 +44,8 @@ def test_doctor_matches_this_kernel_and_leaves_nothing():
     assert status["kprobes"] == "missing"
     assert status["fentry"] == "missing"
     for name in ("root", "btf", "tcx", "clsact", "tc", "netfilter_links", "tracepoints", "raw_tracepoints",
-                 "socket_tracepoints", "ring_buffer", "headers", "bcc", "docker", "bpffs", "tracefs", "native_text"):
+                 "socket_tracepoints", "ring_buffer", "headers", "bcc", "docker", "bpffs", "tracefs", "native_text",
+                 "program_cache"):
         assert status[name] == "ok", (name, report)
     # the sensors say what they need; here every one of them can attach
     assert {x["name"]: x["ok"] for x in report["sensors"]} == {"tc": True, "netfilter": True, "drop": True, "proxy": True}

@@ -163,3 +163,21 @@ def test_map_types_decode_as_bcc_describes_them():
     assert ctypes.sizeof(union) == 8
     with pytest.raises(ValueError):
         ctype_of("struct nonsense")
+
+
+def test_doctor_describes_the_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRACER_DEBUG", raising=False)
+    monkeypatch.delenv("TRACER_PROGRAM_CACHE", raising=False)
+    cache = pc.ProgramCache(tmp_path / "programs")
+    ok, detail = cache.describe()
+    assert ok and "empty" in detail
+    cache.store("k1", _compiled())
+    ok, detail = cache.describe()
+    assert ok and "1 compiled build" in detail and "private" in detail
+    os.chmod(tmp_path / "programs", 0o770)
+    ok, detail = cache.describe()
+    assert not ok and "not used" in detail
+    os.chmod(tmp_path / "programs", 0o700)
+    monkeypatch.setenv("TRACER_PROGRAM_CACHE", "0")
+    ok, detail = cache.describe()
+    assert not ok and "every start compiles" in detail

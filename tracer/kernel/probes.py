@@ -364,6 +364,15 @@ def _compile_probe_module() -> tuple[object | None, Capability]:
     return module, Capability("bcc", True, f"bcc {bcc.__version__}, probe module compiled in {took:.1f}s", True, fix)
 
 
+def probe_program_cache() -> Capability:
+    """Whether starts can skip the compile (tracer/kernel/program_cache.py)."""
+    from tracer.kernel.program_cache import ProgramCache
+
+    ok, detail = ProgramCache().describe()
+    return Capability("program_cache", ok, detail, False,
+                      "optional: unset TRACER_PROGRAM_CACHE, or make the directory root's alone (chmod 700), or remove it")
+
+
 def run_probes(probe_docker: Callable[[], Capability] | None = None) -> Report:
     """Probe everything; leaves nothing attached or loaded. The Docker
     engine is probed above this layer (tracer/dockerd.py), its row given
@@ -379,6 +388,7 @@ def run_probes(probe_docker: Callable[[], Capability] | None = None) -> Report:
         module, bcc_cap = _compile_probe_module()
     add(headers)
     add(bcc_cap)
+    add(probe_program_cache())
     try:
         report.capabilities.extend(probe_tracepoints(module, f"needs BCC: {bcc_cap.detail}"))
         add(probe_ringbuf())

@@ -32,7 +32,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the entry's shape or meaning changes
-MAX_ENTRIES = 16
+MAX_ENTRIES = 32  # ~130 KB each; a test suite's many option sets fit
 SUFFIX = ".prog"
 LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
 BPF_PSEUDO_MAP_FD = 1
@@ -209,18 +209,36 @@ class ProgramCache:
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}{SUFFIX}"
 
-    def _safe(self) -> bool:
-        """Only a directory of ours that nobody else may write: what is in
-        it runs in the kernel."""
+    def unsafe(self) -> str | None:
+        """Why the directory may not be used, or None: only a directory of
+        ours that nobody else may write, since what is in it runs in the
+        kernel."""
         try:
             st = os.stat(self.directory)
-        except OSError:
-            return False
+        except OSError as exc:
+            return exc.strerror or str(exc)
         if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            log.warning("not using the program cache %s: it must belong to uid %d and be writable by it alone",
-                        self.directory, os.geteuid())
-            return False
-        return True
+            return f"it must belong to uid {os.geteuid()} and be writable by it alone"
+        return None
+
+    def _safe(self) -> bool:
+        why = self.unsafe()
+        if why is not None and os.path.exists(self.directory):
+            log.warning("not using the program cache %s: %s", self.directory, why)
+        return why is None
+
+    def describe(self) -> tuple[bool, str]:
+        """(usable, what it holds), for `tracer doctor`."""
+        if not enabled():
+            return False, "off (TRACER_PROGRAM_CACHE=0 or TRACER_DEBUG): every start compiles"
+        if not self.directory.exists():
+            return True, f"{self.directory}: empty (the first trace fills it)"
+        why = self.unsafe()
+        if why is not None:
+            return False, f"{self.directory} not used ({why}): every start compiles"
+        entries = list(self.directory.glob(f"*{SUFFIX}"))
+        size = sum(p.stat().st_size for p in entries)
+        return True, f"{self.directory}: {len(entries)} compiled build(s), {size // 1024} KiB, private"
 
     def load(self, key: str) -> Compiled | None:
         """The entry for ``key``, or None (absent, unsafe, or corrupt: then removed)."""
