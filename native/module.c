@@ -6,6 +6,7 @@ static PyMethodDef methods[] = {
     {"journey_json", native_journey_json, METH_VARARGS, native_journey_json_doc},
     {"journey_text", native_journey_text, METH_VARARGS, native_journey_text_doc},
     {"address_ids", native_address_ids, METH_VARARGS, native_address_ids_doc},
+    {"journey_layout", native_journey_layout, METH_VARARGS, native_journey_layout_doc},
     {NULL, NULL, 0, NULL},
 };
 

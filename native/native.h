@@ -18,5 +18,8 @@ extern const char native_address_ids_doc[];
 /* journey_text.c */
 PyObject *native_journey_text(PyObject *self, PyObject *args);
 extern const char native_journey_text_doc[];
+/* journey_layout.c */
+PyObject *native_journey_layout(PyObject *self, PyObject *args);
+extern const char native_journey_layout_doc[];
 
 #endif

@@ -17,14 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer import events, record_words
+from tracer import events, journey_layout, record_words
 from tracer.events import OTHER
 from tracer.decode import DecodeContext, code_column, decode, drop_reason_column, protocol_column, resolve_places
 from tracer.expand import Sightings, empty, lay_out
 from tracer.interning import Interner
 from tracer.places import UNKNOWN_PLACE, Place
 
-_HOOK_DROP = events.HOOKS.index("drop")
 _NEW_PACKET_BIT = 0x80  # HOP_NEW_PACKET_BIT in bpf/journey.h
 _HEADER = ("packet_id", "flow_id", "skb", "drop_netns", "fwd_out_ifindex", "ip_id", "length", "cpu",
            "tcp_flags", "tcp_doff", "tcp_seq", "tcp_ack")  # record fields stored as they are (columns of the same name)
@@ -71,69 +70,44 @@ def place_of_info(info: dict) -> Place:
 
 
 def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -> pa.Table:
-    """Kernel journey records -> `journey` rows (JOURNEY_CAPTURE_SCHEMA)."""
-    if not (records["n_hops"] > 0).all():  # a record copied mid-restart: nothing to keep (as expand)
-        records = record_words.take(records, records["n_hops"] > 0)
-    n = len(records)
-    n_hops = np.minimum(records["n_hops"].astype(np.int64), events.MAX_HOPS)
-    n_tuples = np.clip(records["n_tuples"].astype(np.int64), 1, events.MAX_TUPLES)
-    h = record_words.hops(records, n_hops)
-    code, ifindex = h.code, h.ifindex
-    rec = np.repeat(np.arange(n), n_hops)
-    hook = code & 0x0F
-    in_ct = (code & events.HOP_IN_CT_BIT) != 0
-    is_drop = hook == _HOOK_DROP
-    t_idx = np.minimum(h.tuple, events.MAX_TUPLES - 1)
+    """Kernel journey records -> `journey` rows (JOURNEY_CAPTURE_SCHEMA).
+    Records without hops (copied mid-restart) are not kept, as expand."""
+    cols = journey_layout.layout(records, ctx.boot_offset_ns)
+    r, h, t = cols.records, cols.hops, cols.tuples
+    n = len(cols)
 
     # Where each hop was: resolved as live decoding does, once per distinct
     # place (a drop hop's netns is the record's; the others' the host's).
-    netns = np.zeros(len(code), np.uint32)
-    drops = np.flatnonzero(is_drop)
-    netns[drops] = records["drop_netns"][rec[drops]]
-
     def addresses():
-        return record_words.tuples_at(records, rec, t_idx)[:2]
+        return record_words.tuples_at(records, cols.hop_record(), h["tuple"])[:2]
 
-    places, inverse = resolve_places(ctx, in_ct, netns, ifindex, addresses)
+    places, inverse = resolve_places(ctx, h["in_ct"].view(bool), h["netns"], h["ifindex"], addresses)
     place = place_ids.ids_of(places)[inverse] if len(places) else np.zeros(0, np.uint32)
 
-    # HOP_FLAG_IN_CONTAINER_NS from HOP_IN_CT_BIT (0x40), HOP_FLAG_NEW_PACKET from 0x80
-    hop_flags = (code >> 6) & 0x03
     hop_values = pa.StructArray.from_arrays(
-        [pa.array(h.dt_ns), pa.array(hook), pa.array((code >> events.HOP_STAGE_SHIFT) & 0x03), pa.array(hop_flags),
-         pa.array(ifindex), pa.array(h.ttl), pa.array(t_idx), pa.array(place)],
+        [pa.array(h["dt_ns"]), pa.array(h["hook"]), pa.array(h["nat_stage"]), pa.array(h["flags"]),
+         pa.array(h["ifindex"]), pa.array(h["ttl"]), pa.array(h["tuple"]), pa.array(place)],
         fields=list(events.HOP_ROW_TYPE))
-    saddr, daddr, sport, dport = record_words.used_tuples(records, n_tuples)
-    tuple_values = pa.StructArray.from_arrays([_binary16(saddr), _binary16(daddr), pa.array(sport), pa.array(dport)],
-                                              fields=list(events.TUPLE_ROW_TYPE))
-
-    has_drop = np.zeros(n, bool)
-    has_drop[rec[drops]] = True
-    reasons = np.where(has_drop, records["drop_reason"].astype(np.int64), -1)
-    ktime = records["first_ktime"].astype(np.uint64)
+    tuple_values = pa.StructArray.from_arrays(
+        [_flat_binary16(t["saddr"]), _flat_binary16(t["daddr"]), pa.array(t["sport"]), pa.array(t["dport"])],
+        fields=list(events.TUPLE_ROW_TYPE))
     columns = {
-        "time": pa.array(ktime.astype(np.int64) + ctx.boot_offset_ns, pa.timestamp("ns", tz="UTC")),
-        "ktime_ns": pa.array(ktime),
+        "time": pa.array(r["time"], pa.timestamp("ns", tz="UTC")),
+        "ktime_ns": pa.array(r["ktime"]),
         "kind": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["journey"])),
-        "last_ktime_ns": pa.array(records["last_ktime"].astype(np.uint64)),
-        "end": code_column(records["end"], events.JOURNEY_ENDS),
-        "direction": code_column(records["direction"], events.DIRECTIONS),
-        "protocol": protocol_column(records["protocol"]),
-        "drop_reason": drop_reason_column(reasons, ctx),
-        "tuples": pa.ListArray.from_arrays(pa.array(_offsets(n_tuples)), tuple_values),
-        "hops": pa.ListArray.from_arrays(pa.array(_offsets(n_hops)), hop_values),
+        "last_ktime_ns": pa.array(r["last_ktime"]),
+        "end": code_column(r["end"], events.JOURNEY_ENDS),
+        "direction": code_column(r["direction"], events.DIRECTIONS),
+        "protocol": protocol_column(r["protocol"]),
+        "drop_reason": drop_reason_column(r["drop_reason"], ctx),
+        "tuples": pa.ListArray.from_arrays(pa.array(r["tuple_offsets"]), tuple_values),
+        "hops": pa.ListArray.from_arrays(pa.array(r["hop_offsets"]), hop_values),
     }
     for name in _HEADER:
-        columns[name] = pa.array(records[name].astype(records.dtype[name].newbyteorder("=")))
+        columns[name] = pa.array(r[name])
     schema = events.JOURNEY_CAPTURE_SCHEMA
     return pa.Table.from_arrays(
         [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in schema], schema=schema)
-
-
-def _offsets(sizes: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(sizes) + 1, np.int32)
-    np.cumsum(sizes, out=out[1:])
-    return out
 
 
 # --- reading ------------------------------------------------------------------
@@ -166,6 +140,12 @@ def _binary16(rows: np.ndarray) -> pa.Array:
     """(n, 16) bytes (or (n, 4) u32 words) -> fixed_size_binary(16), byte for byte."""
     data = np.ascontiguousarray(rows).tobytes()
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(rows), [None, pa.py_buffer(data)])
+
+
+def _flat_binary16(data: np.ndarray) -> pa.Array:
+    """16 bytes a value, back to back (a contiguous u8 array) ->
+    fixed_size_binary(16), without a copy."""
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(data) // 16, [None, pa.py_buffer(data)])
 
 
 def _address_rows(column: pa.Array) -> np.ndarray:

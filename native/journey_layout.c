@@ -1,0 +1,221 @@
+/* The kernel's journey records -> the flat columns of a capture's journey
+ * rows, for `record -w` (tracer/journey_layout.py).
+ *
+ * Why C: the records are 432 bytes each and the columns are ~20 fields of
+ * the record, up to 16 hops and 4 address tuples inside it. numpy reads
+ * them field by field, one strided pass over the whole flush's records per
+ * field and gathers for the hops (about 0.45 us of CPU a packet); one pass
+ * over each record writing every column costs a tenth of that. The numpy
+ * path (journey_layout.layout_numpy) stays the reference: the tests compare
+ * both outputs column by column.
+ *
+ * The caller gives the record layout (field offsets, from events.py) and
+ * the output arrays, sized for the records kept (those with hops), their
+ * used hops and used tuples; every size is checked before anything is
+ * written. Multi-byte fields of the kernel's records are little-endian but
+ * for ip_id, length, tcp_seq, tcp_ack and the ports, which are in network
+ * order (as events.JOURNEY_DTYPE says). */
+#include "native.h"
+
+#include <stdint.h>
+#include <string.h>
+
+/* the record layout, in the order journey_layout.LAYOUT_FIELDS passes it */
+enum { L_STRIDE, L_PACKET_ID, L_FLOW_ID, L_FIRST_KTIME, L_LAST_KTIME, L_SKB, L_TUPLES, L_TCP_SEQ, L_TCP_ACK,
+       L_DROP_REASON, L_DROP_NETNS, L_FWD_OUT, L_IP_ID, L_LENGTH, L_CPU, L_PROTOCOL, L_TCP_FLAGS, L_DIRECTION,
+       L_N_HOPS, L_N_TUPLES, L_END, L_HOPS, L_TCP_DOFF, L_MAX_HOPS, L_MAX_TUPLES, L_HOOK_DROP, L_STAGE_SHIFT,
+       L_IN_CT_BIT, N_LAYOUT };
+
+/* the outputs, in the order of journey_layout.RECORD_COLUMNS / HOP_COLUMNS / TUPLE_COLUMNS */
+enum { R_PACKET_ID, R_FLOW_ID, R_SKB, R_KTIME, R_LAST_KTIME, R_TIME, R_DROP_NETNS, R_FWD_OUT, R_IP_ID, R_LENGTH,
+       R_CPU, R_TCP_FLAGS, R_TCP_DOFF, R_TCP_SEQ, R_TCP_ACK, R_END, R_DIRECTION, R_PROTOCOL, R_DROP_REASON,
+       R_HOP_OFFSETS, R_TUPLE_OFFSETS, N_REC };
+enum { H_DT_NS, H_HOOK, H_STAGE, H_FLAGS, H_IFINDEX, H_TTL, H_TUPLE, H_NETNS, H_IN_CT, N_HOPCOL };
+enum { T_SADDR, T_DADDR, T_SPORT, T_DPORT, N_TUPCOL };
+
+static const Py_ssize_t rec_size[N_REC] = {8, 8, 8, 8, 8, 8, 4, 4, 2, 2, 2, 1, 1, 4, 4, 1, 1, 1, 8, 4, 4};
+static const Py_ssize_t hop_size[N_HOPCOL] = {4, 1, 1, 1, 4, 1, 1, 4, 1};
+static const Py_ssize_t tup_size[N_TUPCOL] = {16, 16, 2, 2};
+
+static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+static inline uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+/* Writable C-contiguous buffers of a tuple, each exactly count * size bytes
+ * (+ extra elements); returns how many were acquired (all on success). */
+static int get_outputs(PyObject *tuple, Py_buffer *views, int n, const Py_ssize_t *size, Py_ssize_t count,
+                       int extra_from, const char *what) {
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != n) {
+        PyErr_Format(PyExc_TypeError, "journey_layout: %s must be a tuple of %d arrays", what, n);
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(tuple, i), &views[i], PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+            return i;
+        Py_ssize_t want = (count + (i >= extra_from ? 1 : 0)) * size[i];
+        if (views[i].len != want) {
+            PyErr_Format(PyExc_ValueError, "journey_layout: %s column %d has %zd bytes, not %zd", what, i,
+                         views[i].len, want);
+            return i + 1;
+        }
+    }
+    return n;
+}
+
+static void release(Py_buffer *views, int n) {
+    for (int i = 0; i < n; i++) PyBuffer_Release(&views[i]);
+}
+
+PyObject *native_journey_layout(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer in;
+    PyObject *layout_obj, *rec_obj, *hop_obj, *tup_obj;
+    long long boot_offset;
+    Py_ssize_t kept, n_hops_total, n_tuples_total;
+    if (!PyArg_ParseTuple(args, "y*O!LnnnOOO", &in, &PyTuple_Type, &layout_obj, &boot_offset, &kept, &n_hops_total,
+                          &n_tuples_total, &rec_obj, &hop_obj, &tup_obj))
+        return NULL;
+    Py_buffer rv[N_REC], hv[N_HOPCOL], tv[N_TUPCOL];
+    int nr = 0, nh = 0, nt = 0;
+    PyObject *result = NULL;
+    Py_ssize_t L[N_LAYOUT];
+
+    if (PyTuple_GET_SIZE(layout_obj) != N_LAYOUT) {
+        PyErr_Format(PyExc_TypeError, "journey_layout: the layout has %d numbers", N_LAYOUT);
+        goto done;
+    }
+    for (int i = 0; i < N_LAYOUT; i++) {
+        L[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(layout_obj, i));
+        if (L[i] < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "journey_layout: negative layout number");
+            goto done;
+        }
+    }
+    const Py_ssize_t stride = L[L_STRIDE], max_hops = L[L_MAX_HOPS], max_tuples = L[L_MAX_TUPLES];
+    /* every field (hops and tuples whole) inside the record */
+    if (stride <= 0 || in.len % stride || L[L_HOPS] + 12 * max_hops > stride || L[L_TUPLES] + 40 * max_tuples > stride
+        || max_tuples < 1 || max_tuples > 255 || max_hops > 255) {
+        PyErr_SetString(PyExc_ValueError, "journey_layout: records and layout do not fit");
+        goto done;
+    }
+    /* each field's width, as the layout lists them (tuples and hops: checked above) */
+    static const Py_ssize_t width[N_LAYOUT] = {[L_PACKET_ID] = 8, [L_FLOW_ID] = 8, [L_FIRST_KTIME] = 8,
+        [L_LAST_KTIME] = 8, [L_SKB] = 8, [L_TCP_SEQ] = 4, [L_TCP_ACK] = 4, [L_DROP_REASON] = 4,
+        [L_DROP_NETNS] = 4, [L_FWD_OUT] = 4, [L_IP_ID] = 2, [L_LENGTH] = 2, [L_CPU] = 2, [L_PROTOCOL] = 1,
+        [L_TCP_FLAGS] = 1, [L_DIRECTION] = 1, [L_N_HOPS] = 1, [L_N_TUPLES] = 1, [L_END] = 1, [L_TCP_DOFF] = 1};
+    for (int i = L_PACKET_ID; i <= L_TCP_DOFF; i++)
+        if (L[i] + width[i] > stride) {
+            PyErr_SetString(PyExc_ValueError, "journey_layout: a field lies outside the record");
+            goto done;
+        }
+    if ((nr = get_outputs(rec_obj, rv, N_REC, rec_size, kept, R_HOP_OFFSETS, "record")) != N_REC) goto done;
+    if ((nh = get_outputs(hop_obj, hv, N_HOPCOL, hop_size, n_hops_total, N_HOPCOL, "hop")) != N_HOPCOL) goto done;
+    if ((nt = get_outputs(tup_obj, tv, N_TUPCOL, tup_size, n_tuples_total, N_TUPCOL, "tuple")) != N_TUPCOL) goto done;
+
+    /* the counts first: nothing is written unless they are the caller's */
+    const uint8_t *base = in.buf;
+    const Py_ssize_t n = in.len / stride;
+    Py_ssize_t k = 0, H = 0, T = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *r = base + i * stride;
+        Py_ssize_t h = r[L[L_N_HOPS]], t = r[L[L_N_TUPLES]];
+        if (!h) continue;
+        k++;
+        H += h < max_hops ? h : max_hops;
+        T += t < 1 ? 1 : (t > max_tuples ? max_tuples : t);
+    }
+    if (k != kept || H != n_hops_total || T != n_tuples_total) {
+        PyErr_SetString(PyExc_ValueError, "journey_layout: counts are not the records'");
+        goto done;
+    }
+
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t *packet_id = rv[R_PACKET_ID].buf, *flow_id = rv[R_FLOW_ID].buf, *skb = rv[R_SKB].buf,
+             *ktime = rv[R_KTIME].buf, *last_ktime = rv[R_LAST_KTIME].buf;
+    int64_t *wall = rv[R_TIME].buf, *drop_reason = rv[R_DROP_REASON].buf;
+    uint32_t *drop_netns = rv[R_DROP_NETNS].buf, *fwd_out = rv[R_FWD_OUT].buf, *tcp_seq = rv[R_TCP_SEQ].buf,
+             *tcp_ack = rv[R_TCP_ACK].buf;
+    uint16_t *ip_id = rv[R_IP_ID].buf, *length = rv[R_LENGTH].buf, *cpu = rv[R_CPU].buf;
+    uint8_t *tcp_flags = rv[R_TCP_FLAGS].buf, *tcp_doff = rv[R_TCP_DOFF].buf, *end = rv[R_END].buf,
+            *direction = rv[R_DIRECTION].buf, *protocol = rv[R_PROTOCOL].buf;
+    int32_t *hop_off = rv[R_HOP_OFFSETS].buf, *tup_off = rv[R_TUPLE_OFFSETS].buf;
+    uint32_t *dt = hv[H_DT_NS].buf, *ifindex = hv[H_IFINDEX].buf, *netns = hv[H_NETNS].buf;
+    uint8_t *hook = hv[H_HOOK].buf, *stage = hv[H_STAGE].buf, *flags = hv[H_FLAGS].buf, *ttl = hv[H_TTL].buf,
+            *tuple = hv[H_TUPLE].buf, *in_ct = hv[H_IN_CT].buf;
+    uint8_t *saddr = tv[T_SADDR].buf, *daddr = tv[T_DADDR].buf;
+    uint16_t *sport = tv[T_SPORT].buf, *dport = tv[T_DPORT].buf;
+    const unsigned hook_drop = (unsigned)L[L_HOOK_DROP], shift = (unsigned)L[L_STAGE_SHIFT];
+    const unsigned in_ct_bit = (unsigned)L[L_IN_CT_BIT];
+
+    Py_ssize_t j = 0, h_at = 0, t_at = 0;
+    hop_off[0] = 0;
+    tup_off[0] = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *r = base + i * stride;
+        Py_ssize_t nh_ = r[L[L_N_HOPS]], nt_ = r[L[L_N_TUPLES]];
+        if (!nh_) continue;
+        if (nh_ > max_hops) nh_ = max_hops;
+        nt_ = nt_ < 1 ? 1 : (nt_ > max_tuples ? max_tuples : nt_);
+        packet_id[j] = rd64(r + L[L_PACKET_ID]);
+        flow_id[j] = rd64(r + L[L_FLOW_ID]);
+        skb[j] = rd64(r + L[L_SKB]);
+        ktime[j] = rd64(r + L[L_FIRST_KTIME]);
+        last_ktime[j] = rd64(r + L[L_LAST_KTIME]);
+        wall[j] = (int64_t)(ktime[j] + (uint64_t)boot_offset);
+        uint32_t rec_netns = rd32(r + L[L_DROP_NETNS]);
+        drop_netns[j] = rec_netns;
+        fwd_out[j] = rd32(r + L[L_FWD_OUT]);
+        ip_id[j] = be16(r + L[L_IP_ID]);
+        length[j] = be16(r + L[L_LENGTH]);
+        cpu[j] = rd16(r + L[L_CPU]);
+        tcp_flags[j] = r[L[L_TCP_FLAGS]];
+        tcp_doff[j] = r[L[L_TCP_DOFF]];
+        tcp_seq[j] = be32(r + L[L_TCP_SEQ]);
+        tcp_ack[j] = be32(r + L[L_TCP_ACK]);
+        end[j] = r[L[L_END]];
+        direction[j] = r[L[L_DIRECTION]];
+        protocol[j] = r[L[L_PROTOCOL]];
+        int dropped = 0;
+        const uint8_t *hp = r + L[L_HOPS];
+        for (Py_ssize_t x = 0; x < nh_; x++, hp += 12, h_at++) {
+            unsigned code = hp[8];
+            unsigned hk = code & 0x0F;
+            dt[h_at] = rd32(hp);
+            ifindex[h_at] = rd32(hp + 4);
+            hook[h_at] = (uint8_t)hk;
+            stage[h_at] = (uint8_t)((code >> shift) & 0x03);
+            flags[h_at] = (uint8_t)((code >> 6) & 0x03);
+            ttl[h_at] = hp[9];
+            tuple[h_at] = hp[10] < max_tuples - 1 ? hp[10] : (uint8_t)(max_tuples - 1);
+            in_ct[h_at] = (code & in_ct_bit) != 0;
+            netns[h_at] = hk == hook_drop ? rec_netns : 0;
+            dropped |= hk == hook_drop;
+        }
+        drop_reason[j] = dropped ? (int64_t)rd32(r + L[L_DROP_REASON]) : -1;
+        const uint8_t *tp = r + L[L_TUPLES];
+        for (Py_ssize_t x = 0; x < nt_; x++, tp += 40, t_at++) {
+            memcpy(saddr + 16 * t_at, tp, 16);
+            memcpy(daddr + 16 * t_at, tp + 16, 16);
+            sport[t_at] = be16(tp + 32);
+            dport[t_at] = be16(tp + 34);
+        }
+        j++;
+        hop_off[j] = (int32_t)h_at;
+        tup_off[j] = (int32_t)t_at;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(rv, nr);
+    release(hv, nh);
+    release(tv, nt);
+    PyBuffer_Release(&in);
+    return result;
+}
+
+const char native_journey_layout_doc[] =
+    "journey_layout(records, layout, boot_offset_ns, kept, hops, tuples, record_columns, hop_columns, tuple_columns)\n"
+    "Fill the flat columns of the journey rows of ``records`` (tracer/journey_layout.py).";

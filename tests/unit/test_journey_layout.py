@@ -1,0 +1,105 @@
+"""The compiled journey layout (native/journey_layout.c, tracer._native)
+and its numpy twin (tracer/journey_layout.py) give the same columns.
+
+Both run on the hand-made records of test_journey_records (drops, parts,
+NAT steps, ICMP) as the kernel lays them out, and on records of random
+bytes: hop and tuple counts past what a record holds, none at all, tuple
+indices past the record's, every code bit. The extension is optional: when
+it is not built these tests fail rather than skip (scripts/setup.sh builds
+it; CI runs setup first)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.unit.test_journey_records import records
+from tracer import events, journey_layout, native
+from tracer.journey_layout import LAYOUT, RECORD_COLUMNS, compiled_usable, layout, layout_numpy
+
+
+def module():
+    m = native.native()
+    assert m is not None, f"tracer._native is not built: {native.why_not()}"
+    return m
+
+
+def random_records(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    recs = np.frombuffer(rng.integers(0, 256, n * events.JOURNEY_SIZE, dtype=np.uint8).tobytes(),
+                         events.JOURNEY_DTYPE).copy()
+    recs["n_hops"] = rng.integers(0, 20, n)  # 0 (not kept) to more than a record holds
+    recs["n_tuples"] = rng.integers(0, 7, n)
+    return recs
+
+
+def assert_same(a, b) -> None:
+    assert np.array_equal(a.kept, b.kept)
+    for part in ("records", "hops", "tuples"):
+        x, y = getattr(a, part), getattr(b, part)
+        assert x.keys() == y.keys()
+        for name in x:
+            assert x[name].dtype == y[name].dtype, (part, name)
+            assert np.array_equal(x[name], y[name]), (part, name)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_compiled_and_numpy_give_the_same_columns_on_random_records(seed):
+    module()
+    recs = random_records(3000, seed)
+    assert compiled_usable(recs)
+    compiled, reference = layout(recs, -5_000_000_000), layout_numpy(recs, -5_000_000_000)
+    assert_same(compiled, reference)
+    assert 0 < len(compiled) < len(recs)  # records without hops are left out
+    assert compiled.hops["tuple"].max() == events.MAX_TUPLES - 1
+    assert np.diff(compiled.records["hop_offsets"]).max() == events.MAX_HOPS
+
+
+def test_compiled_and_numpy_agree_on_the_hand_made_journeys():
+    module()
+    kernel = records().astype(events.JOURNEY_DTYPE)
+    compiled = layout(kernel, 1_700_000_000_000_000_000)
+    assert_same(compiled, layout_numpy(kernel, 1_700_000_000_000_000_000))
+    r = compiled.records
+    assert r["packet_id"].tolist()[:3] == [101, 101, 202]
+    assert r["drop_reason"].tolist()[:3] == [-1, 12, -1]  # a reason only where a hop is a drop
+    assert r["ip_id"][0] == 101 and r["length"][0] == 60  # network order read as numbers
+    assert compiled.tuples["sport"][0] == 40000 and compiled.tuples["dport"][0] == 8000
+
+
+def test_records_numpy_reordered_are_laid_out_by_numpy_alike():
+    """np.concatenate gives records back in native byte order: the compiled
+    twin reads only the kernel's layout, so those take the numpy path."""
+    native_order = records()
+    assert native_order.dtype != events.JOURNEY_DTYPE and not compiled_usable(native_order)
+    assert_same(layout(native_order, 0), layout(native_order.astype(events.JOURNEY_DTYPE), 0))
+
+
+def test_without_the_extension_the_numpy_twin_is_used(monkeypatch):
+    monkeypatch.setattr(journey_layout, "native", lambda: None)
+    recs = random_records(50, 9)
+    assert not compiled_usable(recs)
+    assert_same(layout(recs, 0), layout_numpy(recs, 0))
+
+
+def test_wrong_sizes_and_counts_are_refused_before_writing():
+    m = module()
+    recs = random_records(20, 4)
+    out = layout_numpy(recs, 0)
+    args = lambda data, kept, cols: (data, LAYOUT, 0, kept, len(out.hops["dt_ns"]), len(out.tuples["sport"]),  # noqa: E731
+                                     cols, tuple(out.hops.values()), tuple(out.tuples.values()))
+    cols = tuple(out.records[name] for name, _ in RECORD_COLUMNS)
+    flat = recs.view(np.uint8).reshape(-1)
+    changed = recs.copy()
+    changed["n_hops"][np.flatnonzero((recs["n_hops"] > 0) & (recs["n_hops"] < events.MAX_HOPS))[0]] += 1
+    with pytest.raises(ValueError, match="counts"):  # records other than the ones the outputs were sized for
+        m.journey_layout(*args(changed.view(np.uint8).reshape(-1), len(out), cols))
+    with pytest.raises(ValueError, match="do not fit"):
+        m.journey_layout(*args(flat[:-1], len(out), cols))
+    with pytest.raises(ValueError, match="bytes"):
+        m.journey_layout(*args(flat, len(out), (cols[0][:-1],) + cols[1:]))
+    with pytest.raises(TypeError):
+        m.journey_layout(*args(flat, len(out), cols[:-1]))
+    with pytest.raises(ValueError, match="do not fit"):
+        m.journey_layout(flat, (10_000,) + LAYOUT[1:], 0, len(out), len(out.hops["dt_ns"]), len(out.tuples["sport"]),
+                         cols, tuple(out.hops.values()), tuple(out.tuples.values()))

@@ -1,0 +1,160 @@
+"""The kernel's journey records (events.JOURNEY_DTYPE) -> the flat numpy
+columns of a capture's journey rows (tracer/journey_capture.py builds the
+Arrow arrays from them).
+
+Two twins fill the same arrays: ``layout_numpy``, the reference, and the
+compiled ``journey_layout`` of tracer._native (native/journey_layout.c),
+one pass over each record instead of a strided pass over the whole flush
+per field (about a tenth of the CPU: docs/benchmarks.md). The compiled one
+is used where it was built and the records are the kernel's own dtype,
+contiguous (what the drain hands out); the tests compare both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tracer import events, record_words
+from tracer.native import native
+
+_HOOK_DROP = events.HOOKS.index("drop")
+
+# (name, dtype) of each output, in the order native/journey_layout.c takes them
+RECORD_COLUMNS = (
+    ("packet_id", np.uint64), ("flow_id", np.uint64), ("skb", np.uint64), ("ktime", np.uint64),
+    ("last_ktime", np.uint64), ("time", np.int64), ("drop_netns", np.uint32), ("fwd_out_ifindex", np.uint32),
+    ("ip_id", np.uint16), ("length", np.uint16), ("cpu", np.uint16), ("tcp_flags", np.uint8), ("tcp_doff", np.uint8),
+    ("tcp_seq", np.uint32), ("tcp_ack", np.uint32), ("end", np.uint8), ("direction", np.uint8),
+    ("protocol", np.uint8), ("drop_reason", np.int64),  # -1: no drop hop
+    ("hop_offsets", np.int32), ("tuple_offsets", np.int32),  # one more than the records
+)
+HOP_COLUMNS = (
+    ("dt_ns", np.uint32), ("hook", np.uint8), ("nat_stage", np.uint8), ("flags", np.uint8), ("ifindex", np.uint32),
+    ("ttl", np.uint8), ("tuple", np.uint8), ("netns", np.uint32), ("in_ct", np.uint8),
+)
+TUPLE_COLUMNS = (("saddr", np.uint8), ("daddr", np.uint8), ("sport", np.uint16), ("dport", np.uint16))  # addresses: 16 bytes a tuple
+
+
+def _layout() -> tuple[int, ...]:
+    """The record layout as native/journey_layout.c takes it (its L_* order)."""
+    d = events.JOURNEY_DTYPE
+    at = {name: d.fields[name][1] for name in d.names}
+    return (d.itemsize, at["packet_id"], at["flow_id"], at["first_ktime"], at["last_ktime"], at["skb"], at["tuples"],
+            at["tcp_seq"], at["tcp_ack"], at["drop_reason"], at["drop_netns"], at["fwd_out_ifindex"], at["ip_id"],
+            at["length"], at["cpu"], at["protocol"], at["tcp_flags"], at["direction"], at["n_hops"], at["n_tuples"],
+            at["end"], at["hops"], at["tcp_doff"], events.MAX_HOPS, events.MAX_TUPLES, _HOOK_DROP,
+            events.HOP_STAGE_SHIFT, events.HOP_IN_CT_BIT)
+
+
+LAYOUT = _layout()
+# what the C reads as little-endian or network order must be so in the dtype
+assert all(events.JOURNEY_DTYPE[f].byteorder in "<=|" for f in
+           ("packet_id", "flow_id", "first_ktime", "last_ktime", "skb", "drop_reason", "drop_netns", "fwd_out_ifindex", "cpu"))
+assert all(events.JOURNEY_DTYPE[f].byteorder == ">" for f in ("ip_id", "length", "tcp_seq", "tcp_ack"))
+assert events.TUPLE_DTYPE["sport"].byteorder == ">" and events.HOP_DTYPE.itemsize == 12
+
+
+@dataclass
+class Columns:
+    """A flush's journey records as flat columns: per kept record (those
+    with hops; ``hop_offsets``/``tuple_offsets`` delimit each one's), per
+    used hop, per used tuple (``saddr``/``daddr``: 16 bytes each)."""
+
+    records: dict[str, np.ndarray]
+    hops: dict[str, np.ndarray]
+    tuples: dict[str, np.ndarray]
+    kept: np.ndarray  # the kept records' positions in the input
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def hop_record(self) -> np.ndarray:
+        """Each hop's record, as a position in the input."""
+        return np.repeat(self.kept, np.diff(self.records["hop_offsets"]))
+
+
+def _counts(records: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n_hops = records["n_hops"]
+    kept = np.flatnonzero(n_hops)
+    nh = np.minimum(n_hops[kept].astype(np.int64), events.MAX_HOPS)
+    nt = np.clip(records["n_tuples"][kept].astype(np.int64), 1, events.MAX_TUPLES)
+    return kept, nh, nt
+
+
+def _empty(kept: np.ndarray, nh: np.ndarray, nt: np.ndarray) -> Columns:
+    k, h, t = len(kept), int(nh.sum()), int(nt.sum())
+    return Columns(
+        {name: np.empty(k + 1 if name.endswith("_offsets") else k, dt) for name, dt in RECORD_COLUMNS},
+        {name: np.empty(h, dt) for name, dt in HOP_COLUMNS},
+        {name: np.empty(16 * t if name.endswith("addr") else t, dt) for name, dt in TUPLE_COLUMNS},
+        kept)
+
+
+def compiled_usable(records: np.ndarray) -> bool:
+    """Whether the compiled twin can read ``records`` as they are."""
+    return native() is not None and records.dtype == events.JOURNEY_DTYPE and records.flags.c_contiguous
+
+
+def layout(records: np.ndarray, boot_offset_ns: int) -> Columns:
+    """The journey records' columns, compiled where it can be."""
+    if not compiled_usable(records):
+        return layout_numpy(records, boot_offset_ns)
+    kept, nh, nt = _counts(records)
+    out = _empty(kept, nh, nt)
+    native().journey_layout(records.view(np.uint8).reshape(-1), LAYOUT, int(boot_offset_ns), len(kept),
+                            len(out.hops["dt_ns"]), len(out.tuples["sport"]),
+                            tuple(out.records[name] for name, _ in RECORD_COLUMNS),
+                            tuple(out.hops[name] for name, _ in HOP_COLUMNS),
+                            tuple(out.tuples[name] for name, _ in TUPLE_COLUMNS))
+    return out
+
+
+def layout_numpy(records: np.ndarray, boot_offset_ns: int) -> Columns:
+    """The reference: the same columns with numpy, any record dtype
+    conversion numpy made (e.g. native byte order after np.concatenate)."""
+    kept, nh, nt = _counts(records)
+    out = _empty(kept, nh, nt)
+    recs = record_words.take(records, kept) if len(kept) != len(records) else records
+    r = out.records
+    for name, column in (("packet_id", "packet_id"), ("flow_id", "flow_id"), ("skb", "skb"), ("ktime", "first_ktime"),
+                         ("last_ktime", "last_ktime"), ("drop_netns", "drop_netns"),
+                         ("fwd_out_ifindex", "fwd_out_ifindex"), ("ip_id", "ip_id"), ("length", "length"),
+                         ("cpu", "cpu"), ("tcp_flags", "tcp_flags"), ("tcp_doff", "tcp_doff"), ("tcp_seq", "tcp_seq"),
+                         ("tcp_ack", "tcp_ack"), ("end", "end"), ("direction", "direction"), ("protocol", "protocol")):
+        r[name][:] = recs[column]  # numpy converts the byte order
+    r["time"][:] = r["ktime"].astype(np.int64) + np.int64(boot_offset_ns)
+    np.cumsum(nh, out=r["hop_offsets"][1:])
+    r["hop_offsets"][0] = 0
+    np.cumsum(nt, out=r["tuple_offsets"][1:])
+    r["tuple_offsets"][0] = 0
+
+    h = record_words.hops(recs, nh)
+    code = h.code
+    hook = code & 0x0F
+    rec = np.repeat(np.arange(len(recs)), nh)
+    is_drop = hook == _HOOK_DROP
+    o = out.hops
+    o["dt_ns"][:] = h.dt_ns
+    o["ifindex"][:] = h.ifindex
+    o["hook"][:] = hook
+    o["nat_stage"][:] = (code >> events.HOP_STAGE_SHIFT) & 0x03
+    o["flags"][:] = (code >> 6) & 0x03  # HOP_FLAG_IN_CONTAINER_NS from HOP_IN_CT_BIT (0x40), HOP_FLAG_NEW_PACKET from 0x80
+    o["ttl"][:] = h.ttl
+    o["tuple"][:] = np.minimum(h.tuple, events.MAX_TUPLES - 1)
+    o["in_ct"][:] = (code & events.HOP_IN_CT_BIT) != 0
+    o["netns"][:] = 0
+    drops = np.flatnonzero(is_drop)
+    o["netns"][drops] = r["drop_netns"][rec[drops]]
+    has_drop = np.zeros(len(recs), bool)
+    has_drop[rec[drops]] = True
+    r["drop_reason"][:] = np.where(has_drop, recs["drop_reason"].astype(np.int64), -1)
+
+    saddr, daddr, sport, dport = record_words.used_tuples(recs, nt)
+    t = out.tuples
+    t["saddr"][:] = saddr.reshape(-1)
+    t["daddr"][:] = daddr.reshape(-1)
+    t["sport"][:] = sport
+    t["dport"][:] = dport
+    return out
