@@ -18,6 +18,7 @@
 #include "native.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* the record layout, in the order journey_layout.LAYOUT_FIELDS passes it */
@@ -30,11 +31,11 @@ enum { L_STRIDE, L_PACKET_ID, L_FLOW_ID, L_FIRST_KTIME, L_LAST_KTIME, L_SKB, L_T
 enum { R_PACKET_ID, R_FLOW_ID, R_SKB, R_KTIME, R_LAST_KTIME, R_TIME, R_DROP_NETNS, R_FWD_OUT, R_IP_ID, R_LENGTH,
        R_CPU, R_TCP_FLAGS, R_TCP_DOFF, R_TCP_SEQ, R_TCP_ACK, R_END, R_DIRECTION, R_PROTOCOL, R_DROP_REASON,
        R_HOP_OFFSETS, R_TUPLE_OFFSETS, N_REC };
-enum { H_DT_NS, H_HOOK, H_STAGE, H_FLAGS, H_IFINDEX, H_TTL, H_TUPLE, H_NETNS, H_IN_CT, N_HOPCOL };
+enum { H_DT_NS, H_HOOK, H_STAGE, H_FLAGS, H_IFINDEX, H_TTL, H_TUPLE, H_NETNS, H_IN_CT, H_PLACE, N_HOPCOL };
 enum { T_SADDR, T_DADDR, T_SPORT, T_DPORT, N_TUPCOL };
 
 static const Py_ssize_t rec_size[N_REC] = {8, 8, 8, 8, 8, 8, 4, 4, 2, 2, 2, 1, 1, 4, 4, 1, 1, 1, 8, 4, 4};
-static const Py_ssize_t hop_size[N_HOPCOL] = {4, 1, 1, 1, 4, 1, 1, 4, 1};
+static const Py_ssize_t hop_size[N_HOPCOL] = {4, 1, 1, 1, 4, 1, 1, 4, 1, 8};
 static const Py_ssize_t tup_size[N_TUPCOL] = {16, 16, 2, 2};
 
 static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
@@ -68,6 +69,57 @@ static void release(Py_buffer *views, int n) {
     for (int i = 0; i < n; i++) PyBuffer_Release(&views[i]);
 }
 
+/* The distinct place keys of a flush's hops (a few dozen), in order of
+ * first appearance: open addressing, grown by doubling. */
+typedef struct {
+    uint64_t *keys;  /* slot -> key */
+    int64_t *index;  /* slot -> its position among the distinct keys (-1: empty) */
+    uint64_t *order; /* position -> key */
+    Py_ssize_t slots, count;
+} key_table;
+
+static int table_grow(key_table *t) {
+    Py_ssize_t slots = t->slots ? 2 * t->slots : 64;
+    uint64_t *keys = malloc((size_t)slots * sizeof *keys);
+    int64_t *index = malloc((size_t)slots * sizeof *index);
+    uint64_t *order = realloc(t->order, (size_t)(slots / 2) * sizeof *order);
+    if (!keys || !index || !order) {
+        free(keys);
+        free(index);
+        if (order) t->order = order;
+        return -1;
+    }
+    t->order = order;
+    for (Py_ssize_t i = 0; i < slots; i++) index[i] = -1;
+    for (Py_ssize_t i = 0; i < t->count; i++) {
+        uint64_t k = order[i];
+        Py_ssize_t s = (Py_ssize_t)((k * 0x9E3779B97F4A7C15ull) >> 40) & (slots - 1);
+        while (index[s] >= 0) s = (s + 1) & (slots - 1);
+        keys[s] = k;
+        index[s] = i;
+    }
+    free(t->keys);
+    free(t->index);
+    t->keys = keys;
+    t->index = index;
+    t->slots = slots;
+    return 0;
+}
+
+/* the key's position among the distinct keys (added if new), or -1 (no memory) */
+static int64_t table_find(key_table *t, uint64_t key) {
+    if (2 * (t->count + 1) > t->slots && table_grow(t) < 0) return -1;
+    Py_ssize_t s = (Py_ssize_t)((key * 0x9E3779B97F4A7C15ull) >> 40) & (t->slots - 1);
+    while (t->index[s] >= 0) {
+        if (t->keys[s] == key) return t->index[s];
+        s = (s + 1) & (t->slots - 1);
+    }
+    t->keys[s] = key;
+    t->index[s] = t->count;
+    t->order[t->count] = key;
+    return t->count++;
+}
+
 PyObject *native_journey_layout(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer in;
@@ -78,8 +130,9 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
                           &n_tuples_total, &rec_obj, &hop_obj, &tup_obj))
         return NULL;
     Py_buffer rv[N_REC], hv[N_HOPCOL], tv[N_TUPCOL];
-    int nr = 0, nh = 0, nt = 0;
+    int nr = 0, nh = 0, nt = 0, no_memory = 0;
     PyObject *result = NULL;
+    key_table places = {0};
     Py_ssize_t L[N_LAYOUT];
 
     if (PyTuple_GET_SIZE(layout_obj) != N_LAYOUT) {
@@ -144,6 +197,9 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
     uint32_t *dt = hv[H_DT_NS].buf, *ifindex = hv[H_IFINDEX].buf, *netns = hv[H_NETNS].buf;
     uint8_t *hook = hv[H_HOOK].buf, *stage = hv[H_STAGE].buf, *flags = hv[H_FLAGS].buf, *ttl = hv[H_TTL].buf,
             *tuple = hv[H_TUPLE].buf, *in_ct = hv[H_IN_CT].buf;
+    int64_t *place = hv[H_PLACE].buf;
+    uint64_t last_key = 0;
+    int64_t last_place = -1; /* the previous hop's (most hops are where the one before was) */
     uint8_t *saddr = tv[T_SADDR].buf, *daddr = tv[T_DADDR].buf;
     uint16_t *sport = tv[T_SPORT].buf, *dport = tv[T_DPORT].buf;
     const unsigned hook_drop = (unsigned)L[L_HOOK_DROP], shift = (unsigned)L[L_STAGE_SHIFT];
@@ -192,6 +248,14 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
             in_ct[h_at] = (code & in_ct_bit) != 0;
             netns[h_at] = hk == hook_drop ? rec_netns : 0;
             dropped |= hk == hook_drop;
+            /* decode.resolve_place_keys' key: netns << 32 | in-container << 31 | ifindex */
+            uint64_t key = (uint64_t)netns[h_at] << 32 | (uint64_t)in_ct[h_at] << 31 | ifindex[h_at];
+            if (key != last_key || last_place < 0) {
+                last_key = key;
+                last_place = table_find(&places, key);
+                no_memory |= last_place < 0;
+            }
+            place[h_at] = last_place;
         }
         drop_reason[j] = dropped ? (int64_t)rd32(r + L[L_DROP_REASON]) : -1;
         const uint8_t *tp = r + L[L_TUPLES];
@@ -206,9 +270,21 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
         tup_off[j] = (int32_t)t_at;
     }
     Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
+    if (no_memory) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* the distinct place keys, as the hops' place column indexes them */
+    result = PyList_New(places.count);
+    for (Py_ssize_t i = 0; result && i < places.count; i++) {
+        PyObject *k = PyLong_FromUnsignedLongLong(places.order[i]);
+        if (!k) Py_CLEAR(result);
+        else PyList_SET_ITEM(result, i, k);
+    }
 done:
+    free(places.keys);
+    free(places.index);
+    free(places.order);
     release(rv, nr);
     release(hv, nh);
     release(tv, nt);
@@ -218,4 +294,5 @@ done:
 
 const char native_journey_layout_doc[] =
     "journey_layout(records, layout, boot_offset_ns, kept, hops, tuples, record_columns, hop_columns, tuple_columns)\n"
-    "Fill the flat columns of the journey rows of ``records`` (tracer/journey_layout.py).";
+    "Fill the flat columns of the journey rows of ``records`` (tracer/journey_layout.py); returns the distinct\n"
+    "place keys of their hops in order of first appearance, which the hops' place column indexes.";

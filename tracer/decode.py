@@ -83,7 +83,7 @@ def _by_lookup(keys: np.ndarray, lookup) -> pa.DictionaryArray:
     return _dict_column(inverse, [names.get(k) for k in uniq.tolist()])
 
 
-def _place_keys(netns, in_ct, ifindex) -> tuple[np.ndarray, np.ndarray]:
+def place_keys(netns, in_ct, ifindex) -> tuple[np.ndarray, np.ndarray]:
     """Distinct keys (netns << 32 | in-container << 31 | ifindex) in any
     order, and each row's index into them (int64, writable). A table lookup
     where the keys are small, as every batch is in practice (ifindex < 2^16;
@@ -117,13 +117,21 @@ def resolve_places(ctx: DecodeContext, in_ct, netns, ifindex,
     distinct (in-container flag, netns, ifindex). ``addresses_of()`` gives
     every row's (src, dst): asked only where two containers' eth0 share an
     ifindex, so callers need not gather addresses for nothing."""
-    keys, inverse = _place_keys(netns, in_ct, ifindex)
+    keys, inverse = place_keys(netns, in_ct, ifindex)
+    return resolve_place_keys(ctx, keys.tolist(), inverse, addresses_of)
+
+
+def resolve_place_keys(ctx: DecodeContext, keys: list[int], inverse: np.ndarray,
+                       addresses_of: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[list[Place], np.ndarray]:
+    """``resolve_places`` from the distinct keys (``place_keys``' form) and
+    each row's index into them (int64, changed in place where addresses
+    tell two containers apart)."""
     places = []
-    for k in keys.tolist():
+    for k in keys:
         ct, ns, idx = bool((k >> 31) & 1), k >> 32, k & 0x7FFFFFFF
         places.append(ctx.place(ns, idx, ct, None, None))
     # Rare: two containers whose eth0 share an ifindex; their addresses tell.
-    for i, k in enumerate(keys.tolist()):
+    for i, k in enumerate(keys):
         if (k >> 31) & 1 and ctx.book.shared(k & 0x7FFFFFFF):
             src, dst = addresses_of()
             for row in np.flatnonzero(inverse == i).tolist():

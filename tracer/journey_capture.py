@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from tracer import events, journey_layout, record_words
 from tracer.events import OTHER
-from tracer.decode import DecodeContext, code_column, decode, drop_reason_column, protocol_column, resolve_places
+from tracer.decode import DecodeContext, code_column, decode, drop_reason_column, protocol_column, resolve_place_keys
 from tracer.expand import Sightings, empty, lay_out
 from tracer.interning import Interner
 from tracer.places import UNKNOWN_PLACE, Place
@@ -81,7 +81,7 @@ def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -
     def addresses():
         return record_words.tuples_at(records, cols.hop_record(), h["tuple"])[:2]
 
-    places, inverse = resolve_places(ctx, h["in_ct"].view(bool), h["netns"], h["ifindex"], addresses)
+    places, inverse = resolve_place_keys(ctx, cols.place_keys, h["place_index"], addresses)
     place = place_ids.ids_of(places)[inverse] if len(places) else np.zeros(0, np.uint32)
 
     hop_values = pa.StructArray.from_arrays(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tracer import events, record_words
+from tracer.decode import place_keys
 from tracer.native import native
 
 _HOOK_DROP = events.HOOKS.index("drop")
@@ -33,6 +34,7 @@ RECORD_COLUMNS = (
 HOP_COLUMNS = (
     ("dt_ns", np.uint32), ("hook", np.uint8), ("nat_stage", np.uint8), ("flags", np.uint8), ("ifindex", np.uint32),
     ("ttl", np.uint8), ("tuple", np.uint8), ("netns", np.uint32), ("in_ct", np.uint8),
+    ("place_index", np.int64),  # into Columns.place_keys
 )
 TUPLE_COLUMNS = (("saddr", np.uint8), ("daddr", np.uint8), ("sport", np.uint16), ("dport", np.uint16))  # addresses: 16 bytes a tuple
 
@@ -66,6 +68,9 @@ class Columns:
     hops: dict[str, np.ndarray]
     tuples: dict[str, np.ndarray]
     kept: np.ndarray  # the kept records' positions in the input
+    # distinct (netns, in-container, ifindex) keys of the hops (decode.place_keys'
+    # form), in order of first appearance: what hops["place_index"] indexes
+    place_keys: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.kept)
@@ -103,7 +108,7 @@ def layout(records: np.ndarray, boot_offset_ns: int) -> Columns:
         return layout_numpy(records, boot_offset_ns)
     kept, nh, nt = _counts(records)
     out = _empty(kept, nh, nt)
-    native().journey_layout(records.view(np.uint8).reshape(-1), LAYOUT, int(boot_offset_ns), len(kept),
+    out.place_keys = native().journey_layout(records.view(np.uint8).reshape(-1), LAYOUT, int(boot_offset_ns), len(kept),
                             len(out.hops["dt_ns"]), len(out.tuples["sport"]),
                             tuple(out.records[name] for name, _ in RECORD_COLUMNS),
                             tuple(out.hops[name] for name, _ in HOP_COLUMNS),
@@ -147,6 +152,14 @@ def layout_numpy(records: np.ndarray, boot_offset_ns: int) -> Columns:
     o["netns"][:] = 0
     drops = np.flatnonzero(is_drop)
     o["netns"][drops] = r["drop_netns"][rec[drops]]
+    keys, inverse = place_keys(o["netns"], o["in_ct"], o["ifindex"])
+    first = np.full(len(keys), len(inverse), np.int64)  # the compiled twin's order: first appearance
+    np.minimum.at(first, inverse, np.arange(len(inverse)))
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(keys), np.int64)
+    rank[order] = np.arange(len(keys))
+    out.place_keys = keys[order].tolist()
+    o["place_index"][:] = rank[inverse]
     has_drop = np.zeros(len(recs), bool)
     has_drop[rec[drops]] = True
     r["drop_reason"][:] = np.where(has_drop, recs["drop_reason"].astype(np.int64), -1)

@@ -35,6 +35,7 @@ def random_records(n: int, seed: int) -> np.ndarray:
 
 def assert_same(a, b) -> None:
     assert np.array_equal(a.kept, b.kept)
+    assert a.place_keys == b.place_keys
     for part in ("records", "hops", "tuples"):
         x, y = getattr(a, part), getattr(b, part)
         assert x.keys() == y.keys()
@@ -53,6 +54,12 @@ def test_compiled_and_numpy_give_the_same_columns_on_random_records(seed):
     assert 0 < len(compiled) < len(recs)  # records without hops are left out
     assert compiled.hops["tuple"].max() == events.MAX_TUPLES - 1
     assert np.diff(compiled.records["hop_offsets"]).max() == events.MAX_HOPS
+    # every hop's place key is its own (netns << 32 | in-container << 31 | ifindex)
+    h = compiled.hops
+    keys = np.array(compiled.place_keys, np.uint64)[h["place_index"]]
+    assert np.array_equal(keys, h["netns"].astype(np.uint64) << np.uint64(32) | h["in_ct"].astype(np.uint64) << np.uint64(31)
+                          | h["ifindex"].astype(np.uint64))
+    assert len(set(compiled.place_keys)) == len(compiled.place_keys) > 64  # the key table grew past its first size
 
 
 def test_compiled_and_numpy_agree_on_the_hand_made_journeys():
