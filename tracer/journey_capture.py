@@ -1,8 +1,8 @@
-"""Journey records <-> the rows of a capture on disk (schema version 2).
+"""Journey records <-> the rows of a capture on disk (schema versions 2 and 3).
 
 A capture stores what the kernel emitted: one `journey` row per record, its
-hops and address tuples as list columns, in events.JOURNEY_CAPTURE_SCHEMA.
-What only the live host knows (a hop's interface name, role and container)
+hops and address tuples as list columns, in events.JOURNEY_FILE_SCHEMA
+(read back as events.JOURNEY_CAPTURE_SCHEMA: ``conform``). What only the live host knows (a hop's interface name, role and container)
 is resolved while recording into `place` rows, each written once per file
 before the rows that point at it. Readers get the sighting rows every
 analysis reads (events.CAPTURE_SCHEMA) from ``JourneyRowReader``, laid out
@@ -70,7 +70,7 @@ def place_of_info(info: dict) -> Place:
 
 
 def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -> pa.Table:
-    """Kernel journey records -> `journey` rows (JOURNEY_CAPTURE_SCHEMA).
+    """Kernel journey records -> `journey` rows as written (JOURNEY_FILE_SCHEMA).
     Records without hops (copied mid-restart) are not kept, as expand."""
     cols = journey_layout.layout(records, ctx.boot_offset_ns)
     r, h, t = cols.records, cols.hops, cols.tuples
@@ -85,9 +85,10 @@ def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -
     place = place_ids.ids_of(places)[inverse] if len(places) else np.zeros(0, np.uint32)
 
     hop_values = pa.StructArray.from_arrays(
-        [pa.array(h["dt_ns"]), pa.array(h["hook"]), pa.array(h["nat_stage"]), pa.array(h["flags"]),
-         pa.array(h["ifindex"]), pa.array(h["ttl"]), pa.array(h["tuple"]), pa.array(place)],
-        fields=list(events.HOP_ROW_TYPE))
+        [pa.array(h[name]) for name in events.DT_PLANES]
+        + [pa.array(h["hook"]), pa.array(h["nat_stage"]), pa.array(h["flags"]), pa.array(h["ifindex"]),
+           pa.array(h["ttl"]), pa.array(h["tuple"]), pa.array(place)],
+        fields=list(events.HOP_FILE_TYPE))
     tuple_values = pa.StructArray.from_arrays(
         [_flat_binary16(t["saddr"]), _flat_binary16(t["daddr"]), pa.array(t["sport"]), pa.array(t["dport"])],
         fields=list(events.TUPLE_ROW_TYPE))
@@ -105,7 +106,7 @@ def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -
     }
     for name in _HEADER:
         columns[name] = pa.array(r[name])
-    schema = events.JOURNEY_CAPTURE_SCHEMA
+    schema = events.JOURNEY_FILE_SCHEMA
     return pa.Table.from_arrays(
         [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in schema], schema=schema)
 
@@ -121,8 +122,16 @@ _REQUIRED = ("time", "ktime_ns", "kind", "hops", "tuples")
 
 
 def conform(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """A version 2 batch in JOURNEY_CAPTURE_SCHEMA (events.conform; the
-    columns without which nothing can be laid out are required)."""
+    """A version 2 or 3 batch in JOURNEY_CAPTURE_SCHEMA (events.conform; the
+    columns without which nothing can be laid out are required): a version
+    3 file's dt_ns bytes joined into dt_ns."""
+    if "hops" in batch.schema.names and _has_dt_planes(batch.schema.field("hops").type):
+        i = batch.schema.get_field_index("hops")
+        col = batch.column(i)
+        joined = _joined_dt(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+        batch = batch.set_column(i, pa.field("hops", joined.type), joined) if isinstance(batch, pa.Table) else \
+            pa.RecordBatch.from_arrays([joined if j == i else batch.column(j) for j in range(batch.num_columns)],
+                                       names=batch.schema.names)
     if "tuples" in batch.schema.names and batch.schema.field("tuples").type != events.JOURNEY_CAPTURE_SCHEMA.field("tuples").type:
         i = batch.schema.get_field_index("tuples")
         col = batch.column(i)
@@ -140,6 +149,29 @@ def _binary16(rows: np.ndarray) -> pa.Array:
     """(n, 16) bytes (or (n, 4) u32 words) -> fixed_size_binary(16), byte for byte."""
     data = np.ascontiguousarray(rows).tobytes()
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(rows), [None, pa.py_buffer(data)])
+
+
+def _has_dt_planes(hops_type: pa.DataType) -> bool:
+    value = getattr(hops_type, "value_type", None)
+    return value is not None and pa.types.is_struct(value) \
+        and all(value.get_field_index(name) >= 0 for name in events.DT_PLANES)
+
+
+def _joined_dt(hops: pa.Array) -> pa.Array:
+    """Hops with dt_ns stored as its bytes (events.DT_PLANES) -> the same
+    hops with dt_ns (uint32) first, in place of the bytes; nulls kept."""
+    values = hops.values  # all of them, as the list's offsets index them
+    dt = np.zeros(len(values), np.uint32)
+    for i, name in enumerate(events.DT_PLANES):
+        plane = values.field(name)
+        plane = pc.fill_null(plane, 0) if plane.null_count else plane
+        dt |= plane.cast(pa.uint32()).to_numpy(zero_copy_only=False) << np.uint32(8 * i)
+    names = [name for name in values.type.names if name not in events.DT_PLANES]
+    struct = pa.StructArray.from_arrays([pa.array(dt)] + [values.field(name) for name in names],
+                                        names=["dt_ns"] + names, mask=values.is_null() if values.null_count else None)
+    # the list's own validity and offsets (a slice's offset too) around the new values
+    return pa.Array.from_buffers(pa.list_(struct.type), len(hops), hops.buffers()[:2], null_count=hops.null_count,
+                                 offset=hops.offset, children=[struct])
 
 
 def _flat_binary16(data: np.ndarray) -> pa.Array:

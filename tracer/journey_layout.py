@@ -32,7 +32,8 @@ RECORD_COLUMNS = (
     ("hop_offsets", np.int32), ("tuple_offsets", np.int32),  # one more than the records
 )
 HOP_COLUMNS = (
-    ("dt_ns", np.uint32), ("hook", np.uint8), ("nat_stage", np.uint8), ("flags", np.uint8), ("ifindex", np.uint32),
+    *((name, np.uint8) for name in events.DT_PLANES),  # dt_ns's bytes, least significant first
+    ("hook", np.uint8), ("nat_stage", np.uint8), ("flags", np.uint8), ("ifindex", np.uint32),
     ("ttl", np.uint8), ("tuple", np.uint8), ("netns", np.uint32), ("in_ct", np.uint8),
     ("place_index", np.int64),  # into Columns.place_keys
 )
@@ -109,7 +110,7 @@ def layout(records: np.ndarray, boot_offset_ns: int) -> Columns:
     kept, nh, nt = _counts(records)
     out = _empty(kept, nh, nt)
     out.place_keys = native().journey_layout(records.view(np.uint8).reshape(-1), LAYOUT, int(boot_offset_ns), len(kept),
-                            len(out.hops["dt_ns"]), len(out.tuples["sport"]),
+                            len(out.hops["hook"]), len(out.tuples["sport"]),
                             tuple(out.records[name] for name, _ in RECORD_COLUMNS),
                             tuple(out.hops[name] for name, _ in HOP_COLUMNS),
                             tuple(out.tuples[name] for name, _ in TUPLE_COLUMNS))
@@ -141,7 +142,8 @@ def layout_numpy(records: np.ndarray, boot_offset_ns: int) -> Columns:
     rec = np.repeat(np.arange(len(recs)), nh)
     is_drop = hook == _HOOK_DROP
     o = out.hops
-    o["dt_ns"][:] = h.dt_ns
+    for i, name in enumerate(events.DT_PLANES):
+        o[name][:] = (h.dt_ns >> (8 * i)) & 0xFF
     o["ifindex"][:] = h.ifindex
     o["hook"][:] = hook
     o["nat_stage"][:] = (code >> events.HOP_STAGE_SHIFT) & 0x03

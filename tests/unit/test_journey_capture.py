@@ -318,3 +318,44 @@ def test_captures_from_before_ipv6_still_read(tmp_path):
     first = new.to_pylist()[0][0]
     assert text_of(first["saddr"]) == "198.18.0.2" and text_of(first["daddr"]) == "198.18.0.1"
     assert first["dport"] == 8000 and new.to_pylist()[1] == []
+
+
+def test_version_3_stores_dt_ns_as_its_bytes_and_reads_it_back(tmp_path):
+    """Since version 3 a hop's dt_ns is four uint8 fields on disk
+    (events.DT_PLANES); every reader sees dt_ns, whatever its size (a
+    drop seconds after the first hop needs all four bytes)."""
+    recs = records()
+    dts = [0, 1000, 256_000, 65_536_000, 1_000_000_000, 4_294_967_000]  # every byte used; whole µs for comparable()
+    recs["hops"]["dt_ns"][0, :6] = dts
+    recs["last_ktime"][0] = recs["first_ktime"][0] + dts[-1]
+    path = tmp_path / "cap.arrows"
+    write(path, [recs])
+    with pa.ipc.open_stream(str(path)) as reader:
+        on_disk = reader.read_all()
+    assert reader.schema.metadata[b"tracer.schema_version"] == b"3"
+    assert on_disk.schema.field("hops").type.value_type.names[:4] == list(events.DT_PLANES)
+    first = on_disk.filter(pc.equal(on_disk["kind"], "journey"))["hops"][0].as_py()
+    assert [h["dt_ns_b0"] | h["dt_ns_b1"] << 8 | h["dt_ns_b2"] << 16 | h["dt_ns_b3"] << 24 for h in first] == dts
+    assert comparable(read_capture(str(path)).events) == comparable(live_rows(recs))
+
+
+def test_joining_dt_bytes_keeps_nulls_and_slices():
+    """journey_capture.conform on hand-made version 3 hops: a null list, a
+    null hop, null bytes, and a batch that is a slice of a longer one."""
+    from tracer.journey_capture import conform
+
+    dts = [0x01020304, 0xFFFFFFFF, 7, 1 << 31, 300]
+    hop_type = events.HOP_FILE_TYPE
+    hops = [{**{n: (d >> (8 * i)) & 0xFF for i, n in enumerate(events.DT_PLANES)}, "hook": 1, "nat_stage": 0,
+             "flags": 0, "ifindex": 7, "ttl": 64, "tuple": 0, "place": 0} for d in dts]
+    hops[4]["dt_ns_b1"] = None  # a null byte reads as 0
+    lists = pa.array([[hops[0], hops[1]], None, [hops[2], None], [hops[3], hops[4]]], pa.list_(hop_type))
+    n = len(lists)
+    columns = {"time": pa.array([0] * n, pa.timestamp("ns", tz="UTC")), "ktime_ns": pa.array([0] * n, pa.uint64()),
+               "kind": pa.array(["journey"] * n).dictionary_encode(), "hops": lists,
+               "tuples": pa.array([[]] * n, pa.list_(events.TUPLE_ROW_TYPE))}
+    batch = pa.RecordBatch.from_pydict(columns).slice(1)
+    got = conform(batch).column("hops").to_pylist()
+    assert got[0] is None and got[1][1] is None
+    assert [h["dt_ns"] for h in got[1][:1] + got[2]] == [7, 1 << 31, 300 & 0xFF]
+    assert conform(batch).schema.field("hops").type == events.JOURNEY_CAPTURE_SCHEMA.field("hops").type

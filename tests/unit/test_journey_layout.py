@@ -93,7 +93,7 @@ def test_wrong_sizes_and_counts_are_refused_before_writing():
     m = module()
     recs = random_records(20, 4)
     out = layout_numpy(recs, 0)
-    args = lambda data, kept, cols: (data, LAYOUT, 0, kept, len(out.hops["dt_ns"]), len(out.tuples["sport"]),  # noqa: E731
+    args = lambda data, kept, cols: (data, LAYOUT, 0, kept, len(out.hops["hook"]), len(out.tuples["sport"]),  # noqa: E731
                                      cols, tuple(out.hops.values()), tuple(out.tuples.values()))
     cols = tuple(out.records[name] for name, _ in RECORD_COLUMNS)
     flat = recs.view(np.uint8).reshape(-1)
@@ -108,5 +108,5 @@ def test_wrong_sizes_and_counts_are_refused_before_writing():
     with pytest.raises(TypeError):
         m.journey_layout(*args(flat, len(out), cols[:-1]))
     with pytest.raises(ValueError, match="do not fit"):
-        m.journey_layout(flat, (10_000,) + LAYOUT[1:], 0, len(out), len(out.hops["dt_ns"]), len(out.tuples["sport"]),
+        m.journey_layout(flat, (10_000,) + LAYOUT[1:], 0, len(out), len(out.hops["hook"]), len(out.tuples["sport"]),
                          cols, tuple(out.hops.values()), tuple(out.tuples.values()))

@@ -93,18 +93,20 @@ def _check_version(path: str, meta: dict[str, str]) -> None:
     if major not in READABLE_MAJORS:
         raise CaptureReadError(
             f"{path}: capture schema version {version} is incompatible with this tracer "
-            f"(reads versions {' and '.join(READABLE_MAJORS)})"
+            f"(reads versions {', '.join(READABLE_MAJORS[:-1])} and {READABLE_MAJORS[-1]})"
         )
 
 
-# Sighting rows (1) and journey rows (2); both read as sighting rows.
-READABLE_MAJORS = (events.SCHEMA_VERSION.split(".")[0], events.JOURNEY_SCHEMA_VERSION.split(".")[0])
+# Sighting rows (1) and journey rows (2; 3 with dt_ns stored as its bytes):
+# all read as sighting rows.
+JOURNEY_MAJORS = ("2", events.JOURNEY_SCHEMA_VERSION.split(".")[0])
+READABLE_MAJORS = (events.SCHEMA_VERSION.split(".")[0], *JOURNEY_MAJORS)
 
 
 def _rows_of(meta: dict[str, str], registry: PlaceRegistry | None = None) -> Callable[[pa.RecordBatch], Any]:
     """What turns one file's batches, in order, into CAPTURE_SCHEMA rows
     (with a ``registry``: journey rows as JourneyBatch, not laid out)."""
-    if meta.get("schema_version", "").split(".")[0] == events.JOURNEY_SCHEMA_VERSION.split(".")[0]:
+    if meta.get("schema_version", "").split(".")[0] in JOURNEY_MAJORS:
         reader = JourneyRowReader(registry)
         return reader.parts if registry is not None else reader.convert
     return _conform

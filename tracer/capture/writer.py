@@ -131,7 +131,7 @@ def schema_with_metadata(metadata: Mapping[str, str], journeys: bool = False) ->
     meta = {f"{events.META_PREFIX}{k}": str(v) for k, v in metadata.items()}
     version = events.JOURNEY_SCHEMA_VERSION if journeys else events.SCHEMA_VERSION
     meta.setdefault(f"{events.META_PREFIX}schema_version", version)
-    return (events.JOURNEY_CAPTURE_SCHEMA if journeys else events.CAPTURE_SCHEMA).with_metadata(meta)
+    return (events.JOURNEY_FILE_SCHEMA if journeys else events.CAPTURE_SCHEMA).with_metadata(meta)
 
 
 class _CountingPipe:
@@ -169,7 +169,7 @@ class _CountingPipe:
 
 class CaptureWriter:
     """Writes CAPTURE_SCHEMA rows to ``path`` (or numbered parts when rotating);
-    with ``journeys=True`` the kernel's journey records as JOURNEY_CAPTURE_SCHEMA
+    with ``journeys=True`` the kernel's journey records as JOURNEY_FILE_SCHEMA
     rows (``add_journeys``) instead of sighting rows (``add_events``).
 
     Not thread-safe: one thread adds rows and calls ``tick()`` regularly (the
@@ -197,7 +197,7 @@ class CaptureWriter:
         self.max_files = max_files
         self.removed: list[Path] = []
         self._parts = 0
-        self.schema = events.JOURNEY_CAPTURE_SCHEMA if journeys else events.CAPTURE_SCHEMA
+        self.schema = events.JOURNEY_FILE_SCHEMA if journeys else events.CAPTURE_SCHEMA
         self.place_ids = PlaceIds()
         self.rotating = rotate_size is not None or rotate_seconds is not None
         self.rotate_size = rotate_size
