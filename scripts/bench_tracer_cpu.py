@@ -165,10 +165,12 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float)
         proc.send_signal(signal.SIGINT)
         proc.wait(120)
     text = (work / "out").read_bytes()
+    size = 0
     if mode == "record":
         from tracer.capture.reader import read_capture
 
         packets = (read_capture([str(capture)]).stats or {}).get("packets", 0)
+        size = capture.stat().st_size  # what the capture costs on disk (bytes per packet below)
     elif mode == "json":
         packets = text.count(b"\n")
     else:
@@ -178,7 +180,7 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float)
         f.unlink()
     work.rmdir()
     return {"packets": packets, "cpu_us": 1e6 * (u1 - u0 + s1 - s0) / max(packets, 1),
-            "user_us": 1e6 * (u1 - u0) / max(packets, 1), "lost": lost}
+            "user_us": 1e6 * (u1 - u0) / max(packets, 1), "lost": lost, "bytes": size / max(packets, 1)}
 
 
 def baseline_tree(rev: str) -> Path:
@@ -268,6 +270,7 @@ def main() -> int:
         modes = [m for m in args.modes.split(",") if m]
         cpu: dict[str, list[tuple[float, float]]] = {}
         user: dict[str, list[tuple[float, float]]] = {}
+        size: dict[str, list[tuple[float, float]]] = {}
         for r in range(args.rounds):
             for mode in modes:
                 got = {}
@@ -275,12 +278,18 @@ def main() -> int:
                     got[side] = live_run(tree, mode, status, args.requests, args.seconds)
                 cpu.setdefault(mode, []).append((got["base"]["cpu_us"], got["new"]["cpu_us"]))
                 user.setdefault(mode, []).append((got["base"]["user_us"], got["new"]["user_us"]))
+                if mode == "record":
+                    size.setdefault(mode, []).append((got["base"]["bytes"], got["new"]["bytes"]))
                 print(f"  round {r + 1} {mode:6s}: base {got['base']['cpu_us']:.2f} (user {got['base']['user_us']:.2f}) "
                       f"-> {got['new']['cpu_us']:.2f} (user {got['new']['user_us']:.2f}) µs per packet; packets "
                       f"{got['base']['packets']:,} / {got['new']['packets']:,}; lost {got['base']['lost']} / "
-                      f"{got['new']['lost']}; load {load_average()}", flush=True)
+                      f"{got['new']['lost']}; load {load_average()}"
+                      + (f"; capture {got['base']['bytes']:.1f} / {got['new']['bytes']:.1f} bytes per packet"
+                         if mode == "record" else ""), flush=True)
         report("live, the tracer's utime + stime per traced packet", modes, cpu, "µs")
         report("live, utime alone", modes, user, "µs")
+        if size:
+            report("live, capture size on disk per traced packet", ["record"], size, "bytes")
     for tree in {base, this} - {REPO}:
         subprocess.run(["rm", "-rf", str(tree)], check=False)
     return 0
