@@ -181,3 +181,14 @@ def test_doctor_describes_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRACER_PROGRAM_CACHE", "0")
     ok, detail = cache.describe()
     assert not ok and "every start compiles" in detail
+
+
+def test_a_cache_path_that_is_not_a_directory_is_only_a_missed_speed_up(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    cache = pc.ProgramCache(not_a_dir)
+    cache.store("k1", _compiled())  # no exception: nothing written
+    assert cache.load("k1") is None
+    assert not_a_dir.read_text() == "x"
+    ok, detail = cache.describe()
+    assert not ok and "not used" in detail

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -217,6 +218,8 @@ class ProgramCache:
             st = os.stat(self.directory)
         except OSError as exc:
             return exc.strerror or str(exc)
+        if not stat.S_ISDIR(st.st_mode):
+            return "not a directory"
         if st.st_uid != os.geteuid() or st.st_mode & 0o022:
             return f"it must belong to uid {os.geteuid()} and be writable by it alone"
         return None
