@@ -126,6 +126,56 @@ def test_a_directory_others_may_write_is_not_used(tmp_path, caplog):
         os.chmod(tmp_path, 0o700)
 
 
+def test_a_symbolic_link_to_a_private_directory_is_not_used(tmp_path, caplog):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    pc.ProgramCache(real).store("k1", _compiled())
+    (tmp_path / "programs").symlink_to(real)
+    cache = pc.ProgramCache(tmp_path / "programs")
+    assert cache.unsafe() == "it is a symbolic link"
+    assert cache.load("k1") is None
+    assert "not using the program cache" in caplog.text
+
+
+@pytest.mark.parametrize("spoil", ["symlink", "group-writable"])
+def test_an_entry_that_is_not_a_private_file_is_refused(tmp_path, caplog, spoil):
+    cache = pc.ProgramCache(tmp_path)
+    os.chmod(tmp_path, 0o700)
+    cache.store("k1", _compiled())
+    entry = tmp_path / "k1.prog"
+    if spoil == "symlink":  # a link to a good entry elsewhere is still not read
+        cache.store("k2", _compiled())
+        entry.unlink()
+        entry.symlink_to(tmp_path / "k2.prog")
+    else:
+        os.chmod(entry, 0o620)
+    assert cache.load("k1") is None
+    assert "unusable" in caplog.text
+    assert not os.path.lexists(entry), "the refused entry is removed"
+
+
+def test_a_killed_writers_temporary_file_is_removed_later(tmp_path):
+    cache = pc.ProgramCache(tmp_path)
+    os.chmod(tmp_path, 0o700)
+    old, fresh = tmp_path / ".prog-old.tmp", tmp_path / ".prog-new.tmp"
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(old, (0, 0))
+    cache.store("k1", _compiled())
+    assert not old.exists() and fresh.exists(), "only a writer's file older than a minute goes"
+
+
+def test_an_entry_that_cannot_be_removed_is_only_a_miss(tmp_path, monkeypatch):
+    cache = pc.ProgramCache(tmp_path)
+    os.chmod(tmp_path, 0o700)
+
+    def refuse(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pc.Path, "unlink", refuse)
+    cache.discard("k1")  # no exception
+
+
 def test_only_the_most_recently_used_entries_are_kept(tmp_path):
     cache = pc.ProgramCache(tmp_path, max_entries=3)
     os.chmod(tmp_path, 0o700)

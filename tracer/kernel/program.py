@@ -328,6 +328,8 @@ class Program:
                 cache.store(key, program_cache.snapshot(bpf))
             except program_cache.NotCacheable as exc:
                 log.debug("program not cached: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - a cache we cannot fill is only a missed speed-up
+                log.warning("program not cached: %s", exc)
         return bpf
 
     def cache_key(self, source: str, cflags: list[str]) -> str:

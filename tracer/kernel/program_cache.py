@@ -27,6 +27,7 @@ import os
 import stat
 import struct
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # bump when the entry's shape or meaning changes
 MAX_ENTRIES = 32  # ~130 KB each; a test suite's many option sets fit
 SUFFIX = ".prog"
+TMP_SUFFIX = ".tmp"
 LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
 BPF_PSEUDO_MAP_FD = 1
 
@@ -212,21 +214,20 @@ class ProgramCache:
 
     def unsafe(self) -> str | None:
         """Why the directory may not be used, or None: only a directory of
-        ours that nobody else may write, since what is in it runs in the
-        kernel."""
+        ours that nobody else may write, and not a symbolic link (which
+        could lead elsewhere), since what is in it runs in the kernel."""
         try:
-            st = os.stat(self.directory)
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError as exc:
-            return exc.strerror or str(exc)
-        if not stat.S_ISDIR(st.st_mode):
-            return "not a directory"
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            return f"it must belong to uid {os.geteuid()} and be writable by it alone"
-        return None
+            return "it is a symbolic link" if os.path.islink(self.directory) else (exc.strerror or str(exc))
+        try:
+            return _not_private(os.fstat(fd), "directory")
+        finally:
+            os.close(fd)
 
     def _safe(self) -> bool:
         why = self.unsafe()
-        if why is not None and os.path.exists(self.directory):
+        if why is not None and os.path.lexists(self.directory):
             log.warning("not using the program cache %s: %s", self.directory, why)
         return why is None
 
@@ -234,7 +235,7 @@ class ProgramCache:
         """(usable, what it holds), for `tracer doctor`."""
         if not enabled():
             return False, "off (TRACER_PROGRAM_CACHE=0 or TRACER_DEBUG): every start compiles"
-        if not self.directory.exists():
+        if not os.path.lexists(self.directory):
             return True, f"{self.directory}: empty (the first trace fills it)"
         why = self.unsafe()
         if why is not None:
@@ -246,10 +247,10 @@ class ProgramCache:
     def load(self, key: str) -> Compiled | None:
         """The entry for ``key``, or None (absent, unsafe, or corrupt: then removed)."""
         path = self._path(key)
-        if not path.exists() or not self._safe():
+        if not os.path.lexists(path) or not self._safe():
             return None
         try:
-            compiled = decode(path.read_bytes(), key)
+            compiled = decode(_read_private(path), key)
         except (OSError, CorruptEntry) as exc:
             log.warning("program cache entry %s unusable (%s): compiling again", path.name, exc)
             self.discard(key)
@@ -266,7 +267,7 @@ class ProgramCache:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             if not self._safe():
                 return
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".prog-", suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".prog-", suffix=TMP_SUFFIX)
         except OSError as exc:
             log.debug("program cache not written: %s", exc)
             return
@@ -281,12 +282,42 @@ class ProgramCache:
         self._evict()
 
     def discard(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        """Remove an entry; one we cannot remove is left (a miss, not an error)."""
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            log.debug("program cache entry not removed: %s", exc)
 
     def _evict(self) -> None:
+        """Keep the newest max_entries; remove what a killed writer left
+        (temporary files older than a minute: a live writer's is younger)."""
         try:
             entries = sorted(self.directory.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
             for old in entries[self.max_entries:]:
                 old.unlink(missing_ok=True)
+            now = time.time()
+            for tmp in self.directory.glob(f".prog-*{TMP_SUFFIX}"):
+                if now - tmp.lstat().st_mtime > 60:
+                    tmp.unlink(missing_ok=True)
         except OSError:
             pass
+
+
+def _not_private(st: os.stat_result, what: str) -> str | None:
+    """Why a file of the cache is not private to us, or None."""
+    if what == "directory" and not stat.S_ISDIR(st.st_mode) or what == "file" and not stat.S_ISREG(st.st_mode):
+        return f"it is not a {what}"
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        return f"it must belong to uid {os.geteuid()} and be writable by it alone"
+    return None
+
+
+def _read_private(path: Path) -> bytes:
+    """An entry's bytes, only if it is a regular file of ours nobody else may
+    write (never through a symbolic link)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as entry:
+        why = _not_private(os.fstat(entry.fileno()), "file")
+        if why is not None:
+            raise CorruptEntry(why)
+        return entry.read()
