@@ -242,3 +242,15 @@ def test_a_cache_path_that_is_not_a_directory_is_only_a_missed_speed_up(tmp_path
     assert not_a_dir.read_text() == "x"
     ok, detail = cache.describe()
     assert not ok and "not used" in detail
+
+
+def test_a_header_tree_rebuilt_in_place_is_a_new_build(tmp_path):
+    from tracer.kernel.program import _header_tree_identity
+
+    (tmp_path / "include/generated").mkdir(parents=True)
+    autoconf = tmp_path / "include/generated/autoconf.h"
+    autoconf.write_text("#define CONFIG_A 1\n")
+    before = _header_tree_identity(tmp_path)
+    assert before == _header_tree_identity(tmp_path)
+    autoconf.write_text("#define CONFIG_A 1\n#define CONFIG_B 1\n")
+    assert _header_tree_identity(tmp_path) != before

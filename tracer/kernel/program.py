@@ -340,8 +340,22 @@ class Program:
 
         headers = ensure_bcc_headers()
         uname = os.uname()
-        return program_cache.cache_key(source, cflags, bcc.__version__, str(headers.path),
+        return program_cache.cache_key(source, cflags, bcc.__version__, _header_tree_identity(headers.path),
                                        f"{uname.release} {uname.version} {uname.machine} {kernel_btf_key()}")
+
+
+def _header_tree_identity(path) -> str:
+    """The header tree's path and the size and time of the files that say
+    which kernel it describes: a tree rebuilt in place (a user's
+    BCC_KERNEL_SOURCE) is a new build, not a stale cache hit."""
+    parts = [str(path)]
+    for name in ("include/generated/autoconf.h", "include/generated/uapi/linux/version.h", "Makefile"):
+        try:
+            st = os.stat(os.path.join(path, name))
+            parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{name}:-")
+    return " ".join(parts)
 
 
 def _debug_info_flags() -> list[str]:
