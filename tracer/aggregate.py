@@ -4,8 +4,12 @@ of any size is reduced within a fixed memory limit.
 
 ``analysis`` hands over, chunk by chunk, one row per hop segment (segment
 key, latency, position in its journey) and one row per packet (flow, times,
-length, verdict, first sighting's endpoints as codes of ``Strings``). At the
-end:
+length, verdict, first sighting's endpoints as codes of ``Strings``). Packet
+rows are appended to an uncompressed Parquet file in the spill directory
+and DuckDB queries that file (``pkt`` is a view over it): writing them costs
+about a fifth of inserting them into a DuckDB table (which, past DuckDB's
+memory limit, also spilled them to disk), and DuckDB scans the file as fast.
+At the end:
 
 - segment percentiles are exact and match numpy's default ('linear')
   quantiles (tracer/segment_latency.py): each latency is stored with its
@@ -57,6 +61,10 @@ def memory_limit() -> str:
         raise TracerError(f"{MEMORY_ENV}={value!r} is not a memory size (e.g. {DEFAULT_MEMORY} or 2GB)")
     return value
 
+# The packet rows' file, as stored (_STORED; ``pkt`` reads these types back).
+_STORED_SCHEMA = pa.schema([("packet_id", pa.uint64()), ("flow_id", pa.uint64()), ("first_wall", pa.int64()),
+                            ("duration", pa.int64()), ("sightings", pa.int32()), ("ends", pa.int64()),
+                            ("ports", pa.int64()), ("info", pa.int64())])
 SEGMENT_SCHEMA = pa.schema([("key", pa.int64()), ("dt", pa.int64())])
 PACKET_SCHEMA = pa.schema([
     ("packet_id", pa.uint64()), ("flow_id", pa.uint64()), ("first_wall", pa.int64()), ("duration", pa.int64()),
@@ -86,13 +94,13 @@ def _packed(packets: pa.Table) -> pa.Table:
         return _ints(packets, name)
 
     return pa.table({
-        "packet_id": packets["packet_id"], "flow_id": packets["flow_id"], "first_wall": packets["first_wall"],
-        "duration": packets["duration"], "sightings": packets["sightings"],
+        "packet_id": _ints(packets, "packet_id", np.uint64), "flow_id": _ints(packets, "flow_id", np.uint64),
+        "first_wall": col("first_wall"), "duration": col("duration"), "sightings": _ints(packets, "sightings", np.int32),
         "ends": (col("src_ip") + 1) << 32 | (col("dst_ip") + 1),
         "ports": (col("protocol") + 1) << 32 | (col("src_port") & 0xFFFF) << 16 | (col("dst_port") & 0xFFFF),
         "info": (col("container") + 1) << 32 | (col("length") & 0xFFFF) << 16 | (col("direction") & 0xFF) << 8
         | (col("verdict") & 0xFF),
-    })
+    }, schema=_STORED_SCHEMA)
 
 
 def connect(temp_dir: str) -> Any:
@@ -185,9 +193,10 @@ class Strings(Interner[str]):
 
 
 class Store:
-    """Segment latencies (flat files) and packet rows (DuckDB), and the queries over them. Rows
-    are inserted on a thread of the store's own (DuckDB releases the GIL),
-    so the next chunk is worked on meanwhile; ``wait`` before querying."""
+    """Segment latencies (flat files) and packet rows (a Parquet file), and
+    the queries over them (DuckDB). Rows are written on a thread of the
+    store's own (the writes release the GIL), so the next chunk is worked
+    on meanwhile; ``wait`` before querying."""
 
     def __init__(self) -> None:
         self._dir = spill_dir()
@@ -207,8 +216,13 @@ class Store:
         self._seg_rows = 0
         # The spill directory goes with the last user of the store (an
         # Analysis's FlowRows may outlive the analysis), or at exit.
-        self.close = weakref.finalize(self, _close, self.con, self._dir, (self._seg_keys, self._seg_dts))
-        self.con.execute(f"CREATE TABLE pkt ({', '.join(f'{n} {t}' for n, t in _STORED)})")
+        # Packet rows: Parquet files (one per run of adds between two waits,
+        # usually one) that the view ``pkt`` reads; an empty table until then.
+        self._pkt_writer: list = [None]  # the open writer (a list: the finalizer closes it too)
+        self._pkt_files = 0
+        self.close = weakref.finalize(self, _close, self.con, self._dir, (self._seg_keys, self._seg_dts),
+                                      self._pkt_writer)
+        self.con.execute(f"CREATE VIEW pkt AS SELECT * FROM ({self._empty_packets()})")
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -217,14 +231,13 @@ class Store:
 
     def add(self, segments: pa.Table, packets: pa.Table) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._insert_loop, args=(quiet(self.con.cursor()),), daemon=True,
-                                            name="tracer-duckdb-insert")
+            self._thread = threading.Thread(target=self._insert_loop, daemon=True, name="tracer-store-write")
             self._thread.start()
         if self._error is not None:
             self.wait()
         self._queue.put((segments, packets))
 
-    def _insert_loop(self, cur: Any) -> None:
+    def _insert_loop(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
@@ -244,21 +257,41 @@ class Store:
                     self._seg_dts.write(_ints(segments, "dt").data)
                     self._seg_rows += segments.num_rows
                 if packets.num_rows:
-                    packets = _packed(packets)
-                    cur.register("chunk_rows", packets)
-                    cur.execute("INSERT INTO pkt SELECT * FROM chunk_rows")
-                    cur.unregister("chunk_rows")
+                    self._write_packets(_packed(packets))
             except BaseException as exc:  # re-raised by wait()
                 self._error = exc
 
+    def _write_packets(self, rows: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        if self._pkt_writer[0] is None:
+            self._pkt_files += 1
+            # Plain values, no dictionaries, no statistics: written about as
+            # fast as the bytes go, and every query scans the whole file anyway.
+            self._pkt_writer[0] = pq.ParquetWriter(self._pkt_path(self._pkt_files), _STORED_SCHEMA,
+                                                   compression="none", use_dictionary=False, write_statistics=False)
+        self._pkt_writer[0].write_table(rows)
+
+    def _pkt_path(self, n: int) -> str:
+        return os.path.join(self._dir, f"packets-{n}.parquet")
+
+    @staticmethod
+    def _empty_packets() -> str:
+        return "SELECT " + ", ".join(f"NULL::{t} AS {n}" for n, t in _STORED) + " WHERE false"
+
     def wait(self) -> None:
-        """Every row added is in the tables (or the insert's error is raised)."""
+        """Every row added is in the files ``pkt`` reads (or the write's error is raised)."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
         if self._error is not None:
             raise self._error
+        if self._pkt_writer[0] is not None:
+            self._pkt_writer[0].close()
+            self._pkt_writer[0] = None
+            files = ", ".join(_sql_text(self._pkt_path(i + 1)) for i in range(self._pkt_files))
+            self.con.execute(f"CREATE OR REPLACE VIEW pkt AS SELECT * FROM read_parquet([{files}])")
 
     # -- segments --------------------------------------------------------------
 
@@ -372,10 +405,17 @@ class Store:
 
 
 
-def _close(con: Any, path: str, files: tuple = ()) -> None:
+def _sql_text(text: str) -> str:
+    """A string literal for DuckDB's SQL."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _close(con: Any, path: str, files: tuple = (), writer: list | None = None) -> None:
     try:
         for f in files:
             f.close()
+        if writer and writer[0] is not None:
+            writer[0].close()
         con.close()
     finally:
         remove_spill_dir(path)
