@@ -53,16 +53,29 @@ class Traffic:
     def __init__(self, lab: dict, container_too: bool = False) -> None:
         self.lab, self.container_too = lab, container_too
         self.requests = 0
+        self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            traffic.client_http_get(self.lab)
-            if self.container_too:
-                traffic.container_http_get(self.lab)
-            self.requests += 1
-            time.sleep(0.05)
+        try:
+            while not self._stop.is_set():
+                traffic.client_http_get(self.lab)
+                if self.container_too:
+                    traffic.container_http_get(self.lab)
+                self.requests += 1
+                time.sleep(0.05)
+        except BaseException as exc:  # noqa: BLE001 - kept for wait_for, which says it
+            self.error = exc
+
+    def wait_for(self, requests: int, timeout: float = 120.0) -> None:
+        """Until ``requests`` were made; fails (rather than hanging) if the
+        traffic thread died, e.g. on a lab container restarted meanwhile."""
+        deadline = time.monotonic() + timeout
+        while self.requests < requests:
+            assert self.error is None, f"lab traffic stopped after {self.requests} requests: {self.error!r}"
+            assert time.monotonic() < deadline, f"only {self.requests} of {requests} requests in {timeout:.0f} s"
+            time.sleep(0.2)
 
     def __enter__(self) -> "Traffic":
         self._thread.start()
@@ -280,8 +293,7 @@ def test_stats_and_report_from_journey_rows_equal_the_sighting_path(lab, tmp_pat
     r = Recording("-w", str(path), "--rotate-size", "20k", "--quiet")
     r.wait_ready()
     with Traffic(lab, container_too=True) as t:
-        while t.requests < 30:
-            time.sleep(0.2)
+        t.wait_for(30)
     time.sleep(0.6)
     r.stop()
     assert r.returncode == 0, r.stderr
