@@ -1,5 +1,6 @@
 /* The module table of tracer._native (see native.h for why it exists). A
- * new job adds its source file to native/ and one line here. */
+ * new job adds its source file to native/, one line here and its name to
+ * tracer/native.py's FUNCTIONS (a stale build without it is then not used). */
 #include "native.h"
 
 static PyMethodDef methods[] = {

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import os
 
+# What the Python side calls (native/module.c's table). A build from older
+# sources (a pull without re-running scripts/setup.sh) lacks some: then none
+# is used, rather than a half-built module failing mid-run.
+FUNCTIONS = ("journey_json", "journey_text", "address_ids", "journey_layout")
+
 _loaded = False
 _module = None
 _why_not = ""
@@ -29,8 +34,17 @@ def native():
             except ImportError as e:
                 _why_not = f"not built ({e}); run scripts/setup.sh"
             else:
-                _module = _native
+                missing = missing_functions(_native)
+                if missing:
+                    _why_not = f"built from older sources (no {', '.join(missing)}); run scripts/setup.sh"
+                else:
+                    _module = _native
     return _module
+
+
+def missing_functions(module) -> list[str]:
+    """The FUNCTIONS a built module does not have."""
+    return [f for f in FUNCTIONS if not hasattr(module, f)]
 
 
 def why_not() -> str:

@@ -182,3 +182,14 @@ def test_doctor_says_whether_it_is_built():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRACER_NATIVE": "0"}, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "missing False | turned off by TRACER_NATIVE=0 | bash scripts/setup.sh (builds it with gcc and python3-dev)"
+
+
+def test_a_build_from_older_sources_is_not_used():
+    """A pull without re-running setup.sh leaves a module without the newest
+    functions: detected by name, reported, and the Python paths used."""
+    assert native.missing_functions(module()) == []
+
+    class Stale:
+        journey_json = journey_text = None
+
+    assert native.missing_functions(Stale()) == ["address_ids", "journey_layout"]
