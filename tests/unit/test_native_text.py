@@ -193,3 +193,13 @@ def test_a_build_from_older_sources_is_not_used():
         journey_json = journey_text = None
 
     assert native.missing_functions(Stale()) == ["address_ids", "journey_layout"]
+
+
+def test_every_function_in_the_module_table_is_listed():
+    """native/module.c's table and tracer/native.py's FUNCTIONS name the same
+    functions: one added to the C without the list would not be checked."""
+    import re
+    from pathlib import Path
+
+    table = (Path(__file__).resolve().parents[2] / "native" / "module.c").read_text()
+    assert set(re.findall(r'\{"(\w+)",\s*native_', table)) == set(native.FUNCTIONS)
