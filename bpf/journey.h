@@ -279,17 +279,21 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
     } else {
         /* Emitted already (it ended, or filled its hops) and seen again,
          * e.g. freed after delivery (QUEUE_PURGE): a continuation record
-         * with the same packet id, which user space joins to the first,
-         * in a pool slot of its own. */
+         * with the same packet id, which user space joins to the first.
+         * In the slot the first part went out from while it still holds
+         * it (warm: emitted moments ago), else a pool slot of its own. */
         if (__sync_val_compare_and_swap(&seen->packet_id, pid, pid | JOURNEY_OPEN_BIT) != pid)
             return -1;
-        u32 jslot = 0;
-        j = journey_take(&jslot, sensor);
-        if (!j) {
-            seen->packet_id = pid;
-            return -1;
+        j = journey_of(seen, id);
+        if (!j || !j->end) {
+            u32 jslot = 0;
+            j = journey_take(&jslot, sensor);
+            if (!j) {
+                seen->packet_id = pid;
+                return -1;
+            }
+            seen->fp.jslot = jslot;
         }
-        seen->fp.jslot = jslot;
         journey_start(j, id, p, now);
         j->pcache_slot = k;
         journey_opened();
