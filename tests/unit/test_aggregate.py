@@ -59,6 +59,36 @@ def test_segment_rows_added_after_a_scan_are_appended_not_written_over():
     assert sorted(zip(keys.tolist(), dts.tolist())) == [(1, 10), (1, 20), (1, 50), (2, 30), (2, 40), (3, 60)]
 
 
+def _packets_of_flow(ids: list[int], flow: int, first_wall: int) -> pa.Table:
+    n = len(ids)
+    return pa.table({
+        "packet_id": pa.array(ids, pa.uint64()), "flow_id": pa.array([flow] * n, pa.uint64()),
+        "first_wall": np.arange(n, dtype=np.int64) + first_wall, "duration": np.arange(n, dtype=np.int64) * 10,
+        "length": np.full(n, 100, np.int32), "sightings": np.full(n, 9, np.int32),
+        "direction": np.ones(n, np.int8), "verdict": np.zeros(n, np.int8), "protocol": np.zeros(n, np.int32),
+        "src_ip": np.zeros(n, np.int32), "src_port": np.full(n, 40000, np.int32), "dst_ip": np.ones(n, np.int32),
+        "dst_port": np.full(n, 80, np.int32), "container": np.full(n, -1, np.int32),
+    })
+
+
+def test_packet_rows_are_queried_from_their_file_before_and_after_more_are_added():
+    """No packet yet: the queries see an empty table; packets added after a
+    query (a new file) join the ones before it. (The flows table is made
+    once, by the first query that needs it: after every add.)"""
+    assert list(Store().flows()) == []
+    store = Store()
+    assert store.flow_count() == 0
+    store.add(pa.table({"key": np.zeros(0, np.int64), "dt": np.zeros(0, np.int64)}), _packets_of_flow([1, 2, 3], 7, 1000))
+    assert store.flow_count() == 1
+    store.add(pa.table({"key": np.zeros(0, np.int64), "dt": np.zeros(0, np.int64)}), _packets_of_flow([4, 5], 8, 2000))
+    flows = {r["flow_id"]: r for r in store.flows()}
+    assert {f: r["packets"] for f, r in flows.items()} == {7: 3, 8: 2}
+    assert flows[7]["bytes"] == 300 and flows[7]["slowest_ns"] == 20 and flows[7]["slowest_packet_id"] == 3
+    ev, pk, by = store.throughput(1000, 1000, 2)
+    assert pk.tolist() == [3, 2] and ev.tolist() == [27, 18] and by.tolist() == [300, 200]
+    assert sorted(p.name for p in Path(store._dir).glob("packets-*.parquet")) == ["packets-1.parquet", "packets-2.parquet"]
+
+
 def test_a_segment_key_beyond_32_bits_is_an_error_not_a_wrap():
     store = Store()
     store.add(pa.table({"key": np.array([1 << 31], np.int64), "dt": np.array([1], np.int64)}), pa.table({}))
