@@ -468,16 +468,31 @@ static __always_inline struct pkt_slot *last_slot(struct last_sighting *last, u6
     return slot;
 }
 
+/* counter++ on a per-CPU counter, the value before: a netfilter hook in
+ * process context (OUTPUT) can be interrupted by a softirq's sensors on the
+ * same CPU, and both must not take one value. A compare-and-swap (BCC's
+ * clang targets a BPF without fetch-and-add's result), again once if
+ * interrupted; interrupted twice, a value no counter reaches (bit 39 set:
+ * 5.5e11 packets on one CPU). */
+static __always_inline u64 per_cpu_take(u64 *counter)
+{
+    u64 n = *counter;
+    u64 was = __sync_val_compare_and_swap(counter, n, n + 1);
+    if (was == n)
+        return n;
+    if (__sync_val_compare_and_swap(counter, was, was + 1) == was)
+        return was;
+    return was | (1ULL << 39);
+}
+
 static __always_inline u64 new_packet_id(void)
 {
     int zero = 0;
     u64 *seq = id_seq.lookup(&zero);
     u64 n = 0;
-    if (seq) {
-        *seq += 1;
-        n = *seq;
-    }
-    /* Per-CPU counters, CPU above them: unique without atomics, and below
+    if (seq)
+        n = per_cpu_take(seq) + 1;
+    /* Per-CPU counters, CPU above them: unique without a shared counter, and below
      * 2^53 so JSON readers that use doubles (jq, JavaScript) keep it exact. */
     return ((u64)(bpf_get_smp_processor_id() + 1) << PACKET_ID_CPU_SHIFT) | (n & ((1ULL << PACKET_ID_CPU_SHIFT) - 1));
 }

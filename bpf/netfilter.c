@@ -319,13 +319,14 @@ static __always_inline int nf_append(struct last_sighting *from, struct last_sig
      * length (IPv6's flow label, an id of 0): the full path decides. */
     if (from_tc && (s64)(now - slot->last_seen) >= NF_FROM_TC_NS)
         return 0;
-    u8 ttl, tuple;
+    u8 ttl;
+    struct pkt p = {};
+    struct pkt *moved = NULL; /* the hop's addresses where NAT may have changed them */
     if (stage == NAT_AFTER) {
-        struct pkt p = {};
         if (!parse_nf_skb(&p, skb) || p.ip_id != j->ip_id || p.tot_len != j->length)
             return 0;
         ttl = p.ttl;
-        tuple = journey_tuple(j, &p);
+        moved = &p;
     } else {
         /* Routing decrements the TTL before FORWARD (bridging does not):
          * read, not guessed. NAT has not acted since the last hop: its
@@ -337,8 +338,6 @@ static __always_inline int nf_append(struct last_sighting *from, struct last_sig
         head_facts(h, &id, &len, &ttl);
         if (id != j->ip_id || len != j->length)
             return 0;
-        u32 n = j->n_tuples;
-        tuple = n > 0 && n <= MAX_TUPLES ? n - 1 : 0;
     }
     struct sighting s = {};
     s.skb = skb;
@@ -350,8 +349,7 @@ static __always_inline int nf_append(struct last_sighting *from, struct last_sig
     adopt_last(last, from, skb);
     last->nfct = nfct;
     last->rank = nf_rank(hook, stage);
-    journey_fast_hop(last, slot, j, &s, now, ttl, tuple, SENSOR_NETFILTER);
-    return 1;
+    return journey_fast_hop(last, slot, j, &s, now, ttl, moved, SENSOR_NETFILTER);
 }
 
 /* Whose last sighting has this packet's journey: this sensor's, for the

@@ -91,8 +91,7 @@ static __always_inline int tc_fast(struct last_sighting *from, struct last_sight
     s.code = hop_code(hook, 0, in_ct);
     s.terminal = tc_terminal(hook, in_ct, ifindex);
     adopt_last(last, from, skb);
-    journey_fast_hop(last, slot, j, &s, now, p->ttl, journey_tuple(j, p), SENSOR_TC);
-    return 1;
+    return journey_fast_hop(last, slot, j, &s, now, p->ttl, p, SENSOR_TC);
 }
 
 #endif

@@ -189,6 +189,15 @@ JOURNEY_ENDS = (
 )
 COMPLETE_ENDS = frozenset({1, 2})
 
+# What the kernel left out rather than risk a wrong journey (bpf/journey.h),
+# counted in journey_ends after the ends (index len(JOURNEY_ENDS) + i).
+JOURNEY_FAULTS = (
+    "claim_failed",  # a first sighting found its CPU's next journey slot being written: packet not followed
+    "hop_refused",   # a sighting's journey was being taken or was emitted meanwhile: its hop left out
+    "lost",          # a journey closed while its slot was being taken: counted here, not emitted
+    "mismatch",      # a slot held another packet after a hop was written into it (never expected: a bug)
+)
+
 # Bit of pkt_slot.packet_id: the slot's journey is open (not yet emitted).
 # Packet ids stay below 2^53.
 JOURNEY_OPEN_BIT = 1 << 63
@@ -209,6 +218,9 @@ HOP_FIELDS: tuple[RawField, ...] = (
 )
 JOURNEY_FIELDS: tuple[RawField, ...] = (
     RawField("packet_id", "u64", "<u8", "id given by the first sensor (no open bit)"),
+    # 64 bits: BCC's clang has no 32-bit atomics. Next to packet_id, in the
+    # line every sighting writes anyway.
+    RawField("busy", "u64", "<u8", "sightings writing the slot as it was copied (the kernel's bookkeeping: bpf/journey.h)"),
     RawField("flow_id", "u64", "<u8", "conntrack entry's flow id (0 = not seen)"),
     RawField("first_ktime", "u64", "<u8", "bpf_ktime_get_ns() at the first hop"),
     RawField("last_ktime", "u64", "<u8", "at the last hop (exact where dt_ns saturates)"),
@@ -288,6 +300,8 @@ def journey_c_definitions() -> str:
               f"#define JOURNEY_OPEN_BIT {JOURNEY_OPEN_BIT:#x}ULL"]
     lines += [f"#define END_{e.upper()} {i}" for i, e in enumerate(JOURNEY_ENDS) if e]
     lines.append(f"#define N_ENDS {len(JOURNEY_ENDS)}")
+    lines += [f"#define FAULT_{f.upper()} {len(JOURNEY_ENDS) + i}" for i, f in enumerate(JOURNEY_FAULTS)]
+    lines.append(f"#define N_JOURNEY_COUNTS {len(JOURNEY_ENDS) + len(JOURNEY_FAULTS)}")
     return "\n".join(lines) + "\n"
 
 

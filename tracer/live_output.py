@@ -79,7 +79,7 @@ class JourneyOutput:
         if end.rules:
             self.summary.rules = end.rules
         self.summary.set_lost(counters.lost, counters.emitted, unit=f"{counters.record}s")
-        self.summary.set_journey_ends(counters.journey_ends)
+        self.summary.set_journey_ends(counters.journey_ends, getattr(counters, "journey_faults", {}))
         if self.status_tty:
             say("")
         # The summary is about the run, not a result: stderr, as tcpdump's,

@@ -242,6 +242,7 @@ class Summary:
         self.events: dict[str, int] = {}
         self.unit = "events"  # what the kernel's records are: journeys, or events (per-sighting build)
         self.journey_ends: dict[str, int] = {}
+        self.journey_faults: dict[str, int] = {}
         self.rules: dict[str, int] | None = None  # rule attribution's counts (--rules)
 
     def add(self, journeys: list[Journey]) -> None:
@@ -330,9 +331,12 @@ class Summary:
         self.events = dict(events_by_sensor)
         self.unit = unit
 
-    def set_journey_ends(self, ends: dict[str, int]) -> None:
-        """Journeys the kernel emitted, by why (events.JOURNEY_ENDS)."""
+    def set_journey_ends(self, ends: dict[str, int], faults: dict[str, int] | None = None) -> None:
+        """Journeys the kernel emitted, by why (events.JOURNEY_ENDS), and
+        what it left out rather than write a wrong journey
+        (events.JOURNEY_FAULTS)."""
         self.journey_ends = dict(ends)
+        self.journey_faults = dict(faults or {})
 
     def _add_flows(self, ids: np.ndarray) -> None:
         self._flow_new.append(ids.astype(np.uint64, copy=False))
@@ -371,6 +375,7 @@ class Summary:
             },
             "lost_unit": self.unit,
             "journey_ends": dict(self.journey_ends),
+            "journey_faults": dict(self.journey_faults),
             "segments": self.segments(),
             **({"rules": dict(self.rules)} if self.rules is not None else {}),
         }
@@ -393,6 +398,11 @@ class Summary:
             # Not lost: emitted and shown, but their packet left the sensors' view (or a slot ran out).
             parts = ", ".join(f"{k} {n:,}" for k, n in incomplete.items())
             lines.append(f"  incomplete journeys: {sum(incomplete.values()):,} ({parts})")
+        faults = {k: n for k, n in self.journey_faults.items() if n}
+        if faults:
+            # Left out, not written into another packet's journey: CPUs raced for a slot.
+            parts = ", ".join(f"{k.replace('_', ' ')} {n:,}" for k, n in faults.items())
+            lines.append(_style(f"  left out in slot races: {parts}", color, fg="yellow"))
         if self.rules is not None:
             r = self.rules
             lines.append(f"  rules: {r.get('joined', 0):,} rule hits on journeys, {r.get('unmatched', 0):,} on untraced packets"

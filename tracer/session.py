@@ -388,8 +388,10 @@ class TraceSession:
         """The kernel's counts so far (kernel/counts.py)."""
         emitted, lost = counts.sensor_counts(self.bpf)
         journeys = not (self.sightings or self.latency)
+        journey_counts = self._journey_counts()
         return Counters(emitted, lost, record="journey" if journeys else "event",
-                        journey_ends=counts.journey_ends(self._journey_counts()),
+                        journey_ends=counts.journey_ends(journey_counts),
+                        journey_faults=counts.journey_faults(journey_counts),
                         before_start=self.drain.before_start if self.drain is not None else 0)
 
     @staticmethod

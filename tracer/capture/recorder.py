@@ -224,6 +224,7 @@ class Recorder:
             "lost": dict(counters.lost),
             "record": getattr(counters, "record", "event"),
             "journey_ends": dict(getattr(counters, "journey_ends", {})),
+            "journey_faults": dict(getattr(counters, "journey_faults", {})),
             "event_rows": self.writer.event_rows,  # sightings
             "journey_rows": self.writer.journey_rows,
             **({"rule_rows": self.writer.rule_rows} if self.writer.rule_rows else {}),

@@ -86,7 +86,7 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     stats = capture.stats
     if stats:
         summary.set_lost(stats.get("lost", {}), stats.get("events", {}), unit=f"{stats.get('record', 'event')}s")
-        summary.set_journey_ends(stats.get("journey_ends", {}))
+        summary.set_journey_ends(stats.get("journey_ends", {}), stats.get("journey_faults", {}))
     click.echo(summary.render(summary_color), err=True)  # about the replay, not a result: stderr, as trace
 
 

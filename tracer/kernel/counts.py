@@ -1,6 +1,8 @@
 """The kernel's own counts, read from the program's per-CPU maps: records
 each sensor emitted and lost (``counters``), and journeys by why they were
-emitted (``journey_ends``, whose slot 0 counts the journeys opened)."""
+emitted (``journey_ends``, whose slot 0 counts the journeys opened, and whose
+slots after the ends count what the kernel left out rather than write a wrong
+journey: events.JOURNEY_FAULTS)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ class Counters:
     lost: dict[str, int] = field(default_factory=dict)
     record: str = "journey"  # what a record is: "journey", or "event" (per-sighting build, latency mode)
     journey_ends: dict[str, int] = field(default_factory=dict)  # journeys by why they were emitted
+    journey_faults: dict[str, int] = field(default_factory=dict)  # left out rather than written wrong (JOURNEY_FAULTS)
     before_start: int = 0  # packets first seen before every sensor was attached: left out
 
     @property
@@ -36,10 +39,14 @@ def sensor_counts(bpf) -> tuple[dict[str, int], dict[str, int]]:
     return emitted, lost
 
 
+N_JOURNEY_COUNTS = len(events.JOURNEY_ENDS) + len(events.JOURNEY_FAULTS)
+
+
 def journey_counts(bpf) -> np.ndarray:
-    """journey_ends summed over CPUs ([0]: journeys opened)."""
+    """journey_ends summed over CPUs ([0]: journeys opened; then the ends,
+    then the faults)."""
     table = bpf["journey_ends"]
-    return np.array([sum(table[table.Key(i)]) for i in range(len(events.JOURNEY_ENDS))], np.int64)
+    return np.array([sum(table[table.Key(i)]) for i in range(N_JOURNEY_COUNTS)], np.int64)
 
 
 def journey_ends(counts: np.ndarray) -> dict[str, int]:
@@ -47,7 +54,19 @@ def journey_ends(counts: np.ndarray) -> dict[str, int]:
     return {name: int(counts[i]) for i, name in enumerate(events.JOURNEY_ENDS) if name and len(counts) and counts[i]}
 
 
+def journey_faults(counts: np.ndarray) -> dict[str, int]:
+    """What the kernel left out rather than write a wrong journey, by why
+    (events.JOURNEY_FAULTS); only those that happened."""
+    base = len(events.JOURNEY_ENDS)
+    return {name: int(counts[base + i]) for i, name in enumerate(events.JOURNEY_FAULTS)
+            if len(counts) > base + i and counts[base + i]}
+
+
 def open_journeys(counts: np.ndarray) -> int:
-    """Journeys the kernel has opened and not emitted (bpf/journey.h
-    counts openings in journey_ends[0])."""
-    return int(counts[0] - counts[1:].sum()) if len(counts) else 0
+    """Journeys the kernel has opened and neither emitted nor lost
+    (bpf/journey.h counts openings in journey_ends[0])."""
+    if not len(counts):
+        return 0
+    ends = len(events.JOURNEY_ENDS)
+    lost = counts[ends + events.JOURNEY_FAULTS.index("lost")] if len(counts) > ends else 0
+    return int(counts[0] - counts[1:ends].sum() - lost)
