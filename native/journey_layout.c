@@ -130,7 +130,7 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
                           &n_tuples_total, &rec_obj, &hop_obj, &tup_obj))
         return NULL;
     Py_buffer rv[N_REC], hv[N_HOPCOL], tv[N_TUPCOL];
-    int nr = 0, nh = 0, nt = 0, no_memory = 0;
+    int nr = 0, nh = 0, nt = 0, no_memory = 0, changed = 0;
     PyObject *result = NULL;
     key_table places = {0};
     Py_ssize_t L[N_LAYOUT];
@@ -148,8 +148,10 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
     }
     const Py_ssize_t stride = L[L_STRIDE], max_hops = L[L_MAX_HOPS], max_tuples = L[L_MAX_TUPLES];
     /* every field (hops and tuples whole) inside the record */
-    if (stride <= 0 || in.len % stride || L[L_HOPS] + 12 * max_hops > stride || L[L_TUPLES] + 40 * max_tuples > stride
-        || max_tuples < 1 || max_tuples > 255 || max_hops > 255) {
+    /* (offsets compared as "L > stride - width": a huge offset must not overflow the sum) */
+    if (stride <= 0 || in.len % stride || max_tuples < 1 || max_tuples > 255 || max_hops < 0 || max_hops > 255
+        || L[L_HOPS] < 0 || L[L_HOPS] > stride - 12 * max_hops || L[L_TUPLES] < 0
+        || L[L_TUPLES] > stride - 40 * max_tuples) {
         PyErr_SetString(PyExc_ValueError, "journey_layout: records and layout do not fit");
         goto done;
     }
@@ -159,7 +161,7 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
         [L_DROP_NETNS] = 4, [L_FWD_OUT] = 4, [L_IP_ID] = 2, [L_LENGTH] = 2, [L_CPU] = 2, [L_PROTOCOL] = 1,
         [L_TCP_FLAGS] = 1, [L_DIRECTION] = 1, [L_N_HOPS] = 1, [L_N_TUPLES] = 1, [L_END] = 1, [L_TCP_DOFF] = 1};
     for (int i = L_PACKET_ID; i <= L_TCP_DOFF; i++)
-        if (L[i] + width[i] > stride) {
+        if (L[i] < 0 || L[i] > stride - width[i]) {
             PyErr_SetString(PyExc_ValueError, "journey_layout: a field lies outside the record");
             goto done;
         }
@@ -215,6 +217,12 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
         if (!nh_) continue;
         if (nh_ > max_hops) nh_ = max_hops;
         nt_ = nt_ < 1 ? 1 : (nt_ > max_tuples ? max_tuples : nt_);
+        /* the counts were checked above, but read again here: never write
+         * past the outputs even if the records changed in between */
+        if (j >= kept || h_at + nh_ > n_hops_total || t_at + nt_ > n_tuples_total) {
+            changed = 1;
+            break;
+        }
         packet_id[j] = rd64(r + L[L_PACKET_ID]);
         flow_id[j] = rd64(r + L[L_FLOW_ID]);
         skb[j] = rd64(r + L[L_SKB]);
@@ -275,6 +283,10 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
         tup_off[j] = (int32_t)t_at;
     }
     Py_END_ALLOW_THREADS
+    if (changed) {
+        PyErr_SetString(PyExc_ValueError, "journey_layout: records changed while laid out");
+        goto done;
+    }
     if (no_memory) {
         PyErr_NoMemory();
         goto done;

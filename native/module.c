@@ -16,4 +16,17 @@ static struct PyModuleDef module = {
     "Compiled twins of a few hot Python loops of tracer (see tracer/native.py).", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
+#ifndef TRACER_NATIVE_SOURCES
+#define TRACER_NATIVE_SOURCES ""
+#endif
+
+/* SOURCES: the hash of native/ this was built from (setup.py), so that
+ * tracer/native.py can tell a build older than its sources. */
+PyMODINIT_FUNC PyInit__native(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddStringConstant(m, "SOURCES", TRACER_NATIVE_SOURCES) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

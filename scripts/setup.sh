@@ -149,7 +149,10 @@ stamp_file=$venv/.tracer-install-stamp
 # the install builds tracer._native in place: its sources are part of the stamp
 native_so=("$repo"/tracer/_native.*.so)
 stamp=$(cat "$repo/pyproject.toml" "$repo/setup.py" "$repo"/native/* <("$venv/bin/python" -V 2>&1) | sha256sum | cut -d' ' -f1)
-if [[ -x $venv/bin/tracer && -f $stamp_file && $(cat "$stamp_file") == "$stamp" && -e ${native_so[0]} ]]; then
+# the stamp's second line, "no-native", remembers a build that failed with
+# these sources: re-running setup stays quick (the Python twins are used)
+if [[ -x $venv/bin/tracer && -f $stamp_file && $(head -1 "$stamp_file") == "$stamp" ]] \
+    && { [[ -e ${native_so[0]} ]] || grep -qx no-native "$stamp_file"; }; then
     step "venv: tracer installed (pyproject and native sources unchanged)"
 else
     step "venv: pip install -e '.[test]'"
@@ -161,6 +164,7 @@ if "$venv/bin/python" -c 'import tracer._native' 2>/dev/null; then
     step "native: tracer._native built (compiled journey text)"
 else
     warn "tracer._native did not build (see $setup_log): trace falls back to its slower Python text path"
+    grep -qx no-native "$stamp_file" || echo no-native >>"$stamp_file"
 fi
 ln -sfn "$venv/bin/tracer" /usr/local/bin/tracer
 step "path: /usr/local/bin/tracer -> $venv/bin/tracer"

@@ -9,7 +9,9 @@ or to rule it out."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 # What the Python side calls (native/module.c's table). A build from older
 # sources (a pull without re-running scripts/setup.sh) lacks some: then none
@@ -37,6 +39,8 @@ def native():
                 missing = missing_functions(_native)
                 if missing:
                     _why_not = f"built from older sources (no {', '.join(missing)}); run scripts/setup.sh"
+                elif stale(_native):
+                    _why_not = "built from older sources than native/ holds now; run scripts/setup.sh"
                 else:
                     _module = _native
     return _module
@@ -45,6 +49,23 @@ def native():
 def missing_functions(module) -> list[str]:
     """The FUNCTIONS a built module does not have."""
     return [f for f in FUNCTIONS if not hasattr(module, f)]
+
+
+def sources_hash(directory: Path) -> str:
+    """setup.py's hash of native/'s sources (the same code: keep them equal)."""
+    h = hashlib.sha256()
+    for path in sorted(directory.glob("*.[ch]")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def stale(module, directory: Path = Path(__file__).resolve().parent.parent / "native") -> bool:
+    """A source tree's build made before its native/ changed (a pull without
+    scripts/setup.sh): its functions may take other arguments or write other
+    text. An installed package has no native/ beside it: nothing to compare."""
+    if not directory.is_dir():
+        return False
+    return getattr(module, "SOURCES", "") != sources_hash(directory)
 
 
 def why_not() -> str:

@@ -110,3 +110,10 @@ def test_wrong_sizes_and_counts_are_refused_before_writing():
     with pytest.raises(ValueError, match="do not fit"):
         m.journey_layout(flat, (10_000,) + LAYOUT[1:], 0, len(out), len(out.hops["hook"]), len(out.tuples["sport"]),
                          cols, tuple(out.hops.values()), tuple(out.tuples.values()))
+    # offsets near 2^63 (the sum with a width would overflow) and negative ones are refused, not read
+    for at, match in ((1, "outside the record"), (6, "do not fit"), (21, "do not fit")):
+        for offset, why in ((2**63 - 3, match), (-8, "negative")):
+            bad = LAYOUT[:at] + (offset,) + LAYOUT[at + 1:]
+            with pytest.raises(ValueError, match=why):
+                m.journey_layout(flat, bad, 0, len(out), len(out.hops["hook"]), len(out.tuples["sport"]),
+                                 cols, tuple(out.hops.values()), tuple(out.tuples.values()))

@@ -16,6 +16,8 @@ import json
 import os
 import subprocess
 import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +123,34 @@ def test_turned_off_it_says_why_and_the_python_path_writes():
     env = {**os.environ, "TRACER_NATIVE": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True turned off by TRACER_NATIVE=0"
+
+
+def test_turned_off_the_python_path_writes_the_same_json(monkeypatch):
+    jr, _ = both_ways(hostile_ctx(1_000))
+    compiled = bytes(journey_json_block(jr)[0])
+    monkeypatch.setenv("TRACER_NATIVE", "0")
+    monkeypatch.setattr(native, "_loaded", False)
+    monkeypatch.setattr(native, "_module", None)
+    assert native.native() is None
+    block, count = journey_json_block(jr)
+    assert count == len(jr) and bytes(block) == compiled == python_block(jr)
+
+
+def test_a_build_older_than_its_sources_is_not_used(tmp_path):
+    (tmp_path / "a.c").write_text("int a;\n")
+    built = types.SimpleNamespace(SOURCES=native.sources_hash(tmp_path))
+    assert not native.stale(built, tmp_path)
+    (tmp_path / "a.c").write_text("int a, b;\n")  # a pull changed the sources
+    assert native.stale(built, tmp_path)
+    assert native.stale(types.SimpleNamespace(), tmp_path), "a build without SOURCES predates the check"
+    assert not native.stale(built, tmp_path / "absent"), "an installed package has no sources to compare"
+
+
+def test_this_build_is_of_these_sources():
+    """setup.py bakes its hash of native/ into the build; native.py must
+    compute the same one (else every build would count as stale)."""
+    directory = Path(native.__file__).resolve().parent.parent / "native"
+    assert module().SOURCES == native.sources_hash(directory), "built from other sources: run scripts/setup.sh"
 
 
 # --- the human text (native/journey_text.c, tracer/render_rows.py) ---------------
