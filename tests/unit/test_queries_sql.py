@@ -97,6 +97,19 @@ def test_sql_drops(capture, lab):
     assert rows[0]["drop_reason"] == "NETFILTER_DROP"
 
 
+def test_a_query_starting_with_a_comment_is_the_query_not_an_option(capture):
+    """The docs' blocks start with "-- what it shows": pasted as they are,
+    without click's "--", options before or after."""
+    block = sql_blocks()["slowest flows"]
+    for args in (["sql", f"-- slowest flows\n{block}", str(capture), "--format", "json"],
+                 ["sql", "--format", "json", f"--\tslowest flows\n{block}", str(capture)]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        assert [json.loads(line) for line in result.stdout.splitlines()] == run_sql(block, capture)
+    result = CliRunner().invoke(cli, ["sql", "--fromat", "json", block, str(capture)])
+    assert result.exit_code == 2 and "--fromat" in result.output, "a mistyped option is still an error"
+
+
 def test_sql_presents_signed_time_and_null_for_unknown(capture, lab):
     rows, _ = lab
     (r,) = run_sql("SELECT any_value(typeof(ktime_ns)) AS t, max(ktime_ns) - min(ktime_ns) AS span, count(*) AS n, "

@@ -27,7 +27,17 @@ def _is_parquet(path: str) -> bool:
     return p.suffix == ".parquet" or p.is_dir()
 
 
-@click.command()
+class _SqlCommand(click.Command):
+    """A query may start with an SQL comment ("-- slowest flows\n..."), which
+    click would take for an option: such an argument gets a leading newline
+    (the same SQL to DuckDB) so that click reads it as the QUERY."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args = ["\n" + a if a.startswith("--") and len(a) > 2 and a[2].isspace() else a for a in args]
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=_SqlCommand)
 @click.argument("query")
 @click.argument("files", nargs=-1, required=True, metavar="FILES...")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
