@@ -46,9 +46,11 @@ _Static_assert(JOURNEY_SLOTS <= 65536, "JOURNEY_SLOTS: fp.jslot is 16 bits");
  * restarting it (journey_take). */
 #define JOURNEY_LOCK 0x80000000ULL
 _Static_assert((JOURNEY_POOL & (JOURNEY_POOL - 1)) == 0, "JOURNEY_POOL: a power of two");
-/* Each CPU's next pool slot (a counter: its low bits). Taken with an atomic
- * add: a netfilter hook in process context (OUTPUT) can be interrupted by a
- * softirq's sensors on the same CPU, and both must not take one slot. */
+/* Each CPU's next pool slot (a counter: its low bits). A plain increment:
+ * a netfilter hook in process context (OUTPUT) interrupted by a softirq's
+ * sensors on the same CPU may take the same slot as they do, but only one
+ * of them gets its lock (journey_take); the other evicts what the first
+ * started, or fails the claim, counted. */
 BPF_PERCPU_ARRAY(jpool_next, u64, 1);
 /* [0]: journeys opened (claims and continuations); [END_*]: records
  * emitted by why, complete or not; [FAULT_*]: what was left out rather than
@@ -109,14 +111,20 @@ static __always_inline void journey_close(struct pkt_slot *slot, struct journey 
         journey_emit(j, end, sensor);
 }
 
-/* Out of a journey slot entered with journey_enter (or taken with
- * journey_take). It must still hold journey `id`: under busy nothing can
- * restart it, so anything else is a bug, counted (FAULT_MISMATCH). */
-static __always_inline void journey_leave(struct journey *j, u64 id)
+/* Out of a journey slot entered with journey_enter (held 1) or taken with
+ * journey_take / journey_retake (held JOURNEY_LOCK). It must still hold
+ * journey `id`: while it is held nothing can restart it, so anything else
+ * is a bug, counted (FAULT_MISMATCH). */
+static __always_inline void journey_release(struct journey *j, u64 id, u64 held)
 {
     if (j->packet_id != id)
         journey_count(FAULT_MISMATCH);
-    __sync_fetch_and_add(&j->busy, -1);
+    __sync_fetch_and_add(&j->busy, -held);
+}
+
+static __always_inline void journey_leave(struct journey *j, u64 id)
+{
+    journey_release(j, id, 1);
 }
 
 /* Into journey slot k, if it holds journey `id`, open (not emitted): the
@@ -153,8 +161,11 @@ static __always_inline struct journey *journey_enter(struct pkt_slot *slot, u64 
 
 static __always_inline void journey_start(struct journey *j, u64 id, struct pkt *p, u64 now);
 
-/* The next slot of this CPU's pool, started for journey `id` and entered
- * (the caller journey_leaves it); its index in *jslot. NULL, counted, if a
+/* The next slot of this CPU's pool, started for journey `id` and still
+ * locked: the claim writes its first hop alone (one atomic less than
+ * entering it; a sighting of the packet on another CPU in those
+ * nanoseconds is refused, counted) and journey_releases it with
+ * JOURNEY_LOCK; its index in *jslot. NULL, counted, if a
  * sighting is in that slot right now (on another CPU, or the one this
  * program interrupted). A journey still open in it is emitted first, as
  * evicted, if this claim wins its close; if another caller closes it meanwhile
@@ -165,7 +176,9 @@ static __always_inline struct journey *journey_take(u32 *jslot, u64 id, struct p
     u64 *next = jpool_next.lookup(&zero);
     if (!next)
         return NULL;
-    u32 k = bpf_get_smp_processor_id() * JOURNEY_POOL + ((u32)per_cpu_take(next) & (JOURNEY_POOL - 1));
+    u64 n = *next;
+    *next = n + 1;
+    u32 k = bpf_get_smp_processor_id() * JOURNEY_POOL + ((u32)n & (JOURNEY_POOL - 1));
     struct journey *j = journeys.lookup(&k);
     if (!j)
         return NULL;
@@ -192,15 +205,13 @@ static __always_inline struct journey *journey_take(u32 *jslot, u64 id, struct p
         }
     }
     journey_start(j, id, p, now);
-    /* The lock becomes the claim's own entry: sightings of `id` may come in. */
-    __sync_fetch_and_add(&j->busy, 1 - JOURNEY_LOCK);
     *jslot = k;
     return j;
 }
 
 /* Journey slot k restarted for a continuation of journey `id`, if it still
- * holds that journey's emitted first part and nobody is in it; entered (the
- * caller journey_leaves it). NULL: take a pool slot instead. */
+ * holds that journey's emitted first part and nobody is in it; locked as
+ * journey_take leaves it. NULL: take a pool slot instead. */
 static __always_inline struct journey *journey_retake(u32 k, u64 id, struct pkt *p, u64 now)
 {
     struct journey *j = journeys.lookup(&k);
@@ -211,7 +222,6 @@ static __always_inline struct journey *journey_retake(u32 k, u64 id, struct pkt 
         return NULL;
     }
     journey_start(j, id, p, now);
-    __sync_fetch_and_add(&j->busy, 1 - JOURNEY_LOCK);
     return j;
 }
 
@@ -356,7 +366,7 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
         slot->fp = held;
         if (s->terminal || full)
             journey_close(slot, j, id, s->terminal ? END_TERMINAL : END_FULL, sensor);
-        journey_leave(j, id);
+        journey_release(j, id, JOURNEY_LOCK);
         return s->terminal || full ? -1 : k;
     }
     u32 k = seen == a ? idx : idx + 1;
@@ -364,6 +374,7 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
     u64 id = pid & ~JOURNEY_OPEN_BIT;
     seen->last_seen = now;
     struct journey *j;
+    u64 held = 1; /* entered; a continuation's slot: locked */
     if (pid & JOURNEY_OPEN_BIT) {
         j = journey_enter(seen, id);
         if (!j) {
@@ -394,6 +405,7 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
                 journey_opened();
             return -1;
         }
+        held = JOURNEY_LOCK;
         j->pcache_slot = k;
         seen->fp.jslot = jslot;
         journey_opened();
@@ -402,7 +414,7 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
     int ends = is_drop || s->terminal || full;
     if (ends)
         journey_close(seen, j, id, is_drop ? END_DROP : s->terminal ? END_TERMINAL : END_FULL, sensor);
-    journey_leave(j, id);
+    journey_release(j, id, held);
     if (!ends)
         return k;
     /* A drop ends the packet: the same fingerprint later is another one.

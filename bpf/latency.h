@@ -109,6 +109,22 @@ static __always_inline void latency_hop(struct pkt_slot *seen, u32 hop, u32 dir,
 BPF_PERCPU_ARRAY(tc_last, struct last_sighting, 1);
 BPF_PERCPU_ARRAY(nf_last, struct last_sighting, 1);
 
+/* -DTRACER_COUNT_FAST (TRACER_BPF_CFLAGS, tests only): hops the fast paths
+ * took, [0] tc, [1] netfilter, so a test can tell they ran; compiled out of
+ * the shipped build. */
+#ifdef TRACER_COUNT_FAST
+BPF_PERCPU_ARRAY(fast_hops, u64, 2);
+#endif
+
+static __always_inline void count_fast(u32 i)
+{
+#ifdef TRACER_COUNT_FAST
+    u64 *c = fast_hops.lookup(&i);
+    if (c)
+        *c += 1;
+#endif
+}
+
 /* What a last sighting's slot must still hold: the packet's first time
  * (claims rewrite it, hops do not) and, above it, the low 32 bits of the
  * flow id its first sighting found (0: none; the netfilter sensor follows

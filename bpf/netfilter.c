@@ -271,6 +271,7 @@ static __always_inline int nf_fast(struct last_sighting *from, struct last_sight
     latency_remember(last, skb, k, hop, check, dir);
     last->nfct = nfct;
     last->rank = nf_rank(hook, stage);
+    count_fast(1);
     return 1;
 }
 

@@ -116,6 +116,7 @@ static __always_inline int tc_fast(struct last_sighting *from, struct last_sight
     u32 dir = from->dir;
     latency_hop(slot, hop, dir, now);
     latency_remember(last, skb, k, hop, check, dir);
+    count_fast(0);
     return 1;
 }
 #endif
