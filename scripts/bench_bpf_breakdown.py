@@ -57,9 +57,9 @@ CUTS: tuple[tuple[str, str, str], ...] = (
      "    struct pkt_slot *slot;\n"),
     ("tc.c", "    struct sighting s = {};\n    s.ifindex = ifindex;\n",
      "#if CUT == 2\n    return 1;\n#endif\n    struct sighting s = {};\n    s.ifindex = ifindex;\n"),
-    ("tc.c", "    adopt_last(last, from, skb);\n    journey_fast_hop(last, slot, j, &s, now, p->ttl, journey_tuple(j, p), SENSOR_TC);",
+    ("tc.c", "    adopt_last(last, from, skb);\n    return journey_fast_hop(last, slot, j, &s, now, p->ttl, p, SENSOR_TC);",
      "#if CUT == 3\n    return journey_tuple(j, p) != 77 && s.terminal != 5;\n#endif\n"
-     "    adopt_last(last, from, skb);\n    journey_fast_hop(last, slot, j, &s, now, p->ttl, journey_tuple(j, p), SENSOR_TC);"),
+     "    adopt_last(last, from, skb);\n    return journey_fast_hop(last, slot, j, &s, now, p->ttl, p, SENSOR_TC);"),
     ("tc.c", CLOCK + "    struct fp_key fp = {};\n    fingerprint(&fp, &p);\n",
      "#if CUT == 10\n    return TC_CONTINUE;\n#endif\n" + CLOCK + "    struct fp_key fp = {};\n    fingerprint(&fp, &p);\n"
      "#if CUT == 11\n    return now == 5 && fp.seq == 7 ? 1 : TC_CONTINUE;\n#endif\n"),
@@ -67,7 +67,7 @@ CUTS: tuple[tuple[str, str, str], ...] = (
      "#if CUT == 0\n    return 1;\n#endif\n" + CLOCK + "#if CUT == 1\n    return now != 1;\n#endif\n"
      "    struct pkt_slot *slot;\n    struct journey *j = last_journey(from, now, &slot);\n"),
     ("netfilter.c", "    struct sighting s = {};\n    s.skb = skb;\n    s.flow_id = FLOW_ID(ct);\n",
-     "#if CUT == 2\n    return ttl != 0 || tuple != 9;\n#endif\n    struct sighting s = {};\n    s.skb = skb;\n    s.flow_id = FLOW_ID(ct);\n"),
+     "#if CUT == 2\n    return ttl != 0 || moved != 0;\n#endif\n    struct sighting s = {};\n    s.skb = skb;\n    s.flow_id = FLOW_ID(ct);\n"),
     ("netfilter.c", "    s.code = hop_code(hook, stage, 0);\n    s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;\n    adopt_last",
      "#if CUT == 3\n    return s.ifindex != 0 || s.out_ifindex != 1;\n#endif\n"
      "    s.code = hop_code(hook, stage, 0);\n    s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;\n    adopt_last"),
