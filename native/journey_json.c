@@ -50,27 +50,9 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
     for (int i = 0; i < N_TABLE; i++)
         if (load_table(PyTuple_GET_ITEM(texts, i), &t[i], tnames[i]) < 0) goto done;
 
-    Py_ssize_t count = j[J_STARTS].n - 1, n = h[H_HOOK].n;
+    Py_ssize_t count, n = h[H_HOOK].n;
+    if (check_journey_shape("journey_json", j, N_JOURNEY, J_STARTS, jnames, h, N_HOP, H_HOOK, hnames, &count) < 0) goto done;
     const int64_t *starts = j[J_STARTS].v;
-    if (count < 0 || starts[0] != 0 || starts[count] != n) {
-        PyErr_SetString(PyExc_ValueError, "journey_json: starts must run from 0 to the number of hops");
-        goto done;
-    }
-    for (Py_ssize_t g = 0; g < count; g++)
-        if (starts[g + 1] <= starts[g]) {
-            PyErr_SetString(PyExc_ValueError, "journey_json: every journey needs a hop, in order");
-            goto done;
-        }
-    for (int i = 0; i < J_STARTS; i++)
-        if (j[i].n != count) {
-            PyErr_Format(PyExc_ValueError, "journey_json: %s has %zd values for %zd journeys", jnames[i], j[i].n, count);
-            goto done;
-        }
-    for (int i = 0; i < N_HOP; i++)
-        if (h[i].n != n) {
-            PyErr_Format(PyExc_ValueError, "journey_json: %s has %zd values for %zd hops", hnames[i], h[i].n, n);
-            goto done;
-        }
     static const struct { int col, tab; } jcodes[] = {{J_DIRECTION, T_DIRECTION}, {J_PROTOCOL, T_PROTOCOL},
         {J_TCP_KEY, T_FLAGS}, {J_CONTAINER, T_CONTAINER}, {J_VERDICT, T_VERDICT}, {J_REASON, T_REASON}};
     static const struct { int col, tab; } hcodes[] = {{H_HOOK, T_HOOK}, {H_STAGE, T_STAGE}, {H_IFNAME, T_IFNAME},

@@ -165,27 +165,9 @@ PyObject *native_journey_text(PyObject *self, PyObject *args) {
     for (int i = 0; i < N_TABLE; i++)
         if (load_table(PyTuple_GET_ITEM(texts, i), &t[i], tnames[i]) < 0) goto done;
 
-    Py_ssize_t count = j[J_STARTS].n - 1, n = h[H_HOOK].n;
+    Py_ssize_t count, n = h[H_HOOK].n;
+    if (check_journey_shape("journey_text", j, N_JOURNEY, J_STARTS, jnames, h, N_HOP, H_HOOK, hnames, &count) < 0) goto done;
     const int64_t *starts = j[J_STARTS].v;
-    if (count < 0 || starts[0] != 0 || starts[count] != n) {
-        PyErr_SetString(PyExc_ValueError, "journey_text: starts must run from 0 to the number of hops");
-        goto done;
-    }
-    for (Py_ssize_t g = 0; g < count; g++)
-        if (starts[g + 1] <= starts[g]) {
-            PyErr_SetString(PyExc_ValueError, "journey_text: every journey needs a hop, in order");
-            goto done;
-        }
-    for (int i = 0; i < J_STARTS; i++)
-        if (j[i].n != count) {
-            PyErr_Format(PyExc_ValueError, "journey_text: %s has %zd values for %zd journeys", jnames[i], j[i].n, count);
-            goto done;
-        }
-    for (int i = 0; i < N_HOP; i++)
-        if (h[i].n != n) {
-            PyErr_Format(PyExc_ValueError, "journey_text: %s has %zd values for %zd hops", hnames[i], h[i].n, n);
-            goto done;
-        }
     if (k[K_SRC].n != t[T_SRC_IP].n || k[K_DST].n != t[T_DST_IP].n || t[T_FLAGS].n != 257 || t[T_DIRECTION].n != 3 ||
         t[T_VERDICT].n != 3 || t[T_VERDICT_END].n != 3 || t[T_NAT].n != 8 || t[T_STYLE].n != 4 ||
         t[T_HOOK_STAGE].n % n_stage) {

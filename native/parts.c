@@ -56,6 +56,37 @@ int load_table(PyObject *list, table *t, const char *what) {
     return 0;
 }
 
+/* The shape both text writers take: journey columns (one of them the
+ * hop starts, running from 0 to the number of hops, each journey with a
+ * hop) and hop columns, every column as long as its kind. The number of
+ * journeys in *count, or -1 with a ValueError naming fn. */
+int check_journey_shape(const char *fn, const column *j, int n_journey, int starts, const char *const *jnames,
+                        const column *h, int n_hop, int hook, const char *const *hnames, Py_ssize_t *count) {
+    Py_ssize_t c = j[starts].n - 1, n = h[hook].n;
+    const int64_t *at = j[starts].v;
+    if (c < 0 || at[0] != 0 || at[c] != n) {
+        PyErr_Format(PyExc_ValueError, "%s: starts must run from 0 to the number of hops", fn);
+        return -1;
+    }
+    for (Py_ssize_t g = 0; g < c; g++)
+        if (at[g + 1] <= at[g]) {
+            PyErr_Format(PyExc_ValueError, "%s: every journey needs a hop, in order", fn);
+            return -1;
+        }
+    for (int i = 0; i < n_journey; i++)
+        if (i != starts && j[i].n != c) {
+            PyErr_Format(PyExc_ValueError, "%s: %s has %zd values for %zd journeys", fn, jnames[i], j[i].n, c);
+            return -1;
+        }
+    for (int i = 0; i < n_hop; i++)
+        if (h[i].n != n) {
+            PyErr_Format(PyExc_ValueError, "%s: %s has %zd values for %zd hops", fn, hnames[i], h[i].n, n);
+            return -1;
+        }
+    *count = c;
+    return 0;
+}
+
 /* every code of a column indexes its table */
 int check_codes(const column *c, const table *t, const char *what) {
     for (Py_ssize_t i = 0; i < c->n; i++)

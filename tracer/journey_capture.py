@@ -121,24 +121,26 @@ class BadJourneyRows(events.ColumnError):
 _REQUIRED = ("time", "ktime_ns", "kind", "hops", "tuples")
 
 
+def _with_column(batch, name: str, convert):
+    """``batch`` (a RecordBatch or a Table) with column ``name`` replaced by
+    ``convert`` of it, taken whole."""
+    i = batch.schema.get_field_index(name)
+    col = batch.column(i)
+    new = convert(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+    if isinstance(batch, pa.Table):
+        return batch.set_column(i, pa.field(name, new.type), new)
+    return pa.RecordBatch.from_arrays([new if j == i else batch.column(j) for j in range(batch.num_columns)],
+                                      names=batch.schema.names)
+
+
 def conform(batch: pa.RecordBatch) -> pa.RecordBatch:
     """A version 2 or 3 batch in JOURNEY_CAPTURE_SCHEMA (events.conform; the
     columns without which nothing can be laid out are required): a version
     3 file's dt_ns bytes joined into dt_ns."""
     if "hops" in batch.schema.names and _has_dt_planes(batch.schema.field("hops").type):
-        i = batch.schema.get_field_index("hops")
-        col = batch.column(i)
-        joined = _joined_dt(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
-        batch = batch.set_column(i, pa.field("hops", joined.type), joined) if isinstance(batch, pa.Table) else \
-            pa.RecordBatch.from_arrays([joined if j == i else batch.column(j) for j in range(batch.num_columns)],
-                                       names=batch.schema.names)
+        batch = _with_column(batch, "hops", _joined_dt)
     if "tuples" in batch.schema.names and batch.schema.field("tuples").type != events.JOURNEY_CAPTURE_SCHEMA.field("tuples").type:
-        i = batch.schema.get_field_index("tuples")
-        col = batch.column(i)
-        widened = _widened_tuples(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
-        batch = batch.set_column(i, pa.field("tuples", widened.type), widened) if isinstance(batch, pa.Table) else \
-            pa.RecordBatch.from_arrays([widened if j == i else batch.column(j) for j in range(batch.num_columns)],
-                                       names=batch.schema.names)
+        batch = _with_column(batch, "tuples", _widened_tuples)
     try:
         return events.conform(batch, events.JOURNEY_CAPTURE_SCHEMA, _REQUIRED)
     except events.ColumnError as exc:
