@@ -14,13 +14,16 @@ Targets: stats and report at <= 1 GB peak RSS and >= 5 M sightings/s.
 --schema 2 makes journey-row captures (scripts/synth_journeys.py, what
 `tracer record` writes now) instead of sighting rows (1, synth_capture.py);
 --baseline-big also runs the baseline's stats and report on the big capture
-(before/after on the same file); --files N adds `report` over the small
-capture's sightings rotated into about N parts, ours and the baseline's.
+(before/after on the same file, or, for a baseline older than this tree's
+journey schema, on the same synthetic traffic written by the baseline's own
+synth_journeys.py); --files N adds `report` over the small capture's
+sightings rotated into about N parts, ours and the baseline's.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -54,21 +57,29 @@ def run(cmd: list[str], env: dict | None = None, stdout=subprocess.DEVNULL, cwd:
     return took, rss, cpu, proc.returncode
 
 
-def make(path: Path, n: int, schema: int = 1, files: int = 1) -> int:
+def make(path: Path, n: int, schema: int = 1, files: int = 1, root: Path = ROOT) -> int:
+    """A synthetic capture of ``n`` sightings at ``path``, written by the
+    synth script (and so the writer) of the tree at ``root``."""
     if not path.exists():
         script = "synth_journeys.py" if schema == 2 else "synth_capture.py"
         extra = ["--files", str(files)] if files > 1 else []
-        out = subprocess.run([sys.executable, str(ROOT / "scripts" / script), str(path), "--sightings", str(n), *extra],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run([sys.executable, str(root / "scripts" / script), str(path), "--sightings", str(n), *extra],
+                             check=True, capture_output=True, text=True, env=tree_env(root)).stdout
         print("  made", out.strip())
     return n
 
 
 def baseline_tree(rev: str, where: Path) -> Path:
-    """The tracer package of ``rev``, extracted (the reader before streaming)."""
+    """The tracer package and scripts of ``rev``, extracted (the reader before streaming)."""
     from bench_overhead import archive_tree
 
-    return archive_tree(rev, where, "tracer")
+    return archive_tree(rev, where, "tracer", "scripts")
+
+
+def journey_schema(root: Path) -> str:
+    """The journey capture schema the tree at ``root`` writes ('' before it had one)."""
+    found = re.search(r'^JOURNEY_SCHEMA_VERSION = "([^"]+)"', (root / "tracer" / "events.py").read_text(), re.M)
+    return found.group(1) if found else ""
 
 
 def main() -> None:
@@ -76,8 +87,9 @@ def main() -> None:
     ap.add_argument("--sightings", default="100M")
     ap.add_argument("--baseline-sightings", default="10M")
     ap.add_argument("--baseline-rev", default=None,
-                    help="default: d1598c0 (the in-memory reader) with --schema 1, 05469e3 (journey rows laid out "
-                         "as sightings, before tracer/journey_analysis.py) with --schema 2")
+                    help="default: d1598c0 (the in-memory reader) with --schema 1, 317aa09 (session 8's start: "
+                         "journey schema 2.1, before the packet rows' Parquet file) with --schema 2; a baseline older "
+                         "than this tree's journey schema reads captures written by its own synth_journeys.py")
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--capture", help="use this capture instead of making one (its sightings: --sightings)")
     ap.add_argument("--rounds", type=int, default=1)
@@ -92,7 +104,7 @@ def main() -> None:
     if args.quick:
         args.sightings, args.baseline_sightings = "1M", "200k"
     if args.baseline_rev is None:
-        args.baseline_rev = "05469e3" if args.schema == 2 else "d1598c0"
+        args.baseline_rev = "317aa09" if args.schema == 2 else "d1598c0"
     big_n, base_n = parse_count(args.sightings), parse_count(args.baseline_sightings)
     work = Path(tempfile.mkdtemp(prefix="tracer-bench-analysis-", dir=args.dir))
     tracer = [sys.executable, "-m", "tracer"]
@@ -112,30 +124,48 @@ def main() -> None:
             parts = sorted(str(p) for p in (work / "parts").glob("cap.*.arrows"))
         old = baseline_tree(args.baseline_rev, work / "baseline")
         old_env = tree_env(old)
+        # A baseline older than this tree's journey schema cannot read its
+        # captures: it gets the same synthetic traffic written by its own
+        # writer (this tree reads both; each side reads what it would write).
+        big0, small0, parts0 = big, small, parts
+        if args.schema == 2 and journey_schema(old) != journey_schema(ROOT):
+            print(f"  baseline {args.baseline_rev} writes journey schema {journey_schema(old) or '(none)'}, this tree "
+                  f"{journey_schema(ROOT)}: the baseline reads captures its own scripts/synth_journeys.py writes")
+            if not (old / "scripts" / "synth_journeys.py").exists():
+                raise SystemExit(f"bench_analysis: baseline {args.baseline_rev} cannot read this tree's captures and has "
+                                 "no scripts/synth_journeys.py to write its own: give a later --baseline-rev")
+            big0, small0 = work / "big.baseline.arrows", work / "small.baseline.arrows"
+            if not args.small_only and args.baseline_big:
+                make(big0, big_n, args.schema, root=old)
+            make(small0, base_n, args.schema, root=old)
+            if args.files:
+                (work / "parts0").mkdir(exist_ok=True)
+                make(work / "parts0" / "cap.arrows", base_n, args.schema, args.files, root=old)
+                parts0 = sorted(str(p) for p in (work / "parts0").glob("cap.*.arrows"))
         rows = []
         base_label = f"baseline {args.baseline_rev}"
         cases = [] if args.small_only else [
             (f"stats {args.sightings}", [*tracer, "stats", str(big)], big_n, env),
-            *([(f"stats {args.sightings}, {base_label}", [*tracer, "stats", str(big)], big_n, old_env)]
+            *([(f"stats {args.sightings}, {base_label}", [*tracer, "stats", str(big0)], big_n, old_env)]
               if args.baseline_big else []),
             (f"report {args.sightings}", [*tracer, "report", str(big), "-o", str(work / "r.html")], big_n, env),
-            *([(f"report {args.sightings}, {base_label}", [*tracer, "report", str(big), "-o", str(work / "r0.html")],
+            *([(f"report {args.sightings}, {base_label}", [*tracer, "report", str(big0), "-o", str(work / "r0.html")],
                 big_n, old_env)] if args.baseline_big else []),
             *([(f"report {len(parts)} files, {args.baseline_sightings}", [*tracer, "report", *parts, "-o",
                                                                          str(work / "rf.html")], base_n, env),
                (f"report {len(parts)} files, {args.baseline_sightings}, {base_label}",
-                [*tracer, "report", *parts, "-o", str(work / "rf0.html")], base_n, old_env)] if parts else []),
+                [*tracer, "report", *parts0, "-o", str(work / "rf0.html")], base_n, old_env)] if parts else []),
         ]
         for r in range(args.rounds):
             for label, cmd, n, e in (
                 *cases,
                 (f"stats {args.baseline_sightings}", [*tracer, "stats", str(small)], base_n, env),
-                (f"stats {args.baseline_sightings}, baseline {args.baseline_rev}", [*tracer, "stats", str(small)],
+                (f"stats {args.baseline_sightings}, baseline {args.baseline_rev}", [*tracer, "stats", str(small0)],
                  base_n, old_env),
                 (f"report {args.baseline_sightings}", [*tracer, "report", str(small), "-o", str(work / "s.html")],
                  base_n, env),
                 (f"report {args.baseline_sightings}, baseline {args.baseline_rev}",
-                 [*tracer, "report", str(small), "-o", str(work / "s0.html")], base_n, old_env),
+                 [*tracer, "report", str(small0), "-o", str(work / "s0.html")], base_n, old_env),
                 *([] if args.no_extra else [
                     (f"stats --format json {args.baseline_sightings}", [*tracer, "stats", "--format", "json", str(small)],
                      base_n, env),
