@@ -62,8 +62,10 @@ BPF_PERCPU_ARRAY(journey_ends, u64, N_JOURNEY_COUNTS);
 static __always_inline void journey_count(u32 k)
 {
     u64 *c = journey_ends.lookup(&k);
+    /* Atomic: per CPU, but an OUTPUT hook in process context can be
+     * interrupted by a softirq's sensors between a plain load and store. */
     if (c)
-        *c += 1;
+        __sync_fetch_and_add(c, 1);
 }
 
 static __always_inline void journey_opened(void)
@@ -105,10 +107,36 @@ static __always_inline void journey_emit(struct journey *j, u8 end, int sensor)
 
 /* Emit the journey if this caller is the one that closes it (a caller
  * inside the slot: journey_enter). */
-static __always_inline void journey_close(struct pkt_slot *slot, struct journey *j, u64 id, u8 end, int sensor)
+static __always_inline int journey_close(struct pkt_slot *slot, struct journey *j, u64 id, u8 end, int sensor)
 {
-    if (__sync_val_compare_and_swap(&slot->packet_id, id | JOURNEY_OPEN_BIT, id) == (id | JOURNEY_OPEN_BIT))
-        journey_emit(j, end, sensor);
+    if (__sync_val_compare_and_swap(&slot->packet_id, id | JOURNEY_OPEN_BIT, id) != (id | JOURNEY_OPEN_BIT))
+        return 0;
+    journey_emit(j, end, sensor);
+    return 1;
+}
+
+/* A fully ordered read-modify-write on a word of this program's own stack
+ * (no other CPU touches its line): every load and store before it is
+ * visible before anything after it. A release of journey.busy needs it:
+ * the decrement is an atomic add whose result is unused, which BPF compiles
+ * to an add without fetch, and arm64's JIT turns that into an unordered
+ * STADD: a claim on another CPU could see the count drop before this CPU's
+ * hop stores and restart the slot under them. XCHG is fully ordered on
+ * every JIT (arm64: SWPAL, or LL/SC and a barrier; x86: a locked
+ * instruction, ~20 cycles on a local line). On the stack, not a per-CPU
+ * map: no lookup, no branch for the verifier to walk. */
+static __always_inline void journey_fence(void)
+{
+    volatile u64 w = 0;
+    __sync_lock_test_and_set(&w, 0);
+}
+
+/* busy - held, after a fence: what was written in the slot is visible
+ * before the slot looks free (see journey_fence). */
+static __always_inline void journey_unhold(struct journey *j, u64 held)
+{
+    journey_fence();
+    __sync_fetch_and_add(&j->busy, -held);
 }
 
 /* Out of a journey slot entered with journey_enter (held 1) or taken with
@@ -119,6 +147,24 @@ static __always_inline void journey_release(struct journey *j, u64 id, u64 held)
 {
     if (j->packet_id != id)
         journey_count(FAULT_MISMATCH);
+    journey_unhold(j, held);
+}
+
+/* As journey_release after writing a hop of journey `id` whose packet-cache
+ * slot is `slot`: if the caller did not close the journey itself (closed)
+ * and the slot no longer holds it open, another CPU closed (emitted) it
+ * while the hop was being written, maybe copying the record before the hop:
+ * counted as refused (FAULT_HOP_REFUSED), never silently lost. The fence
+ * comes first: a closer swaps packet_id (fully ordered) and then copies, so
+ * either it sees this hop or this read sees its swap. */
+static __always_inline void journey_release_hop(struct pkt_slot *slot, struct journey *j, u64 id, u64 held,
+                                                int closed)
+{
+    if (j->packet_id != id)
+        journey_count(FAULT_MISMATCH);
+    journey_fence();
+    if (!closed && slot->packet_id != (id | JOURNEY_OPEN_BIT))
+        journey_count(FAULT_HOP_REFUSED);
     __sync_fetch_and_add(&j->busy, -held);
 }
 
@@ -146,7 +192,7 @@ static __always_inline struct journey *journey_enter_slot(u32 k, u64 id)
     if (was != b && ((was & JOURNEY_LOCK) || __sync_val_compare_and_swap(&j->busy, was, was + 1) != was))
         return NULL;
     if (j->packet_id != id || j->end) {
-        __sync_fetch_and_add(&j->busy, -1);
+        journey_unhold(j, 1);
         return NULL;
     }
     return j;
@@ -197,7 +243,7 @@ static __always_inline struct journey *journey_take(u32 *jslot, u64 id, struct p
         if (owner && owner->fp.jslot == k) {
             if (__sync_val_compare_and_swap(&owner->packet_id, old | JOURNEY_OPEN_BIT, old) !=
                 (old | JOURNEY_OPEN_BIT)) {
-                __sync_fetch_and_add(&j->busy, -JOURNEY_LOCK);
+                journey_unhold(j, JOURNEY_LOCK);
                 journey_count(FAULT_CLAIM_FAILED);
                 return NULL;
             }
@@ -218,7 +264,7 @@ static __always_inline struct journey *journey_retake(u32 k, u64 id, struct pkt 
     if (!j || __sync_val_compare_and_swap(&j->busy, 0, JOURNEY_LOCK) != 0)
         return NULL;
     if (j->packet_id != id || !j->end) {
-        __sync_fetch_and_add(&j->busy, -JOURNEY_LOCK);
+        journey_unhold(j, JOURNEY_LOCK);
         return NULL;
     }
     journey_start(j, id, p, now);
@@ -273,6 +319,8 @@ static __always_inline u8 journey_tuple(struct journey *j, struct pkt *p)
     u->daddr = p->key.daddr;
     u->sport = p->key.sport;
     u->dport = p->key.dport;
+    /* The tuple before the count that publishes it (as n_hops below). */
+    asm volatile("" ::: "memory");
     j->n_tuples = n + 1;
     return n;
 }
@@ -291,6 +339,10 @@ static __always_inline int journey_add_hop(struct journey *j, struct sighting *s
     h->code = code;
     h->ttl = ttl;
     h->tuple = tuple;
+    /* The hop's fields before the count that publishes them: the compiler
+     * may not sink a field store below it (x86 keeps stores in order; a
+     * reader that copies n_hops hops sees whole ones). */
+    asm volatile("" ::: "memory");
     j->n_hops = n + 1;
     j->last_ktime = now;
     /* As user space filled them from a packet's rows: the largest seen. */
@@ -412,9 +464,10 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
     }
     int full = journey_add(j, p, s, now, s->code);
     int ends = is_drop || s->terminal || full;
+    int closed = 0;
     if (ends)
-        journey_close(seen, j, id, is_drop ? END_DROP : s->terminal ? END_TERMINAL : END_FULL, sensor);
-    journey_release(j, id, held);
+        closed = journey_close(seen, j, id, is_drop ? END_DROP : s->terminal ? END_TERMINAL : END_FULL, sensor);
+    journey_release_hop(seen, j, id, held, closed);
     if (!ends)
         return k;
     /* A drop ends the packet: the same fingerprint later is another one.
@@ -460,11 +513,12 @@ static __always_inline int journey_fast_hop(struct last_sighting *last, struct p
     }
     slot->last_seen = now;
     int full = journey_add_hop(j, s, now, s->code, ttl, tuple);
+    int closed = 0;
     if (s->terminal || full) {
-        journey_close(slot, j, id, s->terminal ? END_TERMINAL : END_FULL, sensor);
+        closed = journey_close(slot, j, id, s->terminal ? END_TERMINAL : END_FULL, sensor);
         last->skb = 0;
     }
-    journey_leave(j, id);
+    journey_release_hop(slot, j, id, 1, closed);
     return 1;
 }
 
