@@ -362,6 +362,10 @@ def frame_marked(i: int, seq: int) -> bytes:
     return b"\x02" * 12 + b"\x08\x00" + ip + tcp
 
 
+CONTENDED = 1  # guard refusals the cross-CPU case waits for
+MAX_CLAIMS = 900_000  # its packets' seq (base + i * 4096) must not wrap
+
+
 def test_sightings_on_two_cpus_never_put_a_hop_in_another_packets_journey(small):
     """The cross-CPU case of the pool: one thread pinned to one CPU claims
     packet after packet (its pool of SMALL_POOL comes round every few
@@ -393,7 +397,7 @@ def test_sightings_on_two_cpus_never_put_a_hop_in_another_packets_journey(small)
         try:
             os.sched_setaffinity(0, {cpus[0]})
             i = 0
-            while not stop.is_set():
+            while not stop.is_set() and i < MAX_CLAIMS:
                 k.run_cls(k.fd["trc_tc_in"], frame_marked(i, seq_of(i))).run(1)
                 latest[0] = i
                 i += 1
@@ -403,8 +407,13 @@ def test_sightings_on_two_cpus_never_put_a_hop_in_another_packets_journey(small)
     def appender() -> None:
         try:
             os.sched_setaffinity(0, {cpus[1]})
+            r = 0
             while not stop.is_set():
-                i = latest[0]
+                # The packet just claimed, and in turn the ones before it
+                # whose pool slots the claimer is about to take back: where
+                # the two CPUs meet in one slot.
+                i = latest[0] - r % k.pool
+                r += 1
                 if i >= 0:  # 4 hops in one test run: the full path, then the tc fast path
                     k.run_cls(k.fd["trc_tc_in"], frame_marked(i, seq_of(i))).run(4)
         except BaseException as exc:  # noqa: BLE001
@@ -414,10 +423,22 @@ def test_sightings_on_two_cpus_never_put_a_hop_in_another_packets_journey(small)
     recs = []
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 5.0  # the old unguarded pool mixed a record in about one 3 s run of four here
-    while time.monotonic() < deadline:
+    # At least 5 s (the old unguarded pool mixed a record in about one 3 s run
+    # of four here), then on until the guard was contended at least
+    # CONTENDED times (a hop refused or a claim failed: the two CPUs met in
+    # one slot), up to 60 s: a run where they never met proves nothing.
+    start = time.monotonic()
+
+    def contended() -> int:
+        now = k.faults()
+        return sum(now[name] - faults_before[name] for name in ("hop_refused", "claim_failed"))
+
+    while True:
         time.sleep(0.02)
         recs.append(k.records())  # the ring holds a few hundred: read as they come
+        elapsed = time.monotonic() - start
+        if elapsed >= 60.0 or latest[0] >= MAX_CLAIMS - 1 or (elapsed >= 5.0 and contended() >= CONTENDED):
+            break
     stop.set()
     for t in threads:
         t.join()
@@ -438,11 +459,15 @@ def test_sightings_on_two_cpus_never_put_a_hop_in_another_packets_journey(small)
             wrong.append((i, end_name(r), n, sorted(ttls), int(r["n_tuples"]), sport))
     assert not wrong, f"{len(wrong)} of {len(recs)} records mix packets, e.g. {wrong[:5]}"
     assert faults["mismatch"] == 0, faults
+    met = faults["hop_refused"] + faults["claim_failed"]
+    assert met >= CONTENDED, (
+        f"the two CPUs never met in a journey slot in {elapsed:.0f} s (hop_refused + claim_failed = {met}, "
+        f"{len(recs)} records, faults {faults}): the guard was not exercised, the case proves nothing on this run")
     # The case was driven: journeys the second CPU appended to were taken
     # back by the first CPU's pool (evicted with more than their first hop).
     evicted_appended = sum(1 for r in recs if end_name(r) == "evicted" and int(r["n_hops"]) > 1)
     assert evicted_appended > 0, (len(recs), faults)
-    print(f"cross-CPU: {len(recs)} records, {evicted_appended} evicted after hops from the other CPU, faults {faults}")
+    print(f"cross-CPU: {elapsed:.1f} s, {len(recs)} records, {evicted_appended} evicted after hops from the other CPU, faults {faults}")
 
 
 def test_a_packet_id_that_wraps_starts_a_new_journey(clean):
