@@ -366,6 +366,30 @@ static __always_inline int journey_add(struct journey *j, struct pkt *p, struct 
     return journey_add_hop(j, s, now, code, p->ttl, journey_tuple(j, p));
 }
 
+/* After a claim or a continuation wrote packet-cache slot `slot`'s fp or
+ * fp.jslot for journey `id` (journey slot `jslot`, still locked): 0 if the
+ * slot still holds the journey open. Else another claim swapped the slot's
+ * packet id meanwhile (two claims of one slot, or a claim and a
+ * continuation, on two CPUs); it found this journey locked and counted it
+ * lost (FAULT_LOST), so it is marked ended, not emitted (its pool slot is
+ * free to restart, not stuck behind an owner that still points at it). And
+ * if this caller's write landed after the other's (the slot's jslot is
+ * ours: the other journey can no longer be found, not even by the sweep),
+ * the slot's open journey is closed here and counted lost, so nothing stays
+ * open and unreachable. 1: the caller's journey is over. */
+static __always_inline int journey_recheck(struct pkt_slot *slot, struct journey *j, u64 id, u32 jslot)
+{
+    journey_fence();
+    u64 now_id = slot->packet_id;
+    if (now_id == (id | JOURNEY_OPEN_BIT))
+        return 0;
+    j->end = END_EVICTED;
+    if ((now_id & JOURNEY_OPEN_BIT) && slot->fp.jslot == jslot &&
+        __sync_val_compare_and_swap(&slot->packet_id, now_id, now_id & ~JOURNEY_OPEN_BIT) == now_id)
+        journey_count(FAULT_LOST);
+    return 1;
+}
+
 /* One sighting of a traced packet: find or claim its journey, append the
  * hop, emit the journey where it ends. Returns the slot index while the
  * journey stays open (the sensors' fast paths keep it), else -1. */
@@ -416,6 +440,10 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
          * finds the journey started (see pcache_claim). */
         asm volatile("" ::: "memory");
         slot->fp = held;
+        if (journey_recheck(slot, j, id, jslot)) {
+            journey_release(j, id, JOURNEY_LOCK);
+            return -1;
+        }
         if (s->terminal || full)
             journey_close(slot, j, id, s->terminal ? END_TERMINAL : END_FULL, sensor);
         journey_release(j, id, JOURNEY_LOCK);
@@ -461,6 +489,10 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
         j->pcache_slot = k;
         seen->fp.jslot = jslot;
         journey_opened();
+        if (journey_recheck(seen, j, id, jslot)) {
+            journey_release(j, id, held);
+            return -1;
+        }
     }
     int full = journey_add(j, p, s, now, s->code);
     int ends = is_drop || s->terminal || full;
