@@ -536,8 +536,8 @@ static __always_inline void fill_event(struct event *e, struct pkt *p, u8 hook)
 static __always_inline void count(int slot)
 {
     u64 *c = counters.lookup(&slot);
-    if (c)
-        *c += 1;
+    if (c)  /* atomic: an OUTPUT hook in process context can be interrupted by a softirq's sensor on its CPU */
+        __sync_fetch_and_add(c, 1);
 }
 
 static __always_inline void emit(struct event *e, int sensor)

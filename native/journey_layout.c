@@ -1,7 +1,7 @@
 /* The kernel's journey records -> the flat columns of a capture's journey
  * rows, for `record -w` (tracer/journey_layout.py).
  *
- * Why C: the records are 432 bytes each and the columns are ~20 fields of
+ * Why C: the records are 440 bytes each and the columns are ~20 fields of
  * the record, up to 16 hops and 4 address tuples inside it. numpy reads
  * them field by field, one strided pass over the whole flush's records per
  * field and gathers for the hops (about 0.45 us of CPU a packet); one pass

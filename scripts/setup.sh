@@ -148,7 +148,7 @@ fi
 stamp_file=$venv/.tracer-install-stamp
 # the install builds tracer._native in place: its sources are part of the stamp
 native_so=("$repo"/tracer/_native.*.so)
-stamp=$(cat "$repo/pyproject.toml" "$repo/setup.py" "$repo"/native/* <("$venv/bin/python" -V 2>&1) | sha256sum | cut -d' ' -f1)
+stamp=$(cat "$repo/pyproject.toml" "$repo/setup.py" "$repo"/native/*.[ch] <("$venv/bin/python" -V 2>&1) | sha256sum | cut -d' ' -f1)
 # the stamp's second line, "no-native", remembers a build that failed with
 # these sources: re-running setup stays quick (the Python twins are used)
 if [[ -x $venv/bin/tracer && -f $stamp_file && $(head -1 "$stamp_file") == "$stamp" ]] \

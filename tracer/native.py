@@ -68,6 +68,20 @@ def stale(module, directory: Path = Path(__file__).resolve().parent.parent / "na
     return getattr(module, "SOURCES", "") != sources_hash(directory)
 
 
+def i64(a):
+    """A column as the C functions take it: contiguous int64 (a view when it is one)."""
+    import numpy as np  # noqa: PLC0415 - numpy only where columns are passed
+
+    return np.ascontiguousarray(a, np.int64)
+
+
+def u64(a):
+    """A column as contiguous uint64 (a view when it is one)."""
+    import numpy as np  # noqa: PLC0415
+
+    return np.ascontiguousarray(a, np.uint64)
+
+
 def why_not() -> str:
     """Why native() is None ('' when it is not)."""
     native()

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy as np
-
 from tracer.journey_rows import JourneyRows, _dumps
+from tracer.native import i64, u64
 from tracer.journeys import _DIRECTION_NAMES, VERDICTS, _flags_text
 
 
@@ -19,12 +18,12 @@ def native_json_block(jr: JourneyRows, module) -> bytes:
     """The JSON lines of ``jr``'s journeys, each ended by a newline, as
     journey_json.journey_json_block's Python path writes them."""
     journeys = (
-        _u64(jr.packet_id), _u64(jr.flow_id), _i64(jr.wall_ns), _i64(jr.direction), _i64(jr.protocol.codes),
-        _i64(jr.tcp_flags_key()), _i64(jr.container_of), _i64(jr.verdict), _i64(jr.reason), _i64(jr.starts),
+        u64(jr.packet_id), u64(jr.flow_id), i64(jr.wall_ns), i64(jr.direction), i64(jr.protocol.codes),
+        i64(jr.tcp_flags_key()), i64(jr.container_of), i64(jr.verdict), i64(jr.reason), i64(jr.starts),
     )
     hops = (
-        _i64(jr.hook.codes), _i64(jr.stage.codes), _i64(jr.ifname.codes), _i64(jr.netns), _i64(jr.container.codes),
-        *map(_i64, jr.src), *map(_i64, jr.dst), _i64(jr.dt), _i64(jr.container_id.codes), _i64(jr.ktime),
+        i64(jr.hook.codes), i64(jr.stage.codes), i64(jr.ifname.codes), i64(jr.netns), i64(jr.container.codes),
+        *map(i64, jr.src), *map(i64, jr.dst), i64(jr.dt), i64(jr.container_id.codes), i64(jr.ktime),
     )
     texts = (
         _DIRECTIONS, _texts(jr.protocol.values), _flag_texts(), _texts(jr.container.values), _VERDICTS,
@@ -32,14 +31,6 @@ def native_json_block(jr: JourneyRows, module) -> bytes:
         _texts(jr.src_ip), _texts(jr.dst_ip), _texts(jr.container_id.values),
     )
     return module.journey_json(journeys, hops, texts)
-
-
-def _i64(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, np.int64)
-
-
-def _u64(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, np.uint64)
 
 
 @lru_cache(maxsize=1 << 12)

@@ -13,12 +13,12 @@ from functools import lru_cache
 import numpy as np
 
 from tracer.journey_rows import JourneyRows, _canonical, _lut
+from tracer.native import i64, u64
 from tracer.journeys import VERDICTS, _flags_text
 from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt
-from tracer.render_rows import _style_parts
+from tracer.render_rows import NAT_NAMES, _style_parts
 from tracer.text import printable
 
-_NAT_NAMES = {1: "DNAT", 2: "SNAT", 3: "DNAT + SNAT", 5: "reverse SNAT", 6: "reverse DNAT", 7: "reverse SNAT + reverse DNAT"}
 
 
 def native_text_block(jr: JourneyRows, color: bool, module) -> bytes:
@@ -26,14 +26,14 @@ def native_text_block(jr: JourneyRows, color: bool, module) -> bytes:
     hook, stage = jr.hook, jr.stage
     n_stage = len(stage.values)
     journeys = (
-        _u64(jr.packet_id), _u64(jr.flow_id), _i64(jr.wall_ns), _i64(jr.direction), _i64(jr.protocol.codes),
-        _i64(jr.tcp_flags_key()), _i64(jr.container_of), _i64(jr.container_to), _i64(jr.verdict), _i64(jr.reason),
-        _i64(jr.last_seen), _i64(jr.starts),
+        u64(jr.packet_id), u64(jr.flow_id), i64(jr.wall_ns), i64(jr.direction), i64(jr.protocol.codes),
+        i64(jr.tcp_flags_key()), i64(jr.container_of), i64(jr.container_to), i64(jr.verdict), i64(jr.reason),
+        i64(jr.last_seen), i64(jr.starts),
     )
     is_drop = _lut(hook.values, lambda v: v == "drop")[hook.codes]
     hops = (
-        _i64(hook.codes), _i64(stage.codes), _i64(jr.ifname.codes), _i64(jr.container.codes), *map(_i64, jr.src),
-        *map(_i64, jr.dst), _i64(jr.dt), _i64(jr.drop_reason.codes), _i64(is_drop),
+        i64(hook.codes), i64(stage.codes), i64(jr.ifname.codes), i64(jr.container.codes), *map(i64, jr.src),
+        *map(i64, jr.dst), i64(jr.dt), i64(jr.drop_reason.codes), i64(is_drop),
     )
     reasons = _names(jr.drop_reason.values)
     texts = (
@@ -50,14 +50,6 @@ def native_text_block(jr: JourneyRows, color: bool, module) -> bytes:
     )
     keys = (_address_keys(jr.src_ip), _address_keys(jr.dst_ip))
     return module.journey_text(journeys, hops, texts, keys, n_stage, format_dt)
-
-
-def _i64(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, np.int64)
-
-
-def _u64(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, np.uint64)
 
 
 def _name(value) -> str:
@@ -104,6 +96,6 @@ def _styled(color: bool) -> tuple[list[bytes], list[bytes], list[bytes], list[by
         on.append((vs[0] + verdict).encode())
         off.append(vs[1].encode())
     nat_style = _style_parts(color, **_NAT_STYLE)
-    nat = [("  " + nat_style[0] + _NAT_NAMES[c] + nat_style[1]).encode() if c in _NAT_NAMES else b"" for c in range(8)]
+    nat = [("  " + nat_style[0] + NAT_NAMES[c] + nat_style[1]).encode() if c in NAT_NAMES else b"" for c in range(8)]
     bold, red = _style_parts(color, bold=True), _style_parts(color, fg="red", bold=True)
     return on, off, nat, [s.encode() for s in (*bold, *red)]

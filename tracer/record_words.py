@@ -1,7 +1,7 @@
 """Whole-array reads of the kernel's journey records (events.JOURNEY_DTYPE).
 
 Hops (12 bytes) and address tuples (40: two 16-byte addresses and two
-ports) are structs inside 432-byte records. numpy gathers a structured
+ports) are structs inside 440-byte records. numpy gathers a structured
 field's elements one by one through its generic field transfer (~30 ns a hop,
 the largest cost left in `trace`'s user space); the same bytes read as plain
 32-bit words move in bulk (~4 ns).

@@ -31,6 +31,10 @@ from tracer.native import native
 _ARROW = " → "
 _MAX_PAD = 256
 
+# A hop's NAT label by its code: 1 the destination changed, 2 the source, +4
+# on a reply (render_rows' nat_code; native_render passes the same texts)
+NAT_NAMES = {1: "DNAT", 2: "SNAT", 3: "DNAT + SNAT", 5: "reverse SNAT", 6: "reverse DNAT", 7: "reverse SNAT + reverse DNAT"}
+
 
 def _style_parts(color: bool, **style) -> tuple[str, str]:
     """(prefix, suffix) click.style puts around a text."""
@@ -154,9 +158,8 @@ def render_rows(jr: JourneyRows, color: bool, compiled: bool = True) -> memoryvi
     src_changed = has_prev & (s_shown != s_shown[p])
     reply = (jr.direction == 2)[journey_of_hop]
     nat_code = dst_changed * 1 + src_changed * 2 + reply * 4 * (dst_changed | src_changed)
-    nat_names = {1: "DNAT", 2: "SNAT", 3: "DNAT + SNAT", 5: "reverse SNAT", 6: "reverse DNAT", 7: "reverse SNAT + reverse DNAT"}
     nat_texts = [""] * 8
-    for code, name in nat_names.items():
+    for code, name in NAT_NAMES.items():
         nat_texts[code] = "  " + nat_style[0] + name + nat_style[1]
 
     # Drop hops: the reason and where the packet was last seen.

@@ -467,7 +467,6 @@ def test_sightings_on_two_cpus_never_put_a_hop_in_another_packets_journey(small)
     # back by the first CPU's pool (evicted with more than their first hop).
     evicted_appended = sum(1 for r in recs if end_name(r) == "evicted" and int(r["n_hops"]) > 1)
     assert evicted_appended > 0, (len(recs), faults)
-    print(f"cross-CPU: {elapsed:.1f} s, {len(recs)} records, {evicted_appended} evicted after hops from the other CPU, faults {faults}")
 
 
 def test_a_packet_id_that_wraps_starts_a_new_journey(clean):

@@ -39,7 +39,7 @@ JOURNEY_ZSTD_LEVEL = 1
 # go to the IPC writer as they are (several would be copied into one), and
 # the layout's per-call costs paid once. A pass's records join whole, though:
 # one drain read brings up to 65,536 (RingBufferDrain.max_batch), so up to
-# ~98k records (~42 MB at 432 B) can be held, more when a burst brings
+# ~98k records (~43 MB at 440 B) can be held, more when a burst brings
 # several reads to one pass; the buffer is kept for reuse and grows by
 # doubling (from 40,960 records, ~18 MB: ~35 MB, then ~71 MB).
 JOURNEY_BATCH = 32768
@@ -127,7 +127,7 @@ def _create(path: Path) -> int:
 
 def schema_with_metadata(metadata: Mapping[str, str], journeys: bool = False) -> pa.Schema:
     """The file's schema: sighting rows (version 1), or journey rows
-    (version 2, what `record` writes; tracer/journey_capture.py)."""
+    (events.JOURNEY_SCHEMA_VERSION, what `record` writes; tracer/journey_capture.py)."""
     meta = {f"{events.META_PREFIX}{k}": str(v) for k, v in metadata.items()}
     version = events.JOURNEY_SCHEMA_VERSION if journeys else events.SCHEMA_VERSION
     meta.setdefault(f"{events.META_PREFIX}schema_version", version)

@@ -32,8 +32,6 @@ def _text(name) -> str:
 
 
 class CachedModule:
-    from_cache = True
-
     def __init__(self, compiled: Compiled) -> None:
         self.compiled = compiled
         self.map_fds: dict[str, int] = {}

@@ -81,7 +81,8 @@ def possible_cpus() -> int:
 
 
 class MapTable(MutableMapping):
-    """One map, by fd (not owned: the module closes it)."""
+    """One map, by fd (not owned: the module closes it). Key, Leaf, sLeaf and
+    get_fd are named as BCC's tables name them: callers use either."""
 
     def __init__(self, name: str, map_fd: int, map_type: int, max_entries: int, key_type, leaf_type) -> None:
         self.name = name

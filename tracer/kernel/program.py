@@ -52,7 +52,7 @@ PACKET_ENTRIES = 65536
 # the lab's HTTP within ms; drops are matched up to 5 s), and a busy host
 # reuses it sooner than that.
 JOURNEY_ENTRIES = 16384
-# Journey slots (432 bytes) per CPU, taken in turn (bpf/journey.h
+# Journey slots (440 bytes: events.JOURNEY_DTYPE) per CPU, taken in turn (bpf/journey.h
 # journey_take): ~110 KB a CPU, near in the caches when a claim comes back
 # to one; a journey still open when its slot comes round (256 claims later on
 # that CPU) is emitted as evicted. All CPUs' pools together stay below 2^16

@@ -9,8 +9,8 @@ BCC's description of its key and value types. A later run with the same key
 kernel's BTF) creates the maps itself, writes their fds into the
 instructions and loads them (tracer/kernel/cached_module.py).
 
-The cache is a directory only root may read or write (programs from it run
-in the kernel): one file per key, ``<key>.prog``, its first line the SHA-256
+The cache is a directory only root may write, never through a symbolic
+link (programs from it run in the kernel): one file per key, ``<key>.prog``, its first line the SHA-256
 of the rest. A file that does not check out is removed and the program
 compiled again; so is one whose programs the kernel refuses (the caller
 discards it). At most MAX_ENTRIES files are kept, the least recently used
