@@ -61,10 +61,18 @@ def memory_limit() -> str:
         raise TracerError(f"{MEMORY_ENV}={value!r} is not a memory size (e.g. {DEFAULT_MEMORY} or 2GB)")
     return value
 
-# The packet rows' file, as stored (_STORED; ``pkt`` reads these types back).
-_STORED_SCHEMA = pa.schema([("packet_id", pa.uint64()), ("flow_id", pa.uint64()), ("first_wall", pa.int64()),
-                            ("duration", pa.int64()), ("sightings", pa.int32()), ("ends", pa.int64()),
-                            ("ports", pa.int64()), ("info", pa.int64())])
+# How packet rows are stored (the packet rows' Parquet files, which ``pkt``
+# reads): the narrow columns packed in three int64s, so that a row is eight
+# plain columns (codes + 1, so that -1, none, packs as 0; every field
+# non-negative).
+_STORED_SCHEMA = pa.schema([
+    ("packet_id", pa.uint64()), ("flow_id", pa.uint64()), ("first_wall", pa.int64()), ("duration", pa.int64()),
+    ("sightings", pa.int32()),
+    ("ends", pa.int64()),   # src_ip + 1 << 32 | dst_ip + 1
+    ("ports", pa.int64()),  # protocol + 1 << 32 | src_port << 16 | dst_port
+    ("info", pa.int64()),   # container + 1 << 32 | length << 16 | direction << 8 | verdict
+])
+_SQL_TYPE = {pa.uint64(): "UBIGINT", pa.int64(): "BIGINT", pa.int32(): "INTEGER"}
 SEGMENT_SCHEMA = pa.schema([("key", pa.int64()), ("dt", pa.int64())])
 PACKET_SCHEMA = pa.schema([
     ("packet_id", pa.uint64()), ("flow_id", pa.uint64()), ("first_wall", pa.int64()), ("duration", pa.int64()),
@@ -74,14 +82,6 @@ PACKET_SCHEMA = pa.schema([
 ])
 
 
-# How packet rows are stored: DuckDB's insert costs about the same per column
-# whatever its width, so the narrow columns go packed in three BIGINTs
-# (codes + 1, so that -1, none, packs as 0; every field non-negative).
-_STORED = (("packet_id", "UBIGINT"), ("flow_id", "UBIGINT"), ("first_wall", "BIGINT"), ("duration", "BIGINT"),
-           ("sightings", "INTEGER"),
-           ("ends", "BIGINT"),  # src_ip + 1 << 32 | dst_ip + 1
-           ("ports", "BIGINT"),  # protocol + 1 << 32 | src_port << 16 | dst_port
-           ("info", "BIGINT"))  # container + 1 << 32 | length << 16 | direction << 8 | verdict
 _LENGTH = "((info >> 16) & 65535)"
 _DIRECTION = "((info >> 8) & 255)"
 _TWO_64 = "18446744073709551616::HUGEINT"  # a multiply, not << 64: DuckDB refuses to shift a negative number
@@ -89,7 +89,7 @@ _VERDICT = "(info & 255)"
 
 
 def _packed(packets: pa.Table) -> pa.Table:
-    """PACKET_SCHEMA rows as stored (_STORED)."""
+    """PACKET_SCHEMA rows as stored (_STORED_SCHEMA)."""
     def col(name: str) -> np.ndarray:
         return _ints(packets, name)
 
@@ -231,13 +231,13 @@ class Store:
 
     def add(self, segments: pa.Table, packets: pa.Table) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._insert_loop, daemon=True, name="tracer-store-write")
+            self._thread = threading.Thread(target=self._write_loop, daemon=True, name="tracer-store-write")
             self._thread.start()
         if self._error is not None:
             self.wait()
         self._queue.put((segments, packets))
 
-    def _insert_loop(self) -> None:
+    def _write_loop(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
@@ -277,7 +277,7 @@ class Store:
 
     @staticmethod
     def _empty_packets() -> str:
-        return "SELECT " + ", ".join(f"NULL::{t} AS {n}" for n, t in _STORED) + " WHERE false"
+        return "SELECT " + ", ".join(f"NULL::{_SQL_TYPE[f.type]} AS {f.name}" for f in _STORED_SCHEMA) + " WHERE false"
 
     def wait(self) -> None:
         """Every row added is in the files ``pkt`` reads (or the write's error is raised)."""
