@@ -3,7 +3,7 @@ pyproject.toml): tracer._native, the hot loops of a live run (native/).
 optional=True: where it cannot be built (no compiler, no Python headers)
 the install goes on and tracer uses its Python twins (tracer/native.py)."""
 
-import hashlib
+import importlib.util
 from glob import glob
 from pathlib import Path
 
@@ -11,12 +11,13 @@ from setuptools import Extension, setup
 
 
 def sources_hash(directory: Path) -> str:
-    """The hash of native/'s sources (tracer/native.py computes the same,
-    to tell a build from older sources)."""
-    h = hashlib.sha256()
-    for path in sorted(directory.glob("*.[ch]")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
+    """tracer/native.py's hash of native/'s sources (loaded from its file:
+    the package is not importable while it is being built), which it
+    compares with the one baked in here to tell a build from older sources."""
+    spec = importlib.util.spec_from_file_location("tracer_native_loader", Path(__file__).parent / "tracer" / "native.py")
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    return loader.sources_hash(directory)
 
 
 setup(

@@ -43,12 +43,9 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
     table t[N_TABLE] = {0};
     PyObject *result = NULL;
 
-    for (int i = 0; i < N_JOURNEY; i++)
-        if (load_column(PyTuple_GET_ITEM(jcols, i), &j[i], jnames[i]) < 0) goto done;
-    for (int i = 0; i < N_HOP; i++)
-        if (load_column(PyTuple_GET_ITEM(hcols, i), &h[i], hnames[i]) < 0) goto done;
-    for (int i = 0; i < N_TABLE; i++)
-        if (load_table(PyTuple_GET_ITEM(texts, i), &t[i], tnames[i]) < 0) goto done;
+    if (load_columns(jcols, j, N_JOURNEY, jnames) < 0 || load_columns(hcols, h, N_HOP, hnames) < 0 ||
+        load_tables(texts, t, N_TABLE, tnames) < 0)
+        goto done;
 
     Py_ssize_t count, n = h[H_HOOK].n;
     if (check_journey_shape("journey_json", j, N_JOURNEY, J_STARTS, jnames, h, N_HOP, H_HOOK, hnames, &count) < 0) goto done;

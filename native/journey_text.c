@@ -123,15 +123,6 @@ static int dt_text(char *slot, int64_t dt, PyObject *format_dt, Py_ssize_t *widt
     return (int)n;
 }
 
-static int check_range(const column *c, Py_ssize_t size, const char *what) {
-    for (Py_ssize_t i = 0; i < c->n; i++)
-        if (c->v[i] < 0 || c->v[i] >= size) {
-            PyErr_Format(PyExc_ValueError, "journey_text: %s code %lld out of range (%zd)", what, (long long)c->v[i], size);
-            return -1;
-        }
-    return 0;
-}
-
 PyObject *native_journey_text(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *jcols, *hcols, *texts, *keys, *format_dt, *out = NULL, *result = NULL;
@@ -156,14 +147,9 @@ PyObject *native_journey_text(PyObject *self, PyObject *args) {
     char *scratch = NULL;
     Py_ssize_t *wid = NULL;
 
-    for (int i = 0; i < N_JOURNEY; i++)
-        if (load_column(PyTuple_GET_ITEM(jcols, i), &j[i], jnames[i]) < 0) goto done;
-    for (int i = 0; i < N_HOP; i++)
-        if (load_column(PyTuple_GET_ITEM(hcols, i), &h[i], hnames[i]) < 0) goto done;
-    for (int i = 0; i < N_KEY; i++)
-        if (load_column(PyTuple_GET_ITEM(keys, i), &k[i], knames[i]) < 0) goto done;
-    for (int i = 0; i < N_TABLE; i++)
-        if (load_table(PyTuple_GET_ITEM(texts, i), &t[i], tnames[i]) < 0) goto done;
+    if (load_columns(jcols, j, N_JOURNEY, jnames) < 0 || load_columns(hcols, h, N_HOP, hnames) < 0 ||
+        load_columns(keys, k, N_KEY, knames) < 0 || load_tables(texts, t, N_TABLE, tnames) < 0)
+        goto done;
 
     Py_ssize_t count, n = h[H_HOOK].n;
     if (check_journey_shape("journey_text", j, N_JOURNEY, J_STARTS, jnames, h, N_HOP, H_HOOK, hnames, &count) < 0) goto done;

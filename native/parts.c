@@ -87,13 +87,29 @@ int check_journey_shape(const char *fn, const column *j, int n_journey, int star
     return 0;
 }
 
-/* every code of a column indexes its table */
-int check_codes(const column *c, const table *t, const char *what) {
+/* every code of a column lies in 0 .. size-1 */
+int check_range(const column *c, Py_ssize_t size, const char *what) {
     for (Py_ssize_t i = 0; i < c->n; i++)
-        if (c->v[i] < 0 || c->v[i] >= t->n) {
-            PyErr_Format(PyExc_ValueError, "tracer._native: %s code %lld out of range (%zd texts)", what,
-                         (long long)c->v[i], t->n);
+        if (c->v[i] < 0 || c->v[i] >= size) {
+            PyErr_Format(PyExc_ValueError, "tracer._native: %s code %lld out of range (%zd)", what, (long long)c->v[i],
+                         size);
             return -1;
         }
+    return 0;
+}
+
+/* every code of a column indexes its table */
+int check_codes(const column *c, const table *t, const char *what) { return check_range(c, t->n, what); }
+
+/* n columns (or tables) from a tuple of them, named for errors */
+int load_columns(PyObject *tuple, column *c, int n, const char *const *names) {
+    for (int i = 0; i < n; i++)
+        if (load_column(PyTuple_GET_ITEM(tuple, i), &c[i], names[i]) < 0) return -1;
+    return 0;
+}
+
+int load_tables(PyObject *tuple, table *t, int n, const char *const *names) {
+    for (int i = 0; i < n; i++)
+        if (load_table(PyTuple_GET_ITEM(tuple, i), &t[i], names[i]) < 0) return -1;
     return 0;
 }

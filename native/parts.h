@@ -36,6 +36,9 @@ typedef struct {
 int load_column(PyObject *obj, column *c, const char *what);
 int load_table(PyObject *list, table *t, const char *what);
 int check_codes(const column *c, const table *t, const char *what);
+int check_range(const column *c, Py_ssize_t size, const char *what);
+int load_columns(PyObject *tuple, column *c, int n, const char *const *names);
+int load_tables(PyObject *tuple, table *t, int n, const char *const *names);
 int check_journey_shape(const char *fn, const column *j, int n_journey, int starts, const char *const *jnames,
                         const column *h, int n_hop, int hook, const char *const *hnames, Py_ssize_t *count);
 

@@ -52,7 +52,9 @@ def missing_functions(module) -> list[str]:
 
 
 def sources_hash(directory: Path) -> str:
-    """setup.py's hash of native/'s sources (the same code: keep them equal)."""
+    """The hash of native/'s sources (setup.py calls this too, and bakes it
+    into the build as SOURCES). Standard library only: setup.py loads this
+    file before the package can be imported."""
     h = hashlib.sha256()
     for path in sorted(directory.glob("*.[ch]")):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
