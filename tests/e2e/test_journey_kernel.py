@@ -82,7 +82,8 @@ class Kernel:
         shipped number: a small pool comes round in a few claims."""
         from tracer.drain import RingBufferDrain
         from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
-        from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program, journey_pool, possible_cpus
+        from tracer.kernel.cpus import cpu_id_bound
+        from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program, journey_pool
         from tracer.kernel.sweep import JourneySweeper
         from tracer.sensors.drops import DropSensor
         from tracer.sensors.netfilter import NetfilterSensor
@@ -94,8 +95,8 @@ class Kernel:
         cflags = program.cflags()
         if pool is not None:
             cflags = [f for f in cflags if not f.startswith(("-DJOURNEY_POOL=", "-DJOURNEY_SLOTS="))]
-            cflags += [f"-DJOURNEY_POOL={pool}", f"-DJOURNEY_SLOTS={pool * possible_cpus()}"]
-        self.pool = pool or journey_pool(possible_cpus())
+            cflags += [f"-DJOURNEY_POOL={pool}", f"-DJOURNEY_SLOTS={pool * cpu_id_bound()}"]
+        self.pool = pool or journey_pool(cpu_id_bound())
         self.bpf = program.compile(cflags=cflags)
         program.filter.fill_maps(self.bpf)
         self.fd = {name: self.bpf.load_func(name, BPF_PROG_TYPE_SCHED_CLS).fd for name in ("trc_tc_in", "trc_tc_in_ct")}

@@ -34,7 +34,7 @@ def fast_hops(pid: int) -> tuple[int, int] | None:
     (its fast_hops map, found by the map ids in /proc/PID/fdinfo), summed
     over CPUs; None if it has no such map."""
     from tracer.kernel.bpf_syscall import bpf, fd_by_id_attr, map_info_by_fd, map_lookup
-    from tracer.kernel.program import possible_cpus
+    from tracer.kernel.cpus import possible_cpus
 
     for name in os.listdir(f"/proc/{pid}/fdinfo"):
         try:

@@ -15,6 +15,7 @@ from collections.abc import MutableMapping
 from functools import lru_cache
 
 from tracer.kernel import bpf_syscall as sc
+from tracer.kernel.cpus import possible_cpus
 
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
@@ -69,17 +70,6 @@ def ctype_of_json(text: str):
 
 
 @lru_cache(maxsize=1)
-def possible_cpus() -> int:
-    """How many values a per-CPU map holds per key (the kernel's possible CPUs)."""
-    with open("/sys/devices/system/cpu/possible") as f:
-        spec = f.read().strip()
-    count = 0
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        count += int(hi or lo) - int(lo) + 1
-    return count
-
-
 class MapTable(MutableMapping):
     """One map, by fd (not owned: the module closes it). Key, Leaf, sLeaf and
     get_fd are named as BCC's tables name them: callers use either."""

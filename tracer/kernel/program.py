@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from tracer import events
 from tracer.errors import MissingCapability
 from tracer.kernel.btf import resolve_offsets
+from tracer.kernel.cpus import cpu_id_bound
 from tracer.kernel.headers import ensure_bcc_headers
 from tracer.kernel.hop_codes import c_definitions as hop_definitions
 from tracer.kernel import program_cache
@@ -75,15 +76,6 @@ FILTER_MAP_MIN = 64
 MAX_FILTER_HOSTS = 65536
 # --sample N: a flow is followed when a 32-bit hash of it is 0 mod N.
 MAX_SAMPLE = (1 << 32) - 1
-
-
-def possible_cpus() -> int:
-    """CPU numbers the kernel may run a program on (0 .. n-1)."""
-    try:
-        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
-        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
-    except (OSError, ValueError):
-        return os.cpu_count() or 1
 
 
 def journey_pool(cpus: int) -> int:
@@ -262,7 +254,7 @@ class Program:
         if self.latency:
             flags += ["-DLATENCY_MODE", f"-DHIST_SLICES={self.hist_slices}"]
         else:
-            cpus = possible_cpus()
+            cpus = cpu_id_bound()  # the pools are indexed by CPU id
             pool = journey_pool(cpus)
             flags += [f"-DSWEEP_CHUNK={SWEEP_CHUNK}", f"-DJOURNEY_POOL={pool}", f"-DJOURNEY_SLOTS={pool * cpus}"]
         if self.sightings and not self.latency:  # latency mode has no per-packet records at all
