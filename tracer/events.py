@@ -197,6 +197,8 @@ JOURNEY_FAULTS = (
     "lost",          # a journey closed while its slot was being taken: counted here, not emitted
     "mismatch",      # a slot held another packet after a hop was written into it (never expected: a bug)
 )
+# The journey_ends map: the ends, then the faults
+N_JOURNEY_COUNTS = len(JOURNEY_ENDS) + len(JOURNEY_FAULTS)
 
 # Bit of pkt_slot.packet_id: the slot's journey is open (not yet emitted).
 # Packet ids stay below 2^53.
@@ -301,7 +303,7 @@ def journey_c_definitions() -> str:
     lines += [f"#define END_{e.upper()} {i}" for i, e in enumerate(JOURNEY_ENDS) if e]
     lines.append(f"#define N_ENDS {len(JOURNEY_ENDS)}")
     lines += [f"#define FAULT_{f.upper()} {len(JOURNEY_ENDS) + i}" for i, f in enumerate(JOURNEY_FAULTS)]
-    lines.append(f"#define N_JOURNEY_COUNTS {len(JOURNEY_ENDS) + len(JOURNEY_FAULTS)}")
+    lines.append(f"#define N_JOURNEY_COUNTS {N_JOURNEY_COUNTS}")
     return "\n".join(lines) + "\n"
 
 

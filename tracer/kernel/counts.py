@@ -39,7 +39,7 @@ def sensor_counts(bpf) -> tuple[dict[str, int], dict[str, int]]:
     return emitted, lost
 
 
-N_JOURNEY_COUNTS = len(events.JOURNEY_ENDS) + len(events.JOURNEY_FAULTS)
+N_JOURNEY_COUNTS = events.N_JOURNEY_COUNTS
 
 
 def journey_counts(bpf) -> np.ndarray:
