@@ -12,6 +12,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 # shellcheck source=scripts/lib-dockerd.sh
 source "$here/lib-dockerd.sh"
+# shellcheck source=scripts/lib-native.sh
+source "$here/lib-native.sh"
 
 setup_log=/var/log/tracer-setup.log
 # quiet commands go to the log; on failure show its tail
@@ -43,8 +45,6 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 
 required=(python3-bpfcc bpfcc-tools iproute2 iptables nftables python3-nftables conntrack busybox-static python3-venv
           iperf3 apache2-utils tshark tcpdump procps kmod util-linux ca-certificates)
-# the compiler and Python headers build tracer._native (native/*.c, setup.py)
-required+=(gcc libc6-dev python3-dev)
 # libpcap compiles filter expressions (tracer/pcap.py); renamed libpcap0.8t64
 # with the 64-bit time_t transition (Ubuntu 24.04, Debian 13)
 ver=${VERSION_ID:-0}; ver=${ver%%.*}
@@ -64,6 +64,10 @@ fi
 
 missing=()
 for p in "${required[@]}"; do installed "$p" || missing+=("$p"); done
+# the compiler and Python headers build tracer._native (native/*.c, setup.py):
+# optional like the extension, so an apt that cannot install them does not stop setup
+native_missing=()
+for p in "${TRACER_NATIVE_PACKAGES[@]}"; do installed "$p" || native_missing+=("$p"); done
 # headers: the running kernel's when present, else the distro's generic ones
 headers_ok=0
 if installed "linux-headers-$kver" || installed "$generic_headers" || [[ -e /lib/modules/$kver/build ]]; then headers_ok=1; fi
@@ -77,19 +81,24 @@ if [[ $distro != ubuntu ]] && command -v bpftool >/dev/null; then opt_missing=()
 tried_stamp=/var/lib/tracer/apt-tried-$kver
 if ((${#missing[@]} == 0)) && [[ -f $tried_stamp ]]; then
     opt_missing=()
+    native_missing=()
     headers_ok=1
 fi
 
-if ((${#missing[@]} == 0 && headers_ok == 1 && ${#opt_missing[@]} == 0)); then
+if ((${#missing[@]} == 0 && headers_ok == 1 && ${#opt_missing[@]} == 0 && ${#native_missing[@]} == 0)); then
     step "packages: all present"
 else
-    step "packages: installing ${missing[*]:-} ${opt_missing[*]:-} $( ((headers_ok)) || echo kernel-headers)"
+    step "packages: installing ${missing[*]:-} ${native_missing[*]:-} ${opt_missing[*]:-} $( ((headers_ok)) || echo kernel-headers)"
     export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 NEEDRESTART_MODE=a
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections
-    quiet apt-get update
+    if ((${#missing[@]} || headers_ok == 0)); then
+        quiet apt-get update
+    else  # only optional packages wanted: their failure is said below
+        apt-get update >>"$setup_log" 2>&1 || true
+    fi
     apt_install() { quiet apt-get install -y --no-install-recommends -o Dpkg::Use-Pty=0 "$@"; }
-    if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
+    apt_install_with_native "${missing[@]}" -- "${native_missing[@]}"
     if ((headers_ok == 0)); then
         if apt-cache show "linux-headers-$kver" >/dev/null 2>&1; then
             apt_install "linux-headers-$kver"
@@ -148,9 +157,12 @@ fi
 stamp_file=$venv/.tracer-install-stamp
 # the install builds tracer._native in place: its sources are part of the stamp
 native_so=("$repo"/tracer/_native.*.so)
-stamp=$(cat "$repo/pyproject.toml" "$repo/setup.py" "$repo"/native/*.[ch] <("$venv/bin/python" -V 2>&1) | sha256sum | cut -d' ' -f1)
+# (and whether it can be compiled here: a compiler installed later builds it)
+toolchain=ok; native_toolchain_ok "$venv/bin/python" || toolchain=none
+stamp=$(cat "$repo/pyproject.toml" "$repo/setup.py" "$repo"/native/*.[ch] <("$venv/bin/python" -V 2>&1) \
+    <([[ $toolchain == ok ]] || echo "no compiler") | sha256sum | cut -d' ' -f1)
 # the stamp's second line, "no-native", remembers a build that failed with
-# these sources: re-running setup stays quick (the Python twins are used)
+# these sources and this toolchain: re-running setup stays quick (the Python twins are used)
 if [[ -x $venv/bin/tracer && -f $stamp_file && $(head -1 "$stamp_file") == "$stamp" ]] \
     && { [[ -e ${native_so[0]} ]] || grep -qx no-native "$stamp_file"; }; then
     step "venv: tracer installed (pyproject and native sources unchanged)"
@@ -163,7 +175,7 @@ fi
 if "$venv/bin/python" -c 'import tracer._native' 2>/dev/null; then
     step "native: tracer._native built (compiled journey text)"
 else
-    warn "tracer._native did not build (see $setup_log): trace falls back to its slower Python text path"
+    warn "$(native_skipped_line "$venv/bin/python" "$setup_log")"
     grep -qx no-native "$stamp_file" || echo no-native >>"$stamp_file"
 fi
 ln -sfn "$venv/bin/tracer" /usr/local/bin/tracer
