@@ -11,7 +11,14 @@
  * or latency.h, then the sensors.
  */
 #include <uapi/linux/pkt_cls.h>
-#include <uapi/linux/in.h>
+
+/* The IPPROTO_* used here, as uapi/linux/in.h defines them: that header
+ * pulls in the kernel's linux/socket.h and its includes, which clang then
+ * parses in each of BCC's three passes (~0.35 s of CPU, a fifth of a
+ * start that compiles). */
+#define IPPROTO_ICMP 1
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
 
 #define IP_CT_NEW 2
 #define IP_CT_IS_REPLY 3
