@@ -8,6 +8,8 @@ static PyMethodDef methods[] = {
     {"journey_text", native_journey_text, METH_VARARGS, native_journey_text_doc},
     {"address_ids", native_address_ids, METH_VARARGS, native_address_ids_doc},
     {"journey_layout", native_journey_layout, METH_VARARGS, native_journey_layout_doc},
+    {"journey_hops", native_journey_hops, METH_VARARGS, native_journey_hops_doc},
+    {"journey_facts", native_journey_facts, METH_VARARGS, native_journey_facts_doc},
     {NULL, NULL, 0, NULL},
 };
 

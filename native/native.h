@@ -21,5 +21,10 @@ extern const char native_journey_text_doc[];
 /* journey_layout.c */
 PyObject *native_journey_layout(PyObject *self, PyObject *args);
 extern const char native_journey_layout_doc[];
+/* journey_rows.c */
+PyObject *native_journey_hops(PyObject *self, PyObject *args);
+extern const char native_journey_hops_doc[];
+PyObject *native_journey_facts(PyObject *self, PyObject *args);
+extern const char native_journey_facts_doc[];
 
 #endif

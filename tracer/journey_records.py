@@ -20,16 +20,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracer import addresses, events, record_words
+from tracer import addresses, events, native_rows, record_words
 from tracer.decode import DecodeContext, _factorize, resolve_places
 from tracer.journey_rows import _Codes, JourneyRows, journey_containers, pair_index, verdicts
+from tracer.native import native
 
 _HOOK_VALUES = list(events.HOOKS) + [None]
 _STAGE_VALUES = list(events.NAT_STAGES) + [None]
 _HOOK_DROP = events.HOOKS.index("drop")
 
 
-def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext) -> JourneyRows:
+def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext, compiled: bool = True) -> JourneyRows:
+    """JourneyRows of journey records: by the compiled passes where they
+    were built (tracer/native.py; ``compiled``: unless False) and can read
+    the records as they are, else by numpy below (the reference: the same
+    rows)."""
+    module = native() if compiled else None
+    if module is not None and native_rows.usable(records) and records["n_hops"].any():
+        return native_rows.native_journey_rows(records, ctx, module)
+    return journey_rows_numpy(records, ctx)
+
+
+def journey_rows_numpy(records: np.ndarray, ctx: DecodeContext) -> JourneyRows:
+    """journey_rows_of_records on whole columns with numpy."""
     has_hops = records["n_hops"] > 0
     records = records if has_hops.all() else record_words.take(records, has_hops)
     # Order without moving the 320-byte records: by the packet's first

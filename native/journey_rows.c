@@ -1,0 +1,618 @@
+/* Journey rows from the kernel's journey records, compiled (issue 9: CPU
+ * per traced packet). tracer/journey_records.py builds the same JourneyRows
+ * with about a hundred numpy calls a batch (~1.3 us a packet, the largest
+ * stage of `trace` after the text); here it is two passes over the records
+ * and their hops. tracer/native_rows.py calls them; the numpy path stays
+ * the reference and the fallback, and the tests compare both.
+ *
+ * journey_hops: records -> hops in journey order. Packets by first
+ *   sighting (ties by id), a packet's parts adjacent and by their own first
+ *   sighting (a stable merge sort on (packet's first sighting, id, part's
+ *   first sighting), as journey_records._journey_order's lexsort). Per hop
+ *   its hook, NAT stage, time, time since the packet's first hop, place,
+ *   drop reason and endpoints; per packet its facts. What needs a name is
+ *   given as an index into the distinct values of the batch, in order of
+ *   first appearance (places as decode.place_keys' keys, addresses as their
+ *   16 recorded bytes, protocol numbers, drop reasons), which Python names
+ *   once each.
+ * journey_facts: once the places are named, per hop the place's codes
+ *   (role, interface, container, container id, netns) and per packet its
+ *   verdict, the hop last seen before a drop, its drop reason and its
+ *   container(s), by the rules the caller passes in as lookup tables
+ *   (journeys.TERMINAL_SIGHTINGS as a (hook, stage, role) table;
+ *   journey_rows.journey_containers' comparisons as per-code tables).
+ *
+ * Every size and code is checked before it is used as an index: bad input
+ * is a ValueError, never a read or write out of bounds. Multi-byte fields
+ * are little-endian but for length, tcp_seq and the ports, which the
+ * kernel writes in network order (events.JOURNEY_DTYPE). */
+#include "native.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* the record layout, in the order native_rows.LAYOUT passes it */
+enum { L_STRIDE, L_PACKET_ID, L_FLOW_ID, L_FIRST_KTIME, L_LAST_KTIME, L_TUPLES, L_TCP_SEQ, L_DROP_REASON,
+       L_DROP_NETNS, L_LENGTH, L_PROTOCOL, L_TCP_FLAGS, L_DIRECTION, L_N_HOPS, L_HOPS, L_TCP_DOFF, L_MAX_HOPS,
+       L_MAX_TUPLES, L_HOOK_DROP, L_STAGE_SHIFT, L_IN_CT_BIT, N_LAYOUT };
+
+/* journey_hops' outputs, in native_rows.PACKET_COLUMNS / HOP_COLUMNS order */
+enum { P_PACKET_ID, P_FLOW_ID, P_DIRECTION, P_PROTOCOL, P_TCP_FLAGS, P_LENGTH, P_TCP_SEQ, P_TCP_DOFF, P_WALL,
+       P_STARTS, N_PCOL };
+enum { H_HOOK, H_STAGE, H_KTIME, H_DT, H_PLACE, H_REASON, H_SRC, H_SPORT, H_DST, H_DPORT, H_ICMP, N_HCOL };
+
+static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+static inline uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+/* Writable C-contiguous 8-byte columns of a tuple, each of count elements
+ * (+1 for the column ``plus_one``, -1: none), into views; *held says how
+ * many were acquired (to release). 0, or -1 with an exception set. */
+static int get_columns(PyObject *tuple, Py_buffer *views, int n, Py_ssize_t count, int plus_one, const char *fn,
+                       const char *what, int *held) {
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != n) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a tuple of %d arrays", fn, what, n);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(tuple, i), &views[i], PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)
+            return -1;
+        *held = i + 1;
+        Py_ssize_t want = 8 * (count + (i == plus_one));
+        if (views[i].len != want || views[i].itemsize != 8) {
+            PyErr_Format(PyExc_ValueError, "%s: %s column %d has %zd bytes, not %zd (8-byte items)", fn, what, i,
+                         views[i].len, want);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void release(Py_buffer *views, int n) {
+    for (int i = 0; i < n; i++) PyBuffer_Release(&views[i]);
+}
+
+/* The distinct keys (16 bytes: two words) of a batch, numbered in order of
+ * first appearance: open addressing, grown by doubling. */
+typedef struct {
+    uint64_t (*keys)[2]; /* position -> key */
+    int32_t *slot;       /* slot -> position + 1 (0: empty) */
+    Py_ssize_t slots, count;
+} distinct;
+
+static inline Py_ssize_t slot_of(uint64_t a, uint64_t b, Py_ssize_t slots) {
+    uint64_t h = (a * 0x9E3779B97F4A7C15ull) ^ (b * 0xC2B2AE3D27D4EB4Full);
+    return (Py_ssize_t)((h ^ (h >> 29)) & (uint64_t)(slots - 1));
+}
+
+static int distinct_grow(distinct *t) {
+    Py_ssize_t slots = t->slots ? 2 * t->slots : 64;
+    int32_t *slot = calloc((size_t)slots, sizeof *slot);
+    uint64_t(*keys)[2] = realloc(t->keys, (size_t)(slots / 2) * sizeof *keys);
+    if (!slot || !keys) {
+        free(slot);
+        if (keys) t->keys = keys;
+        return -1;
+    }
+    t->keys = keys;
+    for (Py_ssize_t i = 0; i < t->count; i++) {
+        Py_ssize_t s = slot_of(keys[i][0], keys[i][1], slots);
+        while (slot[s]) s = (s + 1) & (slots - 1);
+        slot[s] = (int32_t)(i + 1);
+    }
+    free(t->slot);
+    t->slot = slot;
+    t->slots = slots;
+    return 0;
+}
+
+/* the key's position (added if new), or -1 (no memory) */
+static inline int64_t distinct_find(distinct *t, uint64_t a, uint64_t b) {
+    if (2 * (t->count + 1) > t->slots && distinct_grow(t) < 0) return -1;
+    Py_ssize_t s = slot_of(a, b, t->slots);
+    while (t->slot[s]) {
+        const uint64_t *k = t->keys[t->slot[s] - 1];
+        if (k[0] == a && k[1] == b) return t->slot[s] - 1;
+        s = (s + 1) & (t->slots - 1);
+    }
+    t->keys[t->count][0] = a;
+    t->keys[t->count][1] = b;
+    t->slot[s] = (int32_t)(t->count + 1);
+    return t->count++;
+}
+
+/* An address' position: the last two found are tried first (a batch's
+ * packets are mostly a few connections' between a few addresses). */
+typedef struct {
+    uint64_t key[2][2];
+    int64_t at[2];
+} recent_two;
+
+static inline int64_t address_find(distinct *t, const uint8_t *p, recent_two *r) {
+    uint64_t a = rd64(p), b = rd64(p + 8);
+    for (int i = 0; i < 2; i++)
+        if (r->at[i] >= 0 && r->key[i][0] == a && r->key[i][1] == b) return r->at[i];
+    int64_t at = distinct_find(t, a, b);
+    r->key[1][0] = r->key[0][0], r->key[1][1] = r->key[0][1], r->at[1] = r->at[0];
+    r->key[0][0] = a, r->key[0][1] = b, r->at[0] = at;
+    return at;
+}
+
+static void distinct_free(distinct *t) {
+    free(t->keys);
+    free(t->slot);
+}
+
+/* A record's place in journey order. */
+typedef struct {
+    int64_t first;  /* its packet's first sighting (over all its parts) */
+    uint64_t pid;
+    int64_t fk;     /* its own first sighting */
+    Py_ssize_t rec; /* its position in the input */
+} order_key;
+
+static inline int before(const order_key *a, const order_key *b) {
+    if (a->first != b->first) return a->first < b->first;
+    if (a->pid != b->pid) return a->pid < b->pid;
+    return a->fk < b->fk;
+}
+
+/* Stable merge sort from the input's own ascending runs (records come
+ * nearly in order: a handful of passes). ``tmp`` holds n keys. */
+static void sort_keys(order_key *a, order_key *tmp, Py_ssize_t n, Py_ssize_t *bounds) {
+    Py_ssize_t runs = 0;
+    bounds[runs++] = 0;
+    for (Py_ssize_t i = 1; i < n; i++)
+        if (before(&a[i], &a[i - 1])) bounds[runs++] = i;
+    bounds[runs] = n;
+    order_key *src = a, *dst = tmp;
+    while (runs > 1) {
+        Py_ssize_t out = 0;
+        for (Py_ssize_t r = 0; r < runs; r += 2) {
+            Py_ssize_t lo = bounds[r], mid = bounds[r + 1], hi = r + 2 <= runs ? bounds[r + 2] : mid;
+            Py_ssize_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi) dst[k++] = before(&src[j], &src[i]) ? src[j++] : src[i++];
+            while (i < mid) dst[k++] = src[i++];
+            while (j < hi) dst[k++] = src[j++];
+            bounds[out++] = lo;
+        }
+        bounds[out] = n;
+        runs = out;
+        order_key *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != a) memcpy(a, src, (size_t)n * sizeof *a);
+}
+
+/* The distinct keys as a list: places as ints, addresses as 16 bytes */
+static PyObject *key_list(const distinct *t, int as_bytes) {
+    PyObject *list = PyList_New(t->count);
+    for (Py_ssize_t i = 0; list && i < t->count; i++) {
+        PyObject *item = as_bytes ? PyBytes_FromStringAndSize((const char *)t->keys[i], 16)
+                                  : PyLong_FromUnsignedLongLong(t->keys[i][0]);
+        if (!item) Py_CLEAR(list);
+        else PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+PyObject *native_journey_hops(PyObject *self, PyObject *args) {
+    (void)self;
+    static const char *fn = "journey_hops";
+    Py_buffer in, icmp;
+    PyObject *layout_obj, *p_obj, *h_obj;
+    long long boot_offset;
+    if (!PyArg_ParseTuple(args, "y*O!y*LOO", &in, &PyTuple_Type, &layout_obj, &icmp, &boot_offset, &p_obj, &h_obj))
+        return NULL;
+    Py_buffer pv[N_PCOL], hv[N_HCOL];
+    int np_ = 0, nh = 0, no_memory = 0, changed = 0;
+    PyObject *result = NULL;
+    distinct places = {0}, addrs = {0}, reasons = {0};
+    int16_t proto_code[256];
+    uint8_t protos[256];
+    int n_protos = 0;
+    order_key *keys = NULL, *tmp = NULL;
+    Py_ssize_t *bounds = NULL;
+    distinct ids = {0};
+    int64_t *first_of = NULL;
+    Py_ssize_t L[N_LAYOUT], kept = 0, hops = 0, packets = 0;
+
+    if (icmp.len != 256) {
+        PyErr_Format(PyExc_ValueError, "%s: icmp must be 256 flags, one per protocol number", fn);
+        goto done;
+    }
+    if (PyTuple_GET_SIZE(layout_obj) != N_LAYOUT) {
+        PyErr_Format(PyExc_TypeError, "%s: the layout has %d numbers", fn, N_LAYOUT);
+        goto done;
+    }
+    for (int i = 0; i < N_LAYOUT; i++) {
+        L[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(layout_obj, i));
+        if (L[i] < 0) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s: negative layout number", fn);
+            goto done;
+        }
+    }
+    const Py_ssize_t stride = L[L_STRIDE], max_hops = L[L_MAX_HOPS], max_tuples = L[L_MAX_TUPLES];
+    /* every field inside the record (offsets compared as "L > stride - width": no overflow) */
+    if (stride <= 0 || in.len % stride || max_tuples < 1 || max_tuples > 16 || max_hops < 1 || max_hops > 255
+        || L[L_HOPS] > stride - 12 * max_hops || L[L_TUPLES] > stride - 40 * max_tuples || L[L_STAGE_SHIFT] > 6) {
+        PyErr_Format(PyExc_ValueError, "%s: records and layout do not fit", fn);
+        goto done;
+    }
+    static const Py_ssize_t width[N_LAYOUT] = {[L_PACKET_ID] = 8, [L_FLOW_ID] = 8, [L_FIRST_KTIME] = 8,
+        [L_LAST_KTIME] = 8, [L_TCP_SEQ] = 4, [L_DROP_REASON] = 4, [L_DROP_NETNS] = 4, [L_LENGTH] = 2,
+        [L_PROTOCOL] = 1, [L_TCP_FLAGS] = 1, [L_DIRECTION] = 1, [L_N_HOPS] = 1, [L_TCP_DOFF] = 1};
+    for (int i = L_PACKET_ID; i <= L_TCP_DOFF; i++)
+        if (i != L_TUPLES && i != L_HOPS && L[i] > stride - width[i]) {
+            PyErr_Format(PyExc_ValueError, "%s: a field lies outside the record", fn);
+            goto done;
+        }
+    const uint8_t *base = in.buf;
+    const Py_ssize_t n = in.len / stride;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t h = base[i * stride + L[L_N_HOPS]];
+        if (!h) continue;
+        kept++;
+        hops += h < max_hops ? h : max_hops;
+    }
+    /* packet columns: room for every kept record being a packet of its own */
+    if (get_columns(p_obj, pv, N_PCOL, kept, P_STARTS, fn, "packet", &np_) < 0
+        || get_columns(h_obj, hv, N_HCOL, hops, -1, fn, "hop", &nh) < 0)
+        goto done;
+    if (!kept) {
+        ((int64_t *)pv[P_STARTS].buf)[0] = 0;
+        result = Py_BuildValue("(nNNNN)", (Py_ssize_t)0, PyList_New(0), PyList_New(0), PyList_New(0),
+                               PyList_New(0));
+        goto done;
+    }
+    keys = malloc((size_t)kept * sizeof *keys);
+    tmp = malloc((size_t)kept * sizeof *tmp);
+    bounds = malloc((size_t)(kept + 1) * sizeof *bounds);
+    first_of = malloc((size_t)kept * sizeof *first_of);
+    if (!keys || !tmp || !bounds || !first_of) {
+        PyErr_NoMemory();
+        goto done;
+    }
+
+    Py_BEGIN_ALLOW_THREADS
+    /* Records in journey order: a packet's first sighting over all its
+     * parts (most packets have one part) keys it. */
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *r = base + i * stride;
+        if (!r[L[L_N_HOPS]]) continue;
+        if (k == kept) { /* the records changed since they were counted */
+            changed = 1;
+            break;
+        }
+        keys[k].pid = rd64(r + L[L_PACKET_ID]);
+        keys[k].fk = (int64_t)rd64(r + L[L_FIRST_KTIME]);
+        keys[k].rec = i;
+        Py_ssize_t seen = ids.count;
+        int64_t at = distinct_find(&ids, keys[k].pid, 0);
+        if (at < 0) {
+            no_memory = 1;
+            break;
+        }
+        if (ids.count > seen || keys[k].fk < first_of[at]) first_of[at] = keys[k].fk;
+        tmp[k].rec = at; /* the packet's position among the distinct ids, for the pass below */
+        k++;
+    }
+    if (!changed && !no_memory && k != kept) changed = 1;
+    if (!changed && !no_memory) {
+        for (Py_ssize_t i = 0; i < kept; i++) keys[i].first = first_of[tmp[i].rec];
+        sort_keys(keys, tmp, kept, bounds);
+    }
+
+    uint64_t *packet_id = pv[P_PACKET_ID].buf, *flow_id = pv[P_FLOW_ID].buf;
+    int64_t *direction = pv[P_DIRECTION].buf, *protocol = pv[P_PROTOCOL].buf, *tcp_flags = pv[P_TCP_FLAGS].buf,
+            *length = pv[P_LENGTH].buf, *tcp_seq = pv[P_TCP_SEQ].buf, *tcp_doff = pv[P_TCP_DOFF].buf,
+            *wall = pv[P_WALL].buf, *starts = pv[P_STARTS].buf;
+    int64_t *hook = hv[H_HOOK].buf, *stage = hv[H_STAGE].buf, *ktime = hv[H_KTIME].buf, *dt = hv[H_DT].buf,
+            *place = hv[H_PLACE].buf, *reason = hv[H_REASON].buf, *src = hv[H_SRC].buf, *sport = hv[H_SPORT].buf,
+            *dst = hv[H_DST].buf, *dport = hv[H_DPORT].buf, *is_icmp = hv[H_ICMP].buf;
+    const uint8_t *icmp_of = icmp.buf;
+    const unsigned hook_drop = (unsigned)L[L_HOOK_DROP], shift = (unsigned)L[L_STAGE_SHIFT];
+    const unsigned in_ct_bit = (unsigned)L[L_IN_CT_BIT];
+    memset(proto_code, 0xFF, sizeof proto_code);
+    uint64_t last_key = 0;
+    int64_t last_place = -1; /* most hops are where the one before was */
+    recent_two recent[1] = {{.at = {-1, -1}}};
+    Py_ssize_t h = 0, g = -1;
+    int64_t first_ktime = 0;
+    for (Py_ssize_t x = 0; x < kept && !changed && !no_memory; x++) {
+        const uint8_t *r = base + keys[x].rec * stride;
+        Py_ssize_t nh_ = r[L[L_N_HOPS]];
+        if (nh_ > max_hops) nh_ = max_hops;
+        if (!nh_ || h + nh_ > hops) { /* changed since counted: never write past the outputs */
+            changed = 1;
+            break;
+        }
+        uint64_t flow = rd64(r + L[L_FLOW_ID]);
+        int64_t dir = r[L[L_DIRECTION]];
+        if (x == 0 || keys[x].pid != keys[x - 1].pid) { /* a packet's first part: its facts */
+            g++;
+            starts[g] = h;
+            packet_id[g] = keys[x].pid;
+            flow_id[g] = flow;
+            direction[g] = dir;
+            uint8_t p = r[L[L_PROTOCOL]];
+            if (proto_code[p] < 0) {
+                proto_code[p] = (int16_t)n_protos;
+                protos[n_protos++] = p;
+            }
+            protocol[g] = proto_code[p];
+            tcp_flags[g] = r[L[L_TCP_FLAGS]];
+            length[g] = be16(r + L[L_LENGTH]);
+            tcp_seq[g] = be32(r + L[L_TCP_SEQ]);
+            tcp_doff[g] = r[L[L_TCP_DOFF]];
+        } else { /* flow and direction: the largest any part knew */
+            if (flow > flow_id[g]) flow_id[g] = flow;
+            if (dir > direction[g]) direction[g] = dir;
+        }
+        /* the record's tuples that a hop points at: endpoints once each */
+        const uint8_t *hp = r + L[L_HOPS];
+        int64_t t_src[16], t_dst[16], t_sport[16], t_dport[16];
+        uint32_t pointed = 0;
+        for (Py_ssize_t y = 0; y < nh_; y++) {
+            unsigned t = hp[12 * y + 10];
+            pointed |= 1u << (t < max_tuples - 1 ? t : (unsigned)(max_tuples - 1));
+        }
+        for (unsigned t = 0; t < (unsigned)max_tuples; t++) {
+            if (!(pointed >> t & 1)) continue;
+            const uint8_t *tp = r + L[L_TUPLES] + 40 * t;
+            int64_t s = address_find(&addrs, tp, recent), d = address_find(&addrs, tp + 16, recent);
+            no_memory |= s < 0 || d < 0;
+            t_src[t] = s;
+            t_dst[t] = d;
+            t_sport[t] = be16(tp + 32);
+            t_dport[t] = be16(tp + 34);
+        }
+        int64_t icmp_rec = icmp_of[r[L[L_PROTOCOL]]] != 0;
+        int64_t fk = keys[x].fk;
+        uint32_t drop_netns = rd32(r + L[L_DROP_NETNS]);
+        int64_t drop_reason = -2; /* looked up at the first drop hop */
+        for (Py_ssize_t y = 0; y < nh_; y++, hp += 12, h++) {
+            unsigned code = hp[8], hk = code & 0x0F, t = hp[10];
+            if (t > max_tuples - 1) t = (unsigned)(max_tuples - 1);
+            hook[h] = hk;
+            stage[h] = (code >> shift) & 0x03;
+            ktime[h] = y == nh_ - 1 ? (int64_t)rd64(r + L[L_LAST_KTIME]) : (int64_t)((uint64_t)fk + rd32(hp));
+            /* decode.place_keys' key: netns << 32 | in-container << 31 | ifindex (netns only on a drop hop) */
+            uint64_t key = (uint64_t)(hk == hook_drop ? drop_netns : 0) << 32 | (uint64_t)((code & in_ct_bit) != 0) << 31
+                           | rd32(hp + 4);
+            if (key != last_key || last_place < 0) {
+                last_key = key;
+                last_place = distinct_find(&places, key, 0);
+                no_memory |= last_place < 0;
+            }
+            place[h] = last_place;
+            if (hk == hook_drop) {
+                if (drop_reason == -2) {
+                    drop_reason = distinct_find(&reasons, rd32(r + L[L_DROP_REASON]), 0);
+                    no_memory |= drop_reason < 0;
+                }
+                reason[h] = drop_reason;
+            } else {
+                reason[h] = -1;
+            }
+            src[h] = t_src[t];
+            sport[h] = t_sport[t];
+            dst[h] = t_dst[t];
+            dport[h] = t_dport[t];
+            is_icmp[h] = icmp_rec;
+        }
+        if (x + 1 == kept || keys[x + 1].pid != keys[x].pid) { /* the packet's last part: times from its first hop */
+            /* (as unsigned: numpy's int64 arithmetic wraps, C's must not overflow) */
+            first_ktime = ktime[starts[g]];
+            wall[g] = (int64_t)((uint64_t)first_ktime + (uint64_t)boot_offset);
+            for (Py_ssize_t y = starts[g]; y < h; y++) dt[y] = (int64_t)((uint64_t)ktime[y] - (uint64_t)first_ktime);
+        }
+    }
+    packets = g + 1;
+    if (!changed && !no_memory) starts[packets] = h;
+    if (!changed && h != hops) changed = 1;
+    Py_END_ALLOW_THREADS
+    if (no_memory) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (changed) {
+        PyErr_Format(PyExc_ValueError, "%s: records changed while read", fn);
+        goto done;
+    }
+    PyObject *proto_list = PyList_New(n_protos);
+    for (int i = 0; proto_list && i < n_protos; i++) {
+        PyObject *v = PyLong_FromLong(protos[i]);
+        if (!v) Py_CLEAR(proto_list);
+        else PyList_SET_ITEM(proto_list, i, v);
+    }
+    result = Py_BuildValue("(nNNNN)", packets, key_list(&places, 0), key_list(&addrs, 1), proto_list,
+                           key_list(&reasons, 0));
+done:
+    free(keys);
+    free(tmp);
+    free(bounds);
+    free(first_of);
+    distinct_free(&ids);
+    distinct_free(&places);
+    distinct_free(&addrs);
+    distinct_free(&reasons);
+    release(pv, np_);
+    release(hv, nh);
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&icmp);
+    return result;
+}
+
+const char native_journey_hops_doc[] =
+    "journey_hops(records, layout, icmp, boot_offset_ns, packet_columns, hop_columns)\n"
+    "The hops of the journey records in journey order and each packet's facts, into the given columns\n"
+    "(tracer/native_rows.py); returns (packets, place keys, addresses, protocol numbers, drop reasons), the\n"
+    "distinct values the columns index, in order of first appearance.";
+
+/* journey_facts' inputs and outputs, in native_rows.py's order */
+enum { F_HOOK, F_STAGE, F_PLACE, F_REASON, N_FHOP };                               /* hop columns in */
+enum { T_ROLE, T_IFNAME, T_CONTAINER, T_CONTAINER_ID, T_NETNS, N_PLACECOL };         /* per place */
+enum { C_NAMED, C_SAME, C_ID_KNOWN, C_ID_SAME, N_CTAB };                             /* per container / id code */
+enum { O_VERDICT, O_LAST_SEEN, O_REASON, O_CONTAINER_OF, O_CONTAINER_TO, N_POUT };    /* per packet out */
+enum { S_N_HOOK, S_N_STAGE, S_N_ROLE, S_HOOK_DROP, S_N_REASONS, S_CONTAINER_NULL, N_SIZES };
+
+typedef struct {
+    Py_buffer view;
+    int64_t *v;
+    Py_ssize_t n;
+    int held;
+} col;
+
+static int get_col(PyObject *obj, col *c, int writable, const char *fn, const char *what) {
+    if (PyObject_GetBuffer(obj, &c->view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    c->held = 1;
+    if (c->view.itemsize != 8 || c->view.len % 8) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a contiguous 64-bit integer array", fn, what);
+        return -1;
+    }
+    c->v = c->view.buf;
+    c->n = c->view.len / 8;
+    return 0;
+}
+
+/* n columns from a tuple (each one acquired is marked held, for release_cols) */
+static int get_cols(PyObject *tuple, col *c, int n, int writable, const char *fn, const char *what) {
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != n) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a tuple of %d arrays", fn, what, n);
+        return -1;
+    }
+    for (int i = 0; i < n; i++)
+        if (get_col(PyTuple_GET_ITEM(tuple, i), &c[i], writable, fn, what) < 0) return -1;
+    return 0;
+}
+
+static void release_cols(col *c, int n) {
+    for (int i = 0; i < n; i++)
+        if (c[i].held) PyBuffer_Release(&c[i].view);
+}
+
+static int in_range(const col *c, int64_t size) {
+    for (Py_ssize_t i = 0; i < c->n; i++)
+        if (c->v[i] < 0 || c->v[i] >= size) return 0;
+    return 1;
+}
+
+PyObject *native_journey_facts(PyObject *self, PyObject *args) {
+    (void)self;
+    static const char *fn = "journey_facts";
+    PyObject *hop_obj, *starts_obj, *place_obj, *terminal_obj, *sizes_obj, *ctab_obj, *hop_out_obj, *p_out_obj;
+    if (!PyArg_ParseTuple(args, "O!OO!OO!O!O!O!", &PyTuple_Type, &hop_obj, &starts_obj, &PyTuple_Type, &place_obj,
+                          &terminal_obj, &PyTuple_Type, &sizes_obj, &PyTuple_Type, &ctab_obj, &PyTuple_Type,
+                          &hop_out_obj, &PyTuple_Type, &p_out_obj))
+        return NULL;
+    col hin[N_FHOP] = {0}, st = {0}, pt[N_PLACECOL] = {0}, term = {0}, ct[N_CTAB] = {0}, hout[N_PLACECOL] = {0},
+        pout[N_POUT] = {0};
+    PyObject *result = NULL;
+    int64_t S[N_SIZES];
+    if (PyTuple_GET_SIZE(sizes_obj) != N_SIZES) {
+        PyErr_Format(PyExc_TypeError, "%s: sizes has %d numbers", fn, N_SIZES);
+        return NULL;
+    }
+    for (int i = 0; i < N_SIZES; i++) {
+        S[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(sizes_obj, i));
+        if (S[i] < 0 || S[i] > (1 << 30)) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s: a size out of range", fn);
+            return NULL;
+        }
+    }
+    if (get_cols(hop_obj, hin, N_FHOP, 1, fn, "hops") < 0 || get_col(starts_obj, &st, 0, fn, "starts") < 0
+        || get_cols(place_obj, pt, N_PLACECOL, 0, fn, "place tables") < 0
+        || get_col(terminal_obj, &term, 0, fn, "terminal") < 0
+        || get_cols(ctab_obj, ct, N_CTAB, 0, fn, "container tables") < 0
+        || get_cols(hop_out_obj, hout, N_PLACECOL, 1, fn, "hop outputs") < 0
+        || get_cols(p_out_obj, pout, N_POUT, 1, fn, "packet outputs") < 0)
+        goto done;
+
+    const Py_ssize_t H = hin[F_HOOK].n, P = st.n - 1, n_places = pt[0].n;
+    const int64_t n_hook = S[S_N_HOOK], n_stage = S[S_N_STAGE], n_role = S[S_N_ROLE];
+    int ok = P >= 0 && st.v[0] == 0 && st.v[P] == H && term.n == n_hook * n_stage * n_role
+             && ct[C_NAMED].n == ct[C_SAME].n && ct[C_ID_KNOWN].n == ct[C_ID_SAME].n;
+    for (int i = 0; ok && i < N_FHOP; i++) ok = hin[i].n == H;
+    for (int i = 0; ok && i < N_PLACECOL; i++) ok = pt[i].n == n_places && hout[i].n == H;
+    for (int i = 0; ok && i < N_POUT; i++) ok = pout[i].n == P;
+    for (Py_ssize_t i = 0; ok && i < P; i++) ok = st.v[i + 1] > st.v[i];
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "%s: columns and tables do not fit together", fn);
+        goto done;
+    }
+    if (!in_range(&hin[F_HOOK], n_hook) || !in_range(&hin[F_STAGE], n_stage) || !in_range(&hin[F_PLACE], n_places)
+        || !in_range(&pt[T_ROLE], n_role) || !in_range(&pt[T_CONTAINER], ct[C_NAMED].n)
+        || !in_range(&pt[T_CONTAINER_ID], ct[C_ID_KNOWN].n) || !in_range(&ct[C_SAME], ct[C_NAMED].n)
+        || !in_range(&ct[C_ID_SAME], ct[C_ID_KNOWN].n) || S[S_CONTAINER_NULL] >= ct[C_NAMED].n) {
+        PyErr_Format(PyExc_ValueError, "%s: a hook, stage, place, role or container code out of range", fn);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < H; i++)
+        if (hin[F_REASON].v[i] < -1 || hin[F_REASON].v[i] >= S[S_N_REASONS]) {
+            PyErr_Format(PyExc_ValueError, "%s: a drop reason code out of range", fn);
+            goto done;
+        }
+
+    Py_BEGIN_ALLOW_THREADS
+    const int64_t *hook = hin[F_HOOK].v, *stage = hin[F_STAGE].v, *place = hin[F_PLACE].v, *terminal = term.v;
+    int64_t *reason = hin[F_REASON].v;
+    int64_t *role = hout[T_ROLE].v, *container = hout[T_CONTAINER].v, *cid = hout[T_CONTAINER_ID].v;
+    const int64_t *named = ct[C_NAMED].v, *same = ct[C_SAME].v, *id_known = ct[C_ID_KNOWN].v, *id_same = ct[C_ID_SAME].v;
+    const int64_t null_reason = S[S_N_REASONS], null_container = S[S_CONTAINER_NULL], hook_drop = S[S_HOOK_DROP];
+    for (Py_ssize_t i = 0; i < H; i++) {
+        int64_t p = place[i];
+        for (int t = 0; t < N_PLACECOL; t++) hout[t].v[i] = pt[t].v[p];
+        if (reason[i] < 0) reason[i] = null_reason;
+    }
+    for (Py_ssize_t g = 0; g < P; g++) {
+        Py_ssize_t first = st.v[g], last = st.v[g + 1] - 1;
+        /* journeys.verdict_of: a drop right after a terminal sighting is a delivered packet */
+        int last_drop = hook[last] == hook_drop, two = last > first;
+        Py_ssize_t judged = last_drop && two ? last - 1 : last;
+        int terminal_at = terminal[(hook[judged] * n_stage + stage[judged]) * n_role + role[judged]] != 0;
+        int delivered = last_drop ? two && terminal_at : terminal_at;
+        int dropped = last_drop && !delivered;
+        pout[O_VERDICT].v[g] = delivered ? 0 : dropped ? 1 : 2;
+        pout[O_LAST_SEEN].v[g] = last_drop && two ? last - 1 : -1;
+        pout[O_REASON].v[g] = dropped ? reason[last] : null_reason;
+        /* journey_rows.journey_containers: the first hop that names a
+         * container, and the last one where it is another container (told
+         * by container ids where both hops know theirs, else by names) */
+        Py_ssize_t fi = -1, li = -1;
+        for (Py_ssize_t i = first; i <= last; i++)
+            if (named[container[i]]) {
+                if (fi < 0) fi = i;
+                li = i;
+            }
+        int64_t of = fi >= 0 ? container[fi] : null_container, to = null_container;
+        if (fi >= 0) {
+            int other = same[container[li]] != same[of];
+            if (id_known[cid[fi]] && id_known[cid[li]]) other = id_same[cid[fi]] != id_same[cid[li]];
+            if (other) to = container[li];
+        }
+        pout[O_CONTAINER_OF].v[g] = of;
+        pout[O_CONTAINER_TO].v[g] = to;
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    release_cols(hin, N_FHOP);
+    release_cols(&st, 1);
+    release_cols(pt, N_PLACECOL);
+    release_cols(&term, 1);
+    release_cols(ct, N_CTAB);
+    release_cols(hout, N_PLACECOL);
+    release_cols(pout, N_POUT);
+    return result;
+}
+
+const char native_journey_facts_doc[] =
+    "journey_facts(hops, starts, place_tables, terminal, sizes, container_tables, hop_outputs, packet_outputs)\n"
+    "Per hop its place's codes, per packet its verdict, hop last seen, drop reason and containers, from\n"
+    "journey_hops' columns and the named places (tracer/native_rows.py).";
