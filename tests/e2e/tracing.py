@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from tracer.kernel.bpf_syscall import list_links, list_progs
@@ -34,17 +35,24 @@ class Tracer:
     default."""
 
     def __init__(self, *args: str, env: dict | None = None, command: str = "trace", json_out: bool = True,
-                 nohup: bool = False) -> None:
+                 nohup: bool = False, stdout_file: Path | None = None) -> None:
+        """stdout_file: the output goes to this file instead of a pipe, so
+        the test's own reading (slow on a loaded machine) never paces the
+        tracer's writes."""
         self.args = [command, *(["--json"] if json_out else []), *args]
+        self.stdout_file = stdout_file
+        out = subprocess.PIPE if stdout_file is None else open(stdout_file, "wb")
         self.proc = subprocess.Popen(
             [*(["nohup"] if nohup else []), sys.executable, "-m", "tracer", *self.args],
             cwd=REPO,
-            stdout=subprocess.PIPE,
+            stdout=out,
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, **(env or {})},
             preexec_fn=sighup_default,
         )
+        if stdout_file is not None:
+            out.close()  # the child has its own
         self.stderr_lines: list[str] = []
 
     def wait_ready(self, timeout: float = 30) -> float:
@@ -61,6 +69,23 @@ class Tracer:
         out, err = self.proc.communicate()
         raise AssertionError(f"tracer never became ready: {''.join(self.stderr_lines)}{err}")
 
+    def wait_for(self, what: str, found, timeout: float = 60) -> dict:
+        """The first journey printed so far for which ``found(journey)`` is
+        true, waiting for it as long as ``timeout`` (needs stdout_file: the
+        tracer writes whole lines to it as it shows them). A test waits for
+        what it needs to see, not for a time that a loaded machine exceeds."""
+        assert self.stdout_file is not None, "wait_for reads the output file (stdout_file=)"
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.stdout_file.read_text()
+            for line in text[: text.rfind("\n") + 1].splitlines():  # whole lines only
+                if line.strip() and found(journey := _json(line)):
+                    return journey
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {what} shown within {timeout} s (tracer "
+                                     f"{'exited' if self.proc.poll() is not None else 'still running'}):\n{self.stacks()}")
+            time.sleep(0.1)
+
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> list[dict]:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -74,10 +99,29 @@ class Tracer:
                                  f"its threads:\n{self.stacks()}") from None
         self.stderr = "".join(self.stderr_lines) + err
         self.returncode = self.proc.returncode
+        if self.stdout_file is not None:
+            out = self.stdout_file.read_text()
         if "still not stopped" in self.stderr:  # the stop watchdog (tracer/stopping.py) fired: show where it hung
             warnings.warn(f"tracer {' '.join(self.args)}: {self.stderr}")
         return [_json(line) for line in out.splitlines() if line.strip()]
 
+    def stop_timed(self, sig: int, timeout: float = 90) -> "StopTime":
+        """Send ``sig`` and time the stop until the process exits: the wall
+        time, and how much of it the tracer's main thread spent runnable but
+        waiting for a CPU (/proc schedstat, read once it has exited and
+        before it is reaped: exact, no sampling). finish() still to call."""
+        pid = self.proc.pid
+        waited_before = _cpu_wait_ns(pid)
+        sent = time.monotonic()
+        self.proc.send_signal(sig)
+        deadline = sent + timeout
+        while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"tracer {' '.join(self.args)} did not end within {timeout} s; "
+                                     f"its threads:\n{self.stacks()}")
+            time.sleep(0.005)
+        wall = time.monotonic() - sent
+        return StopTime(wall, (_cpu_wait_ns(pid) - waited_before) / 1e9)
 
     def stacks(self) -> str:
         """A stuck tracer's thread stacks (SIGUSR1, tracer/stopping.py), then
@@ -87,6 +131,30 @@ class Tracer:
         self.proc.kill()
         _, err = self.proc.communicate()
         return "".join(self.stderr_lines) + err
+
+
+@dataclass(frozen=True)
+class StopTime:
+    """Seconds of a stop: wall, and cpu_wait, the part the tracer's main
+    thread spent runnable but waiting for a CPU that other processes held."""
+
+    wall: float
+    cpu_wait: float
+
+    @property
+    def own(self) -> float:
+        """The stop's own time: its work, its waits, its threads' turns."""
+        return self.wall - self.cpu_wait
+
+    def __str__(self) -> str:
+        return f"{self.wall:.1f} s ({self.cpu_wait:.1f} s of it waiting for a CPU, {self.own:.1f} s its own)"
+
+
+def _cpu_wait_ns(pid: int) -> int:
+    """How long the process's main thread has been runnable but waiting for
+    a CPU (schedstat's second field; readable until the process is reaped)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[1])
 
 
 def _json(line: str) -> dict:

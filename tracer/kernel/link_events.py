@@ -7,6 +7,7 @@ back, at most once per ``settle_s`` however many events came in a burst
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 import struct
@@ -20,6 +21,9 @@ NETLINK_ROUTE = 0
 RTMGRP_LINK = 1
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 _NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+# How long the thread waits for an event before looking again (close()
+# wakes it at once: a stop does not wait for this).
+IDLE_WAIT_S = 0.5
 
 
 def link_message_types(data: bytes) -> list[int]:
@@ -44,17 +48,18 @@ class LinkEvents:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((0, RTMGRP_LINK))
         self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)  # close() writes: the wait ends
         self.thread = threading.Thread(target=self._run, name="tracer-link-events", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         pending_since: float | None = None
         while not self._stop.is_set():
-            timeout = 0.5 if pending_since is None else max(0.0, pending_since + self.settle_s - time.monotonic())
-            ready, _, _ = select.select([self.sock], [], [], timeout)
+            timeout = IDLE_WAIT_S if pending_since is None else max(0.0, pending_since + self.settle_s - time.monotonic())
+            ready, _, _ = select.select([self.sock, self._wake_r], [], [], timeout)
             if self._stop.is_set():
                 break
-            if ready:
+            if self.sock in ready:
                 try:
                     data = self.sock.recv(1 << 16)
                 except OSError as exc:  # ENOBUFS: events were lost; a re-read catches up
@@ -71,5 +76,8 @@ class LinkEvents:
 
     def close(self) -> None:
         self._stop.set()
+        os.write(self._wake_w, b"x")
         self.thread.join(timeout=2)
         self.sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
