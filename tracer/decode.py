@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracer import addresses, events
+from tracer.arrow_columns import numeric_array
 from tracer.places import Place, PlaceBook
 
 
@@ -52,7 +53,7 @@ def _dict_column(indices: np.ndarray, dictionary: list[str | None]) -> pa.Dictio
     nulls = np.array([d is None for d in dictionary], dtype=bool)
     mask = nulls[indices] if nulls.any() else None
     return pa.DictionaryArray.from_arrays(
-        pa.array(indices.astype(np.int32, copy=False), mask=mask), pa.array(values, pa.string())
+        numeric_array(indices.astype(np.int32, copy=False), mask=mask), pa.array(values, pa.string())
     )
 
 
@@ -66,7 +67,7 @@ def code_column(values: np.ndarray, names: tuple | list) -> pa.DictionaryArray:
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values (in order of first appearance) and each row's index into
     them. Hash-based (Arrow's dictionary_encode), O(n): np.unique sorts."""
-    encoded = pa.array(values).dictionary_encode()
+    encoded = numeric_array(values).dictionary_encode()
     return encoded.dictionary.to_numpy(zero_copy_only=False), encoded.indices.to_numpy(zero_copy_only=False)
 
 

@@ -41,9 +41,16 @@ PAGE_SIZE = mmap.PAGESIZE
 # this long has passed since arm() when records are released (whatever
 # their own times), they are no longer checked for them (~0.7 ms a release).
 EARLY_WINDOW_NS = 10_000_000_000
-# Between two reads the drain thread looks at the ring this often, to read
-# early when a burst has filled a quarter of it (BackgroundDrain._pause).
+# Between two reads the drain thread looks at the ring at least this often,
+# to read early when a burst has filled a quarter of it
+# (BackgroundDrain._pause), and at most this often: at most, while records
+# come slowly enough that a quarter takes eight of these to fill (each look
+# is a wake-up of the thread, ~40 µs of CPU; `record` at the lab's ~25k
+# journeys/s fills a quarter in ~0.7 s); at least, however quiet the ring
+# was, so that a burst from nothing fills at most a quarter of it between
+# two looks unless it brings over ~190k journeys/s (~84 MB/s).
 PAUSE_STEP_S = 0.025
+MAX_PAUSE_STEP_S = 0.1
 
 
 
@@ -205,6 +212,8 @@ class BackgroundDrain:
         self.tick = tick
         self.tick_s = tick_s
         self._last_tick = 0.0
+        self._read_at = 0.0  # when the ring was last read
+        self._rate = 0.0  # bytes/s the ring filled at lately (0: not known yet)
         # Memory stays bounded: past this many queued records we stop reading,
         # the ring fills, and the kernel counts what it drops as lost records.
         self.max_queued = max(1, max_queued_bytes // drain.record_size)
@@ -234,6 +243,10 @@ class BackgroundDrain:
                 continue
             if self.drain.wait(self.poll_s):
                 batch = self.drain.read_records(release=False)  # released in take()
+                now = time.monotonic()
+                if self._read_at:  # the pace records came in since the last read (bytes/s), for _pause
+                    self._rate = len(batch) * self.drain.record_size / max(now - self._read_at, 1e-3)
+                self._read_at = now
                 if len(batch):
                     with self.lock:
                         self.queued += len(batch)
@@ -256,15 +269,31 @@ class BackgroundDrain:
 
     def _pause(self) -> None:
         """Wait batch_s before the next read, but look at the ring every
-        PAUSE_STEP_S and read at once when it is a quarter full: with
+        step (_step) and read at once when it is a quarter full: with
         `record`'s 250 ms reads a burst above ~300k journeys/s would
         otherwise overflow the ring between two reads (pending_bytes() is
         two loads from the mapping)."""
-        end = time.monotonic() + self.batch_s
+        start = time.monotonic()
+        end = start + self.batch_s
         quarter = self.drain.size // 4
-        while not self.stopping.wait(min(PAUSE_STEP_S, self.batch_s)):
-            if time.monotonic() >= end or self.drain.pending_bytes() >= quarter:
+        step = self._step(quarter)
+        while not self.stopping.wait(min(step, max(end - time.monotonic(), 0.0))):
+            pending = self.drain.pending_bytes()
+            now = time.monotonic()
+            if now >= end or pending >= quarter:
                 return
+            self._rate = pending / max(now - start, 1e-3)  # the pace since the read
+            step = self._step(quarter)
+
+    def _step(self, quarter: int) -> float:
+        """How long to wait before looking at the ring again: an eighth of
+        the time a quarter takes to fill at the pace records came in since
+        the last read, within [PAUSE_STEP_S, MAX_PAUSE_STEP_S]: a quiet ring
+        is not looked at 40 times a second, and one that fills faster than
+        expected is looked at sooner from its next look on."""
+        if self._rate <= 0:
+            return min(MAX_PAUSE_STEP_S, self.batch_s)
+        return min(MAX_PAUSE_STEP_S, self.batch_s, max(PAUSE_STEP_S, quarter / self._rate / 8))
 
     def take(self, timeout: float) -> np.ndarray:
         """Everything drained so far, waiting up to `timeout` for a first batch."""

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer import events, journey_layout, record_words
+from tracer.arrow_columns import numeric_array
 from tracer.events import OTHER
 from tracer.decode import DecodeContext, code_column, decode, drop_reason_column, protocol_column, resolve_place_keys
 from tracer.expand import Sightings, empty, lay_out
@@ -27,6 +28,8 @@ from tracer.places import UNKNOWN_PLACE, Place
 _NEW_PACKET_BIT = 0x80  # HOP_NEW_PACKET_BIT in bpf/journey.h
 _HEADER = ("packet_id", "flow_id", "skb", "drop_netns", "fwd_out_ifindex", "ip_id", "length", "cpu",
            "tcp_flags", "tcp_doff", "tcp_seq", "tcp_ack")  # record fields stored as they are (columns of the same name)
+_TIME = pa.timestamp("ns", tz="UTC")
+_JOURNEY_KIND = pa.array(["journey"])
 
 
 class PlaceIds:
@@ -85,27 +88,27 @@ def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -
     place = place_ids.ids_of(places)[inverse] if len(places) else np.zeros(0, np.uint32)
 
     hop_values = pa.StructArray.from_arrays(
-        [pa.array(h[name]) for name in events.DT_PLANES]
-        + [pa.array(h["hook"]), pa.array(h["nat_stage"]), pa.array(h["flags"]), pa.array(h["ifindex"]),
-           pa.array(h["ttl"]), pa.array(h["tuple"]), pa.array(place)],
+        [numeric_array(h[name]) for name in events.DT_PLANES]
+        + [numeric_array(h[name]) for name in ("hook", "nat_stage", "flags", "ifindex", "ttl", "tuple")]
+        + [numeric_array(place)],
         fields=list(events.HOP_FILE_TYPE))
     tuple_values = pa.StructArray.from_arrays(
-        [_flat_binary16(t["saddr"]), _flat_binary16(t["daddr"]), pa.array(t["sport"]), pa.array(t["dport"])],
+        [_flat_binary16(t["saddr"]), _flat_binary16(t["daddr"]), numeric_array(t["sport"]), numeric_array(t["dport"])],
         fields=list(events.TUPLE_ROW_TYPE))
     columns = {
-        "time": pa.array(r["time"], pa.timestamp("ns", tz="UTC")),
-        "ktime_ns": pa.array(r["ktime"]),
-        "kind": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["journey"])),
-        "last_ktime_ns": pa.array(r["last_ktime"]),
+        "time": numeric_array(r["time"], _TIME),
+        "ktime_ns": numeric_array(r["ktime"]),
+        "kind": pa.DictionaryArray.from_arrays(numeric_array(np.zeros(n, np.int32)), _JOURNEY_KIND),
+        "last_ktime_ns": numeric_array(r["last_ktime"]),
         "end": code_column(r["end"], events.JOURNEY_ENDS),
         "direction": code_column(r["direction"], events.DIRECTIONS),
         "protocol": protocol_column(r["protocol"]),
         "drop_reason": drop_reason_column(r["drop_reason"], ctx),
-        "tuples": pa.ListArray.from_arrays(pa.array(r["tuple_offsets"]), tuple_values),
-        "hops": pa.ListArray.from_arrays(pa.array(r["hop_offsets"]), hop_values),
+        "tuples": pa.ListArray.from_arrays(numeric_array(r["tuple_offsets"]), tuple_values),
+        "hops": pa.ListArray.from_arrays(numeric_array(r["hop_offsets"]), hop_values),
     }
     for name in _HEADER:
-        columns[name] = pa.array(r[name])
+        columns[name] = numeric_array(r[name])
     schema = events.JOURNEY_FILE_SCHEMA
     return pa.Table.from_arrays(
         [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in schema], schema=schema)

@@ -359,3 +359,17 @@ def test_joining_dt_bytes_keeps_nulls_and_slices():
     assert got[0] is None and got[1][1] is None
     assert [h["dt_ns"] for h in got[1][:1] + got[2]] == [7, 1 << 31, 300 & 0xFF]
     assert conform(batch).schema.field("hops").type == events.JOURNEY_CAPTURE_SCHEMA.field("hops").type
+
+
+def test_writing_journey_rows_imports_neither_numpy_ma_nor_pandas(tmp_path):
+    """`record`'s first flush used to import numpy.ma and pyarrow's pandas
+    shim through pa.array (~15 ms of CPU inside the run)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tests.unit.test_journey_capture import write; from tests.unit.test_journey_records import records; "
+            f"write({str(tmp_path / 'cap.arrows')!r}, [records()]); "
+            "print('numpy.ma' in sys.modules, 'pandas' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False"], done.stdout

@@ -30,6 +30,7 @@ BPF_PROG_GET_NEXT_ID = 11
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
 BPF_LINK_CREATE = 28
 BPF_LINK_GET_FD_BY_ID = 30
@@ -272,6 +273,28 @@ def batch_attr(in_batch: int, out_batch: int, keys: int, values: int, count: int
     """BPF_MAP_*_BATCH: in_batch@0 out_batch@8 keys@16 values@24 (pointers),
     count@32 map_fd@36 elem_flags@40 flags@48."""
     return _pad(struct.pack("=QQQQIIQQ", in_batch, out_batch, keys, values, count, map_fd, 0, 0))
+
+
+def per_cpu_u64_array(map_fd: int, entries: int, cpus: int) -> list[int]:
+    """Every entry of a per-CPU array of u64 (``entries`` keys, ``cpus``
+    possible CPUs), summed over CPUs, in one bpf() call
+    (BPF_MAP_LOOKUP_BATCH) instead of a lookup per entry: the counters are
+    read every pass of a live run. OSError where the kernel has no batch
+    lookup for this map (before 5.6)."""
+    keys = (ctypes.c_uint32 * entries)()
+    values = (ctypes.c_uint64 * (entries * cpus))()
+    token = ctypes.c_uint32(0)  # arrays' batch token: the last key read
+    attr = ctypes.create_string_buffer(batch_attr(0, ctypes.addressof(token), ctypes.addressof(keys),
+                                                  ctypes.addressof(values), entries, map_fd), ATTR_SIZE)
+    try:
+        bpf(BPF_MAP_LOOKUP_BATCH, attr)
+    except OSError as exc:
+        if exc.errno != errno_mod.ENOENT:  # ENOENT: the map ended before `entries` (count says how many)
+            raise
+    count = struct.unpack_from("=I", attr, 32)[0]
+    if count != entries or list(keys) != list(range(entries)):
+        raise OSError(errno_mod.EINVAL, f"batch lookup read {count} of {entries} entries")
+    return [sum(values[i * cpus:(i + 1) * cpus]) for i in range(entries)]
 
 
 def take_all(map_fd: int, key_size: int, value_size: int, chunk: int = 64) -> list[tuple[bytes, bytes]]:

@@ -1,0 +1,37 @@
+"""numpy columns as Arrow arrays without a copy, for the per-pass layouts of
+a live run (the capture's journey rows, decoded dictionary columns).
+
+``pa.array(ndarray)`` is generic: each call asks whether the array is a
+pandas object or a numpy masked array, and the first call of a run imports
+``numpy.ma`` and pyarrow's pandas shim (~15 ms of CPU, paid inside
+`record`'s first flush). A plain numeric column needs none of that: its
+buffer is the Arrow array's data buffer as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+
+def numeric_array(values: np.ndarray, type: pa.DataType | None = None, mask: np.ndarray | None = None) -> pa.Array:
+    """A 1-D numeric numpy column (bool excluded) as an Arrow array of
+    ``type`` (numpy's own by default; same width, e.g. int64 under a
+    timestamp), sharing its memory. ``mask``: True where the value is
+    null (as pa.array's)."""
+    values = np.ascontiguousarray(values)
+    if not values.dtype.isnative:  # e.g. the kernel's network-order fields
+        values = values.astype(values.dtype.newbyteorder("="))
+    if values.ndim != 1 or values.dtype.kind not in "iuf":
+        raise TypeError(f"not a 1-D numeric column: {values.dtype} {values.shape}")
+    if type is None:
+        type = pa.from_numpy_dtype(values.dtype)
+    if type.bit_width != 8 * values.dtype.itemsize:
+        raise TypeError(f"{values.dtype} values are not {type}")
+    validity, nulls = None, 0
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        nulls = int(np.count_nonzero(mask))
+        if nulls:
+            validity = pa.py_buffer(np.packbits(~mask, bitorder="little"))
+    return pa.Array.from_buffers(type, len(values), [validity, pa.py_buffer(values)], null_count=nulls)
