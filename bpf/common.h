@@ -44,6 +44,19 @@
 #define LD32(ptr) (*(const u32 *)(ptr))
 #define LD64(ptr) (*(const u64 *)(ptr))
 
+/* A value the loader writes into the program (tracer/kernel/program_cache.py
+ * PARAM_MARKER): one 64-bit load of this marker, which the compiler cannot
+ * fold, rewritten to the program's value when it is loaded. So one compiled
+ * body serves several programs (tc's four hooks, netfilter's two NAT stages:
+ * TRC_SHARED_ENTRIES) at a fraction of the compile, and the verifier still
+ * sees a constant: it follows only the branches that value takes. */
+static __always_inline u64 trc_param(void)
+{
+    u64 v;
+    asm volatile("%0 = 0x5452435f50415231 ll" : "=r"(v));
+    return v;
+}
+
 /* struct trc_addr (tracer/events.py): an IPv6 address, or an IPv4 one as
  * IPv4-mapped IPv6 (::ffff:a.b.c.d), so one key, one record and one filter
  * serve both families. Two words, compared and copied as u64. The words are

@@ -496,5 +496,11 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
 /* One program per side of NAT, linked on every hook (the hook is read from
  * nf_hook_state); priorities are chosen in tracer/sensors/netfilter.py next
  * to, never on, the tables' own. FORWARD uses the "before" program. */
+#ifdef TRC_SHARED_ENTRIES
+/* One body for both: the loader writes the stage in (trc_param; the
+ * programs: tracer/sensors/netfilter.py VARIANTS). */
+int trc_nf(struct nf_ctx *ctx) { return nf_sense(ctx, trc_param()); }
+#else
 int trc_nf_b(struct nf_ctx *ctx) { return nf_sense(ctx, NAT_BEFORE); }
 int trc_nf_a(struct nf_ctx *ctx) { return nf_sense(ctx, NAT_AFTER); }
+#endif

@@ -207,9 +207,19 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
     return TC_CONTINUE;
 }
 
+#ifdef TRC_SHARED_ENTRIES
+/* One body for the four programs below: the loader writes hook | flags << 8
+ * into it (trc_param; the programs: tracer/sensors/tc.py VARIANTS). */
+int trc_tc(struct __sk_buff *ctx)
+{
+    u64 v = trc_param();
+    return tc_sense(ctx, v, v >> 8);
+}
+#else
 /* Host-netns interfaces (external NICs, bridges, host-side veths). */
 int trc_tc_in(struct __sk_buff *ctx) { return tc_sense(ctx, HOOK_TC_INGRESS, 0); }
 int trc_tc_eg(struct __sk_buff *ctx) { return tc_sense(ctx, HOOK_TC_EGRESS, 0); }
 /* A container's eth0, inside its netns (its ifindex is only unique there). */
 int trc_tc_in_ct(struct __sk_buff *ctx) { return tc_sense(ctx, HOOK_TC_INGRESS, FLAG_IN_CONTAINER_NS); }
 int trc_tc_eg_ct(struct __sk_buff *ctx) { return tc_sense(ctx, HOOK_TC_EGRESS, FLAG_IN_CONTAINER_NS); }
+#endif

@@ -1,8 +1,10 @@
 """The program cache for real (tracer/kernel/program_cache.py,
 cached_module.py): a cold start compiles and fills it, a warm start loads
 the same programs without clang and follows the same packets the same way,
-a corrupt entry and one the kernel refuses are compiled again, and nothing
-stays in the kernel either way. Each test has its own cache directory."""
+a corrupt entry, one whose parameter slots were tampered with and one the
+kernel refuses are compiled again, and nothing stays in the kernel either
+way. Each test has its own cache directory. (Both starts load with the
+cache's loader: BCC only compiles.)"""
 
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ def test_cold_start_fills_the_cache_and_a_warm_start_uses_it(lab, cache_dir):
     # Two ports: the filter's hash map is written through the cached module's tables too.
     cold = _session(lab, (lab["port"], lab["port"] + 1))
     try:
-        assert not isinstance(cold.bpf, CachedModule) and "compiled" in cold.startup
+        assert "compiled" in cold.startup and "from cache" not in cold.startup
         assert _sees_traffic(cold, lab)
     finally:
         cold.close()
@@ -121,13 +123,13 @@ def test_a_corrupt_entry_is_compiled_again_and_replaced(lab, cache_dir, caplog):
     with caplog.at_level(logging.WARNING):
         session = _session(lab)
     try:
-        assert not isinstance(session.bpf, CachedModule)
+        assert "compiled" in session.startup and "from cache" not in session.startup
         assert "unusable" in caplog.text
         assert _sees_traffic(session, lab)
     finally:
         session.close()
     key = _entry(cache_dir).stem
-    assert pc.decode(_entry(cache_dir).read_bytes(), key).program("trc_tc_in") is not None, "replaced by a good one"
+    assert pc.decode(_entry(cache_dir).read_bytes(), key).program("trc_tc").params, "replaced by a good one"
     assert _bpf_fds() == fds
     assert wait_gone(before) == ([], [])
 
@@ -137,18 +139,42 @@ def test_an_entry_the_kernel_refuses_is_compiled_again_and_nothing_stays(lab, ca
     entry = _entry(cache_dir)
     key = entry.stem
     good = pc.decode(entry.read_bytes(), key)
-    # A well-formed entry (its checksum matches) whose tc ingress program the verifier refuses.
-    programs = tuple(pc.ProgramSpec(p.name, EXIT_ONLY, ()) if p.name == "trc_tc_in" else p for p in good.programs)
+    # A well-formed entry (its checksum matches) whose drop program the verifier refuses.
+    programs = tuple(pc.ProgramSpec(p.name, EXIT_ONLY, ()) if p.name == "trc_drop" else p for p in good.programs)
     entry.write_bytes(pc.encode(pc.Compiled(good.license, good.kern_version, good.maps, programs), key))
     before, fds = kernel_snapshot(), _bpf_fds()
     with caplog.at_level(logging.WARNING):
         session = _session(lab)
     try:
-        assert not isinstance(session.bpf, CachedModule), "compiled after the refusal"
-        assert "not loadable here" in caplog.text and "trc_tc_in" in caplog.text
+        assert session.startup.get("compiled", 0) > session.startup["from cache"], "compiled after the refusal"
+        assert "not loadable here" in caplog.text and "trc_drop" in caplog.text
         assert _sees_traffic(session, lab)
     finally:
         session.close()
-    assert pc.decode(_entry(cache_dir).read_bytes(), key).program("trc_tc_in").insns != EXIT_ONLY
+    assert pc.decode(_entry(cache_dir).read_bytes(), key).program("trc_drop").insns != EXIT_ONLY
     assert _bpf_fds() == fds, "the refused module's maps and programs were closed"
+    assert wait_gone(before) == ([], [])
+
+
+def test_an_entry_whose_shared_body_lost_its_parameter_slot_is_compiled_again(lab, cache_dir, caplog):
+    """Tampered with and checksummed again: the tc body without its slot
+    would load the marker itself as every tc program's hook."""
+    _session(lab).close()
+    entry = _entry(cache_dir)
+    key = entry.stem
+    good = pc.decode(entry.read_bytes(), key)
+    assert good.program("trc_tc").params and good.program("trc_nf").params
+    programs = tuple(pc.ProgramSpec(p.name, p.insns, p.relocs, ()) if p.name == "trc_tc" else p for p in good.programs)
+    entry.write_bytes(pc.encode(pc.Compiled(good.license, good.kern_version, good.maps, programs), key))
+    before, fds = kernel_snapshot(), _bpf_fds()
+    with caplog.at_level(logging.WARNING):
+        session = _session(lab)
+    try:
+        assert "compiled" in session.startup and "from cache" not in session.startup
+        assert "unusable" in caplog.text and "parameter slots" in caplog.text
+        assert _sees_traffic(session, lab)
+    finally:
+        session.close()
+    assert pc.decode(_entry(cache_dir).read_bytes(), key).program("trc_tc").params == good.program("trc_tc").params
+    assert _bpf_fds() == fds
     assert wait_gone(before) == ([], [])

@@ -1,7 +1,10 @@
 """A compiled module rebuilt from the program cache, without BCC's compiler.
 
 It creates the maps as BCC had them, writes their fds into the programs'
-map loads and has the kernel load the programs on demand. It answers the
+map loads and has the kernel load the programs on demand. A program may be a
+variant of a shared body (``variants``: name -> (body, value)): the body's
+instructions with the value in its parameter slots (program_cache.patch),
+loaded under the program's own name. It answers the
 part of bcc.BPF's interface this project uses (``module[name]`` for maps,
 ``load_func``, ``attach_raw_tracepoint``/``detach_raw_tracepoint``,
 ``cleanup``), so the sensors and the session take either.
@@ -10,13 +13,13 @@ part of bcc.BPF's interface this project uses (``module[name]`` for maps,
 from __future__ import annotations
 
 import os
-import struct
 import threading
 from dataclasses import dataclass
+from typing import Mapping
 
 from tracer.kernel import bpf_syscall as sc
 from tracer.kernel.map_table import MapTable, ctype_of_json
-from tracer.kernel.program_cache import Compiled
+from tracer.kernel.program_cache import Compiled, ProgramSpec, patch
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,9 @@ def _text(name) -> str:
 
 
 class CachedModule:
-    def __init__(self, compiled: Compiled) -> None:
+    def __init__(self, compiled: Compiled, variants: Mapping[str, tuple[str, int]] | None = None) -> None:
         self.compiled = compiled
+        self.variants = dict(variants or {})
         self.map_fds: dict[str, int] = {}
         self.tables: dict[str, MapTable] = {}
         self.funcs: dict[bytes, Function] = {}
@@ -61,19 +65,26 @@ class CachedModule:
             return self.tables[name]
 
     # ---- programs ----------------------------------------------------------------
+    def _spec(self, name) -> tuple[ProgramSpec | None, int | None]:
+        """The compiled function behind a program's name, and its value if
+        it is a variant of a shared body."""
+        body, value = self.variants.get(_text(name), (_text(name), None))
+        return self.compiled.program(body), value
+
     def function_size(self, name) -> int:
-        spec = self.compiled.program(_text(name))
+        spec, _ = self._spec(name)
         return len(spec.insns) if spec else 0
 
     def patched(self, name) -> bytes:
-        """The program's instructions with this module's map fds in them."""
-        spec = self.compiled.program(_text(name))
+        """The program's instructions with this module's map fds (and its
+        value, for a variant) in them."""
+        spec, value = self._spec(name)
         if spec is None:
             raise Exception(f"Unknown program {_text(name)}")  # as BCC says it
-        insns = bytearray(spec.insns)
-        for index, map_index in spec.relocs:
-            struct.pack_into("<i", insns, index * 8 + 4, self.map_fds[self.compiled.maps[map_index].name])
-        return bytes(insns)
+        try:
+            return patch(spec, [self.map_fds[m.name] for m in self.compiled.maps], value)
+        except ValueError as exc:
+            raise Exception(f"Cannot load BPF program {_text(name)}: {exc}") from None
 
     def load_func(self, name, prog_type: int, device=None, attach_type: int = -1) -> Function:
         """Load (once) and return the program; a refusal raises Exception

@@ -4,6 +4,15 @@ All sensors live in one compilation unit so they share maps (flows, the
 packet cache, the ring buffer) and clang runs once. The source is assembled from
 ``bpf/common.h`` plus each sensor's file, preceded by the generated event
 definitions and ``#define``s for BTF offsets and the filter.
+
+A trace's start (``Program.build``) has BCC compile and then loads the
+result with our own loader (tracer/kernel/cached_module.py), the same one
+the program cache's warm starts use: it can write a value into a compiled
+body, so the four tc programs and the two netfilter ones are each one
+function compiled once (-DTRC_SHARED_ENTRIES, Sensor.variants) instead of
+six inlined copies of the same C. ``Program.compile`` is BCC alone (each
+program its own function, BCC loads them), for tests, benchmarks and
+TRACER_DEBUG (which keeps BCC's debug info).
 """
 
 from __future__ import annotations
@@ -233,11 +242,22 @@ class Program:
     def annotated_source(self) -> str:
         """The source after the clang flags it is built with, as a C comment
         (what --ebpf prints, as bcc's tools do)."""
-        head = ["/* tracer: the BPF program as clang compiles it, with these flags:"]
+        # A function per program, which BCC loads as it is: a trace's own
+        # build (-DTRC_SHARED_ENTRIES) needs tracer's loader to write each
+        # program's value into the shared body.
+        head = ["/* tracer: the BPF program as clang compiles it for BCC to load (a trace adds -DTRC_SHARED_ENTRIES: "
+                "one body for the tc programs, one for the netfilter ones, each program's value written in at load), "
+                "with these flags:"]
         head += [f" *   {flag}" for flag in self.cflags()]
         return "\n".join(head) + "\n */\n" + self.source()
 
-    def cflags(self) -> list[str]:
+    def variants(self) -> dict[str, tuple[str, int]]:
+        """Program name -> (shared body, value) over every sensor (Sensor.variants)."""
+        return {name: v for sensor in self.sensors for name, v in sensor.variants().items()}
+
+    def cflags(self, shared: bool = False) -> list[str]:
+        """clang's flags; ``shared``: one body per sensor for the programs
+        that differ only by a value (built for our loader, see build)."""
         wanted = dict(COMMON_OFFSETS)
         extra: list[str] = []
         for sensor in self.sensors:
@@ -259,6 +279,8 @@ class Program:
             flags += [f"-DSWEEP_CHUNK={SWEEP_CHUNK}", f"-DJOURNEY_POOL={pool}", f"-DJOURNEY_SLOTS={pool * cpus}"]
         if self.sightings and not self.latency:  # latency mode has no per-packet records at all
             flags.append("-DSIGHTING_EVENTS")
+        if shared:
+            flags.append("-DTRC_SHARED_ENTRIES")
         # Extra clang flags for experiments and benchmarks (e.g. -DTRACER_NOOP:
         # every program returns at once, to measure what attaching alone costs).
         extra_env = os.environ.get("TRACER_BPF_CFLAGS", "").split()
@@ -283,23 +305,27 @@ class Program:
 
     def build(self, programs: Iterable[tuple[str, int, int]], mark: Callable[[str], Any] = lambda phase: None,
               cache: "program_cache.ProgramCache | None" = None):
-        """The module with ``programs`` verified (load_programs): from the
-        program cache when it holds this exact build (no clang), else
-        compiled by BCC and then kept there. An entry the kernel refuses is
-        discarded and the program compiled. ``mark`` is told when each
-        phase ends ("compiled" or "from cache", then "programs loaded")."""
+        """The module with ``programs`` verified (load_programs). From the
+        program cache when it holds this exact build (no clang); else BCC
+        compiles it, the compiled programs are kept there, and our loader
+        (CachedModule) loads them either way, each variant of a shared body
+        with its value (Sensor.variants). An entry the kernel refuses is
+        discarded and the program compiled. With TRACER_DEBUG, BCC compiles
+        and loads on its own (one function per program, with its debug
+        info). ``mark`` is told when each phase ends ("compiled" or "from
+        cache", then "programs loaded")."""
         programs = list(programs)
-        source, cflags = self.source(), self.cflags()
+        if not own_loader():
+            return self._bcc_build(programs, mark)
+        source, cflags = self.source(), self.cflags(shared=True)
         if cache is None and program_cache.enabled():
             cache = program_cache.ProgramCache()
         key = self.cache_key(source, cflags) if cache is not None else ""
         compiled = cache.load(key) if cache is not None else None
         if compiled is not None:
-            from tracer.kernel.cached_module import CachedModule  # noqa: PLC0415
-
             module = None
             try:
-                module = CachedModule(compiled)
+                module = self._module(compiled)
                 mark("from cache")
                 failed = load_programs(module, programs)
             except OSError as exc:  # maps refused (e.g. memory): BCC's own attempt says why, if it fails too
@@ -312,16 +338,41 @@ class Program:
                 module.cleanup()
             cache.discard(key)
         bpf = self.compile(source, cflags)
+        try:
+            compiled = program_cache.snapshot(bpf)
+        except program_cache.NotCacheable as exc:  # not seen with this BCC: then BCC loads a build of its own
+            log.warning("compiled programs not loadable by tracer's loader (%s): compiling for BCC's", exc)
+            compiled = None
+        finally:
+            bpf.cleanup()  # its maps and LLVM's memory: ours are made from the snapshot
+        if compiled is None:
+            return self._bcc_build(programs, mark)
         mark("compiled")
-        failed = load_programs(bpf, programs)
+        try:
+            module = self._module(compiled)
+        except OSError as exc:
+            raise MissingCapability(f"BPF maps not created: {exc.strerror or exc}") from None
+        failed = load_programs(module, programs)
         mark("programs loaded")
         if cache is not None and not failed:
             try:
-                cache.store(key, program_cache.snapshot(bpf))
-            except program_cache.NotCacheable as exc:
-                log.debug("program not cached: %s", exc)
+                cache.store(key, compiled)
             except Exception as exc:  # noqa: BLE001 - a cache we cannot fill is only a missed speed-up
                 log.warning("program not cached: %s", exc)
+        return module
+
+    def _module(self, compiled: "program_cache.Compiled"):
+        """Maps created, programs loaded on demand, from a compiled build."""
+        from tracer.kernel.cached_module import CachedModule  # noqa: PLC0415
+
+        return CachedModule(compiled, self.variants())
+
+    def _bcc_build(self, programs: list[tuple[str, int, int]], mark: Callable[[str], Any]):
+        """BCC compiles and loads, one function per program (no cache)."""
+        bpf = self.compile()
+        mark("compiled")
+        load_programs(bpf, programs)
+        mark("programs loaded")
         return bpf
 
     def cache_key(self, source: str, cflags: list[str]) -> str:
@@ -334,6 +385,14 @@ class Program:
         uname = os.uname()
         return program_cache.cache_key(source, cflags, bcc.__version__, _header_tree_identity(headers.path),
                                        f"{uname.release} {uname.version} {uname.machine} {kernel_btf_key()}")
+
+
+def own_loader() -> bool:
+    """Whether starts load the compiled programs with tracer's loader
+    (shared bodies, the program cache): not with TRACER_DEBUG, which keeps
+    BCC's debug info (program BTF, source lines in verifier messages) that
+    only BCC's own loading passes on."""
+    return not os.environ.get("TRACER_DEBUG")
 
 
 def _header_tree_identity(path) -> str:

@@ -7,7 +7,10 @@ each map's kernel attributes (from the kernel's own view of BCC's maps) and
 BCC's description of its key and value types. A later run with the same key
 (the source, the clang flags, BCC's version, the header tree and the
 kernel's BTF) creates the maps itself, writes their fds into the
-instructions and loads them (tracer/kernel/cached_module.py).
+instructions and loads them (tracer/kernel/cached_module.py). A body that
+serves several programs (bpf/common.h trc_param: tc's four hooks, netfilter's
+two NAT stages) keeps where it loads PARAM_MARKER, and each program is the
+body with its own value written there (``patch``).
 
 The cache is a directory only root may write, never through a symbolic
 link (programs from it run in the kernel): one file per key, ``<key>.prog``, its first line the SHA-256
@@ -33,12 +36,15 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the entry's shape or meaning changes
+FORMAT = 2  # bump when the entry's shape or meaning changes (2: parameter slots)
 MAX_ENTRIES = 32  # ~130 KB each; a test suite's many option sets fit
 SUFFIX = ".prog"
 TMP_SUFFIX = ".tmp"
 LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
 BPF_PSEUDO_MAP_FD = 1
+# The 64-bit constant bpf/common.h trc_param loads ("TRC_PAR1"): each of its
+# loads is a slot the loader writes the program's value into.
+PARAM_MARKER = 0x5452435F50415231
 
 
 class CorruptEntry(ValueError):
@@ -66,6 +72,7 @@ class ProgramSpec:
     name: str
     insns: bytes
     relocs: tuple[tuple[int, int], ...]  # (instruction index, index into maps) whose imm is the map's fd
+    params: tuple[int, ...] = ()  # instruction indexes of PARAM_MARKER loads (trc_param)
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,38 @@ def cache_key(source: str, cflags: list[str], bcc_version: str, headers: str, ke
 
 
 # -- taking a compiled BCC module apart -----------------------------------------
+
+
+def _imm64(insns: bytes, at: int) -> int:
+    """The 64-bit constant of the ld_imm64 at byte ``at`` (two slots' imm)."""
+    lo, hi = struct.unpack_from("<I", insns, at + 4)[0], struct.unpack_from("<I", insns, at + 12)[0]
+    return hi << 32 | lo
+
+
+def param_slots(insns: bytes) -> tuple[int, ...]:
+    """Instruction indexes of the plain ld_imm64 loads of PARAM_MARKER."""
+    return tuple(i // 8 for i in range(0, len(insns) - 15, 8)
+                 if insns[i] == LD_IMM64 and insns[i + 1] >> 4 == 0 and _imm64(insns, i) == PARAM_MARKER)
+
+
+def patch(spec: ProgramSpec, map_fds: list[int], value: int | None) -> bytes:
+    """The program's instructions with the maps' fds (in the entry's map
+    order) in its map loads and ``value`` in its parameter slots. A body
+    with slots needs a value and one without takes none: either mistake
+    would load a program that sees a hook it is not attached to."""
+    if spec.params and value is None:
+        raise ValueError(f"{spec.name} is a shared body: it needs the value of one of its programs")
+    if value is not None and not spec.params:
+        raise ValueError(f"{spec.name} has no parameter slot for the value {value}")
+    if value is not None and not 0 <= value < 1 << 64:
+        raise ValueError(f"parameter {value} does not fit 64 bits")
+    insns = bytearray(spec.insns)
+    for index, map_index in spec.relocs:
+        struct.pack_into("<i", insns, index * 8 + 4, map_fds[map_index])
+    for index in spec.params:
+        struct.pack_into("<I", insns, index * 8 + 4, value & 0xFFFFFFFF)
+        struct.pack_into("<I", insns, index * 8 + 12, value >> 32)
+    return bytes(insns)
 
 
 def relocations(insns: bytes, map_of_fd: dict[int, int]) -> tuple[tuple[int, int], ...]:
@@ -140,7 +179,7 @@ def snapshot(bpf) -> Compiled:
     for i in range(lib.bpf_num_functions(module)):
         name = lib.bpf_function_name(module, i)
         insns = ctypes.string_at(lib.bpf_function_start(module, name), lib.bpf_function_size(module, name))
-        programs.append(ProgramSpec(name.decode(), insns, relocations(insns, map_of_fd)))
+        programs.append(ProgramSpec(name.decode(), insns, relocations(insns, map_of_fd), param_slots(insns)))
     return Compiled(lib.bpf_module_license(module), int(lib.bpf_module_kern_version(module)), tuple(maps),
                     tuple(programs))
 
@@ -152,8 +191,8 @@ def encode(compiled: Compiled, key: str) -> bytes:
     body = json.dumps({
         "format": FORMAT, "key": key, "license": compiled.license.decode(), "kern_version": compiled.kern_version,
         "maps": [vars(m) for m in compiled.maps],
-        "programs": [{"name": p.name, "insns": base64.b64encode(p.insns).decode(), "relocs": p.relocs}
-                     for p in compiled.programs],
+        "programs": [{"name": p.name, "insns": base64.b64encode(p.insns).decode(), "relocs": p.relocs,
+                      "params": p.params} for p in compiled.programs],
     }, separators=(",", ":")).encode()
     return hashlib.sha256(body).hexdigest().encode() + b"\n" + body
 
@@ -169,7 +208,8 @@ def decode(data: bytes, key: str) -> Compiled:
             raise CorruptEntry("another format or key")
         maps = tuple(MapSpec(**m) for m in raw["maps"])
         programs = tuple(ProgramSpec(p["name"], base64.b64decode(p["insns"], validate=True),
-                                     tuple((int(i), int(m)) for i, m in p["relocs"])) for p in raw["programs"])
+                                     tuple((int(i), int(m)) for i, m in p["relocs"]),
+                                     tuple(int(i) for i in p["params"])) for p in raw["programs"])
         compiled = Compiled(raw["license"].encode(), int(raw["kern_version"]), maps, programs)
     except CorruptEntry:
         raise
@@ -180,7 +220,8 @@ def decode(data: bytes, key: str) -> Compiled:
 
 
 def _check(compiled: Compiled) -> None:
-    """Every relocation points at a map-fd load of a map that exists."""
+    """Every relocation points at a map-fd load of a map that exists, and
+    every parameter slot at a load of PARAM_MARKER."""
     for p in compiled.programs:
         if not p.insns or len(p.insns) % 8:
             raise CorruptEntry(f"{p.name}: instructions are not whole")
@@ -189,6 +230,8 @@ def _check(compiled: Compiled) -> None:
             if not (0 <= map_index < len(compiled.maps)) or not (0 <= at < len(p.insns) - 8) \
                     or p.insns[at] != LD_IMM64 or p.insns[at + 1] >> 4 != BPF_PSEUDO_MAP_FD:
                 raise CorruptEntry(f"{p.name}: relocation {index} is not a map load")
+        if p.params != param_slots(p.insns):
+            raise CorruptEntry(f"{p.name}: parameter slots are not the marker's loads")
 
 
 def default_dir() -> Path:

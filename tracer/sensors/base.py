@@ -35,6 +35,14 @@ class Sensor(ABC):
         load_programs); attach() then finds them loaded."""
         return []
 
+    def variants(self) -> dict[str, tuple[str, int]]:
+        """Programs that are one compiled body with a value written in at
+        load (bpf/common.h trc_param, built with -DTRC_SHARED_ENTRIES):
+        program name -> (body function, value). Loaders that patch
+        (tracer/kernel/cached_module.py) take them; BCC's own compile has
+        each program as its own function instead."""
+        return {}
+
     @abstractmethod
     def attach(self, bpf) -> None:
         """Load this sensor's programs from the compiled module and attach them."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from tracer import events
 from tracer.errors import TracerError
 from tracer.kernel.bpf_syscall import NFPROTO_IPV4, NFPROTO_IPV6
 from tracer.kernel.links import NetfilterLink, PriorityTaken
@@ -33,6 +34,9 @@ class NfProbe:
 # links (each reads its hook from nf_hook_state): one program per link made
 # clang compile the same body nine times, about a second of start-up.
 BEFORE, AFTER = "trc_nf_b", "trc_nf_a"
+# One body (bpf/netfilter.c trc_nf) serves both: the NAT stage written in at
+# load (Sensor.variants).
+VARIANTS = {BEFORE: ("trc_nf", events.NAT_STAGES.index("before")), AFTER: ("trc_nf", events.NAT_STAGES.index("after"))}
 PROBES = (
     NfProbe("pre_b", BEFORE, "prerouting", range(-101, -150, -1)),
     NfProbe("pre_a", AFTER, "prerouting", range(-99, -50)),
@@ -75,6 +79,9 @@ class NetfilterSensor(Sensor):
 
     def programs(self):
         return [(name, BPF_PROG_TYPE_NETFILTER, BPF_NETFILTER) for name in (BEFORE, AFTER)]
+
+    def variants(self):
+        return dict(VARIANTS)
 
     def attach(self, bpf) -> None:
         """The IPv4 hooks are required; the IPv6 ones are attached where the

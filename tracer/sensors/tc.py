@@ -9,6 +9,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+from tracer import events
 from tracer.kernel.links import TargetGone, attach_tc
 from tracer.text import printable
 from tracer.kernel.hop_codes import IF_ROLE_SLOTS, ROLES
@@ -20,6 +21,12 @@ log = logging.getLogger(__name__)
 # Interface roles as the kernel codes them (ROLE_* from tracer/kernel/hop_codes.py).
 # (ingress, egress) programs: on host interfaces, and on eth0 inside a container's netns.
 PROGRAMS = {False: ("trc_tc_in", "trc_tc_eg"), True: ("trc_tc_in_ct", "trc_tc_eg_ct")}
+# One body (bpf/tc.c trc_tc) serves the four programs: hook | flags << 8
+# written in at load (Sensor.variants).
+VARIANTS = {
+    name: ("trc_tc", events.HOOKS.index(hook) | (events.FLAG_IN_CONTAINER_NS if in_ct else 0) << 8)
+    for in_ct, pair in PROGRAMS.items() for name, hook in zip(pair, ("tc_ingress", "tc_egress"))
+}
 ROLE_CODES = {role: code for code, role in enumerate(ROLES)}  # ROLE_*, generated into the C by tracer/kernel/hop_codes.py
 
 
@@ -60,6 +67,9 @@ class TcSensor(Sensor):
 
     def programs(self):
         return [(name, BPF_PROG_TYPE_SCHED_CLS, -1) for pair in PROGRAMS.values() for name in pair]
+
+    def variants(self):
+        return dict(VARIANTS)
 
     def attach(self, bpf) -> None:
         # Interface roles in the kernel (bpf/common.h if_role): journeys end
