@@ -15,11 +15,11 @@ While a loop in the lab's client netns keeps making HTTP requests to
   IDLE_NS, ~150 ms, see tracer/feeds.py), and the process's CPU (user +
   system, all threads) when that journey arrived: steadier than wall time
   on a loaded machine;
-* in-process, this tree, warm cache: ``TraceSession(TraceOptions(Targets(ports=(8000,))))``:
+* in-process, this tree, cold and warm cache: ``TraceSession(TraceOptions(Targets(ports=(8000,))))``:
   ``start()`` to its return (attached), to the first non-empty ``poll()``,
   and the end of each start-up phase (``TraceSession.startup``: Docker
-  inventory, BPF compile, verifier, attach), without Python start-up and
-  imports.
+  inventory, BPF compile or the cache, verifier, attach), without Python
+  start-up and imports.
 
 Prints per tree the median of each figure with a 95 % bootstrap interval,
 the median of the per-round ratios (this tree / baseline), the start-up
@@ -113,11 +113,13 @@ def cli_once(tree: Path, timeout: float = 60, env_extra: dict | None = None
     return ready, first, cpu
 
 
-def in_process_once(timeout: float = 30) -> tuple[float, float | None, dict[str, float]]:
-    """(start() -> attached, start() -> first event drained, phase ends)."""
+def in_process_once(cache_dir: Path, timeout: float = 30) -> tuple[float, float | None, dict[str, float]]:
+    """(start() -> attached, start() -> first event drained, phase ends),
+    with the program cache in ``cache_dir``."""
     from tracer.session import TraceOptions, TraceSession
     from tracer.targets import Targets
 
+    os.environ["TRACER_PROGRAM_CACHE_DIR"] = str(cache_dir)
     t0 = time.monotonic()
     session = TraceSession(TraceOptions(Targets(ports=(8000,))))
     session.start()
@@ -158,12 +160,12 @@ def main() -> int:
           f"client netns requests {status['url']} ~20/s; load average {load_average()}", flush=True)
     fmt = lambda v: f"{v:.2f}" if v is not None else "n/a"  # noqa: E731
     cli = {name: {"ready": [], "first": [], "cpu": []} for name in names}
-    ip_ready, ip_first, phases = [], [], []
-    os.environ["TRACER_PROGRAM_CACHE_DIR"] = str(warm_dir)  # the in-process sessions': warm
+    ip = {cache: {"ready": [], "first": [], "phases": []} for cache in ("cold", "warm")}
     traffic = TrafficLoop(status)
     try:
         time.sleep(0.5)
         cli_once(REPO, env_extra={"TRACER_PROGRAM_CACHE_DIR": str(warm_dir)})  # fills the warm cache, untimed
+        in_process_once(warm_dir)  # and with the in-process session's program (no proxy links), untimed
         for i in range(args.rounds):
             order = names if i % 2 == 0 else names[::-1]
             line = []
@@ -177,12 +179,14 @@ def main() -> int:
                 cli[name]["first"].append(f)
                 cli[name]["cpu"].append(c)
                 line.append(f"{name}: attached {fmt(r)} s, journey {fmt(f)} s, CPU {fmt(c)} s")
-            r2, f2, ph = in_process_once()
-            ip_ready.append(r2)
-            ip_first.append(f2)
-            phases.append(ph)
-            print(f"  round {i + 1}: " + "; ".join(line) + f"; in-process attached {fmt(r2)} s, first event {fmt(f2)} s"
-                  f" (load {load_average()})", flush=True)
+            for cache in ("cold", "warm") if i % 2 == 0 else ("warm", "cold"):
+                cache_dir = where / f"cold-ip-{i}" if cache == "cold" else warm_dir
+                r2, f2, ph = in_process_once(cache_dir)
+                shutil.rmtree(where / f"cold-ip-{i}", ignore_errors=True)
+                for key, value in (("ready", r2), ("first", f2), ("phases", ph)):
+                    ip[cache][key].append(value)
+                line.append(f"in-process {cache}: attached {fmt(r2)} s, first event {fmt(f2)} s")
+            print(f"  round {i + 1}: " + "; ".join(line) + f" (load {load_average()})", flush=True)
     finally:
         traffic.stop()
         shutil.rmtree(where, ignore_errors=True)  # the baseline's copy, the caches
@@ -199,12 +203,14 @@ def main() -> int:
             for name in names[1:]:
                 print(f"    {'ratio, ' + name.replace('this tree, ', '') + ' / baseline':{width}s} "
                       f"{ratio_interval(cli[name][key], cli[names[0]][key])}")
-    print(f"  in-process: start() -> attached                      {median_interval(ip_ready)}")
-    print(f"  in-process: start() -> first event drained           {median_interval(ip_first)}")
-    if any(phases):
-        print("  in-process start-up phases (this tree), seconds from start() to the phase's end, medians:")
-        for phase in phases[0]:
-            print(f"    {phase:20s} {statistics.median(p[phase] for p in phases if phase in p):5.2f} s")
+    for cache, got in ip.items():
+        print(f"  in-process, {cache} cache: start() -> attached             {median_interval(got['ready'])}")
+        print(f"  in-process, {cache} cache: start() -> first event drained  {median_interval(got['first'])}")
+        phases = got["phases"]
+        if any(phases):
+            print(f"  in-process start-up phases (this tree, {cache} cache), seconds from start() to the phase's end, medians:")
+            for phase in dict.fromkeys(p for ph in phases for p in ph):
+                print(f"    {phase:20s} {statistics.median(p[phase] for p in phases if phase in p):5.2f} s")
     for name in names[-2:]:
         got = [v for v in cli[name]["first"] if v is not None]
         ok = bool(got) and statistics.median(got) <= TARGET_S
