@@ -476,6 +476,18 @@ struct last_sighting {
     u16 dir;   /* latency mode: the packet's conntrack direction */
 };
 
+#ifndef SIGHTING_EVENTS
+/* Each sensor's last sighting on this CPU, for its fast path (bpf/tc.c
+ * tc_known, bpf/netfilter.c nf_known) and for the other sensor's: one skb
+ * goes tc ingress -> netfilter -> tc egress on one CPU, so the first
+ * netfilter hook of a packet tc has just seen (and the first tc hook after
+ * netfilter) finds its journey (latency mode: its slot) here instead of
+ * paying the full path a second time per packet. Here, not in the sensors'
+ * files, so each sensor sees the other's whether or not it is loaded. */
+BPF_PERCPU_ARRAY(tc_last, struct last_sighting, 1);
+BPF_PERCPU_ARRAY(nf_last, struct last_sighting, 1);
+#endif
+
 /* The packet-cache slot of a last sighting, if it saw the packet within the
  * joining window: a fast path never joins what the full path would not. The
  * caller checks it still holds the same packet. */

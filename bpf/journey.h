@@ -131,41 +131,40 @@ static __always_inline void journey_fence(void)
     __sync_lock_test_and_set(&w, 0);
 }
 
-/* busy - held, after a fence: what was written in the slot is visible
- * before the slot looks free (see journey_fence). */
+/* Out of a journey slot entered with journey_enter (held 1) or taken with
+ * journey_take / journey_retake (held JOURNEY_LOCK): busy - held, what was
+ * written in the slot visible before the slot looks free. It must still
+ * hold journey `id`: while it is held nothing can restart it, so anything
+ * else is a bug, counted (FAULT_MISMATCH).
+ *
+ * `slot`: the packet-cache slot of a caller that wrote a hop of journey
+ * `id` and did not close it itself (NULL otherwise). If the slot no longer
+ * holds the journey open, another CPU closed (emitted) it while the hop was
+ * being written, maybe copying the record before the hop: counted as
+ * refused (FAULT_HOP_REFUSED), never silently lost. A closer swaps
+ * packet_id (fully ordered) and then copies, so with a full barrier between
+ * this caller's hop stores and its read of packet_id either the closer sees
+ * the hop or this read sees its swap. */
+static __always_inline void journey_release_checked(struct journey *j, u64 id, u64 held, struct pkt_slot *slot)
+{
+    if (j->packet_id != id)
+        journey_count(FAULT_MISMATCH);
+    journey_fence();
+    if (slot && slot->packet_id != (id | JOURNEY_OPEN_BIT))
+        journey_count(FAULT_HOP_REFUSED);
+    __sync_fetch_and_add(&j->busy, -held);
+}
+
+/* busy - held with nothing to check (see journey_release_checked). */
 static __always_inline void journey_unhold(struct journey *j, u64 held)
 {
     journey_fence();
     __sync_fetch_and_add(&j->busy, -held);
 }
 
-/* Out of a journey slot entered with journey_enter (held 1) or taken with
- * journey_take / journey_retake (held JOURNEY_LOCK). It must still hold
- * journey `id`: while it is held nothing can restart it, so anything else
- * is a bug, counted (FAULT_MISMATCH). */
 static __always_inline void journey_release(struct journey *j, u64 id, u64 held)
 {
-    if (j->packet_id != id)
-        journey_count(FAULT_MISMATCH);
-    journey_unhold(j, held);
-}
-
-/* As journey_release after writing a hop of journey `id` whose packet-cache
- * slot is `slot`: if the caller did not close the journey itself (closed)
- * and the slot no longer holds it open, another CPU closed (emitted) it
- * while the hop was being written, maybe copying the record before the hop:
- * counted as refused (FAULT_HOP_REFUSED), never silently lost. The fence
- * comes first: a closer swaps packet_id (fully ordered) and then copies, so
- * either it sees this hop or this read sees its swap. */
-static __always_inline void journey_release_hop(struct pkt_slot *slot, struct journey *j, u64 id, u64 held,
-                                                int closed)
-{
-    if (j->packet_id != id)
-        journey_count(FAULT_MISMATCH);
-    journey_fence();
-    if (!closed && slot->packet_id != (id | JOURNEY_OPEN_BIT))
-        journey_count(FAULT_HOP_REFUSED);
-    __sync_fetch_and_add(&j->busy, -held);
+    journey_release_checked(j, id, held, NULL);
 }
 
 static __always_inline void journey_leave(struct journey *j, u64 id)
@@ -499,7 +498,7 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
     int closed = 0;
     if (ends)
         closed = journey_close(seen, j, id, is_drop ? END_DROP : s->terminal ? END_TERMINAL : END_FULL, sensor);
-    journey_release_hop(seen, j, id, held, closed);
+    journey_release_checked(j, id, held, closed ? NULL : seen);
     if (!ends)
         return k;
     /* A drop ends the packet: the same fingerprint later is another one.
@@ -550,19 +549,9 @@ static __always_inline int journey_fast_hop(struct last_sighting *last, struct p
         closed = journey_close(slot, j, id, s->terminal ? END_TERMINAL : END_FULL, sensor);
         last->skb = 0;
     }
-    journey_release_hop(slot, j, id, 1, closed);
+    journey_release_checked(j, id, 1, closed ? NULL : slot);
     return 1;
 }
-
-/* Each sensor's last sighting on this CPU (struct last_sighting, common.h),
- * for its fast path (bpf/tc.c tc_known, bpf/netfilter.c nf_known), and for the
- * other sensor's: one skb goes tc ingress -> netfilter -> tc egress on one
- * CPU, so the first netfilter hook of a packet tc has just seen (and the
- * first tc hook after netfilter) finds its journey here instead of paying
- * the full path a second time per packet. Here, not in the sensors' files,
- * so each sensor sees the other's whether or not it is loaded. */
-BPF_PERCPU_ARRAY(tc_last, struct last_sighting, 1);
-BPF_PERCPU_ARRAY(nf_last, struct last_sighting, 1);
 
 /* A fast path that took the other sensor's last sighting (from != last)
  * makes it its own: the next hook of this skb in this sensor follows on. */

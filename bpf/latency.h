@@ -101,14 +101,6 @@ static __always_inline void latency_hop(struct pkt_slot *seen, u32 hop, u32 dir,
     seen->last_hop = hop == HOP_DROP ? N_HOPS : hop;
 }
 
-/* Each sensor's last sighting on this CPU (struct last_sighting, common.h),
- * for the fast paths as in trace mode (bpf/journey.h): the next hook of the
- * same skb on this CPU, in this sensor or the other, finds the packet's slot
- * here instead of the flows lookup and the packet-cache search. Here, not in
- * the sensors' files, so each sees the other's whether or not it is loaded. */
-BPF_PERCPU_ARRAY(tc_last, struct last_sighting, 1);
-BPF_PERCPU_ARRAY(nf_last, struct last_sighting, 1);
-
 /* -DTRACER_COUNT_FAST (TRACER_BPF_CFLAGS, tests only): hops the fast paths
  * took, [0] tc, [1] netfilter, so a test can tell they ran; compiled out of
  * the shipped build. */
@@ -145,6 +137,20 @@ static __always_inline void latency_remember(struct last_sighting *last, u64 skb
     last->slot = k;
     last->check = check;
     last->dir = dir;
+}
+
+/* After a full-path sighting at `hop` of the packet in slot k (-1: none),
+ * whose first sighting found flow id `flow_id`: what the next hook of this
+ * skb follows on from (tc_fast, nf_fast). */
+static __always_inline void latency_remember_slot(struct last_sighting *last, u64 skb, s64 k, u32 hop, u64 flow_id,
+                                                  u32 dir)
+{
+    struct pkt_slot *held = NULL;
+    if (k >= 0) {
+        u32 i = k;
+        held = pcache.lookup(&i);
+    }
+    latency_remember(last, skb, held ? k : -1, hop, held ? latency_check(held->first_seen, flow_id) : 0, dir);
 }
 
 /* Returns the packet-cache slot index of the packet (for the sensors' fast

@@ -196,8 +196,7 @@ static __always_inline void nf_devices(u64 state, u8 hook, u32 *ifindex, u32 *ou
  * length: a freed skb may carry the connection's next packet) and take its
  * TTL. A new connection's packets (IP_CT_NEW, where NAT binds and the flow's
  * views are written) take the full path at the NAT hooks ("after" stages)
- * and, in latency mode, everywhere. nf_last: bpf/journey.h
- * (trace mode), bpf/latency.h (latency mode). */
+ * and, in latency mode, everywhere. nf_last: bpf/common.h. */
 
 /* Where a hook comes in one pass of a packet through the stack: PREROUTING
  * (or OUTPUT), then FORWARD or INPUT, then POSTROUTING; before NAT, then
@@ -445,13 +444,8 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
 #ifdef LATENCY_MODE
     u32 hop = nf_hop_code(hook, stage);
     s64 k = latency_sighting(&fp, hop, direction, now);
-    /* Remember it for the next hook of this skb (nf_fast, tc_fast). */
-    struct pkt_slot *held = NULL;
-    if (k >= 0 && ct) {
-        u32 i = k;
-        held = pcache.lookup(&i);
-    }
-    latency_remember(last, skb, held ? k : -1, hop, held ? latency_check(held->first_seen, flow_id) : 0, direction);
+    /* For nf_fast, tc_fast; a packet without a conntrack entry: never. */
+    latency_remember_slot(last, skb, ct ? k : -1, hop, flow_id, direction);
     last->nfct = nfct;
     last->rank = nf_rank(hook, stage);
     return 1;

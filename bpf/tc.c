@@ -72,7 +72,7 @@ static __always_inline int tc_terminal(u8 hook, int in_ct, u32 ifindex)
  * way back), and the tc context is the sk_buff itself, so its address tells
  * a sighting of the same skb as the last one on this CPU. The packet is then
  * confirmed by its whole fingerprint against the slot it has, which skips
- * the flows lookup and the packet-cache search (tc_last: bpf/journey.h). */
+ * the flows lookup and the packet-cache search (tc_last: bpf/common.h). */
 
 static __always_inline int tc_fast(struct last_sighting *from, struct last_sighting *last, struct pkt *p, u8 hook,
                                    int in_ct, u32 ifindex, u64 skb)
@@ -169,14 +169,7 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
     u32 hop = tc_hop_code(hook, role);
     u32 dir = flow ? flow->direction : 0;
     s64 k = latency_sighting(&fp, hop, dir, now);
-    /* For the next hook of this skb (tc_fast, nf_known). */
-    struct pkt_slot *held = NULL;
-    if (k >= 0) {
-        u32 i = k;
-        held = pcache.lookup(&i);
-    }
-    latency_remember(last, skb, held ? k : -1, hop, held ? latency_check(held->first_seen, flow ? flow->flow_id : 0) : 0,
-                     dir);
+    latency_remember_slot(last, skb, k, hop, flow ? flow->flow_id : 0, dir); /* for tc_fast, nf_known */
     return TC_CONTINUE;
 #endif
 #if defined(SIGHTING_EVENTS) || defined(LATENCY_MODE) /* latency mode returned above */
