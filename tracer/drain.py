@@ -203,7 +203,7 @@ class BackgroundDrain:
     drops what does not fit, while this queue only costs memory."""
 
     def __init__(self, drain: RingBufferDrain, poll_s: float = 0.05, max_queued_bytes: int = 100_000_000,
-                 batch_s: float = 0.005, tick=None, tick_s: float = 0.05) -> None:
+                 batch_s: float = 0.025, tick=None, tick_s: float = 0.05) -> None:
         self.drain = drain
         self.poll_s = poll_s
         self.batch_s = batch_s
@@ -251,19 +251,23 @@ class BackgroundDrain:
                     with self.lock:
                         self.queued += len(batch)
                     self.batches.put(batch)
-                # Let records accumulate: one read per few ms costs far less
-                # than one per wake-up, and the ring holds ~75k journeys. Not
-                # longer: a record the sweep emits must be queued before
-                # `trace`'s hold finds its packet quiet for IDLE_NS (150 ms),
-                # or a packet's later part would come after the packet was
+                # Let records accumulate: a read costs ~0.15 ms of this
+                # thread's CPU whatever it brings (the loop's Python and
+                # numpy calls, not the copy), so one every 25 ms costs a
+                # fifth of one every 5 ms (`trace`: ~0.65 -> ~0.3 us a
+                # packet), and the ring holds ~75k journeys. Not longer: a
+                # record the sweep emits must be queued before `trace`'s
+                # hold finds its packet quiet for IDLE_NS (150 ms), or a
+                # packet's later part would come after the packet was
                 # shown: 20 ms quiet + up to ~55 ms to the next sweep + this
-                # 5 ms. The pace of passes (150 ms once packets are shown)
-                # does not count: a pass takes what was queued before it
-                # asks the hold what is complete (feeds.SHOW_EVERY_S). A read that found the ring
-                # a quarter full is followed by another at once, whatever
-                # batch_s says (`record` reads once a pass), and a wait ends
-                # early when the ring fills to a quarter, so a burst fills
-                # it no faster than it is read.
+                # 25 ms leaves 50 ms to spare. The pace of passes (150 ms
+                # once packets are shown) does not count: a pass takes what
+                # was queued before it asks the hold what is complete
+                # (feeds.SHOW_EVERY_S). A read that found the ring a quarter
+                # full is followed by another at once, whatever batch_s says
+                # (`record` reads once a pass), and a wait ends early when
+                # the ring fills to a quarter, so a burst fills it no faster
+                # than it is read.
                 if len(batch) * self.drain.record_size < self.drain.size // 4:
                     self._pause()
 

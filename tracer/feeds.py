@@ -34,7 +34,7 @@ MIN_PASS_S = 0.05
 # queue taken and its kernel addresses hidden, docker-proxy links read:
 # ~1 ms). IDLE_NS's budget does not depend on the pace: a pass reads what
 # the drain thread queued before it asks the hold what is complete, and the
-# drain thread reads the ring every 5 ms. Packets show up to this much later.
+# drain thread reads the ring every 25 ms. Packets show up to this much later.
 SHOW_EVERY_S = 0.15
 # `record` shows nothing, so nothing waits on IDLE_NS: it takes what the
 # drain queued a few times a second and pays each pass's fixed costs (hiding
@@ -42,7 +42,7 @@ SHOW_EVERY_S = 0.15
 # The writer still hands rows to the OS within about a second (FLUSH_SECONDS
 # from the oldest, checked every pass).
 # Its drain thread also reads the ring buffer once a pass instead of every
-# 5 ms (a pass then takes one read's records as they are, not copied into
+# 25 ms (a pass then takes one read's records as they are, not copied into
 # one array), at once again after a read that found the ring a quarter
 # full, and early as soon as the ring is a quarter full (BackgroundDrain
 # looks every 25 ms: the ring holds ~75k journeys, seconds of records at the
