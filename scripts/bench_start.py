@@ -25,9 +25,10 @@ Prints per tree the median of each figure with a 95 % bootstrap interval,
 the median of the per-round ratios (this tree / baseline), the start-up
 phases, and the load average. Run as root with the lab up:
 ``.venv/bin/python scripts/bench_start.py`` (``--quick`` for a smoke run,
-``--baseline-rev REV``, ``--no-baseline``). The warm cache is the
-target (<= 2 s); the cold one is what the first start after installing or
-changing the program pays.
+``--baseline-rev REV``, ``--no-baseline``). A baseline that has the program
+cache runs cold and warm too, each compared with this tree's same state.
+The target (<= 2 s) holds for both; the cold cache is what the first start
+after installing or changing the program pays.
 """
 
 from __future__ import annotations
@@ -151,12 +152,20 @@ def main() -> int:
     status = lab_status()
     where = Path(tempfile.mkdtemp(prefix="bench-start-"))
     warm_dir = where / "warm-cache"
-    # name -> (tree, program cache: None (the baseline has none), "cold" or "warm")
-    states = {"this tree, cold cache": (REPO, "cold"), "this tree, warm cache": (REPO, "warm")}
+    # name -> (tree, program cache: None (a baseline without one), "cold" or "warm", its warm directory)
+    states = {"this tree, cold cache": (REPO, "cold", warm_dir), "this tree, warm cache": (REPO, "warm", warm_dir)}
     if not args.no_baseline:
-        states = {f"baseline {args.baseline_rev}": (archive_tree(args.baseline_rev, where / "base"), None), **states}
+        base = archive_tree(args.baseline_rev, where / "base")
+        label = f"baseline {args.baseline_rev}"
+        if (base / "tracer" / "kernel" / "program_cache.py").exists():  # compared cold with cold, warm with warm
+            base_warm = where / "base-warm-cache"
+            states = {f"{label}, cold cache": (base, "cold", base_warm), f"{label}, warm cache": (base, "warm", base_warm),
+                      **states}
+        else:
+            states = {label: (base, None, None), **states}
     names = list(states)
-    print(f"bench_start: {args.rounds} rounds ({', '.join(f'{n}: {p}' for n, (p, _) in states.items())}) while the "
+    baselines = [n for n in names if n.startswith("baseline")]
+    print(f"bench_start: {args.rounds} rounds ({', '.join(f'{n}: {p}' for n, (p, _, _) in states.items())}) while the "
           f"client netns requests {status['url']} ~20/s; load average {load_average()}", flush=True)
     fmt = lambda v: f"{v:.2f}" if v is not None else "n/a"  # noqa: E731
     cli = {name: {"ready": [], "first": [], "cpu": []} for name in names}
@@ -164,15 +173,16 @@ def main() -> int:
     traffic = TrafficLoop(status)
     try:
         time.sleep(0.5)
-        cli_once(REPO, env_extra={"TRACER_PROGRAM_CACHE_DIR": str(warm_dir)})  # fills the warm cache, untimed
+        for tree, warm in {(t, w) for t, c, w in states.values() if c}:  # fill the warm caches, untimed
+            cli_once(tree, env_extra={"TRACER_PROGRAM_CACHE_DIR": str(warm)})
         in_process_once(warm_dir)  # and with the in-process session's program (no proxy links), untimed
         for i in range(args.rounds):
             order = names if i % 2 == 0 else names[::-1]
             line = []
             for name in order:
-                tree, cache = states[name]
+                tree, cache, warm = states[name]
                 cold_dir = where / f"cold-{i}"
-                env = {"TRACER_PROGRAM_CACHE_DIR": str(cold_dir if cache == "cold" else warm_dir)} if cache else {}
+                env = {"TRACER_PROGRAM_CACHE_DIR": str(cold_dir if cache == "cold" else warm)} if cache else {}
                 r, f, c = cli_once(tree, env_extra=env)
                 shutil.rmtree(cold_dir, ignore_errors=True)
                 cli[name]["ready"].append(r)
@@ -199,10 +209,13 @@ def main() -> int:
         print(f"  {label}")
         for name in names:
             print(f"    {name:{width}s} {median_interval(cli[name][key])}")
-        if not args.no_baseline:
-            for name in names[1:]:
-                print(f"    {'ratio, ' + name.replace('this tree, ', '') + ' / baseline':{width}s} "
-                      f"{ratio_interval(cli[name][key], cli[names[0]][key])}")
+        for name in names:
+            if name in baselines:
+                continue
+            # Against the baseline with the same cache state, where it has one.
+            base = next((b for b in baselines if b.endswith(name.replace("this tree", ""))), baselines[0] if baselines else None)
+            if base is not None:
+                print(f"    ratio, {name} / {base}: {ratio_interval(cli[name][key], cli[base][key])}")
     for cache, got in ip.items():
         print(f"  in-process, {cache} cache: start() -> attached             {median_interval(got['ready'])}")
         print(f"  in-process, {cache} cache: start() -> first event drained  {median_interval(got['first'])}")
