@@ -184,17 +184,20 @@ class TraceSession:
         parallel with the others)."""
         self.startup[phase] = time.monotonic() - self.started_at
 
-    def _plan(self) -> Program:
+    def _plan(self, proxies_running: bool | None = None) -> Program:
         """The sensors and the program to build for the options: no kernel
-        or Docker work yet."""
+        or Docker work yet. ``proxies_running`` overrides whether relevant
+        docker-proxy processes run (tracer/prebuild.py builds both)."""
         opts, targets = self.options, self.options.targets
         # docker-proxy relays host ports to containers as a second TCP
         # connection: the proxy sensor links the two (trace and record only).
-        self.proxies = DockerProxies(targets, enabled=not (self.latency or self.sightings))
-        self.filter = targets.kernel_filter(follow_proxies=bool(self.proxies) and bool(targets.ports or targets.containers))
+        linking = not (self.latency or self.sightings)
+        self.proxies = DockerProxies(targets, enabled=linking)
+        running = bool(self.proxies) if proxies_running is None else proxies_running and linking
+        self.filter = targets.kernel_filter(follow_proxies=running and bool(targets.ports or targets.containers))
         self.tc = TcSensor([], mode=opts.tc_mode, latency=self.latency)
         self.attachments = Attachments(self.tc, self._host_interfaces, opts.ifaces)
-        self.proxy = ProxySensor() if self.proxies and opts.proxy_links else None
+        self.proxy = ProxySensor() if running and opts.proxy_links else None
         self.sensors = [self.tc, NetfilterSensor(), DropSensor()] + ([self.proxy] if self.proxy else [])
         self.program = Program(self.sensors, self.filter, latency=self.latency, sightings=self.sightings)
         return self.program

@@ -124,6 +124,10 @@ def target_options(fn):
             click.option("--ebpf", is_flag=True, expose_value=False, callback=_remember_ebpf,
                          help="Print the BPF C program these options build, with its clang flags, and exit "
                               "(as bcc's tools do): nothing is loaded or attached."),
+            click.option("--compile-only", is_flag=True, expose_value=False, callback=_remember_compile_only,
+                         help="Compile the BPF programs these options build into the program cache (the kernel "
+                              "verifies them) and exit: nothing is attached; later starts with these options "
+                              "skip the compile."),
         ]
     ):
         fn = decorator(fn)
@@ -132,6 +136,10 @@ def target_options(fn):
 
 def _remember_ebpf(ctx, param, value):
     ctx.meta["tracer.ebpf"] = value
+
+
+def _remember_compile_only(ctx, param, value):
+    ctx.meta["tracer.compile_only"] = value
 
 
 def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, expression=(), rules=False,
@@ -145,6 +153,12 @@ def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, exp
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.meta.get("tracer.ebpf"):  # --ebpf: the program, not a trace
         click.echo(TraceSession(options, latency=ctx.command.name == "latency").ebpf_source(), nl=False)
+        ctx.exit(0)
+    if ctx is not None and ctx.meta.get("tracer.compile_only"):  # programs into the cache, not a trace
+        from tracer.prebuild import prebuild
+
+        for line in prebuild(options, latency=ctx.command.name == "latency"):
+            click.echo(f"tracer: {line}", err=True)
         ctx.exit(0)
     return options
 
