@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Cost of the BPF programs themselves, per run (issues 3 and 5).
+"""Cost of the BPF programs themselves (issues 3 and 5): ns per program run
+(test_run, --live) and ns per sighting under a fixed ab load (--live --base).
 
 Two measurements, each beside its baseline in the same run:
 
@@ -13,21 +14,30 @@ Two measurements, each beside its baseline in the same run:
   sighting's cost without the event copy; in latency mode it is the whole
   cost. No traffic, no noise from the workload: the figure to compare
   versions of bpf/ by.
-* ``--live``: with the lab up, a real ``tracer trace --port 8000`` or
-  ``tracer latency`` runs while ab or iperf3 drives traffic, and the kernel's
-  BPF statistics (``kernel.bpf_stats_enabled``, restored afterwards) give runs
-  per second and mean ns per run of every ``trc_`` program of that tracer.
-  The statistics themselves add clock reads around each run: on this VM a
+* ``--live``: with the lab up, a real ``tracer trace --json --port 8000``
+  (``--mode trace``) or ``tracer latency --port 8000 --port 5201`` (the
+  default) runs while ab or iperf3 drives traffic, and the kernel's BPF
+  statistics (``kernel.bpf_stats_enabled``, restored afterwards) give runs
+  per second and mean ns per *program run* of every ``trc_`` program of that
+  tracer (proxy sensor included), and of all of them together ("all"). The
+  statistics themselves add clock reads around each run: on this VM a
   program that returns at once showed about 100 ns per run this way (32 ns
   by test_run), so live figures are upper bounds.
-* ``--live --base DIR``: the same, for this tree and for another checkout of
-  the project (``git archive REV | tar -x -C DIR``), alternating round by
-  round (``--rounds``), each side's tracer started from its own tree and
-  ``--no-proxy-links`` (the proxy sensor's syscall programs are not the
+* ``--live --base DIR``: the same under a fixed load, ``ab -n N -c 8`` to
+  :8000 (``--requests``), for this tree and for another checkout of the
+  project (``git archive REV | tar -x -C DIR``), alternating round by round
+  (``--rounds``), each side's ``trace --json --port 8000 --no-proxy-links``
+  started from its own tree (the proxy sensor's socket programs are not the
   traced path). Per side: ns per run and runs per HTTP request of each
-  program, BPF ns per request, sightings (hops of the journeys printed) per
-  request and BPF ns per sighting; the per-round ratio new/base as a median
-  with a bootstrap 95 % interval.
+  program, BPF ns per request, and **BPF ns per sighting**: the ns of all of
+  the tracer's programs (tc, netfilter, drop tracepoint) over the hops of the
+  journeys it printed, so the early exits of untraced packets are paid for
+  by the sightings; the per-round ratio new/base as a median with a
+  bootstrap 95 % interval. This is the figure to compare versions of bpf/
+  by. ``scripts/bench_overhead.py``'s BPF phase measures something else: the
+  tracer as users run it (proxy sensor on, both ports), per program run and
+  per sighting, in the run that measures the ratios (docs/benchmarks.md,
+  "How to reproduce", says why the two differ).
 
 Run as root from the repo: ``.venv/bin/python scripts/bench_bpf.py``
 (``--live`` needs ``tracer lab up``; ``--quick`` for a smoke run).
@@ -174,7 +184,8 @@ def bench_live(mode: str, workload: str, quick: bool) -> None:
     finally:
         tracer.stop()
     print(f"bench_bpf --live: tracer {mode} {' '.join('--port ' + str(p) for p in ports)}, {workload} {rate}, "
-          f"{wall:.1f} s (kernel.bpf_stats_enabled: upper bounds, its clock reads included)")
+          f"{wall:.1f} s (kernel.bpf_stats_enabled: upper bounds, its clock reads included); ns per program run, "
+          f"every program of the tracer (a run is not a sighting: untraced packets and socket calls are runs too)")
     per_request = f" {'runs/req':>8s}" if requests else ""
     print(f"  {'program':14s} {'runs/s':>9s} {'ns/run':>7s} {'% of a core':>11s}{per_request}")
     total, total_runs = 0.0, 0
@@ -273,6 +284,10 @@ def bench_live_ab(base: Path, rounds: int, requests: int, floor: bool = False, m
     res: dict[str, list[dict]] = {k: [] for k in sides}
     print(f"bench_bpf --live --base {base} --mode {mode}: {rounds} rounds of ab -n {requests} -c 8 to :8000, "
           f"alternating; load {load_average()}")
+    print(f"  `{mode} --port 8000{' --no-proxy-links' if mode == 'trace' else ''}` of each tree; kernel.bpf_stats_enabled "
+          f"(upper bounds: its clock reads included); ns of all the tracer's programs over "
+          f"{'the hops of the journeys it printed (per sighting)' if mode == 'trace' else 'the sightings it counted'} "
+          f"and over their runs (untraced packets are runs too)")
 
     def order(r: int) -> tuple[str, ...]:  # the floor last in every round
         return (("base", "new") if r % 2 == 0 else ("new", "base")) + (("noop",) if floor else ())
@@ -392,7 +407,7 @@ def _prog_delta(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=200_000, help="runs per BPF_PROG_TEST_RUN call")
     ap.add_argument("--rounds", type=int, default=7, help="calls per case (best is kept)")
     ap.add_argument("--live", action="store_true", help="per-program statistics under real traffic (lab up)")

@@ -44,8 +44,26 @@ bootstrap 95 % interval (targets are judged on that median). Per state: the
 tracing process's CPU per traced packet (µs; packets are journeys for
 tracer, captured frames for tcpdump, which sees a packet once per interface
 it crosses) and, in a final phase with ``kernel.bpf_stats_enabled`` (so the
-statistics' own clock reads do not touch the ratios), BPF ns per program run
-under ab: with both ports traced every run on the lab path is a sighting.
+statistics' own clock reads do not touch the ratios), the BPF cost of
+``trace``, ``record`` and ``latency`` under one ``ab -n N -c 8``:
+
+* BPF ns per program run: run_time_ns / run_cnt summed over *every* ``trc_``
+  program the tracer process holds: the tc and netfilter sensors on both
+  ports, the drop tracepoint and the proxy sensor's socket raw tracepoints
+  (attached while docker-proxy runs; they run on every TCP receive and socket send on the host). A run is not
+  a sighting: untraced packets crossing a hooked interface and socket calls
+  are runs too.
+* BPF ns per sighting (``trace``: hops of the journeys it printed;
+  ``record``: sightings in its capture): the same ns over what the user sees.
+* Conditions: the tracer as a user runs it (proxy sensor on, both ports,
+  writing its output), so its own user-space CPU shares the 2 vCPUs with the
+  softirqs that run the programs, and the figure includes the cache and
+  scheduling effects of that; other engineers' traffic through the hooked
+  interfaces adds runs. ``scripts/bench_bpf.py --live --base`` measures
+  ``trace --port 8000 --no-proxy-links`` alone under the same ab, per
+  sighting, alternating with a baseline tree: the figure to compare
+  versions of bpf/ by. The two differ by design (docs/benchmarks.md, "How
+  to reproduce").
 
 Targets (issue 9): trace and record at least tcpdump's ratio in the same run,
 on the way to >= 0.95; latency >= 0.95; user-space CPU per packet: record
@@ -205,6 +223,7 @@ class Tracer:
         interrupt(self.proc)
         err = Path(self.err.name).read_text(errors="replace")
         packets = None
+        sightings = self.sightings()
         if self.mode in ("trace", "rules"):
             packets = self.journeys()
         elif self.mode == "record":
@@ -222,15 +241,35 @@ class Tracer:
             os.unlink(self.capture)
         lost, records = parse_lost(err)
         m = re.search(r"rules: ([\d,]+) rule hits on journeys", err)
-        return {"packets": packets, "lost": lost, "records": records, "rc": self.proc.returncode,
+        return {"packets": packets, "sightings": sightings, "lost": lost, "records": records, "rc": self.proc.returncode,
                 "stderr": err, "cpu_pct": cpu, "cpu_s": cpu_s,
                 "rule_hits": int(m.group(1).replace(",", "")) if m else None}
 
+
+    def sightings(self) -> int | None:
+        """Sightings the run showed or wrote, once stopped: the hops of the
+        journeys `trace --json` printed (one "hook" key each), the sighting
+        rows of `record`'s capture; None for other modes."""
+        if self.mode in ("trace", "rules"):
+            with open(self.out.name, "rb") as f:
+                return sum(chunk.count(b'"hook":') for chunk in _chunks(f))
+        if self.mode == "record":
+            from tracer.capture.reader import read_capture
+
+            try:
+                return read_capture([self.capture]).events.num_rows
+            except Exception:
+                return None
+        return None
 
     def journeys(self) -> int:
         """Journeys `trace --json` printed (its output lines), once stopped."""
         with open(self.out.name, "rb") as f:
             return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def _chunks(f):
+    return iter(lambda: f.read(1 << 20), b"")
 
 
 def _capture_packets(path: str) -> int | None:
@@ -312,8 +351,10 @@ def bpf_stats_on():
 
 
 def bpf_cost(status: dict, mode: str, requests: int) -> dict | None:
-    """BPF ns per program run of a tracer in `mode` (both ports) under ab,
-    with kernel.bpf_stats_enabled on for this phase only."""
+    """The BPF cost of a tracer in `mode` (both ports, as a user runs it)
+    under ab, with kernel.bpf_stats_enabled on for this phase only: ns per
+    run of all its programs, per sighting it showed or wrote (None for
+    latency), per HTTP request (see the module's docstring)."""
     sys.path.insert(0, str(REPO / "scripts"))
     from bench_bpf import _prog_delta, _prog_stats
 
@@ -327,15 +368,18 @@ def bpf_cost(status: dict, mode: str, requests: int) -> dict | None:
         print(f"  BPF cost of {mode}: not measured ({exc})")
         return None
     finally:
-        tracer.stop()
+        stopped = tracer.stop()
     progs = _prog_delta(before, after)
     ns = sum(v[0] for v in progs.values())
     runs = sum(v[1] for v in progs.values())
-    return {"ns_per_run": ns / runs if runs else None, "runs_per_request": runs / requests, "ns_per_request": ns / requests}
+    sightings = stopped.get("sightings")
+    return {"ns_per_run": ns / runs if runs else None, "runs_per_request": runs / requests, "ns_per_request": ns / requests,
+            "ns_per_sighting": ns / sightings if sightings else None,
+            "sightings_per_request": sightings / requests if sightings else None}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--requests", type=int, default=5000, help="ab -n (default 5000)")
     ap.add_argument("--concurrency", type=int, default=8, help="ab -c (default 8)")
@@ -443,12 +487,18 @@ def main() -> int:
     bpf = {}
     if not args.no_bpf_cost:
         print()
-        print("  BPF cost under ab (kernel.bpf_stats_enabled, this phase only; upper bounds: the statistics' clock reads are included):")
+        print(f"  BPF cost under ab -n {args.requests} -c 8, the tracer as users run it (kernel.bpf_stats_enabled, this phase only;")
+        print("  upper bounds, the statistics' clock reads included). Per run: every program the tracer holds (tc, netfilter,")
+        print("  drop and proxy-socket tracepoints: untraced packets and socket calls are runs too); per sighting: the same ns")
+        print("  over the hops it showed or wrote. Its own CPU shares the vCPUs with the softirqs running them (bench_bpf.py")
+        print("  --live --base: trace --no-proxy-links alone, per sighting, against a baseline: the figure to compare bpf/ by):")
         for state in ("trace", "record", "latency"):
             if state in states:
                 bpf[state] = cost = bpf_cost(status, MODE[state], args.requests)
                 if cost and cost["ns_per_run"]:
-                    print(f"    {state:9s}: {cost['ns_per_run']:.0f} ns per program run (a sighting), "
+                    per_sighting = (f"{cost['ns_per_sighting']:.0f} ns per sighting ({cost['sightings_per_request']:.0f} "
+                                    f"per request), " if cost["ns_per_sighting"] else "")
+                    print(f"    {state:9s}: {cost['ns_per_run']:.0f} ns per program run, {per_sighting}"
                           f"{cost['runs_per_request']:.0f} runs and {cost['ns_per_request'] / 1e3:.1f} µs per HTTP request")
 
     print()
@@ -471,8 +521,10 @@ def main() -> int:
         if state in cpu_per_packet:
             judge(f"{state} user-space CPU {cpu_per_packet[state]:.2f} µs per packet <= {limit:g}", cpu_per_packet[state] <= limit)
     for state, cost in bpf.items():
-        if cost and cost["ns_per_run"]:
-            judge(f"{state} BPF {cost['ns_per_run']:.0f} ns per sighting <= 200", cost["ns_per_run"] <= 200)
+        if cost and cost["ns_per_sighting"]:
+            judge(f"{state} BPF {cost['ns_per_sighting']:.0f} ns per sighting <= 200", cost["ns_per_sighting"] <= 200)
+        elif cost and cost["ns_per_run"]:  # latency shows no sightings: its runs stand for them
+            judge(f"{state} BPF {cost['ns_per_run']:.0f} ns per program run <= 200", cost["ns_per_run"] <= 200)
     print(f"  targets of the states run: {'met' if all(v is not False for v in verdicts) else 'NOT met'}")
     return 0
 

@@ -38,7 +38,8 @@ def test_bench_overhead_quick(lab) -> None:
     assert re.search(r"tcpdump\s*: CPU % of a core: median [\d.]+, max [\d.]+; [\d.]+ µs CPU per captured frame", out), out
     for state in ("trace", "record"):
         assert re.search(state + r"\s*: CPU % of a core: .*; [\d.]+ µs CPU per traced packet; lost journeys [\d,]+ over 1 runs", out), out
-        assert re.search(state + r"\s*: \d+ ns per program run \(a sighting\), \d+ runs and [\d.]+ µs per HTTP request", out), out
+        assert re.search(state + r"\s*: \d+ ns per program run, \d+ ns per sighting \(\d+ per request\), \d+ runs and "
+                                 r"[\d.]+ µs per HTTP request", out), out
     assert re.search(r"trace http [\d.]+ >= tcpdump [\d.]+: (met|NOT met)", out), out
     assert re.search(r"targets of the states run: (met|NOT met)", out), out
 
