@@ -241,7 +241,12 @@ class BackgroundDrain:
             if self.queued >= self.max_queued:
                 self.stopping.wait(self.poll_s)
                 continue
-            if self.drain.wait(self.poll_s):
+            # An empty ring: journey records are emitted without a wake-up
+            # (bpf/journey.h), so this wait is a sleep; where reads are a pass
+            # apart (`record`) it is paced as the pause is, not 20 times a
+            # second (each wake-up of the thread costs ~0.1 ms here).
+            wait = self._step(self.drain.size // 4) if self.batch_s > self.poll_s else self.poll_s
+            if self.drain.wait(wait):
                 batch = self.drain.read_records(release=False)  # released in take()
                 now = time.monotonic()
                 if self._read_at:  # the pace records came in since the last read (bytes/s), for _pause
