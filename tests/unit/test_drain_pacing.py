@@ -140,3 +140,13 @@ def test_a_ring_that_fills_fast_is_still_read_each_time_a_quarter_fills():
         d.stop()
     # a read at least each time a quarter filled (every ~0.13 s), never a whole pass apart
     assert ring.reads >= 4, (ring.reads, ring.looks)
+
+
+def test_stop_twice_and_finish_after_stop_are_fine():
+    """final_records stops the thread, then finish() stops it again."""
+    ring = SteadyRing(0)
+    d = BackgroundDrain(ring, batch_s=0.25)
+    t = time.monotonic()
+    d.stop()
+    d.stop()
+    assert time.monotonic() - t < 0.5 and not d.thread.is_alive()
