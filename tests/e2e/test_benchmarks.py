@@ -136,3 +136,12 @@ def test_bench_tracer_cpu_quick(lab, tmp_path) -> None:
         assert re.search(rf"\n  {stage}\s+[\d.]+\s+[\d.]+\s+[\d.]+ \[[\d.]+-[\d.]+\]  µs", out), (stage, out)
     assert re.search(r"round 1 json\s*: base [\d.]+ \(user [\d.]+\) -> [\d.]+ \(user [\d.]+\) µs per packet", out), out
     assert re.search(r"\n  json\s+[\d.]+\s+[\d.]+\s+[\d.]+ \[[\d.]+-[\d.]+\]  µs", out), out
+
+
+def test_bench_journey_pool_quick(lab) -> None:
+    out = run_script("bench_journey_pool.py", "--quick", "--pools", "256,1024", timeout=300)
+    for pool in (256, 1024):
+        assert re.search(rf"round 1 pool +{pool}: [\d,]+ of [\d,]+ records evicted \([\d.]+ per 1,000\), \d+ ns BPF per sighting", out), out
+    # the evictions' ratio only where the first pool evicted some (a quiet machine evicts none)
+    assert re.search(r" 1024: evicted +[\d.]+ per 1,000 records \(all rounds: [\d,]+ of [\d,]+, [\d.]+ per 1,000\), "
+                     r"BPF +\d+ ns per sighting(; evicted x[\d.]+ \[[\d.]+-[\d.]+\])?; BPF ns x[\d.]+ \[[\d.]+-[\d.]+\]", out), out

@@ -63,11 +63,17 @@ PACKET_ENTRIES = 65536
 # reuses it sooner than that.
 JOURNEY_ENTRIES = 16384
 # Journey slots (440 bytes: events.JOURNEY_DTYPE) per CPU, taken in turn (bpf/journey.h
-# journey_take): ~110 KB a CPU, near in the caches when a claim comes back
-# to one; a journey still open when its slot comes round (256 claims later on
-# that CPU) is emitted as evicted. All CPUs' pools together stay below 2^16
-# slots (the packet cache holds a slot's index in 16 bits).
-JOURNEY_POOL = 256
+# journey_take): a journey still open when its slot comes round (JOURNEY_POOL
+# claims later on that CPU) is emitted as evicted. 256 (~110 KB a CPU) came
+# round within the sweep's period on a busy host: 2.1-9.4 evicted per 1,000
+# records in busy rounds of record under ab -c 8 + iperf3; 4096 (1.8 MB a
+# CPU) evicted 0-0.3 per 1,000 in the same rounds (6,478 -> 88 in all of
+# 1.9 M records each) at the same BPF ns per sighting (x0.981 [0.900-0.998]
+# and x1.064 [0.973-1.127] in two runs: scripts/bench_journey_pool.py,
+# docs/benchmarks.md). All CPUs' pools together stay below 2^16 slots (the
+# packet cache holds a slot's index in 16 bits): journey_pool() halves it
+# past 16 CPUs, so the pools never take more than ~29 MB.
+JOURNEY_POOL = 4096
 # A fingerprint seen again within this window is the same packet (a packet
 # crosses the host in microseconds; TCP retransmits come after >= 200 ms).
 FP_WINDOW_NS = 20_000_000
