@@ -138,8 +138,11 @@ def stage_worker(path: str, batch: int, repeat: int) -> dict:
     return result
 
 
-def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float) -> dict:
-    """One tracer subprocess of ``tree`` under the workloads: CPU per traced packet."""
+def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float, warm: bool = False) -> dict:
+    """One tracer subprocess of ``tree`` under the workloads: CPU per traced
+    packet. ``warm``: the same workloads once first, not measured, so the
+    figure leaves out what a run pays once (its buffers' first page faults,
+    first calls) and is the steady cost per packet."""
     from bench_overhead import cpu_times, parse_lost, run_ab, run_iperf
 
     work = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
@@ -156,12 +159,18 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float)
                 raise RuntimeError(f"{mode} did not start: {(work / 'err').read_text()[-300:]}")
             time.sleep(0.05)
         time.sleep(0.3)
+        if warm:
+            run_ab(status, requests, 8)
+            run_iperf(status, seconds)
+            time.sleep(0.6)
         u0, s0 = cpu_times(proc.pid)
+        k0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         run_ab(status, requests, 8)
         time.sleep(0.5)
         run_iperf(status, seconds)
         time.sleep(0.6)  # the last journeys leave the hold (IDLE_NS)
         u1, s1 = cpu_times(proc.pid)
+        t_measured = (k0, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
         proc.send_signal(signal.SIGINT)
         proc.wait(120)
     text = (work / "out").read_bytes()
@@ -170,6 +179,8 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float)
         from tracer.capture.reader import read_capture
 
         packets = (read_capture([str(capture)]).stats or {}).get("packets", 0)
+        if warm:  # the capture holds the warm-up's packets too: count the measured window's
+            packets = _packets_between(capture, t_measured)
         size = capture.stat().st_size  # what the capture costs on disk (bytes per packet below)
     elif mode == "json":
         packets = text.count(b"\n")
@@ -181,6 +192,25 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float)
     work.rmdir()
     return {"packets": packets, "cpu_us": 1e6 * (u1 - u0 + s1 - s0) / max(packets, 1),
             "user_us": 1e6 * (u1 - u0) / max(packets, 1), "lost": lost, "bytes": size / max(packets, 1)}
+
+
+def _packets_between(capture: Path, window: tuple[int, int]) -> int:
+    """Packets of a journey-row capture first seen in ``window`` (kernel
+    ns): rows whose first hop gave the packet its id (the stats row's
+    count, limited to the measured workloads)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    with pa.ipc.open_stream(str(capture)) as reader:
+        rows = reader.read_all()
+    rows = rows.filter(pc.fill_null(pc.equal(rows["kind"], "journey"), False))
+    ktime = rows["ktime_ns"].to_numpy()
+    hops = rows["hops"].combine_chunks()
+    first = hops.offsets.to_numpy()[:-1]
+    flags = hops.values.field("flags").to_numpy(zero_copy_only=False)
+    new = (flags[first] & 0x2) != 0  # events.HOP_FLAG_NEW_PACKET
+    return int(np.count_nonzero(new & (ktime >= window[0]) & (ktime < window[1])))
 
 
 def baseline_tree(rev: str) -> Path:
@@ -231,6 +261,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=5000, help="live: ab -n (default 5000)")
     ap.add_argument("--seconds", type=float, default=3, help="live: iperf3 -t (default 3)")
     ap.add_argument("--modes", default="json,record,text", help="live: of json,record,text")
+    ap.add_argument("--warm", action="store_true",
+                    help="live, record only: run the workloads once unmeasured first (the steady cost per packet, "
+                         "without what a run pays once)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -268,6 +301,8 @@ def main() -> int:
 
         status = lab_status()
         modes = [m for m in args.modes.split(",") if m]
+        if args.warm and modes != ["record"]:
+            ap.error("--warm counts packets in a capture: with --modes record only")
         cpu: dict[str, list[tuple[float, float]]] = {}
         user: dict[str, list[tuple[float, float]]] = {}
         size: dict[str, list[tuple[float, float]]] = {}
@@ -275,7 +310,7 @@ def main() -> int:
             for mode in modes:
                 got = {}
                 for side, tree in (("base", base), ("new", this)) if r % 2 == 0 else (("new", this), ("base", base)):
-                    got[side] = live_run(tree, mode, status, args.requests, args.seconds)
+                    got[side] = live_run(tree, mode, status, args.requests, args.seconds, args.warm)
                 cpu.setdefault(mode, []).append((got["base"]["cpu_us"], got["new"]["cpu_us"]))
                 user.setdefault(mode, []).append((got["base"]["user_us"], got["new"]["user_us"]))
                 if mode == "record":
