@@ -179,9 +179,11 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float,
         from tracer.capture.reader import read_capture
 
         packets = (read_capture([str(capture)]).stats or {}).get("packets", 0)
-        if warm:  # the capture holds the warm-up's packets too: count the measured window's
-            packets = _packets_between(capture, t_measured)
-        size = capture.stat().st_size  # what the capture costs on disk (bytes per packet below)
+        size = capture.stat().st_size * 1.0  # what the capture costs on disk (bytes per packet below)
+        if warm:  # the capture holds the warm-up's packets too: CPU per the measured window's, bytes per all
+            measured = _packets_between(capture, t_measured)
+            size *= measured / max(packets, 1)
+            packets = measured
     elif mode == "json":
         packets = text.count(b"\n")
     else:
