@@ -10,6 +10,7 @@ static PyMethodDef methods[] = {
     {"journey_layout", native_journey_layout, METH_VARARGS, native_journey_layout_doc},
     {"journey_hops", native_journey_hops, METH_VARARGS, native_journey_hops_doc},
     {"journey_facts", native_journey_facts, METH_VARARGS, native_journey_facts_doc},
+    {"segment_groups", native_segment_groups, METH_VARARGS, native_segment_groups_doc},
     {NULL, NULL, 0, NULL},
 };
 

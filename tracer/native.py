@@ -16,7 +16,8 @@ from pathlib import Path
 # What the Python side calls (native/module.c's table). A build from older
 # sources (a pull without re-running scripts/setup.sh) lacks some: then none
 # is used, rather than a half-built module failing mid-run.
-FUNCTIONS = ("journey_json", "journey_text", "address_ids", "journey_layout", "journey_hops", "journey_facts")
+FUNCTIONS = ("journey_json", "journey_text", "address_ids", "journey_layout", "journey_hops", "journey_facts",
+             "segment_groups")
 
 _loaded = False
 _module = None

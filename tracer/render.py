@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
+from functools import lru_cache
 
 import click
 import numpy as np
@@ -13,6 +14,7 @@ from tracer.ids import format_id
 from tracer.wallclock import clock
 from tracer.journey_rows import JourneyRows, journey_rows
 from tracer.journeys import VERDICTS, Hop, Journey, hop_label, nat_translation
+from tracer.native import i64, native
 from tracer.text import printable
 from tracer.units import duration_text, micros_text, size_text
 
@@ -224,10 +226,21 @@ class _Samples:
         return float(np.median(np.frombuffer(self.values, dtype=np.int64)))
 
 
+@lru_cache(maxsize=64)
+def _hop_labels(hooks: tuple, stages: tuple, roles: tuple) -> tuple[np.ndarray, list[str]]:
+    """Per (hook, stage, role) code, hook-major: its label's index into the
+    distinct labels (hop_label), and those labels."""
+    names: dict[str, int] = {}
+    label_of = [names.setdefault(hop_label(h, s, r) if h is not None else "?", len(names))
+                for h in hooks for s in stages for r in roles]
+    return np.array(label_of, np.int64), list(names)
+
+
 class Summary:
     """Totals over a trace, printed at exit and available as a dict for --json."""
 
-    def __init__(self, sample_cap: int = 100_000) -> None:
+    def __init__(self, sample_cap: int = 100_000, compiled: bool = True) -> None:
+        self.compiled = compiled  # segments grouped by tracer._native where it was built (else numpy: the same)
         self.packets = 0
         self.verdicts: Counter[str] = Counter({"delivered": 0, "dropped": 0, "unknown": 0})
         self.drops: Counter[tuple[str, str]] = Counter()  # (reason, hook last seen) -> packets
@@ -295,13 +308,27 @@ class Summary:
     def _add_segments(self, jr: JourneyRows) -> None:
         """Consecutive hops of each journey, grouped by their label pair."""
         n = len(jr.rows)
+        if n - len(jr) <= 0:  # no journey with two hops
+            return
+        nst, nro = len(jr.stage.values), len(jr.role.values)
+        module = native() if self.compiled else None
+        if module is not None:
+            # grouped in one compiled pass (native/segments.c); labels per (hook, stage, role) code
+            label_of, texts = _hop_labels(tuple(jr.hook.values), tuple(jr.stage.values), tuple(jr.role.values))
+            durations = np.empty(n - len(jr), np.int64)
+            ids, counts = module.segment_groups(i64(jr.hook.codes), i64(jr.stage.codes), i64(jr.role.codes),
+                                                i64(jr.starts), i64(jr.ktime), label_of, nst, nro, len(texts),
+                                                durations)
+            at = 0
+            for pair, count in zip(ids, counts):
+                la, lb = divmod(pair, len(texts))
+                self._samples(f"{texts[la]} {_ARROW} {texts[lb]}").add_many(durations[at:at + count])
+                at += count
+            return
         inner = np.ones(max(n - 1, 0), bool)
         inner[jr.starts[1:-1] - 1] = False  # last hop of a journey -> first of the next
         a = np.flatnonzero(inner)
-        if not len(a):
-            return
         # Label of each hop: formatted once per distinct (hook, stage, role).
-        nst, nro = len(jr.stage.values), len(jr.role.values)
         combo = (jr.hook.codes * nst + jr.stage.codes) * nro + jr.role.codes
         names: dict[str, int] = {}
         label_of = np.zeros(len(jr.hook.values) * nst * nro, np.int64)

@@ -256,3 +256,54 @@ def test_bad_arguments_are_errors_not_crashes():
         facts(starts=starts)
     with pytest.raises(TypeError, match="64-bit"):
         facts(place=np.zeros(h, np.int32))
+
+
+# --- the summary's hop segments (native/segments.c, render.Summary) ----------
+
+
+def samples(summary: Summary) -> dict:
+    return {key: (s.count, list(s.values)) for key, s in summary._segments.items()}
+
+
+@pytest.mark.parametrize("cap", [100_000, 7])
+def test_segments_grouped_compiled_equal_numpys(cap):
+    """Same segments in the same order, same samples in the same order,
+    also past the reservoir's cap (each segment's own random draws)."""
+    module()
+    recs = kernel(odd_records())
+    for c in (ctx(), hostile_ctx(5)):
+        a, b = Summary(cap, compiled=True), Summary(cap, compiled=False)
+        for seed in range(6):
+            batch = np.ascontiguousarray(recs[np.random.default_rng(seed).permutation(len(recs))])
+            for jr in both(batch, c):
+                a.add_table(jr)
+                b.add_table(jr)
+        assert samples(a) == samples(b) and a.to_dict() == b.to_dict()
+        assert len(a._segments) > 5
+
+
+def test_segment_groups_bad_arguments_are_errors_not_crashes():
+    m = module()
+    jr = journey_rows_of_records(kernel(odd_records()), ctx())
+    h, p = len(jr.dt), len(jr)
+    label_of = np.zeros(len(jr.hook.values) * len(jr.stage.values) * len(jr.role.values), np.int64)
+
+    def groups(hook=None, label=label_of, n_labels=1, out=None, starts=None):
+        return m.segment_groups(jr.hook.codes if hook is None else hook, jr.stage.codes, jr.role.codes,
+                                jr.starts if starts is None else starts, jr.ktime, label, len(jr.stage.values),
+                                len(jr.role.values), n_labels, np.zeros(h - p, np.int64) if out is None else out)
+
+    ids, counts = groups()
+    assert ids == [0] and counts == [h - p]
+    with pytest.raises(ValueError, match="out of range"):
+        groups(hook=np.full(h, len(jr.hook.values), np.int64))
+    with pytest.raises(ValueError, match="label"):
+        groups(label=label_of + 1)
+    with pytest.raises(ValueError, match="do not fit"):
+        groups(out=np.zeros(h, np.int64))
+    starts = jr.starts.copy()
+    starts[1] = starts[2]
+    with pytest.raises(ValueError, match="a hop, in order"):
+        groups(starts=starts)
+    with pytest.raises(TypeError, match="64-bit"):
+        groups(hook=jr.hook.codes.astype(np.int32))

@@ -1,0 +1,121 @@
+/* The summary's hop segments of a batch of journeys, compiled (issue 9):
+ * each pair of consecutive hops of a journey is a segment between their
+ * labels, and its duration goes to that segment's samples. render.py's
+ * Summary._add_segments groups them with numpy (labels per hop, a stable
+ * argsort, a split: ~25 calls over the hops a batch); here one counting
+ * pass. The numpy path stays the reference (the tests compare the samples).
+ *
+ * segment_groups(hook, stage, role, starts, ktime, label_of, n_stage,
+ * n_role, n_labels, durations): a hop's label is label_of[(hook * n_stage +
+ * stage) * n_role + role]; a segment's id is first label * n_labels +
+ * second. Writes the durations into ``durations`` (one per pair of
+ * consecutive hops), grouped by segment in order of first appearance,
+ * each group in journey order; returns (segment ids, counts), in that
+ * order. */
+#include "parts.h"
+
+#include <stdlib.h>
+
+PyObject *native_segment_groups(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[7];
+    long long n_stage, n_role, n_labels;
+    if (!PyArg_ParseTuple(args, "OOOOOOLLLO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &n_stage, &n_role, &n_labels,
+                          &o[6]))
+        return NULL;
+    static const char *const names[6] = {"segment_groups: hook", "segment_groups: stage", "segment_groups: role",
+                                         "segment_groups: starts", "segment_groups: ktime", "segment_groups: label_of"};
+    column c[6] = {0};
+    Py_buffer out = {0};
+    int have_out = 0;
+    PyObject *result = NULL;
+    int64_t *count = NULL, *next = NULL, *order = NULL, *label = NULL;
+    for (int i = 0; i < 6; i++)
+        if (load_column(o[i], &c[i], names[i]) < 0) goto done;
+    if (PyObject_GetBuffer(o[6], &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto done;
+    have_out = 1;
+    const int64_t *hook = c[0].v, *stage = c[1].v, *role = c[2].v, *starts = c[3].v, *ktime = c[4].v,
+                  *label_of = c[5].v;
+    int64_t *dur = out.buf;
+    const Py_ssize_t H = c[0].n, P = c[3].n - 1;
+    if (n_stage < 1 || n_role < 1 || n_labels < 1 || n_labels > 4096 || c[1].n != H || c[2].n != H || c[4].n != H
+        || P < 0 || starts[0] != 0 || starts[P] != H || out.itemsize != 8 || out.len != 8 * (H - P)) {
+        PyErr_SetString(PyExc_ValueError, "segment_groups: columns and sizes do not fit together");
+        goto done;
+    }
+    for (Py_ssize_t g = 0; g < P; g++)
+        if (starts[g + 1] <= starts[g]) {
+            PyErr_SetString(PyExc_ValueError, "segment_groups: every journey needs a hop, in order");
+            goto done;
+        }
+    const Py_ssize_t n_combo = c[5].n;
+    for (Py_ssize_t i = 0; i < n_combo; i++)
+        if (label_of[i] < 0 || label_of[i] >= n_labels) {
+            PyErr_SetString(PyExc_ValueError, "segment_groups: a label out of range");
+            goto done;
+        }
+    const Py_ssize_t n_pair = (Py_ssize_t)(n_labels * n_labels);
+    count = calloc((size_t)n_pair, sizeof *count);
+    next = malloc((size_t)n_pair * sizeof *next);
+    order = malloc((size_t)(H > 0 ? H : 1) * sizeof *order);
+    label = malloc((size_t)(H > 0 ? H : 1) * sizeof *label);
+    if (!count || !next || !order || !label) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < H; i++) {
+        int64_t combo = (hook[i] * n_stage + stage[i]) * n_role + role[i];
+        if (hook[i] < 0 || stage[i] < 0 || stage[i] >= n_stage || role[i] < 0 || role[i] >= n_role || combo >= n_combo) {
+            PyErr_SetString(PyExc_ValueError, "segment_groups: a hook, stage or role code out of range");
+            goto done;
+        }
+        label[i] = label_of[combo];
+    }
+    /* segments in order of first appearance, and how many of each */
+    Py_ssize_t seen = 0;
+    for (Py_ssize_t g = 0; g < P; g++)
+        for (Py_ssize_t i = starts[g]; i + 1 < starts[g + 1]; i++) {
+            int64_t pair = label[i] * n_labels + label[i + 1];
+            if (!count[pair]++) order[seen++] = pair;
+        }
+    /* each segment's first slot, then the durations in journey order */
+    Py_ssize_t at = 0;
+    for (Py_ssize_t k = 0; k < seen; k++) {
+        next[order[k]] = at;
+        at += count[order[k]];
+    }
+    for (Py_ssize_t g = 0; g < P; g++)
+        for (Py_ssize_t i = starts[g]; i + 1 < starts[g + 1]; i++)
+            dur[next[label[i] * n_labels + label[i + 1]]++] = (int64_t)((uint64_t)ktime[i + 1] - (uint64_t)ktime[i]);
+    PyObject *ids = PyList_New(seen), *counts = PyList_New(seen);
+    for (Py_ssize_t k = 0; ids && counts && k < seen; k++) {
+        PyObject *a = PyLong_FromLongLong(order[k]), *b = PyLong_FromLongLong(count[order[k]]);
+        if (!a || !b) {
+            Py_XDECREF(a);
+            Py_XDECREF(b);
+            Py_CLEAR(ids);
+            break;
+        }
+        PyList_SET_ITEM(ids, k, a);
+        PyList_SET_ITEM(counts, k, b);
+    }
+    if (ids && counts) result = Py_BuildValue("(NN)", ids, counts);
+    else {
+        Py_XDECREF(ids);
+        Py_XDECREF(counts);
+    }
+done:
+    free(count);
+    free(next);
+    free(order);
+    free(label);
+    for (int i = 0; i < 6; i++)
+        if (c[i].held) PyBuffer_Release(&c[i].view);
+    if (have_out) PyBuffer_Release(&out);
+    return result;
+}
+
+const char native_segment_groups_doc[] =
+    "segment_groups(hook, stage, role, starts, ktime, label_of, n_stage, n_role, n_labels, durations)\n"
+    "The durations between consecutive hops of each journey, grouped by segment (label pair) into durations;\n"
+    "returns (segment ids, counts) in order of first appearance (tracer/render.py Summary._add_segments).";
