@@ -15,7 +15,9 @@ Two parts:
   subprocesses on the lab (``ab -n N -c 8`` to :8000, then ``iperf3 -t S``
   to :5201, both traced), baseline and this tree alternating round by round;
   the tracer's utime + stime (and utime alone) over the workloads per traced
-  packet.
+  packet. ``--sink pipe`` sends `trace`'s output into a pipe this script
+  reads instead of a file (a file's new page-cache pages cost this VM's host
+  a fault each: ~1-3 µs of system time a `--json` packet).
 
 Per case: the median over rounds of each side, and the median of the
 per-round ratios (this tree / baseline) with its range.
@@ -138,20 +140,55 @@ def stage_worker(path: str, batch: int, repeat: int) -> dict:
     return result
 
 
-def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float, warm: bool = False) -> dict:
+class _PipeCounter:
+    """Reads a tracer's output from a pipe as fast as it comes (in place of
+    a file: `trace --json | consumer`), counting the packets it shows the
+    way live_run counts them in a file, without keeping the text."""
+
+    def __init__(self, mode: str) -> None:
+        import threading
+
+        self.mode, self.packets, self._rest = mode, 0, b""
+        self.read_fd, self.write_fd = os.pipe()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while chunk := os.read(self.read_fd, 1 << 20):
+            if self.mode == "json":
+                self.packets += chunk.count(b"\n")
+                continue
+            text = self._rest + chunk
+            cut = text.rfind(b"\n") + 1
+            self.packets += len(re.findall(rb"^\S+ #", text[:cut], re.M))
+            self._rest = text[cut:]
+
+    def close(self) -> int:
+        self.thread.join(60)
+        os.close(self.read_fd)
+        return self.packets
+
+
+def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float, warm: bool = False,
+             sink: str = "file") -> dict:
     """One tracer subprocess of ``tree`` under the workloads: CPU per traced
     packet. ``warm``: the same workloads once first, not measured, so the
     figure leaves out what a run pays once (its buffers' first page faults,
-    first calls) and is the steady cost per packet."""
+    first calls) and is the steady cost per packet. ``sink``: `trace`'s
+    output goes to a file (the VM's page-cache writes included), or to a
+    pipe read by this process."""
     from bench_overhead import cpu_times, parse_lost, run_ab, run_iperf
 
     work = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
     capture = work / "cap.arrows"
     args = [a.format(capture=capture) for a in MODES[mode]]
     env = tree_env(tree)
+    pipe = _PipeCounter(mode) if sink == "pipe" and mode != "record" else None
     with open(work / "out", "wb") as out, open(work / "err", "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "tracer", *args, "--port", "8000", "--port", "5201"], cwd=tree,
-                                env=env, stdout=out, stderr=err, start_new_session=True)
+                                env=env, stdout=pipe.write_fd if pipe else out, stderr=err, start_new_session=True)
+        if pipe:
+            os.close(pipe.write_fd)
         t0 = time.monotonic()
         while b"Ctrl-C" not in (work / "err").read_bytes():
             if proc.poll() is not None or time.monotonic() - t0 > 60:
@@ -184,6 +221,8 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float,
             measured = _packets_between(capture, t_measured)
             size *= measured / max(packets, 1)
             packets = measured
+    elif pipe:
+        packets = pipe.close()
     elif mode == "json":
         packets = text.count(b"\n")
     else:
@@ -266,6 +305,9 @@ def main() -> int:
     ap.add_argument("--warm", action="store_true",
                     help="live, record only: run the workloads once unmeasured first (the steady cost per packet, "
                          "without what a run pays once)")
+    ap.add_argument("--sink", choices=("file", "pipe"), default="file",
+                    help="live: trace's output to a file (default; on this VM each new page-cache page costs the "
+                         "host a fault) or to a pipe this script reads")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -312,7 +354,7 @@ def main() -> int:
             for mode in modes:
                 got = {}
                 for side, tree in (("base", base), ("new", this)) if r % 2 == 0 else (("new", this), ("base", base)):
-                    got[side] = live_run(tree, mode, status, args.requests, args.seconds, args.warm)
+                    got[side] = live_run(tree, mode, status, args.requests, args.seconds, args.warm, args.sink)
                 cpu.setdefault(mode, []).append((got["base"]["cpu_us"], got["new"]["cpu_us"]))
                 user.setdefault(mode, []).append((got["base"]["user_us"], got["new"]["user_us"]))
                 if mode == "record":
@@ -323,7 +365,7 @@ def main() -> int:
                       f"{got['new']['lost']}; load {load_average()}"
                       + (f"; capture {got['base']['bytes']:.1f} / {got['new']['bytes']:.1f} bytes per packet"
                          if mode == "record" else ""), flush=True)
-        report("live, the tracer's utime + stime per traced packet", modes, cpu, "µs")
+        report(f"live, the tracer's utime + stime per traced packet (output to a {args.sink})", modes, cpu, "µs")
         report("live, utime alone", modes, user, "µs")
         if size:
             report("live, capture size on disk per traced packet", ["record"], size, "bytes")
