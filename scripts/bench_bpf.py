@@ -304,6 +304,9 @@ def bench_live_ab(base: Path, rounds: int, requests: int, floor: bool = False, m
               f"{hops / requests:5.1f} sightings per request, {per}")
     both = [i for i in range(rounds) if res["base"][i] and res["new"][i]]
     both = _without_other_traffic(res, both, requests)
+    if not both:
+        raise SystemExit("bench_bpf: no round to compare: every round had other traffic on :8000 or a side "
+                         "that failed; run again when the port is quiet")
     _report_ab({k: [v[i] for i in both] for k, v in res.items() if k != "noop"}, requests)
     if floor:
         import numpy as np
@@ -329,11 +332,14 @@ def _without_other_traffic(res: dict[str, list[dict]], rounds: list[int], reques
     per = {(i, s): res[s][i]["hops"] / requests for i in rounds for s in ("base", "new")}
     if not per:
         return rounds
-    median = float(np.median(list(per.values())))
-    kept = [i for i in rounds if all(per[(i, s)] <= median * (1 + OTHER_TRAFFIC) for s in ("base", "new"))]
+    # Each side against its own median: the revisions may record a different
+    # number of hops per request (what an A/B is run for), and one pooled
+    # median would leave out every round of the side with more.
+    median = {s: float(np.median([per[(i, s)] for i in rounds])) for s in ("base", "new")}
+    kept = [i for i in rounds if all(per[(i, s)] <= median[s] * (1 + OTHER_TRAFFIC) for s in ("base", "new"))]
     for i in sorted(set(rounds) - set(kept)):
         print(f"  round {i + 1} left out: other traffic on :8000 (base {per[(i, 'base')]:.1f}, "
-              f"new {per[(i, 'new')]:.1f} sightings per request; median {median:.1f})")
+              f"new {per[(i, 'new')]:.1f} sightings per request; medians {median['base']:.1f}, {median['new']:.1f})")
     return kept
 
 

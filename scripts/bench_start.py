@@ -34,6 +34,7 @@ after installing or changing the program pays.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import selectors
 import signal
@@ -120,19 +121,45 @@ def in_process_once(cache_dir: Path, timeout: float = 30) -> tuple[float, float 
     from tracer.session import TraceOptions, TraceSession
     from tracer.targets import Targets
 
-    os.environ["TRACER_PROGRAM_CACHE_DIR"] = str(cache_dir)
-    t0 = time.monotonic()
-    session = TraceSession(TraceOptions(Targets(ports=(8000,))))
-    session.start()
+    with environ_set("TRACER_PROGRAM_CACHE_DIR", str(cache_dir)):
+        t0 = time.monotonic()
+        session = TraceSession(TraceOptions(Targets(ports=(8000,))))
+        session.start()
+        try:
+            ready = time.monotonic() - t0
+            phases = dict(getattr(session, "startup", {}))
+            while time.monotonic() - t0 < timeout:
+                if session.poll(0.05).num_rows:
+                    return ready, time.monotonic() - t0, phases
+            return ready, None, phases
+        finally:
+            session.close()
+
+
+@contextlib.contextmanager
+def environ_set(name: str, value: str):
+    """``name`` set to ``value`` in this process for the block, then put back
+    as it was: the CLI runs after an in-process one inherit os.environ, and a
+    cache directory left behind would make a baseline start cold one round
+    and warm the next."""
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
-        ready = time.monotonic() - t0
-        phases = dict(getattr(session, "startup", {}))
-        while time.monotonic() - t0 < timeout:
-            if session.poll(0.05).num_rows:
-                return ready, time.monotonic() - t0, phases
-        return ready, None, phases
+        yield
     finally:
-        session.close()
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def run_env(cache: str | None, cold_dir: Path, warm_dir: Path | None) -> dict[str, str]:
+    """The explicit program-cache environment of one CLI run: its own cold or
+    warm directory, or, for a baseline without a program cache, the cache
+    switched off (what "none" means) rather than whatever the caller has."""
+    if cache is None:
+        return {"TRACER_PROGRAM_CACHE": "0"}
+    return {"TRACER_PROGRAM_CACHE_DIR": str(cold_dir if cache == "cold" else warm_dir)}
 
 
 def main() -> int:
@@ -182,7 +209,7 @@ def main() -> int:
             for name in order:
                 tree, cache, warm = states[name]
                 cold_dir = where / f"cold-{i}"
-                env = {"TRACER_PROGRAM_CACHE_DIR": str(cold_dir if cache == "cold" else warm)} if cache else {}
+                env = run_env(cache, cold_dir, warm)
                 r, f, c = cli_once(tree, env_extra=env)
                 shutil.rmtree(cold_dir, ignore_errors=True)
                 cli[name]["ready"].append(r)
