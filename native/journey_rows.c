@@ -22,8 +22,12 @@
  *   (journeys.TERMINAL_SIGHTINGS as a (hook, stage, role) table;
  *   journey_rows.journey_containers' comparisons as per-code tables).
  *
- * Every size and code is checked before it is used as an index: bad input
- * is a ValueError, never a read or write out of bounds. Multi-byte fields
+ * Every size and code is checked where it is used as an index (read once
+ * into a local, compared with its table's size, only the local used), and
+ * never read back from a buffer the caller can also write: bad input (codes
+ * past their tables, columns that overlap, a buffer another thread rewrites
+ * during the call) is a ValueError or TypeError, never a read or write out
+ * of bounds. Only int64 columns are taken. Multi-byte fields
  * are little-endian but for length, tcp_seq and the ports, which the
  * kernel writes in network order (events.JOURNEY_DTYPE). */
 #include "native.h"
@@ -47,6 +51,39 @@ static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); re
 static inline uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
 static inline uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 
+/* Whether a buffer's struct format is a native int64 ("q", or "l" where a
+ * long is 8 bytes; itemsize is checked as well). Another 8-byte type
+ * (float64, uint64) would be read as int64 bits: wrong data, refused. */
+static int int64_format(const char *f) {
+    if (!f) return 0; /* PyBUF_FORMAT asked: NULL means unsigned bytes */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    if (*f == '@' || *f == '=' || *f == '>' || *f == '!') f++;
+#else
+    if (*f == '@' || *f == '=' || *f == '<') f++;
+#endif
+    return (f[0] == 'q' || (f[0] == 'l' && sizeof(long) == 8)) && f[1] == 0;
+}
+
+/* Whether two buffers share a byte */
+static inline int overlap(const Py_buffer *a, const Py_buffer *b) {
+    const char *x = a->buf, *y = b->buf;
+    return a->len > 0 && b->len > 0 && x < y + b->len && y < x + a->len;
+}
+
+/* Whether any of the n writable buffers ``out`` overlaps another of them
+ * or one of the m buffers ``in``: the passes write each output once and
+ * read only what they wrote themselves, which holds only if no output is
+ * also an input or another output. */
+static int any_overlap(Py_buffer *const *out, int n, Py_buffer *const *in, int m) {
+    for (int i = 0; i < n; i++) {
+        for (int j = i + 1; j < n; j++)
+            if (overlap(out[i], out[j])) return 1;
+        for (int j = 0; j < m; j++)
+            if (overlap(out[i], in[j])) return 1;
+    }
+    return 0;
+}
+
 /* Writable C-contiguous 8-byte columns of a tuple, each of count elements
  * (+1 for the column ``plus_one``, -1: none), into views; *held says how
  * many were acquired (to release). 0, or -1 with an exception set. */
@@ -57,13 +94,19 @@ static int get_columns(PyObject *tuple, Py_buffer *views, int n, Py_ssize_t coun
         return -1;
     }
     for (int i = 0; i < n; i++) {
-        if (PyObject_GetBuffer(PyTuple_GET_ITEM(tuple, i), &views[i], PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(tuple, i), &views[i],
+                               PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
             return -1;
         *held = i + 1;
         Py_ssize_t want = 8 * (count + (i == plus_one));
         if (views[i].len != want || views[i].itemsize != 8) {
             PyErr_Format(PyExc_ValueError, "%s: %s column %d has %zd bytes, not %zd (8-byte items)", fn, what, i,
                          views[i].len, want);
+            return -1;
+        }
+        if (!int64_format(views[i].format)) {
+            PyErr_Format(PyExc_TypeError, "%s: %s column %d must be an int64 array, not format '%s'", fn, what, i,
+                         views[i].format ? views[i].format : "B");
             return -1;
         }
     }
@@ -117,6 +160,7 @@ static inline int64_t distinct_find(distinct *t, uint64_t a, uint64_t b) {
         if (k[0] == a && k[1] == b) return t->slot[s] - 1;
         s = (s + 1) & (t->slots - 1);
     }
+    if (t->count >= INT32_MAX) return -1; /* slots number positions as int32: more keys is no memory */
     t->keys[t->count][0] = a;
     t->keys[t->count][1] = b;
     t->slot[s] = (int32_t)(t->count + 1);
@@ -262,6 +306,15 @@ PyObject *native_journey_hops(PyObject *self, PyObject *args) {
     if (get_columns(p_obj, pv, N_PCOL, kept, P_STARTS, fn, "packet", &np_) < 0
         || get_columns(h_obj, hv, N_HCOL, hops, -1, fn, "hop", &nh) < 0)
         goto done;
+    {
+        Py_buffer *out[N_PCOL + N_HCOL], *ins[2] = {&in, &icmp};
+        for (int i = 0; i < N_PCOL; i++) out[i] = &pv[i];
+        for (int i = 0; i < N_HCOL; i++) out[N_PCOL + i] = &hv[i];
+        if (any_overlap(out, N_PCOL + N_HCOL, ins, 2)) {
+            PyErr_Format(PyExc_ValueError, "%s: an output column overlaps another column or the records", fn);
+            goto done;
+        }
+    }
     if (!kept) {
         ((int64_t *)pv[P_STARTS].buf)[0] = 0;
         result = Py_BuildValue("(nNNNN)", (Py_ssize_t)0, PyList_New(0), PyList_New(0), PyList_New(0),
@@ -321,8 +374,7 @@ PyObject *native_journey_hops(PyObject *self, PyObject *args) {
     uint64_t last_key = 0;
     int64_t last_place = -1; /* most hops are where the one before was */
     recent_two recent[1] = {{.at = {-1, -1}}};
-    Py_ssize_t h = 0, g = -1;
-    int64_t first_ktime = 0;
+    Py_ssize_t h = 0, g = -1, first_hop = 0; /* the packet's first hop: kept here, never read back from starts */
     for (Py_ssize_t x = 0; x < kept && !changed && !no_memory; x++) {
         const uint8_t *r = base + keys[x].rec * stride;
         Py_ssize_t nh_ = r[L[L_N_HOPS]];
@@ -335,6 +387,7 @@ PyObject *native_journey_hops(PyObject *self, PyObject *args) {
         int64_t dir = r[L[L_DIRECTION]];
         if (x == 0 || keys[x].pid != keys[x - 1].pid) { /* a packet's first part: its facts */
             g++;
+            first_hop = h;
             starts[g] = h;
             packet_id[g] = keys[x].pid;
             flow_id[g] = flow;
@@ -353,7 +406,9 @@ PyObject *native_journey_hops(PyObject *self, PyObject *args) {
             if (flow > flow_id[g]) flow_id[g] = flow;
             if (dir > direction[g]) direction[g] = dir;
         }
-        /* the record's tuples that a hop points at: endpoints once each */
+        /* the record's tuples that a hop points at: endpoints once each
+         * (a hop's and a tuple's fields at native_rows.C_HOP_FIELDS' and
+         * C_TUPLE_FIELDS' offsets, which native_rows checks against the dtypes) */
         const uint8_t *hp = r + L[L_HOPS];
         int64_t t_src[16], t_dst[16], t_sport[16], t_dport[16];
         uint32_t pointed = 0;
@@ -407,9 +462,9 @@ PyObject *native_journey_hops(PyObject *self, PyObject *args) {
         }
         if (x + 1 == kept || keys[x + 1].pid != keys[x].pid) { /* the packet's last part: times from its first hop */
             /* (as unsigned: numpy's int64 arithmetic wraps, C's must not overflow) */
-            first_ktime = ktime[starts[g]];
+            const int64_t first_ktime = ktime[first_hop];
             wall[g] = (int64_t)((uint64_t)first_ktime + (uint64_t)boot_offset);
-            for (Py_ssize_t y = starts[g]; y < h; y++) dt[y] = (int64_t)((uint64_t)ktime[y] - (uint64_t)first_ktime);
+            for (Py_ssize_t y = first_hop; y < h; y++) dt[y] = (int64_t)((uint64_t)ktime[y] - (uint64_t)first_ktime);
         }
     }
     packets = g + 1;
@@ -469,10 +524,11 @@ typedef struct {
 } col;
 
 static int get_col(PyObject *obj, col *c, int writable, const char *fn, const char *what) {
-    if (PyObject_GetBuffer(obj, &c->view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    if (PyObject_GetBuffer(obj, &c->view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
     c->held = 1;
-    if (c->view.itemsize != 8 || c->view.len % 8) {
-        PyErr_Format(PyExc_TypeError, "%s: %s must be a contiguous 64-bit integer array", fn, what);
+    if (c->view.itemsize != 8 || c->view.len % 8 || !int64_format(c->view.format)) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a contiguous 64-bit integer (int64) array", fn, what);
         return -1;
     }
     c->v = c->view.buf;
@@ -480,14 +536,15 @@ static int get_col(PyObject *obj, col *c, int writable, const char *fn, const ch
     return 0;
 }
 
-/* n columns from a tuple (each one acquired is marked held, for release_cols) */
-static int get_cols(PyObject *tuple, col *c, int n, int writable, const char *fn, const char *what) {
+/* n columns from a tuple, column i writable if bit i of ``writable`` is
+ * set (each one acquired is marked held, for release_cols) */
+static int get_cols(PyObject *tuple, col *c, int n, unsigned writable, const char *fn, const char *what) {
     if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != n) {
         PyErr_Format(PyExc_TypeError, "%s: %s must be a tuple of %d arrays", fn, what, n);
         return -1;
     }
     for (int i = 0; i < n; i++)
-        if (get_col(PyTuple_GET_ITEM(tuple, i), &c[i], writable, fn, what) < 0) return -1;
+        if (get_col(PyTuple_GET_ITEM(tuple, i), &c[i], writable >> i & 1, fn, what) < 0) return -1;
     return 0;
 }
 
@@ -501,6 +558,9 @@ static int in_range(const col *c, int64_t size) {
         if (c->v[i] < 0 || c->v[i] >= size) return 0;
     return 1;
 }
+
+/* what journey_facts found wrong while it ran without the GIL */
+enum { FACTS_OK, FACTS_BAD_CODE, FACTS_BAD_REASON, FACTS_BAD_STARTS };
 
 PyObject *native_journey_facts(PyObject *self, PyObject *args) {
     (void)self;
@@ -525,82 +585,167 @@ PyObject *native_journey_facts(PyObject *self, PyObject *args) {
             return NULL;
         }
     }
-    if (get_cols(hop_obj, hin, N_FHOP, 1, fn, "hops") < 0 || get_col(starts_obj, &st, 0, fn, "starts") < 0
+    /* of the hop columns only the drop reasons are rewritten (in place) */
+    if (get_cols(hop_obj, hin, N_FHOP, 1u << F_REASON, fn, "hops") < 0 || get_col(starts_obj, &st, 0, fn, "starts") < 0
         || get_cols(place_obj, pt, N_PLACECOL, 0, fn, "place tables") < 0
         || get_col(terminal_obj, &term, 0, fn, "terminal") < 0
         || get_cols(ctab_obj, ct, N_CTAB, 0, fn, "container tables") < 0
-        || get_cols(hop_out_obj, hout, N_PLACECOL, 1, fn, "hop outputs") < 0
-        || get_cols(p_out_obj, pout, N_POUT, 1, fn, "packet outputs") < 0)
+        || get_cols(hop_out_obj, hout, N_PLACECOL, ~0u, fn, "hop outputs") < 0
+        || get_cols(p_out_obj, pout, N_POUT, ~0u, fn, "packet outputs") < 0)
         goto done;
+    {
+        Py_buffer *out[1 + N_PLACECOL + N_POUT], *ins[N_FHOP - 1 + 2 + N_PLACECOL + N_CTAB];
+        int n_out = 0, n_in = 0;
+        out[n_out++] = &hin[F_REASON].view;
+        for (int i = 0; i < N_PLACECOL; i++) out[n_out++] = &hout[i].view;
+        for (int i = 0; i < N_POUT; i++) out[n_out++] = &pout[i].view;
+        for (int i = 0; i < N_FHOP; i++)
+            if (i != F_REASON) ins[n_in++] = &hin[i].view;
+        ins[n_in++] = &st.view;
+        ins[n_in++] = &term.view;
+        for (int i = 0; i < N_PLACECOL; i++) ins[n_in++] = &pt[i].view;
+        for (int i = 0; i < N_CTAB; i++) ins[n_in++] = &ct[i].view;
+        if (any_overlap(out, n_out, ins, n_in)) {
+            PyErr_Format(PyExc_ValueError, "%s: an output column overlaps another column or table", fn);
+            goto done;
+        }
+    }
 
     const Py_ssize_t H = hin[F_HOOK].n, P = st.n - 1, n_places = pt[0].n;
     const int64_t n_hook = S[S_N_HOOK], n_stage = S[S_N_STAGE], n_role = S[S_N_ROLE];
-    int ok = P >= 0 && st.v[0] == 0 && st.v[P] == H && term.n == n_hook * n_stage * n_role
-             && ct[C_NAMED].n == ct[C_SAME].n && ct[C_ID_KNOWN].n == ct[C_ID_SAME].n;
+    int64_t n_terminal; /* (each size is at most 2^30: the product may not fit an int64) */
+    int ok = !__builtin_mul_overflow(n_hook, n_stage, &n_terminal) && !__builtin_mul_overflow(n_terminal, n_role, &n_terminal)
+             && P >= 0 && term.n == n_terminal && ct[C_NAMED].n == ct[C_SAME].n && ct[C_ID_KNOWN].n == ct[C_ID_SAME].n;
     for (int i = 0; ok && i < N_FHOP; i++) ok = hin[i].n == H;
     for (int i = 0; ok && i < N_PLACECOL; i++) ok = pt[i].n == n_places && hout[i].n == H;
     for (int i = 0; ok && i < N_POUT; i++) ok = pout[i].n == P;
-    for (Py_ssize_t i = 0; ok && i < P; i++) ok = st.v[i + 1] > st.v[i];
     if (!ok) {
         PyErr_Format(PyExc_ValueError, "%s: columns and tables do not fit together", fn);
         goto done;
     }
-    if (!in_range(&hin[F_HOOK], n_hook) || !in_range(&hin[F_STAGE], n_stage) || !in_range(&hin[F_PLACE], n_places)
-        || !in_range(&pt[T_ROLE], n_role) || !in_range(&pt[T_CONTAINER], ct[C_NAMED].n)
+    /* the tables (a few entries each) checked whole here; the hop columns
+     * and whatever the loops below use as an index checked again there */
+    if (!in_range(&pt[T_ROLE], n_role) || !in_range(&pt[T_CONTAINER], ct[C_NAMED].n)
         || !in_range(&pt[T_CONTAINER_ID], ct[C_ID_KNOWN].n) || !in_range(&ct[C_SAME], ct[C_NAMED].n)
         || !in_range(&ct[C_ID_SAME], ct[C_ID_KNOWN].n) || S[S_CONTAINER_NULL] >= ct[C_NAMED].n) {
         PyErr_Format(PyExc_ValueError, "%s: a hook, stage, place, role or container code out of range", fn);
         goto done;
     }
-    for (Py_ssize_t i = 0; i < H; i++)
-        if (hin[F_REASON].v[i] < -1 || hin[F_REASON].v[i] >= S[S_N_REASONS]) {
-            PyErr_Format(PyExc_ValueError, "%s: a drop reason code out of range", fn);
-            goto done;
-        }
 
+    int bad = FACTS_OK;
     Py_BEGIN_ALLOW_THREADS
-    const int64_t *hook = hin[F_HOOK].v, *stage = hin[F_STAGE].v, *place = hin[F_PLACE].v, *terminal = term.v;
+    /* Each value used as an index is read once into a local, compared with
+     * its table's size and only the local used: the buffers are the
+     * caller's, and another thread may write them while this runs. */
+    const int64_t *hook = hin[F_HOOK].v, *stage = hin[F_STAGE].v, *place = hin[F_PLACE].v, *terminal = term.v,
+                  *starts = st.v;
     int64_t *reason = hin[F_REASON].v;
-    int64_t *role = hout[T_ROLE].v, *container = hout[T_CONTAINER].v, *cid = hout[T_CONTAINER_ID].v;
+    const int64_t *place_role = pt[T_ROLE].v, *place_container = pt[T_CONTAINER].v, *place_cid = pt[T_CONTAINER_ID].v;
     const int64_t *named = ct[C_NAMED].v, *same = ct[C_SAME].v, *id_known = ct[C_ID_KNOWN].v, *id_same = ct[C_ID_SAME].v;
     const int64_t null_reason = S[S_N_REASONS], null_container = S[S_CONTAINER_NULL], hook_drop = S[S_HOOK_DROP];
+    const uint64_t hooks = (uint64_t)n_hook, stages = (uint64_t)n_stage, roles = (uint64_t)n_role,
+                   places = (uint64_t)n_places, containers = (uint64_t)ct[C_NAMED].n, ids = (uint64_t)ct[C_ID_KNOWN].n;
     for (Py_ssize_t i = 0; i < H; i++) {
-        int64_t p = place[i];
+        const int64_t p = place[i], r = reason[i];
+        if ((uint64_t)p >= places || (uint64_t)hook[i] >= hooks || (uint64_t)stage[i] >= stages) {
+            bad = FACTS_BAD_CODE;
+            break;
+        }
+        if (r < -1 || r >= null_reason) {
+            bad = FACTS_BAD_REASON;
+            break;
+        }
         for (int t = 0; t < N_PLACECOL; t++) hout[t].v[i] = pt[t].v[p];
-        if (reason[i] < 0) reason[i] = null_reason;
+        if (r < 0) reason[i] = null_reason;
     }
-    for (Py_ssize_t g = 0; g < P; g++) {
-        Py_ssize_t first = st.v[g], last = st.v[g + 1] - 1;
+    /* a packet's hops are starts[g] to starts[g + 1] - 1: each bound read once */
+    int64_t first = starts[0]; /* P >= 0: starts has an entry */
+    if (!bad && first != 0) bad = FACTS_BAD_STARTS;
+    for (Py_ssize_t g = 0; !bad && g < P; g++) {
+        const int64_t end = starts[g + 1];
+        if (end <= first || end > H) {
+            bad = FACTS_BAD_STARTS;
+            break;
+        }
+        const Py_ssize_t last = end - 1;
         /* journeys.verdict_of: a drop right after a terminal sighting is a delivered packet */
-        int last_drop = hook[last] == hook_drop, two = last > first;
-        Py_ssize_t judged = last_drop && two ? last - 1 : last;
-        int terminal_at = terminal[(hook[judged] * n_stage + stage[judged]) * n_role + role[judged]] != 0;
-        int delivered = last_drop ? two && terminal_at : terminal_at;
-        int dropped = last_drop && !delivered;
+        const int64_t hook_last = hook[last];
+        const int last_drop = hook_last == hook_drop, two = last > first;
+        const Py_ssize_t judged = last_drop && two ? last - 1 : last;
+        const int64_t hk = judged == last ? hook_last : hook[judged], sg = stage[judged], pj = place[judged];
+        if ((uint64_t)hk >= hooks || (uint64_t)sg >= stages || (uint64_t)pj >= places) {
+            bad = FACTS_BAD_CODE;
+            break;
+        }
+        const int64_t rl = place_role[pj];
+        if ((uint64_t)rl >= roles) {
+            bad = FACTS_BAD_CODE;
+            break;
+        }
+        const int terminal_at = terminal[(hk * n_stage + sg) * n_role + rl] != 0;
+        const int delivered = last_drop ? two && terminal_at : terminal_at;
+        const int dropped = last_drop && !delivered;
+        const int64_t rs = dropped ? reason[last] : null_reason;
+        if (rs < 0 || rs > null_reason) {
+            bad = FACTS_BAD_REASON;
+            break;
+        }
         pout[O_VERDICT].v[g] = delivered ? 0 : dropped ? 1 : 2;
         pout[O_LAST_SEEN].v[g] = last_drop && two ? last - 1 : -1;
-        pout[O_REASON].v[g] = dropped ? reason[last] : null_reason;
+        pout[O_REASON].v[g] = rs;
         /* journey_rows.journey_containers: the first hop that names a
          * container, and the last one where it is another container (told
          * by container ids where both hops know theirs, else by names) */
-        Py_ssize_t fi = -1, li = -1;
-        for (Py_ssize_t i = first; i <= last; i++)
-            if (named[container[i]]) {
-                if (fi < 0) fi = i;
-                li = i;
+        int found = 0;
+        int64_t c_first = 0, c_last = 0, id_first = 0, id_last = 0;
+        for (Py_ssize_t i = first; i <= last; i++) {
+            const int64_t p = place[i];
+            if ((uint64_t)p >= places) {
+                bad = FACTS_BAD_CODE;
+                break;
             }
-        int64_t of = fi >= 0 ? container[fi] : null_container, to = null_container;
-        if (fi >= 0) {
-            int other = same[container[li]] != same[of];
-            if (id_known[cid[fi]] && id_known[cid[li]]) other = id_same[cid[fi]] != id_same[cid[li]];
-            if (other) to = container[li];
+            const int64_t c = place_container[p];
+            if ((uint64_t)c >= containers) {
+                bad = FACTS_BAD_CODE;
+                break;
+            }
+            if (!named[c]) continue;
+            const int64_t id = place_cid[p];
+            if ((uint64_t)id >= ids) {
+                bad = FACTS_BAD_CODE;
+                break;
+            }
+            if (!found) {
+                found = 1;
+                c_first = c;
+                id_first = id;
+            }
+            c_last = c;
+            id_last = id;
+        }
+        if (bad) break;
+        int64_t of = found ? c_first : null_container, to = null_container;
+        if (found) {
+            int other = same[c_last] != same[c_first];
+            if (id_known[id_first] && id_known[id_last]) other = id_same[id_first] != id_same[id_last];
+            if (other) to = c_last;
         }
         pout[O_CONTAINER_OF].v[g] = of;
         pout[O_CONTAINER_TO].v[g] = to;
+        first = end;
     }
+    if (!bad && first != H) bad = FACTS_BAD_STARTS;
     Py_END_ALLOW_THREADS
-    Py_INCREF(Py_None);
-    result = Py_None;
+    if (bad == FACTS_BAD_CODE)
+        PyErr_Format(PyExc_ValueError, "%s: a hook, stage, place, role or container code out of range", fn);
+    else if (bad == FACTS_BAD_REASON)
+        PyErr_Format(PyExc_ValueError, "%s: a drop reason code out of range", fn);
+    else if (bad == FACTS_BAD_STARTS)
+        PyErr_Format(PyExc_ValueError, "%s: starts do not fit the hops (0, rising, the last one the hop count)", fn);
+    else {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    }
 done:
     release_cols(hin, N_FHOP);
     release_cols(&st, 1);

@@ -47,13 +47,29 @@ LAYOUT = _layout()
 assert all(events.JOURNEY_DTYPE[f].byteorder in "<=|" for f in
            ("packet_id", "flow_id", "first_ktime", "last_ktime", "drop_reason", "drop_netns"))
 assert all(events.JOURNEY_DTYPE[f].byteorder == ">" for f in ("length", "tcp_seq"))
-assert events.TUPLE_DTYPE["sport"].byteorder == ">" and events.HOP_DTYPE.itemsize == 12
+# a hop's and a tuple's fields where and as native/journey_rows.c reads
+# them (it takes the record's own offsets from LAYOUT, these as constants)
+C_HOP_FIELDS = {"dt_ns": (0, "<u4"), "ifindex": (4, "<u4"), "code": (8, "u1"), "tuple": (10, "u1")}
+C_TUPLE_FIELDS = {"saddr": (0, ("u1", (16,))), "daddr": (16, ("u1", (16,))), "sport": (32, ">u2"),
+                  "dport": (34, ">u2")}
+
+
+def _c_reads_hops_and_tuples() -> bool:
+    """Whether HOP_DTYPE and TUPLE_DTYPE lay out their fields as the C reads them."""
+    return events.HOP_DTYPE.itemsize == 12 and events.TUPLE_DTYPE.itemsize == 40 and all(
+        dtype.fields[name][1] == at and dtype.fields[name][0] == np.dtype(kind)
+        for dtype, fields in ((events.HOP_DTYPE, C_HOP_FIELDS), (events.TUPLE_DTYPE, C_TUPLE_FIELDS))
+        for name, (at, kind) in fields.items())
+
+
+_C_READS_HOPS_AND_TUPLES = _c_reads_hops_and_tuples()
+assert _C_READS_HOPS_AND_TUPLES, "events.HOP_DTYPE/TUPLE_DTYPE changed: update native/journey_rows.c"
 
 
 def usable(records: np.ndarray) -> bool:
     """Whether the compiled passes can read ``records`` as they are (the
-    drain's own dtype, contiguous)."""
-    return records.dtype == events.JOURNEY_DTYPE and records.flags.c_contiguous
+    drain's own dtype, contiguous; its hops and tuples as the C reads them)."""
+    return _C_READS_HOPS_AND_TUPLES and records.dtype == events.JOURNEY_DTYPE and records.flags.c_contiguous
 
 
 def native_journey_rows(records: np.ndarray, ctx: DecodeContext, module) -> JourneyRows:

@@ -11,7 +11,7 @@ hops than a record holds, parts in any order), drops with and without a
 reason the kernel names, incomplete journeys, ICMP, IPv6, two containers
 whose eth0 share an ifindex, hostile names, a proxy leg, and random records
 (codes, tuple indices, hop counts and packet ids drawn at random). Real
-records from the lab are compared in tests/e2e/test_journey_kernel.py.
+records from the lab are compared in tests/e2e/test_journey_rows.py.
 """
 
 from __future__ import annotations
