@@ -241,17 +241,19 @@ def test_masquerade_rule_for_the_containers_connection(lab, no_leftovers):
     no_leftovers()
 
 
-def test_drop_names_the_docker_user_rule(lab, drop_rule, no_leftovers):
+def test_drop_names_the_docker_user_rule(lab, drop_rule, no_leftovers, tmp_path):
     sport = own_source_ports(1)[0]
     rule = drop_rule(sport)
     rule.insert()
-    t = Tracer("--port", str(lab["port"]), "--rules", "--duration", "30")
+    # only this test's connection marked and traced, its journey waited for
+    # (test_rule_added_while_tracing_is_named says why)
+    t = Tracer("--port", str(sport), "--rules", "--duration", "120", stdout_file=tmp_path / "journeys.json")
     t.wait_ready()
     connect_from(lab, sport, seconds=2)  # the SYN (and a retransmission), each dropped
-    time.sleep(0.3)
-    journeys = t.stop()
+    j = t.wait_for(f"dropped SYN from {sport} with the rule that dropped it",
+                   lambda j: _is_syn_from(j, sport, "dropped") and j["drop_rule"] is not None)
+    t.stop()
     assert t.returncode == 0, t.stderr
-    j = _syn_from(journeys, sport, verdict="dropped")
     assert j["drop_reason"] == "NETFILTER_DROP"
     named = j["drop_rule"]
     assert named is not None, j
