@@ -105,7 +105,15 @@ def _run_both(lab, tmp_path, sports: list[int], out_port: int) -> tuple[list, li
     kernel, sightings = shipped.stop(), oracle.stop()
     assert shipped.returncode == 0 and oracle.returncode == 0, shipped.stderr + oracle.stderr
     assert "TRACER_SIGHTING_EVENTS" in oracle.stderr and "TRACER_SIGHTING_EVENTS" not in shipped.stderr
+    (tmp_path / "summaries.txt").write_text(f"kernel-assembled: {_summary(shipped.stderr)}\noracle: {_summary(oracle.stderr)}")
     return kernel, sightings
+
+
+def _summary(stderr: str) -> str:
+    """The summary's counts of what a tracer lost or left incomplete (for a failure's message)."""
+    return "; ".join(line.strip() for line in stderr.splitlines()
+                     if line.strip().startswith(("summary", "lost", "incomplete", "journey faults", "left out"))
+                     or "left out" in line)
 
 
 def _shown(tracer: Tracer, ports: set[int]) -> int:
@@ -144,7 +152,8 @@ def _compare(lab, tmp_path, kernel: list, sightings: list, ports: set[int]) -> N
     only_ours, only_oracle = mine - oracle_sigs, oracle_sigs - mine
     assert not only_ours and not only_oracle, (
         f"{sum(only_ours.values())} journeys only in the kernel-assembled output, {sum(only_oracle.values())} only in the "
-        f"oracle's; first of each: {next(iter(only_ours), None)} / {next(iter(only_oracle), None)}"
+        f"oracle's; first of each: {next(iter(only_ours), None)} / {next(iter(only_oracle), None)}; "
+        f"{(tmp_path / 'summaries.txt').read_text()}"
     )
     assert any(j["verdict"] == "delivered" for j in kernel)
     # Packet by packet, the captures agree: each packet's verdict, drop
