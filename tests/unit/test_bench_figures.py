@@ -63,3 +63,24 @@ def test_live_rounds_alternate_and_say_what_was_left_out(monkeypatch, capsys):
     assert [noop for _, noop in ran] == [False, False, True, True, False, False]
     ordered = list(bb.live_rounds({}, trees, 1, 10, order=lambda r: ("b",)))
     assert [name for _, name, _ in ordered] == ["b"]
+
+
+def test_rounds_with_other_traffic_on_the_port_are_left_out_and_said(capsys):
+    """bench_bpf --live --base: a round where either side traced someone
+    else's traffic too (sightings per request above the run's fewest by more
+    than OTHER_TRAFFIC) is left out of the ratios."""
+    bb = _load("bench_bpf")
+    requests = 1000
+
+    def side(per_request, runs=None):
+        return [{"hops": int(h * requests), "progs": {"trc_nf_b": (0, int(r * requests))}}
+                for h, r in zip(per_request, runs or [110.0] * len(per_request))]
+
+    res = {"base": side([108.9, 274.0, 109.0, 111.0, 109.0]),
+           "new": side([109.0, 108.9, 115.0, 109.5, 109.0], [110.0, 110.0, 110.0, 110.0, 180.0])}
+    assert bb._without_other_traffic(res, [0, 1, 2, 3, 4], requests) == [0, 3]
+    out = capsys.readouterr().out
+    assert "round 2 left out: other traffic (base 274.0, new 108.9 sightings" in out
+    assert "round 3 left out" in out and "round 1 left out" not in out and "round 4 left out" not in out
+    assert "round 5 left out" in out  # untraced traffic: runs without hops
+    assert bb._without_other_traffic(res, [], requests) == []
