@@ -29,52 +29,69 @@ PyObject *native_segment_groups(PyObject *self, PyObject *args) {
     Py_buffer out = {0};
     int have_out = 0;
     PyObject *result = NULL;
-    int64_t *count = NULL, *next = NULL, *order = NULL, *label = NULL;
+    int64_t *count = NULL, *next = NULL, *order = NULL, *label = NULL, *st = NULL;
     for (int i = 0; i < 6; i++)
         if (load_column(o[i], &c[i], names[i]) < 0) goto done;
     if (PyObject_GetBuffer(o[6], &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto done;
     have_out = 1;
-    const int64_t *hook = c[0].v, *stage = c[1].v, *role = c[2].v, *starts = c[3].v, *ktime = c[4].v,
-                  *label_of = c[5].v;
+    const int64_t *hook = c[0].v, *stage = c[1].v, *role = c[2].v, *ktime = c[4].v, *label_of = c[5].v;
     int64_t *dur = out.buf;
     const Py_ssize_t H = c[0].n, P = c[3].n - 1;
+    const char *ob = out.buf;
+    for (int i = 0; i < 6; i++) { /* the output must not overlap an input: it is written while they are read */
+        const char *ib = c[i].view.buf;
+        if (out.len && c[i].view.len && ob < ib + c[i].view.len && ib < ob + out.len) {
+            PyErr_SetString(PyExc_ValueError, "segment_groups: durations overlaps an input");
+            goto done;
+        }
+    }
     if (n_stage < 1 || n_role < 1 || n_labels < 1 || n_labels > 4096 || c[1].n != H || c[2].n != H || c[4].n != H
-        || P < 0 || starts[0] != 0 || starts[P] != H || out.itemsize != 8 || out.len != 8 * (H - P)) {
+        || P < 0 || out.itemsize != 8 || out.len != 8 * (H - P)) {
         PyErr_SetString(PyExc_ValueError, "segment_groups: columns and sizes do not fit together");
         goto done;
     }
-    for (Py_ssize_t g = 0; g < P; g++)
-        if (starts[g + 1] <= starts[g]) {
-            PyErr_SetString(PyExc_ValueError, "segment_groups: every journey needs a hop, in order");
-            goto done;
-        }
-    const Py_ssize_t n_combo = c[5].n;
-    for (Py_ssize_t i = 0; i < n_combo; i++)
-        if (label_of[i] < 0 || label_of[i] >= n_labels) {
-            PyErr_SetString(PyExc_ValueError, "segment_groups: a label out of range");
-            goto done;
-        }
-    const Py_ssize_t n_pair = (Py_ssize_t)(n_labels * n_labels);
+    const Py_ssize_t n_pair = (Py_ssize_t)(n_labels * n_labels), n_combo = c[5].n;
     count = calloc((size_t)n_pair, sizeof *count);
     next = malloc((size_t)n_pair * sizeof *next);
     order = malloc((size_t)(H > 0 ? H : 1) * sizeof *order);
     label = malloc((size_t)(H > 0 ? H : 1) * sizeof *label);
-    if (!count || !next || !order || !label) {
+    st = malloc((size_t)(P + 1) * sizeof *st);
+    if (!count || !next || !order || !label || !st) {
         PyErr_NoMemory();
         goto done;
     }
+    /* starts and labels copied once and checked as copied: the loops below
+     * index with the copies only, whatever the callers' buffers hold later */
+    for (Py_ssize_t g = 0; g <= P; g++) {
+        st[g] = c[3].v[g];
+        if (g ? st[g] <= st[g - 1] || st[g] > H : st[g] != 0) {
+            PyErr_SetString(PyExc_ValueError, "segment_groups: every journey needs a hop, in order");
+            goto done;
+        }
+    }
+    if (st[P] != H) {
+        PyErr_SetString(PyExc_ValueError, "segment_groups: columns and sizes do not fit together");
+        goto done;
+    }
     for (Py_ssize_t i = 0; i < H; i++) {
-        int64_t combo = (hook[i] * n_stage + stage[i]) * n_role + role[i];
-        if (hook[i] < 0 || stage[i] < 0 || stage[i] >= n_stage || role[i] < 0 || role[i] >= n_role || combo >= n_combo) {
+        int64_t h = hook[i], s = stage[i], r = role[i], combo;
+        if (h < 0 || s < 0 || s >= n_stage || r < 0 || r >= n_role || __builtin_mul_overflow(h, (int64_t)n_stage, &combo)
+            || __builtin_add_overflow(combo, s, &combo) || __builtin_mul_overflow(combo, (int64_t)n_role, &combo)
+            || __builtin_add_overflow(combo, r, &combo) || combo >= n_combo) {
             PyErr_SetString(PyExc_ValueError, "segment_groups: a hook, stage or role code out of range");
             goto done;
         }
-        label[i] = label_of[combo];
+        int64_t l = label_of[combo];
+        if (l < 0 || l >= n_labels) {
+            PyErr_SetString(PyExc_ValueError, "segment_groups: a label out of range");
+            goto done;
+        }
+        label[i] = l;
     }
     /* segments in order of first appearance, and how many of each */
     Py_ssize_t seen = 0;
     for (Py_ssize_t g = 0; g < P; g++)
-        for (Py_ssize_t i = starts[g]; i + 1 < starts[g + 1]; i++) {
+        for (Py_ssize_t i = st[g]; i + 1 < st[g + 1]; i++) {
             int64_t pair = label[i] * n_labels + label[i + 1];
             if (!count[pair]++) order[seen++] = pair;
         }
@@ -85,7 +102,7 @@ PyObject *native_segment_groups(PyObject *self, PyObject *args) {
         at += count[order[k]];
     }
     for (Py_ssize_t g = 0; g < P; g++)
-        for (Py_ssize_t i = starts[g]; i + 1 < starts[g + 1]; i++)
+        for (Py_ssize_t i = st[g]; i + 1 < st[g + 1]; i++)
             dur[next[label[i] * n_labels + label[i + 1]]++] = (int64_t)((uint64_t)ktime[i + 1] - (uint64_t)ktime[i]);
     PyObject *ids = PyList_New(seen), *counts = PyList_New(seen);
     for (Py_ssize_t k = 0; ids && counts && k < seen; k++) {
@@ -109,6 +126,7 @@ done:
     free(next);
     free(order);
     free(label);
+    free(st);
     for (int i = 0; i < 6; i++)
         if (c[i].held) PyBuffer_Release(&c[i].view);
     if (have_out) PyBuffer_Release(&out);

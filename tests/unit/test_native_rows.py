@@ -307,3 +307,17 @@ def test_segment_groups_bad_arguments_are_errors_not_crashes():
         groups(starts=starts)
     with pytest.raises(TypeError, match="64-bit"):
         groups(hook=jr.hook.codes.astype(np.int32))
+
+
+def test_segment_groups_refuse_aliased_outputs_and_huge_sizes():
+    m = module()
+    jr = journey_rows_of_records(kernel(odd_records()), ctx())
+    h, p = len(jr.dt), len(jr)
+    label_of = np.zeros(len(jr.hook.values) * len(jr.stage.values) * len(jr.role.values), np.int64)
+    ktime = np.concatenate([jr.ktime, np.zeros(max(0, (h - p) - h), np.int64)])
+    with pytest.raises(ValueError, match="overlaps"):  # durations written over the times it reads
+        m.segment_groups(jr.hook.codes, jr.stage.codes, jr.role.codes, jr.starts, ktime, label_of,
+                         len(jr.stage.values), len(jr.role.values), 1, ktime[: h - p])
+    with pytest.raises(ValueError, match="out of range"):  # the combination's index would wrap
+        m.segment_groups(np.full(h, 1 << 40, np.int64), jr.stage.codes, jr.role.codes, jr.starts, jr.ktime, label_of,
+                         1 << 20, 1 << 20, 1, np.zeros(h - p, np.int64))
