@@ -254,3 +254,18 @@ def test_a_header_tree_rebuilt_in_place_is_a_new_build(tmp_path):
     assert before == _header_tree_identity(tmp_path)
     autoconf.write_text("#define CONFIG_A 1\n#define CONFIG_B 1\n")
     assert _header_tree_identity(tmp_path) != before
+
+
+@pytest.mark.parametrize("insns, relocs", [
+    # a map load with no relocation: it would keep BCC's old fd number
+    (MOV_R0_0 + _ld_map(7) + _ld_map(9, dst=2) + EXIT, ((1, 0),)),
+    # another pseudo source (map value) beside the listed map load
+    (MOV_R0_0 + _ld_map(7) + struct.pack("<BBhi", 0x18, 1 | (2 << 4), 0, 7) + bytes(8) + EXIT, ((1, 0),)),
+    # the same map load listed twice
+    (MOV_R0_0 + _ld_map(7) + EXIT, ((1, 0), (1, 1))),
+])
+def test_every_special_load_must_be_a_listed_map_load_even_with_a_good_checksum(insns, relocs):
+    good = _compiled()
+    bad = pc.Compiled(good.license, good.kern_version, good.maps, (pc.ProgramSpec("trc_x", insns, relocs),))
+    with pytest.raises(pc.CorruptEntry, match="relocation"):
+        pc.decode(pc.encode(bad, "k"), "k")

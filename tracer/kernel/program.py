@@ -248,13 +248,16 @@ class Program:
     def annotated_source(self) -> str:
         """The source after the clang flags it is built with, as a C comment
         (what --ebpf prints, as bcc's tools do)."""
-        # A function per program, which BCC loads as it is: a trace's own
-        # build (-DTRC_SHARED_ENTRIES) needs tracer's loader to write each
-        # program's value into the shared body.
-        head = ["/* tracer: the BPF program as clang compiles it for BCC to load (a trace adds -DTRC_SHARED_ENTRIES: "
-                "one body for the tc programs, one for the netfilter ones, each program's value written in at load), "
-                "with these flags:"]
-        head += [f" *   {flag}" for flag in self.cflags()]
+        # The flags a start of this run compiles with: with tracer's loader
+        # (-DTRC_SHARED_ENTRIES) one body for the tc programs and one for the
+        # netfilter ones; else (TRACER_DEBUG, TRACER_SHARED_ENTRIES=0,
+        # TRACER_PROGRAM_CACHE=0) a function per program, as BCC loads it.
+        shared = own_loader()
+        how = ("one body for the tc programs and one for the netfilter ones, each program's value written in at "
+               "load; TRACER_DEBUG or TRACER_SHARED_ENTRIES=0 build a function per program" if shared else
+               "a function per program, loaded by BCC")
+        head = [f"/* tracer: the BPF program as clang compiles it for this run ({how}), with these flags:"]
+        head += [f" *   {flag}" for flag in self.cflags(shared=shared)]
         return "\n".join(head) + "\n */\n" + self.source()
 
     def variants(self) -> dict[str, tuple[str, int]]:
@@ -346,7 +349,8 @@ class Program:
         bpf = self.compile(source, cflags)
         try:
             compiled = program_cache.snapshot(bpf)
-        except program_cache.NotCacheable as exc:  # not seen with this BCC: then BCC loads a build of its own
+        except Exception as exc:  # noqa: BLE001 - NotCacheable, a refused map info, another libbcc's ctypes:
+            # a missed speed-up, never a failed start; BCC then loads a build of its own
             log.warning("compiled programs not loadable by tracer's loader (%s): compiling for BCC's", exc)
             compiled = None
         finally:
@@ -359,8 +363,11 @@ class Program:
         except OSError as exc:
             raise MissingCapability(f"BPF maps not created: {exc.strerror or exc}") from None
         failed = load_programs(module, programs)
+        if failed:  # one clear line, nothing left loaded (the sensors' own load would raise a bare Exception)
+            module.cleanup()
+            raise MissingCapability(f"BPF program not loaded: {failed[0]}{_where_the_log_is(None)}")
         mark("programs loaded")
-        if cache is not None and not failed:
+        if cache is not None:
             try:
                 cache.store(key, compiled)
             except Exception as exc:  # noqa: BLE001 - a cache we cannot fill is only a missed speed-up
@@ -377,7 +384,12 @@ class Program:
         """BCC compiles and loads, one function per program (no cache)."""
         bpf = self.compile()
         mark("compiled")
-        load_programs(bpf, programs)
+        with _verifier_log() as verifier:
+            failed = load_programs(bpf, programs)
+            verifier.keep = bool(failed)
+        if failed:
+            bpf.cleanup()
+            raise MissingCapability(f"BPF program not loaded: {failed[0]}{_where_the_log_is(verifier.path)}")
         mark("programs loaded")
         return bpf
 
@@ -397,8 +409,16 @@ def own_loader() -> bool:
     """Whether starts load the compiled programs with tracer's loader
     (shared bodies, the program cache): not with TRACER_DEBUG, which keeps
     BCC's debug info (program BTF, source lines in verifier messages) that
-    only BCC's own loading passes on."""
-    return not os.environ.get("TRACER_DEBUG")
+    only BCC's own loading passes on, nor with TRACER_SHARED_ENTRIES=0 or
+    TRACER_PROGRAM_CACHE=0 (BCC compiles and loads, as before the cache)."""
+    return not os.environ.get("TRACER_DEBUG") and shared_entries() and program_cache.enabled()
+
+
+def shared_entries() -> bool:
+    """TRACER_SHARED_ENTRIES=0: a function per program, as BCC builds and
+    loads it, without TRACER_DEBUG's other changes (debug info, verifier
+    logs): to tell whether a refusal comes from the shared bodies."""
+    return os.environ.get("TRACER_SHARED_ENTRIES", "1") != "0"
 
 
 def _header_tree_identity(path) -> str:
@@ -465,6 +485,47 @@ def _function_size(bpf, name: bytes) -> int:
     from bcc import lib  # noqa: PLC0415 - only once a module is compiled
 
     return int(lib.bpf_function_size(bpf.module, name) or 0)
+
+
+def _where_the_log_is(log_file: str | None) -> str:
+    """The end of a refusal's message: where the verifier's full log is, or
+    how to get it and how to tell a shared body's refusal."""
+    if log_file:
+        return f" (the verifier's full log: {log_file})"
+    return ("; TRACER_DEBUG=1 writes the verifier's full log to a file, TRACER_SHARED_ENTRIES=0 builds a function "
+            "per program (a refusal that goes away with it is the shared bodies')")
+
+
+class _verifier_log:
+    """With TRACER_DEBUG, what BCC prints on fd 2 while the kernel verifies
+    (libbcc prints a refused program's full verifier log there) goes to a
+    file, kept (``path``) when the block sets ``keep``, else copied back to
+    stderr and removed (``path`` None)."""
+
+    def __enter__(self):
+        self.path: str | None = None
+        self.saved = None
+        self.keep = False
+        if not os.environ.get("TRACER_DEBUG"):
+            return self
+        fd, self.path = tempfile.mkstemp(prefix="tracer-verifier-", suffix=".log")
+        self.saved = os.dup(2)
+        os.dup2(fd, 2)
+        os.close(fd)
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            return False
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        if self.keep:
+            return False  # the refusal's message names it
+        sys.stderr.write(Path(self.path).read_text(errors="replace"))
+        sys.stderr.flush()
+        os.unlink(self.path)
+        self.path = None
+        return False
 
 
 class _captured_stderr:

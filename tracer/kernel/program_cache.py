@@ -220,8 +220,9 @@ def decode(data: bytes, key: str) -> Compiled:
 
 
 def _check(compiled: Compiled) -> None:
-    """Every relocation points at a map-fd load of a map that exists, and
-    every parameter slot at a load of PARAM_MARKER."""
+    """The relocations are exactly the program's special ld_imm64 loads,
+    each a map-fd load of a map that exists, and the parameter slots exactly
+    its loads of PARAM_MARKER."""
     for p in compiled.programs:
         if not p.insns or len(p.insns) % 8:
             raise CorruptEntry(f"{p.name}: instructions are not whole")
@@ -230,6 +231,14 @@ def _check(compiled: Compiled) -> None:
             if not (0 <= map_index < len(compiled.maps)) or not (0 <= at < len(p.insns) - 8) \
                     or p.insns[at] != LD_IMM64 or p.insns[at + 1] >> 4 != BPF_PSEUDO_MAP_FD:
                 raise CorruptEntry(f"{p.name}: relocation {index} is not a map load")
+        # Both ways, as for the slots: a map load without a relocation would
+        # keep BCC's old fd number (some other fd of this process), and
+        # another pseudo source is what snapshot refuses to cache.
+        special = {i // 8: p.insns[i + 1] >> 4 for i in range(0, len(p.insns), 8)
+                   if p.insns[i] == LD_IMM64 and p.insns[i + 1] >> 4 != 0}
+        if any(src != BPF_PSEUDO_MAP_FD for src in special.values()) \
+                or set(special) != {i for i, _ in p.relocs} or len(p.relocs) != len(special):
+            raise CorruptEntry(f"{p.name}: relocations are not the program's map loads")
         if p.params != param_slots(p.insns):
             raise CorruptEntry(f"{p.name}: parameter slots are not the marker's loads")
 

@@ -50,3 +50,15 @@ class Sensor(ABC):
     @abstractmethod
     def detach(self) -> None:
         """Remove every attachment; must be safe to call twice."""
+
+
+def load_program(bpf, name: str, prog_type: int, attach_type: int = -1):
+    """``bpf.load_func`` with the kernel's refusal as one clear error: BCC
+    (and CachedModule, which follows it) raise a bare Exception, which would
+    reach the user as a traceback."""
+    from tracer.errors import MissingCapability  # noqa: PLC0415
+
+    try:
+        return bpf.load_func(name, prog_type, attach_type=attach_type)
+    except Exception as exc:  # noqa: BLE001 - BCC's bare Exception: the verifier's refusal
+        raise MissingCapability(f"BPF program {name} not loaded: {str(exc).strip()[:500]}") from None

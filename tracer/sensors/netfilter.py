@@ -11,7 +11,7 @@ from tracer import events
 from tracer.errors import TracerError
 from tracer.kernel.bpf_syscall import NFPROTO_IPV4, NFPROTO_IPV6
 from tracer.kernel.links import NetfilterLink, PriorityTaken
-from tracer.sensors.base import Sensor
+from tracer.sensors.base import Sensor, load_program
 
 BPF_PROG_TYPE_NETFILTER = 32
 BPF_NETFILTER = 45
@@ -106,7 +106,7 @@ class NetfilterSensor(Sensor):
         links: list[NetfilterLink] = []
         try:
             for probe in PROBES:
-                fn = bpf.load_func(probe.function, BPF_PROG_TYPE_NETFILTER, attach_type=BPF_NETFILTER)
+                fn = load_program(bpf, probe.function, BPF_PROG_TYPE_NETFILTER, BPF_NETFILTER)
                 link, priority = _attach_first_free(fn.fd, probe, pf)
                 links.append(link)
                 self.priorities[probe.name + suffix] = priority

@@ -13,7 +13,7 @@ from tracer import events
 from tracer.kernel.links import TargetGone, attach_tc
 from tracer.text import printable
 from tracer.kernel.hop_codes import IF_ROLE_SLOTS, ROLES
-from tracer.sensors.base import Sensor
+from tracer.sensors.base import Sensor, load_program
 
 BPF_PROG_TYPE_SCHED_CLS = 3
 
@@ -76,8 +76,8 @@ class TcSensor(Sensor):
         # at external interfaces; latency mode keys hop codes by role.
         self.roles = (bpf["if_roles"], bpf["if_roles_high"])
         for in_ct, (ingress, egress) in PROGRAMS.items():
-            self.fds[(in_ct, "ingress")] = bpf.load_func(ingress, BPF_PROG_TYPE_SCHED_CLS).fd
-            self.fds[(in_ct, "egress")] = bpf.load_func(egress, BPF_PROG_TYPE_SCHED_CLS).fd
+            self.fds[(in_ct, "ingress")] = load_program(bpf, ingress, BPF_PROG_TYPE_SCHED_CLS).fd
+            self.fds[(in_ct, "egress")] = load_program(bpf, egress, BPF_PROG_TYPE_SCHED_CLS).fd
         try:
             for target in self.pending:
                 try:
