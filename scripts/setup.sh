@@ -191,16 +191,40 @@ step "lab image: tracer-lab:latest ${image_id:7:12}"
 # (`tracer ... --compile-only`), as a package ships prebuilt objects: their
 # first start skips clang. Best effort: where the kernel or the cache
 # refuses, setup goes on and those starts compile as they always did.
-prebuilt=0 tried=0
-for opts in "trace" "trace --port 8000" "latency" "latency --port 8000"; do
-    tried=$((tried + 1))
-    # shellcheck disable=SC2086  # the words are the options
-    if "$venv/bin/tracer" $opts --compile-only >>"$setup_log" 2>&1; then prebuilt=$((prebuilt + 1)); fi
-done
-if [[ $prebuilt -eq $tried ]]; then
-    step "programs: trace, record and latency (all traffic, --port 8000) prebuilt in the program cache"
+# A re-run skips them while nothing the cache's key depends on changed (a
+# stamp of the tracer's sources and bpf/, the install stamp, BCC's version,
+# the kernel and its BTF and headers, the CPUs, TRACER_*/BCC_* settings,
+# the cache's directory); an entry evicted since then only makes that
+# first start compile.
+kbuild=/lib/modules/$(uname -r)/build
+prebuild_stamp_file=$venv/.tracer-prebuild-stamp
+prebuild_stamp=$( {
+    find "$repo/tracer" "$repo/bpf" -type f \( -name '*.py' -o -name '*.c' -o -name '*.h' \) -print0 2>/dev/null \
+        | sort -z | xargs -0 sha256sum 2>/dev/null
+    head -1 "$stamp_file" 2>/dev/null
+    "$venv/bin/python" -c 'import bcc; print(bcc.__version__)' 2>&1
+    uname -srvm; nproc
+    sha256sum /sys/kernel/btf/vmlinux 2>&1
+    stat -L -c '%n %s %Y' "$kbuild/Makefile" "$kbuild/include/generated/autoconf.h" 2>&1
+    env | grep -E '^(TRACER|BCC)_' | sort
+    stat -L -c 'cache %i' "${TRACER_PROGRAM_CACHE_DIR:-${TRACER_CACHE:-/var/cache/tracer}/programs}" 2>&1
+} | sha256sum | cut -d' ' -f1)
+if [[ -f $prebuild_stamp_file && $(cat "$prebuild_stamp_file") == "$prebuild_stamp" ]]; then
+    step "programs: prebuilt in the program cache (sources, BCC and kernel unchanged)"
 else
-    warn "programs: $prebuilt of $tried default option sets prebuilt (see $setup_log); the others compile on their first start"
+    prebuilt=0 tried=0
+    for opts in "trace" "trace --port 8000" "latency" "latency --port 8000"; do
+        tried=$((tried + 1))
+        # shellcheck disable=SC2086  # the words are the options
+        if "$venv/bin/tracer" $opts --compile-only >>"$setup_log" 2>&1; then prebuilt=$((prebuilt + 1)); fi
+    done
+    if [[ $prebuilt -eq $tried ]]; then
+        echo "$prebuild_stamp" >"$prebuild_stamp_file" 2>/dev/null || true
+        step "programs: trace, record and latency (all traffic, --port 8000) prebuilt in the program cache"
+    else
+        rm -f "$prebuild_stamp_file"  # tried again next run
+        warn "programs: $prebuilt of $tried default option sets prebuilt (see $setup_log); the others compile on their first start"
+    fi
 fi
 
 step "done in $((SECONDS - start))s"

@@ -248,16 +248,20 @@ class Program:
     def annotated_source(self) -> str:
         """The source after the clang flags it is built with, as a C comment
         (what --ebpf prints, as bcc's tools do)."""
-        # The flags a start of this run compiles with: with tracer's loader
-        # (-DTRC_SHARED_ENTRIES) one body for the tc programs and one for the
-        # netfilter ones; else (TRACER_DEBUG, TRACER_SHARED_ENTRIES=0,
-        # TRACER_PROGRAM_CACHE=0) a function per program, as BCC loads it.
-        shared = own_loader()
-        how = ("one body for the tc programs and one for the netfilter ones, each program's value written in at "
-               "load; TRACER_DEBUG or TRACER_SHARED_ENTRIES=0 build a function per program" if shared else
-               "a function per program, loaded by BCC")
-        head = [f"/* tracer: the BPF program as clang compiles it for this run ({how}), with these flags:"]
-        head += [f" *   {flag}" for flag in self.cflags(shared=shared)]
+        # The flags BCC can load the dump with as it is (a function per
+        # program): what TRACER_DEBUG, TRACER_SHARED_ENTRIES=0 and
+        # TRACER_PROGRAM_CACHE=0 starts compile. A start with tracer's loader
+        # adds one flag; the header says which, so copying these flags is
+        # not mistaken for reproducing that build.
+        if own_loader():
+            how = ("a start of this run compiles it with these flags plus -DTRC_SHARED_ENTRIES (one body for the "
+                   "tc programs and one for the netfilter ones, each program's value written in at load, which "
+                   "only tracer's loader does); these flags alone are TRACER_SHARED_ENTRIES=0's build, a "
+                   "function per program, which BCC loads as it is")
+        else:
+            how = "a start of this run compiles it with exactly these flags, a function per program, and BCC loads it"
+        head = [f"/* tracer: the BPF program as clang compiles it ({how}):"]
+        head += [f" *   {flag}" for flag in self.cflags()]
         return "\n".join(head) + "\n */\n" + self.source()
 
     def variants(self) -> dict[str, tuple[str, int]]:
