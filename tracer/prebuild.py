@@ -23,12 +23,14 @@ def prebuild(options, latency: bool = False) -> list[str]:
     sensor only while docker-proxy processes for its targets run, so both
     builds are made where it may."""
     from tracer.kernel import program_cache
-    from tracer.kernel.program import load_programs, own_loader
+    from tracer.kernel.program import load_programs, own_loader, shared_entries
     from tracer.session import TraceSession
 
     require_root("tracer --compile-only")
     cache = program_cache.ProgramCache()
     usable, what = cache.describe()
+    if not shared_entries():
+        raise NotPrebuilt("the program cache is not used with TRACER_SHARED_ENTRIES=0 (BCC compiles every start)")
     if not (usable and own_loader()):
         raise NotPrebuilt(f"the program cache is not used here: {what}")
     said = []

@@ -68,3 +68,11 @@ def test_bad_input_and_an_unusable_cache_are_one_line_and_a_failure(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1 and "not used" in out.stderr, out.stderr
     assert not list(shared.iterdir()), "nothing written there"
     assert wait_gone(before) == ([], [])
+
+
+def test_a_per_program_build_is_not_prebuilt_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACER_SHARED_ENTRIES", "0")  # BCC compiles and loads: the cache is not used
+    out = _run("trace", cache_dir=tmp_path / "programs")
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "TRACER_SHARED_ENTRIES=0" in out.stderr, out.stderr
+    assert not (tmp_path / "programs").exists() or not list((tmp_path / "programs").iterdir())

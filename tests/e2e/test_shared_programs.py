@@ -65,3 +65,18 @@ def test_shared_bodies_trace_both_directions_like_bccs_own_build(lab, tmp_path):
         "the same hops, NAT stages, interfaces and netns as a function per program"
     progs, links = wait_gone(before)
     assert not progs and not links, (progs, links)
+
+
+def test_shared_entries_off_is_bccs_per_program_build_without_tracer_debug(lab, tmp_path):
+    """TRACER_SHARED_ENTRIES=0: a refusal of the shared bodies can be compared
+    with a function per program without TRACER_DEBUG's other changes; BCC
+    compiles and loads it, so nothing goes into the program cache."""
+    before = kernel_snapshot()
+    cache = tmp_path / "programs"
+    shared = _handshake(lab, {"TRACER_PROGRAM_CACHE_DIR": str(cache)})
+    kept = sorted(cache.glob("*.prog"))
+    per_program = _handshake(lab, {"TRACER_PROGRAM_CACHE_DIR": str(cache), "TRACER_SHARED_ENTRIES": "0"})
+    assert sorted(cache.glob("*.prog")) == kept, "the per-program build is not cached"
+    assert [_hops(j) for j in shared] == [_hops(j) for j in per_program]
+    progs, links = wait_gone(before)
+    assert not progs and not links, (progs, links)
