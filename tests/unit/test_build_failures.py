@@ -139,3 +139,27 @@ def test_ebpf_says_which_flags_this_run_compiles_with(monkeypatch):
     monkeypatch.setenv("TRACER_SHARED_ENTRIES", "0")
     first = program.annotated_source().splitlines()[0]
     assert "exactly these flags" in first and "-DTRC_SHARED_ENTRIES" not in first
+
+
+def test_an_optional_sensors_refused_program_does_not_stop_the_start(monkeypatch, tmp_path):
+    """The proxy sensor is optional: its attach says it is unavailable and
+    tracing goes on, so its refusal in build is neither an error nor cached."""
+    from tracer.sensors.proxy import RAW_TRACEPOINTS, ProxySensor
+
+    for name in ("TRACER_DEBUG", "TRACER_PROGRAM_CACHE", "TRACER_SHARED_ENTRIES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TRACER_PROGRAM_CACHE_DIR", str(tmp_path / "programs"))
+    program = Program([tc.TcSensor([]), ProxySensor()])
+    monkeypatch.setattr(Program, "cache_key", lambda self, source, cflags: "k")
+    monkeypatch.setattr(Program, "cflags", lambda self, shared=False: ["-DX"])
+    monkeypatch.setattr(Program, "compile", lambda self, source=None, cflags=None: FakeModule())
+    monkeypatch.setattr(pc, "snapshot", lambda bpf: object())
+    proxy_fn = RAW_TRACEPOINTS[0][1]
+    module = FakeModule(refuse={proxy_fn})
+    monkeypatch.setattr(Program, "_module", lambda self, compiled: module)
+    monkeypatch.setattr(pc.ProgramCache, "store", lambda *a: pytest.fail("a refused build was cached"))
+    programs = [*PROGRAMS, (proxy_fn, 17, -1)]
+    assert program.build(programs) is module and module.cleaned == 0
+    module.refuse.add("trc_a")
+    with pytest.raises(MissingCapability, match="trc_a"):
+        program.build(programs)

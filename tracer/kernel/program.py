@@ -367,16 +367,24 @@ class Program:
         except OSError as exc:
             raise MissingCapability(f"BPF maps not created: {exc.strerror or exc}") from None
         failed = load_programs(module, programs)
-        if failed:  # one clear line, nothing left loaded (the sensors' own load would raise a bare Exception)
+        required = self._required(failed)
+        if required:  # one clear line, nothing left loaded (the sensors' own load would raise a bare Exception)
             module.cleanup()
-            raise MissingCapability(f"BPF program not loaded: {failed[0]}{_where_the_log_is(None)}")
+            raise MissingCapability(f"BPF program not loaded: {required[0]}{_where_the_log_is(None)}")
         mark("programs loaded")
-        if cache is not None:
+        if cache is not None and not failed:  # an optional program refused here: not a build to keep
             try:
                 cache.store(key, compiled)
             except Exception as exc:  # noqa: BLE001 - a cache we cannot fill is only a missed speed-up
                 log.warning("program not cached: %s", exc)
         return module
+
+    def _required(self, failed: list[str]) -> list[str]:
+        """The failures ("name: why") that stop a start: not an optional
+        sensor's program (the proxy sensor's attach says it is unavailable,
+        and tracing goes on without it)."""
+        optional = {name for sensor in self.sensors if sensor.optional for name, _, _ in sensor.programs()}
+        return [f for f in failed if f.split(":", 1)[0] not in optional]
 
     def _module(self, compiled: "program_cache.Compiled"):
         """Maps created, programs loaded on demand, from a compiled build."""
@@ -390,10 +398,11 @@ class Program:
         mark("compiled")
         with _verifier_log() as verifier:
             failed = load_programs(bpf, programs)
-            verifier.keep = bool(failed)
-        if failed:
+            required = self._required(failed)
+            verifier.keep = bool(required)
+        if required:
             bpf.cleanup()
-            raise MissingCapability(f"BPF program not loaded: {failed[0]}{_where_the_log_is(verifier.path)}")
+            raise MissingCapability(f"BPF program not loaded: {required[0]}{_where_the_log_is(verifier.path)}")
         mark("programs loaded")
         return bpf
 
