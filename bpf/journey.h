@@ -34,11 +34,13 @@
  * fp.jslot), each CPU's taken in turn by its claims. A claim used to take
  * the slot at its packet-cache index: a hashed place in megabytes of
  * journeys, cold in the caches and the TLB (~300 ns a claim live, most of a
- * claim's cost); a CPU's pool is ~110 KB walked in order, so the slot a claim
- * takes was written JOURNEY_POOL claims ago on this CPU and is still near,
- * and its page is the one the last claims used. A journey still open when
- * its pool slot comes round again is emitted then, as evicted (at the
- * lab's rates a pool turns in milliseconds; a journey lasts microseconds).
+ * claim's cost); a CPU's pool (JOURNEY_POOL slots of ~440 bytes: 1.8 MB at
+ * the default 4,096, set in tracer/kernel/program.py) is walked in order, so
+ * the page a claim writes is the one the last claims used. A journey still
+ * open when its pool slot comes round again is emitted then, as evicted (at
+ * the lab's rates a pool turns in a fraction of a second; a journey lasts
+ * microseconds; bursts that turned the 256-slot pool evicted a few
+ * journeys in a thousand: docs/benchmarks.md, session 9).
  * BPF_F_MMAPABLE (as pcache) page-aligns the array's start. */
 BPF_F_TABLE("array", int, struct journey, journeys, JOURNEY_SLOTS, BPF_F_MMAPABLE);
 _Static_assert(JOURNEY_SLOTS <= 65536, "JOURNEY_SLOTS: fp.jslot is 16 bits");

@@ -53,4 +53,7 @@ apt_install_with_native() {
         >>"$setup_log" 2>&1 && return 0
     ((${#required[@]})) || return 0
     apt_install "${required[@]}"
+    # then the NATIVE ones alone, once: they may install where the whole set did not
+    ((${#native[@]} == 0)) || apt-get install -y --no-install-recommends -o Dpkg::Use-Pty=0 "${native[@]}" \
+        >>"$setup_log" 2>&1 || true
 }

@@ -15,6 +15,8 @@ repo=$(cd "$here/.." && pwd)
 source "$here/lib-dockerd.sh"
 # shellcheck source=scripts/lib-native.sh
 source "$here/lib-native.sh"
+# shellcheck source=scripts/lib-prebuild.sh
+source "$here/lib-prebuild.sh"
 
 setup_log=/var/log/tracer-setup.log
 # quiet commands go to the log; on failure show its tail
@@ -198,17 +200,7 @@ step "lab image: tracer-lab:latest ${image_id:7:12}"
 # first start compile.
 kbuild=/lib/modules/$(uname -r)/build
 prebuild_stamp_file=$venv/.tracer-prebuild-stamp
-prebuild_stamp=$( {
-    find "$repo/tracer" "$repo/bpf" -type f \( -name '*.py' -o -name '*.c' -o -name '*.h' \) -print0 2>/dev/null \
-        | sort -z | xargs -0 sha256sum 2>/dev/null
-    head -1 "$stamp_file" 2>/dev/null
-    "$venv/bin/python" -c 'import bcc; print(bcc.__version__)' 2>&1
-    uname -srvm; nproc
-    sha256sum /sys/kernel/btf/vmlinux 2>&1
-    stat -L -c '%n %s %Y' "$kbuild/Makefile" "$kbuild/include/generated/autoconf.h" 2>&1
-    env | grep -E '^(TRACER|BCC)_' | sort
-    stat -L -c 'cache %i' "${TRACER_PROGRAM_CACHE_DIR:-${TRACER_CACHE:-/var/cache/tracer}/programs}" 2>&1
-} | sha256sum | cut -d' ' -f1)
+prebuild_stamp=$(prebuild_key)
 if [[ -f $prebuild_stamp_file && $(cat "$prebuild_stamp_file") == "$prebuild_stamp" ]]; then
     step "programs: prebuilt in the program cache (sources, BCC and kernel unchanged)"
 else
@@ -219,7 +211,8 @@ else
         if "$venv/bin/tracer" $opts --compile-only >>"$setup_log" 2>&1; then prebuilt=$((prebuilt + 1)); fi
     done
     if [[ $prebuilt -eq $tried ]]; then
-        echo "$prebuild_stamp" >"$prebuild_stamp_file" 2>/dev/null || true
+        # taken again: the first prebuild may have created the cache directory
+        prebuild_key >"$prebuild_stamp_file" 2>/dev/null || true
         step "programs: trace, record and latency (all traffic, --port 8000) prebuilt in the program cache"
     else
         rm -f "$prebuild_stamp_file"  # tried again next run

@@ -125,7 +125,8 @@ def test_packages_that_install_take_one_transaction(tmp_path):
 def test_native_packages_apt_cannot_install_do_not_stop_setup(tmp_path):
     done, calls = _install(tmp_path, "tshark -- gcc python3-dev", FAKE_APT_FAILS="python3-dev")
     assert done.returncode == 0 and "went-on" in done.stdout and done.stderr == ""  # said later, once
-    assert len(calls) == 2 and calls[1].endswith("tshark")  # the required one alone
+    assert len(calls) == 3 and calls[1].endswith("tshark")  # the required one alone,
+    assert calls[2].endswith("gcc python3-dev")  # then the optional ones alone, once
     only = tmp_path / "only"  # nothing required is missing: apt is tried once
     only.mkdir()
     done, calls = _install(only, "-- gcc libc6-dev python3-dev", FAKE_APT_FAILS="gcc")
