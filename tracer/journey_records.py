@@ -25,9 +25,7 @@ from tracer.decode import DecodeContext, _factorize, resolve_places
 from tracer.journey_rows import _Codes, JourneyRows, journey_containers, pair_index, verdicts
 from tracer.native import native
 
-_HOOK_VALUES = list(events.HOOKS) + [None]
-_STAGE_VALUES = list(events.NAT_STAGES) + [None]
-_HOOK_DROP = events.HOOKS.index("drop")
+_HOOK_VALUES, _STAGE_VALUES, _HOOK_DROP = native_rows.HOOK_VALUES, native_rows.STAGE_VALUES, native_rows.HOOK_DROP
 
 
 def journey_rows_of_records(records: np.ndarray, ctx: DecodeContext, compiled: bool = True) -> JourneyRows:
@@ -182,13 +180,7 @@ def _journey_order(pid: np.ndarray, fk: np.ndarray) -> np.ndarray:
 
 def _place_codes(where: np.ndarray, per_place: list) -> _Codes:
     """A per-place value as codes over its distinct values (+ a None slot)."""
-    values: list = []
-    index: dict = {}
-    lut = np.array([index.setdefault(v, len(index)) for v in per_place], np.int64) if per_place else np.zeros(0, np.int64)
-    values = list(index) + [None]
-    null = len(values) - 1
-    if None in index:  # None values point at the null slot, as in a dictionary column
-        lut[lut == index[None]] = null
+    lut, values = native_rows.per_place_codes(per_place)
     return _Codes(lut[where] if len(where) else np.zeros(0, np.int64), values)
 
 

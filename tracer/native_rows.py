@@ -19,9 +19,10 @@ from tracer.decode import DecodeContext, resolve_place_keys
 from tracer.journey_rows import _canonical, _Codes, JourneyRows
 from tracer.journeys import ends_journey
 
-_HOOK_VALUES = list(events.HOOKS) + [None]
-_STAGE_VALUES = list(events.NAT_STAGES) + [None]
-_HOOK_DROP = events.HOOKS.index("drop")
+# hook and stage codes' values (+ a None slot), shared with journey_records' numpy twin
+HOOK_VALUES = list(events.HOOKS) + [None]
+STAGE_VALUES = list(events.NAT_STAGES) + [None]
+HOOK_DROP = events.HOOKS.index("drop")
 _ICMP = bytes(p in events.ICMP_NUMBERS for p in range(256))
 
 # (name, dtype) of journey_hops' outputs, in native/journey_rows.c's order
@@ -38,7 +39,7 @@ def _layout() -> tuple[int, ...]:
     at = {name: d.fields[name][1] for name in d.names}
     return (d.itemsize, at["packet_id"], at["flow_id"], at["first_ktime"], at["last_ktime"], at["tuples"],
             at["tcp_seq"], at["drop_reason"], at["drop_netns"], at["length"], at["protocol"], at["tcp_flags"],
-            at["direction"], at["n_hops"], at["hops"], at["tcp_doff"], events.MAX_HOPS, events.MAX_TUPLES, _HOOK_DROP,
+            at["direction"], at["n_hops"], at["hops"], at["tcp_doff"], events.MAX_HOPS, events.MAX_TUPLES, HOOK_DROP,
             events.HOP_STAGE_SHIFT, events.HOP_IN_CT_BIT)
 
 
@@ -96,10 +97,10 @@ def native_journey_rows(records: np.ndarray, ctx: DecodeContext, module) -> Jour
         return raw[hop["src"]], raw[hop["dst"]]
 
     places, where = resolve_place_keys(ctx, place_keys, hop["place"], addresses_of)
-    role_lut, role_values = _per_place([p.role for p in places])
-    ifname_lut, ifname_values = _per_place([p.ifname for p in places])
-    id_lut, id_values = _per_place([p.container_id for p in places])
-    c_lut, c_values = _per_place([p.container_name or (p.container_id[:12] if p.container_id else None)
+    role_lut, role_values = per_place_codes([p.role for p in places])
+    ifname_lut, ifname_values = per_place_codes([p.ifname for p in places])
+    id_lut, id_values = per_place_codes([p.container_id for p in places])
+    c_lut, c_values = per_place_codes([p.container_name or (p.container_id[:12] if p.container_id else None)
                                   for p in places])
     netns_of = np.array([p.netns for p in places], np.int64)
     reason_values = [ctx.drop_reasons.get(v, f"REASON_{v}") for v in reasons] + [None]
@@ -110,7 +111,7 @@ def native_journey_rows(records: np.ndarray, ctx: DecodeContext, module) -> Jour
     module.journey_facts(
         (hop["hook"], hop["stage"], where, hop["reason"]), starts, (role_lut, ifname_lut, c_lut, id_lut, netns_of),
         _terminal_table(tuple(role_values)),
-        (len(_HOOK_VALUES), len(_STAGE_VALUES), len(role_values), _HOOK_DROP, len(reason_values) - 1,
+        (len(HOOK_VALUES), len(STAGE_VALUES), len(role_values), HOOK_DROP, len(reason_values) - 1,
          len(c_values) - 1),
         (*_name_tables(c_values), *_name_tables(id_values)), tuple(hop_out), tuple(packet_out))
     role, ifname, container, container_id, netns = hop_out
@@ -129,8 +130,8 @@ def native_journey_rows(records: np.ndarray, ctx: DecodeContext, module) -> Jour
         last_seen=last_seen,
         ktime=hop["ktime"],
         dt=hop["dt"],
-        hook=_Codes(hop["hook"], _HOOK_VALUES),
-        stage=_Codes(hop["stage"], _STAGE_VALUES),
+        hook=_Codes(hop["hook"], HOOK_VALUES),
+        stage=_Codes(hop["stage"], STAGE_VALUES),
         role=_Codes(role, role_values),
         drop_reason=_Codes(hop["reason"], reason_values),
         src=(hop["src"], hop["sport"], icmp),
@@ -152,9 +153,9 @@ def native_journey_rows(records: np.ndarray, ctx: DecodeContext, module) -> Jour
     )
 
 
-def _per_place(per_place: list) -> tuple[np.ndarray, list]:
+def per_place_codes(per_place: list) -> tuple[np.ndarray, list]:
     """A per-place value as (each place's code, the distinct values + a None
-    slot), None values pointing at that slot (journey_records._place_codes)."""
+    slot), None values pointing at that slot."""
     index: dict = {}
     lut = np.array([index.setdefault(v, len(index)) for v in per_place], np.int64)
     values = list(index) + [None]
@@ -171,4 +172,4 @@ def _name_tables(values: list) -> tuple[np.ndarray, np.ndarray]:
 @lru_cache(maxsize=64)
 def _terminal_table(roles: tuple) -> np.ndarray:
     """journeys.ends_journey per (hook, stage, role) code, hook-major."""
-    return np.array([ends_journey(h, s, r) for h in _HOOK_VALUES for s in _STAGE_VALUES for r in roles], np.int64)
+    return np.array([ends_journey(h, s, r) for h in HOOK_VALUES for s in STAGE_VALUES for r in roles], np.int64)
