@@ -5,23 +5,16 @@ it was, so baseline CLI runs always get the cache state they were given."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.unit.script_modules import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str):
-    if str(ROOT / "scripts") not in sys.path:
-        sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _res(base: list[float], new: list[float], requests: int = 100) -> dict:
@@ -29,7 +22,7 @@ def _res(base: list[float], new: list[float], requests: int = 100) -> dict:
 
 
 def test_revisions_with_different_hop_counts_keep_their_rounds():
-    bb = _load("bench_bpf")
+    bb = load_script("bench_bpf")
     # new records 10 % more hops per request than base in every round: a
     # pooled median would put every round of new above it and drop them all
     res = _res([10.0, 10.0, 10.1, 10.0], [11.0, 11.0, 11.0, 11.1])
@@ -37,7 +30,7 @@ def test_revisions_with_different_hop_counts_keep_their_rounds():
 
 
 def test_a_round_with_other_traffic_on_either_side_is_left_out(capsys):
-    bb = _load("bench_bpf")
+    bb = load_script("bench_bpf")
     res = _res([10.0, 10.0, 14.0, 10.0, 10.0], [11.0, 11.0, 11.0, 11.0, 15.0])
     assert bb._without_other_traffic(res, [0, 1, 2, 3, 4], 100) == [0, 1, 3]
     out = capsys.readouterr().out
@@ -45,7 +38,7 @@ def test_a_round_with_other_traffic_on_either_side_is_left_out(capsys):
 
 
 def test_no_round_kept_stops_with_a_message_not_an_index_error(monkeypatch, capsys):
-    bb = _load("bench_bpf")
+    bb = load_script("bench_bpf")
     monkeypatch.setattr(bb.bo, "lab_status", lambda: {"url": "http://x:8000/"})
     monkeypatch.setattr(bb, "live_rounds", lambda *a, **k: iter([(0, "base", None), (0, "new", None)]))
     monkeypatch.setattr(bb, "_report_ab", lambda *a, **k: pytest.fail("reported an empty A/B"))
@@ -55,7 +48,7 @@ def test_no_round_kept_stops_with_a_message_not_an_index_error(monkeypatch, caps
 
 
 def test_environ_set_puts_back_an_unset_variable(monkeypatch):
-    bs = _load("bench_start")
+    bs = load_script("bench_start")
     monkeypatch.delenv("TRACER_PROGRAM_CACHE_DIR", raising=False)
     with pytest.raises(RuntimeError):
         with bs.environ_set("TRACER_PROGRAM_CACHE_DIR", "/tmp/cold-ip-1"):
@@ -65,7 +58,7 @@ def test_environ_set_puts_back_an_unset_variable(monkeypatch):
 
 
 def test_environ_set_puts_back_a_previous_value(monkeypatch):
-    bs = _load("bench_start")
+    bs = load_script("bench_start")
     monkeypatch.setenv("TRACER_PROGRAM_CACHE_DIR", "/tmp/mine")
     with bs.environ_set("TRACER_PROGRAM_CACHE_DIR", "/tmp/warm"):
         pass
@@ -73,7 +66,7 @@ def test_environ_set_puts_back_a_previous_value(monkeypatch):
 
 
 def test_every_cli_run_gets_an_explicit_cache_state(tmp_path):
-    bs = _load("bench_start")
+    bs = load_script("bench_start")
     cold, warm = tmp_path / "cold-3", tmp_path / "warm"
     assert bs.run_env("cold", cold, warm) == {"TRACER_PROGRAM_CACHE_DIR": str(cold)}
     assert bs.run_env("warm", cold, warm) == {"TRACER_PROGRAM_CACHE_DIR": str(warm)}

@@ -5,27 +5,19 @@ pure logic, no BPF."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit.script_modules import load_script
 
 
-def _load(name: str):
-    if str(ROOT / "scripts") not in sys.path:
-        sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+
 
 
 @pytest.fixture(scope="module")
 def figures():
-    return _load("bench_figures")
+    return load_script("bench_figures")
 
 
 def test_tree_env_puts_the_tree_first_and_keeps_the_callers_pythonpath(figures):
@@ -45,7 +37,7 @@ def test_rounds_that_measured_nothing_are_left_out(figures):
 
 
 def test_live_rounds_alternate_and_say_what_was_left_out(monkeypatch, capsys):
-    bb = _load("bench_bpf")
+    bb = load_script("bench_bpf")
     ran = []
 
     def live_round(tree, status, requests, noop=False, mode="trace"):
@@ -69,7 +61,7 @@ def test_rounds_with_other_traffic_on_the_port_are_left_out_and_said(capsys):
     """bench_bpf --live --base: a round where either side traced someone
     else's traffic too (sightings per request above the run's fewest by more
     than OTHER_TRAFFIC) is left out of the ratios."""
-    bb = _load("bench_bpf")
+    bb = load_script("bench_bpf")
     requests = 1000
 
     def side(per_request, runs=None):
