@@ -20,6 +20,11 @@ def numeric_array(values: np.ndarray, type: pa.DataType | None = None, mask: np.
     timestamp), sharing its memory. ``mask``: True where the value is
     null (as pa.array's)."""
     values = np.ascontiguousarray(values)
+    if values.ndim == 1 and values.strides[0] != values.itemsize:
+        # numpy calls a one-row view contiguous whatever its stride (a field
+        # of a one-row structured array, e.g. of a buffer a writer reuses):
+        # its own copy, as pa.array made, not the memory of that row.
+        values = values.copy()
     if not values.dtype.isnative:  # e.g. the kernel's network-order fields
         values = values.astype(values.dtype.newbyteorder("="))
     if values.ndim != 1 or values.dtype.kind not in "iuf":

@@ -42,14 +42,19 @@ PAGE_SIZE = mmap.PAGESIZE
 # this long has passed since arm() when records are released (whatever
 # their own times), they are no longer checked for them (~0.7 ms a release).
 EARLY_WINDOW_NS = 10_000_000_000
-# Between two reads the drain thread looks at the ring at least this often,
-# to read early when a burst has filled a quarter of it
-# (BackgroundDrain._pause), and at most this often: at most, while records
-# come slowly enough that a quarter takes eight of these to fill (each look
-# is a wake-up of the thread, ~40 µs of CPU; `record` at the lab's ~25k
-# journeys/s fills a quarter in ~0.7 s); at least, however quiet the ring
-# was, so that a burst from nothing fills at most a quarter of it between
-# two looks unless it brings over ~190k journeys/s (~84 MB/s).
+# Between two reads the drain thread looks at the ring (BackgroundDrain._pause,
+# and its wait on an empty ring where reads are a pass apart) every
+# PAUSE_STEP_S to MAX_PAUSE_STEP_S, to read early when a burst has filled a
+# quarter of it: an eighth of the time a quarter takes to fill at the pace
+# records came in since the ring was last seen empty. PAUSE_STEP_S is the
+# shortest step, for a ring that fills fast (and after a read that brought
+# an eighth of a quarter: its records may all have come in just before it);
+# MAX_PAUSE_STEP_S the longest, however quiet the ring was (each look is a
+# wake-up of the thread, ~40 µs of CPU; `record` at the lab's ~25k
+# journeys/s fills a quarter in ~0.7 s: looked at every ~90 ms). A burst
+# from nothing is read at most one longest step after it began, and looked
+# at again one shortest step later. Only where reads are longer apart than
+# PAUSE_STEP_S (`record`, a pass apart): `trace` reads every 25 ms anyway.
 PAUSE_STEP_S = 0.025
 MAX_PAUSE_STEP_S = 0.1
 
@@ -213,7 +218,11 @@ class BackgroundDrain:
         self.tick = tick
         self.tick_s = tick_s
         self._last_tick = 0.0
-        self._read_at = 0.0  # when the ring was last read
+        # When the ring was last seen empty (read, or looked at with nothing
+        # in it): the next read's records came in since then, at most one
+        # step of the waits ago, so a burst after a quiet spell is measured
+        # as the burst it is, not spread over the quiet spell.
+        self._empty_at = time.monotonic()
         self._rate = 0.0  # bytes/s the ring filled at lately (0: not known yet)
         # Memory stays bounded: past this many queued records we stop reading,
         # the ring fills, and the kernel counts what it drops as lost records.
@@ -249,56 +258,76 @@ class BackgroundDrain:
             if self.queued >= self.max_queued:
                 self.stopping.wait(self.poll_s)
                 continue
-            # An empty ring: journey records are emitted without a wake-up
-            # (bpf/journey.h), so this wait is a sleep; where reads are a pass
-            # apart (`record`) it is paced as the pause is, not 20 times a
-            # second (each wake-up of the thread costs ~0.1 ms here).
-            wait = self._step(self.drain.size // 4) if self.batch_s > self.poll_s else self.poll_s
-            if self.drain.wait(wait):
-                batch = self.drain.read_records(release=False)  # released in take()
-                now = time.monotonic()
-                if self._read_at:  # the pace records came in since the last read (bytes/s), for _pause
-                    self._rate = len(batch) * self.drain.record_size / max(now - self._read_at, 1e-3)
-                self._read_at = now
-                if len(batch):
-                    with self.lock:
-                        self.queued += len(batch)
-                    self.batches.put(batch)
-                # Let records accumulate: a read costs ~0.15 ms of this
-                # thread's CPU whatever it brings (the loop's Python and
-                # numpy calls, not the copy), so one every 25 ms costs a
-                # fifth of one every 5 ms (`trace`: ~0.65 -> ~0.3 us a
-                # packet), and the ring holds ~75k journeys. Not longer: a
-                # record the sweep emits must be queued before `trace`'s
-                # hold finds its packet quiet for IDLE_NS (150 ms), or a
-                # packet's later part would come after the packet was
-                # shown: 20 ms quiet + up to ~55 ms to the next sweep + this
-                # 25 ms leaves 50 ms to spare. The pace of passes (150 ms
-                # once packets are shown) does not count: a pass takes what
-                # was queued before it asks the hold what is complete
-                # (feeds.SHOW_EVERY_S). A read that found the ring a quarter
-                # full is followed by another at once, whatever batch_s says
-                # (`record` reads once a pass), and a wait ends early when
-                # the ring fills to a quarter, so a burst fills it no faster
-                # than it is read.
-                if len(batch) * self.drain.record_size < self.drain.size // 4:
-                    self._pause()
+            looked = time.monotonic()
+            if self.drain.pending_bytes() < self.drain.record_size:
+                self._empty_at = looked
+                # An empty ring: journey records are emitted without a
+                # wake-up (bpf/journey.h), so this wait is a sleep; where
+                # reads are a pass apart (`record`) it is paced as the pause
+                # is, not 20 times a second (each wake-up of the thread costs
+                # ~0.1 ms here). It ends when the next sweep is due, so the
+                # sweep keeps its own clock.
+                wait = self._step(self.drain.size // 4) if self.batch_s > self.poll_s else self.poll_s
+                if not self.drain.wait(min(wait, self._until_tick(looked))):
+                    continue
+            batch = self.drain.read_records(release=False)  # released in take()
+            now = time.monotonic()
+            nbytes = len(batch) * self.drain.record_size
+            # The pace records came in (bytes/s), for _pause: since the ring
+            # was last seen empty, not since the last read, which may be a
+            # quiet spell ago.
+            self._rate = nbytes / max(now - self._empty_at, 1e-3)
+            self._empty_at = now
+            if len(batch):
+                with self.lock:
+                    self.queued += len(batch)
+                self.batches.put(batch)
+            # Let records accumulate: a read costs ~0.15 ms of this thread's
+            # CPU whatever it brings (the loop's Python and numpy calls, not
+            # the copy), so one every 25 ms costs a fifth of one every 5 ms
+            # (`trace`: ~0.65 -> ~0.3 us a packet), and the ring holds ~75k
+            # journeys. Not longer: a record the sweep emits must be queued
+            # before `trace`'s hold finds its packet quiet for IDLE_NS
+            # (150 ms), or a packet's later part would come after the packet
+            # was shown: 20 ms quiet + up to tick_s (50 ms) to the next sweep
+            # (every wait and pause ends when it is due) + its records, read
+            # at once after it (they are pending when it returns) leaves
+            # ~80 ms to spare. The pace of passes (150 ms once packets are
+            # shown) does not count: a pass takes what was queued before it
+            # asks the hold what is complete (feeds.SHOW_EVERY_S). A read
+            # that found the ring a quarter full is followed by another at
+            # once, whatever batch_s says (`record` reads once a pass), and
+            # a pause ends early when the ring fills to a quarter, so a burst
+            # fills it no faster than it is read.
+            if nbytes < self.drain.size // 4:
+                self._pause(first_step=PAUSE_STEP_S if nbytes >= self.drain.size // 32 else None)
 
-    def _pause(self) -> None:
-        """Wait batch_s before the next read, but look at the ring every
-        step (_step) and read at once when it is a quarter full: with
-        `record`'s 250 ms reads a burst above ~300k journeys/s would
-        otherwise overflow the ring between two reads (pending_bytes() is
-        two loads from the mapping)."""
+    def _until_tick(self, now: float) -> float:
+        """Seconds until the next sweep is due (no bound without a sweep)."""
+        if self.tick is None:
+            return float("inf")
+        return max(0.0, self._last_tick + self.tick_s - now)
+
+    def _pause(self, first_step: float | None = None) -> None:
+        """Wait batch_s before the next read, or until the next sweep is due
+        if that comes first, but look at the ring every step (_step) and
+        read at once when it is a quarter full: with `record`'s 250 ms reads
+        a burst above ~300k journeys/s would otherwise overflow the ring
+        between two reads (pending_bytes() is two loads from the mapping).
+        ``first_step``: the first look's, if shorter than _step's."""
         start = time.monotonic()
-        end = start + self.batch_s
+        end = min(start + self.batch_s, start + self._until_tick(start))
         quarter = self.drain.size // 4
         step = self._step(quarter)
+        if first_step is not None:
+            step = min(step, first_step)
         while not self._sleep(min(step, max(end - time.monotonic(), 0.0))):
             pending = self.drain.pending_bytes()
             now = time.monotonic()
             if now >= end or pending >= quarter:
                 return
+            if pending < self.drain.record_size:
+                self._empty_at = now
             self._rate = pending / max(now - start, 1e-3)  # the pace since the read
             step = self._step(quarter)
 
@@ -310,10 +339,11 @@ class BackgroundDrain:
 
     def _step(self, quarter: int) -> float:
         """How long to wait before looking at the ring again: an eighth of
-        the time a quarter takes to fill at the pace records came in since
-        the last read, within [PAUSE_STEP_S, MAX_PAUSE_STEP_S]: a quiet ring
-        is not looked at 40 times a second, and one that fills faster than
-        expected is looked at sooner from its next look on."""
+        the time a quarter takes to fill at the pace records came in lately
+        (_rate), within [PAUSE_STEP_S, MAX_PAUSE_STEP_S] and never past
+        batch_s: a quiet ring is not looked at 40 times a second, and one
+        that fills faster than expected is looked at sooner from its next
+        look on. For `trace` (batch_s = PAUSE_STEP_S) it is always batch_s."""
         if self._rate <= 0:
             return min(MAX_PAUSE_STEP_S, self.batch_s)
         return min(MAX_PAUSE_STEP_S, self.batch_s, max(PAUSE_STEP_S, quarter / self._rate / 8))

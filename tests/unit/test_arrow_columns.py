@@ -25,6 +25,21 @@ def test_a_strided_or_big_endian_column_is_read_as_its_values():
     assert numeric_array(np.arange(10, dtype="u8")[::3]).to_pylist() == [0, 3, 6, 9]
 
 
+def test_a_one_row_field_of_a_structured_array_is_copied_not_shared():
+    """numpy flags a one-row field view contiguous (its stride is the
+    record's): the Arrow array must not follow later writes to the record,
+    as pa.array's copy did not (a writer reuses its record buffer)."""
+    for n in (1, 0, 3):
+        records = np.zeros(n, [("a", "<u8"), ("b", "<u8")])
+        records["b"] = 5
+        column = numeric_array(records["b"])
+        records["b"] = 7  # the buffer reused
+        assert column.to_pylist() == [5] * n == pa.array(np.full(n, 5, "<u8")).to_pylist()
+    # a plain contiguous column is still shared, as pa.array shares it
+    plain = np.arange(4, dtype="<u8")
+    assert numeric_array(plain).buffers()[1].address == plain.ctypes.data
+
+
 def test_a_type_of_the_same_width_and_a_mask():
     t = pa.timestamp("ns", tz="UTC")
     ns = np.array([0, 1_700_000_000_123_456_789], np.int64)

@@ -91,6 +91,9 @@ def test_a_read_that_finds_the_ring_a_quarter_full_is_followed_by_another_at_onc
         def __init__(self):
             self.left = [np.zeros(30, self.sample) for _ in range(3)]
 
+        def pending_bytes(self):
+            return len(self.left[-1]) * self.record_size if self.left else 0
+
         def wait(self, timeout):
             return bool(self.left) or time.sleep(timeout)
 

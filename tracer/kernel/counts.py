@@ -6,6 +6,7 @@ journey: events.JOURNEY_FAULTS)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,6 +14,11 @@ import numpy as np
 from tracer import events
 from tracer.kernel import bpf_syscall as sc
 from tracer.kernel.cpus import possible_cpus
+
+log = logging.getLogger(__name__)
+
+# The attribute a map's table gets once its batch lookup failed.
+NO_BATCH_LOOKUP = "_tracer_no_batch_lookup"
 
 
 @dataclass
@@ -43,13 +49,19 @@ def per_cpu_sums(table, entries: int) -> list[int]:
     """The first ``entries`` values of a per-CPU u64 array map, each summed
     over CPUs: one batch lookup (read every pass of a live run: a lookup
     per entry was ~20 bpf() calls a pass), or an entry at a time where
-    the kernel has no batch lookup for it."""
+    the kernel has no batch lookup for it. A map whose batch lookup failed
+    once is read entry by entry from then on (the table remembers it):
+    not a failing bpf() call more on every sweep and status line."""
     fd = getattr(table, "map_fd", None)
-    if fd is not None:
+    if fd is not None and not getattr(table, NO_BATCH_LOOKUP, False):
         try:
             return sc.per_cpu_u64_array(fd, entries, possible_cpus())
-        except OSError:
-            pass
+        except OSError as exc:
+            log.debug("map %s: no batch lookup (%s): read entry by entry", getattr(table, "name", fd), exc)
+            try:
+                setattr(table, NO_BATCH_LOOKUP, True)
+            except AttributeError:  # a table that takes no attributes: tried again next time
+                pass
     return [int(sum(table[table.Key(i)])) for i in range(entries)]
 
 

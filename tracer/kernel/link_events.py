@@ -24,6 +24,8 @@ _NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 # How long the thread waits for an event before looking again (close()
 # wakes it at once: a stop does not wait for this).
 IDLE_WAIT_S = 0.5
+# How long close() waits for the thread (its callback may be re-reading links).
+JOIN_S = 2.0
 
 
 def link_message_types(data: bytes) -> list[int]:
@@ -48,11 +50,23 @@ class LinkEvents:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((0, RTMGRP_LINK))
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # _closed, _exited and the fds' release
+        self._closed = False  # close() was called
+        self._exited = False  # the thread has ended
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)  # close() writes: the wait ends
         self.thread = threading.Thread(target=self._run, name="tracer-link-events", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
+        try:
+            self._listen()
+        finally:
+            with self._lock:
+                self._exited = True
+                if self._closed:  # close() gave up waiting for this thread
+                    self._release()
+
+    def _listen(self) -> None:
         pending_since: float | None = None
         while not self._stop.is_set():
             timeout = IDLE_WAIT_S if pending_since is None else max(0.0, pending_since + self.settle_s - time.monotonic())
@@ -75,9 +89,32 @@ class LinkEvents:
                     log.warning("following host interfaces: %s", exc)
 
     def close(self) -> None:
+        """Stop the thread and close the socket and the wake pipe; safe to
+        call again (a teardown retried after an interrupt): each fd number
+        is given up as it is closed, never written to or closed again once
+        it may be another file's. A thread that has not ended within the
+        join (its callback still running) closes them itself as it ends:
+        never while it may still select on them."""
+        if self._closed:
+            return
         self._stop.set()
-        os.write(self._wake_w, b"x")
-        self.thread.join(timeout=2)
-        self.sock.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._lock:
+            if self._wake_w >= 0:
+                try:
+                    os.write(self._wake_w, b"x")
+                except OSError:  # EAGAIN: the pipe already holds a wake
+                    pass
+        self.thread.join(timeout=JOIN_S)
+        with self._lock:
+            if self._exited:
+                self._release()
+            self._closed = True  # else the thread releases them as it ends (_run)
+
+    def _release(self) -> None:
+        """Close what this object owns, once (under _lock)."""
+        self.sock.close()  # a socket object closes its fd once
+        for name in ("_wake_r", "_wake_w"):
+            fd = getattr(self, name)
+            setattr(self, name, -1)
+            if fd >= 0:
+                os.close(fd)
