@@ -34,7 +34,8 @@ MIN_PASS_S = 0.05
 # queue taken and its kernel addresses hidden, docker-proxy links read:
 # ~1 ms). IDLE_NS's budget does not depend on the pace: a pass reads what
 # the drain thread queued before it asks the hold what is complete, and the
-# drain thread reads the ring every 25 ms. Packets show up to this much later.
+# drain thread reads the ring every 25 ms and a sweep's records right after
+# it (drain.py). Packets show up to this much later.
 SHOW_EVERY_S = 0.15
 # `record` shows nothing, so nothing waits on IDLE_NS: it takes what the
 # drain queued a few times a second and pays each pass's fixed costs (hiding
@@ -45,11 +46,13 @@ SHOW_EVERY_S = 0.15
 # 25 ms (a pass then takes one read's records as they are, not copied into
 # one array), at once again after a read that found the ring a quarter
 # full, and early as soon as the ring is a quarter full (BackgroundDrain
-# looks every 25 ms: the ring holds ~75k journeys, seconds of records at the
-# lab's rates, a burst of >300k/s fills it within a pass), and sweeps quiet journeys out of the kernel once a pass
-# instead of every 50 ms: a journey the sweep emits only has to reach the
-# capture, which waits up to FLUSH_SECONDS anyway. Each read and each sweep
-# costs ~0.15-0.3 ms whatever it brings.
+# looks 25-100 ms apart, sooner the faster the ring fills: drain.PAUSE_STEP_S;
+# the ring holds ~75k journeys, seconds of records at the lab's rates, a
+# burst of >300k/s fills it within a pass), and sweeps quiet journeys out of
+# the kernel once a pass instead of every 50 ms (each followed at once by a
+# read): a journey the sweep emits only has to reach the capture, which
+# waits up to FLUSH_SECONDS anyway. Each read and each sweep costs
+# ~0.15-0.3 ms whatever it brings.
 RECORD_PASS_S = 0.25
 
 

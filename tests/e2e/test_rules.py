@@ -264,10 +264,6 @@ def test_drop_names_the_docker_user_rule(lab, drop_rule, no_leftovers, tmp_path)
     no_leftovers()
 
 
-def _docker_user_rules(j: dict) -> list[dict]:
-    return [r for h in j["hops"] if h["hook"] == "nf_forward" for r in h["rules"] if r["chain"] == "DOCKER-USER"]
-
-
 def test_rule_added_while_tracing_is_named(lab, drop_rule, no_leftovers, tmp_path):
     early, dropped_port, late = own_source_ports(3)
     # Only this test's connections are marked and traced (as the README
@@ -280,25 +276,28 @@ def test_rule_added_while_tracing_is_named(lab, drop_rule, no_leftovers, tmp_pat
     t = Tracer(*ports, "--rules", "--duration", "120", stdout_file=tmp_path / "journeys.json")
     t.wait_ready()
     connect_from(lab, early)  # DOCKER-USER's RETURN rule, at its position before the insert
-    # named from the ruleset as it is before the insert: shown only once its rules are in
-    first = t.wait_for(f"SYN from {early} with its DOCKER-USER rules",
-                       lambda j: _is_syn_from(j, early, "delivered") and bool(_docker_user_rules(j)))
+    # named from the ruleset as it is before the insert: `trace` shows a
+    # packet once its rules are in (it waits for them), so its first SYN
+    # shown must carry them
+    first = t.wait_for(f"SYN from {early}", lambda j: _is_syn_from(j, early, "delivered"))
     rule = drop_rule(dropped_port)
     rule.insert()  # at the top: every rule below moves down one (iptables returns once it is committed)
     connect_from(lab, dropped_port, seconds=2)
     connect_from(lab, late)  # not dropped: passes the new rule, then RETURN at its new position
-    dropped = t.wait_for(f"dropped SYN from {dropped_port} with the rule that dropped it",
-                         lambda j: _is_syn_from(j, dropped_port, "dropped") and j["drop_rule"] is not None)
-    last = t.wait_for(f"SYN from {late} with its DOCKER-USER rules",
-                      lambda j: _is_syn_from(j, late, "delivered") and bool(_docker_user_rules(j)))
+    # The first dropped SYN, not any: the connection retransmits its SYN
+    # about 1 s later, and a tracer that named the new rule only by then
+    # must fail here.
+    dropped = t.wait_for(f"dropped SYN from {dropped_port}", lambda j: _is_syn_from(j, dropped_port, "dropped"))
+    last = t.wait_for(f"SYN from {late}", lambda j: _is_syn_from(j, late, "delivered"))
     t.stop()
     assert t.returncode == 0, t.stderr
     named = dropped["drop_rule"]
+    assert named is not None, f"the first dropped SYN does not name the rule that dropped it: {dropped}\n{t.stderr}"
     assert f"--sport {dropped_port}" in named["iptables"] and named["chain"] == "DOCKER-USER", named
     _assert_position(named)
     syns = [first, last]
     returns = [[r for r in _rules(j, "nf_forward") if r["chain"] == "DOCKER-USER"] for j in syns]
-    assert returns[0] and returns[1], (syns, t.stderr)
+    assert returns[0] and returns[1], f"a delivered SYN shown without its DOCKER-USER rules: {syns}\n{t.stderr}"
     before, after = returns[0][-1], returns[1][-1]
     assert before["iptables"] == after["iptables"] == "-A DOCKER-USER -j RETURN", returns
     assert after["position"] == before["position"] + 1, (before, after)

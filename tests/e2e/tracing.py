@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,15 +36,16 @@ class Tracer:
     default."""
 
     def __init__(self, *args: str, env: dict | None = None, command: str = "trace", json_out: bool = True,
-                 nohup: bool = False, stdout_file: Path | None = None) -> None:
+                 nohup: bool = False, stdout_file: Path | None = None, argv: list[str] | None = None) -> None:
         """stdout_file: the output goes to this file instead of a pipe, so
         the test's own reading (slow on a loaded machine) never paces the
-        tracer's writes."""
+        tracer's writes. argv: another program in the tracer's place (the
+        tests of these helpers)."""
         self.args = [command, *(["--json"] if json_out else []), *args]
         self.stdout_file = stdout_file
         out = subprocess.PIPE if stdout_file is None else open(stdout_file, "wb")
         self.proc = subprocess.Popen(
-            [*(["nohup"] if nohup else []), sys.executable, "-m", "tracer", *self.args],
+            argv or [*(["nohup"] if nohup else []), sys.executable, "-m", "tracer", *self.args],
             cwd=REPO,
             stdout=out,
             stderr=subprocess.PIPE,
@@ -54,6 +56,8 @@ class Tracer:
         if stdout_file is not None:
             out.close()  # the child has its own
         self.stderr_lines: list[str] = []
+        self._readers: list[threading.Thread] = []  # stop_timed's: they read the pipes from then on
+        self._read: dict[str, list[str]] = {}
 
     def wait_ready(self, timeout: float = 30) -> float:
         """Block until the tracer says it is tracing; returns seconds waited."""
@@ -93,7 +97,7 @@ class Tracer:
 
     def finish(self, timeout: float = 60) -> list[dict]:
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            out, err = self._communicate(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"tracer {' '.join(self.args)} did not end within {timeout} s; "
                                  f"its threads:\n{self.stacks()}") from None
@@ -112,6 +116,7 @@ class Tracer:
         before it is reaped: exact, no sampling). finish() still to call."""
         pid = self.proc.pid
         waited_before = _cpu_wait_ns(pid)
+        self._read_pipes()  # while it stops: its summary and warnings never fill a pipe nobody reads
         sent = time.monotonic()
         self.proc.send_signal(sig)
         deadline = sent + timeout
@@ -129,8 +134,35 @@ class Tracer:
         self.proc.send_signal(signal.SIGUSR1)
         time.sleep(1)
         self.proc.kill()
-        _, err = self.proc.communicate()
+        _, err = self._communicate(None)
         return "".join(self.stderr_lines) + err
+
+    def _read_pipes(self) -> None:
+        """Read the tracer's pipes (stderr, stdout if not a file) on threads
+        from now on, until they end: a test that only waits for the process
+        must not leave it blocked writing to a full pipe (~64 KiB)."""
+        if self._readers:
+            return
+        for name in ("stdout", "stderr"):
+            pipe = getattr(self.proc, name)
+            if pipe is None:
+                continue
+            chunks = self._read[name] = []
+            reader = threading.Thread(target=lambda p=pipe, c=chunks: c.append(p.read()), daemon=True,
+                                      name=f"tracer-{name}")
+            reader.start()
+            self._readers.append(reader)
+
+    def _communicate(self, timeout: float | None) -> tuple[str, str]:
+        """(stdout, stderr) once the process has exited: communicate(), or
+        what _read_pipes' threads read."""
+        if not self._readers:
+            out, err = self.proc.communicate(timeout=timeout)
+            return out or "", err or ""
+        self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        return "".join(self._read.get("stdout", [])), "".join(self._read.get("stderr", []))
 
 
 @dataclass(frozen=True)
