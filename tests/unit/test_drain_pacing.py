@@ -220,7 +220,7 @@ def test_sweeps_keep_their_own_clock_when_each_emits_a_record():
         d.stop()
     gaps = np.diff(ticks)
     assert len(gaps) >= 10, ticks
-    assert np.median(gaps) < 0.05 + 0.01, gaps  # was ~0.075
+    assert np.median(gaps) < 0.05 + 0.015, gaps  # was >= 0.075 (a 25 ms pause, then a 50 ms wait), whatever the load
     # each sweep's record is read right after it, not a pause later
     lags = [min(t for t, _ in ring.reads if t >= tick) - tick for tick in ticks[:-1]]
     assert np.median(lags) < 0.01, lags
