@@ -256,7 +256,7 @@ class BackgroundDrain:
                 except Exception as exc:  # keep draining; the sweep is retried next tick
                     log.warning("journey sweep failed: %s", exc)
             if self.queued >= self.max_queued:
-                self.stopping.wait(self.poll_s)
+                self._sleep(self.poll_s)
                 continue
             looked = time.monotonic()
             if self.drain.pending_bytes() < self.drain.record_size:
@@ -316,7 +316,7 @@ class BackgroundDrain:
         between two reads (pending_bytes() is two loads from the mapping).
         ``first_step``: the first look's, if shorter than _step's."""
         start = time.monotonic()
-        end = min(start + self.batch_s, start + self._until_tick(start))
+        end = start + min(self.batch_s, self._until_tick(start))
         quarter = self.drain.size // 4
         step = self._step(quarter)
         if first_step is not None:

@@ -12,7 +12,7 @@ from tracer.render import Summary
 
 
 def _counts(opened: int, ends: dict[str, int], faults: dict[str, int]) -> np.ndarray:
-    c = np.zeros(counts.N_JOURNEY_COUNTS, np.int64)
+    c = np.zeros(events.N_JOURNEY_COUNTS, np.int64)
     c[0] = opened
     for name, n in ends.items():
         c[events.JOURNEY_ENDS.index(name)] = n

@@ -65,13 +65,10 @@ def per_cpu_sums(table, entries: int) -> list[int]:
     return [int(sum(table[table.Key(i)])) for i in range(entries)]
 
 
-N_JOURNEY_COUNTS = events.N_JOURNEY_COUNTS
-
-
 def journey_counts(bpf) -> np.ndarray:
     """journey_ends summed over CPUs ([0]: journeys opened; then the ends,
     then the faults)."""
-    return np.array(per_cpu_sums(bpf["journey_ends"], N_JOURNEY_COUNTS), np.int64)
+    return np.array(per_cpu_sums(bpf["journey_ends"], events.N_JOURNEY_COUNTS), np.int64)
 
 
 def journey_ends(counts: np.ndarray) -> dict[str, int]:
