@@ -30,7 +30,7 @@
  * of bounds. Only int64 columns are taken. Multi-byte fields
  * are little-endian but for length, tcp_seq and the ports, which the
  * kernel writes in network order (events.JOURNEY_DTYPE). */
-#include "native.h"
+#include "parts.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -62,26 +62,6 @@ static int int64_format(const char *f) {
     if (*f == '@' || *f == '=' || *f == '<') f++;
 #endif
     return (f[0] == 'q' || (f[0] == 'l' && sizeof(long) == 8)) && f[1] == 0;
-}
-
-/* Whether two buffers share a byte */
-static inline int overlap(const Py_buffer *a, const Py_buffer *b) {
-    const char *x = a->buf, *y = b->buf;
-    return a->len > 0 && b->len > 0 && x < y + b->len && y < x + a->len;
-}
-
-/* Whether any of the n writable buffers ``out`` overlaps another of them
- * or one of the m buffers ``in``: the passes write each output once and
- * read only what they wrote themselves, which holds only if no output is
- * also an input or another output. */
-static int any_overlap(Py_buffer *const *out, int n, Py_buffer *const *in, int m) {
-    for (int i = 0; i < n; i++) {
-        for (int j = i + 1; j < n; j++)
-            if (overlap(out[i], out[j])) return 1;
-        for (int j = 0; j < m; j++)
-            if (overlap(out[i], in[j])) return 1;
-    }
-    return 0;
 }
 
 /* Writable C-contiguous 8-byte columns of a tuple, each of count elements

@@ -1,4 +1,4 @@
-/* What the text writers share (journey_json.c, journey_text.c): integer
+/* What the native writers share (journey_json.c, journey_text.c, journey_rows.c, segments.c): integer
  * columns taken from numpy arrays without copies, tables of pre-formatted
  * texts, and the inline writers of fragments and numbers. */
 #ifndef TRACER_NATIVE_PARTS_H
@@ -41,6 +41,26 @@ int load_columns(PyObject *tuple, column *c, int n, const char *const *names);
 int load_tables(PyObject *tuple, table *t, int n, const char *const *names);
 int check_journey_shape(const char *fn, const column *j, int n_journey, int starts, const char *const *jnames,
                         const column *h, int n_hop, int hook, const char *const *hnames, Py_ssize_t *count);
+
+/* Whether two buffers share a byte */
+static inline int overlap(const Py_buffer *a, const Py_buffer *b) {
+    const char *x = a->buf, *y = b->buf;
+    return a->len > 0 && b->len > 0 && x < y + b->len && y < x + a->len;
+}
+
+/* Whether any of the n writable buffers ``out`` overlaps another of them
+ * or one of the m buffers ``in``: the passes write each output once and
+ * read only what they wrote themselves, which holds only if no output is
+ * also an input or another output. */
+static inline int any_overlap(Py_buffer *const *out, int n, Py_buffer *const *in, int m) {
+    for (int i = 0; i < n; i++) {
+        for (int j = i + 1; j < n; j++)
+            if (overlap(out[i], out[j])) return 1;
+        for (int j = 0; j < m; j++)
+            if (overlap(out[i], in[j])) return 1;
+    }
+    return 0;
+}
 
 #define PUT(p, lit) (memcpy((p), (lit), sizeof(lit) - 1), (p) += sizeof(lit) - 1)
 

@@ -37,13 +37,12 @@ PyObject *native_segment_groups(PyObject *self, PyObject *args) {
     const int64_t *hook = c[0].v, *stage = c[1].v, *role = c[2].v, *ktime = c[4].v, *label_of = c[5].v;
     int64_t *dur = out.buf;
     const Py_ssize_t H = c[0].n, P = c[3].n - 1;
-    const char *ob = out.buf;
-    for (int i = 0; i < 6; i++) { /* the output must not overlap an input: it is written while they are read */
-        const char *ib = c[i].view.buf;
-        if (out.len && c[i].view.len && ob < ib + c[i].view.len && ib < ob + out.len) {
-            PyErr_SetString(PyExc_ValueError, "segment_groups: durations overlaps an input");
-            goto done;
-        }
+    Py_buffer *outs[1] = {&out}, *ins[6];
+    for (int i = 0; i < 6; i++)
+        ins[i] = &c[i].view;
+    if (any_overlap(outs, 1, ins, 6)) { /* the output is written while the inputs are read */
+        PyErr_SetString(PyExc_ValueError, "segment_groups: durations overlaps an input");
+        goto done;
     }
     if (n_stage < 1 || n_role < 1 || n_labels < 1 || n_labels > 4096 || c[1].n != H || c[2].n != H || c[4].n != H
         || P < 0 || out.itemsize != 8 || out.len != 8 * (H - P)) {
