@@ -367,10 +367,7 @@ class Program:
         except OSError as exc:
             raise MissingCapability(f"BPF maps not created: {exc.strerror or exc}") from None
         failed = load_programs(module, programs)
-        required = self._required(failed)
-        if required:  # one clear line, nothing left loaded (the sensors' own load would raise a bare Exception)
-            module.cleanup()
-            raise MissingCapability(f"BPF program not loaded: {required[0]}{_where_the_log_is(None)}")
+        self._refuse_if_required(module, failed, None)
         mark("programs loaded")
         if cache is not None and not failed:  # an optional program refused here: not a build to keep
             try:
@@ -378,6 +375,14 @@ class Program:
             except Exception as exc:  # noqa: BLE001 - a cache we cannot fill is only a missed speed-up
                 log.warning("program not cached: %s", exc)
         return module
+
+    def _refuse_if_required(self, module, failed: list[str], log_file: str | None) -> None:
+        """One clear line, nothing left loaded, when a required program was
+        refused (the sensors' own load would raise a bare Exception)."""
+        required = self._required(failed)
+        if required:
+            module.cleanup()
+            raise MissingCapability(f"BPF program not loaded: {required[0]}{_where_the_log_is(log_file)}")
 
     def _required(self, failed: list[str]) -> list[str]:
         """The failures ("name: why") that stop a start: not an optional
@@ -398,11 +403,8 @@ class Program:
         mark("compiled")
         with _verifier_log() as verifier:
             failed = load_programs(bpf, programs)
-            required = self._required(failed)
-            verifier.keep = bool(required)
-        if required:
-            bpf.cleanup()
-            raise MissingCapability(f"BPF program not loaded: {required[0]}{_where_the_log_is(verifier.path)}")
+            verifier.keep = bool(self._required(failed))
+        self._refuse_if_required(bpf, failed, verifier.path)
         mark("programs loaded")
         return bpf
 
