@@ -47,38 +47,33 @@ PyObject *native_address_ids(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "address_ids: bits must be 1..64");
         return NULL;
     }
-    column in = {0};
-    Py_buffer out;
-    if (load_column(in_obj, &in, "address_ids: addresses") < 0) {
-        if (in.held) PyBuffer_Release(&in.view);
+    column c[2] = {0}; /* the addresses (words), their ids written */
+    if (load_column(in_obj, &c[0], COL_UINT64, "address_ids", "addresses") < 0
+        || load_column(out_obj, &c[1], COL_UINT64 | COL_WRITABLE, "address_ids", "out") < 0) {
+        release_columns(c, 2);
         return NULL;
     }
-    if (PyObject_GetBuffer(out_obj, &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&in.view);
-        return NULL;
-    }
-    if (out.len != in.view.len) {
+    if (c[1].n != c[0].n) {
         PyErr_SetString(PyExc_ValueError, "address_ids: out must have the size of the addresses");
-        PyBuffer_Release(&out);
-        PyBuffer_Release(&in.view);
+        release_columns(c, 2);
         return NULL;
     }
     const uint64_t mask = bits == 64 ? ~(uint64_t)0 : ((uint64_t)1 << bits) - 1;
-    const uint64_t *v = (const uint64_t *)in.v;
-    uint64_t *o = (uint64_t *)out.buf;
+    const uint64_t *v = (const uint64_t *)c[0].v;
+    uint64_t *o = (uint64_t *)c[1].v;
+    const Py_ssize_t n = c[0].n;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < in.n; i++) {
+    for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t id = v[i] ? siphash24_word(k0, k1, v[i]) & mask : 0;
         o[i] = v[i] && !id ? 1 : id;
     }
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&in.view);
+    release_columns(c, 2);
     Py_RETURN_NONE;
 }
 
 const char native_address_ids_doc[] =
     "address_ids(addresses, out, k0, k1, bits)\n\n"
-    "Into ``out`` (a writable buffer of as many 8-byte words): per address its\n"
+    "Into ``out`` (a writable uint64 array as long as the uint64 addresses): per address its\n"
     "SipHash-2-4 under the key words k0, k1, masked to ``bits``; 0 for 0, and 1\n"
     "where the masked hash is 0. See tracer/opaque_ids.py.";

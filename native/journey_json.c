@@ -43,8 +43,10 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
     table t[N_TABLE] = {0};
     PyObject *result = NULL;
 
-    if (load_columns(jcols, j, N_JOURNEY, jnames) < 0 || load_columns(hcols, h, N_HOP, hnames) < 0 ||
-        load_tables(texts, t, N_TABLE, tnames) < 0)
+    /* the ids are uint64 (tracer/native.py u64), every other column int64 */
+    if (load_columns(jcols, j, N_JOURNEY, "journey_json", "journeys", jnames, 1u << J_PACKET_ID | 1u << J_FLOW_ID, 0) < 0
+        || load_columns(hcols, h, N_HOP, "journey_json", "hops", hnames, 0, 0) < 0
+        || load_tables(texts, t, N_TABLE, tnames) < 0)
         goto done;
 
     Py_ssize_t count, n = h[H_HOOK].n;
@@ -147,10 +149,8 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
     }
 
 done:
-    for (int i = 0; i < N_JOURNEY; i++)
-        if (j[i].held) PyBuffer_Release(&j[i].view);
-    for (int i = 0; i < N_HOP; i++)
-        if (h[i].held) PyBuffer_Release(&h[i].view);
+    release_columns(j, N_JOURNEY);
+    release_columns(h, N_HOP);
     for (int i = 0; i < N_TABLE; i++) PyMem_Free(t[i].f), PyMem_Free(t[i].arena);
     Py_XDECREF(out);
     return result;
@@ -159,5 +159,5 @@ done:
 const char native_journey_json_doc[] =
     "journey_json(journey_columns, hop_columns, texts) -> bytes\n\n"
     "The JSON lines of a batch of journeys, each ended by a newline. Columns are\n"
-    "contiguous 64-bit integer arrays, texts lists of JSON-encoded bytes; see\n"
+    "contiguous int64 arrays (the two ids uint64), texts lists of JSON-encoded bytes; see\n"
     "tracer/native_json.py, which builds the arguments.";

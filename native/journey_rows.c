@@ -27,7 +27,7 @@
  * never read back from a buffer the caller can also write: bad input (codes
  * past their tables, columns that overlap, a buffer another thread rewrites
  * during the call) is a ValueError or TypeError, never a read or write out
- * of bounds. Only int64 columns are taken. Multi-byte fields
+ * of bounds. Only int64 columns are taken (parts.c load_column). Multi-byte fields
  * are little-endian but for length, tcp_seq and the ports, which the
  * kernel writes in network order (events.JOURNEY_DTYPE). */
 #include "parts.h"
@@ -50,52 +50,6 @@ static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); re
 static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
 static inline uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-
-/* Whether a buffer's struct format is a native int64 ("q", or "l" where a
- * long is 8 bytes; itemsize is checked as well). Another 8-byte type
- * (float64, uint64) would be read as int64 bits: wrong data, refused. */
-static int int64_format(const char *f) {
-    if (!f) return 0; /* PyBUF_FORMAT asked: NULL means unsigned bytes */
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    if (*f == '@' || *f == '=' || *f == '>' || *f == '!') f++;
-#else
-    if (*f == '@' || *f == '=' || *f == '<') f++;
-#endif
-    return (f[0] == 'q' || (f[0] == 'l' && sizeof(long) == 8)) && f[1] == 0;
-}
-
-/* Writable C-contiguous 8-byte columns of a tuple, each of count elements
- * (+1 for the column ``plus_one``, -1: none), into views; *held says how
- * many were acquired (to release). 0, or -1 with an exception set. */
-static int get_columns(PyObject *tuple, Py_buffer *views, int n, Py_ssize_t count, int plus_one, const char *fn,
-                       const char *what, int *held) {
-    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != n) {
-        PyErr_Format(PyExc_TypeError, "%s: %s must be a tuple of %d arrays", fn, what, n);
-        return -1;
-    }
-    for (int i = 0; i < n; i++) {
-        if (PyObject_GetBuffer(PyTuple_GET_ITEM(tuple, i), &views[i],
-                               PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
-            return -1;
-        *held = i + 1;
-        Py_ssize_t want = 8 * (count + (i == plus_one));
-        if (views[i].len != want || views[i].itemsize != 8) {
-            PyErr_Format(PyExc_ValueError, "%s: %s column %d has %zd bytes, not %zd (8-byte items)", fn, what, i,
-                         views[i].len, want);
-            return -1;
-        }
-        if (!int64_format(views[i].format)) {
-            PyErr_Format(PyExc_TypeError, "%s: %s column %d must be an int64 array, not format '%s'", fn, what, i,
-                         views[i].format ? views[i].format : "B");
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static void release(Py_buffer *views, int n) {
-    for (int i = 0; i < n; i++) PyBuffer_Release(&views[i]);
-}
 
 /* The distinct keys (16 bytes: two words) of a batch, numbered in order of
  * first appearance: open addressing, grown by doubling. */
@@ -231,8 +185,8 @@ PyObject *native_journey_hops(PyObject *self, PyObject *args) {
     long long boot_offset;
     if (!PyArg_ParseTuple(args, "y*O!y*LOO", &in, &PyTuple_Type, &layout_obj, &icmp, &boot_offset, &p_obj, &h_obj))
         return NULL;
-    Py_buffer pv[N_PCOL], hv[N_HCOL];
-    int np_ = 0, nh = 0, no_memory = 0, changed = 0;
+    column pc[N_PCOL] = {0}, hc[N_HCOL] = {0}; /* outputs: every column written */
+    int no_memory = 0, changed = 0;
     PyObject *result = NULL;
     distinct places = {0}, addrs = {0}, reasons = {0};
     int16_t proto_code[256];
@@ -283,20 +237,29 @@ PyObject *native_journey_hops(PyObject *self, PyObject *args) {
         hops += h < max_hops ? h : max_hops;
     }
     /* packet columns: room for every kept record being a packet of its own */
-    if (get_columns(p_obj, pv, N_PCOL, kept, P_STARTS, fn, "packet", &np_) < 0
-        || get_columns(h_obj, hv, N_HCOL, hops, -1, fn, "hop", &nh) < 0)
+    if (load_columns(p_obj, pc, N_PCOL, fn, "packet", NULL, 0, ~0u) < 0
+        || load_columns(h_obj, hc, N_HCOL, fn, "hop", NULL, 0, ~0u) < 0)
         goto done;
+    for (int i = 0; i < N_PCOL + N_HCOL; i++) {
+        const column *c = i < N_PCOL ? &pc[i] : &hc[i - N_PCOL];
+        const Py_ssize_t want = i < N_PCOL ? kept + (i == P_STARTS) : hops;
+        if (c->n != want) {
+            PyErr_Format(PyExc_ValueError, "%s: %s column %d has %zd values, not %zd", fn, i < N_PCOL ? "packet" : "hop",
+                         i < N_PCOL ? i : i - N_PCOL, c->n, want);
+            goto done;
+        }
+    }
     {
         Py_buffer *out[N_PCOL + N_HCOL], *ins[2] = {&in, &icmp};
-        for (int i = 0; i < N_PCOL; i++) out[i] = &pv[i];
-        for (int i = 0; i < N_HCOL; i++) out[N_PCOL + i] = &hv[i];
+        for (int i = 0; i < N_PCOL; i++) out[i] = &pc[i].view;
+        for (int i = 0; i < N_HCOL; i++) out[N_PCOL + i] = &hc[i].view;
         if (any_overlap(out, N_PCOL + N_HCOL, ins, 2)) {
             PyErr_Format(PyExc_ValueError, "%s: an output column overlaps another column or the records", fn);
             goto done;
         }
     }
     if (!kept) {
-        ((int64_t *)pv[P_STARTS].buf)[0] = 0;
+        pc[P_STARTS].v[0] = 0;
         result = Py_BuildValue("(nNNNN)", (Py_ssize_t)0, PyList_New(0), PyList_New(0), PyList_New(0),
                                PyList_New(0));
         goto done;
@@ -340,13 +303,13 @@ PyObject *native_journey_hops(PyObject *self, PyObject *args) {
         sort_keys(keys, tmp, kept, bounds);
     }
 
-    uint64_t *packet_id = pv[P_PACKET_ID].buf, *flow_id = pv[P_FLOW_ID].buf;
-    int64_t *direction = pv[P_DIRECTION].buf, *protocol = pv[P_PROTOCOL].buf, *tcp_flags = pv[P_TCP_FLAGS].buf,
-            *length = pv[P_LENGTH].buf, *tcp_seq = pv[P_TCP_SEQ].buf, *tcp_doff = pv[P_TCP_DOFF].buf,
-            *wall = pv[P_WALL].buf, *starts = pv[P_STARTS].buf;
-    int64_t *hook = hv[H_HOOK].buf, *stage = hv[H_STAGE].buf, *ktime = hv[H_KTIME].buf, *dt = hv[H_DT].buf,
-            *place = hv[H_PLACE].buf, *reason = hv[H_REASON].buf, *src = hv[H_SRC].buf, *sport = hv[H_SPORT].buf,
-            *dst = hv[H_DST].buf, *dport = hv[H_DPORT].buf, *is_icmp = hv[H_ICMP].buf;
+    uint64_t *packet_id = (uint64_t *)pc[P_PACKET_ID].v, *flow_id = (uint64_t *)pc[P_FLOW_ID].v;
+    int64_t *direction = pc[P_DIRECTION].v, *protocol = pc[P_PROTOCOL].v, *tcp_flags = pc[P_TCP_FLAGS].v,
+            *length = pc[P_LENGTH].v, *tcp_seq = pc[P_TCP_SEQ].v, *tcp_doff = pc[P_TCP_DOFF].v,
+            *wall = pc[P_WALL].v, *starts = pc[P_STARTS].v;
+    int64_t *hook = hc[H_HOOK].v, *stage = hc[H_STAGE].v, *ktime = hc[H_KTIME].v, *dt = hc[H_DT].v,
+            *place = hc[H_PLACE].v, *reason = hc[H_REASON].v, *src = hc[H_SRC].v, *sport = hc[H_SPORT].v,
+            *dst = hc[H_DST].v, *dport = hc[H_DPORT].v, *is_icmp = hc[H_ICMP].v;
     const uint8_t *icmp_of = icmp.buf;
     const unsigned hook_drop = (unsigned)L[L_HOOK_DROP], shift = (unsigned)L[L_STAGE_SHIFT];
     const unsigned in_ct_bit = (unsigned)L[L_IN_CT_BIT];
@@ -476,8 +439,8 @@ done:
     distinct_free(&places);
     distinct_free(&addrs);
     distinct_free(&reasons);
-    release(pv, np_);
-    release(hv, nh);
+    release_columns(pc, N_PCOL);
+    release_columns(hc, N_HCOL);
     PyBuffer_Release(&in);
     PyBuffer_Release(&icmp);
     return result;
@@ -496,44 +459,7 @@ enum { C_NAMED, C_SAME, C_ID_KNOWN, C_ID_SAME, N_CTAB };                        
 enum { O_VERDICT, O_LAST_SEEN, O_REASON, O_CONTAINER_OF, O_CONTAINER_TO, N_POUT };    /* per packet out */
 enum { S_N_HOOK, S_N_STAGE, S_N_ROLE, S_HOOK_DROP, S_N_REASONS, S_CONTAINER_NULL, N_SIZES };
 
-typedef struct {
-    Py_buffer view;
-    int64_t *v;
-    Py_ssize_t n;
-    int held;
-} col;
-
-static int get_col(PyObject *obj, col *c, int writable, const char *fn, const char *what) {
-    if (PyObject_GetBuffer(obj, &c->view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return -1;
-    c->held = 1;
-    if (c->view.itemsize != 8 || c->view.len % 8 || !int64_format(c->view.format)) {
-        PyErr_Format(PyExc_TypeError, "%s: %s must be a contiguous 64-bit integer (int64) array", fn, what);
-        return -1;
-    }
-    c->v = c->view.buf;
-    c->n = c->view.len / 8;
-    return 0;
-}
-
-/* n columns from a tuple, column i writable if bit i of ``writable`` is
- * set (each one acquired is marked held, for release_cols) */
-static int get_cols(PyObject *tuple, col *c, int n, unsigned writable, const char *fn, const char *what) {
-    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != n) {
-        PyErr_Format(PyExc_TypeError, "%s: %s must be a tuple of %d arrays", fn, what, n);
-        return -1;
-    }
-    for (int i = 0; i < n; i++)
-        if (get_col(PyTuple_GET_ITEM(tuple, i), &c[i], writable >> i & 1, fn, what) < 0) return -1;
-    return 0;
-}
-
-static void release_cols(col *c, int n) {
-    for (int i = 0; i < n; i++)
-        if (c[i].held) PyBuffer_Release(&c[i].view);
-}
-
-static int in_range(const col *c, int64_t size) {
+static int in_range(const column *c, int64_t size) {
     for (Py_ssize_t i = 0; i < c->n; i++)
         if (c->v[i] < 0 || c->v[i] >= size) return 0;
     return 1;
@@ -550,7 +476,7 @@ PyObject *native_journey_facts(PyObject *self, PyObject *args) {
                           &terminal_obj, &PyTuple_Type, &sizes_obj, &PyTuple_Type, &ctab_obj, &PyTuple_Type,
                           &hop_out_obj, &PyTuple_Type, &p_out_obj))
         return NULL;
-    col hin[N_FHOP] = {0}, st = {0}, pt[N_PLACECOL] = {0}, term = {0}, ct[N_CTAB] = {0}, hout[N_PLACECOL] = {0},
+    column hin[N_FHOP] = {0}, st = {0}, pt[N_PLACECOL] = {0}, term = {0}, ct[N_CTAB] = {0}, hout[N_PLACECOL] = {0},
         pout[N_POUT] = {0};
     PyObject *result = NULL;
     int64_t S[N_SIZES];
@@ -566,12 +492,13 @@ PyObject *native_journey_facts(PyObject *self, PyObject *args) {
         }
     }
     /* of the hop columns only the drop reasons are rewritten (in place) */
-    if (get_cols(hop_obj, hin, N_FHOP, 1u << F_REASON, fn, "hops") < 0 || get_col(starts_obj, &st, 0, fn, "starts") < 0
-        || get_cols(place_obj, pt, N_PLACECOL, 0, fn, "place tables") < 0
-        || get_col(terminal_obj, &term, 0, fn, "terminal") < 0
-        || get_cols(ctab_obj, ct, N_CTAB, 0, fn, "container tables") < 0
-        || get_cols(hop_out_obj, hout, N_PLACECOL, ~0u, fn, "hop outputs") < 0
-        || get_cols(p_out_obj, pout, N_POUT, ~0u, fn, "packet outputs") < 0)
+    if (load_columns(hop_obj, hin, N_FHOP, fn, "hops", NULL, 0, 1u << F_REASON) < 0
+        || load_column(starts_obj, &st, COL_INT64, fn, "starts") < 0
+        || load_columns(place_obj, pt, N_PLACECOL, fn, "place tables", NULL, 0, 0) < 0
+        || load_column(terminal_obj, &term, COL_INT64, fn, "terminal") < 0
+        || load_columns(ctab_obj, ct, N_CTAB, fn, "container tables", NULL, 0, 0) < 0
+        || load_columns(hop_out_obj, hout, N_PLACECOL, fn, "hop outputs", NULL, 0, ~0u) < 0
+        || load_columns(p_out_obj, pout, N_POUT, fn, "packet outputs", NULL, 0, ~0u) < 0)
         goto done;
     {
         Py_buffer *out[1 + N_PLACECOL + N_POUT], *ins[N_FHOP - 1 + 2 + N_PLACECOL + N_CTAB];
@@ -727,13 +654,13 @@ PyObject *native_journey_facts(PyObject *self, PyObject *args) {
         result = Py_None;
     }
 done:
-    release_cols(hin, N_FHOP);
-    release_cols(&st, 1);
-    release_cols(pt, N_PLACECOL);
-    release_cols(&term, 1);
-    release_cols(ct, N_CTAB);
-    release_cols(hout, N_PLACECOL);
-    release_cols(pout, N_POUT);
+    release_columns(hin, N_FHOP);
+    release_columns(&st, 1);
+    release_columns(pt, N_PLACECOL);
+    release_columns(&term, 1);
+    release_columns(ct, N_CTAB);
+    release_columns(hout, N_PLACECOL);
+    release_columns(pout, N_POUT);
     return result;
 }
 

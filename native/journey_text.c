@@ -147,8 +147,11 @@ PyObject *native_journey_text(PyObject *self, PyObject *args) {
     char *scratch = NULL;
     Py_ssize_t *wid = NULL;
 
-    if (load_columns(jcols, j, N_JOURNEY, jnames) < 0 || load_columns(hcols, h, N_HOP, hnames) < 0 ||
-        load_columns(keys, k, N_KEY, knames) < 0 || load_tables(texts, t, N_TABLE, tnames) < 0)
+    /* the ids are uint64 (tracer/native.py u64), every other column int64 */
+    if (load_columns(jcols, j, N_JOURNEY, "journey_text", "journeys", jnames, 1u << J_PACKET_ID | 1u << J_FLOW_ID, 0) < 0
+        || load_columns(hcols, h, N_HOP, "journey_text", "hops", hnames, 0, 0) < 0
+        || load_columns(keys, k, N_KEY, "journey_text", "keys", knames, 0, 0) < 0
+        || load_tables(texts, t, N_TABLE, tnames) < 0)
         goto done;
 
     Py_ssize_t count, n = h[H_HOOK].n;
@@ -328,12 +331,9 @@ PyObject *native_journey_text(PyObject *self, PyObject *args) {
     }
 
 done:
-    for (int i = 0; i < N_JOURNEY; i++)
-        if (j[i].held) PyBuffer_Release(&j[i].view);
-    for (int i = 0; i < N_HOP; i++)
-        if (h[i].held) PyBuffer_Release(&h[i].view);
-    for (int i = 0; i < N_KEY; i++)
-        if (k[i].held) PyBuffer_Release(&k[i].view);
+    release_columns(j, N_JOURNEY);
+    release_columns(h, N_HOP);
+    release_columns(k, N_KEY);
     for (int i = 0; i < N_TABLE; i++) PyMem_Free(t[i].f), PyMem_Free(t[i].arena);
     PyMem_Free(scratch);
     PyMem_Free(wid);
@@ -344,5 +344,5 @@ done:
 const char native_journey_text_doc[] =
     "journey_text(journey_columns, hop_columns, texts, address_keys, n_stage, format_dt) -> bytes\n\n"
     "The human text of a batch of journeys, as tracer/render_rows.py writes it.\n"
-    "Columns are contiguous 64-bit integer arrays, texts lists of UTF-8 bytes;\n"
+    "Columns are contiguous int64 arrays (the two ids uint64), texts lists of UTF-8 bytes;\n"
     "see tracer/native_render.py, which builds the arguments.";

@@ -1,16 +1,36 @@
 /* Columns and text tables for the text writers (see parts.h). */
 #include "parts.h"
 
-int load_column(PyObject *obj, column *c, const char *what) {
-    if (PyObject_GetBuffer(obj, &c->view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+#include <stdio.h>
+
+/* Whether a buffer's struct format is exactly a native 8-byte integer of
+ * the signedness asked: "q" ("Q"), or "l" ("L") where a long is 8 bytes. */
+static int format_is_64(const char *f, int is_unsigned) {
+    if (!f) return 0; /* PyBUF_FORMAT asked: NULL means unsigned bytes */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    if (*f == '@' || *f == '=' || *f == '>' || *f == '!') f++;
+#else
+    if (*f == '@' || *f == '=' || *f == '<') f++;
+#endif
+    const char q = is_unsigned ? 'Q' : 'q', l = is_unsigned ? 'L' : 'l';
+    return (f[0] == q || (f[0] == l && sizeof(long) == 8)) && f[1] == 0;
+}
+
+/* One contiguous column of the type ``rule`` names (COL_INT64 or
+ * COL_UINT64, | COL_WRITABLE where the C writes it); fn and what name it in
+ * errors. 0, or -1 with a TypeError (a ValueError for a read-only array
+ * asked writable); c->held says whether to release it either way. */
+int load_column(PyObject *obj, column *c, unsigned rule, const char *fn, const char *what) {
+    const int is_unsigned = (rule & COL_UINT64) != 0;
+    if (PyObject_GetBuffer(obj, &c->view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (rule & COL_WRITABLE ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
     c->held = 1;
-    const char *fmt = c->view.format ? c->view.format : "B";
-    while (*fmt == '@' || *fmt == '=' || *fmt == '<') fmt++;
-    if (c->view.itemsize != 8 || strlen(fmt) != 1 || !strchr("qQlL", *fmt)) {
-        PyErr_Format(PyExc_TypeError, "tracer._native: %s must be a contiguous 64-bit integer array", what);
+    if (c->view.itemsize != 8 || c->view.len % 8 || !format_is_64(c->view.format, is_unsigned)) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a contiguous 64-bit integer array (%s), not format '%s'", fn,
+                     what, is_unsigned ? "uint64" : "int64", c->view.format ? c->view.format : "B");
         return -1;
     }
-    c->v = (const int64_t *)c->view.buf;
+    c->v = (int64_t *)c->view.buf;
     c->n = c->view.len / 8;
     return 0;
 }
@@ -101,11 +121,31 @@ int check_range(const column *c, Py_ssize_t size, const char *what) {
 /* every code of a column indexes its table */
 int check_codes(const column *c, const table *t, const char *what) { return check_range(c, t->n, what); }
 
-/* n columns (or tables) from a tuple of them, named for errors */
-int load_columns(PyObject *tuple, column *c, int n, const char *const *names) {
-    for (int i = 0; i < n; i++)
-        if (load_column(PyTuple_GET_ITEM(tuple, i), &c[i], names[i]) < 0) return -1;
+/* The n columns of a tuple of exactly n arrays: column i is uint64 where
+ * bit i of ``uint64_cols`` is set (else int64) and writable where bit i of
+ * ``writable_cols`` is; named names[i] in errors, or "<what> column i"
+ * without names. Release them with release_columns, also after an error. */
+int load_columns(PyObject *tuple, column *c, int n, const char *fn, const char *what, const char *const *names,
+                 unsigned uint64_cols, unsigned writable_cols) {
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != n) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a tuple of %d arrays", fn, what, n);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        char name[96];
+        if (!names) snprintf(name, sizeof name, "%s column %d", what, i);
+        unsigned rule = (uint64_cols >> i & 1 ? COL_UINT64 : COL_INT64) | (writable_cols >> i & 1 ? COL_WRITABLE : 0);
+        if (load_column(PyTuple_GET_ITEM(tuple, i), &c[i], rule, fn, names ? names[i] : name) < 0) return -1;
+    }
     return 0;
+}
+
+void release_columns(column *c, int n) {
+    for (int i = 0; i < n; i++)
+        if (c[i].held) {
+            PyBuffer_Release(&c[i].view);
+            c[i].held = 0;
+        }
 }
 
 int load_tables(PyObject *tuple, table *t, int n, const char *const *names) {

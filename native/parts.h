@@ -24,20 +24,31 @@ typedef struct {
     Py_ssize_t n, max;
 } table;
 
+/* A 64-bit integer column taken from a numpy array (any buffer) without a
+ * copy. ``v`` holds its values; a COL_UINT64 column's are read through
+ * (uint64_t) casts. ``held``: the view is acquired (release_columns). */
 typedef struct {
     Py_buffer view;
-    const int64_t *v;
+    int64_t *v;
     Py_ssize_t n;
     int held;
 } column;
 
+/* What each call says of each column it takes: its element type, exactly
+ * (the C reads the bits as that type: another 8-byte type, float64, the
+ * other signedness or byte order, would be wrong data, so it is refused),
+ * and whether the C writes it. */
+enum { COL_INT64 = 0, COL_UINT64 = 1, COL_WRITABLE = 2 };
+
 /* journey columns, then hop columns, then the text tables, as passed */
 
-int load_column(PyObject *obj, column *c, const char *what);
+int load_column(PyObject *obj, column *c, unsigned rule, const char *fn, const char *what);
+int load_columns(PyObject *tuple, column *c, int n, const char *fn, const char *what, const char *const *names,
+                 unsigned uint64_cols, unsigned writable_cols);
+void release_columns(column *c, int n);
 int load_table(PyObject *list, table *t, const char *what);
 int check_codes(const column *c, const table *t, const char *what);
 int check_range(const column *c, Py_ssize_t size, const char *what);
-int load_columns(PyObject *tuple, column *c, int n, const char *const *names);
 int load_tables(PyObject *tuple, table *t, int n, const char *const *names);
 int check_journey_shape(const char *fn, const column *j, int n_journey, int starts, const char *const *jnames,
                         const column *h, int n_hop, int hook, const char *const *hnames, Py_ssize_t *count);

@@ -23,21 +23,16 @@ PyObject *native_segment_groups(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOOOLLLO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &n_stage, &n_role, &n_labels,
                           &o[6]))
         return NULL;
-    static const char *const names[6] = {"segment_groups: hook", "segment_groups: stage", "segment_groups: role",
-                                         "segment_groups: starts", "segment_groups: ktime", "segment_groups: label_of"};
-    column c[6] = {0};
-    Py_buffer out = {0};
-    int have_out = 0;
+    static const char *const names[7] = {"hook", "stage", "role", "starts", "ktime", "label_of", "durations"};
+    column c[7] = {0}; /* the six inputs, then the durations written */
     PyObject *result = NULL;
     int64_t *count = NULL, *next = NULL, *order = NULL, *label = NULL, *st = NULL;
-    for (int i = 0; i < 6; i++)
-        if (load_column(o[i], &c[i], names[i]) < 0) goto done;
-    if (PyObject_GetBuffer(o[6], &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto done;
-    have_out = 1;
+    for (int i = 0; i < 7; i++)
+        if (load_column(o[i], &c[i], i == 6 ? COL_WRITABLE : COL_INT64, "segment_groups", names[i]) < 0) goto done;
     const int64_t *hook = c[0].v, *stage = c[1].v, *role = c[2].v, *ktime = c[4].v, *label_of = c[5].v;
-    int64_t *dur = out.buf;
+    int64_t *dur = c[6].v;
     const Py_ssize_t H = c[0].n, P = c[3].n - 1;
-    Py_buffer *outs[1] = {&out}, *ins[6];
+    Py_buffer *outs[1] = {&c[6].view}, *ins[6];
     for (int i = 0; i < 6; i++)
         ins[i] = &c[i].view;
     if (any_overlap(outs, 1, ins, 6)) { /* the output is written while the inputs are read */
@@ -45,7 +40,7 @@ PyObject *native_segment_groups(PyObject *self, PyObject *args) {
         goto done;
     }
     if (n_stage < 1 || n_role < 1 || n_labels < 1 || n_labels > 4096 || c[1].n != H || c[2].n != H || c[4].n != H
-        || P < 0 || out.itemsize != 8 || out.len != 8 * (H - P)) {
+        || P < 0 || c[6].n != H - P) {
         PyErr_SetString(PyExc_ValueError, "segment_groups: columns and sizes do not fit together");
         goto done;
     }
@@ -126,9 +121,7 @@ done:
     free(order);
     free(label);
     free(st);
-    for (int i = 0; i < 6; i++)
-        if (c[i].held) PyBuffer_Release(&c[i].view);
-    if (have_out) PyBuffer_Release(&out);
+    release_columns(c, 7);
     return result;
 }
 

@@ -17,7 +17,12 @@ of killing pytest.
   before the call, out of range during it);
 - journey_hops with the packets' first hops (``starts``) sharing memory
   with another output column, or an output inside the records;
-- float64, uint64 and big-endian columns (8-byte items but not int64).
+- float64, uint64 and big-endian columns (8-byte items but not int64);
+- the text writers, the address ids and the segment groups (native/parts.c
+  load_column, the one column loader): each column is exactly the type its
+  call names, int64, or uint64 for the ids; before, any 8-byte integer was
+  taken (a uint64 code column, an int64 address) and an output of any
+  8-byte type (float64 durations or ids) was written as integers.
 """
 
 from __future__ import annotations
@@ -296,6 +301,53 @@ def test_the_hop_and_tuple_layout_the_c_reads_is_checked(monkeypatch):
                              "itemsize": 40})
     monkeypatch.setattr(events, "TUPLE_DTYPE", little_ports)
     assert not native_rows._c_reads_hops_and_tuples()
+
+
+class _Args:
+    """A stand-in module that keeps what native_json_block and
+    native_text_block would pass to the compiled writer."""
+
+    def __getattr__(self, name):
+        return lambda *args: setattr(self, "args", list(args))
+
+
+def _writer_args(block, *extra) -> list:
+    from tests.unit.test_native_text import both_ways, hostile_ctx
+    jr = both_ways(hostile_ctx(1_000))[0]
+    stand_in = _Args()
+    block(jr, *extra, stand_in)
+    return stand_in.args
+
+
+@pytest.mark.parametrize("writer", ["journey_json", "journey_text"])
+def test_the_text_writers_take_each_column_as_its_own_type(writer):
+    from tests.unit.test_native_text import module
+    from tracer.native_json import native_json_block
+    from tracer.native_render import native_text_block
+    m = module()
+    args = _writer_args(native_json_block) if writer == "journey_json" else _writer_args(native_text_block, False)
+    call = getattr(m, writer)
+    assert isinstance(call(*args), bytes)
+    for group, j, dtype, want in ((0, 0, np.int64, "uint64"), (0, 1, np.int64, "uint64"),  # the ids
+                                  (0, 3, np.uint64, "int64"), (1, 0, np.uint64, "int64"),  # a code column
+                                  (0, 0, np.float64, "uint64"), (1, 1, ">i8", "int64")):
+        bad = replaced(list(args), group, j, args[group][j].astype(dtype))
+        with pytest.raises(TypeError, match=rf"{writer}: \w+ must be a contiguous 64-bit integer array \({want}\)"):
+            call(*bad)
+
+
+def test_address_ids_and_segment_outputs_are_their_own_type():
+    from tests.unit.test_native_text import module
+    m = module()
+    words, out = np.arange(1, 5, dtype=np.uint64), np.empty(4, np.uint64)
+    m.address_ids(words, out, 1, 2, 48)
+    for bad_words, bad_out in ((words.view(np.int64), out), (words, out.view(np.float64)), (words, out.view(np.int64))):
+        with pytest.raises(TypeError, match=r"address_ids: \w+ must be .* \(uint64\)"):
+            m.address_ids(bad_words, bad_out, 1, 2, 48)
+    hook, starts = np.zeros(3, I64), np.array([0, 3], I64)
+    assert m.segment_groups(hook, hook, hook, starts, hook, z(1), 1, 1, 1, z(2)) == ([0], [2])
+    with pytest.raises(TypeError, match=r"segment_groups: durations must be .* \(int64\)"):
+        m.segment_groups(hook, hook, hook, starts, hook, z(1), 1, 1, 1, np.zeros(2, np.float64))
 
 
 if __name__ == "__main__":
