@@ -14,7 +14,8 @@ from tracer.errors import TracerError, require_root
 
 
 class NotPrebuilt(TracerError):
-    """The programs compiled but could not be kept, or the kernel refused one."""
+    """The programs compiled but could not be kept, or the kernel refused a
+    required one (an optional sensor's refusal is a line of the result)."""
 
 
 def prebuild(options, latency: bool = False) -> list[str]:
@@ -47,11 +48,21 @@ def prebuild(options, latency: bool = False) -> list[str]:
             failed = load_programs(module, programs)  # the ones that failed are tried again, and say why
         finally:
             module.cleanup()
+        required = program.required_failures(failed)
+        if required:
+            raise NotPrebuilt(f"the kernel refused a program: {required[0][:300]}")
+        which = "" if running is None else " with the docker-proxy sensor" if running else " without the docker-proxy sensor"
         if failed:
-            raise NotPrebuilt(f"the kernel refused a program: {failed[0][:300]}")
+            # Only an optional sensor's program (the docker-proxy one): a start
+            # goes on without it, so this kernel is not a failed prebuild (setup
+            # would try again on every run). Such a build is not cached (a cached
+            # one must load whole): the starts that build it compile.
+            why = " ".join(failed[0].split())[:200]
+            said.append(f"programs{which}: the kernel refused an optional sensor's program ({why}); starts trace "
+                        "without it and compile this build (not kept in the program cache)")
+            continue
         if cache.load(program.cache_key(program.source(), program.cflags(shared=True))) is None:
             raise NotPrebuilt(f"compiled, but not kept in {cache.directory}")
-        which = "" if running is None else " with the docker-proxy sensor" if running else " without the docker-proxy sensor"
         how = "found in" if "from cache" in phases else f"compiled in {phases.get('compiled', 0):.1f} s into"
         said.append(f"programs{which} {how} the program cache {cache.directory}")
     return said

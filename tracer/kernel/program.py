@@ -379,12 +379,12 @@ class Program:
     def _refuse_if_required(self, module, failed: list[str], log_file: str | None) -> None:
         """One clear line, nothing left loaded, when a required program was
         refused (the sensors' own load would raise a bare Exception)."""
-        required = self._required(failed)
+        required = self.required_failures(failed)
         if required:
             module.cleanup()
             raise MissingCapability(f"BPF program not loaded: {required[0]}{_where_the_log_is(log_file)}")
 
-    def _required(self, failed: list[str]) -> list[str]:
+    def required_failures(self, failed: list[str]) -> list[str]:
         """The failures ("name: why") that stop a start: not an optional
         sensor's program (the proxy sensor's attach says it is unavailable,
         and tracing goes on without it)."""
@@ -403,7 +403,7 @@ class Program:
         mark("compiled")
         with _verifier_log() as verifier:
             failed = load_programs(bpf, programs)
-            verifier.keep = bool(self._required(failed))
+            verifier.keep = bool(self.required_failures(failed))
         self._refuse_if_required(bpf, failed, verifier.path)
         mark("programs loaded")
         return bpf
