@@ -246,6 +246,7 @@ class MapInfo:
     flags: int
     name: bytes
     btf_id: int
+    id: int = 0  # the kernel's id of the map: unique while it exists (an fd number is reused)
 
 
 MAP_INFO_SIZE = 88
@@ -254,9 +255,9 @@ MAP_INFO_SIZE = 88
 def decode_map_info(raw: bytes) -> MapInfo:
     """type@0 id@4 key_size@8 value_size@12 max_entries@16 map_flags@20
     name[16]@24 ... btf_id@64."""
-    mtype, _, key_size, value_size, max_entries, flags = struct.unpack_from("=6I", raw, 0)
+    mtype, map_id, key_size, value_size, max_entries, flags = struct.unpack_from("=6I", raw, 0)
     return MapInfo(mtype, key_size, value_size, max_entries, flags, raw[24:40].split(b"\0", 1)[0],
-                   struct.unpack_from("=I", raw, 64)[0])
+                   struct.unpack_from("=I", raw, 64)[0], map_id)
 
 
 def map_info_by_fd(fd: int) -> MapInfo:

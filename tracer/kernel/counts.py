@@ -17,8 +17,11 @@ from tracer.kernel.cpus import possible_cpus
 
 log = logging.getLogger(__name__)
 
-# The attribute a map's table gets once its batch lookup failed.
-NO_BATCH_LOOKUP = "_tracer_no_batch_lookup"
+# The maps whose batch lookup failed: map fd -> the map's kernel id. Kept
+# here, not on the table object (BCC's tables and map_table.MapTable alike,
+# and a table made anew for the same map); the id tells a map from a later
+# one that got the same fd number after the first was closed.
+_NO_BATCH_LOOKUP: dict[int, int] = {}
 
 
 @dataclass
@@ -50,19 +53,38 @@ def per_cpu_sums(table, entries: int) -> list[int]:
     over CPUs: one batch lookup (read every pass of a live run: a lookup
     per entry was ~20 bpf() calls a pass), or an entry at a time where
     the kernel has no batch lookup for it. A map whose batch lookup failed
-    once is read entry by entry from then on (the table remembers it):
-    not a failing bpf() call more on every sweep and status line."""
+    once is read entry by entry from then on (remembered by its fd and
+    kernel id, whichever table object reads it): not a failing bpf() call
+    more on every sweep and status line."""
     fd = getattr(table, "map_fd", None)
-    if fd is not None and not getattr(table, NO_BATCH_LOOKUP, False):
+    if fd is not None and not _batch_failed_before(fd):
         try:
             return sc.per_cpu_u64_array(fd, entries, possible_cpus())
         except OSError as exc:
             log.debug("map %s: no batch lookup (%s): read entry by entry", getattr(table, "name", fd), exc)
-            try:
-                setattr(table, NO_BATCH_LOOKUP, True)
-            except AttributeError:  # a table that takes no attributes: tried again next time
-                pass
+            map_id = _map_id(fd)
+            if map_id is not None:  # (no id: tried again next time)
+                _NO_BATCH_LOOKUP[fd] = map_id
     return [int(sum(table[table.Key(i)])) for i in range(entries)]
+
+
+def _batch_failed_before(fd: int) -> bool:
+    """Whether the map behind ``fd`` is one whose batch lookup failed (one
+    bpf() call, only for an fd that had such a map: the same map still?)."""
+    known = _NO_BATCH_LOOKUP.get(fd)
+    if known is None:
+        return False
+    if _map_id(fd) == known:
+        return True
+    del _NO_BATCH_LOOKUP[fd]  # the fd now holds another map (or none): it is tried afresh
+    return False
+
+
+def _map_id(fd: int) -> int | None:
+    try:
+        return sc.map_info_by_fd(fd).id
+    except OSError:
+        return None
 
 
 def journey_counts(bpf) -> np.ndarray:
