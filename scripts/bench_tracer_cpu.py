@@ -15,9 +15,10 @@ Two parts:
   subprocesses on the lab (``ab -n N -c 8`` to :8000, then ``iperf3 -t S``
   to :5201, both traced), baseline and this tree alternating round by round;
   the tracer's utime + stime (and utime alone) over the workloads per traced
-  packet. ``--sink pipe`` sends `trace`'s output into a pipe this script
-  reads instead of a file (a file's new page-cache pages cost this VM's host
-  a fault each: ~1-3 µs of system time a `--json` packet).
+  packet, and where the system time goes: stime, minor faults, write()
+  calls and bytes written per packet. ``--sink`` is where `trace`'s output
+  goes: a file (the figure the targets name), or, as diagnostics, a pipe
+  this script reads, a file on tmpfs (/dev/shm) or /dev/null.
 
 Per case: the median over rounds of each side, and the median of the
 per-round ratios (this tree / baseline) with its range.
@@ -169,22 +170,38 @@ class _PipeCounter:
         return self.packets
 
 
+def _proc_counters(pid: int) -> dict:
+    """A process's (all its threads') CPU seconds, minor faults and write
+    calls / bytes so far (proc(5): stat fields 10, 14, 15; io)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/io") as f:
+        io = dict(line.split(": ") for line in f.read().splitlines())
+    tck = os.sysconf("SC_CLK_TCK")
+    return {"utime": int(fields[11]) / tck, "stime": int(fields[12]) / tck, "minflt": int(fields[7]),
+            "writes": int(io["syscw"]), "written": int(io["wchar"])}
+
+
 def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float, warm: bool = False,
              sink: str = "file") -> dict:
     """One tracer subprocess of ``tree`` under the workloads: CPU per traced
     packet. ``warm``: the same workloads once first, not measured, so the
     figure leaves out what a run pays once (its buffers' first page faults,
     first calls) and is the steady cost per packet. ``sink``: `trace`'s
-    output goes to a file (the VM's page-cache writes included), or to a
-    pipe read by this process."""
-    from bench_overhead import cpu_times, parse_lost, run_ab, run_iperf
+    output goes to a file (the VM's page-cache writes included), a pipe
+    read by this process, a file on tmpfs or /dev/null (packets then counted
+    by `trace`'s summary line)."""
+    from bench_overhead import parse_lost, run_ab, run_iperf
 
     work = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
     capture = work / "cap.arrows"
     args = [a.format(capture=capture) for a in MODES[mode]]
     env = tree_env(tree)
     pipe = _PipeCounter(mode) if sink == "pipe" and mode != "record" else None
-    with open(work / "out", "wb") as out, open(work / "err", "wb") as err:
+    out_path = {"tmpfs": Path(f"/dev/shm/bench-cpu-{os.getpid()}.out"), "null": Path(os.devnull)}.get(sink, work / "out")
+    if mode == "record":
+        out_path = work / "out"
+    with open(out_path, "wb") as out, open(work / "err", "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "tracer", *args, "--port", "8000", "--port", "5201"], cwd=tree,
                                 env=env, stdout=pipe.write_fd if pipe else out, stderr=err, start_new_session=True)
         if pipe:
@@ -200,17 +217,17 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float,
             run_ab(status, requests, 8)
             run_iperf(status, seconds)
             time.sleep(0.6)
-        u0, s0 = cpu_times(proc.pid)
+        c0 = _proc_counters(proc.pid)
         k0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         run_ab(status, requests, 8)
         time.sleep(0.5)
         run_iperf(status, seconds)
         time.sleep(0.6)  # the last journeys leave the hold (IDLE_NS)
-        u1, s1 = cpu_times(proc.pid)
+        c1 = _proc_counters(proc.pid)
         t_measured = (k0, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
         proc.send_signal(signal.SIGINT)
         proc.wait(120)
-    text = (work / "out").read_bytes()
+    text = out_path.read_bytes() if out_path != Path(os.devnull) else b""
     size = 0
     if mode == "record":
         from tracer.capture.reader import read_capture
@@ -223,16 +240,24 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float,
             packets = measured
     elif pipe:
         packets = pipe.close()
+    elif sink == "null":
+        found = re.search(r"^summary\s+([\d,]+) packets", (work / "err").read_text(errors="replace"), re.M)
+        packets = int(found.group(1).replace(",", "")) if found else 0
     elif mode == "json":
         packets = text.count(b"\n")
     else:
         packets = len(re.findall(rb"^\S+ #", text, re.M))
     lost, _ = parse_lost((work / "err").read_text(errors="replace"))
+    if sink == "tmpfs" and mode != "record":
+        out_path.unlink()
     for f in work.iterdir():
         f.unlink()
     work.rmdir()
-    return {"packets": packets, "cpu_us": 1e6 * (u1 - u0 + s1 - s0) / max(packets, 1),
-            "user_us": 1e6 * (u1 - u0) / max(packets, 1), "lost": lost, "bytes": size / max(packets, 1)}
+    d = {k: c1[k] - c0[k] for k in c0}
+    n = max(packets, 1)
+    return {"packets": packets, "cpu_us": 1e6 * (d["utime"] + d["stime"]) / n, "user_us": 1e6 * d["utime"] / n,
+            "sys_us": 1e6 * d["stime"] / n, "minflt": d["minflt"] / n, "writes": d["writes"] / n,
+            "written": d["written"] / n, "lost": lost, "bytes": size / n}
 
 
 def _packets_between(capture: Path, window: tuple[int, int]) -> int:
@@ -275,7 +300,8 @@ def _text_path(tree: Path) -> str:
     return done.stdout.strip() or done.stderr.strip()[-200:]
 
 
-def report(title: str, cases: list[str], per_round: dict[str, list[tuple[float, float]]], unit: str) -> None:
+def report(title: str, cases: list[str], per_round: dict[str, list[tuple[float, float]]], unit: str,
+           digits: int = 2) -> None:
     print(f"\n{title}")
     print(f"  {'case':22s} {'baseline':>10s} {'this tree':>10s} {'ratio (median of rounds) [range]':>34s}")
     for case in cases:
@@ -285,7 +311,7 @@ def report(title: str, cases: list[str], per_round: dict[str, list[tuple[float, 
         base = statistics.median(b for b, _ in pairs)
         new = statistics.median(n for _, n in pairs)
         ratios = [n / b for b, n in pairs if b]
-        print(f"  {case:22s} {base:10.2f} {new:10.2f} {statistics.median(ratios):14.2f} "
+        print(f"  {case:22s} {base:10.{digits}f} {new:10.{digits}f} {statistics.median(ratios):14.2f} "
               f"[{min(ratios):.2f}-{max(ratios):.2f}]  {unit}")
 
 
@@ -305,9 +331,9 @@ def main() -> int:
     ap.add_argument("--warm", action="store_true",
                     help="live, record only: run the workloads once unmeasured first (the steady cost per packet, "
                          "without what a run pays once)")
-    ap.add_argument("--sink", choices=("file", "pipe"), default="file",
-                    help="live: trace's output to a file (default; on this VM each new page-cache page costs the "
-                         "host a fault) or to a pipe this script reads")
+    ap.add_argument("--sink", choices=("file", "pipe", "tmpfs", "null"), default="file",
+                    help="live: trace's output to a file (default: what the targets name), or, as diagnostics, to "
+                         "a pipe this script reads, a file on tmpfs (/dev/shm) or /dev/null")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -349,6 +375,9 @@ def main() -> int:
             ap.error("--warm counts packets in a capture: with --modes record only")
         cpu: dict[str, list[tuple[float, float]]] = {}
         user: dict[str, list[tuple[float, float]]] = {}
+        system: dict[str, list[tuple[float, float]]] = {}
+        faults: dict[str, list[tuple[float, float]]] = {}
+        writes: dict[str, list[tuple[float, float]]] = {}
         size: dict[str, list[tuple[float, float]]] = {}
         for r in range(args.rounds):
             for mode in modes:
@@ -357,16 +386,27 @@ def main() -> int:
                     got[side] = live_run(tree, mode, status, args.requests, args.seconds, args.warm, args.sink)
                 cpu.setdefault(mode, []).append((got["base"]["cpu_us"], got["new"]["cpu_us"]))
                 user.setdefault(mode, []).append((got["base"]["user_us"], got["new"]["user_us"]))
+                system.setdefault(mode, []).append((got["base"]["sys_us"], got["new"]["sys_us"]))
+                faults.setdefault(mode, []).append((got["base"]["minflt"], got["new"]["minflt"]))
+                writes.setdefault(mode, []).append((1e3 * got["base"]["writes"], 1e3 * got["new"]["writes"]))
                 if mode == "record":
                     size.setdefault(mode, []).append((got["base"]["bytes"], got["new"]["bytes"]))
                 print(f"  round {r + 1} {mode:6s}: base {got['base']['cpu_us']:.2f} (user {got['base']['user_us']:.2f}) "
                       f"-> {got['new']['cpu_us']:.2f} (user {got['new']['user_us']:.2f}) µs per packet; packets "
                       f"{got['base']['packets']:,} / {got['new']['packets']:,}; lost {got['base']['lost']} / "
-                      f"{got['new']['lost']}; load {load_average()}"
+                      f"{got['new']['lost']}; stime {got['base']['sys_us']:.2f} / {got['new']['sys_us']:.2f} µs, "
+                      f"minor faults {got['base']['minflt']:.3f} / {got['new']['minflt']:.3f}, bytes written "
+                      f"{got['base']['written']:.0f} / {got['new']['written']:.0f} a packet, write() calls "
+                      f"{1e3 * got['base']['writes']:.2f} / {1e3 * got['new']['writes']:.2f} per 1,000 packets; load {load_average()}"
                       + (f"; capture {got['base']['bytes']:.1f} / {got['new']['bytes']:.1f} bytes per packet"
                          if mode == "record" else ""), flush=True)
-        report(f"live, the tracer's utime + stime per traced packet (output to a {args.sink})", modes, cpu, "µs")
+        sink = {"file": "a file", "pipe": "a pipe", "tmpfs": "a file on tmpfs", "null": "/dev/null"}[args.sink]
+        report(f"live, the tracer's utime + stime per traced packet (output to {sink})", modes, cpu, "µs")
         report("live, utime alone", modes, user, "µs")
+        report("live, stime alone", modes, system, "µs")
+        report("live, minor page faults per traced packet", modes, faults, "faults", 3)
+        report("live, write() calls per 1,000 traced packets (all of the process's, /proc/PID/io)", modes, writes,
+               "calls")
         if size:
             report("live, capture size on disk per traced packet", ["record"], size, "bytes")
     for tree in {base, this} - {REPO}:

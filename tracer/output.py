@@ -32,7 +32,7 @@ def write_out(text: str | bytes | memoryview, stream: TextIO | None = None) -> N
     writing = True  # a stop signal now raises WriteInterrupted (tracer/stopping.py)
     try:
         while view:
-            view = view[os.write(fd, view):]  # os.write retries on EINTR itself (PEP 475)
+            view = view[os.write(fd, view[:WRITE_PIECE]):]  # os.write retries on EINTR itself (PEP 475)
     finally:
         writing = False
         _end_deadline()
@@ -48,6 +48,15 @@ def _end_deadline() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         deadline_armed = False
 
+
+# The most one write() hands the kernel. A write that covers a whole 2 MiB
+# aligned stretch of a file makes the page cache take a 2 MiB folio for it;
+# on this project's VMs (virtio-balloon free page reporting) such blocks were
+# handed back to the host, and copying into one cost ~8x a smaller folio's
+# copy: `trace --json` writing ~14 MB a show spent ~3.5 µs of system time a
+# packet in the write, ~0.7 in 1 MiB pieces (docs/benchmarks.md, "Session
+# 10"). Elsewhere 1 MiB pieces cost only the extra syscalls (~14 a show).
+WRITE_PIECE = 1 << 20
 
 # True while write_out writes: a reader that stopped reading (but did not
 # close the pipe) blocks the write forever, and a stop signal whose handler

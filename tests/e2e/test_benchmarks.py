@@ -138,6 +138,21 @@ def test_bench_tracer_cpu_quick(lab, tmp_path) -> None:
         assert re.search(rf"\n  {stage}\s+[\d.]+\s+[\d.]+\s+[\d.]+ \[[\d.]+-[\d.]+\]  µs", out), (stage, out)
     assert re.search(r"round 1 json\s*: base [\d.]+ \(user [\d.]+\) -> [\d.]+ \(user [\d.]+\) µs per packet", out), out
     assert re.search(r"\n  json\s+[\d.]+\s+[\d.]+\s+[\d.]+ \[[\d.]+-[\d.]+\]  µs", out), out
+    # where the system time goes, per packet: stime, minor faults, write() calls
+    assert re.search(r"round 1 json\s*: .* stime [\d.]+ / [\d.]+ µs, minor faults [\d.]+ / [\d.]+, bytes written "
+                     r"\d+ / \d+ a packet, write\(\) calls [\d.]+ / [\d.]+ per 1,000 packets", out), out
+    for title, unit in (("stime alone", "µs"), ("minor page faults per traced packet", "faults"),
+                        ("write\\(\\) calls per 1,000 traced packets", "calls")):
+        assert re.search(rf"live, {title}.*\n.*\n  json\s+[\d.]+\s+[\d.]+\s+[\d.]+ \[[\d.]+-[\d.]+\]  {unit}", out), (title, out)
+
+
+def test_bench_tracer_cpu_null_sink_counts_packets_from_the_summary(lab) -> None:
+    # /dev/null as the sink (a diagnostic: the run without the file write): packets from trace's summary line
+    out = run_script("bench_tracer_cpu.py", "--live", "--modes", "json", "--baseline-rev", "HEAD", "--rounds", "1",
+                     "--requests", "200", "--seconds", "1", "--sink", "null", timeout=300)
+    got = re.search(r"round 1 json\s*: .*packets ([\d,]+) / ([\d,]+);", out)
+    assert got and all(int(n.replace(",", "")) > 100 for n in got.groups()), out
+    assert "output to /dev/null)" in out, out
 
 
 def test_bench_journey_pool_quick(lab) -> None:
