@@ -17,19 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer import events, journey_layout, record_words
-from tracer.arrow_columns import numeric_array
+from tracer import events
 from tracer.events import OTHER
-from tracer.decode import DecodeContext, code_column, decode, drop_reason_column, protocol_column, resolve_place_keys
+from tracer.decode import DecodeContext, decode
 from tracer.expand import Sightings, empty, lay_out
 from tracer.interning import Interner
+from tracer.journey_columns import HEADER as _HEADER, JourneyColumns
 from tracer.places import UNKNOWN_PLACE, Place
 
 _NEW_PACKET_BIT = 0x80  # HOP_NEW_PACKET_BIT in bpf/journey.h
-_HEADER = ("packet_id", "flow_id", "skb", "drop_netns", "fwd_out_ifindex", "ip_id", "length", "cpu",
-           "tcp_flags", "tcp_doff", "tcp_seq", "tcp_ack")  # record fields stored as they are (columns of the same name)
-_TIME = pa.timestamp("ns", tz="UTC")
-_JOURNEY_KIND = pa.array(["journey"])
 
 
 class PlaceIds:
@@ -74,44 +70,12 @@ def place_of_info(info: dict) -> Place:
 
 def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -> pa.Table:
     """Kernel journey records -> `journey` rows as written (JOURNEY_FILE_SCHEMA).
-    Records without hops (copied mid-restart) are not kept, as expand."""
-    cols = journey_layout.layout(records, ctx.boot_offset_ns)
-    r, h, t = cols.records, cols.hops, cols.tuples
-    n = len(cols)
-
-    # Where each hop was: resolved as live decoding does, once per distinct
-    # place (a drop hop's netns is the record's; the others' the host's).
-    def addresses():
-        return record_words.tuples_at(records, cols.hop_record(), h["tuple"])[:2]
-
-    places, inverse = resolve_place_keys(ctx, cols.place_keys, h["place_index"], addresses)
-    place = place_ids.ids_of(places)[inverse] if len(places) else np.zeros(0, np.uint32)
-
-    hop_values = pa.StructArray.from_arrays(
-        [numeric_array(h[name]) for name in events.DT_PLANES]
-        + [numeric_array(h[name]) for name in ("hook", "nat_stage", "flags", "ifindex", "ttl", "tuple")]
-        + [numeric_array(place)],
-        fields=list(events.HOP_FILE_TYPE))
-    tuple_values = pa.StructArray.from_arrays(
-        [_flat_binary16(t["saddr"]), _flat_binary16(t["daddr"]), numeric_array(t["sport"]), numeric_array(t["dport"])],
-        fields=list(events.TUPLE_ROW_TYPE))
-    columns = {
-        "time": numeric_array(r["time"], _TIME),
-        "ktime_ns": numeric_array(r["ktime"]),
-        "kind": pa.DictionaryArray.from_arrays(numeric_array(np.zeros(n, np.int32)), _JOURNEY_KIND),
-        "last_ktime_ns": numeric_array(r["last_ktime"]),
-        "end": code_column(r["end"], events.JOURNEY_ENDS),
-        "direction": code_column(r["direction"], events.DIRECTIONS),
-        "protocol": protocol_column(r["protocol"]),
-        "drop_reason": drop_reason_column(r["drop_reason"], ctx),
-        "tuples": pa.ListArray.from_arrays(numeric_array(r["tuple_offsets"]), tuple_values),
-        "hops": pa.ListArray.from_arrays(numeric_array(r["hop_offsets"]), hop_values),
-    }
-    for name in _HEADER:
-        columns[name] = numeric_array(r[name])
-    schema = events.JOURNEY_FILE_SCHEMA
-    return pa.Table.from_arrays(
-        [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in schema], schema=schema)
+    Records without hops (copied mid-restart) are not kept, as expand.
+    (The writer gathers several passes' records into one table:
+    tracer/journey_columns.py.)"""
+    columns = JourneyColumns(max(len(records), 1))
+    columns.add(records, ctx, place_ids)
+    return columns.take()
 
 
 # --- reading ------------------------------------------------------------------
@@ -177,12 +141,6 @@ def _joined_dt(hops: pa.Array) -> pa.Array:
     # the list's own validity and offsets (a slice's offset too) around the new values
     return pa.Array.from_buffers(pa.list_(struct.type), len(hops), hops.buffers()[:2], null_count=hops.null_count,
                                  offset=hops.offset, children=[struct])
-
-
-def _flat_binary16(data: np.ndarray) -> pa.Array:
-    """16 bytes a value, back to back (a contiguous u8 array) ->
-    fixed_size_binary(16), without a copy."""
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(data) // 16, [None, pa.py_buffer(data)])
 
 
 def _address_rows(column: pa.Array) -> np.ndarray:

@@ -81,7 +81,8 @@ class Columns:
         return np.repeat(self.kept, np.diff(self.records["hop_offsets"]))
 
 
-def _counts(records: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def counts(records: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kept records' positions (those with hops), their hop and tuple counts as laid out."""
     n_hops = records["n_hops"]
     kept = np.flatnonzero(n_hops)
     nh = np.minimum(n_hops[kept].astype(np.int64), events.MAX_HOPS)
@@ -105,23 +106,38 @@ def compiled_usable(records: np.ndarray) -> bool:
 
 def layout(records: np.ndarray, boot_offset_ns: int) -> Columns:
     """The journey records' columns, compiled where it can be."""
-    if not compiled_usable(records):
-        return layout_numpy(records, boot_offset_ns)
-    kept, nh, nt = _counts(records)
+    kept, nh, nt = counts(records)
     out = _empty(kept, nh, nt)
+    layout_into(records, boot_offset_ns, out, nh, nt)
+    return out
+
+
+def layout_into(records: np.ndarray, boot_offset_ns: int, out: Columns, nh: np.ndarray, nt: np.ndarray) -> None:
+    """``layout`` into ``out``: its columns sized for the records'
+    ``counts`` (``out.kept``, ``nh``, ``nt``), e.g. views into longer ones
+    that gather several calls' rows (tracer/journey_columns.py)."""
+    if not compiled_usable(records):
+        _fill_numpy(records, boot_offset_ns, out, nh, nt)
+        return
+    kept = out.kept
     out.place_keys = native().journey_layout(records.view(np.uint8).reshape(-1), LAYOUT, int(boot_offset_ns), len(kept),
                             len(out.hops["hook"]), len(out.tuples["sport"]),
                             tuple(out.records[name] for name, _ in RECORD_COLUMNS),
                             tuple(out.hops[name] for name, _ in HOP_COLUMNS),
                             tuple(out.tuples[name] for name, _ in TUPLE_COLUMNS))
-    return out
 
 
 def layout_numpy(records: np.ndarray, boot_offset_ns: int) -> Columns:
     """The reference: the same columns with numpy, any record dtype
     conversion numpy made (e.g. native byte order after np.concatenate)."""
-    kept, nh, nt = _counts(records)
+    kept, nh, nt = counts(records)
     out = _empty(kept, nh, nt)
+    _fill_numpy(records, boot_offset_ns, out, nh, nt)
+    return out
+
+
+def _fill_numpy(records: np.ndarray, boot_offset_ns: int, out: Columns, nh: np.ndarray, nt: np.ndarray) -> None:
+    kept = out.kept
     recs = record_words.take(records, kept) if len(kept) != len(records) else records
     r = out.records
     for name, column in (("packet_id", "packet_id"), ("flow_id", "flow_id"), ("skb", "skb"), ("ktime", "first_ktime"),
@@ -172,4 +188,3 @@ def layout_numpy(records: np.ndarray, boot_offset_ns: int) -> Columns:
     t["daddr"][:] = daddr.reshape(-1)
     t["sport"][:] = sport
     t["dport"][:] = dport
-    return out

@@ -145,53 +145,5 @@ def take(records: np.ndarray, index: np.ndarray) -> np.ndarray:
     return _raw(records)[index].view(records.dtype)
 
 
-class RecordBuffer:
-    """Records appended back to back into one array that is kept and
-    reused: a fresh multi-megabyte array per batch costs page faults
-    (numpy asks for transparent huge pages from 4 MB: 2 MB zeroed per
-    fault), about as much as the copy itself. ``view()`` is valid until the
-    next ``add`` after a ``clear``.
-
-    A burst grows it (doubling) past ``capacity``; the first quiet fill
-    after it (one that held no more than ``capacity`` records) gives that
-    memory back, so one burst does not keep tens of megabytes for the rest
-    of the run."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._buf: np.ndarray | None = None
-        self.n = 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def fits(self, records: np.ndarray) -> bool:
-        """Whether ``records`` can join the ones held (same dtype)."""
-        return self.n == 0 or self._buf.dtype == records.dtype
-
-    def add(self, records: np.ndarray) -> None:
-        need = self.n + len(records)
-        if self._buf is None or self._buf.dtype != records.dtype or need > len(self._buf):
-            grown = np.empty(max(need, self.capacity, 2 * len(self._buf) if self._buf is not None else 0), records.dtype)
-            if self.n:
-                _raw(grown)[:self.n] = _raw(self._buf)[:self.n]
-            self._buf = grown
-        _raw(self._buf)[self.n:need] = _raw(records)
-        self.n = need
-
-    def view(self) -> np.ndarray:
-        return self._buf[:self.n] if self._buf is not None else np.zeros(0)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held for records, used or not."""
-        return self._buf.nbytes if self._buf is not None else 0
-
-    def clear(self) -> None:
-        if self._buf is not None and len(self._buf) > self.capacity and self.n <= self.capacity:
-            self._buf = None  # a view taken before still holds the old array, as long as it is used
-        self.n = 0
-
-
 def _raw(records: np.ndarray) -> np.ndarray:
     return records.view(np.dtype((np.void, records.dtype.itemsize)))

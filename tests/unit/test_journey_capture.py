@@ -177,7 +177,7 @@ def test_a_missing_optional_column_reads_as_null(tmp_path):
 
 
 def test_records_added_a_few_at_a_time_keep_their_order_around_other_rows(tmp_path):
-    """The writer lays records out in batches (JOURNEY_BATCH or at the
+    """The writer gathers journey rows into tables (JOURNEY_BATCH or at the
     flush), but a row of another kind still comes after the records added
     before it and before those added after."""
     recs = records()
@@ -225,13 +225,13 @@ def test_big_journey_tables_are_batches_of_their_own_in_order(tmp_path, monkeypa
     assert comparable(read_capture(str(path)).events) == comparable(live_rows(recs))
 
 
-def test_held_records_are_copied_and_their_rows_outlive_the_reused_buffer(tmp_path, monkeypatch):
-    """The writer copies records into one buffer it reuses: a caller may
-    change its records after adding them, and rows laid out from the buffer
-    stay as they were when later records overwrite it."""
+def test_added_records_are_laid_out_and_their_rows_outlive_later_adds(tmp_path, monkeypatch):
+    """The writer lays records out as they are added (tracer/journey_columns.py):
+    a caller may change its records after adding them, and rows taken as a
+    table stay as they were when later records are laid out."""
     import tracer.capture.writer as writer
 
-    monkeypatch.setattr(writer, "JOURNEY_BATCH", 3)  # laid out every 3 records, into the same buffer
+    monkeypatch.setattr(writer, "JOURNEY_BATCH", 3)  # a table every 3 records
     recs = records()
     path = tmp_path / "cap.arrows"
     with CaptureWriter(path, META, journeys=True) as w:
@@ -240,41 +240,6 @@ def test_held_records_are_copied_and_their_rows_outlive_the_reused_buffer(tmp_pa
             w.add_journeys(part, ctx())
             part["packet_id"] = 0  # the caller's array, not the writer's copy
     assert comparable(read_capture(str(path)).events) == comparable(live_rows(recs))
-
-
-def test_record_buffer_grows_and_keeps_records_in_order():
-    from tracer.record_words import RecordBuffer
-
-    recs = records()
-    buf = RecordBuffer(2)
-    for r in recs:
-        buf.add(r[None])
-    assert len(buf) == len(recs) and buf.view().tobytes() == recs.tobytes()
-    buf.clear()
-    buf.add(recs[1:3])
-    assert buf.view().tobytes() == recs[1:3].tobytes()
-    assert buf.fits(recs) and not buf.fits(np.zeros(1, [("x", "u8")]))
-
-
-def test_record_buffer_gives_back_what_a_burst_took_after_a_quiet_fill():
-    from tracer.record_words import RecordBuffer
-
-    recs = records()
-    buf = RecordBuffer(2)
-    buf.add(recs[:1])
-    base = buf.nbytes
-    for _ in range(4):  # a burst: grown well past capacity
-        buf.add(recs)
-    assert buf.nbytes >= (4 * len(recs) + 1) * recs.itemsize > base
-    buf.clear()
-    assert buf.nbytes > base, "kept through the burst's own clear: the next fill may be a burst too"
-    buf.add(recs[:2])
-    quiet = buf.view()
-    buf.clear()  # a quiet fill: the burst's memory goes back
-    assert buf.nbytes == 0
-    assert quiet.tobytes() == recs[:2].tobytes(), "a view taken before stays readable"
-    buf.add(recs[1:3])
-    assert buf.nbytes == base and buf.view().tobytes() == recs[1:3].tobytes()
 
 
 def test_unknown_or_huge_place_ids_read_as_unknown_places(tmp_path):

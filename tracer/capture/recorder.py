@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from tracer import __version__, events
 from tracer.capture import STDIN, CaptureWriteError
+from tracer.arrow_columns import numeric_array
 from tracer.capture.writer import CaptureWriter
 from tracer.output import say
 from tracer.render import capture_written, histograms_written, recording_progress
@@ -167,7 +168,13 @@ class Recorder:
         # HOP_NEW_PACKET_BIT is on the hop that gave the packet its id: a
         # record's first (a continuation's first hop is not new).
         self.packets += int(np.count_nonzero(records["hops"]["code"][:, 0] & 0x80))
-        flows = np.unique(records["flow_id"])
+        self._add_flows(records["flow_id"])
+
+    def _add_flows(self, flow_ids: np.ndarray) -> None:
+        """The distinct flows (opaque ids, 0: none) among ``flow_ids``, into
+        the run's set. Arrow's hash kernel: np.unique took ~0.35 ms for a
+        pass of 6,500 records (a sort), ~0.05 µs a packet of `record`."""
+        flows = pc.unique(numeric_array(flow_ids)).to_numpy()
         self._flows.update(flows[flows != 0].tolist())
 
     @property

@@ -14,11 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer import events, output, record_words
+from tracer import events, output
 from tracer.arrow_columns import numeric_array
 from tracer.capture import STDIN, CaptureReaderGone, CaptureWriteError
 from tracer.errors import one_line
-from tracer.journey_capture import PlaceIds, journey_rows
+from tracer.journey_capture import PlaceIds
+from tracer.journey_columns import JourneyColumns
 from tracer.outfiles import create_fd
 
 # Rows reach the OS at most this long after they were added (plus one tick of
@@ -35,14 +36,13 @@ ZSTD_LEVEL = 3
 # per packet against 0.5-0.8 at level 3, for 7 % more bytes (44 B/packet on
 # the lab's HTTP traffic against 41; sighting rows took ~70).
 JOURNEY_ZSTD_LEVEL = 1
-# Journey records laid out as rows together, at least this many (or at the
-# flush, FLUSH_SECONDS): one table a flush at the lab's rates, whose columns
-# go to the IPC writer as they are (several would be copied into one), and
-# the layout's per-call costs paid once. A pass's records join whole, though:
-# one drain read brings up to 65,536 (RingBufferDrain.max_batch), so up to
-# ~98k records (~43 MB at 440 B) can be held, more when a burst brings
-# several reads to one pass; the buffer is kept for reuse and grows by
-# doubling (from 40,960 records, ~18 MB: ~35 MB, then ~71 MB).
+# Journey rows gathered into one table, at least this many (or at the flush,
+# FLUSH_SECONDS): one table a flush at the lab's rates, whose columns go to
+# the IPC writer as they are (several would be copied into one). Each
+# add_journeys lays its records out at once into the table's columns
+# (tracer/journey_columns.py); a pass's records join whole, so a burst (one
+# drain read brings up to 65,536: RingBufferDrain.max_batch) makes a bigger
+# table.
 JOURNEY_BATCH = 32768
 # Journey rows laid out together, at least this many, are a record batch of
 # their own (CaptureWriter._batch_groups).
@@ -228,10 +228,8 @@ class CaptureWriter:
         self._closed_bytes = 0  # bytes in files already rotated away
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
-        # journey records not laid out as rows yet (add_journeys)
-        self._records = record_words.RecordBuffer(JOURNEY_BATCH + (JOURNEY_BATCH >> 2))
-        self._journey_ctx: Any = None
-        self._journey_lock: Any = None
+        # journey rows not buffered as a table yet (add_journeys)
+        self._journeys = JourneyColumns()
         self._oldest = 0.0  # clock() when the oldest buffered row was added
         self._file = None
         self._stream: pa.ipc.RecordBatchStreamWriter | None = None
@@ -256,36 +254,30 @@ class CaptureWriter:
     def add_journeys(self, records: np.ndarray, ctx: Any, lock: Any = None) -> None:
         """The kernel's journey records (events.JOURNEY_DTYPE) as `journey`
         rows; ``ctx`` (decode.DecodeContext, read under ``lock``) names their
-        hops' places. Records wait until JOURNEY_BATCH of them are here or the
-        rows are written: laying them out costs about half a millisecond a
-        call whatever its size (2.2 µs a packet in calls of 350 records, 0.7
-        from 2000 on)."""
+        hops' places. Laid out at once, into columns that become one table
+        once JOURNEY_BATCH rows are there or the rows are written (a table
+        costs about half a millisecond whatever its size, and several in one
+        record batch are copied into one)."""
         if not self.journeys:
             raise ValueError("add_journeys on a sighting-row capture")
         if not len(records):
             return
-        if not self._records.fits(records):
-            self._lay_out_records()
-        if not len(self._records):
+        if not len(self._journeys):
             self._buffer_started()
-        self._records.add(records)
-        self._journey_ctx, self._journey_lock = ctx, lock
-        self.journey_rows += int(np.count_nonzero(records["n_hops"]))  # records without hops are not stored
-        self.event_rows += int(np.minimum(records["n_hops"], events.MAX_HOPS).sum())
-        if len(self._records) >= JOURNEY_BATCH:
+        rows, hops = len(self._journeys), self._journeys.n_hops
+        if lock is not None:
+            with lock:
+                self._journeys.add(records, ctx, self.place_ids)
+        else:
+            self._journeys.add(records, ctx, self.place_ids)
+        self.journey_rows += len(self._journeys) - rows  # records without hops are not stored
+        self.event_rows += self._journeys.n_hops - hops
+        if len(self._journeys) >= JOURNEY_BATCH:
             self._lay_out_records()
 
     def _lay_out_records(self) -> None:
-        if not len(self._records):
-            return
-        records = self._records.view()  # laid out before the buffer is written again
-        self._records.clear()
-        if self._journey_lock is not None:
-            with self._journey_lock:
-                rows = journey_rows(records, self._journey_ctx, self.place_ids)
-        else:
-            rows = journey_rows(records, self._journey_ctx, self.place_ids)
-        self._buffer(rows, started=True)
+        if len(self._journeys):
+            self._buffer(self._journeys.take(), started=True)
 
     def add_row(self, kind: str, ktime_ns: int, time_ns: int, info: Mapping[str, Any], **columns: Any) -> None:
         """One non-event row (container, stats...): packet columns stay null."""
@@ -324,14 +316,14 @@ class CaptureWriter:
         """Rows are about to be held: the flush clock starts with the oldest."""
         if self.closed:
             raise CaptureWriteError(f"{self.path}: capture already closed")
-        if not self._pending and not len(self._records):
+        if not self._pending and not len(self._journeys):
             self._oldest = self.clock()
 
     # -- time passing ------------------------------------------------------------
     def tick(self) -> None:
         """Write what is buffered if it is time (or plenty), rotate if due."""
         now = self.clock()
-        held = self._pending_rows + len(self._records)
+        held = self._pending_rows + len(self._journeys)
         if held and (now - self._oldest >= self.flush_seconds or held >= self.max_batch_rows):
             self.flush()
         if self._stream is not None and self._batches_in_file and self.rotate_seconds is not None:
@@ -494,7 +486,7 @@ class CaptureWriter:
         if self.closed:
             return
         try:
-            if self._pending_rows or len(self._records):
+            if self._pending_rows or len(self._journeys):
                 self.flush()
         finally:
             if not self.closed:  # a failed write has closed it already

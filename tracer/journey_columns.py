@@ -1,0 +1,175 @@
+"""A capture's `journey` rows gathered pass by pass: ``JourneyColumns``.
+
+`record` takes the drain's records a few times a second and writes a
+record batch about once a second. Each pass's records are laid out at once
+(journey_layout, compiled where it can be) straight into columns kept for
+the next batch, and their hops' places resolved; ``take`` hands the
+columns over as one table (events.JOURNEY_FILE_SCHEMA). A record is thus
+read once, while it is still in cache, and never held as a record: before,
+records were copied into a held buffer (~14-18 MB touched a run) and laid
+out a second later (docs/benchmarks.md, "Session 10: record CPU").
+
+The columns of the next batch start at the size the last one reached, so a
+steady run lays out into memory of the right size and never grows it
+(growing copies what is there, once per doubling).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from tracer import events, journey_layout, record_words
+from tracer.arrow_columns import numeric_array
+from tracer.decode import code_column, drop_reason_column, protocol_column, resolve_place_keys
+
+_TIME = pa.timestamp("ns", tz="UTC")
+_JOURNEY_KIND = pa.array(["journey"])
+HEADER = ("packet_id", "flow_id", "skb", "drop_netns", "fwd_out_ifindex", "ip_id", "length", "cpu",
+           "tcp_flags", "tcp_doff", "tcp_seq", "tcp_ack")  # record fields stored as they are (columns of the same name)
+# hop columns a pass needs to resolve places but the file does not store
+_SCRATCH_HOPS = ("netns", "in_ct", "place_index")
+_STORED_HOPS = tuple((name, dt) for name, dt in journey_layout.HOP_COLUMNS if name not in _SCRATCH_HOPS)
+_HOP_DTYPES = dict(journey_layout.HOP_COLUMNS)
+# First sizes (records; hops and tuples per record), before a batch has shown
+# the run's: a writer's batch at the lab's rates (writer.JOURNEY_BATCH and a
+# pass more) without growing. Memory never written costs nothing: each
+# column stays below the 4 MB from which numpy asks for huge pages (whose
+# first touch faults in 2 MB at once).
+_START_RECORDS = 40960
+_HOPS_PER_RECORD = 12
+_TUPLES_PER_RECORD = 3
+
+
+class JourneyColumns:
+    """Journey rows added record batch by record batch (``add``), taken as
+    one table (``take``). Not thread-safe: the writer's thread only."""
+
+    def __init__(self, records: int = _START_RECORDS) -> None:
+        self._sizes = (records, _HOPS_PER_RECORD * records, _TUPLES_PER_RECORD * records)
+        self.n = self.n_hops = self.n_tuples = 0
+        self._rec: dict | None = None  # allocated by the first add after a take (see take)
+        self._drop_reasons_ctx = None
+
+    def _fresh(self, n_records: int, n_hops: int, n_tuples: int) -> None:
+        self.n = self.n_hops = self.n_tuples = 0
+        self._rec = {name: np.empty(n_records + 1 if name.endswith("_offsets") else n_records, dt)
+                     for name, dt in journey_layout.RECORD_COLUMNS}
+        self._rec["hop_offsets"][0] = self._rec["tuple_offsets"][0] = 0
+        self._hop = {name: np.empty(n_hops, dt) for name, dt in _STORED_HOPS}
+        self._hop["place"] = np.empty(n_hops, np.uint32)
+        self._tup = {name: np.empty(16 * n_tuples if name.endswith("addr") else n_tuples, dt)
+                     for name, dt in journey_layout.TUPLE_COLUMNS}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _reserve(self, k: int, h: int, t: int) -> None:
+        """Room for k more records, h hops, t tuples (grown by doubling, the
+        used part copied)."""
+        if self._rec is None:
+            self._fresh(*(max(size, 2 * need) if need > size else size for size, need in zip(self._sizes, (k, h, t))))
+        cap_r, cap_h, cap_t = len(self._rec["packet_id"]), len(self._hop["hook"]), len(self._tup["sport"])
+        if self.n + k <= cap_r and self.n_hops + h <= cap_h and self.n_tuples + t <= cap_t:
+            return
+        old = (self._rec, self._hop, self._tup)
+        used = (self.n, self.n_hops, self.n_tuples)
+        self._fresh(max(cap_r, 2 * (used[0] + k)) if used[0] + k > cap_r else cap_r,
+                    max(cap_h, 2 * (used[1] + h)) if used[1] + h > cap_h else cap_h,
+                    max(cap_t, 2 * (used[2] + t)) if used[2] + t > cap_t else cap_t)
+        self.n, self.n_hops, self.n_tuples = used
+        for new, was, size in zip((self._rec, self._hop, self._tup), old, used):
+            for name, column in was.items():
+                width = size + 1 if name.endswith("_offsets") else (16 * size if name.endswith("addr") else size)
+                new[name][:width] = column[:width]
+
+    def add(self, records: np.ndarray, ctx, place_ids) -> None:
+        """Lay ``records`` (events.JOURNEY_DTYPE, any byte order) out after
+        the rows held; ``ctx`` (decode.DecodeContext, read under the
+        caller's lock) names their hops' places, numbered by ``place_ids``
+        (journey_capture.PlaceIds). Records without hops are not kept."""
+        kept, nh, nt = journey_layout.counts(records)
+        k, h, t = len(kept), int(nh.sum()), int(nt.sum())
+        if not k:
+            return
+        self._reserve(k, h, t)
+        r0, h0, t0 = self.n, self.n_hops, self.n_tuples
+        out = journey_layout.Columns(
+            {name: column[r0:r0 + k + 1] if name.endswith("_offsets") else column[r0:r0 + k]
+             for name, column in self._rec.items()},
+            {**{name: self._hop[name][h0:h0 + h] for name, _ in _STORED_HOPS},
+             **{name: np.empty(h, _HOP_DTYPES[name]) for name in _SCRATCH_HOPS}},
+            {name: column[16 * t0:16 * (t0 + t)] if name.endswith("addr") else column[t0:t0 + t]
+             for name, column in self._tup.items()},
+            kept)
+        journey_layout.layout_into(records, ctx.boot_offset_ns, out, nh, nt)
+        # each pass's offsets start at 0: after the rows before it
+        out.records["hop_offsets"] += np.int32(h0)
+        out.records["tuple_offsets"] += np.int32(t0)
+
+        # Where each hop was: resolved as live decoding does, once per distinct
+        # place (a drop hop's netns is the record's; the others' the host's).
+        def addresses():
+            return record_words.tuples_at(records, out.hop_record(), out.hops["tuple"])[:2]
+
+        places, inverse = resolve_place_keys(ctx, out.place_keys, out.hops["place_index"], addresses)
+        if len(places):
+            self._hop["place"][h0:h0 + h] = place_ids.ids_of(places)[inverse]
+        else:
+            self._hop["place"][h0:h0 + h] = 0
+        self.n, self.n_hops, self.n_tuples = r0 + k, h0 + h, t0 + t
+        self._drop_reasons_ctx = ctx
+
+    def take(self) -> pa.Table:
+        """The rows added since the last take, as written
+        (events.JOURNEY_FILE_SCHEMA); the columns are the table's from now
+        on, and the next rows go to new ones of the size these reached."""
+        n, nh, nt = self.n, self.n_hops, self.n_tuples
+        if self._rec is None:
+            self._fresh(0, 0, 0)
+        r = {name: column[:n + 1] if name.endswith("_offsets") else column[:n] for name, column in self._rec.items()}
+        h = {name: column[:nh] for name, column in self._hop.items()}
+        t = {name: column[:16 * nt] if name.endswith("addr") else column[:nt] for name, column in self._tup.items()}
+        ctx = self._drop_reasons_ctx
+        if n:  # the next batch: as large as this one grew (no growing copies in a steady run)
+            self._sizes = (len(self._rec["packet_id"]), len(self._hop["hook"]), len(self._tup["sport"]))
+        # The next columns are allocated when rows come: by then this table
+        # was written and freed, and its memory is theirs (no fresh pages).
+        self._rec = self._hop = self._tup = None
+        self.n = self.n_hops = self.n_tuples = 0
+        return _table(r, h, t, n, ctx)
+
+
+def _table(r: dict, h: dict, t: dict, n: int, ctx) -> pa.Table:
+    hop_values = pa.StructArray.from_arrays(
+        [numeric_array(h[name]) for name in events.DT_PLANES]
+        + [numeric_array(h[name]) for name in ("hook", "nat_stage", "flags", "ifindex", "ttl", "tuple")]
+        + [numeric_array(h["place"])],
+        fields=list(events.HOP_FILE_TYPE))
+    tuple_values = pa.StructArray.from_arrays(
+        [_flat_binary16(t["saddr"]), _flat_binary16(t["daddr"]), numeric_array(t["sport"]), numeric_array(t["dport"])],
+        fields=list(events.TUPLE_ROW_TYPE))
+    columns = {
+        "time": numeric_array(r["time"], _TIME),
+        "ktime_ns": numeric_array(r["ktime"]),
+        "kind": pa.DictionaryArray.from_arrays(numeric_array(np.zeros(n, np.int32)), _JOURNEY_KIND),
+        "last_ktime_ns": numeric_array(r["last_ktime"]),
+        "end": code_column(r["end"], events.JOURNEY_ENDS),
+        "direction": code_column(r["direction"], events.DIRECTIONS),
+        "protocol": protocol_column(r["protocol"]),
+        "drop_reason": (drop_reason_column(r["drop_reason"], ctx) if ctx is not None
+                        else pa.nulls(n, events.JOURNEY_FILE_SCHEMA.field("drop_reason").type)),
+        "tuples": pa.ListArray.from_arrays(numeric_array(r["tuple_offsets"]), tuple_values),
+        "hops": pa.ListArray.from_arrays(numeric_array(r["hop_offsets"]), hop_values),
+    }
+    for name in HEADER:
+        columns[name] = numeric_array(r[name])
+    schema = events.JOURNEY_FILE_SCHEMA
+    return pa.Table.from_arrays(
+        [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in schema], schema=schema)
+
+
+def _flat_binary16(data: np.ndarray) -> pa.Array:
+    """16 bytes a value, back to back (a contiguous u8 array) ->
+    fixed_size_binary(16), without a copy."""
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(data) // 16, [None, pa.py_buffer(data)])
