@@ -167,11 +167,20 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, 
     return bpf(BPF_MAP_CREATE, map_create_attr(map_type, key_size, value_size, max_entries, name, flags))
 
 
+class ProgramRefused(OSError):
+    """The verifier refused a program: the message ends with its last
+    lines (one line), ``log`` is its whole log."""
+
+    def __init__(self, errno: int, message: str, log: str) -> None:
+        super().__init__(errno, message)
+        self.log = log
+
+
 def prog_load(prog_type: int, insns: bytes, license: bytes, name: bytes = b"", expected_attach_type: int = 0,
               kern_version: int = 0) -> int:
     """Have the kernel verify and load ``insns``; returns the program fd.
-    A refusal is an OSError whose message ends with the verifier's last
-    lines (the load is repeated with a log to get them)."""
+    A refusal is a ProgramRefused whose message ends with the verifier's
+    last lines (the load is repeated with a log to get them)."""
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(license)
     args = (prog_type, ctypes.addressof(code), len(insns) // 8, ctypes.addressof(lic), name, expected_attach_type)
@@ -183,8 +192,10 @@ def prog_load(prog_type: int, insns: bytes, license: bytes, name: bytes = b"", e
             return bpf(BPF_PROG_LOAD, prog_load_attr(*args, log_addr=ctypes.addressof(log), log_size=len(log),
                                                       log_level=1, kern_version=kern_version))
         except OSError:
-            tail = " | ".join(log.value.decode(errors="replace").strip().splitlines()[-3:])
-            raise OSError(exc.errno, f"{os.strerror(exc.errno or 0)}: {tail}" if tail else os.strerror(exc.errno or 0)) from None
+            text = log.value.decode(errors="replace")
+            tail = " | ".join(text.strip().splitlines()[-3:])
+            why = os.strerror(exc.errno or 0)
+            raise ProgramRefused(exc.errno or 0, f"{why}: {tail}" if tail else why, text) from None
 
 
 def raw_tracepoint_open(name: bytes, prog_fd: int) -> int:

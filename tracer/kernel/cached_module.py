@@ -42,6 +42,7 @@ class CachedModule:
         self.tables: dict[str, MapTable] = {}
         self.funcs: dict[bytes, Function] = {}
         self.raw_tracepoint_fds: dict[bytes, int] = {}
+        self.verifier_logs: dict[str, str] = {}  # a refused program's name -> the verifier's whole log
         self._lock = threading.Lock()
         try:
             for spec in compiled.maps:
@@ -88,7 +89,8 @@ class CachedModule:
 
     def load_func(self, name, prog_type: int, device=None, attach_type: int = -1) -> Function:
         """Load (once) and return the program; a refusal raises Exception
-        with the verifier's last lines, as BCC's load_func does."""
+        with the verifier's last lines, as BCC's load_func does (its whole
+        log kept in ``verifier_logs``)."""
         key = name if isinstance(name, bytes) else str(name).encode()
         with self._lock:
             if key in self.funcs:
@@ -98,6 +100,9 @@ class CachedModule:
             fd = sc.prog_load(prog_type, insns, self.compiled.license, key[:15], max(attach_type, 0),
                               self.compiled.kern_version)
         except OSError as exc:
+            if isinstance(exc, sc.ProgramRefused):
+                with self._lock:
+                    self.verifier_logs[key.decode()] = exc.log
             raise Exception(f"Failed to load BPF program {key.decode()}: {exc.strerror}") from None
         with self._lock:
             if key in self.funcs:  # loaded meanwhile by another thread: keep one

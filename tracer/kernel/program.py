@@ -325,10 +325,13 @@ class Program:
         with its value (Sensor.variants). An entry the kernel refuses is
         discarded and the program compiled. With TRACER_DEBUG, BCC compiles
         and loads on its own (one function per program, with its debug
-        info). ``mark`` is told when each phase ends ("compiled" or "from
+        info), after the shared bodies are checked (_check_shared_bodies).
+        ``mark`` is told when each phase ends ("compiled" or "from
         cache", then "programs loaded")."""
         programs = list(programs)
         if not own_loader():
+            if os.environ.get("TRACER_DEBUG") and shared_without_debug():
+                self._check_shared_bodies(programs)
             return self._bcc_build(programs, mark)
         source, cflags = self.source(), self.cflags(shared=True)
         if cache is None and program_cache.enabled():
@@ -391,6 +394,34 @@ class Program:
         optional = {name for sensor in self.sensors if sensor.optional for name, _, _ in sensor.programs()}
         return [f for f in failed if f.split(":", 1)[0] not in optional]
 
+    def _check_shared_bodies(self, programs: list[tuple[str, int, int]]) -> None:
+        """With TRACER_DEBUG: first the shared bodies a start without it
+        builds (its exact flags), loaded by tracer's loader and unloaded, so
+        that their refusal, which BCC's function-per-program build would
+        not reproduce, stops the start with the verifier's whole log in a
+        file the one-line error names. A build that cannot be checked so
+        (not snapshottable) goes on to BCC's as before."""
+        bpf = self.compile(self.source(), self.cflags(shared=True) + ["-g0"])
+        try:
+            compiled = program_cache.snapshot(bpf)
+        except Exception as exc:  # noqa: BLE001 - as in build: BCC's own build then says what it says
+            log.warning("shared bodies not checked (%s)", exc)
+            return
+        finally:
+            bpf.cleanup()
+        try:
+            module = self._module(compiled)
+        except OSError as exc:
+            raise MissingCapability(f"BPF maps not created: {exc.strerror or exc}") from None
+        try:
+            required = self.required_failures(load_programs(module, programs))
+            if required:
+                path = _keep_verifier_logs(module.verifier_logs)
+                raise MissingCapability(f"BPF program not loaded as a shared body (TRACER_SHARED_ENTRIES=0 builds a "
+                                        f"function per program): {required[0]}{_where_the_log_is(path) if path else ''}")
+        finally:
+            module.cleanup()
+
     def _module(self, compiled: "program_cache.Compiled"):
         """Maps created, programs loaded on demand, from a compiled build."""
         from tracer.kernel.cached_module import CachedModule  # noqa: PLC0415
@@ -427,6 +458,12 @@ def own_loader() -> bool:
     only BCC's own loading passes on, nor with TRACER_SHARED_ENTRIES=0 or
     TRACER_PROGRAM_CACHE=0 (BCC compiles and loads, as before the cache)."""
     return not os.environ.get("TRACER_DEBUG") and shared_entries() and program_cache.enabled()
+
+
+def shared_without_debug() -> bool:
+    """Whether a start without TRACER_DEBUG loads shared bodies with
+    tracer's loader (TRACER_DEBUG then checks them first: Program.build)."""
+    return shared_entries() and os.environ.get("TRACER_PROGRAM_CACHE", "1") != "0"
 
 
 def shared_entries() -> bool:
@@ -509,6 +546,18 @@ def _where_the_log_is(log_file: str | None) -> str:
         return f" (the verifier's full log: {log_file})"
     return ("; TRACER_DEBUG=1 writes the verifier's full log to a file, TRACER_SHARED_ENTRIES=0 builds a function "
             "per program (a refusal that goes away with it is the shared bodies')")
+
+
+def _keep_verifier_logs(logs: dict[str, str]) -> str | None:
+    """The refused programs' whole verifier logs in one file (its path), or
+    None when there are none."""
+    if not logs:
+        return None
+    fd, path = tempfile.mkstemp(prefix="tracer-verifier-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        for name, text in sorted(logs.items()):
+            f.write(f"--- {name}: the kernel's verifier log ---\n{text.rstrip()}\n")
+    return path
 
 
 class _verifier_log:
