@@ -36,6 +36,7 @@ from tracer.kernel.cpus import cpu_id_bound
 from tracer.kernel.headers import ensure_bcc_headers
 from tracer.kernel.hop_codes import c_definitions as hop_definitions
 from tracer.kernel import program_cache
+from tracer.kernel.verifier_log import keep_verifier_logs, verifier_log, where_the_log_is
 
 if TYPE_CHECKING:
     from tracer.sensors.base import Sensor
@@ -385,7 +386,7 @@ class Program:
         required = self.required_failures(failed)
         if required:
             module.cleanup()
-            raise MissingCapability(f"BPF program not loaded: {required[0]}{_where_the_log_is(log_file)}")
+            raise MissingCapability(f"BPF program not loaded: {required[0]}{where_the_log_is(log_file)}")
 
     def required_failures(self, failed: list[str]) -> list[str]:
         """The failures ("name: why") that stop a start: not an optional
@@ -416,9 +417,9 @@ class Program:
         try:
             required = self.required_failures(load_programs(module, programs))
             if required:
-                path = _keep_verifier_logs(module.verifier_logs)
+                path = keep_verifier_logs(module.verifier_logs)
                 raise MissingCapability(f"BPF program not loaded as a shared body (TRACER_SHARED_ENTRIES=0 builds a "
-                                        f"function per program): {required[0]}{_where_the_log_is(path) if path else ''}")
+                                        f"function per program): {required[0]}{where_the_log_is(path) if path else ''}")
         finally:
             module.cleanup()
 
@@ -432,7 +433,7 @@ class Program:
         """BCC compiles and loads, one function per program (no cache)."""
         bpf = self.compile()
         mark("compiled")
-        with _verifier_log() as verifier:
+        with verifier_log() as verifier:
             failed = load_programs(bpf, programs)
             verifier.keep = bool(self.required_failures(failed))
         self._refuse_if_required(bpf, failed, verifier.path)
@@ -537,59 +538,6 @@ def _function_size(bpf, name: bytes) -> int:
     from bcc import lib  # noqa: PLC0415 - only once a module is compiled
 
     return int(lib.bpf_function_size(bpf.module, name) or 0)
-
-
-def _where_the_log_is(log_file: str | None) -> str:
-    """The end of a refusal's message: where the verifier's full log is, or
-    how to get it and how to tell a shared body's refusal."""
-    if log_file:
-        return f" (the verifier's full log: {log_file})"
-    return ("; TRACER_DEBUG=1 writes the verifier's full log to a file, TRACER_SHARED_ENTRIES=0 builds a function "
-            "per program (a refusal that goes away with it is the shared bodies')")
-
-
-def _keep_verifier_logs(logs: dict[str, str]) -> str | None:
-    """The refused programs' whole verifier logs in one file (its path), or
-    None when there are none."""
-    if not logs:
-        return None
-    fd, path = tempfile.mkstemp(prefix="tracer-verifier-", suffix=".log")
-    with os.fdopen(fd, "w") as f:
-        for name, text in sorted(logs.items()):
-            f.write(f"--- {name}: the kernel's verifier log ---\n{text.rstrip()}\n")
-    return path
-
-
-class _verifier_log:
-    """With TRACER_DEBUG, what BCC prints on fd 2 while the kernel verifies
-    (libbcc prints a refused program's full verifier log there) goes to a
-    file, kept (``path``) when the block sets ``keep``, else copied back to
-    stderr and removed (``path`` None)."""
-
-    def __enter__(self):
-        self.path: str | None = None
-        self.saved = None
-        self.keep = False
-        if not os.environ.get("TRACER_DEBUG"):
-            return self
-        fd, self.path = tempfile.mkstemp(prefix="tracer-verifier-", suffix=".log")
-        self.saved = os.dup(2)
-        os.dup2(fd, 2)
-        os.close(fd)
-        return self
-
-    def __exit__(self, *exc):
-        if self.saved is None:
-            return False
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
-        if self.keep:
-            return False  # the refusal's message names it
-        sys.stderr.write(Path(self.path).read_text(errors="replace"))
-        sys.stderr.flush()
-        os.unlink(self.path)
-        self.path = None
-        return False
 
 
 class _captured_stderr:
