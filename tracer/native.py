@@ -10,8 +10,16 @@ or to rule it out."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# The first words of why_not() for a build older than native/ (a pull
+# without scripts/setup.sh): what to run, said the same everywhere (a run's
+# warning, doctor, the tests' one-line stop: tests/conftest.py).
+STALE = "stale native build: run scripts/setup.sh"
 
 # What the Python side calls (native/module.c's table). A build from older
 # sources (a pull without re-running scripts/setup.sh) lacks some: then none
@@ -35,13 +43,14 @@ def native():
             try:
                 from tracer import _native
             except ImportError as e:
-                _why_not = f"not built ({e}); run scripts/setup.sh"
+                _why_not = f"not built ({e}); run bash scripts/setup.sh"
             else:
                 missing = missing_functions(_native)
-                if missing:
-                    _why_not = f"built from older sources (no {', '.join(missing)}); run scripts/setup.sh"
-                elif stale(_native):
-                    _why_not = "built from older sources than native/ holds now; run scripts/setup.sh"
+                if missing or stale(_native):
+                    lacks = f", which lacks {', '.join(missing)}" if missing else ""
+                    _why_not = (f"{STALE} (`bash scripts/setup.sh` rebuilds tracer._native, built from older "
+                                f"native/ sources{lacks}; the Python paths are used meanwhile, at more CPU per packet)")
+                    log.warning("%s", _why_not)
                 else:
                     _module = _native
     return _module
