@@ -50,12 +50,15 @@ def _end_deadline() -> None:
 
 
 # The most one write() hands the kernel. A write that covers a whole 2 MiB
-# aligned stretch of a file makes the page cache take a 2 MiB folio for it;
-# on this project's VMs (virtio-balloon free page reporting) such blocks were
-# handed back to the host, and copying into one cost ~8x a smaller folio's
-# copy: `trace --json` writing ~14 MB a show spent ~3.5 µs of system time a
-# packet in the write, ~0.7 in 1 MiB pieces (docs/benchmarks.md, "Session
-# 10"). Elsewhere 1 MiB pieces cost only the extra syscalls (~14 a show).
+# aligned stretch of a file makes the page cache take a 2 MiB folio for it,
+# which comes from a free block of 2 MiB or more: on this project's VMs
+# (virtio-balloon free page reporting) exactly the blocks handed back to the
+# host, so every page of it faults in the host on the copy (~1.3 µs a KB).
+# Smaller folios are served from smaller free blocks first, which the guest
+# kept, while it has any: `trace --json`'s system time a packet went 2.2 ->
+# 1.25 µs (median of 10 rounds; 3.3 -> 0.75 in the best) writing its ~14 MB
+# shows in 1 MiB pieces (docs/benchmarks.md, "Session 10"). Elsewhere the
+# pieces cost only their syscalls (~14 a show).
 WRITE_PIECE = 1 << 20
 
 # True while write_out writes: a reader that stopped reading (but did not
