@@ -23,7 +23,8 @@ Two measurements, each beside its baseline in the same run:
 * ``--live``: with the lab up, a real ``tracer trace --json --port 8000``
   (``--mode trace``) or ``tracer latency --port 8000 --port 5201`` (the
   default) runs while ab or iperf3 drives traffic, and the kernel's BPF
-  statistics (``kernel.bpf_stats_enabled``, restored afterwards) give runs
+  statistics (on while a BPF_ENABLE_STATS fd is held, scripts/bench_overhead.py
+  bpf_stats_on: the sysctl kernel.bpf_stats_enabled is not written) give runs
   per second and mean ns per *program run* of every ``trc_`` program of that
   tracer (proxy sensor included), and of all of them together ("all"). The
   statistics themselves add clock reads around each run: on this VM a
