@@ -198,3 +198,20 @@ def test_bpf_stats_on_counts_runs_without_the_sysctl() -> None:
         assert inside == before  # not written (another engineer's write in these milliseconds aside)
     finally:
         os.close(fd)
+
+
+def test_bench_bpf_paths_counts_every_path(lab) -> None:
+    """The counting build runs, and its counts are consistent: the fast
+    paths and the traced full paths are among the runs (untraced traffic
+    through the same interfaces, other engineers' on a shared machine, is
+    runs that take neither), and the claims are full paths at tc."""
+    out = run_script("bench_bpf_paths.py", "--requests", "200", timeout=300)
+    tc = re.search(r"tc +runs +([\d.]+) +found a last sighting +([\d.]+) +fast path +([\d.]+)", out)
+    nf = re.search(r"netfilter runs +([\d.]+) +found a last sighting +([\d.]+) \(from tc ([\d.]+)\) +new connection +"
+                   r"([\d.]+) +fast path +([\d.]+)", out)
+    assert tc and nf, out
+    tc_runs, tc_known, tc_fast = map(float, tc.groups())
+    nf_runs, nf_known, _from_tc, _new, nf_fast = map(float, nf.groups())
+    assert tc_runs >= tc_known >= tc_fast > 0 and nf_runs >= nf_known >= nf_fast > 0, out
+    tc_full = sum(float(n) for n in re.findall(r"full path +tc_\w+ +(?:host|container netns) +([\d.]+)", out))
+    assert tc_full > 0 and tc_fast + tc_full <= tc_runs + 0.1, out  # printed to 0.1 and 0.01
