@@ -48,7 +48,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_figures import load_average, tree_env  # noqa: E402
-STAGES = ("rows", "json", "text", "summary", "capture")
+# capture_first: the capture writer's first run in a fresh process, before
+# any other stage: what a `record` run pays once (its memory's first page
+# faults) with the steady cost
+STAGES = ("rows", "json", "text", "summary", "capture", "capture_first")
 MODES = {"json": ["trace", "--json"], "record": ["record", "--quiet", "-w", "{capture}"], "text": ["trace"]}
 
 
@@ -113,7 +116,6 @@ def stage_worker(path: str, batch: int, repeat: int) -> dict:
     records = np.frombuffer(raw, dtype).copy()
     n = len(records)
     batches = [records[i:i + batch] for i in range(0, n, batch)]
-    rows = [journey_rows_of_records(b, ctx) for b in batches]
     out = tempfile.NamedTemporaryFile(suffix=".arrows", delete=False).name
 
     def capture() -> None:
@@ -121,6 +123,15 @@ def stage_worker(path: str, batch: int, repeat: int) -> dict:
             for b in batches:
                 w.add_journeys(b, ctx)
 
+    import resource
+
+    use0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()  # first, in a fresh heap
+    capture()
+    first = 1e6 * (time.process_time() - t0) / n
+    use1 = resource.getrusage(resource.RUSAGE_SELF)
+    first_faults = 1000 * (use1.ru_minflt - use0.ru_minflt) / n  # the first run's page faults (4 kB or 2 MB each)
+    first_mb = (use1.ru_maxrss - use0.ru_maxrss) / 1024  # how much its peak added to the process's
+    rows = [journey_rows_of_records(b, ctx) for b in batches]
     summary = Summary()
     cases = {
         "rows": lambda: [journey_rows_of_records(b, ctx) for b in batches],
@@ -137,6 +148,8 @@ def stage_worker(path: str, batch: int, repeat: int) -> dict:
             fn()
             best = min(best, time.process_time() - t0)
         result[name] = 1e6 * best / n
+    result["capture_first"] = first
+    result.update(capture_first_faults=first_faults, capture_first_peak_mb=first_mb)
     os.unlink(out)
     return result
 
@@ -311,6 +324,9 @@ def report(title: str, cases: list[str], per_round: dict[str, list[tuple[float, 
         base = statistics.median(b for b, _ in pairs)
         new = statistics.median(n for _, n in pairs)
         ratios = [n / b for b, n in pairs if b]
+        if not ratios:  # a baseline of 0 in every round (e.g. no memory added): no ratio
+            print(f"  {case:22s} {base:10.{digits}f} {new:10.{digits}f} {'-':>14s} [-]  {unit}")
+            continue
         print(f"  {case:22s} {base:10.{digits}f} {new:10.{digits}f} {statistics.median(ratios):14.2f} "
               f"[{min(ratios):.2f}-{max(ratios):.2f}]  {unit}")
 
@@ -360,12 +376,16 @@ def main() -> int:
                                       capture_output=True,
                                       text=True, check=True)
                 got[side] = json.loads(done.stdout.strip().splitlines()[-1])
-            for stage in STAGES:
+            for stage in (*STAGES, "capture_first_faults", "capture_first_peak_mb"):
                 per_round.setdefault(stage, []).append((got["base"][stage], got["new"][stage]))
             print(f"  round {r + 1}: " + ", ".join(f"{s} {got['base'][s]:.2f} -> {got['new'][s]:.2f}" for s in STAGES),
                   flush=True)
         report(f"offline, µs of CPU per packet (batches of {args.batch}, best of {args.repeat} per round)",
                list(STAGES), per_round, "µs")
+        report("offline, the capture writer's first run: minor page faults per 1,000 packets",
+               ["capture_first"], {"capture_first": per_round["capture_first_faults"]}, "faults")
+        report("offline, the capture writer's first run: peak RSS it added",
+               ["capture_first"], {"capture_first": per_round["capture_first_peak_mb"]}, "MB")
     if args.live:
         from bench_overhead import lab_status
 

@@ -139,8 +139,13 @@ def test_bench_tracer_cpu_quick(lab, tmp_path) -> None:
                      "--live", "--modes", "json", "--baseline-rev", "HEAD", "--rounds", "1", "--repeat", "1",
                      "--seconds", "1", timeout=300)
     assert re.search(r"[\d,]+ journey records \([\d,]+ hops\)", out), out
-    for stage in ("rows", "json", "text", "summary", "capture"):
+    for stage in ("rows", "json", "text", "summary", "capture", "capture_first"):
         assert re.search(rf"\n  {stage}\s+[\d.]+\s+[\d.]+\s+[\d.]+ \[[\d.]+-[\d.]+\]  µs", out), (stage, out)
+    # what the capture writer's first run pays once: its page faults and the memory it adds
+    assert re.search(r"first run: minor page faults per 1,000 packets\n.*\n  capture_first\s+[\d.]+\s+[\d.]+\s+[\d.]+ "
+                     r"\[[\d.]+-[\d.]+\]  faults", out), out
+    assert re.search(r"first run: peak RSS it added\n.*\n  capture_first\s+[\d.]+\s+[\d.]+\s+([\d.]+ "
+                     r"\[[\d.]+-[\d.]+\]|- \[-\])  MB", out), out  # 200 requests may add nothing to the peak
     assert re.search(r"round 1 json\s*: base [\d.]+ \(user [\d.]+\) -> [\d.]+ \(user [\d.]+\) µs per packet", out), out
     assert re.search(r"\n  json\s+[\d.]+\s+[\d.]+\s+[\d.]+ \[[\d.]+-[\d.]+\]  µs", out), out
     # where the system time goes, per packet: stime, minor faults, write() calls
