@@ -9,9 +9,10 @@ read once, while it is still in cache, and never held as a record: before,
 records were copied into a held buffer (~14-18 MB touched a run) and laid
 out a second later (docs/benchmarks.md, "Session 10: record CPU").
 
-The columns of the next batch start at the size the last one reached, so a
-steady run lays out into memory of the right size and never grows it
-(growing copies what is there, once per doubling).
+The columns of the next batch start a quarter larger than what the last one
+used (never under the first size), so a steady run lays out into memory of
+the right size and never grows it (growing copies what is there, once per
+doubling), and a burst's memory goes back after the next quiet batch.
 """
 
 from __future__ import annotations
@@ -46,23 +47,33 @@ class JourneyColumns:
     one table (``take``). Not thread-safe: the writer's thread only."""
 
     def __init__(self, records: int = _START_RECORDS) -> None:
-        self._sizes = (records, _HOPS_PER_RECORD * records, _TUPLES_PER_RECORD * records)
+        self._first_sizes = (records, _HOPS_PER_RECORD * records, _TUPLES_PER_RECORD * records)
+        self._sizes = self._first_sizes
         self.n = self.n_hops = self.n_tuples = 0
         self._rec: dict | None = None  # allocated by the first add after a take (see take)
         self._drop_reasons_ctx = None
 
     def _fresh(self, n_records: int, n_hops: int, n_tuples: int) -> None:
+        # all allocated before any is replaced: a MemoryError keeps the rows held
+        rec = {name: np.empty(n_records + 1 if name.endswith("_offsets") else n_records, dt)
+               for name, dt in journey_layout.RECORD_COLUMNS}
+        rec["hop_offsets"][0] = rec["tuple_offsets"][0] = 0
+        hop = {name: np.empty(n_hops, dt) for name, dt in _STORED_HOPS}
+        hop["place"] = np.empty(n_hops, np.uint32)
+        tup = {name: np.empty(16 * n_tuples if name.endswith("addr") else n_tuples, dt)
+               for name, dt in journey_layout.TUPLE_COLUMNS}
+        self._rec, self._hop, self._tup = rec, hop, tup
         self.n = self.n_hops = self.n_tuples = 0
-        self._rec = {name: np.empty(n_records + 1 if name.endswith("_offsets") else n_records, dt)
-                     for name, dt in journey_layout.RECORD_COLUMNS}
-        self._rec["hop_offsets"][0] = self._rec["tuple_offsets"][0] = 0
-        self._hop = {name: np.empty(n_hops, dt) for name, dt in _STORED_HOPS}
-        self._hop["place"] = np.empty(n_hops, np.uint32)
-        self._tup = {name: np.empty(16 * n_tuples if name.endswith("addr") else n_tuples, dt)
-                     for name, dt in journey_layout.TUPLE_COLUMNS}
 
     def __len__(self) -> int:
         return self.n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the columns held (0 before the first add after a take)."""
+        if self._rec is None:
+            return 0
+        return sum(column.nbytes for part in (self._rec, self._hop, self._tup) for column in part.values())
 
     def _reserve(self, k: int, h: int, t: int) -> None:
         """Room for k more records, h hops, t tuples (grown by doubling, the
@@ -102,7 +113,14 @@ class JourneyColumns:
             {name: column[16 * t0:16 * (t0 + t)] if name.endswith("addr") else column[t0:t0 + t]
              for name, column in self._tup.items()},
             kept)
-        journey_layout.layout_into(records, ctx.boot_offset_ns, out, nh, nt)
+        # The layout writes its first offsets (0) over the held rows' last
+        # ones: given back if it fails, or the held rows' lists end at 0.
+        held_ends = out.records["hop_offsets"][0], out.records["tuple_offsets"][0]
+        try:
+            journey_layout.layout_into(records, ctx.boot_offset_ns, out, nh, nt)
+        except BaseException:
+            out.records["hop_offsets"][0], out.records["tuple_offsets"][0] = held_ends
+            raise
         # each pass's offsets start at 0: after the rows before it
         out.records["hop_offsets"] += np.int32(h0)
         out.records["tuple_offsets"] += np.int32(t0)
@@ -123,7 +141,7 @@ class JourneyColumns:
     def take(self) -> pa.Table:
         """The rows added since the last take, as written
         (events.JOURNEY_FILE_SCHEMA); the columns are the table's from now
-        on, and the next rows go to new ones of the size these reached."""
+        on, and the next rows go to new ones sized from what these used."""
         n, nh, nt = self.n, self.n_hops, self.n_tuples
         if self._rec is None:
             self._fresh(0, 0, 0)
@@ -131,8 +149,9 @@ class JourneyColumns:
         h = {name: column[:nh] for name, column in self._hop.items()}
         t = {name: column[:16 * nt] if name.endswith("addr") else column[:nt] for name, column in self._tup.items()}
         ctx = self._drop_reasons_ctx
-        if n:  # the next batch: as large as this one grew (no growing copies in a steady run)
-            self._sizes = (len(self._rec["packet_id"]), len(self._hop["hook"]), len(self._tup["sport"]))
+        if n:  # the next batch: a quarter more than this one used (no growing copies in a steady run),
+            # never under the first sizes; a burst's capacity is not kept past a quiet batch
+            self._sizes = tuple(max(first, used + used // 4) for first, used in zip(self._first_sizes, (n, nh, nt)))
         # The next columns are allocated when rows come: by then this table
         # was written and freed, and its memory is theirs (no fresh pages).
         self._rec = self._hop = self._tup = None

@@ -6,6 +6,7 @@ the capture writer lays each add's records out as they come."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.unit.test_decode import ctx
 from tests.unit.test_journey_records import records
@@ -88,3 +89,99 @@ def test_a_recorder_counts_the_distinct_flows_and_packets_of_journey_records(tmp
     assert stats["flows"] == 3  # 5, 6 and 1 << 63; 0 is no flow
     assert stats["packets"] == int(np.count_nonzero(recs["hops"]["code"][:, 0] & 0x80))
     assert read_capture(str(tmp_path / "cap.arrows")).stats["flows"] == 3
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernel-dtype", "numpy"])
+def test_a_failed_add_leaves_the_rows_held_before_it_whole(monkeypatch, compiled):
+    """The layout writes its first offset (0) over the held rows' last one
+    before it can fail (the compiled one: 'records changed while laid out',
+    MemoryError): a failed add gives that offset back, so the table taken
+    after it is valid and holds the rows of the adds that went through."""
+    recs = records().astype(events.JOURNEY_DTYPE) if compiled else records()
+    columns = JourneyColumns(records=len(recs))
+    ids = PlaceIds()
+    columns.add(recs[:4], ctx(), ids)
+    real = journey_layout.layout_into
+
+    def fails_midway(*args):
+        real(*args)  # the offsets and columns written, then the failure
+        raise RuntimeError("records changed while laid out")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(journey_layout, "layout_into", fails_midway)
+        with pytest.raises(RuntimeError):
+            columns.add(recs[4:6], ctx(), ids)
+    assert len(columns) == 4
+    columns.add(recs[6:], ctx(), ids)
+    table = columns.take()
+    table.validate(full=True)
+    kept = np.concatenate([recs[:4], recs[6:]])
+    assert table.to_pylist() == journey_rows(kept, ctx(), PlaceIds()).to_pylist()
+    failed_last = JourneyColumns(records=len(recs))
+    failed_last.add(recs[:4], ctx(), ids)
+    with monkeypatch.context() as patched:
+        patched.setattr(journey_layout, "layout_into", fails_midway)
+        with pytest.raises(RuntimeError):
+            failed_last.add(recs[4:], ctx(), ids)
+    last = failed_last.take()  # what a capture's close writes after the error
+    last.validate(full=True)
+    assert last.to_pylist() == journey_rows(recs[:4], ctx(), PlaceIds()).to_pylist()
+
+
+def test_columns_give_back_what_a_burst_took_after_a_quiet_batch():
+    """The next batch's columns are sized from what the last one used (a
+    quarter more, never under the first size), not from the capacity a
+    burst reached: kept through the burst's own take (the next batch may be
+    a burst too), given back after a quiet one."""
+    recs = records()
+    burst = np.concatenate([recs] * 64)
+    columns = JourneyColumns(records=len(recs))
+    ids = PlaceIds()
+    columns.add(recs, ctx(), ids)
+    base = columns.nbytes
+    columns.take()
+    for _ in range(4):
+        columns.add(burst, ctx(), ids)
+    grown = columns.nbytes
+    assert grown > 64 * base
+    columns.take()
+    columns.add(recs[:2], ctx(), ids)
+    assert columns.nbytes > 32 * base, "kept through the burst's own take: the next batch may be a burst too"
+    columns.take()  # a quiet batch: the burst's memory goes back
+    assert columns.nbytes == 0
+    columns.add(recs[1:3], ctx(), ids)
+    assert columns.nbytes == base
+    assert columns.take().column("packet_id").to_pylist() == recs["packet_id"][1:3].tolist()
+
+
+def test_columns_that_cannot_grow_keep_the_rows_held(monkeypatch):
+    """Growing allocates every new column before it gives up the old ones:
+    a MemoryError part way keeps the rows held (not new empty record
+    columns beside the old hop columns, the rows' count at 0)."""
+    import tracer.journey_columns as journey_columns
+
+    recs = records()
+    columns = JourneyColumns(records=4)
+    ids = PlaceIds()
+    columns.add(recs[:4], ctx(), ids)
+    allocated = []
+
+    class FailsAmongTheHops:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def empty(*args, **kwargs):
+            allocated.append(args)
+            if len(allocated) == 30:  # past the record columns, among the hops'
+                raise MemoryError
+            return np.empty(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(journey_columns, "np", FailsAmongTheHops())
+        with pytest.raises(MemoryError):
+            columns.add(recs[4:], ctx(), ids)
+    assert len(columns) == 4 and len(allocated) == 30
+    table = columns.take()
+    table.validate(full=True)
+    assert table.to_pylist() == journey_rows(recs[:4], ctx(), PlaceIds()).to_pylist()
