@@ -48,6 +48,8 @@ def prebuild(options, latency: bool = False) -> list[str]:
             failed = load_programs(module, programs)  # the ones that failed are tried again, and say why
         finally:
             module.cleanup()
+        # A required program refused in build is its MissingCapability line;
+        # this is one build loaded whole but refused when loaded again here.
         required = program.required_failures(failed)
         if required:
             raise NotPrebuilt(f"the kernel refused a program: {required[0][:300]}")

@@ -2,15 +2,18 @@
 stamps): the kernel refusing only an optional sensor's program (the
 docker-proxy sensor: a start traces without it) is one line of the result,
 not a failed prebuild, which would have setup prebuild again on every run
-on such a kernel; a required program's refusal still fails it. The kernel's
-verdicts come from a stand-in module (tests/unit/test_build_failures.py);
-the real builds: tests/e2e/test_prebuild.py."""
+on such a kernel; a required program's refusal still fails it, with the
+line Program.build's refusal gives. The real Program.build runs; below it,
+the compile and the kernel's verdicts come from a stand-in module
+(tests/unit/test_build_failures.py), so these run without root; the real
+builds: tests/e2e/test_prebuild.py."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.unit.test_build_failures import FakeModule
+from tracer.errors import MissingCapability
 from tracer.kernel import program_cache as pc
 from tracer.kernel.program import Program
 from tracer.prebuild import NotPrebuilt, prebuild
@@ -21,27 +24,46 @@ from tracer.targets import Targets
 PROXY_FN = RAW_TRACEPOINTS[0][1]
 
 
+class RefusesOnRetry(FakeModule):
+    """Refuses ``later``'s programs when they are loaded a second time."""
+
+    def __init__(self, refuse, later) -> None:
+        super().__init__(refuse)
+        self.later = later
+
+    def load_func(self, name, prog_type, attach_type=-1):
+        if name.decode() in self.later and name.decode() in self.loaded:
+            raise Exception(f"Failed to load BPF program {name.decode()}: Cannot allocate memory")
+        super().load_func(name, prog_type, attach_type)
+
+
 @pytest.fixture
 def refusing(monkeypatch, tmp_path):
     """The kernel's refusals for the builds prebuild makes (a set to fill);
-    every build that loads whole is kept in a cache of the test's own."""
+    every build that loads whole is kept in a cache of the test's own.
+    Returns (refused, refused only when loaded again, the modules the
+    kernel's verdicts came from)."""
     for name in ("TRACER_DEBUG", "TRACER_PROGRAM_CACHE", "TRACER_SHARED_ENTRIES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TRACER_PROGRAM_CACHE_DIR", str(tmp_path / "programs"))
+    monkeypatch.setattr("tracer.prebuild.require_root", lambda what: None)  # pure logic: no kernel object is made
     refused: set[str] = set()
-    kept: list[str] = []
+    later: set[str] = set()
+    modules: list[FakeModule] = []
+    kept: set[str] = set()
     monkeypatch.setattr(Program, "cache_key", lambda self, source, cflags: f"k{len(self.sensors)}")
+    monkeypatch.setattr(Program, "compile", lambda self, source=None, cflags=None: FakeModule())
+    monkeypatch.setattr(pc, "snapshot", lambda bpf: "compiled")
 
-    def build(self, programs, mark=lambda phase: None, cache=None):
-        mark("compiled")
-        failed = {name for name, _, _ in programs} & refused
-        if not failed:
-            kept.append(self.cache_key("", []))
-        return FakeModule(refuse=failed)
+    def module(self, compiled):
+        modules.append(RefusesOnRetry(refused, later))
+        return modules[-1]
 
-    monkeypatch.setattr(Program, "build", build)
-    monkeypatch.setattr(pc.ProgramCache, "load", lambda self, key: object() if key in kept else None)
-    return refused
+    monkeypatch.setattr(Program, "_module", module)
+    monkeypatch.setattr(pc.ProgramCache, "store", lambda self, key, compiled: kept.add(key))
+    monkeypatch.setattr(pc.ProgramCache, "load", lambda self, key: "compiled" if key in kept else None)
+    monkeypatch.setattr(pc.ProgramCache, "discard", lambda self, key: kept.discard(key))
+    return refused, later, modules
 
 
 def _options() -> TraceOptions:
@@ -49,19 +71,41 @@ def _options() -> TraceOptions:
 
 
 def test_only_the_optional_proxy_sensor_refused_is_a_line_not_a_failure(refusing):
+    refused, _, modules = refusing
     assert all("compiled in" in line for line in prebuild(_options()))  # nothing refused: both builds kept
-    refusing.add(PROXY_FN)
+    assert all("found in" in line for line in prebuild(_options()))
+    refused.add(PROXY_FN)
+    del modules[:]
     without, with_proxy = prebuild(_options())
-    assert "without the docker-proxy sensor compiled in" in without
+    assert "without the docker-proxy sensor found in" in without
     assert with_proxy.startswith("programs with the docker-proxy sensor: the kernel refused an optional sensor's "
                                  f"program ({PROXY_FN}: ")
     assert "\n" not in with_proxy and "not kept in the program cache" in with_proxy
+    assert modules and all(m.cleaned == 1 for m in modules)
 
 
 def test_a_required_programs_refusal_still_fails_the_prebuild(refusing):
+    """As a real refusal does: Program.build's one MissingCapability line,
+    naming the required program (not the optional one refused too), after
+    cleanup."""
     from tracer.session import TraceSession
+    refused, _, modules = refusing
     sensors = TraceSession(_options())._plan(proxies_running=False).sensors
     required = next(s for s in sensors if not s.optional).programs()[0][0]
-    refusing.update({PROXY_FN, required})
-    with pytest.raises(NotPrebuilt, match=f"the kernel refused a program: {required}: "):
+    refused.update({PROXY_FN, required})
+    with pytest.raises(MissingCapability, match=f"^BPF program not loaded: {required}: .*Permission denied"):
         prebuild(_options())
+    assert len(modules) == 1 and modules[0].cleaned == 1
+
+
+def test_a_required_program_refused_only_when_loaded_again_fails_the_prebuild(refusing):
+    """prebuild's own check: a build Program.build loaded whole whose
+    program the kernel refuses when prebuild loads it again."""
+    from tracer.session import TraceSession
+    _, later, modules = refusing
+    sensors = TraceSession(_options())._plan(proxies_running=False).sensors
+    required = next(s for s in sensors if not s.optional).programs()[0][0]
+    later.add(required)
+    with pytest.raises(NotPrebuilt, match=f"^the kernel refused a program: {required}: .*Cannot allocate memory"):
+        prebuild(_options())
+    assert len(modules) == 1 and modules[0].cleaned == 1
