@@ -10,6 +10,7 @@ of them)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import struct
@@ -53,6 +54,22 @@ def test_our_loader_keeps_the_whole_verifier_log_and_says_one_line():
         assert whole.count("r1 = 0") == MOVES and "R0 !read_ok" in whole  # not only the last three lines
     finally:
         module.cleanup()
+
+
+def test_a_verifier_log_past_a_mebibyte_is_read_whole():
+    """A log longer than the first buffer (1 MiB): the verifier prints
+    each instruction it walks, ~19 bytes a move here; the whole log is
+    read in a larger buffer, its start and its verdict both kept (~4.5 MB
+    on 6.18, whose verifier adds each instruction's register state)."""
+    moves = 100_000
+    insns = struct.pack("<BBhi", 0xB7, 0x01, 0, 0) * moves + EXIT  # r1 = 0 ..., exit with r0 never set
+    with pytest.raises(sc.ProgramRefused) as exc:
+        sc.prog_load(sc.BPF_PROG_TYPE_SCHED_CLS, insns, b"GPL", b"trc_long_log")
+    log = exc.value.log
+    assert len(log) > sc.LOG_FIRST_SIZE and not exc.value.truncated
+    assert "\n0: (b7) r1 = 0" in "\n" + log[:200], log[:200]  # its start (a rotating log, 6.4+, keeps the end)
+    assert log.count("(b7) r1 = 0") == moves and "R0 !read_ok" in str(exc.value)
+    assert exc.value.errno == errno.EACCES
 
 
 @pytest.fixture

@@ -132,3 +132,61 @@ def test_errno_messages():
     assert "tcx link failed" in str(other)
     for exc in (busy, perm, nodev, inval, other):
         assert "\n" not in str(exc)
+
+
+class _Verifier:
+    """bpf(BPF_PROG_LOAD) refusing with a ``log`` of ``size`` bytes: a log
+    buffer too small for it keeps its start (``rotating`` False, before 6.4)
+    or its end and says in log_true_size how much it needs (6.4+), ENOSPC."""
+
+    def __init__(self, size: int, rotating: bool) -> None:
+        lines = [f"{i}: (b7) r1 = 0" for i in range(size // 16)]
+        self.log = ("\n".join(lines) + "\nR0 !read_ok\n").encode()
+        self.rotating, self.sizes = rotating, []
+
+    def __call__(self, cmd, attr) -> int:
+        import ctypes
+
+        assert cmd == sc.BPF_PROG_LOAD
+        raw = bytes(attr)
+        level, size, addr = u32(raw, 24), u32(raw, 28), struct.unpack_from("<Q", raw, 32)[0]
+        if not level:
+            raise OSError(errno.EACCES, "refused")
+        self.sizes.append(size)
+        fits = len(self.log) + 1 <= size
+        kept = self.log if fits else self.log[-(size - 1):] if self.rotating else self.log[:size - 1]
+        ctypes.memmove(addr, kept + b"\0", len(kept) + 1)
+        if self.rotating:
+            ctypes.memmove(ctypes.addressof(attr) + sc.LOG_TRUE_SIZE_AT, struct.pack("<I", len(self.log) + 1), 4)
+        raise OSError(errno.EACCES if fits else errno.ENOSPC, "refused")
+
+
+@pytest.mark.parametrize("rotating", [True, False], ids=["6.4+", "before-6.4"])
+def test_a_verifier_log_past_the_first_buffer_is_read_whole(monkeypatch, rotating):
+    """A log over LOG_FIRST_SIZE is asked for again in a larger buffer
+    (the size the kernel says it needs, or twice), not cut: the error's
+    last lines are the verifier's verdict, not the middle of its walk."""
+    kernel = _Verifier(3 << 20, rotating)
+    monkeypatch.setattr(sc, "bpf", kernel)
+    with pytest.raises(sc.ProgramRefused) as exc:
+        sc.prog_load(sc.BPF_PROG_TYPE_SCHED_CLS, sc.ret_imm_insns(0), b"GPL")
+    assert exc.value.log.encode() == kernel.log and not exc.value.truncated
+    assert str(exc.value).endswith("R0 !read_ok") and exc.value.errno == errno.EACCES
+    assert kernel.sizes == ([1 << 20, len(kernel.log) + 1] if rotating else [1 << 20, 2 << 20, 4 << 20])
+
+
+@pytest.mark.parametrize("rotating", [True, False], ids=["6.4+", "before-6.4"])
+def test_a_verifier_log_past_the_largest_buffer_says_it_is_truncated(monkeypatch, rotating):
+    kernel = _Verifier(sc.LOG_MAX_SIZE + (1 << 20), rotating)
+    monkeypatch.setattr(sc, "bpf", kernel)
+    with pytest.raises(sc.ProgramRefused) as exc:
+        sc.prog_load(sc.BPF_PROG_TYPE_SCHED_CLS, sc.ret_imm_insns(0), b"GPL")
+    assert exc.value.truncated and kernel.sizes[-1] == sc.LOG_MAX_SIZE == 16 << 20
+    log = exc.value.log
+    if rotating:  # its end kept: the verdict is there, the start is said lost
+        assert log.startswith("--- truncated: the verifier's log needs ") and log.endswith("R0 !read_ok\n")
+        assert str(exc.value).endswith("R0 !read_ok")
+    else:  # its start kept: the end says it is lost (the message too)
+        assert log.startswith("0: (b7) r1 = 0\n") and log.endswith("its end is not kept ---\n")
+        assert "truncated" in str(exc.value)
+    assert len(log) < sc.LOG_MAX_SIZE + 100

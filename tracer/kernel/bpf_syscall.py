@@ -169,11 +169,22 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, 
 
 class ProgramRefused(OSError):
     """The verifier refused a program: the message ends with its last
-    lines (one line), ``log`` is its whole log."""
+    lines (one line), ``log`` is its whole log (``truncated``: past
+    LOG_MAX_SIZE, and the log says which end it lost)."""
 
-    def __init__(self, errno: int, message: str, log: str) -> None:
+    def __init__(self, errno: int, message: str, log: str, truncated: bool = False) -> None:
         super().__init__(errno, message)
         self.log = log
+        self.truncated = truncated
+
+
+# The verifier's log of a refusal: tried at LOG_FIRST_SIZE, then larger up to
+# libbpf's largest. A log that does not fit fails the load with ENOSPC: before
+# 6.4 the kernel keeps its start, since then its end (and says in
+# log_true_size how much the whole log needs).
+LOG_FIRST_SIZE = 1 << 20
+LOG_MAX_SIZE = 1 << 24
+LOG_TRUE_SIZE_AT = 140  # union bpf_attr's prog load log_true_size (6.4+; 0 before)
 
 
 def prog_load(prog_type: int, insns: bytes, license: bytes, name: bytes = b"", expected_attach_type: int = 0,
@@ -187,15 +198,29 @@ def prog_load(prog_type: int, insns: bytes, license: bytes, name: bytes = b"", e
     try:
         return bpf(BPF_PROG_LOAD, prog_load_attr(*args, kern_version=kern_version))
     except OSError as exc:
-        log = ctypes.create_string_buffer(1 << 20)
+        first = exc
+    size = LOG_FIRST_SIZE
+    while True:
+        log = ctypes.create_string_buffer(size)
+        attr = ctypes.create_string_buffer(prog_load_attr(*args, log_addr=ctypes.addressof(log), log_size=size,
+                                                          log_level=1, kern_version=kern_version), ATTR_SIZE)
         try:
-            return bpf(BPF_PROG_LOAD, prog_load_attr(*args, log_addr=ctypes.addressof(log), log_size=len(log),
-                                                      log_level=1, kern_version=kern_version))
-        except OSError:
-            text = log.value.decode(errors="replace")
-            tail = " | ".join(text.strip().splitlines()[-3:])
-            why = os.strerror(exc.errno or 0)
-            raise ProgramRefused(exc.errno or 0, f"{why}: {tail}" if tail else why, text) from None
+            return bpf(BPF_PROG_LOAD, attr)
+        except OSError as exc:
+            truncated = exc.errno == errno_mod.ENOSPC
+        needed = struct.unpack_from("=I", attr, LOG_TRUE_SIZE_AT)[0]
+        if not truncated or size >= LOG_MAX_SIZE:
+            break
+        size = min(LOG_MAX_SIZE, max(2 * size, needed))
+    text = log.value.decode(errors="replace")
+    if truncated and needed:  # a rotating log (6.4+): its end kept
+        text = f"--- truncated: the verifier's log needs {needed} bytes, its start is not kept ---\n{text}"
+    elif truncated:  # a fixed log (before 6.4): its start kept
+        end = f"--- truncated: the verifier's log is longer than {size} bytes, its end is not kept ---"
+        text = text.rstrip("\n") + "\n" + end + "\n"
+    tail = " | ".join(text.strip().splitlines()[-3:])
+    why = os.strerror(first.errno or 0)
+    raise ProgramRefused(first.errno or 0, f"{why}: {tail}" if tail else why, text, truncated)
 
 
 def raw_tracepoint_open(name: bytes, prog_fd: int) -> int:
