@@ -87,7 +87,7 @@ def test_a_failed_batch_lookup_is_remembered_by_the_real_maps_id(per_cpu_map, mo
     other = sc.map_create(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, ENTRIES, b"trc_test_cnt9b")
     try:
         assert sc.map_info_by_fd(other).id != sc.map_info_by_fd(per_cpu_map).id
-        counts._NO_BATCH_LOOKUP[other] = sc.map_info_by_fd(per_cpu_map).id  # as if the closed map had held it
+        counts._NO_BATCH_LOOKUP[other] = (sc.map_info_by_fd(per_cpu_map).id, lambda: None)  # as if the closed map had held it
         assert counts.per_cpu_sums(table(other), ENTRIES) == [0] * ENTRIES
         assert calls == [per_cpu_map, other]  # another map behind that fd: tried afresh
     finally:

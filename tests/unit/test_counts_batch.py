@@ -21,7 +21,7 @@ class Table:
     """Per-CPU values by key, as a BCC or MapTable table gives them; takes
     no attributes of its own (as a table with __slots__ would not)."""
 
-    __slots__ = ("map_fd", "values")
+    __slots__ = ("map_fd", "values", "__weakref__")
     Key = ctypes.c_uint32
 
     def __init__(self, fd: int, values: list[list[int]]) -> None:
@@ -89,3 +89,46 @@ def test_a_working_batch_lookup_is_used_every_time(monkeypatch):
     assert counts.per_cpu_sums(table, 2) == [42, 42]
     assert counts.per_cpu_sums(table, 2) == [42, 42]
     assert calls == [9, 9]
+
+
+def test_a_marked_map_read_through_the_same_table_costs_no_bpf_call(kernel, monkeypatch):
+    """The map id is asked for when the fd is seen through another table
+    object, not on every read (one bpf() call a read a map, every pass and
+    status line, on the kernels this is for)."""
+    ids, calls = kernel
+    asked = []
+    info = counts.sc.map_info_by_fd
+    monkeypatch.setattr(counts.sc, "map_info_by_fd", lambda fd: asked.append(fd) or info(fd))
+    table = Table(7, [[1, 2], [3, 4]])
+    counts.per_cpu_sums(table, 2)
+    assert calls == [7] and asked == [7]  # failed: the map's id kept
+    for _ in range(3):
+        assert counts.per_cpu_sums(table, 2) == [3, 7]
+    assert calls == [7] and asked == [7]
+    again = Table(7, [[1, 2]])  # the same map through another table object: its id checked once
+    for _ in range(3):
+        assert counts.per_cpu_sums(again, 1) == [3]
+    assert calls == [7] and asked == [7, 7]
+    first = Table(8, [[1]])
+    counts.per_cpu_sums(first, 1)
+    ids[8] = 103  # closed, its fd reused by a new map: read through a new table object (its address may be the old one's)
+    del first
+    assert counts.per_cpu_sums(Table(8, [[2]]), 1) == [2]
+    assert calls == [7, 8, 8]
+
+
+def test_an_fd_found_reused_by_two_readers_at_once_is_no_error(kernel, monkeypatch):
+    """The drain and the status line may both find that a marked fd holds
+    another map now: the second to forget it finds it gone (no KeyError)."""
+    ids, calls = kernel
+    counts.per_cpu_sums(Table(7, [[1]]), 1)
+    ids[7] = 102  # the fd reused by a new map
+    info = counts.sc.map_info_by_fd
+
+    def other_reader_first(fd):
+        counts._NO_BATCH_LOOKUP.pop(fd, None)  # the other thread saw the reuse and forgot the fd meanwhile
+        return info(fd)
+
+    monkeypatch.setattr(counts.sc, "map_info_by_fd", other_reader_first)
+    assert counts.per_cpu_sums(Table(7, [[4, 5]]), 1) == [9]
+    assert calls == [7, 7]

@@ -7,7 +7,10 @@ journey: events.JOURNEY_FAULTS)."""
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -17,11 +20,14 @@ from tracer.kernel.cpus import possible_cpus
 
 log = logging.getLogger(__name__)
 
-# The maps whose batch lookup failed: map fd -> the map's kernel id. Kept
-# here, not on the table object (BCC's tables and map_table.MapTable alike,
-# and a table made anew for the same map); the id tells a map from a later
-# one that got the same fd number after the first was closed.
-_NO_BATCH_LOOKUP: dict[int, int] = {}
+# The maps whose batch lookup failed: map fd -> (the map's kernel id, a weak
+# reference to the table object last seen reading it). Kept here, not on the
+# table object (BCC's tables and map_table.MapTable alike, and a table made
+# anew for the same map); the map id tells a map from a later one that got
+# the same fd number after the first was closed, and is asked for only when
+# the fd comes through another table object (every read, for a table that
+# takes no weak reference).
+_NO_BATCH_LOOKUP: dict[int, tuple[int, Callable[[], Any]]] = {}
 
 
 @dataclass
@@ -54,30 +60,43 @@ def per_cpu_sums(table, entries: int) -> list[int]:
     per entry was ~20 bpf() calls a pass), or an entry at a time where
     the kernel has no batch lookup for it. A map whose batch lookup failed
     once is read entry by entry from then on (remembered by its fd and
-    kernel id, whichever table object reads it): not a failing bpf() call
-    more on every sweep and status line."""
+    kernel id, whichever table object reads it): no bpf() call more on a
+    sweep or status line (one when another table object reads the map)."""
     fd = getattr(table, "map_fd", None)
-    if fd is not None and not _batch_failed_before(fd):
+    if fd is not None and not _batch_failed_before(fd, table):
         try:
             return sc.per_cpu_u64_array(fd, entries, possible_cpus())
         except OSError as exc:
             log.debug("map %s: no batch lookup (%s): read entry by entry", getattr(table, "name", fd), exc)
             map_id = _map_id(fd)
             if map_id is not None:  # (no id: tried again next time)
-                _NO_BATCH_LOOKUP[fd] = map_id
+                _NO_BATCH_LOOKUP[fd] = (map_id, _reader(table))
     return [int(sum(table[table.Key(i)])) for i in range(entries)]
 
 
-def _batch_failed_before(fd: int) -> bool:
-    """Whether the map behind ``fd`` is one whose batch lookup failed (one
-    bpf() call, only for an fd that had such a map: the same map still?)."""
+def _batch_failed_before(fd: int, table) -> bool:
+    """Whether the map behind ``fd`` is one whose batch lookup failed: no
+    bpf() call through the table object that was seen reading it, one
+    through another (the same map still?). Threads may read at once (the
+    drain and the status line): each step is one dict operation."""
     known = _NO_BATCH_LOOKUP.get(fd)
     if known is None:
         return False
-    if _map_id(fd) == known:
+    map_id, reader = known
+    if reader() is table:
         return True
-    del _NO_BATCH_LOOKUP[fd]  # the fd now holds another map (or none): it is tried afresh
+    if _map_id(fd) == map_id:
+        _NO_BATCH_LOOKUP[fd] = (map_id, _reader(table))
+        return True
+    _NO_BATCH_LOOKUP.pop(fd, None)  # the fd now holds another map (or none): it is tried afresh
     return False
+
+
+def _reader(table) -> Callable[[], Any]:
+    try:
+        return weakref.ref(table)
+    except TypeError:  # no weak reference to it: its map id is asked for every read
+        return lambda: None
 
 
 def _map_id(fd: int) -> int | None:
