@@ -237,7 +237,7 @@ PyObject *native_journey_hops(PyObject *self, PyObject *args) {
         hops += h < max_hops ? h : max_hops;
     }
     /* packet columns: room for every kept record being a packet of its own */
-    if (load_columns(p_obj, pc, N_PCOL, fn, "packet", NULL, 0, ~0u) < 0
+    if (load_columns(p_obj, pc, N_PCOL, fn, "packet", NULL, 1u << P_PACKET_ID | 1u << P_FLOW_ID, ~0u) < 0
         || load_columns(h_obj, hc, N_HCOL, fn, "hop", NULL, 0, ~0u) < 0)
         goto done;
     for (int i = 0; i < N_PCOL + N_HCOL; i++) {

@@ -1,4 +1,5 @@
-/* Columns and text tables for the text writers (see parts.h). */
+/* The one column loader (every native writer's integer columns) and the text
+ * writers' tables of texts (see parts.h). */
 #include "parts.h"
 
 #include <stdio.h>

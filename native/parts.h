@@ -1,6 +1,7 @@
-/* What the native writers share (journey_json.c, journey_text.c, journey_rows.c, segments.c): integer
- * columns taken from numpy arrays without copies, tables of pre-formatted
- * texts, and the inline writers of fragments and numbers. */
+/* What the native writers share (journey_json.c, journey_text.c, journey_rows.c, segments.c,
+ * address_ids.c): integer columns taken from numpy arrays without copies,
+ * tables of pre-formatted texts, and the inline writers of fragments and
+ * numbers. */
 #ifndef TRACER_NATIVE_PARTS_H
 #define TRACER_NATIVE_PARTS_H
 

@@ -82,8 +82,9 @@ def native_journey_rows(records: np.ndarray, ctx: DecodeContext, module) -> Jour
     packet_cols = np.empty((len(PACKET_COLUMNS) - 1, kept), np.int64)
     starts = np.empty(kept + 1, np.int64)
     hop_cols = np.empty((len(HOP_COLUMNS), total), np.int64)
+    ids = packet_cols[:2].view(np.uint64)  # packet_id, flow_id: written as uint64 (the C's rule), read as such below
     packets, place_keys, address_bytes, protocols, reasons = module.journey_hops(
-        records.view(np.uint8).reshape(-1), LAYOUT, _ICMP, int(ctx.boot_offset_ns), (*packet_cols, starts),
+        records.view(np.uint8).reshape(-1), LAYOUT, _ICMP, int(ctx.boot_offset_ns), (*ids, *packet_cols[2:], starts),
         tuple(hop_cols))
     per_packet = packet_cols[:, :packets]
     starts = starts[: packets + 1]

@@ -209,7 +209,8 @@ def test_bad_arguments_are_errors_not_crashes():
     kept = int(np.count_nonzero(recs["n_hops"]))
 
     def cols(k, h, extra=1):
-        return (*np.zeros((9, k), np.int64), np.zeros(k + extra, np.int64)), tuple(np.zeros((11, h), np.int64))
+        ids = np.zeros((2, k), np.uint64)  # packet_id, flow_id
+        return (*ids, *np.zeros((7, k), np.int64), np.zeros(k + extra, np.int64)), tuple(np.zeros((11, h), np.int64))
 
     with pytest.raises(ValueError, match="column"):
         m.journey_hops(raw, native_rows.LAYOUT, native_rows._ICMP, 0, *cols(kept, hops - 1))

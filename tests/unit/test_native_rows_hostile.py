@@ -75,10 +75,12 @@ def replaced(args: list, i: int, j: int, value) -> list:
 
 
 def hops_args(records: np.ndarray) -> tuple[np.ndarray, list, list]:
-    """journey_hops' records, packet and hop columns for ``records``."""
+    """journey_hops' records, packet and hop columns for ``records`` (the
+    ids uint64, the rest int64)."""
     kept = int(np.count_nonzero(records["n_hops"]))
     hops = int(np.minimum(records["n_hops"], events.MAX_HOPS).sum())
-    return records.view(np.uint8).reshape(-1), [*np.zeros((9, kept), I64), z(kept + 1)], list(np.zeros((11, hops), I64))
+    return (records.view(np.uint8).reshape(-1), [*np.zeros((2, kept), np.uint64), *np.zeros((7, kept), I64), z(kept + 1)],
+            list(np.zeros((11, hops), I64)))
 
 
 def call_hops(m, raw, packet_cols, hop_cols):
@@ -161,13 +163,13 @@ def case_hops_starts_is_the_flow_ids(m):
     records = some_records()
     records["flow_id"] = np.uint64(1 << 63) + np.uint64(12345)  # negative as an int64 index
     raw, packet_cols, hop_cols = hops_args(records)
-    packet_cols[1] = packet_cols[9][:-1]
+    packet_cols[1] = packet_cols[9][:-1].view(np.uint64)
     return call_hops(m, raw, packet_cols, hop_cols)
 
 
 def case_hops_starts_is_the_packet_ids(m):
     raw, packet_cols, hop_cols = hops_args(some_records())
-    packet_cols[0] = packet_cols[9][:-1]
+    packet_cols[0] = packet_cols[9][:-1].view(np.uint64)
     return call_hops(m, raw, packet_cols, hop_cols)
 
 
@@ -242,9 +244,9 @@ def test_only_int64_columns_are_taken(dtype):
     m = module()
     raw, packet_cols, hop_cols = hops_args(some_records())
     call_hops(m, raw, packet_cols, hop_cols)  # int64: fine
-    for cols in (packet_cols, hop_cols):
+    for cols, j in ((packet_cols, 2), (hop_cols, 0)):
         bad = list(cols)
-        bad[0] = bad[0].astype(dtype)
+        bad[j] = bad[j].astype(dtype)
         with pytest.raises(TypeError, match="int64"):
             call_hops(m, raw, *((bad, hop_cols) if cols is packet_cols else (packet_cols, bad)))
     m.journey_facts(*facts_args())
@@ -334,6 +336,24 @@ def test_the_text_writers_take_each_column_as_its_own_type(writer):
         bad = replaced(list(args), group, j, args[group][j].astype(dtype))
         with pytest.raises(TypeError, match=rf"{writer}: \w+ must be a contiguous 64-bit integer array \({want}\)"):
             call(*bad)
+
+
+def test_journey_hops_writes_the_ids_as_uint64_and_the_rest_as_int64():
+    """As the text writers take them: journey_hops' packet_id and flow_id
+    outputs are uint64 (an id past 2^63 is no negative int64), its other
+    columns int64; each refuses the other signedness."""
+    from tests.unit.test_native_text import module
+    m = module()
+    records = some_records()
+    records["flow_id"][:] = np.uint64(1 << 63) + np.uint64(7)
+    raw, packet_cols, hop_cols = hops_args(records)
+    packets = call_hops(m, raw, packet_cols, hop_cols)[0]
+    assert packets and packet_cols[1][:packets].max() >= np.uint64(1 << 63)
+    for j, dtype, want in ((0, I64, "uint64"), (1, I64, "uint64"), (1, np.float64, "uint64"), (2, np.uint64, "int64")):
+        bad = list(packet_cols)
+        bad[j] = bad[j].astype(dtype)
+        with pytest.raises(TypeError, match=rf"journey_hops: .+ must be a contiguous 64-bit integer array \({want}\)"):
+            call_hops(m, raw, bad, hop_cols)
 
 
 def test_address_ids_and_segment_outputs_are_their_own_type():
