@@ -57,8 +57,8 @@ def _end_deadline() -> None:
 # Smaller folios are served from smaller free blocks first, which the guest
 # kept, while it has any: `trace --json`'s system time a packet went 2.2 ->
 # 1.25 µs (median of 10 rounds; 3.3 -> 0.75 in the best) writing its ~14 MB
-# shows in 1 MiB pieces (docs/benchmarks.md, "Session 10"). Elsewhere the
-# pieces cost only their syscalls (~14 a show).
+# shows in 1 MiB pieces (docs/benchmarks.md, "Session 10: `trace --json`
+# CPU"). Elsewhere the pieces cost only their syscalls (~14 a show).
 WRITE_PIECE = 1 << 20
 
 # True while write_out writes: a reader that stopped reading (but did not
