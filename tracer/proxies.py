@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tracer import addresses, procfs
 
 COMM = "docker-proxy"
@@ -129,6 +131,7 @@ class ProxyLinks:
         self._ids = itertools.count(1)
         # where each relayed stream starts (proxy_output.StreamStarts), kept with the links it serves
         self.streams = None
+        self._ports: np.ndarray | None = None  # every leg endpoint's port (leg_ports), made again after a change
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -170,7 +173,16 @@ class ProxyLinks:
         if known is None or known[0].backend != link.backend:
             self._keep(link)
 
+    def leg_ports(self) -> np.ndarray:
+        """The ports of every kept leg's endpoints, sorted: a packet whose two
+        ports are not both among them is on no leg (proxy_output's filter
+        before the exact lookup)."""
+        if self._ports is None:
+            self._ports = np.unique(np.array([port for leg in self.by_leg for _, port in leg], np.int64))
+        return self._ports
+
     def _keep(self, link: ProxyLink) -> ProxyLink:
+        self._ports = None
         self._kept.pop(id(link), None)
         self._kept[id(link)] = link
         self.by_leg[frozenset(link.client)] = (link, "client")

@@ -313,3 +313,67 @@ def test_an_empty_chunk_is_no_output_and_changes_no_link():
     opening = journey_rows(pa.Table.from_pylist(_leg_packets(10, *CLIENT, isn=5, sizes=[]), schema=EVENT_SCHEMA))
     block, count = journey_block(opening, True, False, None, links)
     assert count == 1 and len(links.streams._isn) == 1 and b'"proxy"' in bytes(block)
+
+
+def _notes_one_by_one(jr, links):
+    """The oracle: every journey's first hop looked up on its own."""
+    out = []
+    for k in range(len(jr)):
+        h = int(jr.starts[k])
+        src = (jr.src_ip[int(jr.src[0][h])], int(jr.src[1][h]))
+        dst = (jr.dst_ip[int(jr.dst[0][h])], int(jr.dst[1][h]))
+        hit = links.find(src, dst) if src[0] is not None and dst[0] is not None else None
+        if hit is not None:
+            link, leg = hit
+            out.append((k, link, leg, src == link.client[0] if leg == "client" else dst == link.backend[0]))
+    return out
+
+
+def test_notes_of_many_journeys_match_a_lookup_per_journey():
+    """journey_notes groups journeys by their first hop's (src, dst) in one
+    packed key: the same notes, in journey order, as a lookup per journey."""
+    rng = np.random.default_rng(9)
+    links = ProxyLinks()
+    links.add(41, CLIENT, BACKEND, {41: PROXY})
+    pool = [CLIENT, (CLIENT[1], CLIENT[0]), BACKEND, (BACKEND[1], BACKEND[0]),
+            (("198.18.0.2", 5), ("198.18.0.1", 8000)), (("198.18.0.2", 65535), ("198.18.0.9", 0)),
+            (("fd00::1", 443), ("198.18.0.1", 8000))]
+    for n in (1, 7, 500):
+        jr = _rows([pool[i] for i in rng.integers(0, len(pool), n)])
+        assert journey_notes(jr, links) == _notes_one_by_one(jr, links)
+
+
+def test_distinct_pairs_packed_or_not_are_the_same_groups():
+    """The packed key and np.unique's rows (the path for values the key
+    cannot hold: negative, ports past 16 bits, codes past 31 bits together)
+    give the same distinct pairs and the same grouping."""
+    from tracer.proxy_output import _distinct_pairs
+
+    rng = np.random.default_rng(1)
+    cases = [
+        [rng.integers(0, 40, 3000), rng.integers(0, 65536, 3000) % 7, rng.integers(0, 3, 3000), rng.integers(0, 65536, 3000) % 5],
+        [rng.integers(0, 3, 50), rng.integers(65530, 65536, 50), rng.integers(0, 3, 50), rng.integers(0, 65536, 50)],
+        [rng.integers(-1, 3, 50), rng.integers(0, 3, 50), rng.integers(0, 3, 50), rng.integers(0, 3, 50)],  # fallback
+        [rng.integers(0, 3, 50), rng.integers(65536, 65540, 50), rng.integers(0, 3, 50), rng.integers(0, 3, 50)],
+        [rng.integers(0, 1 << 20, 50), rng.integers(0, 3, 50), rng.integers(0, 1 << 12, 50), rng.integers(0, 3, 50)],
+    ]
+    for columns in cases:
+        columns = [np.asarray(c, np.int64) for c in columns]
+        n_dst = int(columns[2].max()) + 1
+        distinct, inverse = _distinct_pairs(columns, n_dst)
+        rows = list(zip(*(c.tolist() for c in columns)))
+        assert len(set(distinct)) == len(distinct) == len(set(rows))
+        assert [distinct[i] for i in np.asarray(inverse).tolist()] == rows
+
+
+def test_a_link_added_after_a_lookup_is_found_by_the_next():
+    """The legs' ports (the filter before the exact lookup) are made again
+    when a link comes or goes, not kept from the first batch."""
+    links = ProxyLinks(keep=1)
+    other = (("172.17.0.1", 50000), ("172.17.0.3", 9090))
+    links.add(41, (("198.18.0.2", 7), ("198.18.0.1", 8001)), other, {41: DockerProxy(41, "tcp", "0.0.0.0", 8001, "172.17.0.3", 9090)})
+    jr = _rows([CLIENT, BACKEND, other])
+    assert [k for k, *_ in journey_notes(jr, links)] == [2]
+    link = links.add(41, CLIENT, BACKEND, {41: PROXY})  # keep=1: the first link is forgotten
+    assert [(k, n[0]) for k, *n in journey_notes(jr, links)] == [(0, link), (1, link)]
+    assert journey_notes(jr, links) == _notes_one_by_one(jr, links)
