@@ -13,117 +13,15 @@ reads.
 
 from __future__ import annotations
 
-import re
-import socket
-import struct
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.e2e.journey_kernel import (HOOK_TC_INGRESS, SMALL_POOL, Kernel, end_name, frame, frame6, pcache_holds,
+                                      pcache_set_index)
 from tracer import addresses, events
 from tracer.expand import expand
-
-PAGES = 64
-HOOK_TC_INGRESS = events.HOOKS.index("tc_ingress")
-
-
-def frame(ip_id: int, seq: int, dport: int = 8000) -> bytes:
-    tcp = struct.pack("!HHIIBBHHH", 40000, dport, seq, 0, 5 << 4, 0x10, 65535, 0, 0)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, ip_id, 0, 64, 6, 0,
-                     socket.inet_aton("198.18.0.2"), socket.inet_aton("198.18.0.1"))
-    return b"\x02" * 12 + b"\x08\x00" + ip + tcp
-
-
-def frame6(flow: int, seq: int, dport: int = 8000, next_header: int = 6) -> bytes:
-    """Ethernet + IPv6 + TCP: [fd00:198:18::2]:40000 -> [fd00:198:18::1]:dport
-    (next_header 0 puts a hop-by-hop options header before the TCP header)."""
-    tcp = struct.pack("!HHIIBBHHH", 40000, dport, seq, 0, 5 << 4, 0x10, 65535, 0, 0)
-    ext = b"\x06\x00" + b"\x01\x04\x00\x00\x00\x00" if next_header == 0 else b""
-    ip = struct.pack("!IHBB16s16s", 6 << 28 | flow, len(ext) + len(tcp), next_header, 64,
-                     addresses.packed("fd00:198:18::2")[:16], addresses.packed("fd00:198:18::1"))
-    return b"\x02" * 12 + b"\x86\xdd" + ip + ext + tcp
-
-
-def _packet_group() -> int:
-    """bpf/common.h's PACKET_GROUP, read from the source (a copy could drift)."""
-    text = (Path(__file__).resolve().parents[2] / "bpf" / "common.h").read_text()
-    return int(re.search(r"^#define PACKET_GROUP (\d+)$", text, re.M).group(1))
-
-
-PACKET_GROUP = _packet_group()
-
-
-def pcache_set_index(ip_id: int, seq: int, entries: int) -> int:
-    """The set pcache_set (bpf/common.h) picks for frame(ip_id, seq); the
-    tests that use it check the kernel agrees (pcache_holds)."""
-    a = struct.unpack("<Q", struct.pack("!II", seq, 0))[0]
-    b = struct.unpack("<Q", struct.pack("!HH", ip_id, 40) + struct.pack("<BBH", 6, 0x10, 0))[0]  # proto, flags, jslot 0
-    m = (1 << 64) - 1
-    h = ((a ^ (b * 0x9E3779B97F4A7C15 & m)) * 0xC2B2AE3D27D4EB4F) & m
-    group = ((seq >> 12) * 0x9E3779B97F4A7C15 & m) >> 32 if seq else h >> 32  # TCP: seq xor ack (0 here), to 4 KiB
-    return (group & (entries - 1) & ~(PACKET_GROUP - 1)) | ((h >> 32) & (PACKET_GROUP - 2))
-
-
-def pcache_holds(k, index: int, seq: int, ip_ids: list[int] | None = None) -> bool:
-    """Whether the kernel's packet-cache set at ``index`` holds frames of
-    ``seq`` (and, if given, exactly the IP ids ``ip_ids``)."""
-    slots = [k.bpf["pcache"][k.bpf["pcache"].Key(i)] for i in (index, index + 1)]
-    held = [s for s in slots if socket.ntohl(s.fp.seq) == seq]
-    if ip_ids is None:
-        return bool(held)
-    return sorted(socket.ntohs(s.fp.ip_id) for s in held) == sorted(ip_ids)
-
-
-class Kernel:
-    def __init__(self, pages: int = PAGES, pool: int | None = None) -> None:
-        """``pool``: journey slots per CPU (JOURNEY_POOL) if not the
-        shipped number: a small pool comes round in a few claims."""
-        from tracer.drain import RingBufferDrain
-        from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
-        from tracer.kernel.cpus import cpu_id_bound
-        from tracer.kernel.program import FP_WINDOW_NS, SWEEP_CHUNK, Filter, Program, journey_pool
-        from tracer.kernel.sweep import JourneySweeper
-        from tracer.sensors.drops import DropSensor
-        from tracer.sensors.netfilter import NetfilterSensor
-        from tracer.sensors.tc import TcSensor
-
-        self.window_ns = FP_WINDOW_NS
-        program = Program([TcSensor([]), NetfilterSensor(), DropSensor()], Filter(ports=(8000,)), ringbuf_pages=pages)
-        self.entries = program.packet_entries
-        cflags = program.cflags()
-        if pool is not None:
-            cflags = [f for f in cflags if not f.startswith(("-DJOURNEY_POOL=", "-DJOURNEY_SLOTS="))]
-            cflags += [f"-DJOURNEY_POOL={pool}", f"-DJOURNEY_SLOTS={pool * cpu_id_bound()}"]
-        self.pool = pool or journey_pool(cpu_id_bound())
-        self.bpf = program.compile(cflags=cflags)
-        program.filter.fill_maps(self.bpf)
-        self.fd = {name: self.bpf.load_func(name, BPF_PROG_TYPE_SCHED_CLS).fd for name in ("trc_tc_in", "trc_tc_in_ct")}
-        self.run_cls = ProgTestRun
-        self.drain = RingBufferDrain(self.bpf["events"].map_fd, pages * 4096, sample=events.JOURNEY_DTYPE)
-        self.sweeper = JourneySweeper(self.bpf, self.entries, SWEEP_CHUNK, FP_WINDOW_NS)
-
-    def see(self, prog: str, packet: bytes, times: int = 1) -> None:
-        for _ in range(times):
-            self.run_cls(self.fd[prog], packet).run(1)
-
-    def records(self) -> np.ndarray:
-        return self.drain.read()
-
-    def ends(self) -> dict[str, int]:
-        table = self.bpf["journey_ends"]
-        return {name: int(sum(table[table.Key(i)])) for i, name in enumerate(events.JOURNEY_ENDS) if name}
-
-    def faults(self) -> dict[str, int]:
-        """What the kernel left out rather than write a wrong journey."""
-        table = self.bpf["journey_ends"]
-        base = len(events.JOURNEY_ENDS)
-        return {name: int(sum(table[table.Key(base + i)])) for i, name in enumerate(events.JOURNEY_FAULTS)}
-
-    def close(self) -> None:
-        self.drain.close()
-        self.bpf.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +40,6 @@ def clean(kernel):
     kernel.sweeper.flush()
     kernel.records()
 
-
-def end_name(record) -> str:
-    return events.JOURNEY_ENDS[int(record["end"])]
 
 
 def test_a_journey_is_one_record_emitted_where_it_ends(clean):
@@ -235,26 +130,35 @@ def test_a_journey_that_goes_quiet_is_swept_out_incomplete(clean):
 
 
 def test_one_sweep_reaches_every_slot(clean):
-    """A sweep is one BPF_PROG_TEST_RUN repeated over the cache's chunks:
-    quiet journeys in the first and the last chunk, and in between, all go
-    out in one sweep."""
-    from tracer.kernel.program import SWEEP_CHUNK
+    """A sweep is one BPF_PROG_TEST_RUN repeated over the journey slots in
+    chunks (trc_sweep walks every CPU's pool): quiet journeys in the first
+    and the last slot of each CPU's pool, and in between, all go out in one
+    sweep. Each CPU's next pool slot is set (jpool_next) before a claim
+    pinned to that CPU, so the journeys land where the test says."""
+    import os
 
     k = clean
-    chunks = k.entries // SWEEP_CHUNK
-    wanted, seq = {}, 9000  # chunk -> a frame's seq whose set falls in it
-    while not ({0, chunks - 1} <= wanted.keys() and len(wanted) >= 6):  # the first, the last, four others
-        seq += 1
-        chunk = pcache_set_index(300, seq, k.entries) // SWEEP_CHUNK
-        if chunk in (0, chunks - 1) or len(wanted) < 4:
-            wanted.setdefault(chunk, seq)
-    for seq in wanted.values():
-        k.see("trc_tc_in", frame(300, seq), 2)
-        assert pcache_holds(k, pcache_set_index(300, seq, k.entries), seq), "the kernel's set is the one computed here"
+    table = k.bpf["jpool_next"]
+    saved = list(table[table.Key(0)])
+    affinity = os.sched_getaffinity(0)
+    positions = sorted({0, 1, k.pool // 2, k.pool - 1})
+    placed, seq = [], 9000
+    try:
+        for cpu in sorted(affinity):
+            os.sched_setaffinity(0, {cpu})  # BPF_PROG_TEST_RUN runs here: this CPU's pool
+            for pos in positions:
+                table[table.Key(0)] = table.Leaf(*([pos] * len(saved)))
+                seq += 1
+                k.see("trc_tc_in", frame(300, seq), 2)  # claimed, then a second hop: open
+                placed.append(cpu * k.pool + pos)
+    finally:
+        os.sched_setaffinity(0, affinity)
+    if 0 in affinity and max(affinity) == k.journey_slots // k.pool - 1:
+        assert {0, k.journey_slots - 1} <= set(placed), "the array's first and last journey slots"
     time.sleep(2 * k.window_ns / 1e9)
     k.sweeper.sweep()
     recs = k.records()
-    assert sorted(end_name(r) for r in recs) == ["quiet"] * len(wanted), sorted(wanted)
+    assert sorted(end_name(r) for r in recs) == ["quiet"] * len(placed), (len(recs), placed)
     assert all(r["n_hops"] == 2 for r in recs)
 
 
@@ -283,7 +187,7 @@ def test_a_stolen_slot_emits_the_journey_it_held(clean):
     assert {end_name(r) for r in flushed} == {"flushed"}
 
 
-SMALL_POOL = 4  # journey slots per CPU in the `small` kernel: its pool comes round every 4 claims
+
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +204,7 @@ def small(small_kernel):
     yield small_kernel
     small_kernel.sweeper.flush()
     small_kernel.records()
+
 
 
 def test_a_pool_slot_that_comes_round_emits_the_journey_it_held(small):
@@ -351,123 +256,6 @@ def test_a_pool_slot_that_comes_round_emits_the_journey_it_held(small):
     assert len(later) == 1 and end_name(later[0]) == "terminal" and later[0]["n_hops"] == 1
     assert int(later[0]["packet_id"]) == int(recs[0]["packet_id"]), "a continuation of the same packet"
 
-
-def frame_marked(i: int, seq: int) -> bytes:
-    """frame() whose source port and TTL say which packet it is (i): a hop of
-    it written into another packet's journey shows as a second address tuple
-    or a foreign TTL."""
-    sport, ttl = 20000 + i % 30000, 1 + i % 250
-    tcp = struct.pack("!HHIIBBHHH", sport, 8000, seq, 0, 5 << 4, 0x10, 65535, 0, 0)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, i & 0xFFFF, 0, ttl, 6, 0,
-                     socket.inet_aton("198.18.0.2"), socket.inet_aton("198.18.0.1"))
-    return b"\x02" * 12 + b"\x08\x00" + ip + tcp
-
-
-CONTENDED = 1  # guard refusals the cross-CPU case waits for
-MAX_CLAIMS = 900_000  # its packets' seq (base + i * 4096) must not wrap
-
-
-def test_sightings_on_two_cpus_never_put_a_hop_in_another_packets_journey(small):
-    """The cross-CPU case of the pool: one thread pinned to one CPU claims
-    packet after packet (its pool of SMALL_POOL comes round every few
-    claims), another pinned to a second CPU keeps appending hops to the
-    packets the first just claimed, whose journey slots are in the first
-    CPU's pool. BPF_PROG_TEST_RUN runs a tc program on the calling thread's
-    CPU (its cpu/flags options are for raw tracepoints only), so pinned
-    threads are how two CPUs drive one flow at once. Every record must hold
-    one packet's hops only: its own TTL at each hop, its own addresses (one
-    tuple); what could not be written is counted, and the kernel's own
-    check after each write (mismatch) stays 0."""
-    import os
-    import threading
-
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        pytest.skip("one CPU: no cross-CPU case to drive")
-    k = small
-    base = 0x10000000
-    faults_before = k.faults()
-    latest = [-1]
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def seq_of(i: int) -> int:
-        return (base + i * 4096) & 0xFFFFFFFF
-
-    def claimer() -> None:
-        try:
-            os.sched_setaffinity(0, {cpus[0]})
-            i = 0
-            while not stop.is_set() and i < MAX_CLAIMS:
-                k.run_cls(k.fd["trc_tc_in"], frame_marked(i, seq_of(i))).run(1)
-                latest[0] = i
-                i += 1
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            errors.append(exc)
-
-    def appender() -> None:
-        try:
-            os.sched_setaffinity(0, {cpus[1]})
-            r = 0
-            while not stop.is_set():
-                # The packet just claimed, and in turn the ones before it
-                # whose pool slots the claimer is about to take back: where
-                # the two CPUs meet in one slot.
-                i = latest[0] - r % k.pool
-                r += 1
-                if i >= 0:  # 4 hops in one test run: the full path, then the tc fast path
-                    k.run_cls(k.fd["trc_tc_in"], frame_marked(i, seq_of(i))).run(4)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=claimer), threading.Thread(target=appender)]
-    recs = []
-    for t in threads:
-        t.start()
-    # At least 5 s (the old unguarded pool mixed a record in about one 3 s run
-    # of four here), then on until the guard was contended at least
-    # CONTENDED times (a hop refused or a claim failed: the two CPUs met in
-    # one slot), up to 60 s: a run where they never met proves nothing.
-    start = time.monotonic()
-
-    def contended() -> int:
-        now = k.faults()
-        return sum(now[name] - faults_before[name] for name in ("hop_refused", "claim_failed"))
-
-    while True:
-        time.sleep(0.02)
-        recs.append(k.records())  # the ring holds a few hundred: read as they come
-        elapsed = time.monotonic() - start
-        if elapsed >= 60.0 or latest[0] >= MAX_CLAIMS - 1 or (elapsed >= 5.0 and contended() >= CONTENDED):
-            break
-    stop.set()
-    for t in threads:
-        t.join()
-    k.sweeper.flush()
-    recs.append(k.records())
-    assert not errors, errors
-    recs = np.concatenate(recs)
-    faults = {name: n - faults_before[name] for name, n in k.faults().items()}
-    assert len(recs) > 1000, len(recs)
-    wrong = []
-    for r in recs:
-        i = (int(r["tcp_seq"]) - base) % (1 << 32) // 4096
-        n = int(r["n_hops"])
-        ttls = {int(h["ttl"]) for h in r["hops"][:n]}
-        sport = int(r["tuples"][0]["sport"])  # big-endian in the record: events.TUPLE_FIELDS
-        if ttls != {1 + i % 250} or int(r["n_tuples"]) != 1 or sport != 20000 + i % 30000 \
-                or int(r["ip_id"]) != i & 0xFFFF:
-            wrong.append((i, end_name(r), n, sorted(ttls), int(r["n_tuples"]), sport))
-    assert not wrong, f"{len(wrong)} of {len(recs)} records mix packets, e.g. {wrong[:5]}"
-    assert faults["mismatch"] == 0, faults
-    met = faults["hop_refused"] + faults["claim_failed"]
-    assert met >= CONTENDED, (
-        f"the two CPUs never met in a journey slot in {elapsed:.0f} s (hop_refused + claim_failed = {met}, "
-        f"{len(recs)} records, faults {faults}): the guard was not exercised, the case proves nothing on this run")
-    # The case was driven: journeys the second CPU appended to were taken
-    # back by the first CPU's pool (evicted with more than their first hop).
-    evicted_appended = sum(1 for r in recs if end_name(r) == "evicted" and int(r["n_hops"]) > 1)
-    assert evicted_appended > 0, (len(recs), faults)
 
 
 def test_a_packet_id_that_wraps_starts_a_new_journey(clean):

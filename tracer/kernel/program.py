@@ -81,10 +81,10 @@ FP_WINDOW_NS = 20_000_000
 # Latency mode keeps following a packet across slow hops (a full qdisc can
 # hold it for tens of ms); a fingerprint repeating within 1 s is rare.
 LATENCY_FP_WINDOW_NS = 1_000_000_000
-# Packet-cache slots trc_sweep looks at per run (bpf/journey.h): a bounded
+# Journey slots trc_sweep looks at per run (bpf/journey.h): a bounded
 # loop the verifier walks iteration by iteration at load time, so this is
-# start-up time (1024: 0.17 s; 256: 0.04 s, at 0.3 ms for the 64 runs of a
-# whole sweep); packet_entries / SWEEP_CHUNK runs cover the cache.
+# start-up time (1024: 0.17 s; 256: 0.04 s); journey_slots / SWEEP_CHUNK
+# runs (rounded up) cover every CPU's pool.
 SWEEP_CHUNK = 256
 # Filter maps (--port, --host) are sized to the values given, at least this.
 FILTER_MAP_MIN = 64
@@ -230,6 +230,12 @@ class Program:
         return PACKET_ENTRIES if self.latency or self.sightings else JOURNEY_ENTRIES
 
     @property
+    def journey_slots(self) -> int:
+        """Journey slots, all CPUs' pools (bpf/journey.h; what trc_sweep walks)."""
+        cpus = cpu_id_bound()
+        return journey_pool(cpus) * cpus
+
+    @property
     def record_dtype(self):
         """What one ring-buffer record is (tracer/drain.py reads them)."""
         return events.RAW_DTYPE if self.sightings else events.JOURNEY_DTYPE
@@ -288,9 +294,8 @@ class Program:
         if self.latency:
             flags += ["-DLATENCY_MODE", f"-DHIST_SLICES={self.hist_slices}"]
         else:
-            cpus = cpu_id_bound()  # the pools are indexed by CPU id
-            pool = journey_pool(cpus)
-            flags += [f"-DSWEEP_CHUNK={SWEEP_CHUNK}", f"-DJOURNEY_POOL={pool}", f"-DJOURNEY_SLOTS={pool * cpus}"]
+            pool = journey_pool(cpu_id_bound())  # the pools are indexed by CPU id
+            flags += [f"-DSWEEP_CHUNK={SWEEP_CHUNK}", f"-DJOURNEY_POOL={pool}", f"-DJOURNEY_SLOTS={self.journey_slots}"]
         if self.sightings and not self.latency:  # latency mode has no per-packet records at all
             flags.append("-DSIGHTING_EVENTS")
         if shared:

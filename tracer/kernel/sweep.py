@@ -3,7 +3,7 @@
 A packet that leaves the sensors' view (a GSO packet a qdisc split, a sensor
 missing on its way) never reaches a sighting that ends its journey. Its record
 is still in the kernel's slot; trc_sweep, run here with BPF_PROG_TEST_RUN over
-the packet cache in chunks, emits it marked incomplete once no sighting could
+the journey slots in chunks, emits it marked incomplete once no sighting could
 join it any more, and at the end emits every journey still open.
 """
 
@@ -24,10 +24,10 @@ class _SweepArgs(ctypes.Structure):
 
 
 class JourneySweeper:
-    def __init__(self, bpf, packet_entries: int, chunk: int, idle_ns: int) -> None:
+    def __init__(self, bpf, journey_slots: int, chunk: int, idle_ns: int) -> None:
         self.runner = ProgTestRun(bpf.load_func(*SWEEP_PROGRAM[:2]).fd, _PACKET)
         self.args = bpf["sweep_args"]
-        self.runs = max(1, packet_entries // chunk)
+        self.runs = max(1, -(-journey_slots // chunk))  # the last chunk may be short
         self.idle_ns = idle_ns
         self._set = None
 
