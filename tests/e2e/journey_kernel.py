@@ -150,3 +150,44 @@ def frame_marked(i: int, seq: int) -> bytes:
 
 
 SMALL_POOL = 4  # journey slots per CPU in a small kernel: its pool comes round every 4 claims
+
+
+class MarkedRecords:
+    """Records of frame_marked packets, checked batch by batch as they are
+    read (a cross-CPU case reads millions: none is kept): each must hold one
+    packet's hops only, its own TTL at every hop, its own addresses (one
+    tuple), its own IP id. ``which`` gives each record's packet number i."""
+
+    def __init__(self, which) -> None:
+        self.which = which
+        self.count = 0
+        self.wrong = 0
+        self.examples: list[tuple] = []
+        self.ends: dict[str, int] = {}
+        self.evicted_first_hop_only = 0  # evicted with only the hop that gave the packet its id
+        self.evicted_appended = 0  # evicted with more than their first hop
+
+    def add(self, recs: np.ndarray) -> None:
+        if not len(recs):
+            return
+        i = self.which(recs)
+        n = recs["n_hops"].astype(np.int64)
+        used = np.arange(events.MAX_HOPS)[None, :] < n[:, None]
+        ttl_ok = ((recs["hops"]["ttl"] == (1 + i % 250)[:, None]) | ~used).all(axis=1)
+        ok = (n > 0) & ttl_ok & (recs["n_tuples"] == 1) & (recs["tuples"][:, 0]["sport"] == 20000 + i % 30000) \
+            & (recs["ip_id"] == i & 0xFFFF)
+        self.count += len(recs)
+        self.wrong += int((~ok).sum())
+        for r, k in zip(recs[~ok][:5 - len(self.examples)], i[~ok]):
+            self.examples.append((int(k), end_name(r), int(r["n_hops"]), int(r["n_tuples"]),
+                                  sorted({int(h["ttl"]) for h in r["hops"][:int(r["n_hops"])]})))
+        for e, c in zip(*np.unique(recs["end"], return_counts=True)):
+            name = events.JOURNEY_ENDS[int(e)] or "none"
+            self.ends[name] = self.ends.get(name, 0) + int(c)
+        evicted = recs["end"] == events.JOURNEY_ENDS.index("evicted")
+        first = (n > 0) & (recs["hops"][:, 0]["code"] & 0x80 != 0)
+        self.evicted_first_hop_only += int((evicted & (n == 1) & first).sum())
+        self.evicted_appended += int((evicted & (n > 1)).sum())
+
+    def problem(self) -> str:
+        return f"{self.wrong} of {self.count} records mix packets, e.g. {self.examples}" if self.wrong else ""
