@@ -653,17 +653,20 @@ static __always_inline void remember_journey(struct last_sighting *last, u64 skb
 }
 
 /* Run by user space (BPF_PROG_TEST_RUN, tracer/kernel/sweep.py) every 50 ms
- * while journeys are open: emits the open journeys of SWEEP_CHUNK journey
- * slots from the cursor on whose last hop is idle_ns old (they left the
- * sensors' view: past the packet cache's joining window only a drop can
- * still find them, and it then comes as a continuation), or every open one
- * when idle_ns is 0 (tracing stops). It walks the journey slots, not the
- * packet cache: a journey whose packet-cache slot another claim took in a
- * race (journey_recheck) is found here too, so none stays open. */
+ * while journeys are open: emits the open journeys of SWEEP_CHUNK slots from
+ * the cursor on that saw nothing for idle_ns (they left the sensors' view:
+ * past the packet cache's joining window only a drop can still find them,
+ * and it then comes as a continuation), or every open one when idle_ns is
+ * 0 (tracing stops). `journeys` 0: packet-cache slots (quiet by the slot's
+ * last sighting; 512 KiB, two slots a cache line: the cheap walk, every
+ * 50 ms); 1: journey slots (quiet by the last hop; a line per slot, ~5x the
+ * walk's cost), which reaches a journey whose packet-cache slot another
+ * claim took in a race (journey_recheck) too: every 20th sweep and when
+ * tracing stops, so none stays open. */
 struct sweep_args {
     u64 idle_ns;
     u32 cursor;
-    u32 _pad;
+    u32 journeys;
 };
 BPF_ARRAY(sweep_args, struct sweep_args, 1);
 
@@ -676,27 +679,49 @@ int trc_sweep(struct __sk_buff *ctx)
     u64 now = bpf_ktime_get_ns();
     s64 idle = args->idle_ns;
     u8 end = idle ? END_QUIET : END_FLUSHED;
-    u32 start = args->cursor < JOURNEY_SLOTS ? args->cursor : 0;
+    if (args->journeys) {
+        u32 start = args->cursor < JOURNEY_SLOTS ? args->cursor : 0;
+#pragma clang loop unroll(disable)
+        for (u32 i = 0; i < SWEEP_CHUNK; i++) {
+            u32 k = start + i;
+            struct journey *j = journeys.lookup(&k);
+            if (!j)
+                break; /* past the last slot */
+            /* All in the slot's first line: most slots are closed or quiet. */
+            u64 id = j->packet_id;
+            if (!id || (j->busy & JOURNEY_CLOSED) || (idle && (s64)(now - j->last_ktime) < idle))
+                continue;
+            if (!journey_hold(j))
+                continue; /* being taken, or closed meanwhile */
+            if (j->packet_id == id) {
+                u32 o = j->pcache_slot & (PACKET_ENTRIES - 1);
+                struct pkt_slot *slot = pcache.lookup(&o);
+                if (slot)
+                    journey_close(slot, j, id, k, end, SENSOR_SWEEP);
+            }
+            journey_leave(j, id);
+        }
+        args->cursor = start + SWEEP_CHUNK < JOURNEY_SLOTS ? start + SWEEP_CHUNK : 0;
+        return 0;
+    }
+    u32 start = args->cursor & (PACKET_ENTRIES - 1);
 #pragma clang loop unroll(disable)
     for (u32 i = 0; i < SWEEP_CHUNK; i++) {
-        u32 k = start + i;
-        struct journey *j = journeys.lookup(&k);
-        if (!j)
-            break; /* past the last slot */
-        /* All in the slot's first line: most slots are closed or quiet. */
-        u64 id = j->packet_id;
-        if (!id || (j->busy & JOURNEY_CLOSED) || (idle && (s64)(now - j->last_ktime) < idle))
+        u32 k = (start + i) & (PACKET_ENTRIES - 1);
+        struct pkt_slot *slot = pcache.lookup(&k);
+        if (!slot)
+            break;
+        u64 pid = slot->packet_id;
+        if (!(pid & JOURNEY_OPEN_BIT) || (idle && (s64)(now - slot->last_seen) < idle))
             continue;
-        if (!journey_hold(j))
-            continue; /* being taken, or closed meanwhile */
-        if (j->packet_id == id) {
-            u32 o = j->pcache_slot & (PACKET_ENTRIES - 1);
-            struct pkt_slot *slot = pcache.lookup(&o);
-            if (slot)
-                journey_close(slot, j, id, k, end, SENSOR_SWEEP);
-        }
+        u64 id = pid & ~JOURNEY_OPEN_BIT;
+        u32 jk = slot->fp.jslot;
+        struct journey *j = journey_enter_slot(jk, id);
+        if (!j)
+            continue; /* being written or taken, or closed: a later sweep */
+        journey_close(slot, j, id, jk, end, SENSOR_SWEEP);
         journey_leave(j, id);
     }
-    args->cursor = start + SWEEP_CHUNK < JOURNEY_SLOTS ? start + SWEEP_CHUNK : 0;
+    args->cursor = start + SWEEP_CHUNK;
     return 0;
 }

@@ -138,7 +138,8 @@ class TraceSession:
 
                 # Journeys quiet for longer than the packet cache joins
                 # sightings can never end: out they go, marked incomplete.
-                self.sweeper = JourneySweeper(self.bpf, program.journey_slots, SWEEP_CHUNK, FP_WINDOW_NS)
+                self.sweeper = JourneySweeper(self.bpf, program.packet_entries, program.journey_slots, SWEEP_CHUNK,
+                                              FP_WINDOW_NS)
         if opts.rules:
             from tracer.rule_trace import RuleTracer, match_for
 

@@ -93,7 +93,7 @@ class Kernel:
         self.fd = {name: self.bpf.load_func(name, BPF_PROG_TYPE_SCHED_CLS).fd for name in ("trc_tc_in", "trc_tc_in_ct")}
         self.run_cls = ProgTestRun
         self.drain = RingBufferDrain(self.bpf["events"].map_fd, pages * 4096, sample=events.JOURNEY_DTYPE)
-        self.sweeper = JourneySweeper(self.bpf, self.journey_slots, SWEEP_CHUNK, FP_WINDOW_NS)
+        self.sweeper = JourneySweeper(self.bpf, self.entries, self.journey_slots, SWEEP_CHUNK, FP_WINDOW_NS)
 
     def see(self, prog: str, packet: bytes, times: int = 1) -> None:
         for _ in range(times):

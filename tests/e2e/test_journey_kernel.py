@@ -129,11 +129,36 @@ def test_a_journey_that_goes_quiet_is_swept_out_incomplete(clean):
     assert len(k.records()) == 0, "emitted once"
 
 
-def test_one_sweep_reaches_every_slot(clean):
-    """A sweep is one BPF_PROG_TEST_RUN repeated over the journey slots in
-    chunks (trc_sweep walks every CPU's pool): quiet journeys in the first
-    and the last slot of each CPU's pool, and in between, all go out in one
-    sweep. Each CPU's next pool slot is set (jpool_next) before a claim
+def test_one_sweep_reaches_every_packet_cache_slot(clean):
+    """A sweep is one BPF_PROG_TEST_RUN repeated over the cache's chunks
+    (the walk of every sweep but each JOURNEY_WALK_EVERY-th):
+    quiet journeys in the first and the last chunk, and in between, all go
+    out in one sweep."""
+    from tracer.kernel.program import SWEEP_CHUNK
+
+    k = clean
+    chunks = k.entries // SWEEP_CHUNK
+    wanted, seq = {}, 9000  # chunk -> a frame's seq whose set falls in it
+    while not ({0, chunks - 1} <= wanted.keys() and len(wanted) >= 6):  # the first, the last, four others
+        seq += 1
+        chunk = pcache_set_index(300, seq, k.entries) // SWEEP_CHUNK
+        if chunk in (0, chunks - 1) or len(wanted) < 4:
+            wanted.setdefault(chunk, seq)
+    for seq in wanted.values():
+        k.see("trc_tc_in", frame(300, seq), 2)
+        assert pcache_holds(k, pcache_set_index(300, seq, k.entries), seq), "the kernel's set is the one computed here"
+    time.sleep(2 * k.window_ns / 1e9)
+    k.sweeper.sweep()
+    recs = k.records()
+    assert sorted(end_name(r) for r in recs) == ["quiet"] * len(wanted), sorted(wanted)
+    assert all(r["n_hops"] == 2 for r in recs)
+
+
+def test_one_journey_slot_walk_reaches_every_pool_slot(clean):
+    """The sweep's other walk (every JOURNEY_WALK_EVERY-th sweep, and the
+    flush) is one BPF_PROG_TEST_RUN repeated over the journey slots in
+    chunks, every CPU's pool: quiet journeys in the first and the last slot
+    of each CPU's pool, and in between, all go out in one walk. Each CPU's next pool slot is set (jpool_next) before a claim
     pinned to that CPU, so the journeys land where the test says."""
     import os
 
@@ -156,7 +181,7 @@ def test_one_sweep_reaches_every_slot(clean):
     if 0 in affinity and max(affinity) == k.journey_slots // k.pool - 1:
         assert {0, k.journey_slots - 1} <= set(placed), "the array's first and last journey slots"
     time.sleep(2 * k.window_ns / 1e9)
-    k.sweeper.sweep()
+    k.sweeper.sweep_journey_slots()
     recs = k.records()
     assert sorted(end_name(r) for r in recs) == ["quiet"] * len(placed), (len(recs), placed)
     assert all(r["n_hops"] == 2 for r in recs)

@@ -81,10 +81,11 @@ FP_WINDOW_NS = 20_000_000
 # Latency mode keeps following a packet across slow hops (a full qdisc can
 # hold it for tens of ms); a fingerprint repeating within 1 s is rare.
 LATENCY_FP_WINDOW_NS = 1_000_000_000
-# Journey slots trc_sweep looks at per run (bpf/journey.h): a bounded
-# loop the verifier walks iteration by iteration at load time, so this is
-# start-up time (1024: 0.17 s; 256: 0.04 s); journey_slots / SWEEP_CHUNK
-# runs (rounded up) cover every CPU's pool.
+# Packet-cache or journey slots trc_sweep looks at per run (bpf/journey.h):
+# bounded loops the verifier walks iteration by iteration at load time, so
+# this is start-up time (1024: 0.17 s; 256: 0.04 s a loop); packet_entries
+# / SWEEP_CHUNK runs cover the cache, journey_slots / SWEEP_CHUNK (rounded
+# up) every CPU's pool.
 SWEEP_CHUNK = 256
 # Filter maps (--port, --host) are sized to the values given, at least this.
 FILTER_MAP_MIN = 64

@@ -3,7 +3,8 @@
 A packet that leaves the sensors' view (a GSO packet a qdisc split, a sensor
 missing on its way) never reaches a sighting that ends its journey. Its record
 is still in the kernel's slot; trc_sweep, run here with BPF_PROG_TEST_RUN over
-the journey slots in chunks, emits it marked incomplete once no sighting could
+the packet cache in chunks (every JOURNEY_WALK_EVERY-th pass and at the end
+over the journey slots), emits it marked incomplete once no sighting could
 join it any more, and at the end emits every journey still open.
 """
 
@@ -20,34 +21,52 @@ _PACKET = bytes(64)
 
 
 class _SweepArgs(ctypes.Structure):
-    _fields_ = [("idle_ns", ctypes.c_uint64), ("cursor", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+    _fields_ = [("idle_ns", ctypes.c_uint64), ("cursor", ctypes.c_uint32), ("journeys", ctypes.c_uint32)]
+
+
+# Every this many sweeps, the walk is over the journey slots instead of the
+# packet cache (bpf/journey.h trc_sweep): it also reaches a journey whose
+# packet-cache slot another CPU's claim took in a race, at ~2.5x the walk's
+# cost (a cache line per journey slot): once a second at the 50 ms pace.
+JOURNEY_WALK_EVERY = 20
 
 
 class JourneySweeper:
-    def __init__(self, bpf, journey_slots: int, chunk: int, idle_ns: int) -> None:
+    def __init__(self, bpf, packet_entries: int, journey_slots: int, chunk: int, idle_ns: int) -> None:
         self.runner = ProgTestRun(bpf.load_func(*SWEEP_PROGRAM[:2]).fd, _PACKET)
         self.args = bpf["sweep_args"]
-        self.runs = max(1, -(-journey_slots // chunk))  # the last chunk may be short
+        # Runs that cover the packet cache, and the journey slots (the last
+        # chunk of those may be short).
+        self.runs = {0: max(1, packet_entries // chunk), 1: max(1, -(-journey_slots // chunk))}
         self.idle_ns = idle_ns
         self._set = None
+        self._sweeps = 0
 
-    def _arm(self, idle_ns: int) -> None:
-        if self._set != idle_ns:  # a map write only when the mode changes
-            self.args[self.args.Key(0)] = _SweepArgs(idle_ns, 0, 0)
-            self._set = idle_ns
+    def _arm(self, idle_ns: int, journeys: int) -> None:
+        if self._set != (idle_ns, journeys):  # a map write only when the mode changes
+            self.args[self.args.Key(0)] = _SweepArgs(idle_ns, 0, journeys)
+            self._set = (idle_ns, journeys)
 
     def sweep(self) -> None:
         """One pass over every slot: journeys quiet for idle_ns go out.
         One syscall: the kernel repeats the program ``runs`` times, each run
         sweeping the next chunk from the cursor it left in sweep_args (a
         test run per chunk cost more in syscalls and skb set-up than the
-        chunk's slots did)."""
-        self._arm(self.idle_ns)
+        chunk's slots did). Every JOURNEY_WALK_EVERY-th pass walks the
+        journey slots."""
+        self._sweeps += 1
+        self._arm(self.idle_ns, int(self._sweeps % JOURNEY_WALK_EVERY == 0))
+        self._run()
+
+    def sweep_journey_slots(self) -> None:
+        """One pass over the journey slots, whatever the count says."""
+        self._arm(self.idle_ns, 1)
         self._run()
 
     def flush(self) -> None:
-        """Every open journey goes out (tracing stops)."""
-        self._arm(0)
+        """Every open journey goes out (tracing stops): the journey slots
+        walked, so one no packet-cache slot leads to goes out too."""
+        self._arm(0, 1)
         self._run()
 
     def _run(self) -> None:
@@ -57,8 +76,8 @@ class JourneySweeper:
         # (a few chunks swept twice do no harm).
         for _ in range(5):
             try:
-                self.runner.run(self.runs)
+                self.runner.run(self.runs[self._set[1]])
                 return
             except InterruptedError:
                 continue
-        self.runner.run(self.runs)
+        self.runner.run(self.runs[self._set[1]])

@@ -1,0 +1,61 @@
+"""tracer/kernel/sweep.py: which walk each sweep asks trc_sweep for (the
+packet cache, or every JOURNEY_WALK_EVERY-th sweep and at the flush the
+journey slots, which reach a journey no packet-cache slot leads to), and how
+many runs cover it. A stand-in for the kernel: the map write and the test
+run are what is checked."""
+
+from __future__ import annotations
+
+from tracer.kernel import sweep
+
+
+class _Table(dict):
+    def Key(self, i):  # noqa: N802 - BCC's table API
+        return i
+
+
+class _Bpf:
+    def __init__(self) -> None:
+        self.tables = {"sweep_args": _Table()}
+
+    def __getitem__(self, name):
+        return self.tables[name]
+
+    def load_func(self, name, kind):
+        return type("Fn", (), {"fd": -1})()
+
+
+class _Runner:
+    def __init__(self) -> None:
+        self.runs: list[int] = []
+
+    def run(self, repeat: int) -> None:
+        self.runs.append(repeat)
+
+
+def _sweeper(monkeypatch, packet_entries=16384, journey_slots=8192 + 100, chunk=256):
+    runner = _Runner()
+    monkeypatch.setattr(sweep, "ProgTestRun", lambda fd, packet: runner)
+    bpf = _Bpf()
+    return sweep.JourneySweeper(bpf, packet_entries, journey_slots, chunk, 20_000_000), bpf, runner
+
+
+def test_every_nth_sweep_walks_the_journey_slots(monkeypatch):
+    s, bpf, runner = _sweeper(monkeypatch)
+    walks = []
+    for _ in range(2 * sweep.JOURNEY_WALK_EVERY):
+        s.sweep()
+        args = bpf["sweep_args"][0]
+        walks.append((args.journeys, args.idle_ns))
+    assert [w for w, _ in walks].count(1) == 2 and walks[sweep.JOURNEY_WALK_EVERY - 1] == (1, 20_000_000)
+    assert all(idle == 20_000_000 for _, idle in walks)
+    # 64 runs cover the cache; the journey slots' last chunk is short: 33 runs
+    assert set(runner.runs) == {64, 33} and runner.runs[sweep.JOURNEY_WALK_EVERY - 1] == 33
+
+
+def test_the_flush_walks_the_journey_slots_with_no_idle_time(monkeypatch):
+    s, bpf, runner = _sweeper(monkeypatch)
+    s.sweep()
+    s.flush()
+    args = bpf["sweep_args"][0]
+    assert (args.journeys, args.idle_ns, args.cursor) == (1, 0, 0) and runner.runs == [64, 33]
