@@ -72,6 +72,10 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
 
     char *const base = PyBytes_AS_STRING(out);
     char *p = base;
+    /* A hop's netns: a few distinct values over a batch, each 10 digits:
+     * formatted once into a small direct-mapped cache, then copied. */
+    struct { int64_t v; int n; char s[24]; } netns_text[16];
+    for (int i = 0; i < 16; i++) netns_text[i].n = 0;
     int64_t last_second = INT64_MIN;
     char second_text[64];
     size_t second_len = 0;
@@ -128,7 +132,16 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
             PUT(p, ", \"ifname\": ");
             p = put_frag(p, &t[T_IFNAME].f[h[H_IFNAME].v[i]]);
             PUT(p, ", \"netns\": ");
-            p = put_int(p, h[H_NETNS].v[i]);
+            {
+                int64_t ns = h[H_NETNS].v[i];
+                unsigned slot = (unsigned)(((uint64_t)ns * 0x9E3779B97F4A7C15ull) >> 60);
+                if (!netns_text[slot].n || netns_text[slot].v != ns) {
+                    netns_text[slot].v = ns;
+                    netns_text[slot].n = (int)(put_int(netns_text[slot].s, ns) - netns_text[slot].s);
+                }
+                memcpy(p, netns_text[slot].s, (size_t)netns_text[slot].n);
+                p += netns_text[slot].n;
+            }
             PUT(p, ", \"container\": ");
             p = put_frag(p, &t[T_CONTAINER].f[h[H_CONTAINER].v[i]]);
             PUT(p, ", \"src\": ");

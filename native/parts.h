@@ -76,17 +76,33 @@ static inline int any_overlap(Py_buffer *const *out, int n, Py_buffer *const *in
 
 #define PUT(p, lit) (memcpy((p), (lit), sizeof(lit) - 1), (p) += sizeof(lit) - 1)
 
+/* Two digits a step (a 10-digit netns is 5 divisions, not 10): the
+ * numbers were the JSON writer's hottest loop (perf, docs/benchmarks.md
+ * "Session 10: `trace --json` CPU"). */
+static const char DIGIT_PAIRS[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 static inline char *put_int(char *p, int64_t v) {
     char tmp[24];
-    int k = 0;
+    int k = (int)sizeof tmp;
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do {
-        tmp[k++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
+    while (u >= 100) {
+        unsigned r = (unsigned)(u % 100);
+        u /= 100;
+        k -= 2;
+        memcpy(tmp + k, DIGIT_PAIRS + 2 * r, 2);
+    }
+    if (u >= 10) {
+        k -= 2;
+        memcpy(tmp + k, DIGIT_PAIRS + 2 * u, 2);
+    } else {
+        tmp[--k] = (char)('0' + u);
+    }
     if (v < 0) *p++ = '-';
-    while (k) *p++ = tmp[--k];
-    return p;
+    memcpy(p, tmp + k, sizeof tmp - (size_t)k);
+    return p + (sizeof tmp - (size_t)k);
 }
 
 /* an id as tracer/ids.py prints it in JSON: quoted lower-case hex, null for 0 */

@@ -322,3 +322,23 @@ def test_segment_groups_refuse_aliased_outputs_and_huge_sizes():
     with pytest.raises(ValueError, match="out of range"):  # the combination's index would wrap
         m.segment_groups(np.full(h, 1 << 40, np.int64), jr.stage.codes, jr.role.codes, jr.starts, jr.ktime, label_of,
                          1 << 20, 1 << 20, 1, np.zeros(h - p, np.int64))
+
+
+def test_numbers_and_many_netns_written_as_the_python_path():
+    """The compiled JSON writer formats integers two digits a step and keeps
+    each hop's netns text in a 16-slot cache: hundreds of distinct netns
+    (slots shared, replaced back and forth), 1 to 20 digits, negative dt,
+    the int64 extremes, give the Python path's bytes."""
+    module()
+    rng = np.random.default_rng(10)
+    jr, _ = both(kernel(odd_records()), ctx())
+    n = len(jr.rows)
+    edge = np.array([0, 1, 9, 10, 99, 100, 101, 4026531840, 4026532097, (1 << 63) - 1, 10**18, 10**19 // 10], np.int64)
+    for trial in range(40):
+        netns = rng.choice(np.concatenate([edge, rng.integers(0, 1 << 32, 300)]), n)
+        if trial % 2:
+            netns = np.where(rng.random(n) < 0.5, netns, 4026531840)  # one value interleaved with many
+        dt = rng.choice(np.concatenate([edge, -edge, [np.iinfo(np.int64).min], rng.integers(-(1 << 40), 1 << 40, 50)]), n)
+        ktime = rng.choice(np.concatenate([edge, rng.integers(0, 1 << 62, 50)]), n)
+        jr.netns, jr.dt, jr.ktime = netns.astype(np.int64), dt.astype(np.int64), ktime.astype(np.int64)
+        assert bytes(journey_json_block(jr)[0]) == bytes(journey_json_block(jr, compiled=False)[0])
