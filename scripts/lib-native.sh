@@ -37,6 +37,62 @@ native_skipped_line() {
     fi
 }
 
+# native_current PYTHON REPO: REPO's tracer._native is the one tracer uses:
+# built from native/'s current sources, with every function (tracer.native's
+# own check, whatever TRACER_NATIVE says), not merely importable: a build that
+# failed leaves the last one's module behind, which imports. (-S: REPO's
+# files, not a package installed elsewhere; they need the standard library only.)
+native_current() {
+    env -u TRACER_NATIVE "$1" -E -S -c 'import sys; sys.path.insert(0, sys.argv[1]); from tracer import native
+sys.exit(native.native() is None)' "$2" >/dev/null 2>&1
+}
+
+# native_build_errors PYTHON REPO: the compiler's first errors on native/*.c,
+# on one line (pip's quiet install keeps them out of sight), or nothing.
+native_build_errors() {
+    local py=$1 repo=$2 cc inc f said="" line n=0
+    native_toolchain_ok "$py" || return 0
+    cc=${CC:-$("$py" -c 'import sysconfig; print(sysconfig.get_config_var("CC") or "cc")')}
+    inc=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+    for f in "$repo"/native/*.c; do
+        # shellcheck disable=SC2086  # CC may carry flags
+        while IFS= read -r line; do
+            if [[ $line =~ :\ (fatal\ )?error:\  ]] && ((n++ < 3)); then said+="${said:+ | }${line#"$repo"/}"; fi
+        done < <($cc -fsyntax-only -std=c11 -I"$inc" -DTRACER_NATIVE_SOURCES='""' "$f" 2>&1 || true)
+        ((n < 3)) || break
+    done
+    printf '%s' "$said"
+}
+
+# native_install PYTHON REPO STAMP_FILE STAMP INSTALL...: run INSTALL (pip's
+# editable install, which compiles tracer._native in place) unless STAMP_FILE
+# holds STAMP (the sources, python and toolchain it ran with) and then either
+# built the current module or failed to ("no-native"); then say which. When
+# the build failed, the module a build before it left (older than native/;
+# it would stop every test run as stale) is removed, so tracer and the tests
+# use the Python twins, and the compiler's first errors are shown. A change
+# to the sources or the toolchain changes STAMP: the build is tried again.
+native_install() {
+    local py=$1 repo=$2 stamp_file=$3 stamp=$4 errors
+    shift 4
+    if [[ -f $stamp_file && $(head -1 "$stamp_file") == "$stamp" ]] &&
+        { grep -qx no-native "$stamp_file" || native_current "$py" "$repo"; }; then
+        step "venv: tracer installed (pyproject and native sources unchanged)"
+    else
+        step "venv: pip install -e '.[test]'"
+        quiet "$@" || return 1
+        echo "$stamp" >"$stamp_file"
+    fi
+    if native_current "$py" "$repo"; then
+        step "native: tracer._native built (compiled journey text)"
+        return 0
+    fi
+    errors=$(native_build_errors "$py" "$repo") || errors=""
+    rm -f "$repo"/tracer/_native.*.so
+    warn "$(native_skipped_line "$py" "$setup_log")${errors:+; the compiler said: $errors}"
+    grep -qx no-native "$stamp_file" || echo no-native >>"$stamp_file"
+}
+
 # apt_install_with_native REQUIRED... -- NATIVE...: one apt transaction for
 # both when it works (a fresh machine); else the REQUIRED alone through
 # setup.sh's apt_install (their failure is setup's), while the NATIVE ones'

@@ -159,28 +159,16 @@ if ! venv_ok; then
 fi
 stamp_file=$venv/.tracer-install-stamp
 # the install builds tracer._native in place: its sources are part of the stamp
-native_so=("$repo"/tracer/_native.*.so)
 # (and whether it can be compiled here: a compiler installed later builds it)
 toolchain=ok; native_toolchain_ok "$venv/bin/python" || toolchain=none
 stamp=$(cat "$repo/pyproject.toml" "$repo/setup.py" "$repo"/native/*.[ch] <("$venv/bin/python" -V 2>&1) \
     <([[ $toolchain == ok ]] || echo "no compiler") | sha256sum | cut -d' ' -f1)
+[[ -x $venv/bin/tracer ]] || rm -f "$stamp_file"
 # the stamp's second line, "no-native", remembers a build that failed with
 # these sources and this toolchain: re-running setup stays quick (the Python twins are used)
-if [[ -x $venv/bin/tracer && -f $stamp_file && $(head -1 "$stamp_file") == "$stamp" ]] \
-    && { [[ -e ${native_so[0]} ]] || grep -qx no-native "$stamp_file"; }; then
-    step "venv: tracer installed (pyproject and native sources unchanged)"
-else
-    step "venv: pip install -e '.[test]'"
-    quiet "$venv/bin/python" -m pip install --disable-pip-version-check -e "$repo[test]"
-    echo "$stamp" >"$stamp_file"
-fi
+native_install "$venv/bin/python" "$repo" "$stamp_file" "$stamp" \
+    "$venv/bin/python" -m pip install --disable-pip-version-check -e "$repo[test]"
 "$venv/bin/python" -c 'import bcc' 2>/dev/null || warn "bcc does not import in $venv (python3-bpfcc missing?)"
-if "$venv/bin/python" -c 'import tracer._native' 2>/dev/null; then
-    step "native: tracer._native built (compiled journey text)"
-else
-    warn "$(native_skipped_line "$venv/bin/python" "$setup_log")"
-    grep -qx no-native "$stamp_file" || echo no-native >>"$stamp_file"
-fi
 ln -sfn "$venv/bin/tracer" /usr/local/bin/tracer
 step "path: /usr/local/bin/tracer -> $venv/bin/tracer"
 

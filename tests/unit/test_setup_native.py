@@ -141,3 +141,87 @@ def test_required_packages_apt_cannot_install_stop_setup(tmp_path):
 def test_nothing_missing_calls_no_apt(tmp_path):
     done, calls = _install(tmp_path, "--")
     assert done.returncode == 0 and calls == []
+
+
+# setup.sh's native_install (scripts/lib-native.sh) on a copy of the sources
+# with a real build (setup.py build_ext --inplace, the build pip's editable
+# install runs) of a native/ that does not compile: never this tree's files.
+_SETUP_SAYS = ('setup_log=$FAKE_DIR/setup.log; step() { printf "setup: %s\\n" "$*"; }; '
+               'warn() { printf "setup: warning: %s\\n" "$*" >&2; }; '
+               'quiet() { "$@" >>"$setup_log" 2>&1 || { echo "setup: error: $*" >&2; return 1; }; }; ')
+STALE_LINE = "stale native build: run scripts/setup.sh"
+
+
+def _built() -> Path:
+    found = sorted((REPO / "tracer").glob("_native.*.so"))
+    if not found or _compiler() is None:
+        pytest.skip("needs this tree's tracer._native built and a C compiler (scripts/setup.sh builds it)")
+    return found[0]
+
+
+def _copy(tmp_path: Path) -> Path:
+    """The parts a native build and tracer.native's check read, with this
+    tree's built module: current until native/ changes."""
+    copy = tmp_path / "repo"
+    (copy / "tracer").mkdir(parents=True)
+    shutil.copytree(REPO / "native", copy / "native")
+    for name in ("setup.py", "pyproject.toml"):
+        shutil.copy(REPO / name, copy / name)
+    for name in ("__init__.py", "own_env.py", "native.py"):
+        shutil.copy(REPO / "tracer" / name, copy / "tracer" / name)
+    shutil.copy(_built(), copy / "tracer")
+    return copy
+
+
+def _why_not(copy: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "TRACER_NATIVE"}
+    # -S: the copy's files, not the editable install's (it maps tracer._native to this tree's)
+    return subprocess.run([sys.executable, "-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); from tracer import native; "
+                           "print(native.__file__); print(native.why_not())", str(copy)],
+                          env=env, capture_output=True, text=True, timeout=60).stdout
+
+
+def _native_install(tmp_path: Path, copy: Path, stamp: str, install: str) -> subprocess.CompletedProcess:
+    return _bash(_SETUP_SAYS + f"native_install {sys.executable} {copy} {tmp_path}/stamp {stamp} {install}; "
+                 "echo went-on", tmp_path)
+
+
+def test_a_native_build_that_fails_leaves_no_stale_module_and_is_tried_again_when_the_sources_change(tmp_path):
+    copy = _copy(tmp_path)
+    assert _why_not(copy) == f"{copy}/tracer/native.py\n\n"  # the copy's module, current
+    good = copy / "native" / "address_ids.c"
+    source = good.read_text()
+    good.write_text(source + "#error deliberately broken (test_setup_native)\n")
+    build = f"env -C {copy} {sys.executable} setup.py build_ext --inplace"
+    done = _native_install(tmp_path, copy, "stamp-1", build)
+    assert done.returncode == 0 and "went-on" in done.stdout, done.stderr
+    # the build failed (setup.py's extension is optional: only a warning) and left the old module behind ...
+    assert "building extension \"tracer._native\" failed" in (tmp_path / "setup.log").read_text()
+    # ... which setup does not take for a build: it removes it and says why, the compiler's error included
+    assert "tracer._native built" not in done.stdout and not list((copy / "tracer").glob("_native*.so"))
+    warning, = done.stderr.splitlines()
+    assert warning.startswith("setup: warning: tracer._native did not build (see ")
+    assert ("the compiler said: native/address_ids.c:" in warning
+            and "error: #error deliberately broken (test_setup_native)" in warning), warning
+    assert (tmp_path / "stamp").read_text().splitlines() == ["stamp-1", "no-native"]
+    # the Python twins are used: not a stale build, so a test run goes on (tests/conftest.py)
+    why = _why_not(copy).splitlines()[1]
+    assert why.startswith("not built") and not why.startswith(STALE_LINE)
+    # the same sources again: not rebuilt (setup stays quick), said again
+    done = _native_install(tmp_path, copy, "stamp-1", f"touch {tmp_path}/installed")
+    assert done.returncode == 0 and not (tmp_path / "installed").exists()
+    assert "tracer installed (pyproject and native sources unchanged)" in done.stdout
+    assert "tracer._native did not build" in done.stderr
+    # fixed sources (another stamp): the build is tried again (here a stand-in that puts the good module back)
+    good.write_text(source)
+    done = _native_install(tmp_path, copy, "stamp-2", f"cp {_built()} {copy}/tracer/")
+    assert done.returncode == 0 and "native: tracer._native built" in done.stdout and done.stderr == "", done.stderr
+    assert (tmp_path / "stamp").read_text().splitlines() == ["stamp-2"]
+    assert _why_not(copy).splitlines()[1:] == [""]
+
+
+def test_an_install_that_fails_stops_setup(tmp_path):
+    copy = _copy(tmp_path)
+    done = _native_install(tmp_path, copy, "stamp-1", "false")
+    assert done.returncode != 0 and "went-on" not in done.stdout and "setup: error" in done.stderr
+    assert not (tmp_path / "stamp").exists()
