@@ -377,3 +377,24 @@ def test_a_link_added_after_a_lookup_is_found_by_the_next():
     link = links.add(41, CLIENT, BACKEND, {41: PROXY})  # keep=1: the first link is forgotten
     assert [(k, n[0]) for k, *n in journey_notes(jr, links)] == [(0, link), (1, link)]
     assert journey_notes(jr, links) == _notes_one_by_one(jr, links)
+
+
+def test_json_annotation_reads_the_block_in_place():
+    """A big block with one noted line is copied once (into the result),
+    not first into a bytes object of its own: the peak of what the call
+    allocates stays under 1.5 times the block."""
+    import tracemalloc
+
+    links = ProxyLinks()
+    link = links.add(41, CLIENT, BACKEND, {41: PROXY})
+    line = b'{"packet_id": 1, "hops": ["' + b"x" * 2000 + b'"]}\n'
+    block = memoryview(line * 4000)  # 8 MB, as a show's JSON arrives (a memoryview of the writer's bytes)
+    tracemalloc.start()
+    try:
+        out = annotate_json(block, [(2, link, "client", True)])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * len(block), peak
+    lines = out.split(b"\n")
+    assert json.loads(lines[2])["proxy"]["leg"] == "client" and lines[3] + b"\n" == line and len(lines) == 4001
