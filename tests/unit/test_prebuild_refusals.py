@@ -16,7 +16,7 @@ from tests.unit.test_build_failures import FakeModule
 from tracer.errors import MissingCapability
 from tracer.kernel import program_cache as pc
 from tracer.kernel.program import Program
-from tracer.prebuild import NotPrebuilt, prebuild
+from tracer.prebuild import prebuild
 from tracer.sensors.proxy import RAW_TRACEPOINTS
 from tracer.session import TraceOptions
 from tracer.targets import Targets
@@ -24,31 +24,16 @@ from tracer.targets import Targets
 PROXY_FN = RAW_TRACEPOINTS[0][1]
 
 
-class RefusesOnRetry(FakeModule):
-    """Refuses ``later``'s programs when they are loaded a second time."""
-
-    def __init__(self, refuse, later) -> None:
-        super().__init__(refuse)
-        self.later = later
-
-    def load_func(self, name, prog_type, attach_type=-1):
-        if name.decode() in self.later and name.decode() in self.loaded:
-            raise Exception(f"Failed to load BPF program {name.decode()}: Cannot allocate memory")
-        super().load_func(name, prog_type, attach_type)
-
-
 @pytest.fixture
 def refusing(monkeypatch, tmp_path):
     """The kernel's refusals for the builds prebuild makes (a set to fill);
     every build that loads whole is kept in a cache of the test's own.
-    Returns (refused, refused only when loaded again, the modules the
-    kernel's verdicts came from)."""
+    Returns (refused, the modules the kernel's verdicts came from)."""
     for name in ("TRACER_DEBUG", "TRACER_PROGRAM_CACHE", "TRACER_SHARED_ENTRIES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TRACER_PROGRAM_CACHE_DIR", str(tmp_path / "programs"))
     monkeypatch.setattr("tracer.prebuild.require_root", lambda what: None)  # pure logic: no kernel object is made
     refused: set[str] = set()
-    later: set[str] = set()
     modules: list[FakeModule] = []
     kept: set[str] = set()
     monkeypatch.setattr(Program, "cache_key", lambda self, source, cflags: f"k{len(self.sensors)}")
@@ -56,14 +41,14 @@ def refusing(monkeypatch, tmp_path):
     monkeypatch.setattr(pc, "snapshot", lambda bpf: "compiled")
 
     def module(self, compiled):
-        modules.append(RefusesOnRetry(refused, later))
+        modules.append(FakeModule(refused))
         return modules[-1]
 
     monkeypatch.setattr(Program, "_module", module)
     monkeypatch.setattr(pc.ProgramCache, "store", lambda self, key, compiled: kept.add(key))
     monkeypatch.setattr(pc.ProgramCache, "load", lambda self, key: "compiled" if key in kept else None)
     monkeypatch.setattr(pc.ProgramCache, "discard", lambda self, key: kept.discard(key))
-    return refused, later, modules
+    return refused, modules
 
 
 def _options() -> TraceOptions:
@@ -71,7 +56,7 @@ def _options() -> TraceOptions:
 
 
 def test_only_the_optional_proxy_sensor_refused_is_a_line_not_a_failure(refusing):
-    refused, _, modules = refusing
+    refused, modules = refusing
     assert all("compiled in" in line for line in prebuild(_options()))  # nothing refused: both builds kept
     assert all("found in" in line for line in prebuild(_options()))
     refused.add(PROXY_FN)
@@ -89,7 +74,7 @@ def test_a_required_programs_refusal_still_fails_the_prebuild(refusing):
     naming the required program (not the optional one refused too), after
     cleanup."""
     from tracer.session import TraceSession
-    refused, _, modules = refusing
+    refused, modules = refusing
     sensors = TraceSession(_options())._plan(proxies_running=False).sensors
     required = next(s for s in sensors if not s.optional).programs()[0][0]
     refused.update({PROXY_FN, required})
@@ -97,15 +82,3 @@ def test_a_required_programs_refusal_still_fails_the_prebuild(refusing):
         prebuild(_options())
     assert len(modules) == 1 and modules[0].cleaned == 1
 
-
-def test_a_required_program_refused_only_when_loaded_again_fails_the_prebuild(refusing):
-    """prebuild's own check: a build Program.build loaded whole whose
-    program the kernel refuses when prebuild loads it again."""
-    from tracer.session import TraceSession
-    _, later, modules = refusing
-    sensors = TraceSession(_options())._plan(proxies_running=False).sensors
-    required = next(s for s in sensors if not s.optional).programs()[0][0]
-    later.add(required)
-    with pytest.raises(NotPrebuilt, match=f"^the kernel refused a program: {required}: .*Cannot allocate memory"):
-        prebuild(_options())
-    assert len(modules) == 1 and modules[0].cleaned == 1
