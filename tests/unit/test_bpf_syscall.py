@@ -139,10 +139,10 @@ class _Verifier:
     buffer too small for it keeps its start (``rotating`` False, before 6.4)
     or its end and says in log_true_size how much it needs (6.4+), ENOSPC."""
 
-    def __init__(self, size: int, rotating: bool) -> None:
+    def __init__(self, size: int, rotating: bool, largest: int = 0xFFFFFFFF >> 2) -> None:
         lines = [f"{i}: (b7) r1 = 0" for i in range(size // 16)]
         self.log = ("\n".join(lines) + "\nR0 !read_ok\n").encode()
-        self.rotating, self.sizes = rotating, []
+        self.rotating, self.sizes, self.largest = rotating, [], largest
 
     def __call__(self, cmd, attr) -> int:
         import ctypes
@@ -153,6 +153,8 @@ class _Verifier:
         if not level:
             raise OSError(errno.EACCES, "refused")
         self.sizes.append(size)
+        if size > self.largest:  # the kernel's largest log (UINT_MAX >> 8 before 5.2): refused, nothing written
+            raise OSError(errno.EINVAL, "refused")
         fits = len(self.log) + 1 <= size
         kept = self.log if fits else self.log[-(size - 1):] if self.rotating else self.log[:size - 1]
         ctypes.memmove(addr, kept + b"\0", len(kept) + 1)
@@ -181,7 +183,7 @@ def test_a_verifier_log_past_the_largest_buffer_says_it_is_truncated(monkeypatch
     monkeypatch.setattr(sc, "bpf", kernel)
     with pytest.raises(sc.ProgramRefused) as exc:
         sc.prog_load(sc.BPF_PROG_TYPE_SCHED_CLS, sc.ret_imm_insns(0), b"GPL")
-    assert exc.value.truncated and kernel.sizes[-1] == sc.LOG_MAX_SIZE == 16 << 20
+    assert exc.value.truncated and kernel.sizes[-1] == sc.LOG_MAX_SIZE == (16 << 20) - 1
     log = exc.value.log
     if rotating:  # its end kept: the verdict is there, the start is said lost
         assert log.startswith("--- truncated: the verifier's log needs ") and log.endswith("R0 !read_ok\n")
@@ -190,3 +192,31 @@ def test_a_verifier_log_past_the_largest_buffer_says_it_is_truncated(monkeypatch
         assert log.startswith("0: (b7) r1 = 0\n") and log.endswith("its end is not kept ---\n")
         assert "truncated" in str(exc.value)
     assert len(log) < sc.LOG_MAX_SIZE + 100
+
+
+def test_the_largest_log_is_what_every_kernel_takes():
+    """libbpf's BPF_LOG_BUF_SIZE: kernels before 5.2 refuse a larger log_size."""
+    assert sc.LOG_MAX_SIZE == 0xFFFFFFFF >> 8 == 16_777_215
+
+
+@pytest.mark.parametrize("rotating", [True, False], ids=["6.4+", "before-6.4"])
+def test_a_larger_log_the_kernel_refuses_keeps_the_log_read_before(monkeypatch, rotating):
+    """A retry refused with another errno than ENOSPC before the kernel
+    wrote any log (here: a log size over this kernel's largest, EINVAL)
+    keeps the cut log of the attempt before it, said to be truncated: not
+    an empty log and an error without the verifier's lines."""
+    kernel = _Verifier(3 << 20, rotating, largest=2 << 20)
+    monkeypatch.setattr(sc, "bpf", kernel)
+    with pytest.raises(sc.ProgramRefused) as exc:
+        sc.prog_load(sc.BPF_PROG_TYPE_SCHED_CLS, sc.ret_imm_insns(0), b"GPL")
+    assert exc.value.truncated and exc.value.errno == errno.EACCES
+    log = exc.value.log
+    if rotating:  # 1 MiB, then the size it needs (over 2 MiB): refused; the 1 MiB end kept
+        assert kernel.sizes == [1 << 20, len(kernel.log) + 1]
+        assert log.startswith(f"--- truncated: the verifier's log needs {len(kernel.log) + 1} bytes")
+        assert log.endswith("R0 !read_ok\n") and str(exc.value).endswith("R0 !read_ok")
+        assert len(log) > (1 << 20) - 100
+    else:  # 1, 2 MiB (both cut), then 4: refused; the 2 MiB start kept
+        assert kernel.sizes == [1 << 20, 2 << 20, 4 << 20]
+        assert log.startswith("0: (b7) r1 = 0\n") and log.endswith(f"longer than {2 << 20} bytes, its end is not kept ---\n")
+        assert len(log) > (2 << 20) - 100

@@ -170,7 +170,8 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, 
 class ProgramRefused(OSError):
     """The verifier refused a program: the message ends with its last
     lines (one line), ``log`` is its whole log (``truncated``: past
-    LOG_MAX_SIZE, and the log says which end it lost)."""
+    LOG_MAX_SIZE or the largest log the kernel took, and the log says
+    which end it lost)."""
 
     def __init__(self, errno: int, message: str, log: str, truncated: bool = False) -> None:
         super().__init__(errno, message)
@@ -183,7 +184,7 @@ class ProgramRefused(OSError):
 # 6.4 the kernel keeps its start, since then its end (and says in
 # log_true_size how much the whole log needs).
 LOG_FIRST_SIZE = 1 << 20
-LOG_MAX_SIZE = 1 << 24
+LOG_MAX_SIZE = 0xFFFFFFFF >> 8  # libbpf's BPF_LOG_BUF_SIZE: kernels before 5.2 refuse larger (EINVAL)
 LOG_TRUE_SIZE_AT = 140  # union bpf_attr's prog load log_true_size (6.4+; 0 before)
 
 
@@ -199,7 +200,7 @@ def prog_load(prog_type: int, insns: bytes, license: bytes, name: bytes = b"", e
         return bpf(BPF_PROG_LOAD, prog_load_attr(*args, kern_version=kern_version))
     except OSError as exc:
         first = exc
-    size = LOG_FIRST_SIZE
+    size, cut = LOG_FIRST_SIZE, None
     while True:
         log = ctypes.create_string_buffer(size)
         attr = ctypes.create_string_buffer(prog_load_attr(*args, log_addr=ctypes.addressof(log), log_size=size,
@@ -209,8 +210,14 @@ def prog_load(prog_type: int, insns: bytes, license: bytes, name: bytes = b"", e
         except OSError as exc:
             truncated = exc.errno == errno_mod.ENOSPC
         needed = struct.unpack_from("=I", attr, LOG_TRUE_SIZE_AT)[0]
+        if not truncated and cut is not None and not log.value:
+            # a larger buffer refused before any log was written (EINVAL:
+            # a size this kernel does not take): the cut one read before
+            log, size, needed, truncated = *cut, True
+            break
         if not truncated or size >= LOG_MAX_SIZE:
             break
+        cut = log, size, needed
         size = min(LOG_MAX_SIZE, max(2 * size, needed))
     text = log.value.decode(errors="replace")
     if truncated and needed:  # a rotating log (6.4+): its end kept
