@@ -9,10 +9,12 @@ read once, while it is still in cache, and never held as a record: before,
 records were copied into a held buffer (~14-18 MB touched a run) and laid
 out a second later (docs/benchmarks.md, "Session 10: record CPU").
 
-The columns of the next batch start a quarter larger than what the last one
-used (never under the first size), so a steady run lays out into memory of
-the right size and never grows it (growing copies what is there, once per
-doubling), and a burst's memory goes back after the next quiet batch.
+The columns of the next batch keep the last one's capacity (as it grew), so
+a steady run, or one whose batches vary or grow slowly, lays out into memory
+of the right size and seldom grows it (growing copies what is there, once
+per doubling); a batch that used under a quarter of it gives a burst's
+memory back: the next starts a quarter larger than that batch used (never
+under the first size).
 """
 
 from __future__ import annotations
@@ -149,9 +151,12 @@ class JourneyColumns:
         h = {name: column[:nh] for name, column in self._hop.items()}
         t = {name: column[:16 * nt] if name.endswith("addr") else column[:nt] for name, column in self._tup.items()}
         ctx = self._drop_reasons_ctx
-        if n:  # the next batch: a quarter more than this one used (no growing copies in a steady run),
-            # never under the first sizes; a burst's capacity is not kept past a quiet batch
-            self._sizes = tuple(max(first, used + used // 4) for first, used in zip(self._first_sizes, (n, nh, nt)))
+        if n:  # the next batch: this one's capacity (no growing copies while batches vary or grow
+            # slowly), unless it used under a quarter of it (a burst's capacity not kept past a
+            # quiet batch): then a quarter more than it used, never under the first sizes
+            caps = len(self._rec["packet_id"]), len(self._hop["hook"]), len(self._tup["sport"])
+            self._sizes = tuple(max(first, used + used // 4) if used < cap // 4 else cap
+                                for first, used, cap in zip(self._first_sizes, (n, nh, nt), caps))
         # The next columns are allocated when rows come: by then this table
         # was written and freed, and its memory is theirs (no fresh pages).
         self._rec = self._hop = self._tup = None

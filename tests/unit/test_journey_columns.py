@@ -154,6 +154,33 @@ def test_columns_give_back_what_a_burst_took_after_a_quiet_batch():
     assert columns.take().column("packet_id").to_pylist() == recs["packet_id"][1:3].tolist()
 
 
+def test_batches_that_grow_steadily_do_not_grow_their_columns_every_batch(monkeypatch):
+    """Each batch a third larger than the last, laid out in a few passes:
+    the next batch starts with the capacity the last one reached, so the
+    columns grow (copying the rows held) about once per doubling, not in
+    every batch (as when sized from a quarter more than the last one used)."""
+    recs = records()
+    columns = JourneyColumns(records=len(recs))
+    ids = PlaceIds()
+    grew = []
+    fresh = JourneyColumns._fresh
+
+    def counted(self, *sizes):
+        grew.append(self._rec is not None and self.n > 0)  # a growth copies the rows held
+        fresh(self, *sizes)
+
+    monkeypatch.setattr(JourneyColumns, "_fresh", counted)
+    per_pass = [4, 5, 7, 9, 12, 16, 21, 28, 37, 49]  # copies of recs a pass: a third more each batch
+    growths = []
+    for k in per_pass:
+        del grew[:]
+        for _ in range(3):
+            columns.add(np.concatenate([recs] * k), ctx(), ids)
+        growths.append(sum(grew))
+        assert len(columns.take()) == 3 * k * len(recs)
+    assert sum(growths[1:]) <= len(per_pass) // 2, growths
+
+
 def test_columns_that_cannot_grow_keep_the_rows_held(monkeypatch):
     """Growing allocates every new column before it gives up the old ones:
     a MemoryError part way keeps the rows held (not new empty record
