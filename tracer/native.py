@@ -30,10 +30,22 @@ FUNCTIONS = ("journey_json", "journey_text", "address_ids", "journey_layout", "j
 _loaded = False
 _module = None
 _why_not = ""
+_warned = False
 
 
-def native():
-    """The extension module, or None (then ``why_not()`` says why)."""
+def native(warn: bool = True):
+    """The extension module, or None (then ``why_not()`` says why). A stale
+    build is warned about once, at the first call with ``warn`` (doctor
+    shows why_not() itself)."""
+    global _loaded, _module, _why_not, _warned
+    if warn and not _warned:
+        _warned = True
+        if _load() is None and _why_not.startswith(STALE):
+            log.warning("%s", _why_not)
+    return _load()
+
+
+def _load():
     global _loaded, _module, _why_not
     if not _loaded:
         _loaded = True
@@ -50,7 +62,6 @@ def native():
                     lacks = f", which lacks {', '.join(missing)}" if missing else ""
                     _why_not = (f"{STALE} (`bash scripts/setup.sh` rebuilds tracer._native, built from older "
                                 f"native/ sources{lacks}; the Python paths are used meanwhile, at more CPU per packet)")
-                    log.warning("%s", _why_not)
                 else:
                     _module = _native
     return _module
@@ -96,7 +107,7 @@ def u64(a):
 
 def why_not() -> str:
     """Why native() is None ('' when it is not)."""
-    native()
+    _load()
     return _why_not
 
 
@@ -110,6 +121,6 @@ def capability():
     Python paths write the same text, at more CPU per packet)."""
     from tracer.kernel.probes import Capability
 
-    ok = native() is not None
+    ok = native(warn=False) is not None  # its detail is why_not(): not said twice
     return Capability("native_text", ok, "tracer._native: compiled journey text and address ids" if ok else why_not(),
                       required=False, fix="" if ok else "bash scripts/setup.sh (builds it with gcc and python3-dev)")

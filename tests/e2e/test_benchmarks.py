@@ -143,7 +143,9 @@ def test_bench_tracer_cpu_quick(lab, tmp_path) -> None:
     assert re.search(r"[\d,]+ journey records \([\d,]+ hops\)", out), out
     for stage in ("rows", "json", "text", "summary", "capture", "capture_first"):
         assert re.search(rf"\n  {stage}\s+[\d.]+\s+[\d.]+\s+[\d.]+ \[[\d.]+-[\d.]+\]  µs", out), (stage, out)
-    # what the capture writer's first run pays once: its page faults and the memory it adds
+    # what the capture writer's first run pays once (one run, not a best of N): CPU, page faults, the memory it adds
+    assert re.search(r"first run: µs of CPU per packet \(one run per round\)\n.*\n  capture_first\s", out), out
+    assert not re.search(r"best of \d+ per round\)\n(  .*\n)*  capture_first", out), out
     assert re.search(r"first run: minor page faults per 1,000 packets\n.*\n  capture_first\s+[\d.]+\s+[\d.]+\s+[\d.]+ "
                      r"\[[\d.]+-[\d.]+\]  faults", out), out
     assert re.search(r"first run: peak RSS it added\n.*\n  capture_first\s+[\d.]+\s+[\d.]+\s+([\d.]+ "

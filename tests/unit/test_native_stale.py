@@ -38,3 +38,16 @@ def test_a_test_run_on_a_stale_build_stops_on_that_line():
                  "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/unit/test_native_text.py']))")
     assert out.returncode == 1
     assert STALE_LINE in out.stdout and " passed" not in out.stdout and "FAILED" not in out.stdout, out.stdout[-3000:]
+
+
+def test_doctors_line_is_not_said_twice():
+    """`tracer doctor` shows why_not() as the extension's detail
+    (native.capability): no warning on stderr too, also under --json. A
+    run's first native() after it still warns, once."""
+    out = _child("import logging; logging.basicConfig()\n"
+                 "cap = n.capability(); print(cap.ok, cap.detail); import sys; sys.stderr.write('--\\n')\n"
+                 "n.native(); n.native()")
+    ok, detail = out.stdout.strip().split(" ", 1)
+    assert ok == "False" and detail.startswith(STALE_LINE)
+    before, after = out.stderr.split("--\n")
+    assert before == "" and after.count(STALE_LINE) == 1, out.stderr
