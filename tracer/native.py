@@ -37,7 +37,7 @@ def native(warn: bool = True):
     """The extension module, or None (then ``why_not()`` says why). A stale
     build is warned about once, at the first call with ``warn`` (doctor
     shows why_not() itself)."""
-    global _loaded, _module, _why_not, _warned
+    global _warned
     if warn and not _warned:
         _warned = True
         if _load() is None and _why_not.startswith(STALE):
