@@ -114,12 +114,31 @@ static __always_inline u8 hop_code(u8 hook, u8 stage, int in_ct)
 static __always_inline void journey_emit(struct journey *j, u8 end, int sensor)
 {
     j->end = end;
+    /* The counts first, then the copy, then the counts into the record: a
+     * sighting on another CPU may still be appending (its hop is then
+     * counted refused). It writes a hop's fields, and a new tuple, before
+     * the n_tuples / n_hops stores that publish them (journey_tuple,
+     * journey_add_hop), so counts read before the copy (x86: a load is not
+     * reordered with an older load) name only hops and tuples whose
+     * fields the copy sees written. A plain copy read fields below n_hops
+     * (tuples, drop_reason) before n_hops itself, and could carry a hop
+     * whose tuple it had read stale. */
+    u8 n_hops = *(volatile u8 *)&j->n_hops;
+    u8 n_tuples = *(volatile u8 *)&j->n_tuples;
+    asm volatile("" ::: "memory");
+    struct journey *rec = events.ringbuf_reserve(sizeof(*j));
+    if (!rec) {
+        count(sensor * 2 + 1);
+        journey_count(end);
+        return;
+    }
+    __builtin_memcpy(rec, j, sizeof(*j));
+    rec->n_hops = n_hops;
+    rec->n_tuples = n_tuples;
     /* No wakeup per record: the drain thread reads on its own clock, so a
      * busy path does not wake user space per packet. */
-    if (events.ringbuf_output(j, sizeof(*j), BPF_RB_NO_WAKEUP) == 0)
-        count(sensor * 2);
-    else
-        count(sensor * 2 + 1);
+    events.ringbuf_submit(rec, BPF_RB_NO_WAKEUP);
+    count(sensor * 2);
     journey_count(end);
 }
 
@@ -139,8 +158,11 @@ static __always_inline void journey_unmark(struct pkt_slot *slot, u64 id, u32 k)
 /* Set JOURNEY_CLOSED in a slot the caller is in (journey_enter: busy >= 1;
  * or holds locked): 1 if this caller set it. Others in the slot move the
  * count meanwhile: tried again, three times in all; a close that loses all
- * three (three entries or exits in those nanoseconds) leaves the journey
- * open for the sweep or the pool to emit, never twice. */
+ * three (three entries or exits on another CPU in those nanoseconds) leaves
+ * the journey open for the sweep or the pool to emit, never twice, but then
+ * as `quiet` or `evicted`, not as the terminal or drop end this caller saw
+ * (very rare; a same-CPU interruption enters and leaves, so the CAS still
+ * succeeds). */
 static __always_inline int journey_mark_closed(struct journey *j)
 {
     u64 b = j->busy;
@@ -428,23 +450,24 @@ static __always_inline int journey_add(struct journey *j, struct pkt *p, struct 
  * open. Else another CPU's claim took the slot meanwhile (two claims of one
  * slot, or a claim and a continuation, on two CPUs): this journey can no
  * longer be found by its packet's next sightings, so it is emitted here,
- * evicted (its lock: nobody else can close it). And if the slot's whole
- * fingerprint and jslot are this packet's (this caller's write landed
- * last: the other claim's journey can no longer be found through the slot;
- * the sweep emits it), the slot takes this packet's id, closed, so its
- * next sightings are a continuation of this journey, not hops refused or
- * written under the other packet's id. 1: the caller's journey is over
- * (release it with JOURNEY_LOCK - JOURNEY_CLOSED). */
-static __always_inline int journey_recheck(struct pkt_slot *slot, struct journey *j, u64 id, u32 jslot,
-                                           struct fp_key *fp, int sensor)
+ * evicted (its lock: nobody else can close it). The slot is left as it
+ * is, even when this caller's fingerprint landed last (the slot then pairs
+ * this packet's fingerprint and jslot with the other claim's open id: this
+ * packet's next sightings are refused, counted, until the slot is taken
+ * again; the other claim's journey, which no sighting can reach now, goes
+ * out by the journey-slot sweep or when its pool slot comes round). Giving
+ * the slot this packet's id here is not safe: the other claim may still be
+ * about to write its fingerprint (it swaps the id first), and the slot
+ * would then pair that packet's fingerprint with this packet's closed id,
+ * so its next sighting would start a continuation under this packet's id
+ * (review S10C, finding 1). 1: the caller's journey is over (release it
+ * with JOURNEY_LOCK - JOURNEY_CLOSED). */
+static __always_inline int journey_recheck(struct pkt_slot *slot, struct journey *j, u64 id, u32 jslot, int sensor)
 {
     journey_fence();
-    u64 now_id = slot->packet_id;
-    if (now_id == (id | JOURNEY_OPEN_BIT))
+    if (slot->packet_id == (id | JOURNEY_OPEN_BIT))
         return 0;
     journey_emit(j, END_EVICTED, sensor);
-    if (fp_equal(&slot->fp, fp) && slot->fp.jslot == jslot)
-        __sync_val_compare_and_swap(&slot->packet_id, now_id, id);
     return 1;
 }
 
@@ -499,7 +522,7 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
          * finds the journey started (see pcache_claim). */
         asm volatile("" ::: "memory");
         slot->fp = held;
-        if (journey_recheck(slot, j, id, jslot, fp, sensor)) {
+        if (journey_recheck(slot, j, id, jslot, sensor)) {
             journey_release(j, id, JOURNEY_LOCK - JOURNEY_CLOSED);
             return -1;
         }
@@ -550,7 +573,7 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
         int full = journey_add(j, p, s, now, s->code);
         asm volatile("" ::: "memory");
         seen->fp.jslot = jslot;
-        if (journey_recheck(seen, j, id, jslot, fp, sensor)) {
+        if (journey_recheck(seen, j, id, jslot, sensor)) {
             journey_release(j, id, JOURNEY_LOCK - JOURNEY_CLOSED);
             return -1;
         }
@@ -659,10 +682,13 @@ static __always_inline void remember_journey(struct last_sighting *last, u64 skb
  * and it then comes as a continuation), or every open one when idle_ns is
  * 0 (tracing stops). `journeys` 0: packet-cache slots (quiet by the slot's
  * last sighting; 512 KiB, two slots a cache line: the cheap walk, every
- * 50 ms); 1: journey slots (quiet by the last hop; a line per slot, ~5x the
- * walk's cost), which reaches a journey whose packet-cache slot another
- * claim took in a race (journey_recheck) too: every 20th sweep and when
- * tracing stops, so none stays open. */
+ * sweep); 1: journey slots (quiet by the last hop; a line per slot: ~5x the
+ * packet-cache walk's cost per run of this program, ~2.5x per whole walk,
+ * which takes fewer runs), which reaches a journey whose packet-cache slot
+ * another claim took in a race (journey_recheck) too: every 20th sweep
+ * (once a second in `trace`, which sweeps every 50 ms while journeys are
+ * open; every 5 s in `record`, which sweeps every 250 ms) and when tracing
+ * stops, so none stays open. */
 struct sweep_args {
     u64 idle_ns;
     u32 cursor;
@@ -693,12 +719,16 @@ int trc_sweep(struct __sk_buff *ctx)
                 continue;
             if (!journey_hold(j))
                 continue; /* being taken, or closed meanwhile */
-            if (j->packet_id == id) {
-                u32 o = j->pcache_slot & (PACKET_ENTRIES - 1);
-                struct pkt_slot *slot = pcache.lookup(&o);
-                if (slot)
-                    journey_close(slot, j, id, k, end, SENSOR_SWEEP);
+            if (j->packet_id != id) {
+                /* Restarted for another journey between the read above and
+                 * the hold: not this walk's to close (and not a mismatch). */
+                journey_unhold(j, 1);
+                continue;
             }
+            u32 o = j->pcache_slot & (PACKET_ENTRIES - 1);
+            struct pkt_slot *slot = pcache.lookup(&o);
+            if (slot)
+                journey_close(slot, j, id, k, end, SENSOR_SWEEP);
             journey_leave(j, id);
         }
         args->cursor = start + SWEEP_CHUNK < JOURNEY_SLOTS ? start + SWEEP_CHUNK : 0;

@@ -352,7 +352,14 @@ class TraceSession:
         if self.drainer is not None:
             self.drainer.stop()
         if self.sweeper is not None:
-            self.sweeper.flush()
+            from tracer.kernel.sweep import FLUSH_PASSES
+
+            # Walked again while the kernel still counts journeys open (a
+            # program still in a slot as the walk reached it).
+            left = self.sweeper.flush(lambda: counts.open_journeys(self._journey_counts()))
+            if left:
+                log.warning("%d journeys still open after %d flush passes at stop: not emitted (a sensor was still "
+                            "in their slots)", left, FLUSH_PASSES)
         if self.drainer is None:
             return self.drain.read()
         records = self.drainer.finish()

@@ -152,17 +152,34 @@ def frame_marked(i: int, seq: int) -> bytes:
 SMALL_POOL = 4  # journey slots per CPU in a small kernel: its pool comes round every 4 claims
 
 
+ID_WINDOW = 100_000  # packet ids remembered (at least this many, at most twice): ids are never reused this soon
+
+
 class MarkedRecords:
     """Records of frame_marked packets, checked batch by batch as they are
     read (a cross-CPU case reads millions: none is kept): each must hold one
     packet's hops only, its own TTL at every hop, its own addresses (one
-    tuple), its own IP id. ``which`` gives each record's packet number i."""
+    tuple), its own IP id. ``which`` gives each record's packet number i
+    from something other than the marks checked here (a record's sequence
+    number, or its source port: not the IP id, which would then be checked
+    against itself).
+
+    Across records: a packet id must name one packet. A continuation started
+    under another packet's id (the record is then consistent in itself: its
+    TTL, addresses and IP id are all the packet that started it) shows as a
+    second packet number for an id seen before. The last ID_WINDOW to
+    2 * ID_WINDOW ids are remembered (a journey's parts go out within a few
+    claims of each other, or at the flush at the end of a run)."""
 
     def __init__(self, which) -> None:
         self.which = which
         self.count = 0
         self.wrong = 0
         self.examples: list[tuple] = []
+        self.ids: dict[int, int] = {}  # packet id -> packet number, the newest ids
+        self.older_ids: dict[int, int] = {}
+        self.shared_ids = 0  # records whose packet id an earlier record gave another packet
+        self.shared_examples: list[tuple] = []
         self.ends: dict[str, int] = {}
         self.evicted_first_hop_only = 0  # evicted with only the hop that gave the packet its id
         self.evicted_appended = 0  # evicted with more than their first hop
@@ -174,8 +191,9 @@ class MarkedRecords:
         n = recs["n_hops"].astype(np.int64)
         used = np.arange(events.MAX_HOPS)[None, :] < n[:, None]
         ttl_ok = ((recs["hops"]["ttl"] == (1 + i % 250)[:, None]) | ~used).all(axis=1)
-        ok = (n > 0) & ttl_ok & (recs["n_tuples"] == 1) & (recs["tuples"][:, 0]["sport"] == 20000 + i % 30000) \
-            & (recs["ip_id"] == i & 0xFFFF)
+        ok = (i >= 0) & (n > 0) & ttl_ok & (recs["n_tuples"] == 1) \
+            & (recs["tuples"][:, 0]["sport"] == 20000 + i % 30000) & (recs["ip_id"] == i & 0xFFFF)
+        self._check_ids(recs["packet_id"].tolist(), i.tolist(), recs["end"].tolist())
         self.count += len(recs)
         self.wrong += int((~ok).sum())
         for r, k in zip(recs[~ok][:5 - len(self.examples)], i[~ok]):
@@ -189,5 +207,25 @@ class MarkedRecords:
         self.evicted_first_hop_only += int((evicted & (n == 1) & first).sum())
         self.evicted_appended += int((evicted & (n > 1)).sum())
 
+    def _check_ids(self, packet_ids: list[int], packets: list[int], ends: list[int]) -> None:
+        for pid, i, end in zip(packet_ids, packets, ends):
+            seen = self.ids.get(pid)
+            if seen is None:
+                seen = self.older_ids.get(pid)
+            if seen is None:
+                self.ids[pid] = i
+            elif seen != i:
+                self.shared_ids += 1
+                if len(self.shared_examples) < 5:
+                    self.shared_examples.append((hex(pid), seen, i, events.JOURNEY_ENDS[end]))
+        if len(self.ids) >= ID_WINDOW:
+            self.older_ids, self.ids = self.ids, {}
+
     def problem(self) -> str:
-        return f"{self.wrong} of {self.count} records mix packets, e.g. {self.examples}" if self.wrong else ""
+        out = []
+        if self.wrong:
+            out.append(f"{self.wrong} of {self.count} records mix packets, e.g. {self.examples}")
+        if self.shared_ids:
+            out.append(f"{self.shared_ids} of {self.count} records carry a packet id an earlier record gave another "
+                       f"packet, e.g. (id, first packet, this packet, end) {self.shared_examples}")
+        return "; ".join(out)

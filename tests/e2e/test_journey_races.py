@@ -187,7 +187,13 @@ def test_two_cpus_claiming_one_slot_emit_every_journey_once(small):
                threading.Thread(target=driver, args=(cpus[1], packets[::-1]))]
     for t in threads:
         t.start()
-    recs = MarkedRecords(lambda r: r["ip_id"].astype(np.int64))
+    # Each record's packet by its source port (frame_marked: 20000 + i),
+    # so its IP id and TTL are checked against it, not against themselves.
+    by_sport = np.full(65536, -1, dtype=np.int64)
+    for i in ids:
+        by_sport[20000 + i % 30000] = i
+    assert len({20000 + i % 30000 for i in ids}) == len(ids), ids
+    recs = MarkedRecords(lambda r: by_sport[r["tuples"][:, 0]["sport"].astype(np.int64)])
 
     def met() -> int:
         return recs.evicted_first_hop_only

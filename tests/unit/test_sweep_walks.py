@@ -59,3 +59,17 @@ def test_the_flush_walks_the_journey_slots_with_no_idle_time(monkeypatch):
     s.flush()
     args = bpf["sweep_args"][0]
     assert (args.journeys, args.idle_ns, args.cursor) == (1, 0, 0) and runner.runs == [64, 33]
+
+
+def test_the_flush_walks_again_while_journeys_stay_open(monkeypatch):
+    """A slot a straggling program was in is skipped by a pass: the flush
+    walks again while the kernel still counts journeys open, and stops at
+    FLUSH_PASSES, saying how many were left."""
+    monkeypatch.setattr(sweep, "FLUSH_RETRY_S", 0.0)
+    s, bpf, runner = _sweeper(monkeypatch)
+    left = iter([2, 0])
+    assert s.flush(lambda: next(left)) == 0 and runner.runs == [33, 33]
+    runner.runs.clear()
+    assert s.flush(lambda: 5) == 5 and runner.runs == [33] * sweep.FLUSH_PASSES
+    runner.runs.clear()
+    assert s.flush() == 0 and runner.runs == [33]  # nothing to ask: one pass

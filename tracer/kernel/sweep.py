@@ -11,6 +11,7 @@ join it any more, and at the end emits every journey still open.
 from __future__ import annotations
 
 import ctypes
+import time
 
 from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
 
@@ -26,9 +27,18 @@ class _SweepArgs(ctypes.Structure):
 
 # Every this many sweeps, the walk is over the journey slots instead of the
 # packet cache (bpf/journey.h trc_sweep): it also reaches a journey whose
-# packet-cache slot another CPU's claim took in a race, at ~2.5x the walk's
-# cost (a cache line per journey slot): once a second at the 50 ms pace.
+# packet-cache slot another CPU's claim took in a race. A whole walk of the
+# journey slots costs ~2.5x one of the packet cache (~5x per run of the
+# program: a cache line per journey slot, and fewer runs: docs/benchmarks.md).
+# The drain thread sweeps every 50 ms while journeys are open (`trace`;
+# `record` every 250 ms), so this walk comes once a second in `trace`, every
+# 5 s in `record`, and at the flush.
 JOURNEY_WALK_EVERY = 20
+# The flush at stop skips a slot a program on another CPU is still in (link
+# release need not wait for it): walked again, this many passes in all,
+# FLUSH_RETRY_S apart, while journeys are still open.
+FLUSH_PASSES = 4
+FLUSH_RETRY_S = 0.002
 
 
 class JourneySweeper:
@@ -63,11 +73,26 @@ class JourneySweeper:
         self._arm(self.idle_ns, 1)
         self._run()
 
-    def flush(self) -> None:
+    def flush(self, still_open=None) -> int:
         """Every open journey goes out (tracing stops): the journey slots
-        walked, so one no packet-cache slot leads to goes out too."""
-        self._arm(0, 1)
-        self._run()
+        walked, so one no packet-cache slot leads to goes out too.
+        ``still_open()``: journeys the kernel counts open; while it is not 0
+        (a slot a straggling program was in when the walk reached it, or a
+        journey it opened just after) the slots are walked again, up to
+        FLUSH_PASSES in all. Returns what was still open after the last
+        pass (0 without ``still_open``)."""
+        left = 0
+        for attempt in range(FLUSH_PASSES):
+            if attempt:
+                time.sleep(FLUSH_RETRY_S)
+            self._arm(0, 1)
+            self._run()
+            if still_open is None:
+                return 0
+            left = still_open()
+            if not left:
+                return 0
+        return left
 
     def _run(self) -> None:
         # With repeat > 1 the kernel stops between runs when a signal is
