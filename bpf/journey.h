@@ -132,7 +132,10 @@ static __always_inline void journey_emit(struct journey *j, u8 end, int sensor)
         journey_count(end);
         return;
     }
-    __builtin_memcpy(rec, j, sizeof(*j));
+    /* One helper call (the kernel's copy), not __builtin_memcpy: that is
+     * ~110 instructions inlined at every emit site, which made each program
+     * ~40 % larger and its verification (start-up) ~0.4 s slower. */
+    bpf_probe_read_kernel(rec, sizeof(*j), j);
     rec->n_hops = n_hops;
     rec->n_tuples = n_tuples;
     /* No wakeup per record: the drain thread reads on its own clock, so a

@@ -83,10 +83,12 @@ FP_WINDOW_NS = 20_000_000
 LATENCY_FP_WINDOW_NS = 1_000_000_000
 # Packet-cache or journey slots trc_sweep looks at per run (bpf/journey.h):
 # bounded loops the verifier walks iteration by iteration at load time, so
-# this is start-up time (1024: 0.17 s; 256: 0.04 s a loop); packet_entries
+# this is start-up time. Two loops since the journey-slot walk (e9938b6): at
+# 256 slots trc_sweep took 0.47 s to load, the longest of all programs and on
+# every start's way; at 64, 0.13 s (a warm start 1.3 -> 0.9 s). packet_entries
 # / SWEEP_CHUNK runs cover the cache, journey_slots / SWEEP_CHUNK (rounded
 # up) every CPU's pool.
-SWEEP_CHUNK = 256
+SWEEP_CHUNK = 64
 # Filter maps (--port, --host) are sized to the values given, at least this.
 FILTER_MAP_MIN = 64
 # --host values: each is a map entry the kernel allocates up front.
