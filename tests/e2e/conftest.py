@@ -30,3 +30,25 @@ def lab():
     yield status
     if not was_up:
         lab_mod.down()
+
+
+@pytest.fixture(scope="module")
+def small_kernel():
+    """The journey programs loaded with a small journey pool (one per test
+    module: tests/e2e/journey_kernel.py), for the journey and race cases."""
+    from tests.e2e.journey_kernel import SMALL_POOL, Kernel
+
+    k = Kernel(pool=SMALL_POOL)
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def small(small_kernel):
+    """small_kernel with every journey flushed and its records read before
+    and after the test."""
+    small_kernel.sweeper.flush()
+    small_kernel.records()
+    yield small_kernel
+    small_kernel.sweeper.flush()
+    small_kernel.records()

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.e2e.journey_kernel import (HOOK_TC_INGRESS, SMALL_POOL, Kernel, end_name, frame, frame6, pcache_holds,
+from tests.e2e.journey_kernel import (HOOK_TC_INGRESS, Kernel, end_name, frame, frame6, pcache_holds,
                                       pcache_set_index)
 from tracer import addresses, events
 from tracer.expand import expand
@@ -39,7 +39,6 @@ def clean(kernel):
     yield kernel
     kernel.sweeper.flush()
     kernel.records()
-
 
 
 def test_a_journey_is_one_record_emitted_where_it_ends(clean):
@@ -212,26 +211,6 @@ def test_a_stolen_slot_emits_the_journey_it_held(clean):
     assert {end_name(r) for r in flushed} == {"flushed"}
 
 
-
-
-
-@pytest.fixture(scope="module")
-def small_kernel():
-    k = Kernel(pool=SMALL_POOL)
-    yield k
-    k.close()
-
-
-@pytest.fixture
-def small(small_kernel):
-    small_kernel.sweeper.flush()
-    small_kernel.records()
-    yield small_kernel
-    small_kernel.sweeper.flush()
-    small_kernel.records()
-
-
-
 def test_a_pool_slot_that_comes_round_emits_the_journey_it_held(small):
     """Journey slots are a pool per CPU taken in turn (journey_take,
     bpf/journey.h). A journey still open when its slot comes round is
@@ -280,7 +259,6 @@ def test_a_pool_slot_that_comes_round_emits_the_journey_it_held(small):
     assert k.ends()["evicted"] >= before + 1
     assert len(later) == 1 and end_name(later[0]) == "terminal" and later[0]["n_hops"] == 1
     assert int(later[0]["packet_id"]) == int(recs[0]["packet_id"]), "a continuation of the same packet"
-
 
 
 def test_a_packet_id_that_wraps_starts_a_new_journey(clean):

@@ -12,23 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.e2e.journey_kernel import SMALL_POOL, Kernel, MarkedRecords, frame_marked, pcache_holds, pcache_set_index
-
-
-@pytest.fixture(scope="module")
-def small_kernel():
-    k = Kernel(pool=SMALL_POOL)
-    yield k
-    k.close()
-
-
-@pytest.fixture
-def small(small_kernel):
-    small_kernel.sweeper.flush()
-    small_kernel.records()
-    yield small_kernel
-    small_kernel.sweeper.flush()
-    small_kernel.records()
+from tests.e2e.journey_kernel import MarkedRecords, frame_marked, pcache_holds, pcache_set_index
 
 
 CONTENDED = 1  # guard refusals the cross-CPU case waits for
