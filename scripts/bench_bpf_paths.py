@@ -116,21 +116,22 @@ def read_counters(pid: int) -> list[int]:
     return out
 
 
+def full_paths(d: list[float], base: int, labels: tuple[str, str]) -> None:
+    """The full-path counts per hook, two to a hook (side or NAT stage)."""
+    for hook in range(8):
+        for i, label in enumerate(labels):
+            n = d[base + hook * 2 + i]
+            if n:
+                print(f"    full path  {HOOK_NAMES[hook]:12s} {label:16s} {n:6.2f}")
+
+
 def report(d: list[float]) -> None:
     print(f"  tc        runs {d[TC_RUNS]:6.1f}   found a last sighting {d[TC_KNOWN]:6.1f}   "
           f"fast path {d[TC_FAST]:6.1f}")
-    for hook in range(8):
-        for side, label in ((0, "host"), (1, "container netns")):
-            n = d[TC_FULL + hook * 2 + side]
-            if n:
-                print(f"    full path  {HOOK_NAMES[hook]:12s} {label:16s} {n:6.2f}")
+    full_paths(d, TC_FULL, ("host", "container netns"))
     print(f"  netfilter runs {d[NF_RUNS]:6.1f}   found a last sighting {d[NF_KNOWN]:6.1f} "
           f"(from tc {d[NF_FROM_TC]:.1f})   new connection {d[NF_NEW]:5.1f}   fast path {d[NF_FAST]:6.1f}")
-    for hook in range(8):
-        for stage, label in ((0, "before/none"), (1, "after")):
-            n = d[NF_FULL + hook * 2 + stage]
-            if n:
-                print(f"    full path  {HOOK_NAMES[hook]:12s} {label:16s} {n:6.2f}")
+    full_paths(d, NF_FULL, ("before/none", "after"))
 
 
 def main() -> int:

@@ -19,6 +19,24 @@ CONTENDED = 1  # guard refusals the cross-CPU case waits for
 MAX_CLAIMS = 900_000  # its packets' seq (base + i * 4096) must not wrap
 
 
+def run_until(k, recs, stop, threads, start: float, done) -> float:
+    """Read the records as the drivers run (the ring holds a few hundred)
+    until done(seconds elapsed) or 60 s; then stop the drivers, flush every
+    open journey and read the rest. Returns the seconds the drivers ran."""
+    while True:
+        time.sleep(0.02)
+        recs.add(k.records())
+        elapsed = time.monotonic() - start
+        if elapsed >= 60.0 or done(elapsed):
+            break
+    stop.set()
+    for t in threads:
+        t.join()
+    k.sweeper.flush()
+    recs.add(k.records())
+    return elapsed
+
+
 def test_sightings_on_two_cpus_never_put_a_hop_in_another_packets_journey(small):
     """The cross-CPU case of the pool: one thread pinned to one CPU claims
     packet after packet (its pool of SMALL_POOL comes round every few
@@ -88,17 +106,8 @@ def test_sightings_on_two_cpus_never_put_a_hop_in_another_packets_journey(small)
         now = k.faults()
         return sum(now[name] - faults_before[name] for name in ("hop_refused", "claim_failed"))
 
-    while True:
-        time.sleep(0.02)
-        recs.add(k.records())  # the ring holds a few hundred: read as they come
-        elapsed = time.monotonic() - start
-        if elapsed >= 60.0 or latest[0] >= MAX_CLAIMS - 1 or (elapsed >= 5.0 and contended() >= CONTENDED):
-            break
-    stop.set()
-    for t in threads:
-        t.join()
-    k.sweeper.flush()
-    recs.add(k.records())
+    elapsed = run_until(k, recs, stop, threads, start,
+                        lambda t: latest[0] >= MAX_CLAIMS - 1 or (t >= 5.0 and contended() >= CONTENDED))
     assert not errors, errors
     faults = {name: n - faults_before[name] for name, n in k.faults().items()}
     assert recs.count > 1000, recs.count
@@ -184,17 +193,7 @@ def test_two_cpus_claiming_one_slot_emit_every_journey_once(small):
         return recs.evicted_first_hop_only
 
     start = time.monotonic()
-    while True:
-        time.sleep(0.02)
-        recs.add(k.records())
-        elapsed = time.monotonic() - start
-        if elapsed >= 60.0 or (elapsed >= 3.0 and met() >= MET):
-            break
-    stop.set()
-    for t in threads:
-        t.join()
-    k.sweeper.flush()
-    recs.add(k.records())
+    elapsed = run_until(k, recs, stop, threads, start, lambda t: t >= 3.0 and met() >= MET)
     assert not errors, errors
     faults = {name: n - faults_before[name] for name, n in k.faults().items()}
     opened, emitted, lost = (a - b for a, b in zip(k.balance(), balance_before))
