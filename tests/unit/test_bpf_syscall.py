@@ -81,9 +81,11 @@ def test_id_and_fd_attrs():
 def test_decode_prog_info():
     raw = bytearray(sc.PROG_INFO_SIZE)
     struct.pack_into("<II", raw, 0, 32, 1234)
+    struct.pack_into("<II", raw, 16, 901, 1416)
     raw[64:80] = b"nf_count".ljust(16, b"\0")
     info = sc.decode_prog_info(bytes(raw))
     assert (info.id, info.type, info.name, info.type_name) == (1234, 32, "nf_count", "netfilter")
+    assert (info.jited_len, info.xlated_len) == (901, 1416)
 
 
 def test_decode_netfilter_link_info():

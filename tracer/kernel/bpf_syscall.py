@@ -383,6 +383,8 @@ class ProgInfo:
     id: int
     type: int
     name: str
+    xlated_len: int = 0  # bytes of the program as verified (instructions after the verifier's rewrites)
+    jited_len: int = 0  # bytes of its machine code
 
     @property
     def type_name(self) -> str:
@@ -438,10 +440,11 @@ def info_by_fd(fd: int, size: int) -> bytes:
 
 
 def decode_prog_info(raw: bytes) -> ProgInfo:
-    """type@0 id@4 ... name[16]@64."""
+    """type@0 id@4 tag[8]@8 jited_prog_len@16 xlated_prog_len@20 ... name[16]@64."""
     ptype, pid = struct.unpack_from("=II", raw, 0)
+    jited, xlated = struct.unpack_from("=II", raw, 16)
     name = raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
-    return ProgInfo(id=pid, type=ptype, name=name)
+    return ProgInfo(id=pid, type=ptype, name=name, xlated_len=xlated, jited_len=jited)
 
 
 def decode_link_info(raw: bytes) -> LinkInfo:
