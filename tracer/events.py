@@ -374,9 +374,12 @@ CAPTURE_SCHEMA = EVENT_SCHEMA.append(pa.field("kind", _DICT_STR)).append(pa.fiel
 # places: `place` rows, each written before the first row that points at it
 # (and again at the head of each rotated file). tracer/journey_capture.py
 # writes these rows and lays them out as the sighting rows above for readers.
+# 4: no `time` column (every row's is ktime_ns + the metadata's
+# ktime_offset_ns, computed on read) and no hop `ifindex` (a place id stands
+# for one ifindex too: its `place` row says which), read back as version 3;
 # 3: a hop's dt_ns stored as its four bytes (DT_PLANES), read back as dt_ns;
 # 2.1: `proxy` rows.
-JOURNEY_SCHEMA_VERSION = "3"
+JOURNEY_SCHEMA_VERSION = "4"
 HOP_FLAG_IN_CONTAINER_NS = 1  # the hop's tc program is attached in a container's netns
 HOP_FLAG_NEW_PACKET = 2  # this hop gave the packet its id
 # Addresses on disk are the 16 recorded bytes (IPv4-mapped for IPv4);
@@ -403,7 +406,7 @@ TUPLE_ROW_TYPE = pa.struct([pa.field(f.name, _ON_DISK[f.ctype]) for f in TUPLE_F
 # join them into dt_ns (journey_capture.conform): JOURNEY_CAPTURE_SCHEMA
 # below is what every reader sees, JOURNEY_FILE_SCHEMA what is written.
 DT_PLANES = tuple(f"dt_ns_b{i}" for i in range(4))
-HOP_FILE_TYPE = pa.struct([pa.field(name, pa.uint8()) for name in DT_PLANES]
+HOP_FILE_TYPE_V3 = pa.struct([pa.field(name, pa.uint8()) for name in DT_PLANES]
                           + [f for f in HOP_ROW_TYPE if f.name != "dt_ns"])
 JOURNEY_CAPTURE_SCHEMA = pa.schema(
     [
@@ -437,8 +440,19 @@ JOURNEY_CAPTURE_SCHEMA = pa.schema(
     ]
 )
 
-JOURNEY_FILE_SCHEMA = JOURNEY_CAPTURE_SCHEMA.set(
-    JOURNEY_CAPTURE_SCHEMA.get_field_index("hops"), pa.field("hops", pa.list_(HOP_FILE_TYPE)))
+# Version 3's file schema (what tests write as an older capture).
+JOURNEY_FILE_SCHEMA_V3 = JOURNEY_CAPTURE_SCHEMA.set(
+    JOURNEY_CAPTURE_SCHEMA.get_field_index("hops"), pa.field("hops", pa.list_(HOP_FILE_TYPE_V3)))
+# Since version 4 a file leaves out what another column already says, fewer
+# raw bytes for zstd to pack (its CPU is per raw byte, docs/benchmarks.md):
+# `time` (ktime_ns + ktime_offset_ns on every row) and a hop's `ifindex`
+# (each place id is of one ifindex: its `place` row's `ifindex`). Readers
+# put both back (journey_capture.conform).
+COMPUTED_ON_READ = ("time",)
+HOP_FILE_TYPE = pa.struct([f for f in HOP_FILE_TYPE_V3 if f.name != "ifindex"])
+JOURNEY_FILE_SCHEMA = pa.schema(
+    [pa.field("hops", pa.list_(HOP_FILE_TYPE)) if f.name == "hops" else f
+     for f in JOURNEY_CAPTURE_SCHEMA if f.name not in COMPUTED_ON_READ])
 
 
 class ColumnError(ValueError):

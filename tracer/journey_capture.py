@@ -29,19 +29,21 @@ _NEW_PACKET_BIT = 0x80  # HOP_NEW_PACKET_BIT in bpf/journey.h
 
 
 class PlaceIds:
-    """Capture-wide ids of the places hops happened at. Ids only grow; each
-    file of a rotated capture starts by writing every place known so far, so
-    any file reads on its own."""
+    """Capture-wide ids of the places hops happened at, each of one ifindex
+    (a place and the device's ifindex: version 4 stores a hop's place id and
+    not its ifindex). Ids only grow; each file of a rotated capture starts by
+    writing every place known so far, so any file reads on its own."""
 
     def __init__(self) -> None:
-        self._places: Interner[Place] = Interner()
+        self._places: Interner[tuple[Place, int]] = Interner()
         self._unwritten: list[int] = []
 
-    def ids_of(self, places: list[Place]) -> np.ndarray:
+    def ids_of(self, places: list[Place], ifindex) -> np.ndarray:
+        """Ids of ``places``, the i-th at device ``ifindex[i]``."""
         out = np.empty(len(places), np.uint32)
         for i, place in enumerate(places):
             known = len(self._places)
-            out[i] = pid = self._places.id_of(place)
+            out[i] = pid = self._places.id_of((place, int(ifindex[i])))
             if pid == known:  # new: the current file still lacks its row
                 self._unwritten.append(pid)
         return out
@@ -52,12 +54,15 @@ class PlaceIds:
     def take_unwritten(self) -> list[dict]:
         """The `place` rows' info objects the current file still lacks."""
         taken, self._unwritten = self._unwritten, []
-        return [place_info(pid, self._places.values[pid]) for pid in taken]
+        return [place_info(pid, *self._places.values[pid]) for pid in taken]
 
 
-def place_info(pid: int, place: Place) -> dict:
-    return {"id": pid, "ifname": place.ifname, "role": place.role, "netns": place.netns,
+def place_info(pid: int, place: Place, ifindex: int | None = None) -> dict:
+    info = {"id": pid, "ifname": place.ifname, "role": place.role, "netns": place.netns,
             "container_id": place.container_id, "container_name": place.container_name}
+    if ifindex is not None:
+        info["ifindex"] = ifindex
+    return info
 
 
 def place_of_info(info: dict) -> Place:
@@ -100,12 +105,22 @@ def _with_column(batch, name: str, convert):
                                       names=batch.schema.names)
 
 
-def conform(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """A version 2 or 3 batch in JOURNEY_CAPTURE_SCHEMA (events.conform; the
-    columns without which nothing can be laid out are required): a version
-    3 file's dt_ns bytes joined into dt_ns."""
-    if "hops" in batch.schema.names and _has_dt_planes(batch.schema.field("hops").type):
-        batch = _with_column(batch, "hops", _joined_dt)
+def conform(batch: pa.RecordBatch, ktime_offset_ns: int | None = None,
+            place_ifindex: np.ndarray | None = None) -> pa.RecordBatch:
+    """A version 2, 3 or 4 batch in JOURNEY_CAPTURE_SCHEMA (events.conform;
+    the columns without which nothing can be laid out are required): a
+    version 3 or 4 file's dt_ns bytes joined into dt_ns; in version 4, the
+    `time` column computed (ktime_ns + ``ktime_offset_ns``, the file's
+    metadata) and each hop's ifindex put back from its place id
+    (``place_ifindex[place]``, the file's `place` rows; 0 for an id no row
+    names)."""
+    names = batch.schema.names
+    if "time" not in names and "ktime_ns" in names and ktime_offset_ns is not None:
+        batch = _with_time(batch, ktime_offset_ns)
+    if "hops" in names and _has_dt_planes(batch.schema.field("hops").type):
+        lut = None if _hop_type(batch).get_field_index("ifindex") >= 0 else \
+            (place_ifindex if place_ifindex is not None else np.zeros(0, np.uint32))
+        batch = _with_column(batch, "hops", lambda hops: _joined_dt(hops, lut))
     if "tuples" in batch.schema.names and batch.schema.field("tuples").type != events.JOURNEY_CAPTURE_SCHEMA.field("tuples").type:
         batch = _with_column(batch, "tuples", _widened_tuples)
     try:
@@ -126,9 +141,28 @@ def _has_dt_planes(hops_type: pa.DataType) -> bool:
         and all(value.get_field_index(name) >= 0 for name in events.DT_PLANES)
 
 
-def _joined_dt(hops: pa.Array) -> pa.Array:
+def _hop_type(batch) -> pa.StructType:
+    return batch.schema.field("hops").type.value_type
+
+
+def _with_time(batch, ktime_offset_ns: int):
+    """``batch`` with a `time` column: ktime_ns + the offset, as every row's
+    time was stored before version 4 (null where ktime_ns is)."""
+    ktime = batch.column("ktime_ns")
+    if isinstance(ktime, pa.ChunkedArray):
+        ktime = ktime.combine_chunks()
+    wall = pc.add_checked(ktime.cast(pa.int64()), pa.scalar(ktime_offset_ns, pa.int64()))
+    time = wall.cast(events.JOURNEY_CAPTURE_SCHEMA.field("time").type)
+    if isinstance(batch, pa.Table):
+        return batch.append_column(events.JOURNEY_CAPTURE_SCHEMA.field("time"), time)
+    return pa.RecordBatch.from_arrays([*batch.columns, time], names=[*batch.schema.names, "time"])
+
+
+def _joined_dt(hops: pa.Array, place_ifindex: np.ndarray | None = None) -> pa.Array:
     """Hops with dt_ns stored as its bytes (events.DT_PLANES) -> the same
-    hops with dt_ns (uint32) first, in place of the bytes; nulls kept."""
+    hops with dt_ns (uint32) first, in place of the bytes; nulls kept. With
+    ``place_ifindex`` (version 4: hops without ifindex), each hop's ifindex
+    from its place id, after flags (as version 3 stored it)."""
     values = hops.values  # all of them, as the list's offsets index them
     dt = np.zeros(len(values), np.uint32)
     for i, name in enumerate(events.DT_PLANES):
@@ -136,7 +170,15 @@ def _joined_dt(hops: pa.Array) -> pa.Array:
         plane = pc.fill_null(plane, 0) if plane.null_count else plane
         dt |= plane.cast(pa.uint32()).to_numpy(zero_copy_only=False) << np.uint32(8 * i)
     names = [name for name in values.type.names if name not in events.DT_PLANES]
-    struct = pa.StructArray.from_arrays([pa.array(dt)] + [values.field(name) for name in names],
+    arrays = [values.field(name) for name in names]
+    if place_ifindex is not None and "place" in names:
+        place = _numbers(values.field("place")).astype(np.int64)
+        lut = np.append(np.asarray(place_ifindex, np.uint32), np.uint32(0))  # the last: an id past the rows'
+        ifindex = lut[np.minimum(place, len(lut) - 1)]
+        at = names.index("flags") + 1 if "flags" in names else len(names)
+        names.insert(at, "ifindex")
+        arrays.insert(at, pa.array(ifindex, pa.uint32()))
+    struct = pa.StructArray.from_arrays([pa.array(dt)] + arrays,
                                         names=["dt_ns"] + names, mask=values.is_null() if values.null_count else None)
     # the list's own validity and offsets (a slice's offset too) around the new values
     return pa.Array.from_buffers(pa.list_(struct.type), len(hops), hops.buffers()[:2], null_count=hops.null_count,
@@ -236,9 +278,14 @@ class JourneyRowReader:
     as they are. Batches must come in file order. With a ``registry``,
     ``parts`` hands journey rows on as JourneyBatch instead of laying them out."""
 
-    def __init__(self, registry: PlaceRegistry | None = None) -> None:
+    def __init__(self, registry: PlaceRegistry | None = None, ktime_offset_ns: int | None = None) -> None:
         self.places: dict[int, Place] = {}
         self.registry = registry
+        # version 4: rows' time from ktime_ns and this (the file's metadata);
+        # hops' ifindex from their place rows
+        self.ktime_offset_ns = ktime_offset_ns
+        self._ifindex: dict[int, int] = {}
+        self._ifindex_lut: np.ndarray | None = None
 
     def convert(self, batch: pa.RecordBatch) -> pa.Table:
         parts = [self._sightings(rows, self._known) if journey else rows for journey, rows in self._runs(batch)]
@@ -261,21 +308,38 @@ class JourneyRowReader:
                 out.append(rows)
         return out
 
+    def _place_ifindex(self) -> np.ndarray:
+        """ifindex by place id, of the place rows read so far (0: none said)."""
+        if self._ifindex_lut is None:
+            lut = np.zeros(max(self._ifindex, default=-1) + 1, np.uint32)
+            for pid, ifindex in self._ifindex.items():
+                lut[pid] = ifindex
+            self._ifindex_lut = lut
+        return self._ifindex_lut
+
     def _known(self, ids: list[int]) -> list[Place]:
         return [self.places.get(int(p), UNKNOWN_PLACE) for p in ids]
 
     def _runs(self, batch: pa.RecordBatch) -> list[tuple[bool, pa.RecordBatch | pa.Table]]:
-        batch = conform(batch)
+        if "kind" not in batch.schema.names:
+            raise BadJourneyRows("no 'kind' column")
         kind = batch.column("kind")
         kinds = pc.fill_null(kind.cast(pa.string()) if pa.types.is_dictionary(kind.type) else kind, "")
         is_place = pc.equal(kinds, "place")
-        if pc.any(is_place).as_py():
+        if pc.any(is_place).as_py():  # places first: a version 4 batch's hops take their ifindex from them
             for text in batch.filter(is_place).column("info").to_pylist():
                 try:
                     info = json.loads(text)
-                    self.places[int(info["id"])] = place_of_info(info)
+                    pid = int(info["id"])
+                    self.places[pid] = place_of_info(info)
+                    if info.get("ifindex") is not None and 0 <= pid < 1 << 24:
+                        self._ifindex[pid] = int(info["ifindex"]) & 0xFFFFFFFF
+                        self._ifindex_lut = None
                 except (TypeError, ValueError, KeyError, AttributeError):
                     raise BadJourneyRows(f"a place row's info is not a place: {str(text)[:60]!r}") from None
+        if "time" not in batch.schema.names and self.ktime_offset_ns is None:
+            raise BadJourneyRows("no 'time' column, and no tracer.ktime_offset_ns metadata to compute it")
+        batch = conform(batch, self.ktime_offset_ns, self._place_ifindex())
         # Runs of journey rows and of other rows, in file order (a container
         # row stays between the packets before and after it); places out.
         journey = pc.equal(kinds, "journey").to_numpy(zero_copy_only=False)

@@ -26,12 +26,17 @@ from tracer import events, journey_layout, record_words
 from tracer.arrow_columns import numeric_array
 from tracer.decode import code_column, drop_reason_column, protocol_column, resolve_place_keys
 
-_TIME = pa.timestamp("ns", tz="UTC")
 _JOURNEY_KIND = pa.array(["journey"])
 HEADER = ("packet_id", "flow_id", "skb", "drop_netns", "fwd_out_ifindex", "ip_id", "length", "cpu",
            "tcp_flags", "tcp_doff", "tcp_seq", "tcp_ack")  # record fields stored as they are (columns of the same name)
 # hop columns a pass needs to resolve places but the file does not store
-_SCRATCH_HOPS = ("netns", "in_ct", "place_index")
+# (since version 4 not `ifindex` either: a hop's place id says it)
+_SCRATCH_HOPS = ("ifindex", "netns", "in_ct", "place_index")
+# record columns the layout fills but the file does not store (version 4:
+# `time` is ktime_ns + the metadata's ktime_offset_ns)
+_SCRATCH_RECORDS = ("time",)
+_STORED_RECORDS = tuple((name, dt) for name, dt in journey_layout.RECORD_COLUMNS if name not in _SCRATCH_RECORDS)
+_RECORD_DTYPES = dict(journey_layout.RECORD_COLUMNS)
 _STORED_HOPS = tuple((name, dt) for name, dt in journey_layout.HOP_COLUMNS if name not in _SCRATCH_HOPS)
 _HOP_DTYPES = dict(journey_layout.HOP_COLUMNS)
 # First sizes (records; hops and tuples per record), before a batch has shown
@@ -58,7 +63,7 @@ class JourneyColumns:
     def _fresh(self, n_records: int, n_hops: int, n_tuples: int) -> None:
         # all allocated before any is replaced: a MemoryError keeps the rows held
         rec = {name: np.empty(n_records + 1 if name.endswith("_offsets") else n_records, dt)
-               for name, dt in journey_layout.RECORD_COLUMNS}
+               for name, dt in _STORED_RECORDS}
         rec["hop_offsets"][0] = rec["tuple_offsets"][0] = 0
         hop = {name: np.empty(n_hops, dt) for name, dt in _STORED_HOPS}
         hop["place"] = np.empty(n_hops, np.uint32)
@@ -108,8 +113,9 @@ class JourneyColumns:
         self._reserve(k, h, t)
         r0, h0, t0 = self.n, self.n_hops, self.n_tuples
         out = journey_layout.Columns(
-            {name: column[r0:r0 + k + 1] if name.endswith("_offsets") else column[r0:r0 + k]
-             for name, column in self._rec.items()},
+            {**{name: column[r0:r0 + k + 1] if name.endswith("_offsets") else column[r0:r0 + k]
+                for name, column in self._rec.items()},
+             **{name: np.empty(k, _RECORD_DTYPES[name]) for name in _SCRATCH_RECORDS}},
             {**{name: self._hop[name][h0:h0 + h] for name, _ in _STORED_HOPS},
              **{name: np.empty(h, _HOP_DTYPES[name]) for name in _SCRATCH_HOPS}},
             {name: column[16 * t0:16 * (t0 + t)] if name.endswith("addr") else column[t0:t0 + t]
@@ -134,7 +140,10 @@ class JourneyColumns:
 
         places, inverse = resolve_place_keys(ctx, out.place_keys, out.hops["place_index"], addresses)
         if len(places):
-            self._hop["place"][h0:h0 + h] = place_ids.ids_of(places)[inverse]
+            # each place's ifindex (one: a place index comes from one key), kept with it
+            ifindex = np.zeros(len(places), np.uint32)
+            ifindex[inverse] = out.hops["ifindex"]
+            self._hop["place"][h0:h0 + h] = place_ids.ids_of(places, ifindex)[inverse]
         else:
             self._hop["place"][h0:h0 + h] = 0
         self.n, self.n_hops, self.n_tuples = r0 + k, h0 + h, t0 + t
@@ -167,14 +176,13 @@ class JourneyColumns:
 def _table(r: dict, h: dict, t: dict, n: int, ctx) -> pa.Table:
     hop_values = pa.StructArray.from_arrays(
         [numeric_array(h[name]) for name in events.DT_PLANES]
-        + [numeric_array(h[name]) for name in ("hook", "nat_stage", "flags", "ifindex", "ttl", "tuple")]
+        + [numeric_array(h[name]) for name in ("hook", "nat_stage", "flags", "ttl", "tuple")]
         + [numeric_array(h["place"])],
         fields=list(events.HOP_FILE_TYPE))
     tuple_values = pa.StructArray.from_arrays(
         [_flat_binary16(t["saddr"]), _flat_binary16(t["daddr"]), numeric_array(t["sport"]), numeric_array(t["dport"])],
         fields=list(events.TUPLE_ROW_TYPE))
     columns = {
-        "time": numeric_array(r["time"], _TIME),
         "ktime_ns": numeric_array(r["ktime"]),
         "kind": pa.DictionaryArray.from_arrays(numeric_array(np.zeros(n, np.int32)), _JOURNEY_KIND),
         "last_ktime_ns": numeric_array(r["last_ktime"]),

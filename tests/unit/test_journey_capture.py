@@ -6,6 +6,7 @@ rotation or the places learnt on the way."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,7 @@ from tracer.decode import decode
 from tracer.expand import expand
 
 META = {"host": "testhost", "kernel": "6.1.0", "version": "0", "command": "tracer record", "filter": "",
-        "start_time": "2026-11-30T00:00:00Z", "ktime_offset_ns": "0", "containers": "[]", "sample": "1"}
+        "start_time": "2026-11-30T00:00:00Z", "ktime_offset_ns": "1000", "containers": "[]", "sample": "1"}
 
 
 def live_rows(recs: np.ndarray) -> pa.Table:
@@ -286,7 +287,7 @@ def test_captures_from_before_ipv6_still_read(tmp_path):
 
 
 def test_version_3_stores_dt_ns_as_its_bytes_and_reads_it_back(tmp_path):
-    """Since version 3 a hop's dt_ns is four uint8 fields on disk
+    """Since version 3 (and in 4) a hop's dt_ns is four uint8 fields on disk
     (events.DT_PLANES); every reader sees dt_ns, whatever its size (a
     drop seconds after the first hop needs all four bytes)."""
     recs = records()
@@ -297,7 +298,7 @@ def test_version_3_stores_dt_ns_as_its_bytes_and_reads_it_back(tmp_path):
     write(path, [recs])
     with pa.ipc.open_stream(str(path)) as reader:
         on_disk = reader.read_all()
-    assert reader.schema.metadata[b"tracer.schema_version"] == b"3"
+    assert reader.schema.metadata[b"tracer.schema_version"] == events.JOURNEY_SCHEMA_VERSION.encode()
     assert on_disk.schema.field("hops").type.value_type.names[:4] == list(events.DT_PLANES)
     first = on_disk.filter(pc.equal(on_disk["kind"], "journey"))["hops"][0].as_py()
     assert [h["dt_ns_b0"] | h["dt_ns_b1"] << 8 | h["dt_ns_b2"] << 16 | h["dt_ns_b3"] << 24 for h in first] == dts
@@ -310,7 +311,7 @@ def test_joining_dt_bytes_keeps_nulls_and_slices():
     from tracer.journey_capture import conform
 
     dts = [0x01020304, 0xFFFFFFFF, 7, 1 << 31, 300]
-    hop_type = events.HOP_FILE_TYPE
+    hop_type = events.HOP_FILE_TYPE_V3
     hops = [{**{n: (d >> (8 * i)) & 0xFF for i, n in enumerate(events.DT_PLANES)}, "hook": 1, "nat_stage": 0,
              "flags": 0, "ifindex": 7, "ttl": 64, "tuple": 0, "place": 0} for d in dts]
     hops[4]["dt_ns_b1"] = None  # a null byte reads as 0
@@ -338,3 +339,96 @@ def test_writing_journey_rows_imports_neither_numpy_ma_nor_pandas(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False", "False"], done.stdout
+
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def test_version_4_stores_neither_time_nor_a_hops_ifindex_and_reads_them_back(tmp_path):
+    """Version 4 leaves out the columns another column says: no `time`
+    (ktime_ns + the metadata's ktime_offset_ns, every row kind) and no hop
+    `ifindex` (each place id is of one ifindex, in its `place` row); readers
+    put both back, so the rows read are the live ones."""
+    recs = records()
+    path = tmp_path / "cap.arrows"
+    write(path, [recs[:3], recs[3:]])
+    with pa.ipc.open_stream(str(path)) as reader:
+        on_disk = reader.read_all()
+    assert reader.schema.metadata[b"tracer.schema_version"] == b"4"
+    assert "time" not in on_disk.schema.names
+    assert "ifindex" not in on_disk.schema.field("hops").type.value_type.names
+    places = [json.loads(i) for i in on_disk.filter(pc.equal(on_disk["kind"], "place"))["info"].to_pylist()]
+    assert places and all(isinstance(p["ifindex"], int) for p in places)
+    # a place id names one ifindex: the same interface name at two ifindexes is two places
+    assert len({p["id"] for p in places}) == len({(p["ifindex"], p["ifname"], p["netns"]) for p in places})
+    capture = read_capture(str(path))
+    assert comparable(capture.events) == comparable(live_rows(recs))
+    stats = capture.table.filter(pc.equal(capture.table["kind"], "stats"))
+    offset = int(capture.metadata["ktime_offset_ns"])
+    assert stats["time"].cast(pa.int64()).to_pylist() == [k + offset for k in stats["ktime_ns"].to_pylist()]
+
+
+def test_a_version_3_capture_reads_as_it_did():
+    """tests/data/journeys-v3.arrows was written by tracer's version 3
+    writer (commit 0afae44) from this module's records (as the first test
+    changes them; two batches, a container row between);
+    journeys-v3.rows.json holds the sighting rows that tracer decoded live
+    from the same records (time as ns): the file reads as those rows."""
+    old = read_capture(str(DATA / "journeys-v3.arrows"))
+    assert old.metadata["schema_version"] == "3"
+    got = old.events.select(list(events.EVENT_SCHEMA.names))
+    got = got.set_column(0, "time", got["time"].cast(pa.int64()))
+    assert got.to_pylist() == json.loads((DATA / "journeys-v3.rows.json").read_text())
+    assert [c["id"] for c in old.containers] == ["x"]
+
+
+def test_a_version_4_file_without_its_clock_offset_is_refused_in_one_line(tmp_path):
+    from tracer.capture import CaptureReadError
+
+    path = tmp_path / "cap.arrows"
+    write(path, [records()])
+    with pa.ipc.open_stream(str(path)) as reader:
+        table, schema = reader.read_all(), reader.schema
+    meta = {k: v for k, v in schema.metadata.items() if k != b"tracer.ktime_offset_ns"}
+    bad = tmp_path / "bad.arrows"
+    with pa.OSFile(str(bad), "wb") as f, pa.ipc.new_stream(f, schema.with_metadata(meta)) as w:
+        w.write_table(table)
+    with pytest.raises(CaptureReadError, match="ktime_offset_ns"):
+        read_capture(str(bad))
+
+
+def _pyarrow_snippet() -> str:
+    """docs/capture-format.md's "With pyarrow alone" code."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "capture-format.md").read_text()
+    after = text.split("With **pyarrow** alone", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("version", ["3", "4"])
+def test_the_documented_pyarrow_reading_gives_what_tracer_reads(tmp_path, version):
+    """The pyarrow-only code of docs/capture-format.md, run on a version 3
+    capture (the fixture) and a version 4 one: each hop's dt_ns and
+    ifindex and each row's time are what tracer's reader gives."""
+    if version == "3":
+        path = DATA / "journeys-v3.arrows"
+    else:
+        path = tmp_path / "cap.arrows"
+        recs = records()
+        recs["fwd_out_ifindex"] = 9
+        write(path, [recs[:3], recs[3:]])
+    ns: dict = {}
+    exec(compile(_pyarrow_snippet().replace('"capture.arrows"', repr(str(path))), "capture-format.md", "exec"), ns)
+    events_read = read_capture(str(path)).events
+    rows = ns["journeys"]
+    dt = ns["dt_ns"].to_pylist()
+    # the hops in file order; the reader's sighting rows of each journey: ktime_ns = first + dt (the last: last_ktime_ns)
+    assert len(dt) == len(ns["ifindex"]) == events_read.num_rows
+    assert sorted(ns["ifindex"]) == sorted(events_read["ifindex"].to_pylist())
+    offset = int(ns["meta"]["tracer.ktime_offset_ns"])
+    table = ns["table"]
+    assert table["time"].cast(pa.int64()).to_pylist() == [
+        None if k is None else k + offset for k in table["ktime_ns"].to_pylist()]
+    first = rows["ktime_ns"].to_pylist()
+    assert sorted(first[i] + d for i, n in enumerate(pc.list_value_length(rows["hops"]).to_pylist())
+                  for d in dt[sum(pc.list_value_length(rows["hops"]).to_pylist()[:i]):][:n]) \
+        == sorted(k for k in events_read["ktime_ns"].to_pylist())

@@ -17,7 +17,7 @@ from tracer.journey_capture import PlaceIds, journey_rows
 from tracer.journey_columns import JourneyColumns
 
 META = {"host": "testhost", "kernel": "6.1.0", "version": "0", "command": "tracer record", "filter": "",
-        "start_time": "2026-11-30T00:00:00Z", "ktime_offset_ns": "0", "containers": "[]", "sample": "1"}
+        "start_time": "2026-11-30T00:00:00Z", "ktime_offset_ns": "1000", "containers": "[]", "sample": "1"}
 
 
 def test_rows_added_a_few_at_a_time_through_growth_equal_rows_laid_out_at_once():

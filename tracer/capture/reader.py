@@ -97,9 +97,9 @@ def _check_version(path: str, meta: dict[str, str]) -> None:
         )
 
 
-# Sighting rows (1) and journey rows (2; 3 with dt_ns stored as its bytes):
-# all read as sighting rows.
-JOURNEY_MAJORS = ("2", events.JOURNEY_SCHEMA_VERSION.split(".")[0])
+# Sighting rows (1) and journey rows (2; 3 with dt_ns stored as its bytes;
+# 4 without the columns another says): all read as sighting rows.
+JOURNEY_MAJORS = ("2", "3", events.JOURNEY_SCHEMA_VERSION.split(".")[0])
 READABLE_MAJORS = (events.SCHEMA_VERSION.split(".")[0], *JOURNEY_MAJORS)
 
 
@@ -107,9 +107,18 @@ def _rows_of(meta: dict[str, str], registry: PlaceRegistry | None = None) -> Cal
     """What turns one file's batches, in order, into CAPTURE_SCHEMA rows
     (with a ``registry``: journey rows as JourneyBatch, not laid out)."""
     if meta.get("schema_version", "").split(".")[0] in JOURNEY_MAJORS:
-        reader = JourneyRowReader(registry)
+        reader = JourneyRowReader(registry, _ktime_offset(meta))
         return reader.parts if registry is not None else reader.convert
     return _conform
+
+
+def _ktime_offset(meta: dict[str, str]) -> int | None:
+    """The file's wall clock minus ktime (every row's time is ktime_ns plus
+    it: version 4 stores no time column); None if it does not say."""
+    try:
+        return int(meta["ktime_offset_ns"])
+    except (KeyError, ValueError):
+        return None
 
 
 # Version 1 files have had every column from the start but these.
