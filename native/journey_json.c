@@ -26,9 +26,14 @@ enum { T_DIRECTION, T_PROTOCOL, T_FLAGS, T_CONTAINER, T_VERDICT, T_REASON, T_HOO
 
 PyObject *native_journey_json(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *jcols, *hcols, *texts, *out = NULL;
-    if (!PyArg_ParseTuple(args, "O!O!O!", &PyTuple_Type, &jcols, &PyTuple_Type, &hcols, &PyTuple_Type, &texts))
+    PyObject *jcols, *hcols, *texts, *into = Py_None, *ends_arg = Py_None, *out = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!O!|OO", &PyTuple_Type, &jcols, &PyTuple_Type, &hcols, &PyTuple_Type, &texts,
+                          &into, &ends_arg))
         return NULL;
+    if (into != Py_None && !PyByteArray_Check(into)) {
+        PyErr_SetString(PyExc_TypeError, "journey_json: into must be a bytearray or None");
+        return NULL;
+    }
     if (PyTuple_GET_SIZE(jcols) != N_JOURNEY || PyTuple_GET_SIZE(hcols) != N_HOP || PyTuple_GET_SIZE(texts) != N_TABLE) {
         PyErr_SetString(PyExc_TypeError, "journey_json: wrong number of columns or tables");
         return NULL;
@@ -39,7 +44,7 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
                                         "src_icmp", "dst_ip", "dst_port", "dst_icmp", "dt", "container_id", "ktime"};
     static const char *tnames[N_TABLE] = {"direction", "protocol", "flags", "container", "verdict", "reason",
                                           "hook", "stage", "ifname", "src_ip", "dst_ip", "container_id"};
-    column j[N_JOURNEY] = {0}, h[N_HOP] = {0};
+    column j[N_JOURNEY] = {0}, h[N_HOP] = {0}, ends = {0};
     table t[N_TABLE] = {0};
     PyObject *result = NULL;
 
@@ -51,6 +56,20 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
 
     Py_ssize_t count, n = h[H_HOOK].n;
     if (check_journey_shape("journey_json", j, N_JOURNEY, J_STARTS, jnames, h, N_HOP, H_HOOK, hnames, &count) < 0) goto done;
+    if (ends_arg != Py_None) {
+        if (load_column(ends_arg, &ends, COL_INT64 | COL_WRITABLE, "journey_json", "ends") < 0) goto done;
+        if (ends.n != count) {
+            PyErr_Format(PyExc_ValueError, "journey_json: ends has %zd slots for %zd journeys", ends.n, count);
+            goto done;
+        }
+        Py_buffer *written[] = {&ends.view}, *read[N_JOURNEY + N_HOP];
+        for (int i = 0; i < N_JOURNEY; i++) read[i] = &j[i].view;
+        for (int i = 0; i < N_HOP; i++) read[N_JOURNEY + i] = &h[i].view;
+        if (any_overlap(written, 1, read, N_JOURNEY + N_HOP)) {
+            PyErr_SetString(PyExc_ValueError, "journey_json: ends shares memory with a column");
+            goto done;
+        }
+    }
     const int64_t *starts = j[J_STARTS].v;
     static const struct { int col, tab; } jcodes[] = {{J_DIRECTION, T_DIRECTION}, {J_PROTOCOL, T_PROTOCOL},
         {J_TCP_KEY, T_FLAGS}, {J_CONTAINER, T_CONTAINER}, {J_VERDICT, T_VERDICT}, {J_REASON, T_REASON}};
@@ -67,10 +86,25 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
     for (size_t i = 0; i < sizeof hcodes / sizeof *hcodes; i++) per_hop += t[hcodes[i].tab].max;
     per_hop += 2 * 24;  /* the ports, and the brackets and quotes of endpoints */
     Py_ssize_t bound = count * per_journey + n * per_hop + 64;  /* + a 16-byte block's overshoot */
-    out = PyBytes_FromStringAndSize(NULL, bound);
-    if (!out) goto done;
-
-    char *const base = PyBytes_AS_STRING(out);
+    char *base;
+    if (into != Py_None) {
+        /* The caller's buffer, grown (never shrunk) to the bound: its pages
+         * stay mapped from one call to the next, where a new bytes object
+         * of ~2x the text every call took fresh zeroed pages (page faults:
+         * a third of this function's CPU live). A view of it held elsewhere
+         * makes the resize fail with BufferError. */
+        if (PyByteArray_GET_SIZE(into) < bound) {
+            /* emptied first: a resize in place would copy the old text
+             * (realloc), faulting the new pages in for nothing; half as
+             * much again, so shows a little bigger than the last fit */
+            if (PyByteArray_Resize(into, 0) < 0 || PyByteArray_Resize(into, bound + bound / 2) < 0) goto done;
+        }
+        base = PyByteArray_AS_STRING(into);
+    } else {
+        out = PyBytes_FromStringAndSize(NULL, bound);
+        if (!out) goto done;
+        base = PyBytes_AS_STRING(out);
+    }
     char *p = base;
     /* A hop's netns: a few distinct values over a batch, each 10 digits:
      * formatted once into a small direct-mapped cache, then copied. */
@@ -155,8 +189,11 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
             *p++ = '}';
         }
         PUT(p, "]}\n");
+        if (ends.held) ends.v[g] = (p - base) - 1;
     }
-    if (_PyBytes_Resize(&out, p - base) == 0) {
+    if (into != Py_None) {
+        result = PyLong_FromSsize_t(p - base);
+    } else if (_PyBytes_Resize(&out, p - base) == 0) {
         result = out;
         out = NULL;
     }
@@ -164,13 +201,16 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
 done:
     release_columns(j, N_JOURNEY);
     release_columns(h, N_HOP);
+    release_columns(&ends, 1);
     for (int i = 0; i < N_TABLE; i++) PyMem_Free(t[i].f), PyMem_Free(t[i].arena);
     Py_XDECREF(out);
     return result;
 }
 
 const char native_journey_json_doc[] =
-    "journey_json(journey_columns, hop_columns, texts) -> bytes\n\n"
+    "journey_json(journey_columns, hop_columns, texts, into=None, ends=None) -> bytes | int\n\n"
     "The JSON lines of a batch of journeys, each ended by a newline. Columns are\n"
     "contiguous int64 arrays (the two ids uint64), texts lists of JSON-encoded bytes; see\n"
-    "tracer/native_json.py, which builds the arguments.";
+    "tracer/native_json.py, which builds the arguments. With ``into`` (a bytearray, grown\n"
+    "as needed, never shrunk) the text is written at its start and its length returned.\n"
+    "``ends`` (a writable int64 array, one slot a journey) gets each line's newline offset.";

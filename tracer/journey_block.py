@@ -7,17 +7,21 @@ from __future__ import annotations
 from typing import Any
 
 
-def journey_block(rows: Any, as_json: bool, color: bool, rules: Any, links: Any) -> tuple[bytes | memoryview, int]:
+def journey_block(rows: Any, as_json: bool, color: bool, rules: Any, links: Any,
+                  into: bytearray | None = None) -> tuple[bytes | memoryview, int]:
     """(the block, how many journeys it holds) of ``rows`` (JourneyRows).
     ``rules``: a rule_render.RuleBook holding the hits of these packets
     (taken out of it here), None without --rules; ``links``: the ProxyLinks
-    known so far (an empty chunk leaves them as they are)."""
-    from tracer.journey_json import journey_json_block
+    known so far (an empty chunk leaves them as they are); ``into``: JSON
+    only, a bytearray the text is written into (journey_json_text): the
+    block may then be a view of it, good until its next use."""
+    from tracer.journey_json import journey_json_text
     from tracer.proxy_output import annotate
     from tracer.render_rows import render_rows
 
+    ends = None  # JSON: where each line ends, for the proxy notes (no scan for newlines)
     if as_json:
-        block, count = journey_json_block(rows)
+        block, count, ends = journey_json_text(rows, into=into)
     else:
         block, count = render_rows(rows, color), len(rows)
     if rules is not None:
@@ -25,6 +29,7 @@ def journey_block(rows: Any, as_json: bool, color: bool, rules: Any, links: Any)
 
         per_hop = hop_rules(rows, rules.pop(rows.packet_id.tolist()))
         block = with_rules_json(block, rows, per_hop) if as_json else with_rules_text(block, rows, per_hop, color)
+        ends = None  # the rules' text moved the lines
     if count:  # linked or not: annotate also notes where connections start
-        block = annotate(block, rows, links, as_json)
+        block = annotate(block, rows, links, as_json, ends)
     return block, count

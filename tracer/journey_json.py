@@ -37,17 +37,35 @@ def journey_json_block(table: pa.Table, compiled: bool = True) -> tuple[memoryvi
     per line. By the compiled loop where it was built (tracer/native.py,
     ``compiled``: unless False), else by the Python path below: the same
     bytes."""
+    block, count, _ = journey_json_text(table, compiled)
+    return block, count
+
+
+def journey_json_text(table: pa.Table, compiled: bool = True,
+                      into: bytearray | None = None) -> tuple[memoryview, int, np.ndarray]:
+    """journey_json_block's (block, count) and where each line ends: the
+    offset of its newline in the block (proxy notes cut lines there:
+    tracer/proxy_output.py). ``into``: a bytearray the compiled loop writes
+    the text into, grown as needed and kept by the caller from one batch to
+    the next (its pages stay mapped); the block is then a view of it, good
+    until the next call with it."""
     jr = journey_rows(table)
     if not len(jr):
-        return memoryview(b""), 0
+        return memoryview(b""), 0, np.empty(0, np.int64)
     module = native() if compiled else None
+    ends = np.empty(len(jr), np.int64)
     if module is not None:
         from tracer.native_json import native_json_block
 
-        return memoryview(native_json_block(jr, module)), len(jr)
-    pieces, _ = _json_pieces(jr, newline=True)
+        if into is None:
+            return memoryview(native_json_block(jr, module, None, ends)), len(jr), ends
+        size = native_json_block(jr, module, into, ends)
+        return memoryview(into)[:size], len(jr), ends
+    pieces, line_starts = _json_pieces(jr, newline=True)
     data, offsets = _string_buffer(pieces)
-    return data[int(offsets[0]) : int(offsets[-1])], len(jr)
+    at = offsets[line_starts]
+    ends[:] = at[1:] - at[0] - 1
+    return data[int(at[0]) : int(at[-1])], len(jr), ends
 
 
 def _string_buffer(arr: pa.StringArray) -> tuple[memoryview, np.ndarray]:

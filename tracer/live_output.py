@@ -15,6 +15,12 @@ from tracer.render import Summary, render_interval, status_line
 from tracer.sinks import Batch, RunEnd, RunInfo
 
 
+# The most of JourneyOutput.json_into kept from one batch to the next: a
+# busy pass's text (~14 MB) is written into a buffer of about twice that
+# (the writer's bound); a burst past this is let go after it is shown.
+JSON_INTO_KEEP = 128 << 20
+
+
 class JourneyOutput:
     """``count``: show at most this many journeys (then want no more)."""
 
@@ -30,6 +36,9 @@ class JourneyOutput:
         self.status_tty = sys.stderr.isatty() and not as_json
         self.rules = None  # rule_render.RuleBook with --rules: hits held until their packet shows
         self.proxy_links = ProxyLinks()  # docker-proxy links seen so far: the proxy hop of journeys on a leg
+        # --json: the buffer each batch's text is written into, kept so its
+        # pages stay mapped (a new one a batch faulted ~2x the text in again)
+        self.json_into = bytearray() if as_json else None
 
     def on_start(self, run: RunInfo) -> None:
         if run.rules and run.records == "journey":
@@ -65,9 +74,12 @@ class JourneyOutput:
         rows = journey_rows(batch)  # once for the output and the summary
         if self.count is not None:
             rows = rows.head(self.count - self.shown)
-        block, count = journey_block(rows, self.as_json, self.color, self.rules, self.proxy_links)
+        block, count = journey_block(rows, self.as_json, self.color, self.rules, self.proxy_links, self.json_into)
         if count and not self.reader.gone:
             self.reader.write(block)
+        del block  # may be a view of json_into, which must not be held for its next resize
+        if self.json_into is not None and len(self.json_into) > JSON_INTO_KEEP:
+            self.json_into = bytearray()  # a burst's buffer (after a stall, say) is not kept for the whole run
         self.summary.add_table(rows)
         self.shown += count
 

@@ -170,11 +170,14 @@ class StreamStarts:
         return (s_lut[s_codes] << np.uint64(48)) | (sport << np.uint64(32)) | (d_lut[d_codes] << np.uint64(16)) | dport
 
 
-def annotate(block: bytes | memoryview, jr: JourneyRows, links: ProxyLinks, as_json: bool) -> bytes | memoryview:
+def annotate(block: bytes | memoryview, jr: JourneyRows, links: ProxyLinks, as_json: bool,
+             ends: np.ndarray | None = None) -> bytes | memoryview:
     """The output block (JSON lines or text) with the proxy hop of every
     journey on a known proxy leg, and the bytes it carries. Every block
     goes through here, linked or not: a connection's opening comes before
-    its link (made by the first bytes the proxy relays)."""
+    its link (made by the first bytes the proxy relays). ``ends``: JSON
+    only, each line's newline offset in the block where the writer knows
+    them (else they are found)."""
     if links.streams is None:
         links.streams = StreamStarts()
     links.streams.observe(jr)
@@ -182,7 +185,7 @@ def annotate(block: bytes | memoryview, jr: JourneyRows, links: ProxyLinks, as_j
     if not notes:
         return block
     ranges = links.streams.payload_ranges(jr, [k for k, *_ in notes])
-    return annotate_json(block, notes, ranges) if as_json else annotate_text(block, jr, notes, ranges)
+    return annotate_json(block, notes, ranges, ends) if as_json else annotate_text(block, jr, notes, ranges)
 
 
 def recorded_links(links: ProxyLinks, infos: list[dict]) -> None:
@@ -195,10 +198,13 @@ def recorded_links(links: ProxyLinks, infos: list[dict]) -> None:
             continue
 
 
-def annotate_json(block: bytes | memoryview, notes: list[Note], ranges: list | None = None) -> bytes:
+def annotate_json(block: bytes | memoryview, notes: list[Note], ranges: list | None = None,
+                  ends: np.ndarray | None = None) -> bytes:
     """JSON lines with `"proxy": {...}` added to the noted journeys' objects
     (with `"bytes": [start, end]` where ``ranges`` has the note's). The
-    block's line ends are found once, in one pass; only the noted lines are
+    lines end at ``ends`` (each one's newline offset, as the JSON writer
+    returns them), else the block's line ends are found once, in one pass
+    (a 14 MB show: 2.3 ms of CPU, 0.36 µs a packet); only the noted lines are
     cut out and rebuilt, the text between them is copied as it is. Each
     journey has one line, so a line is noted at most once. The block is
     read in place (a show of `trace --json` is ~14 MB: a copy of it cost
@@ -207,10 +213,12 @@ def annotate_json(block: bytes | memoryview, notes: list[Note], ranges: list | N
         return bytes(block)
     data = memoryview(block).cast("B")
     assert len({note[0] for note in notes}) == len(notes), "a journey's line noted twice"
-    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 0x0A).tolist() + [len(data)]  # line k: up to ends[k]
+    if ends is None:
+        ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 0x0A)
     out, copied = [], 0
     for i, (k, link, leg, _) in sorted(enumerate(notes), key=lambda note: note[1][0]):
-        start, end = (ends[k - 1] + 1 if k else 0), ends[k]
+        start = int(ends[k - 1]) + 1 if k else 0
+        end = int(ends[k]) if k < len(ends) else len(data)  # line k: up to its newline (the last may have none)
         obj = link.to_json(leg)
         if ranges is not None:
             obj["bytes"] = list(ranges[i]) if ranges[i] else None

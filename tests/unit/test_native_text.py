@@ -28,7 +28,7 @@ from tracer import native
 from tracer.decode import decode
 from tracer.expand import expand
 from tracer.hold import sort_records
-from tracer.journey_json import journey_json_block, journey_json_lines
+from tracer.journey_json import journey_json_block, journey_json_lines, journey_json_text
 from tracer.journey_records import journey_rows_of_records
 from tracer.journey_rows import journey_rows
 from tracer.native_json import native_json_block
@@ -103,6 +103,60 @@ def test_head_and_empty_batches():
     assert journey_json_lines(jr.head(3)) == python_block(jr.head(3)).decode().splitlines()
     block, count = journey_json_block(jr.head(0))
     assert count == 0 and bytes(block) == b""
+
+
+def _newlines(block: bytes) -> list[int]:
+    return [i for i, b in enumerate(block) if b == 0x0A]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_text_into_a_kept_buffer_and_its_line_ends(compiled):
+    """`trace --json` writes every batch into one bytearray it keeps
+    (journey_json_text's ``into``): batches bigger and smaller than the one
+    before give the same bytes as a new block each, the view is only the
+    batch's text (never an earlier, longer batch's tail), and the line ends
+    are the newlines' offsets, from both paths."""
+    jr, _ = both_ways(hostile_ctx(1_796_000_000_123_456_789))
+    into = bytearray()
+    for k in (2, 7, 1, 5, 7, 3):
+        expected = python_block(jr.head(k))
+        block, count, ends = journey_json_text(jr.head(k), compiled, into)
+        assert count == k and bytes(block) == expected
+        assert ends.tolist() == _newlines(expected)
+        if compiled:
+            assert len(into) >= len(expected) and block.obj is into  # written in place, not a copy
+        del block
+    grown = len(into)
+    journey_json_text(jr.head(2), compiled, into)
+    assert len(into) == grown  # never shrunk: its pages stay for the next batch
+    block, count, ends = journey_json_text(jr.head(0), compiled, into)
+    assert count == 0 and bytes(block) == b"" and len(ends) == 0
+
+
+def test_the_compiled_line_ends_and_buffer_are_checked():
+    m = module()
+    jr, _ = both_ways(hostile_ctx(1_000))
+    with pytest.raises(ValueError, match="ends has 3 slots for 7 journeys"):
+        native_json_block(jr, m, None, np.empty(3, np.int64))
+    with pytest.raises(TypeError, match="64-bit"):
+        native_json_block(jr, m, None, np.empty(7, np.float64))
+    with pytest.raises(ValueError):  # read-only: the C writes it
+        native_json_block(jr, m, None, _read_only(7))
+    with pytest.raises(TypeError, match="bytearray"):
+        native_json_block(jr, m, b"", None)
+    into = bytearray(1)
+    held = memoryview(into)  # a view still held: the buffer cannot grow under it
+    with pytest.raises(BufferError):
+        native_json_block(jr, m, into, None)
+    held.release()
+    size = native_json_block(jr, m, into, None)
+    assert bytes(into[:size]) == python_block(jr)
+
+
+def _read_only(n: int) -> np.ndarray:
+    a = np.empty(n, np.int64)
+    a.setflags(write=False)
+    return a
 
 
 def test_bad_arguments_are_errors_not_crashes():

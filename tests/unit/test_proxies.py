@@ -114,6 +114,9 @@ def test_json_annotation_rebuilds_only_the_noted_lines():
             obj = {**lk.to_json(leg), "bytes": list(ranges[i]) if ranges[i] else None}
             expected[k] = expected[k][:-1] + b', "proxy": ' + json.dumps(obj, ensure_ascii=False).encode() + b"}"
         assert annotate_json(memoryview(block), notes, ranges) == b"\n".join(expected)
+        # the same lines cut where the JSON writer says they end (no scan): the same bytes
+        ends = np.array([i for i, b in enumerate(block) if b == 0x0A], np.int64)
+        assert annotate_json(memoryview(block), notes, ranges, ends) == b"\n".join(expected)
         parsed = [json.loads(line) for line in annotate_json(block, notes, ranges).splitlines()]
         assert [("proxy" in p) for p in parsed] == [True, False, False, True, False, False, True]
         assert parsed[6]["proxy"]["bytes"] == [5, 9] and parsed[0]["proxy"]["bytes"] is None
