@@ -30,4 +30,8 @@ extern const char native_journey_facts_doc[];
 PyObject *native_segment_groups(PyObject *self, PyObject *args);
 extern const char native_segment_groups_doc[];
 
+/* reservoir.c */
+PyObject *native_reservoir_put(PyObject *self, PyObject *args);
+extern const char native_reservoir_put_doc[];
+
 #endif

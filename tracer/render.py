@@ -3,7 +3,6 @@ printed at exit. Plain text when ``color`` is False (pipes, tests)."""
 
 from __future__ import annotations
 
-from array import array
 from collections import Counter
 from functools import lru_cache
 
@@ -181,12 +180,31 @@ class _Samples:
     at a time (Summary.add) or a batch at once (Summary.add_table) keeps the
     same sample."""
 
-    def __init__(self, cap: int, seed: int) -> None:
-        self.values = array("q")
+    def __init__(self, cap: int, seed: int, compiled: bool = True) -> None:
+        # The samples are the first _n of _buf, which grows by doubling up
+        # to the cap: an array('q') grown by each batch's frombytes took
+        # ~1/16 more each time, copying (and faulting in) the samples again
+        # and again as a fresh run filled them (docs/benchmarks.md,
+        # "Session 11: trace --json").
+        self._buf = np.empty(0, np.int64)
+        self._n = 0
         self.count = 0
         self._cap = cap
         self._seed = seed
         self._gen: np.random.Generator | None = None
+        self.compiled = compiled  # past the cap, slots filled by tracer._native where it was built
+
+    @property
+    def values(self) -> np.ndarray:
+        """The samples kept (a view: valid until the next add)."""
+        return self._buf[: self._n]
+
+    def _room(self, more: int) -> None:
+        want = min(self._cap, self._n + more)
+        if want > len(self._buf):
+            buf = np.empty(min(self._cap, max(want, 2 * len(self._buf), 64)), np.int64)
+            buf[: self._n] = self._buf[: self._n]
+            self._buf = buf
 
     def _rng(self) -> np.random.Generator:
         if self._gen is None:
@@ -195,19 +213,23 @@ class _Samples:
 
     def add(self, value: int) -> None:
         self.count += 1
-        if len(self.values) < self._cap:
-            self.values.append(value)
+        if self._n < self._cap:
+            self._room(1)
+            self._buf[self._n] = value
+            self._n += 1
             return
         i = int(self._rng().random() * self.count)
         if i < self._cap:
-            self.values[i] = value
+            self._buf[i] = value
 
     def add_many(self, values: np.ndarray) -> None:
         """``add`` for each value in order, vectorised."""
-        room = self._cap - len(self.values)
+        room = self._cap - self._n
         if room > 0:
             head = values[:room]
-            self.values.frombytes(np.ascontiguousarray(head, dtype=np.int64).tobytes())
+            self._room(len(head))
+            self._buf[self._n : self._n + len(head)] = head
+            self._n += len(head)
             self.count += len(head)
             values = values[room:]
         if not len(values):
@@ -215,15 +237,20 @@ class _Samples:
         counts = self.count + 1 + np.arange(len(values))
         slots = (self._rng().random(len(values)) * counts).astype(np.int64)
         self.count += len(values)
+        module = native() if self.compiled else None
+        if module is not None:
+            # in order, a later value replacing an earlier one drawn for the same slot (native/reservoir.c)
+            module.reservoir_put(self._buf, slots, np.ascontiguousarray(values, dtype=np.int64))
+            return
         hit = slots < self._cap
         if hit.any():
             # A later value replaces an earlier one drawn for the same slot.
             rev_slots, rev_values = slots[hit][::-1], values[hit][::-1]
             uniq, last = np.unique(rev_slots, return_index=True)
-            np.frombuffer(self.values, dtype=np.int64)[uniq] = rev_values[last]
+            self._buf[uniq] = rev_values[last]
 
     def median_ns(self) -> float:
-        return float(np.median(np.frombuffer(self.values, dtype=np.int64)))
+        return float(np.median(self.values))
 
 
 @lru_cache(maxsize=64)
@@ -276,7 +303,7 @@ class Summary:
     def _samples(self, key: str) -> _Samples:
         samples = self._segments.get(key)
         if samples is None:
-            samples = self._segments[key] = _Samples(self._cap, len(self._segments))
+            samples = self._segments[key] = _Samples(self._cap, len(self._segments), self.compiled)
         return samples
 
     def add_table(self, table) -> None:

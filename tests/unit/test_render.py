@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.unit.test_journeys import (
     CLIENT, CONTAINER, HOST, dropped_request, events, inbound_reply, inbound_request, masquerade_out,
 )
@@ -134,6 +136,51 @@ def test_summary_reservoir_keeps_memory_bounded():
     assert seg["count"] == 1000
     assert len(s._segments[seg["segment"]].values) == 100
     assert 0.2 < seg["p50_us"] < 0.8  # true median 0.5 µs
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_reservoir_batches_keep_the_samples_of_one_at_a_time(compiled):
+    """add_many (Summary.add_table's path: past the cap by tracer._native's
+    in-order fill, or numpy's) keeps exactly the samples that adding the
+    values one by one keeps: the same draws, a later value winning a slot
+    drawn twice (a cap of 50 against 5,000 values: many such slots), batches
+    that cross the cap, empty ones."""
+    import numpy as np
+
+    from tracer import native
+    from tracer.render import _Samples
+
+    if compiled:
+        assert native.native() is not None, native.why_not()
+    values = np.random.default_rng(7).integers(-10**12, 10**12, 5000)
+    one, many = _Samples(50, 3), _Samples(50, 3, compiled=compiled)
+    for v in values.tolist():
+        one.add(v)
+    at = 0
+    for size in (0, 7, 30, 13, 0, 1, 400, 2000, 2549):
+        many.add_many(values[at:at + size])
+        at += size
+    assert at == len(values) and many.count == one.count == 5000
+    assert many.values.tolist() == one.values.tolist() and len(many.values) == 50
+    assert many.median_ns() == one.median_ns()
+
+
+def test_reservoir_put_checks_its_arrays():
+    import numpy as np
+
+    from tracer import native
+
+    m = native.native()
+    assert m is not None, native.why_not()
+    samples = np.zeros(4, np.int64)
+    m.reservoir_put(samples, np.array([1, 9, -1, 1, 3]), np.array([5, 6, 7, 8, 9]))  # out of range: left out
+    assert samples.tolist() == [0, 8, 0, 9]  # the later of two values for slot 1
+    with pytest.raises(ValueError, match="differ in length"):
+        m.reservoir_put(samples, np.array([1, 2]), np.array([1]))
+    with pytest.raises(ValueError, match="overlaps"):
+        m.reservoir_put(samples, samples[:2], np.array([1, 2]))
+    with pytest.raises(TypeError, match="64-bit"):
+        m.reservoir_put(samples, np.array([1.0]), np.array([1]))
 
 
 def test_empty_summary_renders():
