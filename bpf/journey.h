@@ -75,9 +75,8 @@ BPF_PERCPU_ARRAY(jpool_next, u64, 1);
 /* [0]: journeys opened (journey_start: claims and continuations); [END_*]:
  * records emitted by why, complete or not; [FAULT_*]: what was left out
  * rather than written into a journey it is not part of (tracer/events.py
- * JOURNEY_FAULTS; FAULT_LOST is no longer counted: every journey opened is
- * emitted). Opened minus emitted is what is open: user space sweeps only
- * then. */
+ * JOURNEY_FAULTS). Every journey opened is emitted: opened minus emitted is
+ * what is open, and user space sweeps only then. */
 BPF_PERCPU_ARRAY(journey_ends, u64, N_JOURNEY_COUNTS);
 
 static __always_inline void journey_count(u32 k)

@@ -191,10 +191,13 @@ COMPLETE_ENDS = frozenset({1, 2})
 
 # What the kernel left out rather than risk a wrong journey (bpf/journey.h),
 # counted in journey_ends after the ends (index len(JOURNEY_ENDS) + i).
+# Captures written before journey closes were decided in the journey slot
+# may also carry "lost" (a journey closed in a race without a record) in
+# their stats' journey_faults: read by name and shown like these; the
+# kernel no longer counts it.
 JOURNEY_FAULTS = (
     "claim_failed",  # a first sighting found its CPU's next journey slot being written: packet not followed
     "hop_refused",   # a sighting's journey was being taken or was emitted meanwhile: its hop left out
-    "lost",          # no longer counted (always 0 since 0890bd3: every journey opened is emitted); kept for the layout
     "mismatch",      # a slot held another packet after a hop was written into it (never expected: a bug)
 )
 # The journey_ends map: the ends, then the faults

@@ -128,11 +128,7 @@ def journey_faults(counts: np.ndarray) -> dict[str, int]:
 def open_journeys(counts: np.ndarray) -> int:
     """Journeys the kernel has opened and not yet emitted (bpf/journey.h
     counts openings in journey_ends[0], records by end after it; a record
-    the ring buffer had no room for counts as emitted: it is not open).
-    The kernel no longer counts `lost` (every journey opened is emitted);
-    it is still subtracted, as a count that can only be 0 now."""
+    the ring buffer had no room for counts as emitted: it is not open)."""
     if not len(counts):
         return 0
-    ends = len(events.JOURNEY_ENDS)
-    lost = counts[ends + events.JOURNEY_FAULTS.index("lost")] if len(counts) > ends else 0
-    return int(counts[0] - counts[1:ends].sum() - lost)
+    return int(counts[0] - counts[1:len(events.JOURNEY_ENDS)].sum())
