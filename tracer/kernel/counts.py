@@ -7,10 +7,7 @@ journey: events.JOURNEY_FAULTS)."""
 from __future__ import annotations
 
 import logging
-import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -19,15 +16,6 @@ from tracer.kernel import bpf_syscall as sc
 from tracer.kernel.cpus import possible_cpus
 
 log = logging.getLogger(__name__)
-
-# The maps whose batch lookup failed: map fd -> (the map's kernel id, a weak
-# reference to the table object last seen reading it). Kept here, not on the
-# table object (BCC's tables and map_table.MapTable alike, and a table made
-# anew for the same map); the map id tells a map from a later one that got
-# the same fd number after the first was closed, and is asked for only when
-# the fd comes through another table object (every read, for a table that
-# takes no weak reference).
-_NO_BATCH_LOOKUP: dict[int, tuple[int, Callable[[], Any]]] = {}
 
 
 @dataclass
@@ -58,52 +46,20 @@ def per_cpu_sums(table, entries: int) -> list[int]:
     """The first ``entries`` values of a per-CPU u64 array map, each summed
     over CPUs: one batch lookup (read every pass of a live run: a lookup
     per entry was ~20 bpf() calls a pass), or an entry at a time where
-    the kernel has no batch lookup for it. A map whose batch lookup failed
-    once is read entry by entry from then on (remembered by its fd and
-    kernel id, whichever table object reads it): no bpf() call more on a
-    sweep or status line (one when another table object reads the map)."""
+    the kernel has no batch lookup for it. The table object remembers a
+    failed batch lookup (BCC's module and ours hand out one table object a
+    map), so it is not tried again on every sweep and status line."""
     fd = getattr(table, "map_fd", None)
-    if fd is not None and not _batch_failed_before(fd, table):
+    if fd is not None and not getattr(table, "no_batch_lookup", False):
         try:
             return sc.per_cpu_u64_array(fd, entries, possible_cpus())
         except OSError as exc:
             log.debug("map %s: no batch lookup (%s): read entry by entry", getattr(table, "name", fd), exc)
-            map_id = _map_id(fd)
-            if map_id is not None:  # (no id: tried again next time)
-                _NO_BATCH_LOOKUP[fd] = (map_id, _reader(table))
+            try:
+                table.no_batch_lookup = True
+            except AttributeError:  # a table that takes no attribute: tried again next read
+                pass
     return [int(sum(table[table.Key(i)])) for i in range(entries)]
-
-
-def _batch_failed_before(fd: int, table) -> bool:
-    """Whether the map behind ``fd`` is one whose batch lookup failed: no
-    bpf() call through the table object that was seen reading it, one
-    through another (the same map still?). Threads may read at once (the
-    drain and the status line): each step is one dict operation."""
-    known = _NO_BATCH_LOOKUP.get(fd)
-    if known is None:
-        return False
-    map_id, reader = known
-    if reader() is table:
-        return True
-    if _map_id(fd) == map_id:
-        _NO_BATCH_LOOKUP[fd] = (map_id, _reader(table))
-        return True
-    _NO_BATCH_LOOKUP.pop(fd, None)  # the fd now holds another map (or none): it is tried afresh
-    return False
-
-
-def _reader(table) -> Callable[[], Any]:
-    try:
-        return weakref.ref(table)
-    except TypeError:  # no weak reference to it: its map id is asked for every read
-        return lambda: None
-
-
-def _map_id(fd: int) -> int | None:
-    try:
-        return sc.map_info_by_fd(fd).id
-    except OSError:
-        return None
 
 
 def journey_counts(bpf) -> np.ndarray:
