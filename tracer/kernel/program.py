@@ -466,13 +466,13 @@ def own_loader() -> bool:
     BCC's debug info (program BTF, source lines in verifier messages) that
     only BCC's own loading passes on, nor with TRACER_SHARED_ENTRIES=0 or
     TRACER_PROGRAM_CACHE=0 (BCC compiles and loads, as before the cache)."""
-    return not os.environ.get("TRACER_DEBUG") and shared_entries() and program_cache.enabled()
+    return shared_entries() and program_cache.enabled()  # enabled(): not with TRACER_DEBUG
 
 
 def shared_without_debug() -> bool:
     """Whether a start without TRACER_DEBUG loads shared bodies with
     tracer's loader (TRACER_DEBUG then checks them first: Program.build)."""
-    return shared_entries() and os.environ.get("TRACER_PROGRAM_CACHE", "1") != "0"
+    return shared_entries() and program_cache.switched_on()
 
 
 def shared_entries() -> bool:

@@ -250,10 +250,16 @@ def default_dir() -> Path:
     return Path(where) if where else Path(os.environ.get("TRACER_CACHE", "/var/cache/tracer")) / "programs"
 
 
+def switched_on() -> bool:
+    """Whether the environment leaves the cache on: TRACER_PROGRAM_CACHE=0
+    switches it off (every start compiles, as before the cache)."""
+    return os.environ.get("TRACER_PROGRAM_CACHE", "1") != "0"
+
+
 def enabled() -> bool:
-    """TRACER_PROGRAM_CACHE=0 compiles every time; TRACER_DEBUG does too (it
+    """Switched on and no TRACER_DEBUG, which compiles every time too (it
     keeps BCC's debug info, which the cache does not reproduce)."""
-    return os.environ.get("TRACER_PROGRAM_CACHE", "1") != "0" and not os.environ.get("TRACER_DEBUG")
+    return switched_on() and not os.environ.get("TRACER_DEBUG")
 
 
 class ProgramCache:
