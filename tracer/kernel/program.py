@@ -36,6 +36,7 @@ from tracer.kernel.cpus import cpu_id_bound
 from tracer.kernel.headers import ensure_bcc_headers
 from tracer.kernel.hop_codes import c_definitions as hop_definitions
 from tracer.kernel import program_cache
+from tracer.kernel.stderr_fd import stderr_to
 from tracer.kernel.verifier_log import keep_verifier_logs, verifier_log, where_the_log_is
 
 if TYPE_CHECKING:
@@ -553,12 +554,8 @@ class _captured_stderr:
     terminal (unless TRACER_DEBUG), but keep them to explain a failure."""
 
     def __enter__(self):
-        self.saved = None
         self.file = tempfile.TemporaryFile(mode="w+")
-        if os.environ.get("TRACER_DEBUG"):
-            return self
-        self.saved = os.dup(2)
-        os.dup2(self.file.fileno(), 2)
+        self.redirect = None if os.environ.get("TRACER_DEBUG") else stderr_to(self.file.fileno()).__enter__()
         return self
 
     def text(self) -> str:
@@ -566,8 +563,7 @@ class _captured_stderr:
         return self.file.read()
 
     def __exit__(self, *exc):
-        if self.saved is not None:
-            os.dup2(self.saved, 2)
-            os.close(self.saved)
+        if self.redirect is not None:
+            self.redirect.__exit__()
         self.file.close()
         return False

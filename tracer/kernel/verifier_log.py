@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tracer.kernel.stderr_fd import stderr_to
+
 
 def where_the_log_is(log_file: str | None) -> str:
     """The end of a refusal's message: where the verifier's full log is, or
@@ -40,21 +42,19 @@ class verifier_log:
 
     def __enter__(self):
         self.path: str | None = None
-        self.saved = None
+        self.redirect: stderr_to | None = None
         self.keep = False
         if not os.environ.get("TRACER_DEBUG"):
             return self
         fd, self.path = tempfile.mkstemp(prefix="tracer-verifier-", suffix=".log")
-        self.saved = os.dup(2)
-        os.dup2(fd, 2)
+        self.redirect = stderr_to(fd).__enter__()
         os.close(fd)
         return self
 
     def __exit__(self, *exc):
-        if self.saved is None:
+        if self.redirect is None:
             return False
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
+        self.redirect.__exit__()
         if self.keep:
             return False  # the refusal's message names it
         sys.stderr.write(Path(self.path).read_text(errors="replace"))
