@@ -202,7 +202,7 @@ done:
     release_columns(j, N_JOURNEY);
     release_columns(h, N_HOP);
     release_columns(&ends, 1);
-    for (int i = 0; i < N_TABLE; i++) PyMem_Free(t[i].f), PyMem_Free(t[i].arena);
+    release_tables(t, N_TABLE);
     Py_XDECREF(out);
     return result;
 }

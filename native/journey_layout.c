@@ -15,7 +15,7 @@
  * written. Multi-byte fields of the kernel's records are little-endian but
  * for ip_id, length, tcp_seq, tcp_ack and the ports, which are in network
  * order (as events.JOURNEY_DTYPE says). */
-#include "native.h"
+#include "parts.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -45,7 +45,10 @@ static inline uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (u
 static inline uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 
 /* Writable C-contiguous buffers of a tuple, each exactly count * size bytes
- * (+ extra elements); returns how many were acquired (all on success). */
+ * (+ extra elements); returns how many were acquired (all on success).
+ * Not parts.c's load_columns: these columns are 1 to 16 bytes an element
+ * (the capture's own types, given by journey_layout.py), checked by size
+ * alone, where load_columns takes 64-bit integers of a stated type. */
 static int get_outputs(PyObject *tuple, Py_buffer *views, int n, const Py_ssize_t *size, Py_ssize_t count,
                        int extra_from, const char *what) {
     if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != n) {
@@ -168,6 +171,18 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
     if ((nr = get_outputs(rec_obj, rv, N_REC, rec_size, kept, R_HOP_OFFSETS, "record")) != N_REC) goto done;
     if ((nh = get_outputs(hop_obj, hv, N_HOPCOL, hop_size, n_hops_total, N_HOPCOL, "hop")) != N_HOPCOL) goto done;
     if ((nt = get_outputs(tup_obj, tv, N_TUPCOL, tup_size, n_tuples_total, N_TUPCOL, "tuple")) != N_TUPCOL) goto done;
+    {
+        /* every output is written once and some read back (a hop's place
+         * key): none may be another, or the records */
+        Py_buffer *out[N_REC + N_HOPCOL + N_TUPCOL], *ins[1] = {&in};
+        for (int i = 0; i < N_REC; i++) out[i] = &rv[i];
+        for (int i = 0; i < N_HOPCOL; i++) out[N_REC + i] = &hv[i];
+        for (int i = 0; i < N_TUPCOL; i++) out[N_REC + N_HOPCOL + i] = &tv[i];
+        if (any_overlap(out, N_REC + N_HOPCOL + N_TUPCOL, ins, 1)) {
+            PyErr_SetString(PyExc_ValueError, "journey_layout: an output column overlaps another column or the records");
+            goto done;
+        }
+    }
 
     /* the counts first: nothing is written unless they are the caller's */
     const uint8_t *base = in.buf;

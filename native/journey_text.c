@@ -334,7 +334,7 @@ done:
     release_columns(j, N_JOURNEY);
     release_columns(h, N_HOP);
     release_columns(k, N_KEY);
-    for (int i = 0; i < N_TABLE; i++) PyMem_Free(t[i].f), PyMem_Free(t[i].arena);
+    release_tables(t, N_TABLE);
     PyMem_Free(scratch);
     PyMem_Free(wid);
     Py_XDECREF(out);

@@ -154,3 +154,12 @@ int load_tables(PyObject *tuple, table *t, int n, const char *const *names) {
         if (load_table(PyTuple_GET_ITEM(tuple, i), &t[i], names[i]) < 0) return -1;
     return 0;
 }
+
+void release_tables(table *t, int n) {
+    for (int i = 0; i < n; i++) {
+        PyMem_Free(t[i].f);
+        PyMem_Free(t[i].arena);
+        t[i].f = NULL;
+        t[i].arena = NULL;
+    }
+}

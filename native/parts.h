@@ -1,5 +1,5 @@
 /* What the native writers share (journey_json.c, journey_text.c, journey_rows.c, segments.c,
- * address_ids.c): integer columns taken from numpy arrays without copies,
+ * address_ids.c, journey_layout.c): integer columns taken from numpy arrays without copies,
  * tables of pre-formatted texts, and the inline writers of fragments and
  * numbers. */
 #ifndef TRACER_NATIVE_PARTS_H
@@ -51,6 +51,7 @@ int load_table(PyObject *list, table *t, const char *what);
 int check_codes(const column *c, const table *t, const char *what);
 int check_range(const column *c, Py_ssize_t size, const char *what);
 int load_tables(PyObject *tuple, table *t, int n, const char *const *names);
+void release_tables(table *t, int n);
 int check_journey_shape(const char *fn, const column *j, int n_journey, int starts, const char *const *jnames,
                         const column *h, int n_hop, int hook, const char *const *hnames, Py_ssize_t *count);
 

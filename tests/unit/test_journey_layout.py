@@ -15,7 +15,7 @@ import pytest
 
 from tests.unit.test_journey_records import records
 from tracer import events, journey_layout, native
-from tracer.journey_layout import LAYOUT, RECORD_COLUMNS, compiled_usable, layout, layout_numpy
+from tracer.journey_layout import HOP_COLUMNS, LAYOUT, RECORD_COLUMNS, TUPLE_COLUMNS, compiled_usable, layout, layout_numpy
 
 
 def module():
@@ -117,3 +117,27 @@ def test_wrong_sizes_and_counts_are_refused_before_writing():
             with pytest.raises(ValueError, match=why):
                 m.journey_layout(flat, bad, 0, len(out), len(out.hops["hook"]), len(out.tuples["sport"]),
                                  cols, tuple(out.hops.values()), tuple(out.tuples.values()))
+
+
+def test_outputs_that_overlap_each_other_or_the_records_are_refused():
+    """Every output is written once and a hop's place key read back from
+    two of them: an output that is another, or lies in the records, would
+    give wrong rows; refused before anything is written."""
+    m = module()
+    recs = random_records(20, 5)
+    out = layout_numpy(recs, 0)
+    flat = recs.view(np.uint8).reshape(-1)
+    cols = tuple(out.records[name] for name, _ in RECORD_COLUMNS)
+    hops = {name: out.hops[name] for name, _ in HOP_COLUMNS}
+
+    def call(hop_cols):
+        return m.journey_layout(flat, LAYOUT, 0, len(out), len(hops["hook"]), len(out.tuples["sport"]),
+                                cols, tuple(hop_cols.values()), tuple(out.tuples[name] for name, _ in TUPLE_COLUMNS))
+
+    before = flat.copy()
+    with pytest.raises(ValueError, match="overlaps"):
+        call({**hops, "nat_stage": hops["hook"]})  # two outputs, one array
+    with pytest.raises(ValueError, match="overlaps"):
+        call({**hops, "hook": flat[:len(hops["hook"])]})  # an output inside the records
+    assert np.array_equal(flat, before)
+    call(hops)  # the same arguments, each its own: laid out
