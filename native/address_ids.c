@@ -58,6 +58,13 @@ PyObject *native_address_ids(PyObject *self, PyObject *args) {
         release_columns(c, 2);
         return NULL;
     }
+    /* each id is written after its address is read: in place is fine, but
+     * out shifted into the addresses would overwrite ones not yet read */
+    if (c[1].view.buf != c[0].view.buf && overlap(&c[0].view, &c[1].view)) {
+        PyErr_SetString(PyExc_ValueError, "address_ids: out overlaps the addresses (other than in place)");
+        release_columns(c, 2);
+        return NULL;
+    }
     const uint64_t mask = bits == 64 ? ~(uint64_t)0 : ((uint64_t)1 << bits) - 1;
     const uint64_t *v = (const uint64_t *)c[0].v;
     uint64_t *o = (uint64_t *)c[1].v;

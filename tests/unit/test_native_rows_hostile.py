@@ -370,5 +370,19 @@ def test_address_ids_and_segment_outputs_are_their_own_type():
         m.segment_groups(hook, hook, hook, starts, hook, z(1), 1, 1, 1, np.zeros(2, np.float64))
 
 
+
+def test_address_ids_in_place_but_never_over_addresses_not_yet_read():
+    from tests.unit.test_native_text import module
+    m = module()
+    words, out = np.arange(1, 5, dtype=np.uint64), np.empty(4, np.uint64)
+    m.address_ids(words, out, 1, 2, 48)
+    m.address_ids(words, words, 1, 2, 48)  # in place: each address read before its id is written
+    assert np.array_equal(words, out)
+    shared = np.arange(1, 6, dtype=np.uint64)
+    with pytest.raises(ValueError, match="address_ids: out overlaps the addresses"):
+        m.address_ids(shared[:4], shared[1:], 1, 2, 48)  # would write ids over addresses not yet read
+    assert np.array_equal(shared, np.arange(1, 6, dtype=np.uint64))
+
+
 if __name__ == "__main__":
     run_cases(sys.argv[1:])
