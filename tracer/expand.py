@@ -121,9 +121,3 @@ class _Gather:
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.record(name)[self.rec]
-
-
-def end_counts(journeys: np.ndarray) -> dict[str, int]:
-    """Records by why the kernel emitted them (events.JOURNEY_ENDS)."""
-    counts = np.bincount(journeys["end"], minlength=len(events.JOURNEY_ENDS))
-    return {name: int(counts[i]) for i, name in enumerate(events.JOURNEY_ENDS) if name and counts[i]}

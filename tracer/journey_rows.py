@@ -408,23 +408,6 @@ def _endpoint_key(ep: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     return (ip << 17) | (port << 1) | icmp
 
 
-def journey_count(table: pa.Table) -> int:
-    """Number of journeys (packets) in a pop_complete_table table."""
-    pid = _numpy(_normalise(table)["packet_id"])
-    return int(len(np.unique(pid)))
-
-
-def first_journeys(table: pa.Table, n: int) -> pa.Table:
-    """The rows of the first ``n`` journeys (by first sighting, as
-    journey_json_lines orders them): for --count."""
-    jr = journey_rows(table)
-    if n >= len(jr):
-        return table
-    keep = np.zeros(jr.work.num_rows, bool)
-    keep[np.isin(_numpy(jr.work["packet_id"]), jr.packet_id[:n])] = True
-    return jr.work.filter(pa.array(keep))
-
-
 def journeys_of_table(table: pa.Table) -> list[Journey]:
     """build_journeys(table), built from JourneyRows: the per-packet work is
     done on columns, Python only creates the objects (the human path)."""

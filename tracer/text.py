@@ -24,7 +24,3 @@ def printable(text: object) -> str:
     None stays the empty string's job of the caller (returned as 'None')."""
     s = text if isinstance(text, str) else str(text)
     return _UNSAFE.sub(_escape, s) if _UNSAFE.search(s) else s
-
-
-def is_printable(text: str) -> bool:
-    return _UNSAFE.search(text) is None

@@ -14,7 +14,7 @@ import itertools
 import os
 import socket
 import threading
-from typing import Literal, Protocol
+from typing import Literal
 
 from tracer.errors import MissingCapability, TracerError
 from tracer.kernel import bpf_syscall as sc
@@ -25,10 +25,6 @@ FILTER_PREFIX = "tracer"
 CLSACT_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 TCX_ATTACH = {"ingress": sc.BPF_TCX_INGRESS, "egress": sc.BPF_TCX_EGRESS}
 ETH_P_ALL = 0x0003
-
-
-class Link(Protocol):
-    def close(self) -> None: ...
 
 
 class TargetGone(TracerError):

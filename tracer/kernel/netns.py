@@ -11,7 +11,6 @@ import ctypes
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
 
@@ -62,10 +61,6 @@ def in_netns(path: str | None) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(original)
-
-
-def netns_exists(path: str) -> bool:
-    return Path(netns_path(path)).exists()
 
 
 @contextmanager
