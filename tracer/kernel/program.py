@@ -27,7 +27,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from tracer import events
 from tracer.errors import MissingCapability
@@ -38,9 +38,6 @@ from tracer.kernel.hop_codes import c_definitions as hop_definitions
 from tracer.kernel import program_cache
 from tracer.kernel.stderr_fd import stderr_to
 from tracer.kernel.verifier_log import keep_verifier_logs, verifier_log, where_the_log_is
-
-if TYPE_CHECKING:
-    from tracer.sensors.base import Sensor
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
 log = logging.getLogger(__name__)
@@ -212,9 +209,26 @@ def _fill(table, keys: Iterable[int], value) -> None:
         table[table.Key(key)] = value
 
 
+class SensorParts(Protocol):
+    """What the module takes of each sensor (tracer/sensors/base.Sensor
+    provides it; named here so this layer imports nothing above itself)."""
+
+    name: str
+    source_file: str
+    optional: bool
+
+    def offsets(self) -> dict[str, tuple[str, str, int]]: ...
+
+    def cflags(self) -> list[str]: ...
+
+    def programs(self) -> list[tuple[str, int, int]]: ...
+
+    def variants(self) -> dict[str, tuple[str, int]]: ...
+
+
 @dataclass
 class Program:
-    sensors: list["Sensor"]
+    sensors: list[SensorParts]
     filter: Filter = field(default_factory=Filter)
     ringbuf_pages: int = RINGBUF_PAGES
     # Latency mode: histograms in the kernel instead of per-packet events.
