@@ -7,8 +7,9 @@
  * fp.jslot says which); every later sighting appends a 12-byte hop; the
  * sighting that ends the packet's way through the
  * host (sighting.terminal, set by each sensor by the rules of
- * tracer/journeys.py TERMINAL_SIGHTINGS, or a drop) emits the whole journey
- * as ONE ring-buffer record. Nothing per sighting crosses to user space.
+ * tracer/journeys.py TERMINAL_SIGHTINGS, or a drop) emits the journey as ONE
+ * ring-buffer record, as long as the hops it uses (journey_emit). Nothing
+ * per sighting crosses to user space.
  *
  * Ownership is decided in the journey slot: JOURNEY_CLOSED in its busy
  * word. Whoever sets it (journey_close: a compare-and-swap by a caller
@@ -109,37 +110,37 @@ static __always_inline u8 hop_code(u8 hook, u8 stage, int in_ct)
 }
 
 /* The record out, by a caller that closed the journey (JOURNEY_CLOSED set
- * by it). */
+ * by it): the slot's first bytes, up to its last hop used (the hops are
+ * last in the slot; the ring buffer's reader pads a record back to the
+ * struct: tracer/drain.py), by one bpf_ringbuf_output (reserve, the
+ * kernel's memcpy, commit: one helper call; a reserved record has to be
+ * its largest size and filled by a second call). */
 static __always_inline void journey_emit(struct journey *j, u8 end, int sensor)
 {
-    j->end = end;
-    /* The counts first, then the copy, then the counts into the record: a
-     * sighting on another CPU may still be appending (its hop is then
-     * counted refused). It writes a hop's fields, and a new tuple, before
-     * the n_tuples / n_hops stores that publish them (journey_tuple,
-     * journey_add_hop), so counts read before the copy (x86: a load is not
-     * reordered with an older load) name only hops and tuples whose
-     * fields the copy sees written. A plain copy read fields below n_hops
-     * (tuples, drop_reason) before n_hops itself, and could carry a hop
-     * whose tuple it had read stale. */
-    u8 n_hops = *(volatile u8 *)&j->n_hops;
-    u8 n_tuples = *(volatile u8 *)&j->n_tuples;
+    /* The counts first, then the copy. A sighting on another CPU may still
+     * be appending (its hop is then counted refused). It writes a hop's
+     * fields, and a new tuple, before the tuples_written / hops_written
+     * stores that publish them (journey_tuple, journey_add_hop), so counts
+     * read before the copy (x86: a load is not reordered with an older
+     * load) name only hops and tuples whose fields the copy sees written.
+     * The record's own counts (n_hops, n_tuples) are written by the closer
+     * alone, before the copy: a copy of the live counts could name a hop or
+     * tuple whose fields it read stale, or a hop past the bytes copied. */
+    u8 n_hops = *(volatile u8 *)&j->hops_written;
+    u8 n_tuples = *(volatile u8 *)&j->tuples_written;
     asm volatile("" ::: "memory");
-    struct journey *rec = events.ringbuf_reserve(sizeof(*j));
-    if (!rec) {
+    u32 used = n_hops < MAX_HOPS ? n_hops : MAX_HOPS;
+    j->end = end;
+    j->n_hops = used;
+    j->n_tuples = n_tuples;
+    /* No wakeup per record: the drain thread reads on its own clock, so a
+     * busy path does not wake user space per packet. */
+    if (events.ringbuf_output(j, __builtin_offsetof(struct journey, hops) + used * sizeof(struct jhop),
+                              BPF_RB_NO_WAKEUP) < 0) {
         count(sensor * 2 + 1);
         journey_count(end);
         return;
     }
-    /* One helper call (the kernel's copy), not __builtin_memcpy: that is
-     * ~110 instructions inlined at every emit site, which made each program
-     * ~40 % larger and its verification (start-up) ~0.4 s slower. */
-    bpf_probe_read_kernel(rec, sizeof(*j), j);
-    rec->n_hops = n_hops;
-    rec->n_tuples = n_tuples;
-    /* No wakeup per record: the drain thread reads on its own clock, so a
-     * busy path does not wake user space per packet. */
-    events.ringbuf_submit(rec, BPF_RB_NO_WAKEUP);
     count(sensor * 2);
     journey_count(end);
 }
@@ -372,9 +373,8 @@ static __always_inline void journey_start(struct journey *j, u64 id, struct pkt 
     j->tcp_flags = p->tcp_flags;
     j->tcp_doff = p->tcp_doff;
     j->direction = 0;
-    j->n_hops = 0;
-    j->n_tuples = 1;
-    j->end = 0;
+    j->hops_written = 0;
+    j->tuples_written = 1;
     journey_count(0);
 }
 
@@ -383,7 +383,7 @@ static __always_inline void journey_start(struct journey *j, u64 id, struct pkt 
  * Docker path: hairpin NAT makes three tuples) the last one is repeated. */
 static __always_inline u8 journey_tuple(struct journey *j, struct pkt *p)
 {
-    u32 n = j->n_tuples;
+    u32 n = j->tuples_written;
     if (n == 0 || n > MAX_TUPLES)
         return 0;
     u32 last = (n - 1) & (MAX_TUPLES - 1);
@@ -398,9 +398,9 @@ static __always_inline u8 journey_tuple(struct journey *j, struct pkt *p)
     u->daddr = p->key.daddr;
     u->sport = p->key.sport;
     u->dport = p->key.dport;
-    /* The tuple before the count that publishes it (as n_hops below). */
+    /* The tuple before the count that publishes it (as hops_written below). */
     asm volatile("" ::: "memory");
-    j->n_tuples = n + 1;
+    j->tuples_written = n + 1;
     return n;
 }
 
@@ -408,7 +408,7 @@ static __always_inline u8 journey_tuple(struct journey *j, struct pkt *p)
  * now full. */
 static __always_inline int journey_add_hop(struct journey *j, struct sighting *s, u64 now, u8 code, u8 ttl, u8 tuple)
 {
-    u32 n = j->n_hops;
+    u32 n = j->hops_written;
     if (n >= MAX_HOPS)
         return 1;
     struct jhop *h = &j->hops[n];
@@ -434,10 +434,10 @@ static __always_inline int journey_add_hop(struct journey *j, struct sighting *s
     }
     /* The hop and what it says of the journey before the count that
      * publishes them: the compiler may not sink a store below it (x86 keeps
-     * stores in order; a closer on another CPU that copies n_hops hops sees
+     * stores in order; a closer on another CPU that copies hops_written hops sees
      * whole ones, and a drop hop's reason with it). */
     asm volatile("" ::: "memory");
-    j->n_hops = n + 1;
+    j->hops_written = n + 1;
     return n + 1 >= MAX_HOPS;
 }
 
@@ -636,7 +636,7 @@ static __always_inline int journey_fast_hop(struct last_sighting *last, struct p
     if (p) {
         tuple = journey_tuple(j, p);
     } else {
-        u32 n = j->n_tuples;
+        u32 n = j->tuples_written;
         tuple = n > 0 && n <= MAX_TUPLES ? n - 1 : 0;
     }
     slot->last_seen = now;

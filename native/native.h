@@ -26,6 +26,9 @@ PyObject *native_journey_hops(PyObject *self, PyObject *args);
 extern const char native_journey_hops_doc[];
 PyObject *native_journey_facts(PyObject *self, PyObject *args);
 extern const char native_journey_facts_doc[];
+/* ring_records.c */
+PyObject *native_ring_records(PyObject *self, PyObject *args);
+extern const char native_ring_records_doc[];
 /* segments.c */
 PyObject *native_segment_groups(PyObject *self, PyObject *args);
 extern const char native_segment_groups_doc[];

@@ -11,7 +11,7 @@ TRACER_NATIVE_PACKAGES=(gcc libc6-dev python3-dev)
 # what running without the extension costs (docs/benchmarks.md, Session 8:
 # JSON text 0.55 -> 1.51 µs, human text 0.67 -> 2.31 µs, capture layout
 # 0.10 -> 0.31 µs per packet offline)
-TRACER_NATIVE_COST="trace and record use the Python twins instead: the same output, about 1-2 µs more CPU per traced packet"
+TRACER_NATIVE_COST="trace and record use the Python twins instead: the same output, about 1-3 µs more CPU per traced packet"
 
 # native_toolchain_ok PYTHON: the C compiler that builds PYTHON's extensions
 # ($CC, else the one PYTHON was built with, as setuptools picks it) compiles

@@ -2,10 +2,10 @@
 
 BCC's per-record Python callback tops out around half a million events a
 second here. The ring buffer is a pair of shared mappings (consumer page,
-producer page + data area mapped twice so records never wrap), and every
-record we write has the same size, so a whole run of records can be viewed as
-one numpy structured array, checked for busy/discard bits vectorised and
-copied out in one go.
+producer page + data area mapped twice so records never wrap); a run of
+records is walked header by header in one call (tracer._native
+ring_records, or its twin _copy_records) and copied out as one numpy
+structured array.
 
 Layout (kernel/bpf/ringbuf.c): each record starts with an 8-byte header,
 ``u32 len`` (bit 31 = BUSY, not yet committed; bit 30 = DISCARD) and
@@ -13,7 +13,9 @@ Layout (kernel/bpf/ringbuf.c): each record starts with an 8-byte header,
 
 The sample is one numpy dtype per drain: ``struct journey`` in trace and
 record mode (one record per packet), ``struct event`` for the per-sighting
-build and the drain benchmark.
+build and the drain benchmark. A journey record is as long as the hops it
+uses (events.JOURNEY_HEADER + 12 bytes a hop: bpf/journey.h journey_emit);
+each is copied into a row of the whole struct, its tail zeroed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import logging
 import numpy as np
 
 from tracer import events, record_words
+from tracer.native import native
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,34 @@ MAX_PAUSE_STEP_S = 0.1
 
 
 
+def _copy_records(ring, start: int, avail: int, out: np.ndarray, row: int, max_rows: int) -> tuple[int, int, int]:
+    """tracer._native ring_records' twin (the reference; its doc says what
+    it does): each committed record from byte ``start`` of ``ring`` into the
+    next ``row`` bytes of ``out`` (uint8), tail zeroed, discarded ones
+    skipped; (rows, bytes walked, length of a record too long for a row or 0).
+    Memoryview slices: each copy is one memcpy (~1 µs a record in all)."""
+    zeros = bytes(row)
+    off = n = bad = 0
+    # Released on the way out: an mmap with a view still exported cannot close.
+    with memoryview(ring) as whole, whole.cast("B") as src, memoryview(out) as flat, flat.cast("B") as dst:
+        while off + HEADER_SIZE <= avail and n < max_rows:
+            hdr = struct.unpack_from("<I", src, start + off)[0]
+            if hdr & BUSY_BIT:
+                break
+            length = hdr & ~(BUSY_BIT | DISCARD_BIT)
+            total = (length + HEADER_SIZE + 7) & ~7
+            if length > row or off + total > avail:
+                bad = length or 1
+                break
+            if not hdr & DISCARD_BIT:
+                at, begin = n * row, start + off + HEADER_SIZE
+                dst[at:at + length] = src[begin:begin + length]
+                dst[at + length:at + row] = zeros[length:]
+                n += 1
+            off += total
+    return n, off, bad
+
+
 def record_dtype(sample: np.dtype) -> np.dtype:
     """Header + sample; the sample's size is a multiple of 8."""
     dtype = np.dtype([("len", "<u4"), ("pg_off", "<u4"), ("event", sample)])
@@ -88,7 +119,11 @@ class RingBufferDrain:
         self.armed_ktime = 0
         self.before_start = 0  # packets left out
         self._early = None  # tracer.hold.RecentIds of the packets left out, once there are any
-        self.record_size = record_dtype(sample).itemsize
+        self.record_size = record_dtype(sample).itemsize  # the largest record, header included
+        # The smallest: what a read may find at most of them in its bytes.
+        self.smallest_record = -(-(HEADER_SIZE + events.smallest_sample(sample)) // 8) * 8
+        module = native()
+        self._copy = module.ring_records if module is not None else _copy_records
         self.consumer = mmap.mmap(map_fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         # The consumer position must change in one aligned 8-byte store:
         # struct.pack_into zeroes the bytes before writing them, and a
@@ -120,32 +155,21 @@ class RingBufferDrain:
         by field, ~0.5 µs a journey record). ``release=False``: as the
         kernel wrote them, for a caller that release()s them later, in
         bigger batches."""
-        size = self.record_size
         cons = self._consumer_pos()
-        prod = self._producer_pos()
-        n = min((prod - cons) // size, self.max_batch)
+        avail = min(self._producer_pos() - cons, self.size)
+        n = min(avail // self.smallest_record, self.max_batch)
         if n <= 0:
             return np.zeros(0, self.sample)
-        start = PAGE_SIZE + (cons & self.mask)
-        # Headers first (a strided u32 view, no copy): stop at the first
-        # record still being written.
-        lens = np.frombuffer(self.producer, dtype="<u4", count=n * (size // 4), offset=start)[:: size // 4]
-        busy = (lens & BUSY_BIT) != 0
-        if busy.any():
-            n = int(np.argmax(busy))
-            lens = lens[:n]
-        sizes = lens & ~np.uint32(BUSY_BIT | DISCARD_BIT)
-        if n and (sizes != self.sample.itemsize).any():
-            raise RuntimeError("ring buffer holds a record of unexpected size: is another program writing to it?")
-        # One copy of the samples without their ring headers, row by row (a
-        # structured-dtype copy is ~15x slower); drop discarded records only
-        # if there are any.
-        rows = np.frombuffer(self.producer, dtype=np.uint8, count=n * size, offset=start).reshape(n, size)
-        records = rows[:, HEADER_SIZE:HEADER_SIZE + self.sample.itemsize].copy().view(self.sample).reshape(n)
-        discard = (lens & DISCARD_BIT) != 0
-        if discard.any():
-            records = record_words.take(records, ~discard)
-        self._consumer_word[0] = cons + n * size
+        # Rows for as many records as the bytes could hold (np.empty: the
+        # pages of rows not written are never touched).
+        out = np.empty(n, self.sample)
+        rows, walked, bad = self._copy(self.producer, PAGE_SIZE + (cons & self.mask), avail, out.view(np.uint8),
+                                       self.sample.itemsize, n)
+        if bad:
+            raise RuntimeError(f"ring buffer holds a record of {bad} bytes, more than the {self.sample.itemsize} "
+                               "expected: is another program writing to it?")
+        records = out[:rows]
+        self._consumer_word[0] = cons + walked
         return self.release(records) if release else records
 
     def release(self, records: np.ndarray) -> np.ndarray:
@@ -192,7 +216,7 @@ class RingBufferDrain:
 
     def wait(self, timeout: float) -> bool:
         """Block until the kernel signals data (or timeout); True if data may be there."""
-        if self.pending_bytes() >= self.record_size:
+        if self.pending_bytes() > 0:
             return True
         return bool(self.poller.poll(timeout))
 
@@ -259,7 +283,7 @@ class BackgroundDrain:
                 self._sleep(self.poll_s)
                 continue
             looked = time.monotonic()
-            if self.drain.pending_bytes() < self.drain.record_size:
+            if self.drain.pending_bytes() <= 0:
                 self._empty_at = looked
                 # An empty ring: journey records are emitted without a
                 # wake-up (bpf/journey.h), so this wait is a sleep; where
@@ -329,7 +353,7 @@ class BackgroundDrain:
             now = time.monotonic()
             if now >= end or pending >= quarter:
                 return
-            if pending < self.drain.record_size:
+            if pending <= 0:
                 self._empty_at = now
             self._rate = pending / max(now - start, 1e-3)  # the pace since the read
             step = self._step(quarter)

@@ -230,7 +230,6 @@ JOURNEY_FIELDS: tuple[RawField, ...] = (
     RawField("first_ktime", "u64", "<u8", "bpf_ktime_get_ns() at the first hop"),
     RawField("last_ktime", "u64", "<u8", "at the last hop (exact where dt_ns saturates)"),
     RawField("skb", "u64", "<u8", "sk_buff address at the last netfilter/drop hop"),
-    RawField("tuples", f"struct jtuple[{MAX_TUPLES}]", "", "addresses: [0] at the first hop, then after each change"),
     RawField("tcp_seq", "u32", ">u4", "TCP sequence number"),
     RawField("tcp_ack", "u32", ">u4", "TCP acknowledgement number"),
     RawField("drop_reason", "u32", "<u4", "skb_drop_reason of a drop hop"),
@@ -242,14 +241,21 @@ JOURNEY_FIELDS: tuple[RawField, ...] = (
     RawField("protocol", "u8", "u1", "IP protocol number"),
     RawField("tcp_flags", "u8", "u1", "TCP flags byte"),
     RawField("direction", "u8", "u1", "index into DIRECTIONS"),
+    # Set by the sighting that emits the record, to what the slot's writers
+    # had published (hops_written, tuples_written) when it began the copy.
     RawField("n_hops", "u8", "u1", "hops used"),
     RawField("n_tuples", "u8", "u1", "tuples used"),
     RawField("end", "u8", "u1", "index into JOURNEY_ENDS"),
-    RawField("hops", f"struct jhop[{MAX_HOPS}]", "", "the sightings, in order"),
     RawField("tcp_doff", "u8", "u1", "TCP data offset (header length in 32-bit words)"),
+    RawField("hops_written", "u8", "u1", "hops appended so far (the kernel's bookkeeping: n_hops is the record's)"),
+    RawField("tuples_written", "u8", "u1", "tuples so far (the kernel's bookkeeping: n_tuples is the record's)"),
     RawField("_pad1", "u8", "u1", ""),
-    RawField("_pad2", "u16", "<u2", ""),
     RawField("pcache_slot", "u32", "<u4", "packet-cache slot that held the journey (the kernel's bookkeeping)"),
+    # Last, and before them everything of fixed size: a record is the
+    # slot's first bytes up to its n_hops-th hop (bpf/journey.h
+    # journey_emit); the ring buffer's reader pads it back to the struct.
+    RawField("tuples", f"struct jtuple[{MAX_TUPLES}]", "", "addresses: [0] at the first hop, then after each change"),
+    RawField("hops", f"struct jhop[{MAX_HOPS}]", "", "the sightings, in order"),
 )
 
 
@@ -273,6 +279,17 @@ TUPLE_DTYPE = _struct_dtype(TUPLE_FIELDS, {}, 8)  # 8: struct trc_addr is two u6
 HOP_DTYPE = _struct_dtype(HOP_FIELDS, {}, 4)
 JOURNEY_DTYPE = _struct_dtype(JOURNEY_FIELDS, {"jtuple": (TUPLE_DTYPE, MAX_TUPLES), "jhop": (HOP_DTYPE, MAX_HOPS)}, 8)
 JOURNEY_SIZE = JOURNEY_DTYPE.itemsize
+# A record's bytes before its hops: the kernel emits these and its n_hops
+# hops only (bpf/journey.h journey_emit), so records run from this to
+# JOURNEY_SIZE bytes in the ring buffer.
+JOURNEY_HEADER = JOURNEY_DTYPE.fields["hops"][1]
+assert JOURNEY_HEADER + MAX_HOPS * HOP_DTYPE.itemsize == JOURNEY_SIZE, "the hops must be last in struct journey"
+
+
+def smallest_sample(sample: np.dtype) -> int:
+    """The fewest bytes a ring-buffer sample of this dtype has: a journey
+    record without hops, else the whole struct."""
+    return JOURNEY_HEADER if sample == JOURNEY_DTYPE else sample.itemsize
 assert TUPLE_DTYPE.itemsize == 40 and HOP_DTYPE.itemsize == 12
 
 
