@@ -678,9 +678,11 @@ static __always_inline void remember_journey(struct last_sighting *last, u64 skb
 }
 
 /* Run by user space (BPF_PROG_TEST_RUN, tracer/kernel/sweep.py) every 50 ms
- * while journeys are open: emits the open journeys of SWEEP_CHUNK slots from
- * the cursor on that saw nothing for idle_ns (they left the sensors' view:
- * past the packet cache's joining window only a drop can still find them,
+ * while journeys are open: emits the open journeys of SWEEP_CHUNK packet-cache
+ * slots or JOURNEY_SWEEP_CHUNK journey slots (each loop its own size: the
+ * verifier walks each iteration, tracer/kernel/program.py) from the cursor
+ * on that saw nothing for idle_ns (they left the sensors' view: past the
+ * packet cache's joining window only a drop can still find them,
  * and it then comes as a continuation), or every open one when idle_ns is
  * 0 (tracing stops). `journeys` 0: packet-cache slots (quiet by the slot's
  * last sighting; 512 KiB, two slots a cache line: the cheap walk, every
@@ -710,7 +712,7 @@ int trc_sweep(struct __sk_buff *ctx)
     if (args->journeys) {
         u32 start = args->cursor < JOURNEY_SLOTS ? args->cursor : 0;
 #pragma clang loop unroll(disable)
-        for (u32 i = 0; i < SWEEP_CHUNK; i++) {
+        for (u32 i = 0; i < JOURNEY_SWEEP_CHUNK; i++) {
             u32 k = start + i;
             struct journey *j = journeys.lookup(&k);
             if (!j)
@@ -733,7 +735,7 @@ int trc_sweep(struct __sk_buff *ctx)
                 journey_close(slot, j, id, k, end, SENSOR_SWEEP);
             journey_leave(j, id);
         }
-        args->cursor = start + SWEEP_CHUNK < JOURNEY_SLOTS ? start + SWEEP_CHUNK : 0;
+        args->cursor = start + JOURNEY_SWEEP_CHUNK < JOURNEY_SLOTS ? start + JOURNEY_SWEEP_CHUNK : 0;
         return 0;
     }
     u32 start = args->cursor & (PACKET_ENTRIES - 1);

@@ -73,3 +73,14 @@ def test_the_flush_walks_again_while_journeys_stay_open(monkeypatch):
     assert s.flush(lambda: 5) == 5 and runner.runs == [33] * sweep.FLUSH_PASSES
     runner.runs.clear()
     assert s.flush() == 0 and runner.runs == [33]  # nothing to ask: one pass
+
+
+def test_each_walk_has_its_own_chunk(monkeypatch):
+    """The packet-cache walk and the journey-slot walk cover their slots in
+    runs of their own chunk sizes (SWEEP_CHUNK, JOURNEY_SWEEP_CHUNK)."""
+    runner = _Runner()
+    monkeypatch.setattr(sweep, "ProgTestRun", lambda fd, packet: runner)
+    s = sweep.JourneySweeper(_Bpf(), 16384, 8192 + 100, 32, 20_000_000, journey_chunk=16)
+    s.sweep()
+    s.sweep_journey_slots()
+    assert runner.runs == [16384 // 32, -(-(8192 + 100) // 16)] == [512, 519]

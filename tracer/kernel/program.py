@@ -79,14 +79,21 @@ FP_WINDOW_NS = 20_000_000
 # Latency mode keeps following a packet across slow hops (a full qdisc can
 # hold it for tens of ms); a fingerprint repeating within 1 s is rare.
 LATENCY_FP_WINDOW_NS = 1_000_000_000
-# Packet-cache or journey slots trc_sweep looks at per run (bpf/journey.h):
-# bounded loops the verifier walks iteration by iteration at load time, so
-# this is start-up time. Two loops since the journey-slot walk (e9938b6): at
-# 256 slots trc_sweep took 0.47 s to load, the longest of all programs and on
-# every start's way; at 64, 0.13 s (a warm start 1.3 -> 0.9 s). packet_entries
-# / SWEEP_CHUNK runs cover the cache, journey_slots / SWEEP_CHUNK (rounded
-# up) every CPU's pool.
-SWEEP_CHUNK = 64
+# Packet-cache slots (SWEEP_CHUNK) and journey slots (JOURNEY_SWEEP_CHUNK)
+# trc_sweep looks at per run (bpf/journey.h): bounded loops the verifier
+# walks iteration by iteration at load time, so this is start-up time. The
+# verifier processes ~750 instructions per packet-cache slot and ~1,070 per
+# journey slot of a chunk (the close and the record inlined in each), ~10k
+# besides: at 64 and 64 trc_sweep was 126k instructions processed, 3.4x
+# trc_nf_a's, the longest verification of all and the last one started
+# (programs load longest first by size); at 32 and 16, 51k. More runs a
+# pass cost little: a pass over the packet cache took 53-93 µs at 32 against
+# 60-69 at 64, over the journey slots 47-82 at 16 against 34-49 at 64 (a
+# loaded VM). packet_entries / SWEEP_CHUNK runs cover the cache,
+# journey_slots / JOURNEY_SWEEP_CHUNK (rounded up) every CPU's pool
+# (docs/benchmarks.md, "Session 11: emit").
+SWEEP_CHUNK = 32
+JOURNEY_SWEEP_CHUNK = 16
 # Filter maps (--port, --host) are sized to the values given, at least this.
 FILTER_MAP_MIN = 64
 # --host values: each is a map entry the kernel allocates up front.
@@ -313,7 +320,8 @@ class Program:
             flags += ["-DLATENCY_MODE", f"-DHIST_SLICES={self.hist_slices}"]
         else:
             pool = journey_pool(cpu_id_bound())  # the pools are indexed by CPU id
-            flags += [f"-DSWEEP_CHUNK={SWEEP_CHUNK}", f"-DJOURNEY_POOL={pool}", f"-DJOURNEY_SLOTS={self.journey_slots}"]
+            flags += [f"-DSWEEP_CHUNK={SWEEP_CHUNK}", f"-DJOURNEY_SWEEP_CHUNK={JOURNEY_SWEEP_CHUNK}",
+                      f"-DJOURNEY_POOL={pool}", f"-DJOURNEY_SLOTS={self.journey_slots}"]
         if self.sightings and not self.latency:  # latency mode has no per-packet records at all
             flags.append("-DSIGHTING_EVENTS")
         if shared:

@@ -42,12 +42,17 @@ FLUSH_RETRY_S = 0.002
 
 
 class JourneySweeper:
-    def __init__(self, bpf, packet_entries: int, journey_slots: int, chunk: int, idle_ns: int) -> None:
+    def __init__(self, bpf, packet_entries: int, journey_slots: int, chunk: int, idle_ns: int,
+                 journey_chunk: int | None = None) -> None:
+        """``chunk``, ``journey_chunk``: the slots one run of trc_sweep walks
+        in the packet cache and in the journey slots (SWEEP_CHUNK and
+        JOURNEY_SWEEP_CHUNK as the program was built; the second defaults to
+        the first)."""
         self.runner = ProgTestRun(bpf.load_func(*SWEEP_PROGRAM[:2]).fd, _PACKET)
         self.args = bpf["sweep_args"]
         # Runs that cover the packet cache, and the journey slots (the last
         # chunk of those may be short).
-        self.runs = {0: max(1, packet_entries // chunk), 1: max(1, -(-journey_slots // chunk))}
+        self.runs = {0: max(1, packet_entries // chunk), 1: max(1, -(-journey_slots // (journey_chunk or chunk)))}
         self.idle_ns = idle_ns
         self._set = None
         self._sweeps = 0
