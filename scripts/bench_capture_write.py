@@ -65,7 +65,7 @@ def write(records: np.ndarray, ctx, path: Path, journeys: bool, batch: int) -> f
     from tracer.expand import expand
 
     t0 = time.process_time()
-    with CaptureWriter(path, {"host": "bench"}, journeys=journeys) as w:
+    with CaptureWriter(path, {"host": "bench", "ktime_offset_ns": str(ctx.boot_offset_ns)}, journeys=journeys) as w:
         for i in range(0, len(records), batch):
             part = records[i:i + batch]
             if journeys:

@@ -119,7 +119,7 @@ def stage_worker(path: str, batch: int, repeat: int) -> dict:
     out = tempfile.NamedTemporaryFile(suffix=".arrows", delete=False).name
 
     def capture() -> None:
-        with CaptureWriter(out, {}, journeys=True) as w:
+        with CaptureWriter(out, {"ktime_offset_ns": str(ctx.boot_offset_ns)}, journeys=True) as w:
             for b in batches:
                 w.add_journeys(b, ctx)
 

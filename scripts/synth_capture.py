@@ -175,7 +175,7 @@ def main() -> None:
             w.flush()
             rows += table.num_rows
             packets += int((table["flags"].to_numpy() & 2 != 0).sum())
-        w.add_row("stats", 0, 0, {"events": {"tc": packets}, "lost": {"tc": 0}, "record": "journey",
+        w.add_row("stats", 0, {"events": {"tc": packets}, "lost": {"tc": 0}, "record": "journey",
                                   "event_rows": rows, "packets": packets})
     took = time.perf_counter() - started
     size = Path(args.out).stat().st_size

@@ -157,7 +157,7 @@ def main() -> None:
                 w.tick()
             rows += int(recs["n_hops"].sum())
             packets += len(recs)
-        w.add_row("stats", 0, 0, {"events": {"journey": packets}, "lost": {"journey": 0}, "record": "journey",
+        w.add_row("stats", 0, {"events": {"journey": packets}, "lost": {"journey": 0}, "record": "journey",
                                   "event_rows": rows, "packets": packets})
     took = time.perf_counter() - started
     size = sum(p.stat().st_size for p in w.paths if p.exists())

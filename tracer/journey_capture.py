@@ -87,7 +87,8 @@ def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -
 
 
 class BadJourneyRows(events.ColumnError):
-    """A version 2 batch whose columns or place rows are not what the format says."""
+    """A journey-row batch (version 2 to 4) whose columns, place rows or
+    metadata are not what the format says."""
 
 
 _REQUIRED = ("time", "ktime_ns", "kind", "hops", "tuples")
@@ -145,17 +146,48 @@ def _hop_type(batch) -> pa.StructType:
     return batch.schema.field("hops").type.value_type
 
 
+def _hops_need_ifindex(batch) -> bool:
+    """Version 4 hops: dt_ns as its bytes and no ifindex (their place's)."""
+    if "hops" not in batch.schema.names or not _has_dt_planes(batch.schema.field("hops").type):
+        return False
+    return _hop_type(batch).get_field_index("ifindex") < 0
+
+
 def _with_time(batch, ktime_offset_ns: int):
     """``batch`` with a `time` column: ktime_ns + the offset, as every row's
-    time was stored before version 4 (null where ktime_ns is)."""
+    time was stored before version 4 (null where ktime_ns is). The sum
+    wraps in 64 bits as the writers' did (journey_layout.py, and
+    native/journey_layout.c), so a damaged ktime_ns reads as version 3
+    read it, not as an overflow."""
     ktime = batch.column("ktime_ns")
     if isinstance(ktime, pa.ChunkedArray):
         ktime = ktime.combine_chunks()
-    wall = pc.add_checked(ktime.cast(pa.int64()), pa.scalar(ktime_offset_ns, pa.int64()))
-    time = wall.cast(events.JOURNEY_CAPTURE_SCHEMA.field("time").type)
+    if not pa.types.is_integer(ktime.type):
+        raise BadJourneyRows(f"column 'ktime_ns' is {ktime.type}, not uint64")
+    wall = _numbers(ktime).astype(np.int64) + np.int64(ktime_offset_ns)
+    nulls = ktime.is_null().to_numpy(zero_copy_only=False) if ktime.null_count else None
+    time = pa.array(wall, pa.int64(), mask=nulls).cast(events.JOURNEY_CAPTURE_SCHEMA.field("time").type)
     if isinstance(batch, pa.Table):
         return batch.append_column(events.JOURNEY_CAPTURE_SCHEMA.field("time"), time)
     return pa.RecordBatch.from_arrays([*batch.columns, time], names=[*batch.schema.names, "time"])
+
+
+OFFSET_KEY = f"{events.META_PREFIX}ktime_offset_ns"
+
+
+def ktime_offset(text: str | int | None) -> int:
+    """The metadata's ktime_offset_ns (wall clock minus ktime, a signed
+    64-bit count of ns) as a number; BadJourneyRows saying what is wrong
+    with it otherwise (a version 4 file cannot be read without it)."""
+    if text is None:
+        raise BadJourneyRows(f"no 'time' column, and no {OFFSET_KEY} metadata to compute it")
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise BadJourneyRows(f"{OFFSET_KEY} is not an integer: {str(text)[:40]!r}") from None
+    if not -(1 << 63) <= value < 1 << 63:
+        raise BadJourneyRows(f"{OFFSET_KEY} is out of range (a signed 64-bit count of ns): {str(text)[:40]!r}")
+    return value
 
 
 def _joined_dt(hops: pa.Array, place_ifindex: np.ndarray | None = None) -> pa.Array:
@@ -278,10 +310,11 @@ class JourneyRowReader:
     as they are. Batches must come in file order. With a ``registry``,
     ``parts`` hands journey rows on as JourneyBatch instead of laying them out."""
 
-    def __init__(self, registry: PlaceRegistry | None = None, ktime_offset_ns: int | None = None) -> None:
+    def __init__(self, registry: PlaceRegistry | None = None, ktime_offset_ns: int | str | None = None) -> None:
         self.places: dict[int, Place] = {}
         self.registry = registry
-        # version 4: rows' time from ktime_ns and this (the file's metadata);
+        # version 4: rows' time from ktime_ns and this (the file's metadata,
+        # as written: checked only by a file that needs it, ``ktime_offset``);
         # hops' ifindex from their place rows
         self.ktime_offset_ns = ktime_offset_ns
         self._ifindex: dict[int, int] = {}
@@ -317,6 +350,26 @@ class JourneyRowReader:
             self._ifindex_lut = lut
         return self._ifindex_lut
 
+    def _read_places(self, infos: list[str | None], need_ifindex: bool) -> None:
+        """Remember `place` rows; with ``need_ifindex`` (a version 4 file,
+        whose hops have no ifindex) each must say its ifindex: without it
+        every hop there would read as ifindex 0, which is also a real value
+        (a drop without a device), so the loss could not be seen."""
+        for text in infos:
+            try:
+                info = json.loads(text)
+                pid = int(info["id"])
+                self.places[pid] = place_of_info(info)
+                ifindex = info.get("ifindex")
+                if ifindex is not None and 0 <= pid < 1 << 24:
+                    self._ifindex[pid] = int(ifindex) & 0xFFFFFFFF
+                    self._ifindex_lut = None
+            except (TypeError, ValueError, KeyError, AttributeError):
+                raise BadJourneyRows(f"a place row's info is not a place: {str(text)[:60]!r}") from None
+            if ifindex is None and need_ifindex:
+                raise BadJourneyRows(f"place row {pid} has no 'ifindex' (version 4 hops take their device's "
+                                     "ifindex from their place's row)")
+
     def _known(self, ids: list[int]) -> list[Place]:
         return [self.places.get(int(p), UNKNOWN_PLACE) for p in ids]
 
@@ -327,19 +380,9 @@ class JourneyRowReader:
         kinds = pc.fill_null(kind.cast(pa.string()) if pa.types.is_dictionary(kind.type) else kind, "")
         is_place = pc.equal(kinds, "place")
         if pc.any(is_place).as_py():  # places first: a version 4 batch's hops take their ifindex from them
-            for text in batch.filter(is_place).column("info").to_pylist():
-                try:
-                    info = json.loads(text)
-                    pid = int(info["id"])
-                    self.places[pid] = place_of_info(info)
-                    if info.get("ifindex") is not None and 0 <= pid < 1 << 24:
-                        self._ifindex[pid] = int(info["ifindex"]) & 0xFFFFFFFF
-                        self._ifindex_lut = None
-                except (TypeError, ValueError, KeyError, AttributeError):
-                    raise BadJourneyRows(f"a place row's info is not a place: {str(text)[:60]!r}") from None
-        if "time" not in batch.schema.names and self.ktime_offset_ns is None:
-            raise BadJourneyRows("no 'time' column, and no tracer.ktime_offset_ns metadata to compute it")
-        batch = conform(batch, self.ktime_offset_ns, self._place_ifindex())
+            self._read_places(batch.filter(is_place).column("info").to_pylist(), _hops_need_ifindex(batch))
+        offset = None if "time" in batch.schema.names else ktime_offset(self.ktime_offset_ns)
+        batch = conform(batch, offset, self._place_ifindex())
         # Runs of journey rows and of other rows, in file order (a container
         # row stays between the packets before and after it); places out.
         journey = pc.equal(kinds, "journey").to_numpy(zero_copy_only=False)
@@ -372,7 +415,8 @@ class JourneyRowReader:
             reasons = reasons.combine_chunks()
         names = reasons.dictionary.to_pylist() if pa.types.is_dictionary(reasons.type) else []
         ctx = DecodeContext(host_netns=0, drop_reasons=dict(enumerate(names)),
-                            boot_offset_ns=int(wall[0] - ktime[0]) if len(wall) else 0)
+                            # in arrays: wrapping (as the time was computed), not a scalar's overflow warning
+                            boot_offset_ns=int((wall[:1] - ktime[:1])[0]) if len(wall) else 0)
         # Place ids are small numbers: their distinct values by counting, not
         # sorting (a damaged file's huge ids: sorted after all).
         if len(place) and int(place.max()) < 1 << 20:

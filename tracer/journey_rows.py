@@ -287,7 +287,10 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
     p_first = starts0[order]  # the packet's earliest row (before drop reordering), as _build_sorted
     # Wall clock of the first hop: its ktime plus the packet's first row's offset (as _build_sorted).
     time = pc.cast(work["time"], pa.int64())
-    offset = pc.fill_null(pc.subtract(time, pc.cast(work["ktime_ns"], pa.int64())), 0).to_numpy(zero_copy_only=False)
+    # In 64 bits, wrapping as the writers' time = ktime + offset did (a damaged
+    # ktime_ns past 2^63 reads back as it was written, not as a failed cast).
+    ktime_signed = pc.cast(work["ktime_ns"], pa.int64(), safe=False)
+    offset = pc.fill_null(pc.subtract(time, ktime_signed), 0).to_numpy(zero_copy_only=False)
     known = pc.is_valid(time).to_numpy(zero_copy_only=False)
     wall = np.where(known[p_first], ktime[rows[first]] + offset[p_first], 0) if n else np.zeros(0, np.int64)
     return JourneyRows(

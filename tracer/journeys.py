@@ -393,7 +393,7 @@ def wall_offsets(work: pa.Table) -> list:
     where the row has no time: a journey's time is its first hop's ktime
     plus its first row's offset (one clock for all rows of a run)."""
     time = pc.cast(work["time"], pa.int64())
-    diff = pc.subtract(time, pc.cast(work["ktime_ns"], pa.int64()))
+    diff = pc.subtract(time, pc.cast(work["ktime_ns"], pa.int64(), safe=False))  # wrapping, as the writers' sum
     return diff.to_pylist()
 
 

@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 HOST_NS, CT_NS = 4026531840, 4026532500
 OFFSET = 1_700_000_000_000_000_000
 CLIENT, HOST, CONTAINER = "198.18.0.2", "198.18.0.1", "172.17.0.2"
-META = {"host": "testhost", "filter": "port 8000", "command": "tracer record -w x"}
+META = {"host": "testhost", "filter": "port 8000", "command": "tracer record -w x",
+        "ktime_offset_ns": "0"}
 
 
 def _ip(text: str) -> np.ndarray:

@@ -122,7 +122,7 @@ def synthetic(path: Path, sightings: int, mess: bool = False, seed: int = 0) -> 
                     recs["drop_reason"][r] = 77
             w.add_journeys(recs, c)
             n += int(recs["n_hops"].sum())
-        w.add_row("stats", 0, 0, {"events": {"journey": n}, "lost": {"journey": 3}, "record": "journey"})
+        w.add_row("stats", 0, {"events": {"journey": n}, "lost": {"journey": 3}, "record": "journey"})
     return n
 
 

@@ -187,7 +187,7 @@ def test_records_added_a_few_at_a_time_keep_their_order_around_other_rows(tmp_pa
     with CaptureWriter(path, META, journeys=True) as w:
         for r in recs[:4]:
             w.add_journeys(r[None], c)
-        w.add_row("container", 1, 1, {"action": "start", "id": "x", "name": "x"})
+        w.add_row("container", 1, {"action": "start", "id": "x", "name": "x"})
         for r in recs[4:]:
             w.add_journeys(r[None], c)
         assert w.journey_rows == len(recs)
@@ -213,7 +213,7 @@ def test_big_journey_tables_are_batches_of_their_own_in_order(tmp_path, monkeypa
     path = tmp_path / "cap.arrows"
     with CaptureWriter(path, META, journeys=True) as w:
         w.add_journeys(recs[:4], ctx())
-        w.add_row("container", 1, 1, {"action": "start", "id": "x", "name": "x"})
+        w.add_row("container", 1, {"action": "start", "id": "x", "name": "x"})
         w.add_journeys(recs[4:], ctx())
         w.flush()
         assert w.batches_written >= 3
@@ -404,31 +404,143 @@ def _pyarrow_snippet() -> str:
     return after.split("```python\n", 1)[1].split("```", 1)[0]
 
 
+def hop_ifindexes(recs: np.ndarray) -> list[int]:
+    """Each hop's device as the kernel's records have it, in file order
+    (records without hops are not stored; a record holds MAX_HOPS at most)."""
+    n = np.minimum(recs["n_hops"], events.MAX_HOPS)
+    return [int(recs["hops"]["ifindex"][i, j]) for i in range(len(recs)) for j in range(n[i])]
+
+
+def first_hop_times(recs: np.ndarray, offset: int) -> list[int]:
+    """Each stored record's time as the live path has it: its first hop's
+    ktime plus the decode context's clock offset."""
+    return [int(r["first_ktime"]) + offset for r in recs if r["n_hops"]]
+
+
+def run_snippet(path) -> dict:
+    ns: dict = {}
+    exec(compile(_pyarrow_snippet().replace('"capture.arrows"', repr(str(path))), "capture-format.md", "exec"), ns)
+    return ns
+
+
 @pytest.mark.parametrize("version", ["3", "4"])
 def test_the_documented_pyarrow_reading_gives_what_tracer_reads(tmp_path, version):
     """The pyarrow-only code of docs/capture-format.md, run on a version 3
-    capture (the fixture) and a version 4 one: each hop's dt_ns and
-    ifindex and each row's time are what tracer's reader gives."""
+    capture (the fixture, written from records()) and a version 4 one:
+    each hop's ifindex, in order, is the kernel record's, each journey's
+    time its first hop's on the live clock, and each hop's dt_ns gives the
+    sighting times tracer's reader gives."""
+    recs = records()
     if version == "3":
         path = DATA / "journeys-v3.arrows"
     else:
         path = tmp_path / "cap.arrows"
-        recs = records()
         recs["fwd_out_ifindex"] = 9
         write(path, [recs[:3], recs[3:]])
-    ns: dict = {}
-    exec(compile(_pyarrow_snippet().replace('"capture.arrows"', repr(str(path))), "capture-format.md", "exec"), ns)
+    ns = run_snippet(path)
     events_read = read_capture(str(path)).events
     rows = ns["journeys"]
     dt = ns["dt_ns"].to_pylist()
     # the hops in file order; the reader's sighting rows of each journey: ktime_ns = first + dt (the last: last_ktime_ns)
     assert len(dt) == len(ns["ifindex"]) == events_read.num_rows
-    assert sorted(ns["ifindex"]) == sorted(events_read["ifindex"].to_pylist())
-    offset = int(ns["meta"]["tracer.ktime_offset_ns"])
-    table = ns["table"]
-    assert table["time"].cast(pa.int64()).to_pylist() == [
-        None if k is None else k + offset for k in table["ktime_ns"].to_pylist()]
+    assert list(ns["ifindex"]) == hop_ifindexes(recs)
+    assert rows["time"].cast(pa.int64()).to_pylist() == first_hop_times(recs, ctx().boot_offset_ns)
     first = rows["ktime_ns"].to_pylist()
     assert sorted(first[i] + d for i, n in enumerate(pc.list_value_length(rows["hops"]).to_pylist())
                   for d in dt[sum(pc.list_value_length(rows["hops"]).to_pylist()[:i]):][:n]) \
         == sorted(k for k in events_read["ktime_ns"].to_pylist())
+
+
+@pytest.mark.parametrize("rotate", [None, 1])
+def test_one_place_at_two_ifindexes_and_an_ifindex_changing_place(tmp_path, rotate):
+    """Version 4 ties each place id to one ifindex. Between batches the host
+    renames: ifindex 9 (veth1) becomes the same place as ifindex 7
+    (trc-host), so one place is seen at two ifindexes and one ifindex
+    changes place; then 9 is veth1 again. Every hop still reads at its own
+    ifindex and place, as live decoding named it then (one file, or a
+    file per batch read together)."""
+    from tests.unit.test_decode import HOST_NS
+
+    recs = records()
+    c = ctx()
+    veth1, trc_host = c.book.places[(HOST_NS, 9)], c.book.places[(HOST_NS, 7)]
+    live = []
+    path = tmp_path / "cap.arrows"
+    with CaptureWriter(path, META, journeys=True, rotate_size=rotate) as w:
+        for book, part in ((veth1, recs[:4]), (trc_host, recs), (veth1, recs[4:])):
+            c.book.places[(HOST_NS, 9)] = book
+            w.add_journeys(part, c)
+            w.flush()
+            live.append(decode(expand(part), c))
+    paths = [str(p) for p in w.paths]
+    assert len(paths) == (3 if rotate else 1)
+    capture = read_capture(paths)
+    assert comparable(capture.events) == comparable(pa.concat_tables(live))
+    sent = np.concatenate([recs[:4], recs, recs[4:]])
+    assert capture.events["ifindex"].to_pylist() == hop_ifindexes(sent)
+    # on disk: trc-host at two place ids (ifindex 7 and 9), ifindex 9 at two places
+    stored = [json.loads(i) for p in paths for i, k in zip(*pa.ipc.open_stream(p).read_all().select(["info", "kind"])
+                                                               .to_pydict().values()) if k == "place"]
+    ifindexes_of = lambda place: {p["ifindex"] for p in stored if (p["ifname"], p["netns"]) == place}
+    assert ifindexes_of(("trc-host", HOST_NS)) == {7, 9}
+    assert {p["ifname"] for p in stored if p["ifindex"] == 9 and p["netns"] == HOST_NS} == {"trc-host", "veth1"}
+    # and the documented pyarrow reading of each file agrees, hop by hop
+    for p, part in zip(paths, (recs[:4], recs, recs[4:]) if rotate else (sent,)):
+        assert list(run_snippet(p)["ifindex"]) == hop_ifindexes(part)
+
+
+@pytest.mark.parametrize("journeys", [True, False])
+def test_a_rows_time_is_its_ktime_plus_the_metadata_offset(tmp_path, journeys):
+    """add_row takes no time of its own: every row's time is ktime_ns plus
+    the metadata's ktime_offset_ns, stored so in a sighting-row file and
+    computed so from a journey-row file."""
+    path = tmp_path / "cap.arrows"
+    with CaptureWriter(path, {**META, "ktime_offset_ns": "-250"}, journeys=journeys) as w:
+        w.add_row("container", 5_000, {"action": "start", "id": "x", "name": "x"}, container_id="x")
+        w.add_rule_rows([(6_000, 1, "nf_prerouting", {"table": "nat"})])
+        w.add_row("stats", 7_000, {"events": {}, "lost": {}})
+    table = read_capture(str(path)).table
+    assert table["kind"].to_pylist() == ["container", "rule", "stats"]
+    assert table["time"].cast(pa.int64()).to_pylist() == [4_750, 5_750, 6_750]
+
+
+def test_a_journey_writer_needs_the_clock_offset_before_it_writes(tmp_path):
+    """A version 4 file without ktime_offset_ns cannot be read (no time):
+    the writer refuses to start one; a sighting-row writer refuses a row
+    whose time it cannot give."""
+    without = {k: v for k, v in META.items() if k != "ktime_offset_ns"}
+    path = tmp_path / "cap.arrows"
+    for bad in (without, {**META, "ktime_offset_ns": "12abc"}, {**META, "ktime_offset_ns": str(2**63)}):
+        with pytest.raises(ValueError, match="ktime_offset_ns"):
+            CaptureWriter(path, bad, journeys=True)
+        assert not path.exists()
+    with CaptureWriter(path, without) as w:
+        with pytest.raises(ValueError, match="ktime_offset_ns"):
+            w.add_row("stats", 7_000, {"events": {}, "lost": {}})
+
+
+def test_a_recording_reads_back_on_the_clock_the_run_had(tmp_path):
+    """The recorder writes the run's clock offset as the metadata's (the
+    session makes it the decode context's, the live path's): a version 4
+    recording reads back with the live rows' times, and its stats row at
+    its ktime plus that offset."""
+    from types import SimpleNamespace
+
+    from tracer.capture.recorder import Recorder
+    from tracer.sinks import Batch, RunEnd, RunInfo
+
+    recs = records()
+    c = ctx()
+    c.boot_offset_ns = 1_796_000_000_123_456_000  # whole µs: comparable() reads times as datetimes
+    run = RunInfo(describe="all", interfaces=1, records="journey", boot_offset_ns=c.boot_offset_ns, places=c,
+                  now_ktime=lambda: 123_456)
+    path = tmp_path / "rec.arrows"
+    recorder = Recorder(path)
+    recorder.check()
+    recorder.on_start(run)
+    recorder.on_batch(Batch(arrived=recs))
+    recorder.finish(RunEnd(SimpleNamespace(emitted={"journey": len(recs)}, lost={"journey": 0})))
+    capture = read_capture(str(path))
+    assert comparable(capture.events) == comparable(decode(expand(recs), c))
+    stats = capture.table.filter(pc.equal(capture.table["kind"], "stats"))
+    assert stats["time"].cast(pa.int64()).to_pylist() == [123_456 + c.boot_offset_ns]

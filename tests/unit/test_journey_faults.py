@@ -62,7 +62,7 @@ def test_a_capture_from_when_lost_was_counted_still_reports_it(tmp_path):
     longer names it): `show` opens them and reports it as it did."""
     path = tmp_path / "old.arrows"
     w = write(path, [table_of(2)], close=False)
-    w.add_row("stats", 0, 0, {"events": {"journey": 2}, "lost": {"journey": 0}, "record": "journey",
+    w.add_row("stats", 0, {"events": {"journey": 2}, "lost": {"journey": 0}, "record": "journey",
                               "journey_ends": {"terminal": 2}, "journey_faults": {"lost": 3, "hop_refused": 1}})
     w.close()
     done = subprocess.run([sys.executable, "-m", "tracer", "show", "--no-color", str(path)], cwd=REPO,

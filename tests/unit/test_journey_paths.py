@@ -138,7 +138,7 @@ def every_kind(path, n: int = 3000, seed: int = 0, mess: bool = True) -> None:
                 w.flush()
                 batch = []
             if i == n // 2:
-                w.add_row("proxy", 1, 1, link.to_record())
+                w.add_row("proxy", 1, link.to_record())
         if batch:
             w.add_journeys(np.concatenate(batch), c)
 

@@ -103,8 +103,8 @@ def write_histograms(path: Path, infos: list[dict], events: pa.Table | None = No
         if events is not None:
             w.add_events(events)
         for info in infos:
-            w.add_row("histogram", info["end_ktime_ns"], info["end_ktime_ns"] + OFFSET, info)
-        w.add_row("stats", KT0 + 10 * INTERVAL_NS, KT0 + 10 * INTERVAL_NS + OFFSET,
+            w.add_row("histogram", info["end_ktime_ns"], info)
+        w.add_row("stats", KT0 + 10 * INTERVAL_NS,
                   stats or {"events": {"tc": 0, "netfilter": 0, "drop": 0}, "lost": {"tc": 0, "netfilter": 0, "drop": 0},
                             "event_rows": 0, "packets": 0, "flows": 0, "histogram_rows": len(infos)})
     return path

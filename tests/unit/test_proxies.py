@@ -147,8 +147,8 @@ def test_show_of_a_capture_shows_the_recorded_proxy_hop(tmp_path: Path):
     link = ProxyLink(7, 41, client, BACKEND, "web")
     with_links = tmp_path / "linked.arrows"
     w = write(with_links, [], close=False)
-    w.add_row("proxy", 1, 1, {"link": "not a number"})
-    w.add_row("proxy", 1, 1, link.to_record())
+    w.add_row("proxy", 1, {"link": "not a number"})
+    w.add_row("proxy", 1, link.to_record())
     w.add_events(table_of(2))
     w.close()
     plain = tmp_path / "plain.arrows"

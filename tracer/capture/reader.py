@@ -107,18 +107,11 @@ def _rows_of(meta: dict[str, str], registry: PlaceRegistry | None = None) -> Cal
     """What turns one file's batches, in order, into CAPTURE_SCHEMA rows
     (with a ``registry``: journey rows as JourneyBatch, not laid out)."""
     if meta.get("schema_version", "").split(".")[0] in JOURNEY_MAJORS:
-        reader = JourneyRowReader(registry, _ktime_offset(meta))
+        # the file's wall clock minus ktime, as written (version 4 stores no
+        # time column: every row's is ktime_ns plus it; journey_capture.ktime_offset)
+        reader = JourneyRowReader(registry, meta.get("ktime_offset_ns"))
         return reader.parts if registry is not None else reader.convert
     return _conform
-
-
-def _ktime_offset(meta: dict[str, str]) -> int | None:
-    """The file's wall clock minus ktime (every row's time is ktime_ns plus
-    it: version 4 stores no time column); None if it does not say."""
-    try:
-        return int(meta["ktime_offset_ns"])
-    except (KeyError, ValueError):
-        return None
 
 
 # Version 1 files have had every column from the start but these.
@@ -576,5 +569,6 @@ def presented(batch: pa.RecordBatch) -> pa.RecordBatch:
         col = batch.column(f.name)
         if f.name in _ZERO_IS_NULL:
             col = pc.if_else(pc.equal(col, pa.scalar(0, col.type)), pa.scalar(None, col.type), col)
-        arrays.append(col if col.type == f.type else col.cast(f.type))
+        # ktime_ns as signed wraps past 2^63 (only a damaged file's), as the writers' time = ktime + offset did
+        arrays.append(col if col.type == f.type else col.cast(f.type, safe=f.name not in _SIGNED))
     return pa.RecordBatch.from_arrays(arrays, schema=PRESENTED_SCHEMA)

@@ -188,10 +188,9 @@ class Recorder:
     def _write_container_rows(self) -> None:
         with self._lock:
             queued, self._queue = self._queue, []
-        offset = self._run.boot_offset_ns
         for action, c, ktime in queued:
             self.writer.add_row(
-                "container", ktime, ktime + offset, {"action": action, **container_info(c)},
+                "container", ktime, {"action": action, **container_info(c)},
                 container_id=c.id, container_name=c.name, netns=c.netns_inode,
             )
 
@@ -199,7 +198,7 @@ class Recorder:
         """Rule hits joined to packets ((packet_id, RuleHit) pairs,
         tracer/rule_join.py) as kind='rule' rows."""
         if pairs:
-            self.writer.add_rule_rows([(hit.ktime, pid, hit.hook, hit.rule) for pid, hit in pairs], self._run.boot_offset_ns)
+            self.writer.add_rule_rows([(hit.ktime, pid, hit.hook, hit.rule) for pid, hit in pairs])
 
     def add_proxy_links(self, links) -> None:
         """docker-proxy links (tracer/proxies.py ProxyLink) as kind='proxy'
@@ -209,13 +208,13 @@ class Recorder:
             return
         ktime = self._run.now_ktime()
         for link in links:
-            self.writer.add_row("proxy", ktime, ktime + self._run.boot_offset_ns, link.to_record())
+            self.writer.add_row("proxy", ktime, link.to_record())
         self.proxy_rows += len(links)
 
     def add_histogram(self, end_ktime_ns: int, info: Mapping[str, Any]) -> None:
         """One latency-mode interval (`tracer latency -w`) as a kind='histogram'
         row stamped with the interval's end; see docs/capture-format.md."""
-        self.writer.add_row("histogram", end_ktime_ns, end_ktime_ns + self._run.boot_offset_ns, info)
+        self.writer.add_row("histogram", end_ktime_ns, info)
         self.histogram_rows += 1
 
     def finish(self, end: RunEnd) -> dict[str, Any]:
@@ -244,7 +243,7 @@ class Recorder:
             stats["histogram_rows"] = self.histogram_rows
         if getattr(counters, "before_start", 0):
             stats["before_start"] = counters.before_start
-        self.writer.add_row("stats", ktime, ktime + self._run.boot_offset_ns, stats)
+        self.writer.add_row("stats", ktime, stats)
         self.close()
         if self._run.records == "histogram":
             say(histograms_written(self.histogram_rows, self.writer.bytes_written, self.writer.paths))

@@ -129,6 +129,22 @@ def _create(path: Path) -> int:
         raise CaptureWriteError(f"cannot write {path}: {exc.strerror}") from None
 
 
+def _ktime_offset(metadata: Mapping[str, str], journeys: bool) -> int | None:
+    """The metadata's ktime_offset_ns (wall clock minus ktime): every row's
+    time is ktime_ns plus it. A journey-row file cannot be read without it
+    (version 4 stores no time), so writing one without it is a bug."""
+    text = metadata.get("ktime_offset_ns")
+    if text is None and not journeys:
+        return None
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"a capture's metadata needs ktime_offset_ns as an integer, not {text!r}") from None
+    if not -(1 << 63) <= value < 1 << 63:
+        raise ValueError(f"ktime_offset_ns out of 64-bit range: {text!r}")
+    return value
+
+
 def schema_with_metadata(metadata: Mapping[str, str], journeys: bool = False) -> pa.Schema:
     """The file's schema: sighting rows (version 1), or journey rows
     (events.JOURNEY_SCHEMA_VERSION, what `record` writes; tracer/journey_capture.py)."""
@@ -279,21 +295,32 @@ class CaptureWriter:
         if len(self._journeys):
             self._buffer(self._journeys.take(), started=True)
 
-    def add_row(self, kind: str, ktime_ns: int, time_ns: int, info: Mapping[str, Any], **columns: Any) -> None:
-        """One non-event row (container, stats...): packet columns stay null."""
+    def add_row(self, kind: str, ktime_ns: int, info: Mapping[str, Any], **columns: Any) -> None:
+        """One non-event row (container, stats...) at ``ktime_ns`` (the
+        monotonic clock, bpf_ktime_get_ns): packet columns stay null.
+
+        A row has no time of its own: its wall-clock time is always ktime_ns
+        plus the metadata's ktime_offset_ns. A journey-row file (version 4)
+        stores no `time` and its readers compute it so; a sighting-row file
+        stores that sum. Something stamped on another clock (Docker's wall
+        clock) is converted to ktime before it is added."""
         if kind not in events.ROW_KINDS:
             raise ValueError(f"unknown row kind {kind!r}")
         self._lay_out_records()  # rows stay in the order they came
-        row = {"time": time_ns, "ktime_ns": ktime_ns, "kind": kind, "info": json.dumps(info, sort_keys=True), **columns}
+        row = {"ktime_ns": ktime_ns, "kind": kind, "info": json.dumps(info, sort_keys=True), **columns}
+        if not self.journeys:
+            row["time"] = ktime_ns + self._offset()
         self._buffer(pa.Table.from_pylist([row], schema=self.schema))
 
-    def add_rule_rows(self, rows: list[tuple[int, int, str, Mapping[str, Any]]], offset_ns: int) -> None:
+    def add_rule_rows(self, rows: list[tuple[int, int, str, Mapping[str, Any]]]) -> None:
         """Rule hits joined to packets, (ktime_ns, packet_id, hook, info)
-        each, as kind='rule' rows (docs/capture-format.md)."""
+        each, as kind='rule' rows (docs/capture-format.md); their time is
+        ktime_ns plus the metadata's ktime_offset_ns, as ``add_row``."""
         if not rows:
             return
         self._lay_out_records()  # rows stay in the order they came
         ktime = [r[0] for r in rows]
+        offset_ns = 0 if self.journeys else self._offset()  # a journey-row file has no time column
         # The hook goes in info: journey-row files (version 2) have no hook column.
         columns = {
             "time": pa.array([k + offset_ns for k in ktime], pa.timestamp("ns", tz="UTC")),
@@ -305,6 +332,12 @@ class CaptureWriter:
         full = [columns[f.name] if f.name in columns else pa.nulls(len(rows), f.type) for f in self.schema]
         self._buffer(pa.Table.from_arrays(full, schema=self.schema))
         self.rule_rows += len(rows)
+
+    def _offset(self) -> int:
+        if self._ktime_offset_ns is None:
+            raise ValueError("a row's time is its ktime_ns plus the metadata's ktime_offset_ns, "
+                             "and this capture's metadata has none")
+        return self._ktime_offset_ns
 
     def _buffer(self, rows: pa.Table, started: bool = False) -> None:
         if not started:
@@ -437,6 +470,8 @@ class CaptureWriter:
         return getattr(self, "_is_closed", False)
 
     def _open(self) -> None:
+        metadata = self._metadata() if callable(self._metadata) else self._metadata
+        self._ktime_offset_ns = _ktime_offset(metadata, self.journeys)
         path = part_path(self.path, self._parts) if self.rotating else self.path
         self._parts += 1
         self.paths.append(path)
@@ -446,7 +481,6 @@ class CaptureWriter:
             self._file = os.fdopen(_create(path), "wb")
         self._good_bytes = 0
         self._batches_in_file = 0
-        metadata = self._metadata() if callable(self._metadata) else self._metadata
         try:
             self._stream = pa.ipc.new_stream(self._file, schema_with_metadata(metadata, self.journeys),
                                              options=self._options)

@@ -57,6 +57,7 @@ def sql(query: str, files: tuple[str, ...], fmt: str, max_rows: int) -> None:
     if parquet and captures:
         raise click.UsageError("give captures (.arrows) or Parquet exports, not both")
     spill = spill_dir()
+    failure = _ReadFailure()
     try:
         con = connect(spill)
         try:
@@ -71,11 +72,13 @@ def sql(query: str, files: tuple[str, ...], fmt: str, max_rows: int) -> None:
                 rel = con.sql(query)
                 result = None if rel is None else rel.to_arrow_reader(1 << 16)
             else:
-                result = _over_captures(con, query, captures)
+                result = _over_captures(con, query, captures, failure)
             if result is None:
                 return  # a statement without rows
             _print(result, fmt, max_rows)
         except duckdb.Error as exc:
+            if failure.error is not None:  # a capture's own error, its one line (not DuckDB's report of it)
+                raise failure.error from None
             raise TracerError(f"sql: {one_line(str(exc))}") from None
         finally:
             con.close()
@@ -83,7 +86,32 @@ def sql(query: str, files: tuple[str, ...], fmt: str, max_rows: int) -> None:
         remove_spill_dir(spill)
 
 
-def _over_captures(con, query: str, files: list[str]):
+class _ReadFailure:
+    """The error that stopped reading a capture while DuckDB scanned it
+    (a batch found damaged): DuckDB reports an exception raised in a
+    stream it reads as its own error, Python traceback text and all, so
+    the reader's one line is kept here to be printed instead."""
+
+    def __init__(self) -> None:
+        self.error: TracerError | None = None
+
+    def reader(self, stream):
+        """``stream.presented_reader()`` (capture.reader.CaptureStream), watched."""
+        import pyarrow as pa
+
+        from tracer.capture.reader import PRESENTED_SCHEMA
+
+        return pa.RecordBatchReader.from_batches(PRESENTED_SCHEMA, self._watched(stream.presented()))
+
+    def _watched(self, batches):
+        try:
+            yield from batches
+        except TracerError as exc:
+            self.error = exc
+            raise
+
+
+def _over_captures(con, query: str, files: list[str], failure: _ReadFailure):
     """The query over the captures' sightings, streamed when it scans them
     once, over a copy in DuckDB when it needs them twice."""
     import duckdb
@@ -92,8 +120,7 @@ def _over_captures(con, query: str, files: list[str]):
 
     from tracer.render_commands import warning_line
 
-    con.register("sightings", open_capture(files, on_warning=lambda w: click.echo(warning_line(w), err=True))
-                 .presented_reader())
+    con.register("sightings", failure.reader(open_capture(files, on_warning=lambda w: click.echo(warning_line(w), err=True))))
     try:
         rel = con.sql(query)
         return None if rel is None else rel.to_arrow_reader(1 << 16)
@@ -101,7 +128,7 @@ def _over_captures(con, query: str, files: list[str]):
         if "already been consumed" not in str(exc):
             raise
     con.unregister("sightings")
-    con.register("capture_reader", open_capture(files).presented_reader())
+    con.register("capture_reader", failure.reader(open_capture(files)))
     con.execute("CREATE TABLE sightings AS SELECT * FROM capture_reader")
     con.unregister("capture_reader")
     rel = con.sql(query)
