@@ -178,3 +178,35 @@ def test_an_entry_whose_shared_body_lost_its_parameter_slot_is_compiled_again(la
     assert pc.decode(_entry(cache_dir).read_bytes(), key).program("trc_tc").params == good.program("trc_tc").params
     assert _bpf_fds() == fds
     assert wait_gone(before) == ([], [])
+
+
+_STOP_AFTER_BUILD = """
+import sys
+from tracer.kernel.program import Filter
+
+def stop(self, bpf):  # right after the build, before anything is attached
+    raise SystemExit(3)
+
+Filter.fill_maps = stop
+from tracer.cli import main
+sys.argv = ["tracer", "trace", "--port", "65000"]
+main()
+"""
+
+
+def test_a_cold_start_shows_the_warnings_the_main_thread_logs_during_the_compile(tmp_path):
+    """The compile (a pool thread) redirects fd 2 while the main thread
+    reads Docker's inventory: its warning reaches the terminal, clang's
+    header noise does not."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRACER_PROGRAM_CACHE="0", DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
+    env.pop("TRACER_DEBUG", None)
+    before = kernel_snapshot()
+    run = subprocess.run([sys.executable, "-c", _STOP_AFTER_BUILD], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 3, run.stderr
+    assert "tracer: WARNING: no Docker engine: tracing host interfaces only" in run.stderr
+    assert "warning generated" not in run.stderr and "warnings generated" not in run.stderr
+    assert wait_gone(before) == ([], [])

@@ -165,3 +165,60 @@ def test_an_optional_sensors_refused_program_does_not_stop_the_start(monkeypatch
     module.refuse.add("trc_a")
     with pytest.raises(MissingCapability, match="trc_a"):
         program.build(programs)
+
+
+def _refuse_dup2(monkeypatch):
+    from tracer.kernel import stderr_fd
+
+    def refuse(fd, fd2):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(stderr_fd.os, "dup2", refuse)
+
+
+def test_verifier_log_leaks_no_file_when_fd2_cannot_be_redirected(monkeypatch, tmp_path):
+    from tracer.kernel.verifier_log import verifier_log
+
+    monkeypatch.setenv("TRACER_DEBUG", "1")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    before = len(os.listdir("/proc/self/fd"))
+    _refuse_dup2(monkeypatch)
+    with pytest.raises(OSError):
+        with verifier_log():
+            pass
+    monkeypatch.undo()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_captured_stderr_leaks_no_file_when_fd2_cannot_be_redirected(monkeypatch):
+    monkeypatch.delenv("TRACER_DEBUG", raising=False)
+    before = len(os.listdir("/proc/self/fd"))
+    _refuse_dup2(monkeypatch)
+    with pytest.raises(OSError):
+        with prog_mod._captured_stderr():
+            pass
+    monkeypatch.undo()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_compile_failure_names_clangs_error_not_another_line_with_error_in_it(program, monkeypatch):
+    """The capture may hold other text (a C library's, before the compile
+    started): the message is clang's first ``error:`` diagnostic."""
+    import bcc
+
+    class Refused:
+        def __init__(self, text, cflags):
+            os.write(2, b"tracer: WARNING: docker error talking to the engine\n"
+                        b"/virtual/main.c:4:2: warning: unused variable 'x'\n"
+                        b"/virtual/main.c:9:5: error: use of undeclared identifier 'nope'\n")
+            raise Exception("Failed to compile BPF module <text>")
+
+    monkeypatch.setattr(prog_mod, "ensure_bcc_headers", lambda: None)
+    monkeypatch.setattr(bcc, "BPF", Refused)
+    with pytest.raises(MissingCapability) as refused:
+        program.compile("int x;", ["-DX"])
+    assert str(refused.value) == "BPF compile failed: /virtual/main.c:9:5: error: use of undeclared identifier 'nope'"

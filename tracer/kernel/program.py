@@ -21,6 +21,7 @@ import ctypes
 import ipaddress
 import logging
 import os
+import re
 import socket
 import struct
 import sys
@@ -345,7 +346,8 @@ class Program:
             try:
                 return BPF(text=self.source() if source is None else source, cflags=cflags)
             except Exception as exc:  # BCC raises bare Exception on compile errors
-                first_error = next((line for line in captured.text().splitlines() if "error" in line), str(exc))
+                first_error = next((line for line in captured.text().splitlines() if _CLANG_ERROR.search(line)),
+                                   str(exc))
                 raise MissingCapability(f"BPF compile failed: {first_error.strip()}") from None
 
     def build(self, programs: Iterable[tuple[str, int, int]], mark: Callable[[str], Any] = lambda phase: None,
@@ -571,13 +573,22 @@ def _function_size(bpf, name: bytes) -> int:
     return int(lib.bpf_function_size(bpf.module, name) or 0)
 
 
+# A clang diagnostic that is an error: "<file>:<line>:<col>: error: ...",
+# "fatal error: ...", or the driver's "error: ..." (e.g. an unknown flag).
+_CLANG_ERROR = re.compile(r"^(?:\S.*?:\d+:\d+: )?(?:fatal )?error: ")
+
+
 class _captured_stderr:
     """BCC/clang print header warnings on fd 2: keep them out of the user's
     terminal (unless TRACER_DEBUG), but keep them to explain a failure."""
 
     def __enter__(self):
         self.file = tempfile.TemporaryFile(mode="w+")
-        self.redirect = None if os.environ.get("TRACER_DEBUG") else stderr_to(self.file.fileno()).__enter__()
+        try:
+            self.redirect = None if os.environ.get("TRACER_DEBUG") else stderr_to(self.file.fileno()).__enter__()
+        except BaseException:
+            self.file.close()
+            raise
         return self
 
     def text(self) -> str:

@@ -47,8 +47,14 @@ class verifier_log:
         if not os.environ.get("TRACER_DEBUG"):
             return self
         fd, self.path = tempfile.mkstemp(prefix="tracer-verifier-", suffix=".log")
-        self.redirect = stderr_to(fd).__enter__()
-        os.close(fd)
+        try:
+            self.redirect = stderr_to(fd).__enter__()
+        except BaseException:  # fd 2 not redirected (e.g. EMFILE): nothing of this block stays
+            os.unlink(self.path)
+            self.path = None
+            raise
+        finally:
+            os.close(fd)
         return self
 
     def __exit__(self, *exc):
