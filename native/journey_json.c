@@ -34,6 +34,13 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "journey_json: into must be a bytearray or None");
         return NULL;
     }
+    /* A view of into from an earlier call still held: refused whatever this
+     * batch's size (a smaller one would rewrite the bytes under the view, a
+     * bigger one could not grow the buffer). */
+    if (into != Py_None && ((PyByteArrayObject *)into)->ob_exports > 0) {
+        PyErr_SetString(PyExc_BufferError, "journey_json: a view of into is still held");
+        return NULL;
+    }
     if (PyTuple_GET_SIZE(jcols) != N_JOURNEY || PyTuple_GET_SIZE(hcols) != N_HOP || PyTuple_GET_SIZE(texts) != N_TABLE) {
         PyErr_SetString(PyExc_TypeError, "journey_json: wrong number of columns or tables");
         return NULL;
@@ -91,8 +98,8 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
         /* The caller's buffer, grown (never shrunk) to the bound: its pages
          * stay mapped from one call to the next, where a new bytes object
          * of ~2x the text every call took fresh zeroed pages (page faults:
-         * a third of this function's CPU live). A view of it held elsewhere
-         * makes the resize fail with BufferError. */
+         * a third of this function's CPU live). How much of it is kept
+         * from one batch to the next is the caller's (tracer/live_output.py). */
         if (PyByteArray_GET_SIZE(into) < bound) {
             /* emptied first: a resize in place would copy the old text
              * (realloc), faulting the new pages in for nothing; half as
@@ -212,5 +219,6 @@ const char native_journey_json_doc[] =
     "The JSON lines of a batch of journeys, each ended by a newline. Columns are\n"
     "contiguous int64 arrays (the two ids uint64), texts lists of JSON-encoded bytes; see\n"
     "tracer/native_json.py, which builds the arguments. With ``into`` (a bytearray, grown\n"
-    "as needed, never shrunk) the text is written at its start and its length returned.\n"
+    "as needed, never shrunk, and refused while a view of it is held) the text is written\n"
+    "at its start and its length returned.\n"
     "``ends`` (a writable int64 array, one slot a journey) gets each line's newline offset.";

@@ -15,10 +15,38 @@ from tracer.render import Summary, render_interval, status_line
 from tracer.sinks import Batch, RunEnd, RunInfo
 
 
-# The most of JourneyOutput.json_into kept from one batch to the next: a
-# busy pass's text (~14 MB) is written into a buffer of about twice that
-# (the writer's bound); a burst past this is let go after it is shown.
+# The most of KeptJsonBuffer.into kept from one batch to the next: a busy
+# pass's text (~14 MB) is written into a buffer of 2-3x that (1.5 x the
+# writer's bound); a burst past this is let go after it is shown.
 JSON_INTO_KEEP = 128 << 20
+# Passes in a row (idle ones too, ~0.1-0.15 s each) whose text is under a
+# quarter of the text the buffer last grew for: then a burst's buffer is let
+# go (a run whose batches only vary keeps it; regrowing faults its pages in).
+JSON_INTO_QUIET_PASSES = 16
+
+
+class KeptJsonBuffer:
+    """--json: the bytearray each batch's text is written into, kept so its
+    pages stay mapped (a new one a batch faulted ~2x the text in again), but
+    not a burst's for the rest of the run (see JSON_INTO_QUIET_PASSES), as
+    journey_columns gives a burst's columns back."""
+
+    def __init__(self) -> None:
+        self.into = bytearray()
+        self.grown_for = 0  # the text of the batch that last grew it
+        self.quiet = 0  # passes in a row under a quarter of that
+
+    def shown(self, size_before: int, text: int) -> None:
+        """After a pass that wrote ``text`` bytes (0: an idle pass), when
+        ``into`` was ``size_before`` bytes before it."""
+        if len(self.into) != size_before:
+            self.grown_for, self.quiet = text, 0
+        elif text < self.grown_for // 4:
+            self.quiet += 1
+        else:
+            self.quiet = 0
+        if len(self.into) > JSON_INTO_KEEP or self.quiet >= JSON_INTO_QUIET_PASSES:
+            self.into, self.grown_for, self.quiet = bytearray(), 0, 0
 
 
 class JourneyOutput:
@@ -36,9 +64,7 @@ class JourneyOutput:
         self.status_tty = sys.stderr.isatty() and not as_json
         self.rules = None  # rule_render.RuleBook with --rules: hits held until their packet shows
         self.proxy_links = ProxyLinks()  # docker-proxy links seen so far: the proxy hop of journeys on a leg
-        # --json: the buffer each batch's text is written into, kept so its
-        # pages stay mapped (a new one a batch faulted ~2x the text in again)
-        self.json_into = bytearray() if as_json else None
+        self.json_buffer = KeptJsonBuffer() if as_json else None
 
     def on_start(self, run: RunInfo) -> None:
         if run.rules and run.records == "journey":
@@ -54,6 +80,8 @@ class JourneyOutput:
             self.proxy_links.add_recorded(link)
         if batch.journeys is not None:
             self._show(batch.journeys)
+        elif self.json_buffer is not None:  # an idle pass counts towards letting a burst's buffer go
+            self.json_buffer.shown(len(self.json_buffer.into), 0)
         if batch.status is not None and self.status_tty:
             rate = batch.status.sightings / batch.status.elapsed_s if batch.status.elapsed_s else 0.0
             say("\r" + status_line(rate, batch.status.lost, self.shown), nl=False)
@@ -69,17 +97,23 @@ class JourneyOutput:
         from tracer.journey_rows import JourneyRows, journey_rows
 
         empty = len(batch) == 0 if isinstance(batch, JourneyRows) else batch.num_rows == 0
+        kept = self.json_buffer
         if empty or (self.count is not None and self.shown >= self.count):  # most passes when idle: no work at all
+            if kept is not None:
+                kept.shown(len(kept.into), 0)
             return
         rows = journey_rows(batch)  # once for the output and the summary
         if self.count is not None:
             rows = rows.head(self.count - self.shown)
-        block, count = journey_block(rows, self.as_json, self.color, self.rules, self.proxy_links, self.json_into)
+        size_before = len(kept.into) if kept is not None else 0
+        block, count = journey_block(rows, self.as_json, self.color, self.rules, self.proxy_links,
+                                     kept.into if kept is not None else None)
         if count and not self.reader.gone:
             self.reader.write(block)
-        del block  # may be a view of json_into, which must not be held for its next resize
-        if self.json_into is not None and len(self.json_into) > JSON_INTO_KEEP:
-            self.json_into = bytearray()  # a burst's buffer (after a stall, say) is not kept for the whole run
+        text = len(block)
+        del block  # may be a view of the kept buffer: the writer refuses it while one is held
+        if kept is not None:
+            kept.shown(size_before, text)
         self.summary.add_table(rows)
         self.shown += count
 

@@ -288,3 +288,60 @@ def test_every_function_in_the_module_table_is_listed():
 
     table = (Path(__file__).resolve().parents[2] / "native" / "module.c").read_text()
     assert set(re.findall(r'\{"(\w+)",\s*native_', table)) == set(native.FUNCTIONS)
+
+
+def test_a_held_view_of_the_kept_buffer_is_refused_whatever_the_batch_size():
+    """A smaller batch would rewrite the bytes under a view still held from
+    the last one (a bigger one could not grow the buffer): both refused at
+    entry, the held view's bytes untouched."""
+    m = module()
+    jr, _ = both_ways(hostile_ctx(1_000))
+    into = bytearray()
+    size = native_json_block(jr.head(5), m, into, None)
+    held = memoryview(into)[:size]
+    before = bytes(held)
+    for k in (2, 7):
+        with pytest.raises(BufferError, match="a view of into is still held"):
+            native_json_block(jr.head(k), m, into, None)
+        assert bytes(held) == before
+    held.release()
+    size = native_json_block(jr.head(2), m, into, None)
+    assert bytes(into[:size]) == python_block(jr.head(2))
+
+
+def _json_output():
+    import io
+
+    from tracer.live_output import JourneyOutput
+    from tracer.sinks import Batch
+
+    out = JourneyOutput(as_json=True, color=False, out=io.StringIO())
+    return out, lambda rows: out.on_batch(Batch(journeys=rows))
+
+
+def test_trace_json_lets_a_bursts_buffer_go_after_quiet_passes():
+    """`trace --json` keeps its buffer while batches only vary, and lets a
+    burst's go after JSON_INTO_QUIET_PASSES passes in a row (idle ones
+    too) under a quarter of the text it grew for: one burst does not set
+    the run's memory for hours. The text shown is the same either way."""
+    from tracer.live_output import JSON_INTO_QUIET_PASSES
+
+    jr, _ = both_ways(hostile_ctx(1_796_000_000_123_456_789))
+    burst, small = jr, jr.head(1)
+    assert len(python_block(small)) * 4 < len(python_block(burst))
+    out, show = _json_output()
+    show(burst)
+    grown = len(out.json_buffer.into)
+    assert grown > 0
+    for _ in range(3 * JSON_INTO_QUIET_PASSES):  # steady, varying batches: kept, never regrown
+        show(jr.head(len(jr) - 1))
+        show(burst)
+    assert len(out.json_buffer.into) == grown
+    for i in range(JSON_INTO_QUIET_PASSES - 1):
+        show(small) if i % 2 else show(jr.head(0))
+    assert len(out.json_buffer.into) == grown
+    show(small)
+    assert len(out.json_buffer.into) < grown  # let go: the next batch sizes a buffer for itself
+    show(burst)
+    expected = python_block(burst)
+    assert out.reader.stream.getvalue().encode().endswith(expected)
