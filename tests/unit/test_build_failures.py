@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 
 import pytest
 
@@ -117,7 +118,7 @@ def test_with_tracer_debug_the_verifier_log_is_kept_in_a_file(program, monkeypat
 def test_with_tracer_debug_a_clean_load_leaves_no_file(program, monkeypatch, tmp_path, capfd):
     monkeypatch.setenv("TRACER_DEBUG", "1")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.setattr(prog_mod.tempfile, "tempdir", None)
+    monkeypatch.setattr(tempfile, "tempdir", None)
     module = FakeModule()
     monkeypatch.setattr(Program, "compile", lambda self, source=None, cflags=None: module)
     assert program.build(PROGRAMS) is module
@@ -181,8 +182,6 @@ def test_verifier_log_leaks_no_file_when_fd2_cannot_be_redirected(monkeypatch, t
 
     monkeypatch.setenv("TRACER_DEBUG", "1")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    import tempfile
-
     monkeypatch.setattr(tempfile, "tempdir", None)
     before = len(os.listdir("/proc/self/fd"))
     _refuse_dup2(monkeypatch)
@@ -195,11 +194,13 @@ def test_verifier_log_leaks_no_file_when_fd2_cannot_be_redirected(monkeypatch, t
 
 
 def test_captured_stderr_leaks_no_file_when_fd2_cannot_be_redirected(monkeypatch):
+    from tracer.kernel.stderr_fd import captured_stderr
+
     monkeypatch.delenv("TRACER_DEBUG", raising=False)
     before = len(os.listdir("/proc/self/fd"))
     _refuse_dup2(monkeypatch)
     with pytest.raises(OSError):
-        with prog_mod._captured_stderr():
+        with captured_stderr():
             pass
     monkeypatch.undo()
     assert len(os.listdir("/proc/self/fd")) == before

@@ -21,11 +21,9 @@ import ctypes
 import ipaddress
 import logging
 import os
-import re
 import socket
 import struct
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
@@ -37,7 +35,7 @@ from tracer.kernel.cpus import cpu_id_bound
 from tracer.kernel.headers import ensure_bcc_headers
 from tracer.kernel.hop_codes import c_definitions as hop_definitions
 from tracer.kernel import program_cache
-from tracer.kernel.stderr_fd import stderr_to
+from tracer.kernel.stderr_fd import captured_stderr, first_clang_error
 from tracer.kernel.verifier_log import keep_verifier_logs, verifier_log, where_the_log_is
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
@@ -342,12 +340,11 @@ class Program:
         cflags = self.cflags() if cflags is None else cflags
         from bcc import BPF  # noqa: PLC0415 - heavy import, only when tracing
 
-        with _captured_stderr() as captured:
+        with captured_stderr() as captured:
             try:
                 return BPF(text=self.source() if source is None else source, cflags=cflags)
             except Exception as exc:  # BCC raises bare Exception on compile errors
-                first_error = next((line for line in captured.text().splitlines() if _CLANG_ERROR.search(line)),
-                                   str(exc))
+                first_error = first_clang_error(captured.text()) or str(exc)
                 raise MissingCapability(f"BPF compile failed: {first_error.strip()}") from None
 
     def build(self, programs: Iterable[tuple[str, int, int]], mark: Callable[[str], Any] = lambda phase: None,
@@ -571,32 +568,3 @@ def _function_size(bpf, name: bytes) -> int:
     from bcc import lib  # noqa: PLC0415 - only once a module is compiled
 
     return int(lib.bpf_function_size(bpf.module, name) or 0)
-
-
-# A clang diagnostic that is an error: "<file>:<line>:<col>: error: ...",
-# "fatal error: ...", or the driver's "error: ..." (e.g. an unknown flag).
-_CLANG_ERROR = re.compile(r"^(?:\S.*?:\d+:\d+: )?(?:fatal )?error: ")
-
-
-class _captured_stderr:
-    """BCC/clang print header warnings on fd 2: keep them out of the user's
-    terminal (unless TRACER_DEBUG), but keep them to explain a failure."""
-
-    def __enter__(self):
-        self.file = tempfile.TemporaryFile(mode="w+")
-        try:
-            self.redirect = None if os.environ.get("TRACER_DEBUG") else stderr_to(self.file.fileno()).__enter__()
-        except BaseException:
-            self.file.close()
-            raise
-        return self
-
-    def text(self) -> str:
-        self.file.seek(0)
-        return self.file.read()
-
-    def __exit__(self, *exc):
-        if self.redirect is not None:
-            self.redirect.__exit__()
-        self.file.close()
-        return False

@@ -13,8 +13,45 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import tempfile
 import threading
+
+
+# A clang diagnostic that is an error: "<file>:<line>:<col>: error: ...",
+# "fatal error: ...", or the driver's "error: ..." (e.g. an unknown flag).
+_CLANG_ERROR = re.compile(r"^(?:\S.*?:\d+:\d+: )?(?:fatal )?error: ")
+
+
+def first_clang_error(text: str) -> str | None:
+    """Clang's first error diagnostic in captured text (not just any line
+    that says "error"), stripped; None when there is none."""
+    return next((line.strip() for line in text.splitlines() if _CLANG_ERROR.search(line)), None)
+
+
+class captured_stderr:
+    """BCC/clang print header warnings on fd 2: keep them out of the user's
+    terminal (unless TRACER_DEBUG), but keep them to explain a failure."""
+
+    def __enter__(self) -> captured_stderr:
+        self.file = tempfile.TemporaryFile(mode="w+")
+        try:
+            self.redirect = None if os.environ.get("TRACER_DEBUG") else stderr_to(self.file.fileno()).__enter__()
+        except BaseException:
+            self.file.close()
+            raise
+        return self
+
+    def text(self) -> str:
+        self.file.seek(0)
+        return self.file.read()
+
+    def __exit__(self, *exc) -> bool:
+        if self.redirect is not None:
+            self.redirect.__exit__()
+        self.file.close()
+        return False
 
 
 class stderr_to:
