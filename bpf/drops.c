@@ -60,7 +60,8 @@ int trc_drop(struct bpf_raw_tracepoint_args *ctx)
     s.drop_netns = netns;
     s.drop_reason = reason;
     s.code = HOOK_DROP;
-    journey_sighting(&fp, &p, &s, now, SENSOR_DROP);
+    u64 held;
+    journey_sighting(&fp, &p, &s, now, SENSOR_DROP, &held);
 #endif
     return 0;
 }

@@ -319,13 +319,20 @@ static __always_inline int nf_append(struct last_sighting *from, struct last_sig
      * length (IPv6's flow label, an id of 0): the full path decides. */
     if (from_tc && (s64)(now - slot->last_seen) >= NF_FROM_TC_NS)
         return 0;
+    /* The packet's IP id and length (its whole fingerprint where the
+     * headers are parsed) are checked against the journey's in it
+     * (journey_fast_hop): a freed skb may carry the connection's next
+     * packet. */
     u8 ttl;
+    u16 id, len;
     struct pkt p = {};
     struct pkt *moved = NULL; /* the hop's addresses where NAT may have changed them */
     if (stage == NAT_AFTER) {
-        if (!parse_nf_skb(&p, skb) || p.ip_id != j->ip_id || p.tot_len != j->length)
+        if (!parse_nf_skb(&p, skb))
             return 0;
         ttl = p.ttl;
+        id = p.ip_id;
+        len = p.tot_len;
         moved = &p;
     } else {
         /* Routing decrements the TTL before FORWARD (bridging does not):
@@ -334,10 +341,7 @@ static __always_inline int nf_append(struct last_sighting *from, struct last_sig
         u8 h[12] __attribute__((aligned(4))) = {};
         if (!nf_head12(skb, h))
             return 0;
-        u16 id, len;
         head_facts(h, &id, &len, &ttl);
-        if (id != j->ip_id || len != j->length)
-            return 0;
     }
     struct sighting s = {};
     s.skb = skb;
@@ -349,7 +353,7 @@ static __always_inline int nf_append(struct last_sighting *from, struct last_sig
     adopt_last(last, from, skb);
     last->nfct = nfct;
     last->rank = nf_rank(hook, stage);
-    return journey_fast_hop(last, slot, j, &s, now, ttl, moved, SENSOR_NETFILTER);
+    return journey_fast_hop(last, slot, j, &s, now, ttl, moved, id, len, SENSOR_NETFILTER);
 }
 
 /* Whose last sighting has this packet's journey: this sensor's, for the
@@ -479,8 +483,9 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
     /* Delivered to the host itself ('before' INPUT is not the end: replies
      * of DNATed connections get their source translated back there). */
     s.terminal = hook == HOOK_NF_INPUT && stage == NAT_AFTER;
-    s64 k = journey_sighting(&fp, &p, &s, now, SENSOR_NETFILTER);
-    remember_journey(last, skb, k); /* for the next hook of this skb (nf_known) */
+    u64 held = 0;
+    s64 k = journey_sighting(&fp, &p, &s, now, SENSOR_NETFILTER, &held);
+    remember_journey(last, skb, k, held); /* for the next hook of this skb (nf_known) */
     last->nfct = nfct;
     last->rank = nf_rank(hook, stage);
 #endif

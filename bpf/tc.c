@@ -91,7 +91,7 @@ static __always_inline int tc_fast(struct last_sighting *from, struct last_sight
     s.code = hop_code(hook, 0, in_ct);
     s.terminal = tc_terminal(hook, in_ct, ifindex);
     adopt_last(last, from, skb);
-    return journey_fast_hop(last, slot, j, &s, now, p->ttl, p, SENSOR_TC);
+    return journey_fast_hop(last, slot, j, &s, now, p->ttl, p, p->ip_id, p->tot_len, SENSOR_TC);
 }
 
 #endif
@@ -194,8 +194,9 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
         s.flow_id = flow->flow_id;
         s.direction = flow->direction;
     }
-    s64 k = journey_sighting(&fp, &p, &s, now, SENSOR_TC);
-    remember_journey(last, skb, k); /* for the next tc hook of this skb (tc_fast) */
+    u64 held = 0;
+    s64 k = journey_sighting(&fp, &p, &s, now, SENSOR_TC, &held);
+    remember_journey(last, skb, k, held); /* for the next tc hook of this skb (tc_fast) */
 #endif
     return TC_CONTINUE;
 }

@@ -199,6 +199,7 @@ JOURNEY_FAULTS = (
     "claim_failed",  # a first sighting found its CPU's next journey slot being written: packet not followed
     "hop_refused",   # a sighting's journey was being taken or was emitted meanwhile: its hop left out
     "mismatch",      # a slot held another packet after a hop was written into it (never expected: a bug)
+    "foreign_hop",   # a sighting found a journey (or packet-cache slot) of another packet in a race: its hop left out
 )
 # The journey_ends map: the ends, then the faults
 N_JOURNEY_COUNTS = len(JOURNEY_ENDS) + len(JOURNEY_FAULTS)
@@ -206,6 +207,9 @@ N_JOURNEY_COUNTS = len(JOURNEY_ENDS) + len(JOURNEY_FAULTS)
 # Bit of pkt_slot.packet_id: the slot's journey is open (not yet emitted).
 # Packet ids stay below 2^53.
 JOURNEY_OPEN_BIT = 1 << 63
+# Bit of pkt_slot.packet_id: a claim or continuation is writing the slot (its
+# fingerprint, journey slot and id go together: bpf/journey.h).
+PCACHE_BUSY_BIT = 1 << 62
 
 TUPLE_FIELDS: tuple[RawField, ...] = (
     RawField("saddr", "addr", "(16,)u1", "source (IPv4-mapped for IPv4)"),
@@ -319,7 +323,7 @@ def journey_c_definitions() -> str:
     lines += _c_struct("journey", JOURNEY_FIELDS, JOURNEY_SIZE)
     lines += [f"#define MAX_HOPS {MAX_HOPS}", f"#define MAX_TUPLES {MAX_TUPLES}",
               f"#define HOP_STAGE_SHIFT {HOP_STAGE_SHIFT}", f"#define HOP_IN_CT_BIT {HOP_IN_CT_BIT:#x}",
-              f"#define JOURNEY_OPEN_BIT {JOURNEY_OPEN_BIT:#x}ULL"]
+              f"#define JOURNEY_OPEN_BIT {JOURNEY_OPEN_BIT:#x}ULL", f"#define PCACHE_BUSY_BIT {PCACHE_BUSY_BIT:#x}ULL"]
     lines += [f"#define END_{e.upper()} {i}" for i, e in enumerate(JOURNEY_ENDS) if e]
     lines.append(f"#define N_ENDS {len(JOURNEY_ENDS)}")
     lines += [f"#define FAULT_{f.upper()} {len(JOURNEY_ENDS) + i}" for i, f in enumerate(JOURNEY_FAULTS)]
