@@ -32,7 +32,12 @@
  * compare-and-swap (one already there: the claim fails, the continuation
  * is refused, both counted), writes, and frees the slot with the exchange
  * that publishes the new id word. So a slot's fingerprint is always its
- * id's packet's. Readers do not lock, and a sighting reads the fingerprint
+ * id's packet's. A drop's reset of last_seen takes the slot too
+ * (pcache_forget), and the sweep skips a held word. A close whose unmark
+ * meets a held word (journey_unmark fails) is not redone: the holder
+ * publishes a new id, or, a claim that could not take a journey slot,
+ * the word it found without the open bit if that journey is closed.
+ * Readers do not lock, and a sighting reads the fingerprint
  * (to match it) before the id: a claim on another CPU may give the slot to
  * another packet in between (an interrupt there is enough). So whatever a
  * hop is appended to proves itself this packet's, inside the journey slot
@@ -485,6 +490,21 @@ static __always_inline void pcache_publish(struct pkt_slot *slot, u64 word)
     __sync_lock_test_and_set(&slot->packet_id, word);
 }
 
+/* A drop ended journey `id`: its packet-cache slot's last sighting set to 0
+ * (the same fingerprint later is another packet), as a holder, like every
+ * write to the slot. Skipped if the slot no longer holds `id` (open or
+ * closed) or is held: a claim on another CPU has given it to another
+ * packet, whose fresh last_seen a zero would make look gone (its next
+ * sighting would claim again and split its journey). */
+static __always_inline void pcache_forget(struct pkt_slot *slot, u64 id)
+{
+    u64 w = slot->packet_id;
+    if ((w & ~JOURNEY_OPEN_BIT) == id && pcache_lock(slot, w)) {
+        slot->last_seen = 0;
+        pcache_publish(slot, w);
+    }
+}
+
 /* Whether journey j (entered: its fields cannot change under the caller)
  * was started by the packet whose IP id and length are given, and, with p,
  * whose whole fingerprint is p's: the fields the packet cache joins
@@ -546,6 +566,17 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
         u32 jslot = 0;
         struct journey *j = journey_take(&jslot, id, p, now, sensor);
         if (!j) {
+            /* Let go as it was, but not open if its journey was closed
+             * while held: that close's unmark failed on the held word and
+             * is not redone (it would route the packet's sightings to an
+             * emitted journey, refusing its continuation). Only a
+             * continuation, which needs this slot, can reopen that id. */
+            if (cur & JOURNEY_OPEN_BIT) {
+                u32 ok = slot->fp.jslot;
+                struct journey *was = journeys.lookup(&ok);
+                if (!was || was->packet_id != (cur & ~JOURNEY_OPEN_BIT) || (was->busy & JOURNEY_CLOSED))
+                    cur &= ~JOURNEY_OPEN_BIT;
+            }
             pcache_publish(slot, cur);
             return -1;
         }
@@ -644,7 +675,7 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
             journey_close(seen, j, id, jslot, is_drop ? END_DROP : s->terminal ? END_TERMINAL : END_FULL, sensor);
             journey_release(j, id, JOURNEY_LOCK);
             if (is_drop)
-                seen->last_seen = 0;
+                pcache_forget(seen, id);
             return -1;
         }
         journey_drop_hold(j, JOURNEY_LOCK); /* nothing written since the publish's exchange */
@@ -665,7 +696,7 @@ static __always_inline s64 journey_sighting(struct fp_key *fp, struct pkt *p, st
     /* A drop ends the packet: the same fingerprint later is another one.
      * Only now: an idle-looking slot invites the sweep to close it first. */
     if (is_drop)
-        seen->last_seen = 0;
+        pcache_forget(seen, id);
     return -1;
 }
 
@@ -686,8 +717,8 @@ static __always_inline struct journey *last_journey(struct last_sighting *last, 
  * last tuple). The packet's IP id and length (and, with p, its whole
  * fingerprint) must be the journey's, checked once in it: the slot may have
  * gone to another packet since the caller looked. 0 if the journey is no
- * longer the last sighting's, or not this packet's (the caller takes the
- * full path, which counts what it cannot write). */
+ * longer the last sighting's, or not this packet's (last->skb cleared; the
+ * caller takes the full path, which counts what it cannot write). */
 static __always_inline int journey_fast_hop(struct last_sighting *last, struct pkt_slot *slot, struct journey *j,
                                             struct sighting *s, u64 now, u8 ttl, struct pkt *p, u16 ip_id, u16 len,
                                             int sensor)
@@ -698,6 +729,11 @@ static __always_inline int journey_fast_hop(struct last_sighting *last, struct p
     if (in != j || !journey_is(j, ip_id, len, p)) {
         if (in)
             journey_leave(in, id);
+        /* The caller adopted this sighting (adopt_last, rank, nfct) before
+         * the check: forgotten, so the next hook of this skb does not skip
+         * the checks a hand-over from the other sensor needs (the full
+         * path remembers again what it finds). */
+        last->skb = 0;
         return 0;
     }
     u8 tuple;
@@ -813,12 +849,13 @@ int trc_sweep(struct __sk_buff *ctx)
         if (!slot)
             break;
         u64 pid = slot->packet_id;
-        if (!(pid & JOURNEY_OPEN_BIT) || (idle && (s64)(now - slot->last_seen) < idle))
+        /* Open and not held, in one compare: entering the journey slot of
+         * a held word (its jslot may be being rewritten) would move that
+         * slot's busy count under a claim taking it (which then fails) or a
+         * close (a retry spent). */
+        if ((pid & (JOURNEY_OPEN_BIT | PCACHE_BUSY_BIT)) != JOURNEY_OPEN_BIT ||
+            (idle && (s64)(now - slot->last_seen) < idle))
             continue;
-        /* A slot being written (PCACHE_BUSY_BIT) keeps the bit in id: no
-         * journey has that id, so the entry below fails (not tested here:
-         * one test more per slot is ~3,000 more instructions for the
-         * verifier to walk in this loop, on every start's way). */
         u64 id = pid & ~JOURNEY_OPEN_BIT;
         u32 jk = slot->fp.jslot;
         struct journey *j = journey_enter_slot(jk, id);
