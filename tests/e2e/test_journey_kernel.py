@@ -13,6 +13,7 @@ reads.
 
 from __future__ import annotations
 
+import socket
 import time
 
 import numpy as np
@@ -22,6 +23,8 @@ from tests.e2e.journey_kernel import (HOOK_TC_INGRESS, Kernel, end_name, frame, 
                                       pcache_set_index)
 from tracer import addresses, events
 from tracer.expand import expand
+
+JOURNEY_CLOSED = 1 << 32  # bpf/journey.h: the closed bit of journey.busy
 
 
 @pytest.fixture(scope="module")
@@ -361,3 +364,69 @@ def test_a_ring_buffer_full_while_a_long_journey_runs_loses_whole_records_and_re
         assert lost() == 2
     finally:
         k.close()
+
+
+def test_a_failed_claim_does_not_reopen_a_journey_closed_while_it_held_the_slot(clean):
+    """A claim holds the packet-cache slot it takes (PCACHE_BUSY_BIT); a
+    close meanwhile cannot unmark the slot (journey_unmark fails on the held
+    word). If the claim then finds no free journey slot, it lets the packet-
+    cache slot go: with the open bit only if the journey the slot names is
+    still open, else the closed packet's later sightings would be routed to
+    its emitted journey and refused. Driven on one CPU: packet a's slot is
+    held from here (the bit written in), the flush closes a's journey, the
+    word goes back to the open one the claim will read, and the claim
+    (packet b, a's set) finds its pool slot busy (written here too)."""
+    import os
+
+    k = clean
+    seq = 6006
+    by_set: dict[int, list[int]] = {}
+    for ip_id in range(1, 65536):
+        ids = by_set.setdefault(pcache_set_index(ip_id, seq, k.entries), [])
+        ids.append(ip_id)
+        if len(ids) == 3:
+            break
+    a, a2, b = ids
+    index = pcache_set_index(a, seq, k.entries)
+    pcache, journeys, nexts = k.bpf["pcache"], k.bpf["journeys"], k.bpf["jpool_next"]
+    affinity = os.sched_getaffinity(0)
+    cpu = min(affinity)
+    os.sched_setaffinity(0, {cpu})  # BPF_PROG_TEST_RUN runs here: this CPU's pool
+    busy_slot = saved_busy = None
+    try:
+        k.see("trc_tc_in", frame(a, seq))
+        k.see("trc_tc_in", frame(a2, seq))  # the set is full; a's slot is the older
+        assert pcache_holds(k, index, seq, [a, a2]), "a and a2 share a set"
+        slot_key = next(pcache.Key(i) for i in (index, index + 1)
+                        if socket.ntohs(pcache[pcache.Key(i)].fp.ip_id) == a)
+        open_word = pcache[slot_key].packet_id
+        assert open_word & events.JOURNEY_OPEN_BIT and not open_word & events.PCACHE_BUSY_BIT
+        held = pcache[slot_key]
+        held.packet_id = open_word | events.PCACHE_BUSY_BIT
+        pcache[slot_key] = held
+        k.sweeper.flush()  # closes a's journey (and a2's); the unmark fails on the held word
+        emitted = {int(r["ip_id"]): int(r["packet_id"]) for r in k.records()}
+        a_id = open_word & ~events.JOURNEY_OPEN_BIT
+        assert emitted.get(a) == a_id, emitted
+        assert pcache[slot_key].packet_id == open_word | events.PCACHE_BUSY_BIT, "nobody writes a held slot"
+        word = pcache[slot_key]
+        word.packet_id = open_word  # what the claim reads before it locks
+        pcache[slot_key] = word
+        n = list(nexts[nexts.Key(0)])[cpu]
+        busy_slot = journeys.Key(cpu * k.pool + (n & (k.pool - 1)))
+        j = journeys[busy_slot]
+        saved_busy = j.busy
+        j.busy = JOURNEY_CLOSED | 1  # somebody in the claim's pool slot: journey_take fails
+        journeys[busy_slot] = j
+        failed = k.faults()["claim_failed"]
+        k.see("trc_tc_in", frame(b, seq))
+    finally:
+        os.sched_setaffinity(0, affinity)
+        if busy_slot is not None:
+            j = journeys[busy_slot]
+            j.busy = saved_busy
+            journeys[busy_slot] = j
+    assert k.faults()["claim_failed"] == failed + 1, "b's claim failed for want of a journey slot"
+    assert len(k.records()) == 0
+    assert pcache[slot_key].packet_id == a_id, (
+        f"let go as {pcache[slot_key].packet_id:#x}: a's journey was closed, the slot must say so ({a_id:#x})")
