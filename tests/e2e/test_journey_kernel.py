@@ -430,3 +430,46 @@ def test_a_failed_claim_does_not_reopen_a_journey_closed_while_it_held_the_slot(
     assert len(k.records()) == 0
     assert pcache[slot_key].packet_id == a_id, (
         f"let go as {pcache[slot_key].packet_id:#x}: a's journey was closed, the slot must say so ({a_id:#x})")
+
+
+def test_the_packet_cache_walk_leaves_a_held_slot_alone(clean):
+    """A held packet-cache slot (PCACHE_BUSY_BIT: a claim or continuation
+    writing it) is skipped by the sweep's packet-cache walk, not entered:
+    its fp.jslot may be being rewritten, and an entry moves the busy count
+    of whatever journey slot it names (a claim taking that slot then
+    fails). Probed white-box: the journey slot is given the id the walk
+    would enter with (the word without the open bit, busy bit kept), so an
+    entry would succeed and emit it; skipped, nothing goes out. The slot
+    then let go, the journey is flushed as usual."""
+    k = clean
+    seq, ip_id = 6106, 611
+    k.see("trc_tc_in", frame(ip_id, seq))
+    index = pcache_set_index(ip_id, seq, k.entries)
+    pcache, journeys = k.bpf["pcache"], k.bpf["journeys"]
+    slot_key = next(pcache.Key(i) for i in (index, index + 1)
+                    if socket.ntohs(pcache[pcache.Key(i)].fp.ip_id) == ip_id)
+    slot = pcache[slot_key]
+    open_word = slot.packet_id
+    assert open_word & events.JOURNEY_OPEN_BIT
+    jkey = journeys.Key(slot.fp.jslot)
+    journey_id = open_word & ~events.JOURNEY_OPEN_BIT
+
+    def set_ids(word: int, jid: int) -> None:
+        s = pcache[slot_key]
+        s.packet_id = word
+        pcache[slot_key] = s
+        j = journeys[jkey]
+        j.packet_id = jid
+        journeys[jkey] = j
+
+    set_ids(open_word | events.PCACHE_BUSY_BIT, journey_id | events.PCACHE_BUSY_BIT)
+    try:
+        k.sweeper._arm(0, 0)  # the packet-cache walk, every open slot whatever its age
+        k.sweeper._run()
+        walked = k.records()
+    finally:
+        set_ids(open_word, journey_id)
+    assert len(walked) == 0, f"the walk entered a held slot's journey: {[hex(int(r['packet_id'])) for r in walked]}"
+    k.sweeper.flush()
+    recs = k.records()
+    assert [int(r["packet_id"]) for r in recs] == [journey_id] and end_name(recs[0]) == "flushed"
