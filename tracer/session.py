@@ -27,7 +27,7 @@ from tracer.follow import Attachments, host_netns_inode, sweep_leftovers
 from tracer.inventory import Inventory, NoDocker
 from tracer.kernel import counts
 from tracer.kernel.counts import Counters
-from tracer.kernel.program import FP_WINDOW_NS, JOURNEY_SWEEP_CHUNK, SWEEP_CHUNK, Filter, Program, write_containers
+from tracer.kernel.program import FP_WINDOW_NS, Filter, Program, write_containers
 from tracer.places import PlaceBook
 from tracer.sensors.drops import DropSensor
 from tracer.sensors.netfilter import NetfilterSensor
@@ -138,8 +138,7 @@ class TraceSession:
 
                 # Journeys quiet for longer than the packet cache joins
                 # sightings can never end: out they go, marked incomplete.
-                self.sweeper = JourneySweeper(self.bpf, program.packet_entries, program.journey_slots, SWEEP_CHUNK,
-                                              FP_WINDOW_NS, JOURNEY_SWEEP_CHUNK)
+                self.sweeper = JourneySweeper(self.bpf, program.packet_entries, program.journey_slots, FP_WINDOW_NS)
         if opts.rules:
             from tracer.rule_trace import RuleTracer, match_for
 

@@ -73,7 +73,7 @@ class Kernel:
         from tracer.drain import RingBufferDrain
         from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
         from tracer.kernel.cpus import cpu_id_bound
-        from tracer.kernel.program import FP_WINDOW_NS, JOURNEY_SWEEP_CHUNK, SWEEP_CHUNK, Filter, Program, journey_pool
+        from tracer.kernel.program import FP_WINDOW_NS, Filter, Program, journey_pool
         from tracer.kernel.sweep import JourneySweeper
         from tracer.sensors.drops import DropSensor
         from tracer.sensors.netfilter import NetfilterSensor
@@ -93,8 +93,7 @@ class Kernel:
         self.fd = {name: self.bpf.load_func(name, BPF_PROG_TYPE_SCHED_CLS).fd for name in ("trc_tc_in", "trc_tc_in_ct")}
         self.run_cls = ProgTestRun
         self.drain = RingBufferDrain(self.bpf["events"].map_fd, pages * 4096, sample=events.JOURNEY_DTYPE)
-        self.sweeper = JourneySweeper(self.bpf, self.entries, self.journey_slots, SWEEP_CHUNK, FP_WINDOW_NS,
-                                      JOURNEY_SWEEP_CHUNK)
+        self.sweeper = JourneySweeper(self.bpf, self.entries, self.journey_slots, FP_WINDOW_NS)
 
     def see(self, prog: str, packet: bytes, times: int = 1) -> None:
         for _ in range(times):

@@ -37,7 +37,7 @@ def _sweeper(monkeypatch, packet_entries=16384, journey_slots=8192 + 100, chunk=
     runner = _Runner()
     monkeypatch.setattr(sweep, "ProgTestRun", lambda fd, packet: runner)
     bpf = _Bpf()
-    return sweep.JourneySweeper(bpf, packet_entries, journey_slots, chunk, 20_000_000), bpf, runner
+    return sweep.JourneySweeper(bpf, packet_entries, journey_slots, 20_000_000, chunk=chunk, journey_chunk=chunk), bpf, runner
 
 
 def test_every_nth_sweep_walks_the_journey_slots(monkeypatch):
@@ -80,7 +80,23 @@ def test_each_walk_has_its_own_chunk(monkeypatch):
     runs of their own chunk sizes (SWEEP_CHUNK, JOURNEY_SWEEP_CHUNK)."""
     runner = _Runner()
     monkeypatch.setattr(sweep, "ProgTestRun", lambda fd, packet: runner)
-    s = sweep.JourneySweeper(_Bpf(), 16384, 8192 + 100, 32, 20_000_000, journey_chunk=16)
+    s = sweep.JourneySweeper(_Bpf(), 16384, 8192 + 100, 20_000_000, chunk=32, journey_chunk=16)
     s.sweep()
     s.sweep_journey_slots()
     assert runner.runs == [16384 // 32, -(-(8192 + 100) // 16)] == [512, 519]
+
+
+def test_the_chunks_default_to_the_programs_own(monkeypatch):
+    """Only the slot counts given (the tracer's own use): each walk is in
+    runs of the chunk the program is built with, and giving the packet
+    cache's chunk alone leaves the journey walk's at the program's."""
+    from tracer.kernel.program import JOURNEY_SWEEP_CHUNK, SWEEP_CHUNK
+
+    assert SWEEP_CHUNK != JOURNEY_SWEEP_CHUNK  # else this test shows nothing
+    runner = _Runner()
+    monkeypatch.setattr(sweep, "ProgTestRun", lambda fd, packet: runner)
+    for s in (sweep.JourneySweeper(_Bpf(), 16384, 8192 + 100, 20_000_000),
+              sweep.JourneySweeper(_Bpf(), 16384, 8192 + 100, 20_000_000, chunk=SWEEP_CHUNK)):
+        s.sweep()
+        s.sweep_journey_slots()
+    assert runner.runs == [16384 // SWEEP_CHUNK, -(-(8192 + 100) // JOURNEY_SWEEP_CHUNK)] * 2

@@ -14,6 +14,7 @@ import ctypes
 import time
 
 from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
+from tracer.kernel.program import JOURNEY_SWEEP_CHUNK, SWEEP_CHUNK
 
 # The program, as load_programs (tracer/kernel/program.py) takes it.
 SWEEP_PROGRAM = ("trc_sweep", BPF_PROG_TYPE_SCHED_CLS, -1)
@@ -42,17 +43,18 @@ FLUSH_RETRY_S = 0.002
 
 
 class JourneySweeper:
-    def __init__(self, bpf, packet_entries: int, journey_slots: int, chunk: int, idle_ns: int,
-                 journey_chunk: int | None = None) -> None:
+    def __init__(self, bpf, packet_entries: int, journey_slots: int, idle_ns: int, *,
+                 chunk: int = SWEEP_CHUNK, journey_chunk: int = JOURNEY_SWEEP_CHUNK) -> None:
         """``chunk``, ``journey_chunk``: the slots one run of trc_sweep walks
-        in the packet cache and in the journey slots (SWEEP_CHUNK and
-        JOURNEY_SWEEP_CHUNK as the program was built; the second defaults to
-        the first)."""
+        in the packet cache and in the journey slots. Each defaults to the
+        constant the program is built with (tracer/kernel/program.py passes
+        them to the compiler), so they cannot disagree with it; a test's
+        stand-in gives its own."""
         self.runner = ProgTestRun(bpf.load_func(*SWEEP_PROGRAM[:2]).fd, _PACKET)
         self.args = bpf["sweep_args"]
         # Runs that cover the packet cache, and the journey slots (the last
         # chunk of those may be short).
-        self.runs = {0: max(1, packet_entries // chunk), 1: max(1, -(-journey_slots // (journey_chunk or chunk)))}
+        self.runs = {0: max(1, packet_entries // chunk), 1: max(1, -(-journey_slots // journey_chunk))}
         self.idle_ns = idle_ns
         self._set = None
         self._sweeps = 0
