@@ -120,6 +120,9 @@ class RingBufferDrain:
         self.before_start = 0  # packets left out
         self._early = None  # tracer.hold.RecentIds of the packets left out, once there are any
         self.record_size = record_dtype(sample).itemsize  # the largest record, header included
+        # Bytes the last read took from the ring (journey records are 256-448
+        # bytes each, header included): what the background drain paces by.
+        self.walked = 0
         # The smallest: what a read may find at most of them in its bytes.
         self.smallest_record = -(-(HEADER_SIZE + events.smallest_sample(sample)) // 8) * 8
         module = native()
@@ -158,6 +161,7 @@ class RingBufferDrain:
         cons = self._consumer_pos()
         avail = min(self._producer_pos() - cons, self.size)
         n = min(avail // self.smallest_record, self.max_batch)
+        self.walked = 0
         if n <= 0:
             return np.zeros(0, self.sample)
         # Rows for as many records as the bytes could hold (np.empty: the
@@ -170,6 +174,7 @@ class RingBufferDrain:
                                "expected: is another program writing to it?")
         records = out[:rows]
         self._consumer_word[0] = cons + walked
+        self.walked = walked
         return self.release(records) if release else records
 
     def release(self, records: np.ndarray) -> np.ndarray:
@@ -296,7 +301,7 @@ class BackgroundDrain:
                     continue
             batch = self.drain.read_records(release=False)  # released in take()
             now = time.monotonic()
-            nbytes = len(batch) * self.drain.record_size
+            nbytes = self.drain.walked  # not len(batch) * the largest record: sizes vary
             # The pace records came in (bytes/s), for _pause: since the ring
             # was last seen empty, not since the last read, which may be a
             # quiet spell ago.

@@ -47,6 +47,7 @@ class FillingRing:
                 if self.small_read:
                     self.big_read = True
                 self.small_read = True
+        self.walked = n * self.record_size
         return np.zeros(n, self.sample)
 
     def release(self, records):
@@ -114,6 +115,7 @@ class SteadyRing:
         n = min(self._pending(), self.size) // self.record_size
         self.read_until = time.monotonic()
         self.reads += 1
+        self.walked = n * self.record_size
         return np.zeros(n, self.sample)
 
     def release(self, records):
@@ -194,6 +196,7 @@ class QuietRing:
             n, self.pending = self.pending // self.record_size, 0
         if n:
             self.reads.append((time.monotonic() - self.t0, n * self.record_size))
+        self.walked = n * self.record_size
         return np.zeros(n, self.sample)
 
     def release(self, records):
@@ -251,3 +254,43 @@ def test_a_burst_after_a_quiet_spell_is_looked_at_again_within_the_shortest_step
     next_look = min(t for t in ring.looks if t > read_at)
     assert next_look - read_at < PAUSE_STEP_S + 0.025, (read_at, next_look)  # was MAX_PAUSE_STEP_S
 
+
+
+class SmallRecordsRing:
+    """Always records pending, a fifth of the ring each read: journey records
+    smaller than the largest (record_size), so a fifth in bytes is more
+    than a quarter counted as records x record_size."""
+
+    record_size, size, sample = 448, 1 << 20, np.dtype([("x", "u8")])
+    per_record = 256
+    n = (1 << 20) // 5 // 256
+
+    def __init__(self):
+        self.reads = 0
+        self.walked = 0
+
+    def pending_bytes(self) -> int:
+        return self.n * self.per_record
+
+    def wait(self, timeout):
+        return True
+
+    def read_records(self, release=False):
+        self.reads += 1
+        self.walked = self.n * self.per_record
+        return np.zeros(self.n, self.sample)
+
+    def release(self, records):
+        return records
+
+
+def test_pacing_counts_the_bytes_read_not_records_at_the_largest_size():
+    # a read that took a fifth of the ring is followed by the pause (until
+    # batch_s, or the ring a quarter full), not by another read at once
+    ring = SmallRecordsRing()
+    d = BackgroundDrain(ring, batch_s=1.0)
+    try:
+        time.sleep(0.4)
+    finally:
+        d.stop()
+    assert ring.reads <= 2, ring.reads

@@ -98,7 +98,9 @@ def test_a_read_that_finds_the_ring_a_quarter_full_is_followed_by_another_at_onc
             return bool(self.left) or time.sleep(timeout)
 
         def read_records(self, release=False):
-            return self.left.pop() if self.left else np.zeros(0, self.sample)
+            out = self.left.pop() if self.left else np.zeros(0, self.sample)
+            self.walked = len(out) * self.record_size
+            return out
 
         def release(self, records):
             return records
