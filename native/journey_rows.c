@@ -378,7 +378,10 @@ PyObject *native_journey_hops(PyObject *self, PyObject *args) {
             if (t > max_tuples - 1) t = (unsigned)(max_tuples - 1);
             hook[h] = hk;
             stage[h] = (code >> shift) & 0x03;
-            ktime[h] = y == nh_ - 1 ? (int64_t)rd64(r + L[L_LAST_KTIME]) : (int64_t)((uint64_t)fk + rd32(hp));
+            /* the last hop: last_ktime only where dt_ns saturated, as tracer/last_hop.py (it may
+             * name a hop the record does not carry) */
+            ktime[h] = y == nh_ - 1 && rd32(hp) == 0xffffffffu ? (int64_t)rd64(r + L[L_LAST_KTIME])
+                                                              : (int64_t)((uint64_t)fk + rd32(hp));
             /* decode.place_keys' key: netns << 32 | in-container << 31 | ifindex (netns only on a drop hop) */
             uint64_t key = (uint64_t)(hk == hook_drop ? drop_netns : 0) << 32 | (uint64_t)((code & in_ct_bit) != 0) << 31
                            | rd32(hp + 4);

@@ -232,7 +232,7 @@ JOURNEY_FIELDS: tuple[RawField, ...] = (
     RawField("busy", "u64", "<u8", "sightings writing the slot as it was copied (the kernel's bookkeeping: bpf/journey.h)"),
     RawField("flow_id", "u64", "<u8", "conntrack entry's flow id (0 = not seen)"),
     RawField("first_ktime", "u64", "<u8", "bpf_ktime_get_ns() at the first hop"),
-    RawField("last_ktime", "u64", "<u8", "at the last hop (exact where dt_ns saturates)"),
+    RawField("last_ktime", "u64", "<u8", "the latest sighting (may be a hop not carried; the last hop's time where dt_ns saturates: tracer/last_hop.py)"),
     RawField("skb", "u64", "<u8", "sk_buff address at the last netfilter/drop hop"),
     RawField("tcp_seq", "u32", ">u4", "TCP sequence number"),
     RawField("tcp_ack", "u32", ">u4", "TCP acknowledgement number"),

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from tracer import events, record_words
+from tracer.last_hop import last_hop_ktime
 
 _HOOK_DROP = events.HOOKS.index("drop")
 _HOOK_FORWARD = events.HOOKS.index("nf_forward")
@@ -77,7 +78,9 @@ def lay_out(n_hops: np.ndarray, rec: np.ndarray, code: np.ndarray, dt_ns: np.nda
     in_ct = (code & events.HOP_IN_CT_BIT) != 0
     ktime = j["first_ktime"].astype(np.uint64) + dt_ns.astype(np.uint64)
     ends = first[n_hops > 0] + n_hops[n_hops > 0] - 1
-    ktime[ends] = record("last_ktime")[n_hops > 0]  # exact where dt_ns saturated (a late drop)
+    # the last hop: last_ktime only where dt_ns saturated (a late drop); it may name a hop not carried
+    ktime[ends] = last_hop_ktime(record("first_ktime")[n_hops > 0].astype(np.uint64), dt_ns[ends],
+                                 record("last_ktime")[n_hops > 0])
     is_drop = hook == _HOOK_DROP
     flags = (np.where(in_ct, events.FLAG_IN_CONTAINER_NS, 0)
              | np.where((code & _NEW_PACKET_BIT) != 0, events.FLAG_NEW_PACKET, 0)

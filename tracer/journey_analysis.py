@@ -35,6 +35,7 @@ from tracer.interning import Interner
 from tracer.journey_capture import _address_rows, journey_sightings
 from tracer.journey_rows import _DIRECTION_CODES
 from tracer.journeys import ends_journey, hop_label
+from tracer.last_hop import last_hop_ktime
 
 _DROP = events.HOOKS.index("drop")
 _N_HOOKS = len(events.HOOKS)
@@ -76,11 +77,11 @@ def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, Packet
     last = first + n_hops - 1
     has = n_hops > 0
 
-    # The clock of each hop, as laying out gives it (the last hop: last_ktime_ns, exact past dt's range).
+    # The clock of each hop, as laying out gives it (the last hop: last_ktime_ns only past dt's range).
     kt0 = _ints(rows, "ktime_ns")  # ktime stays below 2^63: int64 as the sighting path reads it
     kt = kt0[rec]
     kt += dt
-    kt[last[has]] = _ints(rows, "last_ktime_ns")[has]
+    kt[last[has]] = last_hop_ktime(kt0[has], dt[last[has]], _ints(rows, "last_ktime_ns")[has])
     is_drop = hook == _DROP
 
     # Which packets this path takes (see the module's docstring).

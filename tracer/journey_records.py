@@ -22,6 +22,7 @@ import numpy as np
 
 from tracer import addresses, events, native_rows, record_words
 from tracer.decode import DecodeContext, _factorize, resolve_places
+from tracer.last_hop import last_hop_ktime
 from tracer.journey_rows import _Codes, JourneyRows, journey_containers, pair_index, verdicts
 from tracer.native import native
 
@@ -64,7 +65,8 @@ def journey_rows_numpy(records: np.ndarray, ctx: DecodeContext) -> JourneyRows:
     code = hops.code
     ifindex = hops.ifindex
     ktime = fk_r[rec] + hops.dt_ns.astype(np.int64)
-    ktime[rec_first + n_hops - 1] = field("last_ktime").astype(np.int64)  # exact where dt_ns saturated
+    ends = rec_first + n_hops - 1  # last_ktime only where dt_ns saturated (tracer/last_hop.py)
+    ktime[ends] = last_hop_ktime(fk_r, hops.dt_ns[ends], field("last_ktime"))
     # Addresses per tuple a hop points at (a record holds 1-4, its ~9 hops
     # share them), not per hop: gathered, named and paired once each.
     slot = rec * events.MAX_TUPLES + np.minimum(hops.tuple, events.MAX_TUPLES - 1)
