@@ -18,7 +18,7 @@ from tracer import events, output
 from tracer.arrow_columns import numeric_array
 from tracer.capture import STDIN, CaptureReaderGone, CaptureWriteError
 from tracer.errors import one_line
-from tracer.journey_capture import PlaceIds
+from tracer.journey_capture import PlaceIds, ktime_offset
 from tracer.journey_columns import JourneyColumns
 from tracer.outfiles import create_fd
 
@@ -132,17 +132,12 @@ def _create(path: Path) -> int:
 def _ktime_offset(metadata: Mapping[str, str], journeys: bool) -> int | None:
     """The metadata's ktime_offset_ns (wall clock minus ktime): every row's
     time is ktime_ns plus it. A journey-row file cannot be read without it
-    (version 4 stores no time), so writing one without it is a bug."""
+    (version 4 stores no time), so writing one without it is a bug: the
+    reader's own check (journey_capture.ktime_offset) refuses it here."""
     text = metadata.get("ktime_offset_ns")
     if text is None and not journeys:
         return None
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"a capture's metadata needs ktime_offset_ns as an integer, not {text!r}") from None
-    if not -(1 << 63) <= value < 1 << 63:
-        raise ValueError(f"ktime_offset_ns out of 64-bit range: {text!r}")
-    return value
+    return ktime_offset(text)
 
 
 def schema_with_metadata(metadata: Mapping[str, str], journeys: bool = False) -> pa.Schema:
