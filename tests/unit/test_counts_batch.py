@@ -4,12 +4,15 @@ module and ours hand out one a map), so every later read through it goes
 entry by entry at once instead of trying the batch call (and failing)
 first; another table is tried on its own. No kernel: the batch call is
 replaced by one that fails as such a kernel's does (ENOTSUPP, 524), and
-the table is a list of per-CPU values. On real maps:
+the table is a list of per-CPU values. Any other error (ENOMEM, EINTR, a
+short read) costs only the read it happened in. On real maps:
 tests/e2e/test_counter_batch.py."""
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
 
 import pytest
 
@@ -81,3 +84,42 @@ def test_a_working_batch_lookup_is_used_every_time(monkeypatch):
     assert counts.per_cpu_sums(table, 2) == [42, 42]
     assert counts.per_cpu_sums(table, 2) == [42, 42]
     assert made == [9, 9]
+
+
+@pytest.mark.parametrize("code", [errno.ENOMEM, errno.EINTR, errno.EAGAIN, errno.ENOENT, errno.EFAULT])
+def test_a_transient_batch_failure_costs_that_read_only(monkeypatch, code):
+    """An error that is not the kernel refusing batch lookups (memory short,
+    a signal, a short read) reads entry by entry that once, is counted on
+    the table, and the next read tries the batch again."""
+    made, fail = [], [True]
+
+    def flaky(fd, entries, cpus):
+        made.append(fd)
+        if fail[0]:
+            raise OSError(code, os.strerror(code))
+        return [42] * entries
+
+    monkeypatch.setattr(counts.sc, "per_cpu_u64_array", flaky)
+    table = Table(7, [[1, 2], [3, 4]])
+    assert counts.per_cpu_sums(table, 2) == [3, 7]  # this read: entry by entry
+    assert table.batch_lookup_failures == 1 and not getattr(table, "no_batch_lookup", False)
+    assert counts.per_cpu_sums(table, 2) == [3, 7]
+    assert table.batch_lookup_failures == 2
+    fail[0] = False
+    assert counts.per_cpu_sums(table, 2) == [42, 42]  # the batch again once it works
+    assert made == [7, 7, 7]
+
+
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.EOPNOTSUPP, 524])
+def test_not_supported_switches_the_table_for_good(monkeypatch, code):
+    made = []
+
+    def unsupported(fd, entries, cpus):
+        made.append(fd)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(counts.sc, "per_cpu_u64_array", unsupported)
+    table = Table(7, [[1, 2]])
+    for _ in range(3):
+        assert counts.per_cpu_sums(table, 1) == [3]
+    assert made == [7] and table.no_batch_lookup and not getattr(table, "batch_lookup_failures", 0)

@@ -324,7 +324,8 @@ def per_cpu_u64_array(map_fd: int, entries: int, cpus: int) -> list[int]:
     possible CPUs), summed over CPUs, in one bpf() call
     (BPF_MAP_LOOKUP_BATCH) instead of a lookup per entry: the counters are
     read every pass of a live run. OSError where the kernel has no batch
-    lookup for this map (before 5.6)."""
+    lookup for this map (before 5.6: EINVAL; a map type without batch
+    ops: ENOTSUPP), ENOENT where it gave back fewer than ``entries``."""
     keys = (ctypes.c_uint32 * entries)()
     values = (ctypes.c_uint64 * (entries * cpus))()
     token = ctypes.c_uint32(0)  # arrays' batch token: the last key read
@@ -337,7 +338,8 @@ def per_cpu_u64_array(map_fd: int, entries: int, cpus: int) -> list[int]:
             raise
     count = struct.unpack_from("=I", attr, 32)[0]
     if count != entries or list(keys) != list(range(entries)):
-        raise OSError(errno_mod.EINVAL, f"batch lookup read {count} of {entries} entries")
+        # not the kernel refusing batch lookups: counts.per_cpu_sums tries the batch again next read
+        raise OSError(errno_mod.ENOENT, f"batch lookup read {count} of {entries} entries")
     return [sum(values[i * cpus:(i + 1) * cpus]) for i in range(entries)]
 
 

@@ -6,6 +6,7 @@ journey: events.JOURNEY_FAULTS)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field
 
@@ -42,24 +43,43 @@ def sensor_counts(bpf) -> tuple[dict[str, int], dict[str, int]]:
     return emitted, lost
 
 
+# What a kernel without a batch lookup for the map answers: EINVAL (no
+# BPF_MAP_LOOKUP_BATCH command before 5.6, or a call it cannot take),
+# ENOTSUPP (524, the kernel's own: a map type without batch ops) or
+# EOPNOTSUPP. Asking again will not change it; any other error (ENOMEM,
+# EINTR, EAGAIN, ...) may pass, so it costs that one read its batch only.
+NO_BATCH_ERRNOS = frozenset({errno.EINVAL, errno.EOPNOTSUPP, 524})
+
+
 def per_cpu_sums(table, entries: int) -> list[int]:
     """The first ``entries`` values of a per-CPU u64 array map, each summed
     over CPUs: one batch lookup (read every pass of a live run: a lookup
     per entry was ~20 bpf() calls a pass), or an entry at a time where
     the kernel has no batch lookup for it. The table object remembers a
-    failed batch lookup (BCC's module and ours hand out one table object a
-    map), so it is not tried again on every sweep and status line."""
+    batch lookup the kernel does not support (NO_BATCH_ERRNOS; BCC's module
+    and ours hand out one table object a map), so it is not tried again on
+    every sweep and status line; another failure reads entry by entry this
+    once and is counted on the table (``batch_lookup_failures``)."""
     fd = getattr(table, "map_fd", None)
     if fd is not None and not getattr(table, "no_batch_lookup", False):
         try:
             return sc.per_cpu_u64_array(fd, entries, possible_cpus())
         except OSError as exc:
-            log.debug("map %s: no batch lookup (%s): read entry by entry", getattr(table, "name", fd), exc)
-            try:
-                table.no_batch_lookup = True
-            except AttributeError:  # a table that takes no attribute: tried again next read
-                pass
+            name = getattr(table, "name", fd)
+            if exc.errno in NO_BATCH_ERRNOS:
+                log.debug("map %s: no batch lookup (%s): read entry by entry", name, exc)
+                _remember(table, "no_batch_lookup", True)
+            else:
+                log.debug("map %s: batch lookup failed (%s): this read entry by entry", name, exc)
+                _remember(table, "batch_lookup_failures", getattr(table, "batch_lookup_failures", 0) + 1)
     return [int(sum(table[table.Key(i)])) for i in range(entries)]
+
+
+def _remember(table, name: str, value) -> None:
+    try:
+        setattr(table, name, value)
+    except AttributeError:  # a table that takes no attribute: tried again next read
+        pass
 
 
 def journey_counts(bpf) -> np.ndarray:
