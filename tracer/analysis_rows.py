@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tracer.capture_clock import ktime_offset
 from tracer.events import CONTAINER, FLAG_IN_CONTAINER_NS, META_PREFIX
 from tracer.interning import Interner
 from tracer.journey_rows import _factorize
@@ -76,16 +77,24 @@ def _lut(values: list, default: Any = None) -> np.ndarray:
 
 def wall_ns(table: pa.Table, metadata: Mapping[str, str] | None = None) -> np.ndarray:
     """Wall clock ns per row: the ``time`` column, or ktime plus the capture's
-    ktime-to-wall offset where a row has no time."""
+    ktime-to-wall offset where a row has no time (the readers compute every
+    row's that has a ktime_ns from its own file's: capture_clock). A bad
+    offset is one line (capture_clock.BadClock), never a traceback."""
     kt = _ints(table, "ktime_ns")
     if "time" not in table.column_names:
-        return kt + int((metadata or {}).get("ktime_offset_ns") or 0)
+        return kt + _offset(metadata)
     tcol = table["time"].cast(pa.int64())
     t = pc.fill_null(tcol, 0).to_numpy().astype(np.int64)
     missing = pc.is_null(tcol).to_numpy(zero_copy_only=False)
     if missing.any():
-        t[missing] = kt[missing] + int((metadata or {}).get("ktime_offset_ns") or 0)
+        t[missing] = kt[missing] + _offset(metadata)
     return t
+
+
+def _offset(metadata: Mapping[str, str] | None) -> int:
+    """The metadata's ktime_offset_ns, checked; 0 where it has none."""
+    text = (metadata or {}).get("ktime_offset_ns")
+    return 0 if text is None else ktime_offset(text)
 
 
 def iso(ns: int | None) -> str | None:

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from tracer import events
 from tracer.events import OTHER
+from tracer.capture_clock import ktime_offset, with_missing_time, with_time
 from tracer.decode import DecodeContext, decode
 from tracer.expand import Sightings, empty, lay_out
 from tracer.interning import Interner
@@ -117,7 +118,7 @@ def conform(batch: pa.RecordBatch, ktime_offset_ns: int | None = None,
     names)."""
     names = batch.schema.names
     if "time" not in names and "ktime_ns" in names and ktime_offset_ns is not None:
-        batch = _with_time(batch, ktime_offset_ns)
+        batch = with_time(batch, ktime_offset_ns, events.JOURNEY_CAPTURE_SCHEMA.field("time"))
     if "hops" in names and _has_dt_planes(batch.schema.field("hops").type):
         lut = None if _hop_type(batch).get_field_index("ifindex") >= 0 else \
             (place_ifindex if place_ifindex is not None else np.zeros(0, np.uint32))
@@ -151,43 +152,6 @@ def _hops_need_ifindex(batch) -> bool:
     if "hops" not in batch.schema.names or not _has_dt_planes(batch.schema.field("hops").type):
         return False
     return _hop_type(batch).get_field_index("ifindex") < 0
-
-
-def _with_time(batch, ktime_offset_ns: int):
-    """``batch`` with a `time` column: ktime_ns + the offset, as every row's
-    time was stored before version 4 (null where ktime_ns is). The sum
-    wraps in 64 bits as the writers' did (journey_layout.py, and
-    native/journey_layout.c), so a damaged ktime_ns reads as version 3
-    read it, not as an overflow."""
-    ktime = batch.column("ktime_ns")
-    if isinstance(ktime, pa.ChunkedArray):
-        ktime = ktime.combine_chunks()
-    if not pa.types.is_integer(ktime.type):
-        raise BadJourneyRows(f"column 'ktime_ns' is {ktime.type}, not uint64")
-    wall = _numbers(ktime).astype(np.int64) + np.int64(ktime_offset_ns)
-    nulls = ktime.is_null().to_numpy(zero_copy_only=False) if ktime.null_count else None
-    time = pa.array(wall, pa.int64(), mask=nulls).cast(events.JOURNEY_CAPTURE_SCHEMA.field("time").type)
-    if isinstance(batch, pa.Table):
-        return batch.append_column(events.JOURNEY_CAPTURE_SCHEMA.field("time"), time)
-    return pa.RecordBatch.from_arrays([*batch.columns, time], names=[*batch.schema.names, "time"])
-
-
-OFFSET_KEY = f"{events.META_PREFIX}ktime_offset_ns"
-
-
-def ktime_offset(text: str | int | None) -> int:
-    """The metadata's ktime_offset_ns (wall clock minus ktime, a signed
-    64-bit count of ns) as a number; BadJourneyRows saying what is wrong
-    with it otherwise (a version 4 file cannot be read without it)."""
-    if text is None:
-        raise BadJourneyRows(f"no 'time' column, and no {OFFSET_KEY} metadata to compute it")
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise BadJourneyRows(f"{OFFSET_KEY} is not an integer: {str(text)[:40]!r}") from None
-    if not -(1 << 63) <= value < 1 << 63:
-        raise BadJourneyRows(f"{OFFSET_KEY} is out of range (a signed 64-bit count of ns): {str(text)[:40]!r}")
-    return value
 
 
 def _joined_dt(hops: pa.Array, place_ifindex: np.ndarray | None = None) -> pa.Array:
@@ -382,7 +346,8 @@ class JourneyRowReader:
         if pc.any(is_place).as_py():  # places first: a version 4 batch's hops take their ifindex from them
             self._read_places(batch.filter(is_place).column("info").to_pylist(), _hops_need_ifindex(batch))
         offset = None if "time" in batch.schema.names else ktime_offset(self.ktime_offset_ns)
-        batch = conform(batch, offset, self._place_ifindex())
+        # a stored time missing on a row (damaged): computed from this file's offset, as version 4's
+        batch = with_missing_time(conform(batch, offset, self._place_ifindex()), self.ktime_offset_ns)
         # Runs of journey rows and of other rows, in file order (a container
         # row stays between the packets before and after it); places out.
         journey = pc.equal(kinds, "journey").to_numpy(zero_copy_only=False)

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from tracer import events
 from tracer.capture import STDIN, CaptureReadError
+from tracer.capture_clock import with_missing_time
 from tracer.errors import one_line
 from tracer.journey_capture import JourneyBatch, JourneyRowReader, PlaceRegistry
 
@@ -108,10 +109,12 @@ def _rows_of(meta: dict[str, str], registry: PlaceRegistry | None = None) -> Cal
     (with a ``registry``: journey rows as JourneyBatch, not laid out)."""
     if meta.get("schema_version", "").split(".")[0] in JOURNEY_MAJORS:
         # the file's wall clock minus ktime, as written (version 4 stores no
-        # time column: every row's is ktime_ns plus it; journey_capture.ktime_offset)
+        # time column: every row's is ktime_ns plus it; capture_clock.ktime_offset)
         reader = JourneyRowReader(registry, meta.get("ktime_offset_ns"))
         return reader.parts if registry is not None else reader.convert
-    return _conform
+    offset = meta.get("ktime_offset_ns")
+    # a stored time missing on a row (damaged): this file's offset, as version 4's (capture_clock)
+    return lambda batch: with_missing_time(_conform(batch), offset)
 
 
 # Version 1 files have had every column from the start but these.

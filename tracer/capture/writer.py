@@ -17,8 +17,9 @@ import pyarrow.compute as pc
 from tracer import events, output
 from tracer.arrow_columns import numeric_array
 from tracer.capture import STDIN, CaptureReaderGone, CaptureWriteError
+from tracer.capture_clock import ktime_offset
 from tracer.errors import one_line
-from tracer.journey_capture import PlaceIds, ktime_offset
+from tracer.journey_capture import PlaceIds
 from tracer.journey_columns import JourneyColumns
 from tracer.outfiles import create_fd
 
@@ -133,7 +134,7 @@ def _ktime_offset(metadata: Mapping[str, str], journeys: bool) -> int | None:
     """The metadata's ktime_offset_ns (wall clock minus ktime): every row's
     time is ktime_ns plus it. A journey-row file cannot be read without it
     (version 4 stores no time), so writing one without it is a bug: the
-    reader's own check (journey_capture.ktime_offset) refuses it here."""
+    reader's own check (capture_clock.ktime_offset) refuses it here."""
     text = metadata.get("ktime_offset_ns")
     if text is None and not journeys:
         return None
