@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from tracer.events import OTHER, VETH
+from tracer.events import CONTAINER, OTHER, VETH
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class PlaceBook:
         # ifindex -> Places of container eth0s (tc events from inside a container
         # netns do not carry the netns; ifindex plus addresses disambiguate).
         self.container_places: dict[int, list[tuple[Place, tuple[str, ...]]]] = {}
+        # Container netns inode -> the container's place for a device there
+        # that no tc attachment names (a drop's device: lo, say).
+        self.container_netns: dict[int, Place] = {}
         # Host ifindexes the fallback could not name (a veth already gone, say):
         # asked once, not on every poll, since each ask re-reads every host link.
         # Emptied when the book is rebuilt.
@@ -63,6 +66,10 @@ class PlaceBook:
             place = self._host_place(ifindex)
             if place is None:
                 self.unresolved.add(ifindex)
+        if place is None and netns:
+            # a drop inside a container's netns (its iptables, a closed port):
+            # it carries the device's netns, not the in-container flag
+            place = self.container_netns.get(netns)
         if place is None:
             return Place(None, OTHER, netns or self.host_netns)
         return place
@@ -85,19 +92,24 @@ class PlaceBook:
         places: dict[tuple[int, int], Place] = {}
         for i in host_interfaces:
             places[(i.netns_inode, i.ifindex)] = host_place(i)
+        container_netns: dict[int, Place] = {}
         for c in containers:
             if c.host_veth_ifindex:
                 places[(self.host_netns, c.host_veth_ifindex)] = Place(c.host_veth, VETH, self.host_netns, c.id, c.name)
+            netns = getattr(c, "netns_inode", 0)
+            if netns and netns != self.host_netns:  # not --network host
+                container_netns[netns] = Place(None, CONTAINER, netns, c.id, c.name)
         container_places: dict[int, list] = {}
         for t in targets:
             place = Place(t.ifname, t.role, t.netns_inode, t.container_id, t.container_name)
             if t.in_container_ns:
                 container_places.setdefault(t.ifindex, []).append((place, t.container_ips))
-            else:
-                places[t.key] = place
+            # a drop carries its device's netns, in a container's too: found by (netns, ifindex)
+            places[t.key] = place
         with lock:
             self.places = places
             self.container_places = container_places
+            self.container_netns = container_netns
             self.unresolved = set()
 
 

@@ -51,3 +51,20 @@ def test_no_docker_is_an_inventory_without_containers():
     assert list(none.containers) == [] and none.by_ip("172.17.0.2") is None
     none.watch(lambda *a: None)
     none.close()
+
+
+def test_a_drop_in_a_containers_netns_names_the_container():
+    """A drop hop carries its device's netns and ifindex, not the
+    in-container flag tc sightings there have: in a container's netns it
+    is that container's (its eth0 where the device is eth0), not 'other'."""
+    book = PlaceBook(HOST)
+    web = SimpleNamespace(id="c0ffee", name="web", host_veth="veth9", host_veth_ifindex=9, netns_inode=CT)
+    hostnet = SimpleNamespace(id="face", name="hostnet", host_veth=None, host_veth_ifindex=None, netns_inode=HOST)
+    eth0 = TcTarget(2, "eth0", "container", CT, "/proc/1/ns/net", "c0ffee", "web", ("172.17.0.2",))
+    book.rebuild([iface(1, "eth9", "external")], [web, hostnet], [eth0], threading.Lock())
+    assert book.place(CT, 2, False, None, None) == Place("eth0", "container", CT, "c0ffee", "web")
+    assert book.place(CT, 1, False, None, None) == Place(None, "container", CT, "c0ffee", "web")  # its lo, say
+    assert book.place(CT + 5, 2, False, None, None) == Place(None, "other", CT + 5)  # no container's netns
+    assert book.place(0, 1, False, None, None) == Place("eth9", "external", HOST)  # the host's as before
+    assert book.place(HOST, 7, False, None, None) == Place(None, "other", HOST)  # a --network host container: the host's
+    assert book.place(0, 2, True, None, None) == Place("eth0", "container", CT, "c0ffee", "web")  # tc inside, as before
