@@ -372,16 +372,16 @@ class JourneyRowReader:
     def _sightings(rows: pa.RecordBatch | pa.Table, places_of) -> pa.Table:
         """Sighting rows (CAPTURE_SCHEMA) of journey rows; ``places_of(ids)``
         names their hops' places."""
-        sightings, place = _laid_out(rows)
-        ktime = rows.column("ktime_ns").to_numpy(zero_copy_only=False).astype(np.int64)
-        wall = rows.column("time").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        sightings, place, rec = _laid_out(rows)
+        # wall clock minus ktime, per row: in arrays, wrapping (as the time
+        # was computed), not a scalar's overflow warning; 0 without either
+        offset = _numbers(rows.column("time").cast(pa.int64())) - _numbers(rows.column("ktime_ns")).astype(np.int64)
         reasons = rows.column("drop_reason")
         if isinstance(reasons, pa.ChunkedArray):
             reasons = reasons.combine_chunks()
         names = reasons.dictionary.to_pylist() if pa.types.is_dictionary(reasons.type) else []
         ctx = DecodeContext(host_netns=0, drop_reasons=dict(enumerate(names)),
-                            # in arrays: wrapping (as the time was computed), not a scalar's overflow warning
-                            boot_offset_ns=int((wall[:1] - ktime[:1])[0]) if len(wall) else 0)
+                            boot_offset_ns=int(offset[0]) if len(offset) else 0)
         # Place ids are small numbers: their distinct values by counting, not
         # sorting (a damaged file's huge ids: sorted after all).
         if len(place) and int(place.max()) < 1 << 20:
@@ -393,6 +393,12 @@ class JourneyRowReader:
             present, inverse = np.unique(place, return_inverse=True)
         known = places_of(present.tolist())
         table = decode(sightings, ctx, places=(known, inverse))
+        if len(offset) and (offset != offset[0]).any():
+            # rows of several recordings (the parts of two captures read
+            # together): each sighting on its own row's clock, not the first's
+            time = _numbers(table.column("ktime_ns")).astype(np.int64) + offset[rec]
+            i = table.schema.get_field_index("time")
+            table = table.set_column(i, table.schema.field(i), pa.array(time, pa.int64()).cast(table.schema.field(i).type))
         n = table.num_rows
         kind = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["event"]))
         return table.append_column(events.CAPTURE_SCHEMA.field("kind"), kind).append_column(
@@ -409,9 +415,9 @@ def journey_sightings(rows: pa.Table, registry: PlaceRegistry) -> pa.Table:
     return JourneyRowReader._sightings(rows, registry.lookup)
 
 
-def _laid_out(rows: pa.RecordBatch) -> tuple[Sightings, np.ndarray]:
+def _laid_out(rows: pa.RecordBatch) -> tuple[Sightings, np.ndarray, np.ndarray]:
     """`journey` rows -> their sighting rows (expand.lay_out, as live
-    records) and the place id of each."""
+    records), the place id of each, and the row each came from."""
     n = rows.num_rows
     hop_lists, tuple_lists = rows.column("hops"), rows.column("tuples")
     n_hops = np.minimum(pc.fill_null(pc.list_value_length(hop_lists), 0).to_numpy(zero_copy_only=False), events.MAX_HOPS)
@@ -419,7 +425,7 @@ def _laid_out(rows: pa.RecordBatch) -> tuple[Sightings, np.ndarray]:
                           events.MAX_TUPLES).astype(np.int64)
     hops = _flat(hop_lists, n_hops)
     if not len(hops):
-        return empty(), np.zeros(0, np.int64)
+        return empty(), np.zeros(0, np.int64), np.zeros(0, np.int64)
     rec = np.repeat(np.arange(n), n_hops)
     hook = _numbers(hops.field("hook")).astype(np.uint8)
     stage = _numbers(hops.field("nat_stage")).astype(np.uint8)
@@ -448,7 +454,7 @@ def _laid_out(rows: pa.RecordBatch) -> tuple[Sightings, np.ndarray]:
                              if pa.types.is_dictionary(reasons.type) else np.zeros(n, np.int64))
     sightings = lay_out(n_hops.astype(np.int64), rec, code, _numbers(hops.field("dt_ns")), _numbers(hops.field("ifindex")),
                         _numbers(hops.field("ttl")), addresses, fields.__getitem__)
-    return sightings, _numbers(hops.field("place")).astype(np.int64)
+    return sightings, _numbers(hops.field("place")).astype(np.int64), rec
 
 
 def _flat(lists: pa.Array, kept: np.ndarray) -> pa.StructArray:

@@ -51,6 +51,7 @@ class PacketWindow:
         self.max_held_rows = max_held_rows
         self.forced = 0  # cuts that handed packets on early (max_held_rows)
         self.now: int | None = None  # highest ktime_ns read
+        self.clock: int | None = None  # the recording's wall clock minus ktime (its rows' time - ktime_ns)
         self._tables: list[pa.Table] = []
         # Per held table, its runs (rows of one packet in a row): packet id,
         # first and last ktime, length. A capture lays each packet's rows
@@ -71,11 +72,16 @@ class PacketWindow:
         kt = _numpy(table["ktime_ns"]).astype(np.int64, copy=False)
         last = _numpy(table[self.last_column]).astype(np.int64, copy=False) if self.last_column else kt
         top = int(last.max())
-        if self.now is not None and top < self.now - self.window_ns:
-            # The clock went back: another capture (or boot) follows. What is
-            # held belongs to the one before.
+        clock = _clock(table)
+        if self.now is not None and (top < self.now - self.window_ns
+                                     or (clock is not None and self.clock is not None and clock != self.clock)):
+            # The clock went back, or the rows' wall clock is another's:
+            # another capture (or boot) follows, whose packet ids may be the
+            # same numbers. What is held belongs to the one before.
             yield from self.flush()
             self.now = None
+        if clock is not None:
+            self.clock = clock
         self.now = top if self.now is None else max(self.now, top)
         self._tables.append(table)
         self._runs.append(_runs(pid, kt, last))
@@ -157,6 +163,19 @@ def _runs(pid: np.ndarray, kt: np.ndarray, last: np.ndarray) -> tuple[np.ndarray
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
     return (pid[starts], np.minimum.reduceat(kt, starts), np.maximum.reduceat(last, starts),
             np.diff(np.append(starts, len(pid))))
+
+
+def _clock(table: pa.Table) -> int | None:
+    """The batch's wall clock minus ktime (its first row with both: one
+    recording's rows share it, written as ktime + the recording's offset);
+    None where it has no such row."""
+    if "time" not in table.column_names:
+        return None
+    time, ktime = table["time"], table["ktime_ns"]
+    at = 0 if not time.null_count and not ktime.null_count else pc.index(pc.and_(time.is_valid(), ktime.is_valid()), True).as_py()
+    if at < 0:
+        return None
+    return (time[at].cast(pa.int64()).as_py() - ktime[at].as_py()) & 0xFFFF_FFFF_FFFF_FFFF  # as the 64-bit sum wrapped
 
 
 def _numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -1,0 +1,99 @@
+"""Two recordings read together (`tracer show A B`, `stats A B`, `report A
+B`): different ktime offsets (two boots, two sessions), so each file's rows
+take their own file's wall clock, and a packet of one is never joined to a
+packet of the other with the same id (packet ids restart with each
+session's programs). Before: B's journeys that shared an id with A's were
+joined to them and shown at A's time, and the sighting rows laid out of
+journey rows of both files (analysis: the slowest journeys, packets that
+go the sighting way) all took A's clock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from tests.unit.test_journey_capture import META, ctx
+from tests.unit.test_journey_records import records
+from tracer.analysis import CaptureAnalysis
+from tracer.capture.reader import open_capture
+from tracer.capture.writer import CaptureWriter
+from tracer.packet_window import PacketWindow
+
+REPO = Path(__file__).resolve().parents[2]
+A_OFFSET, B_OFFSET = 1_000, 5 * 3600 * 10**9
+
+
+def _recording(path: Path, offset: int, shift: int = 0) -> Path:
+    """records() as one recording with this ktime offset; ``shift`` moves its
+    packet ids and clock (0: the same ids and ktimes as another's)."""
+    recs = records()
+    recs["packet_id"] += shift
+    recs["first_ktime"] += 1_000_000 * shift
+    recs["last_ktime"] += 1_000_000 * shift
+    with CaptureWriter(path, {**META, "ktime_offset_ns": str(offset)}, journeys=True) as w:
+        w.add_journeys(recs, ctx())
+    return path
+
+
+def _show(*paths: Path) -> list[dict]:
+    done = subprocess.run([sys.executable, "-m", "tracer", "show", "--json", *map(str, paths)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def _wall_offsets(journeys: list[dict]) -> list[int]:
+    from datetime import datetime
+
+    out = []
+    for j in journeys:
+        sec, frac = j["time"][:-1].split(".")
+        wall = int(datetime.fromisoformat(sec + "+00:00").timestamp()) * 10**9 + int(frac)
+        out.append(wall - j["ktime_ns"])
+    return out
+
+
+def test_show_keeps_each_recordings_clock_and_packets(tmp_path):
+    a = _recording(tmp_path / "a.arrows", A_OFFSET)
+    b = _recording(tmp_path / "b.arrows", B_OFFSET)  # the same ids and ktimes, another clock
+    alone_a, alone_b, both = _show(a), _show(b), _show(a, b)
+    assert len(both) == len(alone_a) + len(alone_b)
+    assert both == alone_a + alone_b
+    assert set(_wall_offsets(both[:len(alone_a)])) == {A_OFFSET}
+    assert set(_wall_offsets(both[len(alone_a):])) == {B_OFFSET}
+
+
+def test_the_analysis_keeps_each_recordings_clock(tmp_path):
+    a = _recording(tmp_path / "a.arrows", A_OFFSET)
+    b = _recording(tmp_path / "b.arrows", B_OFFSET, shift=1000)
+    ca = CaptureAnalysis.of_capture(open_capture([str(a), str(b)]), slowest=50)
+    slow = ca.slowest_journeys(50)
+    assert len(slow) == 2 * len(_show(a))
+    for j in slow:
+        assert j.time_ns - j.first_ktime == (B_OFFSET if j.first_ktime >= 1_000_000_000 else A_OFFSET), hex(j.packet_id)
+    apart = [CaptureAnalysis.of_capture(open_capture([str(p)])).analyse() for p in (a, b)]
+    together = ca.analyse()
+    assert together.packets == sum(r.packets for r in apart)
+    assert (together.start, together.end) == (apart[0].start, apart[1].end)
+
+
+def test_the_window_hands_on_what_it_holds_when_the_recording_changes():
+    def batch(offset: int) -> pa.Table:
+        kt = np.array([10, 20, 30], np.int64)
+        return pa.table({"packet_id": pa.array([1, 1, 2], pa.uint64()), "ktime_ns": pa.array(kt.astype(np.uint64)),
+                         "time": pa.array(kt + offset, pa.int64()).cast(pa.timestamp("ns", tz="UTC"))})
+
+    window = PacketWindow()
+    assert list(window.add(batch(A_OFFSET))) == []  # held: the clock has not moved on
+    out = list(window.add(batch(B_OFFSET)))  # the same ids on another clock: A's are whole
+    assert [t.num_rows for t in out] == [3]
+    assert set(out[0]["time"].cast(pa.int64()).to_pylist()) == {10 + A_OFFSET, 20 + A_OFFSET, 30 + A_OFFSET}
+    assert [t.num_rows for t in window.flush()] == [3]
+    same = PacketWindow()  # rotated parts of one recording: one clock, held together
+    assert list(same.add(batch(A_OFFSET))) == [] and list(same.add(batch(A_OFFSET))) == []
+    assert [t.num_rows for t in same.flush()] == [6]
