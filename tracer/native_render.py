@@ -15,8 +15,7 @@ import numpy as np
 from tracer.journey_rows import JourneyRows, _canonical, _lut
 from tracer.native import i64, u64
 from tracer.journeys import VERDICTS, _flags_text
-from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt
-from tracer.render_rows import NAT_NAMES, _style_parts
+from tracer.render import _NAT_STYLE, _VERDICT_STYLE, NAT_NAMES, _style_parts, format_dt
 from tracer.text import printable
 
 

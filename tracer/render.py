@@ -26,6 +26,20 @@ def _style(text: str, color: bool, **style) -> str:
     return click.style(text, **style) if color and text else text
 
 
+# A hop's NAT label by its code: 1 the destination changed, 2 the source, +4
+# on a reply (render_rows' nat_code; native_render passes the same texts)
+NAT_NAMES = {1: "DNAT", 2: "SNAT", 3: "DNAT + SNAT", 5: "reverse SNAT", 6: "reverse DNAT", 7: "reverse SNAT + reverse DNAT"}
+
+
+def _style_parts(color: bool, **style) -> tuple[str, str]:
+    """(prefix, suffix) click.style puts around a text."""
+    if not color:
+        return "", ""
+    styled = click.style("\0", **style)
+    head, tail = styled.split("\0")
+    return head, tail
+
+
 def short_id(value: int | None) -> str:
     """The id as printed everywhere (tracer/ids.py): whole, so unique on screen."""
     return format_id(value)

@@ -12,7 +12,6 @@ definition (tests compare the two on real records).
 
 from __future__ import annotations
 
-import click
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,27 +22,13 @@ from tracer.journey_rows import JourneyRows, _endpoint_plain, _factorize, _lut
 from tracer.journeys import VERDICTS, _flags_text
 from tracer.ids import id_texts
 from tracer.wallclock import clock_array
-from tracer.render import _NAT_STYLE, _VERDICT_STYLE, format_dt
+from tracer.render import _NAT_STYLE, _VERDICT_STYLE, NAT_NAMES, _style_parts, format_dt
 from tracer.text import printable
 from tracer.interning import Interner
 from tracer.native import native
 
 _ARROW = " → "
 _MAX_PAD = 256
-
-# A hop's NAT label by its code: 1 the destination changed, 2 the source, +4
-# on a reply (render_rows' nat_code; native_render passes the same texts)
-NAT_NAMES = {1: "DNAT", 2: "SNAT", 3: "DNAT + SNAT", 5: "reverse SNAT", 6: "reverse DNAT", 7: "reverse SNAT + reverse DNAT"}
-
-
-def _style_parts(color: bool, **style) -> tuple[str, str]:
-    """(prefix, suffix) click.style puts around a text."""
-    if not color:
-        return "", ""
-    styled = click.style("\0", **style)
-    head, tail = styled.split("\0")
-    return head, tail
-
 
 def _dt_texts(dt: np.ndarray) -> tuple[list[str], np.ndarray]:
     """format_dt of every hop, formatted once per distinct rounded value.
