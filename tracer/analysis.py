@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -27,7 +26,7 @@ import pyarrow.compute as pc
 
 from tracer.analysis_result import (ARROW, Analysis, DropStats, FlowStats, LatencySummary, SegmentStats, histogram_rows,
                                     latency_summary)
-from tracer.analysis_rows import _codes, _ints, _reduce, _Sorted, clean_metadata, iso
+from tracer.analysis_rows import PacketFacts, _codes, _ints, _reduce, _Sorted, clean_metadata, iso
 from tracer.events import ICMP_NAMES
 from tracer.interning import Interner
 from tracer.journey_rows import _DIRECTION_CODES as _DIR_CODES
@@ -43,23 +42,6 @@ QUANTILES = (0.5, 0.9, 0.99)
 _SAMPLE_CAP = 20_000  # latencies kept per segment for plots (a uniform sample past that)
 _DIR_NAMES = ("original", "reply", "-")  # segment direction by rank: requests, replies, unknown
 _LABEL_BITS = 10  # labels per capture: a handful of hooks x stages x roles
-
-
-@dataclass
-class PacketFacts:
-    """One value per packet of a chunk (codes are the analysis's ``Strings``),
-    what CaptureAnalysis takes from sighting rows or journey rows alike."""
-    direction: np.ndarray  # int64: 0 unknown, 1 original, 2 reply
-    flow: np.ndarray  # uint64
-    length: np.ndarray  # int32, the first sighting's
-    protocol: np.ndarray  # int32 codes
-    src_ip: np.ndarray  # first sighting's endpoints: int32 codes and ports
-    src_port: np.ndarray
-    dst_ip: np.ndarray
-    dst_port: np.ndarray
-    container: np.ndarray  # int32 codes
-    reasons: Callable[[np.ndarray], list[str]]  # drop reason of each of these packets (indices)
-    rows_of: Callable[[np.ndarray], pa.Table]  # sighting rows (_ANALYSIS_COLUMNS) of these packet ids
 
 
 class CaptureAnalysis:

@@ -2,13 +2,16 @@
 tracer.journey_analysis: a capture's columns read as numpy (nulls as 0 or
 -1, dictionary codes read from their buffers), wall-clock times, and the
 sighting rows of each packet sorted into journey order (``_Sorted``), one
-array per column, as tracer.analysis reduces them."""
+array per column, as tracer.analysis reduces them, and the facts of each
+packet it takes from sighting rows or journey rows alike (``PacketFacts``:
+journey_analysis makes them below the analysis, which only reads them)."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -225,3 +228,20 @@ class _Sorted:
 
 def _reduce(func: np.ufunc, values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return func.reduceat(values, starts) if len(starts) else values[:0]
+
+
+@dataclass
+class PacketFacts:
+    """One value per packet of a chunk (codes are the analysis's ``Strings``),
+    what CaptureAnalysis takes from sighting rows or journey rows alike."""
+    direction: np.ndarray  # int64: 0 unknown, 1 original, 2 reply
+    flow: np.ndarray  # uint64
+    length: np.ndarray  # int32, the first sighting's
+    protocol: np.ndarray  # int32 codes
+    src_ip: np.ndarray  # first sighting's endpoints: int32 codes and ports
+    src_port: np.ndarray
+    dst_ip: np.ndarray
+    dst_port: np.ndarray
+    container: np.ndarray  # int32 codes
+    reasons: Callable[[np.ndarray], list[str]]  # drop reason of each of these packets (indices)
+    rows_of: Callable[[np.ndarray], pa.Table]  # sighting rows (_ANALYSIS_COLUMNS) of these packet ids

@@ -29,8 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer import addresses, events
-from tracer.analysis import PacketFacts
-from tracer.analysis_rows import _ANALYSIS_COLUMNS, _codes, _ints
+from tracer.analysis_rows import _ANALYSIS_COLUMNS, PacketFacts, _codes, _ints
 from tracer.interning import Interner
 from tracer.journey_capture import _address_rows, journey_sightings
 from tracer.journey_rows import _DIRECTION_CODES
