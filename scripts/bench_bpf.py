@@ -23,7 +23,7 @@ Two measurements, each beside its baseline in the same run:
 * ``--live``: with the lab up, a real ``tracer trace --json --port 8000``
   (``--mode trace``) or ``tracer latency --port 8000 --port 5201`` (the
   default) runs while ab or iperf3 drives traffic, and the kernel's BPF
-  statistics (on while a BPF_ENABLE_STATS fd is held, scripts/bench_overhead.py
+  statistics (on while a BPF_ENABLE_STATS fd is held, scripts/bench_bpf_stats.py
   bpf_stats_on: the sysctl kernel.bpf_stats_enabled is not written) give runs
   per second and mean ns per *program run* of every ``trc_`` program of that
   tracer (proxy sensor included), and of all of them together ("all"). The
@@ -61,7 +61,6 @@ import json
 import os
 import socket
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,6 +70,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_overhead as bo  # noqa: E402 (scripts/ is on the path from here)
+from bench_bpf_stats import _prog_delta, _prog_stats  # noqa: E402
 from bench_figures import bootstrap_median, load_average  # noqa: E402
 
 EMPTY_TC = "\nint trc_bench_empty(struct __sk_buff *ctx) { return -1; }\n"
@@ -400,39 +400,6 @@ def _report_ab(res: dict[str, list[dict]], requests: int) -> None:
     for side in ("base", "new"):
         hops = np.median([x["hops"] / requests for x in res[side]])
         print(f"  {side}: {hops:.1f} sightings per request, {np.median([x['rate'] for x in res[side]]):.0f} req/s")
-
-
-def _prog_ids(pid: int) -> set[int]:
-    """Ids of the BPF programs process `pid` holds fds of (its fdinfo)."""
-    ids = set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("prog_id:"):
-                ids.add(int(line.split()[1]))
-    return ids
-
-
-def _prog_stats(pid: int) -> dict[str, tuple[int, int]]:
-    """(run_time_ns, run_cnt) per program name, summed over the trc_ programs
-    of process `pid` (not other tracers')."""
-    mine = _prog_ids(pid)
-    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
-                                      check=True).stdout)
-    out: dict[str, tuple[int, int]] = {}
-    for p in progs:
-        if p.get("name", "").startswith("trc_") and p.get("id") in mine:
-            ns, cnt = out.get(p["name"], (0, 0))
-            out[p["name"]] = (ns + p.get("run_time_ns", 0), cnt + p.get("run_cnt", 0))
-    return out
-
-
-def _prog_delta(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
-    """(run_time_ns, run_cnt) per program between two _prog_stats."""
-    return {n: (after[n][0] - before.get(n, (0, 0))[0], after[n][1] - before.get(n, (0, 0))[1]) for n in after}
 
 
 def main() -> int:

@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_overhead as bo  # noqa: E402
-from bench_bpf import _prog_delta, _prog_stats  # noqa: E402
+from bench_bpf_stats import _prog_delta, _prog_stats  # noqa: E402
 from bench_figures import bootstrap_median, load_average, round_ratios  # noqa: E402
 
 # The tracer's own entry point with the pool's define set first (what a

@@ -78,13 +78,11 @@ in production.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -95,6 +93,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))  # sibling benchmark helpers (also when loaded by path, as tests do)
 
+from bench_bpf_stats import _prog_delta, _prog_stats, bpf_stats_on  # noqa: E402
 from bench_figures import bootstrap_median, tree_env  # noqa: E402
 
 STATES = ("untraced", "tcpdump", "trace", "record", "latency", "noop", "trace8000", "trace5201", "rules", "rules8000")
@@ -339,47 +338,11 @@ def run_iperf(status: dict, seconds: float) -> float:
     raise RuntimeError(f"iperf3 failed: {last}")
 
 
-BPF_ENABLE_STATS = 32  # bpf() command (5.8+): run-time statistics on while the fd it returns is open
-BPF_STATS_RUN_TIME = 0
-
-
-@contextlib.contextmanager
-def bpf_stats_on():
-    """BPF run-time statistics on for the block, held by a BPF_ENABLE_STATS
-    fd: the kernel counts its holders, so another engineer's benchmark that
-    sets kernel.bpf_stats_enabled back to 0 meanwhile does not stop this
-    one's figures, nothing here writes the machine-wide sysctl, and a
-    killed script leaves nothing on (its fd closes). Where the command is
-    missing, the sysctl, its setting before put back."""
-    from tracer.kernel.bpf_syscall import bpf  # noqa: PLC0415 (scripts/ runs with the repo on the path)
-
-    try:
-        fd = bpf(BPF_ENABLE_STATS, struct.pack("<I", BPF_STATS_RUN_TIME))
-    except OSError:
-        fd = None
-    if fd is not None:
-        try:
-            yield
-        finally:
-            os.close(fd)
-        return
-    stats_file = Path("/proc/sys/kernel/bpf_stats_enabled")
-    was = stats_file.read_text().strip()
-    stats_file.write_text("1")
-    try:
-        yield
-    finally:
-        stats_file.write_text(was)
-
-
 def bpf_cost(status: dict, mode: str, requests: int) -> dict | None:
     """The BPF cost of a tracer in `mode` (both ports, as a user runs it)
     under ab, with kernel.bpf_stats_enabled on for this phase only: ns per
     run of all its programs, per sighting it showed or wrote (None for
     latency), per HTTP request (see the module's docstring)."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    from bench_bpf import _prog_delta, _prog_stats
-
     tracer = Tracer(BOTH, mode)
     try:
         with bpf_stats_on():

@@ -162,8 +162,7 @@ def main() -> int:
         return 2
     if args.quick:
         args.rounds, args.calls = 2, 10_000
-    from bench_bpf import _prog_delta, _prog_stats
-    from bench_overhead import bpf_stats_on
+    from bench_bpf_stats import _prog_delta, _prog_stats, bpf_stats_on
 
     counts = {"syscall": args.calls * 5, "tcp": args.calls // 8, "relay": args.calls // 8}
     runs = {"syscall": lambda: _syscalls(counts["syscall"]), "tcp": lambda: _tcp(counts["tcp"]),
