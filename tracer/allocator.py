@@ -1,15 +1,23 @@
 """Memory freed by one pass of a live run is kept for the next.
 
 A live run (`trace`, `record`, `latency`) allocates the same few megabytes
-every pass (records, journey columns, the JSON text) and frees them. By
-default both allocators hand that memory back to the kernel soon after:
-Arrow's mimalloc purges freed pages (MADV_DONTNEED on its 1 GiB arena,
-which it marks for transparent huge pages) and glibc trims the heap top and
-unmaps blocks above its mmap threshold. The next pass then faults the pages
-in again, and the kernel zeroes each one (2 MiB at a time for a huge page):
-about a tenth of `trace --json`'s CPU, measured with perf (docs/benchmarks.md,
-"Session 7"). Keeping freed memory costs nothing more than the run's peak,
-which it reached anyway.
+every pass (records, journey columns, the JSON text, Arrow's compressed
+buffers) and frees them. By default the allocators hand that memory back to
+the kernel soon after: glibc trims the heap top and unmaps blocks above its
+mmap threshold (and Arrow's mimalloc purges freed pages). The next pass then
+faults the pages in again, and the kernel zeroes each one: about a tenth of
+`trace --json`'s CPU, measured with perf (docs/benchmarks.md, "Session 7").
+Keeping freed memory costs nothing more than the run's peak, which it
+reached anyway.
+
+A live run's memory is also one heap: Arrow allocates from glibc (its
+system pool, not mimalloc) and every thread from glibc's main arena (not
+one arena per thread). The drain thread's reads, the capture's columns and
+Arrow's buffers then reuse each other's freed blocks, where three
+allocators each grew to their own peak: a cold `record` run touched ~22 MB
+less (Arrow's mimalloc arena is marked for huge pages, so its scattered
+blocks faulted in 2 MiB each, ~30 MB for ~5 MB allocated), and the kernel
+zeroes every page first touched (docs/benchmarks.md, "Session 12: record").
 
 Analyses (`stats`, `report`) keep the allocators' defaults: they run under
 memory limits (tests/e2e/test_bounded_memory.py) where returning memory
@@ -24,11 +32,13 @@ import os
 from tracer import own_env
 
 LIVE_COMMANDS = ("trace", "record", "latency", "demo")
-# mimalloc reads its options once, when libarrow loads: before `import pyarrow`.
-MIMALLOC_PURGE = "MIMALLOC_PURGE_DELAY"
+# Arrow and mimalloc read these once, when libarrow loads: before `import pyarrow`.
+ARROW_POOL = "ARROW_DEFAULT_MEMORY_POOL"
+MIMALLOC_PURGE = "MIMALLOC_PURGE_DELAY"  # for a user who chose mimalloc as the pool
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 _MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks above it are still unmapped on free
 _TRIM_THRESHOLD = 1 << 30
 
@@ -40,18 +50,23 @@ def is_live(argv: list[str]) -> bool:
 
 
 def keep_arrow_memory(environ=os.environ, own: set[str] | None = None) -> None:
-    """Arrow's mimalloc keeps freed pages (a user's own setting wins). Must
+    """Arrow allocates from glibc's heap (its system pool), and mimalloc,
+    if a user picks it, keeps freed pages (a user's own settings win). Must
     run before pyarrow is imported; a no-op after. Noted as tracer's own
-    (tracer/own_env.py): a dockerd `demo` restarts does not inherit it."""
+    (tracer/own_env.py): a dockerd `demo` restarts does not inherit them."""
+    own_env.set_default(ARROW_POOL, "system", environ, own)
     own_env.set_default(MIMALLOC_PURGE, "-1", environ, own)
 
 
 def keep_heap_memory() -> bool:
-    """glibc keeps freed heap memory (numpy's arrays, glibc-allocated buffers).
-    Any time; False where the C library has no mallopt (not glibc)."""
+    """glibc keeps freed heap memory (numpy's arrays, Arrow's buffers), and
+    every thread allocates from its main arena. Before the run starts its
+    threads (an arena made for a thread before stays); False where the C
+    library has no mallopt (not glibc)."""
     try:
         libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return (bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+            and bool(mallopt(_M_ARENA_MAX, 1)))

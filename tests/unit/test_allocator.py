@@ -1,6 +1,8 @@
-"""Live commands keep the memory one pass frees for the next
-(tracer/allocator.py): Arrow's mimalloc is told before pyarrow loads, glibc
-by mallopt. Analyses keep the allocators' defaults."""
+"""Live commands keep the memory one pass frees for the next, in one heap
+(tracer/allocator.py): Arrow is told before pyarrow loads (its system pool;
+mimalloc's purge delay for a user who picks it), glibc by mallopt (kept
+memory, one arena for every thread). Analyses keep the allocators'
+defaults."""
 
 import subprocess
 import sys
@@ -15,39 +17,43 @@ seen = []
 class Watch(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == "pyarrow" and not seen:
-            seen.append(os.environ.get("MIMALLOC_PURGE_DELAY"))
+            seen.append((os.environ.get("MIMALLOC_PURGE_DELAY"), os.environ.get("ARROW_DEFAULT_MEMORY_POOL")))
         return None
 sys.meta_path.insert(0, Watch())
 os.environ.pop("MIMALLOC_PURGE_DELAY", None)
+os.environ.pop("ARROW_DEFAULT_MEMORY_POOL", None)
 sys.argv = ["tracer", *sys.argv[1:]]
 import tracer.cli
-print(seen[0] if seen else "never")
+import pyarrow
+print(*seen[0], pyarrow.default_memory_pool().backend_name if seen else "never")
 """
 
 
-def _purge_delay_at_pyarrow_import(*argv: str) -> str:
+def _arrow_settings_at_pyarrow_import(*argv: str) -> str:
+    """'MIMALLOC_PURGE_DELAY ARROW_DEFAULT_MEMORY_POOL pool-in-use'."""
     done = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
-def test_live_commands_keep_arrow_memory_from_before_pyarrow_loads():
+def test_live_commands_set_arrows_memory_from_before_pyarrow_loads():
     for command in ("trace", "record", "latency"):
-        assert _purge_delay_at_pyarrow_import(command, "--json") == "-1"
+        assert _arrow_settings_at_pyarrow_import(command, "--json") == "-1 system system"
 
 
 def test_analyses_keep_the_allocators_defaults():
-    assert _purge_delay_at_pyarrow_import("stats", "x.arrows") == "None"
-    assert _purge_delay_at_pyarrow_import() == "None"
+    for argv in (("stats", "x.arrows"), ()):
+        purge, pool, in_use = _arrow_settings_at_pyarrow_import(*argv).split()
+        assert (purge, pool) == ("None", "None") and in_use != "system"  # pyarrow's build default
 
 
 def test_a_users_own_setting_wins():
-    env = {"MIMALLOC_PURGE_DELAY": "10"}
+    env = {"MIMALLOC_PURGE_DELAY": "10", "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
     allocator.keep_arrow_memory(env)
-    assert env["MIMALLOC_PURGE_DELAY"] == "10"
+    assert env == {"MIMALLOC_PURGE_DELAY": "10", "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
     env = {}
     allocator.keep_arrow_memory(env)
-    assert env["MIMALLOC_PURGE_DELAY"] == "-1"
+    assert env["MIMALLOC_PURGE_DELAY"] == "-1" and env["ARROW_DEFAULT_MEMORY_POOL"] == "system"
 
 
 def test_which_command_lines_are_live():
@@ -56,4 +62,36 @@ def test_which_command_lines_are_live():
 
 
 def test_glibc_keeps_freed_heap_memory():
-    assert allocator.keep_heap_memory()  # glibc here: both mallopt calls accepted
+    assert allocator.keep_heap_memory()  # glibc here: every mallopt call accepted
+
+
+# In a fresh interpreter: where a thread's 1 MB blocks come from, with and
+# without keep_heap_memory first (an arena of a thread's own is an anonymous
+# mapping, the main arena the [heap]).
+_ARENA_PROBE = r"""
+import sys, threading
+from tracer import allocator
+if sys.argv[1] == "keep":
+    assert allocator.keep_heap_memory()
+import numpy as np
+blocks = []
+thread = threading.Thread(target=lambda: blocks.append(np.ones(1 << 20, np.uint8)))
+thread.start(); thread.join()
+address = blocks[0].ctypes.data
+with open("/proc/self/maps") as f:
+    for line in f:
+        lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+        if lo <= address < hi:
+            print("heap" if line.rstrip().endswith("[heap]") else "other")
+"""
+
+
+def _where_a_threads_blocks_come_from(mode: str) -> str:
+    done = subprocess.run([sys.executable, "-c", _ARENA_PROBE, mode], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_every_thread_of_a_live_run_allocates_from_the_main_heap():
+    assert _where_a_threads_blocks_come_from("default") == "other"  # glibc's default: an arena per thread
+    assert _where_a_threads_blocks_come_from("keep") == "heap"

@@ -36,13 +36,15 @@ def test_a_key_the_user_set_stays_and_is_passed_on():
     assert own_env.child_env(env, own) == {"OPENBLAS_NUM_THREADS": "4"}
 
 
-def test_arrow_memory_setting_is_noted_as_tracers_own():
+def test_arrow_memory_settings_are_noted_as_tracers_own():
     env, own = {}, set()
     allocator.keep_arrow_memory(env, own)
-    assert env == {"MIMALLOC_PURGE_DELAY": "-1", own_env.MARK: "MIMALLOC_PURGE_DELAY=-1"} and own == {"MIMALLOC_PURGE_DELAY"}
-    env, own = {"MIMALLOC_PURGE_DELAY": "10"}, set()
+    assert env == {"ARROW_DEFAULT_MEMORY_POOL": "system", "MIMALLOC_PURGE_DELAY": "-1",
+                   own_env.MARK: "ARROW_DEFAULT_MEMORY_POOL=system,MIMALLOC_PURGE_DELAY=-1"}
+    assert own == {"ARROW_DEFAULT_MEMORY_POOL", "MIMALLOC_PURGE_DELAY"}
+    env, own = {"MIMALLOC_PURGE_DELAY": "10", "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}, set()
     allocator.keep_arrow_memory(env, own)
-    assert env == {"MIMALLOC_PURGE_DELAY": "10"} and own == set()
+    assert env == {"MIMALLOC_PURGE_DELAY": "10", "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"} and own == set()
 
 
 def test_the_header_tree_bcc_is_pointed_at_is_tracers_own(monkeypatch):

@@ -8,8 +8,9 @@ import sys
 
 from tracer import allocator
 
-if allocator.is_live(sys.argv):  # before anything imports pyarrow
+if allocator.is_live(sys.argv):  # before anything imports pyarrow or starts a thread
     allocator.keep_arrow_memory()
+    allocator.keep_heap_memory()
 
 import click
 
