@@ -524,4 +524,5 @@ META_KEYS = (
     "containers",      # JSON list of containers at start
     "sample",          # 1-in-N flow sampling (1 = all)
     "rules",           # "1" when recorded with --rules (rule rows follow the packets), else "0"
+    "hooks",           # the hook profile (--hooks): "all", or "lean" (fewer hops a packet); absent in older captures: "all"
 )

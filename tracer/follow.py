@@ -56,8 +56,9 @@ class Attachments:
     the host's interfaces now (inventory.Interface); ``ifaces``: --iface
     (none: every external interface)."""
 
-    def __init__(self, tc: TcSensor, host_interfaces, ifaces: tuple[str, ...]) -> None:
+    def __init__(self, tc: TcSensor, host_interfaces, ifaces: tuple[str, ...], bridges: bool = True) -> None:
         self.tc, self.host_interfaces, self.ifaces = tc, host_interfaces, ifaces
+        self.bridges = bridges  # tc on the containers' bridges (not with --hooks lean)
         self._host_keys: set[tuple[int, int]] = set()  # tc targets that are host interfaces (followed by link events)
         self._lock = threading.Lock()
 
@@ -70,7 +71,7 @@ class Attachments:
             raise TracerError(f"no interface named {printable(missing[0])!r} in the host netns")
         targets = self._host_targets(host)
         self._host_keys = {t.key for t in targets}
-        bridges = {c.bridge for c in containers if c.bridge}
+        bridges = {c.bridge for c in containers if c.bridge} if self.bridges else set()
         targets += [TcTarget(i.ifindex, i.name, BRIDGE, i.netns_inode) for i in host if i.name in bridges and i.name not in self.ifaces]
         for c in containers:
             targets += container_targets(c)
@@ -127,7 +128,7 @@ class Attachments:
         self.tc.remove(lambda t: t.container_id is not None and t.container_name == container.name)
         for target in container_targets(container):
             self.tc.add(target)
-        if container.bridge and container.bridge_ifindex:
+        if self.bridges and container.bridge and container.bridge_ifindex:
             bridge = TcTarget(container.bridge_ifindex, container.bridge, BRIDGE, host_netns_inode())
             with self._lock:  # a new network's bridge may have been taken for an external interface
                 if bridge.key in self._host_keys:

@@ -54,7 +54,8 @@ def run(options, sinks: list[Sink], *, duration: float | None = None, showing: b
         else:
             feed = record_feed(session, showing)
         stop.running()
-        say(run_started(announce, run_info.describe, run_info.interfaces, time.monotonic() - session.started_at, writing))
+        say(run_started(announce, run_info.describe, run_info.interfaces, time.monotonic() - session.started_at, writing,
+                        run_info.hooks))
         feed.begin()
         if on_started:
             on_started(session)

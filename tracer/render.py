@@ -113,10 +113,13 @@ def status_line(events_per_s: float, lost: int, packets: int) -> str:
     return f"{_rate(events_per_s)} events/s  {lost:,} lost  {packets:,} packets"
 
 
-def run_started(what: str, describe: str, interfaces: int, ready_s: float, writing=None) -> str:
-    """The line a live run starts with (``what``: 'tracing', 'latency of')."""
+def run_started(what: str, describe: str, interfaces: int, ready_s: float, writing=None, hooks: str = "all") -> str:
+    """The line a live run starts with (``what``: 'tracing', 'latency of');
+    a hook profile other than every hook is said (--hooks lean)."""
     where = f"; writing {writing}" if writing is not None else ""
-    return f"tracer: {what} {describe} on {interfaces} interfaces (ready in {ready_s:.1f}s){where}; Ctrl-C to stop"
+    profile = f", {hooks} hooks" if hooks != "all" else ""
+    return (f"tracer: {what} {describe} on {interfaces} interfaces{profile} (ready in {ready_s:.1f}s){where}; "
+            "Ctrl-C to stop")
 
 
 def waiting_for_connection(describe: str) -> str:

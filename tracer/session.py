@@ -30,6 +30,7 @@ from tracer.kernel.counts import Counters
 from tracer.kernel.program import FP_WINDOW_NS, Filter, Program, write_containers
 from tracer.places import PlaceBook
 from tracer.sensors.drops import DropSensor
+from tracer.sensors.hook_profile import traces_bridges
 from tracer.sensors.netfilter import NetfilterSensor
 from tracer.sensors.proxy import ProxySensor
 from tracer.sensors.tc import TcSensor
@@ -49,6 +50,8 @@ class TraceOptions:
     # links, `trace -w` and `record` keep them in the capture; off elsewhere
     # (its syscall tracepoints cost every process).
     proxy_links: bool = False
+    # Which hooks the sensors attach to (--hooks: tracer/sensors/hook_profile.py).
+    hooks: str = "all"
 
 
 class TraceSession:
@@ -196,9 +199,9 @@ class TraceSession:
         running = bool(self.proxies) if proxies_running is None else proxies_running and linking
         self.filter = targets.kernel_filter(follow_proxies=running and bool(targets.ports or targets.containers))
         self.tc = TcSensor([], mode=opts.tc_mode, latency=self.latency)
-        self.attachments = Attachments(self.tc, self._host_interfaces, opts.ifaces)
+        self.attachments = Attachments(self.tc, self._host_interfaces, opts.ifaces, bridges=traces_bridges(opts.hooks))
         self.proxy = ProxySensor() if running and opts.proxy_links else None
-        self.sensors = [self.tc, NetfilterSensor(), DropSensor()] + ([self.proxy] if self.proxy else [])
+        self.sensors = [self.tc, NetfilterSensor(opts.hooks), DropSensor()] + ([self.proxy] if self.proxy else [])
         self.program = Program(self.sensors, self.filter, latency=self.latency, sightings=self.sightings)
         return self.program
 
@@ -218,7 +221,7 @@ class TraceSession:
             describe=self.describe(), interfaces=len(self.tc.targets()),
             records="histogram" if self.latency else "event" if self.sightings else "journey",
             boot_offset_ns=self.ctx.boot_offset_ns, containers=lambda: list(self.inventory.containers),
-            sample=self.options.targets.sample, rules=self.options.rules,
+            sample=self.options.targets.sample, rules=self.options.rules, hooks=self.options.hooks,
             places=self.ctx, places_lock=self.lock, now_ktime=self.now_ktime,
         )
 

@@ -42,6 +42,7 @@ class RunInfo:
     containers: Callable[[], Iterable[Container]] = tuple  # Docker's containers now
     sample: int = 1
     rules: bool = False  # --rules: rule hits come with the records
+    hooks: str = "all"  # --hooks: the hook profile (tracer/sensors/hook_profile.py)
     # Names the hops of journey records (decode.DecodeContext), read under
     # ``places_lock`` (the Docker thread rebuilds the places meanwhile).
     places: DecodeContext | None = None

@@ -147,6 +147,7 @@ class Recorder:
             "containers": json.dumps([container_info(c) for c in run.containers()]),
             "sample": str(run.sample),
             "rules": "1" if run.rules else "0",
+            "hooks": run.hooks,
         }
 
     def add(self, table: pa.Table) -> None:

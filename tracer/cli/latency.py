@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import click
 
-from tracer.cli.options import SECONDS, Seconds, make_recorder, options_from, target_options, write_options
+from tracer.cli.options import SECONDS, Seconds, hooks_option, make_recorder, options_from, target_options, write_options
 
 
 @click.command()
 @target_options
+@hooks_option
 @click.option("--interval", type=Seconds(0.1, inclusive=True), default=1.0, show_default=True, help="Seconds between reports.")
 @click.option("--duration", type=SECONDS, default=None, help="Stop after S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per interval.")
@@ -18,13 +19,13 @@ from tracer.cli.options import SECONDS, Seconds, make_recorder, options_from, ta
                    "see docs/capture-format.md); read with `tracer stats` / `tracer report`.")
 @write_options
 def latency(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, interval, duration, as_json,
-            write_path, rotate_size, rotate_seconds, rotate_mb, rotate_files):
+            write_path, rotate_size, rotate_seconds, rotate_mb, rotate_files, hooks):
     """Per-segment latency histograms kept in the kernel (no per-packet
     events). EXPRESSION: a pcap-filter expression, as `tracer trace`."""
     from tracer.live import Latency, run
     from tracer.live_output import IntervalOutput
 
-    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression)
+    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, hooks=hooks)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds, stdout_busy="intervals", rotate_mb=rotate_mb,
                              rotate_files=rotate_files)  # a bad path fails before any kernel work
     output = IntervalOutput(as_json)

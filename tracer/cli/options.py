@@ -143,13 +143,13 @@ def _remember_compile_only(ctx, param, value):
 
 
 def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, expression=(), rules=False,
-                 proxy_links=False):
+                 proxy_links=False, hooks="all"):
     from tracer.session import TraceOptions, TraceSession
     from tracer.targets import Targets
 
     # bad input (an expression libpcap or the translation refuses too) fails before any kernel work
     targets = Targets.from_cli(ports, containers, hosts, proto, sample, expression)
-    options = TraceOptions(targets, tuple(ifaces), tc_mode, rules, proxy_links)
+    options = TraceOptions(targets, tuple(ifaces), tc_mode, rules, proxy_links, hooks)
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.meta.get("tracer.ebpf"):  # --ebpf: the program, not a trace
         click.echo(TraceSession(options, latency=ctx.command.name == "latency").ebpf_source(), nl=False)
@@ -161,6 +161,17 @@ def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, exp
             click.echo(f"tracer: {line}", err=True)
         ctx.exit(0)
     return options
+
+
+def hooks_option(fn):
+    """--hooks (trace, record, latency): the hook profile, tracer/sensors/hook_profile.py."""
+    from tracer.sensors.hook_profile import DEFAULT, HOOK_PROFILES
+
+    return click.option(
+        "--hooks", type=click.Choice(HOOK_PROFILES), default=DEFAULT, show_default=True,
+        help="Which hooks to attach to. all: every hop. lean: 5 BPF runs a forwarded packet instead of 9, "
+             "without PREROUTING, INPUT and POSTROUTING before NAT, FORWARD and tc on the Docker bridges "
+             "(NAT is still named where it happened, journeys end and drop the same; README: Performance).")(fn)
 
 
 def rules_option(fn):

@@ -9,7 +9,7 @@ import time
 
 import click
 
-from tracer.cli.options import (SECONDS, color_option, count_option, make_recorder, options_from, proxy_links_option,
+from tracer.cli.options import (hooks_option, SECONDS, color_option, count_option, make_recorder, options_from, proxy_links_option,
                                 rules_option, target_options, use_color, write_options)
 from tracer.errors import TracerError
 from tracer.live import run
@@ -20,6 +20,7 @@ from tracer.render_commands import demo_traffic_failed_line
 
 @click.command()
 @target_options
+@hooks_option
 @count_option
 @click.option("--duration", type=SECONDS, default=None, help="Stop after S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One journey per line as JSON (the README's journey contract).")
@@ -29,12 +30,13 @@ from tracer.render_commands import demo_traffic_failed_line
 @rules_option
 @proxy_links_option
 def trace(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, count, duration, as_json, color, write_path,
-          rotate_size, rotate_seconds, rotate_mb, rotate_files, rules, proxy_links):
+          rotate_size, rotate_seconds, rotate_mb, rotate_files, rules, proxy_links, hooks):
     """Follow live packets: one journey per packet, hop by hop. EXPRESSION is
     a pcap-filter expression, as tcpdump's (`'tcp port 8000 and not host
     198.18.0.9'`), applied where a connection is first recognised; the
     options narrow it further."""
-    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules, proxy_links)
+    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules, proxy_links,
+                           hooks)
     recorder = make_recorder(write_path, rotate_size, rotate_seconds, stdout_busy="journeys", rotate_mb=rotate_mb,
                              rotate_files=rotate_files)
     output = JourneyOutput(as_json, use_color(color, sys.stdout) and not as_json, count=count,

@@ -12,6 +12,7 @@ from tracer.errors import TracerError
 from tracer.kernel.bpf_syscall import NFPROTO_IPV4, NFPROTO_IPV6
 from tracer.kernel.links import NetfilterLink, PriorityTaken
 from tracer.sensors.base import Sensor, load_program
+from tracer.sensors.hook_profile import DEFAULT, nf_probe_kept
 
 BPF_PROG_TYPE_NETFILTER = 32
 BPF_NETFILTER = 45
@@ -55,7 +56,9 @@ class NetfilterSensor(Sensor):
     source_file = "netfilter.c"
     needs = ("netfilter_links",)
 
-    def __init__(self) -> None:
+    def __init__(self, hooks: str = DEFAULT) -> None:
+        # The hook profile (tracer/sensors/hook_profile.py): which of PROBES attach.
+        self.probes = tuple(p for p in PROBES if nf_probe_kept(hooks, p.name))
         self.links: list[NetfilterLink] = []
         self.priorities: dict[str, int] = {}  # probe name (+ "6" for IPv6) -> priority
         self.ipv6 = False
@@ -105,7 +108,7 @@ class NetfilterSensor(Sensor):
         """Every probe on one protocol family's hooks; all or none."""
         links: list[NetfilterLink] = []
         try:
-            for probe in PROBES:
+            for probe in self.probes:
                 fn = load_program(bpf, probe.function, BPF_PROG_TYPE_NETFILTER, BPF_NETFILTER)
                 link, priority = _attach_first_free(fn.fd, probe, pf)
                 links.append(link)

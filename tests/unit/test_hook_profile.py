@@ -1,0 +1,79 @@
+"""--hooks: the hook profiles (tracer/sensors/hook_profile.py), what each
+attaches, and the option's parsing (bad values: one line, exit 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracer.follow import Attachments
+from tracer.inventory import Container, Interface
+from tracer.sensors import hook_profile as hp
+from tracer.sensors.netfilter import NetfilterSensor
+from tracer.sensors.tc import TcSensor
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_lean_leaves_out_the_hooks_before_nat_forward_and_nothing_else_at_netfilter():
+    assert [p.name for p in NetfilterSensor().probes] == ["pre_b", "pre_a", "in_b", "in_a", "fwd", "out_b", "out_a",
+                                                          "post_b", "post_a"]
+    # OUTPUT before NAT stays: a host-sent packet's first sighting, its addresses before OUTPUT's DNAT.
+    assert [p.name for p in NetfilterSensor("lean").probes] == ["pre_a", "in_a", "out_b", "out_a", "post_a"]
+
+
+def test_left_out_names_the_hops_a_lean_journey_lacks():
+    lean = [("nf_prerouting", "before", None), ("nf_input", "before", None), ("nf_forward", None, None),
+            ("nf_postrouting", "before", None), ("tc_ingress", None, "bridge"), ("tc_egress", None, "bridge")]
+    kept = [("nf_prerouting", "after", None), ("nf_postrouting", "after", None), ("nf_input", "after", None),
+            ("nf_output", "before", None), ("nf_output", "after", None), ("tc_ingress", None, "external"),
+            ("tc_egress", None, "veth"), ("tc_ingress", None, "container"), ("tc_egress", None, "external"),
+            ("drop", None, None)]
+    assert all(hp.left_out("lean", *hop) for hop in lean)
+    assert not any(hp.left_out("lean", *hop) for hop in kept)
+    assert not any(hp.left_out("all", *hop) for hop in lean + kept)
+    with pytest.raises(ValueError, match="unknown hook profile 'fast'"):
+        hp.left_out("fast", "nf_forward", None, None)
+
+
+def _container():
+    return Container(id="c1", name="web", pid=1, netns_path="/proc/1/ns/net", netns_inode=99, ips=("172.17.0.2",),
+                     bridge="docker0", bridge_ifindex=3, host_veth="veth1", host_veth_ifindex=5, eth0_ifindex=2, published=())
+
+
+@pytest.mark.parametrize("bridges, roles", [(True, ["external", "bridge", "veth", "container"]),
+                                            (False, ["external", "veth", "container"])])
+def test_the_bridges_are_tc_targets_only_in_the_full_profile(bridges, roles):
+    host = [Interface(2, "eth9", "external", 7), Interface(3, "docker0", "bridge", 7), Interface(5, "veth1", "veth", 7)]
+    a = Attachments(TcSensor([]), lambda: host, (), bridges=bridges)
+    targets = a.initial([_container()])
+    assert [t.role for t in targets] == roles
+    added = []
+    a.tc.add = added.append
+    a.tc.remove = lambda predicate: []
+    a.container_started(_container())
+    assert ("bridge" in [t.role for t in added]) == bridges
+
+
+@pytest.mark.parametrize("command", [["trace"], ["record", "-w", "x.arrows"], ["latency"]])
+def test_a_bad_hook_profile_is_one_line_before_any_kernel_work(command):
+    out = subprocess.run([sys.executable, "-m", "tracer", *command, "--hooks", "fast"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tracer: error: Invalid value for '--hooks'"), out.stderr
+    assert "'fast' is not one of 'all', 'lean'" in lines[0], out.stderr
+
+
+def test_every_live_command_takes_the_profile_and_it_reaches_the_session_options():
+    from tracer.cli import latency, record, trace
+    from tracer.cli.options import options_from
+
+    for cmd in (trace.trace, record.record, latency.latency):
+        hooks = next(p for p in cmd.params if p.name == "hooks")
+        assert hooks.default == "all" and list(hooks.type.choices) == ["all", "lean"], cmd.name
+    assert options_from((8000,), (), (), None, (), "auto", hooks="lean").hooks == "lean"
+    assert options_from((8000,), (), (), None, (), "auto").hooks == "all"

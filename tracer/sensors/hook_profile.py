@@ -1,0 +1,58 @@
+"""Hook profiles: which hooks the sensors attach to (`--hooks`).
+
+``all`` (the default) is every hop a packet passes: tc on the external
+interfaces, the Docker bridges, the containers' veths and eth0, and the
+netfilter hooks on both sides of NAT. ``lean`` leaves out the hops whose
+facts the next hop shows too, so a forwarded packet costs 5 BPF runs
+instead of 9: PREROUTING and POSTROUTING before NAT (the addresses before
+NAT are the previous hop's: a NAT label compares consecutive hops), INPUT
+before NAT (nothing acts between PREROUTING after NAT and it but routing),
+FORWARD (no NAT there), and tc on the bridges (docker0: between
+POSTROUTING and the veth's egress on the way in, between PREROUTING and
+FORWARD on the way out). OUTPUT before NAT stays: it is a host-sent
+packet's first sighting, the only one with its addresses before OUTPUT's
+DNAT. Journeys end at the same sightings (a container's eth0 ingress, an
+external interface's egress, INPUT after NAT, a drop): the kernel's
+assembly does not depend on which hops come before those.
+"""
+
+from __future__ import annotations
+
+HOOK_PROFILES = ("all", "lean")
+DEFAULT = "all"
+
+# Netfilter probes (tracer/sensors/netfilter.py PROBES names) each profile leaves out.
+_NF_LEFT_OUT = {"all": frozenset(), "lean": frozenset({"pre_b", "in_b", "fwd", "post_b"})}
+
+# The hops a profile leaves out as the journeys name them: (hook, nat_stage
+# or None, the interface role of a tc hop or None).
+LEFT_OUT_HOPS = {
+    "all": (),
+    "lean": (("nf_prerouting", "before", None), ("nf_input", "before", None), ("nf_forward", None, None),
+             ("nf_postrouting", "before", None), ("tc_ingress", None, "bridge"), ("tc_egress", None, "bridge")),
+}
+
+
+def check(profile: str) -> str:
+    if profile not in HOOK_PROFILES:
+        raise ValueError(f"unknown hook profile {profile!r} (one of: {', '.join(HOOK_PROFILES)})")
+    return profile
+
+
+def nf_probe_kept(profile: str, probe_name: str) -> bool:
+    """Whether a netfilter probe (NfProbe.name) is attached in this profile."""
+    return probe_name not in _NF_LEFT_OUT[check(profile)]
+
+
+def traces_bridges(profile: str) -> bool:
+    """Whether tc attaches to the Docker bridges in this profile."""
+    return check(profile) == "all"
+
+
+def left_out(profile: str, hook: str, nat_stage: str | None, role: str | None) -> bool:
+    """Whether a hop (hook, NAT stage, interface role) is one the profile
+    does not attach to: what a full journey has that a lean one lacks."""
+    for h, stage, r in LEFT_OUT_HOPS[check(profile)]:
+        if hook == h and (stage is None or stage == nat_stage) and (r is None or r == role):
+            return True
+    return False
