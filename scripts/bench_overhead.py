@@ -16,6 +16,9 @@ alternate round by round (the order rotates every round):
 * noop:       latency's programs built with ``TRACER_BPF_CFLAGS=-DTRACER_NOOP``:
               every program attached but returning at once. Not a product
               state: the floor any tracer on these hooks pays;
+* trace-lean, record-lean, latency-lean, noop-lean (only with ``--states``):
+              the same with ``--hooks lean`` (5 BPF runs a forwarded packet
+              instead of 9: README, Performance);
 * trace8000 / trace5201 (only with ``--states``): one port traced, so the
               other workload is traffic to an untraced port while tracing;
 * rules:      ``tracer trace --json --rules --port 8000 --port 5201``: rule
@@ -96,13 +99,18 @@ sys.path.insert(0, str(REPO / "scripts"))  # sibling benchmark helpers (also whe
 from bench_bpf_stats import _prog_delta, _prog_stats, bpf_stats_on  # noqa: E402
 from bench_figures import bootstrap_median, tree_env  # noqa: E402
 
-STATES = ("untraced", "tcpdump", "trace", "record", "latency", "noop", "trace8000", "trace5201", "rules", "rules8000")
+STATES = ("untraced", "tcpdump", "trace", "record", "latency", "noop", "trace-lean", "record-lean", "latency-lean",
+          "noop-lean", "trace8000", "trace5201", "rules", "rules8000")
 DEFAULT_STATES = ("untraced", "tcpdump", "trace", "record", "latency", "noop")
 BOTH = (8000, 5201)
 TRACED_PORT = {"untraced": None, "tcpdump": BOTH, "trace": BOTH, "record": BOTH, "latency": BOTH, "noop": BOTH,
+               "trace-lean": BOTH, "record-lean": BOTH, "latency-lean": BOTH, "noop-lean": BOTH,
                "trace8000": (8000,), "trace5201": (5201,), "rules": BOTH, "rules8000": (8000,)}
 MODE = {"tcpdump": "tcpdump", "trace": "trace", "record": "record", "latency": "latency", "noop": "latency",
+        "trace-lean": "trace", "record-lean": "record", "latency-lean": "latency", "noop-lean": "latency",
         "trace8000": "trace", "trace5201": "trace", "rules": "rules", "rules8000": "rules"}
+EXTRA = {state: ("--hooks", "lean") for state in ("trace-lean", "record-lean", "latency-lean", "noop-lean")}
+NOOP = ("noop", "noop-lean")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -338,12 +346,12 @@ def run_iperf(status: dict, seconds: float) -> float:
     raise RuntimeError(f"iperf3 failed: {last}")
 
 
-def bpf_cost(status: dict, mode: str, requests: int) -> dict | None:
+def bpf_cost(status: dict, mode: str, requests: int, extra: tuple[str, ...] = ()) -> dict | None:
     """The BPF cost of a tracer in `mode` (both ports, as a user runs it)
     under ab, with kernel.bpf_stats_enabled on for this phase only: ns per
     run of all its programs, per sighting it showed or wrote (None for
     latency), per HTTP request (see the module's docstring)."""
-    tracer = Tracer(BOTH, mode)
+    tracer = Tracer(BOTH, mode, extra=extra)
     try:
         with bpf_stats_on():
             before = _prog_stats(tracer.proc.pid)
@@ -398,7 +406,7 @@ def main() -> int:
             order = order[::-1]
         for state in order:
             ports = TRACED_PORT[state]
-            tracer = Tracer(ports, MODE[state], noop=state == "noop") if ports else None
+            tracer = Tracer(ports, MODE[state], noop=state in NOOP, extra=EXTRA.get(state, ())) if ports else None
             try:
                 workloads = (("http", lambda: run_ab(status, args.requests, args.concurrency)),
                              ("stream", lambda: run_iperf(status, args.seconds)))
@@ -415,7 +423,7 @@ def main() -> int:
                     results.setdefault((name, state), []).append(got[name])
             finally:
                 stats = tracer.stop() if tracer else None
-            line = f"  round {r + 1} {state:9s}: http {got['http']:8.0f} req/s, stream {got['stream'] / 1e9:6.2f} Gbit/s"
+            line = f"  round {r + 1} {state:12s}: http {got['http']:8.0f} req/s, stream {got['stream'] / 1e9:6.2f} Gbit/s"
             if got["others"]:
                 line += f" (other tracers attached: {got['others']} trc_ programs)"
             if stats:
@@ -467,7 +475,7 @@ def main() -> int:
         hits = [s["rule_hits"] / s["packets"] for s in stats if s.get("rule_hits") is not None and s["packets"]]
         if hits:
             extra += f"; {statistics.median(hits):.1f} rule hits per traced packet"
-        print(f"    {state:9s}: {cpu}{extra}, median ready {statistics.median(s['ready_s'] for s in stats):.1f}s")
+        print(f"    {state:12s}: {cpu}{extra}, median ready {statistics.median(s['ready_s'] for s in stats):.1f}s")
 
     bpf = {}
     if not args.no_bpf_cost:
@@ -477,13 +485,13 @@ def main() -> int:
         print("  drop and proxy-socket tracepoints: untraced packets and socket calls are runs too); per sighting: the same ns")
         print("  over the hops it showed or wrote. Its own CPU shares the vCPUs with the softirqs running them (bench_bpf.py")
         print("  --live --base: trace --no-proxy-links alone, per sighting, against a baseline: the figure to compare bpf/ by):")
-        for state in ("trace", "record", "latency"):
+        for state in ("trace", "record", "latency", "trace-lean", "record-lean", "latency-lean"):
             if state in states:
-                bpf[state] = cost = bpf_cost(status, MODE[state], args.requests)
+                bpf[state] = cost = bpf_cost(status, MODE[state], args.requests, EXTRA.get(state, ()))
                 if cost and cost["ns_per_run"]:
                     per_sighting = (f"{cost['ns_per_sighting']:.0f} ns per sighting ({cost['sightings_per_request']:.0f} "
                                     f"per request), " if cost["ns_per_sighting"] else "")
-                    print(f"    {state:9s}: {cost['ns_per_run']:.0f} ns per program run, {per_sighting}"
+                    print(f"    {state:12s}: {cost['ns_per_run']:.0f} ns per program run, {per_sighting}"
                           f"{cost['runs_per_request']:.0f} runs and {cost['ns_per_request'] / 1e3:.1f} µs per HTTP request")
 
     print()
@@ -494,15 +502,16 @@ def main() -> int:
         verdicts.append(ok)
         print(f"    {text}: {'n/a' if ok is None else 'met' if ok else 'NOT met'}")
 
-    for state in ("trace", "record"):
+    for state in ("trace", "record", "trace-lean", "record-lean"):
         for workload in ("http", "stream"):
             if (workload, state) in per_round and (workload, "tcpdump") in per_round:
                 judge(f"{state} {workload} {per_round[(workload, state)]:.3f} >= tcpdump {per_round[(workload, 'tcpdump')]:.3f}",
                       per_round[(workload, state)] >= per_round[(workload, "tcpdump")])
-    for workload in ("http", "stream"):
-        if (workload, "latency") in per_round:
-            judge(f"latency {workload} {per_round[(workload, 'latency')]:.3f} >= 0.95", per_round[(workload, "latency")] >= 0.95)
-    for state, limit in (("record", 1.0), ("trace", 3.0)):
+    for state in ("latency", "latency-lean"):
+        for workload in ("http", "stream"):
+            if (workload, state) in per_round:
+                judge(f"{state} {workload} {per_round[(workload, state)]:.3f} >= 0.95", per_round[(workload, state)] >= 0.95)
+    for state, limit in (("record", 1.0), ("trace", 3.0), ("record-lean", 1.0), ("trace-lean", 3.0)):
         if state in cpu_per_packet:
             judge(f"{state} user-space CPU {cpu_per_packet[state]:.2f} µs per packet <= {limit:g}", cpu_per_packet[state] <= limit)
     for state, cost in bpf.items():
