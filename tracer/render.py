@@ -548,7 +548,10 @@ def stats_text(a, section: str | None, max_flows: int) -> str:
     latency_only = a.events == 0 and a.latency is not None  # `tracer latency -w`: no packet events
     if section is None:
         m = a.metadata
-        out.append(f"capture  {m.get('host', '?')}  kernel {m.get('kernel', '?')}  filter {m.get('filter') or '-'}")
+        # A capture recorded with --hooks lean lacks some hops by design: said, so a
+        # reader does not look for them (older captures have no key: every hook).
+        hooks = f"  hooks {m['hooks']}" if m.get("hooks", "all") != "all" else ""
+        out.append(f"capture  {m.get('host', '?')}  kernel {m.get('kernel', '?')}  filter {m.get('filter') or '-'}{hooks}")
         if latency_only:
             lat = a.latency
             out.append(f"  {lat.start} .. {lat.end}  ({lat.seconds:.3f} s)")

@@ -77,3 +77,15 @@ def test_every_live_command_takes_the_profile_and_it_reaches_the_session_options
         assert hooks.default == "all" and list(hooks.type.choices) == ["all", "lean"], cmd.name
     assert options_from((8000,), (), (), None, (), "auto", hooks="lean").hooks == "lean"
     assert options_from((8000,), (), (), None, (), "auto").hooks == "all"
+
+
+def test_stats_says_a_lean_capture_is_lean_and_an_older_one_nothing():
+    from tests.unit.analysis_data import METADATA, event_table, lab_capture
+    from tracer.analysis import analyse
+    from tracer.render import stats_text
+
+    rows, _ = lab_capture()
+    table = event_table(rows)
+    lean = stats_text(analyse(table, {**METADATA, "hooks": "lean"}), None, 10).splitlines()[0]
+    older = stats_text(analyse(table, METADATA), None, 10).splitlines()[0]  # written before the key existed
+    assert lean.endswith("filter port 8000  hooks lean") and older.endswith("filter port 8000"), (lean, older)
