@@ -10,14 +10,15 @@ faults the pages in again, and the kernel zeroes each one: about a tenth of
 Keeping freed memory costs nothing more than the run's peak, which it
 reached anyway.
 
-A live run's memory is also one heap: Arrow allocates from glibc (its
-system pool, not mimalloc) and every thread from glibc's main arena (not
-one arena per thread). The drain thread's reads, the capture's columns and
-Arrow's buffers then reuse each other's freed blocks, where three
-allocators each grew to their own peak: a cold `record` run touched ~22 MB
-less (Arrow's mimalloc arena is marked for huge pages, so its scattered
-blocks faulted in 2 MiB each, ~30 MB for ~5 MB allocated), and the kernel
-zeroes every page first touched (docs/benchmarks.md, "Session 12: record").
+Arrow allocates from glibc too (its system pool, not mimalloc): its
+buffers (a capture's compressed columns) then reuse the blocks the pass's
+numpy arrays freed in the same heap. mimalloc's arena is marked for huge
+pages, and its scattered blocks faulted in 2 MiB each (30-40 MB resident
+for the 5-7 MB Arrow had allocated), every page zeroed by the kernel on
+first touch: the capture writer's first second cost ~25 % less CPU on the
+system pool (docs/benchmarks.md, "Session 12: record"). Every thread keeps
+its own glibc arena: one arena for all (M_ARENA_MAX=1) was measured and
+not kept, the drain thread's reads then faulted in fresh heap more often.
 
 Analyses (`stats`, `report`) keep the allocators' defaults: they run under
 memory limits (tests/e2e/test_bounded_memory.py) where returning memory
@@ -38,7 +39,6 @@ MIMALLOC_PURGE = "MIMALLOC_PURGE_DELAY"  # for a user who chose mimalloc as the 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
 _MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks above it are still unmapped on free
 _TRIM_THRESHOLD = 1 << 30
 
@@ -59,14 +59,11 @@ def keep_arrow_memory(environ=os.environ, own: set[str] | None = None) -> None:
 
 
 def keep_heap_memory() -> bool:
-    """glibc keeps freed heap memory (numpy's arrays, Arrow's buffers), and
-    every thread allocates from its main arena. Before the run starts its
-    threads (an arena made for a thread before stays); False where the C
-    library has no mallopt (not glibc)."""
+    """glibc keeps freed heap memory (numpy's arrays, Arrow's buffers).
+    Any time; False where the C library has no mallopt (not glibc)."""
     try:
         libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return (bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
-            and bool(mallopt(_M_ARENA_MAX, 1)))
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))

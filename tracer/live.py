@@ -35,7 +35,7 @@ def run(options, sinks: list[Sink], *, duration: float | None = None, showing: b
     from tracer.feeds import LatencyFeed, record_feed
     from tracer.session import TraceSession
 
-    keep_heap_memory()  # every pass frees what the next allocates again (the CLI did it already, before any thread)
+    keep_heap_memory()  # every pass frees what the next allocates again
 
     stop = StopSignals()
     session = TraceSession(options, latency=latency is not None)

@@ -1,8 +1,7 @@
-"""Live commands keep the memory one pass frees for the next, in one heap
-(tracer/allocator.py): Arrow is told before pyarrow loads (its system pool;
-mimalloc's purge delay for a user who picks it), glibc by mallopt (kept
-memory, one arena for every thread). Analyses keep the allocators'
-defaults."""
+"""Live commands keep the memory one pass frees for the next
+(tracer/allocator.py): Arrow is told before pyarrow loads (glibc's heap, its
+system pool; mimalloc's purge delay for a user who picks it), glibc by
+mallopt. Analyses keep the allocators' defaults."""
 
 import subprocess
 import sys
@@ -62,36 +61,5 @@ def test_which_command_lines_are_live():
 
 
 def test_glibc_keeps_freed_heap_memory():
-    assert allocator.keep_heap_memory()  # glibc here: every mallopt call accepted
+    assert allocator.keep_heap_memory()  # glibc here: both mallopt calls accepted
 
-
-# In a fresh interpreter: where a thread's 1 MB blocks come from, with and
-# without keep_heap_memory first (an arena of a thread's own is an anonymous
-# mapping, the main arena the [heap]).
-_ARENA_PROBE = r"""
-import sys, threading
-from tracer import allocator
-if sys.argv[1] == "keep":
-    assert allocator.keep_heap_memory()
-import numpy as np
-blocks = []
-thread = threading.Thread(target=lambda: blocks.append(np.ones(1 << 20, np.uint8)))
-thread.start(); thread.join()
-address = blocks[0].ctypes.data
-with open("/proc/self/maps") as f:
-    for line in f:
-        lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-        if lo <= address < hi:
-            print("heap" if line.rstrip().endswith("[heap]") else "other")
-"""
-
-
-def _where_a_threads_blocks_come_from(mode: str) -> str:
-    done = subprocess.run([sys.executable, "-c", _ARENA_PROBE, mode], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def test_every_thread_of_a_live_run_allocates_from_the_main_heap():
-    assert _where_a_threads_blocks_come_from("default") == "other"  # glibc's default: an arena per thread
-    assert _where_a_threads_blocks_come_from("keep") == "heap"

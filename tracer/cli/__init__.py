@@ -8,9 +8,8 @@ import sys
 
 from tracer import allocator
 
-if allocator.is_live(sys.argv):  # before anything imports pyarrow or starts a thread
+if allocator.is_live(sys.argv):  # before anything imports pyarrow
     allocator.keep_arrow_memory()
-    allocator.keep_heap_memory()
 
 import click
 
