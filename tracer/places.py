@@ -92,13 +92,23 @@ class PlaceBook:
         places: dict[tuple[int, int], Place] = {}
         for i in host_interfaces:
             places[(i.netns_inode, i.ifindex)] = host_place(i)
+        # Each container netns is named after one container. Containers can
+        # share a netns (--network container:web): the one its attached eth0
+        # is named after (the first attached: TcSensor keeps one per key), so
+        # a drop on its lo names the same container as its eth0's hops and
+        # drops; then, for a netns without an attachment, the first container.
+        targets = list(targets)
         container_netns: dict[int, Place] = {}
+        for t in targets:
+            if t.in_container_ns:
+                container_netns.setdefault(t.netns_inode, Place(None, CONTAINER, t.netns_inode, t.container_id,
+                                                                t.container_name))
         for c in containers:
             if c.host_veth_ifindex:
                 places[(self.host_netns, c.host_veth_ifindex)] = Place(c.host_veth, VETH, self.host_netns, c.id, c.name)
             netns = getattr(c, "netns_inode", 0)
             if netns and netns != self.host_netns:  # not --network host
-                container_netns[netns] = Place(None, CONTAINER, netns, c.id, c.name)
+                container_netns.setdefault(netns, Place(None, CONTAINER, netns, c.id, c.name))
         container_places: dict[int, list] = {}
         for t in targets:
             place = Place(t.ifname, t.role, t.netns_inode, t.container_id, t.container_name)

@@ -68,3 +68,22 @@ def test_a_drop_in_a_containers_netns_names_the_container():
     assert book.place(0, 1, False, None, None) == Place("eth9", "external", HOST)  # the host's as before
     assert book.place(HOST, 7, False, None, None) == Place(None, "other", HOST)  # a --network host container: the host's
     assert book.place(0, 2, True, None, None) == Place("eth0", "container", CT, "c0ffee", "web")  # tc inside, as before
+
+
+def test_containers_sharing_a_netns_are_named_as_its_eth0_is():
+    """Containers sharing one netns (--network container:app): a drop on
+    its lo names the container its attached eth0 is named after (the first
+    attached, as tc names the eth0's hops and drops), whatever order the
+    inventory lists them in; a shared netns without an attachment names
+    its first container."""
+    book = PlaceBook(HOST)
+    app = SimpleNamespace(id="a1", name="app", host_veth="veth9", host_veth_ifindex=9, netns_inode=CT)
+    side = SimpleNamespace(id="b2", name="sidecar", host_veth=None, host_veth_ifindex=None, netns_inode=CT)
+    x = SimpleNamespace(id="c3", name="x", host_veth=None, host_veth_ifindex=None, netns_inode=CT + 1)
+    y = SimpleNamespace(id="d4", name="y", host_veth=None, host_veth_ifindex=None, netns_inode=CT + 1)
+    eth0 = TcTarget(2, "eth0", "container", CT, "/proc/1/ns/net", "a1", "app", ("172.17.0.2",))
+    for containers in ([app, side, x, y], [side, app, x, y]):
+        book.rebuild([iface(1, "eth9", "external")], containers, [eth0], threading.Lock())
+        assert book.place(CT, 2, False, None, None).container_name == "app"  # its eth0
+        assert book.place(CT, 1, False, None, None) == Place(None, "container", CT, "a1", "app")  # its lo: the same
+    assert book.place(CT + 1, 1, False, None, None).container_name == "x"  # no attachment: the first listed
