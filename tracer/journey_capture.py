@@ -394,8 +394,10 @@ class JourneyRowReader:
         known = places_of(present.tolist())
         table = decode(sightings, ctx, places=(known, inverse))
         if len(offset) and (offset != offset[0]).any():
-            # rows of several recordings (the parts of two captures read
-            # together): each sighting on its own row's clock, not the first's
+            # rows of several recordings (journey_sightings takes several
+            # files' rows; the packet window hands the analysis one
+            # recording's, so from the readers only a damaged file's rows
+            # disagree): each sighting on its own row's clock, not the first's
             time = _numbers(table.column("ktime_ns")).astype(np.int64) + offset[rec]
             i = table.schema.get_field_index("time")
             table = table.set_column(i, table.schema.field(i), pa.array(time, pa.int64()).cast(table.schema.field(i).type))

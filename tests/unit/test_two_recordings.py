@@ -97,3 +97,26 @@ def test_the_window_hands_on_what_it_holds_when_the_recording_changes():
     same = PacketWindow()  # rotated parts of one recording: one clock, held together
     assert list(same.add(batch(A_OFFSET))) == [] and list(same.add(batch(A_OFFSET))) == []
     assert [t.num_rows for t in same.flush()] == [6]
+
+
+def test_journey_rows_of_two_recordings_laid_out_in_one_call_keep_each_clock(tmp_path):
+    """journey_sightings on rows of two recordings together (its contract:
+    one file's rows or several files'; the packet window hands the analysis
+    one recording's, but a caller need not): each sighting takes its own
+    row's wall clock minus ktime, not the first row's."""
+    from tracer.journey_capture import JourneyBatch, journey_sightings
+
+    a = _recording(tmp_path / "a.arrows", A_OFFSET)
+    b = _recording(tmp_path / "b.arrows", B_OFFSET, shift=1000)
+    stream = open_capture([str(a), str(b)])
+    parts = [x for x in stream.batches(journeys=True) if isinstance(x, JourneyBatch)]
+    assert len(parts) >= 2
+    rows = pa.Table.from_batches([p.rows for p in parts])
+    sightings = journey_sightings(rows, stream.places)
+    wall = sightings["time"].cast(pa.int64()).to_numpy()
+    ktime = sightings["ktime_ns"].cast(pa.int64()).to_numpy()
+    offsets = wall - ktime
+    from_b = ktime >= 1_000_000_000  # shift=1000: B's clock is 1 s on
+    assert from_b.any() and (~from_b).any()
+    assert set(offsets[~from_b].tolist()) == {A_OFFSET}
+    assert set(offsets[from_b].tolist()) == {B_OFFSET}
