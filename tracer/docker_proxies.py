@@ -8,8 +8,12 @@ so the session has it look again when a container starts or dies."""
 
 from __future__ import annotations
 
+import logging
+
 from tracer.kernel.program import write_proxy_backends
 from tracer.proxies import ProxyLinks, find_proxies, proxies_by_pid, read_links
+
+log = logging.getLogger(__name__)
 
 
 class DockerProxies:
@@ -20,6 +24,7 @@ class DockerProxies:
         self.targets = targets
         self.by_pid: dict = proxies_by_pid(self._relevant(find_proxies())) if enabled else {}
         self.links = ProxyLinks()  # every link the kernel made so far (read_links skips those it knows)
+        self.read_failures = 0  # failed reads of the kernel's links (warned about once)
 
     def __bool__(self) -> bool:
         return bool(self.by_pid)
@@ -59,4 +64,15 @@ class DockerProxies:
             c = inventory.by_ip(ip)
             return c.name if c is not None else None
 
-        return read_links(bpf["proxy_links"], self.by_pid, self.links, container_of)
+        return read_links(bpf["proxy_links"], self.by_pid, self.links, container_of, self._read_failed)
+
+    def _read_failed(self, exc) -> None:
+        """Linking proxy legs is a side feature: a failed read of the
+        kernel's links (ENOMEM in its batch op, say) does not end the run.
+        What it took is kept, the rest stays in the map for the next pass;
+        the user is told once."""
+        self.read_failures += 1
+        if self.read_failures == 1:
+            log.warning("docker-proxy links: reading the kernel's proxy_links map failed (%s), %d links taken "
+                        "before it kept; trying again each pass (further failures are not reported)",
+                        exc.strerror or exc, len(exc.taken))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,15 +199,29 @@ class ProxyLinks:
         return self.by_leg.get(frozenset((a, b)))
 
 
-def read_links(table, proxies: dict[int, DockerProxy], links: ProxyLinks, container_of=lambda ip: None) -> list[ProxyLink]:
+def read_links(table, proxies: dict[int, DockerProxy], links: ProxyLinks, container_of=lambda ip: None,
+               on_error: Callable[[OSError], None] | None = None) -> list[ProxyLink]:
     """Move the kernel's new link records (bpf/proxy.c proxy_links) into
-    `links`; returns the links that are new."""
-    for key, value in _take(table):
+    `links`; returns the links that are new. A failed read of the map
+    (TakeFailed) still keeps the records taken before it (they are gone
+    from the map); then it goes to ``on_error`` (the rest is read next
+    time), or is raised without one."""
+    from tracer.kernel.bpf_syscall import TakeFailed  # the kernel's module: only where links are read
+
+    try:
+        records, failed = _take(table), None
+    except TakeFailed as exc:
+        records, failed = _records(table, exc.taken), exc
+    for key, value in records:
         inbound = _endpoints((key.inb.saddr.hi, key.inb.saddr.lo, key.inb.daddr.hi, key.inb.daddr.lo,
                               key.inb.sport, key.inb.dport))
         outbound = _endpoints((key.out.saddr.hi, key.out.saddr.lo, key.out.daddr.hi, key.out.daddr.lo,
                                key.out.sport, key.out.dport))
         links.add(int(value.pid), inbound, outbound, proxies, container_of)
+    if failed is not None:
+        if on_error is None:
+            raise failed  # what it took is in `links`, new to the next take_new
+        on_error(failed)
     return links.take_new()
 
 
@@ -217,8 +232,11 @@ def _take(table) -> list:
 
     from tracer.kernel.bpf_syscall import take_all
 
-    return [(table.Key.from_buffer_copy(k), table.Leaf.from_buffer_copy(v))
-            for k, v in take_all(table.map_fd, ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf))]
+    return _records(table, take_all(table.map_fd, ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)))
+
+
+def _records(table, entries: list[tuple[bytes, bytes]]) -> list:
+    return [(table.Key.from_buffer_copy(k), table.Leaf.from_buffer_copy(v)) for k, v in entries]
 
 
 def proxies_by_pid(proxies: list[DockerProxy]) -> dict[int, DockerProxy]:

@@ -287,3 +287,49 @@ def test_container_removed_while_its_proxy_leg_is_open(own_container):
     assert journeys and all(j["verdict"] in ("delivered", "dropped", "unknown") for j in journeys)
     progs, links = wait_gone(before)
     assert not links and not progs
+
+
+# The real CLI with the proxy links' batch read failing (ENOMEM) from its
+# second bpf() call on: a fault at the bpf() boundary, the rest real.
+_LINKS_FAIL = """
+import errno, sys
+from tracer.kernel import bpf_syscall
+real, calls = bpf_syscall.bpf, [0]
+def bpf(cmd, attr):
+    if cmd == bpf_syscall.BPF_MAP_LOOKUP_AND_DELETE_BATCH:
+        calls[0] += 1
+        if calls[0] >= 2:
+            raise OSError(errno.ENOMEM, "bpf: injected")
+    return real(cmd, attr)
+bpf_syscall.bpf = bpf
+sys.argv[0] = "tracer"
+from tracer.cli import main
+main()
+"""
+
+
+def test_a_failing_read_of_the_proxy_links_does_not_end_the_run(lab, tmp_path: Path):
+    """Linking proxy legs is a side feature: its map read failing every pass
+    is one warning, and the run goes on to its end, its capture whole
+    (before: 'tracer: error: Cannot allocate memory', exit 1, no stats row)."""
+    import sys
+
+    from tracer.capture.reader import read_capture
+
+    port = lab["port"]
+    cap, out = tmp_path / "traced.arrows", tmp_path / "out.jsonl"
+    t = Tracer(argv=[sys.executable, "-c", _LINKS_FAIL, "trace", "--json", "--port", str(port), "--duration", "60",
+                     "-w", str(cap)], stdout_file=out)
+    t.wait_ready()
+    time.sleep(1.5)  # several passes: the reads fail from the second on
+    for _ in range(2):
+        _request(("127.0.0.1", port), 300)
+        t.wait_for("the request's journey", lambda j: any(h["dst"] == f"127.0.0.1:{port}" for h in j["hops"]))
+        time.sleep(0.5)
+    t.stop()
+    assert t.returncode == 0, t.stderr
+    assert "Traceback" not in t.stderr and "tracer: error" not in t.stderr, t.stderr
+    warned = [line for line in t.stderr.splitlines() if "docker-proxy links" in line]
+    assert len(warned) == 1 and "Cannot allocate memory" in warned[0], t.stderr
+    kinds = read_capture([str(cap)]).table.column("kind").to_pylist()
+    assert "stats" in kinds and kinds.count("event") > 0

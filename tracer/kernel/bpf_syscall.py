@@ -343,11 +343,22 @@ def per_cpu_u64_array(map_fd: int, entries: int, cpus: int) -> list[int]:
     return [sum(values[i * cpus:(i + 1) * cpus]) for i in range(entries)]
 
 
+class TakeFailed(OSError):
+    """take_all's bpf() call failed (ENOMEM in the kernel's batch op, say).
+    ``taken``: the (key, value) entries earlier calls had already taken,
+    deleted from the map: the caller keeps them, or they are lost."""
+
+    def __init__(self, exc: OSError, taken: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(exc.errno, os.strerror(exc.errno) if exc.errno else str(exc))
+        self.taken = taken
+
+
 def take_all(map_fd: int, key_size: int, value_size: int, chunk: int = 64) -> list[tuple[bytes, bytes]]:
     """Look up and delete every entry of a hash map (BPF_MAP_LOOKUP_AND_DELETE_BATCH):
     one bpf() call per `chunk` entries instead of a lookup, a delete and a
     next-key per entry; an entry added meanwhile is taken now or next time,
-    never lost. (key, value) bytes."""
+    never lost. (key, value) bytes. A failed call raises TakeFailed with
+    what was taken before it (the rest stays in the map)."""
     token_in, token_out = ctypes.c_uint64(0), ctypes.c_uint64(0)  # hash maps' batch token: a bucket index
     keys = ctypes.create_string_buffer(key_size * chunk)
     values = ctypes.create_string_buffer(value_size * chunk)
@@ -367,7 +378,7 @@ def take_all(map_fd: int, key_size: int, value_size: int, chunk: int = 64) -> li
                 values = ctypes.create_string_buffer(value_size * chunk)
                 continue
             if exc.errno != errno_mod.ENOENT:  # ENOENT: the last entries (count says how many) or none
-                raise
+                raise TakeFailed(exc, out) from exc
             done = True
         count = struct.unpack_from("=I", attr, 32)[0]
         for i in range(count):
