@@ -71,7 +71,10 @@ def with_missing_time(batch, ktime_offset_text: str | None):
     """``batch`` (conformed: `time` a timestamp, `ktime_ns` an integer) with
     the `time` of a row that has a ktime_ns but no time (a damaged version
     1 to 3 file) computed as version 4 computes every row's, from its own
-    file's ``ktime_offset_text``: checked only when such a row is there."""
+    file's ``ktime_offset_text``: checked only when such a row is there. A
+    version 1 file need not say its offset (the writer's is optional
+    there): without one, the plain ktime, as analysis_rows.wall_ns falls
+    back to, so such a file reads as it always did."""
     names = batch.schema.names
     if "time" not in names or "ktime_ns" not in names:
         return batch
@@ -81,7 +84,8 @@ def with_missing_time(batch, ktime_offset_text: str | None):
     ktime = _column(batch, "ktime_ns")
     if not pc.any(pc.and_(time.is_null(), ktime.is_valid())).as_py():
         return batch
-    filled = pc.coalesce(time.cast(pa.int64()), _wall(ktime, ktime_offset(ktime_offset_text))).cast(time.type)
+    offset = 0 if ktime_offset_text is None else ktime_offset(ktime_offset_text)
+    filled = pc.coalesce(time.cast(pa.int64()), _wall(ktime, offset)).cast(time.type)
     i = names.index("time")
     if isinstance(batch, pa.Table):
         return batch.set_column(i, batch.schema.field(i), filled)

@@ -23,18 +23,22 @@ from tracer.errors import TracerError
 V3 = REPO / "tests" / "data" / "journeys-v3.arrows"
 
 
-def _rewritten(src, out, offset: str, drop_time_at: list[int]):
-    """``src`` with its metadata's ktime_offset_ns set to ``offset`` and the
-    `time` of the rows at ``drop_time_at`` null."""
+def _rewritten(src, out, offset: str | None, drop_time_at: list[int], drop_ktime_at: tuple[int, ...] = ()):
+    """``src`` with its metadata's ktime_offset_ns set to ``offset`` (None:
+    no such key) and the `time` of the rows at ``drop_time_at`` null (and
+    the `ktime_ns` of those at ``drop_ktime_at``)."""
     with pa.ipc.open_stream(str(src)) as reader:
         table, meta = reader.read_all(), dict(reader.schema.metadata)
-    meta[b"tracer.ktime_offset_ns"] = offset.encode()
-    i = table.schema.get_field_index("time")
-    ty = table.schema.field(i).type
-    times = table["time"].cast(pa.int64()).to_pylist()
-    for at in drop_time_at:
-        times[at] = None
-    table = table.set_column(i, table.schema.field(i), pa.array(times, pa.int64()).cast(ty))
+    meta.pop(b"tracer.ktime_offset_ns", None)
+    if offset is not None:
+        meta[b"tracer.ktime_offset_ns"] = offset.encode()
+    for name, drop_at in (("time", drop_time_at), ("ktime_ns", drop_ktime_at)):
+        i = table.schema.get_field_index(name)
+        ty = table.schema.field(i).type
+        values = table[name].cast(pa.int64()).to_pylist()
+        for at in drop_at:
+            values[at] = None
+        table = table.set_column(i, table.schema.field(i), pa.array(values, pa.int64()).cast(ty))
     with pa.ipc.new_stream(str(out), table.schema.with_metadata(meta)) as s:
         s.write_table(table)
     return out
@@ -55,7 +59,7 @@ def _journey_rows_of_v3() -> list[int]:
                                           (str(2**63), ["out of range"])])
 def test_a_bad_offset_where_a_v1_row_needs_it_is_one_line(tmp_path, value, words):
     path = _rewritten(_v1(tmp_path), tmp_path / "bad.arrows", value, [3])
-    _refused(path, tmp_path, "tracer.ktime_offset_ns", *words)
+    _refused(path, tmp_path, "tracer.ktime_offset_ns", str(path), *words)  # show, stats and the rest alike
 
 
 def test_a_bad_offset_where_a_v3_journey_row_needs_it_is_one_line(tmp_path):
@@ -102,3 +106,24 @@ def test_wall_ns_checks_the_offset_it_needs():
         wall_ns(table, {"ktime_offset_ns": "1.5e9"})
     assert isinstance(caught.value, TracerError)  # the CLI prints it as one line
     assert wall_ns(table.slice(0, 1), {"ktime_offset_ns": "x"}).tolist() == [1010]  # not needed: not read
+
+
+def _same_reading(path, tmp_path) -> None:
+    """Every reading command reads ``path``."""
+    for argv in _commands(path, tmp_path):
+        done = _tracer(*argv)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (argv, done.stderr[-2000:])
+
+
+def test_a_v1_file_without_an_offset_reads_a_row_without_time_as_its_ktime(tmp_path):
+    """The v1 writer need not store ktime_offset_ns: such a file with a row
+    without time reads (it was refused, saying falsely that it had no
+    'time' column); that row's time is its plain ktime, as wall_ns's."""
+    path = _rewritten(_v1(tmp_path), tmp_path / "v1-no-offset.arrows", None, [3])
+    assert b"tracer.ktime_offset_ns" not in pa.ipc.open_stream(str(path)).schema.metadata
+    events = read_capture(str(path)).events
+    assert events["time"].null_count == 0
+    assert events["time"].cast(pa.int64())[3].as_py() == events["ktime_ns"][3].as_py()
+    assert wall_ns(events).tolist() == events["time"].cast(pa.int64()).to_pylist()
+    _same_reading(path, tmp_path)
+
