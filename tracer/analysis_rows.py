@@ -79,18 +79,24 @@ def _lut(values: list, default: Any = None) -> np.ndarray:
 
 
 def wall_ns(table: pa.Table, metadata: Mapping[str, str] | None = None) -> np.ndarray:
-    """Wall clock ns per row: the ``time`` column, or ktime plus the capture's
-    ktime-to-wall offset where a row has no time (the readers compute every
-    row's that has a ktime_ns from its own file's: capture_clock). A bad
-    offset is one line (capture_clock.BadClock), never a traceback."""
+    """Wall clock ns per row: the ``time`` column, or ktime plus the
+    capture's ktime-to-wall offset where a row has a ktime_ns but no time
+    (0 where it has neither). The readers already computed every such
+    row's time from its own file's offset (capture_clock.with_missing_time,
+    refusing a bad one in a line naming the file), so rows read from files
+    never need ``metadata`` here (the first file's): it serves tables built
+    otherwise, and is checked only where a row needs it (BadClock: one
+    line, never a traceback)."""
     kt = _ints(table, "ktime_ns")
     if "time" not in table.column_names:
         return kt + _offset(metadata)
     tcol = table["time"].cast(pa.int64())
     t = pc.fill_null(tcol, 0).to_numpy().astype(np.int64)
-    missing = pc.is_null(tcol).to_numpy(zero_copy_only=False)
-    if missing.any():
-        t[missing] = kt[missing] + _offset(metadata)
+    if tcol.null_count:
+        missing = pc.and_(pc.is_null(tcol), pc.is_valid(table["ktime_ns"])).to_numpy(zero_copy_only=False) \
+            if "ktime_ns" in table.column_names else np.zeros(len(t), bool)
+        if missing.any():
+            t[missing] = kt[missing] + _offset(metadata)
     return t
 
 

@@ -106,10 +106,13 @@ def test_wall_ns_checks_the_offset_it_needs():
         wall_ns(table, {"ktime_offset_ns": "1.5e9"})
     assert isinstance(caught.value, TracerError)  # the CLI prints it as one line
     assert wall_ns(table.slice(0, 1), {"ktime_offset_ns": "x"}).tolist() == [1010]  # not needed: not read
+    neither = pa.table({"ktime_ns": pa.array([10, None], pa.uint64()),
+                        "time": pa.array([1010, None], pa.timestamp("ns", tz="UTC"))})
+    assert wall_ns(neither, {"ktime_offset_ns": "x"}).tolist() == [1010, 0]  # no ktime: the offset is of no use
 
 
 def _same_reading(path, tmp_path) -> None:
-    """Every reading command reads ``path``."""
+    """Every reading command reads ``path``: show and stats agree on it."""
     for argv in _commands(path, tmp_path):
         done = _tracer(*argv)
         assert done.returncode == 0 and "Traceback" not in done.stderr, (argv, done.stderr[-2000:])
@@ -127,3 +130,9 @@ def test_a_v1_file_without_an_offset_reads_a_row_without_time_as_its_ktime(tmp_p
     assert wall_ns(events).tolist() == events["time"].cast(pa.int64()).to_pylist()
     _same_reading(path, tmp_path)
 
+
+def test_a_row_without_time_or_ktime_needs_no_offset(tmp_path):
+    """A row with neither cannot use the offset: a bad one is not read for
+    it, by show or by stats (stats refused the file that show read)."""
+    path = _rewritten(_v1(tmp_path), tmp_path / "v1-both-null.arrows", "12abc", [3], drop_ktime_at=(3,))
+    _same_reading(path, tmp_path)
