@@ -108,6 +108,24 @@ def test_a_transient_batch_failure_costs_that_read_only(monkeypatch, code):
     fail[0] = False
     assert counts.per_cpu_sums(table, 2) == [42, 42]  # the batch again once it works
     assert made == [7, 7, 7]
+    assert table.batch_lookup_failures == 0  # counted in a row
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EACCES, errno.EFAULT])
+def test_a_batch_failure_that_never_passes_switches_the_table_after_some_reads(monkeypatch, code):
+    """EPERM on a map fd without read access (say): not a failed bpf() call
+    on every pass for the rest of the run."""
+    made = []
+
+    def failing(fd, entries, cpus):
+        made.append(fd)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(counts.sc, "per_cpu_u64_array", failing)
+    table = Table(7, [[1, 2]])
+    for _ in range(3 * counts.BATCH_FAILURES_IN_A_ROW):
+        assert counts.per_cpu_sums(table, 1) == [3]
+    assert len(made) == counts.BATCH_FAILURES_IN_A_ROW and table.no_batch_lookup
 
 
 @pytest.mark.parametrize("code", [errno.EINVAL, errno.EOPNOTSUPP, 524])

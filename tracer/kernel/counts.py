@@ -49,6 +49,10 @@ def sensor_counts(bpf) -> tuple[dict[str, int], dict[str, int]]:
 # EOPNOTSUPP. Asking again will not change it; any other error (ENOMEM,
 # EINTR, EAGAIN, ...) may pass, so it costs that one read its batch only.
 NO_BATCH_ERRNOS = frozenset({errno.EINVAL, errno.EOPNOTSUPP, 524})
+# Other failures this many reads running (EPERM on a map fd without read
+# access, say, which no retry mends) switch the table for good too: not a
+# failed bpf() call on every pass for the rest of the run.
+BATCH_FAILURES_IN_A_ROW = 8
 
 
 def per_cpu_sums(table, entries: int) -> list[int]:
@@ -59,19 +63,25 @@ def per_cpu_sums(table, entries: int) -> list[int]:
     batch lookup the kernel does not support (NO_BATCH_ERRNOS; BCC's module
     and ours hand out one table object a map), so it is not tried again on
     every sweep and status line; another failure reads entry by entry this
-    once and is counted on the table (``batch_lookup_failures``)."""
+    once and is counted on the table (``batch_lookup_failures``, in a row:
+    BATCH_FAILURES_IN_A_ROW of them switch it for good as well)."""
     fd = getattr(table, "map_fd", None)
     if fd is not None and not getattr(table, "no_batch_lookup", False):
         try:
-            return sc.per_cpu_u64_array(fd, entries, possible_cpus())
+            values = sc.per_cpu_u64_array(fd, entries, possible_cpus())
         except OSError as exc:
             name = getattr(table, "name", fd)
-            if exc.errno in NO_BATCH_ERRNOS:
+            failures = getattr(table, "batch_lookup_failures", 0) + 1
+            if exc.errno in NO_BATCH_ERRNOS or failures >= BATCH_FAILURES_IN_A_ROW:
                 log.debug("map %s: no batch lookup (%s): read entry by entry", name, exc)
                 _remember(table, "no_batch_lookup", True)
             else:
                 log.debug("map %s: batch lookup failed (%s): this read entry by entry", name, exc)
-                _remember(table, "batch_lookup_failures", getattr(table, "batch_lookup_failures", 0) + 1)
+                _remember(table, "batch_lookup_failures", failures)
+        else:
+            if getattr(table, "batch_lookup_failures", 0):
+                _remember(table, "batch_lookup_failures", 0)  # counted in a row
+            return values
     return [int(sum(table[table.Key(i)])) for i in range(entries)]
 
 
