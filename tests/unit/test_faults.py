@@ -487,3 +487,31 @@ def test_capture_on_stdout_whose_reader_left_is_not_an_error():
         os.close(w)
         signal.signal(signal.SIGPIPE, previous)
     assert info.value.exit_code == 0
+
+
+def _voluntary_switches(thread) -> int:
+    with open(f"/proc/self/task/{thread.native_id}/status") as f:
+        return int(next(line for line in f if line.startswith("voluntary_ctxt_switches")).split()[1])
+
+
+def test_the_stop_watchdog_sleeps_until_a_stop_and_ends_with_restore():
+    """While tracing the watchdog does not wake up (it looked at its flags 5
+    times a second: a wake-up is ~35 µs of CPU on a VM); a stop wakes it at
+    once, and restore() ends it and closes its eventfd."""
+    stop = StopSignals()
+    try:
+        stop.running()
+        time.sleep(0.1)  # asleep by now
+        before = _voluntary_switches(stop._watchdog)
+        time.sleep(1.0)
+        assert _voluntary_switches(stop._watchdog) - before <= 1  # 5 when it polled
+        stop.finishing()  # the loop ended by itself: the grace period runs from now
+        time.sleep(0.1)
+        assert _voluntary_switches(stop._watchdog) - before >= 1 and stop._watchdog.is_alive()
+    finally:
+        fd = stop._wake_fd
+        stop.restore()
+    assert not stop._watchdog.is_alive() and stop._wake_fd == -1
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    stop.restore()  # twice: nothing more
