@@ -124,14 +124,22 @@ class Attachments:
 
     def container_started(self, container) -> None:
         """Its two ends (those of an earlier container of that name let go)
-        and its network's bridge."""
+        and its network's bridge (not with --hooks lean)."""
         self.tc.remove(lambda t: t.container_id is not None and t.container_name == container.name)
-        for target in container_targets(container):
-            self.tc.add(target)
-        if self.bridges and container.bridge and container.bridge_ifindex:
+        bridge = None
+        if container.bridge and container.bridge_ifindex:
             bridge = TcTarget(container.bridge_ifindex, container.bridge, BRIDGE, host_netns_inode())
-            with self._lock:  # a new network's bridge may have been taken for an external interface
-                if bridge.key in self._host_keys:
-                    self.tc.remove(lambda t: t.key == bridge.key)
-                    self._host_keys.discard(bridge.key)
-            self.tc.add(bridge)
+        targets = container_targets(container)
+        if bridge is not None and self.bridges:
+            targets.append(bridge)
+        with self._lock:
+            # A network created after the start: its bridge and its first
+            # container's veth came up before inventory knew the bridge, so
+            # link events attached them as external interfaces (where
+            # journeys end). They take their real role in place (no moment
+            # untraced).
+            for target in targets:
+                if target.key in self._host_keys:
+                    self.tc.replace_target(target)
+                    self._host_keys.discard(target.key)
+                self.tc.add(target)

@@ -296,6 +296,11 @@ class TraceSession:
             except Exception as exc:  # a listener's bug must not stop us following containers
                 log.warning("container %s listener failed: %s", what, exc)
         if container.name not in self.traced_names and self.options.targets.containers:
+            if what == "start":  # its network's links, taken for external ones, let go
+                try:
+                    self._sync_host_interfaces()
+                except Exception as exc:
+                    log.warning("could not follow the host interfaces: %s", exc)
             return
         try:
             if what == "die":
@@ -311,6 +316,9 @@ class TraceSession:
                         from tracer.rule_trace import match_for
 
                         self.rules.update(match_for(self.options.targets, *self._container_values()))
+                # Inventory now knows the network's bridge and veths: host
+                # links that link events took for external ones are let go.
+                self.attachments.sync_host_interfaces()
             self._rebuild_places()
             self.proxies.refresh(self.bpf, self.proxy, self.filter.follow_proxies, self._container_values()[0])
         except Exception as exc:  # keep tracing; say what we could not follow

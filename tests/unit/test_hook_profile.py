@@ -89,3 +89,53 @@ def test_stats_says_a_lean_capture_is_lean_and_an_older_one_nothing():
     lean = stats_text(analyse(table, {**METADATA, "hooks": "lean"}), None, 10).splitlines()[0]
     older = stats_text(analyse(table, METADATA), None, 10).splitlines()[0]  # written before the key existed
     assert lean.endswith("filter port 8000  hooks lean") and older.endswith("filter port 8000"), (lean, older)
+
+
+class FakeTc:
+    """TcSensor's bookkeeping without a kernel: attached targets by key."""
+
+    def __init__(self) -> None:
+        self.links, self.role_writes = {}, []
+
+    def add(self, target) -> None:
+        self.links.setdefault(target.key, target)
+
+    def remove(self, predicate) -> list:
+        gone = [t for t in self.links.values() if predicate(t)]
+        for t in gone:
+            del self.links[t.key]
+        return gone
+
+    def replace_target(self, target) -> None:
+        if target.key in self.links:
+            self.links[target.key] = target
+            self.role_writes.append((target.ifindex, target.role))
+
+    def targets(self) -> list:
+        return list(self.links.values())
+
+
+def _on_new_network(bridges: bool):
+    """A network created after the start: link events took its bridge (3)
+    and its first container's veth (5) for external interfaces; then the
+    container starts and inventory knows them."""
+    host = [Interface(2, "eth9", "external", 7), Interface(3, "docker0", "external", 7),
+            Interface(5, "veth1", "external", 7)]
+    a = Attachments(FakeTc(), lambda: host, (), bridges=bridges)
+    a.sync_host_interfaces()
+    assert {t.role for t in a.tc.targets()} == {"external"} and len(a.tc.targets()) == 3
+    a.container_started(_container())
+    started = {t.ifname: t.role for t in a.tc.targets()}
+    host[1:] = [Interface(3, "docker0", "bridge", 7), Interface(5, "veth1", "veth", 7)]
+    a.sync_host_interfaces()  # the next link event: the interfaces in their real roles
+    return started, {t.ifname: t.role for t in a.tc.targets()}, a.tc.role_writes
+
+
+def test_a_veth_taken_for_an_external_interface_ends_attached_as_a_veth(monkeypatch):
+    from tracer import follow
+
+    monkeypatch.setattr(follow, "host_netns_inode", lambda: 7)
+    started, roles, writes = _on_new_network(bridges=True)
+    assert started == roles == {"eth9": "external", "docker0": "bridge", "veth1": "veth", "eth0": "container"}
+    assert (5, "veth") in writes and (3, "bridge") in writes  # the kernel's role changed in place
+

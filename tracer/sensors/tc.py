@@ -141,9 +141,12 @@ class TcSensor(Sensor):
         return removed
 
     def replace_target(self, target: TcTarget) -> None:
-        """The same attachment under new facts (a renamed interface)."""
+        """The same attachment under new facts (a renamed interface, or a
+        role now known: an interface taken for an external one)."""
         with self.lock:
             if target.key in self.links:
+                if self.roles is not None and not target.in_container_ns:
+                    self._set_role(target.ifindex, ROLE_CODES.get(target.role, 0) + 1)
                 self.links[target.key] = (target, self.links[target.key][1])
 
     def targets(self) -> list[TcTarget]:
