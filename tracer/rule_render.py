@@ -60,8 +60,22 @@ def hop_rules(jr: JourneyRows, hits_by_packet: dict[int, list[tuple[str, dict]]]
         last_at = {name: s + i for i, name in enumerate(names)}
         fallback = s + max((i for i, name in enumerate(names) if name != "drop"), default=e - s - 1)
         for hook, info in hits:
-            out.setdefault(last_at.get(hook, fallback), []).append(info)
+            at = last_at.get(hook)
+            if at is None:
+                # No hop at that hook (FORWARD under --hooks lean, or a lost
+                # sighting): the hop before it in a pass, marked as such.
+                before = [last_at[h] for h in _BEFORE.get(hook, ()) if h in last_at]
+                at = max(before) if before else fallback
+                info = {**info, "at_hook": hook}
+            out.setdefault(at, []).append(info)
     return out
+
+
+# The netfilter hooks a packet passes before each one in a pass.
+_BEFORE = {"nf_forward": ("nf_prerouting",), "nf_input": ("nf_prerouting",),
+           "nf_postrouting": ("nf_prerouting", "nf_forward", "nf_output")}
+_HOOK_WORDS = {"nf_prerouting": "PREROUTING", "nf_input": "INPUT", "nf_forward": "FORWARD", "nf_output": "OUTPUT",
+               "nf_postrouting": "POSTROUTING"}
 
 
 def rule_label(info: dict) -> str:
@@ -96,7 +110,8 @@ def rule_line(info: dict, color: bool) -> str:
     if color and info.get("verdict") == "drop":
         verdict = click.style(verdict, fg="red", bold=True)
     # Chain names and rule comments are anyone's text: escaped for the terminal.
-    return f"{printable(rule_label(info))}  {printable(text) + '  ' if text else ''}⇒ {verdict}"
+    at = f"  (at {_HOOK_WORDS.get(info['at_hook'], printable(info['at_hook']))}: no hop traced there)" if info.get("at_hook") else ""
+    return f"{printable(rule_label(info))}  {printable(text) + '  ' if text else ''}⇒ {verdict}{at}"
 
 
 RULE_INDENT = " " * 15

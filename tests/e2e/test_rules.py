@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tests.e2e.tracing import REPO, Tracer, connect_from, index_of, own_source_ports
+from tests.e2e.tracing import REPO, Tracer, connect_from, hops, index_of, own_source_ports
 from tracer import traffic
 
 COMMENT = "tracer-test-issue10"
@@ -219,6 +219,32 @@ def test_inbound_dnat_and_forward_rules(lab, no_leftovers, tmp_path):
     text = subprocess.run([sys.executable, "-m", "tracer", "show", "--no-color", "--port", str(sport), str(capture)],
                           cwd=REPO, capture_output=True, text=True, timeout=60).stdout
     assert f"nat/DOCKER #{dnat[0]['position']}  {dnat[0]['iptables']}  ⇒ accept" in text, text
+    no_leftovers()
+
+
+def test_lean_puts_forward_rules_on_the_hop_before_forward(lab, no_leftovers):
+    """--hooks lean has no FORWARD hop: FORWARD's rules go to PREROUTING
+    after NAT (the hop before FORWARD), marked "at_hook", not to the
+    container's eth0 or the reply's external egress (the journey's last hop)."""
+    t = Tracer("--port", str(lab["port"]), "--rules", "--hooks", "lean", "--duration", "30")
+    t.wait_ready()
+    sport = own_source_ports(1)[0]
+    connect_from(lab, sport)
+    time.sleep(0.5)
+    journeys = t.stop()
+    assert t.returncode == 0, t.stderr
+    mine = [j for j in journeys if any(h["src"] and h["src"].endswith(f":{sport}") or h["dst"] and h["dst"].endswith(f":{sport}")
+                                       for h in j["hops"])]
+    syn = next(j for j in mine if j["tcp_flags"] == "S" and j["direction"] in ("original", None))
+    synack = next(j for j in mine if j["tcp_flags"] == "SA" and j["flow_id"] == syn["flow_id"])
+    for j, chain in ((syn, "DOCKER"), (synack, "FORWARD")):
+        assert not any(h["hook"] == "nf_forward" for h in j["hops"]), hops(j)
+        at = index_of(j, "nf_prerouting", "after")
+        fwd = [r for r in j["hops"][at]["rules"] if r.get("at_hook") == "nf_forward"]
+        assert [r["chain"] for r in fwd if r["verdict"] == "accept"] == [chain], j["hops"][at]["rules"]
+        assert all(r["table"] == "filter" for r in fwd), fwd
+        elsewhere = [r for k, h in enumerate(j["hops"]) if k != at for r in h["rules"] if r["table"] == "filter"]
+        assert not elsewhere, (hops(j), elsewhere)
     no_leftovers()
 
 

@@ -273,7 +273,7 @@ def test_rules_on_hops_text_and_json():
     at = s0 + hooks.index(nf[0]) + len([h for h in hooks if h == nf[0]]) - 1  # the hook's last hop
     assert per_hop[at] == [info]
     fallback = s0 + max(i for i, h in enumerate(hooks) if h != "drop")  # no hop at that hook: the last before a drop
-    assert per_hop[fallback] == [dict(info, verdict="accept")]
+    assert per_hop[fallback] == [dict(info, verdict="accept", at_hook="nf_nowhere")]
     text = with_rules_text(render_rows(jr, False), jr, per_hop, False).decode()
     lines = text.split("\n")
     k = lines.index(next(line for line in lines if "filter/DOCKER-USER #1" in line))
@@ -285,6 +285,24 @@ def test_rules_on_hops_text_and_json():
     assert mine["drop_rule"] == info and mine["hops"][at - s0]["rules"] == [info]
     assert all("rules" in h for line in out for h in json.loads(line)["hops"])
     assert rule_line({"family": "inet", "table": "t", "chain": "c", "type": "policy", "verdict": "drop"}, False) == "inet t/c policy  ⇒ drop"
+
+
+def test_a_hit_at_a_hook_without_a_hop_goes_to_the_hop_before_that_hook():
+    """--hooks lean has no FORWARD hop: FORWARD's rules go to PREROUTING
+    after NAT (the hop before it in the pass), not to the journey's last
+    hop (the container's eth0), and say where they were met."""
+    jr = _rows()
+    j = jr.packet_id.tolist().index(101)  # the request through DNAT: PREROUTING, FORWARD, ...
+    hooks = [jr.hook.values[c] for c in jr.hook.codes[jr.starts[j]:jr.starts[j + 1]]]
+    assert "nf_input" not in hooks and "nf_prerouting" in hooks, hooks
+    s0 = int(jr.starts[j])
+    pre = s0 + len(hooks) - 1 - hooks[::-1].index("nf_prerouting")
+    info = _r("filter", "INPUT", 1, "accept", "-A INPUT -j ACCEPT")
+    book = RuleBook()
+    book.add([(101, "nf_input", info)])
+    assert hop_rules(jr, book.pop([101])) == {pre: [dict(info, at_hook="nf_input")]}
+    assert rule_line(dict(info, at_hook="nf_forward"), False) == ("filter/INPUT #1  -A INPUT -j ACCEPT  ⇒ accept"
+                                                                  "  (at FORWARD: no hop traced there)")
 
 
 def _hop(hook, stage=None, src="198.18.0.2:40000", dst="198.18.0.1:8000", ifname="trc-host", container=None, rules=()):
