@@ -201,7 +201,7 @@ class TraceSession:
         self.tc = TcSensor([], mode=opts.tc_mode, latency=self.latency)
         self.attachments = Attachments(self.tc, self._host_interfaces, opts.ifaces, bridges=traces_bridges(opts.hooks))
         self.proxy = ProxySensor() if running and opts.proxy_links else None
-        self.sensors = [self.tc, NetfilterSensor(opts.hooks), DropSensor()] + ([self.proxy] if self.proxy else [])
+        self.sensors = [self.tc, NetfilterSensor(opts.hooks, tc_narrowed=bool(opts.ifaces)), DropSensor()] + ([self.proxy] if self.proxy else [])
         self.program = Program(self.sensors, self.filter, latency=self.latency, sightings=self.sightings)
         return self.program
 

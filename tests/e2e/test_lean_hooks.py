@@ -166,3 +166,32 @@ def test_lean_latency_counts_the_same_packets_end_to_end(lab):
     assert seg_lean["tc_ingress@external → nf_prerouting/after"] == seg_full["tc_ingress@external → nf_prerouting/before"]
     progs, links = wait_gone(before)
     assert not progs and not links, (progs, links)
+
+
+def test_lean_with_iface_keeps_the_address_before_dnat(lab):
+    """--iface narrows tc to one interface (the host's uplink, not the lab's
+    trc-host): a packet from the lab client has no tc hop on the way in, so
+    lean keeps PREROUTING before NAT: its first hop still has the published
+    address, and the DNAT is named."""
+    before = kernel_snapshot()
+    uplink = json.loads(subprocess.run(["ip", "-j", "route", "show", "default"], capture_output=True, text=True,
+                                       check=True).stdout)[0]["dev"]
+    sport = own_source_ports(1)[0]
+    lean = Tracer("--iface", uplink, "--port", str(sport), "--hooks", "lean", "--duration", "30")
+    try:
+        lean.wait_ready()
+        connect_from(lab, sport)
+        time.sleep(0.5)
+    finally:
+        journeys = lean.stop()
+    assert lean.returncode == 0, lean.stderr
+    syn = next(j for j in journeys if j["tcp_flags"] == "S" and j["hops"][0]["src"].endswith(f":{sport}"))
+    first = syn["hops"][0]
+    path = [(h["hook"], h["nat_stage"], h["ifname"], h["dst"]) for h in syn["hops"]]
+    assert (first["hook"], first["nat_stage"]) == ("nf_prerouting", "before"), path
+    assert first["dst"] == f"{lab['host_address']}:{lab['port']}", path
+    assert any(h["hook"] == "nf_prerouting" and h["nat_stage"] == "after"
+               and h["dst"] == f"{lab['container_ip']}:{lab['container_port']}" for h in syn["hops"]), path
+    assert not any(h["hook"] == "nf_forward" for h in syn["hops"]), path  # still lean
+    progs, links = wait_gone(before)
+    assert not progs and not links, (progs, links)

@@ -25,6 +25,14 @@ def test_lean_leaves_out_the_hooks_before_nat_forward_and_nothing_else_at_netfil
     assert [p.name for p in NetfilterSensor("lean").probes] == ["pre_a", "in_a", "out_b", "out_a", "post_a"]
 
 
+def test_lean_with_iface_keeps_prerouting_before_nat():
+    # tc watches the --iface interfaces only: a packet arriving elsewhere has
+    # no hop before PREROUTING, so its addresses before DNAT are kept there.
+    assert [p.name for p in NetfilterSensor("lean", tc_narrowed=True).probes] == ["pre_b", "pre_a", "in_a", "out_b",
+                                                                                 "out_a", "post_a"]
+    assert len(NetfilterSensor("all", tc_narrowed=True).probes) == 9
+
+
 def test_left_out_names_the_hops_a_lean_journey_lacks():
     lean = [("nf_prerouting", "before", None), ("nf_input", "before", None), ("nf_forward", None, None),
             ("nf_postrouting", "before", None), ("tc_ingress", None, "bridge"), ("tc_egress", None, "bridge")]

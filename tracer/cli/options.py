@@ -171,7 +171,8 @@ def hooks_option(fn):
         "--hooks", type=click.Choice(HOOK_PROFILES), default=DEFAULT, show_default=True,
         help="Which hooks to attach to. all: every hop. lean: 5 BPF runs a forwarded packet instead of 9, "
              "without PREROUTING, INPUT and POSTROUTING before NAT, FORWARD and tc on the Docker bridges "
-             "(NAT is still named where it happened, journeys end and drop the same; README: Performance).")(fn)
+             "(NAT is still named where it happened, journeys end and drop the same; with --iface, PREROUTING "
+             "before NAT stays; README: Performance).")(fn)
 
 
 def rules_option(fn):

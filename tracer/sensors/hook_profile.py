@@ -11,7 +11,8 @@ FORWARD (no NAT there), and tc on the bridges (docker0: between
 POSTROUTING and the veth's egress on the way in, between PREROUTING and
 FORWARD on the way out). OUTPUT before NAT stays: it is a host-sent
 packet's first sighting, the only one with its addresses before OUTPUT's
-DNAT. Journeys end at the same sightings (a container's eth0 ingress, an
+DNAT. With --iface, PREROUTING before NAT stays too: a packet arriving on
+an interface tc does not watch has no earlier hop. Journeys end at the same sightings (a container's eth0 ingress, an
 external interface's egress, INPUT after NAT, a drop): the kernel's
 assembly does not depend on which hops come before those.
 """
@@ -39,8 +40,13 @@ def check(profile: str) -> str:
     return profile
 
 
-def nf_probe_kept(profile: str, probe_name: str) -> bool:
-    """Whether a netfilter probe (NfProbe.name) is attached in this profile."""
+def nf_probe_kept(profile: str, probe_name: str, tc_narrowed: bool = False) -> bool:
+    """Whether a netfilter probe (NfProbe.name) is attached in this profile.
+    ``tc_narrowed`` (--iface): tc does not see every packet before
+    PREROUTING, so PREROUTING before NAT stays, or a packet arriving on
+    another interface would have no hop with its addresses before DNAT."""
+    if tc_narrowed and probe_name == "pre_b":
+        return True
     return probe_name not in _NF_LEFT_OUT[check(profile)]
 
 

@@ -56,9 +56,10 @@ class NetfilterSensor(Sensor):
     source_file = "netfilter.c"
     needs = ("netfilter_links",)
 
-    def __init__(self, hooks: str = DEFAULT) -> None:
-        # The hook profile (tracer/sensors/hook_profile.py): which of PROBES attach.
-        self.probes = tuple(p for p in PROBES if nf_probe_kept(hooks, p.name))
+    def __init__(self, hooks: str = DEFAULT, tc_narrowed: bool = False) -> None:
+        # The hook profile (tracer/sensors/hook_profile.py): which of PROBES
+        # attach; tc_narrowed: tc watches the --iface interfaces only.
+        self.probes = tuple(p for p in PROBES if nf_probe_kept(hooks, p.name, tc_narrowed))
         self.links: list[NetfilterLink] = []
         self.priorities: dict[str, int] = {}  # probe name (+ "6" for IPv6) -> priority
         self.ipv6 = False
