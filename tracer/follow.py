@@ -137,7 +137,11 @@ class Attachments:
             # container's veth came up before inventory knew the bridge, so
             # link events attached them as external interfaces (where
             # journeys end). They take their real role in place (no moment
-            # untraced).
+            # untraced); a bridge the profile leaves out is let go (as the
+            # full profile's would be re-added as a bridge).
+            if bridge is not None and not self.bridges and bridge.key in self._host_keys and bridge.ifname not in self.ifaces:
+                self.tc.remove(lambda t: t.key == bridge.key)
+                self._host_keys.discard(bridge.key)
             for target in targets:
                 if target.key in self._host_keys:
                     self.tc.replace_target(target)

@@ -147,3 +147,11 @@ def test_a_veth_taken_for_an_external_interface_ends_attached_as_a_veth(monkeypa
     assert started == roles == {"eth9": "external", "docker0": "bridge", "veth1": "veth", "eth0": "container"}
     assert (5, "veth") in writes and (3, "bridge") in writes  # the kernel's role changed in place
 
+
+
+def test_lean_lets_go_a_bridge_taken_for_an_external_interface(monkeypatch):
+    from tracer import follow
+
+    monkeypatch.setattr(follow, "host_netns_inode", lambda: 7)
+    started, roles, _ = _on_new_network(bridges=False)  # gone at the start already, not at the next link event
+    assert started == roles == {"eth9": "external", "veth1": "veth", "eth0": "container"}
