@@ -578,10 +578,14 @@ def stats_text(a, section: str | None, max_flows: int) -> str:
             ["flow", "container", "proto", "client", "service", "packets", "bytes", "req", "rep", "dropped", "slowest µs"],
             rows, {5, 6, 7, 8, 9, 10})]
     if "drops" in show:
+        from tracer.sensors.hook_profile import drop_place
+
+        profile = a.metadata.get("hooks", "all")
         out += ["", "drops by reason and hook last seen"]
         if a.drops:
             out += ["  " + x for x in _columns(["reason", "last seen", "packets"],
-                                               [[d.reason, d.last_seen, f"{d.packets:,}"] for d in a.drops], {2})]
+                                               [[d.reason, drop_place(profile, d.last_seen), f"{d.packets:,}"]
+                                                for d in a.drops], {2})]
         else:
             out.append("  none")
     if "lost" in show:

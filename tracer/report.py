@@ -33,6 +33,7 @@ from tracer.journeys import Journey
 from tracer.paths import Group, PathSummary
 from tracer.report_path import duration, path_svg
 from tracer.report_plots import box_plot, cpu_plot, end_to_end_plot, plt as _plt, series_plot, svg as _svg
+from tracer.sensors.hook_profile import drop_place
 from tracer.units import seconds_text as _seconds
 from tracer.units import micros_text
 
@@ -121,7 +122,9 @@ def drops_plot(a: Analysis) -> str:
     plt = _plt()
     rows = sorted(a.drops, key=lambda d: (d.packets, d.reason, d.last_seen))
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.0))
-    names = [f"{d.reason}  (after {d.last_seen})" for d in rows]
+    profile = a.metadata.get("hooks", "all")
+    names = [f"{d.reason}  ({place if (place := drop_place(profile, d.last_seen)) != d.last_seen else 'after ' + place})"
+             for d in rows]
     bars = ax.barh(names, [d.packets for d in rows], color="#d62728")
     ax.bar_label(bars, labels=[f"{d.packets:,}" for d in rows], padding=3, fontsize=8)
     ax.set_xlabel("packets")
@@ -213,7 +216,7 @@ def _path_section(paths: PathSummary) -> list[str]:
     ]
 
 
-def _group_section(g: Group, paths: PathSummary, anchor: str) -> list[str]:
+def _group_section(g: Group, paths: PathSummary, anchor: str, hooks: str = "all") -> list[str]:
     segs = g.path_segments()
     out = [f"<h3 id=\"{anchor}\">{html.escape(g.name)}</h3>"]
     verdicts = ", ".join(f"{n:,} {v}" for v, n in g.verdicts.most_common())
@@ -236,7 +239,8 @@ def _group_section(g: Group, paths: PathSummary, anchor: str) -> list[str]:
         out.append(_note("Steps of packets that took another way: " + html.escape("; ".join(
             f"{s.src} → {s.dst} ({s.packets:,})" for s in others[:8])) + ("; …" if len(others) > 8 else "") + "."))
     if g.drops:
-        out.append(_table(["last seen", "reason", "packets"], [[w, r, f"{n:,}"] for (w, r), n in g.drops.most_common()], {2}))
+        out.append(_table(["last seen", "reason", "packets"], [[drop_place(hooks, w), r, f"{n:,}"] for (w, r), n in g.drops.most_common()],
+                          {2}))
     return out
 
 
@@ -338,14 +342,15 @@ def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | No
                   "p1 to p99 with the p99 marked in red, max as a dot; then the p99 of each step over time. "
                   "Percentiles come from HdrHistograms with 3 significant digits (within 0.1 %), as HdrHistogram "
                   "reads them; <code>tracer stats</code> gives exact interpolated ones per direction."),
-            *[x for g, anchor in sections for x in _group_section(g, paths, anchor)],
+            *[x for g, anchor in sections for x in _group_section(g, paths, anchor, m.get("hooks", "all"))],
             *_end_to_end_section(paths),
             *_cpu_section(paths, sections),
             "<h2 id=\"waterfall\">Slowest journeys</h2>",
             *([_figure("plot-waterfall", waterfall_plot(journeys))] if journeys else [_note("No journey.")]),
             "<h2 id=\"drops\">Drops</h2>",
             *([_figure("plot-drops", drops_plot(a)),
-               _table(["reason", "last seen", "packets"], [[d.reason, d.last_seen, f"{d.packets:,}"] for d in a.drops], {2})]
+               _table(["reason", "last seen", "packets"],
+                      [[d.reason, drop_place(m.get("hooks", "all"), d.last_seen), f"{d.packets:,}"] for d in a.drops], {2})]
               if a.drops else [_note("No packet was dropped.")]),
             "<h2 id=\"throughput\">Throughput</h2>",
             *([_figure("plot-throughput", throughput_plot(tp))] if len(tp["t"]) else [_note("No events.")]),

@@ -62,3 +62,18 @@ def left_out(profile: str, hook: str, nat_stage: str | None, role: str | None) -
         if hook == h and (stage is None or stage == nat_stage) and (r is None or r == role):
             return True
     return False
+
+
+# Under lean, the left-out hooks where a packet last seen at a kept hop may
+# have been dropped: the filter table's FORWARD and INPUT run after
+# PREROUTING after NAT, and neither has a hop of its own.
+_DROPPED_UNSEEN_AFTER = {"lean": {"nf_prerouting/after": "FORWARD/INPUT"}}
+
+
+def drop_place(profile: str, last_seen: str) -> str:
+    """Where a capture of ``profile`` can place a drop last seen at the
+    hop labelled ``last_seen``: under lean a drop after PREROUTING after
+    NAT may be the filter table's in FORWARD or INPUT, which it does not
+    trace, so it says "after" that hop and why, not the hop itself."""
+    unseen = _DROPPED_UNSEEN_AFTER.get(profile if profile in HOOK_PROFILES else DEFAULT, {}).get(last_seen)
+    return f"after {last_seen} ({unseen} not traced: --hooks {profile})" if unseen else last_seen

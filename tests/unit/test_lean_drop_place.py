@@ -1,0 +1,51 @@
+"""Where a drop is placed under --hooks lean (review S12B finding 1).
+
+Lean has no FORWARD hop and no INPUT hop before NAT: a packet the filter
+table drops in FORWARD or INPUT is last seen at PREROUTING after NAT.
+`stats` and `report` say it was dropped after that hop, at hooks lean
+does not trace, not at PREROUTING itself. The lab capture's rows with the
+hops lean leaves out taken away are what a lean record of it holds.
+"""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from tests.unit.analysis_data import METADATA, capture_table, lab_capture, write_capture
+from tracer.cli import cli
+from tracer.sensors.hook_profile import drop_place, left_out
+
+LEAN_PLACE = "after nf_prerouting/after (FORWARD/INPUT not traced: --hooks lean)"
+
+
+def test_drop_place_under_each_profile():
+    assert drop_place("lean", "nf_prerouting/after") == LEAN_PLACE
+    assert drop_place("all", "nf_prerouting/after") == "nf_prerouting/after"
+    assert drop_place("lean", "tc_ingress@external") == "tc_ingress@external"  # lean keeps what comes next
+    assert drop_place("future", "nf_prerouting/after") == "nf_prerouting/after"  # a profile this version does not know
+
+
+def _captures(tmp_path):
+    rows, _ = lab_capture()
+    lean = [r for r in rows if not left_out("lean", r["hook"], r["nat_stage"], r["if_role"])]
+    assert len(lean) < len(rows)
+    return (write_capture(tmp_path / "full.arrows", capture_table(rows)),
+            write_capture(tmp_path / "lean.arrows", capture_table(lean), {**METADATA, "hooks": "lean"}))
+
+
+def test_stats_and_report_place_a_forward_drop_after_prerouting_under_lean(tmp_path):
+    full, lean = _captures(tmp_path)
+    runner = CliRunner()
+    out = {}
+    for name, cap in (("full", full), ("lean", lean)):
+        result = runner.invoke(cli, ["stats", str(cap)])
+        assert result.exit_code == 0, result.output
+        out[name] = result.output
+    assert "NETFILTER_DROP  nf_forward" in out["full"] and LEAN_PLACE not in out["full"], out["full"]
+    assert f"NETFILTER_DROP  {LEAN_PLACE}" in out["lean"], out["lean"]
+    assert "NETFILTER_DROP  nf_prerouting/after " not in out["lean"], out["lean"]
+    html_out = tmp_path / "lean.html"
+    result = runner.invoke(cli, ["report", str(lean), "-o", str(html_out)])
+    assert result.exit_code == 0, result.output
+    text = html_out.read_text()
+    assert text.count("FORWARD/INPUT not traced: --hooks lean") >= 2, "the drops table and the path's drops"
