@@ -302,6 +302,7 @@ def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | No
         f"<b>{html.escape(k)}</b> {html.escape(v)}"
         for k, v in (
             ("host", m.get("host")), ("kernel", m.get("kernel")), ("filter", m.get("filter")),
+            ("hooks", m.get("hooks", "all")),
             ("from", a.start or (a.latency.start if a.latency else None)),
             ("to", a.end or (a.latency.end if a.latency else None)),
             ("duration", f"{a.duration_s:.3f} s" if a.start else (f"{a.latency.seconds:.3f} s" if a.latency else None)),

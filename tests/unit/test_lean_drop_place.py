@@ -49,3 +49,21 @@ def test_stats_and_report_place_a_forward_drop_after_prerouting_under_lean(tmp_p
     assert result.exit_code == 0, result.output
     text = html_out.read_text()
     assert text.count("FORWARD/INPUT not traced: --hooks lean") >= 2, "the drops table and the path's drops"
+
+
+def test_stats_of_captures_with_different_profiles_names_each_and_report_names_the_profile(tmp_path):
+    """Review S12B finding 6: the first file's `hooks` stood for all of them."""
+    full, lean = _captures(tmp_path)
+    runner = CliRunner()
+    for files, hooks in (([full, lean], "hooks all (full.arrows), lean (lean.arrows)"),
+                         ([lean, full], "hooks lean (lean.arrows), all (full.arrows)")):
+        result = runner.invoke(cli, ["stats", *map(str, files)])
+        assert result.exit_code == 0, result.output
+        assert result.output.splitlines()[0].endswith(hooks), result.output.splitlines()[0]
+    result = runner.invoke(cli, ["stats", str(lean), str(lean)])
+    assert result.output.splitlines()[0].endswith("hooks lean"), result.output.splitlines()[0]
+    for cap, profile in ((lean, "lean"), (full, "all")):
+        out = tmp_path / f"{profile}.html"
+        result = runner.invoke(cli, ["report", str(cap), "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert f"<b>hooks</b> {profile}" in out.read_text()

@@ -329,6 +329,19 @@ class _FileRows:
                 yield out
 
 
+def _hooks_of_all(file_metadata: list, paths: list[str]) -> dict:
+    """The first file's metadata, whose ``hooks`` names every file's hook
+    profile when they differ ("lean (a.arrows), all (b.arrows)"): a reader of
+    the merged segments and drops knows some files lack hops by design."""
+    first = file_metadata[0]
+    by_profile: dict[str, list[str]] = {}
+    for meta, path in zip(file_metadata, paths):
+        by_profile.setdefault(meta.get("hooks", "all"), []).append(os.path.basename(path))
+    if len(by_profile) < 2:
+        return first
+    return {**first, "hooks": ", ".join(f"{profile} ({', '.join(names)})" for profile, names in by_profile.items())}
+
+
 class CaptureStream:
     """Capture files read in one pass, batch by batch, in bounded memory
     (``read_capture`` is this, collected into one table).
@@ -351,7 +364,7 @@ class CaptureStream:
             raise CaptureReadError("-: standard input can be read only once")
         self._files = [_FileRows(p) for p in self.paths]
         self.file_metadata = [f.metadata for f in self._files]
-        self.metadata = self.file_metadata[0]
+        self.metadata = _hooks_of_all(self.file_metadata, self.paths)
         self.recovered: list[str] = []
         self.on_warning = on_warning
         self.rows = 0
