@@ -269,3 +269,15 @@ def test_every_special_load_must_be_a_listed_map_load_even_with_a_good_checksum(
     bad = pc.Compiled(good.license, good.kern_version, good.maps, (pc.ProgramSpec("trc_x", insns, relocs),))
     with pytest.raises(pc.CorruptEntry, match="relocation"):
         pc.decode(pc.encode(bad, "k"), "k")
+
+
+def test_the_keys_bcc_version_is_read_without_importing_bcc():
+    """A warm start needs BCC only for its version in the key: read from
+    its package (import bcc is ~45 ms), the same value bcc.__version__ has."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from tracer.kernel.program_cache import bcc_version; v = bcc_version(); "
+              "assert 'bcc' not in sys.modules, 'imported'; import bcc; assert v == bcc.__version__, (v, bcc.__version__)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr

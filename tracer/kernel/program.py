@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from tracer import events
 from tracer.errors import MissingCapability
+from tracer.kernel.bcc_kallsyms import call_answered
 from tracer.kernel.btf import resolve_offsets
 from tracer.kernel.cpus import cpu_id_bound
 from tracer.kernel.headers import ensure_bcc_headers
@@ -93,6 +94,11 @@ LATENCY_FP_WINDOW_NS = 1_000_000_000
 # (docs/benchmarks.md, "Session 11: emit").
 SWEEP_CHUNK = 32
 JOURNEY_SWEEP_CHUNK = 16
+# A program's verification cost per instruction against the others' (what
+# load_programs orders by): trc_sweep's bounded loops, walked iteration by
+# iteration, make each ~10x as dear (65-110 ms for 485 instructions against
+# 150-225 ms for trc_nf_a's 4,133): last by size, it ended the loads alone.
+VERIFY_COST = {b"trc_sweep": 10}
 # Filter maps (--port, --host) are sized to the values given, at least this.
 FILTER_MAP_MIN = 64
 # --host values: each is a map entry the kernel allocates up front.
@@ -340,9 +346,10 @@ class Program:
         cflags = self.cflags() if cflags is None else cflags
         from bcc import BPF  # noqa: PLC0415 - heavy import, only when tracing
 
+        text = self.source() if source is None else source
         with captured_stderr() as captured:
             try:
-                return BPF(text=self.source() if source is None else source, cflags=cflags)
+                return call_answered(program_cache.bcc_version(), lambda: BPF(text=text, cflags=cflags))
             except Exception as exc:  # BCC raises bare Exception on compile errors
                 first_error = first_clang_error(captured.text()) or str(exc)
                 raise MissingCapability(f"BPF compile failed: {first_error.strip()}") from None
@@ -472,13 +479,11 @@ class Program:
 
     def cache_key(self, source: str, cflags: list[str]) -> str:
         """The program cache's key for this build (see program_cache.cache_key)."""
-        import bcc  # noqa: PLC0415 - its version only; no compile
-
         from tracer.kernel.btf import kernel_btf_key
 
         headers = ensure_bcc_headers()
         uname = os.uname()
-        return program_cache.cache_key(source, cflags, bcc.__version__, _header_tree_identity(headers.path),
+        return program_cache.cache_key(source, cflags, program_cache.bcc_version(), _header_tree_identity(headers.path),
                                        f"{uname.release} {uname.version} {uname.machine} {kernel_btf_key()}")
 
 
@@ -538,8 +543,8 @@ def load_programs(bpf, programs: Iterable[tuple[str, int, int]], workers: int | 
     wanted: dict[bytes, tuple[int, int]] = {}
     for name, prog_type, attach_type in programs:
         wanted.setdefault(name.encode(), (prog_type, attach_type))
-    # Longest first: the longest verification bounds the whole.
-    order = sorted(wanted, key=lambda name: -_function_size(bpf, name))
+    # Longest verification first: the longest bounds the whole (VERIFY_COST).
+    order = sorted(wanted, key=lambda name: -_function_size(bpf, name) * VERIFY_COST.get(name, 1))
     failed: list[str] = []
 
     def load(name: bytes) -> None:

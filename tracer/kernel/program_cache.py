@@ -86,6 +86,27 @@ class Compiled:
         return next((p for p in self.programs if p.name == name), None)
 
 
+def bcc_version() -> str:
+    """bcc.__version__, read from the package's version.py without importing
+    it: ``import bcc`` loads libbcc and its Python, ~45 ms of a warm start,
+    which needs nothing else of BCC (a cold start's compile imports it)."""
+    import importlib.util  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    spec = importlib.util.find_spec("bcc")
+    for where in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            text = Path(where, "version.py").read_text()
+        except OSError:
+            continue
+        found = re.search(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", text, re.M)
+        if found:
+            return found.group(1)
+    import bcc  # noqa: PLC0415 - a layout without version.py: ask the package
+
+    return bcc.__version__
+
+
 def cache_key(source: str, cflags: list[str], bcc_version: str, headers: str, kernel: str) -> str:
     """What the compiled programs depend on, hashed: any change compiles again."""
     h = hashlib.sha256()
