@@ -109,6 +109,13 @@ class StopSignals:
         self._watchdog.start()
         self._signals = stop_signals()
         self._previous = {sig: signal.getsignal(sig) for sig in self._signals}
+        # A setup-time signal raises KeyboardInterrupt wherever the main
+        # thread is; inside a callback Python cannot propagate from (an
+        # import lock's weakref callback, a __del__) it would be printed as
+        # "Exception ignored ... Traceback". The stop is not lost (requested
+        # is set: running() raises again), so that print is only noise.
+        self._previous_unraisable = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         for sig in self._signals:
             signal.signal(sig, self._interrupt)
 
@@ -145,6 +152,11 @@ class StopSignals:
         self._request(signum, frame)
         raise KeyboardInterrupt
 
+    def _unraisable(self, unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and self.requested:
+            return  # our own stop, raised where it could not propagate: see __init__
+        self._previous_unraisable(unraisable)
+
     def finishing(self) -> None:
         """From now on the command has STOP_GRACE_S to end (see above)."""
         self._finishing = True
@@ -180,6 +192,8 @@ class StopSignals:
                 os.close(self._wake_fd)
                 self._wake_fd = -1
         signal.setitimer(signal.ITIMER_REAL, 0)
+        if sys.unraisablehook == self._unraisable:
+            sys.unraisablehook = self._previous_unraisable
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
