@@ -14,6 +14,7 @@ from tracer.wallclock import clock
 from tracer.journey_rows import JourneyRows, journey_rows
 from tracer.journeys import VERDICTS, Hop, Journey, hop_label, nat_translation
 from tracer.native import i64, native
+from tracer.sensors.hook_profile import drop_place
 from tracer.text import printable
 from tracer.units import duration_text, micros_text, size_text
 
@@ -288,6 +289,7 @@ class Summary:
         self.packets = 0
         self.verdicts: Counter[str] = Counter({"delivered": 0, "dropped": 0, "unknown": 0})
         self.drops: Counter[tuple[str, str]] = Counter()  # (reason, hook last seen) -> packets
+        self.hooks = "all"  # the hook profile (--hooks, or the capture's): where render places a drop
         # Distinct flow ids: a sorted array (8 bytes a flow, not a set's ~70:
         # `show` of a capture with millions of flows), new ids merged in batches.
         self._flow_ids = np.zeros(0, np.uint64)
@@ -462,7 +464,8 @@ class Summary:
             + f"  {v['unknown']:,} unknown"
         ]
         for (reason, seen), n in self.drops.most_common():
-            lines.append(_style(f"  drop  {printable(reason)} ×{n:,}  last seen {seen}", color, fg="red"))
+            where = f"last seen {seen}" if (place := drop_place(self.hooks, seen)) == seen else place
+            lines.append(_style(f"  drop  {printable(reason)} ×{n:,}  {where}", color, fg="red"))
         lines.append("  " + self._lost_text(color))
         incomplete = {k: n for k, n in self.journey_ends.items() if k not in ("terminal", "drop") and n}
         if incomplete:
@@ -578,8 +581,6 @@ def stats_text(a, section: str | None, max_flows: int) -> str:
             ["flow", "container", "proto", "client", "service", "packets", "bytes", "req", "rep", "dropped", "slowest µs"],
             rows, {5, 6, 7, 8, 9, 10})]
     if "drops" in show:
-        from tracer.sensors.hook_profile import drop_place
-
         profile = a.metadata.get("hooks", "all")
         out += ["", "drops by reason and hook last seen"]
         if a.drops:

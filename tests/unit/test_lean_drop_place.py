@@ -67,3 +67,13 @@ def test_stats_of_captures_with_different_profiles_names_each_and_report_names_t
         result = runner.invoke(cli, ["report", str(cap), "-o", str(out)])
         assert result.exit_code == 0, result.output
         assert f"<b>hooks</b> {profile}" in out.read_text()
+
+
+def test_show_summary_places_the_drop_under_lean(tmp_path):
+    """The summary at the end of `show` (and of `trace`, from --hooks)."""
+    full, lean = _captures(tmp_path)
+    runner = CliRunner()
+    out = {name: runner.invoke(cli, ["show", str(cap)]) for name, cap in (("full", full), ("lean", lean))}
+    assert all(r.exit_code == 0 for r in out.values()), out
+    assert "drop  NETFILTER_DROP ×2  last seen nf_forward" in out["full"].stderr, out["full"].stderr
+    assert f"drop  NETFILTER_DROP ×2  {LEAN_PLACE}" in out["lean"].stderr, out["lean"].stderr

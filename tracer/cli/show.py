@@ -52,6 +52,7 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     color = use_color(color, sys.stdout) and not as_json
     out = sys.stdout
     summary = Summary()
+    summary.hooks = capture.metadata.get("hooks", "all")
     shown = 0
     # Whole packets a window at a time (tracer/packet_window.py), in order of
     # first sighting: the output is that of the whole capture at once, in
