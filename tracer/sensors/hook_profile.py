@@ -22,11 +22,9 @@ from __future__ import annotations
 HOOK_PROFILES = ("all", "lean")
 DEFAULT = "all"
 
-# Netfilter probes (tracer/sensors/netfilter.py PROBES names) each profile leaves out.
-_NF_LEFT_OUT = {"all": frozenset(), "lean": frozenset({"pre_b", "in_b", "fwd", "post_b"})}
-
 # The hops a profile leaves out as the journeys name them: (hook, nat_stage
-# or None, the interface role of a tc hop or None).
+# or None, the interface role of a tc hop or None). The one statement of a
+# profile: the sensors' choices below are read from it.
 LEFT_OUT_HOPS = {
     "all": (),
     "lean": (("nf_prerouting", "before", None), ("nf_input", "before", None), ("nf_forward", None, None),
@@ -40,19 +38,20 @@ def check(profile: str) -> str:
     return profile
 
 
-def nf_probe_kept(profile: str, probe_name: str, tc_narrowed: bool = False) -> bool:
-    """Whether a netfilter probe (NfProbe.name) is attached in this profile.
+def nf_probe_kept(profile: str, hook: str, nat_stage: str | None, tc_narrowed: bool = False) -> bool:
+    """Whether the netfilter probe at ``hook`` (as journeys name it:
+    nf_prerouting, ...) and ``nat_stage`` is attached in this profile.
     ``tc_narrowed`` (--iface): tc does not see every packet before
     PREROUTING, so PREROUTING before NAT stays, or a packet arriving on
     another interface would have no hop with its addresses before DNAT."""
-    if tc_narrowed and probe_name == "pre_b":
+    if tc_narrowed and (hook, nat_stage) == ("nf_prerouting", "before"):
         return True
-    return probe_name not in _NF_LEFT_OUT[check(profile)]
+    return not left_out(profile, hook, nat_stage, None)
 
 
 def traces_bridges(profile: str) -> bool:
     """Whether tc attaches to the Docker bridges in this profile."""
-    return check(profile) == "all"
+    return not (left_out(profile, "tc_ingress", None, "bridge") or left_out(profile, "tc_egress", None, "bridge"))
 
 
 def left_out(profile: str, hook: str, nat_stage: str | None, role: str | None) -> bool:

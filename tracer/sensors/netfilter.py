@@ -51,6 +51,13 @@ PROBES = (
 )
 
 
+def _nat_stage(probe: NfProbe) -> str | None:
+    """The probe's NAT stage as its hops name it (FORWARD has none)."""
+    if probe.hook == "forward":
+        return None
+    return "before" if probe.function == BEFORE else "after"
+
+
 class NetfilterSensor(Sensor):
     name = "netfilter"
     source_file = "netfilter.c"
@@ -59,7 +66,7 @@ class NetfilterSensor(Sensor):
     def __init__(self, hooks: str = DEFAULT, tc_narrowed: bool = False) -> None:
         # The hook profile (tracer/sensors/hook_profile.py): which of PROBES
         # attach; tc_narrowed: tc watches the --iface interfaces only.
-        self.probes = tuple(p for p in PROBES if nf_probe_kept(hooks, p.name, tc_narrowed))
+        self.probes = tuple(p for p in PROBES if nf_probe_kept(hooks, "nf_" + p.hook, _nat_stage(p), tc_narrowed))
         self.links: list[NetfilterLink] = []
         self.priorities: dict[str, int] = {}  # probe name (+ "6" for IPv6) -> priority
         self.ipv6 = False
