@@ -21,13 +21,12 @@ a port it picks as well).
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from collections import Counter
 
-from tests.e2e.tracing import Tracer, burst_from, connect_from, own_source_ports
+from tests.e2e.tracing import Tracer, burst_from, connect_from, ours, own_source_ports, wait_until_all_shown
 from tracer.capture.reader import read_capture
 from tracer.journeys import build_journeys
 
@@ -37,11 +36,6 @@ def signature(j: dict) -> tuple:
         j["flow_id"], j["direction"], j["protocol"], j["tcp_flags"], j["container"], j["verdict"], j["drop_reason"],
         tuple((h["hook"], h["nat_stage"], h["ifname"], h["container"], h["src"], h["dst"]) for h in j["hops"]),
     )
-
-
-def ours(ports: set[int], addresses) -> bool:
-    """Addresses of one hop (src, dst as "a:p" / "[a]:p" texts) use one of the test's ports."""
-    return any(a and int(a.rsplit(":", 1)[1]) in ports for a in addresses)
 
 
 def captured(path, ports: set[int]) -> dict[tuple, Counter]:
@@ -101,7 +95,7 @@ def _run_both(lab, tmp_path, sports: list[int], out_port: int) -> tuple[list, li
     # stopped while a last packet is still on its way (or still held, a
     # loaded machine shows late, the per-sighting build later still) would
     # miss a packet the other has.
-    _wait_until_both_shown([shipped, oracle], set(sports) | {out_port})
+    wait_until_all_shown([shipped, oracle], set(sports) | {out_port})
     kernel, sightings = shipped.stop(), oracle.stop()
     assert shipped.returncode == 0 and oracle.returncode == 0, shipped.stderr + oracle.stderr
     assert "TRACER_SIGHTING_EVENTS" in oracle.stderr and "TRACER_SIGHTING_EVENTS" not in shipped.stderr
@@ -114,32 +108,6 @@ def _summary(stderr: str) -> str:
     return "; ".join(line.strip() for line in stderr.splitlines()
                      if line.strip().startswith(("summary", "lost", "incomplete", "journey faults", "left out"))
                      or "left out" in line)
-
-
-def _shown(tracer: Tracer, ports: set[int]) -> int:
-    """How many of the test's journeys the tracer has shown so far (whole lines)."""
-    text = tracer.stdout_file.read_text()
-    lines = text[: text.rfind("\n") + 1].splitlines()
-    return sum(1 for line in lines if line.strip() and ours(ports, _addresses(json.loads(line))))
-
-
-def _addresses(j: dict) -> list:
-    return [a for h in j["hops"] for a in (h["src"], h["dst"])]
-
-
-def _wait_until_both_shown(tracers: list[Tracer], ports: set[int], timeout: float = 90) -> None:
-    """Until the tracers have shown as many of the test's journeys as each
-    other, the same at two looks a second apart (the traffic is over: a
-    packet in flight or held shows within that). If they never agree, the
-    comparison after the stop says how they differ."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        counts = [_shown(t, ports) for t in tracers]
-        if counts[0] and len(set(counts)) == 1 and counts == last:
-            return
-        last = counts
-        time.sleep(1.0)
 
 
 def _compare(lab, tmp_path, kernel: list, sightings: list, ports: set[int]) -> None:

@@ -28,14 +28,11 @@ import sys
 import time
 from collections import Counter
 
-from tests.e2e.tracing import Tracer, burst_from, connect_from, kernel_snapshot, own_source_ports, wait_gone
+from tests.e2e.tracing import (Tracer, burst_from, connect_from, kernel_snapshot, ours, own_source_ports, wait_gone,
+                               wait_until_all_shown)
 from tracer.capture.reader import read_capture
 from tracer.journeys import build_journeys, nat_translation
 from tracer.sensors.hook_profile import left_out
-
-
-def ours(ports: set[int], addresses) -> bool:
-    return any(a and int(a.rsplit(":", 1)[1]) in ports for a in addresses)
 
 
 def packets(path, ports: set[int], drop_left_out: bool) -> dict[tuple, Counter]:
@@ -63,24 +60,6 @@ def packets(path, ports: set[int], drop_left_out: bool) -> dict[tuple, Counter]:
     return out
 
 
-def _shown(tracer: Tracer, ports: set[int]) -> int:
-    text = tracer.stdout_file.read_text()
-    lines = text[: text.rfind("\n") + 1].splitlines()
-    return sum(1 for line in lines if line.strip()
-               and ours(ports, [a for h in json.loads(line)["hops"] for a in (h["src"], h["dst"])]))
-
-
-def _wait_until_both_shown(tracers: list[Tracer], ports: set[int], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        counts = [_shown(t, ports) for t in tracers]
-        if counts[0] and len(set(counts)) == 1 and counts == last:
-            return
-        last = counts
-        time.sleep(1.0)
-
-
 def test_lean_journeys_are_the_full_ones_without_the_left_out_hooks(lab, tmp_path):
     before = kernel_snapshot()
     *sports, out_port = own_source_ports(21)
@@ -103,7 +82,7 @@ def test_lean_journeys_are_the_full_ones_without_the_left_out_hooks(lab, tmp_pat
                              capture_output=True, timeout=30).returncode != 0:
             assert time.monotonic() < deadline, f"the test's server on {url} never answered the container"
             time.sleep(0.2)
-        _wait_until_both_shown([full, lean], mine)
+        wait_until_all_shown([full, lean], mine)
     finally:
         full.stop()
         if lean is not None:

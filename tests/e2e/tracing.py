@@ -398,3 +398,31 @@ def burst_from(lab, sports: list[int], seconds: float = 5) -> subprocess.Popen:
     return subprocess.Popen(["ip", "netns", "exec", lab["netns"], sys.executable, "-c", code, lab["host_address"],
                              str(lab["port"]), str(seconds), *map(str, sports)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def ours(ports: set[int], addresses) -> bool:
+    """Addresses of one hop (src, dst as "a:p" / "[a]:p" texts) use one of a test's ports."""
+    return any(a and int(a.rsplit(":", 1)[1]) in ports for a in addresses)
+
+
+def shown_journeys(tracer: Tracer, ports: set[int]) -> int:
+    """How many of a test's journeys a `trace --json` has shown so far (whole lines)."""
+    text = tracer.stdout_file.read_text()
+    lines = text[: text.rfind("\n") + 1].splitlines()
+    return sum(1 for line in lines if line.strip()
+               and ours(ports, [a for h in json.loads(line)["hops"] for a in (h["src"], h["dst"])]))
+
+
+def wait_until_all_shown(tracers: list[Tracer], ports: set[int], timeout: float = 90) -> None:
+    """Until the tracers have shown as many of a test's journeys as each
+    other, the same at two looks a second apart (the traffic is over: a
+    packet in flight or held shows within that). If they never agree, the
+    comparison after the stop says how they differ."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        counts = [shown_journeys(t, ports) for t in tracers]
+        if counts[0] and len(set(counts)) == 1 and counts == last:
+            return
+        last = counts
+        time.sleep(1.0)
