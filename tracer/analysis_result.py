@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from tracer.analysis_rows import _ints, iso, wall_ns
 from tracer.ids import format_id
+from tracer.sensors.hook_profile import drop_place
 
 ARROW = "→"
 
@@ -61,6 +62,16 @@ class DropStats:
     reason: str
     last_seen: str  # label of the packet's last sighting before the drop ('-' if none)
     packets: int
+
+    def to_dict(self, hooks: str = "all") -> dict[str, Any]:
+        """JSON/CSV fields: ``place`` is where the drop happened as far as
+        the capture's hook profile ``hooks`` tells (text's "last seen"
+        column: tracer/sensors/hook_profile.py drop_place); ``last_seen``
+        stays the hop label."""
+        return dict(zip(DROP_COLUMNS, (self.reason, self.last_seen, drop_place(hooks, self.last_seen), self.packets)))
+
+
+DROP_COLUMNS = ("reason", "last_seen", "place", "packets")
 
 
 @dataclass(frozen=True)
@@ -210,7 +221,7 @@ class Analysis:
             "end": self.end,
             "segments": [dict(vars(s)) for s in self.segments],
             "flow_summary": [f.to_dict() for f in self.flows] if flows else [],
-            "drops": [dict(vars(d)) for d in self.drops],
+            "drops": [d.to_dict(self.metadata.get("hooks", "all")) for d in self.drops],
             "lost_events": self.lost,
             "metadata": self.metadata,
             "latency": self.latency.to_dict() if self.latency is not None else None,

@@ -439,7 +439,7 @@ class Summary:
             "flows": self.flows,
             "verdicts": dict(self.verdicts),
             "drops": [
-                {"reason": reason, "last_seen": seen, "packets": n}
+                {"reason": reason, "last_seen": seen, "place": drop_place(self.hooks, seen), "packets": n}
                 for (reason, seen), n in self.drops.most_common()
             ],
             "lost_events": {
@@ -464,7 +464,7 @@ class Summary:
             + f"  {v['unknown']:,} unknown"
         ]
         for (reason, seen), n in self.drops.most_common():
-            where = f"last seen {seen}" if (place := drop_place(self.hooks, seen)) == seen else place
+            where = drop_place(self.hooks, seen, f"last seen {seen}")
             lines.append(_style(f"  drop  {printable(reason)} ×{n:,}  {where}", color, fg="red"))
         lines.append("  " + self._lost_text(color))
         incomplete = {k: n for k, n in self.journey_ends.items() if k not in ("terminal", "drop") and n}

@@ -123,8 +123,7 @@ def drops_plot(a: Analysis) -> str:
     rows = sorted(a.drops, key=lambda d: (d.packets, d.reason, d.last_seen))
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.0))
     profile = a.metadata.get("hooks", "all")
-    names = [f"{d.reason}  ({place if (place := drop_place(profile, d.last_seen)) != d.last_seen else 'after ' + place})"
-             for d in rows]
+    names = [f"{d.reason}  ({drop_place(profile, d.last_seen, f'after {d.last_seen}')})" for d in rows]
     bars = ax.barh(names, [d.packets for d in rows], color="#d62728")
     ax.bar_label(bars, labels=[f"{d.packets:,}" for d in rows], padding=3, fontsize=8)
     ax.set_xlabel("packets")

@@ -77,3 +77,36 @@ def test_show_summary_places_the_drop_under_lean(tmp_path):
     assert all(r.exit_code == 0 for r in out.values()), out
     assert "drop  NETFILTER_DROP ×2  last seen nf_forward" in out["full"].stderr, out["full"].stderr
     assert f"drop  NETFILTER_DROP ×2  {LEAN_PLACE}" in out["lean"].stderr, out["lean"].stderr
+
+
+def test_drop_place_words_a_drop_placed_where_last_seen_as_asked():
+    assert drop_place("all", "nf_forward", "last seen nf_forward") == "last seen nf_forward"
+    assert drop_place("lean", "nf_prerouting/after", "last seen nf_prerouting/after") == LEAN_PLACE
+    assert drop_place("lean", "tc_ingress@external", "") == ""
+
+
+def test_json_summary_and_stats_json_and_csv_place_the_drop_as_the_text_does(tmp_path):
+    """`last_seen` stays the hop label (the stats JSON contract, and what the
+    queries group by); `place` is the text's "last seen" column: under lean
+    a FORWARD drop is after PREROUTING after NAT, as `stats` prints it."""
+    import csv
+    import io
+    import json
+
+    from tracer.capture.reader import read_capture
+    from tracer.journey_rows import journey_rows
+    from tracer.render import Summary
+
+    full, lean = _captures(tmp_path)
+    runner = CliRunner()
+    for cap, last_seen, place in ((full, "nf_forward", "nf_forward"), (lean, "nf_prerouting/after", LEAN_PLACE)):
+        summary = Summary()
+        summary.hooks = read_capture([str(cap)]).metadata.get("hooks", "all")  # as `show` sets it
+        summary.add_table(journey_rows(read_capture([str(cap)]).events))
+        want = {"reason": "NETFILTER_DROP", "last_seen": last_seen, "place": place, "packets": 2}
+        assert want in summary.to_dict()["drops"], summary.to_dict()["drops"]
+        result = runner.invoke(cli, ["stats", "--format", "json", "--section", "drops", str(cap)])
+        assert result.exit_code == 0, result.output
+        assert want in json.loads(result.output)["drops"], result.output
+        result = runner.invoke(cli, ["stats", "--format", "csv", "--section", "drops", str(cap)])
+        assert {k: str(v) for k, v in want.items()} in list(csv.DictReader(io.StringIO(result.output))), result.output

@@ -112,7 +112,7 @@ def test_summary_medians_counts_and_drops():
     d = s.to_dict()
     assert d["packets"] == 6 and d["flows"] == 3
     assert d["verdicts"] == {"delivered": 4, "dropped": 1, "unknown": 1}
-    assert d["drops"] == [{"reason": "NETFILTER_DROP", "last_seen": "nf_forward", "packets": 1}]
+    assert d["drops"] == [{"reason": "NETFILTER_DROP", "last_seen": "nf_forward", "place": "nf_forward", "packets": 1}]
     assert d["lost_events"] == {"tc": {"lost": 0, "events": 1000}, "netfilter": {"lost": 3, "events": 297}}
     segs = {x["segment"]: (x["count"], x["p50_us"]) for x in d["segments"]}
     # 1000, 3000, 2000, 8000 -> 2.5 µs; 4000, 1000, 10000, 1000 -> 2.5 µs

@@ -77,7 +77,7 @@ def _write_json(a, section: str | None) -> None:
 
 
 def _write_csv(a, section: str) -> None:
-    from tracer.analysis_result import DropStats, FlowStats, SegmentStats
+    from tracer.analysis_result import DROP_COLUMNS, FlowStats, SegmentStats
 
     out = csv.writer(sys.stdout, lineterminator="\n")
     if section == "latency":
@@ -93,7 +93,12 @@ def _write_csv(a, section: str) -> None:
         for name, v in (a.lost or {}).items():
             out.writerow([name, v["events"], v["lost"]])
         return
-    kind, rows = {"segments": (SegmentStats, a.segments), "flows": (FlowStats, a.flows), "drops": (DropStats, a.drops)}[section]
+    if section == "drops":
+        out.writerow(DROP_COLUMNS)
+        for d in a.drops:
+            out.writerow(d.to_dict(a.metadata.get("hooks", "all")).values())
+        return
+    kind, rows = {"segments": (SegmentStats, a.segments), "flows": (FlowStats, a.flows)}[section]
     names = [f.name for f in fields(kind)]
     out.writerow(names)
     for r in rows:

@@ -69,10 +69,21 @@ def left_out(profile: str, hook: str, nat_stage: str | None, role: str | None) -
 _DROPPED_UNSEEN_AFTER = {"lean": {"nf_prerouting/after": "FORWARD/INPUT"}}
 
 
-def drop_place(profile: str, last_seen: str) -> str:
+def unseen_after(profile: str, last_seen: str) -> str | None:
+    """The left-out hooks (as netfilter names them: "FORWARD/INPUT") where a
+    packet of ``profile`` last seen at the hop labelled ``last_seen`` may
+    have been dropped, or None: the drop was where it was last seen."""
+    return _DROPPED_UNSEEN_AFTER.get(profile if profile in HOOK_PROFILES else DEFAULT, {}).get(last_seen)
+
+
+def drop_place(profile: str, last_seen: str, seen: str | None = None) -> str:
     """Where a capture of ``profile`` can place a drop last seen at the
     hop labelled ``last_seen``: under lean a drop after PREROUTING after
     NAT may be the filter table's in FORWARD or INPUT, which it does not
-    trace, so it says "after" that hop and why, not the hop itself."""
-    unseen = _DROPPED_UNSEEN_AFTER.get(profile if profile in HOOK_PROFILES else DEFAULT, {}).get(last_seen)
-    return f"after {last_seen} ({unseen} not traced: --hooks {profile})" if unseen else last_seen
+    trace, so it says "after" that hop and why, not the hop itself.
+    ``seen``: the words when the drop is placed at ``last_seen`` itself
+    (default: the label alone)."""
+    unseen = unseen_after(profile, last_seen)
+    if unseen:
+        return f"after {last_seen} ({unseen} not traced: --hooks {profile})"
+    return last_seen if seen is None else seen
