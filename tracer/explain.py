@@ -12,6 +12,7 @@ conntrack applying the connection's NAT (replies never pass the nat rules).
 from __future__ import annotations
 
 from tracer.rule_render import rule_label, rule_text
+from tracer.sensors.hook_profile import unseen_after
 
 HOOK_WORDS = {"nf_prerouting": "PREROUTING", "nf_input": "INPUT", "nf_forward": "FORWARD",
               "nf_output": "OUTPUT", "nf_postrouting": "POSTROUTING"}
@@ -30,15 +31,26 @@ def packet_name(journey: dict) -> str:
     return f"{proto} {FLAG_WORDS.get(flags, flags)}".strip() if proto == "tcp" else proto
 
 
-def _hook_groups(hops: list[dict]) -> list[tuple[str, list[dict]]]:
-    """Consecutive hops of one netfilter hook (before/after NAT together)."""
-    groups: list[tuple[str, list[dict]]] = []
+def _hook_groups(hops: list[dict]) -> list[tuple[str, list[dict], dict | None]]:
+    """Consecutive hops of one netfilter hook (before/after NAT together),
+    each with the hop before them (None: the first), whose addresses its
+    NAT is told against: under --hooks lean, PREROUTING's hop before NAT is
+    the tc hop before it. Rules met at a hook the journey has no hop for
+    (``at_hook``: FORWARD under lean) are a group of their own after their
+    hop's, with its addresses (no NAT between them), marked ``untraced``."""
+    groups: list[tuple[str, list[dict], dict | None]] = []
+    prev = None
     for hop in hops:
         if hop["hook"] in HOOK_WORDS:
+            rules = hop.get("rules", [])
+            own = dict(hop, rules=[r for r in rules if not r.get("at_hook")])
             if groups and groups[-1][0] == hop["hook"]:
-                groups[-1][1].append(hop)
+                groups[-1][1].append(own)
             else:
-                groups.append((hop["hook"], [hop]))
+                groups.append((hop["hook"], [own], prev))
+            for at in dict.fromkeys(r["at_hook"] for r in rules if r.get("at_hook") in HOOK_WORDS):
+                groups.append((at, [dict(hop, rules=[r for r in rules if r.get("at_hook") == at], untraced=True)], hop))
+        prev = hop
     return groups
 
 
@@ -53,7 +65,7 @@ def _nat_change(before: dict, after: dict, back: str = "") -> list[str]:
 
 def hook_sentence(hook: str, hops: list[dict], prev: dict | None, direction: str | None) -> str:
     rules = [r for h in hops for r in h.get("rules", [])]
-    where = HOOK_WORDS[hook]
+    where = HOOK_WORDS[hook] + (" (no hop traced there)" if hops[0].get("untraced") else "")
     start = prev if prev is not None else hops[0]
     changes = _nat_change(start, hops[-1])
     back = _nat_change(start, hops[-1], " back") if direction == "reply" else changes
@@ -88,7 +100,9 @@ def hook_sentence(hook: str, hops: list[dict], prev: dict | None, direction: str
     return f"{where}: {'; '.join(parts)}{via}."
 
 
-def journey_steps(journey: dict) -> list[str]:
+def journey_steps(journey: dict, hooks: str = "all") -> list[str]:
+    """The sentences of one journey; ``hooks``: the hook profile it was
+    traced with (where a drop can be placed)."""
     hops = [h for h in journey["hops"] if h["hook"] != "drop"]
     if not hops:
         return ["No sighting."]
@@ -98,14 +112,20 @@ def journey_steps(journey: dict) -> list[str]:
         steps.append(f"Left container {first['container']}'s {first['ifname']} from {first['src']} to {first['dst']}.")
     else:
         steps.append(f"Arrived on {first['ifname']} from {first['src']} for {first['dst']}.")
-    prev = None
-    for hook, group in _hook_groups(journey["hops"]):
+    for hook, group, prev in _hook_groups(journey["hops"]):
         steps.append(hook_sentence(hook, group, prev, journey.get("direction")))
-        prev = group[-1]
     if journey.get("verdict") == "dropped":
         reason = journey.get("drop_reason") or "dropped"
         where = HOOK_WORDS.get(last["hook"], last["hook"])
-        steps.append(f"Dropped after {where} on {last['ifname']} (kernel reason {reason}).")
+        rule = next((r for h in hops for r in h.get("rules", []) if r.get("verdict") == "drop"), None)
+        label = f"{last['hook']}/{last['nat_stage']}" if last.get("nat_stage") else last["hook"]
+        if rule is not None and rule.get("at_hook") in HOOK_WORDS:  # its rule says where: a hook with no hop
+            unseen = f" in {HOOK_WORDS[rule['at_hook']]} (no hop traced there),"
+        elif (hooks_unseen := unseen_after(hooks, label)) is not None:
+            unseen = f" in {hooks_unseen.replace('/', ' or ')} (not traced: --hooks {hooks}),"
+        else:
+            unseen = ""
+        steps.append(f"Dropped{unseen} after {where} on {last['ifname']} (kernel reason {reason}).")
     elif last.get("container") and last["hook"] == "tc_ingress":
         path = [h["ifname"] for h in hops if h["hook"] == "tc_egress" and h["ifname"]]
         through = f" through {' and '.join(dict.fromkeys(path))}" if path else ""
@@ -119,17 +139,17 @@ def journey_steps(journey: dict) -> list[str]:
     return steps
 
 
-def explain(request: dict, reply: dict | None, waited_s: float | None = None) -> str:
+def explain(request: dict, reply: dict | None, waited_s: float | None = None, hooks: str = "all") -> str:
     """The explanation of a connection from its first packet's journey and
-    the first reply's (None: none came)."""
+    the first reply's (None: none came), traced with hook profile ``hooks``."""
     h0 = next(h for h in request["hops"] if h["hook"] != "drop")
     lines = [f"Connection {request.get('protocol')} {h0['src']} → {h0['dst']}"
              + (f"  [{request['container']}]" if request.get("container") else "")]
     lines.append(f"The first packet ({packet_name(request)}):")
-    lines += [f"  {i}. {s}" for i, s in enumerate(journey_steps(request), 1)]
+    lines += [f"  {i}. {s}" for i, s in enumerate(journey_steps(request, hooks), 1)]
     if reply is not None:
         lines.append(f"The reply ({packet_name(reply)}):")
-        lines += [f"  {i}. {s}" for i, s in enumerate(journey_steps(reply), 1)]
+        lines += [f"  {i}. {s}" for i, s in enumerate(journey_steps(reply, hooks), 1)]
     elif request.get("verdict") != "dropped":
         lines.append(f"No reply seen{f' within {waited_s:.0f} s' if waited_s else ''}.")
     return "\n".join(lines)

@@ -401,6 +401,28 @@ def test_explain_the_next_connection(lab, no_leftovers):
     no_leftovers()
 
 
+def test_explain_under_lean_hooks(lab, no_leftovers):
+    """`explain --hooks lean`: no FORWARD hop, yet the connection is found
+    (it was not: a request had to have one), the DNAT is named at
+    PREROUTING (against the tc hop before it) and FORWARD's rule is said
+    as FORWARD's."""
+    sport = own_source_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "explain", "--hooks", "lean", "--port", str(sport),
+                             "--timeout", "60"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while "Ctrl-C" not in (line := proc.stderr.readline()):
+        assert line, proc.communicate()
+    connect_from(lab, sport)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    dest = f"{lab['container_ip']}:{lab['container_port']}"
+    assert re.search(rf"PREROUTING: nat/DOCKER #\d+ \(-A DOCKER .*--dport {lab['port']} .*--to-destination {dest}\) "
+                     rf"translated its destination to {dest}", out), out
+    assert re.search(r"FORWARD \(no hop traced there\): accepted by filter/DOCKER #\d+ \(-A DOCKER -d ", out), out
+    assert f"to container {lab['container']}'s eth0 at {dest}." in out, out
+    assert "The reply (tcp SYN-ACK):" in out and f"source back to {lab['host_address']}:{lab['port']}" in out, out
+    no_leftovers()
+
+
 def test_explain_gives_up_in_one_line(lab, no_leftovers):
     done = subprocess.run([sys.executable, "-m", "tracer", "explain", "--port", "65431", "--timeout", "1"], cwd=REPO,
                           capture_output=True, text=True, timeout=90)

@@ -80,9 +80,14 @@ def test_every_live_command_takes_the_profile_and_it_reaches_the_session_options
     from tracer.cli import latency, record, trace
     from tracer.cli.options import options_from
 
-    for cmd in (trace.trace, record.record, latency.latency):
+    from tracer.cli import explain
+
+    helps = set()
+    for cmd in (trace.trace, record.record, latency.latency, explain.explain):
         hooks = next(p for p in cmd.params if p.name == "hooks")
         assert hooks.default == "all" and list(hooks.type.choices) == ["all", "lean"], cmd.name
+        helps.add(hooks.help)
+    assert len(helps) == 1, "one option, one help text"
     assert options_from((8000,), (), (), None, (), "auto", hooks="lean").hooks == "lean"
     assert options_from((8000,), (), (), None, (), "auto").hooks == "all"
 

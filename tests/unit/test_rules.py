@@ -347,3 +347,36 @@ def test_explain_in_words():
     assert f"FORWARD: dropped by filter/DOCKER-USER #1 ({drop['iptables']})." in text
     assert "Dropped after FORWARD on trc-host (kernel reason NETFILTER_DROP)." in text and "No reply" not in text
     assert "No reply seen within 5 s." in explain(request, None, 5)
+
+
+def test_explain_under_lean_says_forward_apart_and_places_the_drop():
+    """--hooks lean has no FORWARD hop: FORWARD's rules are on PREROUTING
+    after NAT with `at_hook` (hop_rules); explain says them as FORWARD's,
+    not PREROUTING's, and a drop there as in FORWARD."""
+    from tracer.cli.explain import _opens
+    from tracer.explain import explain
+
+    ctr = "172.17.0.2:8080"
+    dnat = _r("nat", "DOCKER", 2, "accept", "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8000 -j DNAT --to-destination 172.17.0.2:8080")
+    accept = dict(_r("filter", "DOCKER", 1, "accept", "-A DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -j ACCEPT"),
+                  at_hook="nf_forward")
+    request = {"protocol": "tcp", "tcp_flags": "S", "direction": "original", "verdict": "delivered", "container": "web",
+               "hops": [_hop("tc_ingress"), _hop("nf_prerouting", "after", dst=ctr, rules=[dnat, accept]),
+                        _hop("nf_postrouting", "after", dst=ctr), _hop("tc_egress", dst=ctr, ifname="veth1"),
+                        _hop("tc_ingress", dst=ctr, ifname="eth0", container="web")]}
+    assert _opens(request), "a lean request has no FORWARD hop: POSTROUTING says it was routed"
+    text = explain(request, None, hooks="lean")
+    assert f"PREROUTING: nat/DOCKER #2 ({dnat['iptables']}) translated its destination to {ctr}." in text, text
+    assert f"FORWARD (no hop traced there): accepted by filter/DOCKER #1 ({accept['iptables']})." in text, text
+    assert text.index("PREROUTING:") < text.index("FORWARD (no hop") < text.index("POSTROUTING:"), text
+    drop = dict(_r("filter", "DOCKER-USER", 1, "drop", "-A DOCKER-USER -s 198.18.0.2/32 -j DROP"), at_hook="nf_forward")
+    pre = _hop("nf_prerouting", "after", dst=ctr, rules=[dnat, drop])
+    dropped = dict(request, verdict="dropped", drop_reason="NETFILTER_DROP", hops=[_hop("tc_ingress"), pre, _hop("drop", dst=ctr)])
+    text = explain(dropped, None, hooks="lean")
+    assert f"FORWARD (no hop traced there): dropped by filter/DOCKER-USER #1 ({drop['iptables']})." in text, text
+    assert "Dropped in FORWARD (no hop traced there), after PREROUTING on trc-host (kernel reason NETFILTER_DROP)." in text
+    # No rule names the hook (a policy's drop not reported, say): lean's drop_place, in words.
+    unnamed = dict(dropped, hops=[_hop("tc_ingress"), _hop("nf_prerouting", "after", dst=ctr), _hop("drop", dst=ctr)])
+    assert ("Dropped in FORWARD or INPUT (not traced: --hooks lean), after PREROUTING on trc-host "
+            "(kernel reason NETFILTER_DROP).") in explain(unnamed, None, hooks="lean")
+    assert "Dropped after PREROUTING on trc-host (kernel reason NETFILTER_DROP)." in explain(unnamed, None)

@@ -8,7 +8,7 @@ import time
 
 import click
 
-from tracer.cli.options import SECONDS, options_from, target_options
+from tracer.cli.options import SECONDS, hooks_option, options_from, target_options
 from tracer.errors import TracerError
 from tracer.stopping import StopSignals
 from tracer.text import printable
@@ -23,15 +23,16 @@ class NoConnection(TracerError):
 
 @click.command()
 @target_options
+@hooks_option
 @click.option("--timeout", type=SECONDS, default=60, show_default=True,
               help="Give up when no connection starts within S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="The two journeys (first packet, reply) with their rules, as JSON lines.")
-def explain(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, timeout, as_json):
+def explain(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, timeout, as_json, hooks):
     """Trace the next matching connection with its netfilter rules and
     explain its way through the host in words: where it arrived, which rule
     DNATed it to which container, which FORWARD rule accepted it, where it
     was delivered, how the reply was translated back; or which rule dropped it."""
-    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules=True)
+    options = options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample, expression, rules=True, hooks=hooks)
     request, reply, waited = watch_connection(options, timeout)
     if as_json:
         for j in (request, reply):
@@ -41,7 +42,7 @@ def explain(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample
     from tracer.explain import explain as words
 
     # Interface, container and chain names, rule comments: escaped for the terminal, line by line.
-    click.echo("\n".join(map(printable, words(request, reply, waited).split("\n"))))
+    click.echo("\n".join(map(printable, words(request, reply, waited, hooks).split("\n"))))
 
 
 def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]:
@@ -103,9 +104,11 @@ def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]
 def _opens(journey: dict) -> bool:
     """The first packet of a connection: a TCP SYN, or any UDP/ICMP packet
     in the original direction."""
-    # Seen at its netfilter hooks (a journey missing them would explain nothing).
+    # Seen at its netfilter hooks past routing (a journey missing them would
+    # explain nothing); --hooks lean has no FORWARD hop: POSTROUTING then.
     hooks = {h["hook"] for h in journey["hops"]}
-    if journey.get("direction") == "reply" or not (hooks & {"nf_forward", "nf_input", "nf_output"} or "drop" in hooks):
+    if journey.get("direction") == "reply" or not (hooks & {"nf_forward", "nf_input", "nf_output", "nf_postrouting"}
+                                                   or "drop" in hooks):
         return False
     return journey.get("tcp_flags") == "S" if journey.get("protocol") == "tcp" else True
 

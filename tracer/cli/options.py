@@ -164,7 +164,7 @@ def options_from(ports, containers, hosts, proto, ifaces, tc_mode, sample=1, exp
 
 
 def hooks_option(fn):
-    """--hooks (trace, record, latency): the hook profile, tracer/sensors/hook_profile.py."""
+    """--hooks (trace, record, latency, explain): the hook profile, tracer/sensors/hook_profile.py."""
     from tracer.sensors.hook_profile import DEFAULT, HOOK_PROFILES
 
     return click.option(
