@@ -525,4 +525,6 @@ META_KEYS = (
     "sample",          # 1-in-N flow sampling (1 = all)
     "rules",           # "1" when recorded with --rules (rule rows follow the packets), else "0"
     "hooks",           # the hook profile (--hooks): "all", or "lean" (fewer hops a packet); absent in older captures: "all"
+    "hooks_kept",      # hops the profile leaves out that were attached anyway, comma-separated ("nf_prerouting/before":
+                       # lean with --iface), else ""; absent in older captures: none
 )

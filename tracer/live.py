@@ -55,7 +55,7 @@ def run(options, sinks: list[Sink], *, duration: float | None = None, showing: b
             feed = record_feed(session, showing)
         stop.running()
         say(run_started(announce, run_info.describe, run_info.interfaces, time.monotonic() - session.started_at, writing,
-                        run_info.hooks))
+                        run_info.hooks, run_info.hooks_kept))
         feed.begin()
         if on_started:
             on_started(session)

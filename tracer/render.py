@@ -14,7 +14,7 @@ from tracer.wallclock import clock
 from tracer.journey_rows import JourneyRows, journey_rows
 from tracer.journeys import VERDICTS, Hop, Journey, hop_label, nat_translation
 from tracer.native import i64, native
-from tracer.sensors.hook_profile import drop_place
+from tracer.sensors.hook_profile import drop_place, named
 from tracer.text import printable
 from tracer.units import duration_text, micros_text, size_text
 
@@ -114,11 +114,12 @@ def status_line(events_per_s: float, lost: int, packets: int) -> str:
     return f"{_rate(events_per_s)} events/s  {lost:,} lost  {packets:,} packets"
 
 
-def run_started(what: str, describe: str, interfaces: int, ready_s: float, writing=None, hooks: str = "all") -> str:
-    """The line a live run starts with (``what``: 'tracing', 'latency of');
-    a hook profile other than every hook is said (--hooks lean)."""
+def run_started(what: str, describe: str, interfaces: int, ready_s: float, writing=None, hooks: str = "all",
+                kept: tuple[str, ...] = ()) -> str:
+    """The line a live run starts with (``what``: 'tracing', 'latency of'); a hook profile other than
+    every hook is said (--hooks lean), and the hops it leaves out attached all the same (``kept``: --iface)."""
     where = f"; writing {writing}" if writing is not None else ""
-    profile = f", {hooks} hooks" if hooks != "all" else ""
+    profile = f", {hooks} hooks" + "".join(f" + {hop}" for hop in kept) if hooks != "all" else ""
     return (f"tracer: {what} {describe} on {interfaces} interfaces{profile} (ready in {ready_s:.1f}s){where}; "
             "Ctrl-C to stop")
 
@@ -553,7 +554,7 @@ def stats_text(a, section: str | None, max_flows: int) -> str:
         m = a.metadata
         # A capture recorded with --hooks lean lacks some hops by design: said, so a
         # reader does not look for them (older captures have no key: every hook).
-        hooks = f"  hooks {m['hooks']}" if m.get("hooks", "all") != "all" else ""
+        hooks = f"  hooks {named(m)}" if named(m) != "all" else ""
         out.append(f"capture  {m.get('host', '?')}  kernel {m.get('kernel', '?')}  filter {m.get('filter') or '-'}{hooks}")
         if latency_only:
             lat = a.latency

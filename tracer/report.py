@@ -33,7 +33,7 @@ from tracer.journeys import Journey
 from tracer.paths import Group, PathSummary
 from tracer.report_path import duration, path_svg
 from tracer.report_plots import box_plot, cpu_plot, end_to_end_plot, plt as _plt, series_plot, svg as _svg
-from tracer.sensors.hook_profile import drop_place
+from tracer.sensors.hook_profile import drop_place, named
 from tracer.units import seconds_text as _seconds
 from tracer.units import micros_text
 
@@ -301,7 +301,7 @@ def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | No
         f"<b>{html.escape(k)}</b> {html.escape(v)}"
         for k, v in (
             ("host", m.get("host")), ("kernel", m.get("kernel")), ("filter", m.get("filter")),
-            ("hooks", m.get("hooks", "all")),
+            ("hooks", named(m)),
             ("from", a.start or (a.latency.start if a.latency else None)),
             ("to", a.end or (a.latency.end if a.latency else None)),
             ("duration", f"{a.duration_s:.3f} s" if a.start else (f"{a.latency.seconds:.3f} s" if a.latency else None)),

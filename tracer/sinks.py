@@ -43,6 +43,7 @@ class RunInfo:
     sample: int = 1
     rules: bool = False  # --rules: rule hits come with the records
     hooks: str = "all"  # --hooks: the hook profile (tracer/sensors/hook_profile.py)
+    hooks_kept: tuple[str, ...] = ()  # hops the profile leaves out attached all the same (lean with --iface)
     # Names the hops of journey records (decode.DecodeContext), read under
     # ``places_lock`` (the Docker thread rebuilds the places meanwhile).
     places: DecodeContext | None = None

@@ -28,7 +28,7 @@ import sys
 import time
 from collections import Counter
 
-from tests.e2e.tracing import (Tracer, burst_from, connect_from, kernel_snapshot, ours, own_source_ports, wait_gone,
+from tests.e2e.tracing import (REPO, Tracer, burst_from, connect_from, kernel_snapshot, ours, own_source_ports, wait_gone,
                                wait_until_all_shown)
 from tracer.capture.reader import read_capture
 from tracer.journeys import build_journeys, nat_translation
@@ -147,16 +147,18 @@ def test_lean_latency_counts_the_same_packets_end_to_end(lab):
     assert not progs and not links, (progs, links)
 
 
-def test_lean_with_iface_keeps_the_address_before_dnat(lab):
+def test_lean_with_iface_keeps_the_address_before_dnat(lab, tmp_path):
     """--iface narrows tc to one interface (the host's uplink, not the lab's
     trc-host): a packet from the lab client has no tc hop on the way in, so
     lean keeps PREROUTING before NAT: its first hop still has the published
-    address, and the DNAT is named."""
+    address, and the DNAT is named. The start line and the capture say
+    that hop was kept (`hooks_kept`), and `stats` names it."""
     before = kernel_snapshot()
     uplink = json.loads(subprocess.run(["ip", "-j", "route", "show", "default"], capture_output=True, text=True,
                                        check=True).stdout)[0]["dev"]
     sport = own_source_ports(1)[0]
-    lean = Tracer("--iface", uplink, "--port", str(sport), "--hooks", "lean", "--duration", "30")
+    lean = Tracer("--iface", uplink, "--port", str(sport), "--hooks", "lean", "--duration", "30",
+                  "-w", str(tmp_path / "lean.arrows"))
     try:
         lean.wait_ready()
         connect_from(lab, sport)
@@ -172,5 +174,11 @@ def test_lean_with_iface_keeps_the_address_before_dnat(lab):
     assert any(h["hook"] == "nf_prerouting" and h["nat_stage"] == "after"
                and h["dst"] == f"{lab['container_ip']}:{lab['container_port']}" for h in syn["hops"]), path
     assert not any(h["hook"] == "nf_forward" for h in syn["hops"]), path  # still lean
+    assert ", lean hooks + nf_prerouting/before (ready" in lean.stderr, lean.stderr
+    meta = read_capture([str(tmp_path / "lean.arrows")]).metadata
+    assert (meta["hooks"], meta["hooks_kept"]) == ("lean", "nf_prerouting/before"), meta
+    stats = subprocess.run([sys.executable, "-m", "tracer", "stats", str(tmp_path / "lean.arrows")], cwd=REPO, capture_output=True,
+                           text=True, timeout=60)
+    assert stats.stdout.splitlines()[0].endswith("hooks lean + nf_prerouting/before"), stats.stdout + stats.stderr
     progs, links = wait_gone(before)
     assert not progs and not links, (progs, links)

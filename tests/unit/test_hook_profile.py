@@ -104,6 +104,39 @@ def test_stats_says_a_lean_capture_is_lean_and_an_older_one_nothing():
     assert lean.endswith("filter port 8000  hooks lean") and older.endswith("filter port 8000"), (lean, older)
 
 
+def test_lean_with_iface_says_it_kept_prerouting_before_nat(tmp_path):
+    """--iface keeps PREROUTING before NAT under lean: the capture says so
+    (``hooks_kept``), and `stats`, the report's header and the start line
+    name it after the profile; older captures and the full profile say nothing more."""
+    from tests.unit.analysis_data import METADATA, event_table, lab_capture
+    from tracer.analysis import analyse
+    from tracer.render import run_started, stats_text
+
+    assert hp.kept_anyway("lean", tc_narrowed=True) == ("nf_prerouting/before",)
+    assert hp.kept_anyway("lean", tc_narrowed=False) == () and hp.kept_anyway("all", tc_narrowed=True) == ()
+    kept = [p.name for p in NetfilterSensor("lean", tc_narrowed=True).probes if p.name not in
+            [q.name for q in NetfilterSensor("lean").probes]]
+    assert kept == ["pre_b"], "kept_anyway names what the sensor attaches beyond the profile"
+    assert hp.named({"hooks": "lean", "hooks_kept": "nf_prerouting/before"}) == "lean + nf_prerouting/before"
+    assert hp.named({"hooks": "lean", "hooks_kept": ""}) == "lean" and hp.named({}) == "all"
+    rows, _ = lab_capture()
+    first = stats_text(analyse(event_table(rows), {**METADATA, "hooks": "lean", "hooks_kept": "nf_prerouting/before"}),
+                       None, 10).splitlines()[0]
+    assert first.endswith("filter port 8000  hooks lean + nf_prerouting/before"), first
+    from click.testing import CliRunner
+
+    from tests.unit.analysis_data import capture_table, write_capture
+    from tracer.cli import cli
+
+    files = [str(write_capture(tmp_path / name, capture_table(rows), {**METADATA, "hooks": "lean", "hooks_kept": kept}))
+             for name, kept in (("iface.arrows", "nf_prerouting/before"), ("plain.arrows", ""))]
+    out = CliRunner().invoke(cli, ["stats", *files]).output.splitlines()[0]
+    assert out.endswith("hooks lean + nf_prerouting/before (iface.arrows), lean (plain.arrows)"), out
+    line = run_started("tracing", "port 8000", 3, 1.0, hooks="lean", kept=("nf_prerouting/before",))
+    assert ", lean hooks + nf_prerouting/before (ready" in line, line
+    assert ", lean hooks (ready" in run_started("tracing", "port 8000", 3, 1.0, hooks="lean")
+
+
 class FakeTc:
     """TcSensor's bookkeeping without a kernel: attached targets by key."""
 

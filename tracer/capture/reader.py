@@ -22,6 +22,7 @@ from tracer.capture import STDIN, CaptureReadError
 from tracer.capture_clock import with_missing_time
 from tracer.errors import one_line
 from tracer.journey_capture import JourneyBatch, JourneyRowReader, PlaceRegistry
+from tracer.sensors.hook_profile import named
 
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # end-of-stream marker of the IPC stream format
 _CONTINUATION = b"\xff\xff\xff\xff"
@@ -336,10 +337,12 @@ def _hooks_of_all(file_metadata: list, paths: list[str]) -> dict:
     first = file_metadata[0]
     by_profile: dict[str, list[str]] = {}
     for meta, path in zip(file_metadata, paths):
-        by_profile.setdefault(meta.get("hooks", "all"), []).append(os.path.basename(path))
+        by_profile.setdefault(named(meta), []).append(os.path.basename(path))
     if len(by_profile) < 2:
         return first
-    return {**first, "hooks": ", ".join(f"{profile} ({', '.join(names)})" for profile, names in by_profile.items())}
+    merged = {**first, "hooks": ", ".join(f"{profile} ({', '.join(names)})" for profile, names in by_profile.items())}
+    merged.pop("hooks_kept", None)  # each file's is in ``hooks`` now
+    return merged
 
 
 class CaptureStream:

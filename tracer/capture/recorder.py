@@ -148,6 +148,7 @@ class Recorder:
             "sample": str(run.sample),
             "rules": "1" if run.rules else "0",
             "hooks": run.hooks,
+            "hooks_kept": ",".join(run.hooks_kept),
         }
 
     def add(self, table: pa.Table) -> None:

@@ -49,6 +49,22 @@ def nf_probe_kept(profile: str, hook: str, nat_stage: str | None, tc_narrowed: b
     return not left_out(profile, hook, nat_stage, None)
 
 
+def kept_anyway(profile: str, tc_narrowed: bool) -> tuple[str, ...]:
+    """The hops ``profile`` leaves out that are attached all the same, as
+    `stats` labels them: ("nf_prerouting/before",) for lean with --iface.
+    A capture says so in ``hooks_kept`` (docs/capture-format.md)."""
+    return tuple(hook if stage is None else f"{hook}/{stage}" for hook, stage, _ in LEFT_OUT_HOPS[check(profile)]
+                 if hook.startswith("nf_") and nf_probe_kept(profile, hook, stage, tc_narrowed))
+
+
+def named(metadata: dict) -> str:
+    """A capture's hook profile as `stats` and the report name it: its
+    ``hooks`` (``all`` when absent: older captures), then the hops it
+    attached beyond the profile, ``hooks_kept`` (``lean + nf_prerouting/before``)."""
+    kept = metadata.get("hooks_kept")
+    return metadata.get("hooks", "all") + (f" + {kept.replace(',', ', ')}" if kept else "")
+
+
 def traces_bridges(profile: str) -> bool:
     """Whether tc attaches to the Docker bridges in this profile."""
     return not (left_out(profile, "tc_ingress", None, "bridge") or left_out(profile, "tc_egress", None, "bridge"))
