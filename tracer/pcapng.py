@@ -48,6 +48,7 @@ from tracer.ids import format_ids
 from tracer.journeys import fill_flows, hop_label
 from tracer.outfiles import open_output
 from tracer.packet_window import PacketWindow
+from tracer.sensors.hook_profile import named
 
 LINKTYPE_IPV4 = 228  # raw IPv4, no link-layer header
 LINKTYPE_RAW = 101  # raw IP: IPv4 or IPv6 by the version nibble
@@ -330,8 +331,9 @@ class PlaceFilter:
     Places.matching) and remembers every place seen, so that a name that
     matched nothing in the whole capture is an error listing the places."""
 
-    def __init__(self, names: Iterable[str]) -> None:
+    def __init__(self, names: Iterable[str], hooks: str = "all") -> None:
         self.names = list(names)
+        self.hooks = hooks  # the capture's hook profile, as `stats` names it: said when a name matched nothing
         self.matched: set[str] = set()
         self.known: set[str] = set()
 
@@ -339,7 +341,10 @@ class PlaceFilter:
         if not self.names or not table.num_rows:
             return table
         places = Places(table)
-        self.known |= set(places.labels) | {n for n in places.ifnames if n} | {r for r in places.roles if r}
+        # an interface or role names its tc hooks (matching): those with none are no place to name
+        # (docker0 under --hooks lean: only netfilter rows name it)
+        tc = [i for i, label in enumerate(places.labels) if label.startswith("tc_")]
+        self.known |= set(places.labels) | {n for i in tc if (n := places.ifnames[i])} | {r for i in tc if (r := places.roles[i])}
         chosen = []
         for name in self.names:
             found = places.matching(name)
@@ -352,7 +357,9 @@ class PlaceFilter:
     def check(self) -> None:
         for name in self.names:
             if name not in self.matched:
-                raise TracerError(f"--at {name}: no sighting there; places in this capture: {', '.join(sorted(self.known)) or 'none'}")
+                profile = f" (recorded with --hooks {self.hooks}, which leaves some hooks out)" if self.hooks != "all" else ""
+                raise TracerError(f"--at {name}: no sighting there{profile}; places in this capture: "
+                                  f"{', '.join(sorted(self.known)) or 'none'}")
 
 
 def select_places(table: pa.Table, at: Iterable[str]) -> pa.Table:
@@ -376,7 +383,7 @@ def export_pcapng(source: pa.Table | Iterable[pa.RecordBatch | pa.Table], out: B
     saw is a TracerError (after the file is written: the caller removes it)."""
     chunks = [source] if isinstance(source, pa.Table) else source
     meta = metadata or {}
-    keep = PlaceFilter(at)
+    keep = PlaceFilter(at, named(meta))
     note = f"sightings at {', '.join(keep.names)} only" if keep.names else ANALYSIS_NOTE
     if isinstance(out, (str, Path)):
         with open_output(out) as f:  # 0600 like captures

@@ -168,6 +168,24 @@ def test_at_selects_places(tmp_path: Path, lab):
         select_places(table, ["nowhere"])
 
 
+def test_export_at_a_place_a_lean_capture_has_no_tc_hook_at(tmp_path: Path, lab):
+    """--hooks lean attaches no tc to docker0: netfilter rows still name it
+    (their interface), but --at docker0 matches tc hooks only, so it is no
+    place to offer; the error says the capture is lean."""
+    from tracer.sensors.hook_profile import left_out
+
+    rows, _ = lab
+    lean = [r for r in rows if not left_out("lean", r["hook"], r["nat_stage"], r["if_role"])]
+    assert any(r["ifname"] == "docker0" for r in lean), "netfilter rows name docker0"
+    cap = write_capture(tmp_path / "lean.arrows", capture_table(lean), {**METADATA, "hooks": "lean"})
+    result = CliRunner().invoke(cli, ["export", "--pcapng", str(tmp_path / "x.pcapng"), "--at", "docker0", str(cap)])
+    assert result.exit_code != 0
+    line = result.output.strip().splitlines()[-1]
+    assert "--at docker0: no sighting there (recorded with --hooks lean, which leaves some hooks out)" in line, line
+    places = line.split("places in this capture: ")[1].split(", ")
+    assert "docker0" not in places and "bridge" not in places and "tc_egress@veth" in places, places
+
+
 def test_export_at_cli(tmp_path: Path, lab):
     rows, _ = lab
     cap = write_capture(tmp_path / "cap.arrows", capture_table(rows))
