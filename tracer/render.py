@@ -14,7 +14,7 @@ from tracer.wallclock import clock
 from tracer.journey_rows import JourneyRows, journey_rows
 from tracer.journeys import VERDICTS, Hop, Journey, hop_label, nat_translation
 from tracer.native import i64, native
-from tracer.sensors.hook_profile import drop_place, named
+from tracer.sensors.hook_profile import drop_place, named, start_words
 from tracer.text import printable
 from tracer.units import duration_text, micros_text, size_text
 
@@ -119,13 +119,13 @@ def run_started(what: str, describe: str, interfaces: int, ready_s: float, writi
     """The line a live run starts with (``what``: 'tracing', 'latency of'); a hook profile other than
     every hook is said (--hooks lean), and the hops it leaves out attached all the same (``kept``: --iface)."""
     where = f"; writing {writing}" if writing is not None else ""
-    profile = f", {hooks} hooks" + "".join(f" + {hop}" for hop in kept) if hooks != "all" else ""
+    profile = start_words(hooks, kept)
     return (f"tracer: {what} {describe} on {interfaces} interfaces{profile} (ready in {ready_s:.1f}s){where}; "
             "Ctrl-C to stop")
 
 
-def waiting_for_connection(describe: str) -> str:
-    return f"tracer: waiting for a connection ({describe}); Ctrl-C to stop"
+def waiting_for_connection(describe: str, hooks: str = "all", kept: tuple[str, ...] = ()) -> str:
+    return f"tracer: waiting for a connection ({describe}{start_words(hooks, kept)}); Ctrl-C to stop"
 
 
 def demo_lab_up(status: dict) -> str:

@@ -411,6 +411,7 @@ def test_explain_under_lean_hooks(lab, no_leftovers):
                              "--timeout", "60"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while "Ctrl-C" not in (line := proc.stderr.readline()):
         assert line, proc.communicate()
+    assert f"waiting for a connection (port {sport}, lean hooks)" in line, line  # as trace's start line says it
     connect_from(lab, sport)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

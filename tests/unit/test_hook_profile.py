@@ -110,7 +110,7 @@ def test_lean_with_iface_says_it_kept_prerouting_before_nat(tmp_path):
     name it after the profile; older captures and the full profile say nothing more."""
     from tests.unit.analysis_data import METADATA, event_table, lab_capture
     from tracer.analysis import analyse
-    from tracer.render import run_started, stats_text
+    from tracer.render import run_started, stats_text, waiting_for_connection
 
     assert hp.kept_anyway("lean", tc_narrowed=True) == ("nf_prerouting/before",)
     assert hp.kept_anyway("lean", tc_narrowed=False) == () and hp.kept_anyway("all", tc_narrowed=True) == ()
@@ -135,6 +135,8 @@ def test_lean_with_iface_says_it_kept_prerouting_before_nat(tmp_path):
     line = run_started("tracing", "port 8000", 3, 1.0, hooks="lean", kept=("nf_prerouting/before",))
     assert ", lean hooks + nf_prerouting/before (ready" in line, line
     assert ", lean hooks (ready" in run_started("tracing", "port 8000", 3, 1.0, hooks="lean")
+    assert waiting_for_connection("port 8000", "lean") == "tracer: waiting for a connection (port 8000, lean hooks); Ctrl-C to stop"
+    assert waiting_for_connection("port 8000") == "tracer: waiting for a connection (port 8000); Ctrl-C to stop"
 
 
 class FakeTc:

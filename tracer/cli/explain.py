@@ -64,7 +64,8 @@ def watch_connection(options, timeout: float) -> tuple[dict, dict | None, float]
         feed = JourneyFeed(session, showing=True, show_every=0)
         book = RuleBook()
         stop.running()
-        click.echo(waiting_for_connection(session.describe()), err=True)
+        info = session.run_info()
+        click.echo(waiting_for_connection(info.describe, info.hooks, info.hooks_kept), err=True)
         started = time.monotonic()
         request_at = None
         while not stop.requested:

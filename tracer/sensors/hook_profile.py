@@ -65,6 +65,12 @@ def named(metadata: dict) -> str:
     return metadata.get("hooks", "all") + (f" + {kept.replace(',', ', ')}" if kept else "")
 
 
+def start_words(profile: str, kept: tuple[str, ...] = ()) -> str:
+    """What a live run's first line says of its profile: nothing for every
+    hook, else ", lean hooks" and the hops kept anyway (kept_anyway)."""
+    return f", {profile} hooks" + "".join(f" + {hop}" for hop in kept) if profile != "all" else ""
+
+
 def traces_bridges(profile: str) -> bool:
     """Whether tc attaches to the Docker bridges in this profile."""
     return not (left_out(profile, "tc_ingress", None, "bridge") or left_out(profile, "tc_egress", None, "bridge"))
