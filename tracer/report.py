@@ -197,8 +197,8 @@ def _percentile_cells(h, qs=(50, 90, 99)) -> list[str]:
     return [duration(v) for v in h.values_at(qs)] + [duration(h.max)]
 
 
-def _path_section(paths: PathSummary) -> list[str]:
-    picture = path_svg(paths)
+def _path_section(paths: PathSummary, hooks: str = "all") -> list[str]:
+    picture = path_svg(paths, hooks=hooks)
     if not picture:
         return ["<h2 id=\"path\">The path</h2>", _note("No packet of a known path in this capture.")]
     shown = [g for g in paths.groups if g.path][:8]
@@ -336,7 +336,7 @@ def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | No
         journeys = ca.slowest_journeys(slowest)
         tp = ca.throughput()
         event_sections = [
-            *_path_section(paths),
+            *_path_section(paths, m.get("hooks", "all")),
             "<h2 id=\"latency\">Latency along each path</h2>",
             _note("Per path, each step from one place to the next in path order: box p25-p75, median, whiskers from "
                   "p1 to p99 with the p99 marked in red, max as a dot; then the p99 of each step over time. "

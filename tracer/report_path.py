@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 
 from tracer.paths import Group, PathSummary
+from tracer.sensors.hook_profile import unseen_after
 from tracer.units import spaced_duration_text
 
 LANE_W = 275
@@ -56,7 +57,7 @@ def _text(x: float, y: float, s: str, size: float = 11, **attrs) -> str:
     return f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}"{extra}>{html.escape(s)}</text>'
 
 
-def _lane(group: Group, x0: float, y0: float) -> tuple[list[str], float]:
+def _lane(group: Group, x0: float, y0: float, hooks: str = "all") -> tuple[list[str], float]:
     """SVG elements of one group's column, and its height."""
     out = []
     v = group.verdicts
@@ -90,7 +91,8 @@ def _lane(group: Group, x0: float, y0: float) -> tuple[list[str], float]:
             named.add(nat)
             notes += [(line, "#6a1b9a") for line in _nat_lines(group, nat)]
         for reason, n in drops_at.pop(label, []):
-            notes.append((f"✕ {n:,} dropped", "#c62828"))
+            # under --hooks lean, possibly at a hook after this one that has no place (drop_place)
+            notes.append((f"✕ {n:,} dropped" + (" after" if unseen_after(hooks, label) else ""), "#c62828"))
             notes.append((f"  {reason}", "#c62828"))
         for j, (line, color) in enumerate(notes[:4]):
             out.append(_text(x0 + NODE_W + 9, y + 11 + 11 * j, _fit(line, 19), 9, fill=color, class_="note"))
@@ -132,7 +134,7 @@ def _fit(s: str, n: int) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def path_svg(summary: PathSummary, max_lanes: int = MAX_LANES) -> str:
+def path_svg(summary: PathSummary, max_lanes: int = MAX_LANES, hooks: str = "all") -> str:
     """The picture, or '' when no packet was seen."""
     groups = [g for g in summary.groups if g.path][:max_lanes]
     if not groups:
@@ -143,7 +145,7 @@ def path_svg(summary: PathSummary, max_lanes: int = MAX_LANES) -> str:
     for row in rows:
         tallest = 0.0
         for k, g in enumerate(row):
-            parts, h = _lane(g, k * LANE_W, y)
+            parts, h = _lane(g, k * LANE_W, y, hooks)
             body += parts
             tallest = max(tallest, h)
         y += tallest + 28

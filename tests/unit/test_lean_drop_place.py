@@ -49,6 +49,10 @@ def test_stats_and_report_place_a_forward_drop_after_prerouting_under_lean(tmp_p
     assert result.exit_code == 0, result.output
     text = html_out.read_text()
     assert text.count("FORWARD/INPUT not traced: --hooks lean") >= 2, "the drops table and the path's drops"
+    # The path picture: the note beside PREROUTING after NAT says the drop came after it.
+    assert ">✕ 2 dropped after<" in text, "the path's note"
+    result = runner.invoke(cli, ["report", str(full), "-o", str(tmp_path / "full.html")])
+    assert ">✕ 2 dropped<" in (tmp_path / "full.html").read_text(), "beside nf_forward, as before"
 
 
 def test_stats_of_captures_with_different_profiles_names_each_and_report_names_the_profile(tmp_path):
