@@ -172,7 +172,7 @@ def hooks_option(fn):
         help="Which hooks to attach to. all: every hop. lean: 5 BPF runs a forwarded packet instead of 9, "
              "without PREROUTING, INPUT and POSTROUTING before NAT, FORWARD and tc on the Docker bridges "
              "(NAT is still named where it happened, journeys end and drop the same; with --iface, PREROUTING "
-             "before NAT stays; README: Performance).")(fn)
+             "before NAT stays; README: Hook profiles, and Performance for the cost).")(fn)
 
 
 def rules_option(fn):
