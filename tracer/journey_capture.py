@@ -344,6 +344,8 @@ class JourneyRowReader:
         kinds = pc.fill_null(kind.cast(pa.string()) if pa.types.is_dictionary(kind.type) else kind, "")
         is_place = pc.equal(kinds, "place")
         if pc.any(is_place).as_py():  # places first: a version 4 batch's hops take their ifindex from them
+            if "info" not in batch.schema.names:
+                raise BadJourneyRows("place rows but no 'info' column")
             self._read_places(batch.filter(is_place).column("info").to_pylist(), _hops_need_ifindex(batch))
         offset = None if "time" in batch.schema.names else ktime_offset(self.ktime_offset_ns)
         # a stored time missing on a row (damaged): computed from this file's offset, as version 4's

@@ -58,6 +58,8 @@ def _schema_mutants(base: Path, out: Path, rng: random.Random, count: int) -> li
             col = t.column(name)
             if pa.types.is_dictionary(col.type):
                 col = col.cast(col.type.value_type)
+            if pa.types.is_timestamp(col.type):  # as its integer: to_pylist cannot make a datetime of ns
+                col = col.cast(pa.int64())
             values = [None if v is None else (str(v) if what == "string" else v) for v in col.to_pylist()]
             if what == "float":
                 values = [None if v is None else (1.5 if not isinstance(v, (int, float)) else float(v)) for v in values]
