@@ -88,7 +88,7 @@ class CaptureAnalysis:
         (``add_journeys``), not laid out as sightings unless ``also`` needs them;
         ``journeys=False`` lays everything out (the sighting path: the tests' oracle)."""
         from tracer.journey_capture import JourneyBatch
-        from tracer.packet_window import MAX_HELD_ROWS, MIN_CHUNK_ROWS, PacketWindow
+        from tracer.packet_window import MAX_HELD_ROWS, MIN_CHUNK_ROWS, NEW_RECORDING, PacketWindow
 
         ca = cls(None, capture.metadata, slowest=slowest)
         sightings = PacketWindow()
@@ -112,10 +112,16 @@ class CaptureAnalysis:
             if side is not None:
                 side.submit(_sightings_beside, also, chunk)
 
-        items = capture.sightings_or_journeys(read_ahead=4) if journeys else capture.sightings(read_ahead=4)
+        items = (capture.sightings_or_journeys(read_ahead=4, boundaries=True) if journeys
+                 else capture.sightings(read_ahead=4, boundaries=True))
         with side if side is not None else contextlib.nullcontext():
             for item in items:
-                if isinstance(item, JourneyBatch):
+                if item is NEW_RECORDING:  # another recording follows: what is held is whole
+                    for chunk in journey_window.add(item):
+                        journey_chunk(chunk)
+                    for chunk in sightings.add(item):
+                        sighting_chunk(chunk)
+                elif isinstance(item, JourneyBatch):
                     registry = item.registry
                     for chunk in journey_window.add(item.rows):
                         journey_chunk(chunk)

@@ -527,4 +527,5 @@ META_KEYS = (
     "hooks",           # the hook profile (--hooks): "all", or "lean" (fewer hops a packet); absent in older captures: "all"
     "hooks_kept",      # hops the profile leaves out that were attached anyway, comma-separated ("nf_prerouting/before":
                        # lean with --iface), else ""; absent in older captures: none
+    "part",            # the file's part of its recording: 0, 1, ... with rotation (cap.0001.arrows is 1), else 0; absent in older captures
 )

@@ -15,6 +15,14 @@ on early, and ``forced`` counts the cuts that did so).
 Packets leave in order of first sighting (a complete packet waits while an
 earlier one is still open), so journeys replayed chunk by chunk come out in
 the same order as from the whole table at once.
+
+Files read together may be different recordings (or the same file twice),
+whose packet ids are the same numbers for other packets: the reader puts
+``NEW_RECORDING`` between two files unless the second is the next part of
+the first's recording (``CaptureStream.sightings(boundaries=True)``), and
+the window hands on everything it holds there. A change of the rows' wall
+clock minus ktime (another boot or session) does the same for rows that
+come without it.
 """
 
 from __future__ import annotations
@@ -37,6 +45,16 @@ WINDOW_NS = 500_000_000
 MIN_CHUNK_ROWS = 1 << 17
 # At most this many rows held (about 100 B each in Arrow plus 16 B of keys).
 MAX_HELD_ROWS = 1 << 22
+
+
+class _NewRecording:
+    """The mark between two files that are not parts of one recording."""
+
+    def __repr__(self) -> str:
+        return "NEW_RECORDING"
+
+
+NEW_RECORDING = _NewRecording()
 
 
 class PacketWindow:
@@ -62,9 +80,14 @@ class PacketWindow:
         self._since_cut = 0
         self._after_cut = 0  # rows held right after the last cut
 
-    def add(self, batch: pa.RecordBatch | pa.Table) -> Iterator[pa.Table]:
+    def add(self, batch: pa.RecordBatch | pa.Table | _NewRecording) -> Iterator[pa.Table]:
         """Hold ``batch`` (EVENT_SCHEMA columns); yield the rows of packets
-        that are now whole, a chunk at a time."""
+        that are now whole, a chunk at a time. ``NEW_RECORDING``: what is
+        held is whole (another recording follows)."""
+        if batch is NEW_RECORDING:
+            yield from self.flush()
+            self.now = self.clock = None
+            return
         if batch.num_rows == 0:
             return
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
@@ -100,8 +123,8 @@ class PacketWindow:
             if out is not None:
                 yield out
 
-    def packets(self, batches: Iterable[pa.RecordBatch | pa.Table]) -> Iterator[pa.Table]:
-        """Every batch through ``add``, then ``flush``."""
+    def packets(self, batches: Iterable[pa.RecordBatch | pa.Table | _NewRecording]) -> Iterator[pa.Table]:
+        """Every batch (and ``NEW_RECORDING`` mark) through ``add``, then ``flush``."""
         for batch in batches:
             yield from self.add(batch)
         yield from self.flush()

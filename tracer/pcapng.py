@@ -47,7 +47,7 @@ from tracer.events import PROTOCOL_NUMBERS
 from tracer.ids import format_ids
 from tracer.journeys import fill_flows, hop_label
 from tracer.outfiles import open_output
-from tracer.packet_window import PacketWindow
+from tracer.packet_window import NEW_RECORDING, PacketWindow
 from tracer.sensors.hook_profile import named
 
 LINKTYPE_IPV4 = 228  # raw IPv4, no link-layer header
@@ -376,7 +376,8 @@ def export_pcapng(source: pa.Table | Iterable[pa.RecordBatch | pa.Table], out: B
     """Write every sighting of ``source`` to ``out`` as pcapng, in time order;
     with ``at``, only the sightings at those places (see Places.matching).
     ``source`` is a table (a capture or EVENT_SCHEMA) or sighting batches
-    (``CaptureStream.sightings()``), streamed in bounded memory: whole
+    (``CaptureStream.sightings(boundaries=True)``: NEW_RECORDING marks
+    between recordings), streamed in bounded memory: whole
     packets a window at a time (their flow filled in from their netfilter
     rows), rows put in time order over twice that window. Returns the
     number of packets written; a place in ``at`` that the capture never
@@ -400,7 +401,7 @@ def _time_ordered(chunks: Iterable[pa.RecordBatch | pa.Table], meta: Mapping[str
     window = PacketWindow()
     held: list[pa.Table] = []
     newest = None
-    for packets in window.packets(event_rows(_table(c)) for c in chunks):
+    for packets in window.packets(c if c is NEW_RECORDING else event_rows(_table(c)) for c in chunks):
         packets = fill_flows(packets.unify_dictionaries().combine_chunks())  # tc rows learn their packet's conntrack entry
         packets = keep(packets)
         if not packets.num_rows:

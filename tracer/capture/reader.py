@@ -19,10 +19,11 @@ import pyarrow.compute as pc
 
 from tracer import events
 from tracer.capture import STDIN, CaptureReadError
+from tracer.capture.recordings import hooks_of_all, next_part
 from tracer.capture_clock import with_missing_time
 from tracer.errors import one_line
 from tracer.journey_capture import JourneyBatch, JourneyRowReader, PlaceRegistry
-from tracer.sensors.hook_profile import named
+from tracer.packet_window import NEW_RECORDING
 
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # end-of-stream marker of the IPC stream format
 _CONTINUATION = b"\xff\xff\xff\xff"
@@ -154,7 +155,9 @@ def _check_schema(path: str, schema: pa.Schema, meta: dict[str, str]) -> None:
         raise CaptureReadError(f"{path}: damaged: its column names are not UTF-8 text") from None
     # The parts of a rotated capture share one schema: checked once (5,000
     # parts of `record -C` cost 0.5 ms each to check, as much as reading them).
-    key = (schema.serialize().to_pybytes(), meta.get("schema_version"))
+    # Their metadata differs (part, start_time): the key is the columns and
+    # what of the metadata the check reads.
+    key = (schema.remove_metadata().serialize().to_pybytes(), meta.get("schema_version"), meta.get("ktime_offset_ns"))
     if key in _SCHEMAS_CHECKED:
         return
     try:
@@ -168,7 +171,7 @@ def _check_schema(path: str, schema: pa.Schema, meta: dict[str, str]) -> None:
     _SCHEMAS_CHECKED.add(key)
 
 
-_SCHEMAS_CHECKED: set[tuple[bytes, str | None]] = set()
+_SCHEMAS_CHECKED: set[tuple[bytes, str | None, str | None]] = set()
 
 
 def _valid(batch: pa.RecordBatch) -> bool:
@@ -330,21 +333,6 @@ class _FileRows:
                 yield out
 
 
-def _hooks_of_all(file_metadata: list, paths: list[str]) -> dict:
-    """The first file's metadata, whose ``hooks`` names every file's hook
-    profile when they differ ("lean (a.arrows), all (b.arrows)"): a reader of
-    the merged segments and drops knows some files lack hops by design."""
-    first = file_metadata[0]
-    by_profile: dict[str, list[str]] = {}
-    for meta, path in zip(file_metadata, paths):
-        by_profile.setdefault(named(meta), []).append(os.path.basename(path))
-    if len(by_profile) < 2:
-        return first
-    merged = {**first, "hooks": ", ".join(f"{profile} ({', '.join(names)})" for profile, names in by_profile.items())}
-    merged.pop("hooks_kept", None)  # each file's is in ``hooks`` now
-    return merged
-
-
 class CaptureStream:
     """Capture files read in one pass, batch by batch, in bounded memory
     (``read_capture`` is this, collected into one table).
@@ -367,7 +355,10 @@ class CaptureStream:
             raise CaptureReadError("-: standard input can be read only once")
         self._files = [_FileRows(p) for p in self.paths]
         self.file_metadata = [f.metadata for f in self._files]
-        self.metadata = _hooks_of_all(self.file_metadata, self.paths)
+        self.metadata = hooks_of_all(self.file_metadata, self.paths)
+        # Which files start another recording than the one before's (not its next part).
+        self._starts_recording = [i > 0 and not next_part(self.file_metadata[i - 1], meta)
+                                  for i, meta in enumerate(self.file_metadata)]
         self.recovered: list[str] = []
         self.on_warning = on_warning
         self.rows = 0
@@ -378,14 +369,18 @@ class CaptureStream:
         self._consumed = False
         self.places = PlaceRegistry()  # journey rows' places, every file's (sightings_or_journeys)
 
-    def batches(self, journeys: bool = False) -> Iterator[Any]:
+    def batches(self, journeys: bool = False, boundaries: bool = False) -> Iterator[Any]:
         """Every row of every file, in order, in CAPTURE_SCHEMA (with
-        ``journeys``, journey rows as JourneyBatch of ``self.places``)."""
+        ``journeys``, journey rows as JourneyBatch of ``self.places``; with
+        ``boundaries``, NEW_RECORDING before a file that is not the next
+        part of the recording before it: tracer.packet_window)."""
         if self._consumed:
             raise RuntimeError("a CaptureStream is read once")
         self._consumed = True
         for i, f in enumerate(self._files):
             self.current = i
+            if boundaries and self._starts_recording[i]:
+                yield NEW_RECORDING
             for batch in f.read(self.places if journeys else None):
                 self.rows += batch.num_rows
                 yield batch
@@ -394,25 +389,27 @@ class CaptureStream:
                 if self.on_warning is not None:
                     self.on_warning(f.warning)
 
-    def sightings(self, read_ahead: int = 0) -> Iterator[pa.RecordBatch]:
+    def sightings(self, read_ahead: int = 0, boundaries: bool = False) -> Iterator[Any]:
         """Packet sightings (kind 'event') as EVENT_SCHEMA batches; the other
         rows are kept for ``stats``, ``containers`` and ``histograms``.
         ``read_ahead`` batches are read and decompressed on a thread of
-        their own meanwhile (Arrow releases the GIL while it does)."""
-        yield from self._sightings(read_ahead, False)
+        their own meanwhile (Arrow releases the GIL while it does).
+        ``boundaries``: NEW_RECORDING between recordings too (``batches``),
+        for a tracer.packet_window.PacketWindow."""
+        yield from self._sightings(read_ahead, False, boundaries)
 
-    def sightings_or_journeys(self, read_ahead: int = 0) -> Iterator[Any]:
+    def sightings_or_journeys(self, read_ahead: int = 0, boundaries: bool = False) -> Iterator[Any]:
         """``sightings()``, except that journey rows (version 2 files) come
         as they are stored, as JourneyBatch (tracer/journey_analysis.py
         reads their list columns without laying them out)."""
-        yield from self._sightings(read_ahead, True)
+        yield from self._sightings(read_ahead, True, boundaries)
 
-    def _sightings(self, read_ahead: int, journeys: bool) -> Iterator[Any]:
+    def _sightings(self, read_ahead: int, journeys: bool, boundaries: bool) -> Iterator[Any]:
         names = events.EVENT_SCHEMA.names
-        batches = self.batches(journeys)
+        batches = self.batches(journeys, boundaries)
         batches = batches if read_ahead <= 0 else _read_ahead(batches, read_ahead)
         for batch in batches:
-            if isinstance(batch, JourneyBatch):
+            if isinstance(batch, JourneyBatch) or batch is NEW_RECORDING:
                 yield batch
                 continue
             is_event = _is_event(batch.column("kind"))

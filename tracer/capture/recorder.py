@@ -142,7 +142,7 @@ class Recorder:
             "version": __version__,
             "command": command_line(),
             "filter": run.describe,
-            "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z",
+            "start_time": _iso_now(),
             "ktime_offset_ns": str(run.boot_offset_ns),
             "containers": json.dumps([container_info(c) for c in run.containers()]),
             "sample": str(run.sample),
@@ -262,3 +262,11 @@ class Recorder:
 def histogram_info(number: int, rep: dict, start_ktime_ns: int, end_ktime_ns: int) -> dict:
     """The info JSON of one kind='histogram' capture row (docs/capture-format.md)."""
     return {"interval": number, "start_ktime_ns": start_ktime_ns, "end_ktime_ns": end_ktime_ns, **rep}
+
+
+def _iso_now() -> str:
+    """Now, ISO 8601 UTC to the nanosecond, from one clock read (seconds and
+    nanoseconds read apart could straddle a second: a part opened later
+    would read as earlier)."""
+    ns = time.time_ns()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"

@@ -467,6 +467,10 @@ class CaptureWriter:
 
     def _open(self) -> None:
         metadata = self._metadata() if callable(self._metadata) else self._metadata
+        # Each file says which part of its recording it is: readers join a
+        # packet across two files only where the second is the next part of
+        # the first's recording (not the same file twice, not another recording).
+        metadata = {**metadata, "part": str(self._parts)}
         self._ktime_offset_ns = _ktime_offset(metadata, self.journeys)
         path = part_path(self.path, self._parts) if self.rotating else self.path
         self._parts += 1

@@ -151,7 +151,7 @@ def export(pcapng_out: str | None, at: tuple[str, ...], parquet_out: str | None,
             raise click.UsageError("--pcapng -: standard output is a terminal; pipe it (| tshark -r -) or name a file")
         out, where = sys.stdout.buffer, "standard output"
     try:
-        n = export_pcapng(capture.sightings(), out, capture.metadata, at=at)
+        n = export_pcapng(capture.sightings(boundaries=True), out, capture.metadata, at=at)
         if out is not pcapng_out:
             out.flush()
     except TracerError:

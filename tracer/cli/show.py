@@ -57,7 +57,7 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     # Whole packets a window at a time (tracer/packet_window.py), in order of
     # first sighting: the output is that of the whole capture at once, in
     # bounded memory. The same column-wise path as `trace`.
-    sightings = capture.sightings()
+    sightings = capture.sightings(boundaries=True)  # NEW_RECORDING between recordings: for the window
     book = None
     if capture.has_rules:  # recorded with --rules: each hop's rules, as `trace --rules` showed them
         from tracer.rule_render import RuleBook
