@@ -56,7 +56,10 @@ def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, Packet
     lists = rows.column("hops")
     n_hops = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
     flat = pc.list_flatten(lists)
-    places = registry.places
+    # A copy: the reader's thread (read-ahead) registers the next files'
+    # places meanwhile, and every key below is built and decoded over one
+    # count of places (ids only grow: the chunk's are all in the copy).
+    places = list(registry.places)
     np_ = len(places)
     # (hook, NAT stage, place) of each hop as one small key: its label,
     # drop and terminal flags and container come from a table over keys.

@@ -17,6 +17,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from tests.unit.test_decode import HOST_NS, ctx
@@ -226,3 +227,42 @@ def test_a_capture_rotated_into_hundreds_of_parts_reads_as_one_file(tmp_path):
     assert f"{len(parts):,} files: {parts[0]}" in html_parts and parts[len(parts) // 2] not in html_parts
     assert len(files_row.findall(html_parts)) == 1
     assert files_row.sub("", html_one) == files_row.sub("", html_parts)
+
+
+def test_places_registered_while_a_chunk_is_analysed_do_not_change_its_labels(tmp_path):
+    """The reader registers the next files' places on its own thread (the
+    analysis reads ahead) while a chunk of journey rows is analysed: the
+    chunk is read against the places there were when its analysis began.
+    Before, a place registered in between (a later part of a rotated
+    capture met a new interface) shifted the decoding of every hop's
+    (hook, stage, place) key: `tracer stats` on a capture of the busy lab
+    printed 'nf_prerouting → nf_prerouting' and '?' hops now and then."""
+    from tracer.journey_capture import JourneyBatch
+
+    path = tmp_path / "cap.arrows"
+    write(path, [records()])
+    stream = open_capture([str(path)])
+    rows = pa.Table.from_batches([x.rows for x in stream.batches(journeys=True) if isinstance(x, JourneyBatch)])
+    registry = stream.places
+    calm = CaptureAnalysis(None, stream.metadata)
+    calm.add_journeys(rows, registry)
+
+    class Meanwhile(list):
+        """A place registered by the reader right after the analysis first looks."""
+
+        def __len__(self) -> int:
+            n = super().__len__()
+            if not self.added:
+                self.added = True
+                self.append(Place("veth-new", events.VETH, HOST_NS))
+            return n
+
+    places = Meanwhile(registry.values)
+    places.added = False
+    registry.values = places
+    busy = CaptureAnalysis(None, stream.metadata)
+    busy.add_journeys(rows, registry)
+    assert places.added
+    a, b = busy.analyse(), calm.analyse()
+    assert [(s.direction, s.segment, s.count) for s in a.segments] == [(s.direction, s.segment, s.count) for s in b.segments]
+    assert a.to_dict() == b.to_dict()
