@@ -202,17 +202,20 @@ class CaptureAnalysis:
         ps, pe = s.pstart, s.pend
         self.events += len(s.pid)
         self.packets += len(ps)
-        lo, hi = int(s.wall.min()), int(s.wall.max())
-        self._wall = (lo if self._wall[0] is None else min(lo, self._wall[0]),
-                      hi if self._wall[1] is None else max(hi, self._wall[1]))
-        duration = _reduce(np.maximum, s.kt, ps) - s.kt[ps]
+        has_clock = s.clocked
+        wall = s.wall if has_clock is None else s.wall[has_clock]
+        if len(wall):  # a row without a moment (a damaged capture's) is in no time span
+            lo, hi = int(wall.min()), int(wall.max())
+            self._wall = (lo if self._wall[0] is None else min(lo, self._wall[0]),
+                          hi if self._wall[1] is None else max(hi, self._wall[1]))
+        first_wall, duration = _packet_times(s, has_clock)
         verdict, _ = verdict_codes(s.terminal, s.is_drop, ps, pe - 1)
         self._verdicts += np.bincount(verdict, minlength=3)
         label_ids = np.array([self._labels.id_of(x) for x in s.labels], np.int64)
         self._add_drops(s, verdict, f.reasons)
         segments = self._segments(s, f.direction, label_ids)
         packets = pa.table({
-            "packet_id": s.pid[ps], "flow_id": f.flow, "first_wall": s.wall[ps], "duration": duration,
+            "packet_id": s.pid[ps], "flow_id": f.flow, "first_wall": first_wall, "duration": duration,
             "length": f.length, "sightings": s.psize.astype(np.int32),
             "direction": f.direction.astype(np.int8), "verdict": verdict.astype(np.int8),
             "protocol": f.protocol, "src_ip": f.src_ip, "src_port": f.src_port,
@@ -454,6 +457,24 @@ def _journeys_beside(also: tuple, taken: tuple | None, rest: pa.Table | None, ch
 def _sightings_beside(also: tuple, chunk: pa.Table) -> None:
     for other in also:
         other.add(chunk)
+
+
+def _packet_times(s: Any, has_clock: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each packet's first wall clock and duration (first to last sighting):
+    over its rows with a moment (``has_clock``; None: every row) where only
+    some have one. A packet without any reads as before (from time 0)."""
+    ps = s.pstart
+    first_wall, duration = s.wall[ps], _reduce(np.maximum, s.kt, ps) - s.kt[ps]
+    if has_clock is None:
+        return first_wall, duration
+    fix = ~_reduce(np.minimum, has_clock, ps) & _reduce(np.maximum, has_clock, ps)
+    if fix.any():
+        big = np.iinfo(np.int64).max
+        first_wall[fix] = _reduce(np.minimum, np.where(has_clock, s.wall, big), ps)[fix]
+        first_kt = _reduce(np.minimum, np.where(has_clock, s.kt, big), ps)
+        last_kt = _reduce(np.maximum, np.where(has_clock, s.kt, -big), ps)
+        duration[fix] = (last_kt - first_kt)[fix]
+    return first_wall, duration
 
 
 def _nice_ns(value: float) -> int:

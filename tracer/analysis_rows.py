@@ -100,6 +100,18 @@ def wall_ns(table: pa.Table, metadata: Mapping[str, str] | None = None) -> np.nd
     return t
 
 
+def clocked(table: pa.Table) -> np.ndarray | None:
+    """Which rows have a moment (a time or a ktime_ns; wall_ns reads one
+    without either as 0): None when every row has one (the usual case)."""
+    cols = [table[c] for c in ("time", "ktime_ns") if c in table.column_names]
+    if not cols or any(not c.null_count for c in cols):
+        return None
+    mask = np.zeros(table.num_rows, bool)
+    for c in cols:
+        mask |= c.is_valid().to_numpy()
+    return mask
+
+
 def _offset(metadata: Mapping[str, str] | None) -> int:
     """The metadata's ktime_offset_ns, checked; 0 where it has none."""
     text = (metadata or {}).get("ktime_offset_ns")
@@ -225,6 +237,8 @@ class _Sorted:
         self.pid, self.kt, self.label = pid[o], kt[o], label[o]
         self.is_drop, self.terminal = is_drop[o], terminal[o]
         self.wall = wall_ns(table, metadata)[o]
+        has_clock = clocked(table)
+        self.clocked = None if has_clock is None else has_clock[o]  # None: every row has a moment
 
         m = len(o)
         self.pstart = np.flatnonzero(np.r_[True, self.pid[1:] != self.pid[:-1]]) if m else np.zeros(0, np.int64)

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer import addresses, events
-from tracer.analysis_rows import _ANALYSIS_COLUMNS, PacketFacts, _codes, _ints
+from tracer.analysis_rows import _ANALYSIS_COLUMNS, PacketFacts, _codes, _ints, clocked
 from tracer.interning import Interner
 from tracer.journey_capture import _address_rows, journey_sightings
 from tracer.journey_rows import _DIRECTION_CODES
@@ -134,12 +134,13 @@ def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, Packet
         pstart = np.zeros(len(take), np.int64)
         np.cumsum(sizes[:-1], out=pstart[1:])
     offset = _ints(rows, "time") - kt0  # wall clock minus ktime, per row
+    row_clock = clocked(rows)  # None: every row has a moment (time or ktime_ns)
     label, labels, terminal_of, parts = _labels(h_key, places)
     wall = offset[h_rec]
     wall += h_kt
     hops = SimpleNamespace(
         pid=pid[h_rec], kt=h_kt, label=label, labels=labels, is_drop=h_is_drop, terminal=terminal_of[label],
-        wall=wall, pstart=pstart, pend=pstart + sizes, psize=sizes,
+        wall=wall, pstart=pstart, pend=pstart + sizes, psize=sizes, clocked=None if row_clock is None else row_clock[h_rec],
         # for the report's path pass (tracer/journey_paths.py): each label's
         # (hook, role) and whether a journey ends there, each hop's record
         # (a row of ``rows``) and place, the flattened hops and which of them

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
 
@@ -181,3 +183,33 @@ def test_verdicts_agree_with_journeys_for_a_drop_after_delivery():
     (journey,) = build_journeys(table)
     assert journey.verdict == "delivered"
     assert analyse(table).verdicts == {"delivered": 1, "dropped": 0, "unknown": 0}
+
+
+def test_rows_without_a_clock_are_left_out_of_the_time_span(lab, tmp_path):
+    """A row with neither time nor ktime_ns (a damaged capture) has no
+    moment: the capture's first and last seen, its duration and rate, a
+    flow's first and last seen and a packet's duration are those of the
+    rows that have one. Before, such a row counted as 1970-01-01 (time 0)."""
+    rows, _ = lab
+    gone = {0, len(rows) // 2, len(rows) - 1}  # the first and last rows: the span's ends
+    damaged = [{**r, "time": None, "ktime_ns": None} if i in gone else r for i, r in enumerate(rows)]
+    kept = [r for i, r in enumerate(rows) if i not in gone]
+    got, want = CaptureAnalysis(event_table(damaged)), CaptureAnalysis(event_table(kept))
+    a, b = got.analyse(), want.analyse()
+    assert a.start.startswith("2025-06-15") and (a.start, a.end) == (b.start, b.end)
+    assert a.duration_s == b.duration_s < 1
+    assert a.packets == b.packets and a.events == b.events + len(gone)
+    flows = {f.flow_id: (f.first_time, f.last_time, f.slowest_ns) for f in b.flows}
+    assert {f.flow_id: (f.first_time, f.last_time, f.slowest_ns) for f in a.flows} == flows
+    rate, expected = got.throughput(), want.throughput()
+    assert np.array_equal(rate["t"], expected["t"]) and np.array_equal(rate["packets_per_s"], expected["packets_per_s"])
+    # and `tracer stats` on such a file
+    table = capture_table(rows)  # a container row first
+    hit = pa.array(np.isin(np.arange(table.num_rows), [i + 1 for i in gone]))
+    for name in ("time", "ktime_ns"):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pc.if_else(hit, pa.scalar(None, table[name].type), table[name]))
+    path = write_capture(tmp_path / "damaged.arrows", table)
+    out = CliRunner().invoke(cli, ["stats", "--format", "json", str(path)])
+    assert out.exit_code == 0, out.output
+    assert (json.loads(out.output)["start"], json.loads(out.output)["end"]) == (b.start, b.end)
