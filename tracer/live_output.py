@@ -135,7 +135,7 @@ class JourneyOutput:
         return self.summary.to_dict()
 
     def close(self) -> None:
-        pass
+        self.reader.close()
 
 
 _RECORDED_ONLY = ("buckets", "hdr")  # what a capture keeps per segment beyond the live output
@@ -178,4 +178,4 @@ class IntervalOutput:
         return {}
 
     def close(self) -> None:
-        pass
+        self.reader.close()

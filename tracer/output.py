@@ -86,6 +86,18 @@ class Reader:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
         self.gone = False
+        self.pages = None  # tracer/written_pages.py: a regular file's output written back and dropped as it grows
+
+    def _written(self) -> None:
+        if self.pages is None:
+            from tracer.written_pages import WrittenPages
+
+            self.pages = WrittenPages.of(self.stream or sys.stdout)
+        self.pages.wrote()
+
+    def close(self) -> None:
+        if self.pages is not None:
+            self.pages.close()
 
     def check(self) -> bool:
         """Whether the reader has gone, found without writing: a pipe whose
@@ -108,6 +120,7 @@ class Reader:
             return False
         try:
             write_out(text, self.stream)
+            self._written()
         except BrokenPipeError:
             self.gone = True
             quiet_stdout()

@@ -42,6 +42,7 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     from tracer.proxy_output import recorded_links
     from tracer.render import Summary
     from tracer.targets import Targets
+    from tracer.written_pages import WrittenPages
 
     files, expression = split_files(args, read_files)
     # a bad expression fails before reading anything
@@ -51,6 +52,7 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     summary_color = use_color(color, sys.stderr)
     color = use_color(color, sys.stdout) and not as_json
     out = sys.stdout
+    pages = WrittenPages.of(out)  # `show --json big.arrows > FILE`: written back and dropped as it grows, as `trace`'s
     summary = Summary()
     summary.hooks = capture.metadata.get("hooks", "all")
     shown = 0
@@ -78,12 +80,14 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
             book.forget_older()
         if len(block):
             write_out(block, out)
+            pages.wrote()
         summary.add_table(rows)
         shown += len(rows)
         if count is not None and shown >= count:
             for _ in sightings:  # the closing statistics row is the capture's last
                 pass
             break
+    pages.close()
     stats = capture.stats
     if stats:
         summary.set_lost(stats.get("lost", {}), stats.get("events", {}), unit=f"{stats.get('record', 'event')}s")

@@ -1,0 +1,86 @@
+"""A regular file's output written back and dropped from the page cache as
+it grows (tracer/written_pages.py): which stretches, and that only regular
+files are touched and their bytes stay as written."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import time
+
+from tracer.written_pages import WritebackPlan, WrittenPages
+
+
+def test_a_stretch_is_written_back_once_a_step_long_and_dropped_one_call_later():
+    plan = WritebackPlan(step=8, align=2)
+    assert plan.advance(5) == (None, None)
+    assert plan.advance(9) == ((0, 8), None)  # ends on the boundary below the written end
+    assert plan.advance(15) == (None, None)  # 6 more: under a step
+    assert plan.advance(17) == ((8, 8), (0, 8))
+    assert plan.advance(41) == ((16, 24), (8, 8))
+    assert plan.advance(41) == (None, None)
+
+
+def test_an_offset_moved_back_starts_over_there():
+    plan = WritebackPlan(start=7, step=8, align=2)  # an O_APPEND file with 7 bytes already: from the boundary below
+    assert plan.advance(17) == ((6, 10), None)
+    assert plan.advance(30) == ((16, 14), (6, 10))
+    assert plan.advance(4) == (None, None)  # truncated under what was dropped
+    assert plan.advance(12) == ((4, 8), None)
+
+
+def test_the_stretches_cover_the_file_in_order_without_gaps():
+    rng = random.Random(9)
+    step, align = 8 << 20, 2 << 20
+    plan = WritebackPlan(start=12345, step=step, align=align)
+    written = 12345
+    writes, drops = [], []
+    for _ in range(2000):
+        written += rng.choice((0, 1, 4096, 1 << 20, 3_000_001))
+        write, drop = plan.advance(written)
+        writes += [write] if write else []
+        drops += [drop] if drop else []
+    start = 12345 - 12345 % align
+    for stretches in (writes, drops):
+        ends = [start] + [off + length for off, length in stretches]
+        assert [off for off, _ in stretches] == ends[:-1]  # each starts where the one before ended
+        assert all(length >= step and off % align == 0 and length % align == 0 for off, length in stretches)
+    assert drops == writes[: len(drops)] and len(drops) == len(writes) - 1  # all but the last written back are dropped
+    assert writes[-1][0] + writes[-1][1] <= written
+
+
+def test_only_regular_files(tmp_path):
+    r, w = os.pipe()
+    try:
+        assert not WrittenPages(w).active
+    finally:
+        os.close(r)
+        os.close(w)
+    with open(os.devnull, "wb") as null:
+        assert not WrittenPages(null.fileno()).active
+    assert not WrittenPages.of(io.StringIO()).active  # no descriptor (a test's stdout)
+    assert not WrittenPages(-1).active
+    with open(tmp_path / "out", "wb") as f:
+        assert WrittenPages.of(f).active
+
+
+def test_a_file_keeps_its_bytes_while_its_pages_are_written_back_and_dropped(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_bytes(b"before\n")
+    rng = random.Random(13)
+    expected = bytearray(b"before\n")
+    with open(path, "ab") as f:  # appended to, as `>>` does: the plan starts at the end
+        pages = WrittenPages(f.fileno(), step=1 << 20)
+        assert pages.active and pages.plan.dropped == 0
+        deadline = time.monotonic() + 30
+        # written until the thread has dropped a stretch (it runs a wake-up or more behind)
+        while (pages.plan.dropped == 0 or len(expected) < (8 << 20)) and time.monotonic() < deadline:
+            chunk = rng.randbytes(rng.randrange(1, 64 << 10))
+            f.write(chunk)
+            f.flush()
+            expected += chunk
+            pages.wrote()
+        assert pages.plan.dropped > 0 and pages.active  # the calls were made, without an error
+        pages.close()
+    assert path.read_bytes() == expected

@@ -1,0 +1,155 @@
+"""A regular file's output kept out of the page cache as it streams.
+
+`trace --json > FILE` writes ~2.2 KB a packet, 100 MB/s and more under
+load. Left alone, every byte sits in a page of the page cache until memory
+runs short, so each write copies into a page the kernel has not touched
+for a long time: on a VM with virtio-balloon free page reporting (this
+project's) such a page is not backed by the host, and its first touch
+costs a host fault (`trace --json`'s system time a packet was 3-4 µs of its
+~5 writing to ext4, 0.15 writing to /dev/null; docs/benchmarks.md,
+"Session 13: output writes"). So, as streaming writers do (`dd
+oflag=nocache`), the written file is written back a stretch at a time and
+each stretch, once on disk, is dropped from the cache: its pages are freed
+while still hot and the next writes reuse them, and the tracer's output no
+longer fills the machine's memory. The bytes written are the same; only
+what the cache keeps of them changes.
+
+The writeback and the drops run on a thread of their own (they wait for
+the disk), never on the thread that writes: a slow disk slows this thread
+only, which then covers more at once. Pipes, terminals, /dev/null and
+anything else that is not a regular file are left alone, as is a file
+whose file system refuses the calls (the first error ends it; tmpfs takes
+them and does nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+# Written back a stretch of at least this much at a time, and dropped one
+# stretch later: at most ~2-3 stretches of the output stay in the cache.
+STEP = 8 << 20
+# Stretch ends fall on this boundary (the page cache's largest folios are
+# 2 MiB: one cut in two by a stretch's end would be kept by the drop).
+ALIGN = 2 << 20
+
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
+SYNC_FILE_RANGE_WRITE = 2
+SYNC_FILE_RANGE_WAIT_AFTER = 4
+
+
+class WritebackPlan:
+    """Which stretches of the file to write back and which to drop, given
+    how far it has been written (pure: the thread does the calls).
+    ``written_back``: the end of what writeback was started for;
+    ``dropped``: the end of what was dropped."""
+
+    def __init__(self, start: int = 0, step: int = STEP, align: int = ALIGN) -> None:
+        self.step, self.align = step, align
+        self.written_back = self.dropped = start - start % align
+
+    def advance(self, written: int) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        """(offset, length) to start writeback for and (offset, length) to
+        wait for and drop, each None when there is none: the stretch
+        written since the last writeback, once a step long, and the stretch
+        whose writeback the call before started."""
+        end = written - written % self.align
+        if end < self.dropped:  # truncated, or another writer moved the offset back: start over there
+            self.written_back = self.dropped = end
+            return None, None
+        if end - self.written_back < self.step:
+            return None, None
+        write = (self.written_back, end - self.written_back)
+        drop = (self.dropped, self.written_back - self.dropped) if self.written_back > self.dropped else None
+        self.dropped, self.written_back = self.written_back, end
+        return write, drop
+
+
+def _sync_file_range():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    call = libc.sync_file_range
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    call.restype = ctypes.c_int
+
+    def sync_file_range(fd: int, offset: int, length: int, flags: int) -> None:
+        if call(fd, offset, length, flags) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+
+    return sync_file_range
+
+
+class WrittenPages:
+    """Call ``wrote()`` after each write to ``fd``; ``close()`` at the end
+    (it does not wait for the disk). Does nothing unless ``fd`` is a
+    regular file."""
+
+    def __init__(self, fd: int, step: int = STEP) -> None:
+        self.fd, self.step = fd, step
+        self.active = False
+        try:
+            self.active = stat.S_ISREG(os.fstat(fd).st_mode)
+            position = os.lseek(fd, 0, os.SEEK_CUR) if self.active else 0
+        except OSError:
+            self.active = False
+        if not self.active:
+            return
+        self.plan = WritebackPlan(position, step)
+        self.noted = position  # the offset the thread was last told of
+        self.position = position
+        self.wake = threading.Event()
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+
+    @classmethod
+    def of(cls, stream) -> "WrittenPages":
+        """For a stream (sys.stdout): inactive when it has no file descriptor."""
+        try:
+            fd = stream.fileno()
+        except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is both
+            fd = -1
+        return cls(fd)
+
+    def wrote(self) -> None:
+        if not self.active:
+            return
+        try:
+            position = os.lseek(self.fd, 0, os.SEEK_CUR)  # after O_APPEND too: the end just written
+        except OSError:
+            self.active = False
+            return
+        if abs(position - self.noted) < self.step:  # the thread wakes a step at a time, not a write
+            return
+        self.position = self.noted = position
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="written-pages", daemon=True)
+            self.thread.start()
+        self.wake.set()
+
+    def close(self) -> None:
+        if self.active:
+            self.active = False
+            self.stopping = True
+            self.wake.set()
+
+    def _run(self) -> None:
+        try:
+            sync_file_range = _sync_file_range()
+            while True:
+                self.wake.wait()
+                self.wake.clear()
+                if self.stopping:
+                    return
+                write, drop = self.plan.advance(self.position)
+                if write is not None:
+                    sync_file_range(self.fd, *write, SYNC_FILE_RANGE_WRITE)
+                if drop is not None:  # started a stretch ago: mostly on disk by now
+                    sync_file_range(self.fd, *drop, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE
+                                    | SYNC_FILE_RANGE_WAIT_AFTER)
+                    os.posix_fadvise(self.fd, *drop, os.POSIX_FADV_DONTNEED)
+        except (OSError, AttributeError):  # a file system without these calls, the fd closed: leave the cache be
+            self.active = False
