@@ -128,10 +128,16 @@ def test_lean_with_iface_says_it_kept_prerouting_before_nat(tmp_path):
     from tests.unit.analysis_data import capture_table, write_capture
     from tracer.cli import cli
 
-    files = [str(write_capture(tmp_path / name, capture_table(rows), {**METADATA, "hooks": "lean", "hooks_kept": kept}))
-             for name, kept in (("iface.arrows", "nf_prerouting/before"), ("plain.arrows", ""))]
-    out = CliRunner().invoke(cli, ["stats", *files]).output.splitlines()[0]
-    assert out.endswith("hooks lean + nf_prerouting/before (iface.arrows), lean (plain.arrows)"), out
+    # Files of one profile, one with --iface: still that profile (drops placed by it), the kept hop named by file.
+    lean = capture_table([r for r in rows if not hp.left_out("lean", r["hook"], r["nat_stage"], r["if_role"])])
+    files = [str(write_capture(tmp_path / name, lean, {**METADATA, "hooks": "lean", "hooks_kept": kept}))
+             for name, kept in (("iface.arrows", "nf_prerouting/before"), ("plain.arrows", ""), ("more.arrows", ""))]
+    out = CliRunner().invoke(cli, ["stats", *files]).output
+    assert out.splitlines()[0].endswith("hooks lean + nf_prerouting/before (iface.arrows)"), out
+    assert "after nf_prerouting/after (FORWARD/INPUT not traced: --hooks lean)" in out, out
+    full = str(write_capture(tmp_path / "full.arrows", capture_table(rows), {**METADATA, "hooks": "all"}))
+    out = CliRunner().invoke(cli, ["stats", files[0], full]).output.splitlines()[0]
+    assert out.endswith("hooks lean + nf_prerouting/before (iface.arrows), all (full.arrows)"), out
     line = run_started("tracing", "port 8000", 3, 1.0, hooks="lean", kept=("nf_prerouting/before",))
     assert ", lean hooks + nf_prerouting/before (ready" in line, line
     assert ", lean hooks (ready" in run_started("tracing", "port 8000", 3, 1.0, hooks="lean")

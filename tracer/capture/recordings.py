@@ -35,13 +35,21 @@ def next_part(before: dict[str, str], after: dict[str, str]) -> bool:
 def hooks_of_all(file_metadata: list, paths: list[str]) -> dict:
     """The first file's metadata, whose ``hooks`` names every file's hook
     profile when they differ ("lean (a.arrows), all (b.arrows)"): a reader of
-    the merged segments and drops knows some files lack hops by design."""
+    the merged segments and drops knows some files lack hops by design. Of
+    one profile, ``hooks`` stays it (drops are placed by it) and
+    ``hooks_kept`` names the files that kept hops ("nf_prerouting/before (a.arrows)")."""
+    def by(key) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for meta, path in zip(file_metadata, paths):
+            out.setdefault(key(meta), []).append(os.path.basename(path))
+        return out
+
     first = file_metadata[0]
-    by_profile: dict[str, list[str]] = {}
-    for meta, path in zip(file_metadata, paths):
-        by_profile.setdefault(named(meta), []).append(os.path.basename(path))
-    if len(by_profile) < 2:
+    if len(by_profile := by(named)) < 2:
         return first
-    merged = {**first, "hooks": ", ".join(f"{profile} ({', '.join(names)})" for profile, names in by_profile.items())}
+    if len(by(lambda m: m.get("hooks", "all"))) == 1:
+        kept = by(lambda m: m.get("hooks_kept", ""))
+        return {**first, "hooks_kept": ", ".join(f"{k} ({', '.join(files)})" for k, files in kept.items() if k)}
+    merged = {**first, "hooks": ", ".join(f"{profile} ({', '.join(files)})" for profile, files in by_profile.items())}
     merged.pop("hooks_kept", None)  # each file's is in ``hooks`` now
     return merged

@@ -62,7 +62,7 @@ def named(metadata: dict) -> str:
     ``hooks`` (``all`` when absent: older captures), then the hops it
     attached beyond the profile, ``hooks_kept`` (``lean + nf_prerouting/before``)."""
     kept = metadata.get("hooks_kept")
-    return metadata.get("hooks", "all") + (f" + {kept.replace(',', ', ')}" if kept else "")
+    return metadata.get("hooks", "all") + (f" + {', '.join(k.strip() for k in kept.split(','))}" if kept else "")
 
 
 def start_words(profile: str, kept: tuple[str, ...] = ()) -> str:
