@@ -462,7 +462,7 @@ class Summary:
             + f"  {_plural(self.packets, 'packet')}  {_plural(self.flows, 'flow')}  "
             + f"{v['delivered']:,} delivered  "
             + (_style(dropped, color, fg="red", bold=True) if v["dropped"] else dropped)
-            + f"  {v['unknown']:,} unknown"
+            + f"  {v['unknown']:,} unknown" + (f"  hooks {self.hooks}" if self.hooks != "all" else "")  # as stats says it
         ]
         for (reason, seen), n in self.drops.most_common():
             where = drop_place(self.hooks, seen, f"last seen {seen}")

@@ -81,6 +81,9 @@ def test_show_summary_places_the_drop_under_lean(tmp_path):
     assert all(r.exit_code == 0 for r in out.values()), out
     assert "drop  NETFILTER_DROP ×2  last seen nf_forward" in out["full"].stderr, out["full"].stderr
     assert f"drop  NETFILTER_DROP ×2  {LEAN_PLACE}" in out["lean"].stderr, out["lean"].stderr
+    # A replay says it is of a lean capture (its journeys lack hops by design), as `stats` does.
+    summary = {name: next(line for line in r.stderr.splitlines() if line.startswith("summary")) for name, r in out.items()}
+    assert summary["lean"].endswith(" unknown  hooks lean") and summary["full"].endswith(" unknown"), summary
 
 
 def test_drop_place_words_a_drop_placed_where_last_seen_as_asked():
