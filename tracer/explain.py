@@ -11,11 +11,14 @@ conntrack applying the connection's NAT (replies never pass the nat rules).
 
 from __future__ import annotations
 
+from tracer.journeys import hop_label
 from tracer.rule_render import rule_label, rule_text
-from tracer.sensors.hook_profile import unseen_after
+from tracer.sensors.hook_profile import left_out, unseen_after
 
 HOOK_WORDS = {"nf_prerouting": "PREROUTING", "nf_input": "INPUT", "nf_forward": "FORWARD",
               "nf_output": "OUTPUT", "nf_postrouting": "POSTROUTING"}
+# A tc hop in a sentence ("Dropped after tc ingress on trc-host").
+TC_WORDS = {"tc_ingress": "tc ingress", "tc_egress": "tc egress"}
 FLAG_WORDS = {"S": "SYN", "SA": "SYN-ACK", "A": "ACK", "PA": "data", "FA": "FIN", "R": "RST", "RA": "RST"}
 
 
@@ -31,25 +34,34 @@ def packet_name(journey: dict) -> str:
     return f"{proto} {FLAG_WORDS.get(flags, flags)}".strip() if proto == "tcp" else proto
 
 
+def unsighted(profile: str, hook: str) -> str:
+    """Why a journey has no hop at ``hook`` whose rules were met: the
+    profile leaves that hook out (FORWARD under --hooks lean), or it is
+    traced but the packet was not sighted there: its rule ran before the
+    hook's probe (filter INPUT, raw PREROUTING) or the sighting was lost."""
+    return "no hop traced there" if left_out(profile, hook, None, None) else "no sighting there"
+
+
 def _hook_groups(hops: list[dict]) -> list[tuple[str, list[dict], dict | None]]:
     """Consecutive hops of one netfilter hook (before/after NAT together),
     each with the hop before them (None: the first), whose addresses its
     NAT is told against: under --hooks lean, PREROUTING's hop before NAT is
     the tc hop before it. Rules met at a hook the journey has no hop for
-    (``at_hook``: FORWARD under lean) are a group of their own after their
-    hop's, with its addresses (no NAT between them), marked ``untraced``."""
+    (``at_hook``: FORWARD under lean, a raw PREROUTING drop on the tc hop
+    before it) are a group of their own after their hop's, with its
+    addresses (no NAT between them), marked ``untraced``."""
     groups: list[tuple[str, list[dict], dict | None]] = []
     prev = None
     for hop in hops:
+        rules = hop.get("rules", [])
         if hop["hook"] in HOOK_WORDS:
-            rules = hop.get("rules", [])
             own = dict(hop, rules=[r for r in rules if not r.get("at_hook")])
             if groups and groups[-1][0] == hop["hook"]:
                 groups[-1][1].append(own)
             else:
                 groups.append((hop["hook"], [own], prev))
-            for at in dict.fromkeys(r["at_hook"] for r in rules if r.get("at_hook") in HOOK_WORDS):
-                groups.append((at, [dict(hop, rules=[r for r in rules if r.get("at_hook") == at], untraced=True)], hop))
+        for at in dict.fromkeys(r["at_hook"] for r in rules if r.get("at_hook") in HOOK_WORDS):
+            groups.append((at, [dict(hop, rules=[r for r in rules if r.get("at_hook") == at], untraced=True)], hop))
         prev = hop
     return groups
 
@@ -63,9 +75,9 @@ def _nat_change(before: dict, after: dict, back: str = "") -> list[str]:
     return out
 
 
-def hook_sentence(hook: str, hops: list[dict], prev: dict | None, direction: str | None) -> str:
+def hook_sentence(hook: str, hops: list[dict], prev: dict | None, direction: str | None, profile: str = "all") -> str:
     rules = [r for h in hops for r in h.get("rules", [])]
-    where = HOOK_WORDS[hook] + (" (no hop traced there)" if hops[0].get("untraced") else "")
+    where = HOOK_WORDS[hook] + (f" ({unsighted(profile, hook)})" if hops[0].get("untraced") else "")
     start = prev if prev is not None else hops[0]
     changes = _nat_change(start, hops[-1])
     back = _nat_change(start, hops[-1], " back") if direction == "reply" else changes
@@ -113,17 +125,17 @@ def journey_steps(journey: dict, hooks: str = "all") -> list[str]:
     else:
         steps.append(f"Arrived on {first['ifname']} from {first['src']} for {first['dst']}.")
     for hook, group, prev in _hook_groups(journey["hops"]):
-        steps.append(hook_sentence(hook, group, prev, journey.get("direction")))
+        steps.append(hook_sentence(hook, group, prev, journey.get("direction"), hooks))
     if journey.get("verdict") == "dropped":
         reason = journey.get("drop_reason") or "dropped"
-        where = HOOK_WORDS.get(last["hook"], last["hook"])
+        where = HOOK_WORDS.get(last["hook"]) or TC_WORDS.get(last["hook"], last["hook"])
         rule = next((r for h in hops for r in h.get("rules", []) if r.get("verdict") == "drop"), None)
-        label = f"{last['hook']}/{last['nat_stage']}" if last.get("nat_stage") else last["hook"]
         if rule is not None and rule.get("at_hook") in HOOK_WORDS:  # its rule says where: a hook with no hop
-            unseen = f" in {HOOK_WORDS[rule['at_hook']]} (no hop traced there),"
-        elif (hooks_unseen := unseen_after(hooks, label)) is not None:
+            unseen = f" in {HOOK_WORDS[rule['at_hook']]} ({unsighted(hooks, rule['at_hook'])}),"
+        elif rule is None and (hooks_unseen := unseen_after(hooks, hop_label(last["hook"], last.get("nat_stage"), None))):
+            # No rule said where: the profile's left-out hooks it may have been dropped in.
             unseen = f" in {hooks_unseen.replace('/', ' or ')} (not traced: --hooks {hooks}),"
-        else:
+        else:  # dropped at its last hop, by the rule reported there if any
             unseen = ""
         steps.append(f"Dropped{unseen} after {where} on {last['ifname']} (kernel reason {reason}).")
     elif last.get("container") and last["hook"] == "tc_ingress":

@@ -380,3 +380,54 @@ def test_explain_under_lean_says_forward_apart_and_places_the_drop():
     assert ("Dropped in FORWARD or INPUT (not traced: --hooks lean), after PREROUTING on trc-host "
             "(kernel reason NETFILTER_DROP).") in explain(unnamed, None, hooks="lean")
     assert "Dropped after PREROUTING on trc-host (kernel reason NETFILTER_DROP)." in explain(unnamed, None)
+
+
+def test_explain_under_lean_a_drop_by_a_rule_at_the_last_hop_is_placed_there():
+    """A drop rule reported at the hop itself (an nft filter chain at
+    PREROUTING priority 0, after lean's PREROUTING probe) places the drop:
+    not also in FORWARD or INPUT, which lean's placement says only when no
+    rule was reported (review S13A #2)."""
+    from tracer.explain import explain
+
+    ctr = "172.17.0.2:8080"
+    dnat = _r("nat", "DOCKER", 2, "accept", "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8000 -j DNAT --to-destination 172.17.0.2:8080")
+    pre_drop = {"family": "inet", "table": "myfw", "chain": "pre", "type": "rule", "position": 1, "handle": 5,
+                "verdict": "drop", "target": None, "iptables": None, "nft": "ip saddr 198.18.0.2 drop"}
+    req = {"protocol": "tcp", "tcp_flags": "S", "direction": "original", "verdict": "dropped", "drop_reason": "NETFILTER_DROP",
+           "hops": [_hop("tc_ingress"), _hop("nf_prerouting", "after", dst=ctr, rules=[dnat, pre_drop]), _hop("drop", dst=ctr)]}
+    for profile in ("lean", "all"):
+        text = explain(req, None, hooks=profile)
+        assert "dropped by inet myfw/pre #1 (nft: ip saddr 198.18.0.2 drop)." in text, text
+        assert "3. Dropped after PREROUTING on trc-host (kernel reason NETFILTER_DROP)." in text, text
+        assert "FORWARD" not in text and "not traced" not in text, text
+
+
+def test_explain_words_a_rule_at_a_hook_without_a_hop_by_the_profile():
+    """`at_hook` under --hooks all: the hook is traced but the packet was
+    not sighted there (filter INPUT runs before INPUT's probe, raw
+    PREROUTING before PREROUTING's, or a lost sighting): "no sighting
+    there", not "no hop traced there", which is lean's FORWARD. The rule
+    that dropped it is named, also when it sits on a tc hop (review S13A #3)."""
+    from tracer.explain import explain
+
+    ssh = "198.18.0.1:22"
+    inp = dict(_r("filter", "INPUT", 1, "drop", "-A INPUT -p tcp --dport 22 -j DROP"), at_hook="nf_input")
+    to_input = {"protocol": "tcp", "tcp_flags": "S", "direction": "original", "verdict": "dropped", "drop_reason": "NETFILTER_DROP",
+                "hops": [_hop("tc_ingress", dst=ssh), _hop("nf_prerouting", "before", dst=ssh),
+                         _hop("nf_prerouting", "after", dst=ssh, rules=[inp]), _hop("drop", dst=ssh)]}
+    raw = dict(_r("raw", "PREROUTING", 1, "drop", "-A PREROUTING -s 198.18.0.2/32 -j DROP"), at_hook="nf_prerouting")
+    at_raw = {"protocol": "tcp", "tcp_flags": "S", "direction": "original", "verdict": "dropped", "drop_reason": "NETFILTER_DROP",
+              "hops": [_hop("tc_ingress", rules=[raw]), _hop("drop")]}
+    for profile in ("all", "lean"):
+        text = explain(to_input, None, hooks=profile)
+        assert f"3. INPUT (no sighting there): dropped by filter/INPUT #1 ({inp['iptables']})." in text, (profile, text)
+        assert "4. Dropped in INPUT (no sighting there), after PREROUTING on trc-host (kernel reason NETFILTER_DROP)." in text
+        text = explain(at_raw, None, hooks=profile)
+        assert f"2. PREROUTING (no sighting there): dropped by raw/PREROUTING #1 ({raw['iptables']})." in text, (profile, text)
+        assert "3. Dropped in PREROUTING (no sighting there), after tc ingress on trc-host (kernel reason NETFILTER_DROP)." in text
+        assert "no hop traced" not in text and "tc_ingress" not in text, text
+    # FORWARD's rule under all (a lost sighting): sighted nowhere, though traced.
+    fwd = dict(_r("filter", "DOCKER-USER", 1, "drop", "-A DOCKER-USER -s 198.18.0.2/32 -j DROP"), at_hook="nf_forward")
+    lost = dict(at_raw, hops=[_hop("tc_ingress"), _hop("nf_prerouting", "after", rules=[fwd]), _hop("drop")])
+    assert "Dropped in FORWARD (no sighting there), after PREROUTING" in explain(lost, None, hooks="all")
+    assert "Dropped in FORWARD (no hop traced there), after PREROUTING" in explain(lost, None, hooks="lean")
