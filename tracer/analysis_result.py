@@ -68,10 +68,11 @@ class DropStats:
         the capture's hook profile ``hooks`` tells (text's "last seen"
         column: tracer/sensors/hook_profile.py drop_place); ``last_seen``
         stays the hop label."""
-        return dict(zip(DROP_COLUMNS, (self.reason, self.last_seen, drop_place(hooks, self.last_seen), self.packets)))
+        return dict(zip(DROP_COLUMNS, (self.reason, self.last_seen, self.packets, drop_place(hooks, self.last_seen))))
 
 
-DROP_COLUMNS = ("reason", "last_seen", "place", "packets")
+# ``place`` came last (session 13): a reader of the CSV by position keeps its columns.
+DROP_COLUMNS = ("reason", "last_seen", "packets", "place")
 
 
 @dataclass(frozen=True)

@@ -116,4 +116,5 @@ def test_json_summary_and_stats_json_and_csv_place_the_drop_as_the_text_does(tmp
         assert result.exit_code == 0, result.output
         assert want in json.loads(result.output)["drops"], result.output
         result = runner.invoke(cli, ["stats", "--format", "csv", "--section", "drops", str(cap)])
+        assert result.output.splitlines()[0] == "reason,last_seen,packets,place", "place appended: positional readers keep packets third"
         assert {k: str(v) for k, v in want.items()} in list(csv.DictReader(io.StringIO(result.output))), result.output
