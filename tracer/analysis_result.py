@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from tracer.analysis_rows import _ints, iso, wall_ns
 from tracer.ids import format_id
-from tracer.sensors.hook_profile import drop_place
+from tracer.sensors.hook_profile import drop_place, placement_profile
 
 ARROW = "→"
 
@@ -222,7 +222,7 @@ class Analysis:
             "end": self.end,
             "segments": [dict(vars(s)) for s in self.segments],
             "flow_summary": [f.to_dict() for f in self.flows] if flows else [],
-            "drops": [d.to_dict(self.metadata.get("hooks", "all")) for d in self.drops],
+            "drops": [d.to_dict(placement_profile(self.metadata)) for d in self.drops],
             "lost_events": self.lost,
             "metadata": self.metadata,
             "latency": self.latency.to_dict() if self.latency is not None else None,

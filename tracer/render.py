@@ -14,7 +14,7 @@ from tracer.wallclock import clock
 from tracer.journey_rows import JourneyRows, journey_rows
 from tracer.journeys import VERDICTS, Hop, Journey, hop_label, nat_translation
 from tracer.native import i64, native
-from tracer.sensors.hook_profile import drop_place, named, start_words
+from tracer.sensors.hook_profile import drop_place, named, placement_profile, start_words
 from tracer.text import printable
 from tracer.units import duration_text, micros_text, size_text
 
@@ -582,7 +582,7 @@ def stats_text(a, section: str | None, max_flows: int) -> str:
             ["flow", "container", "proto", "client", "service", "packets", "bytes", "req", "rep", "dropped", "slowest µs"],
             rows, {5, 6, 7, 8, 9, 10})]
     if "drops" in show:
-        profile = a.metadata.get("hooks", "all")
+        profile = placement_profile(a.metadata)
         out += ["", "drops by reason and hook last seen"]
         if a.drops:
             out += ["  " + x for x in _columns(["reason", "last seen", "packets"],

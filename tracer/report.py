@@ -33,7 +33,7 @@ from tracer.journeys import Journey
 from tracer.paths import Group, PathSummary
 from tracer.report_path import duration, path_svg
 from tracer.report_plots import box_plot, cpu_plot, end_to_end_plot, plt as _plt, series_plot, svg as _svg
-from tracer.sensors.hook_profile import drop_place, named
+from tracer.sensors.hook_profile import drop_place, named, placement_profile
 from tracer.units import seconds_text as _seconds
 from tracer.units import micros_text
 
@@ -122,7 +122,7 @@ def drops_plot(a: Analysis) -> str:
     plt = _plt()
     rows = sorted(a.drops, key=lambda d: (d.packets, d.reason, d.last_seen))
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.0))
-    profile = a.metadata.get("hooks", "all")
+    profile = placement_profile(a.metadata)
     names = [f"{d.reason}  ({drop_place(profile, d.last_seen, f'after {d.last_seen}')})" for d in rows]
     bars = ax.barh(names, [d.packets for d in rows], color="#d62728")
     ax.bar_label(bars, labels=[f"{d.packets:,}" for d in rows], padding=3, fontsize=8)
@@ -336,13 +336,13 @@ def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | No
         journeys = ca.slowest_journeys(slowest)
         tp = ca.throughput()
         event_sections = [
-            *_path_section(paths, m.get("hooks", "all")),
+            *_path_section(paths, placement_profile(m)),
             "<h2 id=\"latency\">Latency along each path</h2>",
             _note("Per path, each step from one place to the next in path order: box p25-p75, median, whiskers from "
                   "p1 to p99 with the p99 marked in red, max as a dot; then the p99 of each step over time. "
                   "Percentiles come from HdrHistograms with 3 significant digits (within 0.1 %), as HdrHistogram "
                   "reads them; <code>tracer stats</code> gives exact interpolated ones per direction."),
-            *[x for g, anchor in sections for x in _group_section(g, paths, anchor, m.get("hooks", "all"))],
+            *[x for g, anchor in sections for x in _group_section(g, paths, anchor, placement_profile(m))],
             *_end_to_end_section(paths),
             *_cpu_section(paths, sections),
             "<h2 id=\"waterfall\">Slowest journeys</h2>",
@@ -350,7 +350,7 @@ def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | No
             "<h2 id=\"drops\">Drops</h2>",
             *([_figure("plot-drops", drops_plot(a)),
                _table(["reason", "last seen", "packets"],
-                      [[d.reason, drop_place(m.get("hooks", "all"), d.last_seen), f"{d.packets:,}"] for d in a.drops], {2})]
+                      [[d.reason, drop_place(placement_profile(m), d.last_seen), f"{d.packets:,}"] for d in a.drops], {2})]
               if a.drops else [_note("No packet was dropped.")]),
             "<h2 id=\"throughput\">Throughput</h2>",
             *([_figure("plot-throughput", throughput_plot(tp))] if len(tp["t"]) else [_note("No events.")]),

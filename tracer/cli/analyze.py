@@ -78,6 +78,7 @@ def _write_json(a, section: str | None) -> None:
 
 def _write_csv(a, section: str) -> None:
     from tracer.analysis_result import DROP_COLUMNS, FlowStats, SegmentStats
+    from tracer.sensors.hook_profile import placement_profile
 
     out = csv.writer(sys.stdout, lineterminator="\n")
     if section == "latency":
@@ -96,7 +97,7 @@ def _write_csv(a, section: str) -> None:
     if section == "drops":
         out.writerow(DROP_COLUMNS)
         for d in a.drops:
-            out.writerow(d.to_dict(a.metadata.get("hooks", "all")).values())
+            out.writerow(d.to_dict(placement_profile(a.metadata)).values())
         return
     kind, rows = {"segments": (SegmentStats, a.segments), "flows": (FlowStats, a.flows)}[section]
     names = [f.name for f in fields(kind)]

@@ -19,6 +19,8 @@ assembly does not depend on which hops come before those.
 
 from __future__ import annotations
 
+import re
+
 HOOK_PROFILES = ("all", "lean")
 DEFAULT = "all"
 
@@ -91,11 +93,46 @@ def left_out(profile: str, hook: str, nat_stage: str | None, role: str | None) -
 _DROPPED_UNSEEN_AFTER = {"lean": {"nf_prerouting/after": "FORWARD/INPUT"}}
 
 
+def placed_by(hooks: str) -> str:
+    """The profile drops are placed by, from a capture's ``hooks``: itself,
+    or for files of several ("lean (a.arrows), all (b.arrows)",
+    capture/recordings.py hooks_of_all) lean if any file is: any lean
+    file's FORWARD drop is last seen at PREROUTING after NAT, and "after"
+    that hop is true of every file's."""
+    if hooks in HOOK_PROFILES:
+        return hooks
+    # each file group starts the text or follows ", " and is "PROFILE[ + hops] (files)"
+    named_ = set(re.findall(r"(?:^|, )([a-z]+)(?: \+ [^()]*)? \(", hooks))
+    return "lean" if "lean" in named_ else DEFAULT
+
+
+def placement_profile(metadata) -> str:
+    """The hook profile a capture's drops are placed by (placed_by of its
+    ``hooks``; ``all`` when absent: older captures). The one reader of
+    ``hooks`` for stats, report, show and export."""
+    return placed_by(metadata.get("hooks", DEFAULT))
+
+
 def unseen_after(profile: str, last_seen: str) -> str | None:
     """The left-out hooks (as netfilter names them: "FORWARD/INPUT") where a
-    packet of ``profile`` last seen at the hop labelled ``last_seen`` may
-    have been dropped, or None: the drop was where it was last seen."""
-    return _DROPPED_UNSEEN_AFTER.get(profile if profile in HOOK_PROFILES else DEFAULT, {}).get(last_seen)
+    packet of ``profile`` (placed_by: a capture's ``hooks`` will do) last
+    seen at the hop labelled ``last_seen`` may have been dropped, or None:
+    the drop was where it was last seen."""
+    return _DROPPED_UNSEEN_AFTER.get(placed_by(profile), {}).get(last_seen)
+
+
+def left_out_place(profile: str, name: str, roles: dict[str, str | None] | None = None) -> bool:
+    """Whether ``name``, as `export --at` takes it (a hop label such as
+    ``nf_forward`` or ``tc_egress@bridge``, ``IFNAME:LABEL``, an interface
+    name or role), is a place the profile does not attach to; ``roles``:
+    the interface role of each interface name the capture has."""
+    label = name.split(":", 1)[1] if ":" in name else name
+    if label.startswith(("nf_", "tc_")):
+        hook_stage, _, role = label.partition("@")
+        hook, _, stage = hook_stage.partition("/")
+        return left_out(profile, hook, stage or None, role or None)
+    role = (roles or {}).get(name, name)
+    return role is not None and left_out(profile, "tc_ingress", None, role)
 
 
 def drop_place(profile: str, last_seen: str, seen: str | None = None) -> str:
@@ -107,5 +144,5 @@ def drop_place(profile: str, last_seen: str, seen: str | None = None) -> str:
     (default: the label alone)."""
     unseen = unseen_after(profile, last_seen)
     if unseen:
-        return f"after {last_seen} ({unseen} not traced: --hooks {profile})"
+        return f"after {last_seen} ({unseen} not traced: --hooks {placed_by(profile)})"
     return last_seen if seen is None else seen
