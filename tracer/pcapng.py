@@ -31,6 +31,7 @@ only joining bytes. Format: https://www.ietf.org/archive/id/draft-ietf-opsawg-pc
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Mapping
@@ -48,7 +49,7 @@ from tracer.ids import format_ids
 from tracer.journeys import fill_flows, hop_label
 from tracer.outfiles import open_output
 from tracer.packet_window import NEW_RECORDING, PacketWindow
-from tracer.sensors.hook_profile import named
+from tracer.sensors.hook_profile import left_out_place, placement_profile
 
 LINKTYPE_IPV4 = 228  # raw IPv4, no link-layer header
 LINKTYPE_RAW = 101  # raw IP: IPv4 or IPv6 by the version nibble
@@ -331,11 +332,13 @@ class PlaceFilter:
     Places.matching) and remembers every place seen, so that a name that
     matched nothing in the whole capture is an error listing the places."""
 
-    def __init__(self, names: Iterable[str], hooks: str = "all") -> None:
+    def __init__(self, names: Iterable[str], hooks: str = "all", kept: Iterable[str] = ()) -> None:
         self.names = list(names)
-        self.hooks = hooks  # the capture's hook profile, as `stats` names it: said when a name matched nothing
+        self.hooks = hooks  # the capture's base hook profile: said when a name it leaves out matched nothing
+        self.kept = set(kept)  # hops the profile leaves out that were attached all the same (hooks_kept)
         self.matched: set[str] = set()
         self.known: set[str] = set()
+        self.roles: dict[str, str | None] = {}  # every interface name seen -> its role (docker0: bridge)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if not self.names or not table.num_rows:
@@ -345,6 +348,7 @@ class PlaceFilter:
         # (docker0 under --hooks lean: only netfilter rows name it)
         tc = [i for i, label in enumerate(places.labels) if label.startswith("tc_")]
         self.known |= set(places.labels) | {n for i in tc if (n := places.ifnames[i])} | {r for i in tc if (r := places.roles[i])}
+        self.roles.update((n, r) for n, r in zip(places.ifnames, places.roles) if n)
         chosen = []
         for name in self.names:
             found = places.matching(name)
@@ -357,7 +361,9 @@ class PlaceFilter:
     def check(self) -> None:
         for name in self.names:
             if name not in self.matched:
-                profile = f" (recorded with --hooks {self.hooks}, which leaves some hooks out)" if self.hooks != "all" else ""
+                # said only of a place the profile leaves out: a typo is a typo
+                profile = (f" (recorded with --hooks {self.hooks}, which leaves it out)"
+                           if name not in self.kept and left_out_place(self.hooks, name, self.roles) else "")
                 raise TracerError(f"--at {name}: no sighting there{profile}; places in this capture: "
                                   f"{', '.join(sorted(self.known)) or 'none'}")
 
@@ -384,7 +390,8 @@ def export_pcapng(source: pa.Table | Iterable[pa.RecordBatch | pa.Table], out: B
     saw is a TracerError (after the file is written: the caller removes it)."""
     chunks = [source] if isinstance(source, pa.Table) else source
     meta = metadata or {}
-    keep = PlaceFilter(at, named(meta))
+    # hooks_kept: "nf_prerouting/before", or of several files "nf_prerouting/before (a.arrows)"
+    keep = PlaceFilter(at, placement_profile(meta), re.findall(r"nf_\w+/\w+", meta.get("hooks_kept", "")))
     note = f"sightings at {', '.join(keep.names)} only" if keep.names else ANALYSIS_NOTE
     if isinstance(out, (str, Path)):
         with open_output(out) as f:  # 0600 like captures

@@ -181,9 +181,25 @@ def test_export_at_a_place_a_lean_capture_has_no_tc_hook_at(tmp_path: Path, lab)
     result = CliRunner().invoke(cli, ["export", "--pcapng", str(tmp_path / "x.pcapng"), "--at", "docker0", str(cap)])
     assert result.exit_code != 0
     line = result.output.strip().splitlines()[-1]
-    assert "--at docker0: no sighting there (recorded with --hooks lean, which leaves some hooks out)" in line, line
+    assert "--at docker0: no sighting there (recorded with --hooks lean, which leaves it out)" in line, line
     places = line.split("places in this capture: ")[1].split(", ")
     assert "docker0" not in places and "bridge" not in places and "tc_egress@veth" in places, places
+
+    def last_line(*at, cap=cap):
+        result = CliRunner().invoke(cli, ["export", "--pcapng", str(tmp_path / "x.pcapng"), *at, str(cap)])
+        assert result.exit_code != 0, result.output
+        return result.output.strip().splitlines()[-1]
+
+    # The note only for a place the profile leaves out; a typo is only a typo (review S13A #5).
+    for left in ("nf_forward", "bridge", "tc_egress@bridge", "nf_postrouting/before"):
+        assert f"--at {left}: no sighting there (recorded with --hooks lean, which leaves it out);" in last_line("--at", left)
+    assert "--at nowhere: no sighting there; places" in last_line("--at", "nowhere")
+    # With --iface the capture kept PREROUTING before NAT: the base profile is named, and a
+    # kept hop is not said to be left out.
+    kept = write_capture(tmp_path / "kept.arrows", capture_table([r for r in lean if r["nat_stage"] != "before"]),
+                         {**METADATA, "hooks": "lean", "hooks_kept": "nf_prerouting/before"})
+    assert "--at nf_forward: no sighting there (recorded with --hooks lean, which" in last_line("--at", "nf_forward", cap=kept)
+    assert "--at nf_prerouting/before: no sighting there; places" in last_line("--at", "nf_prerouting/before", cap=kept)
 
 
 def test_export_at_cli(tmp_path: Path, lab):
