@@ -431,3 +431,20 @@ def test_explain_words_a_rule_at_a_hook_without_a_hop_by_the_profile():
     lost = dict(at_raw, hops=[_hop("tc_ingress"), _hop("nf_prerouting", "after", rules=[fwd]), _hop("drop")])
     assert "Dropped in FORWARD (no sighting there), after PREROUTING" in explain(lost, None, hooks="all")
     assert "Dropped in FORWARD (no hop traced there), after PREROUTING" in explain(lost, None, hooks="lean")
+
+
+def test_explain_json_names_the_profile(monkeypatch):
+    """`explain --json`: each journey says the profile it was traced with
+    (a lean one lacks FORWARD by design: review S13A #8)."""
+    from click.testing import CliRunner
+
+    from tracer.cli import cli
+    from tracer.cli import explain as explain_cli
+
+    request = {"protocol": "tcp", "verdict": "delivered", "hops": [_hop("tc_ingress")]}
+    monkeypatch.setattr(explain_cli, "watch_connection", lambda options, timeout: (request, dict(request), 0.1))
+    for profile in ("lean", "all"):
+        result = CliRunner().invoke(cli, ["explain", "--port", "8000", "--json", "--hooks", profile])
+        assert result.exit_code == 0, result.output
+        lines = [json.loads(line) for line in result.output.splitlines()]
+        assert [j["hooks"] for j in lines] == [profile, profile] and lines[0]["hops"] == request["hops"], lines

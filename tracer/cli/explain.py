@@ -26,7 +26,8 @@ class NoConnection(TracerError):
 @hooks_option
 @click.option("--timeout", type=SECONDS, default=60, show_default=True,
               help="Give up when no connection starts within S seconds.")
-@click.option("--json", "as_json", is_flag=True, help="The two journeys (first packet, reply) with their rules, as JSON lines.")
+@click.option("--json", "as_json", is_flag=True, help="The two journeys (first packet, reply) with their rules, as JSON lines; "
+              "each has hooks, the hook profile it was traced with.")
 def explain(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample, timeout, as_json, hooks):
     """Trace the next matching connection with its netfilter rules and
     explain its way through the host in words: where it arrived, which rule
@@ -37,7 +38,8 @@ def explain(expression, ports, containers, hosts, proto, ifaces, tc_mode, sample
     if as_json:
         for j in (request, reply):
             if j is not None:
-                click.echo(json.dumps(j))
+                # the profile: a lean journey lacks FORWARD by design, and says so itself
+                click.echo(json.dumps({**j, "hooks": hooks}))
         return
     from tracer.explain import explain as words
 
