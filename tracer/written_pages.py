@@ -16,7 +16,11 @@ what the cache keeps of them changes.
 
 The writeback and the drops run on a thread of their own (they wait for
 the disk), never on the thread that writes: a slow disk slows this thread
-only, which then covers more at once. Pipes, terminals, /dev/null and
+only, which then covers more at once. Its calls go a step at a time and it
+waits on at most ~2 steps a wake-up (when it falls further behind, the
+backlog's writeback is started but not waited for or dropped): a wait on
+writeback is uninterruptible, and stopping or exiting must not sit behind a
+slow disk for longer than a step takes. Pipes, terminals, /dev/null and
 anything else that is not a regular file are left alone, as is a file
 whose file system refuses the calls (the first error ends it; tmpfs takes
 them and does nothing).
@@ -29,8 +33,12 @@ import stat
 import threading
 
 # Written back a stretch of at least this much at a time, and dropped one
-# stretch later: at most ~2-3 stretches of the output stay in the cache.
+# stretch later: while the disk keeps up, at most ~2-3 stretches of the
+# output stay in the cache. Each call covers at most a step.
 STEP = 8 << 20
+# At most this many steps are waited for and dropped a wake-up: the rest of
+# a longer stretch (the disk fell behind) is left to the kernel's flusher.
+MOST_DROPPED = 2
 # Stretch ends fall on this boundary (the page cache's largest folios are
 # 2 MiB: one cut in two by a stretch's end would be kept by the drop).
 ALIGN = 2 << 20
@@ -46,15 +54,18 @@ class WritebackPlan:
     ``written_back``: the end of what writeback was started for;
     ``dropped``: the end of what was dropped."""
 
-    def __init__(self, start: int = 0, step: int = STEP, align: int = ALIGN) -> None:
-        self.step, self.align = step, align
+    def __init__(self, start: int = 0, step: int = STEP, align: int = ALIGN,
+                 most_dropped: int = MOST_DROPPED) -> None:
+        self.step, self.align, self.most_dropped = step, align, most_dropped
         self.written_back = self.dropped = start - start % align
 
     def advance(self, written: int) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
         """(offset, length) to start writeback for and (offset, length) to
         wait for and drop, each None when there is none: the stretch
         written since the last writeback, once a step long, and the stretch
-        whose writeback the call before started."""
+        whose writeback the call before started (its first
+        ``most_dropped`` steps only: waiting on more could keep a stop
+        waiting on a slow disk)."""
         end = written - written % self.align
         if end < self.dropped:  # truncated, or another writer moved the offset back: start over there
             self.written_back = self.dropped = end
@@ -62,9 +73,16 @@ class WritebackPlan:
         if end - self.written_back < self.step:
             return None, None
         write = (self.written_back, end - self.written_back)
-        drop = (self.dropped, self.written_back - self.dropped) if self.written_back > self.dropped else None
+        drop = (self.dropped, min(self.written_back - self.dropped, self.most_dropped * self.step)) \
+            if self.written_back > self.dropped else None
         self.dropped, self.written_back = self.written_back, end
         return write, drop
+
+
+def in_steps(stretch: tuple[int, int], step: int) -> list[tuple[int, int]]:
+    """(offset, length) cut into pieces of at most ``step``, in order."""
+    offset, length = stretch
+    return [(at, min(step, offset + length - at)) for at in range(offset, offset + length, step)]
 
 
 def _sync_file_range():
@@ -145,11 +163,16 @@ class WrittenPages:
                 if self.stopping:
                     return
                 write, drop = self.plan.advance(self.position)
-                if write is not None:
-                    sync_file_range(self.fd, *write, SYNC_FILE_RANGE_WRITE)
-                if drop is not None:  # started a stretch ago: mostly on disk by now
-                    sync_file_range(self.fd, *drop, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE
+                # a step a call, `stopping` looked at between calls: a stop waits for one step at most
+                for piece in in_steps(write, self.step) if write is not None else ():
+                    if self.stopping:
+                        return
+                    sync_file_range(self.fd, *piece, SYNC_FILE_RANGE_WRITE)
+                for piece in in_steps(drop, self.step) if drop is not None else ():  # started a stretch ago: mostly on disk
+                    if self.stopping:
+                        return
+                    sync_file_range(self.fd, *piece, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE
                                     | SYNC_FILE_RANGE_WAIT_AFTER)
-                    os.posix_fadvise(self.fd, *drop, os.POSIX_FADV_DONTNEED)
+                    os.posix_fadvise(self.fd, *piece, os.POSIX_FADV_DONTNEED)
         except (OSError, AttributeError):  # a file system without these calls, the fd closed: leave the cache be
             self.active = False

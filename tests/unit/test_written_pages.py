@@ -9,7 +9,7 @@ import os
 import random
 import time
 
-from tracer.written_pages import WritebackPlan, WrittenPages
+from tracer.written_pages import WritebackPlan, WrittenPages, in_steps
 
 
 def test_a_stretch_is_written_back_once_a_step_long_and_dropped_one_call_later():
@@ -48,6 +48,28 @@ def test_the_stretches_cover_the_file_in_order_without_gaps():
         assert all(length >= step and off % align == 0 and length % align == 0 for off, length in stretches)
     assert drops == writes[: len(drops)] and len(drops) == len(writes) - 1  # all but the last written back are dropped
     assert writes[-1][0] + writes[-1][1] <= written
+
+
+def test_a_disk_far_behind_is_waited_on_for_two_steps_at_most_and_every_call_is_a_step_at_most():
+    rng = random.Random(5)
+    step, align = 8, 2
+    plan = WritebackPlan(step=step, align=align)
+    written, writes, drops = 0, [], []
+    for _ in range(2000):
+        written += rng.choice((0, 3, 8, 40, 1000))  # now and then far ahead of the thread: a slow disk
+        write, drop = plan.advance(written)
+        writes += [write] if write else []
+        drops += [drop] if drop else []
+    assert any(length > 2 * step for _, length in writes)  # the case in question came up
+    for drop, write in zip(drops, writes):
+        assert drop[0] == write[0] and drop[1] == min(write[1], 2 * step)  # a long stretch's first two steps
+    ends = [0] + [off + length for off, length in writes]
+    assert [off for off, _ in writes] == ends[:-1]  # writeback still started for all of it
+    for stretch in writes + drops:
+        pieces = in_steps(stretch, step)
+        assert all(0 < length <= step for _, length in pieces)
+        assert pieces[0][0] == stretch[0] and [off for off, _ in pieces[1:]] == [o + n for o, n in pieces[:-1]]
+        assert pieces[-1][0] + pieces[-1][1] == stretch[0] + stretch[1]
 
 
 def test_only_regular_files(tmp_path):
