@@ -134,7 +134,7 @@ def journey_steps(journey: dict, hooks: str = "all") -> list[str]:
             unseen = f" in {HOOK_WORDS[rule['at_hook']]} ({unsighted(hooks, rule['at_hook'])}),"
         elif rule is None and (hooks_unseen := unseen_after(hooks, hop_label(last["hook"], last.get("nat_stage"), None))):
             # No rule said where: the profile's left-out hooks it may have been dropped in.
-            unseen = f" in {hooks_unseen.replace('/', ' or ')} (not traced: --hooks {hooks}),"
+            unseen = f" in {' or '.join(hooks_unseen)} (not traced: --hooks {hooks}),"
         else:  # dropped at its last hop, by the rule reported there if any
             unseen = ""
         steps.append(f"Dropped{unseen} after {where} on {last['ifname']} (kernel reason {reason}).")

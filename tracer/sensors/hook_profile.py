@@ -90,7 +90,7 @@ def left_out(profile: str, hook: str, nat_stage: str | None, role: str | None) -
 # Under lean, the left-out hooks where a packet last seen at a kept hop may
 # have been dropped: the filter table's FORWARD and INPUT run after
 # PREROUTING after NAT, and neither has a hop of its own.
-_DROPPED_UNSEEN_AFTER = {"lean": {"nf_prerouting/after": "FORWARD/INPUT"}}
+_DROPPED_UNSEEN_AFTER = {"lean": {"nf_prerouting/after": ("FORWARD", "INPUT")}}
 
 
 def placed_by(hooks: str) -> str:
@@ -113,8 +113,8 @@ def placement_profile(metadata) -> str:
     return placed_by(metadata.get("hooks", DEFAULT))
 
 
-def unseen_after(profile: str, last_seen: str) -> str | None:
-    """The left-out hooks (as netfilter names them: "FORWARD/INPUT") where a
+def unseen_after(profile: str, last_seen: str) -> tuple[str, ...] | None:
+    """The left-out hooks (as netfilter names them: ("FORWARD", "INPUT")) where a
     packet of ``profile`` (placed_by: a capture's ``hooks`` will do) last
     seen at the hop labelled ``last_seen`` may have been dropped, or None:
     the drop was where it was last seen."""
@@ -144,5 +144,5 @@ def drop_place(profile: str, last_seen: str, seen: str | None = None) -> str:
     (default: the label alone)."""
     unseen = unseen_after(profile, last_seen)
     if unseen:
-        return f"after {last_seen} ({unseen} not traced: --hooks {placed_by(profile)})"
+        return f"after {last_seen} ({'/'.join(unseen)} not traced: --hooks {placed_by(profile)})"
     return last_seen if seen is None else seen
