@@ -448,3 +448,22 @@ def test_explain_json_names_the_profile(monkeypatch):
         assert result.exit_code == 0, result.output
         lines = [json.loads(line) for line in result.output.splitlines()]
         assert [j["hooks"] for j in lines] == [profile, profile] and lines[0]["hops"] == request["hops"], lines
+
+
+def test_a_rule_at_a_hook_without_a_hop_reaches_explain_through_hop_rules_and_the_json():
+    """hop_rules puts a rule met at a hook the journey has no hop for on
+    the hop before it with `at_hook`; through the journey JSON, explain says
+    it as that hook's step, worded by the profile (review S13A #7)."""
+    from tracer.explain import explain
+    from tracer.journey_json import journey_json_block
+
+    jr = _rows()
+    j = jr.packet_id.tolist().index(101)  # the request through DNAT: no INPUT hop
+    info = _r("filter", "INPUT", 1, "accept", "-A INPUT -j ACCEPT")
+    book = RuleBook()
+    book.add([(101, "nf_input", info)])
+    out = with_rules_json(journey_json_block(jr)[0], jr, hop_rules(jr, book.pop([101]))).decode().splitlines()
+    journey = json.loads(out[j])
+    assert any(r.get("at_hook") == "nf_input" for h in journey["hops"] for r in h["rules"]), journey
+    assert "INPUT (no sighting there): accepted by filter/INPUT #1 (-A INPUT -j ACCEPT)." in explain(journey, None)
+    assert "INPUT (no sighting there): accepted by" in explain(journey, None, hooks="lean"), "lean traces INPUT after NAT"
