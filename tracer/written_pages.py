@@ -22,14 +22,20 @@ backlog's writeback is started but not waited for or dropped): a wait on
 writeback is uninterruptible, and stopping or exiting must not sit behind a
 slow disk for longer than a step takes. Pipes, terminals, /dev/null and
 anything else that is not a regular file are left alone, as is a file
-whose file system refuses the calls (the first error ends it; tmpfs takes
-them and does nothing).
+whose file system refuses the calls (tmpfs takes them and does nothing).
+The first error ends it: quietly when the file system lacks the calls, with
+a line on stderr when it is the disk's (EIO, ENOSPC, EDQUOT: the output did
+not all reach the disk, and the tracer may be the one process told, as the
+wait marks the error seen).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
+import sys
 import threading
 
 # Written back a stretch of at least this much at a time, and dropped one
@@ -46,6 +52,18 @@ ALIGN = 2 << 20
 SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
 SYNC_FILE_RANGE_WAIT_AFTER = 4
+
+# Errors of the calls that say this file (system) does not take them, not
+# that its data failed to reach the disk: left without a word.
+NOT_SUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ESPIPE, errno.EBADF})
+
+
+def failure_line(error: OSError, name: str) -> str | None:
+    """The line for stderr when writing ``name`` back failed, None when the
+    error only says the calls are not supported there."""
+    if error.errno in NOT_SUPPORTED:
+        return None
+    return f"tracer: writing the output file {name} failed: {error.strerror}; the output may be incomplete"
 
 
 class WritebackPlan:
@@ -112,6 +130,10 @@ class WrittenPages:
         try:
             self.active = stat.S_ISREG(os.fstat(fd).st_mode)
             position = os.lseek(fd, 0, os.SEEK_CUR) if self.active else 0
+            if self.active and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
+                # the shell's `>>` does not seek: its offset is 0 until the first write, and what
+                # the file held before is not the tracer's to write back or drop
+                position = max(position, os.fstat(fd).st_size)
         except OSError:
             self.active = False
         if not self.active:
@@ -122,6 +144,7 @@ class WrittenPages:
         self.wake = threading.Event()
         self.stopping = False
         self.thread: threading.Thread | None = None
+        self.error: OSError | None = None  # the calls' error that ended the thread
 
     @classmethod
     def of(cls, stream) -> "WrittenPages":
@@ -154,6 +177,19 @@ class WrittenPages:
             self.stopping = True
             self.wake.set()
 
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end after ``close()`` (for tests: the
+        tracer itself does not wait)."""
+        thread = getattr(self, "thread", None)
+        if thread is not None:
+            thread.join(timeout)
+
+    def _name(self) -> str:
+        try:
+            return os.readlink(f"/proc/self/fd/{self.fd}")
+        except OSError:
+            return f"(descriptor {self.fd})"
+
     def _run(self) -> None:
         try:
             sync_file_range = _sync_file_range()
@@ -174,5 +210,14 @@ class WrittenPages:
                     sync_file_range(self.fd, *piece, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE
                                     | SYNC_FILE_RANGE_WAIT_AFTER)
                     os.posix_fadvise(self.fd, *piece, os.POSIX_FADV_DONTNEED)
-        except (OSError, AttributeError):  # a file system without these calls, the fd closed: leave the cache be
+        except AttributeError:  # a libc without sync_file_range: leave the cache be
             self.active = False
+        except OSError as error:  # a file system without these calls, the fd closed; or the disk's error
+            self.active = False
+            self.error = error
+            line = failure_line(error, self._name())
+            if line is not None:
+                try:
+                    print(line, file=sys.stderr, flush=True)
+                except (OSError, ValueError):  # stderr gone too
+                    pass

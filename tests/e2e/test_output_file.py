@@ -40,6 +40,7 @@ def test_json_to_a_file_drops_its_pages_and_keeps_its_bytes(lab, tmp_path):
             f"{size} bytes written, {_resident(out)} of them still cached")
     t.stop()
     assert t.returncode == 0, t.stderr
+    assert "Exception in thread" not in t.stderr and "writing the output file" not in t.stderr, t.stderr  # the thread's
     written = out.read_bytes()
     piped = subprocess.run([sys.executable, "-m", "tracer", "show", "--json", str(capture)], cwd=REPO,
                            capture_output=True, timeout=300)
@@ -50,4 +51,5 @@ def test_json_to_a_file_drops_its_pages_and_keeps_its_bytes(lab, tmp_path):
         done = subprocess.run([sys.executable, "-m", "tracer", "show", "--json", str(capture)], cwd=REPO, stdout=f,
                               stderr=subprocess.PIPE, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert b"Exception in thread" not in done.stderr and b"writing the output file" not in done.stderr, done.stderr
     assert shown.read_bytes() == written

@@ -4,12 +4,16 @@ files are touched and their bytes stay as written."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import random
+import subprocess
 import time
 
-from tracer.written_pages import WritebackPlan, WrittenPages, in_steps
+import pytest
+
+from tracer.written_pages import WritebackPlan, WrittenPages, failure_line, in_steps
 
 
 def test_a_stretch_is_written_back_once_a_step_long_and_dropped_one_call_later():
@@ -106,3 +110,68 @@ def test_a_file_keeps_its_bytes_while_its_pages_are_written_back_and_dropped(tmp
         assert pages.plan.dropped > 0 and pages.active  # the calls were made, without an error
         pages.close()
     assert path.read_bytes() == expected
+
+
+def test_the_disks_errors_are_told_and_a_file_system_without_the_calls_is_not():
+    for quiet in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ESPIPE, errno.EBADF):
+        assert failure_line(OSError(quiet, os.strerror(quiet)), "/out.json") is None
+    for told in (errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        assert failure_line(OSError(told, os.strerror(told)), "/out.json") == (
+            f"tracer: writing the output file /out.json failed: {os.strerror(told)}; the output may be incomplete")
+
+
+def test_a_descriptor_closed_under_the_thread_ends_it_without_a_word(tmp_path, capfd):
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    pages = WrittenPages(fd, step=1 << 20)
+    os.write(fd, b"x" * (4 << 20))
+    pages.position = os.lseek(fd, 0, os.SEEK_CUR)
+    os.close(fd)  # the first call gets a real EBADF
+    pages.wake.set()
+    pages._run()  # the thread's loop, here: no race with the close
+    assert pages.error.errno == errno.EBADF and not pages.active
+    assert capfd.readouterr().err == ""
+
+
+def test_under_the_shells_append_what_the_file_held_is_left_alone(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_bytes(b"x" * (5 << 20) + b"before\n")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # as bash's `>>`: no seek, the offset 0 until the first write
+    try:
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 0
+        pages = WrittenPages(fd, step=1 << 20)
+        assert pages.active and pages.plan.dropped == pages.plan.written_back == 4 << 20  # the 2 MiB boundary below
+        assert pages.position == pages.noted == (5 << 20) + 7
+    finally:
+        os.close(fd)
+
+
+def _resident(path) -> int:
+    """Bytes of ``path`` in the page cache (util-linux fincore)."""
+    done = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.strip())
+
+
+def test_the_written_pages_leave_the_cache(tmp_path):
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
+    if kind == "tmpfs":
+        pytest.skip("tmpfs takes the calls and keeps its pages")
+    path = tmp_path / "out.json"
+    step = 1 << 20
+    rng = random.Random(17)
+    with open(path, "wb") as f:
+        pages = WrittenPages(f.fileno(), step=step)
+        # well under a second here; short, as the kernel evicts on its own given the time (13 s once)
+        deadline = time.monotonic() + 5
+        written = 0
+        while written < (16 << 20) or _resident(path) > written - 4 * step:
+            assert time.monotonic() < deadline, f"{_resident(path)} of {written} bytes still cached"
+            chunk = rng.randbytes(64 << 10)
+            f.write(chunk)
+            f.flush()
+            written += len(chunk)
+            pages.wrote()
+        pages.close()
+        pages.join(10)
+        assert not pages.thread.is_alive() and pages.error is None  # the calls made, none failed
+        assert pages.plan.dropped >= written - 4 * step

@@ -66,28 +66,30 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
 
         book = RuleBook()
     links = ProxyLinks()  # docker-proxy links the capture recorded: the proxy hop, as `trace` showed it
-    for table in _journey_slices(PacketWindow().packets(sightings)):
-        table = targets.select(table, packets=packets, flows=flows)
-        rows = journey_rows(table)  # once for the output and the summary
-        if count is not None:
-            rows = rows.head(count - shown)
-        if book is not None:
-            # a packet's rule rows are written within a moment of its sightings: read by the time it is whole
-            book.add(capture.take_rules())
-        recorded_links(links, capture.take_proxy_links())  # written before the journeys they link, read by now
-        block, _ = journey_block(rows, as_json, color, book, links)
-        if book is not None:
-            book.forget_older()
-        if len(block):
-            write_out(block, out)
-            pages.wrote()
-        summary.add_table(rows)
-        shown += len(rows)
-        if count is not None and shown >= count:
-            for _ in sightings:  # the closing statistics row is the capture's last
-                pass
-            break
-    pages.close()
+    try:  # closed on every path (an in-process caller keeps no parked thread)
+        for table in _journey_slices(PacketWindow().packets(sightings)):
+            table = targets.select(table, packets=packets, flows=flows)
+            rows = journey_rows(table)  # once for the output and the summary
+            if count is not None:
+                rows = rows.head(count - shown)
+            if book is not None:
+                # a packet's rule rows are written within a moment of its sightings: read by the time it is whole
+                book.add(capture.take_rules())
+            recorded_links(links, capture.take_proxy_links())  # written before the journeys they link, read by now
+            block, _ = journey_block(rows, as_json, color, book, links)
+            if book is not None:
+                book.forget_older()
+            if len(block):
+                write_out(block, out)
+                pages.wrote()
+            summary.add_table(rows)
+            shown += len(rows)
+            if count is not None and shown >= count:
+                for _ in sightings:  # the closing statistics row is the capture's last
+                    pass
+                break
+    finally:
+        pages.close()
     stats = capture.stats
     if stats:
         summary.set_lost(stats.get("lost", {}), stats.get("events", {}), unit=f"{stats.get('record', 'event')}s")
