@@ -197,8 +197,8 @@ def _percentile_cells(h, qs=(50, 90, 99)) -> list[str]:
     return [duration(v) for v in h.values_at(qs)] + [duration(h.max)]
 
 
-def _path_section(paths: PathSummary, hooks: str = "all") -> list[str]:
-    picture = path_svg(paths, hooks=hooks)
+def _path_section(paths: PathSummary, profile: str = "all") -> list[str]:
+    picture = path_svg(paths, hooks=profile)
     if not picture:
         return ["<h2 id=\"path\">The path</h2>", _note("No packet of a known path in this capture.")]
     shown = [g for g in paths.groups if g.path][:8]
@@ -215,7 +215,7 @@ def _path_section(paths: PathSummary, hooks: str = "all") -> list[str]:
     ]
 
 
-def _group_section(g: Group, paths: PathSummary, anchor: str, hooks: str = "all") -> list[str]:
+def _group_section(g: Group, paths: PathSummary, anchor: str, profile: str = "all") -> list[str]:
     segs = g.path_segments()
     out = [f"<h3 id=\"{anchor}\">{html.escape(g.name)}</h3>"]
     verdicts = ", ".join(f"{n:,} {v}" for v, n in g.verdicts.most_common())
@@ -238,7 +238,7 @@ def _group_section(g: Group, paths: PathSummary, anchor: str, hooks: str = "all"
         out.append(_note("Steps of packets that took another way: " + html.escape("; ".join(
             f"{s.src} → {s.dst} ({s.packets:,})" for s in others[:8])) + ("; …" if len(others) > 8 else "") + "."))
     if g.drops:
-        out.append(_table(["last seen", "reason", "packets"], [[drop_place(hooks, w), r, f"{n:,}"] for (w, r), n in g.drops.most_common()],
+        out.append(_table(["last seen", "reason", "packets"], [[drop_place(profile, w), r, f"{n:,}"] for (w, r), n in g.drops.most_common()],
                           {2}))
     return out
 
@@ -296,6 +296,7 @@ def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | No
                   max_flows: int = 25) -> str:
     a = ca.analyse()
     m = a.metadata
+    profile = placement_profile(m)  # the hook profile drops are placed by, read once
     title = f"tracer capture report: {m.get('host') or 'unknown host'}"
     meta_line = " · ".join(
         f"<b>{html.escape(k)}</b> {html.escape(v)}"
@@ -336,13 +337,13 @@ def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | No
         journeys = ca.slowest_journeys(slowest)
         tp = ca.throughput()
         event_sections = [
-            *_path_section(paths, placement_profile(m)),
+            *_path_section(paths, profile),
             "<h2 id=\"latency\">Latency along each path</h2>",
             _note("Per path, each step from one place to the next in path order: box p25-p75, median, whiskers from "
                   "p1 to p99 with the p99 marked in red, max as a dot; then the p99 of each step over time. "
                   "Percentiles come from HdrHistograms with 3 significant digits (within 0.1 %), as HdrHistogram "
                   "reads them; <code>tracer stats</code> gives exact interpolated ones per direction."),
-            *[x for g, anchor in sections for x in _group_section(g, paths, anchor, placement_profile(m))],
+            *[x for g, anchor in sections for x in _group_section(g, paths, anchor, profile)],
             *_end_to_end_section(paths),
             *_cpu_section(paths, sections),
             "<h2 id=\"waterfall\">Slowest journeys</h2>",
@@ -350,7 +351,7 @@ def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | No
             "<h2 id=\"drops\">Drops</h2>",
             *([_figure("plot-drops", drops_plot(a)),
                _table(["reason", "last seen", "packets"],
-                      [[d.reason, drop_place(placement_profile(m), d.last_seen), f"{d.packets:,}"] for d in a.drops], {2})]
+                      [[d.reason, drop_place(profile, d.last_seen), f"{d.packets:,}"] for d in a.drops], {2})]
               if a.drops else [_note("No packet was dropped.")]),
             "<h2 id=\"throughput\">Throughput</h2>",
             *([_figure("plot-throughput", throughput_plot(tp))] if len(tp["t"]) else [_note("No events.")]),

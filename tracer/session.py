@@ -30,7 +30,7 @@ from tracer.kernel.counts import Counters
 from tracer.kernel.program import FP_WINDOW_NS, Filter, Program, write_containers
 from tracer.places import PlaceBook
 from tracer.sensors.drops import DropSensor
-from tracer.sensors.hook_profile import kept_anyway, traces_bridges
+from tracer.sensors.hook_profile import traces_bridges
 from tracer.sensors.netfilter import NetfilterSensor
 from tracer.sensors.proxy import ProxySensor
 from tracer.sensors.tc import TcSensor
@@ -201,7 +201,8 @@ class TraceSession:
         self.tc = TcSensor([], mode=opts.tc_mode, latency=self.latency)
         self.attachments = Attachments(self.tc, self._host_interfaces, opts.ifaces, bridges=traces_bridges(opts.hooks))
         self.proxy = ProxySensor() if running and opts.proxy_links else None
-        self.sensors = [self.tc, NetfilterSensor(opts.hooks, tc_narrowed=bool(opts.ifaces)), DropSensor()] + ([self.proxy] if self.proxy else [])
+        self.netfilter = NetfilterSensor(opts.hooks, tc_narrowed=bool(opts.ifaces))
+        self.sensors = [self.tc, self.netfilter, DropSensor()] + ([self.proxy] if self.proxy else [])
         self.program = Program(self.sensors, self.filter, latency=self.latency, sightings=self.sightings)
         return self.program
 
@@ -222,7 +223,7 @@ class TraceSession:
             records="histogram" if self.latency else "event" if self.sightings else "journey",
             boot_offset_ns=self.ctx.boot_offset_ns, containers=lambda: list(self.inventory.containers),
             sample=self.options.targets.sample, rules=self.options.rules, hooks=self.options.hooks,
-            hooks_kept=kept_anyway(self.options.hooks, bool(self.options.ifaces)),
+            hooks_kept=self.netfilter.kept_anyway,
             places=self.ctx, places_lock=self.lock, now_ktime=self.now_ktime,
         )
 

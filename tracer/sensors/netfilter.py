@@ -12,7 +12,7 @@ from tracer.errors import TracerError
 from tracer.kernel.bpf_syscall import NFPROTO_IPV4, NFPROTO_IPV6
 from tracer.kernel.links import NetfilterLink, PriorityTaken
 from tracer.sensors.base import Sensor, load_program
-from tracer.sensors.hook_profile import DEFAULT, nf_probe_kept
+from tracer.sensors.hook_profile import DEFAULT, kept_anyway, nf_probe_kept
 
 BPF_PROG_TYPE_NETFILTER = 32
 BPF_NETFILTER = 45
@@ -67,6 +67,9 @@ class NetfilterSensor(Sensor):
         # The hook profile (tracer/sensors/hook_profile.py): which of PROBES
         # attach; tc_narrowed: tc watches the --iface interfaces only.
         self.probes = tuple(p for p in PROBES if nf_probe_kept(hooks, "nf_" + p.hook, _nat_stage(p), tc_narrowed))
+        # Hops the profile leaves out that these probes see all the same (a
+        # capture's hooks_kept): said by the sensor that attaches them.
+        self.kept_anyway = kept_anyway(hooks, tc_narrowed)
         self.links: list[NetfilterLink] = []
         self.priorities: dict[str, int] = {}  # probe name (+ "6" for IPv6) -> priority
         self.ipv6 = False
