@@ -382,15 +382,22 @@ def test_doctor_says_whether_rule_attribution_can_work(tmp_path):
     assert legacy["status"] == "missing" and "legacy" in legacy["detail"] and "iptables-nft" in legacy["fix"]
 
 
-def test_explain_the_next_connection(lab, no_leftovers):
+def _explain_a_connection(lab, *options: str) -> tuple[int, str, str]:
+    """`tracer explain OPTIONS` of one connection of this test's own: its
+    source port, the line it waited with, and what it printed."""
     sport = own_source_ports(1)[0]  # --port matches either end: this test's connection, not others' to the lab
-    proc = subprocess.Popen([sys.executable, "-m", "tracer", "explain", "--port", str(sport), "--timeout", "60"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "explain", *options, "--port", str(sport),
+                             "--timeout", "60"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while "Ctrl-C" not in (line := proc.stderr.readline()):
         assert line, proc.communicate()
     connect_from(lab, sport)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+    return sport, line, out
+
+
+def test_explain_the_next_connection(lab, no_leftovers):
+    sport, _, out = _explain_a_connection(lab)
     dest = f"{lab['container_ip']}:{lab['container_port']}"
     assert f"Arrived on {lab['host_iface']} from {lab['client_address']}:{sport} for {lab['host_address']}:{lab['port']}." in out, out
     assert re.search(rf"PREROUTING: nat/DOCKER #\d+ \(-A DOCKER .*--dport {lab['port']} .*--to-destination {dest}\) "
@@ -406,15 +413,8 @@ def test_explain_under_lean_hooks(lab, no_leftovers):
     (it was not: a request had to have one), the DNAT is named at
     PREROUTING (against the tc hop before it) and FORWARD's rule is said
     as FORWARD's."""
-    sport = own_source_ports(1)[0]
-    proc = subprocess.Popen([sys.executable, "-m", "tracer", "explain", "--hooks", "lean", "--port", str(sport),
-                             "--timeout", "60"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while "Ctrl-C" not in (line := proc.stderr.readline()):
-        assert line, proc.communicate()
+    sport, line, out = _explain_a_connection(lab, "--hooks", "lean")
     assert f"waiting for a connection (port {sport}, lean hooks)" in line, line  # as trace's start line says it
-    connect_from(lab, sport)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
     dest = f"{lab['container_ip']}:{lab['container_port']}"
     assert re.search(rf"PREROUTING: nat/DOCKER #\d+ \(-A DOCKER .*--dport {lab['port']} .*--to-destination {dest}\) "
                      rf"translated its destination to {dest}", out), out
