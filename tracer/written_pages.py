@@ -26,7 +26,9 @@ whose file system refuses the calls (tmpfs takes them and does nothing).
 The first error ends it: quietly when the file system lacks the calls, with
 a line on stderr when it is the disk's (EIO, ENOSPC, EDQUOT: the output did
 not all reach the disk, and the tracer may be the one process told, as the
-wait marks the error seen).
+wait marks the error seen); the command then exits with status 1 once it
+has finished (tracer/cli: ``output_failed``), as a writer whose output
+failed should, so a script that ran `tracer trace > FILE` knows.
 """
 
 from __future__ import annotations
@@ -56,6 +58,17 @@ SYNC_FILE_RANGE_WAIT_AFTER = 4
 # Errors of the calls that say this file (system) does not take them, not
 # that its data failed to reach the disk: left without a word.
 NOT_SUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ESPIPE, errno.EBADF})
+
+# Set once a disk's error was told (failure_line): the process's output is
+# incomplete, whichever command wrote it; its exit status says so
+# (output_failed).
+told_failure = threading.Event()
+
+
+def output_failed() -> bool:
+    """Whether writing a regular file's output back failed in this process
+    (the line was told on stderr)."""
+    return told_failure.is_set()
 
 
 def failure_line(error: OSError, name: str) -> str | None:
@@ -217,6 +230,7 @@ class WrittenPages:
             self.error = error
             line = failure_line(error, self._name())
             if line is not None:
+                told_failure.set()
                 try:
                     print(line, file=sys.stderr, flush=True)
                 except (OSError, ValueError):  # stderr gone too

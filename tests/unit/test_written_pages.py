@@ -9,6 +9,7 @@ import io
 import os
 import random
 import subprocess
+import sys
 import time
 
 import pytest
@@ -175,3 +176,71 @@ def test_the_written_pages_leave_the_cache(tmp_path):
         pages.join(10)
         assert not pages.thread.is_alive() and pages.error is None  # the calls made, none failed
         assert pages.plan.dropped >= written - 4 * step
+
+
+
+def _eio():
+    def call(fd, offset, length, flags):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    return call
+
+
+def test_a_disks_error_is_told_once_and_marks_the_output_failed(tmp_path, capfd, monkeypatch):
+    import tracer.written_pages as w
+
+    monkeypatch.setattr(w, "_sync_file_range", _eio)  # the disk's answer to the writeback call
+    monkeypatch.setattr(w, "told_failure", type(w.told_failure)())  # this test's own flag
+    with open(tmp_path / "out", "wb") as f:
+        pages = WrittenPages(f.fileno(), step=1 << 20)
+        f.write(b"x" * (4 << 20))
+        f.flush()
+        pages.position = os.lseek(f.fileno(), 0, os.SEEK_CUR)
+        pages.wake.set()
+        pages._run()  # the thread's loop, here
+    assert pages.error.errno == errno.EIO and not pages.active
+    assert w.output_failed()
+    assert capfd.readouterr().err == (f"tracer: writing the output file {tmp_path / 'out'} failed: "
+                                      f"{os.strerror(errno.EIO)}; the output may be incomplete\n")
+
+
+# `tracer show --json` in a process whose output file's writeback failed
+# (told by WrittenPages' own loop, as above, on a file of its own: a
+# capture this small is shown before the thread's first call): the command
+# finishes its output and exits with status 1; with no failure, 0.
+_SHOW_AFTER = """
+import errno, os, sys
+import tracer.written_pages as w
+if sys.argv[2] == "failed":
+    def eio():
+        def call(fd, offset, length, flags):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return call
+    w._sync_file_range = eio
+    with open(sys.argv[3], "wb") as f:
+        pages = w.WrittenPages(f.fileno(), step=1 << 20)
+        f.write(b"x" * (2 << 20))
+        f.flush()
+        pages.position = os.lseek(f.fileno(), 0, os.SEEK_CUR)
+        pages.wake.set()
+        pages._run()
+sys.argv = ["tracer", "show", "--json", sys.argv[1]]
+from tracer.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("writeback", ["failed", "fine"])
+def test_a_failed_writeback_makes_the_exit_status_1(tmp_path, writeback):
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    capture = os.path.join(root, "tests", "data", "lab-http.arrows")
+    whole = subprocess.run([sys.executable, "-m", "tracer", "show", "--json", capture], capture_output=True,
+                           timeout=60, cwd=root)
+    assert whole.returncode == 0 and whole.stdout
+    with open(tmp_path / "out.json", "wb") as f:
+        run = subprocess.run([sys.executable, "-c", _SHOW_AFTER, capture, writeback, str(tmp_path / "scratch")],
+                             stdout=f, stderr=subprocess.PIPE, timeout=60, cwd=root)
+    told = "failed: " + os.strerror(errno.EIO) + "; the output may be incomplete"
+    assert run.returncode == (1 if writeback == "failed" else 0), run.stderr
+    assert (told in run.stderr.decode()) == (writeback == "failed")
+    assert b"Traceback" not in run.stderr
+    assert (tmp_path / "out.json").read_bytes() == whole.stdout  # the output itself is whole

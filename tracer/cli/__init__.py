@@ -57,9 +57,18 @@ class TracerGroup(click.Group):
         except OSError as exc:  # an I/O failure nothing above turned into a TracerError (disk full, EIO)
             click.echo(os_error_line(exc), err=True)
             sys.exit(1)
+        if _output_failed():  # told on stderr as it happened: the output file is incomplete
+            sys.exit(1)
         if isinstance(rv, int):
             sys.exit(rv)
         sys.exit(0)
+
+
+def _output_failed() -> bool:
+    """Whether writing our output file back failed (tracer/written_pages.py,
+    imported only by a command whose stdout was a regular file)."""
+    pages = sys.modules.get("tracer.written_pages")
+    return bool(pages is not None and pages.output_failed())
 
 
 class _PrintableFormatter(logging.Formatter):
