@@ -32,6 +32,7 @@ from tracer.interning import Interner
 from tracer.journey_rows import _DIRECTION_CODES as _DIR_CODES
 from tracer.journey_rows import _endpoint_plain, _factorize, next_in_packet, verdict_codes
 from tracer.journeys import VERDICTS, Journey, build_journeys
+from tracer.recorded_hooks import RecordedHooks
 from tracer.segment_latency import SegmentLatencies
 from tracer.side_thread import SideThread
 
@@ -55,10 +56,13 @@ class CaptureAnalysis:
     ``finish`` in bounded memory. An in-memory table is one chunk."""
 
     def __init__(self, table: pa.Table | None = None, metadata: Mapping | None = None, stats: Mapping | None = None,
-                 histograms: pa.Table | None = None, *, slowest: int = 20) -> None:
+                 histograms: pa.Table | None = None, *, slowest: int = 20,
+                 recorded_hooks: RecordedHooks | None = None) -> None:
         from tracer.aggregate import Store, Strings
 
         self.metadata = clean_metadata(metadata)
+        # the files' hook profiles (a reader's), else one capture's from its metadata
+        self.recorded_hooks = RecordedHooks.of(self.metadata) if recorded_hooks is None else recorded_hooks
         self.stats = dict(stats) if stats else None
         # Latency-mode rows: given, else whatever the table holds (a full capture table).
         self.histograms = histograms if histograms is not None or table is None else histogram_rows(table)
@@ -90,7 +94,7 @@ class CaptureAnalysis:
         from tracer.journey_capture import JourneyBatch
         from tracer.packet_window import MAX_HELD_ROWS, MIN_CHUNK_ROWS, NEW_RECORDING, PacketWindow
 
-        ca = cls(None, capture.metadata, slowest=slowest)
+        ca = cls(None, capture.metadata, slowest=slowest, recorded_hooks=capture.recorded_hooks)
         sightings = PacketWindow()
         # About 9 sightings a journey row: twice the sightings a chunk (each cut sorts
         # what is held), and about the same held at most.
@@ -342,6 +346,7 @@ class CaptureAnalysis:
             lost=self.lost(),
             record_unit=self.record_unit,
             metadata=self.metadata,
+            recorded_hooks=self.recorded_hooks,
             samples=samples,
             latency=self.latency(),
         )

@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 
 from tracer.analysis_rows import _ints, iso, wall_ns
 from tracer.ids import format_id
-from tracer.sensors.hook_profile import drop_place, placement_profile
+from tracer.recorded_hooks import RecordedHooks
+from tracer.sensors.hook_profile import drop_place
 
 ARROW = "→"
 
@@ -203,6 +204,8 @@ class Analysis:
     latency: LatencySummary | None = None
     # What `lost` counts: "journeys", or "events" (per-sighting and older captures).
     record_unit: str = "events"
+    # Each file's hook profile: drops are placed by its ``placing`` (``metadata`` only shows it).
+    recorded_hooks: RecordedHooks = RecordedHooks()
 
     @property
     def duration_s(self) -> float:
@@ -222,7 +225,7 @@ class Analysis:
             "end": self.end,
             "segments": [dict(vars(s)) for s in self.segments],
             "flow_summary": [f.to_dict() for f in self.flows] if flows else [],
-            "drops": [d.to_dict(placement_profile(self.metadata)) for d in self.drops],
+            "drops": [d.to_dict(self.recorded_hooks.placing) for d in self.drops],
             "lost_events": self.lost,
             "metadata": self.metadata,
             "latency": self.latency.to_dict() if self.latency is not None else None,

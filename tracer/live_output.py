@@ -67,7 +67,7 @@ class JourneyOutput:
         self.json_buffer = KeptJsonBuffer() if as_json else None
 
     def on_start(self, run: RunInfo) -> None:
-        self.summary.hooks = run.hooks  # where a drop can be placed (tracer/sensors/hook_profile.py drop_place)
+        self.summary.hooks = self.summary.hooks_said = run.hooks  # where a drop can be placed (hook_profile.drop_place)
         if run.rules and run.records == "journey":
             from tracer.rule_render import RuleBook
 

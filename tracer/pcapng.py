@@ -31,7 +31,6 @@ only joining bytes. Format: https://www.ietf.org/archive/id/draft-ietf-opsawg-pc
 
 from __future__ import annotations
 
-import re
 import struct
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Mapping
@@ -49,7 +48,8 @@ from tracer.ids import format_ids
 from tracer.journeys import fill_flows, hop_label
 from tracer.outfiles import open_output
 from tracer.packet_window import NEW_RECORDING, PacketWindow
-from tracer.sensors.hook_profile import left_out_place, placement_profile
+from tracer.recorded_hooks import RecordedHooks
+from tracer.sensors.hook_profile import left_out_place
 
 LINKTYPE_IPV4 = 228  # raw IPv4, no link-layer header
 LINKTYPE_RAW = 101  # raw IP: IPv4 or IPv6 by the version nibble
@@ -323,8 +323,14 @@ class Places:
         role (``trc-host``, ``external``, ``container``): its tc hooks, both
         directions, i.e. what a packet capture on that interface shows."""
         return np.array([i for i in range(len(self.names))
-                         if at in (self.labels[i], self.names[i])
-                         or (self.labels[i].startswith("tc_") and at in (self.ifnames[i], self.roles[i]))], dtype=np.int64)
+                         if at in (self.labels[i], self.names[i]) or at in self.interface_words(i)], dtype=np.int64)
+
+    def interface_words(self, i: int) -> tuple[str | None, ...]:
+        """The interface name and role that name place ``i`` too (matching):
+        those of a tc hook, what a packet capture on that interface shows;
+        none of a netfilter or drop place (docker0 under --hooks lean: only
+        netfilter rows name it, so it is no place to name)."""
+        return (self.ifnames[i], self.roles[i]) if self.labels[i].startswith("tc_") else ()
 
 
 class PlaceFilter:
@@ -344,10 +350,7 @@ class PlaceFilter:
         if not self.names or not table.num_rows:
             return table
         places = Places(table)
-        # an interface or role names its tc hooks (matching): those with none are no place to name
-        # (docker0 under --hooks lean: only netfilter rows name it)
-        tc = [i for i, label in enumerate(places.labels) if label.startswith("tc_")]
-        self.known |= set(places.labels) | {n for i in tc if (n := places.ifnames[i])} | {r for i in tc if (r := places.roles[i])}
+        self.known |= set(places.labels) | {w for i in range(len(places.labels)) for w in places.interface_words(i) if w}
         self.roles.update((n, r) for n, r in zip(places.ifnames, places.roles) if n)
         chosen = []
         for name in self.names:
@@ -378,7 +381,8 @@ def select_places(table: pa.Table, at: Iterable[str]) -> pa.Table:
 
 
 def export_pcapng(source: pa.Table | Iterable[pa.RecordBatch | pa.Table], out: BinaryIO | str | Path,
-                  metadata: Mapping[str, str] | None = None, at: Iterable[str] = ()) -> int:
+                  metadata: Mapping[str, str] | None = None, at: Iterable[str] = (),
+                  hooks: RecordedHooks | None = None) -> int:
     """Write every sighting of ``source`` to ``out`` as pcapng, in time order;
     with ``at``, only the sightings at those places (see Places.matching).
     ``source`` is a table (a capture or EVENT_SCHEMA) or sighting batches
@@ -387,11 +391,13 @@ def export_pcapng(source: pa.Table | Iterable[pa.RecordBatch | pa.Table], out: B
     packets a window at a time (their flow filled in from their netfilter
     rows), rows put in time order over twice that window. Returns the
     number of packets written; a place in ``at`` that the capture never
-    saw is a TracerError (after the file is written: the caller removes it)."""
+    saw is a TracerError (after the file is written: the caller removes it),
+    whose note of the hook profile comes from ``hooks`` (the reader's
+    ``recorded_hooks``; default: ``metadata``'s, of one capture)."""
     chunks = [source] if isinstance(source, pa.Table) else source
     meta = metadata or {}
-    # hooks_kept: "nf_prerouting/before", or of several files "nf_prerouting/before (a.arrows)"
-    keep = PlaceFilter(at, placement_profile(meta), re.findall(r"nf_\w+/\w+", meta.get("hooks_kept", "")))
+    hooks = RecordedHooks.of(meta) if hooks is None else hooks
+    keep = PlaceFilter(at, hooks.placing, hooks.kept)
     note = f"sightings at {', '.join(keep.names)} only" if keep.names else ANALYSIS_NOTE
     if isinstance(out, (str, Path)):
         with open_output(out) as f:  # 0600 like captures

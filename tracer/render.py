@@ -14,7 +14,7 @@ from tracer.wallclock import clock
 from tracer.journey_rows import JourneyRows, journey_rows
 from tracer.journeys import VERDICTS, Hop, Journey, hop_label, nat_translation
 from tracer.native import i64, native
-from tracer.sensors.hook_profile import drop_place, named, placement_profile, start_words
+from tracer.sensors.hook_profile import drop_place, named, start_words
 from tracer.text import printable
 from tracer.units import duration_text, micros_text, size_text
 
@@ -290,7 +290,7 @@ class Summary:
         self.packets = 0
         self.verdicts: Counter[str] = Counter({"delivered": 0, "dropped": 0, "unknown": 0})
         self.drops: Counter[tuple[str, str]] = Counter()  # (reason, hook last seen) -> packets
-        self.hooks = "all"  # the hook profile (--hooks, or the capture's): where render places a drop
+        self.hooks = self.hooks_said = "all"  # the profile drops are placed by (--hooks, RecordedHooks.placing); the line's words for it
         # Distinct flow ids: a sorted array (8 bytes a flow, not a set's ~70:
         # `show` of a capture with millions of flows), new ids merged in batches.
         self._flow_ids = np.zeros(0, np.uint64)
@@ -462,7 +462,7 @@ class Summary:
             + f"  {_plural(self.packets, 'packet')}  {_plural(self.flows, 'flow')}  "
             + f"{v['delivered']:,} delivered  "
             + (_style(dropped, color, fg="red", bold=True) if v["dropped"] else dropped)
-            + f"  {v['unknown']:,} unknown" + (f"  hooks {self.hooks}" if self.hooks != "all" else "")  # as stats says it
+            + f"  {v['unknown']:,} unknown" + (f"  hooks {self.hooks_said}" if self.hooks_said != "all" else "")  # as stats says it
         ]
         for (reason, seen), n in self.drops.most_common():
             where = drop_place(self.hooks, seen, f"last seen {seen}")
@@ -582,7 +582,7 @@ def stats_text(a, section: str | None, max_flows: int) -> str:
             ["flow", "container", "proto", "client", "service", "packets", "bytes", "req", "rep", "dropped", "slowest µs"],
             rows, {5, 6, 7, 8, 9, 10})]
     if "drops" in show:
-        profile = placement_profile(a.metadata)
+        profile = a.recorded_hooks.placing
         out += ["", "drops by reason and hook last seen"]
         if a.drops:
             out += ["  " + x for x in _columns(["reason", "last seen", "packets"],

@@ -33,7 +33,7 @@ from tracer.journeys import Journey
 from tracer.paths import Group, PathSummary
 from tracer.report_path import duration, path_svg
 from tracer.report_plots import box_plot, cpu_plot, end_to_end_plot, plt as _plt, series_plot, svg as _svg
-from tracer.sensors.hook_profile import drop_place, named, placement_profile
+from tracer.sensors.hook_profile import drop_place, named
 from tracer.units import seconds_text as _seconds
 from tracer.units import micros_text
 
@@ -122,7 +122,7 @@ def drops_plot(a: Analysis) -> str:
     plt = _plt()
     rows = sorted(a.drops, key=lambda d: (d.packets, d.reason, d.last_seen))
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.0))
-    profile = placement_profile(a.metadata)
+    profile = a.recorded_hooks.placing
     names = [f"{d.reason}  ({drop_place(profile, d.last_seen, f'after {d.last_seen}')})" for d in rows]
     bars = ax.barh(names, [d.packets for d in rows], color="#d62728")
     ax.bar_label(bars, labels=[f"{d.packets:,}" for d in rows], padding=3, fontsize=8)
@@ -296,7 +296,7 @@ def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | No
                   max_flows: int = 25) -> str:
     a = ca.analyse()
     m = a.metadata
-    profile = placement_profile(m)  # the hook profile drops are placed by, read once
+    profile = a.recorded_hooks.placing  # the hook profile drops are placed by, read once
     title = f"tracer capture report: {m.get('host') or 'unknown host'}"
     meta_line = " · ".join(
         f"<b>{html.escape(k)}</b> {html.escape(v)}"

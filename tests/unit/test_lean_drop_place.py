@@ -100,7 +100,7 @@ def test_json_summary_and_stats_json_and_csv_place_the_drop_as_the_text_does(tmp
     import io
     import json
 
-    from tracer.capture.reader import read_capture
+    from tracer.capture.reader import open_capture, read_capture
     from tracer.journey_rows import journey_rows
     from tracer.render import Summary
 
@@ -108,7 +108,7 @@ def test_json_summary_and_stats_json_and_csv_place_the_drop_as_the_text_does(tmp
     runner = CliRunner()
     for cap, last_seen, place in ((full, "nf_forward", "nf_forward"), (lean, "nf_prerouting/after", LEAN_PLACE)):
         summary = Summary()
-        summary.hooks = read_capture([str(cap)]).metadata.get("hooks", "all")  # as `show` sets it
+        summary.hooks = open_capture([str(cap)]).recorded_hooks.placing  # as `show` sets it
         summary.add_table(journey_rows(read_capture([str(cap)]).events))
         want = {"reason": "NETFILTER_DROP", "last_seen": last_seen, "place": place, "packets": 2}
         assert want in summary.to_dict()["drops"], summary.to_dict()["drops"]

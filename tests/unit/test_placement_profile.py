@@ -1,6 +1,6 @@
-"""The hook profile a capture's drops are placed by (hook_profile.placement_profile):
-one reader of the metadata's ``hooks`` for stats, report, show and export, which
-also knows the merged text of files of several profiles (review S13A #1, #6)."""
+"""The hook profile a capture's drops are placed by (hook_profile.placed_by, of
+the files' profiles as the reader keeps them: recorded_hooks.RecordedHooks):
+one rule for stats, report, show and export, lean if any file is (review S13A #1, #6)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,14 @@ from click.testing import CliRunner
 
 from tests.unit.test_lean_drop_place import LEAN_PLACE, _captures
 from tracer.cli import cli
-from tracer.sensors.hook_profile import drop_place, placed_by, placement_profile
+from tracer.sensors.hook_profile import drop_place, placed_by
 
 
-def test_placed_by_reads_one_profile_or_the_files_of_several():
-    assert placement_profile({}) == "all" and placement_profile({"hooks": "lean"}) == "lean"
-    assert placed_by("lean (a.arrows), all (b.arrows)") == "lean"
-    assert placed_by("all (a.arrows), lean + nf_prerouting/before (b.arrows, c.arrows)") == "lean"
-    assert placed_by("all (lean.arrows)") == "all", "a file's name is not its profile"
-    assert placed_by("future") == "all"
-    assert drop_place("all (b.arrows), lean (a.arrows)", "nf_prerouting/after") == LEAN_PLACE, "names lean, not the text"
+def test_placed_by_is_lean_if_any_file_is():
+    assert placed_by() == "all" and placed_by("all") == "all" and placed_by("lean") == "lean"
+    assert placed_by("lean", "all") == "lean" and placed_by("all", "all", "lean") == "lean"
+    assert placed_by("future") == "all" and placed_by("future", "all") == "all", "a profile this version does not know"
+    assert drop_place(placed_by("all", "lean"), "nf_prerouting/after") == LEAN_PLACE
 
 
 def test_stats_of_a_lean_and_a_full_file_places_the_lean_drop_after_prerouting(tmp_path):

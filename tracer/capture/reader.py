@@ -24,6 +24,7 @@ from tracer.capture_clock import with_missing_time
 from tracer.errors import one_line
 from tracer.journey_capture import JourneyBatch, JourneyRowReader, PlaceRegistry
 from tracer.packet_window import NEW_RECORDING
+from tracer.recorded_hooks import RecordedHooks
 
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # end-of-stream marker of the IPC stream format
 _CONTINUATION = b"\xff\xff\xff\xff"
@@ -355,7 +356,9 @@ class CaptureStream:
             raise CaptureReadError("-: standard input can be read only once")
         self._files = [_FileRows(p) for p in self.paths]
         self.file_metadata = [f.metadata for f in self._files]
-        self.metadata = hooks_of_all(self.file_metadata, self.paths)
+        # each file's hook profile: drops are placed by it; ``metadata`` only shows it
+        self.recorded_hooks = RecordedHooks.of_files(self.file_metadata, self.paths)
+        self.metadata = hooks_of_all(self.file_metadata, self.recorded_hooks)
         # Which files start another recording than the one before's (not its next part).
         self._starts_recording = [i > 0 and not next_part(self.file_metadata[i - 1], meta)
                                   for i, meta in enumerate(self.file_metadata)]

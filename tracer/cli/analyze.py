@@ -78,7 +78,6 @@ def _write_json(a, section: str | None) -> None:
 
 def _write_csv(a, section: str) -> None:
     from tracer.analysis_result import DROP_COLUMNS, FlowStats, SegmentStats
-    from tracer.sensors.hook_profile import placement_profile
 
     out = csv.writer(sys.stdout, lineterminator="\n")
     if section == "latency":
@@ -97,7 +96,7 @@ def _write_csv(a, section: str) -> None:
     if section == "drops":
         out.writerow(DROP_COLUMNS)
         for d in a.drops:
-            out.writerow(d.to_dict(placement_profile(a.metadata)).values())
+            out.writerow(d.to_dict(a.recorded_hooks.placing).values())
         return
     kind, rows = {"segments": (SegmentStats, a.segments), "flows": (FlowStats, a.flows)}[section]
     names = [f.name for f in fields(kind)]
@@ -152,7 +151,7 @@ def export(pcapng_out: str | None, at: tuple[str, ...], parquet_out: str | None,
             raise click.UsageError("--pcapng -: standard output is a terminal; pipe it (| tshark -r -) or name a file")
         out, where = sys.stdout.buffer, "standard output"
     try:
-        n = export_pcapng(capture.sightings(boundaries=True), out, capture.metadata, at=at)
+        n = export_pcapng(capture.sightings(boundaries=True), out, capture.metadata, at=at, hooks=capture.recorded_hooks)
         if out is not pcapng_out:
             out.flush()
     except TracerError:

@@ -54,7 +54,8 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     out = sys.stdout
     pages = WrittenPages.of(out)  # `show --json big.arrows > FILE`: written back and dropped as it grows, as `trace`'s
     summary = Summary()
-    summary.hooks = capture.metadata.get("hooks", "all")
+    summary.hooks = capture.recorded_hooks.placing
+    summary.hooks_said = capture.metadata.get("hooks", "all")  # files of several profiles: each named
     shown = 0
     # Whole packets a window at a time (tracer/packet_window.py), in order of
     # first sighting: the output is that of the whole capture at once, in

@@ -19,7 +19,7 @@ assembly does not depend on which hops come before those.
 
 from __future__ import annotations
 
-import re
+from typing import Sequence
 
 HOOK_PROFILES = ("all", "lean")
 DEFAULT = "all"
@@ -64,7 +64,12 @@ def named(metadata: dict) -> str:
     ``hooks`` (``all`` when absent: older captures), then the hops it
     attached beyond the profile, ``hooks_kept`` (``lean + nf_prerouting/before``)."""
     kept = metadata.get("hooks_kept")
-    return metadata.get("hooks", "all") + (f" + {', '.join(k.strip() for k in kept.split(','))}" if kept else "")
+    return with_kept(metadata.get("hooks", "all"), [k.strip() for k in kept.split(",")] if kept else ())
+
+
+def with_kept(profile: str, kept: Sequence[str]) -> str:
+    """A profile, then the hops attached beyond it (kept_anyway): ``lean + nf_prerouting/before``."""
+    return profile + (f" + {', '.join(kept)}" if kept else "")
 
 
 def start_words(profile: str, kept: tuple[str, ...] = ()) -> str:
@@ -93,32 +98,21 @@ def left_out(profile: str, hook: str, nat_stage: str | None, role: str | None) -
 _DROPPED_UNSEEN_AFTER = {"lean": {"nf_prerouting/after": ("FORWARD", "INPUT")}}
 
 
-def placed_by(hooks: str) -> str:
-    """The profile drops are placed by, from a capture's ``hooks``: itself,
-    or for files of several ("lean (a.arrows), all (b.arrows)",
-    capture/recordings.py hooks_of_all) lean if any file is: any lean
-    file's FORWARD drop is last seen at PREROUTING after NAT, and "after"
-    that hop is true of every file's."""
-    if hooks in HOOK_PROFILES:
-        return hooks
-    # each file group starts the text or follows ", " and is "PROFILE[ + hops] (files)"
-    named_ = set(re.findall(r"(?:^|, )([a-z]+)(?: \+ [^()]*)? \(", hooks))
-    return "lean" if "lean" in named_ else DEFAULT
-
-
-def placement_profile(metadata) -> str:
-    """The hook profile a capture's drops are placed by (placed_by of its
-    ``hooks``; ``all`` when absent: older captures). The one reader of
-    ``hooks`` for stats, report, show and export."""
-    return placed_by(metadata.get("hooks", DEFAULT))
+def placed_by(*profiles: str) -> str:
+    """The profile drops are placed by, from the profiles of the files read
+    (recorded_hooks.RecordedHooks.placing): lean if any file is, since any
+    lean file's FORWARD drop is last seen at PREROUTING after NAT, and
+    "after" that hop is true of every file's; else every hook (a profile
+    this version does not know included)."""
+    return "lean" if "lean" in profiles else DEFAULT
 
 
 def unseen_after(profile: str, last_seen: str) -> tuple[str, ...] | None:
     """The left-out hooks (as netfilter names them: ("FORWARD", "INPUT")) where a
-    packet of ``profile`` (placed_by: a capture's ``hooks`` will do) last
+    packet of ``profile`` (placed_by: RecordedHooks.placing) last
     seen at the hop labelled ``last_seen`` may have been dropped, or None:
     the drop was where it was last seen."""
-    return _DROPPED_UNSEEN_AFTER.get(placed_by(profile), {}).get(last_seen)
+    return _DROPPED_UNSEEN_AFTER.get(profile, {}).get(last_seen)
 
 
 def left_out_place(profile: str, name: str, roles: dict[str, str | None] | None = None) -> bool:
@@ -144,5 +138,5 @@ def drop_place(profile: str, last_seen: str, seen: str | None = None) -> str:
     (default: the label alone)."""
     unseen = unseen_after(profile, last_seen)
     if unseen:
-        return f"after {last_seen} ({'/'.join(unseen)} not traced: --hooks {placed_by(profile)})"
+        return f"after {last_seen} ({'/'.join(unseen)} not traced: --hooks {profile})"
     return last_seen if seen is None else seen
