@@ -86,16 +86,17 @@ class CaptureAnalysis:
         ``also`` (e.g. tracer.paths.PathStats) as sighting rows, in the same
         single pass. Journey rows (schema 2) are analysed as they are stored
         (``add_journeys``), not laid out as sightings unless ``also`` needs them;
-        ``journeys=False`` lays everything out (the sighting path: the tests' oracle)."""
-        from tracer.journey_capture import JourneyBatch
-        from tracer.packet_window import MAX_HELD_ROWS, MIN_CHUNK_ROWS, NEW_RECORDING, PacketWindow
+        ``journeys=False`` lays everything out (the sighting path: the tests'
+        oracle). Both paths cut journey rows into whole packets with one
+        window (packet_window.journey_window), the sighting path laying out
+        each chunk it hands on: they read the same packets by construction,
+        also where a cut is forced early (max_held_rows) and splits one."""
+        from tracer.journey_capture import JourneyBatch, journey_sightings
+        from tracer.packet_window import NEW_RECORDING, PacketWindow, journey_window as make_journey_window
 
         ca = cls(None, capture.metadata, slowest=slowest)
         sightings = PacketWindow()
-        # About 9 sightings a journey row: twice the sightings a chunk (each cut sorts
-        # what is held), and about the same held at most.
-        journey_window = PacketWindow(min_chunk_rows=MIN_CHUNK_ROWS // 4, max_held_rows=MAX_HELD_ROWS // 8,
-                                      last_column="last_ktime_ns")
+        journey_window = make_journey_window()
         registry = None
 
         # The other consumers' work on a chunk (the report's path pass) runs
@@ -103,6 +104,9 @@ class CaptureAnalysis:
         side = SideThread() if also else None
 
         def journey_chunk(chunk: pa.Table) -> None:
+            if not journeys:  # the sighting path: the same whole packets, laid out
+                sighting_chunk(journey_sightings(chunk, registry))
+                return
             taken, rest = ca.add_journeys(chunk, registry)
             if side is not None:
                 side.submit(_journeys_beside, also, taken, rest, chunk, registry)
@@ -112,8 +116,7 @@ class CaptureAnalysis:
             if side is not None:
                 side.submit(_sightings_beside, also, chunk)
 
-        items = (capture.sightings_or_journeys(read_ahead=4, boundaries=True) if journeys
-                 else capture.sightings(read_ahead=4, boundaries=True))
+        items = capture.sightings_or_journeys(read_ahead=4, boundaries=True)
         with side if side is not None else contextlib.nullcontext():
             for item in items:
                 if item is NEW_RECORDING:  # another recording follows: what is held is whole
