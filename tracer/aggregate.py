@@ -95,7 +95,8 @@ def _packed(packets: pa.Table) -> pa.Table:
 
     return pa.table({
         "packet_id": _ints(packets, "packet_id", np.uint64), "flow_id": _ints(packets, "flow_id", np.uint64),
-        "first_wall": col("first_wall"), "duration": col("duration"), "sightings": _ints(packets, "sightings", np.int32),
+        # null where a packet has no time (a damaged capture's rows without one): no time, not 0
+        "first_wall": packets["first_wall"], "duration": packets["duration"], "sightings": _ints(packets, "sightings", np.int32),
         "ends": (col("src_ip") + 1) << 32 | (col("dst_ip") + 1),
         "ports": (col("protocol") + 1) << 32 | (col("src_port") & 0xFFFF) << 16 | (col("dst_port") & 0xFFFF),
         "info": (col("container") + 1) << 32 | (col("length") & 0xFFFF) << 16 | (col("direction") & 0xFF) << 8
@@ -351,7 +352,7 @@ class Store:
         self.wait()
         rows = self.con.execute(
             "SELECT flow_id FROM (SELECT flow_id, max(duration) AS slowest FROM pkt WHERE flow_id != 0 "
-            "GROUP BY flow_id) ORDER BY slowest DESC, flow_id LIMIT $n", {"n": int(k)}).fetchnumpy()["flow_id"]
+            "GROUP BY flow_id) ORDER BY slowest DESC NULLS LAST, flow_id LIMIT $n", {"n": int(k)}).fetchnumpy()["flow_id"]
         return np.asarray(rows, np.uint64)
 
     def flow_table(self, only: np.ndarray | None = None) -> str:
@@ -371,12 +372,14 @@ class Store:
         # its client and service: one arg_min over a packed key.
         # Ties (the same time, the same duration) go to the lower packet id:
         # the same row whichever way, and however DuckDB's threads met them.
-        first = f"((((({_DIRECTION} != 1)::BIGINT << 62) | first_wall)::HUGEINT * {_TWO_64}) + packet_id::HUGEINT)"
+        # A packet without a time (null first_wall) comes after those with one.
+        first = (f"((((({_DIRECTION} != 1)::BIGINT << 62) | coalesce(first_wall, {(1 << 62) - 1}))::HUGEINT * {_TWO_64})"
+                 " + packet_id::HUGEINT)")
         self.con.execute(f"""
             CREATE TABLE {name} AS SELECT flow_id, max(info >> 32) - 1 AS container,
               arg_min(struct_pack(ends, ports), {first}) AS f,
               count(*) AS packets, sum({_LENGTH})::BIGINT AS bytes,
-              min(first_wall) AS first_wall, max(first_wall + duration) AS last_wall,
+              min(first_wall) AS first_wall, max(first_wall + coalesce(duration, 0)) AS last_wall,
               count(*) FILTER ({_DIRECTION} = 1) AS requests, count(*) FILTER ({_DIRECTION} = 2) AS replies,
               count(*) FILTER ({_VERDICT} = 0) AS delivered, count(*) FILTER ({_VERDICT} = 1) AS dropped,
               count(*) FILTER ({_VERDICT} = 2) AS unknown,
@@ -395,7 +398,7 @@ class Store:
         self.wait()
         rows = self.con.execute(
             f"SELECT (first_wall - $t0) // $w AS b, sum(sightings)::BIGINT, count(*), sum({_LENGTH})::BIGINT "
-            "FROM pkt GROUP BY b", {"t0": t0, "w": width}).fetchnumpy()
+            "FROM pkt WHERE first_wall IS NOT NULL GROUP BY b", {"t0": t0, "w": width}).fetchnumpy()
         ev, pk, by = (np.zeros(bins) for _ in range(3))
         b = rows["b"].astype(np.int64)
         keep = (b >= 0) & (b < bins)
@@ -450,7 +453,7 @@ class FlowRows:
 
     def _query(self, table: str, limit: int | None = None, offset: int = 0) -> str:
         tail = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
-        return f"SELECT {', '.join(FLOW_COLUMNS)} FROM {table} ORDER BY slowest_ns DESC, flow_id{tail}"
+        return f"SELECT {', '.join(FLOW_COLUMNS)} FROM {table} ORDER BY slowest_ns DESC NULLS LAST, flow_id{tail}"
 
     def _rows(self, sql: str) -> list[dict]:
         return quiet(self.store.con.cursor()).sql(sql).to_arrow_table().to_pylist()

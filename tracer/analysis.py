@@ -90,16 +90,17 @@ class CaptureAnalysis:
         ``also`` (e.g. tracer.paths.PathStats) as sighting rows, in the same
         single pass. Journey rows (schema 2) are analysed as they are stored
         (``add_journeys``), not laid out as sightings unless ``also`` needs them;
-        ``journeys=False`` lays everything out (the sighting path: the tests' oracle)."""
-        from tracer.journey_capture import JourneyBatch
-        from tracer.packet_window import MAX_HELD_ROWS, MIN_CHUNK_ROWS, NEW_RECORDING, PacketWindow
+        ``journeys=False`` lays everything out (the sighting path: the tests'
+        oracle). Both paths cut journey rows into whole packets with one
+        window (packet_window.journey_window), the sighting path laying out
+        each chunk it hands on: they read the same packets by construction,
+        also where a cut is forced early (max_held_rows) and splits one."""
+        from tracer.journey_capture import JourneyBatch, journey_sightings
+        from tracer.packet_window import NEW_RECORDING, PacketWindow, journey_window as make_journey_window
 
         ca = cls(None, capture.metadata, slowest=slowest, recorded_hooks=capture.recorded_hooks)
         sightings = PacketWindow()
-        # About 9 sightings a journey row: twice the sightings a chunk (each cut sorts
-        # what is held), and about the same held at most.
-        journey_window = PacketWindow(min_chunk_rows=MIN_CHUNK_ROWS // 4, max_held_rows=MAX_HELD_ROWS // 8,
-                                      last_column="last_ktime_ns")
+        journey_window = make_journey_window()
         registry = None
 
         # The other consumers' work on a chunk (the report's path pass) runs
@@ -107,6 +108,9 @@ class CaptureAnalysis:
         side = SideThread() if also else None
 
         def journey_chunk(chunk: pa.Table) -> None:
+            if not journeys:  # the sighting path: the same whole packets, laid out
+                sighting_chunk(journey_sightings(chunk, registry))
+                return
             taken, rest = ca.add_journeys(chunk, registry)
             if side is not None:
                 side.submit(_journeys_beside, also, taken, rest, chunk, registry)
@@ -116,8 +120,7 @@ class CaptureAnalysis:
             if side is not None:
                 side.submit(_sightings_beside, also, chunk)
 
-        items = (capture.sightings_or_journeys(read_ahead=4, boundaries=True) if journeys
-                 else capture.sightings(read_ahead=4, boundaries=True))
+        items = capture.sightings_or_journeys(read_ahead=4, boundaries=True)
         with side if side is not None else contextlib.nullcontext():
             for item in items:
                 if item is NEW_RECORDING:  # another recording follows: what is held is whole
@@ -226,7 +229,7 @@ class CaptureAnalysis:
             "dst_ip": f.dst_ip, "dst_port": f.dst_port, "container": f.container,
         })
         self._store.add(segments, packets)
-        self._keep_slow(s, duration, f.rows_of)
+        self._keep_slow(s, pc.fill_null(duration, -1).to_numpy(zero_copy_only=False), f.rows_of)
 
     @staticmethod
     def _coded(t: pa.Table, name: str, strings: Any, rows: np.ndarray) -> np.ndarray:
@@ -242,6 +245,8 @@ class CaptureAnalysis:
         # contiguous arrays rather than gathers through their indices.
         n = len(s.pid)
         pair = next_in_packet(n, s.pstart)
+        if s.timed is not None:  # a row without a ktime_ns is no end of a latency
+            pair &= s.timed[:-1] & s.timed[1:]
         dir_rank = np.repeat(np.array([2, 0, 1])[direction], s.psize)  # original, reply, unknown
         # A chunk has a handful of labels: keyed by their chunk indices (a
         # small range: counted, not hashed), then named once per distinct key.
@@ -287,7 +292,7 @@ class CaptureAnalysis:
         if len(top) + len(tied) > n:
             tied = tied[np.argsort(s.pid[s.pstart[tied]], kind="stable")[: n - len(top)]]
         top = np.concatenate([top, tied])
-        floor = self._slow[-1][0] if len(self._slow) >= self._keep_slowest else -1
+        floor = self._slow[-1][0] if len(self._slow) >= self._keep_slowest else 0  # -1: no duration (no ktime_ns)
         top = top[duration[top] >= floor]
         if not len(top):
             return
@@ -362,7 +367,8 @@ class CaptureAnalysis:
             first_time=iso(r["first_wall"]), last_time=iso(r["last_wall"]),
             requests=int(r["requests"]), replies=int(r["replies"]),
             delivered=int(r["delivered"]), dropped=int(r["dropped"]), unknown=int(r["unknown"]),
-            slowest_ns=int(r["slowest_ns"]), slowest_packet_id=int(r["slowest_packet_id"]),
+            # None: none of the flow's packets has a ktime_ns (a damaged capture's), so no duration
+            slowest_ns=_int_or_none(r["slowest_ns"]), slowest_packet_id=_int_or_none(r["slowest_packet_id"]),
         )
 
     def latency(self) -> LatencySummary | None:
@@ -436,7 +442,8 @@ class CaptureAnalysis:
         if not kept:
             return []
         journeys = build_journeys(pa.concat_tables([t for _, _, t in kept]).unify_dictionaries())
-        return sorted(journeys, key=lambda j: (-(j.last_ktime - j.first_ktime), j.packet_id))
+        duration = {pid: d for d, pid, _ in kept}  # over the rows with a ktime_ns (_packet_times)
+        return sorted(journeys, key=lambda j: (-duration.get(j.packet_id, 0), j.packet_id))
 
 
 def _journeys_beside(also: tuple, taken: tuple | None, rest: pa.Table | None, chunk: pa.Table, registry: Any) -> None:
@@ -464,22 +471,32 @@ def _sightings_beside(also: tuple, chunk: pa.Table) -> None:
         other.add(chunk)
 
 
-def _packet_times(s: Any, has_clock: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Each packet's first wall clock and duration (first to last sighting):
-    over its rows with a moment (``has_clock``; None: every row) where only
-    some have one. A packet without any reads as before (from time 0)."""
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _packet_times(s: Any, has_clock: np.ndarray | None) -> tuple[pa.Array, pa.Array]:
+    """Each packet's first wall clock, over its rows with a moment
+    (``has_clock``: a time or a ktime_ns; None: every row), and its duration
+    (first to last sighting), over its rows with a ktime_ns (``s.timed``;
+    None: every row). Null where a packet has no such row (a damaged
+    capture's): no time, rather than 1970-01-01 or a duration from ktime 0."""
     ps = s.pstart
     first_wall, duration = s.wall[ps], _reduce(np.maximum, s.kt, ps) - s.kt[ps]
-    if has_clock is None:
-        return first_wall, duration
-    fix = ~_reduce(np.minimum, has_clock, ps) & _reduce(np.maximum, has_clock, ps)
-    if fix.any():
-        big = np.iinfo(np.int64).max
-        first_wall[fix] = _reduce(np.minimum, np.where(has_clock, s.wall, big), ps)[fix]
-        first_kt = _reduce(np.minimum, np.where(has_clock, s.kt, big), ps)
-        last_kt = _reduce(np.maximum, np.where(has_clock, s.kt, -big), ps)
-        duration[fix] = (last_kt - first_kt)[fix]
-    return first_wall, duration
+    big = np.iinfo(np.int64).max
+    wall_known = duration_known = None
+    if has_clock is not None:
+        wall_known = _reduce(np.maximum, has_clock, ps)
+        some = ~_reduce(np.minimum, has_clock, ps) & wall_known
+        first_wall[some] = _reduce(np.minimum, np.where(has_clock, s.wall, big), ps)[some]
+    if s.timed is not None:
+        duration_known = _reduce(np.maximum, s.timed, ps)
+        some = ~_reduce(np.minimum, s.timed, ps) & duration_known
+        first_kt = _reduce(np.minimum, np.where(s.timed, s.kt, big), ps)
+        last_kt = _reduce(np.maximum, np.where(s.timed, s.kt, -big), ps)
+        duration[some] = (last_kt - first_kt)[some]
+    return (pa.array(first_wall, pa.int64(), mask=None if wall_known is None else ~wall_known),
+            pa.array(duration, pa.int64(), mask=None if duration_known is None else ~duration_known))
 
 
 def _nice_ns(value: float) -> int:

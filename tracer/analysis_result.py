@@ -48,8 +48,8 @@ class FlowStats:
     delivered: int
     dropped: int
     unknown: int
-    slowest_ns: int  # slowest packet's first-to-last sighting
-    slowest_packet_id: int
+    slowest_ns: int | None  # slowest packet's first-to-last sighting; None: no packet of it has a ktime_ns
+    slowest_packet_id: int | None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/CSV fields: the ids as every output prints them (tracer/ids.py)."""

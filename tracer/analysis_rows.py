@@ -21,6 +21,7 @@ from tracer.capture_clock import ktime_offset
 from tracer.events import CONTAINER, FLAG_IN_CONTAINER_NS, META_PREFIX
 from tracer.interning import Interner
 from tracer.journey_rows import _factorize
+from tracer.untimed import in_place, timed
 from tracer.journeys import ends_journey, hop_label
 
 
@@ -226,7 +227,8 @@ class _Sorted:
 
         pid = _ints(table, "packet_id", np.uint64)
         kt = _ints(table, "ktime_ns")
-        order = journey_order(pid, kt, is_drop)
+        has_kt = timed(table)
+        order = journey_order(pid, in_place(pid, kt, has_kt), is_drop)
         # Only the first drop row of a packet counts (journeys do the same).
         pid_o, drop_o = pid[order], is_drop[order]
         dup = np.zeros(n, dtype=bool)
@@ -239,6 +241,7 @@ class _Sorted:
         self.wall = wall_ns(table, metadata)[o]
         has_clock = clocked(table)
         self.clocked = None if has_clock is None else has_clock[o]  # None: every row has a moment
+        self.timed = None if has_kt is None else has_kt[o]  # None: every row has a ktime_ns
 
         m = len(o)
         self.pstart = np.flatnonzero(np.r_[True, self.pid[1:] != self.pid[:-1]]) if m else np.zeros(0, np.int64)

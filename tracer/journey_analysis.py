@@ -141,6 +141,8 @@ def journey_packets(rows: pa.Table, registry: Any, ca: Any) -> tuple[Any, Packet
     hops = SimpleNamespace(
         pid=pid[h_rec], kt=h_kt, label=label, labels=labels, is_drop=h_is_drop, terminal=terminal_of[label],
         wall=wall, pstart=pstart, pend=pstart + sizes, psize=sizes, clocked=None if row_clock is None else row_clock[h_rec],
+        # a journey row's hops are timed by their dt_ns even without its ktime_ns (laid out, they read so too)
+        timed=None,
         # for the report's path pass (tracer/journey_paths.py): each label's
         # (hook, role) and whether a journey ends there, each hop's record
         # (a row of ``rows``) and place, the flattened hops and which of them

@@ -52,7 +52,8 @@ def journey_json_text(table: pa.Table, compiled: bool = True,
     jr = journey_rows(table)
     if not len(jr):
         return memoryview(b""), 0, np.empty(0, np.int64)
-    module = native() if compiled else None
+    # Hops without a ktime_ns (a damaged capture's: null dt_ns) are written below, not by the compiled loop.
+    module = native() if compiled and jr.timed is None else None
     ends = np.empty(len(jr), np.int64)
     if module is not None:
         from tracer.native_json import native_json_block
@@ -114,11 +115,11 @@ def _json_pieces(jr: JourneyRows, newline: bool) -> tuple[pa.StringArray, np.nda
     ktime_at = fraction_at + count
     pool = pa.concat_arrays([
         pa.array(texts, pa.string()),
-        pc.cast(pa.array(jr.dt), pa.string()),
+        _numbers_or_null(jr.dt, jr.timed),
         id_texts(jr.packet_id, json=True),  # ids as everywhere: hex text (tracer/ids.py)
         id_texts(jr.flow_id, json=True),  # 0: unknown -> null
         fractions,
-        pc.cast(pa.array(jr.ktime[jr.starts[:-1]], pa.int64()), pa.string()),
+        _numbers_or_null(jr.ktime[jr.starts[:-1]], None if jr.timed is None else jr.timed[jr.starts[:-1]]),
     ])
     # Ten pieces per journey (header: 9, closing: 1) and three per hop.
     H = _HEADER_PIECES
@@ -141,6 +142,12 @@ def _json_pieces(jr: JourneyRows, newline: bool) -> tuple[pa.StringArray, np.nda
     idx[hop + 2] = dt_at + np.arange(n)
     idx[line_starts[1:] - 1] = close_at + jr.container_id.codes[jr.starts[1:] - 1]
     return pool.take(pa.array(idx)), line_starts
+
+
+def _numbers_or_null(values: np.ndarray, known: np.ndarray | None) -> pa.Array:
+    """Integers as JSON text; 'null' where not ``known`` (a hop without a ktime_ns)."""
+    text = pc.cast(pa.array(values, pa.int64()), pa.string())
+    return text if known is None else pc.if_else(pa.array(known), text, "null")
 
 
 def _hop_heads(jr: JourneyRows) -> tuple[list[str], np.ndarray]:

@@ -43,7 +43,8 @@ def path_rows(hops: Any, facts: Any) -> PathRows:
     return PathRows(
         labels=hops.labels, hooks=hops.label_hooks, roles=hops.label_roles, terminal=hops.label_terminal,
         label=hops.label, kt=hops.kt, starts=hops.pstart, direction=facts.direction,
-        wall_first=hops.wall[hops.pstart],
+        wall_first=hops.wall[hops.pstart], wall_known=None if hops.clocked is None else hops.clocked[hops.pstart],
+        timed=hops.timed,
         src_ip=src_ip, src_ips=src_ips, src_port=src_port, dst_ip=dst_ip, dst_ips=dst_ips, dst_port=dst_port,
         cpu=_ints(rows, "cpu")[rec], reason=hops.reason_codes[rec], reasons=reasons,
         ifname=hops.place, ifnames=ifnames, container=hops.place, containers=containers, tuple_id=at)

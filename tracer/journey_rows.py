@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from tracer import events
 from tracer.addresses import endpoint
+from tracer.untimed import timed, untimed_last
 from tracer.events import CONTAINER, FLAG_IN_CONTAINER_NS
 from tracer.journeys import (_DIRECTION_NAMES, Hop, Journey, TERMINAL_SIGHTINGS, VERDICTS, _flags_text, _no_gc,
                              _normalise, _numpy, _sort)
@@ -125,9 +126,22 @@ class JourneyRows:
     # where a packet's payload sits in its stream (proxy_output's byte ranges).
     tcp_seq: np.ndarray | None = None
     tcp_doff: np.ndarray | None = None
+    # Per hop, whether it has a ktime_ns (None: every hop has; a damaged
+    # capture's row may not). One without has no time: its ``ktime`` and
+    # ``dt`` read 0 and are written as null ('-' in text).
+    timed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.packet_id)
+
+    def next_hops(self) -> np.ndarray:
+        """Per hop but the last, whether the next hop is its journey's and
+        both have a ktime_ns (a latency between them)."""
+        inner = np.ones(max(len(self.rows) - 1, 0), bool)
+        inner[self.starts[1:-1] - 1] = False  # last hop of a journey -> first of the next
+        if self.timed is not None:
+            inner &= self.timed[:-1] & self.timed[1:]
+        return inner
 
     def pairs(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """(per hop: index of its (src, dst) pair, (src keys, dst keys) of
@@ -210,6 +224,7 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
     n = work.num_rows
     pid = _numpy(work["packet_id"])
     ktime = _numpy(work["ktime_ns"]).astype(np.int64)
+    has_kt = timed(work)  # None: every row has a ktime_ns; a packet has one on its first row if on any (_sort)
     starts0 = np.flatnonzero(np.diff(pid)) + 1 if n else np.zeros(0, np.int64)
     starts0 = np.concatenate(([0], starts0)).astype(np.int64) if n else starts0
     sizes0 = np.diff(np.append(starts0, n))
@@ -239,7 +254,8 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
     first = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)[: len(sizes)]
 
     # Journeys in order of first sighting (ties by packet id), as build_journeys.
-    order = np.lexsort((pid[starts0], ktime[rows[first]])) if n else first
+    # (A packet without any ktime_ns after those with one, as build_journeys.)
+    order = np.lexsort((pid[starts0], untimed_last(ktime, has_kt)[rows[first]])) if n else first
     if not np.array_equal(order, np.arange(len(order))):
         sizes_o = sizes[order]
         new_first = np.concatenate(([0], np.cumsum(sizes_o)[:-1])).astype(np.int64)
@@ -325,6 +341,7 @@ def _journey_rows(work: pa.Table) -> JourneyRows:
         wall_ns=wall.astype(np.int64),
         tcp_seq=_numpy(work["tcp_seq"])[p_first].astype(np.int64),
         tcp_doff=_numpy(work["tcp_doff"])[p_first].astype(np.int64),
+        timed=None if has_kt is None else has_kt[rows],
     )
 
 
@@ -393,6 +410,8 @@ def _is_sorted(work: pa.Table) -> bool:
     if work.num_rows < 2:
         return True
     pid = _numpy(work["packet_id"])
+    if work["ktime_ns"].null_count:  # _sort places a row without one (tracer/untimed.py)
+        return False
     kt = _numpy(work["ktime_ns"])
     same = pid[1:] == pid[:-1]
     return bool(np.all(pid[1:] >= pid[:-1]) and np.all(~same | (kt[1:] >= kt[:-1])))
@@ -421,6 +440,15 @@ def journeys_of_table(table: pa.Table) -> list[Journey]:
         return _journeys_of_rows(jr)
 
 
+def _times_or_none(jr: JourneyRows) -> tuple[list, list]:
+    """Each hop's ktime and dt as Hop takes them: None for a hop without a ktime_ns."""
+    ktime, dt = jr.ktime.tolist(), jr.dt.tolist()
+    if jr.timed is not None:
+        for i in np.flatnonzero(~jr.timed).tolist():
+            ktime[i] = dt[i] = None
+    return ktime, dt
+
+
 def _journeys_of_rows(jr: JourneyRows) -> list[Journey]:
     def objects(c: _Codes) -> list:
         lut = np.empty(len(c.values), dtype=object)
@@ -440,8 +468,7 @@ def _journeys_of_rows(jr: JourneyRows) -> list[Journey]:
             objects(jr.container),
             src,
             dst,
-            jr.ktime.tolist(),
-            jr.dt.tolist(),
+            *_times_or_none(jr),
             objects(jr.drop_reason),
             _DIRECTION_NAMES[np.repeat(jr.direction, sizes)].tolist(),
             objects(jr.container_id),

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tracer.untimed import in_place, timed
 from tracer import events
 from tracer.events import CONTAINER, EXTERNAL, FLAG_IN_CONTAINER_NS, tcp_flags_text
 from tracer.ids import format_id
@@ -48,8 +49,8 @@ class Hop:
     container: str | None
     src: str | None  # "ip:port"; "ip" for ICMP
     dst: str | None
-    ktime_ns: int
-    dt_ns: int  # since the packet's first hop
+    ktime_ns: int | None  # None: the row has no ktime_ns (a damaged capture's)
+    dt_ns: int | None  # since the packet's first hop; None where either has no ktime_ns
     drop_reason: str | None
     # The packet's conntrack direction (filled from its other hops); it lets
     # nat_translation tell DNAT from reverse SNAT with just two hops.
@@ -88,12 +89,13 @@ class Journey:
     time_ns: int | None = None  # wall clock (UTC ns) of the first hop; None when unknown
 
     @property
-    def first_ktime(self) -> int:
+    def first_ktime(self) -> int | None:
+        """None: the packet has no row with a ktime_ns (its untimed rows sort last)."""
         return self.hops[0].ktime_ns
 
     @property
-    def last_ktime(self) -> int:
-        return max(h.ktime_ns for h in self.hops)
+    def last_ktime(self) -> int | None:
+        return max((h.ktime_ns for h in self.hops if h.ktime_ns is not None), default=None)
 
     @property
     def to_container(self) -> str | None:
@@ -331,6 +333,10 @@ def _build_sorted_inner(work: pa.Table) -> list[Journey]:
     row_dir = _objects(work["direction"])
     direction = np.maximum.reduceat((row_dir == "original") + 2 * (row_dir == "reply").astype(np.int8), starts)
     dt = ktime - np.repeat(ktime[starts], sizes)
+    ktimes, dts = ktime.tolist(), dt.tolist()
+    if work["ktime_ns"].null_count:  # rows without one (sorted last): no time, no dt
+        for i in np.flatnonzero(~work["ktime_ns"].is_valid().to_numpy(zero_copy_only=False)).tolist():
+            ktimes[i] = dts[i] = None
 
     protocol = _objects(work["protocol"])
     icmp = np.isin(protocol, list(events.ICMP_NAMES))
@@ -359,8 +365,8 @@ def _build_sorted_inner(work: pa.Table) -> list[Journey]:
             container.tolist(),
             src,
             dst,
-            ktime.tolist(),
-            dt.tolist(),
+            ktimes,
+            dts,
             _objects(work["drop_reason"]).tolist(),
             _DIRECTION_NAMES[np.repeat(direction, sizes)].tolist(),
             _objects(work["container_id"]).tolist(),
@@ -381,11 +387,22 @@ def _build_sorted_inner(work: pa.Table) -> list[Journey]:
             length=length[s],
             hops=hops[s:e],
         )
-        if offset[s] is not None:
+        if offset[s] is not None and j.first_ktime is not None:
             j.time_ns = j.first_ktime + offset[s]
         journeys.append(j)
-    journeys.sort(key=lambda j: (j.first_ktime, j.packet_id))
+    journeys.sort(key=first_sighting)
     return journeys
+
+
+def timed_pairs(hops: list[Hop]) -> Iterator[tuple[Hop, Hop]]:
+    """Each hop and the next, where both have a ktime_ns (a latency between them)."""
+    return ((a, b) for a, b in zip(hops, hops[1:]) if a.ktime_ns is not None and b.ktime_ns is not None)
+
+
+def first_sighting(j: Journey) -> tuple:
+    """Journeys' order: by first sighting, ties by packet id; a journey
+    without a ktime_ns at all (a damaged capture's) after those with one."""
+    return (j.first_ktime is None, j.first_ktime or 0, j.packet_id)
 
 
 def wall_offsets(work: pa.Table) -> list:
@@ -449,6 +466,10 @@ def _sort_order(pid: np.ndarray, ktime: np.ndarray) -> np.ndarray:
 
 
 def _sort(work: pa.Table) -> pa.Table:
+    if work["ktime_ns"].null_count:  # a row without one keeps its written place (tracer/untimed.py)
+        pid = _numpy(work["packet_id"])
+        key = in_place(pid, _numpy(work["ktime_ns"]).astype(np.int64), timed(work))
+        return work.take(pa.array(np.lexsort((key, pid))))
     # Arrow's sort is stable: sightings with equal timestamps keep ring-buffer order.
     return work.take(pc.sort_indices(work, [("packet_id", "ascending"), ("ktime_ns", "ascending")]))
 

@@ -47,6 +47,19 @@ MIN_CHUNK_ROWS = 1 << 17
 MAX_HELD_ROWS = 1 << 22
 
 
+def journey_window() -> "PacketWindow":
+    """The window over journey rows (schema 2): the one every reader of a
+    journey-row capture cuts its packets with, whether it reads their hops
+    off the list columns or lays them out as sightings (CaptureAnalysis'
+    two paths). A cut forced by ``max_held_rows`` hands on a packet whose
+    later part is still to come, which then reads as two packets: paths
+    cutting at different rows would differ there, so they share the cut.
+    About 9 sightings a journey row: twice the sightings a chunk (each cut
+    sorts what is held), and about the same held at most."""
+    return PacketWindow(min_chunk_rows=MIN_CHUNK_ROWS // 4, max_held_rows=MAX_HELD_ROWS // 8,
+                        last_column="last_ktime_ns")
+
+
 class _NewRecording:
     """The mark between two files that are not parts of one recording."""
 
@@ -60,13 +73,14 @@ NEW_RECORDING = _NewRecording()
 class PacketWindow:
     """Sighting batches in (``add``), tables of whole packets' rows out."""
 
-    def __init__(self, window_ns: int = WINDOW_NS, min_chunk_rows: int = MIN_CHUNK_ROWS,
-                 max_held_rows: int = MAX_HELD_ROWS, last_column: str | None = None) -> None:
+    def __init__(self, window_ns: int = WINDOW_NS, min_chunk_rows: int | None = None,
+                 max_held_rows: int | None = None, last_column: str | None = None) -> None:
         self.window_ns = window_ns
         # Journey rows (schema 2) end at `last_ktime_ns`; a sighting row at its `ktime_ns`.
         self.last_column = last_column
-        self.min_chunk_rows = min_chunk_rows
-        self.max_held_rows = max_held_rows
+        # (None: the module's sizes, read when the window is made)
+        self.min_chunk_rows = MIN_CHUNK_ROWS if min_chunk_rows is None else min_chunk_rows
+        self.max_held_rows = MAX_HELD_ROWS if max_held_rows is None else max_held_rows
         self.forced = 0  # cuts that handed packets on early (max_held_rows)
         self.now: int | None = None  # highest ktime_ns read
         self.clock: int | None = None  # the recording's wall clock minus ktime (its rows' time - ktime_ns)

@@ -32,7 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer.analysis_rows import _codes, _ints, event_rows, journey_order, place_codes, wall_ns
+from tracer.analysis_rows import _codes, _ints, clocked, event_rows, journey_order, place_codes, wall_ns
+from tracer.untimed import in_place, timed
 from tracer.events import CONTAINER, EXTERNAL, OTHER, ROLES
 from tracer.hdr import Histogram
 from tracer.journey_rows import next_in_packet, verdict_codes
@@ -239,6 +240,11 @@ class PathRows:
     # Per row, or None: the row's tuple, an index into the four arrays above,
     # which are then per tuple (journey rows: a packet's hops share a few).
     tuple_id: np.ndarray | None = None
+    # A damaged capture's rows without a clock (None: all have one): per row
+    # whether it has a ktime_ns (no latency to or from one without), per
+    # packet whether wall_first is known (not 0: in no time bin).
+    timed: np.ndarray | None = None
+    wall_known: np.ndarray | None = None
 
 
 def sighting_rows(table: pa.Table, metadata=None) -> PathRows | None:
@@ -273,9 +279,11 @@ def sighting_rows(table: pa.Table, metadata=None) -> PathRows | None:
 
     pid = _ints(t, "packet_id", np.uint64)
     kt = _ints(t, "ktime_ns")
-    rows = journey_order(pid, kt, is_drop)  # table row of each sorted row
+    has_kt = timed(t)
+    rows = journey_order(pid, in_place(pid, kt, has_kt), is_drop)  # table row of each sorted row
     pid = pid[rows]
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
+    first_rows = t.take(pa.array(rows[starts]))
     dcodes, dvalues = _codes(t, "direction")
     dmap = np.array([DIRECTIONS.index(v) if v in DIRECTIONS else 0 for v in dvalues] + [0], dtype=np.int64)
     sip_c, sips = _codes(t, "src_ip")
@@ -287,7 +295,8 @@ def sighting_rows(table: pa.Table, metadata=None) -> PathRows | None:
         labels=labels, hooks=label_hooks, roles=label_roles, terminal=np.array(terminal, dtype=bool),
         label=label[rows], kt=kt[rows], starts=starts,
         direction=np.maximum.reduceat(dmap[dcodes[rows]], starts),
-        wall_first=wall_ns(t.take(pa.array(rows[starts])), metadata),  # only the packets' first rows
+        wall_first=wall_ns(first_rows, metadata), wall_known=clocked(first_rows),  # only the packets' first rows
+        timed=None if has_kt is None else has_kt[rows],
         src_ip=sip_c[rows], src_ips=sips, src_port=_ints(t, "src_port")[rows],
         dst_ip=dip_c[rows], dst_ips=dips, dst_port=_ints(t, "dst_port")[rows],
         cpu=_ints(t, "cpu")[rows], reason=reason_c[rows], reasons=reasons,
@@ -318,8 +327,9 @@ class PathStats:
         made their PathRows) and the sighting rows of the others."""
         parts = [rows, sighting_rows(rest, self.metadata) if rest is not None and rest.num_rows else None]
         parts = [p for p in parts if p is not None and len(p.starts)]
-        if self.t0 is None and parts:  # time bins start at the chunk's first packet, whichever part it is in
-            self.t0 = int(min(p.wall_first.min() for p in parts))
+        walls = [p.wall_first if p.wall_known is None else p.wall_first[p.wall_known] for p in parts]
+        if self.t0 is None and any(len(w) for w in walls):  # time bins start at the chunk's first packet, whichever part
+            self.t0 = int(min(w.min() for w in walls if len(w)))
         for p in parts:
             self.add_rows(p)
 
@@ -354,6 +364,8 @@ class PathStats:
         pair = same.copy()
         if len(drop_at):
             pair &= real[1:] & real[:-1]
+        if r.timed is not None:
+            pair &= r.timed[1:] & r.timed[:-1]
 
         tid = r.tuple_id
 
@@ -385,6 +397,9 @@ class PathStats:
         last_real = last - (is_drop[last] & (last > starts))  # the last sighting that is not a drop
         verdict, dropped = verdict_codes(r.terminal[label], is_drop, starts, last)
         e2e = kt[last_real] - kt[starts]
+        timed_e2e = verdict == 0  # end to end: of delivered packets whose both ends have a ktime_ns
+        if r.timed is not None:
+            timed_e2e &= r.timed[starts] & r.timed[last_real]
 
         # Group key per packet (a handful of distinct ones).
         nat_code = p_d.astype(np.int64) * 2 + p_s.astype(np.int64)
@@ -417,10 +432,14 @@ class PathStats:
         reason_c, reasons = r.reason, r.reasons
 
         wall_first = r.wall_first
-        if self.t0 is None:
-            self.t0 = int(wall_first.min())
-        self._rebin(int(wall_first.max()))
-        p_bin = (wall_first - self.t0) // self.bin_ns
+        known = wall_first if r.wall_known is None else wall_first[r.wall_known]
+        if len(known):
+            if self.t0 is None:
+                self.t0 = int(known.min())
+            self._rebin(int(known.max()))
+        if r.wall_known is not None:  # a packet without a clock has no segment: any bin of the chunk's
+            wall_first = np.where(r.wall_known, wall_first, known.min() if len(known) else self.t0 or 0)
+        p_bin = (wall_first - (self.t0 or 0)) // self.bin_ns
 
         # Per group: packets, verdicts, exits, end to end, sequences, drops.
         counts = np.bincount(ginv * 3 + verdict, minlength=ng * 3).reshape(ng, 3)
@@ -434,7 +453,7 @@ class PathStats:
             grp.verdicts.update({v: int(c) for v, c in zip(("delivered", "dropped", "unknown"), counts[g]) if c})
             for li in np.flatnonzero(exit_counts[g]).tolist():
                 grp.exits[exits[li]] += int(exit_counts[g, li])
-            grp.end_to_end.record(e2e[pk[delivered[pk]]])
+            grp.end_to_end.record(e2e[pk[timed_e2e[pk]]])
             first_at, cnt, _ = _factorize(seq_hash[pk])
             for fa, c in zip(first_at.tolist(), cnt.tolist()):
                 p = pk[fa]

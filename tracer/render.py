@@ -12,7 +12,7 @@ import numpy as np
 from tracer.ids import format_id
 from tracer.wallclock import clock
 from tracer.journey_rows import JourneyRows, journey_rows
-from tracer.journeys import VERDICTS, Hop, Journey, hop_label, nat_translation
+from tracer.journeys import VERDICTS, Hop, Journey, hop_label, nat_translation, timed_pairs
 from tracer.native import i64, native
 from tracer.sensors.hook_profile import drop_place, named, start_words
 from tracer.text import printable
@@ -46,9 +46,9 @@ def short_id(value: int | None) -> str:
     return format_id(value)
 
 
-def format_dt(ns: int) -> str:
-    """'+12.3µs', '+1.25ms', '+2.00s': hops on one host are microseconds apart."""
-    return duration_text(ns, sign="+")
+def format_dt(ns: int | None) -> str:
+    """'+12.3µs', '+1.25ms', '+2.00s': hops on one host are µs apart; '-': no ktime_ns."""
+    return "-" if ns is None else duration_text(ns, sign="+")
 
 
 def _hook_text(hop: Hop) -> str:
@@ -315,7 +315,7 @@ class Summary:
             if j.verdict == "dropped":
                 seen = _hook_text(j.last_seen) if j.last_seen else "-"
                 self.drops[(j.drop_reason or "unknown", seen)] += 1
-            for a, b in zip(j.hops, j.hops[1:]):
+            for a, b in timed_pairs(j.hops):
                 self._samples(f"{a.label} {_ARROW} {b.label}").add(b.ktime_ns - a.ktime_ns)
         if flows:
             self._add_flows(np.array(flows, np.uint64))
@@ -358,7 +358,7 @@ class Summary:
         if n - len(jr) <= 0:  # no journey with two hops
             return
         nst, nro = len(jr.stage.values), len(jr.role.values)
-        module = native() if self.compiled else None
+        module = native() if self.compiled and jr.timed is None else None  # hops without a ktime_ns: below
         if module is not None:
             # grouped in one compiled pass (native/segments.c); labels per (hook, stage, role) code
             label_of, texts = _hop_labels(tuple(jr.hook.values), tuple(jr.stage.values), tuple(jr.role.values))
@@ -372,8 +372,7 @@ class Summary:
                 self._samples(f"{texts[la]} {_ARROW} {texts[lb]}").add_many(durations[at:at + count])
                 at += count
             return
-        inner = np.ones(max(n - 1, 0), bool)
-        inner[jr.starts[1:-1] - 1] = False  # last hop of a journey -> first of the next
+        inner = jr.next_hops()
         a = np.flatnonzero(inner)
         # Label of each hop: formatted once per distinct (hook, stage, role).
         combo = (jr.hook.codes * nst + jr.stage.codes) * nro + jr.role.codes

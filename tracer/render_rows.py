@@ -69,7 +69,7 @@ def render_rows(jr: JourneyRows, color: bool, compiled: bool = True) -> memoryvi
     count, n = len(jr), len(jr.rows)
     if not count:
         return memoryview(b"")
-    module = native() if compiled else None
+    module = native() if compiled and jr.timed is None else None  # hops without a ktime_ns ('-'): below
     if module is not None:
         from tracer.native_render import native_text_block
 
@@ -83,6 +83,8 @@ def render_rows(jr: JourneyRows, color: bool, compiled: bool = True) -> memoryvi
 
     # --- per hop: the texts and their widths -----------------------------------
     dt_texts, dt_idx = _dt_texts(jr.dt)
+    if jr.timed is not None:  # a hop without a ktime_ns: no dt, '-' (format_dt)
+        dt_texts, dt_idx = dt_texts + [format_dt(None)], np.where(jr.timed, dt_idx, len(dt_texts))
     hook_values = jr.hook.values
     stage_values = jr.stage.values
     n_st = len(stage_values)

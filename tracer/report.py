@@ -29,7 +29,7 @@ import numpy as np
 from tracer.analysis import CaptureAnalysis
 from tracer.analysis_result import Analysis, LatencySummary
 from tracer.ids import format_id
-from tracer.journeys import Journey
+from tracer.journeys import Journey, timed_pairs
 from tracer.paths import Group, PathSummary
 from tracer.report_path import duration, path_svg
 from tracer.report_plots import box_plot, cpu_plot, end_to_end_plot, plt as _plt, series_plot, svg as _svg
@@ -95,11 +95,12 @@ def waterfall_plot(journeys: list[Journey]) -> str:
     fig, ax = plt.subplots(figsize=(10, 0.35 * len(journeys) + 1.6))
     for row, j in enumerate(journeys):
         y = len(journeys) - 1 - row
-        for a, b in zip(j.hops, j.hops[1:]):
+        for a, b in timed_pairs(j.hops):  # a hop without a ktime_ns (a damaged capture's): no bar
             lab = f"{a.label} → {b.label}"
             ax.barh(y, (b.dt_ns - a.dt_ns) / 1e3, left=a.dt_ns / 1e3, color=color[lab], height=0.7,
                     edgecolor="white", linewidth=0.3)
-        ax.plot([h.dt_ns / 1e3 for h in j.hops], [y] * len(j.hops), "|", color="black", markersize=6)
+        ticks = [h.dt_ns / 1e3 for h in j.hops if h.dt_ns is not None]
+        ax.plot(ticks, [y] * len(ticks), "|", color="black", markersize=6)
     names = [
         f"#{format_id(j.packet_id)} {j.protocol or '?'} {j.tcp_flags or ''} {j.direction or '?'} {j.verdict}"
         + (f" [{j.container}]" if j.container else "")
@@ -360,7 +361,7 @@ def render_report(ca: CaptureAnalysis, paths: PathSummary, files: list[str] | No
     flow_table = _table(
         ["flow", "container", "proto", "client", "service", "packets", "bytes", "req", "rep", "dropped", "slowest µs", "first seen"],
         [[format_id(f.flow_id), f.container or "-", f.protocol, f.client, f.service, f"{f.packets:,}", f"{f.bytes:,}",
-          f.requests, f.replies, f.dropped, _us(f.slowest_ns), f.first_time] for f in a.flows[:max_flows]],
+          f.requests, f.replies, f.dropped, _us_or_dash(f.slowest_ns), f.first_time or "-"] for f in a.flows[:max_flows]],
         {5, 6, 7, 8, 9, 10},
     )
     more = f"<p class=\"note\">{len(a.flows) - max_flows:,} more flows: see <code>tracer stats --format csv --section flows</code>.</p>" if len(a.flows) > max_flows else ""

@@ -86,16 +86,22 @@ def test_the_records_of_every_kind_as_the_sighting_path(tmp_path):
     assert_same(new, old)
 
 
-def synthetic(path: Path, sightings: int, mess: bool = False, seed: int = 0) -> int:
+def synthetic(path: Path, sightings: int, mess: bool = False, seed: int = 0, across: bool = False) -> int:
     """A synth_journeys capture; with ``mess``, some packets the fast path
     must hand back: split in parts, hops out of order, two drops, two
-    containers, no drop reason, a packet id 0."""
+    containers, no drop reason, a packet id 0; with ``across``, the first
+    packet of each batch has a later part at the end of the next batch."""
     rng = np.random.default_rng(seed)
     c = synth.context()
     c.book.places[(HOST_NS, 11)] = Place("veth-db", "veth", HOST_NS, "id-db", "db")
     n = 0
+    carried = None
     with CaptureWriter(path, META, journeys=True) as w:
         for recs in synth.chunks(sightings, 1e6, seed=seed, records_per_chunk=2000):
+            if across:
+                if carried is not None:
+                    recs["packet_id"][-4:] = carried
+                carried = recs["packet_id"][0]
             if mess and len(recs) >= 40:
                 pick = rng.choice(len(recs), size=40, replace=False)
                 a, b, c2, d, e, f = np.split(pick, [8, 16, 24, 32, 36])
@@ -122,6 +128,8 @@ def synthetic(path: Path, sightings: int, mess: bool = False, seed: int = 0) -> 
                     recs["hops"]["code"][r, k - 1] = H["drop"]
                     recs["drop_reason"][r] = 77
             w.add_journeys(recs, c)
+            if across:
+                w.flush()  # a batch of its own
             n += int(recs["n_hops"].sum())
         w.add_row("stats", 0, {"events": {"journey": n}, "lost": {"journey": 3}, "record": "journey"})
     return n
