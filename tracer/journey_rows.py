@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from tracer import events
 from tracer.addresses import endpoint
-from tracer.untimed import timed, untimed_last
+from tracer.untimed import timed, times_or_none, untimed_last
 from tracer.events import CONTAINER, FLAG_IN_CONTAINER_NS
 from tracer.journeys import (_DIRECTION_NAMES, Hop, Journey, TERMINAL_SIGHTINGS, VERDICTS, _flags_text, _no_gc,
                              _normalise, _numpy, _sort)
@@ -440,15 +440,6 @@ def journeys_of_table(table: pa.Table) -> list[Journey]:
         return _journeys_of_rows(jr)
 
 
-def _times_or_none(jr: JourneyRows) -> tuple[list, list]:
-    """Each hop's ktime and dt as Hop takes them: None for a hop without a ktime_ns."""
-    ktime, dt = jr.ktime.tolist(), jr.dt.tolist()
-    if jr.timed is not None:
-        for i in np.flatnonzero(~jr.timed).tolist():
-            ktime[i] = dt[i] = None
-    return ktime, dt
-
-
 def _journeys_of_rows(jr: JourneyRows) -> list[Journey]:
     def objects(c: _Codes) -> list:
         lut = np.empty(len(c.values), dtype=object)
@@ -468,7 +459,7 @@ def _journeys_of_rows(jr: JourneyRows) -> list[Journey]:
             objects(jr.container),
             src,
             dst,
-            *_times_or_none(jr),
+            *times_or_none(jr.ktime, jr.dt, jr.timed),
             objects(jr.drop_reason),
             _DIRECTION_NAMES[np.repeat(jr.direction, sizes)].tolist(),
             objects(jr.container_id),

@@ -26,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer.untimed import in_place, timed
 from tracer import events
 from tracer.events import CONTAINER, EXTERNAL, FLAG_IN_CONTAINER_NS, tcp_flags_text
 from tracer.ids import format_id
+from tracer.untimed import in_place, times_or_none, timed
 from tracer.wallclock import rfc3339
 
 VERDICTS = ("delivered", "dropped", "unknown")
@@ -333,10 +333,7 @@ def _build_sorted_inner(work: pa.Table) -> list[Journey]:
     row_dir = _objects(work["direction"])
     direction = np.maximum.reduceat((row_dir == "original") + 2 * (row_dir == "reply").astype(np.int8), starts)
     dt = ktime - np.repeat(ktime[starts], sizes)
-    ktimes, dts = ktime.tolist(), dt.tolist()
-    if work["ktime_ns"].null_count:  # rows without one (sorted last): no time, no dt
-        for i in np.flatnonzero(~work["ktime_ns"].is_valid().to_numpy(zero_copy_only=False)).tolist():
-            ktimes[i] = dts[i] = None
+    ktimes, dts = times_or_none(ktime, dt, timed(work))  # rows without a ktime_ns: no time, no dt
 
     protocol = _objects(work["protocol"])
     icmp = np.isin(protocol, list(events.ICMP_NAMES))

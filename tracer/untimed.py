@@ -50,3 +50,13 @@ def in_place(pid: np.ndarray, kt: np.ndarray, has_kt: np.ndarray | None) -> np.n
     out = np.empty(n, np.int64)
     out[o] = key
     return out
+
+
+def times_or_none(ktime: np.ndarray, dt: np.ndarray, has_kt: np.ndarray | None) -> tuple[list, list]:
+    """Each row's ktime and dt as Hop takes them: None for a row without a
+    ktime_ns (``has_kt`` False)."""
+    ktimes, dts = ktime.tolist(), dt.tolist()
+    if has_kt is not None:
+        for i in np.flatnonzero(~has_kt).tolist():
+            ktimes[i] = dts[i] = None
+    return ktimes, dts
