@@ -80,7 +80,10 @@
  * open when its pool slot comes round again is emitted then, as evicted (at
  * the lab's rates a pool turns in a fraction of a second; a journey lasts
  * microseconds; bursts that turned the 256-slot pool evicted a few
- * journeys in a thousand: docs/benchmarks.md, session 9).
+ * journeys in a thousand: docs/benchmarks.md, session 9). A claim first
+ * tries the slot its CPU's last claim took: a journey usually ends before
+ * the next claim on its CPU, so that slot is closed, free and warm, and the
+ * pool only turns past journeys still open (journey_take).
  * BPF_F_MMAPABLE (as pcache) page-aligns the array's start. */
 BPF_F_TABLE("array", int, struct journey, journeys, JOURNEY_SLOTS, BPF_F_MMAPABLE);
 _Static_assert(JOURNEY_SLOTS <= 65536, "JOURNEY_SLOTS: fp.jslot is 16 bits");
@@ -93,7 +96,8 @@ _Static_assert(JOURNEY_SLOTS <= 65536, "JOURNEY_SLOTS: fp.jslot is 16 bits");
 #define JOURNEY_LOCK 0x80000000ULL
 #define JOURNEY_CLOSED 0x100000000ULL
 _Static_assert((JOURNEY_POOL & (JOURNEY_POOL - 1)) == 0, "JOURNEY_POOL: a power of two");
-/* Each CPU's next pool slot (a counter: its low bits). A plain increment:
+/* Each CPU's next pool slot (a counter: its low bits; the one before it is
+ * the slot its last claim took). A plain increment:
  * a netfilter hook in process context (OUTPUT) interrupted by a softirq's
  * sensors on the same CPU may take the same slot as they do, but only one
  * of them gets its lock (journey_take); the other evicts what the first
@@ -316,14 +320,21 @@ static __always_inline struct journey *journey_enter_slot(u32 k, u64 id)
 
 static __always_inline void journey_start(struct journey *j, u64 id, struct pkt *p, u64 now);
 
-/* The next slot of this CPU's pool, started for journey `id` and still
- * locked: the claim writes its first hop alone (one atomic less than
- * entering it; a sighting of the packet on another CPU in those
- * nanoseconds is refused, counted) and releases it with JOURNEY_LOCK; its
- * index in *jslot. NULL, counted, if a sighting is in that slot right now
- * (on another CPU, or the one this program interrupted). A journey still
- * open in it is emitted first, as evicted: nobody else is in the slot, so
- * nobody else can close it. */
+/* A slot of this CPU's pool, started for journey `id` and still locked: the
+ * claim writes its first hop alone (one atomic less than entering it; a
+ * sighting of the packet on another CPU in those nanoseconds is refused,
+ * counted) and releases it with JOURNEY_LOCK; its index in *jslot.
+ *
+ * The slot this CPU's last claim took, again, if its journey was emitted
+ * and nobody is in it (busy is exactly JOURNEY_CLOSED): its lines are still
+ * in this CPU's caches, where the next slot in turn was last written
+ * JOURNEY_POOL claims ago (1.8 MB of slots: ~5 % of all the BPF time a
+ * sighting live, docs/benchmarks.md, session 16). Else the next slot in
+ * turn, as ever: NULL, counted, if a sighting is in it right now (on
+ * another CPU, or the one this program interrupted); a journey still open
+ * in it is emitted first, as evicted: nobody else is in the slot, so nobody
+ * else can close it. The cursor only moves past slots whose journeys were
+ * still open, so those come round later than when every claim moved it. */
 static __always_inline struct journey *journey_take(u32 *jslot, u64 id, struct pkt *p, u64 now, int sensor)
 {
     int zero = 0;
@@ -331,8 +342,19 @@ static __always_inline struct journey *journey_take(u32 *jslot, u64 id, struct p
     if (!next)
         return NULL;
     u64 n = *next;
+    u32 base = bpf_get_smp_processor_id() * JOURNEY_POOL;
+    if (n) {
+        u32 last = base + ((u32)(n - 1) & (JOURNEY_POOL - 1));
+        struct journey *warm = journeys.lookup(&last);
+        if (warm && warm->busy == JOURNEY_CLOSED &&
+            __sync_val_compare_and_swap(&warm->busy, JOURNEY_CLOSED, JOURNEY_LOCK) == JOURNEY_CLOSED) {
+            journey_start(warm, id, p, now);
+            *jslot = last;
+            return warm;
+        }
+    }
     *next = n + 1;
-    u32 k = bpf_get_smp_processor_id() * JOURNEY_POOL + ((u32)n & (JOURNEY_POOL - 1));
+    u32 k = base + ((u32)n & (JOURNEY_POOL - 1));
     struct journey *j = journeys.lookup(&k);
     if (!j)
         return NULL;

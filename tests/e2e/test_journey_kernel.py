@@ -264,6 +264,50 @@ def test_a_pool_slot_that_comes_round_emits_the_journey_it_held(small):
     assert int(later[0]["packet_id"]) == int(recs[0]["packet_id"]), "a continuation of the same packet"
 
 
+def test_a_claim_takes_its_cpus_last_slot_again_once_that_journey_ended(clean):
+    """journey_take (bpf/journey.h) tries the slot its CPU's last claim took
+    before the next one in turn: a journey usually ends before the next
+    claim on its CPU, and that slot is still in the CPU's caches. Only a
+    journey emitted and left by everybody lets it go again; one still open
+    is passed over (the cursor moves), never evicted by it."""
+    import os
+
+    k = clean
+    nexts = k.bpf["jpool_next"]
+    affinity = os.sched_getaffinity(0)
+    cpu = min(affinity)
+
+    def cursor() -> int:
+        return int(list(nexts[nexts.Key(0)])[cpu])
+
+    def jslot(ip_id: int, seq: int) -> int:
+        index = pcache_set_index(ip_id, seq, k.entries)
+        pcache = k.bpf["pcache"]
+        for i in (index, index + 1):
+            slot = pcache[pcache.Key(i)]
+            if socket.ntohs(slot.fp.ip_id) == ip_id and socket.ntohl(slot.fp.seq) == seq:
+                return int(slot.fp.jslot)
+        raise AssertionError(f"packet {ip_id}/{seq} not in the packet cache")
+
+    os.sched_setaffinity(0, {cpu})  # BPF_PROG_TEST_RUN runs here: this CPU's pool
+    try:
+        n0 = cursor()
+        k.see("trc_tc_in", frame(701, 7001))
+        first = jslot(701, 7001)
+        assert cursor() == n0 + 1 and first == cpu * k.pool + (n0 & (k.pool - 1))
+        k.see("trc_tc_in_ct", frame(701, 7001))  # ends: emitted, nobody in its slot
+        k.see("trc_tc_in", frame(702, 7002))
+        assert jslot(702, 7002) == first and cursor() == n0 + 1, "the ended journey's slot, again"
+        k.see("trc_tc_in", frame(703, 7003))  # 702's journey is open: the next slot in turn
+        assert jslot(703, 7003) == cpu * k.pool + ((n0 + 1) & (k.pool - 1)) and cursor() == n0 + 2
+    finally:
+        os.sched_setaffinity(0, affinity)
+    recs = k.records()
+    assert [(int(r["ip_id"]), end_name(r)) for r in recs] == [(701, "terminal")], "702 was not evicted"
+    k.sweeper.flush()
+    assert sorted((int(r["ip_id"]), end_name(r)) for r in k.records()) == [(702, "flushed"), (703, "flushed")]
+
+
 def test_a_packet_id_that_wraps_starts_a_new_journey(clean):
     """Packet ids are a per-CPU 40-bit counter under the CPU number
     (new_packet_id, bpf/common.h). Set the counter just below the wrap: the
@@ -375,7 +419,9 @@ def test_a_failed_claim_does_not_reopen_a_journey_closed_while_it_held_the_slot(
     its emitted journey and refused. Driven on one CPU: packet a's slot is
     held from here (the bit written in), the flush closes a's journey, the
     word goes back to the open one the claim will read, and the claim
-    (packet b, a's set) finds its pool slot busy (written here too)."""
+    (packet b, a's set) finds both pool slots it may take busy (written
+    here too: the one its CPU's last claim took, closed by the flush, and
+    the next in turn)."""
     import os
 
     k = clean
@@ -392,7 +438,7 @@ def test_a_failed_claim_does_not_reopen_a_journey_closed_while_it_held_the_slot(
     affinity = os.sched_getaffinity(0)
     cpu = min(affinity)
     os.sched_setaffinity(0, {cpu})  # BPF_PROG_TEST_RUN runs here: this CPU's pool
-    busy_slot = saved_busy = None
+    saved: list = []  # (key, busy) to put back
     try:
         k.see("trc_tc_in", frame(a, seq))
         k.see("trc_tc_in", frame(a2, seq))  # the set is full; a's slot is the older
@@ -413,19 +459,20 @@ def test_a_failed_claim_does_not_reopen_a_journey_closed_while_it_held_the_slot(
         word.packet_id = open_word  # what the claim reads before it locks
         pcache[slot_key] = word
         n = list(nexts[nexts.Key(0)])[cpu]
-        busy_slot = journeys.Key(cpu * k.pool + (n & (k.pool - 1)))
-        j = journeys[busy_slot]
-        saved_busy = j.busy
-        j.busy = JOURNEY_CLOSED | 1  # somebody in the claim's pool slot: journey_take fails
-        journeys[busy_slot] = j
+        for pos in (n - 1, n):  # somebody in both slots the claim may take: journey_take fails
+            key = journeys.Key(cpu * k.pool + (pos & (k.pool - 1)))
+            j = journeys[key]
+            saved.append((key, j.busy))
+            j.busy = JOURNEY_CLOSED | 1
+            journeys[key] = j
         failed = k.faults()["claim_failed"]
         k.see("trc_tc_in", frame(b, seq))
     finally:
         os.sched_setaffinity(0, affinity)
-        if busy_slot is not None:
-            j = journeys[busy_slot]
-            j.busy = saved_busy
-            journeys[busy_slot] = j
+        for key, busy in saved:
+            j = journeys[key]
+            j.busy = busy
+            journeys[key] = j
     assert k.faults()["claim_failed"] == failed + 1, "b's claim failed for want of a journey slot"
     assert len(k.records()) == 0
     assert pcache[slot_key].packet_id == a_id, (

@@ -62,8 +62,9 @@ PACKET_ENTRIES = 65536
 # reuses it sooner than that.
 JOURNEY_ENTRIES = 16384
 # Journey slots (440 bytes: events.JOURNEY_DTYPE) per CPU, taken in turn (bpf/journey.h
-# journey_take): a journey still open when its slot comes round (JOURNEY_POOL
-# claims later on that CPU) is emitted as evicted. 256 (~110 KB a CPU) came
+# journey_take; the last one taken again while its journey is closed): a
+# journey still open when its slot comes round (JOURNEY_POOL moves of the
+# CPU's cursor later) is emitted as evicted. 256 (~110 KB a CPU) came
 # round within the sweep's period on a busy host: 2.1-9.4 evicted per 1,000
 # records in busy rounds of record under ab -c 8 + iperf3; 4096 (1.8 MB a
 # CPU) evicted 0-0.3 per 1,000 in the same rounds (6,478 -> 88 in all of
