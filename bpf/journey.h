@@ -320,6 +320,18 @@ static __always_inline struct journey *journey_enter_slot(u32 k, u64 id)
 
 static __always_inline void journey_start(struct journey *j, u64 id, struct pkt *p, u64 now);
 
+/* Journey slot k locked (JOURNEY_LOCK) if its journey was emitted and nobody
+ * is in it (busy exactly JOURNEY_CLOSED); NULL otherwise. The plain load
+ * first: a slot in use costs no locked operation. */
+static __always_inline struct journey *journey_lock_closed(u32 k)
+{
+    struct journey *j = journeys.lookup(&k);
+    if (!j || j->busy != JOURNEY_CLOSED ||
+        __sync_val_compare_and_swap(&j->busy, JOURNEY_CLOSED, JOURNEY_LOCK) != JOURNEY_CLOSED)
+        return NULL;
+    return j;
+}
+
 /* A slot of this CPU's pool, started for journey `id` and still locked: the
  * claim writes its first hop alone (one atomic less than entering it; a
  * sighting of the packet on another CPU in those nanoseconds is refused,
@@ -345,9 +357,8 @@ static __always_inline struct journey *journey_take(u32 *jslot, u64 id, struct p
     u32 base = bpf_get_smp_processor_id() * JOURNEY_POOL;
     if (n) {
         u32 last = base + ((u32)(n - 1) & (JOURNEY_POOL - 1));
-        struct journey *warm = journeys.lookup(&last);
-        if (warm && warm->busy == JOURNEY_CLOSED &&
-            __sync_val_compare_and_swap(&warm->busy, JOURNEY_CLOSED, JOURNEY_LOCK) == JOURNEY_CLOSED) {
+        struct journey *warm = journey_lock_closed(last);
+        if (warm) {
             journey_start(warm, id, p, now);
             *jslot = last;
             return warm;
@@ -383,8 +394,8 @@ static __always_inline struct journey *journey_take(u32 *jslot, u64 id, struct p
  * journey_take leaves it. NULL: take a pool slot instead. */
 static __always_inline struct journey *journey_retake(u32 k, u64 id, struct pkt *p, u64 now)
 {
-    struct journey *j = journeys.lookup(&k);
-    if (!j || __sync_val_compare_and_swap(&j->busy, JOURNEY_CLOSED, JOURNEY_LOCK) != JOURNEY_CLOSED)
+    struct journey *j = journey_lock_closed(k);
+    if (!j)
         return NULL;
     if (j->packet_id != id) {
         journey_unhold(j, JOURNEY_LOCK - JOURNEY_CLOSED); /* closed again, not free */

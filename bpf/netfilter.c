@@ -47,6 +47,8 @@ static __always_inline void invert(struct flow_key *out, struct flow_key *in)
     out->dport = in->sport;
 }
 
+_Static_assert(sizeof(struct flow_key) == 40, "flow_key_equal compares five words");
+
 static __always_inline int flow_key_equal(const struct flow_key *a, const struct flow_key *b)
 {
     const u64 *x = (const u64 *)a, *y = (const u64 *)b;
@@ -78,8 +80,10 @@ static __always_inline void flow_view(struct flow_key *k, struct flow_val *v)
 /* Remember every view of a traced connection, so tc sensors on either side of
  * NAT and packets of either direction find it: orig and inverted reply are the
  * original direction before and after NAT, reply and inverted orig the reply.
- * Without NAT (yet) the inverted reply is orig and the inverted orig is reply:
- * written once. `known`: the orig view's element, looked up by the caller. */
+ * Without NAT (yet) the inverted reply is orig and so (inverting twice is
+ * the identity) the inverted orig is reply: the two inverted views are
+ * written only where NAT made them others. `known`: the orig view's element,
+ * looked up by the caller. */
 static __always_inline void track_flow(struct flow_key *orig, struct flow_key *reply, u64 ct, u32 sig,
                                        struct flow_val *known)
 {
@@ -90,13 +94,15 @@ static __always_inline void track_flow(struct flow_key *orig, struct flow_key *r
     v.direction = DIR_ORIGINAL;
     flow_view_at(orig, &v, known);
     invert(&view, reply);
-    if (!flow_key_equal(&view, orig))
+    int nat = !flow_key_equal(&view, orig);
+    if (nat)
         flow_view(&view, &v);
     v.direction = DIR_REPLY;
     flow_view(reply, &v);
-    invert(&view, orig);
-    if (!flow_key_equal(&view, reply))
+    if (nat) {
+        invert(&view, orig);
         flow_view(&view, &v);
+    }
 }
 
 /* splitmix64's finaliser: every input bit moves every output bit. */

@@ -66,6 +66,24 @@ def pcache_holds(k, index: int, seq: int, ip_ids: list[int] | None = None) -> bo
     return sorted(socket.ntohs(s.fp.ip_id) for s in held) == sorted(ip_ids)
 
 
+def pcache_jslot(k, ip_id: int, seq: int) -> int:
+    """The journey slot (fp.jslot) the packet-cache slot of frame(ip_id, seq) names."""
+    pcache = k.bpf["pcache"]
+    index = pcache_set_index(ip_id, seq, k.entries)
+    for i in (index, index + 1):
+        slot = pcache[pcache.Key(i)]
+        if socket.ntohs(slot.fp.ip_id) == ip_id and socket.ntohl(slot.fp.seq) == seq:
+            return int(slot.fp.jslot)
+    raise AssertionError(f"packet {ip_id}/{seq} not in the packet cache")
+
+
+def pool_cursor(k, cpu: int) -> int:
+    """CPU ``cpu``'s journey-pool cursor (jpool_next): its low bits are the
+    next slot in turn, the one before it the slot its last claim took."""
+    nexts = k.bpf["jpool_next"]
+    return int(list(nexts[nexts.Key(0)])[cpu])
+
+
 class Kernel:
     def __init__(self, pages: int = PAGES, pool: int | None = None) -> None:
         """``pool``: journey slots per CPU (JOURNEY_POOL) if not the

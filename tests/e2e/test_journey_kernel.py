@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.journey_kernel import (HOOK_TC_INGRESS, Kernel, end_name, frame, frame6, pcache_holds,
-                                      pcache_set_index)
+                                      pcache_jslot, pcache_set_index, pool_cursor)
 from tracer import addresses, events
 from tracer.expand import expand
 
@@ -273,33 +273,20 @@ def test_a_claim_takes_its_cpus_last_slot_again_once_that_journey_ended(clean):
     import os
 
     k = clean
-    nexts = k.bpf["jpool_next"]
     affinity = os.sched_getaffinity(0)
     cpu = min(affinity)
 
-    def cursor() -> int:
-        return int(list(nexts[nexts.Key(0)])[cpu])
-
-    def jslot(ip_id: int, seq: int) -> int:
-        index = pcache_set_index(ip_id, seq, k.entries)
-        pcache = k.bpf["pcache"]
-        for i in (index, index + 1):
-            slot = pcache[pcache.Key(i)]
-            if socket.ntohs(slot.fp.ip_id) == ip_id and socket.ntohl(slot.fp.seq) == seq:
-                return int(slot.fp.jslot)
-        raise AssertionError(f"packet {ip_id}/{seq} not in the packet cache")
-
     os.sched_setaffinity(0, {cpu})  # BPF_PROG_TEST_RUN runs here: this CPU's pool
     try:
-        n0 = cursor()
+        n0 = pool_cursor(k, cpu)
         k.see("trc_tc_in", frame(701, 7001))
-        first = jslot(701, 7001)
-        assert cursor() == n0 + 1 and first == cpu * k.pool + (n0 & (k.pool - 1))
+        first = pcache_jslot(k, 701, 7001)
+        assert pool_cursor(k, cpu) == n0 + 1 and first == cpu * k.pool + (n0 & (k.pool - 1))
         k.see("trc_tc_in_ct", frame(701, 7001))  # ends: emitted, nobody in its slot
         k.see("trc_tc_in", frame(702, 7002))
-        assert jslot(702, 7002) == first and cursor() == n0 + 1, "the ended journey's slot, again"
+        assert pcache_jslot(k, 702, 7002) == first and pool_cursor(k, cpu) == n0 + 1, "the ended journey's slot, again"
         k.see("trc_tc_in", frame(703, 7003))  # 702's journey is open: the next slot in turn
-        assert jslot(703, 7003) == cpu * k.pool + ((n0 + 1) & (k.pool - 1)) and cursor() == n0 + 2
+        assert pcache_jslot(k, 703, 7003) == cpu * k.pool + ((n0 + 1) & (k.pool - 1)) and pool_cursor(k, cpu) == n0 + 2
     finally:
         os.sched_setaffinity(0, affinity)
     recs = k.records()
@@ -434,7 +421,7 @@ def test_a_failed_claim_does_not_reopen_a_journey_closed_while_it_held_the_slot(
             break
     a, a2, b = ids
     index = pcache_set_index(a, seq, k.entries)
-    pcache, journeys, nexts = k.bpf["pcache"], k.bpf["journeys"], k.bpf["jpool_next"]
+    pcache, journeys = k.bpf["pcache"], k.bpf["journeys"]
     affinity = os.sched_getaffinity(0)
     cpu = min(affinity)
     os.sched_setaffinity(0, {cpu})  # BPF_PROG_TEST_RUN runs here: this CPU's pool
@@ -458,7 +445,7 @@ def test_a_failed_claim_does_not_reopen_a_journey_closed_while_it_held_the_slot(
         word = pcache[slot_key]
         word.packet_id = open_word  # what the claim reads before it locks
         pcache[slot_key] = word
-        n = list(nexts[nexts.Key(0)])[cpu]
+        n = pool_cursor(k, cpu)
         for pos in (n - 1, n):  # somebody in both slots the claim may take: journey_take fails
             key = journeys.Key(cpu * k.pool + (pos & (k.pool - 1)))
             j = journeys[key]

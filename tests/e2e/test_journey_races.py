@@ -19,6 +19,13 @@ CONTENDED = 1  # guard refusals the cross-CPU case waits for
 MAX_CLAIMS = 900_000  # its packets' seq (base + i * 4096) must not wrap
 
 
+def contended(k, before: dict[str, int]) -> int:
+    """Guard refusals since ``before`` (k.faults()): a hop refused or a claim
+    failed, the two CPUs in one slot at the same moment."""
+    now = k.faults()
+    return sum(now[name] - before[name] for name in ("hop_refused", "claim_failed"))
+
+
 def run_until(k, recs, stop, threads, start: float, done) -> float:
     """Read the records as the drivers run (the ring holds a few hundred)
     until done(seconds elapsed) or 60 s; then stop the drivers, flush every
@@ -102,12 +109,8 @@ def test_sightings_on_two_cpus_never_put_a_hop_in_another_packets_journey(small)
     # one slot), up to 60 s: a run where they never met proves nothing.
     start = time.monotonic()
 
-    def contended() -> int:
-        now = k.faults()
-        return sum(now[name] - faults_before[name] for name in ("hop_refused", "claim_failed"))
-
-    elapsed = run_until(k, recs, stop, threads, start,
-                        lambda t: latest[0] >= MAX_CLAIMS - 1 or (t >= 5.0 and contended() >= CONTENDED))
+    elapsed = run_until(k, recs, stop, threads, start, lambda t: latest[0] >= MAX_CLAIMS - 1
+                        or (t >= 5.0 and contended(k, faults_before) >= CONTENDED))
     assert not errors, errors
     faults = {name: n - faults_before[name] for name, n in k.faults().items()}
     assert recs.count > 1000, recs.count
@@ -205,8 +208,7 @@ def test_two_cpus_claiming_one_slot_emit_every_journey_once(small):
         return recs.evicted_first_hop_only
 
     def at_once() -> int:
-        now = k.faults()
-        return sum(now[name] - faults_before[name] for name in ("hop_refused", "claim_failed"))
+        return contended(k, faults_before)
 
     start = time.monotonic()
     elapsed = run_until(k, recs, stop, threads, start,
