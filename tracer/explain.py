@@ -12,8 +12,8 @@ conntrack applying the connection's NAT (replies never pass the nat rules).
 from __future__ import annotations
 
 from tracer.journeys import hop_label
-from tracer.rule_render import rule_label, rule_text
-from tracer.sensors.hook_profile import left_out, unseen_after
+from tracer.rule_render import rule_label, rule_text, unsighted
+from tracer.sensors.hook_profile import unseen_after
 
 HOOK_WORDS = {"nf_prerouting": "PREROUTING", "nf_input": "INPUT", "nf_forward": "FORWARD",
               "nf_output": "OUTPUT", "nf_postrouting": "POSTROUTING"}
@@ -32,14 +32,6 @@ def packet_name(journey: dict) -> str:
     flags = journey.get("tcp_flags") or ""
     proto = journey.get("protocol") or "packet"
     return f"{proto} {FLAG_WORDS.get(flags, flags)}".strip() if proto == "tcp" else proto
-
-
-def unsighted(profile: str, hook: str) -> str:
-    """Why a journey has no hop at ``hook`` whose rules were met: the
-    profile leaves that hook out (FORWARD under --hooks lean), or it is
-    traced but the packet was not sighted there: its rule ran before the
-    hook's probe (filter INPUT, raw PREROUTING) or the sighting was lost."""
-    return "no hop traced there" if left_out(profile, hook, None, None) else "no sighting there"
 
 
 def _hook_groups(hops: list[dict]) -> list[tuple[str, list[dict], dict | None]]:

@@ -28,7 +28,10 @@ def journey_block(rows: Any, as_json: bool, color: bool, rules: Any, links: Any,
         from tracer.rule_render import hop_rules, with_rules_json, with_rules_text
 
         per_hop = hop_rules(rows, rules.pop(rows.packet_id.tolist()))
-        block = with_rules_json(block, rows, per_hop) if as_json else with_rules_text(block, rows, per_hop, color)
+        if as_json:
+            block = with_rules_json(block, rows, per_hop)
+        else:
+            block = with_rules_text(block, rows, per_hop, color, rules.profile)
         ends = None  # the rules' text moved the lines
     if count:  # linked or not: annotate also notes where connections start
         block = annotate(block, rows, links, as_json, ends)

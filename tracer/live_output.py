@@ -71,7 +71,7 @@ class JourneyOutput:
         if run.rules and run.records == "journey":
             from tracer.rule_render import RuleBook
 
-            self.rules = RuleBook()
+            self.rules = RuleBook(run.hooks)
 
     def on_batch(self, batch: Batch) -> bool:
         if self.rules is not None and batch.rules:

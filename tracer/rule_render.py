@@ -15,15 +15,18 @@ import json
 import click
 
 from tracer.journey_rows import JourneyRows
+from tracer.sensors.hook_profile import left_out
 from tracer.text import printable
 
 
 class RuleBook:
     """Rule hits per packet id, in the order they were met, until the packet
-    is shown."""
+    is shown; ``profile``: the hook profile the journeys were traced with
+    (what a rule at a hook without a hop says about it: unsighted)."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile: str = "all") -> None:
         self.by_packet: dict[int, list[tuple[str, dict]]] = {}
+        self.profile = profile
 
     def add(self, pairs) -> None:
         """(packet_id, hit) pairs (tracer/rule_join.py) or (packet_id, hook, info) triples."""
@@ -104,21 +107,34 @@ def verdict_text(info: dict) -> str:
     return f"{verdict} {info['target']}" if info.get("target") else verdict
 
 
-def rule_line(info: dict, color: bool) -> str:
+def unsighted(profile: str, hook: str) -> str:
+    """Why a journey has no hop at ``hook`` whose rules were met: the
+    profile leaves that hook out (FORWARD under --hooks lean), or it is
+    traced but the packet was not sighted there: its rule ran before the
+    hook's probe (filter INPUT, raw PREROUTING) or the sighting was lost."""
+    return "no hop traced there" if left_out(profile, hook, None, None) else "no sighting there"
+
+
+def rule_line(info: dict, color: bool, profile: str = "all") -> str:
+    """One rule hit as a line of text; ``profile``: the hook profile traced
+    (for a hit at a hook without a hop: why there is none)."""
     text = rule_text(info)
     verdict = verdict_text(info)
     if color and info.get("verdict") == "drop":
         verdict = click.style(verdict, fg="red", bold=True)
     # Chain names and rule comments are anyone's text: escaped for the terminal.
-    at = f"  (at {_HOOK_WORDS.get(info['at_hook'], printable(info['at_hook']))}: no hop traced there)" if info.get("at_hook") else ""
+    hook = info.get("at_hook")
+    at = f"  (at {_HOOK_WORDS.get(hook, printable(hook))}: {unsighted(profile, hook)})" if hook else ""
     return f"{printable(rule_label(info))}  {printable(text) + '  ' if text else ''}⇒ {verdict}{at}"
 
 
 RULE_INDENT = " " * 15
 
 
-def with_rules_text(block: memoryview, jr: JourneyRows, per_hop: dict[int, list[dict]], color: bool) -> bytes:
-    """The journeys' text with each hop's rules on lines of their own below it."""
+def with_rules_text(block: memoryview, jr: JourneyRows, per_hop: dict[int, list[dict]], color: bool,
+                    profile: str = "all") -> bytes:
+    """The journeys' text with each hop's rules on lines of their own below
+    it; ``profile``: the hook profile traced (rule_line)."""
     lines = bytes(block).decode().split("\n")
     if not per_hop:
         return bytes(block)
@@ -132,7 +148,7 @@ def with_rules_text(block: memoryview, jr: JourneyRows, per_hop: dict[int, list[
         out.append(line)
         h = hop_of_line.get(i)
         if h is not None and h in per_hop:
-            out += [RULE_INDENT + rule_line(info, color) for info in per_hop[h]]
+            out += [RULE_INDENT + rule_line(info, color, profile) for info in per_hop[h]]
     return "\n".join(out).encode()
 
 

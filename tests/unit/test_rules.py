@@ -301,8 +301,35 @@ def test_a_hit_at_a_hook_without_a_hop_goes_to_the_hop_before_that_hook():
     book = RuleBook()
     book.add([(101, "nf_input", info)])
     assert hop_rules(jr, book.pop([101])) == {pre: [dict(info, at_hook="nf_input")]}
-    assert rule_line(dict(info, at_hook="nf_forward"), False) == ("filter/INPUT #1  -A INPUT -j ACCEPT  ⇒ accept"
-                                                                  "  (at FORWARD: no hop traced there)")
+    forward = dict(info, at_hook="nf_forward")
+    assert rule_line(forward, False, "lean") == ("filter/INPUT #1  -A INPUT -j ACCEPT  ⇒ accept"
+                                                 "  (at FORWARD: no hop traced there)"), "lean leaves FORWARD out"
+    assert rule_line(forward, False) == ("filter/INPUT #1  -A INPUT -j ACCEPT  ⇒ accept"
+                                         "  (at FORWARD: no sighting there)"), "every hook: traced, not sighted"
+    assert rule_line(dict(info, at_hook="nf_input"), False, "lean").endswith("(at INPUT: no sighting there)"), \
+        "lean traces INPUT"
+
+
+def test_the_text_of_a_rule_at_a_hook_without_a_hop_follows_the_book_s_profile():
+    """`trace --rules` and `show` word a hit at a hook the journey has no hop
+    for as the run's hook profile explains it (journey_block passes the
+    book's profile to the text): lean leaves FORWARD out, every hook traces
+    it (the sighting is missing); both trace INPUT."""
+    from tracer.journey_block import journey_block
+    from tracer.proxies import ProxyLinks
+
+    jr = _rows()
+    pid = 404  # tc_ingress, nf_prerouting: no FORWARD hop, no INPUT hop
+    fwd = _r("filter", "DOCKER-USER", 1, "accept", "-A DOCKER-USER -j RETURN")
+    inp = _r("filter", "INPUT", 2, "accept", "-A INPUT -j ACCEPT")
+    said = {}
+    for profile in ("lean", "all"):
+        book = RuleBook(profile)
+        book.add([(pid, "nf_forward", fwd), (pid, "nf_input", inp)])
+        text = bytes(journey_block(jr, False, False, book, ProxyLinks())[0]).decode()
+        said[profile] = [line.split("⇒ accept")[1].strip() for line in text.split("\n") if "⇒" in line]
+    assert said["lean"] == ["(at FORWARD: no hop traced there)", "(at INPUT: no sighting there)"], said
+    assert said["all"] == ["(at FORWARD: no sighting there)", "(at INPUT: no sighting there)"], said
 
 
 def _hop(hook, stage=None, src="198.18.0.2:40000", dst="198.18.0.1:8000", ifname="trc-host", container=None, rules=()):

@@ -65,7 +65,7 @@ def show(args, read_files, ports, containers, hosts, proto, packets, flows, coun
     if capture.has_rules:  # recorded with --rules: each hop's rules, as `trace --rules` showed them
         from tracer.rule_render import RuleBook
 
-        book = RuleBook()
+        book = RuleBook(summary.hooks)
     links = ProxyLinks()  # docker-proxy links the capture recorded: the proxy hop, as `trace` showed it
     try:  # closed on every path (an in-process caller keeps no parked thread)
         for table in _journey_slices(PacketWindow().packets(sightings)):
