@@ -57,6 +57,22 @@ static __always_inline u64 trc_param(void)
     return v;
 }
 
+/* The filter's values, the same way (program_cache.py FILTER_VALUE_MARKERS):
+ * builds for tracer's loader leave the port, protocol and sample rate open
+ * (-DFILTER_PORT=TRC_FILTER_PORT, ...: tracer/kernel/program.py Filter), so
+ * one compiled program serves every value of them (`--port 3000` as well as
+ * the prebuilt `--port 8000`), and the verifier still sees constants. BCC's
+ * own builds (TRACER_DEBUG) get the values as -D constants. */
+#define TRC_VALUE(marker)                                \
+    ({                                                   \
+        u64 v_;                                          \
+        asm volatile("%0 = " #marker " ll" : "=r"(v_)); \
+        v_;                                              \
+    })
+#define TRC_FILTER_PORT ((u16)TRC_VALUE(0x5452435f46505254))  /* "TRC_FPRT", network order */
+#define TRC_FILTER_PROTO ((u8)TRC_VALUE(0x5452435f4650524f)) /* "TRC_FPRO" */
+#define TRC_SAMPLE_N ((u32)TRC_VALUE(0x5452435f46534d50))     /* "TRC_FSMP" */
+
 /* struct trc_addr (tracer/events.py): an IPv6 address, or an IPv4 one as
  * IPv4-mapped IPv6 (::ffff:a.b.c.d), so one key, one record and one filter
  * serve both families. Two words, compared and copied as u64. The words are

@@ -15,6 +15,11 @@ While a loop in the lab's client netns keeps making HTTP requests to
   IDLE_NS, ~150 ms, see tracer/feeds.py), and the process's CPU (user +
   system, all threads) when that journey arrived: steadier than wall time
   on a loaded machine;
+* CLI, both trees, with the cache of another port (OTHER_PORT): a
+  directory filled, untimed, by ``--port OTHER_PORT --compile-only``, as
+  setup.sh's prebuild of ``--port 8000`` is for a user tracing port 3000:
+  since the port is written in at load (bpf/common.h TRC_FILTER_PORT) this
+  tree starts from that entry; a tree that compiles the port in compiles;
 * in-process, this tree, cold and warm cache: ``TraceSession(TraceOptions(Targets(ports=(8000,))))``:
   ``start()`` to its return (attached), to the first non-empty ``poll()``,
   and the end of each start-up phase (``TraceSession.startup``: Docker
@@ -153,10 +158,21 @@ def environ_set(name: str, value: str):
             os.environ[name] = old
 
 
+OTHER_PORT = 5201  # the lab's iperf port: a published port other than the one traced
+
+
+def fill_other_port_cache(tree: Path, where: Path) -> None:
+    """The programs of ``--port OTHER_PORT`` compiled into ``where``, untimed."""
+    env = {**tree_env(tree), "TRACER_PROGRAM_CACHE_DIR": str(where)}
+    subprocess.run([sys.executable, "-m", "tracer", "trace", "--json", "--port", str(OTHER_PORT), "--compile-only"],
+                   cwd=tree, env=env, capture_output=True, timeout=120, check=True)
+
+
 def run_env(cache: str | None, cold_dir: Path, warm_dir: Path | None) -> dict[str, str]:
     """The explicit program-cache environment of one CLI run: its own cold or
-    warm directory, or, for a baseline without a program cache, the cache
-    switched off (what "none" means) rather than whatever the caller has."""
+    warm (or other port's) directory, or, for a baseline without a program
+    cache, the cache switched off (what "none" means) rather than whatever
+    the caller has."""
     if cache is None:
         return {"TRACER_PROGRAM_CACHE": "0"}
     return {"TRACER_PROGRAM_CACHE_DIR": str(cold_dir if cache == "cold" else warm_dir)}
@@ -179,15 +195,17 @@ def main() -> int:
     status = lab_status()
     where = Path(tempfile.mkdtemp(prefix="bench-start-"))
     warm_dir = where / "warm-cache"
-    # name -> (tree, program cache: None (a baseline without one), "cold" or "warm", its warm directory)
-    states = {"this tree, cold cache": (REPO, "cold", warm_dir), "this tree, warm cache": (REPO, "warm", warm_dir)}
+    # name -> (tree, program cache: None (a baseline without one), "cold", "warm" or "other", its warm directory)
+    other = f"another port's cache (--port {OTHER_PORT})"
+    states = {"this tree, cold cache": (REPO, "cold", warm_dir), "this tree, warm cache": (REPO, "warm", warm_dir),
+              f"this tree, {other}": (REPO, "other", where / "other-cache")}
     if not args.no_baseline:
         base = archive_tree(args.baseline_rev, where / "base")
         label = f"baseline {args.baseline_rev}"
         if (base / "tracer" / "kernel" / "program_cache.py").exists():  # compared cold with cold, warm with warm
             base_warm = where / "base-warm-cache"
             states = {f"{label}, cold cache": (base, "cold", base_warm), f"{label}, warm cache": (base, "warm", base_warm),
-                      **states}
+                      f"{label}, {other}": (base, "other", where / "base-other-cache"), **states}
         else:
             states = {label: (base, None, None), **states}
     names = list(states)
@@ -200,8 +218,10 @@ def main() -> int:
     traffic = TrafficLoop(status)
     try:
         time.sleep(0.5)
-        for tree, warm in {(t, w) for t, c, w in states.values() if c}:  # fill the warm caches, untimed
+        for tree, warm in {(t, w) for t, c, w in states.values() if c == "warm"}:  # fill the warm caches, untimed
             cli_once(tree, env_extra={"TRACER_PROGRAM_CACHE_DIR": str(warm)})
+        for tree, other_dir in {(t, w) for t, c, w in states.values() if c == "other"}:
+            fill_other_port_cache(tree, other_dir)
         in_process_once(warm_dir)  # and with the in-process session's program (no proxy links), untimed
         for i in range(args.rounds):
             order = names if i % 2 == 0 else names[::-1]
@@ -209,6 +229,9 @@ def main() -> int:
             for name in order:
                 tree, cache, warm = states[name]
                 cold_dir = where / f"cold-{i}"
+                if cache == "other":  # a fresh copy each round: a compile must not fill it for the next
+                    shutil.copytree(warm, cold_dir)
+                    cache, warm = "cold", cold_dir
                 env = run_env(cache, cold_dir, warm)
                 r, f, c = cli_once(tree, env_extra=env)
                 shutil.rmtree(cold_dir, ignore_errors=True)
@@ -251,7 +274,7 @@ def main() -> int:
             print(f"  in-process start-up phases (this tree, {cache} cache), seconds from start() to the phase's end, medians:")
             for phase in dict.fromkeys(p for ph in phases for p in ph):
                 print(f"    {phase:20s} {statistics.median(p[phase] for p in phases if phase in p):5.2f} s")
-    for name in names[-2:]:
+    for name in (n for n in names if n.startswith("this tree")):
         got = [v for v in cli[name]["first"] if v is not None]
         ok = bool(got) and statistics.median(got) <= TARGET_S
         print(f"  target: command start -> first journey <= {TARGET_S:.0f} s, {name}: {'met' if ok else 'NOT met'} "

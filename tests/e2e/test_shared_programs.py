@@ -80,3 +80,37 @@ def test_shared_entries_off_is_bccs_per_program_build_without_tracer_debug(lab, 
     assert [_hops(j) for j in shared] == [_hops(j) for j in per_program]
     progs, links = wait_gone(before)
     assert not progs and not links, (progs, links)
+
+
+def test_one_cached_build_serves_every_port_each_start_writing_its_own(lab, tmp_path):
+    """The filter's port is a value slot (bpf/common.h TRC_FILTER_PORT): a
+    start with --port P takes the entry a start with another port compiled,
+    unchanged on disk, and follows P's connections alone; the first start,
+    from its fresh compile, follows its own port alone too."""
+    before = kernel_snapshot()
+    cache = tmp_path / "programs"
+    env = {"TRACER_PROGRAM_CACHE_DIR": str(cache)}
+    web, iperf = lab["port"], lab["iperf_port"]
+
+    def ports_seen(port: int, to_web: int, to_iperf: int) -> set[int]:
+        t = Tracer("--port", str(port), "--duration", "60", env=env)
+        t.wait_ready(60)
+        connect_from(lab, to_web)
+        connect_from(dict(lab, port=iperf), to_iperf, request=False)
+        time.sleep(0.5)
+        journeys = t.stop()
+        assert t.returncode == 0, t.stderr
+        return {int(end.rsplit(":", 1)[1]) for j in journeys for h in j["hops"] for end in (h["src"], h["dst"])}
+
+    a, b, c, d = own_source_ports(4)
+    seen = ports_seen(iperf, a, b)
+    assert b in seen and iperf in seen and a not in seen and web not in seen, sorted(seen)
+    entries = sorted(cache.glob("*.prog"))
+    assert len(entries) == 1, entries
+    compiled = entries[0].stat().st_ino
+    seen = ports_seen(web, c, d)
+    assert c in seen and web in seen and d not in seen and iperf not in seen, sorted(seen)
+    assert sorted(cache.glob("*.prog")) == entries and entries[0].stat().st_ino == compiled, \
+        "the other port's entry, taken as it was (a compile would have stored a new file)"
+    progs, links = wait_gone(before)
+    assert not progs and not links, (progs, links)

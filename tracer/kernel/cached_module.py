@@ -4,7 +4,8 @@ It creates the maps as BCC had them, writes their fds into the programs'
 map loads and has the kernel load the programs on demand. A program may be a
 variant of a shared body (``variants``: name -> (body, value)): the body's
 instructions with the value in its parameter slots (program_cache.patch),
-loaded under the program's own name. It answers the
+loaded under the program's own name. The filter's values (``values``: its
+port, protocol, sample rate) go into every program's value slots. It answers the
 part of bcc.BPF's interface this project uses (``module[name]`` for maps,
 ``load_func``, ``attach_raw_tracepoint``/``detach_raw_tracepoint``,
 ``cleanup``), so the sensors and the session take either.
@@ -35,9 +36,11 @@ def _text(name) -> str:
 
 
 class CachedModule:
-    def __init__(self, compiled: Compiled, variants: Mapping[str, tuple[str, int]] | None = None) -> None:
+    def __init__(self, compiled: Compiled, variants: Mapping[str, tuple[str, int]] | None = None,
+                 values: Mapping[str, int] | None = None) -> None:
         self.compiled = compiled
         self.variants = dict(variants or {})
+        self.values = dict(values or {})  # the filter's values, for the programs' value slots
         self.map_fds: dict[str, int] = {}
         self.tables: dict[str, MapTable] = {}
         self.funcs: dict[bytes, Function] = {}
@@ -77,13 +80,13 @@ class CachedModule:
         return len(spec.insns) if spec else 0
 
     def patched(self, name) -> bytes:
-        """The program's instructions with this module's map fds (and its
-        value, for a variant) in them."""
+        """The program's instructions with this module's map fds (its
+        value, for a variant, and the filter's values) in them."""
         spec, value = self._spec(name)
         if spec is None:
             raise Exception(f"Unknown program {_text(name)}")  # as BCC says it
         try:
-            return patch(spec, [self.map_fds[m.name] for m in self.compiled.maps], value)
+            return patch(spec, [self.map_fds[m.name] for m in self.compiled.maps], value, self.values)
         except ValueError as exc:
             raise Exception(f"Cannot load BPF program {_text(name)}: {exc}") from None
 

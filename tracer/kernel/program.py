@@ -144,13 +144,18 @@ class Filter:
         """The expression as C for the BCC programs ('' without one)."""
         return self.expression_c
 
-    def cflags(self) -> list[str]:
+    def cflags(self, open_values: bool = False) -> list[str]:
+        """The filter's clang flags; ``open_values``: its port, protocol and
+        sample rate left for tracer's loader to write in (``values``; bpf/common.h
+        TRC_FILTER_PORT), so the build, and its program-cache entry, is the
+        same whatever they are. BCC's own builds take them as constants."""
         flags = []
+        values = self.values()
         if self.proto:
-            flags.append(f"-DFILTER_PROTO={events.PROTOCOL_NUMBERS[self.proto]}")
+            flags.append(f"-DFILTER_PROTO={'TRC_FILTER_PROTO' if open_values else values['proto']}")
         if len(self.ports) == 1:
             # One port: a constant compare, cheaper than a map lookup.
-            flags.append(f"-DFILTER_PORT={socket.htons(self.ports[0])}")
+            flags.append(f"-DFILTER_PORT={'TRC_FILTER_PORT' if open_values else values['port']}")
         elif self.ports:
             flags.append("-DFILTER_PORTS")
         if self.hosts:
@@ -158,7 +163,7 @@ class Filter:
         if self.containers:
             flags.append("-DFILTER_CONTAINERS")
         if self.sample > 1:
-            flags.append(f"-DSAMPLE_N={self.sample}u")
+            flags.append(f"-DSAMPLE_N={'TRC_SAMPLE_N' if open_values else str(values['sample']) + 'u'}")
         if self.expression_c:
             flags.append("-DPCAP_FILTER")
         # The filter maps hold what was asked for, however much (any number
@@ -168,6 +173,18 @@ class Filter:
         if self.follow_proxies:
             flags.append("-DFILTER_PROXY_BACKENDS")
         return flags
+
+    def values(self) -> dict[str, int]:
+        """The values an open build's slots take (program_cache.FILTER_VALUE_MARKERS):
+        the protocol's number, the one port (network order), the sample rate."""
+        out = {}
+        if self.proto:
+            out["proto"] = events.PROTOCOL_NUMBERS[self.proto]
+        if len(self.ports) == 1:
+            out["port"] = socket.htons(self.ports[0])
+        if self.sample > 1:
+            out["sample"] = self.sample
+        return out
 
     def fill_maps(self, bpf) -> None:
         """The ports and addresses asked for (containers' come separately)."""
@@ -294,8 +311,9 @@ class Program:
         if own_loader():
             how = ("a start of this run compiles it with these flags plus -DTRC_SHARED_ENTRIES (one body for the "
                    "tc programs and one for the netfilter ones, each program's value written in at load, which "
-                   "only tracer's loader does); these flags alone are TRACER_SHARED_ENTRIES=0's build, a "
-                   "function per program, which BCC loads as it is")
+                   "only tracer's loader does), and with the filter's port, protocol and sample rate left open "
+                   "(-DFILTER_PORT=TRC_FILTER_PORT and the like, written in at load too); these flags alone are "
+                   "TRACER_SHARED_ENTRIES=0's build, a function per program, which BCC loads as it is")
         else:
             how = "a start of this run compiles it with exactly these flags, a function per program, and BCC loads it"
         head = [f"/* tracer: the BPF program as clang compiles it ({how}):"]
@@ -308,7 +326,8 @@ class Program:
 
     def cflags(self, shared: bool = False) -> list[str]:
         """clang's flags; ``shared``: one body per sensor for the programs
-        that differ only by a value (built for our loader, see build)."""
+        that differ only by a value, and the filter's values left open
+        (built for our loader, which writes them in, see build)."""
         wanted = dict(COMMON_OFFSETS)
         extra: list[str] = []
         for sensor in self.sensors:
@@ -338,7 +357,7 @@ class Program:
         if extra_env:  # say so: -DTRACER_NOOP left set makes the tracer see nothing
             print(f"tracer: building the BPF programs with TRACER_BPF_CFLAGS={' '.join(extra_env)}", file=sys.stderr)
         flags += extra_env
-        return flags + extra + self.filter.cflags() + _debug_info_flags()
+        return flags + extra + self.filter.cflags(open_values=shared) + _debug_info_flags()
 
     def compile(self, source: str | None = None, cflags: list[str] | None = None):
         """Compile with BCC; returns the bcc.BPF object (maps and programs).
@@ -465,7 +484,7 @@ class Program:
         """Maps created, programs loaded on demand, from a compiled build."""
         from tracer.kernel.cached_module import CachedModule  # noqa: PLC0415
 
-        return CachedModule(compiled, self.variants())
+        return CachedModule(compiled, self.variants(), self.filter.values())
 
     def _bcc_build(self, programs: list[tuple[str, int, int]], mark: Callable[[str], Any]):
         """BCC compiles and loads, one function per program (no cache)."""

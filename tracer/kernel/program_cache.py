@@ -10,7 +10,10 @@ kernel's BTF) creates the maps itself, writes their fds into the
 instructions and loads them (tracer/kernel/cached_module.py). A body that
 serves several programs (bpf/common.h trc_param: tc's four hooks, netfilter's
 two NAT stages) keeps where it loads PARAM_MARKER, and each program is the
-body with its own value written there (``patch``).
+body with its own value written there (``patch``). The filter's port,
+protocol and sample rate are left open the same way (FILTER_VALUE_MARKERS):
+one entry serves `--port 8000` and `--port 3000` alike, each start writing
+its own values in.
 
 The cache is a directory only root may write, never through a symbolic
 link (programs from it run in the kernel): one file per key, ``<key>.prog``, its first line the SHA-256
@@ -33,10 +36,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when the entry's shape or meaning changes (2: parameter slots)
+FORMAT = 3  # bump when the entry's shape or meaning changes (2: parameter slots; 3: filter value slots)
 MAX_ENTRIES = 32  # ~130 KB each; a test suite's many option sets fit
 SUFFIX = ".prog"
 TMP_SUFFIX = ".tmp"
@@ -45,6 +49,11 @@ BPF_PSEUDO_MAP_FD = 1
 # The 64-bit constant bpf/common.h trc_param loads ("TRC_PAR1"): each of its
 # loads is a slot the loader writes the program's value into.
 PARAM_MARKER = 0x5452435F50415231
+# The 64-bit constants bpf/common.h's TRC_FILTER_PORT, TRC_FILTER_PROTO and
+# TRC_SAMPLE_N load: slots the loader writes the filter's values into (the
+# same in every program of a start: tracer/kernel/program.py Filter.values).
+FILTER_VALUE_MARKERS = {"port": 0x5452435F46505254, "proto": 0x5452435F4650524F, "sample": 0x5452435F46534D50}
+_VALUE_OF_MARKER = {marker: name for name, marker in FILTER_VALUE_MARKERS.items()}
 
 
 class CorruptEntry(ValueError):
@@ -73,6 +82,7 @@ class ProgramSpec:
     insns: bytes
     relocs: tuple[tuple[int, int], ...]  # (instruction index, index into maps) whose imm is the map's fd
     params: tuple[int, ...] = ()  # instruction indexes of PARAM_MARKER loads (trc_param)
+    values: tuple[tuple[int, str], ...] = ()  # (instruction index, filter value name) of FILTER_VALUE_MARKERS loads
 
 
 @dataclass(frozen=True)
@@ -131,24 +141,45 @@ def param_slots(insns: bytes) -> tuple[int, ...]:
                  if insns[i] == LD_IMM64 and insns[i + 1] >> 4 == 0 and _imm64(insns, i) == PARAM_MARKER)
 
 
-def patch(spec: ProgramSpec, map_fds: list[int], value: int | None) -> bytes:
+def value_slots(insns: bytes) -> tuple[tuple[int, str], ...]:
+    """(instruction index, value name) of the plain ld_imm64 loads of a
+    FILTER_VALUE_MARKERS constant."""
+    return tuple((i // 8, _VALUE_OF_MARKER[_imm64(insns, i)]) for i in range(0, len(insns) - 15, 8)
+                 if insns[i] == LD_IMM64 and insns[i + 1] >> 4 == 0 and _imm64(insns, i) in _VALUE_OF_MARKER)
+
+
+def patch(spec: ProgramSpec, map_fds: list[int], value: int | None, values: Mapping[str, int] | None = None) -> bytes:
     """The program's instructions with the maps' fds (in the entry's map
-    order) in its map loads and ``value`` in its parameter slots. A body
-    with slots needs a value and one without takes none: either mistake
-    would load a program that sees a hook it is not attached to."""
+    order) in its map loads, ``value`` in its parameter slots and the
+    filter's ``values`` (name -> value) in its value slots. A body with
+    slots needs a value and one without takes none: either mistake would
+    load a program that sees a hook it is not attached to. A value slot
+    without its value is refused too (the program would match the marker);
+    values a program has no slot for are other programs'."""
     if spec.params and value is None:
         raise ValueError(f"{spec.name} is a shared body: it needs the value of one of its programs")
     if value is not None and not spec.params:
         raise ValueError(f"{spec.name} has no parameter slot for the value {value}")
     if value is not None and not 0 <= value < 1 << 64:
         raise ValueError(f"parameter {value} does not fit 64 bits")
+    values = values or {}
     insns = bytearray(spec.insns)
     for index, map_index in spec.relocs:
         struct.pack_into("<i", insns, index * 8 + 4, map_fds[map_index])
     for index in spec.params:
-        struct.pack_into("<I", insns, index * 8 + 4, value & 0xFFFFFFFF)
-        struct.pack_into("<I", insns, index * 8 + 12, value >> 32)
+        _write_imm64(insns, index, value)
+    for index, name in spec.values:
+        if name not in values:
+            raise ValueError(f"{spec.name} needs the filter's {name}, which this start has none of")
+        if not 0 <= values[name] < 1 << 64:
+            raise ValueError(f"filter {name} {values[name]} does not fit 64 bits")
+        _write_imm64(insns, index, values[name])
     return bytes(insns)
+
+
+def _write_imm64(insns: bytearray, index: int, value: int) -> None:
+    struct.pack_into("<I", insns, index * 8 + 4, value & 0xFFFFFFFF)
+    struct.pack_into("<I", insns, index * 8 + 12, value >> 32)
 
 
 def relocations(insns: bytes, map_of_fd: dict[int, int]) -> tuple[tuple[int, int], ...]:
@@ -200,7 +231,8 @@ def snapshot(bpf) -> Compiled:
     for i in range(lib.bpf_num_functions(module)):
         name = lib.bpf_function_name(module, i)
         insns = ctypes.string_at(lib.bpf_function_start(module, name), lib.bpf_function_size(module, name))
-        programs.append(ProgramSpec(name.decode(), insns, relocations(insns, map_of_fd), param_slots(insns)))
+        programs.append(ProgramSpec(name.decode(), insns, relocations(insns, map_of_fd), param_slots(insns),
+                                    value_slots(insns)))
     return Compiled(lib.bpf_module_license(module), int(lib.bpf_module_kern_version(module)), tuple(maps),
                     tuple(programs))
 
@@ -213,7 +245,7 @@ def encode(compiled: Compiled, key: str) -> bytes:
         "format": FORMAT, "key": key, "license": compiled.license.decode(), "kern_version": compiled.kern_version,
         "maps": [vars(m) for m in compiled.maps],
         "programs": [{"name": p.name, "insns": base64.b64encode(p.insns).decode(), "relocs": p.relocs,
-                      "params": p.params} for p in compiled.programs],
+                      "params": p.params, "values": p.values} for p in compiled.programs],
     }, separators=(",", ":")).encode()
     return hashlib.sha256(body).hexdigest().encode() + b"\n" + body
 
@@ -230,7 +262,8 @@ def decode(data: bytes, key: str) -> Compiled:
         maps = tuple(MapSpec(**m) for m in raw["maps"])
         programs = tuple(ProgramSpec(p["name"], base64.b64decode(p["insns"], validate=True),
                                      tuple((int(i), int(m)) for i, m in p["relocs"]),
-                                     tuple(int(i) for i in p["params"])) for p in raw["programs"])
+                                     tuple(int(i) for i in p["params"]),
+                                     tuple((int(i), str(n)) for i, n in p["values"])) for p in raw["programs"])
         compiled = Compiled(raw["license"].encode(), int(raw["kern_version"]), maps, programs)
     except CorruptEntry:
         raise
@@ -262,6 +295,8 @@ def _check(compiled: Compiled) -> None:
             raise CorruptEntry(f"{p.name}: relocations are not the program's map loads")
         if p.params != param_slots(p.insns):
             raise CorruptEntry(f"{p.name}: parameter slots are not the marker's loads")
+        if p.values != value_slots(p.insns):
+            raise CorruptEntry(f"{p.name}: filter value slots are not the markers' loads")
 
 
 def default_dir() -> Path:
