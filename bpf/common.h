@@ -44,31 +44,31 @@
 #define LD32(ptr) (*(const u32 *)(ptr))
 #define LD64(ptr) (*(const u64 *)(ptr))
 
-/* A value the loader writes into the program (tracer/kernel/program_cache.py
- * PARAM_MARKER): one 64-bit load of this marker, which the compiler cannot
- * fold, rewritten to the program's value when it is loaded. So one compiled
- * body serves several programs (tc's four hooks, netfilter's two NAT stages:
- * TRC_SHARED_ENTRIES) at a fraction of the compile, and the verifier still
- * sees a constant: it follows only the branches that value takes. */
-static __always_inline u64 trc_param(void)
-{
-    u64 v;
-    asm volatile("%0 = 0x5452435f50415231 ll" : "=r"(v));
-    return v;
-}
-
-/* The filter's values, the same way (program_cache.py FILTER_VALUE_MARKERS):
- * builds for tracer's loader leave the port, protocol and sample rate open
- * (-DFILTER_PORT=TRC_FILTER_PORT, ...: tracer/kernel/program.py Filter), so
- * one compiled program serves every value of them (`--port 3000` as well as
- * the prebuilt `--port 8000`), and the verifier still sees constants. BCC's
- * own builds (TRACER_DEBUG) get the values as -D constants. */
+/* A value the loader writes into the program (tracer/kernel/program_cache.py):
+ * one 64-bit load of a marker constant, which the compiler cannot fold,
+ * rewritten to the value when the program is loaded. The verifier still sees
+ * a constant: it follows only the branches that value takes. */
 #define TRC_VALUE(marker)                                \
     ({                                                   \
         u64 v_;                                          \
         asm volatile("%0 = " #marker " ll" : "=r"(v_)); \
         v_;                                              \
     })
+
+/* The program's own value (PARAM_MARKER): one compiled body serves several
+ * programs (tc's four hooks, netfilter's two NAT stages: TRC_SHARED_ENTRIES)
+ * at a fraction of the compile. */
+static __always_inline u64 trc_param(void)
+{
+    return TRC_VALUE(0x5452435f50415231); /* "TRC_PAR1" */
+}
+
+/* The filter's values (FILTER_VALUE_MARKERS), the same in every program:
+ * builds for tracer's loader leave the port, protocol and sample rate open
+ * (-DFILTER_PORT=TRC_FILTER_PORT, ...: tracer/kernel/program.py Filter), so
+ * one compiled program serves every value of them (`--port 3000` as well as
+ * the prebuilt `--port 8000`). BCC's own builds (TRACER_DEBUG) get the values
+ * as -D constants. Each use is a load: read once where used twice. */
 #define TRC_FILTER_PORT ((u16)TRC_VALUE(0x5452435f46505254))  /* "TRC_FPRT", network order */
 #define TRC_FILTER_PROTO ((u8)TRC_VALUE(0x5452435f4650524f)) /* "TRC_FPRO" */
 #define TRC_SAMPLE_N ((u32)TRC_VALUE(0x5452435f46534d50))     /* "TRC_FSMP" */
@@ -334,7 +334,8 @@ static __always_inline int filter_match(struct flow_key *k)
         return 1;
 #endif
 #ifdef FILTER_PORT
-    if (k->sport != FILTER_PORT && k->dport != FILTER_PORT)
+    u16 port = FILTER_PORT;
+    if (k->sport != port && k->dport != port)
         return 0;
 #endif
 #ifdef FILTER_PORTS

@@ -169,13 +169,14 @@ def fill_other_port_cache(tree: Path, where: Path) -> None:
 
 
 def run_env(cache: str | None, cold_dir: Path, warm_dir: Path | None) -> dict[str, str]:
-    """The explicit program-cache environment of one CLI run: its own cold or
-    warm (or other port's) directory, or, for a baseline without a program
+    """The explicit program-cache environment of one CLI run: the shared warm
+    directory, else the round's own (``cold_dir``: empty, or for "other" a
+    copy of the other port's cache), or, for a baseline without a program
     cache, the cache switched off (what "none" means) rather than whatever
     the caller has."""
     if cache is None:
         return {"TRACER_PROGRAM_CACHE": "0"}
-    return {"TRACER_PROGRAM_CACHE_DIR": str(cold_dir if cache == "cold" else warm_dir)}
+    return {"TRACER_PROGRAM_CACHE_DIR": str(warm_dir if cache == "warm" else cold_dir)}
 
 
 def main() -> int:
@@ -231,7 +232,6 @@ def main() -> int:
                 cold_dir = where / f"cold-{i}"
                 if cache == "other":  # a fresh copy each round: a compile must not fill it for the next
                     shutil.copytree(warm, cold_dir)
-                    cache, warm = "cold", cold_dir
                 env = run_env(cache, cold_dir, warm)
                 r, f, c = cli_once(tree, env_extra=env)
                 shutil.rmtree(cold_dir, ignore_errors=True)

@@ -8,22 +8,16 @@ tests/e2e/test_shared_programs.py."""
 from __future__ import annotations
 
 import socket
-import struct
 
 import pytest
 
+from tests.unit.test_shared_programs import EXIT, MOV_R0_0, _ld_imm64
 from tracer import events
 from tracer.kernel import program_cache as pc
 from tracer.kernel.cached_module import CachedModule
 from tracer.kernel.program import BPF_DIR, Filter, Program
 
-EXIT = struct.pack("<BBhi", 0x95, 0, 0, 0)
-MOV_R0_0 = struct.pack("<BBhi", 0xB7, 0, 0, 0)
 PORT, PROTO, SAMPLE = (pc.FILTER_VALUE_MARKERS[n] for n in ("port", "proto", "sample"))
-
-
-def _ld_imm64(value: int, dst: int = 1, src: int = 0) -> bytes:
-    return struct.pack("<BBhI", 0x18, dst | src << 4, 0, value & 0xFFFFFFFF) + struct.pack("<BBhI", 0, 0, 0, value >> 32)
 
 
 # slot 0 mov; 1 the port; 3 the trc_param marker; 5 the port again; 7 the sample rate; 9 a plain constant; 11 exit

@@ -135,17 +135,23 @@ def _imm64(insns: bytes, at: int) -> int:
     return hi << 32 | lo
 
 
+def _plain_loads(insns: bytes):
+    """(instruction index, constant) of each plain ld_imm64 (no pseudo
+    source: not a map load), whole (both slots) within ``insns``."""
+    for i in range(0, len(insns) - 15, 8):
+        if insns[i] == LD_IMM64 and insns[i + 1] >> 4 == 0:
+            yield i // 8, _imm64(insns, i)
+
+
 def param_slots(insns: bytes) -> tuple[int, ...]:
     """Instruction indexes of the plain ld_imm64 loads of PARAM_MARKER."""
-    return tuple(i // 8 for i in range(0, len(insns) - 15, 8)
-                 if insns[i] == LD_IMM64 and insns[i + 1] >> 4 == 0 and _imm64(insns, i) == PARAM_MARKER)
+    return tuple(index for index, imm in _plain_loads(insns) if imm == PARAM_MARKER)
 
 
 def value_slots(insns: bytes) -> tuple[tuple[int, str], ...]:
     """(instruction index, value name) of the plain ld_imm64 loads of a
     FILTER_VALUE_MARKERS constant."""
-    return tuple((i // 8, _VALUE_OF_MARKER[_imm64(insns, i)]) for i in range(0, len(insns) - 15, 8)
-                 if insns[i] == LD_IMM64 and insns[i + 1] >> 4 == 0 and _imm64(insns, i) in _VALUE_OF_MARKER)
+    return tuple((index, _VALUE_OF_MARKER[imm]) for index, imm in _plain_loads(insns) if imm in _VALUE_OF_MARKER)
 
 
 def patch(spec: ProgramSpec, map_fds: list[int], value: int | None, values: Mapping[str, int] | None = None) -> bytes:
