@@ -16,6 +16,7 @@ import tempfile
 import pytest
 
 from tracer.errors import MissingCapability
+from tracer.kernel import bcc_compile
 from tracer.kernel import program_cache as pc
 from tracer.kernel import program as prog_mod
 from tracer.kernel.program import Program
@@ -52,6 +53,7 @@ def program(monkeypatch, tmp_path):
     for name in ("TRACER_DEBUG", "TRACER_PROGRAM_CACHE", "TRACER_SHARED_ENTRIES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TRACER_PROGRAM_CACHE_DIR", str(tmp_path / "programs"))
+    monkeypatch.setenv("TRACER_COMPILE_UNITS", "1")  # one compile, the stand-in's (units: test_compile_units.py)
     p = Program([tc.TcSensor([]), netfilter.NetfilterSensor(), DropSensor()])
     monkeypatch.setattr(Program, "cache_key", lambda self, source, cflags: "k")
     monkeypatch.setattr(Program, "cflags", lambda self, shared=False: ["-DX"] + (["-DTRC_SHARED_ENTRIES"] if shared else []))
@@ -152,6 +154,7 @@ def test_an_optional_sensors_refused_program_does_not_stop_the_start(monkeypatch
     for name in ("TRACER_DEBUG", "TRACER_PROGRAM_CACHE", "TRACER_SHARED_ENTRIES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TRACER_PROGRAM_CACHE_DIR", str(tmp_path / "programs"))
+    monkeypatch.setenv("TRACER_COMPILE_UNITS", "1")
     program = Program([tc.TcSensor([]), ProxySensor()])
     monkeypatch.setattr(Program, "cache_key", lambda self, source, cflags: "k")
     monkeypatch.setattr(Program, "cflags", lambda self, shared=False: ["-DX"])
@@ -218,7 +221,7 @@ def test_a_compile_failure_names_clangs_error_not_another_line_with_error_in_it(
                         b"/virtual/main.c:9:5: error: use of undeclared identifier 'nope'\n")
             raise Exception("Failed to compile BPF module <text>")
 
-    monkeypatch.setattr(prog_mod, "ensure_bcc_headers", lambda: None)
+    monkeypatch.setattr(bcc_compile, "ensure_bcc_headers", lambda: None)
     monkeypatch.setattr(bcc, "BPF", Refused)
     with pytest.raises(MissingCapability) as refused:
         program.compile("int x;", ["-DX"])

@@ -32,6 +32,7 @@ def refusing(monkeypatch, tmp_path):
     for name in ("TRACER_DEBUG", "TRACER_PROGRAM_CACHE", "TRACER_SHARED_ENTRIES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TRACER_PROGRAM_CACHE_DIR", str(tmp_path / "programs"))
+    monkeypatch.setenv("TRACER_COMPILE_UNITS", "1")  # one compile, the stand-in's
     monkeypatch.setattr("tracer.prebuild.require_root", lambda what: None)  # pure logic: no kernel object is made
     refused: set[str] = set()
     modules: list[FakeModule] = []

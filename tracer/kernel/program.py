@@ -30,13 +30,12 @@ from typing import Any, Callable, Iterable, Protocol
 
 from tracer import events
 from tracer.errors import MissingCapability
-from tracer.kernel.bcc_kallsyms import call_answered
+from tracer.kernel.bcc_compile import compile_text
 from tracer.kernel.btf import resolve_offsets
 from tracer.kernel.cpus import cpu_id_bound
 from tracer.kernel.headers import ensure_bcc_headers
 from tracer.kernel.hop_codes import c_definitions as hop_definitions
-from tracer.kernel import program_cache
-from tracer.kernel.stderr_fd import captured_stderr, first_clang_error
+from tracer.kernel import compile_units, program_cache
 from tracer.kernel.verifier_log import keep_verifier_logs, verifier_log, where_the_log_is
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
@@ -288,14 +287,16 @@ class Program:
         """What one ring-buffer record is (tracer/drain.py reads them)."""
         return events.RAW_DTYPE if self.sightings else events.JOURNEY_DTYPE
 
-    def source(self) -> str:
+    def source(self, sensors: Iterable[SensorParts] | None = None) -> str:
+        """The C of the program, or of a compile unit of it: the shared part
+        and only ``sensors``' files (compile_units)."""
         parts = [events.c_definitions(), hop_definitions(), (BPF_DIR / "common.h").read_text(),
                  self.filter.c_filter(), (BPF_DIR / "pcap_filter.h").read_text()]
         if self.latency:
             parts.append((BPF_DIR / "latency.h").read_text())
         else:
             parts += [events.journey_c_definitions(), (BPF_DIR / "journey.h").read_text()]
-        for sensor in self.sensors:
+        for sensor in self.sensors if sensors is None else sensors:
             parts.append(f"/* ---- sensor: {sensor.name} ---- */")
             parts.append((BPF_DIR / sensor.source_file).read_text())
         return "\n".join(parts)
@@ -362,17 +363,8 @@ class Program:
     def compile(self, source: str | None = None, cflags: list[str] | None = None):
         """Compile with BCC; returns the bcc.BPF object (maps and programs).
         Filter values are not in it yet: see Filter.fill_maps, write_containers."""
-        ensure_bcc_headers()
         cflags = self.cflags() if cflags is None else cflags
-        from bcc import BPF  # noqa: PLC0415 - heavy import, only when tracing
-
-        text = self.source() if source is None else source
-        with captured_stderr() as captured:
-            try:
-                return call_answered(program_cache.bcc_version(), lambda: BPF(text=text, cflags=cflags))
-            except Exception as exc:  # BCC raises bare Exception on compile errors
-                first_error = first_clang_error(captured.text()) or str(exc)
-                raise MissingCapability(f"BPF compile failed: {first_error.strip()}") from None
+        return compile_text(self.source() if source is None else source, cflags)
 
     def build(self, programs: Iterable[tuple[str, int, int]], mark: Callable[[str], Any] = lambda phase: None,
               cache: "program_cache.ProgramCache | None" = None):
@@ -411,15 +403,7 @@ class Program:
             if module is not None:
                 module.cleanup()
             cache.discard(key)
-        bpf = self.compile(source, cflags)
-        try:
-            compiled = program_cache.snapshot(bpf)
-        except Exception as exc:  # noqa: BLE001 - NotCacheable, a refused map info, another libbcc's ctypes:
-            # a missed speed-up, never a failed start; BCC then loads a build of its own
-            log.warning("compiled programs not loadable by tracer's loader (%s): compiling for BCC's", exc)
-            compiled = None
-        finally:
-            bpf.cleanup()  # its maps and LLVM's memory: ours are made from the snapshot
+        compiled = self._compiled(source, cflags)
         if compiled is None:
             return self._bcc_build(programs, mark)
         mark("compiled")
@@ -436,6 +420,36 @@ class Program:
             except Exception as exc:  # noqa: BLE001 - a cache we cannot fill is only a missed speed-up
                 log.warning("program not cached: %s", exc)
         return module
+
+    def _compiled(self, source: str, cflags: list[str]) -> "program_cache.Compiled | None":
+        """The program compiled for tracer's loader: its compile units at
+        once (compile_units), else in one compile; None where tracer's
+        loader cannot take it (a missed speed-up, never a failed start: BCC
+        then builds and loads it on its own)."""
+        units = compile_units.split(self.sensors)
+        if len(units) > 1 and compile_units.enabled():
+            try:
+                return compile_units.compile_units([self.source(unit) for unit in units], cflags, self._snapshot)
+            except program_cache.NotCacheable as exc:
+                log.warning("compile units not used (%s): compiling the program at once", exc)
+        try:
+            return self._snapshot(source, cflags)
+        except program_cache.NotCacheable as exc:
+            log.warning("compiled programs not loadable by tracer's loader (%s): compiling for BCC's", exc)
+            return None
+
+    def _snapshot(self, source: str, cflags: list[str]) -> "program_cache.Compiled":
+        """``source`` compiled here and kept as instructions and map specs
+        (program_cache.snapshot); NotCacheable where they cannot be."""
+        bpf = self.compile(source, cflags)
+        try:
+            return program_cache.snapshot(bpf)
+        except program_cache.NotCacheable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a refused map info, another libbcc's ctypes
+            raise program_cache.NotCacheable(str(exc)) from None
+        finally:
+            bpf.cleanup()  # its maps and LLVM's memory: ours are made from the snapshot
 
     def _refuse_if_required(self, module, failed: list[str], log_file: str | None) -> None:
         """One clear line, nothing left loaded, when a required program was
