@@ -46,7 +46,7 @@ def test_two_units_merge_into_what_one_compile_gives(latency, monkeypatch):
     assert [[s.name for s in u] for u in units] == [["netfilter"], ["tc", "drop"] + ([] if latency else ["proxy"])]
     before, maps_before = kernel_snapshot(), _map_fds()
     monkeypatch.setenv("TRACER_COMPILE_UNITS", "1")
-    one = program._compiled(source, cflags)
+    one = compile_units.compiled(program, source, cflags)
     monkeypatch.setenv("TRACER_COMPILE_UNITS", "2")
     merged = compile_units.compile_units([program.source(u) for u in units], cflags, program._snapshot)
     assert one is not None

@@ -96,8 +96,10 @@ def test_a_child_that_fails_otherwise_is_not_cacheable_so_the_caller_compiles_at
 def test_the_child_gets_the_source_and_flags_and_its_answer_is_decoded(monkeypatch, tmp_path):
     answer = Compiled(b"GPL", 1, (_map("events"),), (_program("trc_tc", 10),))
     (tmp_path / "answer").write_bytes(pc.encode(answer, cu.UNIT_KEY))
-    _child_that(monkeypatch, tmp_path, f"import json, sys\nr = json.load(open(sys.argv[1]))\n"
+    # run where this tracer's package is, so `-m` imports it, not one in the caller's directory
+    _child_that(monkeypatch, tmp_path, f"import json, os, sys\nr = json.load(open(sys.argv[1]))\n"
                 f"assert r == {{'source': 'there', 'cflags': ['-DX']}}, r\n"
+                f"assert os.path.isdir('tracer/kernel') and os.getcwd() == {str(cu.PACKAGE_ROOT)!r}\n"
                 f"sys.stdout.buffer.write(open({str(tmp_path / 'answer')!r}, 'rb').read())\n")
     merged = cu.compile_units(["here", "there"], ["-DX"], lambda source, cflags: Compiled(b"GPL", 1, (), ()))
     assert merged == answer

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -42,12 +43,14 @@ from tracer.errors import MissingCapability
 from tracer.kernel import program_cache
 from tracer.kernel.program_cache import Compiled, CorruptEntry, MapSpec, NotCacheable, ProgramSpec
 
+log = logging.getLogger(__name__)
+
 # Sensors compiled apart from the rest, in this process (the child's
 # interpreter start, ~0.1 s, goes to the rest, which compiles a little faster).
 APART = ("netfilter",)
 UNIT_KEY = "compile-unit"  # the child's answer is a program-cache entry under this key
 COMPILE_REFUSED = 3  # the child's exit status when clang refused its source (the line on its stderr)
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # the child imports this tracer, not another
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # where `tracer` is: the child runs there
 
 
 def enabled() -> bool:
@@ -62,6 +65,24 @@ def split(sensors: Sequence) -> list[list]:
     apart = [s for s in sensors if s.name in APART]
     rest = [s for s in sensors if s.name not in APART]
     return [unit for unit in (apart, rest) if unit]
+
+
+def compiled(program, source: str, cflags: list[str]) -> Compiled | None:
+    """``program`` (tracer/kernel/program.py Program, whose ``source`` is
+    the whole's) compiled for tracer's loader: its units at once, else in
+    one compile; None where tracer's loader cannot take it (a missed
+    speed-up, never a failed start: BCC then builds and loads it itself)."""
+    units = split(program.sensors)
+    if len(units) > 1 and enabled():
+        try:
+            return compile_units([program.source(unit) for unit in units], cflags, program._snapshot)
+        except NotCacheable as exc:
+            log.warning("compile units not used (%s): compiling the program at once", exc)
+    try:
+        return program._snapshot(source, cflags)
+    except NotCacheable as exc:
+        log.warning("compiled programs not loadable by tracer's loader (%s): compiling for BCC's", exc)
+        return None
 
 
 def compile_units(sources: Sequence[str], cflags: list[str],
@@ -89,11 +110,12 @@ class _Child:
         self._dir = tempfile.TemporaryDirectory(prefix="tracer-unit-")
         request = Path(self._dir.name) / "unit.json"
         request.write_text(json.dumps({"source": source, "cflags": list(cflags)}))
-        path = os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)
         try:
-            self.proc = subprocess.Popen([*self.command, str(request)],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         env=dict(os.environ, PYTHONPATH=path))
+            # Run from the package's root: `-m` puts the working directory
+            # first on sys.path, so the child imports this tracer, not one a
+            # user's directory holds.
+            self.proc = subprocess.Popen([*self.command, str(request)], cwd=PACKAGE_ROOT,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as exc:
             self._dir.cleanup()
             raise NotCacheable(f"compile unit not started: {exc}") from None

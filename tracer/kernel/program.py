@@ -288,8 +288,7 @@ class Program:
         return events.RAW_DTYPE if self.sightings else events.JOURNEY_DTYPE
 
     def source(self, sensors: Iterable[SensorParts] | None = None) -> str:
-        """The C of the program, or of a compile unit of it: the shared part
-        and only ``sensors``' files (compile_units)."""
+        """The C of the program, or of a compile unit: only ``sensors``' files after the shared part."""
         parts = [events.c_definitions(), hop_definitions(), (BPF_DIR / "common.h").read_text(),
                  self.filter.c_filter(), (BPF_DIR / "pcap_filter.h").read_text()]
         if self.latency:
@@ -403,7 +402,7 @@ class Program:
             if module is not None:
                 module.cleanup()
             cache.discard(key)
-        compiled = self._compiled(source, cflags)
+        compiled = compile_units.compiled(self, source, cflags)  # None: BCC builds it (_bcc_build)
         if compiled is None:
             return self._bcc_build(programs, mark)
         mark("compiled")
@@ -420,23 +419,6 @@ class Program:
             except Exception as exc:  # noqa: BLE001 - a cache we cannot fill is only a missed speed-up
                 log.warning("program not cached: %s", exc)
         return module
-
-    def _compiled(self, source: str, cflags: list[str]) -> "program_cache.Compiled | None":
-        """The program compiled for tracer's loader: its compile units at
-        once (compile_units), else in one compile; None where tracer's
-        loader cannot take it (a missed speed-up, never a failed start: BCC
-        then builds and loads it on its own)."""
-        units = compile_units.split(self.sensors)
-        if len(units) > 1 and compile_units.enabled():
-            try:
-                return compile_units.compile_units([self.source(unit) for unit in units], cflags, self._snapshot)
-            except program_cache.NotCacheable as exc:
-                log.warning("compile units not used (%s): compiling the program at once", exc)
-        try:
-            return self._snapshot(source, cflags)
-        except program_cache.NotCacheable as exc:
-            log.warning("compiled programs not loadable by tracer's loader (%s): compiling for BCC's", exc)
-            return None
 
     def _snapshot(self, source: str, cflags: list[str]) -> "program_cache.Compiled":
         """``source`` compiled here and kept as instructions and map specs
