@@ -48,7 +48,7 @@ def test_two_units_merge_into_what_one_compile_gives(latency, monkeypatch):
     monkeypatch.setenv("TRACER_COMPILE_UNITS", "1")
     one = compile_units.compiled(program, source, cflags)
     monkeypatch.setenv("TRACER_COMPILE_UNITS", "2")
-    merged = compile_units.compile_units([program.source(u) for u in units], cflags, program._snapshot)
+    merged = compile_units.compile_units([program.source(u) for u in units], cflags, program.snapshot)
     assert one is not None
     assert _by_name(merged) == _by_name(one)
     module = program._module(merged)  # the kernel takes the merged programs
@@ -67,7 +67,7 @@ def test_a_source_the_childs_clang_refuses_is_one_line_and_leaves_nothing(monkey
     before, maps_before, children_before = kernel_snapshot(), _map_fds(), _children()
     with pytest.raises(MissingCapability) as refused:
         compile_units.compile_units([here, there + "\nint trc_broken(void *ctx) { return undeclared_x; }\n"], cflags,
-                                    program._snapshot)
+                                    program.snapshot)
     assert str(refused.value).startswith("BPF compile failed: ") and "undeclared_x" in str(refused.value)
     assert "\n" not in str(refused.value)
     assert wait_gone(before) == ([], []) and _children() == children_before and _map_fds() == maps_before

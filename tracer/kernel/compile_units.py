@@ -75,11 +75,11 @@ def compiled(program, source: str, cflags: list[str]) -> Compiled | None:
     units = split(program.sensors)
     if len(units) > 1 and enabled():
         try:
-            return compile_units([program.source(unit) for unit in units], cflags, program._snapshot)
+            return compile_units([program.source(unit) for unit in units], cflags, program.snapshot)
         except NotCacheable as exc:
             log.warning("compile units not used (%s): compiling the program at once", exc)
     try:
-        return program._snapshot(source, cflags)
+        return program.snapshot(source, cflags)
     except NotCacheable as exc:
         log.warning("compiled programs not loadable by tracer's loader (%s): compiling for BCC's", exc)
         return None
@@ -93,7 +93,8 @@ def compile_units(sources: Sequence[str], cflags: list[str],
     could not be compiled or merged so, NotCacheable."""
     children: list[_Child] = []
     try:
-        children = [_Child(source, cflags) for source in sources[1:]]
+        for source in sources[1:]:
+            children.append(_Child(source, cflags))
         parts = [compile_here(sources[0], cflags)] + [child.result() for child in children]
     finally:
         for child in children:

@@ -420,7 +420,7 @@ class Program:
                 log.warning("program not cached: %s", exc)
         return module
 
-    def _snapshot(self, source: str, cflags: list[str]) -> "program_cache.Compiled":
+    def snapshot(self, source: str, cflags: list[str]) -> "program_cache.Compiled":
         """``source`` compiled here and kept as instructions and map specs
         (program_cache.snapshot); NotCacheable where they cannot be."""
         bpf = self.compile(source, cflags)
