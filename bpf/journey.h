@@ -836,6 +836,7 @@ struct sweep_args {
 };
 BPF_ARRAY(sweep_args, struct sweep_args, 1);
 
+#ifndef TRC_NO_SWEEP /* a compile unit but the first (tracer/kernel/compile_units.py): compiled once */
 int trc_sweep(struct __sk_buff *ctx)
 {
     int zero = 0;
@@ -900,3 +901,4 @@ int trc_sweep(struct __sk_buff *ctx)
     args->cursor = start + SWEEP_CHUNK;
     return 0;
 }
+#endif

@@ -15,7 +15,7 @@ import json
 import click
 
 from tracer.journey_rows import JourneyRows
-from tracer.sensors.hook_profile import left_out
+from tracer.sensors.hook_profile import DEFAULT, left_out
 from tracer.text import printable
 
 
@@ -24,7 +24,7 @@ class RuleBook:
     is shown; ``profile``: the hook profile the journeys were traced with
     (what a rule at a hook without a hop says about it: unsighted)."""
 
-    def __init__(self, profile: str = "all") -> None:
+    def __init__(self, profile: str = DEFAULT) -> None:
         self.by_packet: dict[int, list[tuple[str, dict]]] = {}
         self.profile = profile
 
@@ -115,7 +115,7 @@ def unsighted(profile: str, hook: str) -> str:
     return "no hop traced there" if left_out(profile, hook, None, None) else "no sighting there"
 
 
-def rule_line(info: dict, color: bool, profile: str = "all") -> str:
+def rule_line(info: dict, color: bool, profile: str = DEFAULT) -> str:
     """One rule hit as a line of text; ``profile``: the hook profile traced
     (for a hit at a hook without a hop: why there is none)."""
     text = rule_text(info)
@@ -132,7 +132,7 @@ RULE_INDENT = " " * 15
 
 
 def with_rules_text(block: memoryview, jr: JourneyRows, per_hop: dict[int, list[dict]], color: bool,
-                    profile: str = "all") -> bytes:
+                    profile: str = DEFAULT) -> bytes:
     """The journeys' text with each hop's rules on lines of their own below
     it; ``profile``: the hook profile traced (rule_line)."""
     lines = bytes(block).decode().split("\n")

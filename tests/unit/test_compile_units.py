@@ -49,14 +49,22 @@ def _map(name: str, size: int = 8) -> MapSpec:
 def test_the_merged_snapshot_has_each_map_once_and_relocations_into_it():
     # unit A's maps: flows (fd 10), events (fd 11); unit B's: events (fd 10), nf_last (fd 11).
     a = Compiled(b"GPL", 1, (_map("flows"), _map("events")), (_program("trc_tc", 10, 11), _program("trc_sweep", 11)))
-    b = Compiled(b"GPL", 1, (_map("events"), _map("nf_last")), (_program("trc_nf", 11, 10), _program("trc_sweep", 10)))
+    b = Compiled(b"GPL", 1, (_map("events"), _map("nf_last")), (_program("trc_nf", 11, 10),))
     merged = cu.merge([a, b])
     assert [m.name for m in merged.maps] == ["flows", "events", "nf_last"]
     by_name = {p.name: p for p in merged.programs}
-    assert sorted(by_name) == ["trc_nf", "trc_sweep", "trc_tc"]  # the shared part's program once
+    assert sorted(by_name) == ["trc_nf", "trc_sweep", "trc_tc"]
     named = {n: [merged.maps[m].name for _, m in p.relocs] for n, p in by_name.items()}
     assert named == {"trc_tc": ["flows", "events"], "trc_nf": ["nf_last", "events"], "trc_sweep": ["events"]}
-    assert by_name["trc_sweep"].insns == a.programs[1].insns  # unit A's, whose fds are as good as any
+    assert by_name["trc_sweep"].insns == a.programs[1].insns
+
+
+def test_a_program_in_two_units_is_not_merged():
+    """The shared part's trc_sweep is compiled in the first unit only
+    (-DTRC_NO_SWEEP in the others): a second copy is a split gone wrong."""
+    a = Compiled(b"GPL", 1, (_map("events"),), (_program("trc_sweep", 10),))
+    with pytest.raises(NotCacheable, match="trc_sweep in two compile units"):
+        cu.merge([a, a])
 
 
 def test_a_map_that_differs_between_units_is_not_merged():
@@ -98,7 +106,7 @@ def test_the_child_gets_the_source_and_flags_and_its_answer_is_decoded(monkeypat
     (tmp_path / "answer").write_bytes(pc.encode(answer, cu.UNIT_KEY))
     # run where this tracer's package is, so `-m` imports it, not one in the caller's directory
     _child_that(monkeypatch, tmp_path, f"import json, os, sys\nr = json.load(open(sys.argv[1]))\n"
-                f"assert r == {{'source': 'there', 'cflags': ['-DX']}}, r\n"
+                f"assert r == {{'source': 'there', 'cflags': ['-DX', '-DTRC_NO_SWEEP']}}, r\n"
                 f"assert os.path.isdir('tracer/kernel') and os.getcwd() == {str(cu.PACKAGE_ROOT)!r}\n"
                 f"sys.stdout.buffer.write(open({str(tmp_path / 'answer')!r}, 'rb').read())\n")
     merged = cu.compile_units(["here", "there"], ["-DX"], lambda source, cflags: Compiled(b"GPL", 1, (), ()))

@@ -14,9 +14,9 @@ flags. Its snapshot (program_cache.snapshot) holds its programs, and
 ``merge`` joins the snapshots into what one compile gives: the maps by
 name (the same attributes in every unit that declares them, or the units
 are NotCacheable and the caller compiles the program at once, as before),
-the programs by name (trc_sweep, defined in the shared part, comes from
-each unit: the first kept), every relocation pointing into the merged
-maps. The instructions are clang's for the same C, though not always the
+the programs by name (each in one unit: the shared part's trc_sweep is
+compiled in the first only, -DTRC_NO_SWEEP in the others), every
+relocation pointing into the merged maps. The instructions are clang's for the same C, though not always the
 same bytes: with fewer functions in a unit it may allocate registers
 differently (tests/e2e/test_compile_units.py).
 
@@ -93,8 +93,8 @@ def compile_units(sources: Sequence[str], cflags: list[str],
     could not be compiled or merged so, NotCacheable."""
     children: list[_Child] = []
     try:
-        for source in sources[1:]:
-            children.append(_Child(source, cflags))
+        for source in sources[1:]:  # the shared part's trc_sweep is the first unit's alone
+            children.append(_Child(source, cflags + ["-DTRC_NO_SWEEP"]))
         parts = [compile_here(sources[0], cflags)] + [child.result() for child in children]
     finally:
         for child in children:
@@ -159,9 +159,10 @@ def merge(parts: Sequence[Compiled]) -> Compiled:
                 raise NotCacheable(f"map {spec.name} differs between compile units")
             merged_index.append(index[spec.name])
         for program in part.programs:
-            if program.name not in programs:  # the shared part's (trc_sweep): the same C in every unit
-                programs[program.name] = dataclasses.replace(
-                    program, relocs=tuple((i, merged_index[m]) for i, m in program.relocs))
+            if program.name in programs:
+                raise NotCacheable(f"program {program.name} in two compile units")
+            programs[program.name] = dataclasses.replace(
+                program, relocs=tuple((i, merged_index[m]) for i, m in program.relocs))
     return Compiled(parts[0].license, parts[0].kern_version, tuple(maps), tuple(programs.values()))
 
 
@@ -176,12 +177,10 @@ def main(argv: list[str]) -> int:
         print(exc, file=sys.stderr)
         return COMPILE_REFUSED
     try:
-        compiled = program_cache.snapshot(bpf)
-    except Exception as exc:  # noqa: BLE001 - NotCacheable or a refused map info: the parent compiles at once
+        compiled = program_cache.unloaded_snapshot(bpf)
+    except NotCacheable as exc:  # the parent compiles at once
         print(f"not snapshotted: {exc}", file=sys.stderr)
         return 1
-    finally:
-        bpf.cleanup()
     sys.stdout.buffer.write(program_cache.encode(compiled, UNIT_KEY))
     return 0
 

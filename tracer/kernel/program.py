@@ -101,6 +101,11 @@ JOURNEY_SWEEP_CHUNK = 16
 VERIFY_COST = {b"trc_sweep": 10}
 # Filter maps (--port, --host) are sized to the values given, at least this.
 FILTER_MAP_MIN = 64
+# Each of the filter's values (Filter.values) as a clang flag: its macro,
+# the marker tracer's loader writes it into (bpf/common.h), the suffix of
+# the constant BCC's own builds take instead.
+_VALUE_FLAGS = {"proto": ("FILTER_PROTO", "TRC_FILTER_PROTO", ""), "port": ("FILTER_PORT", "TRC_FILTER_PORT", ""),
+                "sample": ("SAMPLE_N", "TRC_SAMPLE_N", "u")}
 # --host values: each is a map entry the kernel allocates up front.
 MAX_FILTER_HOSTS = 65536
 # --sample N: a flow is followed when a 32-bit hash of it is 0 mod N.
@@ -148,21 +153,18 @@ class Filter:
         sample rate left for tracer's loader to write in (``values``; bpf/common.h
         TRC_FILTER_PORT), so the build, and its program-cache entry, is the
         same whatever they are. BCC's own builds take them as constants."""
+        # One port is a constant compare (cheaper than a map lookup), as are
+        # the protocol and the sample rate.
         flags = []
-        values = self.values()
-        if self.proto:
-            flags.append(f"-DFILTER_PROTO={'TRC_FILTER_PROTO' if open_values else values['proto']}")
-        if len(self.ports) == 1:
-            # One port: a constant compare, cheaper than a map lookup.
-            flags.append(f"-DFILTER_PORT={'TRC_FILTER_PORT' if open_values else values['port']}")
-        elif self.ports:
+        for name, value in self.values().items():
+            macro, marker, suffix = _VALUE_FLAGS[name]
+            flags.append(f"-D{macro}={marker if open_values else f'{value}{suffix}'}")
+        if len(self.ports) > 1:
             flags.append("-DFILTER_PORTS")
         if self.hosts:
             flags.append("-DFILTER_HOSTS")
         if self.containers:
             flags.append("-DFILTER_CONTAINERS")
-        if self.sample > 1:
-            flags.append(f"-DSAMPLE_N={'TRC_SAMPLE_N' if open_values else str(values['sample']) + 'u'}")
         if self.expression_c:
             flags.append("-DPCAP_FILTER")
         # The filter maps hold what was asked for, however much (any number
@@ -423,15 +425,7 @@ class Program:
     def snapshot(self, source: str, cflags: list[str]) -> "program_cache.Compiled":
         """``source`` compiled here and kept as instructions and map specs
         (program_cache.snapshot); NotCacheable where they cannot be."""
-        bpf = self.compile(source, cflags)
-        try:
-            return program_cache.snapshot(bpf)
-        except program_cache.NotCacheable:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a refused map info, another libbcc's ctypes
-            raise program_cache.NotCacheable(str(exc)) from None
-        finally:
-            bpf.cleanup()  # its maps and LLVM's memory: ours are made from the snapshot
+        return program_cache.unloaded_snapshot(self.compile(source, cflags))
 
     def _refuse_if_required(self, module, failed: list[str], log_file: str | None) -> None:
         """One clear line, nothing left loaded, when a required program was

@@ -166,24 +166,22 @@ def patch(spec: ProgramSpec, map_fds: list[int], value: int | None, values: Mapp
         raise ValueError(f"{spec.name} is a shared body: it needs the value of one of its programs")
     if value is not None and not spec.params:
         raise ValueError(f"{spec.name} has no parameter slot for the value {value}")
-    if value is not None and not 0 <= value < 1 << 64:
-        raise ValueError(f"parameter {value} does not fit 64 bits")
     values = values or {}
     insns = bytearray(spec.insns)
     for index, map_index in spec.relocs:
         struct.pack_into("<i", insns, index * 8 + 4, map_fds[map_index])
     for index in spec.params:
-        _write_imm64(insns, index, value)
+        _write_imm64(insns, index, value, "parameter")
     for index, name in spec.values:
         if name not in values:
             raise ValueError(f"{spec.name} needs the filter's {name}, which this start has none of")
-        if not 0 <= values[name] < 1 << 64:
-            raise ValueError(f"filter {name} {values[name]} does not fit 64 bits")
-        _write_imm64(insns, index, values[name])
+        _write_imm64(insns, index, values[name], f"filter {name}")
     return bytes(insns)
 
 
-def _write_imm64(insns: bytearray, index: int, value: int) -> None:
+def _write_imm64(insns: bytearray, index: int, value: int, what: str) -> None:
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"{what} {value} does not fit 64 bits")
     struct.pack_into("<I", insns, index * 8 + 4, value & 0xFFFFFFFF)
     struct.pack_into("<I", insns, index * 8 + 12, value >> 32)
 
@@ -241,6 +239,20 @@ def snapshot(bpf) -> Compiled:
                                     value_slots(insns)))
     return Compiled(lib.bpf_module_license(module), int(lib.bpf_module_kern_version(module)), tuple(maps),
                     tuple(programs))
+
+
+def unloaded_snapshot(bpf) -> Compiled:
+    """``snapshot(bpf)``, then BCC's module unloaded (its maps and LLVM's
+    memory: a loader makes its own from the snapshot); any failure is
+    NotCacheable (a refused map info, another libbcc's ctypes)."""
+    try:
+        return snapshot(bpf)
+    except NotCacheable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a libbcc this was not written for raises
+        raise NotCacheable(str(exc)) from None
+    finally:
+        bpf.cleanup()
 
 
 # -- on disk ---------------------------------------------------------------------
