@@ -6,11 +6,11 @@ it): tests/e2e/test_compile_units.py."""
 from __future__ import annotations
 
 import os
-import struct
 import sys
 
 import pytest
 
+from tests.unit.test_shared_programs import EXIT, _ld_map
 from tracer.errors import MissingCapability
 from tracer.kernel import compile_units as cu
 from tracer.kernel import program_cache as pc
@@ -29,16 +29,8 @@ def test_netfilter_is_a_unit_of_its_own_and_the_rest_one_together():
     assert cu.split([nf]) == [[nf]]
 
 
-def _map_load(fd: int) -> bytes:
-    """ld_imm64 r1, map fd (two slots)."""
-    return bytes([pc.LD_IMM64, 0x01 | pc.BPF_PSEUDO_MAP_FD << 4, 0, 0]) + struct.pack("<i", fd) + bytes(8)
-
-
-EXIT = bytes([0x95]) + bytes(7)
-
-
 def _program(name: str, *fds: int) -> ProgramSpec:
-    insns = b"".join(_map_load(fd) for fd in fds) + EXIT
+    insns = b"".join(_ld_map(fd) for fd in fds) + EXIT
     return ProgramSpec(name, insns, tuple((2 * i, fd - 10) for i, fd in enumerate(fds)))
 
 
