@@ -4,9 +4,11 @@
  * Prepended at load time (see tracer/kernel/program.py):
  *   - struct event and the HOOK_/NAT_/DIR_/SENSOR_/FLAG_ codes (tracer/events.py)
  *   - ROLE_*, HOP_* and the histogram layout (tracer/kernel/hop_codes.py)
+ *   - FILTER_ON_* (the filter's parts: tracer/kernel/kernel_filter.py)
  *   - -D flags: OFF_* struct member offsets read from the running kernel's
- *     BTF, FILTER_* (which filters are on; the values live in maps), table
- *     sizes, the mode (LATENCY_MODE, SIGHTING_EVENTS)
+ *     BTF, the filter's values (FILTER_ON: which parts are on; the port,
+ *     protocol and sample rate; addresses and more ports live in maps),
+ *     table sizes, the mode (LATENCY_MODE, SIGHTING_EVENTS)
  * Followed by journey.h (trace/record: struct journey from tracer/events.py)
  * or latency.h, then the sensors.
  */
@@ -64,11 +66,14 @@ static __always_inline u64 trc_param(void)
 }
 
 /* The filter's values (FILTER_VALUE_MARKERS), the same in every program:
- * builds for tracer's loader leave the port, protocol and sample rate open
- * (-DFILTER_PORT=TRC_FILTER_PORT, ...: tracer/kernel/program.py Filter), so
- * one compiled program serves every value of them (`--port 3000` as well as
- * the prebuilt `--port 8000`). BCC's own builds (TRACER_DEBUG) get the values
- * as -D constants. Each use is a load: read once where used twice. */
+ * builds for tracer's loader leave them open (-DFILTER_ON=TRC_FILTER_ON,
+ * -DFILTER_PORT=TRC_FILTER_PORT, ...: tracer/kernel/kernel_filter.py), so one
+ * compiled program serves every value of them (`--port 3000` as well as the
+ * prebuilt `--port 8000`, `--container web`, `--proto udp`...). FILTER_ON
+ * says which parts are on (FILTER_ON_* bits); the verifier sees it constant
+ * and drops the parts that are off. BCC's own builds (TRACER_DEBUG) get the
+ * values as -D constants. Each use is a load: read once where used twice. */
+#define TRC_FILTER_ON ((u64)TRC_VALUE(0x5452435f464f4e53))    /* "TRC_FONS" */
 #define TRC_FILTER_PORT ((u16)TRC_VALUE(0x5452435f46505254))  /* "TRC_FPRT", network order */
 #define TRC_FILTER_PROTO ((u8)TRC_VALUE(0x5452435f4650524f)) /* "TRC_FPRO" */
 #define TRC_SAMPLE_N ((u32)TRC_VALUE(0x5452435f46534d50))     /* "TRC_FSMP" */
@@ -189,7 +194,6 @@ BPF_HASH(filter_ports, u16, u8, FILTER_PORT_ENTRIES);
 BPF_HASH(filter_hosts, struct trc_addr, u8, FILTER_HOST_ENTRIES);
 BPF_HASH(filter_ctr_addrs, struct trc_addr, u8, 1024);
 BPF_HASH(filter_ctr_ports, u16, u8, 1024);
-#ifdef FILTER_PROXY_BACKENDS
 /* Container address and port of each docker-proxy whose host port (or
  * container) the filter names: the proxy's own connection to the container
  * (its backend leg, bpf/proxy.c) is traced because its client leg is. */
@@ -211,7 +215,6 @@ static __always_inline int proxy_backend(struct flow_key *k)
     b.port = k->sport;
     return filter_proxy_backends.lookup(&b) != NULL;
 }
-#endif
 /* [sensor*2] = records emitted, [sensor*2+1] = records lost (ring buffer full). */
 BPF_PERCPU_ARRAY(counters, u64, 2 * N_SENSORS);
 BPF_PERCPU_ARRAY(id_seq, u64, 1);
@@ -325,34 +328,25 @@ static __always_inline int l4_follows_ipv6(u8 next)
  * option matches when either end of the packet does. */
 static __always_inline int filter_match(struct flow_key *k)
 {
-#ifdef FILTER_PROTO
-    if (k->proto != FILTER_PROTO)
+    u64 on = FILTER_ON;
+    if ((on & FILTER_ON_PROTO) && k->proto != FILTER_PROTO)
         return 0;
-#endif
-#ifdef FILTER_PROXY_BACKENDS
-    if (proxy_backend(k))
+    if ((on & FILTER_ON_PROXY_BACKENDS) && proxy_backend(k))
         return 1;
-#endif
-#ifdef FILTER_PORT
-    u16 port = FILTER_PORT;
-    if (k->sport != port && k->dport != port)
+    if (on & FILTER_ON_PORT) {
+        u16 port = FILTER_PORT;
+        if (k->sport != port && k->dport != port)
+            return 0;
+    }
+    if ((on & FILTER_ON_PORTS) && !filter_ports.lookup(&k->sport) && !filter_ports.lookup(&k->dport))
         return 0;
-#endif
-#ifdef FILTER_PORTS
-    if (!filter_ports.lookup(&k->sport) && !filter_ports.lookup(&k->dport))
+    if ((on & FILTER_ON_HOSTS) && !filter_hosts.lookup(&k->saddr) && !filter_hosts.lookup(&k->daddr))
         return 0;
-#endif
-#ifdef FILTER_HOSTS
-    if (!filter_hosts.lookup(&k->saddr) && !filter_hosts.lookup(&k->daddr))
-        return 0;
-#endif
-#ifdef FILTER_CONTAINERS
     /* The container's own address (after DNAT, or as a MASQUERADE source) or
      * one of its published host ports (before DNAT). */
-    if (!filter_ctr_addrs.lookup(&k->saddr) && !filter_ctr_addrs.lookup(&k->daddr) &&
+    if ((on & FILTER_ON_CONTAINERS) && !filter_ctr_addrs.lookup(&k->saddr) && !filter_ctr_addrs.lookup(&k->daddr) &&
         !filter_ctr_ports.lookup(&k->sport) && !filter_ctr_ports.lookup(&k->dport))
         return 0;
-#endif
     return 1;
 }
 
@@ -361,14 +355,12 @@ static __always_inline int filter_match(struct flow_key *k)
  * Callers hash the conntrack original tuple where they have it. */
 static __always_inline int sampled(struct flow_key *k)
 {
-#ifdef SAMPLE_N
+    if (!(FILTER_ON & FILTER_ON_SAMPLE))
+        return 1;
     u32 h = (addr_fold(&k->saddr) ^ addr_fold(&k->daddr)) * 0x9E3779B1u;
     h ^= ((u32)(k->sport ^ k->dport) | (k->proto << 16)) * 0x85EBCA6Bu;
     h ^= h >> 15;
     return h % SAMPLE_N == 0;
-#else
-    return 1;
-#endif
 }
 
 static __always_inline void fingerprint(struct fp_key *fp, struct pkt *p)

@@ -169,10 +169,8 @@ static __always_inline int ct_traced(u64 ct, u64 skb)
     if (bpf_probe_read_kernel(t, sizeof(t), (void *)(ct + OFF_CT_TUPLE_ORIG)) < 0)
         return 0;
     read_tuple(&orig, t);
-#ifdef FILTER_PROTO
-    if (orig.proto != FILTER_PROTO)
+    if ((FILTER_ON & FILTER_ON_PROTO) && orig.proto != FILTER_PROTO)
         return 0;
-#endif
     struct flow_val *known = flows.lookup(&orig);
     read_tuple(&reply, t + (OFF_CT_TUPLE_REPLY - OFF_CT_TUPLE_ORIG));
     if (!known && !((filter_match(&orig) || filter_match(&reply)) && sampled(&orig) && pcap_match_skb(skb)))

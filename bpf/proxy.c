@@ -35,7 +35,7 @@
  *
  * Links go to proxy_links (user space takes them with a batch
  * lookup-and-delete); the legs' own packets are traced by the other
- * sensors (the backend leg is in the filter, see FILTER_PROXY_BACKENDS in
+ * sensors (the backend leg is in the filter, see FILTER_ON_PROXY_BACKENDS in
  * common.h). */
 
 #define AF_INET_ 2

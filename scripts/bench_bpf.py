@@ -86,7 +86,8 @@ def frame(dport: int, src: str = "198.18.0.2", flags: int = 0x10) -> bytes:
 
 def bench_test_run(repeat: int, rounds: int) -> None:
     from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
-    from tracer.kernel.program import Filter, Program
+    from tracer.kernel.kernel_filter import Filter
+    from tracer.kernel.program import Program
     from tracer.sensors.drops import DropSensor
     from tracer.sensors.netfilter import NetfilterSensor
     from tracer.sensors.tc import TcSensor

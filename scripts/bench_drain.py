@@ -72,7 +72,8 @@ from tracer.places import PlaceBook  # noqa: E402
 from tracer import drain as drain_module  # noqa: E402
 from tracer.drain import RingBufferDrain  # noqa: E402
 from tracer.kernel import bpf_syscall  # noqa: E402
-from tracer.kernel.program import RINGBUF_PAGES, Filter, Program  # noqa: E402
+from tracer.kernel.kernel_filter import Filter  # noqa: E402
+from tracer.kernel.program import RINGBUF_PAGES, Program  # noqa: E402
 from tracer.sensors.tc import TcSensor  # noqa: E402
 
 SENSOR_TC = events.SENSORS.index("tc")

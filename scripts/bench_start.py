@@ -20,6 +20,10 @@ While a loop in the lab's client netns keeps making HTTP requests to
   setup.sh's prebuild of ``--port 8000`` is for a user tracing port 3000:
   since the port is written in at load (bpf/common.h TRC_FILTER_PORT) this
   tree starts from that entry; a tree that compiles the port in compiles;
+* CLI, both trees, ``--container`` (the lab's web container) with that
+  same cache: since which parts of the filter are on is written in at load
+  too (bpf/common.h TRC_FILTER_ON) this tree starts from the entry; a tree
+  that compiles the filter's parts in compiles;
 * in-process, this tree, cold and warm cache: ``TraceSession(TraceOptions(Targets(ports=(8000,))))``:
   ``start()`` to its return (attached), to the first non-empty ``poll()``,
   and the end of each start-up phase (``TraceSession.startup``: Docker
@@ -78,15 +82,16 @@ class TrafficLoop:
         self.proc.wait(10)
 
 
-def cli_once(tree: Path, timeout: float = 60, env_extra: dict | None = None
+def cli_once(tree: Path, timeout: float = 60, env_extra: dict | None = None, options: tuple[str, ...] = ("--port", "8000")
              ) -> tuple[float | None, float | None, float | None]:
     """(seconds to the 'tracing' line, seconds to the first journey line,
-    CPU seconds the process had used by then) for the tracer in ``tree``."""
+    CPU seconds the process had used by then) for the tracer in ``tree``
+    with the filter ``options``."""
     from bench_overhead import cpu_seconds, interrupt
 
     env = {**tree_env(tree), **(env_extra or {})}
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "tracer", "trace", "--json", "--port", "8000", "--count", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "trace", "--json", *options, "--count", "1"],
                             cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     ready = first = cpu = None
     sel = selectors.DefaultSelector()
@@ -159,6 +164,7 @@ def environ_set(name: str, value: str):
 
 
 OTHER_PORT = 5201  # the lab's iperf port: a published port other than the one traced
+PORT = ("--port", "8000")  # the timed starts' filter, but the --container state's
 
 
 def fill_other_port_cache(tree: Path, where: Path) -> None:
@@ -196,22 +202,28 @@ def main() -> int:
     status = lab_status()
     where = Path(tempfile.mkdtemp(prefix="bench-start-"))
     warm_dir = where / "warm-cache"
-    # name -> (tree, program cache: None (a baseline without one), "cold", "warm" or "other", its warm directory)
+    # name -> (tree, program cache: None (a baseline without one), "cold", "warm" or "other", its warm directory,
+    # the filter options of the timed start)
     other = f"another port's cache (--port {OTHER_PORT})"
-    states = {"this tree, cold cache": (REPO, "cold", warm_dir), "this tree, warm cache": (REPO, "warm", warm_dir),
-              f"this tree, {other}": (REPO, "other", where / "other-cache")}
+    container = ("--container", status["container"])
+    by_container = f"--container, {other}"
+    states = {"this tree, cold cache": (REPO, "cold", warm_dir, PORT), "this tree, warm cache": (REPO, "warm", warm_dir, PORT),
+              f"this tree, {other}": (REPO, "other", where / "other-cache", PORT),
+              f"this tree, {by_container}": (REPO, "other", where / "other-cache", container)}
     if not args.no_baseline:
         base = archive_tree(args.baseline_rev, where / "base")
         label = f"baseline {args.baseline_rev}"
         if (base / "tracer" / "kernel" / "program_cache.py").exists():  # compared cold with cold, warm with warm
             base_warm = where / "base-warm-cache"
-            states = {f"{label}, cold cache": (base, "cold", base_warm), f"{label}, warm cache": (base, "warm", base_warm),
-                      f"{label}, {other}": (base, "other", where / "base-other-cache"), **states}
+            states = {f"{label}, cold cache": (base, "cold", base_warm, PORT),
+                      f"{label}, warm cache": (base, "warm", base_warm, PORT),
+                      f"{label}, {other}": (base, "other", where / "base-other-cache", PORT),
+                      f"{label}, {by_container}": (base, "other", where / "base-other-cache", container), **states}
         else:
-            states = {label: (base, None, None), **states}
+            states = {label: (base, None, None, PORT), **states}
     names = list(states)
     baselines = [n for n in names if n.startswith("baseline")]
-    print(f"bench_start: {args.rounds} rounds ({', '.join(f'{n}: {p}' for n, (p, _, _) in states.items())}) while the "
+    print(f"bench_start: {args.rounds} rounds ({', '.join(f'{n}: {p}' for n, (p, _, _, _) in states.items())}) while the "
           f"client netns requests {status['url']} ~20/s; load average {load_average()}", flush=True)
     fmt = lambda v: f"{v:.2f}" if v is not None else "n/a"  # noqa: E731
     cli = {name: {"ready": [], "first": [], "cpu": []} for name in names}
@@ -219,21 +231,21 @@ def main() -> int:
     traffic = TrafficLoop(status)
     try:
         time.sleep(0.5)
-        for tree, warm in {(t, w) for t, c, w in states.values() if c == "warm"}:  # fill the warm caches, untimed
+        for tree, warm in {(t, w) for t, c, w, _ in states.values() if c == "warm"}:  # fill the warm caches, untimed
             cli_once(tree, env_extra={"TRACER_PROGRAM_CACHE_DIR": str(warm)})
-        for tree, other_dir in {(t, w) for t, c, w in states.values() if c == "other"}:
+        for tree, other_dir in {(t, w) for t, c, w, _ in states.values() if c == "other"}:
             fill_other_port_cache(tree, other_dir)
         in_process_once(warm_dir)  # and with the in-process session's program (no proxy links), untimed
         for i in range(args.rounds):
             order = names if i % 2 == 0 else names[::-1]
             line = []
             for name in order:
-                tree, cache, warm = states[name]
+                tree, cache, warm, options = states[name]
                 cold_dir = where / f"cold-{i}"
                 if cache == "other":  # a fresh copy each round: a compile must not fill it for the next
                     shutil.copytree(warm, cold_dir)
                 env = run_env(cache, cold_dir, warm)
-                r, f, c = cli_once(tree, env_extra=env)
+                r, f, c = cli_once(tree, env_extra=env, options=options)
                 shutil.rmtree(cold_dir, ignore_errors=True)
                 cli[name]["ready"].append(r)
                 cli[name]["first"].append(f)

@@ -193,10 +193,10 @@ if [[ -f $prebuild_stamp_file && $(cat "$prebuild_stamp_file") == "$prebuild_sta
     step "programs: prebuilt in the program cache (sources, BCC and kernel unchanged)"
 else
     prebuilt=0 tried=0
-    # One port stands for every port (its number is written in at load:
-    # bpf/common.h TRC_FILTER_PORT), two for up to 64 (a map).
-    for opts in "trace" "trace --port 8000" "trace --port 8000 --port 5201" \
-                "latency" "latency --port 8000" "latency --port 8000 --port 5201"; do
+    # One build per mode serves every filter without an expression (which
+    # parts are on, the port, protocol and sample rate are written in at
+    # load: bpf/common.h TRC_FILTER_ON); trace's is record's too.
+    for opts in "trace --port 8000" "latency --port 8000"; do
         tried=$((tried + 1))
         # shellcheck disable=SC2086  # the words are the options
         if "$venv/bin/tracer" $opts --compile-only >>"$setup_log" 2>&1; then prebuilt=$((prebuilt + 1)); fi
@@ -204,7 +204,7 @@ else
     if [[ $prebuilt -eq $tried ]]; then
         # taken again: the first prebuild may have created the cache directory
         prebuild_key >"$prebuild_stamp_file" 2>/dev/null || true
-        step "programs: trace, record and latency (all traffic, one port, several) prebuilt in the program cache"
+        step "programs: trace, record and latency (any --port, --host, --container, --proto, --sample) prebuilt in the program cache"
     else
         rm -f "$prebuild_stamp_file"  # tried again next run
         warn "programs: $prebuilt of $tried default option sets prebuilt (see $setup_log); the others compile on their first start"

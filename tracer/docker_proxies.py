@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from tracer.kernel.program import write_proxy_backends
+from tracer.kernel.kernel_filter import write_proxy_backends
 from tracer.proxies import ProxyLinks, find_proxies, proxies_by_pid, read_links
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ from tracer.follow import Attachments, host_netns_inode, sweep_leftovers
 from tracer.inventory import Inventory, NoDocker
 from tracer.kernel import counts
 from tracer.kernel.counts import Counters
-from tracer.kernel.program import FP_WINDOW_NS, Filter, Program, write_containers
+from tracer.kernel.kernel_filter import Filter, write_containers
+from tracer.kernel.program import FP_WINDOW_NS, Program
 from tracer.places import PlaceBook
 from tracer.sensors.drops import DropSensor
 from tracer.sensors.hook_profile import traces_bridges

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from tracer import events
 from tracer.errors import TracerError
-from tracer.kernel.program import MAX_FILTER_HOSTS, MAX_SAMPLE, Filter
+from tracer.kernel.kernel_filter import MAX_FILTER_HOSTS, MAX_SAMPLE, Filter
 
 if TYPE_CHECKING:
     from tracer.cbpf import CompiledFilter

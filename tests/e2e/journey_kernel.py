@@ -91,7 +91,8 @@ class Kernel:
         from tracer.drain import RingBufferDrain
         from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_SCHED_CLS, ProgTestRun
         from tracer.kernel.cpus import cpu_id_bound
-        from tracer.kernel.program import FP_WINDOW_NS, Filter, Program, journey_pool
+        from tracer.kernel.kernel_filter import Filter
+        from tracer.kernel.program import FP_WINDOW_NS, Program, journey_pool
         from tracer.kernel.sweep import JourneySweeper
         from tracer.sensors.drops import DropSensor
         from tracer.sensors.netfilter import NetfilterSensor

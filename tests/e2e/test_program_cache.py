@@ -182,7 +182,7 @@ def test_an_entry_whose_shared_body_lost_its_parameter_slot_is_compiled_again(la
 
 _STOP_AFTER_BUILD = """
 import sys
-from tracer.kernel.program import Filter
+from tracer.kernel.kernel_filter import Filter
 
 def stop(self, bpf):  # right after the build, before anything is attached
     raise SystemExit(3)

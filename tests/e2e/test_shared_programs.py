@@ -82,18 +82,19 @@ def test_shared_entries_off_is_bccs_per_program_build_without_tracer_debug(lab, 
     assert not progs and not links, (progs, links)
 
 
-def test_one_cached_build_serves_every_port_each_start_writing_its_own(lab, tmp_path):
+def test_one_cached_build_serves_every_filter_each_start_writing_its_own(lab, tmp_path):
     """The filter's port is a value slot (bpf/common.h TRC_FILTER_PORT): a
     start with --port P takes the entry a start with another port compiled,
     unchanged on disk, and follows P's connections alone; the first start,
-    from its fresh compile, follows its own port alone too."""
+    from its fresh compile, follows its own port alone too. So do starts
+    with --host, --container and --proto (TRC_FILTER_ON)."""
     before = kernel_snapshot()
     cache = tmp_path / "programs"
     env = {"TRACER_PROGRAM_CACHE_DIR": str(cache)}
     web, iperf = lab["port"], lab["iperf_port"]
 
-    def ports_seen(port: int, to_web: int, to_iperf: int) -> set[int]:
-        t = Tracer("--port", str(port), "--duration", "60", env=env)
+    def ports_seen(port: int, to_web: int, to_iperf: int, *options: str) -> set[int]:
+        t = Tracer(*(options or ("--port", str(port))), "--duration", "60", env=env)
         t.wait_ready(60)
         connect_from(lab, to_web)
         connect_from(dict(lab, port=iperf), to_iperf, request=False)
@@ -112,5 +113,15 @@ def test_one_cached_build_serves_every_port_each_start_writing_its_own(lab, tmp_
     assert c in seen and web in seen and d not in seen and iperf not in seen, sorted(seen)
     assert sorted(cache.glob("*.prog")) == entries and entries[0].stat().st_ino == compiled, \
         "the other port's entry, taken as it was (a compile would have stored a new file)"
+    # Which parts of the filter are on is a value too (TRC_FILTER_ON): any
+    # --host, --container, --proto from the same entry, each followed alone.
+    e, f, g, h, i, k = own_source_ports(6)
+    seen = ports_seen(0, e, f, "--host", lab["client_address"], "--port", str(web))
+    assert e in seen and f not in seen and iperf not in seen, sorted(seen)
+    seen = ports_seen(0, g, h, "--container", lab["container"])
+    assert g in seen and h in seen, sorted(seen)
+    seen = ports_seen(0, i, k, "--container", lab["container"], "--proto", "udp")
+    assert i not in seen and k not in seen, sorted(seen)
+    assert sorted(cache.glob("*.prog")) == entries and entries[0].stat().st_ino == compiled, "one entry for every filter"
     progs, links = wait_gone(before)
     assert not progs and not links, (progs, links)

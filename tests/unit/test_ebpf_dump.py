@@ -41,7 +41,7 @@ def test_each_command_its_own_program():
     record = dump("record", "-w", "never-written.arrows", "--host", "198.18.0.2")
     assert latency.exit_code == record.exit_code == 0, (latency.output, record.output)
     assert "-DLATENCY_MODE" in flags_of(latency.output) and "-DFILTER_PROTO=17" in flags_of(latency.output)
-    assert "-DFILTER_HOSTS" in flags_of(record.output) and "-DLATENCY_MODE" not in flags_of(record.output)
+    assert "-DFILTER_ON=8ULL" in flags_of(record.output) and "-DLATENCY_MODE" not in flags_of(record.output)
     assert dump("trace").output != dump("trace", "--sample", "4").output
 
 

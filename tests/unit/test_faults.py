@@ -21,7 +21,7 @@ from tracer.capture.reader import read_capture
 from tracer.capture.writer import CaptureWriter
 from tracer.cli import cli
 from tracer.errors import TracerError
-from tracer.kernel.program import MAX_FILTER_HOSTS
+from tracer.kernel.kernel_filter import MAX_FILTER_HOSTS
 from tracer.outfiles import create_fd, file_mode, open_output
 from tracer.output import Reader
 from tracer.stopping import StopSignals, stop_signals

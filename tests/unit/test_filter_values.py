@@ -15,7 +15,8 @@ from tests.unit.test_shared_programs import EXIT, MOV_R0_0, _ld_imm64
 from tracer import events
 from tracer.kernel import program_cache as pc
 from tracer.kernel.cached_module import CachedModule
-from tracer.kernel.program import BPF_DIR, Filter, Program
+from tracer.kernel.kernel_filter import PARTS, Filter, c_definitions
+from tracer.kernel.program import BPF_DIR, Program
 
 PORT, PROTO, SAMPLE = (pc.FILTER_VALUE_MARKERS[n] for n in ("port", "proto", "sample"))
 
@@ -38,7 +39,7 @@ def test_the_c_markers_are_the_ones_the_loader_looks_for():
     for name, marker in pc.FILTER_VALUE_MARKERS.items():
         assert f"{marker:#x}" in text, name
         assert marker.to_bytes(8, "big").startswith(b"TRC_F"), "readable in a dump, unlike any real value"
-    assert len(set(pc.FILTER_VALUE_MARKERS.values()) | {pc.PARAM_MARKER}) == 4
+    assert len(set(pc.FILTER_VALUE_MARKERS.values()) | {pc.PARAM_MARKER}) == 5
 
 
 def test_value_slots_are_the_markers_loads_only_and_apart_from_the_parameter():
@@ -94,22 +95,48 @@ def test_the_module_writes_the_filter_s_values_into_every_program():
     (Filter(proto="tcp"), Filter(proto="udp")),
     (Filter(sample=2), Filter(sample=100)),
     (Filter(ports=(8000,), proto="tcp", sample=4), Filter(ports=(53,), proto="udp", sample=9)),
+    (Filter(ports=(8000,)), Filter(hosts=("198.18.0.2",))),
+    (Filter(), Filter(ports=(80, 443), containers=True, follow_proxies=True, proto="udp", sample=3)),
+    (Filter(ports=(8000,), follow_proxies=True), Filter(containers=True)),
 ])
 def test_an_open_build_s_flags_do_not_depend_on_the_values(one, other):
-    """The cache key hashes the flags: one entry for every port, protocol
-    and sample rate; BCC's own builds (not open) keep them as constants."""
+    """The cache key hashes the flags: one entry for every combination of
+    ports, hosts, containers, protocol and sample rate; BCC's own builds
+    (not open) keep the values as constants."""
     assert one.cflags(open_values=True) == other.cflags(open_values=True)
     assert one.cflags() != other.cflags()
     assert one.values() != other.values()
     assert Program([], filter=one).cflags(shared=True) == Program([], filter=other).cflags(shared=True)
 
 
+def test_what_changes_an_open_build():
+    """A filter expression is C of its own, and a map sized past FILTER_MAP_MIN another map."""
+    base = Filter(ports=(8000,)).cflags(open_values=True)
+    assert Filter(ports=(8000,), expression_c="int pcap_filter_run() { return 1; }").cflags(open_values=True) != base
+    assert Filter(hosts=tuple(f"10.0.0.{i}" for i in range(100))).cflags(open_values=True) != base
+
+
 def test_the_values_are_what_the_constants_were():
     f = Filter(ports=(8000,), proto="udp", sample=10)
-    assert f.values() == {"port": socket.htons(8000), "proto": events.PROTOCOL_NUMBERS["udp"], "sample": 10}
+    on = (1 << PARTS.index("port")) | (1 << PARTS.index("proto")) | (1 << PARTS.index("sample"))
+    assert f.values() == {"on": on, "port": socket.htons(8000), "proto": events.PROTOCOL_NUMBERS["udp"], "sample": 10}
     assert f"-DFILTER_PORT={socket.htons(8000)}" in f.cflags() and "-DSAMPLE_N=10u" in f.cflags()
-    assert f"-DFILTER_PROTO={events.PROTOCOL_NUMBERS['udp']}" in f.cflags()
+    assert f"-DFILTER_PROTO={events.PROTOCOL_NUMBERS['udp']}" in f.cflags() and f"-DFILTER_ON={on}ULL" in f.cflags()
     opened = f.cflags(open_values=True)
-    assert {"-DFILTER_PORT=TRC_FILTER_PORT", "-DFILTER_PROTO=TRC_FILTER_PROTO", "-DSAMPLE_N=TRC_SAMPLE_N"} <= set(opened)
-    assert Filter(ports=(80, 443)).values() == {}, "several ports: a map, filled at start"
-    assert Filter().values() == {} and Filter().cflags(open_values=True) == Filter().cflags()
+    assert {"-DFILTER_ON=TRC_FILTER_ON", "-DFILTER_PORT=TRC_FILTER_PORT", "-DFILTER_PROTO=TRC_FILTER_PROTO",
+            "-DSAMPLE_N=TRC_SAMPLE_N"} <= set(opened)
+    several = Filter(ports=(80, 443)).values()
+    assert several["on"] == 1 << PARTS.index("ports") and several["port"] == 0, "several ports: a map, filled at start"
+    assert Filter().values() == {"on": 0, "proto": 0, "port": 0, "sample": 1}, "nothing on: every packet"
+
+
+def test_each_part_is_its_own_bit_and_the_c_names_them():
+    parts = Filter(ports=(1, 2), hosts=("::1",), proto="tcp", sample=2, containers=True, follow_proxies=True).parts()
+    assert parts == tuple(p for p in PARTS if p != "port"), "one port is a constant, several a map"
+    assert Filter(ports=(1,)).parts() == ("port",) and Filter(sample=1).parts() == ()
+    c = c_definitions()
+    for i, part in enumerate(PARTS):
+        assert f"#define FILTER_ON_{part.upper()} {1 << i}ULL" in c
+    text = (BPF_DIR / "common.h").read_text()
+    for part in PARTS:
+        assert f"FILTER_ON_{part.upper()}" in text, f"filter_match/sampled checks {part}"

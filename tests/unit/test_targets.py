@@ -44,7 +44,8 @@ def test_the_kernel_gets_plain_values():
     f = Targets(ports=(8000,), hosts=("fd00::1",), containers=("web",), proto="tcp", expression="tcp").kernel_filter(
         follow_proxies=True)
     assert (f.ports, f.hosts, f.proto, f.containers, f.follow_proxies) == ((8000,), ("fd00::1",), "tcp", True, True)
+    assert set(f.parts()) == {"port", "hosts", "containers", "proxy_backends", "proto"}
     flags = f.cflags()
-    assert "-DFILTER_CONTAINERS" in flags and "-DPCAP_FILTER" in flags and "-DFILTER_PROXY_BACKENDS" in flags
-    plain = Targets().kernel_filter().cflags()
-    assert not any(x in " ".join(plain) for x in ("FILTER_CONTAINERS", "PCAP_FILTER", "FILTER_PROTO", "SAMPLE_N"))
+    assert "-DPCAP_FILTER" in flags and f"-DFILTER_ON={f.values()['on']}ULL" in flags
+    plain = Targets().kernel_filter()
+    assert plain.parts() == () and "-DFILTER_ON=0ULL" in plain.cflags() and "PCAP_FILTER" not in " ".join(plain.cflags())

@@ -17,12 +17,8 @@ TRACER_DEBUG (which keeps BCC's debug info).
 
 from __future__ import annotations
 
-import ctypes
-import ipaddress
 import logging
 import os
-import socket
-import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +31,7 @@ from tracer.kernel.btf import resolve_offsets
 from tracer.kernel.cpus import cpu_id_bound
 from tracer.kernel.headers import ensure_bcc_headers
 from tracer.kernel.hop_codes import c_definitions as hop_definitions
+from tracer.kernel.kernel_filter import Filter, c_definitions as filter_definitions
 from tracer.kernel import compile_units, program_cache
 from tracer.kernel.verifier_log import keep_verifier_logs, verifier_log, where_the_log_is
 
@@ -99,17 +96,6 @@ JOURNEY_SWEEP_CHUNK = 16
 # iteration, make each ~10x as dear (65-110 ms for 485 instructions against
 # 150-225 ms for trc_nf_a's 4,133): last by size, it ended the loads alone.
 VERIFY_COST = {b"trc_sweep": 10}
-# Filter maps (--port, --host) are sized to the values given, at least this.
-FILTER_MAP_MIN = 64
-# Each of the filter's values (Filter.values) as a clang flag: its macro,
-# the marker tracer's loader writes it into (bpf/common.h), the suffix of
-# the constant BCC's own builds take instead.
-_VALUE_FLAGS = {"proto": ("FILTER_PROTO", "TRC_FILTER_PROTO", ""), "port": ("FILTER_PORT", "TRC_FILTER_PORT", ""),
-                "sample": ("SAMPLE_N", "TRC_SAMPLE_N", "u")}
-# --host values: each is a map entry the kernel allocates up front.
-MAX_FILTER_HOSTS = 65536
-# --sample N: a flow is followed when a 32-bit hash of it is 0 mod N.
-MAX_SAMPLE = (1 << 32) - 1
 
 
 def journey_pool(cpus: int) -> int:
@@ -124,120 +110,6 @@ def journey_pool(cpus: int) -> int:
 def hist_slices() -> int:
     """Copies of the latency histograms (bpf/latency.h): one per CPU, up to 8."""
     return max(1, min(os.cpu_count() or 1, 8))
-
-
-@dataclass(frozen=True)
-class Filter:
-    """What the kernel matches (filter_match in bpf/common.h), as plain
-    values checked above this layer (tracer/targets.py): ports, addresses, a
-    protocol, 1 in ``sample`` flows, and the C of a filter expression.
-    Whether container addresses/ports and docker-proxy backends are matched
-    is fixed at compile time; their values come and go with containers
-    (``write_containers``, ``write_proxy_backends``)."""
-
-    ports: tuple[int, ...] = ()
-    hosts: tuple[str, ...] = ()
-    proto: str | None = None
-    sample: int = 1
-    containers: bool = False
-    # tracer/cbpf.py expression_c: libpcap's classic BPF translated ('' for none).
-    expression_c: str = ""
-    follow_proxies: bool = False
-
-    def c_filter(self) -> str:
-        """The expression as C for the BCC programs ('' without one)."""
-        return self.expression_c
-
-    def cflags(self, open_values: bool = False) -> list[str]:
-        """The filter's clang flags; ``open_values``: its port, protocol and
-        sample rate left for tracer's loader to write in (``values``; bpf/common.h
-        TRC_FILTER_PORT), so the build, and its program-cache entry, is the
-        same whatever they are. BCC's own builds take them as constants."""
-        # One port is a constant compare (cheaper than a map lookup), as are
-        # the protocol and the sample rate.
-        flags = []
-        for name, value in self.values().items():
-            macro, marker, suffix = _VALUE_FLAGS[name]
-            flags.append(f"-D{macro}={marker if open_values else f'{value}{suffix}'}")
-        if len(self.ports) > 1:
-            flags.append("-DFILTER_PORTS")
-        if self.hosts:
-            flags.append("-DFILTER_HOSTS")
-        if self.containers:
-            flags.append("-DFILTER_CONTAINERS")
-        if self.expression_c:
-            flags.append("-DPCAP_FILTER")
-        # The filter maps hold what was asked for, however much (any number
-        # of ports fits: there are 65535).
-        flags.append(f"-DFILTER_PORT_ENTRIES={max(FILTER_MAP_MIN, len(set(self.ports)))}")
-        flags.append(f"-DFILTER_HOST_ENTRIES={max(FILTER_MAP_MIN, len(set(self.hosts)))}")
-        if self.follow_proxies:
-            flags.append("-DFILTER_PROXY_BACKENDS")
-        return flags
-
-    def values(self) -> dict[str, int]:
-        """The values an open build's slots take (program_cache.FILTER_VALUE_MARKERS):
-        the protocol's number, the one port (network order), the sample rate."""
-        out = {}
-        if self.proto:
-            out["proto"] = events.PROTOCOL_NUMBERS[self.proto]
-        if len(self.ports) == 1:
-            out["port"] = socket.htons(self.ports[0])
-        if self.sample > 1:
-            out["sample"] = self.sample
-        return out
-
-    def fill_maps(self, bpf) -> None:
-        """The ports and addresses asked for (containers' come separately)."""
-        one = ctypes.c_uint8(1)
-        if len(self.ports) > 1:
-            _fill(bpf["filter_ports"], (_be16(p) for p in self.ports), one)
-        _fill_addrs(bpf["filter_hosts"], self.hosts, one)
-
-
-def write_containers(bpf, addrs: Iterable[str], ports: Iterable[int]) -> None:
-    """The traced containers' addresses and published host ports (containers
-    come and go, restarts change the address): the maps rewritten whole."""
-    one = ctypes.c_uint8(1)
-    bpf["filter_ctr_addrs"].clear()
-    bpf["filter_ctr_ports"].clear()
-    _fill_addrs(bpf["filter_ctr_addrs"], addrs, one)
-    _fill(bpf["filter_ctr_ports"], (_be16(p) for p in ports), one)
-
-
-def write_proxy_backends(bpf, backends: Iterable[tuple[str, int]]) -> None:
-    """docker-proxy backends (container address, port) whose client leg is
-    traced too (bpf/proxy.c), rewritten whole."""
-    table = bpf["filter_proxy_backends"]
-    table.clear()
-    for ip, port in backends:
-        key = table.Key()
-        key.addr.hi, key.addr.lo = _addr_words(ip)
-        key.port = _be16(port)
-        table[key] = ctypes.c_uint8(1)
-
-
-def _be16(port: int) -> int:
-    return socket.htons(port)
-
-
-def _addr_words(ip: str) -> tuple[int, int]:
-    """struct trc_addr of an address (tracer/events.py): its 16 recorded
-    bytes, IPv4 as IPv4-mapped IPv6, as the two u64 words the map keys hold."""
-    a = ipaddress.ip_address(ip)
-    raw = b"\0" * 10 + b"\xff\xff" + a.packed if a.version == 4 else a.packed
-    return struct.unpack("<QQ", raw)
-
-
-def _fill_addrs(table, ips: Iterable[str], value) -> None:
-    """Address keys (struct trc_addr: the 16 recorded bytes as two u64 words)."""
-    for ip in ips:
-        table[table.Key(*_addr_words(ip))] = value
-
-
-def _fill(table, keys: Iterable[int], value) -> None:
-    for key in keys:
-        table[table.Key(key)] = value
 
 
 class SensorParts(Protocol):
@@ -291,7 +163,7 @@ class Program:
 
     def source(self, sensors: Iterable[SensorParts] | None = None) -> str:
         """The C of the program, or of a compile unit: only ``sensors``' files after the shared part."""
-        parts = [events.c_definitions(), hop_definitions(), (BPF_DIR / "common.h").read_text(),
+        parts = [events.c_definitions(), hop_definitions(), filter_definitions(), (BPF_DIR / "common.h").read_text(),
                  self.filter.c_filter(), (BPF_DIR / "pcap_filter.h").read_text()]
         if self.latency:
             parts.append((BPF_DIR / "latency.h").read_text())
@@ -313,8 +185,8 @@ class Program:
         if own_loader():
             how = ("a start of this run compiles it with these flags plus -DTRC_SHARED_ENTRIES (one body for the "
                    "tc programs and one for the netfilter ones, each program's value written in at load, which "
-                   "only tracer's loader does), and with the filter's port, protocol and sample rate left open "
-                   "(-DFILTER_PORT=TRC_FILTER_PORT and the like, written in at load too); these flags alone are "
+                   "only tracer's loader does), and with the filter's values (which parts are on, the port, protocol "
+                   "and sample rate) left open (-DFILTER_ON=TRC_FILTER_ON and the like, written in at load too); these flags alone are "
                    "TRACER_SHARED_ENTRIES=0's build, a function per program, which BCC loads as it is")
         else:
             how = "a start of this run compiles it with exactly these flags, a function per program, and BCC loads it"

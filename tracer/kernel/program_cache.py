@@ -40,7 +40,7 @@ from typing import Mapping
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # bump when the entry's shape or meaning changes (2: parameter slots; 3: filter value slots)
+FORMAT = 4  # bump when the entry's shape or meaning changes (2: parameter slots; 3: filter value slots; 4: FILTER_ON)
 MAX_ENTRIES = 32  # ~130 KB each; a test suite's many option sets fit
 SUFFIX = ".prog"
 TMP_SUFFIX = ".tmp"
@@ -49,10 +49,12 @@ BPF_PSEUDO_MAP_FD = 1
 # The 64-bit constant bpf/common.h trc_param loads ("TRC_PAR1"): each of its
 # loads is a slot the loader writes the program's value into.
 PARAM_MARKER = 0x5452435F50415231
-# The 64-bit constants bpf/common.h's TRC_FILTER_PORT, TRC_FILTER_PROTO and
-# TRC_SAMPLE_N load: slots the loader writes the filter's values into (the
-# same in every program of a start: tracer/kernel/program.py Filter.values).
-FILTER_VALUE_MARKERS = {"port": 0x5452435F46505254, "proto": 0x5452435F4650524F, "sample": 0x5452435F46534D50}
+# The 64-bit constants bpf/common.h's TRC_FILTER_ON, TRC_FILTER_PORT,
+# TRC_FILTER_PROTO and TRC_SAMPLE_N load: slots the loader writes the
+# filter's values into (the same in every program of a start:
+# tracer/kernel/kernel_filter.py Filter.values).
+FILTER_VALUE_MARKERS = {"on": 0x5452435F464F4E53, "port": 0x5452435F46505254, "proto": 0x5452435F4650524F,
+                        "sample": 0x5452435F46534D50}
 _VALUE_OF_MARKER = {marker: name for name, marker in FILTER_VALUE_MARKERS.items()}
 
 
