@@ -16,14 +16,15 @@ from typing import Any, Callable, Iterable, Mapping
 
 from tracer.errors import TracerError, one_line
 from tracer.events import BRIDGE, EXTERNAL, OTHER, VETH
+from tracer.kernel import rtnl
 from tracer.kernel.netns import setns
+from tracer.kernel.rtnl import LinkInfo
 
 log = logging.getLogger(__name__)
 
 # Seconds a Docker request may take while tracing: a stuck engine must not
 # hold up the trace (the lab's pulls and builds wait longer).
 DOCKER_TIMEOUT = 5
-IFF_UP = 0x1
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 
 
@@ -61,18 +62,6 @@ class Interface:
     name: str
     role: str  # 'external' | 'bridge' | 'veth' | 'other'
     netns_inode: int
-
-
-@dataclass(frozen=True)
-class LinkInfo:
-    """The few netlink facts about one link that the inventory needs."""
-
-    ifindex: int
-    name: str
-    up: bool
-    kind: str | None = None  # IFLA_INFO_KIND: 'veth', 'bridge', ... (None for physical)
-    master: int | None = None  # IFLA_MASTER: the bridge a port is enslaved to
-    link: int | None = None  # IFLA_LINK: a veth's peer ifindex (in the peer's netns)
 
 
 # --------------------------------------------------------------------------
@@ -206,18 +195,6 @@ def classify_interfaces(
 # Netlink, namespace by namespace
 
 
-def _link_info(msg: Any) -> LinkInfo:
-    info = msg.get_attr("IFLA_LINKINFO")
-    return LinkInfo(
-        ifindex=msg["index"],
-        name=msg.get_attr("IFLA_IFNAME"),
-        up=bool(msg["flags"] & IFF_UP),
-        kind=info.get_attr("IFLA_INFO_KIND") if info is not None else None,
-        master=msg.get_attr("IFLA_MASTER"),
-        link=msg.get_attr("IFLA_LINK"),
-    )
-
-
 @dataclass(frozen=True)
 class _NetnsView:
     inode: int
@@ -234,9 +211,6 @@ def _snapshot(pids: Iterable[int]) -> tuple[int, list[LinkInfo], dict[int, _Netn
     result: dict[str, Any] = {}
 
     def walk() -> None:
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
-
         try:
             host = os.stat("/proc/self/ns/net").st_ino  # the main thread's netns
             if os.stat("/proc/thread-self/ns/net").st_ino != host:
@@ -245,8 +219,7 @@ def _snapshot(pids: Iterable[int]) -> tuple[int, list[LinkInfo], dict[int, _Netn
                     setns(fd)
                 finally:
                     os.close(fd)
-            with IPRoute() as ipr:
-                result["host"] = (host, [_link_info(m) for m in ipr.get_links()])
+            result["host"] = (host, rtnl.links())
             views: dict[int, _NetnsView] = {}
             for pid in pids:
                 try:
@@ -261,11 +234,10 @@ def _snapshot(pids: Iterable[int]) -> tuple[int, list[LinkInfo], dict[int, _Netn
                     os.close(fd)
                 eth0 = None
                 if inode != host:  # --network host has no eth0 of its own
-                    with IPRoute() as ipr:
-                        try:
-                            eth0 = _link_info(ipr.link("get", ifname="eth0")[0])
-                        except NetlinkError:
-                            pass  # --network none: only lo
+                    try:
+                        eth0 = rtnl.link_named("eth0")
+                    except rtnl.LinkNotFound:
+                        pass  # --network none: only lo
                 views[pid] = _NetnsView(inode, eth0)
             result["views"] = views
         except BaseException as exc:  # handed to the caller's thread

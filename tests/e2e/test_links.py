@@ -23,7 +23,7 @@ if os.geteuid() != 0:
     pytest.skip("needs root (BPF links, network namespaces)", allow_module_level=True)
 
 from tracer.kernel import bpf_syscall as sc
-from tracer.kernel import links
+from tracer.kernel import links, rtnl
 from tracer.kernel.netns import in_netns
 
 ADDR_A, ADDR_B = "198.19.255.1", "198.19.255.2"
@@ -275,8 +275,13 @@ def test_sigkill_leaves_no_links(pair):
 def test_sigkill_clsact_leftover_is_swept(pair):
     ids = _spawn_and_kill("clsact", pair)
     assert "tracer_" in tc_filters(pair), "expected the killed run's filter to survive it"
+    with in_netns(pair.ns_a):
+        assert rtnl.clsact_present(), "the sweep looks only where a clsact is"
     assert links.sweep_clsact_leftovers(pair.ns_a) == 1
     assert tc_filters(pair).strip() == ""
+    with in_netns(pair.ns_a):
+        assert not rtnl.clsact_present(), "the clsact that held only our filter went with it"
+    assert links.sweep_clsact_leftovers(pair.ns_a) == 0
     deadline = time.monotonic() + 3
     while {p.id for p in sc.list_progs()} & ids and time.monotonic() < deadline:
         time.sleep(0.05)
