@@ -29,8 +29,18 @@ def format_ids(values: np.ndarray) -> list[str]:
     return id_texts(values).to_pylist()
 
 
-# Four hex digits per 16 bits: a uint32 per value, its bytes the ASCII digits.
-_QUADS = np.frombuffer(b"".join(b"%04x" % i for i in range(1 << 16)), np.uint32)
+
+def _quads() -> np.ndarray:
+    """Four hex digits per 16 bits: a uint32 per value, its bytes the ASCII
+    digits (b"%04x" % value), built column-wise (a Python loop over the
+    65,536 values cost ~12 ms of every start)."""
+    values = np.arange(1 << 16, dtype=np.uint32)
+    digits = np.frombuffer(b"0123456789abcdef", np.uint8)
+    chars = np.stack([digits[(values >> shift) & 15] for shift in (12, 8, 4, 0)], axis=1)
+    return np.ascontiguousarray(chars).reshape(-1).view(np.uint32)
+
+
+_QUADS = _quads()
 _QUOTE = ord('"')
 
 

@@ -96,3 +96,10 @@ def test_id_texts_is_format_id():
     assert id_texts(values, json=True).to_pylist() == [f'"{t}"' if t != "-" else "null" for t in expect]
     assert id_texts(np.zeros(0, np.uint64)).to_pylist() == []
     assert all(int(t, 16) in parse_id(t) for t in expect if t != "-")
+
+
+def test_the_digit_table_is_each_value_s_four_hex_digits():
+    from tracer import ids
+
+    assert ids._QUADS.tobytes() == b"".join(b"%04x" % i for i in range(1 << 16))
+    assert ids._QUADS.dtype == np.uint32 and len(ids._QUADS) == 1 << 16
