@@ -205,6 +205,8 @@ class RingBufferDrain:
     def _without_early(self, records: np.ndarray) -> np.ndarray:
         first = records["first_ktime"] if "first_ktime" in records.dtype.names else records["ktime_ns"]
         early = first < self.armed_ktime
+        if early.any():  # a later part of one of them read in the same batch (a drop after delivery)
+            early |= np.isin(records["packet_id"], records["packet_id"][early])
         if self._early is not None:  # a later part of a packet left out; ids above
             early |= self._early.seen(records["packet_id"])  # their CPU's highest early one skip the set lookup
         if not early.any():

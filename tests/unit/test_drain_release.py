@@ -56,6 +56,16 @@ def test_early_packets_and_their_later_parts_are_left_out_and_counted_once():
     assert d.before_start == 2
 
 
+def test_a_later_part_read_with_its_early_packet_goes_with_it():
+    """A packet first seen before arming and its continuation (a drop after
+    delivery: first seen after arming) in one batch: both left out, not the
+    drop shown as a journey of its own."""
+    d = _drain(armed_ktime=1000)
+    out = d.release(_records([_id(0, 5), _id(1, 9), _id(0, 5)], [900, 1100, 1200]))
+    assert out["packet_id"].tolist() == [_id(1, 9)]
+    assert d.before_start == 1
+
+
 def test_release_stops_looking_for_early_packets_after_the_window():
     """Long after arming no part of an early packet can come: records are
     no longer checked (a record of an old first_ktime is kept)."""
