@@ -22,11 +22,12 @@ from tracer.sensors.drops import DropSensor
 from tracer.sensors.proxy import ProxySensor
 
 
-def _by_name(compiled: pc.Compiled):
-    """Programs with map fds numbered by map name, and the maps by name."""
+def _by_name(compiled: pc.Compiled, values: dict[str, int]):
+    """Programs with map fds numbered by map name (and the filter's
+    ``values`` in their slots), and the maps by name."""
     names = sorted(m.name for m in compiled.maps)
     fds = [1000 + names.index(m.name) for m in compiled.maps]
-    return ({p.name: pc.patch(p, fds, 1 if p.params else None) for p in compiled.programs},
+    return ({p.name: pc.patch(p, fds, 1 if p.params else None, values) for p in compiled.programs},
             sorted(compiled.maps, key=lambda m: m.name))
 
 
@@ -46,7 +47,7 @@ def test_bcc_compiles_the_same_programs_with_the_answer(monkeypatch, latency):
         monkeypatch.setenv("TRACER_BCC_KALLSYMS", setting)
         bpf = program.compile(source, cflags)
         try:
-            built[setting] = _by_name(pc.snapshot(bpf))
+            built[setting] = _by_name(pc.snapshot(bpf), program.filter.values())
         finally:
             bpf.cleanup()
     assert answered == [True]  # the other compile read the real file

@@ -55,19 +55,23 @@ def test_bench_overhead_quick(lab) -> None:
 def test_bench_start_quick(lab) -> None:
     out = run_script("bench_start.py", "--quick", "--baseline-rev", "HEAD", timeout=240)
     # The baseline (HEAD has the program cache: it runs cold and warm too) and
-    # this tree with a cold and a warm program cache and another port's,
-    # side by side, and each state's ratio to the baseline's same state.
+    # this tree with a cold and a warm program cache and another port's (and
+    # --container with that one), side by side, and each state's ratio to the
+    # baseline's same state.
     fig = r"\s+[\d.]+ s \[[\d.]+-[\d.]+\]"
     ratio = r": [\d.]+ \[[\d.]+-[\d.]+\]"
     other = r"another port's cache \(--port 5201\)"
+    by_container = "--container, " + other
     for label in (r"spawn -> first journey printed \(--json\)", r"process CPU at the first journey"):
         figures = re.search(label + r"\n\s+baseline HEAD, cold cache" + fig + r"\n\s+baseline HEAD, warm cache" + fig
-                            + r"\n\s+baseline HEAD, " + other + fig
+                            + r"\n\s+baseline HEAD, " + other + fig + r"\n\s+baseline HEAD, " + by_container + fig
                             + r"\n\s+this tree, cold cache" + fig + r"\n\s+this tree, warm cache" + fig
-                            + r"\n\s+this tree, " + other + fig
+                            + r"\n\s+this tree, " + other + fig + r"\n\s+this tree, " + by_container + fig
                             + r"\n\s+ratio, this tree, cold cache / baseline HEAD, cold cache" + ratio
                             + r"\n\s+ratio, this tree, warm cache / baseline HEAD, warm cache" + ratio
-                            + r"\n\s+ratio, this tree, " + other + " / baseline HEAD, " + other + ratio, out)
+                            + r"\n\s+ratio, this tree, " + other + " / baseline HEAD, " + other + ratio
+                            + r"\n\s+ratio, this tree, " + by_container + " / baseline HEAD, " + by_container + ratio,
+                            out)
         assert figures, (label, out)
     assert re.search(r"start\(\) -> first event drained\s+[\d.]+ s", out), out
     assert re.search(r"compiled\s+[\d.]+ s\n\s+programs loaded\s+[\d.]+ s", out), out
