@@ -249,8 +249,9 @@ class Program:
         discarded and the program compiled. With TRACER_DEBUG, BCC compiles
         and loads on its own (one function per program, with its debug
         info), after the shared bodies are checked (_check_shared_bodies).
-        ``mark`` is told when each phase ends ("compiled" or "from
-        cache", then "programs loaded")."""
+        ``mark`` is told when each phase ends ("from cache", or
+        "compiling" as clang starts and "compiled", then "programs
+        loaded")."""
         programs = list(programs)
         if not own_loader():
             if os.environ.get("TRACER_DEBUG") and shared_without_debug():
@@ -276,6 +277,7 @@ class Program:
             if module is not None:
                 module.cleanup()
             cache.discard(key)
+        mark("compiling")
         compiled = compile_units.compiled(self, source, cflags)  # None: BCC builds it (_bcc_build)
         if compiled is None:
             return self._bcc_build(programs, mark)
