@@ -135,8 +135,8 @@ class TraceSession:
         with ThreadPoolExecutor(max_workers=1) as pool:
             building = pool.submit(program.build, self._programs(), mark)
             building.add_done_callback(lambda _: underway.set())
-            underway.wait(BUILD_HEAD_START_S)
             try:
+                underway.wait(BUILD_HEAD_START_S)
                 containers = self._containers()
                 self.containers = tuple(c for c in containers if c.name in self.traced_names) if targets.containers else ()
                 tc_targets = self.attachments.initial(containers)
