@@ -55,6 +55,27 @@ def client(timeout: int = 60, base_url: str | None = None) -> "docker.DockerClie
 
 
 
+def engine_reads(timeout: int = 60):
+    """The engine's reads without the SDK (tracer/engine_api.py), on its
+    unix socket, once it answered a ping; None when DOCKER_HOST is not a
+    unix socket (the SDK's client then); DockerUnavailable in one line, as
+    ``client`` says it, when nothing answers."""
+    from tracer.engine_api import EngineReads, unix_socket_path
+
+    path = unix_socket_path(os.environ.get("DOCKER_HOST"), DEFAULT_SOCKET)
+    if path is None:
+        return None
+    reads = EngineReads(path, timeout)
+    try:
+        if reads.ping():
+            return reads
+        reason = "its ping did not answer OK"
+    except Exception as exc:  # OSError (no socket, refused), http.client errors, a timeout
+        reason = one_line(exc, 160)
+    reads.close()
+    raise DockerUnavailable(f"no Docker engine answers at {engine_address()} ({reason}); {FIX_HINT}")
+
+
 def probe() -> "Capability":
     """`tracer doctor`'s docker row: the engine reached as tracing reaches it."""
     from tracer.kernel.probes import Capability

@@ -303,6 +303,7 @@ class Inventory:
     def __init__(self, client: Any = None) -> None:
         self._client = client
         self._own_client = client is None
+        self._reads: Any = None  # tracer/engine_api.EngineReads, when the engine is on a unix socket
         self._state: _State | None = None
         self._bridge_names: frozenset[str] = frozenset()
         self._lock = threading.Lock()  # one refresh at a time (caller vs watch thread)
@@ -319,12 +320,27 @@ class Inventory:
             self._client = client(timeout=DOCKER_TIMEOUT)
         return self._client
 
+    @property
+    def reads(self) -> Any:
+        """What a refresh reads the engine with: the given client's API, else
+        the engine's unix socket without the SDK (its import is ~60 ms of
+        every start: tracer/engine_api.py), else the SDK client's API."""
+        if self._client is not None:
+            return self._client.api
+        if self._reads is None:
+            from tracer.dockerd import engine_reads
+
+            self._reads = engine_reads(timeout=DOCKER_TIMEOUT)
+            if self._reads is None:  # DOCKER_HOST is not a unix socket
+                return self.client.api
+        return self._reads
+
     # -- refresh and lookups ---------------------------------------------
 
     def refresh(self) -> list[Container]:
         """Re-read running containers from Docker and their links from netlink."""
         with self._lock:
-            api = self.client.api
+            api = self.reads
             networks = api.networks()
             parsed = []
             for summary in api.containers(filters={"status": "running"}):
@@ -512,6 +528,9 @@ class Inventory:
         if self._own_client and self._client is not None:
             _quiet_close(self._client)
             self._client = None
+        if self._reads is not None:
+            _quiet_close(self._reads)
+            self._reads = None
 
     def __enter__(self) -> "Inventory":
         return self
