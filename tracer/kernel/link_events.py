@@ -10,17 +10,16 @@ import logging
 import os
 import select
 import socket
-import struct
 import threading
 import time
 from typing import Callable
 
+from tracer.kernel import rtnl
+from tracer.kernel.rtnl import NETLINK_ROUTE, RTM_DELLINK, RTM_NEWLINK
+
 log = logging.getLogger(__name__)
 
-NETLINK_ROUTE = 0
 RTMGRP_LINK = 1
-RTM_NEWLINK, RTM_DELLINK = 16, 17
-_NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 # How long the thread waits for an event before looking again (close()
 # wakes it at once: a stop does not wait for this).
 IDLE_WAIT_S = 0.5
@@ -30,14 +29,7 @@ JOIN_S = 2.0
 
 def link_message_types(data: bytes) -> list[int]:
     """The nlmsg types in one datagram (several messages may share it)."""
-    types, at = [], 0
-    while at + _NLMSG_HDR.size <= len(data):
-        length, kind, _, _, _ = _NLMSG_HDR.unpack_from(data, at)
-        if length < _NLMSG_HDR.size:
-            break
-        types.append(kind)
-        at += (length + 3) & ~3
-    return types
+    return [kind for kind, *_ in rtnl.messages(data)]
 
 
 class LinkEvents:
@@ -78,7 +70,7 @@ class LinkEvents:
                     data = self.sock.recv(1 << 16)
                 except OSError as exc:  # ENOBUFS: events were lost; a re-read catches up
                     log.debug("link events: %s", exc)
-                    data = struct.pack("=IHHII", 16, RTM_NEWLINK, 0, 0, 0)
+                    data = rtnl.request(RTM_NEWLINK, 0, 0, b"")
                 if any(t in (RTM_NEWLINK, RTM_DELLINK) for t in link_message_types(data)) and pending_since is None:
                     pending_since = time.monotonic()
             if pending_since is not None and time.monotonic() - pending_since >= self.settle_s:

@@ -20,12 +20,13 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Iterator
 
 NETLINK_ROUTE = 0
-RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWQDISC, RTM_GETQDISC = 36, 38
 TCA_KIND = 1
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_DUMP = 0x1, 0x2, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFLA_IFNAME, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO = 3, 5, 10, 18
 IFLA_INFO_KIND = 1
@@ -96,40 +97,57 @@ def parse_qdisc_kind(data: bytes, at: int, end: int) -> str:
     return _text(_attrs(data, at + _TCMSG.size, end).get(TCA_KIND)) or ""
 
 
+_PARSERS = {RTM_NEWLINK: parse_link, RTM_NEWQDISC: parse_qdisc_kind}
+
+
+def messages(data: bytes) -> Iterator[tuple[int, int, int, int, int]]:
+    """The netlink messages of one datagram, as (type, flags, seq, where its
+    payload starts, where it ends); a length shorter than a header or past
+    the datagram's end stops the walk."""
+    at = 0
+    while at + _NLMSG.size <= len(data):
+        length, kind, flags, seq, _ = _NLMSG.unpack_from(data, at)
+        if length < _NLMSG.size or at + length > len(data):
+            return
+        yield kind, flags, seq, at + _NLMSG.size, at + length
+        at += _align(length)
+
+
 def parse_messages(data: bytes, seq: int, answer: int = RTM_NEWLINK) -> tuple[list, bool]:
     """The answers (links, or qdisc kinds for RTM_NEWQDISC) in one datagram
     of answers to request ``seq``, and whether the answer is over
     (NLMSG_DONE, or the single answer of a non-dump request); an error
     message raises OSError with its errno."""
-    links, at, done = [], 0, False
-    while at + _NLMSG.size <= len(data):
-        length, kind, flags, mseq, _ = _NLMSG.unpack_from(data, at)
-        if length < _NLMSG.size or at + length > len(data):
-            break
-        body = at + _NLMSG.size
-        if mseq == seq:
-            if kind == NLMSG_DONE:
+    parse = _PARSERS[answer]
+    answers, done = [], False
+    for kind, flags, mseq, body, end in messages(data):
+        if mseq != seq:
+            continue
+        if kind == NLMSG_DONE:
+            done = True
+        elif kind == NLMSG_ERROR:
+            code = -_ERR.unpack_from(data, body)[0]
+            if code:
+                raise OSError(code, os.strerror(code))
+            done = True  # an ack
+        elif kind == answer:
+            answers.append(parse(data, body, end))
+            if not flags & NLM_F_MULTI:  # one answer, not a dump
                 done = True
-            elif kind == NLMSG_ERROR:
-                code = -_ERR.unpack_from(data, body)[0]
-                if code:
-                    raise OSError(code, os.strerror(code))
-                done = True  # an ack
-            elif kind == answer:
-                parse = parse_link if answer == RTM_NEWLINK else parse_qdisc_kind
-                links.append(parse(data, body, at + length))
-                if not flags & 0x2:  # NLM_F_MULTI: one answer, not a dump
-                    done = True
-        at += _align(length)
-    return links, done
+    return answers, done
 
 
-def _request(flags: int, seq: int, name: str | None = None) -> bytes:
+def request(kind: int, flags: int, seq: int, payload: bytes) -> bytes:
+    """One netlink message: its header, then ``payload``."""
+    return _NLMSG.pack(_NLMSG.size + len(payload), kind, flags, seq, 0) + payload
+
+
+def _link_request(flags: int, seq: int, name: str | None = None) -> bytes:
     payload = _IFINFO.pack(AF_UNSPEC, 0, 0, 0, 0)
     if name is not None:
         raw = name.encode() + b"\0"
         payload += _RTA.pack(_RTA.size + len(raw), IFLA_IFNAME) + raw + b"\0" * (_align(len(raw)) - len(raw))
-    return _NLMSG.pack(_NLMSG.size + len(payload), RTM_GETLINK, flags, seq, 0) + payload
+    return request(RTM_GETLINK, flags, seq, payload)
 
 
 def _ask(request: bytes, seq: int, answer: int = RTM_NEWLINK) -> list:
@@ -146,13 +164,13 @@ def _ask(request: bytes, seq: int, answer: int = RTM_NEWLINK) -> list:
 
 def links() -> list[LinkInfo]:
     """Every link of this thread's netns."""
-    return _ask(_request(NLM_F_REQUEST | NLM_F_DUMP, 1), 1)
+    return _ask(_link_request(NLM_F_REQUEST | NLM_F_DUMP, 1), 1)
 
 
 def link_named(name: str) -> LinkInfo:
     """The link called ``name`` in this thread's netns; LinkNotFound if none."""
     try:
-        found = _ask(_request(NLM_F_REQUEST, 2, name), 2)
+        found = _ask(_link_request(NLM_F_REQUEST, 2, name), 2)
     except OSError as exc:
         if exc.errno == errno.ENODEV:
             raise LinkNotFound(name) from None
@@ -164,5 +182,5 @@ def link_named(name: str) -> LinkInfo:
 
 def clsact_present() -> bool:
     """Whether any link of this thread's netns has a clsact qdisc."""
-    request = _NLMSG.pack(_NLMSG.size + _TCMSG.size, RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, 3, 0)
-    return "clsact" in _ask(request + _TCMSG.pack(AF_UNSPEC, 0, 0, 0, 0), 3, RTM_NEWQDISC)
+    dump = request(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, 3, _TCMSG.pack(AF_UNSPEC, 0, 0, 0, 0))
+    return "clsact" in _ask(dump, 3, RTM_NEWQDISC)
