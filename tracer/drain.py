@@ -205,21 +205,22 @@ class RingBufferDrain:
     def _without_early(self, records: np.ndarray) -> np.ndarray:
         first = records["first_ktime"] if "first_ktime" in records.dtype.names else records["ktime_ns"]
         early = first < self.armed_ktime
-        if early.any():  # a later part of one of them read in the same batch (a drop after delivery)
-            early |= np.isin(records["packet_id"], records["packet_id"][early])
-        if self._early is not None:  # a later part of a packet left out; ids above
-            early |= self._early.seen(records["packet_id"])  # their CPU's highest early one skip the set lookup
-        if not early.any():
-            return records
-        from tracer.hold import RecentIds
+        if early.any():  # packets first seen before arming: remembered first, each counted once
+            from tracer.hold import RecentIds
 
+            if self._early is None:
+                self._early = RecentIds(1 << 20)
+            ids = np.unique(records["packet_id"][early])
+            new = ids[~self._early.seen(ids)]
+            self.before_start += len(new)
+            self._early.add(new)
         if self._early is None:
-            self._early = RecentIds(1 << 20)
-        ids = np.unique(records["packet_id"][early])
-        new = ids[~self._early.seen(ids)]
-        self.before_start += len(new)
-        self._early.add(new)
-        return record_words.take(records, ~early)
+            return records
+        # Every part of those packets, their first or a later one (a drop
+        # after delivery), read in this batch or before; ids above their
+        # CPU's highest early one skip the set lookup.
+        left_out = self._early.seen(records["packet_id"])
+        return record_words.take(records, ~left_out) if left_out.any() else records
 
     def wait(self, timeout: float) -> bool:
         """Block until the kernel signals data (or timeout); True if data may be there."""
