@@ -48,9 +48,12 @@ def client(timeout: int = 60, base_url: str | None = None) -> "docker.DockerClie
     except Exception as exc:  # DockerException, requests errors, socket errors, a bad URL scheme
         if c is not None:
             c.close()
-        reason = one_line(exc, 160)
-        raise DockerUnavailable(f"no Docker engine answers at {base_url or engine_address()} ({reason}); {FIX_HINT}") from None
+        raise _no_engine(base_url or engine_address(), one_line(exc, 160)) from None
     return c
+
+
+def _no_engine(address: str, reason: str) -> DockerUnavailable:
+    return DockerUnavailable(f"no Docker engine answers at {address} ({reason}); {FIX_HINT}")
 
 
 
@@ -62,7 +65,7 @@ def engine_reads(timeout: int = 60):
     ``client`` says it, when nothing answers."""
     from tracer.engine_api import EngineReads, unix_socket_path
 
-    path = unix_socket_path(os.environ.get("DOCKER_HOST"), DEFAULT_SOCKET)
+    path = unix_socket_path(engine_address())
     if path is None:
         return None
     reads = EngineReads(path, timeout)
@@ -73,7 +76,7 @@ def engine_reads(timeout: int = 60):
     except Exception as exc:  # OSError (no socket, refused), http.client errors, a timeout
         reason = one_line(exc, 160)
     reads.close()
-    raise DockerUnavailable(f"no Docker engine answers at {engine_address()} ({reason}); {FIX_HINT}")
+    raise _no_engine(engine_address(), reason)
 
 
 def probe() -> "Capability":

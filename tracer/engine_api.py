@@ -39,14 +39,12 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def unix_socket_path(docker_host: str | None, default: str) -> str | None:
-    """The socket of a DOCKER_HOST (None or empty: ``default``), or None
-    when it is not a unix socket."""
-    if not docker_host:
-        return default
-    if docker_host.startswith("unix://"):
-        return docker_host[len("unix://"):] or default
-    return None
+def unix_socket_path(address: str) -> str | None:
+    """The socket of an engine address (tracer/dockerd.py engine_address:
+    DOCKER_HOST, else the default socket), or None when it is not a unix
+    socket's."""
+    path = address[len("unix://"):] if address.startswith("unix://") else ""
+    return path or None
 
 
 def _filters(filters: dict[str, Any]) -> str:

@@ -76,12 +76,14 @@ def test_the_reads_a_refresh_makes(engine):
     assert _Engine.seen[4] == "/containers/gone%2F..%2Fx/json", "an id is one path segment"
 
 
-def test_docker_host_says_which_socket():
-    assert unix_socket_path(None, "/var/run/docker.sock") == "/var/run/docker.sock"
-    assert unix_socket_path("", "/d.sock") == "/d.sock"
-    assert unix_socket_path("unix:///run/other.sock", "/d.sock") == "/run/other.sock"
-    assert unix_socket_path("tcp://10.0.0.1:2375", "/d.sock") is None, "not a socket: the SDK's client"
-    assert unix_socket_path("ssh://me@host", "/d.sock") is None
+def test_docker_host_says_which_socket(monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert unix_socket_path(dockerd.engine_address()) == "/var/run/docker.sock"
+    monkeypatch.setenv("DOCKER_HOST", "")
+    assert unix_socket_path(dockerd.engine_address()) == "/var/run/docker.sock"
+    assert unix_socket_path("unix:///run/other.sock") == "/run/other.sock"
+    assert unix_socket_path("tcp://10.0.0.1:2375") is None, "not a socket: the SDK's client"
+    assert unix_socket_path("ssh://me@host") is None
 
 
 def test_no_engine_is_one_clear_error(tmp_path, monkeypatch, engine):

@@ -96,9 +96,11 @@ class Filter:
         FILTER_ON's bits, the protocol's number, the one port (network
         order), the sample rate; those of parts that are off are 0 (1 for
         the rate), never read."""
-        on = sum(1 << PARTS.index(part) for part in self.parts())
-        return {"on": on, "proto": events.PROTOCOL_NUMBERS[self.proto] if self.proto else 0,
-                "port": socket.htons(self.ports[0]) if len(self.ports) == 1 else 0, "sample": max(1, self.sample)}
+        parts = self.parts()
+        return {"on": sum(1 << PARTS.index(part) for part in parts),
+                "proto": events.PROTOCOL_NUMBERS[self.proto] if "proto" in parts else 0,
+                "port": socket.htons(self.ports[0]) if "port" in parts else 0,
+                "sample": self.sample if "sample" in parts else 1}
 
     def fill_maps(self, bpf) -> None:
         """The ports and addresses asked for (containers' come separately)."""

@@ -14,7 +14,8 @@ import itertools
 import os
 import socket
 import threading
-from typing import Literal
+from contextlib import contextmanager
+from typing import Iterator, Literal
 
 from tracer.errors import MissingCapability, TracerError
 from tracer.kernel import bpf_syscall as sc, rtnl
@@ -172,14 +173,21 @@ def default_filter_name() -> str:
     return f"{FILTER_PREFIX}_{os.getpid()}_{next(_seq)}"
 
 
+@contextmanager
+def _in_named_netns(netns: str | None) -> Iterator[None]:
+    """in_netns, a netns that does not exist one clear TracerError."""
+    try:
+        with in_netns(netns):
+            yield
+    except FileNotFoundError:
+        raise TracerError(f"no such network namespace: {netns}") from None
+
+
 def _ipr(netns: str | None):
     from pyroute2 import IPRoute  # slow import; only the clsact path needs it
 
-    try:
-        with in_netns(netns):  # the netlink socket stays in the netns it was made in
-            return IPRoute()
-    except FileNotFoundError:
-        raise TracerError(f"no such network namespace: {netns}") from None
+    with _in_named_netns(netns):  # the netlink socket stays in the netns it was made in
+        return IPRoute()
 
 
 def _bpf_filter_name(msg) -> str | None:
@@ -314,12 +322,9 @@ def sweep_clsact_leftovers(netns: str | None = None, include_live: bool = False)
     removed = 0
     # Most starts: no clsact anywhere (tcx leaves none), so nothing to look
     # through, and no pyroute2 import (~0.1 s of CPU) for it.
-    try:
-        with in_netns(netns):
-            if not rtnl.clsact_present():
-                return 0
-    except FileNotFoundError:
-        raise TracerError(f"no such network namespace: {netns}") from None
+    with _in_named_netns(netns):
+        if not rtnl.clsact_present():
+            return 0
     ipr = _ipr(netns)
     try:
         for link in ipr.get_links():
