@@ -122,9 +122,11 @@ class TraceSession:
         # verifier are most of the start-up time and need no Docker metadata
         # (filter values go into maps afterwards): they run meanwhile. The
         # build's own Python first (the cache entry read, the maps made):
-        # the inventory's imports would hold the GIL it needs, and what it
+        # the inventory's Python would hold the GIL it needs, and what it
         # leads to, the verifier or clang, runs without the GIL beside the
-        # inventory (a warm start's verifier began ~0.1 s later otherwise).
+        # inventory. Worth ~0.1 s of a warm start while the inventory
+        # imported pyroute2 and the docker SDK; ~15 ms since it does not
+        # (docs/benchmarks.md, session 20).
         underway = threading.Event()
 
         def mark(phase: str) -> None:
