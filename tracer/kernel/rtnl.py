@@ -150,16 +150,17 @@ def _link_request(flags: int, seq: int, name: str | None = None) -> bytes:
     return request(RTM_GETLINK, flags, seq, payload)
 
 
-def _ask(request: bytes, seq: int, answer: int = RTM_NEWLINK) -> list:
+def _ask(message: bytes, seq: int, answer: int = RTM_NEWLINK) -> list:
+    """Every answer of the kernel to ``message`` (request ``seq``)."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
-        sock.sendto(request, (0, 0))
-        links: list[LinkInfo] = []
+        sock.sendto(message, (0, 0))
+        answers: list = []
         done = False
         while not done:
             got, done = parse_messages(sock.recv(1 << 16), seq, answer)
-            links += got
-        return links
+            answers += got
+        return answers
 
 
 def links() -> list[LinkInfo]:
