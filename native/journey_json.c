@@ -27,17 +27,32 @@ enum { T_DIRECTION, T_PROTOCOL, T_FLAGS, T_CONTAINER, T_VERDICT, T_REASON, T_HOO
 PyObject *native_journey_json(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *jcols, *hcols, *texts, *into = Py_None, *ends_arg = Py_None, *out = NULL;
-    if (!PyArg_ParseTuple(args, "O!O!O!|OO", &PyTuple_Type, &jcols, &PyTuple_Type, &hcols, &PyTuple_Type, &texts,
-                          &into, &ends_arg))
+    Py_ssize_t at = 0;
+    if (!PyArg_ParseTuple(args, "O!O!O!|OOn", &PyTuple_Type, &jcols, &PyTuple_Type, &hcols, &PyTuple_Type, &texts,
+                          &into, &ends_arg, &at))
         return NULL;
-    if (into != Py_None && !PyByteArray_Check(into)) {
-        PyErr_SetString(PyExc_TypeError, "journey_json: into must be a bytearray or None");
+    /* into: a bytearray this call grows (the text at its start), or another
+     * writable buffer (the direct output's page-aligned stage,
+     * tracer/direct_output.py), written from byte `at` on, which it does not
+     * grow: too small, the call returns minus the size it needs. */
+    int stage = into != Py_None && !PyByteArray_Check(into);
+    if (at < 0 || (!stage && at != 0)) {
+        PyErr_SetString(PyExc_ValueError, "journey_json: at is negative, or given with a bytearray");
         return NULL;
+    }
+    Py_buffer stage_view = {0};
+    int stage_held = 0;
+    if (stage) {
+        if (PyObject_GetBuffer(into, &stage_view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) {
+            PyErr_SetString(PyExc_TypeError, "journey_json: into must be a bytearray, a writable buffer, or None");
+            return NULL;
+        }
+        stage_held = 1;
     }
     /* A view of into from an earlier call still held: refused whatever this
      * batch's size (a smaller one would rewrite the bytes under the view, a
      * bigger one could not grow the buffer). */
-    if (into != Py_None && ((PyByteArrayObject *)into)->ob_exports > 0) {
+    if (into != Py_None && !stage && ((PyByteArrayObject *)into)->ob_exports > 0) {
         PyErr_SetString(PyExc_BufferError, "journey_json: a view of into is still held");
         return NULL;
     }
@@ -94,7 +109,13 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
     per_hop += 2 * 24;  /* the ports, and the brackets and quotes of endpoints */
     Py_ssize_t bound = count * per_journey + n * per_hop + 64;  /* + a 16-byte block's overshoot */
     char *base;
-    if (into != Py_None) {
+    if (stage) {
+        if (at > stage_view.len || stage_view.len - at < bound) {
+            result = PyLong_FromSsize_t(-(at + bound));
+            goto done;
+        }
+        base = (char *)stage_view.buf + at;
+    } else if (into != Py_None) {
         /* The caller's buffer, grown (never shrunk) to the bound: its pages
          * stay mapped from one call to the next, where a new bytes object
          * of ~2x the text every call took fresh zeroed pages (page faults:
@@ -199,7 +220,7 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
         if (ends.held) ends.v[g] = (p - base) - 1;
     }
     if (into != Py_None) {
-        result = PyLong_FromSsize_t(p - base);
+        result = PyLong_FromSsize_t(p - base);  /* from `at` in a stage */
     } else if (_PyBytes_Resize(&out, p - base) == 0) {
         result = out;
         out = NULL;
@@ -210,15 +231,18 @@ done:
     release_columns(h, N_HOP);
     release_columns(&ends, 1);
     release_tables(t, N_TABLE);
+    if (stage_held) PyBuffer_Release(&stage_view);
     Py_XDECREF(out);
     return result;
 }
 
 const char native_journey_json_doc[] =
-    "journey_json(journey_columns, hop_columns, texts, into=None, ends=None) -> bytes | int\n\n"
+    "journey_json(journey_columns, hop_columns, texts, into=None, ends=None, at=0) -> bytes | int\n\n"
     "The JSON lines of a batch of journeys, each ended by a newline. Columns are\n"
     "contiguous int64 arrays (the two ids uint64), texts lists of JSON-encoded bytes; see\n"
     "tracer/native_json.py, which builds the arguments. With ``into`` (a bytearray, grown\n"
     "as needed, never shrunk, and refused while a view of it is held) the text is written\n"
-    "at its start and its length returned.\n"
+    "at its start and its length returned. With another writable buffer as ``into``, the\n"
+    "text goes from byte ``at`` on and its length is returned, or, where the buffer is too\n"
+    "small, minus the size it would need (at + an upper bound of the text): grow it and call again.\n"
     "``ends`` (a writable int64 array, one slot a journey) gets each line's newline offset.";

@@ -8,13 +8,14 @@ from typing import Any
 
 
 def journey_block(rows: Any, as_json: bool, color: bool, rules: Any, links: Any,
-                  into: bytearray | None = None) -> tuple[bytes | memoryview, int]:
+                  into: Any = None) -> tuple[bytes | memoryview, int]:
     """(the block, how many journeys it holds) of ``rows`` (JourneyRows).
     ``rules``: a rule_render.RuleBook holding the hits of these packets
     (taken out of it here), None without --rules; ``links``: the ProxyLinks
     known so far (an empty chunk leaves them as they are); ``into``: JSON
-    only, a bytearray the text is written into (journey_json_text): the
-    block may then be a view of it, good until its next use."""
+    only, a bytearray or the direct output's stage the text is written into
+    (journey_json_text): the block may then be a view of it, good until its
+    next use."""
     from tracer.journey_json import journey_json_text
     from tracer.proxy_output import annotate
     from tracer.render_rows import render_rows

@@ -41,14 +41,15 @@ def journey_json_block(table: pa.Table, compiled: bool = True) -> tuple[memoryvi
     return block, count
 
 
-def journey_json_text(table: pa.Table, compiled: bool = True,
-                      into: bytearray | None = None) -> tuple[memoryview, int, np.ndarray]:
+def journey_json_text(table: pa.Table, compiled: bool = True, into=None) -> tuple[memoryview, int, np.ndarray]:
     """journey_json_block's (block, count) and where each line ends: the
     offset of its newline in the block (proxy notes cut lines there:
     tracer/proxy_output.py). ``into``: a bytearray the compiled loop writes
     the text into, grown as needed and kept by the caller from one batch to
-    the next (its pages stay mapped); the block is then a view of it, good
-    until the next call with it."""
+    the next (its pages stay mapped), or the direct output's stage
+    (tracer/direct_output.py: ``buffer``, ``at``, ``ensure``), where the
+    text goes at ``at``, right where the output writes it from; the block
+    is then a view of it, good until the next call with it."""
     jr = journey_rows(table)
     if not len(jr):
         return memoryview(b""), 0, np.empty(0, np.int64)
@@ -60,8 +61,14 @@ def journey_json_text(table: pa.Table, compiled: bool = True,
 
         if into is None:
             return memoryview(native_json_block(jr, module, None, ends)), len(jr), ends
-        size = native_json_block(jr, module, into, ends)
-        return memoryview(into)[:size], len(jr), ends
+        if isinstance(into, bytearray):
+            size = native_json_block(jr, module, into, ends)
+            return memoryview(into)[:size], len(jr), ends
+        size = native_json_block(jr, module, into.buffer, ends, into.at)
+        if size < 0:  # the stage is grown, never by the compiled loop
+            into.ensure(-size)
+            size = native_json_block(jr, module, into.buffer, ends, into.at)
+        return memoryview(into.buffer)[into.at:into.at + size], len(jr), ends
     pieces, line_starts = _json_pieces(jr, newline=True)
     data, offsets = _string_buffer(pieces)
     at = offsets[line_starts]

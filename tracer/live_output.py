@@ -107,8 +107,9 @@ class JourneyOutput:
         if self.count is not None:
             rows = rows.head(self.count - self.shown)
         size_before = len(kept.into) if kept is not None else 0
-        block, count = journey_block(rows, self.as_json, self.color, self.rules, self.proxy_links,
-                                     kept.into if kept is not None else None)
+        # JSON: written into the direct output's stage where there is one (no copy), else the kept buffer
+        into = (self.reader.stage() or kept.into) if kept is not None else None
+        block, count = journey_block(rows, self.as_json, self.color, self.rules, self.proxy_links, into)
         if count and not self.reader.gone:
             self.reader.write(block)
         text = len(block)

@@ -14,12 +14,14 @@ from tracer.native import i64, u64
 from tracer.journeys import _DIRECTION_NAMES, VERDICTS, _flags_text
 
 
-def native_json_block(jr: JourneyRows, module, into: bytearray | None = None, ends=None) -> bytes | int:
+def native_json_block(jr: JourneyRows, module, into=None, ends=None, at: int = 0) -> bytes | int:
     """The JSON lines of ``jr``'s journeys, each ended by a newline, as
     journey_json.journey_json_block's Python path writes them. With
     ``into`` (a bytearray, grown as needed) the text goes at its start and
-    its length is returned; ``ends`` (an int64 array, one slot a journey)
-    gets each line's newline offset."""
+    its length is returned; with another writable buffer it goes from byte
+    ``at`` on, and a buffer too small returns minus the size needed (grow
+    it and call again). ``ends`` (an int64 array, one slot a journey) gets
+    each line's newline offset (from the text's start)."""
     journeys = (
         u64(jr.packet_id), u64(jr.flow_id), i64(jr.wall_ns), i64(jr.direction), i64(jr.protocol.codes),
         i64(jr.tcp_flags_key()), i64(jr.container_of), i64(jr.verdict), i64(jr.reason), i64(jr.starts),
@@ -33,7 +35,7 @@ def native_json_block(jr: JourneyRows, module, into: bytearray | None = None, en
         _texts(jr.drop_reason.values), _texts(jr.hook.values), _texts(jr.stage.values), _texts(jr.ifname.values),
         _texts(jr.src_ip), _texts(jr.dst_ip), _texts(jr.container_id.values),
     )
-    return module.journey_json(journeys, hops, texts, into, ends)
+    return module.journey_json(journeys, hops, texts, into, ends, at)
 
 
 @lru_cache(maxsize=1 << 12)

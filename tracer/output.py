@@ -87,6 +87,7 @@ class Reader:
         self.stream = stream
         self.gone = False
         self.pages = None  # tracer/written_pages.py: a regular file's output written back and dropped as it grows
+        self.direct = None  # tracer/direct_output.py: a regular file's output written with O_DIRECT (False: not used)
 
     def _written(self) -> None:
         if self.pages is None:
@@ -98,6 +99,40 @@ class Reader:
     def close(self) -> None:
         if self.pages is not None:
             self.pages.close()
+        if self.direct:
+            self.direct.close()
+            self.direct = False
+
+    def stage(self):
+        """The direct output (tracer/direct_output.py) where stdout is a
+        file written that way, for a writer that puts its text in its stage;
+        else None."""
+        if self.direct is None and not self.gone:
+            self._open_direct()
+        return self.direct or None
+
+    def _open_direct(self) -> None:
+        from tracer.direct_output import DirectOutput
+
+        stream = self.stream or sys.stdout
+        try:
+            stream.flush()  # anything written the ordinary way goes first
+            fd = stream.fileno()
+        except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is both
+            fd = -1
+        self.direct = (DirectOutput.for_fd(fd) if fd >= 0 else None) or False
+
+    def _write_direct(self, text: str | bytes | memoryview) -> bool:
+        """Written with O_DIRECT where stdout is a file that takes it (True)."""
+        if self.direct is None:
+            self._open_direct()
+        if not self.direct:
+            return False
+        written = self.direct.write(text.encode() if isinstance(text, str) else text)
+        if not self.direct.active:  # the ordinary way from now on
+            self.direct.close()
+            self.direct = False
+        return written
 
     def check(self) -> bool:
         """Whether the reader has gone, found without writing: a pipe whose
@@ -119,8 +154,9 @@ class Reader:
         if self.gone:
             return False
         try:
-            write_out(text, self.stream)
-            self._written()
+            if not self._write_direct(text):
+                write_out(text, self.stream)
+                self._written()
         except BrokenPipeError:
             self.gone = True
             quiet_stdout()

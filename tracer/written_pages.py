@@ -1,5 +1,9 @@
 """A regular file's output kept out of the page cache as it streams.
 
+(`trace` and `latency` write a regular file with O_DIRECT where they can,
+tracer/direct_output.py; this is `show`'s way, and theirs where O_DIRECT
+cannot be exact: `>>`, `2>&1`, a file system without it.)
+
 `trace --json > FILE` writes ~2.2 KB a packet, 100 MB/s and more under
 load. Left alone, every byte sits in a page of the page cache until memory
 runs short, so each write copies into a page the kernel has not touched

@@ -13,6 +13,7 @@ and CI runs setup first; TRACER_NATIVE=0 turns it off on purpose."""
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -131,6 +132,46 @@ def test_the_text_into_a_kept_buffer_and_its_line_ends(compiled):
     assert len(into) == grown  # never shrunk: its pages stay for the next batch
     block, count, ends = journey_json_text(jr.head(0), compiled, into)
     assert count == 0 and bytes(block) == b"" and len(ends) == 0
+
+
+class _Stage:
+    """The direct output's stage as journey_json_text sees it
+    (tracer/direct_output.py: buffer, at, ensure)."""
+
+    def __init__(self, size: int, at: int) -> None:
+        self.buffer, self.at, self.grown = mmap.mmap(-1, size), at, 0
+        self.buffer[:at] = b"t" * at  # the last write's partial block, kept ahead of the text
+
+    def ensure(self, size: int) -> None:
+        if size > len(self.buffer):
+            bigger = mmap.mmap(-1, size)
+            bigger[:self.at] = self.buffer[:self.at]
+            self.buffer.close()
+            self.buffer = bigger
+            self.grown += 1
+
+
+def test_the_text_into_a_stage_from_an_offset():
+    """`trace --json > FILE` with direct output: the text goes into the
+    stage's mmap right after the bytes it holds (never over them), the
+    stage is grown by the caller when the compiled loop says it is too
+    small, and the bytes and line ends are the Python path's."""
+    jr, _ = both_ways(hostile_ctx(1_796_000_000_123_456_789))
+    expected = python_block(jr)
+    m = module()
+    small = mmap.mmap(-1, 4096)
+    need = native_json_block(jr, m, small, None, 100)
+    assert need < 0 and -need > 100 + len(expected)  # minus what it needs: 100 + the text's bound
+    stage = _Stage(4096, 100)
+    block, count, ends = journey_json_text(jr, True, stage)
+    assert stage.grown == 1 and count == len(jr) and bytes(block) == expected
+    assert ends.tolist() == _newlines(expected)
+    assert bytes(stage.buffer[:100]) == b"t" * 100 and bytes(stage.buffer[100:100 + len(expected)]) == expected
+    del block
+    with pytest.raises(ValueError, match="at is negative"):
+        native_json_block(jr, m, stage.buffer, None, -1)
+    with pytest.raises(ValueError, match="with a bytearray"):
+        native_json_block(jr, m, bytearray(), None, 5)
 
 
 def test_the_compiled_line_ends_and_buffer_are_checked():
