@@ -39,6 +39,9 @@ import stat
 
 BLOCK = 4096  # alignment of the buffer, offsets and lengths: any device's logical block up to a page
 STAGE = 8 << 20  # the buffer's first size; grown (to a multiple of STAGE) for a larger write
+# A buffer grown past this for a burst's write goes back to STAGE after it
+# (a busy pass's text is ~14 MB at the lab's rates; its pages stay mapped).
+KEEP = 32 << 20
 
 
 class DirectOutput:
@@ -140,6 +143,8 @@ class DirectOutput:
         if rest:
             self._pwrite_all(self.fd, self.view[:rest], self.start)
         os.lseek(self.fd, self.start + rest, os.SEEK_SET)
+        if len(self.stage) > KEEP:
+            self._resize(STAGE)
         return True
 
     @property
@@ -153,11 +158,12 @@ class DirectOutput:
             view, offset = view[n:], offset + n
 
     def _grow(self, need: int) -> None:
-        size = -(-need // STAGE) * STAGE
+        self._resize(-(-need // STAGE) * STAGE)
+
+    def _resize(self, size: int) -> None:
         stage = mmap.mmap(-1, size)
         stage[:self.fill] = self.stage[:self.fill]
-        self.view.release()
-        self.stage.close()
+        # the old one is not closed: a view of it may still be held (unmapped once none is)
         self.stage, self.view = stage, memoryview(stage)
         self.base = _address(self.view)
 
@@ -170,8 +176,11 @@ class DirectOutput:
         """The last partial block is on disk already (written through
         stdout); only the second descriptor and the buffer go."""
         self._give_up()
-        self.view.release()
-        self.stage.close()
+        try:
+            self.view.release()
+            self.stage.close()
+        except BufferError:  # a view of it still held: unmapped once none is
+            pass
 
 
 def _address(view: memoryview) -> int | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.direct_output import BLOCK, STAGE, DirectOutput
+from tracer.direct_output import BLOCK, KEEP, STAGE, DirectOutput
 from tracer.output import Reader
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,6 +97,14 @@ def test_text_put_in_the_stage_is_written_from_there(disk_dir):
             del view
             written += text
         assert len(direct.buffer) >= 3 * STAGE // 2
+        direct.ensure(KEEP + 1)  # a burst's
+        big = KEEP + 1 - direct.at
+        view = memoryview(direct.buffer)[direct.at:direct.at + big]
+        view[:] = b"z" * big
+        assert direct.write(view)
+        del view
+        written += b"z" * big
+        assert len(direct.buffer) == STAGE  # let go after the burst's write
         direct.close()
     assert path.read_bytes() == written
 
