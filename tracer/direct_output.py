@@ -52,24 +52,17 @@ class DirectOutput:
         self.fd = fd  # stdout's: the partial block, and its offset kept at the end
         self.direct_fd = direct_fd
         self.start = offset  # file offset of the buffer's first byte (block-aligned)
-        self.stage = mmap.mmap(-1, STAGE)
-        self.view = memoryview(self.stage)
-        self.base = _address(self.view)
-        self.fill = 0  # bytes of the buffer not yet written as whole blocks (< BLOCK between writes)
-
-    # The stage, for a writer that puts the next text right where write()
-    # takes it from (journey_json_text): no copy then.
-    @property
-    def buffer(self) -> mmap.mmap:
-        return self.stage
-
-    @property
-    def at(self) -> int:
-        return self.fill
+        # The stage: the next text goes at `at`, after the bytes not yet
+        # written as whole blocks (< BLOCK between writes); a writer that puts
+        # it there itself (journey_json_text) saves write() the copy.
+        self.buffer = mmap.mmap(-1, STAGE)
+        self.view = memoryview(self.buffer)
+        self.base = _address(self.view)  # where write() recognises its own stage
+        self.at = 0
 
     def ensure(self, size: int) -> None:
         """The stage at least ``size`` bytes long (what it holds kept)."""
-        if size > len(self.stage):
+        if size > len(self.buffer):
             self._grow(size)
 
     @classmethod
@@ -110,20 +103,20 @@ class DirectOutput:
         data = memoryview(data).cast("B")
         if self.direct_fd < 0:
             return False
-        if os.lseek(self.fd, 0, os.SEEK_CUR) != self.start + self.fill:
+        if os.lseek(self.fd, 0, os.SEEK_CUR) != self.start + self.at:
             self._give_up()
             return False
         if not len(data):
             return True
-        need = self.fill + len(data)
-        if data.obj is not self.stage or _address(data) != self.base + self.fill:  # else written there already
-            if need > len(self.stage):
+        need = self.at + len(data)
+        if data.obj is not self.buffer or _address(data) != self.base + self.at:  # else written there already
+            if need > len(self.buffer):
                 self._grow(need)
-            self.view[self.fill:need] = data
+            self.view[self.at:need] = data
         del data
-        self.fill = need
+        self.at = need
         whole = need - need % BLOCK
-        if whole and self.direct_fd >= 0:
+        if whole:
             try:
                 self._pwrite_all(self.direct_fd, self.view[:whole], self.start)
             except OSError as exc:
@@ -133,17 +126,17 @@ class DirectOutput:
         if self.direct_fd < 0:
             self._pwrite_all(self.fd, self.view[:need], self.start)
             os.lseek(self.fd, self.start + need, os.SEEK_SET)
-            self.start, self.fill = self.start + need, 0
+            self.start, self.at = self.start + need, 0
             return True
         rest = need - whole
         if whole:
             self.view[:rest] = self.view[whole:need]
             self.start += whole
-            self.fill = rest
+            self.at = rest
         if rest:
             self._pwrite_all(self.fd, self.view[:rest], self.start)
         os.lseek(self.fd, self.start + rest, os.SEEK_SET)
-        if len(self.stage) > KEEP:
+        if len(self.buffer) > KEEP:
             self._resize(STAGE)
         return True
 
@@ -161,10 +154,10 @@ class DirectOutput:
         self._resize(-(-need // STAGE) * STAGE)
 
     def _resize(self, size: int) -> None:
-        stage = mmap.mmap(-1, size)
-        stage[:self.fill] = self.stage[:self.fill]
+        buffer = mmap.mmap(-1, size)
+        buffer[:self.at] = self.buffer[:self.at]
         # the old one is not closed: a view of it may still be held (unmapped once none is)
-        self.stage, self.view = stage, memoryview(stage)
+        self.buffer, self.view = buffer, memoryview(buffer)
         self.base = _address(self.view)
 
     def _give_up(self) -> None:
@@ -178,7 +171,7 @@ class DirectOutput:
         self._give_up()
         try:
             self.view.release()
-            self.stage.close()
+            self.buffer.close()
         except BufferError:  # a view of it still held: unmapped once none is
             pass
 

@@ -108,29 +108,26 @@ class Reader:
         file written that way, for a writer that puts its text in its stage;
         else None."""
         if self.direct is None and not self.gone:
-            self._open_direct()
+            from tracer.direct_output import DirectOutput
+            from tracer.written_pages import stream_fd
+
+            stream = self.stream or sys.stdout
+            try:
+                stream.flush()  # anything written the ordinary way goes first
+            except (AttributeError, ValueError, OSError):
+                pass
+            fd = stream_fd(stream)
+            self.direct = (DirectOutput.for_fd(fd) if fd >= 0 else None) or False
         return self.direct or None
-
-    def _open_direct(self) -> None:
-        from tracer.direct_output import DirectOutput
-
-        stream = self.stream or sys.stdout
-        try:
-            stream.flush()  # anything written the ordinary way goes first
-            fd = stream.fileno()
-        except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is both
-            fd = -1
-        self.direct = (DirectOutput.for_fd(fd) if fd >= 0 else None) or False
 
     def _write_direct(self, text: str | bytes | memoryview) -> bool:
         """Written with O_DIRECT where stdout is a file that takes it (True)."""
-        if self.direct is None:
-            self._open_direct()
-        if not self.direct:
+        direct = self.stage()
+        if direct is None:
             return False
-        written = self.direct.write(text.encode() if isinstance(text, str) else text)
-        if not self.direct.active:  # the ordinary way from now on
-            self.direct.close()
+        written = direct.write(text.encode() if isinstance(text, str) else text)
+        if not direct.active:  # the ordinary way from now on
+            direct.close()
             self.direct = False
         return written
 

@@ -120,6 +120,14 @@ def in_steps(stretch: tuple[int, int], step: int) -> list[tuple[int, int]]:
     return [(at, min(step, offset + length - at)) for at in range(offset, offset + length, step)]
 
 
+def stream_fd(stream) -> int:
+    """A stream's file descriptor, -1 when it has none (a test's StringIO)."""
+    try:
+        return stream.fileno()
+    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is both
+        return -1
+
+
 def _sync_file_range():
     import ctypes
 
@@ -166,11 +174,7 @@ class WrittenPages:
     @classmethod
     def of(cls, stream) -> "WrittenPages":
         """For a stream (sys.stdout): inactive when it has no file descriptor."""
-        try:
-            fd = stream.fileno()
-        except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is both
-            fd = -1
-        return cls(fd)
+        return cls(stream_fd(stream))
 
     def wrote(self) -> None:
         if not self.active:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_written_pages import _resident
 from tracer.direct_output import BLOCK, KEEP, STAGE, DirectOutput
 from tracer.output import Reader
 
@@ -34,12 +35,6 @@ def disk_dir(tmp_path):
         yield where
     finally:
         shutil.rmtree(where)
-
-
-def _resident(path) -> int:
-    done = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-                          capture_output=True, text=True, check=True)
-    return int(done.stdout.strip())
 
 
 def _chunks(seed: int, total: int) -> list[bytes]:
