@@ -31,6 +31,10 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!O!O!|OOn", &PyTuple_Type, &jcols, &PyTuple_Type, &hcols, &PyTuple_Type, &texts,
                           &into, &ends_arg, &at))
         return NULL;
+    if (PyTuple_GET_SIZE(jcols) != N_JOURNEY || PyTuple_GET_SIZE(hcols) != N_HOP || PyTuple_GET_SIZE(texts) != N_TABLE) {
+        PyErr_SetString(PyExc_TypeError, "journey_json: wrong number of columns or tables");
+        return NULL;
+    }
     /* into: a bytearray this call grows (the text at its start), or another
      * writable buffer (the direct output's page-aligned stage,
      * tracer/direct_output.py), written from byte `at` on, which it does not
@@ -54,10 +58,6 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
      * bigger one could not grow the buffer). */
     if (into != Py_None && !stage && ((PyByteArrayObject *)into)->ob_exports > 0) {
         PyErr_SetString(PyExc_BufferError, "journey_json: a view of into is still held");
-        return NULL;
-    }
-    if (PyTuple_GET_SIZE(jcols) != N_JOURNEY || PyTuple_GET_SIZE(hcols) != N_HOP || PyTuple_GET_SIZE(texts) != N_TABLE) {
-        PyErr_SetString(PyExc_TypeError, "journey_json: wrong number of columns or tables");
         return NULL;
     }
     static const char *jnames[N_JOURNEY] = {"packet_id", "flow_id", "wall_ns", "direction", "protocol",

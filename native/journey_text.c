@@ -125,15 +125,31 @@ static int dt_text(char *slot, int64_t dt, PyObject *format_dt, Py_ssize_t *widt
 
 PyObject *native_journey_text(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *jcols, *hcols, *texts, *keys, *format_dt, *out = NULL, *result = NULL;
-    Py_ssize_t n_stage;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!nO", &PyTuple_Type, &jcols, &PyTuple_Type, &hcols, &PyTuple_Type, &texts,
-                          &PyTuple_Type, &keys, &n_stage, &format_dt))
+    PyObject *jcols, *hcols, *texts, *keys, *format_dt, *into = Py_None, *out = NULL, *result = NULL;
+    Py_ssize_t n_stage, at = 0;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!nO|On", &PyTuple_Type, &jcols, &PyTuple_Type, &hcols, &PyTuple_Type, &texts,
+                          &PyTuple_Type, &keys, &n_stage, &format_dt, &into, &at))
         return NULL;
     if (PyTuple_GET_SIZE(jcols) != N_JOURNEY || PyTuple_GET_SIZE(hcols) != N_HOP || PyTuple_GET_SIZE(texts) != N_TABLE ||
         PyTuple_GET_SIZE(keys) != N_KEY || n_stage < 1) {
         PyErr_SetString(PyExc_TypeError, "journey_text: wrong number of columns, tables or keys");
         return NULL;
+    }
+    /* into: a writable buffer (the direct output's page-aligned stage,
+     * tracer/direct_output.py) the text goes into from byte `at` on; not
+     * grown here: too small, the call returns minus the size it needs. */
+    Py_buffer stage_view = {0};
+    int stage_held = 0;
+    if (at < 0 || (into == Py_None && at != 0)) {
+        PyErr_SetString(PyExc_ValueError, "journey_text: at is negative, or given without into");
+        return NULL;
+    }
+    if (into != Py_None) {
+        if (PyObject_GetBuffer(into, &stage_view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) {
+            PyErr_SetString(PyExc_TypeError, "journey_text: into must be a writable buffer or None");
+            return NULL;
+        }
+        stage_held = 1;
     }
     static const char *jnames[N_JOURNEY] = {"packet_id", "flow_id", "wall_ns", "direction", "protocol", "tcp_key",
                                             "container_of", "container_to", "verdict", "reason", "last_seen", "starts"};
@@ -215,11 +231,28 @@ PyObject *native_journey_text(PyObject *self, PyObject *args) {
                              2 * t[T_CONTAINER].max + t[T_VERDICT].max + t[T_VERDICT_END].max + t[T_REASON].max;
     Py_ssize_t tail = t[T_DROP].max + t[T_HOOK_STAGE].max + 16;
     if (2 * ip_max + 48 + t[T_NAT].max > tail) tail = 2 * ip_max + 48 + t[T_NAT].max;
-    Py_ssize_t per_hop = 32 + style_max + 3 * MAX_PAD + DT_SLOT + t[T_HOOK_STAGE].max + t[T_IFNAME].max +
+    /* a pad is at most its column's widest text (a width is at most its
+     * bytes), and at most MAX_PAD: a bound near the text's size, since the
+     * direct output's stage is grown to it (tracer/direct_output.py) */
+    Py_ssize_t pads = DT_SLOT;
+    const int padded[] = {T_HOOK_STAGE, T_IFNAME, T_CONTAINER};
+    for (size_t i = 0; i < sizeof padded / sizeof *padded; i++)
+        pads += t[padded[i]].max < MAX_PAD ? t[padded[i]].max : MAX_PAD;
+    Py_ssize_t per_hop = 32 + style_max + pads + DT_SLOT + t[T_HOOK_STAGE].max + t[T_IFNAME].max +
                          t[T_CONTAINER].max + tail;
-    out = PyBytes_FromStringAndSize(NULL, count * per_journey + n * per_hop + 64);
-    if (!out) goto done;
-    char *const base = PyBytes_AS_STRING(out);
+    Py_ssize_t bound = count * per_journey + n * per_hop + 64;
+    char *base;
+    if (stage_held) {
+        if (at > stage_view.len || stage_view.len - at < bound) {
+            result = PyLong_FromSsize_t(-(at + bound));
+            goto done;
+        }
+        base = (char *)stage_view.buf + at;
+    } else {
+        out = PyBytes_FromStringAndSize(NULL, bound);
+        if (!out) goto done;
+        base = PyBytes_AS_STRING(out);
+    }
     char *p = base;
     const frag *style = t[T_STYLE].f;
     const int64_t *src_key = k[K_SRC].v, *dst_key = k[K_DST].v;
@@ -325,7 +358,9 @@ PyObject *native_journey_text(PyObject *self, PyObject *args) {
             *p++ = '\n';
         }
     }
-    if (_PyBytes_Resize(&out, p - base) == 0) {
+    if (stage_held) {
+        result = PyLong_FromSsize_t(p - base);  /* from `at` in the stage */
+    } else if (_PyBytes_Resize(&out, p - base) == 0) {
         result = out;
         out = NULL;
     }
@@ -335,6 +370,7 @@ done:
     release_columns(h, N_HOP);
     release_columns(k, N_KEY);
     release_tables(t, N_TABLE);
+    if (stage_held) PyBuffer_Release(&stage_view);
     PyMem_Free(scratch);
     PyMem_Free(wid);
     Py_XDECREF(out);
@@ -342,7 +378,11 @@ done:
 }
 
 const char native_journey_text_doc[] =
-    "journey_text(journey_columns, hop_columns, texts, address_keys, n_stage, format_dt) -> bytes\n\n"
+    "journey_text(journey_columns, hop_columns, texts, address_keys, n_stage, format_dt, into=None, at=0)\n"
+    "    -> bytes | int\n\n"
     "The human text of a batch of journeys, as tracer/render_rows.py writes it.\n"
+    "With ``into`` (a writable buffer) the text goes from byte ``at`` on and its length is\n"
+    "returned, or, where the buffer is too small, minus the size it would need (at + an\n"
+    "upper bound of the text): grow it and call again.\n"
     "Columns are contiguous int64 arrays (the two ids uint64), texts lists of UTF-8 bytes;\n"
     "see tracer/native_render.py, which builds the arguments.";

@@ -12,10 +12,10 @@ def journey_block(rows: Any, as_json: bool, color: bool, rules: Any, links: Any,
     """(the block, how many journeys it holds) of ``rows`` (JourneyRows).
     ``rules``: a rule_render.RuleBook holding the hits of these packets
     (taken out of it here), None without --rules; ``links``: the ProxyLinks
-    known so far (an empty chunk leaves them as they are); ``into``: JSON
-    only, a bytearray or the direct output's stage the text is written into
-    (journey_json_text): the block may then be a view of it, good until its
-    next use."""
+    known so far (an empty chunk leaves them as they are); ``into``: a
+    bytearray (JSON only) or the direct output's stage the text is written
+    into (journey_json_text, render_rows): the block may then be a view of
+    it, good until its next use."""
     from tracer.journey_json import journey_json_text
     from tracer.proxy_output import annotate
     from tracer.render_rows import render_rows
@@ -24,7 +24,7 @@ def journey_block(rows: Any, as_json: bool, color: bool, rules: Any, links: Any,
     if as_json:
         block, count, ends = journey_json_text(rows, into=into)
     else:
-        block, count = render_rows(rows, color), len(rows)
+        block, count = render_rows(rows, color, into=None if isinstance(into, bytearray) else into), len(rows)
     if rules is not None:
         from tracer.rule_render import hop_rules, with_rules_json, with_rules_text
 

@@ -107,8 +107,8 @@ class JourneyOutput:
         if self.count is not None:
             rows = rows.head(self.count - self.shown)
         size_before = len(kept.into) if kept is not None else 0
-        # JSON: written into the direct output's stage where there is one (no copy), else the kept buffer
-        into = (self.reader.stage() or kept.into) if kept is not None else None
+        # written into the direct output's stage where there is one (no copy), else JSON's kept buffer
+        into = self.reader.stage() or (kept.into if kept is not None else None)
         block, count = journey_block(rows, self.as_json, self.color, self.rules, self.proxy_links, into)
         if count and not self.reader.gone:
             self.reader.write(block)

@@ -20,8 +20,10 @@ from tracer.text import printable
 
 
 
-def native_text_block(jr: JourneyRows, color: bool, module) -> bytes:
-    """render_rows(jr, color)'s bytes."""
+def native_text_block(jr: JourneyRows, color: bool, module, into=None, at: int = 0) -> bytes | int:
+    """render_rows(jr, color)'s bytes. With ``into`` (a writable buffer) they
+    go from byte ``at`` on and their length is returned; a buffer too small
+    returns minus the size needed (grow it and call again)."""
     hook, stage = jr.hook, jr.stage
     n_stage = len(stage.values)
     journeys = (
@@ -48,7 +50,7 @@ def native_text_block(jr: JourneyRows, color: bool, module) -> bytes:
         *_styled(color),
     )
     keys = (_address_keys(jr.src_ip), _address_keys(jr.dst_ip))
-    return module.journey_text(journeys, hops, texts, keys, n_stage, format_dt)
+    return module.journey_text(journeys, hops, texts, keys, n_stage, format_dt, into, at)
 
 
 def _name(value) -> str:

@@ -60,12 +60,15 @@ def _dt_texts(dt: np.ndarray) -> tuple[list[str], np.ndarray]:
     return texts, inverse
 
 
-def render_rows(jr: JourneyRows, color: bool, compiled: bool = True) -> memoryview:
+def render_rows(jr: JourneyRows, color: bool, compiled: bool = True, into=None) -> memoryview:
     """The text of ``"".join(render_journey(j, color) + "\\n" for j in
     journeys)``, encoded as UTF-8: for writing straight out, without a
     Python string per piece. By the compiled loop where it was built
     (tracer/native.py; ``compiled``: unless False), else below: the same
-    bytes."""
+    bytes. ``into``: the direct output's stage (tracer/direct_output.py:
+    ``buffer``, ``at``, ``ensure``) the compiled loop writes the text into
+    at ``at``, where the output writes it from; the block is then a view of
+    it, good until the stage's next use."""
     count, n = len(jr), len(jr.rows)
     if not count:
         return memoryview(b"")
@@ -73,7 +76,13 @@ def render_rows(jr: JourneyRows, color: bool, compiled: bool = True) -> memoryvi
     if module is not None:
         from tracer.native_render import native_text_block
 
-        return memoryview(native_text_block(jr, color, module))
+        if into is None:
+            return memoryview(native_text_block(jr, color, module))
+        size = native_text_block(jr, color, module, into.buffer, into.at)
+        if size < 0:  # the stage is grown, never by the compiled loop
+            into.ensure(-size)
+            size = native_text_block(jr, color, module, into.buffer, into.at)
+        return memoryview(into.buffer)[into.at:into.at + size]
     bold = _style_parts(color, bold=True)
     red = _style_parts(color, fg="red", bold=True)
     nat_style = _style_parts(color, **_NAT_STYLE)

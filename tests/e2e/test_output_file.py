@@ -1,6 +1,7 @@
-"""`tracer trace --json > FILE`: the output written back and dropped from
-the page cache as it grows (tracer/written_pages.py), and every byte as
-written. The reference is the same run's capture (`-w`) replayed by `show
+"""`tracer trace --json > FILE` and `tracer trace > FILE`: the output
+written with O_DIRECT (tracer/direct_output.py) or written back and dropped
+from the page cache as it grows (tracer/written_pages.py), and every byte
+as written. The reference is the same run's capture (`-w`) replayed by `show
 --json` to a pipe, which leaves the cache alone; `show --json > FILE`
 drops its pages too and writes the same bytes."""
 
@@ -53,3 +54,25 @@ def test_json_to_a_file_drops_its_pages_and_keeps_its_bytes(lab, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert b"Exception in thread" not in done.stderr and b"writing the output file" not in done.stderr, done.stderr
     assert shown.read_bytes() == written
+
+
+def test_text_to_a_file_keeps_its_bytes_and_no_pages(lab, tmp_path):
+    """The human text goes into the direct output's stage (no copy): every
+    byte is the one `show` prints of the same run's capture, and the file
+    is not left in the page cache."""
+    out, capture = tmp_path / "trace.txt", tmp_path / "trace.arrows"
+    t = Tracer("--port", str(lab["port"]), "--duration", "300", "-w", str(capture), stdout_file=out, json_out=False)
+    t.wait_ready()
+    url = f"http://{lab['host_address']}:{lab['port']}/"
+    subprocess.run(["ip", "netns", "exec", lab["netns"], "ab", "-q", "-n", "1000", "-c", "8", "-s", "10", url],
+                   capture_output=True, timeout=120)
+    t.stop()
+    assert t.returncode == 0, t.stderr
+    assert "Exception in thread" not in t.stderr, t.stderr
+    resident = _resident(out)  # before this test reads it
+    written = out.read_bytes()
+    assert written.count(b"\n") > 10_000 and resident < len(written) // 2
+    piped = subprocess.run([sys.executable, "-m", "tracer", "show", str(capture)], cwd=REPO,
+                           capture_output=True, timeout=300)
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    assert written == piped.stdout  # byte for byte what `trace` printed

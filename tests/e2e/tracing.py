@@ -42,6 +42,7 @@ class Tracer:
         tracer's writes. argv: another program in the tracer's place (the
         tests of these helpers)."""
         self.args = [command, *(["--json"] if json_out else []), *args]
+        self.json_out = json_out
         self.stdout_file = stdout_file
         out = subprocess.PIPE if stdout_file is None else open(stdout_file, "wb")
         self.proc = subprocess.Popen(
@@ -96,6 +97,7 @@ class Tracer:
         return self.finish(timeout)
 
     def finish(self, timeout: float = 60) -> list[dict]:
+        """The process's end: its journeys as JSON (none without --json)."""
         try:
             out, err = self._communicate(timeout)
         except subprocess.TimeoutExpired:
@@ -103,10 +105,12 @@ class Tracer:
                                  f"its threads:\n{self.stacks()}") from None
         self.stderr = "".join(self.stderr_lines) + err
         self.returncode = self.proc.returncode
-        if self.stdout_file is not None:
-            out = self.stdout_file.read_text()
         if "still not stopped" in self.stderr:  # the stop watchdog (tracer/stopping.py) fired: show where it hung
             warnings.warn(f"tracer {' '.join(self.args)}: {self.stderr}")
+        if not self.json_out:  # text (or nothing): the test reads stdout_file itself
+            return []
+        if self.stdout_file is not None:
+            out = self.stdout_file.read_text()
         return [_json(line) for line in out.splitlines() if line.strip()]
 
     def stop_timed(self, sig: int, timeout: float = 90) -> "StopTime":

@@ -301,6 +301,35 @@ def test_text_bad_arguments_are_errors_not_crashes():
         m.journey_text((), (), (), (), 1, None)
 
 
+@pytest.mark.parametrize("color", [False, True])
+def test_the_human_text_into_a_stage_from_an_offset(color):
+    """`trace > FILE` with direct output: the human text goes into the
+    stage right after the bytes it holds (never over them), grown by the
+    caller when the compiled loop says it is too small; the bytes are the
+    Python path's, and a stage big enough is not grown."""
+    jr, _ = both_ways(hostile_ctx(1_796_000_000_123_456_789))
+    expected = python_text(jr, color)
+    m = module()
+    need = native_text_block(jr, color, m, mmap.mmap(-1, 4096), 100)
+    assert need < 0 and -need > 100 + len(expected)  # minus what it needs: 100 + the text's bound
+    stage = _Stage(4096, 100)
+    block = render_rows(jr, color, into=stage)
+    assert stage.grown == 1 and bytes(block) == expected
+    assert bytes(stage.buffer[:100]) == b"t" * 100 and bytes(stage.buffer[100:100 + len(expected)]) == expected
+    del block
+    stage.at = 100 + len(expected)  # the next pass follows the text this one left
+    again = render_rows(jr.head(2), color, into=stage)
+    assert stage.grown == 1 and bytes(again) == python_text(jr.head(2), color)
+    assert bytes(stage.buffer[100:100 + len(expected)]) == expected
+    del again
+    with pytest.raises(ValueError, match="at is negative"):
+        native_text_block(jr, color, m, stage.buffer, -1)
+    with pytest.raises(ValueError, match="without into"):
+        native_text_block(jr, color, m, None, 5)
+    with pytest.raises(TypeError, match="writable buffer"):
+        native_text_block(jr, color, m, b"read-only", 0)
+
+
 def test_doctor_says_whether_it_is_built():
     cap = native.capability()
     assert cap.ok and cap.status == "ok" and not cap.required and "tracer._native" in cap.detail
