@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import queue
 import select
 import struct
 import threading
@@ -60,6 +59,9 @@ EARLY_WINDOW_NS = 10_000_000_000
 # PAUSE_STEP_S (`record`, a pass apart): `trace` reads every 25 ms anyway.
 PAUSE_STEP_S = 0.025
 MAX_PAUSE_STEP_S = 0.1
+# The fewest rows BackgroundDrain makes room for at a time (its array of
+# the reads between two takes).
+MIN_PENDING_ROWS = 1024
 
 
 
@@ -158,24 +160,41 @@ class RingBufferDrain:
         by field, ~0.5 µs a journey record). ``release=False``: as the
         kernel wrote them, for a caller that release()s them later, in
         bigger batches."""
-        cons = self._consumer_pos()
-        avail = min(self._producer_pos() - cons, self.size)
-        n = min(avail // self.smallest_record, self.max_batch)
+        n = self.readable()
         self.walked = 0
         if n <= 0:
             return np.zeros(0, self.sample)
         # Rows for as many records as the bytes could hold (np.empty: the
         # pages of rows not written are never touched).
         out = np.empty(n, self.sample)
-        rows, walked, bad = self._copy(self.producer, PAGE_SIZE + (cons & self.mask), avail, out.view(np.uint8),
-                                       self.sample.itemsize, n)
+        records = out[:self.read_into(out, 0)]
+        return self.release(records) if release else records
+
+    def readable(self) -> int:
+        """At most how many records a read now could find: what the bytes
+        pending would hold in the smallest records, up to max_batch."""
+        return min(min(self.pending_bytes(), self.size) // self.smallest_record, self.max_batch)
+
+    def read_into(self, out: np.ndarray, at: int) -> int:
+        """The committed records now in the ring into rows ``at``... of
+        ``out`` (sample dtype, contiguous), as many as fit, as the kernel
+        wrote them (release() them later); how many rows were written.
+        ``walked``: the bytes they took in the ring."""
+        cons = self._consumer_pos()
+        avail = min(self._producer_pos() - cons, self.size)
+        room = len(out) - at
+        self.walked = 0
+        if avail <= 0 or room <= 0:
+            return 0
+        row = self.sample.itemsize
+        rows, walked, bad = self._copy(self.producer, PAGE_SIZE + (cons & self.mask), avail,
+                                       out.view(np.uint8)[at * row:], row, room)
         if bad:
-            raise RuntimeError(f"ring buffer holds a record of {bad} bytes, more than the {self.sample.itemsize} "
+            raise RuntimeError(f"ring buffer holds a record of {bad} bytes, more than the {row} "
                                "expected: is another program writing to it?")
-        records = out[:rows]
         self._consumer_word[0] = cons + walked
         self.walked = walked
-        return self.release(records) if release else records
+        return rows
 
     def release(self, records: np.ndarray) -> np.ndarray:
         """Records as they may leave the drain (the sample dtype, in the
@@ -259,15 +278,23 @@ class BackgroundDrain:
         # Memory stays bounded: past this many queued records we stop reading,
         # the ring fills, and the kernel counts what it drops as lost records.
         self.max_queued = max(1, max_queued_bytes // drain.record_size)
-        self.queued = 0
+        self.queued = 0  # rows in _pending
+        # Every read since the last take() goes into one array, each after
+        # the last (_pending, its first `queued` rows), handed over whole by
+        # take(): the consumer gets one batch a pass without copying the
+        # reads' records together (a copy of records the other CPU wrote:
+        # 0.15-0.2 µs a journey live). A read is done holding the lock, so
+        # take() never hands over rows still being written.
+        self._pending: np.ndarray | None = None
+        self._taken = 0  # rows the last take() handed over: the next array's size
         self.lock = threading.Lock()
-        # queue.Queue, not SimpleQueue: CPython 3.11's SimpleQueue.get(timeout)
+        # A Condition, not SimpleQueue: CPython 3.11's SimpleQueue.get(timeout)
         # waits forever when a signal interrupts it at its deadline (the
         # remaining time comes out negative, which its lock reads as "no
         # timeout"), and the main thread waits here when Ctrl-C comes:
-        # a stop that never ended. Queue waits through threading's locks,
-        # which treat that case as a timeout.
-        self.batches: queue.Queue[np.ndarray] = queue.Queue()
+        # a stop that never ended. A Condition waits through threading's
+        # locks, which treat that case as a timeout.
+        self._records_in = threading.Condition(self.lock)
         self.stopping = threading.Event()
         # The pause sleeps in epoll on an eventfd that stop() signals: a
         # C-level wait (~35 µs of CPU a wake-up here) where Event.wait with
@@ -302,21 +329,14 @@ class BackgroundDrain:
                 wait = self._step(self.drain.size // 4) if self.batch_s > self.poll_s else self.poll_s
                 if not self.drain.wait(min(wait, self._until_tick(looked))):
                     continue
-            batch = self.drain.read_records(release=False)  # released in take()
+            self._read()
             now = time.monotonic()
-            nbytes = self.drain.walked  # not len(batch) * the largest record: sizes vary
+            nbytes = self.drain.walked  # not rows * the largest record: sizes vary
             # The pace records came in (bytes/s), for _pause: since the ring
             # was last seen empty, not since the last read, which may be a
             # quiet spell ago.
             self._rate = nbytes / max(now - self._empty_at, 1e-3)
             self._empty_at = now
-            if len(batch):
-                with self.lock:
-                    self.queued += len(batch)
-                self.batches.put(batch)
-            # Not held through the pause: once the consumer is done with
-            # them, the next read reuses their memory (tracer/live.py).
-            del batch
             # Let records accumulate: a read costs ~0.15 ms of this thread's
             # CPU whatever it brings (the loop's Python and numpy calls, not
             # the copy), so one every 25 ms costs a fifth of one every 5 ms
@@ -383,20 +403,41 @@ class BackgroundDrain:
             return min(MAX_PAUSE_STEP_S, self.batch_s)
         return min(MAX_PAUSE_STEP_S, self.batch_s, max(PAUSE_STEP_S, quarter / self._rate / 8))
 
-    def take(self, timeout: float) -> np.ndarray:
-        """Everything drained so far, waiting up to `timeout` for a first batch."""
-        parts = []
-        try:
-            parts.append(self.batches.get(timeout=timeout) if timeout > 0 else self.batches.get_nowait())
-            while True:
-                parts.append(self.batches.get_nowait())
-        except queue.Empty:
-            pass
-        if not parts:
-            return np.zeros(0, self.drain.sample)
+    def _read(self) -> int:
+        """One read of the ring into _pending, after its rows so far; how
+        many records it brought (released in take())."""
         with self.lock:
-            self.queued -= sum(len(p) for p in parts)
-        return self.drain.release(record_words.concat(parts))
+            self._make_room(self.drain.readable())
+            rows = self.drain.read_into(self._pending, self.queued)
+            if rows:
+                self.queued += rows
+                self._records_in.notify()
+        return rows
+
+    def _make_room(self, wanted: int) -> None:
+        """_pending with room for ``wanted`` more rows: a new array (np.empty:
+        rows never written are pages never touched) sized for twice what the
+        last take() handed over, so a pass's reads seldom outgrow it; one
+        outgrown is copied into one twice its size."""
+        have = 0 if self._pending is None else len(self._pending)
+        if have - self.queued >= wanted:
+            return
+        grown = np.empty(max(self.queued + wanted, 2 * have, 2 * self._taken, MIN_PENDING_ROWS), self.drain.sample)
+        if self.queued:
+            grown[:self.queued] = self._pending[:self.queued]
+        self._pending = grown
+
+    def take(self, timeout: float) -> np.ndarray:
+        """Everything drained so far, waiting up to `timeout` for a first
+        record: the rows of one array, released (RingBufferDrain.release)."""
+        with self.lock:
+            if not self.queued and timeout > 0:
+                self._records_in.wait(timeout)
+            if not self.queued:
+                return np.zeros(0, self.drain.sample)
+            records, self._taken = self._pending[:self.queued], self.queued
+            self._pending, self.queued = None, 0
+        return self.drain.release(records)
 
     def stop(self) -> None:
         self.stopping.set()

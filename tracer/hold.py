@@ -122,10 +122,10 @@ class RecordHold:
             d = done[at : at + len(rows)]
             at += len(rows)
             if d.all() and m is None:
-                out.append(b)  # the whole batch: no copy
+                out.append((b, None))  # the whole batch
                 continue
             if d.any():
-                out.append(record_words.take(b, rows[d]))
+                out.append((b, rows[d]))
             if not d.all():
                 still = np.zeros(len(b), bool)
                 still[rows[~d]] = True
@@ -133,7 +133,7 @@ class RecordHold:
                 held.append(still)
         self._batches, self._held = batches, held
         self._let_go.add(uniq[quiet])
-        return record_words.concat(out)
+        return record_words.gather(out)
 
     def flush(self) -> np.ndarray:
         """Everything held (tracing stops)."""

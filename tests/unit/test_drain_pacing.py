@@ -8,10 +8,11 @@ import time
 
 import numpy as np
 
+from tests.unit.ring_fakes import ReadsInto
 from tracer.drain import MAX_PAUSE_STEP_S, PAUSE_STEP_S, BackgroundDrain
 
 
-class FillingRing:
+class FillingRing(ReadsInto):
     """One small read at once; then, `fill_after` seconds later, a quarter of
     the ring pending. Records when each non-empty read happened."""
 
@@ -81,7 +82,7 @@ def test_without_a_burst_the_thread_waits_the_whole_pass_and_stops_promptly():
     assert time.monotonic() - t < 0.5 and not d.thread.is_alive()
 
 
-class SteadyRing:
+class SteadyRing(ReadsInto):
     """Records arriving at a steady pace (bytes/s); counts how often the
     drain thread looks at the ring (pending_bytes) between reads: looks
     within a millisecond of the last are one wake-up of the thread."""
@@ -161,7 +162,7 @@ def test_stop_twice_and_finish_after_stop_are_fine():
     assert time.monotonic() - t < 0.5 and not d.thread.is_alive()
 
 
-class QuietRing:
+class QuietRing(ReadsInto):
     """No records but what ``add`` puts there; a wait that finds the ring
     empty sleeps its whole timeout (journey records come without a kernel
     wake-up). Records when each look (pending_bytes), read and wait was."""
@@ -256,7 +257,7 @@ def test_a_burst_after_a_quiet_spell_is_looked_at_again_within_the_shortest_step
 
 
 
-class SmallRecordsRing:
+class SmallRecordsRing(ReadsInto):
     """Always records pending, a fifth of the ring each read: journey records
     smaller than the largest (record_size), so a fifth in bytes is more
     than a quarter counted as records x record_size."""

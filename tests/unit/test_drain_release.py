@@ -93,9 +93,10 @@ def test_release_hides_kernel_addresses():
 def test_a_read_that_finds_the_ring_a_quarter_full_is_followed_by_another_at_once():
     """`record` reads the ring once a pass; a burst that fills a quarter of
     it between two reads is read again without waiting the read interval."""
+    from tests.unit.ring_fakes import ReadsInto
     from tracer.drain import BackgroundDrain
 
-    class BusyRing:  # three reads' worth of records queued, each over a quarter of the ring
+    class BusyRing(ReadsInto):  # three reads' worth of records queued, each over a quarter of the ring
         record_size, size, sample = 10, 1000, np.dtype([("x", "u8"), ("y", "u2")])
 
         def __init__(self):
@@ -123,3 +124,60 @@ def test_a_read_that_finds_the_ring_a_quarter_full_is_followed_by_another_at_onc
     finally:
         d.stopping.set()
     assert got == 90
+
+
+def test_the_reads_between_two_takes_come_out_as_one_array_in_order():
+    """BackgroundDrain writes each read after the last in one array and
+    take() hands it over whole (no copy of the reads together); an array the
+    reads outgrow is copied into a larger one, records and order kept."""
+    import threading
+
+    from tracer.drain import MIN_PENDING_ROWS, BackgroundDrain
+
+    class CountingRing:  # reads of 700 records numbered on, each read only once allowed
+        record_size, size, sample = 16, 1 << 20, np.dtype([("x", "u8"), ("y", "u8")])
+
+        def __init__(self):
+            self.next, self.reads_left, self.walked = 0, 0, 0
+            self.lock = threading.Lock()
+
+        def pending_bytes(self):
+            return 700 * self.record_size if self.reads_left else 0
+
+        def wait(self, timeout):
+            return bool(self.reads_left) or time.sleep(timeout)
+
+        def readable(self):  # exactly what is pending: the array grows when it is full
+            return 700 if self.reads_left else 0
+
+        def read_into(self, out, at):
+            with self.lock:
+                if not self.reads_left:
+                    return 0
+                self.reads_left -= 1
+                out[at:at + 700]["x"] = np.arange(self.next, self.next + 700)
+                self.next += 700
+            self.walked = 700 * self.record_size
+            return 700
+
+        def release(self, records):
+            return records
+
+    ring = CountingRing()
+    d = BackgroundDrain(ring, batch_s=0.001)
+    try:
+        with ring.lock:
+            ring.reads_left = 4  # 2,800 records: past MIN_PENDING_ROWS, so the array grows
+        deadline = time.monotonic() + 5
+        while ring.reads_left and time.monotonic() < deadline:
+            time.sleep(0.01)
+        got = d.take(0.5)
+        assert 4 * 700 > MIN_PENDING_ROWS
+        assert list(got["x"]) == list(range(4 * 700)), "every record once, in the order read"
+        assert got.base is not None and got.base.shape[0] >= len(got), "rows of one array"
+        assert len(d.take(0)) == 0 and d.queued == 0
+        with ring.lock:
+            ring.reads_left = 1
+        assert list(d.take(2.0)["x"]) == list(range(2800, 3500)), "a take waits for the first records"
+    finally:
+        d.stop()

@@ -172,3 +172,29 @@ def test_hold_lets_go_part_of_a_batch_and_keeps_the_rest():
     assert 0 < len(first) < len(recs) and len(hold) == len(recs) - len(first)
     assert not set(first["packet_id"]) & set(hold.flush()["packet_id"]), "a packet is let go once, whole"
     assert len(hold) == 0
+
+
+def test_what_a_pass_lets_go_is_copied_once_in_the_order_it_came():
+    """pop_complete gathers the done records of every batch straight into
+    one array (record_words.gather): the same bytes as taking each batch's
+    and concatenating them; a lone whole batch is handed over as it is."""
+    from tracer import record_words
+
+    recs = records()
+    hold = RecordHold()
+    hold.add(recs)
+    assert hold.pop_complete(idle_ns=0, now_ktime=1 << 40) is recs, "a lone whole batch: no copy"
+    older, newer = recs[: len(recs) // 2].copy(), recs[len(recs) // 2 :].copy()
+    hold = RecordHold()  # the last one let these go
+    hold.add(older)
+    kept = hold.pop_complete(idle_ns=0, now_ktime=30_000)  # part of the older batch stays held
+    assert 0 < len(kept) < len(older)
+    hold.add(newer)
+    out = hold.pop_complete(idle_ns=0, now_ktime=1 << 40)
+    still = ~np.isin(older["packet_id"], kept["packet_id"])
+    expected = record_words.concat([record_words.take(older, still), newer])
+    assert out.dtype == expected.dtype and out.tobytes() == expected.tobytes()
+    assert not np.shares_memory(out, newer), "two batches: one new array"
+    mixed = [(older, np.array([1, 0])), (newer.astype(newer.dtype.newbyteorder()), None)]
+    with np.errstate(all="ignore"):
+        assert len(record_words.gather(mixed)) == 2 + len(newer), "dtypes that differ: concatenated as numpy does"
