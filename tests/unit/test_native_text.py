@@ -206,6 +206,28 @@ def test_bad_arguments_are_errors_not_crashes():
     jr.hook.codes[0] = len(jr.hook.values)  # a code past its table
     with pytest.raises(ValueError, match="hook code"):
         native_json_block(jr, m)
+    with pytest.raises(ValueError, match="hook code"):  # checked as the text is written: into a stage too
+        native_json_block(jr, m, into=mmap.mmap(-1, 1 << 22), at=0)
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_every_code_column_out_of_range_is_named(where):
+    """journey_json checks each code as it writes its text: a code past its
+    table or negative, in any code column, at the first journey or hop or
+    the last, is a ValueError naming the column."""
+    m = module()
+    for column, codes in (("direction", lambda jr: jr.direction), ("verdict", lambda jr: jr.verdict),
+                          ("reason", lambda jr: jr.reason), ("hook", lambda jr: jr.hook.codes),
+                          ("stage", lambda jr: jr.stage.codes), ("ifname", lambda jr: jr.ifname.codes),
+                          ("container", lambda jr: jr.container.codes),
+                          ("container_id", lambda jr: jr.container_id.codes)):
+        for past in (True, False):
+            jr, _ = both_ways(hostile_ctx(1_000))
+            array = codes(jr)
+            bad = min(1 << 40, int(np.iinfo(array.dtype).max)) if past else -1  # direction and verdict: int8
+            array[0 if where == "first" else -1] = bad
+            with pytest.raises(ValueError, match=rf"\b{column} code {bad} out of range"):
+                native_json_block(jr, m)
     with pytest.raises(TypeError):
         m.journey_json((np.zeros(3, np.float64),) * 10, (), ())
     with pytest.raises(TypeError, match="64-bit"):
