@@ -235,11 +235,14 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float,
                 raise RuntimeError(f"{mode} did not start: {(work / 'err').read_text()[-300:]}")
             time.sleep(0.05)
         time.sleep(0.3)
+        before = b""  # trace's output before the measured window (warm): its packets are not counted
         if warm:
             run_ab(status, requests, 8)
             run_iperf(status, seconds)
             time.sleep(0.6)
         c0 = _proc_counters(proc.pid)
+        if warm and mode != "record":
+            before = out_path.read_bytes()
         k0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         run_ab(status, requests, 8)
         time.sleep(0.5)
@@ -266,9 +269,9 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float,
         found = re.search(r"^summary\s+([\d,]+) packets", (work / "err").read_text(errors="replace"), re.M)
         packets = int(found.group(1).replace(",", "")) if found else 0
     elif mode == "json":
-        packets = text.count(b"\n")
+        packets = text.count(b"\n") - before.count(b"\n")
     else:
-        packets = len(re.findall(rb"^\S+ #", text, re.M))
+        packets = len(re.findall(rb"^\S+ #", text, re.M)) - len(re.findall(rb"^\S+ #", before, re.M))
     lost, _ = parse_lost((work / "err").read_text(errors="replace"))
     if sink == "tmpfs" and mode != "record":
         out_path.unlink()
@@ -355,8 +358,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3, help="live: iperf3 -t (default 3)")
     ap.add_argument("--modes", default="json,record,text", help="live: of json,record,text")
     ap.add_argument("--warm", action="store_true",
-                    help="live, record only: run the workloads once unmeasured first (the steady cost per packet, "
-                         "without what a run pays once)")
+                    help="live: run the workloads once unmeasured first (the steady cost per packet, without "
+                         "what a run pays once: start, first page faults); trace's output to a file")
     ap.add_argument("--sink", choices=("file", "pipe", "tmpfs", "null"), default="file",
                     help="live: trace's output to a file (default: what the targets name), or, as diagnostics, to "
                          "a pipe this script reads, a file on tmpfs (/dev/shm) or /dev/null")
@@ -403,8 +406,8 @@ def main() -> int:
 
         status = lab_status()
         modes = [m for m in args.modes.split(",") if m]
-        if args.warm and modes != ["record"]:
-            ap.error("--warm counts packets in a capture: with --modes record only")
+        if args.warm and args.sink in ("pipe", "null") and modes != ["record"]:
+            ap.error("--warm counts trace's packets in its output file: not with --sink pipe or null")
         cpu: dict[str, list[tuple[float, float]]] = {}
         oncpu: dict[str, list[tuple[float, float]]] = {}
         user: dict[str, list[tuple[float, float]]] = {}

@@ -39,9 +39,17 @@ import stat
 
 BLOCK = 4096  # alignment of the buffer, offsets and lengths: any device's logical block up to a page
 STAGE = 8 << 20  # the buffer's first size; grown (to a multiple of STAGE) for a larger write
-# A buffer grown past this for a burst's write goes back to STAGE after it
-# (a busy pass's text is ~14 MB at the lab's rates; its pages stay mapped).
-KEEP = 32 << 20
+# A grown buffer is kept while the writes keep needing it: its pages stay
+# mapped from one pass to the next. A stream traced at ~60k packets/s
+# writes ~20 MB of JSON a pass (a 40-48 MB stage, the writer's bound being
+# about twice its text); going back to STAGE after each such write faulted
+# the grown one in again every pass (0.2-0.3 page faults a packet, a
+# third of `trace --json`'s system time). It goes back to STAGE after
+# QUIET_WRITES writes (or idle passes: idle()) in a row under a quarter of
+# what it last grew for (a burst's), or at once past KEEP (as
+# live_output.KeptJsonBuffer does).
+KEEP = 128 << 20
+QUIET_WRITES = 16
 
 
 class DirectOutput:
@@ -59,6 +67,8 @@ class DirectOutput:
         self.view = memoryview(self.buffer)
         self.base = _address(self.view)  # where write() recognises its own stage
         self.at = 0
+        self.grown_for = 0  # the size needed when the stage last grew
+        self.quiet = 0  # writes in a row under a quarter of that
 
     def ensure(self, size: int) -> None:
         """The stage at least ``size`` bytes long (what it holds kept)."""
@@ -136,9 +146,23 @@ class DirectOutput:
         if rest:
             self._pwrite_all(self.fd, self.view[:rest], self.start)
         os.lseek(self.fd, self.start + rest, os.SEEK_SET)
-        if len(self.buffer) > KEEP:
-            self._resize(STAGE)
+        self._keep_or_let_go(need)
         return True
+
+    def idle(self) -> None:
+        """A pass that wrote nothing: a quiet one."""
+        self._keep_or_let_go(0)
+
+    def _keep_or_let_go(self, need: int) -> None:
+        """After a write that needed ``need`` bytes of stage: a grown stage
+        goes back to STAGE past KEEP, or once the writes have been quiet
+        (see QUIET_WRITES)."""
+        if len(self.buffer) <= STAGE:
+            return
+        self.quiet = self.quiet + 1 if need < self.grown_for // 4 else 0
+        if len(self.buffer) > KEEP or self.quiet >= QUIET_WRITES:
+            self._resize(STAGE)
+            self.grown_for = self.quiet = 0
 
     @property
     def active(self) -> bool:
@@ -152,6 +176,7 @@ class DirectOutput:
 
     def _grow(self, need: int) -> None:
         self._resize(-(-need // STAGE) * STAGE)
+        self.grown_for, self.quiet = need, 0
 
     def _resize(self, size: int) -> None:
         buffer = mmap.mmap(-1, size)

@@ -81,8 +81,8 @@ class JourneyOutput:
             self.proxy_links.add_recorded(link)
         if batch.journeys is not None:
             self._show(batch.journeys)
-        elif self.json_buffer is not None:  # an idle pass counts towards letting a burst's buffer go
-            self.json_buffer.shown(len(self.json_buffer.into), 0)
+        else:
+            self._idle_pass()
         if batch.status is not None and self.status_tty:
             rate = batch.status.sightings / batch.status.elapsed_s if batch.status.elapsed_s else 0.0
             say("\r" + status_line(rate, batch.status.lost, self.shown), nl=False)
@@ -100,8 +100,7 @@ class JourneyOutput:
         empty = len(batch) == 0 if isinstance(batch, JourneyRows) else batch.num_rows == 0
         kept = self.json_buffer
         if empty or (self.count is not None and self.shown >= self.count):  # most passes when idle: no work at all
-            if kept is not None:
-                kept.shown(len(kept.into), 0)
+            self._idle_pass()
             return
         rows = journey_rows(batch)  # once for the output and the summary
         if self.count is not None:
@@ -118,6 +117,13 @@ class JourneyOutput:
             kept.shown(size_before, text)
         self.summary.add_table(rows)
         self.shown += count
+
+    def _idle_pass(self) -> None:
+        """A pass that showed nothing counts towards letting a burst's
+        buffers go (the JSON's kept buffer, the direct output's stage)."""
+        if self.json_buffer is not None:
+            self.json_buffer.shown(len(self.json_buffer.into), 0)
+        self.reader.idle()
 
     def on_containers(self, action: str, container: Any, ktime_ns: int) -> None:
         pass

@@ -120,6 +120,11 @@ class Reader:
             self.direct = (DirectOutput.for_fd(fd) if fd >= 0 else None) or False
         return self.direct or None
 
+    def idle(self) -> None:
+        """A pass that wrote nothing (a burst's stage may go: DirectOutput.idle)."""
+        if self.direct:
+            self.direct.idle()
+
     def _write_direct(self, text: str | bytes | memoryview) -> bool:
         """Written with O_DIRECT where stdout is a file that takes it (True)."""
         direct = self.stage()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_written_pages import _resident
-from tracer.direct_output import BLOCK, KEEP, STAGE, DirectOutput
+from tracer.direct_output import BLOCK, KEEP, QUIET_WRITES, STAGE, DirectOutput
 from tracer.output import Reader
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,6 +100,42 @@ def test_text_put_in_the_stage_is_written_from_there(disk_dir):
         del view
         written += b"z" * big
         assert len(direct.buffer) == STAGE  # let go after the burst's write
+        direct.close()
+    assert path.read_bytes() == written
+
+
+def test_a_grown_stage_is_kept_while_the_writes_need_it(disk_dir):
+    """A stage grown for a pass's text stays grown while the passes keep
+    writing about as much (a stream's: regrowing it every pass faulted its
+    pages in again), and goes back to STAGE after QUIET_WRITES small
+    writes or idle passes in a row."""
+    path = disk_dir / "out"
+    written = b""
+    with open(path, "wb") as f:
+        direct = DirectOutput.for_fd(f.fileno())
+
+        def put(n: int) -> None:
+            nonlocal written
+            direct.ensure(direct.at + 2 * n)  # as the writers ask: their bound, about twice the text
+            text = bytes([65 + len(written) % 26]) * n
+            view = memoryview(direct.buffer)[direct.at:direct.at + n]
+            view[:] = text
+            assert direct.write(view)
+            del view
+            written += text
+
+        put(3 * STAGE // 2)
+        grown = direct.buffer
+        assert len(grown) > STAGE
+        for _ in range(3 * QUIET_WRITES):  # a steady stream of passes as big
+            put(3 * STAGE // 2)
+            assert direct.buffer is grown, "kept, not let go and grown again"
+        for i in range(QUIET_WRITES - 1):  # quiet: small writes, then idle passes
+            put(BLOCK) if i % 2 else direct.idle()
+            assert direct.buffer is grown
+        direct.idle()
+        assert len(direct.buffer) == STAGE, "let go after QUIET_WRITES quiet passes"
+        put(100)
         direct.close()
     assert path.read_bytes() == written
 
