@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_written_pages import _resident
-from tracer.direct_output import BLOCK, KEEP, QUIET_WRITES, STAGE, DirectOutput
+from tracer import direct_output
+from tracer.direct_output import BLOCK, QUIET_WRITES, STAGE, DirectOutput
 from tracer.output import Reader
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +76,19 @@ def test_nothing_stays_in_the_page_cache(disk_dir):
         assert _resident(path) <= BLOCK  # the last partial block, written the ordinary way
 
 
-def test_text_put_in_the_stage_is_written_from_there(disk_dir):
+def _put_in_stage(direct: DirectOutput, n: int, bound: int, fill: bytes) -> bytes:
+    """What a writer does: the stage made ``bound`` bytes long past ``at``,
+    ``n`` bytes of ``fill`` put there, that view written; the bytes."""
+    direct.ensure(direct.at + bound)
+    text = fill * n
+    view = memoryview(direct.buffer)[direct.at:direct.at + n]
+    view[:] = text
+    assert direct.write(view)
+    del view
+    return text
+
+
+def test_text_put_in_the_stage_is_written_from_there(disk_dir, monkeypatch):
     """journey_json_text writes into ``buffer`` at ``at`` (after the partial
     block kept there) and hands a view of it: the same bytes on disk,
     without a copy; a stage too small is grown keeping what it holds."""
@@ -84,57 +97,43 @@ def test_text_put_in_the_stage_is_written_from_there(disk_dir):
         direct = DirectOutput.for_fd(f.fileno())
         written = b""
         for n in (5000, 3 * STAGE // 2, 100, 2 * BLOCK):
-            direct.ensure(direct.at + n)
-            text = bytes([65 + len(written) % 26]) * n
-            view = memoryview(direct.buffer)[direct.at:direct.at + n]
-            view[:] = text
-            assert direct.write(view)
-            del view
-            written += text
+            written += _put_in_stage(direct, n, n, bytes([65 + len(written) % 26]))
         assert len(direct.buffer) >= 3 * STAGE // 2
-        direct.ensure(KEEP + 1)  # a burst's
-        big = KEEP + 1 - direct.at
-        view = memoryview(direct.buffer)[direct.at:direct.at + big]
-        view[:] = b"z" * big
-        assert direct.write(view)
-        del view
-        written += b"z" * big
+        monkeypatch.setattr(direct_output, "KEEP", 4 * STAGE)  # a smaller burst than KEEP's, same rule
+        big = direct_output.KEEP + 1 - direct.at  # a burst's
+        written += _put_in_stage(direct, big, big, b"z")
         assert len(direct.buffer) == STAGE  # let go after the burst's write
         direct.close()
     assert path.read_bytes() == written
 
 
-def test_a_grown_stage_is_kept_while_the_writes_need_it(disk_dir):
+def test_a_grown_stage_is_kept_while_the_writes_need_it(disk_dir, monkeypatch):
     """A stage grown for a pass's text stays grown while the passes keep
     writing about as much (a stream's: regrowing it every pass faulted its
     pages in again), and goes back to STAGE after QUIET_WRITES small
     writes or idle passes in a row."""
+    stage = 16 * BLOCK  # STAGE's rule on smaller writes: a test that writes megabytes, not hundreds
+    monkeypatch.setattr(direct_output, "STAGE", stage)
     path = disk_dir / "out"
     written = b""
     with open(path, "wb") as f:
         direct = DirectOutput.for_fd(f.fileno())
 
         def put(n: int) -> None:
-            nonlocal written
-            direct.ensure(direct.at + 2 * n)  # as the writers ask: their bound, about twice the text
-            text = bytes([65 + len(written) % 26]) * n
-            view = memoryview(direct.buffer)[direct.at:direct.at + n]
-            view[:] = text
-            assert direct.write(view)
-            del view
-            written += text
+            nonlocal written  # the writers ask for their bound, about twice the text
+            written += _put_in_stage(direct, n, 2 * n, bytes([65 + len(written) % 26]))
 
-        put(3 * STAGE // 2)
+        put(3 * stage // 2)
         grown = direct.buffer
-        assert len(grown) > STAGE
+        assert len(grown) > stage
         for _ in range(3 * QUIET_WRITES):  # a steady stream of passes as big
-            put(3 * STAGE // 2)
+            put(3 * stage // 2)
             assert direct.buffer is grown, "kept, not let go and grown again"
-        for i in range(QUIET_WRITES - 1):  # quiet: small writes, then idle passes
+        for i in range(QUIET_WRITES - 1):  # quiet: idle passes and small writes, in turn
             put(BLOCK) if i % 2 else direct.idle()
             assert direct.buffer is grown
         direct.idle()
-        assert len(direct.buffer) == STAGE, "let go after QUIET_WRITES quiet passes"
+        assert len(direct.buffer) == stage, "let go after QUIET_WRITES quiet passes"
         put(100)
         direct.close()
     assert path.read_bytes() == written
