@@ -60,10 +60,8 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
     Py_buffer stage_view = {0};
     int stage_held = 0;
     if (stage) {
-        if (PyObject_GetBuffer(into, &stage_view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) {
-            PyErr_SetString(PyExc_TypeError, "journey_json: into must be a bytearray, a writable buffer, or None");
+        if (stage_take(into, &stage_view, "journey_json: into must be a bytearray, a writable buffer, or None") < 0)
             return NULL;
-        }
         stage_held = 1;
     }
     /* A view of into from an earlier call still held: refused whatever this
@@ -119,11 +117,10 @@ PyObject *native_journey_json(PyObject *self, PyObject *args) {
     Py_ssize_t bound = count * per_journey + n * per_hop + 64;  /* + a 16-byte block's overshoot */
     char *base;
     if (stage) {
-        if (at > stage_view.len || stage_view.len - at < bound) {
+        if (!(base = stage_room(&stage_view, at, bound))) {
             result = PyLong_FromSsize_t(-(at + bound));
             goto done;
         }
-        base = (char *)stage_view.buf + at;
     } else if (into != Py_None) {
         /* The caller's buffer, grown (never shrunk) to the bound: its pages
          * stay mapped from one call to the next, where a new bytes object

@@ -145,10 +145,7 @@ PyObject *native_journey_text(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (into != Py_None) {
-        if (PyObject_GetBuffer(into, &stage_view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) {
-            PyErr_SetString(PyExc_TypeError, "journey_text: into must be a writable buffer or None");
-            return NULL;
-        }
+        if (stage_take(into, &stage_view, "journey_text: into must be a writable buffer or None") < 0) return NULL;
         stage_held = 1;
     }
     static const char *jnames[N_JOURNEY] = {"packet_id", "flow_id", "wall_ns", "direction", "protocol", "tcp_key",
@@ -243,11 +240,10 @@ PyObject *native_journey_text(PyObject *self, PyObject *args) {
     Py_ssize_t bound = count * per_journey + n * per_hop + 64;
     char *base;
     if (stage_held) {
-        if (at > stage_view.len || stage_view.len - at < bound) {
+        if (!(base = stage_room(&stage_view, at, bound))) {
             result = PyLong_FromSsize_t(-(at + bound));
             goto done;
         }
-        base = (char *)stage_view.buf + at;
     } else {
         out = PyBytes_FromStringAndSize(NULL, bound);
         if (!out) goto done;

@@ -137,6 +137,22 @@ static inline char *put_frag(char *p, const frag *f) {
     return p + f->n;
 }
 
+/* The direct output's stage (tracer/direct_output.py, written_in): a
+ * writable buffer a text writer puts its text into from byte `at` on,
+ * never growing it. stage_take: ``into`` taken as one (a TypeError saying
+ * ``message`` otherwise): 0, or -1. stage_room: where the text goes, or
+ * NULL where fewer than ``bound`` bytes are left there (the writer then
+ * returns -(at + bound): the stage is grown to that and the call made again). */
+static inline int stage_take(PyObject *into, Py_buffer *view, const char *message) {
+    if (PyObject_GetBuffer(into, view, PyBUF_WRITABLE | PyBUF_SIMPLE) == 0) return 0;
+    PyErr_SetString(PyExc_TypeError, message);
+    return -1;
+}
+
+static inline char *stage_room(const Py_buffer *view, Py_ssize_t at, Py_ssize_t bound) {
+    return at <= view->len && view->len - at >= bound ? (char *)view->buf + at : NULL;
+}
+
 /* An endpoint as tracer/journey_json.py's _endpoint_text writes it, from
  * its address' JSON text ('"10.0.0.1"', or null): the address alone for
  * ICMP, else '"ip:port"', '"[ip6]:port"'. Only the closing quote moves:

@@ -269,9 +269,9 @@ def live_run(tree: Path, mode: str, status: dict, requests: int, seconds: float,
         found = re.search(r"^summary\s+([\d,]+) packets", (work / "err").read_text(errors="replace"), re.M)
         packets = int(found.group(1).replace(",", "")) if found else 0
     elif mode == "json":
-        packets = text.count(b"\n") - before.count(b"\n")
+        packets = text.count(b"\n", len(before))
     else:
-        packets = len(re.findall(rb"^\S+ #", text, re.M)) - len(re.findall(rb"^\S+ #", before, re.M))
+        packets = len(re.findall(rb"^\S+ #", text[len(before):], re.M))
     lost, _ = parse_lost((work / "err").read_text(errors="replace"))
     if sink == "tmpfs" and mode != "record":
         out_path.unlink()

@@ -43,6 +43,37 @@ _MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks above it are still unmappe
 _TRIM_THRESHOLD = 1 << 30
 
 
+# A buffer grown for a pass's text (`--json`'s bytearray, the direct
+# output's stage) goes back to its first size after this many passes in a
+# row (idle ones too, ~0.15 s each) that used under a quarter of what it
+# last grew for, or at once past KEEP_AT_MOST: a run whose passes only vary
+# keeps it (regrowing faults its pages in again: a traced stream writes
+# ~20 MB of JSON a pass), a burst's is not kept for the rest of the run.
+QUIET_PASSES = 16
+KEEP_AT_MOST = 128 << 20
+
+
+class KeepWhileNeeded:
+    """When a buffer grown for a pass's text is let go (see QUIET_PASSES):
+    ``grew`` when it grows, ``let_go`` after each pass."""
+
+    def __init__(self) -> None:
+        self.grown_for = 0  # the size it last grew for
+        self.quiet = 0  # passes in a row that used under a quarter of that
+
+    def grew(self, size: int) -> None:
+        self.grown_for, self.quiet = size, 0
+
+    def let_go(self, used: int, held: int) -> bool:
+        """After a pass that used ``used`` bytes (0: an idle pass) of a
+        buffer ``held`` bytes long: True when it goes back to its first size."""
+        self.quiet = self.quiet + 1 if used < self.grown_for // 4 else 0
+        if held > KEEP_AT_MOST or self.quiet >= QUIET_PASSES:
+            self.grown_for = self.quiet = 0
+            return True
+        return False
+
+
 def is_live(argv: list[str]) -> bool:
     """Whether the command line runs a live command (its first word after
     the program, the group having no options of its own but --help/--version)."""

@@ -37,19 +37,16 @@ import mmap
 import os
 import stat
 
+from tracer.allocator import KeepWhileNeeded
+
 BLOCK = 4096  # alignment of the buffer, offsets and lengths: any device's logical block up to a page
 STAGE = 8 << 20  # the buffer's first size; grown (to a multiple of STAGE) for a larger write
-# A grown buffer is kept while the writes keep needing it: its pages stay
-# mapped from one pass to the next. A stream traced at ~60k packets/s
-# writes ~20 MB of JSON a pass (a 40-48 MB stage, the writer's bound being
-# about twice its text); going back to STAGE after each such write faulted
-# the grown one in again every pass (0.2-0.3 page faults a packet, a
-# third of `trace --json`'s system time). It goes back to STAGE after
-# QUIET_WRITES writes (or idle passes: idle()) in a row under a quarter of
-# what it last grew for (a burst's), or at once past KEEP (as
-# live_output.KeptJsonBuffer does).
-KEEP = 128 << 20
-QUIET_WRITES = 16
+# A grown buffer is kept while the passes keep needing it, its pages
+# mapped from one pass to the next (allocator.KeepWhileNeeded): a stream
+# traced at ~60k packets/s writes ~20 MB of JSON a pass (a 40-48 MB stage,
+# the writer's bound being about twice its text), and going back to STAGE
+# after each such write faulted the grown one in again every pass (0.2-0.3
+# page faults a packet, a third of `trace --json`'s system time).
 
 
 class DirectOutput:
@@ -67,8 +64,7 @@ class DirectOutput:
         self.view = memoryview(self.buffer)
         self.base = _address(self.view)  # where write() recognises its own stage
         self.at = 0
-        self.grown_for = 0  # the size needed when the stage last grew
-        self.quiet = 0  # writes in a row under a quarter of that
+        self.keep = KeepWhileNeeded()  # when a grown stage goes back to STAGE
 
     def ensure(self, size: int) -> None:
         """The stage at least ``size`` bytes long (what it holds kept)."""
@@ -154,15 +150,9 @@ class DirectOutput:
         self._keep_or_let_go(0)
 
     def _keep_or_let_go(self, need: int) -> None:
-        """After a write that needed ``need`` bytes of stage: a grown stage
-        goes back to STAGE past KEEP, or once the writes have been quiet
-        (see QUIET_WRITES)."""
-        if len(self.buffer) <= STAGE:
-            return
-        self.quiet = self.quiet + 1 if need < self.grown_for // 4 else 0
-        if len(self.buffer) > KEEP or self.quiet >= QUIET_WRITES:
+        """After a pass that needed ``need`` bytes of stage."""
+        if len(self.buffer) > STAGE and self.keep.let_go(need, len(self.buffer)):
             self._resize(STAGE)
-            self.grown_for = self.quiet = 0
 
     @property
     def active(self) -> bool:
@@ -176,7 +166,7 @@ class DirectOutput:
 
     def _grow(self, need: int) -> None:
         self._resize(-(-need // STAGE) * STAGE)
-        self.grown_for, self.quiet = need, 0
+        self.keep.grew(need)
 
     def _resize(self, size: int) -> None:
         buffer = mmap.mmap(-1, size)
@@ -199,6 +189,20 @@ class DirectOutput:
             self.buffer.close()
         except BufferError:  # a view of it still held: unmapped once none is
             pass
+
+
+def written_in(stage, fill) -> memoryview:
+    """The text a compiled writer puts in ``stage`` (a DirectOutput, or
+    anything with its ``buffer``, ``at`` and ``ensure``) at ``at``, where
+    write() takes it from: ``fill(buffer, at)`` returns its length, or
+    minus the size the stage must have (a writer never grows it: it is
+    grown here and ``fill`` called again). A view of the stage, good until
+    its next use."""
+    size = fill(stage.buffer, stage.at)
+    if size < 0:
+        stage.ensure(-size)
+        size = fill(stage.buffer, stage.at)
+    return memoryview(stage.buffer)[stage.at:stage.at + size]
 
 
 def _address(view: memoryview) -> int | None:

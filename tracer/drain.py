@@ -149,17 +149,12 @@ class RingBufferDrain:
         return self._producer_pos() - self._consumer_pos()
 
     def read(self) -> np.ndarray:
-        """All committed records available now (up to max_batch), as the sample dtype."""
-        return self.read_records()
-
-    def read_records(self, release: bool = True) -> np.ndarray:
-        """The same, as contiguous sample-dtype arrays: batches of these
+        """All committed records available now (up to max_batch), released
+        (release()), as one contiguous sample-dtype array: batches of these
         concatenate as plain bytes, and every later read of their fields
         and words is a plain one (a field view of the ring's records,
         header and all, would not be contiguous: numpy then copies it field
-        by field, ~0.5 µs a journey record). ``release=False``: as the
-        kernel wrote them, for a caller that release()s them later, in
-        bigger batches."""
+        by field, ~0.5 µs a journey record)."""
         n = self.readable()
         self.walked = 0
         if n <= 0:
@@ -167,8 +162,7 @@ class RingBufferDrain:
         # Rows for as many records as the bytes could hold (np.empty: the
         # pages of rows not written are never touched).
         out = np.empty(n, self.sample)
-        records = out[:self.read_into(out, 0)]
-        return self.release(records) if release else records
+        return self.release(out[:self.read_into(out, 0)])
 
     def readable(self) -> int:
         """At most how many records a read now could find: what the bytes
@@ -403,16 +397,15 @@ class BackgroundDrain:
             return min(MAX_PAUSE_STEP_S, self.batch_s)
         return min(MAX_PAUSE_STEP_S, self.batch_s, max(PAUSE_STEP_S, quarter / self._rate / 8))
 
-    def _read(self) -> int:
-        """One read of the ring into _pending, after its rows so far; how
-        many records it brought (released in take())."""
+    def _read(self) -> None:
+        """One read of the ring into _pending, after its rows so far
+        (released in take())."""
         with self.lock:
             self._make_room(self.drain.readable())
             rows = self.drain.read_into(self._pending, self.queued)
             if rows:
                 self.queued += rows
                 self._records_in.notify()
-        return rows
 
     def _make_room(self, wanted: int) -> None:
         """_pending with room for ``wanted`` more rows: a new array (np.empty:

@@ -24,7 +24,7 @@ def journey_block(rows: Any, as_json: bool, color: bool, rules: Any, links: Any,
     if as_json:
         block, count, ends = journey_json_text(rows, into=into)
     else:
-        block, count = render_rows(rows, color, into=None if isinstance(into, bytearray) else into), len(rows)
+        block, count = render_rows(rows, color, into=into), len(rows)
     if rules is not None:
         from tracer.rule_render import hop_rules, with_rules_json, with_rules_text
 

@@ -64,11 +64,9 @@ def journey_json_text(table: pa.Table, compiled: bool = True, into=None) -> tupl
         if isinstance(into, bytearray):
             size = native_json_block(jr, module, into, ends)
             return memoryview(into)[:size], len(jr), ends
-        size = native_json_block(jr, module, into.buffer, ends, into.at)
-        if size < 0:  # the stage is grown, never by the compiled loop
-            into.ensure(-size)
-            size = native_json_block(jr, module, into.buffer, ends, into.at)
-        return memoryview(into.buffer)[into.at:into.at + size], len(jr), ends
+        from tracer.direct_output import written_in
+
+        return written_in(into, lambda buffer, at: native_json_block(jr, module, buffer, ends, at)), len(jr), ends
     pieces, line_starts = _json_pieces(jr, newline=True)
     data, offsets = _string_buffer(pieces)
     at = offsets[line_starts]

@@ -10,43 +10,29 @@ import json
 import sys
 from typing import Any
 
+from tracer.allocator import KeepWhileNeeded
 from tracer.output import Reader, say
 from tracer.render import Summary, render_interval, status_line
 from tracer.sinks import Batch, RunEnd, RunInfo
 
 
-# The most of KeptJsonBuffer.into kept from one batch to the next: a busy
-# pass's text (~14 MB) is written into a buffer of 2-3x that (1.5 x the
-# writer's bound); a burst past this is let go after it is shown.
-JSON_INTO_KEEP = 128 << 20
-# Passes in a row (idle ones too, ~0.1-0.15 s each) whose text is under a
-# quarter of the text the buffer last grew for: then a burst's buffer is let
-# go (a run whose batches only vary keeps it; regrowing faults its pages in).
-JSON_INTO_QUIET_PASSES = 16
-
-
 class KeptJsonBuffer:
     """--json: the bytearray each batch's text is written into, kept so its
     pages stay mapped (a new one a batch faulted ~2x the text in again), but
-    not a burst's for the rest of the run (see JSON_INTO_QUIET_PASSES), as
+    not a burst's for the rest of the run (allocator.KeepWhileNeeded), as
     journey_columns gives a burst's columns back."""
 
     def __init__(self) -> None:
         self.into = bytearray()
-        self.grown_for = 0  # the text of the batch that last grew it
-        self.quiet = 0  # passes in a row under a quarter of that
+        self.keep = KeepWhileNeeded()
 
     def shown(self, size_before: int, text: int) -> None:
         """After a pass that wrote ``text`` bytes (0: an idle pass), when
         ``into`` was ``size_before`` bytes before it."""
         if len(self.into) != size_before:
-            self.grown_for, self.quiet = text, 0
-        elif text < self.grown_for // 4:
-            self.quiet += 1
-        else:
-            self.quiet = 0
-        if len(self.into) > JSON_INTO_KEEP or self.quiet >= JSON_INTO_QUIET_PASSES:
-            self.into, self.grown_for, self.quiet = bytearray(), 0, 0
+            self.keep.grew(text)
+        if self.keep.let_go(text, len(self.into)):
+            self.into = bytearray()
 
 
 class JourneyOutput:

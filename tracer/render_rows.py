@@ -78,11 +78,9 @@ def render_rows(jr: JourneyRows, color: bool, compiled: bool = True, into=None) 
 
         if into is None:
             return memoryview(native_text_block(jr, color, module))
-        size = native_text_block(jr, color, module, into.buffer, into.at)
-        if size < 0:  # the stage is grown, never by the compiled loop
-            into.ensure(-size)
-            size = native_text_block(jr, color, module, into.buffer, into.at)
-        return memoryview(into.buffer)[into.at:into.at + size]
+        from tracer.direct_output import written_in
+
+        return written_in(into, lambda buffer, at: native_text_block(jr, color, module, buffer, at))
     bold = _style_parts(color, bold=True)
     red = _style_parts(color, fg="red", bold=True)
     nat_style = _style_parts(color, **_NAT_STYLE)

@@ -1,6 +1,6 @@
 """What fake ring buffers share: BackgroundDrain reads a ring through
 RingBufferDrain's readable() and read_into(); a fake says what a read
-brings in read_records(), as RingBufferDrain.read_records does."""
+brings in its read_records(), as RingBufferDrain.read does."""
 
 
 class ReadsInto:

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_written_pages import _resident
-from tracer import direct_output
-from tracer.direct_output import BLOCK, QUIET_WRITES, STAGE, DirectOutput
+from tracer import allocator, direct_output
+from tracer.allocator import QUIET_PASSES
+from tracer.direct_output import BLOCK, STAGE, DirectOutput
 from tracer.output import Reader
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,8 +100,8 @@ def test_text_put_in_the_stage_is_written_from_there(disk_dir, monkeypatch):
         for n in (5000, 3 * STAGE // 2, 100, 2 * BLOCK):
             written += _put_in_stage(direct, n, n, bytes([65 + len(written) % 26]))
         assert len(direct.buffer) >= 3 * STAGE // 2
-        monkeypatch.setattr(direct_output, "KEEP", 4 * STAGE)  # a smaller burst than KEEP's, same rule
-        big = direct_output.KEEP + 1 - direct.at  # a burst's
+        monkeypatch.setattr(allocator, "KEEP_AT_MOST", 4 * STAGE)  # a smaller burst than KEEP_AT_MOST's, same rule
+        big = allocator.KEEP_AT_MOST + 1 - direct.at  # a burst's
         written += _put_in_stage(direct, big, big, b"z")
         assert len(direct.buffer) == STAGE  # let go after the burst's write
         direct.close()
@@ -110,7 +111,7 @@ def test_text_put_in_the_stage_is_written_from_there(disk_dir, monkeypatch):
 def test_a_grown_stage_is_kept_while_the_writes_need_it(disk_dir, monkeypatch):
     """A stage grown for a pass's text stays grown while the passes keep
     writing about as much (a stream's: regrowing it every pass faulted its
-    pages in again), and goes back to STAGE after QUIET_WRITES small
+    pages in again), and goes back to STAGE after QUIET_PASSES small
     writes or idle passes in a row."""
     stage = 16 * BLOCK  # STAGE's rule on smaller writes: a test that writes megabytes, not hundreds
     monkeypatch.setattr(direct_output, "STAGE", stage)
@@ -126,14 +127,14 @@ def test_a_grown_stage_is_kept_while_the_writes_need_it(disk_dir, monkeypatch):
         put(3 * stage // 2)
         grown = direct.buffer
         assert len(grown) > stage
-        for _ in range(3 * QUIET_WRITES):  # a steady stream of passes as big
+        for _ in range(3 * QUIET_PASSES):  # a steady stream of passes as big
             put(3 * stage // 2)
             assert direct.buffer is grown, "kept, not let go and grown again"
-        for i in range(QUIET_WRITES - 1):  # quiet: idle passes and small writes, in turn
+        for i in range(QUIET_PASSES - 1):  # quiet: idle passes and small writes, in turn
             put(BLOCK) if i % 2 else direct.idle()
             assert direct.buffer is grown
         direct.idle()
-        assert len(direct.buffer) == stage, "let go after QUIET_WRITES quiet passes"
+        assert len(direct.buffer) == stage, "let go after QUIET_PASSES quiet passes"
         put(100)
         direct.close()
     assert path.read_bytes() == written

@@ -413,10 +413,10 @@ def _json_output():
 
 def test_trace_json_lets_a_bursts_buffer_go_after_quiet_passes():
     """`trace --json` keeps its buffer while batches only vary, and lets a
-    burst's go after JSON_INTO_QUIET_PASSES passes in a row (idle ones
-    too) under a quarter of the text it grew for: one burst does not set
-    the run's memory for hours. The text shown is the same either way."""
-    from tracer.live_output import JSON_INTO_QUIET_PASSES
+    burst's go after QUIET_PASSES passes in a row (idle ones too) under a
+    quarter of the text it grew for: one burst does not set the run's
+    memory for hours. The text shown is the same either way."""
+    from tracer.allocator import QUIET_PASSES
 
     jr, _ = both_ways(hostile_ctx(1_796_000_000_123_456_789))
     burst, small = jr, jr.head(1)
@@ -425,11 +425,11 @@ def test_trace_json_lets_a_bursts_buffer_go_after_quiet_passes():
     show(burst)
     grown = len(out.json_buffer.into)
     assert grown > 0
-    for _ in range(3 * JSON_INTO_QUIET_PASSES):  # steady, varying batches: kept, never regrown
+    for _ in range(3 * QUIET_PASSES):  # steady, varying batches: kept, never regrown
         show(jr.head(len(jr) - 1))
         show(burst)
     assert len(out.json_buffer.into) == grown
-    for i in range(JSON_INTO_QUIET_PASSES - 1):
+    for i in range(QUIET_PASSES - 1):
         show(small) if i % 2 else show(jr.head(0))
     assert len(out.json_buffer.into) == grown
     show(small)
