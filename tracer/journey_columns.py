@@ -140,10 +140,15 @@ class JourneyColumns:
 
         places, inverse = resolve_place_keys(ctx, out.place_keys, out.hops["place_index"], addresses)
         if len(places):
-            # each place's ifindex (one: a place index comes from one key), kept with it
-            ifindex = np.zeros(len(places), np.uint32)
-            ifindex[inverse] = out.hops["ifindex"]
-            self._hop["place"][h0:h0 + h] = place_ids.ids_of(places, ifindex)[inverse]
+            # each place's ifindex (one: a place index comes from one key), kept with it: the
+            # key's low bits (decode.place_keys), or, where addresses told places apart (more
+            # places than keys, rare), the ifindex of a hop at each
+            if len(places) == len(out.place_keys):
+                ifindex = np.array(out.place_keys, np.uint64) & np.uint64(0x7FFFFFFF)
+            else:
+                ifindex = np.zeros(len(places), np.uint32)
+                ifindex[inverse] = out.hops["ifindex"]
+            np.take(place_ids.ids_of(places, ifindex), inverse, out=self._hop["place"][h0:h0 + h])
         else:
             self._hop["place"][h0:h0 + h] = 0
         self.n, self.n_hops, self.n_tuples = r0 + k, h0 + h, t0 + t

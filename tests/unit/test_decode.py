@@ -102,3 +102,31 @@ def test_unknown_ifindex_is_asked_once_until_places_change():
     c.book.rebuild([], [], [], threading.Lock())  # what TraceSession does when the host changes
     decode(raw(row), c)
     assert len(asked) == 2
+
+
+def test_factorize_by_range_and_by_hash_agree():
+    """Small integer ranges are factorized by a count per value, the rest by
+    Arrow's hash: both give each row its distinct value back."""
+    from tracer.decode import _SMALL_RANGE, _factorize
+
+    rng = np.random.default_rng(3)
+    cases = [np.full(50, -1, np.int64), np.array([6, 17, 6, 1, 17], np.uint8), rng.integers(-1, 300, 400),
+             rng.integers(0, 1 << 40, 300, dtype=np.uint64), np.array([0, _SMALL_RANGE], np.int64), np.zeros(0, np.int64)]
+    for values in cases:
+        distinct, index = _factorize(values)
+        assert index.dtype == np.int32
+        assert np.array_equal(distinct[index], values)
+        assert len(distinct) == len(np.unique(values))
+
+
+def test_dictionary_columns_null_where_the_entry_is_none():
+    from tracer.decode import _dict_column, code_column
+
+    column = code_column(np.array([2, 0, 1, 7, 0], np.uint8), events.DIRECTIONS)  # 7: past the table, entry 0
+    column.validate(full=True)
+    assert column.to_pylist() == ["reply", None, "original", None, None]
+    for names in ([None, "a", None], [None, None], ["x", "y"], [None, "a"]):
+        indices = np.array([0, 1, 2, 1], np.int64) % len(names)
+        got = _dict_column(indices, names)
+        got.validate(full=True)
+        assert got.to_pylist() == [names[i] for i in indices]

@@ -382,6 +382,22 @@ def test_a_version_3_capture_reads_as_it_did():
     assert [c["id"] for c in old.containers] == ["x"]
 
 
+def test_a_version_4_capture_reads_as_it_did():
+    """tests/data/journeys-v4.arrows was written by tracer's version 4
+    writer (commit 40fe4ba) from this module's records (fwd_out_ifindex 9,
+    two batches); journeys-v4.rows.json holds the sighting rows that
+    tracer's reader gave for it then, which agreed with live decoding: a
+    later format must still read this file as those rows."""
+    old = read_capture(str(DATA / "journeys-v4.arrows"))
+    assert old.metadata["schema_version"] == "4"
+    got = old.events.select(list(events.EVENT_SCHEMA.names))
+    got = got.set_column(0, "time", got["time"].cast(pa.int64()))
+    assert got.to_pylist() == json.loads((DATA / "journeys-v4.rows.json").read_text())
+    recs = records()
+    recs["fwd_out_ifindex"] = 9
+    assert comparable(old.events) == comparable(live_rows(recs))
+
+
 def test_a_version_4_file_without_its_clock_offset_is_refused_in_one_line(tmp_path):
     from tracer.capture import CaptureReadError
 
@@ -544,3 +560,23 @@ def test_a_recording_reads_back_on_the_clock_the_run_had(tmp_path):
     assert comparable(capture.events) == comparable(decode(expand(recs), c))
     stats = capture.table.filter(pc.equal(capture.table["kind"], "stats"))
     assert stats["time"].cast(pa.int64()).to_pylist() == [123_456 + c.boot_offset_ns]
+
+
+def test_dictionary_codes_that_move_between_batches_read_back(tmp_path):
+    """A batch's dictionary columns reach the file in the stream's codes: as
+    they are where the batch's codes are the stream's (most batches), else
+    mapped (here `udp` is the stream's code 0 and the second batch's 1)."""
+    recs = records()
+    first, second = recs[:3].copy(), recs[3:].copy()
+    first["protocol"] = 17
+    second["protocol"] = np.where(np.arange(len(second)) % 2, 6, 17)
+    path = tmp_path / "cap.arrows"
+    write(path, [first, second])
+    on_disk = pa.ipc.open_stream(str(path)).read_all()
+    journeys = on_disk.filter(pc.equal(on_disk["kind"], "journey"))
+    stored = np.concatenate([first, second])
+    want = ["udp" if p == 17 else "tcp" for p in stored[stored["n_hops"] > 0]["protocol"]]
+    assert journeys["protocol"].to_pylist() == want
+    assert journeys["protocol"].chunks[-1].dictionary.to_pylist() == ["udp", "tcp"]  # the stream's order, not the batch's
+    events_read = read_capture(str(path)).events
+    assert sorted(set(events_read["protocol"].to_pylist())) == ["tcp", "udp"]

@@ -88,9 +88,9 @@ class _GrowingDictionary:
         lut = np.fromiter(
             (self._code(v) for v in chunk.dictionary.to_pylist()), dtype=np.int64, count=len(chunk.dictionary)
         )
-        if len(lut):  # (numeric_array: pa.array would import numpy.ma in the first flush, ~10 ms)
+        if len(lut) and not _identity(lut):  # (numeric_array: pa.array would import numpy.ma in the first flush, ~10 ms)
             indices = pc.take(numeric_array(lut.astype(f"i{index_type.bit_width // 8}"), index_type), chunk.indices)
-        else:
+        else:  # the chunk's codes are already the stream's (most batches): no gather a row
             indices = chunk.indices.cast(index_type)
         return pa.DictionaryArray.from_arrays(indices, self.array)
 
@@ -107,6 +107,10 @@ class _GrowingDictionary:
         if self._array is None:
             self._array = pa.array(self.values, self.value_type)
         return self._array
+
+
+def _identity(lut: np.ndarray) -> bool:
+    return bool((lut == np.arange(len(lut))).all())
 
 
 # --- writing --------------------------------------------------------------------
