@@ -69,10 +69,27 @@ PyObject *native_address_ids(PyObject *self, PyObject *args) {
     const uint64_t *v = (const uint64_t *)c[0].v;
     uint64_t *o = (uint64_t *)c[1].v;
     const Py_ssize_t n = c[0].n;
+    /* The addresses of a batch repeat (a few hundred flows, the allocator's
+     * few dozen sk_buffs): each hashed once per slot of a small direct-mapped
+     * cache, ~3 ns a value against SipHash's ~19. 0 marks an empty slot (the
+     * address 0 is never looked up). */
+    enum { CACHE_BITS = 10 };
+    static _Thread_local struct { uint64_t address, id; } cache[1 << CACHE_BITS];
     Py_BEGIN_ALLOW_THREADS
+    memset(cache, 0, sizeof cache);  /* another call's key: nothing kept across calls */
     for (Py_ssize_t i = 0; i < n; i++) {
-        uint64_t id = v[i] ? siphash24_word(k0, k1, v[i]) & mask : 0;
-        o[i] = v[i] && !id ? 1 : id;
+        const uint64_t a = v[i];
+        if (!a) {
+            o[i] = 0;
+            continue;
+        }
+        const size_t at = (size_t)((a * 0x9E3779B97F4A7C15ULL) >> (64 - CACHE_BITS));
+        if (cache[at].address != a) {
+            const uint64_t id = siphash24_word(k0, k1, a) & mask;
+            cache[at].address = a;
+            cache[at].id = id ? id : 1;
+        }
+        o[i] = cache[at].id;
     }
     Py_END_ALLOW_THREADS
     release_columns(c, 2);

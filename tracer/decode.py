@@ -91,11 +91,12 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if lo == hi:
             return values[:1].copy(), np.zeros(len(values), np.int32)
         if hi - lo < _SMALL_RANGE:
-            offset = values.astype(np.int64) - lo if lo else values
+            base = values.dtype.type(lo)  # in the values' type: uint64 keys pass 2^63
+            offset = (values - base).astype(np.intp)
             present = np.bincount(offset, minlength=hi - lo + 1) > 0
-            distinct = np.flatnonzero(present)
+            distinct = np.flatnonzero(present).astype(values.dtype) + base
             position = np.cumsum(present, dtype=np.int32) - 1
-            return (distinct + lo).astype(values.dtype), position.take(offset)
+            return distinct, position.take(offset)
     encoded = numeric_array(values).dictionary_encode()
     return encoded.dictionary.to_numpy(zero_copy_only=False), encoded.indices.to_numpy(zero_copy_only=False)
 

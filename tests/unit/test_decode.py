@@ -111,11 +111,13 @@ def test_factorize_by_range_and_by_hash_agree():
 
     rng = np.random.default_rng(3)
     cases = [np.full(50, -1, np.int64), np.array([6, 17, 6, 1, 17], np.uint8), rng.integers(-1, 300, 400),
-             rng.integers(0, 1 << 40, 300, dtype=np.uint64), np.array([0, _SMALL_RANGE], np.int64), np.zeros(0, np.int64)]
+             rng.integers(0, 1 << 40, 300, dtype=np.uint64), np.array([0, _SMALL_RANGE], np.int64), np.zeros(0, np.int64),
+             np.array([HOST_NS << 32 | 7, HOST_NS << 32 | 9, HOST_NS << 32 | 7], np.uint64),  # keys past 2^63
+             np.array([-5, -1, -5, 3], np.int64), np.array([250, 255, 250], np.uint8)]
     for values in cases:
         distinct, index = _factorize(values)
         assert index.dtype == np.int32
-        assert np.array_equal(distinct[index], values)
+        assert np.array_equal(distinct[index], values) and distinct.dtype == values.dtype
         assert len(distinct) == len(np.unique(values))
 
 

@@ -41,6 +41,12 @@ def test_compiled_ids_are_the_numpy_ids():
         AddressHasher(b"k" * 32, compiled=False).hide(numpy)
         assert (compiled["flow_id"] == numpy["flow_id"]).all() and (compiled["skb"] == numpy["skb"]).all()
         assert (compiled["skb"][::7] == 0).all() and (compiled["flow_id"] != records["flow_id"]).any()
+        # the compiled loop's cache of repeated addresses holds one call's key only
+        other, other_numpy = records.copy(), records.copy()
+        AddressHasher(b"j" * 32).hide(other)
+        AddressHasher(b"j" * 32, compiled=False).hide(other_numpy)
+        assert (other["flow_id"] == other_numpy["flow_id"]).all() and (other["skb"] == other_numpy["skb"]).all()
+        assert (other["flow_id"][records["flow_id"] != 0] != compiled["flow_id"][records["flow_id"] != 0]).all()
 
 
 def test_ids_keep_equality_and_zero_and_hide_the_address():
