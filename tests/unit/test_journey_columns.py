@@ -70,12 +70,19 @@ def test_the_writer_lays_records_out_as_they_are_added(tmp_path, monkeypatch):
     assert list(dict.fromkeys(ids)) == list(dict.fromkeys(recs["packet_id"].tolist()))
 
 
-def test_a_recorder_counts_the_distinct_flows_and_packets_of_journey_records(tmp_path):
+@pytest.mark.parametrize("at_once", [None, 2])
+def test_a_recorder_counts_the_distinct_flows_and_packets_of_journey_records(tmp_path, monkeypatch, at_once):
+    """Flow ids are taken a few passes at once (FLOWS_AT_ONCE) and at the
+    end: the same count either way."""
     from types import SimpleNamespace
 
     from tests.unit.test_capture import FakeClock, _run_info
+    from tracer.capture import recorder as recorder_module
     from tracer.capture.recorder import Recorder
     from tracer.sinks import Batch, RunEnd
+
+    if at_once is not None:
+        monkeypatch.setattr(recorder_module, "FLOWS_AT_ONCE", at_once)
 
     recs = records()
     assert set(recs["flow_id"].tolist()) == {0, 5, 6}
@@ -212,3 +219,25 @@ def test_columns_that_cannot_grow_keep_the_rows_held(monkeypatch):
     table = columns.take()
     table.validate(full=True)
     assert table.to_pylist() == journey_rows(recs[:4], ctx(), PlaceIds()).to_pylist()
+
+
+def test_an_add_says_how_many_packets_it_began_and_their_flows():
+    """What `record` counts (packets, flows) comes from the rows an add
+    stored: a record whose first hop gave its packet the id is a new
+    packet (a continuation is not), a record without hops is not stored."""
+    recs = np.concatenate([records()] * 2)
+    recs["flow_id"] = 100 + np.arange(len(recs)) % 3
+    recs["hops"]["code"][1::4, 0] &= 0x7F  # continuations: their first hop did not give the id
+    recs["n_hops"][2] = 0
+    kept = recs["n_hops"] > 0
+    for parts in (recs.astype(events.JOURNEY_DTYPE), recs):  # compiled and numpy layouts
+        columns = JourneyColumns(records=2)
+        ids = PlaceIds()
+        new, flows = 0, []
+        for i in range(0, len(parts), 5):
+            stored = columns.add(parts[i:i + 5], ctx(), ids)
+            new += stored.new_packets
+            flows += stored.flow_ids.tolist()
+        assert new == int(np.count_nonzero(recs["hops"]["code"][kept, 0] & 0x80)) > 0
+        assert new < int(kept.sum())
+        assert flows == recs["flow_id"][kept].tolist()

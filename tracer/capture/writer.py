@@ -20,7 +20,7 @@ from tracer.capture import STDIN, CaptureReaderGone, CaptureWriteError
 from tracer.capture_clock import ktime_offset
 from tracer.errors import one_line
 from tracer.journey_capture import PlaceIds
-from tracer.journey_columns import JourneyColumns
+from tracer.journey_columns import JourneyColumns, Stored
 from tracer.outfiles import create_fd
 
 # Rows reach the OS at most this long after they were added (plus one tick of
@@ -267,29 +267,31 @@ class CaptureWriter:
         self._buffer(rows)
         self.event_rows += n
 
-    def add_journeys(self, records: np.ndarray, ctx: Any, lock: Any = None) -> None:
+    def add_journeys(self, records: np.ndarray, ctx: Any, lock: Any = None) -> Stored:
         """The kernel's journey records (events.JOURNEY_DTYPE) as `journey`
         rows; ``ctx`` (decode.DecodeContext, read under ``lock``) names their
         hops' places. Laid out at once, into columns that become one table
         once JOURNEY_BATCH rows are there or the rows are written (a table
         costs about half a millisecond whatever its size, and several in one
-        record batch are copied into one)."""
+        record batch are copied into one). Returns what the stored rows hold
+        (journey_columns.Stored: new packets, flow ids)."""
         if not self.journeys:
             raise ValueError("add_journeys on a sighting-row capture")
         if not len(records):
-            return
+            return Stored(0, np.zeros(0, np.uint64))
         if not len(self._journeys):
             self._buffer_started()
         rows, hops = len(self._journeys), self._journeys.n_hops
         if lock is not None:
             with lock:
-                self._journeys.add(records, ctx, self.place_ids)
+                stored = self._journeys.add(records, ctx, self.place_ids)
         else:
-            self._journeys.add(records, ctx, self.place_ids)
+            stored = self._journeys.add(records, ctx, self.place_ids)
         self.journey_rows += len(self._journeys) - rows  # records without hops are not stored
         self.event_rows += self._journeys.n_hops - hops
         if len(self._journeys) >= JOURNEY_BATCH:
             self._lay_out_records()
+        return stored
 
     def _lay_out_records(self) -> None:
         if len(self._journeys):
