@@ -189,8 +189,8 @@ class JourneyColumns:
 class Stored(NamedTuple):
     """What one ``JourneyColumns.add`` stored: how many of its rows began a
     packet (their first hop gave the packet its id; a continuation's does
-    not), and the rows' flow ids (a view of the held column: read it
-    before the next take)."""
+    not), and the rows' flow ids (a view of the held column, which is
+    never written over, not even after a take)."""
 
     new_packets: int
     flow_ids: np.ndarray

@@ -46,8 +46,8 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 # Flow ids gathered before their distinct values are taken (a few passes'
-# at the lab's rates; they are views of the capture's columns, kept alive
-# until then: 8 bytes a row).
+# ids at the lab's rates; views of the capture's flow_id columns, which
+# they keep alive until then: 8 bytes a row).
 FLOWS_AT_ONCE = 1 << 15
 
 
