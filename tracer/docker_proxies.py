@@ -8,6 +8,7 @@ so the session has it look again when a container starts or dies."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 
 from tracer.kernel.kernel_filter import write_proxy_backends
@@ -25,6 +26,7 @@ class DockerProxies:
         self.by_pid: dict = proxies_by_pid(self._relevant(find_proxies())) if enabled else {}
         self.links = ProxyLinks()  # every link the kernel made so far (read_links skips those it knows)
         self.read_failures = 0  # failed reads of the kernel's links (warned about once)
+        self._taken_at: int | None = None  # the kernel's count of links made when all were last taken
 
     def __bool__(self) -> bool:
         return bool(self.by_pid)
@@ -64,7 +66,14 @@ class DockerProxies:
             c = inventory.by_ip(ip)
             return c.name if c is not None else None
 
-        return read_links(bpf["proxy_links"], self.by_pid, self.links, container_of, self._read_failed)
+        made = links_made(bpf)
+        if made is not None and made == self._taken_at:
+            return []  # no link made since the last whole take: the map's walk is skipped
+        failures = self.read_failures
+        new = read_links(bpf["proxy_links"], self.by_pid, self.links, container_of, self._read_failed)
+        if self.read_failures == failures:  # a failed take leaves links in the map: taken next pass
+            self._taken_at = made
+        return new
 
     def _read_failed(self, exc) -> None:
         """Linking proxy legs is a side feature: a failed read of the
@@ -76,3 +85,14 @@ class DockerProxies:
             log.warning("docker-proxy links: reading the kernel's proxy_links map failed (%s), %d links taken "
                         "before it kept; trying again each pass (further failures are not reported)",
                         exc.strerror or exc, len(exc.taken))
+
+
+def links_made(bpf) -> int | None:
+    """How many links the proxy sensor has put into proxy_links so far
+    (bpf/proxy.c px_links_made, read before the links: a link is in the map
+    before it is counted), or None where the programs lack the count."""
+    try:
+        table = bpf["px_links_made"]
+    except KeyError:
+        return None
+    return int(table[ctypes.c_int(0)].value)

@@ -392,6 +392,7 @@ def test_a_proxy_on_mptcp_sockets_is_told_not_linked(sensor, caplog):
         read_links(sensor.bpf["proxy_links"], {}, ProxyLinks())
         sensor.bpf["px_unseen"].clear()
         sensor._warned_unseen = False
+        sensor._unseen_looked_at = float("-inf")  # its map read is due now, not UNSEEN_EVERY_S after another test's
         _, reply = _exchange(relay.host, relay.port, 3000, 200)
         assert reply == b"r" * 200
         time.sleep(0.2)

@@ -123,3 +123,69 @@ def test_without_a_handler_the_error_is_raised_and_what_was_taken_kept(monkeypat
     with pytest.raises(OSError):
         read_links(_table(), {PROXY.pid: PROXY}, links)
     assert len(links.take_new()) == 64
+
+
+class LinksMade:
+    """bpf/proxy.c's px_links_made as BCC shows it: one u64 at index 0."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __getitem__(self, index):
+        assert index.value == 0
+        return ctypes.c_uint64(self.n)
+
+
+def test_the_links_are_taken_only_when_the_kernel_made_some(monkeypatch):
+    """A take walks the kernel's whole map (~0.25 ms a pass, empty or not):
+    it runs only when px_links_made moved since the last whole take, and
+    again after a take that failed part way, whatever the count says."""
+    fake = FakeMap([_entry(p) for p in range(1000, 1010)], failing=set())
+    monkeypatch.setattr(bpf_syscall, "bpf", fake)
+    proxies = DockerProxies(SimpleNamespace(ports=(8000,), containers=()), enabled=False)
+    proxies.by_pid = {PROXY.pid: PROXY}
+    inventory = SimpleNamespace(by_ip=lambda ip: None)
+    made = LinksMade()
+    made.n = 10
+    bpf = {"proxy_links": _table(), "px_links_made": made}
+    assert len(proxies.read_links(bpf, inventory)) == 10  # the first pass takes whatever is there
+    calls = fake.calls
+    fake.entries = [_entry(p) for p in range(2000, 2005)]  # in the map, not counted yet
+    assert proxies.read_links(bpf, inventory) == [] and fake.calls == calls  # no bpf() call
+    made.n = 15
+    assert len(proxies.read_links(bpf, inventory)) == 5 and fake.calls > calls
+    fake.entries, fake.failing = [_entry(p) for p in range(3000, 3100)], {fake.calls + 2}
+    made.n = 115
+    first = proxies.read_links(bpf, inventory)  # one chunk, then the failure
+    assert len(first) == 64 and proxies.read_failures == 1
+    rest = proxies.read_links(bpf, inventory)  # the count has not moved: taken all the same
+    assert len(rest) == 36
+    calls = fake.calls
+    assert proxies.read_links(bpf, inventory) == [] and fake.calls == calls
+
+
+def test_the_mptcp_warning_reads_its_count_every_few_seconds_not_every_pass(monkeypatch, caplog):
+    from tracer.sensors import proxy as proxy_sensor
+
+    reads = []
+
+    class Unseen:
+        def __getitem__(self, index):
+            reads.append(index.value)
+            return ctypes.c_uint64(len(reads) - 1)  # 0 sends at the first read, then some
+
+    clock = [100.0]
+    monkeypatch.setattr(proxy_sensor.time, "monotonic", lambda: clock[0])
+    sensor = proxy_sensor.ProxySensor()
+    sensor.bpf, sensor.attached = {"px_unseen": Unseen()}, ["sock_recvmsg"]
+    with caplog.at_level(logging.WARNING):
+        sensor.warn_unseen()  # read: no send
+        sensor.warn_unseen()  # too soon: not read
+        clock[0] += proxy_sensor.UNSEEN_EVERY_S
+        sensor.warn_unseen()  # read: sends, warned
+        clock[0] += proxy_sensor.UNSEEN_EVERY_S
+        sensor.warn_unseen()  # warned once: never read again
+    assert reads == [0, 0]
+    assert [r.getMessage() for r in caplog.records if "MPTCP" in r.getMessage()] != []
+    assert len(caplog.records) == 1
+

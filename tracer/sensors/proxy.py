@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import time
 
 from tracer.kernel.probes import SOCKET_TRACEPOINTS
 from tracer.kernel.bpf_syscall import BPF_PROG_TYPE_RAW_TRACEPOINT  # what BCC's attach_raw_tracepoint loads
@@ -18,6 +19,9 @@ log = logging.getLogger(__name__)
 # (raw tracepoint, program), in SOCKET_TRACEPOINTS' order: what the proxy
 # threads take from TCP sockets, and what they give to sockets.
 RAW_TRACEPOINTS = tuple(zip(SOCKET_TRACEPOINTS, ("trc_px_recv", "trc_px_send")))
+# How often a run looks at px_unseen (a map read, ~0.1 ms from Python under
+# load, on every pass before): a warning a few seconds late says the same.
+UNSEEN_EVERY_S = 5.0
 
 
 class ProxySensor(Sensor):
@@ -31,6 +35,7 @@ class ProxySensor(Sensor):
         self.attached: list[str] = []
         self.unavailable: str | None = None  # why no link can be seen here (a tracepoint missing)
         self._warned_unseen = False
+        self._unseen_looked_at = float("-inf")  # time.monotonic() of warn_unseen's last map read
 
     def offsets(self):
         return {
@@ -89,6 +94,10 @@ class ProxySensor(Sensor):
         follow: its connections are not joined, and the user is told why."""
         if self.bpf is None or self._warned_unseen or not self.attached:
             return
+        now = time.monotonic()
+        if now - self._unseen_looked_at < UNSEEN_EVERY_S:
+            return
+        self._unseen_looked_at = now
         sends = self.bpf["px_unseen"][ctypes.c_int(0)].value
         if sends:
             self._warned_unseen = True
