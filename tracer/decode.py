@@ -52,11 +52,9 @@ def _dict_column(indices: np.ndarray, dictionary: list[str | None]) -> pa.Dictio
     values = [d if d is not None else "" for d in dictionary]
     null_at = [i for i, d in enumerate(dictionary) if d is None]
     indices = indices.astype(np.int32, copy=False)
-    # the null rows without a gather where one entry (or every one) is None
+    # the null rows by one compare where one entry is None (the codes' 0, no drop's -1), not a gather
     if not null_at:
         mask = None
-    elif len(null_at) == len(dictionary):
-        mask = np.ones(len(indices), bool)
     elif len(null_at) == 1:
         mask = indices == null_at[0]
     else:
@@ -76,14 +74,26 @@ def code_column(values: np.ndarray, names: tuple | list) -> pa.DictionaryArray:
 
 
 # Integer values spanning fewer than this are factorized by their range (a
-# count per value), not hashed.
+# flag per value in it), not hashed.
 _SMALL_RANGE = 4096
+
+
+def _distinct_in_range(values: np.ndarray, size: int, index_dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of non-negative integers below ``size``, ascending,
+    and each row's index into them (``index_dtype``): a flag per value in
+    the range, no hash and no sort."""
+    seen = np.zeros(size, bool)
+    seen[values] = True
+    distinct = np.flatnonzero(seen)
+    position = np.zeros(size, index_dtype)
+    position[distinct] = np.arange(len(distinct), dtype=index_dtype)
+    return distinct, position.take(values)
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values and each row's index into them (int32). Integers in a
     small range (protocol numbers, drop reasons: a batch holds one or two)
-    by a count per value in the range, in the values' order: 1-2 ns a row
+    by their range (_distinct_in_range), in the values' order: 1-2 ns a row
     against Arrow's hash (dictionary_encode, in order of first appearance)
     at 5-10, which takes the rest; np.unique would sort."""
     if len(values) and values.dtype.kind in "iu":
@@ -92,11 +102,8 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return values[:1].copy(), np.zeros(len(values), np.int32)
         if hi - lo < _SMALL_RANGE:
             base = values.dtype.type(lo)  # in the values' type: uint64 keys pass 2^63
-            offset = (values - base).astype(np.intp)
-            present = np.bincount(offset, minlength=hi - lo + 1) > 0
-            distinct = np.flatnonzero(present).astype(values.dtype) + base
-            position = np.cumsum(present, dtype=np.int32) - 1
-            return distinct, position.take(offset)
+            distinct, index = _distinct_in_range((values - base).astype(np.intp, copy=False), hi - lo + 1)
+            return distinct.astype(values.dtype) + base, index
     encoded = numeric_array(values).dictionary_encode()
     return encoded.dictionary.to_numpy(zero_copy_only=False), encoded.indices.to_numpy(zero_copy_only=False)
 
@@ -127,15 +134,11 @@ def place_keys(netns, in_ct, ifindex) -> tuple[np.ndarray, np.ndarray]:
             small = in_ct.astype(np.int64) << 16 | ifindex.astype(np.int64)
             if len(nonzero):
                 small[nonzero] |= (ns_codes.astype(np.int64) + 1) << 17
-            seen = np.zeros((len(ns_values) + 1) << 17, bool)
-            seen[small] = True
-            distinct = np.flatnonzero(seen)
-            position = np.zeros(len(seen), np.int64)
-            position[distinct] = np.arange(len(distinct))
+            distinct, inverse = _distinct_in_range(small, (len(ns_values) + 1) << 17, np.int64)
             ns_of = np.concatenate((np.zeros(1, np.uint64), ns_values.astype(np.uint64)))[distinct >> 17]
             keys = ns_of << np.uint64(32) | ((distinct >> 16) & 1).astype(np.uint64) << np.uint64(31) \
                 | (distinct & 0xFFFF).astype(np.uint64)
-            return keys, position[small]
+            return keys, inverse
     u64 = np.uint64
     key = (netns.astype(u64) << u64(32)) | (in_ct.astype(u64) << u64(31)) | ifindex.astype(u64)
     keys, inverse = _factorize(key)

@@ -67,7 +67,7 @@ class DockerProxies:
             return c.name if c is not None else None
 
         made = links_made(bpf)
-        if made is not None and made == self._taken_at:
+        if made == self._taken_at:
             return []  # no link made since the last whole take: the map's walk is skipped
         failures = self.read_failures
         new = read_links(bpf["proxy_links"], self.by_pid, self.links, container_of, self._read_failed)
@@ -87,12 +87,8 @@ class DockerProxies:
                         exc.strerror or exc, len(exc.taken))
 
 
-def links_made(bpf) -> int | None:
+def links_made(bpf) -> int:
     """How many links the proxy sensor has put into proxy_links so far
     (bpf/proxy.c px_links_made, read before the links: a link is in the map
-    before it is counted), or None where the programs lack the count."""
-    try:
-        table = bpf["px_links_made"]
-    except KeyError:
-        return None
-    return int(table[ctypes.c_int(0)].value)
+    before it is counted)."""
+    return int(bpf["px_links_made"][ctypes.c_int(0)].value)

@@ -115,7 +115,7 @@ class JourneyColumns:
         kept, nh, nt = journey_layout.counts(records)
         k, h, t = len(kept), int(nh.sum()), int(nt.sum())
         if not k:
-            return Stored(0, np.zeros(0, np.uint64))
+            return NOTHING_STORED
         self._reserve(k, h, t)
         r0, h0, t0 = self.n, self.n_hops, self.n_tuples
         out = journey_layout.Columns(
@@ -194,6 +194,9 @@ class Stored(NamedTuple):
 
     new_packets: int
     flow_ids: np.ndarray
+
+
+NOTHING_STORED = Stored(0, np.zeros(0, np.uint64))
 
 
 def _table(r: dict, h: dict, t: dict, n: int, ctx) -> pa.Table:

@@ -85,9 +85,8 @@ def counts(records: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The kept records' positions (those with hops), their hop and tuple counts as laid out."""
     n_hops = records["n_hops"]
     kept = np.flatnonzero(n_hops)
-    every = len(kept) == len(records)  # (most passes): no gather from the records' strided fields
-    nh = np.minimum((n_hops if every else n_hops[kept]).astype(np.int64), events.MAX_HOPS)
-    nt = np.clip((records["n_tuples"] if every else records["n_tuples"][kept]).astype(np.int64), 1, events.MAX_TUPLES)
+    nh = np.minimum(n_hops[kept].astype(np.int64), events.MAX_HOPS)
+    nt = np.clip(records["n_tuples"][kept].astype(np.int64), 1, events.MAX_TUPLES)
     return kept, nh, nt
 
 

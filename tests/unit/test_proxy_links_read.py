@@ -101,7 +101,7 @@ def test_a_failed_read_of_the_links_warns_once_keeps_what_was_taken_and_retries(
     proxies = DockerProxies(SimpleNamespace(ports=(8000,), containers=()), enabled=False)
     proxies.by_pid = {PROXY.pid: PROXY}
     inventory = SimpleNamespace(by_ip=lambda ip: SimpleNamespace(name="web") if ip == "172.17.0.2" else None)
-    bpf = {"proxy_links": _table()}
+    bpf = {"proxy_links": _table(), "px_links_made": LinksMade()}  # the count stays: takes after a failed one are retries
     with caplog.at_level(logging.WARNING):
         first = proxies.read_links(bpf, inventory)  # chunk 1 taken, chunk 2 fails
         second = proxies.read_links(bpf, inventory)  # fails again at once

@@ -165,8 +165,7 @@ class Recorder:
         self.writer.add_events(table)
         flags = table.column("flags").to_numpy()
         self.packets += int(np.count_nonzero(flags & events.FLAG_NEW_PACKET))
-        flows = pc.unique(table.column("flow_id")).to_numpy()
-        self._flows.update(flows[flows != 0].tolist())  # nf_conn addresses: bounded by conntrack's table
+        self._note_flows(table.column("flow_id").to_numpy())
 
     def add_records(self, records: np.ndarray) -> None:
         """The kernel's journey records, stored as they are (``add`` takes
@@ -177,16 +176,22 @@ class Recorder:
         stored = self.writer.add_journeys(records, self._run.places, self._run.places_lock)
         # counted on the laid-out columns the writer just wrote, not on the records
         self.packets += stored.new_packets
-        self._flows_pending.append(stored.flow_ids)
-        self._flows_pending_rows += len(stored.flow_ids)
+        self._note_flows(stored.flow_ids)
+
+    def _note_flows(self, flow_ids: np.ndarray) -> None:
+        """Flow ids of rows written, counted among the run's flows a few
+        passes' at once (FLOWS_AT_ONCE)."""
+        self._flows_pending.append(flow_ids)
+        self._flows_pending_rows += len(flow_ids)
         if self._flows_pending_rows >= FLOWS_AT_ONCE:
             self._add_flows()
 
     def _add_flows(self) -> None:
-        """The distinct flows (opaque ids, 0: none) among the pending flow
-        ids, into the run's set. Arrow's hash kernel (np.unique took ~0.35
-        ms for a pass of 6,500 records: a sort), over several passes' ids
-        at once: a call's own cost, cold in a live run, was most of it."""
+        """The distinct flows (opaque ids, 0: none; nf_conn addresses, so
+        bounded by conntrack's table) among the pending flow ids, into the
+        run's set. Arrow's hash kernel (np.unique took ~0.35 ms for a pass of
+        6,500 records: a sort), over several passes' ids at once: a call's
+        own cost, cold in a live run, was most of it."""
         if self._flows_pending:
             flows = pc.unique(numeric_array(np.concatenate(self._flows_pending))).to_numpy()
             self._flows.update(flows[flows != 0].tolist())

@@ -20,7 +20,7 @@ from tracer.capture import STDIN, CaptureReaderGone, CaptureWriteError
 from tracer.capture_clock import ktime_offset
 from tracer.errors import one_line
 from tracer.journey_capture import PlaceIds
-from tracer.journey_columns import JourneyColumns, Stored
+from tracer.journey_columns import NOTHING_STORED, JourneyColumns, Stored
 from tracer.outfiles import create_fd
 
 # Rows reach the OS at most this long after they were added (plus one tick of
@@ -278,7 +278,7 @@ class CaptureWriter:
         if not self.journeys:
             raise ValueError("add_journeys on a sighting-row capture")
         if not len(records):
-            return Stored(0, np.zeros(0, np.uint64))
+            return NOTHING_STORED
         if not len(self._journeys):
             self._buffer_started()
         rows, hops = len(self._journeys), self._journeys.n_hops
