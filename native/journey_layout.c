@@ -28,14 +28,14 @@ enum { L_STRIDE, L_PACKET_ID, L_FLOW_ID, L_FIRST_KTIME, L_LAST_KTIME, L_SKB, L_T
        L_IN_CT_BIT, N_LAYOUT };
 
 /* the outputs, in the order of journey_layout.RECORD_COLUMNS / HOP_COLUMNS / TUPLE_COLUMNS */
-enum { R_PACKET_ID, R_FLOW_ID, R_SKB, R_KTIME, R_LAST_KTIME, R_TIME, R_DROP_NETNS, R_FWD_OUT, R_IP_ID, R_LENGTH,
+enum { R_PACKET_ID, R_FLOW_ID, R_SKB, R_KTIME, R_LAST_GAP, R_TIME, R_DROP_NETNS, R_FWD_OUT, R_IP_ID, R_LENGTH,
        R_CPU, R_TCP_FLAGS, R_TCP_DOFF, R_TCP_SEQ, R_TCP_ACK, R_END, R_DIRECTION, R_PROTOCOL, R_DROP_REASON,
-       R_HOP_OFFSETS, R_TUPLE_OFFSETS, N_REC };
-enum { H_DT_B0, H_DT_B1, H_DT_B2, H_DT_B3, H_HOOK, H_STAGE, H_FLAGS, H_IFINDEX, H_TTL, H_TUPLE, H_NETNS, H_IN_CT, H_PLACE, N_HOPCOL };
+       R_PATH, R_TUPLE_LIST, R_HOP_OFFSETS, R_TUPLE_OFFSETS, N_REC };
+enum { H_DT_B0, H_DT_B1, H_DT_B2, H_DT_B3, H_PLACE, N_HOPCOL };
 enum { T_SADDR, T_DADDR, T_SPORT, T_DPORT, N_TUPCOL };
 
-static const Py_ssize_t rec_size[N_REC] = {8, 8, 8, 8, 8, 8, 4, 4, 2, 2, 2, 1, 1, 4, 4, 1, 1, 1, 8, 4, 4};
-static const Py_ssize_t hop_size[N_HOPCOL] = {1, 1, 1, 1, 1, 1, 1, 4, 1, 1, 4, 1, 8};
+static const Py_ssize_t rec_size[N_REC] = {8, 8, 8, 8, 8, 8, 4, 4, 2, 2, 2, 1, 1, 4, 4, 1, 1, 1, 8, 4, 4, 4, 4};
+static const Py_ssize_t hop_size[N_HOPCOL] = {1, 1, 1, 1, 8};
 static const Py_ssize_t tup_size[N_TUPCOL] = {16, 16, 2, 2};
 
 static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
@@ -123,6 +123,112 @@ static int64_t table_find(key_table *t, uint64_t key) {
     return t->count++;
 }
 
+/* Distinct lists of 64-bit words, numbered in order of first appearance:
+ * a flush's hop paths (a record's hops but for their times: one word a hop
+ * of hook, NAT stage, flags, TTL, tuple index and place index) and its
+ * tuple lists (a record's addresses and ports at its first hop and after
+ * each NAT step: five words a tuple). Many packets share them (a path: a
+ * few dozen a batch of ~30,000 rows on the lab's HTTP; a tuple list: every
+ * packet of a connection's direction), and a capture stores each batch's
+ * once, as dictionaries: zstd packed them row by row for ~70 and ~95 ns a
+ * packet. Keyed here, while the record is at hand (a pass of its own over
+ * the laid-out rows cost ~50 ns a row). Each list's words are kept in a
+ * pool (small and hot: comparing against the record they came from would
+ * read a cold record); equal hashes are told apart by comparing them. */
+typedef struct {
+    uint64_t *hash;        /* slot -> hash */
+    int32_t *id;           /* slot -> list (-1: empty) */
+    Py_ssize_t slots, count;
+    uint64_t *pool;        /* the lists' words, one after the other */
+    Py_ssize_t pool_used, pool_size;
+    Py_ssize_t *start;     /* list -> its first word in the pool (count + 1 of them) */
+    Py_ssize_t starts_size;
+} word_table;
+
+static void words_free(word_table *t) {
+    free(t->hash);
+    free(t->id);
+    free(t->pool);
+    free(t->start);
+}
+
+static int words_grow(word_table *t) {
+    Py_ssize_t slots = t->slots ? 2 * t->slots : 256;
+    uint64_t *hash = malloc((size_t)slots * sizeof *hash);
+    int32_t *id = malloc((size_t)slots * sizeof *id);
+    if (!hash || !id) {
+        free(hash);
+        free(id);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < slots; i++) id[i] = -1;
+    for (Py_ssize_t i = 0; i < t->slots; i++) {
+        if (t->id[i] < 0) continue;
+        Py_ssize_t s = (Py_ssize_t)(t->hash[i] >> 40) & (slots - 1);
+        while (id[s] >= 0) s = (s + 1) & (slots - 1);
+        hash[s] = t->hash[i];
+        id[s] = t->id[i];
+    }
+    free(t->hash);
+    free(t->id);
+    t->hash = hash;
+    t->id = id;
+    t->slots = slots;
+    return 0;
+}
+
+static inline uint64_t rotl(uint64_t v, int r) { return v << r | v >> (64 - r); }
+
+/* each word multiplied on its own (they pipeline), folded by rotation */
+static uint64_t words_hash(const uint64_t *w, Py_ssize_t n) {
+    uint64_t h = (uint64_t)n;
+    for (Py_ssize_t i = 0; i < n; i++) h = rotl(h, 23) ^ (w[i] * 0x9E3779B97F4A7C15ull);
+    h *= 0xC2B2AE3D27D4EB4Full;
+    return h ^ h >> 31;
+}
+
+/* the list of words ``w`` (n of them): its number (*is_new set if added), or -1 (no memory) */
+static int32_t words_find(word_table *t, const uint64_t *w, Py_ssize_t n, int *is_new) {
+    *is_new = 0;
+    if (2 * (t->count + 1) > t->slots && words_grow(t) < 0) return -1;
+    uint64_t hash = words_hash(w, n);
+    Py_ssize_t s = (Py_ssize_t)(hash >> 40) & (t->slots - 1);
+    while (t->id[s] >= 0) {
+        if (t->hash[s] == hash) {
+            int32_t l = t->id[s];
+            Py_ssize_t at = t->start[l];
+            if (t->start[l + 1] - at == n && !memcmp(t->pool + at, w, (size_t)n * sizeof *w)) return l;
+        }
+        s = (s + 1) & (t->slots - 1);
+    }
+    if (t->count + 2 > t->starts_size) {
+        Py_ssize_t size = t->starts_size ? 2 * t->starts_size : 256;
+        Py_ssize_t *start = realloc(t->start, (size_t)size * sizeof *start);
+        if (!start) return -1;
+        t->start = start;
+        t->starts_size = size;
+        if (!t->count) t->start[0] = 0;
+    }
+    if (t->pool_used + n > t->pool_size) {
+        Py_ssize_t size = t->pool_size ? 2 * t->pool_size : 4096;
+        while (size < t->pool_used + n) size *= 2;
+        uint64_t *pool = realloc(t->pool, (size_t)size * sizeof *pool);
+        if (!pool) return -1;
+        t->pool = pool;
+        t->pool_size = size;
+    }
+    memcpy(t->pool + t->pool_used, w, (size_t)n * sizeof *w);
+    t->pool_used += n;
+    t->hash[s] = hash;
+    t->id[s] = (int32_t)t->count;
+    t->start[t->count + 1] = t->pool_used;
+    *is_new = 1;
+    return (int32_t)t->count++;
+}
+
+/* a tuple's words: both addresses and both ports (not the 4 bytes after) */
+#define TUPLE_WORDS 5
+
 PyObject *native_journey_layout(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer in;
@@ -136,6 +242,8 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
     int nr = 0, nh = 0, nt = 0, no_memory = 0, changed = 0;
     PyObject *result = NULL;
     key_table places = {0};
+    word_table paths = {0}, lists = {0};
+    uint64_t words[255 * TUPLE_WORDS]; /* the record's path or tuple list (max_hops, max_tuples <= 255) */
     Py_ssize_t L[N_LAYOUT];
 
     if (PyTuple_GET_SIZE(layout_obj) != N_LAYOUT) {
@@ -203,25 +311,23 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
 
     Py_BEGIN_ALLOW_THREADS
     uint64_t *packet_id = rv[R_PACKET_ID].buf, *flow_id = rv[R_FLOW_ID].buf, *skb = rv[R_SKB].buf,
-             *ktime = rv[R_KTIME].buf, *last_ktime = rv[R_LAST_KTIME].buf;
+             *ktime = rv[R_KTIME].buf, *last_gap = rv[R_LAST_GAP].buf;
     int64_t *wall = rv[R_TIME].buf, *drop_reason = rv[R_DROP_REASON].buf;
     uint32_t *drop_netns = rv[R_DROP_NETNS].buf, *fwd_out = rv[R_FWD_OUT].buf, *tcp_seq = rv[R_TCP_SEQ].buf,
              *tcp_ack = rv[R_TCP_ACK].buf;
     uint16_t *ip_id = rv[R_IP_ID].buf, *length = rv[R_LENGTH].buf, *cpu = rv[R_CPU].buf;
     uint8_t *tcp_flags = rv[R_TCP_FLAGS].buf, *tcp_doff = rv[R_TCP_DOFF].buf, *end = rv[R_END].buf,
             *direction = rv[R_DIRECTION].buf, *protocol = rv[R_PROTOCOL].buf;
-    int32_t *hop_off = rv[R_HOP_OFFSETS].buf, *tup_off = rv[R_TUPLE_OFFSETS].buf;
+    int32_t *hop_off = rv[R_HOP_OFFSETS].buf, *tup_off = rv[R_TUPLE_OFFSETS].buf, *path = rv[R_PATH].buf,
+            *tuple_list = rv[R_TUPLE_LIST].buf;
     uint8_t *dt0 = hv[H_DT_B0].buf, *dt1 = hv[H_DT_B1].buf, *dt2 = hv[H_DT_B2].buf, *dt3 = hv[H_DT_B3].buf;
-    uint32_t *ifindex = hv[H_IFINDEX].buf, *netns = hv[H_NETNS].buf;
-    uint8_t *hook = hv[H_HOOK].buf, *stage = hv[H_STAGE].buf, *flags = hv[H_FLAGS].buf, *ttl = hv[H_TTL].buf,
-            *tuple = hv[H_TUPLE].buf, *in_ct = hv[H_IN_CT].buf;
     int64_t *place = hv[H_PLACE].buf;
     uint64_t last_key = 0;
     int64_t last_place = -1; /* the previous hop's (most hops are where the one before was) */
     uint8_t *saddr = tv[T_SADDR].buf, *daddr = tv[T_DADDR].buf;
     uint16_t *sport = tv[T_SPORT].buf, *dport = tv[T_DPORT].buf;
-    const unsigned hook_drop = (unsigned)L[L_HOOK_DROP], shift = (unsigned)L[L_STAGE_SHIFT];
-    const unsigned in_ct_bit = (unsigned)L[L_IN_CT_BIT];
+    const unsigned hook_drop = (unsigned)L[L_HOOK_DROP], in_ct_bit = (unsigned)L[L_IN_CT_BIT];
+    const unsigned last_tuple = (unsigned)(max_tuples - 1);
 
     Py_ssize_t j = 0, h_at = 0, t_at = 0;
     hop_off[0] = 0;
@@ -242,7 +348,6 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
         flow_id[j] = rd64(r + L[L_FLOW_ID]);
         skb[j] = rd64(r + L[L_SKB]);
         ktime[j] = rd64(r + L[L_FIRST_KTIME]);
-        last_ktime[j] = rd64(r + L[L_LAST_KTIME]);
         wall[j] = (int64_t)(ktime[j] + (uint64_t)boot_offset);
         uint32_t rec_netns = rd32(r + L[L_DROP_NETNS]);
         drop_netns[j] = rec_netns;
@@ -267,35 +372,54 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
             dt1[h_at] = hp[1];
             dt2[h_at] = hp[2];
             dt3[h_at] = hp[3];
-            ifindex[h_at] = rd32(hp + 4);
-            hook[h_at] = (uint8_t)hk;
-            stage[h_at] = (uint8_t)((code >> shift) & 0x03);
-            flags[h_at] = (uint8_t)((code >> 6) & 0x03);
-            ttl[h_at] = hp[9];
-            tuple[h_at] = hp[10] < max_tuples - 1 ? hp[10] : (uint8_t)(max_tuples - 1);
-            in_ct[h_at] = (code & in_ct_bit) != 0;
-            netns[h_at] = hk == hook_drop ? rec_netns : 0;
-            dropped |= hk == hook_drop;
-            /* decode.resolve_place_keys' key: netns << 32 | in-container << 31 | ifindex */
-            uint64_t key = (uint64_t)netns[h_at] << 32 | (uint64_t)in_ct[h_at] << 31 | ifindex[h_at];
+            int is_drop = hk == hook_drop;
+            dropped |= is_drop;
+            /* decode.resolve_place_keys' key: netns << 32 | in-container << 31 | ifindex
+             * (a drop hop's netns is the record's; the others' the host's: 0) */
+            uint64_t key = (uint64_t)(is_drop ? rec_netns : 0) << 32 | (uint64_t)((code & in_ct_bit) != 0) << 31
+                         | rd32(hp + 4);
             if (key != last_key || last_place < 0) {
                 last_key = key;
                 last_place = table_find(&places, key);
                 no_memory |= last_place < 0;
             }
             place[h_at] = last_place;
+            /* the hop's path word (journey_layout.path_fields reads it back):
+             * its code byte (hook, NAT stage, flag bits), TTL, tuple, place index */
+            unsigned tup = hp[10] < last_tuple ? hp[10] : last_tuple;
+            words[x] = (uint64_t)code | (uint64_t)hp[9] << 8 | (uint64_t)tup << 16 | (uint64_t)last_place << 24;
         }
+        /* the last sighting's time as its gap after the last hop's (ktime +
+         * dt_ns): 0 but where the packet was seen after its last hop carried,
+         * or dt_ns saturated; wraps as uint64 (readers add it back) */
+        hp -= 12;
+        last_gap[j] = rd64(r + L[L_LAST_KTIME]) - (ktime[j] + (uint64_t)rd32(hp));
+        int is_new;
+        int32_t p = words_find(&paths, words, nh_, &is_new);
+        no_memory |= p < 0;
+        path[j] = p;
         drop_reason[j] = dropped ? (int64_t)rd32(r + L[L_DROP_REASON]) : -1;
+        /* the record's tuples: laid out if it is the first of its list */
         const uint8_t *tp = r + L[L_TUPLES];
-        for (Py_ssize_t x = 0; x < nt_; x++, tp += 40, t_at++) {
-            memcpy(saddr + 16 * t_at, tp, 16);
-            memcpy(daddr + 16 * t_at, tp + 16, 16);
-            sport[t_at] = be16(tp + 32);
-            dport[t_at] = be16(tp + 34);
+        for (Py_ssize_t x = 0; x < nt_; x++) {
+            uint64_t *w = words + TUPLE_WORDS * x;
+            for (int b = 0; b < 4; b++) w[b] = rd64(tp + 40 * x + 8 * b);
+            w[4] = rd32(tp + 40 * x + 32);
+        }
+        int32_t lst = words_find(&lists, words, TUPLE_WORDS * nt_, &is_new);
+        no_memory |= lst < 0;
+        tuple_list[j] = lst;
+        if (is_new) {
+            for (Py_ssize_t x = 0; x < nt_; x++, tp += 40, t_at++) {
+                memcpy(saddr + 16 * t_at, tp, 16);
+                memcpy(daddr + 16 * t_at, tp + 16, 16);
+                sport[t_at] = be16(tp + 32);
+                dport[t_at] = be16(tp + 34);
+            }
+            tup_off[lists.count] = (int32_t)t_at;
         }
         j++;
         hop_off[j] = (int32_t)h_at;
-        tup_off[j] = (int32_t)t_at;
     }
     Py_END_ALLOW_THREADS
     if (changed) {
@@ -306,17 +430,34 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    /* the distinct place keys, as the hops' place column indexes them */
-    result = PyList_New(places.count);
-    for (Py_ssize_t i = 0; result && i < places.count; i++) {
+    /* the distinct place keys, as the hops' place column indexes them; the
+     * distinct paths' words and where each starts (and the last ends), as
+     * the records' path column indexes them; how many tuple lists there are */
+    PyObject *keys = PyList_New(places.count);
+    for (Py_ssize_t i = 0; keys && i < places.count; i++) {
         PyObject *k = PyLong_FromUnsignedLongLong(places.order[i]);
-        if (!k) Py_CLEAR(result);
-        else PyList_SET_ITEM(result, i, k);
+        if (!k) Py_CLEAR(keys);
+        else PyList_SET_ITEM(keys, i, k);
     }
+    PyObject *words_out = PyBytes_FromStringAndSize((const char *)paths.pool, paths.pool_used * 8);
+    PyObject *starts = PyList_New(paths.count + 1);
+    for (Py_ssize_t i = 0; starts && i <= paths.count; i++) {
+        PyObject *at = PyLong_FromSsize_t(paths.count ? paths.start[i] : 0);
+        if (!at) Py_CLEAR(starts);
+        else PyList_SET_ITEM(starts, i, at);
+    }
+    PyObject *n_lists = PyLong_FromSsize_t(lists.count);
+    if (keys && words_out && starts && n_lists) result = PyTuple_Pack(4, keys, words_out, starts, n_lists);
+    Py_XDECREF(n_lists);
+    Py_XDECREF(keys);
+    Py_XDECREF(words_out);
+    Py_XDECREF(starts);
 done:
     free(places.keys);
     free(places.index);
     free(places.order);
+    words_free(&paths);
+    words_free(&lists);
     release(rv, nr);
     release(hv, nh);
     release(tv, nt);
@@ -327,4 +468,7 @@ done:
 const char native_journey_layout_doc[] =
     "journey_layout(records, layout, boot_offset_ns, kept, hops, tuples, record_columns, hop_columns, tuple_columns)\n"
     "Fill the flat columns of the journey rows of ``records`` (tracer/journey_layout.py); returns the distinct\n"
-    "place keys of their hops in order of first appearance, which the hops' place column indexes.";
+    "place keys of their hops in order of first appearance, which the hops' place column indexes; the distinct\n"
+    "hop paths' words (bytes, uint64 each) and where each path starts in them (a list, one more than the paths),\n"
+    "which the records' path column indexes; and how many distinct tuple lists there are: each laid out once\n"
+    "(tuple_offsets delimits them), the records' tuple_list column indexes them.";

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def numeric_array(values: np.ndarray, type: pa.DataType | None = None, mask: np.ndarray | None = None) -> pa.Array:
@@ -40,3 +41,21 @@ def numeric_array(values: np.ndarray, type: pa.DataType | None = None, mask: np.
         if nulls:
             validity = pa.py_buffer(np.packbits(~mask, bitorder="little"))
     return pa.Array.from_buffers(type, len(values), [validity, pa.py_buffer(values)], null_count=nulls)
+
+
+def numbers_of(column: pa.Array) -> np.ndarray:
+    """An Arrow numeric column as numpy, nulls as 0."""
+    return pc.fill_null(column, 0).to_numpy(zero_copy_only=False) if column.null_count else \
+        column.to_numpy(zero_copy_only=False)
+
+
+def with_column(batch, name: str, convert):
+    """``batch`` (a RecordBatch or a Table) with column ``name`` replaced by
+    ``convert`` of it, taken whole."""
+    i = batch.schema.get_field_index(name)
+    col = batch.column(i)
+    new = convert(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+    if isinstance(batch, pa.Table):
+        return batch.set_column(i, pa.field(name, new.type), new)
+    return pa.RecordBatch.from_arrays([new if j == i else batch.column(j) for j in range(batch.num_columns)],
+                                      names=batch.schema.names)

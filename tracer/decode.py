@@ -156,10 +156,12 @@ def resolve_places(ctx: DecodeContext, in_ct, netns, ifindex,
 
 
 def resolve_place_keys(ctx: DecodeContext, keys: list[int], inverse: np.ndarray,
-                       addresses_of: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[list[Place], np.ndarray]:
+                       addresses_of: Callable[[], tuple[np.ndarray, np.ndarray]],
+                       origins: list[int] | None = None) -> tuple[list[Place], np.ndarray]:
     """``resolve_places`` from the distinct keys (``place_keys``' form) and
     each row's index into them (int64, changed in place where addresses
-    tell two containers apart)."""
+    tell two containers apart: each place past the keys' is appended to
+    ``origins`` as the index of the key it was told apart from)."""
     places = []
     for k in keys:
         ct, ns, idx = bool((k >> 31) & 1), k >> 32, k & 0x7FFFFFFF
@@ -172,6 +174,8 @@ def resolve_place_keys(ctx: DecodeContext, keys: list[int], inverse: np.ndarray,
                 places.append(ctx.place(0, k & 0x7FFFFFFF, True, addresses.text_of(bytes(src[row])),
                                         addresses.text_of(bytes(dst[row]))))
                 inverse[row] = len(places) - 1
+                if origins is not None:
+                    origins.append(i)
     return places, inverse
 
 

@@ -1,4 +1,4 @@
-"""Journey records <-> the rows of a capture on disk (schema versions 2 and 3).
+"""Journey records <-> the rows of a capture on disk (schema versions 2 to 5).
 
 A capture stores what the kernel emitted: one `journey` row per record, its
 hops and address tuples as list columns, in events.JOURNEY_FILE_SCHEMA
@@ -19,11 +19,13 @@ import pyarrow.compute as pc
 
 from tracer import events
 from tracer.events import OTHER
+from tracer.arrow_columns import numbers_of, with_column
 from tracer.capture_clock import ktime_offset, with_missing_time, with_time
 from tracer.decode import DecodeContext, decode
 from tracer.expand import Sightings, empty, lay_out
 from tracer.interning import Interner
 from tracer.journey_columns import HEADER as _HEADER, JourneyColumns
+from tracer.journey_v5 import as_version_4, has_dt_planes
 from tracer.places import UNKNOWN_PLACE, Place
 
 _NEW_PACKET_BIT = 0x80  # HOP_NEW_PACKET_BIT in bpf/journey.h
@@ -88,43 +90,34 @@ def journey_rows(records: np.ndarray, ctx: DecodeContext, place_ids: PlaceIds) -
 
 
 class BadJourneyRows(events.ColumnError):
-    """A journey-row batch (version 2 to 4) whose columns, place rows or
+    """A journey-row batch (version 2 to 5) whose columns, place rows or
     metadata are not what the format says."""
 
 
 _REQUIRED = ("time", "ktime_ns", "kind", "hops", "tuples")
 
 
-def _with_column(batch, name: str, convert):
-    """``batch`` (a RecordBatch or a Table) with column ``name`` replaced by
-    ``convert`` of it, taken whole."""
-    i = batch.schema.get_field_index(name)
-    col = batch.column(i)
-    new = convert(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
-    if isinstance(batch, pa.Table):
-        return batch.set_column(i, pa.field(name, new.type), new)
-    return pa.RecordBatch.from_arrays([new if j == i else batch.column(j) for j in range(batch.num_columns)],
-                                      names=batch.schema.names)
-
-
 def conform(batch: pa.RecordBatch, ktime_offset_ns: int | None = None,
             place_ifindex: np.ndarray | None = None) -> pa.RecordBatch:
-    """A version 2, 3 or 4 batch in JOURNEY_CAPTURE_SCHEMA (events.conform;
+    """A version 2 to 5 batch in JOURNEY_CAPTURE_SCHEMA (events.conform;
     the columns without which nothing can be laid out are required): a
-    version 3 or 4 file's dt_ns bytes joined into dt_ns; in version 4, the
+    version 5 file's paths, tuple lists and last gaps read back as version
+    4's hops, tuples and last_ktime_ns (``as_version_4``); a
+    version 3 to 5 file's dt_ns bytes joined into dt_ns; since version 4, the
     `time` column computed (ktime_ns + ``ktime_offset_ns``, the file's
     metadata) and each hop's ifindex put back from its place id
     (``place_ifindex[place]``, the file's `place` rows; 0 for an id no row
     names)."""
+    batch = as_version_4(batch)
     names = batch.schema.names
     if "time" not in names and "ktime_ns" in names and ktime_offset_ns is not None:
         batch = with_time(batch, ktime_offset_ns, events.JOURNEY_CAPTURE_SCHEMA.field("time"))
-    if "hops" in names and _has_dt_planes(batch.schema.field("hops").type):
+    if "hops" in names and has_dt_planes(batch.schema.field("hops").type):
         lut = None if _hop_type(batch).get_field_index("ifindex") >= 0 else \
             (place_ifindex if place_ifindex is not None else np.zeros(0, np.uint32))
-        batch = _with_column(batch, "hops", lambda hops: _joined_dt(hops, lut))
+        batch = with_column(batch, "hops", lambda hops: _joined_dt(hops, lut))
     if "tuples" in batch.schema.names and batch.schema.field("tuples").type != events.JOURNEY_CAPTURE_SCHEMA.field("tuples").type:
-        batch = _with_column(batch, "tuples", _widened_tuples)
+        batch = with_column(batch, "tuples", _widened_tuples)
     try:
         return events.conform(batch, events.JOURNEY_CAPTURE_SCHEMA, _REQUIRED)
     except events.ColumnError as exc:
@@ -137,19 +130,13 @@ def _binary16(rows: np.ndarray) -> pa.Array:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(rows), [None, pa.py_buffer(data)])
 
 
-def _has_dt_planes(hops_type: pa.DataType) -> bool:
-    value = getattr(hops_type, "value_type", None)
-    return value is not None and pa.types.is_struct(value) \
-        and all(value.get_field_index(name) >= 0 for name in events.DT_PLANES)
-
-
 def _hop_type(batch) -> pa.StructType:
     return batch.schema.field("hops").type.value_type
 
 
 def _hops_need_ifindex(batch) -> bool:
     """Version 4 hops: dt_ns as its bytes and no ifindex (their place's)."""
-    if "hops" not in batch.schema.names or not _has_dt_planes(batch.schema.field("hops").type):
+    if "hops" not in batch.schema.names or not has_dt_planes(batch.schema.field("hops").type):
         return False
     return _hop_type(batch).get_field_index("ifindex") < 0
 
@@ -168,7 +155,7 @@ def _joined_dt(hops: pa.Array, place_ifindex: np.ndarray | None = None) -> pa.Ar
     names = [name for name in values.type.names if name not in events.DT_PLANES]
     arrays = [values.field(name) for name in names]
     if place_ifindex is not None and "place" in names:
-        place = _numbers(values.field("place")).astype(np.int64)
+        place = numbers_of(values.field("place")).astype(np.int64)
         lut = np.append(np.asarray(place_ifindex, np.uint32), np.uint32(0))  # the last: an id past the rows'
         ifindex = lut[np.minimum(place, len(lut) - 1)]
         at = names.index("flags") + 1 if "flags" in names else len(names)
@@ -185,7 +172,7 @@ def _address_rows(column: pa.Array) -> np.ndarray:
     """A tuple's address column -> (n, 16) recorded bytes: fixed_size_binary
     as written since IPv6, or (captures from before) IPv4 as uint32."""
     if pa.types.is_integer(column.type):
-        v4 = _numbers(column).astype(">u4").view(np.uint8).reshape(-1, 4)
+        v4 = numbers_of(column).astype(">u4").view(np.uint8).reshape(-1, 4)
         out = np.zeros((len(v4), 16), np.uint8)
         out[:, 10:12] = 0xFF
         out[:, 12:] = v4
@@ -238,7 +225,7 @@ class PlaceRegistry(Interner[Place]):
             hops = pc.fill_null(hops, pa.scalar([], hops.type))
         start, stop = (hops.offsets[0].as_py(), hops.offsets[-1].as_py()) if len(hops) else (0, 0)
         values = hops.values.slice(start, stop - start)
-        place = _numbers(values.field("place")).astype(np.int64)
+        place = numbers_of(values.field("place")).astype(np.int64)
         if not len(place):
             return hops
         place = np.minimum(place, len(lut) - 1)
@@ -377,7 +364,7 @@ class JourneyRowReader:
         sightings, place, rec = _laid_out(rows)
         # wall clock minus ktime, per row: in arrays, wrapping (as the time
         # was computed), not a scalar's overflow warning; 0 without either
-        offset = _numbers(rows.column("time").cast(pa.int64())) - _numbers(rows.column("ktime_ns")).astype(np.int64)
+        offset = numbers_of(rows.column("time").cast(pa.int64())) - numbers_of(rows.column("ktime_ns")).astype(np.int64)
         reasons = rows.column("drop_reason")
         if isinstance(reasons, pa.ChunkedArray):
             reasons = reasons.combine_chunks()
@@ -400,7 +387,7 @@ class JourneyRowReader:
             # files' rows; the packet window hands the analysis one
             # recording's, so from the readers only a damaged file's rows
             # disagree): each sighting on its own row's clock, not the first's
-            time = _numbers(table.column("ktime_ns")).astype(np.int64) + offset[rec]
+            time = numbers_of(table.column("ktime_ns")).astype(np.int64) + offset[rec]
             i = table.schema.get_field_index("time")
             table = table.set_column(i, table.schema.field(i), pa.array(time, pa.int64()).cast(table.schema.field(i).type))
         n = table.num_rows
@@ -431,24 +418,24 @@ def _laid_out(rows: pa.RecordBatch) -> tuple[Sightings, np.ndarray, np.ndarray]:
     if not len(hops):
         return empty(), np.zeros(0, np.int64), np.zeros(0, np.int64)
     rec = np.repeat(np.arange(n), n_hops)
-    hook = _numbers(hops.field("hook")).astype(np.uint8)
-    stage = _numbers(hops.field("nat_stage")).astype(np.uint8)
-    flags = _numbers(hops.field("flags")).astype(np.uint8)
+    hook = numbers_of(hops.field("hook")).astype(np.uint8)
+    stage = numbers_of(hops.field("nat_stage")).astype(np.uint8)
+    flags = numbers_of(hops.field("flags")).astype(np.uint8)
     code = (hook & 0x0F) | ((stage & 0x03) << events.HOP_STAGE_SHIFT) \
         | np.where(flags & events.HOP_FLAG_IN_CONTAINER_NS, events.HOP_IN_CT_BIT, 0).astype(np.uint8) \
         | np.where(flags & events.HOP_FLAG_NEW_PACKET, _NEW_PACKET_BIT, 0).astype(np.uint8)
     # A hop's addresses: its tuple among its row's (a tuple index past them, or no tuples: zeros).
     tuples = _flat(tuple_lists, n_tuples)
     numbers = [np.concatenate((_address_rows(tuples.field(f.name)), np.zeros((1, 16), np.uint8))) if f.ctype == "addr"
-               else np.append(_numbers(tuples.field(f.name)), 0) for f in events.TUPLE_FIELDS]
+               else np.append(numbers_of(tuples.field(f.name)), 0) for f in events.TUPLE_FIELDS]
     first_tuple = np.concatenate(([0], np.cumsum(n_tuples)[:-1]))
-    t_idx = _numbers(hops.field("tuple")).astype(np.int64)
+    t_idx = numbers_of(hops.field("tuple")).astype(np.int64)
     at = np.where(t_idx < n_tuples[rec], first_tuple[rec] + t_idx, len(numbers[0]) - 1)
     addresses = tuple(column[at] for column in numbers)
 
-    fields = {name: _numbers(rows.column(name)) for name in _HEADER}
-    fields["first_ktime"] = _numbers(rows.column("ktime_ns"))
-    fields["last_ktime"] = _numbers(rows.column("last_ktime_ns"))
+    fields = {name: numbers_of(rows.column(name)) for name in _HEADER}
+    fields["first_ktime"] = numbers_of(rows.column("ktime_ns"))
+    fields["last_ktime"] = numbers_of(rows.column("last_ktime_ns"))
     fields["end"] = _indices(rows.column("end"), events.JOURNEY_ENDS)
     fields["direction"] = _indices(rows.column("direction"), events.DIRECTIONS)
     fields["protocol"] = _indices(rows.column("protocol"), None,
@@ -456,9 +443,9 @@ def _laid_out(rows: pa.RecordBatch) -> tuple[Sightings, np.ndarray, np.ndarray]:
     reasons = rows.column("drop_reason")  # its dictionary's positions are the codes the reader's context names
     fields["drop_reason"] = (pc.fill_null(reasons.indices, 0).to_numpy(zero_copy_only=False)
                              if pa.types.is_dictionary(reasons.type) else np.zeros(n, np.int64))
-    sightings = lay_out(n_hops.astype(np.int64), rec, code, _numbers(hops.field("dt_ns")), _numbers(hops.field("ifindex")),
-                        _numbers(hops.field("ttl")), addresses, fields.__getitem__)
-    return sightings, _numbers(hops.field("place")).astype(np.int64), rec
+    sightings = lay_out(n_hops.astype(np.int64), rec, code, numbers_of(hops.field("dt_ns")), numbers_of(hops.field("ifindex")),
+                        numbers_of(hops.field("ttl")), addresses, fields.__getitem__)
+    return sightings, numbers_of(hops.field("place")).astype(np.int64), rec
 
 
 def _flat(lists: pa.Array, kept: np.ndarray) -> pa.StructArray:
@@ -477,11 +464,6 @@ def _positions(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rec = np.repeat(np.arange(len(sizes)), sizes)
     first = np.concatenate(([0], np.cumsum(sizes)[:-1])) if len(sizes) else np.zeros(0, np.int64)
     return rec, np.arange(len(rec)) - first[rec]
-
-
-def _numbers(column: pa.Array) -> np.ndarray:
-    return pc.fill_null(column, 0).to_numpy(zero_copy_only=False) if column.null_count else \
-        column.to_numpy(zero_copy_only=False)
 
 
 def _indices(column: pa.Array, names, convert=None) -> np.ndarray:

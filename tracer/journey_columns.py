@@ -24,16 +24,17 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from tracer import events, journey_layout, record_words
+from tracer import events, hop_paths, journey_layout, record_words
 from tracer.arrow_columns import numeric_array
 from tracer.decode import code_column, drop_reason_column, protocol_column, resolve_place_keys
 
 _JOURNEY_KIND = pa.array(["journey"])
 HEADER = ("packet_id", "flow_id", "skb", "drop_netns", "fwd_out_ifindex", "ip_id", "length", "cpu",
            "tcp_flags", "tcp_doff", "tcp_seq", "tcp_ack")  # record fields stored as they are (columns of the same name)
-# hop columns a pass needs to resolve places but the file does not store
-# (since version 4 not `ifindex` either: a hop's place id says it)
-_SCRATCH_HOPS = ("ifindex", "netns", "in_ct", "place_index")
+# hop columns a pass needs to resolve places but the file does not store hop
+# by hop (since version 5 a file stores a hop's time there, the rest in the
+# batch's paths: journey_layout lays out no more)
+_SCRATCH_HOPS = ("place_index",)
 # record columns the layout fills but the file does not store (version 4:
 # `time` is ktime_ns + the metadata's ktime_offset_ns)
 _SCRATCH_RECORDS = ("time",)
@@ -58,9 +59,11 @@ class JourneyColumns:
     def __init__(self, records: int = _START_RECORDS) -> None:
         self._first_sizes = (records, _HOPS_PER_RECORD * records, _TUPLES_PER_RECORD * records)
         self._sizes = self._first_sizes
-        self.n = self.n_hops = self.n_tuples = 0
+        self.n = self.n_hops = self.n_tuples = self.n_lists = 0
+        self._tuples_room = 0  # the most tuple room an add of this batch asked for (each its records' all)
         self._rec: dict | None = None  # allocated by the first add after a take (see take)
         self._drop_reasons_ctx = None
+        self._paths = hop_paths.BatchPaths()
 
     def _fresh(self, n_records: int, n_hops: int, n_tuples: int) -> None:
         # all allocated before any is replaced: a MemoryError keeps the rows held
@@ -68,11 +71,10 @@ class JourneyColumns:
                for name, dt in _STORED_RECORDS}
         rec["hop_offsets"][0] = rec["tuple_offsets"][0] = 0
         hop = {name: np.empty(n_hops, dt) for name, dt in _STORED_HOPS}
-        hop["place"] = np.empty(n_hops, np.uint32)
         tup = {name: np.empty(16 * n_tuples if name.endswith("addr") else n_tuples, dt)
                for name, dt in journey_layout.TUPLE_COLUMNS}
         self._rec, self._hop, self._tup = rec, hop, tup
-        self.n = self.n_hops = self.n_tuples = 0
+        self.n = self.n_hops = self.n_tuples = self.n_lists = self._tuples_room = 0
 
     def __len__(self) -> int:
         return self.n
@@ -89,15 +91,17 @@ class JourneyColumns:
         used part copied)."""
         if self._rec is None:
             self._fresh(*(max(size, 2 * need) if need > size else size for size, need in zip(self._sizes, (k, h, t))))
-        cap_r, cap_h, cap_t = len(self._rec["packet_id"]), len(self._hop["hook"]), len(self._tup["sport"])
+        cap_r, cap_h, cap_t = len(self._rec["packet_id"]), len(self._hop["dt_ns_b0"]), len(self._tup["sport"])
         if self.n + k <= cap_r and self.n_hops + h <= cap_h and self.n_tuples + t <= cap_t:
             return
         old = (self._rec, self._hop, self._tup)
         used = (self.n, self.n_hops, self.n_tuples)
+        n_lists, room = self.n_lists, self._tuples_room
         self._fresh(max(cap_r, 2 * (used[0] + k)) if used[0] + k > cap_r else cap_r,
                     max(cap_h, 2 * (used[1] + h)) if used[1] + h > cap_h else cap_h,
                     max(cap_t, 2 * (used[2] + t)) if used[2] + t > cap_t else cap_t)
         self.n, self.n_hops, self.n_tuples = used
+        self.n_lists, self._tuples_room = n_lists, room
         for new, was, size in zip((self._rec, self._hop, self._tup), old, used):
             for name, column in was.items():
                 width = size + 1 if name.endswith("_offsets") else (16 * size if name.endswith("addr") else size)
@@ -117,9 +121,11 @@ class JourneyColumns:
         if not k:
             return NOTHING_STORED
         self._reserve(k, h, t)
-        r0, h0, t0 = self.n, self.n_hops, self.n_tuples
+        r0, h0, t0, l0 = self.n, self.n_hops, self.n_tuples, self.n_lists
+        self._tuples_room = max(self._tuples_room, t0 + t)
         out = journey_layout.Columns(
-            {**{name: column[r0:r0 + k + 1] if name.endswith("_offsets") else column[r0:r0 + k]
+            {**{name: column[r0:r0 + k + 1] if name == "hop_offsets" else
+                column[l0:l0 + k + 1] if name == "tuple_offsets" else column[r0:r0 + k]
                 for name, column in self._rec.items()},
              **{name: np.empty(k, _RECORD_DTYPES[name]) for name in _SCRATCH_RECORDS}},
             {**{name: self._hop[name][h0:h0 + h] for name, _ in _STORED_HOPS},
@@ -135,55 +141,95 @@ class JourneyColumns:
         except BaseException:
             out.records["hop_offsets"][0], out.records["tuple_offsets"][0] = held_ends
             raise
-        # each pass's offsets start at 0: after the rows before it
+        new_packets = self._number_paths(records, ctx, place_ids, out)
+        # each pass's offsets and tuple lists start at 0: after the rows before it
         out.records["hop_offsets"] += np.int32(h0)
-        out.records["tuple_offsets"] += np.int32(t0)
-
-        # Where each hop was: resolved as live decoding does, once per distinct
-        # place (a drop hop's netns is the record's; the others' the host's).
-        def addresses():
-            return record_words.tuples_at(records, out.hop_record(), out.hops["tuple"])[:2]
-
-        places, inverse = resolve_place_keys(ctx, out.place_keys, out.hops["place_index"], addresses)
-        if len(places):
-            # each place's ifindex (one: a place index comes from one key), kept with it: the
-            # key's low bits (decode.place_keys), or, where addresses told places apart (more
-            # places than keys, rare), the ifindex of a hop at each
-            if len(places) == len(out.place_keys):
-                ifindex = np.array(out.place_keys, np.uint64) & np.uint64(0x7FFFFFFF)
-            else:
-                ifindex = np.zeros(len(places), np.uint32)
-                ifindex[inverse] = out.hops["ifindex"]
-            np.take(place_ids.ids_of(places, ifindex), inverse, out=self._hop["place"][h0:h0 + h])
-        else:
-            self._hop["place"][h0:h0 + h] = 0
-        self.n, self.n_hops, self.n_tuples = r0 + k, h0 + h, t0 + t
+        n_lists = out.n_lists
+        list_ends = out.records["tuple_offsets"][:n_lists + 1]
+        list_ends += np.int32(t0)
+        out.records["tuple_list"] += np.int32(l0)
+        self.n, self.n_hops, self.n_tuples, self.n_lists = r0 + k, h0 + h, int(list_ends[-1]), l0 + n_lists
         self._drop_reasons_ctx = ctx
-        first_flags = self._hop["flags"].take(out.records["hop_offsets"][:-1])
-        return Stored(int(np.count_nonzero(first_flags & events.HOP_FLAG_NEW_PACKET)), self._rec["flow_id"][r0:r0 + k])
+        return Stored(new_packets, self._rec["flow_id"][r0:r0 + k])
+
+    def _number_paths(self, records: np.ndarray, ctx, place_ids, out: journey_layout.Columns) -> int:
+        """The laid-out records' paths (out.records["path"]: the layout's
+        numbers) as the batch's (self._paths), once their hops' places have
+        ids: resolved as live decoding does, once per distinct place (a drop
+        hop's netns is the record's; the others' the host's). ``out``'s
+        offsets are still the pass's own (from 0). Returns how many of the
+        records began a packet (their first hop gave the packet its id)."""
+        fields = journey_layout.path_fields(out.path_words)
+
+        def addresses():  # (rare) each hop's tuple is its path's
+            hop_tuple = journey_layout.path_fields(out.hop_words(np.arange(len(out))))["tuple"]
+            return record_words.tuples_at(records, out.hop_record(), hop_tuple)[:2]
+
+        keys, origins = out.place_keys, []
+        places, inverse = resolve_place_keys(ctx, keys, out.hops["place_index"], addresses, origins)
+        # each place's ifindex (one: a place index comes from one key), kept with it: the key's
+        # low bits (decode.place_keys); a place told apart by addresses is its key's
+        ifindex = np.array(keys, np.uint64) & np.uint64(0x7FFFFFFF)
+        if origins:
+            ifindex = ifindex[np.concatenate((np.arange(len(keys)), origins))]
+        ids = place_ids.ids_of(places, ifindex)
+        path, starts = out.records["path"], out.path_starts
+        new_packet = (fields["flags"][starts[:-1]] & events.HOP_FLAG_NEW_PACKET) != 0  # by the first hop, a path's
+        new_packets = int(np.count_nonzero(new_packet[path]))
+        places = ids[fields["place_index"]]
+        if not origins:
+            numbers = self._paths.ids(fields, places, starts[:-1], starts[1:])
+            np.take(numbers, path, out=path)
+            return new_packets
+        rows, told = self._told_apart(out, inverse, len(keys), ids)
+        others = np.ones(len(path), bool)
+        others[rows] = False
+        # (a path only told-apart records have is not theirs: not stored; np.unique imports numpy.ma)
+        wanted = np.flatnonzero(np.bincount(path[others], minlength=len(starts) - 1))
+        numbers = np.zeros(len(starts) - 1, np.int32)
+        numbers[wanted] = self._paths.ids(fields, places, starts[wanted], starts[wanted + 1])
+        np.take(numbers, path, out=path)
+        path[rows] = told
+        return new_packets
+
+    def _told_apart(self, out: journey_layout.Columns, inverse: np.ndarray, n_keys: int, ids: np.ndarray):
+        """The records through a place told apart by addresses (``inverse``
+        past the keys), whose layout's path (by place index) is not theirs
+        alone: their rows and their batch numbers, each keyed by its own."""
+        offsets = out.records["hop_offsets"]
+        told = np.zeros(len(out), bool)
+        told[np.repeat(np.arange(len(out)), np.diff(offsets))[inverse >= n_keys]] = True
+        rows = np.flatnonzero(told)
+        sizes = np.diff(offsets)[rows]
+        ends = np.cumsum(sizes)
+        within = np.arange(int(ends[-1])) - np.repeat(ends - sizes, sizes)
+        places = ids[inverse[np.repeat(offsets[rows], sizes) + within]]
+        return rows, self._paths.ids(journey_layout.path_fields(out.hop_words(rows)), places, ends - sizes, ends)
 
     def take(self) -> pa.Table:
         """The rows added since the last take, as written
         (events.JOURNEY_FILE_SCHEMA); the columns are the table's from now
         on, and the next rows go to new ones sized from what these used."""
-        n, nh, nt = self.n, self.n_hops, self.n_tuples
+        n, nh, nt, n_lists = self.n, self.n_hops, self.n_tuples, self.n_lists
         if self._rec is None:
             self._fresh(0, 0, 0)
-        r = {name: column[:n + 1] if name.endswith("_offsets") else column[:n] for name, column in self._rec.items()}
+        r = {name: column[:n + 1] if name == "hop_offsets" else column[:n_lists + 1] if name == "tuple_offsets"
+             else column[:n] for name, column in self._rec.items()}
         h = {name: column[:nh] for name, column in self._hop.items()}
         t = {name: column[:16 * nt] if name.endswith("addr") else column[:nt] for name, column in self._tup.items()}
         ctx = self._drop_reasons_ctx
         if n:  # the next batch: this one's capacity (no growing copies while batches vary or grow
             # slowly), unless it used under a quarter of it (a burst's capacity not kept past a
             # quiet batch): then a quarter more than it used, never under the first sizes
-            caps = len(self._rec["packet_id"]), len(self._hop["hook"]), len(self._tup["sport"])
+            caps = len(self._rec["packet_id"]), len(self._hop["dt_ns_b0"]), len(self._tup["sport"])
             self._sizes = tuple(max(first, used + used // 4) if used < cap // 4 else cap
-                                for first, used, cap in zip(self._first_sizes, (n, nh, nt), caps))
+                                for first, used, cap in zip(self._first_sizes, (n, nh, self._tuples_room), caps))
         # The next columns are allocated when rows come: by then this table
         # was written and freed, and its memory is theirs (no fresh pages).
         self._rec = self._hop = self._tup = None
-        self.n = self.n_hops = self.n_tuples = 0
-        return _table(r, h, t, n, ctx)
+        self.n = self.n_hops = self.n_tuples = self.n_lists = self._tuples_room = 0
+        paths, self._paths = self._paths.array(), hop_paths.BatchPaths()
+        return _table(r, h, t, n, ctx, paths)
 
 
 class Stored(NamedTuple):
@@ -199,26 +245,26 @@ class Stored(NamedTuple):
 NOTHING_STORED = Stored(0, np.zeros(0, np.uint64))
 
 
-def _table(r: dict, h: dict, t: dict, n: int, ctx) -> pa.Table:
-    hop_values = pa.StructArray.from_arrays(
-        [numeric_array(h[name]) for name in events.DT_PLANES]
-        + [numeric_array(h[name]) for name in ("hook", "nat_stage", "flags", "ttl", "tuple")]
-        + [numeric_array(h["place"])],
-        fields=list(events.HOP_FILE_TYPE))
+def _table(r: dict, h: dict, t: dict, n: int, ctx, paths: pa.Array) -> pa.Table:
+    hop_values = pa.StructArray.from_arrays([numeric_array(h[name]) for name in events.DT_PLANES],
+                                            fields=list(events.DT_HOP_TYPE))
     tuple_values = pa.StructArray.from_arrays(
         [_flat_binary16(t["saddr"]), _flat_binary16(t["daddr"]), numeric_array(t["sport"]), numeric_array(t["dport"])],
         fields=list(events.TUPLE_ROW_TYPE))
     columns = {
         "ktime_ns": numeric_array(r["ktime"]),
         "kind": pa.DictionaryArray.from_arrays(numeric_array(np.zeros(n, np.int32)), _JOURNEY_KIND),
-        "last_ktime_ns": numeric_array(r["last_ktime"]),
+        "last_gap_ns": numeric_array(r["last_gap"]),
         "end": code_column(r["end"], events.JOURNEY_ENDS),
         "direction": code_column(r["direction"], events.DIRECTIONS),
         "protocol": protocol_column(r["protocol"]),
         "drop_reason": (drop_reason_column(r["drop_reason"], ctx) if ctx is not None
                         else pa.nulls(n, events.JOURNEY_FILE_SCHEMA.field("drop_reason").type)),
-        "tuples": pa.ListArray.from_arrays(numeric_array(r["tuple_offsets"]), tuple_values),
+        "tuples": pa.DictionaryArray.from_arrays(
+            numeric_array(r["tuple_list"]), pa.ListArray.from_arrays(numeric_array(r["tuple_offsets"]), tuple_values),
+            safe=False),
         "hops": pa.ListArray.from_arrays(numeric_array(r["hop_offsets"]), hop_values),
+        "path": pa.DictionaryArray.from_arrays(numeric_array(r["path"]), paths, safe=False),
     }
     for name in HEADER:
         columns[name] = numeric_array(r[name])

@@ -25,16 +25,19 @@ _HOOK_DROP = events.HOOKS.index("drop")
 # (name, dtype) of each output, in the order native/journey_layout.c takes them
 RECORD_COLUMNS = (
     ("packet_id", np.uint64), ("flow_id", np.uint64), ("skb", np.uint64), ("ktime", np.uint64),
-    ("last_ktime", np.uint64), ("time", np.int64), ("drop_netns", np.uint32), ("fwd_out_ifindex", np.uint32),
+    ("last_gap", np.uint64),  # last_ktime - (ktime + the last hop's dt_ns), wrapping (mostly 0)
+    ("time", np.int64), ("drop_netns", np.uint32), ("fwd_out_ifindex", np.uint32),
     ("ip_id", np.uint16), ("length", np.uint16), ("cpu", np.uint16), ("tcp_flags", np.uint8), ("tcp_doff", np.uint8),
     ("tcp_seq", np.uint32), ("tcp_ack", np.uint32), ("end", np.uint8), ("direction", np.uint8),
     ("protocol", np.uint8), ("drop_reason", np.int64),  # -1: no drop hop
-    ("hop_offsets", np.int32), ("tuple_offsets", np.int32),  # one more than the records
+    ("path", np.int32),  # the record's hop path: into Columns.path_firsts
+    ("tuple_list", np.int32),  # the record's tuples: a list of the tuple columns (tuple_offsets delimits them)
+    # one more than the records; tuple_offsets: one more than the tuple lists (Columns.n_lists), the rest unused
+    ("hop_offsets", np.int32), ("tuple_offsets", np.int32),
 )
+# a hop's other fields are its path's (Columns.path_words, path_fields)
 HOP_COLUMNS = (
     *((name, np.uint8) for name in events.DT_PLANES),  # dt_ns's bytes, least significant first
-    ("hook", np.uint8), ("nat_stage", np.uint8), ("flags", np.uint8), ("ifindex", np.uint32),
-    ("ttl", np.uint8), ("tuple", np.uint8), ("netns", np.uint32), ("in_ct", np.uint8),
     ("place_index", np.int64),  # into Columns.place_keys
 )
 TUPLE_COLUMNS = (("saddr", np.uint8), ("daddr", np.uint8), ("sport", np.uint16), ("dport", np.uint16))  # addresses: 16 bytes a tuple
@@ -62,8 +65,10 @@ assert events.TUPLE_DTYPE["sport"].byteorder == ">" and events.HOP_DTYPE.itemsiz
 @dataclass
 class Columns:
     """A flush's journey records as flat columns: per kept record (those
-    with hops; ``hop_offsets``/``tuple_offsets`` delimit each one's), per
-    used hop, per used tuple (``saddr``/``daddr``: 16 bytes each)."""
+    with hops; ``hop_offsets`` delimit each one's), per used hop, per tuple
+    of each distinct tuple list (``saddr``/``daddr``: 16 bytes each; the
+    columns are sized for every record's, the lists use the first
+    ``tuple_offsets[n_lists]``)."""
 
     records: dict[str, np.ndarray]
     hops: dict[str, np.ndarray]
@@ -72,6 +77,15 @@ class Columns:
     # distinct (netns, in-container, ifindex) keys of the hops (decode.place_keys'
     # form), in order of first appearance: what hops["place_index"] indexes
     place_keys: list[int] | None = None
+    # distinct hop paths (a record's hops but for their times), in order of
+    # first appearance: one word a hop (path_fields reads them), path p's
+    # from path_starts[p] to path_starts[p + 1]; what records["path"] indexes
+    path_words: np.ndarray | None = None
+    path_starts: np.ndarray | None = None
+    # distinct tuple lists (a record's tuples), in order of first appearance:
+    # the tuple columns hold each once, records["tuple_offsets"][:n_lists + 1]
+    # delimits them, records["tuple_list"] says each record's
+    n_lists: int | None = None
 
     def __len__(self) -> int:
         return len(self.kept)
@@ -79,6 +93,24 @@ class Columns:
     def hop_record(self) -> np.ndarray:
         """Each hop's record, as a position in the input."""
         return np.repeat(self.kept, np.diff(self.records["hop_offsets"]))
+
+    def hop_words(self, rows: np.ndarray) -> np.ndarray:
+        """The path words of the hops of the kept records ``rows``, in order."""
+        paths = self.records["path"][rows]
+        sizes = np.diff(self.path_starts)[paths]
+        within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        return self.path_words[np.repeat(self.path_starts[paths], sizes) + within]
+
+
+def path_fields(words: np.ndarray) -> dict[str, np.ndarray]:
+    """Path words -> each hop's hook, nat_stage, flags and ttl and tuple
+    (uint8, as a capture stores them) and place_index (into place_keys)."""
+    code = (words & np.uint64(0xFF)).astype(np.uint8)
+    return {"hook": code & np.uint8(0x0F), "nat_stage": (code >> np.uint8(events.HOP_STAGE_SHIFT)) & np.uint8(0x03),
+            # HOP_FLAG_IN_CONTAINER_NS from HOP_IN_CT_BIT (0x40), HOP_FLAG_NEW_PACKET from 0x80
+            "flags": code >> np.uint8(6), "ttl": ((words >> np.uint64(8)) & np.uint64(0xFF)).astype(np.uint8),
+            "tuple": ((words >> np.uint64(16)) & np.uint64(0xFF)).astype(np.uint8),
+            "place_index": (words >> np.uint64(24)).astype(np.int64)}
 
 
 def counts(records: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -120,11 +152,11 @@ def layout_into(records: np.ndarray, boot_offset_ns: int, out: Columns, nh: np.n
         _fill_numpy(records, boot_offset_ns, out, nh, nt)
         return
     kept = out.kept
-    out.place_keys = native().journey_layout(records.view(np.uint8).reshape(-1), LAYOUT, int(boot_offset_ns), len(kept),
-                            len(out.hops["hook"]), len(out.tuples["sport"]),
-                            tuple(out.records[name] for name, _ in RECORD_COLUMNS),
-                            tuple(out.hops[name] for name, _ in HOP_COLUMNS),
-                            tuple(out.tuples[name] for name, _ in TUPLE_COLUMNS))
+    out.place_keys, words, starts, out.n_lists = native().journey_layout(
+        records.view(np.uint8).reshape(-1), LAYOUT, int(boot_offset_ns), len(kept), len(out.hops["place_index"]),
+        len(out.tuples["sport"]), tuple(out.records[name] for name, _ in RECORD_COLUMNS),
+        tuple(out.hops[name] for name, _ in HOP_COLUMNS), tuple(out.tuples[name] for name, _ in TUPLE_COLUMNS))
+    out.path_words, out.path_starts = np.frombuffer(words, np.uint64), np.array(starts, np.int64)
 
 
 def layout_numpy(records: np.ndarray, boot_offset_ns: int) -> Columns:
@@ -141,7 +173,7 @@ def _fill_numpy(records: np.ndarray, boot_offset_ns: int, out: Columns, nh: np.n
     recs = record_words.take(records, kept) if len(kept) != len(records) else records
     r = out.records
     for name, column in (("packet_id", "packet_id"), ("flow_id", "flow_id"), ("skb", "skb"), ("ktime", "first_ktime"),
-                         ("last_ktime", "last_ktime"), ("drop_netns", "drop_netns"),
+                         ("drop_netns", "drop_netns"),
                          ("fwd_out_ifindex", "fwd_out_ifindex"), ("ip_id", "ip_id"), ("length", "length"),
                          ("cpu", "cpu"), ("tcp_flags", "tcp_flags"), ("tcp_doff", "tcp_doff"), ("tcp_seq", "tcp_seq"),
                          ("tcp_ack", "tcp_ack"), ("end", "end"), ("direction", "direction"), ("protocol", "protocol")):
@@ -149,8 +181,6 @@ def _fill_numpy(records: np.ndarray, boot_offset_ns: int, out: Columns, nh: np.n
     r["time"][:] = r["ktime"].astype(np.int64) + np.int64(boot_offset_ns)
     np.cumsum(nh, out=r["hop_offsets"][1:])
     r["hop_offsets"][0] = 0
-    np.cumsum(nt, out=r["tuple_offsets"][1:])
-    r["tuple_offsets"][0] = 0
 
     h = record_words.hops(recs, nh)
     code = h.code
@@ -160,17 +190,10 @@ def _fill_numpy(records: np.ndarray, boot_offset_ns: int, out: Columns, nh: np.n
     o = out.hops
     for i, name in enumerate(events.DT_PLANES):
         o[name][:] = (h.dt_ns >> (8 * i)) & 0xFF
-    o["ifindex"][:] = h.ifindex
-    o["hook"][:] = hook
-    o["nat_stage"][:] = (code >> events.HOP_STAGE_SHIFT) & 0x03
-    o["flags"][:] = (code >> 6) & 0x03  # HOP_FLAG_IN_CONTAINER_NS from HOP_IN_CT_BIT (0x40), HOP_FLAG_NEW_PACKET from 0x80
-    o["ttl"][:] = h.ttl
-    o["tuple"][:] = np.minimum(h.tuple, events.MAX_TUPLES - 1)
-    o["in_ct"][:] = (code & events.HOP_IN_CT_BIT) != 0
-    o["netns"][:] = 0
+    netns = np.zeros(len(code), np.uint32)
     drops = np.flatnonzero(is_drop)
-    o["netns"][drops] = r["drop_netns"][rec[drops]]
-    keys, inverse = place_keys(o["netns"], o["in_ct"], o["ifindex"])
+    netns[drops] = r["drop_netns"][rec[drops]]
+    keys, inverse = place_keys(netns, (code & events.HOP_IN_CT_BIT) != 0, h.ifindex)
     first = np.full(len(keys), len(inverse), np.int64)  # the compiled twin's order: first appearance
     np.minimum.at(first, inverse, np.arange(len(inverse)))
     order = np.argsort(first, kind="stable")
@@ -181,10 +204,53 @@ def _fill_numpy(records: np.ndarray, boot_offset_ns: int, out: Columns, nh: np.n
     has_drop = np.zeros(len(recs), bool)
     has_drop[rec[drops]] = True
     r["drop_reason"][:] = np.where(has_drop, recs["drop_reason"].astype(np.int64), -1)
+    last_dt = h.dt_ns[r["hop_offsets"][1:] - 1].astype(np.uint64)
+    with np.errstate(over="ignore"):
+        r["last_gap"][:] = recs["last_ktime"].astype(np.uint64) - (r["ktime"] + last_dt)
+    _number_paths(out, code.astype(np.uint64) | h.ttl.astype(np.uint64) << np.uint64(8)
+                  | np.minimum(h.tuple, events.MAX_TUPLES - 1).astype(np.uint64) << np.uint64(16)
+                  | o["place_index"].astype(np.uint64) << np.uint64(24))
 
-    saddr, daddr, sport, dport = record_words.used_tuples(recs, nt)
-    t = out.tuples
-    t["saddr"][:] = saddr.reshape(-1)
-    t["daddr"][:] = daddr.reshape(-1)
-    t["sport"][:] = sport
-    t["dport"][:] = dport
+    _list_tuples(out, *record_words.used_tuples(recs, nt), nt)
+
+
+def _number_paths(out: Columns, words: np.ndarray) -> None:
+    """records["path"], path_words and path_starts from each hop's path
+    word, as the compiled twin numbers them: distinct hop paths in order of
+    first appearance (one record at a time: the reference)."""
+    offsets = out.records["hop_offsets"]
+    seen: dict[bytes, int] = {}
+    kept_words, starts = [], [0]
+    for j in range(len(out.kept)):
+        mine = words[offsets[j]:offsets[j + 1]]
+        p = seen.setdefault(mine.tobytes(), len(seen))
+        if p == len(kept_words):
+            kept_words.append(mine)
+            starts.append(starts[-1] + len(mine))
+        out.records["path"][j] = p
+    out.path_words = np.concatenate(kept_words) if kept_words else np.zeros(0, np.uint64)
+    out.path_starts = np.array(starts, np.int64)
+
+
+def _list_tuples(out: Columns, saddr, daddr, sport, dport, nt: np.ndarray) -> None:
+    """records["tuple_list"], the distinct lists' tuples and their offsets,
+    as the compiled twin lays them out (one record at a time: the reference)."""
+    r, t = out.records, out.tuples
+    starts = np.concatenate(([0], np.cumsum(nt)[:-1])).astype(np.int64)
+    seen: dict[bytes, int] = {}
+    at = 0
+    r["tuple_offsets"][0] = 0
+    for j, (a, n) in enumerate(zip(starts.tolist(), nt.tolist())):
+        parts = (saddr[a:a + n], daddr[a:a + n], sport[a:a + n], dport[a:a + n])
+        key = b"".join(p.tobytes() for p in parts)
+        number = seen.get(key)
+        if number is None:
+            number = seen[key] = len(seen)
+            t["saddr"][16 * at:16 * (at + n)] = saddr[a:a + n].reshape(-1)
+            t["daddr"][16 * at:16 * (at + n)] = daddr[a:a + n].reshape(-1)
+            t["sport"][at:at + n] = sport[a:a + n]
+            t["dport"][at:at + n] = dport[a:a + n]
+            at += n
+            r["tuple_offsets"][number + 1] = at
+        r["tuple_list"][j] = number
+    out.n_lists = len(seen)

@@ -56,8 +56,8 @@ def _schema_mutants(base: Path, out: Path, rng: random.Random, count: int) -> li
             t = t.rename_columns([f"{n}_x" if n == name else n for n in t.column_names])
         elif what in ("string", "float", "int8"):
             col = t.column(name)
-            if pa.types.is_dictionary(col.type):
-                col = col.cast(col.type.value_type)
+            if pa.types.is_dictionary(col.type):  # (a cast takes no dictionary of lists)
+                col = pa.chunked_array([c.dictionary_decode() for c in col.chunks], col.type.value_type)
             if pa.types.is_timestamp(col.type):  # as its integer: to_pylist cannot make a datetime of ns
                 col = col.cast(pa.int64())
             values = [None if v is None else (str(v) if what == "string" else v) for v in col.to_pylist()]

@@ -35,6 +35,18 @@ def comparable(table: pa.Table) -> list[dict]:
     return table.select(cols).to_pylist()
 
 
+def as_version_4(table: pa.Table) -> pa.Table:
+    """A version 5 capture's own rows (read with pyarrow) as version 4
+    stored them (a row's whole hops, `last_ktime_ns`; schema_version 4): for
+    tests of what version 4 files hold, and of damage to it."""
+    from tracer.journey_v5 import as_version_4
+
+    meta = {**table.schema.metadata, b"tracer.schema_version": b"4"}
+    old = pa.Table.from_batches([as_version_4(b) for b in table.to_batches()])
+    schema = events.JOURNEY_FILE_SCHEMA_V4
+    return old.select(schema.names).cast(schema).replace_schema_metadata(meta)
+
+
 def write(path, batches, **kw) -> CaptureWriter:
     c = ctx()
     with CaptureWriter(path, META, journeys=True, **kw) as w:
@@ -70,11 +82,11 @@ def test_the_file_holds_one_row_per_record_and_each_place_once(tmp_path):
     first_use = {}
     for row, k in enumerate(kinds):
         if k == "journey":
-            for h in table.column("hops")[row].as_py():
+            for h in table.column("path")[row].as_py():
                 first_use.setdefault(h["place"], row)
     place_rows = {json.loads(table.column("info")[r].as_py())["id"]: r for r, k in enumerate(kinds) if k == "place"}
     assert all(place_rows[p] < r for p, r in first_use.items()), "a place row comes before the rows that use it"
-    hops = pc.list_flatten(table.column("hops"))
+    hops = pc.list_flatten(pa.chunked_array([c.dictionary_decode() for c in table.column("path").chunks]))
     assert pc.max(pc.struct_field(hops, "hook")).as_py() < len(events.HOOKS)
 
 
@@ -93,7 +105,7 @@ def test_more_hops_than_a_record_holds_are_cut_not_crashed(tmp_path):
     recs = records()[:1]
     path = tmp_path / "cap.arrows"
     write(path, [recs])
-    table = pa.ipc.open_stream(str(path)).read_all()
+    table = as_version_4(pa.ipc.open_stream(str(path)).read_all())
     schema = table.schema
     rows = table.to_pylist()
     for row in rows:
@@ -106,7 +118,7 @@ def test_more_hops_than_a_record_holds_are_cut_not_crashed(tmp_path):
     assert events_read.num_rows == events.MAX_HOPS
 
 
-@pytest.mark.parametrize("column", ["hops", "tuples", "end", "drop_reason"])
+@pytest.mark.parametrize("column", ["hops", "path", "tuples", "end", "drop_reason"])
 def test_null_columns_read_as_empty_not_a_traceback(tmp_path, column):
     recs = records()
     path = tmp_path / "cap.arrows"
@@ -142,14 +154,19 @@ def test_a_strided_view_of_records_is_stored_alike(tmp_path):
     assert comparable(read_capture(str(path)).events) == comparable(live_rows(recs))
 
 
-def _rewrite(tmp_path, change) -> str:
+def _rewrite(tmp_path, change, version_4: bool = False) -> str:
+    """A capture of records() with its rows changed (``version_4``: as
+    version 4 stored them, and so marked)."""
     recs = records()
     path = tmp_path / "cap.arrows"
     write(path, [recs])
     reader = pa.ipc.open_stream(str(path))
-    table = change(reader.read_all())
+    table = reader.read_all()
+    table = as_version_4(table) if version_4 else table
+    meta = table.schema.metadata
+    table = change(table)
     out = tmp_path / "changed.arrows"
-    with pa.ipc.new_stream(str(out), table.schema.with_metadata(reader.schema.metadata)) as s:
+    with pa.ipc.new_stream(str(out), table.schema.with_metadata(meta)) as s:
         s.write_table(table)
     return str(out)
 
@@ -253,7 +270,7 @@ def test_unknown_or_huge_place_ids_read_as_unknown_places(tmp_path):
         fields = [values.field(i) if f.name != "place" else place for i, f in enumerate(values.type)]
         broken = pa.ListArray.from_arrays(hops.offsets, pa.StructArray.from_arrays(fields, fields=list(values.type)))
         return t.set_column(t.schema.get_field_index("hops"), "hops", broken)
-    table = read_capture(_rewrite(tmp_path, damage)).events
+    table = read_capture(_rewrite(tmp_path, damage, version_4=True)).events
     assert table.num_rows == int(records()["n_hops"].sum())
     assert set(table.column("ifname").to_pylist()) == {None}
 
@@ -344,30 +361,6 @@ def test_writing_journey_rows_imports_neither_numpy_ma_nor_pandas(tmp_path):
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 
-def test_version_4_stores_neither_time_nor_a_hops_ifindex_and_reads_them_back(tmp_path):
-    """Version 4 leaves out the columns another column says: no `time`
-    (ktime_ns + the metadata's ktime_offset_ns, every row kind) and no hop
-    `ifindex` (each place id is of one ifindex, in its `place` row); readers
-    put both back, so the rows read are the live ones."""
-    recs = records()
-    path = tmp_path / "cap.arrows"
-    write(path, [recs[:3], recs[3:]])
-    with pa.ipc.open_stream(str(path)) as reader:
-        on_disk = reader.read_all()
-    assert reader.schema.metadata[b"tracer.schema_version"] == b"4"
-    assert "time" not in on_disk.schema.names
-    assert "ifindex" not in on_disk.schema.field("hops").type.value_type.names
-    places = [json.loads(i) for i in on_disk.filter(pc.equal(on_disk["kind"], "place"))["info"].to_pylist()]
-    assert places and all(isinstance(p["ifindex"], int) for p in places)
-    # a place id names one ifindex: the same interface name at two ifindexes is two places
-    assert len({p["id"] for p in places}) == len({(p["ifindex"], p["ifname"], p["netns"]) for p in places})
-    capture = read_capture(str(path))
-    assert comparable(capture.events) == comparable(live_rows(recs))
-    stats = capture.table.filter(pc.equal(capture.table["kind"], "stats"))
-    offset = int(capture.metadata["ktime_offset_ns"])
-    assert stats["time"].cast(pa.int64()).to_pylist() == [k + offset for k in stats["ktime_ns"].to_pylist()]
-
-
 def test_a_version_3_capture_reads_as_it_did():
     """tests/data/journeys-v3.arrows was written by tracer's version 3
     writer (commit 0afae44) from this module's records (as the first test
@@ -439,16 +432,19 @@ def run_snippet(path) -> dict:
     return ns
 
 
-@pytest.mark.parametrize("version", ["3", "4"])
+@pytest.mark.parametrize("version", ["3", "4", "5"])
 def test_the_documented_pyarrow_reading_gives_what_tracer_reads(tmp_path, version):
-    """The pyarrow-only code of docs/capture-format.md, run on a version 3
-    capture (the fixture, written from records()) and a version 4 one:
+    """The pyarrow-only code of docs/capture-format.md, run on version 3
+    and 4 captures (the fixtures, written from records()) and a version 5 one:
     each hop's ifindex, in order, is the kernel record's, each journey's
     time its first hop's on the live clock, and each hop's dt_ns gives the
     sighting times tracer's reader gives."""
     recs = records()
     if version == "3":
         path = DATA / "journeys-v3.arrows"
+    elif version == "4":
+        path = DATA / "journeys-v4.arrows"
+        recs["fwd_out_ifindex"] = 9
     else:
         path = tmp_path / "cap.arrows"
         recs["fwd_out_ifindex"] = 9

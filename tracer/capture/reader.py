@@ -102,8 +102,9 @@ def _check_version(path: str, meta: dict[str, str]) -> None:
 
 
 # Sighting rows (1) and journey rows (2; 3 with dt_ns stored as its bytes;
-# 4 without the columns another says): all read as sighting rows.
-JOURNEY_MAJORS = ("2", "3", events.JOURNEY_SCHEMA_VERSION.split(".")[0])
+# 4 without the columns another says; 5 with each batch's hop paths once):
+# all read as sighting rows.
+JOURNEY_MAJORS = ("2", "3", "4", events.JOURNEY_SCHEMA_VERSION.split(".")[0])
 READABLE_MAJORS = (events.SCHEMA_VERSION.split(".")[0], *JOURNEY_MAJORS)
 
 
@@ -162,7 +163,7 @@ def _check_schema(path: str, schema: pa.Schema, meta: dict[str, str]) -> None:
     if key in _SCHEMAS_CHECKED:
         return
     try:
-        _rows_of(meta)(pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema))
+        _rows_of(meta)(pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema))
     except events.ColumnError as exc:
         raise CaptureReadError(f"{path}: {exc}") from None
     except (pa.ArrowException, ValueError, TypeError) as exc:

@@ -122,6 +122,20 @@ def _one_array(column: pa.ChunkedArray) -> pa.Array:
     packet)."""
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
+def _one_dictionary(column: pa.ChunkedArray) -> pa.Array:
+    """A dictionary column as one array whose dictionary is its chunks',
+    one after the other (a value may be there twice: Arrow's dictionary
+    unification takes no list values)."""
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    dictionaries, indices, at = [], [], 0
+    for chunk in column.chunks:
+        dictionaries.append(chunk.dictionary)
+        indices.append(pc.add(chunk.indices, pa.scalar(at, chunk.indices.type)) if at else chunk.indices)
+        at += len(chunk.dictionary)
+    return pa.DictionaryArray.from_arrays(pa.concat_arrays(indices), pa.concat_arrays(dictionaries))
+
+
 Metadata = Mapping[str, str] | Callable[[], Mapping[str, str]]
 
 
@@ -312,7 +326,16 @@ class CaptureWriter:
         row = {"ktime_ns": ktime_ns, "kind": kind, "info": json.dumps(info, sort_keys=True), **columns}
         if not self.journeys:
             row["time"] = ktime_ns + self._offset()
-        self._buffer(pa.Table.from_pylist([row], schema=self.schema))
+        self._buffer(self._rows([row]))
+
+    def _rows(self, rows: list[dict]) -> pa.Table:
+        """Rows given as dicts, in the file's schema (a journey file's
+        dictionaries of lists null: pa.Table.from_pylist cannot make them)."""
+        lists = [f for f in self.schema if f.name in events.BATCH_DICTIONARIES]
+        table = pa.Table.from_pylist(rows, schema=pa.schema([f for f in self.schema if f not in lists]))
+        for f in lists:
+            table = table.add_column(self.schema.get_field_index(f.name), f, pa.nulls(len(rows), f.type))
+        return table
 
     def add_rule_rows(self, rows: list[tuple[int, int, str, Mapping[str, Any]]]) -> None:
         """Rule hits joined to packets, (ktime_ns, packet_id, hook, info)
@@ -374,8 +397,7 @@ class CaptureWriter:
             self._open()
         places = self.place_ids.take_unwritten()  # before the rows that point at them
         if places:
-            self._pending.insert(0, pa.Table.from_pylist(
-                [{"kind": "place", "info": json.dumps(p, sort_keys=True)} for p in places], schema=self.schema))
+            self._pending.insert(0, self._rows([{"kind": "place", "info": json.dumps(p, sort_keys=True)} for p in places]))
         groups = self._batch_groups(self._pending)
         self._pending, self._pending_rows = [], 0
         for group in groups:
@@ -409,7 +431,9 @@ class CaptureWriter:
         arrays = []
         for f in self.schema:
             col = table.column(f.name)
-            if pa.types.is_dictionary(f.type):
+            if f.name in events.BATCH_DICTIONARIES:  # each batch its own dictionary: as it is
+                arrays.append(_one_dictionary(col))
+            elif pa.types.is_dictionary(f.type):
                 state = self._dicts.get(f.name)
                 if state is None:
                     state = self._dicts[f.name] = _GrowingDictionary(f.type.value_type)
