@@ -152,8 +152,9 @@ static void words_free(word_table *t) {
     free(t->start);
 }
 
-static int words_grow(word_table *t) {
+static int words_grow(word_table *t, Py_ssize_t at_least) {
     Py_ssize_t slots = t->slots ? 2 * t->slots : 256;
+    while (slots < at_least) slots *= 2;
     uint64_t *hash = malloc((size_t)slots * sizeof *hash);
     int32_t *id = malloc((size_t)slots * sizeof *id);
     if (!hash || !id) {
@@ -190,7 +191,7 @@ static uint64_t words_hash(const uint64_t *w, Py_ssize_t n) {
 /* the list of words ``w`` (n of them): its number (*is_new set if added), or -1 (no memory) */
 static int32_t words_find(word_table *t, const uint64_t *w, Py_ssize_t n, int *is_new) {
     *is_new = 0;
-    if (2 * (t->count + 1) > t->slots && words_grow(t) < 0) return -1;
+    if (2 * (t->count + 1) > t->slots && words_grow(t, 0) < 0) return -1;
     uint64_t hash = words_hash(w, n);
     Py_ssize_t s = (Py_ssize_t)(hash >> 40) & (t->slots - 1);
     while (t->id[s] >= 0) {
@@ -228,6 +229,20 @@ static int32_t words_find(word_table *t, const uint64_t *w, Py_ssize_t n, int *i
 
 /* a tuple's words: both addresses and both ports (not the 4 bytes after) */
 #define TUPLE_WORDS 5
+
+/* Room for ``lists`` lists of ``words`` words in all, at once: a flush's
+ * tuple lists are many (one a connection's direction), and growing their
+ * table and pool from small sizes rehashed and copied them pass after pass. */
+static int words_reserve(word_table *t, Py_ssize_t lists, Py_ssize_t words) {
+    if (words_grow(t, 2 * (lists + 1)) < 0) return -1;
+    t->start = malloc((size_t)(lists + 2) * sizeof *t->start);
+    t->pool = malloc((size_t)(words > 0 ? words : 1) * sizeof *t->pool);
+    if (!t->start || !t->pool) return -1;
+    t->starts_size = lists + 2;
+    t->pool_size = words > 0 ? words : 1;
+    t->start[0] = 0;
+    return 0;
+}
 
 PyObject *native_journey_layout(PyObject *self, PyObject *args) {
     (void)self;
@@ -306,6 +321,11 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
     }
     if (k != kept || H != n_hops_total || T != n_tuples_total) {
         PyErr_SetString(PyExc_ValueError, "journey_layout: counts are not the records'");
+        goto done;
+    }
+    /* at most a tuple list a record, its tuples' words at most all of theirs */
+    if (words_reserve(&lists, kept, TUPLE_WORDS * n_tuples_total) < 0) {
+        PyErr_NoMemory();
         goto done;
     }
 

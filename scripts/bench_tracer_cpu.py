@@ -294,15 +294,20 @@ def _packets_between(capture: Path, window: tuple[int, int]) -> int:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from tracer.journey_v5 import as_version_4
+
+    packets = 0
     with pa.ipc.open_stream(str(capture)) as reader:
-        rows = reader.read_all()
-    rows = rows.filter(pc.fill_null(pc.equal(rows["kind"], "journey"), False))
-    ktime = rows["ktime_ns"].to_numpy()
-    hops = rows["hops"].combine_chunks()
-    first = hops.offsets.to_numpy()[:-1]
-    flags = hops.values.field("flags").to_numpy(zero_copy_only=False)
-    new = (flags[first] & 0x2) != 0  # events.HOP_FLAG_NEW_PACKET
-    return int(np.count_nonzero(new & (ktime >= window[0]) & (ktime < window[1])))
+        for batch in reader:  # each as version 4 stored it (the baseline's captures may be older)
+            rows = as_version_4(batch)
+            rows = rows.filter(pc.fill_null(pc.equal(rows["kind"], "journey"), False))
+            ktime = rows["ktime_ns"].to_numpy()
+            hops = rows["hops"]
+            first = hops.offsets.to_numpy()[:-1]
+            flags = hops.values.field("flags").to_numpy(zero_copy_only=False)
+            new = (flags[first] & 0x2) != 0  # events.HOP_FLAG_NEW_PACKET
+            packets += int(np.count_nonzero(new & (ktime >= window[0]) & (ktime < window[1])))
+    return packets
 
 
 def baseline_tree(rev: str) -> Path:
