@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pytest
 
 from tests.unit.test_decode import ctx
-from tests.unit.test_journey_capture import META, _rewrite, comparable, live_rows, write
+from tests.unit.test_journey_capture import META, _rewrite, comparable, live_rows, write, write_around_a_container
 from tests.unit.test_journey_records import records
 from tracer import events
 from tracer.capture.reader import read_capture
@@ -149,10 +149,5 @@ def test_small_journey_tables_in_one_batch_keep_their_own_paths(tmp_path, monkey
     monkeypatch.setattr(writer, "JOURNEY_BATCH", 3)
     recs = records()
     path = tmp_path / "cap.arrows"
-    with CaptureWriter(path, META, journeys=True) as w:
-        w.add_journeys(recs[:4], ctx())
-        w.add_row("container", 1, {"action": "start", "id": "x", "name": "x"})
-        w.add_journeys(recs[4:], ctx())
-        w.flush()
-        assert w.batches_written == 1
+    assert write_around_a_container(path, recs).batches_written == 1
     assert comparable(read_capture(str(path)).events) == comparable(live_rows(recs))

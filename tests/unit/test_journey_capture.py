@@ -218,6 +218,16 @@ def test_records_added_a_few_at_a_time_keep_their_order_around_other_rows(tmp_pa
     assert comparable(read_capture(str(path)).events) == comparable(live_rows(recs))
 
 
+def write_around_a_container(path, recs: np.ndarray) -> CaptureWriter:
+    """records[:4], a container row, the rest, then a flush."""
+    with CaptureWriter(path, META, journeys=True) as w:
+        w.add_journeys(recs[:4], ctx())
+        w.add_row("container", 1, {"action": "start", "id": "x", "name": "x"})
+        w.add_journeys(recs[4:], ctx())
+        w.flush()
+    return w
+
+
 def test_big_journey_tables_are_batches_of_their_own_in_order(tmp_path, monkeypatch):
     """Journey rows laid out together are written as their own record batch
     (not copied into one with the rows around them): the file reads back
@@ -228,12 +238,7 @@ def test_big_journey_tables_are_batches_of_their_own_in_order(tmp_path, monkeypa
     monkeypatch.setattr(writer, "OWN_BATCH_ROWS", 2)
     recs = records()
     path = tmp_path / "cap.arrows"
-    with CaptureWriter(path, META, journeys=True) as w:
-        w.add_journeys(recs[:4], ctx())
-        w.add_row("container", 1, {"action": "start", "id": "x", "name": "x"})
-        w.add_journeys(recs[4:], ctx())
-        w.flush()
-        assert w.batches_written >= 3
+    assert write_around_a_container(path, recs).batches_written >= 3
     table = read_capture(str(path)).table
     kinds = table.column("kind").to_pylist()
     at = kinds.index("container")
