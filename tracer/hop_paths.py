@@ -19,7 +19,8 @@ import pyarrow as pa
 from tracer import events
 from tracer.arrow_columns import numeric_array
 
-# the laid-out hop columns a path holds, as PATH_HOP_TYPE names them (and the place id after)
+# a path's hop fields, as PATH_HOP_TYPE names them (journey_layout.path_fields reads them
+# off the layout's words), and the place id after
 HOP_FIELDS = ("hook", "nat_stage", "flags", "ttl", "tuple")
 _DTYPES = {f.name: f.type.to_pandas_dtype() for f in events.PATH_HOP_TYPE}
 

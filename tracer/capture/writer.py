@@ -122,6 +122,7 @@ def _one_array(column: pa.ChunkedArray) -> pa.Array:
     packet)."""
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
+
 def _one_dictionary(column: pa.ChunkedArray) -> pa.Array:
     """A dictionary column as one array whose dictionary is its chunks',
     one after the other (a value may be there twice: Arrow's dictionary
