@@ -380,14 +380,17 @@ def test_a_version_3_capture_reads_as_it_did():
     assert [c["id"] for c in old.containers] == ["x"]
 
 
-def test_a_version_4_capture_reads_as_it_did():
+@pytest.mark.parametrize("version", ["4", "5"])
+def test_a_version_4_or_5_capture_reads_as_it_did(version):
     """tests/data/journeys-v4.arrows was written by tracer's version 4
     writer (commit 40fe4ba) from this module's records (fwd_out_ifindex 9,
-    two batches); journeys-v4.rows.json holds the sighting rows that
-    tracer's reader gave for it then, which agreed with live decoding: a
-    later format must still read this file as those rows."""
-    old = read_capture(str(DATA / "journeys-v4.arrows"))
-    assert old.metadata["schema_version"] == "4"
+    two batches), journeys-v5.arrows by the version 5 writer (commit
+    c2d2c52) from the same records alike; journeys-v4.rows.json holds the
+    sighting rows that tracer's reader gave for the first then, which
+    agreed with live decoding: a later format must still read both files
+    as those rows."""
+    old = read_capture(str(DATA / f"journeys-v{version}.arrows"))
+    assert old.metadata["schema_version"] == version
     got = old.events.select(list(events.EVENT_SCHEMA.names))
     got = got.set_column(0, "time", got["time"].cast(pa.int64()))
     assert got.to_pylist() == json.loads((DATA / "journeys-v4.rows.json").read_text())
