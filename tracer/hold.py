@@ -102,8 +102,9 @@ class RecordHold:
 
     def pop_complete(self, idle_ns: int, now_ktime: int) -> np.ndarray:
         """Records of packets whose last sighting is at least ``idle_ns``
-        before ``now_ktime`` (CLOCK_MONOTONIC), in the order they came (a
-        packet's parts all together in one pop)."""
+        before ``now_ktime`` (CLOCK_MONOTONIC) and that were first seen
+        before every packet still held, in the order they came (a packet's
+        parts all together in one pop)."""
         if not self._batches:
             return events.empty_journeys()
         pid = self._field("packet_id")
@@ -113,6 +114,14 @@ class RecordHold:
         latest = np.full(len(uniq), np.iinfo(np.int64).min, np.int64)
         np.maximum.at(latest, inverse, last)
         quiet = latest <= now_ktime - idle_ns
+        if quiet.any() and not quiet.all():
+            # Let go in order of first sighting, as `show` orders a capture: a
+            # quiet packet first seen after one still held waits for it (the
+            # cut fell between two packets that overlap in time: it would be
+            # shown before a packet seen earlier, in a later pass).
+            earliest = np.full(len(uniq), np.iinfo(np.int64).max, np.int64)
+            np.minimum.at(earliest, inverse, self._field("first_ktime").astype(np.int64))
+            quiet &= earliest < earliest[~quiet].min()
         if not quiet.any():
             return events.empty_journeys()
         done = quiet[inverse]

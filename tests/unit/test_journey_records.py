@@ -144,6 +144,23 @@ def test_hold_joins_parts_and_counts_late_ones():
     assert len(hold.flush()) == len(recs) - 2
 
 
+def test_the_hold_lets_packets_go_in_order_of_first_sighting():
+    """A quiet packet first seen after one still held waits for it, so that
+    `trace` shows packets in order of first sighting across passes, as
+    `show` orders the capture: a pass's cut between two packets that overlap
+    in time showed the later one first (once in a full e2e run)."""
+    from tracer import record_words
+
+    hold = RecordHold()
+    long = record(1, 100, [hop("tc_ingress", 7), hop("tc_ingress", 9, dt=50_000)], REQ_TUPLES[:1])  # to 50,100
+    short = record(2, 200, [hop("tc_ingress", 7), hop("tc_ingress", 9, dt=300)], REQ_TUPLES[:1])  # to 500
+    later = record(3, 60_000, [hop("tc_ingress", 7)], REQ_TUPLES[:1])  # not quiet at the second pop
+    hold.add(record_words.concat([long, short, later]))
+    assert len(hold.pop_complete(idle_ns=1_000, now_ktime=10_000)) == 0, "2 is quiet, but 1 was seen first"
+    assert list(hold.pop_complete(idle_ns=1_000, now_ktime=55_000)["packet_id"]) == [1, 2]
+    assert list(hold.flush()["packet_id"]) == [3]
+
+
 def test_packet_ids_that_wrap_are_new_packets():
     """Ids are a per-CPU 40-bit counter under the CPU number: after 2^40
     packets on one CPU they start again from 0. A wrapped id is a new
@@ -184,7 +201,8 @@ def test_what_a_pass_lets_go_is_copied_once_in_the_order_it_came():
     hold = RecordHold()
     hold.add(recs)
     assert hold.pop_complete(idle_ns=0, now_ktime=1 << 40) is recs, "a lone whole batch: no copy"
-    older, newer = recs[: len(recs) // 2].copy(), recs[len(recs) // 2 :].copy()
+    # (packet 101's second part, at 90 µs, would hold back every packet first seen after it)
+    older, newer = recs[2:6].copy(), record_words.concat([recs[:2], recs[6:]])
     hold = RecordHold()  # the last one let these go
     hold.add(older)
     kept = hold.pop_complete(idle_ns=0, now_ktime=30_000)  # part of the older batch stays held
