@@ -1,6 +1,9 @@
 """The kernel's journey records (events.JOURNEY_DTYPE) -> the flat numpy
-columns of a capture's journey rows (tracer/journey_capture.py builds the
-Arrow arrays from them).
+columns of a capture's journey rows (tracer/journey_columns.py builds the
+Arrow arrays from them). Since capture schema 5 a hop is laid out as its
+time (and place index) only: the rest of it is its record's hop path, and
+the addresses its record's tuple list, each distinct one laid out once
+(``path_words``, the tuple columns) and numbered record by record.
 
 Two twins fill the same arrays: ``layout_numpy``, the reference, and the
 compiled ``journey_layout`` of tracer._native (native/journey_layout.c),
