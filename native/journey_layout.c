@@ -72,53 +72,84 @@ static void release(Py_buffer *views, int n) {
     for (int i = 0; i < n; i++) PyBuffer_Release(&views[i]);
 }
 
-/* The distinct place keys of a flush's hops (a few dozen), in order of
- * first appearance: open addressing, grown by doubling. */
+/* Open-addressing slots of (hash, number) pairs, grown by doubling: the one
+ * mechanism of the layout's two tables below, each of which says what a
+ * number stands for and when two equal hashes are the same thing. */
 typedef struct {
-    uint64_t *keys;  /* slot -> key */
-    int64_t *index;  /* slot -> its position among the distinct keys (-1: empty) */
-    uint64_t *order; /* position -> key */
-    Py_ssize_t slots, count;
-} key_table;
+    uint64_t *hash; /* slot -> hash */
+    int32_t *id;    /* slot -> number (-1: empty) */
+    Py_ssize_t slots;
+} slot_table;
 
-static int table_grow(key_table *t) {
-    Py_ssize_t slots = t->slots ? 2 * t->slots : 64;
-    uint64_t *keys = malloc((size_t)slots * sizeof *keys);
-    int64_t *index = malloc((size_t)slots * sizeof *index);
-    uint64_t *order = realloc(t->order, (size_t)(slots / 2) * sizeof *order);
-    if (!keys || !index || !order) {
-        free(keys);
-        free(index);
-        if (order) t->order = order;
+static void slots_free(slot_table *t) {
+    free(t->hash);
+    free(t->id);
+}
+
+static inline Py_ssize_t slot_of(const slot_table *t, uint64_t hash) {
+    return (Py_ssize_t)(hash >> 40) & (t->slots - 1);
+}
+
+/* at least twice as many slots (and ``at_least``), the pairs put back */
+static int slots_grow(slot_table *t, Py_ssize_t at_least) {
+    Py_ssize_t slots = t->slots ? 2 * t->slots : 256;
+    while (slots < at_least) slots *= 2;
+    uint64_t *hash = malloc((size_t)slots * sizeof *hash);
+    int32_t *id = malloc((size_t)slots * sizeof *id);
+    if (!hash || !id) {
+        free(hash);
+        free(id);
         return -1;
     }
-    t->order = order;
-    for (Py_ssize_t i = 0; i < slots; i++) index[i] = -1;
-    for (Py_ssize_t i = 0; i < t->count; i++) {
-        uint64_t k = order[i];
-        Py_ssize_t s = (Py_ssize_t)((k * 0x9E3779B97F4A7C15ull) >> 40) & (slots - 1);
-        while (index[s] >= 0) s = (s + 1) & (slots - 1);
-        keys[s] = k;
-        index[s] = i;
+    for (Py_ssize_t i = 0; i < slots; i++) id[i] = -1;
+    slot_table grown = {hash, id, slots};
+    for (Py_ssize_t i = 0; i < t->slots; i++) {
+        if (t->id[i] < 0) continue;
+        Py_ssize_t s = slot_of(&grown, t->hash[i]);
+        while (id[s] >= 0) s = (s + 1) & (slots - 1);
+        hash[s] = t->hash[i];
+        id[s] = t->id[i];
     }
-    free(t->keys);
-    free(t->index);
-    t->keys = keys;
-    t->index = index;
-    t->slots = slots;
+    slots_free(t);
+    *t = grown;
     return 0;
 }
 
+/* ``array`` with room for ``need`` elements of ``width`` bytes (its size
+ * doubled from ``first`` as needed, the used part kept; *size updated), or
+ * NULL (no memory: ``array`` as it was) */
+static void *room_for(void *array, Py_ssize_t *size, Py_ssize_t need, size_t width, Py_ssize_t first) {
+    if (array && need <= *size) return array;
+    Py_ssize_t n = *size ? 2 * *size : first;
+    while (n < need) n *= 2;
+    void *grown = realloc(array, (size_t)n * width);
+    if (grown) *size = n;
+    return grown;
+}
+
+/* The distinct place keys of a flush's hops (a few dozen), in order of
+ * first appearance. A key's hash is the key times an odd constant, one key
+ * a hash: equal hashes are equal keys. */
+typedef struct {
+    slot_table s;
+    uint64_t *order; /* position -> key */
+    Py_ssize_t count, order_size;
+} key_table;
+
 /* the key's position among the distinct keys (added if new), or -1 (no memory) */
 static int64_t table_find(key_table *t, uint64_t key) {
-    if (2 * (t->count + 1) > t->slots && table_grow(t) < 0) return -1;
-    Py_ssize_t s = (Py_ssize_t)((key * 0x9E3779B97F4A7C15ull) >> 40) & (t->slots - 1);
-    while (t->index[s] >= 0) {
-        if (t->keys[s] == key) return t->index[s];
-        s = (s + 1) & (t->slots - 1);
+    if (2 * (t->count + 1) > t->s.slots && slots_grow(&t->s, 0) < 0) return -1;
+    uint64_t *order = room_for(t->order, &t->order_size, t->count + 1, sizeof *order, 64);
+    if (!order) return -1;
+    t->order = order;
+    uint64_t hash = key * 0x9E3779B97F4A7C15ull;
+    Py_ssize_t s = slot_of(&t->s, hash);
+    while (t->s.id[s] >= 0) {
+        if (t->s.hash[s] == hash) return t->s.id[s];
+        s = (s + 1) & (t->s.slots - 1);
     }
-    t->keys[s] = key;
-    t->index[s] = t->count;
+    t->s.hash[s] = hash;
+    t->s.id[s] = (int32_t)t->count;
     t->order[t->count] = key;
     return t->count++;
 }
@@ -136,9 +167,8 @@ static int64_t table_find(key_table *t, uint64_t key) {
  * pool (small and hot: comparing against the record they came from would
  * read a cold record); equal hashes are told apart by comparing them. */
 typedef struct {
-    uint64_t *hash;        /* slot -> hash */
-    int32_t *id;           /* slot -> list (-1: empty) */
-    Py_ssize_t slots, count;
+    slot_table s;
+    Py_ssize_t count;
     uint64_t *pool;        /* the lists' words, one after the other */
     Py_ssize_t pool_used, pool_size;
     Py_ssize_t *start;     /* list -> its first word in the pool (count + 1 of them) */
@@ -146,36 +176,9 @@ typedef struct {
 } word_table;
 
 static void words_free(word_table *t) {
-    free(t->hash);
-    free(t->id);
+    slots_free(&t->s);
     free(t->pool);
     free(t->start);
-}
-
-static int words_grow(word_table *t, Py_ssize_t at_least) {
-    Py_ssize_t slots = t->slots ? 2 * t->slots : 256;
-    while (slots < at_least) slots *= 2;
-    uint64_t *hash = malloc((size_t)slots * sizeof *hash);
-    int32_t *id = malloc((size_t)slots * sizeof *id);
-    if (!hash || !id) {
-        free(hash);
-        free(id);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < slots; i++) id[i] = -1;
-    for (Py_ssize_t i = 0; i < t->slots; i++) {
-        if (t->id[i] < 0) continue;
-        Py_ssize_t s = (Py_ssize_t)(t->hash[i] >> 40) & (slots - 1);
-        while (id[s] >= 0) s = (s + 1) & (slots - 1);
-        hash[s] = t->hash[i];
-        id[s] = t->id[i];
-    }
-    free(t->hash);
-    free(t->id);
-    t->hash = hash;
-    t->id = id;
-    t->slots = slots;
-    return 0;
 }
 
 static inline uint64_t rotl(uint64_t v, int r) { return v << r | v >> (64 - r); }
@@ -188,40 +191,36 @@ static uint64_t words_hash(const uint64_t *w, Py_ssize_t n) {
     return h ^ h >> 31;
 }
 
+/* room for ``lists`` lists of ``words`` words in all */
+static int words_room(word_table *t, Py_ssize_t lists, Py_ssize_t words) {
+    Py_ssize_t *start = room_for(t->start, &t->starts_size, lists + 1, sizeof *start, 256);
+    if (start) t->start = start;
+    uint64_t *pool = room_for(t->pool, &t->pool_size, words > 0 ? words : 1, sizeof *pool, 4096);
+    if (pool) t->pool = pool;
+    if (!start || !pool) return -1;
+    t->start[0] = 0; /* (the first list starts at the pool's first word) */
+    return 0;
+}
+
 /* the list of words ``w`` (n of them): its number (*is_new set if added), or -1 (no memory) */
 static int32_t words_find(word_table *t, const uint64_t *w, Py_ssize_t n, int *is_new) {
     *is_new = 0;
-    if (2 * (t->count + 1) > t->slots && words_grow(t, 0) < 0) return -1;
+    if (2 * (t->count + 1) > t->s.slots && slots_grow(&t->s, 0) < 0) return -1;
     uint64_t hash = words_hash(w, n);
-    Py_ssize_t s = (Py_ssize_t)(hash >> 40) & (t->slots - 1);
-    while (t->id[s] >= 0) {
-        if (t->hash[s] == hash) {
-            int32_t l = t->id[s];
+    Py_ssize_t s = slot_of(&t->s, hash);
+    while (t->s.id[s] >= 0) {
+        if (t->s.hash[s] == hash) {
+            int32_t l = t->s.id[s];
             Py_ssize_t at = t->start[l];
             if (t->start[l + 1] - at == n && !memcmp(t->pool + at, w, (size_t)n * sizeof *w)) return l;
         }
-        s = (s + 1) & (t->slots - 1);
+        s = (s + 1) & (t->s.slots - 1);
     }
-    if (t->count + 2 > t->starts_size) {
-        Py_ssize_t size = t->starts_size ? 2 * t->starts_size : 256;
-        Py_ssize_t *start = realloc(t->start, (size_t)size * sizeof *start);
-        if (!start) return -1;
-        t->start = start;
-        t->starts_size = size;
-        if (!t->count) t->start[0] = 0;
-    }
-    if (t->pool_used + n > t->pool_size) {
-        Py_ssize_t size = t->pool_size ? 2 * t->pool_size : 4096;
-        while (size < t->pool_used + n) size *= 2;
-        uint64_t *pool = realloc(t->pool, (size_t)size * sizeof *pool);
-        if (!pool) return -1;
-        t->pool = pool;
-        t->pool_size = size;
-    }
+    if (words_room(t, t->count + 1, t->pool_used + n) < 0) return -1;
     memcpy(t->pool + t->pool_used, w, (size_t)n * sizeof *w);
     t->pool_used += n;
-    t->hash[s] = hash;
-    t->id[s] = (int32_t)t->count;
+    t->s.hash[s] = hash;
+    t->s.id[s] = (int32_t)t->count;
     t->start[t->count + 1] = t->pool_used;
     *is_new = 1;
     return (int32_t)t->count++;
@@ -234,14 +233,7 @@ static int32_t words_find(word_table *t, const uint64_t *w, Py_ssize_t n, int *i
  * tuple lists are many (one a connection's direction), and growing their
  * table and pool from small sizes rehashed and copied them pass after pass. */
 static int words_reserve(word_table *t, Py_ssize_t lists, Py_ssize_t words) {
-    if (words_grow(t, 2 * (lists + 1)) < 0) return -1;
-    t->start = malloc((size_t)(lists + 2) * sizeof *t->start);
-    t->pool = malloc((size_t)(words > 0 ? words : 1) * sizeof *t->pool);
-    if (!t->start || !t->pool) return -1;
-    t->starts_size = lists + 2;
-    t->pool_size = words > 0 ? words : 1;
-    t->start[0] = 0;
-    return 0;
+    return slots_grow(&t->s, 2 * (lists + 1)) < 0 ? -1 : words_room(t, lists + 1, words);
 }
 
 PyObject *native_journey_layout(PyObject *self, PyObject *args) {
@@ -473,8 +465,7 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
     Py_XDECREF(words_out);
     Py_XDECREF(starts);
 done:
-    free(places.keys);
-    free(places.index);
+    slots_free(&places.s);
     free(places.order);
     words_free(&paths);
     words_free(&lists);
