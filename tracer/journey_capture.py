@@ -27,6 +27,7 @@ from tracer.interning import Interner
 from tracer.journey_columns import HEADER as _HEADER, JourneyColumns
 from tracer.journey_v5 import as_version_4, has_dt_planes
 from tracer.places import UNKNOWN_PLACE, Place
+from tracer.ragged import positions
 
 _NEW_PACKET_BIT = 0x80  # HOP_NEW_PACKET_BIT in bpf/journey.h
 
@@ -454,16 +455,9 @@ def _flat(lists: pa.Array, kept: np.ndarray) -> pa.StructArray:
     lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
     values = lists.flatten()
     if (lengths != kept).any():  # a hand-made capture with more hops than a record holds
-        rec, i = _positions(lengths)
+        rec, i = positions(lengths)
         values = values.filter(pa.array(i < kept[rec]))
     return values
-
-
-def _positions(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    sizes = sizes.astype(np.int64)
-    rec = np.repeat(np.arange(len(sizes)), sizes)
-    first = np.concatenate(([0], np.cumsum(sizes)[:-1])) if len(sizes) else np.zeros(0, np.int64)
-    return rec, np.arange(len(rec)) - first[rec]
 
 
 def _indices(column: pa.Array, names, convert=None) -> np.ndarray:

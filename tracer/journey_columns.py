@@ -27,6 +27,7 @@ import pyarrow as pa
 from tracer import events, hop_paths, journey_layout, record_words
 from tracer.arrow_columns import numeric_array
 from tracer.decode import code_column, drop_reason_column, protocol_column, resolve_place_keys
+from tracer.ragged import positions, ranges
 
 _JOURNEY_KIND = pa.array(["journey"])
 HEADER = ("packet_id", "flow_id", "skb", "drop_netns", "fwd_out_ifindex", "ip_id", "length", "cpu",
@@ -198,12 +199,11 @@ class JourneyColumns:
         alone: their rows and their batch numbers, each keyed by its own."""
         offsets = out.records["hop_offsets"]
         told = np.zeros(len(out), bool)
-        told[np.repeat(np.arange(len(out)), np.diff(offsets))[inverse >= n_keys]] = True
+        told[positions(np.diff(offsets))[0][inverse >= n_keys]] = True
         rows = np.flatnonzero(told)
         sizes = np.diff(offsets)[rows]
         ends = np.cumsum(sizes)
-        within = np.arange(int(ends[-1])) - np.repeat(ends - sizes, sizes)
-        places = ids[inverse[np.repeat(offsets[rows], sizes) + within]]
+        places = ids[inverse[ranges(offsets[rows], sizes)]]
         return rows, self._paths.ids(journey_layout.path_fields(out.hop_words(rows)), places, ends - sizes, ends)
 
     def take(self) -> pa.Table:

@@ -22,6 +22,7 @@ import numpy as np
 from tracer import events, record_words
 from tracer.decode import place_keys
 from tracer.native import native
+from tracer.ragged import ranges
 
 _HOOK_DROP = events.HOOKS.index("drop")
 
@@ -100,9 +101,7 @@ class Columns:
     def hop_words(self, rows: np.ndarray) -> np.ndarray:
         """The path words of the hops of the kept records ``rows``, in order."""
         paths = self.records["path"][rows]
-        sizes = np.diff(self.path_starts)[paths]
-        within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        return self.path_words[np.repeat(self.path_starts[paths], sizes) + within]
+        return self.path_words[ranges(self.path_starts[paths], np.diff(self.path_starts)[paths])]
 
 
 def path_fields(words: np.ndarray) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from tracer import events
 from tracer.arrow_columns import numbers_of, with_column
+from tracer.ragged import ranges
 
 
 class BadVersion5Rows(events.ColumnError):
@@ -71,12 +72,9 @@ def _with_paths(batch):
     path_sizes = np.where(has_path, list_offsets[index + 1] - starts if len(listed) else 0, 0)
     if (path_sizes != sizes).any():
         raise BadVersion5Rows("a row's path and hops differ in length")
-    # each hop's position in the paths' values (its path's start + its place
-    # in the row) and in the hops' (its row's start + the same)
-    row_start = np.repeat(offsets[:-1], sizes)
-    within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    path_hops = listed.values.take(pa.array(np.repeat(starts, sizes) + within, pa.int64()))
-    dts = hops.values.take(pa.array(row_start + within, pa.int64()))
+    # each hop's path fields and its times, where they are in the paths' values and the hops'
+    path_hops = listed.values.take(pa.array(ranges(starts, sizes), pa.int64()))
+    dts = hops.values.take(pa.array(ranges(offsets[:-1], sizes), pa.int64()))
     values = pa.StructArray.from_arrays(
         [dts.field(name) for name in events.DT_PLANES] + [path_hops.field(f.name) for f in events.PATH_HOP_TYPE],
         fields=list(events.HOP_FILE_TYPE_V4))
