@@ -31,8 +31,8 @@ def has_dt_planes(hops_type: pa.DataType) -> bool:
         and all(value.get_field_index(name) >= 0 for name in events.DT_PLANES)
 
 
-def as_version_4(batch):
-    """A version 5 batch (or Table) as version 4 stored it (``_with_paths``,
+def as_version_4(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A version 5 batch as version 4 stored it (``_with_paths``,
     ``_listed_tuples``); a batch of an earlier version as it is."""
     if "path" in batch.schema.names:
         batch = _with_paths(batch)
@@ -41,15 +41,12 @@ def as_version_4(batch):
     return batch
 
 
-def _with_paths(batch):
+def _with_paths(batch: pa.RecordBatch) -> pa.RecordBatch:
     """A version 5 batch as version 4 stored it: each row's hops (their
     dt_ns bytes) joined with its path's (the `path` dictionary's list at
     the row's index, as long as its hops), `path` dropped; `last_ktime_ns`
     from `last_gap_ns` (ktime_ns + the last hop's dt_ns + the gap, wrapping
     as uint64, as written)."""
-    if isinstance(batch, pa.Table):
-        batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else \
-            pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in batch.schema], schema=batch.schema)
     names = batch.schema.names
     if "hops" not in names:
         raise BadVersion5Rows("no 'hops' column")

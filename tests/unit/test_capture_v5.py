@@ -129,15 +129,8 @@ def test_paths_numbered_by_place_ids_when_no_address_tells_places_apart(tmp_path
     (chunk,) = [ch for ch in on_disk["path"].chunks if len(ch.dictionary)]
     distinct = {json.dumps(p) for p in chunk.dictionary.to_pylist()}
     assert len(distinct) == len(chunk.dictionary) <= len(recs)
-    live = decode_live(recs, c)
+    live = live_rows(recs, c)
     assert comparable(read_capture(str(path)).events) == comparable(pa.concat_tables([live, live]))
-
-
-def decode_live(recs, c):
-    from tracer.decode import decode
-    from tracer.expand import expand
-
-    return decode(expand(recs), c)
 
 
 def test_small_journey_tables_in_one_batch_keep_their_own_paths(tmp_path, monkeypatch):

@@ -25,9 +25,10 @@ META = {"host": "testhost", "kernel": "6.1.0", "version": "0", "command": "trace
         "start_time": "2026-11-30T00:00:00Z", "ktime_offset_ns": "1000", "containers": "[]", "sample": "1"}
 
 
-def live_rows(recs: np.ndarray) -> pa.Table:
-    """What decoding the records live gives (the version 1 capture's rows)."""
-    return decode(expand(recs), ctx())
+def live_rows(recs: np.ndarray, context=None) -> pa.Table:
+    """What decoding the records live gives (the version 1 capture's rows),
+    in ``context`` (test_decode's ctx() by default)."""
+    return decode(expand(recs), context if context is not None else ctx())
 
 
 def comparable(table: pa.Table) -> list[dict]:
