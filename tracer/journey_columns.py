@@ -45,10 +45,11 @@ _STORED_HOPS = tuple((name, dt) for name, dt in journey_layout.HOP_COLUMNS if na
 _HOP_DTYPES = dict(journey_layout.HOP_COLUMNS)
 # First sizes (records; hops and tuples per record), before a batch has shown
 # the run's: a writer's batch at the lab's rates (writer.JOURNEY_BATCH and a
-# pass more) without growing. Memory never written costs nothing: each
-# column stays below the 4 MB from which numpy asks for huge pages (whose
-# first touch faults in 2 MB at once).
-_START_RECORDS = 40960
+# pass more) without growing. Memory never written costs nothing, and a
+# batch's columns reuse the memory the last batch's freed (the heap is kept:
+# tracer/allocator.py), so the huge pages numpy asks for from 4 MB on (the
+# hops' 8-byte place index, 7.5 MiB here) fault in once.
+_START_RECORDS = 81920
 _HOPS_PER_RECORD = 12
 _TUPLES_PER_RECORD = 3
 

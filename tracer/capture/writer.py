@@ -38,13 +38,19 @@ ZSTD_LEVEL = 3
 # the lab's HTTP traffic against 41; sighting rows took ~70).
 JOURNEY_ZSTD_LEVEL = 1
 # Journey rows gathered into one table, at least this many (or at the flush,
-# FLUSH_SECONDS): one table a flush at the lab's rates, whose columns go to
-# the IPC writer as they are (several would be copied into one). Each
-# add_journeys lays its records out at once into the table's columns
-# (tracer/journey_columns.py); a pass's records join whole, so a burst (one
-# drain read brings up to 65,536: RingBufferDrain.max_batch) makes a bigger
-# table.
-JOURNEY_BATCH = 32768
+# FLUSH_SECONDS): one table a flush at the lab's rates (~65,000 packets a
+# second), whose columns go to the IPC writer as they are (several would be
+# copied into one). Each add_journeys lays its records out at once into the
+# table's columns (tracer/journey_columns.py); a pass's records join whole,
+# so a burst (one drain read brings up to 65,536: RingBufferDrain.max_batch)
+# makes a bigger table. A batch has a cost of its own beside its rows: Arrow
+# compresses each of its ~50 buffers (dictionaries included) with a zstd
+# context made for that buffer alone, and making one runs CPUID three times,
+# which a virtual machine's hypervisor answers (8 µs each on this VM:
+# ~22 µs a buffer, ~1.1 ms a batch), and the batch carries its own tuple and
+# path dictionaries. 32,768 cost the lab's capture ~0.05 µs a packet more
+# (docs/benchmarks.md, "Session 26").
+JOURNEY_BATCH = 65536
 # Journey rows laid out together, at least this many, are a record batch of
 # their own (CaptureWriter._batch_groups).
 OWN_BATCH_ROWS = 1024
