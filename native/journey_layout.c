@@ -28,13 +28,13 @@ enum { L_STRIDE, L_PACKET_ID, L_FLOW_ID, L_FIRST_KTIME, L_LAST_KTIME, L_SKB, L_T
        L_IN_CT_BIT, N_LAYOUT };
 
 /* the outputs, in the order of journey_layout.RECORD_COLUMNS / HOP_COLUMNS / TUPLE_COLUMNS */
-enum { R_PACKET_ID, R_FLOW_ID, R_SKB, R_KTIME, R_LAST_GAP, R_TIME, R_DROP_NETNS, R_FWD_OUT, R_IP_ID, R_LENGTH,
+enum { R_PACKET_ID, R_FLOW_ID, R_SKB, R_KTIME, R_LAST_GAP, R_DROP_NETNS, R_FWD_OUT, R_IP_ID, R_LENGTH,
        R_CPU, R_TCP_FLAGS, R_TCP_DOFF, R_TCP_SEQ, R_TCP_ACK, R_END, R_DIRECTION, R_PROTOCOL, R_DROP_REASON,
        R_PATH, R_TUPLE_LIST, R_HOP_OFFSETS, R_TUPLE_OFFSETS, N_REC };
 enum { H_DT_B0, H_DT_B1, H_DT_B2, H_DT_B3, H_PLACE, N_HOPCOL };
 enum { T_SADDR, T_DADDR, T_SPORT, T_DPORT, N_TUPCOL };
 
-static const Py_ssize_t rec_size[N_REC] = {8, 8, 8, 8, 8, 8, 4, 4, 2, 2, 2, 1, 1, 4, 4, 1, 1, 1, 8, 4, 4, 4, 4};
+static const Py_ssize_t rec_size[N_REC] = {8, 8, 8, 8, 8, 4, 4, 2, 2, 2, 1, 1, 4, 4, 1, 1, 1, 8, 4, 4, 4, 4};
 static const Py_ssize_t hop_size[N_HOPCOL] = {1, 1, 1, 1, 8};
 static const Py_ssize_t tup_size[N_TUPCOL] = {16, 16, 2, 2};
 
@@ -240,9 +240,8 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer in;
     PyObject *layout_obj, *rec_obj, *hop_obj, *tup_obj;
-    long long boot_offset;
     Py_ssize_t kept, n_hops_total, n_tuples_total;
-    if (!PyArg_ParseTuple(args, "y*O!LnnnOOO", &in, &PyTuple_Type, &layout_obj, &boot_offset, &kept, &n_hops_total,
+    if (!PyArg_ParseTuple(args, "y*O!nnnOOO", &in, &PyTuple_Type, &layout_obj, &kept, &n_hops_total,
                           &n_tuples_total, &rec_obj, &hop_obj, &tup_obj))
         return NULL;
     Py_buffer rv[N_REC], hv[N_HOPCOL], tv[N_TUPCOL];
@@ -324,7 +323,7 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     uint64_t *packet_id = rv[R_PACKET_ID].buf, *flow_id = rv[R_FLOW_ID].buf, *skb = rv[R_SKB].buf,
              *ktime = rv[R_KTIME].buf, *last_gap = rv[R_LAST_GAP].buf;
-    int64_t *wall = rv[R_TIME].buf, *drop_reason = rv[R_DROP_REASON].buf;
+    int64_t *drop_reason = rv[R_DROP_REASON].buf;
     uint32_t *drop_netns = rv[R_DROP_NETNS].buf, *fwd_out = rv[R_FWD_OUT].buf, *tcp_seq = rv[R_TCP_SEQ].buf,
              *tcp_ack = rv[R_TCP_ACK].buf;
     uint16_t *ip_id = rv[R_IP_ID].buf, *length = rv[R_LENGTH].buf, *cpu = rv[R_CPU].buf;
@@ -360,7 +359,6 @@ PyObject *native_journey_layout(PyObject *self, PyObject *args) {
         flow_id[j] = rd64(r + L[L_FLOW_ID]);
         skb[j] = rd64(r + L[L_SKB]);
         ktime[j] = rd64(r + L[L_FIRST_KTIME]);
-        wall[j] = (int64_t)(ktime[j] + (uint64_t)boot_offset);
         uint32_t rec_netns = rd32(r + L[L_DROP_NETNS]);
         drop_netns[j] = rec_netns;
         fwd_out[j] = rd32(r + L[L_FWD_OUT]);
@@ -477,7 +475,7 @@ done:
 }
 
 const char native_journey_layout_doc[] =
-    "journey_layout(records, layout, boot_offset_ns, kept, hops, tuples, record_columns, hop_columns, tuple_columns)\n"
+    "journey_layout(records, layout, kept, hops, tuples, record_columns, hop_columns, tuple_columns)\n"
     "Fill the flat columns of the journey rows of ``records`` (tracer/journey_layout.py); returns the distinct\n"
     "place keys of their hops in order of first appearance, which the hops' place column indexes; the distinct\n"
     "hop paths' words (bytes, uint64 each) and where each path starts in them (a list, one more than the paths),\n"

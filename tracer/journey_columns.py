@@ -36,11 +36,9 @@ HEADER = ("packet_id", "flow_id", "skb", "drop_netns", "fwd_out_ifindex", "ip_id
 # by hop (since version 5 a file stores a hop's time there, the rest in the
 # batch's paths: journey_layout lays out no more)
 _SCRATCH_HOPS = ("place_index",)
-# record columns the layout fills but the file does not store (version 4:
-# `time` is ktime_ns + the metadata's ktime_offset_ns)
-_SCRATCH_RECORDS = ("time",)
-_STORED_RECORDS = tuple((name, dt) for name, dt in journey_layout.RECORD_COLUMNS if name not in _SCRATCH_RECORDS)
-_RECORD_DTYPES = dict(journey_layout.RECORD_COLUMNS)
+# (no `time` column: since version 4 a reader computes it, ktime_ns + the
+# metadata's ktime_offset_ns)
+_STORED_RECORDS = journey_layout.RECORD_COLUMNS
 _STORED_HOPS = tuple((name, dt) for name, dt in journey_layout.HOP_COLUMNS if name not in _SCRATCH_HOPS)
 _HOP_DTYPES = dict(journey_layout.HOP_COLUMNS)
 # First sizes (records; hops and tuples per record), before a batch has shown
@@ -126,10 +124,9 @@ class JourneyColumns:
         r0, h0, t0, l0 = self.n, self.n_hops, self.n_tuples, self.n_lists
         self._tuples_room = max(self._tuples_room, t0 + t)
         out = journey_layout.Columns(
-            {**{name: column[r0:r0 + k + 1] if name == "hop_offsets" else
-                column[l0:l0 + k + 1] if name == "tuple_offsets" else column[r0:r0 + k]
-                for name, column in self._rec.items()},
-             **{name: np.empty(k, _RECORD_DTYPES[name]) for name in _SCRATCH_RECORDS}},
+            {name: column[r0:r0 + k + 1] if name == "hop_offsets" else
+             column[l0:l0 + k + 1] if name == "tuple_offsets" else column[r0:r0 + k]
+             for name, column in self._rec.items()},
             {**{name: self._hop[name][h0:h0 + h] for name, _ in _STORED_HOPS},
              **{name: np.empty(h, _HOP_DTYPES[name]) for name in _SCRATCH_HOPS}},
             {name: column[16 * t0:16 * (t0 + t)] if name.endswith("addr") else column[t0:t0 + t]
@@ -139,7 +136,7 @@ class JourneyColumns:
         # ones: given back if it fails, or the held rows' lists end at 0.
         held_ends = out.records["hop_offsets"][0], out.records["tuple_offsets"][0]
         try:
-            journey_layout.layout_into(records, ctx.boot_offset_ns, out, nh, nt)
+            journey_layout.layout_into(records, out, nh, nt)
         except BaseException:
             out.records["hop_offsets"][0], out.records["tuple_offsets"][0] = held_ends
             raise

@@ -30,7 +30,7 @@ _HOOK_DROP = events.HOOKS.index("drop")
 RECORD_COLUMNS = (
     ("packet_id", np.uint64), ("flow_id", np.uint64), ("skb", np.uint64), ("ktime", np.uint64),
     ("last_gap", np.uint64),  # last_ktime - (ktime + the last hop's dt_ns), wrapping (mostly 0)
-    ("time", np.int64), ("drop_netns", np.uint32), ("fwd_out_ifindex", np.uint32),
+    ("drop_netns", np.uint32), ("fwd_out_ifindex", np.uint32),
     ("ip_id", np.uint16), ("length", np.uint16), ("cpu", np.uint16), ("tcp_flags", np.uint8), ("tcp_doff", np.uint8),
     ("tcp_seq", np.uint32), ("tcp_ack", np.uint32), ("end", np.uint8), ("direction", np.uint8),
     ("protocol", np.uint8), ("drop_reason", np.int64),  # -1: no drop hop
@@ -138,39 +138,39 @@ def compiled_usable(records: np.ndarray) -> bool:
     return native() is not None and records.dtype == events.JOURNEY_DTYPE and records.flags.c_contiguous
 
 
-def layout(records: np.ndarray, boot_offset_ns: int) -> Columns:
+def layout(records: np.ndarray) -> Columns:
     """The journey records' columns, compiled where it can be."""
     kept, nh, nt = counts(records)
     out = _empty(kept, nh, nt)
-    layout_into(records, boot_offset_ns, out, nh, nt)
+    layout_into(records, out, nh, nt)
     return out
 
 
-def layout_into(records: np.ndarray, boot_offset_ns: int, out: Columns, nh: np.ndarray, nt: np.ndarray) -> None:
+def layout_into(records: np.ndarray, out: Columns, nh: np.ndarray, nt: np.ndarray) -> None:
     """``layout`` into ``out``: its columns sized for the records'
     ``counts`` (``out.kept``, ``nh``, ``nt``), e.g. views into longer ones
     that gather several calls' rows (tracer/journey_columns.py)."""
     if not compiled_usable(records):
-        _fill_numpy(records, boot_offset_ns, out, nh, nt)
+        _fill_numpy(records, out, nh, nt)
         return
     kept = out.kept
     out.place_keys, words, starts, out.n_lists = native().journey_layout(
-        records.view(np.uint8).reshape(-1), LAYOUT, int(boot_offset_ns), len(kept), len(out.hops["place_index"]),
+        records.view(np.uint8).reshape(-1), LAYOUT, len(kept), len(out.hops["place_index"]),
         len(out.tuples["sport"]), tuple(out.records[name] for name, _ in RECORD_COLUMNS),
         tuple(out.hops[name] for name, _ in HOP_COLUMNS), tuple(out.tuples[name] for name, _ in TUPLE_COLUMNS))
     out.path_words, out.path_starts = np.frombuffer(words, np.uint64), np.array(starts, np.int64)
 
 
-def layout_numpy(records: np.ndarray, boot_offset_ns: int) -> Columns:
+def layout_numpy(records: np.ndarray) -> Columns:
     """The reference: the same columns with numpy, any record dtype
     conversion numpy made (e.g. native byte order after np.concatenate)."""
     kept, nh, nt = counts(records)
     out = _empty(kept, nh, nt)
-    _fill_numpy(records, boot_offset_ns, out, nh, nt)
+    _fill_numpy(records, out, nh, nt)
     return out
 
 
-def _fill_numpy(records: np.ndarray, boot_offset_ns: int, out: Columns, nh: np.ndarray, nt: np.ndarray) -> None:
+def _fill_numpy(records: np.ndarray, out: Columns, nh: np.ndarray, nt: np.ndarray) -> None:
     kept = out.kept
     recs = record_words.take(records, kept) if len(kept) != len(records) else records
     r = out.records
@@ -180,7 +180,6 @@ def _fill_numpy(records: np.ndarray, boot_offset_ns: int, out: Columns, nh: np.n
                          ("cpu", "cpu"), ("tcp_flags", "tcp_flags"), ("tcp_doff", "tcp_doff"), ("tcp_seq", "tcp_seq"),
                          ("tcp_ack", "tcp_ack"), ("end", "end"), ("direction", "direction"), ("protocol", "protocol")):
         r[name][:] = recs[column]  # numpy converts the byte order
-    r["time"][:] = r["ktime"].astype(np.int64) + np.int64(boot_offset_ns)
     np.cumsum(nh, out=r["hop_offsets"][1:])
     r["hop_offsets"][0] = 0
 

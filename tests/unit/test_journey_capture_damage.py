@@ -78,7 +78,7 @@ def _refused(path: Path, tmp_path: Path, *words: str) -> None:
 
 def _wrapped(ktime: int, offset: int) -> int:
     """ktime + offset in 64 bits, signed: what version 3's writers stored
-    (journey_layout.py: int64 numpy; native/journey_layout.c: (int64_t)(u64 + u64))."""
+    (its journey_layout.py: int64 numpy; its native/journey_layout.c: (int64_t)(u64 + u64))."""
     total = (ktime + offset) & (2**64 - 1)
     return total - 2**64 if total >= 2**63 else total
 

@@ -61,8 +61,8 @@ def test_paths_and_tuple_lists_are_laid_out_once_each():
     each record numbered as its twin, the tuples laid out once."""
     module()
     once, twice = records().astype(events.JOURNEY_DTYPE), np.concatenate([records()] * 2).astype(events.JOURNEY_DTYPE)
-    a, b = layout(once, 0), layout(twice, 0)
-    assert_same(b, layout_numpy(twice, 0))
+    a, b = layout(once), layout(twice)
+    assert_same(b, layout_numpy(twice))
     k = len(a)
     assert b.n_lists == a.n_lists < k and len(b.path_starts) == len(a.path_starts) <= k + 1
     for name in ("path", "tuple_list"):
@@ -82,7 +82,7 @@ def test_compiled_and_numpy_give_the_same_columns_on_random_records(seed):
     module()
     recs = random_records(3000, seed)
     assert compiled_usable(recs)
-    compiled, reference = layout(recs, -5_000_000_000), layout_numpy(recs, -5_000_000_000)
+    compiled, reference = layout(recs), layout_numpy(recs)
     assert_same(compiled, reference)
     assert 0 < len(compiled) < len(recs)  # records without hops are left out
     path = journey_layout.path_fields(compiled.hop_words(np.arange(len(compiled))))
@@ -106,8 +106,8 @@ def test_compiled_and_numpy_give_the_same_columns_on_random_records(seed):
 def test_compiled_and_numpy_agree_on_the_hand_made_journeys():
     module()
     kernel = records().astype(events.JOURNEY_DTYPE)
-    compiled = layout(kernel, 1_700_000_000_000_000_000)
-    assert_same(compiled, layout_numpy(kernel, 1_700_000_000_000_000_000))
+    compiled = layout(kernel)
+    assert_same(compiled, layout_numpy(kernel))
     r = compiled.records
     assert r["packet_id"].tolist()[:3] == [101, 101, 202]
     assert r["drop_reason"].tolist()[:3] == [-1, 12, -1]  # a reason only where a hop is a drop
@@ -120,21 +120,21 @@ def test_records_numpy_reordered_are_laid_out_by_numpy_alike():
     twin reads only the kernel's layout, so those take the numpy path."""
     native_order = records()
     assert native_order.dtype != events.JOURNEY_DTYPE and not compiled_usable(native_order)
-    assert_same(layout(native_order, 0), layout(native_order.astype(events.JOURNEY_DTYPE), 0))
+    assert_same(layout(native_order), layout(native_order.astype(events.JOURNEY_DTYPE)))
 
 
 def test_without_the_extension_the_numpy_twin_is_used(monkeypatch):
     monkeypatch.setattr(journey_layout, "native", lambda: None)
     recs = random_records(50, 9)
     assert not compiled_usable(recs)
-    assert_same(layout(recs, 0), layout_numpy(recs, 0))
+    assert_same(layout(recs), layout_numpy(recs))
 
 
 def test_wrong_sizes_and_counts_are_refused_before_writing():
     m = module()
     recs = random_records(20, 4)
-    out = layout_numpy(recs, 0)
-    args = lambda data, kept, cols: (data, LAYOUT, 0, kept, len(out.hops["place_index"]), len(out.tuples["sport"]),  # noqa: E731
+    out = layout_numpy(recs)
+    args = lambda data, kept, cols: (data, LAYOUT, kept, len(out.hops["place_index"]), len(out.tuples["sport"]),  # noqa: E731
                                      cols, tuple(out.hops.values()), tuple(out.tuples.values()))
     cols = tuple(out.records[name] for name, _ in RECORD_COLUMNS)
     flat = recs.view(np.uint8).reshape(-1)
@@ -149,14 +149,14 @@ def test_wrong_sizes_and_counts_are_refused_before_writing():
     with pytest.raises(TypeError):
         m.journey_layout(*args(flat, len(out), cols[:-1]))
     with pytest.raises(ValueError, match="do not fit"):
-        m.journey_layout(flat, (10_000,) + LAYOUT[1:], 0, len(out), len(out.hops["place_index"]), len(out.tuples["sport"]),
+        m.journey_layout(flat, (10_000,) + LAYOUT[1:], len(out), len(out.hops["place_index"]), len(out.tuples["sport"]),
                          cols, tuple(out.hops.values()), tuple(out.tuples.values()))
     # offsets near 2^63 (the sum with a width would overflow) and negative ones are refused, not read
     for at, match in ((1, "outside the record"), (6, "do not fit"), (21, "do not fit")):
         for offset, why in ((2**63 - 3, match), (-8, "negative")):
             bad = LAYOUT[:at] + (offset,) + LAYOUT[at + 1:]
             with pytest.raises(ValueError, match=why):
-                m.journey_layout(flat, bad, 0, len(out), len(out.hops["place_index"]), len(out.tuples["sport"]),
+                m.journey_layout(flat, bad, len(out), len(out.hops["place_index"]), len(out.tuples["sport"]),
                                  cols, tuple(out.hops.values()), tuple(out.tuples.values()))
 
 
@@ -166,13 +166,13 @@ def test_outputs_that_overlap_each_other_or_the_records_are_refused():
     give wrong rows; refused before anything is written."""
     m = module()
     recs = random_records(20, 5)
-    out = layout_numpy(recs, 0)
+    out = layout_numpy(recs)
     flat = recs.view(np.uint8).reshape(-1)
     cols = tuple(out.records[name] for name, _ in RECORD_COLUMNS)
     hops = {name: out.hops[name] for name, _ in HOP_COLUMNS}
 
     def call(hop_cols):
-        return m.journey_layout(flat, LAYOUT, 0, len(out), len(hops["place_index"]), len(out.tuples["sport"]),
+        return m.journey_layout(flat, LAYOUT, len(out), len(hops["place_index"]), len(out.tuples["sport"]),
                                 cols, tuple(hop_cols.values()), tuple(out.tuples[name] for name, _ in TUPLE_COLUMNS))
 
     before = flat.copy()
