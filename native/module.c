@@ -11,7 +11,7 @@ static PyMethodDef methods[] = {
     {"journey_hops", native_journey_hops, METH_VARARGS, native_journey_hops_doc},
     {"journey_facts", native_journey_facts, METH_VARARGS, native_journey_facts_doc},
     {"segment_groups", native_segment_groups, METH_VARARGS, native_segment_groups_doc},
-    {"reservoir_put", native_reservoir_put, METH_VARARGS, native_reservoir_put_doc},
+    {"reservoir_draw", native_reservoir_draw, METH_VARARGS, native_reservoir_draw_doc},
     {"ring_records", native_ring_records, METH_VARARGS, native_ring_records_doc},
     {NULL, NULL, 0, NULL},
 };

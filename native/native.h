@@ -34,7 +34,7 @@ PyObject *native_segment_groups(PyObject *self, PyObject *args);
 extern const char native_segment_groups_doc[];
 
 /* reservoir.c */
-PyObject *native_reservoir_put(PyObject *self, PyObject *args);
-extern const char native_reservoir_put_doc[];
+PyObject *native_reservoir_draw(PyObject *self, PyObject *args);
+extern const char native_reservoir_draw_doc[];
 
 #endif

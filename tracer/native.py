@@ -25,7 +25,7 @@ STALE = "stale native build: run scripts/setup.sh"
 # sources (a pull without re-running scripts/setup.sh) lacks some: then none
 # is used, rather than a half-built module failing mid-run.
 FUNCTIONS = ("journey_json", "journey_text", "address_ids", "journey_layout", "journey_hops", "journey_facts",
-             "segment_groups", "reservoir_put", "ring_records")
+             "segment_groups", "reservoir_draw", "ring_records")
 
 _loaded = False
 _module = None

@@ -253,14 +253,16 @@ class _Samples:
             values = values[room:]
         if not len(values):
             return
-        counts = self.count + 1 + np.arange(len(values))
-        slots = (self._rng().random(len(values)) * counts).astype(np.int64)
+        seen = self.count
+        uniforms = self._rng().random(len(values))
         self.count += len(values)
         module = native() if self.compiled else None
         if module is not None:
-            # in order, a later value replacing an earlier one drawn for the same slot (native/reservoir.c)
-            module.reservoir_put(self._buf, slots, np.ascontiguousarray(values, dtype=np.int64))
+            # the slots, and in order a later value replacing an earlier one drawn for the same slot
+            # (native/reservoir.c)
+            module.reservoir_draw(self._buf, uniforms, np.ascontiguousarray(values, dtype=np.int64), seen)
             return
+        slots = (uniforms * (seen + 1 + np.arange(len(values)))).astype(np.int64)
         hit = slots < self._cap
         if hit.any():
             # A later value replaces an earlier one drawn for the same slot.

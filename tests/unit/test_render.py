@@ -165,7 +165,7 @@ def test_reservoir_batches_keep_the_samples_of_one_at_a_time(compiled):
     assert many.median_ns() == one.median_ns()
 
 
-def test_reservoir_put_checks_its_arrays():
+def test_reservoir_draw_checks_its_arrays():
     import numpy as np
 
     from tracer import native
@@ -173,14 +173,22 @@ def test_reservoir_put_checks_its_arrays():
     m = native.native()
     assert m is not None, native.why_not()
     samples = np.zeros(4, np.int64)
-    m.reservoir_put(samples, np.array([1, 9, -1, 1, 3]), np.array([5, 6, 7, 8, 9]))  # out of range: left out
-    assert samples.tolist() == [0, 8, 0, 9]  # the later of two values for slot 1
+    # values 7th to 11th: slots int(u * 7) .. int(u * 11)
+    uniforms = np.array([1 / 7 + 1e-9, 0.99, 0.0, 0.1, 3 / 11 + 1e-9])
+    m.reservoir_draw(samples, uniforms, np.array([5, 6, 7, 8, 9]), 6)
+    # slots 1 (5), 7 (6: past the cap, left out), 0 (7), 1 again (8: the later wins), 3 (9)
+    assert samples.tolist() == [7, 8, 0, 9]
     with pytest.raises(ValueError, match="differ in length"):
-        m.reservoir_put(samples, np.array([1, 2]), np.array([1]))
+        m.reservoir_draw(samples, np.array([0.5, 0.5]), np.array([1]), 6)
     with pytest.raises(ValueError, match="overlaps"):
-        m.reservoir_put(samples, samples[:2], np.array([1, 2]))
+        m.reservoir_draw(samples, np.array([0.5, 0.5]), samples[:2], 6)
+    with pytest.raises(TypeError, match="float64"):
+        m.reservoir_draw(samples, np.array([1, 2]), np.array([1, 2]), 6)
     with pytest.raises(TypeError, match="64-bit"):
-        m.reservoir_put(samples, np.array([1.0]), np.array([1]))
+        m.reservoir_draw(samples, np.array([0.5]), np.array([1.0]), 6)
+    with pytest.raises(ValueError, match="seen"):
+        m.reservoir_draw(samples, np.array([0.5]), np.array([1]), -1)
+    assert samples.tolist() == [7, 8, 0, 9]  # refused calls wrote nothing
 
 
 def test_empty_summary_renders():
