@@ -36,8 +36,9 @@ HEADER = ("packet_id", "flow_id", "skb", "drop_netns", "fwd_out_ifindex", "ip_id
 # by hop (since version 5 a file stores a hop's time there, the rest in the
 # batch's paths: journey_layout lays out no more)
 _SCRATCH_HOPS = ("place_index",)
-# (no `time` column: since version 4 a reader computes it, ktime_ns + the
-# metadata's ktime_offset_ns)
+# every record column the layout fills is stored (a row's wall time is not
+# one: since version 4 readers compute it, ktime_ns + the metadata's
+# ktime_offset_ns)
 _STORED_RECORDS = journey_layout.RECORD_COLUMNS
 _STORED_HOPS = tuple((name, dt) for name, dt in journey_layout.HOP_COLUMNS if name not in _SCRATCH_HOPS)
 _HOP_DTYPES = dict(journey_layout.HOP_COLUMNS)

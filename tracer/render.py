@@ -258,8 +258,7 @@ class _Samples:
         self.count += len(values)
         module = native() if self.compiled else None
         if module is not None:
-            # the slots, and in order a later value replacing an earlier one drawn for the same slot
-            # (native/reservoir.c)
+            # the slots, then in order a later value wins a slot drawn twice (native/reservoir.c)
             module.reservoir_draw(self._buf, uniforms, np.ascontiguousarray(values, dtype=np.int64), seen)
             return
         slots = (uniforms * (seen + 1 + np.arange(len(values)))).astype(np.int64)
