@@ -25,7 +25,7 @@ from tracer.decode import DecodeContext, decode
 from tracer.expand import Sightings, empty, lay_out
 from tracer.interning import Interner
 from tracer.journey_columns import HEADER as _HEADER, JourneyColumns
-from tracer.journey_v5 import as_version_4, has_dt_planes
+from tracer.journey_v5 import as_version_4, dt_ns_of, has_dt_planes
 from tracer.places import UNKNOWN_PLACE, Place
 from tracer.ragged import positions
 
@@ -148,11 +148,7 @@ def _joined_dt(hops: pa.Array, place_ifindex: np.ndarray | None = None) -> pa.Ar
     ``place_ifindex`` (version 4: hops without ifindex), each hop's ifindex
     from its place id, after flags (as version 3 stored it)."""
     values = hops.values  # all of them, as the list's offsets index them
-    dt = np.zeros(len(values), np.uint32)
-    for i, name in enumerate(events.DT_PLANES):
-        plane = values.field(name)
-        plane = pc.fill_null(plane, 0) if plane.null_count else plane
-        dt |= plane.cast(pa.uint32()).to_numpy(zero_copy_only=False) << np.uint32(8 * i)
+    dt = dt_ns_of(values)
     names = [name for name in values.type.names if name not in events.DT_PLANES]
     arrays = [values.field(name) for name in names]
     if place_ifindex is not None and "place" in names:

@@ -34,7 +34,7 @@ RECORD_COLUMNS = (
     ("ip_id", np.uint16), ("length", np.uint16), ("cpu", np.uint16), ("tcp_flags", np.uint8), ("tcp_doff", np.uint8),
     ("tcp_seq", np.uint32), ("tcp_ack", np.uint32), ("end", np.uint8), ("direction", np.uint8),
     ("protocol", np.uint8), ("drop_reason", np.int64),  # -1: no drop hop
-    ("path", np.int32),  # the record's hop path: into Columns.path_firsts
+    ("path", np.int32),  # the record's hop path: into Columns.path_starts
     ("tuple_list", np.int32),  # the record's tuples: a list of the tuple columns (tuple_offsets delimits them)
     # one more than the records; tuple_offsets: one more than the tuple lists (Columns.n_lists), the rest unused
     ("hop_offsets", np.int32), ("tuple_offsets", np.int32),

@@ -31,6 +31,15 @@ def has_dt_planes(hops_type: pa.DataType) -> bool:
         and all(value.get_field_index(name) >= 0 for name in events.DT_PLANES)
 
 
+def dt_ns_of(values: pa.StructArray) -> np.ndarray:
+    """Hops' dt_ns (uint32) from their bytes (events.DT_PLANES, least
+    significant first); a null byte reads as 0."""
+    dt = np.zeros(len(values), np.uint32)
+    for i, name in enumerate(events.DT_PLANES):
+        dt |= numbers_of(values.field(name)).astype(np.uint32) << np.uint32(8 * i)
+    return dt
+
+
 def as_version_4(batch: pa.RecordBatch) -> pa.RecordBatch:
     """A version 5 batch as version 4 stored it (``_with_paths``,
     ``_listed_tuples``); a batch of an earlier version as it is."""
@@ -109,11 +118,8 @@ def _last_ktime(ktime: pa.Array | None, gap: pa.Array, dts: pa.StructArray, offs
     valid = gap.is_valid().to_numpy(zero_copy_only=False) & (sizes > 0)
     if ktime is not None:
         valid &= ktime.is_valid().to_numpy(zero_copy_only=False)
-    last = np.maximum(offsets[1:] - 1, 0)
-    dt = np.zeros(len(sizes), np.uint64)
-    if len(dts):
-        for i, name in enumerate(events.DT_PLANES):
-            dt |= numbers_of(dts.field(name)).astype(np.uint64)[np.minimum(last, len(dts) - 1)] << np.uint64(8 * i)
+    last = np.minimum(np.maximum(offsets[1:] - 1, 0), max(len(dts) - 1, 0))
+    dt = dt_ns_of(dts.take(pa.array(last))).astype(np.uint64) if len(dts) else np.zeros(len(sizes), np.uint64)
     base = numbers_of(ktime).astype(np.uint64) if ktime is not None else np.zeros(len(sizes), np.uint64)
     with np.errstate(over="ignore"):
         value = base + dt + numbers_of(gap).astype(np.uint64)
