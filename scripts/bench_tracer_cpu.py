@@ -294,6 +294,7 @@ def _packets_between(capture: Path, window: tuple[int, int]) -> int:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from tracer.events import HOP_FLAG_NEW_PACKET
     from tracer.journey_v5 import as_version_4
 
     packets = 0
@@ -305,7 +306,7 @@ def _packets_between(capture: Path, window: tuple[int, int]) -> int:
             hops = rows["hops"]
             first = hops.offsets.to_numpy()[:-1]
             flags = hops.values.field("flags").to_numpy(zero_copy_only=False)
-            new = (flags[first] & 0x2) != 0  # events.HOP_FLAG_NEW_PACKET
+            new = (flags[first] & HOP_FLAG_NEW_PACKET) != 0
             packets += int(np.count_nonzero(new & (ktime >= window[0]) & (ktime < window[1])))
     return packets
 
