@@ -26,7 +26,8 @@ values as constants instead of values written in at load).
 
 Run as root from the repo, the lab up (``tracer lab up``), ``perf`` on
 PATH: ``.venv/bin/python scripts/bench_bpf_lines.py [--mode record]
-[--seconds 10] [--top 40] [--program trc_tc_in]``.
+[--seconds 10] [--top 40] [--program trc_tc_in]`` (``--quick``: a smoke
+run).
 """
 
 from __future__ import annotations
@@ -216,7 +217,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="perf's sampling time (ab runs through it)")
     ap.add_argument("--top", type=int, default=40, help="source lines shown")
     ap.add_argument("--program", help="one program's lines (e.g. trc_tc_in)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 2 s of samples, 10 lines")
     args = ap.parse_args()
+    if args.quick:
+        args.seconds, args.top = 2.0, 10
     if os.geteuid() != 0:
         raise SystemExit("bench_bpf_lines: run as root")
     if not shutil.which("perf"):
