@@ -157,9 +157,10 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
 #endif
 #endif
 
-    /* Past the fast path this is a packet's first sighting on this CPU, or
-     * the start of its journey: its packet-cache set is a cold line. Loaded
-     * now, it comes in while the flows lookup runs (its own cold lines). */
+    /* Past the fast path: a traced packet's first sighting on this CPU
+     * (nearly always its journey's claim), whose packet-cache set is a cold
+     * line. Loaded now, it comes in while the flows lookup walks its own
+     * cold lines. An untraced packet loads it too, overlapped the same way. */
     pcache_touch(&p);
     struct flow_val *flow = flows.lookup(&p.key);
     if (!flow && !(filter_match(&p.key) && sampled(&p.key) && pcap_match_tc(ctx)))
