@@ -170,9 +170,53 @@ struct pkt {
     u8 tcp_doff; /* TCP data offset (header length / 4): payload = tot_len - ihl*4 - doff*4 */
 };
 
-/* Tracked connections: every view of a traced flow (both directions, both
- * sides of NAT) -> flow id. Filled by the netfilter sensor from conntrack. */
+/* Tracked connections: every view of a traced flow (each side of NAT) ->
+ * flow id. Filled by the netfilter sensor from conntrack. A view's key is
+ * its two endpoints in one order (flow_key_canonical), whichever way a
+ * packet goes, so a connection has one view a side of NAT (two with NAT,
+ * one without), not one a direction and side: half the inserts into the
+ * LRU map (~0.3 us each once it is full: docs/benchmarks.md, session 27),
+ * and half its lines. A value's direction is that of a packet whose
+ * addresses are the key's as stored; the other way, the other one. */
 BPF_TABLE("lru_hash", struct flow_key, struct flow_val, flows, FLOW_ENTRIES);
+
+/* k with its endpoints in the canonical order (the lower address first;
+ * for equal addresses, the lower port) into *out: 1 if that swapped them.
+ * An ICMP key's ports are the echo id and 0 either way: only its addresses
+ * swap. */
+static __always_inline int flow_key_canonical(struct flow_key *out, const struct flow_key *k)
+{
+    int icmp = k->proto == IPPROTO_ICMP || k->proto == IPPROTO_ICMPV6_;
+    int swap = k->saddr.hi != k->daddr.hi ? k->saddr.hi > k->daddr.hi
+             : k->saddr.lo != k->daddr.lo ? k->saddr.lo > k->daddr.lo
+                                          : !icmp && k->sport > k->dport;
+    *out = *k;
+    if (swap) {
+        out->saddr = k->daddr;
+        out->daddr = k->saddr;
+        if (!icmp) {
+            out->sport = k->dport;
+            out->dport = k->sport;
+        }
+    }
+    return swap;
+}
+
+static __always_inline u32 other_direction(u32 dir)
+{
+    return dir ? DIR_ORIGINAL + DIR_REPLY - dir : 0;
+}
+
+/* The view of a packet's addresses k, and the packet's direction in *dir. */
+static __always_inline struct flow_val *flow_find(const struct flow_key *k, u32 *dir)
+{
+    struct flow_key c = {};
+    int swapped = flow_key_canonical(&c, k);
+    struct flow_val *v = flows.lookup(&c);
+    if (v)
+        *dir = swapped ? other_direction(v->direction) : v->direction;
+    return v;
+}
 /* Packet cache: fingerprint -> packet id (and latency state), so later
  * sensors, the drop sensor included, reuse the first sighting's id. A 2-way
  * set-associative array, not LRU hashes: an LRU insert costs ~0.5 us under

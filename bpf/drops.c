@@ -19,7 +19,8 @@ int trc_drop(struct bpf_raw_tracepoint_args *ctx)
     struct pkt p = {};
     if (!parse_kernel_skb(&p, skb))
         return 0;
-    if (!flows.lookup(&p.key) && !(filter_match(&p.key) && sampled(&p.key) && pcap_match_skb(skb)))
+    u32 dir;
+    if (!flow_find(&p.key, &dir) && !(filter_match(&p.key) && sampled(&p.key) && pcap_match_skb(skb)))
         return 0;
     struct fp_key fp = {};
     fingerprint(&fp, &p);

@@ -55,35 +55,40 @@ static __always_inline int flow_key_equal(const struct flow_key *a, const struct
     return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
 }
 
-/* One view of a connection: written only where the map does not hold it
- * already. An LRU hash update allocates an element and frees the one it
- * replaces (~0.5 us under load, bpf/common.h); a lookup is a tenth of that,
- * and a view already there takes its reply signature in place. A new
+/* One view of a connection (k: a packet's addresses, either way; v: its
+ * direction's value): written only where the map does not hold it already.
+ * An LRU hash update allocates an element and frees the one it replaces
+ * (~0.5 us under load, bpf/common.h); a lookup is a tenth of that, and a
+ * view already there takes its reply signature in place. A new
  * connection's NAT hooks used to write eight elements, four of them copies
  * of views already there (session 16: ~1.2 us of BPF a connection's NAT
- * hook). */
+ * hook), then four (one a direction and side of NAT), now two. */
 static __always_inline void flow_view_at(struct flow_key *k, struct flow_val *v, struct flow_val *have)
 {
-    if (have && have->flow_id == v->flow_id && have->direction == v->direction) {
-        if (have->reply_sig != v->reply_sig)
-            have->reply_sig = v->reply_sig;
+    struct flow_key c = {};
+    struct flow_val w = *v;
+    if (flow_key_canonical(&c, k))
+        w.direction = other_direction(w.direction);
+    if (have && have->flow_id == w.flow_id && have->direction == w.direction) {
+        if (have->reply_sig != w.reply_sig)
+            have->reply_sig = w.reply_sig;
         return;
     }
-    flows.update(k, v);
+    flows.update(&c, &w);
 }
 
 static __always_inline void flow_view(struct flow_key *k, struct flow_val *v)
 {
-    flow_view_at(k, v, flows.lookup(k));
+    u32 dir;
+    flow_view_at(k, v, flow_find(k, &dir));
 }
 
 /* Remember every view of a traced connection, so tc sensors on either side of
- * NAT and packets of either direction find it: orig and inverted reply are the
- * original direction before and after NAT, reply and inverted orig the reply.
- * Without NAT (yet) the inverted reply is orig and so (inverting twice is
- * the identity) the inverted orig is reply: the two inverted views are
- * written only where NAT made them others. `known`: the orig view's element,
- * looked up by the caller. */
+ * NAT and packets of either direction find it: orig's endpoints before NAT,
+ * reply's after (a view serves both directions: flow_key_canonical). Without
+ * NAT (yet) the reply is the inverted orig, the same view: written only
+ * where NAT made it another. `known`: the orig view's element, looked up by
+ * the caller. */
 static __always_inline void track_flow(struct flow_key *orig, struct flow_key *reply, u64 ct, u32 sig,
                                        struct flow_val *known)
 {
@@ -94,14 +99,9 @@ static __always_inline void track_flow(struct flow_key *orig, struct flow_key *r
     v.direction = DIR_ORIGINAL;
     flow_view_at(orig, &v, known);
     invert(&view, reply);
-    int nat = !flow_key_equal(&view, orig);
-    if (nat)
-        flow_view(&view, &v);
-    v.direction = DIR_REPLY;
-    flow_view(reply, &v);
-    if (nat) {
-        invert(&view, orig);
-        flow_view(&view, &v);
+    if (!flow_key_equal(&view, orig)) { /* NAT: the reply's side is another view */
+        v.direction = DIR_REPLY;
+        flow_view(reply, &v);
     }
 }
 
@@ -142,20 +142,17 @@ static __always_inline u64 tuple_flow_id(const struct flow_key *k)
  * conntrack (Docker's default: no IPv6 NAT, no ip6tables rules, so the
  * kernel keeps no IPv6 entries), or a packet conntrack found invalid. Its
  * 5-tuple gets a flow id of its own (tuple_flow_id) at the first packet
- * traced, which is its `original` direction, and both directions' views,
- * as track_flow writes for a conntrack entry (a later packet with an
- * entry rewrites them with its id). */
-static __always_inline struct flow_val *track_untracked(struct flow_key *key)
+ * traced, which is its `original` direction, and its view (both
+ * directions'), as track_flow writes for a conntrack entry (a later packet
+ * with an entry rewrites it with its id). The element, and the packet's
+ * direction in *dir. */
+static __always_inline struct flow_val *track_untracked(struct flow_key *key, u32 *dir)
 {
-    struct flow_key view = {};
     struct flow_val v = {};
     v.flow_id = tuple_flow_id(key);
     v.direction = DIR_ORIGINAL;
-    flows.update(key, &v);
-    invert(&view, key);
-    v.direction = DIR_REPLY;
-    flows.update(&view, &v);
-    return flows.lookup(key);
+    flow_view_at(key, &v, NULL);
+    return flow_find(key, dir);
 }
 
 /* Is this conntrack entry's connection traced? Decided from the entry alone
@@ -171,7 +168,8 @@ static __always_inline int ct_traced(u64 ct, u64 skb)
     read_tuple(&orig, t);
     if ((FILTER_ON & FILTER_ON_PROTO) && orig.proto != FILTER_PROTO)
         return 0;
-    struct flow_val *known = flows.lookup(&orig);
+    u32 dir;
+    struct flow_val *known = flow_find(&orig, &dir);
     read_tuple(&reply, t + (OFF_CT_TUPLE_REPLY - OFF_CT_TUPLE_ORIG));
     if (!known && !((filter_match(&orig) || filter_match(&reply)) && sampled(&orig) && pcap_match_skb(skb)))
         return 0;
@@ -467,15 +465,16 @@ static __always_inline int nf_sense(struct nf_ctx *ctx, u8 stage)
         ct = 0;
         if (!parse_nf_skb(&p, skb))
             return 1;
-        struct flow_val *known = flows.lookup(&p.key);
+        u32 dir = 0;
+        struct flow_val *known = flow_find(&p.key, &dir);
         if (!known) {
             if (!(filter_match(&p.key) && sampled(&p.key) && pcap_match_skb(skb)))
                 return 1;
-            known = track_untracked(&p.key);
+            known = track_untracked(&p.key, &dir);
         }
         if (known) {
             flow_id = known->flow_id;
-            direction = known->direction;
+            direction = dir;
         }
     }
 

@@ -162,7 +162,8 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
      * line. Loaded now, it comes in while the flows lookup walks its own
      * cold lines. An untraced packet loads it too, overlapped the same way. */
     pcache_touch(&p);
-    struct flow_val *flow = flows.lookup(&p.key);
+    u32 flow_dir = 0;
+    struct flow_val *flow = flow_find(&p.key, &flow_dir);
     if (!flow && !(filter_match(&p.key) && sampled(&p.key) && pcap_match_tc(ctx)))
         return TC_CONTINUE;
 
@@ -172,7 +173,7 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
 #ifdef LATENCY_MODE
     u32 role = (flags & FLAG_IN_CONTAINER_NS) ? ROLE_CONTAINER : if_role(ctx->ifindex);
     u32 hop = tc_hop_code(hook, role);
-    u32 dir = flow ? flow->direction : 0;
+    u32 dir = flow_dir;
     s64 k = latency_sighting(&fp, hop, dir, now);
     latency_remember_slot(last, skb, k, hop, flow ? flow->flow_id : 0, dir); /* for tc_fast, nf_known */
     return TC_CONTINUE;
@@ -186,7 +187,7 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
     e.ifindex = ctx->ifindex;
     if (flow) {
         e.flow_id = flow->flow_id;
-        e.direction = flow->direction;
+        e.direction = flow_dir;
     }
     emit(&e, SENSOR_TC);
 #else
@@ -197,7 +198,7 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
     s.terminal = tc_terminal(hook, in_ct, ctx->ifindex);
     if (flow) {
         s.flow_id = flow->flow_id;
-        s.direction = flow->direction;
+        s.direction = flow_dir;
     }
     u64 held = 0;
     s64 k = journey_sighting(&fp, &p, &s, now, SENSOR_TC, &held);
