@@ -207,15 +207,22 @@ static __always_inline u32 other_direction(u32 dir)
     return dir ? DIR_ORIGINAL + DIR_REPLY - dir : 0;
 }
 
+/* The view of canonical key c (flow_key_canonical: `swapped` as it
+ * returned), and the direction of the packet it came from in *dir. */
+static __always_inline struct flow_val *flow_find_canonical(struct flow_key *c, int swapped, u32 *dir)
+{
+    struct flow_val *v = flows.lookup(c);
+    if (v)
+        *dir = swapped ? other_direction(v->direction) : v->direction;
+    return v;
+}
+
 /* The view of a packet's addresses k, and the packet's direction in *dir. */
 static __always_inline struct flow_val *flow_find(const struct flow_key *k, u32 *dir)
 {
     struct flow_key c = {};
     int swapped = flow_key_canonical(&c, k);
-    struct flow_val *v = flows.lookup(&c);
-    if (v)
-        *dir = swapped ? other_direction(v->direction) : v->direction;
-    return v;
+    return flow_find_canonical(&c, swapped, dir);
 }
 /* Packet cache: fingerprint -> packet id (and latency state), so later
  * sensors, the drop sensor included, reuse the first sighting's id. A 2-way

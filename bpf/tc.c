@@ -160,10 +160,14 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
     /* Past the fast path: a traced packet's first sighting on this CPU
      * (nearly always its journey's claim), whose packet-cache set is a cold
      * line. Loaded now, it comes in while the flows lookup walks its own
-     * cold lines. An untraced packet loads it too, overlapped the same way. */
+     * cold lines. An untraced packet loads it too, overlapped the same way.
+     * The view's key first: the fewer instructions between the load and the
+     * lookup's, the more the two misses overlap. */
+    struct flow_key view = {};
+    int swapped = flow_key_canonical(&view, &p.key);
     pcache_touch(&p);
     u32 flow_dir = 0;
-    struct flow_val *flow = flow_find(&p.key, &flow_dir);
+    struct flow_val *flow = flow_find_canonical(&view, swapped, &flow_dir);
     if (!flow && !(filter_match(&p.key) && sampled(&p.key) && pcap_match_tc(ctx)))
         return TC_CONTINUE;
 
