@@ -1,34 +1,36 @@
-/* The one column loader (every native writer's integer columns) and the text
+/* The one column loader (every native function's 64-bit columns) and the text
  * writers' tables of texts (see parts.h). */
 #include "parts.h"
 
 #include <stdio.h>
 
-/* Whether a buffer's struct format is exactly a native 8-byte integer of
- * the signedness asked: "q" ("Q"), or "l" ("L") where a long is 8 bytes. */
-static int format_is_64(const char *f, int is_unsigned) {
+/* Whether a buffer's struct format is exactly one native 8-byte element of
+ * struct code `code`: 'q' int64 or 'Q' uint64 (also "l" / "L" where a long
+ * is 8 bytes), 'd' float64. */
+static int format_is_64(const char *f, char code) {
     if (!f) return 0; /* PyBUF_FORMAT asked: NULL means unsigned bytes */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     if (*f == '@' || *f == '=' || *f == '>' || *f == '!') f++;
 #else
     if (*f == '@' || *f == '=' || *f == '<') f++;
 #endif
-    const char q = is_unsigned ? 'Q' : 'q', l = is_unsigned ? 'L' : 'l';
-    return (f[0] == q || (f[0] == l && sizeof(long) == 8)) && f[1] == 0;
+    const char alias = code == 'q' ? 'l' : code == 'Q' ? 'L' : code; /* long is 8 bytes where sizeof says so */
+    return (f[0] == code || (f[0] == alias && sizeof(long) == 8)) && f[1] == 0;
 }
 
-/* One contiguous column of the type ``rule`` names (COL_INT64 or
- * COL_UINT64, | COL_WRITABLE where the C writes it); fn and what name it in
- * errors. 0, or -1 with a TypeError (a ValueError for a read-only array
- * asked writable); c->held says whether to release it either way. */
+/* One contiguous column of the type ``rule`` names (COL_INT64, COL_UINT64
+ * or COL_FLOAT64, | COL_WRITABLE where the C writes it); fn and what name
+ * it in errors. 0, or -1 with a TypeError (a ValueError for a read-only
+ * array asked writable); c->held says whether to release it either way. */
 int load_column(PyObject *obj, column *c, unsigned rule, const char *fn, const char *what) {
-    const int is_unsigned = (rule & COL_UINT64) != 0;
+    const char code = rule & COL_FLOAT64 ? 'd' : rule & COL_UINT64 ? 'Q' : 'q';
     if (PyObject_GetBuffer(obj, &c->view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (rule & COL_WRITABLE ? PyBUF_WRITABLE : 0)) < 0)
         return -1;
     c->held = 1;
-    if (c->view.itemsize != 8 || c->view.len % 8 || !format_is_64(c->view.format, is_unsigned)) {
-        PyErr_Format(PyExc_TypeError, "%s: %s must be a contiguous 64-bit integer array (%s), not format '%s'", fn,
-                     what, is_unsigned ? "uint64" : "int64", c->view.format ? c->view.format : "B");
+    if (c->view.itemsize != 8 || c->view.len % 8 || !format_is_64(c->view.format, code)) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a contiguous 64-bit %s array (%s), not format '%s'", fn, what,
+                     code == 'd' ? "float" : "integer", code == 'd' ? "float64" : code == 'Q' ? "uint64" : "int64",
+                     c->view.format ? c->view.format : "B");
         return -1;
     }
     c->v = (int64_t *)c->view.buf;

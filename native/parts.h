@@ -25,9 +25,10 @@ typedef struct {
     Py_ssize_t n, max;
 } table;
 
-/* A 64-bit integer column taken from a numpy array (any buffer) without a
- * copy. ``v`` holds its values; a COL_UINT64 column's are read through
- * (uint64_t) casts. ``held``: the view is acquired (release_columns). */
+/* A 64-bit column taken from a numpy array (any buffer) without a copy.
+ * ``v`` holds its values; a COL_UINT64 column's are read through
+ * (uint64_t) casts, a COL_FLOAT64 column's through (double *). ``held``:
+ * the view is acquired (release_columns). */
 typedef struct {
     Py_buffer view;
     int64_t *v;
@@ -39,7 +40,7 @@ typedef struct {
  * (the C reads the bits as that type: another 8-byte type, float64, the
  * other signedness or byte order, would be wrong data, so it is refused),
  * and whether the C writes it. */
-enum { COL_INT64 = 0, COL_UINT64 = 1, COL_WRITABLE = 2 };
+enum { COL_INT64 = 0, COL_UINT64 = 1, COL_WRITABLE = 2, COL_FLOAT64 = 4 };
 
 /* journey columns, then hop columns, then the text tables, as passed */
 

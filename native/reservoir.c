@@ -21,26 +21,19 @@ PyObject *native_reservoir_draw(PyObject *self, PyObject *args) {
     PyObject *o[3];
     long long seen;
     if (!PyArg_ParseTuple(args, "OOOL", &o[0], &o[1], &o[2], &seen)) return NULL;
-    column c[2] = {0};
-    Py_buffer u = {0};
-    int u_held = 0;
+    static const char *const names[3] = {"samples", "uniforms", "values"};
+    static const unsigned rules[3] = {COL_WRITABLE, COL_FLOAT64, COL_INT64};
+    column c[3] = {0};
     PyObject *result = NULL;
-    if (load_column(o[0], &c[0], COL_WRITABLE, "reservoir_draw", "samples") < 0) goto done;
-    if (load_column(o[2], &c[1], COL_INT64, "reservoir_draw", "values") < 0) goto done;
-    if (PyObject_GetBuffer(o[1], &u, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto done;
-    u_held = 1;
-    if (u.itemsize != 8 || u.len % 8 || !u.format || strcmp(u.format, "d") != 0) {
-        PyErr_Format(PyExc_TypeError, "reservoir_draw: uniforms must be a contiguous float64 array, not format '%s'",
-                     u.format ? u.format : "B");
-        goto done;
-    }
-    Py_buffer *outs[1] = {&c[0].view}, *ins[2] = {&u, &c[1].view};
+    for (int i = 0; i < 3; i++)
+        if (load_column(o[i], &c[i], rules[i], "reservoir_draw", names[i]) < 0) goto done;
+    Py_buffer *outs[1] = {&c[0].view}, *ins[2] = {&c[1].view, &c[2].view};
     if (any_overlap(outs, 1, ins, 2)) {
         PyErr_SetString(PyExc_ValueError, "reservoir_draw: samples overlaps an input");
         goto done;
     }
-    Py_ssize_t n = c[1].n;
-    if (u.len / 8 != n) {
+    Py_ssize_t n = c[2].n;
+    if (c[1].n != n) {
         PyErr_SetString(PyExc_ValueError, "reservoir_draw: uniforms and values differ in length");
         goto done;
     }
@@ -49,8 +42,8 @@ PyObject *native_reservoir_draw(PyObject *self, PyObject *args) {
         goto done;
     }
     int64_t *samples = c[0].v;
-    const int64_t *values = c[1].v, cap = c[0].n;
-    const double *uniforms = u.buf;
+    const int64_t *values = c[2].v, cap = c[0].n;
+    const double *uniforms = (const double *)c[1].v;
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t slot = (int64_t)(uniforms[i] * (double)(seen + 1 + i));
         if (slot >= 0 && slot < cap) samples[slot] = values[i];
@@ -58,8 +51,7 @@ PyObject *native_reservoir_draw(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    if (u_held) PyBuffer_Release(&u);
-    release_columns(c, 2);
+    release_columns(c, 3);
     return result;
 }
 
