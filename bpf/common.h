@@ -208,22 +208,25 @@ static __always_inline u32 other_direction(u32 dir)
 }
 
 /* The view of canonical key c (flow_key_canonical: `swapped` as it
- * returned), and the direction of the packet it came from in *dir. */
+ * returned), and the direction of the packet it came from in *dir (NULL:
+ * not wanted). */
 static __always_inline struct flow_val *flow_find_canonical(struct flow_key *c, int swapped, u32 *dir)
 {
     struct flow_val *v = flows.lookup(c);
-    if (v)
+    if (v && dir)
         *dir = swapped ? other_direction(v->direction) : v->direction;
     return v;
 }
 
-/* The view of a packet's addresses k, and the packet's direction in *dir. */
+/* The view of a packet's addresses k, and the packet's direction in *dir
+ * (NULL: not wanted). */
 static __always_inline struct flow_val *flow_find(const struct flow_key *k, u32 *dir)
 {
     struct flow_key c = {};
     int swapped = flow_key_canonical(&c, k);
     return flow_find_canonical(&c, swapped, dir);
 }
+
 /* Packet cache: fingerprint -> packet id (and latency state), so later
  * sensors, the drop sensor included, reuse the first sighting's id. A 2-way
  * set-associative array, not LRU hashes: an LRU insert costs ~0.5 us under
@@ -486,11 +489,9 @@ static __always_inline struct pkt_slot *pcache_set(struct fp_key *fp, struct pkt
  * search computes later), and go on: nothing waits for the value, so the
  * CPU overlaps the cache miss with what the caller does next (~7 % of a
  * claim's sensor run here: docs/benchmarks.md, session 27). */
-static __always_inline void pcache_touch(struct pkt *p)
+static __always_inline void pcache_touch(struct fp_key *fp)
 {
-    struct fp_key fp = {};
-    fingerprint(&fp, p);
-    u32 i = pcache_index(&fp);
+    u32 i = pcache_index(fp);
     struct pkt_slot *s = pcache.lookup(&i);
     if (s)
         asm volatile("" ::"r"(s->last_seen));

@@ -19,8 +19,7 @@ int trc_drop(struct bpf_raw_tracepoint_args *ctx)
     struct pkt p = {};
     if (!parse_kernel_skb(&p, skb))
         return 0;
-    u32 dir;
-    if (!flow_find(&p.key, &dir) && !(filter_match(&p.key) && sampled(&p.key) && pcap_match_skb(skb)))
+    if (!flow_find(&p.key, NULL) && !(filter_match(&p.key) && sampled(&p.key) && pcap_match_skb(skb)))
         return 0;
     struct fp_key fp = {};
     fingerprint(&fp, &p);

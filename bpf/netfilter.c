@@ -79,8 +79,7 @@ static __always_inline void flow_view_at(struct flow_key *k, struct flow_val *v,
 
 static __always_inline void flow_view(struct flow_key *k, struct flow_val *v)
 {
-    u32 dir;
-    flow_view_at(k, v, flow_find(k, &dir));
+    flow_view_at(k, v, flow_find(k, NULL));
 }
 
 /* Remember every view of a traced connection, so tc sensors on either side of
@@ -168,8 +167,7 @@ static __always_inline int ct_traced(u64 ct, u64 skb)
     read_tuple(&orig, t);
     if ((FILTER_ON & FILTER_ON_PROTO) && orig.proto != FILTER_PROTO)
         return 0;
-    u32 dir;
-    struct flow_val *known = flow_find(&orig, &dir);
+    struct flow_val *known = flow_find(&orig, NULL);
     read_tuple(&reply, t + (OFF_CT_TUPLE_REPLY - OFF_CT_TUPLE_ORIG));
     if (!known && !((filter_match(&orig) || filter_match(&reply)) && sampled(&orig) && pcap_match_skb(skb)))
         return 0;

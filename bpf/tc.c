@@ -161,19 +161,19 @@ static __always_inline int tc_sense(struct __sk_buff *ctx, u8 hook, u8 flags)
      * (nearly always its journey's claim), whose packet-cache set is a cold
      * line. Loaded now, it comes in while the flows lookup walks its own
      * cold lines. An untraced packet loads it too, overlapped the same way.
-     * The view's key first: the fewer instructions between the load and the
-     * lookup's, the more the two misses overlap. */
+     * The fingerprint and the view's key first: the fewer instructions
+     * between the load and the lookup's, the more the two misses overlap. */
+    struct fp_key fp = {};
+    fingerprint(&fp, &p);
     struct flow_key view = {};
     int swapped = flow_key_canonical(&view, &p.key);
-    pcache_touch(&p);
+    pcache_touch(&fp);
     u32 flow_dir = 0;
     struct flow_val *flow = flow_find_canonical(&view, swapped, &flow_dir);
     if (!flow && !(filter_match(&p.key) && sampled(&p.key) && pcap_match_tc(ctx)))
         return TC_CONTINUE;
 
     u64 now = bpf_ktime_get_ns();
-    struct fp_key fp = {};
-    fingerprint(&fp, &p);
 #ifdef LATENCY_MODE
     u32 role = (flags & FLAG_IN_CONTAINER_NS) ? ROLE_CONTAINER : if_role(ctx->ifindex);
     u32 hop = tc_hop_code(hook, role);

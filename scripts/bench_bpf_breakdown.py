@@ -26,8 +26,8 @@ Variants (each a copy of bpf/ with the cut compiled in):
   (tc: also the interface role and the tuple; netfilter: also the devices).
   Cut fast paths append nothing, so journeys end quiet, by the sweep;
 * first sightings on tc (the claim, tc_sense's full path): ``c0`` returns
-  after the flows lookup and the filter, ``c1`` after the clock read and
-  the fingerprint, ``c2`` after the packet-cache set is found and searched
+  after the fingerprint, the packet-cache set's early load, the flows
+  lookup and the filter, ``c1`` after the clock read, ``c2`` after the packet-cache set is found and searched
   (its line read: before session 16 the compiler dropped the search, whose
   result the cut did not use, and c2 read ~190 ns a claim too cheap).
   No journey is claimed, so every tc run of these is a full path:
@@ -67,9 +67,9 @@ CUTS: tuple[tuple[str, str, str], ...] = (
     ("tc.c", "    adopt_last(last, from, skb);\n    return journey_fast_hop(last, slot, j, &s, now, p->ttl, p, p->ip_id, p->tot_len, SENSOR_TC);",
      "#if CUT == 3\n    return journey_tuple(j, p) != 77 && s.terminal != 5;\n#endif\n"
      "    adopt_last(last, from, skb);\n    return journey_fast_hop(last, slot, j, &s, now, p->ttl, p, p->ip_id, p->tot_len, SENSOR_TC);"),
-    ("tc.c", CLOCK + "    struct fp_key fp = {};\n    fingerprint(&fp, &p);\n",
-     "#if CUT == 10\n    return TC_CONTINUE;\n#endif\n" + CLOCK + "    struct fp_key fp = {};\n    fingerprint(&fp, &p);\n"
-     "#if CUT == 11\n    return now == 5 && fp.seq == 7 ? 1 : TC_CONTINUE;\n#endif\n"),
+    ("tc.c", CLOCK + "#ifdef LATENCY_MODE\n",
+     "#if CUT == 10\n    return TC_CONTINUE;\n#endif\n" + CLOCK
+     + "#if CUT == 11\n    return now == 5 && fp.seq == 7 ? 1 : TC_CONTINUE;\n#endif\n#ifdef LATENCY_MODE\n"),
     ("netfilter.c", CLOCK + "    struct pkt_slot *slot;\n    struct journey *j = last_journey(from, now, &slot);\n",
      "#if CUT == 0\n    return NF_CUT_ADOPT(1);\n#endif\n" + CLOCK + "#if CUT == 1\n    return NF_CUT_ADOPT(now != 1);\n#endif\n"
      "    struct pkt_slot *slot;\n    struct journey *j = last_journey(from, now, &slot);\n"),

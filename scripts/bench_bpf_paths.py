@@ -61,9 +61,9 @@ EDITS: tuple[tuple[str, str, str], ...] = (
      f"    path_count({TC_RUNS});\n    if (from)\n        path_count({TC_KNOWN});\n"
      "    if (from && tc_fast(from, last, &p, hook, flags & FLAG_IN_CONTAINER_NS, ctx->ifindex, skb)) {\n"
      f"        path_count({TC_FAST});\n        return TC_CONTINUE;\n    }}\n"),
-    ("tc.c", "    u64 now = bpf_ktime_get_ns();\n    struct fp_key fp = {};\n    fingerprint(&fp, &p);\n#ifdef LATENCY_MODE\n",
+    ("tc.c", "    u64 now = bpf_ktime_get_ns();\n#ifdef LATENCY_MODE\n",
      f"    path_count({TC_FULL} + (hook & 7) * 2 + ((flags & FLAG_IN_CONTAINER_NS) ? 1 : 0));\n"
-     "    u64 now = bpf_ktime_get_ns();\n    struct fp_key fp = {};\n    fingerprint(&fp, &p);\n#ifdef LATENCY_MODE\n"),
+     "    u64 now = bpf_ktime_get_ns();\n#ifdef LATENCY_MODE\n"),
     ("netfilter.c", "        if (from && nf_append(from, last, skb, state, hook, stage, nfct))\n            return 1;\n",
      f"        path_count({NF_RUNS});\n        if (from)\n            path_count({NF_KNOWN});\n"
      f"        if (from && from != last)\n            path_count({NF_FROM_TC});\n"
