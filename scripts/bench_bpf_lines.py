@@ -102,10 +102,11 @@ def program_lines(name: str, jited: list[int], records: list[tuple[int, int, int
     return Program(name, min(jited) if jited else 0, length, lines, tuple(ln.address for ln in lines))
 
 
-def _info(fd: int, size: int, fill: dict[int, tuple[str, object]] | None = None) -> bytes:
-    """BPF_OBJ_GET_INFO_BY_FD with some fields set first (offset -> (format, value))."""
+def _info(fd: int, size: int, fill: dict[int, tuple[str, object]]) -> bytes:
+    """sc.info_by_fd with some fields set first (offset -> (format, value)):
+    the arrays the kernel is to copy out, and their lengths."""
     buf = ctypes.create_string_buffer(size)
-    for off, (fmt, value) in (fill or {}).items():
+    for off, (fmt, value) in fill.items():
         struct.pack_into(fmt, buf, off, value)
     sc.bpf(sc.BPF_OBJ_GET_INFO_BY_FD, sc._pad(struct.pack("=IIQ", fd, size, ctypes.addressof(buf))))
     return buf.raw
@@ -116,7 +117,7 @@ def load_program(prog_id: int) -> Program | None:
     (built without -g: not a TRACER_DEBUG build)."""
     fd = sc.bpf(BPF_PROG_GET_FD_BY_ID, sc._pad(struct.pack("=III", prog_id, 0, 0)))
     try:
-        raw = _info(fd, PROG_INFO_SIZE)
+        raw = sc.info_by_fd(fd, PROG_INFO_SIZE)
         name = raw[64:80].split(b"\0", 1)[0].decode()
         jited_len, = struct.unpack_from("=I", raw, 16)
         btf_id, = struct.unpack_from("=I", raw, 128)
@@ -136,7 +137,7 @@ def load_program(prog_id: int) -> Program | None:
     addresses = [struct.unpack_from("=Q", jited.raw, i * 8)[0] for i in range(n_jited)]
     btf_fd = sc.bpf(BPF_BTF_GET_FD_BY_ID, sc._pad(struct.pack("=I", btf_id)))
     try:
-        size, = struct.unpack_from("=I", _info(btf_fd, BTF_INFO_SIZE), 8)
+        size, = struct.unpack_from("=I", sc.info_by_fd(btf_fd, BTF_INFO_SIZE), 8)
         blob = ctypes.create_string_buffer(size)
         _info(btf_fd, BTF_INFO_SIZE, {0: ("=Q", ctypes.addressof(blob)), 8: ("=I", size)})
     finally:
